@@ -1,0 +1,25 @@
+/* Definitions shared by every Periscope BPF program. */
+#pragma once
+
+/* Licence of the BPF objects: helpers such as bpf_probe_read_kernel need a GPL-compatible one. */
+#define PSC_LICENSE "Dual BSD/GPL"
+
+#define PSC_COMM_LEN 16
+
+/* Syscall numbers at or above this are ignored (x86_64 has fewer than 470). */
+#define PSC_MAX_SYSCALLS 512
+
+/* Highest errno the kernel returns as -errno from a syscall. */
+#define PSC_MAX_ERRNO 4095
+
+/* vmlinux.h has no errno values. */
+#define PSC_EEXIST 17
+
+/* Adds one to slot `idx` of a per-CPU u64 array: how a program counts what it refused. */
+#define PSC_COUNT_IN(array_map, idx)                                   \
+	do {                                                           \
+		__u32 __psc_idx = (idx);                               \
+		__u64 *__psc_slot = bpf_map_lookup_elem(&(array_map), &__psc_idx); \
+		if (__psc_slot)                                        \
+			*__psc_slot += 1;                              \
+	} while (0)

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Installs the Debian packages Periscope needs to build, run and test.
+# Idempotent: when every package is already present, apt-get is not called at all.
+set -euo pipefail
+
+BUILD_PACKAGES=(clang-19 llvm-19 libelf-dev zlib1g-dev pkg-config make gcc)
+TEST_PACKAGES=(prometheus bpftool bpftrace curl python3 hyperfine procps)
+
+want=("${BUILD_PACKAGES[@]}")
+if [ "${1:-}" = "--test" ]; then
+  want+=("${TEST_PACKAGES[@]}")
+fi
+
+missing=()
+for pkg in "${want[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$pkg")
+  fi
+done
+
+if [ "${#missing[@]}" -eq 0 ]; then
+  echo "setup: all system packages present"
+  exit 0
+fi
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+echo "setup: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+# --no-install-recommends keeps prometheus from pulling in its node exporter and the like.
+$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"

@@ -1,0 +1,291 @@
+//! Start-up and shutdown: config -> kernel check -> probes -> exporters; signals.
+//!
+//! Probes live on one collector thread, which owns every libbpf object: scrapes ask it
+//! for a snapshot over a channel, so nothing of libbpf is shared between threads.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use tokio::sync::oneshot;
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::export::prometheus;
+use crate::kernel::stats::{self, StatsGuard};
+use crate::kernel::KernelFeatures;
+use crate::model::Family;
+use crate::probes::{Probe, BUILT_IN};
+use crate::selfmetrics::{self, ProbeHealth};
+
+/// Without scrapes, the collector still reads the maps this often, so exited processes
+/// expire and free their kernel entries on time.
+const UPKEEP_INTERVAL: Duration = Duration::from_secs(10);
+
+/// What became of one built-in probe at start-up.
+#[derive(Debug, Clone)]
+pub struct AttachReport {
+    pub probe: &'static str,
+    /// The attach method, or why the probe is not running.
+    pub outcome: Result<String, String>,
+}
+
+enum Command {
+    Collect(oneshot::Sender<Vec<Family>>),
+    Shutdown,
+}
+
+/// Routes libbpf's own messages into our logs instead of stderr.
+pub fn route_libbpf_logs() {
+    libbpf_rs::set_print(Some((libbpf_rs::PrintLevel::Debug, |level, message| {
+        let message = message.trim_end();
+        match level {
+            libbpf_rs::PrintLevel::Warn => warn!(target: "libbpf", "{message}"),
+            libbpf_rs::PrintLevel::Info => tracing::debug!(target: "libbpf", "{message}"),
+            libbpf_rs::PrintLevel::Debug => tracing::trace!(target: "libbpf", "{message}"),
+        }
+    })));
+}
+
+pub fn check_kernel() -> Result<KernelFeatures> {
+    let kernel = KernelFeatures::probe();
+    if !kernel.btf {
+        bail!(
+            "this kernel ({}) exposes no BTF at {}: Periscope's probes need BTF (CONFIG_DEBUG_INFO_BTF=y); no probe can run",
+            kernel.release,
+            crate::kernel::BTF_PATH
+        );
+    }
+    Ok(kernel)
+}
+
+pub async fn run(config: Config) -> Result<()> {
+    let started = Instant::now();
+    let kernel = check_kernel()?;
+    info!(kernel = %kernel.release, "kernel has BTF; loading probes");
+
+    let address = config.prometheus.listen_address;
+    let listener = prometheus::bind(address)
+        .await
+        .with_context(|| format!("cannot listen on {address} (prometheus.listen_address)"))?;
+
+    let (commands, inbox) = mpsc::channel();
+    let (report_tx, report_rx) = oneshot::channel();
+    let collector = thread::Builder::new()
+        .name("collector".into())
+        .spawn(move || collector_main(config, kernel, inbox, report_tx, started))
+        .context("starting the collector thread")?;
+    let reports = report_rx
+        .await
+        .context("the collector thread stopped during start-up")?;
+
+    let attached: Vec<_> = reports.iter().filter(|r| r.outcome.is_ok()).collect();
+    for report in &reports {
+        match &report.outcome {
+            Ok(method) => println!("periscope: attached {} ({method})", report.probe),
+            Err(reason) => println!("periscope: not running {}: {reason}", report.probe),
+        }
+    }
+    if attached.is_empty() {
+        warn!("no probe is running; /metrics serves only the agent's own metrics");
+    }
+    println!(
+        "periscope: serving metrics at http://{address}/metrics (started in {:.2}s)",
+        started.elapsed().as_secs_f64()
+    );
+
+    let ready = Arc::new(AtomicBool::new(true));
+    let source = CollectorHandle {
+        commands: commands.clone(),
+    };
+    let (stop_server, server_stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn(prometheus::serve(listener, source, ready.clone(), async {
+        let _ = server_stopped.await;
+    }));
+
+    let signal = wait_for_signal().await?;
+    info!(signal, "stopping: detaching probes");
+    ready.store(false, Ordering::Release);
+    // Detach first: the kernel stops running our programs before anything else winds down.
+    let _ = commands.send(Command::Shutdown);
+    let _ = tokio::task::spawn_blocking(move || collector.join()).await;
+    let _ = stop_server.send(());
+    match tokio::time::timeout(Duration::from_secs(1), server).await {
+        Ok(Ok(Err(err))) => warn!(error = %err, "the metrics server stopped with an error"),
+        Err(_) => warn!("open scrapes did not finish within a second; closing them"),
+        _ => {}
+    }
+    info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() -> Result<&'static str> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    Ok(tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    })
+}
+
+#[derive(Clone)]
+struct CollectorHandle {
+    commands: mpsc::Sender<Command>,
+}
+
+impl prometheus::Source for CollectorHandle {
+    fn snapshot(&self) -> impl std::future::Future<Output = Option<Vec<Family>>> + Send {
+        let commands = self.commands.clone();
+        async move {
+            let (reply, answer) = oneshot::channel();
+            commands.send(Command::Collect(reply)).ok()?;
+            answer.await.ok()
+        }
+    }
+}
+
+struct Collector {
+    probes: Vec<Box<dyn Probe>>,
+    down: Vec<&'static str>,
+    start_time: Duration,
+    _stats: Option<StatsGuard>,
+}
+
+fn collector_main(
+    config: Config,
+    mut kernel: KernelFeatures,
+    inbox: mpsc::Receiver<Command>,
+    report: oneshot::Sender<Vec<AttachReport>>,
+    started: Instant,
+) {
+    let stats_guard = match StatsGuard::enable() {
+        Ok(guard) => Some(guard),
+        Err(err) => {
+            warn!(error = %err, "BPF run-time statistics unavailable; periscope_bpf_program_run_seconds stays 0");
+            None
+        }
+    };
+    let (probes, reports) = load_probes(&config, &mut kernel, true);
+    let down = reports
+        .iter()
+        .filter(|r| r.outcome.is_err())
+        .map(|r| r.probe)
+        .collect();
+    let mut collector = Collector {
+        probes,
+        down,
+        start_time: started.elapsed(),
+        _stats: stats_guard,
+    };
+    info!(
+        seconds = collector.start_time.as_secs_f64(),
+        "all probes loaded and attached"
+    );
+    if report.send(reports).is_err() {
+        return;
+    }
+    loop {
+        match inbox.recv_timeout(UPKEEP_INTERVAL) {
+            Ok(Command::Collect(reply)) => {
+                let _ = reply.send(collector.collect());
+            }
+            Ok(Command::Shutdown) | Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                collector.collect();
+            }
+        }
+    }
+    let count = collector.probes.len();
+    drop(collector);
+    info!(probes = count, "all probes detached");
+}
+
+/// Loads every enabled built-in probe; one the kernel cannot run is reported, not fatal.
+pub fn load_probes(
+    config: &Config,
+    kernel: &mut KernelFeatures,
+    attach: bool,
+) -> (Vec<Box<dyn Probe>>, Vec<AttachReport>) {
+    let mut probes = Vec::new();
+    let mut reports = Vec::new();
+    for spec in BUILT_IN {
+        let probe = spec.name();
+        if !spec.enabled(config) {
+            info!(probe, "disabled in the configuration");
+            reports.push(AttachReport {
+                probe,
+                outcome: Err("disabled in the configuration".into()),
+            });
+            continue;
+        }
+        info!(probe, "loading");
+        match spec.load(config, kernel, attach) {
+            Ok(loaded) => {
+                let method = loaded.attach_method();
+                if attach {
+                    info!(probe, %method, "attached");
+                }
+                reports.push(AttachReport {
+                    probe,
+                    outcome: Ok(method),
+                });
+                probes.push(loaded);
+            }
+            Err(err) => {
+                warn!(probe, error = %err, "probe disabled: the kernel cannot run it");
+                reports.push(AttachReport {
+                    probe,
+                    outcome: Err(err.to_string()),
+                });
+            }
+        }
+    }
+    (probes, reports)
+}
+
+impl Collector {
+    fn collect(&mut self) -> Vec<Family> {
+        let began = Instant::now();
+        let now = Instant::now();
+        let mut families = Vec::new();
+        let mut health = Vec::new();
+        for probe in &mut self.probes {
+            probe.collect(now, &mut families);
+            let programs = probe
+                .programs()
+                .into_iter()
+                .map(|(name, fd)| (name, stats::program_stats(fd).unwrap_or_default()))
+                .collect();
+            health.push(ProbeHealth {
+                probe: probe.name(),
+                up: true,
+                programs,
+                maps: probe.map_fill(),
+                folded: probe.folded(),
+                expired_series: probe.expired_series(),
+                events_lost: probe.events_lost(),
+            });
+        }
+        for probe in &self.down {
+            health.push(ProbeHealth {
+                probe,
+                up: false,
+                programs: Vec::new(),
+                maps: Vec::new(),
+                folded: Vec::new(),
+                expired_series: 0,
+                events_lost: 0,
+            });
+        }
+        families.extend(selfmetrics::families(
+            &health,
+            began.elapsed(),
+            self.start_time,
+        ));
+        families
+    }
+}

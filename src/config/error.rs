@@ -1,0 +1,94 @@
+use std::fmt;
+
+/// A configuration error, located in its file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: cannot read the configuration: {source}")]
+    Read {
+        file: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Invalid(Located),
+}
+
+/// `file:line:column: key `path`: message`, the form editors and CI logs link to.
+#[derive(Debug)]
+pub struct Located {
+    pub file: String,
+    pub line: Option<usize>,
+    pub column: Option<usize>,
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for Located {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file)?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+            if let Some(column) = self.column {
+                write!(f, ":{column}")?;
+            }
+        }
+        if self.key.is_empty() {
+            write!(f, ": {}", self.message)
+        } else {
+            write!(f, ": key `{}`: {}", self.key, self.message)
+        }
+    }
+}
+
+impl ConfigError {
+    pub(super) fn from_serde(
+        file: &str,
+        text: &str,
+        err: serde_path_to_error::Error<serde_yaml::Error>,
+    ) -> ConfigError {
+        let path = err.path().to_string();
+        let inner = err.into_inner();
+        let location = inner.location();
+        let mut message = inner.to_string();
+        // serde_yaml appends " at line L column C"; the location is given up front instead.
+        if let Some(cut) = message.find(" at line ") {
+            message.truncate(cut);
+        }
+        let mut key = if path == "." { String::new() } else { path };
+        if let Some(unknown) = unknown_field(&message) {
+            // serde_path_to_error stops at the parent; name the offending key itself.
+            key = if key.is_empty() {
+                unknown
+            } else {
+                format!("{key}.{unknown}")
+            };
+        }
+        let (line, column) = match location {
+            Some(loc) => (Some(loc.line()), Some(loc.column())),
+            None => (locate_key(text, &key), None),
+        };
+        ConfigError::Invalid(Located {
+            file: file.to_string(),
+            line,
+            column,
+            key,
+            message,
+        })
+    }
+}
+
+fn unknown_field(message: &str) -> Option<String> {
+    let rest = message.strip_prefix("unknown field `")?;
+    Some(rest[..rest.find('`')?].to_string())
+}
+
+/// Best-effort line of the last segment of `key`, for errors serde reports without a position.
+fn locate_key(text: &str, key: &str) -> Option<usize> {
+    let last = key.rsplit('.').next()?;
+    if last.is_empty() {
+        return None;
+    }
+    text.lines()
+        .position(|line| line.trim_start().starts_with(&format!("{last}:")))
+        .map(|idx| idx + 1)
+}

@@ -1,0 +1,289 @@
+//! Periscope's YAML configuration. Every field has a default, so no file is needed;
+//! unknown keys are errors, and every error names the file, line and key.
+
+mod error;
+
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::path::Path;
+
+use serde::de::{self, Deserializer};
+use serde::Deserialize;
+
+pub use error::ConfigError;
+
+use crate::probes::syscalls::table::SYSCALL_NAMES;
+
+/// The configuration used when no file is given, as a user would write it.
+pub const DEFAULT_CONFIG_YAML: &str = include_str!("default.yaml");
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The Prometheus pull endpoint.
+    pub prometheus: PrometheusConfig,
+    /// How processes become labels, and what happens to the series of those that exit.
+    pub processes: ProcessesConfig,
+    /// Each built-in probe's settings.
+    pub probes: ProbesConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PrometheusConfig {
+    /// Address and port `/metrics`, `/healthz` and `/readyz` are served on.
+    pub listen_address: SocketAddr,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProcessesConfig {
+    /// Put `process_pid` on per-process series. Off, series are per executable name.
+    pub pid_label: bool,
+    /// How long the series of an exited process stay before they fold into the
+    /// per-executable aggregate of exited processes.
+    pub exited_ttl_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProbesConfig {
+    pub syscalls: SyscallsConfig,
+    pub process: ProcessConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SyscallsConfig {
+    pub enabled: bool,
+    /// Syscalls whose latency is measured (each costs a start stamp); all are counted.
+    pub latency_syscalls: Vec<SyscallName>,
+    /// Only trace processes with these executable names (comm, at most 15 bytes). Empty: all.
+    pub include_executables: Vec<ExecutableName>,
+    /// Only trace these process ids (besides `include_executables`). Empty: all.
+    pub include_pids: Vec<u32>,
+    /// Cap on (process, syscall) count series kept in the kernel.
+    pub max_series: NonZeroU32,
+    /// Cap on (process, syscall, errno) error series.
+    pub max_error_series: NonZeroU32,
+    /// Cap on (process, syscall) latency histograms.
+    pub max_latency_series: NonZeroU32,
+    /// `le` bounds of `syscall_duration_seconds`.
+    pub duration_buckets_seconds: Buckets,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProcessConfig {
+    pub enabled: bool,
+    /// Cap on executable names counted in the kernel.
+    pub max_executables: NonZeroU32,
+}
+
+impl Default for PrometheusConfig {
+    fn default() -> Self {
+        PrometheusConfig {
+            listen_address: SocketAddr::from(([0, 0, 0, 0], 9101)),
+        }
+    }
+}
+
+impl Default for ProcessesConfig {
+    fn default() -> Self {
+        ProcessesConfig {
+            pid_label: true,
+            exited_ttl_secs: 300,
+        }
+    }
+}
+
+/// Syscalls timed by default: those where an application waits on I/O. Other syscalls
+/// are counted only, which keeps the per-syscall cost near the floor (BENCHMARKS.md).
+pub const DEFAULT_LATENCY_SYSCALLS: &[&str] = &[
+    "read",
+    "write",
+    "pread64",
+    "pwrite64",
+    "readv",
+    "writev",
+    "openat",
+    "fsync",
+    "fdatasync",
+    "connect",
+    "accept",
+    "accept4",
+    "sendto",
+    "recvfrom",
+    "sendmsg",
+    "recvmsg",
+];
+
+impl Default for SyscallsConfig {
+    fn default() -> Self {
+        SyscallsConfig {
+            enabled: true,
+            latency_syscalls: DEFAULT_LATENCY_SYSCALLS
+                .iter()
+                .map(|name| SyscallName::parse(name).expect("default syscalls exist"))
+                .collect(),
+            include_executables: Vec::new(),
+            include_pids: Vec::new(),
+            max_series: nonzero(16384),
+            max_error_series: nonzero(4096),
+            max_latency_series: nonzero(4096),
+            duration_buckets_seconds: Buckets::default_durations(),
+        }
+    }
+}
+
+impl Default for ProcessConfig {
+    fn default() -> Self {
+        ProcessConfig {
+            enabled: true,
+            max_executables: nonzero(4096),
+        }
+    }
+}
+
+fn nonzero(n: u32) -> NonZeroU32 {
+    NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN)
+}
+
+/// A syscall named as in the x86_64 syscall table; stored as its number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SyscallName(pub u32);
+
+impl SyscallName {
+    pub fn parse(name: &str) -> Option<Self> {
+        SYSCALL_NAMES
+            .iter()
+            .position(|known| *known == Some(name))
+            .map(|nr| SyscallName(nr as u32))
+    }
+}
+
+impl<'de> Deserialize<'de> for SyscallName {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(deserializer)?;
+        SyscallName::parse(&name).ok_or_else(|| {
+            de::Error::custom(format!(
+                "unknown syscall `{name}`: use an x86_64 syscall name such as read, write, openat, connect"
+            ))
+        })
+    }
+}
+
+/// An executable name as the kernel keeps it (comm): 1 to 15 bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecutableName(pub String);
+
+impl<'de> Deserialize<'de> for ExecutableName {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(deserializer)?;
+        if name.is_empty() || name.len() > 15 {
+            return Err(de::Error::custom(format!(
+                "executable name `{name}` must be 1 to 15 bytes long (the kernel truncates names to 15)"
+            )));
+        }
+        Ok(ExecutableName(name))
+    }
+}
+
+/// Histogram `le` bounds in seconds: positive, finite, strictly increasing.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Buckets(pub Vec<f64>);
+
+impl Buckets {
+    pub fn default_durations() -> Self {
+        Buckets(vec![
+            0.000_001,
+            0.000_002_5,
+            0.000_005,
+            0.000_01,
+            0.000_025,
+            0.000_05,
+            0.000_1,
+            0.000_25,
+            0.000_5,
+            0.001,
+            0.002_5,
+            0.005,
+            0.01,
+            0.025,
+            0.05,
+            0.1,
+            0.25,
+            0.5,
+            1.0,
+            2.5,
+            5.0,
+            10.0,
+        ])
+    }
+
+    fn validate(bounds: &[f64]) -> Result<(), String> {
+        if bounds.is_empty() {
+            return Err("at least one bucket bound is needed".into());
+        }
+        if bounds.len() > 64 {
+            return Err(format!(
+                "{} bucket bounds given; at most 64 are allowed",
+                bounds.len()
+            ));
+        }
+        for pair in bounds.windows(2) {
+            if pair[1] <= pair[0] {
+                return Err(format!(
+                    "bucket bounds must increase strictly, but {} follows {}",
+                    pair[1], pair[0]
+                ));
+            }
+        }
+        if let Some(bad) = bounds.iter().find(|b| !b.is_finite() || **b <= 0.0) {
+            return Err(format!(
+                "bucket bound {bad} must be a positive, finite number of seconds"
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl<'de> Deserialize<'de> for Buckets {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let bounds = Vec::<f64>::deserialize(deserializer)?;
+        Buckets::validate(&bounds).map_err(de::Error::custom)?;
+        Ok(Buckets(bounds))
+    }
+}
+
+impl Config {
+    /// Parses YAML text; `origin` names the file in errors.
+    pub fn from_yaml(origin: &str, text: &str) -> Result<Config, ConfigError> {
+        // A file with only comments or nothing at all means "all defaults".
+        let is_empty = serde_yaml::from_str::<serde_yaml::Value>(text)
+            .map(|value| value.is_null())
+            .unwrap_or(false);
+        if is_empty {
+            return Ok(Config::default());
+        }
+        let deserializer = serde_yaml::Deserializer::from_str(text);
+        serde_path_to_error::deserialize(deserializer)
+            .map_err(|err| ConfigError::from_serde(origin, text, err))
+    }
+
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let origin = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            file: origin.clone(),
+            source,
+        })?;
+        Config::from_yaml(&origin, &text)
+    }
+
+    pub fn embedded_default() -> Config {
+        Config::from_yaml("<embedded default>", DEFAULT_CONFIG_YAML).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests;

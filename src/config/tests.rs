@@ -1,0 +1,107 @@
+use super::*;
+
+fn error_text(yaml: &str) -> String {
+    match Config::from_yaml("periscope.yaml", yaml) {
+        Ok(config) => panic!("expected an error, got {config:?}"),
+        Err(err) => err.to_string(),
+    }
+}
+
+#[test]
+fn embedded_default_equals_code_defaults() {
+    let parsed = Config::from_yaml("default.yaml", DEFAULT_CONFIG_YAML).expect("default parses");
+    assert_eq!(parsed, Config::default());
+}
+
+#[test]
+fn empty_and_comment_only_files_mean_defaults() {
+    assert_eq!(
+        Config::from_yaml("x", "").expect("empty"),
+        Config::default()
+    );
+    assert_eq!(
+        Config::from_yaml("x", "# nothing\n").expect("comment"),
+        Config::default()
+    );
+}
+
+#[test]
+fn partial_file_keeps_other_defaults() {
+    let config =
+        Config::from_yaml("x", "probes:\n  syscalls:\n    max_series: 8\n").expect("valid");
+    assert_eq!(config.probes.syscalls.max_series.get(), 8);
+    assert_eq!(config.probes.syscalls.max_error_series.get(), 4096);
+    assert_eq!(config.prometheus, PrometheusConfig::default());
+}
+
+#[test]
+fn unknown_key_names_file_line_key_and_valid_keys() {
+    let text = error_text("probes:\n  syscalls:\n    enabled: true\n    max_seriess: 8\n");
+    assert!(text.starts_with("periscope.yaml:4:"), "{text}");
+    assert!(text.contains("key `probes.syscalls.max_seriess`"), "{text}");
+    assert!(text.contains("expected one of"), "{text}");
+    assert!(text.contains("`max_series`"), "{text}");
+}
+
+#[test]
+fn wrong_type_names_line_and_key() {
+    let text = error_text(
+        "prometheus:\n  listen_address: \"0.0.0.0:9101\"\nprocesses:\n  pid_label: maybe\n",
+    );
+    assert!(text.starts_with("periscope.yaml:4:"), "{text}");
+    assert!(text.contains("key `processes.pid_label`"), "{text}");
+    assert!(text.contains("expected a boolean"), "{text}");
+}
+
+#[test]
+fn zero_cap_is_refused() {
+    let text = error_text("probes:\n  process:\n    max_executables: 0\n");
+    assert!(text.contains("periscope.yaml:3:"), "{text}");
+    assert!(
+        text.contains("key `probes.process.max_executables`"),
+        "{text}"
+    );
+    assert!(text.contains("nonzero"), "{text}");
+}
+
+#[test]
+fn bad_yaml_names_the_line() {
+    let text = error_text("probes:\n  syscalls: [\n    enabled: true\n");
+    assert!(text.starts_with("periscope.yaml:"), "{text}");
+    assert!(text.contains(':'), "{text}");
+}
+
+#[test]
+fn unknown_syscall_is_refused_with_a_hint() {
+    let text = error_text("probes:\n  syscalls:\n    latency_syscalls: [read, reed]\n");
+    assert!(text.contains("periscope.yaml:3:"), "{text}");
+    assert!(text.contains("probes.syscalls.latency_syscalls"), "{text}");
+    assert!(text.contains("unknown syscall `reed`"), "{text}");
+}
+
+#[test]
+fn buckets_must_increase() {
+    let text = error_text("probes:\n  syscalls:\n    duration_buckets_seconds: [0.1, 0.05]\n");
+    assert!(text.contains("must increase strictly"), "{text}");
+    assert!(text.contains("duration_buckets_seconds"), "{text}");
+}
+
+#[test]
+fn long_executable_name_is_refused() {
+    let text =
+        error_text("probes:\n  syscalls:\n    include_executables: [averyveryverylongname]\n");
+    assert!(text.contains("1 to 15 bytes"), "{text}");
+}
+
+#[test]
+fn bad_listen_address_is_refused() {
+    let text = error_text("prometheus:\n  listen_address: \"nowhere\"\n");
+    assert!(text.contains("prometheus.listen_address"), "{text}");
+}
+
+#[test]
+fn syscall_names_resolve_to_x86_64_numbers() {
+    assert_eq!(SyscallName::parse("read"), Some(SyscallName(0)));
+    assert_eq!(SyscallName::parse("openat"), Some(SyscallName(257)));
+    assert_eq!(SyscallName::parse("nope"), None);
+}

@@ -1,0 +1,3 @@
+//! Exporters: each reads the model only.
+
+pub mod prometheus;

@@ -1,0 +1,126 @@
+//! Periscope's command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+use periscope::agent;
+use periscope::config::Config;
+
+#[derive(Parser)]
+#[command(
+    name = "periscope",
+    version,
+    about = "eBPF observability agent: kernel-aggregated metrics for Prometheus"
+)]
+struct Cli {
+    /// Log level or filter (error, warn, info, debug, trace, or a tracing filter); RUST_LOG overrides it.
+    #[arg(long, global = true, default_value = "info")]
+    log_level: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Load the probes and serve metrics until SIGINT or SIGTERM.
+    Run {
+        /// YAML configuration file; without it, the embedded defaults are used.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// List the built-in probes: whether this kernel runs them and how they attach.
+    Probes {
+        /// YAML configuration file, for the probes' settings.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Validate a configuration file and exit non-zero on the first error.
+    CheckConfig {
+        /// The YAML file to check.
+        file: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.log_level);
+    match dispatch(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("periscope: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(level: &str) {
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    agent::route_libbpf_logs();
+}
+
+fn load_config(path: Option<&PathBuf>) -> Result<Config> {
+    match path {
+        Some(path) => Ok(Config::load(path)?),
+        None => Ok(Config::embedded_default()),
+    }
+}
+
+fn dispatch(command: Command) -> Result<()> {
+    match command {
+        Command::Run { config } => {
+            let config = load_config(config.as_ref())?;
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
+            runtime.block_on(agent::run(config))
+        }
+        Command::Probes { config } => {
+            let config = load_config(config.as_ref())?;
+            list_probes(&config)
+        }
+        Command::CheckConfig { file } => {
+            Config::load(&file)?;
+            println!("{}: valid", file.display());
+            Ok(())
+        }
+    }
+}
+
+fn list_probes(config: &Config) -> Result<()> {
+    let mut kernel = agent::check_kernel()?;
+    let yes_no = |b: bool| if b { "yes" } else { "no" };
+    println!("kernel {}", kernel.release);
+    println!("  BTF:              {}", yes_no(kernel.btf));
+    println!("  raw tracepoints:  {}", yes_no(kernel.raw_tracepoint));
+    println!("  tracepoints:      {}", yes_no(kernel.tracepoint));
+    println!("  ring buffer:      {}", yes_no(kernel.ring_buffer));
+    println!("  task storage:     {}", yes_no(kernel.task_storage));
+    println!(
+        "  tracefs:          {}",
+        kernel
+            .tracefs
+            .unwrap_or("not mounted (mounted at start when a probe needs it)")
+    );
+    println!();
+    let (_probes, reports) = agent::load_probes(config, &mut kernel, false);
+    println!("PROBE      SUPPORTED  ATTACH METHOD / REASON");
+    for report in reports {
+        let (supported, detail) = match report.outcome {
+            Ok(method) => ("yes", method),
+            Err(reason) => ("no", reason),
+        };
+        println!("{:<10} {:<10} {}", report.probe, supported, detail);
+    }
+    Ok(())
+}

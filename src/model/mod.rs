@@ -1,0 +1,79 @@
+//! What probes produce and exporters read: metric families, series and histograms.
+//! Neither probes nor exporters are imported here.
+
+pub mod histogram;
+
+use std::time::SystemTime;
+
+pub use histogram::{ClassicHistogram, LogLinearHistogram};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricKind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+/// One metric family. `name` is the Prometheus base name: counters carry no `_total`
+/// here (exporters add it as their format requires), histograms no `_bucket`.
+#[derive(Debug, Clone)]
+pub struct Family {
+    pub name: &'static str,
+    pub help: &'static str,
+    pub kind: MetricKind,
+    /// Unit as OpenMetrics spells it (`seconds`, `bytes`); the name ends with it.
+    pub unit: Option<&'static str>,
+    pub series: Vec<Series>,
+}
+
+impl Family {
+    pub fn new(name: &'static str, help: &'static str, kind: MetricKind) -> Self {
+        Family {
+            name,
+            help,
+            kind,
+            unit: None,
+            series: Vec::new(),
+        }
+    }
+
+    pub fn with_unit(mut self, unit: &'static str) -> Self {
+        self.unit = Some(unit);
+        self
+    }
+
+    pub fn push(&mut self, labels: Labels, value: Value) {
+        self.series.push(Series {
+            labels,
+            value,
+            created: None,
+        });
+    }
+
+    pub fn push_created(&mut self, labels: Labels, value: Value, created: SystemTime) {
+        self.series.push(Series {
+            labels,
+            value,
+            created: Some(created),
+        });
+    }
+}
+
+/// Label names are fixed by the code; values come from the outside world and are escaped
+/// by each exporter.
+pub type Labels = Vec<(&'static str, String)>;
+
+#[derive(Debug, Clone)]
+pub struct Series {
+    pub labels: Labels,
+    pub value: Value,
+    /// When the series started counting, for OpenMetrics `_created` and OTLP start times.
+    pub created: Option<SystemTime>,
+}
+
+#[derive(Debug, Clone)]
+pub enum Value {
+    Counter(f64),
+    Gauge(f64),
+    Histogram(ClassicHistogram),
+}

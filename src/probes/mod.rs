@@ -1,0 +1,60 @@
+//! The probe framework and the list of built-in probes.
+//!
+//! A probe is a folder: its BPF C program, the Rust that loads it and reads its maps, its
+//! metric definitions and its tests. Probes produce model families; they know nothing of
+//! exporters.
+
+pub mod process;
+pub mod syscalls;
+
+mod util;
+
+use std::os::fd::BorrowedFd;
+use std::time::Instant;
+
+use crate::config::Config;
+use crate::kernel::KernelFeatures;
+use crate::model::Family;
+
+pub use util::{MapFill, ProbeError};
+
+/// A built-in probe, before it is loaded.
+pub trait ProbeSpec: Sync {
+    fn name(&self) -> &'static str;
+    fn description(&self) -> &'static str;
+    fn enabled(&self, config: &Config) -> bool;
+    /// Loads the BPF programs (the kernel's verifier is the real capability check) and,
+    /// when `attach` is set, attaches them.
+    fn load(
+        &self,
+        config: &Config,
+        kernel: &mut KernelFeatures,
+        attach: bool,
+    ) -> Result<Box<dyn Probe>, ProbeError>;
+}
+
+/// A loaded probe.
+pub trait Probe {
+    fn name(&self) -> &'static str;
+    /// How it hooks the kernel, for logs and `periscope probes`.
+    fn attach_method(&self) -> String;
+    /// Reads the kernel's aggregates into families; also does the probe's upkeep
+    /// (expiring exited processes).
+    fn collect(&mut self, now: Instant, out: &mut Vec<Family>);
+    /// The probe's loaded programs, for the kernel's run-time statistics.
+    fn programs(&self) -> Vec<(String, BorrowedFd<'_>)>;
+    /// Fill of its keyed maps against their caps, as of the last `collect`.
+    fn map_fill(&self) -> Vec<MapFill>;
+    /// New keys each map refused because it was full (their data went to overflow series).
+    fn folded(&self) -> Vec<(&'static str, u64)>;
+    /// Series of exited processes folded into the per-executable aggregate.
+    fn expired_series(&self) -> u64 {
+        0
+    }
+    /// Events the kernel could not hand over (full ring buffer); none for pure aggregators.
+    fn events_lost(&self) -> u64 {
+        0
+    }
+}
+
+pub static BUILT_IN: &[&dyn ProbeSpec] = &[&syscalls::SyscallsSpec, &process::ProcessSpec];

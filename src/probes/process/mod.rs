@@ -1,0 +1,214 @@
+//! The `process` probe: execs, exits by exit code class and OOM kills, per executable,
+//! counted in the kernel (see `process.bpf.c`).
+
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::time::{Instant, SystemTime};
+
+use libbpf_rs::skel::{OpenSkel, SkelBuilder};
+use libbpf_rs::{Link, MapCore};
+
+use super::util::{self, c_string, MapFill, ProbeError};
+use super::{Probe, ProbeSpec};
+use crate::config::Config;
+use crate::kernel::KernelFeatures;
+use crate::model::{Family, MetricKind, Value};
+
+mod skel {
+    include!(concat!(env!("OUT_DIR"), "/process.skel.rs"));
+}
+use skel::{types, ProcessSkel, ProcessSkelBuilder};
+
+// SAFETY: plain C structs of integers and bytes, generated from the program's BTF.
+unsafe impl plain::Plain for types::psc_exe_key {}
+unsafe impl plain::Plain for types::psc_process_stats {}
+
+pub const OVERFLOW_NAME: &str = "__overflow__";
+
+pub struct ProcessSpec;
+
+impl ProbeSpec for ProcessSpec {
+    fn name(&self) -> &'static str {
+        "process"
+    }
+
+    fn description(&self) -> &'static str {
+        "per executable: execs, exits by exit code class, OOM kills"
+    }
+
+    fn enabled(&self, config: &Config) -> bool {
+        config.probes.process.enabled
+    }
+
+    fn load(
+        &self,
+        config: &Config,
+        _kernel: &mut KernelFeatures,
+        attach: bool,
+    ) -> Result<Box<dyn Probe>, ProbeError> {
+        util::check_btf()?;
+        let storage = Box::leak(Box::new(MaybeUninit::uninit()));
+        let mut open = ProcessSkelBuilder::default()
+            .open(storage)
+            .map_err(ProbeError::bpf("opening the process BPF object"))?;
+        open.maps
+            .executables
+            .set_max_entries(config.probes.process.max_executables.get())
+            .map_err(ProbeError::bpf("setting the executables cap"))?;
+        let skel = open
+            .load()
+            .map_err(ProbeError::bpf("loading the process BPF programs"))?;
+        let mut probe = ProcessProbe {
+            skel,
+            links: Vec::new(),
+            started: SystemTime::now(),
+            fill: Vec::new(),
+        };
+        if attach {
+            let progs = &probe.skel.progs;
+            for (hook, prog) in [
+                ("tp_btf/sched_process_exec", &progs.psc_process_exec),
+                ("tp_btf/sched_process_exit", &progs.psc_process_exit),
+                ("tp_btf/mark_victim", &progs.psc_oom_victim),
+            ] {
+                let link = prog
+                    .attach()
+                    .map_err(ProbeError::bpf(format!("attaching {hook}")))?;
+                probe.links.push(link);
+            }
+        }
+        Ok(Box::new(probe))
+    }
+}
+
+pub struct ProcessProbe {
+    skel: ProcessSkel<'static>,
+    links: Vec<Link>,
+    started: SystemTime,
+    fill: Vec<MapFill>,
+}
+
+#[derive(Default, Clone, Copy)]
+struct Stats {
+    execs: u64,
+    exits_ok: u64,
+    exits_error: u64,
+    exits_signal: u64,
+    oom_kills: u64,
+}
+
+impl Stats {
+    fn add(&mut self, s: &types::psc_process_stats) {
+        self.execs += s.execs;
+        self.exits_ok += s.exits_ok;
+        self.exits_error += s.exits_error;
+        self.exits_signal += s.exits_signal;
+        self.oom_kills += s.oom_kills;
+    }
+
+    fn from_percpu(values: &[Vec<u8>]) -> Stats {
+        let mut total = Stats::default();
+        for bytes in values {
+            let mut s = types::psc_process_stats::default();
+            if plain::copy_from_bytes(&mut s, bytes).is_ok() {
+                total.add(&s);
+            }
+        }
+        total
+    }
+}
+
+impl Probe for ProcessProbe {
+    fn name(&self) -> &'static str {
+        "process"
+    }
+
+    fn attach_method(&self) -> String {
+        "tp_btf/sched_process_exec, tp_btf/sched_process_exit, tp_btf/mark_victim".into()
+    }
+
+    fn collect(&mut self, _now: Instant, out: &mut Vec<Family>) {
+        let maps = &self.skel.maps;
+        let mut rows: Vec<(String, Stats)> = util::read_percpu(&maps.executables)
+            .into_iter()
+            .filter_map(|(key, values)| {
+                let mut k = types::psc_exe_key::default();
+                plain::copy_from_bytes(&mut k, &key).ok()?;
+                Some((c_string(&k.comm), Stats::from_percpu(&values)))
+            })
+            .collect();
+        if util::percpu_array_u64(&maps.folded, 0) > 0 {
+            let overflow = maps
+                .overflow
+                .lookup_percpu(&0u32.to_ne_bytes(), libbpf_rs::MapFlags::ANY)
+                .ok()
+                .flatten()
+                .map(|values| Stats::from_percpu(&values))
+                .unwrap_or_default();
+            rows.push((OVERFLOW_NAME.to_string(), overflow));
+        }
+        rows.sort_by(|a, b| a.0.cmp(&b.0));
+
+        let mut execs = Family::new(
+            "process_execs",
+            "Programs executed (successful execve), per executable name.",
+            MetricKind::Counter,
+        );
+        let mut exits = Family::new(
+            "process_exits",
+            "Processes exited, per executable name and exit code class (ok, error, signal).",
+            MetricKind::Counter,
+        );
+        let mut ooms = Family::new(
+            "oom_kills",
+            "Processes chosen as OOM-killer victims, per executable name.",
+            MetricKind::Counter,
+        );
+        for (name, stats) in rows {
+            let labels = vec![("process_executable_name", name)];
+            execs.push_created(
+                labels.clone(),
+                Value::Counter(stats.execs as f64),
+                self.started,
+            );
+            for (class, count) in [
+                ("ok", stats.exits_ok),
+                ("error", stats.exits_error),
+                ("signal", stats.exits_signal),
+            ] {
+                let mut labels = labels.clone();
+                labels.push(("exit_code_class", class.to_string()));
+                exits.push_created(labels, Value::Counter(count as f64), self.started);
+            }
+            ooms.push_created(labels, Value::Counter(stats.oom_kills as f64), self.started);
+        }
+        out.push(execs);
+        out.push(exits);
+        out.push(ooms);
+        self.fill = vec![MapFill {
+            map: "executables",
+            entries: maps.executables.keys().count() as u64,
+            capacity: u64::from(maps.executables.max_entries()),
+        }];
+    }
+
+    fn programs(&self) -> Vec<(String, BorrowedFd<'_>)> {
+        let progs = &self.skel.progs;
+        vec![
+            ("psc_process_exec".into(), progs.psc_process_exec.as_fd()),
+            ("psc_process_exit".into(), progs.psc_process_exit.as_fd()),
+            ("psc_oom_victim".into(), progs.psc_oom_victim.as_fd()),
+        ]
+    }
+
+    fn map_fill(&self) -> Vec<MapFill> {
+        self.fill.clone()
+    }
+
+    fn folded(&self) -> Vec<(&'static str, u64)> {
+        vec![(
+            "executables",
+            util::percpu_array_u64(&self.skel.maps.folded, 0),
+        )]
+    }
+}

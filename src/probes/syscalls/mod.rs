@@ -1,0 +1,657 @@
+//! The `syscalls` probe: per process and syscall, counts, errors by errno and latency
+//! histograms, aggregated in the kernel (see `syscalls.bpf.c` for the design and costs).
+
+pub mod errno;
+pub mod table;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, HashMap};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::time::{Duration, Instant, SystemTime};
+
+use libbpf_rs::skel::{OpenSkel, SkelBuilder};
+use libbpf_rs::{Link, MapCore, MapFlags, TracepointCategory};
+use tracing::{debug, info, warn};
+
+use super::util::{self, c_string, MapFill, ProbeError};
+use super::{Probe, ProbeSpec};
+use crate::config::Config;
+use crate::enrich::ProcessTable;
+use crate::kernel::KernelFeatures;
+use crate::model::histogram::{DurationBounds, LogLinearHistogram, BUCKETS};
+use crate::model::{Family, Labels, MetricKind, Value};
+
+mod skel {
+    include!(concat!(env!("OUT_DIR"), "/syscalls.skel.rs"));
+}
+use skel::{types, SyscallsSkel, SyscallsSkelBuilder};
+
+// SAFETY: plain C structs of integers, generated from the BPF program's BTF.
+unsafe impl plain::Plain for types::psc_syscall_key {}
+unsafe impl plain::Plain for types::psc_syscall_error_key {}
+unsafe impl plain::Plain for types::psc_syscall_nr_err {}
+unsafe impl plain::Plain for types::psc_hist {}
+unsafe impl plain::Plain for types::psc_comm {}
+
+/// Must equal PSC_MAX_SYSCALLS in bpf/periscope.h.
+const MAX_SYSCALLS: u32 = 512;
+/// Label value of the series data folds into when a map is full.
+pub const OVERFLOW_NAME: &str = "__overflow__";
+
+const FOLDED_SLOTS: [(&str, u32); 5] = [
+    ("counts", 0),
+    ("errors", 1),
+    ("latency", 2),
+    ("overflow_errors", 3),
+    ("start", 4),
+];
+
+pub struct SyscallsSpec;
+
+impl ProbeSpec for SyscallsSpec {
+    fn name(&self) -> &'static str {
+        "syscalls"
+    }
+
+    fn description(&self) -> &'static str {
+        "per process and syscall: count, errors by errno, latency histogram"
+    }
+
+    fn enabled(&self, config: &Config) -> bool {
+        config.probes.syscalls.enabled
+    }
+
+    fn load(
+        &self,
+        config: &Config,
+        kernel: &mut KernelFeatures,
+        attach: bool,
+    ) -> Result<Box<dyn Probe>, ProbeError> {
+        Ok(Box::new(SyscallsProbe::load(config, kernel, attach)?))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum EnterHook {
+    None,
+    /// syscalls/sys_enter_<name> for each timed syscall (needs tracefs).
+    PerSyscallTracepoints,
+    /// tp_btf/sys_enter on every syscall, returning early for untimed ones.
+    BtfSysEnter,
+}
+
+/// Who a series belongs to: a live process (pid set), or an aggregate (exited processes
+/// of one executable, or the overflow series) with no pid.
+type Owner = (Option<u32>, String);
+
+pub struct SyscallsProbe {
+    skel: SyscallsSkel<'static>,
+    links: Vec<Link>,
+    enter_hook: EnterHook,
+    timed: Vec<u32>,
+    bounds: DurationBounds,
+    pid_label: bool,
+    exited_ttl: Duration,
+    processes: ProcessTable,
+    started: SystemTime,
+    exited_counts: BTreeMap<(String, u32), u64>,
+    exited_errors: BTreeMap<(String, u32, u32), u64>,
+    exited_latency: BTreeMap<(String, u32), LogLinearHistogram>,
+    expired_series: u64,
+    fill: Vec<MapFill>,
+}
+
+impl SyscallsProbe {
+    fn load(
+        config: &Config,
+        kernel: &mut KernelFeatures,
+        attach: bool,
+    ) -> Result<Self, ProbeError> {
+        util::check_btf()?;
+        let settings = &config.probes.syscalls;
+        let timed: Vec<u32> = settings.latency_syscalls.iter().map(|s| s.0).collect();
+
+        let enter_hook = if timed.is_empty() {
+            EnterHook::None
+        } else if !attach {
+            // Checking only: say what would be used without mounting anything.
+            if kernel.tracefs.is_some() {
+                EnterHook::PerSyscallTracepoints
+            } else {
+                EnterHook::BtfSysEnter
+            }
+        } else {
+            match kernel.ensure_tracefs() {
+                Ok(_) => EnterHook::PerSyscallTracepoints,
+                Err(reason) => {
+                    warn!(%reason, "timing syscalls through tp_btf/sys_enter instead of per-syscall tracepoints (costs more per syscall)");
+                    EnterHook::BtfSysEnter
+                }
+            }
+        };
+
+        // The skeleton borrows its object storage for its whole life, which is the probe's.
+        let storage = Box::leak(Box::new(MaybeUninit::uninit()));
+        let mut open = SyscallsSkelBuilder::default()
+            .open(storage)
+            .map_err(ProbeError::bpf("opening the syscalls BPF object"))?;
+
+        let rodata =
+            open.maps.rodata_data.as_deref_mut().ok_or_else(|| {
+                ProbeError::Unsupported("the syscalls object has no rodata".into())
+            })?;
+        for nr in &timed {
+            if let Some(slot) = rodata.latency_enabled.get_mut(*nr as usize) {
+                *slot = 1;
+            }
+        }
+        rodata.filter_by_tgid = u8::from(!settings.include_pids.is_empty());
+        rodata.filter_by_comm = u8::from(!settings.include_executables.is_empty());
+
+        let caps = [
+            (&mut open.maps.counts, settings.max_series.get()),
+            (&mut open.maps.errors, settings.max_error_series.get()),
+            (&mut open.maps.latency, settings.max_latency_series.get()),
+            (&mut open.maps.comms, settings.max_series.get()),
+        ];
+        for (map, cap) in caps {
+            map.set_max_entries(cap)
+                .map_err(ProbeError::bpf("setting a syscalls map cap"))?;
+        }
+        open.progs
+            .psc_sys_enter_tp
+            .set_autoload(enter_hook == EnterHook::PerSyscallTracepoints);
+        open.progs
+            .psc_sys_enter_btf
+            .set_autoload(enter_hook == EnterHook::BtfSysEnter);
+
+        let skel = open
+            .load()
+            .map_err(ProbeError::bpf("loading the syscalls BPF programs"))?;
+
+        for pid in &settings.include_pids {
+            skel.maps
+                .selected_tgids
+                .update(&pid.to_ne_bytes(), &[1], MapFlags::ANY)
+                .map_err(ProbeError::bpf("selecting a pid"))?;
+        }
+        for name in &settings.include_executables {
+            let mut comm = [0u8; 16];
+            comm[..name.0.len()].copy_from_slice(name.0.as_bytes());
+            skel.maps
+                .selected_comms
+                .update(&comm, &[1], MapFlags::ANY)
+                .map_err(ProbeError::bpf("selecting an executable"))?;
+        }
+
+        let mut probe = SyscallsProbe {
+            skel,
+            links: Vec::new(),
+            enter_hook,
+            timed,
+            bounds: DurationBounds::new(&settings.duration_buckets_seconds.0),
+            pid_label: config.processes.pid_label,
+            exited_ttl: Duration::from_secs(config.processes.exited_ttl_secs),
+            processes: ProcessTable::new(),
+            started: SystemTime::now(),
+            exited_counts: BTreeMap::new(),
+            exited_errors: BTreeMap::new(),
+            exited_latency: BTreeMap::new(),
+            expired_series: 0,
+            fill: Vec::new(),
+        };
+        if attach {
+            probe.attach()?;
+        }
+        Ok(probe)
+    }
+
+    fn attach(&mut self) -> Result<(), ProbeError> {
+        let progs = &self.skel.progs;
+        self.links.push(
+            progs
+                .psc_sys_exit
+                .attach()
+                .map_err(ProbeError::bpf("attaching tp_btf/sys_exit"))?,
+        );
+        match self.enter_hook {
+            EnterHook::None => {}
+            EnterHook::BtfSysEnter => self.links.push(
+                progs
+                    .psc_sys_enter_btf
+                    .attach()
+                    .map_err(ProbeError::bpf("attaching tp_btf/sys_enter"))?,
+            ),
+            EnterHook::PerSyscallTracepoints => {
+                for nr in &self.timed {
+                    let name = syscall_name(*nr);
+                    let tracepoint = format!("sys_enter_{name}");
+                    match progs
+                        .psc_sys_enter_tp
+                        .attach_tracepoint(TracepointCategory::Syscalls, &tracepoint)
+                    {
+                        Ok(link) => self.links.push(link),
+                        Err(err) => {
+                            warn!(syscall = %name, error = %err, "this syscall has no enter tracepoint here; it is counted but not timed")
+                        }
+                    }
+                }
+            }
+        }
+        debug!(links = self.links.len(), "syscalls probe attached");
+        Ok(())
+    }
+
+    fn comm_of(&self, pid: u32) -> Option<String> {
+        let bytes = self
+            .skel
+            .maps
+            .comms
+            .lookup(&pid.to_ne_bytes(), MapFlags::ANY)
+            .ok()
+            .flatten()?;
+        let comm: types::psc_comm = decode(&bytes)?;
+        Some(c_string(&comm.comm))
+    }
+
+    fn owner(&self, pid: u32) -> Owner {
+        let name = self
+            .processes
+            .get(pid)
+            .map(|info| info.name.clone())
+            .unwrap_or_else(|| crate::enrich::process::UNKNOWN_NAME.to_string());
+        (self.pid_label.then_some(pid), name)
+    }
+
+    /// Moves the series of processes gone for the TTL into the per-executable aggregate
+    /// and frees their kernel map entries.
+    fn expire(&mut self, now: Instant, reading: &mut Reading) {
+        for pid in self.processes.expired(now, self.exited_ttl) {
+            let Some(info) = self.processes.remove(pid) else {
+                continue;
+            };
+            let name = info.name;
+            let mut series = 0u64;
+            for ((tgid, nr), count) in reading.counts.extract_if_pid(pid) {
+                *self.exited_counts.entry((name.clone(), nr)).or_default() += count;
+                let key = types::psc_syscall_key { tgid, nr };
+                let _ = self.skel.maps.counts.delete(plain_bytes(&key));
+                series += 1;
+            }
+            for ((tgid, nr, err), count) in reading.errors.extract_if_pid(pid) {
+                *self
+                    .exited_errors
+                    .entry((name.clone(), nr, err))
+                    .or_default() += count;
+                let key = types::psc_syscall_error_key { tgid, nr, err };
+                let _ = self.skel.maps.errors.delete(plain_bytes(&key));
+                series += 1;
+            }
+            for ((tgid, nr), hist) in reading.latency.extract_if_pid(pid) {
+                self.exited_latency
+                    .entry((name.clone(), nr))
+                    .or_default()
+                    .merge(&hist);
+                let key = types::psc_syscall_key { tgid, nr };
+                let _ = self.skel.maps.latency.delete(plain_bytes(&key));
+                series += 1;
+            }
+            let _ = self.skel.maps.comms.delete(&pid.to_ne_bytes());
+            self.expired_series += series;
+            debug!(pid, executable = %name, series, "folded an exited process's series");
+        }
+    }
+
+    fn read(&self) -> Reading {
+        let maps = &self.skel.maps;
+        let mut reading = Reading::default();
+        for (key, values) in util::read_percpu(&maps.counts) {
+            if let Some(k) = decode::<types::psc_syscall_key>(&key) {
+                reading
+                    .counts
+                    .0
+                    .insert((k.tgid, k.nr), util::sum_percpu_u64(&values));
+            }
+        }
+        for (key, values) in util::read_percpu(&maps.errors) {
+            if let Some(k) = decode::<types::psc_syscall_error_key>(&key) {
+                reading
+                    .errors
+                    .0
+                    .insert((k.tgid, k.nr, k.err), util::sum_percpu_u64(&values));
+            }
+        }
+        for (key, value) in util::read_shared(&maps.latency) {
+            if let (Some(k), Some(hist)) =
+                (decode::<types::psc_syscall_key>(&key), decode_hist(&value))
+            {
+                reading.latency.0.insert((k.tgid, k.nr), hist);
+            }
+        }
+        reading
+    }
+
+    fn folded_count(&self, slot: u32) -> u64 {
+        util::percpu_array_u64(&self.skel.maps.folded, slot)
+    }
+
+    /// The overflow series: only read when something folded, as they are 3 x 512 lookups.
+    fn read_overflow(&self, acc: &mut Accumulated) {
+        let maps = &self.skel.maps;
+        let owner: Owner = (None, OVERFLOW_NAME.to_string());
+        if self.folded_count(0) > 0 {
+            for nr in 0..MAX_SYSCALLS {
+                let count = util::percpu_array_u64(&maps.overflow_counts, nr);
+                if count > 0 {
+                    *acc.counts.entry((owner.clone(), nr)).or_default() += count;
+                }
+            }
+        }
+        if self.folded_count(1) > 0 {
+            for (key, values) in util::read_percpu(&maps.overflow_errors) {
+                if let Some(k) = decode::<types::psc_syscall_nr_err>(&key) {
+                    *acc.errors.entry((owner.clone(), k.nr, k.err)).or_default() +=
+                        util::sum_percpu_u64(&values);
+                }
+            }
+            if self.folded_count(3) > 0 {
+                for nr in 0..MAX_SYSCALLS {
+                    let count = util::percpu_array_u64(&maps.overflow_errors_any, nr);
+                    if count > 0 {
+                        *acc.errors.entry((owner.clone(), nr, 0)).or_default() += count;
+                    }
+                }
+            }
+        }
+        if self.folded_count(2) > 0 {
+            for nr in &self.timed {
+                let hist = maps
+                    .overflow_latency
+                    .lookup(&nr.to_ne_bytes(), MapFlags::ANY)
+                    .ok()
+                    .flatten()
+                    .and_then(|bytes| decode_hist(&bytes));
+                if let Some(hist) = hist.filter(|h| !h.is_empty()) {
+                    acc.latency
+                        .entry((owner.clone(), *nr))
+                        .or_default()
+                        .merge(&hist);
+                }
+            }
+        }
+    }
+}
+
+/// One read of the kernel maps, keyed by pid.
+#[derive(Default)]
+struct Reading {
+    counts: PidKeyed<(u32, u32), u64>,
+    errors: PidKeyed<(u32, u32, u32), u64>,
+    latency: PidKeyed<(u32, u32), LogLinearHistogram>,
+}
+
+struct PidKeyed<K, V>(HashMap<K, V>);
+
+impl<K, V> Default for PidKeyed<K, V> {
+    fn default() -> Self {
+        PidKeyed(HashMap::new())
+    }
+}
+
+trait HasPid {
+    fn pid(&self) -> u32;
+}
+impl HasPid for (u32, u32) {
+    fn pid(&self) -> u32 {
+        self.0
+    }
+}
+impl HasPid for (u32, u32, u32) {
+    fn pid(&self) -> u32 {
+        self.0
+    }
+}
+
+impl<K: HasPid + Copy + std::hash::Hash + Eq, V> PidKeyed<K, V> {
+    fn extract_if_pid(&mut self, pid: u32) -> Vec<(K, V)> {
+        let keys: Vec<K> = self.0.keys().filter(|k| k.pid() == pid).copied().collect();
+        keys.into_iter()
+            .filter_map(|k| self.0.remove(&k).map(|v| (k, v)))
+            .collect()
+    }
+
+    fn pids(&self) -> impl Iterator<Item = u32> + '_ {
+        self.0.keys().map(HasPid::pid)
+    }
+}
+
+/// Series per owner, after pids are resolved to names.
+#[derive(Default)]
+struct Accumulated {
+    counts: BTreeMap<(Owner, u32), u64>,
+    errors: BTreeMap<(Owner, u32, u32), u64>,
+    latency: BTreeMap<(Owner, u32), LogLinearHistogram>,
+}
+
+impl Probe for SyscallsProbe {
+    fn name(&self) -> &'static str {
+        "syscalls"
+    }
+
+    fn attach_method(&self) -> String {
+        let enter = match self.enter_hook {
+            EnterHook::None => "no syscall is timed".to_string(),
+            EnterHook::PerSyscallTracepoints => format!(
+                "tracepoint syscalls/sys_enter_* for {} timed syscalls",
+                self.timed.len()
+            ),
+            EnterHook::BtfSysEnter => {
+                format!("tp_btf/sys_enter for {} timed syscalls", self.timed.len())
+            }
+        };
+        format!("tp_btf/sys_exit (counts, errors); {enter}")
+    }
+
+    fn collect(&mut self, now: Instant, out: &mut Vec<Family>) {
+        let mut reading = self.read();
+        let mut pids: Vec<u32> = reading
+            .counts
+            .pids()
+            .chain(reading.errors.pids())
+            .chain(reading.latency.pids())
+            .collect();
+        pids.sort_unstable();
+        pids.dedup();
+        for pid in &pids {
+            let fallback = self.comm_of(*pid);
+            self.processes.observe(*pid, now, fallback.as_deref());
+        }
+        self.expire(now, &mut reading);
+
+        let mut acc = Accumulated::default();
+        let mut created: HashMap<Owner, SystemTime> = HashMap::new();
+        for pid in pids {
+            if let Some(info) = self.processes.get(pid) {
+                let owner = self.owner(pid);
+                let first_seen = info.first_seen;
+                created
+                    .entry(owner)
+                    .and_modify(|t| *t = (*t).min(first_seen))
+                    .or_insert(first_seen);
+            }
+        }
+        for ((pid, nr), count) in reading.counts.0 {
+            *acc.counts.entry((self.owner(pid), nr)).or_default() += count;
+        }
+        for ((pid, nr, err), count) in reading.errors.0 {
+            *acc.errors.entry((self.owner(pid), nr, err)).or_default() += count;
+        }
+        for ((pid, nr), hist) in reading.latency.0 {
+            acc.latency
+                .entry((self.owner(pid), nr))
+                .or_default()
+                .merge(&hist);
+        }
+        for ((name, nr), count) in &self.exited_counts {
+            *acc.counts.entry(((None, name.clone()), *nr)).or_default() += count;
+        }
+        for ((name, nr, err), count) in &self.exited_errors {
+            *acc.errors
+                .entry(((None, name.clone()), *nr, *err))
+                .or_default() += count;
+        }
+        for ((name, nr), hist) in &self.exited_latency {
+            acc.latency
+                .entry(((None, name.clone()), *nr))
+                .or_default()
+                .merge(hist);
+        }
+        self.read_overflow(&mut acc);
+
+        let created_of = |owner: &Owner| created.get(owner).copied().unwrap_or(self.started);
+        let mut calls = Family::new(
+            "syscalls",
+            "Syscalls completed, per process and syscall.",
+            MetricKind::Counter,
+        );
+        for ((owner, nr), count) in &acc.counts {
+            let mut labels = owner_labels(owner);
+            labels.push(("syscall", syscall_name(*nr)));
+            calls.push_created(labels, Value::Counter(*count as f64), created_of(owner));
+        }
+        let mut errors = Family::new(
+            "syscall_errors",
+            "Syscalls that returned an error, per process, syscall and errno.",
+            MetricKind::Counter,
+        );
+        for ((owner, nr, err), count) in &acc.errors {
+            let mut labels = owner_labels(owner);
+            labels.push(("syscall", syscall_name(*nr)));
+            labels.push(("errno", errno_name(*err)));
+            errors.push_created(labels, Value::Counter(*count as f64), created_of(owner));
+        }
+        let mut durations = Family::new(
+            "syscall_duration_seconds",
+            "Time from syscall entry to exit, for the syscalls configured for latency.",
+            MetricKind::Histogram,
+        )
+        .with_unit("seconds");
+        for ((owner, nr), hist) in &acc.latency {
+            let mut labels = owner_labels(owner);
+            labels.push(("syscall", syscall_name(*nr)));
+            durations.push_created(
+                labels,
+                Value::Histogram(self.bounds.classic(hist)),
+                created_of(owner),
+            );
+        }
+        out.push(calls);
+        out.push(errors);
+        out.push(durations);
+
+        let maps = &self.skel.maps;
+        self.fill = vec![
+            fill("counts", &maps.counts),
+            fill("errors", &maps.errors),
+            fill("latency", &maps.latency),
+            fill("overflow_errors", &maps.overflow_errors),
+            fill("comms", &maps.comms),
+        ];
+    }
+
+    fn programs(&self) -> Vec<(String, BorrowedFd<'_>)> {
+        let progs = &self.skel.progs;
+        let mut list = vec![("psc_sys_exit".to_string(), progs.psc_sys_exit.as_fd())];
+        match self.enter_hook {
+            EnterHook::None => {}
+            EnterHook::PerSyscallTracepoints => list.push((
+                "psc_sys_enter_tp".to_string(),
+                progs.psc_sys_enter_tp.as_fd(),
+            )),
+            EnterHook::BtfSysEnter => list.push((
+                "psc_sys_enter_btf".to_string(),
+                progs.psc_sys_enter_btf.as_fd(),
+            )),
+        }
+        list
+    }
+
+    fn map_fill(&self) -> Vec<MapFill> {
+        self.fill.clone()
+    }
+
+    fn folded(&self) -> Vec<(&'static str, u64)> {
+        FOLDED_SLOTS
+            .iter()
+            .map(|(map, slot)| (*map, self.folded_count(*slot)))
+            .collect()
+    }
+
+    fn expired_series(&self) -> u64 {
+        self.expired_series
+    }
+}
+
+impl Drop for SyscallsProbe {
+    fn drop(&mut self) {
+        if !self.links.is_empty() {
+            info!(links = self.links.len(), "detaching the syscalls probe");
+        }
+    }
+}
+
+fn fill<M: MapCore>(name: &'static str, map: &M) -> MapFill {
+    MapFill {
+        map: name,
+        entries: map.keys().count() as u64,
+        capacity: u64::from(map.max_entries()),
+    }
+}
+
+fn owner_labels((pid, name): &Owner) -> Labels {
+    let mut labels = Labels::with_capacity(5);
+    if let Some(pid) = pid {
+        labels.push(("process_pid", pid.to_string()));
+    }
+    labels.push(("process_executable_name", name.clone()));
+    labels.push(("service_name", name.clone()));
+    labels
+}
+
+pub fn syscall_name(nr: u32) -> String {
+    match table::SYSCALL_NAMES.get(nr as usize).copied().flatten() {
+        Some(name) => name.to_string(),
+        None => format!("syscall_{nr}"),
+    }
+}
+
+/// `0` marks errors whose errno was lost to a full overflow map.
+pub fn errno_name(err: u32) -> String {
+    if err == 0 {
+        return "unknown".into();
+    }
+    match errno::ERRNO_NAMES.get(err as usize).copied().flatten() {
+        Some(name) => name.to_string(),
+        None => format!("E{err}"),
+    }
+}
+
+fn decode<T: plain::Plain + Default>(bytes: &[u8]) -> Option<T> {
+    let mut value = T::default();
+    plain::copy_from_bytes(&mut value, bytes).ok()?;
+    Some(value)
+}
+
+fn decode_hist(bytes: &[u8]) -> Option<LogLinearHistogram> {
+    let hist: types::psc_hist = decode(bytes)?;
+    debug_assert_eq!(hist.buckets.len(), BUCKETS);
+    Some(LogLinearHistogram::from_parts(&hist.buckets, hist.sum))
+}
+
+fn plain_bytes<T: plain::Plain>(value: &T) -> &[u8] {
+    // SAFETY: Plain types are plain integers without padding-dependent invariants.
+    unsafe { plain::as_bytes(value) }
+}

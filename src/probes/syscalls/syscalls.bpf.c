@@ -1,0 +1,318 @@
+/*
+ * syscalls: per process and syscall, a count, errors by errno and, for the
+ * syscalls chosen for latency, a log-linear latency histogram.
+ *
+ * Costs decide the shape (see BENCHMARKS.md): every syscall is counted from one
+ * hook on sys_exit, which sees the syscall number and the return value. Only
+ * syscalls chosen for latency also pay for a start stamp, taken by per-syscall
+ * tracepoints (syscalls/sys_enter_<name>), which do not run for other syscalls;
+ * when tracefs cannot be mounted, a tp_btf program on sys_enter with an early
+ * return takes its place. The stamp lives in task storage, much cheaper than a
+ * hash keyed by thread id.
+ */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+#include "periscope.h"
+#include "syscalls.h"
+
+char LICENSE[] SEC("license") = PSC_LICENSE;
+
+/* Set by user space before load. */
+const volatile __u8 latency_enabled[PSC_MAX_SYSCALLS] = {};
+const volatile __u8 filter_by_tgid = 0;
+const volatile __u8 filter_by_comm = 0;
+
+/* Instances that make the skeleton generate Rust definitions of the shared types. */
+struct psc_syscall_key psc_syscall_key_type = {};
+struct psc_syscall_error_key psc_syscall_error_key_type = {};
+struct psc_syscall_nr_err psc_syscall_nr_err_type = {};
+struct psc_hist psc_hist_type = {};
+struct psc_comm psc_comm_type = {};
+
+#define PSC_NR_EXECVE 59
+#define PSC_NR_EXECVEAT 322
+
+/* max_entries of the keyed maps are the configured caps, set by user space. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct psc_syscall_key);
+	__type(value, __u64);
+} counts SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, struct psc_syscall_error_key);
+	__type(value, __u64);
+} errors SEC(".maps");
+
+/* Shared, not per-CPU: a histogram per CPU would cost 1.2 KiB times the CPU count per series. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, struct psc_syscall_key);
+	__type(value, struct psc_hist);
+} latency SEC(".maps");
+
+/* Overflow series: where data goes when its process finds a map full, so totals stay exact. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, PSC_MAX_SYSCALLS);
+	__type(key, __u32);
+	__type(value, __u64);
+} overflow_counts SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, struct psc_syscall_nr_err);
+	__type(value, __u64);
+} overflow_errors SEC(".maps");
+
+/* Last resort when even overflow_errors is full: errors by syscall, errno unknown. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, PSC_MAX_SYSCALLS);
+	__type(key, __u32);
+	__type(value, __u64);
+} overflow_errors_any SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, PSC_MAX_SYSCALLS);
+	__type(key, __u32);
+	__type(value, struct psc_hist);
+} overflow_latency SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, PSC_FOLDED_SLOTS);
+	__type(key, __u32);
+	__type(value, __u64);
+} folded SEC(".maps");
+
+/* Always zero: the source of new histogram entries, too large for the BPF stack. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct psc_hist);
+} zero_hist SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct psc_syscall_start);
+} start SEC(".maps");
+
+/*
+ * Names of the processes counted, recorded when a process gets its first series and
+ * again when it execs, so processes that exit before user space reads /proc keep
+ * their name. LRU: the oldest names go first; user space falls back to "unknown".
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u32);
+	__type(value, struct psc_comm);
+} comms SEC(".maps");
+
+/* Process selection, consulted only when the matching filter_by_* flag is set. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, __u32);
+	__type(value, __u8);
+} selected_tgids SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, char[PSC_COMM_LEN]);
+	__type(value, __u8);
+} selected_comms SEC(".maps");
+
+static __always_inline int is_selected(__u32 tgid)
+{
+	char comm[PSC_COMM_LEN] = {};
+
+	if (!filter_by_tgid && !filter_by_comm)
+		return 1;
+	if (filter_by_tgid && bpf_map_lookup_elem(&selected_tgids, &tgid))
+		return 1;
+	if (filter_by_comm) {
+		bpf_get_current_comm(comm, sizeof(comm));
+		if (bpf_map_lookup_elem(&selected_comms, comm))
+			return 1;
+	}
+	return 0;
+}
+
+static __always_inline void add_percpu(void *map, const void *key, __u64 *on_full, __u32 folded_slot)
+{
+	__u64 one = 1, *value;
+	long err;
+
+	value = bpf_map_lookup_elem(map, key);
+	if (value) {
+		*value += 1;
+		return;
+	}
+	err = bpf_map_update_elem(map, key, &one, BPF_NOEXIST);
+	if (err == 0)
+		return;
+	if (err == -PSC_EEXIST) {
+		/* Another CPU inserted the key first: our slot of it is still ours alone. */
+		value = bpf_map_lookup_elem(map, key);
+		if (value)
+			*value += 1;
+		return;
+	}
+	if (on_full)
+		*on_full += 1;
+	PSC_COUNT_IN(folded, folded_slot);
+}
+
+static __always_inline void record_comm(__u32 tgid)
+{
+	struct task_struct *task = bpf_get_current_task_btf();
+	struct psc_comm name = {};
+
+	/* A thread may rename itself; the process is known by its group leader's name. */
+	bpf_probe_read_kernel_str(name.comm, sizeof(name.comm), task->group_leader->comm);
+	bpf_map_update_elem(&comms, &tgid, &name, BPF_ANY);
+}
+
+static __always_inline void count_error(__u32 tgid, __u32 nr, __u32 err)
+{
+	struct psc_syscall_error_key key = { .tgid = tgid, .nr = nr, .err = err };
+	struct psc_syscall_nr_err overflow_key = { .nr = nr, .err = err };
+	__u64 one = 1, *value;
+	long ret;
+
+	value = bpf_map_lookup_elem(&errors, &key);
+	if (value) {
+		*value += 1;
+		return;
+	}
+	ret = bpf_map_update_elem(&errors, &key, &one, BPF_NOEXIST);
+	if (ret == 0)
+		return;
+	if (ret == -PSC_EEXIST) {
+		value = bpf_map_lookup_elem(&errors, &key);
+		if (value)
+			*value += 1;
+		return;
+	}
+	PSC_COUNT_IN(folded, PSC_FOLDED_ERRORS);
+	add_percpu(&overflow_errors, &overflow_key,
+		   bpf_map_lookup_elem(&overflow_errors_any, &nr), PSC_FOLDED_OVERFLOW_ERRORS);
+}
+
+static __always_inline void record_latency(__u32 tgid, __u32 nr)
+{
+	struct psc_syscall_key key = { .tgid = tgid, .nr = nr };
+	struct psc_syscall_start *st;
+	struct psc_hist *hist;
+	__u32 zero = 0;
+	__u64 delta;
+
+	st = bpf_task_storage_get(&start, bpf_get_current_task_btf(), 0, 0);
+	if (!st || !st->ts || st->nr != nr)
+		return;
+	delta = bpf_ktime_get_ns() - st->ts;
+	st->ts = 0;
+
+	hist = bpf_map_lookup_elem(&latency, &key);
+	if (!hist) {
+		struct psc_hist *zeroes = bpf_map_lookup_elem(&zero_hist, &zero);
+
+		if (!zeroes)
+			return;
+		/* Failure is fine here: either another CPU inserted it, or the map is full. */
+		bpf_map_update_elem(&latency, &key, zeroes, BPF_NOEXIST);
+		hist = bpf_map_lookup_elem(&latency, &key);
+		if (!hist) {
+			PSC_COUNT_IN(folded, PSC_FOLDED_LATENCY);
+			hist = bpf_map_lookup_elem(&overflow_latency, &nr);
+			if (!hist)
+				return;
+		}
+	}
+	psc_hist_record_atomic(hist, delta);
+}
+
+static __always_inline void stamp_start(__u32 nr)
+{
+	struct psc_syscall_start *st;
+
+	st = bpf_task_storage_get(&start, bpf_get_current_task_btf(), 0,
+				  BPF_LOCAL_STORAGE_GET_F_CREATE);
+	if (!st) {
+		PSC_COUNT_IN(folded, PSC_FOLDED_START);
+		return;
+	}
+	st->nr = nr;
+	st->ts = bpf_ktime_get_ns();
+}
+
+SEC("tp_btf/sys_exit")
+int BPF_PROG(psc_sys_exit, struct pt_regs *regs, long ret)
+{
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	struct psc_syscall_key key;
+	long nr = regs->orig_ax;
+	__u64 *count;
+
+	if (nr < 0 || nr >= PSC_MAX_SYSCALLS)
+		return 0;
+	if (!is_selected(tgid))
+		return 0;
+
+	key.tgid = tgid;
+	key.nr = nr;
+	count = bpf_map_lookup_elem(&counts, &key);
+	if (count) {
+		*count += 1;
+	} else {
+		record_comm(tgid);
+		add_percpu(&counts, &key, bpf_map_lookup_elem(&overflow_counts, &key.nr),
+			   PSC_FOLDED_COUNTS);
+	}
+	if ((nr == PSC_NR_EXECVE || nr == PSC_NR_EXECVEAT) && ret == 0)
+		record_comm(tgid);
+	if (ret < 0 && ret >= -PSC_MAX_ERRNO)
+		count_error(tgid, key.nr, -ret);
+	if (latency_enabled[nr])
+		record_latency(tgid, key.nr);
+	return 0;
+}
+
+/* Attached by user space to syscalls/sys_enter_<name> for each syscall chosen for latency. */
+SEC("tracepoint")
+int psc_sys_enter_tp(struct trace_event_raw_sys_enter *ctx)
+{
+	long nr = ctx->id;
+
+	if (nr < 0 || nr >= PSC_MAX_SYSCALLS)
+		return 0;
+	if (!is_selected(bpf_get_current_pid_tgid() >> 32))
+		return 0;
+	stamp_start(nr);
+	return 0;
+}
+
+/* Fallback when tracefs is unavailable: runs on every syscall, returns early for most. */
+SEC("tp_btf/sys_enter")
+int BPF_PROG(psc_sys_enter_btf, struct pt_regs *regs, long id)
+{
+	if (id < 0 || id >= PSC_MAX_SYSCALLS || !latency_enabled[id])
+		return 0;
+	if (!is_selected(bpf_get_current_pid_tgid() >> 32))
+		return 0;
+	stamp_start(id);
+	return 0;
+}

@@ -1,0 +1,43 @@
+/* Types shared by syscalls.bpf.c and its Rust loader (through the skeleton's generated types). */
+#pragma once
+
+#include "periscope.h"
+#include "histogram.h"
+
+struct psc_syscall_key {
+	__u32 tgid;
+	__u32 nr;
+};
+
+struct psc_syscall_error_key {
+	__u32 tgid;
+	__u32 nr;
+	__u32 err;
+};
+
+/* Key of the overflow errors map: errors of processes that found the errors map full. */
+struct psc_syscall_nr_err {
+	__u32 nr;
+	__u32 err;
+};
+
+/* The name of a process, as its group leader's comm. */
+struct psc_comm {
+	char comm[PSC_COMM_LEN];
+};
+
+struct psc_syscall_start {
+	__u64 ts;
+	__u32 nr;
+	__u32 pad;
+};
+
+/* Slots of the `folded` array: new keys a full map refused, so their data went to an overflow series. */
+enum psc_syscall_folded_slot {
+	PSC_FOLDED_COUNTS = 0,
+	PSC_FOLDED_ERRORS = 1,
+	PSC_FOLDED_LATENCY = 2,
+	PSC_FOLDED_OVERFLOW_ERRORS = 3,
+	PSC_FOLDED_START = 4, /* a thread's start slot could not be created: that call is counted, not timed */
+	PSC_FOLDED_SLOTS = 5,
+};

@@ -1,0 +1,92 @@
+//! Helpers every probe's loader uses to read its maps.
+
+use libbpf_rs::{MapCore, MapFlags};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error(
+        "the kernel has no BTF at {0}; Periscope needs a kernel built with CONFIG_DEBUG_INFO_BTF=y"
+    )]
+    NoBtf(&'static str),
+    #[error("{what}: {source}")]
+    Bpf {
+        what: String,
+        #[source]
+        source: libbpf_rs::Error,
+    },
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+impl ProbeError {
+    pub fn bpf(what: impl Into<String>) -> impl FnOnce(libbpf_rs::Error) -> ProbeError {
+        let what = what.into();
+        move |source| ProbeError::Bpf { what, source }
+    }
+}
+
+/// Entries of a keyed map against its cap.
+#[derive(Debug, Clone)]
+pub struct MapFill {
+    pub map: &'static str,
+    pub entries: u64,
+    pub capacity: u64,
+}
+
+/// Sums a per-CPU u64 value.
+pub fn sum_percpu_u64(values: &[Vec<u8>]) -> u64 {
+    values
+        .iter()
+        .filter_map(|bytes| bytes.get(..8))
+        .map(|bytes| u64::from_ne_bytes(bytes.try_into().unwrap_or([0; 8])))
+        .fold(0u64, u64::wrapping_add)
+}
+
+/// Every (key, per-CPU values) pair of a per-CPU map. Keys deleted while we iterate are
+/// skipped.
+pub fn read_percpu<M: MapCore>(map: &M) -> Vec<(Vec<u8>, Vec<Vec<u8>>)> {
+    map.keys()
+        .filter_map(|key| {
+            let values = map.lookup_percpu(&key, MapFlags::ANY).ok().flatten()?;
+            Some((key, values))
+        })
+        .collect()
+}
+
+/// Every (key, value) pair of a shared map.
+pub fn read_shared<M: MapCore>(map: &M) -> Vec<(Vec<u8>, Vec<u8>)> {
+    map.keys()
+        .filter_map(|key| {
+            let value = map.lookup(&key, MapFlags::ANY).ok().flatten()?;
+            Some((key, value))
+        })
+        .collect()
+}
+
+/// Sum over CPUs of slot `idx` of a per-CPU u64 array.
+pub fn percpu_array_u64<M: MapCore>(map: &M, idx: u32) -> u64 {
+    map.lookup_percpu(&idx.to_ne_bytes(), MapFlags::ANY)
+        .ok()
+        .flatten()
+        .map(|values| sum_percpu_u64(&values))
+        .unwrap_or(0)
+}
+
+/// A C string field (comm) as text: up to the first NUL, invalid UTF-8 replaced.
+pub fn c_string(bytes: &[i8]) -> String {
+    let bytes: Vec<u8> = bytes
+        .iter()
+        .map(|b| *b as u8)
+        .take_while(|b| *b != 0)
+        .collect();
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+/// Whether an error from libbpf says the kernel lacks BTF or the program type.
+pub fn check_btf() -> Result<(), ProbeError> {
+    if std::path::Path::new(crate::kernel::BTF_PATH).exists() {
+        Ok(())
+    } else {
+        Err(ProbeError::NoBtf(crate::kernel::BTF_PATH))
+    }
+}

@@ -1,0 +1,125 @@
+//! The agent's own metrics (`periscope_*`): what tracing costs and what was refused.
+//! Labels name probes, programs and maps only: never a pid, process name or address.
+
+use std::time::Duration;
+
+use crate::kernel::stats::ProgramStats;
+use crate::model::{Family, MetricKind, Value};
+use crate::probes::MapFill;
+
+/// What one probe reports about itself at a collection.
+pub struct ProbeHealth {
+    pub probe: &'static str,
+    pub up: bool,
+    pub programs: Vec<(String, ProgramStats)>,
+    pub maps: Vec<MapFill>,
+    pub folded: Vec<(&'static str, u64)>,
+    pub expired_series: u64,
+    pub events_lost: u64,
+}
+
+pub fn families(
+    health: &[ProbeHealth],
+    collect_time: Duration,
+    start_time: Duration,
+) -> Vec<Family> {
+    let mut build = Family::new(
+        "periscope_build_info",
+        "Periscope's version; always 1.",
+        MetricKind::Gauge,
+    );
+    build.push(
+        vec![("version", env!("CARGO_PKG_VERSION").to_string())],
+        Value::Gauge(1.0),
+    );
+
+    let mut up = Family::new(
+        "periscope_probe_up",
+        "1 when the probe is loaded and attached, 0 when disabled or unsupported.",
+        MetricKind::Gauge,
+    );
+    let mut runs = Family::new(
+        "periscope_bpf_program_runs",
+        "Times each BPF program ran (kernel statistics, BPF_ENABLE_STATS).",
+        MetricKind::Counter,
+    );
+    let mut run_time = Family::new(
+        "periscope_bpf_program_run_seconds",
+        "CPU time spent in each BPF program (kernel statistics, BPF_ENABLE_STATS).",
+        MetricKind::Counter,
+    )
+    .with_unit("seconds");
+    let mut entries = Family::new(
+        "periscope_bpf_map_entries",
+        "Entries in each keyed BPF map.",
+        MetricKind::Gauge,
+    );
+    let mut capacity = Family::new(
+        "periscope_bpf_map_capacity",
+        "Configured cap of each keyed BPF map.",
+        MetricKind::Gauge,
+    );
+    let mut folded = Family::new(
+        "periscope_series_folded",
+        "New series refused by a full map; their data went to the overflow series.",
+        MetricKind::Counter,
+    );
+    let mut expired = Family::new(
+        "periscope_series_expired",
+        "Series of exited processes folded into per-executable aggregates after the TTL.",
+        MetricKind::Counter,
+    );
+    let mut lost = Family::new(
+        "periscope_events_lost",
+        "Events the kernel could not hand to the agent (full ring buffer).",
+        MetricKind::Counter,
+    );
+    for probe in health {
+        let probe_label = || vec![("probe", probe.probe.to_string())];
+        up.push(
+            probe_label(),
+            Value::Gauge(if probe.up { 1.0 } else { 0.0 }),
+        );
+        if !probe.up {
+            continue;
+        }
+        for (program, stats) in &probe.programs {
+            let mut labels = probe_label();
+            labels.push(("program", program.clone()));
+            runs.push(labels.clone(), Value::Counter(stats.run_count as f64));
+            run_time.push(labels, Value::Counter(stats.run_time_ns as f64 / 1e9));
+        }
+        for fill in &probe.maps {
+            let mut labels = probe_label();
+            labels.push(("map", fill.map.to_string()));
+            entries.push(labels.clone(), Value::Gauge(fill.entries as f64));
+            capacity.push(labels, Value::Gauge(fill.capacity as f64));
+        }
+        for (map, count) in &probe.folded {
+            let mut labels = probe_label();
+            labels.push(("map", map.to_string()));
+            folded.push(labels, Value::Counter(*count as f64));
+        }
+        expired.push(probe_label(), Value::Counter(probe.expired_series as f64));
+        lost.push(probe_label(), Value::Counter(probe.events_lost as f64));
+    }
+
+    let mut scrape = Family::new(
+        "periscope_scrape_duration_seconds",
+        "Time this scrape spent reading the kernel's maps.",
+        MetricKind::Gauge,
+    )
+    .with_unit("seconds");
+    scrape.push(vec![], Value::Gauge(collect_time.as_secs_f64()));
+    let mut start = Family::new(
+        "periscope_start_duration_seconds",
+        "Time from agent start until every probe was loaded and attached.",
+        MetricKind::Gauge,
+    )
+    .with_unit("seconds");
+    start.push(vec![], Value::Gauge(start_time.as_secs_f64()));
+
+    vec![
+        build, up, runs, run_time, entries, capacity, folded, expired, lost, scrape, start,
+    ]
+}
