@@ -291,11 +291,21 @@ int BPF_PROG(psc_sys_exit, struct pt_regs *regs, long ret)
 	return 0;
 }
 
+/*
+ * The record of syscalls/sys_enter_<name>: after the 8-byte common header comes a 4-byte
+ * syscall number (see its tracefs `format`); trace_event_raw_sys_enter's `long id`
+ * would read 4 bytes of padding with it.
+ */
+struct psc_sys_enter_record {
+	__u64 common;
+	int nr;
+};
+
 /* Attached by user space to syscalls/sys_enter_<name> for each syscall chosen for latency. */
 SEC("tracepoint")
-int psc_sys_enter_tp(struct trace_event_raw_sys_enter *ctx)
+int psc_sys_enter_tp(struct psc_sys_enter_record *ctx)
 {
-	long nr = ctx->id;
+	long nr = ctx->nr;
 
 	if (nr < 0 || nr >= PSC_MAX_SYSCALLS)
 		return 0;

@@ -1,0 +1,403 @@
+//! Helpers for the end-to-end tests: they run the real agent binary as root, drive real
+//! workloads and read the agent only through /metrics, as users do.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+static KERNEL: Mutex<()> = Mutex::new(());
+
+/// Serialises tests that load probes: they share the kernel and compare exact counts.
+pub fn kernel_lock() -> MutexGuard<'static, ()> {
+    KERNEL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// True when the test can load BPF programs. Under CI=true a missing privilege fails the
+/// test; elsewhere the test is skipped with a loud message.
+pub fn have_root(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{test} needs root to load BPF programs, and CI=true: run the tests as root");
+    }
+    eprintln!("SKIPPING {test}: needs root to load BPF programs");
+    false
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!(
+            "periscope-test-{tag}-{}-{}",
+            std::process::id(),
+            free_port()
+        ));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        TempDir(dir)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    pub fn write(&self, name: &str, contents: &str) -> PathBuf {
+        let path = self.0.join(name);
+        std::fs::write(&path, contents).expect("write temp file");
+        path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+pub fn periscope_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_periscope")
+}
+
+/// A running agent on a loopback port; stopped with SIGTERM when dropped.
+pub struct Agent {
+    pub child: Child,
+    pub port: u16,
+    _dir: TempDir,
+}
+
+impl Agent {
+    /// Starts the agent with `config` (YAML without the prometheus section, which is added).
+    pub fn start(config: &str) -> Agent {
+        let port = free_port();
+        let dir = TempDir::new("agent");
+        let yaml = format!("prometheus:\n  listen_address: \"127.0.0.1:{port}\"\n{config}");
+        let path = dir.write("periscope.yaml", &yaml);
+        let child = Command::new(periscope_bin())
+            .args(["run", "--config"])
+            .arg(&path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start periscope");
+        let mut agent = Agent {
+            child,
+            port,
+            _dir: dir,
+        };
+        agent.wait_ready();
+        agent
+    }
+
+    fn wait_ready(&mut self) {
+        for _ in 0..300 {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("periscope exited during start-up: {status}");
+            }
+            if let Some((status, _)) = http_get(self.port, "/readyz", None) {
+                if status == 200 {
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("periscope did not become ready within 30 s");
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn scrape(&self) -> String {
+        self.scrape_as(None)
+    }
+
+    pub fn scrape_as(&self, accept: Option<&str>) -> String {
+        match http_get(self.port, "/metrics", accept) {
+            Some((200, body)) => body,
+            other => panic!("scrape failed: {other:?}"),
+        }
+    }
+
+    pub fn metrics(&self) -> Metrics {
+        Metrics::parse(&self.scrape())
+    }
+
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: sending a signal to our own child.
+        unsafe {
+            libc::kill(self.child.id() as i32, signal);
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.signal(libc::SIGTERM);
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A plain HTTP/1.0 GET on loopback: (status, body).
+pub fn http_get(port: u16, path: &str, accept: Option<&str>) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .ok()?;
+    let accept = accept
+        .map(|a| format!("Accept: {a}\r\n"))
+        .unwrap_or_default();
+    write!(
+        stream,
+        "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n{accept}\r\n"
+    )
+    .ok()?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).ok()?;
+    let response = String::from_utf8_lossy(&response).into_owned();
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, body.to_string()))
+}
+
+/// Samples of a text-format scrape: name -> list of (labels, value).
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub samples: Vec<(String, BTreeMap<String, String>, f64)>,
+}
+
+impl Metrics {
+    /// A strict parser for the text format, written independently of the agent's encoder.
+    pub fn parse(text: &str) -> Metrics {
+        let mut samples = Vec::new();
+        for line in text.lines() {
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let (name, rest) = match line.find(['{', ' ']) {
+                Some(i) => line.split_at(i),
+                None => panic!("malformed sample line: {line:?}"),
+            };
+            let mut labels = BTreeMap::new();
+            let mut rest = rest;
+            if let Some(body) = rest.strip_prefix('{') {
+                let mut chars = body.char_indices().peekable();
+                let mut end = None;
+                loop {
+                    let (start, c) = chars.next().expect("unterminated label set");
+                    if c == '}' {
+                        end = Some(start + 1);
+                        break;
+                    }
+                    if c == ',' {
+                        continue;
+                    }
+                    let eq = body[start..].find('=').expect("label without =") + start;
+                    let key = body[start..eq].to_string();
+                    while let Some((i, _)) = chars.peek() {
+                        if *i > eq {
+                            break;
+                        }
+                        chars.next();
+                    }
+                    assert_eq!(
+                        chars.next().map(|(_, c)| c),
+                        Some('"'),
+                        "label value must be quoted: {line:?}"
+                    );
+                    let mut value = String::new();
+                    loop {
+                        match chars.next().expect("unterminated label value").1 {
+                            '\\' => match chars.next().expect("dangling escape").1 {
+                                'n' => value.push('\n'),
+                                '\\' => value.push('\\'),
+                                '"' => value.push('"'),
+                                other => panic!("bad escape \\{other} in {line:?}"),
+                            },
+                            '"' => break,
+                            '\n' => panic!("raw newline in label value"),
+                            c => value.push(c),
+                        }
+                    }
+                    assert!(
+                        labels.insert(key, value).is_none(),
+                        "duplicate label in {line:?}"
+                    );
+                }
+                rest = &body[end.expect("label set end")..];
+            }
+            let value_text = rest.trim();
+            let value: f64 = match value_text {
+                "+Inf" => f64::INFINITY,
+                "-Inf" => f64::NEG_INFINITY,
+                v => v
+                    .parse()
+                    .unwrap_or_else(|_| panic!("bad value {v:?} in {line:?}")),
+            };
+            samples.push((name.to_string(), labels, value));
+        }
+        Metrics { samples }
+    }
+
+    /// Samples named `name` whose labels include all of `want`.
+    pub fn find<'a>(
+        &'a self,
+        name: &'a str,
+        want: &'a [(&'a str, &'a str)],
+    ) -> impl Iterator<Item = &'a (String, BTreeMap<String, String>, f64)> + 'a {
+        self.samples.iter().filter(move |(n, labels, _)| {
+            n == name
+                && want
+                    .iter()
+                    .all(|(k, v)| labels.get(*k).map(String::as_str) == Some(*v))
+        })
+    }
+
+    /// The sum of matching samples (0 when none match).
+    pub fn sum(&self, name: &str, want: &[(&str, &str)]) -> f64 {
+        self.find(name, want).map(|(_, _, v)| v).sum()
+    }
+
+    /// The one matching sample's value; panics unless exactly one matches.
+    pub fn one(&self, name: &str, want: &[(&str, &str)]) -> f64 {
+        let found: Vec<_> = self.find(name, want).collect();
+        assert_eq!(
+            found.len(),
+            1,
+            "expected one {name} {want:?}, found {found:?}"
+        );
+        found[0].2
+    }
+}
+
+/// A Python helper process driven line by line: it prints "ready", waits for a line on
+/// stdin, works, prints "done", and waits for another line before exiting.
+pub struct Helper {
+    pub child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl Helper {
+    pub fn spawn(script: &str, args: &[String]) -> Helper {
+        let mut child = Command::new("python3")
+            .arg("-c")
+            .arg(script)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3 runs");
+        let stdin = child.stdin.take().expect("stdin");
+        let stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut helper = Helper {
+            child,
+            stdin,
+            stdout,
+        };
+        helper.expect_line("ready");
+        helper
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn expect_line(&mut self, want: &str) {
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).expect("helper output");
+        assert_eq!(line.trim_end(), want, "helper said {line:?}");
+    }
+
+    pub fn go(&mut self) {
+        writeln!(self.stdin).expect("helper stdin");
+        self.stdin.flush().expect("flush");
+    }
+
+    /// Lets the helper work, waits for it to finish, and leaves it alive.
+    pub fn run(&mut self) {
+        self.go();
+        self.expect_line("done");
+    }
+
+    pub fn finish(mut self) {
+        self.go();
+        let _ = self.child.wait();
+    }
+}
+
+/// Python that issues `n` kill(2) calls, the last `m` of them failing with ESRCH (pid
+/// above pid_max). Python issues no kill(2) of its own, so the counts are exact.
+/// argv: n m [process name]
+pub const KILL_HELPER: &str = r#"
+import ctypes, os, sys
+n, m = int(sys.argv[1]), int(sys.argv[2])
+if len(sys.argv) > 3:
+    ctypes.CDLL(None).prctl(15, sys.argv[3].encode(), 0, 0, 0)
+me = os.getpid()
+print("ready", flush=True)
+sys.stdin.readline()
+for _ in range(n - m):
+    os.kill(me, 0)
+for _ in range(m):
+    try:
+        os.kill(4194305, 0)
+    except ProcessLookupError:
+        pass
+print("done", flush=True)
+sys.stdin.readline()
+"#;
+
+/// Waits until `check` passes on a fresh scrape (the agent reads the kernel per scrape;
+/// this only covers processes still being started or reaped).
+pub fn eventually(agent: &Agent, mut check: impl FnMut(&Metrics) -> bool) -> Metrics {
+    for _ in 0..50 {
+        let metrics = agent.metrics();
+        if check(&metrics) {
+            return metrics;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    agent.metrics()
+}
+
+/// Names of loaded BPF programs, from bpftool.
+pub fn loaded_programs() -> Vec<String> {
+    let out = Command::new("bpftool")
+        .args(["prog", "show"])
+        .output()
+        .expect("bpftool runs (scripts/setup.sh --test installs it)");
+    assert!(out.status.success(), "bpftool prog show failed");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|line| {
+            let (_, rest) = line.split_once(" name ")?;
+            Some(rest.split_whitespace().next()?.to_string())
+        })
+        .collect()
+}
+
+/// Periscope's programs are all named psc_*.
+pub fn our_programs() -> Vec<String> {
+    loaded_programs()
+        .into_iter()
+        .filter(|name| name.starts_with("psc_"))
+        .collect()
+}

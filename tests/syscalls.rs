@@ -1,0 +1,222 @@
+//! End-to-end: the syscalls probe counts a known workload exactly.
+
+mod common;
+
+use common::{have_root, kernel_lock, Agent, Helper, KILL_HELPER};
+
+#[test]
+fn counts_errors_and_latency_of_a_known_workload_exactly() {
+    if !have_root("counts_errors_and_latency_of_a_known_workload_exactly") {
+        return;
+    }
+    let _kernel = kernel_lock();
+    let agent = Agent::start("probes:\n  syscalls:\n    latency_syscalls: [kill, openat]\n");
+    let (n, m) = (1000, 237);
+    let mut helper = Helper::spawn(KILL_HELPER, &[n.to_string(), m.to_string()]);
+    let pid = helper.pid().to_string();
+    helper.run();
+
+    let metrics = agent.metrics();
+    let this = [("process_pid", pid.as_str()), ("syscall", "kill")];
+    assert_eq!(metrics.one("syscalls_total", &this), n as f64);
+    let errors: Vec<_> = metrics.find("syscall_errors_total", &this).collect();
+    assert_eq!(errors.len(), 1, "only ESRCH: {errors:?}");
+    assert_eq!(errors[0].1.get("errno").map(String::as_str), Some("ESRCH"));
+    assert_eq!(errors[0].2, m as f64);
+    assert_eq!(
+        metrics.one("syscall_duration_seconds_count", &this),
+        n as f64
+    );
+    let inf = [
+        ("process_pid", pid.as_str()),
+        ("syscall", "kill"),
+        ("le", "+Inf"),
+    ];
+    assert_eq!(
+        metrics.one("syscall_duration_seconds_bucket", &inf),
+        n as f64
+    );
+    let sum = metrics.one("syscall_duration_seconds_sum", &this);
+    assert!(
+        sum > 0.0 && sum < 10.0,
+        "sum of {n} kill(2) latencies: {sum}"
+    );
+    assert_eq!(
+        metrics.one("syscalls_total", &this),
+        metrics.one("syscalls_total", &this),
+        "stable across reads"
+    );
+    let labels = &metrics
+        .find("syscalls_total", &this)
+        .next()
+        .expect("series")
+        .1;
+    assert_eq!(
+        labels.get("process_executable_name").map(String::as_str),
+        Some("python3")
+    );
+    assert_eq!(
+        labels.get("service_name").map(String::as_str),
+        Some("python3")
+    );
+
+    // Buckets are cumulative and end at the count.
+    let buckets: Vec<f64> = metrics
+        .find("syscall_duration_seconds_bucket", &this)
+        .map(|(_, _, v)| *v)
+        .collect();
+    assert!(buckets.windows(2).all(|w| w[0] <= w[1]), "{buckets:?}");
+    helper.finish();
+}
+
+#[test]
+fn selection_by_executable_traces_only_that_process() {
+    if !have_root("selection_by_executable_traces_only_that_process") {
+        return;
+    }
+    let _kernel = kernel_lock();
+    let agent = Agent::start(
+        "probes:\n  syscalls:\n    include_executables: [pscselected]\n    latency_syscalls: [kill]\n",
+    );
+    let mut helper = Helper::spawn(
+        KILL_HELPER,
+        &["50".into(), "5".into(), "pscselected".into()],
+    );
+    let pid = helper.pid().to_string();
+    helper.run();
+    let metrics = agent.metrics();
+    let pids: std::collections::BTreeSet<_> = metrics
+        .find("syscalls_total", &[])
+        .filter_map(|(_, labels, _)| labels.get("process_pid").cloned())
+        .collect();
+    assert_eq!(pids.into_iter().collect::<Vec<_>>(), vec![pid.clone()]);
+    let this = [("process_pid", pid.as_str()), ("syscall", "kill")];
+    assert_eq!(metrics.one("syscalls_total", &this), 50.0);
+    assert_eq!(metrics.one("syscall_errors_total", &this), 5.0);
+    assert_eq!(metrics.one("syscall_duration_seconds_count", &this), 50.0);
+    helper.finish();
+}
+
+/// Many processes against tiny caps: totals across series, overflow included, stay exact.
+#[test]
+fn full_maps_fold_into_overflow_and_totals_stay_exact() {
+    if !have_root("full_maps_fold_into_overflow_and_totals_stay_exact") {
+        return;
+    }
+    let _kernel = kernel_lock();
+    let agent = Agent::start(
+        "probes:\n  syscalls:\n    include_executables: [psccap]\n    latency_syscalls: [kill]\n    max_series: 4\n    max_error_series: 2\n    max_latency_series: 2\n",
+    );
+    // 12 children, child i issues 10 + i kills, i of them failing.
+    let script = r#"
+import ctypes, os, sys
+libc = ctypes.CDLL(None)
+print("ready", flush=True)
+sys.stdin.readline()
+children = []
+for i in range(12):
+    pid = os.fork()
+    if pid == 0:
+        libc.prctl(15, b"psccap", 0, 0, 0)
+        me = os.getpid()
+        for _ in range(10):
+            os.kill(me, 0)
+        for _ in range(i):
+            try:
+                os.kill(4194305, 0)
+            except ProcessLookupError:
+                pass
+        os._exit(0)
+    children.append(pid)
+for pid in children:
+    os.waitpid(pid, 0)
+print("done", flush=True)
+sys.stdin.readline()
+"#;
+    let mut helper = Helper::spawn(script, &[]);
+    helper.run();
+    let total_kills: u64 = (0..12).map(|i| 10 + i).sum();
+    let failed_kills: u64 = (0..12).sum();
+
+    let metrics = agent.metrics();
+    let kill = [("syscall", "kill")];
+    assert_eq!(metrics.sum("syscalls_total", &kill), total_kills as f64);
+    assert_eq!(
+        metrics.sum(
+            "syscall_errors_total",
+            &[("syscall", "kill"), ("errno", "ESRCH")]
+        ),
+        failed_kills as f64
+    );
+    assert_eq!(
+        metrics.sum("syscall_duration_seconds_count", &kill),
+        total_kills as f64
+    );
+    let overflow = [
+        ("process_executable_name", "__overflow__"),
+        ("syscall", "kill"),
+    ];
+    assert!(
+        metrics.sum("syscalls_total", &overflow) > 0.0,
+        "an overflow series exists"
+    );
+    assert!(
+        metrics.one(
+            "periscope_series_folded_total",
+            &[("probe", "syscalls"), ("map", "counts")]
+        ) > 0.0
+    );
+    assert!(
+        metrics.one(
+            "periscope_series_folded_total",
+            &[("probe", "syscalls"), ("map", "latency")]
+        ) > 0.0
+    );
+    assert_eq!(
+        metrics.one(
+            "periscope_bpf_map_entries",
+            &[("probe", "syscalls"), ("map", "counts")]
+        ),
+        4.0
+    );
+    // Series with a pid, beyond the overflow: at most the caps.
+    let with_pid = metrics
+        .find("syscalls_total", &[])
+        .filter(|(_, labels, _)| labels.contains_key("process_pid"))
+        .count();
+    assert!(
+        with_pid <= 4,
+        "{with_pid} series with a pid under a cap of 4"
+    );
+    helper.finish();
+}
+
+/// Exited processes' series fold, after the TTL, into per-executable series without a pid;
+/// sums never drop and the kernel entries are freed.
+#[test]
+fn exited_processes_fold_into_per_executable_series() {
+    if !have_root("exited_processes_fold_into_per_executable_series") {
+        return;
+    }
+    let _kernel = kernel_lock();
+    let agent = Agent::start(
+        "processes:\n  exited_ttl_secs: 0\nprobes:\n  syscalls:\n    include_executables: [pscexit]\n    latency_syscalls: [kill]\n",
+    );
+    for _ in 0..3 {
+        let mut helper = Helper::spawn(KILL_HELPER, &["20".into(), "2".into(), "pscexit".into()]);
+        helper.run();
+        helper.finish();
+    }
+    // The first scrape notices the exits; with a TTL of 0 it folds them at once.
+    let metrics = agent.metrics();
+    let folded = [("process_executable_name", "pscexit"), ("syscall", "kill")];
+    assert_eq!(metrics.sum("syscalls_total", &folded), 60.0);
+    assert_eq!(metrics.sum("syscall_errors_total", &folded), 6.0);
+    assert_eq!(metrics.sum("syscall_duration_seconds_count", &folded), 60.0);
+    let metrics = agent.metrics();
+    let series: Vec<_> = metrics.find("syscalls_total", &folded).collect();
+    assert_eq!(series.len(), 1, "one per-executable series: {series:?}");
+    assert!(!series[0].1.contains_key("process_pid"));
+    assert_eq!(series[0].2, 60.0);
+    assert!(metrics.one("periscope_series_expired_total", &[("probe", "syscalls")]) > 0.0);
+}
