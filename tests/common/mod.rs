@@ -199,12 +199,10 @@ impl Metrics {
             let mut rest = rest;
             if let Some(body) = rest.strip_prefix('{') {
                 let mut chars = body.char_indices().peekable();
-                let mut end = None;
-                loop {
+                let end = loop {
                     let (start, c) = chars.next().expect("unterminated label set");
                     if c == '}' {
-                        end = Some(start + 1);
-                        break;
+                        break start + 1;
                     }
                     if c == ',' {
                         continue;
@@ -240,8 +238,8 @@ impl Metrics {
                         labels.insert(key, value).is_none(),
                         "duplicate label in {line:?}"
                     );
-                }
-                rest = &body[end.expect("label set end")..];
+                };
+                rest = &body[end..];
             }
             let value_text = rest.trim();
             let value: f64 = match value_text {
