@@ -20,13 +20,18 @@ done
 
 if [ "${#missing[@]}" -eq 0 ]; then
   echo "setup: all system packages present"
-  exit 0
+else
+  SUDO=""
+  if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+  echo "setup: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  # --no-install-recommends keeps prometheus from pulling in its node exporter and the like.
+  $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
-SUDO=""
-if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
-echo "setup: installing ${missing[*]}"
-export DEBIAN_FRONTEND=noninteractive
-$SUDO apt-get update -qq
-# --no-install-recommends keeps prometheus from pulling in its node exporter and the like.
-$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+# The reference Python parser of the exposition formats, used by the end-to-end tests.
+if [ "${1:-}" = "--test" ] && ! python3 -c "import prometheus_client" 2>/dev/null; then
+  echo "setup: installing prometheus_client for python3"
+  python3 -m pip install --quiet --disable-pip-version-check "prometheus_client==0.21.1"
+fi

@@ -91,6 +91,7 @@ impl Agent {
         let child = Command::new(periscope_bin())
             .args(["run", "--config"])
             .arg(&path)
+            .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()

@@ -1,0 +1,141 @@
+//! The command line: config errors are precise and fatal; help exists for each command.
+
+mod common;
+
+use std::process::Command;
+
+use common::{periscope_bin, TempDir};
+
+fn check_config(contents: &str) -> (bool, String, String) {
+    let dir = TempDir::new("cli");
+    let path = dir.write("bad.yaml", contents);
+    let out = Command::new(periscope_bin())
+        .arg("check-config")
+        .arg(&path)
+        .output()
+        .expect("periscope runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        path.display().to_string(),
+    )
+}
+
+#[test]
+fn unknown_key_is_fatal_and_located() {
+    let (ok, stderr, path) = check_config("prometheus:\n  listen_adress: \"127.0.0.1:1\"\n");
+    assert!(!ok);
+    assert!(stderr.contains(&format!("{path}:2:")), "{stderr}");
+    assert!(
+        stderr.contains("key `prometheus.listen_adress`"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("expected `listen_address`"), "{stderr}");
+}
+
+#[test]
+fn wrong_type_is_fatal_and_located() {
+    let (ok, stderr, path) =
+        check_config("probes:\n  syscalls:\n    enabled: true\n    max_series: lots\n");
+    assert!(!ok);
+    assert!(stderr.contains(&format!("{path}:4:")), "{stderr}");
+    assert!(
+        stderr.contains("key `probes.syscalls.max_series`"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("invalid type"), "{stderr}");
+}
+
+#[test]
+fn bad_yaml_is_fatal_and_located() {
+    let (ok, stderr, path) = check_config("probes:\n  syscalls: {enabled: true\n  process: x\n");
+    assert!(!ok);
+    assert!(stderr.contains(&format!("{path}:")), "{stderr}");
+    assert!(stderr.contains("error"), "{stderr}");
+}
+
+#[test]
+fn run_refuses_a_bad_config_before_loading_anything() {
+    let dir = TempDir::new("cli-run");
+    let path = dir.write("bad.yaml", "processes:\n  pid_label: 3\n");
+    let out = Command::new(periscope_bin())
+        .args(["run", "--config"])
+        .arg(&path)
+        .output()
+        .expect("periscope runs");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("{}:2:", path.display())),
+        "{stderr}"
+    );
+    assert!(stderr.contains("processes.pid_label"), "{stderr}");
+}
+
+#[test]
+fn valid_config_passes_check() {
+    let dir = TempDir::new("cli-ok");
+    let path = dir.write("ok.yaml", "probes:\n  process:\n    enabled: false\n");
+    let out = Command::new(periscope_bin())
+        .arg("check-config")
+        .arg(&path)
+        .output()
+        .expect("periscope runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn every_command_has_help() {
+    for args in [
+        vec!["--help"],
+        vec!["run", "--help"],
+        vec!["probes", "--help"],
+        vec!["check-config", "--help"],
+    ] {
+        let out = Command::new(periscope_bin())
+            .args(&args)
+            .output()
+            .expect("periscope runs");
+        assert!(out.status.success(), "{args:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("Usage"),
+            "{args:?}"
+        );
+    }
+}
+
+#[test]
+fn probes_lists_each_probe_with_its_attach_method() {
+    if !common::have_root("probes_lists_each_probe_with_its_attach_method") {
+        return;
+    }
+    let _kernel = common::kernel_lock();
+    let out = Command::new(periscope_bin())
+        .arg("probes")
+        .output()
+        .expect("periscope runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("BTF:              yes"), "{stdout}");
+    let syscalls = stdout
+        .lines()
+        .find(|l| l.starts_with("syscalls "))
+        .expect("syscalls row");
+    assert!(
+        syscalls.contains("yes") && syscalls.contains("tp_btf/sys_exit"),
+        "{syscalls}"
+    );
+    let process = stdout
+        .lines()
+        .find(|l| l.starts_with("process "))
+        .expect("process row");
+    assert!(process.contains("tp_btf/sched_process_exec"), "{process}");
+}

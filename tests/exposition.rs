@@ -1,0 +1,152 @@
+//! End-to-end: hostile process names cannot break the exposition formats.
+
+mod common;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use common::{have_root, kernel_lock, Agent, Helper, Metrics, KILL_HELPER};
+
+/// 15 bytes at most (the kernel's comm limit): quote, backslash, braces and a newline.
+const HOSTILE: &str = "a\"b\\c{d}\ne";
+
+fn promtool_check(text: &str) -> (bool, String) {
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool runs (scripts/setup.sh --test installs prometheus)");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("feed promtool");
+    let out = child.wait_with_output().expect("promtool finishes");
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), report)
+}
+
+/// The reference Python client's parsers (prometheus_client), independent of ours.
+fn python_parse(text: &str, openmetrics: bool) -> String {
+    let script = if openmetrics {
+        "import sys\nfrom prometheus_client.openmetrics.parser import text_string_to_metric_families as p\nn = 0\nfor f in p(sys.stdin.read()):\n    for s in f.samples:\n        if s.name == 'syscalls_total' and s.labels.get('syscall') == 'kill':\n            print(repr(s.labels['process_executable_name']), s.labels.get('process_pid'), float(s.value))\n"
+    } else {
+        "import sys\nfrom prometheus_client.parser import text_string_to_metric_families as p\nfor f in p(sys.stdin.read()):\n    for s in f.samples:\n        if s.name == 'syscalls_total' and s.labels.get('syscall') == 'kill':\n            print(repr(s.labels['process_executable_name']), s.labels.get('process_pid'), float(s.value))\n"
+    };
+    let mut child = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3 runs");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("feed python");
+    let out = child.wait_with_output().expect("python finishes");
+    assert!(
+        out.status.success(),
+        "prometheus_client refused the exposition: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn hostile_process_name_keeps_the_exposition_intact() {
+    if !have_root("hostile_process_name_keeps_the_exposition_intact") {
+        return;
+    }
+    let _kernel = kernel_lock();
+    let agent = Agent::start("probes:\n  syscalls:\n    include_executables: [\"a\\\"b\\\\c{d}\\ne\"]\n    latency_syscalls: [kill]\n");
+    let mut helper = Helper::spawn(KILL_HELPER, &["42".into(), "0".into(), HOSTILE.into()]);
+    let pid = helper.pid().to_string();
+    helper.run();
+
+    let text = agent.scrape();
+    let (clean, report) = promtool_check(&text);
+    assert!(clean, "promtool check metrics: {report}");
+
+    // Our own strict parser: the name round-trips, and there is exactly one kill series.
+    let metrics = Metrics::parse(&text);
+    let series: Vec<_> = metrics
+        .find("syscalls_total", &[("syscall", "kill")])
+        .collect();
+    assert_eq!(series.len(), 1, "no extra series: {series:?}");
+    assert_eq!(series[0].1["process_executable_name"], HOSTILE);
+    assert_eq!(series[0].1["process_pid"], pid);
+    assert_eq!(series[0].2, 42.0);
+
+    // The reference parser agrees, in both formats.
+    let python_repr = python_parse(&text, false);
+    assert_eq!(python_repr.lines().count(), 1, "{python_repr}");
+    assert!(python_repr.contains(&pid), "{python_repr}");
+    assert!(python_repr.contains("42.0"), "{python_repr}");
+    assert!(
+        python_repr.contains("\\n"),
+        "the newline survives: {python_repr}"
+    );
+
+    let openmetrics = agent.scrape_as(Some("application/openmetrics-text; version=1.0.0"));
+    assert!(openmetrics.ends_with("# EOF\n"));
+    let om = python_parse(&openmetrics, true);
+    assert_eq!(om.lines().count(), 1, "{om}");
+    assert_eq!(om, python_repr, "both formats carry the same sample");
+    helper.finish();
+}
+
+#[test]
+fn default_scrape_passes_promtool_and_both_formats_parse() {
+    if !have_root("default_scrape_passes_promtool_and_both_formats_parse") {
+        return;
+    }
+    let _kernel = kernel_lock();
+    let agent = Agent::start("");
+    let text = agent.scrape();
+    let (clean, report) = promtool_check(&text);
+    assert!(clean, "promtool check metrics: {report}");
+    for family in [
+        "syscalls_total",
+        "syscall_errors_total",
+        "syscall_duration_seconds",
+        "process_execs_total",
+        "process_exits_total",
+        "oom_kills_total",
+        "periscope_build_info",
+        "periscope_bpf_program_runs_total",
+        "periscope_bpf_program_run_seconds_total",
+        "periscope_bpf_map_entries",
+        "periscope_series_folded_total",
+        "periscope_events_lost_total",
+        "periscope_scrape_duration_seconds",
+    ] {
+        assert!(
+            text.contains(&format!("# TYPE {family} ")),
+            "{family} is exported"
+        );
+    }
+    let metrics = Metrics::parse(&text);
+    assert!(
+        metrics.one(
+            "periscope_bpf_program_runs_total",
+            &[("probe", "syscalls"), ("program", "psc_sys_exit")]
+        ) > 0.0
+    );
+    let om = agent.scrape_as(Some("application/openmetrics-text; version=1.0.0"));
+    assert!(om.contains("# TYPE syscalls counter\n"));
+    assert!(om.contains("# UNIT syscall_duration_seconds seconds\n"));
+    assert!(om.contains("syscalls_created{"));
+    python_parse(&om, true);
+    python_parse(&text, false);
+}

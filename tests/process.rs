@@ -1,0 +1,136 @@
+//! End-to-end: the process probe counts execs and exits of a burst of short-lived children.
+
+mod common;
+
+use std::process::Command;
+
+use common::{have_root, kernel_lock, Agent, TempDir};
+
+#[test]
+fn exact_exec_and_exit_counts_for_a_burst_of_children() {
+    if !have_root("exact_exec_and_exit_counts_for_a_burst_of_children") {
+        return;
+    }
+    let _kernel = kernel_lock();
+    let agent = Agent::start("");
+    let dir = TempDir::new("burst");
+    // Unique executable names, so other processes on the machine cannot add to the counts.
+    let tag = std::process::id() % 100_000;
+    let ok_name = format!("pscok{tag}");
+    let err_name = format!("pscerr{tag}");
+    let sig_name = format!("pscsig{tag}");
+    let ok = dir.path().join(&ok_name);
+    let err = dir.path().join(&err_name);
+    let sig = dir.path().join(&sig_name);
+    std::fs::copy("/bin/true", &ok).expect("copy true");
+    std::fs::copy("/bin/false", &err).expect("copy false");
+    std::fs::copy("/bin/sleep", &sig).expect("copy sleep");
+
+    let (k_ok, k_err, k_sig) = (25, 7, 3);
+    for _ in 0..k_ok {
+        assert!(Command::new(&ok).status().expect("run").success());
+    }
+    for _ in 0..k_err {
+        assert_eq!(Command::new(&err).status().expect("run").code(), Some(1));
+    }
+    for _ in 0..k_sig {
+        let mut child = Command::new(&sig).arg("60").spawn().expect("run");
+        child.kill().expect("SIGKILL");
+        let _ = child.wait();
+    }
+
+    let metrics = agent.metrics();
+    let execs =
+        |name: &str| metrics.one("process_execs_total", &[("process_executable_name", name)]);
+    let exits = |name: &str, class: &str| {
+        metrics.one(
+            "process_exits_total",
+            &[
+                ("process_executable_name", name),
+                ("exit_code_class", class),
+            ],
+        )
+    };
+    assert_eq!(execs(&ok_name), k_ok as f64);
+    assert_eq!(exits(&ok_name, "ok"), k_ok as f64);
+    assert_eq!(exits(&ok_name, "error"), 0.0);
+    assert_eq!(execs(&err_name), k_err as f64);
+    assert_eq!(exits(&err_name, "error"), k_err as f64);
+    assert_eq!(exits(&err_name, "ok"), 0.0);
+    assert_eq!(execs(&sig_name), k_sig as f64);
+    assert_eq!(exits(&sig_name, "signal"), k_sig as f64);
+    assert_eq!(
+        metrics.one(
+            "oom_kills_total",
+            &[("process_executable_name", ok_name.as_str())]
+        ),
+        0.0
+    );
+}
+
+#[test]
+fn full_executables_map_folds_into_overflow_with_exact_totals() {
+    if !have_root("full_executables_map_folds_into_overflow_with_exact_totals") {
+        return;
+    }
+    let _kernel = kernel_lock();
+    // The cap is tiny, and other processes on the machine take slots too: sum everything
+    // with our names, overflow included, against a baseline.
+    let agent = Agent::start("probes:\n  process:\n    max_executables: 3\n");
+    let dir = TempDir::new("cap");
+    let tag = std::process::id() % 100_000;
+    let before = agent.metrics();
+    let baseline_execs = before.sum("process_execs_total", &[]);
+    let names: Vec<String> = (0..8).map(|i| format!("psccap{i}x{tag}")).collect();
+    for name in &names {
+        let path = dir.path().join(name);
+        std::fs::copy("/bin/true", &path).expect("copy true");
+        for _ in 0..4 {
+            assert!(Command::new(&path).status().expect("run").success());
+        }
+    }
+    let metrics = agent.metrics();
+    let ours: f64 = names
+        .iter()
+        .map(|name| metrics.sum("process_execs_total", &[("process_executable_name", name)]))
+        .sum();
+    let mut folded_names = 0.0;
+    for name in &names {
+        match metrics
+            .find("process_execs_total", &[("process_executable_name", name)])
+            .next()
+        {
+            Some((_, _, value)) => assert_eq!(*value, 4.0, "{name} has its own exact series"),
+            None => folded_names += 1.0,
+        }
+    }
+    let overflow_before = before.sum(
+        "process_execs_total",
+        &[("process_executable_name", "__overflow__")],
+    );
+    let overflow = metrics.sum(
+        "process_execs_total",
+        &[("process_executable_name", "__overflow__")],
+    );
+    assert!(overflow > 0.0, "the overflow series exists");
+    assert!(
+        overflow - overflow_before >= 4.0 * folded_names,
+        "every exec of a name without a series is in the overflow series"
+    );
+    assert!(ours < 32.0, "not every name got a series under a cap of 3");
+    // All execs, named or folded, are there: ours plus whatever else ran meanwhile.
+    assert!(metrics.sum("process_execs_total", &[]) - baseline_execs >= 32.0);
+    assert!(
+        metrics.one(
+            "periscope_series_folded_total",
+            &[("probe", "process"), ("map", "executables")]
+        ) > 0.0
+    );
+    assert_eq!(
+        metrics.one(
+            "periscope_bpf_map_entries",
+            &[("probe", "process"), ("map", "executables")]
+        ),
+        3.0
+    );
+}
