@@ -1,4 +1,5 @@
-//! Compiles every `src/probes/<name>/<name>.bpf.c` into a libbpf skeleton in `OUT_DIR`.
+//! Compiles every `src/probes/<name>/<name>.bpf.c` (and the benchmark floor in
+//! `src/kernel/floor/`) into a libbpf skeleton in `OUT_DIR`.
 
 use std::env;
 use std::ffi::OsStr;
@@ -17,12 +18,14 @@ fn main() {
         println!("cargo:rerun-if-changed={}", header.display());
     }
 
-    let probes = fs::read_dir("src/probes").expect("src/probes exists");
-    for probe_dir in probes {
-        let probe_dir = probe_dir.expect("readable src/probes entry").path();
-        if !probe_dir.is_dir() {
-            continue;
-        }
+    // Each probe folder, plus the empty "floor" programs benchmarks compare against.
+    let mut program_dirs: Vec<PathBuf> = fs::read_dir("src/probes")
+        .expect("src/probes exists")
+        .map(|entry| entry.expect("readable src/probes entry").path())
+        .filter(|path| path.is_dir())
+        .collect();
+    program_dirs.push(PathBuf::from("src/kernel/floor"));
+    for probe_dir in program_dirs {
         let name = probe_dir
             .file_name()
             .and_then(OsStr::to_str)

@@ -15,7 +15,7 @@ use tracing::{info, warn};
 
 use crate::config::Config;
 use crate::export::prometheus;
-use crate::kernel::stats::{self, StatsGuard};
+use crate::kernel::stats::{self, StatsSampler};
 use crate::kernel::KernelFeatures;
 use crate::model::Family;
 use crate::probes::{Probe, BUILT_IN};
@@ -122,7 +122,7 @@ pub async fn run(config: Config) -> Result<()> {
     Ok(())
 }
 
-async fn wait_for_signal() -> Result<&'static str> {
+pub async fn wait_for_signal() -> Result<&'static str> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
@@ -152,7 +152,7 @@ struct Collector {
     probes: Vec<Box<dyn Probe>>,
     down: Vec<&'static str>,
     start_time: Duration,
-    _stats: Option<StatsGuard>,
+    stats: StatsSampler,
 }
 
 fn collector_main(
@@ -162,13 +162,6 @@ fn collector_main(
     report: oneshot::Sender<Vec<AttachReport>>,
     started: Instant,
 ) {
-    let stats_guard = match StatsGuard::enable() {
-        Ok(guard) => Some(guard),
-        Err(err) => {
-            warn!(error = %err, "BPF run-time statistics unavailable; periscope_bpf_program_run_seconds stays 0");
-            None
-        }
-    };
     let (probes, reports) = load_probes(&config, &mut kernel, true);
     let down = reports
         .iter()
@@ -179,7 +172,12 @@ fn collector_main(
         probes,
         down,
         start_time: started.elapsed(),
-        _stats: stats_guard,
+        stats: StatsSampler::start(
+            config.self_metrics.bpf_stats,
+            Duration::from_secs(config.self_metrics.bpf_stats_sample_secs),
+            Duration::from_secs(config.self_metrics.bpf_stats_period_secs),
+            Instant::now(),
+        ),
     };
     info!(
         seconds = collector.start_time.as_secs_f64(),
@@ -188,15 +186,25 @@ fn collector_main(
     if report.send(reports).is_err() {
         return;
     }
+    let mut next_upkeep = Instant::now() + UPKEEP_INTERVAL;
     loop {
-        match inbox.recv_timeout(UPKEEP_INTERVAL) {
+        let deadline = collector
+            .stats
+            .next_change()
+            .map_or(next_upkeep, |change| change.min(next_upkeep));
+        let wait = deadline.saturating_duration_since(Instant::now());
+        match inbox.recv_timeout(wait) {
             Ok(Command::Collect(reply)) => {
                 let _ = reply.send(collector.collect());
             }
             Ok(Command::Shutdown) | Err(mpsc::RecvTimeoutError::Disconnected) => break,
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                collector.collect();
-            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+        }
+        let now = Instant::now();
+        collector.stats.tick(now);
+        if now >= next_upkeep {
+            collector.collect();
+            next_upkeep = now + UPKEEP_INTERVAL;
         }
     }
     let count = collector.probes.len();
@@ -285,6 +293,7 @@ impl Collector {
             &health,
             began.elapsed(),
             self.start_time,
+            self.stats.enabled_for(Instant::now()),
         ));
         families
     }

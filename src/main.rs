@@ -38,6 +38,10 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Attach empty programs to the syscall hooks until SIGINT/SIGTERM: the floor cost any
+    /// syscall-wide eBPF tracer pays on this kernel, for benchmarks.
+    #[command(hide = true)]
+    Floor,
     /// Validate a configuration file and exit non-zero on the first error.
     CheckConfig {
         /// The YAML file to check.
@@ -88,6 +92,18 @@ fn dispatch(command: Command) -> Result<()> {
         Command::Probes { config } => {
             let config = load_config(config.as_ref())?;
             list_probes(&config)
+        }
+        Command::Floor => {
+            agent::check_kernel()?;
+            let _floor = periscope::kernel::floor::Floor::attach()
+                .context("attaching the empty floor programs")?;
+            println!("periscope: floor programs attached to tp_btf/sys_enter and tp_btf/sys_exit");
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
+            runtime.block_on(agent::wait_for_signal())?;
+            Ok(())
         }
         Command::CheckConfig { file } => {
             Config::load(&file)?;

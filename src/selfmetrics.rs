@@ -22,6 +22,7 @@ pub fn families(
     health: &[ProbeHealth],
     collect_time: Duration,
     start_time: Duration,
+    stats_enabled: Duration,
 ) -> Vec<Family> {
     let mut build = Family::new(
         "periscope_build_info",
@@ -40,12 +41,12 @@ pub fn families(
     );
     let mut runs = Family::new(
         "periscope_bpf_program_runs",
-        "Times each BPF program ran (kernel statistics, BPF_ENABLE_STATS).",
+        "Times each BPF program ran while kernel statistics were on (BPF_ENABLE_STATS; see periscope_bpf_stats_enabled_seconds_total).",
         MetricKind::Counter,
     );
     let mut run_time = Family::new(
         "periscope_bpf_program_run_seconds",
-        "CPU time spent in each BPF program (kernel statistics, BPF_ENABLE_STATS).",
+        "CPU time spent in each BPF program while kernel statistics were on (BPF_ENABLE_STATS).",
         MetricKind::Counter,
     )
     .with_unit("seconds");
@@ -119,7 +120,15 @@ pub fn families(
     .with_unit("seconds");
     start.push(vec![], Value::Gauge(start_time.as_secs_f64()));
 
+    let mut stats = Family::new(
+        "periscope_bpf_stats_enabled_seconds",
+        "Time kernel run-time statistics were on: divide program runs and run time by it for rates.",
+        MetricKind::Counter,
+    )
+    .with_unit("seconds");
+    stats.push(vec![], Value::Counter(stats_enabled.as_secs_f64()));
+
     vec![
-        build, up, runs, run_time, entries, capacity, folded, expired, lost, scrape, start,
+        build, up, runs, run_time, stats, entries, capacity, folded, expired, lost, scrape, start,
     ]
 }

@@ -112,7 +112,7 @@ fn default_scrape_passes_promtool_and_both_formats_parse() {
         return;
     }
     let _kernel = kernel_lock();
-    let agent = Agent::start("");
+    let agent = Agent::start("self_metrics:\n  bpf_stats: always\n");
     let text = agent.scrape();
     let (clean, report) = promtool_check(&text);
     assert!(clean, "promtool check metrics: {report}");
@@ -126,6 +126,7 @@ fn default_scrape_passes_promtool_and_both_formats_parse() {
         "periscope_build_info",
         "periscope_bpf_program_runs_total",
         "periscope_bpf_program_run_seconds_total",
+        "periscope_bpf_stats_enabled_seconds_total",
         "periscope_bpf_map_entries",
         "periscope_series_folded_total",
         "periscope_events_lost_total",
@@ -143,10 +144,36 @@ fn default_scrape_passes_promtool_and_both_formats_parse() {
             &[("probe", "syscalls"), ("program", "psc_sys_exit")]
         ) > 0.0
     );
+    assert!(metrics.one("periscope_bpf_stats_enabled_seconds_total", &[]) > 0.0);
     let om = agent.scrape_as(Some("application/openmetrics-text; version=1.0.0"));
     assert!(om.contains("# TYPE syscalls counter\n"));
     assert!(om.contains("# UNIT syscall_duration_seconds seconds\n"));
     assert!(om.contains("syscalls_created{"));
     python_parse(&om, true);
     python_parse(&text, false);
+}
+
+/// Sampled statistics: off at start, then on for a window each period.
+#[test]
+fn sampled_bpf_stats_open_a_window_each_period() {
+    if !have_root("sampled_bpf_stats_open_a_window_each_period") {
+        return;
+    }
+    let _kernel = kernel_lock();
+    let agent = Agent::start(
+        "self_metrics:\n  bpf_stats: sampled\n  bpf_stats_sample_secs: 1\n  bpf_stats_period_secs: 4\n",
+    );
+    let stats_on = |m: &Metrics| m.one("periscope_bpf_stats_enabled_seconds_total", &[]);
+    let runs = |m: &Metrics| {
+        m.one(
+            "periscope_bpf_program_runs_total",
+            &[("probe", "syscalls"), ("program", "psc_sys_exit")],
+        )
+    };
+    let first = agent.metrics();
+    assert_eq!(stats_on(&first), 0.0, "no window during start-up");
+    assert_eq!(runs(&first), 0.0);
+    let later = common::eventually(&agent, |m| stats_on(m) > 0.0 && runs(m) > 0.0);
+    assert!(stats_on(&later) > 0.0);
+    assert!(runs(&later) > 0.0);
 }

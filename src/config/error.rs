@@ -77,6 +77,18 @@ impl ConfigError {
     }
 }
 
+impl ConfigError {
+    pub(super) fn invalid(file: &str, text: &str, key: &str, message: String) -> ConfigError {
+        ConfigError::Invalid(Located {
+            file: file.to_string(),
+            line: locate_key(text, key),
+            column: None,
+            key: key.to_string(),
+            message,
+        })
+    }
+}
+
 fn unknown_field(message: &str) -> Option<String> {
     let rest = message.strip_prefix("unknown field `")?;
     Some(rest[..rest.find('`')?].to_string())

@@ -10,6 +10,7 @@ use std::path::Path;
 use serde::de::{self, Deserializer};
 use serde::Deserialize;
 
+pub use crate::kernel::stats::StatsMode;
 pub use error::ConfigError;
 
 use crate::probes::syscalls::table::SYSCALL_NAMES;
@@ -26,6 +27,30 @@ pub struct Config {
     pub processes: ProcessesConfig,
     /// Each built-in probe's settings.
     pub probes: ProbesConfig,
+    /// The agent's own metrics.
+    pub self_metrics: SelfMetricsConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SelfMetricsConfig {
+    /// Kernel run-time statistics of our BPF programs: `always`, `sampled` or `off`.
+    /// They cost about as much as the syscalls probe itself, hence sampled by default.
+    pub bpf_stats: StatsMode,
+    /// In `sampled` mode, statistics are on for this long...
+    pub bpf_stats_sample_secs: u64,
+    /// ...once in each period of this length.
+    pub bpf_stats_period_secs: u64,
+}
+
+impl Default for SelfMetricsConfig {
+    fn default() -> Self {
+        SelfMetricsConfig {
+            bpf_stats: StatsMode::Sampled,
+            bpf_stats_sample_secs: 5,
+            bpf_stats_period_secs: 60,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -267,8 +292,35 @@ impl Config {
             return Ok(Config::default());
         }
         let deserializer = serde_yaml::Deserializer::from_str(text);
-        serde_path_to_error::deserialize(deserializer)
-            .map_err(|err| ConfigError::from_serde(origin, text, err))
+        let config: Config = serde_path_to_error::deserialize(deserializer)
+            .map_err(|err| ConfigError::from_serde(origin, text, err))?;
+        config
+            .validate()
+            .map_err(|(key, message)| ConfigError::invalid(origin, text, key, message))?;
+        Ok(config)
+    }
+
+    /// Checks that span several keys; returns the key to blame and why.
+    fn validate(&self) -> Result<(), (&'static str, String)> {
+        let stats = &self.self_metrics;
+        if stats.bpf_stats == StatsMode::Sampled {
+            if stats.bpf_stats_sample_secs == 0 {
+                return Err((
+                    "self_metrics.bpf_stats_sample_secs",
+                    "must be at least 1 in sampled mode".into(),
+                ));
+            }
+            if stats.bpf_stats_period_secs <= stats.bpf_stats_sample_secs {
+                return Err((
+                    "self_metrics.bpf_stats_period_secs",
+                    format!(
+                        "must be longer than bpf_stats_sample_secs ({})",
+                        stats.bpf_stats_sample_secs
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 
     pub fn load(path: &Path) -> Result<Config, ConfigError> {

@@ -2,6 +2,7 @@
 //! of our programs ran and for how long, so users see what tracing costs them.
 
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::time::{Duration, Instant};
 
 use libbpf_rs::libbpf_sys;
 
@@ -45,4 +46,106 @@ pub fn program_stats(fd: BorrowedFd<'_>) -> std::io::Result<ProgramStats> {
         run_count: info.run_cnt,
         run_time_ns: info.run_time_ns,
     })
+}
+
+/// When the kernel's run-time statistics are on. They cost two clock reads per program
+/// run (about 100 ns per syscall on our machines, more than the syscalls probe itself),
+/// so by default they are sampled: on for a short window in each period.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StatsMode {
+    Always,
+    Sampled,
+    Off,
+}
+
+/// Turns statistics on and off on schedule and keeps how long they were on, so rates
+/// can be computed over the sampled time.
+pub struct StatsSampler {
+    mode: StatsMode,
+    sample: Duration,
+    period: Duration,
+    guard: Option<StatsGuard>,
+    window_started: Option<Instant>,
+    enabled_before: Duration,
+    next_change: Option<Instant>,
+}
+
+impl StatsSampler {
+    pub fn start(mode: StatsMode, sample: Duration, period: Duration, now: Instant) -> Self {
+        let mut sampler = StatsSampler {
+            mode,
+            sample,
+            period,
+            guard: None,
+            window_started: None,
+            enabled_before: Duration::ZERO,
+            next_change: None,
+        };
+        match mode {
+            StatsMode::Always => sampler.enable(now),
+            // Windows close each period, so start-up itself runs without the extra cost.
+            StatsMode::Sampled => sampler.next_change = Some(now + period.saturating_sub(sample)),
+            StatsMode::Off => {}
+        }
+        sampler
+    }
+
+    fn enable(&mut self, now: Instant) {
+        match StatsGuard::enable() {
+            Ok(guard) => {
+                self.guard = Some(guard);
+                self.window_started = Some(now);
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "BPF run-time statistics unavailable; program run counts and times stay 0");
+                self.mode = StatsMode::Off;
+                self.next_change = None;
+            }
+        }
+    }
+
+    fn disable(&mut self, now: Instant) {
+        self.guard = None;
+        if let Some(started) = self.window_started.take() {
+            self.enabled_before += now.saturating_duration_since(started);
+        }
+    }
+
+    /// Opens or closes the sampling window when its time has come.
+    pub fn tick(&mut self, now: Instant) {
+        if self.mode != StatsMode::Sampled {
+            return;
+        }
+        let Some(due) = self.next_change else { return };
+        if now < due {
+            return;
+        }
+        if self.guard.is_some() {
+            self.disable(now);
+            self.next_change = Some(now + self.period.saturating_sub(self.sample));
+        } else {
+            self.enable(now);
+            if self.mode == StatsMode::Sampled {
+                self.next_change = Some(now + self.sample);
+            }
+        }
+    }
+
+    pub fn next_change(&self) -> Option<Instant> {
+        self.next_change
+    }
+
+    /// How long statistics have been on in total.
+    pub fn enabled_for(&self, now: Instant) -> Duration {
+        self.enabled_before
+            + self
+                .window_started
+                .map(|started| now.saturating_duration_since(started))
+                .unwrap_or_default()
+    }
+
+    pub fn mode(&self) -> StatsMode {
+        self.mode
+    }
 }

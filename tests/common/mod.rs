@@ -367,7 +367,7 @@ sys.stdin.readline()
 /// Waits until `check` passes on a fresh scrape (the agent reads the kernel per scrape;
 /// this only covers processes still being started or reaped).
 pub fn eventually(agent: &Agent, mut check: impl FnMut(&Metrics) -> bool) -> Metrics {
-    for _ in 0..50 {
+    for _ in 0..100 {
         let metrics = agent.metrics();
         if check(&metrics) {
             return metrics;

@@ -1,0 +1,162 @@
+#!/usr/bin/env python3
+"""Per-syscall overhead of Periscope's syscalls probe against the floor and bpftrace.
+
+Runs a pinned getppid(2) loop with, in turn: nothing attached; empty programs on
+tp_btf/sys_enter and sys_exit (`periscope floor`, the floor any syscall-wide tracer
+pays); Periscope with its default configuration (kernel run-time statistics sampled,
+measured outside the sampling window) and with those statistics always on; and bpftrace doing the same per-(pid,
+syscall) aggregation. The four are interleaved round by round; the report gives
+medians. Also reports the agent's start-to-attached time and its RSS after a while.
+
+Usage (as root, after `cargo build --release`):
+    python3 bench/syscall_overhead.py [--rounds 7] [--calls 5000000] [--rss-after 60]
+"""
+import argparse
+import os
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PERISCOPE = os.path.join(ROOT, "target", "release", "periscope")
+BPFTRACE_PROGRAM = "tracepoint:raw_syscalls:sys_enter { @[pid, args->id] = count(); }"
+
+
+def build_loop(workdir):
+    binary = os.path.join(workdir, "getppid_loop")
+    subprocess.run(["gcc", "-O2", "-o", binary, os.path.join(ROOT, "bench", "getppid_loop.c")], check=True)
+    return binary
+
+
+def run_loop(binary, calls, cpu):
+    out = subprocess.run(["taskset", "-c", str(cpu), binary, str(calls)], check=True, capture_output=True, text=True)
+    return float(out.stdout.strip())
+
+
+def wait_for_line(proc, pattern, timeout=60):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"process exited before printing {pattern!r}")
+        if re.search(pattern, line):
+            return
+    raise RuntimeError(f"timed out waiting for {pattern!r}")
+
+
+def start_tool(kind, port):
+    if kind in ("periscope", "periscope-stats-always"):
+        return start_periscope(port, always_stats=kind != "periscope")
+    if kind == "floor":
+        proc = subprocess.Popen([PERISCOPE, "floor"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        wait_for_line(proc, "floor programs attached")
+    elif kind == "bpftrace":
+        proc = subprocess.Popen(["bpftrace", "-e", BPFTRACE_PROGRAM], stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL, text=True)
+        wait_for_line(proc, "Attaching")
+        time.sleep(1)  # bpftrace prints before its probes are live
+    else:
+        return None
+    return proc
+
+
+def start_periscope(port, always_stats):
+    """The default configuration; optionally with kernel run-time statistics always on."""
+    config = tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False)
+    config.write(f'prometheus:\n  listen_address: "127.0.0.1:{port}"\n')
+    if always_stats:
+        config.write("self_metrics:\n  bpf_stats: always\n")
+    config.close()
+    proc = subprocess.Popen([PERISCOPE, "run", "--config", config.name], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)
+    wait_for_line(proc, "serving metrics")
+    os.unlink(config.name)
+    return proc
+
+
+def stop_tool(proc):
+    if proc is None:
+        return
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def scrape(port):
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as response:
+        return response.read().decode()
+
+
+def rss_and_start(port, seconds):
+    proc = start_tool("periscope", port)
+    try:
+        time.sleep(seconds)
+        scrape(port)  # a scrape's buffers count too
+        with open(f"/proc/{proc.pid}/status") as status:
+            rss_kib = int(re.search(r"VmRSS:\s+(\d+) kB", status.read()).group(1))
+        text = scrape(port)
+        start = float(re.search(r"^periscope_start_duration_seconds (\S+)$", text, re.M).group(1))
+        return rss_kib / 1024.0, start
+    finally:
+        stop_tool(proc)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--calls", type=int, default=5_000_000)
+    parser.add_argument("--cpu", type=int, default=1)
+    parser.add_argument("--port", type=int, default=19101)
+    parser.add_argument("--rss-after", type=int, default=60, help="seconds before reading RSS (0 skips)")
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("run as root: the benchmark loads BPF programs")
+    if not os.path.exists(PERISCOPE):
+        sys.exit("build first: cargo build --release")
+
+    kinds = ["off", "floor", "periscope", "periscope-stats-always", "bpftrace"]
+    samples = {kind: [] for kind in kinds}
+    with tempfile.TemporaryDirectory() as workdir:
+        loop = build_loop(workdir)
+        run_loop(loop, args.calls // 10, args.cpu)  # warm up
+        for round_no in range(args.rounds):
+            for kind in kinds:
+                proc = start_tool(kind, args.port)
+                try:
+                    samples[kind].append(run_loop(loop, args.calls, args.cpu))
+                finally:
+                    stop_tool(proc)
+            print(f"round {round_no + 1}: " + ", ".join(f"{k} {samples[k][-1]:.1f}" for k in kinds), file=sys.stderr)
+
+    median = {kind: statistics.median(values) for kind, values in samples.items()}
+    added = {kind: median[kind] - median["off"] for kind in kinds}
+    print(f"getppid loop, {args.calls} calls pinned to CPU {args.cpu}, medians of {args.rounds} interleaved rounds\n")
+    print("| configuration | ns per syscall | added ns | x floor |")
+    print("| --- | --- | --- | --- |")
+    for kind in kinds:
+        ratio = "" if kind == "off" else f"{added[kind] / added['floor']:.2f}"
+        print(f"| {kind} | {median[kind]:.1f} | {added[kind]:+.1f} | {ratio} |")
+    print()
+    # Default mode samples kernel statistics 5 s in every 60 s: the long-run average cost.
+    duty = 5 / 60
+    average = added["periscope"] + duty * (added["periscope-stats-always"] - added["periscope"])
+    print(f"Periscope / floor added cost, statistics window closed: {added['periscope'] / added['floor']:.2f}")
+    print(f"Periscope / floor added cost, averaged over the 5 s in 60 s statistics window: "
+          f"{average / added['floor']:.2f} (floor: <= 1.5)")
+    print(f"Periscope (averaged) / bpftrace added cost: {average / added['bpftrace']:.2f} (floor: < 1.0)")
+    if args.rss_after > 0:
+        rss, start = rss_and_start(args.port, args.rss_after)
+        print(f"Agent RSS after {args.rss_after} s with default probes: {rss:.1f} MiB (floor: < 40 MiB)")
+        print(f"Start to all probes attached: {start * 1000:.0f} ms")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,23 @@
+/*
+ * Empty programs on tp_btf/sys_enter and tp_btf/sys_exit: the cost any syscall-wide
+ * tracer pays before doing any work. `periscope floor` attaches them so users (and
+ * BENCHMARKS.md) can compare Periscope's cost with this floor on their own kernel.
+ */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+#include "periscope.h"
+
+char LICENSE[] SEC("license") = PSC_LICENSE;
+
+SEC("tp_btf/sys_enter")
+int BPF_PROG(psc_floor_enter)
+{
+	return 0;
+}
+
+SEC("tp_btf/sys_exit")
+int BPF_PROG(psc_floor_exit)
+{
+	return 0;
+}
