@@ -3,7 +3,7 @@
 //! Probes live on one collector thread, which owns every libbpf object: scrapes ask it
 //! for a snapshot over a channel, so nothing of libbpf is shared between threads.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread;
@@ -19,7 +19,10 @@ use crate::kernel::stats::{self, StatsSampler};
 use crate::kernel::KernelFeatures;
 use crate::model::Family;
 use crate::probes::{Probe, BUILT_IN};
-use crate::selfmetrics::{self, ProbeHealth};
+use crate::selfmetrics::{self, AgentHealth, ProbeHealth};
+
+/// Scrapes waiting for the collector, at most; beyond, scrapes get 503 and are counted.
+const SCRAPE_QUEUE: usize = 8;
 
 /// Without scrapes, the collector still reads the maps this often, so exited processes
 /// expire and free their kernel entries on time.
@@ -72,11 +75,13 @@ pub async fn run(config: Config) -> Result<()> {
         .await
         .with_context(|| format!("cannot listen on {address} (prometheus.listen_address)"))?;
 
-    let (commands, inbox) = mpsc::channel();
+    let (commands, inbox) = mpsc::sync_channel(SCRAPE_QUEUE);
+    let scrapes_refused = Arc::new(AtomicU64::new(0));
+    let refused_count = scrapes_refused.clone();
     let (report_tx, report_rx) = oneshot::channel();
     let collector = thread::Builder::new()
         .name("collector".into())
-        .spawn(move || collector_main(config, kernel, inbox, report_tx, started))
+        .spawn(move || collector_main(config, kernel, inbox, report_tx, started, refused_count))
         .context("starting the collector thread")?;
     let reports = report_rx
         .await
@@ -100,6 +105,7 @@ pub async fn run(config: Config) -> Result<()> {
     let ready = Arc::new(AtomicBool::new(true));
     let source = CollectorHandle {
         commands: commands.clone(),
+        refused: scrapes_refused,
     };
     let (stop_server, server_stopped) = oneshot::channel::<()>();
     let server = tokio::spawn(prometheus::serve(listener, source, ready.clone(), async {
@@ -134,16 +140,24 @@ pub async fn wait_for_signal() -> Result<&'static str> {
 
 #[derive(Clone)]
 struct CollectorHandle {
-    commands: mpsc::Sender<Command>,
+    commands: mpsc::SyncSender<Command>,
+    refused: Arc<AtomicU64>,
 }
 
 impl prometheus::Source for CollectorHandle {
     fn snapshot(&self) -> impl std::future::Future<Output = Option<Vec<Family>>> + Send {
         let commands = self.commands.clone();
+        let refused = self.refused.clone();
         async move {
             let (reply, answer) = oneshot::channel();
-            commands.send(Command::Collect(reply)).ok()?;
-            answer.await.ok()
+            match commands.try_send(Command::Collect(reply)) {
+                Ok(()) => answer.await.ok(),
+                Err(mpsc::TrySendError::Full(_)) => {
+                    refused.fetch_add(1, Ordering::Relaxed);
+                    None
+                }
+                Err(mpsc::TrySendError::Disconnected(_)) => None,
+            }
         }
     }
 }
@@ -153,6 +167,7 @@ struct Collector {
     down: Vec<&'static str>,
     start_time: Duration,
     stats: StatsSampler,
+    scrapes_refused: Arc<AtomicU64>,
 }
 
 fn collector_main(
@@ -161,6 +176,7 @@ fn collector_main(
     inbox: mpsc::Receiver<Command>,
     report: oneshot::Sender<Vec<AttachReport>>,
     started: Instant,
+    scrapes_refused: Arc<AtomicU64>,
 ) {
     let (probes, reports) = load_probes(&config, &mut kernel, true);
     let down = reports
@@ -178,6 +194,7 @@ fn collector_main(
             Duration::from_secs(config.self_metrics.bpf_stats_period_secs),
             Instant::now(),
         ),
+        scrapes_refused,
     };
     info!(
         seconds = collector.start_time.as_secs_f64(),
@@ -187,11 +204,14 @@ fn collector_main(
         return;
     }
     let mut next_upkeep = Instant::now() + UPKEEP_INTERVAL;
+    let mut probe_deadlines = collector.tick_probes(Instant::now());
     loop {
         let deadline = collector
             .stats
             .next_change()
-            .map_or(next_upkeep, |change| change.min(next_upkeep));
+            .into_iter()
+            .chain(probe_deadlines)
+            .fold(next_upkeep, Instant::min);
         let wait = deadline.saturating_duration_since(Instant::now());
         match inbox.recv_timeout(wait) {
             Ok(Command::Collect(reply)) => {
@@ -202,6 +222,7 @@ fn collector_main(
         }
         let now = Instant::now();
         collector.stats.tick(now);
+        probe_deadlines = collector.tick_probes(now);
         if now >= next_upkeep {
             collector.collect();
             next_upkeep = now + UPKEEP_INTERVAL;
@@ -256,6 +277,14 @@ pub fn load_probes(
 }
 
 impl Collector {
+    /// Lets each probe do its scheduled work; the earliest time one wants to be called.
+    fn tick_probes(&mut self, now: Instant) -> Option<Instant> {
+        self.probes
+            .iter_mut()
+            .filter_map(|probe| probe.tick(now))
+            .min()
+    }
+
     fn collect(&mut self) -> Vec<Family> {
         let began = Instant::now();
         let now = Instant::now();
@@ -291,9 +320,12 @@ impl Collector {
         }
         families.extend(selfmetrics::families(
             &health,
-            began.elapsed(),
-            self.start_time,
-            self.stats.enabled_for(Instant::now()),
+            &AgentHealth {
+                collect_time: began.elapsed(),
+                start_time: self.start_time,
+                stats_enabled: self.stats.enabled_for(Instant::now()),
+                scrapes_refused: self.scrapes_refused.load(Ordering::Relaxed),
+            },
         ));
         families
     }

@@ -18,12 +18,19 @@ pub struct ProbeHealth {
     pub events_lost: u64,
 }
 
-pub fn families(
-    health: &[ProbeHealth],
-    collect_time: Duration,
-    start_time: Duration,
-    stats_enabled: Duration,
-) -> Vec<Family> {
+/// What the agent reports about itself, beside its probes.
+pub struct AgentHealth {
+    /// Time this collection spent reading the kernel's maps.
+    pub collect_time: Duration,
+    /// Time from start until every probe was attached.
+    pub start_time: Duration,
+    /// How long kernel run-time statistics have been on.
+    pub stats_enabled: Duration,
+    /// Scrapes refused because the collector's queue was full.
+    pub scrapes_refused: u64,
+}
+
+pub fn families(health: &[ProbeHealth], agent: &AgentHealth) -> Vec<Family> {
     let mut build = Family::new(
         "periscope_build_info",
         "Periscope's version; always 1.",
@@ -111,14 +118,20 @@ pub fn families(
         MetricKind::Gauge,
     )
     .with_unit("seconds");
-    scrape.push(vec![], Value::Gauge(collect_time.as_secs_f64()));
+    scrape.push(vec![], Value::Gauge(agent.collect_time.as_secs_f64()));
+    let mut refused = Family::new(
+        "periscope_scrapes_refused",
+        "Scrapes answered 503 because too many were waiting for the collector.",
+        MetricKind::Counter,
+    );
+    refused.push(vec![], Value::Counter(agent.scrapes_refused as f64));
     let mut start = Family::new(
         "periscope_start_duration_seconds",
         "Time from agent start until every probe was loaded and attached.",
         MetricKind::Gauge,
     )
     .with_unit("seconds");
-    start.push(vec![], Value::Gauge(start_time.as_secs_f64()));
+    start.push(vec![], Value::Gauge(agent.start_time.as_secs_f64()));
 
     let mut stats = Family::new(
         "periscope_bpf_stats_enabled_seconds",
@@ -126,9 +139,10 @@ pub fn families(
         MetricKind::Counter,
     )
     .with_unit("seconds");
-    stats.push(vec![], Value::Counter(stats_enabled.as_secs_f64()));
+    stats.push(vec![], Value::Counter(agent.stats_enabled.as_secs_f64()));
 
     vec![
-        build, up, runs, run_time, stats, entries, capacity, folded, expired, lost, scrape, start,
+        build, up, runs, run_time, stats, entries, capacity, folded, expired, lost, scrape,
+        refused, start,
     ]
 }

@@ -69,7 +69,7 @@ fn hostile_process_name_keeps_the_exposition_intact() {
         return;
     }
     let _kernel = kernel_lock();
-    let agent = Agent::start("probes:\n  syscalls:\n    include_executables: [\"a\\\"b\\\\c{d}\\ne\"]\n    latency_syscalls: [kill]\n");
+    let agent = Agent::start("probes:\n  syscalls:\n    include_executables: [\"a\\\"b\\\\c{d}\\ne\"]\n    latency_syscalls: [kill]\n    latency_sampling: always\n");
     let mut helper = Helper::spawn(KILL_HELPER, &["42".into(), "0".into(), HOSTILE.into()]);
     let pid = helper.pid().to_string();
     helper.run();

@@ -10,7 +10,7 @@ fn counts_errors_and_latency_of_a_known_workload_exactly() {
         return;
     }
     let _kernel = kernel_lock();
-    let agent = Agent::start("probes:\n  syscalls:\n    latency_syscalls: [kill, openat]\n");
+    let agent = Agent::start("probes:\n  syscalls:\n    latency_syscalls: [kill, openat]\n    latency_sampling: always\n");
     let (n, m) = (1000, 237);
     let mut helper = Helper::spawn(KILL_HELPER, &[n.to_string(), m.to_string()]);
     let pid = helper.pid().to_string();
@@ -76,7 +76,7 @@ fn selection_by_executable_traces_only_that_process() {
     }
     let _kernel = kernel_lock();
     let agent = Agent::start(
-        "probes:\n  syscalls:\n    include_executables: [pscselected]\n    latency_syscalls: [kill]\n",
+        "probes:\n  syscalls:\n    include_executables: [pscselected]\n    latency_syscalls: [kill]\n    latency_sampling: always\n",
     );
     let mut helper = Helper::spawn(
         KILL_HELPER,
@@ -105,7 +105,7 @@ fn full_maps_fold_into_overflow_and_totals_stay_exact() {
     }
     let _kernel = kernel_lock();
     let agent = Agent::start(
-        "probes:\n  syscalls:\n    include_executables: [psccap]\n    latency_syscalls: [kill]\n    max_series: 4\n    max_error_series: 2\n    max_latency_series: 2\n",
+        "probes:\n  syscalls:\n    include_executables: [psccap]\n    latency_syscalls: [kill]\n    latency_sampling: always\n    max_series: 4\n    max_error_series: 2\n    max_latency_series: 2\n",
     );
     // 12 children, child i issues 10 + i kills, i of them failing.
     let script = r#"
@@ -200,7 +200,7 @@ fn exited_processes_fold_into_per_executable_series() {
     }
     let _kernel = kernel_lock();
     let agent = Agent::start(
-        "processes:\n  exited_ttl_secs: 0\nprobes:\n  syscalls:\n    include_executables: [pscexit]\n    latency_syscalls: [kill]\n",
+        "processes:\n  exited_ttl_secs: 0\nprobes:\n  syscalls:\n    include_executables: [pscexit]\n    latency_syscalls: [kill]\n    latency_sampling: always\n",
     );
     for _ in 0..3 {
         let mut helper = Helper::spawn(KILL_HELPER, &["20".into(), "2".into(), "pscexit".into()]);
@@ -219,4 +219,45 @@ fn exited_processes_fold_into_per_executable_series() {
     assert!(!series[0].1.contains_key("process_pid"));
     assert_eq!(series[0].2, 60.0);
     assert!(metrics.one("periscope_series_expired_total", &[("probe", "syscalls")]) > 0.0);
+}
+
+/// Sampled timing: calls outside a window are counted but not timed; inside, timed.
+#[test]
+fn sampled_timing_times_only_calls_inside_its_window() {
+    if !have_root("sampled_timing_times_only_calls_inside_its_window") {
+        return;
+    }
+    let _kernel = kernel_lock();
+    let agent = Agent::start(
+        "probes:\n  syscalls:\n    include_executables: [pscsampled]\n    latency_syscalls: [kill]\n    latency_sampling: sampled\n    latency_sample_secs: 5\n    latency_period_secs: 8\n",
+    );
+    let timing_on =
+        |m: &common::Metrics| m.one("periscope_syscall_timing_enabled_seconds_total", &[]);
+    let mut helper = Helper::spawn(
+        KILL_HELPER,
+        &["100".into(), "0".into(), "pscsampled".into()],
+    );
+    let pid = helper.pid().to_string();
+    let this = [("process_pid", pid.as_str()), ("syscall", "kill")];
+    // The first window opens 3 s after start: this workload runs before it.
+    helper.run();
+    let before = agent.metrics();
+    assert_eq!(timing_on(&before), 0.0, "no window yet");
+    assert_eq!(before.one("syscalls_total", &this), 100.0);
+    assert_eq!(before.sum("syscall_duration_seconds_count", &this), 0.0);
+    helper.finish();
+
+    let opened = common::eventually(&agent, |m| timing_on(m) > 0.0);
+    assert!(timing_on(&opened) > 0.0, "a window opened");
+    let mut helper = Helper::spawn(
+        KILL_HELPER,
+        &["100".into(), "0".into(), "pscsampled".into()],
+    );
+    let pid = helper.pid().to_string();
+    helper.run();
+    let during = agent.metrics();
+    let this = [("process_pid", pid.as_str()), ("syscall", "kill")];
+    assert_eq!(during.one("syscalls_total", &this), 100.0);
+    assert_eq!(during.one("syscall_duration_seconds_count", &this), 100.0);
+    helper.finish();
 }

@@ -68,6 +68,9 @@ pub struct ProcessesConfig {
     /// How long the series of an exited process stay before they fold into the
     /// per-executable aggregate of exited processes.
     pub exited_ttl_secs: u64,
+    /// Cap on executables with an aggregate of exited processes; beyond it, exited
+    /// processes fold into the overflow series.
+    pub max_exited_executables: NonZeroU32,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Default)]
@@ -81,8 +84,14 @@ pub struct ProbesConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct SyscallsConfig {
     pub enabled: bool,
-    /// Syscalls whose latency is measured (each costs a start stamp); all are counted.
+    /// Syscalls whose latency is measured; all are counted.
     pub latency_syscalls: Vec<SyscallName>,
+    /// Timing needs a hook at syscall entry, which costs on every syscall of every
+    /// process: `always`, or `sampled` (on for latency_sample_secs in each
+    /// latency_period_secs; histograms then hold the calls made in those windows).
+    pub latency_sampling: SamplingMode,
+    pub latency_sample_secs: u64,
+    pub latency_period_secs: u64,
     /// Only trace processes with these executable names (comm, at most 15 bytes). Empty: all.
     pub include_executables: Vec<ExecutableName>,
     /// Only trace these process ids (besides `include_executables`). Empty: all.
@@ -118,6 +127,7 @@ impl Default for ProcessesConfig {
         ProcessesConfig {
             pid_label: true,
             exited_ttl_secs: 300,
+            max_exited_executables: nonzero(1024),
         }
     }
 }
@@ -151,6 +161,9 @@ impl Default for SyscallsConfig {
                 .iter()
                 .map(|name| SyscallName::parse(name).expect("default syscalls exist"))
                 .collect(),
+            latency_sampling: SamplingMode::Sampled,
+            latency_sample_secs: 10,
+            latency_period_secs: 60,
             include_executables: Vec::new(),
             include_pids: Vec::new(),
             max_series: nonzero(16384),
@@ -170,8 +183,36 @@ impl Default for ProcessConfig {
     }
 }
 
+/// A sampling window must last at least a second and be shorter than its period.
+fn check_window(
+    (sample_key, sample): (&'static str, u64),
+    (period_key, period): (&'static str, u64),
+) -> Result<(), (&'static str, String)> {
+    if sample == 0 {
+        return Err((sample_key, "must be at least 1 in sampled mode".into()));
+    }
+    if period <= sample {
+        return Err((
+            period_key,
+            format!("must be longer than the sample window ({sample} s)"),
+        ));
+    }
+    Ok(())
+}
+
+/// Capacity of the kernel's selection maps (selected_tgids, selected_comms).
+pub const MAX_SELECTED: usize = 1024;
+
 fn nonzero(n: u32) -> NonZeroU32 {
     NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN)
+}
+
+/// Whether a costly measurement runs all the time or in windows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SamplingMode {
+    Always,
+    Sampled,
 }
 
 /// A syscall named as in the x86_64 syscall table; stored as its number.
@@ -302,23 +343,43 @@ impl Config {
 
     /// Checks that span several keys; returns the key to blame and why.
     fn validate(&self) -> Result<(), (&'static str, String)> {
+        let syscalls = &self.probes.syscalls;
+        if syscalls.include_pids.len() > MAX_SELECTED {
+            return Err((
+                "probes.syscalls.include_pids",
+                format!("at most {MAX_SELECTED} pids can be selected"),
+            ));
+        }
+        if syscalls.include_executables.len() > MAX_SELECTED {
+            return Err((
+                "probes.syscalls.include_executables",
+                format!("at most {MAX_SELECTED} executables can be selected"),
+            ));
+        }
         let stats = &self.self_metrics;
         if stats.bpf_stats == StatsMode::Sampled {
-            if stats.bpf_stats_sample_secs == 0 {
-                return Err((
+            check_window(
+                (
                     "self_metrics.bpf_stats_sample_secs",
-                    "must be at least 1 in sampled mode".into(),
-                ));
-            }
-            if stats.bpf_stats_period_secs <= stats.bpf_stats_sample_secs {
-                return Err((
+                    stats.bpf_stats_sample_secs,
+                ),
+                (
                     "self_metrics.bpf_stats_period_secs",
-                    format!(
-                        "must be longer than bpf_stats_sample_secs ({})",
-                        stats.bpf_stats_sample_secs
-                    ),
-                ));
-            }
+                    stats.bpf_stats_period_secs,
+                ),
+            )?;
+        }
+        if syscalls.latency_sampling == SamplingMode::Sampled {
+            check_window(
+                (
+                    "probes.syscalls.latency_sample_secs",
+                    syscalls.latency_sample_secs,
+                ),
+                (
+                    "probes.syscalls.latency_period_secs",
+                    syscalls.latency_period_secs,
+                ),
+            )?;
         }
         Ok(())
     }

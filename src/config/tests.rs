@@ -122,3 +122,30 @@ fn stats_mode_names_its_valid_values() {
     assert!(text.starts_with("periscope.yaml:2:"), "{text}");
     assert!(text.contains("`always`, `sampled`"), "{text}");
 }
+
+#[test]
+fn too_many_selected_pids_are_refused() {
+    let pids: Vec<String> = (1..=1025).map(|p| p.to_string()).collect();
+    let text = error_text(&format!(
+        "probes:\n  syscalls:\n    include_pids: [{}]\n",
+        pids.join(", ")
+    ));
+    assert!(text.starts_with("periscope.yaml:3"), "{text}");
+    assert!(text.contains("at most 1024"), "{text}");
+}
+
+#[test]
+fn latency_window_must_fit_its_period() {
+    let text = error_text("probes:\n  syscalls:\n    latency_sample_secs: 0\n");
+    assert!(text.starts_with("periscope.yaml:3"), "{text}");
+    assert!(
+        text.contains("key `probes.syscalls.latency_sample_secs`"),
+        "{text}"
+    );
+    // Always-on timing ignores the window.
+    Config::from_yaml(
+        "x",
+        "probes:\n  syscalls:\n    latency_sampling: always\n    latency_sample_secs: 0\n",
+    )
+    .expect("valid");
+}

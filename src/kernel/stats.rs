@@ -6,6 +6,8 @@ use std::time::{Duration, Instant};
 
 use libbpf_rs::libbpf_sys;
 
+use super::duty::DutyCycle;
+
 /// Keeps run-time statistics on while alive; the kernel turns them off when the last
 /// holder closes its descriptor.
 pub struct StatsGuard {
@@ -63,86 +65,69 @@ pub enum StatsMode {
 /// can be computed over the sampled time.
 pub struct StatsSampler {
     mode: StatsMode,
-    sample: Duration,
-    period: Duration,
+    duty: Option<DutyCycle>,
     guard: Option<StatsGuard>,
-    window_started: Option<Instant>,
-    enabled_before: Duration,
-    next_change: Option<Instant>,
+    always_since: Option<Instant>,
 }
 
 impl StatsSampler {
     pub fn start(mode: StatsMode, sample: Duration, period: Duration, now: Instant) -> Self {
         let mut sampler = StatsSampler {
             mode,
-            sample,
-            period,
+            duty: None,
             guard: None,
-            window_started: None,
-            enabled_before: Duration::ZERO,
-            next_change: None,
+            always_since: None,
         };
         match mode {
-            StatsMode::Always => sampler.enable(now),
-            // Windows close each period, so start-up itself runs without the extra cost.
-            StatsMode::Sampled => sampler.next_change = Some(now + period.saturating_sub(sample)),
+            StatsMode::Always => {
+                if sampler.enable() {
+                    sampler.always_since = Some(now);
+                }
+            }
+            StatsMode::Sampled => sampler.duty = Some(DutyCycle::new(sample, period, now)),
             StatsMode::Off => {}
         }
         sampler
     }
 
-    fn enable(&mut self, now: Instant) {
+    fn enable(&mut self) -> bool {
         match StatsGuard::enable() {
             Ok(guard) => {
                 self.guard = Some(guard);
-                self.window_started = Some(now);
+                true
             }
             Err(err) => {
                 tracing::warn!(error = %err, "BPF run-time statistics unavailable; program run counts and times stay 0");
                 self.mode = StatsMode::Off;
-                self.next_change = None;
+                self.duty = None;
+                false
             }
-        }
-    }
-
-    fn disable(&mut self, now: Instant) {
-        self.guard = None;
-        if let Some(started) = self.window_started.take() {
-            self.enabled_before += now.saturating_duration_since(started);
         }
     }
 
     /// Opens or closes the sampling window when its time has come.
     pub fn tick(&mut self, now: Instant) {
-        if self.mode != StatsMode::Sampled {
+        let Some(changed) = self.duty.as_mut().and_then(|duty| duty.poll(now)) else {
             return;
-        }
-        let Some(due) = self.next_change else { return };
-        if now < due {
-            return;
-        }
-        if self.guard.is_some() {
-            self.disable(now);
-            self.next_change = Some(now + self.period.saturating_sub(self.sample));
+        };
+        if changed {
+            self.enable();
         } else {
-            self.enable(now);
-            if self.mode == StatsMode::Sampled {
-                self.next_change = Some(now + self.sample);
-            }
+            self.guard = None;
         }
     }
 
     pub fn next_change(&self) -> Option<Instant> {
-        self.next_change
+        self.duty.as_ref().map(DutyCycle::next_change)
     }
 
     /// How long statistics have been on in total.
     pub fn enabled_for(&self, now: Instant) -> Duration {
-        self.enabled_before
-            + self
-                .window_started
-                .map(|started| now.saturating_duration_since(started))
-                .unwrap_or_default()
+        match (&self.duty, self.always_since) {
+            (Some(duty), _) => duty.on_for(now),
+            (None, Some(since)) => now.saturating_duration_since(since),
+            (None, None) => Duration::ZERO,
+        }
     }
 
     pub fn mode(&self) -> StatsMode {

@@ -51,6 +51,11 @@ pub trait Probe {
     fn expired_series(&self) -> u64 {
         0
     }
+    /// Does scheduled work (switching sampled measurements on and off) and says when it
+    /// next wants to be called.
+    fn tick(&mut self, _now: Instant) -> Option<Instant> {
+        None
+    }
     /// Events the kernel could not hand over (full ring buffer); none for pure aggregators.
     fn events_lost(&self) -> u64 {
         0

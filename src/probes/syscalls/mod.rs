@@ -7,7 +7,7 @@ pub mod table;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::time::{Duration, Instant, SystemTime};
@@ -18,8 +18,9 @@ use tracing::{debug, info, warn};
 
 use super::util::{self, c_string, MapFill, ProbeError};
 use super::{Probe, ProbeSpec};
-use crate::config::Config;
+use crate::config::{Config, SamplingMode};
 use crate::enrich::ProcessTable;
+use crate::kernel::duty::DutyCycle;
 use crate::kernel::KernelFeatures;
 use crate::model::histogram::{DurationBounds, LogLinearHistogram, BUCKETS};
 use crate::model::{Family, Labels, MetricKind, Value};
@@ -89,7 +90,12 @@ type Owner = (Option<u32>, String);
 
 pub struct SyscallsProbe {
     skel: SyscallsSkel<'static>,
-    links: Vec<Link>,
+    exit_link: Option<Link>,
+    /// Links of the timing hook; empty while a sampled timing window is closed.
+    enter_links: Vec<Link>,
+    /// The timing schedule, when timing is sampled.
+    timing_duty: Option<DutyCycle>,
+    timing_always_since: Option<Instant>,
     enter_hook: EnterHook,
     timed: Vec<u32>,
     bounds: DurationBounds,
@@ -100,6 +106,11 @@ pub struct SyscallsProbe {
     exited_counts: BTreeMap<(String, u32), u64>,
     exited_errors: BTreeMap<(String, u32, u32), u64>,
     exited_latency: BTreeMap<(String, u32), LogLinearHistogram>,
+    /// Executables with aggregates of exited processes, capped: beyond the cap, exited
+    /// processes fold into the overflow series.
+    exited_names: BTreeSet<String>,
+    max_exited_names: usize,
+    exited_names_folded: u64,
     expired_series: u64,
     fill: Vec<MapFill>,
 }
@@ -189,7 +200,10 @@ impl SyscallsProbe {
 
         let mut probe = SyscallsProbe {
             skel,
-            links: Vec::new(),
+            exit_link: None,
+            enter_links: Vec::new(),
+            timing_duty: None,
+            timing_always_since: None,
             enter_hook,
             timed,
             bounds: DurationBounds::new(&settings.duration_buckets_seconds.0),
@@ -200,26 +214,48 @@ impl SyscallsProbe {
             exited_counts: BTreeMap::new(),
             exited_errors: BTreeMap::new(),
             exited_latency: BTreeMap::new(),
+            exited_names: BTreeSet::new(),
+            max_exited_names: config.processes.max_exited_executables.get() as usize,
+            exited_names_folded: 0,
             expired_series: 0,
             fill: Vec::new(),
         };
         if attach {
-            probe.attach()?;
+            probe.exit_link = Some(
+                probe
+                    .skel
+                    .progs
+                    .psc_sys_exit
+                    .attach()
+                    .map_err(ProbeError::bpf("attaching tp_btf/sys_exit"))?,
+            );
+            if enter_hook != EnterHook::None {
+                let now = Instant::now();
+                match settings.latency_sampling {
+                    SamplingMode::Always => {
+                        probe.enter_links = probe.attach_enter()?;
+                        probe.timing_always_since = Some(now);
+                    }
+                    SamplingMode::Sampled => {
+                        probe.timing_duty = Some(DutyCycle::new(
+                            Duration::from_secs(settings.latency_sample_secs),
+                            Duration::from_secs(settings.latency_period_secs),
+                            now,
+                        ))
+                    }
+                }
+            }
         }
         Ok(probe)
     }
 
-    fn attach(&mut self) -> Result<(), ProbeError> {
+    /// Attaches the timing hook: the start stamps of the timed syscalls.
+    fn attach_enter(&self) -> Result<Vec<Link>, ProbeError> {
         let progs = &self.skel.progs;
-        self.links.push(
-            progs
-                .psc_sys_exit
-                .attach()
-                .map_err(ProbeError::bpf("attaching tp_btf/sys_exit"))?,
-        );
+        let mut links = Vec::new();
         match self.enter_hook {
             EnterHook::None => {}
-            EnterHook::BtfSysEnter => self.links.push(
+            EnterHook::BtfSysEnter => links.push(
                 progs
                     .psc_sys_enter_btf
                     .attach()
@@ -233,7 +269,7 @@ impl SyscallsProbe {
                         .psc_sys_enter_tp
                         .attach_tracepoint(TracepointCategory::Syscalls, &tracepoint)
                     {
-                        Ok(link) => self.links.push(link),
+                        Ok(link) => links.push(link),
                         Err(err) => {
                             warn!(syscall = %name, error = %err, "this syscall has no enter tracepoint here; it is counted but not timed")
                         }
@@ -241,8 +277,17 @@ impl SyscallsProbe {
                 }
             }
         }
-        debug!(links = self.links.len(), "syscalls probe attached");
-        Ok(())
+        debug!(links = links.len(), "syscall timing attached");
+        Ok(links)
+    }
+
+    /// How long syscalls have been timed.
+    fn timing_enabled_for(&self, now: Instant) -> Duration {
+        match (&self.timing_duty, self.timing_always_since) {
+            (Some(duty), _) => duty.on_for(now),
+            (None, Some(since)) => now.saturating_duration_since(since),
+            (None, None) => Duration::ZERO,
+        }
     }
 
     fn comm_of(&self, pid: u32) -> Option<String> {
@@ -273,7 +318,7 @@ impl SyscallsProbe {
             let Some(info) = self.processes.remove(pid) else {
                 continue;
             };
-            let name = info.name;
+            let name = self.exited_name(info.name);
             let mut series = 0u64;
             for ((tgid, nr), count) in reading.counts.extract_if_pid(pid) {
                 *self.exited_counts.entry((name.clone(), nr)).or_default() += count;
@@ -303,6 +348,19 @@ impl SyscallsProbe {
             self.expired_series += series;
             debug!(pid, executable = %name, series, "folded an exited process's series");
         }
+    }
+
+    /// The aggregate an exited process of executable `name` folds into.
+    fn exited_name(&mut self, name: String) -> String {
+        if self.exited_names.contains(&name) {
+            return name;
+        }
+        if self.exited_names.len() >= self.max_exited_names {
+            self.exited_names_folded += 1;
+            return OVERFLOW_NAME.to_string();
+        }
+        self.exited_names.insert(name.clone());
+        name
     }
 
     fn read(&self) -> Reading {
@@ -452,7 +510,24 @@ impl Probe for SyscallsProbe {
                 format!("tp_btf/sys_enter for {} timed syscalls", self.timed.len())
             }
         };
-        format!("tp_btf/sys_exit (counts, errors); {enter}")
+        let sampling = match &self.timing_duty {
+            Some(_) => ", sampled",
+            None => "",
+        };
+        format!("tp_btf/sys_exit (counts, errors); {enter}{sampling}")
+    }
+
+    fn tick(&mut self, now: Instant) -> Option<Instant> {
+        let changed = self.timing_duty.as_mut()?.poll(now);
+        match changed {
+            Some(true) => match self.attach_enter() {
+                Ok(links) => self.enter_links = links,
+                Err(err) => warn!(error = %err, "could not open a syscall timing window"),
+            },
+            Some(false) => self.enter_links.clear(),
+            None => {}
+        }
+        self.timing_duty.as_ref().map(DutyCycle::next_change)
     }
 
     fn collect(&mut self, now: Instant, out: &mut Vec<Family>) {
@@ -551,6 +626,17 @@ impl Probe for SyscallsProbe {
         out.push(calls);
         out.push(errors);
         out.push(durations);
+        let mut timing = Family::new(
+            "periscope_syscall_timing_enabled_seconds",
+            "Time syscalls were timed (latency_sampling): syscall_duration_seconds holds the calls made then.",
+            MetricKind::Counter,
+        )
+        .with_unit("seconds");
+        timing.push(
+            Vec::new(),
+            Value::Counter(self.timing_enabled_for(now).as_secs_f64()),
+        );
+        out.push(timing);
 
         let maps = &self.skel.maps;
         self.fill = vec![
@@ -560,6 +646,11 @@ impl Probe for SyscallsProbe {
             fill("overflow_errors", &maps.overflow_errors),
             fill("comms", &maps.comms),
         ];
+        self.fill.push(MapFill {
+            map: "exited_executables",
+            entries: self.exited_names.len() as u64,
+            capacity: self.max_exited_names as u64,
+        });
     }
 
     fn programs(&self) -> Vec<(String, BorrowedFd<'_>)> {
@@ -584,10 +675,12 @@ impl Probe for SyscallsProbe {
     }
 
     fn folded(&self) -> Vec<(&'static str, u64)> {
-        FOLDED_SLOTS
+        let mut folded: Vec<_> = FOLDED_SLOTS
             .iter()
             .map(|(map, slot)| (*map, self.folded_count(*slot)))
-            .collect()
+            .collect();
+        folded.push(("exited_executables", self.exited_names_folded));
+        folded
     }
 
     fn expired_series(&self) -> u64 {
@@ -597,8 +690,11 @@ impl Probe for SyscallsProbe {
 
 impl Drop for SyscallsProbe {
     fn drop(&mut self) {
-        if !self.links.is_empty() {
-            info!(links = self.links.len(), "detaching the syscalls probe");
+        if self.exit_link.is_some() {
+            info!(
+                links = 1 + self.enter_links.len(),
+                "detaching the syscalls probe"
+            );
         }
     }
 }
