@@ -105,7 +105,7 @@ fn full_maps_fold_into_overflow_and_totals_stay_exact() {
     }
     let _kernel = kernel_lock();
     let agent = Agent::start(
-        "probes:\n  syscalls:\n    include_executables: [psccap]\n    latency_syscalls: [kill]\n    latency_sampling: always\n    max_series: 4\n    max_error_series: 2\n    max_latency_series: 2\n",
+        "probes:\n  syscalls:\n    include_executables: [psccap]\n    latency_syscalls: [kill]\n    per_cpu_slots: 1\n    latency_sampling: always\n    max_series: 4\n    max_error_series: 2\n    max_latency_series: 2\n",
     );
     // 12 children, child i issues 10 + i kills, i of them failing.
     let script = r#"
@@ -179,14 +179,26 @@ sys.stdin.readline()
         ),
         4.0
     );
-    // Series with a pid, beyond the overflow: at most the caps.
+    let slots = metrics.one(
+        "periscope_bpf_map_capacity",
+        &[("probe", "syscalls"), ("map", "fast_counts")],
+    );
+    let taken = metrics.one(
+        "periscope_bpf_map_entries",
+        &[("probe", "syscalls"), ("map", "fast_counts")],
+    );
+    assert!(
+        taken >= 1.0 && taken <= slots,
+        "{taken} of one slot per CPU taken"
+    );
+    // Series with a pid, beyond the overflow: at most the caps (map, plus a slot per CPU).
     let with_pid = metrics
         .find("syscalls_total", &[])
         .filter(|(_, labels, _)| labels.contains_key("process_pid"))
         .count();
     assert!(
-        with_pid <= 4,
-        "{with_pid} series with a pid under a cap of 4"
+        with_pid as f64 <= 4.0 + slots,
+        "{with_pid} series with a pid under a cap of 4 + {slots}"
     );
     helper.finish();
 }

@@ -96,7 +96,10 @@ pub struct SyscallsConfig {
     pub include_executables: Vec<ExecutableName>,
     /// Only trace these process ids (besides `include_executables`). Empty: all.
     pub include_pids: Vec<u32>,
-    /// Cap on (process, syscall) count series kept in the kernel.
+    /// Slots per CPU in the first-level count table (a power of two); pairs that find
+    /// their slots taken go to the `max_series` map.
+    pub per_cpu_slots: u32,
+    /// Cap on (process, syscall) count series kept in the kernel's second-level map.
     pub max_series: NonZeroU32,
     /// Cap on (process, syscall, errno) error series.
     pub max_error_series: NonZeroU32,
@@ -166,6 +169,7 @@ impl Default for SyscallsConfig {
             latency_period_secs: 60,
             include_executables: Vec::new(),
             include_pids: Vec::new(),
+            per_cpu_slots: 4096,
             max_series: nonzero(16384),
             max_error_series: nonzero(4096),
             max_latency_series: nonzero(4096),
@@ -348,6 +352,15 @@ impl Config {
             return Err((
                 "probes.syscalls.include_pids",
                 format!("at most {MAX_SELECTED} pids can be selected"),
+            ));
+        }
+        if !syscalls.per_cpu_slots.is_power_of_two() || syscalls.per_cpu_slots > 1 << 20 {
+            return Err((
+                "probes.syscalls.per_cpu_slots",
+                format!(
+                    "must be a power of two from 1 to 1048576, not {}",
+                    syscalls.per_cpu_slots
+                ),
             ));
         }
         if syscalls.include_executables.len() > MAX_SELECTED {

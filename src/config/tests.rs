@@ -149,3 +149,10 @@ fn latency_window_must_fit_its_period() {
     )
     .expect("valid");
 }
+
+#[test]
+fn per_cpu_slots_must_be_a_power_of_two() {
+    let text = error_text("probes:\n  syscalls:\n    per_cpu_slots: 1000\n");
+    assert!(text.starts_with("periscope.yaml:3"), "{text}");
+    assert!(text.contains("power of two"), "{text}");
+}

@@ -2,6 +2,7 @@
 //! histograms, aggregated in the kernel (see `syscalls.bpf.c` for the design and costs).
 
 pub mod errno;
+mod fast;
 pub mod table;
 
 #[cfg(test)]
@@ -24,6 +25,7 @@ use crate::kernel::duty::DutyCycle;
 use crate::kernel::KernelFeatures;
 use crate::model::histogram::{DurationBounds, LogLinearHistogram, BUCKETS};
 use crate::model::{Family, Labels, MetricKind, Value};
+use fast::FastTable;
 
 mod skel {
     include!(concat!(env!("OUT_DIR"), "/syscalls.skel.rs"));
@@ -36,6 +38,7 @@ unsafe impl plain::Plain for types::psc_syscall_error_key {}
 unsafe impl plain::Plain for types::psc_syscall_nr_err {}
 unsafe impl plain::Plain for types::psc_hist {}
 unsafe impl plain::Plain for types::psc_comm {}
+unsafe impl plain::Plain for types::psc_fast_slot {}
 
 /// Must equal PSC_MAX_SYSCALLS in bpf/periscope.h.
 const MAX_SYSCALLS: u32 = 512;
@@ -90,6 +93,7 @@ type Owner = (Option<u32>, String);
 
 pub struct SyscallsProbe {
     skel: SyscallsSkel<'static>,
+    fast: FastTable,
     exit_link: Option<Link>,
     /// Links of the timing hook; empty while a sampled timing window is closed.
     enter_links: Vec<Link>,
@@ -162,7 +166,20 @@ impl SyscallsProbe {
         rodata.filter_by_tgid = u8::from(!settings.include_pids.is_empty());
         rodata.filter_by_comm = u8::from(!settings.include_executables.is_empty());
 
+        let cpus =
+            libbpf_rs::num_possible_cpus().map_err(ProbeError::bpf("counting possible CPUs"))?;
+        let slots_per_cpu = settings.per_cpu_slots;
+        rodata.fast_slots_mask = slots_per_cpu - 1;
+        let fast_slots = u32::try_from(cpus)
+            .ok()
+            .and_then(|cpus| cpus.checked_mul(slots_per_cpu))
+            .ok_or_else(|| {
+                ProbeError::Unsupported(format!(
+                    "{cpus} CPUs x {slots_per_cpu} slots is too large a table"
+                ))
+            })?;
         let caps = [
+            (&mut open.maps.fast_counts, fast_slots),
             (&mut open.maps.counts, settings.max_series.get()),
             (&mut open.maps.errors, settings.max_error_series.get()),
             (&mut open.maps.latency, settings.max_latency_series.get()),
@@ -198,8 +215,13 @@ impl SyscallsProbe {
                 .map_err(ProbeError::bpf("selecting an executable"))?;
         }
 
+        let fast =
+            FastTable::map(skel.maps.fast_counts.as_fd(), fast_slots as usize).map_err(|err| {
+                ProbeError::Unsupported(format!("mapping the per-CPU count table: {err}"))
+            })?;
         let mut probe = SyscallsProbe {
             skel,
+            fast,
             exit_link: None,
             enter_links: Vec::new(),
             timing_duty: None,
@@ -344,6 +366,7 @@ impl SyscallsProbe {
                 let _ = self.skel.maps.latency.delete(plain_bytes(&key));
                 series += 1;
             }
+            self.fast.release(pid);
             let _ = self.skel.maps.comms.delete(&pid.to_ne_bytes());
             self.expired_series += series;
             debug!(pid, executable = %name, series, "folded an exited process's series");
@@ -366,12 +389,13 @@ impl SyscallsProbe {
     fn read(&self) -> Reading {
         let maps = &self.skel.maps;
         let mut reading = Reading::default();
+        for (tgid, nr, count) in self.fast.taken() {
+            *reading.counts.0.entry((tgid, nr)).or_default() += count;
+        }
         for (key, values) in util::read_percpu(&maps.counts) {
             if let Some(k) = decode::<types::psc_syscall_key>(&key) {
-                reading
-                    .counts
-                    .0
-                    .insert((k.tgid, k.nr), util::sum_percpu_u64(&values));
+                *reading.counts.0.entry((k.tgid, k.nr)).or_default() +=
+                    util::sum_percpu_u64(&values);
             }
         }
         for (key, values) in util::read_percpu(&maps.errors) {
@@ -640,6 +664,11 @@ impl Probe for SyscallsProbe {
 
         let maps = &self.skel.maps;
         self.fill = vec![
+            MapFill {
+                map: "fast_counts",
+                entries: self.fast.taken().count() as u64,
+                capacity: self.fast.capacity() as u64,
+            },
             fill("counts", &maps.counts),
             fill("errors", &maps.errors),
             fill("latency", &maps.latency),

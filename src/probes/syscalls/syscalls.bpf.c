@@ -20,6 +20,8 @@ char LICENSE[] SEC("license") = PSC_LICENSE;
 
 /* Set by user space before load. */
 const volatile __u8 latency_enabled[PSC_MAX_SYSCALLS] = {};
+/* Slots per CPU in fast_counts, less one: a power of two minus one. */
+const volatile __u32 fast_slots_mask = 0;
 const volatile __u8 filter_by_tgid = 0;
 const volatile __u8 filter_by_comm = 0;
 
@@ -29,9 +31,29 @@ struct psc_syscall_error_key psc_syscall_error_key_type = {};
 struct psc_syscall_nr_err psc_syscall_nr_err_type = {};
 struct psc_hist psc_hist_type = {};
 struct psc_comm psc_comm_type = {};
+struct psc_fast_slot psc_fast_slot_type = {};
+
+/* Slots a pair may take in its CPU's table; beyond, it is counted in `counts`. */
+#define PSC_FAST_PROBES 4
 
 #define PSC_NR_EXECVE 59
 #define PSC_NR_EXECVEAT 322
+
+/*
+ * The first level of the counts: per CPU, a table of slots addressed by a hash of
+ * (tgid, nr), probed linearly. A plain, memory-mappable array rather than a hash map:
+ * an array lookup is inlined by the verifier, where a hash map lookup cost about 50 ns
+ * per syscall on our machines (BENCHMARKS.md). Each CPU writes only its own table, and
+ * user space reads them all through a shared mapping, without a syscall. Sized by user
+ * space: possible CPUs x slots per CPU.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct psc_fast_slot);
+} fast_counts SEC(".maps");
 
 /* max_entries of the keyed maps are the configured caps, set by user space. */
 struct {
@@ -186,6 +208,39 @@ static __always_inline void record_comm(__u32 tgid)
 	bpf_map_update_elem(&comms, &tgid, &name, BPF_ANY);
 }
 
+/* Counts in this CPU's table; 0 when the pair's probe sequence is full. */
+static __always_inline int count_fast(__u32 tgid, __u32 nr)
+{
+	__u32 base = bpf_get_smp_processor_id() * (fast_slots_mask + 1);
+	__u32 hash = (tgid * 2654435761u) ^ (nr * 2246822519u);
+	struct psc_fast_slot *slot;
+	__u32 idx;
+
+	for (int probe = 0; probe < PSC_FAST_PROBES; probe++) {
+		idx = base + ((hash + probe) & fast_slots_mask);
+		slot = bpf_map_lookup_elem(&fast_counts, &idx);
+		if (!slot)
+			return 0;
+		if (slot->nr_plus_one == nr + 1 && slot->tgid == tgid) {
+			slot->count += 1;
+			return 1;
+		}
+		if (slot->nr_plus_one == 0) {
+			/*
+			 * Claim: user space reads a slot as taken once nr_plus_one is set, so it
+			 * is written last. x86 keeps stores in order; the compiler must too.
+			 */
+			slot->tgid = tgid;
+			slot->count = 1;
+			asm volatile("" ::: "memory");
+			slot->nr_plus_one = nr + 1;
+			record_comm(tgid);
+			return 1;
+		}
+	}
+	return 0;
+}
+
 static __always_inline void count_error(__u32 tgid, __u32 nr, __u32 err)
 {
 	struct psc_syscall_error_key key = { .tgid = tgid, .nr = nr, .err = err };
@@ -274,13 +329,15 @@ int BPF_PROG(psc_sys_exit, struct pt_regs *regs, long ret)
 
 	key.tgid = tgid;
 	key.nr = nr;
-	count = bpf_map_lookup_elem(&counts, &key);
-	if (count) {
-		*count += 1;
-	} else {
-		record_comm(tgid);
-		add_percpu(&counts, &key, bpf_map_lookup_elem(&overflow_counts, &key.nr),
-			   PSC_FOLDED_COUNTS);
+	if (!count_fast(tgid, key.nr)) {
+		count = bpf_map_lookup_elem(&counts, &key);
+		if (count) {
+			*count += 1;
+		} else {
+			record_comm(tgid);
+			add_percpu(&counts, &key, bpf_map_lookup_elem(&overflow_counts, &key.nr),
+				   PSC_FOLDED_COUNTS);
+		}
 	}
 	if ((nr == PSC_NR_EXECVE || nr == PSC_NR_EXECVEAT) && ret == 0)
 		record_comm(tgid);

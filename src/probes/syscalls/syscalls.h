@@ -21,6 +21,16 @@ struct psc_syscall_nr_err {
 	__u32 err;
 };
 
+/*
+ * A slot of the per-CPU count table, the hot path's first level: tgid and syscall of the
+ * counted pair (nr_plus_one == 0 marks a free slot) and its count on that CPU.
+ */
+struct psc_fast_slot {
+	__u32 tgid;
+	__u32 nr_plus_one;
+	__u64 count;
+};
+
 /* The name of a process, as its group leader's comm. */
 struct psc_comm {
 	char comm[PSC_COMM_LEN];
