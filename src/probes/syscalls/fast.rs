@@ -62,15 +62,16 @@ impl FastTable {
         })
     }
 
-    /// Frees every slot of `tgid` (an exited process whose counts were folded away).
-    pub fn release(&self, tgid: u32) -> u64 {
+    /// Frees every slot of the processes `gone` selects (exited processes whose counts
+    /// were folded away).
+    pub fn release(&self, gone: impl Fn(u32) -> bool) -> u64 {
         let mut released = 0;
         for idx in 0..self.slots {
             let slot = self.slot(idx);
             // SAFETY: as in `taken`; the slot is unpublished before it is cleared.
             unsafe {
                 if std::ptr::read_volatile(&raw const (*slot).nr_plus_one) != 0
-                    && std::ptr::read_volatile(&raw const (*slot).tgid) == tgid
+                    && gone(std::ptr::read_volatile(&raw const (*slot).tgid))
                 {
                     std::ptr::write_volatile(&raw mut (*slot).nr_plus_one, 0);
                     std::ptr::write_volatile(&raw mut (*slot).count, 0);

@@ -334,43 +334,55 @@ impl SyscallsProbe {
     }
 
     /// Moves the series of processes gone for the TTL into the per-executable aggregate
-    /// and frees their kernel map entries.
+    /// and frees their kernel map entries. One pass over the reading and the per-CPU
+    /// tables, however many processes expire.
     fn expire(&mut self, now: Instant, reading: &mut Reading) {
-        for pid in self.processes.expired(now, self.exited_ttl) {
-            let Some(info) = self.processes.remove(pid) else {
-                continue;
-            };
-            let name = self.exited_name(info.name);
-            let mut series = 0u64;
-            for ((tgid, nr), count) in reading.counts.extract_if_pid(pid) {
-                *self.exited_counts.entry((name.clone(), nr)).or_default() += count;
-                let key = types::psc_syscall_key { tgid, nr };
-                let _ = self.skel.maps.counts.delete(plain_bytes(&key));
-                series += 1;
-            }
-            for ((tgid, nr, err), count) in reading.errors.extract_if_pid(pid) {
-                *self
-                    .exited_errors
-                    .entry((name.clone(), nr, err))
-                    .or_default() += count;
-                let key = types::psc_syscall_error_key { tgid, nr, err };
-                let _ = self.skel.maps.errors.delete(plain_bytes(&key));
-                series += 1;
-            }
-            for ((tgid, nr), hist) in reading.latency.extract_if_pid(pid) {
-                self.exited_latency
-                    .entry((name.clone(), nr))
-                    .or_default()
-                    .merge(&hist);
-                let key = types::psc_syscall_key { tgid, nr };
-                let _ = self.skel.maps.latency.delete(plain_bytes(&key));
-                series += 1;
-            }
-            self.fast.release(pid);
-            let _ = self.skel.maps.comms.delete(&pid.to_ne_bytes());
-            self.expired_series += series;
-            debug!(pid, executable = %name, series, "folded an exited process's series");
+        let expired = self.processes.expired(now, self.exited_ttl);
+        if expired.is_empty() {
+            return;
         }
+        let mut names: HashMap<u32, String> = HashMap::with_capacity(expired.len());
+        for pid in expired {
+            if let Some(info) = self.processes.remove(pid) {
+                let name = self.exited_name(info.name);
+                names.insert(pid, name);
+            }
+        }
+        let name_of = |pid: u32| names.get(&pid).cloned().unwrap_or_default();
+        let mut series = 0u64;
+        for ((tgid, nr), count) in reading.counts.extract_pids(&names) {
+            *self.exited_counts.entry((name_of(tgid), nr)).or_default() += count;
+            let key = types::psc_syscall_key { tgid, nr };
+            let _ = self.skel.maps.counts.delete(plain_bytes(&key));
+            series += 1;
+        }
+        for ((tgid, nr, err), count) in reading.errors.extract_pids(&names) {
+            *self
+                .exited_errors
+                .entry((name_of(tgid), nr, err))
+                .or_default() += count;
+            let key = types::psc_syscall_error_key { tgid, nr, err };
+            let _ = self.skel.maps.errors.delete(plain_bytes(&key));
+            series += 1;
+        }
+        for ((tgid, nr), hist) in reading.latency.extract_pids(&names) {
+            self.exited_latency
+                .entry((name_of(tgid), nr))
+                .or_default()
+                .merge(&hist);
+            let key = types::psc_syscall_key { tgid, nr };
+            let _ = self.skel.maps.latency.delete(plain_bytes(&key));
+            series += 1;
+        }
+        self.fast.release(|tgid| names.contains_key(&tgid));
+        for pid in names.keys() {
+            let _ = self.skel.maps.comms.delete(&pid.to_ne_bytes());
+        }
+        self.expired_series += series;
+        debug!(
+            processes = names.len(),
+            series, "folded exited processes' series"
+        );
     }
 
     /// The aggregate an exited process of executable `name` folds into.
@@ -498,8 +510,14 @@ impl HasPid for (u32, u32, u32) {
 }
 
 impl<K: HasPid + Copy + std::hash::Hash + Eq, V> PidKeyed<K, V> {
-    fn extract_if_pid(&mut self, pid: u32) -> Vec<(K, V)> {
-        let keys: Vec<K> = self.0.keys().filter(|k| k.pid() == pid).copied().collect();
+    /// Removes and returns the entries of the given pids.
+    fn extract_pids<T>(&mut self, pids: &HashMap<u32, T>) -> Vec<(K, V)> {
+        let keys: Vec<K> = self
+            .0
+            .keys()
+            .filter(|k| pids.contains_key(&k.pid()))
+            .copied()
+            .collect();
         keys.into_iter()
             .filter_map(|k| self.0.remove(&k).map(|v| (k, v)))
             .collect()
@@ -565,7 +583,11 @@ impl Probe for SyscallsProbe {
         pids.sort_unstable();
         pids.dedup();
         for pid in &pids {
-            let fallback = self.comm_of(*pid);
+            // The kernel's record of the name only matters the first time a pid is seen.
+            let fallback = match self.processes.get(*pid) {
+                Some(_) => None,
+                None => self.comm_of(*pid),
+            };
             self.processes.observe(*pid, now, fallback.as_deref());
         }
         self.expire(now, &mut reading);
