@@ -273,3 +273,43 @@ fn sampled_timing_times_only_calls_inside_its_window() {
     assert_eq!(during.one("syscall_duration_seconds_count", &this), 100.0);
     helper.finish();
 }
+
+/// Aggregates of exited processes are capped by executable; beyond, they fold into the
+/// overflow series, and sums stay exact.
+#[test]
+fn exited_aggregates_beyond_their_cap_fold_into_overflow() {
+    if !have_root("exited_aggregates_beyond_their_cap_fold_into_overflow") {
+        return;
+    }
+    let _kernel = kernel_lock();
+    let agent = Agent::start(
+        "processes:\n  exited_ttl_secs: 0\n  max_exited_executables: 1\nprobes:\n  syscalls:\n    include_executables: [pscfirst, pscsecond]\n",
+    );
+    for name in ["pscfirst", "pscsecond"] {
+        let mut helper = Helper::spawn(KILL_HELPER, &["30".into(), "3".into(), name.into()]);
+        helper.run();
+        helper.finish();
+        // Fold this process before the next one exits, so the first name takes the slot.
+        common::eventually(&agent, |m| {
+            m.find("syscalls_total", &[("process_executable_name", name)])
+                .all(|(_, labels, _)| !labels.contains_key("process_pid"))
+        });
+    }
+    let metrics = agent.metrics();
+    let kill = |exe: &str| {
+        metrics.sum(
+            "syscalls_total",
+            &[("process_executable_name", exe), ("syscall", "kill")],
+        )
+    };
+    assert_eq!(kill("pscfirst"), 30.0);
+    assert_eq!(kill("pscsecond"), 0.0, "no aggregate beyond the cap");
+    assert_eq!(kill("__overflow__"), 30.0);
+    assert_eq!(
+        metrics.one(
+            "periscope_series_folded_total",
+            &[("probe", "syscalls"), ("map", "exited_executables")]
+        ),
+        1.0
+    );
+}
