@@ -4,6 +4,7 @@
 //! metric definitions and its tests. Probes produce model families; they know nothing of
 //! exporters.
 
+pub mod http;
 pub mod process;
 pub mod syscalls;
 

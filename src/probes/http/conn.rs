@@ -1,0 +1,165 @@
+//! Pairs the requests and responses of one connection into exchanges.
+
+use std::collections::VecDeque;
+
+use super::parser::{Frame, Framer, Kind};
+
+/// Which side of the connection the traced process is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Role {
+    /// It accepted the connection: it reads requests and writes responses.
+    Server,
+    /// It connected: it writes requests and reads responses.
+    Client,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// Bytes the process read.
+    Ingress,
+    /// Bytes the process wrote.
+    Egress,
+}
+
+/// One request and its response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exchange {
+    pub method: String,
+    pub path: String,
+    pub status: u16,
+    pub request_body_bytes: u64,
+    pub response_body_bytes: u64,
+    /// Server: first byte of the request read; client: request written. Kernel ns.
+    pub start_ns: u64,
+    /// Server: last byte of the response written; client: read. Kernel ns.
+    pub end_ns: u64,
+}
+
+#[derive(Debug, Clone)]
+struct Pending {
+    method: String,
+    path: String,
+    start: u64,
+    request_body: Option<u64>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Connection {
+    role: Role,
+    requests: Framer,
+    responses: Framer,
+    pending: VecDeque<Pending>,
+    /// The request whose response is being framed, with its status.
+    answering: Option<(Pending, u16)>,
+    /// The response being framed is interim (1xx): its end is not the exchange's.
+    interim: bool,
+}
+
+/// Requests waiting for a response on one connection, at most; older ones are dropped.
+const MAX_PENDING: usize = 64;
+
+impl Connection {
+    pub fn new(role: Role) -> Connection {
+        Connection {
+            role,
+            requests: Framer::new(Kind::Request),
+            responses: Framer::new(Kind::Response),
+            pending: VecDeque::new(),
+            answering: None,
+            interim: false,
+        }
+    }
+
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// Feeds one read or write; returns the exchanges it completed.
+    pub fn feed(&mut self, direction: Direction, data: &[u8], len: u64, at: u64) -> Vec<Exchange> {
+        let carries_requests = matches!(
+            (self.role, direction),
+            (Role::Server, Direction::Ingress) | (Role::Client, Direction::Egress)
+        );
+        if carries_requests {
+            for frame in self.requests.feed(data, len, at) {
+                self.on_request_frame(frame);
+            }
+            Vec::new()
+        } else {
+            let frames = self.responses.feed(data, len, at);
+            frames
+                .into_iter()
+                .filter_map(|frame| self.on_response_frame(frame))
+                .collect()
+        }
+    }
+
+    /// The connection closed; a response that ran until close completes here.
+    pub fn close(&mut self, at: u64) -> Vec<Exchange> {
+        let end = self.responses.close(at);
+        end.and_then(|frame| self.on_response_frame(frame))
+            .into_iter()
+            .collect()
+    }
+
+    fn on_request_frame(&mut self, frame: Frame) {
+        match frame {
+            Frame::RequestHead { head, at } => {
+                if self.pending.len() >= MAX_PENDING {
+                    self.pending.pop_front();
+                    self.responses.head_requests.pop_front();
+                }
+                self.responses
+                    .head_requests
+                    .push_back(head.method == "HEAD");
+                self.pending.push_back(Pending {
+                    method: head.method,
+                    path: head.path,
+                    start: at,
+                    request_body: None,
+                });
+            }
+            Frame::End { body_bytes, .. } => {
+                if let Some(p) = self
+                    .pending
+                    .iter_mut()
+                    .rev()
+                    .find(|p| p.request_body.is_none())
+                {
+                    p.request_body = Some(body_bytes);
+                }
+            }
+            Frame::ResponseHead { .. } => {}
+        }
+    }
+
+    fn on_response_frame(&mut self, frame: Frame) -> Option<Exchange> {
+        match frame {
+            Frame::ResponseHead { head, .. } => {
+                self.interim = (100..200).contains(&head.status) && head.status != 101;
+                if !self.interim {
+                    // A response nobody asked for (its request predates tracing) is
+                    // not an exchange.
+                    self.answering = self.pending.pop_front().map(|p| (p, head.status));
+                }
+                None
+            }
+            Frame::End { body_bytes, at } => {
+                if std::mem::take(&mut self.interim) {
+                    return None;
+                }
+                let (request, status) = self.answering.take()?;
+                Some(Exchange {
+                    method: request.method,
+                    path: request.path,
+                    status,
+                    request_body_bytes: request.request_body.unwrap_or(0),
+                    response_body_bytes: body_bytes,
+                    start_ns: request.start,
+                    end_ns: at,
+                })
+            }
+            Frame::RequestHead { .. } => None,
+        }
+    }
+}

@@ -1,0 +1,547 @@
+//! HTTP/1.0 and HTTP/1.1 framing over the bytes the kernel saw on one connection.
+//!
+//! The kernel hands over, per read or write, the number of bytes moved and a captured
+//! prefix of them (the whole buffer when it fits the capture size). Framing counts the
+//! full lengths, so Content-Length bodies are measured exactly even when their bytes
+//! were not captured; heads and chunk-size lines must be captured to be parsed. When a
+//! stream cannot be framed (garbage, a truncated head, lost chunk boundaries) it stays
+//! out of sync until a later read or write starts with a new message, and nothing is
+//! counted as a request that was not parsed as one.
+
+use std::collections::VecDeque;
+
+/// Longest request or response head accepted (request line plus headers).
+pub const MAX_HEAD_BYTES: usize = 16 * 1024;
+/// Longest method, and longest path kept (longer paths are cut, never exported whole).
+const MAX_METHOD_BYTES: usize = 16;
+pub const MAX_PATH_BYTES: usize = 512;
+
+const METHODS: &[&str] = &[
+    "GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "CONNECT", "TRACE",
+];
+
+/// Whether bytes start like a request line: a known method and a space.
+pub fn looks_like_request(data: &[u8]) -> bool {
+    METHODS
+        .iter()
+        .any(|m| data.len() > m.len() && data.starts_with(m.as_bytes()) && data[m.len()] == b' ')
+}
+
+/// Whether bytes start like a status line.
+pub fn looks_like_response(data: &[u8]) -> bool {
+    data.starts_with(b"HTTP/1.")
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestHead {
+    pub method: String,
+    /// The path of the request target, without query or fragment; an absolute-form
+    /// target (`http://host/path`, as proxies send) is reduced to its path.
+    pub path: String,
+    pub body: BodyLength,
+    /// `Expect: 100-continue` was sent.
+    pub expects_continue: bool,
+    pub keep_alive: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResponseHead {
+    pub status: u16,
+    pub body: BodyLength,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyLength {
+    None,
+    Length(u64),
+    Chunked,
+    /// Until the connection closes (an HTTP/1.0-style response without a length).
+    UntilClose,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Request,
+    Response,
+}
+
+/// What framing one direction of a connection produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame {
+    RequestHead {
+        head: RequestHead,
+        at: u64,
+    },
+    ResponseHead {
+        head: ResponseHead,
+        at: u64,
+    },
+    /// The current message ended: its body size and the time of the read/write that
+    /// completed it.
+    End {
+        body_bytes: u64,
+        at: u64,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum State {
+    /// Between messages.
+    Idle,
+    Head(Vec<u8>, u64),
+    Body {
+        remaining: u64,
+        seen: u64,
+    },
+    Chunked {
+        chunk: ChunkState,
+        seen: u64,
+        line: Vec<u8>,
+    },
+    UntilClose {
+        seen: u64,
+    },
+    /// Lost: wait for a read/write that starts a new message.
+    OutOfSync,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ChunkState {
+    /// Reading a chunk-size line.
+    Size,
+    /// Inside chunk data, this many bytes left (plus the CRLF after it).
+    Data(u64),
+    /// The CRLF after chunk data: bytes of it still to skip.
+    DataEnd(u8),
+    /// After the last chunk: trailer lines until an empty line.
+    Trailer,
+}
+
+/// Frames one direction (all requests, or all responses) of a connection.
+#[derive(Debug, Clone)]
+pub struct Framer {
+    kind: Kind,
+    state: State,
+    /// For responses: the request methods still awaiting a response (HEAD responses have
+    /// no body), oldest first.
+    pub head_requests: VecDeque<bool>,
+}
+
+impl Framer {
+    pub fn new(kind: Kind) -> Framer {
+        Framer {
+            kind,
+            state: State::Idle,
+            head_requests: VecDeque::new(),
+        }
+    }
+
+    /// Feeds one read or write: `len` bytes moved, of which `data` is the captured prefix,
+    /// completed at time `at`.
+    pub fn feed(&mut self, data: &[u8], len: u64, at: u64) -> Vec<Frame> {
+        let mut frames = Vec::new();
+        let captured = data.len().min(len as usize);
+        let data = &data[..captured];
+        let uncaptured = len - captured as u64;
+        let starts_message = match self.kind {
+            Kind::Request => looks_like_request(data),
+            Kind::Response => looks_like_response(data),
+        };
+        if self.state == State::OutOfSync && starts_message {
+            self.state = State::Idle;
+        }
+        let mut pos = 0;
+        while pos < data.len() {
+            let consumed = self.step(&data[pos..], at, &mut frames);
+            if consumed == 0 {
+                break;
+            }
+            pos += consumed;
+        }
+        if uncaptured > 0 {
+            self.skip_uncaptured(uncaptured, at, &mut frames);
+        }
+        frames
+    }
+
+    /// The connection closed: a body running until close ends here.
+    pub fn close(&mut self, at: u64) -> Option<Frame> {
+        let frame = match self.state {
+            State::UntilClose { seen } => Some(Frame::End {
+                body_bytes: seen,
+                at,
+            }),
+            _ => None,
+        };
+        self.state = State::Idle;
+        frame
+    }
+
+    /// Bytes moved that were not captured: they can only be counted as body bytes.
+    fn skip_uncaptured(&mut self, mut n: u64, at: u64, frames: &mut Vec<Frame>) {
+        match &mut self.state {
+            State::Body { remaining, seen } => {
+                let take = n.min(*remaining);
+                *remaining -= take;
+                *seen += take;
+                n -= take;
+                if *remaining == 0 {
+                    frames.push(Frame::End {
+                        body_bytes: *seen,
+                        at,
+                    });
+                    self.state = State::Idle;
+                }
+                if n > 0 {
+                    // A pipelined message we could not see.
+                    self.state = State::OutOfSync;
+                }
+            }
+            State::UntilClose { seen } => *seen += n,
+            State::OutOfSync => {}
+            // A head, chunk framing or an idle stream went unseen: framing is lost.
+            _ => self.state = State::OutOfSync,
+        }
+    }
+
+    /// Consumes a prefix of `data`; returns how much.
+    fn step(&mut self, data: &[u8], at: u64, frames: &mut Vec<Frame>) -> usize {
+        match &mut self.state {
+            State::OutOfSync => data.len(),
+            State::Idle => {
+                let starts = match self.kind {
+                    Kind::Request => looks_like_request(data),
+                    Kind::Response => looks_like_response(data),
+                };
+                // Blank lines between messages are tolerated (RFC 9112 section 2.2).
+                if data.starts_with(b"\r\n") {
+                    return 2;
+                }
+                if !starts && !could_start(self.kind, data) {
+                    self.state = State::OutOfSync;
+                    return data.len();
+                }
+                self.state = State::Head(Vec::new(), at);
+                self.step(data, at, frames)
+            }
+            State::Head(buf, started) => {
+                let started = *started;
+                let before = buf.len();
+                buf.extend_from_slice(data);
+                let Some(end) = find_head_end(buf) else {
+                    if buf.len() > MAX_HEAD_BYTES {
+                        self.state = State::OutOfSync;
+                    }
+                    return data.len();
+                };
+                let head = buf[..end].to_vec();
+                let consumed = end - before;
+                match self.kind {
+                    Kind::Request => match parse_request_head(&head) {
+                        Some(req) => {
+                            let body = req.body;
+                            frames.push(Frame::RequestHead {
+                                head: req,
+                                at: started,
+                            });
+                            self.begin_body(body, at, frames);
+                        }
+                        None => self.state = State::OutOfSync,
+                    },
+                    Kind::Response => match parse_response_head(&head) {
+                        Some(mut resp) => {
+                            let interim = (100..200).contains(&resp.status) && resp.status != 101;
+                            if !interim {
+                                let was_head = self.head_requests.pop_front().unwrap_or(false);
+                                if was_head || resp.status == 204 || resp.status == 304 {
+                                    resp.body = BodyLength::None;
+                                }
+                            } else {
+                                resp.body = BodyLength::None;
+                            }
+                            let body = resp.body;
+                            frames.push(Frame::ResponseHead {
+                                head: resp,
+                                at: started,
+                            });
+                            self.begin_body(body, at, frames);
+                        }
+                        None => self.state = State::OutOfSync,
+                    },
+                }
+                consumed
+            }
+            State::Body { remaining, seen } => {
+                let take = (data.len() as u64).min(*remaining);
+                *remaining -= take;
+                *seen += take;
+                if *remaining == 0 {
+                    frames.push(Frame::End {
+                        body_bytes: *seen,
+                        at,
+                    });
+                    self.state = State::Idle;
+                }
+                take as usize
+            }
+            State::UntilClose { seen } => {
+                *seen += data.len() as u64;
+                data.len()
+            }
+            State::Chunked { chunk, seen, line } => match *chunk {
+                ChunkState::Size | ChunkState::Trailer => {
+                    let Some(nl) = data.iter().position(|b| *b == b'\n') else {
+                        line.extend_from_slice(data);
+                        if line.len() > 1024 {
+                            self.state = State::OutOfSync;
+                        }
+                        return data.len();
+                    };
+                    line.extend_from_slice(&data[..nl]);
+                    let text = std::mem::take(line);
+                    let text = text.strip_suffix(b"\r").unwrap_or(&text);
+                    if *chunk == ChunkState::Trailer {
+                        if text.is_empty() {
+                            frames.push(Frame::End {
+                                body_bytes: *seen,
+                                at,
+                            });
+                            self.state = State::Idle;
+                        }
+                        return nl + 1;
+                    }
+                    match parse_chunk_size(text) {
+                        Some(0) => *chunk = ChunkState::Trailer,
+                        Some(size) => *chunk = ChunkState::Data(size),
+                        None => self.state = State::OutOfSync,
+                    }
+                    nl + 1
+                }
+                ChunkState::Data(left) => {
+                    let take = (data.len() as u64).min(left);
+                    *seen += take;
+                    *chunk = if take == left {
+                        ChunkState::DataEnd(2)
+                    } else {
+                        ChunkState::Data(left - take)
+                    };
+                    take as usize
+                }
+                ChunkState::DataEnd(left) => {
+                    let mut used = 0;
+                    let mut left = left;
+                    while left > 0 && used < data.len() {
+                        let expected = if left == 2 { b'\r' } else { b'\n' };
+                        if data[used] != expected {
+                            self.state = State::OutOfSync;
+                            return data.len();
+                        }
+                        used += 1;
+                        left -= 1;
+                    }
+                    *chunk = if left == 0 {
+                        ChunkState::Size
+                    } else {
+                        ChunkState::DataEnd(left)
+                    };
+                    used
+                }
+            },
+        }
+    }
+
+    fn begin_body(&mut self, body: BodyLength, at: u64, frames: &mut Vec<Frame>) {
+        self.state = match body {
+            BodyLength::None | BodyLength::Length(0) => {
+                frames.push(Frame::End { body_bytes: 0, at });
+                State::Idle
+            }
+            BodyLength::Length(n) => State::Body {
+                remaining: n,
+                seen: 0,
+            },
+            BodyLength::Chunked => State::Chunked {
+                chunk: ChunkState::Size,
+                seen: 0,
+                line: Vec::new(),
+            },
+            BodyLength::UntilClose => State::UntilClose { seen: 0 },
+        };
+    }
+}
+
+/// A prefix too short to tell whether a message starts (e.g. "GE" of a split "GET").
+fn could_start(kind: Kind, data: &[u8]) -> bool {
+    let candidates: &[&[u8]] = match kind {
+        Kind::Request => &[
+            b"GET ",
+            b"POST ",
+            b"PUT ",
+            b"DELETE ",
+            b"HEAD ",
+            b"OPTIONS ",
+            b"PATCH ",
+            b"CONNECT ",
+            b"TRACE ",
+        ],
+        Kind::Response => &[b"HTTP/1."],
+    };
+    candidates
+        .iter()
+        .any(|c| data.len() < c.len() && c.starts_with(data))
+}
+
+fn find_head_end(buf: &[u8]) -> Option<usize> {
+    buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4)
+}
+
+fn parse_chunk_size(line: &[u8]) -> Option<u64> {
+    let digits = line.split(|b| *b == b';').next()?;
+    let text = std::str::from_utf8(digits).ok()?.trim();
+    if text.is_empty() || text.len() > 15 {
+        return None;
+    }
+    u64::from_str_radix(text, 16).ok()
+}
+
+fn header_lines(head: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
+    head.split(|b| *b == b'\n').skip(1).filter_map(|line| {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let colon = line.iter().position(|b| *b == b':')?;
+        Some((&line[..colon], trim(&line[colon + 1..])))
+    })
+}
+
+fn trim(bytes: &[u8]) -> &[u8] {
+    let start = bytes
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(bytes.len());
+    let end = bytes
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())
+        .map_or(start, |e| e + 1);
+    &bytes[start..end.max(start)]
+}
+
+/// Content-Length / Transfer-Encoding framing of a message's headers.
+fn body_framing(head: &[u8]) -> Option<Option<BodyLength>> {
+    let mut length = None;
+    for (name, value) in header_lines(head) {
+        if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            let value = String::from_utf8_lossy(value).to_ascii_lowercase();
+            if value.rsplit(',').next().map(str::trim) == Some("chunked") {
+                return Some(Some(BodyLength::Chunked));
+            }
+        } else if name.eq_ignore_ascii_case(b"content-length") {
+            let n: u64 = std::str::from_utf8(value).ok()?.trim().parse().ok()?;
+            if length.is_some_and(|l| l != n) {
+                return None; // conflicting lengths: refuse to frame
+            }
+            length = Some(n);
+        }
+    }
+    Some(length.map(BodyLength::Length))
+}
+
+fn has_token(head: &[u8], header: &[u8], token: &str) -> bool {
+    header_lines(head).any(|(name, value)| {
+        name.eq_ignore_ascii_case(header)
+            && String::from_utf8_lossy(value)
+                .split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case(token))
+    })
+}
+
+pub fn parse_request_head(head: &[u8]) -> Option<RequestHead> {
+    let line_end = head.iter().position(|b| *b == b'\n')?;
+    let line = head[..line_end]
+        .strip_suffix(b"\r")
+        .unwrap_or(&head[..line_end]);
+    let mut parts = line.split(|b| *b == b' ');
+    let method = parts.next()?;
+    let target = parts.next()?;
+    let version = parts.next()?;
+    if parts.next().is_some() || method.is_empty() || method.len() > MAX_METHOD_BYTES {
+        return None;
+    }
+    if !method.iter().all(|b| b.is_ascii_uppercase()) {
+        return None;
+    }
+    let http11 = match version {
+        b"HTTP/1.1" => true,
+        b"HTTP/1.0" => false,
+        _ => return None,
+    };
+    let path = request_path(target)?;
+    let body = body_framing(head)?.unwrap_or(BodyLength::None);
+    let keep_alive = if http11 {
+        !has_token(head, b"connection", "close")
+    } else {
+        has_token(head, b"connection", "keep-alive")
+    };
+    Some(RequestHead {
+        method: String::from_utf8_lossy(method).into_owned(),
+        path,
+        body,
+        expects_continue: has_token(head, b"expect", "100-continue"),
+        keep_alive,
+    })
+}
+
+/// The path of a request target: origin-form as is, absolute-form reduced to its path,
+/// query and fragment dropped, bounded in length.
+fn request_path(target: &[u8]) -> Option<String> {
+    if target.is_empty() {
+        return None;
+    }
+    let mut path = target;
+    if let Some(rest) = target
+        .strip_prefix(b"http://")
+        .or_else(|| target.strip_prefix(b"https://"))
+    {
+        path = match rest.iter().position(|b| *b == b'/') {
+            Some(slash) => &rest[slash..],
+            None => b"/",
+        };
+    } else if target == b"*" {
+        return Some("*".into());
+    } else if !target.starts_with(b"/") {
+        // authority-form (CONNECT host:port): no path to report
+        return Some(String::new());
+    }
+    let end = path
+        .iter()
+        .position(|b| *b == b'?' || *b == b'#')
+        .unwrap_or(path.len());
+    let path = &path[..end.min(MAX_PATH_BYTES)];
+    if path.iter().any(|b| b.is_ascii_control()) {
+        return None;
+    }
+    Some(String::from_utf8_lossy(path).into_owned())
+}
+
+pub fn parse_response_head(head: &[u8]) -> Option<ResponseHead> {
+    let line_end = head.iter().position(|b| *b == b'\n')?;
+    let line = head[..line_end]
+        .strip_suffix(b"\r")
+        .unwrap_or(&head[..line_end]);
+    let rest = line.strip_prefix(b"HTTP/1.")?;
+    let (minor, rest) = rest.split_first()?;
+    if !matches!(minor, b'0' | b'1') || rest.first() != Some(&b' ') {
+        return None;
+    }
+    let code = rest.get(1..4)?;
+    if !code.iter().all(u8::is_ascii_digit) || rest.get(4).is_some_and(|b| *b != b' ') {
+        return None;
+    }
+    let status: u16 = std::str::from_utf8(code).ok()?.parse().ok()?;
+    if !(100..600).contains(&status) {
+        return None;
+    }
+    let body = body_framing(head)?.unwrap_or(BodyLength::UntilClose);
+    Some(ResponseHead { status, body })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,340 @@
+use super::super::conn::{Connection, Direction, Exchange, Role};
+use super::*;
+
+fn server() -> Connection {
+    Connection::new(Role::Server)
+}
+
+/// Feeds a whole buffer as one syscall, fully captured.
+fn read(c: &mut Connection, data: &[u8], at: u64) -> Vec<Exchange> {
+    c.feed(Direction::Ingress, data, data.len() as u64, at)
+}
+
+fn write(c: &mut Connection, data: &[u8], at: u64) -> Vec<Exchange> {
+    c.feed(Direction::Egress, data, data.len() as u64, at)
+}
+
+#[test]
+fn keep_alive_requests_pair_with_their_responses() {
+    let mut c = server();
+    assert!(read(&mut c, b"GET /a?x=1 HTTP/1.1\r\nHost: h\r\n\r\n", 10).is_empty());
+    let done = write(
+        &mut c,
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello",
+        25,
+    );
+    assert_eq!(
+        done,
+        vec![Exchange {
+            method: "GET".into(),
+            path: "/a".into(),
+            status: 200,
+            request_body_bytes: 0,
+            response_body_bytes: 5,
+            start_ns: 10,
+            end_ns: 25,
+        }]
+    );
+    read(&mut c, b"GET /b HTTP/1.1\r\n\r\n", 30);
+    let done = write(
+        &mut c,
+        b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n",
+        31,
+    );
+    assert_eq!(done[0].status, 404);
+    assert_eq!(done[0].path, "/b");
+}
+
+#[test]
+fn pipelined_requests_in_one_read_get_responses_in_order() {
+    let mut c = server();
+    read(
+        &mut c,
+        b"GET /1 HTTP/1.1\r\n\r\nPOST /2 HTTP/1.1\r\nContent-Length: 3\r\n\r\nabcHEAD /3 HTTP/1.1\r\n\r\n",
+        5,
+    );
+    let done = write(
+        &mut c,
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n",
+        9,
+    );
+    let summary: Vec<_> = done
+        .iter()
+        .map(|e| {
+            (
+                e.method.as_str(),
+                e.path.as_str(),
+                e.status,
+                e.request_body_bytes,
+                e.response_body_bytes,
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            ("GET", "/1", 200, 0, 2),
+            ("POST", "/2", 201, 3, 0),
+            ("HEAD", "/3", 200, 0, 0)
+        ]
+    );
+}
+
+#[test]
+fn requests_split_over_reads_even_inside_the_method() {
+    let mut c = server();
+    read(&mut c, b"GE", 1);
+    read(&mut c, b"T /split HTTP/1.1\r\nHost:", 2);
+    read(&mut c, b" h\r\n\r\n", 3);
+    let done = write(&mut c, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", 4);
+    assert_eq!(done.len(), 1);
+    assert_eq!(done[0].path, "/split");
+    assert_eq!(done[0].start_ns, 1, "latency starts at the first byte read");
+}
+
+#[test]
+fn uncaptured_body_bytes_are_counted_by_length() {
+    let mut c = server();
+    let head = b"POST /upload HTTP/1.1\r\nContent-Length: 100000\r\n\r\n";
+    // The kernel captured only the head and 10 bytes of a 100,000-byte body read.
+    let mut captured = head.to_vec();
+    captured.extend_from_slice(&[b'x'; 10]);
+    c.feed(Direction::Ingress, &captured, head.len() as u64 + 60_000, 1);
+    c.feed(Direction::Ingress, &[], 40_000, 2);
+    let done = write(&mut c, b"HTTP/1.1 204 No Content\r\n\r\n", 3);
+    assert_eq!(done[0].request_body_bytes, 100_000);
+    assert_eq!(done[0].status, 204);
+    assert_eq!(done[0].response_body_bytes, 0);
+}
+
+#[test]
+fn chunked_bodies_are_measured_without_framing() {
+    let mut c = server();
+    read(&mut c, b"GET /c HTTP/1.1\r\n\r\n", 1);
+    assert!(write(
+        &mut c,
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel",
+        2
+    )
+    .is_empty());
+    assert!(write(&mut c, b"lo\r\n6;ext=1\r\n world\r\n", 3).is_empty());
+    let done = write(&mut c, b"0\r\nTrailer: x\r\n\r\n", 4);
+    assert_eq!(done.len(), 1);
+    assert_eq!(done[0].response_body_bytes, 11);
+    assert_eq!(done[0].end_ns, 4);
+    // The connection is still in sync for the next request.
+    read(&mut c, b"GET /d HTTP/1.1\r\n\r\n", 5);
+    assert_eq!(
+        write(&mut c, b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nx", 6)[0].path,
+        "/d"
+    );
+}
+
+#[test]
+fn chunked_request_body() {
+    let mut c = server();
+    read(
+        &mut c,
+        b"POST /c HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+        1,
+    );
+    let done = write(&mut c, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", 2);
+    assert_eq!(done[0].request_body_bytes, 3);
+}
+
+#[test]
+fn head_204_and_304_have_no_body_despite_content_length() {
+    let mut c = server();
+    read(
+        &mut c,
+        b"HEAD /h HTTP/1.1\r\n\r\nGET /n HTTP/1.1\r\n\r\nGET /m HTTP/1.1\r\n\r\n",
+        1,
+    );
+    let done = write(
+        &mut c,
+        b"HTTP/1.1 200 OK\r\nContent-Length: 1234\r\n\r\nHTTP/1.1 204 No Content\r\n\r\nHTTP/1.1 304 Not Modified\r\nContent-Length: 99\r\n\r\n",
+        2,
+    );
+    let statuses: Vec<_> = done
+        .iter()
+        .map(|e| (e.status, e.response_body_bytes))
+        .collect();
+    assert_eq!(statuses, vec![(200, 0), (204, 0), (304, 0)]);
+}
+
+#[test]
+fn continue_response_is_interim() {
+    let mut c = server();
+    read(
+        &mut c,
+        b"PUT /big HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\n",
+        1,
+    );
+    assert!(write(&mut c, b"HTTP/1.1 100 Continue\r\n\r\n", 2).is_empty());
+    read(&mut c, b"data", 3);
+    let done = write(
+        &mut c,
+        b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n",
+        4,
+    );
+    assert_eq!(done.len(), 1);
+    assert_eq!((done[0].status, done[0].request_body_bytes), (201, 4));
+}
+
+#[test]
+fn garbage_and_half_http_make_no_exchange() {
+    let mut c = server();
+    read(&mut c, b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", 1);
+    read(&mut c, b"GET /half HTTP/1.1\r\nHost: h\r\n", 2); // never finished
+    assert!(write(
+        &mut c,
+        b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n",
+        3
+    )
+    .is_empty());
+    let mut c = server();
+    read(&mut c, b"BREW /pot HTCPCP/1.0\r\n\r\n", 1);
+    assert!(write(
+        &mut c,
+        b"HTTP/1.1 418 I'm a teapot\r\nContent-Length: 0\r\n\r\n",
+        2
+    )
+    .is_empty());
+}
+
+#[test]
+fn resynchronises_on_the_next_request_after_garbage() {
+    let mut c = server();
+    read(&mut c, &[0u8; 100], 1);
+    read(&mut c, b"GET /after HTTP/1.1\r\n\r\n", 2);
+    let done = write(&mut c, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", 3);
+    assert_eq!(done.len(), 1);
+    assert_eq!(done[0].path, "/after");
+}
+
+#[test]
+fn huge_head_is_dropped_without_growing() {
+    let mut c = server();
+    read(&mut c, b"GET /x HTTP/1.1\r\nX-Big: ", 1);
+    let chunk = vec![b'a'; 64 * 1024];
+    for i in 0..16 {
+        read(&mut c, &chunk, 2 + i); // 1 MiB of one header
+    }
+    read(&mut c, b"\r\n\r\n", 100);
+    assert!(write(
+        &mut c,
+        b"HTTP/1.1 431 Too Large\r\nContent-Length: 0\r\n\r\n",
+        101
+    )
+    .is_empty());
+}
+
+#[test]
+fn long_request_line_is_cut_to_a_bounded_path() {
+    let mut line = b"GET /".to_vec();
+    line.extend(std::iter::repeat_n(b'p', 10_000));
+    line.extend_from_slice(b" HTTP/1.1\r\n\r\n");
+    let head = parse_request_head(&line).expect("parses");
+    assert_eq!(head.path.len(), MAX_PATH_BYTES);
+}
+
+#[test]
+fn absolute_form_targets_are_reduced_to_their_path() {
+    let head = parse_request_head(b"GET http://example.test:8080/a/b?q=1 HTTP/1.1\r\n\r\n")
+        .expect("parses");
+    assert_eq!(head.path, "/a/b");
+    let head = parse_request_head(b"GET http://example.test HTTP/1.1\r\n\r\n").expect("parses");
+    assert_eq!(head.path, "/");
+}
+
+#[test]
+fn response_without_length_runs_until_close() {
+    let mut c = server();
+    read(&mut c, b"GET /old HTTP/1.0\r\n\r\n", 1);
+    assert!(write(&mut c, b"HTTP/1.0 200 OK\r\n\r\nsome", 2).is_empty());
+    assert!(write(&mut c, b"bytes", 3).is_empty());
+    let done = c.close(4);
+    assert_eq!(done.len(), 1);
+    assert_eq!(done[0].response_body_bytes, 9);
+}
+
+#[test]
+fn client_role_times_from_write_to_read() {
+    let mut c = Connection::new(Role::Client);
+    assert!(write(&mut c, b"GET /api HTTP/1.1\r\nHost: s\r\n\r\n", 100).is_empty());
+    let done = read(
+        &mut c,
+        b"HTTP/1.1 503 Unavailable\r\nContent-Length: 3\r\n\r\nbye",
+        250,
+    );
+    assert_eq!(done.len(), 1);
+    assert_eq!(
+        (done[0].status, done[0].start_ns, done[0].end_ns),
+        (503, 100, 250)
+    );
+}
+
+#[test]
+fn conflicting_content_lengths_are_refused() {
+    assert!(parse_request_head(
+        b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"
+    )
+    .is_none());
+}
+
+#[test]
+fn status_lines_must_be_well_formed() {
+    assert!(parse_response_head(b"HTTP/1.1 200 OK\r\n\r\n").is_some());
+    assert!(parse_response_head(b"HTTP/1.1 2000 OK\r\n\r\n").is_none());
+    assert!(parse_response_head(b"HTTP/2 200\r\n\r\n").is_none());
+    assert!(parse_response_head(b"HTTP/1.1 099 X\r\n\r\n").is_none());
+}
+
+/// Arbitrary bytes, split anywhere, never panic and never make an exchange out of
+/// nothing: a small deterministic fuzz loop (xorshift), so it runs in every test run.
+#[test]
+fn random_bytes_never_panic() {
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let pieces: &[&[u8]] = &[
+        b"GET / HTTP/1.1\r\n",
+        b"\r\n",
+        b"Content-Length: 3\r\n",
+        b"Transfer-Encoding: chunked\r\n",
+        b"HTTP/1.1 200 OK\r\n",
+        b"0\r\n",
+        b"ffffffffffffffff\r\n",
+        b"abc",
+        b"\x00\xff",
+        b"HEAD /x HTTP/1.0\r\n",
+    ];
+    for _ in 0..2_000 {
+        let mut c = Connection::new(if next() % 2 == 0 {
+            Role::Server
+        } else {
+            Role::Client
+        });
+        for step in 0..20 {
+            let mut data = Vec::new();
+            for _ in 0..(next() % 4) {
+                data.extend_from_slice(pieces[(next() % pieces.len() as u64) as usize]);
+            }
+            let extra = next() % 3;
+            let dir = if next() % 2 == 0 {
+                Direction::Ingress
+            } else {
+                Direction::Egress
+            };
+            for e in c.feed(dir, &data, data.len() as u64 + extra, step) {
+                assert!((100..600).contains(&e.status));
+                assert!(e.end_ns >= e.start_ns || e.end_ns < 20);
+            }
+        }
+        c.close(99);
+    }
+}
