@@ -78,6 +78,49 @@ pub struct ProcessesConfig {
 pub struct ProbesConfig {
     pub syscalls: SyscallsConfig,
     pub process: ProcessConfig,
+    pub http: HttpConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Off by default while the probe is being completed (TLS, client addresses).
+    pub enabled: bool,
+    /// Connections traced at once, at most (kernel map and user-space state).
+    pub max_connections: NonZeroU32,
+    /// Ring buffer carrying reads and writes to user space; a power of two.
+    pub ring_buffer_bytes: u32,
+    /// (process, method, status, route, port) series, at most; beyond, the overflow series.
+    pub max_series: NonZeroU32,
+    /// Routes per service, at most; beyond, `http_route="__overflow__"`.
+    pub max_routes_per_service: NonZeroU32,
+    /// Route patterns such as `/users/{id}`; other paths go through the id heuristic.
+    pub routes: Vec<String>,
+    /// `le` bounds of the request duration histograms.
+    pub duration_buckets_seconds: Buckets,
+    /// `le` bounds of the body size histograms.
+    pub body_size_buckets_bytes: Buckets,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            enabled: false,
+            max_connections: nonzero(65536),
+            ring_buffer_bytes: 8 << 20,
+            max_series: nonzero(10000),
+            max_routes_per_service: nonzero(200),
+            routes: Vec::new(),
+            // The OpenTelemetry semantic conventions' advice for HTTP durations.
+            duration_buckets_seconds: Buckets(vec![
+                0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+            ]),
+            body_size_buckets_bytes: Buckets(vec![
+                64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0,
+                16777216.0,
+            ]),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -361,6 +404,22 @@ impl Config {
                     "must be a power of two from 1 to 1048576, not {}",
                     syscalls.per_cpu_slots
                 ),
+            ));
+        }
+        let http = &self.probes.http;
+        if !http.ring_buffer_bytes.is_power_of_two() || http.ring_buffer_bytes < 4096 {
+            return Err((
+                "probes.http.ring_buffer_bytes",
+                format!(
+                    "must be a power of two of at least 4096, not {}",
+                    http.ring_buffer_bytes
+                ),
+            ));
+        }
+        if let Some(bad) = http.routes.iter().find(|r| !r.starts_with('/')) {
+            return Err((
+                "probes.http.routes",
+                format!("route `{bad}` must start with /"),
             ));
         }
         if syscalls.include_executables.len() > MAX_SELECTED {

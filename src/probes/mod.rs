@@ -63,4 +63,8 @@ pub trait Probe {
     }
 }
 
-pub static BUILT_IN: &[&dyn ProbeSpec] = &[&syscalls::SyscallsSpec, &process::ProcessSpec];
+pub static BUILT_IN: &[&dyn ProbeSpec] = &[
+    &syscalls::SyscallsSpec,
+    &process::ProcessSpec,
+    &http::HttpSpec,
+];

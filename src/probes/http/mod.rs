@@ -1,5 +1,541 @@
-//! The `http` probe (in progress): HTTP/1.x exchanges seen at the syscall layer.
-//! This folder holds, so far, the user-space framing of captured connection bytes.
+//! The `http` probe: HTTP/1.x requests of every process, seen at the syscall layer.
+//!
+//! The kernel side (`http.bpf.c`) tracks connections from accept and connect to close and
+//! hands reads and writes on them to user space over a ring buffer; here they are framed
+//! into exchanges (`parser`, `conn`) and aggregated into RED histograms per process,
+//! method, status, route and server port.
 
 pub mod conn;
 pub mod parser;
+pub mod routes;
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::rc::Rc;
+use std::time::{Duration, Instant, SystemTime};
+
+use libbpf_rs::skel::{OpenSkel, SkelBuilder};
+use libbpf_rs::{Link, MapCore, RingBuffer, RingBufferBuilder, TracepointCategory};
+use tracing::{debug, warn};
+
+use super::util::{self, MapFill, ProbeError};
+use super::{Probe, ProbeSpec};
+use crate::config::Config;
+use crate::enrich::ProcessTable;
+use crate::kernel::KernelFeatures;
+use crate::model::histogram::{DurationBounds, LogLinearHistogram};
+use crate::model::{Family, Labels, MetricKind, Value};
+use conn::{Connection, Direction, Exchange, Role};
+use routes::{RoutePattern, RouteTable};
+
+mod skel {
+    include!(concat!(env!("OUT_DIR"), "/http.skel.rs"));
+}
+use skel::{types, HttpSkel, HttpSkelBuilder};
+
+// SAFETY: plain C structs of integers, generated from the program's BTF.
+unsafe impl plain::Plain for types::psc_http_event {}
+unsafe impl plain::Plain for types::psc_conn_key {}
+
+/// Syscalls whose entry the probe needs: the fd (and buffer) of reads and writes, the
+/// address of connect. close has a program of its own (its record is shorter).
+const ENTER: &[&str] = &[
+    "read",
+    "write",
+    "readv",
+    "writev",
+    "recvfrom",
+    "sendto",
+    "recvmsg",
+    "sendmsg",
+    "sendfile64",
+    "connect",
+];
+const CLOSE: &[&str] = &["close"];
+/// Syscalls whose exit the probe needs: bytes moved, and the fd accept returns.
+const EXIT: &[&str] = &[
+    "read",
+    "write",
+    "readv",
+    "writev",
+    "recvfrom",
+    "sendto",
+    "recvmsg",
+    "sendmsg",
+    "sendfile64",
+    "accept",
+    "accept4",
+];
+
+/// The ring buffer is drained this often.
+const DRAIN_INTERVAL: Duration = Duration::from_millis(10);
+
+const KIND_READ: u8 = 1;
+const KIND_WRITE: u8 = 2;
+const KIND_CLOSE: u8 = 3;
+
+pub const OVERFLOW_NAME: &str = "__overflow__";
+
+pub struct HttpSpec;
+
+impl ProbeSpec for HttpSpec {
+    fn name(&self) -> &'static str {
+        "http"
+    }
+
+    fn description(&self) -> &'static str {
+        "HTTP/1.x requests per process: rate, status, latency, body sizes"
+    }
+
+    fn enabled(&self, config: &Config) -> bool {
+        config.probes.http.enabled
+    }
+
+    fn load(
+        &self,
+        config: &Config,
+        kernel: &mut KernelFeatures,
+        attach: bool,
+    ) -> Result<Box<dyn Probe>, ProbeError> {
+        Ok(Box::new(HttpProbe::load(config, kernel, attach)?))
+    }
+}
+
+/// One series of exchanges.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+struct SeriesKey {
+    role: Role,
+    pid: Option<u32>,
+    name: String,
+    method: String,
+    status: u16,
+    route: String,
+    server_port: u16,
+}
+
+#[derive(Debug, Default, Clone)]
+struct SeriesStats {
+    duration_ns: LogLinearHistogram,
+    request_bytes: LogLinearHistogram,
+    response_bytes: LogLinearHistogram,
+    created: Option<SystemTime>,
+}
+
+/// Raw events handed over by the ring buffer callback.
+type Inbox = Rc<RefCell<Vec<(types::psc_http_event, Vec<u8>)>>>;
+
+pub struct HttpProbe {
+    skel: HttpSkel<'static>,
+    links: Vec<Link>,
+    ring: Option<RingBuffer<'static>>,
+    inbox: Inbox,
+    connections: HashMap<(u32, u32), Connection>,
+    max_connections: usize,
+    connections_refused: u64,
+    series: BTreeMap<SeriesKey, SeriesStats>,
+    max_series: usize,
+    series_folded: u64,
+    routes: RouteTable,
+    processes: ProcessTable,
+    pid_label: bool,
+    durations: DurationBounds,
+    body_bounds: Vec<u64>,
+    body_bounds_exported: Vec<f64>,
+    events: u64,
+    next_sweep: Instant,
+    fill: Vec<MapFill>,
+}
+
+impl HttpProbe {
+    fn load(
+        config: &Config,
+        kernel: &mut KernelFeatures,
+        attach: bool,
+    ) -> Result<Self, ProbeError> {
+        util::check_btf()?;
+        let settings = &config.probes.http;
+        let storage = Box::leak(Box::new(MaybeUninit::uninit()));
+        let mut open = HttpSkelBuilder::default()
+            .open(storage)
+            .map_err(ProbeError::bpf("opening the http BPF object"))?;
+        open.maps
+            .conns
+            .set_max_entries(settings.max_connections.get())
+            .map_err(ProbeError::bpf("setting the connection cap"))?;
+        open.maps
+            .events
+            .set_max_entries(settings.ring_buffer_bytes)
+            .map_err(ProbeError::bpf("sizing the ring buffer"))?;
+        let skel = open
+            .load()
+            .map_err(ProbeError::bpf("loading the http BPF programs"))?;
+
+        let patterns = settings
+            .routes
+            .iter()
+            .map(|r| RoutePattern::parse(r))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(ProbeError::Unsupported)?;
+        let body = &settings.body_size_buckets_bytes.0;
+        let mut probe = HttpProbe {
+            skel,
+            links: Vec::new(),
+            ring: None,
+            inbox: Rc::new(RefCell::new(Vec::new())),
+            connections: HashMap::new(),
+            max_connections: settings.max_connections.get() as usize,
+            connections_refused: 0,
+            series: BTreeMap::new(),
+            max_series: settings.max_series.get() as usize,
+            series_folded: 0,
+            routes: RouteTable::new(patterns, settings.max_routes_per_service.get() as usize),
+            processes: ProcessTable::new(),
+            pid_label: config.processes.pid_label,
+            durations: DurationBounds::new(&settings.duration_buckets_seconds.0),
+            body_bounds: body.iter().map(|b| *b as u64).collect(),
+            body_bounds_exported: body.clone(),
+            events: 0,
+            next_sweep: Instant::now(),
+            fill: Vec::new(),
+        };
+        if attach {
+            kernel.ensure_tracefs().map_err(|reason| {
+                ProbeError::Unsupported(format!("the http probe needs tracefs: {reason}"))
+            })?;
+            probe.attach()?;
+        }
+        Ok(probe)
+    }
+
+    fn attach(&mut self) -> Result<(), ProbeError> {
+        let progs = &self.skel.progs;
+        for (prog, names, side) in [
+            (&progs.psc_http_enter, ENTER, "enter"),
+            (&progs.psc_http_close, CLOSE, "enter"),
+            (&progs.psc_http_exit, EXIT, "exit"),
+        ] {
+            for name in names {
+                let tracepoint = format!("sys_{side}_{name}");
+                let link = prog
+                    .attach_tracepoint(TracepointCategory::Syscalls, &tracepoint)
+                    .map_err(ProbeError::bpf(format!("attaching syscalls/{tracepoint}")))?;
+                self.links.push(link);
+            }
+        }
+        let inbox = self.inbox.clone();
+        let mut builder = RingBufferBuilder::new();
+        builder
+            .add(&self.skel.maps.events, move |data: &[u8]| {
+                let mut event = types::psc_http_event::default();
+                let header = std::mem::size_of::<types::psc_http_event>();
+                if plain::copy_from_bytes(&mut event, data).is_ok() {
+                    let captured = (event.captured as usize).min(data.len().saturating_sub(header));
+                    inbox
+                        .borrow_mut()
+                        .push((event, data[header..header + captured].to_vec()));
+                }
+                0
+            })
+            .map_err(ProbeError::bpf("opening the http ring buffer"))?;
+        self.ring = Some(
+            builder
+                .build()
+                .map_err(ProbeError::bpf("opening the http ring buffer"))?,
+        );
+        Ok(())
+    }
+
+    /// Takes every event the kernel has handed over and frames it.
+    fn drain(&mut self) {
+        if let Some(ring) = &self.ring {
+            if let Err(err) = ring.consume() {
+                warn!(error = %err, "reading the http ring buffer failed");
+            }
+        }
+        let events = std::mem::take(&mut *self.inbox.borrow_mut());
+        for (event, data) in events {
+            self.events += 1;
+            self.handle(&event, &data);
+        }
+    }
+
+    fn handle(&mut self, event: &types::psc_http_event, data: &[u8]) {
+        let key = (event.tgid, event.fd);
+        let role = if event.role == 1 {
+            Role::Server
+        } else {
+            Role::Client
+        };
+        if event.kind == KIND_CLOSE {
+            if let Some(mut conn) = self.connections.remove(&key) {
+                for exchange in conn.close(event.ts) {
+                    self.record(event.tgid, role, event.server_port, exchange);
+                }
+            }
+            return;
+        }
+        let direction = match event.kind {
+            KIND_READ => Direction::Ingress,
+            KIND_WRITE => Direction::Egress,
+            _ => return,
+        };
+        if !self.connections.contains_key(&key) {
+            if self.connections.len() >= self.max_connections {
+                self.connections_refused += 1;
+                return;
+            }
+            self.connections.insert(key, Connection::new(role));
+        }
+        let Some(conn) = self.connections.get_mut(&key) else {
+            return;
+        };
+        // A reused fd with another role is a new connection.
+        if conn.role() != role {
+            *conn = Connection::new(role);
+        }
+        let exchanges = conn.feed(direction, data, event.len, event.ts);
+        for exchange in exchanges {
+            self.record(event.tgid, role, event.server_port, exchange);
+        }
+    }
+
+    fn record(&mut self, tgid: u32, role: Role, server_port: u16, exchange: Exchange) {
+        let info = self.processes.observe(tgid, Instant::now(), None);
+        let name = info.name.clone();
+        let created = info.first_seen;
+        let route = self.routes.route(&name, &exchange.path);
+        let mut key = SeriesKey {
+            role,
+            pid: self.pid_label.then_some(tgid),
+            name,
+            method: normalize_method(&exchange.method),
+            status: exchange.status,
+            route,
+            server_port,
+        };
+        if !self.series.contains_key(&key) && self.series.len() >= self.max_series {
+            self.series_folded += 1;
+            key = SeriesKey {
+                role,
+                pid: None,
+                name: OVERFLOW_NAME.into(),
+                method: "_OTHER".into(),
+                status: exchange.status,
+                route: routes::OVERFLOW_ROUTE.into(),
+                server_port: 0,
+            };
+        }
+        let stats = self.series.entry(key).or_default();
+        stats.created.get_or_insert(created);
+        stats
+            .duration_ns
+            .record(exchange.end_ns.saturating_sub(exchange.start_ns));
+        stats.request_bytes.record(exchange.request_body_bytes);
+        stats.response_bytes.record(exchange.response_body_bytes);
+    }
+
+    /// Forgets connections of processes that exited (their fds closed without close(2)).
+    fn sweep(&mut self) {
+        let mut dead = Vec::new();
+        for key in self.skel.maps.conns.keys() {
+            let mut k = types::psc_conn_key::default();
+            if plain::copy_from_bytes(&mut k, &key).is_ok()
+                && !std::path::Path::new(&format!("/proc/{}", k.tgid)).exists()
+            {
+                dead.push(key);
+            }
+        }
+        for key in &dead {
+            let _ = self.skel.maps.conns.delete(key);
+        }
+        self.connections
+            .retain(|(tgid, _), _| std::path::Path::new(&format!("/proc/{tgid}")).exists());
+        if !dead.is_empty() {
+            debug!(
+                connections = dead.len(),
+                "forgot connections of exited processes"
+            );
+        }
+    }
+
+    fn counter(&self, slot: u32) -> u64 {
+        util::percpu_array_u64(&self.skel.maps.counters, slot)
+    }
+}
+
+/// Methods outside the standard set are reported as `_OTHER`, as the semantic
+/// conventions say, so that a hostile method cannot add series.
+fn normalize_method(method: &str) -> String {
+    match method {
+        "GET" | "POST" | "PUT" | "DELETE" | "HEAD" | "OPTIONS" | "PATCH" | "CONNECT" | "TRACE" => {
+            method.to_string()
+        }
+        _ => "_OTHER".into(),
+    }
+}
+
+impl Probe for HttpProbe {
+    fn name(&self) -> &'static str {
+        "http"
+    }
+
+    fn attach_method(&self) -> String {
+        format!(
+            "tracepoints syscalls/sys_enter_* ({}) and sys_exit_* ({}), ring buffer",
+            ENTER.len() + CLOSE.len(),
+            EXIT.len()
+        )
+    }
+
+    fn tick(&mut self, now: Instant) -> Option<Instant> {
+        self.ring.as_ref()?;
+        self.drain();
+        if now >= self.next_sweep {
+            self.sweep();
+            self.next_sweep = now + Duration::from_secs(30);
+        }
+        Some(now + DRAIN_INTERVAL)
+    }
+
+    fn collect(&mut self, _now: Instant, out: &mut Vec<Family>) {
+        self.drain();
+        let mut families = [
+            (Role::Server, "http_server_request_duration_seconds", "Duration of HTTP server requests, from the first byte read to the last byte of the response written."),
+            (Role::Client, "http_client_request_duration_seconds", "Duration of HTTP client requests, from the request written to the last byte of the response read."),
+        ]
+        .map(|(role, name, help)| (role, Family::new(name, help, MetricKind::Histogram).with_unit("seconds")));
+        let mut bodies = [
+            (
+                Role::Server,
+                true,
+                "http_server_request_body_size_bytes",
+                "Body sizes of HTTP server requests.",
+            ),
+            (
+                Role::Server,
+                false,
+                "http_server_response_body_size_bytes",
+                "Body sizes of HTTP server responses.",
+            ),
+            (
+                Role::Client,
+                true,
+                "http_client_request_body_size_bytes",
+                "Body sizes of HTTP client requests.",
+            ),
+            (
+                Role::Client,
+                false,
+                "http_client_response_body_size_bytes",
+                "Body sizes of HTTP client responses.",
+            ),
+        ]
+        .map(|(role, request, name, help)| {
+            (
+                role,
+                request,
+                Family::new(name, help, MetricKind::Histogram).with_unit("bytes"),
+            )
+        });
+        for (key, stats) in &self.series {
+            let labels = series_labels(key);
+            let created = stats.created.unwrap_or(SystemTime::UNIX_EPOCH);
+            for (role, family) in families.iter_mut() {
+                if *role == key.role {
+                    family.push_created(
+                        labels.clone(),
+                        Value::Histogram(self.durations.classic(&stats.duration_ns)),
+                        created,
+                    );
+                }
+            }
+            for (role, request, family) in bodies.iter_mut() {
+                if *role == key.role {
+                    let hist = if *request {
+                        &stats.request_bytes
+                    } else {
+                        &stats.response_bytes
+                    };
+                    family.push_created(
+                        labels.clone(),
+                        Value::Histogram(hist.to_classic(
+                            &self.body_bounds,
+                            &self.body_bounds_exported,
+                            1.0,
+                        )),
+                        created,
+                    );
+                }
+            }
+        }
+        out.extend(families.into_iter().map(|(_, f)| f));
+        out.extend(bodies.into_iter().map(|(_, _, f)| f));
+        self.fill = vec![
+            MapFill {
+                map: "conns",
+                entries: self.skel.maps.conns.keys().count() as u64,
+                capacity: u64::from(self.skel.maps.conns.max_entries()),
+            },
+            MapFill {
+                map: "connections",
+                entries: self.connections.len() as u64,
+                capacity: self.max_connections as u64,
+            },
+            MapFill {
+                map: "series",
+                entries: self.series.len() as u64,
+                capacity: self.max_series as u64,
+            },
+        ];
+    }
+
+    fn programs(&self) -> Vec<(String, BorrowedFd<'_>)> {
+        vec![
+            (
+                "psc_http_enter".into(),
+                self.skel.progs.psc_http_enter.as_fd(),
+            ),
+            (
+                "psc_http_close".into(),
+                self.skel.progs.psc_http_close.as_fd(),
+            ),
+            (
+                "psc_http_exit".into(),
+                self.skel.progs.psc_http_exit.as_fd(),
+            ),
+        ]
+    }
+
+    fn map_fill(&self) -> Vec<MapFill> {
+        self.fill.clone()
+    }
+
+    fn folded(&self) -> Vec<(&'static str, u64)> {
+        vec![
+            ("conns", self.counter(1)),
+            ("connections", self.connections_refused),
+            ("series", self.series_folded),
+            ("routes", self.routes.folded()),
+        ]
+    }
+
+    fn events_lost(&self) -> u64 {
+        self.counter(0)
+    }
+}
+
+fn series_labels(key: &SeriesKey) -> Labels {
+    let mut labels = Labels::with_capacity(7);
+    if let Some(pid) = key.pid {
+        labels.push(("process_pid", pid.to_string()));
+    }
+    labels.push(("process_executable_name", key.name.clone()));
+    labels.push(("service_name", key.name.clone()));
+    labels.push(("http_request_method", key.method.clone()));
+    labels.push(("http_response_status_code", key.status.to_string()));
+    labels.push(("http_route", key.route.clone()));
+    labels.push(("server_port", key.server_port.to_string()));
+    labels
+}

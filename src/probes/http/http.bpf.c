@@ -1,0 +1,313 @@
+/*
+ * http: the bytes of HTTP/1.x connections, seen at the syscall layer.
+ *
+ * Connections are tracked per (process, fd) from accept (server side) and connect
+ * (client side) until close. Reads and writes on tracked connections hand their length
+ * and a captured prefix to user space over a ring buffer, where they are framed into
+ * requests and responses. Syscalls on other descriptors cost one hash lookup.
+ * Hooks are the per-syscall tracepoints of the syscalls involved, so no other
+ * syscall pays for them.
+ */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_endian.h>
+#include "periscope.h"
+#include "http.h"
+
+char LICENSE[] SEC("license") = PSC_LICENSE;
+
+struct psc_conn_key psc_conn_key_type = {};
+struct psc_conn psc_conn_type = {};
+struct psc_http_event psc_http_event_type = {};
+
+/* x86_64 syscall numbers. */
+#define NR_READ 0
+#define NR_WRITE 1
+#define NR_CLOSE 3
+#define NR_READV 19
+#define NR_WRITEV 20
+#define NR_SENDFILE 40
+#define NR_CONNECT 42
+#define NR_ACCEPT 43
+#define NR_SENDTO 44
+#define NR_RECVFROM 45
+#define NR_SENDMSG 46
+#define NR_RECVMSG 47
+#define NR_ACCEPT4 288
+
+#define AF_INET 2
+#define AF_INET6 10
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct psc_conn_key);
+	__type(value, struct psc_conn);
+} conns SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct psc_http_pending);
+} pending SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 8 * 1024 * 1024);
+} events SEC(".maps");
+
+/* An event and its bytes, assembled here because it is too large for the stack. Twice
+ * the capture size, so that the verifier can bound writes at any offset below it. */
+struct scratch {
+	struct psc_http_event event;
+	char data[2 * PSC_HTTP_CAPTURE];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct scratch);
+} scratch SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, PSC_HTTP_COUNTERS);
+	__type(key, __u32);
+	__type(value, __u64);
+} counters SEC(".maps");
+
+/* The record of syscalls/sys_enter_<name> and sys_exit_<name> (see their tracefs format). */
+struct enter_record {
+	__u64 common;
+	int nr;
+	int pad;
+	__u64 args[6];
+};
+
+struct exit_record {
+	__u64 common;
+	int nr;
+	int pad;
+	long ret;
+};
+
+static __always_inline void track(__u32 tgid, __u32 fd, __u8 role, __u16 server_port)
+{
+	struct psc_conn_key key = { .tgid = tgid, .fd = fd };
+	struct psc_conn conn = { .role = role, .server_port = server_port };
+
+	if (bpf_map_update_elem(&conns, &key, &conn, BPF_ANY))
+		PSC_COUNT_IN(counters, PSC_HTTP_CONNS_REFUSED);
+}
+
+/* The local port of the socket behind `fd` of the current process, 0 if unknown. */
+static __always_inline __u16 local_port(__u32 fd)
+{
+	struct task_struct *task = bpf_get_current_task_btf();
+	struct file **fds = BPF_CORE_READ(task, files, fdt, fd);
+	struct file *file;
+	struct socket *sock;
+
+	if (bpf_probe_read_kernel(&file, sizeof(file), &fds[fd & 0xfffff]))
+		return 0;
+	sock = BPF_CORE_READ(file, private_data);
+	if (!sock)
+		return 0;
+	return BPF_CORE_READ(sock, sk, __sk_common.skc_num);
+}
+
+/* The port of a sockaddr in user memory, 0 when it is not IPv4 or IPv6. */
+static __always_inline __u16 sockaddr_port(const void *addr)
+{
+	struct { __u16 family; __u16 port; } head = {};
+
+	if (!addr || bpf_probe_read_user(&head, sizeof(head), addr))
+		return 0;
+	if (head.family != AF_INET && head.family != AF_INET6)
+		return 0;
+	return bpf_ntohs(head.port);
+}
+
+static __always_inline int is_data_syscall(int nr)
+{
+	switch (nr) {
+	case NR_READ: case NR_WRITE: case NR_READV: case NR_WRITEV: case NR_SENDFILE:
+	case NR_SENDTO: case NR_RECVFROM: case NR_SENDMSG: case NR_RECVMSG:
+		return 1;
+	}
+	return 0;
+}
+
+static __always_inline int is_read(int nr)
+{
+	return nr == NR_READ || nr == NR_READV || nr == NR_RECVFROM || nr == NR_RECVMSG;
+}
+
+static __always_inline void emit(struct scratch *s, __u32 captured)
+{
+	if (captured > PSC_HTTP_CAPTURE)
+		captured = PSC_HTTP_CAPTURE;
+	s->event.captured = captured;
+	if (bpf_ringbuf_output(&events, s, sizeof(s->event) + captured, 0))
+		PSC_COUNT_IN(counters, PSC_HTTP_LOST_EVENTS);
+}
+
+/* Copies up to PSC_HTTP_CAPTURE bytes of the first `len` bytes of an iovec array. */
+static __always_inline __u32 capture_iov(struct scratch *s, const struct iovec *iov, __u64 iovcnt, __u64 len)
+{
+	__u64 off = 0;
+
+	for (int i = 0; i < 4; i++) {
+		struct iovec seg = {};
+		__u64 want;
+
+		if (i >= iovcnt || off >= PSC_HTTP_CAPTURE - 1 || off >= len)
+			break;
+		if (bpf_probe_read_user(&seg, sizeof(seg), &iov[i]))
+			break;
+		want = seg.iov_len;
+		if (want > len - off)
+			want = len - off;
+		/* One byte short of the capture size, so that the masks below never cut. */
+		if (want > PSC_HTTP_CAPTURE - 1 - off)
+			want = PSC_HTTP_CAPTURE - 1 - off;
+		/* Bounds the verifier can see, whatever the compiler reorders: both below the
+		 * capture size, so the copy stays inside the doubled buffer. */
+		asm volatile("%0 &= 0xfff" : "+r"(off));
+		asm volatile("%0 &= 0xfff" : "+r"(want));
+		if (bpf_probe_read_user(&s->data[off], want, seg.iov_base))
+			break;
+		off += want;
+	}
+	return off;
+}
+
+/* The record of syscalls/sys_enter_close: one argument. A program may not read past the
+ * record of every tracepoint it is attached to, hence a program of its own. */
+struct close_record {
+	__u64 common;
+	int nr;
+	int pad;
+	__u64 fd;
+};
+
+SEC("tracepoint")
+int psc_http_close(struct close_record *ctx)
+{
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	struct psc_conn_key key = { .tgid = tgid, .fd = ctx->fd };
+	struct psc_conn *conn = bpf_map_lookup_elem(&conns, &key);
+	struct scratch *s;
+	__u32 zero = 0;
+
+	if (!conn)
+		return 0;
+	s = bpf_map_lookup_elem(&scratch, &zero);
+	if (s) {
+		s->event.ts = bpf_ktime_get_ns();
+		s->event.tgid = tgid;
+		s->event.fd = key.fd;
+		s->event.len = 0;
+		s->event.kind = PSC_HTTP_CLOSE;
+		s->event.role = conn->role;
+		s->event.server_port = conn->server_port;
+		emit(s, 0);
+	}
+	bpf_map_delete_elem(&conns, &key);
+	return 0;
+}
+
+SEC("tracepoint")
+int psc_http_enter(struct enter_record *ctx)
+{
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	struct psc_conn_key key = { .tgid = tgid, .fd = ctx->args[0] };
+	struct psc_http_pending *p;
+	struct psc_conn *conn;
+	int nr = ctx->nr;
+
+	if (nr == NR_CONNECT) {
+		track(tgid, key.fd, PSC_ROLE_CLIENT, sockaddr_port((void *)ctx->args[1]));
+		return 0;
+	}
+	conn = bpf_map_lookup_elem(&conns, &key);
+	if (!conn)
+		return 0;
+	if (!is_data_syscall(nr))
+		return 0;
+	p = bpf_task_storage_get(&pending, bpf_get_current_task_btf(), 0,
+				 BPF_LOCAL_STORAGE_GET_F_CREATE);
+	if (!p)
+		return 0;
+	p->nr = nr;
+	p->fd = key.fd;
+	p->arg = ctx->args[1];
+	return 0;
+}
+
+SEC("tracepoint")
+int psc_http_exit(struct exit_record *ctx)
+{
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	struct psc_http_pending *p;
+	struct psc_conn_key key;
+	struct psc_conn *conn;
+	struct scratch *s;
+	__u32 zero = 0, captured = 0;
+	int nr = ctx->nr;
+	long ret = ctx->ret;
+
+	if (nr == NR_ACCEPT || nr == NR_ACCEPT4) {
+		if (ret >= 0)
+			track(tgid, ret, PSC_ROLE_SERVER, local_port(ret));
+		return 0;
+	}
+	p = bpf_task_storage_get(&pending, bpf_get_current_task_btf(), 0, 0);
+	if (!p || p->nr != (__u32)nr || (!p->arg && nr != NR_SENDFILE))
+		return 0;
+	p->nr = (__u32)-1;
+	if (ret <= 0)
+		return 0;
+	key.tgid = tgid;
+	key.fd = p->fd;
+	conn = bpf_map_lookup_elem(&conns, &key);
+	s = bpf_map_lookup_elem(&scratch, &zero);
+	if (!conn || !s)
+		return 0;
+
+	switch (nr) {
+	case NR_READ: case NR_WRITE: case NR_RECVFROM: case NR_SENDTO: {
+		__u32 want = ret > PSC_HTTP_CAPTURE ? PSC_HTTP_CAPTURE : ret;
+
+		if (!bpf_probe_read_user(s->data, want, (void *)p->arg))
+			captured = want;
+		break;
+	}
+	case NR_READV: case NR_WRITEV:
+		/* iovcnt is not kept; capture_iov stops at the length moved. */
+		captured = capture_iov(s, (const struct iovec *)p->arg, 4, ret);
+		break;
+	case NR_RECVMSG: case NR_SENDMSG: {
+		struct user_msghdr msg = {};
+
+		if (!bpf_probe_read_user(&msg, sizeof(msg), (void *)p->arg))
+			captured = capture_iov(s, msg.msg_iov, msg.msg_iovlen, ret);
+		break;
+	}
+	default: /* sendfile: file bytes, counted by length */
+		break;
+	}
+	s->event.ts = bpf_ktime_get_ns();
+	s->event.tgid = tgid;
+	s->event.fd = key.fd;
+	s->event.len = ret;
+	s->event.kind = is_read(nr) ? PSC_HTTP_READ : PSC_HTTP_WRITE;
+	s->event.role = conn->role;
+	s->event.server_port = conn->server_port;
+	emit(s, captured);
+	return 0;
+}

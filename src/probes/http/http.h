@@ -1,0 +1,57 @@
+/* Types shared by http.bpf.c and its Rust loader. */
+#pragma once
+
+#include "periscope.h"
+
+/* Bytes of each read or write copied to user space: enough for request and response
+ * heads; body bytes beyond it are counted by length only. A power of two. */
+#define PSC_HTTP_CAPTURE 4096
+
+struct psc_conn_key {
+	__u32 tgid;
+	__u32 fd;
+};
+
+enum psc_http_role {
+	PSC_ROLE_SERVER = 1, /* accepted: reads requests, writes responses */
+	PSC_ROLE_CLIENT = 2, /* connected: writes requests, reads responses */
+};
+
+struct psc_conn {
+	__u8 role;
+	__u8 pad;
+	/* The server's port: local for accepted connections, remote for connected ones. */
+	__u16 server_port;
+	__u32 pad2;
+};
+
+enum psc_http_event_kind {
+	PSC_HTTP_READ = 1,
+	PSC_HTTP_WRITE = 2,
+	PSC_HTTP_CLOSE = 3,
+};
+
+/* A read, write or close on a tracked connection, followed by `captured` bytes. */
+struct psc_http_event {
+	__u64 ts;
+	__u32 tgid;
+	__u32 fd;
+	__u64 len; /* bytes the syscall moved */
+	__u32 captured;
+	__u8 kind;
+	__u8 role;
+	__u16 server_port;
+};
+
+/* A syscall in flight on a tracked connection, between its entry and exit. */
+struct psc_http_pending {
+	__u64 arg; /* buffer, iovec array or msghdr, by syscall */
+	__u32 fd;
+	__u32 nr;
+};
+
+enum psc_http_counter {
+	PSC_HTTP_LOST_EVENTS = 0,  /* ring buffer full */
+	PSC_HTTP_CONNS_REFUSED = 1, /* connection map full: connection not traced */
+	PSC_HTTP_COUNTERS = 2,
+};

@@ -1,0 +1,187 @@
+//! `http_route` without cardinality explosions: configured patterns first, then a
+//! heuristic that collapses ids into `*`, and a cap per service.
+
+use std::collections::{HashMap, HashSet};
+
+/// The route of requests beyond a service's cap.
+pub const OVERFLOW_ROUTE: &str = "__overflow__";
+
+/// A configured route such as `/users/{id}/orders`: `{...}` matches one segment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoutePattern {
+    pub text: String,
+    segments: Vec<Option<String>>,
+}
+
+impl RoutePattern {
+    pub fn parse(text: &str) -> Result<RoutePattern, String> {
+        if !text.starts_with('/') {
+            return Err(format!("route `{text}` must start with /"));
+        }
+        let segments = text
+            .split('/')
+            .skip(1)
+            .map(|seg| {
+                if seg.starts_with('{') && seg.ends_with('}') && seg.len() > 2 {
+                    None
+                } else {
+                    Some(seg.to_string())
+                }
+            })
+            .collect();
+        Ok(RoutePattern {
+            text: text.to_string(),
+            segments,
+        })
+    }
+
+    fn matches(&self, path: &str) -> bool {
+        let mut parts = path.split('/').skip(1);
+        for segment in &self.segments {
+            match (segment, parts.next()) {
+                (_, None) => return false,
+                (Some(literal), Some(part)) if literal != part => return false,
+                _ => {}
+            }
+        }
+        parts.next().is_none()
+    }
+}
+
+/// Collapses the parts of a path that look like identifiers.
+pub fn heuristic_route(path: &str) -> String {
+    if path.is_empty() {
+        return "/".into();
+    }
+    if !path.starts_with('/') {
+        return path.into();
+    }
+    let mut route = String::with_capacity(path.len());
+    for segment in path.split('/').skip(1) {
+        route.push('/');
+        route.push_str(if looks_like_id(segment) { "*" } else { segment });
+    }
+    route
+}
+
+fn looks_like_id(segment: &str) -> bool {
+    if segment.is_empty() {
+        return false;
+    }
+    let digits = segment.bytes().filter(u8::is_ascii_digit).count();
+    let hex = segment.bytes().all(|b| b.is_ascii_hexdigit());
+    let uuid = segment.len() == 36
+        && segment.bytes().enumerate().all(|(i, b)| {
+            if matches!(i, 8 | 13 | 18 | 23) {
+                b == b'-'
+            } else {
+                b.is_ascii_hexdigit()
+            }
+        });
+    digits == segment.len()                              // 12345
+        || uuid                                          // 123e4567-e89b-...
+        || (hex && segment.len() >= 8 && digits > 0)     // deadbeef01
+        || (segment.len() >= 16 && digits > 0)           // long tokens with digits
+        || segment.len() > 64
+}
+
+/// Routes per service, capped.
+#[derive(Debug, Default)]
+pub struct RouteTable {
+    patterns: Vec<RoutePattern>,
+    max_per_service: usize,
+    seen: HashMap<String, HashSet<String>>,
+    folded: u64,
+}
+
+impl RouteTable {
+    pub fn new(patterns: Vec<RoutePattern>, max_per_service: usize) -> RouteTable {
+        RouteTable {
+            patterns,
+            max_per_service,
+            seen: HashMap::new(),
+            folded: 0,
+        }
+    }
+
+    /// The route of `path` for `service`.
+    pub fn route(&mut self, service: &str, path: &str) -> String {
+        let route = self
+            .patterns
+            .iter()
+            .find(|p| p.matches(path))
+            .map(|p| p.text.clone())
+            .unwrap_or_else(|| heuristic_route(path));
+        let routes = self.seen.entry(service.to_string()).or_default();
+        if routes.contains(&route) {
+            return route;
+        }
+        if routes.len() >= self.max_per_service {
+            self.folded += 1;
+            return OVERFLOW_ROUTE.into();
+        }
+        routes.insert(route.clone());
+        route
+    }
+
+    /// Requests whose route was beyond their service's cap.
+    pub fn folded(&self) -> u64 {
+        self.folded
+    }
+
+    pub fn forget_service(&mut self, service: &str) {
+        self.seen.remove(service);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_collapse_and_words_stay() {
+        assert_eq!(heuristic_route("/users/123/orders"), "/users/*/orders");
+        assert_eq!(
+            heuristic_route("/items/123e4567-e89b-12d3-a456-426614174000"),
+            "/items/*"
+        );
+        assert_eq!(heuristic_route("/blob/deadbeef0042"), "/blob/*");
+        assert_eq!(heuristic_route("/t/abcDEF123ghiJKL456"), "/t/*");
+        assert_eq!(heuristic_route("/api/v1/health"), "/api/v1/health");
+        assert_eq!(heuristic_route("/"), "/");
+        assert_eq!(heuristic_route("/cafe"), "/cafe", "short hex words stay");
+    }
+
+    #[test]
+    fn ten_thousand_ids_make_one_route() {
+        let mut table = RouteTable::new(Vec::new(), 100);
+        let routes: HashSet<_> = (0..10_000)
+            .map(|id| table.route("svc", &format!("/users/{id}")))
+            .collect();
+        assert_eq!(
+            routes.into_iter().collect::<Vec<_>>(),
+            vec!["/users/*".to_string()]
+        );
+    }
+
+    #[test]
+    fn configured_patterns_win() {
+        let mut table = RouteTable::new(
+            vec![RoutePattern::parse("/shop/{item}").expect("valid")],
+            100,
+        );
+        assert_eq!(table.route("svc", "/shop/apples"), "/shop/{item}");
+        assert_eq!(table.route("svc", "/shop/apples/more"), "/shop/apples/more");
+    }
+
+    #[test]
+    fn cap_per_service_folds_into_overflow() {
+        let mut table = RouteTable::new(Vec::new(), 2);
+        assert_eq!(table.route("a", "/x"), "/x");
+        assert_eq!(table.route("a", "/y"), "/y");
+        assert_eq!(table.route("a", "/z"), OVERFLOW_ROUTE);
+        assert_eq!(table.route("a", "/x"), "/x");
+        assert_eq!(table.route("b", "/z"), "/z", "caps are per service");
+        assert_eq!(table.folded(), 1);
+    }
+}
