@@ -67,6 +67,8 @@ pub fn check_kernel() -> Result<KernelFeatures> {
 
 pub async fn run(config: Config) -> Result<()> {
     let started = Instant::now();
+    // Installed first, so that a signal during start-up also stops the agent cleanly.
+    let mut signals = Signals::install()?;
     let kernel = check_kernel()?;
     info!(kernel = %kernel.release, "kernel has BTF; loading probes");
 
@@ -83,9 +85,15 @@ pub async fn run(config: Config) -> Result<()> {
         .name("collector".into())
         .spawn(move || collector_main(config, kernel, inbox, report_tx, started, refused_count))
         .context("starting the collector thread")?;
-    let reports = report_rx
-        .await
-        .context("the collector thread stopped during start-up")?;
+    let reports = tokio::select! {
+        reports = report_rx => reports.context("the collector thread stopped during start-up")?,
+        signal = signals.recv() => {
+            // The collector finds nobody to report to and drops, detaching, what it loaded.
+            info!(signal, "stopping during start-up");
+            let _ = tokio::task::spawn_blocking(move || collector.join()).await;
+            return Ok(());
+        }
+    };
 
     let attached: Vec<_> = reports.iter().filter(|r| r.outcome.is_ok()).collect();
     for report in &reports {
@@ -112,30 +120,55 @@ pub async fn run(config: Config) -> Result<()> {
         let _ = server_stopped.await;
     }));
 
-    let signal = wait_for_signal().await?;
-    info!(signal, "stopping: detaching probes");
+    let mut collector_done = tokio::task::spawn_blocking(move || collector.join());
+    let collector_failed = tokio::select! {
+        signal = signals.recv() => {
+            info!(signal, "stopping: detaching probes");
+            false
+        }
+        _ = &mut collector_done => true,
+    };
     ready.store(false, Ordering::Release);
-    // Detach first: the kernel stops running our programs before anything else winds down.
-    let _ = commands.send(Command::Shutdown);
-    let _ = tokio::task::spawn_blocking(move || collector.join()).await;
+    if !collector_failed {
+        // Detach first: the kernel stops running our programs before anything else
+        // winds down.
+        let _ = commands.send(Command::Shutdown);
+        let _ = collector_done.await;
+    }
     let _ = stop_server.send(());
     match tokio::time::timeout(Duration::from_secs(1), server).await {
         Ok(Ok(Err(err))) => warn!(error = %err, "the metrics server stopped with an error"),
         Err(_) => warn!("open scrapes did not finish within a second; closing them"),
         _ => {}
     }
+    if collector_failed {
+        bail!("the collector thread stopped unexpectedly; its probes are detached");
+    }
     info!("stopped");
     Ok(())
 }
 
-pub async fn wait_for_signal() -> Result<&'static str> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    Ok(tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
-    })
+/// SIGTERM and SIGINT, caught from the moment they are installed.
+pub struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    pub fn install() -> Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+        })
+    }
+
+    pub async fn recv(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+        }
+    }
 }
 
 #[derive(Clone)]

@@ -95,15 +95,20 @@ fn dispatch(command: Command) -> Result<()> {
         }
         Command::Floor => {
             agent::check_kernel()?;
-            let _floor = periscope::kernel::floor::Floor::attach()
-                .context("attaching the empty floor programs")?;
-            println!("periscope: floor programs attached to tp_btf/sys_enter and tp_btf/sys_exit");
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .context("starting the async runtime")?;
-            runtime.block_on(agent::wait_for_signal())?;
-            Ok(())
+            runtime.block_on(async {
+                let mut signals = agent::Signals::install()?;
+                let _floor = periscope::kernel::floor::Floor::attach()
+                    .context("attaching the empty floor programs")?;
+                println!(
+                    "periscope: floor programs attached to tp_btf/sys_enter and tp_btf/sys_exit"
+                );
+                signals.recv().await;
+                Ok(())
+            })
         }
         Command::CheckConfig { file } => {
             Config::load(&file)?;

@@ -69,7 +69,7 @@ pub fn families(health: &[ProbeHealth], agent: &AgentHealth) -> Vec<Family> {
     );
     let mut folded = Family::new(
         "periscope_series_folded",
-        "New series refused by a full map; their data went to the overflow series.",
+        "Updates that found their map full and went to the overflow series instead.",
         MetricKind::Counter,
     );
     let mut expired = Family::new(

@@ -64,6 +64,12 @@ impl ConfigError {
             };
         }
         let (line, column) = match location {
+            // Errors from our own value checks carry the position of the enclosing
+            // mapping; the key's own line is more useful.
+            Some(loc) if !line_mentions(text, loc.line(), &key) => match locate_key(text, &key) {
+                Some(line) => (Some(line), None),
+                None => (Some(loc.line()), Some(loc.column())),
+            },
             Some(loc) => (Some(loc.line()), Some(loc.column())),
             None => (locate_key(text, &key), None),
         };
@@ -87,6 +93,22 @@ impl ConfigError {
             message,
         })
     }
+}
+
+/// Whether line `line` (1-based) of `text` holds the last segment of `key`, or is part of
+/// a flow sequence or continuation (no key of its own).
+fn line_mentions(text: &str, line: usize, key: &str) -> bool {
+    let Some(last) = key.rsplit('.').next().filter(|l| !l.is_empty()) else {
+        return true;
+    };
+    let Some(content) = text.lines().nth(line.saturating_sub(1)) else {
+        return true;
+    };
+    let trimmed = content.trim_start();
+    let has_own_key = trimmed
+        .split_once(':')
+        .is_some_and(|(k, _)| !k.contains(' ') && !k.starts_with('-') && !k.starts_with('['));
+    content.contains(last) || !has_own_key
 }
 
 fn unknown_field(message: &str) -> Option<String> {

@@ -81,7 +81,10 @@ fn unknown_syscall_is_refused_with_a_hint() {
 
 #[test]
 fn buckets_must_increase() {
-    let text = error_text("probes:\n  syscalls:\n    duration_buckets_seconds: [0.1, 0.05]\n");
+    let text = error_text(
+        "probes:\n  syscalls:\n    enabled: true\n    duration_buckets_seconds: [0.1, 0.05]\n",
+    );
+    assert!(text.starts_with("periscope.yaml:4"), "{text}");
     assert!(text.contains("must increase strictly"), "{text}");
     assert!(text.contains("duration_buckets_seconds"), "{text}");
 }

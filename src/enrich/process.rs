@@ -22,6 +22,7 @@ pub struct ProcessInfo {
 pub struct ProcessTable {
     entries: HashMap<u32, ProcessInfo>,
     proc_root: String,
+    keep_first_name: bool,
 }
 
 impl ProcessTable {
@@ -29,7 +30,15 @@ impl ProcessTable {
         ProcessTable {
             entries: HashMap::new(),
             proc_root: "/proc".into(),
+            keep_first_name: false,
         }
+    }
+
+    /// Keeps the name a process had when first seen, instead of following exec and
+    /// renames.
+    pub fn keep_first_name(mut self, keep: bool) -> Self {
+        self.keep_first_name = keep;
+        self
     }
 
     /// Refreshes what is known of `pid`: its current name while it lives (names change on
@@ -43,11 +52,17 @@ impl ProcessTable {
             first_seen: SystemTime::now(),
             gone_since: None,
         });
+        // A process first seen already gone keeps no start time: whatever lives under
+        // its pid later is another process, and must not take over its series.
+        let first_seen_gone = entry.start_ticks.is_none() && entry.gone_since.is_some();
         match live {
             Some((name, start_ticks))
-                if entry.start_ticks.is_none() || entry.start_ticks == Some(start_ticks) =>
+                if !first_seen_gone
+                    && (entry.start_ticks.is_none() || entry.start_ticks == Some(start_ticks)) =>
             {
-                entry.name = name;
+                if entry.start_ticks.is_none() || !self.keep_first_name {
+                    entry.name = name;
+                }
                 entry.start_ticks = Some(start_ticks);
                 entry.gone_since = None;
             }
@@ -137,6 +152,22 @@ mod tests {
         let info = table.observe(pid, Instant::now(), None);
         assert!(info.gone_since.is_none());
         assert_ne!(info.name, UNKNOWN_NAME);
+    }
+
+    #[test]
+    fn a_pid_first_seen_gone_is_not_taken_over_by_a_live_process() {
+        let mut table = ProcessTable::new();
+        let t0 = Instant::now();
+        table.proc_root = "/nonexistent".into();
+        let pid = std::process::id();
+        assert!(table.observe(pid, t0, Some("old")).gone_since.is_some());
+        table.proc_root = "/proc".into();
+        let info = table.observe(pid, t0, None);
+        assert_eq!(info.name, "old");
+        assert!(
+            info.gone_since.is_some(),
+            "the live process under this pid is another one"
+        );
     }
 
     #[test]

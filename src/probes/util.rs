@@ -14,11 +14,23 @@ pub enum ProbeError {
         #[source]
         source: libbpf_rs::Error,
     },
+    /// The kernel refused to load a program: usually its verifier, whose log says why.
+    #[error("{what}: the kernel refused it ({source}); `--log-level libbpf=debug` prints the verifier's log")]
+    Load {
+        what: String,
+        #[source]
+        source: libbpf_rs::Error,
+    },
     #[error("{0}")]
     Unsupported(String),
 }
 
 impl ProbeError {
+    pub fn load(what: impl Into<String>) -> impl FnOnce(libbpf_rs::Error) -> ProbeError {
+        let what = what.into();
+        move |source| ProbeError::Load { what, source }
+    }
+
     pub fn bpf(what: impl Into<String>) -> impl FnOnce(libbpf_rs::Error) -> ProbeError {
         let what = what.into();
         move |source| ProbeError::Bpf { what, source }

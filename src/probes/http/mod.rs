@@ -170,7 +170,7 @@ impl HttpProbe {
             .map_err(ProbeError::bpf("sizing the ring buffer"))?;
         let skel = open
             .load()
-            .map_err(ProbeError::bpf("loading the http BPF programs"))?;
+            .map_err(ProbeError::load("loading the http BPF programs"))?;
 
         let patterns = settings
             .routes

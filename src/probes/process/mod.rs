@@ -1,6 +1,7 @@
 //! The `process` probe: execs, exits by exit code class and OOM kills, per executable,
 //! counted in the kernel (see `process.bpf.c`).
 
+use std::collections::BTreeMap;
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::time::{Instant, SystemTime};
@@ -57,7 +58,7 @@ impl ProbeSpec for ProcessSpec {
             .map_err(ProbeError::bpf("setting the executables cap"))?;
         let skel = open
             .load()
-            .map_err(ProbeError::bpf("loading the process BPF programs"))?;
+            .map_err(ProbeError::load("loading the process BPF programs"))?;
         let mut probe = ProcessProbe {
             skel,
             links: Vec::new(),
@@ -98,6 +99,14 @@ struct Stats {
 }
 
 impl Stats {
+    fn merge(&mut self, other: Stats) {
+        self.execs += other.execs;
+        self.exits_ok += other.exits_ok;
+        self.exits_error += other.exits_error;
+        self.exits_signal += other.exits_signal;
+        self.oom_kills += other.oom_kills;
+    }
+
     fn add(&mut self, s: &types::psc_process_stats) {
         self.execs += s.execs;
         self.exits_ok += s.exits_ok;
@@ -129,14 +138,16 @@ impl Probe for ProcessProbe {
 
     fn collect(&mut self, _now: Instant, out: &mut Vec<Family>) {
         let maps = &self.skel.maps;
-        let mut rows: Vec<(String, Stats)> = util::read_percpu(&maps.executables)
-            .into_iter()
-            .filter_map(|(key, values)| {
-                let mut k = types::psc_exe_key::default();
-                plain::copy_from_bytes(&mut k, &key).ok()?;
-                Some((c_string(&k.comm), Stats::from_percpu(&values)))
-            })
-            .collect();
+        // Rows by name; a process really named like the overflow row shares it.
+        let mut rows: BTreeMap<String, Stats> = BTreeMap::new();
+        for (key, values) in util::read_percpu(&maps.executables) {
+            let mut k = types::psc_exe_key::default();
+            if plain::copy_from_bytes(&mut k, &key).is_ok() {
+                rows.entry(c_string(&k.comm))
+                    .or_default()
+                    .merge(Stats::from_percpu(&values));
+            }
+        }
         if util::percpu_array_u64(&maps.folded, 0) > 0 {
             let overflow = maps
                 .overflow
@@ -145,9 +156,10 @@ impl Probe for ProcessProbe {
                 .flatten()
                 .map(|values| Stats::from_percpu(&values))
                 .unwrap_or_default();
-            rows.push((OVERFLOW_NAME.to_string(), overflow));
+            rows.entry(OVERFLOW_NAME.to_string())
+                .or_default()
+                .merge(overflow);
         }
-        rows.sort_by(|a, b| a.0.cmp(&b.0));
 
         let mut execs = Family::new(
             "process_execs",

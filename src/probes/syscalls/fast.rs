@@ -68,14 +68,14 @@ impl FastTable {
         let mut released = 0;
         for idx in 0..self.slots {
             let slot = self.slot(idx);
-            // SAFETY: as in `taken`; the slot is unpublished before it is cleared.
+            // SAFETY: as in `taken`. Only the publishing field is cleared: a process
+            // claiming the slot right after writes tgid and count before publishing it,
+            // and clearing those here could overwrite its claim.
             unsafe {
                 if std::ptr::read_volatile(&raw const (*slot).nr_plus_one) != 0
                     && gone(std::ptr::read_volatile(&raw const (*slot).tgid))
                 {
                     std::ptr::write_volatile(&raw mut (*slot).nr_plus_one, 0);
-                    std::ptr::write_volatile(&raw mut (*slot).count, 0);
-                    std::ptr::write_volatile(&raw mut (*slot).tgid, 0);
                     released += 1;
                 }
             }

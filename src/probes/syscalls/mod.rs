@@ -106,7 +106,6 @@ pub struct SyscallsProbe {
     pid_label: bool,
     exited_ttl: Duration,
     processes: ProcessTable,
-    started: SystemTime,
     exited_counts: BTreeMap<(String, u32), u64>,
     exited_errors: BTreeMap<(String, u32, u32), u64>,
     exited_latency: BTreeMap<(String, u32), LogLinearHistogram>,
@@ -116,6 +115,8 @@ pub struct SyscallsProbe {
     max_exited_names: usize,
     exited_names_folded: u64,
     expired_series: u64,
+    /// Creation time of each exported series' owner, kept while it is exported.
+    series_created: HashMap<Owner, SystemTime>,
     fill: Vec<MapFill>,
 }
 
@@ -127,7 +128,9 @@ impl SyscallsProbe {
     ) -> Result<Self, ProbeError> {
         util::check_btf()?;
         let settings = &config.probes.syscalls;
-        let timed: Vec<u32> = settings.latency_syscalls.iter().map(|s| s.0).collect();
+        let mut timed: Vec<u32> = settings.latency_syscalls.iter().map(|s| s.0).collect();
+        timed.sort_unstable();
+        timed.dedup();
 
         let enter_hook = if timed.is_empty() {
             EnterHook::None
@@ -198,7 +201,7 @@ impl SyscallsProbe {
 
         let skel = open
             .load()
-            .map_err(ProbeError::bpf("loading the syscalls BPF programs"))?;
+            .map_err(ProbeError::load("loading the syscalls BPF programs"))?;
 
         for pid in &settings.include_pids {
             skel.maps
@@ -231,8 +234,9 @@ impl SyscallsProbe {
             bounds: DurationBounds::new(&settings.duration_buckets_seconds.0),
             pid_label: config.processes.pid_label,
             exited_ttl: Duration::from_secs(config.processes.exited_ttl_secs),
-            processes: ProcessTable::new(),
-            started: SystemTime::now(),
+            // Without pids, a series is a name: a process keeps its first name, so that
+            // renaming or exec never moves counts between series.
+            processes: ProcessTable::new().keep_first_name(!config.processes.pid_label),
             exited_counts: BTreeMap::new(),
             exited_errors: BTreeMap::new(),
             exited_latency: BTreeMap::new(),
@@ -240,6 +244,7 @@ impl SyscallsProbe {
             max_exited_names: config.processes.max_exited_executables.get() as usize,
             exited_names_folded: 0,
             expired_series: 0,
+            series_created: HashMap::new(),
             fill: Vec::new(),
         };
         if attach {
@@ -593,15 +598,14 @@ impl Probe for SyscallsProbe {
         self.expire(now, &mut reading);
 
         let mut acc = Accumulated::default();
-        let mut created: HashMap<Owner, SystemTime> = HashMap::new();
+        let mut first_seen: HashMap<Owner, SystemTime> = HashMap::new();
         for pid in pids {
             if let Some(info) = self.processes.get(pid) {
-                let owner = self.owner(pid);
-                let first_seen = info.first_seen;
-                created
-                    .entry(owner)
-                    .and_modify(|t| *t = (*t).min(first_seen))
-                    .or_insert(first_seen);
+                let seen = info.first_seen;
+                first_seen
+                    .entry(self.owner(pid))
+                    .and_modify(|t| *t = (*t).min(seen))
+                    .or_insert(seen);
             }
         }
         for ((pid, nr), count) in reading.counts.0 {
@@ -632,7 +636,26 @@ impl Probe for SyscallsProbe {
         }
         self.read_overflow(&mut acc);
 
-        let created_of = |owner: &Owner| created.get(owner).copied().unwrap_or(self.started);
+        // A series keeps its creation time for as long as it is exported, so that
+        // `_created` never moves while the series exists.
+        let wall_now = SystemTime::now();
+        let owners: BTreeSet<&Owner> = acc
+            .counts
+            .keys()
+            .map(|(o, _)| o)
+            .chain(acc.errors.keys().map(|(o, _, _)| o))
+            .chain(acc.latency.keys().map(|(o, _)| o))
+            .collect();
+        for owner in &owners {
+            let candidate = first_seen.get(*owner).copied().unwrap_or(wall_now);
+            self.series_created
+                .entry((*owner).clone())
+                .or_insert(candidate);
+        }
+        self.series_created
+            .retain(|owner, _| owners.contains(owner));
+        let created = &self.series_created;
+        let created_of = |owner: &Owner| created.get(owner).copied().unwrap_or(wall_now);
         let mut calls = Family::new(
             "syscalls",
             "Syscalls completed, per process and syscall.",

@@ -36,8 +36,15 @@ struct psc_fast_slot psc_fast_slot_type = {};
 /* Slots a pair may take in its CPU's table; beyond, it is counted in `counts`. */
 #define PSC_FAST_PROBES 4
 
+#define PSC_NR_CLONE 56
+#define PSC_NR_FORK 57
+#define PSC_NR_VFORK 58
 #define PSC_NR_EXECVE 59
 #define PSC_NR_EXECVEAT 322
+#define PSC_NR_CLONE3 435
+/* ERESTARTSYS .. ERESTART_RESTARTBLOCK: kernel-internal results of an interrupted call. */
+#define PSC_ERESTART_FIRST 512
+#define PSC_ERESTART_LAST 516
 
 /*
  * The first level of the counts: per CPU, a table of slots addressed by a hash of
@@ -166,7 +173,10 @@ static __always_inline int is_selected(__u32 tgid)
 	if (filter_by_tgid && bpf_map_lookup_elem(&selected_tgids, &tgid))
 		return 1;
 	if (filter_by_comm) {
-		bpf_get_current_comm(comm, sizeof(comm));
+		/* The process's name is its group leader's: threads may rename themselves. */
+		struct task_struct *task = bpf_get_current_task_btf();
+
+		bpf_probe_read_kernel_str(comm, sizeof(comm), task->group_leader->comm);
 		if (bpf_map_lookup_elem(&selected_comms, comm))
 			return 1;
 	}
@@ -323,6 +333,15 @@ int BPF_PROG(psc_sys_exit, struct pt_regs *regs, long ret)
 	__u64 *count;
 
 	if (nr < 0 || nr >= PSC_MAX_SYSCALLS)
+		return 0;
+	/* A new task's first return to user space passes here too, with its parent's
+	 * fork or clone and 0: only the parent's return is the call. */
+	if (ret == 0 && (nr == PSC_NR_CLONE || nr == PSC_NR_FORK || nr == PSC_NR_VFORK ||
+			 nr == PSC_NR_CLONE3))
+		return 0;
+	/* An interrupted call is restarted (or fails with EINTR once the signal is
+	 * handled): it is counted when it completes, not at each attempt. */
+	if (ret <= -PSC_ERESTART_FIRST && ret >= -PSC_ERESTART_LAST)
 		return 0;
 	if (!is_selected(tgid))
 		return 0;
