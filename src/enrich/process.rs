@@ -76,6 +76,10 @@ impl ProcessTable {
         entry
     }
 
+    pub fn pids(&self) -> Vec<u32> {
+        self.entries.keys().copied().collect()
+    }
+
     pub fn get(&self, pid: u32) -> Option<&ProcessInfo> {
         self.entries.get(&pid)
     }

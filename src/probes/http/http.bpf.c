@@ -149,6 +149,9 @@ static __always_inline int is_read(int nr)
 
 static __always_inline void emit(struct scratch *s, __u32 captured)
 {
+	struct task_struct *task = bpf_get_current_task_btf();
+
+	bpf_probe_read_kernel_str(s->event.comm, sizeof(s->event.comm), task->group_leader->comm);
 	if (captured > PSC_HTTP_CAPTURE)
 		captured = PSC_HTTP_CAPTURE;
 	s->event.captured = captured;

@@ -41,6 +41,9 @@ struct psc_http_event {
 	__u8 kind;
 	__u8 role;
 	__u16 server_port;
+	/* The process's name (its group leader's comm), for processes gone before user
+	 * space reads their /proc entry. */
+	char comm[PSC_COMM_LEN];
 };
 
 /* A syscall in flight on a tracked connection, between its entry and exit. */

@@ -144,6 +144,8 @@ pub struct HttpProbe {
     body_bounds: Vec<u64>,
     body_bounds_exported: Vec<f64>,
     events: u64,
+    exited_ttl: Duration,
+    expired_series: u64,
     next_sweep: Instant,
     fill: Vec<MapFill>,
 }
@@ -197,6 +199,8 @@ impl HttpProbe {
             body_bounds: body.iter().map(|b| *b as u64).collect(),
             body_bounds_exported: body.clone(),
             events: 0,
+            exited_ttl: Duration::from_secs(config.processes.exited_ttl_secs),
+            expired_series: 0,
             next_sweep: Instant::now(),
             fill: Vec::new(),
         };
@@ -271,7 +275,7 @@ impl HttpProbe {
         if event.kind == KIND_CLOSE {
             if let Some(mut conn) = self.connections.remove(&key) {
                 for exchange in conn.close(event.ts) {
-                    self.record(event.tgid, role, event.server_port, exchange);
+                    self.record(event, role, exchange);
                 }
             }
             return;
@@ -297,14 +301,22 @@ impl HttpProbe {
         }
         let exchanges = conn.feed(direction, data, event.len, event.ts);
         for exchange in exchanges {
-            self.record(event.tgid, role, event.server_port, exchange);
+            self.record(event, role, exchange);
         }
     }
 
-    fn record(&mut self, tgid: u32, role: Role, server_port: u16, exchange: Exchange) {
-        let info = self.processes.observe(tgid, Instant::now(), None);
-        let name = info.name.clone();
-        let created = info.first_seen;
+    fn record(&mut self, event: &types::psc_http_event, role: Role, exchange: Exchange) {
+        let tgid = event.tgid;
+        let server_port = event.server_port;
+        // /proc is read once per process here; collections refresh it.
+        let (name, created) = match self.processes.get(tgid) {
+            Some(info) => (info.name.clone(), info.first_seen),
+            None => {
+                let comm = util::c_string(&event.comm);
+                let info = self.processes.observe(tgid, Instant::now(), Some(&comm));
+                (info.name.clone(), info.first_seen)
+            }
+        };
         let route = self.routes.route(&name, &exchange.path);
         let mut key = SeriesKey {
             role,
@@ -360,6 +372,44 @@ impl HttpProbe {
         }
     }
 
+    /// Series of processes gone for the TTL fold into per-executable series without a
+    /// pid (the rule the syscalls probe follows), and the processes are forgotten.
+    fn expire(&mut self, now: Instant) {
+        for pid in self.processes.pids() {
+            self.processes.observe(pid, now, None);
+        }
+        let expired: std::collections::HashSet<u32> = self
+            .processes
+            .expired(now, self.exited_ttl)
+            .into_iter()
+            .collect();
+        if expired.is_empty() {
+            return;
+        }
+        let keys: Vec<SeriesKey> = self
+            .series
+            .keys()
+            .filter(|k| k.pid.is_some_and(|pid| expired.contains(&pid)))
+            .cloned()
+            .collect();
+        for key in keys {
+            if let Some(stats) = self.series.remove(&key) {
+                let folded = self
+                    .series
+                    .entry(SeriesKey { pid: None, ..key })
+                    .or_default();
+                folded.duration_ns.merge(&stats.duration_ns);
+                folded.request_bytes.merge(&stats.request_bytes);
+                folded.response_bytes.merge(&stats.response_bytes);
+                folded.created = folded.created.or(stats.created);
+                self.expired_series += 1;
+            }
+        }
+        for pid in expired {
+            self.processes.remove(pid);
+        }
+    }
+
     fn counter(&self, slot: u32) -> u64 {
         util::percpu_array_u64(&self.skel.maps.counters, slot)
     }
@@ -399,8 +449,9 @@ impl Probe for HttpProbe {
         Some(now + DRAIN_INTERVAL)
     }
 
-    fn collect(&mut self, _now: Instant, out: &mut Vec<Family>) {
+    fn collect(&mut self, now: Instant, out: &mut Vec<Family>) {
         self.drain();
+        self.expire(now);
         let mut families = [
             (Role::Server, "http_server_request_duration_seconds", "Duration of HTTP server requests, from the first byte read to the last byte of the response written."),
             (Role::Client, "http_client_request_duration_seconds", "Duration of HTTP client requests, from the request written to the last byte of the response read."),
@@ -523,6 +574,10 @@ impl Probe for HttpProbe {
 
     fn events_lost(&self) -> u64 {
         self.counter(0)
+    }
+
+    fn expired_series(&self) -> u64 {
+        self.expired_series
     }
 }
 

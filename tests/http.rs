@@ -1,0 +1,462 @@
+//! End-to-end: the http probe against real servers and clients, with exact counts.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::{free_port, have_root, kernel_lock, Agent, Metrics};
+
+const HTTP_CONFIG: &str = "probes:\n  http:\n    enabled: true\n";
+
+/// A Python HTTP/1.1 server: `/status/<code>` answers that status with a 5-byte body,
+/// `/chunked` answers 11 bytes in two chunks, `/sleep/<ms>` answers after that long.
+const PY_SERVER: &str = r#"
+import sys, time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+class H(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
+    def log_message(self, *a): pass
+    def answer(self, body=True):
+        parts = self.path.split("?")[0].split("/")
+        length = int(self.headers.get("Content-Length") or 0)
+        if length:
+            self.rfile.read(length)
+        if parts[1] == "chunked":
+            self.send_response(200)
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            self.wfile.write(b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n")
+            return
+        if parts[1] == "sleep":
+            time.sleep(int(parts[2]) / 1000)
+            code = 200
+        else:
+            code = int(parts[2]) if parts[1] == "status" else 200
+        self.send_response(code)
+        self.send_header("Content-Length", "5")
+        self.end_headers()
+        if body:
+            self.wfile.write(b"hello")
+    def do_GET(self): self.answer()
+    def do_POST(self): self.answer()
+    def do_HEAD(self): self.answer(body=False)
+server = ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H)
+print("ready", flush=True)
+server.serve_forever()
+"#;
+
+struct Server {
+    child: Child,
+    port: u16,
+}
+
+impl Server {
+    fn python() -> Server {
+        let port = free_port();
+        let mut child = Command::new("python3")
+            .args(["-c", PY_SERVER, &port.to_string()])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3 runs");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("server starts");
+        assert_eq!(line.trim(), "ready");
+        Server { child, port }
+    }
+
+    fn pid(&self) -> String {
+        self.child.id().to_string()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Reads one response (status line, headers, Content-Length or chunked body).
+fn read_response(reader: &mut BufReader<&TcpStream>) -> u16 {
+    let mut status = String::new();
+    reader.read_line(&mut status).expect("status line");
+    let code: u16 = status
+        .split_whitespace()
+        .nth(1)
+        .expect("status")
+        .parse()
+        .expect("code");
+    let mut length = 0usize;
+    let mut chunked = false;
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).expect("header");
+        let line = line.trim_end();
+        if line.is_empty() {
+            break;
+        }
+        let lower = line.to_ascii_lowercase();
+        if let Some(v) = lower.strip_prefix("content-length:") {
+            length = v.trim().parse().expect("length");
+        }
+        if lower.starts_with("transfer-encoding:") && lower.contains("chunked") {
+            chunked = true;
+        }
+    }
+    if chunked {
+        loop {
+            let mut size = String::new();
+            reader.read_line(&mut size).expect("chunk size");
+            let n = usize::from_str_radix(size.trim(), 16).expect("hex size");
+            let mut chunk = vec![0; n + 2];
+            reader.read_exact(&mut chunk).expect("chunk");
+            if n == 0 {
+                break;
+            }
+        }
+    } else {
+        let mut body = vec![0; length];
+        reader.read_exact(&mut body).expect("body");
+    }
+    code
+}
+
+/// A client connection. Reads and writes go through the one descriptor that connected
+/// (a dup'd descriptor, as `try_clone` makes, is not a connection the probe knows).
+fn connect(port: u16) -> TcpStream {
+    let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    stream.set_nodelay(true).expect("nodelay");
+    stream
+}
+
+fn server_count(m: &Metrics, pid: &str, method: &str, status: &str, route: &str) -> f64 {
+    m.sum(
+        "http_server_request_duration_seconds_count",
+        &[
+            ("process_pid", pid),
+            ("http_request_method", method),
+            ("http_response_status_code", status),
+            ("http_route", route),
+        ],
+    )
+}
+
+#[test]
+fn exact_counts_for_keep_alive_fresh_pipelined_and_chunked_requests() {
+    if !have_root("exact_counts_for_keep_alive_fresh_pipelined_and_chunked_requests") {
+        return;
+    }
+    let _kernel = kernel_lock();
+    let agent = Agent::start(HTTP_CONFIG);
+    let server = Server::python();
+    let port = server.port;
+
+    // Keep-alive: 5 x 200, 3 x 404, 2 POSTs with bodies answered 201, 2 HEADs.
+    let stream = connect(port);
+    let mut reader = BufReader::new(&stream);
+    let send = |request: &str, reader: &mut BufReader<&TcpStream>| {
+        (&stream).write_all(request.as_bytes()).expect("send");
+        read_response(reader)
+    };
+    for _ in 0..5 {
+        assert_eq!(
+            send("GET /status/200 HTTP/1.1\r\nHost: t\r\n\r\n", &mut reader),
+            200
+        );
+    }
+    for _ in 0..3 {
+        assert_eq!(
+            send(
+                "GET /status/404?q=secret HTTP/1.1\r\nHost: t\r\n\r\n",
+                &mut reader
+            ),
+            404
+        );
+    }
+    for _ in 0..2 {
+        assert_eq!(
+            send(
+                "POST /status/201 HTTP/1.1\r\nHost: t\r\nContent-Length: 7\r\n\r\npayload",
+                &mut reader
+            ),
+            201
+        );
+    }
+    for _ in 0..2 {
+        (&stream)
+            .write_all(b"HEAD /status/200 HTTP/1.1\r\nHost: t\r\n\r\n")
+            .expect("send");
+        let mut status = String::new();
+        reader.read_line(&mut status).expect("status");
+        loop {
+            let mut line = String::new();
+            reader.read_line(&mut line).expect("header");
+            if line.trim_end().is_empty() {
+                break;
+            }
+        }
+    }
+    // Chunked response on the same connection.
+    assert_eq!(
+        send("GET /chunked HTTP/1.1\r\nHost: t\r\n\r\n", &mut reader),
+        200
+    );
+    // Pipelined: three requests in one write.
+    (&stream)
+        .write_all(b"GET /status/503 HTTP/1.1\r\nHost: t\r\n\r\nGET /status/503 HTTP/1.1\r\nHost: t\r\n\r\nGET /status/503 HTTP/1.1\r\nHost: t\r\n\r\n")
+        .expect("send");
+    for _ in 0..3 {
+        assert_eq!(read_response(&mut reader), 503);
+    }
+    drop(reader);
+    drop(stream);
+
+    // Fresh connections, one request each.
+    for _ in 0..4 {
+        let stream = connect(port);
+        let mut reader = BufReader::new(&stream);
+        (&stream)
+            .write_all(b"GET /status/500 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            .expect("send");
+        assert_eq!(read_response(&mut reader), 500);
+    }
+
+    // curl as a client, three times.
+    for _ in 0..3 {
+        let status = Command::new("curl")
+            .args([
+                "-s",
+                "-o",
+                "/dev/null",
+                &format!("http://127.0.0.1:{port}/status/202"),
+            ])
+            .status()
+            .expect("curl runs");
+        assert!(status.success());
+    }
+
+    let pid = server.pid();
+    let m = common::eventually(&agent, |m| {
+        server_count(m, &pid, "GET", "202", "/status/*") == 3.0
+    });
+    assert_eq!(server_count(&m, &pid, "GET", "200", "/status/*"), 5.0);
+    assert_eq!(server_count(&m, &pid, "GET", "404", "/status/*"), 3.0);
+    assert_eq!(server_count(&m, &pid, "POST", "201", "/status/*"), 2.0);
+    assert_eq!(server_count(&m, &pid, "HEAD", "200", "/status/*"), 2.0);
+    assert_eq!(server_count(&m, &pid, "GET", "200", "/chunked"), 1.0);
+    assert_eq!(server_count(&m, &pid, "GET", "503", "/status/*"), 3.0);
+    assert_eq!(server_count(&m, &pid, "GET", "500", "/status/*"), 4.0);
+    assert_eq!(server_count(&m, &pid, "GET", "202", "/status/*"), 3.0);
+    let all: f64 = m.sum(
+        "http_server_request_duration_seconds_count",
+        &[("process_pid", pid.as_str())],
+    );
+    assert_eq!(all, 23.0, "no request counted twice or invented");
+
+    // Body sizes: POST bodies of 7 bytes, chunked body of 11, HEAD and 5-byte bodies.
+    let post = [
+        ("process_pid", pid.as_str()),
+        ("http_request_method", "POST"),
+    ];
+    assert_eq!(
+        m.sum("http_server_request_body_size_bytes_sum", &post),
+        14.0
+    );
+    let chunked = [("process_pid", pid.as_str()), ("http_route", "/chunked")];
+    assert_eq!(
+        m.sum("http_server_response_body_size_bytes_sum", &chunked),
+        11.0
+    );
+    let head = [
+        ("process_pid", pid.as_str()),
+        ("http_request_method", "HEAD"),
+    ];
+    assert_eq!(
+        m.sum("http_server_response_body_size_bytes_sum", &head),
+        0.0
+    );
+
+    // The query string is never exported; the server port is.
+    let text = agent.scrape();
+    assert!(!text.contains("secret"));
+    let port_label = port.to_string();
+    assert!(m
+        .find(
+            "http_server_request_duration_seconds_count",
+            &[("process_pid", pid.as_str())]
+        )
+        .all(|(_, labels, _)| labels.get("server_port") == Some(&port_label)));
+
+    // Clients: this test process and curl.
+    let me = std::process::id().to_string();
+    let mine = m.sum(
+        "http_client_request_duration_seconds_count",
+        &[("process_pid", me.as_str())],
+    );
+    assert_eq!(mine, 20.0, "this test's own requests, as a client");
+    let curl = m.sum(
+        "http_client_request_duration_seconds_count",
+        &[
+            ("process_executable_name", "curl"),
+            ("http_response_status_code", "202"),
+        ],
+    );
+    assert_eq!(curl, 3.0);
+}
+
+#[test]
+fn garbage_and_oversized_input_count_nothing_and_keep_the_agent_healthy() {
+    if !have_root("garbage_and_oversized_input_count_nothing_and_keep_the_agent_healthy") {
+        return;
+    }
+    let _kernel = kernel_lock();
+    let agent = Agent::start(HTTP_CONFIG);
+    let server = Server::python();
+    let port = server.port;
+    let send_raw = |bytes: &[u8]| {
+        if let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) {
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+            let _ = stream.write_all(bytes);
+            let _ = stream.shutdown(std::net::Shutdown::Write);
+            let mut sink = Vec::new();
+            let _ = stream.read_to_end(&mut sink);
+        }
+    };
+    send_raw(&(0..=255u8).cycle().take(64 * 1024).collect::<Vec<_>>());
+    send_raw(b"GET /half HTTP/1.1\r\nHost: t\r\n");
+    send_raw(b"NOTAMETHOD / HTTP/1.1\r\n\r\n");
+    let mut long_line = b"GET /".to_vec();
+    long_line.extend(std::iter::repeat_n(b'a', 64 * 1024));
+    long_line.extend_from_slice(b" HTTP/1.1\r\nHost: t\r\n\r\n");
+    send_raw(&long_line);
+    let mut big_header = b"GET /status/200 HTTP/1.1\r\nHost: t\r\nX-Big: ".to_vec();
+    big_header.extend(std::iter::repeat_n(b'b', 1024 * 1024));
+    big_header.extend_from_slice(b"\r\n\r\n");
+    send_raw(&big_header);
+
+    // A well-formed request afterwards is still counted, exactly once.
+    let stream = connect(port);
+    let mut reader = BufReader::new(&stream);
+    (&stream)
+        .write_all(b"GET /status/200 HTTP/1.1\r\nHost: t\r\n\r\n")
+        .expect("send");
+    assert_eq!(read_response(&mut reader), 200);
+    let pid = server.pid();
+    let m = common::eventually(&agent, |m| {
+        m.sum(
+            "http_server_request_duration_seconds_count",
+            &[("process_pid", pid.as_str())],
+        ) >= 1.0
+    });
+    let counted = m.sum(
+        "http_server_request_duration_seconds_count",
+        &[("process_pid", pid.as_str())],
+    );
+    assert_eq!(counted, 1.0, "only the well-formed request");
+    assert_eq!(
+        common::http_get(agent.port, "/healthz", None).map(|r| r.0),
+        Some(200)
+    );
+}
+
+#[test]
+fn latency_lands_in_the_bucket_of_the_client_measured_time() {
+    if !have_root("latency_lands_in_the_bucket_of_the_client_measured_time") {
+        return;
+    }
+    let _kernel = kernel_lock();
+    let agent = Agent::start(HTTP_CONFIG);
+    let server = Server::python();
+    let stream = connect(server.port);
+    let mut reader = BufReader::new(&stream);
+    let mut measured = Vec::new();
+    for _ in 0..5 {
+        let began = std::time::Instant::now();
+        (&stream)
+            .write_all(b"GET /sleep/300 HTTP/1.1\r\nHost: t\r\n\r\n")
+            .expect("send");
+        assert_eq!(read_response(&mut reader), 200);
+        measured.push(began.elapsed().as_secs_f64());
+    }
+    let pid = server.pid();
+    let m = common::eventually(&agent, |m| {
+        m.sum(
+            "http_server_request_duration_seconds_count",
+            &[("process_pid", pid.as_str())],
+        ) == 5.0
+    });
+    let this = [("process_pid", pid.as_str()), ("http_route", "/sleep/*")];
+    // Every client-measured time lies in (0.25, 0.5]: all five requests must be counted
+    // under le=0.5 and none under le=0.25. The server's own view is shorter than the
+    // client's by the loopback round trip only, far less than these bucket widths.
+    assert!(
+        measured.iter().all(|t| *t > 0.3 && *t <= 0.5),
+        "{measured:?}"
+    );
+    let le = |bound: &str| {
+        let mut labels = this.to_vec();
+        labels.push(("le", bound));
+        m.sum("http_server_request_duration_seconds_bucket", &labels)
+    };
+    assert_eq!(le("0.25"), 0.0);
+    assert_eq!(le("0.5"), 5.0);
+    let sum = m.sum("http_server_request_duration_seconds_sum", &this);
+    let client_sum: f64 = measured.iter().sum();
+    // Tolerance: 10 ms per request for the loopback round trip and scheduling.
+    assert!(
+        sum <= client_sum && sum > client_sum - 0.05,
+        "server {sum} vs client {client_sum}"
+    );
+}
+
+#[test]
+fn ten_thousand_ids_make_one_route_series() {
+    if !have_root("ten_thousand_ids_make_one_route_series") {
+        return;
+    }
+    let _kernel = kernel_lock();
+    let agent = Agent::start(HTTP_CONFIG);
+    let server = Server::python();
+    let stream = connect(server.port);
+    let mut reader = BufReader::new(&stream);
+    for id in 0..10_000 {
+        (&stream)
+            .write_all(format!("GET /users/{id} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
+            .expect("send");
+        let _ = read_response(&mut reader);
+    }
+    let pid = server.pid();
+    let m = common::eventually(&agent, |m| {
+        m.sum(
+            "http_server_request_duration_seconds_count",
+            &[("process_pid", pid.as_str())],
+        ) == 10_000.0
+    });
+    let routes: std::collections::BTreeSet<_> = m
+        .find(
+            "http_server_request_duration_seconds_count",
+            &[("process_pid", pid.as_str())],
+        )
+        .filter_map(|(_, labels, _)| labels.get("http_route").cloned())
+        .collect();
+    assert_eq!(
+        routes.into_iter().collect::<Vec<_>>(),
+        vec!["/users/*".to_string()]
+    );
+    assert_eq!(
+        m.sum(
+            "http_server_request_duration_seconds_count",
+            &[("process_pid", pid.as_str())]
+        ),
+        10_000.0
+    );
+}
