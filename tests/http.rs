@@ -460,3 +460,120 @@ fn ten_thousand_ids_make_one_route_series() {
         10_000.0
     );
 }
+
+/// nginx (Debian) serving a static file: headers by writev, bodies by sendfile.
+struct Nginx {
+    child: Child,
+    port: u16,
+    dir: common::TempDir,
+}
+
+impl Nginx {
+    fn start(extra_server: &str) -> Nginx {
+        let dir = common::TempDir::new("nginx");
+        let port = free_port();
+        let root = dir.path().join("www");
+        std::fs::create_dir_all(&root).expect("www");
+        std::fs::write(root.join("index.html"), vec![b'x'; 1000]).expect("index");
+        let d = dir.path().display();
+        let config = format!(
+            "daemon off;\nmaster_process on;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
+             events {{ worker_connections 64; }}\n\
+             http {{\n  access_log off;\n  sendfile on;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n  fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
+             server {{ listen 127.0.0.1:{port}; root {d}/www; }}\n{extra_server}\n}}\n"
+        );
+        let path = dir.write("nginx.conf", &config);
+        let child = Command::new("nginx")
+            .arg("-c")
+            .arg(&path)
+            .arg("-e")
+            .arg(dir.path().join("error.log"))
+            .spawn()
+            .expect("nginx runs (scripts/setup.sh --test installs it)");
+        for _ in 0..100 {
+            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Nginx { child, port, dir }
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGQUIT);
+        }
+        let _ = self.child.wait();
+    }
+}
+
+fn nginx_count(m: &Metrics, port: u16, status: &str, route: &str) -> f64 {
+    let port = port.to_string();
+    m.sum(
+        "http_server_request_duration_seconds_count",
+        &[
+            ("process_executable_name", "nginx"),
+            ("server_port", port.as_str()),
+            ("http_response_status_code", status),
+            ("http_route", route),
+        ],
+    )
+}
+
+#[test]
+fn nginx_static_files_are_counted_exactly() {
+    if !have_root("nginx_static_files_are_counted_exactly") {
+        return;
+    }
+    let _kernel = kernel_lock();
+    let agent = Agent::start(HTTP_CONFIG);
+    let nginx = Nginx::start("");
+    let stream = connect(nginx.port);
+    let mut reader = BufReader::new(&stream);
+    for _ in 0..7 {
+        (&stream)
+            .write_all(b"GET /index.html HTTP/1.1\r\nHost: t\r\n\r\n")
+            .expect("send");
+        assert_eq!(read_response(&mut reader), 200);
+    }
+    for _ in 0..4 {
+        (&stream)
+            .write_all(b"GET /missing HTTP/1.1\r\nHost: t\r\n\r\n")
+            .expect("send");
+        assert_eq!(read_response(&mut reader), 404);
+    }
+    for _ in 0..2 {
+        (&stream)
+            .write_all(b"HEAD /index.html HTTP/1.1\r\nHost: t\r\n\r\n")
+            .expect("send");
+        let mut line = String::new();
+        loop {
+            line.clear();
+            reader.read_line(&mut line).expect("head response");
+            if line.trim_end().is_empty() {
+                break;
+            }
+        }
+    }
+    let m = common::eventually(&agent, |m| {
+        nginx_count(m, nginx.port, "404", "/missing") == 4.0
+    });
+    assert_eq!(nginx_count(&m, nginx.port, "200", "/index.html"), 9.0);
+    assert_eq!(nginx_count(&m, nginx.port, "404", "/missing"), 4.0);
+    let port = nginx.port.to_string();
+    let get = [
+        ("process_executable_name", "nginx"),
+        ("server_port", port.as_str()),
+        ("http_request_method", "GET"),
+        ("http_route", "/index.html"),
+    ];
+    // The 1000-byte file went out by sendfile, uncaptured, and is counted by length.
+    assert_eq!(
+        m.sum("http_server_response_body_size_bytes_sum", &get),
+        7000.0
+    );
+    let _ = &nginx.dir;
+}
