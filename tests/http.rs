@@ -482,6 +482,7 @@ impl Nginx {
              http {{\n  access_log off;\n  sendfile on;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n  fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
              server {{ listen 127.0.0.1:{port}; root {d}/www; }}\n{extra_server}\n}}\n"
         );
+        let config = config.replace("NGINX_DIR", &d.to_string());
         let path = dir.write("nginx.conf", &config);
         let child = Command::new("nginx")
             .arg("-c")
@@ -576,4 +577,88 @@ fn nginx_static_files_are_counted_exactly() {
         7000.0
     );
     let _ = &nginx.dir;
+}
+
+#[test]
+fn https_through_nginx_and_curl_is_measured_like_plain_http() {
+    if !have_root("https_through_nginx_and_curl_is_measured_like_plain_http") {
+        return;
+    }
+    let _kernel = kernel_lock();
+    let agent = Agent::start(HTTP_CONFIG);
+    let certs = common::TempDir::new("certs");
+    let (cert, key) = (certs.path().join("cert.pem"), certs.path().join("key.pem"));
+    let made = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+        ])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(Stdio::null())
+        .status()
+        .expect("openssl runs");
+    assert!(made.success(), "a self-signed certificate");
+    let tls_port = free_port();
+    let nginx = Nginx::start(&format!(
+        "server {{ listen 127.0.0.1:{tls_port} ssl; ssl_certificate {}; ssl_certificate_key {}; root {}/www; }}",
+        cert.display(),
+        key.display(),
+        "NGINX_DIR"
+    ));
+    let _ = &nginx;
+    for path in [
+        "index.html",
+        "index.html",
+        "index.html",
+        "index.html",
+        "gone",
+    ] {
+        let status = Command::new("curl")
+            .args([
+                "-sk",
+                "-o",
+                "/dev/null",
+                &format!("https://127.0.0.1:{tls_port}/{path}"),
+            ])
+            .status()
+            .expect("curl runs");
+        assert!(status.success());
+    }
+    let m = common::eventually(&agent, |m| nginx_count(m, tls_port, "404", "/gone") == 1.0);
+    assert_eq!(nginx_count(&m, tls_port, "200", "/index.html"), 4.0);
+    assert_eq!(nginx_count(&m, tls_port, "404", "/gone"), 1.0);
+    let port = tls_port.to_string();
+    let https = [("server_port", port.as_str()), ("url_scheme", "https")];
+    assert_eq!(
+        m.sum("http_server_request_duration_seconds_count", &https),
+        5.0
+    );
+    let curl = [
+        ("process_executable_name", "curl"),
+        ("server_port", port.as_str()),
+        ("url_scheme", "https"),
+    ];
+    assert_eq!(
+        m.sum("http_client_request_duration_seconds_count", &curl),
+        5.0
+    );
+    // The 1000-byte file, encrypted by nginx, is measured as plaintext.
+    let get = [
+        ("server_port", port.as_str()),
+        ("http_route", "/index.html"),
+    ];
+    assert_eq!(
+        m.sum("http_server_response_body_size_bytes_sum", &get),
+        4000.0
+    );
 }

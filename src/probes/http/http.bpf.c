@@ -54,6 +54,23 @@ struct {
 	__type(value, struct psc_http_pending);
 } pending SEC(".maps");
 
+/* The OpenSSL call in flight on each thread. */
+struct {
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct psc_ssl_call);
+} ssl_calls SEC(".maps");
+
+/* The socket of each SSL object, from SSL_set_fd or a syscall made inside a call.
+ * LRU: SSL objects are freed without notice; an evicted one is learned again. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct psc_ssl_key);
+	__type(value, __u32);
+} ssl_fds SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 8 * 1024 * 1024);
@@ -242,6 +259,21 @@ int psc_http_enter(struct enter_record *ctx)
 		return 0;
 	if (!is_data_syscall(nr))
 		return 0;
+	{
+		/* Inside an OpenSSL call: this socket carries that SSL object's records. */
+		struct psc_ssl_call *call = bpf_task_storage_get(&ssl_calls, bpf_get_current_task_btf(), 0, 0);
+
+		if (call && call->active) {
+			struct psc_ssl_key sk = { .tgid = tgid, .ssl = call->ssl };
+			__u32 fd = key.fd;
+
+			call->fd = fd;
+			bpf_map_update_elem(&ssl_fds, &sk, &fd, BPF_ANY);
+			conn->tls = 1;
+		}
+	}
+	if (conn->tls)
+		return 0; /* encrypted bytes: the uprobes report the plaintext */
 	p = bpf_task_storage_get(&pending, bpf_get_current_task_btf(), 0,
 				 BPF_LOCAL_STORAGE_GET_F_CREATE);
 	if (!p)
@@ -310,7 +342,121 @@ int psc_http_exit(struct exit_record *ctx)
 	s->event.len = ret;
 	s->event.kind = is_read(nr) ? PSC_HTTP_READ : PSC_HTTP_WRITE;
 	s->event.role = conn->role;
+	s->event.tls = 0;
 	s->event.server_port = conn->server_port;
 	emit(s, captured);
+	return 0;
+}
+
+/* OpenSSL: SSL_read/SSL_write(_ex) give the plaintext of TLS connections. */
+
+static __always_inline int ssl_enter(void *ssl, void *buf, void *done_ptr, __u8 write)
+{
+	struct psc_ssl_key sk = { .tgid = bpf_get_current_pid_tgid() >> 32, .ssl = (__u64)ssl };
+	struct psc_ssl_call *call;
+	__u32 *fd;
+
+	call = bpf_task_storage_get(&ssl_calls, bpf_get_current_task_btf(), 0,
+				    BPF_LOCAL_STORAGE_GET_F_CREATE);
+	if (!call)
+		return 0;
+	call->ssl = (__u64)ssl;
+	call->buf = (__u64)buf;
+	call->done_ptr = (__u64)done_ptr;
+	call->write = write;
+	call->active = 1;
+	fd = bpf_map_lookup_elem(&ssl_fds, &sk);
+	call->fd = fd ? *fd : (__u32)-1;
+	return 0;
+}
+
+static __always_inline int ssl_exit(long ret)
+{
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	struct psc_ssl_call *call;
+	struct psc_conn_key key;
+	struct psc_conn *conn;
+	struct scratch *s;
+	__u32 zero = 0, want;
+	__u64 len = 0;
+
+	call = bpf_task_storage_get(&ssl_calls, bpf_get_current_task_btf(), 0, 0);
+	if (!call || !call->active)
+		return 0;
+	call->active = 0;
+	if (call->done_ptr) {
+		size_t done = 0;
+
+		if (ret != 1 || bpf_probe_read_user(&done, sizeof(done), (void *)call->done_ptr))
+			return 0;
+		len = done;
+	} else {
+		if (ret <= 0)
+			return 0;
+		len = ret;
+	}
+	if (call->fd == (__u32)-1) {
+		PSC_COUNT_IN(counters, PSC_HTTP_TLS_NO_FD);
+		return 0;
+	}
+	key.tgid = tgid;
+	key.fd = call->fd;
+	conn = bpf_map_lookup_elem(&conns, &key);
+	s = bpf_map_lookup_elem(&scratch, &zero);
+	if (!conn || !s)
+		return 0;
+	conn->tls = 1;
+	want = len > PSC_HTTP_CAPTURE ? PSC_HTTP_CAPTURE : len;
+	if (bpf_probe_read_user(s->data, want, (void *)call->buf))
+		want = 0;
+	s->event.ts = bpf_ktime_get_ns();
+	s->event.tgid = tgid;
+	s->event.fd = key.fd;
+	s->event.len = len;
+	s->event.kind = call->write ? PSC_HTTP_WRITE : PSC_HTTP_READ;
+	s->event.role = conn->role;
+	s->event.tls = 1;
+	s->event.server_port = conn->server_port;
+	emit(s, want);
+	return 0;
+}
+
+SEC("uprobe")
+int BPF_UPROBE(psc_ssl_read, void *ssl, void *buf, int num)
+{
+	return ssl_enter(ssl, buf, 0, 0);
+}
+
+SEC("uprobe")
+int BPF_UPROBE(psc_ssl_write, void *ssl, const void *buf, int num)
+{
+	return ssl_enter(ssl, (void *)buf, 0, 1);
+}
+
+SEC("uprobe")
+int BPF_UPROBE(psc_ssl_read_ex, void *ssl, void *buf, size_t num, size_t *readbytes)
+{
+	return ssl_enter(ssl, buf, readbytes, 0);
+}
+
+SEC("uprobe")
+int BPF_UPROBE(psc_ssl_write_ex, void *ssl, const void *buf, size_t num, size_t *written)
+{
+	return ssl_enter(ssl, (void *)buf, written, 1);
+}
+
+SEC("uretprobe")
+int BPF_URETPROBE(psc_ssl_ret, long ret)
+{
+	return ssl_exit(ret);
+}
+
+SEC("uprobe")
+int BPF_UPROBE(psc_ssl_set_fd, void *ssl, int fd)
+{
+	struct psc_ssl_key sk = { .tgid = bpf_get_current_pid_tgid() >> 32, .ssl = (__u64)ssl };
+	__u32 value = fd;
+
+	bpf_map_update_elem(&ssl_fds, &sk, &value, BPF_ANY);
 	return 0;
 }

@@ -19,7 +19,7 @@ enum psc_http_role {
 
 struct psc_conn {
 	__u8 role;
-	__u8 pad;
+	__u8 tls; /* bytes on the socket are TLS records: the plaintext comes from uprobes */
 	/* The server's port: local for accepted connections, remote for connected ones. */
 	__u16 server_port;
 	__u32 pad2;
@@ -40,7 +40,10 @@ struct psc_http_event {
 	__u32 captured;
 	__u8 kind;
 	__u8 role;
+	__u8 tls;
+	__u8 pad;
 	__u16 server_port;
+	__u16 pad2;
 	/* The process's name (its group leader's comm), for processes gone before user
 	 * space reads their /proc entry. */
 	char comm[PSC_COMM_LEN];
@@ -53,8 +56,26 @@ struct psc_http_pending {
 	__u32 nr;
 };
 
+/* An OpenSSL call in flight on a thread, between its uprobe and uretprobe. */
+struct psc_ssl_call {
+	__u64 ssl;
+	__u64 buf;
+	__u64 done_ptr; /* size_t * of the _ex variants, 0 otherwise */
+	__u32 fd;       /* learned from a syscall made inside the call, or SSL_set_fd */
+	__u8 write;
+	__u8 active;
+	__u16 pad;
+};
+
+struct psc_ssl_key {
+	__u32 tgid;
+	__u32 pad;
+	__u64 ssl;
+};
+
 enum psc_http_counter {
 	PSC_HTTP_LOST_EVENTS = 0,  /* ring buffer full */
 	PSC_HTTP_CONNS_REFUSED = 1, /* connection map full: connection not traced */
-	PSC_HTTP_COUNTERS = 2,
+	PSC_HTTP_TLS_NO_FD = 2,     /* TLS plaintext whose socket was never learned */
+	PSC_HTTP_COUNTERS = 3,
 };

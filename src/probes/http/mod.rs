@@ -8,6 +8,7 @@
 pub mod conn;
 pub mod parser;
 pub mod routes;
+pub mod tls;
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
@@ -17,8 +18,8 @@ use std::rc::Rc;
 use std::time::{Duration, Instant, SystemTime};
 
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
-use libbpf_rs::{Link, MapCore, RingBuffer, RingBufferBuilder, TracepointCategory};
-use tracing::{debug, warn};
+use libbpf_rs::{Link, MapCore, RingBuffer, RingBufferBuilder, TracepointCategory, UprobeOpts};
+use tracing::{debug, info, warn};
 
 use super::util::{self, MapFill, ProbeError};
 use super::{Probe, ProbeSpec};
@@ -113,6 +114,8 @@ struct SeriesKey {
     status: u16,
     route: String,
     server_port: u16,
+    /// TLS plaintext (from the OpenSSL uprobes) or plain HTTP.
+    tls: bool,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -131,7 +134,8 @@ pub struct HttpProbe {
     links: Vec<Link>,
     ring: Option<RingBuffer<'static>>,
     inbox: Inbox,
-    connections: HashMap<(u32, u32), Connection>,
+    /// User-space state per (process, fd), with whether it carries TLS plaintext.
+    connections: HashMap<(u32, u32), (Connection, bool)>,
     max_connections: usize,
     connections_refused: u64,
     series: BTreeMap<SeriesKey, SeriesStats>,
@@ -144,6 +148,7 @@ pub struct HttpProbe {
     body_bounds: Vec<u64>,
     body_bounds_exported: Vec<f64>,
     events: u64,
+    tls_libraries: usize,
     exited_ttl: Duration,
     expired_series: u64,
     next_sweep: Instant,
@@ -199,6 +204,7 @@ impl HttpProbe {
             body_bounds: body.iter().map(|b| *b as u64).collect(),
             body_bounds_exported: body.clone(),
             events: 0,
+            tls_libraries: 0,
             exited_ttl: Duration::from_secs(config.processes.exited_ttl_secs),
             expired_series: 0,
             next_sweep: Instant::now(),
@@ -228,6 +234,7 @@ impl HttpProbe {
                 self.links.push(link);
             }
         }
+        self.attach_tls();
         let inbox = self.inbox.clone();
         let mut builder = RingBufferBuilder::new();
         builder
@@ -249,6 +256,57 @@ impl HttpProbe {
                 .map_err(ProbeError::bpf("opening the http ring buffer"))?,
         );
         Ok(())
+    }
+
+    /// Uprobes on every libssl found: uprobes attach to the file, so every process that
+    /// maps it, now or later, is covered.
+    fn attach_tls(&mut self) {
+        let progs = &self.skel.progs;
+        for library in tls::libssl_paths() {
+            let mut attached = 0;
+            for (function, prog, ret) in [
+                ("SSL_read", &progs.psc_ssl_read, true),
+                ("SSL_write", &progs.psc_ssl_write, true),
+                ("SSL_read_ex", &progs.psc_ssl_read_ex, true),
+                ("SSL_write_ex", &progs.psc_ssl_write_ex, true),
+                ("SSL_set_fd", &progs.psc_ssl_set_fd, false),
+            ] {
+                let probe = |prog: &libbpf_rs::ProgramMut, retprobe: bool| {
+                    prog.attach_uprobe_with_opts(
+                        -1,
+                        &library,
+                        0,
+                        UprobeOpts {
+                            func_name: Some(function.to_string()),
+                            retprobe,
+                            ..Default::default()
+                        },
+                    )
+                };
+                match probe(prog, false) {
+                    Ok(link) => {
+                        self.links.push(link);
+                        attached += 1;
+                        if ret {
+                            match probe(&progs.psc_ssl_ret, true) {
+                                Ok(link) => self.links.push(link),
+                                Err(err) => {
+                                    warn!(library = %library.display(), function, error = %err, "no uretprobe")
+                                }
+                            }
+                        }
+                    }
+                    // The _ex variants exist from OpenSSL 1.1.1 on.
+                    Err(err) => {
+                        debug!(library = %library.display(), function, error = %err, "function not traced")
+                    }
+                }
+            }
+            if attached > 0 {
+                info!(library = %library.display(), functions = attached, "tracing TLS plaintext");
+                self.tls_libraries += 1;
+            }
+        }
     }
 
     /// Takes every event the kernel has handed over and frames it.
@@ -273,7 +331,7 @@ impl HttpProbe {
             Role::Client
         };
         if event.kind == KIND_CLOSE {
-            if let Some(mut conn) = self.connections.remove(&key) {
+            if let Some((mut conn, _)) = self.connections.remove(&key) {
                 for exchange in conn.close(event.ts) {
                     self.record(event, role, exchange);
                 }
@@ -290,14 +348,17 @@ impl HttpProbe {
                 self.connections_refused += 1;
                 return;
             }
-            self.connections.insert(key, Connection::new(role));
+            self.connections.insert(key, (Connection::new(role), false));
         }
-        let Some(conn) = self.connections.get_mut(&key) else {
+        let Some((conn, tls)) = self.connections.get_mut(&key) else {
             return;
         };
-        // A reused fd with another role is a new connection.
-        if conn.role() != role {
+        // A reused fd with another role is a new connection; so is the switch to TLS
+        // plaintext (what came before was the handshake).
+        let event_tls = event.tls != 0;
+        if conn.role() != role || *tls != event_tls {
             *conn = Connection::new(role);
+            *tls = event_tls;
         }
         let exchanges = conn.feed(direction, data, event.len, event.ts);
         for exchange in exchanges {
@@ -326,6 +387,7 @@ impl HttpProbe {
             status: exchange.status,
             route,
             server_port,
+            tls: event.tls != 0,
         };
         if !self.series.contains_key(&key) && self.series.len() >= self.max_series {
             self.series_folded += 1;
@@ -337,6 +399,7 @@ impl HttpProbe {
                 status: exchange.status,
                 route: routes::OVERFLOW_ROUTE.into(),
                 server_port: 0,
+                tls: false,
             };
         }
         let stats = self.series.entry(key).or_default();
@@ -433,9 +496,10 @@ impl Probe for HttpProbe {
 
     fn attach_method(&self) -> String {
         format!(
-            "tracepoints syscalls/sys_enter_* ({}) and sys_exit_* ({}), ring buffer",
+            "tracepoints syscalls/sys_enter_* ({}) and sys_exit_* ({}), uprobes on {} libssl, ring buffer",
             ENTER.len() + CLOSE.len(),
-            EXIT.len()
+            EXIT.len(),
+            self.tls_libraries
         )
     }
 
@@ -569,6 +633,7 @@ impl Probe for HttpProbe {
             ("connections", self.connections_refused),
             ("series", self.series_folded),
             ("routes", self.routes.folded()),
+            ("tls_unknown_socket", self.counter(2)),
         ]
     }
 
@@ -592,5 +657,10 @@ fn series_labels(key: &SeriesKey) -> Labels {
     labels.push(("http_response_status_code", key.status.to_string()));
     labels.push(("http_route", key.route.clone()));
     labels.push(("server_port", key.server_port.to_string()));
+    // The semantic conventions' url.scheme: TLS traffic keeps the same metric names.
+    labels.push((
+        "url_scheme",
+        if key.tls { "https" } else { "http" }.to_string(),
+    ));
     labels
 }
