@@ -1,0 +1,144 @@
+#!/usr/bin/env python3
+"""HTTP overhead: wrk against nginx serving a small static file, Periscope off vs on.
+
+Runs `wrk` (keep-alive, 2 threads, loopback) against Debian's nginx with the agent off
+and on (default configuration plus the http probe), interleaved round by round, and
+reports medians: requests per second, P99 latency, and the agent's own CPU time per
+1,000 requests (user + system time of the agent process, from /proc).
+
+Usage (as root, after `cargo build --release`):
+    python3 bench/http_overhead.py [--rounds 5] [--duration 10] [--connections 32]
+"""
+import argparse
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PERISCOPE = os.path.join(ROOT, "target", "release", "periscope")
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, timeout=10):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+def start_nginx(workdir, port):
+    os.makedirs(os.path.join(workdir, "www"), exist_ok=True)
+    with open(os.path.join(workdir, "www", "index.html"), "w") as f:
+        f.write("x" * 612)  # the size of nginx's default welcome page
+    conf = os.path.join(workdir, "nginx.conf")
+    with open(conf, "w") as f:
+        f.write(f"""daemon off; master_process on; worker_processes 1;
+pid {workdir}/nginx.pid; error_log {workdir}/error.log;
+events {{ worker_connections 1024; }}
+http {{ access_log off; sendfile on; keepalive_requests 1000000;
+  client_body_temp_path {workdir}/b; proxy_temp_path {workdir}/p; fastcgi_temp_path {workdir}/f;
+  uwsgi_temp_path {workdir}/u; scgi_temp_path {workdir}/s;
+  server {{ listen 127.0.0.1:{port}; root {workdir}/www; }} }}
+""")
+    proc = subprocess.Popen(["nginx", "-c", conf, "-e", f"{workdir}/error.log"])
+    wait_port(port)
+    return proc
+
+
+def start_agent(workdir, metrics_port, extra=os.environ.get("PERISCOPE_BENCH_CONFIG", "")):
+    conf = os.path.join(workdir, "periscope.yaml")
+    with open(conf, "w") as f:
+        f.write(f'prometheus:\n  listen_address: "127.0.0.1:{metrics_port}"\n')
+        f.write(extra or "probes:\n  http:\n    enabled: true\n")
+    proc = subprocess.Popen([PERISCOPE, "run", "--config", conf], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)
+    while True:
+        line = proc.stdout.readline()
+        if not line:
+            raise RuntimeError("periscope exited during start-up")
+        if "serving metrics" in line:
+            return proc
+
+
+def cpu_seconds(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def run_wrk(port, duration, connections):
+    out = subprocess.run(["wrk", "-t2", f"-c{connections}", f"-d{duration}s", "--latency",
+                          f"http://127.0.0.1:{port}/index.html"], check=True, capture_output=True, text=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    total = int(re.search(r"(\d+) requests in", out).group(1))
+    p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)", out)
+    scale = {"us": 1e-6, "ms": 1e-3, "s": 1.0}[p99.group(2)]
+    return rps, float(p99.group(1)) * scale, total
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--duration", type=int, default=10)
+    parser.add_argument("--connections", type=int, default=32)
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("run as root: the benchmark loads BPF programs")
+    for tool in ("nginx", "wrk"):
+        if not shutil.which(tool):
+            sys.exit(f"{tool} is missing: scripts/setup.sh --test installs it")
+    workdir = tempfile.mkdtemp(prefix="periscope-bench-")
+    port, metrics_port = free_port(), free_port()
+    nginx = start_nginx(workdir, port)
+    results = {"off": [], "on": []}
+    agent_cpu_per_1000 = []
+    try:
+        run_wrk(port, 2, args.connections)  # warm up
+        for round_no in range(args.rounds):
+            for kind in ("off", "on"):
+                agent = start_agent(workdir, metrics_port) if kind == "on" else None
+                before = cpu_seconds(agent.pid) if agent else 0
+                rps, p99, total = run_wrk(port, args.duration, args.connections)
+                if agent:
+                    agent_cpu_per_1000.append((cpu_seconds(agent.pid) - before) / total * 1000)
+                    agent.send_signal(signal.SIGINT)
+                    agent.wait(timeout=30)
+                results[kind].append((rps, p99))
+                print(f"round {round_no + 1} {kind}: {rps:.0f} req/s, P99 {p99 * 1e3:.2f} ms", file=sys.stderr)
+    finally:
+        nginx.send_signal(signal.SIGQUIT)
+        nginx.wait(timeout=30)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    med = {k: (statistics.median(r for r, _ in v), statistics.median(p for _, p in v)) for k, v in results.items()}
+    print(f"wrk -t2 -c{args.connections} -d{args.duration}s against nginx (612-byte file, keep-alive, loopback), "
+          f"medians of {args.rounds} interleaved rounds\n")
+    print("| agent | requests/s | P99 latency |")
+    print("| --- | --- | --- |")
+    for kind in ("off", "on"):
+        print(f"| {kind} | {med[kind][0]:.0f} | {med[kind][1] * 1e3:.2f} ms |")
+    print()
+    print(f"Requests/s with the agent on: {med['on'][0] / med['off'][0] * 100:.1f}% of off (floor: >= 97%)")
+    print(f"Added P99 latency: {(med['on'][1] - med['off'][1]) * 1e3:+.2f} ms")
+    print(f"Agent CPU time per 1,000 requests: {statistics.median(agent_cpu_per_1000) * 1e3:.2f} ms")
+
+
+if __name__ == "__main__":
+    main()
