@@ -662,3 +662,65 @@ fn https_through_nginx_and_curl_is_measured_like_plain_http() {
         4000.0
     );
 }
+
+/// Caps: routes per service and series fold into explicit overflow series with exact
+/// totals; a ring buffer too small for a burst counts what it lost.
+#[test]
+fn http_caps_fold_into_overflow_and_lost_events_are_counted() {
+    if !have_root("http_caps_fold_into_overflow_and_lost_events_are_counted") {
+        return;
+    }
+    let _kernel = kernel_lock();
+    let agent = Agent::start(
+        "probes:\n  http:\n    enabled: true\n    max_routes_per_service: 2\n    ring_buffer_bytes: 4096\n",
+    );
+    let server = Server::python();
+    let stream = connect(server.port);
+    let mut reader = BufReader::new(&stream);
+    for path in ["/a", "/b", "/c", "/d", "/a"] {
+        (&stream)
+            .write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
+            .expect("send");
+        assert_eq!(read_response(&mut reader), 200);
+        // One request at a time, drained before the next: nothing lost here.
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    let pid = server.pid();
+    let m = common::eventually(&agent, |m| {
+        m.sum(
+            "http_server_request_duration_seconds_count",
+            &[("process_pid", pid.as_str())],
+        ) == 5.0
+    });
+    let route = |r: &str| {
+        m.sum(
+            "http_server_request_duration_seconds_count",
+            &[("process_pid", pid.as_str()), ("http_route", r)],
+        )
+    };
+    assert_eq!((route("/a"), route("/b")), (2.0, 1.0));
+    assert_eq!(route("__overflow__"), 2.0, "/c and /d beyond the cap of 2");
+    // The server's two and, as a client with its own cap, this test's two.
+    assert_eq!(
+        m.one(
+            "periscope_series_folded_total",
+            &[("probe", "http"), ("map", "routes")]
+        ),
+        4.0
+    );
+
+    // A burst of 200 pipelined requests overflows a 4 KiB ring buffer.
+    let mut burst = Vec::new();
+    for _ in 0..200 {
+        burst.extend_from_slice(b"GET /a HTTP/1.1\r\nHost: t\r\n\r\n");
+    }
+    (&stream).write_all(&burst).expect("send");
+    for _ in 0..200 {
+        assert_eq!(read_response(&mut reader), 200);
+    }
+    let m = agent.metrics();
+    assert!(
+        m.one("periscope_events_lost_total", &[("probe", "http")]) > 0.0,
+        "a full ring buffer is counted, not silent"
+    );
+}
