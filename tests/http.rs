@@ -308,6 +308,7 @@ fn exact_counts_for_keep_alive_fresh_pipelined_and_chunked_requests() {
         &[
             ("process_executable_name", "curl"),
             ("http_response_status_code", "202"),
+            ("server_address", "127.0.0.1"),
         ],
     );
     assert_eq!(curl, 3.0);
@@ -645,6 +646,7 @@ fn https_through_nginx_and_curl_is_measured_like_plain_http() {
     );
     let curl = [
         ("process_executable_name", "curl"),
+        ("server_address", "127.0.0.1"),
         ("server_port", port.as_str()),
         ("url_scheme", "https"),
     ];

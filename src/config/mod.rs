@@ -94,6 +94,9 @@ pub struct HttpConfig {
     pub max_series: NonZeroU32,
     /// Routes per service, at most; beyond, `http_route="__overflow__"`.
     pub max_routes_per_service: NonZeroU32,
+    /// Server addresses a client service reports, at most; beyond,
+    /// `server_address="__overflow__"`.
+    pub max_server_addresses_per_service: NonZeroU32,
     /// Route patterns such as `/users/{id}`; other paths go through the id heuristic.
     pub routes: Vec<String>,
     /// `le` bounds of the request duration histograms.
@@ -110,6 +113,7 @@ impl Default for HttpConfig {
             ring_buffer_bytes: 8 << 20,
             max_series: nonzero(10000),
             max_routes_per_service: nonzero(200),
+            max_server_addresses_per_service: nonzero(50),
             routes: Vec::new(),
             // The OpenTelemetry semantic conventions' advice for HTTP durations.
             duration_buckets_seconds: Buckets(vec![

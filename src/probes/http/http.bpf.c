@@ -112,10 +112,10 @@ struct exit_record {
 	long ret;
 };
 
-static __always_inline void track(__u32 tgid, __u32 fd, __u8 role, __u16 server_port)
+static __always_inline void track(__u32 tgid, __u32 fd, __u8 role, struct psc_peer *server)
 {
 	struct psc_conn_key key = { .tgid = tgid, .fd = fd };
-	struct psc_conn conn = { .role = role, .server_port = server_port };
+	struct psc_conn conn = { .role = role, .server = *server };
 
 	if (bpf_map_update_elem(&conns, &key, &conn, BPF_ANY))
 		PSC_COUNT_IN(counters, PSC_HTTP_CONNS_REFUSED);
@@ -137,16 +137,41 @@ static __always_inline __u16 local_port(__u32 fd)
 	return BPF_CORE_READ(sock, sk, __sk_common.skc_num);
 }
 
-/* The port of a sockaddr in user memory, 0 when it is not IPv4 or IPv6. */
-static __always_inline __u16 sockaddr_port(const void *addr)
+/* Port and address of a sockaddr in user memory; left zero unless IPv4 or IPv6. */
+static __always_inline void sockaddr_peer(const void *addr, struct psc_peer *peer)
 {
-	struct { __u16 family; __u16 port; } head = {};
+	struct {
+		__u16 family;
+		__u16 port;
+		__u32 v4_or_flowinfo;
+		__u8 v6[16];
+	} sa = {};
 
-	if (!addr || bpf_probe_read_user(&head, sizeof(head), addr))
-		return 0;
-	if (head.family != AF_INET && head.family != AF_INET6)
-		return 0;
-	return bpf_ntohs(head.port);
+	if (!addr || bpf_probe_read_user(&sa, sizeof(sa), addr))
+		return;
+	if (sa.family == AF_INET) {
+		peer->family = AF_INET;
+		__builtin_memcpy(peer->addr, &sa.v4_or_flowinfo, 4);
+	} else if (sa.family == AF_INET6) {
+		peer->family = AF_INET6;
+		__builtin_memcpy(peer->addr, sa.v6, 16);
+	} else {
+		return;
+	}
+	peer->port = bpf_ntohs(sa.port);
+}
+
+static __always_inline void fill_event(struct scratch *s, __u32 tgid, __u32 fd, __u64 len,
+				       __u8 kind, struct psc_conn *conn, __u8 tls)
+{
+	s->event.ts = bpf_ktime_get_ns();
+	s->event.tgid = tgid;
+	s->event.fd = fd;
+	s->event.len = len;
+	s->event.kind = kind;
+	s->event.role = conn->role;
+	s->event.tls = tls;
+	s->event.server = conn->server;
 }
 
 static __always_inline int is_data_syscall(int nr)
@@ -228,13 +253,7 @@ int psc_http_close(struct close_record *ctx)
 		return 0;
 	s = bpf_map_lookup_elem(&scratch, &zero);
 	if (s) {
-		s->event.ts = bpf_ktime_get_ns();
-		s->event.tgid = tgid;
-		s->event.fd = key.fd;
-		s->event.len = 0;
-		s->event.kind = PSC_HTTP_CLOSE;
-		s->event.role = conn->role;
-		s->event.server_port = conn->server_port;
+		fill_event(s, tgid, key.fd, 0, PSC_HTTP_CLOSE, conn, 0);
 		emit(s, 0);
 	}
 	bpf_map_delete_elem(&conns, &key);
@@ -251,7 +270,10 @@ int psc_http_enter(struct enter_record *ctx)
 	int nr = ctx->nr;
 
 	if (nr == NR_CONNECT) {
-		track(tgid, key.fd, PSC_ROLE_CLIENT, sockaddr_port((void *)ctx->args[1]));
+		struct psc_peer server = {};
+
+		sockaddr_peer((void *)ctx->args[1], &server);
+		track(tgid, key.fd, PSC_ROLE_CLIENT, &server);
 		return 0;
 	}
 	conn = bpf_map_lookup_elem(&conns, &key);
@@ -297,8 +319,11 @@ int psc_http_exit(struct exit_record *ctx)
 	long ret = ctx->ret;
 
 	if (nr == NR_ACCEPT || nr == NR_ACCEPT4) {
-		if (ret >= 0)
-			track(tgid, ret, PSC_ROLE_SERVER, local_port(ret));
+		if (ret >= 0) {
+			struct psc_peer server = { .port = local_port(ret) };
+
+			track(tgid, ret, PSC_ROLE_SERVER, &server);
+		}
 		return 0;
 	}
 	p = bpf_task_storage_get(&pending, bpf_get_current_task_btf(), 0, 0);
@@ -336,14 +361,7 @@ int psc_http_exit(struct exit_record *ctx)
 	default: /* sendfile: file bytes, counted by length */
 		break;
 	}
-	s->event.ts = bpf_ktime_get_ns();
-	s->event.tgid = tgid;
-	s->event.fd = key.fd;
-	s->event.len = ret;
-	s->event.kind = is_read(nr) ? PSC_HTTP_READ : PSC_HTTP_WRITE;
-	s->event.role = conn->role;
-	s->event.tls = 0;
-	s->event.server_port = conn->server_port;
+	fill_event(s, tgid, key.fd, ret, is_read(nr) ? PSC_HTTP_READ : PSC_HTTP_WRITE, conn, 0);
 	emit(s, captured);
 	return 0;
 }
@@ -409,14 +427,7 @@ static __always_inline int ssl_exit(long ret)
 	want = len > PSC_HTTP_CAPTURE ? PSC_HTTP_CAPTURE : len;
 	if (bpf_probe_read_user(s->data, want, (void *)call->buf))
 		want = 0;
-	s->event.ts = bpf_ktime_get_ns();
-	s->event.tgid = tgid;
-	s->event.fd = key.fd;
-	s->event.len = len;
-	s->event.kind = call->write ? PSC_HTTP_WRITE : PSC_HTTP_READ;
-	s->event.role = conn->role;
-	s->event.tls = 1;
-	s->event.server_port = conn->server_port;
+	fill_event(s, tgid, key.fd, len, call->write ? PSC_HTTP_WRITE : PSC_HTTP_READ, conn, 1);
 	emit(s, want);
 	return 0;
 }

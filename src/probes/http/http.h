@@ -17,12 +17,20 @@ enum psc_http_role {
 	PSC_ROLE_CLIENT = 2, /* connected: writes requests, reads responses */
 };
 
+/* The server of a connection: the local address for accepted connections, the remote
+ * one for connected ones (only the port is known for accepted ones). */
+struct psc_peer {
+	__u16 port;
+	__u8 family; /* AF_INET or AF_INET6; 0 when the address is unknown */
+	__u8 pad;
+	__u8 addr[16]; /* IPv4 in the first 4 bytes */
+};
+
 struct psc_conn {
 	__u8 role;
 	__u8 tls; /* bytes on the socket are TLS records: the plaintext comes from uprobes */
-	/* The server's port: local for accepted connections, remote for connected ones. */
-	__u16 server_port;
-	__u32 pad2;
+	__u16 pad;
+	struct psc_peer server;
 };
 
 enum psc_http_event_kind {
@@ -42,8 +50,7 @@ struct psc_http_event {
 	__u8 role;
 	__u8 tls;
 	__u8 pad;
-	__u16 server_port;
-	__u16 pad2;
+	struct psc_peer server;
 	/* The process's name (its group leader's comm), for processes gone before user
 	 * space reads their /proc entry. */
 	char comm[PSC_COMM_LEN];

@@ -113,6 +113,8 @@ struct SeriesKey {
     method: String,
     status: u16,
     route: String,
+    /// Client series only: the address the client connected to.
+    server_address: String,
     server_port: u16,
     /// TLS plaintext (from the OpenSSL uprobes) or plain HTTP.
     tls: bool,
@@ -142,6 +144,7 @@ pub struct HttpProbe {
     max_series: usize,
     series_folded: u64,
     routes: RouteTable,
+    addresses: routes::PerServiceCap,
     processes: ProcessTable,
     pid_label: bool,
     durations: DurationBounds,
@@ -198,6 +201,9 @@ impl HttpProbe {
             max_series: settings.max_series.get() as usize,
             series_folded: 0,
             routes: RouteTable::new(patterns, settings.max_routes_per_service.get() as usize),
+            addresses: routes::PerServiceCap::new(
+                settings.max_server_addresses_per_service.get() as usize
+            ),
             processes: ProcessTable::new(),
             pid_label: config.processes.pid_label,
             durations: DurationBounds::new(&settings.duration_buckets_seconds.0),
@@ -368,7 +374,7 @@ impl HttpProbe {
 
     fn record(&mut self, event: &types::psc_http_event, role: Role, exchange: Exchange) {
         let tgid = event.tgid;
-        let server_port = event.server_port;
+        let server_port = event.server.port;
         // /proc is read once per process here; collections refresh it.
         let (name, created) = match self.processes.get(tgid) {
             Some(info) => (info.name.clone(), info.first_seen),
@@ -379,6 +385,11 @@ impl HttpProbe {
             }
         };
         let route = self.routes.route(&name, &exchange.path);
+        // Clients report whom they called, capped per service; servers are themselves.
+        let server_address = match role {
+            Role::Client => self.addresses.admit(&name, peer_address(&event.server)),
+            Role::Server => String::new(),
+        };
         let mut key = SeriesKey {
             role,
             pid: self.pid_label.then_some(tgid),
@@ -386,6 +397,7 @@ impl HttpProbe {
             method: normalize_method(&exchange.method),
             status: exchange.status,
             route,
+            server_address,
             server_port,
             tls: event.tls != 0,
         };
@@ -398,6 +410,7 @@ impl HttpProbe {
                 method: "_OTHER".into(),
                 status: exchange.status,
                 route: routes::OVERFLOW_ROUTE.into(),
+                server_address: String::new(),
                 server_port: 0,
                 tls: false,
             };
@@ -633,6 +646,7 @@ impl Probe for HttpProbe {
             ("connections", self.connections_refused),
             ("series", self.series_folded),
             ("routes", self.routes.folded()),
+            ("server_addresses", self.addresses.folded()),
             ("tls_unknown_socket", self.counter(2)),
         ]
     }
@@ -646,6 +660,18 @@ impl Probe for HttpProbe {
     }
 }
 
+/// The text form of a server address the kernel recorded ("" when unknown).
+fn peer_address(peer: &types::psc_peer) -> String {
+    const AF_INET: u8 = 2;
+    const AF_INET6: u8 = 10;
+    match peer.family {
+        AF_INET => std::net::Ipv4Addr::new(peer.addr[0], peer.addr[1], peer.addr[2], peer.addr[3])
+            .to_string(),
+        AF_INET6 => std::net::Ipv6Addr::from(peer.addr).to_string(),
+        _ => String::new(),
+    }
+}
+
 fn series_labels(key: &SeriesKey) -> Labels {
     let mut labels = Labels::with_capacity(7);
     if let Some(pid) = key.pid {
@@ -656,6 +682,9 @@ fn series_labels(key: &SeriesKey) -> Labels {
     labels.push(("http_request_method", key.method.clone()));
     labels.push(("http_response_status_code", key.status.to_string()));
     labels.push(("http_route", key.route.clone()));
+    if key.role == Role::Client {
+        labels.push(("server_address", key.server_address.clone()));
+    }
     labels.push(("server_port", key.server_port.to_string()));
     // The semantic conventions' url.scheme: TLS traffic keeps the same metric names.
     labels.push((

@@ -85,22 +85,59 @@ fn looks_like_id(segment: &str) -> bool {
         || segment.len() > 64
 }
 
-/// Routes per service, capped.
+/// Values of one label per service, capped: beyond the cap, a service's new values are
+/// reported as `__overflow__` and counted.
 #[derive(Debug, Default)]
-pub struct RouteTable {
-    patterns: Vec<RoutePattern>,
+pub struct PerServiceCap {
     max_per_service: usize,
     seen: HashMap<String, HashSet<String>>,
     folded: u64,
+}
+
+impl PerServiceCap {
+    pub fn new(max_per_service: usize) -> PerServiceCap {
+        PerServiceCap {
+            max_per_service,
+            seen: HashMap::new(),
+            folded: 0,
+        }
+    }
+
+    /// The value to export for `value` of `service`.
+    pub fn admit(&mut self, service: &str, value: String) -> String {
+        let values = match self.seen.get_mut(service) {
+            Some(values) => values,
+            None => self.seen.entry(service.to_string()).or_default(),
+        };
+        if values.contains(&value) {
+            return value;
+        }
+        if values.len() >= self.max_per_service {
+            self.folded += 1;
+            return OVERFLOW_ROUTE.into();
+        }
+        values.insert(value.clone());
+        value
+    }
+
+    /// Values reported as `__overflow__` because their service was at its cap.
+    pub fn folded(&self) -> u64 {
+        self.folded
+    }
+}
+
+/// Routes per service: configured patterns first, then the id heuristic, capped.
+#[derive(Debug, Default)]
+pub struct RouteTable {
+    patterns: Vec<RoutePattern>,
+    cap: PerServiceCap,
 }
 
 impl RouteTable {
     pub fn new(patterns: Vec<RoutePattern>, max_per_service: usize) -> RouteTable {
         RouteTable {
             patterns,
-            max_per_service,
-            seen: HashMap::new(),
-            folded: 0,
+            cap: PerServiceCap::new(max_per_service),
         }
     }
 
@@ -112,25 +149,12 @@ impl RouteTable {
             .find(|p| p.matches(path))
             .map(|p| p.text.clone())
             .unwrap_or_else(|| heuristic_route(path));
-        let routes = self.seen.entry(service.to_string()).or_default();
-        if routes.contains(&route) {
-            return route;
-        }
-        if routes.len() >= self.max_per_service {
-            self.folded += 1;
-            return OVERFLOW_ROUTE.into();
-        }
-        routes.insert(route.clone());
-        route
+        self.cap.admit(service, route)
     }
 
     /// Requests whose route was beyond their service's cap.
     pub fn folded(&self) -> u64 {
-        self.folded
-    }
-
-    pub fn forget_service(&mut self, service: &str) {
-        self.seen.remove(service);
+        self.cap.folded()
     }
 }
 
