@@ -726,3 +726,105 @@ fn http_caps_fold_into_overflow_and_lost_events_are_counted() {
         "a full ring buffer is counted, not silent"
     );
 }
+
+/// A process started after the agent, with a libssl of its own (here a copy reached by
+/// LD_LIBRARY_PATH, as a container's would be): its HTTPS requests are measured too.
+#[test]
+fn tls_of_a_new_process_with_its_own_libssl_is_traced() {
+    if !have_root("tls_of_a_new_process_with_its_own_libssl_is_traced") {
+        return;
+    }
+    let _kernel = kernel_lock();
+    let agent = Agent::start(HTTP_CONFIG);
+    let libraries = |m: &Metrics| m.one("periscope_tls_libraries", &[]);
+    let before = libraries(&agent.metrics());
+
+    let certs = common::TempDir::new("own-libssl");
+    let (cert, key) = (certs.path().join("cert.pem"), certs.path().join("key.pem"));
+    let made = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+        ])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(Stdio::null())
+        .status()
+        .expect("openssl runs");
+    assert!(made.success());
+    let tls_port = free_port();
+    let _nginx = Nginx::start(&format!(
+        "server {{ listen 127.0.0.1:{tls_port} ssl; ssl_certificate {}; ssl_certificate_key {}; root NGINX_DIR/www; }}",
+        cert.display(),
+        key.display(),
+    ));
+    let libdir = certs.path().join("lib");
+    std::fs::create_dir_all(&libdir).expect("lib dir");
+    let system = tls_library();
+    std::fs::copy(&system, libdir.join(system.file_name().expect("name"))).expect("copy libssl");
+
+    let script = format!(
+        "import http.client, ssl, sys\n\
+         print('ready', flush=True)\n\
+         sys.stdin.readline()\n\
+         c = http.client.HTTPSConnection('127.0.0.1', {tls_port}, context=ssl._create_unverified_context())\n\
+         for _ in range(6):\n    c.request('GET', '/index.html'); c.getresponse().read()\n\
+         print('done', flush=True)\n\
+         sys.stdin.readline()\n"
+    );
+    let mut child = Command::new("python3")
+        .args(["-c", &script])
+        .env("LD_LIBRARY_PATH", &libdir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3 runs");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    stdout.read_line(&mut line).expect("ready");
+    // The agent notices the new process and its libssl.
+    let m = common::eventually(&agent, |m| libraries(m) > before);
+    assert_eq!(libraries(&m), before + 1.0, "the copy is traced");
+    writeln!(stdin).expect("go");
+    line.clear();
+    stdout.read_line(&mut line).expect("done");
+    let pid = child.id().to_string();
+    let this = [("process_pid", pid.as_str()), ("url_scheme", "https")];
+    let m = common::eventually(&agent, |m| {
+        m.sum("http_client_request_duration_seconds_count", &this) == 6.0
+    });
+    assert_eq!(
+        m.sum("http_client_request_duration_seconds_count", &this),
+        6.0
+    );
+    writeln!(stdin).expect("finish");
+    let _ = child.wait();
+}
+
+/// The system's libssl, as the dynamic loader finds it.
+fn tls_library() -> std::path::PathBuf {
+    for dir in [
+        "/usr/lib/x86_64-linux-gnu",
+        "/lib/x86_64-linux-gnu",
+        "/usr/lib64",
+        "/usr/lib",
+    ] {
+        for name in ["libssl.so.3", "libssl.so.1.1"] {
+            let path = std::path::Path::new(dir).join(name);
+            if path.exists() {
+                return path;
+            }
+        }
+    }
+    panic!("no libssl on this machine (scripts/setup.sh --test installs openssl)");
+}

@@ -471,3 +471,19 @@ int BPF_UPROBE(psc_ssl_set_fd, void *ssl, int fd)
 	bpf_map_update_elem(&ssl_fds, &sk, &value, BPF_ANY);
 	return 0;
 }
+
+/* A new program: it may map a libssl no uprobe covers yet (a container's own copy). */
+SEC("tp_btf/sched_process_exec")
+int BPF_PROG(psc_http_exec, struct task_struct *task, pid_t old_pid, struct linux_binprm *bprm)
+{
+	struct psc_conn none = {};
+	struct scratch *s;
+	__u32 zero = 0;
+
+	s = bpf_map_lookup_elem(&scratch, &zero);
+	if (!s)
+		return 0;
+	fill_event(s, bpf_get_current_pid_tgid() >> 32, 0, 0, PSC_HTTP_EXEC, &none, 0);
+	emit(s, 0);
+	return 0;
+}

@@ -37,6 +37,7 @@ enum psc_http_event_kind {
 	PSC_HTTP_READ = 1,
 	PSC_HTTP_WRITE = 2,
 	PSC_HTTP_CLOSE = 3,
+	PSC_HTTP_EXEC = 4, /* a process started: user space looks for a libssl of its own */
 };
 
 /* A read, write or close on a tracked connection, followed by `captured` bytes. */

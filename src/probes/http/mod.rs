@@ -76,6 +76,13 @@ const DRAIN_INTERVAL: Duration = Duration::from_millis(10);
 const KIND_READ: u8 = 1;
 const KIND_WRITE: u8 = 2;
 const KIND_CLOSE: u8 = 3;
+const KIND_EXEC: u8 = 4;
+
+/// New processes whose libssl is checked, at most, waiting their turn; beyond, counted.
+const MAX_PENDING_EXECS: usize = 4096;
+/// When a new process's mappings are read: the loader maps libraries within
+/// milliseconds of exec; a late `dlopen` is caught by the second look.
+const EXEC_LOOKS: [Duration; 2] = [Duration::from_millis(200), Duration::from_secs(2)];
 
 pub const OVERFLOW_NAME: &str = "__overflow__";
 
@@ -152,6 +159,11 @@ pub struct HttpProbe {
     body_bounds_exported: Vec<f64>,
     events: u64,
     tls_libraries: usize,
+    /// libssl files already traced, by (device, inode).
+    tls_files: std::collections::HashSet<(u64, u64)>,
+    /// New processes to look at, and when.
+    pending_execs: std::collections::VecDeque<(Instant, u32)>,
+    execs_refused: u64,
     exited_ttl: Duration,
     expired_series: u64,
     next_sweep: Instant,
@@ -211,6 +223,9 @@ impl HttpProbe {
             body_bounds_exported: body.clone(),
             events: 0,
             tls_libraries: 0,
+            tls_files: std::collections::HashSet::new(),
+            pending_execs: std::collections::VecDeque::new(),
+            execs_refused: 0,
             exited_ttl: Duration::from_secs(config.processes.exited_ttl_secs),
             expired_series: 0,
             next_sweep: Instant::now(),
@@ -241,6 +256,13 @@ impl HttpProbe {
             }
         }
         self.attach_tls();
+        self.links.push(
+            self.skel
+                .progs
+                .psc_http_exec
+                .attach()
+                .map_err(ProbeError::bpf("attaching tp_btf/sched_process_exec"))?,
+        );
         let inbox = self.inbox.clone();
         let mut builder = RingBufferBuilder::new();
         builder
@@ -267,51 +289,74 @@ impl HttpProbe {
     /// Uprobes on every libssl found: uprobes attach to the file, so every process that
     /// maps it, now or later, is covered.
     fn attach_tls(&mut self) {
-        let progs = &self.skel.progs;
         for library in tls::libssl_paths() {
-            let mut attached = 0;
-            for (function, prog, ret) in [
-                ("SSL_read", &progs.psc_ssl_read, true),
-                ("SSL_write", &progs.psc_ssl_write, true),
-                ("SSL_read_ex", &progs.psc_ssl_read_ex, true),
-                ("SSL_write_ex", &progs.psc_ssl_write_ex, true),
-                ("SSL_set_fd", &progs.psc_ssl_set_fd, false),
-            ] {
-                let probe = |prog: &libbpf_rs::ProgramMut, retprobe: bool| {
-                    prog.attach_uprobe_with_opts(
-                        -1,
-                        &library,
-                        0,
-                        UprobeOpts {
-                            func_name: Some(function.to_string()),
-                            retprobe,
-                            ..Default::default()
-                        },
-                    )
-                };
-                match probe(prog, false) {
-                    Ok(link) => {
-                        self.links.push(link);
-                        attached += 1;
-                        if ret {
-                            match probe(&progs.psc_ssl_ret, true) {
-                                Ok(link) => self.links.push(link),
-                                Err(err) => {
-                                    warn!(library = %library.display(), function, error = %err, "no uretprobe")
-                                }
+            self.attach_libssl(&library);
+        }
+    }
+
+    /// Looks at the libssl of processes that started a while ago.
+    fn check_new_processes(&mut self, now: Instant) {
+        while let Some((due, pid)) = self.pending_execs.front().copied() {
+            if due > now {
+                break;
+            }
+            self.pending_execs.pop_front();
+            for library in tls::libssl_of(pid) {
+                self.attach_libssl(&library);
+            }
+        }
+    }
+
+    fn attach_libssl(&mut self, library: &std::path::Path) {
+        let Some(id) = tls::file_id(library) else {
+            return;
+        };
+        if !self.tls_files.insert(id) {
+            return;
+        }
+        let progs = &self.skel.progs;
+        let mut attached = 0;
+        for (function, prog, ret) in [
+            ("SSL_read", &progs.psc_ssl_read, true),
+            ("SSL_write", &progs.psc_ssl_write, true),
+            ("SSL_read_ex", &progs.psc_ssl_read_ex, true),
+            ("SSL_write_ex", &progs.psc_ssl_write_ex, true),
+            ("SSL_set_fd", &progs.psc_ssl_set_fd, false),
+        ] {
+            let probe = |prog: &libbpf_rs::ProgramMut, retprobe: bool| {
+                prog.attach_uprobe_with_opts(
+                    -1,
+                    library,
+                    0,
+                    UprobeOpts {
+                        func_name: Some(function.to_string()),
+                        retprobe,
+                        ..Default::default()
+                    },
+                )
+            };
+            match probe(prog, false) {
+                Ok(link) => {
+                    self.links.push(link);
+                    attached += 1;
+                    if ret {
+                        match probe(&progs.psc_ssl_ret, true) {
+                            Ok(link) => self.links.push(link),
+                            Err(err) => {
+                                warn!(library = %library.display(), function, error = %err, "no uretprobe")
                             }
                         }
                     }
-                    // The _ex variants exist from OpenSSL 1.1.1 on.
-                    Err(err) => {
-                        debug!(library = %library.display(), function, error = %err, "function not traced")
-                    }
+                }
+                // The _ex variants exist from OpenSSL 1.1.1 on.
+                Err(err) => {
+                    debug!(library = %library.display(), function, error = %err, "function not traced")
                 }
             }
-            if attached > 0 {
-                info!(library = %library.display(), functions = attached, "tracing TLS plaintext");
-                self.tls_libraries += 1;
-            }
+        }
+        if attached > 0 {
+            info!(library = %library.display(), functions = attached, "tracing TLS plaintext");
+            self.tls_libraries += 1;
         }
     }
 
@@ -330,6 +375,17 @@ impl HttpProbe {
     }
 
     fn handle(&mut self, event: &types::psc_http_event, data: &[u8]) {
+        if event.kind == KIND_EXEC {
+            if self.pending_execs.len() >= MAX_PENDING_EXECS {
+                self.execs_refused += 1;
+            } else {
+                let now = Instant::now();
+                for look in EXEC_LOOKS {
+                    self.pending_execs.push_back((now + look, event.tgid));
+                }
+            }
+            return;
+        }
         let key = (event.tgid, event.fd);
         let role = if event.role == 1 {
             Role::Server
@@ -519,6 +575,7 @@ impl Probe for HttpProbe {
     fn tick(&mut self, now: Instant) -> Option<Instant> {
         self.ring.as_ref()?;
         self.drain();
+        self.check_new_processes(now);
         if now >= self.next_sweep {
             self.sweep();
             self.next_sweep = now + Duration::from_secs(30);
@@ -599,6 +656,13 @@ impl Probe for HttpProbe {
             }
         }
         out.extend(families.into_iter().map(|(_, f)| f));
+        let mut libraries = Family::new(
+            "periscope_tls_libraries",
+            "OpenSSL libraries whose SSL_read/SSL_write are traced.",
+            MetricKind::Gauge,
+        );
+        libraries.push(Vec::new(), Value::Gauge(self.tls_libraries as f64));
+        out.push(libraries);
         out.extend(bodies.into_iter().map(|(_, _, f)| f));
         self.fill = vec![
             MapFill {
@@ -648,6 +712,7 @@ impl Probe for HttpProbe {
             ("routes", self.routes.folded()),
             ("server_addresses", self.addresses.folded()),
             ("tls_unknown_socket", self.counter(2)),
+            ("pending_execs", self.execs_refused),
         ]
     }
 

@@ -66,6 +66,32 @@ pub fn libssl_paths() -> Vec<PathBuf> {
         .collect()
 }
 
+/// The libssl files process `pid` maps, as paths through its root.
+pub fn libssl_of(pid: u32) -> Vec<PathBuf> {
+    let proc_dir = PathBuf::from(format!("/proc/{pid}"));
+    let Ok(maps) = std::fs::read_to_string(proc_dir.join("maps")) else {
+        return Vec::new();
+    };
+    let mut found: Vec<PathBuf> = maps
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .filter(|path| {
+            Path::new(path)
+                .file_name()
+                .is_some_and(|f| is_libssl(&f.to_string_lossy()))
+        })
+        .map(|path| proc_dir.join("root").join(path.trim_start_matches('/')))
+        .collect();
+    found.sort();
+    found.dedup();
+    found
+}
+
+/// A file's identity, whatever path reaches it.
+pub fn file_id(path: &Path) -> Option<(u64, u64)> {
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
 /// `libssl.so.3`, `libssl.so.1.1` (not the unversioned development link, not NSS's
 /// `libssl3.so`).
 fn is_libssl(name: &str) -> bool {
