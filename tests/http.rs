@@ -587,36 +587,7 @@ fn https_through_nginx_and_curl_is_measured_like_plain_http() {
     }
     let _kernel = kernel_lock();
     let agent = Agent::start(HTTP_CONFIG);
-    let certs = common::TempDir::new("certs");
-    let (cert, key) = (certs.path().join("cert.pem"), certs.path().join("key.pem"));
-    let made = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=localhost",
-            "-keyout",
-        ])
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .stderr(Stdio::null())
-        .status()
-        .expect("openssl runs");
-    assert!(made.success(), "a self-signed certificate");
-    let tls_port = free_port();
-    let nginx = Nginx::start(&format!(
-        "server {{ listen 127.0.0.1:{tls_port} ssl; ssl_certificate {}; ssl_certificate_key {}; root {}/www; }}",
-        cert.display(),
-        key.display(),
-        "NGINX_DIR"
-    ));
-    let _ = &nginx;
+    let (_nginx, tls_port, _certs) = nginx_with_tls();
     for path in [
         "index.html",
         "index.html",
@@ -739,34 +710,7 @@ fn tls_of_a_new_process_with_its_own_libssl_is_traced() {
     let libraries = |m: &Metrics| m.one("periscope_tls_libraries", &[]);
     let before = libraries(&agent.metrics());
 
-    let certs = common::TempDir::new("own-libssl");
-    let (cert, key) = (certs.path().join("cert.pem"), certs.path().join("key.pem"));
-    let made = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=localhost",
-            "-keyout",
-        ])
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .stderr(Stdio::null())
-        .status()
-        .expect("openssl runs");
-    assert!(made.success());
-    let tls_port = free_port();
-    let _nginx = Nginx::start(&format!(
-        "server {{ listen 127.0.0.1:{tls_port} ssl; ssl_certificate {}; ssl_certificate_key {}; root NGINX_DIR/www; }}",
-        cert.display(),
-        key.display(),
-    ));
+    let (_nginx, tls_port, certs) = nginx_with_tls();
     let libdir = certs.path().join("lib");
     std::fs::create_dir_all(&libdir).expect("lib dir");
     let system = tls_library();
@@ -827,4 +771,30 @@ fn tls_library() -> std::path::PathBuf {
         }
     }
     panic!("no libssl on this machine (scripts/setup.sh --test installs openssl)");
+}
+
+/// nginx serving its files over HTTPS too, with a self-signed certificate made here:
+/// the server, its TLS port, and the folder holding the certificate.
+fn nginx_with_tls() -> (Nginx, u16, common::TempDir) {
+    let certs = common::TempDir::new("certs");
+    let (cert, key) = (certs.path().join("cert.pem"), certs.path().join("key.pem"));
+    let made = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        ])
+        .args(["-subj", "/CN=localhost", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(Stdio::null())
+        .status()
+        .expect("openssl runs (scripts/setup.sh --test installs it)");
+    assert!(made.success(), "a self-signed certificate");
+    let tls_port = free_port();
+    let nginx = Nginx::start(&format!(
+        "server {{ listen 127.0.0.1:{tls_port} ssl; ssl_certificate {}; ssl_certificate_key {}; root NGINX_DIR/www; }}",
+        cert.display(),
+        key.display(),
+    ));
+    (nginx, tls_port, certs)
 }
