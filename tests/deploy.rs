@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{free_port, have_root, http_get, kernel_lock, Agent, TempDir};
+use common::{free_port, have_root, kernel_lock, Agent, Prometheus};
 
 fn promtool(args: &[&str]) -> (bool, String) {
     let out = Command::new("promtool")
@@ -85,26 +85,6 @@ fn rule_expressions() -> Vec<String> {
     exprs
 }
 
-fn query(port: u16, promql: &str) -> Vec<serde_json::Value> {
-    let encoded: String = promql
-        .bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect();
-    let Some((200, body)) = http_get(port, &format!("/api/v1/query?query={encoded}"), None) else {
-        return Vec::new();
-    };
-    let json: serde_json::Value = serde_json::from_str(&body).expect("JSON");
-    json["data"]["result"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-}
-
 const SERVER: &str = r#"
 import sys, time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -149,27 +129,7 @@ fn every_dashboard_and_rule_expression_returns_data() {
         .read_line(&mut line)
         .expect("server starts");
 
-    let dir = TempDir::new("prom-deploy");
-    std::fs::copy("deploy/prometheus/rules.yml", dir.path().join("rules.yml")).expect("rules");
-    let config = dir.write(
-        "prometheus.yml",
-        &format!(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - rules.yml\nscrape_configs:\n  - job_name: periscope\n    static_configs:\n      - targets: [\"127.0.0.1:{}\"]\n",
-            agent.port
-        ),
-    );
-    let prom_port = free_port();
-    let mut prometheus = Command::new("prometheus")
-        .arg(format!("--config.file={}", config.display()))
-        .arg(format!(
-            "--storage.tsdb.path={}",
-            dir.path().join("data").display()
-        ))
-        .arg(format!("--web.listen-address=127.0.0.1:{prom_port}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("prometheus runs");
+    let prometheus = Prometheus::start(agent.port, Some(Path::new("deploy/prometheus/rules.yml")));
 
     // Load for the whole test: fast requests, 5xx, slow ones, and pipelined bursts
     // that overflow the tiny ring buffer.
@@ -205,7 +165,7 @@ fn every_dashboard_and_rule_expression_returns_data() {
     exprs.extend(rule_expressions());
     let mut missing = exprs.clone();
     for _ in 0..90 {
-        missing.retain(|expr| query(prom_port, expr).is_empty());
+        missing.retain(|expr| prometheus.query(expr).is_empty());
         if missing.is_empty() {
             break;
         }
@@ -213,8 +173,7 @@ fn every_dashboard_and_rule_expression_returns_data() {
     }
     running.store(false, Ordering::Relaxed);
     let _ = load.join();
-    let _ = prometheus.kill();
-    let _ = prometheus.wait();
+    drop(prometheus);
     let _ = server.kill();
     let _ = server.wait();
     assert!(Path::new("deploy/grafana/provisioning/dashboards/periscope.yaml").exists());

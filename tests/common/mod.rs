@@ -400,3 +400,99 @@ pub fn our_programs() -> Vec<String> {
         .filter(|name| name.starts_with("psc_"))
         .collect()
 }
+
+/// A real Prometheus (the Debian package) on loopback, scraping the agent every second,
+/// optionally with a rules file evaluated every second.
+pub struct Prometheus {
+    child: Child,
+    pub port: u16,
+    _dir: TempDir,
+}
+
+impl Prometheus {
+    pub fn start(target_port: u16, rules: Option<&Path>) -> Prometheus {
+        let dir = TempDir::new("prometheus");
+        let port = free_port();
+        let rule_files = match rules {
+            Some(rules) => {
+                std::fs::copy(rules, dir.path().join("rules.yml")).expect("copy rules");
+                "rule_files:\n  - rules.yml\n"
+            }
+            None => "",
+        };
+        let config = dir.write(
+            "prometheus.yml",
+            &format!(
+                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n{rule_files}scrape_configs:\n  - job_name: periscope\n    static_configs:\n      - targets: [\"127.0.0.1:{target_port}\"]\n"
+            ),
+        );
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("prometheus runs (scripts/setup.sh --test installs it)");
+        Prometheus {
+            child,
+            port,
+            _dir: dir,
+        }
+    }
+
+    /// Evaluates an instant query: the series of its vector result.
+    pub fn query(&self, promql: &str) -> Vec<serde_json::Value> {
+        let path = format!("/api/v1/query?query={}", url_encode(promql));
+        let Some((200, body)) = http_get(self.port, &path, None) else {
+            return Vec::new();
+        };
+        let json: serde_json::Value = serde_json::from_str(&body).expect("Prometheus answers JSON");
+        json["data"]["result"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// The values of an instant query's vector result.
+    pub fn values(&self, promql: &str) -> Vec<f64> {
+        self.query(promql)
+            .iter()
+            .filter_map(|r| r["value"][1].as_str()?.parse().ok())
+            .collect()
+    }
+
+    /// Polls until the query returns `want` (scrapes happen every second).
+    pub fn wait_for(&self, promql: &str, want: &[f64]) -> Vec<f64> {
+        let mut got = Vec::new();
+        for _ in 0..60 {
+            got = self.values(promql);
+            if got == want {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        got
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn url_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
