@@ -197,7 +197,9 @@ static __always_inline void emit(struct scratch *s, __u32 captured)
 	if (captured > PSC_HTTP_CAPTURE)
 		captured = PSC_HTTP_CAPTURE;
 	s->event.captured = captured;
-	if (bpf_ringbuf_output(&events, s, sizeof(s->event) + captured, 0))
+	/* No wakeup: user space drains on its own schedule, and a wakeup per event (an
+	 * irq_work on this CPU) would cost more than the event itself. */
+	if (bpf_ringbuf_output(&events, s, sizeof(s->event) + captured, BPF_RB_NO_WAKEUP))
 		PSC_COUNT_IN(counters, PSC_HTTP_LOST_EVENTS);
 }
 
