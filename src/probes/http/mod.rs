@@ -157,12 +157,11 @@ pub struct HttpProbe {
     durations: DurationBounds,
     body_bounds: Vec<u64>,
     body_bounds_exported: Vec<f64>,
-    events: u64,
     tls_libraries: usize,
     /// libssl files already traced, by (device, inode).
     tls_files: std::collections::HashSet<(u64, u64)>,
-    /// New processes to look at, and when.
-    pending_execs: std::collections::VecDeque<(Instant, u32)>,
+    /// New processes to look at, soonest first.
+    pending_execs: std::collections::BinaryHeap<std::cmp::Reverse<(Instant, u32)>>,
     execs_refused: u64,
     exited_ttl: Duration,
     expired_series: u64,
@@ -221,10 +220,9 @@ impl HttpProbe {
             durations: DurationBounds::new(&settings.duration_buckets_seconds.0),
             body_bounds: body.iter().map(|b| *b as u64).collect(),
             body_bounds_exported: body.clone(),
-            events: 0,
             tls_libraries: 0,
             tls_files: std::collections::HashSet::new(),
-            pending_execs: std::collections::VecDeque::new(),
+            pending_execs: std::collections::BinaryHeap::new(),
             execs_refused: 0,
             exited_ttl: Duration::from_secs(config.processes.exited_ttl_secs),
             expired_series: 0,
@@ -296,11 +294,11 @@ impl HttpProbe {
 
     /// Looks at the libssl of processes that started a while ago.
     fn check_new_processes(&mut self, now: Instant) {
-        while let Some((due, pid)) = self.pending_execs.front().copied() {
+        while let Some(std::cmp::Reverse((due, pid))) = self.pending_execs.peek().copied() {
             if due > now {
                 break;
             }
-            self.pending_execs.pop_front();
+            self.pending_execs.pop();
             for library in tls::libssl_of(pid) {
                 self.attach_libssl(&library);
             }
@@ -369,7 +367,6 @@ impl HttpProbe {
         }
         let events = std::mem::take(&mut *self.inbox.borrow_mut());
         for (event, data) in events {
-            self.events += 1;
             self.handle(&event, &data);
         }
     }
@@ -381,7 +378,8 @@ impl HttpProbe {
             } else {
                 let now = Instant::now();
                 for look in EXEC_LOOKS {
-                    self.pending_execs.push_back((now + look, event.tgid));
+                    self.pending_execs
+                        .push(std::cmp::Reverse((now + look, event.tgid)));
                 }
             }
             return;
