@@ -189,11 +189,15 @@ static __always_inline int is_read(int nr)
 	return nr == NR_READ || nr == NR_READV || nr == NR_RECVFROM || nr == NR_RECVMSG;
 }
 
-static __always_inline void emit(struct scratch *s, __u32 captured)
+static __always_inline void emit(struct scratch *s, __u32 captured, int named)
 {
 	struct task_struct *task = bpf_get_current_task_btf();
 
-	bpf_probe_read_kernel_str(s->event.comm, sizeof(s->event.comm), task->group_leader->comm);
+	if (named)
+		s->event.comm[0] = 0;
+	else
+		bpf_probe_read_kernel_str(s->event.comm, sizeof(s->event.comm),
+					  task->group_leader->comm);
 	if (captured > PSC_HTTP_CAPTURE)
 		captured = PSC_HTTP_CAPTURE;
 	s->event.captured = captured;
@@ -256,7 +260,7 @@ int psc_http_close(struct close_record *ctx)
 	s = bpf_map_lookup_elem(&scratch, &zero);
 	if (s) {
 		fill_event(s, tgid, key.fd, 0, PSC_HTTP_CLOSE, conn, 0);
-		emit(s, 0);
+		emit(s, 0, conn->named);
 	}
 	bpf_map_delete_elem(&conns, &key);
 	return 0;
@@ -305,6 +309,9 @@ int psc_http_enter(struct enter_record *ctx)
 	p->nr = nr;
 	p->fd = key.fd;
 	p->arg = ctx->args[1];
+	p->conn = *conn;
+	/* The first event of a connection carries the process's name, the rest need not. */
+	conn->named = 1;
 	return 0;
 }
 
@@ -336,9 +343,9 @@ int psc_http_exit(struct exit_record *ctx)
 		return 0;
 	key.tgid = tgid;
 	key.fd = p->fd;
-	conn = bpf_map_lookup_elem(&conns, &key);
+	conn = &p->conn;
 	s = bpf_map_lookup_elem(&scratch, &zero);
-	if (!conn || !s)
+	if (!s)
 		return 0;
 
 	switch (nr) {
@@ -364,7 +371,7 @@ int psc_http_exit(struct exit_record *ctx)
 		break;
 	}
 	fill_event(s, tgid, key.fd, ret, is_read(nr) ? PSC_HTTP_READ : PSC_HTTP_WRITE, conn, 0);
-	emit(s, captured);
+	emit(s, captured, conn->named);
 	return 0;
 }
 
@@ -430,7 +437,7 @@ static __always_inline int ssl_exit(long ret)
 	if (bpf_probe_read_user(s->data, want, (void *)call->buf))
 		want = 0;
 	fill_event(s, tgid, key.fd, len, call->write ? PSC_HTTP_WRITE : PSC_HTTP_READ, conn, 1);
-	emit(s, want);
+	emit(s, want, 0);
 	return 0;
 }
 
@@ -486,6 +493,6 @@ int BPF_PROG(psc_http_exec, struct task_struct *task, pid_t old_pid, struct linu
 	if (!s)
 		return 0;
 	fill_event(s, bpf_get_current_pid_tgid() >> 32, 0, 0, PSC_HTTP_EXEC, &none, 0);
-	emit(s, 0);
+	emit(s, 0, 1);
 	return 0;
 }

@@ -29,7 +29,8 @@ struct psc_peer {
 struct psc_conn {
 	__u8 role;
 	__u8 tls; /* bytes on the socket are TLS records: the plaintext comes from uprobes */
-	__u16 pad;
+	__u8 named; /* an event has carried the process's name */
+	__u8 pad;
 	struct psc_peer server;
 };
 
@@ -62,6 +63,8 @@ struct psc_http_pending {
 	__u64 arg; /* buffer, iovec array or msghdr, by syscall */
 	__u32 fd;
 	__u32 nr;
+	/* The connection as entry saw it, so that exit need not look it up again. */
+	struct psc_conn conn;
 };
 
 /* An OpenSSL call in flight on a thread, between its uprobe and uretprobe. */

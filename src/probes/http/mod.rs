@@ -384,6 +384,13 @@ impl HttpProbe {
             }
             return;
         }
+        // A connection's first event carries the process's name: learn it now, while
+        // the process may still be there to read /proc from.
+        if event.comm[0] != 0 && self.processes.get(event.tgid).is_none() {
+            let comm = util::c_string(&event.comm);
+            self.processes
+                .observe(event.tgid, Instant::now(), Some(&comm));
+        }
         let key = (event.tgid, event.fd);
         let role = if event.role == 1 {
             Role::Server
@@ -433,8 +440,7 @@ impl HttpProbe {
         let (name, created) = match self.processes.get(tgid) {
             Some(info) => (info.name.clone(), info.first_seen),
             None => {
-                let comm = util::c_string(&event.comm);
-                let info = self.processes.observe(tgid, Instant::now(), Some(&comm));
+                let info = self.processes.observe(tgid, Instant::now(), None);
                 (info.name.clone(), info.first_seen)
             }
         };
