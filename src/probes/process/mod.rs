@@ -140,7 +140,9 @@ impl Probe for ProcessProbe {
         let maps = &self.skel.maps;
         // Rows by name; a process really named like the overflow row shares it.
         let mut rows: BTreeMap<String, Stats> = BTreeMap::new();
+        let mut entries = 0u64;
         for (key, values) in util::read_percpu(&maps.executables) {
+            entries += 1;
             let mut k = types::psc_exe_key::default();
             if plain::copy_from_bytes(&mut k, &key).is_ok() {
                 rows.entry(c_string(&k.comm))
@@ -199,7 +201,7 @@ impl Probe for ProcessProbe {
         out.push(ooms);
         self.fill = vec![MapFill {
             map: "executables",
-            entries: maps.executables.keys().count() as u64,
+            entries,
             capacity: u64::from(maps.executables.max_entries()),
         }];
     }

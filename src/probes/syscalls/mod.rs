@@ -408,14 +408,17 @@ impl SyscallsProbe {
         let mut reading = Reading::default();
         for (tgid, nr, count) in self.fast.taken() {
             *reading.counts.0.entry((tgid, nr)).or_default() += count;
+            reading.entries[0] += 1;
         }
         for (key, values) in util::read_percpu(&maps.counts) {
+            reading.entries[1] += 1;
             if let Some(k) = decode::<types::psc_syscall_key>(&key) {
                 *reading.counts.0.entry((k.tgid, k.nr)).or_default() +=
                     util::sum_percpu_u64(&values);
             }
         }
         for (key, values) in util::read_percpu(&maps.errors) {
+            reading.entries[2] += 1;
             if let Some(k) = decode::<types::psc_syscall_error_key>(&key) {
                 reading
                     .errors
@@ -424,6 +427,7 @@ impl SyscallsProbe {
             }
         }
         for (key, value) in util::read_shared(&maps.latency) {
+            reading.entries[3] += 1;
             if let (Some(k), Some(hist)) =
                 (decode::<types::psc_syscall_key>(&key), decode_hist(&value))
             {
@@ -490,6 +494,9 @@ struct Reading {
     counts: PidKeyed<(u32, u32), u64>,
     errors: PidKeyed<(u32, u32, u32), u64>,
     latency: PidKeyed<(u32, u32), LogLinearHistogram>,
+    /// Entries read from the per-CPU table and the counts, errors and latency maps, for
+    /// the map-fill self-metrics (reading them costs a syscall per entry: once is enough).
+    entries: [u64; 4],
 }
 
 struct PidKeyed<K, V>(HashMap<K, V>);
@@ -579,6 +586,7 @@ impl Probe for SyscallsProbe {
 
     fn collect(&mut self, now: Instant, out: &mut Vec<Family>) {
         let mut reading = self.read();
+        let entries = reading.entries;
         let mut pids: Vec<u32> = reading
             .counts
             .pids()
@@ -708,15 +716,20 @@ impl Probe for SyscallsProbe {
         out.push(timing);
 
         let maps = &self.skel.maps;
+        let read_fill = |map: &'static str, entries: u64, capacity: u32| MapFill {
+            map,
+            entries,
+            capacity: u64::from(capacity),
+        };
         self.fill = vec![
             MapFill {
                 map: "fast_counts",
-                entries: self.fast.taken().count() as u64,
+                entries: entries[0],
                 capacity: self.fast.capacity() as u64,
             },
-            fill("counts", &maps.counts),
-            fill("errors", &maps.errors),
-            fill("latency", &maps.latency),
+            read_fill("counts", entries[1], maps.counts.max_entries()),
+            read_fill("errors", entries[2], maps.errors.max_entries()),
+            read_fill("latency", entries[3], maps.latency.max_entries()),
             fill("overflow_errors", &maps.overflow_errors),
             fill("comms", &maps.comms),
         ];
