@@ -39,9 +39,6 @@ pub struct RequestHead {
     /// target (`http://host/path`, as proxies send) is reduced to its path.
     pub path: String,
     pub body: BodyLength,
-    /// `Expect: 100-continue` was sent.
-    pub expects_continue: bool,
-    pub keep_alive: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -221,55 +218,33 @@ impl Framer {
                     self.state = State::OutOfSync;
                     return data.len();
                 }
-                self.state = State::Head(Vec::new(), at);
-                self.step(data, at, frames)
+                // The common case: the whole head in this read or write, parsed in place.
+                if let Some(end) = find_head_end(data, 0) {
+                    self.complete_head(&data[..end], at, at, frames);
+                    return end;
+                }
+                if data.len() > MAX_HEAD_BYTES {
+                    self.state = State::OutOfSync;
+                } else {
+                    self.state = State::Head(data.to_vec(), at);
+                }
+                data.len()
             }
             State::Head(buf, started) => {
                 let started = *started;
                 let before = buf.len();
                 buf.extend_from_slice(data);
-                let Some(end) = find_head_end(buf) else {
+                // Only the new bytes (and the three before them) can complete the head.
+                let Some(end) = find_head_end(buf, before.saturating_sub(3)) else {
                     if buf.len() > MAX_HEAD_BYTES {
                         self.state = State::OutOfSync;
                     }
                     return data.len();
                 };
-                let head = buf[..end].to_vec();
-                let consumed = end - before;
-                match self.kind {
-                    Kind::Request => match parse_request_head(&head) {
-                        Some(req) => {
-                            let body = req.body;
-                            frames.push(Frame::RequestHead {
-                                head: req,
-                                at: started,
-                            });
-                            self.begin_body(body, at, frames);
-                        }
-                        None => self.state = State::OutOfSync,
-                    },
-                    Kind::Response => match parse_response_head(&head) {
-                        Some(mut resp) => {
-                            let interim = (100..200).contains(&resp.status) && resp.status != 101;
-                            if !interim {
-                                let was_head = self.head_requests.pop_front().unwrap_or(false);
-                                if was_head || resp.status == 204 || resp.status == 304 {
-                                    resp.body = BodyLength::None;
-                                }
-                            } else {
-                                resp.body = BodyLength::None;
-                            }
-                            let body = resp.body;
-                            frames.push(Frame::ResponseHead {
-                                head: resp,
-                                at: started,
-                            });
-                            self.begin_body(body, at, frames);
-                        }
-                        None => self.state = State::OutOfSync,
-                    },
-                }
-                consumed
+                let mut head = std::mem::take(buf);
+                head.truncate(end);
+                self.complete_head(&head, started, at, frames);
+                end - before
             }
             State::Body { remaining, seen } => {
                 let take = (data.len() as u64).min(*remaining);
@@ -350,6 +325,43 @@ impl Framer {
         }
     }
 
+    /// A whole head was read: `started` is when its first byte was, `at` when its last.
+    fn complete_head(&mut self, head: &[u8], started: u64, at: u64, frames: &mut Vec<Frame>) {
+        match self.kind {
+            Kind::Request => match parse_request_head(head) {
+                Some(req) => {
+                    let body = req.body;
+                    frames.push(Frame::RequestHead {
+                        head: req,
+                        at: started,
+                    });
+                    self.begin_body(body, at, frames);
+                }
+                None => self.state = State::OutOfSync,
+            },
+            Kind::Response => match parse_response_head(head) {
+                Some(mut resp) => {
+                    let interim = (100..200).contains(&resp.status) && resp.status != 101;
+                    if !interim {
+                        let was_head = self.head_requests.pop_front().unwrap_or(false);
+                        if was_head || resp.status == 204 || resp.status == 304 {
+                            resp.body = BodyLength::None;
+                        }
+                    } else {
+                        resp.body = BodyLength::None;
+                    }
+                    let body = resp.body;
+                    frames.push(Frame::ResponseHead {
+                        head: resp,
+                        at: started,
+                    });
+                    self.begin_body(body, at, frames);
+                }
+                None => self.state = State::OutOfSync,
+            },
+        }
+    }
+
     fn begin_body(&mut self, body: BodyLength, at: u64, frames: &mut Vec<Frame>) {
         self.state = match body {
             BodyLength::None | BodyLength::Length(0) => {
@@ -391,8 +403,12 @@ fn could_start(kind: Kind, data: &[u8]) -> bool {
         .any(|c| data.len() < c.len() && c.starts_with(data))
 }
 
-fn find_head_end(buf: &[u8]) -> Option<usize> {
-    buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4)
+/// The end of a head (just past its blank line), searching from `from`.
+fn find_head_end(buf: &[u8], from: usize) -> Option<usize> {
+    buf.get(from..)?
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|i| from + i + 4)
 }
 
 fn parse_chunk_size(line: &[u8]) -> Option<u64> {
@@ -444,15 +460,6 @@ fn body_framing(head: &[u8]) -> Option<Option<BodyLength>> {
     Some(length.map(BodyLength::Length))
 }
 
-fn has_token(head: &[u8], header: &[u8], token: &str) -> bool {
-    header_lines(head).any(|(name, value)| {
-        name.eq_ignore_ascii_case(header)
-            && String::from_utf8_lossy(value)
-                .split(',')
-                .any(|t| t.trim().eq_ignore_ascii_case(token))
-    })
-}
-
 pub fn parse_request_head(head: &[u8]) -> Option<RequestHead> {
     let line_end = head.iter().position(|b| *b == b'\n')?;
     let line = head[..line_end]
@@ -468,24 +475,15 @@ pub fn parse_request_head(head: &[u8]) -> Option<RequestHead> {
     if !method.iter().all(|b| b.is_ascii_uppercase()) {
         return None;
     }
-    let http11 = match version {
-        b"HTTP/1.1" => true,
-        b"HTTP/1.0" => false,
-        _ => return None,
-    };
+    if version != b"HTTP/1.1" && version != b"HTTP/1.0" {
+        return None;
+    }
     let path = request_path(target)?;
     let body = body_framing(head)?.unwrap_or(BodyLength::None);
-    let keep_alive = if http11 {
-        !has_token(head, b"connection", "close")
-    } else {
-        has_token(head, b"connection", "keep-alive")
-    };
     Some(RequestHead {
         method: String::from_utf8_lossy(method).into_owned(),
         path,
         body,
-        expects_continue: has_token(head, b"expect", "100-continue"),
-        keep_alive,
     })
 }
 
