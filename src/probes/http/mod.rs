@@ -136,7 +136,15 @@ struct SeriesStats {
 }
 
 /// Raw events handed over by the ring buffer callback.
-type Inbox = Rc<RefCell<Vec<(types::psc_http_event, Vec<u8>)>>>;
+type Inbox = Rc<RefCell<InboxBuffers>>;
+
+/// Events of one drain: headers, and all captured bytes back to back in one buffer, so
+/// that an event costs no allocation once the buffers have grown.
+#[derive(Default)]
+struct InboxBuffers {
+    events: Vec<(types::psc_http_event, std::ops::Range<usize>)>,
+    bytes: Vec<u8>,
+}
 
 pub struct HttpProbe {
     skel: HttpSkel<'static>,
@@ -204,7 +212,7 @@ impl HttpProbe {
             skel,
             links: Vec::new(),
             ring: None,
-            inbox: Rc::new(RefCell::new(Vec::new())),
+            inbox: Rc::new(RefCell::new(InboxBuffers::default())),
             connections: HashMap::new(),
             max_connections: settings.max_connections.get() as usize,
             connections_refused: 0,
@@ -269,9 +277,12 @@ impl HttpProbe {
                 let header = std::mem::size_of::<types::psc_http_event>();
                 if plain::copy_from_bytes(&mut event, data).is_ok() {
                     let captured = (event.captured as usize).min(data.len().saturating_sub(header));
+                    let mut inbox = inbox.borrow_mut();
+                    let start = inbox.bytes.len();
                     inbox
-                        .borrow_mut()
-                        .push((event, data[header..header + captured].to_vec()));
+                        .bytes
+                        .extend_from_slice(&data[header..header + captured]);
+                    inbox.events.push((event, start..start + captured));
                 }
                 0
             })
@@ -365,10 +376,18 @@ impl HttpProbe {
                 warn!(error = %err, "reading the http ring buffer failed");
             }
         }
-        let events = std::mem::take(&mut *self.inbox.borrow_mut());
-        for (event, data) in events {
-            self.handle(&event, &data);
+        // Taken out for the loop (handle needs &mut self), and put back, emptied, so the
+        // buffers keep their capacity.
+        let mut inbox = std::mem::take(&mut *self.inbox.borrow_mut());
+        for (event, range) in &inbox.events {
+            self.handle(event, &inbox.bytes[range.clone()]);
         }
+        inbox.events.clear();
+        inbox.bytes.clear();
+        // A burst may have grown them to the ring buffer's size: give most of it back.
+        inbox.events.shrink_to(16 * 1024);
+        inbox.bytes.shrink_to(1 << 20);
+        *self.inbox.borrow_mut() = inbox;
     }
 
     fn handle(&mut self, event: &types::psc_http_event, data: &[u8]) {
