@@ -9,6 +9,7 @@ use tracing_subscriber::EnvFilter;
 
 use periscope::agent;
 use periscope::config::Config;
+use periscope::probes::BUILT_IN;
 
 #[derive(Parser)]
 #[command(
@@ -137,8 +138,12 @@ fn list_probes(config: &Config) -> Result<()> {
     let (_probes, reports) = agent::load_probes(config, &mut kernel, false);
     println!("PROBE      SUPPORTED  ATTACH METHOD / REASON");
     for report in reports {
+        let enabled = BUILT_IN
+            .iter()
+            .any(|spec| spec.name() == report.probe && spec.enabled(config));
         let (supported, detail) = match report.outcome {
             Ok(method) => ("yes", method),
+            Err(reason) if !enabled => ("off", reason),
             Err(reason) => ("no", reason),
         };
         println!("{:<10} {:<10} {}", report.probe, supported, detail);

@@ -798,3 +798,34 @@ fn nginx_with_tls() -> (Nginx, u16, common::TempDir) {
     ));
     (nginx, tls_port, certs)
 }
+
+#[test]
+fn clients_can_be_left_untraced() {
+    if !have_root("clients_can_be_left_untraced") {
+        return;
+    }
+    let _kernel = kernel_lock();
+    let agent = Agent::start("probes:\n  http:\n    enabled: true\n    clients: false\n");
+    let server = Server::python();
+    for _ in 0..3 {
+        let status = Command::new("curl")
+            .args([
+                "-s",
+                "-o",
+                "/dev/null",
+                &format!("http://127.0.0.1:{}/status/200", server.port),
+            ])
+            .status()
+            .expect("curl runs");
+        assert!(status.success());
+    }
+    let pid = server.pid();
+    let m = common::eventually(&agent, |m| {
+        server_count(m, &pid, "GET", "200", "/status/*") == 3.0
+    });
+    assert_eq!(server_count(&m, &pid, "GET", "200", "/status/*"), 3.0);
+    assert_eq!(
+        m.sum("http_client_request_duration_seconds_count", &[]),
+        0.0
+    );
+}

@@ -86,6 +86,8 @@ pub struct ProbesConfig {
 pub struct HttpConfig {
     /// Off by default while the probe is being completed (TLS, client addresses).
     pub enabled: bool,
+    /// Trace the requests processes make as clients, besides those they serve.
+    pub clients: bool,
     /// Connections traced at once, at most (kernel map and user-space state).
     pub max_connections: NonZeroU32,
     /// Ring buffer carrying reads and writes to user space; a power of two.
@@ -109,6 +111,7 @@ impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
             enabled: false,
+            clients: true,
             max_connections: nonzero(65536),
             ring_buffer_bytes: 8 << 20,
             max_series: nonzero(10000),

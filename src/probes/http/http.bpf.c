@@ -18,6 +18,9 @@
 
 char LICENSE[] SEC("license") = PSC_LICENSE;
 
+/* Set by user space before load: trace connections this host's processes make. */
+const volatile __u8 trace_clients = 1;
+
 struct psc_conn_key psc_conn_key_type = {};
 struct psc_conn psc_conn_type = {};
 struct psc_http_event psc_http_event_type = {};
@@ -278,6 +281,8 @@ int psc_http_enter(struct enter_record *ctx)
 	if (nr == NR_CONNECT) {
 		struct psc_peer server = {};
 
+		if (!trace_clients)
+			return 0;
 		sockaddr_peer((void *)ctx->args[1], &server);
 		track(tgid, key.fd, PSC_ROLE_CLIENT, &server);
 		return 0;

@@ -197,6 +197,9 @@ impl HttpProbe {
             .events
             .set_max_entries(settings.ring_buffer_bytes)
             .map_err(ProbeError::bpf("sizing the ring buffer"))?;
+        if let Some(rodata) = open.maps.rodata_data.as_deref_mut() {
+            rodata.trace_clients = u8::from(settings.clients);
+        }
         let skel = open
             .load()
             .map_err(ProbeError::load("loading the http BPF programs"))?;
