@@ -2,7 +2,7 @@
 
 use std::collections::VecDeque;
 
-use super::parser::{Frame, Framer, Kind};
+use super::parser::{Expect, Frame, Framer, Kind};
 
 /// Which side of the connection the traced process is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -111,7 +111,7 @@ impl Connection {
                 }
                 self.responses
                     .head_requests
-                    .push_back(head.method == "HEAD");
+                    .push_back(Expect::of(&head.method));
                 self.pending.push_back(Pending {
                     method: head.method,
                     path: head.path,

@@ -42,6 +42,7 @@ struct psc_http_event psc_http_event_type = {};
 
 #define AF_INET 2
 #define AF_INET6 10
+#define MSG_PEEK 2
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -115,14 +116,6 @@ struct exit_record {
 	long ret;
 };
 
-static __always_inline void track(__u32 tgid, __u32 fd, __u8 role, struct psc_peer *server)
-{
-	struct psc_conn_key key = { .tgid = tgid, .fd = fd };
-	struct psc_conn conn = { .role = role, .server = *server };
-
-	if (bpf_map_update_elem(&conns, &key, &conn, BPF_ANY))
-		PSC_COUNT_IN(counters, PSC_HTTP_CONNS_REFUSED);
-}
 
 /* The local port of the socket behind `fd` of the current process, 0 if unknown. */
 static __always_inline __u16 local_port(__u32 fd)
@@ -210,6 +203,27 @@ static __always_inline void emit(struct scratch *s, __u32 captured, int named)
 		PSC_COUNT_IN(counters, PSC_HTTP_LOST_EVENTS);
 }
 
+static __always_inline void track(__u32 tgid, __u32 fd, __u8 role, struct psc_peer *server)
+{
+	struct psc_conn_key key = { .tgid = tgid, .fd = fd };
+	struct psc_conn conn = { .role = role, .server = *server };
+
+	__u32 zero = 0;
+	struct scratch *s;
+
+	if (bpf_map_update_elem(&conns, &key, &conn, BPF_ANY)) {
+		PSC_COUNT_IN(counters, PSC_HTTP_CONNS_REFUSED);
+		return;
+	}
+	/* Tell user space a connection starts on this fd, whatever it knew of the fd before
+	 * (a close it never saw: dup2, close_range, a lost event). */
+	s = bpf_map_lookup_elem(&scratch, &zero);
+	if (s) {
+		fill_event(s, tgid, fd, 0, PSC_HTTP_OPEN, &conn, 0);
+		emit(s, 0, 1);
+	}
+}
+
 /* Copies up to PSC_HTTP_CAPTURE bytes of the first `len` bytes of an iovec array. */
 static __always_inline __u32 capture_iov(struct scratch *s, const struct iovec *iov, __u64 iovcnt, __u64 len)
 {
@@ -269,8 +283,25 @@ int psc_http_close(struct close_record *ctx)
 	return 0;
 }
 
+static __always_inline int http_enter(struct enter_record *ctx);
+
 SEC("tracepoint")
 int psc_http_enter(struct enter_record *ctx)
+{
+	return http_enter(ctx);
+}
+
+/* recvfrom's flags are its fourth argument, past the end of the records of most other
+ * syscalls (a program may not read past any record it is attached to). */
+SEC("tracepoint")
+int psc_http_enter_recvfrom(struct enter_record *ctx)
+{
+	if (ctx->args[3] & MSG_PEEK)
+		return 0;
+	return http_enter(ctx);
+}
+
+static __always_inline int http_enter(struct enter_record *ctx)
 {
 	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
 	struct psc_conn_key key = { .tgid = tgid, .fd = ctx->args[0] };
@@ -291,6 +322,9 @@ int psc_http_enter(struct enter_record *ctx)
 	if (!conn)
 		return 0;
 	if (!is_data_syscall(nr))
+		return 0;
+	/* A peek is read again for real: counting it would count its bytes twice. */
+	if (nr == NR_RECVMSG && (ctx->args[2] & MSG_PEEK))
 		return 0;
 	{
 		/* Inside an OpenSSL call: this socket carries that SSL object's records. */
@@ -315,8 +349,6 @@ int psc_http_enter(struct enter_record *ctx)
 	p->fd = key.fd;
 	p->arg = ctx->args[1];
 	p->conn = *conn;
-	/* The first event of a connection carries the process's name, the rest need not. */
-	conn->named = 1;
 	return 0;
 }
 
@@ -377,6 +409,13 @@ int psc_http_exit(struct exit_record *ctx)
 	}
 	fill_event(s, tgid, key.fd, ret, is_read(nr) ? PSC_HTTP_READ : PSC_HTTP_WRITE, conn, 0);
 	emit(s, captured, conn->named);
+	if (!conn->named) {
+		/* The first event of a connection carries the process's name; the rest need not. */
+		struct psc_conn *tracked = bpf_map_lookup_elem(&conns, &key);
+
+		if (tracked)
+			tracked->named = 1;
+	}
 	return 0;
 }
 
@@ -471,7 +510,7 @@ int BPF_UPROBE(psc_ssl_write_ex, void *ssl, const void *buf, size_t num, size_t 
 }
 
 SEC("uretprobe")
-int BPF_URETPROBE(psc_ssl_ret, long ret)
+int BPF_URETPROBE(psc_ssl_ret, int ret)
 {
 	return ssl_exit(ret);
 }

@@ -39,6 +39,7 @@ enum psc_http_event_kind {
 	PSC_HTTP_WRITE = 2,
 	PSC_HTTP_CLOSE = 3,
 	PSC_HTTP_EXEC = 4, /* a process started: user space looks for a libssl of its own */
+	PSC_HTTP_OPEN = 5, /* a connection was accepted or connected on this fd */
 };
 
 /* A read, write or close on a tracked connection, followed by `captured` bytes. */

@@ -47,13 +47,14 @@ const ENTER: &[&str] = &[
     "write",
     "readv",
     "writev",
-    "recvfrom",
     "sendto",
     "recvmsg",
     "sendmsg",
     "sendfile64",
     "connect",
 ];
+/// recvfrom has a program of its own, to see its flags (MSG_PEEK).
+const RECVFROM: &[&str] = &["recvfrom"];
 const CLOSE: &[&str] = &["close"];
 /// Syscalls whose exit the probe needs: bytes moved, and the fd accept returns.
 const EXIT: &[&str] = &[
@@ -77,6 +78,7 @@ const KIND_READ: u8 = 1;
 const KIND_WRITE: u8 = 2;
 const KIND_CLOSE: u8 = 3;
 const KIND_EXEC: u8 = 4;
+const KIND_OPEN: u8 = 5;
 
 /// New processes whose libssl is checked, at most, waiting their turn; beyond, counted.
 const MAX_PENDING_EXECS: usize = 4096;
@@ -253,6 +255,7 @@ impl HttpProbe {
         let progs = &self.skel.progs;
         for (prog, names, side) in [
             (&progs.psc_http_enter, ENTER, "enter"),
+            (&progs.psc_http_enter_recvfrom, RECVFROM, "enter"),
             (&progs.psc_http_close, CLOSE, "enter"),
             (&progs.psc_http_exit, EXIT, "exit"),
         ] {
@@ -347,18 +350,21 @@ impl HttpProbe {
                     },
                 )
             };
+            // The return probe first: an entry probe whose return is never seen would
+            // leave its thread marked as inside an SSL call.
+            if ret {
+                match probe(&progs.psc_ssl_ret, true) {
+                    Ok(link) => self.links.push(link),
+                    Err(err) => {
+                        debug!(library = %library.display(), function, error = %err, "function not traced");
+                        continue;
+                    }
+                }
+            }
             match probe(prog, false) {
                 Ok(link) => {
                     self.links.push(link);
                     attached += 1;
-                    if ret {
-                        match probe(&progs.psc_ssl_ret, true) {
-                            Ok(link) => self.links.push(link),
-                            Err(err) => {
-                                warn!(library = %library.display(), function, error = %err, "no uretprobe")
-                            }
-                        }
-                    }
                 }
                 // The _ex variants exist from OpenSSL 1.1.1 on.
                 Err(err) => {
@@ -419,6 +425,15 @@ impl HttpProbe {
         } else {
             Role::Client
         };
+        if event.kind == KIND_OPEN {
+            // Whatever was known of this fd belonged to an earlier connection.
+            if let Some((mut conn, _)) = self.connections.remove(&key) {
+                for exchange in conn.close(event.ts) {
+                    self.record(event, role, exchange);
+                }
+            }
+            return;
+        }
         if event.kind == KIND_CLOSE {
             if let Some((mut conn, _)) = self.connections.remove(&key) {
                 for exchange in conn.close(event.ts) {
@@ -468,8 +483,20 @@ impl HttpProbe {
         };
         let route = self.routes.route(&name, &exchange.path);
         // Clients report whom they called, capped per service; servers are themselves.
+        let mut server_port = server_port;
         let server_address = match role {
-            Role::Client => self.addresses.admit(&name, peer_address(&event.server)),
+            Role::Client => {
+                let address = peer_address(&event.server);
+                let admitted = self
+                    .addresses
+                    .admit(&name, format!("{address}:{server_port}"));
+                if admitted == routes::OVERFLOW_ROUTE {
+                    server_port = 0;
+                    admitted
+                } else {
+                    address
+                }
+            }
             Role::Server => String::new(),
         };
         let mut key = SeriesKey {
@@ -592,7 +619,7 @@ impl Probe for HttpProbe {
     fn attach_method(&self) -> String {
         format!(
             "tracepoints syscalls/sys_enter_* ({}) and sys_exit_* ({}), uprobes on {} libssl, ring buffer",
-            ENTER.len() + CLOSE.len(),
+            ENTER.len() + RECVFROM.len() + CLOSE.len(),
             EXIT.len(),
             self.tls_libraries
         )

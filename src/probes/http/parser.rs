@@ -56,6 +56,26 @@ pub enum BodyLength {
     UntilClose,
 }
 
+/// What a request's method says of its response's body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect {
+    Body,
+    /// HEAD: no body, whatever the headers say.
+    NoBody,
+    /// CONNECT: a 2xx opens a tunnel; what follows is not HTTP.
+    Tunnel,
+}
+
+impl Expect {
+    pub fn of(method: &str) -> Expect {
+        match method {
+            "HEAD" => Expect::NoBody,
+            "CONNECT" => Expect::Tunnel,
+            _ => Expect::Body,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     Request,
@@ -119,9 +139,8 @@ enum ChunkState {
 pub struct Framer {
     kind: Kind,
     state: State,
-    /// For responses: the request methods still awaiting a response (HEAD responses have
-    /// no body), oldest first.
-    pub head_requests: VecDeque<bool>,
+    /// For responses: what the requests still awaiting a response expect, oldest first.
+    pub head_requests: VecDeque<Expect>,
 }
 
 impl Framer {
@@ -195,6 +214,20 @@ impl Framer {
                 }
             }
             State::UntilClose { seen } => *seen += n,
+            // Inside chunk data, bytes that stay within the chunk are just counted.
+            State::Chunked {
+                chunk: ChunkState::Data(left),
+                seen,
+                ..
+            } if n <= *left => {
+                *seen += n;
+                *left -= n;
+                if *left == 0 {
+                    if let State::Chunked { chunk, .. } = &mut self.state {
+                        *chunk = ChunkState::DataEnd(2);
+                    }
+                }
+            }
             State::OutOfSync => {}
             // A head, chunk framing or an idle stream went unseen: framing is lost.
             _ => self.state = State::OutOfSync,
@@ -343,8 +376,14 @@ impl Framer {
                 Some(mut resp) => {
                     let interim = (100..200).contains(&resp.status) && resp.status != 101;
                     if !interim {
-                        let was_head = self.head_requests.pop_front().unwrap_or(false);
-                        if was_head || resp.status == 204 || resp.status == 304 {
+                        let expect = self.head_requests.pop_front().unwrap_or(Expect::Body);
+                        let tunnel = expect == Expect::Tunnel && (200..300).contains(&resp.status);
+                        // 101 switches protocols and a CONNECT 2xx opens a tunnel: the
+                        // exchange ends with the head, and what follows is not HTTP.
+                        if expect == Expect::NoBody
+                            || tunnel
+                            || matches!(resp.status, 101 | 204 | 304)
+                        {
                             resp.body = BodyLength::None;
                         }
                     } else {

@@ -338,3 +338,45 @@ fn random_bytes_never_panic() {
         c.close(99);
     }
 }
+
+#[test]
+fn chunk_data_beyond_the_capture_is_counted_by_length() {
+    let mut c = server();
+    read(&mut c, b"GET /big HTTP/1.1\r\n\r\n", 1);
+    let mut first = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2710\r\n".to_vec();
+    let head_len = first.len() as u64;
+    first.extend_from_slice(&[b'y'; 100]);
+    // 10,000 bytes of chunk data moved, only the first 100 captured.
+    assert!(c
+        .feed(Direction::Egress, &first, head_len + 10_000, 2)
+        .is_empty());
+    let done = write(&mut c, b"\r\n0\r\n\r\n", 3);
+    assert_eq!(done.len(), 1);
+    assert_eq!(done[0].response_body_bytes, 10_000);
+}
+
+#[test]
+fn upgrade_and_tunnels_end_with_their_head() {
+    let mut c = server();
+    read(
+        &mut c,
+        b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+        1,
+    );
+    let done = write(
+        &mut c,
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n",
+        2,
+    );
+    assert_eq!(done.len(), 1);
+    assert_eq!((done[0].status, done[0].end_ns), (101, 2));
+    // WebSocket frames afterwards are not HTTP.
+    assert!(write(&mut c, b"\x81\x05hello", 3).is_empty());
+    assert!(read(&mut c, b"\x81\x85abcd12345", 4).is_empty());
+
+    let mut c = server();
+    read(&mut c, b"CONNECT example.test:443 HTTP/1.1\r\n\r\n", 1);
+    let done = write(&mut c, b"HTTP/1.1 200 Connection Established\r\n\r\n", 2);
+    assert_eq!(done.len(), 1);
+    assert_eq!(done[0].method, "CONNECT");
+}
