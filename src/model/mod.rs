@@ -7,6 +7,9 @@ use std::time::SystemTime;
 
 pub use histogram::{ClassicHistogram, LogLinearHistogram};
 
+/// The label value of the series that data folds into when a cap is reached.
+pub const OVERFLOW: &str = "__overflow__";
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MetricKind {
     Counter,

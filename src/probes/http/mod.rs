@@ -86,7 +86,7 @@ const MAX_PENDING_EXECS: usize = 4096;
 /// milliseconds of exec; a late `dlopen` is caught by the second look.
 const EXEC_LOOKS: [Duration; 2] = [Duration::from_millis(200), Duration::from_secs(2)];
 
-pub const OVERFLOW_NAME: &str = "__overflow__";
+pub use crate::model::OVERFLOW as OVERFLOW_NAME;
 
 pub struct HttpSpec;
 

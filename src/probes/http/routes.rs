@@ -4,7 +4,7 @@
 use std::collections::{HashMap, HashSet};
 
 /// The route of requests beyond a service's cap.
-pub const OVERFLOW_ROUTE: &str = "__overflow__";
+pub use crate::model::OVERFLOW as OVERFLOW_ROUTE;
 
 /// A configured route such as `/users/{id}/orders`: `{...}` matches one segment.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -24,7 +24,7 @@ use skel::{types, ProcessSkel, ProcessSkelBuilder};
 unsafe impl plain::Plain for types::psc_exe_key {}
 unsafe impl plain::Plain for types::psc_process_stats {}
 
-pub const OVERFLOW_NAME: &str = "__overflow__";
+pub use crate::model::OVERFLOW as OVERFLOW_NAME;
 
 pub struct ProcessSpec;
 

@@ -43,7 +43,7 @@ unsafe impl plain::Plain for types::psc_fast_slot {}
 /// Must equal PSC_MAX_SYSCALLS in bpf/periscope.h.
 const MAX_SYSCALLS: u32 = 512;
 /// Label value of the series data folds into when a map is full.
-pub const OVERFLOW_NAME: &str = "__overflow__";
+pub use crate::model::OVERFLOW as OVERFLOW_NAME;
 
 const FOLDED_SLOTS: [(&str, u32); 5] = [
     ("counts", 0),
