@@ -298,9 +298,14 @@ fn exact_counts_for_keep_alive_fresh_pipelined_and_chunked_requests() {
 
     // Clients: this test process and curl.
     let me = std::process::id().to_string();
+    // (Its readiness polls of the agent may count too, depending on whether the last
+    // one connected before the probe attached: only the server's port is exact.)
     let mine = m.sum(
         "http_client_request_duration_seconds_count",
-        &[("process_pid", me.as_str())],
+        &[
+            ("process_pid", me.as_str()),
+            ("server_port", port_label.as_str()),
+        ],
     );
     assert_eq!(mine, 20.0, "this test's own requests, as a client");
     let curl = m.sum(
@@ -645,7 +650,7 @@ fn http_caps_fold_into_overflow_and_lost_events_are_counted() {
     }
     let _kernel = kernel_lock();
     let agent = Agent::start(
-        "probes:\n  http:\n    enabled: true\n    max_routes_per_service: 2\n    ring_buffer_bytes: 4096\n",
+        "probes:\n  http:\n    enabled: true\n    clients: false\n    max_routes_per_service: 2\n    ring_buffer_bytes: 4096\n",
     );
     let server = Server::python();
     let stream = connect(server.port);
@@ -673,13 +678,14 @@ fn http_caps_fold_into_overflow_and_lost_events_are_counted() {
     };
     assert_eq!((route("/a"), route("/b")), (2.0, 1.0));
     assert_eq!(route("__overflow__"), 2.0, "/c and /d beyond the cap of 2");
-    // The server's two and, as a client with its own cap, this test's two.
+    // The server's two (clients are left untraced here: this test's readiness polls of
+    // the agent may or may not take a client route slot).
     assert_eq!(
         m.one(
             "periscope_series_folded_total",
             &[("probe", "http"), ("map", "routes")]
         ),
-        4.0
+        2.0
     );
 
     // A burst of 200 pipelined requests overflows a 4 KiB ring buffer.

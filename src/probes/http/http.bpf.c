@@ -1,12 +1,18 @@
 /*
- * http: the bytes of HTTP/1.x connections, seen at the syscall layer.
+ * http: the bytes of HTTP/1.x connections, seen where sockets send and receive.
  *
- * Connections are tracked per (process, fd) from accept (server side) and connect
- * (client side) until close. Reads and writes on tracked connections hand their length
- * and a captured prefix to user space over a ring buffer, where they are framed into
- * requests and responses. Syscalls on other descriptors cost one hash lookup.
- * Hooks are the per-syscall tracepoints of the syscalls involved, so no other
- * syscall pays for them.
+ * TCP connections are tracked from the moment they are established: a passive open
+ * (SYN_RECV -> ESTABLISHED) is a server's connection, an active one (SYN_SENT ->
+ * ESTABLISHED) a client's. Their state lives in socket storage, so it dies with the
+ * socket. Every read and write on a socket passes sock_recv_length/sock_send_length;
+ * when the socket is tracked, the program finds the syscall, fd and buffer in the
+ * thread's saved registers and hands the length and a captured prefix to user space
+ * over a ring buffer, where they are framed into requests and responses.
+ *
+ * No syscall tracepoint is used: any of those puts every syscall of every process on
+ * the kernel's slow path (the guide's +39 ns on every other syscall, +204 ns on the
+ * hooked ones). Socket tracepoints cost only socket I/O, and a connection whose first
+ * bytes are not HTTP costs one storage lookup per read or write after that.
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -28,35 +34,54 @@ struct psc_http_event psc_http_event_type = {};
 /* x86_64 syscall numbers. */
 #define NR_READ 0
 #define NR_WRITE 1
-#define NR_CLOSE 3
 #define NR_READV 19
 #define NR_WRITEV 20
 #define NR_SENDFILE 40
-#define NR_CONNECT 42
-#define NR_ACCEPT 43
 #define NR_SENDTO 44
 #define NR_RECVFROM 45
 #define NR_SENDMSG 46
 #define NR_RECVMSG 47
-#define NR_ACCEPT4 288
+#define NR_SPLICE 275
 
 #define AF_INET 2
 #define AF_INET6 10
 #define MSG_PEEK 2
+#define PF_KTHREAD 0x00200000
+#define PF_IO_WORKER 0x00000010
 
+/* What a connection's first bytes said. */
+enum psc_http_verdict {
+	PSC_VERDICT_UNKNOWN = 0,
+	PSC_VERDICT_HTTP = 1,
+	PSC_VERDICT_OTHER = 2, /* not HTTP/1.x: never looked at again */
+	PSC_VERDICT_TLS = 3,   /* a TLS handshake: the uprobes may report the plaintext */
+};
+
+/* Per TCP socket, from its establishment. */
+struct psc_sock {
+	struct psc_conn conn;
+	__u32 tgid; /* the process and fd user space knows it by, once announced */
+	__u32 fd;
+	__u8 announced;
+	__u8 closed;
+	__u8 verdict;
+	__u8 pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct psc_sock);
+} socks SEC(".maps");
+
+/* TLS connections by (process, fd): the uprobes know the fd, not the socket. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 65536);
 	__type(key, struct psc_conn_key);
 	__type(value, struct psc_conn);
-} conns SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, int);
-	__type(value, struct psc_http_pending);
-} pending SEC(".maps");
+} tls_conns SEC(".maps");
 
 /* The OpenSSL call in flight on each thread. */
 struct {
@@ -101,62 +126,6 @@ struct {
 	__type(value, __u64);
 } counters SEC(".maps");
 
-/* The record of syscalls/sys_enter_<name> and sys_exit_<name> (see their tracefs format). */
-struct enter_record {
-	__u64 common;
-	int nr;
-	int pad;
-	__u64 args[6];
-};
-
-struct exit_record {
-	__u64 common;
-	int nr;
-	int pad;
-	long ret;
-};
-
-
-/* The local port of the socket behind `fd` of the current process, 0 if unknown. */
-static __always_inline __u16 local_port(__u32 fd)
-{
-	struct task_struct *task = bpf_get_current_task_btf();
-	struct file **fds = BPF_CORE_READ(task, files, fdt, fd);
-	struct file *file;
-	struct socket *sock;
-
-	if (bpf_probe_read_kernel(&file, sizeof(file), &fds[fd & 0xfffff]))
-		return 0;
-	sock = BPF_CORE_READ(file, private_data);
-	if (!sock)
-		return 0;
-	return BPF_CORE_READ(sock, sk, __sk_common.skc_num);
-}
-
-/* Port and address of a sockaddr in user memory; left zero unless IPv4 or IPv6. */
-static __always_inline void sockaddr_peer(const void *addr, struct psc_peer *peer)
-{
-	struct {
-		__u16 family;
-		__u16 port;
-		__u32 v4_or_flowinfo;
-		__u8 v6[16];
-	} sa = {};
-
-	if (!addr || bpf_probe_read_user(&sa, sizeof(sa), addr))
-		return;
-	if (sa.family == AF_INET) {
-		peer->family = AF_INET;
-		__builtin_memcpy(peer->addr, &sa.v4_or_flowinfo, 4);
-	} else if (sa.family == AF_INET6) {
-		peer->family = AF_INET6;
-		__builtin_memcpy(peer->addr, sa.v6, 16);
-	} else {
-		return;
-	}
-	peer->port = bpf_ntohs(sa.port);
-}
-
 static __always_inline void fill_event(struct scratch *s, __u32 tgid, __u32 fd, __u64 len,
 				       __u8 kind, struct psc_conn *conn, __u8 tls)
 {
@@ -168,21 +137,6 @@ static __always_inline void fill_event(struct scratch *s, __u32 tgid, __u32 fd, 
 	s->event.role = conn->role;
 	s->event.tls = tls;
 	s->event.server = conn->server;
-}
-
-static __always_inline int is_data_syscall(int nr)
-{
-	switch (nr) {
-	case NR_READ: case NR_WRITE: case NR_READV: case NR_WRITEV: case NR_SENDFILE:
-	case NR_SENDTO: case NR_RECVFROM: case NR_SENDMSG: case NR_RECVMSG:
-		return 1;
-	}
-	return 0;
-}
-
-static __always_inline int is_read(int nr)
-{
-	return nr == NR_READ || nr == NR_READV || nr == NR_RECVFROM || nr == NR_RECVMSG;
 }
 
 static __always_inline void emit(struct scratch *s, __u32 captured, int named)
@@ -203,23 +157,21 @@ static __always_inline void emit(struct scratch *s, __u32 captured, int named)
 		PSC_COUNT_IN(counters, PSC_HTTP_LOST_EVENTS);
 }
 
-static __always_inline void track(__u32 tgid, __u32 fd, __u8 role, struct psc_peer *server)
+/* Tells user space that this socket is now the connection on (tgid, fd), whatever it
+ * knew of that fd before (a close it never saw: dup2, close_range, a lost event). */
+static __always_inline void announce(struct psc_sock *sock, __u32 tgid, __u32 fd)
 {
-	struct psc_conn_key key = { .tgid = tgid, .fd = fd };
-	struct psc_conn conn = { .role = role, .server = *server };
-
-	__u32 zero = 0;
 	struct scratch *s;
+	__u32 zero = 0;
 
-	if (bpf_map_update_elem(&conns, &key, &conn, BPF_ANY)) {
-		PSC_COUNT_IN(counters, PSC_HTTP_CONNS_REFUSED);
-		return;
-	}
-	/* Tell user space a connection starts on this fd, whatever it knew of the fd before
-	 * (a close it never saw: dup2, close_range, a lost event). */
+	sock->tgid = tgid;
+	sock->fd = fd;
+	sock->announced = 1;
+	sock->closed = 0;
+	sock->conn.named = 0;
 	s = bpf_map_lookup_elem(&scratch, &zero);
 	if (s) {
-		fill_event(s, tgid, fd, 0, PSC_HTTP_OPEN, &conn, 0);
+		fill_event(s, tgid, fd, 0, PSC_HTTP_OPEN, &sock->conn, 0);
 		emit(s, 0, 1);
 	}
 }
@@ -229,7 +181,7 @@ static __always_inline __u32 capture_iov(struct scratch *s, const struct iovec *
 {
 	__u64 off = 0;
 
-	for (int i = 0; i < 4; i++) {
+	for (int i = 0; i < 8; i++) {
 		struct iovec seg = {};
 		__u64 want;
 
@@ -254,169 +206,209 @@ static __always_inline __u32 capture_iov(struct scratch *s, const struct iovec *
 	return off;
 }
 
-/* The record of syscalls/sys_enter_close: one argument. A program may not read past the
- * record of every tracepoint it is attached to, hence a program of its own. */
-struct close_record {
-	__u64 common;
-	int nr;
-	int pad;
-	__u64 fd;
-};
-
-SEC("tracepoint")
-int psc_http_close(struct close_record *ctx)
+/* Whether bytes that open a request stream start like a request line: a method token
+ * of capitals, then a space. */
+static __always_inline __u8 request_verdict(const char *data, __u32 captured)
 {
-	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
-	struct psc_conn_key key = { .tgid = tgid, .fd = ctx->fd };
-	struct psc_conn *conn = bpf_map_lookup_elem(&conns, &key);
-	struct scratch *s;
-	__u32 zero = 0;
+	if (captured >= 2 && data[0] == 0x16 && data[1] == 0x03)
+		return PSC_VERDICT_TLS;
+	for (int i = 0; i < 16; i++) {
+		char c;
 
-	if (!conn)
-		return 0;
-	s = bpf_map_lookup_elem(&scratch, &zero);
-	if (s) {
-		fill_event(s, tgid, key.fd, 0, PSC_HTTP_CLOSE, conn, 0);
-		emit(s, 0, conn->named);
+		if (i >= captured)
+			return PSC_VERDICT_UNKNOWN; /* a short read: the next one decides */
+		c = data[i];
+		if (c == ' ')
+			return i > 0 ? PSC_VERDICT_HTTP : PSC_VERDICT_OTHER;
+		if (c < 'A' || c > 'Z')
+			return PSC_VERDICT_OTHER;
 	}
-	bpf_map_delete_elem(&conns, &key);
-	return 0;
+	return PSC_VERDICT_OTHER;
 }
 
-static __always_inline int http_enter(struct enter_record *ctx);
-
-SEC("tracepoint")
-int psc_http_enter(struct enter_record *ctx)
+SEC("tp_btf/inet_sock_set_state")
+int BPF_PROG(psc_http_state, const struct sock *sk, int oldstate, int newstate)
 {
-	return http_enter(ctx);
-}
+	struct psc_sock *sock;
 
-/* recvfrom's flags are its fourth argument, past the end of the records of most other
- * syscalls (a program may not read past any record it is attached to). */
-SEC("tracepoint")
-int psc_http_enter_recvfrom(struct enter_record *ctx)
-{
-	if (ctx->args[3] & MSG_PEEK)
-		return 0;
-	return http_enter(ctx);
-}
+	if (newstate == TCP_ESTABLISHED) {
+		struct psc_sock fresh = {};
+		__u16 family = sk->__sk_common.skc_family;
 
-static __always_inline int http_enter(struct enter_record *ctx)
-{
-	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
-	struct psc_conn_key key = { .tgid = tgid, .fd = ctx->args[0] };
-	struct psc_http_pending *p;
-	struct psc_conn *conn;
-	int nr = ctx->nr;
-
-	if (nr == NR_CONNECT) {
-		struct psc_peer server = {};
-
-		if (!trace_clients)
+		if (oldstate == TCP_SYN_RECV) {
+			fresh.conn.role = PSC_ROLE_SERVER;
+			fresh.conn.server.port = sk->__sk_common.skc_num;
+		} else if (oldstate == TCP_SYN_SENT && trace_clients) {
+			fresh.conn.role = PSC_ROLE_CLIENT;
+			fresh.conn.server.port = bpf_ntohs(sk->__sk_common.skc_dport);
+			if (family == AF_INET) {
+				fresh.conn.server.family = AF_INET;
+				__builtin_memcpy(fresh.conn.server.addr, &sk->__sk_common.skc_daddr, 4);
+			} else if (family == AF_INET6) {
+				fresh.conn.server.family = AF_INET6;
+				BPF_CORE_READ_INTO(&fresh.conn.server.addr, sk,
+						   __sk_common.skc_v6_daddr.in6_u.u6_addr8);
+			}
+		} else {
 			return 0;
-		sockaddr_peer((void *)ctx->args[1], &server);
-		track(tgid, key.fd, PSC_ROLE_CLIENT, &server);
+		}
+		if (family != AF_INET && family != AF_INET6)
+			return 0;
+		sock = bpf_sk_storage_get(&socks, (void *)sk, &fresh, BPF_SK_STORAGE_GET_F_CREATE);
+		if (!sock)
+			PSC_COUNT_IN(counters, PSC_HTTP_CONNS_REFUSED);
 		return 0;
 	}
-	conn = bpf_map_lookup_elem(&conns, &key);
-	if (!conn)
+	/* The local side closed (FIN_WAIT1, LAST_ACK) or the connection died (CLOSE): no
+	 * more requests or responses. A peer's FIN alone (CLOSE_WAIT) is not the end: a
+	 * server may still answer a client that half-closed. */
+	if (newstate != TCP_FIN_WAIT1 && newstate != TCP_LAST_ACK && newstate != TCP_CLOSE)
 		return 0;
-	if (!is_data_syscall(nr))
+	sock = bpf_sk_storage_get(&socks, (void *)sk, 0, 0);
+	if (!sock || !sock->announced || sock->closed)
 		return 0;
-	/* A peek is read again for real: counting it would count its bytes twice. */
-	if (nr == NR_RECVMSG && (ctx->args[2] & MSG_PEEK))
-		return 0;
+	sock->closed = 1;
 	{
-		/* Inside an OpenSSL call: this socket carries that SSL object's records. */
-		struct psc_ssl_call *call = bpf_task_storage_get(&ssl_calls, bpf_get_current_task_btf(), 0, 0);
+		struct scratch *s;
+		__u32 zero = 0;
 
-		if (call && call->active) {
-			struct psc_ssl_key sk = { .tgid = tgid, .ssl = call->ssl };
-			__u32 fd = key.fd;
+		s = bpf_map_lookup_elem(&scratch, &zero);
+		if (s) {
+			fill_event(s, sock->tgid, sock->fd, 0, PSC_HTTP_CLOSE, &sock->conn, 0);
+			emit(s, 0, sock->conn.named);
+		}
+		if (sock->conn.tls) {
+			struct psc_conn_key key = { .tgid = sock->tgid, .fd = sock->fd };
 
-			call->fd = fd;
-			bpf_map_update_elem(&ssl_fds, &sk, &fd, BPF_ANY);
-			conn->tls = 1;
+			bpf_map_delete_elem(&tls_conns, &key);
 		}
 	}
-	if (conn->tls)
-		return 0; /* encrypted bytes: the uprobes report the plaintext */
-	p = bpf_task_storage_get(&pending, bpf_get_current_task_btf(), 0,
-				 BPF_LOCAL_STORAGE_GET_F_CREATE);
-	if (!p)
-		return 0;
-	p->nr = nr;
-	p->fd = key.fd;
-	p->arg = ctx->args[1];
-	p->conn = *conn;
 	return 0;
 }
 
-SEC("tracepoint")
-int psc_http_exit(struct exit_record *ctx)
+/* A read (ingress) or write (egress) of `ret` bytes on a socket, from inside its syscall. */
+static __always_inline int socket_io(struct sock *sk, int ret, int flags, int ingress)
 {
-	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
-	struct psc_http_pending *p;
-	struct psc_conn_key key;
-	struct psc_conn *conn;
+	struct task_struct *task;
+	struct psc_ssl_call *call;
+	struct psc_sock *sock;
+	struct pt_regs *regs;
 	struct scratch *s;
-	__u32 zero = 0, captured = 0;
-	int nr = ctx->nr;
-	long ret = ctx->ret;
+	__u32 tgid, fd, zero = 0, captured = 0;
+	__u64 arg, count;
+	int nr;
 
-	if (nr == NR_ACCEPT || nr == NR_ACCEPT4) {
-		if (ret >= 0) {
-			struct psc_peer server = { .port = local_port(ret) };
-
-			track(tgid, ret, PSC_ROLE_SERVER, &server);
-		}
-		return 0;
-	}
-	p = bpf_task_storage_get(&pending, bpf_get_current_task_btf(), 0, 0);
-	if (!p || p->nr != (__u32)nr || (!p->arg && nr != NR_SENDFILE))
-		return 0;
-	p->nr = (__u32)-1;
 	if (ret <= 0)
 		return 0;
-	key.tgid = tgid;
-	key.fd = p->fd;
-	conn = &p->conn;
+	sock = bpf_sk_storage_get(&socks, sk, 0, 0);
+	if (!sock || sock->verdict == PSC_VERDICT_OTHER)
+		return 0;
+	/* A peek is read again for real: counting it would count its bytes twice. */
+	if (ingress && (flags & MSG_PEEK))
+		return 0;
+	task = bpf_get_current_task_btf();
+	if (task->flags & (PF_KTHREAD | PF_IO_WORKER))
+		return 0; /* in-kernel users and io_uring workers: no syscall to read */
+	regs = (struct pt_regs *)bpf_task_pt_regs(task);
+	if (!regs)
+		return 0;
+	nr = regs->orig_ax;
+	fd = regs->di;
+	arg = regs->si;
+	count = regs->dx;
+	switch (nr) {
+	case NR_READ: case NR_READV: case NR_RECVFROM: case NR_RECVMSG:
+		if (!ingress)
+			return 0;
+		break;
+	case NR_WRITE: case NR_WRITEV: case NR_SENDTO: case NR_SENDMSG: case NR_SENDFILE:
+		if (ingress)
+			return 0;
+		break;
+	case NR_SPLICE:
+		if (ingress)
+			return 0;
+		fd = count; /* splice(fd_in, off_in, fd_out, ...) */
+		break;
+	default:
+		return 0; /* recvmmsg, sendmmsg, compat calls: not traced */
+	}
+	tgid = task->tgid;
+
+	/* Inside an OpenSSL call: this socket carries that SSL object's records. A socket
+	 * that opened with plaintext HTTP does not turn to TLS, so the lookup is spared
+	 * on the hot path. */
+	call = sock->verdict == PSC_VERDICT_HTTP ? 0 : bpf_task_storage_get(&ssl_calls, task, 0, 0);
+	if (call && call->active) {
+		struct psc_ssl_key key = { .tgid = tgid, .ssl = call->ssl };
+
+		call->fd = fd;
+		bpf_map_update_elem(&ssl_fds, &key, &fd, BPF_ANY);
+		if (!sock->conn.tls || !sock->announced || sock->tgid != tgid || sock->fd != fd) {
+			struct psc_conn_key conn_key = { .tgid = tgid, .fd = fd };
+
+			sock->conn.tls = 1;
+			if (bpf_map_update_elem(&tls_conns, &conn_key, &sock->conn, BPF_ANY))
+				PSC_COUNT_IN(counters, PSC_HTTP_CONNS_REFUSED);
+			announce(sock, tgid, fd);
+		}
+		return 0;
+	}
+	if (sock->conn.tls || sock->verdict == PSC_VERDICT_TLS)
+		return 0; /* encrypted bytes: the uprobes report the plaintext */
+
 	s = bpf_map_lookup_elem(&scratch, &zero);
 	if (!s)
 		return 0;
-
 	switch (nr) {
 	case NR_READ: case NR_WRITE: case NR_RECVFROM: case NR_SENDTO: {
 		__u32 want = ret > PSC_HTTP_CAPTURE ? PSC_HTTP_CAPTURE : ret;
 
-		if (!bpf_probe_read_user(s->data, want, (void *)p->arg))
+		if (!bpf_probe_read_user(s->data, want, (void *)arg))
 			captured = want;
 		break;
 	}
 	case NR_READV: case NR_WRITEV:
-		/* iovcnt is not kept; capture_iov stops at the length moved. */
-		captured = capture_iov(s, (const struct iovec *)p->arg, 4, ret);
+		captured = capture_iov(s, (const struct iovec *)arg, count, ret);
 		break;
 	case NR_RECVMSG: case NR_SENDMSG: {
 		struct user_msghdr msg = {};
 
-		if (!bpf_probe_read_user(&msg, sizeof(msg), (void *)p->arg))
+		if (!bpf_probe_read_user(&msg, sizeof(msg), (void *)arg))
 			captured = capture_iov(s, msg.msg_iov, msg.msg_iovlen, ret);
 		break;
 	}
-	default: /* sendfile: file bytes, counted by length */
+	default: /* sendfile, splice: file bytes, counted by length */
 		break;
 	}
-	fill_event(s, tgid, key.fd, ret, is_read(nr) ? PSC_HTTP_READ : PSC_HTTP_WRITE, conn, 0);
-	emit(s, captured, conn->named);
-	if (!conn->named) {
-		/* The first event of a connection carries the process's name; the rest need not. */
-		struct psc_conn *tracked = bpf_map_lookup_elem(&conns, &key);
+	if (sock->verdict == PSC_VERDICT_UNKNOWN) {
+		/* Requests flow in on a server's connections and out on a client's. */
+		__u8 verdict = PSC_VERDICT_OTHER;
 
-		if (tracked)
-			tracked->named = 1;
+		if (ingress == (sock->conn.role == PSC_ROLE_SERVER))
+			verdict = request_verdict(s->data, captured);
+		sock->verdict = verdict;
+		if (verdict == PSC_VERDICT_OTHER || verdict == PSC_VERDICT_TLS)
+			return 0;
 	}
+	if (!sock->announced || sock->tgid != tgid || sock->fd != fd)
+		announce(sock, tgid, fd);
+	fill_event(s, tgid, fd, ret, ingress ? PSC_HTTP_READ : PSC_HTTP_WRITE, &sock->conn, 0);
+	emit(s, captured, sock->conn.named);
+	sock->conn.named = 1;
 	return 0;
+}
+
+SEC("tp_btf/sock_recv_length")
+int BPF_PROG(psc_http_recv, struct sock *sk, int ret, int flags)
+{
+	return socket_io(sk, ret, flags, 1);
+}
+
+SEC("tp_btf/sock_send_length")
+int BPF_PROG(psc_http_send, struct sock *sk, int ret, int flags)
+{
+	return socket_io(sk, ret, flags, 0);
 }
 
 /* OpenSSL: SSL_read/SSL_write(_ex) give the plaintext of TLS connections. */
@@ -472,7 +464,7 @@ static __always_inline int ssl_exit(long ret)
 	}
 	key.tgid = tgid;
 	key.fd = call->fd;
-	conn = bpf_map_lookup_elem(&conns, &key);
+	conn = bpf_map_lookup_elem(&tls_conns, &key);
 	s = bpf_map_lookup_elem(&scratch, &zero);
 	if (!conn || !s)
 		return 0;

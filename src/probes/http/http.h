@@ -39,7 +39,7 @@ enum psc_http_event_kind {
 	PSC_HTTP_WRITE = 2,
 	PSC_HTTP_CLOSE = 3,
 	PSC_HTTP_EXEC = 4, /* a process started: user space looks for a libssl of its own */
-	PSC_HTTP_OPEN = 5, /* a connection was accepted or connected on this fd */
+	PSC_HTTP_OPEN = 5, /* this fd of this process now names a tracked connection */
 };
 
 /* A read, write or close on a tracked connection, followed by `captured` bytes. */
@@ -57,15 +57,6 @@ struct psc_http_event {
 	/* The process's name (its group leader's comm), for processes gone before user
 	 * space reads their /proc entry. */
 	char comm[PSC_COMM_LEN];
-};
-
-/* A syscall in flight on a tracked connection, between its entry and exit. */
-struct psc_http_pending {
-	__u64 arg; /* buffer, iovec array or msghdr, by syscall */
-	__u32 fd;
-	__u32 nr;
-	/* The connection as entry saw it, so that exit need not look it up again. */
-	struct psc_conn conn;
 };
 
 /* An OpenSSL call in flight on a thread, between its uprobe and uretprobe. */
@@ -87,7 +78,7 @@ struct psc_ssl_key {
 
 enum psc_http_counter {
 	PSC_HTTP_LOST_EVENTS = 0,  /* ring buffer full */
-	PSC_HTTP_CONNS_REFUSED = 1, /* connection map full: connection not traced */
+	PSC_HTTP_CONNS_REFUSED = 1, /* socket storage or TLS connection map refused: not traced */
 	PSC_HTTP_TLS_NO_FD = 2,     /* TLS plaintext whose socket was never learned */
 	PSC_HTTP_COUNTERS = 3,
 };

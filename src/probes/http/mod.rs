@@ -1,7 +1,9 @@
-//! The `http` probe: HTTP/1.x requests of every process, seen at the syscall layer.
+//! The `http` probe: HTTP/1.x requests of every process, seen at the socket layer.
 //!
-//! The kernel side (`http.bpf.c`) tracks connections from accept and connect to close and
-//! hands reads and writes on them to user space over a ring buffer; here they are framed
+//! The kernel side (`http.bpf.c`) tracks TCP connections from their establishment
+//! (passive: a server's, active: a client's) to their close, and hands the reads and
+//! writes of connections that start like HTTP to user space over a ring buffer, with
+//! the process and fd of the syscall that made them; here they are framed
 //! into exchanges (`parser`, `conn`) and aggregated into RED histograms per process,
 //! method, status, route and server port.
 
@@ -18,7 +20,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant, SystemTime};
 
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
-use libbpf_rs::{Link, MapCore, RingBuffer, RingBufferBuilder, TracepointCategory, UprobeOpts};
+use libbpf_rs::{Link, MapCore, RingBuffer, RingBufferBuilder, UprobeOpts};
 use tracing::{debug, info, warn};
 
 use super::util::{self, MapFill, ProbeError};
@@ -39,37 +41,6 @@ use skel::{types, HttpSkel, HttpSkelBuilder};
 // SAFETY: plain C structs of integers, generated from the program's BTF.
 unsafe impl plain::Plain for types::psc_http_event {}
 unsafe impl plain::Plain for types::psc_conn_key {}
-
-/// Syscalls whose entry the probe needs: the fd (and buffer) of reads and writes, the
-/// address of connect. close has a program of its own (its record is shorter).
-const ENTER: &[&str] = &[
-    "read",
-    "write",
-    "readv",
-    "writev",
-    "sendto",
-    "recvmsg",
-    "sendmsg",
-    "sendfile64",
-    "connect",
-];
-/// recvfrom has a program of its own, to see its flags (MSG_PEEK).
-const RECVFROM: &[&str] = &["recvfrom"];
-const CLOSE: &[&str] = &["close"];
-/// Syscalls whose exit the probe needs: bytes moved, and the fd accept returns.
-const EXIT: &[&str] = &[
-    "read",
-    "write",
-    "readv",
-    "writev",
-    "recvfrom",
-    "sendto",
-    "recvmsg",
-    "sendmsg",
-    "sendfile64",
-    "accept",
-    "accept4",
-];
 
 /// The ring buffer is drained this often.
 const DRAIN_INTERVAL: Duration = Duration::from_millis(10);
@@ -182,7 +153,7 @@ pub struct HttpProbe {
 impl HttpProbe {
     fn load(
         config: &Config,
-        kernel: &mut KernelFeatures,
+        _kernel: &mut KernelFeatures,
         attach: bool,
     ) -> Result<Self, ProbeError> {
         util::check_btf()?;
@@ -192,7 +163,7 @@ impl HttpProbe {
             .open(storage)
             .map_err(ProbeError::bpf("opening the http BPF object"))?;
         open.maps
-            .conns
+            .tls_conns
             .set_max_entries(settings.max_connections.get())
             .map_err(ProbeError::bpf("setting the connection cap"))?;
         open.maps
@@ -243,29 +214,23 @@ impl HttpProbe {
             fill: Vec::new(),
         };
         if attach {
-            kernel.ensure_tracefs().map_err(|reason| {
-                ProbeError::Unsupported(format!("the http probe needs tracefs: {reason}"))
-            })?;
             probe.attach()?;
         }
         Ok(probe)
     }
 
     fn attach(&mut self) -> Result<(), ProbeError> {
+        // Establishment first, so that no connection's first bytes pass untracked.
         let progs = &self.skel.progs;
-        for (prog, names, side) in [
-            (&progs.psc_http_enter, ENTER, "enter"),
-            (&progs.psc_http_enter_recvfrom, RECVFROM, "enter"),
-            (&progs.psc_http_close, CLOSE, "enter"),
-            (&progs.psc_http_exit, EXIT, "exit"),
+        for (prog, tracepoint) in [
+            (&progs.psc_http_state, "inet_sock_set_state"),
+            (&progs.psc_http_recv, "sock_recv_length"),
+            (&progs.psc_http_send, "sock_send_length"),
         ] {
-            for name in names {
-                let tracepoint = format!("sys_{side}_{name}");
-                let link = prog
-                    .attach_tracepoint(TracepointCategory::Syscalls, &tracepoint)
-                    .map_err(ProbeError::bpf(format!("attaching syscalls/{tracepoint}")))?;
-                self.links.push(link);
-            }
+            let link = prog
+                .attach()
+                .map_err(ProbeError::bpf(format!("attaching tp_btf/{tracepoint}")))?;
+            self.links.push(link);
         }
         self.attach_tls();
         self.links.push(
@@ -536,7 +501,7 @@ impl HttpProbe {
     /// Forgets connections of processes that exited (their fds closed without close(2)).
     fn sweep(&mut self) {
         let mut dead = Vec::new();
-        for key in self.skel.maps.conns.keys() {
+        for key in self.skel.maps.tls_conns.keys() {
             let mut k = types::psc_conn_key::default();
             if plain::copy_from_bytes(&mut k, &key).is_ok()
                 && !std::path::Path::new(&format!("/proc/{}", k.tgid)).exists()
@@ -545,7 +510,7 @@ impl HttpProbe {
             }
         }
         for key in &dead {
-            let _ = self.skel.maps.conns.delete(key);
+            let _ = self.skel.maps.tls_conns.delete(key);
         }
         self.connections
             .retain(|(tgid, _), _| std::path::Path::new(&format!("/proc/{tgid}")).exists());
@@ -618,9 +583,7 @@ impl Probe for HttpProbe {
 
     fn attach_method(&self) -> String {
         format!(
-            "tracepoints syscalls/sys_enter_* ({}) and sys_exit_* ({}), uprobes on {} libssl, ring buffer",
-            ENTER.len() + RECVFROM.len() + CLOSE.len(),
-            EXIT.len(),
+            "tp_btf inet_sock_set_state, sock_recv_length and sock_send_length, uprobes on {} libssl, ring buffer",
             self.tls_libraries
         )
     }
@@ -719,9 +682,9 @@ impl Probe for HttpProbe {
         out.extend(bodies.into_iter().map(|(_, _, f)| f));
         self.fill = vec![
             MapFill {
-                map: "conns",
-                entries: self.skel.maps.conns.keys().count() as u64,
-                capacity: u64::from(self.skel.maps.conns.max_entries()),
+                map: "tls_conns",
+                entries: self.skel.maps.tls_conns.keys().count() as u64,
+                capacity: u64::from(self.skel.maps.tls_conns.max_entries()),
             },
             MapFill {
                 map: "connections",
@@ -739,16 +702,16 @@ impl Probe for HttpProbe {
     fn programs(&self) -> Vec<(String, BorrowedFd<'_>)> {
         vec![
             (
-                "psc_http_enter".into(),
-                self.skel.progs.psc_http_enter.as_fd(),
+                "psc_http_state".into(),
+                self.skel.progs.psc_http_state.as_fd(),
             ),
             (
-                "psc_http_close".into(),
-                self.skel.progs.psc_http_close.as_fd(),
+                "psc_http_recv".into(),
+                self.skel.progs.psc_http_recv.as_fd(),
             ),
             (
-                "psc_http_exit".into(),
-                self.skel.progs.psc_http_exit.as_fd(),
+                "psc_http_send".into(),
+                self.skel.progs.psc_http_send.as_fd(),
             ),
         ]
     }
