@@ -42,7 +42,11 @@ enum Command {
     /// Attach empty programs to the syscall hooks until SIGINT/SIGTERM: the floor cost any
     /// syscall-wide eBPF tracer pays on this kernel, for benchmarks.
     #[command(hide = true)]
-    Floor,
+    Floor {
+        /// Which hooks: every syscall, or the socket hooks of the http probe.
+        #[arg(long, value_enum, default_value = "syscalls")]
+        hooks: periscope::kernel::floor::FloorHooks,
+    },
     /// Validate a configuration file and exit non-zero on the first error.
     CheckConfig {
         /// The YAML file to check.
@@ -94,7 +98,7 @@ fn dispatch(command: Command) -> Result<()> {
             let config = load_config(config.as_ref())?;
             list_probes(&config)
         }
-        Command::Floor => {
+        Command::Floor { hooks } => {
             agent::check_kernel()?;
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -102,11 +106,9 @@ fn dispatch(command: Command) -> Result<()> {
                 .context("starting the async runtime")?;
             runtime.block_on(async {
                 let mut signals = agent::Signals::install()?;
-                let _floor = periscope::kernel::floor::Floor::attach()
+                let _floor = periscope::kernel::floor::Floor::attach(hooks)
                     .context("attaching the empty floor programs")?;
-                println!(
-                    "periscope: floor programs attached to tp_btf/sys_enter and tp_btf/sys_exit"
-                );
+                println!("periscope: floor programs attached to {}", hooks.describe());
                 signals.recv().await;
                 Ok(())
             })

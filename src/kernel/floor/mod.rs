@@ -1,13 +1,35 @@
-//! `periscope floor`: empty programs on the syscall hooks, to measure the floor cost any
-//! syscall-wide eBPF tracer pays on this kernel (see BENCHMARKS.md).
+//! `periscope floor`: empty programs on the syscall hooks (or the socket hooks), to
+//! measure the floor cost any syscall-wide (or socket-level) eBPF tracer pays on this
+//! kernel (see BENCHMARKS.md).
 
 use std::mem::MaybeUninit;
 
-use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
+use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::Link;
 
 mod skel {
     include!(concat!(env!("OUT_DIR"), "/floor.skel.rs"));
+}
+
+/// Which hooks get empty programs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum FloorHooks {
+    /// tp_btf/sys_enter and tp_btf/sys_exit: every syscall.
+    Syscalls,
+    /// tp_btf/sock_recv_length, sock_send_length and inet_sock_set_state: the http
+    /// probe's hooks.
+    Socket,
+}
+
+impl FloorHooks {
+    pub fn describe(self) -> &'static str {
+        match self {
+            FloorHooks::Syscalls => "tp_btf/sys_enter and tp_btf/sys_exit",
+            FloorHooks::Socket => {
+                "tp_btf/sock_recv_length, tp_btf/sock_send_length and tp_btf/inet_sock_set_state"
+            }
+        }
+    }
 }
 
 /// Keeps the empty programs attached while alive.
@@ -16,18 +38,23 @@ pub struct Floor {
 }
 
 impl Floor {
-    pub fn attach() -> Result<Floor, libbpf_rs::Error> {
+    pub fn attach(hooks: FloorHooks) -> Result<Floor, libbpf_rs::Error> {
         let storage = Box::leak(Box::new(MaybeUninit::uninit()));
         let open = skel::FloorSkelBuilder::default().open(storage)?;
-        let mut skel = open.load()?;
-        skel.attach()?;
-        let links = vec![
-            skel.links.psc_floor_enter.take(),
-            skel.links.psc_floor_exit.take(),
-        ]
-        .into_iter()
-        .flatten()
-        .collect();
+        let skel = open.load()?;
+        let progs = &skel.progs;
+        let chosen = match hooks {
+            FloorHooks::Syscalls => vec![&progs.psc_floor_enter, &progs.psc_floor_exit],
+            FloorHooks::Socket => vec![
+                &progs.psc_floor_recv,
+                &progs.psc_floor_send,
+                &progs.psc_floor_state,
+            ],
+        };
+        let links = chosen
+            .into_iter()
+            .map(|prog| prog.attach())
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Floor { _links: links })
     }
 }
