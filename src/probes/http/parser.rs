@@ -444,10 +444,9 @@ fn could_start(kind: Kind, data: &[u8]) -> bool {
 
 /// The end of a head (just past its blank line), searching from `from`.
 fn find_head_end(buf: &[u8], from: usize) -> Option<usize> {
-    buf.get(from..)?
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map(|i| from + i + 4)
+    static BLANK_LINE: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\r\n\r\n"));
+    BLANK_LINE.find(buf.get(from..)?).map(|i| from + i + 4)
 }
 
 fn parse_chunk_size(line: &[u8]) -> Option<u64> {
@@ -459,11 +458,22 @@ fn parse_chunk_size(line: &[u8]) -> Option<u64> {
     u64::from_str_radix(text, 16).ok()
 }
 
+/// The header fields of a head, past its start line: (name, trimmed value).
 fn header_lines(head: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
-    head.split(|b| *b == b'\n').skip(1).filter_map(|line| {
+    let mut rest = memchr::memchr(b'\n', head).map_or(&head[head.len()..], |nl| &head[nl + 1..]);
+    std::iter::from_fn(move || loop {
+        if rest.is_empty() {
+            return None;
+        }
+        let (line, next) = match memchr::memchr(b'\n', rest) {
+            Some(nl) => (&rest[..nl], &rest[nl + 1..]),
+            None => (rest, &rest[rest.len()..]),
+        };
+        rest = next;
         let line = line.strip_suffix(b"\r").unwrap_or(line);
-        let colon = line.iter().position(|b| *b == b':')?;
-        Some((&line[..colon], trim(&line[colon + 1..])))
+        if let Some(colon) = memchr::memchr(b':', line) {
+            return Some((&line[..colon], trim(&line[colon + 1..])));
+        }
     })
 }
 
@@ -500,7 +510,7 @@ fn body_framing(head: &[u8]) -> Option<Option<BodyLength>> {
 }
 
 pub fn parse_request_head(head: &[u8]) -> Option<RequestHead> {
-    let line_end = head.iter().position(|b| *b == b'\n')?;
+    let line_end = memchr::memchr(b'\n', head)?;
     let line = head[..line_end]
         .strip_suffix(b"\r")
         .unwrap_or(&head[..line_end]);
@@ -559,7 +569,7 @@ fn request_path(target: &[u8]) -> Option<String> {
 }
 
 pub fn parse_response_head(head: &[u8]) -> Option<ResponseHead> {
-    let line_end = head.iter().position(|b| *b == b'\n')?;
+    let line_end = memchr::memchr(b'\n', head)?;
     let line = head[..line_end]
         .strip_suffix(b"\r")
         .unwrap_or(&head[..line_end]);
