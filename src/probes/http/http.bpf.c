@@ -136,10 +136,12 @@ static __always_inline void fill_event(struct scratch *s, __u32 tgid, __u32 fd, 
 	s->event.kind = kind;
 	s->event.role = conn->role;
 	s->event.tls = tls;
+	s->event.gap = conn->lost;
 	s->event.server = conn->server;
 }
 
-static __always_inline void emit(struct scratch *s, __u32 captured, int named)
+/* Returns 0 when the event is in the ring buffer. */
+static __always_inline int emit(struct scratch *s, __u32 captured, int named)
 {
 	struct task_struct *task = bpf_get_current_task_btf();
 
@@ -153,8 +155,18 @@ static __always_inline void emit(struct scratch *s, __u32 captured, int named)
 	s->event.captured = captured;
 	/* No wakeup: user space drains on its own schedule, and a wakeup per event (an
 	 * irq_work on this CPU) would cost more than the event itself. */
-	if (bpf_ringbuf_output(&events, s, sizeof(s->event) + captured, BPF_RB_NO_WAKEUP))
+	if (bpf_ringbuf_output(&events, s, sizeof(s->event) + captured, BPF_RB_NO_WAKEUP)) {
 		PSC_COUNT_IN(counters, PSC_HTTP_LOST_EVENTS);
+		return -1;
+	}
+	return 0;
+}
+
+/* Emits an event of `conn`, remembering a loss so that the next event that gets through
+ * tells user space its framing of the connection is stale. */
+static __always_inline void emit_for(struct scratch *s, __u32 captured, struct psc_conn *conn)
+{
+	conn->lost = emit(s, captured, conn->named) ? 1 : 0;
 }
 
 /* Tells user space that this socket is now the connection on (tgid, fd), whatever it
@@ -168,12 +180,15 @@ static __always_inline void announce(struct psc_sock *sock, __u32 tgid, __u32 fd
 	sock->fd = fd;
 	sock->announced = 1;
 	sock->closed = 0;
-	sock->conn.named = 0;
 	s = bpf_map_lookup_elem(&scratch, &zero);
 	if (s) {
+		/* A new connection for user space: nothing before it can be stale. */
+		sock->conn.lost = 0;
+		sock->conn.named = 1;
 		fill_event(s, tgid, fd, 0, PSC_HTTP_OPEN, &sock->conn, 0);
-		emit(s, 0, 1);
+		emit_for(s, 0, &sock->conn);
 	}
+	sock->conn.named = 0;
 }
 
 /* Copies up to PSC_HTTP_CAPTURE bytes of the first `len` bytes of an iovec array. */
@@ -275,7 +290,7 @@ int BPF_PROG(psc_http_state, const struct sock *sk, int oldstate, int newstate)
 		s = bpf_map_lookup_elem(&scratch, &zero);
 		if (s) {
 			fill_event(s, sock->tgid, sock->fd, 0, PSC_HTTP_CLOSE, &sock->conn, 0);
-			emit(s, 0, sock->conn.named);
+			emit_for(s, 0, &sock->conn);
 		}
 		if (sock->conn.tls) {
 			struct psc_conn_key key = { .tgid = sock->tgid, .fd = sock->fd };
@@ -394,7 +409,7 @@ static __always_inline int socket_io(struct sock *sk, int ret, int flags, int in
 	if (!sock->announced || sock->tgid != tgid || sock->fd != fd)
 		announce(sock, tgid, fd);
 	fill_event(s, tgid, fd, ret, ingress ? PSC_HTTP_READ : PSC_HTTP_WRITE, &sock->conn, 0);
-	emit(s, captured, sock->conn.named);
+	emit_for(s, captured, &sock->conn);
 	sock->conn.named = 1;
 	return 0;
 }
@@ -473,7 +488,7 @@ static __always_inline int ssl_exit(long ret)
 	if (bpf_probe_read_user(s->data, want, (void *)call->buf))
 		want = 0;
 	fill_event(s, tgid, key.fd, len, call->write ? PSC_HTTP_WRITE : PSC_HTTP_READ, conn, 1);
-	emit(s, want, 0);
+	conn->lost = emit(s, want, 0) ? 1 : 0;
 	return 0;
 }
 

@@ -30,7 +30,7 @@ struct psc_conn {
 	__u8 role;
 	__u8 tls; /* bytes on the socket are TLS records: the plaintext comes from uprobes */
 	__u8 named; /* an event has carried the process's name */
-	__u8 pad;
+	__u8 lost;  /* an event of this connection did not fit in the ring buffer */
 	struct psc_peer server;
 };
 
@@ -52,7 +52,9 @@ struct psc_http_event {
 	__u8 kind;
 	__u8 role;
 	__u8 tls;
-	__u8 pad;
+	/* Events of this connection were lost before this one: what user space knows of
+	 * its framing is stale. */
+	__u8 gap;
 	struct psc_peer server;
 	/* The process's name (its group leader's comm), for processes gone before user
 	 * space reads their /proc entry. */

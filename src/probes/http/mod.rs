@@ -423,9 +423,11 @@ impl HttpProbe {
             return;
         };
         // A reused fd with another role is a new connection; so is the switch to TLS
-        // plaintext (what came before was the handshake).
+        // plaintext (what came before was the handshake). After lost events, the
+        // requests awaiting responses would pair with the wrong ones: framing restarts
+        // at the next message that starts in this event or later.
         let event_tls = event.tls != 0;
-        if conn.role() != role || *tls != event_tls {
+        if conn.role() != role || *tls != event_tls || event.gap != 0 {
             *conn = Connection::new(role);
             *tls = event_tls;
         }
