@@ -131,35 +131,47 @@ fn every_dashboard_and_rule_expression_returns_data() {
 
     let prometheus = Prometheus::start(agent.port, Some(Path::new("deploy/prometheus/rules.yml")));
 
-    // Load for the whole test: fast requests, 5xx, slow ones, and pipelined bursts
-    // that overflow the tiny ring buffer.
+    // Load for the whole test: pipelined bursts of fast requests and 5xx that overflow
+    // the tiny ring buffer, with pauses so that the ring drains; and, on connections of
+    // their own, slow requests (a connection that lost events drops what it had in
+    // flight, so slow requests in a burst would rarely be counted).
     let running = Arc::new(AtomicBool::new(true));
-    let load = {
+    let bursts = {
         let running = running.clone();
         std::thread::spawn(move || {
+            let mut burst = Vec::new();
+            for _ in 0..5 {
+                for path in ["/ok", "/ok", "/ok", "/fail", "/ok", "/ok"] {
+                    burst.extend_from_slice(
+                        format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes(),
+                    );
+                }
+            }
             while running.load(Ordering::Relaxed) {
                 if let Ok(mut stream) = TcpStream::connect(("127.0.0.1", server_port)) {
                     let _ = stream.set_nodelay(true);
-                    let mut burst = Vec::new();
-                    for path in ["/ok", "/ok", "/ok", "/fail", "/ok", "/slow"] {
-                        burst.extend_from_slice(
-                            format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes(),
-                        );
-                    }
                     let _ = stream.write_all(&burst);
                     let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-                    let mut sink = [0u8; 4096];
-                    let mut got = 0;
-                    while got < 6 * 40 {
-                        match std::io::Read::read(&mut stream, &mut sink) {
-                            Ok(0) | Err(_) => break,
-                            Ok(n) => got += n,
-                        }
-                    }
+                    read_at_least(&mut stream, 30 * 40);
                 }
+                std::thread::sleep(Duration::from_millis(300));
             }
         })
     };
+    let slow: Vec<_> = (0..8)
+        .map(|_| {
+            let running = running.clone();
+            std::thread::spawn(move || {
+                while running.load(Ordering::Relaxed) {
+                    if let Ok(mut stream) = TcpStream::connect(("127.0.0.1", server_port)) {
+                        let _ = stream.write_all(b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\n");
+                        let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+                        read_at_least(&mut stream, 40);
+                    }
+                }
+            })
+        })
+        .collect();
 
     let mut exprs = dashboard_expressions();
     exprs.extend(rule_expressions());
@@ -172,10 +184,25 @@ fn every_dashboard_and_rule_expression_returns_data() {
         std::thread::sleep(Duration::from_secs(1));
     }
     running.store(false, Ordering::Relaxed);
-    let _ = load.join();
+    let _ = bursts.join();
+    for thread in slow {
+        let _ = thread.join();
+    }
     drop(prometheus);
     let _ = server.kill();
     let _ = server.wait();
     assert!(Path::new("deploy/grafana/provisioning/dashboards/periscope.yaml").exists());
     assert!(missing.is_empty(), "expressions without data: {missing:#?}");
+}
+
+/// Reads until `want` bytes came, the peer closed, or the read timed out.
+fn read_at_least(stream: &mut TcpStream, want: usize) {
+    let mut sink = [0u8; 4096];
+    let mut got = 0;
+    while got < want {
+        match std::io::Read::read(stream, &mut sink) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got += n,
+        }
+    }
 }
