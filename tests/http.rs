@@ -721,6 +721,57 @@ fn http_caps_fold_into_overflow_and_lost_events_are_counted() {
     assert_eq!(settled(&after), (before.0, before.1 + 3.0));
 }
 
+/// Heads split over reads are held until complete, within one budget for all
+/// connections: a head beyond it is given up and counted, and the connection's next
+/// request is counted as usual.
+#[test]
+fn partial_heads_beyond_the_budget_are_given_up_and_counted() {
+    if !have_root("partial_heads_beyond_the_budget_are_given_up_and_counted") {
+        return;
+    }
+    let _kernel = kernel_lock();
+    let agent = Agent::start(
+        "probes:\n  http:\n    enabled: true\n    clients: false\n    max_buffered_head_bytes: 1024\n",
+    );
+    let server = Server::python();
+    let stream = connect(server.port);
+    let mut reader = BufReader::new(&stream);
+    let mut head = String::from("GET /big HTTP/1.1\r\nHost: t\r\n");
+    for i in 0..20 {
+        head.push_str(&format!("X-Filler-{i}: {}\r\n", "f".repeat(90)));
+    }
+    (&stream).write_all(head.as_bytes()).expect("send");
+    std::thread::sleep(Duration::from_millis(100));
+    (&stream).write_all(b"\r\n").expect("send");
+    assert_eq!(read_response(&mut reader), 200);
+    (&stream)
+        .write_all(b"GET /ok HTTP/1.1\r\nHost: t\r\n\r\n")
+        .expect("send");
+    assert_eq!(read_response(&mut reader), 200);
+
+    let pid = server.pid();
+    let m = common::eventually(&agent, |m| {
+        m.sum(
+            "http_server_request_duration_seconds_count",
+            &[("process_pid", pid.as_str())],
+        ) == 1.0
+    });
+    assert_eq!(
+        m.sum(
+            "http_server_request_duration_seconds_count",
+            &[("process_pid", pid.as_str()), ("http_route", "/ok")],
+        ),
+        1.0
+    );
+    assert_eq!(
+        m.one(
+            "periscope_series_folded_total",
+            &[("probe", "http"), ("map", "head_buffers")]
+        ),
+        1.0
+    );
+}
+
 fn route_in(m: &Metrics, route: &str) -> f64 {
     m.sum(
         "http_server_request_duration_seconds_count",

@@ -84,7 +84,7 @@ pub struct ProbesConfig {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
-    /// Off by default while the probe is being completed (TLS, client addresses).
+    /// Off by default until its overhead meets its target (BENCHMARKS.md).
     pub enabled: bool,
     /// Trace the requests processes make as clients, besides those they serve.
     pub clients: bool,
@@ -92,6 +92,10 @@ pub struct HttpConfig {
     pub max_connections: NonZeroU32,
     /// Ring buffer carrying reads and writes to user space; a power of two.
     pub ring_buffer_bytes: u32,
+    /// Bytes of heads not yet complete (split over reads) held for all connections
+    /// together, at most; beyond, the connection that grew is resynchronised and
+    /// `periscope_series_folded_total{map="head_buffers"}` counts it.
+    pub max_buffered_head_bytes: NonZeroU32,
     /// (process, method, status, route, port) series, at most; beyond, the overflow series.
     pub max_series: NonZeroU32,
     /// Routes per service, at most; beyond, `http_route="__overflow__"`.
@@ -114,6 +118,7 @@ impl Default for HttpConfig {
             clients: true,
             max_connections: nonzero(65536),
             ring_buffer_bytes: 8 << 20,
+            max_buffered_head_bytes: nonzero(16 << 20),
             max_series: nonzero(10000),
             max_routes_per_service: nonzero(200),
             max_server_addresses_per_service: nonzero(50),

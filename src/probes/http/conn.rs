@@ -74,6 +74,17 @@ impl Connection {
         self.role
     }
 
+    /// Bytes held for heads and lines not yet complete, in both directions.
+    pub fn buffered(&self) -> usize {
+        self.requests.buffered() + self.responses.buffered()
+    }
+
+    /// Drops what `buffered` counts; the connection resynchronises on its next message.
+    pub fn abandon_partial(&mut self) {
+        self.requests.abandon_partial();
+        self.responses.abandon_partial();
+    }
+
     /// Feeds one read or write; returns the exchanges it completed.
     pub fn feed(&mut self, direction: Direction, data: &[u8], len: u64, at: u64) -> Vec<Exchange> {
         let carries_requests = matches!(

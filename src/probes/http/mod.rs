@@ -42,6 +42,9 @@ use skel::{types, HttpSkel, HttpSkelBuilder};
 unsafe impl plain::Plain for types::psc_http_event {}
 unsafe impl plain::Plain for types::psc_conn_key {}
 
+/// What the ring buffer callback returns to stop a drain whose inbox is full.
+const INBOX_FULL: i32 = -1;
+
 /// The ring buffer is drained this often.
 const DRAIN_INTERVAL: Duration = Duration::from_millis(10);
 
@@ -128,6 +131,11 @@ pub struct HttpProbe {
     connections: HashMap<(u32, u32), (Connection, bool)>,
     max_connections: usize,
     connections_refused: u64,
+    /// Bytes of partial heads and lines held by all connections, and the cap.
+    head_bytes: usize,
+    max_head_bytes: usize,
+    /// Partial heads given up because the cap was reached.
+    heads_abandoned: u64,
     series: BTreeMap<SeriesKey, SeriesStats>,
     max_series: usize,
     series_folded: u64,
@@ -192,6 +200,9 @@ impl HttpProbe {
             connections: HashMap::new(),
             max_connections: settings.max_connections.get() as usize,
             connections_refused: 0,
+            head_bytes: 0,
+            max_head_bytes: settings.max_buffered_head_bytes.get() as usize,
+            heads_abandoned: 0,
             series: BTreeMap::new(),
             max_series: settings.max_series.get() as usize,
             series_folded: 0,
@@ -241,6 +252,11 @@ impl HttpProbe {
                 .map_err(ProbeError::bpf("attaching tp_btf/sched_process_exec"))?,
         );
         let inbox = self.inbox.clone();
+        // One drain takes at most a ring buffer's worth: under a flood the producers
+        // would otherwise keep the consumer looping while the inbox grew without bound.
+        // What stays in the ring is taken at the next drain; what then does not fit in
+        // the ring is counted as lost by the kernel.
+        let inbox_limit = self.skel.maps.events.max_entries() as usize;
         let mut builder = RingBufferBuilder::new();
         builder
             .add(&self.skel.maps.events, move |data: &[u8]| {
@@ -254,6 +270,9 @@ impl HttpProbe {
                         .bytes
                         .extend_from_slice(&data[header..header + captured]);
                     inbox.events.push((event, start..start + captured));
+                    if inbox.bytes.len() + inbox.events.len() * header >= inbox_limit {
+                        return INBOX_FULL;
+                    }
                 }
                 0
             })
@@ -346,8 +365,11 @@ impl HttpProbe {
     /// Takes every event the kernel has handed over and frames it.
     fn drain(&mut self) {
         if let Some(ring) = &self.ring {
+            // A full inbox stops the consumer (the record it stopped on is taken).
             if let Err(err) = ring.consume() {
-                warn!(error = %err, "reading the http ring buffer failed");
+                if !self.inbox_full() {
+                    warn!(error = %err, "reading the http ring buffer failed");
+                }
             }
         }
         // Taken out for the loop (handle needs &mut self), and put back, emptied, so the
@@ -362,6 +384,13 @@ impl HttpProbe {
         inbox.events.shrink_to(16 * 1024);
         inbox.bytes.shrink_to(1 << 20);
         *self.inbox.borrow_mut() = inbox;
+    }
+
+    fn inbox_full(&self) -> bool {
+        let inbox = self.inbox.borrow();
+        let header = std::mem::size_of::<types::psc_http_event>();
+        inbox.bytes.len() + inbox.events.len() * header
+            >= self.skel.maps.events.max_entries() as usize
     }
 
     fn handle(&mut self, event: &types::psc_http_event, data: &[u8]) {
@@ -393,6 +422,7 @@ impl HttpProbe {
         if event.kind == KIND_OPEN {
             // Whatever was known of this fd belonged to an earlier connection.
             if let Some((mut conn, _)) = self.connections.remove(&key) {
+                self.head_bytes = self.head_bytes.saturating_sub(conn.buffered());
                 for exchange in conn.close(event.ts) {
                     self.record(event, role, exchange);
                 }
@@ -401,6 +431,7 @@ impl HttpProbe {
         }
         if event.kind == KIND_CLOSE {
             if let Some((mut conn, _)) = self.connections.remove(&key) {
+                self.head_bytes = self.head_bytes.saturating_sub(conn.buffered());
                 for exchange in conn.close(event.ts) {
                     self.record(event, role, exchange);
                 }
@@ -427,11 +458,20 @@ impl HttpProbe {
         // requests awaiting responses would pair with the wrong ones: framing restarts
         // at the next message that starts in this event or later.
         let event_tls = event.tls != 0;
+        let before = conn.buffered();
         if conn.role() != role || *tls != event_tls || event.gap != 0 {
             *conn = Connection::new(role);
             *tls = event_tls;
         }
         let exchanges = conn.feed(direction, data, event.len, event.ts);
+        // Partial heads are held across reads; all connections together hold at most
+        // `max_buffered_head_bytes` (slow or hostile clients cannot grow the agent).
+        self.head_bytes = self.head_bytes.saturating_sub(before) + conn.buffered();
+        if self.head_bytes > self.max_head_bytes {
+            self.head_bytes = self.head_bytes.saturating_sub(conn.buffered());
+            conn.abandon_partial();
+            self.heads_abandoned += 1;
+        }
         for exchange in exchanges {
             self.record(event, role, exchange);
         }
@@ -516,6 +556,7 @@ impl HttpProbe {
         }
         self.connections
             .retain(|(tgid, _), _| std::path::Path::new(&format!("/proc/{tgid}")).exists());
+        self.head_bytes = self.connections.values().map(|(c, _)| c.buffered()).sum();
         if !dead.is_empty() {
             debug!(
                 connections = dead.len(),
@@ -726,6 +767,7 @@ impl Probe for HttpProbe {
         vec![
             ("conns", self.counter(1)),
             ("connections", self.connections_refused),
+            ("head_buffers", self.heads_abandoned),
             ("series", self.series_folded),
             ("routes", self.routes.folded()),
             ("server_addresses", self.addresses.folded()),

@@ -152,6 +152,23 @@ impl Framer {
         }
     }
 
+    /// Bytes held for a head or chunk-size line not yet complete.
+    pub fn buffered(&self) -> usize {
+        match &self.state {
+            State::Head(buf, _) => buf.capacity(),
+            State::Chunked { line, .. } => line.capacity(),
+            _ => 0,
+        }
+    }
+
+    /// Gives up the partial head or line held (when the agent's budget for them is
+    /// spent): framing resumes at the next message.
+    pub fn abandon_partial(&mut self) {
+        if self.buffered() > 0 {
+            self.state = State::OutOfSync;
+        }
+    }
+
     /// Feeds one read or write: `len` bytes moved, of which `data` is the captured prefix,
     /// completed at time `at`.
     pub fn feed(&mut self, data: &[u8], len: u64, at: u64) -> Vec<Frame> {
