@@ -772,6 +772,45 @@ fn partial_heads_beyond_the_budget_are_given_up_and_counted() {
     );
 }
 
+/// A keep-alive connection opened before the agent started is adopted on its first
+/// request after it: both its server and its client side count from then on.
+#[test]
+fn connections_older_than_the_agent_are_adopted() {
+    if !have_root("connections_older_than_the_agent_are_adopted") {
+        return;
+    }
+    let _kernel = kernel_lock();
+    let server = Server::python();
+    let stream = connect(server.port);
+    let mut reader = BufReader::new(&stream);
+    let request = b"GET /status/200 HTTP/1.1\r\nHost: t\r\n\r\n";
+    (&stream).write_all(request).expect("send");
+    assert_eq!(read_response(&mut reader), 200);
+
+    let agent = Agent::start("probes:\n  http:\n    enabled: true\n");
+    for _ in 0..3 {
+        (&stream).write_all(request).expect("send");
+        assert_eq!(read_response(&mut reader), 200);
+    }
+    let pid = server.pid();
+    let me = std::process::id().to_string();
+    let port = server.port.to_string();
+    let counts = |m: &Metrics| {
+        (
+            m.sum(
+                "http_server_request_duration_seconds_count",
+                &[("process_pid", pid.as_str())],
+            ),
+            m.sum(
+                "http_client_request_duration_seconds_count",
+                &[("process_pid", me.as_str()), ("server_port", port.as_str())],
+            ),
+        )
+    };
+    let m = common::eventually(&agent, |m| counts(m) == (3.0, 3.0));
+    assert_eq!(counts(&m), (3.0, 3.0));
+}
+
 fn route_in(m: &Metrics, route: &str) -> f64 {
     m.sum(
         "http_server_request_duration_seconds_count",

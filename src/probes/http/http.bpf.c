@@ -241,6 +241,28 @@ static __always_inline __u8 request_verdict(const char *data, __u32 captured)
 	return PSC_VERDICT_OTHER;
 }
 
+/* Sets the role of a connection and its server's port (and, for clients, address).
+ * Returns 0 for sockets that are not IPv4 or IPv6. */
+static __always_inline int set_role(struct psc_conn *conn, const struct sock *sk, __u8 role)
+{
+	__u16 family = sk->__sk_common.skc_family;
+
+	if (family != AF_INET && family != AF_INET6)
+		return 0;
+	conn->role = role;
+	if (role == PSC_ROLE_SERVER) {
+		conn->server.port = sk->__sk_common.skc_num;
+		return 1;
+	}
+	conn->server.port = bpf_ntohs(sk->__sk_common.skc_dport);
+	conn->server.family = family;
+	if (family == AF_INET)
+		__builtin_memcpy(conn->server.addr, &sk->__sk_common.skc_daddr, 4);
+	else
+		BPF_CORE_READ_INTO(&conn->server.addr, sk, __sk_common.skc_v6_daddr.in6_u.u6_addr8);
+	return 1;
+}
+
 SEC("tp_btf/inet_sock_set_state")
 int BPF_PROG(psc_http_state, const struct sock *sk, int oldstate, int newstate)
 {
@@ -248,26 +270,15 @@ int BPF_PROG(psc_http_state, const struct sock *sk, int oldstate, int newstate)
 
 	if (newstate == TCP_ESTABLISHED) {
 		struct psc_sock fresh = {};
-		__u16 family = sk->__sk_common.skc_family;
+		__u8 role;
 
-		if (oldstate == TCP_SYN_RECV) {
-			fresh.conn.role = PSC_ROLE_SERVER;
-			fresh.conn.server.port = sk->__sk_common.skc_num;
-		} else if (oldstate == TCP_SYN_SENT && trace_clients) {
-			fresh.conn.role = PSC_ROLE_CLIENT;
-			fresh.conn.server.port = bpf_ntohs(sk->__sk_common.skc_dport);
-			if (family == AF_INET) {
-				fresh.conn.server.family = AF_INET;
-				__builtin_memcpy(fresh.conn.server.addr, &sk->__sk_common.skc_daddr, 4);
-			} else if (family == AF_INET6) {
-				fresh.conn.server.family = AF_INET6;
-				BPF_CORE_READ_INTO(&fresh.conn.server.addr, sk,
-						   __sk_common.skc_v6_daddr.in6_u.u6_addr8);
-			}
-		} else {
+		if (oldstate == TCP_SYN_RECV)
+			role = PSC_ROLE_SERVER;
+		else if (oldstate == TCP_SYN_SENT && trace_clients)
+			role = PSC_ROLE_CLIENT;
+		else
 			return 0;
-		}
-		if (family != AF_INET && family != AF_INET6)
+		if (!set_role(&fresh.conn, sk, role))
 			return 0;
 		sock = bpf_sk_storage_get(&socks, (void *)sk, &fresh, BPF_SK_STORAGE_GET_F_CREATE);
 		if (!sock)
@@ -316,7 +327,20 @@ static __always_inline int socket_io(struct sock *sk, int ret, int flags, int in
 	if (ret <= 0)
 		return 0;
 	sock = bpf_sk_storage_get(&socks, sk, 0, 0);
-	if (!sock || sock->verdict == PSC_VERDICT_OTHER)
+	if (!sock) {
+		/* Established before the probe attached (or a client's, with clients off):
+		 * adopted here, its role told by its first bytes. */
+		struct psc_sock fresh = {};
+		__u16 family = sk->__sk_common.skc_family;
+
+		if (sk->sk_protocol != IPPROTO_TCP || (family != AF_INET && family != AF_INET6) ||
+		    sk->__sk_common.skc_state != TCP_ESTABLISHED)
+			return 0;
+		sock = bpf_sk_storage_get(&socks, sk, &fresh, BPF_SK_STORAGE_GET_F_CREATE);
+		if (!sock)
+			return 0;
+	}
+	if (sock->verdict == PSC_VERDICT_OTHER)
 		return 0;
 	/* A peek is read again for real: counting it would count its bytes twice. */
 	if (ingress && (flags & MSG_PEEK))
@@ -353,7 +377,9 @@ static __always_inline int socket_io(struct sock *sk, int ret, int flags, int in
 	/* Inside an OpenSSL call: this socket carries that SSL object's records. A socket
 	 * that opened with plaintext HTTP does not turn to TLS, so the lookup is spared
 	 * on the hot path. */
-	call = sock->verdict == PSC_VERDICT_HTTP ? 0 : bpf_task_storage_get(&ssl_calls, task, 0, 0);
+	call = sock->verdict == PSC_VERDICT_HTTP || !sock->conn.role
+		       ? 0
+		       : bpf_task_storage_get(&ssl_calls, task, 0, 0);
 	if (call && call->active) {
 		struct psc_ssl_key key = { .tgid = tgid, .ssl = call->ssl };
 
@@ -400,8 +426,16 @@ static __always_inline int socket_io(struct sock *sk, int ret, int flags, int in
 		/* Requests flow in on a server's connections and out on a client's. */
 		__u8 verdict = PSC_VERDICT_OTHER;
 
-		if (ingress == (sock->conn.role == PSC_ROLE_SERVER))
+		if (!sock->conn.role) {
+			/* Adopted: a request read makes it a server's, one written a client's. */
+			__u8 role = ingress ? PSC_ROLE_SERVER : PSC_ROLE_CLIENT;
+
+			if (request_verdict(s->data, captured) == PSC_VERDICT_HTTP &&
+			    (ingress || trace_clients) && set_role(&sock->conn, sk, role))
+				verdict = PSC_VERDICT_HTTP;
+		} else if (ingress == (sock->conn.role == PSC_ROLE_SERVER)) {
 			verdict = request_verdict(s->data, captured);
+		}
 		sock->verdict = verdict;
 		if (verdict == PSC_VERDICT_OTHER || verdict == PSC_VERDICT_TLS)
 			return 0;
