@@ -111,6 +111,31 @@ struct SeriesStats {
     created: Option<SystemTime>,
 }
 
+impl SeriesStats {
+    fn record(&mut self, exchange: &Exchange) {
+        self.duration_ns
+            .record(exchange.end_ns.saturating_sub(exchange.start_ns));
+        self.request_bytes.record(exchange.request_body_bytes);
+        self.response_bytes.record(exchange.response_body_bytes);
+    }
+}
+
+/// A connection user space frames, by (process, fd).
+struct Tracked {
+    conn: Connection,
+    /// Its bytes are TLS plaintext from the OpenSSL uprobes.
+    tls: bool,
+    /// The series of its last exchange, and what it was keyed from.
+    last: Option<LastSeries>,
+}
+
+struct LastSeries {
+    method: String,
+    path: String,
+    status: u16,
+    key: SeriesKey,
+}
+
 /// Raw events handed over by the ring buffer callback.
 type Inbox = Rc<RefCell<InboxBuffers>>;
 
@@ -128,7 +153,7 @@ pub struct HttpProbe {
     ring: Option<RingBuffer<'static>>,
     inbox: Inbox,
     /// User-space state per (process, fd), with whether it carries TLS plaintext.
-    connections: HashMap<(u32, u32), (Connection, bool)>,
+    connections: HashMap<(u32, u32), Tracked>,
     max_connections: usize,
     connections_refused: u64,
     /// Bytes of partial heads and lines held by all connections, and the cap.
@@ -421,18 +446,18 @@ impl HttpProbe {
         };
         if event.kind == KIND_OPEN {
             // Whatever was known of this fd belonged to an earlier connection.
-            if let Some((mut conn, _)) = self.connections.remove(&key) {
-                self.head_bytes = self.head_bytes.saturating_sub(conn.buffered());
-                for exchange in conn.close(event.ts) {
+            if let Some(mut tracked) = self.connections.remove(&key) {
+                self.head_bytes = self.head_bytes.saturating_sub(tracked.conn.buffered());
+                for exchange in tracked.conn.close(event.ts) {
                     self.record(event, role, exchange);
                 }
             }
             return;
         }
         if event.kind == KIND_CLOSE {
-            if let Some((mut conn, _)) = self.connections.remove(&key) {
-                self.head_bytes = self.head_bytes.saturating_sub(conn.buffered());
-                for exchange in conn.close(event.ts) {
+            if let Some(mut tracked) = self.connections.remove(&key) {
+                self.head_bytes = self.head_bytes.saturating_sub(tracked.conn.buffered());
+                for exchange in tracked.conn.close(event.ts) {
                     self.record(event, role, exchange);
                 }
             }
@@ -448,9 +473,16 @@ impl HttpProbe {
                 self.connections_refused += 1;
                 return;
             }
-            self.connections.insert(key, (Connection::new(role), false));
+            self.connections.insert(
+                key,
+                Tracked {
+                    conn: Connection::new(role),
+                    tls: false,
+                    last: None,
+                },
+            );
         }
-        let Some((conn, tls)) = self.connections.get_mut(&key) else {
+        let Some(Tracked { conn, tls, .. }) = self.connections.get_mut(&key) else {
             return;
         };
         // A reused fd with another role is a new connection; so is the switch to TLS
@@ -478,15 +510,65 @@ impl HttpProbe {
     }
 
     fn record(&mut self, event: &types::psc_http_event, role: Role, exchange: Exchange) {
+        // A keep-alive connection mostly repeats its last series: then no name, route
+        // or address is looked up and nothing is allocated.
+        let conn_key = (event.tgid, event.fd);
+        if let Some(last) = self
+            .connections
+            .get(&conn_key)
+            .and_then(|t| t.last.as_ref())
+        {
+            if last.status == exchange.status
+                && last.method == exchange.method
+                && last.path == exchange.path
+                && last.key.tls == (event.tls != 0)
+                && last.key.role == role
+            {
+                if let Some(stats) = self.series.get_mut(&last.key) {
+                    stats.record(&exchange);
+                    return;
+                }
+            }
+        }
+        let key = self.series_key(event, role, &exchange);
+        // Folding into an overflow series is counted per exchange: never remembered.
+        let folded = [&key.name, &key.route, &key.server_address]
+            .iter()
+            .any(|label| label.as_str() == OVERFLOW_NAME);
+        if let (false, Some(tracked)) = (folded, self.connections.get_mut(&conn_key)) {
+            tracked.last = Some(LastSeries {
+                method: exchange.method.clone(),
+                path: exchange.path.clone(),
+                status: exchange.status,
+                key: key.clone(),
+            });
+        }
+        let created = self.processes.get(event.tgid).map(|info| info.first_seen);
+        let stats = self.series.entry(key).or_default();
+        if let Some(created) = created {
+            stats.created.get_or_insert(created);
+        }
+        stats.record(&exchange);
+    }
+
+    /// The series an exchange belongs to, admitting its route and server address
+    /// within their caps, or the overflow series when the series cap is reached.
+    fn series_key(
+        &mut self,
+        event: &types::psc_http_event,
+        role: Role,
+        exchange: &Exchange,
+    ) -> SeriesKey {
         let tgid = event.tgid;
         let server_port = event.server.port;
         // /proc is read once per process here; collections refresh it.
-        let (name, created) = match self.processes.get(tgid) {
-            Some(info) => (info.name.clone(), info.first_seen),
-            None => {
-                let info = self.processes.observe(tgid, Instant::now(), None);
-                (info.name.clone(), info.first_seen)
-            }
+        let name = match self.processes.get(tgid) {
+            Some(info) => info.name.clone(),
+            None => self
+                .processes
+                .observe(tgid, Instant::now(), None)
+                .name
+                .clone(),
         };
         let route = self.routes.route(&name, &exchange.path);
         // Clients report whom they called, capped per service; servers are themselves.
@@ -531,13 +613,7 @@ impl HttpProbe {
                 tls: false,
             };
         }
-        let stats = self.series.entry(key).or_default();
-        stats.created.get_or_insert(created);
-        stats
-            .duration_ns
-            .record(exchange.end_ns.saturating_sub(exchange.start_ns));
-        stats.request_bytes.record(exchange.request_body_bytes);
-        stats.response_bytes.record(exchange.response_body_bytes);
+        key
     }
 
     /// Forgets connections of processes that exited (their fds closed without close(2)).
@@ -556,7 +632,7 @@ impl HttpProbe {
         }
         self.connections
             .retain(|(tgid, _), _| std::path::Path::new(&format!("/proc/{tgid}")).exists());
-        self.head_bytes = self.connections.values().map(|(c, _)| c.buffered()).sum();
+        self.head_bytes = self.connections.values().map(|t| t.conn.buffered()).sum();
         if !dead.is_empty() {
             debug!(
                 connections = dead.len(),
