@@ -67,25 +67,23 @@ def start_agent(workdir, metrics_port, extra=os.environ.get("PERISCOPE_BENCH_CON
     with open(conf, "w") as f:
         f.write(f'prometheus:\n  listen_address: "127.0.0.1:{metrics_port}"\n')
         f.write(extra or "probes:\n  http:\n    enabled: true\n")
-    proc = subprocess.Popen([PERISCOPE, "run", "--config", conf], stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True)
-    while True:
-        line = proc.stdout.readline()
-        if not line:
-            raise RuntimeError("periscope exited during start-up")
-        if "serving metrics" in line:
-            return proc
+    return start_periscope(["run", "--config", conf], "serving metrics")
 
 
 def start_floor():
     """Empty programs on the http probe's hooks instead of the agent: the floor."""
-    proc = subprocess.Popen([PERISCOPE, "floor", "--hooks", "socket"], stdout=subprocess.PIPE,
+    return start_periscope(["floor", "--hooks", "socket"], "floor programs attached")
+
+
+def start_periscope(args, ready_line):
+    """Starts `periscope ARGS` and returns once it prints a line containing ready_line."""
+    proc = subprocess.Popen([PERISCOPE, *args], stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, text=True)
     while True:
         line = proc.stdout.readline()
         if not line:
-            raise RuntimeError("periscope floor exited during start-up")
-        if "floor programs attached" in line:
+            raise RuntimeError(f"periscope {args[0]} exited during start-up")
+        if ready_line in line:
             return proc
 
 
