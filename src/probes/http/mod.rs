@@ -147,6 +147,13 @@ struct InboxBuffers {
     bytes: Vec<u8>,
 }
 
+impl InboxBuffers {
+    /// About what the events held took in the ring buffer: headers and captured bytes.
+    fn ring_bytes(&self) -> usize {
+        self.bytes.len() + self.events.len() * std::mem::size_of::<types::psc_http_event>()
+    }
+}
+
 pub struct HttpProbe {
     skel: HttpSkel<'static>,
     links: Vec<Link>,
@@ -295,7 +302,7 @@ impl HttpProbe {
                         .bytes
                         .extend_from_slice(&data[header..header + captured]);
                     inbox.events.push((event, start..start + captured));
-                    if inbox.bytes.len() + inbox.events.len() * header >= inbox_limit {
+                    if inbox.ring_bytes() >= inbox_limit {
                         return INBOX_FULL;
                     }
                 }
@@ -412,10 +419,7 @@ impl HttpProbe {
     }
 
     fn inbox_full(&self) -> bool {
-        let inbox = self.inbox.borrow();
-        let header = std::mem::size_of::<types::psc_http_event>();
-        inbox.bytes.len() + inbox.events.len() * header
-            >= self.skel.maps.events.max_entries() as usize
+        self.inbox.borrow().ring_bytes() >= self.skel.maps.events.max_entries() as usize
     }
 
     fn handle(&mut self, event: &types::psc_http_event, data: &[u8]) {
