@@ -7,9 +7,10 @@ reports medians: requests per second, P99 latency, and the agent's own CPU time 
 1,000 requests (user + system time of the agent process, from /proc).
 
 Usage (as root, after `cargo build --release`):
-    python3 bench/http_overhead.py [--rounds 5] [--duration 10] [--connections 32] [--floor]
+    python3 bench/http_overhead.py [--rounds 5] [--duration 10] [--connections 32] [--floor [socket|socket-copy]] [--bpf-stats]
 """
 import argparse
+import json
 import os
 import re
 import shutil
@@ -70,9 +71,9 @@ def start_agent(workdir, metrics_port, extra=os.environ.get("PERISCOPE_BENCH_CON
     return start_periscope(["run", "--config", conf], "serving metrics")
 
 
-def start_floor():
-    """Empty programs on the http probe's hooks instead of the agent: the floor."""
-    return start_periscope(["floor", "--hooks", "socket"], "floor programs attached")
+def start_floor(hooks):
+    """Floor programs on the http probe's hooks instead of the agent."""
+    return start_periscope(["floor", "--hooks", hooks], "floor programs attached")
 
 
 def start_periscope(args, ready_line):
@@ -93,6 +94,20 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def busy_cpu_seconds():
+    """CPU time spent on all CPUs outside idle and iowait, from /proc/stat."""
+    with open("/proc/stat") as f:
+        ticks = [int(v) for v in f.readline().split()[1:9]]
+    return (sum(ticks) - ticks[3] - ticks[4]) / CLK_TCK
+
+
+def bpf_program_stats():
+    """Run time and run count of Periscope's loaded programs, by id (bpftool -j)."""
+    out = subprocess.run(["bpftool", "-j", "prog", "show"], check=True, capture_output=True, text=True).stdout
+    return {p["id"]: (p.get("name", ""), p.get("run_time_ns", 0), p.get("run_cnt", 0))
+            for p in json.loads(out) if p.get("name", "").startswith("psc_")}
+
+
 def run_wrk(port, duration, connections):
     out = subprocess.run(["wrk", "-t2", f"-c{connections}", f"-d{duration}s", "--latency",
                           f"http://127.0.0.1:{port}/index.html"], check=True, capture_output=True, text=True).stdout
@@ -108,8 +123,13 @@ def main():
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--connections", type=int, default=32)
-    parser.add_argument("--floor", action="store_true",
-                        help="'on' runs empty programs on the http probe's socket hooks instead of the agent")
+    parser.add_argument("--floor", nargs="?", const="socket", choices=["socket", "socket-copy"],
+                        help="'on' runs floor programs instead of the agent: empty ones on the http "
+                             "probe's socket hooks (socket), or ones that only copy the first bytes "
+                             "of every TCP read and write (socket-copy)")
+    parser.add_argument("--bpf-stats", action="store_true",
+                        help="enable kernel.bpf_stats_enabled during 'on' rounds and report the time "
+                             "spent in each program per request, against all busy CPU time")
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("run as root: the benchmark loads BPF programs")
@@ -121,15 +141,29 @@ def main():
     nginx = start_nginx(workdir, port)
     results = {"off": [], "on": []}
     agent_cpu_per_1000 = []
+    prog_time = {}  # name -> [run time ns, runs]
+    busy_on, requests_on = 0.0, 0
     try:
         run_wrk(port, 2, args.connections)  # warm up
         for round_no in range(args.rounds):
             for kind in ("off", "on"):
                 agent = None
                 if kind == "on":
-                    agent = start_floor() if args.floor else start_agent(workdir, metrics_port)
+                    agent = start_floor(args.floor) if args.floor else start_agent(workdir, metrics_port)
                 before = cpu_seconds(agent.pid) if agent else 0
+                if agent and args.bpf_stats:
+                    subprocess.run(["sysctl", "-q", "kernel.bpf_stats_enabled=1"], check=True)
+                    progs_before, busy_before = bpf_program_stats(), busy_cpu_seconds()
                 rps, p99, total = run_wrk(port, args.duration, args.connections)
+                if agent and args.bpf_stats:
+                    busy_on += busy_cpu_seconds() - busy_before
+                    requests_on += total
+                    for prog_id, (name, run_ns, runs) in bpf_program_stats().items():
+                        _, run_ns_before, runs_before = progs_before.get(prog_id, (name, 0, 0))
+                        acc = prog_time.setdefault(name, [0, 0])
+                        acc[0] += run_ns - run_ns_before
+                        acc[1] += runs - runs_before
+                    subprocess.run(["sysctl", "-q", "kernel.bpf_stats_enabled=0"], check=True)
                 if agent:
                     agent_cpu_per_1000.append((cpu_seconds(agent.pid) - before) / total * 1000)
                     agent.send_signal(signal.SIGINT)
@@ -147,12 +181,25 @@ def main():
     print("| agent | requests/s | P99 latency |")
     print("| --- | --- | --- |")
     for kind in ("off", "on"):
-        label = "floor (empty programs on the socket hooks)" if kind == "on" and args.floor else kind
+        label = kind
+        if kind == "on" and args.floor:
+            label = {"socket": "floor (empty programs on the socket hooks)",
+                     "socket-copy": "floor (copying the first 256 bytes of every TCP read and write)"}[args.floor]
         print(f"| {label} | {med[kind][0]:.0f} | {med[kind][1] * 1e3:.2f} ms |")
     print()
     print(f"Requests/s with the agent on: {med['on'][0] / med['off'][0] * 100:.1f}% of off (target: >= 97%)")
     print(f"Added P99 latency: {(med['on'][1] - med['off'][1]) * 1e3:+.2f} ms")
     print(f"Agent CPU time per 1,000 requests: {statistics.median(agent_cpu_per_1000) * 1e3:.2f} ms")
+    if args.bpf_stats and requests_on:
+        per_request = busy_on / requests_on * 1e6
+        print(f"\nAll busy CPU time with the agent on: {per_request:.2f} us per request "
+              f"(kernel.bpf_stats_enabled adds two clock reads to every program run)")
+        print("| program | runs per request | ns per run | us per request | share of busy CPU |")
+        print("| --- | --- | --- | --- | --- |")
+        for name, (run_ns, runs) in sorted(prog_time.items()):
+            if runs:
+                print(f"| {name} | {runs / requests_on:.2f} | {run_ns / runs:.0f} | "
+                      f"{run_ns / requests_on / 1e3:.2f} | {run_ns / 1e9 / busy_on * 100:.2f} % |")
 
 
 if __name__ == "__main__":

@@ -19,6 +19,10 @@ pub enum FloorHooks {
     /// tp_btf/sock_recv_length, sock_send_length and inet_sock_set_state: the http
     /// probe's hooks.
     Socket,
+    /// The socket hooks, with programs that find each TCP read's or write's buffer and
+    /// copy its first 256 bytes: what seeing plaintext HTTP costs before any tracking,
+    /// parsing or event.
+    SocketCopy,
 }
 
 impl FloorHooks {
@@ -27,6 +31,9 @@ impl FloorHooks {
             FloorHooks::Syscalls => "tp_btf/sys_enter and tp_btf/sys_exit",
             FloorHooks::Socket => {
                 "tp_btf/sock_recv_length, tp_btf/sock_send_length and tp_btf/inet_sock_set_state"
+            }
+            FloorHooks::SocketCopy => {
+                "tp_btf/sock_recv_length and tp_btf/sock_send_length, copying each TCP read's and write's first 256 bytes"
             }
         }
     }
@@ -48,6 +55,11 @@ impl Floor {
             FloorHooks::Socket => vec![
                 &progs.psc_floor_recv,
                 &progs.psc_floor_send,
+                &progs.psc_floor_state,
+            ],
+            FloorHooks::SocketCopy => vec![
+                &progs.psc_floor_recv_copy,
+                &progs.psc_floor_send_copy,
                 &progs.psc_floor_state,
             ],
         };
