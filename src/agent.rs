@@ -14,12 +14,13 @@ use tokio::sync::oneshot;
 use tracing::{info, warn};
 
 use crate::config::Config;
-use crate::export::prometheus;
+use crate::export::{jsonl, prometheus, ExportStats};
 use crate::kernel::stats::{self, StatsSampler};
 use crate::kernel::KernelFeatures;
+use crate::model::span::{Span, SpanQueue};
 use crate::model::Family;
 use crate::probes::{Probe, BUILT_IN};
-use crate::selfmetrics::{self, AgentHealth, ProbeHealth};
+use crate::selfmetrics::{self, AgentHealth, ExporterHealth, ProbeHealth, SpanHealth};
 
 /// Scrapes waiting for the collector, at most; beyond, scrapes get 503 and are counted.
 const SCRAPE_QUEUE: usize = 8;
@@ -65,8 +66,19 @@ pub fn check_kernel() -> Result<KernelFeatures> {
     Ok(kernel)
 }
 
-pub async fn run(config: Config) -> Result<()> {
+/// The spans' way from the probes to the exporters.
+#[derive(Clone)]
+struct SpanPipeline {
+    queue: Arc<SpanQueue>,
+    exporters: Vec<Arc<ExportStats>>,
+}
+
+pub async fn run(mut config: Config) -> Result<()> {
     let started = Instant::now();
+    config
+        .traces
+        .apply_env(|name| std::env::var(name).ok())
+        .map_err(anyhow::Error::msg)?;
     // Installed first, so that a signal during start-up also stops the agent cleanly.
     let mut signals = Signals::install()?;
     let kernel = check_kernel()?;
@@ -77,13 +89,47 @@ pub async fn run(config: Config) -> Result<()> {
         .await
         .with_context(|| format!("cannot listen on {address} (prometheus.listen_address)"))?;
 
+    let jsonl_config = config.exporters.jsonl.clone();
+    let pipeline = config.traces.enabled.then(|| SpanPipeline {
+        queue: Arc::new(SpanQueue::new(config.traces.queue_spans.get() as usize)),
+        exporters: jsonl_config
+            .enabled
+            .then(|| Arc::new(ExportStats::new("jsonl")))
+            .into_iter()
+            .collect(),
+    });
+    if pipeline.as_ref().is_some_and(|p| p.exporters.is_empty()) {
+        warn!("traces.enabled is set but no span exporter is: spans are made and dropped (periscope_spans_dropped_total)");
+    }
+    let jsonl_stats = if jsonl_config.enabled {
+        Some(
+            pipeline
+                .as_ref()
+                .and_then(|p| p.exporters.first().cloned())
+                .unwrap_or_else(|| Arc::new(ExportStats::new("jsonl"))),
+        )
+    } else {
+        None
+    };
+
     let (commands, inbox) = mpsc::sync_channel(SCRAPE_QUEUE);
     let scrapes_refused = Arc::new(AtomicU64::new(0));
     let refused_count = scrapes_refused.clone();
     let (report_tx, report_rx) = oneshot::channel();
+    let collector_pipeline = pipeline.clone();
     let collector = thread::Builder::new()
         .name("collector".into())
-        .spawn(move || collector_main(config, kernel, inbox, report_tx, started, refused_count))
+        .spawn(move || {
+            collector_main(
+                config,
+                kernel,
+                inbox,
+                report_tx,
+                started,
+                refused_count,
+                collector_pipeline,
+            )
+        })
         .context("starting the collector thread")?;
     let reports = tokio::select! {
         reports = report_rx => reports.context("the collector thread stopped during start-up")?,
@@ -110,6 +156,39 @@ pub async fn run(config: Config) -> Result<()> {
         started.elapsed().as_secs_f64()
     );
 
+    let exporters_stop = Arc::new(AtomicBool::new(false));
+    let mut exporter_threads = Vec::new();
+    if let Some(stats) = jsonl_stats {
+        let path = (jsonl_config.path != "-").then(|| std::path::PathBuf::from(&jsonl_config.path));
+        let settings = jsonl::JsonLinesSettings {
+            path: path.clone(),
+            max_file_bytes: u64::from(jsonl_config.max_file_bytes.get()),
+            max_files: jsonl_config.max_files,
+            metrics_interval: (jsonl_config.metrics_interval_secs > 0)
+                .then(|| Duration::from_secs(jsonl_config.metrics_interval_secs)),
+            host_name: crate::export::host_name(),
+        };
+        // Without traces the queue stays empty and only snapshots are written.
+        let queue = pipeline
+            .as_ref()
+            .map(|p| p.queue.clone())
+            .unwrap_or_else(|| Arc::new(SpanQueue::new(1)));
+        let snapshot_commands = commands.clone();
+        let snapshot = move || {
+            let (reply, answer) = oneshot::channel();
+            snapshot_commands.send(Command::Collect(reply)).ok()?;
+            answer.blocking_recv().ok()
+        };
+        let stop = exporters_stop.clone();
+        let thread = thread::Builder::new()
+            .name("jsonl".into())
+            .spawn(move || jsonl::run(settings, queue, snapshot, stats, stop))
+            .context("starting the JSON lines exporter")?;
+        let target = path.map_or("standard output".to_string(), |p| p.display().to_string());
+        println!("periscope: writing JSON lines to {target}");
+        exporter_threads.push(thread);
+    }
+
     let ready = Arc::new(AtomicBool::new(true));
     let source = CollectorHandle {
         commands: commands.clone(),
@@ -134,6 +213,18 @@ pub async fn run(config: Config) -> Result<()> {
         // winds down.
         let _ = commands.send(Command::Shutdown);
         let _ = collector_done.await;
+    }
+    // The collector handed its last spans over when it stopped: the exporters write
+    // them, then stop.
+    exporters_stop.store(true, Ordering::Release);
+    for thread in exporter_threads {
+        match tokio::task::spawn_blocking(move || thread.join()).await {
+            Ok(Ok(Err(err))) => {
+                warn!(error = %err, "the JSON lines exporter stopped with an error")
+            }
+            Ok(Err(_)) => warn!("an exporter thread panicked"),
+            _ => {}
+        }
     }
     let _ = stop_server.send(());
     match tokio::time::timeout(Duration::from_secs(1), server).await {
@@ -201,6 +292,8 @@ struct Collector {
     start_time: Duration,
     stats: StatsSampler,
     scrapes_refused: Arc<AtomicU64>,
+    spans: Option<SpanPipeline>,
+    span_buffer: Vec<Span>,
 }
 
 fn collector_main(
@@ -210,6 +303,7 @@ fn collector_main(
     report: oneshot::Sender<Vec<AttachReport>>,
     started: Instant,
     scrapes_refused: Arc<AtomicU64>,
+    spans: Option<SpanPipeline>,
 ) {
     let (probes, reports) = load_probes(&config, &mut kernel, true);
     let down = reports
@@ -228,6 +322,8 @@ fn collector_main(
             Instant::now(),
         ),
         scrapes_refused,
+        spans,
+        span_buffer: Vec::new(),
     };
     info!(
         seconds = collector.start_time.as_secs_f64(),
@@ -256,12 +352,20 @@ fn collector_main(
         let now = Instant::now();
         collector.stats.tick(now);
         probe_deadlines = collector.tick_probes(now);
+        collector.forward_spans();
         if now >= next_upkeep {
             collector.collect();
             next_upkeep = now + UPKEEP_INTERVAL;
         }
     }
     let count = collector.probes.len();
+    // One last drain, its spans handed over; dropping the probes then detaches them.
+    let mut probes = std::mem::take(&mut collector.probes);
+    for probe in &mut probes {
+        probe.tick(Instant::now());
+    }
+    collector.probes = probes;
+    collector.forward_spans();
     drop(collector);
     info!(probes = count, "all probes detached");
 }
@@ -318,6 +422,17 @@ impl Collector {
             .min()
     }
 
+    /// Moves the probes' finished spans to the exporters' queue.
+    fn forward_spans(&mut self) {
+        for probe in &mut self.probes {
+            probe.take_spans(&mut self.span_buffer);
+        }
+        match &self.spans {
+            Some(pipeline) => pipeline.queue.push(&mut self.span_buffer),
+            None => self.span_buffer.clear(),
+        }
+    }
+
     fn collect(&mut self) -> Vec<Family> {
         let began = Instant::now();
         let now = Instant::now();
@@ -358,6 +473,30 @@ impl Collector {
                 start_time: self.start_time,
                 stats_enabled: self.stats.enabled_for(Instant::now()),
                 scrapes_refused: self.scrapes_refused.load(Ordering::Relaxed),
+                spans: self.spans.as_ref().map(|p| SpanHealth {
+                    queued: p.queue.accepted.load(Ordering::Relaxed),
+                    dropped: vec![
+                        ("queue_full", p.queue.dropped.load(Ordering::Relaxed)),
+                        (
+                            "probe_buffer",
+                            self.probes.iter().map(|probe| probe.spans_dropped()).sum(),
+                        ),
+                    ],
+                    queue_len: p.queue.len(),
+                    queue_capacity: p.queue.capacity(),
+                }),
+                exporters: self
+                    .spans
+                    .iter()
+                    .flat_map(|p| &p.exporters)
+                    .map(|e| ExporterHealth {
+                        exporter: e.exporter,
+                        spans_sent: e.spans_sent.load(Ordering::Relaxed),
+                        spans_failed: e.spans_failed.load(Ordering::Relaxed),
+                        metric_points_sent: e.metric_points_sent.load(Ordering::Relaxed),
+                        failures: e.failures.load(Ordering::Relaxed),
+                    })
+                    .collect(),
             },
         ));
         families

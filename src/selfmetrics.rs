@@ -28,6 +28,29 @@ pub struct AgentHealth {
     pub stats_enabled: Duration,
     /// Scrapes refused because the collector's queue was full.
     pub scrapes_refused: u64,
+    /// The span pipeline, when traces are on.
+    pub spans: Option<SpanHealth>,
+    /// What each push exporter delivered and lost.
+    pub exporters: Vec<ExporterHealth>,
+}
+
+/// The queue between the probes and the span exporters.
+pub struct SpanHealth {
+    /// Spans the probes handed to the queue.
+    pub queued: u64,
+    /// Spans dropped, by where: `queue_full` (oldest dropped for newer ones) or
+    /// `probe_buffer` (the probe held more than it may between two hand-overs).
+    pub dropped: Vec<(&'static str, u64)>,
+    pub queue_len: usize,
+    pub queue_capacity: usize,
+}
+
+pub struct ExporterHealth {
+    pub exporter: &'static str,
+    pub spans_sent: u64,
+    pub spans_failed: u64,
+    pub metric_points_sent: u64,
+    pub failures: u64,
 }
 
 pub fn families(health: &[ProbeHealth], agent: &AgentHealth) -> Vec<Family> {
@@ -141,8 +164,81 @@ pub fn families(health: &[ProbeHealth], agent: &AgentHealth) -> Vec<Family> {
     .with_unit("seconds");
     stats.push(vec![], Value::Counter(agent.stats_enabled.as_secs_f64()));
 
-    vec![
+    let mut families = vec![
         build, up, runs, run_time, stats, entries, capacity, folded, expired, lost, scrape,
         refused, start,
+    ];
+    if let Some(spans) = &agent.spans {
+        families.extend(span_families(spans, &agent.exporters));
+    }
+    families
+}
+
+fn span_families(spans: &SpanHealth, exporters: &[ExporterHealth]) -> Vec<Family> {
+    let mut queued = Family::new(
+        "periscope_spans_queued",
+        "Spans the probes handed to the exporters' queue.",
+        MetricKind::Counter,
+    );
+    queued.push(vec![], Value::Counter(spans.queued as f64));
+    let mut dropped = Family::new(
+        "periscope_spans_dropped",
+        "Spans dropped before export: queue_full (the oldest, when the exporters fall behind) or probe_buffer.",
+        MetricKind::Counter,
+    );
+    for (reason, count) in &spans.dropped {
+        dropped.push(
+            vec![("reason", reason.to_string())],
+            Value::Counter(*count as f64),
+        );
+    }
+    let mut queue = Family::new(
+        "periscope_span_queue_spans",
+        "Spans waiting in the exporters' queue.",
+        MetricKind::Gauge,
+    );
+    queue.push(vec![], Value::Gauge(spans.queue_len as f64));
+    let mut queue_capacity = Family::new(
+        "periscope_span_queue_capacity_spans",
+        "Spans the exporters' queue holds at most (traces.queue_spans).",
+        MetricKind::Gauge,
+    );
+    queue_capacity.push(vec![], Value::Gauge(spans.queue_capacity as f64));
+    let mut sent = Family::new(
+        "periscope_exporter_spans_sent",
+        "Spans each exporter delivered.",
+        MetricKind::Counter,
+    );
+    let mut failed = Family::new(
+        "periscope_exporter_spans_failed",
+        "Spans each exporter lost because their delivery failed.",
+        MetricKind::Counter,
+    );
+    let mut points = Family::new(
+        "periscope_exporter_metric_points_sent",
+        "Metric points (series) each exporter delivered.",
+        MetricKind::Counter,
+    );
+    let mut failures = Family::new(
+        "periscope_exporter_failures",
+        "Failed writes or requests of each exporter.",
+        MetricKind::Counter,
+    );
+    for exporter in exporters {
+        let label = || vec![("exporter", exporter.exporter.to_string())];
+        sent.push(label(), Value::Counter(exporter.spans_sent as f64));
+        failed.push(label(), Value::Counter(exporter.spans_failed as f64));
+        points.push(label(), Value::Counter(exporter.metric_points_sent as f64));
+        failures.push(label(), Value::Counter(exporter.failures as f64));
+    }
+    vec![
+        queued,
+        dropped,
+        queue,
+        queue_capacity,
+        sent,
+        failed,
+        points,
+        failures,
     ]
 }

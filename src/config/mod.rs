@@ -29,6 +29,122 @@ pub struct Config {
     pub probes: ProbesConfig,
     /// The agent's own metrics.
     pub self_metrics: SelfMetricsConfig,
+    /// Spans of the requests probes see.
+    pub traces: TracesConfig,
+    /// Where metrics and spans are pushed, besides the Prometheus endpoint.
+    pub exporters: ExportersConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TracesConfig {
+    /// Make a span of every HTTP request the http probe sees.
+    pub enabled: bool,
+    /// Which spans are kept (the OpenTelemetry SDK samplers; `OTEL_TRACES_SAMPLER`
+    /// overrides it).
+    pub sampler: SamplerName,
+    /// The ratio of the ratio samplers (`OTEL_TRACES_SAMPLER_ARG` overrides it).
+    pub sampler_arg: f64,
+    /// Spans waiting for the exporters, at most; beyond, the oldest are dropped and
+    /// counted in `periscope_spans_dropped_total`.
+    pub queue_spans: NonZeroU32,
+}
+
+impl Default for TracesConfig {
+    fn default() -> Self {
+        TracesConfig {
+            enabled: false,
+            sampler: SamplerName::ParentbasedAlwaysOn,
+            sampler_arg: 1.0,
+            queue_spans: nonzero(65536),
+        }
+    }
+}
+
+impl TracesConfig {
+    pub fn sampler(&self) -> crate::model::span::Sampler {
+        use crate::model::span::{RootSampler, Sampler};
+        let ratio = self.sampler_arg.clamp(0.0, 1.0);
+        match self.sampler {
+            SamplerName::AlwaysOn => Sampler::AlwaysOn,
+            SamplerName::AlwaysOff => Sampler::AlwaysOff,
+            SamplerName::Traceidratio => Sampler::TraceIdRatio(ratio),
+            SamplerName::ParentbasedAlwaysOn => Sampler::ParentBased(RootSampler::AlwaysOn),
+            SamplerName::ParentbasedAlwaysOff => Sampler::ParentBased(RootSampler::AlwaysOff),
+            SamplerName::ParentbasedTraceidratio => {
+                Sampler::ParentBased(RootSampler::TraceIdRatio(ratio))
+            }
+        }
+    }
+
+    /// Applies `OTEL_TRACES_SAMPLER` and `OTEL_TRACES_SAMPLER_ARG` from `env`.
+    pub fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) -> Result<(), String> {
+        if let Some(name) = env("OTEL_TRACES_SAMPLER") {
+            self.sampler = SamplerName::deserialize(serde::de::value::StrDeserializer::<
+                serde::de::value::Error,
+            >::new(name.trim()))
+            .map_err(|_| {
+                format!("OTEL_TRACES_SAMPLER: unknown sampler {name:?} (always_on, always_off, traceidratio, parentbased_always_on, parentbased_always_off, parentbased_traceidratio)")
+            })?;
+        }
+        if let Some(arg) = env("OTEL_TRACES_SAMPLER_ARG") {
+            let ratio: f64 = arg
+                .trim()
+                .parse()
+                .map_err(|_| format!("OTEL_TRACES_SAMPLER_ARG: {arg:?} is not a number"))?;
+            if !(0.0..=1.0).contains(&ratio) {
+                return Err(format!(
+                    "OTEL_TRACES_SAMPLER_ARG: {ratio} is outside [0, 1]"
+                ));
+            }
+            self.sampler_arg = ratio;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SamplerName {
+    AlwaysOn,
+    AlwaysOff,
+    Traceidratio,
+    ParentbasedAlwaysOn,
+    ParentbasedAlwaysOff,
+    ParentbasedTraceidratio,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExportersConfig {
+    pub jsonl: JsonLinesConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct JsonLinesConfig {
+    /// Write spans and metric snapshots as JSON lines (docs/jsonl-schema.md).
+    pub enabled: bool,
+    /// A file, or `-` for standard output.
+    pub path: String,
+    /// A file is rotated when it reaches this size: `path` becomes `path.1`, and so on.
+    pub max_file_bytes: NonZeroU32,
+    /// Rotated files kept, at most.
+    pub max_files: u32,
+    /// A snapshot of every metric this often; 0: spans only.
+    pub metrics_interval_secs: u64,
+}
+
+impl Default for JsonLinesConfig {
+    fn default() -> Self {
+        JsonLinesConfig {
+            enabled: false,
+            path: "-".into(),
+            max_file_bytes: nonzero(100 << 20),
+            max_files: 5,
+            metrics_interval_secs: 60,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]

@@ -1,3 +1,41 @@
 //! Exporters: each reads the model only.
 
+pub mod jsonl;
 pub mod prometheus;
+
+use std::sync::atomic::AtomicU64;
+
+/// What one push exporter has delivered and lost, for the agent's own metrics.
+#[derive(Debug)]
+pub struct ExportStats {
+    pub exporter: &'static str,
+    pub spans_sent: AtomicU64,
+    /// Spans lost because their export failed.
+    pub spans_failed: AtomicU64,
+    pub metric_points_sent: AtomicU64,
+    /// Failed writes or requests.
+    pub failures: AtomicU64,
+}
+
+impl ExportStats {
+    pub fn new(exporter: &'static str) -> ExportStats {
+        ExportStats {
+            exporter,
+            spans_sent: AtomicU64::new(0),
+            spans_failed: AtomicU64::new(0),
+            metric_points_sent: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+        }
+    }
+}
+
+/// This machine's name, for the `host.name` resource attribute.
+pub fn host_name() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most buf.len() bytes into buf.
+    if unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } != 0 {
+        return String::new();
+    }
+    let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
+}

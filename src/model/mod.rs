@@ -1,7 +1,9 @@
-//! What probes produce and exporters read: metric families, series and histograms.
+//! What probes produce and exporters read: metric families, series, histograms and
+//! spans.
 //! Neither probes nor exporters are imported here.
 
 pub mod histogram;
+pub mod span;
 
 use std::time::SystemTime;
 

@@ -15,6 +15,7 @@ use std::time::Instant;
 
 use crate::config::Config;
 use crate::kernel::KernelFeatures;
+use crate::model::span::Span;
 use crate::model::Family;
 
 pub use util::{MapFill, ProbeError};
@@ -59,6 +60,12 @@ pub trait Probe {
     }
     /// Events the kernel could not hand over (full ring buffer); none for pure aggregators.
     fn events_lost(&self) -> u64 {
+        0
+    }
+    /// Moves the spans finished since the last call into `out`.
+    fn take_spans(&mut self, _out: &mut Vec<Span>) {}
+    /// Spans the probe dropped because nobody took them in time.
+    fn spans_dropped(&self) -> u64 {
         0
     }
 }

@@ -2,7 +2,8 @@
 
 use std::collections::VecDeque;
 
-use super::parser::{Expect, Frame, Framer, Kind};
+use super::parser::{Expect, Frame, Framer, Kind, TraceHeaders};
+use crate::model::span::SpanContext;
 
 /// Which side of the connection the traced process is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -33,6 +34,18 @@ pub struct Exchange {
     pub start_ns: u64,
     /// Server: last byte of the response written; client: read. Kernel ns.
     pub end_ns: u64,
+    /// Its span's context, when spans are made.
+    pub context: Option<SpanContext>,
+    /// The thread that read (server) or wrote (client) the request.
+    pub tid: u32,
+}
+
+/// A request framed but not yet answered, as the span maker sees it.
+pub struct NewRequest<'a> {
+    /// The thread that read (server) or wrote (client) its first bytes.
+    pub tid: u32,
+    pub trace: Option<&'a TraceHeaders>,
+    pub context: &'a mut Option<SpanContext>,
 }
 
 #[derive(Debug, Clone)]
@@ -41,6 +54,11 @@ struct Pending {
     path: String,
     start: u64,
     request_body: Option<u64>,
+    tid: u32,
+    trace: Option<TraceHeaders>,
+    context: Option<SpanContext>,
+    /// `context` was decided (it may stay `None`: not traced).
+    decided: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -53,6 +71,8 @@ pub struct Connection {
     answering: Option<(Pending, u16)>,
     /// The response being framed is interim (1xx): its end is not the exchange's.
     interim: bool,
+    /// The thread of the read or write being fed.
+    tid: u32,
 }
 
 /// Requests waiting for a response on one connection, at most; older ones are dropped.
@@ -67,7 +87,20 @@ impl Connection {
             pending: VecDeque::new(),
             answering: None,
             interim: false,
+            tid: 0,
         }
+    }
+
+    /// Requests framed since the last call, for their span contexts to be decided.
+    pub fn new_requests(&mut self) -> impl Iterator<Item = NewRequest<'_>> {
+        self.pending.iter_mut().filter(|p| !p.decided).map(|p| {
+            p.decided = true;
+            NewRequest {
+                tid: p.tid,
+                trace: p.trace.as_ref(),
+                context: &mut p.context,
+            }
+        })
     }
 
     pub fn role(&self) -> Role {
@@ -87,6 +120,19 @@ impl Connection {
 
     /// Feeds one read or write; returns the exchanges it completed.
     pub fn feed(&mut self, direction: Direction, data: &[u8], len: u64, at: u64) -> Vec<Exchange> {
+        self.feed_by(direction, data, len, at, 0)
+    }
+
+    /// `feed`, for a read or write made by thread `tid`.
+    pub fn feed_by(
+        &mut self,
+        direction: Direction,
+        data: &[u8],
+        len: u64,
+        at: u64,
+        tid: u32,
+    ) -> Vec<Exchange> {
+        self.tid = tid;
         let carries_requests = matches!(
             (self.role, direction),
             (Role::Server, Direction::Ingress) | (Role::Client, Direction::Egress)
@@ -128,6 +174,10 @@ impl Connection {
                     path: head.path,
                     start: at,
                     request_body: None,
+                    tid: self.tid,
+                    trace: head.trace,
+                    context: None,
+                    decided: false,
                 });
             }
             Frame::End { body_bytes, .. } => {
@@ -168,6 +218,8 @@ impl Connection {
                     response_body_bytes: body_bytes,
                     start_ns: request.start,
                     end_ns: at,
+                    context: request.context,
+                    tid: request.tid,
                 })
             }
             Frame::RequestHead { .. } => None,

@@ -131,6 +131,7 @@ static __always_inline void fill_event(struct scratch *s, __u32 tgid, __u32 fd, 
 {
 	s->event.ts = bpf_ktime_get_ns();
 	s->event.tgid = tgid;
+	s->event.tid = (__u32)bpf_get_current_pid_tgid();
 	s->event.fd = fd;
 	s->event.len = len;
 	s->event.kind = kind;
@@ -138,6 +139,7 @@ static __always_inline void fill_event(struct scratch *s, __u32 tgid, __u32 fd, 
 	s->event.tls = tls;
 	s->event.gap = conn->lost;
 	s->event.server = conn->server;
+	s->event.client = conn->client;
 }
 
 /* Returns 0 when the event is in the ring buffer. */
@@ -252,6 +254,13 @@ static __always_inline int set_role(struct psc_conn *conn, const struct sock *sk
 	conn->role = role;
 	if (role == PSC_ROLE_SERVER) {
 		conn->server.port = sk->__sk_common.skc_num;
+		conn->client.port = bpf_ntohs(sk->__sk_common.skc_dport);
+		conn->client.family = family;
+		if (family == AF_INET)
+			__builtin_memcpy(conn->client.addr, &sk->__sk_common.skc_daddr, 4);
+		else
+			BPF_CORE_READ_INTO(&conn->client.addr, sk,
+					   __sk_common.skc_v6_daddr.in6_u.u6_addr8);
 		return 1;
 	}
 	conn->server.port = bpf_ntohs(sk->__sk_common.skc_dport);

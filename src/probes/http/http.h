@@ -32,6 +32,8 @@ struct psc_conn {
 	__u8 named; /* an event has carried the process's name */
 	__u8 lost;  /* an event of this connection did not fit in the ring buffer */
 	struct psc_peer server;
+	/* The client of an accepted connection (its remote side); zero for connected ones. */
+	struct psc_peer client;
 };
 
 enum psc_http_event_kind {
@@ -47,6 +49,8 @@ struct psc_http_event {
 	__u64 ts;
 	__u32 tgid;
 	__u32 fd;
+	__u32 tid; /* the thread that read or wrote: spans of a thread's requests nest */
+	__u32 pad;
 	__u64 len; /* bytes the syscall moved */
 	__u32 captured;
 	__u8 kind;
@@ -56,6 +60,7 @@ struct psc_http_event {
 	 * its framing is stale. */
 	__u8 gap;
 	struct psc_peer server;
+	struct psc_peer client;
 	/* The process's name (its group leader's comm), for processes gone before user
 	 * space reads their /proc entry. */
 	char comm[PSC_COMM_LEN];

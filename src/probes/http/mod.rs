@@ -10,6 +10,7 @@
 pub mod conn;
 pub mod parser;
 pub mod routes;
+pub mod spans;
 pub mod tls;
 
 use std::cell::RefCell;
@@ -29,6 +30,7 @@ use crate::config::Config;
 use crate::enrich::ProcessTable;
 use crate::kernel::KernelFeatures;
 use crate::model::histogram::{DurationBounds, LogLinearHistogram};
+use crate::model::span::{Span, SpanResource};
 use crate::model::{Family, Labels, MetricKind, Value};
 use conn::{Connection, Direction, Exchange, Role};
 use routes::{RoutePattern, RouteTable};
@@ -188,6 +190,8 @@ pub struct HttpProbe {
     expired_series: u64,
     next_sweep: Instant,
     fill: Vec<MapFill>,
+    /// Spans of exchanges, when traces are on.
+    spans: Option<spans::SpanMaker>,
 }
 
 impl HttpProbe {
@@ -255,6 +259,10 @@ impl HttpProbe {
             expired_series: 0,
             next_sweep: Instant::now(),
             fill: Vec::new(),
+            spans: config
+                .traces
+                .enabled
+                .then(|| spans::SpanMaker::new(config.traces.sampler())),
         };
         if attach {
             probe.attach()?;
@@ -396,6 +404,9 @@ impl HttpProbe {
 
     /// Takes every event the kernel has handed over and frames it.
     fn drain(&mut self) {
+        if let Some(spans) = &mut self.spans {
+            spans.sync_clock();
+        }
         if let Some(ring) = &self.ring {
             // A full inbox stops the consumer (the record it stopped on is taken).
             if let Err(err) = ring.consume() {
@@ -499,7 +510,12 @@ impl HttpProbe {
             *conn = Connection::new(role);
             *tls = event_tls;
         }
-        let exchanges = conn.feed(direction, data, event.len, event.ts);
+        let exchanges = conn.feed_by(direction, data, event.len, event.ts, event.tid);
+        if let Some(spans) = &mut self.spans {
+            for request in conn.new_requests() {
+                spans.decide(role, request);
+            }
+        }
         // Partial heads are held across reads; all connections together hold at most
         // `max_buffered_head_bytes` (slow or hostile clients cannot grow the agent).
         self.head_bytes = self.head_bytes.saturating_sub(before) + conn.buffered();
@@ -530,6 +546,10 @@ impl HttpProbe {
             {
                 if let Some(stats) = self.series.get_mut(&last.key) {
                     stats.record(&exchange);
+                    if self.spans.is_some() {
+                        let route = last.key.route.clone();
+                        self.finish_span(event, role, exchange, &route);
+                    }
                     return;
                 }
             }
@@ -548,11 +568,66 @@ impl HttpProbe {
             });
         }
         let created = self.processes.get(event.tgid).map(|info| info.first_seen);
+        let route = self.spans.is_some().then(|| key.route.clone());
         let stats = self.series.entry(key).or_default();
         if let Some(created) = created {
             stats.created.get_or_insert(created);
         }
         stats.record(&exchange);
+        if let Some(route) = route {
+            self.finish_span(event, role, exchange, &route);
+        }
+    }
+
+    /// Hands a finished exchange to the span maker.
+    fn finish_span(
+        &mut self,
+        event: &types::psc_http_event,
+        role: Role,
+        exchange: Exchange,
+        route: &str,
+    ) {
+        let Some(context) = exchange.context else {
+            return;
+        };
+        let Some(spans) = &mut self.spans else {
+            return;
+        };
+        // Unsampled spans cost no names or addresses, only the end of their serving.
+        let (name, server_address, client_address) = if context.sampled {
+            let name = self
+                .processes
+                .get(event.tgid)
+                .map(|info| info.name.clone())
+                .unwrap_or_default();
+            let server = match role {
+                Role::Client => peer_address(&event.server),
+                Role::Server => String::new(),
+            };
+            (name, server, peer_address(&event.client))
+        } else {
+            Default::default()
+        };
+        spans.finish(spans::Finished {
+            role,
+            tid: exchange.tid,
+            context,
+            method: &normalize_method(&exchange.method),
+            route,
+            path: &exchange.path,
+            status: exchange.status,
+            tls: event.tls != 0,
+            start_ns: exchange.start_ns,
+            end_ns: exchange.end_ns,
+            server_address,
+            server_port: event.server.port,
+            client_address,
+            resource: SpanResource {
+                pid: event.tgid,
+                executable_name: name.clone(),
+                service_name: name,
+            },
+        });
     }
 
     /// The series an exchange belongs to, admitting its route and server address
@@ -637,6 +712,9 @@ impl HttpProbe {
         self.connections
             .retain(|(tgid, _), _| std::path::Path::new(&format!("/proc/{tgid}")).exists());
         self.head_bytes = self.connections.values().map(|t| t.conn.buffered()).sum();
+        if let Some(spans) = &mut self.spans {
+            spans.retain_threads(|tid| std::path::Path::new(&format!("/proc/{tid}")).exists());
+        }
         if !dead.is_empty() {
             debug!(
                 connections = dead.len(),
@@ -853,11 +931,25 @@ impl Probe for HttpProbe {
             ("server_addresses", self.addresses.folded()),
             ("tls_unknown_socket", self.counter(2)),
             ("pending_execs", self.execs_refused),
+            (
+                "span_threads",
+                self.spans.as_ref().map_or(0, |s| s.threads_refused),
+            ),
         ]
     }
 
     fn events_lost(&self) -> u64 {
         self.counter(0)
+    }
+
+    fn take_spans(&mut self, out: &mut Vec<Span>) {
+        if let Some(spans) = &mut self.spans {
+            spans.take(out);
+        }
+    }
+
+    fn spans_dropped(&self) -> u64 {
+        self.spans.as_ref().map_or(0, |s| s.dropped)
     }
 
     fn expired_series(&self) -> u64 {

@@ -8,6 +8,7 @@
 //! out of sync until a later read or write starts with a new message, and nothing is
 //! counted as a request that was not parsed as one.
 
+use crate::model::span::{parse_tracestate, TraceParent};
 use std::collections::VecDeque;
 
 /// Longest request or response head accepted (request line plus headers).
@@ -39,6 +40,15 @@ pub struct RequestHead {
     /// target (`http://host/path`, as proxies send) is reduced to its path.
     pub path: String,
     pub body: BodyLength,
+    /// The caller's W3C trace context, when it sent a valid one.
+    pub trace: Option<TraceHeaders>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceHeaders {
+    pub parent: TraceParent,
+    /// Validated `tracestate`, or empty.
+    pub state: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -506,10 +516,48 @@ fn trim(bytes: &[u8]) -> &[u8] {
     &bytes[start..end.max(start)]
 }
 
-/// Content-Length / Transfer-Encoding framing of a message's headers.
-fn body_framing(head: &[u8]) -> Option<Option<BodyLength>> {
+/// `traceparent` and `tracestate` headers as found: a repeated `traceparent` makes it
+/// invalid, repeated `tracestate` headers are one list.
+#[derive(Default)]
+struct TraceHeaderValues<'a> {
+    parents: usize,
+    parent: &'a [u8],
+    state: Vec<&'a [u8]>,
+}
+
+impl TraceHeaderValues<'_> {
+    fn parse(&self) -> Option<TraceHeaders> {
+        if self.parents != 1 {
+            return None;
+        }
+        let parent = TraceParent::parse(self.parent)?;
+        // A bad tracestate is dropped; the traceparent stands on its own.
+        let state = parse_tracestate(&self.state.join(&b","[..])).unwrap_or_default();
+        Some(TraceHeaders { parent, state })
+    }
+}
+
+/// Content-Length / Transfer-Encoding framing of a message's headers, and, for requests,
+/// their trace context headers (in the same pass).
+fn body_framing<'a>(
+    head: &'a [u8],
+    mut trace: Option<&mut TraceHeaderValues<'a>>,
+) -> Option<Option<BodyLength>> {
     let mut length = None;
     for (name, value) in header_lines(head) {
+        if let Some(trace) = trace.as_deref_mut() {
+            if name.eq_ignore_ascii_case(b"traceparent") {
+                trace.parents += 1;
+                trace.parent = value;
+                continue;
+            }
+            if name.eq_ignore_ascii_case(b"tracestate") {
+                if trace.state.len() < 32 {
+                    trace.state.push(value);
+                }
+                continue;
+            }
+        }
         if name.eq_ignore_ascii_case(b"transfer-encoding") {
             let value = String::from_utf8_lossy(value).to_ascii_lowercase();
             if value.rsplit(',').next().map(str::trim) == Some("chunked") {
@@ -545,11 +593,17 @@ pub fn parse_request_head(head: &[u8]) -> Option<RequestHead> {
         return None;
     }
     let path = request_path(target)?;
-    let body = body_framing(head)?.unwrap_or(BodyLength::None);
+    let mut trace = TraceHeaderValues::default();
+    let body = body_framing(head, Some(&mut trace))?.unwrap_or(BodyLength::None);
     Some(RequestHead {
         method: String::from_utf8_lossy(method).into_owned(),
         path,
         body,
+        trace: if trace.parents == 0 {
+            None
+        } else {
+            trace.parse()
+        },
     })
 }
 
@@ -603,7 +657,7 @@ pub fn parse_response_head(head: &[u8]) -> Option<ResponseHead> {
     if !(100..600).contains(&status) {
         return None;
     }
-    let body = body_framing(head)?.unwrap_or(BodyLength::UntilClose);
+    let body = body_framing(head, None)?.unwrap_or(BodyLength::UntilClose);
     Some(ResponseHead { status, body })
 }
 

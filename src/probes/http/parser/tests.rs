@@ -33,6 +33,8 @@ fn keep_alive_requests_pair_with_their_responses() {
             response_body_bytes: 5,
             start_ns: 10,
             end_ns: 25,
+            context: None,
+            tid: 0,
         }]
     );
     read(&mut c, b"GET /b HTTP/1.1\r\n\r\n", 30);
@@ -379,4 +381,19 @@ fn upgrade_and_tunnels_end_with_their_head() {
     let done = write(&mut c, b"HTTP/1.1 200 Connection Established\r\n\r\n", 2);
     assert_eq!(done.len(), 1);
     assert_eq!(done[0].method, "CONNECT");
+}
+
+#[test]
+fn trace_context_headers_are_read_with_the_framing_headers() {
+    let head = b"GET /a HTTP/1.1\r\nTraceParent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\r\ntracestate: a=1\r\nTracestate: b=2\r\nContent-Length: 3\r\n\r\n";
+    let parsed = parse_request_head(head).expect("valid head");
+    assert_eq!(parsed.body, BodyLength::Length(3));
+    let trace = parsed.trace.expect("trace context");
+    assert!(trace.parent.sampled);
+    assert_eq!(trace.state, "a=1,b=2");
+    // Two traceparent headers: neither is trusted.
+    let twice = b"GET /a HTTP/1.1\r\ntraceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\r\ntraceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203332-01\r\n\r\n";
+    assert_eq!(parse_request_head(twice).expect("valid head").trace, None);
+    let none = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n";
+    assert_eq!(parse_request_head(none).expect("valid head").trace, None);
 }

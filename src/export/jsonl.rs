@@ -1,0 +1,289 @@
+//! JSON lines: spans and metric snapshots, one JSON object per line, to standard output
+//! or to a size-rotated file, for backends that are neither Prometheus nor OpenTelemetry.
+//! The schema is versioned and documented in `docs/jsonl-schema.md`.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufWriter, Write};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::{json, Map, Value as Json};
+use tracing::warn;
+
+use super::ExportStats;
+use crate::model::span::{hex, AttributeValue, Span, SpanKind, SpanQueue};
+use crate::model::{Family, MetricKind, Value};
+
+/// The `schema` field of every line.
+pub const SCHEMA: &str = "periscope.jsonl/v1";
+
+/// Spans written per wake-up, at most.
+const BATCH: usize = 4096;
+
+pub struct JsonLinesSettings {
+    /// `None`: standard output.
+    pub path: Option<PathBuf>,
+    pub max_file_bytes: u64,
+    pub max_files: u32,
+    pub metrics_interval: Option<Duration>,
+    pub host_name: String,
+}
+
+/// The output: standard output, or a file rotated by size.
+enum Sink {
+    Stdout(io::Stdout),
+    File {
+        path: PathBuf,
+        file: BufWriter<File>,
+        written: u64,
+        max_bytes: u64,
+        max_files: u32,
+    },
+}
+
+impl Sink {
+    fn open(settings: &JsonLinesSettings) -> io::Result<Sink> {
+        match &settings.path {
+            None => Ok(Sink::Stdout(io::stdout())),
+            Some(path) => {
+                let file = OpenOptions::new().create(true).append(true).open(path)?;
+                let written = file.metadata()?.len();
+                Ok(Sink::File {
+                    path: path.clone(),
+                    file: BufWriter::new(file),
+                    written,
+                    max_bytes: settings.max_file_bytes,
+                    max_files: settings.max_files,
+                })
+            }
+        }
+    }
+
+    fn write_line(&mut self, line: &[u8]) -> io::Result<()> {
+        match self {
+            Sink::Stdout(out) => {
+                let mut out = out.lock();
+                out.write_all(line)?;
+                out.write_all(b"\n")
+            }
+            Sink::File {
+                path,
+                file,
+                written,
+                max_bytes,
+                max_files,
+            } => {
+                if *written > 0 && *written + line.len() as u64 + 1 > *max_bytes {
+                    file.flush()?;
+                    rotate(path, *max_files)?;
+                    *file =
+                        BufWriter::new(OpenOptions::new().create(true).append(true).open(&*path)?);
+                    *written = 0;
+                }
+                file.write_all(line)?;
+                file.write_all(b"\n")?;
+                *written += line.len() as u64 + 1;
+                Ok(())
+            }
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Sink::Stdout(out) => out.flush(),
+            Sink::File { file, .. } => file.flush(),
+        }
+    }
+}
+
+/// `path` -> `path.1` -> ... -> `path.<max_files>`, the oldest removed.
+fn rotate(path: &std::path::Path, max_files: u32) -> io::Result<()> {
+    let numbered = |n: u32| {
+        let mut name = path.as_os_str().to_owned();
+        name.push(format!(".{n}"));
+        PathBuf::from(name)
+    };
+    if max_files == 0 {
+        return std::fs::remove_file(path);
+    }
+    let _ = std::fs::remove_file(numbered(max_files));
+    for n in (1..max_files).rev() {
+        let from = numbered(n);
+        if from.exists() {
+            std::fs::rename(&from, numbered(n + 1))?;
+        }
+    }
+    std::fs::rename(path, numbered(1))
+}
+
+/// Runs the exporter until `stop` is set: spans as they come, a metric snapshot from
+/// `snapshot` every interval. A write that fails loses what it held, counted.
+pub fn run(
+    settings: JsonLinesSettings,
+    spans: Arc<SpanQueue>,
+    snapshot: impl Fn() -> Option<Vec<Family>>,
+    stats: Arc<ExportStats>,
+    stop: Arc<AtomicBool>,
+) -> io::Result<()> {
+    let mut sink = Sink::open(&settings)?;
+    let mut next_snapshot = settings.metrics_interval.map(|i| Instant::now() + i);
+    let mut line = Vec::with_capacity(1024);
+    loop {
+        let stopping = stop.load(Ordering::Acquire);
+        let batch = spans.pop(BATCH, Duration::from_millis(200));
+        let count = batch.len() as u64;
+        let mut failed = false;
+        for span in &batch {
+            line.clear();
+            if serde_json::to_writer(&mut line, &span_json(span, &settings.host_name)).is_ok()
+                && sink.write_line(&line).is_err()
+            {
+                failed = true;
+            }
+        }
+        if let (false, Some(due)) = (batch.len() == BATCH, next_snapshot) {
+            if Instant::now() >= due || stopping {
+                if let Some(families) = snapshot() {
+                    let written = write_snapshot(&mut sink, &families, &mut line);
+                    match written {
+                        Ok(points) => stats
+                            .metric_points_sent
+                            .fetch_add(points, Ordering::Relaxed),
+                        Err(_) => stats.failures.fetch_add(1, Ordering::Relaxed),
+                    };
+                }
+                next_snapshot = settings.metrics_interval.map(|i| Instant::now() + i);
+            }
+        }
+        if sink.flush().is_err() {
+            failed = true;
+        }
+        if failed {
+            stats.failures.fetch_add(1, Ordering::Relaxed);
+            stats.spans_failed.fetch_add(count, Ordering::Relaxed);
+            warn!("writing JSON lines failed; the spans of this batch are lost");
+        } else {
+            stats.spans_sent.fetch_add(count, Ordering::Relaxed);
+        }
+        if stopping && spans.is_empty() {
+            return Ok(());
+        }
+    }
+}
+
+fn unix_nanos(at: SystemTime) -> u64 {
+    at.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+pub fn span_json(span: &Span, host_name: &str) -> Json {
+    let mut attributes = Map::new();
+    for (key, value) in &span.attributes {
+        let value = match value {
+            AttributeValue::Str(s) => Json::from(s.as_str()),
+            AttributeValue::Int(i) => Json::from(*i),
+        };
+        attributes.insert((*key).to_string(), value);
+    }
+    json!({
+        "schema": SCHEMA,
+        "type": "span",
+        "trace_id": hex(&span.trace_id),
+        "span_id": hex(&span.span_id),
+        "parent_span_id": span.parent_span_id.map(|id| hex(&id)),
+        "trace_state": span.trace_state,
+        "kind": match span.kind { SpanKind::Server => "server", SpanKind::Client => "client" },
+        "name": span.name,
+        "start_time_unix_nano": span.start_unix_ns,
+        "end_time_unix_nano": span.end_unix_ns,
+        "status": if span.error { "error" } else { "unset" },
+        "attributes": attributes,
+        "resource": {
+            "service.name": span.resource.service_name,
+            "process.pid": span.resource.pid,
+            "process.executable.name": span.resource.executable_name,
+            "host.name": host_name,
+        },
+    })
+}
+
+/// One line per series; returns how many were written.
+fn write_snapshot(sink: &mut Sink, families: &[Family], line: &mut Vec<u8>) -> io::Result<u64> {
+    let now = unix_nanos(SystemTime::now());
+    let mut points = 0;
+    for family in families {
+        for json in family_json(family, now) {
+            line.clear();
+            serde_json::to_writer(&mut *line, &json).map_err(io::Error::other)?;
+            sink.write_line(line)?;
+            points += 1;
+        }
+    }
+    Ok(points)
+}
+
+pub fn family_json(family: &Family, now_unix_nano: u64) -> Vec<Json> {
+    let kind = match family.kind {
+        MetricKind::Counter => "counter",
+        MetricKind::Gauge => "gauge",
+        MetricKind::Histogram => "histogram",
+    };
+    // Counters are named as Prometheus exposes them.
+    let name = match family.kind {
+        MetricKind::Counter => format!("{}_total", family.name),
+        _ => family.name.to_string(),
+    };
+    family
+        .series
+        .iter()
+        .map(|series| {
+            let labels: Map<String, Json> = series
+                .labels
+                .iter()
+                .map(|(k, v)| ((*k).to_string(), Json::from(v.as_str())))
+                .collect();
+            let mut object = json!({
+                "schema": SCHEMA,
+                "type": "metric",
+                "name": name,
+                "kind": kind,
+                "unit": family.unit,
+                "time_unix_nano": now_unix_nano,
+                "start_time_unix_nano": series.created.map(unix_nanos),
+                "labels": labels,
+            });
+            if let Json::Object(fields) = &mut object {
+                match &series.value {
+                    Value::Counter(v) | Value::Gauge(v) => {
+                        fields.insert("value".into(), finite(*v));
+                    }
+                    Value::Histogram(h) => {
+                        fields.insert("count".into(), Json::from(h.count));
+                        fields.insert("sum".into(), finite(h.sum));
+                        fields.insert(
+                            "bounds".into(),
+                            Json::from(h.bounds.iter().map(|b| finite(*b)).collect::<Vec<_>>()),
+                        );
+                        fields.insert("cumulative_counts".into(), Json::from(h.cumulative.clone()));
+                    }
+                }
+            }
+            object
+        })
+        .collect()
+}
+
+/// JSON has no NaN or infinities: they are written as strings, as Prometheus spells them.
+fn finite(v: f64) -> Json {
+    if v.is_finite() {
+        Json::from(v)
+    } else if v.is_nan() {
+        Json::from("NaN")
+    } else if v > 0.0 {
+        Json::from("+Inf")
+    } else {
+        Json::from("-Inf")
+    }
+}

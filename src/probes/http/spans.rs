@@ -1,0 +1,249 @@
+//! Spans of HTTP exchanges: which trace each request belongs to (its `traceparent`,
+//! or the request its thread is serving), whether it is sampled, and the span itself.
+
+use std::collections::HashMap;
+
+use super::conn::{NewRequest, Role};
+use crate::model::span::{
+    AttributeValue, IdGenerator, Sampler, Span, SpanContext, SpanKind, SpanResource,
+};
+
+/// Threads remembered as serving a request, at most; beyond, a new thread's client
+/// calls start their own traces, and `threads_refused` counts it.
+const MAX_SERVING_THREADS: usize = 65536;
+
+/// Finished spans held between two hand-overs to the exporters' queue, at most.
+const MAX_HELD_SPANS: usize = 65536;
+
+pub struct SpanMaker {
+    sampler: Sampler,
+    ids: IdGenerator,
+    /// The request each thread is serving: client requests it makes are its children.
+    serving: HashMap<u32, SpanContext>,
+    pub threads_refused: u64,
+    finished: Vec<Span>,
+    /// Spans dropped because the exporters did not take them in time.
+    pub dropped: u64,
+    /// Wall-clock time minus the kernel's monotonic clock, in ns.
+    clock_offset_ns: i128,
+}
+
+/// What a finished exchange's span is made of, besides its context.
+pub struct Finished<'a> {
+    pub role: Role,
+    pub tid: u32,
+    pub context: SpanContext,
+    pub method: &'a str,
+    pub route: &'a str,
+    pub path: &'a str,
+    pub status: u16,
+    pub tls: bool,
+    pub start_ns: u64,
+    pub end_ns: u64,
+    pub server_address: String,
+    pub server_port: u16,
+    pub client_address: String,
+    pub resource: SpanResource,
+}
+
+impl SpanMaker {
+    pub fn new(sampler: Sampler) -> SpanMaker {
+        let mut maker = SpanMaker {
+            sampler,
+            ids: IdGenerator::new(),
+            serving: HashMap::new(),
+            threads_refused: 0,
+            finished: Vec::new(),
+            dropped: 0,
+            clock_offset_ns: 0,
+        };
+        maker.sync_clock();
+        maker
+    }
+
+    /// Measures the offset between the kernel's clock (CLOCK_MONOTONIC, what
+    /// `bpf_ktime_get_ns` reads) and wall time; called once per drain, so a wall-clock
+    /// step shows up within one drain.
+    pub fn sync_clock(&mut self) {
+        let mut mono = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: clock_gettime writes one timespec.
+        if unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut mono) } != 0 {
+            return;
+        }
+        let Ok(wall) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) else {
+            return;
+        };
+        let mono_ns = i128::from(mono.tv_sec) * 1_000_000_000 + i128::from(mono.tv_nsec);
+        self.clock_offset_ns = wall.as_nanos() as i128 - mono_ns;
+    }
+
+    fn wall_ns(&self, kernel_ns: u64) -> u64 {
+        (i128::from(kernel_ns) + self.clock_offset_ns).clamp(0, i128::from(u64::MAX)) as u64
+    }
+
+    fn root(&mut self) -> SpanContext {
+        let trace_id = self.ids.trace_id();
+        SpanContext {
+            trace_id,
+            span_id: self.ids.span_id(),
+            parent_span_id: None,
+            sampled: self.sampler.sample(&trace_id, None),
+            trace_state: String::new(),
+        }
+    }
+
+    /// Decides the context of a request just framed.
+    pub fn decide(&mut self, role: Role, request: NewRequest<'_>) {
+        let context = match role {
+            Role::Server => {
+                let context = match request.trace {
+                    Some(trace) => SpanContext {
+                        trace_id: trace.parent.trace_id,
+                        span_id: self.ids.span_id(),
+                        parent_span_id: Some(trace.parent.parent_id),
+                        sampled: self
+                            .sampler
+                            .sample(&trace.parent.trace_id, Some(trace.parent.sampled)),
+                        trace_state: trace.state.clone(),
+                    },
+                    None => self.root(),
+                };
+                if self.serving.len() < MAX_SERVING_THREADS
+                    || self.serving.contains_key(&request.tid)
+                {
+                    self.serving.insert(request.tid, context.clone());
+                } else {
+                    self.threads_refused += 1;
+                }
+                context
+            }
+            Role::Client => {
+                let serving = self.serving.get(&request.tid).cloned();
+                match request.trace {
+                    // The application propagated a context itself: its span id is the
+                    // one the called server sees as parent, so this span takes it.
+                    Some(trace) => SpanContext {
+                        trace_id: trace.parent.trace_id,
+                        span_id: trace.parent.parent_id,
+                        parent_span_id: serving
+                            .as_ref()
+                            .filter(|s| s.trace_id == trace.parent.trace_id)
+                            .map(|s| s.span_id),
+                        sampled: self
+                            .sampler
+                            .sample(&trace.parent.trace_id, Some(trace.parent.sampled)),
+                        trace_state: trace.state.clone(),
+                    },
+                    None => match serving {
+                        Some(parent) => SpanContext {
+                            trace_id: parent.trace_id,
+                            span_id: self.ids.span_id(),
+                            parent_span_id: Some(parent.span_id),
+                            sampled: parent.sampled,
+                            trace_state: parent.trace_state.clone(),
+                        },
+                        None => self.root(),
+                    },
+                }
+            }
+        };
+        *request.context = Some(context);
+    }
+
+    /// Makes the span of a finished exchange (if sampled); a server exchange ends its
+    /// thread's serving.
+    pub fn finish(&mut self, done: Finished<'_>) {
+        if done.role == Role::Server
+            && self
+                .serving
+                .get(&done.tid)
+                .is_some_and(|s| s.span_id == done.context.span_id)
+        {
+            self.serving.remove(&done.tid);
+        }
+        if !done.context.sampled {
+            return;
+        }
+        if self.finished.len() >= MAX_HELD_SPANS {
+            self.dropped += 1;
+            return;
+        }
+        let scheme = if done.tls { "https" } else { "http" };
+        let mut attributes = vec![
+            (
+                "http.request.method",
+                AttributeValue::Str(done.method.to_string()),
+            ),
+            (
+                "http.response.status_code",
+                AttributeValue::Int(i64::from(done.status)),
+            ),
+            ("url.path", AttributeValue::Str(done.path.to_string())),
+            ("url.scheme", AttributeValue::Str(scheme.into())),
+        ];
+        let kind = match done.role {
+            Role::Server => {
+                attributes.push(("http.route", AttributeValue::Str(done.route.to_string())));
+                attributes.push((
+                    "server.port",
+                    AttributeValue::Int(i64::from(done.server_port)),
+                ));
+                if !done.client_address.is_empty() {
+                    attributes.push(("client.address", AttributeValue::Str(done.client_address)));
+                }
+                SpanKind::Server
+            }
+            Role::Client => {
+                if !done.server_address.is_empty() {
+                    attributes.push(("server.address", AttributeValue::Str(done.server_address)));
+                }
+                attributes.push((
+                    "server.port",
+                    AttributeValue::Int(i64::from(done.server_port)),
+                ));
+                SpanKind::Client
+            }
+        };
+        // The HTTP conventions: "{method} {route}" for servers with a route, the method
+        // alone otherwise, and "HTTP" for methods outside the known set.
+        let method = if done.method == "_OTHER" {
+            "HTTP"
+        } else {
+            done.method
+        };
+        let name = if kind == SpanKind::Server && !done.route.is_empty() {
+            format!("{method} {}", done.route)
+        } else {
+            method.to_string()
+        };
+        let error = match kind {
+            SpanKind::Server => done.status >= 500,
+            SpanKind::Client => done.status >= 400,
+        };
+        self.finished.push(Span {
+            trace_id: done.context.trace_id,
+            span_id: done.context.span_id,
+            parent_span_id: done.context.parent_span_id,
+            trace_state: done.context.trace_state,
+            kind,
+            name,
+            start_unix_ns: self.wall_ns(done.start_ns),
+            end_unix_ns: self.wall_ns(done.end_ns),
+            error,
+            attributes,
+            resource: done.resource,
+        });
+    }
+
+    pub fn take(&mut self, out: &mut Vec<Span>) {
+        out.append(&mut self.finished);
+    }
+
+    /// Forgets the threads of processes that are gone.
+    pub fn retain_threads(&mut self, mut alive: impl FnMut(u32) -> bool) {
+        self.serving.retain(|tid, _| alive(*tid));
+    }
+}

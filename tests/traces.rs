@@ -1,0 +1,399 @@
+//! Spans of HTTP requests, end to end: real Python servers, requests with and without
+//! W3C trace context, spans read back from the JSON lines exporter and checked against
+//! its schema.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{free_port, have_root, kernel_lock, Agent, TempDir};
+use serde_json::Value;
+
+/// A server that answers /hello, and on /call/<port>/<mode> calls another server's
+/// /leaf: with a traceparent of its own making (mode "propagate", the span id it chose
+/// is the response body) or without one (mode "plain").
+const PY_APP: &str = r#"
+import http.client, os, sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+class H(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
+    def log_message(self, *a): pass
+    def reply(self, code, body):
+        self.send_response(code)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def do_GET(self):
+        parts = self.path.split("/")
+        if parts[1] == "call":
+            headers, body = {}, b"-"
+            if parts[3] == "propagate":
+                incoming = self.headers.get("traceparent", "")
+                trace = incoming.split("-")[1] if incoming.count("-") == 3 else os.urandom(16).hex()
+                span = os.urandom(8).hex()
+                headers["traceparent"] = f"00-{trace}-{span}-01"
+                body = span.encode()
+            conn = http.client.HTTPConnection("127.0.0.1", int(parts[2]))
+            conn.request("GET", "/leaf", headers=headers)
+            conn.getresponse().read()
+            conn.close()
+            self.reply(200, body)
+        elif parts[1] == "fail":
+            self.reply(503, b"down!")
+        else:
+            self.reply(200, b"hello")
+server = ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H)
+print("ready", flush=True)
+server.serve_forever()
+"#;
+
+struct App {
+    child: Child,
+    port: u16,
+}
+
+impl App {
+    fn start() -> App {
+        let port = free_port();
+        let mut child = Command::new("python3")
+            .args(["-c", PY_APP, &port.to_string()])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start python3");
+        let mut line = String::new();
+        let stdout = child.stdout.take().expect("stdout");
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("ready line");
+        assert_eq!(line.trim(), "ready");
+        App { child, port }
+    }
+
+    fn pid(&self) -> u64 {
+        u64::from(self.child.id())
+    }
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One keep-alive GET with extra header lines; returns (status, body).
+fn get(stream: &mut TcpStream, path: &str, headers: &str) -> (u16, String) {
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: test\r\n{headers}\r\n").expect("send");
+    let mut reader = BufReader::new(&*stream);
+    let mut status_line = String::new();
+    reader.read_line(&mut status_line).expect("status line");
+    let status: u16 = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status");
+    let mut length = 0;
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).expect("header");
+        if line == "\r\n" {
+            break;
+        }
+        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+            length = v.trim().parse().expect("length");
+        }
+    }
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body).expect("body");
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+fn connect(port: u16) -> TcpStream {
+    let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    stream
+}
+
+fn traces_config(jsonl: &Path) -> String {
+    format!(
+        "probes:\n  syscalls:\n    enabled: false\n  http:\n    enabled: true\ntraces:\n  enabled: true\nexporters:\n  jsonl:\n    enabled: true\n    path: \"{}\"\n    metrics_interval_secs: 0\n",
+        jsonl.display()
+    )
+}
+
+fn read_lines(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("each line is JSON"))
+        .collect()
+}
+
+/// Spans of `pid` of `kind` ("server", "client").
+fn spans_of<'a>(lines: &'a [Value], pid: u64, kind: &str) -> Vec<&'a Value> {
+    lines
+        .iter()
+        .filter(|l| l["type"] == "span" && l["kind"] == kind && l["resource"]["process.pid"] == pid)
+        .collect()
+}
+
+/// Waits until `want` holds for the file's lines (spans reach it within a drain and a
+/// write), then a little longer so that nothing extra slips in unseen.
+fn wait_for(path: &Path, want: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let lines = read_lines(path);
+        if want(&lines) {
+            std::thread::sleep(Duration::from_millis(500));
+            return read_lines(path);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "spans did not arrive; {} lines so far",
+            lines.len()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn validate_against_schema(path: &Path) {
+    let schema = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/jsonl-schema.json");
+    let script = "import json, sys, jsonschema\n\
+        schema = json.load(open(sys.argv[1]))\n\
+        v = jsonschema.Draft202012Validator(schema)\n\
+        n = 0\n\
+        for line in open(sys.argv[2]):\n    v.validate(json.loads(line)); n += 1\n\
+        print(n)\n";
+    let out = Command::new("python3")
+        .args(["-c", script])
+        .arg(schema)
+        .arg(path)
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "a line does not follow docs/jsonl-schema.json: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn hex_id(n: u64, width: usize) -> String {
+    format!("{n:0width$x}")
+}
+
+#[test]
+fn server_spans_join_the_callers_trace_and_honour_its_sampled_flag() {
+    if !have_root("server_spans_join_the_callers_trace_and_honour_its_sampled_flag") {
+        return;
+    }
+    let _lock = kernel_lock();
+    let dir = TempDir::new("traces");
+    let jsonl = dir.path().join("spans.jsonl");
+    let agent = Agent::start(&traces_config(&jsonl));
+    let app = App::start();
+
+    const TRACED: u64 = 25;
+    const PLAIN: u64 = 15;
+    const UNSAMPLED: u64 = 10;
+    let mut expected = HashMap::new();
+    let mut conn = connect(app.port);
+    for i in 0..TRACED {
+        // A fresh connection every fifth request, keep-alive otherwise.
+        if i % 5 == 0 {
+            conn = connect(app.port);
+        }
+        let trace = format!("{}{}", hex_id(0xabc, 16), hex_id(i + 1, 16));
+        let parent = hex_id(0x1000 + i, 16);
+        let state = match i {
+            0 => "tracestate: vendor=abc, Bad Key=1\r\n",
+            1 => "tracestate: vendor=abc,, t@sys=x\r\n",
+            _ => "",
+        };
+        let header = format!("traceparent: 00-{trace}-{parent}-01\r\n{state}");
+        let path = if i % 5 == 4 { "/fail" } else { "/hello" };
+        let (status, _) = get(&mut conn, path, &header);
+        assert_eq!(status, if path == "/fail" { 503 } else { 200 });
+        expected.insert(trace, parent);
+    }
+    for _ in 0..PLAIN {
+        get(&mut conn, "/hello", "");
+    }
+    let mut unsampled = HashSet::new();
+    for i in 0..UNSAMPLED {
+        let trace = format!("{}{}", hex_id(0xdef, 16), hex_id(i + 1, 16));
+        get(
+            &mut conn,
+            "/hello",
+            &format!("traceparent: 00-{trace}-{}-00\r\n", hex_id(7, 16)),
+        );
+        unsampled.insert(trace);
+    }
+    // Malformed headers are ignored: each of these starts a new trace of its own.
+    for bad in [
+        "traceparent: 00-ABC-123-01\r\n",
+        "traceparent: 00-00000000000000000000000000000000-0000000000000001-01\r\n",
+        "traceparent: zz\r\ntraceparent: zz\r\n",
+    ] {
+        get(&mut conn, "/hello", bad);
+    }
+    let want = TRACED + PLAIN + 3;
+    let lines = wait_for(&jsonl, |lines| {
+        spans_of(lines, app.pid(), "server").len() as u64 >= want
+    });
+    let server = spans_of(&lines, app.pid(), "server");
+    assert_eq!(
+        server.len() as u64,
+        want,
+        "exactly one span per sampled request"
+    );
+
+    let mut joined = 0;
+    let mut roots = HashSet::new();
+    for span in &server {
+        let trace = span["trace_id"].as_str().expect("trace id");
+        let span_id = span["span_id"].as_str().expect("span id");
+        assert!(
+            !unsampled.contains(trace),
+            "a sampled=0 request made a span"
+        );
+        if let Some(parent) = expected.get(trace) {
+            joined += 1;
+            assert_eq!(span["parent_span_id"], parent.as_str());
+            assert_ne!(span_id, parent);
+            let failed = span["attributes"]["url.path"] == "/fail";
+            assert_eq!(span["status"], if failed { "error" } else { "unset" });
+            assert_eq!(
+                span["attributes"]["http.response.status_code"],
+                if failed { 503 } else { 200 }
+            );
+            assert_eq!(
+                span["name"],
+                if failed { "GET /fail" } else { "GET /hello" }
+            );
+            // A tracestate with an invalid member is dropped whole; a valid one is kept.
+            let state = match trace.strip_prefix(&hex_id(0xabc, 16)) {
+                Some(n) if n == hex_id(1, 16) => "",
+                Some(n) if n == hex_id(2, 16) => "vendor=abc,t@sys=x",
+                _ => "",
+            };
+            assert_eq!(span["trace_state"], state);
+        } else {
+            assert_eq!(span["parent_span_id"], Value::Null);
+            assert!(roots.insert(trace.to_string()), "root trace ids are unique");
+        }
+        assert_eq!(span["attributes"]["server.port"], u64::from(app.port));
+        assert_eq!(span["attributes"]["client.address"], "127.0.0.1");
+        assert_eq!(span["attributes"]["http.request.method"], "GET");
+        let start = span["start_time_unix_nano"].as_u64().expect("start");
+        let end = span["end_time_unix_nano"].as_u64().expect("end");
+        assert!(start <= end);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_nanos() as u64;
+        assert!(now - start < 120_000_000_000, "start is wall time");
+    }
+    assert_eq!(joined, TRACED);
+    assert_eq!(roots.len() as u64, PLAIN + 3);
+    validate_against_schema(&jsonl);
+
+    let metrics = agent.metrics();
+    let sent = metrics.one(
+        "periscope_exporter_spans_sent_total",
+        &[("exporter", "jsonl")],
+    );
+    assert!(sent >= want as f64, "exported spans are counted: {sent}");
+}
+
+#[test]
+fn a_call_made_while_serving_is_a_child_span_and_the_called_server_joins_the_trace() {
+    if !have_root("a_call_made_while_serving_is_a_child_span_and_the_called_server_joins_the_trace")
+    {
+        return;
+    }
+    let _lock = kernel_lock();
+    let dir = TempDir::new("traces-nested");
+    let jsonl = dir.path().join("spans.jsonl");
+    let _agent = Agent::start(&traces_config(&jsonl));
+    let front = App::start();
+    let back = App::start();
+
+    let trace = format!("{}{}", hex_id(0x5eed, 16), hex_id(1, 16));
+    let caller = hex_id(0xca11, 16);
+    let mut conn = connect(front.port);
+    let (status, app_span) = get(
+        &mut conn,
+        &format!("/call/{}/propagate", back.port),
+        &format!("traceparent: 00-{trace}-{caller}-01\r\n"),
+    );
+    assert_eq!(status, 200);
+    let (status, _) = get(&mut conn, &format!("/call/{}/plain", back.port), "");
+    assert_eq!(status, 200);
+
+    let lines = wait_for(&jsonl, |lines| {
+        spans_of(lines, front.pid(), "server").len() >= 2
+            && spans_of(lines, front.pid(), "client").len() >= 2
+            && spans_of(lines, back.pid(), "server").len() >= 2
+    });
+    let front_server = spans_of(&lines, front.pid(), "server");
+    let front_client = spans_of(&lines, front.pid(), "client");
+    let back_server = spans_of(&lines, back.pid(), "server");
+    assert_eq!(
+        (front_server.len(), front_client.len(), back_server.len()),
+        (2, 2, 2)
+    );
+    let by_path = |spans: &[&Value], path: &str| -> Value {
+        spans
+            .iter()
+            .find(|s| {
+                s["attributes"]["url.path"]
+                    .as_str()
+                    .is_some_and(|p| p.ends_with(path))
+            })
+            .map(|s| (*s).clone())
+            .unwrap_or_else(|| panic!("no span for {path}"))
+    };
+
+    // Propagated by the application: one trace across both servers.
+    let serving = by_path(&front_server, "/propagate");
+    assert_eq!(serving["trace_id"], trace.as_str());
+    assert_eq!(serving["parent_span_id"], caller.as_str());
+    let call = front_client
+        .iter()
+        .find(|s| s["span_id"] == app_span.as_str())
+        .expect("the client span takes the span id the application sent");
+    assert_eq!(call["trace_id"], trace.as_str());
+    assert_eq!(call["parent_span_id"], serving["span_id"]);
+    assert_eq!(call["attributes"]["server.port"], u64::from(back.port));
+    assert_eq!(call["attributes"]["server.address"], "127.0.0.1");
+    let called = back_server
+        .iter()
+        .find(|s| s["trace_id"] == trace.as_str())
+        .expect("the called server joins the trace");
+    assert_eq!(called["parent_span_id"], app_span.as_str());
+
+    // Not propagated: the call is still the serving span's child; the called server,
+    // which saw no header, starts a trace of its own.
+    let serving = by_path(&front_server, "/plain");
+    let call = front_client
+        .iter()
+        .find(|s| s["span_id"] != app_span.as_str())
+        .expect("second client span");
+    assert_eq!(call["trace_id"], serving["trace_id"]);
+    assert_eq!(call["parent_span_id"], serving["span_id"]);
+    let other = back_server
+        .iter()
+        .find(|s| s["trace_id"] != trace.as_str())
+        .expect("second leaf span");
+    assert_eq!(other["parent_span_id"], Value::Null);
+    assert_ne!(other["trace_id"], serving["trace_id"]);
+    validate_against_schema(&jsonl);
+}
