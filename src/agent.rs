@@ -14,6 +14,7 @@ use tokio::sync::oneshot;
 use tracing::{info, warn};
 
 use crate::config::Config;
+use crate::export::otlp::{self, Endpoint};
 use crate::export::{jsonl, prometheus, ExportStats};
 use crate::kernel::stats::{self, StatsSampler};
 use crate::kernel::KernelFeatures;
@@ -66,18 +67,23 @@ pub fn check_kernel() -> Result<KernelFeatures> {
     Ok(kernel)
 }
 
-/// The spans' way from the probes to the exporters.
+/// One push exporter as the collector sees it: its counters and, when traces are on,
+/// its own span queue (each exporter gets every span).
 #[derive(Clone)]
-struct SpanPipeline {
-    queue: Arc<SpanQueue>,
-    exporters: Vec<Arc<ExportStats>>,
+struct PushExporter {
+    stats: Arc<ExportStats>,
+    spans: Option<Arc<SpanQueue>>,
 }
 
 pub async fn run(mut config: Config) -> Result<()> {
     let started = Instant::now();
+    let wall_start = std::time::SystemTime::now();
+    let env = |name: &str| std::env::var(name).ok();
+    config.traces.apply_env(env).map_err(anyhow::Error::msg)?;
     config
-        .traces
-        .apply_env(|name| std::env::var(name).ok())
+        .exporters
+        .otlp
+        .apply_env(env)
         .map_err(anyhow::Error::msg)?;
     // Installed first, so that a signal during start-up also stops the agent cleanly.
     let mut signals = Signals::install()?;
@@ -90,33 +96,29 @@ pub async fn run(mut config: Config) -> Result<()> {
         .with_context(|| format!("cannot listen on {address} (prometheus.listen_address)"))?;
 
     let jsonl_config = config.exporters.jsonl.clone();
-    let pipeline = config.traces.enabled.then(|| SpanPipeline {
-        queue: Arc::new(SpanQueue::new(config.traces.queue_spans.get() as usize)),
-        exporters: jsonl_config
-            .enabled
-            .then(|| Arc::new(ExportStats::new("jsonl")))
-            .into_iter()
-            .collect(),
-    });
-    if pipeline.as_ref().is_some_and(|p| p.exporters.is_empty()) {
-        warn!("traces.enabled is set but no span exporter is: spans are made and dropped (periscope_spans_dropped_total)");
-    }
-    let jsonl_stats = if jsonl_config.enabled {
-        Some(
-            pipeline
-                .as_ref()
-                .and_then(|p| p.exporters.first().cloned())
-                .unwrap_or_else(|| Arc::new(ExportStats::new("jsonl"))),
-        )
-    } else {
-        None
+    let otlp_config = config.exporters.otlp.clone();
+    let traces = config.traces.enabled;
+    let queue_spans = config.traces.queue_spans.get() as usize;
+    let push_exporter = |name| PushExporter {
+        stats: Arc::new(ExportStats::new(name)),
+        spans: traces.then(|| Arc::new(SpanQueue::new(queue_spans))),
     };
+    let jsonl_exporter = jsonl_config.enabled.then(|| push_exporter("jsonl"));
+    let otlp_exporter = otlp_config.enabled.then(|| push_exporter("otlp"));
+    let exporters: Vec<PushExporter> = jsonl_exporter
+        .iter()
+        .chain(otlp_exporter.iter())
+        .cloned()
+        .collect();
+    if traces && exporters.is_empty() {
+        warn!("traces.enabled is set but no exporter is: spans are not made");
+    }
 
     let (commands, inbox) = mpsc::sync_channel(SCRAPE_QUEUE);
     let scrapes_refused = Arc::new(AtomicU64::new(0));
     let refused_count = scrapes_refused.clone();
     let (report_tx, report_rx) = oneshot::channel();
-    let collector_pipeline = pipeline.clone();
+    let collector_exporters = exporters.clone();
     let collector = thread::Builder::new()
         .name("collector".into())
         .spawn(move || {
@@ -127,7 +129,7 @@ pub async fn run(mut config: Config) -> Result<()> {
                 report_tx,
                 started,
                 refused_count,
-                collector_pipeline,
+                collector_exporters,
             )
         })
         .context("starting the collector thread")?;
@@ -158,7 +160,21 @@ pub async fn run(mut config: Config) -> Result<()> {
 
     let exporters_stop = Arc::new(AtomicBool::new(false));
     let mut exporter_threads = Vec::new();
-    if let Some(stats) = jsonl_stats {
+    let snapshot_source = |commands: mpsc::SyncSender<Command>| {
+        move || {
+            let (reply, answer) = oneshot::channel();
+            commands.send(Command::Collect(reply)).ok()?;
+            answer.blocking_recv().ok()
+        }
+    };
+    // Without traces an exporter's queue is an empty one: it sends metrics only.
+    let queue_of = |exporter: &PushExporter| {
+        exporter
+            .spans
+            .clone()
+            .unwrap_or_else(|| Arc::new(SpanQueue::new(1)))
+    };
+    if let Some(exporter) = &jsonl_exporter {
         let path = (jsonl_config.path != "-").then(|| std::path::PathBuf::from(&jsonl_config.path));
         let settings = jsonl::JsonLinesSettings {
             path: path.clone(),
@@ -168,25 +184,31 @@ pub async fn run(mut config: Config) -> Result<()> {
                 .then(|| Duration::from_secs(jsonl_config.metrics_interval_secs)),
             host_name: crate::export::host_name(),
         };
-        // Without traces the queue stays empty and only snapshots are written.
-        let queue = pipeline
-            .as_ref()
-            .map(|p| p.queue.clone())
-            .unwrap_or_else(|| Arc::new(SpanQueue::new(1)));
-        let snapshot_commands = commands.clone();
-        let snapshot = move || {
-            let (reply, answer) = oneshot::channel();
-            snapshot_commands.send(Command::Collect(reply)).ok()?;
-            answer.blocking_recv().ok()
-        };
-        let stop = exporters_stop.clone();
+        let (queue, snapshot) = (queue_of(exporter), snapshot_source(commands.clone()));
+        let (stats, stop) = (exporter.stats.clone(), exporters_stop.clone());
         let thread = thread::Builder::new()
             .name("jsonl".into())
             .spawn(move || jsonl::run(settings, queue, snapshot, stats, stop))
             .context("starting the JSON lines exporter")?;
         let target = path.map_or("standard output".to_string(), |p| p.display().to_string());
         println!("periscope: writing JSON lines to {target}");
-        exporter_threads.push(thread);
+        exporter_threads.push(("jsonl", thread));
+    }
+    if let Some(exporter) = &otlp_exporter {
+        let settings = otlp_settings(&otlp_config, traces, wall_start)?;
+        let targets: Vec<String> = [&settings.traces, &settings.metrics]
+            .into_iter()
+            .flatten()
+            .map(|e| format!("http://{}:{}{}", e.host, e.port, e.path))
+            .collect();
+        let (queue, snapshot) = (queue_of(exporter), snapshot_source(commands.clone()));
+        let (stats, stop) = (exporter.stats.clone(), exporters_stop.clone());
+        let thread = thread::Builder::new()
+            .name("otlp".into())
+            .spawn(move || otlp::run(settings, queue, snapshot, stats, stop))
+            .context("starting the OTLP exporter")?;
+        println!("periscope: pushing OTLP to {}", targets.join(" and "));
+        exporter_threads.push(("otlp", thread));
     }
 
     let ready = Arc::new(AtomicBool::new(true));
@@ -217,12 +239,10 @@ pub async fn run(mut config: Config) -> Result<()> {
     // The collector handed its last spans over when it stopped: the exporters write
     // them, then stop.
     exporters_stop.store(true, Ordering::Release);
-    for thread in exporter_threads {
+    for (exporter, thread) in exporter_threads {
         match tokio::task::spawn_blocking(move || thread.join()).await {
-            Ok(Ok(Err(err))) => {
-                warn!(error = %err, "the JSON lines exporter stopped with an error")
-            }
-            Ok(Err(_)) => warn!("an exporter thread panicked"),
+            Ok(Ok(Err(err))) => warn!(exporter, error = %err, "the exporter stopped with an error"),
+            Ok(Err(_)) => warn!(exporter, "the exporter thread panicked"),
             _ => {}
         }
     }
@@ -292,7 +312,7 @@ struct Collector {
     start_time: Duration,
     stats: StatsSampler,
     scrapes_refused: Arc<AtomicU64>,
-    spans: Option<SpanPipeline>,
+    exporters: Vec<PushExporter>,
     span_buffer: Vec<Span>,
 }
 
@@ -303,7 +323,7 @@ fn collector_main(
     report: oneshot::Sender<Vec<AttachReport>>,
     started: Instant,
     scrapes_refused: Arc<AtomicU64>,
-    spans: Option<SpanPipeline>,
+    exporters: Vec<PushExporter>,
 ) {
     let (probes, reports) = load_probes(&config, &mut kernel, true);
     let down = reports
@@ -322,7 +342,7 @@ fn collector_main(
             Instant::now(),
         ),
         scrapes_refused,
-        spans,
+        exporters,
         span_buffer: Vec::new(),
     };
     info!(
@@ -427,10 +447,18 @@ impl Collector {
         for probe in &mut self.probes {
             probe.take_spans(&mut self.span_buffer);
         }
-        match &self.spans {
-            Some(pipeline) => pipeline.queue.push(&mut self.span_buffer),
-            None => self.span_buffer.clear(),
+        let queues: Vec<&Arc<SpanQueue>> = self
+            .exporters
+            .iter()
+            .filter_map(|e| e.spans.as_ref())
+            .collect();
+        if let Some((last, others)) = queues.split_last() {
+            for queue in others {
+                queue.push(&mut self.span_buffer.clone());
+            }
+            last.push(&mut self.span_buffer);
         }
+        self.span_buffer.clear();
     }
 
     fn collect(&mut self) -> Vec<Family> {
@@ -473,32 +501,109 @@ impl Collector {
                 start_time: self.start_time,
                 stats_enabled: self.stats.enabled_for(Instant::now()),
                 scrapes_refused: self.scrapes_refused.load(Ordering::Relaxed),
-                spans: self.spans.as_ref().map(|p| SpanHealth {
-                    queued: p.queue.accepted.load(Ordering::Relaxed),
-                    dropped: vec![
-                        ("queue_full", p.queue.dropped.load(Ordering::Relaxed)),
-                        (
-                            "probe_buffer",
-                            self.probes.iter().map(|probe| probe.spans_dropped()).sum(),
-                        ),
-                    ],
-                    queue_len: p.queue.len(),
-                    queue_capacity: p.queue.capacity(),
-                }),
-                exporters: self
-                    .spans
+                spans: self
+                    .exporters
                     .iter()
-                    .flat_map(|p| &p.exporters)
-                    .map(|e| ExporterHealth {
-                        exporter: e.exporter,
-                        spans_sent: e.spans_sent.load(Ordering::Relaxed),
-                        spans_failed: e.spans_failed.load(Ordering::Relaxed),
-                        metric_points_sent: e.metric_points_sent.load(Ordering::Relaxed),
-                        failures: e.failures.load(Ordering::Relaxed),
+                    .any(|e| e.spans.is_some())
+                    .then(|| SpanHealth {
+                        probe_dropped: self.probes.iter().map(|p| p.spans_dropped()).sum(),
+                    }),
+                exporters: self
+                    .exporters
+                    .iter()
+                    .map(|e| {
+                        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+                        let stats = &e.stats;
+                        let queue = e.spans.as_deref();
+                        ExporterHealth {
+                            exporter: stats.exporter,
+                            spans_queued: queue.map_or(0, |q| load(&q.accepted)),
+                            spans_dropped: queue.map_or(0, |q| load(&q.dropped)),
+                            queue_len: queue.map_or(0, SpanQueue::len),
+                            queue_capacity: queue.map_or(0, SpanQueue::capacity),
+                            spans_sent: load(&stats.spans_sent),
+                            spans_failed: load(&stats.spans_failed),
+                            metric_points_sent: load(&stats.metric_points_sent),
+                            failures: load(&stats.failures),
+                            rejected_spans: load(&stats.rejected_spans),
+                            rejected_points: load(&stats.rejected_points),
+                            retries: load(&stats.retries),
+                            throttled: load(&stats.throttled),
+                        }
                     })
                     .collect(),
             },
         ));
         families
     }
+}
+
+/// The OTLP exporter's settings from its configuration and the OpenTelemetry resource
+/// variables.
+fn otlp_settings(
+    config: &crate::config::OtlpConfig,
+    traces: bool,
+    started: std::time::SystemTime,
+) -> Result<otlp::OtlpSettings> {
+    let endpoint = |url: &str, key: &str| {
+        Endpoint::parse(url).map_err(|e| anyhow::anyhow!("exporters.otlp.{key}: {e}"))
+    };
+    let base = endpoint(&config.endpoint, "endpoint")?;
+    let signal = |url: &str, key: &str, path: &str| -> Result<Endpoint> {
+        if url.is_empty() {
+            Ok(base.join(path))
+        } else {
+            endpoint(url, key)
+        }
+    };
+    let mut resource = vec![otlp::proto::KeyValue::string(
+        "host.name",
+        crate::export::host_name(),
+    )];
+    if let Ok(attributes) = std::env::var("OTEL_RESOURCE_ATTRIBUTES") {
+        resource.extend(otlp::parse_resource_attributes(&attributes));
+    }
+    // OTEL_SERVICE_NAME wins over a service.name in OTEL_RESOURCE_ATTRIBUTES.
+    if let Some(service) = std::env::var("OTEL_SERVICE_NAME")
+        .ok()
+        .filter(|s| !s.is_empty())
+    {
+        resource.retain(|kv| kv.key != "service.name");
+        resource.push(otlp::proto::KeyValue::string("service.name", service));
+    } else if !resource.iter().any(|kv| kv.key == "service.name") {
+        resource.push(otlp::proto::KeyValue::string("service.name", "periscope"));
+    }
+    Ok(otlp::OtlpSettings {
+        traces: if traces {
+            Some(signal(
+                &config.traces_endpoint,
+                "traces_endpoint",
+                "v1/traces",
+            )?)
+        } else {
+            None
+        },
+        metrics: if config.metrics_interval_secs > 0 {
+            Some(signal(
+                &config.metrics_endpoint,
+                "metrics_endpoint",
+                "v1/metrics",
+            )?)
+        } else {
+            None
+        },
+        headers: config
+            .headers
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        gzip: config.compression == "gzip",
+        timeout: Duration::from_secs(config.timeout_secs.max(1)),
+        metrics_interval: (config.metrics_interval_secs > 0)
+            .then(|| Duration::from_secs(config.metrics_interval_secs)),
+        batch_spans: config.batch_spans.get() as usize,
+        max_retry: Duration::from_secs(config.max_retry_secs),
+        resource,
+        started,
+    })
 }

@@ -34,23 +34,28 @@ pub struct AgentHealth {
     pub exporters: Vec<ExporterHealth>,
 }
 
-/// The queue between the probes and the span exporters.
+/// The span pipeline: spans probes dropped before handing them over.
 pub struct SpanHealth {
-    /// Spans the probes handed to the queue.
-    pub queued: u64,
-    /// Spans dropped, by where: `queue_full` (oldest dropped for newer ones) or
-    /// `probe_buffer` (the probe held more than it may between two hand-overs).
-    pub dropped: Vec<(&'static str, u64)>,
-    pub queue_len: usize,
-    pub queue_capacity: usize,
+    pub probe_dropped: u64,
 }
 
+/// One push exporter: its span queue (when traces are on) and what it delivered.
+#[derive(Default)]
 pub struct ExporterHealth {
     pub exporter: &'static str,
+    /// Spans handed to its queue, dropped from it (the oldest, when full), waiting, cap.
+    pub spans_queued: u64,
+    pub spans_dropped: u64,
+    pub queue_len: usize,
+    pub queue_capacity: usize,
     pub spans_sent: u64,
     pub spans_failed: u64,
     pub metric_points_sent: u64,
     pub failures: u64,
+    pub rejected_spans: u64,
+    pub rejected_points: u64,
+    pub retries: u64,
+    pub throttled: u64,
 }
 
 pub fn families(health: &[ProbeHealth], agent: &AgentHealth) -> Vec<Family> {
@@ -168,77 +173,90 @@ pub fn families(health: &[ProbeHealth], agent: &AgentHealth) -> Vec<Family> {
         build, up, runs, run_time, stats, entries, capacity, folded, expired, lost, scrape,
         refused, start,
     ];
-    if let Some(spans) = &agent.spans {
-        families.extend(span_families(spans, &agent.exporters));
+    if agent.spans.is_some() || !agent.exporters.is_empty() {
+        families.extend(span_families(agent.spans.as_ref(), &agent.exporters));
     }
     families
 }
 
-fn span_families(spans: &SpanHealth, exporters: &[ExporterHealth]) -> Vec<Family> {
-    let mut queued = Family::new(
+fn span_families(spans: Option<&SpanHealth>, exporters: &[ExporterHealth]) -> Vec<Family> {
+    let counter = |name, help| Family::new(name, help, MetricKind::Counter);
+    let gauge = |name, help| Family::new(name, help, MetricKind::Gauge);
+    let mut queued = counter(
         "periscope_spans_queued",
-        "Spans the probes handed to the exporters' queue.",
-        MetricKind::Counter,
+        "Spans handed to each exporter's queue.",
     );
-    queued.push(vec![], Value::Counter(spans.queued as f64));
-    let mut dropped = Family::new(
+    let mut dropped = counter(
         "periscope_spans_dropped",
-        "Spans dropped before export: queue_full (the oldest, when the exporters fall behind) or probe_buffer.",
-        MetricKind::Counter,
+        "Spans dropped before export: queue_full (an exporter's oldest, when it falls behind) or probe_buffer (held too long by a probe).",
     );
-    for (reason, count) in &spans.dropped {
-        dropped.push(
-            vec![("reason", reason.to_string())],
-            Value::Counter(*count as f64),
-        );
-    }
-    let mut queue = Family::new(
+    let mut queue = gauge(
         "periscope_span_queue_spans",
-        "Spans waiting in the exporters' queue.",
-        MetricKind::Gauge,
+        "Spans waiting in each exporter's queue.",
     );
-    queue.push(vec![], Value::Gauge(spans.queue_len as f64));
-    let mut queue_capacity = Family::new(
+    let mut capacity = gauge(
         "periscope_span_queue_capacity_spans",
-        "Spans the exporters' queue holds at most (traces.queue_spans).",
-        MetricKind::Gauge,
+        "Spans each exporter's queue holds at most (traces.queue_spans).",
     );
-    queue_capacity.push(vec![], Value::Gauge(spans.queue_capacity as f64));
-    let mut sent = Family::new(
+    let mut sent = counter(
         "periscope_exporter_spans_sent",
         "Spans each exporter delivered.",
-        MetricKind::Counter,
     );
-    let mut failed = Family::new(
+    let mut failed = counter(
         "periscope_exporter_spans_failed",
-        "Spans each exporter lost because their delivery failed.",
-        MetricKind::Counter,
+        "Spans each exporter lost because their delivery failed (after retries).",
     );
-    let mut points = Family::new(
+    let mut points = counter(
         "periscope_exporter_metric_points_sent",
         "Metric points (series) each exporter delivered.",
-        MetricKind::Counter,
     );
-    let mut failures = Family::new(
+    let mut failures = counter(
         "periscope_exporter_failures",
-        "Failed writes or requests of each exporter.",
-        MetricKind::Counter,
+        "Failed writes or requests of each exporter, retries included.",
     );
-    for exporter in exporters {
-        let label = || vec![("exporter", exporter.exporter.to_string())];
-        sent.push(label(), Value::Counter(exporter.spans_sent as f64));
-        failed.push(label(), Value::Counter(exporter.spans_failed as f64));
-        points.push(label(), Value::Counter(exporter.metric_points_sent as f64));
-        failures.push(label(), Value::Counter(exporter.failures as f64));
+    let mut rejected = counter(
+        "periscope_exporter_rejected",
+        "Items an OTLP receiver reported rejected in a partial success, by signal.",
+    );
+    let mut retries = counter(
+        "periscope_exporter_retries",
+        "Requests each exporter retried; throttled ones waited for the receiver's Retry-After.",
+    );
+    if let Some(spans) = spans {
+        dropped.push(
+            vec![("reason", "probe_buffer".to_string())],
+            Value::Counter(spans.probe_dropped as f64),
+        );
+    }
+    for e in exporters {
+        let label = || vec![("exporter", e.exporter.to_string())];
+        if spans.is_some() {
+            queued.push(label(), Value::Counter(e.spans_queued as f64));
+            let mut labels = label();
+            labels.push(("reason", "queue_full".to_string()));
+            dropped.push(labels, Value::Counter(e.spans_dropped as f64));
+            queue.push(label(), Value::Gauge(e.queue_len as f64));
+            capacity.push(label(), Value::Gauge(e.queue_capacity as f64));
+        }
+        sent.push(label(), Value::Counter(e.spans_sent as f64));
+        failed.push(label(), Value::Counter(e.spans_failed as f64));
+        points.push(label(), Value::Counter(e.metric_points_sent as f64));
+        failures.push(label(), Value::Counter(e.failures as f64));
+        for (signal, count) in [("spans", e.rejected_spans), ("metrics", e.rejected_points)] {
+            let mut labels = label();
+            labels.push(("signal", signal.to_string()));
+            rejected.push(labels, Value::Counter(count as f64));
+        }
+        for (kind, count) in [
+            ("backoff", e.retries - e.throttled.min(e.retries)),
+            ("throttled", e.throttled),
+        ] {
+            let mut labels = label();
+            labels.push(("wait", kind.to_string()));
+            retries.push(labels, Value::Counter(count as f64));
+        }
     }
     vec![
-        queued,
-        dropped,
-        queue,
-        queue_capacity,
-        sent,
-        failed,
-        points,
-        failures,
+        queued, dropped, queue, capacity, sent, failed, points, failures, rejected, retries,
     ]
 }

@@ -118,6 +118,128 @@ pub enum SamplerName {
 #[serde(deny_unknown_fields, default)]
 pub struct ExportersConfig {
     pub jsonl: JsonLinesConfig,
+    pub otlp: OtlpConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct OtlpConfig {
+    /// Push spans and metrics over OTLP. Setting `OTEL_EXPORTER_OTLP_ENDPOINT` (or the
+    /// per-signal variables) turns it on.
+    pub enabled: bool,
+    /// Base URL: `/v1/traces` and `/v1/metrics` are appended.
+    pub endpoint: String,
+    /// Full URLs per signal, used as given (empty: from `endpoint`).
+    pub traces_endpoint: String,
+    pub metrics_endpoint: String,
+    /// `http/protobuf`.
+    pub protocol: String,
+    /// Extra request headers (authentication).
+    pub headers: std::collections::BTreeMap<String, String>,
+    /// `gzip` or `none`.
+    pub compression: String,
+    pub timeout_secs: u64,
+    /// A metrics export this often; 0: no metrics.
+    pub metrics_interval_secs: u64,
+    /// Spans per request, at most.
+    pub batch_spans: NonZeroU32,
+    /// A failing export is retried for this long, then its data is dropped and counted.
+    pub max_retry_secs: u64,
+}
+
+impl Default for OtlpConfig {
+    fn default() -> Self {
+        OtlpConfig {
+            enabled: false,
+            endpoint: "http://127.0.0.1:4318".into(),
+            traces_endpoint: String::new(),
+            metrics_endpoint: String::new(),
+            protocol: "http/protobuf".into(),
+            headers: Default::default(),
+            compression: "gzip".into(),
+            timeout_secs: 10,
+            metrics_interval_secs: 60,
+            batch_spans: nonzero(512),
+            max_retry_secs: 60,
+        }
+    }
+}
+
+impl OtlpConfig {
+    /// Applies the standard `OTEL_EXPORTER_OTLP_*` and `OTEL_METRIC_EXPORT_INTERVAL`
+    /// variables from `env`.
+    pub fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) -> Result<(), String> {
+        let set = |name: &str| env(name).filter(|v| !v.trim().is_empty());
+        if let Some(endpoint) = set("OTEL_EXPORTER_OTLP_ENDPOINT") {
+            self.endpoint = endpoint.trim().to_string();
+            self.enabled = true;
+        }
+        if let Some(endpoint) = set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") {
+            self.traces_endpoint = endpoint.trim().to_string();
+            self.enabled = true;
+        }
+        if let Some(endpoint) = set("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT") {
+            self.metrics_endpoint = endpoint.trim().to_string();
+            self.enabled = true;
+        }
+        if let Some(protocol) = set("OTEL_EXPORTER_OTLP_PROTOCOL") {
+            self.protocol = protocol.trim().to_string();
+        }
+        if let Some(headers) = set("OTEL_EXPORTER_OTLP_HEADERS") {
+            self.headers
+                .extend(crate::export::otlp::parse_headers(&headers));
+        }
+        if let Some(compression) = set("OTEL_EXPORTER_OTLP_COMPRESSION") {
+            self.compression = compression.trim().to_string();
+        }
+        let millis = |name: &str| -> Result<Option<u64>, String> {
+            set(name)
+                .map(|v| {
+                    v.trim()
+                        .parse::<u64>()
+                        .map_err(|_| format!("{name}: {v:?} is not a number of milliseconds"))
+                })
+                .transpose()
+        };
+        if let Some(ms) = millis("OTEL_EXPORTER_OTLP_TIMEOUT")? {
+            self.timeout_secs = ms.div_ceil(1000).max(1);
+        }
+        if let Some(ms) = millis("OTEL_METRIC_EXPORT_INTERVAL")? {
+            self.metrics_interval_secs = ms.div_ceil(1000);
+        }
+        self.check()
+            .map_err(|(key, message)| format!("{key} (from the environment): {message}"))
+    }
+
+    /// What serde cannot check: the protocol, the compression, and the URLs; returns
+    /// the key to blame and why.
+    pub fn check(&self) -> Result<(), (&'static str, String)> {
+        if self.protocol != "http/protobuf" {
+            return Err((
+                "exporters.otlp.protocol",
+                format!(
+                    "{:?} is not supported; use \"http/protobuf\"",
+                    self.protocol
+                ),
+            ));
+        }
+        if self.compression != "gzip" && self.compression != "none" {
+            return Err((
+                "exporters.otlp.compression",
+                format!("{:?}: use \"gzip\" or \"none\"", self.compression),
+            ));
+        }
+        for (key, url) in [
+            ("exporters.otlp.endpoint", &self.endpoint),
+            ("exporters.otlp.traces_endpoint", &self.traces_endpoint),
+            ("exporters.otlp.metrics_endpoint", &self.metrics_endpoint),
+        ] {
+            if !url.is_empty() {
+                crate::export::otlp::Endpoint::parse(url).map_err(|e| (key, e))?;
+            }
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -554,6 +676,13 @@ impl Config {
             return Err((
                 "probes.syscalls.include_executables",
                 format!("at most {MAX_SELECTED} executables can be selected"),
+            ));
+        }
+        self.exporters.otlp.check()?;
+        if !(0.0..=1.0).contains(&self.traces.sampler_arg) {
+            return Err((
+                "traces.sampler_arg",
+                format!("{} is outside [0, 1]", self.traces.sampler_arg),
             ));
         }
         let stats = &self.self_metrics;

@@ -1,6 +1,7 @@
 //! Exporters: each reads the model only.
 
 pub mod jsonl;
+pub mod otlp;
 pub mod prometheus;
 
 use std::sync::atomic::AtomicU64;
@@ -13,8 +14,14 @@ pub struct ExportStats {
     /// Spans lost because their export failed.
     pub spans_failed: AtomicU64,
     pub metric_points_sent: AtomicU64,
-    /// Failed writes or requests.
+    /// Failed writes or requests (each retry of a request counts).
     pub failures: AtomicU64,
+    /// Items the receiver rejected in a partial success.
+    pub rejected_spans: AtomicU64,
+    pub rejected_points: AtomicU64,
+    /// Requests retried, and how many of those waited for the receiver's Retry-After.
+    pub retries: AtomicU64,
+    pub throttled: AtomicU64,
 }
 
 impl ExportStats {
@@ -25,6 +32,10 @@ impl ExportStats {
             spans_failed: AtomicU64::new(0),
             metric_points_sent: AtomicU64::new(0),
             failures: AtomicU64::new(0),
+            rejected_spans: AtomicU64::new(0),
+            rejected_points: AtomicU64::new(0),
+            retries: AtomicU64::new(0),
+            throttled: AtomicU64::new(0),
         }
     }
 }

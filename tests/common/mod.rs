@@ -2,6 +2,8 @@
 //! workloads and read the agent only through /metrics, as users do.
 #![allow(dead_code)]
 
+pub mod apps;
+
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
