@@ -7,7 +7,7 @@ reports medians: requests per second, P99 latency, and the agent's own CPU time 
 1,000 requests (user + system time of the agent process, from /proc).
 
 Usage (as root, after `cargo build --release`):
-    python3 bench/http_overhead.py [--rounds 5] [--duration 10] [--connections 32] [--floor [socket|socket-copy]] [--bpf-stats]
+    python3 bench/http_overhead.py [--rounds 5] [--duration 10] [--connections 32] [--floor [socket|socket-copy]] [--bpf-stats] [--traces]
 """
 import argparse
 import json
@@ -63,12 +63,45 @@ http {{ access_log off; sendfile on; keepalive_requests 1000000;
     return proc
 
 
-def start_agent(workdir, metrics_port, extra=os.environ.get("PERISCOPE_BENCH_CONFIG", "")):
+def start_agent(workdir, metrics_port, extra=os.environ.get("PERISCOPE_BENCH_CONFIG", ""), otlp_port=None):
     conf = os.path.join(workdir, "periscope.yaml")
     with open(conf, "w") as f:
         f.write(f'prometheus:\n  listen_address: "127.0.0.1:{metrics_port}"\n')
         f.write(extra or "probes:\n  http:\n    enabled: true\n")
+        if otlp_port:
+            f.write("traces:\n  enabled: true\nexporters:\n  otlp:\n    enabled: true\n"
+                    f'    endpoint: "http://127.0.0.1:{otlp_port}"\n    metrics_interval_secs: 0\n')
     return start_periscope(["run", "--config", conf], "serving metrics")
+
+
+OTLP_SINK = """
+import sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+class H(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def log_message(self, *a): pass
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+"""
+
+
+def scrape(metrics_port):
+    """The agent's /metrics as {(name, labels text): value}."""
+    with socket.create_connection(("127.0.0.1", metrics_port), timeout=10) as s:
+        s.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    values = {}
+    for line in data.decode().split("\r\n\r\n", 1)[-1].splitlines():
+        if line and not line.startswith("#"):
+            key, _, value = line.rpartition(" ")
+            values[key] = float(value)
+    return values
 
 
 def start_floor(hooks):
@@ -127,6 +160,9 @@ def main():
                         help="'on' runs floor programs instead of the agent: empty ones on the http "
                              "probe's socket hooks (socket), or ones that only copy the first bytes "
                              "of every TCP read and write (socket-copy)")
+    parser.add_argument("--traces", action="store_true",
+                        help="'on' also makes a span of every request and pushes them over OTLP to a "
+                             "local sink; reports ring-buffer and span drops")
     parser.add_argument("--bpf-stats", action="store_true",
                         help="enable kernel.bpf_stats_enabled during 'on' rounds and report the time "
                              "spent in each program per request, against all busy CPU time")
@@ -139,6 +175,12 @@ def main():
     workdir = tempfile.mkdtemp(prefix="periscope-bench-")
     port, metrics_port = free_port(), free_port()
     nginx = start_nginx(workdir, port)
+    sink, otlp_port = None, None
+    if args.traces:
+        otlp_port = free_port()
+        sink = subprocess.Popen([sys.executable, "-c", OTLP_SINK, str(otlp_port)])
+        wait_port(otlp_port)
+    trace_totals = {"requests": 0, "lost": 0.0, "queued": 0.0, "sent": 0.0, "dropped": 0.0}
     results = {"off": [], "on": []}
     agent_cpu_per_1000 = []
     prog_time = {}  # name -> [run time ns, runs]
@@ -149,7 +191,7 @@ def main():
             for kind in ("off", "on"):
                 agent = None
                 if kind == "on":
-                    agent = start_floor(args.floor) if args.floor else start_agent(workdir, metrics_port)
+                    agent = start_floor(args.floor) if args.floor else start_agent(workdir, metrics_port, otlp_port=otlp_port)
                 before = cpu_seconds(agent.pid) if agent else 0
                 if agent and args.bpf_stats:
                     subprocess.run(["sysctl", "-q", "kernel.bpf_stats_enabled=1"], check=True)
@@ -164,6 +206,14 @@ def main():
                         acc[0] += run_ns - run_ns_before
                         acc[1] += runs - runs_before
                     subprocess.run(["sysctl", "-q", "kernel.bpf_stats_enabled=0"], check=True)
+                if agent and args.traces:
+                    time.sleep(2)  # the last spans reach the sink
+                    m = scrape(metrics_port)
+                    trace_totals["requests"] += total
+                    trace_totals["lost"] += m.get('periscope_events_lost_total{probe="http"}', 0)
+                    trace_totals["queued"] += m.get('periscope_spans_queued_total{exporter="otlp"}', 0)
+                    trace_totals["sent"] += m.get('periscope_exporter_spans_sent_total{exporter="otlp"}', 0)
+                    trace_totals["dropped"] += m.get('periscope_spans_dropped_total{exporter="otlp",reason="queue_full"}', 0)
                 if agent:
                     agent_cpu_per_1000.append((cpu_seconds(agent.pid) - before) / total * 1000)
                     agent.send_signal(signal.SIGINT)
@@ -173,6 +223,9 @@ def main():
     finally:
         nginx.send_signal(signal.SIGQUIT)
         nginx.wait(timeout=30)
+        if sink:
+            sink.kill()
+            sink.wait()
         shutil.rmtree(workdir, ignore_errors=True)
 
     med = {k: (statistics.median(r for r, _ in v), statistics.median(p for _, p in v)) for k, v in results.items()}
@@ -190,6 +243,11 @@ def main():
     print(f"Requests/s with the agent on: {med['on'][0] / med['off'][0] * 100:.1f}% of off (target: >= 97%)")
     print(f"Added P99 latency: {(med['on'][1] - med['off'][1]) * 1e3:+.2f} ms")
     print(f"Agent CPU time per 1,000 requests: {statistics.median(agent_cpu_per_1000) * 1e3:.2f} ms")
+    if args.traces and trace_totals["requests"]:
+        t = trace_totals
+        print(f"\nSpans with the agent on, all rounds: {t['requests']} wrk requests, "
+              f"ring-buffer events lost {t['lost']:.0f} ({t['lost'] / t['requests'] * 100:.3f}% of requests), "
+              f"spans queued {t['queued']:.0f}, sent over OTLP {t['sent']:.0f}, dropped from the queue {t['dropped']:.0f}")
     if args.bpf_stats and requests_on:
         per_request = busy_on / requests_on * 1e6
         print(f"\nAll busy CPU time with the agent on: {per_request:.2f} us per request "

@@ -548,13 +548,27 @@ fn otlp_settings(
     let endpoint = |url: &str, key: &str| {
         Endpoint::parse(url).map_err(|e| anyhow::anyhow!("exporters.otlp.{key}: {e}"))
     };
-    let base = endpoint(&config.endpoint, "endpoint")?;
-    let signal = |url: &str, key: &str, path: &str| -> Result<Endpoint> {
-        if url.is_empty() {
-            Ok(base.join(path))
+    let base = endpoint(config.base_endpoint(), "endpoint")?;
+    let protocol = if config.protocol == "grpc" {
+        otlp::Protocol::Grpc
+    } else {
+        otlp::Protocol::HttpProtobuf
+    };
+    let signal = |url: &str, key: &str, path: &str, grpc_path: &str| -> Result<Endpoint> {
+        let given = if url.is_empty() {
+            None
         } else {
-            endpoint(url, key)
-        }
+            Some(endpoint(url, key)?)
+        };
+        Ok(match (protocol, given) {
+            // gRPC names the method, whatever path the URL has.
+            (otlp::Protocol::Grpc, given) => Endpoint {
+                path: grpc_path.to_string(),
+                ..given.unwrap_or_else(|| base.clone())
+            },
+            (otlp::Protocol::HttpProtobuf, Some(given)) => given,
+            (otlp::Protocol::HttpProtobuf, None) => base.join(path),
+        })
     };
     let mut resource = vec![otlp::proto::KeyValue::string(
         "host.name",
@@ -574,11 +588,13 @@ fn otlp_settings(
         resource.push(otlp::proto::KeyValue::string("service.name", "periscope"));
     }
     Ok(otlp::OtlpSettings {
+        protocol,
         traces: if traces {
             Some(signal(
                 &config.traces_endpoint,
                 "traces_endpoint",
                 "v1/traces",
+                otlp::GRPC_TRACES_PATH,
             )?)
         } else {
             None
@@ -588,6 +604,7 @@ fn otlp_settings(
                 &config.metrics_endpoint,
                 "metrics_endpoint",
                 "v1/metrics",
+                otlp::GRPC_METRICS_PATH,
             )?)
         } else {
             None

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::apps::{connect, get, hex_id, App};
-use common::{have_root, kernel_lock, Agent};
+use common::{free_port, have_root, kernel_lock, Agent};
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{any_value, KeyValue};
@@ -36,7 +36,11 @@ struct Receiver {
 
 impl Receiver {
     fn start(throttle: Vec<(u16, Option<u64>)>) -> Receiver {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        Receiver::start_on(0, throttle)
+    }
+
+    fn start_on(port: u16, throttle: Vec<(u16, Option<u64>)>) -> Receiver {
+        let listener = TcpListener::bind(("127.0.0.1", port)).expect("bind");
         let port = listener.local_addr().expect("addr").port();
         let received = Arc::new(Mutex::new(Received::default()));
         let throttle = Arc::new(Mutex::new(VecDeque::from(throttle)));
@@ -434,4 +438,326 @@ fn otlp_metrics_equal_the_prometheus_scrape() {
         .find(|m| m.name == "periscope_probe_up")
         .expect("self-metrics are exported too");
     assert!(matches!(runs.data, Some(metric::Data::Gauge(_))));
+}
+
+#[test]
+fn a_dead_backend_costs_bounded_memory_counted_drops_and_delivery_resumes() {
+    if !have_root("a_dead_backend_costs_bounded_memory_counted_drops_and_delivery_resumes") {
+        return;
+    }
+    let _lock = kernel_lock();
+    // Nothing listens here until the backend "comes back".
+    let port = free_port();
+    let agent = Agent::start(&format!(
+        "probes:\n  syscalls:\n    enabled: false\n  http:\n    enabled: true\n    clients: false\ntraces:\n  enabled: true\n  queue_spans: 20\nexporters:\n  otlp:\n    enabled: true\n    endpoint: \"http://127.0.0.1:{port}\"\n    metrics_interval_secs: 0\n    batch_spans: 10\n    max_retry_secs: 2\n    timeout_secs: 1\n"
+    ));
+    let app = App::start();
+    const DOWN: u64 = 400;
+    traced_requests(&app, DOWN, 0xdead);
+    let otlp = [("exporter", "otlp")];
+    let dropped_labels = [("exporter", "otlp"), ("reason", "queue_full")];
+    // Every span is accounted for: delivered (none), failed after retries, or dropped
+    // from the full queue; the queue never holds more than its cap.
+    let accounted = |m: &common::Metrics| {
+        m.one("periscope_exporter_spans_sent_total", &otlp)
+            + m.one("periscope_exporter_spans_failed_total", &otlp)
+            + m.one("periscope_spans_dropped_total", &dropped_labels)
+    };
+    let metrics = common::eventually(&agent, |m| {
+        assert!(m.one("periscope_span_queue_spans", &otlp) <= 20.0);
+        m.one("periscope_spans_queued_total", &otlp) == DOWN as f64 && accounted(m) == DOWN as f64
+    });
+    assert_eq!(
+        metrics.one("periscope_exporter_spans_sent_total", &otlp),
+        0.0
+    );
+    assert!(metrics.one("periscope_spans_dropped_total", &dropped_labels) > 0.0);
+    assert!(metrics.one("periscope_exporter_spans_failed_total", &otlp) > 0.0);
+
+    let receiver = Receiver::start_on(port, Vec::new());
+    const UP: u64 = 30;
+    let expected = traced_requests(&app, UP, 0xa11e);
+    let pid = app.child.id();
+    wait_until("delivery to resume", || {
+        server_spans(&receiver.received, pid).len() as u64 >= UP
+    });
+    let metrics = common::eventually(&agent, |m| accounted(m) == (DOWN + UP) as f64);
+    let spans = server_spans(&receiver.received, pid);
+    assert_eq!(
+        spans.len() as u64,
+        UP,
+        "only spans made after the backend came back"
+    );
+    for (trace, parent, _) in &spans {
+        assert_eq!(expected.get(trace), Some(parent));
+    }
+    assert_eq!(
+        metrics.one("periscope_exporter_spans_sent_total", &otlp),
+        UP as f64
+    );
+}
+
+/// An OTLP/gRPC receiver (HTTP/2 without TLS) on loopback. The first traces calls are
+/// answered RESOURCE_EXHAUSTED with a RetryInfo delay of `throttle_secs`, `throttles`
+/// times.
+struct GrpcReceiver {
+    port: u16,
+    received: Arc<Mutex<Received>>,
+}
+
+/// A body of one data frame and then trailers: how gRPC answers.
+struct GrpcBody {
+    data: Option<bytes::Bytes>,
+    trailers: Option<hyper::HeaderMap>,
+}
+
+impl http_body::Body for GrpcBody {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        if let Some(data) = self.data.take() {
+            return std::task::Poll::Ready(Some(Ok(http_body::Frame::data(data))));
+        }
+        std::task::Poll::Ready(
+            self.trailers
+                .take()
+                .map(|t| Ok(http_body::Frame::trailers(t))),
+        )
+    }
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct RpcStatus {
+    #[prost(int32, tag = "1")]
+    code: i32,
+    #[prost(string, tag = "2")]
+    message: String,
+    #[prost(message, repeated, tag = "3")]
+    details: Vec<RpcAny>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct RpcAny {
+    #[prost(string, tag = "1")]
+    type_url: String,
+    #[prost(bytes = "vec", tag = "2")]
+    value: Vec<u8>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct RetryInfo {
+    #[prost(message, optional, tag = "1")]
+    retry_delay: Option<RpcDuration>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct RpcDuration {
+    #[prost(int64, tag = "1")]
+    seconds: i64,
+    #[prost(int32, tag = "2")]
+    nanos: i32,
+}
+
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut text = String::new();
+    for chunk in bytes.chunks(3) {
+        let mut acc = 0u32;
+        for (i, b) in chunk.iter().enumerate() {
+            acc |= u32::from(*b) << (16 - 8 * i);
+        }
+        for i in 0..=chunk.len() {
+            text.push(ALPHABET[((acc >> (18 - 6 * i)) & 63) as usize] as char);
+        }
+    }
+    text
+}
+
+/// The message of a gRPC request body, decompressed when its flag says so.
+fn grpc_payload(body: &[u8]) -> Vec<u8> {
+    let length = u32::from_be_bytes(body[1..5].try_into().expect("4 bytes")) as usize;
+    let payload = &body[5..5 + length];
+    if body[0] == 1 {
+        let mut plain = Vec::new();
+        flate2::read::GzDecoder::new(payload)
+            .read_to_end(&mut plain)
+            .expect("gzip message");
+        plain
+    } else {
+        payload.to_vec()
+    }
+}
+
+impl GrpcReceiver {
+    fn start(throttles: usize, throttle_secs: i64) -> GrpcReceiver {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        listener.set_nonblocking(true).expect("nonblocking");
+        let received = Arc::new(Mutex::new(Received::default()));
+        let shared = received.clone();
+        let throttles = Arc::new(Mutex::new(throttles));
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+                loop {
+                    let Ok((stream, _)) = listener.accept().await else {
+                        continue;
+                    };
+                    let (received, throttles) = (shared.clone(), throttles.clone());
+                    let service = hyper::service::service_fn(
+                        move |request: hyper::Request<hyper::body::Incoming>| {
+                            let (received, throttles) = (received.clone(), throttles.clone());
+                            async move {
+                                use http_body_util::BodyExt;
+                                let path = request.uri().path().to_string();
+                                let body = request
+                                    .into_body()
+                                    .collect()
+                                    .await
+                                    .expect("body")
+                                    .to_bytes();
+                                let message = grpc_payload(&body);
+                                let now = Instant::now();
+                                let mut trailers = hyper::HeaderMap::new();
+                                let mut code = 0;
+                                {
+                                    let mut got = received.lock().expect("lock");
+                                    if path.ends_with("TraceService/Export") {
+                                        let mut left = throttles.lock().expect("lock");
+                                        if *left > 0 {
+                                            *left -= 1;
+                                            code = 8;
+                                            let info = RetryInfo {
+                                                retry_delay: Some(RpcDuration {
+                                                    seconds: throttle_secs,
+                                                    nanos: 0,
+                                                }),
+                                            };
+                                            let status = RpcStatus {
+                                                code: 8,
+                                                message: "slow down".into(),
+                                                details: vec![RpcAny {
+                                                    type_url:
+                                                        "type.googleapis.com/google.rpc.RetryInfo"
+                                                            .into(),
+                                                    value: info.encode_to_vec(),
+                                                }],
+                                            };
+                                            let details = base64(&status.encode_to_vec());
+                                            trailers.insert(
+                                                "grpc-status-details-bin",
+                                                details
+                                                    .trim_end_matches('=')
+                                                    .parse()
+                                                    .expect("header"),
+                                            );
+                                        } else {
+                                            got.traces.push((
+                                                now,
+                                                ExportTraceServiceRequest::decode(&message[..])
+                                                    .expect("traces"),
+                                            ));
+                                        }
+                                        got.trace_attempts
+                                            .push((now, if code == 0 { 200 } else { 429 }));
+                                    } else if path.ends_with("MetricsService/Export") {
+                                        got.metrics.push((
+                                            now,
+                                            ExportMetricsServiceRequest::decode(&message[..])
+                                                .expect("metrics"),
+                                        ));
+                                    } else {
+                                        code = 12; // UNIMPLEMENTED
+                                    }
+                                }
+                                trailers.insert(
+                                    "grpc-status",
+                                    code.to_string().parse().expect("header"),
+                                );
+                                // An empty Export...ServiceResponse in one uncompressed frame.
+                                let data = (code == 0)
+                                    .then(|| bytes::Bytes::from_static(&[0, 0, 0, 0, 0]));
+                                let response = hyper::Response::builder()
+                                    .header("content-type", "application/grpc")
+                                    .body(GrpcBody {
+                                        data,
+                                        trailers: Some(trailers),
+                                    })
+                                    .expect("response");
+                                Ok::<_, std::convert::Infallible>(response)
+                            }
+                        },
+                    );
+                    tokio::spawn(async move {
+                        let _ = hyper::server::conn::http2::Builder::new(
+                            hyper_util::rt::TokioExecutor::new(),
+                        )
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+                    });
+                }
+            });
+        });
+        GrpcReceiver { port, received }
+    }
+}
+
+#[test]
+fn spans_and_metrics_arrive_over_grpc_and_a_retry_delay_is_honoured() {
+    if !have_root("spans_and_metrics_arrive_over_grpc_and_a_retry_delay_is_honoured") {
+        return;
+    }
+    let _lock = kernel_lock();
+    let receiver = GrpcReceiver::start(1, 2);
+    let agent = Agent::start(&format!(
+        "probes:\n  syscalls:\n    enabled: false\n  http:\n    enabled: true\ntraces:\n  enabled: true\nexporters:\n  otlp:\n    enabled: true\n    protocol: grpc\n    endpoint: \"http://127.0.0.1:{}\"\n    metrics_interval_secs: 1\n",
+        receiver.port
+    ));
+    let app = App::start();
+    const N: u64 = 25;
+    let expected = traced_requests(&app, N, 0x6e9c);
+    let pid = app.child.id();
+    wait_until("the spans over gRPC", || {
+        server_spans(&receiver.received, pid).len() as u64 >= N
+    });
+    wait_until("metrics over gRPC", || {
+        !receiver.received.lock().expect("lock").metrics.is_empty()
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let spans = server_spans(&receiver.received, pid);
+    assert_eq!(spans.len() as u64, N, "every span once");
+    for (trace, parent, _) in &spans {
+        assert_eq!(expected.get(trace), Some(parent));
+    }
+    let got = receiver.received.lock().expect("lock");
+    let (first, second) = (got.trace_attempts[0], got.trace_attempts[1]);
+    assert_eq!(
+        (first.1, second.1),
+        (429, 200),
+        "throttled once, then accepted"
+    );
+    let waited = second.0.duration_since(first.0);
+    assert!(waited >= Duration::from_secs(2), "retried after {waited:?}");
+    let (_, metrics) = got.metrics.last().expect("metrics");
+    assert!(metrics.resource_metrics[0].scope_metrics[0]
+        .metrics
+        .iter()
+        .any(|m| m.name == "http.server.request.duration"));
+    drop(got);
+    let scraped = agent.metrics();
+    assert_eq!(
+        scraped.one(
+            "periscope_exporter_retries_total",
+            &[("exporter", "otlp"), ("wait", "throttled")]
+        ),
+        1.0
+    );
 }

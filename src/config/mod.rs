@@ -127,12 +127,14 @@ pub struct OtlpConfig {
     /// Push spans and metrics over OTLP. Setting `OTEL_EXPORTER_OTLP_ENDPOINT` (or the
     /// per-signal variables) turns it on.
     pub enabled: bool,
-    /// Base URL: `/v1/traces` and `/v1/metrics` are appended.
+    /// Base URL: `/v1/traces` and `/v1/metrics` are appended (http/protobuf); the
+    /// receiver's address (grpc). Empty: `http://127.0.0.1:4318` for http/protobuf,
+    /// `http://127.0.0.1:4317` for grpc.
     pub endpoint: String,
     /// Full URLs per signal, used as given (empty: from `endpoint`).
     pub traces_endpoint: String,
     pub metrics_endpoint: String,
-    /// `http/protobuf`.
+    /// `http/protobuf` or `grpc`.
     pub protocol: String,
     /// Extra request headers (authentication).
     pub headers: std::collections::BTreeMap<String, String>,
@@ -151,7 +153,7 @@ impl Default for OtlpConfig {
     fn default() -> Self {
         OtlpConfig {
             enabled: false,
-            endpoint: "http://127.0.0.1:4318".into(),
+            endpoint: String::new(),
             traces_endpoint: String::new(),
             metrics_endpoint: String::new(),
             protocol: "http/protobuf".into(),
@@ -166,6 +168,15 @@ impl Default for OtlpConfig {
 }
 
 impl OtlpConfig {
+    /// The base endpoint, defaulted by protocol.
+    pub fn base_endpoint(&self) -> &str {
+        match (self.endpoint.as_str(), self.protocol.as_str()) {
+            ("", "grpc") => "http://127.0.0.1:4317",
+            ("", _) => "http://127.0.0.1:4318",
+            (endpoint, _) => endpoint,
+        }
+    }
+
     /// Applies the standard `OTEL_EXPORTER_OTLP_*` and `OTEL_METRIC_EXPORT_INTERVAL`
     /// variables from `env`.
     pub fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) -> Result<(), String> {
@@ -214,13 +225,10 @@ impl OtlpConfig {
     /// What serde cannot check: the protocol, the compression, and the URLs; returns
     /// the key to blame and why.
     pub fn check(&self) -> Result<(), (&'static str, String)> {
-        if self.protocol != "http/protobuf" {
+        if self.protocol != "http/protobuf" && self.protocol != "grpc" {
             return Err((
                 "exporters.otlp.protocol",
-                format!(
-                    "{:?} is not supported; use \"http/protobuf\"",
-                    self.protocol
-                ),
+                format!("{:?}: use \"http/protobuf\" or \"grpc\"", self.protocol),
             ));
         }
         if self.compression != "gzip" && self.compression != "none" {

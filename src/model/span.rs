@@ -324,6 +324,38 @@ impl Default for IdGenerator {
     }
 }
 
+/// Local ports of the connections the agent's own exporters open, each remembered for a
+/// while after its request. A server on this host that answers one of them (a node-local
+/// collector) makes no span: exporting it would make the next one, without end.
+static AGENT_PORTS: Mutex<Vec<(u16, std::time::Instant)>> = Mutex::new(Vec::new());
+
+/// How long a port stays known after its request: well beyond the probes' drain interval.
+const AGENT_PORT_MEMORY: Duration = Duration::from_secs(5);
+
+pub fn register_agent_port(port: u16) {
+    let now = std::time::Instant::now();
+    let mut ports = AGENT_PORTS.lock().unwrap_or_else(|e| e.into_inner());
+    ports.retain(|(p, at)| *p != port && now.duration_since(*at) < AGENT_PORT_MEMORY);
+    ports.push((port, now));
+}
+
+/// Marks the port's request as answered: it is forgotten `AGENT_PORT_MEMORY` from now.
+pub fn release_agent_port(port: u16) {
+    register_agent_port(port);
+}
+
+pub fn is_agent_port(port: u16) -> bool {
+    let now = std::time::Instant::now();
+    AGENT_PORTS
+        .lock()
+        .map(|ports| {
+            ports
+                .iter()
+                .any(|(p, at)| *p == port && now.duration_since(*at) < AGENT_PORT_MEMORY)
+        })
+        .unwrap_or(false)
+}
+
 /// Spans on their way from the probes to the exporters. Bounded: when it is full the
 /// oldest spans are dropped, so a slow or dead backend costs the newest data nothing
 /// and the agent's memory stays flat; every drop is counted.

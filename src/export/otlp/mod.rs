@@ -93,7 +93,21 @@ impl Endpoint {
     }
 }
 
+/// How OTLP is carried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// POST of a protobuf body to `/v1/traces`, `/v1/metrics` (port 4318).
+    HttpProtobuf,
+    /// The gRPC `Export` methods over HTTP/2 without TLS (port 4317).
+    Grpc,
+}
+
+pub const GRPC_TRACES_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+pub const GRPC_METRICS_PATH: &str =
+    "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export";
+
 pub struct OtlpSettings {
+    pub protocol: Protocol,
     pub traces: Option<Endpoint>,
     pub metrics: Option<Endpoint>,
     pub headers: Vec<(String, String)>,
@@ -204,23 +218,58 @@ pub fn run(
     }
 }
 
+/// What one attempt at an export came to.
+enum Attempt {
+    /// Accepted; the response message (for its partial success).
+    Delivered(Bytes),
+    /// Worth retrying, after the receiver's delay when it gave one.
+    Retry { hint: Option<Duration>, why: String },
+    /// Refused for good.
+    Refused(String),
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 impl Sender {
-    /// Posts one request body, retrying what the specification says to retry.
-    async fn export(&mut self, endpoint: &Endpoint, body: Vec<u8>, stop: &AtomicBool) -> Outcome {
-        let body = if self.settings.gzip {
-            match gzip(&body) {
-                Ok(compressed) => compressed,
-                Err(_) => body,
+    /// Sends one request message, retrying what the specification says to retry.
+    async fn export(
+        &mut self,
+        endpoint: &Endpoint,
+        message: Vec<u8>,
+        stop: &AtomicBool,
+    ) -> Outcome {
+        let body = match self.settings.protocol {
+            Protocol::HttpProtobuf => {
+                if self.settings.gzip {
+                    gzip(&message).unwrap_or(message)
+                } else {
+                    message
+                }
             }
-        } else {
-            body
+            Protocol::Grpc => grpc_frame(&message, self.settings.gzip),
         };
         let body = Bytes::from(body);
         let began = Instant::now();
         let mut backoff = Duration::from_millis(500);
         loop {
-            let delay = match self.post(endpoint, body.clone()).await {
-                Ok((status, _, answer)) if (200..300).contains(&status) => {
+            let attempt = match tokio::time::timeout(
+                self.settings.timeout,
+                self.attempt(endpoint, body.clone()),
+            )
+            .await
+            {
+                Ok(Ok(attempt)) => attempt,
+                Ok(Err(err)) => Attempt::Retry {
+                    hint: None,
+                    why: err.to_string(),
+                },
+                Err(_) => Attempt::Retry {
+                    hint: None,
+                    why: "timed out".into(),
+                },
+            };
+            let wait = match attempt {
+                Attempt::Delivered(answer) => {
                     let rejected = decode_partial_success(&answer);
                     if let Some((rejected, message)) = &rejected {
                         warn!(
@@ -233,29 +282,25 @@ impl Sender {
                         rejected: rejected.map_or(0, |(n, _)| n),
                     };
                 }
-                Ok((status, retry_after, _)) if matches!(status, 429 | 502 | 503 | 504) => {
-                    if retry_after.is_some() {
+                Attempt::Retry { hint, why } => {
+                    debug!(?hint, %why, "OTLP export will be retried");
+                    if hint.is_some() {
                         self.stats.throttled.fetch_add(1, Ordering::Relaxed);
                     }
-                    debug!(status, ?retry_after, "OTLP export will be retried");
-                    retry_after.map_or(Wait::Backoff(backoff), Wait::Throttled)
+                    hint.map_or(Wait::Backoff(backoff), Wait::Throttled)
                 }
-                Ok((status, _, _)) => {
+                Attempt::Refused(why) => {
                     self.stats.failures.fetch_add(1, Ordering::Relaxed);
-                    warn!(status, path = %endpoint.path, "the OTLP receiver refused an export; not retried");
+                    warn!(path = %endpoint.path, %why, "the OTLP receiver refused an export; not retried");
                     return Outcome::Failed;
-                }
-                Err(err) => {
-                    debug!(error = %err, "OTLP export failed; will be retried");
-                    Wait::Backoff(backoff)
                 }
             };
             self.stats.failures.fetch_add(1, Ordering::Relaxed);
             // Jitter, so that agents that failed together do not retry together: a
             // backoff is taken between half and one and a half times; a receiver's
-            // Retry-After is a minimum, so up to half of it is added.
+            // delay is a minimum, so up to half of it is added.
             let random = self.jitter.span_id()[0] as f64 / 255.0;
-            let delay = match delay {
+            let delay = match wait {
                 Wait::Backoff(d) => d.mul_f64(0.5 + random),
                 Wait::Throttled(d) => d.mul_f64(1.0 + random / 2.0),
             }
@@ -270,51 +315,210 @@ impl Sender {
         }
     }
 
-    /// One POST: (status, Retry-After, body).
-    async fn post(
+    async fn attempt(&self, endpoint: &Endpoint, body: Bytes) -> Result<Attempt, BoxError> {
+        let stream =
+            tokio::net::TcpStream::connect((endpoint.host.as_str(), endpoint.port)).await?;
+        let _ = stream.set_nodelay(true);
+        // The receiver's span of this request is not made (see is_agent_port).
+        let local_port = stream.local_addr()?.port();
+        crate::model::span::register_agent_port(local_port);
+        let result = self.request(endpoint, body, stream).await;
+        crate::model::span::release_agent_port(local_port);
+        result
+    }
+
+    async fn request(
         &self,
         endpoint: &Endpoint,
         body: Bytes,
-    ) -> Result<(u16, Option<Duration>, Bytes), Box<dyn std::error::Error + Send + Sync>> {
-        let attempt = async {
-            let stream =
-                tokio::net::TcpStream::connect((endpoint.host.as_str(), endpoint.port)).await?;
-            let _ = stream.set_nodelay(true);
-            let (mut sender, connection) =
-                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
-            tokio::spawn(connection);
-            let mut request = hyper::Request::post(endpoint.path.as_str())
-                .header(hyper::header::HOST, endpoint.authority())
-                .header(hyper::header::CONTENT_TYPE, "application/x-protobuf")
-                .header(
-                    hyper::header::USER_AGENT,
-                    concat!("periscope/", env!("CARGO_PKG_VERSION")),
-                );
-            if self.settings.gzip {
-                request = request.header(hyper::header::CONTENT_ENCODING, "gzip");
+        stream: tokio::net::TcpStream,
+    ) -> Result<Attempt, BoxError> {
+        let io = hyper_util::rt::TokioIo::new(stream);
+        let mut request = hyper::Request::post(endpoint.path.as_str()).header(
+            hyper::header::USER_AGENT,
+            concat!("periscope/", env!("CARGO_PKG_VERSION")),
+        );
+        for (name, value) in &self.settings.headers {
+            request = request.header(name.as_str(), value.as_str());
+        }
+        match self.settings.protocol {
+            Protocol::HttpProtobuf => {
+                let (mut sender, connection) = hyper::client::conn::http1::handshake(io).await?;
+                tokio::spawn(connection);
+                request = request
+                    .header(hyper::header::HOST, endpoint.authority())
+                    .header(hyper::header::CONTENT_TYPE, "application/x-protobuf");
+                if self.settings.gzip {
+                    request = request.header(hyper::header::CONTENT_ENCODING, "gzip");
+                }
+                let response = sender.send_request(request.body(Full::new(body))?).await?;
+                let status = response.status().as_u16();
+                let retry_after =
+                    header_secs(response.headers(), hyper::header::RETRY_AFTER.as_str());
+                let answer = Limited::new(response.into_body(), MAX_RESPONSE_BYTES)
+                    .collect()
+                    .await
+                    .map(|b| b.to_bytes())
+                    .unwrap_or_default();
+                Ok(match status {
+                    200..=299 => Attempt::Delivered(answer),
+                    429 | 502 | 503 | 504 => Attempt::Retry {
+                        hint: retry_after,
+                        why: format!("HTTP {status}"),
+                    },
+                    _ => Attempt::Refused(format!("HTTP {status}")),
+                })
             }
-            for (name, value) in &self.settings.headers {
-                request = request.header(name.as_str(), value.as_str());
+            Protocol::Grpc => {
+                let (mut sender, connection) =
+                    hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+                        .await?;
+                tokio::spawn(connection);
+                let uri = format!("http://{}{}", endpoint.authority(), endpoint.path);
+                request = request
+                    .uri(uri)
+                    .header(hyper::header::CONTENT_TYPE, "application/grpc")
+                    .header(hyper::header::TE, "trailers");
+                if self.settings.gzip {
+                    request = request.header("grpc-encoding", "gzip");
+                }
+                let response = sender.send_request(request.body(Full::new(body))?).await?;
+                if !response.status().is_success() {
+                    let status = response.status().as_u16();
+                    // A proxy's answer, not the receiver's: HTTP's rules apply.
+                    return Ok(match status {
+                        429 | 502 | 503 | 504 => Attempt::Retry {
+                            hint: None,
+                            why: format!("HTTP {status}"),
+                        },
+                        _ => Attempt::Refused(format!("HTTP {status}")),
+                    });
+                }
+                let headers = response.headers().clone();
+                let collected = Limited::new(response.into_body(), MAX_RESPONSE_BYTES)
+                    .collect()
+                    .await?;
+                let trailers = collected.trailers().cloned().unwrap_or_default();
+                let answer = collected.to_bytes();
+                // A trailers-only response carries the status in its headers.
+                let status_of = |map: &hyper::HeaderMap| {
+                    map.get("grpc-status")
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.parse::<u32>().ok())
+                };
+                let Some(code) = status_of(&trailers).or_else(|| status_of(&headers)) else {
+                    return Ok(Attempt::Retry {
+                        hint: None,
+                        why: "no grpc-status".into(),
+                    });
+                };
+                let details = trailers
+                    .get("grpc-status-details-bin")
+                    .or_else(|| headers.get("grpc-status-details-bin"))
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(retry_delay);
+                Ok(grpc_attempt(code, details, answer))
             }
-            let response = sender.send_request(request.body(Full::new(body))?).await?;
-            let status = response.status().as_u16();
-            let retry_after = response
-                .headers()
-                .get(hyper::header::RETRY_AFTER)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .map(Duration::from_secs);
-            let answer = Limited::new(response.into_body(), MAX_RESPONSE_BYTES)
-                .collect()
-                .await
-                .map(|b| b.to_bytes())
-                .unwrap_or_default();
-            Ok::<_, Box<dyn std::error::Error + Send + Sync>>((status, retry_after, answer))
-        };
-        tokio::time::timeout(self.settings.timeout, attempt)
-            .await
-            .map_err(|_| "timed out")?
+        }
     }
+}
+
+/// The OTLP/gRPC rules: which status codes are retried (RESOURCE_EXHAUSTED only when
+/// the server says when), and the message of an OK answer.
+fn grpc_attempt(code: u32, retry_delay: Option<Duration>, answer: Bytes) -> Attempt {
+    const OK: u32 = 0;
+    const RESOURCE_EXHAUSTED: u32 = 8;
+    let why = format!("gRPC status {code}");
+    match code {
+        OK => Attempt::Delivered(grpc_message(&answer).unwrap_or_default()),
+        // CANCELLED, DEADLINE_EXCEEDED, ABORTED, OUT_OF_RANGE, UNAVAILABLE, DATA_LOSS
+        1 | 4 | 10 | 11 | 14 | 15 => Attempt::Retry {
+            hint: retry_delay,
+            why,
+        },
+        RESOURCE_EXHAUSTED if retry_delay.is_some() => Attempt::Retry {
+            hint: retry_delay,
+            why,
+        },
+        _ => Attempt::Refused(why),
+    }
+}
+
+/// A gRPC message frame: compressed flag, big-endian length, message.
+fn grpc_frame(message: &[u8], gzip_it: bool) -> Vec<u8> {
+    let compressed = if gzip_it { gzip(message).ok() } else { None };
+    let (flag, payload) = match &compressed {
+        Some(c) => (1u8, c.as_slice()),
+        None => (0u8, message),
+    };
+    let mut frame = Vec::with_capacity(5 + payload.len());
+    frame.push(flag);
+    frame.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    frame.extend_from_slice(payload);
+    frame
+}
+
+/// The message of a gRPC response body (uncompressed: we ask for none).
+fn grpc_message(body: &[u8]) -> Option<Bytes> {
+    let length = u32::from_be_bytes(body.get(1..5)?.try_into().ok()?) as usize;
+    if body.first() != Some(&0) {
+        return None;
+    }
+    body.get(5..5 + length).map(Bytes::copy_from_slice)
+}
+
+fn header_secs(headers: &hyper::HeaderMap, name: &str) -> Option<Duration> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs)
+}
+
+/// The `google.rpc.RetryInfo` delay in a `grpc-status-details-bin` trailer (a base64
+/// `google.rpc.Status` whose details hold it).
+fn retry_delay(details: &str) -> Option<Duration> {
+    let status = proto::RpcStatus::decode(base64_decode(details)?.as_slice()).ok()?;
+    status
+        .details
+        .iter()
+        .find(|any| any.type_url.ends_with("google.rpc.RetryInfo"))
+        .and_then(|any| proto::RetryInfo::decode(any.value.as_slice()).ok())
+        .and_then(|info| info.retry_delay)
+        .map(|d| {
+            Duration::new(
+                d.seconds.max(0) as u64,
+                d.nanos.clamp(0, 999_999_999) as u32,
+            )
+        })
+}
+
+/// Standard base64, padded or not (gRPC sends binary trailers unpadded).
+fn base64_decode(text: &str) -> Option<Vec<u8>> {
+    let value = |c: u8| match c {
+        b'A'..=b'Z' => Some(c - b'A'),
+        b'a'..=b'z' => Some(c - b'a' + 26),
+        b'0'..=b'9' => Some(c - b'0' + 52),
+        b'+' => Some(62),
+        b'/' => Some(63),
+        _ => None,
+    };
+    let digits: Vec<u8> = text
+        .trim()
+        .trim_end_matches('=')
+        .bytes()
+        .map(value)
+        .collect::<Option<_>>()?;
+    let mut out = Vec::with_capacity(digits.len() * 3 / 4);
+    for chunk in digits.chunks(4) {
+        let mut acc = 0u32;
+        for (i, d) in chunk.iter().enumerate() {
+            acc |= u32::from(*d) << (18 - 6 * i);
+        }
+        let bytes = acc.to_be_bytes();
+        out.extend_from_slice(&bytes[1..chunk.len()]);
+    }
+    Some(out)
 }
 
 fn gzip(body: &[u8]) -> std::io::Result<Vec<u8>> {
@@ -397,6 +601,54 @@ mod tests {
         assert!(Endpoint::parse("https://collector:4318").is_err());
         assert!(Endpoint::parse("collector:4318").is_err());
         assert!(Endpoint::parse("http://collector:port").is_err());
+    }
+
+    #[test]
+    fn grpc_retry_info_is_read_from_the_status_details() {
+        use prost::Message as _;
+        let info = proto::RetryInfo {
+            retry_delay: Some(proto::ProtoDuration {
+                seconds: 3,
+                nanos: 500_000_000,
+            }),
+        };
+        let status = proto::RpcStatus {
+            code: 8,
+            message: "slow down".into(),
+            details: vec![proto::ProtoAny {
+                type_url: "type.googleapis.com/google.rpc.RetryInfo".into(),
+                value: info.encode_to_vec(),
+            }],
+        };
+        let bytes = status.encode_to_vec();
+        const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        let mut text = String::new();
+        for chunk in bytes.chunks(3) {
+            let mut acc = 0u32;
+            for (i, b) in chunk.iter().enumerate() {
+                acc |= u32::from(*b) << (16 - 8 * i);
+            }
+            for i in 0..=chunk.len() {
+                text.push(ALPHABET[((acc >> (18 - 6 * i)) & 63) as usize] as char);
+            }
+        }
+        assert_eq!(retry_delay(&text), Some(Duration::from_millis(3500)));
+        assert!(matches!(
+            grpc_attempt(8, None, Bytes::new()),
+            Attempt::Refused(_)
+        ));
+        assert!(matches!(
+            grpc_attempt(8, Some(Duration::from_secs(1)), Bytes::new()),
+            Attempt::Retry { .. }
+        ));
+        assert!(matches!(
+            grpc_attempt(14, None, Bytes::new()),
+            Attempt::Retry { .. }
+        ));
+        assert!(matches!(
+            grpc_attempt(3, None, Bytes::new()),
+            Attempt::Refused(_)
+        ));
     }
 
     #[test]

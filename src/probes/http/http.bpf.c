@@ -26,6 +26,9 @@ char LICENSE[] SEC("license") = PSC_LICENSE;
 
 /* Set by user space before load: trace connections this host's processes make. */
 const volatile __u8 trace_clients = 1;
+/* The agent's own process: its scrapes and exports are not traced, or exporting a span
+ * would make another. */
+const volatile __u32 agent_tgid = 0;
 
 struct psc_conn_key psc_conn_key_type = {};
 struct psc_conn psc_conn_type = {};
@@ -382,6 +385,8 @@ static __always_inline int socket_io(struct sock *sk, int ret, int flags, int in
 		return 0; /* recvmmsg, sendmmsg, compat calls: not traced */
 	}
 	tgid = task->tgid;
+	if (tgid == agent_tgid)
+		return 0;
 
 	/* Inside an OpenSSL call: this socket carries that SSL object's records. A socket
 	 * that opened with plaintext HTTP does not turn to TLS, so the lookup is spared

@@ -216,6 +216,7 @@ impl HttpProbe {
             .map_err(ProbeError::bpf("sizing the ring buffer"))?;
         if let Some(rodata) = open.maps.rodata_data.as_deref_mut() {
             rodata.trace_clients = u8::from(settings.clients);
+            rodata.agent_tgid = std::process::id();
         }
         let skel = open
             .load()
@@ -622,6 +623,7 @@ impl HttpProbe {
             server_address,
             server_port: event.server.port,
             client_address,
+            client_port: event.client.port,
             resource: SpanResource {
                 pid: event.tgid,
                 executable_name: name.clone(),

@@ -43,6 +43,8 @@ pub struct Finished<'a> {
     pub server_address: String,
     pub server_port: u16,
     pub client_address: String,
+    /// The client's port, for server exchanges.
+    pub client_port: u16,
     pub resource: SpanResource,
 }
 
@@ -166,6 +168,9 @@ impl SpanMaker {
         }
         if !done.context.sampled {
             return;
+        }
+        if done.role == Role::Server && crate::model::span::is_agent_port(done.client_port) {
+            return; // the agent's own export, answered by a server on this host
         }
         if self.finished.len() >= MAX_HELD_SPANS {
             self.dropped += 1;
