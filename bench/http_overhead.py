@@ -180,7 +180,7 @@ def main():
         otlp_port = free_port()
         sink = subprocess.Popen([sys.executable, "-c", OTLP_SINK, str(otlp_port)])
         wait_port(otlp_port)
-    trace_totals = {"requests": 0, "lost": 0.0, "queued": 0.0, "sent": 0.0, "dropped": 0.0}
+    trace_totals = {"requests": 0, "lost": 0.0, "queued": 0.0, "sent": 0.0, "dropped": 0.0, "exchanges": 0.0}
     results = {"off": [], "on": []}
     agent_cpu_per_1000 = []
     prog_time = {}  # name -> [run time ns, runs]
@@ -214,6 +214,11 @@ def main():
                     trace_totals["queued"] += m.get('periscope_spans_queued_total{exporter="otlp"}', 0)
                     trace_totals["sent"] += m.get('periscope_exporter_spans_sent_total{exporter="otlp"}', 0)
                     trace_totals["dropped"] += m.get('periscope_spans_dropped_total{exporter="otlp",reason="queue_full"}', 0)
+                    trace_totals["exchanges"] += sum(
+                        v for k, v in m.items()
+                        if k.startswith(("http_server_request_duration_seconds_count",
+                                         "http_client_request_duration_seconds_count"))
+                        and re.search(r'process_executable_name="(nginx|wrk)"', k))
                 if agent:
                     agent_cpu_per_1000.append((cpu_seconds(agent.pid) - before) / total * 1000)
                     agent.send_signal(signal.SIGINT)
@@ -247,7 +252,8 @@ def main():
         t = trace_totals
         print(f"\nSpans with the agent on, all rounds: {t['requests']} wrk requests, "
               f"ring-buffer events lost {t['lost']:.0f} ({t['lost'] / t['requests'] * 100:.3f}% of requests), "
-              f"spans queued {t['queued']:.0f}, sent over OTLP {t['sent']:.0f}, dropped from the queue {t['dropped']:.0f}")
+              f"nginx and wrk exchanges counted in the metrics {t['exchanges']:.0f}, spans queued {t['queued']:.0f}, "
+              f"sent over OTLP {t['sent']:.0f}, dropped from the queue {t['dropped']:.0f}")
     if args.bpf_stats and requests_on:
         per_request = busy_on / requests_on * 1e6
         print(f"\nAll busy CPU time with the agent on: {per_request:.2f} us per request "

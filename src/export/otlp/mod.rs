@@ -319,11 +319,12 @@ impl Sender {
         let stream =
             tokio::net::TcpStream::connect((endpoint.host.as_str(), endpoint.port)).await?;
         let _ = stream.set_nodelay(true);
-        // The receiver's span of this request is not made (see is_agent_port).
-        let local_port = stream.local_addr()?.port();
-        crate::model::span::register_agent_port(local_port);
+        // The receiver's span of this request is not made (see is_agent_connection);
+        // registered again once answered, so that it is remembered from then on.
+        let ports = (stream.local_addr()?.port(), endpoint.port);
+        crate::model::span::register_agent_connection(ports.0, ports.1);
         let result = self.request(endpoint, body, stream).await;
-        crate::model::span::release_agent_port(local_port);
+        crate::model::span::register_agent_connection(ports.0, ports.1);
         result
     }
 

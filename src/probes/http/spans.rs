@@ -169,7 +169,9 @@ impl SpanMaker {
         if !done.context.sampled {
             return;
         }
-        if done.role == Role::Server && crate::model::span::is_agent_port(done.client_port) {
+        if done.role == Role::Server
+            && crate::model::span::is_agent_connection(done.client_port, done.server_port)
+        {
             return; // the agent's own export, answered by a server on this host
         }
         if self.finished.len() >= MAX_HELD_SPANS {
