@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 use common::apps::{connect, get, hex_id, App};
 use common::{free_port, have_root, kernel_lock, Agent};
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
 use opentelemetry_proto::tonic::common::v1::{any_value, KeyValue};
 use opentelemetry_proto::tonic::metrics::v1::metric;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
@@ -102,16 +104,28 @@ fn serve(
         let now = Instant::now();
         let mut status = 200;
         let mut retry_after = None;
+        let mut answer_body = Vec::new();
         {
             let mut got = received.lock().expect("lock");
             if path == "/v1/traces" {
-                if let Some((s, after)) = throttle.lock().expect("lock").pop_front() {
+                let planned = throttle.lock().expect("lock").pop_front();
+                if let Some((s, after)) = planned.filter(|(s, _)| *s != 200) {
                     status = s;
                     retry_after = after;
                 } else {
                     let request = ExportTraceServiceRequest::decode(&body[..])
                         .expect("an ExportTraceServiceRequest");
                     got.traces.push((now, request));
+                    // (200, Some(n)): accepted, with n spans reported rejected.
+                    if let Some((_, Some(rejected))) = planned {
+                        answer_body = ExportTraceServiceResponse {
+                            partial_success: Some(ExportTracePartialSuccess {
+                                rejected_spans: rejected as i64,
+                                error_message: "spans too old".into(),
+                            }),
+                        }
+                        .encode_to_vec();
+                    }
                 }
                 got.trace_attempts.push((now, status));
             } else if path == "/v1/metrics" {
@@ -123,10 +137,13 @@ fn serve(
             }
         }
         let extra = retry_after.map_or(String::new(), |s| format!("Retry-After: {s}\r\n"));
-        let answer = format!(
-            "HTTP/1.1 {status} X\r\nContent-Type: application/x-protobuf\r\nContent-Length: 0\r\n{extra}\r\n"
-        );
-        if (&stream).write_all(answer.as_bytes()).is_err() {
+        let mut answer = format!(
+            "HTTP/1.1 {status} X\r\nContent-Type: application/x-protobuf\r\nContent-Length: {}\r\n{extra}\r\n",
+            answer_body.len()
+        )
+        .into_bytes();
+        answer.extend_from_slice(&answer_body);
+        if (&stream).write_all(&answer).is_err() {
             return;
         }
     }
@@ -296,7 +313,7 @@ fn a_throttling_receiver_is_retried_after_its_delay_and_loses_nothing() {
         return;
     }
     let _lock = kernel_lock();
-    let receiver = Receiver::start(vec![(429, Some(2)), (503, None)]);
+    let receiver = Receiver::start(vec![(429, Some(2)), (503, None), (200, Some(3))]);
     let agent = Agent::start(&otlp_config(&receiver.endpoint(), true, 0));
     let app = App::start();
     const N: u64 = 20;
@@ -343,6 +360,14 @@ fn a_throttling_receiver_is_retried_after_its_delay_and_loses_nothing() {
         ),
         0.0
     );
+    // The partial success of the accepted request is counted as the receiver said.
+    assert_eq!(
+        metrics.one(
+            "periscope_exporter_rejected_total",
+            &[("exporter", "otlp"), ("signal", "spans")]
+        ),
+        3.0
+    );
 }
 
 #[test]
@@ -352,7 +377,16 @@ fn otlp_metrics_equal_the_prometheus_scrape() {
     }
     let _lock = kernel_lock();
     let receiver = Receiver::start(Vec::new());
-    let agent = Agent::start(&otlp_config(&receiver.endpoint(), false, 1));
+    let agent = Agent::start_with_env(
+        &otlp_config(&receiver.endpoint(), false, 1),
+        &[
+            ("OTEL_SERVICE_NAME", "node-agent"),
+            (
+                "OTEL_RESOURCE_ATTRIBUTES",
+                "deployment.environment=test%20lab,service.name=x",
+            ),
+        ],
+    );
     let app = App::start();
     let mut conn = connect(app.port);
     for i in 0..30 {
@@ -379,6 +413,18 @@ fn otlp_metrics_equal_the_prometheus_scrape() {
     });
     let got = receiver.received.lock().expect("lock");
     let (_, request) = got.metrics.last().expect("an export");
+    // The agent's resource: OTEL_SERVICE_NAME wins over OTEL_RESOURCE_ATTRIBUTES.
+    let resource = &request.resource_metrics[0]
+        .resource
+        .as_ref()
+        .expect("resource")
+        .attributes;
+    assert_eq!(string_attr(resource, "service.name"), Some("node-agent"));
+    assert_eq!(
+        string_attr(resource, "deployment.environment"),
+        Some("test lab")
+    );
+    assert!(string_attr(resource, "host.name").is_some());
     let scope = &request.resource_metrics[0].scope_metrics[0];
     let duration = scope
         .metrics
@@ -634,7 +680,7 @@ impl GrpcReceiver {
                                         let mut left = throttles.lock().expect("lock");
                                         if *left > 0 {
                                             *left -= 1;
-                                            code = 8;
+                                            code = 14; // UNAVAILABLE
                                             let info = RetryInfo {
                                                 retry_delay: Some(RpcDuration {
                                                     seconds: throttle_secs,

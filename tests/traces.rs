@@ -15,7 +15,7 @@ use serde_json::Value;
 
 fn traces_config(jsonl: &Path) -> String {
     format!(
-        "probes:\n  syscalls:\n    enabled: false\n  http:\n    enabled: true\ntraces:\n  enabled: true\nexporters:\n  jsonl:\n    enabled: true\n    path: \"{}\"\n    metrics_interval_secs: 0\n",
+        "probes:\n  syscalls:\n    enabled: false\n  http:\n    enabled: true\ntraces:\n  enabled: true\nexporters:\n  jsonl:\n    enabled: true\n    path: \"{}\"\n    metrics_interval_secs: 1\n",
         jsonl.display()
     )
 }
@@ -190,6 +190,20 @@ fn server_spans_join_the_callers_trace_and_honour_its_sampled_flag() {
     }
     assert_eq!(joined, TRACED);
     assert_eq!(roots.len() as u64, PLAIN + 3);
+    // Metric snapshots share the file: the server's request count is among them.
+    let pid_text = app.pid().to_string();
+    let lines = wait_for(&jsonl, |lines| {
+        lines.iter().any(|l| {
+            l["type"] == "metric"
+                && l["name"] == "http_server_request_duration_seconds"
+                && l["labels"]["process_pid"].as_str() == Some(pid_text.as_str())
+                && l["labels"]["http_route"] == "/hello"
+                && l["count"] == (TRACED - TRACED / 5) + PLAIN + UNSAMPLED + 3
+        })
+    });
+    assert!(lines
+        .iter()
+        .any(|l| l["type"] == "metric" && l["kind"] == "counter"));
     validate_against_schema(&jsonl);
 
     let metrics = agent.metrics();

@@ -159,3 +159,80 @@ fn per_cpu_slots_must_be_a_power_of_two() {
     assert!(text.starts_with("periscope.yaml:3"), "{text}");
     assert!(text.contains("power of two"), "{text}");
 }
+
+#[test]
+fn otlp_settings_are_checked_with_their_line() {
+    let text = error_text("exporters:\n  otlp:\n    enabled: true\n    protocol: thrift\n");
+    assert!(
+        text.contains("periscope.yaml:4") && text.contains("exporters.otlp.protocol"),
+        "{text}"
+    );
+    let text = error_text("exporters:\n  otlp:\n    endpoint: \"https://collector:4318\"\n");
+    assert!(
+        text.contains("exporters.otlp.endpoint") && text.contains("TLS"),
+        "{text}"
+    );
+    let text = error_text("traces:\n  sampler: sometimes\n");
+    assert!(text.contains("traces.sampler"), "{text}");
+    let text = error_text("traces:\n  sampler_arg: 2\n");
+    assert!(text.contains("traces.sampler_arg"), "{text}");
+}
+
+#[test]
+fn otel_environment_variables_override_the_file() {
+    let env: std::collections::HashMap<&str, &str> = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4317"),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+        ("OTEL_EXPORTER_OTLP_HEADERS", "api-key=s%3Dcret,tenant=a"),
+        ("OTEL_EXPORTER_OTLP_COMPRESSION", "none"),
+        ("OTEL_EXPORTER_OTLP_TIMEOUT", "2500"),
+        ("OTEL_METRIC_EXPORT_INTERVAL", "15000"),
+        ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
+        ("OTEL_TRACES_SAMPLER_ARG", "0.25"),
+    ]
+    .into_iter()
+    .collect();
+    let lookup = |name: &str| env.get(name).map(|v| v.to_string());
+    let mut config = Config::default();
+    config.exporters.otlp.apply_env(lookup).expect("valid");
+    config.traces.apply_env(lookup).expect("valid");
+    let otlp = &config.exporters.otlp;
+    assert!(otlp.enabled);
+    assert_eq!(otlp.base_endpoint(), "http://collector:4317");
+    assert_eq!(otlp.protocol, "grpc");
+    assert_eq!(
+        otlp.headers.get("api-key").map(String::as_str),
+        Some("s=cret")
+    );
+    assert_eq!(otlp.compression, "none");
+    assert_eq!((otlp.timeout_secs, otlp.metrics_interval_secs), (3, 15));
+    assert_eq!(
+        config.traces.sampler(),
+        crate::model::span::Sampler::ParentBased(crate::model::span::RootSampler::TraceIdRatio(
+            0.25
+        ))
+    );
+    let bad = |name: &'static str, value: &'static str| {
+        move |n: &str| (n == name).then(|| value.to_string())
+    };
+    assert!(Config::default()
+        .traces
+        .apply_env(bad("OTEL_TRACES_SAMPLER_ARG", "lots"))
+        .is_err());
+    let err = Config::default()
+        .exporters
+        .otlp
+        .apply_env(bad("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"))
+        .expect_err("unsupported");
+    assert!(err.contains("exporters.otlp.protocol"), "{err}");
+    // The default endpoint follows the protocol.
+    let grpc = OtlpConfig {
+        protocol: "grpc".into(),
+        ..OtlpConfig::default()
+    };
+    assert_eq!(grpc.base_endpoint(), "http://127.0.0.1:4317");
+    assert_eq!(
+        OtlpConfig::default().base_endpoint(),
+        "http://127.0.0.1:4318"
+    );
+}

@@ -287,3 +287,50 @@ fn finite(v: f64) -> Json {
         Json::from("-Inf")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn files_rotate_by_size_and_keep_max_files() {
+        let dir = std::env::temp_dir().join(format!("periscope-jsonl-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("out.jsonl");
+        let settings = JsonLinesSettings {
+            path: Some(path.clone()),
+            max_file_bytes: 100,
+            max_files: 2,
+            metrics_interval: None,
+            host_name: String::new(),
+        };
+        let mut sink = Sink::open(&settings).expect("open");
+        // 30-byte lines (31 with the newline): three per 100-byte file.
+        for i in 0..20 {
+            sink.write_line(format!("{{\"line\":{i:>20}}}    ").as_bytes())
+                .expect("write");
+        }
+        sink.flush().expect("flush");
+        let read = |p: &std::path::Path| std::fs::read_to_string(p).expect("file");
+        let numbered = |n: u32| dir.join(format!("out.jsonl.{n}"));
+        assert!(numbered(1).exists() && numbered(2).exists());
+        assert!(!numbered(3).exists(), "at most max_files rotated files");
+        for file in [path.clone(), numbered(1), numbered(2)] {
+            let text = read(&file);
+            assert!(
+                text.len() <= 100,
+                "{} has {} bytes",
+                file.display(),
+                text.len()
+            );
+            for line in text.lines() {
+                serde_json::from_str::<Json>(line).expect("whole lines only");
+            }
+        }
+        // The newest lines are in the live file, the next older in .1.
+        assert!(read(&path).contains(&format!("{:>20}", 19)));
+        assert!(read(&numbered(1)).contains(&format!("{:>20}", 16)));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -86,6 +86,11 @@ pub struct Agent {
 impl Agent {
     /// Starts the agent with `config` (YAML without the prometheus section, which is added).
     pub fn start(config: &str) -> Agent {
+        Agent::start_with_env(config, &[])
+    }
+
+    /// `start`, with extra environment variables.
+    pub fn start_with_env(config: &str, env: &[(&str, &str)]) -> Agent {
         let port = free_port();
         let dir = TempDir::new("agent");
         let yaml = format!("prometheus:\n  listen_address: \"127.0.0.1:{port}\"\n{config}");
@@ -94,6 +99,7 @@ impl Agent {
             .args(["run", "--config"])
             .arg(&path)
             .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
