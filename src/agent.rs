@@ -5,7 +5,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -29,6 +29,10 @@ const SCRAPE_QUEUE: usize = 8;
 /// Without scrapes, the collector still reads the maps this often, so exited processes
 /// expire and free their kernel entries on time.
 const UPKEEP_INTERVAL: Duration = Duration::from_secs(10);
+
+/// How long shutdown waits for an exporter: the OTLP drain deadline plus one request's
+/// timeout.
+const EXPORTER_STOP_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// What became of one built-in probe at start-up.
 #[derive(Debug, Clone)]
@@ -67,6 +71,13 @@ pub fn check_kernel() -> Result<KernelFeatures> {
     Ok(kernel)
 }
 
+/// What the collector hands the push exporters: spans, and at its end the last
+/// families it collected.
+struct CollectorExports {
+    exporters: Vec<PushExporter>,
+    last_families: Arc<Mutex<Option<Vec<Family>>>>,
+}
+
 /// One push exporter as the collector sees it: its counters and, when traces are on,
 /// its own span queue (each exporter gets every span).
 #[derive(Clone)]
@@ -96,6 +107,16 @@ pub async fn run(mut config: Config) -> Result<()> {
         .with_context(|| format!("cannot listen on {address} (prometheus.listen_address)"))?;
 
     let jsonl_config = config.exporters.jsonl.clone();
+    // With JSON lines on standard output, the CLI's own lines go to standard error, so
+    // that every line of standard output parses.
+    let json_on_stdout = jsonl_config.enabled && jsonl_config.path == "-";
+    let say = |line: String| {
+        if json_on_stdout {
+            eprintln!("{line}");
+        } else {
+            println!("{line}");
+        }
+    };
     let otlp_config = config.exporters.otlp.clone();
     let traces = config.traces.enabled;
     let queue_spans = config.traces.queue_spans.get() as usize;
@@ -119,6 +140,8 @@ pub async fn run(mut config: Config) -> Result<()> {
     let refused_count = scrapes_refused.clone();
     let (report_tx, report_rx) = oneshot::channel();
     let collector_exporters = exporters.clone();
+    let last_families: Arc<Mutex<Option<Vec<Family>>>> = Arc::new(Mutex::new(None));
+    let collector_last = last_families.clone();
     let collector = thread::Builder::new()
         .name("collector".into())
         .spawn(move || {
@@ -129,7 +152,10 @@ pub async fn run(mut config: Config) -> Result<()> {
                 report_tx,
                 started,
                 refused_count,
-                collector_exporters,
+                CollectorExports {
+                    exporters: collector_exporters,
+                    last_families: collector_last,
+                },
             )
         })
         .context("starting the collector thread")?;
@@ -146,25 +172,30 @@ pub async fn run(mut config: Config) -> Result<()> {
     let attached: Vec<_> = reports.iter().filter(|r| r.outcome.is_ok()).collect();
     for report in &reports {
         match &report.outcome {
-            Ok(method) => println!("periscope: attached {} ({method})", report.probe),
-            Err(reason) => println!("periscope: not running {}: {reason}", report.probe),
+            Ok(method) => say(format!("periscope: attached {} ({method})", report.probe)),
+            Err(reason) => say(format!("periscope: not running {}: {reason}", report.probe)),
         }
     }
     if attached.is_empty() {
         warn!("no probe is running; /metrics serves only the agent's own metrics");
     }
-    println!(
+    say(format!(
         "periscope: serving metrics at http://{address}/metrics (started in {:.2}s)",
         started.elapsed().as_secs_f64()
-    );
+    ));
 
     let exporters_stop = Arc::new(AtomicBool::new(false));
     let mut exporter_threads = Vec::new();
-    let snapshot_source = |commands: mpsc::SyncSender<Command>| {
+    // Once the collector has stopped, exporters get the families it collected last.
+    let snapshot_source = |commands: mpsc::SyncSender<Command>,
+                           last: Arc<Mutex<Option<Vec<Family>>>>| {
         move || {
             let (reply, answer) = oneshot::channel();
-            commands.send(Command::Collect(reply)).ok()?;
-            answer.blocking_recv().ok()
+            let live = commands
+                .send(Command::Collect(reply))
+                .ok()
+                .and_then(|()| answer.blocking_recv().ok());
+            live.or_else(|| last.lock().ok().and_then(|l| l.clone()))
         }
     };
     // Without traces an exporter's queue is an empty one: it sends metrics only.
@@ -184,14 +215,17 @@ pub async fn run(mut config: Config) -> Result<()> {
                 .then(|| Duration::from_secs(jsonl_config.metrics_interval_secs)),
             host_name: crate::export::host_name(),
         };
-        let (queue, snapshot) = (queue_of(exporter), snapshot_source(commands.clone()));
+        let (queue, snapshot) = (
+            queue_of(exporter),
+            snapshot_source(commands.clone(), last_families.clone()),
+        );
         let (stats, stop) = (exporter.stats.clone(), exporters_stop.clone());
         let thread = thread::Builder::new()
             .name("jsonl".into())
             .spawn(move || jsonl::run(settings, queue, snapshot, stats, stop))
             .context("starting the JSON lines exporter")?;
         let target = path.map_or("standard output".to_string(), |p| p.display().to_string());
-        println!("periscope: writing JSON lines to {target}");
+        say(format!("periscope: writing JSON lines to {target}"));
         exporter_threads.push(("jsonl", thread));
     }
     if let Some(exporter) = &otlp_exporter {
@@ -201,13 +235,19 @@ pub async fn run(mut config: Config) -> Result<()> {
             .flatten()
             .map(|e| format!("http://{}:{}{}", e.host, e.port, e.path))
             .collect();
-        let (queue, snapshot) = (queue_of(exporter), snapshot_source(commands.clone()));
+        let (queue, snapshot) = (
+            queue_of(exporter),
+            snapshot_source(commands.clone(), last_families.clone()),
+        );
         let (stats, stop) = (exporter.stats.clone(), exporters_stop.clone());
         let thread = thread::Builder::new()
             .name("otlp".into())
             .spawn(move || otlp::run(settings, queue, snapshot, stats, stop))
             .context("starting the OTLP exporter")?;
-        println!("periscope: pushing OTLP to {}", targets.join(" and "));
+        say(format!(
+            "periscope: pushing OTLP to {}",
+            targets.join(" and ")
+        ));
         exporter_threads.push(("otlp", thread));
     }
 
@@ -240,9 +280,13 @@ pub async fn run(mut config: Config) -> Result<()> {
     // them, then stop.
     exporters_stop.store(true, Ordering::Release);
     for (exporter, thread) in exporter_threads {
-        match tokio::task::spawn_blocking(move || thread.join()).await {
-            Ok(Ok(Err(err))) => warn!(exporter, error = %err, "the exporter stopped with an error"),
-            Ok(Err(_)) => warn!(exporter, "the exporter thread panicked"),
+        let join = tokio::task::spawn_blocking(move || thread.join());
+        match tokio::time::timeout(EXPORTER_STOP_TIMEOUT, join).await {
+            Err(_) => warn!(exporter, "the exporter did not stop in time; leaving it"),
+            Ok(Ok(Ok(Err(err)))) => {
+                warn!(exporter, error = %err, "the exporter stopped with an error")
+            }
+            Ok(Ok(Err(_))) => warn!(exporter, "the exporter thread panicked"),
             _ => {}
         }
     }
@@ -323,8 +367,12 @@ fn collector_main(
     report: oneshot::Sender<Vec<AttachReport>>,
     started: Instant,
     scrapes_refused: Arc<AtomicU64>,
-    exporters: Vec<PushExporter>,
+    exports: CollectorExports,
 ) {
+    let CollectorExports {
+        exporters,
+        last_families,
+    } = exports;
     let (probes, reports) = load_probes(&config, &mut kernel, true);
     let down = reports
         .iter()
@@ -386,6 +434,10 @@ fn collector_main(
     }
     collector.probes = probes;
     collector.forward_spans();
+    // What the exporters send last, now that no snapshot can be asked for.
+    if let Ok(mut last) = last_families.lock() {
+        *last = Some(collector.collect());
+    }
     drop(collector);
     info!(probes = count, "all probes detached");
 }

@@ -39,11 +39,13 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
-    /// Attach empty programs to the syscall hooks until SIGINT/SIGTERM: the floor cost any
-    /// syscall-wide eBPF tracer pays on this kernel, for benchmarks.
+    /// Attach floor programs until SIGINT/SIGTERM: empty ones on the syscall or socket hooks,
+    /// or ones that only copy socket bytes; the least any tracer of that kind pays on this
+    /// kernel, for benchmarks.
     #[command(hide = true)]
     Floor {
-        /// Which hooks: every syscall, or the socket hooks of the http probe.
+        /// Which hooks: every syscall, the socket hooks of the http probe, or those hooks
+        /// copying the first bytes of every TCP read and write.
         #[arg(long, value_enum, default_value = "syscalls")]
         hooks: periscope::kernel::floor::FloorHooks,
     },

@@ -212,6 +212,13 @@ fn server_spans_join_the_callers_trace_and_honour_its_sampled_flag() {
         &[("exporter", "jsonl")],
     );
     assert!(sent >= want as f64, "exported spans are counted: {sent}");
+    // Stopping writes a last snapshot, after the last span.
+    drop(agent);
+    let lines = read_lines(&jsonl);
+    assert_eq!(
+        lines.last().map(|l| l["type"].clone()),
+        Some(Value::from("metric"))
+    );
 }
 
 #[test]

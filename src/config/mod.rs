@@ -237,6 +237,16 @@ impl OtlpConfig {
                 format!("{:?}: use \"gzip\" or \"none\"", self.compression),
             ));
         }
+        for (name, value) in &self.headers {
+            if hyper::header::HeaderName::try_from(name.as_str()).is_err()
+                || hyper::header::HeaderValue::try_from(value.as_str()).is_err()
+            {
+                return Err((
+                    "exporters.otlp.headers",
+                    format!("{name:?} is not a valid HTTP header name and value"),
+                ));
+            }
+        }
         for (key, url) in [
             ("exporters.otlp.endpoint", &self.endpoint),
             ("exporters.otlp.traces_endpoint", &self.traces_endpoint),

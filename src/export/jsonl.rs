@@ -143,16 +143,11 @@ pub fn run(
                 failed = true;
             }
         }
-        if let (false, Some(due)) = (batch.len() == BATCH, next_snapshot) {
-            if Instant::now() >= due || stopping {
+        // Due snapshots are written even while spans keep every batch full.
+        if let (false, Some(due)) = (stopping, next_snapshot) {
+            if Instant::now() >= due {
                 if let Some(families) = snapshot() {
-                    let written = write_snapshot(&mut sink, &families, &mut line);
-                    match written {
-                        Ok(points) => stats
-                            .metric_points_sent
-                            .fetch_add(points, Ordering::Relaxed),
-                        Err(_) => stats.failures.fetch_add(1, Ordering::Relaxed),
-                    };
+                    write_snapshot_counted(&mut sink, &families, &mut line, &stats);
                 }
                 next_snapshot = settings.metrics_interval.map(|i| Instant::now() + i);
             }
@@ -168,9 +163,30 @@ pub fn run(
             stats.spans_sent.fetch_add(count, Ordering::Relaxed);
         }
         if stopping && spans.is_empty() {
-            return Ok(());
+            break;
         }
     }
+    // One last snapshot: what the agent counted until it stopped.
+    if next_snapshot.is_some() {
+        if let Some(families) = snapshot() {
+            write_snapshot_counted(&mut sink, &families, &mut line, &stats);
+        }
+    }
+    sink.flush()
+}
+
+fn write_snapshot_counted(
+    sink: &mut Sink,
+    families: &[Family],
+    line: &mut Vec<u8>,
+    stats: &ExportStats,
+) {
+    match write_snapshot(sink, families, line) {
+        Ok(points) => stats
+            .metric_points_sent
+            .fetch_add(points, Ordering::Relaxed),
+        Err(_) => stats.failures.fetch_add(1, Ordering::Relaxed),
+    };
 }
 
 fn unix_nanos(at: SystemTime) -> u64 {

@@ -139,7 +139,12 @@ struct Sender {
     jitter: IdGenerator,
 }
 
-/// Runs the exporter until `stop` is set.
+/// How long the exporter keeps delivering after the agent is told to stop; what is
+/// still queued then is counted as failed.
+const DRAIN_DEADLINE: Duration = Duration::from_secs(5);
+
+/// Runs the exporter until `stop` is set, then drains its queue (for at most
+/// `DRAIN_DEADLINE`) and sends one last metrics export.
 pub fn run(
     settings: OtlpSettings,
     spans: Arc<SpanQueue>,
@@ -156,66 +161,45 @@ pub fn run(
         stats,
         jitter: IdGenerator::new(),
     };
+    let mut deadline = None;
     loop {
-        let stopping = stop.load(Ordering::Acquire);
+        if deadline.is_none() && stop.load(Ordering::Acquire) {
+            deadline = Some(Instant::now() + DRAIN_DEADLINE);
+        }
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            let left = spans.pop(usize::MAX, Duration::ZERO).len() as u64;
+            sender.stats.spans_failed.fetch_add(left, Ordering::Relaxed);
+            if left > 0 {
+                warn!(spans = left, "OTLP export stopped with spans still queued");
+            }
+            break;
+        }
         if let Some(traces) = sender.settings.traces.clone() {
             let batch = spans.pop(sender.settings.batch_spans, Duration::from_millis(200));
             if !batch.is_empty() {
-                let request = encode::traces_request(&batch, &sender.settings.resource);
-                let count = batch.len() as u64;
-                match runtime.block_on(sender.export(&traces, request.encode_to_vec(), &stop)) {
-                    Outcome::Delivered { rejected } => {
-                        sender.stats.spans_sent.fetch_add(count, Ordering::Relaxed);
-                        if rejected > 0 {
-                            sender
-                                .stats
-                                .rejected_spans
-                                .fetch_add(rejected as u64, Ordering::Relaxed);
-                        }
-                    }
-                    Outcome::Failed => {
-                        sender
-                            .stats
-                            .spans_failed
-                            .fetch_add(count, Ordering::Relaxed);
-                    }
-                }
+                sender.send_spans(&runtime, &traces, &batch, &stop);
             }
         } else {
             std::thread::sleep(Duration::from_millis(200));
         }
         if let (Some(endpoint), Some(due)) = (sender.settings.metrics.clone(), next_metrics) {
-            if Instant::now() >= due || stopping {
+            if deadline.is_none() && Instant::now() >= due {
                 if let Some(families) = snapshot() {
-                    let request = encode::metrics_request(
-                        &families,
-                        SystemTime::now(),
-                        sender.settings.started,
-                        &sender.settings.resource,
-                    );
-                    let points: u64 = families.iter().map(|f| f.series.len() as u64).sum();
-                    if let Outcome::Delivered { rejected } =
-                        runtime.block_on(sender.export(&endpoint, request.encode_to_vec(), &stop))
-                    {
-                        sender
-                            .stats
-                            .metric_points_sent
-                            .fetch_add(points, Ordering::Relaxed);
-                        if rejected > 0 {
-                            sender
-                                .stats
-                                .rejected_points
-                                .fetch_add(rejected as u64, Ordering::Relaxed);
-                        }
-                    }
+                    sender.send_metrics(&runtime, &endpoint, &families, &stop);
                 }
                 next_metrics = sender.settings.metrics_interval.map(|i| Instant::now() + i);
             }
         }
-        if stopping && (sender.settings.traces.is_none() || spans.is_empty()) {
-            return Ok(());
+        if deadline.is_some() && (sender.settings.traces.is_none() || spans.is_empty()) {
+            break;
         }
     }
+    if let Some(endpoint) = sender.settings.metrics.clone() {
+        if let Some(families) = snapshot() {
+            sender.send_metrics(&runtime, &endpoint, &families, &stop);
+        }
+    }
+    Ok(())
 }
 
 /// What one attempt at an export came to.
@@ -231,6 +215,54 @@ enum Attempt {
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 impl Sender {
+    fn send_spans(
+        &mut self,
+        runtime: &tokio::runtime::Runtime,
+        endpoint: &Endpoint,
+        batch: &[crate::model::span::Span],
+        stop: &AtomicBool,
+    ) {
+        let request = encode::traces_request(batch, &self.settings.resource);
+        let count = batch.len() as u64;
+        match runtime.block_on(self.export(endpoint, request.encode_to_vec(), stop)) {
+            Outcome::Delivered { rejected } => {
+                self.stats.spans_sent.fetch_add(count, Ordering::Relaxed);
+                self.stats
+                    .rejected_spans
+                    .fetch_add(rejected.max(0) as u64, Ordering::Relaxed);
+            }
+            Outcome::Failed => {
+                self.stats.spans_failed.fetch_add(count, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn send_metrics(
+        &mut self,
+        runtime: &tokio::runtime::Runtime,
+        endpoint: &Endpoint,
+        families: &[Family],
+        stop: &AtomicBool,
+    ) {
+        let request = encode::metrics_request(
+            families,
+            SystemTime::now(),
+            self.settings.started,
+            &self.settings.resource,
+        );
+        let points: u64 = families.iter().map(|f| f.series.len() as u64).sum();
+        if let Outcome::Delivered { rejected } =
+            runtime.block_on(self.export(endpoint, request.encode_to_vec(), stop))
+        {
+            self.stats
+                .metric_points_sent
+                .fetch_add(points, Ordering::Relaxed);
+            self.stats
+                .rejected_points
+                .fetch_add(rejected.max(0) as u64, Ordering::Relaxed);
+        }
+    }
+
     /// Sends one request message, retrying what the specification says to retry.
     async fn export(
         &mut self,
@@ -284,9 +316,6 @@ impl Sender {
                 }
                 Attempt::Retry { hint, why } => {
                     debug!(?hint, %why, "OTLP export will be retried");
-                    if hint.is_some() {
-                        self.stats.throttled.fetch_add(1, Ordering::Relaxed);
-                    }
                     hint.map_or(Wait::Backoff(backoff), Wait::Throttled)
                 }
                 Attempt::Refused(why) => {
@@ -298,19 +327,27 @@ impl Sender {
             self.stats.failures.fetch_add(1, Ordering::Relaxed);
             // Jitter, so that agents that failed together do not retry together: a
             // backoff is taken between half and one and a half times; a receiver's
-            // delay is a minimum, so up to half of it is added.
+            // delay is a minimum, so up to half of it is added. Capped first: a
+            // receiver may name any delay.
             let random = self.jitter.span_id()[0] as f64 / 255.0;
-            let delay = match wait {
-                Wait::Backoff(d) => d.mul_f64(0.5 + random),
-                Wait::Throttled(d) => d.mul_f64(1.0 + random / 2.0),
-            }
-            .min(self.settings.max_retry);
-            if began.elapsed() + delay > self.settings.max_retry || stop.load(Ordering::Acquire) {
+            let cap = self.settings.max_retry;
+            let (delay, throttled) = match wait {
+                Wait::Backoff(d) => (d.min(cap).mul_f64(0.5 + random), false),
+                Wait::Throttled(d) => (d.min(cap).mul_f64(1.0 + random / 2.0), true),
+            };
+            if began.elapsed() + delay > cap || stop.load(Ordering::Acquire) {
                 warn!(path = %endpoint.path, "OTLP export given up after retries");
                 return Outcome::Failed;
             }
             self.stats.retries.fetch_add(1, Ordering::Relaxed);
-            tokio::time::sleep(delay).await;
+            if throttled {
+                self.stats.throttled.fetch_add(1, Ordering::Relaxed);
+            }
+            // In steps, so that a stop does not wait for a long delay.
+            let wake = Instant::now() + delay;
+            while Instant::now() < wake && !stop.load(Ordering::Acquire) {
+                tokio::time::sleep((wake - Instant::now()).min(Duration::from_millis(100))).await;
+            }
             backoff = (backoff * 2).min(Duration::from_secs(30));
         }
     }
@@ -459,13 +496,24 @@ fn grpc_frame(message: &[u8], gzip_it: bool) -> Vec<u8> {
     frame
 }
 
-/// The message of a gRPC response body (uncompressed: we ask for none).
+/// The message of a gRPC response body, gunzipped when its flag says it is compressed
+/// (receivers answer in the encoding of the request).
 fn grpc_message(body: &[u8]) -> Option<Bytes> {
     let length = u32::from_be_bytes(body.get(1..5)?.try_into().ok()?) as usize;
-    if body.first() != Some(&0) {
-        return None;
+    let payload = body.get(5..5usize.checked_add(length)?)?;
+    match body.first()? {
+        0 => Some(Bytes::copy_from_slice(payload)),
+        1 => {
+            use std::io::Read;
+            let mut plain = Vec::new();
+            flate2::read::GzDecoder::new(payload)
+                .take(MAX_RESPONSE_BYTES as u64)
+                .read_to_end(&mut plain)
+                .ok()?;
+            Some(Bytes::from(plain))
+        }
+        _ => None,
     }
-    body.get(5..5 + length).map(Bytes::copy_from_slice)
 }
 
 fn header_secs(headers: &hyper::HeaderMap, name: &str) -> Option<Duration> {

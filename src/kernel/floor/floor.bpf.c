@@ -1,6 +1,7 @@
 /*
  * Empty programs on tp_btf/sys_enter and tp_btf/sys_exit (the cost any syscall-wide
- * tracer pays before doing any work) and on the socket hooks of the http probe.
+ * tracer pays before doing any work) and on the socket hooks of the http probe, and
+ * programs on those socket hooks that only copy socket bytes (below).
  * `periscope floor` attaches one set so users (and BENCHMARKS.md) can compare
  * Periscope's cost with this floor on their own kernel.
  */

@@ -1,6 +1,6 @@
-//! `periscope floor`: empty programs on the syscall hooks (or the socket hooks), to
-//! measure the floor cost any syscall-wide (or socket-level) eBPF tracer pays on this
-//! kernel (see BENCHMARKS.md).
+//! `periscope floor`: empty programs on the syscall hooks (or the socket hooks, or
+//! socket-hook programs that only copy bytes), to measure the floor cost any
+//! syscall-wide (or socket-level) eBPF tracer pays on this kernel (see BENCHMARKS.md).
 
 use std::mem::MaybeUninit;
 

@@ -44,6 +44,8 @@ pub struct Exchange {
 pub struct NewRequest<'a> {
     /// The thread that read (server) or wrote (client) its first bytes.
     pub tid: u32,
+    /// When its first byte was read or written, kernel ns.
+    pub at: u64,
     pub trace: Option<&'a TraceHeaders>,
     pub context: &'a mut Option<SpanContext>,
 }
@@ -97,6 +99,7 @@ impl Connection {
             p.decided = true;
             NewRequest {
                 tid: p.tid,
+                at: p.start,
                 trace: p.trace.as_ref(),
                 context: &mut p.context,
             }

@@ -5,7 +5,8 @@
 //! writes of connections that start like HTTP to user space over a ring buffer, with
 //! the process and fd of the syscall that made them; here they are framed
 //! into exchanges (`parser`, `conn`) and aggregated into RED histograms per process,
-//! method, status, route and server port.
+//! method, status, route and server port; with traces on, each exchange also becomes a
+//! span (`spans`).
 
 pub mod conn;
 pub mod parser;
@@ -715,7 +716,8 @@ impl HttpProbe {
             .retain(|(tgid, _), _| std::path::Path::new(&format!("/proc/{tgid}")).exists());
         self.head_bytes = self.connections.values().map(|t| t.conn.buffered()).sum();
         if let Some(spans) = &mut self.spans {
-            spans.retain_threads(|tid| std::path::Path::new(&format!("/proc/{tid}")).exists());
+            let now = spans.kernel_now_ns();
+            spans.expire_serving(now);
         }
         if !dead.is_empty() {
             debug!(

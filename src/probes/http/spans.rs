@@ -12,14 +12,20 @@ use crate::model::span::{
 /// calls start their own traces, and `threads_refused` counts it.
 const MAX_SERVING_THREADS: usize = 65536;
 
+/// A thread's serving request older than this is forgotten: its exchange was lost (a
+/// client gone before the response, lost events), and later calls of the thread must
+/// not join that old trace.
+const MAX_SERVING_NS: u64 = 60_000_000_000;
+
 /// Finished spans held between two hand-overs to the exporters' queue, at most.
 const MAX_HELD_SPANS: usize = 65536;
 
 pub struct SpanMaker {
     sampler: Sampler,
     ids: IdGenerator,
-    /// The request each thread is serving: client requests it makes are its children.
-    serving: HashMap<u32, SpanContext>,
+    /// The request each thread is serving, and when it started (kernel ns): client
+    /// requests the thread makes are its children.
+    serving: HashMap<u32, (SpanContext, u64)>,
     pub threads_refused: u64,
     finished: Vec<Span>,
     /// Spans dropped because the exporters did not take them in time.
@@ -82,6 +88,14 @@ impl SpanMaker {
         self.clock_offset_ns = wall.as_nanos() as i128 - mono_ns;
     }
 
+    /// The kernel clock now, from the last offset measured.
+    pub fn kernel_now_ns(&self) -> u64 {
+        let wall = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as i128);
+        (wall - self.clock_offset_ns).clamp(0, i128::from(u64::MAX)) as u64
+    }
+
     fn wall_ns(&self, kernel_ns: u64) -> u64 {
         (i128::from(kernel_ns) + self.clock_offset_ns).clamp(0, i128::from(u64::MAX)) as u64
     }
@@ -116,14 +130,19 @@ impl SpanMaker {
                 if self.serving.len() < MAX_SERVING_THREADS
                     || self.serving.contains_key(&request.tid)
                 {
-                    self.serving.insert(request.tid, context.clone());
+                    self.serving
+                        .insert(request.tid, (context.clone(), request.at));
                 } else {
                     self.threads_refused += 1;
                 }
                 context
             }
             Role::Client => {
-                let serving = self.serving.get(&request.tid).cloned();
+                let serving = self
+                    .serving
+                    .get(&request.tid)
+                    .filter(|(_, at)| request.at.saturating_sub(*at) < MAX_SERVING_NS)
+                    .map(|(context, _)| context.clone());
                 match request.trace {
                     // The application propagated a context itself: its span id is the
                     // one the called server sees as parent, so this span takes it.
@@ -162,7 +181,7 @@ impl SpanMaker {
             && self
                 .serving
                 .get(&done.tid)
-                .is_some_and(|s| s.span_id == done.context.span_id)
+                .is_some_and(|(s, _)| s.span_id == done.context.span_id)
         {
             self.serving.remove(&done.tid);
         }
@@ -249,8 +268,9 @@ impl SpanMaker {
         out.append(&mut self.finished);
     }
 
-    /// Forgets the threads of processes that are gone.
-    pub fn retain_threads(&mut self, mut alive: impl FnMut(u32) -> bool) {
-        self.serving.retain(|tid, _| alive(*tid));
+    /// Forgets serving requests older than `MAX_SERVING_NS` at kernel time `now_ns`.
+    pub fn expire_serving(&mut self, now_ns: u64) {
+        self.serving
+            .retain(|_, (_, at)| now_ns.saturating_sub(*at) < MAX_SERVING_NS);
     }
 }
