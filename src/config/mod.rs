@@ -335,6 +335,41 @@ pub struct ProbesConfig {
     pub syscalls: SyscallsConfig,
     pub process: ProcessConfig,
     pub http: HttpConfig,
+    pub tcp: TcpConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TcpConfig {
+    /// Off by default until its benchmark and tests are complete (BENCHMARKS.md).
+    pub enabled: bool,
+    /// (process, direction, peer) series in the kernel, at most; beyond, the overflow
+    /// series per direction.
+    pub max_series: NonZeroU32,
+    /// Peers a process reports, at most; beyond, `peer_address="__overflow__"`.
+    pub max_peers_per_process: NonZeroU32,
+    /// `le` bounds of `tcp_connect_duration_seconds` (at most 23).
+    pub connect_duration_buckets_seconds: Buckets,
+    /// `le` bounds of `tcp_rtt_seconds` (at most 23).
+    pub rtt_buckets_seconds: Buckets,
+}
+
+impl Default for TcpConfig {
+    fn default() -> Self {
+        TcpConfig {
+            enabled: false,
+            max_series: nonzero(16384),
+            max_peers_per_process: nonzero(100),
+            connect_duration_buckets_seconds: Buckets(vec![
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                1.0, 2.5, 5.0, 10.0,
+            ]),
+            rtt_buckets_seconds: Buckets(vec![
+                0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01,
+                0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+            ]),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -697,6 +732,20 @@ impl Config {
             ));
         }
         self.exporters.otlp.check()?;
+        for (key, buckets) in [
+            (
+                "probes.tcp.connect_duration_buckets_seconds",
+                &self.probes.tcp.connect_duration_buckets_seconds,
+            ),
+            (
+                "probes.tcp.rtt_buckets_seconds",
+                &self.probes.tcp.rtt_buckets_seconds,
+            ),
+        ] {
+            if buckets.0.len() > 23 {
+                return Err((key, format!("at most 23 bounds, not {}", buckets.0.len())));
+            }
+        }
         if !(0.0..=1.0).contains(&self.traces.sampler_arg) {
             return Err((
                 "traces.sampler_arg",

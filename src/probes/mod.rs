@@ -7,6 +7,7 @@
 pub mod http;
 pub mod process;
 pub mod syscalls;
+pub mod tcp;
 
 mod util;
 
@@ -74,4 +75,5 @@ pub static BUILT_IN: &[&dyn ProbeSpec] = &[
     &syscalls::SyscallsSpec,
     &process::ProcessSpec,
     &http::HttpSpec,
+    &tcp::TcpSpec,
 ];

@@ -1,0 +1,495 @@
+//! The `tcp` probe: connections per process and peer, opened, failed, active, their
+//! connect time, bytes, retransmits and RTT, all counted in the kernel from TCP state
+//! changes (see `tcp.bpf.c`); nothing runs per packet.
+
+use std::collections::{BTreeMap, HashMap};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::time::{Duration, Instant, SystemTime};
+
+use libbpf_rs::skel::{OpenSkel, SkelBuilder};
+use libbpf_rs::{Link, MapCore, MapFlags};
+
+use super::util::{self, MapFill, ProbeError};
+use super::{Probe, ProbeSpec};
+use crate::config::Config;
+use crate::enrich::ProcessTable;
+use crate::kernel::KernelFeatures;
+use crate::model::{ClassicHistogram, Family, Labels, MetricKind, Value, OVERFLOW};
+
+mod skel {
+    include!(concat!(env!("OUT_DIR"), "/tcp.skel.rs"));
+}
+use skel::{types, TcpSkel, TcpSkelBuilder};
+
+// SAFETY: plain C structs of integers, generated from the program's BTF.
+unsafe impl plain::Plain for types::psc_tcp_key {}
+unsafe impl plain::Plain for types::psc_tcp_stats {}
+
+const INBOUND: u8 = 2;
+const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
+const FAILURE_REASONS: [&str; 4] = ["refused", "timeout", "unreachable", "other"];
+
+pub struct TcpSpec;
+
+impl ProbeSpec for TcpSpec {
+    fn name(&self) -> &'static str {
+        "tcp"
+    }
+
+    fn description(&self) -> &'static str {
+        "TCP connections per process and peer: opened, failed, active, connect time, bytes, retransmits, RTT"
+    }
+
+    fn enabled(&self, config: &Config) -> bool {
+        config.probes.tcp.enabled
+    }
+
+    fn load(
+        &self,
+        config: &Config,
+        _kernel: &mut KernelFeatures,
+        attach: bool,
+    ) -> Result<Box<dyn Probe>, ProbeError> {
+        Ok(Box::new(TcpProbe::load(config, attach)?))
+    }
+}
+
+/// A series as exported: process, direction and peer.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+struct SeriesKey {
+    pid: Option<u32>,
+    name: String,
+    inbound: bool,
+    peer: String,
+    port: u16,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Stats {
+    opened: u64,
+    active: i64,
+    failures: [u64; 4],
+    sent: u64,
+    received: u64,
+    retransmits: u64,
+    duration_sum_ns: u64,
+    duration: Vec<u64>,
+    rtt_sum_us: u64,
+    rtt: Vec<u64>,
+}
+
+impl Stats {
+    fn add(&mut self, s: &types::psc_tcp_stats) {
+        self.merge(&Stats {
+            opened: s.opened,
+            active: s.active,
+            failures: s.failures,
+            sent: s.sent_bytes,
+            received: s.received_bytes,
+            retransmits: s.retransmits,
+            duration_sum_ns: s.duration_sum_ns,
+            duration: s.duration.to_vec(),
+            rtt_sum_us: s.rtt_sum_us,
+            rtt: s.rtt.to_vec(),
+        });
+    }
+
+    /// Adds another's counts; kernel values are trusted to be counts, not to be small.
+    fn merge(&mut self, other: &Stats) {
+        self.opened = self.opened.saturating_add(other.opened);
+        self.active = self.active.saturating_add(other.active);
+        for (total, n) in self.failures.iter_mut().zip(other.failures) {
+            *total = total.saturating_add(n);
+        }
+        self.sent = self.sent.saturating_add(other.sent);
+        self.received = self.received.saturating_add(other.received);
+        self.retransmits = self.retransmits.saturating_add(other.retransmits);
+        self.duration_sum_ns = self.duration_sum_ns.saturating_add(other.duration_sum_ns);
+        self.rtt_sum_us = self.rtt_sum_us.saturating_add(other.rtt_sum_us);
+        add_buckets(&mut self.duration, &other.duration);
+        add_buckets(&mut self.rtt, &other.rtt);
+    }
+}
+
+fn add_buckets(total: &mut Vec<u64>, more: &[u64]) {
+    if total.len() < more.len() {
+        total.resize(more.len(), 0);
+    }
+    for (t, n) in total.iter_mut().zip(more) {
+        *t = t.saturating_add(*n);
+    }
+}
+
+/// Kernel buckets (one per bound, then one above the last) as a classic histogram.
+fn classic(buckets: &[u64], bounds: &[f64], sum: f64) -> ClassicHistogram {
+    let mut cumulative = Vec::with_capacity(bounds.len());
+    let mut running = 0;
+    for i in 0..bounds.len() {
+        running += buckets.get(i).copied().unwrap_or(0);
+        cumulative.push(running);
+    }
+    let count = running
+        + buckets
+            .get(bounds.len()..)
+            .map_or(0, |rest| rest.iter().sum());
+    ClassicHistogram {
+        bounds: bounds.to_vec(),
+        cumulative,
+        count,
+        sum,
+    }
+}
+
+pub struct TcpProbe {
+    skel: TcpSkel<'static>,
+    links: Vec<Link>,
+    processes: ProcessTable,
+    pid_label: bool,
+    exited_ttl: Duration,
+    max_peers: usize,
+    duration_bounds: Vec<f64>,
+    rtt_bounds: Vec<f64>,
+    /// Series of exited processes, folded per executable: counters never go back.
+    exited: BTreeMap<SeriesKey, Stats>,
+    expired_series: u64,
+    peers_folded: u64,
+    started: SystemTime,
+    fill: Vec<MapFill>,
+}
+
+impl TcpProbe {
+    fn load(config: &Config, attach: bool) -> Result<TcpProbe, ProbeError> {
+        util::check_btf()?;
+        let settings = &config.probes.tcp;
+        let storage = Box::leak(Box::new(MaybeUninit::uninit()));
+        let mut open = TcpSkelBuilder::default()
+            .open(storage)
+            .map_err(ProbeError::bpf("opening the tcp BPF object"))?;
+        open.maps
+            .series
+            .set_max_entries(settings.max_series.get())
+            .map_err(ProbeError::bpf("setting the series cap"))?;
+        let duration_bounds = settings.connect_duration_buckets_seconds.0.clone();
+        let rtt_bounds = settings.rtt_buckets_seconds.0.clone();
+        if let Some(rodata) = open.maps.rodata_data.as_deref_mut() {
+            for (slot, bound) in rodata.duration_bounds_ns.iter_mut().zip(&duration_bounds) {
+                *slot = (bound * 1e9).round() as u64;
+            }
+            rodata.duration_bounds_len = duration_bounds.len() as u32;
+            for (slot, bound) in rodata.rtt_bounds_us.iter_mut().zip(&rtt_bounds) {
+                *slot = (bound * 1e6).round() as u64;
+            }
+            rodata.rtt_bounds_len = rtt_bounds.len() as u32;
+        }
+        let skel = open
+            .load()
+            .map_err(ProbeError::load("loading the tcp BPF program"))?;
+        let mut probe = TcpProbe {
+            skel,
+            links: Vec::new(),
+            processes: ProcessTable::new(),
+            pid_label: config.processes.pid_label,
+            exited_ttl: Duration::from_secs(config.processes.exited_ttl_secs),
+            max_peers: settings.max_peers_per_process.get() as usize,
+            duration_bounds,
+            rtt_bounds,
+            exited: BTreeMap::new(),
+            expired_series: 0,
+            peers_folded: 0,
+            started: SystemTime::now(),
+            fill: Vec::new(),
+        };
+        if attach {
+            let link = probe
+                .skel
+                .progs
+                .psc_tcp_state
+                .attach()
+                .map_err(ProbeError::bpf("attaching tp_btf/inet_sock_set_state"))?;
+            probe.links.push(link);
+        }
+        Ok(probe)
+    }
+
+    fn counter(&self, slot: u32) -> u64 {
+        util::percpu_array_u64(&self.skel.maps.counters, slot)
+    }
+
+    /// Reads the kernel's series; those of processes exited for the TTL (with no
+    /// connection left open) are folded into `exited` and deleted from the kernel.
+    fn read(&mut self, now: Instant) -> Vec<(SeriesKey, Stats)> {
+        let mut rows = Vec::new();
+        let mut entries = 0u64;
+        for pid in self.processes.pids() {
+            self.processes.observe(pid, now, None);
+        }
+        let expired: std::collections::HashSet<u32> = self
+            .processes
+            .expired(now, self.exited_ttl)
+            .into_iter()
+            .collect();
+        let mut delete = Vec::new();
+        for (key_bytes, value) in util::read_shared(&self.skel.maps.series) {
+            entries += 1;
+            let mut key = types::psc_tcp_key::default();
+            let mut raw = types::psc_tcp_stats::default();
+            if plain::copy_from_bytes(&mut key, &key_bytes).is_err()
+                || plain::copy_from_bytes(&mut raw, &value).is_err()
+            {
+                continue;
+            }
+            let mut stats = Stats::default();
+            stats.add(&raw);
+            let name = if key.tgid == 0 {
+                "unknown".to_string()
+            } else {
+                self.processes.observe(key.tgid, now, None).name.clone()
+            };
+            let series = SeriesKey {
+                pid: (self.pid_label && key.tgid != 0).then_some(key.tgid),
+                name,
+                inbound: key.direction == INBOUND,
+                peer: peer_address(key.family, &key.addr),
+                port: key.port,
+            };
+            if expired.contains(&key.tgid) && stats.active <= 0 {
+                self.exited
+                    .entry(SeriesKey {
+                        pid: None,
+                        ..series
+                    })
+                    .or_default()
+                    .merge(&stats);
+                self.expired_series += 1;
+                delete.push(key_bytes);
+            } else {
+                rows.push((series, stats));
+            }
+        }
+        for key in delete {
+            let _ = self.skel.maps.series.delete(&key);
+        }
+        for pid in expired {
+            self.processes.remove(pid);
+        }
+        for (slot, inbound) in [(0u32, false), (1u32, true)] {
+            let Ok(Some(bytes)) = self
+                .skel
+                .maps
+                .overflow
+                .lookup(&slot.to_ne_bytes(), MapFlags::ANY)
+            else {
+                continue;
+            };
+            let mut raw = types::psc_tcp_stats::default();
+            if plain::copy_from_bytes(&mut raw, &bytes).is_ok()
+                && (raw.opened > 0 || raw.failures.iter().any(|f| *f > 0) || raw.active != 0)
+            {
+                let mut stats = Stats::default();
+                stats.add(&raw);
+                rows.push((
+                    SeriesKey {
+                        pid: None,
+                        name: OVERFLOW.into(),
+                        inbound,
+                        peer: OVERFLOW.into(),
+                        port: 0,
+                    },
+                    stats,
+                ));
+            }
+        }
+        self.fill = vec![MapFill {
+            map: "series",
+            entries,
+            capacity: u64::from(self.skel.maps.series.max_entries()),
+        }];
+        rows
+    }
+}
+
+fn peer_address(family: u8, addr: &[u8; 16]) -> String {
+    match family {
+        AF_INET => std::net::Ipv4Addr::new(addr[0], addr[1], addr[2], addr[3]).to_string(),
+        AF_INET6 => std::net::Ipv6Addr::from(*addr).to_string(),
+        _ => String::new(),
+    }
+}
+
+impl Probe for TcpProbe {
+    fn name(&self) -> &'static str {
+        "tcp"
+    }
+
+    fn attach_method(&self) -> String {
+        "tp_btf/inet_sock_set_state".into()
+    }
+
+    fn collect(&mut self, now: Instant, out: &mut Vec<Family>) {
+        let rows = self.read(now);
+        // Peers per process within the cap; the rest fold into the process's overflow
+        // peer, so its totals stay exact.
+        let mut merged: BTreeMap<SeriesKey, Stats> = self.exited.clone();
+        let mut peers: HashMap<(Option<u32>, String), usize> = HashMap::new();
+        let mut folded_now = 0;
+        let mut sorted = rows;
+        sorted.sort_by(|a, b| a.0.cmp(&b.0));
+        for (mut key, stats) in sorted {
+            if key.peer != OVERFLOW {
+                let seen = peers.entry((key.pid, key.name.clone())).or_default();
+                if *seen >= self.max_peers && !merged.contains_key(&key) {
+                    key.peer = OVERFLOW.into();
+                    key.port = 0;
+                    folded_now += 1;
+                } else {
+                    *seen += 1;
+                }
+            }
+            merged.entry(key).or_default().merge(&stats);
+        }
+        // Peers over the cap at this collection; kept monotonic, as counters are.
+        self.peers_folded = self.peers_folded.max(folded_now);
+
+        let mut opened = Family::new(
+            "tcp_connections_opened",
+            "TCP connections established, by direction: outbound (connected by the process) or inbound (accepted on its listening port).",
+            MetricKind::Counter,
+        );
+        let mut failures = Family::new(
+            "tcp_connect_failures",
+            "Outbound TCP connects that failed, by reason: refused, timeout, unreachable, other.",
+            MetricKind::Counter,
+        );
+        let mut duration = Family::new(
+            "tcp_connect_duration_seconds",
+            "Time from SYN sent to connection established, outbound connections.",
+            MetricKind::Histogram,
+        )
+        .with_unit("seconds");
+        let mut active = Family::new(
+            "tcp_active_connections",
+            "TCP connections established since the agent started and not yet closed.",
+            MetricKind::Gauge,
+        );
+        let mut sent = Family::new(
+            "tcp_sent_bytes",
+            "Bytes sent and acknowledged on TCP connections, counted when they close.",
+            MetricKind::Counter,
+        );
+        let mut received = Family::new(
+            "tcp_received_bytes",
+            "Bytes received on TCP connections, counted when they close.",
+            MetricKind::Counter,
+        );
+        let mut retransmits = Family::new(
+            "tcp_retransmits",
+            "Segments retransmitted on TCP connections, counted when they close.",
+            MetricKind::Counter,
+        );
+        let mut rtt = Family::new(
+            "tcp_rtt_seconds",
+            "Smoothed round-trip time of TCP connections, sampled when they close.",
+            MetricKind::Histogram,
+        )
+        .with_unit("seconds");
+        let created = self.started;
+        for (key, stats) in &merged {
+            let mut labels: Labels = Vec::with_capacity(6);
+            if let Some(pid) = key.pid {
+                labels.push(("process_pid", pid.to_string()));
+            }
+            labels.push(("process_executable_name", key.name.clone()));
+            labels.push(("service_name", key.name.clone()));
+            labels.push((
+                "direction",
+                if key.inbound { "inbound" } else { "outbound" }.to_string(),
+            ));
+            labels.push(("peer_address", key.peer.clone()));
+            // Outbound: the peer's port; inbound: the local listening port. Never the
+            // ephemeral side.
+            if key.port != 0 {
+                labels.push((
+                    if key.inbound {
+                        "server_port"
+                    } else {
+                        "peer_port"
+                    },
+                    key.port.to_string(),
+                ));
+            }
+            opened.push_created(labels.clone(), Value::Counter(stats.opened as f64), created);
+            active.push(labels.clone(), Value::Gauge(stats.active.max(0) as f64));
+            sent.push_created(labels.clone(), Value::Counter(stats.sent as f64), created);
+            received.push_created(
+                labels.clone(),
+                Value::Counter(stats.received as f64),
+                created,
+            );
+            retransmits.push_created(
+                labels.clone(),
+                Value::Counter(stats.retransmits as f64),
+                created,
+            );
+            rtt.push_created(
+                labels.clone(),
+                Value::Histogram(classic(
+                    &stats.rtt,
+                    &self.rtt_bounds,
+                    stats.rtt_sum_us as f64 / 1e6,
+                )),
+                created,
+            );
+            if !key.inbound {
+                for (reason, count) in FAILURE_REASONS.iter().zip(stats.failures) {
+                    let mut labels = labels.clone();
+                    labels.push(("reason", reason.to_string()));
+                    failures.push_created(labels, Value::Counter(count as f64), created);
+                }
+                duration.push_created(
+                    labels,
+                    Value::Histogram(classic(
+                        &stats.duration,
+                        &self.duration_bounds,
+                        stats.duration_sum_ns as f64 / 1e9,
+                    )),
+                    created,
+                );
+            }
+        }
+        out.extend([
+            opened,
+            failures,
+            duration,
+            active,
+            sent,
+            received,
+            retransmits,
+            rtt,
+        ]);
+    }
+
+    fn programs(&self) -> Vec<(String, BorrowedFd<'_>)> {
+        vec![(
+            "psc_tcp_state".into(),
+            self.skel.progs.psc_tcp_state.as_fd(),
+        )]
+    }
+
+    fn map_fill(&self) -> Vec<MapFill> {
+        self.fill.clone()
+    }
+
+    fn folded(&self) -> Vec<(&'static str, u64)> {
+        vec![
+            ("series", self.counter(0)),
+            ("tcp_socks", self.counter(1)),
+            ("peers", self.peers_folded),
+        ]
+    }
+
+    fn expired_series(&self) -> u64 {
+        self.expired_series
+    }
+}

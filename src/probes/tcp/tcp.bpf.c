@@ -1,0 +1,254 @@
+/*
+ * tcp: connections per process and peer, from TCP state changes alone.
+ *
+ * Everything comes from tp_btf/inet_sock_set_state, which fires a handful of times per
+ * connection and never per packet: a connect starts at CLOSE -> SYN_SENT (in the
+ * connecting process), succeeds at SYN_SENT -> ESTABLISHED or fails at SYN_SENT -> CLOSE
+ * (the socket's error says why); an accepted connection is SYN_RECV -> ESTABLISHED,
+ * owned by the process that listens on its port (learned at CLOSE -> LISTEN); at the
+ * final CLOSE the kernel's own counters of the socket (data bytes sent and received,
+ * retransmitted segments, smoothed RTT) are added to its series. So the traffic itself
+ * costs nothing.
+ */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_endian.h>
+#include "periscope.h"
+#include "tcp.h"
+
+char LICENSE[] SEC("license") = PSC_LICENSE;
+
+#define AF_INET 2
+#define AF_INET6 10
+#define ECONNREFUSED 111
+#define ETIMEDOUT 110
+#define EHOSTUNREACH 113
+#define ENETUNREACH 101
+#define RCV_SHUTDOWN 1
+
+/* Histogram bounds, set by user space before load: ns for connect durations, us for
+ * RTTs; `*_bounds_len` of them are used. */
+const volatile __u64 duration_bounds_ns[PSC_TCP_MAX_BOUNDS] = {};
+const volatile __u32 duration_bounds_len = 0;
+const volatile __u64 rtt_bounds_us[PSC_TCP_MAX_BOUNDS] = {};
+const volatile __u32 rtt_bounds_len = 0;
+
+struct psc_tcp_key psc_tcp_key_type = {};
+struct psc_tcp_stats psc_tcp_stats_type = {};
+
+/* Per socket, from its connect or accept. */
+struct psc_tcp_sock {
+	struct psc_tcp_key key;
+	__u64 started_ns;
+	__u8 established;
+	__u8 pad[7];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct psc_tcp_sock);
+} tcp_socks SEC(".maps");
+
+/* The process listening on each local port (learned when it called listen()). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u16);
+	__type(value, __u32);
+} listeners SEC(".maps");
+
+/* Series; capped by user space (probes.tcp.max_series). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct psc_tcp_key);
+	__type(value, struct psc_tcp_stats);
+} series SEC(".maps");
+
+/* What found `series` full, per direction (index 0: outbound, 1: inbound). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 2);
+	__type(key, __u32);
+	__type(value, struct psc_tcp_stats);
+} overflow SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, PSC_TCP_COUNTERS);
+	__type(key, __u32);
+	__type(value, __u64);
+} counters SEC(".maps");
+
+static __always_inline struct psc_tcp_stats *stats_of(const struct psc_tcp_key *key)
+{
+	static const struct psc_tcp_stats zero = {};
+	struct psc_tcp_stats *stats;
+	__u32 slot;
+
+	stats = bpf_map_lookup_elem(&series, key);
+	if (stats)
+		return stats;
+	/* Fails when the map is full, or when another CPU just added the key. */
+	bpf_map_update_elem(&series, key, &zero, BPF_NOEXIST);
+	stats = bpf_map_lookup_elem(&series, key);
+	if (stats)
+		return stats;
+	PSC_COUNT_IN(counters, PSC_TCP_FOLDED);
+	slot = key->direction == PSC_TCP_INBOUND ? 1 : 0;
+	return bpf_map_lookup_elem(&overflow, &slot);
+}
+
+static __always_inline __u32 bucket_of(__u64 v, const volatile __u64 *bounds, __u32 len)
+{
+	__u32 i;
+
+	for (i = 0; i < PSC_TCP_MAX_BOUNDS; i++) {
+		if (i >= len || v <= bounds[i])
+			return i;
+	}
+	return PSC_TCP_MAX_BOUNDS;
+}
+
+static __always_inline void set_peer(struct psc_tcp_key *key, const struct sock *sk)
+{
+	__u16 family = sk->__sk_common.skc_family;
+
+	key->family = family;
+	if (family == AF_INET)
+		__builtin_memcpy(key->addr, &sk->__sk_common.skc_daddr, 4);
+	else
+		BPF_CORE_READ_INTO(&key->addr, sk, __sk_common.skc_v6_daddr.in6_u.u6_addr8);
+}
+
+SEC("tp_btf/inet_sock_set_state")
+int BPF_PROG(psc_tcp_state, const struct sock *sk, int oldstate, int newstate)
+{
+	struct psc_tcp_stats *stats;
+	struct psc_tcp_sock *sock;
+	__u16 family = sk->__sk_common.skc_family;
+	__u64 now;
+
+	if (sk->sk_protocol != IPPROTO_TCP || (family != AF_INET && family != AF_INET6))
+		return 0;
+
+	if (newstate == TCP_LISTEN) {
+		__u16 port = sk->__sk_common.skc_num;
+		__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+
+		bpf_map_update_elem(&listeners, &port, &tgid, BPF_ANY);
+		return 0;
+	}
+
+	if (oldstate == TCP_CLOSE && newstate == TCP_SYN_SENT) {
+		struct psc_tcp_sock fresh = {};
+
+		fresh.key.tgid = bpf_get_current_pid_tgid() >> 32;
+		fresh.key.direction = PSC_TCP_OUTBOUND;
+		fresh.key.port = bpf_ntohs(sk->__sk_common.skc_dport);
+		set_peer(&fresh.key, sk);
+		fresh.started_ns = bpf_ktime_get_ns();
+		if (!bpf_sk_storage_get(&tcp_socks, (void *)sk, &fresh, BPF_SK_STORAGE_GET_F_CREATE))
+			PSC_COUNT_IN(counters, PSC_TCP_UNTRACKED);
+		return 0;
+	}
+
+	if (oldstate == TCP_SYN_RECV && newstate == TCP_ESTABLISHED) {
+		struct psc_tcp_sock fresh = {};
+		__u16 port = sk->__sk_common.skc_num;
+		__u32 *owner = bpf_map_lookup_elem(&listeners, &port);
+
+		fresh.key.tgid = owner ? *owner : 0;
+		fresh.key.direction = PSC_TCP_INBOUND;
+		fresh.key.port = port;
+		set_peer(&fresh.key, sk);
+		fresh.established = 1;
+		sock = bpf_sk_storage_get(&tcp_socks, (void *)sk, &fresh, BPF_SK_STORAGE_GET_F_CREATE);
+		if (!sock) {
+			PSC_COUNT_IN(counters, PSC_TCP_UNTRACKED);
+			return 0;
+		}
+		stats = stats_of(&sock->key);
+		if (stats) {
+			__sync_fetch_and_add(&stats->opened, 1);
+			__sync_fetch_and_add(&stats->active, 1);
+		}
+		return 0;
+	}
+
+	sock = bpf_sk_storage_get(&tcp_socks, (void *)sk, 0, 0);
+	if (!sock)
+		return 0;
+	now = bpf_ktime_get_ns();
+
+	if (oldstate == TCP_SYN_SENT && newstate == TCP_ESTABLISHED) {
+		__u64 took = now - sock->started_ns;
+		__u32 idx = bucket_of(took, duration_bounds_ns, duration_bounds_len);
+
+		sock->established = 1;
+		stats = stats_of(&sock->key);
+		if (!stats)
+			return 0;
+		__sync_fetch_and_add(&stats->opened, 1);
+		__sync_fetch_and_add(&stats->active, 1);
+		__sync_fetch_and_add(&stats->duration_sum_ns, took);
+		if (idx < PSC_TCP_BUCKETS)
+			__sync_fetch_and_add(&stats->duration[idx], 1);
+		return 0;
+	}
+
+	if (newstate != TCP_CLOSE)
+		return 0;
+
+	if (oldstate == TCP_SYN_SENT) {
+		int err = sk->sk_err;
+		__u32 reason = PSC_TCP_OTHER;
+
+		if (err == ECONNREFUSED)
+			reason = PSC_TCP_REFUSED;
+		else if (err == ETIMEDOUT)
+			reason = PSC_TCP_TIMEOUT;
+		else if (err == EHOSTUNREACH || err == ENETUNREACH)
+			reason = PSC_TCP_UNREACHABLE;
+		stats = stats_of(&sock->key);
+		if (stats && reason < PSC_TCP_FAILURES)
+			__sync_fetch_and_add(&stats->failures[reason], 1);
+		return 0;
+	}
+
+	if (sock->established) {
+		struct tcp_sock *tp = bpf_skc_to_tcp_sock((void *)sk);
+		__u64 sent, retrans, received;
+		__u32 srtt_us, idx;
+
+		if (!tp)
+			return 0;
+		srtt_us = tp->srtt_us >> 3;
+		idx = bucket_of(srtt_us, rtt_bounds_us, rtt_bounds_len);
+
+		sock->established = 0;
+		stats = stats_of(&sock->key);
+		if (!stats)
+			return 0;
+		__sync_fetch_and_add(&stats->active, -1);
+		/* Data bytes only: bytes_sent counts retransmitted data again, and
+		 * bytes_received counts the peer's FIN as one (its sequence number). The
+		 * FIN was received when the receive side is shut down. */
+		sent = tp->bytes_sent;
+		retrans = tp->bytes_retrans;
+		received = tp->bytes_received;
+		if ((sk->sk_shutdown & RCV_SHUTDOWN) && received > 0)
+			received--;
+		__sync_fetch_and_add(&stats->sent_bytes, sent > retrans ? sent - retrans : 0);
+		__sync_fetch_and_add(&stats->received_bytes, received);
+		__sync_fetch_and_add(&stats->retransmits, tp->total_retrans);
+		__sync_fetch_and_add(&stats->rtt_sum_us, srtt_us);
+		if (idx < PSC_TCP_BUCKETS)
+			__sync_fetch_and_add(&stats->rtt[idx], 1);
+	}
+	return 0;
+}

@@ -1,0 +1,50 @@
+/* Types shared by tcp.bpf.c and its Rust loader. */
+#pragma once
+
+#include "periscope.h"
+
+/* Configured histogram bounds, at most; one more bucket takes what is above the last. */
+#define PSC_TCP_MAX_BOUNDS 23
+#define PSC_TCP_BUCKETS (PSC_TCP_MAX_BOUNDS + 1)
+
+enum psc_tcp_direction {
+	PSC_TCP_OUTBOUND = 1, /* connected by the process */
+	PSC_TCP_INBOUND = 2,  /* accepted on one of its listening ports */
+};
+
+enum psc_tcp_failure {
+	PSC_TCP_REFUSED = 0,
+	PSC_TCP_TIMEOUT = 1,
+	PSC_TCP_UNREACHABLE = 2,
+	PSC_TCP_OTHER = 3,
+	PSC_TCP_FAILURES = 4,
+};
+
+/* One series: a process and a peer. `port` is the peer's for outbound connections and
+ * the local listening port for inbound ones, never an ephemeral port. */
+struct psc_tcp_key {
+	__u32 tgid;
+	__u8 direction;
+	__u8 family; /* AF_INET or AF_INET6 */
+	__u16 port;
+	__u8 addr[16]; /* the peer; IPv4 in the first 4 bytes */
+};
+
+struct psc_tcp_stats {
+	__u64 opened;
+	__s64 active;
+	__u64 failures[PSC_TCP_FAILURES];
+	__u64 sent_bytes;
+	__u64 received_bytes;
+	__u64 retransmits;
+	__u64 duration_sum_ns;
+	__u64 duration[PSC_TCP_BUCKETS];
+	__u64 rtt_sum_us;
+	__u64 rtt[PSC_TCP_BUCKETS];
+};
+
+enum psc_tcp_counter {
+	PSC_TCP_FOLDED = 0,       /* series map full: folded into the overflow series */
+	PSC_TCP_UNTRACKED = 1,    /* socket storage refused: connection not followed */
+	PSC_TCP_COUNTERS = 2,
+};
