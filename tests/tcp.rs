@@ -206,3 +206,198 @@ fn open_connections_are_active_and_peers_beyond_the_cap_fold_with_exact_totals()
     assert_eq!(value(&m, "tcp_active_connections", &outbound), 0.0);
     drop(listeners);
 }
+
+/// A network namespace of the test's own, with only its loopback up; removed on drop.
+struct Netns(String);
+
+impl Netns {
+    fn new(tag: &str, nft_rules: &str) -> Netns {
+        let name = format!("psc-{tag}-{}", std::process::id());
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &name])
+            .stderr(std::process::Stdio::null())
+            .status();
+        let run = |args: &[&str]| {
+            let status = std::process::Command::new(args[0])
+                .args(&args[1..])
+                .status()
+                .expect("run");
+            assert!(status.success(), "{args:?}");
+        };
+        run(&["ip", "netns", "add", &name]);
+        let ns = Netns(name);
+        run(&["ip", "-n", &ns.0, "link", "set", "lo", "up"]);
+        let mut nft = std::process::Command::new("ip")
+            .args(["netns", "exec", &ns.0, "nft", "-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .expect("nft");
+        nft.stdin
+            .take()
+            .expect("stdin")
+            .write_all(nft_rules.as_bytes())
+            .expect("rules");
+        assert!(nft.wait().expect("nft").success(), "nft rules load");
+        ns
+    }
+
+    /// Runs a Python script in the namespace; returns (pid, its output lines).
+    fn python(&self, script: &str, args: &[&str]) -> (u32, Vec<String>) {
+        let child = std::process::Command::new("ip")
+            .args(["netns", "exec", &self.0, "python3", "-c", script])
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3");
+        let out = child.wait_with_output().expect("python3 runs");
+        assert!(out.status.success(), "the script failed");
+        let lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect();
+        let pid = lines
+            .iter()
+            .find_map(|l| l.strip_prefix("pid "))
+            .and_then(|p| p.parse().ok())
+            .expect("the script prints its pid");
+        (pid, lines)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.0])
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+}
+
+/// Serves `size` bytes to one client on 127.0.0.1:`port` and reads them as that client,
+/// in one process; prints its pid and how long the connect took.
+const PY_TRANSFER: &str = r#"
+import os, socket, sys, threading, time
+port, size = int(sys.argv[1]), int(sys.argv[2])
+print("pid", os.getpid(), flush=True)
+srv = socket.socket(); srv.bind(("127.0.0.1", port)); srv.listen(1)
+def serve():
+    conn, _ = srv.accept()
+    conn.sendall(b"x" * size)
+    conn.close()
+threading.Thread(target=serve).start()
+start = time.monotonic()
+cli = socket.create_connection(("127.0.0.1", port), timeout=30)
+print("connect", time.monotonic() - start, flush=True)
+got = 0
+while True:
+    chunk = cli.recv(1 << 20)
+    if not chunk:
+        break
+    got += len(chunk)
+cli.close()
+print("received", got, flush=True)
+"#;
+
+#[test]
+fn retransmits_rise_under_loss_while_a_transfer_completes_exactly() {
+    if !have_root("retransmits_rise_under_loss_while_a_transfer_completes_exactly") {
+        return;
+    }
+    let _lock = kernel_lock();
+    let agent = Agent::start(TCP_CONFIG);
+    const PORT: &str = "7001";
+    const SIZE: usize = 4 << 20;
+    // One packet in five the server sends is lost on the way in (dropped at input, so
+    // the server sent it and must retransmit it; a drop at output would only make it
+    // try again).
+    let ns = Netns::new(
+        "loss",
+        &format!("table inet psc {{\n chain in {{\n  type filter hook input priority 0; policy accept;\n  tcp sport {PORT} numgen random mod 5 == 0 drop\n }}\n}}\n"),
+    );
+    let (pid, lines) = ns.python(PY_TRANSFER, &[PORT, &SIZE.to_string()]);
+    assert!(lines.contains(&format!("received {SIZE}")), "{lines:?}");
+    let pid = pid.to_string();
+    let server = [
+        ("process_pid", pid.as_str()),
+        ("direction", "inbound"),
+        ("server_port", PORT),
+    ];
+    let client = [
+        ("process_pid", pid.as_str()),
+        ("direction", "outbound"),
+        ("peer_port", PORT),
+    ];
+    // Each side counts at its close, which loss may delay by a retransmitted FIN.
+    let m = eventually(&agent, |m| {
+        value(m, "tcp_sent_bytes_total", &server) == SIZE as f64
+            && value(m, "tcp_received_bytes_total", &client) == SIZE as f64
+    });
+    let retransmits = value(&m, "tcp_retransmits_total", &server);
+    assert!(retransmits > 0.0, "loss made no retransmit");
+    // Retransmitted data is counted once: bytes stay exact under loss.
+    assert_eq!(value(&m, "tcp_sent_bytes_total", &server), SIZE as f64);
+    assert_eq!(value(&m, "tcp_received_bytes_total", &client), SIZE as f64);
+    assert_eq!(value(&m, "tcp_connections_opened_total", &client), 1.0);
+}
+
+#[test]
+fn connect_duration_lands_in_the_bucket_of_the_client_measured_time() {
+    if !have_root("connect_duration_lands_in_the_bucket_of_the_client_measured_time") {
+        return;
+    }
+    let _lock = kernel_lock();
+    let agent = Agent::start(TCP_CONFIG);
+    const PORT: &str = "7002";
+    // The first SYN is dropped: the connect waits for the kernel's SYN retransmission
+    // (one second).
+    let ns = Netns::new(
+        "delay",
+        &format!("table inet psc {{\n chain out {{\n  type filter hook output priority 0; policy accept;\n  tcp dport {PORT} tcp flags syn numgen inc mod 2 == 0 drop\n }}\n}}\n"),
+    );
+    let (pid, lines) = ns.python(PY_TRANSFER, &[PORT, "1000"]);
+    let measured: f64 = lines
+        .iter()
+        .find_map(|l| l.strip_prefix("connect "))
+        .and_then(|s| s.parse().ok())
+        .expect("connect time");
+    assert!(
+        measured > 0.9,
+        "the first SYN was not dropped: {measured} s"
+    );
+    let pid = pid.to_string();
+    let client = [
+        ("process_pid", pid.as_str()),
+        ("direction", "outbound"),
+        ("peer_port", PORT),
+    ];
+    let m = eventually(&agent, |m| {
+        value(m, "tcp_connect_duration_seconds_count", &client) == 1.0
+    });
+    // The bucket that holds the client's measure is the first to count the connect.
+    let bounds = [
+        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+        5.0, 10.0,
+    ];
+    let upper = bounds
+        .iter()
+        .position(|b| *b >= measured)
+        .expect("a bucket");
+    let bucket = |i: usize| {
+        let le = format!("{:?}", bounds[i]);
+        let mut labels = client.to_vec();
+        labels.push(("le", le.as_str()));
+        value(&m, "tcp_connect_duration_seconds_bucket", &labels)
+    };
+    assert_eq!(
+        bucket(upper),
+        1.0,
+        "bucket le={} (client measured {measured} s)",
+        bounds[upper]
+    );
+    assert_eq!(
+        bucket(upper - 1),
+        0.0,
+        "nothing at or below {}",
+        bounds[upper - 1]
+    );
+}
