@@ -180,6 +180,10 @@ int BPF_PROG(psc_tcp_state, const struct sock *sk, int oldstate, int newstate)
 		return 0;
 	}
 
+	/* The other changes (closing handshakes) matter only at their final CLOSE: no
+	 * storage lookup for them. */
+	if (newstate != TCP_CLOSE && !(oldstate == TCP_SYN_SENT && newstate == TCP_ESTABLISHED))
+		return 0;
 	sock = bpf_sk_storage_get(&tcp_socks, (void *)sk, 0, 0);
 	if (!sock)
 		return 0;
@@ -200,9 +204,6 @@ int BPF_PROG(psc_tcp_state, const struct sock *sk, int oldstate, int newstate)
 			__sync_fetch_and_add(&stats->duration[idx], 1);
 		return 0;
 	}
-
-	if (newstate != TCP_CLOSE)
-		return 0;
 
 	if (oldstate == TCP_SYN_SENT) {
 		int err = sk->sk_err;

@@ -1,0 +1,90 @@
+#!/usr/bin/env python3
+"""TCP overhead: a connect/accept/close loop and a bulk transfer over loopback, Periscope
+off vs on (the tcp probe alone), interleaved round by round; reports medians.
+
+- Connection loop: `examples/tcp_connect_loop` (one client thread connecting, closing
+  with a reset, and one accepting thread), connections per second.
+- Bulk: `iperf3` (Debian), one stream over loopback, bits per second.
+
+Usage (as root, after `cargo build --release --examples`):
+    python3 bench/tcp_overhead.py [--rounds 5] [--duration 5]
+"""
+import argparse
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from http_overhead import ROOT, free_port, start_agent, wait_port  # noqa: E402
+
+LOOP = os.path.join(ROOT, "target", "release", "examples", "tcp_connect_loop")
+TCP_ONLY = ("probes:\n  syscalls:\n    enabled: false\n  process:\n    enabled: false\n"
+            "  tcp:\n    enabled: true\n")
+
+
+def connect_loop(duration):
+    out = subprocess.run([LOOP, str(duration)], check=True, capture_output=True, text=True)
+    return float(out.stdout.strip())
+
+
+def iperf(port, duration):
+    out = subprocess.run(["iperf3", "-c", "127.0.0.1", "-p", str(port), "-t", str(duration), "-J"],
+                         check=True, capture_output=True, text=True).stdout
+    return json.loads(out)["end"]["sum_received"]["bits_per_second"]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--duration", type=int, default=5)
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("run as root: the benchmark loads BPF programs")
+    if not os.path.exists(LOOP):
+        sys.exit("build the loop first: cargo build --release --examples")
+    if not shutil.which("iperf3"):
+        sys.exit("iperf3 is missing: scripts/setup.sh --test installs it")
+    workdir = tempfile.mkdtemp(prefix="periscope-bench-")
+    iperf_port, metrics_port = free_port(), free_port()
+    server = subprocess.Popen(["iperf3", "-s", "-p", str(iperf_port)], stdout=subprocess.DEVNULL)
+    wait_port(iperf_port)
+    results = {kind: {"loop": [], "bulk": []} for kind in ("off", "on")}
+    try:
+        connect_loop(1)  # warm up
+        for round_no in range(args.rounds):
+            for kind in ("off", "on"):
+                agent = start_agent(workdir, metrics_port, TCP_ONLY) if kind == "on" else None
+                loop = connect_loop(args.duration)
+                time.sleep(1)
+                bulk = iperf(iperf_port, args.duration)
+                if agent:
+                    agent.send_signal(signal.SIGINT)
+                    agent.wait(timeout=30)
+                results[kind]["loop"].append(loop)
+                results[kind]["bulk"].append(bulk)
+                print(f"round {round_no + 1} {kind}: {loop:.0f} connections/s, {bulk / 1e9:.2f} Gbit/s",
+                      file=sys.stderr)
+                time.sleep(1)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=30)
+        shutil.rmtree(workdir, ignore_errors=True)
+    med = {k: {m: statistics.median(v) for m, v in r.items()} for k, r in results.items()}
+    print(f"medians of {args.rounds} interleaved rounds of {args.duration} s, loopback\n")
+    print("| agent | connections/s | bulk Gbit/s |")
+    print("| --- | --- | --- |")
+    for kind in ("off", "on"):
+        print(f"| {kind} | {med[kind]['loop']:.0f} | {med[kind]['bulk'] / 1e9:.2f} |")
+    print()
+    print(f"Connection loop with the agent on: {med['on']['loop'] / med['off']['loop'] * 100:.1f}% of off (target: >= 95%)")
+    print(f"Bulk transfer with the agent on: {med['on']['bulk'] / med['off']['bulk'] * 100:.1f}% of off (target: >= 99%)")
+
+
+if __name__ == "__main__":
+    main()
