@@ -401,3 +401,56 @@ fn connect_duration_lands_in_the_bucket_of_the_client_measured_time() {
         bounds[upper - 1]
     );
 }
+
+/// Accepts and closes connections on the port it prints, until killed.
+const PY_LISTENER: &str = r#"
+import socket
+srv = socket.socket(); srv.bind(("127.0.0.1", 0)); srv.listen(64)
+print(srv.getsockname()[1], flush=True)
+while True:
+    conn, _ = srv.accept()
+    conn.close()
+"#;
+
+#[test]
+fn connections_to_a_listener_older_than_the_agent_count_for_its_process() {
+    if !have_root("connections_to_a_listener_older_than_the_agent_count_for_its_process") {
+        return;
+    }
+    let _lock = kernel_lock();
+    let mut listener = std::process::Command::new("python3")
+        .args(["-c", PY_LISTENER])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut port = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(listener.stdout.take().expect("stdout")),
+        &mut port,
+    )
+    .expect("port");
+    let port = port.trim().to_string();
+    // The agent starts after the listener called listen().
+    let agent = Agent::start(TCP_CONFIG);
+    const N: usize = 9;
+    for _ in 0..N {
+        let mut conn =
+            TcpStream::connect(("127.0.0.1", port.parse::<u16>().expect("port"))).expect("connect");
+        let _ = conn.read(&mut [0u8; 1]);
+    }
+    let pid = listener.id().to_string();
+    let inbound = [
+        ("process_pid", pid.as_str()),
+        ("direction", "inbound"),
+        ("server_port", port.as_str()),
+    ];
+    let m = eventually(&agent, |m| {
+        value(m, "tcp_connections_opened_total", &inbound) == N as f64
+    });
+    assert_eq!(
+        value(&m, "tcp_connections_opened_total", &inbound),
+        N as f64
+    );
+    let _ = listener.kill();
+    let _ = listener.wait();
+}

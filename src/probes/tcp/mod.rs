@@ -209,8 +209,78 @@ impl TcpProbe {
                 .attach()
                 .map_err(ProbeError::bpf("attaching tp_btf/inet_sock_set_state"))?;
             probe.links.push(link);
+            // Attached first: a listen() from now on is seen by the program, and those
+            // made before are found here.
+            let seeded = probe.seed_listeners();
+            tracing::debug!(listeners = seeded, "listening ports of running processes");
         }
         Ok(probe)
+    }
+
+    /// Tells the kernel which process owns each port that was already listening when
+    /// the probe attached, from /proc/net/tcp{,6} and the processes' socket fds. A port
+    /// the program has learned since is left as it is.
+    fn seed_listeners(&self) -> usize {
+        let mut ports_by_inode: HashMap<u64, u16> = HashMap::new();
+        for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+            let Ok(text) = std::fs::read_to_string(table) else {
+                continue;
+            };
+            for line in text.lines().skip(1) {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                // st 0A is LISTEN; local_address is ADDR:PORT in hex.
+                if fields.len() > 9 && fields[3] == "0A" {
+                    let port = fields[1]
+                        .rsplit(':')
+                        .next()
+                        .and_then(|p| u16::from_str_radix(p, 16).ok());
+                    if let (Some(port), Ok(inode)) = (port, fields[9].parse::<u64>()) {
+                        ports_by_inode.insert(inode, port);
+                    }
+                }
+            }
+        }
+        if ports_by_inode.is_empty() {
+            return 0;
+        }
+        let mut seeded = 0;
+        let Ok(processes) = std::fs::read_dir("/proc") else {
+            return 0;
+        };
+        for entry in processes.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|name| name.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else {
+                continue;
+            };
+            for fd in fds.flatten() {
+                let Ok(target) = std::fs::read_link(fd.path()) else {
+                    continue;
+                };
+                let inode = target
+                    .to_str()
+                    .and_then(|t| t.strip_prefix("socket:["))
+                    .and_then(|t| t.strip_suffix(']'))
+                    .and_then(|t| t.parse::<u64>().ok());
+                if let Some(port) = inode.and_then(|i| ports_by_inode.get(&i)) {
+                    if self
+                        .skel
+                        .maps
+                        .listeners
+                        .update(&port.to_ne_bytes(), &pid.to_ne_bytes(), MapFlags::NO_EXIST)
+                        .is_ok()
+                    {
+                        seeded += 1;
+                    }
+                }
+            }
+        }
+        seeded
     }
 
     fn counter(&self, slot: u32) -> u64 {
