@@ -454,3 +454,105 @@ fn connections_to_a_listener_older_than_the_agent_count_for_its_process() {
     let _ = listener.kill();
     let _ = listener.wait();
 }
+
+#[test]
+fn a_full_series_map_folds_into_the_overflow_series_with_exact_totals() {
+    if !have_root("a_full_series_map_folds_into_the_overflow_series_with_exact_totals") {
+        return;
+    }
+    let _lock = kernel_lock();
+    let agent = Agent::start(&format!("{TCP_CONFIG}    max_series: 5\n"));
+    // The scrapes take series of their own (this test's outbound, the agent's inbound);
+    // what is left of the five is what the client's peers can get.
+    let warm = eventually(&agent, |m| {
+        value(m, "tcp_connections_opened_total", &[]) > 0.0
+    });
+    let used = warm.one(
+        "periscope_bpf_map_entries",
+        &[("probe", "tcp"), ("map", "series")],
+    ) as usize;
+    assert!(used < 5, "the scrapes left no free series");
+    let free = 5 - used;
+    let listeners: Vec<TcpListener> = (0..8)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("listen"))
+        .collect();
+    let ports: Vec<String> = listeners
+        .iter()
+        .map(|l| l.local_addr().expect("addr").port().to_string())
+        .collect();
+    let counts: Vec<String> = (1..=8).map(|n: usize| n.to_string()).collect();
+    let total: usize = (1..=8).sum();
+    let mut client = std::process::Command::new("python3")
+        .args(["-c", PY_CLIENT, &ports.join(","), &counts.join(",")])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut ready = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(client.stdout.take().expect("stdout")),
+        &mut ready,
+    )
+    .expect("ready");
+    let pid = client.id().to_string();
+    let mine = [("process_pid", pid.as_str()), ("direction", "outbound")];
+    let folded_out = [
+        ("process_executable_name", "__overflow__"),
+        ("direction", "outbound"),
+    ];
+    // The listeners are this test's: each connection is also an inbound series of ours.
+    let me = std::process::id().to_string();
+    let theirs = [("process_pid", me.as_str()), ("direction", "inbound")];
+    let folded_in = [
+        ("process_executable_name", "__overflow__"),
+        ("direction", "inbound"),
+    ];
+    let inbound_of_listeners = |m: &Metrics| -> (f64, usize) {
+        ports.iter().fold((0.0, 0), |(sum, series), port| {
+            let labels = [theirs[0], theirs[1], ("server_port", port.as_str())];
+            let n = m.find("tcp_connections_opened_total", &labels).count();
+            (
+                sum + value(m, "tcp_connections_opened_total", &labels),
+                series + n,
+            )
+        })
+    };
+    let m = eventually(&agent, |m| {
+        value(m, "tcp_connections_opened_total", &mine)
+            + value(m, "tcp_connections_opened_total", &folded_out)
+            == total as f64
+            && inbound_of_listeners(m).0 + value(m, "tcp_connections_opened_total", &folded_in)
+                == total as f64
+    });
+    let kept_out = value(&m, "tcp_connections_opened_total", &mine);
+    let (kept_in, series_in) = inbound_of_listeners(&m);
+    // Totals stay exact in both directions, kept series plus the overflow series.
+    assert_eq!(
+        kept_out + value(&m, "tcp_connections_opened_total", &folded_out),
+        total as f64
+    );
+    assert_eq!(
+        kept_in + value(&m, "tcp_connections_opened_total", &folded_in),
+        total as f64
+    );
+    // The free series went to the first connections' two ends; the rest folded.
+    let series_out = m.find("tcp_connections_opened_total", &mine).count();
+    assert_eq!(series_out + series_in, free);
+    assert!(kept_out < total as f64 && kept_in < total as f64);
+    assert!(
+        m.one(
+            "periscope_series_folded_total",
+            &[("probe", "tcp"), ("map", "series")]
+        ) >= 2.0 * total as f64 - kept_out - kept_in
+    );
+    assert_eq!(
+        m.one(
+            "periscope_bpf_map_entries",
+            &[("probe", "tcp"), ("map", "series")]
+        ),
+        5.0
+    );
+    drop(client.stdin.take());
+    let _ = client.wait();
+    drop(listeners);
+}
