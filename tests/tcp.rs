@@ -138,14 +138,9 @@ print("ready", flush=True)
 sys.stdin.read()
 "#;
 
-#[test]
-fn open_connections_are_active_and_peers_beyond_the_cap_fold_with_exact_totals() {
-    if !have_root("open_connections_are_active_and_peers_beyond_the_cap_fold_with_exact_totals") {
-        return;
-    }
-    let _lock = kernel_lock();
-    let agent = Agent::start(&format!("{TCP_CONFIG}    max_peers_per_process: 3\n"));
-    // Eight listeners: eight peers (by port) for the client's outbound connections.
+/// Eight listeners of this test, and a client process holding i connections to the
+/// i-th (1 to 8): eight peers, by port. Returns once every connection is open.
+fn eight_peers() -> (Vec<TcpListener>, Vec<String>, std::process::Child) {
     let listeners: Vec<TcpListener> = (0..8)
         .map(|_| TcpListener::bind("127.0.0.1:0").expect("listen"))
         .collect();
@@ -154,7 +149,6 @@ fn open_connections_are_active_and_peers_beyond_the_cap_fold_with_exact_totals()
         .map(|l| l.local_addr().expect("addr").port().to_string())
         .collect();
     let counts: Vec<String> = (1..=8).map(|n: usize| n.to_string()).collect();
-    let total: usize = (1..=8).sum();
     let mut client = std::process::Command::new("python3")
         .args(["-c", PY_CLIENT, &ports.join(","), &counts.join(",")])
         .stdin(std::process::Stdio::piped())
@@ -167,6 +161,18 @@ fn open_connections_are_active_and_peers_beyond_the_cap_fold_with_exact_totals()
         &mut ready,
     )
     .expect("ready");
+    (listeners, ports, client)
+}
+
+#[test]
+fn open_connections_are_active_and_peers_beyond_the_cap_fold_with_exact_totals() {
+    if !have_root("open_connections_are_active_and_peers_beyond_the_cap_fold_with_exact_totals") {
+        return;
+    }
+    let _lock = kernel_lock();
+    let agent = Agent::start(&format!("{TCP_CONFIG}    max_peers_per_process: 3\n"));
+    let (listeners, ports, mut client) = eight_peers();
+    let total: usize = (1..=8).sum();
     let pid = client.id().to_string();
     let outbound = [("process_pid", pid.as_str()), ("direction", "outbound")];
     let m = eventually(&agent, |m| {
@@ -473,27 +479,8 @@ fn a_full_series_map_folds_into_the_overflow_series_with_exact_totals() {
     ) as usize;
     assert!(used < 5, "the scrapes left no free series");
     let free = 5 - used;
-    let listeners: Vec<TcpListener> = (0..8)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("listen"))
-        .collect();
-    let ports: Vec<String> = listeners
-        .iter()
-        .map(|l| l.local_addr().expect("addr").port().to_string())
-        .collect();
-    let counts: Vec<String> = (1..=8).map(|n: usize| n.to_string()).collect();
+    let (listeners, ports, mut client) = eight_peers();
     let total: usize = (1..=8).sum();
-    let mut client = std::process::Command::new("python3")
-        .args(["-c", PY_CLIENT, &ports.join(","), &counts.join(",")])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("python3");
-    let mut ready = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(client.stdout.take().expect("stdout")),
-        &mut ready,
-    )
-    .expect("ready");
     let pid = client.id().to_string();
     let mine = [("process_pid", pid.as_str()), ("direction", "outbound")];
     let folded_out = [
