@@ -96,6 +96,19 @@ impl Stats {
         });
     }
 
+    /// The sum of a series' per-CPU copies: a CPU's `active` may be negative (a
+    /// connection opened on one CPU and closed on another), their sum is not.
+    fn from_percpu(values: &[Vec<u8>]) -> Stats {
+        let mut total = Stats::default();
+        for bytes in values {
+            let mut raw = types::psc_tcp_stats::default();
+            if plain::copy_from_bytes(&mut raw, bytes).is_ok() {
+                total.add(&raw);
+            }
+        }
+        total
+    }
+
     /// Adds another's counts; kernel values are trusted to be counts, not to be small.
     fn merge(&mut self, other: &Stats) {
         self.opened = self.opened.saturating_add(other.opened);
@@ -301,17 +314,13 @@ impl TcpProbe {
             .into_iter()
             .collect();
         let mut delete = Vec::new();
-        for (key_bytes, value) in util::read_shared(&self.skel.maps.series) {
+        for (key_bytes, values) in util::read_percpu(&self.skel.maps.series) {
             entries += 1;
             let mut key = types::psc_tcp_key::default();
-            let mut raw = types::psc_tcp_stats::default();
-            if plain::copy_from_bytes(&mut key, &key_bytes).is_err()
-                || plain::copy_from_bytes(&mut raw, &value).is_err()
-            {
+            if plain::copy_from_bytes(&mut key, &key_bytes).is_err() {
                 continue;
             }
-            let mut stats = Stats::default();
-            stats.add(&raw);
+            let stats = Stats::from_percpu(&values);
             let name = if key.tgid == 0 {
                 "unknown".to_string()
             } else {
@@ -345,20 +354,16 @@ impl TcpProbe {
             self.processes.remove(pid);
         }
         for (slot, inbound) in [(0u32, false), (1u32, true)] {
-            let Ok(Some(bytes)) = self
+            let Ok(Some(values)) = self
                 .skel
                 .maps
                 .overflow
-                .lookup(&slot.to_ne_bytes(), MapFlags::ANY)
+                .lookup_percpu(&slot.to_ne_bytes(), MapFlags::ANY)
             else {
                 continue;
             };
-            let mut raw = types::psc_tcp_stats::default();
-            if plain::copy_from_bytes(&mut raw, &bytes).is_ok()
-                && (raw.opened > 0 || raw.failures.iter().any(|f| *f > 0) || raw.active != 0)
-            {
-                let mut stats = Stats::default();
-                stats.add(&raw);
+            let stats = Stats::from_percpu(&values);
+            if stats.opened > 0 || stats.failures.iter().any(|f| *f > 0) || stats.active != 0 {
                 rows.push((
                     SeriesKey {
                         pid: None,
