@@ -26,7 +26,6 @@ char LICENSE[] SEC("license") = PSC_LICENSE;
 #define ETIMEDOUT 110
 #define EHOSTUNREACH 113
 #define ENETUNREACH 101
-#define RCV_SHUTDOWN 1
 
 /* Histogram bounds, set by user space before load: ns for connect durations, us for
  * RTTs; `*_bounds_len` of them are used. */
@@ -43,7 +42,9 @@ struct psc_tcp_sock {
 	struct psc_tcp_key key;
 	__u64 started_ns;
 	__u8 established;
-	__u8 pad[7];
+	/* Its open went to the overflow series: so does its close, or the two would part. */
+	__u8 folded;
+	__u8 pad[6];
 };
 
 struct {
@@ -86,22 +87,26 @@ struct {
 	__type(value, __u64);
 } counters SEC(".maps");
 
-static __always_inline struct psc_tcp_stats *stats_of(const struct psc_tcp_key *key)
+/* The series of `key`, created if new; the overflow series of its direction when the
+ * map is full or `sock->folded` says its open went there. */
+static __always_inline struct psc_tcp_stats *stats_of(struct psc_tcp_sock *sock)
 {
 	static const struct psc_tcp_stats zero = {};
 	struct psc_tcp_stats *stats;
-	__u32 slot;
+	__u32 slot = sock->key.direction == PSC_TCP_INBOUND ? 1 : 0;
 
-	stats = bpf_map_lookup_elem(&series, key);
+	if (sock->folded)
+		return bpf_map_lookup_elem(&overflow, &slot);
+	stats = bpf_map_lookup_elem(&series, &sock->key);
 	if (stats)
 		return stats;
 	/* Fails when the map is full, or when another CPU just added the key. */
-	bpf_map_update_elem(&series, key, &zero, BPF_NOEXIST);
-	stats = bpf_map_lookup_elem(&series, key);
+	bpf_map_update_elem(&series, &sock->key, &zero, BPF_NOEXIST);
+	stats = bpf_map_lookup_elem(&series, &sock->key);
 	if (stats)
 		return stats;
 	PSC_COUNT_IN(counters, PSC_TCP_FOLDED);
-	slot = key->direction == PSC_TCP_INBOUND ? 1 : 0;
+	sock->folded = 1;
 	return bpf_map_lookup_elem(&overflow, &slot);
 }
 
@@ -154,12 +159,21 @@ int BPF_PROG(psc_tcp_state, const struct sock *sk, int oldstate, int newstate)
 		fresh.key.port = bpf_ntohs(sk->__sk_common.skc_dport);
 		set_peer(&fresh.key, sk);
 		fresh.started_ns = bpf_ktime_get_ns();
-		if (!bpf_sk_storage_get(&tcp_socks, (void *)sk, &fresh, BPF_SK_STORAGE_GET_F_CREATE))
+		sock = bpf_sk_storage_get(&tcp_socks, (void *)sk, &fresh, BPF_SK_STORAGE_GET_F_CREATE);
+		if (!sock)
 			PSC_COUNT_IN(counters, PSC_TCP_UNTRACKED);
+		else
+			*sock = fresh; /* a socket connecting again after a failed connect */
 		return 0;
 	}
 
-	if (oldstate == TCP_SYN_RECV && newstate == TCP_ESTABLISHED) {
+	/* A simultaneous open (SYN_SENT -> SYN_RECV -> ESTABLISHED, as a socket connecting
+	 * to its own port does) is the outbound socket's success. */
+	if (oldstate == TCP_SYN_RECV && newstate == TCP_ESTABLISHED &&
+	    (sock = bpf_sk_storage_get(&tcp_socks, (void *)sk, 0, 0)) &&
+	    sock->key.direction == PSC_TCP_OUTBOUND && !sock->established)
+		oldstate = TCP_SYN_SENT;
+	else if (oldstate == TCP_SYN_RECV && newstate == TCP_ESTABLISHED) {
 		struct psc_tcp_sock fresh = {};
 		__u16 port = sk->__sk_common.skc_num;
 		__u32 *owner = bpf_map_lookup_elem(&listeners, &port);
@@ -174,7 +188,7 @@ int BPF_PROG(psc_tcp_state, const struct sock *sk, int oldstate, int newstate)
 			PSC_COUNT_IN(counters, PSC_TCP_UNTRACKED);
 			return 0;
 		}
-		stats = stats_of(&sock->key);
+		stats = stats_of(sock);
 		if (stats) {
 			stats->opened += 1;
 			stats->active += 1;
@@ -196,7 +210,7 @@ int BPF_PROG(psc_tcp_state, const struct sock *sk, int oldstate, int newstate)
 		__u32 idx = bucket_of(took, duration_bounds_ns, duration_bounds_len);
 
 		sock->established = 1;
-		stats = stats_of(&sock->key);
+		stats = stats_of(sock);
 		if (!stats)
 			return 0;
 		stats->opened += 1;
@@ -217,7 +231,7 @@ int BPF_PROG(psc_tcp_state, const struct sock *sk, int oldstate, int newstate)
 			reason = PSC_TCP_TIMEOUT;
 		else if (err == EHOSTUNREACH || err == ENETUNREACH)
 			reason = PSC_TCP_UNREACHABLE;
-		stats = stats_of(&sock->key);
+		stats = stats_of(sock);
 		if (stats && reason < PSC_TCP_FAILURES)
 			stats->failures[reason] += 1;
 		return 0;
@@ -234,17 +248,18 @@ int BPF_PROG(psc_tcp_state, const struct sock *sk, int oldstate, int newstate)
 		idx = bucket_of(srtt_us, rtt_bounds_us, rtt_bounds_len);
 
 		sock->established = 0;
-		stats = stats_of(&sock->key);
+		stats = stats_of(sock);
 		if (!stats)
 			return 0;
 		stats->active += -1;
 		/* Data bytes only: bytes_sent counts retransmitted data again, and
-		 * bytes_received counts the peer's FIN as one (its sequence number). The
-		 * FIN was received when the receive side is shut down. */
+		 * bytes_received counts the peer's FIN as one (its sequence number). */
 		sent = tp->bytes_sent;
 		retrans = tp->bytes_retrans;
 		received = tp->bytes_received;
-		if ((sk->sk_shutdown & RCV_SHUTDOWN) && received > 0)
+		/* SOCK_DONE is set when the peer's FIN arrived (a local close or a reset
+		 * shuts the receive side down without one). */
+		if ((sk->__sk_common.skc_flags & (1UL << SOCK_DONE)) && received > 0)
 			received--;
 		stats->sent_bytes += sent > retrans ? sent - retrans : 0;
 		stats->received_bytes += received;
