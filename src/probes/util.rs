@@ -102,3 +102,15 @@ pub fn check_btf() -> Result<(), ProbeError> {
         Err(ProbeError::NoBtf(crate::kernel::BTF_PATH))
     }
 }
+
+/// The text form of an address a BPF program copied from a socket: IPv4 in the first 4
+/// bytes when `family` is AF_INET, IPv6 when AF_INET6; "" when unknown.
+pub fn socket_address(family: u8, addr: &[u8; 16]) -> String {
+    const AF_INET: u8 = 2;
+    const AF_INET6: u8 = 10;
+    match family {
+        AF_INET => std::net::Ipv4Addr::new(addr[0], addr[1], addr[2], addr[3]).to_string(),
+        AF_INET6 => std::net::Ipv6Addr::from(*addr).to_string(),
+        _ => String::new(),
+    }
+}

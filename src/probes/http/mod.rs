@@ -963,14 +963,7 @@ impl Probe for HttpProbe {
 
 /// The text form of a server address the kernel recorded ("" when unknown).
 fn peer_address(peer: &types::psc_peer) -> String {
-    const AF_INET: u8 = 2;
-    const AF_INET6: u8 = 10;
-    match peer.family {
-        AF_INET => std::net::Ipv4Addr::new(peer.addr[0], peer.addr[1], peer.addr[2], peer.addr[3])
-            .to_string(),
-        AF_INET6 => std::net::Ipv6Addr::from(peer.addr).to_string(),
-        _ => String::new(),
-    }
+    util::socket_address(peer.family, &peer.addr)
 }
 
 fn series_labels(key: &SeriesKey) -> Labels {

@@ -27,8 +27,6 @@ unsafe impl plain::Plain for types::psc_tcp_key {}
 unsafe impl plain::Plain for types::psc_tcp_stats {}
 
 const INBOUND: u8 = 2;
-const AF_INET: u8 = 2;
-const AF_INET6: u8 = 10;
 const FAILURE_REASONS: [&str; 4] = ["refused", "timeout", "unreachable", "other"];
 
 pub struct TcpSpec;
@@ -330,7 +328,7 @@ impl TcpProbe {
                 pid: (self.pid_label && key.tgid != 0).then_some(key.tgid),
                 name,
                 inbound: key.direction == INBOUND,
-                peer: peer_address(key.family, &key.addr),
+                peer: util::socket_address(key.family, &key.addr),
                 port: key.port,
             };
             if expired.contains(&key.tgid) && stats.active <= 0 {
@@ -382,14 +380,6 @@ impl TcpProbe {
             capacity: u64::from(self.skel.maps.series.max_entries()),
         }];
         rows
-    }
-}
-
-fn peer_address(family: u8, addr: &[u8; 16]) -> String {
-    match family {
-        AF_INET => std::net::Ipv4Addr::new(addr[0], addr[1], addr[2], addr[3]).to_string(),
-        AF_INET6 => std::net::Ipv6Addr::from(*addr).to_string(),
-        _ => String::new(),
     }
 }
 
