@@ -543,3 +543,49 @@ fn a_full_series_map_folds_into_the_overflow_series_with_exact_totals() {
     let _ = client.wait();
     drop(listeners);
 }
+
+#[test]
+fn a_full_connection_table_refuses_new_connections_and_counts_them() {
+    if !have_root("a_full_connection_table_refuses_new_connections_and_counts_them") {
+        return;
+    }
+    let _lock = kernel_lock();
+    let capacity = 20;
+    let agent = Agent::start(&format!("{TCP_CONFIG}    max_connections: {capacity}\n"));
+    let table = [("probe", "tcp"), ("map", "tcp_socks")];
+    eventually(&agent, |m| {
+        m.one("periscope_bpf_map_capacity", &table) == capacity as f64
+    });
+    let (listeners, _ports, mut client) = eight_peers();
+    let total: usize = (1..=8).sum();
+    let pid = client.id().to_string();
+    let me = std::process::id().to_string();
+    let outbound = [("process_pid", pid.as_str()), ("direction", "outbound")];
+    let inbound = [("process_pid", me.as_str()), ("direction", "inbound")];
+    // Both ends of every connection want an entry: more than the table holds.
+    let m = eventually(&agent, |m| {
+        m.one("periscope_bpf_map_entries", &table) == capacity as f64
+            && m.one("periscope_series_folded_total", &table) >= (2 * total - capacity) as f64
+    });
+    let followed = value(&m, "tcp_connections_opened_total", &outbound)
+        + value(&m, "tcp_connections_opened_total", &inbound);
+    assert!(followed <= capacity as f64 && followed < (2 * total) as f64);
+    // What is followed is consistent: an end left out is never half counted.
+    assert_eq!(
+        value(&m, "tcp_active_connections", &outbound),
+        value(&m, "tcp_connections_opened_total", &outbound)
+    );
+    assert!(
+        m.one("periscope_series_folded_total", &table) + followed >= (2 * total) as f64,
+        "every end not followed is counted as refused"
+    );
+    drop(client.stdin.take());
+    let _ = client.wait();
+    drop(listeners);
+    // Closed connections give their entries back.
+    let m = eventually(&agent, |m| {
+        value(m, "tcp_active_connections", &outbound) == 0.0
+            && m.one("periscope_bpf_map_entries", &table) < capacity as f64
+    });
+    assert_eq!(value(&m, "tcp_active_connections", &outbound), 0.0);
+}

@@ -182,6 +182,10 @@ impl TcpProbe {
             .series
             .set_max_entries(settings.max_series.get())
             .map_err(ProbeError::bpf("setting the series cap"))?;
+        open.maps
+            .tcp_socks
+            .set_max_entries(settings.max_connections.get())
+            .map_err(ProbeError::bpf("setting the connection cap"))?;
         let duration_bounds = settings.connect_duration_buckets_seconds.0.clone();
         let rtt_bounds = settings.rtt_buckets_seconds.0.clone();
         if let Some(rodata) = open.maps.rodata_data.as_deref_mut() {
@@ -374,11 +378,18 @@ impl TcpProbe {
                 ));
             }
         }
-        self.fill = vec![MapFill {
-            map: "series",
-            entries,
-            capacity: u64::from(self.skel.maps.series.max_entries()),
-        }];
+        self.fill = vec![
+            MapFill {
+                map: "series",
+                entries,
+                capacity: u64::from(self.skel.maps.series.max_entries()),
+            },
+            MapFill {
+                map: "tcp_socks",
+                entries: self.counter(2).saturating_sub(self.counter(3)),
+                capacity: u64::from(self.skel.maps.tcp_socks.max_entries()),
+            },
+        ];
         rows
     }
 }

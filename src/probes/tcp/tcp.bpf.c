@@ -26,6 +26,7 @@ char LICENSE[] SEC("license") = PSC_LICENSE;
 #define ETIMEDOUT 110
 #define EHOSTUNREACH 113
 #define ENETUNREACH 101
+#define EEXIST 17
 
 /* Histogram bounds, set by user space before load: ns for connect durations, us for
  * RTTs; `*_bounds_len` of them are used. */
@@ -48,11 +49,57 @@ struct psc_tcp_sock {
 };
 
 struct {
-	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, int);
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, PSC_TCP_COUNTERS);
+	__type(key, __u32);
+	__type(value, __u64);
+} counters SEC(".maps");
+
+/* Per socket, keyed by its address, from its connect or accept to its final CLOSE (every
+ * TCP socket passes CLOSE before it is freed). A preallocated hash, capped by user space
+ * (probes.tcp.max_connections): measured on the connection loop, socket storage and
+ * hashes that allocate per entry cost about 4 us more per connection, in allocations and
+ * RCU frees, than taking a free preallocated entry. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u64);
 	__type(value, struct psc_tcp_sock);
 } tcp_socks SEC(".maps");
+
+static __always_inline struct psc_tcp_sock *sock_of(const struct sock *sk)
+{
+	__u64 id = (__u64)sk;
+
+	return bpf_map_lookup_elem(&tcp_socks, &id);
+}
+
+/* Starts following `sk` with `fresh`, replacing what a socket at the same address left
+ * (a reconnect after a failed connect). NULL when the table is full: counted. */
+static __always_inline struct psc_tcp_sock *sock_track(const struct sock *sk,
+						       const struct psc_tcp_sock *fresh)
+{
+	__u64 id = (__u64)sk;
+	long err = bpf_map_update_elem(&tcp_socks, &id, fresh, BPF_NOEXIST);
+
+	if (err == -EEXIST)
+		err = bpf_map_update_elem(&tcp_socks, &id, fresh, BPF_EXIST);
+	else if (!err)
+		PSC_COUNT_IN(counters, PSC_TCP_SOCKS_ADDED);
+	if (err) {
+		PSC_COUNT_IN(counters, PSC_TCP_UNTRACKED);
+		return 0;
+	}
+	return bpf_map_lookup_elem(&tcp_socks, &id);
+}
+
+static __always_inline void sock_forget(const struct sock *sk)
+{
+	__u64 id = (__u64)sk;
+
+	if (!bpf_map_delete_elem(&tcp_socks, &id))
+		PSC_COUNT_IN(counters, PSC_TCP_SOCKS_REMOVED);
+}
 
 /* The process listening on each local port (learned when it called listen()). */
 struct {
@@ -79,13 +126,6 @@ struct {
 	__type(key, __u32);
 	__type(value, struct psc_tcp_stats);
 } overflow SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, PSC_TCP_COUNTERS);
-	__type(key, __u32);
-	__type(value, __u64);
-} counters SEC(".maps");
 
 /* The series of `key`, created if new; the overflow series of its direction when the
  * map is full or `sock->folded` says its open went there. */
@@ -132,6 +172,41 @@ static __always_inline void set_peer(struct psc_tcp_key *key, const struct sock 
 		BPF_CORE_READ_INTO(&key->addr, sk, __sk_common.skc_v6_daddr.in6_u.u6_addr8);
 }
 
+/* The final CLOSE of a counted connection: the socket's own totals join its series. */
+static __always_inline void close_established(const struct sock *sk, struct psc_tcp_sock *sock)
+{
+	struct tcp_sock *tp = bpf_skc_to_tcp_sock((void *)sk);
+	struct psc_tcp_stats *stats;
+	__u64 sent, retrans, received;
+	__u32 srtt_us, idx;
+
+	if (!tp)
+		return;
+	srtt_us = tp->srtt_us >> 3;
+	idx = bucket_of(srtt_us, rtt_bounds_us, rtt_bounds_len);
+
+	sock->established = 0;
+	stats = stats_of(sock);
+	if (!stats)
+		return;
+	stats->active += -1;
+	/* Data bytes only: bytes_sent counts retransmitted data again, and
+	 * bytes_received counts the peer's FIN as one (its sequence number). */
+	sent = tp->bytes_sent;
+	retrans = tp->bytes_retrans;
+	received = tp->bytes_received;
+	/* SOCK_DONE is set when the peer's FIN arrived (a local close or a reset
+	 * shuts the receive side down without one). */
+	if ((sk->__sk_common.skc_flags & (1UL << SOCK_DONE)) && received > 0)
+		received--;
+	stats->sent_bytes += sent > retrans ? sent - retrans : 0;
+	stats->received_bytes += received;
+	stats->retransmits += tp->total_retrans;
+	stats->rtt_sum_us += srtt_us;
+	if (idx < PSC_TCP_BUCKETS)
+		stats->rtt[idx] += 1;
+}
+
 SEC("tp_btf/inet_sock_set_state")
 int BPF_PROG(psc_tcp_state, const struct sock *sk, int oldstate, int newstate)
 {
@@ -159,18 +234,14 @@ int BPF_PROG(psc_tcp_state, const struct sock *sk, int oldstate, int newstate)
 		fresh.key.port = bpf_ntohs(sk->__sk_common.skc_dport);
 		set_peer(&fresh.key, sk);
 		fresh.started_ns = bpf_ktime_get_ns();
-		sock = bpf_sk_storage_get(&tcp_socks, (void *)sk, &fresh, BPF_SK_STORAGE_GET_F_CREATE);
-		if (!sock)
-			PSC_COUNT_IN(counters, PSC_TCP_UNTRACKED);
-		else
-			*sock = fresh; /* a socket connecting again after a failed connect */
+		sock_track(sk, &fresh);
 		return 0;
 	}
 
 	/* A simultaneous open (SYN_SENT -> SYN_RECV -> ESTABLISHED, as a socket connecting
 	 * to its own port does) is the outbound socket's success. */
 	if (oldstate == TCP_SYN_RECV && newstate == TCP_ESTABLISHED &&
-	    (sock = bpf_sk_storage_get(&tcp_socks, (void *)sk, 0, 0)) &&
+	    (sock = sock_of(sk)) &&
 	    sock->key.direction == PSC_TCP_OUTBOUND && !sock->established)
 		oldstate = TCP_SYN_SENT;
 	else if (oldstate == TCP_SYN_RECV && newstate == TCP_ESTABLISHED) {
@@ -183,11 +254,9 @@ int BPF_PROG(psc_tcp_state, const struct sock *sk, int oldstate, int newstate)
 		fresh.key.port = port;
 		set_peer(&fresh.key, sk);
 		fresh.established = 1;
-		sock = bpf_sk_storage_get(&tcp_socks, (void *)sk, &fresh, BPF_SK_STORAGE_GET_F_CREATE);
-		if (!sock) {
-			PSC_COUNT_IN(counters, PSC_TCP_UNTRACKED);
+		sock = sock_track(sk, &fresh);
+		if (!sock)
 			return 0;
-		}
 		stats = stats_of(sock);
 		if (stats) {
 			stats->opened += 1;
@@ -200,7 +269,7 @@ int BPF_PROG(psc_tcp_state, const struct sock *sk, int oldstate, int newstate)
 	 * storage lookup for them. */
 	if (newstate != TCP_CLOSE && !(oldstate == TCP_SYN_SENT && newstate == TCP_ESTABLISHED))
 		return 0;
-	sock = bpf_sk_storage_get(&tcp_socks, (void *)sk, 0, 0);
+	sock = sock_of(sk);
 	if (!sock)
 		return 0;
 	now = bpf_ktime_get_ns();
@@ -234,39 +303,13 @@ int BPF_PROG(psc_tcp_state, const struct sock *sk, int oldstate, int newstate)
 		stats = stats_of(sock);
 		if (stats && reason < PSC_TCP_FAILURES)
 			stats->failures[reason] += 1;
+		sock_forget(sk);
 		return 0;
 	}
 
-	if (sock->established) {
-		struct tcp_sock *tp = bpf_skc_to_tcp_sock((void *)sk);
-		__u64 sent, retrans, received;
-		__u32 srtt_us, idx;
-
-		if (!tp)
-			return 0;
-		srtt_us = tp->srtt_us >> 3;
-		idx = bucket_of(srtt_us, rtt_bounds_us, rtt_bounds_len);
-
-		sock->established = 0;
-		stats = stats_of(sock);
-		if (!stats)
-			return 0;
-		stats->active += -1;
-		/* Data bytes only: bytes_sent counts retransmitted data again, and
-		 * bytes_received counts the peer's FIN as one (its sequence number). */
-		sent = tp->bytes_sent;
-		retrans = tp->bytes_retrans;
-		received = tp->bytes_received;
-		/* SOCK_DONE is set when the peer's FIN arrived (a local close or a reset
-		 * shuts the receive side down without one). */
-		if ((sk->__sk_common.skc_flags & (1UL << SOCK_DONE)) && received > 0)
-			received--;
-		stats->sent_bytes += sent > retrans ? sent - retrans : 0;
-		stats->received_bytes += received;
-		stats->retransmits += tp->total_retrans;
-		stats->rtt_sum_us += srtt_us;
-		if (idx < PSC_TCP_BUCKETS)
-			stats->rtt[idx] += 1;
-	}
+	if (sock->established)
+		close_established(sk, sock);
+	sock_forget(sk);
 	return 0;
 }
+

@@ -45,6 +45,8 @@ struct psc_tcp_stats {
 
 enum psc_tcp_counter {
 	PSC_TCP_FOLDED = 0,       /* series map full: folded into the overflow series */
-	PSC_TCP_UNTRACKED = 1,    /* socket storage refused: connection not followed */
-	PSC_TCP_COUNTERS = 2,
+	PSC_TCP_UNTRACKED = 1,    /* tcp_socks full: connection not followed */
+	PSC_TCP_SOCKS_ADDED = 2,  /* with the next, the fill of tcp_socks */
+	PSC_TCP_SOCKS_REMOVED = 3,
+	PSC_TCP_COUNTERS = 4,
 };
