@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use common::{eventually, free_port, have_root, kernel_lock, Agent, Metrics};
 
-const TCP_CONFIG: &str = "probes:\n  syscalls:\n    enabled: false\n  process:\n    enabled: false\n  tcp:\n    enabled: true\n";
+/// The periodic sample of open connections is off: these tests count RTT samples, one
+/// per connection at its close. The sampler's own test turns it on.
+const TCP_CONFIG: &str = "probes:\n  syscalls:\n    enabled: false\n  process:\n    enabled: false\n  tcp:\n    enabled: true\n    sample_interval_secs: 0\n";
 
 fn ours<'a>(
     pid: &'a str,
@@ -588,4 +590,72 @@ fn a_full_connection_table_refuses_new_connections_and_counts_them() {
             && m.one("periscope_bpf_map_entries", &table) < capacity as f64
     });
     assert_eq!(value(&m, "tcp_active_connections", &outbound), 0.0);
+}
+
+#[test]
+fn open_connections_show_their_bytes_before_they_close_and_count_them_once() {
+    if !have_root("open_connections_show_their_bytes_before_they_close_and_count_them_once") {
+        return;
+    }
+    let _lock = kernel_lock();
+    let agent =
+        Agent::start(&TCP_CONFIG.replace("sample_interval_secs: 0", "sample_interval_secs: 1"));
+    let listener = TcpListener::bind("127.0.0.1:0").expect("listen");
+    let port = listener.local_addr().expect("addr").port().to_string();
+    let pid = std::process::id().to_string();
+    const SENT: usize = 250_000;
+    const ANSWERED: usize = 90_000;
+    let (close_tx, close_rx) = std::sync::mpsc::channel::<()>();
+    let server = std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().expect("accept");
+        let mut got = vec![0u8; SENT];
+        conn.read_exact(&mut got).expect("read");
+        conn.write_all(&vec![7u8; ANSWERED]).expect("answer");
+        let _ = close_rx.recv();
+    });
+    let mut conn =
+        TcpStream::connect(("127.0.0.1", port.parse::<u16>().expect("port"))).expect("connect");
+    conn.write_all(&vec![1u8; SENT]).expect("send");
+    let mut answer = vec![0u8; ANSWERED];
+    conn.read_exact(&mut answer).expect("answer");
+
+    let out = ours(&pid, "outbound", "peer_port", &port);
+    let inb = ours(&pid, "inbound", "server_port", &port);
+    let exact = |m: &Metrics| {
+        value(m, "tcp_sent_bytes_total", &out) == SENT as f64
+            && value(m, "tcp_received_bytes_total", &out) == ANSWERED as f64
+            && value(m, "tcp_sent_bytes_total", &inb) == ANSWERED as f64
+            && value(m, "tcp_received_bytes_total", &inb) == SENT as f64
+    };
+    // Still open: the sampler has added its bytes and an RTT sample.
+    let m = eventually(&agent, |m| {
+        exact(m) && value(m, "tcp_rtt_seconds_count", &out) >= 1.0
+    });
+    assert!(
+        exact(&m),
+        "bytes of an open connection, each way, from both ends"
+    );
+    assert_eq!(value(&m, "tcp_active_connections", &out), 1.0);
+    assert_eq!(value(&m, "tcp_active_connections", &inb), 1.0);
+    assert!(value(&m, "tcp_rtt_seconds_count", &inb) >= 1.0);
+    let sampled = value(&m, "tcp_rtt_seconds_count", &out);
+
+    // Closed: nothing is counted twice, and the close adds one more RTT sample.
+    drop(conn);
+    close_tx.send(()).expect("close");
+    server.join().expect("server");
+    let m = eventually(&agent, |m| {
+        value(m, "tcp_active_connections", &out) == 0.0
+            && value(m, "tcp_active_connections", &inb) == 0.0
+    });
+    assert!(exact(&m), "a sampled connection's bytes are counted once");
+    assert!(value(&m, "tcp_rtt_seconds_count", &out) >= sampled + 1.0);
+    // Samples after the close add nothing.
+    std::thread::sleep(Duration::from_millis(2500));
+    let later = agent.metrics();
+    assert!(exact(&later));
+    assert_eq!(
+        value(&later, "tcp_rtt_seconds_count", &out),
+        value(&m, "tcp_rtt_seconds_count", &out)
+    );
 }

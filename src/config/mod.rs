@@ -352,6 +352,9 @@ pub struct TcpConfig {
     /// new connections are not followed and `periscope_series_folded_total{map="tcp_socks"}`
     /// counts them.
     pub max_connections: NonZeroU32,
+    /// How often open connections add their bytes and retransmits so far to their series
+    /// and give one RTT sample; 0 leaves it all to their close.
+    pub sample_interval_secs: u64,
     /// `le` bounds of `tcp_connect_duration_seconds` (at most 23).
     pub connect_duration_buckets_seconds: Buckets,
     /// `le` bounds of `tcp_rtt_seconds` (at most 23).
@@ -365,6 +368,7 @@ impl Default for TcpConfig {
             max_series: nonzero(16384),
             max_peers_per_process: nonzero(100),
             max_connections: nonzero(65536),
+            sample_interval_secs: 10,
             connect_duration_buckets_seconds: Buckets(vec![
                 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
                 1.0, 2.5, 5.0, 10.0,

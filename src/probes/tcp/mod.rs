@@ -168,6 +168,11 @@ pub struct TcpProbe {
     peers_folded: u64,
     started: SystemTime,
     fill: Vec<MapFill>,
+    /// The sampler of open connections, an iterator over the socket table, and when it
+    /// runs next.
+    sampler: Option<Link>,
+    sample_interval: Option<Duration>,
+    next_sample: Instant,
 }
 
 impl TcpProbe {
@@ -215,6 +220,10 @@ impl TcpProbe {
             peers_folded: 0,
             started: SystemTime::now(),
             fill: Vec::new(),
+            sampler: None,
+            sample_interval: (settings.sample_interval_secs > 0)
+                .then(|| Duration::from_secs(settings.sample_interval_secs)),
+            next_sample: Instant::now(),
         };
         if attach {
             let link = probe
@@ -224,6 +233,16 @@ impl TcpProbe {
                 .attach()
                 .map_err(ProbeError::bpf("attaching tp_btf/inet_sock_set_state"))?;
             probe.links.push(link);
+            if let Some(interval) = probe.sample_interval {
+                let sampler = probe
+                    .skel
+                    .progs
+                    .psc_tcp_sample
+                    .attach_iter(probe.skel.maps.tcp_socks.as_fd())
+                    .map_err(ProbeError::bpf("creating the sampler of open connections"))?;
+                probe.sampler = Some(sampler);
+                probe.next_sample = Instant::now() + interval;
+            }
             // Attached first: a listen() from now on is seen by the program, and those
             // made before are found here.
             let seeded = probe.seed_listeners();
@@ -296,6 +315,20 @@ impl TcpProbe {
             }
         }
         seeded
+    }
+
+    /// Runs the sampler over every open connection (it writes nothing to read).
+    fn sample_open_connections(&self) {
+        let Some(link) = &self.sampler else {
+            return;
+        };
+        let outcome = libbpf_rs::Iter::new(link).and_then(|mut iter| {
+            let mut sink = Vec::new();
+            std::io::Read::read_to_end(&mut iter, &mut sink).map_err(libbpf_rs::Error::from)
+        });
+        if let Err(err) = outcome {
+            tracing::warn!(error = %err, "sampling open TCP connections failed");
+        }
     }
 
     fn counter(&self, slot: u32) -> u64 {
@@ -401,6 +434,15 @@ impl Probe for TcpProbe {
 
     fn attach_method(&self) -> String {
         "tp_btf/inet_sock_set_state".into()
+    }
+
+    fn tick(&mut self, now: Instant) -> Option<Instant> {
+        let interval = self.sample_interval?;
+        if now >= self.next_sample {
+            self.sample_open_connections();
+            self.next_sample = now + interval;
+        }
+        Some(self.next_sample)
     }
 
     fn collect(&mut self, now: Instant, out: &mut Vec<Family>) {
@@ -547,10 +589,16 @@ impl Probe for TcpProbe {
     }
 
     fn programs(&self) -> Vec<(String, BorrowedFd<'_>)> {
-        vec![(
-            "psc_tcp_state".into(),
-            self.skel.progs.psc_tcp_state.as_fd(),
-        )]
+        vec![
+            (
+                "psc_tcp_state".into(),
+                self.skel.progs.psc_tcp_state.as_fd(),
+            ),
+            (
+                "psc_tcp_sample".into(),
+                self.skel.progs.psc_tcp_sample.as_fd(),
+            ),
+        ]
     }
 
     fn map_fill(&self) -> Vec<MapFill> {

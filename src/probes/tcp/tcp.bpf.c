@@ -42,10 +42,18 @@ struct psc_tcp_stats psc_tcp_stats_type = {};
 struct psc_tcp_sock {
 	struct psc_tcp_key key;
 	__u64 started_ns;
+	/* The socket's totals as far as they were added to its series, by the periodic
+	 * sampler or at close; under `lock`, which the two take in turn. */
+	__u64 sent_added;
+	__u64 received_added;
+	__u32 retransmits_added;
+	struct bpf_spin_lock lock;
 	__u8 established;
 	/* Its open went to the overflow series: so does its close, or the two would part. */
 	__u8 folded;
-	__u8 pad[6];
+	/* Past its final CLOSE, under `lock`: the sampler leaves it alone. */
+	__u8 closed;
+	__u8 pad[5];
 };
 
 struct {
@@ -172,39 +180,87 @@ static __always_inline void set_peer(struct psc_tcp_key *key, const struct sock 
 		BPF_CORE_READ_INTO(&key->addr, sk, __sk_common.skc_v6_daddr.in6_u.u6_addr8);
 }
 
-/* The final CLOSE of a counted connection: the socket's own totals join its series. */
+/* A socket's data bytes so far: bytes_sent counts retransmitted data again, and
+ * bytes_received counts the peer's FIN as one (its sequence number). SOCK_DONE is set
+ * when the peer's FIN arrived (a local close or a reset shuts the receive side down
+ * without one). */
+struct psc_tcp_totals {
+	__u64 sent;
+	__u64 received;
+	__u32 retransmits;
+	__u32 srtt_us;
+};
+
+static __always_inline void totals_of(const struct tcp_sock *tp, struct psc_tcp_totals *t)
+{
+	__u64 sent = tp->bytes_sent, retrans = tp->bytes_retrans;
+	__u64 received = tp->bytes_received;
+
+	if ((tp->inet_conn.icsk_inet.sk.__sk_common.skc_flags & (1UL << SOCK_DONE)) &&
+	    received > 0)
+		received--;
+	t->sent = sent > retrans ? sent - retrans : 0;
+	t->received = received;
+	t->retransmits = tp->total_retrans;
+	t->srtt_us = tp->srtt_us >> 3;
+}
+
+/* Turns `t` into what it adds to the socket's series since the last time, and marks it
+ * added. Counters that a sample caught mid-update never make a series go back. */
+static __always_inline void take_delta(struct psc_tcp_sock *sock, struct psc_tcp_totals *t)
+{
+	__u64 sent = t->sent, received = t->received;
+	__u32 retransmits = t->retransmits;
+
+	t->sent = sent > sock->sent_added ? sent - sock->sent_added : 0;
+	t->received = received > sock->received_added ? received - sock->received_added : 0;
+	t->retransmits = retransmits > sock->retransmits_added ?
+				 retransmits - sock->retransmits_added : 0;
+	if (sent > sock->sent_added)
+		sock->sent_added = sent;
+	if (received > sock->received_added)
+		sock->received_added = received;
+	if (retransmits > sock->retransmits_added)
+		sock->retransmits_added = retransmits;
+}
+
+static __always_inline void add_totals(struct psc_tcp_stats *stats, const struct psc_tcp_totals *t)
+{
+	__u32 idx = bucket_of(t->srtt_us, rtt_bounds_us, rtt_bounds_len);
+
+	stats->sent_bytes += t->sent;
+	stats->received_bytes += t->received;
+	stats->retransmits += t->retransmits;
+	stats->rtt_sum_us += t->srtt_us;
+	if (idx < PSC_TCP_BUCKETS)
+		stats->rtt[idx] += 1;
+}
+
+/* The final CLOSE of a counted connection: what its totals add since the last sample
+ * joins its series, with one RTT sample. */
 static __always_inline void close_established(const struct sock *sk, struct psc_tcp_sock *sock)
 {
 	struct tcp_sock *tp = bpf_skc_to_tcp_sock((void *)sk);
 	struct psc_tcp_stats *stats;
-	__u64 sent, retrans, received;
-	__u32 srtt_us, idx;
-
-	if (!tp)
-		return;
-	srtt_us = tp->srtt_us >> 3;
-	idx = bucket_of(srtt_us, rtt_bounds_us, rtt_bounds_len);
+	struct psc_tcp_totals t;
 
 	sock->established = 0;
+	if (!tp) {
+		bpf_spin_lock(&sock->lock);
+		sock->closed = 1;
+		bpf_spin_unlock(&sock->lock);
+		return;
+	}
+	totals_of(tp, &t);
+	bpf_spin_lock(&sock->lock);
+	sock->closed = 1;
+	take_delta(sock, &t);
+	bpf_spin_unlock(&sock->lock);
 	stats = stats_of(sock);
 	if (!stats)
 		return;
 	stats->active += -1;
-	/* Data bytes only: bytes_sent counts retransmitted data again, and
-	 * bytes_received counts the peer's FIN as one (its sequence number). */
-	sent = tp->bytes_sent;
-	retrans = tp->bytes_retrans;
-	received = tp->bytes_received;
-	/* SOCK_DONE is set when the peer's FIN arrived (a local close or a reset
-	 * shuts the receive side down without one). */
-	if ((sk->__sk_common.skc_flags & (1UL << SOCK_DONE)) && received > 0)
-		received--;
-	stats->sent_bytes += sent > retrans ? sent - retrans : 0;
-	stats->received_bytes += received;
-	stats->retransmits += tp->total_retrans;
-	stats->rtt_sum_us += srtt_us;
-	if (idx < PSC_TCP_BUCKETS)
-		stats->rtt[idx] += 1;
+	add_totals(stats, &t);
 }
 
 SEC("tp_btf/inet_sock_set_state")
@@ -313,3 +369,53 @@ int BPF_PROG(psc_tcp_state, const struct sock *sk, int oldstate, int newstate)
 	return 0;
 }
 
+
+/* The periodic sample of open connections, run by user space every
+ * probes.tcp.sample_interval_secs over the socket table: what each connection's totals
+ * added since the last sample joins its series, and its smoothed RTT is one sample of
+ * the RTT histogram, so long connections show their traffic while they last. The
+ * socket is alive while its entry is not `closed`: its final CLOSE waits for the lock. */
+SEC("iter/bpf_map_elem")
+int psc_tcp_sample(struct bpf_iter__bpf_map_elem *ctx)
+{
+	struct psc_tcp_stats *stats;
+	struct psc_tcp_sock *sock;
+	struct psc_tcp_totals t;
+	struct tcp_sock *tp;
+	__u64 *id = ctx->key;
+
+	__u64 addr;
+
+	if (!id)
+		return 0;
+	addr = *id;
+	/* The map's own value pointer, which the lock needs. */
+	sock = bpf_map_lookup_elem(&tcp_socks, &addr);
+	if (!sock || !sock->established)
+		return 0;
+	tp = bpf_core_cast((void *)addr, struct tcp_sock);
+	bpf_spin_lock(&sock->lock);
+	if (sock->closed) {
+		bpf_spin_unlock(&sock->lock);
+		return 0;
+	}
+	totals_of(tp, &t);
+	take_delta(sock, &t);
+	bpf_spin_unlock(&sock->lock);
+	stats = stats_of(sock);
+	if (!stats)
+		return 0;
+	/* Atomic here: this runs in process context, and a state change in a softirq on
+	 * this CPU may add to the same per-CPU value at any moment. */
+	__sync_fetch_and_add(&stats->sent_bytes, t.sent);
+	__sync_fetch_and_add(&stats->received_bytes, t.received);
+	__sync_fetch_and_add(&stats->retransmits, t.retransmits);
+	__sync_fetch_and_add(&stats->rtt_sum_us, t.srtt_us);
+	{
+		__u32 idx = bucket_of(t.srtt_us, rtt_bounds_us, rtt_bounds_len);
+
+		if (idx < PSC_TCP_BUCKETS)
+			__sync_fetch_and_add(&stats->rtt[idx], 1);
+	}
+	return 0;
+}
