@@ -426,19 +426,33 @@ fn connections_to_a_listener_older_than_the_agent_count_for_its_process() {
         return;
     }
     let _lock = kernel_lock();
-    let mut listener = std::process::Command::new("python3")
-        .args(["-c", PY_LISTENER])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("python3");
-    let mut port = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(listener.stdout.take().expect("stdout")),
-        &mut port,
-    )
-    .expect("port");
-    let port = port.trim().to_string();
-    // The agent starts after the listener called listen().
+    let start_listener = |command: &mut std::process::Command| {
+        let mut listener = command
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3");
+        let mut port = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(listener.stdout.take().expect("stdout")),
+            &mut port,
+        )
+        .expect("port");
+        (listener, port.trim().to_string())
+    };
+    let (mut listener, port) =
+        start_listener(std::process::Command::new("python3").args(["-c", PY_LISTENER]));
+    // One more in a network namespace of the test's: seeding reads each namespace's own
+    // table of sockets.
+    let ns = Netns::new("seed", "");
+    let (mut ns_listener, ns_port) = start_listener(std::process::Command::new("ip").args([
+        "netns",
+        "exec",
+        &ns.0,
+        "python3",
+        "-c",
+        PY_LISTENER,
+    ]));
+    // The agent starts after both called listen().
     let agent = Agent::start(TCP_CONFIG);
     const N: usize = 9;
     for _ in 0..N {
@@ -446,22 +460,40 @@ fn connections_to_a_listener_older_than_the_agent_count_for_its_process() {
             TcpStream::connect(("127.0.0.1", port.parse::<u16>().expect("port"))).expect("connect");
         let _ = conn.read(&mut [0u8; 1]);
     }
-    let pid = listener.id().to_string();
-    let inbound = [
-        ("process_pid", pid.as_str()),
-        ("direction", "inbound"),
-        ("server_port", port.as_str()),
-    ];
+    const IN_NETNS: usize = 3;
+    ns.python(PY_CONNECT, &[&ns_port, &IN_NETNS.to_string()]);
+    let inbound = |pid: &str, port: &str| {
+        [
+            ("process_pid", pid.to_string()),
+            ("direction", "inbound".to_string()),
+            ("server_port", port.to_string()),
+        ]
+    };
+    let count = |m: &Metrics, labels: &[(&str, String); 3]| {
+        let labels: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        value(m, "tcp_connections_opened_total", &labels)
+    };
+    let here = inbound(&listener.id().to_string(), &port);
+    let there = inbound(&ns_listener.id().to_string(), &ns_port);
     let m = eventually(&agent, |m| {
-        value(m, "tcp_connections_opened_total", &inbound) == N as f64
+        count(m, &here) == N as f64 && count(m, &there) == IN_NETNS as f64
     });
-    assert_eq!(
-        value(&m, "tcp_connections_opened_total", &inbound),
-        N as f64
-    );
-    let _ = listener.kill();
-    let _ = listener.wait();
+    assert_eq!(count(&m, &here), N as f64);
+    assert_eq!(count(&m, &there), IN_NETNS as f64);
+    for child in [&mut listener, &mut ns_listener] {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
 }
+
+/// Connects argv[2] times to 127.0.0.1:argv[1] and closes; prints its pid.
+const PY_CONNECT: &str = r#"
+import os, socket, sys
+port, n = int(sys.argv[1]), int(sys.argv[2])
+for _ in range(n):
+    socket.create_connection(("127.0.0.1", port)).close()
+print("pid", os.getpid(), flush=True)
+"#;
 
 #[test]
 fn a_full_series_map_folds_into_the_overflow_series_with_exact_totals() {
@@ -658,4 +690,124 @@ fn open_connections_show_their_bytes_before_they_close_and_count_them_once() {
         value(&later, "tcp_rtt_seconds_count", &out),
         value(&m, "tcp_rtt_seconds_count", &out)
     );
+}
+
+/// Listens on 127.0.0.1:argv[1] in a way that makes a second process's listen() on the
+/// same port fail: both bind it with SO_REUSEADDR before either listens, then the
+/// parent listens, then the child tries to. Prints "ready CHILD_PID", holds the
+/// listener until stdin closes.
+const PY_CONTENDED_LISTEN: &str = r#"
+import os, socket, sys
+port = int(sys.argv[1])
+def bound():
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("127.0.0.1", port))
+    return s
+mine = bound()
+to_child_r, to_child_w = os.pipe()
+to_parent_r, to_parent_w = os.pipe()
+child = os.fork()
+if child == 0:
+    outcome = b"E"
+    try:
+        theirs = bound()
+        os.write(to_parent_w, b"B")
+        os.read(to_child_r, 1)
+        try:
+            theirs.listen(8)
+            outcome = b"L"
+        except OSError:
+            outcome = b"F"
+    finally:
+        os.write(to_parent_w, outcome)
+        os._exit(0)
+assert os.read(to_parent_r, 1) == b"B", "the child could not bind"
+mine.listen(64)
+os.write(to_child_w, b"x")
+assert os.read(to_parent_r, 1) == b"F", "the second listen() should fail"
+os.waitpid(child, 0)
+print("ready", child, flush=True)
+sys.stdin.read()
+"#;
+
+/// Listens on 127.0.0.1:argv[1], connects to itself argv[2] times, prints its pid.
+const PY_SELF_CONNECT: &str = r#"
+import os, socket, sys
+port, n = int(sys.argv[1]), int(sys.argv[2])
+srv = socket.socket(); srv.bind(("127.0.0.1", port)); srv.listen(64)
+held = [socket.create_connection(("127.0.0.1", port)) for _ in range(n)]
+print("pid", os.getpid(), flush=True)
+"#;
+
+#[test]
+fn listeners_are_told_apart_by_namespace_and_a_failed_listen_takes_nothing() {
+    if !have_root("listeners_are_told_apart_by_namespace_and_a_failed_listen_takes_nothing") {
+        return;
+    }
+    let _lock = kernel_lock();
+    let agent = Agent::start(TCP_CONFIG);
+    let port = free_port();
+    let port_text = port.to_string();
+    let mut owner = std::process::Command::new("python3")
+        .args(["-c", PY_CONTENDED_LISTEN, &port_text])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut ready = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(owner.stdout.take().expect("stdout")),
+        &mut ready,
+    )
+    .expect("ready");
+    let loser = ready
+        .trim()
+        .strip_prefix("ready ")
+        .expect("ready CHILD")
+        .to_string();
+    // The same port in a namespace of the test's, listened on meanwhile.
+    const IN_NETNS: usize = 4;
+    let ns = Netns::new("listen", "");
+    let (other, _) = ns.python(PY_SELF_CONNECT, &[&port_text, &IN_NETNS.to_string()]);
+    const HERE: usize = 6;
+    let held: Vec<TcpStream> = (0..HERE)
+        .map(|_| TcpStream::connect(("127.0.0.1", port)).expect("connect"))
+        .collect();
+
+    let owner_pid = owner.id().to_string();
+    let other_pid = other.to_string();
+    let inbound_of = |m: &Metrics, pid: &str| {
+        value(
+            m,
+            "tcp_connections_opened_total",
+            &[
+                ("process_pid", pid),
+                ("direction", "inbound"),
+                ("server_port", &port_text),
+            ],
+        )
+    };
+    let m = eventually(&agent, |m| {
+        inbound_of(m, &owner_pid) == HERE as f64 && inbound_of(m, &other_pid) == IN_NETNS as f64
+    });
+    assert_eq!(inbound_of(&m, &owner_pid), HERE as f64);
+    assert_eq!(inbound_of(&m, &other_pid), IN_NETNS as f64);
+    assert_eq!(
+        inbound_of(&m, &loser),
+        0.0,
+        "a failed listen() owns nothing"
+    );
+    // And nothing went to a listener it could not name.
+    assert_eq!(
+        value(
+            &m,
+            "tcp_connections_opened_total",
+            &[("direction", "inbound"), ("server_port", &port_text)],
+        ),
+        (HERE + IN_NETNS) as f64
+    );
+    drop(held);
+    drop(owner.stdin.take());
+    let _ = owner.wait();
 }

@@ -114,3 +114,9 @@ pub fn socket_address(family: u8, addr: &[u8; 16]) -> String {
         _ => String::new(),
     }
 }
+
+/// The bytes of a kernel-shared value, as map keys and values are passed.
+pub fn plain_bytes<T: plain::Plain>(value: &T) -> &[u8] {
+    // SAFETY: Plain types are plain integers without padding-dependent invariants.
+    unsafe { plain::as_bytes(value) }
+}

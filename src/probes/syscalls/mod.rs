@@ -17,7 +17,7 @@ use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{Link, MapCore, MapFlags, TracepointCategory};
 use tracing::{debug, info, warn};
 
-use super::util::{self, c_string, MapFill, ProbeError};
+use super::util::{self, c_string, plain_bytes, MapFill, ProbeError};
 use super::{Probe, ProbeSpec};
 use crate::config::{Config, SamplingMode};
 use crate::enrich::ProcessTable;
@@ -832,9 +832,4 @@ fn decode_hist(bytes: &[u8]) -> Option<LogLinearHistogram> {
     let hist: types::psc_hist = decode(bytes)?;
     debug_assert_eq!(hist.buckets.len(), BUCKETS);
     Some(LogLinearHistogram::from_parts(&hist.buckets, hist.sum))
-}
-
-fn plain_bytes<T: plain::Plain>(value: &T) -> &[u8] {
-    // SAFETY: Plain types are plain integers without padding-dependent invariants.
-    unsafe { plain::as_bytes(value) }
 }

@@ -25,6 +25,30 @@ use skel::{types, TcpSkel, TcpSkelBuilder};
 // SAFETY: plain C structs of integers, generated from the program's BTF.
 unsafe impl plain::Plain for types::psc_tcp_key {}
 unsafe impl plain::Plain for types::psc_tcp_stats {}
+unsafe impl plain::Plain for types::psc_tcp_listener_key {}
+unsafe impl plain::Plain for types::psc_tcp_listener {}
+
+/// The number in a link target such as `socket:[123]` or `net:[4026531840]`.
+fn bracketed_number(target: &str, prefix: &str) -> Option<u64> {
+    target.strip_prefix(prefix)?.strip_suffix(']')?.parse().ok()
+}
+
+/// (inode, local port) of each listening socket in a /proc/net/tcp{,6} table.
+fn listening_sockets(table: &str) -> Vec<(u64, u16)> {
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            // st 0A is LISTEN; local_address is ADDR:PORT in hex.
+            if fields.len() <= 9 || fields[3] != "0A" {
+                return None;
+            }
+            let port = u16::from_str_radix(fields[1].rsplit(':').next()?, 16).ok()?;
+            Some((fields[9].parse().ok()?, port))
+        })
+        .collect()
+}
 
 const INBOUND: u8 = 2;
 const FAILURE_REASONS: [&str; 4] = ["refused", "timeout", "unreachable", "other"];
@@ -173,6 +197,8 @@ pub struct TcpProbe {
     sampler: Option<Link>,
     sample_interval: Option<Duration>,
     next_sample: Instant,
+    /// Listeners found in /proc at start, for the fill of `listeners`.
+    seeded_listeners: u64,
 }
 
 impl TcpProbe {
@@ -224,6 +250,7 @@ impl TcpProbe {
             sample_interval: (settings.sample_interval_secs > 0)
                 .then(|| Duration::from_secs(settings.sample_interval_secs)),
             next_sample: Instant::now(),
+            seeded_listeners: 0,
         };
         if attach {
             let link = probe
@@ -245,39 +272,24 @@ impl TcpProbe {
             }
             // Attached first: a listen() from now on is seen by the program, and those
             // made before are found here.
-            let seeded = probe.seed_listeners();
-            tracing::debug!(listeners = seeded, "listening ports of running processes");
+            probe.seeded_listeners = probe.seed_listeners();
+            tracing::debug!(
+                listeners = probe.seeded_listeners,
+                "listening ports of running processes"
+            );
         }
         Ok(probe)
     }
 
     /// Tells the kernel which process owns each port that was already listening when
-    /// the probe attached, from /proc/net/tcp{,6} and the processes' socket fds. A port
-    /// the program has learned since is left as it is.
-    fn seed_listeners(&self) -> usize {
-        let mut ports_by_inode: HashMap<u64, u16> = HashMap::new();
-        for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
-            let Ok(text) = std::fs::read_to_string(table) else {
-                continue;
-            };
-            for line in text.lines().skip(1) {
-                let fields: Vec<&str> = line.split_whitespace().collect();
-                // st 0A is LISTEN; local_address is ADDR:PORT in hex.
-                if fields.len() > 9 && fields[3] == "0A" {
-                    let port = fields[1]
-                        .rsplit(':')
-                        .next()
-                        .and_then(|p| u16::from_str_radix(p, 16).ok());
-                    if let (Some(port), Ok(inode)) = (port, fields[9].parse::<u64>()) {
-                        ports_by_inode.insert(inode, port);
-                    }
-                }
-            }
-        }
-        if ports_by_inode.is_empty() {
-            return 0;
-        }
-        let mut seeded = 0;
+    /// the probe attached, in every network namespace: the processes' socket fds, and
+    /// the listening sockets of /proc/PID/net/tcp{,6} read once per namespace. A port
+    /// the program has learned since is left as it is. The owner is the lowest pid that
+    /// holds the socket (a parent that shares it with its workers). The map's fill does
+    /// not drop when these close: the program never learns their socket.
+    fn seed_listeners(&self) -> u64 {
+        let mut sockets_of: Vec<(u32, u32, Vec<u64>)> = Vec::new(); // pid, netns, inodes
+        let mut netns_pid: BTreeMap<u32, u32> = BTreeMap::new();
         let Ok(processes) = std::fs::read_dir("/proc") else {
             return 0;
         };
@@ -289,29 +301,73 @@ impl TcpProbe {
             else {
                 continue;
             };
+            let Some(netns) = std::fs::read_link(entry.path().join("ns/net"))
+                .ok()
+                .and_then(|t| bracketed_number(t.to_str()?, "net:["))
+                .and_then(|n| u32::try_from(n).ok())
+            else {
+                continue;
+            };
             let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else {
                 continue;
             };
-            for fd in fds.flatten() {
-                let Ok(target) = std::fs::read_link(fd.path()) else {
+            let inodes: Vec<u64> = fds
+                .flatten()
+                .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+                .filter_map(|t| bracketed_number(t.to_str()?, "socket:["))
+                .collect();
+            if !inodes.is_empty() {
+                netns_pid.entry(netns).or_insert(pid);
+                sockets_of.push((pid, netns, inodes));
+            }
+        }
+        // Listening sockets of each namespace: inode -> port.
+        let mut listening: HashMap<(u32, u64), u16> = HashMap::new();
+        for (&netns, &pid) in &netns_pid {
+            for table in ["tcp", "tcp6"] {
+                let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")) else {
                     continue;
                 };
-                let inode = target
-                    .to_str()
-                    .and_then(|t| t.strip_prefix("socket:["))
-                    .and_then(|t| t.strip_suffix(']'))
-                    .and_then(|t| t.parse::<u64>().ok());
-                if let Some(port) = inode.and_then(|i| ports_by_inode.get(&i)) {
-                    if self
-                        .skel
-                        .maps
-                        .listeners
-                        .update(&port.to_ne_bytes(), &pid.to_ne_bytes(), MapFlags::NO_EXIST)
-                        .is_ok()
-                    {
-                        seeded += 1;
-                    }
+                for (inode, port) in listening_sockets(&text) {
+                    listening.insert((netns, inode), port);
                 }
+            }
+        }
+        // (netns, port) -> the lowest pid holding a socket listening there.
+        let mut found: BTreeMap<(u32, u16), u32> = BTreeMap::new();
+        sockets_of.sort_by_key(|(pid, _, _)| *pid);
+        for (pid, netns, inodes) in &sockets_of {
+            for inode in inodes {
+                if let Some(port) = listening.get(&(*netns, *inode)) {
+                    found.entry((*netns, *port)).or_insert(*pid);
+                }
+            }
+        }
+        let mut seeded = 0;
+        for ((netns, port), pid) in found {
+            let key = types::psc_tcp_listener_key {
+                netns,
+                port,
+                ..Default::default()
+            };
+            // No count of sockets: the program cannot see these close, and the next
+            // listen() on the port takes it over.
+            let value = types::psc_tcp_listener {
+                tgid: pid,
+                sockets: 0,
+            };
+            if self
+                .skel
+                .maps
+                .listeners
+                .update(
+                    util::plain_bytes(&key),
+                    util::plain_bytes(&value),
+                    MapFlags::NO_EXIST,
+                )
+                .is_ok()
+            {
+                seeded += 1;
             }
         }
         seeded
@@ -421,6 +477,11 @@ impl TcpProbe {
                 map: "tcp_socks",
                 entries: self.counter(2).saturating_sub(self.counter(3)),
                 capacity: u64::from(self.skel.maps.tcp_socks.max_entries()),
+            },
+            MapFill {
+                map: "listeners",
+                entries: (self.seeded_listeners + self.counter(5)).saturating_sub(self.counter(6)),
+                capacity: u64::from(self.skel.maps.listeners.max_entries()),
             },
         ];
         rows
@@ -609,6 +670,7 @@ impl Probe for TcpProbe {
         vec![
             ("series", self.counter(0)),
             ("tcp_socks", self.counter(1)),
+            ("listeners", self.counter(4)),
             ("peers", self.peers_folded),
         ]
     }

@@ -37,6 +37,8 @@ const volatile __u32 rtt_bounds_len = 0;
 
 struct psc_tcp_key psc_tcp_key_type = {};
 struct psc_tcp_stats psc_tcp_stats_type = {};
+struct psc_tcp_listener_key psc_tcp_listener_key_type = {};
+struct psc_tcp_listener psc_tcp_listener_type = {};
 
 /* Per socket, from its connect or accept. */
 struct psc_tcp_sock {
@@ -109,13 +111,25 @@ static __always_inline void sock_forget(const struct sock *sk)
 		PSC_COUNT_IN(counters, PSC_TCP_SOCKS_REMOVED);
 }
 
-/* The process listening on each local port (learned when it called listen()). */
+/* The process listening on each port, learned at listen() and forgotten when its last
+ * listening socket closes. */
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 65536);
-	__type(key, __u16);
-	__type(value, __u32);
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, 16384);
+	__type(key, struct psc_tcp_listener_key);
+	__type(value, struct psc_tcp_listener);
 } listeners SEC(".maps");
+
+/* The port each listening socket took, by the socket's address: at its close the kernel
+ * has already released an automatically chosen port, so the socket no longer says. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, 16384);
+	__type(key, __u64);
+	__type(value, struct psc_tcp_listener_key);
+} listening SEC(".maps");
 
 /* Series; capped by user space (probes.tcp.max_series). Per CPU: a connection's
  * changes run on whichever CPU handles its packets, and plain adds to a CPU's own copy
@@ -178,6 +192,71 @@ static __always_inline void set_peer(struct psc_tcp_key *key, const struct sock 
 		__builtin_memcpy(key->addr, &sk->__sk_common.skc_daddr, 4);
 	else
 		BPF_CORE_READ_INTO(&key->addr, sk, __sk_common.skc_v6_daddr.in6_u.u6_addr8);
+}
+
+static __always_inline void listener_key_of(const struct sock *sk,
+					    struct psc_tcp_listener_key *key)
+{
+	key->netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+	key->port = sk->__sk_common.skc_num;
+	key->pad = 0;
+}
+
+static __always_inline void listener_opened(const struct sock *sk)
+{
+	struct psc_tcp_listener fresh = { .tgid = bpf_get_current_pid_tgid() >> 32, .sockets = 1 };
+	struct psc_tcp_listener_key key;
+	struct psc_tcp_listener *known;
+	__u64 id = (__u64)sk;
+	long err;
+
+	listener_key_of(sk, &key);
+	if (bpf_map_update_elem(&listening, &id, &key, BPF_ANY)) {
+		PSC_COUNT_IN(counters, PSC_TCP_LISTENERS_REFUSED);
+		return;
+	}
+	known = bpf_map_lookup_elem(&listeners, &key);
+	if (!known) {
+		err = bpf_map_update_elem(&listeners, &key, &fresh, BPF_NOEXIST);
+		if (!err) {
+			PSC_COUNT_IN(counters, PSC_TCP_LISTENERS_ADDED);
+			return;
+		}
+		if (err != -EEXIST) {
+			bpf_map_delete_elem(&listening, &id);
+			PSC_COUNT_IN(counters, PSC_TCP_LISTENERS_REFUSED);
+			return;
+		}
+		known = bpf_map_lookup_elem(&listeners, &key);
+		if (!known)
+			return;
+	}
+	/* Found in /proc at start: its close will not be seen, so a new listener takes the
+	 * port over. */
+	if (!known->sockets) {
+		known->tgid = fresh.tgid;
+		known->sockets = 1;
+		return;
+	}
+	__sync_fetch_and_add(&known->sockets, 1);
+}
+
+static __always_inline void listener_closed(const struct sock *sk)
+{
+	struct psc_tcp_listener_key *key;
+	struct psc_tcp_listener *known;
+	__u64 id = (__u64)sk;
+
+	key = bpf_map_lookup_elem(&listening, &id);
+	if (!key)
+		return;
+	known = bpf_map_lookup_elem(&listeners, key);
+	if (known) {
+		__sync_fetch_and_add(&known->sockets, -1);
+		if ((__s32)known->sockets <= 0 && !bpf_map_delete_elem(&listeners, key))
+			PSC_COUNT_IN(counters, PSC_TCP_LISTENERS_REMOVED);
+	}
+	bpf_map_delete_elem(&listening, &id);
 }
 
 /* A socket's data bytes so far: bytes_sent counts retransmitted data again, and
@@ -275,10 +354,14 @@ int BPF_PROG(psc_tcp_state, const struct sock *sk, int oldstate, int newstate)
 		return 0;
 
 	if (newstate == TCP_LISTEN) {
-		__u16 port = sk->__sk_common.skc_num;
-		__u32 tgid = bpf_get_current_pid_tgid() >> 32;
-
-		bpf_map_update_elem(&listeners, &port, &tgid, BPF_ANY);
+		listener_opened(sk);
+		return 0;
+	}
+	/* A listener's close; its other change, to SYN_RECV, is a child socket cloned from
+	 * it, which the accepted connection's ESTABLISHED covers. */
+	if (oldstate == TCP_LISTEN) {
+		if (newstate == TCP_CLOSE)
+			listener_closed(sk);
 		return 0;
 	}
 
@@ -302,12 +385,14 @@ int BPF_PROG(psc_tcp_state, const struct sock *sk, int oldstate, int newstate)
 		oldstate = TCP_SYN_SENT;
 	else if (oldstate == TCP_SYN_RECV && newstate == TCP_ESTABLISHED) {
 		struct psc_tcp_sock fresh = {};
-		__u16 port = sk->__sk_common.skc_num;
-		__u32 *owner = bpf_map_lookup_elem(&listeners, &port);
+		struct psc_tcp_listener_key at;
+		struct psc_tcp_listener *owner;
 
-		fresh.key.tgid = owner ? *owner : 0;
+		listener_key_of(sk, &at);
+		owner = bpf_map_lookup_elem(&listeners, &at);
+		fresh.key.tgid = owner ? owner->tgid : 0;
 		fresh.key.direction = PSC_TCP_INBOUND;
-		fresh.key.port = port;
+		fresh.key.port = at.port;
 		set_peer(&fresh.key, sk);
 		fresh.established = 1;
 		sock = sock_track(sk, &fresh);

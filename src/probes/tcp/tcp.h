@@ -43,10 +43,28 @@ struct psc_tcp_stats {
 	__u64 rtt[PSC_TCP_BUCKETS];
 };
 
+/* A listening port: the same port in two network namespaces is two listeners. */
+struct psc_tcp_listener_key {
+	__u32 netns; /* the namespace's inode number, as in /proc/PID/ns/net */
+	__u16 port;
+	__u16 pad;
+};
+
+/* The process that listened first, and how many sockets listen there (SO_REUSEPORT,
+ * or a listen() that fails on a taken port, add one each for a while); 0 for a
+ * listener found in /proc at start. */
+struct psc_tcp_listener {
+	__u32 tgid;
+	__u32 sockets;
+};
+
 enum psc_tcp_counter {
 	PSC_TCP_FOLDED = 0,       /* series map full: folded into the overflow series */
 	PSC_TCP_UNTRACKED = 1,    /* tcp_socks full: connection not followed */
 	PSC_TCP_SOCKS_ADDED = 2,  /* with the next, the fill of tcp_socks */
 	PSC_TCP_SOCKS_REMOVED = 3,
-	PSC_TCP_COUNTERS = 4,
+	PSC_TCP_LISTENERS_REFUSED = 4, /* listeners full: its connections count as unknown */
+	PSC_TCP_LISTENERS_ADDED = 5,   /* with the next, the fill of listeners */
+	PSC_TCP_LISTENERS_REMOVED = 6,
+	PSC_TCP_COUNTERS = 7,
 };
