@@ -85,6 +85,11 @@ pub fn families(health: &[ProbeHealth], agent: &AgentHealth) -> Vec<Family> {
         MetricKind::Counter,
     )
     .with_unit("seconds");
+    let mut missed = Family::new(
+        "periscope_bpf_program_recursion_misses",
+        "Runs the kernel skipped because the program was already running on that CPU: events it did not see.",
+        MetricKind::Counter,
+    );
     let mut entries = Family::new(
         "periscope_bpf_map_entries",
         "Entries in each keyed BPF map.",
@@ -123,6 +128,10 @@ pub fn families(health: &[ProbeHealth], agent: &AgentHealth) -> Vec<Family> {
             let mut labels = probe_label();
             labels.push(("program", program.clone()));
             runs.push(labels.clone(), Value::Counter(stats.run_count as f64));
+            missed.push(
+                labels.clone(),
+                Value::Counter(stats.recursion_misses as f64),
+            );
             run_time.push(labels, Value::Counter(stats.run_time_ns as f64 / 1e9));
         }
         for fill in &probe.maps {
@@ -170,7 +179,7 @@ pub fn families(health: &[ProbeHealth], agent: &AgentHealth) -> Vec<Family> {
     stats.push(vec![], Value::Counter(agent.stats_enabled.as_secs_f64()));
 
     let mut families = vec![
-        build, up, runs, run_time, stats, entries, capacity, folded, expired, lost, scrape,
+        build, up, runs, run_time, missed, stats, entries, capacity, folded, expired, lost, scrape,
         refused, start,
     ];
     if agent.spans.is_some() || !agent.exporters.is_empty() {

@@ -126,6 +126,7 @@ fn default_scrape_passes_promtool_and_both_formats_parse() {
         "periscope_build_info",
         "periscope_bpf_program_runs_total",
         "periscope_bpf_program_run_seconds_total",
+        "periscope_bpf_program_recursion_misses_total",
         "periscope_bpf_stats_enabled_seconds_total",
         "periscope_bpf_map_entries",
         "periscope_series_folded_total",

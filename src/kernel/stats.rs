@@ -34,6 +34,10 @@ impl StatsGuard {
 pub struct ProgramStats {
     pub run_count: u64,
     pub run_time_ns: u64,
+    /// Runs the kernel skipped because the program was already running on that CPU
+    /// (a softirq interrupting it): the events those runs would have seen are missed.
+    /// Counted whether statistics are on or not.
+    pub recursion_misses: u64,
 }
 
 pub fn program_stats(fd: BorrowedFd<'_>) -> std::io::Result<ProgramStats> {
@@ -47,6 +51,7 @@ pub fn program_stats(fd: BorrowedFd<'_>) -> std::io::Result<ProgramStats> {
     Ok(ProgramStats {
         run_count: info.run_cnt,
         run_time_ns: info.run_time_ns,
+        recursion_misses: info.recursion_misses,
     })
 }
 
