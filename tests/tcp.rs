@@ -811,3 +811,121 @@ fn listeners_are_told_apart_by_namespace_and_a_failed_listen_takes_nothing() {
     drop(owner.stdin.take());
     let _ = owner.wait();
 }
+
+/// In a namespace where every SYN to argv[1] is dropped and those to argv[3] are answered
+/// with ICMP host unreachable: argv[2] non-blocking connects closed after 100 ms, one
+/// blocking connect left to time out, one to the unreachable port; prints its pid.
+const PY_UNANSWERED: &str = r#"
+import os, socket, sys, time
+port, n, unreachable = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+for _ in range(n):
+    s = socket.socket(); s.setblocking(False)
+    try:
+        s.connect(("127.0.0.1", port))
+    except BlockingIOError:
+        pass
+    time.sleep(0.1)
+    s.close()
+try:
+    socket.create_connection(("127.0.0.1", port), timeout=30)
+except OSError as e:
+    print("timed out", e, flush=True)
+try:
+    socket.create_connection(("127.0.0.1", unreachable), timeout=30)
+except OSError as e:
+    print("unreachable", e, flush=True)
+print("pid", os.getpid(), flush=True)
+"#;
+
+#[test]
+fn connects_without_an_answer_fail_as_aborted_timeout_or_unreachable() {
+    if !have_root("connects_without_an_answer_fail_as_aborted_timeout_or_unreachable") {
+        return;
+    }
+    let _lock = kernel_lock();
+    let agent = Agent::start(TCP_CONFIG);
+    const PORT: u16 = 7411;
+    const UNREACHABLE: u16 = 7412;
+    let ns = Netns::new(
+        "unanswered",
+        &format!("table inet psc {{\n chain out {{\n  type filter hook output priority 0; policy accept;\n  tcp dport {PORT} tcp flags syn drop\n  tcp dport {UNREACHABLE} reject with icmpx type host-unreachable\n }}\n}}\n"),
+    );
+    // One SYN retransmission, so a connect gives up after 1 + 2 s; an ICMP error is a
+    // soft error to TCP, reported when it does.
+    let status = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &ns.0,
+            "sysctl",
+            "-qw",
+            "net.ipv4.tcp_syn_retries=1",
+        ])
+        .status()
+        .expect("sysctl");
+    assert!(status.success());
+    const ABORTED: usize = 3;
+    let (pid, lines) = ns.python(
+        PY_UNANSWERED,
+        &[
+            &PORT.to_string(),
+            &ABORTED.to_string(),
+            &UNREACHABLE.to_string(),
+        ],
+    );
+    assert!(
+        lines.iter().any(|l| l.starts_with("timed out")),
+        "{lines:?}"
+    );
+    assert!(
+        lines.iter().any(|l| l.starts_with("unreachable")),
+        "{lines:?}"
+    );
+    let pid = pid.to_string();
+    let port = PORT.to_string();
+    let failures = |m: &Metrics, reason: &str| {
+        value(
+            m,
+            "tcp_connect_failures_total",
+            &[
+                ("process_pid", &pid),
+                ("peer_port", &port),
+                ("reason", reason),
+            ],
+        )
+    };
+    let m = eventually(&agent, |m| {
+        failures(m, "aborted") == ABORTED as f64 && failures(m, "timeout") == 1.0
+    });
+    assert_eq!(failures(&m, "aborted"), ABORTED as f64);
+    assert_eq!(failures(&m, "timeout"), 1.0);
+    assert_eq!(failures(&m, "other") + failures(&m, "refused"), 0.0);
+    let unreachable = UNREACHABLE.to_string();
+    let m = eventually(&agent, |m| {
+        value(
+            m,
+            "tcp_connect_failures_total",
+            &[
+                ("process_pid", &pid),
+                ("peer_port", &unreachable),
+                ("reason", "unreachable"),
+            ],
+        ) == 1.0
+    });
+    assert_eq!(
+        value(
+            &m,
+            "tcp_connect_failures_total",
+            &[("process_pid", &pid), ("peer_port", &unreachable)]
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &m,
+            "tcp_connections_opened_total",
+            &[("process_pid", &pid), ("peer_port", &port)]
+        ),
+        0.0
+    );
+}

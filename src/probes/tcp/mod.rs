@@ -51,7 +51,7 @@ fn listening_sockets(table: &str) -> Vec<(u64, u16)> {
 }
 
 const INBOUND: u8 = 2;
-const FAILURE_REASONS: [&str; 4] = ["refused", "timeout", "unreachable", "other"];
+const FAILURE_REASONS: [&str; 5] = ["refused", "timeout", "unreachable", "aborted", "other"];
 
 pub struct TcpSpec;
 
@@ -92,7 +92,7 @@ struct SeriesKey {
 struct Stats {
     opened: u64,
     active: i64,
-    failures: [u64; 4],
+    failures: [u64; FAILURE_REASONS.len()],
     sent: u64,
     received: u64,
     retransmits: u64,
@@ -538,7 +538,7 @@ impl Probe for TcpProbe {
         );
         let mut failures = Family::new(
             "tcp_connect_failures",
-            "Outbound TCP connects that failed, by reason: refused, timeout, unreachable, other.",
+            "Outbound TCP connects that failed, by reason: refused, timeout, unreachable, aborted (closed by the process before an answer), other.",
             MetricKind::Counter,
         );
         let mut duration = Family::new(

@@ -441,6 +441,8 @@ int BPF_PROG(psc_tcp_state, const struct sock *sk, int oldstate, int newstate)
 			reason = PSC_TCP_TIMEOUT;
 		else if (err == EHOSTUNREACH || err == ENETUNREACH)
 			reason = PSC_TCP_UNREACHABLE;
+		else if (err == 0)
+			reason = PSC_TCP_ABORTED;
 		stats = stats_of(sock);
 		if (stats && reason < PSC_TCP_FAILURES)
 			stats->failures[reason] += 1;

@@ -16,8 +16,9 @@ enum psc_tcp_failure {
 	PSC_TCP_REFUSED = 0,
 	PSC_TCP_TIMEOUT = 1,
 	PSC_TCP_UNREACHABLE = 2,
-	PSC_TCP_OTHER = 3,
-	PSC_TCP_FAILURES = 4,
+	PSC_TCP_ABORTED = 3, /* closed by its process before an answer came */
+	PSC_TCP_OTHER = 4,
+	PSC_TCP_FAILURES = 5,
 };
 
 /* One series: a process and a peer. `port` is the peer's for outbound connections and
