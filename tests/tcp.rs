@@ -281,20 +281,104 @@ impl Drop for Netns {
     }
 }
 
-/// Serves `size` bytes to one client on 127.0.0.1:`port` and reads them as that client,
-/// in one process; prints its pid and how long the connect took.
-const PY_TRANSFER: &str = r#"
-import os, socket, sys, threading, time
-port, size = int(sys.argv[1]), int(sys.argv[2])
+/// Two network namespaces of the test's own joined by a veth pair, with loopback
+/// addresses routed over it: the client side has 127.1.0.1, the server side 127.1.0.2.
+struct VethPair {
+    client: Netns,
+    server: Netns,
+}
+
+const CLIENT_ADDRESS: &str = "127.1.0.1";
+const SERVER_ADDRESS: &str = "127.1.0.2";
+
+impl VethPair {
+    fn new(tag: &str, client_rules: &str, server_rules: &str) -> VethPair {
+        let pair = VethPair {
+            client: Netns::new(&format!("{tag}c"), client_rules),
+            server: Netns::new(&format!("{tag}s"), server_rules),
+        };
+        let run = |args: &[&str]| {
+            let status = std::process::Command::new(args[0])
+                .args(&args[1..])
+                .status()
+                .expect("run");
+            assert!(status.success(), "{args:?}");
+        };
+        let (a, b) = (pair.client.0.as_str(), pair.server.0.as_str());
+        run(&[
+            "ip", "link", "add", "psc-c", "netns", a, "type", "veth", "peer", "name", "psc-s",
+            "netns", b,
+        ]);
+        for (ns, dev, address) in [(a, "psc-c", CLIENT_ADDRESS), (b, "psc-s", SERVER_ADDRESS)] {
+            // 127/8 on a real link is dropped as martian unless route_localnet allows it.
+            for scope in ["all", dev] {
+                let key = format!("net.ipv4.conf.{scope}.route_localnet=1");
+                run(&["ip", "netns", "exec", ns, "sysctl", "-qw", &key]);
+            }
+            run(&[
+                "ip",
+                "-n",
+                ns,
+                "addr",
+                "add",
+                &format!("{address}/30"),
+                "dev",
+                dev,
+            ]);
+            run(&["ip", "-n", ns, "link", "set", dev, "up"]);
+        }
+        pair
+    }
+
+    /// Starts PY_SERVE in the server namespace: (its pid, the process).
+    fn serve(&self, port: &str, size: usize) -> (u32, std::process::Child) {
+        let mut child = std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.server.0,
+                "python3",
+                "-c",
+                PY_SERVE,
+                SERVER_ADDRESS,
+                port,
+            ])
+            .arg(size.to_string())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3");
+        let mut out = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut out, &mut line).expect("pid");
+        let pid = line
+            .trim()
+            .strip_prefix("listening ")
+            .and_then(|p| p.parse().ok())
+            .expect("the server prints its pid once listening");
+        (pid, child)
+    }
+}
+
+/// Listens on argv[1]:argv[2], prints "listening PID", sends argv[3] bytes to one client
+/// and closes.
+const PY_SERVE: &str = r#"
+import os, socket, sys
+host, port, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+srv = socket.socket(); srv.bind((host, port)); srv.listen(1)
+print("listening", os.getpid(), flush=True)
+conn, _ = srv.accept()
+conn.sendall(b"x" * size)
+conn.close()
+"#;
+
+/// Connects to argv[1]:argv[2] and reads until the server closes; prints its pid, how
+/// long the connect took and how many bytes came.
+const PY_FETCH: &str = r#"
+import os, socket, sys, time
+host, port = sys.argv[1], int(sys.argv[2])
 print("pid", os.getpid(), flush=True)
-srv = socket.socket(); srv.bind(("127.0.0.1", port)); srv.listen(1)
-def serve():
-    conn, _ = srv.accept()
-    conn.sendall(b"x" * size)
-    conn.close()
-threading.Thread(target=serve).start()
 start = time.monotonic()
-cli = socket.create_connection(("127.0.0.1", port), timeout=30)
+cli = socket.create_connection((host, port), timeout=30)
 print("connect", time.monotonic() - start, flush=True)
 got = 0
 while True:
@@ -315,24 +399,29 @@ fn retransmits_rise_under_loss_while_a_transfer_completes_exactly() {
     let agent = Agent::start(TCP_CONFIG);
     const PORT: &str = "7001";
     const SIZE: usize = 4 << 20;
-    // One packet in five the server sends is lost on the way in (dropped at input, so
-    // the server sent it and must retransmit it; a drop at output would only make it
-    // try again).
-    let ns = Netns::new(
+    // One packet in five the server sends is lost on the way into the client's
+    // namespace (dropped at input, so the server sent it and must retransmit it; a drop
+    // at output would only make it try again).
+    let pair = VethPair::new(
         "loss",
         &format!("table inet psc {{\n chain in {{\n  type filter hook input priority 0; policy accept;\n  tcp sport {PORT} numgen random mod 5 == 0 drop\n }}\n}}\n"),
+        "",
     );
-    let (pid, lines) = ns.python(PY_TRANSFER, &[PORT, &SIZE.to_string()]);
+    let (server_pid, mut server_process) = pair.serve(PORT, SIZE);
+    let (client_pid, lines) = pair.client.python(PY_FETCH, &[SERVER_ADDRESS, PORT]);
     assert!(lines.contains(&format!("received {SIZE}")), "{lines:?}");
-    let pid = pid.to_string();
+    let _ = server_process.wait();
+    let (server_pid, client_pid) = (server_pid.to_string(), client_pid.to_string());
     let server = [
-        ("process_pid", pid.as_str()),
+        ("process_pid", server_pid.as_str()),
         ("direction", "inbound"),
+        ("peer_address", CLIENT_ADDRESS),
         ("server_port", PORT),
     ];
     let client = [
-        ("process_pid", pid.as_str()),
+        ("process_pid", client_pid.as_str()),
         ("direction", "outbound"),
+        ("peer_address", SERVER_ADDRESS),
         ("peer_port", PORT),
     ];
     // Each side counts at its close, which loss may delay by a retransmitted FIN.
@@ -346,6 +435,7 @@ fn retransmits_rise_under_loss_while_a_transfer_completes_exactly() {
     assert_eq!(value(&m, "tcp_sent_bytes_total", &server), SIZE as f64);
     assert_eq!(value(&m, "tcp_received_bytes_total", &client), SIZE as f64);
     assert_eq!(value(&m, "tcp_connections_opened_total", &client), 1.0);
+    assert_eq!(value(&m, "tcp_connections_opened_total", &server), 1.0);
 }
 
 #[test]
@@ -356,13 +446,16 @@ fn connect_duration_lands_in_the_bucket_of_the_client_measured_time() {
     let _lock = kernel_lock();
     let agent = Agent::start(TCP_CONFIG);
     const PORT: &str = "7002";
-    // The first SYN is dropped: the connect waits for the kernel's SYN retransmission
-    // (one second).
-    let ns = Netns::new(
+    // The client's first SYN is dropped on its way out: the connect across the veth
+    // pair waits for the kernel's SYN retransmission (one second).
+    let pair = VethPair::new(
         "delay",
         &format!("table inet psc {{\n chain out {{\n  type filter hook output priority 0; policy accept;\n  tcp dport {PORT} tcp flags syn numgen inc mod 2 == 0 drop\n }}\n}}\n"),
+        "",
     );
-    let (pid, lines) = ns.python(PY_TRANSFER, &[PORT, "1000"]);
+    let (_, mut server_process) = pair.serve(PORT, 1000);
+    let (pid, lines) = pair.client.python(PY_FETCH, &[SERVER_ADDRESS, PORT]);
+    let _ = server_process.wait();
     let measured: f64 = lines
         .iter()
         .find_map(|l| l.strip_prefix("connect "))
@@ -376,6 +469,7 @@ fn connect_duration_lands_in_the_bucket_of_the_client_measured_time() {
     let client = [
         ("process_pid", pid.as_str()),
         ("direction", "outbound"),
+        ("peer_address", SERVER_ADDRESS),
         ("peer_port", PORT),
     ];
     let m = eventually(&agent, |m| {
@@ -927,5 +1021,60 @@ fn connects_without_an_answer_fail_as_aborted_timeout_or_unreachable() {
             &[("process_pid", &pid), ("peer_port", &port)]
         ),
         0.0
+    );
+}
+
+#[test]
+fn ipv6_connections_and_bytes_are_counted_exactly_with_their_peer_address() {
+    if !have_root("ipv6_connections_and_bytes_are_counted_exactly_with_their_peer_address") {
+        return;
+    }
+    let _lock = kernel_lock();
+    let agent = Agent::start(TCP_CONFIG);
+    let listener = match TcpListener::bind("[::1]:0") {
+        Ok(listener) => listener,
+        Err(err) => panic!("IPv6 loopback is needed for this test: {err}"),
+    };
+    let port = listener.local_addr().expect("addr").port();
+    const N: usize = 5;
+    const SENT: usize = 123_456;
+    let server = std::thread::spawn(move || {
+        let mut total = 0;
+        for _ in 0..N {
+            let (mut conn, _) = listener.accept().expect("accept");
+            let mut got = Vec::new();
+            total += conn.read_to_end(&mut got).expect("read");
+        }
+        total
+    });
+    for _ in 0..N {
+        let mut conn = TcpStream::connect(("::1", port)).expect("connect");
+        conn.write_all(&vec![5u8; SENT]).expect("send");
+    }
+    assert_eq!(server.join().expect("server"), N * SENT);
+    let pid = std::process::id().to_string();
+    let port = port.to_string();
+    let out = [
+        ("process_pid", pid.as_str()),
+        ("direction", "outbound"),
+        ("peer_address", "::1"),
+        ("peer_port", port.as_str()),
+    ];
+    let inb = [
+        ("process_pid", pid.as_str()),
+        ("direction", "inbound"),
+        ("peer_address", "::1"),
+        ("server_port", port.as_str()),
+    ];
+    let m = eventually(&agent, |m| {
+        value(m, "tcp_sent_bytes_total", &out) == (N * SENT) as f64
+            && value(m, "tcp_received_bytes_total", &inb) == (N * SENT) as f64
+    });
+    assert_eq!(value(&m, "tcp_connections_opened_total", &out), N as f64);
+    assert_eq!(value(&m, "tcp_connections_opened_total", &inb), N as f64);
+    assert_eq!(value(&m, "tcp_sent_bytes_total", &out), (N * SENT) as f64);
+    assert_eq!(
+        value(&m, "tcp_received_bytes_total", &inb),
+        (N * SENT) as f64
     );
 }
