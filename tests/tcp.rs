@@ -1078,3 +1078,71 @@ fn ipv6_connections_and_bytes_are_counted_exactly_with_their_peer_address() {
         (N * SENT) as f64
     );
 }
+
+#[test]
+fn an_exited_process_folds_into_its_executable_within_the_peer_cap_with_exact_totals() {
+    if !have_root(
+        "an_exited_process_folds_into_its_executable_within_the_peer_cap_with_exact_totals",
+    ) {
+        return;
+    }
+    let _lock = kernel_lock();
+    let agent = Agent::start(&format!(
+        "processes:\n  exited_ttl_secs: 0\n{TCP_CONFIG}    max_peers_per_process: 3\n"
+    ));
+    let (listeners, _ports, mut client) = eight_peers();
+    let total: usize = (1..=8).sum();
+    let pid = client.id().to_string();
+    let live = [("process_pid", pid.as_str()), ("direction", "outbound")];
+    let m = eventually(&agent, |m| {
+        value(m, "tcp_connections_opened_total", &live) == total as f64
+    });
+    assert_eq!(m.find("tcp_connections_opened_total", &live).count(), 4);
+    drop(client.stdin.take());
+    let _ = client.wait();
+    drop(listeners);
+    // Exited, its connections closed: its series leave, and the executable's aggregate
+    // (no pid) holds the same totals under the same peer cap.
+    let aggregate = |m: &Metrics| -> Vec<(String, f64)> {
+        m.find(
+            "tcp_connections_opened_total",
+            &[
+                ("process_executable_name", "python3"),
+                ("direction", "outbound"),
+            ],
+        )
+        .filter(|(_, labels, _)| !labels.contains_key("process_pid"))
+        .map(|(_, labels, v)| (labels["peer_address"].clone(), *v))
+        .collect()
+    };
+    let m = eventually(&agent, |m| {
+        m.find("tcp_connections_opened_total", &live).count() == 0
+            && aggregate(m).iter().map(|(_, v)| v).sum::<f64>() == total as f64
+    });
+    assert_eq!(m.find("tcp_connections_opened_total", &live).count(), 0);
+    let series = aggregate(&m);
+    assert_eq!(series.iter().map(|(_, v)| v).sum::<f64>(), total as f64);
+    assert_eq!(
+        series.len(),
+        4,
+        "three peers and the overflow peer: {series:?}"
+    );
+    assert_eq!(
+        series
+            .iter()
+            .filter(|(peer, _)| peer == "__overflow__")
+            .count(),
+        1
+    );
+    assert_eq!(
+        value(
+            &m,
+            "tcp_active_connections",
+            &[
+                ("process_executable_name", "python3"),
+                ("direction", "outbound")
+            ]
+        ),
+        0.0
+    );
+}

@@ -65,6 +65,36 @@ pub fn read_percpu<M: MapCore>(map: &M) -> Vec<(Vec<u8>, Vec<Vec<u8>>)> {
         .collect()
 }
 
+/// Reads and deletes one key of a per-CPU hash in one step (the kernel's
+/// lookup-and-delete), so nothing the programs add between a read and a delete is lost.
+/// None when the key is gone or the kernel cannot do it.
+pub fn take_percpu<M: MapCore>(map: &M, key: &[u8]) -> Option<Vec<Vec<u8>>> {
+    use std::os::fd::AsRawFd;
+    if key.len() != map.key_size() as usize {
+        return None;
+    }
+    let cpus = libbpf_rs::num_possible_cpus().ok()?;
+    let value_size = map.value_size() as usize;
+    // The kernel lays per-CPU values out 8-byte aligned, one after the other.
+    let stride = value_size.div_ceil(8) * 8;
+    let mut values = vec![0u8; stride * cpus];
+    // SAFETY: the key holds key_size bytes and the buffer one aligned value per possible
+    // CPU, which is what the kernel writes for a per-CPU map.
+    let rc = unsafe {
+        libbpf_rs::libbpf_sys::bpf_map_lookup_and_delete_elem(
+            map.as_fd().as_raw_fd(),
+            key.as_ptr().cast(),
+            values.as_mut_ptr().cast(),
+        )
+    };
+    (rc == 0).then(|| {
+        values
+            .chunks(stride)
+            .map(|chunk| chunk[..value_size].to_vec())
+            .collect()
+    })
+}
+
 /// Every (key, value) pair of a shared map.
 pub fn read_shared<M: MapCore>(map: &M) -> Vec<(Vec<u8>, Vec<u8>)> {
     map.keys()

@@ -2,7 +2,7 @@
 //! connect time, bytes, retransmits and RTT, all counted in the kernel from TCP state
 //! changes (see `tcp.bpf.c`); nothing runs per packet.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::time::{Duration, Instant, SystemTime};
@@ -87,6 +87,11 @@ struct SeriesKey {
     peer: String,
     port: u16,
 }
+
+/// A process as its series name it: pid (when labelled) and executable.
+type ProcessGroup = (Option<u32>, String);
+/// A peer as its series name it: inbound, address, port.
+type Peer = (bool, String, u16);
 
 #[derive(Debug, Clone, Default)]
 struct Stats {
@@ -199,6 +204,13 @@ pub struct TcpProbe {
     next_sample: Instant,
     /// Listeners found in /proc at start, for the fill of `listeners`.
     seeded_listeners: u64,
+    /// The peers each process reports under their own labels: once kept, a peer stays
+    /// kept while the process lives, so a new peer never pushes an old one into the
+    /// overflow peer (its counters would jump from one series to the other).
+    kept_peers: HashMap<ProcessGroup, HashSet<Peer>>,
+    /// Executables with an aggregate of exited processes, at most
+    /// (processes.max_exited_executables); beyond, the overflow executable.
+    max_exited: usize,
 }
 
 impl TcpProbe {
@@ -251,6 +263,8 @@ impl TcpProbe {
                 .then(|| Duration::from_secs(settings.sample_interval_secs)),
             next_sample: Instant::now(),
             seeded_listeners: 0,
+            kept_peers: HashMap::new(),
+            max_exited: config.processes.max_exited_executables.get() as usize,
         };
         if attach {
             let link = probe
@@ -373,6 +387,36 @@ impl TcpProbe {
         seeded
     }
 
+    /// Adds an expired process's series to the aggregate of its executable, within the
+    /// cap of executables (beyond, the overflow executable) and the peer cap (beyond,
+    /// the executable's overflow peer).
+    fn fold_exited(&mut self, series: SeriesKey, stats: &Stats) {
+        let mut key = SeriesKey {
+            pid: None,
+            ..series
+        };
+        if !self.exited.contains_key(&key) {
+            let known = self.exited.keys().any(|k| k.name == key.name);
+            if !known {
+                let executables: HashSet<&str> =
+                    self.exited.keys().map(|k| k.name.as_str()).collect();
+                if executables.len() >= self.max_exited {
+                    key.name = OVERFLOW.into();
+                }
+            }
+            let peers = self
+                .exited
+                .keys()
+                .filter(|k| k.name == key.name && k.peer != OVERFLOW)
+                .count();
+            if key.peer != OVERFLOW && peers >= self.max_peers {
+                key.peer = OVERFLOW.into();
+                key.port = 0;
+            }
+        }
+        self.exited.entry(key).or_default().merge(stats);
+    }
+
     /// Runs the sampler over every open connection (it writes nothing to read).
     fn sample_open_connections(&self) {
         let Some(link) = &self.sampler else {
@@ -404,7 +448,7 @@ impl TcpProbe {
             .expired(now, self.exited_ttl)
             .into_iter()
             .collect();
-        let mut delete = Vec::new();
+        let mut still_open = std::collections::HashSet::new();
         for (key_bytes, values) in util::read_percpu(&self.skel.maps.series) {
             entries += 1;
             let mut key = types::psc_tcp_key::default();
@@ -425,24 +469,30 @@ impl TcpProbe {
                 port: key.port,
             };
             if expired.contains(&key.tgid) && stats.active <= 0 {
-                self.exited
-                    .entry(SeriesKey {
-                        pid: None,
-                        ..series
-                    })
-                    .or_default()
-                    .merge(&stats);
+                // Taken from the kernel in one step: what landed since the read counts.
+                let last = util::take_percpu(&self.skel.maps.series, &key_bytes)
+                    .map(|values| Stats::from_percpu(&values))
+                    .unwrap_or_else(|| {
+                        let _ = self.skel.maps.series.delete(&key_bytes);
+                        stats
+                    });
+                self.fold_exited(series, &last);
                 self.expired_series += 1;
-                delete.push(key_bytes);
             } else {
+                if expired.contains(&key.tgid) {
+                    // Exited, but a connection it opened is still open (a child has it,
+                    // or it is closing): its labels must not change under it.
+                    still_open.insert(key.tgid);
+                }
                 rows.push((series, stats));
             }
         }
-        for key in delete {
-            let _ = self.skel.maps.series.delete(&key);
-        }
         for pid in expired {
-            self.processes.remove(pid);
+            if !still_open.contains(&pid) {
+                self.processes.remove(pid);
+                self.kept_peers
+                    .retain(|(kept_pid, _), _| *kept_pid != Some(pid));
+            }
         }
         for (slot, inbound) in [(0u32, false), (1u32, true)] {
             let Ok(Some(values)) = self
@@ -511,19 +561,24 @@ impl Probe for TcpProbe {
         // Peers per process within the cap; the rest fold into the process's overflow
         // peer, so its totals stay exact.
         let mut merged: BTreeMap<SeriesKey, Stats> = self.exited.clone();
-        let mut peers: HashMap<(Option<u32>, String), usize> = HashMap::new();
         let mut folded_now = 0;
         let mut sorted = rows;
         sorted.sort_by(|a, b| a.0.cmp(&b.0));
         for (mut key, stats) in sorted {
-            if key.peer != OVERFLOW {
-                let seen = peers.entry((key.pid, key.name.clone())).or_default();
-                if *seen >= self.max_peers && !merged.contains_key(&key) {
-                    key.peer = OVERFLOW.into();
-                    key.port = 0;
-                    folded_now += 1;
-                } else {
-                    *seen += 1;
+            if key.peer != OVERFLOW && key.name != OVERFLOW {
+                let kept = self
+                    .kept_peers
+                    .entry((key.pid, key.name.clone()))
+                    .or_default();
+                let peer = (key.inbound, key.peer.clone(), key.port);
+                if !kept.contains(&peer) {
+                    if kept.len() < self.max_peers {
+                        kept.insert(peer);
+                    } else {
+                        key.peer = OVERFLOW.into();
+                        key.port = 0;
+                        folded_now += 1;
+                    }
                 }
             }
             merged.entry(key).or_default().merge(&stats);
