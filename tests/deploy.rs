@@ -39,20 +39,34 @@ fn promtool_accepts_the_shipped_config_and_rules() {
 
 /// Every expression of the dashboard, with Grafana's variables replaced as Grafana would.
 fn dashboard_expressions() -> Vec<String> {
-    let text = std::fs::read_to_string("deploy/grafana/dashboards/periscope-http.json")
-        .expect("the dashboard");
-    let json: serde_json::Value = serde_json::from_str(&text).expect("dashboard JSON");
     let mut exprs = Vec::new();
-    for panel in json["panels"].as_array().expect("panels") {
-        for target in panel["targets"].as_array().into_iter().flatten() {
-            let expr = target["expr"].as_str().expect("expr");
-            exprs.push(
-                expr.replace("$service", ".+")
-                    .replace("$__rate_interval", "1m"),
-            );
+    let mut dashboards: Vec<_> = std::fs::read_dir("deploy/grafana/dashboards")
+        .expect("the dashboards")
+        .flatten()
+        .map(|entry| entry.path())
+        .filter(|path| path.extension().is_some_and(|e| e == "json"))
+        .collect();
+    dashboards.sort();
+    assert_eq!(
+        dashboards.len(),
+        2,
+        "the HTTP and TCP dashboards: {dashboards:?}"
+    );
+    for path in dashboards {
+        let text = std::fs::read_to_string(&path).expect("a dashboard");
+        let json: serde_json::Value = serde_json::from_str(&text).expect("dashboard JSON");
+        let before = exprs.len();
+        for panel in json["panels"].as_array().expect("panels") {
+            for target in panel["targets"].as_array().into_iter().flatten() {
+                let expr = target["expr"].as_str().expect("expr");
+                exprs.push(
+                    expr.replace("$service", ".+")
+                        .replace("$__rate_interval", "1m"),
+                );
+            }
         }
+        assert!(exprs.len() - before >= 10, "{path:?} has its panels");
     }
-    assert!(exprs.len() >= 15, "the dashboard has its panels");
     exprs
 }
 
@@ -119,6 +133,7 @@ fn every_dashboard_and_rule_expression_returns_data() {
         "probes:\n  process:\n    enabled: false\n  http:\n    enabled: true\n    ring_buffer_bytes: 4096\n",
     );
     let server_port = free_port();
+    let closed_port = free_port();
     let mut server = Command::new("python3")
         .args(["-c", SERVER, &server_port.to_string()])
         .stdout(Stdio::piped())
@@ -157,6 +172,8 @@ fn every_dashboard_and_rule_expression_returns_data() {
                     let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
                     read_at_least(&mut stream, 30 * 40);
                 }
+                // A refused connect, for the TCP dashboard's failures panel.
+                let _ = TcpStream::connect(("127.0.0.1", closed_port));
                 std::thread::sleep(Duration::from_millis(300));
             }
         })

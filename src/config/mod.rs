@@ -341,7 +341,6 @@ pub struct ProbesConfig {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct TcpConfig {
-    /// Off by default until its benchmark and tests are complete (BENCHMARKS.md).
     pub enabled: bool,
     /// (process, direction, peer) series in the kernel, at most; beyond, the overflow
     /// series per direction.
@@ -364,7 +363,7 @@ pub struct TcpConfig {
 impl Default for TcpConfig {
     fn default() -> Self {
         TcpConfig {
-            enabled: false,
+            enabled: true,
             max_series: nonzero(16384),
             max_peers_per_process: nonzero(100),
             max_connections: nonzero(65536),
