@@ -1146,3 +1146,75 @@ fn an_exited_process_folds_into_its_executable_within_the_peer_cap_with_exact_to
         0.0
     );
 }
+
+/// Listens on 127.0.0.1:argv[1] with SO_REUSEPORT, prints "ready", holds the listener
+/// until stdin closes.
+const PY_REUSEPORT_LISTENER: &str = r#"
+import socket, sys
+srv = socket.socket()
+srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+srv.bind(("127.0.0.1", int(sys.argv[1]))); srv.listen(64)
+print("ready", flush=True)
+sys.stdin.read()
+"#;
+
+#[test]
+fn the_newest_listener_on_a_shared_port_owns_it_until_it_closes() {
+    if !have_root("the_newest_listener_on_a_shared_port_owns_it_until_it_closes") {
+        return;
+    }
+    let _lock = kernel_lock();
+    let agent = Agent::start(TCP_CONFIG);
+    let port = free_port();
+    let port_text = port.to_string();
+    let listen = || {
+        let mut child = std::process::Command::new("python3")
+            .args(["-c", PY_REUSEPORT_LISTENER, &port_text])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3");
+        let mut ready = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.take().expect("stdout")),
+            &mut ready,
+        )
+        .expect("ready");
+        child
+    };
+    let connect = |n: usize| {
+        for _ in 0..n {
+            drop(TcpStream::connect(("127.0.0.1", port)).expect("connect"));
+        }
+    };
+    let inbound_of = |m: &Metrics, pid: &str| {
+        value(
+            m,
+            "tcp_connections_opened_total",
+            &[
+                ("process_pid", pid),
+                ("direction", "inbound"),
+                ("server_port", &port_text),
+            ],
+        )
+    };
+    // The old version, then a new one beside it: the new one owns the port.
+    let mut old = listen();
+    let mut new = listen();
+    let (old_pid, new_pid) = (old.id().to_string(), new.id().to_string());
+    const WHILE_BOTH: usize = 5;
+    connect(WHILE_BOTH);
+    let m = eventually(&agent, |m| inbound_of(m, &new_pid) == WHILE_BOTH as f64);
+    assert_eq!(inbound_of(&m, &new_pid), WHILE_BOTH as f64);
+    assert_eq!(inbound_of(&m, &old_pid), 0.0);
+    // The new one goes away: the port goes back to the one still listening.
+    drop(new.stdin.take());
+    let _ = new.wait();
+    const AFTER: usize = 4;
+    connect(AFTER);
+    let m = eventually(&agent, |m| inbound_of(m, &old_pid) == AFTER as f64);
+    assert_eq!(inbound_of(&m, &old_pid), AFTER as f64);
+    assert_eq!(inbound_of(&m, &new_pid), WHILE_BOTH as f64);
+    drop(old.stdin.take());
+    let _ = old.wait();
+}

@@ -368,7 +368,8 @@ impl TcpProbe {
             // listen() on the port takes it over.
             let value = types::psc_tcp_listener {
                 tgid: pid,
-                sockets: 0,
+                seeded: 1,
+                ..Default::default()
             };
             if self
                 .skel
@@ -609,22 +610,22 @@ impl Probe for TcpProbe {
         );
         let mut sent = Family::new(
             "tcp_sent_bytes",
-            "Bytes sent and acknowledged on TCP connections, counted when they close.",
+            "Data bytes sent on TCP connections (retransmitted data once), added while they are open (every sample interval) and at their close.",
             MetricKind::Counter,
         );
         let mut received = Family::new(
             "tcp_received_bytes",
-            "Bytes received on TCP connections, counted when they close.",
+            "Data bytes received on TCP connections, added while they are open (every sample interval) and at their close.",
             MetricKind::Counter,
         );
         let mut retransmits = Family::new(
             "tcp_retransmits",
-            "Segments retransmitted on TCP connections, counted when they close.",
+            "Segments retransmitted on TCP connections, added while they are open (every sample interval) and at their close.",
             MetricKind::Counter,
         );
         let mut rtt = Family::new(
             "tcp_rtt_seconds",
-            "Smoothed round-trip time of TCP connections, sampled when they close.",
+            "Smoothed round-trip time of TCP connections: one sample per open connection and sample interval, and one at its close.",
             MetricKind::Histogram,
         )
         .with_unit("seconds");

@@ -6,9 +6,10 @@
  * connecting process), succeeds at SYN_SENT -> ESTABLISHED or fails at SYN_SENT -> CLOSE
  * (the socket's error says why); an accepted connection is SYN_RECV -> ESTABLISHED,
  * owned by the process that listens on its port (learned at CLOSE -> LISTEN); at the
- * final CLOSE the kernel's own counters of the socket (data bytes sent and received,
- * retransmitted segments, smoothed RTT) are added to its series. So the traffic itself
- * costs nothing.
+ * final CLOSE, and every sample_interval_secs while it is open (an iterator over the
+ * table of followed sockets), the kernel's own counters of the socket (data bytes sent
+ * and received, retransmitted segments, smoothed RTT) are added to its series. So the
+ * traffic itself costs nothing.
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -39,11 +40,15 @@ struct psc_tcp_key psc_tcp_key_type = {};
 struct psc_tcp_stats psc_tcp_stats_type = {};
 struct psc_tcp_listener_key psc_tcp_listener_key_type = {};
 struct psc_tcp_listener psc_tcp_listener_type = {};
+struct psc_tcp_listening psc_tcp_listening_type = {};
 
 /* Per socket, from its connect or accept. */
 struct psc_tcp_sock {
 	struct psc_tcp_key key;
 	__u64 started_ns;
+	/* The socket's cookie: a socket that takes over the memory of one whose close went
+	 * unseen has another, so the sampler never reads it for the old one. */
+	__u64 cookie;
 	/* The socket's totals as far as they were added to its series, by the periodic
 	 * sampler or at close; under `lock`, which the two take in turn. */
 	__u64 sent_added;
@@ -66,7 +71,9 @@ struct {
 } counters SEC(".maps");
 
 /* Per socket, keyed by its address, from its connect or accept to its final CLOSE (every
- * TCP socket passes CLOSE before it is freed). A preallocated hash, capped by user space
+ * TCP socket passes CLOSE before it is freed; a close the program missed, as when the
+ * kernel skips a run that would recurse on its CPU, is found by the sampler, or by the
+ * next socket at that address). A preallocated hash, capped by user space
  * (probes.tcp.max_connections): measured on the connection loop, socket storage and
  * hashes that allocate per entry cost about 4 us more per connection, in allocations and
  * RCU frees, than taking a free preallocated entry. */
@@ -84,32 +91,6 @@ static __always_inline struct psc_tcp_sock *sock_of(const struct sock *sk)
 	return bpf_map_lookup_elem(&tcp_socks, &id);
 }
 
-/* Starts following `sk` with `fresh`, replacing what a socket at the same address left
- * (a reconnect after a failed connect). NULL when the table is full: counted. */
-static __always_inline struct psc_tcp_sock *sock_track(const struct sock *sk,
-						       const struct psc_tcp_sock *fresh)
-{
-	__u64 id = (__u64)sk;
-	long err = bpf_map_update_elem(&tcp_socks, &id, fresh, BPF_NOEXIST);
-
-	if (err == -EEXIST)
-		err = bpf_map_update_elem(&tcp_socks, &id, fresh, BPF_EXIST);
-	else if (!err)
-		PSC_COUNT_IN(counters, PSC_TCP_SOCKS_ADDED);
-	if (err) {
-		PSC_COUNT_IN(counters, PSC_TCP_UNTRACKED);
-		return 0;
-	}
-	return bpf_map_lookup_elem(&tcp_socks, &id);
-}
-
-static __always_inline void sock_forget(const struct sock *sk)
-{
-	__u64 id = (__u64)sk;
-
-	if (!bpf_map_delete_elem(&tcp_socks, &id))
-		PSC_COUNT_IN(counters, PSC_TCP_SOCKS_REMOVED);
-}
 
 /* The process listening on each port, learned at listen() and forgotten when its last
  * listening socket closes. */
@@ -128,7 +109,7 @@ struct {
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(max_entries, 16384);
 	__type(key, __u64);
-	__type(value, struct psc_tcp_listener_key);
+	__type(value, struct psc_tcp_listening);
 } listening SEC(".maps");
 
 /* Series; capped by user space (probes.tcp.max_series). Per CPU: a connection's
@@ -151,25 +132,70 @@ struct {
 
 /* The series of `key`, created if new; the overflow series of its direction when the
  * map is full or `sock->folded` says its open went there. */
-static __always_inline struct psc_tcp_stats *stats_of(struct psc_tcp_sock *sock)
+static __always_inline struct psc_tcp_stats *series_of(const struct psc_tcp_key *key,
+						       __u8 *folded)
 {
 	static const struct psc_tcp_stats zero = {};
 	struct psc_tcp_stats *stats;
-	__u32 slot = sock->key.direction == PSC_TCP_INBOUND ? 1 : 0;
+	__u32 slot = key->direction == PSC_TCP_INBOUND ? 1 : 0;
 
-	if (sock->folded)
+	if (*folded)
 		return bpf_map_lookup_elem(&overflow, &slot);
-	stats = bpf_map_lookup_elem(&series, &sock->key);
+	stats = bpf_map_lookup_elem(&series, key);
 	if (stats)
 		return stats;
 	/* Fails when the map is full, or when another CPU just added the key. */
-	bpf_map_update_elem(&series, &sock->key, &zero, BPF_NOEXIST);
-	stats = bpf_map_lookup_elem(&series, &sock->key);
+	bpf_map_update_elem(&series, key, &zero, BPF_NOEXIST);
+	stats = bpf_map_lookup_elem(&series, key);
 	if (stats)
 		return stats;
 	PSC_COUNT_IN(counters, PSC_TCP_FOLDED);
-	sock->folded = 1;
+	*folded = 1;
 	return bpf_map_lookup_elem(&overflow, &slot);
+}
+
+static __always_inline struct psc_tcp_stats *stats_of(struct psc_tcp_sock *sock)
+{
+	return series_of(&sock->key, &sock->folded);
+}
+
+/* Starts following `sk` with `fresh`. An entry already there is one whose close went
+ * unseen (the socket at this address now is another): its open connection is taken
+ * back. NULL when the table is full: counted. */
+static __always_inline struct psc_tcp_sock *sock_track(const struct sock *sk,
+						       struct psc_tcp_sock *fresh)
+{
+	struct psc_tcp_sock *stale;
+	__u64 id = (__u64)sk;
+	long err;
+
+	fresh->cookie = bpf_get_socket_cookie((void *)sk);
+	err = bpf_map_update_elem(&tcp_socks, &id, fresh, BPF_NOEXIST);
+	if (err == -EEXIST) {
+		stale = bpf_map_lookup_elem(&tcp_socks, &id);
+		if (stale && stale->established && !stale->closed) {
+			struct psc_tcp_stats *stats = stats_of(stale);
+
+			if (stats)
+				stats->active += -1;
+		}
+		err = bpf_map_update_elem(&tcp_socks, &id, fresh, BPF_EXIST);
+	} else if (!err) {
+		PSC_COUNT_IN(counters, PSC_TCP_SOCKS_ADDED);
+	}
+	if (err) {
+		PSC_COUNT_IN(counters, PSC_TCP_UNTRACKED);
+		return 0;
+	}
+	return bpf_map_lookup_elem(&tcp_socks, &id);
+}
+
+static __always_inline void sock_forget(const struct sock *sk)
+{
+	__u64 id = (__u64)sk;
+
+	if (!bpf_map_delete_elem(&tcp_socks, &id))
+		PSC_COUNT_IN(counters, PSC_TCP_SOCKS_REMOVED);
 }
 
 static __always_inline __u32 bucket_of(__u64 v, const volatile __u64 *bounds, __u32 len)
@@ -204,56 +230,59 @@ static __always_inline void listener_key_of(const struct sock *sk,
 
 static __always_inline void listener_opened(const struct sock *sk)
 {
-	struct psc_tcp_listener fresh = { .tgid = bpf_get_current_pid_tgid() >> 32, .sockets = 1 };
-	struct psc_tcp_listener_key key;
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	struct psc_tcp_listener fresh = { .tgid = tgid, .sockets = 1 };
+	struct psc_tcp_listening socket = { .tgid = tgid };
 	struct psc_tcp_listener *known;
 	__u64 id = (__u64)sk;
 	long err;
 
-	listener_key_of(sk, &key);
-	if (bpf_map_update_elem(&listening, &id, &key, BPF_ANY)) {
-		PSC_COUNT_IN(counters, PSC_TCP_LISTENERS_REFUSED);
-		return;
-	}
-	known = bpf_map_lookup_elem(&listeners, &key);
+	listener_key_of(sk, &socket.key);
+	known = bpf_map_lookup_elem(&listeners, &socket.key);
 	if (!known) {
-		err = bpf_map_update_elem(&listeners, &key, &fresh, BPF_NOEXIST);
-		if (!err) {
-			PSC_COUNT_IN(counters, PSC_TCP_LISTENERS_ADDED);
-			return;
-		}
-		if (err != -EEXIST) {
-			bpf_map_delete_elem(&listening, &id);
+		err = bpf_map_update_elem(&listeners, &socket.key, &fresh, BPF_NOEXIST);
+		if (err && err != -EEXIST) {
 			PSC_COUNT_IN(counters, PSC_TCP_LISTENERS_REFUSED);
 			return;
 		}
-		known = bpf_map_lookup_elem(&listeners, &key);
+		if (!err) {
+			PSC_COUNT_IN(counters, PSC_TCP_LISTENERS_ADDED);
+			if (bpf_map_update_elem(&listening, &id, &socket, BPF_ANY))
+				PSC_COUNT_IN(counters, PSC_TCP_LISTENERS_REFUSED);
+			return;
+		}
+		known = bpf_map_lookup_elem(&listeners, &socket.key);
 		if (!known)
 			return;
 	}
-	/* Found in /proc at start: its close will not be seen, so a new listener takes the
-	 * port over. */
-	if (!known->sockets) {
-		known->tgid = fresh.tgid;
-		known->sockets = 1;
+	if (bpf_map_update_elem(&listening, &id, &socket, BPF_ANY)) {
+		PSC_COUNT_IN(counters, PSC_TCP_LISTENERS_REFUSED);
 		return;
 	}
+	/* The newest listener takes the port over (a new version of a service started
+	 * beside the old one); its close gives it back. */
+	socket.previous_tgid = known->tgid;
+	bpf_map_update_elem(&listening, &id, &socket, BPF_EXIST);
+	known->tgid = tgid;
 	__sync_fetch_and_add(&known->sockets, 1);
 }
 
 static __always_inline void listener_closed(const struct sock *sk)
 {
-	struct psc_tcp_listener_key *key;
+	struct psc_tcp_listening *socket;
 	struct psc_tcp_listener *known;
 	__u64 id = (__u64)sk;
 
-	key = bpf_map_lookup_elem(&listening, &id);
-	if (!key)
+	socket = bpf_map_lookup_elem(&listening, &id);
+	if (!socket)
 		return;
-	known = bpf_map_lookup_elem(&listeners, key);
+	known = bpf_map_lookup_elem(&listeners, &socket->key);
 	if (known) {
+		if (known->tgid == socket->tgid && socket->previous_tgid)
+			known->tgid = socket->previous_tgid;
 		__sync_fetch_and_add(&known->sockets, -1);
-		if ((__s32)known->sockets <= 0 && !bpf_map_delete_elem(&listeners, key))
+		if ((__s32)known->sockets <= 0 && !known->seeded &&
+		    !bpf_map_delete_elem(&listeners, &socket->key))
 			PSC_COUNT_IN(counters, PSC_TCP_LISTENERS_REMOVED);
 	}
 	bpf_map_delete_elem(&listening, &id);
@@ -328,6 +357,9 @@ static __always_inline void close_established(const struct sock *sk, struct psc_
 		bpf_spin_lock(&sock->lock);
 		sock->closed = 1;
 		bpf_spin_unlock(&sock->lock);
+		stats = stats_of(sock);
+		if (stats)
+			stats->active += -1;
 		return;
 	}
 	totals_of(tp, &t);
@@ -460,25 +492,29 @@ int BPF_PROG(psc_tcp_state, const struct sock *sk, int oldstate, int newstate)
 /* The periodic sample of open connections, run by user space every
  * probes.tcp.sample_interval_secs over the socket table: what each connection's totals
  * added since the last sample joins its series, and its smoothed RTT is one sample of
- * the RTT histogram, so long connections show their traffic while they last. The
- * socket is alive while its entry is not `closed`: its final CLOSE waits for the lock. */
+ * the RTT histogram, so long connections show their traffic while they last. Under the
+ * entry's lock, an entry that is not `closed` and whose socket still has its cookie
+ * names a live socket: its final CLOSE would wait for the lock. A socket found closed
+ * here is one whose close the program missed: it is closed for it. */
 SEC("iter/bpf_map_elem")
 int psc_tcp_sample(struct bpf_iter__bpf_map_elem *ctx)
 {
 	struct psc_tcp_stats *stats;
 	struct psc_tcp_sock *sock;
 	struct psc_tcp_totals t;
+	struct psc_tcp_key key;
 	struct tcp_sock *tp;
 	__u64 *id = ctx->key;
-
+	__u8 folded, gone = 0, stale, established;
 	__u64 addr;
+	__u32 idx;
 
 	if (!id)
 		return 0;
 	addr = *id;
 	/* The map's own value pointer, which the lock needs. */
 	sock = bpf_map_lookup_elem(&tcp_socks, &addr);
-	if (!sock || !sock->established)
+	if (!sock)
 		return 0;
 	tp = bpf_core_cast((void *)addr, struct tcp_sock);
 	bpf_spin_lock(&sock->lock);
@@ -486,23 +522,44 @@ int psc_tcp_sample(struct bpf_iter__bpf_map_elem *ctx)
 		bpf_spin_unlock(&sock->lock);
 		return 0;
 	}
-	totals_of(tp, &t);
-	take_delta(sock, &t);
+	/* Another socket at this address, which the program does not follow: this one's
+	 * close went unseen, and its totals since the last sample are lost with it. */
+	stale = tp->inet_conn.icsk_inet.sk.__sk_common.skc_cookie.counter != sock->cookie;
+	established = sock->established;
+	if (established && !stale) {
+		totals_of(tp, &t);
+		take_delta(sock, &t);
+	}
+	/* Only an established socket: a connecting one is followed from before the kernel
+	 * stores its SYN_SENT, so CLOSE is what it shows for a moment. */
+	if (stale || (established &&
+		      tp->inet_conn.icsk_inet.sk.__sk_common.skc_state == TCP_CLOSE)) {
+		sock->closed = 1;
+		gone = 1;
+	}
+	/* The entry may belong to another socket as soon as the lock is let go. */
+	key = sock->key;
+	folded = sock->folded;
 	bpf_spin_unlock(&sock->lock);
-	stats = stats_of(sock);
-	if (!stats)
+	if (!established && !gone)
 		return 0;
-	/* Atomic here: this runs in process context, and a state change in a softirq on
-	 * this CPU may add to the same per-CPU value at any moment. */
-	__sync_fetch_and_add(&stats->sent_bytes, t.sent);
-	__sync_fetch_and_add(&stats->received_bytes, t.received);
-	__sync_fetch_and_add(&stats->retransmits, t.retransmits);
-	__sync_fetch_and_add(&stats->rtt_sum_us, t.srtt_us);
-	{
-		__u32 idx = bucket_of(t.srtt_us, rtt_bounds_us, rtt_bounds_len);
-
+	stats = established ? series_of(&key, &folded) : 0;
+	if (stats && !stale) {
+		/* Atomic here: this runs in process context, and a state change in a
+		 * softirq on this CPU may add to the same per-CPU value at any moment. */
+		__sync_fetch_and_add(&stats->sent_bytes, t.sent);
+		__sync_fetch_and_add(&stats->received_bytes, t.received);
+		__sync_fetch_and_add(&stats->retransmits, t.retransmits);
+		__sync_fetch_and_add(&stats->rtt_sum_us, t.srtt_us);
+		idx = bucket_of(t.srtt_us, rtt_bounds_us, rtt_bounds_len);
 		if (idx < PSC_TCP_BUCKETS)
 			__sync_fetch_and_add(&stats->rtt[idx], 1);
+	}
+	if (gone) {
+		if (stats)
+			__sync_fetch_and_add(&stats->active, -1);
+		if (!bpf_map_delete_elem(&tcp_socks, &addr))
+			PSC_COUNT_IN(counters, PSC_TCP_SOCKS_REMOVED);
 	}
 	return 0;
 }

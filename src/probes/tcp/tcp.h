@@ -51,12 +51,23 @@ struct psc_tcp_listener_key {
 	__u16 pad;
 };
 
-/* The process that listened first, and how many sockets listen there (SO_REUSEPORT,
- * or a listen() that fails on a taken port, add one each for a while); 0 for a
- * listener found in /proc at start. */
+/* The process that owns a listening port: the last one to listen there. `sockets`
+ * counts its listening sockets (SO_REUSEPORT, or a listen() that fails on a taken port,
+ * add one each for a while); a listener found in /proc at start is `seeded`, with no
+ * count, and is kept: its close is not seen. */
 struct psc_tcp_listener {
 	__u32 tgid;
 	__u32 sockets;
+	__u8 seeded;
+	__u8 pad[3];
+};
+
+/* One listening socket: its port, the process that listened on it, and the owner the
+ * port had before, given back when this socket closes while still the owner. */
+struct psc_tcp_listening {
+	struct psc_tcp_listener_key key;
+	__u32 tgid;
+	__u32 previous_tgid;
 };
 
 enum psc_tcp_counter {
