@@ -1,5 +1,6 @@
-//! Who a kernel id belongs to: pid -> process name and liveness.
+//! Who a kernel id belongs to: pid -> process name and liveness, cgroup -> container.
 
+pub mod cgroup;
 pub mod process;
 
 pub use process::{ProcessInfo, ProcessTable};
