@@ -4,7 +4,7 @@
 set -euo pipefail
 
 BUILD_PACKAGES=(clang-19 llvm-19 libelf-dev zlib1g-dev pkg-config make gcc)
-TEST_PACKAGES=(prometheus bpftool bpftrace curl python3 python3-jsonschema hyperfine procps nginx openssl wrk nftables iproute2 iperf3)
+TEST_PACKAGES=(prometheus bpftool bpftrace curl python3 python3-jsonschema hyperfine procps nginx openssl wrk nftables iproute2 iperf3 systemd)
 
 want=("${BUILD_PACKAGES[@]}")
 if [ "${1:-}" = "--test" ]; then
@@ -34,4 +34,11 @@ fi
 if [ "${1:-}" = "--test" ] && ! python3 -c "import prometheus_client" 2>/dev/null; then
   echo "setup: installing prometheus_client for python3"
   python3 -m pip install --quiet --disable-pip-version-check "prometheus_client==0.21.1"
+fi
+
+# The Kubernetes schemas (bundled, no cluster needed) that the deploy tests validate the
+# manifests against.
+if [ "${1:-}" = "--test" ] && ! command -v kubernetes-validate >/dev/null 2>&1; then
+  echo "setup: installing kubernetes-validate for python3"
+  python3 -m pip install --quiet --disable-pip-version-check "kubernetes-validate==1.37.0"
 fi

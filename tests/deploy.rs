@@ -1,6 +1,7 @@
-//! The shipped Prometheus config, rules and Grafana dashboard: valid for promtool, and
+//! The shipped Prometheus config, rules and Grafana dashboards: valid for promtool, and
 //! every PromQL expression in them returns data from a real Prometheus scraping a real
-//! agent under HTTP load.
+//! agent under HTTP load. The Kubernetes manifests against the Kubernetes schemas, the
+//! configurations they carry, and the systemd unit.
 
 mod common;
 
@@ -11,6 +12,8 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+
+use serde::Deserialize;
 
 use common::{free_port, have_root, kernel_lock, Agent, Prometheus};
 
@@ -225,4 +228,200 @@ fn read_at_least(stream: &mut TcpStream, want: usize) {
             Ok(n) => got += n,
         }
     }
+}
+
+fn yaml_documents(path: &str) -> Vec<serde_yaml::Value> {
+    let text = std::fs::read_to_string(path).expect("a manifest");
+    serde_yaml::Deserializer::from_str(&text)
+        .map(|doc| serde_yaml::Value::deserialize(doc).expect("YAML"))
+        .collect()
+}
+
+fn kind_named<'a>(docs: &'a [serde_yaml::Value], kind: &str) -> &'a serde_yaml::Value {
+    docs.iter()
+        .find(|d| d["kind"].as_str() == Some(kind))
+        .unwrap_or_else(|| panic!("a {kind}"))
+}
+
+#[test]
+fn kubernetes_manifests_validate_against_the_kubernetes_schemas() {
+    let manifests: Vec<String> = ["rbac", "daemonset", "service", "otel-collector"]
+        .iter()
+        .map(|name| format!("deploy/kubernetes/{name}.yaml"))
+        .collect();
+    let out = Command::new("kubernetes-validate")
+        .arg("--strict")
+        .args(&manifests)
+        .output()
+        .expect("kubernetes-validate runs (scripts/setup.sh --test installs it)");
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{report}");
+    assert!(
+        !report.contains("WARN") && !report.contains("ERROR"),
+        "{report}"
+    );
+    // Every object validated: namespace, service account, role, binding, config, daemon
+    // set, service, and the collector's config, deployment and service.
+    assert_eq!(
+        report.matches(" passed for resource ").count(),
+        10,
+        "{report}"
+    );
+}
+
+#[test]
+fn the_daemonset_grants_capabilities_not_privilege_and_mounts_read_only() {
+    let docs = yaml_documents("deploy/kubernetes/daemonset.yaml");
+    let pod = &kind_named(&docs, "DaemonSet")["spec"]["template"]["spec"];
+    assert_eq!(pod["hostPID"].as_bool(), Some(true));
+    let container = &pod["containers"][0];
+    let security = &container["securityContext"];
+    assert_eq!(security["privileged"].as_bool(), Some(false));
+    assert_eq!(security["readOnlyRootFilesystem"].as_bool(), Some(true));
+    assert_eq!(security["capabilities"]["drop"][0].as_str(), Some("ALL"));
+    let added: Vec<&str> = security["capabilities"]["add"]
+        .as_sequence()
+        .expect("capabilities")
+        .iter()
+        .filter_map(|c| c.as_str())
+        .collect();
+    assert_eq!(
+        added,
+        [
+            "BPF",
+            "PERFMON",
+            "SYS_ADMIN",
+            "SYS_PTRACE",
+            "DAC_READ_SEARCH"
+        ]
+    );
+    assert!(container["resources"]["limits"]["memory"]
+        .as_str()
+        .is_some());
+    for mount in container["volumeMounts"].as_sequence().expect("mounts") {
+        let path = mount["mountPath"].as_str().expect("path");
+        // tracefs is mounted by the agent when a probe needs it and is absent.
+        if path != "/sys/kernel/tracing" {
+            assert_eq!(mount["readOnly"].as_bool(), Some(true), "{path}");
+        }
+    }
+    // The systemd unit grants the same capabilities.
+    let unit = std::fs::read_to_string("deploy/systemd/periscope.service").expect("unit");
+    let bounding = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("CapabilityBoundingSet="))
+        .expect("a bounding set");
+    let unit_caps: Vec<String> = bounding
+        .split_whitespace()
+        .map(|c| c.trim_start_matches("CAP_").to_string())
+        .collect();
+    assert_eq!(unit_caps, added);
+}
+
+#[test]
+fn the_shipped_agent_config_is_valid_and_sends_to_the_shipped_collector() {
+    let docs = yaml_documents("deploy/kubernetes/daemonset.yaml");
+    let config = kind_named(&docs, "ConfigMap")["data"]["periscope.yaml"]
+        .as_str()
+        .expect("the agent's config");
+    let dir = common::TempDir::new("deploy-config");
+    let path = dir.write("periscope.yaml", config);
+    let out = Command::new(common::periscope_bin())
+        .arg("check-config")
+        .arg(&path)
+        .output()
+        .expect("periscope runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let agent: serde_yaml::Value = serde_yaml::from_str(config).expect("YAML");
+    let endpoint = agent["exporters"]["otlp"]["endpoint"]
+        .as_str()
+        .expect("endpoint");
+    assert_eq!(endpoint, "http://otel-collector.periscope.svc:4318");
+
+    // The collector listens where the agents send, and each pipeline uses only what the
+    // configuration defines.
+    let collector_docs = yaml_documents("deploy/kubernetes/otel-collector.yaml");
+    let collector: serde_yaml::Value = serde_yaml::from_str(
+        kind_named(&collector_docs, "ConfigMap")["data"]["config.yaml"]
+            .as_str()
+            .expect("the collector's config"),
+    )
+    .expect("YAML");
+    assert_eq!(
+        collector["receivers"]["otlp"]["protocols"]["http"]["endpoint"].as_str(),
+        Some("0.0.0.0:4318")
+    );
+    let pipelines = collector["service"]["pipelines"]
+        .as_mapping()
+        .expect("pipelines");
+    assert!(pipelines.contains_key("traces") && pipelines.contains_key("metrics"));
+    for (name, pipeline) in pipelines {
+        for section in ["receivers", "processors", "exporters"] {
+            for component in pipeline[section].as_sequence().into_iter().flatten() {
+                let component = component.as_str().expect("a name");
+                assert!(
+                    collector[section].get(component).is_some(),
+                    "{name:?} uses {section}.{component}, which is not defined"
+                );
+            }
+        }
+    }
+    let service = kind_named(&collector_docs, "Service");
+    let ports: Vec<i64> = service["spec"]["ports"]
+        .as_sequence()
+        .expect("ports")
+        .iter()
+        .filter_map(|p| p["port"].as_i64())
+        .collect();
+    assert!(ports.contains(&4318) && ports.contains(&4317));
+}
+
+#[test]
+fn prometheus_finds_the_agents_through_the_headless_service() {
+    let (ok, report) = promtool(&["check", "config", "deploy/prometheus/kubernetes.yml"]);
+    assert!(ok, "{report}");
+    let service = yaml_documents("deploy/kubernetes/service.yaml");
+    let spec = &kind_named(&service, "Service")["spec"];
+    assert_eq!(spec["clusterIP"].as_str(), Some("None"), "headless");
+    assert_eq!(spec["ports"][0]["port"].as_i64(), Some(9101));
+    let monitor = yaml_documents("deploy/kubernetes/servicemonitor.yaml");
+    let monitor = kind_named(&monitor, "ServiceMonitor");
+    assert_eq!(
+        monitor["spec"]["selector"]["matchLabels"],
+        kind_named(&service, "Service")["metadata"]["labels"]
+    );
+    assert_eq!(
+        monitor["spec"]["endpoints"][0]["port"].as_str(),
+        spec["ports"][0]["name"].as_str()
+    );
+}
+
+#[test]
+fn the_systemd_unit_verifies() {
+    let unit = std::fs::read_to_string("deploy/systemd/periscope.service").expect("unit");
+    // systemd-analyze checks that ExecStart exists: point it at the built binary.
+    let dir = common::TempDir::new("deploy-unit");
+    let path = dir.write(
+        "periscope.service",
+        &unit.replace("/usr/local/bin/periscope", common::periscope_bin()),
+    );
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .expect("systemd-analyze runs (scripts/setup.sh --test installs systemd)");
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success() && report.trim().is_empty(), "{report}");
 }
