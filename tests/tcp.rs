@@ -30,6 +30,35 @@ fn value(m: &Metrics, name: &str, labels: &[(&str, &str)]) -> f64 {
     m.sum(name, labels)
 }
 
+/// Starts `python3 -c script args`, inside network namespace `netns` when given, with
+/// stdin and stdout piped; returns it and the first line it prints (trimmed), which the
+/// scripts here print once they are ready.
+fn spawn_python(netns: Option<&str>, script: &str, args: &[&str]) -> (std::process::Child, String) {
+    let mut command = match netns {
+        Some(ns) => {
+            let mut command = std::process::Command::new("ip");
+            command.args(["netns", "exec", ns, "python3"]);
+            command
+        }
+        None => std::process::Command::new("python3"),
+    };
+    let mut child = command
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().expect("stdout")),
+        &mut line,
+    )
+    .expect("the script's first line");
+    (child, line.trim().to_string())
+}
+
 #[test]
 fn connections_refusals_and_bytes_are_counted_exactly() {
     if !have_root("connections_refusals_and_bytes_are_counted_exactly") {
@@ -151,18 +180,7 @@ fn eight_peers() -> (Vec<TcpListener>, Vec<String>, std::process::Child) {
         .map(|l| l.local_addr().expect("addr").port().to_string())
         .collect();
     let counts: Vec<String> = (1..=8).map(|n: usize| n.to_string()).collect();
-    let mut client = std::process::Command::new("python3")
-        .args(["-c", PY_CLIENT, &ports.join(","), &counts.join(",")])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("python3");
-    let mut ready = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(client.stdout.take().expect("stdout")),
-        &mut ready,
-    )
-    .expect("ready");
+    let (client, _) = spawn_python(None, PY_CLIENT, &[&ports.join(","), &counts.join(",")]);
     (listeners, ports, client)
 }
 
@@ -332,26 +350,13 @@ impl VethPair {
 
     /// Starts PY_SERVE in the server namespace: (its pid, the process).
     fn serve(&self, port: &str, size: usize) -> (u32, std::process::Child) {
-        let mut child = std::process::Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &self.server.0,
-                "python3",
-                "-c",
-                PY_SERVE,
-                SERVER_ADDRESS,
-                port,
-            ])
-            .arg(size.to_string())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .expect("python3");
-        let mut out = std::io::BufReader::new(child.stdout.take().expect("stdout"));
-        let mut line = String::new();
-        std::io::BufRead::read_line(&mut out, &mut line).expect("pid");
+        let size = size.to_string();
+        let (child, line) = spawn_python(
+            Some(&self.server.0),
+            PY_SERVE,
+            &[SERVER_ADDRESS, port, &size],
+        );
         let pid = line
-            .trim()
             .strip_prefix("listening ")
             .and_then(|p| p.parse().ok())
             .expect("the server prints its pid once listening");
@@ -520,32 +525,11 @@ fn connections_to_a_listener_older_than_the_agent_count_for_its_process() {
         return;
     }
     let _lock = kernel_lock();
-    let start_listener = |command: &mut std::process::Command| {
-        let mut listener = command
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .expect("python3");
-        let mut port = String::new();
-        std::io::BufRead::read_line(
-            &mut std::io::BufReader::new(listener.stdout.take().expect("stdout")),
-            &mut port,
-        )
-        .expect("port");
-        (listener, port.trim().to_string())
-    };
-    let (mut listener, port) =
-        start_listener(std::process::Command::new("python3").args(["-c", PY_LISTENER]));
+    let (mut listener, port) = spawn_python(None, PY_LISTENER, &[]);
     // One more in a network namespace of the test's: seeding reads each namespace's own
     // table of sockets.
     let ns = Netns::new("seed", "");
-    let (mut ns_listener, ns_port) = start_listener(std::process::Command::new("ip").args([
-        "netns",
-        "exec",
-        &ns.0,
-        "python3",
-        "-c",
-        PY_LISTENER,
-    ]));
+    let (mut ns_listener, ns_port) = spawn_python(Some(&ns.0), PY_LISTENER, &[]);
     // The agent starts after both called listen().
     let agent = Agent::start(TCP_CONFIG);
     const N: usize = 9;
@@ -843,20 +827,8 @@ fn listeners_are_told_apart_by_namespace_and_a_failed_listen_takes_nothing() {
     let agent = Agent::start(TCP_CONFIG);
     let port = free_port();
     let port_text = port.to_string();
-    let mut owner = std::process::Command::new("python3")
-        .args(["-c", PY_CONTENDED_LISTEN, &port_text])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("python3");
-    let mut ready = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(owner.stdout.take().expect("stdout")),
-        &mut ready,
-    )
-    .expect("ready");
+    let (mut owner, ready) = spawn_python(None, PY_CONTENDED_LISTEN, &[&port_text]);
     let loser = ready
-        .trim()
         .strip_prefix("ready ")
         .expect("ready CHILD")
         .to_string();
@@ -1167,21 +1139,7 @@ fn the_newest_listener_on_a_shared_port_owns_it_until_it_closes() {
     let agent = Agent::start(TCP_CONFIG);
     let port = free_port();
     let port_text = port.to_string();
-    let listen = || {
-        let mut child = std::process::Command::new("python3")
-            .args(["-c", PY_REUSEPORT_LISTENER, &port_text])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .expect("python3");
-        let mut ready = String::new();
-        std::io::BufRead::read_line(
-            &mut std::io::BufReader::new(child.stdout.take().expect("stdout")),
-            &mut ready,
-        )
-        .expect("ready");
-        child
-    };
+    let listen = || spawn_python(None, PY_REUSEPORT_LISTENER, &[&port_text]).0;
     let connect = |n: usize| {
         for _ in 0..n {
             drop(TcpStream::connect(("127.0.0.1", port)).expect("connect"));
