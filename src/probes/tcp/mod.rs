@@ -477,6 +477,10 @@ impl TcpProbe {
                         let _ = self.skel.maps.series.delete(&key_bytes);
                         stats
                     });
+                if last.active > 0 {
+                    // A connection was accepted for it between the read and the take.
+                    still_open.insert(key.tgid);
+                }
                 self.fold_exited(series, &last);
                 self.expired_series += 1;
             } else {
