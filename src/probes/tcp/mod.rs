@@ -21,6 +21,7 @@ mod skel {
     include!(concat!(env!("OUT_DIR"), "/tcp.skel.rs"));
 }
 use skel::{types, TcpSkel, TcpSkelBuilder};
+use types::psc_tcp_counter as Counter;
 
 // SAFETY: plain C structs of integers, generated from the program's BTF.
 unsafe impl plain::Plain for types::psc_tcp_key {}
@@ -432,8 +433,8 @@ impl TcpProbe {
         }
     }
 
-    fn counter(&self, slot: u32) -> u64 {
-        util::percpu_array_u64(&self.skel.maps.counters, slot)
+    fn counter(&self, slot: Counter) -> u64 {
+        util::percpu_array_u64(&self.skel.maps.counters, slot.0)
     }
 
     /// Reads the kernel's series; those of processes exited for the TTL (with no
@@ -530,12 +531,15 @@ impl TcpProbe {
             },
             MapFill {
                 map: "tcp_socks",
-                entries: self.counter(2).saturating_sub(self.counter(3)),
+                entries: self
+                    .counter(Counter::PSC_TCP_SOCKS_ADDED)
+                    .saturating_sub(self.counter(Counter::PSC_TCP_SOCKS_REMOVED)),
                 capacity: u64::from(self.skel.maps.tcp_socks.max_entries()),
             },
             MapFill {
                 map: "listeners",
-                entries: (self.seeded_listeners + self.counter(5)).saturating_sub(self.counter(6)),
+                entries: (self.seeded_listeners + self.counter(Counter::PSC_TCP_LISTENERS_ADDED))
+                    .saturating_sub(self.counter(Counter::PSC_TCP_LISTENERS_REMOVED)),
                 capacity: u64::from(self.skel.maps.listeners.max_entries()),
             },
         ];
@@ -728,9 +732,12 @@ impl Probe for TcpProbe {
 
     fn folded(&self) -> Vec<(&'static str, u64)> {
         vec![
-            ("series", self.counter(0)),
-            ("tcp_socks", self.counter(1)),
-            ("listeners", self.counter(4)),
+            ("series", self.counter(Counter::PSC_TCP_FOLDED)),
+            ("tcp_socks", self.counter(Counter::PSC_TCP_UNTRACKED)),
+            (
+                "listeners",
+                self.counter(Counter::PSC_TCP_LISTENERS_REFUSED),
+            ),
             ("peers", self.peers_folded),
         ]
     }

@@ -41,6 +41,8 @@ struct psc_tcp_stats psc_tcp_stats_type = {};
 struct psc_tcp_listener_key psc_tcp_listener_key_type = {};
 struct psc_tcp_listener psc_tcp_listener_type = {};
 struct psc_tcp_listening psc_tcp_listening_type = {};
+/* Named here so that the skeleton gives user space the counters' slots. */
+enum psc_tcp_counter psc_tcp_counter_type = PSC_TCP_FOLDED;
 
 /* Per socket, from its connect or accept. */
 struct psc_tcp_sock {
