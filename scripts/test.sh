@@ -5,6 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/setup.sh --test
+scripts/containers.sh
 
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings

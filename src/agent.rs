@@ -14,6 +14,7 @@ use tokio::sync::oneshot;
 use tracing::{info, warn};
 
 use crate::config::Config;
+use crate::enrich::Workloads;
 use crate::export::otlp::{self, Endpoint};
 use crate::export::{jsonl, prometheus, ExportStats};
 use crate::kernel::stats::{self, StatsSampler};
@@ -358,6 +359,7 @@ struct Collector {
     scrapes_refused: Arc<AtomicU64>,
     exporters: Vec<PushExporter>,
     span_buffer: Vec<Span>,
+    workloads: Workloads,
 }
 
 fn collector_main(
@@ -373,7 +375,8 @@ fn collector_main(
         exporters,
         last_families,
     } = exports;
-    let (probes, reports) = load_probes(&config, &mut kernel, true);
+    let workloads = Workloads::start(&config.workloads);
+    let (probes, reports) = load_probes(&config, &mut kernel, true, &workloads);
     let down = reports
         .iter()
         .filter(|r| r.outcome.is_err())
@@ -392,6 +395,7 @@ fn collector_main(
         scrapes_refused,
         exporters,
         span_buffer: Vec::new(),
+        workloads,
     };
     info!(
         seconds = collector.start_time.as_secs_f64(),
@@ -447,6 +451,7 @@ pub fn load_probes(
     config: &Config,
     kernel: &mut KernelFeatures,
     attach: bool,
+    workloads: &Workloads,
 ) -> (Vec<Box<dyn Probe>>, Vec<AttachReport>) {
     let mut probes = Vec::new();
     let mut reports = Vec::new();
@@ -461,7 +466,7 @@ pub fn load_probes(
             continue;
         }
         info!(probe, "loading");
-        match spec.load(config, kernel, attach) {
+        match spec.load(config, kernel, attach, workloads) {
             Ok(loaded) => {
                 let method = loaded.attach_method();
                 if attach {
@@ -546,6 +551,7 @@ impl Collector {
                 events_lost: 0,
             });
         }
+        families.extend(self.workloads.families());
         families.extend(selfmetrics::families(
             &health,
             &AgentHealth {

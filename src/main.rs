@@ -139,7 +139,12 @@ fn list_probes(config: &Config) -> Result<()> {
             .unwrap_or("not mounted (mounted at start when a probe needs it)")
     );
     println!();
-    let (_probes, reports) = agent::load_probes(config, &mut kernel, false);
+    let (_probes, reports) = agent::load_probes(
+        config,
+        &mut kernel,
+        false,
+        &periscope::enrich::Workloads::default(),
+    );
     println!("PROBE      SUPPORTED  ATTACH METHOD / REASON");
     for report in reports {
         let enabled = BUILT_IN

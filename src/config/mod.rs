@@ -33,6 +33,41 @@ pub struct Config {
     pub traces: TracesConfig,
     /// Where metrics and spans are pushed, besides the Prometheus endpoint.
     pub exporters: ExportersConfig,
+    /// Container, pod and service labels on per-process series.
+    pub workloads: WorkloadsConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkloadsConfig {
+    /// Label per-process series with their container, pod and systemd service.
+    pub enabled: bool,
+    /// The Docker Engine API socket, for container names; empty: none asked.
+    pub docker_socket: String,
+    /// The node's kubelet (`http://127.0.0.1:10255`), for pod names; empty: none asked.
+    pub kubelet_url: String,
+    /// A bearer token sent to the kubelet (a service account token).
+    pub kubelet_token_file: String,
+    /// How often the kubelet's pod list is fetched again.
+    pub refresh_secs: u64,
+    /// Containers whose names are kept, at most; beyond, the least recently used goes.
+    pub max_containers: NonZeroU32,
+    /// How long one lookup may take.
+    pub timeout_ms: u64,
+}
+
+impl Default for WorkloadsConfig {
+    fn default() -> Self {
+        WorkloadsConfig {
+            enabled: true,
+            docker_socket: "/var/run/docker.sock".into(),
+            kubelet_url: String::new(),
+            kubelet_token_file: String::new(),
+            refresh_secs: 30,
+            max_containers: nonzero(4096),
+            timeout_ms: 2000,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -740,6 +775,13 @@ impl Config {
             ));
         }
         self.exporters.otlp.check()?;
+        let kubelet = &self.workloads.kubelet_url;
+        if !kubelet.is_empty() && !kubelet.starts_with("http://") {
+            return Err((
+                "workloads.kubelet_url",
+                format!("`{kubelet}`: only http:// URLs (the kubelet's read-only port, or a local proxy) are supported"),
+            ));
+        }
         for (key, buckets) in [
             (
                 "probes.tcp.connect_duration_buckets_seconds",

@@ -2,5 +2,7 @@
 
 pub mod cgroup;
 pub mod process;
+pub mod workload;
 
 pub use process::{ProcessInfo, ProcessTable};
+pub use workload::{Workload, Workloads};

@@ -4,6 +4,8 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime};
 
+use super::workload::{RecordedCgroup, Workload, Workloads};
+
 /// Shown when a process exited before its name could be read.
 pub const UNKNOWN_NAME: &str = "unknown";
 
@@ -15,6 +17,11 @@ pub struct ProcessInfo {
     pub start_ticks: Option<u64>,
     pub first_seen: SystemTime,
     pub gone_since: Option<Instant>,
+    /// Its container, pod or service, read when first seen and again after an exec.
+    pub workload: Workload,
+    /// Its pid now belongs to a newer process: its series end now, whatever the TTL, so
+    /// the newcomer never runs under its labels.
+    pub superseded: bool,
 }
 
 /// Processes keyed by pid (tgid). Entries leave when their probe expires them.
@@ -23,6 +30,7 @@ pub struct ProcessTable {
     entries: HashMap<u32, ProcessInfo>,
     proc_root: String,
     keep_first_name: bool,
+    workloads: Workloads,
 }
 
 impl ProcessTable {
@@ -31,7 +39,18 @@ impl ProcessTable {
             entries: HashMap::new(),
             proc_root: "/proc".into(),
             keep_first_name: false,
+            workloads: Workloads::default(),
         }
+    }
+
+    /// Attributes processes to their workloads through `workloads`.
+    pub fn with_workloads(mut self, workloads: &Workloads) -> Self {
+        self.workloads = workloads.clone();
+        self
+    }
+
+    pub fn workloads(&self) -> &Workloads {
+        &self.workloads
     }
 
     /// Keeps the name a process had when first seen, instead of following exec and
@@ -45,12 +64,28 @@ impl ProcessTable {
     /// exec and prctl), and the moment it was first seen gone. `fallback_name` is used for
     /// a process that is already gone when first seen (e.g. the name the kernel recorded).
     pub fn observe(&mut self, pid: u32, now: Instant, fallback_name: Option<&str>) -> &ProcessInfo {
+        self.observe_recorded(pid, now, fallback_name, None)
+    }
+
+    /// As `observe`, with the cgroup the kernel recorded for the process, which gives the
+    /// workload of a process gone before /proc could be read.
+    pub fn observe_recorded(
+        &mut self,
+        pid: u32,
+        now: Instant,
+        fallback_name: Option<&str>,
+        fallback_cgroup: Option<&RecordedCgroup>,
+    ) -> &ProcessInfo {
         let live = read_process(&self.proc_root, pid);
+        let workloads = &self.workloads;
+        let proc_root = &self.proc_root;
         let entry = self.entries.entry(pid).or_insert_with(|| ProcessInfo {
             name: fallback_name.unwrap_or(UNKNOWN_NAME).to_string(),
             start_ticks: None,
             first_seen: SystemTime::now(),
             gone_since: None,
+            workload: Workload::default(),
+            superseded: false,
         });
         // A process first seen already gone keeps no start time: whatever lives under
         // its pid later is another process, and must not take over its series.
@@ -60,6 +95,11 @@ impl ProcessTable {
                 if !first_seen_gone
                     && (entry.start_ticks.is_none() || entry.start_ticks == Some(start_ticks)) =>
             {
+                // An exec may come with a move to another cgroup (a runtime starting a
+                // container's process): the workload is read again with the new name.
+                if entry.start_ticks.is_none() || name != entry.name {
+                    entry.workload = workloads.of_pid(proc_root, pid);
+                }
                 if entry.start_ticks.is_none() || !self.keep_first_name {
                     entry.name = name;
                 }
@@ -67,9 +107,18 @@ impl ProcessTable {
                 entry.gone_since = None;
             }
             // Gone, or the pid now belongs to a newer process: the one we knew has exited.
+            Some(_) if entry.start_ticks.is_some() => {
+                entry.superseded = true;
+                entry.gone_since.get_or_insert(now);
+            }
             _ => {
                 if entry.gone_since.is_none() {
                     entry.gone_since = Some(now);
+                    if entry.start_ticks.is_none() {
+                        if let Some(cgroup) = fallback_cgroup {
+                            entry.workload = workloads.of_recorded(cgroup);
+                        }
+                    }
                 }
             }
         }
@@ -84,13 +133,15 @@ impl ProcessTable {
         self.entries.get(&pid)
     }
 
-    /// Pids gone for at least `ttl`.
+    /// Pids gone for at least `ttl`, and those taken by a newer process.
     pub fn expired(&self, now: Instant, ttl: Duration) -> Vec<u32> {
         self.entries
             .iter()
             .filter(|(_, info)| {
-                info.gone_since
-                    .is_some_and(|gone| now.saturating_duration_since(gone) >= ttl)
+                info.superseded
+                    || info
+                        .gone_since
+                        .is_some_and(|gone| now.saturating_duration_since(gone) >= ttl)
             })
             .map(|(pid, _)| *pid)
             .collect()

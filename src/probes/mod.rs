@@ -15,6 +15,7 @@ use std::os::fd::BorrowedFd;
 use std::time::Instant;
 
 use crate::config::Config;
+use crate::enrich::Workloads;
 use crate::kernel::KernelFeatures;
 use crate::model::span::Span;
 use crate::model::Family;
@@ -33,6 +34,7 @@ pub trait ProbeSpec: Sync {
         config: &Config,
         kernel: &mut KernelFeatures,
         attach: bool,
+        workloads: &Workloads,
     ) -> Result<Box<dyn Probe>, ProbeError>;
 }
 

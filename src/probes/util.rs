@@ -150,3 +150,28 @@ pub fn plain_bytes<T: plain::Plain>(value: &T) -> &[u8] {
     // SAFETY: Plain types are plain integers without padding-dependent invariants.
     unsafe { plain::as_bytes(value) }
 }
+
+/// The record (`struct psc_process` of `bpf/process.h`) a probe's BPF program kept of
+/// process `$pid` in `$map`: its name and cgroup. Each skeleton generates its own copy
+/// of the type, named by `$types`.
+macro_rules! recorded_process {
+    ($types:ident, $map:expr, $pid:expr) => {{
+        libbpf_rs::MapCore::lookup(&$map, &$pid.to_ne_bytes(), libbpf_rs::MapFlags::ANY)
+            .ok()
+            .flatten()
+            .and_then(|bytes| {
+                let mut record = $types::psc_process::default();
+                plain::copy_from_bytes(&mut record, &bytes).ok()?;
+                let text = $crate::probes::util::c_string;
+                Some((
+                    text(&record.comm),
+                    $crate::enrich::workload::RecordedCgroup {
+                        id: record.cgroup.id,
+                        leaf: text(&record.cgroup.leaf),
+                        parent: text(&record.cgroup.parent),
+                    },
+                ))
+            })
+    }};
+}
+pub(crate) use recorded_process;

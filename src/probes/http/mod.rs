@@ -28,7 +28,7 @@ use tracing::{debug, info, warn};
 use super::util::{self, MapFill, ProbeError};
 use super::{Probe, ProbeSpec};
 use crate::config::Config;
-use crate::enrich::ProcessTable;
+use crate::enrich::{ProcessTable, Workloads};
 use crate::kernel::KernelFeatures;
 use crate::model::histogram::{DurationBounds, LogLinearHistogram};
 use crate::model::span::{Span, SpanResource};
@@ -85,6 +85,7 @@ impl ProbeSpec for HttpSpec {
         config: &Config,
         kernel: &mut KernelFeatures,
         attach: bool,
+        _workloads: &Workloads,
     ) -> Result<Box<dyn Probe>, ProbeError> {
         Ok(Box::new(HttpProbe::load(config, kernel, attach)?))
     }

@@ -12,6 +12,7 @@ use libbpf_rs::{Link, MapCore};
 use super::util::{self, c_string, MapFill, ProbeError};
 use super::{Probe, ProbeSpec};
 use crate::config::Config;
+use crate::enrich::Workloads;
 use crate::kernel::KernelFeatures;
 use crate::model::{Family, MetricKind, Value};
 
@@ -46,6 +47,7 @@ impl ProbeSpec for ProcessSpec {
         config: &Config,
         _kernel: &mut KernelFeatures,
         attach: bool,
+        _workloads: &Workloads,
     ) -> Result<Box<dyn Probe>, ProbeError> {
         util::check_btf()?;
         let storage = Box::leak(Box::new(MaybeUninit::uninit()));

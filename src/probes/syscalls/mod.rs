@@ -17,14 +17,15 @@ use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{Link, MapCore, MapFlags, TracepointCategory};
 use tracing::{debug, info, warn};
 
-use super::util::{self, c_string, plain_bytes, MapFill, ProbeError};
+use super::util::{self, plain_bytes, MapFill, ProbeError};
 use super::{Probe, ProbeSpec};
 use crate::config::{Config, SamplingMode};
-use crate::enrich::ProcessTable;
+use crate::enrich::workload::RecordedCgroup;
+use crate::enrich::{ProcessTable, Workload, Workloads};
 use crate::kernel::duty::DutyCycle;
 use crate::kernel::KernelFeatures;
 use crate::model::histogram::{DurationBounds, LogLinearHistogram, BUCKETS};
-use crate::model::{Family, Labels, MetricKind, Value};
+use crate::model::{Family, MetricKind, Value};
 use fast::FastTable;
 
 mod skel {
@@ -37,7 +38,7 @@ unsafe impl plain::Plain for types::psc_syscall_key {}
 unsafe impl plain::Plain for types::psc_syscall_error_key {}
 unsafe impl plain::Plain for types::psc_syscall_nr_err {}
 unsafe impl plain::Plain for types::psc_hist {}
-unsafe impl plain::Plain for types::psc_comm {}
+unsafe impl plain::Plain for types::psc_process {}
 unsafe impl plain::Plain for types::psc_fast_slot {}
 
 /// Must equal PSC_MAX_SYSCALLS in bpf/periscope.h.
@@ -73,8 +74,11 @@ impl ProbeSpec for SyscallsSpec {
         config: &Config,
         kernel: &mut KernelFeatures,
         attach: bool,
+        workloads: &Workloads,
     ) -> Result<Box<dyn Probe>, ProbeError> {
-        Ok(Box::new(SyscallsProbe::load(config, kernel, attach)?))
+        Ok(Box::new(SyscallsProbe::load(
+            config, kernel, attach, workloads,
+        )?))
     }
 }
 
@@ -89,7 +93,10 @@ enum EnterHook {
 
 /// Who a series belongs to: a live process (pid set), or an aggregate (exited processes
 /// of one executable, or the overflow series) with no pid.
-type Owner = (Option<u32>, String);
+type Owner = (Option<u32>, String, Workload);
+
+/// What exited processes fold into: an executable, within its container or service.
+type Executable = (String, Workload);
 
 pub struct SyscallsProbe {
     skel: SyscallsSkel<'static>,
@@ -106,12 +113,12 @@ pub struct SyscallsProbe {
     pid_label: bool,
     exited_ttl: Duration,
     processes: ProcessTable,
-    exited_counts: BTreeMap<(String, u32), u64>,
-    exited_errors: BTreeMap<(String, u32, u32), u64>,
-    exited_latency: BTreeMap<(String, u32), LogLinearHistogram>,
+    exited_counts: BTreeMap<(Executable, u32), u64>,
+    exited_errors: BTreeMap<(Executable, u32, u32), u64>,
+    exited_latency: BTreeMap<(Executable, u32), LogLinearHistogram>,
     /// Executables with aggregates of exited processes, capped: beyond the cap, exited
     /// processes fold into the overflow series.
-    exited_names: BTreeSet<String>,
+    exited_names: BTreeSet<Executable>,
     max_exited_names: usize,
     exited_names_folded: u64,
     expired_series: u64,
@@ -125,6 +132,7 @@ impl SyscallsProbe {
         config: &Config,
         kernel: &mut KernelFeatures,
         attach: bool,
+        workloads: &Workloads,
     ) -> Result<Self, ProbeError> {
         util::check_btf()?;
         let settings = &config.probes.syscalls;
@@ -236,7 +244,9 @@ impl SyscallsProbe {
             exited_ttl: Duration::from_secs(config.processes.exited_ttl_secs),
             // Without pids, a series is a name: a process keeps its first name, so that
             // renaming or exec never moves counts between series.
-            processes: ProcessTable::new().keep_first_name(!config.processes.pid_label),
+            processes: ProcessTable::new()
+                .keep_first_name(!config.processes.pid_label)
+                .with_workloads(workloads),
             exited_counts: BTreeMap::new(),
             exited_errors: BTreeMap::new(),
             exited_latency: BTreeMap::new(),
@@ -317,25 +327,23 @@ impl SyscallsProbe {
         }
     }
 
-    fn comm_of(&self, pid: u32) -> Option<String> {
-        let bytes = self
-            .skel
-            .maps
-            .comms
-            .lookup(&pid.to_ne_bytes(), MapFlags::ANY)
-            .ok()
-            .flatten()?;
-        let comm: types::psc_comm = decode(&bytes)?;
-        Some(c_string(&comm.comm))
+    /// The name and cgroup the kernel recorded for a process.
+    fn recorded(&self, pid: u32) -> Option<(String, RecordedCgroup)> {
+        util::recorded_process!(types, self.skel.maps.comms, pid)
     }
 
     fn owner(&self, pid: u32) -> Owner {
-        let name = self
+        let (name, workload) = self
             .processes
             .get(pid)
-            .map(|info| info.name.clone())
-            .unwrap_or_else(|| crate::enrich::process::UNKNOWN_NAME.to_string());
-        (self.pid_label.then_some(pid), name)
+            .map(|info| (info.name.clone(), info.workload.clone()))
+            .unwrap_or_else(|| {
+                (
+                    crate::enrich::process::UNKNOWN_NAME.to_string(),
+                    Workload::default(),
+                )
+            });
+        (self.pid_label.then_some(pid), name, workload)
     }
 
     /// Moves the series of processes gone for the TTL into the per-executable aggregate
@@ -346,10 +354,10 @@ impl SyscallsProbe {
         if expired.is_empty() {
             return;
         }
-        let mut names: HashMap<u32, String> = HashMap::with_capacity(expired.len());
+        let mut names: HashMap<u32, Executable> = HashMap::with_capacity(expired.len());
         for pid in expired {
             if let Some(info) = self.processes.remove(pid) {
-                let name = self.exited_name(info.name);
+                let name = self.exited_name((info.name, info.workload));
                 names.insert(pid, name);
             }
         }
@@ -391,13 +399,13 @@ impl SyscallsProbe {
     }
 
     /// The aggregate an exited process of executable `name` folds into.
-    fn exited_name(&mut self, name: String) -> String {
+    fn exited_name(&mut self, name: Executable) -> Executable {
         if self.exited_names.contains(&name) {
             return name;
         }
         if self.exited_names.len() >= self.max_exited_names {
             self.exited_names_folded += 1;
-            return OVERFLOW_NAME.to_string();
+            return (OVERFLOW_NAME.to_string(), Workload::default());
         }
         self.exited_names.insert(name.clone());
         name
@@ -444,7 +452,7 @@ impl SyscallsProbe {
     /// The overflow series: only read when something folded, as they are 3 x 512 lookups.
     fn read_overflow(&self, acc: &mut Accumulated) {
         let maps = &self.skel.maps;
-        let owner: Owner = (None, OVERFLOW_NAME.to_string());
+        let owner: Owner = (None, OVERFLOW_NAME.to_string(), Workload::default());
         if self.folded_count(0) > 0 {
             for nr in 0..MAX_SYSCALLS {
                 let count = util::percpu_array_u64(&maps.overflow_counts, nr);
@@ -597,11 +605,12 @@ impl Probe for SyscallsProbe {
         pids.dedup();
         for pid in &pids {
             // The kernel's record of the name only matters the first time a pid is seen.
-            let fallback = match self.processes.get(*pid) {
-                Some(_) => None,
-                None => self.comm_of(*pid),
+            let (name, cgroup) = match self.processes.get(*pid) {
+                Some(_) => (None, None),
+                None => self.recorded(*pid).unzip(),
             };
-            self.processes.observe(*pid, now, fallback.as_deref());
+            self.processes
+                .observe_recorded(*pid, now, name.as_deref(), cgroup.as_ref());
         }
         self.expire(now, &mut reading);
 
@@ -628,17 +637,18 @@ impl Probe for SyscallsProbe {
                 .or_default()
                 .merge(&hist);
         }
-        for ((name, nr), count) in &self.exited_counts {
-            *acc.counts.entry(((None, name.clone()), *nr)).or_default() += count;
+        let aggregate = |(name, workload): &Executable| (None, name.clone(), workload.clone());
+        for ((executable, nr), count) in &self.exited_counts {
+            *acc.counts.entry((aggregate(executable), *nr)).or_default() += count;
         }
-        for ((name, nr, err), count) in &self.exited_errors {
+        for ((executable, nr, err), count) in &self.exited_errors {
             *acc.errors
-                .entry(((None, name.clone()), *nr, *err))
+                .entry((aggregate(executable), *nr, *err))
                 .or_default() += count;
         }
-        for ((name, nr), hist) in &self.exited_latency {
+        for ((executable, nr), hist) in &self.exited_latency {
             acc.latency
-                .entry(((None, name.clone()), *nr))
+                .entry((aggregate(executable), *nr))
                 .or_default()
                 .merge(hist);
         }
@@ -670,7 +680,11 @@ impl Probe for SyscallsProbe {
             MetricKind::Counter,
         );
         for ((owner, nr), count) in &acc.counts {
-            let mut labels = owner_labels(owner);
+            let (pid, name, workload) = owner;
+            let mut labels = self
+                .processes
+                .workloads()
+                .process_labels(*pid, name, workload);
             labels.push(("syscall", syscall_name(*nr)));
             calls.push_created(labels, Value::Counter(*count as f64), created_of(owner));
         }
@@ -680,7 +694,11 @@ impl Probe for SyscallsProbe {
             MetricKind::Counter,
         );
         for ((owner, nr, err), count) in &acc.errors {
-            let mut labels = owner_labels(owner);
+            let (pid, name, workload) = owner;
+            let mut labels = self
+                .processes
+                .workloads()
+                .process_labels(*pid, name, workload);
             labels.push(("syscall", syscall_name(*nr)));
             labels.push(("errno", errno_name(*err)));
             errors.push_created(labels, Value::Counter(*count as f64), created_of(owner));
@@ -692,7 +710,11 @@ impl Probe for SyscallsProbe {
         )
         .with_unit("seconds");
         for ((owner, nr), hist) in &acc.latency {
-            let mut labels = owner_labels(owner);
+            let (pid, name, workload) = owner;
+            let mut labels = self
+                .processes
+                .workloads()
+                .process_labels(*pid, name, workload);
             labels.push(("syscall", syscall_name(*nr)));
             durations.push_created(
                 labels,
@@ -792,16 +814,6 @@ fn fill<M: MapCore>(name: &'static str, map: &M) -> MapFill {
         entries: map.keys().count() as u64,
         capacity: u64::from(map.max_entries()),
     }
-}
-
-fn owner_labels((pid, name): &Owner) -> Labels {
-    let mut labels = Labels::with_capacity(5);
-    if let Some(pid) = pid {
-        labels.push(("process_pid", pid.to_string()));
-    }
-    labels.push(("process_executable_name", name.clone()));
-    labels.push(("service_name", name.clone()));
-    labels
 }
 
 pub fn syscall_name(nr: u32) -> String {

@@ -30,7 +30,7 @@ struct psc_syscall_key psc_syscall_key_type = {};
 struct psc_syscall_error_key psc_syscall_error_key_type = {};
 struct psc_syscall_nr_err psc_syscall_nr_err_type = {};
 struct psc_hist psc_hist_type = {};
-struct psc_comm psc_comm_type = {};
+struct psc_process psc_process_type = {};
 struct psc_fast_slot psc_fast_slot_type = {};
 
 /* Slots a pair may take in its CPU's table; beyond, it is counted in `counts`. */
@@ -138,15 +138,17 @@ struct {
 } start SEC(".maps");
 
 /*
- * Names of the processes counted, recorded when a process gets its first series and
- * again when it execs, so processes that exit before user space reads /proc keep
- * their name. LRU: the oldest names go first; user space falls back to "unknown".
+ * Names and cgroups of the processes counted, recorded when a process gets its first
+ * series and again when it execs (a runtime execs a container's process once it is in
+ * the container's cgroup), so processes that exit before user space reads /proc keep
+ * their name and container. LRU: the oldest go first; user space falls back to
+ * "unknown" and no container.
  */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 16384);
 	__type(key, __u32);
-	__type(value, struct psc_comm);
+	__type(value, struct psc_process);
 } comms SEC(".maps");
 
 /* Process selection, consulted only when the matching filter_by_* flag is set. */
@@ -210,12 +212,10 @@ static __always_inline void add_percpu(void *map, const void *key, __u64 *on_ful
 
 static __always_inline void record_comm(__u32 tgid)
 {
-	struct task_struct *task = bpf_get_current_task_btf();
-	struct psc_comm name = {};
+	struct psc_process process = {};
 
-	/* A thread may rename itself; the process is known by its group leader's name. */
-	bpf_probe_read_kernel_str(name.comm, sizeof(name.comm), task->group_leader->comm);
-	bpf_map_update_elem(&comms, &tgid, &name, BPF_ANY);
+	psc_current_process(&process);
+	bpf_map_update_elem(&comms, &tgid, &process, BPF_ANY);
 }
 
 /* Counts in this CPU's table; 0 when the pair's probe sequence is full. */

@@ -3,6 +3,7 @@
 
 #include "periscope.h"
 #include "histogram.h"
+#include "process.h"
 
 struct psc_syscall_key {
 	__u32 tgid;
@@ -29,11 +30,6 @@ struct psc_fast_slot {
 	__u32 tgid;
 	__u32 nr_plus_one;
 	__u64 count;
-};
-
-/* The name of a process, as its group leader's comm. */
-struct psc_comm {
-	char comm[PSC_COMM_LEN];
 };
 
 struct psc_syscall_start {

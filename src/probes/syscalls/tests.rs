@@ -17,9 +17,11 @@ fn names_errnos() {
 
 #[test]
 fn overflow_and_exited_series_have_no_pid_label() {
-    let labels = owner_labels(&(None, OVERFLOW_NAME.to_string()));
+    let workloads = Workloads::default();
+    let none = Workload::default();
+    let labels = workloads.process_labels(None, OVERFLOW_NAME, &none);
     assert!(labels.iter().all(|(name, _)| *name != "process_pid"));
-    let labels = owner_labels(&(Some(7), "nginx".to_string()));
+    let labels = workloads.process_labels(Some(7), "nginx", &none);
     assert_eq!(labels[0], ("process_pid", "7".to_string()));
 }
 

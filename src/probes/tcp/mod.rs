@@ -13,7 +13,7 @@ use libbpf_rs::{Link, MapCore, MapFlags};
 use super::util::{self, MapFill, ProbeError};
 use super::{Probe, ProbeSpec};
 use crate::config::Config;
-use crate::enrich::ProcessTable;
+use crate::enrich::{ProcessTable, Workload, Workloads};
 use crate::kernel::KernelFeatures;
 use crate::model::{ClassicHistogram, Family, Labels, MetricKind, Value, OVERFLOW};
 
@@ -25,6 +25,7 @@ use types::psc_tcp_counter as Counter;
 
 // SAFETY: plain C structs of integers, generated from the program's BTF.
 unsafe impl plain::Plain for types::psc_tcp_key {}
+unsafe impl plain::Plain for types::psc_process {}
 unsafe impl plain::Plain for types::psc_tcp_stats {}
 unsafe impl plain::Plain for types::psc_tcp_listener_key {}
 unsafe impl plain::Plain for types::psc_tcp_listener {}
@@ -74,8 +75,9 @@ impl ProbeSpec for TcpSpec {
         config: &Config,
         _kernel: &mut KernelFeatures,
         attach: bool,
+        workloads: &Workloads,
     ) -> Result<Box<dyn Probe>, ProbeError> {
-        Ok(Box::new(TcpProbe::load(config, attach)?))
+        Ok(Box::new(TcpProbe::load(config, attach, workloads)?))
     }
 }
 
@@ -84,13 +86,14 @@ impl ProbeSpec for TcpSpec {
 struct SeriesKey {
     pid: Option<u32>,
     name: String,
+    workload: Workload,
     inbound: bool,
     peer: String,
     port: u16,
 }
 
 /// A process as its series name it: pid (when labelled) and executable.
-type ProcessGroup = (Option<u32>, String);
+type ProcessGroup = (Option<u32>, String, Workload);
 /// A peer as its series name it: inbound, address, port.
 type Peer = (bool, String, u16);
 
@@ -215,7 +218,7 @@ pub struct TcpProbe {
 }
 
 impl TcpProbe {
-    fn load(config: &Config, attach: bool) -> Result<TcpProbe, ProbeError> {
+    fn load(config: &Config, attach: bool, workloads: &Workloads) -> Result<TcpProbe, ProbeError> {
         util::check_btf()?;
         let settings = &config.probes.tcp;
         let storage = Box::leak(Box::new(MaybeUninit::uninit()));
@@ -248,7 +251,7 @@ impl TcpProbe {
         let mut probe = TcpProbe {
             skel,
             links: Vec::new(),
-            processes: ProcessTable::new(),
+            processes: ProcessTable::new().with_workloads(workloads),
             pid_label: config.processes.pid_label,
             exited_ttl: Duration::from_secs(config.processes.exited_ttl_secs),
             max_peers: settings.max_peers_per_process.get() as usize,
@@ -398,18 +401,24 @@ impl TcpProbe {
             ..series
         };
         if !self.exited.contains_key(&key) {
-            let known = self.exited.keys().any(|k| k.name == key.name);
+            let same_executable =
+                |k: &SeriesKey, key: &SeriesKey| k.name == key.name && k.workload == key.workload;
+            let known = self.exited.keys().any(|k| same_executable(k, &key));
             if !known {
-                let executables: HashSet<&str> =
-                    self.exited.keys().map(|k| k.name.as_str()).collect();
+                let executables: HashSet<(&str, &Workload)> = self
+                    .exited
+                    .keys()
+                    .map(|k| (k.name.as_str(), &k.workload))
+                    .collect();
                 if executables.len() >= self.max_exited {
                     key.name = OVERFLOW.into();
+                    key.workload = Workload::default();
                 }
             }
             let peers = self
                 .exited
                 .keys()
-                .filter(|k| k.name == key.name && k.peer != OVERFLOW)
+                .filter(|k| same_executable(k, &key) && k.peer != OVERFLOW)
                 .count();
             if key.peer != OVERFLOW && peers >= self.max_peers {
                 key.peer = OVERFLOW.into();
@@ -458,14 +467,27 @@ impl TcpProbe {
                 continue;
             }
             let stats = Stats::from_percpu(&values);
-            let name = if key.tgid == 0 {
-                "unknown".to_string()
+            let (name, workload) = if key.tgid == 0 {
+                ("unknown".to_string(), Workload::default())
             } else {
-                self.processes.observe(key.tgid, now, None).name.clone()
+                // The kernel's record only matters the first time a pid is seen.
+                let recorded = match self.processes.get(key.tgid) {
+                    Some(_) => None,
+                    None => util::recorded_process!(types, self.skel.maps.processes, key.tgid),
+                };
+                let (recorded_name, recorded_cgroup) = recorded.unzip();
+                let info = self.processes.observe_recorded(
+                    key.tgid,
+                    now,
+                    recorded_name.as_deref(),
+                    recorded_cgroup.as_ref(),
+                );
+                (info.name.clone(), info.workload.clone())
             };
             let series = SeriesKey {
                 pid: (self.pid_label && key.tgid != 0).then_some(key.tgid),
                 name,
+                workload,
                 inbound: key.direction == INBOUND,
                 peer: util::socket_address(key.family, &key.addr),
                 port: key.port,
@@ -496,8 +518,9 @@ impl TcpProbe {
         for pid in expired {
             if !still_open.contains(&pid) {
                 self.processes.remove(pid);
+                let _ = self.skel.maps.processes.delete(&pid.to_ne_bytes());
                 self.kept_peers
-                    .retain(|(kept_pid, _), _| *kept_pid != Some(pid));
+                    .retain(|(kept_pid, _, _), _| *kept_pid != Some(pid));
             }
         }
         for (slot, inbound) in [(0u32, false), (1u32, true)] {
@@ -515,6 +538,7 @@ impl TcpProbe {
                     SeriesKey {
                         pid: None,
                         name: OVERFLOW.into(),
+                        workload: Workload::default(),
                         inbound,
                         peer: OVERFLOW.into(),
                         port: 0,
@@ -577,7 +601,7 @@ impl Probe for TcpProbe {
             if key.peer != OVERFLOW && key.name != OVERFLOW {
                 let kept = self
                     .kept_peers
-                    .entry((key.pid, key.name.clone()))
+                    .entry((key.pid, key.name.clone(), key.workload.clone()))
                     .or_default();
                 let peer = (key.inbound, key.peer.clone(), key.port);
                 if !kept.contains(&peer) {
@@ -639,12 +663,10 @@ impl Probe for TcpProbe {
         .with_unit("seconds");
         let created = self.started;
         for (key, stats) in &merged {
-            let mut labels: Labels = Vec::with_capacity(6);
-            if let Some(pid) = key.pid {
-                labels.push(("process_pid", pid.to_string()));
-            }
-            labels.push(("process_executable_name", key.name.clone()));
-            labels.push(("service_name", key.name.clone()));
+            let mut labels: Labels =
+                self.processes
+                    .workloads()
+                    .process_labels(key.pid, &key.name, &key.workload);
             labels.push((
                 "direction",
                 if key.inbound { "inbound" } else { "outbound" }.to_string(),

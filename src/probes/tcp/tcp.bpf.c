@@ -134,6 +134,41 @@ struct {
 
 /* The series of `key`, created if new; the overflow series of its direction when the
  * map is full or `sock->folded` says its open went there. */
+/*
+ * Names and cgroups of the processes that connect or listen, recorded at their first
+ * connect or listen, for those gone before user space reads /proc (it deletes a
+ * process's record when it folds its series). LRU: the oldest go first.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u32);
+	__type(value, struct psc_process);
+} processes SEC(".maps");
+
+/* Scratch for a record: too large for the stack beside the rest. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct psc_process);
+} process_scratch SEC(".maps");
+
+static __always_inline void record_process(__u32 tgid)
+{
+	struct psc_process *process;
+	__u32 zero = 0;
+
+	if (bpf_map_lookup_elem(&processes, &tgid))
+		return;
+	process = bpf_map_lookup_elem(&process_scratch, &zero);
+	if (!process)
+		return;
+	__builtin_memset(process, 0, sizeof(*process));
+	psc_current_process(process);
+	bpf_map_update_elem(&processes, &tgid, process, BPF_ANY);
+}
+
 static __always_inline struct psc_tcp_stats *series_of(const struct psc_tcp_key *key,
 						       __u8 *folded)
 {
@@ -239,6 +274,7 @@ static __always_inline void listener_opened(const struct sock *sk)
 	__u64 id = (__u64)sk;
 	long err;
 
+	record_process(tgid);
 	listener_key_of(sk, &socket.key);
 	known = bpf_map_lookup_elem(&listeners, &socket.key);
 	if (!known) {
@@ -403,6 +439,7 @@ int BPF_PROG(psc_tcp_state, const struct sock *sk, int oldstate, int newstate)
 		struct psc_tcp_sock fresh = {};
 
 		fresh.key.tgid = bpf_get_current_pid_tgid() >> 32;
+		record_process(fresh.key.tgid);
 		fresh.key.direction = PSC_TCP_OUTBOUND;
 		fresh.key.port = bpf_ntohs(sk->__sk_common.skc_dport);
 		set_peer(&fresh.key, sk);

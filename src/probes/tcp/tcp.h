@@ -2,6 +2,7 @@
 #pragma once
 
 #include "periscope.h"
+#include "process.h"
 
 /* Configured histogram bounds, at most; one more bucket takes what is above the last. */
 #define PSC_TCP_MAX_BOUNDS 23

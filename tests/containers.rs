@@ -1,0 +1,555 @@
+//! Containers, end to end: real Docker and containerd containers, and hand-made cgroups
+//! of the systemd layouts, run known workloads; their series must carry the container's
+//! and pod's exact ids and names, with exact counts.
+//!
+//! Nothing is pulled from a registry: the containers run a root filesystem built here
+//! from Debian's busybox-static and a static build of `bench/getppid_loop.c`.
+
+mod common;
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use common::{eventually, free_port, have_root, kernel_lock, Agent, Metrics};
+
+const CONFIG: &str = "probes:\n  process:\n    enabled: false\n  tcp:\n    enabled: true\n    sample_interval_secs: 0\n";
+const CONTAINERD: &str = "/run/docker/containerd/containerd.sock";
+const POD_UID: &str = "0f3e6a1c-6f4b-4b1e-9a1e-2f8c9d7b6a51";
+
+/// The test root filesystem: busybox and a static getppid loop, built once.
+fn rootfs() -> &'static Path {
+    static ROOTFS: OnceLock<PathBuf> = OnceLock::new();
+    ROOTFS.get_or_init(|| {
+        let root = std::env::temp_dir().join(format!("periscope-rootfs-{}", std::process::id()));
+        let bin = root.join("bin");
+        std::fs::create_dir_all(&bin).expect("rootfs dir");
+        std::fs::copy("/bin/busybox", bin.join("busybox"))
+            .expect("busybox (scripts/setup.sh --test installs busybox-static)");
+        for applet in ["sh", "sleep", "nc", "cat", "echo"] {
+            let _ = std::os::unix::fs::symlink("busybox", bin.join(applet));
+        }
+        let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/getppid_loop.c");
+        run(Command::new("cc")
+            .args(["-O2", "-static", "-o"])
+            .arg(bin.join("getppid_loop"))
+            .arg(source));
+        root
+    })
+}
+
+/// The rootfs as a Docker image, imported once.
+fn image() -> &'static str {
+    static IMAGE: OnceLock<String> = OnceLock::new();
+    IMAGE.get_or_init(|| {
+        let tag = format!("periscope-test-busybox:{}", std::process::id());
+        let tar_file = rootfs().with_extension("tar");
+        run(Command::new("tar")
+            .arg("-C")
+            .arg(rootfs())
+            .arg("-cf")
+            .arg(&tar_file)
+            .arg("."));
+        run(Command::new("docker")
+            .args(["import"])
+            .arg(&tar_file)
+            .arg(&tag));
+        let _ = std::fs::remove_file(&tar_file);
+        tag
+    })
+}
+
+/// Runs a command that must succeed; its standard output, trimmed.
+fn run(command: &mut Command) -> String {
+    let out = command.output().expect("spawn");
+    assert!(
+        out.status.success(),
+        "{command:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Docker must be there (scripts/containers.sh starts it); without it the test says so.
+fn docker_ready(test: &str) -> bool {
+    let up = Command::new("docker")
+        .arg("info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !up {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("{test}: Docker is not running; scripts/containers.sh starts it");
+        }
+        eprintln!("SKIPPING {test}: Docker is not running (scripts/containers.sh)");
+    }
+    up
+}
+
+/// A Docker container, removed when dropped.
+struct DockerContainer {
+    id: String,
+}
+
+impl Drop for DockerContainer {
+    fn drop(&mut self) {
+        let _ = Command::new("docker")
+            .args(["rm", "-f", &self.id])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// Accepts and closes every connection on a loopback port, until the test ends.
+fn closing_listener() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("address").port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            drop(stream);
+        }
+    });
+    port
+}
+
+fn wait_for_log(container: &str, line: &str) {
+    for _ in 0..200 {
+        let logs = run(Command::new("docker").args(["logs", container]));
+        if logs.lines().any(|l| l == line) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("container {container} never printed {line:?}");
+}
+
+fn labels_of<'a>(
+    metrics: &'a Metrics,
+    name: &'a str,
+    want: &'a [(&'a str, &'a str)],
+) -> Vec<&'a std::collections::BTreeMap<String, String>> {
+    metrics
+        .find(name, want)
+        .map(|(_, labels, _)| labels)
+        .collect()
+}
+
+#[test]
+fn a_docker_containers_series_carry_its_id_and_name() {
+    let _kernel = kernel_lock();
+    if !have_root("a_docker_containers_series_carry_its_id_and_name")
+        || !docker_ready("a_docker_containers_series_carry_its_id_and_name")
+    {
+        return;
+    }
+    let port = closing_listener();
+    let agent = Agent::start(CONFIG);
+    let name = format!("periscope-e2e-live-{}", std::process::id());
+    let script = format!(
+        "getppid_loop 4321 >/dev/null; for i in 1 2 3 4 5; do nc 127.0.0.1 {port} </dev/null; done; echo done; sleep 600"
+    );
+    let container = DockerContainer {
+        id: run(Command::new("docker").args([
+            "run",
+            "-d",
+            "--name",
+            &name,
+            "--network",
+            "host",
+            image(),
+            "sh",
+            "-c",
+            &script,
+        ])),
+    };
+    wait_for_log(&container.id, "done");
+    let id = container.id.as_str();
+    let port_text = port.to_string();
+    let ours = [("container_id", id), ("container_name", name.as_str())];
+    let getppid = [
+        ours[0],
+        ours[1],
+        ("process_executable_name", "getppid_loop"),
+        ("syscall", "getppid"),
+    ];
+    let connects = [
+        ours[0],
+        ours[1],
+        ("direction", "outbound"),
+        ("peer_port", port_text.as_str()),
+    ];
+    let metrics = eventually(&agent, |m| {
+        m.sum("syscalls_total", &getppid) == 4321.0
+            && m.sum("tcp_connections_opened_total", &connects) == 5.0
+    });
+    assert_eq!(metrics.one("syscalls_total", &getppid), 4321.0);
+    assert_eq!(metrics.sum("tcp_connections_opened_total", &connects), 5.0);
+    // The accepting side is this test, on the host: no container labels.
+    let inbound = [
+        ("direction", "inbound"),
+        ("server_port", port_text.as_str()),
+    ];
+    assert_eq!(metrics.sum("tcp_connections_opened_total", &inbound), 5.0);
+    for labels in labels_of(&metrics, "tcp_connections_opened_total", &inbound) {
+        assert!(!labels.contains_key("container_id"), "{labels:?}");
+    }
+    // Every series of the container's processes carries both labels.
+    for (family, labels, _) in &metrics.samples {
+        if labels.get("container_id").map(String::as_str) == Some(id) {
+            assert_eq!(
+                labels.get("container_name"),
+                Some(&name),
+                "{family} {labels:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_containers_process_gone_before_the_scrape_keeps_its_labels() {
+    let _kernel = kernel_lock();
+    if !have_root("a_containers_process_gone_before_the_scrape_keeps_its_labels")
+        || !docker_ready("a_containers_process_gone_before_the_scrape_keeps_its_labels")
+    {
+        return;
+    }
+    let agent = Agent::start(CONFIG);
+    let name = format!("periscope-e2e-exited-{}", std::process::id());
+    let container = DockerContainer {
+        id: run(Command::new("docker").args([
+            "create",
+            "--name",
+            &name,
+            "--network",
+            "none",
+            image(),
+            "sh",
+            "-c",
+            "getppid_loop 777 >/dev/null; echo done",
+        ])),
+    };
+    // Runs to its end: the process and its cgroup are gone before the agent reads them,
+    // so its container can only come from what the kernel recorded.
+    run(Command::new("docker").args(["start", "-a", &container.id]));
+    let getppid = [
+        ("container_id", container.id.as_str()),
+        ("container_name", name.as_str()),
+        ("process_executable_name", "getppid_loop"),
+        ("syscall", "getppid"),
+    ];
+    let metrics = eventually(&agent, |m| m.sum("syscalls_total", &getppid) == 777.0);
+    assert_eq!(metrics.one("syscalls_total", &getppid), 777.0);
+}
+
+/// A fake kubelet: serves `/pods` with one pod on a loopback port until dropped.
+struct FakeKubelet {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl FakeKubelet {
+    fn start(pod_uid: &str, container_id: &str) -> FakeKubelet {
+        let port = free_port();
+        let pods = format!(
+            r#"{{"kind":"PodList","apiVersion":"v1","items":[{{"metadata":{{"name":"checkout-7d4b9","namespace":"shop","uid":"{pod_uid}"}},"spec":{{"nodeName":"node-1"}},"status":{{"phase":"Running","containerStatuses":[{{"name":"payments","containerID":"containerd://{container_id}","ready":true}}]}}}}]}}"#
+        );
+        let script = r#"
+import http.server, sys
+body = sys.argv[2].encode()
+class Pods(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        if self.path != "/pods":
+            self.send_error(404)
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), Pods).serve_forever()
+"#;
+        let child = Command::new("python3")
+            .args(["-c", script, &port.to_string(), &pods])
+            .spawn()
+            .expect("python3");
+        // Dropped (and so killed) if it never listens.
+        let kubelet = FakeKubelet { child, port };
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return kubelet;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("the fake kubelet did not start");
+    }
+}
+
+impl Drop for FakeKubelet {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A containerd container in a Kubernetes cgroup layout, removed when dropped.
+struct CtrContainer {
+    id: String,
+    child: std::process::Child,
+}
+
+impl CtrContainer {
+    fn start(id: &str, cgroup: &str, script: &str) -> CtrContainer {
+        let child = Command::new("ctr")
+            .args(["-a", CONTAINERD, "-n", "k8s.io", "run", "--rm", "--rootfs"])
+            .args(["--env", "PATH=/bin", "--cgroup", cgroup, "--net-host"])
+            .arg(rootfs())
+            .args([id, "/bin/sh", "-c", script])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("ctr (docker.io brings containerd and ctr)");
+        CtrContainer {
+            id: id.to_string(),
+            child,
+        }
+    }
+
+    fn wait_line(&mut self, want: &str) {
+        let stdout = self.child.stdout.take().expect("stdout");
+        let mut reader = std::io::BufReader::new(stdout);
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut reader, &mut line).expect("container output");
+        assert_eq!(line.trim(), want, "the container's first line");
+    }
+}
+
+impl Drop for CtrContainer {
+    fn drop(&mut self) {
+        let ctr = |args: &[&str]| {
+            let _ = Command::new("ctr")
+                .args(["-a", CONTAINERD, "-n", "k8s.io"])
+                .args(args)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        };
+        ctr(&["task", "kill", "-s", "SIGKILL", &self.id]);
+        let _ = self.child.wait();
+        ctr(&["task", "delete", "-f", &self.id]);
+        ctr(&["container", "delete", &self.id]);
+    }
+}
+
+fn container_id(seed: u32) -> String {
+    format!("{:064x}", 0xc0ffee_u64 << 32 | u64::from(seed))
+}
+
+#[test]
+fn a_containerd_pod_container_gets_its_pod_names_from_the_kubelet() {
+    let _kernel = kernel_lock();
+    if !have_root("a_containerd_pod_container_gets_its_pod_names_from_the_kubelet")
+        || !docker_ready("a_containerd_pod_container_gets_its_pod_names_from_the_kubelet")
+    {
+        return;
+    }
+    let id = container_id(std::process::id());
+    let kubelet = FakeKubelet::start(POD_UID, &id);
+    let config = format!(
+        "{CONFIG}workloads:\n  kubelet_url: \"http://127.0.0.1:{}\"\n  refresh_secs: 1\n",
+        kubelet.port
+    );
+    let agent = Agent::start(&config);
+    let mut container = CtrContainer::start(
+        &id,
+        &format!("/kubepods/burstable/pod{POD_UID}/{id}"),
+        "getppid_loop 2468 >/dev/null; echo done; sleep 600",
+    );
+    container.wait_line("done");
+    let want = [
+        ("container_id", id.as_str()),
+        ("container_name", "payments"),
+        ("k8s_namespace_name", "shop"),
+        ("k8s_pod_name", "checkout-7d4b9"),
+        ("k8s_pod_uid", POD_UID),
+        ("k8s_container_name", "payments"),
+        ("process_executable_name", "getppid_loop"),
+        ("syscall", "getppid"),
+    ];
+    let metrics = eventually(&agent, |m| m.sum("syscalls_total", &want) == 2468.0);
+    assert_eq!(metrics.one("syscalls_total", &want), 2468.0);
+    assert_eq!(
+        metrics.one(
+            "periscope_workload_lookups_total",
+            &[("source", "kubelet"), ("outcome", "failure")]
+        ),
+        0.0
+    );
+}
+
+#[test]
+fn with_the_kubelet_down_pod_labels_fall_back_to_ids() {
+    let _kernel = kernel_lock();
+    if !have_root("with_the_kubelet_down_pod_labels_fall_back_to_ids")
+        || !docker_ready("with_the_kubelet_down_pod_labels_fall_back_to_ids")
+    {
+        return;
+    }
+    let id = container_id(std::process::id() + 1);
+    // Nothing listens on this port.
+    let config = format!(
+        "{CONFIG}workloads:\n  kubelet_url: \"http://127.0.0.1:{}\"\n  refresh_secs: 1\n  timeout_ms: 200\n",
+        free_port()
+    );
+    let agent = Agent::start(&config);
+    let mut container = CtrContainer::start(
+        &id,
+        &format!("/kubepods/besteffort/pod{POD_UID}/{id}"),
+        "getppid_loop 1357 >/dev/null; echo done; sleep 600",
+    );
+    container.wait_line("done");
+    let want = [
+        ("container_id", id.as_str()),
+        ("k8s_pod_uid", POD_UID),
+        ("process_executable_name", "getppid_loop"),
+        ("syscall", "getppid"),
+    ];
+    let failures = [("source", "kubelet"), ("outcome", "failure")];
+    let metrics = eventually(&agent, |m| {
+        m.sum("syscalls_total", &want) == 1357.0
+            && m.sum("periscope_workload_lookups_total", &failures) >= 1.0
+    });
+    assert_eq!(metrics.one("syscalls_total", &want), 1357.0);
+    for labels in labels_of(&metrics, "syscalls_total", &want) {
+        for name in ["k8s_pod_name", "k8s_namespace_name", "k8s_container_name"] {
+            assert!(!labels.contains_key(name), "{labels:?}");
+        }
+    }
+    assert!(metrics.sum("periscope_workload_lookups_total", &failures) >= 1.0);
+    assert!(
+        agent.child.id() > 0 && common::http_get(agent.port, "/healthz", None).is_some(),
+        "the agent keeps serving"
+    );
+}
+
+/// Where the cgroup v2 hierarchy is mounted here.
+fn unified_root() -> PathBuf {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    let mut best: Option<&str> = None;
+    for line in mountinfo.lines() {
+        let Some((left, right)) = line.split_once(" - ") else {
+            continue;
+        };
+        if right.starts_with("cgroup2 ") {
+            let mount = left.split_whitespace().nth(4).expect("mount point");
+            if best.is_none() || mount == "/sys/fs/cgroup" {
+                best = Some(mount);
+            }
+        }
+    }
+    PathBuf::from(best.expect("a cgroup2 mount"))
+}
+
+/// A cgroup made by the test, removed (with its empty parents) when dropped.
+struct HandMadeCgroup {
+    dirs: Vec<PathBuf>,
+}
+
+impl HandMadeCgroup {
+    fn create(relative: &str) -> HandMadeCgroup {
+        let root = unified_root();
+        let mut dirs = Vec::new();
+        let mut dir = root.clone();
+        for part in relative.split('/').filter(|p| !p.is_empty()) {
+            dir = dir.join(part);
+            if !dir.exists() {
+                std::fs::create_dir(&dir).expect("mkdir cgroup");
+                dirs.push(dir.clone());
+            }
+        }
+        HandMadeCgroup { dirs }
+    }
+
+    fn leaf(&self) -> &Path {
+        self.dirs.last().expect("a new cgroup")
+    }
+}
+
+impl Drop for HandMadeCgroup {
+    fn drop(&mut self) {
+        for dir in self.dirs.iter().rev() {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+}
+
+#[test]
+fn systemd_style_cgroups_are_recognised_end_to_end() {
+    let _kernel = kernel_lock();
+    if !have_root("systemd_style_cgroups_are_recognised_end_to_end") {
+        return;
+    }
+    let agent = Agent::start(CONFIG);
+    let uid_in_slice = POD_UID.replace('-', "_");
+    let layouts = [
+        (
+            container_id(11),
+            format!("/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{uid_in_slice}.slice/cri-containerd-{}.scope", container_id(11)),
+            Some(POD_UID),
+        ),
+        (
+            container_id(12),
+            format!("/kubepods.slice/kubepods-pod{uid_in_slice}.slice/crio-{}.scope", container_id(12)),
+            Some(POD_UID),
+        ),
+        (
+            container_id(13),
+            format!("/machine.slice/libpod-{}.scope", container_id(13)),
+            None,
+        ),
+    ];
+    let loop_bin = rootfs().join("bin/getppid_loop");
+    for (n, (id, path, pod)) in layouts.iter().enumerate() {
+        let cgroup = HandMadeCgroup::create(path);
+        // The shell waits until it is in the cgroup, then runs the loop in a child (the
+        // shell itself calls getppid).
+        let mut child = Command::new("sh")
+            .args(["-c", "read go; \"$0\" \"$1\" >/dev/null"])
+            .arg(&loop_bin)
+            .arg((1000 + n).to_string())
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("sh");
+        std::fs::write(cgroup.leaf().join("cgroup.procs"), child.id().to_string())
+            .expect("move into the cgroup");
+        std::io::Write::write_all(child.stdin.as_mut().expect("stdin"), b"go\n").expect("go");
+        assert!(child.wait().expect("wait").success());
+        let calls = (1000 + n).to_string();
+        let mut want = vec![
+            ("container_id", id.as_str()),
+            ("process_executable_name", "getppid_loop"),
+            ("syscall", "getppid"),
+        ];
+        if let Some(uid) = pod {
+            want.push(("k8s_pod_uid", uid));
+        }
+        let metrics = eventually(&agent, |m| {
+            m.sum("syscalls_total", &want) == (1000 + n) as f64
+        });
+        assert_eq!(
+            metrics.one("syscalls_total", &want),
+            (1000 + n) as f64,
+            "{path}: {calls}"
+        );
+        if pod.is_none() {
+            for labels in labels_of(&metrics, "syscalls_total", &want) {
+                assert!(!labels.contains_key("k8s_pod_uid"), "{labels:?}");
+            }
+        }
+    }
+}
