@@ -17,6 +17,7 @@ use crate::config::Config;
 use crate::enrich::Workloads;
 use crate::export::otlp::{self, Endpoint};
 use crate::export::{jsonl, prometheus, ExportStats};
+use crate::kernel::caps;
 use crate::kernel::stats::{self, StatsSampler};
 use crate::kernel::KernelFeatures;
 use crate::model::span::{Span, SpanQueue};
@@ -99,6 +100,9 @@ pub async fn run(mut config: Config) -> Result<()> {
         .map_err(anyhow::Error::msg)?;
     // Installed first, so that a signal during start-up also stops the agent cleanly.
     let mut signals = Signals::install()?;
+    let needs = caps::needed(&config);
+    caps::check(&needs)?;
+    let kept_caps = caps::kept_after_start(&needs);
     let kernel = check_kernel()?;
     info!(kernel = %kernel.release, "kernel has BTF; loading probes");
 
@@ -169,6 +173,9 @@ pub async fn run(mut config: Config) -> Result<()> {
             return Ok(());
         }
     };
+
+    // The collector dropped its own; threads started from here on inherit this thread's.
+    drop_capabilities(&kept_caps)?;
 
     let attached: Vec<_> = reports.iter().filter(|r| r.outcome.is_ok()).collect();
     for report in &reports {
@@ -377,6 +384,10 @@ fn collector_main(
     } = exports;
     let workloads = Workloads::start(&config.workloads);
     let (probes, reports) = load_probes(&config, &mut kernel, true, &workloads);
+    let kept_caps = caps::kept_after_start(&caps::needed(&config));
+    if let Err(err) = caps::keep_only(&kept_caps) {
+        warn!(error = %err, "the collector thread keeps its capabilities");
+    }
     let down = reports
         .iter()
         .filter(|r| r.outcome.is_err())
@@ -444,6 +455,13 @@ fn collector_main(
     }
     drop(collector);
     info!(probes = count, "all probes detached");
+}
+
+/// Keeps only `kept` of this thread's capabilities, once loading and attaching is done.
+fn drop_capabilities(kept: &[caps::Capability]) -> Result<()> {
+    caps::keep_only(kept).context("dropping the capabilities start-up needed")?;
+    info!(kept = %caps::describe(kept), "dropped every capability but those still needed");
+    Ok(())
 }
 
 /// Loads every enabled built-in probe; one the kernel cannot run is reported, not fatal.

@@ -484,6 +484,10 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// The background lookups: ends when the last handle of the service is dropped.
 fn lookup_loop(weak: Weak<Shared>) {
+    // Sockets and HTTP need no capability: this thread gives up what it inherited.
+    if let Err(err) = crate::kernel::caps::keep_only(&[]) {
+        warn!(error = %err, "the name lookup thread keeps its capabilities");
+    }
     let mut announced = (false, false);
     loop {
         let Some(shared) = weak.upgrade() else {

@@ -1,6 +1,7 @@
 //! What the running kernel offers: BTF, program and map types, tracefs; and the kernel's
 //! own run-time statistics of our BPF programs.
 
+pub mod caps;
 pub mod duty;
 pub mod floor;
 pub mod stats;

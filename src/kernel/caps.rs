@@ -1,0 +1,289 @@
+//! Linux capabilities: which ones the configuration needs to load and attach, a clear
+//! error naming any that is missing, and dropping all but the few still needed once the
+//! probes are attached.
+//!
+//! Capabilities belong to threads: each thread of the agent drops its own. Threads
+//! started after a drop inherit the smaller set.
+
+use crate::config::{Config, StatsMode};
+
+/// One capability: its number (linux/capability.h) and name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capability {
+    pub number: u32,
+    pub name: &'static str,
+}
+
+pub const DAC_READ_SEARCH: Capability = Capability {
+    number: 2,
+    name: "CAP_DAC_READ_SEARCH",
+};
+pub const SYS_PTRACE: Capability = Capability {
+    number: 19,
+    name: "CAP_SYS_PTRACE",
+};
+pub const SYS_ADMIN: Capability = Capability {
+    number: 21,
+    name: "CAP_SYS_ADMIN",
+};
+pub const PERFMON: Capability = Capability {
+    number: 38,
+    name: "CAP_PERFMON",
+};
+pub const BPF: Capability = Capability {
+    number: 39,
+    name: "CAP_BPF",
+};
+
+/// A capability the configuration needs, and what for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Need {
+    pub capability: Capability,
+    pub why: &'static str,
+    /// Still needed after start-up (for work the agent repeats while it runs).
+    pub after_start: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CapsError {
+    #[error("missing capability {}: {}; grant it (a DaemonSet's securityContext.capabilities.add, or run as root) or turn off what needs it", names(.0), reasons(.0))]
+    Missing(Vec<Need>),
+    #[error("reading this thread's capabilities: {0}")]
+    Get(std::io::Error),
+    #[error("dropping capabilities: {0}")]
+    Set(std::io::Error),
+}
+
+fn names(needs: &[Need]) -> String {
+    needs
+        .iter()
+        .map(|n| n.capability.name)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn reasons(needs: &[Need]) -> String {
+    needs
+        .iter()
+        .map(|n| format!("{} is needed to {}", n.capability.name, n.why))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// What the configuration needs. Any probe needs BPF and PERFMON (tracing programs);
+/// the kernel's run-time statistics need SYS_ADMIN; the tcp probe reads other
+/// processes' sockets at start (`/proc/PID/fd`), and the http probe their files
+/// (`/proc/PID/root`, for libssl) whenever a process appears.
+pub fn needed(config: &Config) -> Vec<Need> {
+    let probes = &config.probes;
+    let any_probe = probes.syscalls.enabled
+        || probes.process.enabled
+        || probes.tcp.enabled
+        || probes.http.enabled;
+    let mut needs = Vec::new();
+    if any_probe {
+        needs.push(Need {
+            capability: BPF,
+            why: "load BPF programs and maps",
+            after_start: true,
+        });
+        needs.push(Need {
+            capability: PERFMON,
+            why: "load and attach tracing programs",
+            after_start: true,
+        });
+    }
+    if any_probe && config.self_metrics.bpf_stats != StatsMode::Off {
+        needs.push(Need {
+            capability: SYS_ADMIN,
+            why: "switch the kernel's BPF run-time statistics on (self_metrics.bpf_stats; `off` needs no CAP_SYS_ADMIN) and mount tracefs when absent",
+            after_start: true,
+        });
+    }
+    if probes.tcp.enabled || probes.http.enabled {
+        let after_start = probes.http.enabled;
+        needs.push(Need {
+            capability: SYS_PTRACE,
+            why: "read other processes' /proc/PID/fd and /proc/PID/root (probes.tcp finds listeners there at start; probes.http finds libssl)",
+            after_start,
+        });
+        needs.push(Need {
+            capability: DAC_READ_SEARCH,
+            why: "read the /proc/PID/fd of processes of other users (probes.tcp, probes.http)",
+            after_start,
+        });
+    }
+    // Before Linux 5.8 (no CAP_BPF or CAP_PERFMON), CAP_SYS_ADMIN covers both.
+    let last = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .ok()
+        .and_then(|text| text.trim().parse::<u32>().ok())
+        .unwrap_or(BPF.number);
+    for need in &mut needs {
+        if need.capability.number > last {
+            need.capability = SYS_ADMIN;
+        }
+    }
+    needs.dedup_by_key(|need| need.capability);
+    needs
+}
+
+/// The capabilities of the calling thread: (effective, permitted) as bit masks.
+pub fn current() -> Result<(u64, u64), CapsError> {
+    let mut header = CapHeader {
+        version: CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    let mut data = [CapData::default(); 2];
+    // SAFETY: capget writes two CapData for version 3, which `data` holds.
+    let rc = unsafe { libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()) };
+    if rc != 0 {
+        return Err(CapsError::Get(std::io::Error::last_os_error()));
+    }
+    let join = |low: u32, high: u32| u64::from(low) | (u64::from(high) << 32);
+    Ok((
+        join(data[0].effective, data[1].effective),
+        join(data[0].permitted, data[1].permitted),
+    ))
+}
+
+/// Fails, naming them, when needed capabilities are not in the effective set.
+pub fn check(needs: &[Need]) -> Result<(), CapsError> {
+    let (effective, _) = current()?;
+    let missing: Vec<Need> = needs
+        .iter()
+        .filter(|need| effective & (1 << need.capability.number) == 0)
+        .copied()
+        .collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(CapsError::Missing(missing))
+    }
+}
+
+/// The capabilities still needed once started.
+pub fn kept_after_start(needs: &[Need]) -> Vec<Capability> {
+    let mut kept: Vec<Capability> = Vec::new();
+    for need in needs.iter().filter(|n| n.after_start) {
+        if !kept.contains(&need.capability) {
+            kept.push(need.capability);
+        }
+    }
+    kept
+}
+
+/// Reduces the calling thread's effective, permitted and inheritable sets to `keep`
+/// (those of them it has), and clears its ambient set.
+pub fn keep_only(keep: &[Capability]) -> Result<(), CapsError> {
+    let (_, permitted) = current()?;
+    let wanted = keep.iter().fold(0u64, |mask, cap| mask | (1 << cap.number)) & permitted;
+    // SAFETY: a plain prctl with integer arguments.
+    unsafe {
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL,
+            0,
+            0,
+            0,
+        );
+    }
+    let mut header = CapHeader {
+        version: CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    let split = |mask: u64| [mask as u32, (mask >> 32) as u32];
+    let [low, high] = split(wanted);
+    let data = [
+        CapData {
+            effective: low,
+            permitted: low,
+            inheritable: 0,
+        },
+        CapData {
+            effective: high,
+            permitted: high,
+            inheritable: 0,
+        },
+    ];
+    // SAFETY: capset reads two CapData for version 3, which `data` holds.
+    let rc = unsafe { libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()) };
+    if rc != 0 {
+        return Err(CapsError::Set(std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+/// Names of the capabilities in a mask, for logs.
+pub fn describe(keep: &[Capability]) -> String {
+    if keep.is_empty() {
+        "none".into()
+    } else {
+        keep.iter().map(|c| c.name).collect::<Vec<_>>().join(", ")
+    }
+}
+
+const CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: i32,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_configuration_needs_the_daemonsets_capabilities() {
+        let needs = needed(&Config::embedded_default());
+        let names: Vec<&str> = needs.iter().map(|n| n.capability.name).collect();
+        assert_eq!(
+            names,
+            [
+                "CAP_BPF",
+                "CAP_PERFMON",
+                "CAP_SYS_ADMIN",
+                "CAP_SYS_PTRACE",
+                "CAP_DAC_READ_SEARCH"
+            ]
+        );
+        let kept: Vec<&str> = kept_after_start(&needs).iter().map(|c| c.name).collect();
+        assert_eq!(kept, ["CAP_BPF", "CAP_PERFMON", "CAP_SYS_ADMIN"]);
+    }
+
+    #[test]
+    fn the_error_names_each_missing_capability() {
+        let needs = needed(&Config::embedded_default());
+        let message = CapsError::Missing(vec![needs[3]]).to_string();
+        assert!(
+            message.starts_with("missing capability CAP_SYS_PTRACE: "),
+            "{message}"
+        );
+        assert!(!message.contains('\n'));
+    }
+
+    #[test]
+    fn without_probes_nothing_is_needed() {
+        let mut config = Config::default();
+        config.probes.syscalls.enabled = false;
+        config.probes.process.enabled = false;
+        config.probes.tcp.enabled = false;
+        config.probes.http.enabled = false;
+        assert!(needed(&config).is_empty());
+    }
+
+    #[test]
+    fn this_threads_capabilities_can_be_read() {
+        let (effective, permitted) = current().expect("capget");
+        assert_eq!(effective & !permitted, 0);
+    }
+}
