@@ -50,9 +50,11 @@ def wait_for_line(proc, pattern, timeout=60):
     raise RuntimeError(f"timed out waiting for {pattern!r}")
 
 
-def start_tool(kind, port):
+def start_tool(kind, port, baseline=None):
     if kind.startswith("periscope"):
         return start_periscope(port, kind)
+    if kind == "baseline":
+        return start_periscope(port, "periscope", binary=baseline)
     if kind == "floor":
         proc = subprocess.Popen([PERISCOPE, "floor"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         wait_for_line(proc, "floor programs attached")
@@ -66,7 +68,7 @@ def start_tool(kind, port):
     return proc
 
 
-def start_periscope(port, kind):
+def start_periscope(port, kind, binary=PERISCOPE):
     """The default configuration (sampled windows closed, as between windows), or with
     syscall timing or kernel run-time statistics always on (as inside their windows)."""
     config = tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False)
@@ -76,7 +78,7 @@ def start_periscope(port, kind):
     if kind == "periscope-timing-always":
         config.write("probes:\n  syscalls:\n    latency_sampling: always\n")
     config.close()
-    proc = subprocess.Popen([PERISCOPE, "run", "--config", config.name], stdout=subprocess.PIPE,
+    proc = subprocess.Popen([binary, "run", "--config", config.name], stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, text=True)
     wait_for_line(proc, "serving metrics")
     os.unlink(config.name)
@@ -120,6 +122,8 @@ def main():
     parser.add_argument("--cpu", type=int, default=1)
     parser.add_argument("--port", type=int, default=19101)
     parser.add_argument("--rss-after", type=int, default=60, help="seconds before reading RSS (0 skips)")
+    parser.add_argument("--baseline", help="another periscope binary (an older build, say) run with the "
+                        "default configuration in each round, for an A/B comparison in the same run")
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("run as root: the benchmark loads BPF programs")
@@ -127,13 +131,15 @@ def main():
         sys.exit("build first: cargo build --release")
 
     kinds = ["off", "floor", "periscope", "periscope-timing-always", "periscope-stats-always", "bpftrace"]
+    if args.baseline:
+        kinds.insert(3, "baseline")
     samples = {kind: [] for kind in kinds}
     with tempfile.TemporaryDirectory() as workdir:
         loop = build_loop(workdir)
         run_loop(loop, args.calls // 10, args.cpu)  # warm up
         for round_no in range(args.rounds):
             for kind in kinds:
-                proc = start_tool(kind, args.port)
+                proc = start_tool(kind, args.port, args.baseline)
                 try:
                     samples[kind].append(run_loop(loop, args.calls, args.cpu))
                 finally:
@@ -160,6 +166,9 @@ def main():
     print(f"Periscope / floor added cost, long-run average of the default configuration: "
           f"{average / added['floor']:.2f} (floor: <= 1.5)")
     print(f"Periscope (averaged) / bpftrace added cost: {average / added['bpftrace']:.2f} (floor: < 1.0)")
+    if args.baseline:
+        print(f"Periscope - baseline ({args.baseline}), between windows: "
+              f"{added['periscope'] - added['baseline']:+.1f} ns per syscall")
     if args.rss_after > 0:
         rss, start = rss_and_start(args.port, args.rss_after)
         print(f"Agent RSS after {args.rss_after} s with default probes: {rss:.1f} MiB (floor: < 40 MiB)")
