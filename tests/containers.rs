@@ -553,3 +553,67 @@ fn systemd_style_cgroups_are_recognised_end_to_end() {
         }
     }
 }
+
+/// Starts `program args` with its pid chosen: ns_last_pid is set just below `pid`, and
+/// the spawn is retried when another process of the machine took the pid first.
+fn spawn_with_pid(pid: u32, program: &Path, args: &[&str]) -> std::process::Child {
+    for _ in 0..50 {
+        std::fs::write("/proc/sys/kernel/ns_last_pid", (pid - 1).to_string())
+            .expect("set ns_last_pid");
+        let child = Command::new(program)
+            .args(args)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("spawn");
+        if child.id() == pid {
+            return child;
+        }
+        let mut child = child;
+        let _ = child.wait();
+    }
+    panic!("could not get pid {pid} back");
+}
+
+#[test]
+fn a_reused_pid_never_takes_the_old_processs_labels() {
+    let _kernel = kernel_lock();
+    if !have_root("a_reused_pid_never_takes_the_old_processs_labels") {
+        return;
+    }
+    let agent = Agent::start(CONFIG);
+    let id = container_id(21);
+    let cgroup = HandMadeCgroup::create(&format!("/docker/{id}"));
+    let procs = cgroup.leaf().join("cgroup.procs");
+    let loop_bin = rootfs().join("bin/getppid_loop");
+    // The old process: in a container, gone before the agent ever reads it.
+    let mut old = Command::new(&loop_bin);
+    old.arg("500").stdout(Stdio::null());
+    // SAFETY: the closure only writes to a file, which is async-signal-safe enough
+    // between fork and exec (no locks are held in this single-threaded child).
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut old, move || std::fs::write(&procs, "0"));
+    }
+    let mut old = old.spawn().expect("the old process");
+    let pid = old.id();
+    assert!(old.wait().expect("wait").success());
+    // Start times are told apart to the clock tick (10 ms).
+    std::thread::sleep(Duration::from_millis(50));
+    // The new process: same pid, on the host.
+    let mut new = spawn_with_pid(pid, &loop_bin, &["300"]);
+    assert!(new.wait().expect("wait").success());
+
+    // Both are gone: each keeps a series of its own under the pid, with its own labels.
+    let pid_text = pid.to_string();
+    let ours = [("process_pid", pid_text.as_str()), ("syscall", "getppid")];
+    let old_series = [ours[0], ours[1], ("container_id", id.as_str())];
+    let metrics = eventually(&agent, |m| {
+        m.sum("syscalls_total", &ours) == 800.0 && m.sum("syscalls_total", &old_series) == 500.0
+    });
+    assert_eq!(metrics.one("syscalls_total", &old_series), 500.0);
+    let new: Vec<_> = metrics
+        .find("syscalls_total", &ours)
+        .filter(|(_, labels, _)| !labels.contains_key("container_id"))
+        .collect();
+    assert_eq!(new.len(), 1, "{new:?}");
+    assert_eq!(new[0].2, 300.0);
+}

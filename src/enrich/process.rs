@@ -2,6 +2,8 @@
 //! they were first seen gone, which drives the exited-process expiry rule.
 
 use std::collections::HashMap;
+use std::fmt::Debug;
+use std::hash::Hash;
 use std::time::{Duration, Instant, SystemTime};
 
 use super::workload::{RecordedCgroup, Workload, Workloads};
@@ -24,16 +26,59 @@ pub struct ProcessInfo {
     pub superseded: bool,
 }
 
-/// Processes keyed by pid (tgid). Entries leave when their probe expires them.
+/// How a probe's kernel side names a process: by pid (tgid) alone, or by pid and
+/// generation (start time in clock ticks, modulo 2^16), which tells a reused pid's new
+/// process from the old one.
+pub trait ProcessKey: Copy + Eq + Hash + Debug + Default {
+    fn pid(&self) -> u32;
+    fn generation(&self) -> Option<u16> {
+        None
+    }
+}
+
+impl ProcessKey for u32 {
+    fn pid(&self) -> u32 {
+        *self
+    }
+}
+
+impl ProcessKey for (u32, u16) {
+    fn pid(&self) -> u32 {
+        self.0
+    }
+
+    fn generation(&self) -> Option<u16> {
+        Some(self.1)
+    }
+}
+
+/// Nanoseconds per clock tick: /proc/PID/stat gives start times in ticks of USER_HZ, 100
+/// per second on every architecture Linux runs BPF on.
+const NS_PER_TICK: u64 = 10_000_000;
+
+/// Whether a process that started `start_ticks` clock ticks after boot has generation
+/// `gen`: its start time in units of 2^`GENERATION_SHIFT` ns, modulo 2^16 (the BPF side
+/// shifts the nanoseconds; a tick spans at most two such units).
+pub fn generation_matches(start_ticks: u64, gen: u16) -> bool {
+    let first = start_ticks.saturating_mul(NS_PER_TICK) >> GENERATION_SHIFT;
+    let last = (start_ticks.saturating_add(1).saturating_mul(NS_PER_TICK) - 1) >> GENERATION_SHIFT;
+    (first..=last).any(|unit| unit as u16 == gen)
+}
+
+/// The shift of PSC_GENERATION_SHIFT (syscalls.h).
+pub const GENERATION_SHIFT: u32 = 24;
+
+/// Processes keyed by pid (tgid), or by pid and generation. Entries leave when their
+/// probe expires them.
 #[derive(Debug, Default)]
-pub struct ProcessTable {
-    entries: HashMap<u32, ProcessInfo>,
+pub struct ProcessTable<K: ProcessKey = u32> {
+    entries: HashMap<K, ProcessInfo>,
     proc_root: String,
     keep_first_name: bool,
     workloads: Workloads,
 }
 
-impl ProcessTable {
+impl<K: ProcessKey> ProcessTable<K> {
     pub fn new() -> Self {
         ProcessTable {
             entries: HashMap::new(),
@@ -63,23 +108,33 @@ impl ProcessTable {
     /// Refreshes what is known of `pid`: its current name while it lives (names change on
     /// exec and prctl), and the moment it was first seen gone. `fallback_name` is used for
     /// a process that is already gone when first seen (e.g. the name the kernel recorded).
-    pub fn observe(&mut self, pid: u32, now: Instant, fallback_name: Option<&str>) -> &ProcessInfo {
-        self.observe_recorded(pid, now, fallback_name, None)
+    pub fn observe(&mut self, key: K, now: Instant, fallback_name: Option<&str>) -> &ProcessInfo {
+        self.observe_recorded(key, now, fallback_name, None)
     }
 
     /// As `observe`, with the cgroup the kernel recorded for the process, which gives the
     /// workload of a process gone before /proc could be read.
     pub fn observe_recorded(
         &mut self,
-        pid: u32,
+        key: K,
         now: Instant,
         fallback_name: Option<&str>,
         fallback_cgroup: Option<&RecordedCgroup>,
     ) -> &ProcessInfo {
-        let live = read_process(&self.proc_root, pid);
+        let pid = key.pid();
+        let mut live = read_process(&self.proc_root, pid);
+        // With a generation in the key, the live process under this pid is ours only if
+        // it started when ours did.
+        let taken_by_another = match (key.generation(), &live) {
+            (Some(gen), Some((_, ticks))) => !generation_matches(*ticks, gen),
+            _ => false,
+        };
+        if taken_by_another {
+            live = None;
+        }
         let workloads = &self.workloads;
         let proc_root = &self.proc_root;
-        let entry = self.entries.entry(pid).or_insert_with(|| ProcessInfo {
+        let entry = self.entries.entry(key).or_insert_with(|| ProcessInfo {
             name: fallback_name.unwrap_or(UNKNOWN_NAME).to_string(),
             start_ticks: None,
             first_seen: SystemTime::now(),
@@ -112,6 +167,9 @@ impl ProcessTable {
                 entry.gone_since.get_or_insert(now);
             }
             _ => {
+                if taken_by_another {
+                    entry.superseded = true;
+                }
                 if entry.gone_since.is_none() {
                     entry.gone_since = Some(now);
                     if entry.start_ticks.is_none() {
@@ -125,16 +183,16 @@ impl ProcessTable {
         entry
     }
 
-    pub fn pids(&self) -> Vec<u32> {
+    pub fn pids(&self) -> Vec<K> {
         self.entries.keys().copied().collect()
     }
 
-    pub fn get(&self, pid: u32) -> Option<&ProcessInfo> {
-        self.entries.get(&pid)
+    pub fn get(&self, key: K) -> Option<&ProcessInfo> {
+        self.entries.get(&key)
     }
 
     /// Pids gone for at least `ttl`, and those taken by a newer process.
-    pub fn expired(&self, now: Instant, ttl: Duration) -> Vec<u32> {
+    pub fn expired(&self, now: Instant, ttl: Duration) -> Vec<K> {
         self.entries
             .iter()
             .filter(|(_, info)| {
@@ -147,8 +205,8 @@ impl ProcessTable {
             .collect()
     }
 
-    pub fn remove(&mut self, pid: u32) -> Option<ProcessInfo> {
-        self.entries.remove(&pid)
+    pub fn remove(&mut self, key: K) -> Option<ProcessInfo> {
+        self.entries.remove(&key)
     }
 
     pub fn len(&self) -> usize {
@@ -222,6 +280,36 @@ mod tests {
         assert!(
             info.gone_since.is_some(),
             "the live process under this pid is another one"
+        );
+    }
+
+    #[test]
+    fn generations_match_the_start_tick() {
+        // A start at 1234.567 s since boot: tick 123456, and 2^24 ns unit 73586.
+        let ns: u64 = 1_234_567_000_000;
+        let gen = (ns >> GENERATION_SHIFT) as u16;
+        assert!(generation_matches(ns / NS_PER_TICK, gen));
+        assert!(!generation_matches(ns / NS_PER_TICK, gen.wrapping_add(2)));
+        assert!(!generation_matches(ns / NS_PER_TICK + 5, gen));
+    }
+
+    #[test]
+    fn a_generation_keyed_process_is_only_the_one_that_started_then() {
+        let mut table: ProcessTable<(u32, u16)> = ProcessTable::new();
+        let pid = std::process::id();
+        let ticks = read_process("/proc", pid).expect("alive").1;
+        let gen = ((ticks * NS_PER_TICK) >> GENERATION_SHIFT) as u16;
+        let t0 = Instant::now();
+        assert!(table.observe((pid, gen), t0, None).gone_since.is_none());
+        let other = table.observe((pid, gen.wrapping_add(100)), t0, Some("old"));
+        assert!(
+            other.superseded,
+            "an older process under a pid someone else holds now"
+        );
+        assert_eq!(other.name, "old");
+        assert_eq!(
+            table.expired(t0, Duration::from_secs(300)),
+            vec![(pid, gen.wrapping_add(100))]
         );
     }
 

@@ -151,12 +151,12 @@ pub fn plain_bytes<T: plain::Plain>(value: &T) -> &[u8] {
     unsafe { plain::as_bytes(value) }
 }
 
-/// The record (`struct psc_process` of `bpf/process.h`) a probe's BPF program kept of
-/// process `$pid` in `$map`: its name and cgroup. Each skeleton generates its own copy
-/// of the type, named by `$types`.
+/// The record (`struct psc_process` of `bpf/process.h`) a probe's BPF program kept of a
+/// process in `$map`, under the key bytes `$key`: its name and cgroup. Each skeleton
+/// generates its own copy of the type, named by `$types`.
 macro_rules! recorded_process {
-    ($types:ident, $map:expr, $pid:expr) => {{
-        libbpf_rs::MapCore::lookup(&$map, &$pid.to_ne_bytes(), libbpf_rs::MapFlags::ANY)
+    ($types:ident, $map:expr, $key:expr) => {{
+        libbpf_rs::MapCore::lookup(&$map, $key, libbpf_rs::MapFlags::ANY)
             .ok()
             .flatten()
             .and_then(|bytes| {

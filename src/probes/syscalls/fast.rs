@@ -44,8 +44,8 @@ impl FastTable {
         unsafe { self.base.as_ptr().add(idx) }
     }
 
-    /// Every taken slot: (tgid, syscall number, count on that slot's CPU).
-    pub fn taken(&self) -> impl Iterator<Item = (u32, u32, u64)> + '_ {
+    /// Every taken slot: ((tgid, generation), syscall number, count on that slot's CPU).
+    pub fn taken(&self) -> impl Iterator<Item = ((u32, u16), u32, u64)> + '_ {
         (0..self.slots).filter_map(move |idx| {
             let slot = self.slot(idx);
             // SAFETY: the slot lies in the mapping; the kernel writes it concurrently, so
@@ -56,15 +56,16 @@ impl FastTable {
                     return None;
                 }
                 let tgid = std::ptr::read_volatile(&raw const (*slot).tgid);
+                let gen = std::ptr::read_volatile(&raw const (*slot).gen);
                 let count = std::ptr::read_volatile(&raw const (*slot).count);
-                Some((tgid, nr_plus_one - 1, count))
+                Some(((tgid, gen), u32::from(nr_plus_one) - 1, count))
             }
         })
     }
 
     /// Frees every slot of the processes `gone` selects (exited processes whose counts
     /// were folded away).
-    pub fn release(&self, gone: impl Fn(u32) -> bool) -> u64 {
+    pub fn release(&self, gone: impl Fn((u32, u16)) -> bool) -> u64 {
         let mut released = 0;
         for idx in 0..self.slots {
             let slot = self.slot(idx);
@@ -73,7 +74,10 @@ impl FastTable {
             // and clearing those here could overwrite its claim.
             unsafe {
                 if std::ptr::read_volatile(&raw const (*slot).nr_plus_one) != 0
-                    && gone(std::ptr::read_volatile(&raw const (*slot).tgid))
+                    && gone((
+                        std::ptr::read_volatile(&raw const (*slot).tgid),
+                        std::ptr::read_volatile(&raw const (*slot).gen),
+                    ))
                 {
                     std::ptr::write_volatile(&raw mut (*slot).nr_plus_one, 0);
                     released += 1;

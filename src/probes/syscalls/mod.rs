@@ -36,6 +36,7 @@ use skel::{types, SyscallsSkel, SyscallsSkelBuilder};
 // SAFETY: plain C structs of integers, generated from the BPF program's BTF.
 unsafe impl plain::Plain for types::psc_syscall_key {}
 unsafe impl plain::Plain for types::psc_syscall_error_key {}
+unsafe impl plain::Plain for types::psc_process_key {}
 unsafe impl plain::Plain for types::psc_syscall_nr_err {}
 unsafe impl plain::Plain for types::psc_hist {}
 unsafe impl plain::Plain for types::psc_process {}
@@ -98,6 +99,9 @@ type Owner = (Option<u32>, String, Workload);
 /// What exited processes fold into: an executable, within its container or service.
 type Executable = (String, Workload);
 
+/// A process as the kernel side keys it: tgid and generation (syscalls.h).
+type Proc = (u32, u16);
+
 pub struct SyscallsProbe {
     skel: SyscallsSkel<'static>,
     fast: FastTable,
@@ -112,7 +116,7 @@ pub struct SyscallsProbe {
     bounds: DurationBounds,
     pid_label: bool,
     exited_ttl: Duration,
-    processes: ProcessTable,
+    processes: ProcessTable<Proc>,
     exited_counts: BTreeMap<(Executable, u32), u64>,
     exited_errors: BTreeMap<(Executable, u32, u32), u64>,
     exited_latency: BTreeMap<(Executable, u32), LogLinearHistogram>,
@@ -328,14 +332,19 @@ impl SyscallsProbe {
     }
 
     /// The name and cgroup the kernel recorded for a process.
-    fn recorded(&self, pid: u32) -> Option<(String, RecordedCgroup)> {
-        util::recorded_process!(types, self.skel.maps.comms, pid)
+    fn recorded(&self, (tgid, gen): Proc) -> Option<(String, RecordedCgroup)> {
+        let key = types::psc_process_key {
+            tgid,
+            gen,
+            ..Default::default()
+        };
+        util::recorded_process!(types, self.skel.maps.comms, plain_bytes(&key))
     }
 
-    fn owner(&self, pid: u32) -> Owner {
+    fn owner(&self, process: Proc) -> Owner {
         let (name, workload) = self
             .processes
-            .get(pid)
+            .get(process)
             .map(|info| (info.name.clone(), info.workload.clone()))
             .unwrap_or_else(|| {
                 (
@@ -343,7 +352,7 @@ impl SyscallsProbe {
                     Workload::default(),
                 )
             });
-        (self.pid_label.then_some(pid), name, workload)
+        (self.pid_label.then_some(process.0), name, workload)
     }
 
     /// Moves the series of processes gone for the TTL into the per-executable aggregate
@@ -354,42 +363,66 @@ impl SyscallsProbe {
         if expired.is_empty() {
             return;
         }
-        let mut names: HashMap<u32, Executable> = HashMap::with_capacity(expired.len());
-        for pid in expired {
-            if let Some(info) = self.processes.remove(pid) {
+        let mut names: HashMap<Proc, Executable> = HashMap::with_capacity(expired.len());
+        for process in expired {
+            if let Some(info) = self.processes.remove(process) {
                 let name = self.exited_name((info.name, info.workload));
-                names.insert(pid, name);
+                names.insert(process, name);
             }
         }
-        let name_of = |pid: u32| names.get(&pid).cloned().unwrap_or_default();
+        let name_of = |process: Proc| names.get(&process).cloned().unwrap_or_default();
+        let series_key = |(tgid, gen): Proc, nr: u32| types::psc_syscall_key {
+            tgid,
+            nr: nr as u16,
+            gen,
+        };
         let mut series = 0u64;
-        for ((tgid, nr), count) in reading.counts.extract_pids(&names) {
-            *self.exited_counts.entry((name_of(tgid), nr)).or_default() += count;
-            let key = types::psc_syscall_key { tgid, nr };
-            let _ = self.skel.maps.counts.delete(plain_bytes(&key));
+        for ((process, nr), count) in reading.counts.extract_pids(&names) {
+            *self
+                .exited_counts
+                .entry((name_of(process), nr))
+                .or_default() += count;
+            let _ = self
+                .skel
+                .maps
+                .counts
+                .delete(plain_bytes(&series_key(process, nr)));
             series += 1;
         }
-        for ((tgid, nr, err), count) in reading.errors.extract_pids(&names) {
+        for ((process, nr, err), count) in reading.errors.extract_pids(&names) {
             *self
                 .exited_errors
-                .entry((name_of(tgid), nr, err))
+                .entry((name_of(process), nr, err))
                 .or_default() += count;
-            let key = types::psc_syscall_error_key { tgid, nr, err };
+            let key = types::psc_syscall_error_key {
+                tgid: process.0,
+                nr: nr as u16,
+                gen: process.1,
+                err,
+            };
             let _ = self.skel.maps.errors.delete(plain_bytes(&key));
             series += 1;
         }
-        for ((tgid, nr), hist) in reading.latency.extract_pids(&names) {
+        for ((process, nr), hist) in reading.latency.extract_pids(&names) {
             self.exited_latency
-                .entry((name_of(tgid), nr))
+                .entry((name_of(process), nr))
                 .or_default()
                 .merge(&hist);
-            let key = types::psc_syscall_key { tgid, nr };
-            let _ = self.skel.maps.latency.delete(plain_bytes(&key));
+            let _ = self
+                .skel
+                .maps
+                .latency
+                .delete(plain_bytes(&series_key(process, nr)));
             series += 1;
         }
-        self.fast.release(|tgid| names.contains_key(&tgid));
-        for pid in names.keys() {
-            let _ = self.skel.maps.comms.delete(&pid.to_ne_bytes());
+        self.fast.release(|process| names.contains_key(&process));
+        for (tgid, gen) in names.keys() {
+            let key = types::psc_process_key {
+                tgid: *tgid,
+                gen: *gen,
+                ..Default::default()
+            };
+            let _ = self.skel.maps.comms.delete(plain_bytes(&key));
         }
         self.expired_series += series;
         debug!(
@@ -414,24 +447,27 @@ impl SyscallsProbe {
     fn read(&self) -> Reading {
         let maps = &self.skel.maps;
         let mut reading = Reading::default();
-        for (tgid, nr, count) in self.fast.taken() {
-            *reading.counts.0.entry((tgid, nr)).or_default() += count;
+        for (process, nr, count) in self.fast.taken() {
+            *reading.counts.0.entry((process, nr)).or_default() += count;
             reading.entries[0] += 1;
         }
         for (key, values) in util::read_percpu(&maps.counts) {
             reading.entries[1] += 1;
             if let Some(k) = decode::<types::psc_syscall_key>(&key) {
-                *reading.counts.0.entry((k.tgid, k.nr)).or_default() +=
-                    util::sum_percpu_u64(&values);
+                *reading
+                    .counts
+                    .0
+                    .entry(((k.tgid, k.gen), u32::from(k.nr)))
+                    .or_default() += util::sum_percpu_u64(&values);
             }
         }
         for (key, values) in util::read_percpu(&maps.errors) {
             reading.entries[2] += 1;
             if let Some(k) = decode::<types::psc_syscall_error_key>(&key) {
-                reading
-                    .errors
-                    .0
-                    .insert((k.tgid, k.nr, k.err), util::sum_percpu_u64(&values));
+                reading.errors.0.insert(
+                    ((k.tgid, k.gen), u32::from(k.nr), k.err),
+                    util::sum_percpu_u64(&values),
+                );
             }
         }
         for (key, value) in util::read_shared(&maps.latency) {
@@ -439,7 +475,10 @@ impl SyscallsProbe {
             if let (Some(k), Some(hist)) =
                 (decode::<types::psc_syscall_key>(&key), decode_hist(&value))
             {
-                reading.latency.0.insert((k.tgid, k.nr), hist);
+                reading
+                    .latency
+                    .0
+                    .insert(((k.tgid, k.gen), u32::from(k.nr)), hist);
             }
         }
         reading
@@ -496,12 +535,12 @@ impl SyscallsProbe {
     }
 }
 
-/// One read of the kernel maps, keyed by pid.
+/// One read of the kernel maps, keyed by process.
 #[derive(Default)]
 struct Reading {
-    counts: PidKeyed<(u32, u32), u64>,
-    errors: PidKeyed<(u32, u32, u32), u64>,
-    latency: PidKeyed<(u32, u32), LogLinearHistogram>,
+    counts: PidKeyed<(Proc, u32), u64>,
+    errors: PidKeyed<(Proc, u32, u32), u64>,
+    latency: PidKeyed<(Proc, u32), LogLinearHistogram>,
     /// Entries read from the per-CPU table and the counts, errors and latency maps, for
     /// the map-fill self-metrics (reading them costs a syscall per entry: once is enough).
     entries: [u64; 4],
@@ -516,22 +555,22 @@ impl<K, V> Default for PidKeyed<K, V> {
 }
 
 trait HasPid {
-    fn pid(&self) -> u32;
+    fn pid(&self) -> Proc;
 }
-impl HasPid for (u32, u32) {
-    fn pid(&self) -> u32 {
+impl HasPid for (Proc, u32) {
+    fn pid(&self) -> Proc {
         self.0
     }
 }
-impl HasPid for (u32, u32, u32) {
-    fn pid(&self) -> u32 {
+impl HasPid for (Proc, u32, u32) {
+    fn pid(&self) -> Proc {
         self.0
     }
 }
 
 impl<K: HasPid + Copy + std::hash::Hash + Eq, V> PidKeyed<K, V> {
-    /// Removes and returns the entries of the given pids.
-    fn extract_pids<T>(&mut self, pids: &HashMap<u32, T>) -> Vec<(K, V)> {
+    /// Removes and returns the entries of the given processes.
+    fn extract_pids<T>(&mut self, pids: &HashMap<Proc, T>) -> Vec<(K, V)> {
         let keys: Vec<K> = self
             .0
             .keys()
@@ -543,7 +582,7 @@ impl<K: HasPid + Copy + std::hash::Hash + Eq, V> PidKeyed<K, V> {
             .collect()
     }
 
-    fn pids(&self) -> impl Iterator<Item = u32> + '_ {
+    fn pids(&self) -> impl Iterator<Item = Proc> + '_ {
         self.0.keys().map(HasPid::pid)
     }
 }
@@ -595,7 +634,7 @@ impl Probe for SyscallsProbe {
     fn collect(&mut self, now: Instant, out: &mut Vec<Family>) {
         let mut reading = self.read();
         let entries = reading.entries;
-        let mut pids: Vec<u32> = reading
+        let mut pids: Vec<Proc> = reading
             .counts
             .pids()
             .chain(reading.errors.pids())
@@ -604,7 +643,7 @@ impl Probe for SyscallsProbe {
         pids.sort_unstable();
         pids.dedup();
         for pid in &pids {
-            // The kernel's record of the name only matters the first time a pid is seen.
+            // The kernel's record only matters the first time a process is seen.
             let (name, cgroup) = match self.processes.get(*pid) {
                 Some(_) => (None, None),
                 None => self.recorded(*pid).unzip(),

@@ -31,6 +31,7 @@ struct psc_syscall_error_key psc_syscall_error_key_type = {};
 struct psc_syscall_nr_err psc_syscall_nr_err_type = {};
 struct psc_hist psc_hist_type = {};
 struct psc_process psc_process_type = {};
+struct psc_process_key psc_process_key_type = {};
 struct psc_fast_slot psc_fast_slot_type = {};
 
 /* Slots a pair may take in its CPU's table; beyond, it is counted in `counts`. */
@@ -147,7 +148,7 @@ struct {
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 16384);
-	__type(key, __u32);
+	__type(key, struct psc_process_key);
 	__type(value, struct psc_process);
 } comms SEC(".maps");
 
@@ -210,16 +211,27 @@ static __always_inline void add_percpu(void *map, const void *key, __u64 *on_ful
 	PSC_COUNT_IN(folded, folded_slot);
 }
 
-static __always_inline void record_comm(__u32 tgid)
+static __always_inline void record_comm(__u32 tgid, __u16 gen)
 {
+	struct psc_process_key key = { .tgid = tgid, .gen = gen };
 	struct psc_process process = {};
 
 	psc_current_process(&process);
-	bpf_map_update_elem(&comms, &tgid, &process, BPF_ANY);
+	bpf_map_update_elem(&comms, &key, &process, BPF_ANY);
+}
+
+/*
+ * A process's generation: its start time (since boot) in units of 2^24 ns, about
+ * 16.8 ms, modulo 2^16. A shift, not a division by the 10 ms clock tick; user space
+ * matches it against the start tick in /proc/PID/stat.
+ */
+static __always_inline __u16 process_generation(struct task_struct *task)
+{
+	return (__u16)(task->group_leader->start_boottime >> PSC_GENERATION_SHIFT);
 }
 
 /* Counts in this CPU's table; 0 when the pair's probe sequence is full. */
-static __always_inline int count_fast(__u32 tgid, __u32 nr)
+static __always_inline int count_fast(__u32 tgid, __u16 gen, __u32 nr)
 {
 	__u32 base = bpf_get_smp_processor_id() * (fast_slots_mask + 1);
 	__u32 hash = (tgid * 2654435761u) ^ (nr * 2246822519u);
@@ -231,7 +243,7 @@ static __always_inline int count_fast(__u32 tgid, __u32 nr)
 		slot = bpf_map_lookup_elem(&fast_counts, &idx);
 		if (!slot)
 			return 0;
-		if (slot->nr_plus_one == nr + 1 && slot->tgid == tgid) {
+		if (slot->nr_plus_one == nr + 1 && slot->tgid == tgid && slot->gen == gen) {
 			slot->count += 1;
 			return 1;
 		}
@@ -241,19 +253,20 @@ static __always_inline int count_fast(__u32 tgid, __u32 nr)
 			 * is written last. x86 keeps stores in order; the compiler must too.
 			 */
 			slot->tgid = tgid;
+			slot->gen = gen;
 			slot->count = 1;
 			asm volatile("" ::: "memory");
 			slot->nr_plus_one = nr + 1;
-			record_comm(tgid);
+			record_comm(tgid, gen);
 			return 1;
 		}
 	}
 	return 0;
 }
 
-static __always_inline void count_error(__u32 tgid, __u32 nr, __u32 err)
+static __always_inline void count_error(__u32 tgid, __u16 gen, __u32 nr, __u32 err)
 {
-	struct psc_syscall_error_key key = { .tgid = tgid, .nr = nr, .err = err };
+	struct psc_syscall_error_key key = { .tgid = tgid, .nr = nr, .gen = gen, .err = err };
 	struct psc_syscall_nr_err overflow_key = { .nr = nr, .err = err };
 	__u64 one = 1, *value;
 	long ret;
@@ -277,9 +290,9 @@ static __always_inline void count_error(__u32 tgid, __u32 nr, __u32 err)
 		   bpf_map_lookup_elem(&overflow_errors_any, &nr), PSC_FOLDED_OVERFLOW_ERRORS);
 }
 
-static __always_inline void record_latency(__u32 tgid, __u32 nr)
+static __always_inline void record_latency(__u32 tgid, __u16 gen, __u32 nr)
 {
-	struct psc_syscall_key key = { .tgid = tgid, .nr = nr };
+	struct psc_syscall_key key = { .tgid = tgid, .nr = nr, .gen = gen };
 	struct psc_syscall_start *st;
 	struct psc_hist *hist;
 	__u32 zero = 0;
@@ -327,10 +340,13 @@ static __always_inline void stamp_start(__u32 nr)
 SEC("tp_btf/sys_exit")
 int BPF_PROG(psc_sys_exit, struct pt_regs *regs, long ret)
 {
-	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
-	struct psc_syscall_key key;
+	/* One helper call gives both the tgid and the generation. */
+	struct task_struct *task = bpf_get_current_task_btf();
+	__u32 tgid = task->tgid;
+	struct psc_syscall_key key = {};
 	long nr = regs->orig_ax;
 	__u64 *count;
+	__u16 gen;
 
 	if (nr < 0 || nr >= PSC_MAX_SYSCALLS)
 		return 0;
@@ -346,24 +362,28 @@ int BPF_PROG(psc_sys_exit, struct pt_regs *regs, long ret)
 	if (!is_selected(tgid))
 		return 0;
 
+	gen = process_generation(task);
 	key.tgid = tgid;
 	key.nr = nr;
-	if (!count_fast(tgid, key.nr)) {
+	key.gen = gen;
+	if (!count_fast(tgid, gen, nr)) {
+		__u32 slot = nr;
+
 		count = bpf_map_lookup_elem(&counts, &key);
 		if (count) {
 			*count += 1;
 		} else {
-			record_comm(tgid);
-			add_percpu(&counts, &key, bpf_map_lookup_elem(&overflow_counts, &key.nr),
+			record_comm(tgid, gen);
+			add_percpu(&counts, &key, bpf_map_lookup_elem(&overflow_counts, &slot),
 				   PSC_FOLDED_COUNTS);
 		}
 	}
 	if ((nr == PSC_NR_EXECVE || nr == PSC_NR_EXECVEAT) && ret == 0)
-		record_comm(tgid);
+		record_comm(tgid, gen);
 	if (ret < 0 && ret >= -PSC_MAX_ERRNO)
-		count_error(tgid, key.nr, -ret);
+		count_error(tgid, gen, nr, -ret);
 	if (latency_enabled[nr])
-		record_latency(tgid, key.nr);
+		record_latency(tgid, gen, nr);
 	return 0;
 }
 

@@ -5,15 +5,31 @@
 #include "histogram.h"
 #include "process.h"
 
+/*
+ * A process is its tgid and its generation: its start time since boot in units of
+ * 2^PSC_GENERATION_SHIFT ns, modulo 2^16. A pid reused by a new process thus gets series
+ * of its own, and never adds to, or takes the labels of, the old process's.
+ */
+#define PSC_GENERATION_SHIFT 24
+
 struct psc_syscall_key {
 	__u32 tgid;
-	__u32 nr;
+	__u16 nr;
+	__u16 gen;
 };
 
 struct psc_syscall_error_key {
 	__u32 tgid;
-	__u32 nr;
+	__u16 nr;
+	__u16 gen;
 	__u32 err;
+};
+
+/* Key of the process records. */
+struct psc_process_key {
+	__u32 tgid;
+	__u16 gen;
+	__u16 pad;
 };
 
 /* Key of the overflow errors map: errors of processes that found the errors map full. */
@@ -23,12 +39,14 @@ struct psc_syscall_nr_err {
 };
 
 /*
- * A slot of the per-CPU count table, the hot path's first level: tgid and syscall of the
- * counted pair (nr_plus_one == 0 marks a free slot) and its count on that CPU.
+ * A slot of the per-CPU count table, the hot path's first level: process (tgid and
+ * generation) and syscall of the counted pair (nr_plus_one == 0 marks a free slot) and
+ * its count on that CPU.
  */
 struct psc_fast_slot {
 	__u32 tgid;
-	__u32 nr_plus_one;
+	__u16 nr_plus_one;
+	__u16 gen;
 	__u64 count;
 };
 

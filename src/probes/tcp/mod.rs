@@ -473,7 +473,11 @@ impl TcpProbe {
                 // The kernel's record only matters the first time a pid is seen.
                 let recorded = match self.processes.get(key.tgid) {
                     Some(_) => None,
-                    None => util::recorded_process!(types, self.skel.maps.processes, key.tgid),
+                    None => util::recorded_process!(
+                        types,
+                        self.skel.maps.processes,
+                        &key.tgid.to_ne_bytes()
+                    ),
                 };
                 let (recorded_name, recorded_cgroup) = recorded.unzip();
                 let info = self.processes.observe_recorded(
