@@ -68,3 +68,23 @@ static __always_inline void psc_current_process(struct psc_process *out)
 	bpf_probe_read_kernel_str(out->comm, sizeof(out->comm), task->group_leader->comm);
 	psc_current_cgroup(&out->cgroup);
 }
+
+/*
+ * A process is known by its tgid and its generation: its start time since boot in
+ * units of 2^PSC_GENERATION_SHIFT ns (about 16.8 ms), modulo 2^16. A pid reused by a new
+ * process thus keys series of its own, which never add to, or take the labels of, the
+ * old process's. A shift, not a division by the 10 ms clock tick: user space matches it
+ * against the start tick in /proc/PID/stat.
+ */
+#define PSC_GENERATION_SHIFT 24
+
+struct psc_process_key {
+	__u32 tgid;
+	__u16 gen;
+	__u16 pad;
+};
+
+static __always_inline __u16 psc_generation(struct task_struct *task)
+{
+	return (__u16)(task->group_leader->start_boottime >> PSC_GENERATION_SHIFT);
+}

@@ -562,6 +562,7 @@ fn spawn_with_pid(pid: u32, program: &Path, args: &[&str]) -> std::process::Chil
             .expect("set ns_last_pid");
         let child = Command::new(program)
             .args(args)
+            .stdin(Stdio::null())
             .stdout(Stdio::null())
             .spawn()
             .expect("spawn");
@@ -616,4 +617,58 @@ fn a_reused_pid_never_takes_the_old_processs_labels() {
         .collect();
     assert_eq!(new.len(), 1, "{new:?}");
     assert_eq!(new[0].2, 300.0);
+}
+
+#[test]
+fn a_reused_pids_connections_keep_their_own_labels() {
+    let _kernel = kernel_lock();
+    if !have_root("a_reused_pids_connections_keep_their_own_labels") {
+        return;
+    }
+    let port = closing_listener();
+    let agent = Agent::start(CONFIG);
+    let id = container_id(22);
+    let cgroup = HandMadeCgroup::create(&format!("/docker/{id}"));
+    let procs = cgroup.leaf().join("cgroup.procs");
+    let busybox = rootfs().join("bin/busybox");
+    let target = ["nc", "127.0.0.1", &port.to_string()].map(String::from);
+    // The old process connects from a container, and is gone before the agent reads it.
+    let mut old = Command::new(&busybox);
+    old.args(&target).stdin(Stdio::null()).stdout(Stdio::null());
+    // SAFETY: as in a_reused_pid_never_takes_the_old_processs_labels.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut old, move || std::fs::write(&procs, "0"));
+    }
+    let mut old = old.spawn().expect("the old process");
+    let pid = old.id();
+    assert!(old.wait().expect("wait").success());
+    std::thread::sleep(Duration::from_millis(50));
+    let target: Vec<&str> = target.iter().map(String::as_str).collect();
+    let mut new = spawn_with_pid(pid, &busybox, &target);
+    assert!(new.wait().expect("wait").success());
+
+    let pid_text = pid.to_string();
+    let port_text = port.to_string();
+    let ours = [
+        ("process_pid", pid_text.as_str()),
+        ("direction", "outbound"),
+        ("peer_port", port_text.as_str()),
+    ];
+    let metrics = eventually(&agent, |m| {
+        m.sum("tcp_connections_opened_total", &ours) == 2.0
+    });
+    let series: Vec<_> = metrics
+        .find("tcp_connections_opened_total", &ours)
+        .collect();
+    assert_eq!(series.len(), 2, "{series:?}");
+    let in_container: Vec<_> = series
+        .iter()
+        .filter(|(_, labels, _)| labels.get("container_id") == Some(&id))
+        .collect();
+    assert_eq!(in_container.len(), 1, "{series:?}");
+    assert_eq!(in_container[0].2, 1.0);
+    assert!(
+        series.iter().all(|(_, _, value)| *value == 1.0),
+        "{series:?}"
+    );
 }

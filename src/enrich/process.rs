@@ -65,7 +65,14 @@ pub fn generation_matches(start_ticks: u64, gen: u16) -> bool {
     (first..=last).any(|unit| unit as u16 == gen)
 }
 
-/// The shift of PSC_GENERATION_SHIFT (syscalls.h).
+/// The generation of live process `pid`, as BPF programs read it: the first 2^24 ns
+/// unit of its start tick.
+pub fn generation_of_pid(pid: u32) -> Option<u16> {
+    let (_, ticks) = read_process("/proc", pid)?;
+    Some((ticks.saturating_mul(NS_PER_TICK) >> GENERATION_SHIFT) as u16)
+}
+
+/// PSC_GENERATION_SHIFT (bpf/process.h).
 pub const GENERATION_SHIFT: u32 = 24;
 
 /// Processes keyed by pid (tgid), or by pid and generation. Entries leave when their

@@ -220,16 +220,6 @@ static __always_inline void record_comm(__u32 tgid, __u16 gen)
 	bpf_map_update_elem(&comms, &key, &process, BPF_ANY);
 }
 
-/*
- * A process's generation: its start time (since boot) in units of 2^24 ns, about
- * 16.8 ms, modulo 2^16. A shift, not a division by the 10 ms clock tick; user space
- * matches it against the start tick in /proc/PID/stat.
- */
-static __always_inline __u16 process_generation(struct task_struct *task)
-{
-	return (__u16)(task->group_leader->start_boottime >> PSC_GENERATION_SHIFT);
-}
-
 /* Counts in this CPU's table; 0 when the pair's probe sequence is full. */
 static __always_inline int count_fast(__u32 tgid, __u16 gen, __u32 nr)
 {
@@ -362,7 +352,7 @@ int BPF_PROG(psc_sys_exit, struct pt_regs *regs, long ret)
 	if (!is_selected(tgid))
 		return 0;
 
-	gen = process_generation(task);
+	gen = psc_generation(task);
 	key.tgid = tgid;
 	key.nr = nr;
 	key.gen = gen;

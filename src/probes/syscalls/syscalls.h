@@ -5,13 +5,7 @@
 #include "histogram.h"
 #include "process.h"
 
-/*
- * A process is its tgid and its generation: its start time since boot in units of
- * 2^PSC_GENERATION_SHIFT ns, modulo 2^16. A pid reused by a new process thus gets series
- * of its own, and never adds to, or takes the labels of, the old process's.
- */
-#define PSC_GENERATION_SHIFT 24
-
+/* A process is its tgid and its generation (process.h). */
 struct psc_syscall_key {
 	__u32 tgid;
 	__u16 nr;
@@ -25,12 +19,6 @@ struct psc_syscall_error_key {
 	__u32 err;
 };
 
-/* Key of the process records. */
-struct psc_process_key {
-	__u32 tgid;
-	__u16 gen;
-	__u16 pad;
-};
 
 /* Key of the overflow errors map: errors of processes that found the errors map full. */
 struct psc_syscall_nr_err {

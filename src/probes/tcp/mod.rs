@@ -26,6 +26,7 @@ use types::psc_tcp_counter as Counter;
 // SAFETY: plain C structs of integers, generated from the program's BTF.
 unsafe impl plain::Plain for types::psc_tcp_key {}
 unsafe impl plain::Plain for types::psc_process {}
+unsafe impl plain::Plain for types::psc_process_key {}
 unsafe impl plain::Plain for types::psc_tcp_stats {}
 unsafe impl plain::Plain for types::psc_tcp_listener_key {}
 unsafe impl plain::Plain for types::psc_tcp_listener {}
@@ -189,7 +190,8 @@ fn classic(buckets: &[u64], bounds: &[f64], sum: f64) -> ClassicHistogram {
 pub struct TcpProbe {
     skel: TcpSkel<'static>,
     links: Vec<Link>,
-    processes: ProcessTable,
+    /// Processes by tgid and generation (bpf/process.h).
+    processes: ProcessTable<(u32, u16)>,
     pid_label: bool,
     exited_ttl: Duration,
     max_peers: usize,
@@ -370,8 +372,12 @@ impl TcpProbe {
             };
             // No count of sockets: the program cannot see these close, and the next
             // listen() on the port takes it over.
+            let Some(gen) = crate::enrich::process::generation_of_pid(pid) else {
+                continue;
+            };
             let value = types::psc_tcp_listener {
                 tgid: pid,
+                gen,
                 seeded: 1,
                 ..Default::default()
             };
@@ -454,7 +460,7 @@ impl TcpProbe {
         for pid in self.processes.pids() {
             self.processes.observe(pid, now, None);
         }
-        let expired: std::collections::HashSet<u32> = self
+        let expired: std::collections::HashSet<(u32, u16)> = self
             .processes
             .expired(now, self.exited_ttl)
             .into_iter()
@@ -467,21 +473,27 @@ impl TcpProbe {
                 continue;
             }
             let stats = Stats::from_percpu(&values);
+            let process = (key.tgid, key.gen);
+            let record_key = types::psc_process_key {
+                tgid: key.tgid,
+                gen: key.gen,
+                ..Default::default()
+            };
             let (name, workload) = if key.tgid == 0 {
                 ("unknown".to_string(), Workload::default())
             } else {
                 // The kernel's record only matters the first time a pid is seen.
-                let recorded = match self.processes.get(key.tgid) {
+                let recorded = match self.processes.get(process) {
                     Some(_) => None,
                     None => util::recorded_process!(
                         types,
                         self.skel.maps.processes,
-                        &key.tgid.to_ne_bytes()
+                        util::plain_bytes(&record_key)
                     ),
                 };
                 let (recorded_name, recorded_cgroup) = recorded.unzip();
                 let info = self.processes.observe_recorded(
-                    key.tgid,
+                    process,
                     now,
                     recorded_name.as_deref(),
                     recorded_cgroup.as_ref(),
@@ -496,7 +508,7 @@ impl TcpProbe {
                 peer: util::socket_address(key.family, &key.addr),
                 port: key.port,
             };
-            if expired.contains(&key.tgid) && stats.active <= 0 {
+            if expired.contains(&process) && stats.active <= 0 {
                 // Taken from the kernel in one step: what landed since the read counts.
                 let last = util::take_percpu(&self.skel.maps.series, &key_bytes)
                     .map(|values| Stats::from_percpu(&values))
@@ -506,25 +518,42 @@ impl TcpProbe {
                     });
                 if last.active > 0 {
                     // A connection was accepted for it between the read and the take.
-                    still_open.insert(key.tgid);
+                    still_open.insert(process);
                 }
                 self.fold_exited(series, &last);
                 self.expired_series += 1;
             } else {
-                if expired.contains(&key.tgid) {
+                if expired.contains(&process) {
                     // Exited, but a connection it opened is still open (a child has it,
                     // or it is closing): its labels must not change under it.
-                    still_open.insert(key.tgid);
+                    still_open.insert(process);
                 }
                 rows.push((series, stats));
             }
         }
-        for pid in expired {
-            if !still_open.contains(&pid) {
-                self.processes.remove(pid);
-                let _ = self.skel.maps.processes.delete(&pid.to_ne_bytes());
-                self.kept_peers
-                    .retain(|(kept_pid, _, _), _| *kept_pid != Some(pid));
+        for process in expired {
+            if !still_open.contains(&process) {
+                self.processes.remove(process);
+                let record_key = types::psc_process_key {
+                    tgid: process.0,
+                    gen: process.1,
+                    ..Default::default()
+                };
+                let _ = self
+                    .skel
+                    .maps
+                    .processes
+                    .delete(util::plain_bytes(&record_key));
+                // A live process that took the pid over keeps its own.
+                if self
+                    .processes
+                    .pids()
+                    .iter()
+                    .all(|(pid, _)| *pid != process.0)
+                {
+                    self.kept_peers
+                        .retain(|(kept_pid, _, _), _| *kept_pid != Some(process.0));
+                }
             }
         }
         for (slot, inbound) in [(0u32, false), (1u32, true)] {

@@ -142,7 +142,7 @@ struct {
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 16384);
-	__type(key, __u32);
+	__type(key, struct psc_process_key);
 	__type(value, struct psc_process);
 } processes SEC(".maps");
 
@@ -154,19 +154,20 @@ struct {
 	__type(value, struct psc_process);
 } process_scratch SEC(".maps");
 
-static __always_inline void record_process(__u32 tgid)
+static __always_inline void record_process(__u32 tgid, __u16 gen)
 {
+	struct psc_process_key key = { .tgid = tgid, .gen = gen };
 	struct psc_process *process;
 	__u32 zero = 0;
 
-	if (bpf_map_lookup_elem(&processes, &tgid))
+	if (bpf_map_lookup_elem(&processes, &key))
 		return;
 	process = bpf_map_lookup_elem(&process_scratch, &zero);
 	if (!process)
 		return;
 	__builtin_memset(process, 0, sizeof(*process));
 	psc_current_process(process);
-	bpf_map_update_elem(&processes, &tgid, process, BPF_ANY);
+	bpf_map_update_elem(&processes, &key, process, BPF_ANY);
 }
 
 static __always_inline struct psc_tcp_stats *series_of(const struct psc_tcp_key *key,
@@ -267,14 +268,16 @@ static __always_inline void listener_key_of(const struct sock *sk,
 
 static __always_inline void listener_opened(const struct sock *sk)
 {
-	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
-	struct psc_tcp_listener fresh = { .tgid = tgid, .sockets = 1 };
-	struct psc_tcp_listening socket = { .tgid = tgid };
+	struct task_struct *task = bpf_get_current_task_btf();
+	__u32 tgid = task->tgid;
+	__u16 gen = psc_generation(task);
+	struct psc_tcp_listener fresh = { .tgid = tgid, .gen = gen, .sockets = 1 };
+	struct psc_tcp_listening socket = { .tgid = tgid, .gen = gen };
 	struct psc_tcp_listener *known;
 	__u64 id = (__u64)sk;
 	long err;
 
-	record_process(tgid);
+	record_process(tgid, gen);
 	listener_key_of(sk, &socket.key);
 	known = bpf_map_lookup_elem(&listeners, &socket.key);
 	if (!known) {
@@ -300,8 +303,10 @@ static __always_inline void listener_opened(const struct sock *sk)
 	/* The newest listener takes the port over (a new version of a service started
 	 * beside the old one); its close gives it back. */
 	socket.previous_tgid = known->tgid;
+	socket.previous_gen = known->gen;
 	bpf_map_update_elem(&listening, &id, &socket, BPF_EXIST);
 	known->tgid = tgid;
+	known->gen = gen;
 	__sync_fetch_and_add(&known->sockets, 1);
 }
 
@@ -316,8 +321,11 @@ static __always_inline void listener_closed(const struct sock *sk)
 		return;
 	known = bpf_map_lookup_elem(&listeners, &socket->key);
 	if (known) {
-		if (known->tgid == socket->tgid && socket->previous_tgid)
+		if (known->tgid == socket->tgid && known->gen == socket->gen &&
+		    socket->previous_tgid) {
 			known->tgid = socket->previous_tgid;
+			known->gen = socket->previous_gen;
+		}
 		__sync_fetch_and_add(&known->sockets, -1);
 		if ((__s32)known->sockets <= 0 && !known->seeded &&
 		    !bpf_map_delete_elem(&listeners, &socket->key))
@@ -436,10 +444,12 @@ int BPF_PROG(psc_tcp_state, const struct sock *sk, int oldstate, int newstate)
 	}
 
 	if (oldstate == TCP_CLOSE && newstate == TCP_SYN_SENT) {
+		struct task_struct *task = bpf_get_current_task_btf();
 		struct psc_tcp_sock fresh = {};
 
-		fresh.key.tgid = bpf_get_current_pid_tgid() >> 32;
-		record_process(fresh.key.tgid);
+		fresh.key.tgid = task->tgid;
+		fresh.key.gen = psc_generation(task);
+		record_process(fresh.key.tgid, fresh.key.gen);
 		fresh.key.direction = PSC_TCP_OUTBOUND;
 		fresh.key.port = bpf_ntohs(sk->__sk_common.skc_dport);
 		set_peer(&fresh.key, sk);
@@ -462,6 +472,7 @@ int BPF_PROG(psc_tcp_state, const struct sock *sk, int oldstate, int newstate)
 		listener_key_of(sk, &at);
 		owner = bpf_map_lookup_elem(&listeners, &at);
 		fresh.key.tgid = owner ? owner->tgid : 0;
+		fresh.key.gen = owner ? owner->gen : 0;
 		fresh.key.direction = PSC_TCP_INBOUND;
 		fresh.key.port = at.port;
 		set_peer(&fresh.key, sk);

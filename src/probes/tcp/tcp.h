@@ -30,6 +30,8 @@ struct psc_tcp_key {
 	__u8 family; /* AF_INET or AF_INET6 */
 	__u16 port;
 	__u8 addr[16]; /* the peer; IPv4 in the first 4 bytes */
+	__u16 gen; /* the process's generation (process.h) */
+	__u16 pad;
 };
 
 struct psc_tcp_stats {
@@ -60,7 +62,8 @@ struct psc_tcp_listener {
 	__u32 tgid;
 	__u32 sockets;
 	__u8 seeded;
-	__u8 pad[3];
+	__u8 pad;
+	__u16 gen;
 };
 
 /* One listening socket: its port, the process that listened on it, and the owner the
@@ -69,6 +72,8 @@ struct psc_tcp_listening {
 	struct psc_tcp_listener_key key;
 	__u32 tgid;
 	__u32 previous_tgid;
+	__u16 gen;
+	__u16 previous_gen;
 };
 
 enum psc_tcp_counter {
