@@ -14,7 +14,13 @@ use tokio::sync::oneshot;
 use tracing::{info, warn};
 
 use crate::config::Config;
+use crate::enrich::tenant::TenantLimits;
 use crate::enrich::Workloads;
+
+/// How often the cgroups of dropped tenants are looked for again.
+const DROPPED_CGROUPS_REFRESH: Duration = Duration::from_secs(2);
+/// Cgroups looked at in one search, at most.
+const MAX_CGROUPS_WALKED: usize = 65536;
 use crate::export::otlp::{self, Endpoint};
 use crate::export::{jsonl, prometheus, ExportStats};
 use crate::kernel::caps;
@@ -367,6 +373,10 @@ struct Collector {
     exporters: Vec<PushExporter>,
     span_buffer: Vec<Span>,
     workloads: Workloads,
+    tenants: Option<TenantLimits>,
+    /// The cgroups of dropped tenants the probes skip, and when they were last found.
+    dropped_cgroups: Vec<u64>,
+    dropped_cgroups_at: Option<Instant>,
 }
 
 fn collector_main(
@@ -382,7 +392,7 @@ fn collector_main(
         exporters,
         last_families,
     } = exports;
-    let workloads = Workloads::start(&config.workloads);
+    let workloads = Workloads::start(&config.workloads, &config.tenants);
     let (probes, reports) = load_probes(&config, &mut kernel, true, &workloads);
     let kept_caps = caps::kept_after_start(&caps::needed(&config));
     if let Err(err) = caps::keep_only(&kept_caps) {
@@ -407,6 +417,9 @@ fn collector_main(
         exporters,
         span_buffer: Vec::new(),
         workloads,
+        tenants: TenantLimits::new(&config.tenants),
+        dropped_cgroups: Vec::new(),
+        dropped_cgroups_at: None,
     };
     info!(
         seconds = collector.start_time.as_secs_f64(),
@@ -536,9 +549,33 @@ impl Collector {
         self.span_buffer.clear();
     }
 
+    /// Tells the probes which cgroups belong to dropped tenants, found again at most
+    /// every few seconds (a new container of a dropped tenant is counted until then, and
+    /// its series are removed on export).
+    fn refresh_dropped_cgroups(&mut self, now: Instant) {
+        if self
+            .dropped_cgroups_at
+            .is_some_and(|at| now.duration_since(at) < DROPPED_CGROUPS_REFRESH)
+        {
+            return;
+        }
+        self.dropped_cgroups_at = Some(now);
+        let mut found = self.workloads.dropped_cgroups(MAX_CGROUPS_WALKED);
+        found.sort_unstable();
+        if found != self.dropped_cgroups {
+            for probe in &mut self.probes {
+                probe.skip_cgroups(&found);
+            }
+            self.dropped_cgroups = found;
+        }
+    }
+
     fn collect(&mut self) -> Vec<Family> {
         let began = Instant::now();
         let now = Instant::now();
+        if self.tenants.is_some() {
+            self.refresh_dropped_cgroups(now);
+        }
         let mut families = Vec::new();
         let mut health = Vec::new();
         for probe in &mut self.probes {
@@ -568,6 +605,10 @@ impl Collector {
                 expired_series: 0,
                 events_lost: 0,
             });
+        }
+        if let Some(tenants) = &mut self.tenants {
+            tenants.apply(&mut families);
+            families.extend(tenants.families());
         }
         families.extend(self.workloads.families());
         families.extend(selfmetrics::families(

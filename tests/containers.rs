@@ -672,3 +672,122 @@ fn a_reused_pids_connections_keep_their_own_labels() {
         "{series:?}"
     );
 }
+
+/// Runs the getppid loop `calls` times inside `cgroup` (moved there before its exec);
+/// returns its pid once it has exited.
+fn loop_in_cgroup(cgroup: &HandMadeCgroup, calls: u32) -> u32 {
+    let procs = cgroup.leaf().join("cgroup.procs");
+    let mut command = Command::new(rootfs().join("bin/getppid_loop"));
+    command.arg(calls.to_string()).stdout(Stdio::null());
+    // SAFETY: as in a_reused_pid_never_takes_the_old_processs_labels.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut command, move || {
+            std::fs::write(&procs, "0")
+        });
+    }
+    let mut child = command.spawn().expect("the loop");
+    let pid = child.id();
+    assert!(child.wait().expect("wait").success());
+    pid
+}
+
+#[test]
+fn each_tenant_has_its_own_series_cap() {
+    let _kernel = kernel_lock();
+    if !have_root("each_tenant_has_its_own_series_cap") {
+        return;
+    }
+    let base = format!("/periscope-tenants-{}", std::process::id());
+    let noisy = HandMadeCgroup::create(&format!("{base}/noisy"));
+    let quiet = HandMadeCgroup::create(&format!("{base}/quiet"));
+    let config = format!(
+        "{CONFIG}tenants:\n  rules:\n    - tenant: noisy\n      cgroup_path: \"*/noisy\"\n    - tenant: quiet\n      cgroup_path: \"*/quiet\"\n  max_series_per_tenant: 30\n"
+    );
+    let agent = Agent::start(&config);
+    // Six processes of about fifteen syscalls each: far more series than the cap.
+    for n in 1..=6 {
+        loop_in_cgroup(&noisy, n * 100);
+    }
+    let quiet_pid = loop_in_cgroup(&quiet, 700).to_string();
+    let noisy_getppid = [("tenant", "noisy"), ("syscall", "getppid")];
+    let quiet_getppid = [
+        ("tenant", "quiet"),
+        ("syscall", "getppid"),
+        ("process_pid", quiet_pid.as_str()),
+    ];
+    let metrics = eventually(&agent, |m| {
+        m.sum("syscalls_total", &noisy_getppid) == 2100.0
+            && m.sum("syscalls_total", &quiet_getppid) == 700.0
+    });
+    // The noisy tenant's totals stay exact, partly in its own overflow series.
+    assert_eq!(metrics.sum("syscalls_total", &noisy_getppid), 2100.0);
+    let noisy_series = metrics
+        .find("syscalls_total", &[("tenant", "noisy")])
+        .count();
+    assert!(
+        noisy_series <= 30 + 30,
+        "{noisy_series} series: the cap and the overflow"
+    );
+    let overflow = [
+        ("tenant", "noisy"),
+        ("process_executable_name", "__overflow__"),
+    ];
+    assert!(metrics.find("syscalls_total", &overflow).count() > 0);
+    assert!(metrics.one("periscope_tenant_overflow_series", &[("tenant", "noisy")]) > 0.0);
+    // The quiet tenant keeps every series under its own labels.
+    assert_eq!(metrics.one("syscalls_total", &quiet_getppid), 700.0);
+    let quiet_overflow = [
+        ("tenant", "quiet"),
+        ("process_executable_name", "__overflow__"),
+    ];
+    assert_eq!(metrics.find("syscalls_total", &quiet_overflow).count(), 0);
+}
+
+#[test]
+fn a_dropped_tenant_produces_no_series() {
+    let _kernel = kernel_lock();
+    if !have_root("a_dropped_tenant_produces_no_series") {
+        return;
+    }
+    let base = format!("/periscope-drop-{}", std::process::id());
+    let dropped = HandMadeCgroup::create(&format!("{base}/dropped"));
+    let kept = HandMadeCgroup::create(&format!("{base}/kept"));
+    let config = format!(
+        "{CONFIG}tenants:\n  rules:\n    - tenant: batch\n      cgroup_path: \"*/dropped\"\n      drop: true\n    - tenant: web\n      cgroup_path: \"*/kept\"\n"
+    );
+    let agent = Agent::start(&config);
+    // The agent finds the dropped tenant's cgroups as it collects, and tells the kernel.
+    let skipped = [("probe", "syscalls"), ("map", "skipped_cgroups")];
+    let metrics = eventually(&agent, |m| {
+        m.sum("periscope_bpf_map_entries", &skipped) == 1.0
+    });
+    assert_eq!(metrics.one("periscope_bpf_map_entries", &skipped), 1.0);
+    let dropped_pid = loop_in_cgroup(&dropped, 1000).to_string();
+    let kept_pid = loop_in_cgroup(&kept, 400).to_string();
+    let kept_getppid = [("process_pid", kept_pid.as_str()), ("syscall", "getppid")];
+    let metrics = eventually(&agent, |m| m.sum("syscalls_total", &kept_getppid) == 400.0);
+    assert_eq!(metrics.one("syscalls_total", &kept_getppid), 400.0);
+    assert!(metrics.find("syscalls_total", &[("tenant", "web")]).count() > 0);
+    for (family, labels, _) in &metrics.samples {
+        assert_ne!(
+            labels.get("tenant").map(String::as_str),
+            Some("batch"),
+            "{family}"
+        );
+    }
+    // Once in its cgroup the process was not counted at all (what it did before the
+    // move, in this test's cgroup, was).
+    let dropped_getppid = [
+        ("process_pid", dropped_pid.as_str()),
+        ("syscall", "getppid"),
+    ];
+    assert_eq!(metrics.sum("syscalls_total", &dropped_getppid), 0.0);
+    // The kernel did it, not the export: its syscalls before the move are there, under
+    // the test's own cgroup (the exec that would have recorded the move was skipped).
+    assert!(
+        metrics
+            .find("syscalls_total", &[("process_pid", dropped_pid.as_str())])
+            .count()
+            > 0
+    );
+}

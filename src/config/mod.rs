@@ -35,6 +35,45 @@ pub struct Config {
     pub exporters: ExportersConfig,
     /// Container, pod and service labels on per-process series.
     pub workloads: WorkloadsConfig,
+    /// Tenants: who a workload belongs to, each with its own series cap.
+    pub tenants: TenantsConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TenantsConfig {
+    /// Tried in order; the first rule that matches names a process's tenant.
+    pub rules: Vec<TenantRule>,
+    /// Series per metric family and tenant, at most; beyond, a tenant's new series
+    /// fold into its own overflow series.
+    pub max_series_per_tenant: NonZeroU32,
+}
+
+impl Default for TenantsConfig {
+    fn default() -> Self {
+        TenantsConfig {
+            rules: Vec::new(),
+            max_series_per_tenant: nonzero(2000),
+        }
+    }
+}
+
+/// A rule matches when every matcher it gives matches (at least one must be given).
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct TenantRule {
+    /// The `tenant` label of what matches.
+    pub tenant: String,
+    /// A glob (`*`, `?`) over the cgroup v2 path, as in /proc/PID/cgroup.
+    pub cgroup_path: Option<String>,
+    /// A glob over the Kubernetes namespace.
+    pub k8s_namespace: Option<String>,
+    /// Labels the pod must carry (from the kubelet).
+    pub pod_labels: std::collections::BTreeMap<String, String>,
+    /// Labels the container must carry (from the Docker Engine API).
+    pub container_labels: std::collections::BTreeMap<String, String>,
+    /// Drop the tenant: no series, and the BPF programs skip its processes.
+    pub drop: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -775,6 +814,28 @@ impl Config {
             ));
         }
         self.exporters.otlp.check()?;
+        for (index, rule) in self.tenants.rules.iter().enumerate() {
+            let position = index + 1;
+            if rule.tenant.is_empty() {
+                return Err((
+                    "tenants.rules",
+                    format!("rule {position} has no `tenant` name"),
+                ));
+            }
+            if rule.cgroup_path.is_none()
+                && rule.k8s_namespace.is_none()
+                && rule.pod_labels.is_empty()
+                && rule.container_labels.is_empty()
+            {
+                return Err((
+                    "tenants.rules",
+                    format!(
+                        "rule {position} (tenant `{}`) matches nothing: give cgroup_path, k8s_namespace, pod_labels or container_labels",
+                        rule.tenant
+                    ),
+                ));
+            }
+        }
         let kubelet = &self.workloads.kubelet_url;
         if !kubelet.is_empty() && !kubelet.starts_with("http://") {
             return Err((

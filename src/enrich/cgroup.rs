@@ -234,42 +234,52 @@ impl CgroupPaths {
     /// so an id is never answered with the path of a cgroup that is gone.
     fn walk(&mut self, now: Instant) {
         self.last_walk = Some(now);
-        let mut paths = HashMap::new();
-        let mut refused = 0;
-        let mut pending = vec![(self.root.clone(), String::new())];
-        while let Some((dir, relative)) = pending.pop() {
-            let Ok(meta) = std::fs::metadata(&dir) else {
-                continue;
-            };
-            if paths.len() < self.capacity {
-                paths.insert(
-                    meta.ino(),
-                    if relative.is_empty() {
-                        "/".into()
-                    } else {
-                        relative.clone()
-                    },
-                );
-            } else {
-                refused += 1;
-            }
-            let Ok(entries) = std::fs::read_dir(&dir) else {
-                continue;
-            };
-            for entry in entries.flatten() {
-                if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                    let name = entry.file_name().to_string_lossy().into_owned();
-                    pending.push((entry.path(), format!("{relative}/{name}")));
-                }
-            }
-        }
-        self.paths = paths;
+        let (found, refused) = walk_bounded(&self.root, self.capacity);
+        self.paths = found.into_iter().collect();
         self.refused += refused;
     }
 
     pub fn root(&self) -> &Path {
         &self.root
     }
+}
+
+/// Every cgroup under `root` (a v2 mount): its id (the directory's inode number) and
+/// its path relative to the root (`/` for the root itself), at most `limit` of them.
+pub fn walk(root: &Path, limit: usize) -> Vec<(u64, String)> {
+    walk_bounded(root, limit).0
+}
+
+/// `walk`, and how many cgroups were left out by the limit.
+fn walk_bounded(root: &Path, limit: usize) -> (Vec<(u64, String)>, u64) {
+    let mut found = Vec::new();
+    let mut refused = 0;
+    let mut pending = vec![(root.to_path_buf(), String::new())];
+    while let Some((dir, relative)) = pending.pop() {
+        let Ok(meta) = std::fs::metadata(&dir) else {
+            continue;
+        };
+        if found.len() < limit {
+            let path = if relative.is_empty() {
+                "/".to_string()
+            } else {
+                relative.clone()
+            };
+            found.push((meta.ino(), path));
+        } else {
+            refused += 1;
+        }
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                pending.push((entry.path(), format!("{relative}/{name}")));
+            }
+        }
+    }
+    (found, refused)
 }
 
 #[cfg(test)]

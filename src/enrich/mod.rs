@@ -2,6 +2,7 @@
 
 pub mod cgroup;
 pub mod process;
+pub mod tenant;
 pub mod workload;
 
 pub use process::{ProcessInfo, ProcessTable};

@@ -7,7 +7,7 @@
 //! time) and the kubelet's `/pods` (the pods of this node only); until they do, or when
 //! neither answers, series carry the ids. Every table here is bounded.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,13 +18,40 @@ use serde::Deserialize;
 use tracing::{debug, info, warn};
 
 use super::cgroup::{container_of, unified_mount, CgroupPaths};
-use crate::config::WorkloadsConfig;
+use crate::config::{TenantRule, TenantsConfig, WorkloadsConfig};
 use crate::model::{Family, Labels, MetricKind, Value};
 
 /// What a series is attributed to beyond its process. Cheap to clone and to compare:
-/// probes key their series by it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Workload(Option<Arc<WorkloadId>>);
+/// probes key their series by it. The cgroup path rides along for tenant rules; it is
+/// not part of the identity (a container's sub-cgroups are the same container).
+#[derive(Debug, Clone, Default)]
+pub struct Workload(Option<Arc<WorkloadId>>, Option<Arc<str>>);
+
+impl PartialEq for Workload {
+    fn eq(&self, other: &Self) -> bool {
+        self.0 == other.0
+    }
+}
+
+impl Eq for Workload {}
+
+impl std::hash::Hash for Workload {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.hash(state);
+    }
+}
+
+impl PartialOrd for Workload {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Workload {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.cmp(&other.0)
+    }
+}
 
 #[derive(Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 enum WorkloadId {
@@ -39,16 +66,25 @@ enum WorkloadId {
 impl Workload {
     /// The workload of a cgroup v2 path (`/docker/<id>`, `/system.slice/nginx.service`).
     pub fn of_cgroup_path(path: &str) -> Workload {
-        if let Some(container) = container_of(path) {
-            return Workload(Some(Arc::new(WorkloadId::Container {
-                id: container.container_id,
-                pod_uid: container.pod_uid,
-            })));
+        let path = Some(Arc::from(path));
+        if let Some(container) = container_of(path.as_deref().unwrap_or_default()) {
+            return Workload(
+                Some(Arc::new(WorkloadId::Container {
+                    id: container.container_id,
+                    pod_uid: container.pod_uid,
+                })),
+                path,
+            );
         }
-        match service_of(path) {
-            Some(service) => Workload(Some(Arc::new(WorkloadId::Service(service)))),
-            None => Workload(None),
+        match service_of(path.as_deref().unwrap_or_default()) {
+            Some(service) => Workload(Some(Arc::new(WorkloadId::Service(service))), path),
+            None => Workload(None, path),
         }
+    }
+
+    /// The cgroup path it was found from.
+    pub fn cgroup_path(&self) -> Option<&str> {
+        self.1.as_deref()
     }
 
     pub fn is_none(&self) -> bool {
@@ -92,6 +128,36 @@ pub fn cgroup_path_of_proc(text: &str) -> Option<String> {
     Some(if rest.is_empty() { "/" } else { rest }.to_string())
 }
 
+/// A tenant, as the rules name it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tenant {
+    pub name: String,
+    pub dropped: bool,
+}
+
+/// `*` matches any run of characters (`/` included), `?` any one.
+pub fn glob_matches(pattern: &str, text: &str) -> bool {
+    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
+    let (mut pi, mut ti) = (0, 0);
+    let mut backtrack: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            backtrack = Some((pi, ti));
+            pi += 1;
+        } else if let Some((star, matched)) = backtrack {
+            pi = star + 1;
+            ti = matched + 1;
+            backtrack = Some((star, matched + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|c| *c == '*')
+}
+
 /// A process's cgroup as BPF recorded it (`bpf/cgroup.h`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RecordedCgroup {
@@ -105,6 +171,8 @@ pub struct RecordedCgroup {
 struct ContainerNames {
     /// The runtime's name (Docker's, without its leading `/`).
     runtime_name: Option<String>,
+    /// The runtime's labels of the container, for tenant rules.
+    labels: BTreeMap<String, String>,
     last_used: Option<Instant>,
 }
 
@@ -112,6 +180,7 @@ struct ContainerNames {
 struct PodInfo {
     name: String,
     namespace: String,
+    labels: BTreeMap<String, String>,
     /// Container id (without the `containerd://` scheme) -> the container's name in the pod.
     containers: HashMap<String, String>,
 }
@@ -173,6 +242,7 @@ struct Counters {
 
 struct Shared {
     settings: Settings,
+    tenants: Vec<TenantRule>,
     names: Mutex<NameTables>,
     wake: Condvar,
     cgroups: Mutex<Option<CgroupPaths>>,
@@ -221,9 +291,9 @@ impl Default for Workloads {
 
 impl Workloads {
     /// Starts the name lookups in the background when a source is configured.
-    pub fn start(config: &WorkloadsConfig) -> Workloads {
+    pub fn start(config: &WorkloadsConfig, tenants: &TenantsConfig) -> Workloads {
         let non_empty = |s: &str| (!s.is_empty()).then(|| s.to_string());
-        let workloads = Workloads::build(Settings {
+        let mut workloads = Workloads::build(Settings {
             enabled: config.enabled,
             docker_socket: non_empty(&config.docker_socket).map(PathBuf::from),
             kubelet_url: non_empty(config.kubelet_url.trim_end_matches('/')),
@@ -232,6 +302,9 @@ impl Workloads {
             max_containers: config.max_containers.get() as usize,
             timeout: Duration::from_millis(config.timeout_ms.max(1)),
         });
+        if let Some(shared) = Arc::get_mut(&mut workloads.shared) {
+            shared.tenants = tenants.rules.clone();
+        }
         let settings = &workloads.shared.settings;
         if settings.enabled && (settings.docker_socket.is_some() || settings.kubelet_url.is_some())
         {
@@ -261,6 +334,7 @@ impl Workloads {
                 }),
                 wake: Condvar::new(),
                 cgroups: Mutex::new(None),
+                tenants: Vec::new(),
                 settings,
                 counters: Counters::default(),
             }),
@@ -331,7 +405,77 @@ impl Workloads {
             workload.service().unwrap_or(name).to_string(),
         ));
         self.append_labels(workload, &mut labels);
+        if let Some(tenant) = self.tenant_of(workload) {
+            labels.push(("tenant", tenant.name));
+        }
         labels
+    }
+
+    /// Whether tenant rules are configured.
+    pub fn has_tenants(&self) -> bool {
+        !self.shared.tenants.is_empty()
+    }
+
+    /// The tenant of a workload: the first rule that matches what is known of it now
+    /// (names and labels may arrive later, and change the answer).
+    pub fn tenant_of(&self, workload: &Workload) -> Option<Tenant> {
+        if self.shared.tenants.is_empty() {
+            return None;
+        }
+        let (container_id, pod_uid) = match workload.0.as_deref() {
+            Some(WorkloadId::Container { id, pod_uid }) => (Some(id), pod_uid.as_ref()),
+            _ => (None, None),
+        };
+        let names = lock(&self.shared.names);
+        let pod = pod_uid.and_then(|uid| names.pods.get(uid));
+        let container_labels = container_id
+            .and_then(|id| names.containers.get(id))
+            .map(|known| &known.labels);
+        let subset = |want: &BTreeMap<String, String>, have: Option<&BTreeMap<String, String>>| {
+            want.iter()
+                .all(|(k, v)| have.and_then(|h| h.get(k)) == Some(v))
+        };
+        self.shared
+            .tenants
+            .iter()
+            .find(|rule| {
+                rule.cgroup_path.as_deref().is_none_or(|glob| {
+                    workload
+                        .cgroup_path()
+                        .is_some_and(|p| glob_matches(glob, p))
+                }) && rule
+                    .k8s_namespace
+                    .as_deref()
+                    .is_none_or(|glob| pod.is_some_and(|pod| glob_matches(glob, &pod.namespace)))
+                    && subset(&rule.pod_labels, pod.map(|pod| &pod.labels))
+                    && subset(&rule.container_labels, container_labels)
+            })
+            .map(|rule| Tenant {
+                name: rule.tenant.clone(),
+                dropped: rule.drop,
+            })
+    }
+
+    /// Ids of the cgroups whose processes belong to dropped tenants, found by walking
+    /// the cgroup v2 hierarchy (at most `limit` cgroups are looked at).
+    pub fn dropped_cgroups(&self, limit: usize) -> Vec<u64> {
+        if !self.shared.tenants.iter().any(|rule| rule.drop) {
+            return Vec::new();
+        }
+        let Some(root) = std::fs::read_to_string("/proc/self/mountinfo")
+            .ok()
+            .and_then(|text| unified_mount(&text))
+        else {
+            return Vec::new();
+        };
+        let mut dropped = Vec::new();
+        for (id, path) in super::cgroup::walk(&root, limit) {
+            let workload = Workload::of_cgroup_path(&path);
+            if self.tenant_of(&workload).is_some_and(|t| t.dropped) {
+                dropped.push(id);
+            }
+        }
+        dropped
     }
 
     /// Appends a container's labels, with the names known so far. Asks for the names
@@ -411,6 +555,7 @@ impl Workloads {
             container_id.to_string(),
             ContainerNames {
                 runtime_name: None,
+                labels: BTreeMap::new(),
                 last_used: Some(now),
             },
         );
@@ -521,10 +666,10 @@ fn lookup_docker(shared: &Shared, socket: &Path, now: Instant, announced: &mut b
                 None => return,
             }
         };
-        let outcome = docker_container_name(socket, &id, shared.settings.timeout);
+        let outcome = docker_container(socket, &id, shared.settings.timeout);
         let mut names = lock(&shared.names);
         match outcome {
-            Ok(name) => {
+            Ok(answer) => {
                 shared.counters.docker_ok.fetch_add(1, Ordering::Relaxed);
                 names.docker_backoff.succeeded();
                 if !*announced {
@@ -532,7 +677,8 @@ fn lookup_docker(shared: &Shared, socket: &Path, now: Instant, announced: &mut b
                     *announced = true;
                 }
                 if let Some(known) = names.containers.get_mut(&id) {
-                    known.runtime_name = name;
+                    known.runtime_name = answer.name;
+                    known.labels = answer.labels;
                 }
             }
             Err(LookupError::Unavailable(err)) => {
@@ -625,13 +771,27 @@ enum LookupError {
 struct DockerContainer {
     #[serde(rename = "Name", default)]
     name: String,
+    #[serde(rename = "Config", default)]
+    config: DockerConfig,
 }
 
-fn docker_container_name(
+#[derive(Deserialize, Default)]
+struct DockerConfig {
+    #[serde(rename = "Labels", default)]
+    labels: Option<BTreeMap<String, String>>,
+}
+
+/// What the Docker Engine API says of a container.
+struct DockerAnswer {
+    name: Option<String>,
+    labels: BTreeMap<String, String>,
+}
+
+fn docker_container(
     socket: &Path,
     id: &str,
     timeout: Duration,
-) -> Result<Option<String>, LookupError> {
+) -> Result<DockerAnswer, LookupError> {
     let mut stream = std::os::unix::net::UnixStream::connect(socket)
         .map_err(|e| LookupError::Unavailable(e.to_string()))?;
     let _ = stream.set_read_timeout(Some(timeout));
@@ -648,10 +808,16 @@ fn docker_container_name(
             let container: DockerContainer = serde_json::from_slice(&body)
                 .map_err(|e| LookupError::Failed(format!("bad container JSON: {e}")))?;
             let name = container.name.trim_start_matches('/').to_string();
-            Ok((!name.is_empty()).then_some(name))
+            Ok(DockerAnswer {
+                name: (!name.is_empty()).then_some(name),
+                labels: container.config.labels.unwrap_or_default(),
+            })
         }
         // Not a Docker container (containerd's own, or gone): no name, no retry.
-        404 => Ok(None),
+        404 => Ok(DockerAnswer {
+            name: None,
+            labels: BTreeMap::new(),
+        }),
         other => Err(LookupError::Failed(format!("HTTP status {other}"))),
     }
 }
@@ -675,6 +841,7 @@ struct PodMetadata {
     name: String,
     namespace: String,
     uid: String,
+    labels: BTreeMap<String, String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -718,6 +885,7 @@ fn parse_pods(body: &[u8]) -> Result<HashMap<String, PodInfo>, String> {
                 PodInfo {
                     name: pod.metadata.name,
                     namespace: pod.metadata.namespace,
+                    labels: pod.metadata.labels,
                     containers,
                 },
             )
@@ -804,7 +972,7 @@ fn http_get(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::WorkloadsConfig;
+    use crate::config::{TenantsConfig, WorkloadsConfig};
 
     const ID: &str = "4f1b2c3d4e5f60718293a4b5c6d7e8f90123456789abcdef0123456789abcdef";
     const UID: &str = "0f3e6a1c-6f4b-4b1e-9a1e-2f8c9d7b6a51";
@@ -820,7 +988,7 @@ mod tests {
         config.docker_socket.clear();
         config.kubelet_url.clear();
         config.max_containers = std::num::NonZeroU32::new(max_containers).expect("non-zero");
-        Workloads::start(&config)
+        Workloads::start(&config, &crate::config::TenantsConfig::default())
     }
 
     #[test]
@@ -856,6 +1024,57 @@ mod tests {
             docker,
             Workload::of_cgroup_path(&format!("/docker/{ID}/init.scope"))
         );
+    }
+
+    #[test]
+    fn globs() {
+        assert!(glob_matches("payments-*", "payments-eu"));
+        assert!(glob_matches(
+            "/system.slice/*.service",
+            "/system.slice/nginx.service"
+        ));
+        assert!(glob_matches("a?c", "abc"));
+        assert!(glob_matches("*", ""));
+        assert!(!glob_matches("payments-*", "payment"));
+        assert!(!glob_matches("a?c", "ac"));
+        assert!(glob_matches("*b*b", "abxbb"));
+    }
+
+    #[test]
+    fn the_first_matching_rule_names_the_tenant() {
+        let rules: TenantsConfig = serde_yaml::from_str(
+            "rules:\n  - tenant: shop\n    k8s_namespace: \"shop*\"\n    pod_labels: {team: web}\n  - tenant: batch\n    cgroup_path: \"/kubepods*\"\n    drop: true\n",
+        )
+        .expect("rules");
+        let workloads = Workloads::start(
+            &WorkloadsConfig {
+                docker_socket: String::new(),
+                ..WorkloadsConfig::default()
+            },
+            &rules,
+        );
+        let workload = Workload::of_cgroup_path(&format!("/kubepods/burstable/pod{UID}/{ID}"));
+        // The pod is not known yet: only the path rule matches.
+        assert_eq!(
+            workloads.tenant_of(&workload),
+            Some(Tenant {
+                name: "batch".into(),
+                dropped: true
+            })
+        );
+        let mut pod = PodInfo {
+            name: "web-1".into(),
+            namespace: "shop".into(),
+            ..PodInfo::default()
+        };
+        pod.labels.insert("team".into(), "web".into());
+        lock(&workloads.shared.names).pods.insert(UID.into(), pod);
+        assert_eq!(
+            workloads.tenant_of(&workload).map(|t| t.name),
+            Some("shop".into())
+        );
+        let labels = workloads.process_labels(None, "nginx", &workload);
+        assert_eq!(labels.last(), Some(&("tenant", "shop".to_string())));
     }
 
     #[test]

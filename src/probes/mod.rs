@@ -67,6 +67,9 @@ pub trait Probe {
     }
     /// Moves the spans finished since the last call into `out`.
     fn take_spans(&mut self, _out: &mut Vec<Span>) {}
+    /// The cgroups (v2 ids) whose processes the probe's BPF programs skip from now on:
+    /// those of dropped tenants. The full set each time.
+    fn skip_cgroups(&mut self, _ids: &[u64]) {}
     /// Spans the probe dropped because nobody took them in time.
     fn spans_dropped(&self) -> u64 {
         0

@@ -175,3 +175,44 @@ macro_rules! recorded_process {
     }};
 }
 pub(crate) use recorded_process;
+
+/// The user-space side of `bpf/cgroup_filter.h`: the cgroups a program skips.
+#[derive(Debug, Default)]
+pub struct SkippedCgroups {
+    current: Vec<u64>,
+    /// Cgroups that did not fit in the map: their processes are counted, and their
+    /// series removed on export.
+    pub refused: u64,
+}
+
+impl SkippedCgroups {
+    /// Makes `map` hold `ids` (sorted), as far as it fits. True when it changed: the
+    /// caller then bumps the programs' `skipped_cgroups_version`.
+    pub fn replace<M: MapCore>(&mut self, map: &M, ids: &[u64]) -> bool {
+        if self.current == ids {
+            return false;
+        }
+        for id in &self.current {
+            if ids.binary_search(id).is_err() {
+                let _ = map.delete(&id.to_ne_bytes());
+            }
+        }
+        let mut now = Vec::with_capacity(ids.len());
+        for id in ids {
+            match map.update(&id.to_ne_bytes(), &[1u8], MapFlags::ANY) {
+                Ok(()) => now.push(*id),
+                Err(_) => self.refused += 1,
+            }
+        }
+        self.current = now;
+        true
+    }
+
+    pub fn fill<M: MapCore>(&self, map: &M) -> MapFill {
+        MapFill {
+            map: "skipped_cgroups",
+            entries: self.current.len() as u64,
+            capacity: u64::from(map.max_entries()),
+        }
+    }
+}

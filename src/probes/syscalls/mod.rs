@@ -129,6 +129,7 @@ pub struct SyscallsProbe {
     /// Creation time of each exported series' owner, kept while it is exported.
     series_created: HashMap<Owner, SystemTime>,
     fill: Vec<MapFill>,
+    skipped: util::SkippedCgroups,
 }
 
 impl SyscallsProbe {
@@ -180,6 +181,7 @@ impl SyscallsProbe {
         }
         rodata.filter_by_tgid = u8::from(!settings.include_pids.is_empty());
         rodata.filter_by_comm = u8::from(!settings.include_executables.is_empty());
+        rodata.filter_cgroups = u8::from(config.tenants.rules.iter().any(|rule| rule.drop));
 
         let cpus =
             libbpf_rs::num_possible_cpus().map_err(ProbeError::bpf("counting possible CPUs"))?;
@@ -260,6 +262,7 @@ impl SyscallsProbe {
             expired_series: 0,
             series_created: HashMap::new(),
             fill: Vec::new(),
+            skipped: util::SkippedCgroups::default(),
         };
         if attach {
             probe.exit_link = Some(
@@ -794,6 +797,8 @@ impl Probe for SyscallsProbe {
             fill("overflow_errors", &maps.overflow_errors),
             fill("comms", &maps.comms),
         ];
+        self.fill
+            .push(self.skipped.fill(&self.skel.maps.skipped_cgroups));
         self.fill.push(MapFill {
             map: "exited_executables",
             entries: self.exited_names.len() as u64,
@@ -828,7 +833,16 @@ impl Probe for SyscallsProbe {
             .map(|(map, slot)| (*map, self.folded_count(*slot)))
             .collect();
         folded.push(("exited_executables", self.exited_names_folded));
+        folded.push(("skipped_cgroups", self.skipped.refused));
         folded
+    }
+
+    fn skip_cgroups(&mut self, ids: &[u64]) {
+        if self.skipped.replace(&self.skel.maps.skipped_cgroups, ids) {
+            if let Some(bss) = self.skel.maps.bss_data.as_deref_mut() {
+                bss.skipped_cgroups_version = bss.skipped_cgroups_version.wrapping_add(1);
+            }
+        }
     }
 
     fn expired_series(&self) -> u64 {

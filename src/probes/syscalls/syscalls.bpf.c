@@ -15,6 +15,7 @@
 #include <bpf/bpf_tracing.h>
 #include "periscope.h"
 #include "syscalls.h"
+#include "cgroup_filter.h"
 
 char LICENSE[] SEC("license") = PSC_LICENSE;
 
@@ -338,6 +339,8 @@ int BPF_PROG(psc_sys_exit, struct pt_regs *regs, long ret)
 	__u64 *count;
 	__u16 gen;
 
+	if (filter_cgroups && psc_cgroup_skipped(task))
+		return 0;
 	if (nr < 0 || nr >= PSC_MAX_SYSCALLS)
 		return 0;
 	/* A new task's first return to user space passes here too, with its parent's
@@ -395,6 +398,8 @@ int psc_sys_enter_tp(struct psc_sys_enter_record *ctx)
 
 	if (nr < 0 || nr >= PSC_MAX_SYSCALLS)
 		return 0;
+	if (filter_cgroups && psc_cgroup_skipped(bpf_get_current_task_btf()))
+		return 0;
 	if (!is_selected(bpf_get_current_pid_tgid() >> 32))
 		return 0;
 	stamp_start(nr);
@@ -406,6 +411,8 @@ SEC("tp_btf/sys_enter")
 int BPF_PROG(psc_sys_enter_btf, struct pt_regs *regs, long id)
 {
 	if (id < 0 || id >= PSC_MAX_SYSCALLS || !latency_enabled[id])
+		return 0;
+	if (filter_cgroups && psc_cgroup_skipped(bpf_get_current_task_btf()))
 		return 0;
 	if (!is_selected(bpf_get_current_pid_tgid() >> 32))
 		return 0;

@@ -217,6 +217,7 @@ pub struct TcpProbe {
     /// Executables with an aggregate of exited processes, at most
     /// (processes.max_exited_executables); beyond, the overflow executable.
     max_exited: usize,
+    skipped: util::SkippedCgroups,
 }
 
 impl TcpProbe {
@@ -246,6 +247,7 @@ impl TcpProbe {
                 *slot = (bound * 1e6).round() as u64;
             }
             rodata.rtt_bounds_len = rtt_bounds.len() as u32;
+            rodata.filter_cgroups = u8::from(config.tenants.rules.iter().any(|rule| rule.drop));
         }
         let skel = open
             .load()
@@ -264,6 +266,7 @@ impl TcpProbe {
             peers_folded: 0,
             started: SystemTime::now(),
             fill: Vec::new(),
+            skipped: util::SkippedCgroups::default(),
             sampler: None,
             sample_interval: (settings.sample_interval_secs > 0)
                 .then(|| Duration::from_secs(settings.sample_interval_secs)),
@@ -794,7 +797,16 @@ impl Probe for TcpProbe {
                 self.counter(Counter::PSC_TCP_LISTENERS_REFUSED),
             ),
             ("peers", self.peers_folded),
+            ("skipped_cgroups", self.skipped.refused),
         ]
+    }
+
+    fn skip_cgroups(&mut self, ids: &[u64]) {
+        if self.skipped.replace(&self.skel.maps.skipped_cgroups, ids) {
+            if let Some(bss) = self.skel.maps.bss_data.as_deref_mut() {
+                bss.skipped_cgroups_version = bss.skipped_cgroups_version.wrapping_add(1);
+            }
+        }
     }
 
     fn expired_series(&self) -> u64 {

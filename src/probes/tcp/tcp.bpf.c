@@ -18,6 +18,7 @@
 #include <bpf/bpf_endian.h>
 #include "periscope.h"
 #include "tcp.h"
+#include "cgroup_filter.h"
 
 char LICENSE[] SEC("license") = PSC_LICENSE;
 
@@ -272,12 +273,15 @@ static __always_inline void listener_opened(const struct sock *sk)
 	__u32 tgid = task->tgid;
 	__u16 gen = psc_generation(task);
 	struct psc_tcp_listener fresh = { .tgid = tgid, .gen = gen, .sockets = 1 };
+	__u8 skipped = filter_cgroups && psc_cgroup_skipped(task);
 	struct psc_tcp_listening socket = { .tgid = tgid, .gen = gen };
 	struct psc_tcp_listener *known;
 	__u64 id = (__u64)sk;
 	long err;
 
-	record_process(tgid, gen);
+	fresh.skipped = skipped;
+	if (!skipped)
+		record_process(tgid, gen);
 	listener_key_of(sk, &socket.key);
 	known = bpf_map_lookup_elem(&listeners, &socket.key);
 	if (!known) {
@@ -307,6 +311,7 @@ static __always_inline void listener_opened(const struct sock *sk)
 	bpf_map_update_elem(&listening, &id, &socket, BPF_EXIST);
 	known->tgid = tgid;
 	known->gen = gen;
+	known->skipped = skipped;
 	__sync_fetch_and_add(&known->sockets, 1);
 }
 
@@ -447,6 +452,8 @@ int BPF_PROG(psc_tcp_state, const struct sock *sk, int oldstate, int newstate)
 		struct task_struct *task = bpf_get_current_task_btf();
 		struct psc_tcp_sock fresh = {};
 
+		if (filter_cgroups && psc_cgroup_skipped(task))
+			return 0;
 		fresh.key.tgid = task->tgid;
 		fresh.key.gen = psc_generation(task);
 		record_process(fresh.key.tgid, fresh.key.gen);
@@ -471,6 +478,8 @@ int BPF_PROG(psc_tcp_state, const struct sock *sk, int oldstate, int newstate)
 
 		listener_key_of(sk, &at);
 		owner = bpf_map_lookup_elem(&listeners, &at);
+		if (owner && owner->skipped)
+			return 0;
 		fresh.key.tgid = owner ? owner->tgid : 0;
 		fresh.key.gen = owner ? owner->gen : 0;
 		fresh.key.direction = PSC_TCP_INBOUND;

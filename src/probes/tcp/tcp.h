@@ -62,7 +62,7 @@ struct psc_tcp_listener {
 	__u32 tgid;
 	__u32 sockets;
 	__u8 seeded;
-	__u8 pad;
+	__u8 skipped; /* the owner is in a skipped cgroup (a dropped tenant's) */
 	__u16 gen;
 };
 

@@ -1,0 +1,243 @@
+//! Tenants on what the probes collected: each tenant has its own series cap per metric
+//! family, beyond which its new series fold into its own overflow series (totals stay
+//! exact, and one tenant cannot crowd out another's series); dropped tenants' series
+//! are removed. The kernel side of dropping (BPF programs skipping the cgroups of
+//! dropped tenants) is the probes' part.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use crate::config::TenantsConfig;
+use crate::model::{Family, Labels, MetricKind, Series, Value, OVERFLOW};
+
+/// Labels that tell one process or workload from another: an overflow series has none
+/// of them but the tenant's, so it is one series per tenant and remaining labels.
+const PROCESS_LABELS: &[&str] = &[
+    "process_pid",
+    "container_id",
+    "container_name",
+    "k8s_namespace_name",
+    "k8s_pod_name",
+    "k8s_pod_uid",
+    "k8s_container_name",
+];
+
+#[derive(Debug)]
+pub struct TenantLimits {
+    cap: usize,
+    dropped: HashSet<String>,
+    /// The series each (family, tenant) keeps under its own labels: once kept, a series
+    /// stays kept while it is collected, so a new series never pushes an old one out.
+    kept: HashMap<(&'static str, String), HashSet<Labels>>,
+    /// Series folded into each tenant's overflow at the last collection.
+    folded: BTreeMap<String, u64>,
+}
+
+impl TenantLimits {
+    /// None without tenant rules: nothing to do.
+    pub fn new(config: &TenantsConfig) -> Option<TenantLimits> {
+        if config.rules.is_empty() {
+            return None;
+        }
+        Some(TenantLimits {
+            cap: config.max_series_per_tenant.get() as usize,
+            dropped: config
+                .rules
+                .iter()
+                .filter(|rule| rule.drop)
+                .map(|rule| rule.tenant.clone())
+                .collect(),
+            kept: HashMap::new(),
+            folded: BTreeMap::new(),
+        })
+    }
+
+    pub fn apply(&mut self, families: &mut [Family]) {
+        self.folded.clear();
+        let mut seen: HashMap<(&'static str, String), HashSet<Labels>> = HashMap::new();
+        for family in families.iter_mut() {
+            if !family
+                .series
+                .iter()
+                .any(|s| s.labels.iter().any(|(name, _)| *name == "tenant"))
+            {
+                continue;
+            }
+            let mut overflow: BTreeMap<Labels, Series> = BTreeMap::new();
+            let series = std::mem::take(&mut family.series);
+            for one in series {
+                let Some(tenant) = tenant_of(&one.labels).map(str::to_string) else {
+                    family.series.push(one);
+                    continue;
+                };
+                if self.dropped.contains(&tenant) {
+                    continue;
+                }
+                let key = (family.name, tenant.clone());
+                let kept = self.kept.entry(key.clone()).or_default();
+                if kept.contains(&one.labels) || kept.len() < self.cap {
+                    kept.insert(one.labels.clone());
+                    seen.entry(key).or_default().insert(one.labels.clone());
+                    family.series.push(one);
+                    continue;
+                }
+                *self.folded.entry(tenant).or_default() += 1;
+                let labels = overflow_labels(&one.labels);
+                match overflow.get_mut(&labels) {
+                    Some(existing) => merge(existing, &one),
+                    None => {
+                        overflow.insert(labels.clone(), Series { labels, ..one });
+                    }
+                }
+            }
+            family.series.extend(overflow.into_values());
+        }
+        // Series no longer collected (folded into an exited aggregate, say) free their
+        // place.
+        self.kept.retain(|key, kept| {
+            let Some(now) = seen.get(key) else {
+                return false;
+            };
+            kept.retain(|labels| now.contains(labels));
+            true
+        });
+    }
+
+    /// `periscope_tenant_overflow_series{tenant}`: what the caps folded at the last
+    /// collection.
+    pub fn families(&self) -> Vec<Family> {
+        let mut family = Family::new(
+            "periscope_tenant_overflow_series",
+            "Series folded into their tenant's overflow series at the last collection, because the tenant had tenants.max_series_per_tenant series of that metric.",
+            MetricKind::Gauge,
+        );
+        for (tenant, count) in &self.folded {
+            family.push(
+                vec![("tenant", tenant.clone())],
+                Value::Gauge(*count as f64),
+            );
+        }
+        vec![family]
+    }
+}
+
+fn tenant_of(labels: &Labels) -> Option<&str> {
+    labels
+        .iter()
+        .find(|(name, _)| *name == "tenant")
+        .map(|(_, value)| value.as_str())
+}
+
+fn overflow_labels(labels: &Labels) -> Labels {
+    labels
+        .iter()
+        .filter(|(name, _)| !PROCESS_LABELS.contains(name))
+        .map(|(name, value)| match *name {
+            "process_executable_name" | "service_name" => (*name, OVERFLOW.to_string()),
+            _ => (*name, value.clone()),
+        })
+        .collect()
+}
+
+fn merge(into: &mut Series, from: &Series) {
+    into.created = match (into.created, from.created) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    match (&mut into.value, &from.value) {
+        (Value::Counter(a), Value::Counter(b)) | (Value::Gauge(a), Value::Gauge(b)) => *a += b,
+        (Value::Histogram(a), Value::Histogram(b)) if a.bounds == b.bounds => {
+            for (mine, theirs) in a.cumulative.iter_mut().zip(&b.cumulative) {
+                *mine += theirs;
+            }
+            a.count += b.count;
+            a.sum += b.sum;
+        }
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(cap: u32) -> TenantsConfig {
+        serde_yaml::from_str(&format!(
+            "rules:\n  - tenant: a\n    cgroup_path: \"/a*\"\n  - tenant: gone\n    cgroup_path: \"/g*\"\n    drop: true\nmax_series_per_tenant: {cap}\n"
+        ))
+        .expect("config")
+    }
+
+    fn series(pid: u32, tenant: &str, value: f64) -> Series {
+        Series {
+            labels: vec![
+                ("process_pid", pid.to_string()),
+                ("process_executable_name", "loop".into()),
+                ("service_name", "loop".into()),
+                ("container_id", format!("c{pid}")),
+                ("syscall", "getppid".into()),
+                ("tenant", tenant.into()),
+            ],
+            value: Value::Counter(value),
+            created: None,
+        }
+    }
+
+    #[test]
+    fn a_tenant_over_its_cap_folds_into_its_own_overflow() {
+        let mut limits = TenantLimits::new(&config(2)).expect("rules");
+        let mut family = Family::new("syscalls", "", MetricKind::Counter);
+        for pid in 1..=4 {
+            family.series.push(series(pid, "a", f64::from(pid)));
+        }
+        family.series.push(series(9, "b", 9.0));
+        family.series.push(series(10, "gone", 10.0));
+        let mut families = vec![family];
+        limits.apply(&mut families);
+        let out = &families[0].series;
+        let total: f64 = out
+            .iter()
+            .filter(|s| tenant_of(&s.labels) == Some("a"))
+            .map(|s| match s.value {
+                Value::Counter(v) => v,
+                _ => 0.0,
+            })
+            .sum();
+        assert_eq!(total, 10.0, "a's total stays exact");
+        let overflow: Vec<_> = out
+            .iter()
+            .filter(|s| {
+                s.labels
+                    .contains(&("process_executable_name", OVERFLOW.into()))
+            })
+            .collect();
+        assert_eq!(overflow.len(), 1);
+        assert_eq!(
+            overflow[0].labels,
+            vec![
+                ("process_executable_name", OVERFLOW.to_string()),
+                ("service_name", OVERFLOW.to_string()),
+                ("syscall", "getppid".to_string()),
+                ("tenant", "a".to_string()),
+            ]
+        );
+        assert!(matches!(overflow[0].value, Value::Counter(v) if v == 7.0));
+        assert!(out.iter().any(|s| tenant_of(&s.labels) == Some("b")));
+        assert!(out.iter().all(|s| tenant_of(&s.labels) != Some("gone")));
+        assert_eq!(limits.folded.get("a"), Some(&2));
+
+        // A kept series stays kept; a new one still folds.
+        let mut family = Family::new("syscalls", "", MetricKind::Counter);
+        family.series.push(series(5, "a", 5.0));
+        family.series.push(series(1, "a", 1.0));
+        family.series.push(series(2, "a", 2.0));
+        let mut families = vec![family];
+        limits.apply(&mut families);
+        let pids: Vec<&str> = families[0]
+            .series
+            .iter()
+            .filter_map(|s| s.labels.iter().find(|(n, _)| *n == "process_pid"))
+            .map(|(_, v)| v.as_str())
+            .collect();
+        assert_eq!(pids, ["1", "2"]);
+    }
+}
