@@ -42,3 +42,10 @@ if [ "${1:-}" = "--test" ] && ! command -v kubernetes-validate >/dev/null 2>&1; 
   echo "setup: installing kubernetes-validate for python3"
   python3 -m pip install --quiet --disable-pip-version-check "kubernetes-validate==1.37.0"
 fi
+
+# The Helm SDK (Helm 4, bundled in the wheel) that renders the chart in the deploy tests,
+# without a helm binary.
+if [ "${1:-}" = "--test" ] && ! python3 -c "import helm_python" 2>/dev/null; then
+  echo "setup: installing helm-python-sdk for python3"
+  python3 -m pip install --quiet --disable-pip-version-check "helm-python-sdk==0.2.2"
+fi

@@ -425,3 +425,76 @@ fn the_systemd_unit_verifies() {
     );
     assert!(out.status.success() && report.trim().is_empty(), "{report}");
 }
+
+/// (kind, name) -> object, for comparing sets of objects.
+fn by_kind_and_name(
+    docs: impl IntoIterator<Item = serde_yaml::Value>,
+) -> std::collections::BTreeMap<(String, String), serde_yaml::Value> {
+    docs.into_iter()
+        .filter(|doc| !doc.is_null())
+        .map(|doc| {
+            let kind = doc["kind"].as_str().expect("kind").to_string();
+            let name = doc["metadata"]["name"].as_str().expect("name").to_string();
+            ((kind, name), doc)
+        })
+        .collect()
+}
+
+#[test]
+fn the_helm_chart_renders_the_same_objects_as_the_manifests() {
+    let out = Command::new("python3")
+        .args(["scripts/helm-template.py", "deploy/helm/periscope"])
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "rendering the chart (scripts/setup.sh --test installs helm-python-sdk): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let rendered = by_kind_and_name(
+        serde_yaml::Deserializer::from_str(&text)
+            .map(|doc| serde_yaml::Value::deserialize(doc).expect("rendered YAML")),
+    );
+    // The chart leaves the namespace to `helm install --create-namespace`.
+    let plain = by_kind_and_name(
+        [
+            "rbac",
+            "daemonset",
+            "service",
+            "servicemonitor",
+            "otel-collector",
+        ]
+        .iter()
+        .flat_map(|name| yaml_documents(&format!("deploy/kubernetes/{name}.yaml")))
+        .filter(|doc| doc["kind"].as_str() != Some("Namespace")),
+    );
+    assert_eq!(
+        rendered.keys().collect::<Vec<_>>(),
+        plain.keys().collect::<Vec<_>>()
+    );
+    for (key, object) in &plain {
+        assert_eq!(&rendered[key], object, "{key:?} differs from the manifest");
+    }
+    // And what it renders validates too (the ServiceMonitor is the Prometheus
+    // Operator's own kind, which the Kubernetes schemas do not hold).
+    let dir = common::TempDir::new("helm");
+    let core: Vec<String> = rendered
+        .iter()
+        .filter(|((kind, _), _)| kind != "ServiceMonitor")
+        .map(|(_, doc)| serde_yaml::to_string(doc).expect("YAML"))
+        .collect();
+    let file = dir.write("rendered.yaml", &core.join("---\n"));
+    let out = Command::new("kubernetes-validate")
+        .arg("--strict")
+        .arg(&file)
+        .output()
+        .expect("kubernetes-validate");
+    let report = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{report}");
+    assert_eq!(
+        report.matches(" passed for resource ").count(),
+        9,
+        "{report}"
+    );
+}
