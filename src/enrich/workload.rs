@@ -564,6 +564,15 @@ impl Workloads {
         }
     }
 
+    /// Takes the pods of a kubelet `/pods` body as the lookups would (for benchmarks and
+    /// tests that have no kubelet); how many pods it held.
+    pub fn load_pods(&self, body: &[u8]) -> Result<usize, String> {
+        let pods = parse_pods(body)?;
+        let count = pods.len();
+        lock(&self.shared.names).pods = pods;
+        Ok(count)
+    }
+
     /// The attribution service's own metrics.
     pub fn families(&self) -> Vec<Family> {
         if !self.enabled() {
