@@ -99,6 +99,7 @@ fn main() {
                         pid: 1234,
                         executable_name: "nginx".into(),
                         service_name: "nginx".into(),
+                        workload: Vec::new(),
                     },
                 });
             }

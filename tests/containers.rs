@@ -13,7 +13,7 @@ use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use common::{eventually, free_port, have_root, kernel_lock, Agent, Metrics};
+use common::{eventually, free_port, have_root, kernel_lock, Agent, HandMadeCgroup, Metrics};
 
 const CONFIG: &str = "probes:\n  process:\n    enabled: false\n  tcp:\n    enabled: true\n    sample_interval_secs: 0\n";
 const CONTAINERD: &str = "/run/docker/containerd/containerd.sock";
@@ -437,57 +437,6 @@ fn with_the_kubelet_down_pod_labels_fall_back_to_ids() {
     );
 }
 
-/// Where the cgroup v2 hierarchy is mounted here.
-fn unified_root() -> PathBuf {
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
-    let mut best: Option<&str> = None;
-    for line in mountinfo.lines() {
-        let Some((left, right)) = line.split_once(" - ") else {
-            continue;
-        };
-        if right.starts_with("cgroup2 ") {
-            let mount = left.split_whitespace().nth(4).expect("mount point");
-            if best.is_none() || mount == "/sys/fs/cgroup" {
-                best = Some(mount);
-            }
-        }
-    }
-    PathBuf::from(best.expect("a cgroup2 mount"))
-}
-
-/// A cgroup made by the test, removed (with its empty parents) when dropped.
-struct HandMadeCgroup {
-    dirs: Vec<PathBuf>,
-}
-
-impl HandMadeCgroup {
-    fn create(relative: &str) -> HandMadeCgroup {
-        let root = unified_root();
-        let mut dirs = Vec::new();
-        let mut dir = root.clone();
-        for part in relative.split('/').filter(|p| !p.is_empty()) {
-            dir = dir.join(part);
-            if !dir.exists() {
-                std::fs::create_dir(&dir).expect("mkdir cgroup");
-                dirs.push(dir.clone());
-            }
-        }
-        HandMadeCgroup { dirs }
-    }
-
-    fn leaf(&self) -> &Path {
-        self.dirs.last().expect("a new cgroup")
-    }
-}
-
-impl Drop for HandMadeCgroup {
-    fn drop(&mut self) {
-        for dir in self.dirs.iter().rev() {
-            let _ = std::fs::remove_dir(dir);
-        }
-    }
-}
-
 #[test]
 fn systemd_style_cgroups_are_recognised_end_to_end() {
     let _kernel = kernel_lock();
@@ -790,4 +739,27 @@ fn a_dropped_tenant_produces_no_series() {
             .count()
             > 0
     );
+}
+
+#[test]
+fn a_systemd_services_processes_are_named_by_their_service() {
+    let _kernel = kernel_lock();
+    if !have_root("a_systemd_services_processes_are_named_by_their_service") {
+        return;
+    }
+    let agent = Agent::start(CONFIG);
+    let unit = format!("periscope-e2e-{}", std::process::id());
+    let cgroup = HandMadeCgroup::create(&format!("/periscope-e2e.slice/{unit}.service"));
+    let pid = loop_in_cgroup(&cgroup, 321).to_string();
+    let want = [
+        ("process_pid", pid.as_str()),
+        ("process_executable_name", "getppid_loop"),
+        ("service_name", unit.as_str()),
+        ("syscall", "getppid"),
+    ];
+    let metrics = eventually(&agent, |m| m.sum("syscalls_total", &want) == 321.0);
+    assert_eq!(metrics.one("syscalls_total", &want), 321.0);
+    for labels in labels_of(&metrics, "syscalls_total", &want) {
+        assert!(!labels.contains_key("container_id"), "{labels:?}");
+    }
 }

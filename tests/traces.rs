@@ -305,3 +305,52 @@ fn a_call_made_while_serving_is_a_child_span_and_the_called_server_joins_the_tra
     assert_ne!(other["trace_id"], serving["trace_id"]);
     validate_against_schema(&jsonl);
 }
+
+#[test]
+fn a_containers_server_spans_and_series_carry_its_container() {
+    if !have_root("a_containers_server_spans_and_series_carry_its_container") {
+        return;
+    }
+    let _lock = kernel_lock();
+    let dir = TempDir::new("traces-container");
+    let jsonl = dir.path().join("spans.jsonl");
+    let agent = Agent::start(&traces_config(&jsonl));
+    let id = format!("{:064x}", 0x5e7e_u64 << 40 | u64::from(std::process::id()));
+    let uid = "3c6e9a1f-2b4d-4e8a-9f1c-7d5b3a2e1f0a";
+    let cgroup = common::HandMadeCgroup::create(&format!("/kubepods/besteffort/pod{uid}/{id}"));
+    let app = App::start();
+    // Into the pod's container before its first request: the agent reads it from /proc.
+    std::fs::write(cgroup.leaf().join("cgroup.procs"), app.pid().to_string())
+        .expect("move the server");
+    let mut conn = connect(app.port);
+    for i in 0..6 {
+        let trace = format!("{}{}", hex_id(0xc0de, 16), hex_id(i + 1, 16));
+        let header = format!("traceparent: 00-{trace}-{}-01\r\n", hex_id(9, 16));
+        assert_eq!(get(&mut conn, "/hello", &header).0, 200);
+    }
+    let lines = wait_for(&jsonl, |lines| {
+        spans_of(lines, app.pid(), "server").len() >= 6
+    });
+    let spans = spans_of(&lines, app.pid(), "server");
+    assert_eq!(spans.len(), 6);
+    for span in &spans {
+        assert_eq!(span["resource"]["container.id"], id.as_str(), "{span}");
+        assert_eq!(span["resource"]["k8s.pod.uid"], uid, "{span}");
+    }
+    validate_against_schema(&jsonl);
+    let pid = app.pid().to_string();
+    let want = [
+        ("process_pid", pid.as_str()),
+        ("container_id", id.as_str()),
+        ("k8s_pod_uid", uid),
+    ];
+    let metrics = common::eventually(&agent, |m| {
+        m.sum("http_server_request_duration_seconds_count", &want) == 6.0
+    });
+    assert_eq!(
+        metrics.sum("http_server_request_duration_seconds_count", &want),
+        6.0
+    );
+    drop(conn);
+    drop(app);
+}

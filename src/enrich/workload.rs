@@ -404,6 +404,14 @@ impl Workloads {
             "service_name",
             workload.service().unwrap_or(name).to_string(),
         ));
+        labels.extend(self.workload_labels(workload));
+        labels
+    }
+
+    /// A workload's own labels: its container's and pod's, and its tenant. Spans carry
+    /// them as resource attributes.
+    pub fn workload_labels(&self, workload: &Workload) -> Labels {
+        let mut labels = Labels::new();
         self.append_labels(workload, &mut labels);
         if let Some(tenant) = self.tenant_of(workload) {
             labels.push(("tenant", tenant.name));

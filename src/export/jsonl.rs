@@ -203,6 +203,23 @@ pub fn span_json(span: &Span, host_name: &str) -> Json {
         };
         attributes.insert((*key).to_string(), value);
     }
+    let mut resource = Map::new();
+    resource.insert(
+        "service.name".into(),
+        Json::from(span.resource.service_name.as_str()),
+    );
+    resource.insert("process.pid".into(), Json::from(span.resource.pid));
+    resource.insert(
+        "process.executable.name".into(),
+        Json::from(span.resource.executable_name.as_str()),
+    );
+    for (label, value) in &span.resource.workload {
+        resource.insert(
+            crate::export::otlp::encode::attribute_name(label),
+            Json::from(value.as_str()),
+        );
+    }
+    resource.insert("host.name".into(), Json::from(host_name));
     json!({
         "schema": SCHEMA,
         "type": "span",
@@ -216,12 +233,7 @@ pub fn span_json(span: &Span, host_name: &str) -> Json {
         "end_time_unix_nano": span.end_unix_ns,
         "status": if span.error { "error" } else { "unset" },
         "attributes": attributes,
-        "resource": {
-            "service.name": span.resource.service_name,
-            "process.pid": span.resource.pid,
-            "process.executable.name": span.resource.executable_name,
-            "host.name": host_name,
-        },
+        "resource": resource,
     })
 }
 

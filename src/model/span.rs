@@ -28,6 +28,9 @@ pub struct SpanResource {
     pub pid: u32,
     pub executable_name: String,
     pub service_name: String,
+    /// The process's workload (container, pod, tenant), as Prometheus label names;
+    /// exporters name them as the OpenTelemetry resource conventions do.
+    pub workload: crate::model::Labels,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -527,6 +530,7 @@ mod tests {
                 pid: 1,
                 executable_name: String::new(),
                 service_name: String::new(),
+                workload: Vec::new(),
             },
         };
         queue.push(&mut (0..5).map(span).collect());

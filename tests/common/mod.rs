@@ -504,3 +504,54 @@ pub fn url_encode(text: &str) -> String {
         })
         .collect()
 }
+
+/// Where the cgroup v2 hierarchy is mounted here.
+pub fn unified_root() -> PathBuf {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    let mut best: Option<&str> = None;
+    for line in mountinfo.lines() {
+        let Some((left, right)) = line.split_once(" - ") else {
+            continue;
+        };
+        if right.starts_with("cgroup2 ") {
+            let mount = left.split_whitespace().nth(4).expect("mount point");
+            if best.is_none() || mount == "/sys/fs/cgroup" {
+                best = Some(mount);
+            }
+        }
+    }
+    PathBuf::from(best.expect("a cgroup2 mount"))
+}
+
+/// A cgroup made by the test, removed (with its empty parents) when dropped.
+pub struct HandMadeCgroup {
+    dirs: Vec<PathBuf>,
+}
+
+impl HandMadeCgroup {
+    pub fn create(relative: &str) -> HandMadeCgroup {
+        let root = unified_root();
+        let mut dirs = Vec::new();
+        let mut dir = root.clone();
+        for part in relative.split('/').filter(|p| !p.is_empty()) {
+            dir = dir.join(part);
+            if !dir.exists() {
+                std::fs::create_dir(&dir).expect("mkdir cgroup");
+                dirs.push(dir.clone());
+            }
+        }
+        HandMadeCgroup { dirs }
+    }
+
+    pub fn leaf(&self) -> &Path {
+        self.dirs.last().expect("a new cgroup")
+    }
+}
+
+impl Drop for HandMadeCgroup {
+    fn drop(&mut self) {
+        for dir in self.dirs.iter().rev() {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+}

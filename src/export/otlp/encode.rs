@@ -18,7 +18,8 @@ pub fn scope() -> proto::InstrumentationScope {
 /// Spans grouped into one `ResourceSpans` per process; `extra` are resource attributes
 /// every process carries (`host.name`, `OTEL_RESOURCE_ATTRIBUTES`).
 pub fn traces_request(spans: &[Span], extra: &[KeyValue]) -> proto::ExportTraceServiceRequest {
-    let mut by_process: BTreeMap<(u32, &str, &str), Vec<proto::Span>> = BTreeMap::new();
+    type ProcessKey<'a> = (u32, &'a str, &'a str, &'a crate::model::Labels);
+    let mut by_process: BTreeMap<ProcessKey, Vec<proto::Span>> = BTreeMap::new();
     for span in spans {
         let resource = &span.resource;
         by_process
@@ -26,18 +27,24 @@ pub fn traces_request(spans: &[Span], extra: &[KeyValue]) -> proto::ExportTraceS
                 resource.pid,
                 resource.service_name.as_str(),
                 resource.executable_name.as_str(),
+                &resource.workload,
             ))
             .or_default()
             .push(span_message(span));
     }
     let resource_spans = by_process
         .into_iter()
-        .map(|((pid, service, executable), spans)| {
+        .map(|((pid, service, executable, workload), spans)| {
             let mut attributes = vec![
                 KeyValue::string("service.name", service),
                 KeyValue::int("process.pid", i64::from(pid)),
                 KeyValue::string("process.executable.name", executable),
             ];
+            attributes.extend(
+                workload
+                    .iter()
+                    .map(|(label, value)| KeyValue::string(&attribute_name(label), value)),
+            );
             attributes.extend(extra.iter().filter(|kv| kv.key != "service.name").cloned());
             proto::ResourceSpans {
                 resource: Some(proto::Resource { attributes }),
@@ -123,6 +130,12 @@ pub fn attribute_name(label: &str) -> String {
         "process_pid" => "process.pid".into(),
         "process_executable_name" => "process.executable.name".into(),
         "service_name" => "service.name".into(),
+        "container_id" => "container.id".into(),
+        "container_name" => "container.name".into(),
+        "k8s_namespace_name" => "k8s.namespace.name".into(),
+        "k8s_pod_name" => "k8s.pod.name".into(),
+        "k8s_pod_uid" => "k8s.pod.uid".into(),
+        "k8s_container_name" => "k8s.container.name".into(),
         other => other.to_string(),
     }
 }

@@ -28,7 +28,7 @@ use tracing::{debug, info, warn};
 use super::util::{self, MapFill, ProbeError};
 use super::{Probe, ProbeSpec};
 use crate::config::Config;
-use crate::enrich::{ProcessTable, Workloads};
+use crate::enrich::{ProcessTable, Workload, Workloads};
 use crate::kernel::KernelFeatures;
 use crate::model::histogram::{DurationBounds, LogLinearHistogram};
 use crate::model::span::{Span, SpanResource};
@@ -85,9 +85,11 @@ impl ProbeSpec for HttpSpec {
         config: &Config,
         kernel: &mut KernelFeatures,
         attach: bool,
-        _workloads: &Workloads,
+        workloads: &Workloads,
     ) -> Result<Box<dyn Probe>, ProbeError> {
-        Ok(Box::new(HttpProbe::load(config, kernel, attach)?))
+        Ok(Box::new(HttpProbe::load(
+            config, kernel, attach, workloads,
+        )?))
     }
 }
 
@@ -97,6 +99,7 @@ struct SeriesKey {
     role: Role,
     pid: Option<u32>,
     name: String,
+    workload: Workload,
     method: String,
     status: u16,
     route: String,
@@ -201,6 +204,7 @@ impl HttpProbe {
         config: &Config,
         _kernel: &mut KernelFeatures,
         attach: bool,
+        workloads: &Workloads,
     ) -> Result<Self, ProbeError> {
         util::check_btf()?;
         let settings = &config.probes.http;
@@ -249,7 +253,7 @@ impl HttpProbe {
             addresses: routes::PerServiceCap::new(
                 settings.max_server_addresses_per_service.get() as usize
             ),
-            processes: ProcessTable::new(),
+            processes: ProcessTable::new().with_workloads(workloads),
             pid_label: config.processes.pid_label,
             durations: DurationBounds::new(&settings.duration_buckets_seconds.0),
             body_bounds: body.iter().map(|b| *b as u64).collect(),
@@ -597,20 +601,23 @@ impl HttpProbe {
             return;
         };
         // Unsampled spans cost no names or addresses, only the end of their serving.
-        let (name, server_address, client_address) = if context.sampled {
-            let name = self
+        let (name, workload, server_address, client_address) = if context.sampled {
+            let (name, workload) = self
                 .processes
                 .get(event.tgid)
-                .map(|info| info.name.clone())
+                .map(|info| (info.name.clone(), info.workload.clone()))
                 .unwrap_or_default();
             let server = match role {
                 Role::Client => peer_address(&event.server),
                 Role::Server => String::new(),
             };
-            (name, server, peer_address(&event.client))
+            (name, workload, server, peer_address(&event.client))
         } else {
             Default::default()
         };
+        let workloads = self.processes.workloads();
+        let service_name = workload.service().unwrap_or(&name).to_string();
+        let workload_labels = workloads.workload_labels(&workload);
         spans.finish(spans::Finished {
             role,
             tid: exchange.tid,
@@ -628,8 +635,9 @@ impl HttpProbe {
             client_port: event.client.port,
             resource: SpanResource {
                 pid: event.tgid,
-                executable_name: name.clone(),
-                service_name: name,
+                executable_name: name,
+                service_name,
+                workload: workload_labels,
             },
         });
     }
@@ -645,13 +653,12 @@ impl HttpProbe {
         let tgid = event.tgid;
         let server_port = event.server.port;
         // /proc is read once per process here; collections refresh it.
-        let name = match self.processes.get(tgid) {
-            Some(info) => info.name.clone(),
-            None => self
-                .processes
-                .observe(tgid, Instant::now(), None)
-                .name
-                .clone(),
+        let (name, workload) = match self.processes.get(tgid) {
+            Some(info) => (info.name.clone(), info.workload.clone()),
+            None => {
+                let info = self.processes.observe(tgid, Instant::now(), None);
+                (info.name.clone(), info.workload.clone())
+            }
         };
         let route = self.routes.route(&name, &exchange.path);
         // Clients report whom they called, capped per service; servers are themselves.
@@ -675,6 +682,7 @@ impl HttpProbe {
             role,
             pid: self.pid_label.then_some(tgid),
             name,
+            workload,
             method: normalize_method(&exchange.method),
             status: exchange.status,
             route,
@@ -688,6 +696,7 @@ impl HttpProbe {
                 role,
                 pid: None,
                 name: OVERFLOW_NAME.into(),
+                workload: Workload::default(),
                 method: "_OTHER".into(),
                 status: exchange.status,
                 route: routes::OVERFLOW_ROUTE.into(),
@@ -847,7 +856,7 @@ impl Probe for HttpProbe {
             )
         });
         for (key, stats) in &self.series {
-            let labels = series_labels(key);
+            let labels = series_labels(self.processes.workloads(), key);
             let created = stats.created.unwrap_or(SystemTime::UNIX_EPOCH);
             for (role, family) in families.iter_mut() {
                 if *role == key.role {
@@ -967,13 +976,8 @@ fn peer_address(peer: &types::psc_peer) -> String {
     util::socket_address(peer.family, &peer.addr)
 }
 
-fn series_labels(key: &SeriesKey) -> Labels {
-    let mut labels = Labels::with_capacity(7);
-    if let Some(pid) = key.pid {
-        labels.push(("process_pid", pid.to_string()));
-    }
-    labels.push(("process_executable_name", key.name.clone()));
-    labels.push(("service_name", key.name.clone()));
+fn series_labels(workloads: &Workloads, key: &SeriesKey) -> Labels {
+    let mut labels = workloads.process_labels(key.pid, &key.name, &key.workload);
     labels.push(("http_request_method", key.method.clone()));
     labels.push(("http_response_status_code", key.status.to_string()));
     labels.push(("http_route", key.route.clone()));
