@@ -251,17 +251,32 @@ struct FakeKubelet {
     port: u16,
 }
 
+/// TLS for a fake kubelet: its certificate and key, and the token it wants.
+struct KubeletTls<'a> {
+    cert: &'a Path,
+    key: &'a Path,
+    token: &'a str,
+}
+
 impl FakeKubelet {
     fn start(pod_uid: &str, container_id: &str) -> FakeKubelet {
+        FakeKubelet::start_with(pod_uid, container_id, None)
+    }
+
+    fn start_with(pod_uid: &str, container_id: &str, tls: Option<KubeletTls>) -> FakeKubelet {
         let port = free_port();
         let pods = format!(
             r#"{{"kind":"PodList","apiVersion":"v1","items":[{{"metadata":{{"name":"checkout-7d4b9","namespace":"shop","uid":"{pod_uid}"}},"spec":{{"nodeName":"node-1"}},"status":{{"phase":"Running","containerStatuses":[{{"name":"payments","containerID":"containerd://{container_id}","ready":true}}]}}}}]}}"#
         );
         let script = r#"
-import http.server, sys
+import http.server, ssl, sys
 body = sys.argv[2].encode()
+token = sys.argv[5] if len(sys.argv) > 5 else None
 class Pods(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
+        if token is not None and self.headers.get("Authorization") != "Bearer " + token:
+            self.send_error(401)
+            return
         if self.path != "/pods":
             self.send_error(404)
             return
@@ -272,12 +287,19 @@ class Pods(http.server.BaseHTTPRequestHandler):
         self.wfile.write(body)
     def log_message(self, *args):
         pass
-http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), Pods).serve_forever()
+server = http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), Pods)
+if len(sys.argv) > 3:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(sys.argv[3], sys.argv[4])
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+server.serve_forever()
 "#;
-        let child = Command::new("python3")
-            .args(["-c", script, &port.to_string(), &pods])
-            .spawn()
-            .expect("python3");
+        let mut command = Command::new("python3");
+        command.args(["-c", script, &port.to_string(), &pods]);
+        if let Some(tls) = &tls {
+            command.arg(tls.cert).arg(tls.key).arg(tls.token);
+        }
+        let child = command.spawn().expect("python3");
         // Dropped (and so killed) if it never listens.
         let kubelet = FakeKubelet { child, port };
         for _ in 0..100 {
@@ -762,4 +784,96 @@ fn a_systemd_services_processes_are_named_by_their_service() {
     for labels in labels_of(&metrics, "syscalls_total", &want) {
         assert!(!labels.contains_key("container_id"), "{labels:?}");
     }
+}
+
+#[test]
+fn pod_names_come_from_a_kubelet_over_https_with_a_token() {
+    let _kernel = kernel_lock();
+    let test = "pod_names_come_from_a_kubelet_over_https_with_a_token";
+    if !have_root(test) || !docker_ready(test) {
+        return;
+    }
+    let dir = common::TempDir::new("kubelet-tls");
+    // A cluster CA, and a kubelet serving certificate it signed.
+    let path = |name: &str| dir.path().join(name);
+    let (ca, ca_key) = (path("ca.pem"), path("ca.key"));
+    let (cert, key, csr) = (path("cert.pem"), path("key.pem"), path("kubelet.csr"));
+    run(Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args(["-subj", "/CN=periscope-test-ca", "-keyout"])
+        .arg(&ca_key)
+        .arg("-out")
+        .arg(&ca));
+    run(Command::new("openssl")
+        .args([
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+        ])
+        .arg(&key)
+        .arg("-out")
+        .arg(&csr));
+    let extensions = dir.write(
+        "kubelet.ext",
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    );
+    run(Command::new("openssl")
+        .args(["x509", "-req", "-days", "1", "-in"])
+        .arg(&csr)
+        .arg("-CA")
+        .arg(&ca)
+        .arg("-CAkey")
+        .arg(&ca_key)
+        .args(["-CAcreateserial", "-out"])
+        .arg(&cert)
+        .arg("-extfile")
+        .arg(&extensions));
+    let token_file = dir.write("token", "s3cr3t-token\n");
+    let id = container_id(std::process::id() + 2);
+    let kubelet = FakeKubelet::start_with(
+        POD_UID,
+        &id,
+        Some(KubeletTls {
+            cert: &cert,
+            key: &key,
+            token: "s3cr3t-token",
+        }),
+    );
+    // The address comes from the environment, as a DaemonSet gives it the node's IP.
+    let config = format!(
+        "{CONFIG}workloads:\n  kubelet_url: \"https://${{PERISCOPE_TEST_KUBELET}}\"\n  kubelet_token_file: \"{}\"\n  kubelet_ca_file: \"{}\"\n  refresh_secs: 1\n",
+        token_file.display(),
+        ca.display()
+    );
+    let address = format!("127.0.0.1:{}", kubelet.port);
+    let agent = Agent::start_with_env(&config, &[("PERISCOPE_TEST_KUBELET", address.as_str())]);
+    let mut container = CtrContainer::start(
+        &id,
+        &format!("/kubepods/burstable/pod{POD_UID}/{id}"),
+        "getppid_loop 1111 >/dev/null; echo done; sleep 600",
+    );
+    container.wait_line("done");
+    let want = [
+        ("container_id", id.as_str()),
+        ("k8s_namespace_name", "shop"),
+        ("k8s_pod_name", "checkout-7d4b9"),
+        ("k8s_container_name", "payments"),
+        ("process_executable_name", "getppid_loop"),
+        ("syscall", "getppid"),
+    ];
+    let metrics = eventually(&agent, |m| m.sum("syscalls_total", &want) == 1111.0);
+    assert_eq!(metrics.one("syscalls_total", &want), 1111.0);
+    assert_eq!(
+        metrics.one(
+            "periscope_workload_lookups_total",
+            &[("source", "kubelet"), ("outcome", "failure")]
+        ),
+        0.0
+    );
 }

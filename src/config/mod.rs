@@ -83,10 +83,15 @@ pub struct WorkloadsConfig {
     pub enabled: bool,
     /// The Docker Engine API socket, for container names; empty: none asked.
     pub docker_socket: String,
-    /// The node's kubelet (`http://127.0.0.1:10255`), for pod names; empty: none asked.
+    /// The node's kubelet (`https://${NODE_IP}:10250`), for pod names; empty: none
+    /// asked. `${NAME}` is taken from the environment.
     pub kubelet_url: String,
     /// A bearer token sent to the kubelet (a service account token).
     pub kubelet_token_file: String,
+    /// CA certificates (PEM) that signed the kubelet's serving certificate.
+    pub kubelet_ca_file: String,
+    /// Accept any kubelet certificate (kubelets often serve a self-signed one).
+    pub kubelet_insecure_skip_verify: bool,
     /// How often the kubelet's pod list is fetched again.
     pub refresh_secs: u64,
     /// Containers whose names are kept, at most; beyond, the least recently used goes.
@@ -102,6 +107,8 @@ impl Default for WorkloadsConfig {
             docker_socket: "/var/run/docker.sock".into(),
             kubelet_url: String::new(),
             kubelet_token_file: String::new(),
+            kubelet_ca_file: String::new(),
+            kubelet_insecure_skip_verify: false,
             refresh_secs: 30,
             max_containers: nonzero(4096),
             timeout_ms: 2000,
@@ -836,11 +843,24 @@ impl Config {
                 ));
             }
         }
-        let kubelet = &self.workloads.kubelet_url;
-        if !kubelet.is_empty() && !kubelet.starts_with("http://") {
+        let workloads = &self.workloads;
+        let kubelet = &workloads.kubelet_url;
+        if !kubelet.is_empty()
+            && !kubelet.starts_with("http://")
+            && !kubelet.starts_with("https://")
+        {
             return Err((
                 "workloads.kubelet_url",
-                format!("`{kubelet}`: only http:// URLs (the kubelet's read-only port, or a local proxy) are supported"),
+                format!("`{kubelet}`: must start with https:// or http://"),
+            ));
+        }
+        if kubelet.starts_with("https://")
+            && workloads.kubelet_ca_file.is_empty()
+            && !workloads.kubelet_insecure_skip_verify
+        {
+            return Err((
+                "workloads.kubelet_url",
+                format!("`{kubelet}`: https needs kubelet_ca_file, or kubelet_insecure_skip_verify: true for a self-signed kubelet certificate"),
             ));
         }
         for (key, buckets) in [

@@ -1,6 +1,7 @@
 //! Who a kernel id belongs to: pid -> process name and liveness, cgroup -> container.
 
 pub mod cgroup;
+mod kubelet_tls;
 pub mod process;
 pub mod tenant;
 pub mod workload;

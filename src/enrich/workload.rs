@@ -18,6 +18,7 @@ use serde::Deserialize;
 use tracing::{debug, info, warn};
 
 use super::cgroup::{container_of, unified_mount, CgroupPaths};
+use super::kubelet_tls::{self, Trust};
 use crate::config::{TenantRule, TenantsConfig, WorkloadsConfig};
 use crate::model::{Family, Labels, MetricKind, Value};
 
@@ -126,6 +127,28 @@ pub fn cgroup_path_of_proc(text: &str) -> Option<String> {
         rest = stripped;
     }
     Some(if rest.is_empty() { "/" } else { rest }.to_string())
+}
+
+/// `${NAME}` replaced by the environment variable NAME (empty when unset).
+fn expand_env(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        match rest[start + 2..].find('}') {
+            Some(end) => {
+                let name = &rest[start + 2..start + 2 + end];
+                out.push_str(&std::env::var(name).unwrap_or_default());
+                rest = &rest[start + 3 + end..];
+            }
+            None => {
+                out.push_str(&rest[start..]);
+                rest = "";
+            }
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 /// A tenant, as the rules name it.
@@ -255,6 +278,7 @@ struct Settings {
     docker_socket: Option<PathBuf>,
     kubelet_url: Option<String>,
     kubelet_token_file: Option<PathBuf>,
+    kubelet_trust: Option<Trust>,
     refresh: Duration,
     max_containers: usize,
     timeout: Duration,
@@ -282,6 +306,7 @@ impl Default for Workloads {
             docker_socket: None,
             kubelet_url: None,
             kubelet_token_file: None,
+            kubelet_trust: None,
             refresh: Duration::from_secs(30),
             max_containers: 0,
             timeout: Duration::from_secs(2),
@@ -296,8 +321,13 @@ impl Workloads {
         let mut workloads = Workloads::build(Settings {
             enabled: config.enabled,
             docker_socket: non_empty(&config.docker_socket).map(PathBuf::from),
-            kubelet_url: non_empty(config.kubelet_url.trim_end_matches('/')),
+            kubelet_url: non_empty(expand_env(&config.kubelet_url).trim_end_matches('/')),
             kubelet_token_file: non_empty(&config.kubelet_token_file).map(PathBuf::from),
+            kubelet_trust: if config.kubelet_insecure_skip_verify {
+                Some(Trust::Anything)
+            } else {
+                non_empty(&config.kubelet_ca_file).map(|file| Trust::CaFile(file.into()))
+            },
             refresh: Duration::from_secs(config.refresh_secs.max(1)),
             max_containers: config.max_containers.get() as usize,
             timeout: Duration::from_millis(config.timeout_ms.max(1)),
@@ -741,7 +771,12 @@ fn lookup_kubelet(shared: &Shared, url: &str, now: Instant, announced: &mut bool
         .as_ref()
         .and_then(|file| std::fs::read_to_string(file).ok())
         .map(|t| t.trim().to_string());
-    let outcome = fetch_pods(url, token.as_deref(), shared.settings.timeout);
+    let outcome = fetch_pods(
+        url,
+        token.as_deref(),
+        shared.settings.kubelet_trust.as_ref(),
+        shared.settings.timeout,
+    );
     let mut names = lock(&shared.names);
     match outcome {
         Ok(pods) => {
@@ -913,13 +948,14 @@ fn parse_pods(body: &[u8]) -> Result<HashMap<String, PodInfo>, String> {
 fn fetch_pods(
     url: &str,
     token: Option<&str>,
+    trust: Option<&Trust>,
     timeout: Duration,
 ) -> Result<HashMap<String, PodInfo>, String> {
-    let rest = url.strip_prefix("http://").ok_or_else(|| {
-        format!(
-            "{url}: only http:// kubelet URLs are supported (the read-only port, or a local proxy)"
-        )
-    })?;
+    let (tls, rest) = match (url.strip_prefix("https://"), url.strip_prefix("http://")) {
+        (Some(rest), _) => (true, rest),
+        (None, Some(rest)) => (false, rest),
+        (None, None) => return Err(format!("{url}: not an http:// or https:// URL")),
+    };
     let (authority, base) = match rest.find('/') {
         Some(at) => (&rest[..at], &rest[at..]),
         None => (rest, ""),
@@ -932,7 +968,19 @@ fn fetch_pods(
         .map_err(|e| format!("{authority}: {e}"))?;
     let _ = stream.set_read_timeout(Some(timeout));
     let _ = stream.set_write_timeout(Some(timeout));
-    let (status, body) = http_get(&mut stream, authority, &format!("{base}/pods"), token)?;
+    let path = format!("{base}/pods");
+    let (status, body) = if tls {
+        let trust = trust.ok_or_else(|| format!("{url}: no kubelet_ca_file"))?;
+        let host = authority
+            .rsplit_once(':')
+            .map_or(authority, |(host, _)| host)
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        let mut tls = kubelet_tls::connect(kubelet_tls::client_config(trust)?, host, stream)?;
+        http_get(&mut tls, authority, &path, token)?
+    } else {
+        http_get(&mut stream, authority, &path, token)?
+    };
     if status != 200 {
         return Err(format!("HTTP status {status}"));
     }
@@ -961,10 +1009,16 @@ fn http_get(
         .write_all(request.as_bytes())
         .map_err(|e| format!("sending the request: {e}"))?;
     let mut response = Vec::new();
-    stream
+    match stream
         .take(MAX_RESPONSE_BYTES + 1)
         .read_to_end(&mut response)
-        .map_err(|e| format!("reading the response: {e}"))?;
+    {
+        Ok(_) => {}
+        // A TLS peer that closes without close_notify: the HTTP/1.0 response ends with
+        // the connection all the same.
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !response.is_empty() => {}
+        Err(e) => return Err(format!("reading the response: {e}")),
+    }
     if response.len() as u64 > MAX_RESPONSE_BYTES {
         return Err(format!("response larger than {MAX_RESPONSE_BYTES} bytes"));
     }
@@ -1041,6 +1095,17 @@ mod tests {
             docker,
             Workload::of_cgroup_path(&format!("/docker/{ID}/init.scope"))
         );
+    }
+
+    #[test]
+    fn environment_in_urls() {
+        std::env::set_var("PERISCOPE_TEST_NODE", "10.0.0.7");
+        assert_eq!(
+            expand_env("https://${PERISCOPE_TEST_NODE}:10250"),
+            "https://10.0.0.7:10250"
+        );
+        assert_eq!(expand_env("http://a/${"), "http://a/${");
+        assert_eq!(expand_env("${PERISCOPE_TEST_UNSET_VAR}x"), "x");
     }
 
     #[test]
