@@ -180,8 +180,14 @@ pub async fn run(mut config: Config) -> Result<()> {
         }
     };
 
-    // The collector dropped its own; threads started from here on inherit this thread's.
-    drop_capabilities(&kept_caps)?;
+    // Only the collector, which owns the BPF objects, needs capabilities from here on
+    // (it kept its own). This thread serves HTTP and starts the exporters' threads,
+    // which inherit its set: none.
+    caps::keep_only(&[]).context("dropping the capabilities start-up needed")?;
+    info!(
+        collector = %caps::describe(&kept_caps),
+        "dropped every capability but those the collector still needs"
+    );
 
     let attached: Vec<_> = reports.iter().filter(|r| r.outcome.is_ok()).collect();
     for report in &reports {
@@ -470,13 +476,6 @@ fn collector_main(
     info!(probes = count, "all probes detached");
 }
 
-/// Keeps only `kept` of this thread's capabilities, once loading and attaching is done.
-fn drop_capabilities(kept: &[caps::Capability]) -> Result<()> {
-    caps::keep_only(kept).context("dropping the capabilities start-up needed")?;
-    info!(kept = %caps::describe(kept), "dropped every capability but those still needed");
-    Ok(())
-}
-
 /// Loads every enabled built-in probe; one the kernel cannot run is reported, not fatal.
 pub fn load_probes(
     config: &Config,
@@ -573,6 +572,7 @@ impl Collector {
     fn collect(&mut self) -> Vec<Family> {
         let began = Instant::now();
         let now = Instant::now();
+        self.workloads.begin_collection();
         if self.tenants.is_some() {
             self.refresh_dropped_cgroups(now);
         }

@@ -13,7 +13,9 @@ use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use common::{eventually, free_port, have_root, kernel_lock, Agent, HandMadeCgroup, Metrics};
+use common::{
+    docker_ready, eventually, free_port, have_root, kernel_lock, Agent, HandMadeCgroup, Metrics,
+};
 
 const CONFIG: &str = "probes:\n  process:\n    enabled: false\n  tcp:\n    enabled: true\n    sample_interval_secs: 0\n";
 const CONTAINERD: &str = "/run/docker/containerd/containerd.sock";
@@ -70,23 +72,6 @@ fn run(command: &mut Command) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-/// Docker must be there (scripts/containers.sh starts it); without it the test says so.
-fn docker_ready(test: &str) -> bool {
-    let up = Command::new("docker")
-        .arg("info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !up {
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("{test}: Docker is not running; scripts/containers.sh starts it");
-        }
-        eprintln!("SKIPPING {test}: Docker is not running (scripts/containers.sh)");
-    }
-    up
 }
 
 /// A Docker container, removed when dropped.

@@ -843,7 +843,34 @@ impl Config {
                 ));
             }
         }
+        if !self.tenants.rules.is_empty() && !self.workloads.enabled {
+            return Err((
+                "tenants.rules",
+                "tenants need workloads.enabled: true (a tenant is found from a process's cgroup)"
+                    .into(),
+            ));
+        }
+        for (index, rule) in self.tenants.rules.iter().enumerate() {
+            if let Some(other) = self.tenants.rules[..index]
+                .iter()
+                .find(|other| other.tenant == rule.tenant && other.drop != rule.drop)
+            {
+                return Err((
+                    "tenants.rules",
+                    format!(
+                        "tenant `{}` is dropped by one rule and kept by another: give every rule of a tenant the same `drop`",
+                        other.tenant
+                    ),
+                ));
+            }
+        }
         let workloads = &self.workloads;
+        if workloads.kubelet_insecure_skip_verify && !workloads.kubelet_ca_file.is_empty() {
+            return Err((
+                "workloads.kubelet_insecure_skip_verify",
+                "set either kubelet_ca_file (check the kubelet's certificate) or kubelet_insecure_skip_verify, not both".into(),
+            ));
+        }
         let kubelet = &workloads.kubelet_url;
         if !kubelet.is_empty()
             && !kubelet.starts_with("http://")

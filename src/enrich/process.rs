@@ -65,8 +65,9 @@ pub fn generation_matches(start_ticks: u64, gen: u16) -> bool {
     (first..=last).any(|unit| unit as u16 == gen)
 }
 
-/// The generation of live process `pid`, as BPF programs read it: the first 2^24 ns
-/// unit of its start tick.
+/// A generation of live process `pid`: the first 2^24 ns unit of its start tick. BPF
+/// programs read the exact start time, which may fall in the next unit; both match it
+/// (`generation_matches`), as the same process.
 pub fn generation_of_pid(pid: u32) -> Option<u16> {
     let (_, ticks) = read_process("/proc", pid)?;
     Some((ticks.saturating_mul(NS_PER_TICK) >> GENERATION_SHIFT) as u16)
@@ -158,8 +159,9 @@ impl<K: ProcessKey> ProcessTable<K> {
                     && (entry.start_ticks.is_none() || entry.start_ticks == Some(start_ticks)) =>
             {
                 // An exec may come with a move to another cgroup (a runtime starting a
-                // container's process): the workload is read again with the new name.
-                if entry.start_ticks.is_none() || name != entry.name {
+                // container's process): the workload is read again with the new name,
+                // unless names are kept from first sight (then counts must not move).
+                if entry.start_ticks.is_none() || (name != entry.name && !self.keep_first_name) {
                     entry.workload = workloads.of_pid(proc_root, pid);
                 }
                 if entry.start_ticks.is_none() || !self.keep_first_name {

@@ -28,6 +28,10 @@ pub struct TenantLimits {
     /// The series each (family, tenant) keeps under its own labels: once kept, a series
     /// stays kept while it is collected, so a new series never pushes an old one out.
     kept: HashMap<(&'static str, String), HashSet<Labels>>,
+    /// The series folded into their tenant's overflow: once folded, a series stays
+    /// folded while it is collected, so the overflow series never loses counts to a
+    /// place that opened up.
+    overflowed: HashMap<(&'static str, String), HashSet<Labels>>,
     /// Series folded into each tenant's overflow at the last collection.
     folded: BTreeMap<String, u64>,
 }
@@ -47,6 +51,7 @@ impl TenantLimits {
                 .map(|rule| rule.tenant.clone())
                 .collect(),
             kept: HashMap::new(),
+            overflowed: HashMap::new(),
             folded: BTreeMap::new(),
         })
     }
@@ -54,6 +59,7 @@ impl TenantLimits {
     pub fn apply(&mut self, families: &mut [Family]) {
         self.folded.clear();
         let mut seen: HashMap<(&'static str, String), HashSet<Labels>> = HashMap::new();
+        let mut seen_folded: HashMap<(&'static str, String), HashSet<Labels>> = HashMap::new();
         for family in families.iter_mut() {
             if !family
                 .series
@@ -73,14 +79,26 @@ impl TenantLimits {
                     continue;
                 }
                 let key = (family.name, tenant.clone());
+                let was_folded = self
+                    .overflowed
+                    .get(&key)
+                    .is_some_and(|folded| folded.contains(&one.labels));
                 let kept = self.kept.entry(key.clone()).or_default();
-                if kept.contains(&one.labels) || kept.len() < self.cap {
+                if !was_folded && (kept.contains(&one.labels) || kept.len() < self.cap) {
                     kept.insert(one.labels.clone());
                     seen.entry(key).or_default().insert(one.labels.clone());
                     family.series.push(one);
                     continue;
                 }
                 *self.folded.entry(tenant).or_default() += 1;
+                seen_folded
+                    .entry(key.clone())
+                    .or_default()
+                    .insert(one.labels.clone());
+                self.overflowed
+                    .entry(key)
+                    .or_default()
+                    .insert(one.labels.clone());
                 let labels = overflow_labels(&one.labels);
                 match overflow.get_mut(&labels) {
                     Some(existing) => merge(existing, &one),
@@ -91,6 +109,13 @@ impl TenantLimits {
             }
             family.series.extend(overflow.into_values());
         }
+        self.overflowed.retain(|key, folded| {
+            let Some(now) = seen_folded.get(key) else {
+                return false;
+            };
+            folded.retain(|labels| now.contains(labels));
+            true
+        });
         // Series no longer collected (folded into an exited aggregate, say) free their
         // place.
         self.kept.retain(|key, kept| {

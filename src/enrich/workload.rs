@@ -24,13 +24,15 @@ use crate::model::{Family, Labels, MetricKind, Value};
 
 /// What a series is attributed to beyond its process. Cheap to clone and to compare:
 /// probes key their series by it. The cgroup path rides along for tenant rules; it is
-/// not part of the identity (a container's sub-cgroups are the same container).
+/// not part of the identity (a container's sub-cgroups are the same container), but
+/// outside containers the tenant the path gives is (third field): processes of two
+/// tenants never share a series.
 #[derive(Debug, Clone, Default)]
-pub struct Workload(Option<Arc<WorkloadId>>, Option<Arc<str>>);
+pub struct Workload(Option<Arc<WorkloadId>>, Option<Arc<str>>, Option<Arc<str>>);
 
 impl PartialEq for Workload {
     fn eq(&self, other: &Self) -> bool {
-        self.0 == other.0
+        self.0 == other.0 && self.2 == other.2
     }
 }
 
@@ -39,6 +41,7 @@ impl Eq for Workload {}
 impl std::hash::Hash for Workload {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
         self.0.hash(state);
+        self.2.hash(state);
     }
 }
 
@@ -50,7 +53,7 @@ impl PartialOrd for Workload {
 
 impl Ord for Workload {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.0.cmp(&other.0)
+        self.0.cmp(&other.0).then_with(|| self.2.cmp(&other.2))
     }
 }
 
@@ -75,11 +78,12 @@ impl Workload {
                     pod_uid: container.pod_uid,
                 })),
                 path,
+                None,
             );
         }
         match service_of(path.as_deref().unwrap_or_default()) {
-            Some(service) => Workload(Some(Arc::new(WorkloadId::Service(service))), path),
-            None => Workload(None, path),
+            Some(service) => Workload(Some(Arc::new(WorkloadId::Service(service))), path, None),
+            None => Workload(None, path, None),
         }
     }
 
@@ -251,7 +255,14 @@ struct NameTables {
     /// backoff) instead of waiting for the refresh.
     pods_wanted: HashSet<String>,
     pods_fetched: Option<Instant>,
+    /// Pods the last list did not hold (deleted, or an exited process's): not asked for
+    /// again before the next regular refresh.
+    pods_unlisted: HashSet<String>,
     kubelet_backoff: Backoff,
+    /// Answers that arrived since the last collection began: applied when the next one
+    /// begins, so that all series of one collection see the same names.
+    docker_arrived: Vec<(String, DockerAnswer)>,
+    pods_arrived: Option<HashMap<String, PodInfo>>,
 }
 
 #[derive(Debug, Default)]
@@ -360,7 +371,10 @@ impl Workloads {
                     pods: HashMap::new(),
                     pods_wanted: HashSet::new(),
                     pods_fetched: None,
+                    pods_unlisted: HashSet::new(),
                     kubelet_backoff: Backoff::new(max_backoff),
+                    docker_arrived: Vec::new(),
+                    pods_arrived: None,
                 }),
                 wake: Condvar::new(),
                 cgroups: Mutex::new(None),
@@ -383,8 +397,17 @@ impl Workloads {
         std::fs::read_to_string(format!("{proc_root}/{pid}/cgroup"))
             .ok()
             .and_then(|text| cgroup_path_of_proc(&text))
-            .map(|path| Workload::of_cgroup_path(&path))
+            .map(|path| self.classified(Workload::of_cgroup_path(&path)))
             .unwrap_or_default()
+    }
+
+    /// Outside containers, a workload's tenant depends on its path alone (no names
+    /// are involved), and becomes part of its identity.
+    fn classified(&self, mut workload: Workload) -> Workload {
+        if workload.0.is_none() && !self.shared.tenants.is_empty() {
+            workload.2 = self.tenant_of(&workload).map(|t| Arc::from(t.name));
+        }
+        workload
     }
 
     /// The workload of a process gone before /proc could be read, from what the kernel
@@ -398,7 +421,7 @@ impl Workloads {
         let tail = format!("/{}/{}", cgroup.parent, cgroup.leaf);
         let workload = Workload::of_cgroup_path(&tail);
         if !workload.is_none() || cgroup.id <= 1 {
-            return workload;
+            return self.classified(workload);
         }
         let mut cgroups = lock(&self.shared.cgroups);
         if cgroups.is_none() {
@@ -417,8 +440,8 @@ impl Workloads {
         cgroups
             .as_mut()
             .and_then(|paths| paths.path_of(cgroup.id, Instant::now()).map(str::to_string))
-            .map(|path| Workload::of_cgroup_path(&path))
-            .unwrap_or_default()
+            .map(|path| self.classified(Workload::of_cgroup_path(&path)))
+            .unwrap_or_else(|| self.classified(workload))
     }
 
     /// The labels of a process's series: `process_pid` (when given),
@@ -542,7 +565,10 @@ impl Workloads {
         };
         let pod = pod_uid.as_ref().and_then(|uid| {
             let pod = names.pods.get(uid).cloned();
-            if pod.is_none() && self.shared.settings.kubelet_url.is_some() {
+            if pod.is_none()
+                && self.shared.settings.kubelet_url.is_some()
+                && !names.pods_unlisted.contains(uid)
+            {
                 wake |= names.pods_wanted.insert(uid.clone());
             }
             pod
@@ -599,6 +625,22 @@ impl Workloads {
         );
         if self.shared.settings.docker_socket.is_some() {
             names.docker_pending.push_back(container_id.to_string());
+        }
+    }
+
+    /// Makes the names that arrived since the last collection visible: called as a
+    /// collection begins, so that a name never appears halfway through one.
+    pub fn begin_collection(&self) {
+        let mut names = lock(&self.shared.names);
+        let names = &mut *names;
+        for (id, answer) in names.docker_arrived.drain(..) {
+            if let Some(known) = names.containers.get_mut(&id) {
+                known.runtime_name = answer.name;
+                known.labels = answer.labels;
+            }
+        }
+        if let Some(pods) = names.pods_arrived.take() {
+            names.pods = pods;
         }
     }
 
@@ -723,9 +765,8 @@ fn lookup_docker(shared: &Shared, socket: &Path, now: Instant, announced: &mut b
                     info!(socket = %socket.display(), "container names from the Docker Engine API");
                     *announced = true;
                 }
-                if let Some(known) = names.containers.get_mut(&id) {
-                    known.runtime_name = answer.name;
-                    known.labels = answer.labels;
+                if names.containers.contains_key(&id) {
+                    names.docker_arrived.push((id, answer));
                 }
             }
             Err(LookupError::Unavailable(err)) => {
@@ -793,12 +834,14 @@ fn lookup_kubelet(shared: &Shared, url: &str, now: Instant, announced: &mut bool
                 .filter(|uid| !pods.contains_key(*uid))
                 .cloned()
                 .collect();
-            names.pods = pods;
+            names.pods_arrived = Some(pods);
             names.pods_wanted.clear();
             if !unknown.is_empty() {
-                // Pods the kubelet does not list (yet): wait for the next refresh.
+                // Pods the kubelet does not list (yet, or any more): wait for the next
+                // refresh.
                 debug!(pods = unknown.len(), "pods not listed by the kubelet");
             }
+            names.pods_unlisted = unknown.into_iter().collect();
         }
         Err(err) => {
             shared
@@ -834,6 +877,7 @@ struct DockerConfig {
 }
 
 /// What the Docker Engine API says of a container.
+#[derive(Debug)]
 struct DockerAnswer {
     name: Option<String>,
     labels: BTreeMap<String, String>,
@@ -1157,6 +1201,10 @@ mod tests {
         );
         let labels = workloads.process_labels(None, "nginx", &workload);
         assert_eq!(labels.last(), Some(&("tenant", "shop".to_string())));
+        // Outside containers, two tenants never share a series; one tenant's paths do.
+        let outside = |path: &str| workloads.classified(Workload::of_cgroup_path(path));
+        assert_ne!(outside("/kubepods-x/a"), outside("/user.slice/b"));
+        assert_eq!(outside("/user.slice/b"), outside("/user.slice/c"));
     }
 
     #[test]

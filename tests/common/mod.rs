@@ -555,3 +555,20 @@ impl Drop for HandMadeCgroup {
         }
     }
 }
+
+/// Docker must be there (scripts/containers.sh starts it); without it the test says so.
+pub fn docker_ready(test: &str) -> bool {
+    let up = Command::new("docker")
+        .arg("info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !up {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("{test}: Docker is not running; scripts/containers.sh starts it");
+        }
+        eprintln!("SKIPPING {test}: Docker is not running (scripts/containers.sh)");
+    }
+    up
+}
