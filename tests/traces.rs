@@ -354,3 +354,86 @@ fn a_containers_server_spans_and_series_carry_its_container() {
     drop(conn);
     drop(app);
 }
+
+/// A Python server like `App`, started under pid `pid` (ns_last_pid set just below it;
+/// retried when another process takes it first), moved into `cgroup` when given.
+fn app_with_pid(pid: u32, cgroup: Option<&common::HandMadeCgroup>) -> App {
+    for _ in 0..50 {
+        let port = common::free_port();
+        std::fs::write("/proc/sys/kernel/ns_last_pid", (pid - 1).to_string())
+            .expect("set ns_last_pid");
+        let mut child = Command::new("python3")
+            .args(["-c", common::apps::PY_APP, &port.to_string()])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3");
+        if child.id() != pid {
+            let _ = child.kill();
+            let _ = child.wait();
+            continue;
+        }
+        if let Some(cgroup) = cgroup {
+            std::fs::write(cgroup.leaf().join("cgroup.procs"), pid.to_string())
+                .expect("move the server");
+        }
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.take().expect("stdout")),
+            &mut line,
+        )
+        .expect("ready line");
+        assert_eq!(line.trim(), "ready");
+        return App { child, port };
+    }
+    panic!("could not get pid {pid} back");
+}
+
+#[test]
+fn a_reused_pids_requests_keep_their_own_labels() {
+    if !have_root("a_reused_pids_requests_keep_their_own_labels") {
+        return;
+    }
+    let _lock = kernel_lock();
+    let dir = TempDir::new("traces-reuse");
+    let agent = Agent::start(&traces_config(&dir.path().join("spans.jsonl")));
+    let id = format!("{:064x}", 0x7e05e_u64 << 40 | u64::from(std::process::id()));
+    let cgroup = common::HandMadeCgroup::create(&format!("/docker/{id}"));
+    // The old server, in a container, answers three requests and exits.
+    let old = App::start();
+    std::fs::write(cgroup.leaf().join("cgroup.procs"), old.pid().to_string())
+        .expect("move the server");
+    let pid = old.pid() as u32;
+    {
+        let mut conn = connect(old.port);
+        for _ in 0..3 {
+            assert_eq!(get(&mut conn, "/hello", "").0, 200);
+        }
+    }
+    drop(old);
+    std::thread::sleep(Duration::from_millis(50));
+    // A new server on the host under the same pid answers two.
+    let new = app_with_pid(pid, None);
+    {
+        let mut conn = connect(new.port);
+        for _ in 0..2 {
+            assert_eq!(get(&mut conn, "/hello", "").0, 200);
+        }
+    }
+    let pid_text = pid.to_string();
+    let ours = [("process_pid", pid_text.as_str())];
+    let count = "http_server_request_duration_seconds_count";
+    // Once the new process is seen, the old one's series fold into its executable's
+    // aggregate (no pid), which keeps its container.
+    let theirs = [("container_id", id.as_str())];
+    let metrics = common::eventually(&agent, |m| {
+        m.sum(count, &ours) == 2.0 && m.sum(count, &theirs) == 3.0
+    });
+    let in_container = metrics.sum(count, &theirs);
+    let on_host: f64 = metrics
+        .find(count, &ours)
+        .filter(|(_, labels, _)| !labels.contains_key("container_id"))
+        .map(|(_, _, v)| v)
+        .sum();
+    assert_eq!((in_container, on_host), (3.0, 2.0));
+    drop(new);
+}

@@ -69,6 +69,8 @@ struct psc_sock {
 	__u8 closed;
 	__u8 verdict;
 	__u8 pad;
+	__u16 gen; /* the process's generation, with tgid */
+	__u16 pad2;
 };
 
 struct {
@@ -129,11 +131,12 @@ struct {
 	__type(value, __u64);
 } counters SEC(".maps");
 
-static __always_inline void fill_event(struct scratch *s, __u32 tgid, __u32 fd, __u64 len,
-				       __u8 kind, struct psc_conn *conn, __u8 tls)
+static __always_inline void fill_event(struct scratch *s, __u32 tgid, __u16 gen, __u32 fd,
+				       __u64 len, __u8 kind, struct psc_conn *conn, __u8 tls)
 {
 	s->event.ts = bpf_ktime_get_ns();
 	s->event.tgid = tgid;
+	s->event.gen = gen;
 	s->event.tid = (__u32)bpf_get_current_pid_tgid();
 	s->event.fd = fd;
 	s->event.len = len;
@@ -176,12 +179,13 @@ static __always_inline void emit_for(struct scratch *s, __u32 captured, struct p
 
 /* Tells user space that this socket is now the connection on (tgid, fd), whatever it
  * knew of that fd before (a close it never saw: dup2, close_range, a lost event). */
-static __always_inline void announce(struct psc_sock *sock, __u32 tgid, __u32 fd)
+static __always_inline void announce(struct psc_sock *sock, __u32 tgid, __u16 gen, __u32 fd)
 {
 	struct scratch *s;
 	__u32 zero = 0;
 
 	sock->tgid = tgid;
+	sock->gen = gen;
 	sock->fd = fd;
 	sock->announced = 1;
 	sock->closed = 0;
@@ -190,7 +194,7 @@ static __always_inline void announce(struct psc_sock *sock, __u32 tgid, __u32 fd
 		/* A new connection for user space: nothing before it can be stale. */
 		sock->conn.lost = 0;
 		sock->conn.named = 1;
-		fill_event(s, tgid, fd, 0, PSC_HTTP_OPEN, &sock->conn, 0);
+		fill_event(s, tgid, gen, fd, 0, PSC_HTTP_OPEN, &sock->conn, 0);
 		emit_for(s, 0, &sock->conn);
 	}
 	sock->conn.named = 0;
@@ -312,7 +316,7 @@ int BPF_PROG(psc_http_state, const struct sock *sk, int oldstate, int newstate)
 
 		s = bpf_map_lookup_elem(&scratch, &zero);
 		if (s) {
-			fill_event(s, sock->tgid, sock->fd, 0, PSC_HTTP_CLOSE, &sock->conn, 0);
+			fill_event(s, sock->tgid, sock->gen, sock->fd, 0, PSC_HTTP_CLOSE, &sock->conn, 0);
 			emit_for(s, 0, &sock->conn);
 		}
 		if (sock->conn.tls) {
@@ -333,6 +337,7 @@ static __always_inline int socket_io(struct sock *sk, int ret, int flags, int in
 	struct pt_regs *regs;
 	struct scratch *s;
 	__u32 tgid, fd, zero = 0, captured = 0;
+	__u16 gen;
 	__u64 arg, count;
 	int nr;
 
@@ -387,6 +392,7 @@ static __always_inline int socket_io(struct sock *sk, int ret, int flags, int in
 	tgid = task->tgid;
 	if (tgid == agent_tgid)
 		return 0;
+	gen = psc_generation(task);
 
 	/* Inside an OpenSSL call: this socket carries that SSL object's records. A socket
 	 * that opened with plaintext HTTP does not turn to TLS, so the lookup is spared
@@ -399,13 +405,14 @@ static __always_inline int socket_io(struct sock *sk, int ret, int flags, int in
 
 		call->fd = fd;
 		bpf_map_update_elem(&ssl_fds, &key, &fd, BPF_ANY);
-		if (!sock->conn.tls || !sock->announced || sock->tgid != tgid || sock->fd != fd) {
+		if (!sock->conn.tls || !sock->announced || sock->tgid != tgid || sock->gen != gen ||
+		    sock->fd != fd) {
 			struct psc_conn_key conn_key = { .tgid = tgid, .fd = fd };
 
 			sock->conn.tls = 1;
 			if (bpf_map_update_elem(&tls_conns, &conn_key, &sock->conn, BPF_ANY))
 				PSC_COUNT_IN(counters, PSC_HTTP_CONNS_REFUSED);
-			announce(sock, tgid, fd);
+			announce(sock, tgid, gen, fd);
 		}
 		return 0;
 	}
@@ -454,9 +461,9 @@ static __always_inline int socket_io(struct sock *sk, int ret, int flags, int in
 		if (verdict == PSC_VERDICT_OTHER || verdict == PSC_VERDICT_TLS)
 			return 0;
 	}
-	if (!sock->announced || sock->tgid != tgid || sock->fd != fd)
-		announce(sock, tgid, fd);
-	fill_event(s, tgid, fd, ret, ingress ? PSC_HTTP_READ : PSC_HTTP_WRITE, &sock->conn, 0);
+	if (!sock->announced || sock->tgid != tgid || sock->gen != gen || sock->fd != fd)
+		announce(sock, tgid, gen, fd);
+	fill_event(s, tgid, gen, fd, ret, ingress ? PSC_HTTP_READ : PSC_HTTP_WRITE, &sock->conn, 0);
 	emit_for(s, captured, &sock->conn);
 	sock->conn.named = 1;
 	return 0;
@@ -535,7 +542,8 @@ static __always_inline int ssl_exit(long ret)
 	want = len > PSC_HTTP_CAPTURE ? PSC_HTTP_CAPTURE : len;
 	if (bpf_probe_read_user(s->data, want, (void *)call->buf))
 		want = 0;
-	fill_event(s, tgid, key.fd, len, call->write ? PSC_HTTP_WRITE : PSC_HTTP_READ, conn, 1);
+	fill_event(s, tgid, psc_generation(bpf_get_current_task_btf()), key.fd, len,
+		   call->write ? PSC_HTTP_WRITE : PSC_HTTP_READ, conn, 1);
 	conn->lost = emit(s, want, 0) ? 1 : 0;
 	return 0;
 }
@@ -591,7 +599,8 @@ int BPF_PROG(psc_http_exec, struct task_struct *task, pid_t old_pid, struct linu
 	s = bpf_map_lookup_elem(&scratch, &zero);
 	if (!s)
 		return 0;
-	fill_event(s, bpf_get_current_pid_tgid() >> 32, 0, 0, PSC_HTTP_EXEC, &none, 0);
+	fill_event(s, bpf_get_current_pid_tgid() >> 32, psc_generation(bpf_get_current_task_btf()), 0,
+		   0, PSC_HTTP_EXEC, &none, 0);
 	emit(s, 0, 1);
 	return 0;
 }

@@ -2,6 +2,7 @@
 #pragma once
 
 #include "periscope.h"
+#include "process.h"
 
 /* Bytes of each read or write copied to user space: enough for request and response
  * heads; body bytes beyond it are counted by length only. A power of two. */
@@ -50,7 +51,8 @@ struct psc_http_event {
 	__u32 tgid;
 	__u32 fd;
 	__u32 tid; /* the thread that read or wrote: spans of a thread's requests nest */
-	__u32 pad;
+	__u16 gen; /* the process's generation (process.h): a reused pid is another process */
+	__u16 pad;
 	__u64 len; /* bytes the syscall moved */
 	__u32 captured;
 	__u8 kind;

@@ -180,7 +180,8 @@ pub struct HttpProbe {
     series_folded: u64,
     routes: RouteTable,
     addresses: routes::PerServiceCap,
-    processes: ProcessTable,
+    /// Processes by tgid and generation (bpf/process.h).
+    processes: ProcessTable<(u32, u16)>,
     pid_label: bool,
     durations: DurationBounds,
     body_bounds: Vec<u64>,
@@ -455,10 +456,10 @@ impl HttpProbe {
         }
         // A connection's first event carries the process's name: learn it now, while
         // the process may still be there to read /proc from.
-        if event.comm[0] != 0 && self.processes.get(event.tgid).is_none() {
+        let process = (event.tgid, event.gen);
+        if event.comm[0] != 0 && self.processes.get(process).is_none() {
             let comm = util::c_string(&event.comm);
-            self.processes
-                .observe(event.tgid, Instant::now(), Some(&comm));
+            self.processes.observe(process, Instant::now(), Some(&comm));
         }
         let key = (event.tgid, event.fd);
         let role = if event.role == 1 {
@@ -574,7 +575,10 @@ impl HttpProbe {
                 key: key.clone(),
             });
         }
-        let created = self.processes.get(event.tgid).map(|info| info.first_seen);
+        let created = self
+            .processes
+            .get((event.tgid, event.gen))
+            .map(|info| info.first_seen);
         let route = self.spans.is_some().then(|| key.route.clone());
         let stats = self.series.entry(key).or_default();
         if let Some(created) = created {
@@ -604,7 +608,7 @@ impl HttpProbe {
         let (name, workload, server_address, client_address) = if context.sampled {
             let (name, workload) = self
                 .processes
-                .get(event.tgid)
+                .get((event.tgid, event.gen))
                 .map(|info| (info.name.clone(), info.workload.clone()))
                 .unwrap_or_default();
             let server = match role {
@@ -651,12 +655,13 @@ impl HttpProbe {
         exchange: &Exchange,
     ) -> SeriesKey {
         let tgid = event.tgid;
+        let process = (tgid, event.gen);
         let server_port = event.server.port;
         // /proc is read once per process here; collections refresh it.
-        let (name, workload) = match self.processes.get(tgid) {
+        let (name, workload) = match self.processes.get(process) {
             Some(info) => (info.name.clone(), info.workload.clone()),
             None => {
-                let info = self.processes.observe(tgid, Instant::now(), None);
+                let info = self.processes.observe(process, Instant::now(), None);
                 (info.name.clone(), info.workload.clone())
             }
         };
@@ -743,10 +748,16 @@ impl HttpProbe {
         for pid in self.processes.pids() {
             self.processes.observe(pid, now, None);
         }
-        let expired: std::collections::HashSet<u32> = self
+        // An expired process's series are those of its pid with its name and workload (a
+        // new process under a reused pid labels its own).
+        let expired: std::collections::HashSet<(u32, String, Workload)> = self
             .processes
             .expired(now, self.exited_ttl)
             .into_iter()
+            .filter_map(|process| {
+                let info = self.processes.remove(process)?;
+                Some((process.0, info.name, info.workload))
+            })
             .collect();
         if expired.is_empty() {
             return;
@@ -754,7 +765,10 @@ impl HttpProbe {
         let keys: Vec<SeriesKey> = self
             .series
             .keys()
-            .filter(|k| k.pid.is_some_and(|pid| expired.contains(&pid)))
+            .filter(|k| {
+                k.pid
+                    .is_some_and(|pid| expired.contains(&(pid, k.name.clone(), k.workload.clone())))
+            })
             .cloned()
             .collect();
         for key in keys {
@@ -769,9 +783,6 @@ impl HttpProbe {
                 folded.created = folded.created.or(stats.created);
                 self.expired_series += 1;
             }
-        }
-        for pid in expired {
-            self.processes.remove(pid);
         }
     }
 
