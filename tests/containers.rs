@@ -510,25 +510,16 @@ fn systemd_style_cgroups_are_recognised_end_to_end() {
     }
 }
 
-/// Starts `program args` with its pid chosen: ns_last_pid is set just below `pid`, and
-/// the spawn is retried when another process of the machine took the pid first.
+/// Starts `program args` under pid `pid`, with no input or output.
 fn spawn_with_pid(pid: u32, program: &Path, args: &[&str]) -> std::process::Child {
-    for _ in 0..50 {
-        std::fs::write("/proc/sys/kernel/ns_last_pid", (pid - 1).to_string())
-            .expect("set ns_last_pid");
-        let child = Command::new(program)
+    common::spawn_as_pid(pid, || {
+        let mut command = Command::new(program);
+        command
             .args(args)
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("spawn");
-        if child.id() == pid {
-            return child;
-        }
-        let mut child = child;
-        let _ = child.wait();
-    }
-    panic!("could not get pid {pid} back");
+            .stdout(Stdio::null());
+        command
+    })
 }
 
 #[test]
@@ -540,16 +531,11 @@ fn a_reused_pid_never_takes_the_old_processs_labels() {
     let agent = Agent::start(CONFIG);
     let id = container_id(21);
     let cgroup = HandMadeCgroup::create(&format!("/docker/{id}"));
-    let procs = cgroup.leaf().join("cgroup.procs");
     let loop_bin = rootfs().join("bin/getppid_loop");
     // The old process: in a container, gone before the agent ever reads it.
     let mut old = Command::new(&loop_bin);
     old.arg("500").stdout(Stdio::null());
-    // SAFETY: the closure only writes to a file, which is async-signal-safe enough
-    // between fork and exec (no locks are held in this single-threaded child).
-    unsafe {
-        std::os::unix::process::CommandExt::pre_exec(&mut old, move || std::fs::write(&procs, "0"));
-    }
+    cgroup.enter_before_exec(&mut old);
     let mut old = old.spawn().expect("the old process");
     let pid = old.id();
     assert!(old.wait().expect("wait").success());
@@ -585,16 +571,12 @@ fn a_reused_pids_connections_keep_their_own_labels() {
     let agent = Agent::start(CONFIG);
     let id = container_id(22);
     let cgroup = HandMadeCgroup::create(&format!("/docker/{id}"));
-    let procs = cgroup.leaf().join("cgroup.procs");
     let busybox = rootfs().join("bin/busybox");
     let target = ["nc", "127.0.0.1", &port.to_string()].map(String::from);
     // The old process connects from a container, and is gone before the agent reads it.
     let mut old = Command::new(&busybox);
     old.args(&target).stdin(Stdio::null()).stdout(Stdio::null());
-    // SAFETY: as in a_reused_pid_never_takes_the_old_processs_labels.
-    unsafe {
-        std::os::unix::process::CommandExt::pre_exec(&mut old, move || std::fs::write(&procs, "0"));
-    }
+    cgroup.enter_before_exec(&mut old);
     let mut old = old.spawn().expect("the old process");
     let pid = old.id();
     assert!(old.wait().expect("wait").success());
@@ -632,15 +614,9 @@ fn a_reused_pids_connections_keep_their_own_labels() {
 /// Runs the getppid loop `calls` times inside `cgroup` (moved there before its exec);
 /// returns its pid once it has exited.
 fn loop_in_cgroup(cgroup: &HandMadeCgroup, calls: u32) -> u32 {
-    let procs = cgroup.leaf().join("cgroup.procs");
     let mut command = Command::new(rootfs().join("bin/getppid_loop"));
     command.arg(calls.to_string()).stdout(Stdio::null());
-    // SAFETY: as in a_reused_pid_never_takes_the_old_processs_labels.
-    unsafe {
-        std::os::unix::process::CommandExt::pre_exec(&mut command, move || {
-            std::fs::write(&procs, "0")
-        });
-    }
+    cgroup.enter_before_exec(&mut command);
     let mut child = command.spawn().expect("the loop");
     let pid = child.id();
     assert!(child.wait().expect("wait").success());

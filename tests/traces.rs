@@ -355,37 +355,24 @@ fn a_containers_server_spans_and_series_carry_its_container() {
     drop(app);
 }
 
-/// A Python server like `App`, started under pid `pid` (ns_last_pid set just below it;
-/// retried when another process takes it first), moved into `cgroup` when given.
-fn app_with_pid(pid: u32, cgroup: Option<&common::HandMadeCgroup>) -> App {
-    for _ in 0..50 {
-        let port = common::free_port();
-        std::fs::write("/proc/sys/kernel/ns_last_pid", (pid - 1).to_string())
-            .expect("set ns_last_pid");
-        let mut child = Command::new("python3")
+/// A Python server like `App`, started under pid `pid`.
+fn app_with_pid(pid: u32) -> App {
+    let port = common::free_port();
+    let mut child = common::spawn_as_pid(pid, || {
+        let mut command = Command::new("python3");
+        command
             .args(["-c", common::apps::PY_APP, &port.to_string()])
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .expect("python3");
-        if child.id() != pid {
-            let _ = child.kill();
-            let _ = child.wait();
-            continue;
-        }
-        if let Some(cgroup) = cgroup {
-            std::fs::write(cgroup.leaf().join("cgroup.procs"), pid.to_string())
-                .expect("move the server");
-        }
-        let mut line = String::new();
-        std::io::BufRead::read_line(
-            &mut std::io::BufReader::new(child.stdout.take().expect("stdout")),
-            &mut line,
-        )
-        .expect("ready line");
-        assert_eq!(line.trim(), "ready");
-        return App { child, port };
-    }
-    panic!("could not get pid {pid} back");
+            .stdout(std::process::Stdio::piped());
+        command
+    });
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().expect("stdout")),
+        &mut line,
+    )
+    .expect("ready line");
+    assert_eq!(line.trim(), "ready");
+    App { child, port }
 }
 
 #[test]
@@ -412,7 +399,7 @@ fn a_reused_pids_requests_keep_their_own_labels() {
     drop(old);
     std::thread::sleep(Duration::from_millis(50));
     // A new server on the host under the same pid answers two.
-    let new = app_with_pid(pid, None);
+    let new = app_with_pid(pid);
     {
         let mut conn = connect(new.port);
         for _ in 0..2 {

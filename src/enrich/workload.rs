@@ -103,13 +103,6 @@ impl Workload {
             _ => None,
         }
     }
-
-    pub fn container_id(&self) -> Option<&str> {
-        match self.0.as_deref() {
-            Some(WorkloadId::Container { id, .. }) => Some(id),
-            _ => None,
-        }
-    }
 }
 
 /// The systemd service a cgroup belongs to: the last `<name>.service` component, so that
@@ -470,11 +463,6 @@ impl Workloads {
             labels.push(("tenant", tenant.name));
         }
         labels
-    }
-
-    /// Whether tenant rules are configured.
-    pub fn has_tenants(&self) -> bool {
-        !self.shared.tenants.is_empty()
     }
 
     /// The tenant of a workload: the first rule that matches what is known of it now

@@ -546,6 +546,35 @@ impl HandMadeCgroup {
     pub fn leaf(&self) -> &Path {
         self.dirs.last().expect("a new cgroup")
     }
+
+    /// Makes `command`'s process enter this cgroup before it execs, so that everything
+    /// the program does happens inside.
+    pub fn enter_before_exec(&self, command: &mut Command) {
+        let procs = self.leaf().join("cgroup.procs");
+        // SAFETY: between fork and exec the closure only writes a file (open, write,
+        // close): no locks are taken in the single-threaded child.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(command, move || {
+                std::fs::write(&procs, "0")
+            });
+        }
+    }
+}
+
+/// Spawns the command `make` builds until the child gets pid `pid`: ns_last_pid is set
+/// just below it each time, and another process of the machine may take it first.
+pub fn spawn_as_pid(pid: u32, mut make: impl FnMut() -> Command) -> Child {
+    for _ in 0..50 {
+        std::fs::write("/proc/sys/kernel/ns_last_pid", (pid - 1).to_string())
+            .expect("set ns_last_pid");
+        let mut child = make().spawn().expect("spawn");
+        if child.id() == pid {
+            return child;
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    panic!("could not get pid {pid} back");
 }
 
 impl Drop for HandMadeCgroup {
