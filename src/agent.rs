@@ -16,11 +16,6 @@ use tracing::{info, warn};
 use crate::config::Config;
 use crate::enrich::tenant::TenantLimits;
 use crate::enrich::Workloads;
-
-/// How often the cgroups of dropped tenants are looked for again.
-const DROPPED_CGROUPS_REFRESH: Duration = Duration::from_secs(2);
-/// Cgroups looked at in one search, at most.
-const MAX_CGROUPS_WALKED: usize = 65536;
 use crate::export::otlp::{self, Endpoint};
 use crate::export::{jsonl, prometheus, ExportStats};
 use crate::kernel::caps;
@@ -30,6 +25,11 @@ use crate::model::span::{Span, SpanQueue};
 use crate::model::Family;
 use crate::probes::{Probe, BUILT_IN};
 use crate::selfmetrics::{self, AgentHealth, ExporterHealth, ProbeHealth, SpanHealth};
+
+/// How often the cgroups of dropped tenants are looked for again.
+const DROPPED_CGROUPS_REFRESH: Duration = Duration::from_secs(2);
+/// Cgroups looked at in one search, at most.
+const MAX_CGROUPS_WALKED: usize = 65536;
 
 /// Scrapes waiting for the collector, at most; beyond, scrapes get 503 and are counted.
 const SCRAPE_QUEUE: usize = 8;
