@@ -838,3 +838,86 @@ fn pod_names_come_from_a_kubelet_over_https_with_a_token() {
         0.0
     );
 }
+
+#[test]
+fn the_kubelets_certificate_is_checked_unless_told_not_to() {
+    let _kernel = kernel_lock();
+    let test = "the_kubelets_certificate_is_checked_unless_told_not_to";
+    if !have_root(test) || !docker_ready(test) {
+        return;
+    }
+    let dir = common::TempDir::new("kubelet-self-signed");
+    let path = |name: &str| dir.path().join(name);
+    // The kubelet serves a self-signed certificate, as kubelets usually do; the agent
+    // is given another CA.
+    let (cert, key) = (path("kubelet.pem"), path("kubelet.key"));
+    let (other_ca, other_key) = (path("other-ca.pem"), path("other-ca.key"));
+    for (out, key, subject) in [
+        (&cert, &key, "/CN=127.0.0.1"),
+        (&other_ca, &other_key, "/CN=another-ca"),
+    ] {
+        run(Command::new("openssl")
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+            ])
+            .args(["-subj", subject, "-addext", "subjectAltName=IP:127.0.0.1"])
+            .arg("-keyout")
+            .arg(key)
+            .arg("-out")
+            .arg(out));
+    }
+    let token_file = dir.write("token", "t0ken\n");
+    let id = container_id(std::process::id() + 3);
+    let kubelet = FakeKubelet::start_with(
+        POD_UID,
+        &id,
+        Some(KubeletTls {
+            cert: &cert,
+            key: &key,
+            token: "t0ken",
+        }),
+    );
+    // Busy all along, for each agent in turn to see.
+    let mut container = CtrContainer::start(
+        &id,
+        &format!("/kubepods/burstable/pod{POD_UID}/{id}"),
+        "echo started; while true; do getppid_loop 10 >/dev/null; sleep 0.1; done",
+    );
+    container.wait_line("started");
+    let ids_only = [
+        ("container_id", id.as_str()),
+        ("k8s_pod_uid", POD_UID),
+        ("syscall", "getppid"),
+    ];
+    let named = [
+        ("container_id", id.as_str()),
+        ("k8s_pod_name", "checkout-7d4b9"),
+        ("syscall", "getppid"),
+    ];
+    let failures = [("source", "kubelet"), ("outcome", "failure")];
+    let config = |trust: String| {
+        format!(
+            "{CONFIG}workloads:\n  kubelet_url: \"https://127.0.0.1:{}\"\n  kubelet_token_file: \"{}\"\n  refresh_secs: 1\n{trust}",
+            kubelet.port,
+            token_file.display()
+        )
+    };
+    {
+        // Checked against a CA that did not sign it: refused, and the labels stay ids.
+        let agent = Agent::start(&config(format!(
+            "  kubelet_ca_file: \"{}\"\n",
+            other_ca.display()
+        )));
+        let metrics = eventually(&agent, |m| {
+            m.sum("syscalls_total", &ids_only) > 0.0
+                && m.sum("periscope_workload_lookups_total", &failures) >= 1.0
+        });
+        assert!(metrics.sum("periscope_workload_lookups_total", &failures) >= 1.0);
+        assert!(metrics.sum("syscalls_total", &ids_only) > 0.0);
+        assert_eq!(metrics.sum("syscalls_total", &named), 0.0);
+    }
+    // Told to accept any certificate: the names arrive.
+    let agent = Agent::start(&config("  kubelet_insecure_skip_verify: true\n".into()));
+    let metrics = eventually(&agent, |m| m.sum("syscalls_total", &named) > 0.0);
+    assert!(metrics.sum("syscalls_total", &named) > 0.0);
+}
