@@ -25,7 +25,9 @@ const POD_UID: &str = "0f3e6a1c-6f4b-4b1e-9a1e-2f8c9d7b6a51";
 fn rootfs() -> &'static Path {
     static ROOTFS: OnceLock<PathBuf> = OnceLock::new();
     ROOTFS.get_or_init(|| {
-        let root = std::env::temp_dir().join(format!("periscope-rootfs-{}", std::process::id()));
+        // Under the build's own scratch directory: rebuilt by each run, never piling up.
+        let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("containers-rootfs");
+        let _ = std::fs::remove_dir_all(&root);
         let bin = root.join("bin");
         std::fs::create_dir_all(&bin).expect("rootfs dir");
         std::fs::copy("/bin/busybox", bin.join("busybox"))
@@ -46,7 +48,7 @@ fn rootfs() -> &'static Path {
 fn image() -> &'static str {
     static IMAGE: OnceLock<String> = OnceLock::new();
     IMAGE.get_or_init(|| {
-        let tag = format!("periscope-test-busybox:{}", std::process::id());
+        let tag = "periscope-test-busybox:e2e".to_string();
         let tar_file = rootfs().with_extension("tar");
         run(Command::new("tar")
             .arg("-C")
@@ -55,10 +57,18 @@ fn image() -> &'static str {
             .arg(&tar_file)
             .arg("."));
         run(Command::new("docker")
-            .args(["import"])
+            .args(["import", "--change", "LABEL periscope.test=1"])
             .arg(&tar_file)
             .arg(&tag));
         let _ = std::fs::remove_file(&tar_file);
+        // The previous run's image lost the tag: remove it.
+        run(Command::new("docker").args([
+            "image",
+            "prune",
+            "--force",
+            "--filter",
+            "label=periscope.test=1",
+        ]));
         tag
     })
 }

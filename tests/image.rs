@@ -80,6 +80,7 @@ fn image() -> &'static str {
     static IMAGE: OnceLock<String> = OnceLock::new();
     IMAGE.get_or_init(|| {
         let tag = "periscope-test-agent:e2e".to_string();
+        let previous = image_id(&tag);
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/image/build.sh");
         let out = Command::new(script)
             .arg(&tag)
@@ -91,15 +92,32 @@ fn image() -> &'static str {
             "building the image failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        // The previous run's image lost the tag: remove it, or every run leaves one.
+        if let Some(previous) = previous.filter(|id| Some(id) != image_id(&tag).as_ref()) {
+            let _ = Command::new("docker")
+                .args(["image", "rm", &previous])
+                .output();
+        }
         tag
     })
+}
+
+fn image_id(tag: &str) -> Option<String> {
+    let out = Command::new("docker")
+        .args(["image", "inspect", "--format", "{{.Id}}", tag])
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
 /// The image's file system, exported once, as the root of OCI bundles.
 fn image_rootfs() -> &'static Path {
     static ROOTFS: OnceLock<PathBuf> = OnceLock::new();
     ROOTFS.get_or_init(|| {
-        let root = std::env::temp_dir().join(format!("periscope-image-{}", std::process::id()));
+        let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("image-rootfs");
+        let _ = std::fs::remove_dir_all(&root);
         std::fs::create_dir_all(&root).expect("rootfs dir");
         let created = Command::new("docker")
             .args(["create", image()])
@@ -229,7 +247,7 @@ fn config_dir(port: u16) -> TempDir {
 }
 
 fn getppid_loop() -> PathBuf {
-    let out = std::env::temp_dir().join(format!("periscope-getppid-{}", std::process::id()));
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("getppid_loop");
     let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/getppid_loop.c");
     let status = Command::new("cc")
         .args(["-O2", "-o"])
