@@ -27,7 +27,7 @@ use crate::probes::{Probe, BUILT_IN};
 use crate::selfmetrics::{self, AgentHealth, ExporterHealth, ProbeHealth, SpanHealth};
 
 /// How often the cgroups of dropped tenants are looked for again.
-const DROPPED_CGROUPS_REFRESH: Duration = Duration::from_secs(2);
+const CGROUP_TENANTS_REFRESH: Duration = Duration::from_secs(2);
 /// Cgroups looked at in one search, at most.
 const MAX_CGROUPS_WALKED: usize = 65536;
 
@@ -380,9 +380,9 @@ struct Collector {
     span_buffer: Vec<Span>,
     workloads: Workloads,
     tenants: Option<TenantLimits>,
-    /// The cgroups of dropped tenants the probes skip, and when they were last found.
-    dropped_cgroups: Vec<u64>,
-    dropped_cgroups_at: Option<Instant>,
+    /// The cgroups of tenants the probes know, and when they were last found.
+    cgroup_tenants: Vec<(u64, u32)>,
+    cgroup_tenants_at: Option<Instant>,
 }
 
 fn collector_main(
@@ -424,8 +424,8 @@ fn collector_main(
         span_buffer: Vec::new(),
         workloads,
         tenants: TenantLimits::new(&config.tenants),
-        dropped_cgroups: Vec::new(),
-        dropped_cgroups_at: None,
+        cgroup_tenants: Vec::new(),
+        cgroup_tenants_at: None,
     };
     info!(
         seconds = collector.start_time.as_secs_f64(),
@@ -548,24 +548,24 @@ impl Collector {
         self.span_buffer.clear();
     }
 
-    /// Tells the probes which cgroups belong to dropped tenants, found again at most
-    /// every few seconds (a new container of a dropped tenant is counted until then, and
-    /// its series are removed on export).
-    fn refresh_dropped_cgroups(&mut self, now: Instant) {
+    /// Tells the probes which cgroups belong to which tenant, found again at most every
+    /// few seconds (until then, a new container of a dropped tenant is counted and its
+    /// series removed on export, and one of a kept tenant counts in the share of no
+    /// tenant).
+    fn refresh_cgroup_tenants(&mut self, now: Instant) {
         if self
-            .dropped_cgroups_at
-            .is_some_and(|at| now.duration_since(at) < DROPPED_CGROUPS_REFRESH)
+            .cgroup_tenants_at
+            .is_some_and(|at| now.duration_since(at) < CGROUP_TENANTS_REFRESH)
         {
             return;
         }
-        self.dropped_cgroups_at = Some(now);
-        let mut found = self.workloads.dropped_cgroups(MAX_CGROUPS_WALKED);
-        found.sort_unstable();
-        if found != self.dropped_cgroups {
+        self.cgroup_tenants_at = Some(now);
+        let found = self.workloads.cgroup_tenants(MAX_CGROUPS_WALKED);
+        if found != self.cgroup_tenants {
             for probe in &mut self.probes {
-                probe.skip_cgroups(&found);
+                probe.set_cgroup_tenants(&found);
             }
-            self.dropped_cgroups = found;
+            self.cgroup_tenants = found;
         }
     }
 
@@ -574,7 +574,7 @@ impl Collector {
         let now = Instant::now();
         self.workloads.begin_collection();
         if self.tenants.is_some() {
-            self.refresh_dropped_cgroups(now);
+            self.refresh_cgroup_tenants(now);
         }
         let mut families = Vec::new();
         let mut health = Vec::new();
@@ -591,6 +591,7 @@ impl Collector {
                 programs,
                 maps: probe.map_fill(),
                 folded: probe.folded(),
+                tenant_folded: probe.tenant_folded(),
                 expired_series: probe.expired_series(),
                 events_lost: probe.events_lost(),
             });
@@ -602,6 +603,7 @@ impl Collector {
                 programs: Vec::new(),
                 maps: Vec::new(),
                 folded: Vec::new(),
+                tenant_folded: Vec::new(),
                 expired_series: 0,
                 events_lost: 0,
             });

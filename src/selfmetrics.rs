@@ -1,5 +1,6 @@
 //! The agent's own metrics (`periscope_*`): what tracing costs and what was refused.
-//! Labels name probes, programs and maps only: never a pid, process name or address.
+//! Labels name probes, programs, maps and configured tenants only: never a pid, process
+//! name or address.
 
 use std::time::Duration;
 
@@ -14,6 +15,8 @@ pub struct ProbeHealth {
     pub programs: Vec<(String, ProgramStats)>,
     pub maps: Vec<MapFill>,
     pub folded: Vec<(&'static str, u64)>,
+    /// Map, tenant (None: no tenant's), new keys its full share refused.
+    pub tenant_folded: Vec<(&'static str, Option<String>, u64)>,
     pub expired_series: u64,
     pub events_lost: u64,
 }
@@ -105,6 +108,11 @@ pub fn families(health: &[ProbeHealth], agent: &AgentHealth) -> Vec<Family> {
         "Updates that found their map full and went to the overflow series instead.",
         MetricKind::Counter,
     );
+    let mut share_folded = Family::new(
+        "periscope_tenant_share_folded",
+        "Updates whose new key was refused because their tenant held its share of the kernel map (each map is divided equally between the tenants and the processes of none); their data went to the tenant's overflow series instead.",
+        MetricKind::Counter,
+    );
     let mut expired = Family::new(
         "periscope_series_expired",
         "Series of exited processes folded into per-executable aggregates after the TTL.",
@@ -145,6 +153,14 @@ pub fn families(health: &[ProbeHealth], agent: &AgentHealth) -> Vec<Family> {
             labels.push(("map", map.to_string()));
             folded.push(labels, Value::Counter(*count as f64));
         }
+        for (map, tenant, count) in &probe.tenant_folded {
+            let mut labels = probe_label();
+            labels.push(("map", map.to_string()));
+            if let Some(tenant) = tenant {
+                labels.push(("tenant", tenant.clone()));
+            }
+            share_folded.push(labels, Value::Counter(*count as f64));
+        }
         expired.push(probe_label(), Value::Counter(probe.expired_series as f64));
         lost.push(probe_label(), Value::Counter(probe.events_lost as f64));
     }
@@ -179,8 +195,21 @@ pub fn families(health: &[ProbeHealth], agent: &AgentHealth) -> Vec<Family> {
     stats.push(vec![], Value::Counter(agent.stats_enabled.as_secs_f64()));
 
     let mut families = vec![
-        build, up, runs, run_time, missed, stats, entries, capacity, folded, expired, lost, scrape,
-        refused, start,
+        build,
+        up,
+        runs,
+        run_time,
+        missed,
+        stats,
+        entries,
+        capacity,
+        folded,
+        share_folded,
+        expired,
+        lost,
+        scrape,
+        refused,
+        start,
     ];
     if agent.spans.is_some() || !agent.exporters.is_empty() {
         families.extend(span_families(agent.spans.as_ref(), &agent.exporters));

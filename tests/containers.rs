@@ -685,6 +685,159 @@ fn each_tenant_has_its_own_series_cap() {
     assert_eq!(metrics.find("syscalls_total", &quiet_overflow).count(), 0);
 }
 
+/// In the kernel too, a noisy tenant cannot take the map its neighbours need: each
+/// tenant, and the processes of none, holds at most an equal share of each keyed map.
+#[test]
+fn each_tenant_has_its_own_share_of_the_kernel_maps() {
+    let _kernel = kernel_lock();
+    if !have_root("each_tenant_has_its_own_share_of_the_kernel_maps") {
+        return;
+    }
+    let base = format!("/periscope-shares-{}", std::process::id());
+    let noisy = HandMadeCgroup::create(&format!("{base}/noisy"));
+    let quiet = HandMadeCgroup::create(&format!("{base}/quiet"));
+    // 90 entries in the count map, a third per slot; one slot per CPU before it, so
+    // that nearly every series reaches the map.
+    let config = format!(
+        "{CONFIG}  syscalls:\n    max_series: 90\n    per_cpu_slots: 1\ntenants:\n  rules:\n    - tenant: noisy\n      cgroup_path: \"*/noisy\"\n    - tenant: quiet\n      cgroup_path: \"*/quiet\"\n"
+    );
+    let agent = Agent::start(&config);
+    let known = [("probe", "syscalls"), ("map", "cgroup_tenants")];
+    eventually(&agent, |m| {
+        m.sum("periscope_bpf_map_entries", &known) == 2.0
+    });
+    // Eight processes of about fifteen syscalls each: far more than a share. They stay
+    // in the map (exited processes are kept for the TTL) while the quiet tenant runs.
+    for n in 1..=8 {
+        loop_in_cgroup(&noisy, n * 100);
+    }
+    let quiet_pid = loop_in_cgroup(&quiet, 700).to_string();
+    let noisy_getppid = [("tenant", "noisy"), ("syscall", "getppid")];
+    let quiet_getppid = [
+        ("tenant", "quiet"),
+        ("syscall", "getppid"),
+        ("process_pid", quiet_pid.as_str()),
+    ];
+    let metrics = eventually(&agent, |m| {
+        m.sum("syscalls_total", &noisy_getppid) == 3600.0
+            && m.sum("syscalls_total", &quiet_getppid) == 700.0
+    });
+    // The noisy tenant's totals stay exact, partly in its own overflow series, which
+    // the kernel filled: the export cap (2,000 series) was never reached.
+    assert_eq!(metrics.sum("syscalls_total", &noisy_getppid), 3600.0);
+    let noisy_overflow = [
+        ("tenant", "noisy"),
+        ("process_executable_name", "__overflow__"),
+    ];
+    assert!(metrics.sum("syscalls_total", &noisy_overflow) > 0.0);
+    let refused = [
+        ("probe", "syscalls"),
+        ("map", "counts"),
+        ("tenant", "noisy"),
+    ];
+    assert!(metrics.one("periscope_tenant_share_folded_total", &refused) > 0.0);
+    assert_eq!(
+        metrics.sum("periscope_tenant_overflow_series", &[("tenant", "noisy")]),
+        0.0
+    );
+    // The quiet tenant keeps every series of its process under its own labels.
+    assert_eq!(metrics.one("syscalls_total", &quiet_getppid), 700.0);
+    let quiet_overflow = [
+        ("tenant", "quiet"),
+        ("process_executable_name", "__overflow__"),
+    ];
+    assert_eq!(metrics.find("syscalls_total", &quiet_overflow).count(), 0);
+    assert_eq!(
+        metrics.sum(
+            "periscope_tenant_share_folded_total",
+            &[("tenant", "quiet")]
+        ),
+        0.0
+    );
+    assert!(
+        metrics
+            .find("syscalls_total", &[("process_pid", quiet_pid.as_str())])
+            .count()
+            >= 5
+    );
+}
+
+/// Connects once to a loopback port from a new process in `cgroup`.
+fn connect_from(cgroup: &HandMadeCgroup, port: u16) {
+    let mut nc = Command::new(rootfs().join("bin/busybox"));
+    nc.args(["nc", "127.0.0.1", &port.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null());
+    cgroup.enter_before_exec(&mut nc);
+    let mut nc = nc.spawn().expect("nc");
+    assert!(nc.wait().expect("wait").success());
+}
+
+#[test]
+fn each_tenant_has_its_own_share_of_the_connection_series() {
+    let _kernel = kernel_lock();
+    if !have_root("each_tenant_has_its_own_share_of_the_connection_series") {
+        return;
+    }
+    let base = format!("/periscope-tcp-shares-{}", std::process::id());
+    let noisy = HandMadeCgroup::create(&format!("{base}/noisy"));
+    let quiet = HandMadeCgroup::create(&format!("{base}/quiet"));
+    let port = closing_listener();
+    // 30 series in the kernel, ten per slot.
+    let config = format!(
+        "{CONFIG}    max_series: 30\ntenants:\n  rules:\n    - tenant: noisy\n      cgroup_path: \"*/noisy\"\n    - tenant: quiet\n      cgroup_path: \"*/quiet\"\n"
+    );
+    let agent = Agent::start(&config);
+    let known = [("probe", "tcp"), ("map", "cgroup_tenants")];
+    eventually(&agent, |m| {
+        m.sum("periscope_bpf_map_entries", &known) == 2.0
+    });
+    // Twelve processes, a series each: two more than the share.
+    for _ in 0..12 {
+        connect_from(&noisy, port);
+    }
+    for _ in 0..3 {
+        connect_from(&quiet, port);
+    }
+    let noisy_out = [("tenant", "noisy"), ("direction", "outbound")];
+    let quiet_out = [("tenant", "quiet"), ("direction", "outbound")];
+    let metrics = eventually(&agent, |m| {
+        m.sum("tcp_connections_opened_total", &noisy_out) == 12.0
+            && m.sum("tcp_connections_opened_total", &quiet_out) == 3.0
+    });
+    assert_eq!(
+        metrics.sum("tcp_connections_opened_total", &noisy_out),
+        12.0
+    );
+    let noisy_overflow = [
+        ("tenant", "noisy"),
+        ("direction", "outbound"),
+        ("process_executable_name", "__overflow__"),
+    ];
+    assert_eq!(
+        metrics.sum("tcp_connections_opened_total", &noisy_overflow),
+        2.0
+    );
+    let refused = [("probe", "tcp"), ("map", "series"), ("tenant", "noisy")];
+    assert_eq!(
+        metrics.one("periscope_tenant_share_folded_total", &refused),
+        2.0
+    );
+    // The quiet tenant's three connections keep their own series.
+    let quiet_series: Vec<_> = metrics
+        .find("tcp_connections_opened_total", &quiet_out)
+        .collect();
+    assert_eq!(quiet_series.len(), 3, "{quiet_series:?}");
+    for (_, labels, value) in &quiet_series {
+        assert_eq!(*value, 1.0);
+        assert!(labels.contains_key("process_pid"), "{labels:?}");
+        assert_eq!(
+            labels.get("process_executable_name").map(String::as_str),
+            Some("busybox")
+        );
+    }
+}
+
 #[test]
 fn a_dropped_tenant_produces_no_series() {
     let _kernel = kernel_lock();
@@ -699,11 +852,11 @@ fn a_dropped_tenant_produces_no_series() {
     );
     let agent = Agent::start(&config);
     // The agent finds the dropped tenant's cgroups as it collects, and tells the kernel.
-    let skipped = [("probe", "syscalls"), ("map", "skipped_cgroups")];
+    let known = [("probe", "syscalls"), ("map", "cgroup_tenants")];
     let metrics = eventually(&agent, |m| {
-        m.sum("periscope_bpf_map_entries", &skipped) == 1.0
+        m.sum("periscope_bpf_map_entries", &known) == 2.0
     });
-    assert_eq!(metrics.one("periscope_bpf_map_entries", &skipped), 1.0);
+    assert_eq!(metrics.one("periscope_bpf_map_entries", &known), 2.0);
     let dropped_pid = loop_in_cgroup(&dropped, 1000).to_string();
     let kept_pid = loop_in_cgroup(&kept, 400).to_string();
     let kept_getppid = [("process_pid", kept_pid.as_str()), ("syscall", "getppid")];

@@ -864,6 +864,14 @@ impl Config {
                 ));
             }
         }
+        let kept = crate::enrich::tenant::TenantSlots::new(&self.tenants).kept();
+        let most = crate::enrich::tenant::MAX_TENANT_SLOTS as usize - 1;
+        if kept > most {
+            return Err((
+                "tenants.rules",
+                format!("{kept} tenants are kept; at most {most} can be (the BPF programs give each its own share of their maps)"),
+            ));
+        }
         let workloads = &self.workloads;
         if workloads.kubelet_insecure_skip_verify && !workloads.kubelet_ca_file.is_empty() {
             return Err((

@@ -236,3 +236,22 @@ fn otel_environment_variables_override_the_file() {
         "http://127.0.0.1:4318"
     );
 }
+
+#[test]
+fn more_kept_tenants_than_the_kernel_has_slots_for_are_refused() {
+    let mut yaml = String::from("workloads:\n  enabled: true\ntenants:\n  rules:\n");
+    for tenant in 0..64 {
+        yaml.push_str(&format!(
+            "    - tenant: t{tenant}\n      cgroup_path: \"/t{tenant}/*\"\n"
+        ));
+    }
+    let text = error_text(&yaml);
+    assert!(text.contains("key `tenants.rules`"), "{text}");
+    assert!(text.contains("64 tenants are kept; at most 63"), "{text}");
+    // Dropped tenants take no slot.
+    let dropped = yaml.replace(
+        "cgroup_path: \"/t0/*\"",
+        "cgroup_path: \"/t0/*\"\n      drop: true",
+    );
+    Config::from_yaml("periscope.yaml", &dropped).expect("63 kept tenants fit");
+}

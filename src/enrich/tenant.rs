@@ -1,8 +1,9 @@
 //! Tenants on what the probes collected: each tenant has its own series cap per metric
 //! family, beyond which its new series fold into its own overflow series (totals stay
 //! exact, and one tenant cannot crowd out another's series); dropped tenants' series
-//! are removed. The kernel side of dropping (BPF programs skipping the cgroups of
-//! dropped tenants) is the probes' part.
+//! are removed. The kernel side (BPF programs skipping the cgroups of dropped tenants,
+//! and each tenant's share of their maps, bpf/tenants.h) is the probes' part; the slots
+//! that tell tenants apart there are defined here.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -20,6 +21,58 @@ const PROCESS_LABELS: &[&str] = &[
     "k8s_pod_uid",
     "k8s_container_name",
 ];
+
+/// Tenants the BPF programs tell apart (bpf/tenants.h), at most, with slot 0 for the
+/// processes of no tenant: must equal PSC_MAX_TENANT_SLOTS.
+pub const MAX_TENANT_SLOTS: u32 = 64;
+/// What a cgroup's entry in a program's `cgroup_tenants` says of a dropped tenant.
+pub const DROPPED_SLOT: u32 = u32::MAX;
+
+/// The slot of each kept tenant in the BPF programs' per-tenant shares and overflow
+/// series: 1 and up, by name; slot 0 is the processes of no tenant.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TenantSlots {
+    names: Vec<String>,
+}
+
+impl TenantSlots {
+    pub fn new(config: &TenantsConfig) -> TenantSlots {
+        let mut names: Vec<String> = config
+            .rules
+            .iter()
+            .filter(|rule| !rule.drop)
+            .map(|rule| rule.tenant.clone())
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        TenantSlots { names }
+    }
+
+    /// Kept tenants.
+    pub fn kept(&self) -> usize {
+        self.names.len()
+    }
+
+    /// Slots in use, slot 0 included: 1 without kept tenants.
+    pub fn count(&self) -> u32 {
+        (self.names.len() as u32 + 1).min(MAX_TENANT_SLOTS)
+    }
+
+    pub fn slot_of(&self, tenant: &str) -> u32 {
+        self.names
+            .binary_search_by(|name| name.as_str().cmp(tenant))
+            .ok()
+            .map(|index| index as u32 + 1)
+            .filter(|slot| *slot < self.count())
+            .unwrap_or(0)
+    }
+
+    /// The tenant of a slot: None for slot 0.
+    pub fn name_of(&self, slot: u32) -> Option<&str> {
+        let index = usize::try_from(slot.checked_sub(1)?).ok()?;
+        self.names.get(index).map(String::as_str)
+    }
+}
 
 #[derive(Debug)]
 pub struct TenantLimits {
@@ -76,6 +129,17 @@ impl TenantLimits {
                     continue;
                 };
                 if self.dropped.contains(&tenant) {
+                    continue;
+                }
+                // What the kernel folded into the tenant's overflow (its share of a
+                // map was full) joins what the cap folds here: one series.
+                if is_overflow(&one.labels) {
+                    match overflow.get_mut(&one.labels) {
+                        Some(existing) => merge(existing, &one),
+                        None => {
+                            overflow.insert(one.labels.clone(), one);
+                        }
+                    }
                     continue;
                 }
                 let key = (family.name, tenant.clone());
@@ -150,6 +214,16 @@ fn tenant_of(labels: &Labels) -> Option<&str> {
         .iter()
         .find(|(name, _)| *name == "tenant")
         .map(|(_, value)| value.as_str())
+}
+
+/// A tenant's overflow series already: no process, and the overflow executable.
+fn is_overflow(labels: &Labels) -> bool {
+    labels
+        .iter()
+        .all(|(name, _)| !PROCESS_LABELS.contains(name))
+        && labels
+            .iter()
+            .any(|(name, value)| *name == "process_executable_name" && value == OVERFLOW)
 }
 
 fn overflow_labels(labels: &Labels) -> Labels {
@@ -264,5 +338,53 @@ mod tests {
             .map(|(_, v)| v.as_str())
             .collect();
         assert_eq!(pids, ["1", "2"]);
+    }
+
+    #[test]
+    fn kept_tenants_get_slots_by_name_and_dropped_ones_none() {
+        let slots = TenantSlots::new(&serde_yaml::from_str(
+            "rules:\n  - tenant: web\n    cgroup_path: \"/w*\"\n  - tenant: batch\n    cgroup_path: \"/b*\"\n  - tenant: web\n    k8s_namespace: web\n  - tenant: gone\n    cgroup_path: \"/g*\"\n    drop: true\n",
+        ).expect("config"));
+        assert_eq!(slots.count(), 3);
+        assert_eq!(slots.slot_of("batch"), 1);
+        assert_eq!(slots.slot_of("web"), 2);
+        assert_eq!(slots.slot_of("gone"), 0);
+        assert_eq!(slots.name_of(0), None);
+        assert_eq!(slots.name_of(2), Some("web"));
+        assert_eq!(slots.name_of(3), None);
+        assert_eq!(TenantSlots::default().count(), 1);
+    }
+
+    #[test]
+    fn what_the_kernel_folded_joins_the_tenants_overflow_series() {
+        let mut limits = TenantLimits::new(&config(1)).expect("rules");
+        let mut family = Family::new("syscalls", "", MetricKind::Counter);
+        family.series.push(series(1, "a", 1.0));
+        family.series.push(series(2, "a", 2.0));
+        let kernel_overflow = vec![
+            ("process_executable_name", OVERFLOW.to_string()),
+            ("service_name", OVERFLOW.to_string()),
+            ("syscall", "getppid".to_string()),
+            ("tenant", "a".to_string()),
+        ];
+        family.series.push(Series {
+            labels: kernel_overflow.clone(),
+            value: Value::Counter(40.0),
+            created: None,
+        });
+        let mut families = vec![family];
+        limits.apply(&mut families);
+        let out = &families[0].series;
+        assert_eq!(out.len(), 2, "one kept series and one overflow: {out:?}");
+        let overflow = out
+            .iter()
+            .find(|s| s.labels == kernel_overflow)
+            .expect("one overflow series");
+        assert!(matches!(overflow.value, Value::Counter(v) if v == 42.0));
+        assert_eq!(
+            limits.folded.get("a"),
+            Some(&1),
+            "the kernel's part is not a series the cap folded"
+        );
     }
 }

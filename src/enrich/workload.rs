@@ -19,6 +19,7 @@ use tracing::{debug, info, warn};
 
 use super::cgroup::{container_of, unified_mount, CgroupPaths};
 use super::kubelet_tls::{self, Trust};
+use super::tenant::{TenantSlots, DROPPED_SLOT};
 use crate::config::{TenantRule, TenantsConfig, WorkloadsConfig};
 use crate::model::{Family, Labels, MetricKind, Value};
 
@@ -85,6 +86,11 @@ impl Workload {
             Some(service) => Workload(Some(Arc::new(WorkloadId::Service(service))), path, None),
             None => Workload(None, path, None),
         }
+    }
+
+    /// What a tenant's overflow series belong to: the tenant alone.
+    pub fn of_tenant(tenant: &str) -> Workload {
+        Workload(None, None, Some(Arc::from(tenant)))
     }
 
     /// The cgroup path it was found from.
@@ -270,6 +276,7 @@ struct Counters {
 struct Shared {
     settings: Settings,
     tenants: Vec<TenantRule>,
+    tenant_slots: TenantSlots,
     names: Mutex<NameTables>,
     wake: Condvar,
     cgroups: Mutex<Option<CgroupPaths>>,
@@ -338,6 +345,7 @@ impl Workloads {
         });
         if let Some(shared) = Arc::get_mut(&mut workloads.shared) {
             shared.tenants = tenants.rules.clone();
+            shared.tenant_slots = TenantSlots::new(tenants);
         }
         let settings = &workloads.shared.settings;
         if settings.enabled && (settings.docker_socket.is_some() || settings.kubelet_url.is_some())
@@ -372,6 +380,7 @@ impl Workloads {
                 wake: Condvar::new(),
                 cgroups: Mutex::new(None),
                 tenants: Vec::new(),
+                tenant_slots: TenantSlots::default(),
                 settings,
                 counters: Counters::default(),
             }),
@@ -471,6 +480,12 @@ impl Workloads {
         if self.shared.tenants.is_empty() {
             return None;
         }
+        if let (None, None, Some(tenant)) = (&workload.0, &workload.1, &workload.2) {
+            return Some(Tenant {
+                name: tenant.to_string(),
+                dropped: false,
+            });
+        }
         let (container_id, pod_uid) = match workload.0.as_deref() {
             Some(WorkloadId::Container { id, pod_uid }) => (Some(id), pod_uid.as_ref()),
             _ => (None, None),
@@ -505,10 +520,25 @@ impl Workloads {
             })
     }
 
-    /// Ids of the cgroups whose processes belong to dropped tenants, found by walking
-    /// the cgroup v2 hierarchy (at most `limit` cgroups are looked at).
-    pub fn dropped_cgroups(&self, limit: usize) -> Vec<u64> {
-        if !self.shared.tenants.iter().any(|rule| rule.drop) {
+    /// The BPF programs' slots of the kept tenants (bpf/tenants.h).
+    pub fn tenant_slots(&self) -> &TenantSlots {
+        &self.shared.tenant_slots
+    }
+
+    /// The slot of a workload's tenant: 0 for none, DROPPED_SLOT for a dropped one.
+    pub fn tenant_slot(&self, workload: &Workload) -> u32 {
+        match self.tenant_of(workload) {
+            None => 0,
+            Some(tenant) if tenant.dropped => DROPPED_SLOT,
+            Some(tenant) => self.shared.tenant_slots.slot_of(&tenant.name),
+        }
+    }
+
+    /// The cgroups of tenants, by id, with their slot (or DROPPED_SLOT), sorted: found
+    /// by walking the cgroup v2 hierarchy (at most `limit` cgroups are looked at).
+    /// Cgroups of no tenant are left out.
+    pub fn cgroup_tenants(&self, limit: usize) -> Vec<(u64, u32)> {
+        if self.shared.tenants.is_empty() {
             return Vec::new();
         }
         let Some(root) = std::fs::read_to_string("/proc/self/mountinfo")
@@ -517,14 +547,15 @@ impl Workloads {
         else {
             return Vec::new();
         };
-        let mut dropped = Vec::new();
+        let mut found = Vec::new();
         for (id, path) in super::cgroup::walk(&root, limit) {
-            let workload = Workload::of_cgroup_path(&path);
-            if self.tenant_of(&workload).is_some_and(|t| t.dropped) {
-                dropped.push(id);
+            let slot = self.tenant_slot(&Workload::of_cgroup_path(&path));
+            if slot != 0 {
+                found.push((id, slot));
             }
         }
-        dropped
+        found.sort_unstable();
+        found
     }
 
     /// Appends a container's labels, with the names known so far. Asks for the names

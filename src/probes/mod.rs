@@ -67,9 +67,15 @@ pub trait Probe {
     }
     /// Moves the spans finished since the last call into `out`.
     fn take_spans(&mut self, _out: &mut Vec<Span>) {}
-    /// The cgroups (v2 ids) whose processes the probe's BPF programs skip from now on:
-    /// those of dropped tenants. The full set each time.
-    fn skip_cgroups(&mut self, _ids: &[u64]) {}
+    /// The tenant of each cgroup (v2 id) the probe's BPF programs should know from now
+    /// on: a slot (TenantSlots), or DROPPED_SLOT for those whose processes they skip.
+    /// The full set each time, sorted by id.
+    fn set_cgroup_tenants(&mut self, _cgroups: &[(u64, u32)]) {}
+    /// New keys each tenant's full share of a kernel map refused (their data went to the
+    /// tenant's overflow series): map, tenant (None: no tenant's), count.
+    fn tenant_folded(&self) -> Vec<(&'static str, Option<String>, u64)> {
+        Vec::new()
+    }
     /// Spans the probe dropped because nobody took them in time.
     fn spans_dropped(&self) -> u64 {
         0

@@ -176,31 +176,32 @@ macro_rules! recorded_process {
 }
 pub(crate) use recorded_process;
 
-/// The user-space side of `bpf/cgroup_filter.h`: the cgroups a program skips.
+/// The user-space side of `cgroup_tenants` in `bpf/tenants.h`: each tenant's cgroups
+/// and their slot (or DROPPED_SLOT).
 #[derive(Debug, Default)]
-pub struct SkippedCgroups {
-    current: Vec<u64>,
-    /// Cgroups that did not fit in the map: their processes are counted, and their
-    /// series removed on export.
+pub struct CgroupTenants {
+    current: Vec<(u64, u32)>,
+    /// Cgroups that did not fit in the map: their processes count as no tenant's in the
+    /// kernel (a dropped tenant's are then counted, and removed on export).
     pub refused: u64,
 }
 
-impl SkippedCgroups {
-    /// Makes `map` hold `ids` (sorted), as far as it fits. True when it changed: the
-    /// caller then bumps the programs' `skipped_cgroups_version`.
-    pub fn replace<M: MapCore>(&mut self, map: &M, ids: &[u64]) -> bool {
-        if self.current == ids {
+impl CgroupTenants {
+    /// Makes `map` hold `cgroups` (sorted by id), as far as it fits. True when it
+    /// changed: the caller then bumps the programs' `cgroup_tenants_version`.
+    pub fn replace<M: MapCore>(&mut self, map: &M, cgroups: &[(u64, u32)]) -> bool {
+        if self.current == cgroups {
             return false;
         }
-        for id in &self.current {
-            if ids.binary_search(id).is_err() {
+        for (id, _) in &self.current {
+            if cgroups.binary_search_by_key(id, |(id, _)| *id).is_err() {
                 let _ = map.delete(&id.to_ne_bytes());
             }
         }
-        let mut now = Vec::with_capacity(ids.len());
-        for id in ids {
-            match map.update(&id.to_ne_bytes(), &[1u8], MapFlags::ANY) {
-                Ok(()) => now.push(*id),
+        let mut now = Vec::with_capacity(cgroups.len());
+        for (id, slot) in cgroups {
+            match map.update(&id.to_ne_bytes(), &slot.to_ne_bytes(), MapFlags::ANY) {
+                Ok(()) => now.push((*id, *slot)),
                 Err(_) => self.refused += 1,
             }
         }
@@ -210,9 +211,98 @@ impl SkippedCgroups {
 
     pub fn fill<M: MapCore>(&self, map: &M) -> MapFill {
         MapFill {
-            map: "skipped_cgroups",
+            map: "cgroup_tenants",
             entries: self.current.len() as u64,
             capacity: u64::from(map.max_entries()),
         }
     }
+}
+
+/// Must equal PSC_TENANT_MAPS in bpf/tenants.h.
+pub const TENANT_MAPS: u32 = 4;
+
+/// The user-space side of the tenants' shares of a program's keyed maps
+/// (`tenant_added`, `tenant_base` in bpf/tenants.h): before each read of the maps it
+/// notes what the program added; after, it tells the program how many entries each slot
+/// holds, as counted in the read.
+#[derive(Debug, Default)]
+pub struct TenantShares {
+    slots: u32,
+    added_before_read: Vec<i64>,
+}
+
+impl TenantShares {
+    /// `slots` from TenantSlots::count: shares are off with 1.
+    pub fn new(slots: u32) -> TenantShares {
+        TenantShares {
+            slots,
+            added_before_read: Vec::new(),
+        }
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.slots > 1
+    }
+
+    /// Call just before reading the keyed maps.
+    pub fn before_read<M: MapCore>(&mut self, added: &M) {
+        if !self.enabled() {
+            return;
+        }
+        self.added_before_read = (0..self.slots * TENANT_MAPS)
+            .map(|idx| read_i64(added, idx))
+            .collect();
+    }
+
+    /// `entries[slot][map]`: what the read found, less what was deleted since. An entry
+    /// added between `before_read` and the read is counted twice until the next read,
+    /// which errs on the side of the other tenants.
+    pub fn after_read<M: MapCore>(&self, base: &M, entries: &[[i64; TENANT_MAPS as usize]]) {
+        if !self.enabled() {
+            return;
+        }
+        for slot in 0..self.slots {
+            for map in 0..TENANT_MAPS {
+                let idx = slot * TENANT_MAPS + map;
+                let counted = entries
+                    .get(slot as usize)
+                    .map_or(0, |maps| maps[map as usize]);
+                let added = self
+                    .added_before_read
+                    .get(idx as usize)
+                    .copied()
+                    .unwrap_or(0);
+                let value = counted.wrapping_sub(added);
+                let _ = base.update(&idx.to_ne_bytes(), &value.to_ne_bytes(), MapFlags::ANY);
+            }
+        }
+    }
+
+    /// New keys each slot's full share of `map` refused, by slot.
+    pub fn folded<M: MapCore>(&self, folded: &M, map: u32) -> Vec<(u32, u64)> {
+        if !self.enabled() {
+            return Vec::new();
+        }
+        (0..self.slots)
+            .map(|slot| (slot, percpu_array_u64(folded, slot * TENANT_MAPS + map)))
+            .filter(|(_, count)| *count > 0)
+            .collect()
+    }
+
+    /// A counted entry table with a row per slot.
+    pub fn entries(&self) -> Vec<[i64; TENANT_MAPS as usize]> {
+        vec![[0; TENANT_MAPS as usize]; self.slots as usize]
+    }
+}
+
+fn read_i64<M: MapCore>(map: &M, idx: u32) -> i64 {
+    map.lookup(&idx.to_ne_bytes(), MapFlags::ANY)
+        .ok()
+        .flatten()
+        .and_then(|bytes| {
+            bytes
+                .get(..8)
+                .map(|b| i64::from_ne_bytes(b.try_into().unwrap_or([0; 8])))
+        })
+        .unwrap_or(0)
 }

@@ -20,6 +20,7 @@ use tracing::{debug, info, warn};
 use super::util::{self, plain_bytes, MapFill, ProbeError};
 use super::{Probe, ProbeSpec};
 use crate::config::{Config, SamplingMode};
+use crate::enrich::tenant::TenantSlots;
 use crate::enrich::workload::RecordedCgroup;
 use crate::enrich::{ProcessTable, Workload, Workloads};
 use crate::kernel::duty::DutyCycle;
@@ -32,6 +33,7 @@ mod skel {
     include!(concat!(env!("OUT_DIR"), "/syscalls.skel.rs"));
 }
 use skel::{types, SyscallsSkel, SyscallsSkelBuilder};
+use types::psc_syscall_share as Share;
 
 // SAFETY: plain C structs of integers, generated from the BPF program's BTF.
 unsafe impl plain::Plain for types::psc_syscall_key {}
@@ -46,6 +48,13 @@ unsafe impl plain::Plain for types::psc_fast_slot {}
 const MAX_SYSCALLS: u32 = 512;
 /// Label value of the series data folds into when a map is full.
 pub use crate::model::OVERFLOW as OVERFLOW_NAME;
+
+/// The keyed maps tenants share, by their index in bpf/tenants.h's arrays.
+const SHARED_MAPS: [(&str, Share); 3] = [
+    ("counts", Share::PSC_SHARE_COUNTS),
+    ("errors", Share::PSC_SHARE_ERRORS),
+    ("latency", Share::PSC_SHARE_LATENCY),
+];
 
 const FOLDED_SLOTS: [(&str, u32); 5] = [
     ("counts", 0),
@@ -129,7 +138,9 @@ pub struct SyscallsProbe {
     /// Creation time of each exported series' owner, kept while it is exported.
     series_created: HashMap<Owner, SystemTime>,
     fill: Vec<MapFill>,
-    skipped: util::SkippedCgroups,
+    cgroups: util::CgroupTenants,
+    tenant_slots: TenantSlots,
+    shares: util::TenantShares,
 }
 
 impl SyscallsProbe {
@@ -174,14 +185,26 @@ impl SyscallsProbe {
             open.maps.rodata_data.as_deref_mut().ok_or_else(|| {
                 ProbeError::Unsupported("the syscalls object has no rodata".into())
             })?;
-        for nr in &timed {
-            if let Some(slot) = rodata.latency_enabled.get_mut(*nr as usize) {
-                *slot = 1;
+        for (index, nr) in timed.iter().enumerate() {
+            if let Some(slot) = rodata.latency_index.get_mut(*nr as usize) {
+                *slot = index as u16 + 1;
             }
         }
+        rodata.timed_count = timed.len() as u32;
         rodata.filter_by_tgid = u8::from(!settings.include_pids.is_empty());
         rodata.filter_by_comm = u8::from(!settings.include_executables.is_empty());
         rodata.filter_cgroups = u8::from(config.tenants.rules.iter().any(|rule| rule.drop));
+        let tenant_slots = workloads.tenant_slots().clone();
+        let slots = tenant_slots.count();
+        rodata.tenant_slots = slots;
+        let caps = [
+            settings.max_series.get(),
+            settings.max_error_series.get(),
+            settings.max_latency_series.get(),
+        ];
+        for (index, (_, map)) in SHARED_MAPS.iter().enumerate() {
+            rodata.tenant_share[map.0 as usize] = (caps[index] / slots).max(1);
+        }
 
         let cpus =
             libbpf_rs::num_possible_cpus().map_err(ProbeError::bpf("counting possible CPUs"))?;
@@ -201,6 +224,12 @@ impl SyscallsProbe {
             (&mut open.maps.errors, settings.max_error_series.get()),
             (&mut open.maps.latency, settings.max_latency_series.get()),
             (&mut open.maps.comms, settings.max_series.get()),
+            (&mut open.maps.overflow_counts, slots * MAX_SYSCALLS),
+            (&mut open.maps.overflow_errors_any, slots * MAX_SYSCALLS),
+            (
+                &mut open.maps.overflow_latency,
+                slots * (timed.len() as u32).max(1),
+            ),
         ];
         for (map, cap) in caps {
             map.set_max_entries(cap)
@@ -262,7 +291,9 @@ impl SyscallsProbe {
             expired_series: 0,
             series_created: HashMap::new(),
             fill: Vec::new(),
-            skipped: util::SkippedCgroups::default(),
+            cgroups: util::CgroupTenants::default(),
+            shares: util::TenantShares::new(slots),
+            tenant_slots,
         };
         if attach {
             probe.exit_link = Some(
@@ -373,6 +404,9 @@ impl SyscallsProbe {
                 names.insert(process, name);
             }
         }
+        reading
+            .keys
+            .retain(|process, _| !names.contains_key(process));
         let name_of = |process: Proc| names.get(&process).cloned().unwrap_or_default();
         let series_key = |(tgid, gen): Proc, nr: u32| types::psc_syscall_key {
             tgid,
@@ -447,8 +481,10 @@ impl SyscallsProbe {
         name
     }
 
-    fn read(&self) -> Reading {
+    fn read(&mut self) -> Reading {
+        self.shares.before_read(&self.skel.maps.tenant_added);
         let maps = &self.skel.maps;
+        let shares = self.shares.enabled();
         let mut reading = Reading::default();
         for (process, nr, count) in self.fast.taken() {
             *reading.counts.0.entry((process, nr)).or_default() += count;
@@ -462,6 +498,9 @@ impl SyscallsProbe {
                     .0
                     .entry(((k.tgid, k.gen), u32::from(k.nr)))
                     .or_default() += util::sum_percpu_u64(&values);
+                if shares {
+                    reading.tally((k.tgid, k.gen), Share::PSC_SHARE_COUNTS);
+                }
             }
         }
         for (key, values) in util::read_percpu(&maps.errors) {
@@ -471,6 +510,9 @@ impl SyscallsProbe {
                     ((k.tgid, k.gen), u32::from(k.nr), k.err),
                     util::sum_percpu_u64(&values),
                 );
+                if shares {
+                    reading.tally((k.tgid, k.gen), Share::PSC_SHARE_ERRORS);
+                }
             }
         }
         for (key, value) in util::read_shared(&maps.latency) {
@@ -482,56 +524,120 @@ impl SyscallsProbe {
                     .latency
                     .0
                     .insert(((k.tgid, k.gen), u32::from(k.nr)), hist);
+                if shares {
+                    reading.tally((k.tgid, k.gen), Share::PSC_SHARE_LATENCY);
+                }
             }
         }
         reading
+    }
+
+    /// Tells the program how many entries of each keyed map each tenant slot holds now:
+    /// those of the processes still there after `expire`.
+    fn count_shares(&self, reading: &Reading) {
+        if !self.shares.enabled() {
+            return;
+        }
+        let mut entries = self.shares.entries();
+        let workloads = self.processes.workloads();
+        for (process, maps) in &reading.keys {
+            let slot = self
+                .processes
+                .get(*process)
+                .map(|info| workloads.tenant_slot(&info.workload))
+                .filter(|slot| (*slot as usize) < entries.len())
+                .unwrap_or(0);
+            for (mine, theirs) in entries[slot as usize].iter_mut().zip(maps) {
+                *mine += theirs;
+            }
+        }
+        self.shares
+            .after_read(&self.skel.maps.tenant_base, &entries);
+    }
+
+    /// Whether anything went to the overflow series of `map` (FOLDED_SLOTS index
+    /// `folded_slot`), because the map or a tenant's share of it was full.
+    fn overflowed(&self, folded_slot: u32, share: Share) -> bool {
+        self.folded_count(folded_slot) > 0
+            || !self
+                .shares
+                .folded(&self.skel.maps.tenant_folded, share.0)
+                .is_empty()
+    }
+
+    /// The owner of a tenant slot's overflow series.
+    fn overflow_owner(&self, slot: u32) -> Owner {
+        let workload = self
+            .tenant_slots
+            .name_of(slot)
+            .map(Workload::of_tenant)
+            .unwrap_or_default();
+        (None, OVERFLOW_NAME.to_string(), workload)
     }
 
     fn folded_count(&self, slot: u32) -> u64 {
         util::percpu_array_u64(&self.skel.maps.folded, slot)
     }
 
-    /// The overflow series: only read when something folded, as they are 3 x 512 lookups.
+    /// The overflow series, one set per tenant slot: only read when something folded,
+    /// as they are 512 lookups per slot and map.
     fn read_overflow(&self, acc: &mut Accumulated) {
         let maps = &self.skel.maps;
-        let owner: Owner = (None, OVERFLOW_NAME.to_string(), Workload::default());
-        if self.folded_count(0) > 0 {
-            for nr in 0..MAX_SYSCALLS {
-                let count = util::percpu_array_u64(&maps.overflow_counts, nr);
-                if count > 0 {
-                    *acc.counts.entry((owner.clone(), nr)).or_default() += count;
-                }
-            }
-        }
-        if self.folded_count(1) > 0 {
-            for (key, values) in util::read_percpu(&maps.overflow_errors) {
-                if let Some(k) = decode::<types::psc_syscall_nr_err>(&key) {
-                    *acc.errors.entry((owner.clone(), k.nr, k.err)).or_default() +=
-                        util::sum_percpu_u64(&values);
-                }
-            }
-            if self.folded_count(3) > 0 {
+        let slots = self.tenant_slots.count();
+        if self.overflowed(0, Share::PSC_SHARE_COUNTS) {
+            for slot in 0..slots {
+                let owner = self.overflow_owner(slot);
                 for nr in 0..MAX_SYSCALLS {
-                    let count = util::percpu_array_u64(&maps.overflow_errors_any, nr);
+                    let count =
+                        util::percpu_array_u64(&maps.overflow_counts, slot * MAX_SYSCALLS + nr);
                     if count > 0 {
-                        *acc.errors.entry((owner.clone(), nr, 0)).or_default() += count;
+                        *acc.counts.entry((owner.clone(), nr)).or_default() += count;
                     }
                 }
             }
         }
-        if self.folded_count(2) > 0 {
-            for nr in &self.timed {
-                let hist = maps
-                    .overflow_latency
-                    .lookup(&nr.to_ne_bytes(), MapFlags::ANY)
-                    .ok()
-                    .flatten()
-                    .and_then(|bytes| decode_hist(&bytes));
-                if let Some(hist) = hist.filter(|h| !h.is_empty()) {
-                    acc.latency
-                        .entry((owner.clone(), *nr))
-                        .or_default()
-                        .merge(&hist);
+        if self.overflowed(1, Share::PSC_SHARE_ERRORS) {
+            for (key, values) in util::read_percpu(&maps.overflow_errors) {
+                if let Some(k) = decode::<types::psc_syscall_nr_err>(&key) {
+                    let owner = self.overflow_owner(u32::from(k.tenant));
+                    *acc.errors
+                        .entry((owner, u32::from(k.nr), k.err))
+                        .or_default() += util::sum_percpu_u64(&values);
+                }
+            }
+            if self.folded_count(3) > 0 {
+                for slot in 0..slots {
+                    let owner = self.overflow_owner(slot);
+                    for nr in 0..MAX_SYSCALLS {
+                        let count = util::percpu_array_u64(
+                            &maps.overflow_errors_any,
+                            slot * MAX_SYSCALLS + nr,
+                        );
+                        if count > 0 {
+                            *acc.errors.entry((owner.clone(), nr, 0)).or_default() += count;
+                        }
+                    }
+                }
+            }
+        }
+        if self.overflowed(2, Share::PSC_SHARE_LATENCY) {
+            let timed = self.timed.len() as u32;
+            for slot in 0..slots {
+                let owner = self.overflow_owner(slot);
+                for (index, nr) in self.timed.iter().enumerate() {
+                    let idx = slot * timed + index as u32;
+                    let hist = maps
+                        .overflow_latency
+                        .lookup(&idx.to_ne_bytes(), MapFlags::ANY)
+                        .ok()
+                        .flatten()
+                        .and_then(|bytes| decode_hist(&bytes));
+                    if let Some(hist) = hist.filter(|h| !h.is_empty()) {
+                        acc.latency
+                            .entry((owner.clone(), *nr))
+                            .or_default()
+                            .merge(&hist);
+                    }
                 }
             }
         }
@@ -544,9 +650,17 @@ struct Reading {
     counts: PidKeyed<(Proc, u32), u64>,
     errors: PidKeyed<(Proc, u32, u32), u64>,
     latency: PidKeyed<(Proc, u32), LogLinearHistogram>,
+    /// Keys of each process in the keyed maps tenants share, when they do.
+    keys: HashMap<Proc, [i64; util::TENANT_MAPS as usize]>,
     /// Entries read from the per-CPU table and the counts, errors and latency maps, for
     /// the map-fill self-metrics (reading them costs a syscall per entry: once is enough).
     entries: [u64; 4],
+}
+
+impl Reading {
+    fn tally(&mut self, process: Proc, map: Share) {
+        self.keys.entry(process).or_default()[map.0 as usize] += 1;
+    }
 }
 
 struct PidKeyed<K, V>(HashMap<K, V>);
@@ -655,6 +769,7 @@ impl Probe for SyscallsProbe {
                 .observe_recorded(*pid, now, name.as_deref(), cgroup.as_ref());
         }
         self.expire(now, &mut reading);
+        self.count_shares(&reading);
 
         let mut acc = Accumulated::default();
         let mut first_seen: HashMap<Owner, SystemTime> = HashMap::new();
@@ -798,7 +913,7 @@ impl Probe for SyscallsProbe {
             fill("comms", &maps.comms),
         ];
         self.fill
-            .push(self.skipped.fill(&self.skel.maps.skipped_cgroups));
+            .push(self.cgroups.fill(&self.skel.maps.cgroup_tenants));
         self.fill.push(MapFill {
             map: "exited_executables",
             entries: self.exited_names.len() as u64,
@@ -833,14 +948,28 @@ impl Probe for SyscallsProbe {
             .map(|(map, slot)| (*map, self.folded_count(*slot)))
             .collect();
         folded.push(("exited_executables", self.exited_names_folded));
-        folded.push(("skipped_cgroups", self.skipped.refused));
+        folded.push(("cgroup_tenants", self.cgroups.refused));
         folded
     }
 
-    fn skip_cgroups(&mut self, ids: &[u64]) {
-        if self.skipped.replace(&self.skel.maps.skipped_cgroups, ids) {
+    fn tenant_folded(&self) -> Vec<(&'static str, Option<String>, u64)> {
+        let mut folded = Vec::new();
+        for (name, map) in SHARED_MAPS {
+            for (slot, count) in self.shares.folded(&self.skel.maps.tenant_folded, map.0) {
+                let tenant = self.tenant_slots.name_of(slot).map(str::to_string);
+                folded.push((name, tenant, count));
+            }
+        }
+        folded
+    }
+
+    fn set_cgroup_tenants(&mut self, cgroups: &[(u64, u32)]) {
+        if self
+            .cgroups
+            .replace(&self.skel.maps.cgroup_tenants, cgroups)
+        {
             if let Some(bss) = self.skel.maps.bss_data.as_deref_mut() {
-                bss.skipped_cgroups_version = bss.skipped_cgroups_version.wrapping_add(1);
+                bss.cgroup_tenants_version = bss.cgroup_tenants_version.wrapping_add(1);
             }
         }
     }

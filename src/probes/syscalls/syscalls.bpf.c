@@ -15,12 +15,14 @@
 #include <bpf/bpf_tracing.h>
 #include "periscope.h"
 #include "syscalls.h"
-#include "cgroup_filter.h"
+#include "tenants.h"
 
 char LICENSE[] SEC("license") = PSC_LICENSE;
 
-/* Set by user space before load. */
-const volatile __u8 latency_enabled[PSC_MAX_SYSCALLS] = {};
+/* Set by user space before load. For each syscall chosen for latency, its place among
+ * them plus one (0: not timed); timed_count of them are. */
+const volatile __u16 latency_index[PSC_MAX_SYSCALLS] = {};
+const volatile __u32 timed_count = 0;
 /* Slots per CPU in fast_counts, less one: a power of two minus one. */
 const volatile __u32 fast_slots_mask = 0;
 const volatile __u8 filter_by_tgid = 0;
@@ -34,6 +36,7 @@ struct psc_hist psc_hist_type = {};
 struct psc_process psc_process_type = {};
 struct psc_process_key psc_process_key_type = {};
 struct psc_fast_slot psc_fast_slot_type = {};
+enum psc_syscall_share psc_syscall_share_type = PSC_SHARE_COUNTS;
 
 /* Slots a pair may take in its CPU's table; beyond, it is counted in `counts`. */
 #define PSC_FAST_PROBES 4
@@ -87,7 +90,12 @@ struct {
 	__type(value, struct psc_hist);
 } latency SEC(".maps");
 
-/* Overflow series: where data goes when its process finds a map full, so totals stay exact. */
+/*
+ * Overflow series: where data goes when its process finds a map, or its tenant's share
+ * of it, full, so totals stay exact. One per tenant slot (bpf/tenants.h): the arrays
+ * hold tenant_slots x PSC_MAX_SYSCALLS entries (set by user space), at
+ * slot * PSC_MAX_SYSCALLS + nr.
+ */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, PSC_MAX_SYSCALLS);
@@ -110,9 +118,11 @@ struct {
 	__type(value, __u64);
 } overflow_errors_any SEC(".maps");
 
+/* tenant_slots x timed_count histograms (set by user space), at
+ * slot * timed_count + latency_index[nr] - 1. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, PSC_MAX_SYSCALLS);
+	__uint(max_entries, 1);
 	__type(key, __u32);
 	__type(value, struct psc_hist);
 } overflow_latency SEC(".maps");
@@ -187,7 +197,8 @@ static __always_inline int is_selected(__u32 tgid)
 	return 0;
 }
 
-static __always_inline void add_percpu(void *map, const void *key, __u64 *on_full, __u32 folded_slot)
+/* Adds one to `key` in `map`; to `on_full` when the map is full. 1 when it created the key. */
+static __always_inline int add_percpu(void *map, const void *key, __u64 *on_full, __u32 folded_slot)
 {
 	__u64 one = 1, *value;
 	long err;
@@ -195,21 +206,38 @@ static __always_inline void add_percpu(void *map, const void *key, __u64 *on_ful
 	value = bpf_map_lookup_elem(map, key);
 	if (value) {
 		*value += 1;
-		return;
+		return 0;
 	}
 	err = bpf_map_update_elem(map, key, &one, BPF_NOEXIST);
 	if (err == 0)
-		return;
+		return 1;
 	if (err == -PSC_EEXIST) {
 		/* Another CPU inserted the key first: our slot of it is still ours alone. */
 		value = bpf_map_lookup_elem(map, key);
 		if (value)
 			*value += 1;
-		return;
+		return 0;
 	}
 	if (on_full)
 		*on_full += 1;
 	PSC_COUNT_IN(folded, folded_slot);
+	return 0;
+}
+
+/* The count of `key`, which is not in `counts` yet: a new key if the tenant's share
+ * allows, else the tenant's overflow series. */
+static __always_inline void count_new(const struct psc_syscall_key *key, __u32 tenant)
+{
+	__u32 overflow_slot = tenant * PSC_MAX_SYSCALLS + key->nr;
+	__u64 *overflow = bpf_map_lookup_elem(&overflow_counts, &overflow_slot);
+
+	if (!psc_tenant_reserve(tenant, PSC_SHARE_COUNTS)) {
+		if (overflow)
+			*overflow += 1;
+		return;
+	}
+	if (!add_percpu(&counts, key, overflow, PSC_FOLDED_COUNTS))
+		psc_tenant_release(tenant, PSC_SHARE_COUNTS);
 }
 
 static __always_inline void record_comm(__u32 tgid, __u16 gen)
@@ -255,11 +283,13 @@ static __always_inline int count_fast(__u32 tgid, __u16 gen, __u32 nr)
 	return 0;
 }
 
-static __always_inline void count_error(__u32 tgid, __u16 gen, __u32 nr, __u32 err)
+static __always_inline void count_error(struct task_struct *task, __u32 tgid, __u16 gen,
+					__u32 nr, __u32 err)
 {
 	struct psc_syscall_error_key key = { .tgid = tgid, .nr = nr, .gen = gen, .err = err };
 	struct psc_syscall_nr_err overflow_key = { .nr = nr, .err = err };
 	__u64 one = 1, *value;
+	__u32 tenant, any_slot;
 	long ret;
 
 	value = bpf_map_lookup_elem(&errors, &key);
@@ -267,29 +297,36 @@ static __always_inline void count_error(__u32 tgid, __u16 gen, __u32 nr, __u32 e
 		*value += 1;
 		return;
 	}
-	ret = bpf_map_update_elem(&errors, &key, &one, BPF_NOEXIST);
-	if (ret == 0)
-		return;
-	if (ret == -PSC_EEXIST) {
-		value = bpf_map_lookup_elem(&errors, &key);
-		if (value)
-			*value += 1;
-		return;
+	tenant = psc_tenant_slot(task);
+	if (psc_tenant_reserve(tenant, PSC_SHARE_ERRORS)) {
+		ret = bpf_map_update_elem(&errors, &key, &one, BPF_NOEXIST);
+		if (ret == 0)
+			return;
+		psc_tenant_release(tenant, PSC_SHARE_ERRORS);
+		if (ret == -PSC_EEXIST) {
+			value = bpf_map_lookup_elem(&errors, &key);
+			if (value)
+				*value += 1;
+			return;
+		}
+		PSC_COUNT_IN(folded, PSC_FOLDED_ERRORS);
 	}
-	PSC_COUNT_IN(folded, PSC_FOLDED_ERRORS);
+	overflow_key.tenant = tenant;
+	any_slot = tenant * PSC_MAX_SYSCALLS + nr;
 	add_percpu(&overflow_errors, &overflow_key,
-		   bpf_map_lookup_elem(&overflow_errors_any, &nr), PSC_FOLDED_OVERFLOW_ERRORS);
+		   bpf_map_lookup_elem(&overflow_errors_any, &any_slot), PSC_FOLDED_OVERFLOW_ERRORS);
 }
 
-static __always_inline void record_latency(__u32 tgid, __u16 gen, __u32 nr)
+static __always_inline void record_latency(struct task_struct *task, __u32 tgid, __u16 gen,
+					   __u32 nr, __u32 timed)
 {
 	struct psc_syscall_key key = { .tgid = tgid, .nr = nr, .gen = gen };
 	struct psc_syscall_start *st;
 	struct psc_hist *hist;
-	__u32 zero = 0;
+	__u32 zero = 0, tenant, overflow_slot;
 	__u64 delta;
 
-	st = bpf_task_storage_get(&start, bpf_get_current_task_btf(), 0, 0);
+	st = bpf_task_storage_get(&start, task, 0, 0);
 	if (!st || !st->ts || st->nr != nr)
 		return;
 	delta = bpf_ktime_get_ns() - st->ts;
@@ -301,12 +338,18 @@ static __always_inline void record_latency(__u32 tgid, __u16 gen, __u32 nr)
 
 		if (!zeroes)
 			return;
-		/* Failure is fine here: either another CPU inserted it, or the map is full. */
-		bpf_map_update_elem(&latency, &key, zeroes, BPF_NOEXIST);
-		hist = bpf_map_lookup_elem(&latency, &key);
+		tenant = psc_tenant_slot(task);
+		if (psc_tenant_reserve(tenant, PSC_SHARE_LATENCY)) {
+			/* Failure is fine here: either another CPU inserted it, or the map is full. */
+			if (bpf_map_update_elem(&latency, &key, zeroes, BPF_NOEXIST))
+				psc_tenant_release(tenant, PSC_SHARE_LATENCY);
+			hist = bpf_map_lookup_elem(&latency, &key);
+			if (!hist)
+				PSC_COUNT_IN(folded, PSC_FOLDED_LATENCY);
+		}
 		if (!hist) {
-			PSC_COUNT_IN(folded, PSC_FOLDED_LATENCY);
-			hist = bpf_map_lookup_elem(&overflow_latency, &nr);
+			overflow_slot = tenant * timed_count + timed - 1;
+			hist = bpf_map_lookup_elem(&overflow_latency, &overflow_slot);
 			if (!hist)
 				return;
 		}
@@ -337,6 +380,7 @@ int BPF_PROG(psc_sys_exit, struct pt_regs *regs, long ret)
 	struct psc_syscall_key key = {};
 	long nr = regs->orig_ax;
 	__u64 *count;
+	__u32 timed;
 	__u16 gen;
 
 	if (filter_cgroups && psc_cgroup_skipped(task))
@@ -360,23 +404,21 @@ int BPF_PROG(psc_sys_exit, struct pt_regs *regs, long ret)
 	key.nr = nr;
 	key.gen = gen;
 	if (!count_fast(tgid, gen, nr)) {
-		__u32 slot = nr;
-
 		count = bpf_map_lookup_elem(&counts, &key);
 		if (count) {
 			*count += 1;
 		} else {
 			record_comm(tgid, gen);
-			add_percpu(&counts, &key, bpf_map_lookup_elem(&overflow_counts, &slot),
-				   PSC_FOLDED_COUNTS);
+			count_new(&key, psc_tenant_slot(task));
 		}
 	}
 	if ((nr == PSC_NR_EXECVE || nr == PSC_NR_EXECVEAT) && ret == 0)
 		record_comm(tgid, gen);
 	if (ret < 0 && ret >= -PSC_MAX_ERRNO)
-		count_error(tgid, gen, nr, -ret);
-	if (latency_enabled[nr])
-		record_latency(tgid, gen, nr);
+		count_error(task, tgid, gen, nr, -ret);
+	timed = latency_index[nr];
+	if (timed)
+		record_latency(task, tgid, gen, nr, timed);
 	return 0;
 }
 
@@ -410,7 +452,7 @@ int psc_sys_enter_tp(struct psc_sys_enter_record *ctx)
 SEC("tp_btf/sys_enter")
 int BPF_PROG(psc_sys_enter_btf, struct pt_regs *regs, long id)
 {
-	if (id < 0 || id >= PSC_MAX_SYSCALLS || !latency_enabled[id])
+	if (id < 0 || id >= PSC_MAX_SYSCALLS || !latency_index[id])
 		return 0;
 	if (filter_cgroups && psc_cgroup_skipped(bpf_get_current_task_btf()))
 		return 0;

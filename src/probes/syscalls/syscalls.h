@@ -20,10 +20,19 @@ struct psc_syscall_error_key {
 };
 
 
-/* Key of the overflow errors map: errors of processes that found the errors map full. */
+/* Key of the overflow errors map: errors of processes that found the errors map, or
+ * their tenant's share of it (bpf/tenants.h), full. */
 struct psc_syscall_nr_err {
-	__u32 nr;
+	__u16 nr;
+	__u16 tenant;
 	__u32 err;
+};
+
+/* The keyed maps tenants share (bpf/tenants.h). */
+enum psc_syscall_share {
+	PSC_SHARE_COUNTS = 0,
+	PSC_SHARE_ERRORS = 1,
+	PSC_SHARE_LATENCY = 2,
 };
 
 /*

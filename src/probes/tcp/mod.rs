@@ -13,6 +13,7 @@ use libbpf_rs::{Link, MapCore, MapFlags};
 use super::util::{self, MapFill, ProbeError};
 use super::{Probe, ProbeSpec};
 use crate::config::Config;
+use crate::enrich::tenant::TenantSlots;
 use crate::enrich::{ProcessTable, Workload, Workloads};
 use crate::kernel::KernelFeatures;
 use crate::model::{ClassicHistogram, Family, Labels, MetricKind, Value, OVERFLOW};
@@ -217,7 +218,9 @@ pub struct TcpProbe {
     /// Executables with an aggregate of exited processes, at most
     /// (processes.max_exited_executables); beyond, the overflow executable.
     max_exited: usize,
-    skipped: util::SkippedCgroups,
+    cgroups: util::CgroupTenants,
+    tenant_slots: TenantSlots,
+    shares: util::TenantShares,
 }
 
 impl TcpProbe {
@@ -236,6 +239,12 @@ impl TcpProbe {
             .tcp_socks
             .set_max_entries(settings.max_connections.get())
             .map_err(ProbeError::bpf("setting the connection cap"))?;
+        let tenant_slots = workloads.tenant_slots().clone();
+        let slots = tenant_slots.count();
+        open.maps
+            .overflow
+            .set_max_entries(slots * 2)
+            .map_err(ProbeError::bpf("sizing the overflow series"))?;
         let duration_bounds = settings.connect_duration_buckets_seconds.0.clone();
         let rtt_bounds = settings.rtt_buckets_seconds.0.clone();
         if let Some(rodata) = open.maps.rodata_data.as_deref_mut() {
@@ -248,6 +257,8 @@ impl TcpProbe {
             }
             rodata.rtt_bounds_len = rtt_bounds.len() as u32;
             rodata.filter_cgroups = u8::from(config.tenants.rules.iter().any(|rule| rule.drop));
+            rodata.tenant_slots = slots;
+            rodata.tenant_share[0] = (settings.max_series.get() / slots).max(1);
         }
         let skel = open
             .load()
@@ -266,7 +277,9 @@ impl TcpProbe {
             peers_folded: 0,
             started: SystemTime::now(),
             fill: Vec::new(),
-            skipped: util::SkippedCgroups::default(),
+            cgroups: util::CgroupTenants::default(),
+            shares: util::TenantShares::new(slots),
+            tenant_slots,
             sampler: None,
             sample_interval: (settings.sample_interval_secs > 0)
                 .then(|| Duration::from_secs(settings.sample_interval_secs)),
@@ -460,6 +473,8 @@ impl TcpProbe {
     fn read(&mut self, now: Instant) -> Vec<(SeriesKey, Stats)> {
         let mut rows = Vec::new();
         let mut entries = 0u64;
+        self.shares.before_read(&self.skel.maps.tenant_added);
+        let mut share_entries = self.shares.entries();
         for pid in self.processes.pids() {
             self.processes.observe(pid, now, None);
         }
@@ -526,6 +541,12 @@ impl TcpProbe {
                 self.fold_exited(series, &last);
                 self.expired_series += 1;
             } else {
+                if self.shares.enabled() {
+                    let slot = self.processes.workloads().tenant_slot(&series.workload) as usize;
+                    if let Some(maps) = share_entries.get_mut(slot) {
+                        maps[0] += 1;
+                    }
+                }
                 if expired.contains(&process) {
                     // Exited, but a connection it opened is still open (a child has it,
                     // or it is closing): its labels must not change under it.
@@ -559,28 +580,39 @@ impl TcpProbe {
                 }
             }
         }
-        for (slot, inbound) in [(0u32, false), (1u32, true)] {
-            let Ok(Some(values)) = self
-                .skel
-                .maps
-                .overflow
-                .lookup_percpu(&slot.to_ne_bytes(), MapFlags::ANY)
-            else {
-                continue;
-            };
-            let stats = Stats::from_percpu(&values);
-            if stats.opened > 0 || stats.failures.iter().any(|f| *f > 0) || stats.active != 0 {
-                rows.push((
-                    SeriesKey {
-                        pid: None,
-                        name: OVERFLOW.into(),
-                        workload: Workload::default(),
-                        inbound,
-                        peer: OVERFLOW.into(),
-                        port: 0,
-                    },
-                    stats,
-                ));
+        self.shares
+            .after_read(&self.skel.maps.tenant_base, &share_entries);
+        // The overflow series, per tenant slot (0: no tenant) and direction.
+        for tenant_slot in 0..self.tenant_slots.count() {
+            for (direction, inbound) in [(0u32, false), (1u32, true)] {
+                let idx = tenant_slot * 2 + direction;
+                let Ok(Some(values)) = self
+                    .skel
+                    .maps
+                    .overflow
+                    .lookup_percpu(&idx.to_ne_bytes(), MapFlags::ANY)
+                else {
+                    continue;
+                };
+                let stats = Stats::from_percpu(&values);
+                if stats.opened > 0 || stats.failures.iter().any(|f| *f > 0) || stats.active != 0 {
+                    let workload = self
+                        .tenant_slots
+                        .name_of(tenant_slot)
+                        .map(Workload::of_tenant)
+                        .unwrap_or_default();
+                    rows.push((
+                        SeriesKey {
+                            pid: None,
+                            name: OVERFLOW.into(),
+                            workload,
+                            inbound,
+                            peer: OVERFLOW.into(),
+                            port: 0,
+                        },
+                        stats,
+                    ));
+                }
             }
         }
         self.fill = vec![
@@ -602,6 +634,7 @@ impl TcpProbe {
                     .saturating_sub(self.counter(Counter::PSC_TCP_LISTENERS_REMOVED)),
                 capacity: u64::from(self.skel.maps.listeners.max_entries()),
             },
+            self.cgroups.fill(&self.skel.maps.cgroup_tenants),
         ];
         rows
     }
@@ -797,16 +830,30 @@ impl Probe for TcpProbe {
                 self.counter(Counter::PSC_TCP_LISTENERS_REFUSED),
             ),
             ("peers", self.peers_folded),
-            ("skipped_cgroups", self.skipped.refused),
+            ("cgroup_tenants", self.cgroups.refused),
         ]
     }
 
-    fn skip_cgroups(&mut self, ids: &[u64]) {
-        if self.skipped.replace(&self.skel.maps.skipped_cgroups, ids) {
+    fn set_cgroup_tenants(&mut self, cgroups: &[(u64, u32)]) {
+        if self
+            .cgroups
+            .replace(&self.skel.maps.cgroup_tenants, cgroups)
+        {
             if let Some(bss) = self.skel.maps.bss_data.as_deref_mut() {
-                bss.skipped_cgroups_version = bss.skipped_cgroups_version.wrapping_add(1);
+                bss.cgroup_tenants_version = bss.cgroup_tenants_version.wrapping_add(1);
             }
         }
+    }
+
+    fn tenant_folded(&self) -> Vec<(&'static str, Option<String>, u64)> {
+        self.shares
+            .folded(&self.skel.maps.tenant_folded, 0)
+            .into_iter()
+            .map(|(slot, count)| {
+                let tenant = self.tenant_slots.name_of(slot).map(str::to_string);
+                ("series", tenant, count)
+            })
+            .collect()
     }
 
     fn expired_series(&self) -> u64 {

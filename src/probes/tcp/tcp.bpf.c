@@ -18,7 +18,7 @@
 #include <bpf/bpf_endian.h>
 #include "periscope.h"
 #include "tcp.h"
-#include "cgroup_filter.h"
+#include "tenants.h"
 
 char LICENSE[] SEC("license") = PSC_LICENSE;
 
@@ -63,7 +63,9 @@ struct psc_tcp_sock {
 	__u8 folded;
 	/* Past its final CLOSE, under `lock`: the sampler leaves it alone. */
 	__u8 closed;
-	__u8 pad[5];
+	/* The tenant slot of its process, whose share its series counts in. */
+	__u8 tenant;
+	__u8 pad[4];
 };
 
 struct {
@@ -125,7 +127,9 @@ struct {
 	__type(value, struct psc_tcp_stats);
 } series SEC(".maps");
 
-/* What found `series` full, per direction (index 0: outbound, 1: inbound). */
+/* What found `series`, or its tenant's share of it (bpf/tenants.h), full: per tenant
+ * slot and direction, at slot * 2 + (0: outbound, 1: inbound); tenant_slots x 2 entries,
+ * set by user space. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 2);
@@ -172,30 +176,33 @@ static __always_inline void record_process(__u32 tgid, __u16 gen)
 }
 
 static __always_inline struct psc_tcp_stats *series_of(const struct psc_tcp_key *key,
-						       __u8 *folded)
+						       __u8 *folded, __u32 tenant)
 {
 	static const struct psc_tcp_stats zero = {};
 	struct psc_tcp_stats *stats;
-	__u32 slot = key->direction == PSC_TCP_INBOUND ? 1 : 0;
+	__u32 slot = tenant * 2 + (key->direction == PSC_TCP_INBOUND ? 1 : 0);
 
 	if (*folded)
 		return bpf_map_lookup_elem(&overflow, &slot);
 	stats = bpf_map_lookup_elem(&series, key);
 	if (stats)
 		return stats;
-	/* Fails when the map is full, or when another CPU just added the key. */
-	bpf_map_update_elem(&series, key, &zero, BPF_NOEXIST);
-	stats = bpf_map_lookup_elem(&series, key);
-	if (stats)
-		return stats;
-	PSC_COUNT_IN(counters, PSC_TCP_FOLDED);
+	if (psc_tenant_reserve(tenant, 0)) {
+		/* Fails when the map is full, or when another CPU just added the key. */
+		if (bpf_map_update_elem(&series, key, &zero, BPF_NOEXIST))
+			psc_tenant_release(tenant, 0);
+		stats = bpf_map_lookup_elem(&series, key);
+		if (stats)
+			return stats;
+		PSC_COUNT_IN(counters, PSC_TCP_FOLDED);
+	}
 	*folded = 1;
 	return bpf_map_lookup_elem(&overflow, &slot);
 }
 
 static __always_inline struct psc_tcp_stats *stats_of(struct psc_tcp_sock *sock)
 {
-	return series_of(&sock->key, &sock->folded);
+	return series_of(&sock->key, &sock->folded, sock->tenant);
 }
 
 /* Starts following `sk` with `fresh`. An entry already there is one whose close went
@@ -280,6 +287,7 @@ static __always_inline void listener_opened(const struct sock *sk)
 	long err;
 
 	fresh.skipped = skipped;
+	fresh.tenant = psc_tenant_slot(task);
 	if (!skipped)
 		record_process(tgid, gen);
 	listener_key_of(sk, &socket.key);
@@ -312,6 +320,7 @@ static __always_inline void listener_opened(const struct sock *sk)
 	known->tgid = tgid;
 	known->gen = gen;
 	known->skipped = skipped;
+	known->tenant = fresh.tenant;
 	__sync_fetch_and_add(&known->sockets, 1);
 }
 
@@ -456,6 +465,7 @@ int BPF_PROG(psc_tcp_state, const struct sock *sk, int oldstate, int newstate)
 			return 0;
 		fresh.key.tgid = task->tgid;
 		fresh.key.gen = psc_generation(task);
+		fresh.tenant = psc_tenant_slot(task);
 		record_process(fresh.key.tgid, fresh.key.gen);
 		fresh.key.direction = PSC_TCP_OUTBOUND;
 		fresh.key.port = bpf_ntohs(sk->__sk_common.skc_dport);
@@ -482,6 +492,7 @@ int BPF_PROG(psc_tcp_state, const struct sock *sk, int oldstate, int newstate)
 			return 0;
 		fresh.key.tgid = owner ? owner->tgid : 0;
 		fresh.key.gen = owner ? owner->gen : 0;
+		fresh.tenant = owner && owner->tenant < tenant_slots ? owner->tenant : 0;
 		fresh.key.direction = PSC_TCP_INBOUND;
 		fresh.key.port = at.port;
 		set_peer(&fresh.key, sk);
@@ -564,7 +575,7 @@ int psc_tcp_sample(struct bpf_iter__bpf_map_elem *ctx)
 	struct psc_tcp_key key;
 	struct tcp_sock *tp;
 	__u64 *id = ctx->key;
-	__u8 folded, gone = 0, stale, established;
+	__u8 folded, tenant, gone = 0, stale, established;
 	__u64 addr;
 	__u32 idx;
 
@@ -599,10 +610,11 @@ int psc_tcp_sample(struct bpf_iter__bpf_map_elem *ctx)
 	/* The entry may belong to another socket as soon as the lock is let go. */
 	key = sock->key;
 	folded = sock->folded;
+	tenant = sock->tenant;
 	bpf_spin_unlock(&sock->lock);
 	if (!established && !gone)
 		return 0;
-	stats = established ? series_of(&key, &folded) : 0;
+	stats = established ? series_of(&key, &folded, tenant) : 0;
 	if (stats && !stale) {
 		/* Atomic here: this runs in process context, and a state change in a
 		 * softirq on this CPU may add to the same per-CPU value at any moment. */

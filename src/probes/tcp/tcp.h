@@ -64,6 +64,8 @@ struct psc_tcp_listener {
 	__u8 seeded;
 	__u8 skipped; /* the owner is in a skipped cgroup (a dropped tenant's) */
 	__u16 gen;
+	__u8 tenant; /* the owner's tenant slot (bpf/tenants.h) */
+	__u8 pad[3];
 };
 
 /* One listening socket: its port, the process that listened on it, and the owner the
