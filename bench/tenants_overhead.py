@@ -5,8 +5,9 @@
    nothing attached (off); the floor (`periscope floor`: empty programs on the syscall
    hooks); Periscope with a rule that drops the loop's tenant (dropped: the BPF
    programs skip it after a cgroup read); the same agent with the loop in a tenant that
-   is kept (traced, with the drop check on every syscall); Periscope without tenant
-   rules (traced, no check). Medians of interleaved rounds.
+   is kept (traced, with the drop check on every syscall, and each tenant's share of
+   the kernel maps on); Periscope without tenant rules (traced, no check). Medians of
+   interleaved rounds.
 2. Memory: the agent's RSS after 1,000 short-lived processes, each in a container
    cgroup of its own (`/docker/<id>`: 1,000 containers' worth of series with container
    labels), against the same 1,000 processes in one plain cgroup, in the same run.
