@@ -633,6 +633,36 @@ fn loop_in_cgroup(cgroup: &HandMadeCgroup, calls: u32) -> u32 {
     pid
 }
 
+/// Tenant rules for the cgroups `*/noisy` and `*/quiet`.
+const NOISY_AND_QUIET: &str = "tenants:\n  rules:\n    - tenant: noisy\n      cgroup_path: \"*/noisy\"\n    - tenant: quiet\n      cgroup_path: \"*/quiet\"\n";
+
+/// Runs getppid loops of 100, 200, ... `noisy_runs` x 100 calls in the noisy cgroup, then
+/// one of 700 in the quiet one. Returns the metrics once both tenants' getppid totals
+/// are in, and the quiet loop's pid.
+fn noisy_then_quiet(
+    agent: &Agent,
+    noisy: &HandMadeCgroup,
+    quiet: &HandMadeCgroup,
+    noisy_runs: u32,
+) -> (Metrics, String) {
+    for n in 1..=noisy_runs {
+        loop_in_cgroup(noisy, n * 100);
+    }
+    let quiet_pid = loop_in_cgroup(quiet, 700).to_string();
+    let noisy_total = f64::from(100 * noisy_runs * (noisy_runs + 1) / 2);
+    let noisy_getppid = [("tenant", "noisy"), ("syscall", "getppid")];
+    let quiet_getppid = [
+        ("tenant", "quiet"),
+        ("syscall", "getppid"),
+        ("process_pid", quiet_pid.as_str()),
+    ];
+    let metrics = eventually(agent, |m| {
+        m.sum("syscalls_total", &noisy_getppid) == noisy_total
+            && m.sum("syscalls_total", &quiet_getppid) == 700.0
+    });
+    (metrics, quiet_pid)
+}
+
 #[test]
 fn each_tenant_has_its_own_series_cap() {
     let _kernel = kernel_lock();
@@ -642,25 +672,16 @@ fn each_tenant_has_its_own_series_cap() {
     let base = format!("/periscope-tenants-{}", std::process::id());
     let noisy = HandMadeCgroup::create(&format!("{base}/noisy"));
     let quiet = HandMadeCgroup::create(&format!("{base}/quiet"));
-    let config = format!(
-        "{CONFIG}tenants:\n  rules:\n    - tenant: noisy\n      cgroup_path: \"*/noisy\"\n    - tenant: quiet\n      cgroup_path: \"*/quiet\"\n  max_series_per_tenant: 30\n"
-    );
+    let config = format!("{CONFIG}{NOISY_AND_QUIET}  max_series_per_tenant: 30\n");
     let agent = Agent::start(&config);
     // Six processes of about fifteen syscalls each: far more series than the cap.
-    for n in 1..=6 {
-        loop_in_cgroup(&noisy, n * 100);
-    }
-    let quiet_pid = loop_in_cgroup(&quiet, 700).to_string();
+    let (metrics, quiet_pid) = noisy_then_quiet(&agent, &noisy, &quiet, 6);
     let noisy_getppid = [("tenant", "noisy"), ("syscall", "getppid")];
     let quiet_getppid = [
         ("tenant", "quiet"),
         ("syscall", "getppid"),
         ("process_pid", quiet_pid.as_str()),
     ];
-    let metrics = eventually(&agent, |m| {
-        m.sum("syscalls_total", &noisy_getppid) == 2100.0
-            && m.sum("syscalls_total", &quiet_getppid) == 700.0
-    });
     // The noisy tenant's totals stay exact, partly in its own overflow series.
     assert_eq!(metrics.sum("syscalls_total", &noisy_getppid), 2100.0);
     let noisy_series = metrics
@@ -698,9 +719,8 @@ fn each_tenant_has_its_own_share_of_the_kernel_maps() {
     let quiet = HandMadeCgroup::create(&format!("{base}/quiet"));
     // 90 entries in the count map, a third per slot; one slot per CPU before it, so
     // that nearly every series reaches the map.
-    let config = format!(
-        "{CONFIG}  syscalls:\n    max_series: 90\n    per_cpu_slots: 1\ntenants:\n  rules:\n    - tenant: noisy\n      cgroup_path: \"*/noisy\"\n    - tenant: quiet\n      cgroup_path: \"*/quiet\"\n"
-    );
+    let config =
+        format!("{CONFIG}  syscalls:\n    max_series: 90\n    per_cpu_slots: 1\n{NOISY_AND_QUIET}");
     let agent = Agent::start(&config);
     let known = [("probe", "syscalls"), ("map", "cgroup_tenants")];
     eventually(&agent, |m| {
@@ -708,20 +728,13 @@ fn each_tenant_has_its_own_share_of_the_kernel_maps() {
     });
     // Eight processes of about fifteen syscalls each: far more than a share. They stay
     // in the map (exited processes are kept for the TTL) while the quiet tenant runs.
-    for n in 1..=8 {
-        loop_in_cgroup(&noisy, n * 100);
-    }
-    let quiet_pid = loop_in_cgroup(&quiet, 700).to_string();
+    let (metrics, quiet_pid) = noisy_then_quiet(&agent, &noisy, &quiet, 8);
     let noisy_getppid = [("tenant", "noisy"), ("syscall", "getppid")];
     let quiet_getppid = [
         ("tenant", "quiet"),
         ("syscall", "getppid"),
         ("process_pid", quiet_pid.as_str()),
     ];
-    let metrics = eventually(&agent, |m| {
-        m.sum("syscalls_total", &noisy_getppid) == 3600.0
-            && m.sum("syscalls_total", &quiet_getppid) == 700.0
-    });
     // The noisy tenant's totals stay exact, partly in its own overflow series, which
     // the kernel filled: the export cap (2,000 series) was never reached.
     assert_eq!(metrics.sum("syscalls_total", &noisy_getppid), 3600.0);
@@ -784,9 +797,7 @@ fn each_tenant_has_its_own_share_of_the_connection_series() {
     let quiet = HandMadeCgroup::create(&format!("{base}/quiet"));
     let port = closing_listener();
     // 30 series in the kernel, ten per slot.
-    let config = format!(
-        "{CONFIG}    max_series: 30\ntenants:\n  rules:\n    - tenant: noisy\n      cgroup_path: \"*/noisy\"\n    - tenant: quiet\n      cgroup_path: \"*/quiet\"\n"
-    );
+    let config = format!("{CONFIG}    max_series: 30\n{NOISY_AND_QUIET}");
     let agent = Agent::start(&config);
     let known = [("probe", "tcp"), ("map", "cgroup_tenants")];
     eventually(&agent, |m| {
