@@ -33,9 +33,11 @@ const volatile __u32 tenant_share[PSC_TENANT_MAPS] = {};
  * it are asked again. */
 __u32 cgroup_tenants_version = 0;
 
+/* Written by user space only, so allocated as it fills rather than up front. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 4096);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, 65536);
 	__type(key, __u64);
 	__type(value, __u32);
 } cgroup_tenants SEC(".maps");
@@ -94,7 +96,23 @@ static __always_inline __u64 psc_task_cgroup_id(struct task_struct *task)
 	return cgroups->dfl_cgrp->kn->id;
 }
 
-/* The tenant of the task's cgroup: a slot, or PSC_TENANT_DROPPED. */
+/* The tenant of a cgroup: a slot, or PSC_TENANT_DROPPED. Without the per-CPU cache, for
+ * programs that may interrupt one another on a CPU (softirqs). */
+static __always_inline __u32 psc_cgroup_tenant_of(__u64 id)
+{
+	__u32 *tenant = bpf_map_lookup_elem(&cgroup_tenants, &id);
+
+	return tenant ? *tenant : 0;
+}
+
+/* The slot a tenant's new keys count in: 0 without shares, or for a dropped tenant. */
+static __always_inline __u32 psc_tenant_slot_of(__u32 tenant)
+{
+	return tenant_slots > 1 && tenant < tenant_slots ? tenant : 0;
+}
+
+/* The tenant of the task's cgroup: a slot, or PSC_TENANT_DROPPED. Process context only:
+ * the per-CPU cache is not safe against a softirq's program on the same CPU. */
 static __always_inline __u32 psc_cgroup_tenant(struct task_struct *task)
 {
 	struct psc_cgroup_verdict *verdict;
@@ -123,12 +141,9 @@ static __always_inline int psc_cgroup_skipped(struct task_struct *task)
 /* The slot whose share a new key of the task counts in: 0 without shares. */
 static __always_inline __u32 psc_tenant_slot(struct task_struct *task)
 {
-	__u32 tenant;
-
 	if (tenant_slots <= 1)
 		return 0;
-	tenant = psc_cgroup_tenant(task);
-	return tenant < tenant_slots ? tenant : 0;
+	return psc_tenant_slot_of(psc_cgroup_tenant(task));
 }
 
 /*

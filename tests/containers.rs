@@ -849,6 +849,100 @@ fn each_tenant_has_its_own_share_of_the_connection_series() {
     }
 }
 
+/// A process that listens on `ports` loopback ports, accepting and closing every
+/// connection until dropped.
+struct Listeners {
+    child: std::process::Child,
+    ports: Vec<u16>,
+}
+
+impl Listeners {
+    fn start_in(cgroup: &HandMadeCgroup, ports: usize) -> Listeners {
+        let script = r#"
+import select, socket, sys
+servers = []
+for _ in range(int(sys.argv[1])):
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    servers.append(server)
+print(" ".join(str(s.getsockname()[1]) for s in servers), flush=True)
+while True:
+    ready, _, _ = select.select(servers, [], [])
+    for server in ready:
+        server.accept()[0].close()
+"#;
+        let mut command = Command::new("python3");
+        command
+            .args(["-c", script, &ports.to_string()])
+            .stdout(Stdio::piped());
+        cgroup.enter_before_exec(&mut command);
+        let mut child = command.spawn().expect("python3");
+        let mut line = String::new();
+        if let Some(stdout) = child.stdout.take() {
+            let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line);
+        }
+        let ports = line
+            .split_whitespace()
+            .filter_map(|port| port.parse().ok())
+            .collect();
+        Listeners { child, ports }
+    }
+}
+
+impl Drop for Listeners {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A server that was listening before the agent started (its listeners are found in
+/// /proc) and before the agent knew its cgroup: its accepted connections still count in
+/// its tenant's share, which the kernel asks at each accept.
+#[test]
+fn accepted_connections_count_in_the_listeners_tenants_share() {
+    let _kernel = kernel_lock();
+    if !have_root("accepted_connections_count_in_the_listeners_tenants_share") {
+        return;
+    }
+    let base = format!("/periscope-listener-shares-{}", std::process::id());
+    let noisy = HandMadeCgroup::create(&format!("{base}/noisy"));
+    let _quiet = HandMadeCgroup::create(&format!("{base}/quiet"));
+    let server = Listeners::start_in(&noisy, 12);
+    assert_eq!(server.ports.len(), 12, "the server's ports");
+    let config = format!("{CONFIG}    max_series: 30\n{NOISY_AND_QUIET}");
+    let agent = Agent::start(&config);
+    let known = [("probe", "tcp"), ("map", "cgroup_tenants")];
+    eventually(&agent, |m| {
+        m.sum("periscope_bpf_map_entries", &known) == 2.0
+    });
+    // A series per port: two more than the share of ten.
+    for port in &server.ports {
+        drop(std::net::TcpStream::connect(("127.0.0.1", *port)).expect("connect"));
+    }
+    let noisy_in = [("tenant", "noisy"), ("direction", "inbound")];
+    let metrics = eventually(&agent, |m| {
+        m.sum("tcp_connections_opened_total", &noisy_in) == 12.0
+    });
+    let own: Vec<_> = metrics
+        .find("tcp_connections_opened_total", &noisy_in)
+        .filter(|(_, labels, _)| labels.contains_key("process_pid"))
+        .collect();
+    assert_eq!(own.len(), 10, "{own:?}");
+    let overflow = [
+        ("tenant", "noisy"),
+        ("direction", "inbound"),
+        ("process_executable_name", "__overflow__"),
+    ];
+    assert_eq!(metrics.sum("tcp_connections_opened_total", &overflow), 2.0);
+    let refused = [("probe", "tcp"), ("map", "series"), ("tenant", "noisy")];
+    assert_eq!(
+        metrics.one("periscope_tenant_share_folded_total", &refused),
+        2.0
+    );
+}
+
 #[test]
 fn a_dropped_tenant_produces_no_series() {
     let _kernel = kernel_lock();

@@ -273,8 +273,8 @@ mod tests {
                 ("process_executable_name", "loop".into()),
                 ("service_name", "loop".into()),
                 ("container_id", format!("c{pid}")),
-                ("syscall", "getppid".into()),
                 ("tenant", tenant.into()),
+                ("syscall", "getppid".into()),
             ],
             value: Value::Counter(value),
             created: None,
@@ -315,8 +315,8 @@ mod tests {
             vec![
                 ("process_executable_name", OVERFLOW.to_string()),
                 ("service_name", OVERFLOW.to_string()),
-                ("syscall", "getppid".to_string()),
                 ("tenant", "a".to_string()),
+                ("syscall", "getppid".to_string()),
             ]
         );
         assert!(matches!(overflow[0].value, Value::Counter(v) if v == 7.0));
@@ -361,12 +361,15 @@ mod tests {
         let mut family = Family::new("syscalls", "", MetricKind::Counter);
         family.series.push(series(1, "a", 1.0));
         family.series.push(series(2, "a", 2.0));
-        let kernel_overflow = vec![
-            ("process_executable_name", OVERFLOW.to_string()),
-            ("service_name", OVERFLOW.to_string()),
-            ("syscall", "getppid".to_string()),
-            ("tenant", "a".to_string()),
-        ];
+        // As a probe labels it: process labels of the tenant's overflow owner, then its own.
+        let workloads = crate::enrich::Workloads::start(
+            &serde_yaml::from_str("enabled: true\ndocker_socket: \"\"\nkubelet_url: \"\"\n")
+                .expect("workloads"),
+            &config(1),
+        );
+        let mut kernel_overflow =
+            workloads.process_labels(None, OVERFLOW, &crate::enrich::Workload::of_tenant("a"));
+        kernel_overflow.push(("syscall", "getppid".to_string()));
         family.series.push(Series {
             labels: kernel_overflow.clone(),
             value: Value::Counter(40.0),

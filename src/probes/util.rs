@@ -187,7 +187,8 @@ pub struct CgroupTenants {
 }
 
 impl CgroupTenants {
-    /// Makes `map` hold `cgroups` (sorted by id), as far as it fits. True when it
+    /// Makes `map` hold `cgroups` (sorted by id), as far as it fits: dropped tenants'
+    /// first, as a refused one costs most (its processes are traced). True when it
     /// changed: the caller then bumps the programs' `cgroup_tenants_version`.
     pub fn replace<M: MapCore>(&mut self, map: &M, cgroups: &[(u64, u32)]) -> bool {
         if self.current == cgroups {
@@ -199,12 +200,18 @@ impl CgroupTenants {
             }
         }
         let mut now = Vec::with_capacity(cgroups.len());
-        for (id, slot) in cgroups {
+        let dropped = |slot: &u32| *slot == crate::enrich::tenant::DROPPED_SLOT;
+        let in_order = cgroups
+            .iter()
+            .filter(|(_, slot)| dropped(slot))
+            .chain(cgroups.iter().filter(|(_, slot)| !dropped(slot)));
+        for (id, slot) in in_order {
             match map.update(&id.to_ne_bytes(), &slot.to_ne_bytes(), MapFlags::ANY) {
                 Ok(()) => now.push((*id, *slot)),
                 Err(_) => self.refused += 1,
             }
         }
+        now.sort_unstable();
         self.current = now;
         true
     }

@@ -555,14 +555,18 @@ impl SyscallsProbe {
             .after_read(&self.skel.maps.tenant_base, &entries);
     }
 
-    /// Whether anything went to the overflow series of `map` (FOLDED_SLOTS index
-    /// `folded_slot`), because the map or a tenant's share of it was full.
-    fn overflowed(&self, folded_slot: u32, share: Share) -> bool {
-        self.folded_count(folded_slot) > 0
-            || !self
-                .shares
-                .folded(&self.skel.maps.tenant_folded, share.0)
-                .is_empty()
+    /// The tenant slots whose overflow series of `map` (FOLDED_SLOTS index
+    /// `folded_slot`) may hold something: every slot once the map itself was full,
+    /// else those whose share was. Reading a slot's costs a lookup per syscall.
+    fn overflowed(&self, folded_slot: u32, share: Share) -> Vec<u32> {
+        if self.folded_count(folded_slot) > 0 {
+            return (0..self.tenant_slots.count()).collect();
+        }
+        self.shares
+            .folded(&self.skel.maps.tenant_folded, share.0)
+            .into_iter()
+            .map(|(slot, _)| slot)
+            .collect()
     }
 
     /// The owner of a tenant slot's overflow series.
@@ -583,20 +587,16 @@ impl SyscallsProbe {
     /// as they are 512 lookups per slot and map.
     fn read_overflow(&self, acc: &mut Accumulated) {
         let maps = &self.skel.maps;
-        let slots = self.tenant_slots.count();
-        if self.overflowed(0, Share::PSC_SHARE_COUNTS) {
-            for slot in 0..slots {
-                let owner = self.overflow_owner(slot);
-                for nr in 0..MAX_SYSCALLS {
-                    let count =
-                        util::percpu_array_u64(&maps.overflow_counts, slot * MAX_SYSCALLS + nr);
-                    if count > 0 {
-                        *acc.counts.entry((owner.clone(), nr)).or_default() += count;
-                    }
+        for slot in self.overflowed(0, Share::PSC_SHARE_COUNTS) {
+            let owner = self.overflow_owner(slot);
+            for nr in 0..MAX_SYSCALLS {
+                let count = util::percpu_array_u64(&maps.overflow_counts, slot * MAX_SYSCALLS + nr);
+                if count > 0 {
+                    *acc.counts.entry((owner.clone(), nr)).or_default() += count;
                 }
             }
         }
-        if self.overflowed(1, Share::PSC_SHARE_ERRORS) {
+        if !self.overflowed(1, Share::PSC_SHARE_ERRORS).is_empty() {
             for (key, values) in util::read_percpu(&maps.overflow_errors) {
                 if let Some(k) = decode::<types::psc_syscall_nr_err>(&key) {
                     let owner = self.overflow_owner(u32::from(k.tenant));
@@ -606,13 +606,11 @@ impl SyscallsProbe {
                 }
             }
             if self.folded_count(3) > 0 {
-                for slot in 0..slots {
+                for slot in 0..self.tenant_slots.count() {
                     let owner = self.overflow_owner(slot);
                     for nr in 0..MAX_SYSCALLS {
-                        let count = util::percpu_array_u64(
-                            &maps.overflow_errors_any,
-                            slot * MAX_SYSCALLS + nr,
-                        );
+                        let idx = slot * MAX_SYSCALLS + nr;
+                        let count = util::percpu_array_u64(&maps.overflow_errors_any, idx);
                         if count > 0 {
                             *acc.errors.entry((owner.clone(), nr, 0)).or_default() += count;
                         }
@@ -620,24 +618,22 @@ impl SyscallsProbe {
                 }
             }
         }
-        if self.overflowed(2, Share::PSC_SHARE_LATENCY) {
-            let timed = self.timed.len() as u32;
-            for slot in 0..slots {
-                let owner = self.overflow_owner(slot);
-                for (index, nr) in self.timed.iter().enumerate() {
-                    let idx = slot * timed + index as u32;
-                    let hist = maps
-                        .overflow_latency
-                        .lookup(&idx.to_ne_bytes(), MapFlags::ANY)
-                        .ok()
-                        .flatten()
-                        .and_then(|bytes| decode_hist(&bytes));
-                    if let Some(hist) = hist.filter(|h| !h.is_empty()) {
-                        acc.latency
-                            .entry((owner.clone(), *nr))
-                            .or_default()
-                            .merge(&hist);
-                    }
+        let timed = self.timed.len() as u32;
+        for slot in self.overflowed(2, Share::PSC_SHARE_LATENCY) {
+            let owner = self.overflow_owner(slot);
+            for (index, nr) in self.timed.iter().enumerate() {
+                let idx = slot * timed + index as u32;
+                let hist = maps
+                    .overflow_latency
+                    .lookup(&idx.to_ne_bytes(), MapFlags::ANY)
+                    .ok()
+                    .flatten()
+                    .and_then(|bytes| decode_hist(&bytes));
+                if let Some(hist) = hist.filter(|h| !h.is_empty()) {
+                    acc.latency
+                        .entry((owner.clone(), *nr))
+                        .or_default()
+                        .merge(&hist);
                 }
             }
         }

@@ -379,6 +379,10 @@ impl TcpProbe {
                 }
             }
         }
+        // Their cgroups give their tenants at each accept, as for listeners seen later.
+        let cgroup_root = std::fs::read_to_string("/proc/self/mountinfo")
+            .ok()
+            .and_then(|text| crate::enrich::cgroup::unified_mount(&text));
         let mut seeded = 0;
         for ((netns, port), pid) in found {
             let key = types::psc_tcp_listener_key {
@@ -392,6 +396,10 @@ impl TcpProbe {
                 continue;
             };
             let value = types::psc_tcp_listener {
+                cgroup: cgroup_root
+                    .as_deref()
+                    .and_then(|root| crate::enrich::cgroup::cgroup_id_of_pid(root, pid))
+                    .unwrap_or(0),
                 tgid: pid,
                 gen,
                 seeded: 1,
@@ -542,10 +550,11 @@ impl TcpProbe {
                 self.expired_series += 1;
             } else {
                 if self.shares.enabled() {
+                    // A dropped tenant's series (made before the kernel knew its
+                    // cgroup) took a place among those of no tenant.
                     let slot = self.processes.workloads().tenant_slot(&series.workload) as usize;
-                    if let Some(maps) = share_entries.get_mut(slot) {
-                        maps[0] += 1;
-                    }
+                    let slot = if slot < share_entries.len() { slot } else { 0 };
+                    share_entries[slot][0] += 1;
                 }
                 if expired.contains(&process) {
                     // Exited, but a connection it opened is still open (a child has it,

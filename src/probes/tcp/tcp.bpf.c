@@ -279,15 +279,15 @@ static __always_inline void listener_opened(const struct sock *sk)
 	struct task_struct *task = bpf_get_current_task_btf();
 	__u32 tgid = task->tgid;
 	__u16 gen = psc_generation(task);
-	struct psc_tcp_listener fresh = { .tgid = tgid, .gen = gen, .sockets = 1 };
+	struct psc_tcp_listener fresh = {
+		.cgroup = psc_task_cgroup_id(task), .tgid = tgid, .gen = gen, .sockets = 1
+	};
 	__u8 skipped = filter_cgroups && psc_cgroup_skipped(task);
 	struct psc_tcp_listening socket = { .tgid = tgid, .gen = gen };
 	struct psc_tcp_listener *known;
 	__u64 id = (__u64)sk;
 	long err;
 
-	fresh.skipped = skipped;
-	fresh.tenant = psc_tenant_slot(task);
 	if (!skipped)
 		record_process(tgid, gen);
 	listener_key_of(sk, &socket.key);
@@ -316,11 +316,11 @@ static __always_inline void listener_opened(const struct sock *sk)
 	 * beside the old one); its close gives it back. */
 	socket.previous_tgid = known->tgid;
 	socket.previous_gen = known->gen;
+	socket.previous_cgroup = known->cgroup;
 	bpf_map_update_elem(&listening, &id, &socket, BPF_EXIST);
 	known->tgid = tgid;
 	known->gen = gen;
-	known->skipped = skipped;
-	known->tenant = fresh.tenant;
+	known->cgroup = fresh.cgroup;
 	__sync_fetch_and_add(&known->sockets, 1);
 }
 
@@ -339,6 +339,7 @@ static __always_inline void listener_closed(const struct sock *sk)
 		    socket->previous_tgid) {
 			known->tgid = socket->previous_tgid;
 			known->gen = socket->previous_gen;
+			known->cgroup = socket->previous_cgroup;
 		}
 		__sync_fetch_and_add(&known->sockets, -1);
 		if ((__s32)known->sockets <= 0 && !known->seeded &&
@@ -488,11 +489,17 @@ int BPF_PROG(psc_tcp_state, const struct sock *sk, int oldstate, int newstate)
 
 		listener_key_of(sk, &at);
 		owner = bpf_map_lookup_elem(&listeners, &at);
-		if (owner && owner->skipped)
-			return 0;
+		/* The owner's tenant now, not at its listen(): this runs in a softirq, and
+		 * the owner's cgroup may have become known since. */
+		if (owner && (filter_cgroups || tenant_slots > 1)) {
+			__u32 tenant = psc_cgroup_tenant_of(owner->cgroup);
+
+			if (filter_cgroups && tenant == PSC_TENANT_DROPPED)
+				return 0;
+			fresh.tenant = psc_tenant_slot_of(tenant);
+		}
 		fresh.key.tgid = owner ? owner->tgid : 0;
 		fresh.key.gen = owner ? owner->gen : 0;
-		fresh.tenant = owner && owner->tenant < tenant_slots ? owner->tenant : 0;
 		fresh.key.direction = PSC_TCP_INBOUND;
 		fresh.key.port = at.port;
 		set_peer(&fresh.key, sk);

@@ -57,15 +57,15 @@ struct psc_tcp_listener_key {
 /* The process that owns a listening port: the last one to listen there. `sockets`
  * counts its listening sockets (SO_REUSEPORT, or a listen() that fails on a taken port,
  * add one each for a while); a listener found in /proc at start is `seeded`, with no
- * count, and is kept: its close is not seen. */
+ * count, and is kept: its close is not seen. Its cgroup gives, at each accept, its
+ * tenant (bpf/tenants.h): a listener often starts before the agent knows its cgroup. */
 struct psc_tcp_listener {
+	__u64 cgroup;
 	__u32 tgid;
 	__u32 sockets;
-	__u8 seeded;
-	__u8 skipped; /* the owner is in a skipped cgroup (a dropped tenant's) */
 	__u16 gen;
-	__u8 tenant; /* the owner's tenant slot (bpf/tenants.h) */
-	__u8 pad[3];
+	__u8 seeded;
+	__u8 pad[5];
 };
 
 /* One listening socket: its port, the process that listened on it, and the owner the
@@ -76,6 +76,8 @@ struct psc_tcp_listening {
 	__u32 previous_tgid;
 	__u16 gen;
 	__u16 previous_gen;
+	__u32 pad;
+	__u64 previous_cgroup;
 };
 
 enum psc_tcp_counter {
