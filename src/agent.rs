@@ -26,7 +26,7 @@ use crate::model::Family;
 use crate::probes::{Probe, BUILT_IN};
 use crate::selfmetrics::{self, AgentHealth, ExporterHealth, ProbeHealth, SpanHealth};
 
-/// How often the cgroups of dropped tenants are looked for again.
+/// How often the tenants' cgroups are looked for again.
 const CGROUP_TENANTS_REFRESH: Duration = Duration::from_secs(2);
 /// Cgroups looked at in one search, at most.
 const MAX_CGROUPS_WALKED: usize = 65536;

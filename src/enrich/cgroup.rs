@@ -244,8 +244,6 @@ impl CgroupPaths {
     }
 }
 
-/// Every cgroup under `root` (a v2 mount): its id (the directory's inode number) and
-/// its path relative to the root (`/` for the root itself), at most `limit` of them.
 /// The cgroup v2 id of a live process: the inode of its cgroup's directory under
 /// `root`, the v2 mount. None when it cannot be read, or from inside a cgroup namespace
 /// that hides the process's cgroup.
@@ -256,6 +254,8 @@ pub fn cgroup_id_of_pid(root: &Path, pid: u32) -> Option<u64> {
     std::fs::metadata(dir).ok().map(|meta| meta.ino())
 }
 
+/// Every cgroup under `root` (a v2 mount): its id (the directory's inode number) and
+/// its path relative to the root (`/` for the root itself), at most `limit` of them.
 pub fn walk(root: &Path, limit: usize) -> Vec<(u64, String)> {
     walk_bounded(root, limit).0
 }
