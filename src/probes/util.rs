@@ -236,6 +236,8 @@ pub const TENANT_MAPS: u32 = 4;
 pub struct TenantShares {
     slots: u32,
     added_before_read: Vec<i64>,
+    /// `tenant_folded` as of the last `read_folded`, by slot and map.
+    folded: Vec<[u64; TENANT_MAPS as usize]>,
 }
 
 impl TenantShares {
@@ -244,6 +246,7 @@ impl TenantShares {
         TenantShares {
             slots,
             added_before_read: Vec::new(),
+            folded: Vec::new(),
         }
     }
 
@@ -285,13 +288,28 @@ impl TenantShares {
         }
     }
 
-    /// New keys each slot's full share of `map` refused, by slot.
-    pub fn folded<M: MapCore>(&self, folded: &M, map: u32) -> Vec<(u32, u64)> {
+    /// Reads the program's `tenant_folded`: once per collection.
+    pub fn read_folded<M: MapCore>(&mut self, folded: &M) {
         if !self.enabled() {
-            return Vec::new();
+            return;
         }
+        self.folded = (0..self.slots)
+            .map(|slot| {
+                let mut maps = [0; TENANT_MAPS as usize];
+                for (map, count) in maps.iter_mut().enumerate() {
+                    *count = percpu_array_u64(folded, slot * TENANT_MAPS + map as u32);
+                }
+                maps
+            })
+            .collect();
+    }
+
+    /// Updates each slot's full share of `map` refused, as of the last `read_folded`:
+    /// the slots that refused any.
+    pub fn folded(&self, map: u32) -> Vec<(u32, u64)> {
         (0..self.slots)
-            .map(|slot| (slot, percpu_array_u64(folded, slot * TENANT_MAPS + map)))
+            .zip(&self.folded)
+            .map(|(slot, maps)| (slot, maps.get(map as usize).copied().unwrap_or(0)))
             .filter(|(_, count)| *count > 0)
             .collect()
     }

@@ -20,7 +20,6 @@ use tracing::{debug, info, warn};
 use super::util::{self, plain_bytes, MapFill, ProbeError};
 use super::{Probe, ProbeSpec};
 use crate::config::{Config, SamplingMode};
-use crate::enrich::tenant::TenantSlots;
 use crate::enrich::workload::RecordedCgroup;
 use crate::enrich::{ProcessTable, Workload, Workloads};
 use crate::kernel::duty::DutyCycle;
@@ -139,7 +138,6 @@ pub struct SyscallsProbe {
     series_created: HashMap<Owner, SystemTime>,
     fill: Vec<MapFill>,
     cgroups: util::CgroupTenants,
-    tenant_slots: TenantSlots,
     shares: util::TenantShares,
 }
 
@@ -194,8 +192,7 @@ impl SyscallsProbe {
         rodata.filter_by_tgid = u8::from(!settings.include_pids.is_empty());
         rodata.filter_by_comm = u8::from(!settings.include_executables.is_empty());
         rodata.filter_cgroups = u8::from(config.tenants.rules.iter().any(|rule| rule.drop));
-        let tenant_slots = workloads.tenant_slots().clone();
-        let slots = tenant_slots.count();
+        let slots = workloads.tenant_slots().count();
         rodata.tenant_slots = slots;
         let caps = [
             settings.max_series.get(),
@@ -293,7 +290,6 @@ impl SyscallsProbe {
             fill: Vec::new(),
             cgroups: util::CgroupTenants::default(),
             shares: util::TenantShares::new(slots),
-            tenant_slots,
         };
         if attach {
             probe.exit_link = Some(
@@ -560,19 +556,26 @@ impl SyscallsProbe {
     /// else those whose share was. Reading a slot's costs a lookup per syscall.
     fn overflowed(&self, folded_slot: u32, share: Share) -> Vec<u32> {
         if self.folded_count(folded_slot) > 0 {
-            return (0..self.tenant_slots.count()).collect();
+            return (0..self.slot_count()).collect();
         }
         self.shares
-            .folded(&self.skel.maps.tenant_folded, share.0)
+            .folded(share.0)
             .into_iter()
             .map(|(slot, _)| slot)
             .collect()
     }
 
+    /// Tenant slots, slot 0 (no tenant) included.
+    fn slot_count(&self) -> u32 {
+        self.processes.workloads().tenant_slots().count()
+    }
+
     /// The owner of a tenant slot's overflow series.
     fn overflow_owner(&self, slot: u32) -> Owner {
         let workload = self
-            .tenant_slots
+            .processes
+            .workloads()
+            .tenant_slots()
             .name_of(slot)
             .map(Workload::of_tenant)
             .unwrap_or_default();
@@ -606,7 +609,7 @@ impl SyscallsProbe {
                 }
             }
             if self.folded_count(3) > 0 {
-                for slot in 0..self.tenant_slots.count() {
+                for slot in 0..self.slot_count() {
                     let owner = self.overflow_owner(slot);
                     for nr in 0..MAX_SYSCALLS {
                         let idx = slot * MAX_SYSCALLS + nr;
@@ -766,6 +769,7 @@ impl Probe for SyscallsProbe {
         }
         self.expire(now, &mut reading);
         self.count_shares(&reading);
+        self.shares.read_folded(&self.skel.maps.tenant_folded);
 
         let mut acc = Accumulated::default();
         let mut first_seen: HashMap<Owner, SystemTime> = HashMap::new();
@@ -951,8 +955,13 @@ impl Probe for SyscallsProbe {
     fn tenant_folded(&self) -> Vec<(&'static str, Option<String>, u64)> {
         let mut folded = Vec::new();
         for (name, map) in SHARED_MAPS {
-            for (slot, count) in self.shares.folded(&self.skel.maps.tenant_folded, map.0) {
-                let tenant = self.tenant_slots.name_of(slot).map(str::to_string);
+            for (slot, count) in self.shares.folded(map.0) {
+                let tenant = self
+                    .processes
+                    .workloads()
+                    .tenant_slots()
+                    .name_of(slot)
+                    .map(str::to_string);
                 folded.push((name, tenant, count));
             }
         }

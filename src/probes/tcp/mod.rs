@@ -13,7 +13,6 @@ use libbpf_rs::{Link, MapCore, MapFlags};
 use super::util::{self, MapFill, ProbeError};
 use super::{Probe, ProbeSpec};
 use crate::config::Config;
-use crate::enrich::tenant::TenantSlots;
 use crate::enrich::{ProcessTable, Workload, Workloads};
 use crate::kernel::KernelFeatures;
 use crate::model::{ClassicHistogram, Family, Labels, MetricKind, Value, OVERFLOW};
@@ -219,7 +218,6 @@ pub struct TcpProbe {
     /// (processes.max_exited_executables); beyond, the overflow executable.
     max_exited: usize,
     cgroups: util::CgroupTenants,
-    tenant_slots: TenantSlots,
     shares: util::TenantShares,
 }
 
@@ -239,8 +237,7 @@ impl TcpProbe {
             .tcp_socks
             .set_max_entries(settings.max_connections.get())
             .map_err(ProbeError::bpf("setting the connection cap"))?;
-        let tenant_slots = workloads.tenant_slots().clone();
-        let slots = tenant_slots.count();
+        let slots = workloads.tenant_slots().count();
         open.maps
             .overflow
             .set_max_entries(slots * 2)
@@ -279,7 +276,6 @@ impl TcpProbe {
             fill: Vec::new(),
             cgroups: util::CgroupTenants::default(),
             shares: util::TenantShares::new(slots),
-            tenant_slots,
             sampler: None,
             sample_interval: (settings.sample_interval_secs > 0)
                 .then(|| Duration::from_secs(settings.sample_interval_secs)),
@@ -592,7 +588,9 @@ impl TcpProbe {
         self.shares
             .after_read(&self.skel.maps.tenant_base, &share_entries);
         // The overflow series, per tenant slot (0: no tenant) and direction.
-        for tenant_slot in 0..self.tenant_slots.count() {
+        self.shares.read_folded(&self.skel.maps.tenant_folded);
+        let tenant_slots = self.processes.workloads().tenant_slots();
+        for tenant_slot in 0..tenant_slots.count() {
             for (direction, inbound) in [(0u32, false), (1u32, true)] {
                 let idx = tenant_slot * 2 + direction;
                 let Ok(Some(values)) = self
@@ -605,8 +603,7 @@ impl TcpProbe {
                 };
                 let stats = Stats::from_percpu(&values);
                 if stats.opened > 0 || stats.failures.iter().any(|f| *f > 0) || stats.active != 0 {
-                    let workload = self
-                        .tenant_slots
+                    let workload = tenant_slots
                         .name_of(tenant_slot)
                         .map(Workload::of_tenant)
                         .unwrap_or_default();
@@ -855,11 +852,12 @@ impl Probe for TcpProbe {
     }
 
     fn tenant_folded(&self) -> Vec<(&'static str, Option<String>, u64)> {
+        let tenant_slots = self.processes.workloads().tenant_slots();
         self.shares
-            .folded(&self.skel.maps.tenant_folded, 0)
+            .folded(0)
             .into_iter()
             .map(|(slot, count)| {
-                let tenant = self.tenant_slots.name_of(slot).map(str::to_string);
+                let tenant = tenant_slots.name_of(slot).map(str::to_string);
                 ("series", tenant, count)
             })
             .collect()
