@@ -188,11 +188,17 @@ pub struct CgroupTenants {
 
 impl CgroupTenants {
     /// Makes `map` hold `cgroups` (sorted by id), as far as it fits: dropped tenants'
-    /// first, as a refused one costs most (its processes are traced). True when it
-    /// changed: the caller then bumps the programs' `cgroup_tenants_version`.
-    pub fn replace<M: MapCore>(&mut self, map: &M, cgroups: &[(u64, u32)]) -> bool {
+    /// first, as a refused one costs most (its processes are traced). When it changed,
+    /// bumps the program's `cgroup_tenants_version` (`version`), so that cached
+    /// verdicts are asked again.
+    pub fn replace<M: MapCore>(
+        &mut self,
+        map: &M,
+        version: Option<&mut u32>,
+        cgroups: &[(u64, u32)],
+    ) {
         if self.current == cgroups {
-            return false;
+            return;
         }
         for (id, _) in &self.current {
             if cgroups.binary_search_by_key(id, |(id, _)| *id).is_err() {
@@ -213,7 +219,9 @@ impl CgroupTenants {
         }
         now.sort_unstable();
         self.current = now;
-        true
+        if let Some(version) = version {
+            *version = version.wrapping_add(1);
+        }
     }
 
     pub fn fill<M: MapCore>(&self, map: &M) -> MapFill {

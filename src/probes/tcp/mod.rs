@@ -841,14 +841,12 @@ impl Probe for TcpProbe {
     }
 
     fn set_cgroup_tenants(&mut self, cgroups: &[(u64, u32)]) {
-        if self
-            .cgroups
-            .replace(&self.skel.maps.cgroup_tenants, cgroups)
-        {
-            if let Some(bss) = self.skel.maps.bss_data.as_deref_mut() {
-                bss.cgroup_tenants_version = bss.cgroup_tenants_version.wrapping_add(1);
-            }
-        }
+        let maps = &mut self.skel.maps;
+        let version = maps
+            .bss_data
+            .as_deref_mut()
+            .map(|bss| &mut bss.cgroup_tenants_version);
+        self.cgroups.replace(&maps.cgroup_tenants, version, cgroups);
     }
 
     fn tenant_folded(&self) -> Vec<(&'static str, Option<String>, u64)> {
