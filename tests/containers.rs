@@ -382,14 +382,20 @@ fn a_containerd_pod_container_gets_its_pod_names_from_the_kubelet() {
         kubelet.port
     );
     let agent = Agent::start(&config);
+    assert_pod_names_from_the_kubelet(&agent, &id, 2468);
+}
+
+/// Runs `calls` getppid calls in a containerd container `id` of the pod the fake kubelet
+/// serves, and checks they carry the pod's names, with no failed lookup.
+fn assert_pod_names_from_the_kubelet(agent: &Agent, id: &str, calls: u32) {
     let mut container = CtrContainer::start(
-        &id,
+        id,
         &format!("/kubepods/burstable/pod{POD_UID}/{id}"),
-        "getppid_loop 2468 >/dev/null; echo done; sleep 600",
+        &format!("getppid_loop {calls} >/dev/null; echo done; sleep 600"),
     );
     container.wait_line("done");
     let want = [
-        ("container_id", id.as_str()),
+        ("container_id", id),
         ("container_name", "payments"),
         ("k8s_namespace_name", "shop"),
         ("k8s_pod_name", "checkout-7d4b9"),
@@ -398,8 +404,9 @@ fn a_containerd_pod_container_gets_its_pod_names_from_the_kubelet() {
         ("process_executable_name", "getppid_loop"),
         ("syscall", "getppid"),
     ];
-    let metrics = eventually(&agent, |m| m.sum("syscalls_total", &want) == 2468.0);
-    assert_eq!(metrics.one("syscalls_total", &want), 2468.0);
+    let calls = f64::from(calls);
+    let metrics = eventually(agent, |m| m.sum("syscalls_total", &want) == calls);
+    assert_eq!(metrics.one("syscalls_total", &want), calls);
     assert_eq!(
         metrics.one(
             "periscope_workload_lookups_total",
@@ -1015,6 +1022,19 @@ fn a_systemd_services_processes_are_named_by_their_service() {
     }
 }
 
+/// A self-signed certificate for 127.0.0.1, valid for a day, and its key.
+fn self_signed(cert: &Path, key: &Path, subject: &str) {
+    run(Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args(["-subj", subject, "-addext", "subjectAltName=IP:127.0.0.1"])
+        .arg("-keyout")
+        .arg(key)
+        .arg("-out")
+        .arg(cert));
+}
+
 #[test]
 fn pod_names_come_from_a_kubelet_over_https_with_a_token() {
     let _kernel = kernel_lock();
@@ -1027,14 +1047,7 @@ fn pod_names_come_from_a_kubelet_over_https_with_a_token() {
     let path = |name: &str| dir.path().join(name);
     let (ca, ca_key) = (path("ca.pem"), path("ca.key"));
     let (cert, key, csr) = (path("cert.pem"), path("key.pem"), path("kubelet.csr"));
-    run(Command::new("openssl")
-        .args([
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-        ])
-        .args(["-subj", "/CN=periscope-test-ca", "-keyout"])
-        .arg(&ca_key)
-        .arg("-out")
-        .arg(&ca));
+    self_signed(&ca, &ca_key, "/CN=periscope-test-ca");
     run(Command::new("openssl")
         .args([
             "req",
@@ -1082,29 +1095,7 @@ fn pod_names_come_from_a_kubelet_over_https_with_a_token() {
     );
     let address = format!("127.0.0.1:{}", kubelet.port);
     let agent = Agent::start_with_env(&config, &[("PERISCOPE_TEST_KUBELET", address.as_str())]);
-    let mut container = CtrContainer::start(
-        &id,
-        &format!("/kubepods/burstable/pod{POD_UID}/{id}"),
-        "getppid_loop 1111 >/dev/null; echo done; sleep 600",
-    );
-    container.wait_line("done");
-    let want = [
-        ("container_id", id.as_str()),
-        ("k8s_namespace_name", "shop"),
-        ("k8s_pod_name", "checkout-7d4b9"),
-        ("k8s_container_name", "payments"),
-        ("process_executable_name", "getppid_loop"),
-        ("syscall", "getppid"),
-    ];
-    let metrics = eventually(&agent, |m| m.sum("syscalls_total", &want) == 1111.0);
-    assert_eq!(metrics.one("syscalls_total", &want), 1111.0);
-    assert_eq!(
-        metrics.one(
-            "periscope_workload_lookups_total",
-            &[("source", "kubelet"), ("outcome", "failure")]
-        ),
-        0.0
-    );
+    assert_pod_names_from_the_kubelet(&agent, &id, 1111);
 }
 
 #[test]
@@ -1120,20 +1111,8 @@ fn the_kubelets_certificate_is_checked_unless_told_not_to() {
     // is given another CA.
     let (cert, key) = (path("kubelet.pem"), path("kubelet.key"));
     let (other_ca, other_key) = (path("other-ca.pem"), path("other-ca.key"));
-    for (out, key, subject) in [
-        (&cert, &key, "/CN=127.0.0.1"),
-        (&other_ca, &other_key, "/CN=another-ca"),
-    ] {
-        run(Command::new("openssl")
-            .args([
-                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-            ])
-            .args(["-subj", subject, "-addext", "subjectAltName=IP:127.0.0.1"])
-            .arg("-keyout")
-            .arg(key)
-            .arg("-out")
-            .arg(out));
-    }
+    self_signed(&cert, &key, "/CN=127.0.0.1");
+    self_signed(&other_ca, &other_key, "/CN=another-ca");
     let token_file = dir.write("token", "t0ken\n");
     let id = container_id(std::process::id() + 3);
     let kubelet = FakeKubelet::start_with(
