@@ -23,11 +23,14 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PERISCOPE = os.path.join(ROOT, "target", "release", "periscope")
+
+# The loop and its reading are those of the syscall benchmark beside this one.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from syscall_overhead import build_loop, wait_for_line  # noqa: E402
 
 
 def cgroup_root():
@@ -64,26 +67,9 @@ def run_in_cgroup(argv, cgroup, **kwargs):
     return subprocess.run(argv, preexec_fn=enter, check=True, **kwargs)
 
 
-def build_loop(workdir):
-    binary = os.path.join(workdir, "getppid_loop")
-    subprocess.run(["gcc", "-O2", "-o", binary, os.path.join(ROOT, "bench", "getppid_loop.c")], check=True)
-    return binary
-
-
 def loop_ns(binary, calls, cpu, cgroup):
     out = run_in_cgroup(["taskset", "-c", str(cpu), binary, str(calls)], cgroup, capture_output=True, text=True)
     return float(out.stdout.strip())
-
-
-def wait_for_line(proc, pattern, timeout=60):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            raise RuntimeError(f"process exited before printing {pattern!r}")
-        if re.search(pattern, line):
-            return
-    raise RuntimeError(f"timed out waiting for {pattern!r}")
 
 
 def start_agent(port, extra):
