@@ -48,6 +48,8 @@ pub struct AttachReport {
     pub probe: &'static str,
     /// The attach method, or why the probe is not running.
     pub outcome: Result<String, String>,
+    /// The features it runs without, each described in one line.
+    pub degraded: Vec<String>,
 }
 
 enum Command {
@@ -59,7 +61,11 @@ enum Command {
 pub fn route_libbpf_logs() {
     libbpf_rs::set_print(Some((libbpf_rs::PrintLevel::Debug, |level, message| {
         let message = message.trim_end();
+        let in_load_attempt = crate::probes::kit::programs::note_libbpf_message(message);
         match level {
+            libbpf_rs::PrintLevel::Warn if in_load_attempt => {
+                tracing::debug!(target: "libbpf", "{message}")
+            }
             libbpf_rs::PrintLevel::Warn => warn!(target: "libbpf", "{message}"),
             libbpf_rs::PrintLevel::Info => tracing::debug!(target: "libbpf", "{message}"),
             libbpf_rs::PrintLevel::Debug => tracing::trace!(target: "libbpf", "{message}"),
@@ -192,7 +198,15 @@ pub async fn run(mut config: Config) -> Result<()> {
     let attached: Vec<_> = reports.iter().filter(|r| r.outcome.is_ok()).collect();
     for report in &reports {
         match &report.outcome {
-            Ok(method) => say(format!("periscope: attached {} ({method})", report.probe)),
+            Ok(method) => {
+                say(format!("periscope: attached {} ({method})", report.probe));
+                for degraded in &report.degraded {
+                    say(format!(
+                        "periscope:   degraded {}: {degraded}",
+                        report.probe
+                    ));
+                }
+            }
             Err(reason) => say(format!("periscope: not running {}: {reason}", report.probe)),
         }
     }
@@ -492,6 +506,7 @@ pub fn load_probes(
             reports.push(AttachReport {
                 probe,
                 outcome: Err("disabled in the configuration".into()),
+                degraded: Vec::new(),
             });
             continue;
         }
@@ -505,6 +520,7 @@ pub fn load_probes(
                 reports.push(AttachReport {
                     probe,
                     outcome: Ok(method),
+                    degraded: loaded.degraded().iter().map(|d| d.describe()).collect(),
                 });
                 probes.push(loaded);
             }
@@ -513,6 +529,7 @@ pub fn load_probes(
                 reports.push(AttachReport {
                     probe,
                     outcome: Err(err.to_string()),
+                    degraded: Vec::new(),
                 });
             }
         }
@@ -594,6 +611,7 @@ impl Collector {
                 tenant_folded: probe.tenant_folded(),
                 expired_series: probe.expired_series(),
                 events_lost: probe.events_lost(),
+                degraded: probe.degraded().iter().map(|d| d.feature).collect(),
             });
         }
         for probe in &self.down {
@@ -606,6 +624,7 @@ impl Collector {
                 tenant_folded: Vec::new(),
                 expired_series: 0,
                 events_lost: 0,
+                degraded: Vec::new(),
             });
         }
         if let Some(tenants) = &mut self.tenants {

@@ -155,7 +155,15 @@ fn list_probes(config: &Config) -> Result<()> {
             Err(reason) if !enabled => ("off", reason),
             Err(reason) => ("no", reason),
         };
+        let supported = if report.degraded.is_empty() || supported != "yes" {
+            supported
+        } else {
+            "degraded"
+        };
         println!("{:<10} {:<10} {}", report.probe, supported, detail);
+        for degraded in &report.degraded {
+            println!("{:<21} {degraded}", "");
+        }
     }
     Ok(())
 }

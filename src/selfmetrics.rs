@@ -19,6 +19,8 @@ pub struct ProbeHealth {
     pub tenant_folded: Vec<(&'static str, Option<String>, u64)>,
     pub expired_series: u64,
     pub events_lost: u64,
+    /// Features it runs without, because the kernel refused their programs.
+    pub degraded: Vec<&'static str>,
 }
 
 /// What the agent reports about itself, beside its probes.
@@ -77,6 +79,11 @@ pub fn families(health: &[ProbeHealth], agent: &AgentHealth) -> Vec<Family> {
         "1 when the probe is loaded and attached, 0 when disabled or unsupported.",
         MetricKind::Gauge,
     );
+    let mut degraded = Family::new(
+        "periscope_probe_degraded",
+        "1 for each feature a running probe does without, because this kernel refused the BPF programs that give it (the agent's log names them and what is lost).",
+        MetricKind::Gauge,
+    );
     let mut runs = Family::new(
         "periscope_bpf_program_runs",
         "Times each BPF program ran while kernel statistics were on (BPF_ENABLE_STATS; see periscope_bpf_stats_enabled_seconds_total).",
@@ -131,6 +138,11 @@ pub fn families(health: &[ProbeHealth], agent: &AgentHealth) -> Vec<Family> {
         );
         if !probe.up {
             continue;
+        }
+        for feature in &probe.degraded {
+            let mut labels = probe_label();
+            labels.push(("feature", feature.to_string()));
+            degraded.push(labels, Value::Gauge(1.0));
         }
         for (program, stats) in &probe.programs {
             let mut labels = probe_label();
@@ -197,6 +209,7 @@ pub fn families(health: &[ProbeHealth], agent: &AgentHealth) -> Vec<Family> {
     let mut families = vec![
         build,
         up,
+        degraded,
         runs,
         run_time,
         missed,

@@ -9,6 +9,7 @@ pub mod process;
 pub mod syscalls;
 pub mod tcp;
 
+pub mod kit;
 mod util;
 
 use std::os::fd::BorrowedFd;
@@ -75,6 +76,10 @@ pub trait Probe {
     /// tenant's overflow series): map, tenant (None: no tenant's), count.
     fn tenant_folded(&self) -> Vec<(&'static str, Option<String>, u64)> {
         Vec::new()
+    }
+    /// The features it runs without, because the kernel refused their programs.
+    fn degraded(&self) -> &[kit::programs::Degraded] {
+        &[]
     }
     /// Spans the probe dropped because nobody took them in time.
     fn spans_dropped(&self) -> u64 {

@@ -21,6 +21,14 @@ pub enum ProbeError {
         #[source]
         source: libbpf_rs::Error,
     },
+    /// The kernel refused a program the probe cannot run without.
+    #[error("the kernel refused its required program {program} at {stage} ({errno}): this kernel lacks {kernel_feature}")]
+    Refused {
+        program: &'static str,
+        kernel_feature: &'static str,
+        stage: &'static str,
+        errno: String,
+    },
     #[error("{0}")]
     Unsupported(String),
 }

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant, SystemTime};
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{Link, MapCore, MapFlags};
 
+use super::kit::programs::{load_degrading, AttemptError, Degraded, ProgramSpec};
 use super::util::{self, MapFill, ProbeError};
 use super::{Probe, ProbeSpec};
 use crate::config::Config;
@@ -57,6 +58,43 @@ const INBOUND: u8 = 2;
 const FAILURE_REASONS: [&str; 5] = ["refused", "timeout", "unreachable", "aborted", "other"];
 
 pub struct TcpSpec;
+
+const SAMPLER: &str = "sampling of open connections";
+const SAMPLER_LOSS: &str = "bytes, retransmits and RTT of open connections between closes (counted when each connection closes)";
+
+/// The programs of the probe: state changes are the probe; the sampler of open
+/// connections has two forms, the first the kernel runs is used.
+static PROGRAMS: &[ProgramSpec] = &[
+    ProgramSpec::required("psc_tcp_state", "tp_btf/inet_sock_set_state"),
+    ProgramSpec::optional(
+        "psc_tcp_iter",
+        "iter/bpf_map_elem with bpf_spin_lock and bpf_rdonly_cast",
+        SAMPLER,
+        SAMPLER_LOSS,
+    ),
+    ProgramSpec::optional(
+        "psc_tcp_walk",
+        "syscall program run by BPF_PROG_TEST_RUN with bpf_for_each_map_elem, bpf_spin_lock and bpf_rdonly_cast",
+        SAMPLER,
+        SAMPLER_LOSS,
+    ),
+];
+
+/// How the open connections are sampled.
+enum Sampler {
+    /// An iterator over the socket table, read to run it (None: loaded, not attached).
+    Iterator(Option<Link>),
+    /// The syscall program that walks the table, run on demand.
+    Walk,
+}
+
+/// Runs the walking sampler once.
+fn run_walk(skel: &TcpSkel<'_>) -> Result<(), libbpf_rs::Error> {
+    skel.progs
+        .psc_tcp_walk
+        .test_run(libbpf_rs::ProgramInput::default())
+        .map(|_| ())
+}
 
 impl ProbeSpec for TcpSpec {
     fn name(&self) -> &'static str {
@@ -203,9 +241,10 @@ pub struct TcpProbe {
     peers_folded: u64,
     started: SystemTime,
     fill: Vec<MapFill>,
-    /// The sampler of open connections, an iterator over the socket table, and when it
-    /// runs next.
-    sampler: Option<Link>,
+    /// The sampler of open connections the kernel runs, and when it runs next.
+    sampler: Option<Sampler>,
+    /// Features the kernel refused (the sampler, on some kernels).
+    degraded: Vec<Degraded>,
     sample_interval: Option<Duration>,
     next_sample: Instant,
     /// Listeners found in /proc at start, for the fill of `listeners`.
@@ -225,41 +264,80 @@ impl TcpProbe {
     fn load(config: &Config, attach: bool, workloads: &Workloads) -> Result<TcpProbe, ProbeError> {
         util::check_btf()?;
         let settings = &config.probes.tcp;
-        let storage = Box::leak(Box::new(MaybeUninit::uninit()));
-        let mut open = TcpSkelBuilder::default()
-            .open(storage)
-            .map_err(ProbeError::bpf("opening the tcp BPF object"))?;
-        open.maps
-            .series
-            .set_max_entries(settings.max_series.get())
-            .map_err(ProbeError::bpf("setting the series cap"))?;
-        open.maps
-            .tcp_socks
-            .set_max_entries(settings.max_connections.get())
-            .map_err(ProbeError::bpf("setting the connection cap"))?;
         let slots = workloads.tenant_slots().count();
-        open.maps
-            .overflow
-            .set_max_entries(slots * 2)
-            .map_err(ProbeError::bpf("sizing the overflow series"))?;
         let duration_bounds = settings.connect_duration_buckets_seconds.0.clone();
         let rtt_bounds = settings.rtt_buckets_seconds.0.clone();
-        if let Some(rodata) = open.maps.rodata_data.as_deref_mut() {
-            for (slot, bound) in rodata.duration_bounds_ns.iter_mut().zip(&duration_bounds) {
-                *slot = (bound * 1e9).round() as u64;
+        let sampling = settings.sample_interval_secs > 0;
+        let ((skel, sampler), degraded) = load_degrading("tcp", PROGRAMS, |plan| {
+            let storage = Box::leak(Box::new(MaybeUninit::uninit()));
+            let mut open = TcpSkelBuilder::default()
+                .open(storage)
+                .map_err(ProbeError::bpf("opening the tcp BPF object"))?;
+            open.maps
+                .series
+                .set_max_entries(settings.max_series.get())
+                .map_err(ProbeError::bpf("setting the series cap"))?;
+            open.maps
+                .tcp_socks
+                .set_max_entries(settings.max_connections.get())
+                .map_err(ProbeError::bpf("setting the connection cap"))?;
+            open.maps
+                .overflow
+                .set_max_entries(slots * 2)
+                .map_err(ProbeError::bpf("sizing the overflow series"))?;
+            if let Some(rodata) = open.maps.rodata_data.as_deref_mut() {
+                for (slot, bound) in rodata.duration_bounds_ns.iter_mut().zip(&duration_bounds) {
+                    *slot = (bound * 1e9).round() as u64;
+                }
+                rodata.duration_bounds_len = duration_bounds.len() as u32;
+                for (slot, bound) in rodata.rtt_bounds_us.iter_mut().zip(&rtt_bounds) {
+                    *slot = (bound * 1e6).round() as u64;
+                }
+                rodata.rtt_bounds_len = rtt_bounds.len() as u32;
+                rodata.filter_cgroups = u8::from(config.tenants.rules.iter().any(|rule| rule.drop));
+                rodata.tenant_slots = slots;
+                rodata.tenant_share[0] = (settings.max_series.get() / slots).max(1);
             }
-            rodata.duration_bounds_len = duration_bounds.len() as u32;
-            for (slot, bound) in rodata.rtt_bounds_us.iter_mut().zip(&rtt_bounds) {
-                *slot = (bound * 1e6).round() as u64;
+            plan.apply(open.open_object_mut());
+            if !sampling {
+                open.progs.psc_tcp_iter.set_autoload(false);
+                open.progs.psc_tcp_walk.set_autoload(false);
             }
-            rodata.rtt_bounds_len = rtt_bounds.len() as u32;
-            rodata.filter_cgroups = u8::from(config.tenants.rules.iter().any(|rule| rule.drop));
-            rodata.tenant_slots = slots;
-            rodata.tenant_share[0] = (settings.max_series.get() / slots).max(1);
-        }
-        let skel = open
-            .load()
-            .map_err(ProbeError::load("loading the tcp BPF program"))?;
+            let skel = open.load().map_err(|source| AttemptError::Load {
+                what: "loading the tcp BPF program".into(),
+                source,
+            })?;
+            let sampler = if !sampling {
+                None
+            } else if plan.loads("psc_tcp_iter") {
+                let link = if attach {
+                    let link = skel
+                        .progs
+                        .psc_tcp_iter
+                        .attach_iter(skel.maps.tcp_socks.as_fd())
+                        .map_err(|source| AttemptError::Attach {
+                            program: "psc_tcp_iter",
+                            source,
+                        })?;
+                    Some(link)
+                } else {
+                    None
+                };
+                Some(Sampler::Iterator(link))
+            } else if plan.loads("psc_tcp_walk") {
+                if attach {
+                    // Its first run is its attach: a kernel that cannot run it says so now.
+                    run_walk(&skel).map_err(|source| AttemptError::Attach {
+                        program: "psc_tcp_walk",
+                        source,
+                    })?;
+                }
+                Some(Sampler::Walk)
+            } else {
+                None
+            };
+            Ok((skel, sampler))
+        })?;
         let mut probe = TcpProbe {
             skel,
             links: Vec::new(),
@@ -276,9 +354,9 @@ impl TcpProbe {
             fill: Vec::new(),
             cgroups: util::CgroupTenants::default(),
             shares: util::TenantShares::new(slots),
-            sampler: None,
-            sample_interval: (settings.sample_interval_secs > 0)
-                .then(|| Duration::from_secs(settings.sample_interval_secs)),
+            sampler,
+            degraded,
+            sample_interval: sampling.then(|| Duration::from_secs(settings.sample_interval_secs)),
             next_sample: Instant::now(),
             seeded_listeners: 0,
             kept_peers: HashMap::new(),
@@ -292,14 +370,7 @@ impl TcpProbe {
                 .attach()
                 .map_err(ProbeError::bpf("attaching tp_btf/inet_sock_set_state"))?;
             probe.links.push(link);
-            if let Some(interval) = probe.sample_interval {
-                let sampler = probe
-                    .skel
-                    .progs
-                    .psc_tcp_sample
-                    .attach_iter(probe.skel.maps.tcp_socks.as_fd())
-                    .map_err(ProbeError::bpf("creating the sampler of open connections"))?;
-                probe.sampler = Some(sampler);
+            if let (Some(interval), Some(_)) = (probe.sample_interval, &probe.sampler) {
                 probe.next_sample = Instant::now() + interval;
             }
             // Attached first: a listen() from now on is seen by the program, and those
@@ -456,13 +527,19 @@ impl TcpProbe {
 
     /// Runs the sampler over every open connection (it writes nothing to read).
     fn sample_open_connections(&self) {
-        let Some(link) = &self.sampler else {
-            return;
+        let outcome = match &self.sampler {
+            None => return,
+            Some(Sampler::Iterator(None)) => return,
+            Some(Sampler::Iterator(Some(link))) => {
+                libbpf_rs::Iter::new(link).and_then(|mut iter| {
+                    let mut sink = Vec::new();
+                    std::io::Read::read_to_end(&mut iter, &mut sink)
+                        .map(|_| ())
+                        .map_err(libbpf_rs::Error::from)
+                })
+            }
+            Some(Sampler::Walk) => run_walk(&self.skel),
         };
-        let outcome = libbpf_rs::Iter::new(link).and_then(|mut iter| {
-            let mut sink = Vec::new();
-            std::io::Read::read_to_end(&mut iter, &mut sink).map_err(libbpf_rs::Error::from)
-        });
         if let Err(err) = outcome {
             tracing::warn!(error = %err, "sampling open TCP connections failed");
         }
@@ -652,7 +729,20 @@ impl Probe for TcpProbe {
     }
 
     fn attach_method(&self) -> String {
-        "tp_btf/inet_sock_set_state".into()
+        match &self.sampler {
+            Some(Sampler::Iterator(_)) => {
+                "tp_btf/inet_sock_set_state; open connections sampled by iter/bpf_map_elem".into()
+            }
+            Some(Sampler::Walk) => {
+                "tp_btf/inet_sock_set_state; open connections sampled by a syscall program's walk"
+                    .into()
+            }
+            None => "tp_btf/inet_sock_set_state".into(),
+        }
+    }
+
+    fn degraded(&self) -> &[Degraded] {
+        &self.degraded
     }
 
     fn tick(&mut self, now: Instant) -> Option<Instant> {
@@ -715,24 +805,45 @@ impl Probe for TcpProbe {
             "TCP connections established since the agent started and not yet closed.",
             MetricKind::Gauge,
         );
+        // Without a sampler (switched off, or refused by this kernel) the help says that
+        // open connections count only when they close.
+        let help = |sampled: &'static str, at_close: &'static str| {
+            if self.sampler.is_some() {
+                sampled
+            } else {
+                at_close
+            }
+        };
         let mut sent = Family::new(
             "tcp_sent_bytes",
-            "Data bytes sent on TCP connections (retransmitted data once), added while they are open (every sample interval) and at their close.",
+            help(
+                "Data bytes sent on TCP connections (retransmitted data once), added while they are open (every sample interval) and at their close.",
+                "Data bytes sent on TCP connections (retransmitted data once), added when they close: open connections are not sampled here.",
+            ),
             MetricKind::Counter,
         );
         let mut received = Family::new(
             "tcp_received_bytes",
-            "Data bytes received on TCP connections, added while they are open (every sample interval) and at their close.",
+            help(
+                "Data bytes received on TCP connections, added while they are open (every sample interval) and at their close.",
+                "Data bytes received on TCP connections, added when they close: open connections are not sampled here.",
+            ),
             MetricKind::Counter,
         );
         let mut retransmits = Family::new(
             "tcp_retransmits",
-            "Segments retransmitted on TCP connections, added while they are open (every sample interval) and at their close.",
+            help(
+                "Segments retransmitted on TCP connections, added while they are open (every sample interval) and at their close.",
+                "Segments retransmitted on TCP connections, added when they close: open connections are not sampled here.",
+            ),
             MetricKind::Counter,
         );
         let mut rtt = Family::new(
             "tcp_rtt_seconds",
-            "Smoothed round-trip time of TCP connections: one sample per open connection and sample interval, and one at its close.",
+            help(
+                "Smoothed round-trip time of TCP connections: one sample per open connection and sample interval, and one at its close.",
+                "Smoothed round-trip time of TCP connections: one sample at each close; open connections are not sampled here.",
+            ),
             MetricKind::Histogram,
         )
         .with_unit("seconds");
@@ -811,16 +922,16 @@ impl Probe for TcpProbe {
     }
 
     fn programs(&self) -> Vec<(String, BorrowedFd<'_>)> {
-        vec![
-            (
-                "psc_tcp_state".into(),
-                self.skel.progs.psc_tcp_state.as_fd(),
-            ),
-            (
-                "psc_tcp_sample".into(),
-                self.skel.progs.psc_tcp_sample.as_fd(),
-            ),
-        ]
+        vec![(
+            "psc_tcp_state".into(),
+            self.skel.progs.psc_tcp_state.as_fd(),
+        )]
+        .into_iter()
+        .chain(self.sampler.as_ref().map(|sampler| match sampler {
+            Sampler::Iterator(_) => ("psc_tcp_iter".into(), self.skel.progs.psc_tcp_iter.as_fd()),
+            Sampler::Walk => ("psc_tcp_walk".into(), self.skel.progs.psc_tcp_walk.as_fd()),
+        }))
+        .collect()
     }
 
     fn map_fill(&self) -> Vec<MapFill> {

@@ -572,32 +572,29 @@ int BPF_PROG(psc_tcp_state, const struct sock *sk, int oldstate, int newstate)
  * the RTT histogram, so long connections show their traffic while they last. Under the
  * entry's lock, an entry that is not `closed` and whose socket still has its cookie
  * names a live socket: its final CLOSE would wait for the lock. A socket found closed
- * here is one whose close the program missed: it is closed for it. */
-SEC("iter/bpf_map_elem")
-int psc_tcp_sample(struct bpf_iter__bpf_map_elem *ctx)
+ * here is one whose close the program missed: it is closed for it.
+ *
+ * Two programs walk the table, and user space runs the first the kernel accepts: an
+ * iterator over its entries (iter/bpf_map_elem), and a syscall program, attached
+ * nowhere and run on demand (BPF_PROG_TEST_RUN), that walks it with
+ * bpf_for_each_map_elem. Kernels differ in which they load: some refuse
+ * iter/bpf_map_elem outright, and raw tracepoint programs may not take a bpf_spin_lock.
+ * Both visit only the followed sockets, in every network namespace (iter/tcp would walk
+ * every socket of one namespace). */
+static __always_inline void sample_sock(__u64 addr, struct psc_tcp_sock *sock)
 {
 	struct psc_tcp_stats *stats;
-	struct psc_tcp_sock *sock;
-	struct psc_tcp_totals t;
+	struct psc_tcp_totals t = {};
 	struct psc_tcp_key key;
 	struct tcp_sock *tp;
-	__u64 *id = ctx->key;
 	__u8 folded, tenant, gone = 0, stale, established;
-	__u64 addr;
 	__u32 idx;
 
-	if (!id)
-		return 0;
-	addr = *id;
-	/* The map's own value pointer, which the lock needs. */
-	sock = bpf_map_lookup_elem(&tcp_socks, &addr);
-	if (!sock)
-		return 0;
 	tp = bpf_core_cast((void *)addr, struct tcp_sock);
 	bpf_spin_lock(&sock->lock);
 	if (sock->closed) {
 		bpf_spin_unlock(&sock->lock);
-		return 0;
+		return;
 	}
 	/* Another socket at this address, which the program does not follow: this one's
 	 * close went unseen, and its totals since the last sample are lost with it. */
@@ -620,7 +617,7 @@ int psc_tcp_sample(struct bpf_iter__bpf_map_elem *ctx)
 	tenant = sock->tenant;
 	bpf_spin_unlock(&sock->lock);
 	if (!established && !gone)
-		return 0;
+		return;
 	stats = established ? series_of(&key, &folded, tenant) : 0;
 	if (stats && !stale) {
 		/* Atomic here: this runs in process context, and a state change in a
@@ -639,5 +636,34 @@ int psc_tcp_sample(struct bpf_iter__bpf_map_elem *ctx)
 		if (!bpf_map_delete_elem(&tcp_socks, &addr))
 			PSC_COUNT_IN(counters, PSC_TCP_SOCKS_REMOVED);
 	}
+}
+
+SEC("iter/bpf_map_elem")
+int psc_tcp_iter(struct bpf_iter__bpf_map_elem *ctx)
+{
+	struct psc_tcp_sock *sock;
+	__u64 *id = ctx->key;
+	__u64 addr;
+
+	if (!id)
+		return 0;
+	addr = *id;
+	/* The map's own value pointer, which the lock needs. */
+	sock = bpf_map_lookup_elem(&tcp_socks, &addr);
+	if (sock)
+		sample_sock(addr, sock);
+	return 0;
+}
+
+static long sample_entry(struct bpf_map *map, __u64 *id, struct psc_tcp_sock *sock, void *ctx)
+{
+	sample_sock(*id, sock);
+	return 0;
+}
+
+SEC("syscall")
+int psc_tcp_walk(void *ctx)
+{
+	bpf_for_each_map_elem(&tcp_socks, sample_entry, 0, 0);
 	return 0;
 }

@@ -1,0 +1,3 @@
+//! What every probe shares.
+
+pub mod programs;
