@@ -4,7 +4,7 @@ mod common;
 
 use std::process::Command;
 
-use common::{have_root, kernel_lock, Agent, TempDir};
+use common::{have_root, kernel_lock, Agent, Metrics, TempDir};
 
 #[test]
 fn exact_exec_and_exit_counts_for_a_burst_of_children() {
@@ -133,4 +133,97 @@ fn full_executables_map_folds_into_overflow_with_exact_totals() {
         ),
         3.0
     );
+}
+
+/// Runs `runs` copies of /bin/true and `fails` of /bin/false under unique names, with
+/// the agent refused `programs`; gives the metrics and the two names.
+fn burst_with_refused(programs: &[&str], runs: usize, fails: usize) -> (Metrics, String, String) {
+    let agent = Agent::start_refusing("", programs);
+    let dir = TempDir::new("refused");
+    let tag = std::process::id() % 100_000;
+    let ok_name = format!("pscrok{tag}");
+    let err_name = format!("pscrerr{tag}");
+    std::fs::copy("/bin/true", dir.path().join(&ok_name)).expect("copy true");
+    std::fs::copy("/bin/false", dir.path().join(&err_name)).expect("copy false");
+    for _ in 0..runs {
+        assert!(Command::new(dir.path().join(&ok_name))
+            .status()
+            .expect("run")
+            .success());
+    }
+    for _ in 0..fails {
+        assert_eq!(
+            Command::new(dir.path().join(&err_name))
+                .status()
+                .expect("run")
+                .code(),
+            Some(1)
+        );
+    }
+    (agent.metrics(), ok_name, err_name)
+}
+
+#[test]
+fn without_the_exit_hook_execs_are_counted_exactly_and_exits_not_exported() {
+    if !have_root("without_the_exit_hook_execs_are_counted_exactly_and_exits_not_exported") {
+        return;
+    }
+    let _kernel = kernel_lock();
+    let (m, ok, err) = burst_with_refused(&["psc_process_exit"], 12, 5);
+    assert_eq!(m.degraded("process"), vec!["process exits"]);
+    assert_eq!(
+        m.one(
+            "process_execs_total",
+            &[("process_executable_name", ok.as_str())]
+        ),
+        12.0
+    );
+    assert_eq!(
+        m.one(
+            "process_execs_total",
+            &[("process_executable_name", err.as_str())]
+        ),
+        5.0
+    );
+    assert_eq!(m.find("process_exits_total", &[]).count(), 0);
+    assert_eq!(
+        m.sum(
+            "oom_kills_total",
+            &[("process_executable_name", ok.as_str())]
+        ),
+        0.0
+    );
+    assert!(
+        m.find("oom_kills_total", &[]).count() > 0,
+        "OOM kills still exported"
+    );
+}
+
+#[test]
+fn without_the_oom_hook_execs_and_exits_are_counted_exactly() {
+    if !have_root("without_the_oom_hook_execs_and_exits_are_counted_exactly") {
+        return;
+    }
+    let _kernel = kernel_lock();
+    let (m, ok, err) = burst_with_refused(&["psc_oom_victim"], 9, 4);
+    assert_eq!(m.degraded("process"), vec!["OOM kills"]);
+    let exits = |name: &str, class: &str| {
+        m.one(
+            "process_exits_total",
+            &[
+                ("process_executable_name", name),
+                ("exit_code_class", class),
+            ],
+        )
+    };
+    assert_eq!(
+        m.one(
+            "process_execs_total",
+            &[("process_executable_name", ok.as_str())]
+        ),
+        9.0
+    );
+    assert_eq!(exits(&ok, "ok"), 9.0);
+    assert_eq!(exits(&err, "error"), 4.0);
+    assert_eq!(m.find("oom_kills_total", &[]).count(), 0);
 }

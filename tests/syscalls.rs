@@ -313,3 +313,74 @@ fn exited_aggregates_beyond_their_cap_fold_into_overflow() {
         1.0
     );
 }
+
+/// Runs the kill helper (`n` kills, `m` of them failing) under an agent that times kill
+/// and is refused `programs`; checks the counts, and the timing when `timed`.
+fn kills_counted_with_refused(programs: &[&str], timed: bool) {
+    let agent = Agent::start_refusing(
+        "probes:\n  syscalls:\n    latency_syscalls: [kill]\n    latency_sampling: always\n",
+        programs,
+    );
+    let (n, m) = (400, 37);
+    let mut helper = Helper::spawn(KILL_HELPER, &[n.to_string(), m.to_string()]);
+    let pid = helper.pid().to_string();
+    helper.run();
+    let metrics = agent.metrics();
+    let this = [("process_pid", pid.as_str()), ("syscall", "kill")];
+    assert_eq!(metrics.one("syscalls_total", &this), n as f64);
+    assert_eq!(
+        metrics.one(
+            "syscall_errors_total",
+            &[
+                ("process_pid", pid.as_str()),
+                ("syscall", "kill"),
+                ("errno", "ESRCH")
+            ]
+        ),
+        m as f64
+    );
+    if timed {
+        assert_eq!(metrics.degraded("syscalls"), Vec::<String>::new());
+        assert_eq!(
+            metrics.one("syscall_duration_seconds_count", &this),
+            n as f64
+        );
+    } else {
+        assert_eq!(metrics.degraded("syscalls"), vec!["syscall latency"]);
+        assert_eq!(
+            metrics
+                .find("syscall_duration_seconds_count", &this)
+                .count(),
+            0,
+            "no latency without a timing hook"
+        );
+    }
+    helper.finish();
+}
+
+#[test]
+fn without_per_syscall_tracepoints_timing_moves_to_tp_btf_sys_enter() {
+    if !have_root("without_per_syscall_tracepoints_timing_moves_to_tp_btf_sys_enter") {
+        return;
+    }
+    let _kernel = kernel_lock();
+    kills_counted_with_refused(&["psc_sys_enter_tp"], true);
+}
+
+#[test]
+fn without_tp_btf_sys_enter_timing_stays_on_per_syscall_tracepoints() {
+    if !have_root("without_tp_btf_sys_enter_timing_stays_on_per_syscall_tracepoints") {
+        return;
+    }
+    let _kernel = kernel_lock();
+    kills_counted_with_refused(&["psc_sys_enter_btf"], true);
+}
+
+#[test]
+fn without_any_enter_hook_syscalls_are_counted_exactly_but_not_timed() {
+    if !have_root("without_any_enter_hook_syscalls_are_counted_exactly_but_not_timed") {
+        return;
+    }
+    let _kernel = kernel_lock();
+    kills_counted_with_refused(&["psc_sys_enter_tp", "psc_sys_enter_btf"], false);
+}

@@ -708,8 +708,69 @@ fn open_connections_show_their_bytes_before_they_close_and_count_them_once() {
         return;
     }
     let _lock = kernel_lock();
-    let agent =
-        Agent::start(&TCP_CONFIG.replace("sample_interval_secs: 0", "sample_interval_secs: 1"));
+    let agent = Agent::start(&SAMPLED_CONFIG);
+    assert_eq!(agent.metrics().degraded("tcp"), Vec::<String>::new());
+    one_open_connection(&agent, true);
+}
+
+#[test]
+fn without_the_map_iterator_the_walk_samples_open_connections() {
+    if !have_root("without_the_map_iterator_the_walk_samples_open_connections") {
+        return;
+    }
+    let _lock = kernel_lock();
+    let agent = Agent::start_refusing(&SAMPLED_CONFIG, &["psc_tcp_iter"]);
+    assert_eq!(agent.metrics().degraded("tcp"), Vec::<String>::new());
+    one_open_connection(&agent, true);
+}
+
+#[test]
+fn without_the_walk_open_connections_are_sampled_by_the_iterator_or_counted_at_close() {
+    if !have_root(
+        "without_the_walk_open_connections_are_sampled_by_the_iterator_or_counted_at_close",
+    ) {
+        return;
+    }
+    let _lock = kernel_lock();
+    let agent = Agent::start_refusing(&SAMPLED_CONFIG, &["psc_tcp_walk"]);
+    // Kernels differ in whether they run the iterator: either way the degradation is
+    // reported as it is, and counts are exact.
+    let degraded = agent.metrics().degraded("tcp");
+    let sampled = degraded.is_empty();
+    if !sampled {
+        assert_eq!(degraded, vec![SAMPLING.to_string()]);
+    }
+    one_open_connection(&agent, sampled);
+}
+
+#[test]
+fn without_any_sampler_open_connections_count_exactly_at_close() {
+    if !have_root("without_any_sampler_open_connections_count_exactly_at_close") {
+        return;
+    }
+    let _lock = kernel_lock();
+    let agent = Agent::start_refusing(&SAMPLED_CONFIG, &["psc_tcp_iter", "psc_tcp_walk"]);
+    assert_eq!(agent.metrics().degraded("tcp"), vec![SAMPLING.to_string()]);
+    let help = agent.scrape();
+    assert!(
+        help.contains("# HELP tcp_sent_bytes_total Data bytes sent on TCP connections (retransmitted data once), added when they close"),
+        "the metric says open connections count at close"
+    );
+    one_open_connection(&agent, false);
+}
+
+/// The sampler's feature, as periscope_probe_degraded names it.
+const SAMPLING: &str = "sampling of open connections";
+
+/// TCP_CONFIG with the sampler of open connections every second.
+static SAMPLED_CONFIG: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    TCP_CONFIG.replace("sample_interval_secs: 0", "sample_interval_secs: 1")
+});
+
+/// One connection on loopback carries known bytes each way and stays open a while, then
+/// closes. With a sampler its bytes show while it is open; without one they show at its
+/// close. Either way each byte counts once.
+fn one_open_connection(agent: &Agent, sampled: bool) {
     let listener = TcpListener::bind("127.0.0.1:0").expect("listen");
     let port = listener.local_addr().expect("addr").port().to_string();
     let pid = std::process::id().to_string();
@@ -737,29 +798,45 @@ fn open_connections_show_their_bytes_before_they_close_and_count_them_once() {
             && value(m, "tcp_sent_bytes_total", &inb) == ANSWERED as f64
             && value(m, "tcp_received_bytes_total", &inb) == SENT as f64
     };
-    // Still open: the sampler has added its bytes and an RTT sample.
-    let m = eventually(&agent, |m| {
-        exact(m) && value(m, "tcp_rtt_seconds_count", &out) >= 1.0
-    });
-    assert!(
-        exact(&m),
-        "bytes of an open connection, each way, from both ends"
-    );
+    let sampled_rtts = if sampled {
+        // Still open: the sampler has added its bytes and an RTT sample.
+        let m = eventually(agent, |m| {
+            exact(m) && value(m, "tcp_rtt_seconds_count", &out) >= 1.0
+        });
+        assert!(
+            exact(&m),
+            "bytes of an open connection, each way, from both ends"
+        );
+        assert!(value(&m, "tcp_rtt_seconds_count", &inb) >= 1.0);
+        value(&m, "tcp_rtt_seconds_count", &out)
+    } else {
+        // Two sample intervals: nothing shows before the close.
+        let m = eventually(agent, |m| value(m, "tcp_active_connections", &out) == 1.0);
+        std::thread::sleep(Duration::from_millis(2500));
+        let m2 = agent.metrics();
+        for m in [&m, &m2] {
+            assert_eq!(value(m, "tcp_sent_bytes_total", &out), 0.0);
+            assert_eq!(value(m, "tcp_received_bytes_total", &inb), 0.0);
+            assert_eq!(value(m, "tcp_rtt_seconds_count", &out), 0.0);
+        }
+        0.0
+    };
+    let m = agent.metrics();
     assert_eq!(value(&m, "tcp_active_connections", &out), 1.0);
     assert_eq!(value(&m, "tcp_active_connections", &inb), 1.0);
-    assert!(value(&m, "tcp_rtt_seconds_count", &inb) >= 1.0);
-    let sampled = value(&m, "tcp_rtt_seconds_count", &out);
 
     // Closed: nothing is counted twice, and the close adds one more RTT sample.
     drop(conn);
     close_tx.send(()).expect("close");
     server.join().expect("server");
-    let m = eventually(&agent, |m| {
+    let m = eventually(agent, |m| {
         value(m, "tcp_active_connections", &out) == 0.0
             && value(m, "tcp_active_connections", &inb) == 0.0
     });
-    assert!(exact(&m), "a sampled connection's bytes are counted once");
-    assert!(value(&m, "tcp_rtt_seconds_count", &out) >= sampled + 1.0);
+    assert!(exact(&m), "a connection's bytes are counted once");
+    assert!(value(&m, "tcp_rtt_seconds_count", &out) >= sampled_rtts + 1.0);
+    assert_eq!(value(&m, "tcp_connections_opened_total", &out), 1.0);
+    assert_eq!(value(&m, "tcp_connections_opened_total", &inb), 1.0);
     // Samples after the close add nothing.
     std::thread::sleep(Duration::from_millis(2500));
     let later = agent.metrics();

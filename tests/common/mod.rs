@@ -89,6 +89,13 @@ impl Agent {
         Agent::start_with_env(config, &[])
     }
 
+    /// `start`, with the kernel made to refuse the named BPF programs (a test build of
+    /// the agent treats them as refused at load with EPERM).
+    pub fn start_refusing(config: &str, programs: &[&str]) -> Agent {
+        let list = programs.join(",");
+        Agent::start_with_env(config, &[("PERISCOPE_TEST_REFUSE_PROGRAMS", list.as_str())])
+    }
+
     /// `start`, with extra environment variables.
     pub fn start_with_env(config: &str, env: &[(&str, &str)]) -> Agent {
         let port = free_port();
@@ -280,6 +287,17 @@ impl Metrics {
     /// The sum of matching samples (0 when none match).
     pub fn sum(&self, name: &str, want: &[(&str, &str)]) -> f64 {
         self.find(name, want).map(|(_, _, v)| v).sum()
+    }
+
+    /// The features `probe` reports it runs without (periscope_probe_degraded is 1).
+    pub fn degraded(&self, probe: &str) -> Vec<String> {
+        let mut features: Vec<String> = self
+            .find("periscope_probe_degraded", &[("probe", probe)])
+            .filter(|(_, _, v)| *v == 1.0)
+            .filter_map(|(_, labels, _)| labels.get("feature").cloned())
+            .collect();
+        features.sort();
+        features
     }
 
     /// The one matching sample's value; panics unless exactly one matches.

@@ -25,6 +25,7 @@ use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{Link, MapCore, RingBuffer, RingBufferBuilder, UprobeOpts};
 use tracing::{debug, info, warn};
 
+use super::kit::programs::{load_degrading, AttemptError, Degraded, Plan, ProgramSpec};
 use super::util::{self, MapFill, ProbeError};
 use super::{Probe, ProbeSpec};
 use crate::config::Config;
@@ -198,7 +199,62 @@ pub struct HttpProbe {
     fill: Vec<MapFill>,
     /// Spans of exchanges, when traces are on.
     spans: Option<spans::SpanMaker>,
+    /// The programs the kernel took.
+    loaded: Vec<&'static str>,
+    /// Features the kernel refused.
+    degraded: Vec<Degraded>,
 }
+
+const TLS_LOSS: &str = "HTTP inside TLS connections of OpenSSL programs";
+
+/// Socket I/O is the probe; each OpenSSL uprobe and the exec hook add TLS plaintext.
+static PROGRAMS: &[ProgramSpec] = &[
+    ProgramSpec::required("psc_http_state", "tp_btf/inet_sock_set_state"),
+    ProgramSpec::required("psc_http_recv", "tp_btf/sock_recv_length with socket storage and ring buffer"),
+    ProgramSpec::required("psc_http_send", "tp_btf/sock_send_length with socket storage and ring buffer"),
+    ProgramSpec::optional(
+        "psc_ssl_ret",
+        "uretprobe with task storage and ring buffer",
+        "TLS plaintext (OpenSSL)",
+        TLS_LOSS,
+    ),
+    ProgramSpec::optional(
+        "psc_ssl_read",
+        "uprobe with task storage",
+        "TLS reads by SSL_read",
+        "HTTP that OpenSSL programs read with SSL_read",
+    ),
+    ProgramSpec::optional(
+        "psc_ssl_write",
+        "uprobe with task storage",
+        "TLS writes by SSL_write",
+        "HTTP that OpenSSL programs write with SSL_write",
+    ),
+    ProgramSpec::optional(
+        "psc_ssl_read_ex",
+        "uprobe with task storage",
+        "TLS reads by SSL_read_ex",
+        "HTTP that OpenSSL programs read with SSL_read_ex",
+    ),
+    ProgramSpec::optional(
+        "psc_ssl_write_ex",
+        "uprobe with task storage",
+        "TLS writes by SSL_write_ex",
+        "HTTP that OpenSSL programs write with SSL_write_ex",
+    ),
+    ProgramSpec::optional(
+        "psc_ssl_set_fd",
+        "uprobe",
+        "SSL_set_fd",
+        "nothing counted: an SSL object's socket is learned at its first read or write instead",
+    ),
+    ProgramSpec::optional(
+        "psc_http_exec",
+        "tp_btf/sched_process_exec with ring buffer",
+        "libssl of programs started after the agent",
+        "TLS plaintext of programs whose own libssl (a container's copy) appears after the agent started",
+    ),
+];
 
 impl HttpProbe {
     fn load(
@@ -208,6 +264,31 @@ impl HttpProbe {
         workloads: &Workloads,
     ) -> Result<Self, ProbeError> {
         util::check_btf()?;
+        let settings = &config.probes.http;
+        let patterns = settings
+            .routes
+            .iter()
+            .map(|r| RoutePattern::parse(r))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(ProbeError::Unsupported)?;
+        let (mut probe, degraded) = load_degrading("http", PROGRAMS, |plan| {
+            let mut probe = Self::load_with(config, workloads, patterns.clone(), plan)?;
+            if attach {
+                probe.attach()?;
+            }
+            Ok(probe)
+        })?;
+        probe.degraded = degraded;
+        Ok(probe)
+    }
+
+    /// One load attempt, with the programs `plan` leaves.
+    fn load_with(
+        config: &Config,
+        workloads: &Workloads,
+        patterns: Vec<RoutePattern>,
+        plan: &Plan,
+    ) -> Result<Self, AttemptError> {
         let settings = &config.probes.http;
         let storage = Box::leak(Box::new(MaybeUninit::uninit()));
         let mut open = HttpSkelBuilder::default()
@@ -225,18 +306,19 @@ impl HttpProbe {
             rodata.trace_clients = u8::from(settings.clients);
             rodata.agent_tgid = std::process::id();
         }
-        let skel = open
-            .load()
-            .map_err(ProbeError::load("loading the http BPF programs"))?;
-
-        let patterns = settings
-            .routes
+        plan.apply(open.open_object_mut());
+        let skel = open.load().map_err(|source| AttemptError::Load {
+            what: "loading the http BPF programs".into(),
+            source,
+        })?;
+        let loaded: Vec<&'static str> = PROGRAMS
             .iter()
-            .map(|r| RoutePattern::parse(r))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(ProbeError::Unsupported)?;
+            .map(|p| p.name)
+            .filter(|name| plan.loads(name))
+            .collect();
+
         let body = &settings.body_size_buckets_bytes.0;
-        let mut probe = HttpProbe {
+        let probe = HttpProbe {
             skel,
             links: Vec::new(),
             ring: None,
@@ -271,34 +353,38 @@ impl HttpProbe {
                 .traces
                 .enabled
                 .then(|| spans::SpanMaker::new(config.traces.sampler())),
+            loaded,
+            degraded: Vec::new(),
         };
-        if attach {
-            probe.attach()?;
-        }
         Ok(probe)
     }
 
-    fn attach(&mut self) -> Result<(), ProbeError> {
+    fn attach(&mut self) -> Result<(), AttemptError> {
         // Establishment first, so that no connection's first bytes pass untracked.
         let progs = &self.skel.progs;
-        for (prog, tracepoint) in [
-            (&progs.psc_http_state, "inet_sock_set_state"),
-            (&progs.psc_http_recv, "sock_recv_length"),
-            (&progs.psc_http_send, "sock_send_length"),
+        for (prog, program) in [
+            (&progs.psc_http_state, "psc_http_state"),
+            (&progs.psc_http_recv, "psc_http_recv"),
+            (&progs.psc_http_send, "psc_http_send"),
         ] {
             let link = prog
                 .attach()
-                .map_err(ProbeError::bpf(format!("attaching tp_btf/{tracepoint}")))?;
+                .map_err(|source| AttemptError::Attach { program, source })?;
             self.links.push(link);
         }
         self.attach_tls();
-        self.links.push(
-            self.skel
-                .progs
-                .psc_http_exec
-                .attach()
-                .map_err(ProbeError::bpf("attaching tp_btf/sched_process_exec"))?,
-        );
+        if self.loads("psc_http_exec") {
+            let link =
+                self.skel
+                    .progs
+                    .psc_http_exec
+                    .attach()
+                    .map_err(|source| AttemptError::Attach {
+                        program: "psc_http_exec",
+                        source,
+                    })?;
+            self.links.push(link);
+        }
         let inbox = self.inbox.clone();
         // One drain takes at most a ring buffer's worth: under a flood the producers
         // would otherwise keep the consumer looping while the inbox grew without bound.
@@ -333,6 +419,11 @@ impl HttpProbe {
         Ok(())
     }
 
+    /// Whether the kernel took `program`.
+    fn loads(&self, program: &str) -> bool {
+        self.loaded.contains(&program)
+    }
+
     /// Uprobes on every libssl found: uprobes attach to the file, so every process that
     /// maps it, now or later, is covered.
     fn attach_tls(&mut self) {
@@ -355,6 +446,10 @@ impl HttpProbe {
     }
 
     fn attach_libssl(&mut self, library: &std::path::Path) {
+        // Without the return probe, no entry probe could finish a call.
+        if !self.loads("psc_ssl_ret") {
+            return;
+        }
         let Some(id) = tls::file_id(library) else {
             return;
         };
@@ -363,13 +458,26 @@ impl HttpProbe {
         }
         let progs = &self.skel.progs;
         let mut attached = 0;
-        for (function, prog, ret) in [
-            ("SSL_read", &progs.psc_ssl_read, true),
-            ("SSL_write", &progs.psc_ssl_write, true),
-            ("SSL_read_ex", &progs.psc_ssl_read_ex, true),
-            ("SSL_write_ex", &progs.psc_ssl_write_ex, true),
-            ("SSL_set_fd", &progs.psc_ssl_set_fd, false),
+        for (function, program, prog, ret) in [
+            ("SSL_read", "psc_ssl_read", &progs.psc_ssl_read, true),
+            ("SSL_write", "psc_ssl_write", &progs.psc_ssl_write, true),
+            (
+                "SSL_read_ex",
+                "psc_ssl_read_ex",
+                &progs.psc_ssl_read_ex,
+                true,
+            ),
+            (
+                "SSL_write_ex",
+                "psc_ssl_write_ex",
+                &progs.psc_ssl_write_ex,
+                true,
+            ),
+            ("SSL_set_fd", "psc_ssl_set_fd", &progs.psc_ssl_set_fd, false),
         ] {
+            if !self.loaded.contains(&program) {
+                continue;
+            }
             let probe = |prog: &libbpf_rs::ProgramMut, retprobe: bool| {
                 prog.attach_uprobe_with_opts(
                     -1,
@@ -926,20 +1034,28 @@ impl Probe for HttpProbe {
     }
 
     fn programs(&self) -> Vec<(String, BorrowedFd<'_>)> {
-        vec![
-            (
-                "psc_http_state".into(),
-                self.skel.progs.psc_http_state.as_fd(),
-            ),
-            (
-                "psc_http_recv".into(),
-                self.skel.progs.psc_http_recv.as_fd(),
-            ),
-            (
-                "psc_http_send".into(),
-                self.skel.progs.psc_http_send.as_fd(),
-            ),
+        let progs = &self.skel.progs;
+        [
+            ("psc_http_state", &progs.psc_http_state),
+            ("psc_http_recv", &progs.psc_http_recv),
+            ("psc_http_send", &progs.psc_http_send),
+            ("psc_http_exec", &progs.psc_http_exec),
+            ("psc_ssl_read", &progs.psc_ssl_read),
+            ("psc_ssl_write", &progs.psc_ssl_write),
+            ("psc_ssl_read_ex", &progs.psc_ssl_read_ex),
+            ("psc_ssl_write_ex", &progs.psc_ssl_write_ex),
+            ("psc_ssl_ret", &progs.psc_ssl_ret),
+            ("psc_ssl_set_fd", &progs.psc_ssl_set_fd),
         ]
+        .into_iter()
+        // Only those the kernel took have an fd.
+        .filter(|(name, _)| self.loads(name))
+        .map(|(name, prog)| (name.to_string(), prog.as_fd()))
+        .collect()
+    }
+
+    fn degraded(&self) -> &[Degraded] {
+        &self.degraded
     }
 
     fn map_fill(&self) -> Vec<MapFill> {

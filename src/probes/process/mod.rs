@@ -9,6 +9,7 @@ use std::time::{Instant, SystemTime};
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{Link, MapCore};
 
+use super::kit::programs::{load_degrading, AttemptError, Degraded, ProgramSpec};
 use super::util::{self, c_string, MapFill, ProbeError};
 use super::{Probe, ProbeSpec};
 use crate::config::Config;
@@ -50,45 +51,80 @@ impl ProbeSpec for ProcessSpec {
         _workloads: &Workloads,
     ) -> Result<Box<dyn Probe>, ProbeError> {
         util::check_btf()?;
-        let storage = Box::leak(Box::new(MaybeUninit::uninit()));
-        let mut open = ProcessSkelBuilder::default()
-            .open(storage)
-            .map_err(ProbeError::bpf("opening the process BPF object"))?;
-        open.maps
-            .executables
-            .set_max_entries(config.probes.process.max_executables.get())
-            .map_err(ProbeError::bpf("setting the executables cap"))?;
-        let skel = open
-            .load()
-            .map_err(ProbeError::load("loading the process BPF programs"))?;
-        let mut probe = ProcessProbe {
-            skel,
-            links: Vec::new(),
-            started: SystemTime::now(),
-            fill: Vec::new(),
-        };
-        if attach {
-            let progs = &probe.skel.progs;
-            for (hook, prog) in [
-                ("tp_btf/sched_process_exec", &progs.psc_process_exec),
-                ("tp_btf/sched_process_exit", &progs.psc_process_exit),
-                ("tp_btf/mark_victim", &progs.psc_oom_victim),
-            ] {
-                let link = prog
-                    .attach()
-                    .map_err(ProbeError::bpf(format!("attaching {hook}")))?;
-                probe.links.push(link);
+        let (mut probe, degraded) = load_degrading("process", PROGRAMS, |plan| {
+            let storage = Box::leak(Box::new(MaybeUninit::uninit()));
+            let mut open = ProcessSkelBuilder::default()
+                .open(storage)
+                .map_err(ProbeError::bpf("opening the process BPF object"))?;
+            open.maps
+                .executables
+                .set_max_entries(config.probes.process.max_executables.get())
+                .map_err(ProbeError::bpf("setting the executables cap"))?;
+            plan.apply(open.open_object_mut());
+            let skel = open.load().map_err(|source| AttemptError::Load {
+                what: "loading the process BPF programs".into(),
+                source,
+            })?;
+            let mut probe = ProcessProbe {
+                skel,
+                links: Vec::new(),
+                started: SystemTime::now(),
+                fill: Vec::new(),
+                exits: plan.loads("psc_process_exit"),
+                oom_kills: plan.loads("psc_oom_victim"),
+                degraded: Vec::new(),
+            };
+            if attach {
+                let progs = &probe.skel.progs;
+                for (name, prog) in [
+                    ("psc_process_exec", &progs.psc_process_exec),
+                    ("psc_process_exit", &progs.psc_process_exit),
+                    ("psc_oom_victim", &progs.psc_oom_victim),
+                ] {
+                    if !plan.loads(name) {
+                        continue;
+                    }
+                    let link = prog.attach().map_err(|source| AttemptError::Attach {
+                        program: name,
+                        source,
+                    })?;
+                    probe.links.push(link);
+                }
             }
-        }
+            Ok(probe)
+        })?;
+        probe.degraded = degraded;
         Ok(Box::new(probe))
     }
 }
+
+/// Execs are the probe; exits and OOM kills each add a family.
+static PROGRAMS: &[ProgramSpec] = &[
+    ProgramSpec::required("psc_process_exec", "tp_btf/sched_process_exec"),
+    ProgramSpec::optional(
+        "psc_process_exit",
+        "tp_btf/sched_process_exit",
+        "process exits",
+        "process_exits_total (not exported)",
+    ),
+    ProgramSpec::optional(
+        "psc_oom_victim",
+        "tp_btf/mark_victim",
+        "OOM kills",
+        "oom_kills_total (not exported)",
+    ),
+];
 
 pub struct ProcessProbe {
     skel: ProcessSkel<'static>,
     links: Vec<Link>,
     started: SystemTime,
     fill: Vec<MapFill>,
+    /// Whether the kernel runs the exit and OOM programs: a family it cannot count is
+    /// not exported, rather than exported as zeros.
+    exits: bool,
+    oom_kills: bool,
+    degraded: Vec<Degraded>,
 }
 
 #[derive(Default, Clone, Copy)]
@@ -135,7 +171,18 @@ impl Probe for ProcessProbe {
     }
 
     fn attach_method(&self) -> String {
-        "tp_btf/sched_process_exec, tp_btf/sched_process_exit, tp_btf/mark_victim".into()
+        let mut hooks = vec!["tp_btf/sched_process_exec"];
+        if self.exits {
+            hooks.push("tp_btf/sched_process_exit");
+        }
+        if self.oom_kills {
+            hooks.push("tp_btf/mark_victim");
+        }
+        hooks.join(", ")
+    }
+
+    fn degraded(&self) -> &[Degraded] {
+        &self.degraded
     }
 
     fn collect(&mut self, _now: Instant, out: &mut Vec<Family>) {
@@ -199,8 +246,12 @@ impl Probe for ProcessProbe {
             ooms.push_created(labels, Value::Counter(stats.oom_kills as f64), self.started);
         }
         out.push(execs);
-        out.push(exits);
-        out.push(ooms);
+        if self.exits {
+            out.push(exits);
+        }
+        if self.oom_kills {
+            out.push(ooms);
+        }
         self.fill = vec![MapFill {
             map: "executables",
             entries,
@@ -210,11 +261,14 @@ impl Probe for ProcessProbe {
 
     fn programs(&self) -> Vec<(String, BorrowedFd<'_>)> {
         let progs = &self.skel.progs;
-        vec![
-            ("psc_process_exec".into(), progs.psc_process_exec.as_fd()),
-            ("psc_process_exit".into(), progs.psc_process_exit.as_fd()),
-            ("psc_oom_victim".into(), progs.psc_oom_victim.as_fd()),
-        ]
+        let mut programs = vec![("psc_process_exec".into(), progs.psc_process_exec.as_fd())];
+        if self.exits {
+            programs.push(("psc_process_exit".into(), progs.psc_process_exit.as_fd()));
+        }
+        if self.oom_kills {
+            programs.push(("psc_oom_victim".into(), progs.psc_oom_victim.as_fd()));
+        }
+        programs
     }
 
     fn map_fill(&self) -> Vec<MapFill> {

@@ -17,6 +17,7 @@ use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{Link, MapCore, MapFlags, TracepointCategory};
 use tracing::{debug, info, warn};
 
+use super::kit::programs::{load_degrading, AttemptError, Degraded, Plan, ProgramSpec};
 use super::util::{self, plain_bytes, MapFill, ProbeError};
 use super::{Probe, ProbeSpec};
 use crate::config::{Config, SamplingMode};
@@ -91,6 +92,28 @@ impl ProbeSpec for SyscallsSpec {
     }
 }
 
+const TIMING: &str = "syscall latency";
+const TIMING_LOSS: &str =
+    "syscall_duration_seconds: syscalls are counted, with their errors, but not timed";
+
+/// Counting at exit is the probe; timing needs one of two enter hooks, the per-syscall
+/// tracepoints first (they cost only the timed syscalls).
+static PROGRAMS: &[ProgramSpec] = &[
+    ProgramSpec::required("psc_sys_exit", "tp_btf/sys_exit"),
+    ProgramSpec::optional(
+        "psc_sys_enter_tp",
+        "tracepoint syscalls/sys_enter_* (tracefs) with task storage",
+        TIMING,
+        TIMING_LOSS,
+    ),
+    ProgramSpec::optional(
+        "psc_sys_enter_btf",
+        "tp_btf/sys_enter with task storage",
+        TIMING,
+        TIMING_LOSS,
+    ),
+];
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum EnterHook {
     None,
@@ -119,6 +142,8 @@ pub struct SyscallsProbe {
     /// The timing schedule, when timing is sampled.
     timing_duty: Option<DutyCycle>,
     timing_always_since: Option<Instant>,
+    /// Features the kernel refused (syscall timing, on some kernels).
+    degraded: Vec<Degraded>,
     enter_hook: EnterHook,
     timed: Vec<u32>,
     bounds: DurationBounds,
@@ -154,25 +179,56 @@ impl SyscallsProbe {
         timed.sort_unstable();
         timed.dedup();
 
-        let enter_hook = if timed.is_empty() {
-            EnterHook::None
+        // Classic tracepoints need tracefs: mounted here when absent (only checking,
+        // nothing is mounted, and what would be used is said).
+        let tracefs = if timed.is_empty() {
+            false
         } else if !attach {
-            // Checking only: say what would be used without mounting anything.
-            if kernel.tracefs.is_some() {
-                EnterHook::PerSyscallTracepoints
-            } else {
-                EnterHook::BtfSysEnter
-            }
+            kernel.tracefs.is_some()
         } else {
             match kernel.ensure_tracefs() {
-                Ok(_) => EnterHook::PerSyscallTracepoints,
+                Ok(_) => true,
                 Err(reason) => {
                     warn!(%reason, "timing syscalls through tp_btf/sys_enter instead of per-syscall tracepoints (costs more per syscall)");
-                    EnterHook::BtfSysEnter
+                    false
                 }
             }
         };
+        let (mut probe, degraded) = load_degrading("syscalls", PROGRAMS, |plan| {
+            let enter_hook = if timed.is_empty() {
+                EnterHook::None
+            } else if plan.loads("psc_sys_enter_tp") {
+                if !tracefs {
+                    return Err(AttemptError::Attach {
+                        program: "psc_sys_enter_tp",
+                        source: libbpf_rs::Error::from(std::io::Error::new(
+                            std::io::ErrorKind::NotFound,
+                            "tracefs is not mounted",
+                        )),
+                    });
+                }
+                EnterHook::PerSyscallTracepoints
+            } else if plan.loads("psc_sys_enter_btf") {
+                EnterHook::BtfSysEnter
+            } else {
+                EnterHook::None
+            };
+            Self::load_with(config, attach, workloads, &timed, enter_hook, plan)
+        })?;
+        probe.degraded = degraded;
+        Ok(probe)
+    }
 
+    /// One load attempt, with the enter hook `plan` leaves.
+    fn load_with(
+        config: &Config,
+        attach: bool,
+        workloads: &Workloads,
+        timed: &[u32],
+        enter_hook: EnterHook,
+        plan: &Plan,
+    ) -> Result<Self, AttemptError> {
+        let settings = &config.probes.syscalls;
         // The skeleton borrows its object storage for its whole life, which is the probe's.
         let storage = Box::leak(Box::new(MaybeUninit::uninit()));
         let mut open = SyscallsSkelBuilder::default()
@@ -232,6 +288,7 @@ impl SyscallsProbe {
             map.set_max_entries(cap)
                 .map_err(ProbeError::bpf("setting a syscalls map cap"))?;
         }
+        plan.apply(open.open_object_mut());
         open.progs
             .psc_sys_enter_tp
             .set_autoload(enter_hook == EnterHook::PerSyscallTracepoints);
@@ -239,9 +296,10 @@ impl SyscallsProbe {
             .psc_sys_enter_btf
             .set_autoload(enter_hook == EnterHook::BtfSysEnter);
 
-        let skel = open
-            .load()
-            .map_err(ProbeError::load("loading the syscalls BPF programs"))?;
+        let skel = open.load().map_err(|source| AttemptError::Load {
+            what: "loading the syscalls BPF programs".into(),
+            source,
+        })?;
 
         for pid in &settings.include_pids {
             skel.maps
@@ -270,7 +328,8 @@ impl SyscallsProbe {
             timing_duty: None,
             timing_always_since: None,
             enter_hook,
-            timed,
+            timed: timed.to_vec(),
+            degraded: Vec::new(),
             bounds: DurationBounds::new(&settings.duration_buckets_seconds.0),
             pid_label: config.processes.pid_label,
             exited_ttl: Duration::from_secs(config.processes.exited_ttl_secs),
@@ -292,22 +351,32 @@ impl SyscallsProbe {
             shares: util::TenantShares::new(slots),
         };
         if attach {
-            probe.exit_link = Some(
-                probe
-                    .skel
-                    .progs
-                    .psc_sys_exit
-                    .attach()
-                    .map_err(ProbeError::bpf("attaching tp_btf/sys_exit"))?,
-            );
+            probe.exit_link = Some(probe.skel.progs.psc_sys_exit.attach().map_err(|source| {
+                AttemptError::Attach {
+                    program: "psc_sys_exit",
+                    source,
+                }
+            })?);
             if enter_hook != EnterHook::None {
                 let now = Instant::now();
+                // Attached once here even when sampled: a kernel that refuses the hook
+                // says so at start, and the other hook is tried.
+                let links = probe
+                    .attach_enter()
+                    .map_err(|source| AttemptError::Attach {
+                        program: match enter_hook {
+                            EnterHook::BtfSysEnter => "psc_sys_enter_btf",
+                            _ => "psc_sys_enter_tp",
+                        },
+                        source,
+                    })?;
                 match settings.latency_sampling {
                     SamplingMode::Always => {
-                        probe.enter_links = probe.attach_enter()?;
+                        probe.enter_links = links;
                         probe.timing_always_since = Some(now);
                     }
                     SamplingMode::Sampled => {
+                        drop(links);
                         probe.timing_duty = Some(DutyCycle::new(
                             Duration::from_secs(settings.latency_sample_secs),
                             Duration::from_secs(settings.latency_period_secs),
@@ -321,17 +390,12 @@ impl SyscallsProbe {
     }
 
     /// Attaches the timing hook: the start stamps of the timed syscalls.
-    fn attach_enter(&self) -> Result<Vec<Link>, ProbeError> {
+    fn attach_enter(&self) -> Result<Vec<Link>, libbpf_rs::Error> {
         let progs = &self.skel.progs;
         let mut links = Vec::new();
         match self.enter_hook {
             EnterHook::None => {}
-            EnterHook::BtfSysEnter => links.push(
-                progs
-                    .psc_sys_enter_btf
-                    .attach()
-                    .map_err(ProbeError::bpf("attaching tp_btf/sys_enter"))?,
-            ),
+            EnterHook::BtfSysEnter => links.push(progs.psc_sys_enter_btf.attach()?),
             EnterHook::PerSyscallTracepoints => {
                 for nr in &self.timed {
                     let name = syscall_name(*nr);
@@ -732,6 +796,10 @@ impl Probe for SyscallsProbe {
             None => "",
         };
         format!("tp_btf/sys_exit (counts, errors); {enter}{sampling}")
+    }
+
+    fn degraded(&self) -> &[Degraded] {
+        &self.degraded
     }
 
     fn tick(&mut self, now: Instant) -> Option<Instant> {
