@@ -949,3 +949,268 @@ fn clients_can_be_left_untraced() {
         0.0
     );
 }
+
+/// What one TLS workload counted: HTTPS requests nginx served, curl's and Python's
+/// client requests, and plaintext requests the Python server served.
+#[derive(Debug, PartialEq)]
+struct TlsCounts {
+    nginx_served: f64,
+    curl_sent: f64,
+    python_sent: f64,
+    plain_served: f64,
+}
+
+/// Under an agent refused `programs`: 3 plaintext requests to a Python server, 4 curl
+/// HTTPS requests to nginx (OpenSSL's SSL_read/SSL_write on both ends), then 5 HTTPS
+/// requests from Python (SSL_read_ex/SSL_write_ex) to nginx. Gives what was counted,
+/// once the plaintext ones show (they are unaffected by any TLS refusal), and the
+/// features the probe reports lost.
+fn tls_workload_with_refused(programs: &[&str]) -> (TlsCounts, Vec<String>) {
+    let agent = Agent::start_refusing(HTTP_CONFIG, programs);
+    let server = Server::python();
+    let (nginx, tls_port, _certs) = nginx_with_tls();
+    let mut conn = connect(server.port);
+    for _ in 0..3 {
+        conn.write_all(b"GET /status/200 HTTP/1.1\r\nHost: x\r\n\r\n")
+            .expect("send");
+        assert_eq!(read_response(&mut BufReader::new(&conn)), 200);
+    }
+    drop(conn);
+    for _ in 0..4 {
+        let status = Command::new("curl")
+            .args(["-sk", "-o", "/dev/null"])
+            .arg(format!("https://127.0.0.1:{tls_port}/index.html"))
+            .status()
+            .expect("curl runs");
+        assert!(status.success());
+    }
+    let script = format!(
+        "import http.client, ssl\n\
+         c = http.client.HTTPSConnection('127.0.0.1', {tls_port}, context=ssl._create_unverified_context())\n\
+         for _ in range(5):\n    c.request('GET', '/index.html'); c.getresponse().read()\n"
+    );
+    let status = Command::new("python3")
+        .args(["-c", &script])
+        .status()
+        .expect("python3 runs");
+    assert!(status.success());
+    let port = tls_port.to_string();
+    let counts = |m: &Metrics| TlsCounts {
+        nginx_served: nginx_count(m, tls_port, "200", "/index.html"),
+        curl_sent: m.sum(
+            "http_client_request_duration_seconds_count",
+            &[
+                ("process_executable_name", "curl"),
+                ("server_port", port.as_str()),
+            ],
+        ),
+        python_sent: m.sum(
+            "http_client_request_duration_seconds_count",
+            &[
+                ("process_executable_name", "python3"),
+                ("server_port", port.as_str()),
+            ],
+        ),
+        plain_served: server_count(m, &server.pid(), "GET", "200", "/status/*"),
+    };
+    // Every client has finished: what the agent counts settles within a drain or two.
+    common::eventually(&agent, |m| counts(m).plain_served == 3.0);
+    std::thread::sleep(Duration::from_millis(500));
+    let m = agent.metrics();
+    drop(nginx);
+    (counts(&m), m.degraded("http"))
+}
+
+/// Everything a TLS workload sends, counted exactly.
+const ALL_TLS: TlsCounts = TlsCounts {
+    nginx_served: 9.0,
+    curl_sent: 4.0,
+    python_sent: 5.0,
+    plain_served: 3.0,
+};
+
+#[test]
+fn without_ssl_set_fd_tls_sockets_are_learned_at_their_first_io() {
+    if !have_root("without_ssl_set_fd_tls_sockets_are_learned_at_their_first_io") {
+        return;
+    }
+    let _kernel = kernel_lock();
+    let (counts, degraded) = tls_workload_with_refused(&["psc_ssl_set_fd"]);
+    assert_eq!(degraded, vec!["SSL_set_fd"]);
+    assert_eq!(counts, ALL_TLS);
+}
+
+#[test]
+fn without_the_exec_hook_libraries_found_at_start_are_still_traced() {
+    if !have_root("without_the_exec_hook_libraries_found_at_start_are_still_traced") {
+        return;
+    }
+    let _kernel = kernel_lock();
+    let (counts, degraded) = tls_workload_with_refused(&["psc_http_exec"]);
+    assert_eq!(degraded, vec!["libssl of programs started after the agent"]);
+    assert_eq!(counts, ALL_TLS);
+}
+
+#[test]
+fn without_the_ssl_return_probe_no_tls_is_seen_and_plaintext_stays_exact() {
+    if !have_root("without_the_ssl_return_probe_no_tls_is_seen_and_plaintext_stays_exact") {
+        return;
+    }
+    let _kernel = kernel_lock();
+    let (counts, degraded) = tls_workload_with_refused(&["psc_ssl_ret"]);
+    assert_eq!(degraded, vec!["TLS plaintext (OpenSSL)"]);
+    assert_eq!(
+        counts,
+        TlsCounts {
+            nginx_served: 0.0,
+            curl_sent: 0.0,
+            python_sent: 0.0,
+            plain_served: 3.0
+        }
+    );
+}
+
+#[test]
+fn without_ssl_read_programs_using_ssl_read_ex_keep_exact_tls_counts() {
+    if !have_root("without_ssl_read_programs_using_ssl_read_ex_keep_exact_tls_counts") {
+        return;
+    }
+    let _kernel = kernel_lock();
+    let (counts, degraded) = tls_workload_with_refused(&["psc_ssl_read"]);
+    assert_eq!(degraded, vec!["TLS reads by SSL_read"]);
+    // nginx and curl use SSL_read and SSL_write, Python the _ex forms.
+    assert_eq!(
+        counts,
+        TlsCounts {
+            nginx_served: 0.0,
+            curl_sent: 0.0,
+            python_sent: 5.0,
+            plain_served: 3.0
+        }
+    );
+}
+
+#[test]
+fn without_ssl_write_programs_using_ssl_write_ex_keep_exact_tls_counts() {
+    if !have_root("without_ssl_write_programs_using_ssl_write_ex_keep_exact_tls_counts") {
+        return;
+    }
+    let _kernel = kernel_lock();
+    let (counts, degraded) = tls_workload_with_refused(&["psc_ssl_write"]);
+    assert_eq!(degraded, vec!["TLS writes by SSL_write"]);
+    // nginx and curl use SSL_read and SSL_write, Python the _ex forms.
+    assert_eq!(
+        counts,
+        TlsCounts {
+            nginx_served: 0.0,
+            curl_sent: 0.0,
+            python_sent: 5.0,
+            plain_served: 3.0
+        }
+    );
+}
+
+#[test]
+fn without_ssl_read_ex_programs_using_ssl_read_keep_exact_tls_counts() {
+    if !have_root("without_ssl_read_ex_programs_using_ssl_read_keep_exact_tls_counts") {
+        return;
+    }
+    let _kernel = kernel_lock();
+    let (counts, degraded) = tls_workload_with_refused(&["psc_ssl_read_ex"]);
+    assert_eq!(degraded, vec!["TLS reads by SSL_read_ex"]);
+    // nginx and curl use SSL_read and SSL_write, Python the _ex forms.
+    assert_eq!(
+        counts,
+        TlsCounts {
+            nginx_served: 9.0,
+            curl_sent: 4.0,
+            python_sent: 0.0,
+            plain_served: 3.0
+        }
+    );
+}
+
+#[test]
+fn without_ssl_write_ex_programs_using_ssl_write_keep_exact_tls_counts() {
+    if !have_root("without_ssl_write_ex_programs_using_ssl_write_keep_exact_tls_counts") {
+        return;
+    }
+    let _kernel = kernel_lock();
+    let (counts, degraded) = tls_workload_with_refused(&["psc_ssl_write_ex"]);
+    assert_eq!(degraded, vec!["TLS writes by SSL_write_ex"]);
+    // nginx and curl use SSL_read and SSL_write, Python the _ex forms.
+    assert_eq!(
+        counts,
+        TlsCounts {
+            nginx_served: 9.0,
+            curl_sent: 4.0,
+            python_sent: 0.0,
+            plain_served: 3.0
+        }
+    );
+}
+
+/// Uprobes run preemptible from Linux 6.13 on: a TLS event assembled in per-CPU scratch
+/// could be overwritten by another task on the same CPU midway. Many TLS clients at once,
+/// far more threads than CPUs, and every request counted exactly on both ends.
+#[test]
+fn concurrent_tls_clients_on_few_cpus_are_counted_exactly() {
+    if !have_root("concurrent_tls_clients_on_few_cpus_are_counted_exactly") {
+        return;
+    }
+    let _kernel = kernel_lock();
+    let agent = Agent::start(HTTP_CONFIG);
+    let (_nginx, tls_port, _certs) = nginx_with_tls();
+    const PROCESSES: usize = 8;
+    const THREADS: usize = 4;
+    const REQUESTS: usize = 30;
+    let script = format!(
+        "import http.client, ssl, threading, multiprocessing\n\
+         def thread():\n    \
+             c = http.client.HTTPSConnection('127.0.0.1', {tls_port}, context=ssl._create_unverified_context())\n    \
+             for _ in range({REQUESTS}):\n        \
+                 c.request('GET', '/index.html'); r = c.getresponse(); assert r.status == 200; r.read()\n\
+         def process():\n    \
+             ts = [threading.Thread(target=thread) for _ in range({THREADS})]\n    \
+             [t.start() for t in ts]; [t.join() for t in ts]\n\
+         if __name__ == '__main__':\n    \
+             ps = [multiprocessing.Process(target=process) for _ in range({PROCESSES})]\n    \
+             [p.start() for p in ps]; [p.join() for p in ps]\n    \
+             assert all(p.exitcode == 0 for p in ps)\n"
+    );
+    let status = Command::new("python3")
+        .args(["-c", &script])
+        .status()
+        .expect("python3 runs");
+    assert!(status.success(), "every client got its answers");
+    let total = (PROCESSES * THREADS * REQUESTS) as f64;
+    let port = tls_port.to_string();
+    let clients = |m: &Metrics| {
+        m.sum(
+            "http_client_request_duration_seconds_count",
+            &[
+                ("process_executable_name", "python3"),
+                ("server_port", port.as_str()),
+                ("http_response_status_code", "200"),
+            ],
+        )
+    };
+    let m = common::eventually(&agent, |m| {
+        nginx_count(m, tls_port, "200", "/index.html") >= total && clients(m) >= total
+    });
+    assert_eq!(
+        m.sum("periscope_events_lost_total", &[("probe", "http")]),
+        0.0
+    );
+    assert_eq!(nginx_count(&m, tls_port, "200", "/index.html"), total);
+    assert_eq!(clients(&m), total);
+    let get = [
+        ("server_port", port.as_str()),
+        ("http_route", "/index.html"),
+    ];
+    assert_eq!(
+        m.sum("http_server_response_body_size_bytes_sum", &get),
+        total * 1000.0,
+        "every response's plaintext body, once"
+    );
+}

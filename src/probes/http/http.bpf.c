@@ -483,6 +483,63 @@ int BPF_PROG(psc_http_send, struct sock *sk, int ret, int flags)
 
 /* OpenSSL: SSL_read/SSL_write(_ex) give the plaintext of TLS connections. */
 
+/* Bytes copied from user memory at a time, on the stack. */
+#define PSC_TLS_CHUNK 256
+
+/* Emits a TLS read or write with the first `want` plaintext bytes at `buf`, assembled
+ * in its own ring buffer record. Uprobes run preemptible (Linux 6.13 on), so another
+ * task on this CPU may run between any two instructions here: the per-CPU scratch the
+ * socket hooks use could be overwritten midway, and a reserved record cannot. Returns 0
+ * when the event is in the ring buffer. */
+static __always_inline int emit_tls(struct psc_conn *conn, __u32 tgid, __u32 fd, __u64 len,
+				    __u8 kind, const void *buf, __u32 want)
+{
+	struct task_struct *task = bpf_get_current_task_btf();
+	struct psc_http_event event = {};
+	char chunk[PSC_TLS_CHUNK];
+	struct bpf_dynptr record;
+	__u32 captured = 0;
+
+	if (want > PSC_HTTP_CAPTURE)
+		want = PSC_HTTP_CAPTURE;
+	if (bpf_ringbuf_reserve_dynptr(&events, sizeof(event) + want, 0, &record)) {
+		bpf_ringbuf_discard_dynptr(&record, 0);
+		PSC_COUNT_IN(counters, PSC_HTTP_LOST_EVENTS);
+		return -1;
+	}
+	for (int i = 0; i < PSC_HTTP_CAPTURE / PSC_TLS_CHUNK; i++) {
+		__u32 n = want - captured;
+
+		if (captured >= want)
+			break;
+		if (n > PSC_TLS_CHUNK)
+			n = PSC_TLS_CHUNK;
+		if (bpf_probe_read_user(chunk, n, buf + captured))
+			break;
+		if (bpf_dynptr_write(&record, sizeof(event) + captured, chunk, n, 0))
+			break;
+		captured += n;
+	}
+	event.ts = bpf_ktime_get_ns();
+	event.tgid = tgid;
+	event.gen = psc_generation(task);
+	event.tid = (__u32)bpf_get_current_pid_tgid();
+	event.fd = fd;
+	event.len = len;
+	event.kind = kind;
+	event.role = conn->role;
+	event.tls = 1;
+	event.gap = conn->lost;
+	event.server = conn->server;
+	event.client = conn->client;
+	event.captured = captured;
+	bpf_probe_read_kernel_str(event.comm, sizeof(event.comm), task->group_leader->comm);
+	bpf_dynptr_write(&record, 0, &event, sizeof(event), 0);
+	/* No wakeup, as for the other events. */
+	bpf_ringbuf_submit_dynptr(&record, BPF_RB_NO_WAKEUP);
+	return 0;
+}
+
 static __always_inline int ssl_enter(void *ssl, void *buf, void *done_ptr, __u8 write)
 {
 	struct psc_ssl_key sk = { .tgid = bpf_get_current_pid_tgid() >> 32, .ssl = (__u64)ssl };
@@ -509,8 +566,7 @@ static __always_inline int ssl_exit(long ret)
 	struct psc_ssl_call *call;
 	struct psc_conn_key key;
 	struct psc_conn *conn;
-	struct scratch *s;
-	__u32 zero = 0, want;
+	__u32 want;
 	__u64 len = 0;
 
 	call = bpf_task_storage_get(&ssl_calls, bpf_get_current_task_btf(), 0, 0);
@@ -535,16 +591,14 @@ static __always_inline int ssl_exit(long ret)
 	key.tgid = tgid;
 	key.fd = call->fd;
 	conn = bpf_map_lookup_elem(&tls_conns, &key);
-	s = bpf_map_lookup_elem(&scratch, &zero);
-	if (!conn || !s)
+	if (!conn)
 		return 0;
 	conn->tls = 1;
 	want = len > PSC_HTTP_CAPTURE ? PSC_HTTP_CAPTURE : len;
-	if (bpf_probe_read_user(s->data, want, (void *)call->buf))
-		want = 0;
-	fill_event(s, tgid, psc_generation(bpf_get_current_task_btf()), key.fd, len,
-		   call->write ? PSC_HTTP_WRITE : PSC_HTTP_READ, conn, 1);
-	conn->lost = emit(s, want, 0) ? 1 : 0;
+	conn->lost = emit_tls(conn, tgid, key.fd, len, call->write ? PSC_HTTP_WRITE : PSC_HTTP_READ,
+			      (const void *)call->buf, want) ?
+			     1 :
+			     0;
 	return 0;
 }
 
