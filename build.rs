@@ -1,5 +1,6 @@
 //! Compiles every `src/probes/<name>/<name>.bpf.c` (and the benchmark floor in
-//! `src/kernel/floor/`) into a libbpf skeleton in `OUT_DIR`.
+//! `src/kernel/floor/`, the feature checks in `src/kernel/features/`) into a libbpf
+//! skeleton in `OUT_DIR`.
 
 use std::env;
 use std::ffi::OsStr;
@@ -25,6 +26,7 @@ fn main() {
         .filter(|path| path.is_dir())
         .collect();
     program_dirs.push(PathBuf::from("src/kernel/floor"));
+    program_dirs.push(PathBuf::from("src/kernel/features"));
     for probe_dir in program_dirs {
         let name = probe_dir
             .file_name()

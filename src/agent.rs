@@ -61,7 +61,7 @@ enum Command {
 pub fn route_libbpf_logs() {
     libbpf_rs::set_print(Some((libbpf_rs::PrintLevel::Debug, |level, message| {
         let message = message.trim_end();
-        let in_load_attempt = crate::probes::kit::programs::note_libbpf_message(message);
+        let in_load_attempt = crate::kernel::libbpf_log::note_libbpf_message(message);
         match level {
             libbpf_rs::PrintLevel::Warn if in_load_attempt => {
                 tracing::debug!(target: "libbpf", "{message}")

@@ -38,6 +38,9 @@ enum Command {
         /// YAML configuration file, for the probes' settings.
         #[arg(long, short)]
         config: Option<PathBuf>,
+        /// Also list the kernel features the probes use, each tried by a real load.
+        #[arg(long)]
+        features: bool,
     },
     /// Attach floor programs until SIGINT/SIGTERM: empty ones on the syscall or socket hooks,
     /// or ones that only copy socket bytes; the least any tracer of that kind pays on this
@@ -96,9 +99,9 @@ fn dispatch(command: Command) -> Result<()> {
                 .context("starting the async runtime")?;
             runtime.block_on(agent::run(config))
         }
-        Command::Probes { config } => {
+        Command::Probes { config, features } => {
             let config = load_config(config.as_ref())?;
-            list_probes(&config)
+            list_probes(&config, features)
         }
         Command::Floor { hooks } => {
             agent::check_kernel()?;
@@ -123,15 +126,11 @@ fn dispatch(command: Command) -> Result<()> {
     }
 }
 
-fn list_probes(config: &Config) -> Result<()> {
+fn list_probes(config: &Config, features: bool) -> Result<()> {
     let mut kernel = agent::check_kernel()?;
     let yes_no = |b: bool| if b { "yes" } else { "no" };
     println!("kernel {}", kernel.release);
     println!("  BTF:              {}", yes_no(kernel.btf));
-    println!("  raw tracepoints:  {}", yes_no(kernel.raw_tracepoint));
-    println!("  tracepoints:      {}", yes_no(kernel.tracepoint));
-    println!("  ring buffer:      {}", yes_no(kernel.ring_buffer));
-    println!("  task storage:     {}", yes_no(kernel.task_storage));
     println!(
         "  tracefs:          {}",
         kernel
@@ -139,6 +138,9 @@ fn list_probes(config: &Config) -> Result<()> {
             .unwrap_or("not mounted (mounted at start when a probe needs it)")
     );
     println!();
+    if features {
+        list_features(kernel.tracefs.is_some());
+    }
     let (_probes, reports) = agent::load_probes(
         config,
         &mut kernel,
@@ -166,4 +168,19 @@ fn list_probes(config: &Config) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Each kernel feature the probes use, as a real load on this kernel answers.
+fn list_features(tracefs: bool) {
+    let reports = periscope::kernel::features::probe(tracefs);
+    let width = reports.iter().map(|r| r.name.len()).max().unwrap_or(0);
+    println!("{:<width$}  {:<24}  USED BY", "KERNEL FEATURE", "HERE");
+    for report in reports {
+        let here = match &report.outcome {
+            Ok(()) => "yes".to_string(),
+            Err(why) => format!("no ({why})"),
+        };
+        println!("{:<width$}  {:<24}  {}", report.name, here, report.used_by);
+    }
+    println!();
 }

@@ -139,3 +139,129 @@ fn probes_lists_each_probe_with_its_attach_method() {
         .expect("process row");
     assert!(process.contains("tp_btf/sched_process_exec"), "{process}");
 }
+
+/// Runs `periscope probes ARGS` with `env`; its stdout.
+fn probes_output(args: &[&str], env: &[(&str, &str)]) -> String {
+    let out = Command::new(periscope_bin())
+        .arg("probes")
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .expect("periscope runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn probes_features_are_what_real_loads_say_and_match_the_probes_choices() {
+    if !common::have_root("probes_features_are_what_real_loads_say_and_match_the_probes_choices") {
+        return;
+    }
+    let _kernel = common::kernel_lock();
+    let stdout = probes_output(&["--features"], &[]);
+    let row = |name: &str| {
+        stdout
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("no {name} row in {stdout}"))
+            .to_string()
+    };
+    for feature in [
+        "tp_btf",
+        "raw_tp",
+        "uprobes",
+        "kprobes",
+        "fentry",
+        "ring buffer",
+        "task storage",
+        "socket storage",
+        "bpf_dynptr_from_skb",
+        "cgroup_skb",
+        "iter/task ",
+        "iter/tcp",
+        "iter/bpf_map_elem",
+    ] {
+        let line = row(feature);
+        assert!(
+            line.contains(" yes ") || line.contains(" no ("),
+            "each feature is answered yes or no (why): {line}"
+        );
+    }
+    // Every probe stands on tp_btf: the machines that run this suite have it.
+    assert!(row("tp_btf").contains(" yes "));
+    // The tcp probe samples with the first form the kernel takes.
+    let tcp = row("tcp ");
+    if row("iter/bpf_map_elem").contains(" yes ") {
+        assert!(tcp.contains("iter/bpf_map_elem"), "{tcp}");
+    } else {
+        assert!(tcp.contains("syscall program's walk"), "{tcp}");
+    }
+}
+
+#[test]
+fn probes_shows_each_degraded_feature() {
+    if !common::have_root("probes_shows_each_degraded_feature") {
+        return;
+    }
+    let _kernel = common::kernel_lock();
+    let stdout = probes_output(
+        &[],
+        &[(
+            "PERISCOPE_TEST_REFUSE_PROGRAMS",
+            "psc_tcp_iter,psc_tcp_walk,psc_oom_victim",
+        )],
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    let tcp = lines
+        .iter()
+        .position(|l| l.starts_with("tcp "))
+        .expect("tcp row");
+    assert!(lines[tcp].contains("degraded"), "{stdout}");
+    assert!(
+        lines[tcp + 1].contains("without sampling of open connections")
+            && lines[tcp + 1].contains("psc_tcp_walk"),
+        "{stdout}"
+    );
+    let process = lines
+        .iter()
+        .position(|l| l.starts_with("process "))
+        .expect("process row");
+    assert!(lines[process].contains("degraded"), "{stdout}");
+    assert!(lines[process + 1].contains("without OOM kills"), "{stdout}");
+    let syscalls = lines
+        .iter()
+        .find(|l| l.starts_with("syscalls "))
+        .expect("syscalls row");
+    assert!(!syscalls.contains("degraded"), "{stdout}");
+}
+
+#[test]
+fn a_refused_required_program_disables_only_its_probe_and_names_the_kernel_feature() {
+    if !common::have_root(
+        "a_refused_required_program_disables_only_its_probe_and_names_the_kernel_feature",
+    ) {
+        return;
+    }
+    let _kernel = common::kernel_lock();
+    let stdout = probes_output(&[], &[("PERISCOPE_TEST_REFUSE_PROGRAMS", "psc_tcp_state")]);
+    let tcp = stdout
+        .lines()
+        .find(|l| l.starts_with("tcp "))
+        .expect("tcp row");
+    assert!(
+        tcp.contains(" no ")
+            && tcp.contains("psc_tcp_state")
+            && tcp.contains("tp_btf/inet_sock_set_state")
+            && tcp.contains("EPERM"),
+        "{tcp}"
+    );
+    let syscalls = stdout
+        .lines()
+        .find(|l| l.starts_with("syscalls "))
+        .expect("syscalls row");
+    assert!(syscalls.contains(" yes "), "{syscalls}");
+}

@@ -3,27 +3,25 @@
 
 pub mod caps;
 pub mod duty;
+pub mod features;
 pub mod floor;
+pub mod libbpf_log;
 pub mod stats;
 
 use std::ffi::CString;
 use std::path::Path;
 
-use libbpf_rs::libbpf_sys;
 use tracing::info;
 
 pub const BTF_PATH: &str = "/sys/kernel/btf/vmlinux";
 const TRACEFS_PATHS: &[&str] = &["/sys/kernel/tracing", "/sys/kernel/debug/tracing"];
 
-/// Kernel capabilities, probed once at start-up.
+/// What start-up needs to know of the kernel; what it runs is found by loading
+/// (`features`, and each probe's own load).
 #[derive(Debug, Clone)]
 pub struct KernelFeatures {
     pub release: String,
     pub btf: bool,
-    pub ring_buffer: bool,
-    pub raw_tracepoint: bool,
-    pub tracepoint: bool,
-    pub task_storage: bool,
     /// Where tracefs is mounted, if it is (classic tracepoints need it).
     pub tracefs: Option<&'static str>,
 }
@@ -33,10 +31,6 @@ impl KernelFeatures {
         KernelFeatures {
             release: kernel_release(),
             btf: Path::new(BTF_PATH).exists(),
-            ring_buffer: map_type_supported(libbpf_sys::BPF_MAP_TYPE_RINGBUF),
-            raw_tracepoint: prog_type_supported(libbpf_sys::BPF_PROG_TYPE_RAW_TRACEPOINT),
-            tracepoint: prog_type_supported(libbpf_sys::BPF_PROG_TYPE_TRACEPOINT),
-            task_storage: map_type_supported(libbpf_sys::BPF_MAP_TYPE_TASK_STORAGE),
             tracefs: mounted_tracefs(),
         }
     }
@@ -92,12 +86,17 @@ fn kernel_release() -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
-fn prog_type_supported(prog_type: libbpf_sys::bpf_prog_type) -> bool {
-    // SAFETY: a plain query; libbpf loads and unloads a trivial program.
-    unsafe { libbpf_sys::libbpf_probe_bpf_prog_type(prog_type, std::ptr::null()) == 1 }
-}
-
-fn map_type_supported(map_type: libbpf_sys::bpf_map_type) -> bool {
-    // SAFETY: a plain query; libbpf creates and closes a small map.
-    unsafe { libbpf_sys::libbpf_probe_bpf_map_type(map_type, std::ptr::null()) == 1 }
+/// The errno name of a libbpf error, for messages that name what the kernel said.
+pub fn errno_name(err: &libbpf_rs::Error) -> String {
+    use libbpf_rs::ErrorKind;
+    match err.kind() {
+        ErrorKind::PermissionDenied => "EPERM",
+        ErrorKind::NotFound => "ENOENT",
+        ErrorKind::InvalidInput => "EINVAL",
+        ErrorKind::Unsupported => "EOPNOTSUPP",
+        ErrorKind::OutOfMemory => "ENOMEM",
+        ErrorKind::AlreadyExists => "EEXIST",
+        _ => return err.to_string(),
+    }
+    .to_string()
 }

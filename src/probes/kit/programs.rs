@@ -6,10 +6,12 @@
 //! load says what a kernel runs, so a probe tries its programs for real; a refused
 //! optional program costs the feature it adds, never the probe.
 
-use std::cell::RefCell;
 use std::collections::BTreeMap;
 
 use super::super::ProbeError;
+use crate::kernel::libbpf_log;
+#[cfg(test)]
+use crate::kernel::libbpf_log::note_libbpf_message;
 
 /// How much a probe needs one of its programs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -239,6 +241,14 @@ pub fn load_degrading<T>(
     let mut plan = Plan::new(programs);
     for name in forced_refusals() {
         if let Some(spec) = plan.spec(&name) {
+            if spec.need == Need::Required {
+                return Err(ProbeError::Refused {
+                    program: spec.name,
+                    kernel_feature: spec.kernel_feature,
+                    stage: Stage::Load.as_str(),
+                    errno: "EPERM".into(),
+                });
+            }
             plan.refused.insert(
                 spec.name,
                 Refusal {
@@ -253,9 +263,7 @@ pub fn load_degrading<T>(
     }
     // Every program can be refused once: the loop ends.
     for _ in 0..=programs.len() {
-        capture_start();
-        let outcome = attempt(&plan);
-        let log = capture_finish();
+        let (outcome, log) = libbpf_log::capture(|| attempt(&plan));
         let (stage, program, what, source) = match outcome {
             Ok(loaded) => {
                 let degraded = plan.degraded(probe);
@@ -305,7 +313,7 @@ pub fn load_degrading<T>(
         let Some((name, logged_errno)) = program else {
             return Err(ProbeError::Load { what, source });
         };
-        let errno = logged_errno.unwrap_or_else(|| errno_name(&source));
+        let errno = logged_errno.unwrap_or_else(|| crate::kernel::errno_name(&source));
         let Some(spec) = plan.spec(&name) else {
             return Err(ProbeError::Load { what, source });
         };
@@ -349,50 +357,6 @@ fn forced_refusals() -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
-}
-
-/// The errno name of a libbpf error, for the one log line.
-fn errno_name(err: &libbpf_rs::Error) -> String {
-    use libbpf_rs::ErrorKind;
-    match err.kind() {
-        ErrorKind::PermissionDenied => "EPERM",
-        ErrorKind::NotFound => "ENOENT",
-        ErrorKind::InvalidInput => "EINVAL",
-        ErrorKind::Unsupported => "EOPNOTSUPP",
-        ErrorKind::OutOfMemory => "ENOMEM",
-        ErrorKind::AlreadyExists => "EEXIST",
-        _ => return err.to_string(),
-    }
-    .to_string()
-}
-
-thread_local! {
-    /// libbpf's messages while a load attempt runs on this thread.
-    static CAPTURED: RefCell<Option<Vec<String>>> = const { RefCell::new(None) };
-}
-
-fn capture_start() {
-    CAPTURED.with(|c| *c.borrow_mut() = Some(Vec::new()));
-}
-
-fn capture_finish() -> Vec<String> {
-    CAPTURED.with(|c| c.borrow_mut().take()).unwrap_or_default()
-}
-
-/// Keeps a libbpf message for the load attempt running on this thread, if any; the
-/// agent's libbpf log router calls it with every message. True when it was kept: the
-/// attempt's outcome is then logged in one line, and the message need not be a warning.
-pub fn note_libbpf_message(message: &str) -> bool {
-    CAPTURED.with(|c| match c.borrow_mut().as_mut() {
-        Some(lines) => {
-            // A refusal is named in the first lines; a verifier log can be long.
-            if lines.len() < 4096 {
-                lines.push(message.to_string());
-            }
-            true
-        }
-        None => false,
-    })
 }
 
 /// The program libbpf says failed to load, and the errno it gives: libbpf logs
