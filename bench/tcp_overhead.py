@@ -8,7 +8,10 @@ off vs on (the tcp probe alone), interleaved round by round; reports medians.
 - Bulk: `iperf3` (Debian), one stream over loopback, bits per second.
 
 Usage (as root, after `cargo build --release --examples`):
-    python3 bench/tcp_overhead.py [--rounds 5] [--duration 5]
+    python3 bench/tcp_overhead.py [--rounds 5] [--duration 5] [--sample-interval SECS]
+
+--sample-interval sets probes.tcp.sample_interval_secs (10 by default), so the sampler of
+open connections runs within each round.
 """
 import argparse
 import json
@@ -57,7 +60,11 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--duration", type=int, default=5)
+    parser.add_argument("--sample-interval", type=int, default=None)
     args = parser.parse_args()
+    config = TCP_ONLY
+    if args.sample_interval is not None:
+        config = config.replace("    enabled: true\n", f"    enabled: true\n    sample_interval_secs: {args.sample_interval}\n", 1)
     if os.geteuid() != 0:
         sys.exit("run as root: the benchmark loads BPF programs")
     if not os.path.exists(LOOP):
@@ -73,7 +80,7 @@ def main():
         connect_loop(1)  # warm up
         for round_no in range(args.rounds):
             for kind in ("off", "on"):
-                agent = start_agent(workdir, metrics_port, TCP_ONLY) if kind == "on" else None
+                agent = start_agent(workdir, metrics_port, config) if kind == "on" else None
                 loop, loop_cpu_us = connect_loop(args.duration)
                 time.sleep(1)
                 bulk = iperf(iperf_port, args.duration)

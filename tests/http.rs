@@ -1029,124 +1029,109 @@ const ALL_TLS: TlsCounts = TlsCounts {
     plain_served: 3.0,
 };
 
-#[test]
-fn without_ssl_set_fd_tls_sockets_are_learned_at_their_first_io() {
-    if !have_root("without_ssl_set_fd_tls_sockets_are_learned_at_their_first_io") {
+/// Nothing over TLS is seen; plaintext stays exact.
+const PLAINTEXT_ONLY: TlsCounts = TlsCounts {
+    nginx_served: 0.0,
+    curl_sent: 0.0,
+    python_sent: 0.0,
+    plain_served: 3.0,
+};
+
+/// nginx and curl use SSL_read and SSL_write: only Python's _ex calls are seen.
+const EX_ONLY: TlsCounts = TlsCounts {
+    nginx_served: 0.0,
+    curl_sent: 0.0,
+    python_sent: 5.0,
+    plain_served: 3.0,
+};
+
+/// Python's client uses SSL_read_ex and SSL_write_ex: all but its side is seen (nginx
+/// serves it with SSL_read and SSL_write).
+const NOT_EX: TlsCounts = TlsCounts {
+    nginx_served: 9.0,
+    curl_sent: 4.0,
+    python_sent: 0.0,
+    plain_served: 3.0,
+};
+
+/// With `program` refused, the probe reports `feature` lost and counts `want`.
+fn tls_refusal(test: &str, program: &str, feature: &str, want: TlsCounts) {
+    if !have_root(test) {
         return;
     }
     let _kernel = kernel_lock();
-    let (counts, degraded) = tls_workload_with_refused(&["psc_ssl_set_fd"]);
-    assert_eq!(degraded, vec!["SSL_set_fd"]);
-    assert_eq!(counts, ALL_TLS);
+    let (counts, degraded) = tls_workload_with_refused(&[program]);
+    assert_eq!(degraded, vec![feature]);
+    assert_eq!(counts, want);
+}
+
+#[test]
+fn without_ssl_set_fd_tls_sockets_are_learned_at_their_first_io() {
+    tls_refusal(
+        "without_ssl_set_fd_tls_sockets_are_learned_at_their_first_io",
+        "psc_ssl_set_fd",
+        "SSL_set_fd",
+        ALL_TLS,
+    );
 }
 
 #[test]
 fn without_the_exec_hook_libraries_found_at_start_are_still_traced() {
-    if !have_root("without_the_exec_hook_libraries_found_at_start_are_still_traced") {
-        return;
-    }
-    let _kernel = kernel_lock();
-    let (counts, degraded) = tls_workload_with_refused(&["psc_http_exec"]);
-    assert_eq!(degraded, vec!["libssl of programs started after the agent"]);
-    assert_eq!(counts, ALL_TLS);
+    tls_refusal(
+        "without_the_exec_hook_libraries_found_at_start_are_still_traced",
+        "psc_http_exec",
+        "libssl of programs started after the agent",
+        ALL_TLS,
+    );
 }
 
 #[test]
 fn without_the_ssl_return_probe_no_tls_is_seen_and_plaintext_stays_exact() {
-    if !have_root("without_the_ssl_return_probe_no_tls_is_seen_and_plaintext_stays_exact") {
-        return;
-    }
-    let _kernel = kernel_lock();
-    let (counts, degraded) = tls_workload_with_refused(&["psc_ssl_ret"]);
-    assert_eq!(degraded, vec!["TLS plaintext (OpenSSL)"]);
-    assert_eq!(
-        counts,
-        TlsCounts {
-            nginx_served: 0.0,
-            curl_sent: 0.0,
-            python_sent: 0.0,
-            plain_served: 3.0
-        }
+    tls_refusal(
+        "without_the_ssl_return_probe_no_tls_is_seen_and_plaintext_stays_exact",
+        "psc_ssl_ret",
+        "TLS plaintext (OpenSSL)",
+        PLAINTEXT_ONLY,
     );
 }
 
 #[test]
 fn without_ssl_read_programs_using_ssl_read_ex_keep_exact_tls_counts() {
-    if !have_root("without_ssl_read_programs_using_ssl_read_ex_keep_exact_tls_counts") {
-        return;
-    }
-    let _kernel = kernel_lock();
-    let (counts, degraded) = tls_workload_with_refused(&["psc_ssl_read"]);
-    assert_eq!(degraded, vec!["TLS reads by SSL_read"]);
-    // nginx and curl use SSL_read and SSL_write, Python the _ex forms.
-    assert_eq!(
-        counts,
-        TlsCounts {
-            nginx_served: 0.0,
-            curl_sent: 0.0,
-            python_sent: 5.0,
-            plain_served: 3.0
-        }
+    tls_refusal(
+        "without_ssl_read_programs_using_ssl_read_ex_keep_exact_tls_counts",
+        "psc_ssl_read",
+        "TLS reads by SSL_read",
+        EX_ONLY,
     );
 }
 
 #[test]
 fn without_ssl_write_programs_using_ssl_write_ex_keep_exact_tls_counts() {
-    if !have_root("without_ssl_write_programs_using_ssl_write_ex_keep_exact_tls_counts") {
-        return;
-    }
-    let _kernel = kernel_lock();
-    let (counts, degraded) = tls_workload_with_refused(&["psc_ssl_write"]);
-    assert_eq!(degraded, vec!["TLS writes by SSL_write"]);
-    // nginx and curl use SSL_read and SSL_write, Python the _ex forms.
-    assert_eq!(
-        counts,
-        TlsCounts {
-            nginx_served: 0.0,
-            curl_sent: 0.0,
-            python_sent: 5.0,
-            plain_served: 3.0
-        }
+    tls_refusal(
+        "without_ssl_write_programs_using_ssl_write_ex_keep_exact_tls_counts",
+        "psc_ssl_write",
+        "TLS writes by SSL_write",
+        EX_ONLY,
     );
 }
 
 #[test]
 fn without_ssl_read_ex_programs_using_ssl_read_keep_exact_tls_counts() {
-    if !have_root("without_ssl_read_ex_programs_using_ssl_read_keep_exact_tls_counts") {
-        return;
-    }
-    let _kernel = kernel_lock();
-    let (counts, degraded) = tls_workload_with_refused(&["psc_ssl_read_ex"]);
-    assert_eq!(degraded, vec!["TLS reads by SSL_read_ex"]);
-    // nginx and curl use SSL_read and SSL_write, Python the _ex forms.
-    assert_eq!(
-        counts,
-        TlsCounts {
-            nginx_served: 9.0,
-            curl_sent: 4.0,
-            python_sent: 0.0,
-            plain_served: 3.0
-        }
+    tls_refusal(
+        "without_ssl_read_ex_programs_using_ssl_read_keep_exact_tls_counts",
+        "psc_ssl_read_ex",
+        "TLS reads by SSL_read_ex",
+        NOT_EX,
     );
 }
 
 #[test]
 fn without_ssl_write_ex_programs_using_ssl_write_keep_exact_tls_counts() {
-    if !have_root("without_ssl_write_ex_programs_using_ssl_write_keep_exact_tls_counts") {
-        return;
-    }
-    let _kernel = kernel_lock();
-    let (counts, degraded) = tls_workload_with_refused(&["psc_ssl_write_ex"]);
-    assert_eq!(degraded, vec!["TLS writes by SSL_write_ex"]);
-    // nginx and curl use SSL_read and SSL_write, Python the _ex forms.
-    assert_eq!(
-        counts,
-        TlsCounts {
-            nginx_served: 9.0,
-            curl_sent: 4.0,
-            python_sent: 0.0,
-            plain_served: 3.0
-        }
+    tls_refusal(
+        "without_ssl_write_ex_programs_using_ssl_write_keep_exact_tls_counts",
+        "psc_ssl_write_ex",
+        "TLS writes by SSL_write_ex",
+        NOT_EX,
     );
 }
 

@@ -227,7 +227,8 @@ fn classic(buckets: &[u64], bounds: &[f64], sum: f64) -> ClassicHistogram {
 
 pub struct TcpProbe {
     skel: TcpSkel<'static>,
-    links: Vec<Link>,
+    /// Keeps the state program attached while the probe lives.
+    _links: Vec<Link>,
     /// Processes by tgid and generation (bpf/process.h).
     processes: ProcessTable<(u32, u16)>,
     pid_label: bool,
@@ -268,7 +269,7 @@ impl TcpProbe {
         let duration_bounds = settings.connect_duration_buckets_seconds.0.clone();
         let rtt_bounds = settings.rtt_buckets_seconds.0.clone();
         let sampling = settings.sample_interval_secs > 0;
-        let ((skel, sampler), degraded) = load_degrading("tcp", PROGRAMS, |plan| {
+        let ((skel, sampler, links), degraded) = load_degrading("tcp", PROGRAMS, |plan| {
             let storage = Box::leak(Box::new(MaybeUninit::uninit()));
             let mut open = TcpSkelBuilder::default()
                 .open(storage)
@@ -307,6 +308,18 @@ impl TcpProbe {
                 what: "loading the tcp BPF program".into(),
                 source,
             })?;
+            let mut links = Vec::new();
+            if attach {
+                let link =
+                    skel.progs
+                        .psc_tcp_state
+                        .attach()
+                        .map_err(|source| AttemptError::Attach {
+                            program: "psc_tcp_state",
+                            source,
+                        })?;
+                links.push(link);
+            }
             let sampler = if !sampling {
                 None
             } else if plan.loads("psc_tcp_iter") {
@@ -336,11 +349,11 @@ impl TcpProbe {
             } else {
                 None
             };
-            Ok((skel, sampler))
+            Ok((skel, sampler, links))
         })?;
         let mut probe = TcpProbe {
             skel,
-            links: Vec::new(),
+            _links: links,
             processes: ProcessTable::new().with_workloads(workloads),
             pid_label: config.processes.pid_label,
             exited_ttl: Duration::from_secs(config.processes.exited_ttl_secs),
@@ -363,13 +376,6 @@ impl TcpProbe {
             max_exited: config.processes.max_exited_executables.get() as usize,
         };
         if attach {
-            let link = probe
-                .skel
-                .progs
-                .psc_tcp_state
-                .attach()
-                .map_err(ProbeError::bpf("attaching tp_btf/inet_sock_set_state"))?;
-            probe.links.push(link);
             if let (Some(interval), Some(_)) = (probe.sample_interval, &probe.sampler) {
                 probe.next_sample = Instant::now() + interval;
             }
