@@ -1199,3 +1199,64 @@ fn concurrent_tls_clients_on_few_cpus_are_counted_exactly() {
         "every response's plaintext body, once"
     );
 }
+
+/// A TLS flood against a ring buffer too small for its events: what was lost is counted,
+/// the agent stays healthy, and requests once the ring has drained are counted exactly.
+#[test]
+fn a_tls_flood_that_overflows_the_ring_buffer_is_counted_and_later_requests_are_exact() {
+    if !have_root(
+        "a_tls_flood_that_overflows_the_ring_buffer_is_counted_and_later_requests_are_exact",
+    ) {
+        return;
+    }
+    let _kernel = kernel_lock();
+    let agent = Agent::start("probes:\n  http:\n    enabled: true\n    ring_buffer_bytes: 4096\n");
+    let (_nginx, tls_port, _certs) = nginx_with_tls();
+    // 200 pipelined requests in one write; nginx answers with TLS writes whose 4 KiB
+    // captures can never fit in a 4 KiB ring.
+    let flood = format!(
+        "import socket, ssl\n\
+         s = ssl._create_unverified_context().wrap_socket(socket.create_connection(('127.0.0.1', {tls_port})))\n\
+         s.sendall(b'GET /index.html HTTP/1.1\\r\\nHost: t\\r\\n\\r\\n' * 199 + b'GET /index.html HTTP/1.1\\r\\nHost: t\\r\\nConnection: close\\r\\n\\r\\n')\n\
+         data = b''\n\
+         while chunk := s.recv(65536):\n    \
+             data += chunk\n\
+         assert data.count(b'HTTP/1.1 200 OK') == 200, data.count(b'HTTP/1.1 200 OK')\n"
+    );
+    let later = format!(
+        "import http.client, ssl\n\
+         c = http.client.HTTPSConnection('127.0.0.1', {tls_port}, context=ssl._create_unverified_context())\n\
+         for _ in range(3):\n    \
+             c.request('GET', '/after'); r = c.getresponse(); assert r.status == 404; r.read()\n"
+    );
+    let python = |script: &str| {
+        let status = Command::new("python3")
+            .args(["-c", script])
+            .status()
+            .expect("python3 runs");
+        assert!(status.success(), "the client got every answer");
+    };
+    python(&flood);
+    let m = agent.metrics();
+    assert!(
+        m.one("periscope_events_lost_total", &[("probe", "http")]) > 0.0,
+        "a full ring buffer is counted, not silent"
+    );
+    assert!(
+        nginx_count(&m, tls_port, "200", "/index.html") <= 200.0,
+        "nothing is counted twice"
+    );
+    // The agent drains every 10 ms: the ring is empty again well before this.
+    std::thread::sleep(Duration::from_millis(300));
+    python(&later);
+    let m = common::eventually(&agent, |m| nginx_count(m, tls_port, "404", "/after") == 3.0);
+    assert_eq!(nginx_count(&m, tls_port, "404", "/after"), 3.0);
+    let port = tls_port.to_string();
+    assert_eq!(
+        m.sum(
+            "http_client_request_duration_seconds_count",
+            &[("server_port", port.as_str()), ("http_route", "/after")]
+        ),
+        3.0
+    );
+}

@@ -410,9 +410,11 @@ static __always_inline int socket_io(struct sock *sk, int ret, int flags, int in
 			struct psc_conn_key conn_key = { .tgid = tgid, .fd = fd };
 
 			sock->conn.tls = 1;
+			announce(sock, tgid, gen, fd);
+			/* After the announcement: a lost one marks the connection, so that its
+			 * first TLS event tells user space to drop what it knew of this fd. */
 			if (bpf_map_update_elem(&tls_conns, &conn_key, &sock->conn, BPF_ANY))
 				PSC_COUNT_IN(counters, PSC_HTTP_CONNS_REFUSED);
-			announce(sock, tgid, gen, fd);
 		}
 		return 0;
 	}
