@@ -98,7 +98,7 @@ fn rule_expressions() -> Vec<String> {
             }
         }
     }
-    assert_eq!(exprs.len(), 7, "{exprs:?}");
+    assert_eq!(exprs.len(), 8, "{exprs:?}");
     exprs
 }
 
@@ -131,9 +131,11 @@ fn every_dashboard_and_rule_expression_returns_data() {
     }
     let _kernel = kernel_lock();
     // A tiny ring buffer, so that the events-lost alert has something to say; the
-    // process probe off, so that the probe-down alert does.
-    let agent = Agent::start(
+    // process probe off, so that the probe-down alert does; and one of the http probe's
+    // optional programs refused, so that the probe-degraded alert does.
+    let agent = Agent::start_refusing(
         "probes:\n  process:\n    enabled: false\n  http:\n    enabled: true\n    ring_buffer_bytes: 4096\n",
+        &["psc_ssl_set_fd"],
     );
     let server_port = free_port();
     let closed_port = free_port();
