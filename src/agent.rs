@@ -57,6 +57,32 @@ enum Command {
     Shutdown,
 }
 
+/// Raises the soft limit on open files to the hard one: connections to the metrics
+/// endpoint, BPF maps, programs and links all take fds, and a low soft limit (1024 in
+/// many units) would let a flood of connections starve the rest.
+fn raise_fd_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit read and write the struct passed; nothing else.
+    let raised = unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && {
+            let soft = limit.rlim_cur;
+            limit.rlim_cur = limit.rlim_max;
+            soft >= limit.rlim_max || libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0
+        }
+    };
+    if raised {
+        tracing::debug!(open_files = limit.rlim_cur, "open-file limit");
+    } else {
+        warn!(
+            error = %std::io::Error::last_os_error(),
+            "could not raise the open-file limit"
+        );
+    }
+}
+
 /// Routes libbpf's own messages into our logs instead of stderr.
 pub fn route_libbpf_logs() {
     libbpf_rs::set_print(Some((libbpf_rs::PrintLevel::Debug, |level, message| {
@@ -83,6 +109,12 @@ pub fn check_kernel() -> Result<KernelFeatures> {
         );
     }
     Ok(kernel)
+}
+
+/// What the metrics endpoint counts, for the agent's own metrics.
+struct EndpointCounters {
+    scrapes_refused: Arc<AtomicU64>,
+    server: Arc<prometheus::ServerStats>,
 }
 
 /// What the collector hands the push exporters: spans, and at its end the last
@@ -112,6 +144,7 @@ pub async fn run(mut config: Config) -> Result<()> {
         .map_err(anyhow::Error::msg)?;
     // Installed first, so that a signal during start-up also stops the agent cleanly.
     let mut signals = Signals::install()?;
+    raise_fd_limit();
     let needs = caps::needed(&config);
     caps::check(&needs)?;
     let kept_caps = caps::kept_after_start(&needs);
@@ -155,6 +188,12 @@ pub async fn run(mut config: Config) -> Result<()> {
     let (commands, inbox) = mpsc::sync_channel(SCRAPE_QUEUE);
     let scrapes_refused = Arc::new(AtomicU64::new(0));
     let refused_count = scrapes_refused.clone();
+    let server_stats = Arc::new(prometheus::ServerStats::default());
+    let collector_server_stats = server_stats.clone();
+    let limits = prometheus::Limits {
+        max_connections: config.prometheus.max_connections.get() as usize,
+        header_read_timeout: Duration::from_secs(config.prometheus.header_read_timeout_secs),
+    };
     let (report_tx, report_rx) = oneshot::channel();
     let collector_exporters = exporters.clone();
     let last_families: Arc<Mutex<Option<Vec<Family>>>> = Arc::new(Mutex::new(None));
@@ -168,7 +207,10 @@ pub async fn run(mut config: Config) -> Result<()> {
                 inbox,
                 report_tx,
                 started,
-                refused_count,
+                EndpointCounters {
+                    scrapes_refused: refused_count,
+                    server: collector_server_stats,
+                },
                 CollectorExports {
                     exporters: collector_exporters,
                     last_families: collector_last,
@@ -291,9 +333,16 @@ pub async fn run(mut config: Config) -> Result<()> {
         refused: scrapes_refused,
     };
     let (stop_server, server_stopped) = oneshot::channel::<()>();
-    let server = tokio::spawn(prometheus::serve(listener, source, ready.clone(), async {
-        let _ = server_stopped.await;
-    }));
+    let server = tokio::spawn(prometheus::serve(
+        listener,
+        source,
+        ready.clone(),
+        limits,
+        server_stats,
+        async {
+            let _ = server_stopped.await;
+        },
+    ));
 
     let mut collector_done = tokio::task::spawn_blocking(move || collector.join());
     let collector_failed = tokio::select! {
@@ -390,6 +439,7 @@ struct Collector {
     start_time: Duration,
     stats: StatsSampler,
     scrapes_refused: Arc<AtomicU64>,
+    server_stats: Arc<prometheus::ServerStats>,
     exporters: Vec<PushExporter>,
     span_buffer: Vec<Span>,
     workloads: Workloads,
@@ -405,9 +455,13 @@ fn collector_main(
     inbox: mpsc::Receiver<Command>,
     report: oneshot::Sender<Vec<AttachReport>>,
     started: Instant,
-    scrapes_refused: Arc<AtomicU64>,
+    endpoint: EndpointCounters,
     exports: CollectorExports,
 ) {
+    let EndpointCounters {
+        scrapes_refused,
+        server: server_stats,
+    } = endpoint;
     let CollectorExports {
         exporters,
         last_families,
@@ -434,6 +488,7 @@ fn collector_main(
             Instant::now(),
         ),
         scrapes_refused,
+        server_stats,
         exporters,
         span_buffer: Vec::new(),
         workloads,
@@ -639,6 +694,9 @@ impl Collector {
                 start_time: self.start_time,
                 stats_enabled: self.stats.enabled_for(Instant::now()),
                 scrapes_refused: self.scrapes_refused.load(Ordering::Relaxed),
+                endpoint_connections: self.server_stats.open.load(Ordering::Relaxed),
+                endpoint_evicted: self.server_stats.evicted.load(Ordering::Relaxed),
+                endpoint_refused: self.server_stats.refused.load(Ordering::Relaxed),
                 spans: self
                     .exporters
                     .iter()

@@ -33,6 +33,11 @@ pub struct AgentHealth {
     pub stats_enabled: Duration,
     /// Scrapes refused because the collector's queue was full.
     pub scrapes_refused: u64,
+    /// Connections to the metrics endpoint: open now, closed to make room for a new one
+    /// at the cap, and refused at the cap because every open one was busy.
+    pub endpoint_connections: u64,
+    pub endpoint_evicted: u64,
+    pub endpoint_refused: u64,
     /// The span pipeline, when traces are on.
     pub spans: Option<SpanHealth>,
     /// What each push exporter delivered and lost.
@@ -190,6 +195,26 @@ pub fn families(health: &[ProbeHealth], agent: &AgentHealth) -> Vec<Family> {
         MetricKind::Counter,
     );
     refused.push(vec![], Value::Counter(agent.scrapes_refused as f64));
+    let mut endpoint_open = Family::new(
+        "periscope_endpoint_connections",
+        "Open connections to the metrics endpoint (capped by prometheus.max_connections).",
+        MetricKind::Gauge,
+    );
+    endpoint_open.push(vec![], Value::Gauge(agent.endpoint_connections as f64));
+    let mut endpoint_closed = Family::new(
+        "periscope_endpoint_connections_closed",
+        "Connections to the metrics endpoint closed by its cap: `evicted`, the one idle longest closed to make room for a new one; `refused`, a new one closed because every open one was busy.",
+        MetricKind::Counter,
+    );
+    for (reason, count) in [
+        ("evicted", agent.endpoint_evicted),
+        ("refused", agent.endpoint_refused),
+    ] {
+        endpoint_closed.push(
+            vec![("reason", reason.to_string())],
+            Value::Counter(count as f64),
+        );
+    }
     let mut start = Family::new(
         "periscope_start_duration_seconds",
         "Time from agent start until every probe was loaded and attached.",
@@ -222,6 +247,8 @@ pub fn families(health: &[ProbeHealth], agent: &AgentHealth) -> Vec<Family> {
         lost,
         scrape,
         refused,
+        endpoint_open,
+        endpoint_closed,
         start,
     ];
     if agent.spans.is_some() || !agent.exporters.is_empty() {

@@ -30,7 +30,10 @@ fn unknown_key_is_fatal_and_located() {
         stderr.contains("key `prometheus.listen_adress`"),
         "{stderr}"
     );
-    assert!(stderr.contains("expected `listen_address`"), "{stderr}");
+    assert!(
+        stderr.contains("expected one of `listen_address`"),
+        "{stderr}"
+    );
 }
 
 #[test]

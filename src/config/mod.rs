@@ -395,6 +395,11 @@ impl Default for SelfMetricsConfig {
 pub struct PrometheusConfig {
     /// Address and port `/metrics`, `/healthz` and `/readyz` are served on.
     pub listen_address: SocketAddr,
+    /// Open connections at most; when a new one comes, the one idle longest is closed.
+    pub max_connections: NonZeroU32,
+    /// Time a client has to send a request head, counted from the connection's start or
+    /// its last response: keep-alive connections idle longer are closed.
+    pub header_read_timeout_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -556,6 +561,8 @@ impl Default for PrometheusConfig {
     fn default() -> Self {
         PrometheusConfig {
             listen_address: SocketAddr::from(([0, 0, 0, 0], 9101)),
+            max_connections: NonZeroU32::new(256).expect("256 is not zero"),
+            header_read_timeout_secs: 10,
         }
     }
 }
@@ -782,6 +789,25 @@ impl Config {
 
     /// Checks that span several keys; returns the key to blame and why.
     fn validate(&self) -> Result<(), (&'static str, String)> {
+        let prometheus = &self.prometheus;
+        if prometheus.max_connections.get() > 65_536 {
+            return Err((
+                "prometheus.max_connections",
+                format!(
+                    "must be from 1 to 65536, not {}",
+                    prometheus.max_connections
+                ),
+            ));
+        }
+        if !(1..=3600).contains(&prometheus.header_read_timeout_secs) {
+            return Err((
+                "prometheus.header_read_timeout_secs",
+                format!(
+                    "must be from 1 to 3600, not {}",
+                    prometheus.header_read_timeout_secs
+                ),
+            ));
+        }
         let syscalls = &self.probes.syscalls;
         if syscalls.include_pids.len() > MAX_SELECTED {
             return Err((

@@ -255,3 +255,32 @@ fn more_kept_tenants_than_the_kernel_has_slots_for_are_refused() {
     );
     Config::from_yaml("periscope.yaml", &dropped).expect("63 kept tenants fit");
 }
+
+#[test]
+fn endpoint_limits_have_ranges() {
+    for (yaml, key) in [
+        (
+            "prometheus:\n  max_connections: 70000\n",
+            "prometheus.max_connections",
+        ),
+        ("prometheus:\n  max_connections: 0\n", "max_connections"),
+        (
+            "prometheus:\n  header_read_timeout_secs: 0\n",
+            "prometheus.header_read_timeout_secs",
+        ),
+        (
+            "prometheus:\n  header_read_timeout_secs: 18446744073709551615\n",
+            "prometheus.header_read_timeout_secs",
+        ),
+    ] {
+        let text = error_text(yaml);
+        assert!(text.contains(key), "{yaml}: {text}");
+    }
+    let config = Config::from_yaml(
+        "x",
+        "prometheus:\n  max_connections: 64\n  header_read_timeout_secs: 30\n",
+    )
+    .expect("valid");
+    assert_eq!(config.prometheus.max_connections.get(), 64);
+    assert_eq!(config.prometheus.header_read_timeout_secs, 30);
+}

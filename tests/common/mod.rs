@@ -98,11 +98,39 @@ impl Agent {
 
     /// `start`, with extra environment variables.
     pub fn start_with_env(config: &str, env: &[(&str, &str)]) -> Agent {
+        Agent::start_wrapped(config, env, &[])
+    }
+
+    /// `start_with_env`, run through `wrapper` (a command and its arguments, such as
+    /// `prlimit --nofile=1024:1024 --`). `config` may hold more `prometheus:` keys, each
+    /// indented by two spaces, before its other sections.
+    pub fn start_wrapped(config: &str, env: &[(&str, &str)], wrapper: &[&str]) -> Agent {
         let port = free_port();
         let dir = TempDir::new("agent");
-        let yaml = format!("prometheus:\n  listen_address: \"127.0.0.1:{port}\"\n{config}");
+        let (extra_prometheus, config) = match config.strip_prefix("prometheus:\n") {
+            Some(rest) => {
+                let end = rest
+                    .lines()
+                    .take_while(|line| line.starts_with("  "))
+                    .map(|line| line.len() + 1)
+                    .sum::<usize>();
+                rest.split_at(end)
+            }
+            None => ("", config),
+        };
+        let yaml = format!(
+            "prometheus:\n  listen_address: \"127.0.0.1:{port}\"\n{extra_prometheus}{config}"
+        );
         let path = dir.write("periscope.yaml", &yaml);
-        let child = Command::new(periscope_bin())
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(periscope_bin());
+                command
+            }
+            None => Command::new(periscope_bin()),
+        };
+        let child = command
             .args(["run", "--config"])
             .arg(&path)
             .env("RUST_LOG", "warn")

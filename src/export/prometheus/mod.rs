@@ -2,11 +2,14 @@
 //! negotiation), `/healthz` and `/readyz`.
 
 pub mod encode;
+mod rounds;
+mod server;
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
@@ -15,6 +18,11 @@ use axum::routing::get;
 use axum::Router;
 
 pub use encode::Format;
+pub use server::{Limits, ServerStats};
+
+/// Collections start at most this often, however many scrapes arrive: a storm of
+/// scrapes costs one collection per interval.
+const MIN_ROUND_INTERVAL: Duration = Duration::from_millis(100);
 
 use crate::model::Family;
 
@@ -23,8 +31,8 @@ pub trait Source: Send + Sync + 'static {
     fn snapshot(&self) -> impl Future<Output = Option<Vec<Family>>> + Send;
 }
 
-struct Shared<S> {
-    source: S,
+struct Shared {
+    rounds: Arc<rounds::Rounds>,
     ready: Arc<AtomicBool>,
 }
 
@@ -32,32 +40,35 @@ pub async fn serve<S: Source>(
     listener: tokio::net::TcpListener,
     source: S,
     ready: Arc<AtomicBool>,
+    limits: Limits,
+    stats: Arc<ServerStats>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let shared = Arc::new(Shared { source, ready });
+    let shared = Arc::new(Shared {
+        rounds: rounds::Rounds::start(source, MIN_ROUND_INTERVAL),
+        ready,
+    });
     let app = Router::new()
-        .route("/metrics", get(metrics::<S>))
+        .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz::<S>))
+        .route("/readyz", get(readyz))
         .with_state(shared);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+    server::serve(listener, app, limits, stats, shutdown).await
 }
 
 pub async fn bind(address: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
     tokio::net::TcpListener::bind(address).await
 }
 
-async fn metrics<S: Source>(State(shared): State<Arc<Shared<S>>>, headers: HeaderMap) -> Response {
+async fn metrics(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
     let accept = headers
         .get(header::ACCEPT)
         .and_then(|value| value.to_str().ok());
     let format = Format::negotiate(accept);
-    match shared.source.snapshot().await {
-        Some(families) => (
+    match shared.rounds.next().await {
+        Some(round) => (
             [(header::CONTENT_TYPE, format.content_type())],
-            encode::encode(&families, format),
+            round.encoded(format),
         )
             .into_response(),
         None => (
@@ -68,7 +79,7 @@ async fn metrics<S: Source>(State(shared): State<Arc<Shared<S>>>, headers: Heade
     }
 }
 
-async fn readyz<S: Source>(State(shared): State<Arc<Shared<S>>>) -> Response {
+async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
     if shared.ready.load(Ordering::Acquire) {
         (StatusCode::OK, "ready\n").into_response()
     } else {
