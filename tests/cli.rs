@@ -268,3 +268,28 @@ fn a_refused_required_program_disables_only_its_probe_and_names_the_kernel_featu
         .expect("syscalls row");
     assert!(syscalls.contains(" yes "), "{syscalls}");
 }
+
+#[test]
+fn invalid_utf8_and_oversized_files_are_located() {
+    let dir = TempDir::new("cli");
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(&bad, b"probes:\n  syscalls:\n    enabled: tr\xffue\n").expect("write");
+    let huge = dir.path().join("huge.yaml");
+    std::fs::write(&huge, vec![b'#'; 2 << 20]).expect("write");
+    for (path, want) in [
+        (&bad, ":3:16: the file is not valid UTF-8"),
+        (&huge, ":1:1: the file is 2097152 bytes"),
+    ] {
+        let out = Command::new(periscope_bin())
+            .arg("check-config")
+            .arg(path)
+            .output()
+            .expect("periscope runs");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(
+            stderr.contains(&format!("{}{want}", path.display())),
+            "{stderr}"
+        );
+    }
+}

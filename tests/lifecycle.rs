@@ -66,3 +66,34 @@ fn sigkill_leaves_nothing_behind() {
     let _ = agent.child.wait();
     assert_eq!(wait_until_no_programs_of_ours(), Vec::<String>::new());
 }
+
+/// Every duration at the top of its range (values past it once overflowed the clock and
+/// panicked the collector), and the JSON-lines exporter at its most files of the least
+/// size: the agent serves, and SIGTERM stops it cleanly with nothing left attached.
+#[test]
+fn an_agent_at_the_top_of_every_range_runs_and_stops_cleanly() {
+    if !have_root("an_agent_at_the_top_of_every_range_runs_and_stops_cleanly") {
+        return;
+    }
+    let _kernel = kernel_lock();
+    let dir = common::TempDir::new("ranges");
+    let jsonl = dir.path().join("out.jsonl");
+    let config = format!(
+        "prometheus:\n  header_read_timeout_secs: 3600\n  max_connections: 65536\n\
+         processes:\n  exited_ttl_secs: 604800\n\
+         self_metrics:\n  bpf_stats: sampled\n  bpf_stats_sample_secs: 86400\n  bpf_stats_period_secs: 604800\n\
+         probes:\n  syscalls:\n    latency_sample_secs: 86400\n    latency_period_secs: 604800\n  tcp:\n    sample_interval_secs: 86400\n\
+         exporters:\n  jsonl:\n    enabled: true\n    path: \"{}\"\n    metrics_interval_secs: 1\n    max_files: 1000\n    max_file_bytes: 4096\n",
+        jsonl.display()
+    );
+    let mut agent = Agent::start(&config);
+    // Long enough for a few snapshots, each larger than a file: rotation at every one.
+    std::thread::sleep(Duration::from_millis(2500));
+    let m = agent.metrics();
+    assert_eq!(m.one("periscope_probe_up", &[("probe", "syscalls")]), 1.0);
+    assert!(jsonl.exists(), "the exporter writes its file");
+    agent.signal(libc::SIGTERM);
+    let status = agent.child.wait().expect("the agent exits");
+    assert!(status.success(), "a clean exit: {status}");
+    assert_eq!(wait_until_no_programs_of_ours(), Vec::<String>::new());
+}

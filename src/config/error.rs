@@ -56,12 +56,19 @@ impl ConfigError {
         }
         let mut key = if path == "." { String::new() } else { path };
         if let Some(unknown) = unknown_field(&message) {
-            // serde_path_to_error stops at the parent; name the offending key itself.
-            key = if key.is_empty() {
+            // serde_path_to_error stops at the parent, except at the top level where it
+            // names the key itself; name the offending key once.
+            key = if key.is_empty() || key == unknown {
                 unknown
             } else {
                 format!("{key}.{unknown}")
             };
+        }
+        // serde_yaml starts its message with the parent's path, which the key says.
+        if let Some((prefix, rest)) = message.split_once(": ") {
+            if !prefix.contains(' ') && key.starts_with(prefix) {
+                message = rest.to_string();
+            }
         }
         let (line, column) = match location {
             // Errors from our own value checks carry the position of the enclosing
@@ -84,6 +91,17 @@ impl ConfigError {
 }
 
 impl ConfigError {
+    /// An error at a known place of the file, with no key to name.
+    pub(super) fn at(file: &str, line: usize, column: usize, message: String) -> ConfigError {
+        ConfigError::Invalid(Located {
+            file: file.to_string(),
+            line: Some(line),
+            column: Some(column),
+            key: String::new(),
+            message,
+        })
+    }
+
     pub(super) fn invalid(file: &str, text: &str, key: &str, message: String) -> ConfigError {
         ConfigError::Invalid(Located {
             file: file.to_string(),

@@ -646,6 +646,89 @@ fn check_window(
     Ok(())
 }
 
+/// A configuration file is a few kilobytes; anything near this is not one.
+pub const MAX_CONFIG_BYTES: usize = 1 << 20;
+
+/// Deepest nesting of flow collections (`[` and `{`) a configuration may have: ours
+/// needs three, and the YAML parser slows down sharply on deep nesting.
+const MAX_FLOW_DEPTH: usize = 32;
+
+/// What the YAML parser would accept but a configuration must not have, found before it
+/// parses: more than one document, tags (`!name`), flow collections nested too deep.
+/// Gives the line, column and why.
+fn precheck(text: &str) -> Result<(), (usize, usize, String)> {
+    if text.len() > MAX_CONFIG_BYTES {
+        return Err((
+            1,
+            1,
+            format!(
+                "the file is {} bytes; a configuration may have {MAX_CONFIG_BYTES} at most",
+                text.len()
+            ),
+        ));
+    }
+    let mut depth = 0usize;
+    let mut seen_content = false;
+    for (index, line) in text.lines().enumerate() {
+        let number = index + 1;
+        if line.starts_with("---") && line[3..].trim().is_empty() || line.starts_with("--- ") {
+            if seen_content {
+                return Err((
+                    number,
+                    1,
+                    "a second YAML document: a configuration is one document".into(),
+                ));
+            }
+            continue;
+        }
+        if line.starts_with("...") && line[3..].trim().is_empty() {
+            continue;
+        }
+        let mut quote: Option<char> = None;
+        let mut previous = ' ';
+        for (column, c) in line.chars().enumerate() {
+            match quote {
+                Some(q) => {
+                    if c == q {
+                        quote = None;
+                    }
+                }
+                None => match c {
+                    '#' if previous.is_whitespace() => break,
+                    '"' | '\'' if matches!(previous, ' ' | '[' | '{' | ',' | ':' | '-') => {
+                        quote = Some(c)
+                    }
+                    '[' | '{' => {
+                        depth += 1;
+                        if depth > MAX_FLOW_DEPTH {
+                            return Err((
+                                number,
+                                column + 1,
+                                format!("collections nested deeper than {MAX_FLOW_DEPTH} levels"),
+                            ));
+                        }
+                    }
+                    ']' | '}' => depth = depth.saturating_sub(1),
+                    '!' if matches!(previous, ' ' | '[' | '{' | ',' | '-') || column == 0 => {
+                        return Err((
+                            number,
+                            column + 1,
+                            "YAML tags (`!name`) are not part of a configuration".into(),
+                        ));
+                    }
+                    _ => {}
+                },
+            }
+            if !c.is_whitespace() {
+                seen_content = true;
+            }
+            previous = c;
+        }
+        // Quotes end with their line here; a multi-line quoted value is not one of ours.
+    }
+    Ok(())
+}
+
 /// Capacity of the kernel's selection maps (selected_tgids, selected_comms).
 pub const MAX_SELECTED: usize = 1024;
 
@@ -771,6 +854,8 @@ impl<'de> Deserialize<'de> for Buckets {
 impl Config {
     /// Parses YAML text; `origin` names the file in errors.
     pub fn from_yaml(origin: &str, text: &str) -> Result<Config, ConfigError> {
+        precheck(text)
+            .map_err(|(line, column, message)| ConfigError::at(origin, line, column, message))?;
         // A file with only comments or nothing at all means "all defaults".
         let is_empty = serde_yaml::from_str::<serde_yaml::Value>(text)
             .map(|value| value.is_null())
@@ -788,25 +873,207 @@ impl Config {
     }
 
     /// Checks that span several keys; returns the key to blame and why.
-    fn validate(&self) -> Result<(), (&'static str, String)> {
-        let prometheus = &self.prometheus;
-        if prometheus.max_connections.get() > 65_536 {
-            return Err((
+    /// Every number with the range it must fall in: beyond these, durations overflow
+    /// the clock, maps exceed what the kernel allocates, and files or buffers what a
+    /// node can hold.
+    fn ranges(&self) -> Vec<(&'static str, u64, u64, u64)> {
+        const DAY: u64 = 86_400;
+        const MAP: u64 = 1 << 20;
+        let (probes, exporters) = (&self.probes, &self.exporters);
+        let n = |v: NonZeroU32| u64::from(v.get());
+        vec![
+            (
                 "prometheus.max_connections",
-                format!(
-                    "must be from 1 to 65536, not {}",
-                    prometheus.max_connections
-                ),
-            ));
-        }
-        if !(1..=3600).contains(&prometheus.header_read_timeout_secs) {
-            return Err((
+                n(self.prometheus.max_connections),
+                1,
+                65_536,
+            ),
+            (
                 "prometheus.header_read_timeout_secs",
-                format!(
-                    "must be from 1 to 3600, not {}",
-                    prometheus.header_read_timeout_secs
-                ),
-            ));
+                self.prometheus.header_read_timeout_secs,
+                1,
+                3600,
+            ),
+            (
+                "processes.exited_ttl_secs",
+                self.processes.exited_ttl_secs,
+                0,
+                7 * DAY,
+            ),
+            (
+                "processes.max_exited_executables",
+                n(self.processes.max_exited_executables),
+                1,
+                MAP,
+            ),
+            (
+                "tenants.max_series_per_tenant",
+                n(self.tenants.max_series_per_tenant),
+                1,
+                MAP,
+            ),
+            (
+                "workloads.refresh_secs",
+                self.workloads.refresh_secs,
+                1,
+                DAY,
+            ),
+            (
+                "workloads.max_containers",
+                n(self.workloads.max_containers),
+                1,
+                MAP,
+            ),
+            ("workloads.timeout_ms", self.workloads.timeout_ms, 1, 60_000),
+            ("traces.queue_spans", n(self.traces.queue_spans), 1, MAP),
+            (
+                "exporters.otlp.timeout_secs",
+                exporters.otlp.timeout_secs,
+                1,
+                300,
+            ),
+            (
+                "exporters.otlp.metrics_interval_secs",
+                exporters.otlp.metrics_interval_secs,
+                0,
+                DAY,
+            ),
+            (
+                "exporters.otlp.batch_spans",
+                n(exporters.otlp.batch_spans),
+                1,
+                65_536,
+            ),
+            (
+                "exporters.otlp.max_retry_secs",
+                exporters.otlp.max_retry_secs,
+                0,
+                DAY,
+            ),
+            (
+                "exporters.jsonl.max_file_bytes",
+                n(exporters.jsonl.max_file_bytes),
+                4096,
+                u64::from(u32::MAX),
+            ),
+            (
+                "exporters.jsonl.max_files",
+                u64::from(exporters.jsonl.max_files),
+                0,
+                1000,
+            ),
+            (
+                "exporters.jsonl.metrics_interval_secs",
+                exporters.jsonl.metrics_interval_secs,
+                0,
+                DAY,
+            ),
+            (
+                "self_metrics.bpf_stats_sample_secs",
+                self.self_metrics.bpf_stats_sample_secs,
+                0,
+                DAY,
+            ),
+            (
+                "self_metrics.bpf_stats_period_secs",
+                self.self_metrics.bpf_stats_period_secs,
+                1,
+                7 * DAY,
+            ),
+            (
+                "probes.syscalls.latency_sample_secs",
+                probes.syscalls.latency_sample_secs,
+                0,
+                DAY,
+            ),
+            (
+                "probes.syscalls.latency_period_secs",
+                probes.syscalls.latency_period_secs,
+                1,
+                7 * DAY,
+            ),
+            (
+                "probes.syscalls.max_series",
+                n(probes.syscalls.max_series),
+                1,
+                MAP,
+            ),
+            (
+                "probes.syscalls.max_error_series",
+                n(probes.syscalls.max_error_series),
+                1,
+                MAP,
+            ),
+            (
+                "probes.syscalls.max_latency_series",
+                n(probes.syscalls.max_latency_series),
+                1,
+                MAP,
+            ),
+            (
+                "probes.process.max_executables",
+                n(probes.process.max_executables),
+                1,
+                MAP,
+            ),
+            (
+                "probes.http.max_connections",
+                n(probes.http.max_connections),
+                1,
+                MAP,
+            ),
+            (
+                "probes.http.ring_buffer_bytes",
+                u64::from(probes.http.ring_buffer_bytes),
+                4096,
+                256 << 20,
+            ),
+            (
+                "probes.http.max_buffered_head_bytes",
+                n(probes.http.max_buffered_head_bytes),
+                1,
+                256 << 20,
+            ),
+            ("probes.http.max_series", n(probes.http.max_series), 1, MAP),
+            (
+                "probes.http.max_routes_per_service",
+                n(probes.http.max_routes_per_service),
+                1,
+                MAP,
+            ),
+            (
+                "probes.http.max_server_addresses_per_service",
+                n(probes.http.max_server_addresses_per_service),
+                1,
+                MAP,
+            ),
+            ("probes.tcp.max_series", n(probes.tcp.max_series), 1, MAP),
+            (
+                "probes.tcp.max_peers_per_process",
+                n(probes.tcp.max_peers_per_process),
+                1,
+                MAP,
+            ),
+            (
+                "probes.tcp.max_connections",
+                n(probes.tcp.max_connections),
+                1,
+                MAP,
+            ),
+            (
+                "probes.tcp.sample_interval_secs",
+                probes.tcp.sample_interval_secs,
+                0,
+                DAY,
+            ),
+        ]
+    }
+
+    fn validate(&self) -> Result<(), (&'static str, String)> {
+        for (key, value, min, max) in self.ranges() {
+            if !(min..=max).contains(&value) {
+                return Err((key, format!("must be from {min} to {max}, not {value}")));
+            }
         }
         let syscalls = &self.probes.syscalls;
         if syscalls.include_pids.len() > MAX_SELECTED {
@@ -974,9 +1241,36 @@ impl Config {
 
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let origin = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let bytes = std::fs::read(path).map_err(|source| ConfigError::Read {
             file: origin.clone(),
             source,
+        })?;
+        if bytes.len() > MAX_CONFIG_BYTES {
+            return Err(ConfigError::at(
+                &origin,
+                1,
+                1,
+                format!(
+                    "the file is {} bytes; a configuration may have {MAX_CONFIG_BYTES} at most",
+                    bytes.len()
+                ),
+            ));
+        }
+        let text = String::from_utf8(bytes).map_err(|err| {
+            let valid = &err.as_bytes()[..err.utf8_error().valid_up_to()];
+            let line = valid.iter().filter(|b| **b == b'\n').count() + 1;
+            let column = valid.len()
+                - valid
+                    .iter()
+                    .rposition(|b| *b == b'\n')
+                    .map_or(0, |at| at + 1)
+                + 1;
+            ConfigError::at(
+                &origin,
+                line,
+                column,
+                "the file is not valid UTF-8 here".into(),
+            )
         })?;
         Config::from_yaml(&origin, &text)
     }

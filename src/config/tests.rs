@@ -284,3 +284,174 @@ fn endpoint_limits_have_ranges() {
     assert_eq!(config.prometheus.max_connections.get(), 64);
     assert_eq!(config.prometheus.header_read_timeout_secs, 30);
 }
+
+#[test]
+fn values_that_once_crashed_the_agent_are_refused_with_their_range() {
+    for (yaml, key) in [
+        (
+            "self_metrics:\n  bpf_stats_period_secs: 18446744073709551615\n",
+            "self_metrics.bpf_stats_period_secs",
+        ),
+        (
+            "probes:\n  syscalls:\n    latency_period_secs: 18446744073709551615\n",
+            "probes.syscalls.latency_period_secs",
+        ),
+        (
+            "workloads:\n  refresh_secs: 18446744073709551615\n",
+            "workloads.refresh_secs",
+        ),
+        (
+            "exporters:\n  otlp:\n    metrics_interval_secs: 18446744073709551615\n",
+            "exporters.otlp.metrics_interval_secs",
+        ),
+        (
+            "probes:\n  tcp:\n    max_series: 4294967295\n",
+            "probes.tcp.max_series",
+        ),
+        (
+            "probes:\n  http:\n    ring_buffer_bytes: 2147483648\n",
+            "probes.http.ring_buffer_bytes",
+        ),
+        (
+            "exporters:\n  jsonl:\n    max_files: 4294967295\n    max_file_bytes: 1\n",
+            "exporters.jsonl.max_file",
+        ),
+    ] {
+        let text = error_text(yaml);
+        assert!(
+            text.contains(key) && text.contains("must be from"),
+            "{yaml}: {text}"
+        );
+    }
+}
+
+#[test]
+fn yaml_a_configuration_must_not_have_is_located() {
+    let deep = format!("a: {}\n", "[".repeat(100_000));
+    for (yaml, want) in [
+        ("foo: 1\n", "periscope.yaml:1:1: key `foo`: unknown field"),
+        (
+            "prometheus: {}\n---\nprobes: {}\n",
+            "periscope.yaml:2:1: a second YAML document",
+        ),
+        (
+            "probes:\n  syscalls:\n    enabled: !x true\n",
+            "periscope.yaml:3:14: YAML tags",
+        ),
+        (
+            deep.as_str(),
+            "periscope.yaml:1:36: collections nested deeper",
+        ),
+    ] {
+        let text = error_text(yaml);
+        assert!(text.starts_with(want), "{yaml:.40}: {text}");
+    }
+    // Quoted values and comments may hold any of those characters.
+    Config::from_yaml(
+        "x",
+        "# a [[[ comment !\nexporters:\n  otlp:\n    headers: {authorization: \"Bearer !x [{\"}\n",
+    )
+    .expect("quoted and commented characters are not syntax");
+}
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Numbers at and around every edge a range can have.
+    fn edge_number() -> impl Strategy<Value = u64> {
+        prop_oneof![
+            Just(0u64),
+            Just(1),
+            Just(4095),
+            Just(4096),
+            Just(86_400),
+            Just(86_401),
+            Just(65_536),
+            Just(65_537),
+            Just(1 << 20),
+            Just((1 << 20) + 1),
+            Just(u64::from(u32::MAX)),
+            Just(u64::MAX),
+            any::<u64>(),
+            0u64..100_000,
+        ]
+    }
+
+    /// The numeric keys, as (section path, key).
+    fn numeric_keys() -> Vec<(&'static str, &'static str)> {
+        Config::default()
+            .ranges()
+            .into_iter()
+            .map(|(key, ..)| key.rsplit_once('.').unwrap_or(("", key)))
+            .collect()
+    }
+
+    /// A YAML document setting `values` on the numeric keys picked by `picks`.
+    fn document(picks: &[(usize, u64)]) -> String {
+        let keys = numeric_keys();
+        let mut tree: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+        for (index, value) in picks {
+            let (section, key) = keys[index % keys.len()];
+            tree.entry(section.to_string())
+                .or_default()
+                .push(format!("{key}: {value}"));
+        }
+        let mut yaml = String::new();
+        let mut previous: Vec<String> = Vec::new();
+        for (section, lines) in tree {
+            let parts: Vec<String> = section.split('.').map(String::from).collect();
+            // Sections sharing a parent (probes.tcp, probes.http) share its key.
+            let shared = parts
+                .iter()
+                .zip(&previous)
+                .take_while(|(a, b)| a == b)
+                .count();
+            for (indent, part) in parts.iter().enumerate().skip(shared) {
+                yaml.push_str(&format!("{}{part}:\n", "  ".repeat(indent)));
+            }
+            let indent = parts.len();
+            previous = parts;
+            let mut seen = std::collections::BTreeSet::new();
+            for line in lines {
+                // A key given twice is its own error; keep the first.
+                if seen.insert(line.split(':').next().unwrap_or("").to_string()) {
+                    yaml.push_str(&format!("{}{line}\n", "  ".repeat(indent)));
+                }
+            }
+        }
+        yaml
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Whatever numbers a file gives, loading it never panics: it fails with an error
+        /// located in the file, or every number is within its range.
+        #[test]
+        fn every_number_is_in_range_or_a_located_error(
+            picks in proptest::collection::vec((0usize..64, edge_number()), 1..8)
+        ) {
+            let yaml = document(&picks);
+            match Config::from_yaml("p.yaml", &yaml) {
+                Ok(config) => {
+                    for (key, value, min, max) in config.ranges() {
+                        prop_assert!((min..=max).contains(&value), "{key} = {value} accepted");
+                    }
+                }
+                Err(err) => {
+                    let text = err.to_string();
+                    prop_assert!(text.starts_with("p.yaml:"), "{text}");
+                }
+            }
+        }
+
+        /// Arbitrary text never panics the loader, and an error always names the file.
+        #[test]
+        fn arbitrary_text_never_panics_the_loader(text in ".{0,400}") {
+            if let Err(err) = Config::from_yaml("p.yaml", &text) {
+                prop_assert!(err.to_string().starts_with("p.yaml"));
+            }
+        }
+    }
+}
