@@ -38,9 +38,13 @@ const SCRAPE_QUEUE: usize = 8;
 /// expire and free their kernel entries on time.
 const UPKEEP_INTERVAL: Duration = Duration::from_secs(10);
 
-/// How long shutdown waits for an exporter: the OTLP drain deadline plus one request's
-/// timeout.
-const EXPORTER_STOP_TIMEOUT: Duration = Duration::from_secs(20);
+/// From SIGTERM or SIGINT to exit: probes detach, exporters deliver what they can and
+/// abandon the rest (counted), within this.
+const SHUTDOWN_BUDGET: Duration = Duration::from_secs(5);
+
+/// Past the budget, how long a stuck exporter thread is waited for before it is left
+/// behind (the process exits anyway).
+const EXPORTER_GRACE: Duration = Duration::from_millis(500);
 
 /// What became of one built-in probe at start-up.
 #[derive(Debug, Clone)]
@@ -260,7 +264,7 @@ pub async fn run(mut config: Config) -> Result<()> {
         started.elapsed().as_secs_f64()
     ));
 
-    let exporters_stop = Arc::new(AtomicBool::new(false));
+    let exporters_stop = Arc::new(crate::export::Shutdown::default());
     let mut exporter_threads = Vec::new();
     // Once the collector has stopped, exporters get the families it collected last.
     let snapshot_source = |commands: mpsc::SyncSender<Command>,
@@ -352,6 +356,7 @@ pub async fn run(mut config: Config) -> Result<()> {
         }
         _ = &mut collector_done => true,
     };
+    let deadline = Instant::now() + SHUTDOWN_BUDGET;
     ready.store(false, Ordering::Release);
     if !collector_failed {
         // Detach first: the kernel stops running our programs before anything else
@@ -361,10 +366,10 @@ pub async fn run(mut config: Config) -> Result<()> {
     }
     // The collector handed its last spans over when it stopped: the exporters write
     // them, then stop.
-    exporters_stop.store(true, Ordering::Release);
+    exporters_stop.request(deadline);
     for (exporter, thread) in exporter_threads {
         let join = tokio::task::spawn_blocking(move || thread.join());
-        match tokio::time::timeout(EXPORTER_STOP_TIMEOUT, join).await {
+        match tokio::time::timeout_at((deadline + EXPORTER_GRACE).into(), join).await {
             Err(_) => warn!(exporter, "the exporter did not stop in time; leaving it"),
             Ok(Ok(Ok(Err(err)))) => {
                 warn!(exporter, error = %err, "the exporter stopped with an error")

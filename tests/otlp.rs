@@ -6,6 +6,7 @@ mod common;
 use std::collections::{HashMap, VecDeque};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -806,4 +807,69 @@ fn spans_and_metrics_arrive_over_grpc_and_a_retry_delay_is_honoured() {
         ),
         1.0
     );
+}
+
+/// A receiver that takes connections and then never answers (`drip: false`), or
+/// answers one byte of its status line a second (`drip: true`): the agent's exports to
+/// it can only end by its own deadline.
+fn stuck_receiver(drip: bool) -> (u16, Arc<AtomicBool>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = stop.clone();
+    std::thread::spawn(move || {
+        let _ = listener.set_nonblocking(true);
+        let mut held = Vec::new();
+        let mut at = 0;
+        while !done.load(Ordering::Relaxed) {
+            if let Ok((stream, _)) = listener.accept() {
+                held.push(stream);
+            }
+            if drip {
+                let byte = [b"HTTP/1.1 200 OK\r\n"[at % 17]];
+                held.retain_mut(|s| s.write_all(&byte).is_ok());
+                at += 1;
+            }
+            std::thread::sleep(Duration::from_millis(if drip { 1000 } else { 50 }));
+        }
+    });
+    (port, stop)
+}
+
+/// SIGTERM stops the agent within its 5 s promise however the receiver behaves: every
+/// thread honours one deadline, and what was not delivered is counted.
+#[test]
+fn shutdown_keeps_its_deadline_with_a_hanging_or_dripping_receiver() {
+    if !have_root("shutdown_keeps_its_deadline_with_a_hanging_or_dripping_receiver") {
+        return;
+    }
+    let _kernel = kernel_lock();
+    for drip in [false, true] {
+        let (port, stop) = stuck_receiver(drip);
+        let config = otlp_config(&format!("http://127.0.0.1:{port}"), true, 1)
+            + "    max_retry_secs: 3600\n    timeout_secs: 300\n";
+        let mut agent = Agent::start(&config);
+        // An export is in flight (metrics every second) when the signal comes.
+        std::thread::sleep(Duration::from_millis(2500));
+        agent.signal(libc::SIGTERM);
+        let signalled = Instant::now();
+        let mut exited = None;
+        while signalled.elapsed() < Duration::from_secs(15) {
+            if let Ok(Some(status)) = agent.child.try_wait() {
+                exited = Some((status, signalled.elapsed()));
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        stop.store(true, Ordering::Relaxed);
+        let (status, took) = exited.expect("the agent exits after SIGTERM");
+        eprintln!("drip={drip}: stopped {took:?} after SIGTERM");
+        assert!(status.success(), "a clean exit: {status}");
+        // The budget is 5 s, and 0.5 s of grace for a stuck thread; 1 s more for the
+        // machine.
+        assert!(
+            took <= Duration::from_millis(6500),
+            "drip={drip}: stopped {took:?} after SIGTERM"
+        );
+    }
 }

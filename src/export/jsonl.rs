@@ -5,14 +5,14 @@
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Write};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Map, Value as Json};
 use tracing::warn;
 
-use super::ExportStats;
+use super::{ExportStats, Shutdown};
 use crate::model::span::{hex, AttributeValue, Span, SpanKind, SpanQueue};
 use crate::model::{Family, MetricKind, Value};
 
@@ -118,20 +118,26 @@ fn rotate(path: &std::path::Path, max_files: u32) -> io::Result<()> {
     std::fs::rename(path, numbered(1))
 }
 
-/// Runs the exporter until `stop` is set: spans as they come, a metric snapshot from
-/// `snapshot` every interval. A write that fails loses what it held, counted.
+/// Runs the exporter until a stop is requested: spans as they come, a metric snapshot
+/// from `snapshot` every interval. A write that fails loses what it held, counted; what
+/// is still queued at the stop's deadline is counted as failed.
 pub fn run(
     settings: JsonLinesSettings,
     spans: Arc<SpanQueue>,
     snapshot: impl Fn() -> Option<Vec<Family>>,
     stats: Arc<ExportStats>,
-    stop: Arc<AtomicBool>,
+    stop: Arc<Shutdown>,
 ) -> io::Result<()> {
     let mut sink = Sink::open(&settings)?;
     let mut next_snapshot = settings.metrics_interval.map(|i| Instant::now() + i);
     let mut line = Vec::with_capacity(1024);
     loop {
-        let stopping = stop.load(Ordering::Acquire);
+        let stopping = stop.requested();
+        if stop.deadline().is_some_and(|d| Instant::now() >= d) {
+            let left = spans.pop(usize::MAX, Duration::ZERO).len() as u64;
+            stats.spans_failed.fetch_add(left, Ordering::Relaxed);
+            break;
+        }
         let batch = spans.pop(BATCH, Duration::from_millis(200));
         let count = batch.len() as u64;
         let mut failed = false;

@@ -5,6 +5,43 @@ pub mod otlp;
 pub mod prometheus;
 
 use std::sync::atomic::AtomicU64;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// The agent's request to stop, with the one deadline every exporter honours: what is
+/// not delivered by then is counted as failed, and requests in flight are abandoned.
+#[derive(Debug, Default)]
+pub struct Shutdown {
+    deadline: OnceLock<Instant>,
+}
+
+impl Shutdown {
+    /// Asks every exporter to stop by `deadline` (the first call counts).
+    pub fn request(&self, deadline: Instant) {
+        let _ = self.deadline.set(deadline);
+    }
+
+    pub fn requested(&self) -> bool {
+        self.deadline.get().is_some()
+    }
+
+    pub fn deadline(&self) -> Option<Instant> {
+        self.deadline.get().copied()
+    }
+
+    /// Resolves when the deadline has passed (never, while no stop is asked).
+    pub async fn passed(&self) {
+        loop {
+            match self.deadline() {
+                Some(deadline) => {
+                    tokio::time::sleep_until(deadline.into()).await;
+                    return;
+                }
+                None => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    }
+}
 
 /// What one push exporter has delivered and lost, for the agent's own metrics.
 #[derive(Debug)]

@@ -11,7 +11,7 @@
 pub mod encode;
 pub mod proto;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -20,7 +20,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use prost::Message;
 use tracing::{debug, warn};
 
-use super::ExportStats;
+use super::{ExportStats, Shutdown};
 use crate::model::span::{IdGenerator, SpanQueue};
 use crate::model::Family;
 use proto::KeyValue;
@@ -139,18 +139,18 @@ struct Sender {
     jitter: IdGenerator,
 }
 
-/// How long the exporter keeps delivering after the agent is told to stop; what is
-/// still queued then is counted as failed.
-const DRAIN_DEADLINE: Duration = Duration::from_secs(5);
+/// Of the time the agent gives the exporter to stop, what is kept for the last metrics
+/// export after the span queue is drained.
+const LAST_METRICS_SHARE: Duration = Duration::from_millis(1500);
 
-/// Runs the exporter until `stop` is set, then drains its queue (for at most
-/// `DRAIN_DEADLINE`) and sends one last metrics export.
+/// Runs the exporter until a stop is requested, then drains its queue and sends one
+/// last metrics export, all before the stop's deadline.
 pub fn run(
     settings: OtlpSettings,
     spans: Arc<SpanQueue>,
     snapshot: impl Fn() -> Option<Vec<Family>>,
     stats: Arc<ExportStats>,
-    stop: Arc<AtomicBool>,
+    stop: Arc<Shutdown>,
 ) -> std::io::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -161,11 +161,11 @@ pub fn run(
         stats,
         jitter: IdGenerator::new(),
     };
-    let mut deadline = None;
     loop {
-        if deadline.is_none() && stop.load(Ordering::Acquire) {
-            deadline = Some(Instant::now() + DRAIN_DEADLINE);
-        }
+        // Spans drain until the last metrics' share of the stop's time is left.
+        let deadline = stop
+            .deadline()
+            .map(|d| d.checked_sub(LAST_METRICS_SHARE).unwrap_or(d));
         if deadline.is_some_and(|d| Instant::now() >= d) {
             let left = spans.pop(usize::MAX, Duration::ZERO).len() as u64;
             sender.stats.spans_failed.fetch_add(left, Ordering::Relaxed);
@@ -220,7 +220,7 @@ impl Sender {
         runtime: &tokio::runtime::Runtime,
         endpoint: &Endpoint,
         batch: &[crate::model::span::Span],
-        stop: &AtomicBool,
+        stop: &Shutdown,
     ) {
         let request = encode::traces_request(batch, &self.settings.resource);
         let count = batch.len() as u64;
@@ -242,7 +242,7 @@ impl Sender {
         runtime: &tokio::runtime::Runtime,
         endpoint: &Endpoint,
         families: &[Family],
-        stop: &AtomicBool,
+        stop: &Shutdown,
     ) {
         let request = encode::metrics_request(
             families,
@@ -264,11 +264,23 @@ impl Sender {
     }
 
     /// Sends one request message, retrying what the specification says to retry.
-    async fn export(
+    /// Exports `message`, retrying as the specification says; abandoned when the
+    /// agent's stop deadline passes.
+    async fn export(&mut self, endpoint: &Endpoint, message: Vec<u8>, stop: &Shutdown) -> Outcome {
+        tokio::select! {
+            outcome = self.export_retrying(endpoint, message, stop) => outcome,
+            _ = stop.passed() => {
+                warn!(path = %endpoint.path, "OTLP export abandoned at the stop deadline");
+                Outcome::Failed
+            }
+        }
+    }
+
+    async fn export_retrying(
         &mut self,
         endpoint: &Endpoint,
         message: Vec<u8>,
-        stop: &AtomicBool,
+        stop: &Shutdown,
     ) -> Outcome {
         let body = match self.settings.protocol {
             Protocol::HttpProtobuf => {
@@ -335,7 +347,7 @@ impl Sender {
                 Wait::Backoff(d) => (d.min(cap).mul_f64(0.5 + random), false),
                 Wait::Throttled(d) => (d.min(cap).mul_f64(1.0 + random / 2.0), true),
             };
-            if began.elapsed() + delay > cap || stop.load(Ordering::Acquire) {
+            if began.elapsed() + delay > cap || stop.requested() {
                 warn!(path = %endpoint.path, "OTLP export given up after retries");
                 return Outcome::Failed;
             }
@@ -345,7 +357,7 @@ impl Sender {
             }
             // In steps, so that a stop does not wait for a long delay.
             let wake = Instant::now() + delay;
-            while Instant::now() < wake && !stop.load(Ordering::Acquire) {
+            while Instant::now() < wake && !stop.requested() {
                 tokio::time::sleep((wake - Instant::now()).min(Duration::from_millis(100))).await;
             }
             backoff = (backoff * 2).min(Duration::from_secs(30));
