@@ -294,6 +294,7 @@ pub async fn run(mut config: Config) -> Result<()> {
             metrics_interval: (jsonl_config.metrics_interval_secs > 0)
                 .then(|| Duration::from_secs(jsonl_config.metrics_interval_secs)),
             host_name: crate::export::host_name(),
+            file_mode: jsonl_config.mode().unwrap_or(0o640),
         };
         let (queue, snapshot) = (
             queue_of(exporter),

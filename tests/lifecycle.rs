@@ -97,3 +97,50 @@ fn an_agent_at_the_top_of_every_range_runs_and_stops_cleanly() {
     assert!(status.success(), "a clean exit: {status}");
     assert_eq!(wait_until_no_programs_of_ours(), Vec::<String>::new());
 }
+
+/// A symbolic link planted by an unprivileged user where the JSON-lines file goes, in a
+/// directory anyone may write to: the agent (root) never writes through it.
+#[test]
+fn a_symlink_planted_by_another_user_is_not_followed() {
+    if !have_root("a_symlink_planted_by_another_user_is_not_followed") {
+        return;
+    }
+    let _kernel = kernel_lock();
+    use std::os::unix::fs::PermissionsExt;
+    let dir = common::TempDir::new("planted");
+    let shared = dir.path().join("shared");
+    std::fs::create_dir(&shared).expect("dir");
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).expect("chmod");
+    let target = dir.path().join("root-only");
+    std::fs::write(&target, "root's secret\n").expect("target");
+    std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let path = shared.join("periscope.jsonl");
+    let planted = std::process::Command::new("runuser")
+        .args(["-u", "nobody", "--", "ln", "-s"])
+        .arg(&target)
+        .arg(&path)
+        .status()
+        .expect("runuser runs");
+    assert!(planted.success(), "nobody plants the link");
+    let config = format!(
+        "exporters:\n  jsonl:\n    enabled: true\n    path: \"{}\"\n    metrics_interval_secs: 1\n",
+        path.display()
+    );
+    let agent = Agent::start(&config);
+    std::thread::sleep(Duration::from_millis(2500));
+    // Still serving, and the target is as it was.
+    assert_eq!(
+        agent
+            .metrics()
+            .one("periscope_probe_up", &[("probe", "syscalls")]),
+        1.0
+    );
+    assert_eq!(
+        std::fs::read_to_string(&target).expect("target"),
+        "root's secret\n"
+    );
+    assert!(std::fs::symlink_metadata(&path)
+        .expect("the link")
+        .file_type()
+        .is_symlink());
+}

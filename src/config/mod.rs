@@ -354,6 +354,18 @@ pub struct JsonLinesConfig {
     pub max_files: u32,
     /// A snapshot of every metric this often; 0: spans only.
     pub metrics_interval_secs: u64,
+    /// Permissions of the files, in octal; never world-writable.
+    pub file_mode: String,
+}
+
+impl JsonLinesConfig {
+    /// `file_mode` as permission bits; None when it is not octal or allows others to
+    /// write.
+    pub fn mode(&self) -> Option<u32> {
+        u32::from_str_radix(self.file_mode.trim_start_matches("0o"), 8)
+            .ok()
+            .filter(|mode| *mode <= 0o777 && mode & 0o002 == 0)
+    }
 }
 
 impl Default for JsonLinesConfig {
@@ -364,6 +376,7 @@ impl Default for JsonLinesConfig {
             max_file_bytes: nonzero(100 << 20),
             max_files: 5,
             metrics_interval_secs: 60,
+            file_mode: "0640".into(),
         }
     }
 }
@@ -1074,6 +1087,15 @@ impl Config {
             if !(min..=max).contains(&value) {
                 return Err((key, format!("must be from {min} to {max}, not {value}")));
             }
+        }
+        if self.exporters.jsonl.mode().is_none() {
+            return Err((
+                "exporters.jsonl.file_mode",
+                format!(
+                    "`{}`: must be octal permissions such as \"0640\", not writable by others",
+                    self.exporters.jsonl.file_mode
+                ),
+            ));
         }
         let syscalls = &self.probes.syscalls;
         if syscalls.include_pids.len() > MAX_SELECTED {

@@ -29,6 +29,8 @@ pub struct JsonLinesSettings {
     pub max_files: u32,
     pub metrics_interval: Option<Duration>,
     pub host_name: String,
+    /// Permission bits of the files.
+    pub file_mode: u32,
 }
 
 /// The output: standard output, or a file rotated by size.
@@ -40,7 +42,59 @@ enum Sink {
         written: u64,
         max_bytes: u64,
         max_files: u32,
+        mode: u32,
     },
+}
+
+/// Opens the output file for appending, safely in a directory others can write to: a
+/// symbolic link at `path` is refused (O_NOFOLLOW), as is anything but a regular file
+/// (a FIFO would block the exporter) or a file of another owner (who could read what
+/// the agent writes). The file gets `mode`. `fresh`: it must be created anew (after a
+/// rotation); what took its place meanwhile is removed once.
+fn open_output(path: &std::path::Path, mode: u32, fresh: bool) -> io::Result<File> {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+    let open = |create_new: bool| {
+        let mut options = OpenOptions::new();
+        options
+            .append(true)
+            .mode(mode)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC);
+        if create_new {
+            options.create_new(true);
+        } else {
+            options.create(true);
+        }
+        options.open(path)
+    };
+    let file = if fresh {
+        match open(true) {
+            Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {
+                // Planted between the rotation's rename and this open: unlink it (the
+                // link itself, never its target) and create the file once more.
+                std::fs::remove_file(path)?;
+                open(true)?
+            }
+            other => other?,
+        }
+    } else {
+        open(false)?
+    };
+    let meta = file.metadata()?;
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    if !meta.file_type().is_file() || meta.uid() != euid {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "{} is not a regular file of the agent's own; not writing to it",
+                path.display()
+            ),
+        ));
+    }
+    if meta.permissions().mode() & 0o777 != mode {
+        file.set_permissions(std::fs::Permissions::from_mode(mode))?;
+    }
+    Ok(file)
 }
 
 impl Sink {
@@ -48,7 +102,7 @@ impl Sink {
         match &settings.path {
             None => Ok(Sink::Stdout(io::stdout())),
             Some(path) => {
-                let file = OpenOptions::new().create(true).append(true).open(path)?;
+                let file = open_output(path, settings.file_mode, false)?;
                 let written = file.metadata()?.len();
                 Ok(Sink::File {
                     path: path.clone(),
@@ -56,6 +110,7 @@ impl Sink {
                     written,
                     max_bytes: settings.max_file_bytes,
                     max_files: settings.max_files,
+                    mode: settings.file_mode,
                 })
             }
         }
@@ -74,12 +129,12 @@ impl Sink {
                 written,
                 max_bytes,
                 max_files,
+                mode,
             } => {
                 if *written > 0 && *written + line.len() as u64 + 1 > *max_bytes {
                     file.flush()?;
                     rotate(path, *max_files)?;
-                    *file =
-                        BufWriter::new(OpenOptions::new().create(true).append(true).open(&*path)?);
+                    *file = BufWriter::new(open_output(path, *mode, true)?);
                     *written = 0;
                 }
                 file.write_all(line)?;
@@ -326,6 +381,62 @@ fn finite(v: f64) -> Json {
 mod tests {
     use super::*;
 
+    fn scratch_dir(tag: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("periscope-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        dir
+    }
+
+    #[test]
+    fn a_planted_symlink_is_never_followed_and_its_target_is_untouched() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = scratch_dir("jsonl-link");
+        let target = dir.join("secret");
+        std::fs::write(&target, "root's own\n").expect("target");
+        let path = dir.join("out.jsonl");
+        std::os::unix::fs::symlink(&target, &path).expect("plant a link");
+        let err = open_output(&path, 0o640, false).expect_err("refused");
+        assert_eq!(err.raw_os_error(), Some(libc::ELOOP), "{err}");
+        // A FIFO would block the exporter forever: refused too.
+        let fifo = dir.join("fifo.jsonl");
+        let name = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).expect("path");
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(name.as_ptr(), 0o600) }, 0);
+        assert!(open_output(&fifo, 0o640, false).is_err());
+        // After a rotation, what was planted in the file's place is removed, not used.
+        let rotated = dir.join("rotated.jsonl");
+        std::os::unix::fs::symlink(&target, &rotated).expect("plant a link");
+        let file = open_output(&rotated, 0o640, true).expect("created anew");
+        drop(file);
+        assert!(std::fs::symlink_metadata(&rotated).expect("file").is_file());
+        assert_eq!(
+            std::fs::read_to_string(&target).expect("target"),
+            "root's own\n"
+        );
+        // A fresh file gets the configured mode, never world-readable by default.
+        let mode = std::fs::metadata(&rotated)
+            .expect("meta")
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o640);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn an_existing_file_is_given_the_configured_mode() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = scratch_dir("jsonl-mode");
+        let path = dir.join("out.jsonl");
+        std::fs::write(&path, "").expect("file");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).expect("chmod");
+        drop(open_output(&path, 0o600, false).expect("open"));
+        let mode = std::fs::metadata(&path).expect("meta").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[test]
     fn files_rotate_by_size_and_keep_max_files() {
         let dir = std::env::temp_dir().join(format!("periscope-jsonl-{}", std::process::id()));
@@ -338,6 +449,7 @@ mod tests {
             max_files: 2,
             metrics_interval: None,
             host_name: String::new(),
+            file_mode: 0o640,
         };
         let mut sink = Sink::open(&settings).expect("open");
         // 30-byte lines (31 with the newline): three per 100-byte file.

@@ -445,14 +445,17 @@ impl HttpProbe {
         }
     }
 
-    fn attach_libssl(&mut self, library: &std::path::Path) {
+    fn attach_libssl(&mut self, found: &tls::Library) {
         // Without the return probe, no entry probe could finish a call.
         if !self.loads("psc_ssl_ret") {
             return;
         }
-        let Some(id) = tls::file_id(library) else {
+        let Some(id) = found.id() else {
             return;
         };
+        // The open file itself, not a path that could lead elsewhere by now.
+        let path = found.path();
+        let library = path.as_path();
         if !self.tls_files.insert(id) {
             return;
         }
@@ -496,7 +499,7 @@ impl HttpProbe {
                 match probe(&progs.psc_ssl_ret, true) {
                     Ok(link) => self.links.push(link),
                     Err(err) => {
-                        debug!(library = %library.display(), function, error = %err, "function not traced");
+                        debug!(library = %found.shown.display(), function, error = %err, "function not traced");
                         continue;
                     }
                 }
@@ -508,12 +511,12 @@ impl HttpProbe {
                 }
                 // The _ex variants exist from OpenSSL 1.1.1 on.
                 Err(err) => {
-                    debug!(library = %library.display(), function, error = %err, "function not traced")
+                    debug!(library = %found.shown.display(), function, error = %err, "function not traced")
                 }
             }
         }
         if attached > 0 {
-            info!(library = %library.display(), functions = attached, "tracing TLS plaintext");
+            info!(library = %found.shown.display(), functions = attached, "tracing TLS plaintext");
             self.tls_libraries += 1;
         }
     }
