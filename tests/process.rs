@@ -227,3 +227,43 @@ fn without_the_oom_hook_execs_and_exits_are_counted_exactly() {
     assert_eq!(exits(&err, "error"), 4.0);
     assert_eq!(m.find("oom_kills_total", &[]).count(), 0);
 }
+
+/// A program named like the series caps fold into cannot pass for it: its counts keep a
+/// name of their own, and nothing is reported folded.
+#[test]
+fn a_program_named_overflow_cannot_forge_the_overflow_series() {
+    if !have_root("a_program_named_overflow_cannot_forge_the_overflow_series") {
+        return;
+    }
+    let _kernel = kernel_lock();
+    let agent = Agent::start("");
+    let dir = TempDir::new("forged");
+    let forged = dir.path().join("__overflow__");
+    std::fs::copy("/bin/true", &forged).expect("copy true");
+    for _ in 0..6 {
+        assert!(Command::new(&forged).status().expect("run").success());
+    }
+    let m = agent.metrics();
+    assert_eq!(
+        m.one(
+            "process_execs_total",
+            &[("process_executable_name", "__overflow__~")]
+        ),
+        6.0
+    );
+    assert_eq!(
+        m.sum(
+            "process_execs_total",
+            &[("process_executable_name", "__overflow__")]
+        ),
+        0.0,
+        "the overflow series holds nothing: nothing was folded"
+    );
+    assert_eq!(
+        m.one(
+            "periscope_series_folded_total",
+            &[("probe", "process"), ("map", "executables")]
+        ),
+        0.0
+    );
+}

@@ -143,7 +143,7 @@ impl<K: ProcessKey> ProcessTable<K> {
         let workloads = &self.workloads;
         let proc_root = &self.proc_root;
         let entry = self.entries.entry(key).or_insert_with(|| ProcessInfo {
-            name: fallback_name.unwrap_or(UNKNOWN_NAME).to_string(),
+            name: crate::model::unreserved(fallback_name.unwrap_or(UNKNOWN_NAME)).into_owned(),
             start_ticks: None,
             first_seen: SystemTime::now(),
             gone_since: None,
@@ -158,6 +158,7 @@ impl<K: ProcessKey> ProcessTable<K> {
                 if !first_seen_gone
                     && (entry.start_ticks.is_none() || entry.start_ticks == Some(start_ticks)) =>
             {
+                let name = crate::model::unreserved(&name).into_owned();
                 // An exec may come with a move to another cgroup (a runtime starting a
                 // container's process): the workload is read again with the new name,
                 // unless names are kept from first sight (then counts must not move).

@@ -12,6 +12,17 @@ pub use histogram::{ClassicHistogram, LogLinearHistogram};
 /// The label value of the series that data folds into when a cap is reached.
 pub const OVERFLOW: &str = "__overflow__";
 
+/// A real name as a label value, never mistaken for a reserved one: a process that
+/// names itself `__overflow__` would otherwise pass for the series that caps fold into.
+/// The reserved word followed by any number of `~` gets one `~` more, so real names stay
+/// distinct from each other and from the reserved word; every exporter shows the same.
+pub fn unreserved(name: &str) -> std::borrow::Cow<'_, str> {
+    match name.strip_prefix(OVERFLOW) {
+        Some(rest) if rest.bytes().all(|b| b == b'~') => format!("{name}~").into(),
+        _ => name.into(),
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MetricKind {
     Counter,
@@ -81,4 +92,17 @@ pub enum Value {
     Counter(f64),
     Gauge(f64),
     Histogram(ClassicHistogram),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn real_names_never_pass_for_the_overflow_series() {
+        assert_eq!(unreserved("__overflow__"), "__overflow__~");
+        assert_eq!(unreserved("__overflow__~"), "__overflow__~~");
+        assert_eq!(unreserved("__overflow__x"), "__overflow__x");
+        assert_eq!(unreserved("nginx"), "nginx");
+    }
 }

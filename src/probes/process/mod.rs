@@ -194,7 +194,7 @@ impl Probe for ProcessProbe {
             entries += 1;
             let mut k = types::psc_exe_key::default();
             if plain::copy_from_bytes(&mut k, &key).is_ok() {
-                rows.entry(c_string(&k.comm))
+                rows.entry(crate::model::unreserved(&c_string(&k.comm)).into_owned())
                     .or_default()
                     .merge(Stats::from_percpu(&values));
             }
