@@ -1260,3 +1260,32 @@ fn a_tls_flood_that_overflows_the_ring_buffer_is_counted_and_later_requests_are_
         3.0
     );
 }
+
+/// Secrets in paths are not published on the unauthenticated endpoint: a password
+/// after a credential word, or a token mixing letters and digits, collapses to `*`.
+#[test]
+fn secret_like_path_segments_never_reach_the_exposition() {
+    if !have_root("secret_like_path_segments_never_reach_the_exposition") {
+        return;
+    }
+    let _kernel = kernel_lock();
+    let agent = Agent::start(HTTP_CONFIG);
+    let server = Server::python();
+    let mut conn = connect(server.port);
+    for path in ["/login/hunter2path", "/reset/letmein", "/t/s3cr3ttok3n9"] {
+        conn.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+            .expect("send");
+        assert_eq!(read_response(&mut BufReader::new(&conn)), 200);
+    }
+    let pid = server.pid();
+    let m = common::eventually(&agent, |m| {
+        server_count(m, &pid, "GET", "200", "/login/*") == 1.0
+    });
+    assert_eq!(server_count(&m, &pid, "GET", "200", "/login/*"), 1.0);
+    assert_eq!(server_count(&m, &pid, "GET", "200", "/reset/*"), 1.0);
+    assert_eq!(server_count(&m, &pid, "GET", "200", "/t/*"), 1.0);
+    let text = agent.scrape();
+    for secret in ["hunter2path", "letmein", "s3cr3ttok3n9"] {
+        assert!(!text.contains(secret), "{secret} is exported");
+    }
+}

@@ -48,8 +48,20 @@ impl RoutePattern {
     }
 }
 
-/// Collapses the parts of a path that look like identifiers.
+/// Collapses the parts of a path that look like identifiers or secrets.
 pub fn heuristic_route(path: &str) -> String {
+    collapse(path, |previous, segment| {
+        looks_like_id(segment) || looks_like_secret(previous, segment)
+    })
+}
+
+/// The path with the segments that look like secrets replaced by `*` (identifiers are
+/// kept): what a span's `url.path` shows.
+pub fn redact_secrets(path: &str) -> String {
+    collapse(path, looks_like_secret)
+}
+
+fn collapse(path: &str, hide: impl Fn(Option<&str>, &str) -> bool) -> String {
     if path.is_empty() {
         return "/".into();
     }
@@ -57,11 +69,64 @@ pub fn heuristic_route(path: &str) -> String {
         return path.into();
     }
     let mut route = String::with_capacity(path.len());
+    let mut previous = None;
     for segment in path.split('/').skip(1) {
         route.push('/');
-        route.push_str(if looks_like_id(segment) { "*" } else { segment });
+        route.push_str(if hide(previous, segment) {
+            "*"
+        } else {
+            segment
+        });
+        previous = Some(segment);
     }
     route
+}
+
+/// Path segments after which the next one is a credential: `/reset/<token>`,
+/// `/login/<password>`.
+const CREDENTIAL_WORDS: &[&str] = &[
+    "activate",
+    "api-key",
+    "api_key",
+    "apikey",
+    "auth",
+    "code",
+    "confirm",
+    "invite",
+    "key",
+    "keys",
+    "login",
+    "magic",
+    "otp",
+    "passwd",
+    "password",
+    "reset",
+    "secret",
+    "secrets",
+    "session",
+    "sessions",
+    "signin",
+    "token",
+    "tokens",
+    "unsubscribe",
+    "verify",
+];
+
+/// A segment that may be a secret: one that follows a credential word, one that mixes
+/// letters and digits over 8 characters or more (passwords, tokens), or a long run of
+/// letters in both cases (base64).
+fn looks_like_secret(previous: Option<&str>, segment: &str) -> bool {
+    if segment.is_empty() {
+        return false;
+    }
+    if previous.is_some_and(|p| CREDENTIAL_WORDS.contains(&p.to_ascii_lowercase().as_str())) {
+        return true;
+    }
+    let letters = segment.bytes().filter(u8::is_ascii_alphabetic).count();
+    let digits = segment.bytes().filter(u8::is_ascii_digit).count();
+    let upper = segment.bytes().filter(u8::is_ascii_uppercase).count();
+    (segment.len() >= 8 && letters > 0 && digits > 0)
+        || (segment.len() >= 20 && upper > 0 && upper < letters && letters == segment.len())
 }
 
 fn looks_like_id(segment: &str) -> bool {
@@ -174,6 +239,33 @@ mod tests {
         assert_eq!(heuristic_route("/api/v1/health"), "/api/v1/health");
         assert_eq!(heuristic_route("/"), "/");
         assert_eq!(heuristic_route("/cafe"), "/cafe", "short hex words stay");
+    }
+
+    #[test]
+    fn secrets_in_paths_are_collapsed() {
+        assert_eq!(heuristic_route("/login/hunter2path"), "/login/*");
+        assert_eq!(
+            heuristic_route("/reset/abc"),
+            "/reset/*",
+            "after a credential word"
+        );
+        assert_eq!(heuristic_route("/Token/xyz/more"), "/Token/*/more");
+        assert_eq!(
+            heuristic_route("/s/dGhpc0lzQVNlY3JldFRva2Vu"),
+            "/s/*",
+            "base64 without digits"
+        );
+        assert_eq!(
+            heuristic_route("/api/v2/oauth2/callback"),
+            "/api/v2/oauth2/callback"
+        );
+        assert_eq!(heuristic_route("/static/logo.png"), "/static/logo.png");
+        // Spans keep identifiers but never secrets.
+        assert_eq!(
+            redact_secrets("/users/123/reset/s3cr3tvalue"),
+            "/users/123/reset/*"
+        );
+        assert_eq!(redact_secrets("/login/hunter2path"), "/login/*");
     }
 
     #[test]

@@ -207,7 +207,10 @@ impl SpanMaker {
                 "http.response.status_code",
                 AttributeValue::Int(i64::from(done.status)),
             ),
-            ("url.path", AttributeValue::Str(done.path.to_string())),
+            (
+                "url.path",
+                AttributeValue::Str(super::routes::redact_secrets(&done.path)),
+            ),
             ("url.scheme", AttributeValue::Str(scheme.into())),
         ];
         let kind = match done.role {
