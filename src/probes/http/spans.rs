@@ -209,7 +209,7 @@ impl SpanMaker {
             ),
             (
                 "url.path",
-                AttributeValue::Str(super::routes::redact_secrets(&done.path)),
+                AttributeValue::Str(super::routes::redact_secrets(done.path)),
             ),
             ("url.scheme", AttributeValue::Str(scheme.into())),
         ];
