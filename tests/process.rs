@@ -267,3 +267,58 @@ fn a_program_named_overflow_cannot_forge_the_overflow_series() {
         0.0
     );
 }
+
+/// Names are free to mint (prctl, or a copied binary), and the kernel's map of
+/// executables is capped: names idle for the TTL leave it, so new ones are counted under
+/// their own names instead of folding, and counts stay exact.
+#[test]
+fn idle_executables_leave_the_kernel_map_and_new_names_keep_their_own_series() {
+    if !have_root("idle_executables_leave_the_kernel_map_and_new_names_keep_their_own_series") {
+        return;
+    }
+    let _kernel = kernel_lock();
+    let agent = Agent::start(
+        "processes:\n  exited_ttl_secs: 0\nprobes:\n  process:\n    max_executables: 16\n",
+    );
+    let dir = TempDir::new("minted");
+    let tag = std::process::id() % 10_000;
+    let names: Vec<String> = (0..40).map(|i| format!("pscm{tag}x{i}")).collect();
+    for name in &names {
+        let path = dir.path().join(name);
+        std::fs::copy("/bin/true", &path).expect("copy true");
+        for _ in 0..3 {
+            assert!(Command::new(&path).status().expect("run").success());
+        }
+        // A collection sees the name once; the next finds it idle and retires it.
+        agent.metrics();
+        agent.metrics();
+    }
+    let m = agent.metrics();
+    for name in &names {
+        assert_eq!(
+            m.one(
+                "process_execs_total",
+                &[("process_executable_name", name.as_str())]
+            ),
+            3.0,
+            "{name}"
+        );
+        assert_eq!(
+            m.one(
+                "process_exits_total",
+                &[
+                    ("process_executable_name", name.as_str()),
+                    ("exit_code_class", "ok")
+                ]
+            ),
+            3.0,
+            "{name}"
+        );
+    }
+    assert!(m.one("periscope_series_expired_total", &[("probe", "process")]) >= 40.0);
+    let fill = m.one(
+        "periscope_bpf_map_entries",
+        &[("probe", "process"), ("map", "executables")],
+    );
+    assert!(fill <= 16.0, "{fill}");
+}

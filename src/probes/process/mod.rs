@@ -1,10 +1,10 @@
 //! The `process` probe: execs, exits by exit code class and OOM kills, per executable,
 //! counted in the kernel (see `process.bpf.c`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, BorrowedFd};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{Link, MapCore};
@@ -73,6 +73,12 @@ impl ProbeSpec for ProcessSpec {
                 exits: plan.loads("psc_process_exit"),
                 oom_kills: plan.loads("psc_oom_victim"),
                 degraded: Vec::new(),
+                last_seen: HashMap::new(),
+                retired: BTreeMap::new(),
+                retired_overflow: Stats::default(),
+                idle_ttl: Duration::from_secs(config.processes.exited_ttl_secs),
+                max_retired: config.processes.max_exited_executables.get() as usize,
+                expired: 0,
             };
             if attach {
                 let progs = &probe.skel.progs;
@@ -125,9 +131,50 @@ pub struct ProcessProbe {
     exits: bool,
     oom_kills: bool,
     degraded: Vec<Degraded>,
+    /// Each kernel entry's counts at the last collection, and since when they have not
+    /// moved.
+    last_seen: HashMap<Vec<u8>, (Stats, Instant)>,
+    /// Executables idle for `idle_ttl`, moved out of the kernel's map so that its slots
+    /// serve new names: their counts stay here (a name that comes back adds to them).
+    retired: BTreeMap<String, Stats>,
+    /// Counts of retired executables beyond `max_retired`, shown in the overflow row.
+    retired_overflow: Stats,
+    idle_ttl: Duration,
+    max_retired: usize,
+    expired: u64,
 }
 
-#[derive(Default, Clone, Copy)]
+/// Keeps exec-counting slots for live names: the kernel's map of executables is capped,
+/// and names are free for anyone to mint (prctl), so names idle for the TTL leave it.
+impl ProcessProbe {
+    fn retire_idle(&mut self, now: Instant, rows: &[(Vec<u8>, String, Stats)]) {
+        let mut live = HashMap::with_capacity(rows.len());
+        for (key, name, stats) in rows {
+            let since = match self.last_seen.get(key) {
+                Some((before, since)) if before == stats => *since,
+                _ => now,
+            };
+            if now.saturating_duration_since(since) < self.idle_ttl {
+                live.insert(key.clone(), (*stats, since));
+                continue;
+            }
+            // Read and deleted in one step: an exec counted meanwhile is not lost.
+            let Some(values) = util::take_percpu(&self.skel.maps.executables, key) else {
+                continue;
+            };
+            let taken = Stats::from_percpu(&values);
+            self.expired += 1;
+            if self.retired.contains_key(name) || self.retired.len() < self.max_retired {
+                self.retired.entry(name.clone()).or_default().merge(taken);
+            } else {
+                self.retired_overflow.merge(taken);
+            }
+        }
+        self.last_seen = live;
+    }
+}
+
+#[derive(Default, Clone, Copy, PartialEq, Eq)]
 struct Stats {
     execs: u64,
     exits_ok: u64,
@@ -185,19 +232,28 @@ impl Probe for ProcessProbe {
         &self.degraded
     }
 
-    fn collect(&mut self, _now: Instant, out: &mut Vec<Family>) {
-        let maps = &self.skel.maps;
-        // Rows by name; a process really named like the overflow row shares it.
-        let mut rows: BTreeMap<String, Stats> = BTreeMap::new();
-        let mut entries = 0u64;
-        for (key, values) in util::read_percpu(&maps.executables) {
-            entries += 1;
+    fn collect(&mut self, now: Instant, out: &mut Vec<Family>) {
+        let mut kernel_rows = Vec::new();
+        for (key, values) in util::read_percpu(&self.skel.maps.executables) {
             let mut k = types::psc_exe_key::default();
             if plain::copy_from_bytes(&mut k, &key).is_ok() {
-                rows.entry(crate::model::unreserved(&c_string(&k.comm)).into_owned())
-                    .or_default()
-                    .merge(Stats::from_percpu(&values));
+                let name = crate::model::unreserved(&c_string(&k.comm)).into_owned();
+                kernel_rows.push((key, name, Stats::from_percpu(&values)));
             }
+        }
+        let entries = kernel_rows.len() as u64;
+        // Rows by name: the kernel's and the retired ones (a name back after it was
+        // retired adds to its old counts, so counters never go back).
+        let mut rows: BTreeMap<String, Stats> = self.retired.clone();
+        for (_, name, stats) in &kernel_rows {
+            rows.entry(name.clone()).or_default().merge(*stats);
+        }
+        self.retire_idle(now, &kernel_rows);
+        let maps = &self.skel.maps;
+        if self.retired_overflow != Stats::default() {
+            rows.entry(OVERFLOW_NAME.to_string())
+                .or_default()
+                .merge(self.retired_overflow);
         }
         if util::percpu_array_u64(&maps.folded, 0) > 0 {
             let overflow = maps
@@ -280,5 +336,9 @@ impl Probe for ProcessProbe {
             "executables",
             util::percpu_array_u64(&self.skel.maps.folded, 0),
         )]
+    }
+
+    fn expired_series(&self) -> u64 {
+        self.expired
     }
 }
