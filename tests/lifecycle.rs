@@ -144,3 +144,58 @@ fn a_symlink_planted_by_another_user_is_not_followed() {
         .file_type()
         .is_symlink());
 }
+
+/// Each thread's name, CapEff, CapBnd and NoNewPrivs, from /proc/PID/task/*/status.
+fn thread_privileges(pid: u32) -> Vec<(String, u64, u64, String)> {
+    let mut found = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).expect("tasks") {
+        let status =
+            std::fs::read_to_string(task.expect("task").path().join("status")).unwrap_or_default();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(|v| v.trim().to_string())
+                .unwrap_or_default()
+        };
+        let hex = |name: &str| u64::from_str_radix(&field(name), 16).unwrap_or(u64::MAX);
+        found.push((
+            field("Name:"),
+            hex("CapEff:"),
+            hex("CapBnd:"),
+            field("NoNewPrivs:"),
+        ));
+    }
+    found
+}
+
+/// Run as root outside any unit, once started every thread of the agent has
+/// NoNewPrivs set and a bounding set no larger than what it kept: the threads that face
+/// the network keep no capability at all, and none can come back.
+#[test]
+fn every_thread_runs_with_no_new_privileges_and_a_bounding_set_of_what_it_kept() {
+    if !have_root("every_thread_runs_with_no_new_privileges_and_a_bounding_set_of_what_it_kept") {
+        return;
+    }
+    let _kernel = kernel_lock();
+    let agent = Agent::start("");
+    agent.metrics();
+    let threads = thread_privileges(agent.pid());
+    assert!(threads.len() >= 2, "{threads:?}");
+    for (name, effective, bounding, no_new_privs) in &threads {
+        assert_eq!(no_new_privs, "1", "{name}: {threads:?}");
+        assert_eq!(
+            bounding & !effective,
+            0,
+            "{name} could regain capabilities: {threads:?}"
+        );
+        if name != "collector" {
+            assert_eq!(*effective, 0, "{name} keeps capabilities: {threads:?}");
+        }
+    }
+    let collector = threads
+        .iter()
+        .find(|(name, ..)| name == "collector")
+        .expect("the collector thread");
+    assert_ne!(collector.1, 0, "the collector keeps what it needs");
+}

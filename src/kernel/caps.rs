@@ -177,6 +177,26 @@ pub fn kept_after_start(needs: &[Need]) -> Vec<Capability> {
 pub fn keep_only(keep: &[Capability]) -> Result<(), CapsError> {
     let (_, permitted) = current()?;
     let wanted = keep.iter().fold(0u64, |mask, cap| mask | (1 << cap.number)) & permitted;
+    // No exec from this thread (or any it starts) can gain privileges again: setuid
+    // binaries and file capabilities are ignored from now on.
+    // SAFETY: a plain prctl with integer arguments.
+    unsafe {
+        libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
+    }
+    // Nor can any capability not kept come back: it leaves the bounding set. That needs
+    // CAP_SETPCAP, still held here; where it is not (a unit that withheld it), the
+    // bounding set is what the unit left.
+    let last = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .ok()
+        .and_then(|text| text.trim().parse::<u32>().ok())
+        .unwrap_or(40)
+        .min(63);
+    for number in (0..=last).filter(|n| wanted & (1 << n) == 0) {
+        // SAFETY: a plain prctl with integer arguments.
+        unsafe {
+            libc::prctl(libc::PR_CAPBSET_DROP, number as libc::c_ulong, 0, 0, 0);
+        }
+    }
     // SAFETY: a plain prctl with integer arguments.
     unsafe {
         libc::prctl(
