@@ -236,6 +236,14 @@ pub async fn run(mut config: Config) -> Result<()> {
     // (it kept its own). This thread serves HTTP and starts the exporters' threads,
     // which inherit its set: none.
     caps::keep_only(&[]).context("dropping the capabilities start-up needed")?;
+    // This thread serves HTTP and starts the exporters: from here on it, and they, may
+    // make only the system calls they use.
+    match crate::kernel::seccomp::confine_network_thread() {
+        Ok(()) => info!("the HTTP server and the exporters run under a seccomp filter"),
+        Err(err) => {
+            warn!(error = %err, "could not install the seccomp filter of the network threads")
+        }
+    }
     info!(
         collector = %caps::describe(&kept_caps),
         "dropped every capability but those the collector still needs"

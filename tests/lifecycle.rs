@@ -178,9 +178,30 @@ fn every_thread_runs_with_no_new_privileges_and_a_bounding_set_of_what_it_kept()
         return;
     }
     let _kernel = kernel_lock();
-    let agent = Agent::start("");
+    let agent = Agent::start("exporters:\n  jsonl:\n    enabled: true\n");
     agent.metrics();
     let threads = thread_privileges(agent.pid());
+    // The threads that face the network run under the seccomp filter (mode 2).
+    let seccomp = |name: &str| {
+        let pid = agent.pid();
+        std::fs::read_dir(format!("/proc/{pid}/task"))
+            .expect("tasks")
+            .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("status")).ok())
+            .filter(|status| status.lines().any(|l| l == format!("Name:\t{name}")))
+            .map(|status| {
+                status
+                    .lines()
+                    .find_map(|l| l.strip_prefix("Seccomp:"))
+                    .map(|v| v.trim().to_string())
+                    .unwrap_or_default()
+            })
+            .collect::<Vec<_>>()
+    };
+    for name in ["periscope", "jsonl"] {
+        let modes = seccomp(name);
+        assert!(!modes.is_empty(), "no {name} thread");
+        assert!(modes.iter().all(|m| m == "2"), "{name}: {modes:?}");
+    }
     assert!(threads.len() >= 2, "{threads:?}");
     for (name, effective, bounding, no_new_privs) in &threads {
         assert_eq!(no_new_privs, "1", "{name}: {threads:?}");

@@ -6,6 +6,7 @@ pub mod duty;
 pub mod features;
 pub mod floor;
 pub mod libbpf_log;
+pub mod seccomp;
 pub mod stats;
 
 use std::ffi::CString;
