@@ -155,6 +155,18 @@ pub async fn run(mut config: Config) -> Result<()> {
     let kernel = check_kernel()?;
     info!(kernel = %kernel.release, "kernel has BTF; loading probes");
 
+    let web = Arc::new(
+        prometheus::web::WebConfig::start(
+            (!config.prometheus.web_config_file.is_empty())
+                .then(|| std::path::PathBuf::from(&config.prometheus.web_config_file)),
+        )
+        .context("loading the web configuration (prometheus.web_config_file)")?,
+    );
+    let scheme = if web.current().tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let address = config.prometheus.listen_address;
     let listener = prometheus::bind(address)
         .await
@@ -268,7 +280,7 @@ pub async fn run(mut config: Config) -> Result<()> {
         warn!("no probe is running; /metrics serves only the agent's own metrics");
     }
     say(format!(
-        "periscope: serving metrics at http://{address}/metrics (started in {:.2}s)",
+        "periscope: serving metrics at {scheme}://{address}/metrics (started in {:.2}s)",
         started.elapsed().as_secs_f64()
     ));
 
@@ -352,6 +364,7 @@ pub async fn run(mut config: Config) -> Result<()> {
         ready.clone(),
         limits,
         server_stats,
+        web,
         async {
             let _ = server_stopped.await;
         },
@@ -711,6 +724,7 @@ impl Collector {
                 endpoint_connections: self.server_stats.open.load(Ordering::Relaxed),
                 endpoint_evicted: self.server_stats.evicted.load(Ordering::Relaxed),
                 endpoint_refused: self.server_stats.refused.load(Ordering::Relaxed),
+                endpoint_tls_failed: self.server_stats.tls_failed.load(Ordering::Relaxed),
                 spans: self
                     .exporters
                     .iter()

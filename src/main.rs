@@ -32,6 +32,10 @@ enum Command {
         /// YAML configuration file; without it, the embedded defaults are used.
         #[arg(long, short)]
         config: Option<PathBuf>,
+        /// Web configuration (TLS, basic auth) in the Prometheus exporter-toolkit format;
+        /// overrides prometheus.web_config_file.
+        #[arg(long = "web.config.file")]
+        web_config_file: Option<PathBuf>,
     },
     /// List the built-in probes: whether this kernel runs them and how they attach.
     Probes {
@@ -91,8 +95,14 @@ fn load_config(path: Option<&PathBuf>) -> Result<Config> {
 
 fn dispatch(command: Command) -> Result<()> {
     match command {
-        Command::Run { config } => {
-            let config = load_config(config.as_ref())?;
+        Command::Run {
+            config,
+            web_config_file,
+        } => {
+            let mut config = load_config(config.as_ref())?;
+            if let Some(web) = web_config_file {
+                config.prometheus.web_config_file = web.display().to_string();
+            }
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()

@@ -38,6 +38,8 @@ pub struct AgentHealth {
     pub endpoint_connections: u64,
     pub endpoint_evicted: u64,
     pub endpoint_refused: u64,
+    /// TLS handshakes that failed or did not finish within the head deadline.
+    pub endpoint_tls_failed: u64,
     /// The span pipeline, when traces are on.
     pub spans: Option<SpanHealth>,
     /// What each push exporter delivered and lost.
@@ -203,12 +205,13 @@ pub fn families(health: &[ProbeHealth], agent: &AgentHealth) -> Vec<Family> {
     endpoint_open.push(vec![], Value::Gauge(agent.endpoint_connections as f64));
     let mut endpoint_closed = Family::new(
         "periscope_endpoint_connections_closed",
-        "Connections to the metrics endpoint closed by its cap: `evicted`, the one idle longest closed to make room for a new one; `refused`, a new one closed because every open one was busy.",
+        "Connections to the metrics endpoint it closed: `evicted`, the one idle longest, to make room for a new one at the cap; `refused`, a new one at the cap because every open one was busy; `tls_failed`, a TLS handshake that failed or did not finish in time.",
         MetricKind::Counter,
     );
     for (reason, count) in [
         ("evicted", agent.endpoint_evicted),
         ("refused", agent.endpoint_refused),
+        ("tls_failed", agent.endpoint_tls_failed),
     ] {
         endpoint_closed.push(
             vec![("reason", reason.to_string())],

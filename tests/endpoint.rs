@@ -143,3 +143,197 @@ fn a_scraper_is_served_through_idle_trickling_and_storming_clients() {
         "the agent's memory stays bounded under attack: {during} KiB"
     );
 }
+
+/// Runs openssl with `args` in `dir`.
+fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let status = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("openssl runs (scripts/setup.sh --test installs it)");
+    assert!(status.success(), "openssl {args:?}");
+}
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate, both signed by it.
+fn make_certificates(dir: &std::path::Path) {
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=test-ca",
+            "-keyout",
+            "ca-key.pem",
+            "-out",
+            "ca.pem",
+        ],
+    );
+    // Version 3 certificates with their extensions, as WebPKI verification requires.
+    for (name, ext) in [
+        ("server", "subjectAltName=IP:127.0.0.1,DNS:localhost\n"),
+        ("client", "extendedKeyUsage=clientAuth\n"),
+    ] {
+        std::fs::write(dir.join(format!("{name}.ext")), ext).expect("ext");
+        openssl(
+            dir,
+            &[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-subj",
+                &format!("/CN={name}"),
+                "-keyout",
+                &format!("{name}-key.pem"),
+                "-out",
+                &format!("{name}.csr"),
+            ],
+        );
+        let (csr, out, ext) = (
+            format!("{name}.csr"),
+            format!("{name}.pem"),
+            format!("{name}.ext"),
+        );
+        let args = [
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca-key.pem",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-out",
+            &out,
+            "-extfile",
+            &ext,
+        ];
+        openssl(dir, &args);
+    }
+}
+
+/// curl's HTTP status for /metrics with `args` (000: no HTTP answer at all).
+fn curl_status(port: u16, args: &[&str]) -> String {
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "5",
+        ])
+        .args(args)
+        .arg(format!("https://127.0.0.1:{port}/metrics"))
+        .output()
+        .expect("curl runs");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// TLS with client certificates and bcrypt basic auth, in the exporter-toolkit format:
+/// a real Prometheus with the matching scrape_config scrapes the agent; without the
+/// client certificate, or with a wrong or unknown user, nothing is served; a changed
+/// file is re-read, and a bad one is refused while the last good one stays.
+#[test]
+fn a_real_prometheus_scrapes_over_tls_with_client_certificates_and_basic_auth() {
+    if !have_root("a_real_prometheus_scrapes_over_tls_with_client_certificates_and_basic_auth") {
+        return;
+    }
+    let _kernel = kernel_lock();
+    let dir = common::TempDir::new("web");
+    make_certificates(dir.path());
+    let hash = bcrypt::hash("s3cret", 4).expect("bcrypt");
+    let web = dir.path().join("web.yml");
+    let web_config = |user: &str| {
+        format!(
+            "tls_server_config:\n  cert_file: server.pem\n  key_file: server-key.pem\n  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: ca.pem\n  min_version: TLS12\nbasic_auth_users:\n  {user}: \"{hash}\"\n"
+        )
+    };
+    std::fs::write(&web, web_config("alice")).expect("web config");
+    let mut agent = Agent::spawn(
+        &format!(
+            "prometheus:\n  web_config_file: \"{}\"\nprobes:\n  syscalls:\n    enabled: false\n",
+            web.display()
+        ),
+        &[],
+        &[],
+    );
+    let d = dir.path().display();
+    let (ca, cert, key) = (
+        format!("{d}/ca.pem"),
+        format!("{d}/client.pem"),
+        format!("{d}/client-key.pem"),
+    );
+    let with_cert = [
+        "--cacert",
+        ca.as_str(),
+        "--cert",
+        cert.as_str(),
+        "--key",
+        key.as_str(),
+    ];
+    let status_as = |port: u16, user: &str| {
+        let mut args = with_cert.to_vec();
+        args.extend(["-u", user]);
+        curl_status(port, &args)
+    };
+    agent.wait_ready_by(|port| status_as(port, "alice:s3cret") == "200");
+    let port = agent.port;
+    let as_user = |user: &str| status_as(port, user);
+    assert_eq!(as_user("alice:s3cret"), "200");
+    assert_eq!(as_user("alice:wrong"), "401");
+    assert_eq!(as_user("mallory:s3cret"), "401");
+    assert_eq!(curl_status(port, &with_cert), "401", "no credentials");
+    assert_eq!(
+        curl_status(port, &["--cacert", ca.as_str(), "-u", "alice:s3cret"]),
+        "000",
+        "no client certificate: no TLS session"
+    );
+    assert!(
+        common::http_get(port, "/metrics", None).is_none_or(|(status, _)| status != 200),
+        "plain HTTP is not served"
+    );
+
+    // The real Prometheus, configured as its users would.
+    let job = format!(
+        "    scheme: https\n    tls_config:\n      ca_file: {ca}\n      cert_file: {cert}\n      key_file: {key}\n    basic_auth:\n      username: alice\n      password: s3cret\n"
+    );
+    let prometheus = common::Prometheus::start_with(port, None, &job);
+    assert_eq!(
+        prometheus.wait_for("up{job=\"periscope\"}", &[1.0]),
+        vec![1.0]
+    );
+    assert_eq!(
+        prometheus.wait_for("count(periscope_build_info)", &[1.0]),
+        vec![1.0]
+    );
+
+    // A bad file is refused: the last good one stays in force.
+    std::fs::write(&web, "basic_auth_users:\n  alice: not-a-hash\n").expect("bad config");
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(as_user("alice:s3cret"), "200");
+    // A good change is taken.
+    std::fs::write(&web, web_config("bob")).expect("new config");
+    let mut switched = false;
+    for _ in 0..40 {
+        if as_user("bob:s3cret") == "200" {
+            switched = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert!(switched, "the changed file is re-read");
+    assert_eq!(as_user("alice:s3cret"), "401");
+}

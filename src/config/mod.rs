@@ -413,6 +413,9 @@ pub struct PrometheusConfig {
     /// Time a client has to send a request head, counted from the connection's start or
     /// its last response: keep-alive connections idle longer are closed.
     pub header_read_timeout_secs: u64,
+    /// The Prometheus exporter-toolkit web configuration (TLS, basic auth); empty:
+    /// plain HTTP without authentication. `--web.config.file` overrides it.
+    pub web_config_file: String,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -576,6 +579,7 @@ impl Default for PrometheusConfig {
             listen_address: SocketAddr::from(([0, 0, 0, 0], 9101)),
             max_connections: NonZeroU32::new(256).expect("256 is not zero"),
             header_read_timeout_secs: 10,
+            web_config_file: String::new(),
         }
     }
 }

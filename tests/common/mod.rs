@@ -105,6 +105,13 @@ impl Agent {
     /// `prlimit --nofile=1024:1024 --`). `config` may hold more `prometheus:` keys, each
     /// indented by two spaces, before its other sections.
     pub fn start_wrapped(config: &str, env: &[(&str, &str)], wrapper: &[&str]) -> Agent {
+        let mut agent = Agent::spawn(config, env, wrapper);
+        agent.wait_ready();
+        agent
+    }
+
+    /// Starts the agent without waiting for it: the caller waits with `wait_ready_by`.
+    pub fn spawn(config: &str, env: &[(&str, &str)], wrapper: &[&str]) -> Agent {
         let port = free_port();
         let dir = TempDir::new("agent");
         let (extra_prometheus, config) = match config.strip_prefix("prometheus:\n") {
@@ -139,24 +146,28 @@ impl Agent {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("start periscope");
-        let mut agent = Agent {
+        Agent {
             child,
             port,
             _dir: dir,
-        };
-        agent.wait_ready();
-        agent
+        }
     }
 
     fn wait_ready(&mut self) {
+        self.wait_ready_by(|port| {
+            http_get(port, "/readyz", None).is_some_and(|(status, _)| status == 200)
+        });
+    }
+
+    /// Waits until `ready(port)` says so (an endpoint behind TLS and credentials needs
+    /// its own check).
+    pub fn wait_ready_by(&mut self, ready: impl Fn(u16) -> bool) {
         for _ in 0..300 {
             if let Ok(Some(status)) = self.child.try_wait() {
                 panic!("periscope exited during start-up: {status}");
             }
-            if let Some((status, _)) = http_get(self.port, "/readyz", None) {
-                if status == 200 {
-                    return;
-                }
+            if ready(self.port) {
+                return;
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -465,6 +476,11 @@ pub struct Prometheus {
 
 impl Prometheus {
     pub fn start(target_port: u16, rules: Option<&Path>) -> Prometheus {
+        Prometheus::start_with(target_port, rules, "")
+    }
+
+    /// `start`, with more keys for the scrape job (each line indented by four spaces).
+    pub fn start_with(target_port: u16, rules: Option<&Path>, job: &str) -> Prometheus {
         let dir = TempDir::new("prometheus");
         let port = free_port();
         let rule_files = match rules {
@@ -477,7 +493,7 @@ impl Prometheus {
         let config = dir.write(
             "prometheus.yml",
             &format!(
-                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n{rule_files}scrape_configs:\n  - job_name: periscope\n    static_configs:\n      - targets: [\"127.0.0.1:{target_port}\"]\n"
+                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n{rule_files}scrape_configs:\n  - job_name: periscope\n{job}    static_configs:\n      - targets: [\"127.0.0.1:{target_port}\"]\n"
             ),
         );
         let child = Command::new("prometheus")

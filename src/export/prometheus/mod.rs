@@ -4,6 +4,7 @@
 pub mod encode;
 mod rounds;
 mod server;
+pub mod web;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -42,6 +43,7 @@ pub async fn serve<S: Source>(
     ready: Arc<AtomicBool>,
     limits: Limits,
     stats: Arc<ServerStats>,
+    web: Arc<web::WebConfig>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let shared = Arc::new(Shared {
@@ -53,7 +55,7 @@ pub async fn serve<S: Source>(
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .with_state(shared);
-    server::serve(listener, app, limits, stats, shutdown).await
+    server::serve(listener, app, limits, stats, web, shutdown).await
 }
 
 pub async fn bind(address: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {

@@ -17,6 +17,8 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::sync::oneshot;
 
+use super::web::{Security, WebConfig};
+
 /// Limits of the server.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -35,6 +37,8 @@ pub struct ServerStats {
     pub evicted: AtomicU64,
     /// New connections closed at once: the cap was reached and every open one was busy.
     pub refused: AtomicU64,
+    /// TLS handshakes that failed or did not finish in time.
+    pub tls_failed: AtomicU64,
 }
 
 struct Tracked {
@@ -78,12 +82,17 @@ impl Connections {
     }
 }
 
-/// The endpoint's service, marking its connection busy while a request is answered.
+/// The endpoint's service, marking its connection busy while a request is answered,
+/// and asking for credentials when the web configuration has users.
 #[derive(Clone)]
 struct MarkBusy {
     inner: Router,
     busy: Arc<AtomicBool>,
     last_active: Arc<Mutex<Instant>>,
+    security: Arc<Security>,
+    /// Password checks running at once, at most: bcrypt is slow by design, and a flood
+    /// of wrong passwords must not take the CPU (checked ones are remembered).
+    checks: Arc<tokio::sync::Semaphore>,
 }
 
 impl tower::Service<hyper::Request<hyper::body::Incoming>> for MarkBusy {
@@ -100,14 +109,81 @@ impl tower::Service<hyper::Request<hyper::body::Incoming>> for MarkBusy {
         let inner = self.inner.clone();
         let busy = self.busy.clone();
         let last_active = self.last_active.clone();
+        let security = self.security.clone();
+        let checks = self.checks.clone();
         Box::pin(async move {
             busy.store(true, Ordering::Release);
-            let response = tower::ServiceExt::oneshot(inner, request).await;
+            let header = request
+                .headers()
+                .get(hyper::header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .map(String::from);
+            let allowed = if !security.needs_auth() {
+                true
+            } else {
+                match security.remembered(header.as_deref()) {
+                    Some(verdict) => verdict,
+                    None => match checks.try_acquire_owned() {
+                        Ok(permit) => {
+                            let security = security.clone();
+                            tokio::task::spawn_blocking(move || {
+                                let _permit = permit;
+                                security.authorized(header.as_deref())
+                            })
+                            .await
+                            .unwrap_or(false)
+                        }
+                        // Every check slot busy: refused now, not queued.
+                        Err(_) => false,
+                    },
+                }
+            };
+            let mut response = if allowed {
+                match tower::ServiceExt::oneshot(inner, request).await {
+                    Ok(response) => response,
+                    Err(never) => match never {},
+                }
+            } else {
+                unauthorized()
+            };
+            for (name, value) in &security.headers {
+                if let (Ok(name), Ok(value)) = (
+                    hyper::header::HeaderName::from_bytes(name.as_bytes()),
+                    hyper::header::HeaderValue::from_str(value),
+                ) {
+                    response.headers_mut().insert(name, value);
+                }
+            }
             *last_active.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
             busy.store(false, Ordering::Release);
-            response
+            Ok(response)
         })
     }
+}
+
+fn unauthorized() -> axum::response::Response {
+    let mut response = axum::response::Response::new(axum::body::Body::from("Unauthorized\n"));
+    *response.status_mut() = hyper::StatusCode::UNAUTHORIZED;
+    response.headers_mut().insert(
+        hyper::header::WWW_AUTHENTICATE,
+        hyper::header::HeaderValue::from_static("Basic realm=\"periscope\""),
+    );
+    response
+}
+
+/// Serves one connection's requests over `io`.
+async fn serve_io<I>(io: I, service: MarkBusy, limits: Limits)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .keep_alive(true);
+    let _ = builder
+        .serve_connection(io, TowerToHyperService::new(service))
+        .await;
 }
 
 /// Serves `app` on `listener` within `limits` until `shutdown` resolves.
@@ -116,9 +192,11 @@ pub async fn serve(
     app: Router,
     limits: Limits,
     stats: Arc<ServerStats>,
+    web: Arc<WebConfig>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let connections = Arc::new(Mutex::new(Connections::default()));
+    let checks = Arc::new(tokio::sync::Semaphore::new(2));
     tokio::pin!(shutdown);
     loop {
         let (stream, _peer) = tokio::select! {
@@ -160,23 +238,39 @@ pub async fn serve(
             id
         };
         stats.open.fetch_add(1, Ordering::Relaxed);
+        let security = web.current();
         let service = MarkBusy {
             inner: app.clone(),
             busy,
             last_active,
+            security: security.clone(),
+            checks: checks.clone(),
         };
         let connections = connections.clone();
         let stats = stats.clone();
         tokio::spawn(async move {
-            let mut builder = hyper::server::conn::http1::Builder::new();
-            builder
-                .timer(TokioTimer::new())
-                .header_read_timeout(limits.header_read_timeout)
-                .keep_alive(true);
-            let connection =
-                builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
+            let serving = async {
+                match &security.tls {
+                    None => serve_io(TokioIo::new(stream), service, limits).await,
+                    Some(config) => {
+                        // The handshake gets the time a request head gets.
+                        let acceptor = tokio_rustls::TlsAcceptor::from(config.clone());
+                        match tokio::time::timeout(
+                            limits.header_read_timeout,
+                            acceptor.accept(stream),
+                        )
+                        .await
+                        {
+                            Ok(Ok(tls)) => serve_io(TokioIo::new(tls), service, limits).await,
+                            _ => {
+                                stats.tls_failed.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                    }
+                }
+            };
             tokio::select! {
-                _ = connection => {}
+                _ = serving => {}
                 // Dropping the connection closes its socket.
                 _ = closed => {}
             }
