@@ -500,3 +500,74 @@ fn the_helm_chart_renders_the_same_objects_as_the_manifests() {
         "{report}"
     );
 }
+
+/// With webConfig.secretName the chart mounts the Secret, hands the agent its web
+/// configuration, checks the port only in its probes (they have no credentials), and
+/// passes the ServiceMonitor's endpoint settings through; what it renders validates.
+#[test]
+fn the_helm_chart_turns_on_tls_and_basic_auth_from_a_secret() {
+    let out = Command::new("python3")
+        .args([
+            "scripts/helm-template.py",
+            "deploy/helm/periscope",
+            "--values-json",
+            r#"{"webConfig": {"secretName": "periscope-web"}, "serviceMonitor": {"endpointConfig": {"scheme": "https"}}}"#,
+        ])
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let rendered = by_kind_and_name(
+        serde_yaml::Deserializer::from_str(&text)
+            .map(|doc| serde_yaml::Value::deserialize(doc).expect("rendered YAML")),
+    );
+    let daemonset = &rendered[&("DaemonSet".to_string(), "periscope".to_string())];
+    let pod = &daemonset["spec"]["template"]["spec"];
+    let container = &pod["containers"][0];
+    let args: Vec<&str> = container["args"]
+        .as_sequence()
+        .expect("args")
+        .iter()
+        .filter_map(|a| a.as_str())
+        .collect();
+    assert!(
+        args.windows(2)
+            .any(|w| w == ["--web.config.file", "/etc/periscope/web/web.yml"]),
+        "{args:?}"
+    );
+    assert!(container["readinessProbe"]["tcpSocket"].is_mapping());
+    assert!(container["livenessProbe"]["tcpSocket"].is_mapping());
+    let mounted = container["volumeMounts"]
+        .as_sequence()
+        .expect("mounts")
+        .iter()
+        .any(|m| m["name"] == "web" && m["mountPath"] == "/etc/periscope/web");
+    assert!(mounted);
+    let secret = pod["volumes"]
+        .as_sequence()
+        .expect("volumes")
+        .iter()
+        .any(|v| v["secret"]["secretName"] == "periscope-web");
+    assert!(secret);
+    let monitor = &rendered[&("ServiceMonitor".to_string(), "periscope".to_string())];
+    assert_eq!(monitor["spec"]["endpoints"][0]["scheme"], "https");
+    let dir = common::TempDir::new("helm-web");
+    let file = dir.write(
+        "daemonset.yaml",
+        &serde_yaml::to_string(daemonset).expect("YAML"),
+    );
+    let out = Command::new("kubernetes-validate")
+        .arg("--strict")
+        .arg(&file)
+        .output()
+        .expect("kubernetes-validate");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
