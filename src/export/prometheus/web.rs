@@ -252,10 +252,27 @@ pub fn load(path: &Path) -> Result<Security, WebConfigError> {
             }
         })?
     };
-    let key_error = |key: &str, message: String| WebConfigError::Key {
-        file: file.clone(),
-        key: key.to_string(),
-        message,
+    // Checks after parsing name their key and, found by its last segment, its line.
+    let key_error = |key: &str, message: String| {
+        let last = key.rsplit('.').next().unwrap_or(key);
+        let line = text
+            .lines()
+            .position(|l| l.trim_start().starts_with(&format!("{last}:")))
+            .map(|index| index + 1);
+        match line {
+            Some(line) => WebConfigError::Located {
+                file: file.clone(),
+                line,
+                column: 1,
+                key: key.to_string(),
+                message,
+            },
+            None => WebConfigError::Key {
+                file: file.clone(),
+                key: key.to_string(),
+                message,
+            },
+        }
     };
     // Relative paths are relative to the web configuration, as in the toolkit.
     let base = path.parent().unwrap_or(Path::new("."));
