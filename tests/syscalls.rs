@@ -41,10 +41,12 @@ fn counts_errors_and_latency_of_a_known_workload_exactly() {
         sum > 0.0 && sum < 10.0,
         "sum of {n} kill(2) latencies: {sum}"
     );
+    // The helper is idle now: a second scrape reads the same counts.
+    let again = agent.metrics();
     assert_eq!(
+        again.one("syscalls_total", &this),
         metrics.one("syscalls_total", &this),
-        metrics.one("syscalls_total", &this),
-        "stable across reads"
+        "stable across scrapes"
     );
     let labels = &metrics
         .find("syscalls_total", &this)

@@ -33,6 +33,9 @@ const volatile __u32 agent_tgid = 0;
 struct psc_conn_key psc_conn_key_type = {};
 struct psc_conn psc_conn_type = {};
 struct psc_http_event psc_http_event_type = {};
+/* Named here so that the skeleton gives user space the event kinds and roles. */
+enum psc_http_event_kind psc_http_event_kind_type = PSC_HTTP_READ;
+enum psc_http_role psc_http_role_type = PSC_ROLE_SERVER;
 
 /* x86_64 syscall numbers. */
 #define NR_READ 0

@@ -52,11 +52,13 @@ const INBOX_FULL: i32 = -1;
 /// The ring buffer is drained this often.
 const DRAIN_INTERVAL: Duration = Duration::from_millis(10);
 
-const KIND_READ: u8 = 1;
-const KIND_WRITE: u8 = 2;
-const KIND_CLOSE: u8 = 3;
-const KIND_EXEC: u8 = 4;
-const KIND_OPEN: u8 = 5;
+// The event kinds and the server role, as the BPF object defines them (http.h).
+const KIND_READ: u8 = types::psc_http_event_kind::PSC_HTTP_READ.0 as u8;
+const KIND_WRITE: u8 = types::psc_http_event_kind::PSC_HTTP_WRITE.0 as u8;
+const KIND_CLOSE: u8 = types::psc_http_event_kind::PSC_HTTP_CLOSE.0 as u8;
+const KIND_EXEC: u8 = types::psc_http_event_kind::PSC_HTTP_EXEC.0 as u8;
+const KIND_OPEN: u8 = types::psc_http_event_kind::PSC_HTTP_OPEN.0 as u8;
+const ROLE_SERVER: u8 = types::psc_http_role::PSC_ROLE_SERVER.0 as u8;
 
 /// New processes whose libssl is checked, at most, waiting their turn; beyond, counted.
 const MAX_PENDING_EXECS: usize = 4096;
@@ -573,7 +575,7 @@ impl HttpProbe {
             self.processes.observe(process, Instant::now(), Some(&comm));
         }
         let key = (event.tgid, event.fd);
-        let role = if event.role == 1 {
+        let role = if event.role == ROLE_SERVER {
             Role::Server
         } else {
             Role::Client
