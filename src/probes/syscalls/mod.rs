@@ -33,6 +33,7 @@ mod skel {
     include!(concat!(env!("OUT_DIR"), "/syscalls.skel.rs"));
 }
 use skel::{types, SyscallsSkel, SyscallsSkelBuilder};
+use types::psc_syscall_folded_slot as Folded;
 use types::psc_syscall_share as Share;
 
 // SAFETY: plain C structs of integers, generated from the BPF program's BTF.
@@ -56,12 +57,13 @@ const SHARED_MAPS: [(&str, Share); 3] = [
     ("latency", Share::PSC_SHARE_LATENCY),
 ];
 
-const FOLDED_SLOTS: [(&str, u32); 5] = [
-    ("counts", 0),
-    ("errors", 1),
-    ("latency", 2),
-    ("overflow_errors", 3),
-    ("start", 4),
+/// The slots of the `folded` array, as the BPF object names them (syscalls.h).
+const FOLDED_SLOTS: [(&str, Folded); 5] = [
+    ("counts", Folded::PSC_FOLDED_COUNTS),
+    ("errors", Folded::PSC_FOLDED_ERRORS),
+    ("latency", Folded::PSC_FOLDED_LATENCY),
+    ("overflow_errors", Folded::PSC_FOLDED_OVERFLOW_ERRORS),
+    ("start", Folded::PSC_FOLDED_START),
 ];
 
 pub struct SyscallsSpec;
@@ -654,7 +656,7 @@ impl SyscallsProbe {
     /// as they are 512 lookups per slot and map.
     fn read_overflow(&self, acc: &mut Accumulated) {
         let maps = &self.skel.maps;
-        for slot in self.overflowed(0, Share::PSC_SHARE_COUNTS) {
+        for slot in self.overflowed(Folded::PSC_FOLDED_COUNTS.0, Share::PSC_SHARE_COUNTS) {
             let owner = self.overflow_owner(slot);
             for nr in 0..MAX_SYSCALLS {
                 let count = util::percpu_array_u64(&maps.overflow_counts, slot * MAX_SYSCALLS + nr);
@@ -663,7 +665,10 @@ impl SyscallsProbe {
                 }
             }
         }
-        if !self.overflowed(1, Share::PSC_SHARE_ERRORS).is_empty() {
+        if !self
+            .overflowed(Folded::PSC_FOLDED_ERRORS.0, Share::PSC_SHARE_ERRORS)
+            .is_empty()
+        {
             for (key, values) in util::read_percpu(&maps.overflow_errors) {
                 if let Some(k) = decode::<types::psc_syscall_nr_err>(&key) {
                     let owner = self.overflow_owner(u32::from(k.tenant));
@@ -672,7 +677,7 @@ impl SyscallsProbe {
                         .or_default() += util::sum_percpu_u64(&values);
                 }
             }
-            if self.folded_count(3) > 0 {
+            if self.folded_count(Folded::PSC_FOLDED_OVERFLOW_ERRORS.0) > 0 {
                 for slot in 0..self.slot_count() {
                     let owner = self.overflow_owner(slot);
                     for nr in 0..MAX_SYSCALLS {
@@ -686,7 +691,7 @@ impl SyscallsProbe {
             }
         }
         let timed = self.timed.len() as u32;
-        for slot in self.overflowed(2, Share::PSC_SHARE_LATENCY) {
+        for slot in self.overflowed(Folded::PSC_FOLDED_LATENCY.0, Share::PSC_SHARE_LATENCY) {
             let owner = self.overflow_owner(slot);
             for (index, nr) in self.timed.iter().enumerate() {
                 let idx = slot * timed + index as u32;
@@ -1013,7 +1018,7 @@ impl Probe for SyscallsProbe {
     fn folded(&self) -> Vec<(&'static str, u64)> {
         let mut folded: Vec<_> = FOLDED_SLOTS
             .iter()
-            .map(|(map, slot)| (*map, self.folded_count(*slot)))
+            .map(|(map, slot)| (*map, self.folded_count(slot.0)))
             .collect();
         folded.push(("exited_executables", self.exited_names_folded));
         folded.push(("cgroup_tenants", self.cgroups.refused));

@@ -37,6 +37,7 @@ struct psc_process psc_process_type = {};
 struct psc_process_key psc_process_key_type = {};
 struct psc_fast_slot psc_fast_slot_type = {};
 enum psc_syscall_share psc_syscall_share_type = PSC_SHARE_COUNTS;
+enum psc_syscall_folded_slot psc_syscall_folded_slot_type = PSC_FOLDED_COUNTS;
 
 /* Slots a pair may take in its CPU's table; beyond, it is counted in `counts`. */
 #define PSC_FAST_PROBES 4
