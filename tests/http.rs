@@ -1288,4 +1288,13 @@ fn secret_like_path_segments_never_reach_the_exposition() {
     for secret in ["hunter2path", "letmein", "s3cr3ttok3n9"] {
         assert!(!text.contains(secret), "{secret} is exported");
     }
+    // Every series has a creation time of this era, never the epoch.
+    let openmetrics = agent.scrape_as(Some("application/openmetrics-text; version=1.0.0"));
+    let created: Vec<f64> = openmetrics
+        .lines()
+        .filter(|l| l.starts_with("http_server_request_duration_seconds_created"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .collect();
+    assert!(!created.is_empty());
+    assert!(created.iter().all(|t| *t > 1.6e9), "{created:?}");
 }

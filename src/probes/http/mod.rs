@@ -694,9 +694,11 @@ impl HttpProbe {
             .map(|info| info.first_seen);
         let route = self.spans.is_some().then(|| key.route.clone());
         let stats = self.series.entry(key).or_default();
-        if let Some(created) = created {
-            stats.created.get_or_insert(created);
-        }
+        // A series is created when its process was first seen, or, for a process gone
+        // before the agent could look, now: never at the epoch.
+        stats
+            .created
+            .get_or_insert_with(|| created.unwrap_or_else(SystemTime::now));
         stats.record(&exchange);
         if let Some(route) = route {
             self.finish_span(event, role, exchange, &route);
