@@ -539,7 +539,7 @@ fn header_secs(headers: &hyper::HeaderMap, name: &str) -> Option<Duration> {
 /// The `google.rpc.RetryInfo` delay in a `grpc-status-details-bin` trailer (a base64
 /// `google.rpc.Status` whose details hold it).
 fn retry_delay(details: &str) -> Option<Duration> {
-    let status = proto::RpcStatus::decode(base64_decode(details)?.as_slice()).ok()?;
+    let status = proto::RpcStatus::decode(super::base64_decode(details)?.as_slice()).ok()?;
     status
         .details
         .iter()
@@ -552,34 +552,6 @@ fn retry_delay(details: &str) -> Option<Duration> {
                 d.nanos.clamp(0, 999_999_999) as u32,
             )
         })
-}
-
-/// Standard base64, padded or not (gRPC sends binary trailers unpadded).
-fn base64_decode(text: &str) -> Option<Vec<u8>> {
-    let value = |c: u8| match c {
-        b'A'..=b'Z' => Some(c - b'A'),
-        b'a'..=b'z' => Some(c - b'a' + 26),
-        b'0'..=b'9' => Some(c - b'0' + 52),
-        b'+' => Some(62),
-        b'/' => Some(63),
-        _ => None,
-    };
-    let digits: Vec<u8> = text
-        .trim()
-        .trim_end_matches('=')
-        .bytes()
-        .map(value)
-        .collect::<Option<_>>()?;
-    let mut out = Vec::with_capacity(digits.len() * 3 / 4);
-    for chunk in digits.chunks(4) {
-        let mut acc = 0u32;
-        for (i, d) in chunk.iter().enumerate() {
-            acc |= u32::from(*d) << (18 - 6 * i);
-        }
-        let bytes = acc.to_be_bytes();
-        out.extend_from_slice(&bytes[1..chunk.len()]);
-    }
-    Some(out)
 }
 
 fn gzip(body: &[u8]) -> std::io::Result<Vec<u8>> {

@@ -185,42 +185,14 @@ fn basic_credentials(header: &str) -> Option<(String, String)> {
     let encoded = header
         .strip_prefix("Basic ")
         .or_else(|| header.strip_prefix("basic "))?;
-    let decoded = base64_decode(encoded.trim())?;
+    // A header is short; a long one is not worth decoding.
+    if encoded.len() > 4096 {
+        return None;
+    }
+    let decoded = crate::export::base64_decode(encoded)?;
     let text = String::from_utf8(decoded).ok()?;
     let (user, password) = text.split_once(':')?;
     Some((user.to_string(), password.to_string()))
-}
-
-fn base64_decode(text: &str) -> Option<Vec<u8>> {
-    let value = |c: u8| -> Option<u32> {
-        Some(match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => return None,
-        } as u32)
-    };
-    let bytes = text.trim_end_matches('=').as_bytes();
-    if bytes.len() > 4096 {
-        return None;
-    }
-    let mut out = Vec::with_capacity(bytes.len() * 3 / 4);
-    for chunk in bytes.chunks(4) {
-        let mut n = 0u32;
-        for (i, c) in chunk.iter().enumerate() {
-            n |= value(*c)? << (18 - 6 * i);
-        }
-        let take = match chunk.len() {
-            4 => 3,
-            3 => 2,
-            2 => 1,
-            _ => return None,
-        };
-        out.extend_from_slice(&n.to_be_bytes()[1..1 + take]);
-    }
-    Some(out)
 }
 
 /// Loads and checks the file: every error names the file, and where it can, the line
