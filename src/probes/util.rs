@@ -34,11 +34,6 @@ pub enum ProbeError {
 }
 
 impl ProbeError {
-    pub fn load(what: impl Into<String>) -> impl FnOnce(libbpf_rs::Error) -> ProbeError {
-        let what = what.into();
-        move |source| ProbeError::Load { what, source }
-    }
-
     pub fn bpf(what: impl Into<String>) -> impl FnOnce(libbpf_rs::Error) -> ProbeError {
         let what = what.into();
         move |source| ProbeError::Bpf { what, source }

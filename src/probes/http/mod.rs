@@ -309,10 +309,9 @@ impl HttpProbe {
             rodata.agent_tgid = std::process::id();
         }
         plan.apply(open.open_object_mut());
-        let skel = open.load().map_err(|source| AttemptError::Load {
-            what: "loading the http BPF programs".into(),
-            source,
-        })?;
+        let skel = open
+            .load()
+            .map_err(AttemptError::load("loading the http BPF programs"))?;
         let loaded: Vec<&'static str> = PROGRAMS
             .iter()
             .map(|p| p.name)
@@ -369,22 +368,17 @@ impl HttpProbe {
             (&progs.psc_http_recv, "psc_http_recv"),
             (&progs.psc_http_send, "psc_http_send"),
         ] {
-            let link = prog
-                .attach()
-                .map_err(|source| AttemptError::Attach { program, source })?;
+            let link = prog.attach().map_err(AttemptError::attach(program))?;
             self.links.push(link);
         }
         self.attach_tls();
         if self.loads("psc_http_exec") {
-            let link =
-                self.skel
-                    .progs
-                    .psc_http_exec
-                    .attach()
-                    .map_err(|source| AttemptError::Attach {
-                        program: "psc_http_exec",
-                        source,
-                    })?;
+            let link = self
+                .skel
+                .progs
+                .psc_http_exec
+                .attach()
+                .map_err(AttemptError::attach("psc_http_exec"))?;
             self.links.push(link);
         }
         let inbox = self.inbox.clone();

@@ -176,6 +176,20 @@ impl Plan {
         }
     }
 
+    /// Records that the kernel (or, when `forced`, a test) refused `spec`.
+    fn refuse(&mut self, spec: &'static ProgramSpec, stage: Stage, errno: String, forced: bool) {
+        self.refused.insert(
+            spec.name,
+            Refusal {
+                program: spec.name,
+                kernel_feature: spec.kernel_feature,
+                stage,
+                errno,
+                forced,
+            },
+        );
+    }
+
     fn spec(&self, name: &str) -> Option<&'static ProgramSpec> {
         self.programs.iter().find(|p| p.name == name)
     }
@@ -224,6 +238,21 @@ pub enum AttemptError {
     Other(ProbeError),
 }
 
+impl AttemptError {
+    /// For `map_err` on a skeleton's load.
+    pub fn load(what: &'static str) -> impl FnOnce(libbpf_rs::Error) -> AttemptError {
+        move |source| AttemptError::Load {
+            what: what.into(),
+            source,
+        }
+    }
+
+    /// For `map_err` on attaching (or first running) `program`.
+    pub fn attach(program: &'static str) -> impl FnOnce(libbpf_rs::Error) -> AttemptError {
+        move |source| AttemptError::Attach { program, source }
+    }
+}
+
 impl From<ProbeError> for AttemptError {
     fn from(err: ProbeError) -> AttemptError {
         AttemptError::Other(err)
@@ -249,16 +278,7 @@ pub fn load_degrading<T>(
                     errno: "EPERM".into(),
                 });
             }
-            plan.refused.insert(
-                spec.name,
-                Refusal {
-                    program: spec.name,
-                    kernel_feature: spec.kernel_feature,
-                    stage: Stage::Load,
-                    errno: "EPERM".into(),
-                    forced: true,
-                },
-            );
+            plan.refuse(spec, Stage::Load, "EPERM".into(), true);
         }
     }
     // Every program can be refused once: the loop ends.
@@ -326,16 +346,7 @@ pub fn load_degrading<T>(
             });
         }
         tracing::debug!(probe, program = spec.name, %errno, "refused; loading the probe again without it");
-        plan.refused.insert(
-            spec.name,
-            Refusal {
-                program: spec.name,
-                kernel_feature: spec.kernel_feature,
-                stage,
-                errno,
-                forced: false,
-            },
-        );
+        plan.refuse(spec, stage, errno, false);
     }
     Err(ProbeError::Unsupported(format!(
         "the {probe} probe did not load after refusing each of its optional programs"
@@ -393,16 +404,8 @@ mod tests {
     ];
 
     fn refuse(plan: &mut Plan, name: &'static str) {
-        plan.refused.insert(
-            name,
-            Refusal {
-                program: name,
-                kernel_feature: "k",
-                stage: Stage::Load,
-                errno: "EPERM".into(),
-                forced: false,
-            },
-        );
+        let spec = plan.spec(name).expect("a declared program");
+        plan.refuse(spec, Stage::Load, "EPERM".into(), false);
     }
 
     #[test]

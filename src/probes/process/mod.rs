@@ -61,10 +61,9 @@ impl ProbeSpec for ProcessSpec {
                 .set_max_entries(config.probes.process.max_executables.get())
                 .map_err(ProbeError::bpf("setting the executables cap"))?;
             plan.apply(open.open_object_mut());
-            let skel = open.load().map_err(|source| AttemptError::Load {
-                what: "loading the process BPF programs".into(),
-                source,
-            })?;
+            let skel = open
+                .load()
+                .map_err(AttemptError::load("loading the process BPF programs"))?;
             let mut probe = ProcessProbe {
                 skel,
                 links: Vec::new(),
@@ -90,10 +89,7 @@ impl ProbeSpec for ProcessSpec {
                     if !plan.loads(name) {
                         continue;
                     }
-                    let link = prog.attach().map_err(|source| AttemptError::Attach {
-                        program: name,
-                        source,
-                    })?;
+                    let link = prog.attach().map_err(AttemptError::attach(name))?;
                     probe.links.push(link);
                 }
             }

@@ -298,10 +298,9 @@ impl SyscallsProbe {
             .psc_sys_enter_btf
             .set_autoload(enter_hook == EnterHook::BtfSysEnter);
 
-        let skel = open.load().map_err(|source| AttemptError::Load {
-            what: "loading the syscalls BPF programs".into(),
-            source,
-        })?;
+        let skel = open
+            .load()
+            .map_err(AttemptError::load("loading the syscalls BPF programs"))?;
 
         for pid in &settings.include_pids {
             skel.maps
@@ -353,25 +352,25 @@ impl SyscallsProbe {
             shares: util::TenantShares::new(slots),
         };
         if attach {
-            probe.exit_link = Some(probe.skel.progs.psc_sys_exit.attach().map_err(|source| {
-                AttemptError::Attach {
-                    program: "psc_sys_exit",
-                    source,
-                }
-            })?);
+            probe.exit_link = Some(
+                probe
+                    .skel
+                    .progs
+                    .psc_sys_exit
+                    .attach()
+                    .map_err(AttemptError::attach("psc_sys_exit"))?,
+            );
             if enter_hook != EnterHook::None {
                 let now = Instant::now();
                 // Attached once here even when sampled: a kernel that refuses the hook
                 // says so at start, and the other hook is tried.
+                let program = match enter_hook {
+                    EnterHook::BtfSysEnter => "psc_sys_enter_btf",
+                    _ => "psc_sys_enter_tp",
+                };
                 let links = probe
                     .attach_enter()
-                    .map_err(|source| AttemptError::Attach {
-                        program: match enter_hook {
-                            EnterHook::BtfSysEnter => "psc_sys_enter_btf",
-                            _ => "psc_sys_enter_tp",
-                        },
-                        source,
-                    })?;
+                    .map_err(AttemptError::attach(program))?;
                 match settings.latency_sampling {
                     SamplingMode::Always => {
                         probe.enter_links = links;

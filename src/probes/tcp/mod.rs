@@ -304,20 +304,16 @@ impl TcpProbe {
                 open.progs.psc_tcp_iter.set_autoload(false);
                 open.progs.psc_tcp_walk.set_autoload(false);
             }
-            let skel = open.load().map_err(|source| AttemptError::Load {
-                what: "loading the tcp BPF program".into(),
-                source,
-            })?;
+            let skel = open
+                .load()
+                .map_err(AttemptError::load("loading the tcp BPF program"))?;
             let mut links = Vec::new();
             if attach {
-                let link =
-                    skel.progs
-                        .psc_tcp_state
-                        .attach()
-                        .map_err(|source| AttemptError::Attach {
-                            program: "psc_tcp_state",
-                            source,
-                        })?;
+                let link = skel
+                    .progs
+                    .psc_tcp_state
+                    .attach()
+                    .map_err(AttemptError::attach("psc_tcp_state"))?;
                 links.push(link);
             }
             let sampler = if !sampling {
@@ -328,10 +324,7 @@ impl TcpProbe {
                         .progs
                         .psc_tcp_iter
                         .attach_iter(skel.maps.tcp_socks.as_fd())
-                        .map_err(|source| AttemptError::Attach {
-                            program: "psc_tcp_iter",
-                            source,
-                        })?;
+                        .map_err(AttemptError::attach("psc_tcp_iter"))?;
                     Some(link)
                 } else {
                     None
@@ -340,10 +333,7 @@ impl TcpProbe {
             } else if plan.loads("psc_tcp_walk") {
                 if attach {
                     // Its first run is its attach: a kernel that cannot run it says so now.
-                    run_walk(&skel).map_err(|source| AttemptError::Attach {
-                        program: "psc_tcp_walk",
-                        source,
-                    })?;
+                    run_walk(&skel).map_err(AttemptError::attach("psc_tcp_walk"))?;
                 }
                 Some(Sampler::Walk)
             } else {
