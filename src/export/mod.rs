@@ -5,40 +5,53 @@ pub mod otlp;
 pub mod prometheus;
 
 use std::sync::atomic::AtomicU64;
-use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// The agent's request to stop, with the one deadline every exporter honours: what is
 /// not delivered by then is counted as failed, and requests in flight are abandoned.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Shutdown {
-    deadline: OnceLock<Instant>,
+    deadline: tokio::sync::watch::Sender<Option<Instant>>,
+}
+
+impl Default for Shutdown {
+    fn default() -> Self {
+        Shutdown {
+            deadline: tokio::sync::watch::Sender::new(None),
+        }
+    }
 }
 
 impl Shutdown {
     /// Asks every exporter to stop by `deadline` (the first call counts).
     pub fn request(&self, deadline: Instant) {
-        let _ = self.deadline.set(deadline);
+        self.deadline.send_if_modified(|current| {
+            let first = current.is_none();
+            if first {
+                *current = Some(deadline);
+            }
+            first
+        });
     }
 
     pub fn requested(&self) -> bool {
-        self.deadline.get().is_some()
+        self.deadline().is_some()
     }
 
     pub fn deadline(&self) -> Option<Instant> {
-        self.deadline.get().copied()
+        *self.deadline.borrow()
     }
 
     /// Resolves when the deadline has passed (never, while no stop is asked).
     pub async fn passed(&self) {
-        loop {
-            match self.deadline() {
-                Some(deadline) => {
-                    tokio::time::sleep_until(deadline.into()).await;
-                    return;
-                }
-                None => tokio::time::sleep(Duration::from_millis(50)).await,
-            }
+        let mut asked = self.deadline.subscribe();
+        let deadline = match asked.wait_for(Option::is_some).await {
+            Ok(deadline) => *deadline,
+            // The sender lives as long as `self`: this does not happen.
+            Err(_) => return std::future::pending().await,
+        };
+        if let Some(deadline) = deadline {
+            tokio::time::sleep_until(deadline.into()).await;
         }
     }
 }
