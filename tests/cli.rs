@@ -117,16 +117,7 @@ fn probes_lists_each_probe_with_its_attach_method() {
         return;
     }
     let _kernel = common::kernel_lock();
-    let out = Command::new(periscope_bin())
-        .arg("probes")
-        .output()
-        .expect("periscope runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = probes_output(&[], &[]);
     assert!(stdout.contains("BTF:              yes"), "{stdout}");
     let syscalls = stdout
         .lines()

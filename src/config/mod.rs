@@ -670,20 +670,25 @@ pub const MAX_CONFIG_BYTES: usize = 1 << 20;
 /// needs three, and the YAML parser slows down sharply on deep nesting.
 const MAX_FLOW_DEPTH: usize = 32;
 
-/// What the YAML parser would accept but a configuration must not have, found before it
-/// parses: more than one document, tags (`!name`), flow collections nested too deep.
-/// Gives the line, column and why.
-fn precheck(text: &str) -> Result<(), (usize, usize, String)> {
-    if text.len() > MAX_CONFIG_BYTES {
+/// A file larger than a configuration can be, refused at its start.
+fn check_size(bytes: usize) -> Result<(), (usize, usize, String)> {
+    if bytes > MAX_CONFIG_BYTES {
         return Err((
             1,
             1,
             format!(
-                "the file is {} bytes; a configuration may have {MAX_CONFIG_BYTES} at most",
-                text.len()
+                "the file is {bytes} bytes; a configuration may have {MAX_CONFIG_BYTES} at most"
             ),
         ));
     }
+    Ok(())
+}
+
+/// What the YAML parser would accept but a configuration must not have, found before it
+/// parses: more than one document, tags (`!name`), flow collections nested too deep.
+/// Gives the line, column and why.
+fn precheck(text: &str) -> Result<(), (usize, usize, String)> {
+    check_size(text.len())?;
     let mut depth = 0usize;
     let mut seen_content = false;
     for (index, line) in text.lines().enumerate() {
@@ -1271,17 +1276,9 @@ impl Config {
             file: origin.clone(),
             source,
         })?;
-        if bytes.len() > MAX_CONFIG_BYTES {
-            return Err(ConfigError::at(
-                &origin,
-                1,
-                1,
-                format!(
-                    "the file is {} bytes; a configuration may have {MAX_CONFIG_BYTES} at most",
-                    bytes.len()
-                ),
-            ));
-        }
+        // Before decoding: a huge file is refused for its size whatever it holds.
+        check_size(bytes.len())
+            .map_err(|(line, column, message)| ConfigError::at(&origin, line, column, message))?;
         let text = String::from_utf8(bytes).map_err(|err| {
             let valid = &err.as_bytes()[..err.utf8_error().valid_up_to()];
             let line = valid.iter().filter(|b| **b == b'\n').count() + 1;
