@@ -23,7 +23,7 @@ use crate::kernel::stats::{self, StatsSampler};
 use crate::kernel::KernelFeatures;
 use crate::model::span::{Span, SpanQueue};
 use crate::model::Family;
-use crate::probes::{Probe, BUILT_IN};
+use crate::probes::{LoadContext, Probe, BUILT_IN};
 use crate::selfmetrics::{self, AgentHealth, ExporterHealth, ProbeHealth, SpanHealth};
 
 /// How often the tenants' cgroups are looked for again.
@@ -149,7 +149,7 @@ pub async fn run(mut config: Config) -> Result<()> {
     // Installed first, so that a signal during start-up also stops the agent cleanly.
     let mut signals = Signals::install()?;
     raise_fd_limit();
-    let needs = caps::needed(&config);
+    let needs = capability_needs(&config);
     caps::check(&needs)?;
     let kept_caps = caps::kept_after_start(&needs);
     let kernel = check_kernel()?;
@@ -495,7 +495,7 @@ fn collector_main(
     } = exports;
     let workloads = Workloads::start(&config.workloads, &config.tenants);
     let (probes, reports) = load_probes(&config, &mut kernel, true, &workloads);
-    let kept_caps = caps::kept_after_start(&caps::needed(&config));
+    let kept_caps = caps::kept_after_start(&capability_needs(&config));
     if let Err(err) = caps::keep_only(&kept_caps) {
         warn!(error = %err, "the collector thread keeps its capabilities");
     }
@@ -572,6 +572,24 @@ fn collector_main(
     info!(probes = count, "all probes detached");
 }
 
+/// The capabilities the configuration needs: those of any probe, of the kernel's
+/// statistics, and each enabled probe's own.
+pub fn capability_needs(config: &Config) -> Vec<caps::Need> {
+    let enabled: Vec<_> = BUILT_IN
+        .iter()
+        .filter(|spec| spec.enabled(&config.probes))
+        .collect();
+    let probe_needs = enabled
+        .iter()
+        .flat_map(|spec| spec.capabilities(&config.probes))
+        .collect();
+    caps::needed(
+        !enabled.is_empty(),
+        config.self_metrics.bpf_stats,
+        probe_needs,
+    )
+}
+
 /// Loads every enabled built-in probe; one the kernel cannot run is reported, not fatal.
 pub fn load_probes(
     config: &Config,
@@ -583,7 +601,7 @@ pub fn load_probes(
     let mut reports = Vec::new();
     for spec in BUILT_IN {
         let probe = spec.name();
-        if !spec.enabled(config) {
+        if !spec.enabled(&config.probes) {
             info!(probe, "disabled in the configuration");
             reports.push(AttachReport {
                 probe,
@@ -593,7 +611,15 @@ pub fn load_probes(
             continue;
         }
         info!(probe, "loading");
-        match spec.load(config, kernel, attach, workloads) {
+        let mut context = LoadContext {
+            processes: &config.processes,
+            drops_tenants: config.tenants.rules.iter().any(|rule| rule.drop),
+            spans: config.traces.enabled.then(|| config.traces.sampler()),
+            kernel,
+            attach,
+            workloads,
+        };
+        match spec.load(&config.probes, &mut context) {
             Ok(loaded) => {
                 let method = loaded.attach_method();
                 if attach {
@@ -847,4 +873,63 @@ fn otlp_settings(
         resource,
         started,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_configuration_needs_the_daemonsets_capabilities() {
+        let needs = capability_needs(&Config::embedded_default());
+        let names: Vec<&str> = needs.iter().map(|n| n.capability.name).collect();
+        assert_eq!(
+            names,
+            [
+                "CAP_BPF",
+                "CAP_PERFMON",
+                "CAP_SYS_ADMIN",
+                "CAP_SYS_PTRACE",
+                "CAP_DAC_READ_SEARCH"
+            ]
+        );
+        let kept: Vec<&str> = caps::kept_after_start(&needs)
+            .iter()
+            .map(|c| c.name)
+            .collect();
+        assert_eq!(kept, ["CAP_BPF", "CAP_PERFMON", "CAP_SYS_ADMIN"]);
+    }
+
+    #[test]
+    fn the_error_names_each_missing_capability() {
+        let needs = capability_needs(&Config::embedded_default());
+        let message = caps::CapsError::Missing(vec![needs[3]]).to_string();
+        assert!(
+            message.starts_with("missing capability CAP_SYS_PTRACE: "),
+            "{message}"
+        );
+        assert!(!message.contains('\n'));
+    }
+
+    #[test]
+    fn without_probes_no_capability_is_needed() {
+        let mut config = Config::default();
+        config.probes.syscalls.enabled = false;
+        config.probes.process.enabled = false;
+        config.probes.tcp.enabled = false;
+        config.probes.http.enabled = false;
+        assert!(capability_needs(&config).is_empty());
+    }
+
+    #[test]
+    fn the_http_probe_keeps_what_it_reads_other_processes_with() {
+        let mut config = Config::default();
+        config.probes.http.enabled = true;
+        let kept: Vec<&str> = caps::kept_after_start(&capability_needs(&config))
+            .iter()
+            .map(|c| c.name)
+            .collect();
+        assert!(kept.contains(&"CAP_SYS_PTRACE"), "{kept:?}");
+        assert!(kept.contains(&"CAP_DAC_READ_SEARCH"), "{kept:?}");
+    }
 }

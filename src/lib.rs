@@ -8,3 +8,4 @@ pub mod kernel;
 pub mod model;
 pub mod probes;
 pub mod selfmetrics;
+pub mod settings;

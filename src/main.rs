@@ -56,6 +56,8 @@ enum Command {
         #[arg(long, value_enum, default_value = "syscalls")]
         hooks: periscope::kernel::floor::FloorHooks,
     },
+    /// Print the embedded default configuration, every key documented.
+    DefaultConfig,
     /// Validate a configuration file and exit non-zero on the first error.
     CheckConfig {
         /// The YAML file to check.
@@ -128,6 +130,10 @@ fn dispatch(command: Command) -> Result<()> {
                 Ok(())
             })
         }
+        Command::DefaultConfig => {
+            print!("{}", *periscope::config::DEFAULT_CONFIG_YAML);
+            Ok(())
+        }
         Command::CheckConfig { file } => {
             Config::load(&file)?;
             println!("{}: valid", file.display());
@@ -161,7 +167,7 @@ fn list_probes(config: &Config, features: bool) -> Result<()> {
     for report in reports {
         let enabled = BUILT_IN
             .iter()
-            .any(|spec| spec.name() == report.probe && spec.enabled(config));
+            .any(|spec| spec.name() == report.probe && spec.enabled(&config.probes));
         let (supported, detail) = match report.outcome {
             Ok(method) => ("yes", method),
             Err(reason) if !enabled => ("off", reason),

@@ -7,16 +7,28 @@ use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::path::Path;
 
-use serde::de::{self, Deserializer};
+use std::sync::LazyLock;
+
 use serde::Deserialize;
 
 pub use crate::kernel::stats::StatsMode;
+pub use crate::probes::http::config::HttpConfig;
+pub use crate::probes::process::config::ProcessConfig;
+pub use crate::probes::syscalls::config::{ExecutableName, SyscallName, SyscallsConfig};
+pub use crate::probes::tcp::config::TcpConfig;
+pub use crate::probes::{ProbesConfig, ProcessesConfig, BUILT_IN};
+pub use crate::settings::{
+    check_window, nonzero, Buckets, Range, SamplingMode, DAY, MAX_MAP_ENTRIES,
+};
 pub use error::ConfigError;
 
-use crate::probes::syscalls::table::SYSCALL_NAMES;
+/// The settings outside the probes; each probe's own come from its folder.
+const BASE_DEFAULT_YAML: &str = include_str!("default.yaml");
 
-/// The configuration used when no file is given, as a user would write it.
-pub const DEFAULT_CONFIG_YAML: &str = include_str!("default.yaml");
+/// The configuration used when no file is given, as a user would write it: the base
+/// settings, then each built-in probe's documented defaults.
+pub static DEFAULT_CONFIG_YAML: LazyLock<String> =
+    LazyLock::new(|| format!("{BASE_DEFAULT_YAML}{}", crate::probes::default_yaml()));
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Default)]
 #[serde(deny_unknown_fields, default)]
@@ -418,161 +430,6 @@ pub struct PrometheusConfig {
     pub web_config_file: String,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct ProcessesConfig {
-    /// Put `process_pid` on per-process series. Off, series are per executable name.
-    pub pid_label: bool,
-    /// How long the series of an exited process stay before they fold into the
-    /// per-executable aggregate of exited processes.
-    pub exited_ttl_secs: u64,
-    /// Cap on executables with an aggregate of exited processes; beyond it, exited
-    /// processes fold into the overflow series.
-    pub max_exited_executables: NonZeroU32,
-}
-
-#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
-#[serde(deny_unknown_fields, default)]
-pub struct ProbesConfig {
-    pub syscalls: SyscallsConfig,
-    pub process: ProcessConfig,
-    pub http: HttpConfig,
-    pub tcp: TcpConfig,
-}
-
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct TcpConfig {
-    pub enabled: bool,
-    /// (process, direction, peer) series in the kernel, at most; beyond, the overflow
-    /// series per direction.
-    pub max_series: NonZeroU32,
-    /// Peers a process reports, at most; beyond, `peer_address="__overflow__"`.
-    pub max_peers_per_process: NonZeroU32,
-    /// Connections followed at once, at most (a preallocated kernel table); beyond,
-    /// new connections are not followed and `periscope_series_folded_total{map="tcp_socks"}`
-    /// counts them.
-    pub max_connections: NonZeroU32,
-    /// How often open connections add their bytes and retransmits so far to their series
-    /// and give one RTT sample; 0 leaves it all to their close.
-    pub sample_interval_secs: u64,
-    /// `le` bounds of `tcp_connect_duration_seconds` (at most 23).
-    pub connect_duration_buckets_seconds: Buckets,
-    /// `le` bounds of `tcp_rtt_seconds` (at most 23).
-    pub rtt_buckets_seconds: Buckets,
-}
-
-impl Default for TcpConfig {
-    fn default() -> Self {
-        TcpConfig {
-            enabled: true,
-            max_series: nonzero(16384),
-            max_peers_per_process: nonzero(100),
-            max_connections: nonzero(65536),
-            sample_interval_secs: 10,
-            connect_duration_buckets_seconds: Buckets(vec![
-                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
-                1.0, 2.5, 5.0, 10.0,
-            ]),
-            rtt_buckets_seconds: Buckets(vec![
-                0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01,
-                0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
-            ]),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct HttpConfig {
-    /// Off by default until its overhead meets its target (BENCHMARKS.md).
-    pub enabled: bool,
-    /// Trace the requests processes make as clients, besides those they serve.
-    pub clients: bool,
-    /// Connections traced at once, at most (kernel map and user-space state).
-    pub max_connections: NonZeroU32,
-    /// Ring buffer carrying reads and writes to user space; a power of two.
-    pub ring_buffer_bytes: u32,
-    /// Bytes of heads not yet complete (split over reads) held for all connections
-    /// together, at most; beyond, the connection that grew is resynchronised and
-    /// `periscope_series_folded_total{map="head_buffers"}` counts it.
-    pub max_buffered_head_bytes: NonZeroU32,
-    /// (process, method, status, route, port) series, at most; beyond, the overflow series.
-    pub max_series: NonZeroU32,
-    /// Routes per service, at most; beyond, `http_route="__overflow__"`.
-    pub max_routes_per_service: NonZeroU32,
-    /// Server addresses a client service reports, at most; beyond,
-    /// `server_address="__overflow__"`.
-    pub max_server_addresses_per_service: NonZeroU32,
-    /// Route patterns such as `/users/{id}`; other paths go through the id heuristic.
-    pub routes: Vec<String>,
-    /// `le` bounds of the request duration histograms.
-    pub duration_buckets_seconds: Buckets,
-    /// `le` bounds of the body size histograms.
-    pub body_size_buckets_bytes: Buckets,
-}
-
-impl Default for HttpConfig {
-    fn default() -> Self {
-        HttpConfig {
-            enabled: false,
-            clients: true,
-            max_connections: nonzero(65536),
-            ring_buffer_bytes: 8 << 20,
-            max_buffered_head_bytes: nonzero(16 << 20),
-            max_series: nonzero(10000),
-            max_routes_per_service: nonzero(200),
-            max_server_addresses_per_service: nonzero(50),
-            routes: Vec::new(),
-            // The OpenTelemetry semantic conventions' advice for HTTP durations.
-            duration_buckets_seconds: Buckets(vec![
-                0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
-            ]),
-            body_size_buckets_bytes: Buckets(vec![
-                64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0,
-                16777216.0,
-            ]),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct SyscallsConfig {
-    pub enabled: bool,
-    /// Syscalls whose latency is measured; all are counted.
-    pub latency_syscalls: Vec<SyscallName>,
-    /// Timing needs a hook at syscall entry, which costs on every syscall of every
-    /// process: `always`, or `sampled` (on for latency_sample_secs in each
-    /// latency_period_secs; histograms then hold the calls made in those windows).
-    pub latency_sampling: SamplingMode,
-    pub latency_sample_secs: u64,
-    pub latency_period_secs: u64,
-    /// Only trace processes with these executable names (comm, at most 15 bytes). Empty: all.
-    pub include_executables: Vec<ExecutableName>,
-    /// Only trace these process ids (besides `include_executables`). Empty: all.
-    pub include_pids: Vec<u32>,
-    /// Slots per CPU in the first-level count table (a power of two); pairs that find
-    /// their slots taken go to the `max_series` map.
-    pub per_cpu_slots: u32,
-    /// Cap on (process, syscall) count series kept in the kernel's second-level map.
-    pub max_series: NonZeroU32,
-    /// Cap on (process, syscall, errno) error series.
-    pub max_error_series: NonZeroU32,
-    /// Cap on (process, syscall) latency histograms.
-    pub max_latency_series: NonZeroU32,
-    /// `le` bounds of `syscall_duration_seconds`.
-    pub duration_buckets_seconds: Buckets,
-}
-
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct ProcessConfig {
-    pub enabled: bool,
-    /// Cap on executable names counted in the kernel.
-    pub max_executables: NonZeroU32,
-}
-
 impl Default for PrometheusConfig {
     fn default() -> Self {
         PrometheusConfig {
@@ -582,85 +439,6 @@ impl Default for PrometheusConfig {
             web_config_file: String::new(),
         }
     }
-}
-
-impl Default for ProcessesConfig {
-    fn default() -> Self {
-        ProcessesConfig {
-            pid_label: true,
-            exited_ttl_secs: 300,
-            max_exited_executables: nonzero(1024),
-        }
-    }
-}
-
-/// Syscalls timed by default: those where an application waits on I/O. Other syscalls
-/// are counted only, which keeps the per-syscall cost near the floor (BENCHMARKS.md).
-pub const DEFAULT_LATENCY_SYSCALLS: &[&str] = &[
-    "read",
-    "write",
-    "pread64",
-    "pwrite64",
-    "readv",
-    "writev",
-    "openat",
-    "fsync",
-    "fdatasync",
-    "connect",
-    "accept",
-    "accept4",
-    "sendto",
-    "recvfrom",
-    "sendmsg",
-    "recvmsg",
-];
-
-impl Default for SyscallsConfig {
-    fn default() -> Self {
-        SyscallsConfig {
-            enabled: true,
-            latency_syscalls: DEFAULT_LATENCY_SYSCALLS
-                .iter()
-                .map(|name| SyscallName::parse(name).expect("default syscalls exist"))
-                .collect(),
-            latency_sampling: SamplingMode::Sampled,
-            latency_sample_secs: 10,
-            latency_period_secs: 60,
-            include_executables: Vec::new(),
-            include_pids: Vec::new(),
-            per_cpu_slots: 4096,
-            max_series: nonzero(16384),
-            max_error_series: nonzero(4096),
-            max_latency_series: nonzero(4096),
-            duration_buckets_seconds: Buckets::default_durations(),
-        }
-    }
-}
-
-impl Default for ProcessConfig {
-    fn default() -> Self {
-        ProcessConfig {
-            enabled: true,
-            max_executables: nonzero(4096),
-        }
-    }
-}
-
-/// A sampling window must last at least a second and be shorter than its period.
-fn check_window(
-    (sample_key, sample): (&'static str, u64),
-    (period_key, period): (&'static str, u64),
-) -> Result<(), (&'static str, String)> {
-    if sample == 0 {
-        return Err((sample_key, "must be at least 1 in sampled mode".into()));
-    }
-    if period <= sample {
-        return Err((
-            period_key,
-            format!("must be longer than the sample window ({sample} s)"),
-        ));
-    }
-    Ok(())
 }
 
 /// A configuration file is a few kilobytes; anything near this is not one.
@@ -751,128 +529,6 @@ fn precheck(text: &str) -> Result<(), (usize, usize, String)> {
     Ok(())
 }
 
-/// Capacity of the kernel's selection maps (selected_tgids, selected_comms).
-pub const MAX_SELECTED: usize = 1024;
-
-fn nonzero(n: u32) -> NonZeroU32 {
-    NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN)
-}
-
-/// Whether a costly measurement runs all the time or in windows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SamplingMode {
-    Always,
-    Sampled,
-}
-
-/// A syscall named as in the x86_64 syscall table; stored as its number.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SyscallName(pub u32);
-
-impl SyscallName {
-    pub fn parse(name: &str) -> Option<Self> {
-        SYSCALL_NAMES
-            .iter()
-            .position(|known| *known == Some(name))
-            .map(|nr| SyscallName(nr as u32))
-    }
-}
-
-impl<'de> Deserialize<'de> for SyscallName {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let name = String::deserialize(deserializer)?;
-        SyscallName::parse(&name).ok_or_else(|| {
-            de::Error::custom(format!(
-                "unknown syscall `{name}`: use an x86_64 syscall name such as read, write, openat, connect"
-            ))
-        })
-    }
-}
-
-/// An executable name as the kernel keeps it (comm): 1 to 15 bytes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ExecutableName(pub String);
-
-impl<'de> Deserialize<'de> for ExecutableName {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let name = String::deserialize(deserializer)?;
-        if name.is_empty() || name.len() > 15 {
-            return Err(de::Error::custom(format!(
-                "executable name `{name}` must be 1 to 15 bytes long (the kernel truncates names to 15)"
-            )));
-        }
-        Ok(ExecutableName(name))
-    }
-}
-
-/// Histogram `le` bounds in seconds: positive, finite, strictly increasing.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Buckets(pub Vec<f64>);
-
-impl Buckets {
-    pub fn default_durations() -> Self {
-        Buckets(vec![
-            0.000_001,
-            0.000_002_5,
-            0.000_005,
-            0.000_01,
-            0.000_025,
-            0.000_05,
-            0.000_1,
-            0.000_25,
-            0.000_5,
-            0.001,
-            0.002_5,
-            0.005,
-            0.01,
-            0.025,
-            0.05,
-            0.1,
-            0.25,
-            0.5,
-            1.0,
-            2.5,
-            5.0,
-            10.0,
-        ])
-    }
-
-    fn validate(bounds: &[f64]) -> Result<(), String> {
-        if bounds.is_empty() {
-            return Err("at least one bucket bound is needed".into());
-        }
-        if bounds.len() > 64 {
-            return Err(format!(
-                "{} bucket bounds given; at most 64 are allowed",
-                bounds.len()
-            ));
-        }
-        for pair in bounds.windows(2) {
-            if pair[1] <= pair[0] {
-                return Err(format!(
-                    "bucket bounds must increase strictly, but {} follows {}",
-                    pair[1], pair[0]
-                ));
-            }
-        }
-        if let Some(bad) = bounds.iter().find(|b| !b.is_finite() || **b <= 0.0) {
-            return Err(format!(
-                "bucket bound {bad} must be a positive, finite number of seconds"
-            ));
-        }
-        Ok(())
-    }
-}
-
-impl<'de> Deserialize<'de> for Buckets {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let bounds = Vec::<f64>::deserialize(deserializer)?;
-        Buckets::validate(&bounds).map_err(de::Error::custom)?;
-        Ok(Buckets(bounds))
-    }
-}
-
 impl Config {
     /// Parses YAML text; `origin` names the file in errors.
     pub fn from_yaml(origin: &str, text: &str) -> Result<Config, ConfigError> {
@@ -890,7 +546,7 @@ impl Config {
             .map_err(|err| ConfigError::from_serde(origin, text, err))?;
         config
             .validate()
-            .map_err(|(key, message)| ConfigError::invalid(origin, text, key, message))?;
+            .map_err(|(key, message)| ConfigError::invalid(origin, text, &key, message))?;
         Ok(config)
     }
 
@@ -899,9 +555,8 @@ impl Config {
     /// the clock, maps exceed what the kernel allocates, and files or buffers what a
     /// node can hold.
     fn ranges(&self) -> Vec<(&'static str, u64, u64, u64)> {
-        const DAY: u64 = 86_400;
-        const MAP: u64 = 1 << 20;
-        let (probes, exporters) = (&self.probes, &self.exporters);
+        const MAP: u64 = MAX_MAP_ENTRIES;
+        let exporters = &self.exporters;
         let n = |v: NonZeroU32| u64::from(v.get());
         vec![
             (
@@ -915,18 +570,6 @@ impl Config {
                 self.prometheus.header_read_timeout_secs,
                 1,
                 3600,
-            ),
-            (
-                "processes.exited_ttl_secs",
-                self.processes.exited_ttl_secs,
-                0,
-                7 * DAY,
-            ),
-            (
-                "processes.max_exited_executables",
-                n(self.processes.max_exited_executables),
-                1,
-                MAP,
             ),
             (
                 "tenants.max_series_per_tenant",
@@ -1002,101 +645,46 @@ impl Config {
                 1,
                 7 * DAY,
             ),
-            (
-                "probes.syscalls.latency_sample_secs",
-                probes.syscalls.latency_sample_secs,
-                0,
-                DAY,
-            ),
-            (
-                "probes.syscalls.latency_period_secs",
-                probes.syscalls.latency_period_secs,
-                1,
-                7 * DAY,
-            ),
-            (
-                "probes.syscalls.max_series",
-                n(probes.syscalls.max_series),
-                1,
-                MAP,
-            ),
-            (
-                "probes.syscalls.max_error_series",
-                n(probes.syscalls.max_error_series),
-                1,
-                MAP,
-            ),
-            (
-                "probes.syscalls.max_latency_series",
-                n(probes.syscalls.max_latency_series),
-                1,
-                MAP,
-            ),
-            (
-                "probes.process.max_executables",
-                n(probes.process.max_executables),
-                1,
-                MAP,
-            ),
-            (
-                "probes.http.max_connections",
-                n(probes.http.max_connections),
-                1,
-                MAP,
-            ),
-            (
-                "probes.http.ring_buffer_bytes",
-                u64::from(probes.http.ring_buffer_bytes),
-                4096,
-                256 << 20,
-            ),
-            (
-                "probes.http.max_buffered_head_bytes",
-                n(probes.http.max_buffered_head_bytes),
-                1,
-                256 << 20,
-            ),
-            ("probes.http.max_series", n(probes.http.max_series), 1, MAP),
-            (
-                "probes.http.max_routes_per_service",
-                n(probes.http.max_routes_per_service),
-                1,
-                MAP,
-            ),
-            (
-                "probes.http.max_server_addresses_per_service",
-                n(probes.http.max_server_addresses_per_service),
-                1,
-                MAP,
-            ),
-            ("probes.tcp.max_series", n(probes.tcp.max_series), 1, MAP),
-            (
-                "probes.tcp.max_peers_per_process",
-                n(probes.tcp.max_peers_per_process),
-                1,
-                MAP,
-            ),
-            (
-                "probes.tcp.max_connections",
-                n(probes.tcp.max_connections),
-                1,
-                MAP,
-            ),
-            (
-                "probes.tcp.sample_interval_secs",
-                probes.tcp.sample_interval_secs,
-                0,
-                DAY,
-            ),
         ]
     }
 
-    fn validate(&self) -> Result<(), (&'static str, String)> {
-        for (key, value, min, max) in self.ranges() {
-            if !(min..=max).contains(&value) {
-                return Err((key, format!("must be from {min} to {max}, not {value}")));
-            }
+    /// The numbers of the sections modules own, keyed by their full path.
+    fn module_ranges(&self) -> Vec<(String, Range)> {
+        let mut ranges: Vec<(String, Range)> = self
+            .processes
+            .ranges()
+            .into_iter()
+            .map(|range| (format!("processes.{}", range.key), range))
+            .collect();
+        for spec in BUILT_IN {
+            ranges.extend(
+                spec.ranges(&self.probes)
+                    .into_iter()
+                    .map(|range| (format!("probes.{}.{}", spec.name(), range.key), range)),
+            );
         }
+        ranges
+    }
+
+    /// Checks that span several keys; returns the key to blame and why.
+    fn validate(&self) -> Result<(), (String, String)> {
+        for (key, value, min, max) in self.ranges() {
+            Range::new(key, value, min, max)
+                .check()
+                .map_err(|message| (key.to_string(), message))?;
+        }
+        for (key, range) in self.module_ranges() {
+            range.check().map_err(|message| (key, message))?;
+        }
+        for spec in BUILT_IN {
+            spec.check(&self.probes)
+                .map_err(|(key, message)| (format!("probes.{}.{key}", spec.name()), message))?;
+        }
+        self.validate_sections()
+            .map_err(|(key, message)| (key.to_string(), message))
+    }
+
+    fn validate_sections(&self) -> Result<(), (&'static str, String)> {
         if self.exporters.jsonl.mode().is_none() {
             return Err((
                 "exporters.jsonl.file_mode",
@@ -1104,44 +692,6 @@ impl Config {
                     "`{}`: must be octal permissions such as \"0640\", not writable by others",
                     self.exporters.jsonl.file_mode
                 ),
-            ));
-        }
-        let syscalls = &self.probes.syscalls;
-        if syscalls.include_pids.len() > MAX_SELECTED {
-            return Err((
-                "probes.syscalls.include_pids",
-                format!("at most {MAX_SELECTED} pids can be selected"),
-            ));
-        }
-        if !syscalls.per_cpu_slots.is_power_of_two() || syscalls.per_cpu_slots > 1 << 20 {
-            return Err((
-                "probes.syscalls.per_cpu_slots",
-                format!(
-                    "must be a power of two from 1 to 1048576, not {}",
-                    syscalls.per_cpu_slots
-                ),
-            ));
-        }
-        let http = &self.probes.http;
-        if !http.ring_buffer_bytes.is_power_of_two() || http.ring_buffer_bytes < 4096 {
-            return Err((
-                "probes.http.ring_buffer_bytes",
-                format!(
-                    "must be a power of two of at least 4096, not {}",
-                    http.ring_buffer_bytes
-                ),
-            ));
-        }
-        if let Some(bad) = http.routes.iter().find(|r| !r.starts_with('/')) {
-            return Err((
-                "probes.http.routes",
-                format!("route `{bad}` must start with /"),
-            ));
-        }
-        if syscalls.include_executables.len() > MAX_SELECTED {
-            return Err((
-                "probes.syscalls.include_executables",
-                format!("at most {MAX_SELECTED} executables can be selected"),
             ));
         }
         self.exporters.otlp.check()?;
@@ -1222,20 +772,6 @@ impl Config {
                 format!("`{kubelet}`: https needs kubelet_ca_file, or kubelet_insecure_skip_verify: true for a self-signed kubelet certificate"),
             ));
         }
-        for (key, buckets) in [
-            (
-                "probes.tcp.connect_duration_buckets_seconds",
-                &self.probes.tcp.connect_duration_buckets_seconds,
-            ),
-            (
-                "probes.tcp.rtt_buckets_seconds",
-                &self.probes.tcp.rtt_buckets_seconds,
-            ),
-        ] {
-            if buckets.0.len() > 23 {
-                return Err((key, format!("at most 23 bounds, not {}", buckets.0.len())));
-            }
-        }
         if !(0.0..=1.0).contains(&self.traces.sampler_arg) {
             return Err((
                 "traces.sampler_arg",
@@ -1252,18 +788,6 @@ impl Config {
                 (
                     "self_metrics.bpf_stats_period_secs",
                     stats.bpf_stats_period_secs,
-                ),
-            )?;
-        }
-        if syscalls.latency_sampling == SamplingMode::Sampled {
-            check_window(
-                (
-                    "probes.syscalls.latency_sample_secs",
-                    syscalls.latency_sample_secs,
-                ),
-                (
-                    "probes.syscalls.latency_period_secs",
-                    syscalls.latency_period_secs,
                 ),
             )?;
         }
@@ -1299,7 +823,7 @@ impl Config {
     }
 
     pub fn embedded_default() -> Config {
-        Config::from_yaml("<embedded default>", DEFAULT_CONFIG_YAML).unwrap_or_default()
+        Config::from_yaml("<embedded default>", &DEFAULT_CONFIG_YAML).unwrap_or_default()
     }
 }
 

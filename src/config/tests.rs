@@ -9,7 +9,7 @@ fn error_text(yaml: &str) -> String {
 
 #[test]
 fn embedded_default_equals_code_defaults() {
-    let parsed = Config::from_yaml("default.yaml", DEFAULT_CONFIG_YAML).expect("default parses");
+    let parsed = Config::from_yaml("default.yaml", &DEFAULT_CONFIG_YAML).expect("default parses");
     assert_eq!(parsed, Config::default());
 }
 

@@ -5,7 +5,7 @@
 //! Capabilities belong to threads: each thread of the agent drops its own. Threads
 //! started after a drop inherit the smaller set.
 
-use crate::config::{Config, StatsMode};
+use crate::kernel::stats::StatsMode;
 
 /// One capability: its number (linux/capability.h) and name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,16 +70,27 @@ fn reasons(needs: &[Need]) -> String {
         .join("; ")
 }
 
-/// What the configuration needs. Any probe needs BPF and PERFMON (tracing programs);
-/// the kernel's run-time statistics need SYS_ADMIN; the tcp probe reads other
-/// processes' sockets at start (`/proc/PID/fd`), and the http probe their files
-/// (`/proc/PID/root`, for libssl) whenever a process appears.
-pub fn needed(config: &Config) -> Vec<Need> {
-    let probes = &config.probes;
-    let any_probe = probes.syscalls.enabled
-        || probes.process.enabled
-        || probes.tcp.enabled
-        || probes.http.enabled;
+/// What a probe needs to read other processes' `/proc/PID/fd` and `/proc/PID/root`:
+/// `why` says what for; `after_start` when it reads them while it runs.
+pub fn reading_other_processes(why: &'static str, after_start: bool) -> Vec<Need> {
+    vec![
+        Need {
+            capability: SYS_PTRACE,
+            why,
+            after_start,
+        },
+        Need {
+            capability: DAC_READ_SEARCH,
+            why: "read the /proc/PID entries of processes of other users",
+            after_start,
+        },
+    ]
+}
+
+/// What the agent needs: any probe needs BPF and PERFMON (tracing programs), the
+/// kernel's run-time statistics need SYS_ADMIN, and each probe adds its own needs
+/// (`probe_needs`). A capability two probes need is kept after start when either keeps it.
+pub fn needed(any_probe: bool, bpf_stats: StatsMode, probe_needs: Vec<Need>) -> Vec<Need> {
     let mut needs = Vec::new();
     if any_probe {
         needs.push(Need {
@@ -93,38 +104,36 @@ pub fn needed(config: &Config) -> Vec<Need> {
             after_start: true,
         });
     }
-    if any_probe && config.self_metrics.bpf_stats != StatsMode::Off {
+    if any_probe && bpf_stats != StatsMode::Off {
         needs.push(Need {
             capability: SYS_ADMIN,
             why: "switch the kernel's BPF run-time statistics on (self_metrics.bpf_stats; `off` needs no CAP_SYS_ADMIN) and mount tracefs when absent",
             after_start: true,
         });
     }
-    if probes.tcp.enabled || probes.http.enabled {
-        let after_start = probes.http.enabled;
-        needs.push(Need {
-            capability: SYS_PTRACE,
-            why: "read other processes' /proc/PID/fd and /proc/PID/root (probes.tcp finds listeners there at start; probes.http finds libssl)",
-            after_start,
-        });
-        needs.push(Need {
-            capability: DAC_READ_SEARCH,
-            why: "read the /proc/PID/fd of processes of other users (probes.tcp, probes.http)",
-            after_start,
-        });
-    }
+    needs.extend(probe_needs);
     // Before Linux 5.8 (no CAP_BPF or CAP_PERFMON), CAP_SYS_ADMIN covers both.
     let last = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
         .ok()
         .and_then(|text| text.trim().parse::<u32>().ok())
         .unwrap_or(BPF.number);
-    for need in &mut needs {
-        if need.capability.number > last {
+    merge(needs, last)
+}
+
+/// One need per capability, in first-need order: capabilities beyond `last_cap` become
+/// SYS_ADMIN, and a capability is kept after start when any of its needs says so.
+fn merge(needs: Vec<Need>, last_cap: u32) -> Vec<Need> {
+    let mut merged: Vec<Need> = Vec::new();
+    for mut need in needs {
+        if need.capability.number > last_cap {
             need.capability = SYS_ADMIN;
         }
+        match merged.iter_mut().find(|m| m.capability == need.capability) {
+            Some(existing) => existing.after_start |= need.after_start,
+            None => merged.push(need),
+        }
     }
-    needs.dedup_by_key(|need| need.capability);
-    needs
+    merged
 }
 
 /// The capabilities of the calling thread: (effective, permitted) as bit masks.
@@ -263,42 +272,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_default_configuration_needs_the_daemonsets_capabilities() {
-        let needs = needed(&Config::embedded_default());
-        let names: Vec<&str> = needs.iter().map(|n| n.capability.name).collect();
-        assert_eq!(
-            names,
-            [
-                "CAP_BPF",
-                "CAP_PERFMON",
-                "CAP_SYS_ADMIN",
-                "CAP_SYS_PTRACE",
-                "CAP_DAC_READ_SEARCH"
-            ]
-        );
-        let kept: Vec<&str> = kept_after_start(&needs).iter().map(|c| c.name).collect();
-        assert_eq!(kept, ["CAP_BPF", "CAP_PERFMON", "CAP_SYS_ADMIN"]);
+    fn a_capability_two_probes_need_is_kept_when_either_keeps_it() {
+        let mut needs = reading_other_processes("start", false);
+        needs.extend(reading_other_processes("run", true));
+        let merged = merge(needs, BPF.number);
+        assert_eq!(merged.len(), 2);
+        assert!(merged.iter().all(|n| n.after_start));
+        assert_eq!(merged[0].why, "start");
     }
 
     #[test]
-    fn the_error_names_each_missing_capability() {
-        let needs = needed(&Config::embedded_default());
-        let message = CapsError::Missing(vec![needs[3]]).to_string();
-        assert!(
-            message.starts_with("missing capability CAP_SYS_PTRACE: "),
-            "{message}"
-        );
-        assert!(!message.contains('\n'));
+    fn old_kernels_need_sys_admin_for_bpf_and_perfmon() {
+        let needs = needed(true, StatsMode::Off, Vec::new());
+        let merged = merge(needs, SYS_ADMIN.number + 1);
+        let names: Vec<&str> = merged.iter().map(|n| n.capability.name).collect();
+        assert_eq!(names, ["CAP_SYS_ADMIN"]);
     }
 
     #[test]
     fn without_probes_nothing_is_needed() {
-        let mut config = Config::default();
-        config.probes.syscalls.enabled = false;
-        config.probes.process.enabled = false;
-        config.probes.tcp.enabled = false;
-        config.probes.http.enabled = false;
-        assert!(needed(&config).is_empty());
+        assert!(needed(false, StatsMode::Sampled, Vec::new()).is_empty());
     }
 
     #[test]

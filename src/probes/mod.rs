@@ -4,39 +4,175 @@
 //! metric definitions and its tests. Probes produce model families; they know nothing of
 //! exporters.
 
-pub mod http;
-pub mod process;
-pub mod syscalls;
-pub mod tcp;
-
 pub mod kit;
 mod util;
 
+use std::fmt::Debug;
 use std::os::fd::BorrowedFd;
 use std::time::Instant;
 
-use crate::config::Config;
-use crate::enrich::Workloads;
-use crate::kernel::KernelFeatures;
-use crate::model::span::Span;
-use crate::model::Family;
+use serde::de::DeserializeOwned;
 
+use crate::enrich::Workloads;
+use crate::kernel::caps::Need;
+use crate::kernel::KernelFeatures;
+use crate::model::span::{Sampler, Span};
+use crate::model::Family;
+use crate::settings::{Invalid, Range};
+
+pub use kit::ProcessesConfig;
 pub use util::{MapFill, ProbeError};
 
-/// A built-in probe, before it is loaded.
+/// Declares the built-in probes: their modules, the `probes` section of the
+/// configuration, and the list the agent loads from.
+macro_rules! built_in_probes {
+    ($($name:ident => $probe:ty),* $(,)?) => {
+        $(pub mod $name;)*
+
+        /// Each built-in probe's settings, under `probes.<name>`.
+        #[derive(Debug, Clone, Default, PartialEq, serde::Deserialize)]
+        #[serde(deny_unknown_fields, default)]
+        pub struct ProbesConfig {
+            $(pub $name: <$probe as BuiltIn>::Settings,)*
+        }
+
+        mod settings_of {
+            use super::*;
+            $(
+                pub fn $name(probes: &ProbesConfig) -> &<$probe as BuiltIn>::Settings {
+                    &probes.$name
+                }
+            )*
+        }
+
+        /// Every built-in probe, in the order they load and are listed.
+        pub static BUILT_IN: &[&dyn ProbeSpec] = &[
+            $(&Registered::<$probe> { name: stringify!($name), settings: settings_of::$name },)*
+        ];
+    };
+}
+
+// The built-in probes, one line each: `probes.<name>` in the configuration is the
+// folder's settings type, and the folder's `config.yaml` its documented defaults.
+built_in_probes! {
+    syscalls => syscalls::Syscalls,
+    process => process::Process,
+    http => http::Http,
+    tcp => tcp::Tcp,
+}
+
+/// A probe's own settings, under `probes.<name>`.
+pub trait ProbeSettings: DeserializeOwned + Default + Clone + PartialEq + Debug {
+    fn enabled(&self) -> bool;
+    /// Every number with the range it must fall in, keyed below `probes.<name>`.
+    fn ranges(&self) -> Vec<Range> {
+        Vec::new()
+    }
+    /// Checks that span more than one number.
+    fn check(&self) -> Result<(), Invalid> {
+        Ok(())
+    }
+}
+
+/// What a probe loads with besides its own settings.
+pub struct LoadContext<'a> {
+    /// The one rule for process labels and exited processes.
+    pub processes: &'a ProcessesConfig,
+    /// Some tenant is dropped: programs that can skip cgroups must skip its own.
+    pub drops_tenants: bool,
+    /// How spans are sampled; None: no spans are made.
+    pub spans: Option<Sampler>,
+    pub kernel: &'a mut KernelFeatures,
+    /// Attach the programs once loaded; off, only the kernel's verdict is wanted.
+    pub attach: bool,
+    pub workloads: &'a Workloads,
+}
+
+/// A built-in probe, before it is loaded: the entry point of its folder.
+pub trait BuiltIn: Sync + 'static {
+    type Settings: ProbeSettings;
+    const DESCRIPTION: &'static str;
+    /// Its settings' documented defaults, as YAML below `probes.<name>`.
+    const DEFAULT_YAML: &'static str;
+    /// Capabilities it needs besides those of loading and attaching BPF programs.
+    fn capabilities(_settings: &Self::Settings) -> Vec<Need> {
+        Vec::new()
+    }
+    /// Loads the BPF programs (the kernel's verifier is the real capability check) and,
+    /// when the context says so, attaches them.
+    fn load(
+        settings: &Self::Settings,
+        context: &mut LoadContext<'_>,
+    ) -> Result<Box<dyn Probe>, ProbeError>;
+}
+
+/// A registered built-in probe, whatever its settings type.
 pub trait ProbeSpec: Sync {
     fn name(&self) -> &'static str;
     fn description(&self) -> &'static str;
-    fn enabled(&self, config: &Config) -> bool;
-    /// Loads the BPF programs (the kernel's verifier is the real capability check) and,
-    /// when `attach` is set, attaches them.
+    fn default_yaml(&self) -> &'static str;
+    fn enabled(&self, probes: &ProbesConfig) -> bool;
+    fn capabilities(&self, probes: &ProbesConfig) -> Vec<Need>;
+    fn ranges(&self, probes: &ProbesConfig) -> Vec<Range>;
+    fn check(&self, probes: &ProbesConfig) -> Result<(), Invalid>;
     fn load(
         &self,
-        config: &Config,
-        kernel: &mut KernelFeatures,
-        attach: bool,
-        workloads: &Workloads,
+        probes: &ProbesConfig,
+        context: &mut LoadContext<'_>,
     ) -> Result<Box<dyn Probe>, ProbeError>;
+}
+
+struct Registered<P: BuiltIn> {
+    name: &'static str,
+    settings: fn(&ProbesConfig) -> &P::Settings,
+}
+
+impl<P: BuiltIn> ProbeSpec for Registered<P> {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+    fn description(&self) -> &'static str {
+        P::DESCRIPTION
+    }
+    fn default_yaml(&self) -> &'static str {
+        P::DEFAULT_YAML
+    }
+    fn enabled(&self, probes: &ProbesConfig) -> bool {
+        (self.settings)(probes).enabled()
+    }
+    fn capabilities(&self, probes: &ProbesConfig) -> Vec<Need> {
+        P::capabilities((self.settings)(probes))
+    }
+    fn ranges(&self, probes: &ProbesConfig) -> Vec<Range> {
+        (self.settings)(probes).ranges()
+    }
+    fn check(&self, probes: &ProbesConfig) -> Result<(), Invalid> {
+        (self.settings)(probes).check()
+    }
+    fn load(
+        &self,
+        probes: &ProbesConfig,
+        context: &mut LoadContext<'_>,
+    ) -> Result<Box<dyn Probe>, ProbeError> {
+        P::load((self.settings)(probes), context)
+    }
+}
+
+/// The `probes` section of the embedded default configuration: each probe's
+/// `config.yaml`, in the order of the list.
+pub fn default_yaml() -> String {
+    let mut yaml = String::from("probes:\n");
+    for spec in BUILT_IN {
+        yaml.push_str(&format!("  {}:\n", spec.name()));
+        for line in spec.default_yaml().lines() {
+            if line.is_empty() {
+                yaml.push('\n');
+            } else {
+                yaml.push_str(&format!("    {line}\n"));
+            }
+        }
+    }
+    yaml
 }
 
 /// A loaded probe.
@@ -86,10 +222,3 @@ pub trait Probe {
         0
     }
 }
-
-pub static BUILT_IN: &[&dyn ProbeSpec] = &[
-    &syscalls::SyscallsSpec,
-    &process::ProcessSpec,
-    &http::HttpSpec,
-    &tcp::TcpSpec,
-];

@@ -27,15 +27,18 @@ use tracing::{debug, info, warn};
 
 use super::kit::programs::{load_degrading, AttemptError, Degraded, Plan, ProgramSpec};
 use super::util::{self, MapFill, ProbeError};
-use super::{Probe, ProbeSpec};
-use crate::config::Config;
+use super::{BuiltIn, LoadContext, Probe};
 use crate::enrich::{ProcessTable, Workload, Workloads};
-use crate::kernel::KernelFeatures;
+use crate::kernel::caps::{self, Need};
 use crate::model::histogram::{DurationBounds, LogLinearHistogram};
 use crate::model::span::{Span, SpanResource};
 use crate::model::{Family, Labels, MetricKind, Value};
 use conn::{Connection, Direction, Exchange, Role};
 use routes::{RoutePattern, RouteTable};
+
+pub mod config;
+
+use config::HttpConfig;
 
 mod skel {
     include!(concat!(env!("OUT_DIR"), "/http.skel.rs"));
@@ -68,31 +71,28 @@ const EXEC_LOOKS: [Duration; 2] = [Duration::from_millis(200), Duration::from_se
 
 pub use crate::model::OVERFLOW as OVERFLOW_NAME;
 
-pub struct HttpSpec;
+pub struct Http;
 
-impl ProbeSpec for HttpSpec {
-    fn name(&self) -> &'static str {
-        "http"
-    }
+impl BuiltIn for Http {
+    type Settings = HttpConfig;
+    const DESCRIPTION: &'static str =
+        "HTTP/1.x requests per process: rate, status, latency, body sizes";
+    const DEFAULT_YAML: &'static str = include_str!("config.yaml");
 
-    fn description(&self) -> &'static str {
-        "HTTP/1.x requests per process: rate, status, latency, body sizes"
-    }
-
-    fn enabled(&self, config: &Config) -> bool {
-        config.probes.http.enabled
+    /// Every new process's libssl is found through its `/proc/PID/root` and maps, for
+    /// as long as the agent runs.
+    fn capabilities(_settings: &HttpConfig) -> Vec<Need> {
+        caps::reading_other_processes(
+            "find the libssl of every process through its /proc/PID/root (probes.http)",
+            true,
+        )
     }
 
     fn load(
-        &self,
-        config: &Config,
-        kernel: &mut KernelFeatures,
-        attach: bool,
-        workloads: &Workloads,
+        settings: &HttpConfig,
+        context: &mut LoadContext<'_>,
     ) -> Result<Box<dyn Probe>, ProbeError> {
-        Ok(Box::new(HttpProbe::load(
-            config, kernel, attach, workloads,
-        )?))
+        Ok(Box::new(HttpProbe::load(settings, context)?))
     }
 }
 
@@ -259,14 +259,8 @@ static PROGRAMS: &[ProgramSpec] = &[
 ];
 
 impl HttpProbe {
-    fn load(
-        config: &Config,
-        _kernel: &mut KernelFeatures,
-        attach: bool,
-        workloads: &Workloads,
-    ) -> Result<Self, ProbeError> {
+    fn load(settings: &HttpConfig, context: &LoadContext<'_>) -> Result<Self, ProbeError> {
         util::check_btf()?;
-        let settings = &config.probes.http;
         let patterns = settings
             .routes
             .iter()
@@ -274,8 +268,8 @@ impl HttpProbe {
             .collect::<Result<Vec<_>, _>>()
             .map_err(ProbeError::Unsupported)?;
         let (mut probe, degraded) = load_degrading("http", PROGRAMS, |plan| {
-            let mut probe = Self::load_with(config, workloads, patterns.clone(), plan)?;
-            if attach {
+            let mut probe = Self::load_with(settings, context, patterns.clone(), plan)?;
+            if context.attach {
                 probe.attach()?;
             }
             Ok(probe)
@@ -286,12 +280,12 @@ impl HttpProbe {
 
     /// One load attempt, with the programs `plan` leaves.
     fn load_with(
-        config: &Config,
-        workloads: &Workloads,
+        settings: &HttpConfig,
+        context: &LoadContext<'_>,
         patterns: Vec<RoutePattern>,
         plan: &Plan,
     ) -> Result<Self, AttemptError> {
-        let settings = &config.probes.http;
+        let (workloads, processes) = (context.workloads, context.processes);
         let storage = Box::leak(Box::new(MaybeUninit::uninit()));
         let mut open = HttpSkelBuilder::default()
             .open(storage)
@@ -338,7 +332,7 @@ impl HttpProbe {
                 settings.max_server_addresses_per_service.get() as usize
             ),
             processes: ProcessTable::new().with_workloads(workloads),
-            pid_label: config.processes.pid_label,
+            pid_label: processes.pid_label,
             durations: DurationBounds::new(&settings.duration_buckets_seconds.0),
             body_bounds: body.iter().map(|b| *b as u64).collect(),
             body_bounds_exported: body.clone(),
@@ -346,14 +340,11 @@ impl HttpProbe {
             tls_files: std::collections::HashSet::new(),
             pending_execs: std::collections::BinaryHeap::new(),
             execs_refused: 0,
-            exited_ttl: Duration::from_secs(config.processes.exited_ttl_secs),
+            exited_ttl: Duration::from_secs(processes.exited_ttl_secs),
             expired_series: 0,
             next_sweep: Instant::now(),
             fill: Vec::new(),
-            spans: config
-                .traces
-                .enabled
-                .then(|| spans::SpanMaker::new(config.traces.sampler())),
+            spans: context.spans.map(spans::SpanMaker::new),
             loaded,
             degraded: Vec::new(),
         };

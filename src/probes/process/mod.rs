@@ -11,11 +11,12 @@ use libbpf_rs::{Link, MapCore};
 
 use super::kit::programs::{load_degrading, AttemptError, Degraded, ProgramSpec};
 use super::util::{self, c_string, MapFill, ProbeError};
-use super::{Probe, ProbeSpec};
-use crate::config::Config;
-use crate::enrich::Workloads;
-use crate::kernel::KernelFeatures;
+use super::{BuiltIn, LoadContext, Probe};
 use crate::model::{Family, MetricKind, Value};
+
+pub mod config;
+
+use config::ProcessConfig;
 
 mod skel {
     include!(concat!(env!("OUT_DIR"), "/process.skel.rs"));
@@ -28,28 +29,18 @@ unsafe impl plain::Plain for types::psc_process_stats {}
 
 pub use crate::model::OVERFLOW as OVERFLOW_NAME;
 
-pub struct ProcessSpec;
+pub struct Process;
 
-impl ProbeSpec for ProcessSpec {
-    fn name(&self) -> &'static str {
-        "process"
-    }
-
-    fn description(&self) -> &'static str {
-        "per executable: execs, exits by exit code class, OOM kills"
-    }
-
-    fn enabled(&self, config: &Config) -> bool {
-        config.probes.process.enabled
-    }
+impl BuiltIn for Process {
+    type Settings = ProcessConfig;
+    const DESCRIPTION: &'static str = "per executable: execs, exits by exit code class, OOM kills";
+    const DEFAULT_YAML: &'static str = include_str!("config.yaml");
 
     fn load(
-        &self,
-        config: &Config,
-        _kernel: &mut KernelFeatures,
-        attach: bool,
-        _workloads: &Workloads,
+        settings: &ProcessConfig,
+        context: &mut LoadContext<'_>,
     ) -> Result<Box<dyn Probe>, ProbeError> {
+        let processes = context.processes;
         util::check_btf()?;
         let (mut probe, degraded) = load_degrading("process", PROGRAMS, |plan| {
             let storage = Box::leak(Box::new(MaybeUninit::uninit()));
@@ -58,7 +49,7 @@ impl ProbeSpec for ProcessSpec {
                 .map_err(ProbeError::bpf("opening the process BPF object"))?;
             open.maps
                 .executables
-                .set_max_entries(config.probes.process.max_executables.get())
+                .set_max_entries(settings.max_executables.get())
                 .map_err(ProbeError::bpf("setting the executables cap"))?;
             plan.apply(open.open_object_mut());
             let skel = open
@@ -75,11 +66,11 @@ impl ProbeSpec for ProcessSpec {
                 last_seen: HashMap::new(),
                 retired: BTreeMap::new(),
                 retired_overflow: Stats::default(),
-                idle_ttl: Duration::from_secs(config.processes.exited_ttl_secs),
-                max_retired: config.processes.max_exited_executables.get() as usize,
+                idle_ttl: Duration::from_secs(processes.exited_ttl_secs),
+                max_retired: processes.max_exited_executables.get() as usize,
                 expired: 0,
             };
-            if attach {
+            if context.attach {
                 let progs = &probe.skel.progs;
                 for (name, prog) in [
                     ("psc_process_exec", &progs.psc_process_exec),

@@ -1,6 +1,7 @@
 //! The `syscalls` probe: per process and syscall, counts, errors by errno and latency
 //! histograms, aggregated in the kernel (see `syscalls.bpf.c` for the design and costs).
 
+pub mod config;
 pub mod errno;
 mod fast;
 pub mod table;
@@ -19,14 +20,14 @@ use tracing::{debug, info, warn};
 
 use super::kit::programs::{load_degrading, AttemptError, Degraded, Plan, ProgramSpec};
 use super::util::{self, plain_bytes, MapFill, ProbeError};
-use super::{Probe, ProbeSpec};
-use crate::config::{Config, SamplingMode};
+use super::{BuiltIn, LoadContext, Probe};
+use crate::settings::SamplingMode;
 use crate::enrich::workload::RecordedCgroup;
-use crate::enrich::{ProcessTable, Workload, Workloads};
+use crate::enrich::{ProcessTable, Workload};
 use crate::kernel::duty::DutyCycle;
-use crate::kernel::KernelFeatures;
 use crate::model::histogram::{DurationBounds, LogLinearHistogram, BUCKETS};
 use crate::model::{Family, MetricKind, Value};
+use config::SyscallsConfig;
 use fast::FastTable;
 
 mod skel {
@@ -66,31 +67,19 @@ const FOLDED_SLOTS: [(&str, Folded); 5] = [
     ("start", Folded::PSC_FOLDED_START),
 ];
 
-pub struct SyscallsSpec;
+pub struct Syscalls;
 
-impl ProbeSpec for SyscallsSpec {
-    fn name(&self) -> &'static str {
-        "syscalls"
-    }
-
-    fn description(&self) -> &'static str {
-        "per process and syscall: count, errors by errno, latency histogram"
-    }
-
-    fn enabled(&self, config: &Config) -> bool {
-        config.probes.syscalls.enabled
-    }
+impl BuiltIn for Syscalls {
+    type Settings = SyscallsConfig;
+    const DESCRIPTION: &'static str =
+        "per process and syscall: count, errors by errno, latency histogram";
+    const DEFAULT_YAML: &'static str = include_str!("config.yaml");
 
     fn load(
-        &self,
-        config: &Config,
-        kernel: &mut KernelFeatures,
-        attach: bool,
-        workloads: &Workloads,
+        settings: &SyscallsConfig,
+        context: &mut LoadContext<'_>,
     ) -> Result<Box<dyn Probe>, ProbeError> {
-        Ok(Box::new(SyscallsProbe::load(
-            config, kernel, attach, workloads,
-        )?))
+        Ok(Box::new(SyscallsProbe::load(settings, context)?))
     }
 }
 
@@ -169,14 +158,8 @@ pub struct SyscallsProbe {
 }
 
 impl SyscallsProbe {
-    fn load(
-        config: &Config,
-        kernel: &mut KernelFeatures,
-        attach: bool,
-        workloads: &Workloads,
-    ) -> Result<Self, ProbeError> {
+    fn load(settings: &SyscallsConfig, context: &mut LoadContext<'_>) -> Result<Self, ProbeError> {
         util::check_btf()?;
-        let settings = &config.probes.syscalls;
         let mut timed: Vec<u32> = settings.latency_syscalls.iter().map(|s| s.0).collect();
         timed.sort_unstable();
         timed.dedup();
@@ -185,10 +168,10 @@ impl SyscallsProbe {
         // nothing is mounted, and what would be used is said).
         let tracefs = if timed.is_empty() {
             false
-        } else if !attach {
-            kernel.tracefs.is_some()
+        } else if !context.attach {
+            context.kernel.tracefs.is_some()
         } else {
-            match kernel.ensure_tracefs() {
+            match context.kernel.ensure_tracefs() {
                 Ok(_) => true,
                 Err(reason) => {
                     warn!(%reason, "timing syscalls through tp_btf/sys_enter instead of per-syscall tracepoints (costs more per syscall)");
@@ -215,7 +198,7 @@ impl SyscallsProbe {
             } else {
                 EnterHook::None
             };
-            Self::load_with(config, attach, workloads, &timed, enter_hook, plan)
+            Self::load_with(settings, context, &timed, enter_hook, plan)
         })?;
         probe.degraded = degraded;
         Ok(probe)
@@ -223,14 +206,13 @@ impl SyscallsProbe {
 
     /// One load attempt, with the enter hook `plan` leaves.
     fn load_with(
-        config: &Config,
-        attach: bool,
-        workloads: &Workloads,
+        settings: &SyscallsConfig,
+        context: &LoadContext<'_>,
         timed: &[u32],
         enter_hook: EnterHook,
         plan: &Plan,
     ) -> Result<Self, AttemptError> {
-        let settings = &config.probes.syscalls;
+        let (workloads, processes) = (context.workloads, context.processes);
         // The skeleton borrows its object storage for its whole life, which is the probe's.
         let storage = Box::leak(Box::new(MaybeUninit::uninit()));
         let mut open = SyscallsSkelBuilder::default()
@@ -249,7 +231,7 @@ impl SyscallsProbe {
         rodata.timed_count = timed.len() as u32;
         rodata.filter_by_tgid = u8::from(!settings.include_pids.is_empty());
         rodata.filter_by_comm = u8::from(!settings.include_executables.is_empty());
-        rodata.filter_cgroups = u8::from(config.tenants.rules.iter().any(|rule| rule.drop));
+        rodata.filter_cgroups = u8::from(context.drops_tenants);
         let slots = workloads.tenant_slots().count();
         rodata.tenant_slots = slots;
         let caps = [
@@ -332,18 +314,18 @@ impl SyscallsProbe {
             timed: timed.to_vec(),
             degraded: Vec::new(),
             bounds: DurationBounds::new(&settings.duration_buckets_seconds.0),
-            pid_label: config.processes.pid_label,
-            exited_ttl: Duration::from_secs(config.processes.exited_ttl_secs),
+            pid_label: processes.pid_label,
+            exited_ttl: Duration::from_secs(processes.exited_ttl_secs),
             // Without pids, a series is a name: a process keeps its first name, so that
             // renaming or exec never moves counts between series.
             processes: ProcessTable::new()
-                .keep_first_name(!config.processes.pid_label)
+                .keep_first_name(!processes.pid_label)
                 .with_workloads(workloads),
             exited_counts: BTreeMap::new(),
             exited_errors: BTreeMap::new(),
             exited_latency: BTreeMap::new(),
             exited_names: BTreeSet::new(),
-            max_exited_names: config.processes.max_exited_executables.get() as usize,
+            max_exited_names: processes.max_exited_executables.get() as usize,
             exited_names_folded: 0,
             expired_series: 0,
             series_created: HashMap::new(),
@@ -351,7 +333,7 @@ impl SyscallsProbe {
             cgroups: util::CgroupTenants::default(),
             shares: util::TenantShares::new(slots),
         };
-        if attach {
+        if context.attach {
             probe.exit_link = Some(
                 probe
                     .skel

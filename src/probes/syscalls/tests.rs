@@ -1,4 +1,5 @@
 use super::*;
+use crate::enrich::Workloads;
 
 #[test]
 fn names_known_syscalls_and_numbers_the_rest() {

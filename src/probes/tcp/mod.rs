@@ -12,11 +12,14 @@ use libbpf_rs::{Link, MapCore, MapFlags};
 
 use super::kit::programs::{load_degrading, AttemptError, Degraded, ProgramSpec};
 use super::util::{self, MapFill, ProbeError};
-use super::{Probe, ProbeSpec};
-use crate::config::Config;
-use crate::enrich::{ProcessTable, Workload, Workloads};
-use crate::kernel::KernelFeatures;
+use super::{BuiltIn, LoadContext, Probe};
+use crate::enrich::{ProcessTable, Workload};
+use crate::kernel::caps::{self, Need};
 use crate::model::{ClassicHistogram, Family, Labels, MetricKind, Value, OVERFLOW};
+
+pub mod config;
+
+use config::TcpConfig;
 
 mod skel {
     include!(concat!(env!("OUT_DIR"), "/tcp.skel.rs"));
@@ -57,7 +60,26 @@ fn listening_sockets(table: &str) -> Vec<(u64, u16)> {
 const INBOUND: u8 = 2;
 const FAILURE_REASONS: [&str; 5] = ["refused", "timeout", "unreachable", "aborted", "other"];
 
-pub struct TcpSpec;
+pub struct Tcp;
+
+impl BuiltIn for Tcp {
+    type Settings = TcpConfig;
+    const DESCRIPTION: &'static str = "TCP connections per process and peer: opened, failed, active, connect time, bytes, retransmits, RTT";
+    const DEFAULT_YAML: &'static str = include_str!("config.yaml");
+
+    /// Listeners open before the agent started are found in other processes'
+    /// `/proc/PID/fd`, once.
+    fn capabilities(_settings: &TcpConfig) -> Vec<Need> {
+        caps::reading_other_processes("find the listening sockets of processes started before the agent (probes.tcp)", false)
+    }
+
+    fn load(
+        settings: &TcpConfig,
+        context: &mut LoadContext<'_>,
+    ) -> Result<Box<dyn Probe>, ProbeError> {
+        Ok(Box::new(TcpProbe::load(settings, context)?))
+    }
+}
 
 const SAMPLER: &str = "sampling of open connections";
 const SAMPLER_LOSS: &str = "bytes, retransmits and RTT of open connections between closes (counted when each connection closes)";
@@ -94,30 +116,6 @@ fn run_walk(skel: &TcpSkel<'_>) -> Result<(), libbpf_rs::Error> {
         .psc_tcp_walk
         .test_run(libbpf_rs::ProgramInput::default())
         .map(|_| ())
-}
-
-impl ProbeSpec for TcpSpec {
-    fn name(&self) -> &'static str {
-        "tcp"
-    }
-
-    fn description(&self) -> &'static str {
-        "TCP connections per process and peer: opened, failed, active, connect time, bytes, retransmits, RTT"
-    }
-
-    fn enabled(&self, config: &Config) -> bool {
-        config.probes.tcp.enabled
-    }
-
-    fn load(
-        &self,
-        config: &Config,
-        _kernel: &mut KernelFeatures,
-        attach: bool,
-        workloads: &Workloads,
-    ) -> Result<Box<dyn Probe>, ProbeError> {
-        Ok(Box::new(TcpProbe::load(config, attach, workloads)?))
-    }
 }
 
 /// A series as exported: process, direction and peer.
@@ -262,9 +260,9 @@ pub struct TcpProbe {
 }
 
 impl TcpProbe {
-    fn load(config: &Config, attach: bool, workloads: &Workloads) -> Result<TcpProbe, ProbeError> {
+    fn load(settings: &TcpConfig, context: &LoadContext<'_>) -> Result<TcpProbe, ProbeError> {
         util::check_btf()?;
-        let settings = &config.probes.tcp;
+        let (workloads, processes, attach) = (context.workloads, context.processes, context.attach);
         let slots = workloads.tenant_slots().count();
         let duration_bounds = settings.connect_duration_buckets_seconds.0.clone();
         let rtt_bounds = settings.rtt_buckets_seconds.0.clone();
@@ -295,7 +293,7 @@ impl TcpProbe {
                     *slot = (bound * 1e6).round() as u64;
                 }
                 rodata.rtt_bounds_len = rtt_bounds.len() as u32;
-                rodata.filter_cgroups = u8::from(config.tenants.rules.iter().any(|rule| rule.drop));
+                rodata.filter_cgroups = u8::from(context.drops_tenants);
                 rodata.tenant_slots = slots;
                 rodata.tenant_share[0] = (settings.max_series.get() / slots).max(1);
             }
@@ -345,8 +343,8 @@ impl TcpProbe {
             skel,
             _links: links,
             processes: ProcessTable::new().with_workloads(workloads),
-            pid_label: config.processes.pid_label,
-            exited_ttl: Duration::from_secs(config.processes.exited_ttl_secs),
+            pid_label: processes.pid_label,
+            exited_ttl: Duration::from_secs(processes.exited_ttl_secs),
             max_peers: settings.max_peers_per_process.get() as usize,
             duration_bounds,
             rtt_bounds,
@@ -363,7 +361,7 @@ impl TcpProbe {
             next_sample: Instant::now(),
             seeded_listeners: 0,
             kept_peers: HashMap::new(),
-            max_exited: config.processes.max_exited_executables.get() as usize,
+            max_exited: processes.max_exited_executables.get() as usize,
         };
         if attach {
             if let (Some(interval), Some(_)) = (probe.sample_interval, &probe.sampler) {

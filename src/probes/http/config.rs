@@ -1,0 +1,108 @@
+//! The http probe's settings, under `probes.http` (documented in config.yaml).
+
+use std::num::NonZeroU32;
+
+use serde::Deserialize;
+
+use crate::probes::ProbeSettings;
+use crate::settings::{nonzero, Buckets, Invalid, Range};
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Off by default until its overhead meets its target (BENCHMARKS.md).
+    pub enabled: bool,
+    /// Trace the requests processes make as clients, besides those they serve.
+    pub clients: bool,
+    /// Connections traced at once, at most (kernel map and user-space state).
+    pub max_connections: NonZeroU32,
+    /// Ring buffer carrying reads and writes to user space; a power of two.
+    pub ring_buffer_bytes: u32,
+    /// Bytes of heads not yet complete (split over reads) held for all connections
+    /// together, at most; beyond, the connection that grew is resynchronised and
+    /// `periscope_series_folded_total{map="head_buffers"}` counts it.
+    pub max_buffered_head_bytes: NonZeroU32,
+    /// (process, method, status, route, port) series, at most; beyond, the overflow series.
+    pub max_series: NonZeroU32,
+    /// Routes per service, at most; beyond, `http_route="__overflow__"`.
+    pub max_routes_per_service: NonZeroU32,
+    /// Server addresses a client service reports, at most; beyond,
+    /// `server_address="__overflow__"`.
+    pub max_server_addresses_per_service: NonZeroU32,
+    /// Route patterns such as `/users/{id}`; other paths go through the id heuristic.
+    pub routes: Vec<String>,
+    /// `le` bounds of the request duration histograms.
+    pub duration_buckets_seconds: Buckets,
+    /// `le` bounds of the body size histograms.
+    pub body_size_buckets_bytes: Buckets,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            enabled: false,
+            clients: true,
+            max_connections: nonzero(65536),
+            ring_buffer_bytes: 8 << 20,
+            max_buffered_head_bytes: nonzero(16 << 20),
+            max_series: nonzero(10000),
+            max_routes_per_service: nonzero(200),
+            max_server_addresses_per_service: nonzero(50),
+            routes: Vec::new(),
+            // The OpenTelemetry semantic conventions' advice for HTTP durations.
+            duration_buckets_seconds: Buckets(vec![
+                0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+            ]),
+            body_size_buckets_bytes: Buckets(vec![
+                64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0,
+                16777216.0,
+            ]),
+        }
+    }
+}
+
+impl ProbeSettings for HttpConfig {
+    fn enabled(&self) -> bool {
+        self.enabled
+    }
+
+    fn ranges(&self) -> Vec<Range> {
+        vec![
+            Range::entries("max_connections", self.max_connections),
+            Range::new(
+                "ring_buffer_bytes",
+                u64::from(self.ring_buffer_bytes),
+                4096,
+                256 << 20,
+            ),
+            Range::new(
+                "max_buffered_head_bytes",
+                u64::from(self.max_buffered_head_bytes.get()),
+                1,
+                256 << 20,
+            ),
+            Range::entries("max_series", self.max_series),
+            Range::entries("max_routes_per_service", self.max_routes_per_service),
+            Range::entries(
+                "max_server_addresses_per_service",
+                self.max_server_addresses_per_service,
+            ),
+        ]
+    }
+
+    fn check(&self) -> Result<(), Invalid> {
+        if !self.ring_buffer_bytes.is_power_of_two() || self.ring_buffer_bytes < 4096 {
+            return Err((
+                "ring_buffer_bytes",
+                format!(
+                    "must be a power of two of at least 4096, not {}",
+                    self.ring_buffer_bytes
+                ),
+            ));
+        }
+        if let Some(bad) = self.routes.iter().find(|r| !r.starts_with('/')) {
+            return Err(("routes", format!("route `{bad}` must start with /")));
+        }
+        Ok(())
+    }
+}
