@@ -98,6 +98,13 @@ pub fn take_percpu<M: MapCore>(map: &M, key: &[u8]) -> Option<Vec<Vec<u8>>> {
     })
 }
 
+/// A value of a generated C type from the bytes of a map's key or value.
+pub fn decode<T: plain::Plain + Default>(bytes: &[u8]) -> Option<T> {
+    let mut value = T::default();
+    plain::copy_from_bytes(&mut value, bytes).ok()?;
+    Some(value)
+}
+
 /// Every (key, value) pair of a shared map.
 pub fn read_shared<M: MapCore>(map: &M) -> Vec<(Vec<u8>, Vec<u8>)> {
     map.keys()

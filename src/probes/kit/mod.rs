@@ -1,5 +1,6 @@
 //! What every probe shares.
 
+pub mod idle;
 pub mod programs;
 
 use std::num::NonZeroU32;

@@ -1,7 +1,6 @@
 //! The `process` probe: execs, exits by exit code class and OOM kills, per executable,
 //! counted in the kernel (see `process.bpf.c`).
 
-use std::collections::{BTreeMap, HashMap};
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::time::{Duration, Instant, SystemTime};
@@ -9,6 +8,7 @@ use std::time::{Duration, Instant, SystemTime};
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{Link, MapCore};
 
+use super::kit::idle::{Accumulate, IdleKeys, Row};
 use super::kit::programs::{load_degrading, AttemptError, Degraded, ProgramSpec};
 use super::util::{self, c_string, MapFill, ProbeError};
 use super::{BuiltIn, LoadContext, Probe};
@@ -63,12 +63,10 @@ impl BuiltIn for Process {
                 exits: plan.loads("psc_process_exit"),
                 oom_kills: plan.loads("psc_oom_victim"),
                 degraded: Vec::new(),
-                last_seen: HashMap::new(),
-                retired: BTreeMap::new(),
-                retired_overflow: Stats::default(),
-                idle_ttl: Duration::from_secs(processes.exited_ttl_secs),
-                max_retired: processes.max_exited_executables.get() as usize,
-                expired: 0,
+                idle: IdleKeys::new(
+                    Duration::from_secs(processes.exited_ttl_secs),
+                    processes.max_exited_executables.get() as usize,
+                ),
             };
             if context.attach {
                 let progs = &probe.skel.progs;
@@ -118,47 +116,9 @@ pub struct ProcessProbe {
     exits: bool,
     oom_kills: bool,
     degraded: Vec<Degraded>,
-    /// Each kernel entry's counts at the last collection, and since when they have not
-    /// moved.
-    last_seen: HashMap<Vec<u8>, (Stats, Instant)>,
-    /// Executables idle for `idle_ttl`, moved out of the kernel's map so that its slots
-    /// serve new names: their counts stay here (a name that comes back adds to them).
-    retired: BTreeMap<String, Stats>,
-    /// Counts of retired executables beyond `max_retired`, shown in the overflow row.
-    retired_overflow: Stats,
-    idle_ttl: Duration,
-    max_retired: usize,
-    expired: u64,
-}
-
-/// Keeps exec-counting slots for live names: the kernel's map of executables is capped,
-/// and names are free for anyone to mint (prctl), so names idle for the TTL leave it.
-impl ProcessProbe {
-    fn retire_idle(&mut self, now: Instant, rows: &[(Vec<u8>, String, Stats)]) {
-        let mut live = HashMap::with_capacity(rows.len());
-        for (key, name, stats) in rows {
-            let since = match self.last_seen.get(key) {
-                Some((before, since)) if before == stats => *since,
-                _ => now,
-            };
-            if now.saturating_duration_since(since) < self.idle_ttl {
-                live.insert(key.clone(), (*stats, since));
-                continue;
-            }
-            // Read and deleted in one step: an exec counted meanwhile is not lost.
-            let Some(values) = util::take_percpu(&self.skel.maps.executables, key) else {
-                continue;
-            };
-            let taken = Stats::from_percpu(&values);
-            self.expired += 1;
-            if self.retired.contains_key(name) || self.retired.len() < self.max_retired {
-                self.retired.entry(name.clone()).or_default().merge(taken);
-            } else {
-                self.retired_overflow.merge(taken);
-            }
-        }
-        self.last_seen = live;
-    }
+    /// Executables idle for `processes.exited_ttl_secs` leave the kernel's map, so
+    /// that its slots serve new names; their counts stay.
+    idle: IdleKeys<String, Stats>,
 }
 
 #[derive(Default, Clone, Copy, PartialEq, Eq)]
@@ -170,15 +130,17 @@ struct Stats {
     oom_kills: u64,
 }
 
-impl Stats {
-    fn merge(&mut self, other: Stats) {
+impl Accumulate for Stats {
+    fn merge(&mut self, other: &Stats) {
         self.execs += other.execs;
         self.exits_ok += other.exits_ok;
         self.exits_error += other.exits_error;
         self.exits_signal += other.exits_signal;
         self.oom_kills += other.oom_kills;
     }
+}
 
+impl Stats {
     fn add(&mut self, s: &types::psc_process_stats) {
         self.execs += s.execs;
         self.exits_ok += s.exits_ok;
@@ -221,27 +183,22 @@ impl Probe for ProcessProbe {
 
     fn collect(&mut self, now: Instant, out: &mut Vec<Family>) {
         let mut kernel_rows = Vec::new();
-        for (key, values) in util::read_percpu(&self.skel.maps.executables) {
+        for (raw, values) in util::read_percpu(&self.skel.maps.executables) {
             let mut k = types::psc_exe_key::default();
-            if plain::copy_from_bytes(&mut k, &key).is_ok() {
-                let name = crate::model::unreserved(&c_string(&k.comm)).into_owned();
-                kernel_rows.push((key, name, Stats::from_percpu(&values)));
+            if plain::copy_from_bytes(&mut k, &raw).is_ok() {
+                let key = crate::model::unreserved(&c_string(&k.comm)).into_owned();
+                let value = Stats::from_percpu(&values);
+                kernel_rows.push(Row { raw, key, value });
             }
         }
         let entries = kernel_rows.len() as u64;
-        // Rows by name: the kernel's and the retired ones (a name back after it was
-        // retired adds to its old counts, so counters never go back).
-        let mut rows: BTreeMap<String, Stats> = self.retired.clone();
-        for (_, name, stats) in &kernel_rows {
-            rows.entry(name.clone()).or_default().merge(*stats);
-        }
-        self.retire_idle(now, &kernel_rows);
+        // A name back after it was retired adds to its old counts: counters never go back.
+        let mut rows = self.idle.merged(&kernel_rows, OVERFLOW_NAME.to_string());
+        let executables = &self.skel.maps.executables;
+        self.idle.retire_idle(now, &kernel_rows, |raw| {
+            util::take_percpu(executables, raw).map(|values| Stats::from_percpu(&values))
+        });
         let maps = &self.skel.maps;
-        if self.retired_overflow != Stats::default() {
-            rows.entry(OVERFLOW_NAME.to_string())
-                .or_default()
-                .merge(self.retired_overflow);
-        }
         if util::percpu_array_u64(&maps.folded, 0) > 0 {
             let overflow = maps
                 .overflow
@@ -252,7 +209,7 @@ impl Probe for ProcessProbe {
                 .unwrap_or_default();
             rows.entry(OVERFLOW_NAME.to_string())
                 .or_default()
-                .merge(overflow);
+                .merge(&overflow);
         }
 
         let mut execs = Family::new(
@@ -326,6 +283,6 @@ impl Probe for ProcessProbe {
     }
 
     fn expired_series(&self) -> u64 {
-        self.expired
+        self.idle.expired()
     }
 }

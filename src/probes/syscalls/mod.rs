@@ -19,7 +19,7 @@ use libbpf_rs::{Link, MapCore, MapFlags, TracepointCategory};
 use tracing::{debug, info, warn};
 
 use super::kit::programs::{load_degrading, AttemptError, Degraded, Plan, ProgramSpec};
-use super::util::{self, plain_bytes, MapFill, ProbeError};
+use super::util::{self, decode, plain_bytes, MapFill, ProbeError};
 use super::{BuiltIn, LoadContext, Probe};
 use crate::settings::SamplingMode;
 use crate::enrich::workload::RecordedCgroup;
@@ -1071,12 +1071,6 @@ pub fn errno_name(err: u32) -> String {
         Some(name) => name.to_string(),
         None => format!("E{err}"),
     }
-}
-
-fn decode<T: plain::Plain + Default>(bytes: &[u8]) -> Option<T> {
-    let mut value = T::default();
-    plain::copy_from_bytes(&mut value, bytes).ok()?;
-    Some(value)
 }
 
 fn decode_hist(bytes: &[u8]) -> Option<LogLinearHistogram> {
