@@ -59,6 +59,7 @@ built_in_probes! {
     process => process::Process,
     http => http::Http,
     tcp => tcp::Tcp,
+    sched => sched::Sched,
 }
 
 /// A probe's own settings, under `probes.<name>`.

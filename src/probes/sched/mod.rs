@@ -1,0 +1,242 @@
+//! The `sched` probe: run-queue latency per executable, measured in the kernel between
+//! a task becoming runnable and a CPU running it (see `sched.bpf.c`).
+
+pub mod config;
+
+#[cfg(test)]
+mod tests;
+
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::time::{Duration, Instant, SystemTime};
+
+use libbpf_rs::skel::{OpenSkel, SkelBuilder};
+use libbpf_rs::{Link, MapCore, MapFlags};
+
+use super::kit::idle::{IdleKeys, Row};
+use super::kit::programs::{load_degrading, AttemptError, ProgramSpec};
+use super::util::{self, c_string, decode, MapFill, ProbeError};
+use super::{BuiltIn, LoadContext, Probe};
+use crate::enrich::workload::RecordedCgroup;
+use crate::enrich::{Workload, Workloads};
+use crate::model::histogram::{DurationBounds, LogLinearHistogram};
+use crate::model::{Family, MetricKind, Value, OVERFLOW};
+use config::SchedConfig;
+
+mod skel {
+    include!(concat!(env!("OUT_DIR"), "/sched.skel.rs"));
+}
+use skel::{types, SchedSkel, SchedSkelBuilder};
+use types::psc_sched_counter as Counter;
+
+// SAFETY: plain C structs of integers and bytes, generated from the program's BTF.
+unsafe impl plain::Plain for types::psc_sched_key {}
+unsafe impl plain::Plain for types::psc_hist {}
+
+pub struct Sched;
+
+impl BuiltIn for Sched {
+    type Settings = SchedConfig;
+    const DESCRIPTION: &'static str =
+        "per executable: run-queue latency, the wait of runnable tasks for a CPU";
+    const DEFAULT_YAML: &'static str = include_str!("config.yaml");
+
+    fn load(
+        settings: &SchedConfig,
+        context: &mut LoadContext<'_>,
+    ) -> Result<Box<dyn Probe>, ProbeError> {
+        Ok(Box::new(SchedProbe::load(settings, context)?))
+    }
+}
+
+/// A wait is measured from a wakeup, or from a switch that leaves the task runnable.
+static PROGRAMS: &[ProgramSpec] = &[
+    ProgramSpec::required("psc_sched_wakeup", "tp_btf/sched_wakeup with task storage"),
+    ProgramSpec::required(
+        "psc_sched_wakeup_new",
+        "tp_btf/sched_wakeup_new with task storage",
+    ),
+    ProgramSpec::required("psc_sched_switch", "tp_btf/sched_switch with task storage"),
+];
+
+/// A series: an executable within a cgroup v2 (its container or service).
+type SeriesKey = (String, u64);
+
+pub struct SchedProbe {
+    skel: SchedSkel<'static>,
+    _links: Vec<Link>,
+    workloads: Workloads,
+    bounds: DurationBounds,
+    started: SystemTime,
+    idle: IdleKeys<SeriesKey, LogLinearHistogram>,
+    fill: Vec<MapFill>,
+}
+
+impl SchedProbe {
+    fn load(settings: &SchedConfig, context: &LoadContext<'_>) -> Result<Self, ProbeError> {
+        util::check_btf()?;
+        let ((skel, links), _) = load_degrading("sched", PROGRAMS, |plan| {
+            let storage = Box::leak(Box::new(MaybeUninit::uninit()));
+            let mut open = SchedSkelBuilder::default()
+                .open(storage)
+                .map_err(ProbeError::bpf("opening the sched BPF object"))?;
+            open.maps
+                .latency
+                .set_max_entries(settings.max_series.get())
+                .map_err(ProbeError::bpf("setting the series cap"))?;
+            plan.apply(open.open_object_mut());
+            let skel = open
+                .load()
+                .map_err(AttemptError::load("loading the sched BPF programs"))?;
+            let mut links = Vec::new();
+            if context.attach {
+                let progs = &skel.progs;
+                // The switch first: a wait stamped by a wakeup is then always measured.
+                for (name, prog) in [
+                    ("psc_sched_switch", &progs.psc_sched_switch),
+                    ("psc_sched_wakeup", &progs.psc_sched_wakeup),
+                    ("psc_sched_wakeup_new", &progs.psc_sched_wakeup_new),
+                ] {
+                    links.push(prog.attach().map_err(AttemptError::attach(name))?);
+                }
+            }
+            Ok((skel, links))
+        })?;
+        let processes = context.processes;
+        Ok(SchedProbe {
+            skel,
+            _links: links,
+            workloads: context.workloads.clone(),
+            bounds: DurationBounds::new(&settings.duration_buckets_seconds.0),
+            started: SystemTime::now(),
+            idle: IdleKeys::new(
+                Duration::from_secs(processes.exited_ttl_secs),
+                processes.max_exited_executables.get() as usize,
+            ),
+            fill: Vec::new(),
+        })
+    }
+
+    /// The kernel's series, as (raw key, series key, histogram).
+    fn read(&self) -> Vec<Row<SeriesKey, LogLinearHistogram>> {
+        util::read_shared(&self.skel.maps.latency)
+            .into_iter()
+            .filter_map(|(raw, value)| {
+                let key: types::psc_sched_key = decode(&raw)?;
+                let name = crate::model::unreserved(&c_string(&key.comm)).into_owned();
+                Some(Row {
+                    raw,
+                    key: (name, key.cgroup),
+                    value: decode_hist(&value)?,
+                })
+            })
+            .collect()
+    }
+
+    fn counter(&self, counter: Counter) -> u64 {
+        util::percpu_array_u64(&self.skel.maps.counters, counter.0)
+    }
+
+    fn workload_of(&self, cgroup: u64) -> Workload {
+        if cgroup == 0 {
+            return Workload::default();
+        }
+        self.workloads.of_recorded(&RecordedCgroup {
+            id: cgroup,
+            leaf: String::new(),
+            parent: String::new(),
+        })
+    }
+}
+
+impl Probe for SchedProbe {
+    fn name(&self) -> &'static str {
+        "sched"
+    }
+
+    fn attach_method(&self) -> String {
+        "tp_btf/sched_wakeup, tp_btf/sched_wakeup_new, tp_btf/sched_switch".into()
+    }
+
+    fn collect(&mut self, now: Instant, out: &mut Vec<Family>) {
+        let rows = self.read();
+        let entries = rows.len() as u64;
+        let mut series = self.idle.merged(&rows, (OVERFLOW.to_string(), 0));
+        let latency = &self.skel.maps.latency;
+        self.idle.retire_idle(now, &rows, |raw| {
+            latency
+                .lookup_and_delete(raw)
+                .ok()
+                .flatten()
+                .and_then(|value| decode_hist(&value))
+        });
+        if self.counter(Counter::PSC_SCHED_FOLDED) > 0 {
+            let overflow = self
+                .skel
+                .maps
+                .overflow
+                .lookup(&0u32.to_ne_bytes(), MapFlags::ANY)
+                .ok()
+                .flatten()
+                .and_then(|value| decode_hist(&value))
+                .unwrap_or_default();
+            series
+                .entry((OVERFLOW.to_string(), 0))
+                .or_default()
+                .merge(&overflow);
+        }
+        let mut family = Family::new(
+            "sched_runqueue_latency_seconds",
+            "Time runnable tasks waited on a run queue before a CPU ran them, per executable.",
+            MetricKind::Histogram,
+        )
+        .with_unit("seconds");
+        for ((name, cgroup), hist) in &series {
+            let workload = self.workload_of(*cgroup);
+            let labels = self.workloads.process_labels(None, name, &workload);
+            family.push_created(
+                labels,
+                Value::Histogram(self.bounds.classic(hist)),
+                self.started,
+            );
+        }
+        out.push(family);
+        self.fill = vec![MapFill {
+            map: "sched_latency",
+            entries,
+            capacity: u64::from(latency.max_entries()),
+        }];
+    }
+
+    fn programs(&self) -> Vec<(String, BorrowedFd<'_>)> {
+        let progs = &self.skel.progs;
+        vec![
+            ("psc_sched_wakeup".into(), progs.psc_sched_wakeup.as_fd()),
+            (
+                "psc_sched_wakeup_new".into(),
+                progs.psc_sched_wakeup_new.as_fd(),
+            ),
+            ("psc_sched_switch".into(), progs.psc_sched_switch.as_fd()),
+        ]
+    }
+
+    fn map_fill(&self) -> Vec<MapFill> {
+        self.fill.clone()
+    }
+
+    fn folded(&self) -> Vec<(&'static str, u64)> {
+        vec![
+            ("sched_latency", self.counter(Counter::PSC_SCHED_FOLDED)),
+            ("sched_queued_at", self.counter(Counter::PSC_SCHED_UNSTAMPED)),
+        ]
+    }
+
+    fn expired_series(&self) -> u64 {
+        self.idle.expired()
+    }
+}
+
+fn decode_hist(bytes: &[u8]) -> Option<LogLinearHistogram> {
+    let hist: types::psc_hist = decode(bytes)?;
+    Some(LogLinearHistogram::from_parts(&hist.buckets, hist.sum))
+}
