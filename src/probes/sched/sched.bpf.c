@@ -8,8 +8,11 @@
  * the kernel frees with the task: no table to size, nothing to expire.
  *
  * Every wakeup and every switch pays here, so the hot path is one task-storage lookup
- * per event and, per wait recorded, one hash lookup and two atomic adds. Kernel threads
- * are left out: their names carry ids (kworker/3:1), and users tune their processes.
+ * per event and, per wait recorded, one hash lookup and two atomic adds. Times come from
+ * bpf_ktime_get_ns. The run queue's own clock would be cheaper to read, but the
+ * scheduler skips updating it when a wakeup preempts the running task, and such waits
+ * would then read as 0. Kernel threads are left out: their names carry ids (kworker/3:1), and users tune their
+ * processes.
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -127,8 +130,9 @@ int BPF_PROG(psc_sched_switch, bool preempt, struct task_struct *prev, struct ta
 	__u64 now = bpf_ktime_get_ns(), *at, since;
 	struct psc_hist *hist;
 
-	/* Still runnable as it leaves the CPU: it waits on the run queue from now. */
-	if (still_runnable(prev))
+	/* Preempted (even on its way to sleep) or still runnable, it stays on the run
+	 * queue: it waits there from now. */
+	if (preempt || still_runnable(prev))
 		stamp(prev, now);
 	if (next->flags & PF_KTHREAD)
 		return 0;
