@@ -1,7 +1,8 @@
 /*
  * Empty programs on tp_btf/sys_enter and tp_btf/sys_exit (the cost any syscall-wide
- * tracer pays before doing any work) and on the socket hooks of the http probe, and
- * programs on those socket hooks that only copy socket bytes (below).
+ * tracer pays before doing any work), on the socket hooks of the http probe and on the
+ * scheduler hooks of the sched probe, and programs on those socket hooks that only copy
+ * socket bytes (below).
  * `periscope floor` attaches one set so users (and BENCHMARKS.md) can compare
  * Periscope's cost with this floor on their own kernel.
  */
@@ -114,4 +115,23 @@ SEC("tp_btf/sock_send_length")
 int BPF_PROG(psc_floor_send_copy, struct sock *sk, int ret, int flags)
 {
 	return floor_copy(sk, ret);
+}
+
+/* The sched probe's hooks: the floor any run-queue latency tracer pays. */
+SEC("tp_btf/sched_wakeup")
+int BPF_PROG(psc_floor_wakeup)
+{
+	return 0;
+}
+
+SEC("tp_btf/sched_wakeup_new")
+int BPF_PROG(psc_floor_wakeup_new)
+{
+	return 0;
+}
+
+SEC("tp_btf/sched_switch")
+int BPF_PROG(psc_floor_switch)
+{
+	return 0;
 }

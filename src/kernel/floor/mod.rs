@@ -23,6 +23,8 @@ pub enum FloorHooks {
     /// copy its first 256 bytes: what seeing plaintext HTTP costs before any tracking,
     /// parsing or event.
     SocketCopy,
+    /// tp_btf/sched_wakeup, sched_wakeup_new and sched_switch: the sched probe's hooks.
+    Sched,
 }
 
 impl FloorHooks {
@@ -34,6 +36,9 @@ impl FloorHooks {
             }
             FloorHooks::SocketCopy => {
                 "tp_btf/sock_recv_length and tp_btf/sock_send_length, copying each TCP read's and write's first 256 bytes"
+            }
+            FloorHooks::Sched => {
+                "tp_btf/sched_wakeup, tp_btf/sched_wakeup_new and tp_btf/sched_switch"
             }
         }
     }
@@ -61,6 +66,11 @@ impl Floor {
                 &progs.psc_floor_recv_copy,
                 &progs.psc_floor_send_copy,
                 &progs.psc_floor_state,
+            ],
+            FloorHooks::Sched => vec![
+                &progs.psc_floor_wakeup,
+                &progs.psc_floor_wakeup_new,
+                &progs.psc_floor_switch,
             ],
         };
         let links = chosen

@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
-"""What the sched probe costs the scheduler: `perf bench sched pipe` with the probe
-attached against nothing attached, interleaved round by round, medians reported.
+"""What the sched probe costs the scheduler: `perf bench sched pipe` with nothing
+attached, with empty programs on the probe's three hooks (`periscope floor --hooks
+sched`, the least any tracer of these hooks pays), and with the probe; interleaved round
+by round, medians reported.
 
 `perf bench sched pipe` ping-pongs between two tasks through pipes: every operation is
 two wakeups and two context switches, the events the probe hooks, and nothing else. It
@@ -55,6 +57,15 @@ def start_agent(workdir, port):
     raise RuntimeError("the agent did not get ready")
 
 
+def start_floor():
+    proc = subprocess.Popen([PERISCOPE, "floor", "--hooks", "sched"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    line = proc.stdout.readline()
+    if "floor programs attached" not in line:
+        proc.kill()
+        raise RuntimeError(f"the floor did not attach: {line!r}")
+    return proc
+
+
 def stop_agent(proc):
     proc.terminate()
     proc.wait(timeout=30)
@@ -66,11 +77,12 @@ def main():
     parser.add_argument("--loops", type=int, default=200000)
     parser.add_argument("--port", type=int, default=19188)
     args = parser.parse_args()
-    results = {(mode, pinned): [] for mode in ("off", "on") for pinned in (False, True)}
+    modes = ("off", "floor", "on")
+    results = {(mode, pinned): [] for mode in modes for pinned in (False, True)}
     with tempfile.TemporaryDirectory() as workdir:
         for round_ in range(args.rounds):
-            for mode in ("off", "on"):
-                agent = start_agent(workdir, args.port) if mode == "on" else None
+            for mode in modes:
+                agent = {"on": lambda: start_agent(workdir, args.port), "floor": start_floor}.get(mode, lambda: None)()
                 try:
                     for pinned in (False, True):
                         results[(mode, pinned)].append(pipe_ops_per_sec(args.loops, pinned))
@@ -80,9 +92,11 @@ def main():
             print(f"round {round_ + 1}/{args.rounds} done", flush=True)
     for pinned in (False, True):
         off = statistics.median(results[("off", pinned)])
+        floor = statistics.median(results[("floor", pinned)])
         on = statistics.median(results[("on", pinned)])
         where = "pinned to CPU 0" if pinned else "any CPU (perf's default)"
-        print(f"sched pipe, {where}: off {off:.0f} ops/s, sched probe on {on:.0f} ops/s: {100 * on / off:.1f}% of off")
+        print(f"sched pipe, {where}: off {off:.0f} ops/s; empty programs {floor:.0f} ops/s, {100 * floor / off:.1f}% of off; "
+              f"sched probe {on:.0f} ops/s, {100 * on / off:.1f}% of off")
 
 
 if __name__ == "__main__":
