@@ -23,3 +23,18 @@
 		if (__psc_slot)                                        \
 			*__psc_slot += 1;                              \
 	} while (0)
+
+/*
+ * The value of `key` in a hash map, inserted as `initial` when absent; NULL when the map
+ * is full. Another CPU may insert the key first (EEXIST): the second lookup finds it.
+ * Needs bpf_helpers.h before it.
+ */
+static __always_inline void *psc_lookup_or_insert(void *map, const void *key, const void *initial)
+{
+	void *value = bpf_map_lookup_elem(map, key);
+
+	if (value)
+		return value;
+	bpf_map_update_elem(map, key, initial, BPF_NOEXIST);
+	return bpf_map_lookup_elem(map, key);
+}

@@ -42,11 +42,7 @@ static __always_inline struct psc_process_stats *stats_for(struct psc_exe_key *k
 	struct psc_process_stats zero = {}, *stats;
 	__u32 slot = 0;
 
-	stats = bpf_map_lookup_elem(&executables, key);
-	if (stats)
-		return stats;
-	bpf_map_update_elem(&executables, key, &zero, BPF_NOEXIST);
-	stats = bpf_map_lookup_elem(&executables, key);
+	stats = psc_lookup_or_insert(&executables, key, &zero);
 	if (stats)
 		return stats;
 	PSC_COUNT_IN(folded, 0);

@@ -86,12 +86,7 @@ static __always_inline struct psc_hist *series_of(struct task_struct *task)
 	/* A thread may rename itself; the process is known by its group leader's name. */
 	bpf_probe_read_kernel_str(key.comm, sizeof(key.comm), task->group_leader->comm);
 	key.cgroup = BPF_CORE_READ(task, cgroups, dfl_cgrp, kn, id);
-	hist = bpf_map_lookup_elem(&latency, &key);
-	if (hist)
-		return hist;
-	/* Another CPU may add the key meanwhile (EEXIST): the lookup then finds it. */
-	bpf_map_update_elem(&latency, &key, &empty_hist, BPF_NOEXIST);
-	hist = bpf_map_lookup_elem(&latency, &key);
+	hist = psc_lookup_or_insert(&latency, &key, &empty_hist);
 	if (hist)
 		return hist;
 	PSC_COUNT_IN(counters, PSC_SCHED_FOLDED);
