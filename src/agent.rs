@@ -599,6 +599,8 @@ pub fn load_probes(
 ) -> (Vec<Box<dyn Probe>>, Vec<AttachReport>) {
     let mut probes = Vec::new();
     let mut reports = Vec::new();
+    let drops_tenants = config.tenants.rules.iter().any(|rule| rule.drop);
+    let spans = config.traces.enabled.then(|| config.traces.sampler());
     for spec in BUILT_IN {
         let probe = spec.name();
         if !spec.enabled(&config.probes) {
@@ -613,8 +615,8 @@ pub fn load_probes(
         info!(probe, "loading");
         let mut context = LoadContext {
             processes: &config.processes,
-            drops_tenants: config.tenants.rules.iter().any(|rule| rule.drop),
-            spans: config.traces.enabled.then(|| config.traces.sampler()),
+            drops_tenants,
+            spans,
             kernel,
             attach,
             workloads,
