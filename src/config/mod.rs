@@ -12,15 +12,11 @@ use std::sync::LazyLock;
 use serde::Deserialize;
 
 pub use crate::kernel::stats::StatsMode;
-pub use crate::probes::http::config::HttpConfig;
-pub use crate::probes::process::config::ProcessConfig;
-pub use crate::probes::syscalls::config::{ExecutableName, SyscallName, SyscallsConfig};
-pub use crate::probes::tcp::config::TcpConfig;
-pub use crate::probes::{ProbesConfig, ProcessesConfig, BUILT_IN};
-pub use crate::settings::{
-    check_window, nonzero, Buckets, Range, SamplingMode, DAY, MAX_MAP_ENTRIES,
-};
+pub use crate::probes::{ProbesConfig, ProcessesConfig};
 pub use error::ConfigError;
+
+use crate::probes::BUILT_IN;
+use crate::settings::{check_window, nonzero, Range, DAY, MAX_MAP_ENTRIES};
 
 /// The settings outside the probes; each probe's own come from its folder.
 const BASE_DEFAULT_YAML: &str = include_str!("default.yaml");

@@ -103,13 +103,6 @@ fn bad_listen_address_is_refused() {
 }
 
 #[test]
-fn syscall_names_resolve_to_x86_64_numbers() {
-    assert_eq!(SyscallName::parse("read"), Some(SyscallName(0)));
-    assert_eq!(SyscallName::parse("openat"), Some(SyscallName(257)));
-    assert_eq!(SyscallName::parse("nope"), None);
-}
-
-#[test]
 fn stats_period_must_exceed_sample() {
     let text = error_text("self_metrics:\n  bpf_stats: sampled\n  bpf_stats_sample_secs: 10\n  bpf_stats_period_secs: 10\n");
     assert!(text.starts_with("periscope.yaml:4"), "{text}");

@@ -170,3 +170,15 @@ impl<'de> Deserialize<'de> for ExecutableName {
         Ok(ExecutableName(name))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn syscall_names_resolve_to_x86_64_numbers() {
+        assert_eq!(SyscallName::parse("read"), Some(SyscallName(0)));
+        assert_eq!(SyscallName::parse("openat"), Some(SyscallName(257)));
+        assert_eq!(SyscallName::parse("nope"), None);
+    }
+}
