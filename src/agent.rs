@@ -23,6 +23,7 @@ use crate::kernel::stats::{self, StatsSampler};
 use crate::kernel::KernelFeatures;
 use crate::model::span::{Span, SpanQueue};
 use crate::model::Family;
+use crate::probes::kit::budget::SeriesBudget;
 use crate::probes::{LoadContext, Probe, BUILT_IN};
 use crate::selfmetrics::{self, AgentHealth, ExporterHealth, ProbeHealth, SpanHealth};
 
@@ -601,6 +602,7 @@ pub fn load_probes(
     let mut reports = Vec::new();
     let drops_tenants = config.tenants.rules.iter().any(|rule| rule.drop);
     let spans = config.traces.enabled.then(|| config.traces.sampler());
+    let budget = SeriesBudget::new(config.processes.series_budget.get() as usize);
     for spec in BUILT_IN {
         let probe = spec.name();
         if !spec.enabled(&config.probes) {
@@ -620,6 +622,7 @@ pub fn load_probes(
             kernel,
             attach,
             workloads,
+            budget: &budget,
         };
         match spec.load(&config.probes, &mut context) {
             Ok(loaded) => {

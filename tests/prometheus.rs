@@ -12,7 +12,7 @@ fn prometheus_scrapes_exact_counts() {
     }
     let _kernel = kernel_lock();
     let agent =
-        Agent::start("probes:\n  syscalls:\n    latency_syscalls: [kill, read, write, openat]\n    latency_sampling: always\n");
+        Agent::start("probes:\n  syscalls:\n    latency_syscalls: [kill, read, write, openat]\n    latency_sampling: always\n    latency_per_process: true\n");
     let prometheus = Prometheus::start(agent.port, None);
     let mut helper = Helper::spawn(KILL_HELPER, &["300".into(), "30".into()]);
     let pid = helper.pid();

@@ -10,7 +10,7 @@ fn counts_errors_and_latency_of_a_known_workload_exactly() {
         return;
     }
     let _kernel = kernel_lock();
-    let agent = Agent::start("probes:\n  syscalls:\n    latency_syscalls: [kill, openat]\n    latency_sampling: always\n");
+    let agent = Agent::start("probes:\n  syscalls:\n    latency_syscalls: [kill, openat]\n    latency_sampling: always\n    latency_per_process: true\n");
     let (n, m) = (1000, 237);
     let mut helper = Helper::spawn(KILL_HELPER, &[n.to_string(), m.to_string()]);
     let pid = helper.pid().to_string();
@@ -78,7 +78,7 @@ fn selection_by_executable_traces_only_that_process() {
     }
     let _kernel = kernel_lock();
     let agent = Agent::start(
-        "probes:\n  syscalls:\n    include_executables: [pscselected]\n    latency_syscalls: [kill]\n    latency_sampling: always\n",
+        "probes:\n  syscalls:\n    include_executables: [pscselected]\n    latency_syscalls: [kill]\n    latency_sampling: always\n    latency_per_process: true\n",
     );
     let mut helper = Helper::spawn(
         KILL_HELPER,
@@ -243,7 +243,7 @@ fn sampled_timing_times_only_calls_inside_its_window() {
     }
     let _kernel = kernel_lock();
     let agent = Agent::start(
-        "probes:\n  syscalls:\n    include_executables: [pscsampled]\n    latency_syscalls: [kill]\n    latency_sampling: sampled\n    latency_sample_secs: 5\n    latency_period_secs: 8\n",
+        "probes:\n  syscalls:\n    include_executables: [pscsampled]\n    latency_syscalls: [kill]\n    latency_sampling: sampled\n    latency_sample_secs: 5\n    latency_period_secs: 8\n    latency_per_process: true\n",
     );
     let timing_on =
         |m: &common::Metrics| m.one("periscope_syscall_timing_enabled_seconds_total", &[]);
@@ -320,7 +320,7 @@ fn exited_aggregates_beyond_their_cap_fold_into_overflow() {
 /// and is refused `programs`; checks the counts, and the timing when `timed`.
 fn kills_counted_with_refused(programs: &[&str], timed: bool) {
     let agent = Agent::start_refusing(
-        "probes:\n  syscalls:\n    latency_syscalls: [kill]\n    latency_sampling: always\n",
+        "probes:\n  syscalls:\n    latency_syscalls: [kill]\n    latency_sampling: always\n    latency_per_process: true\n",
         programs,
     );
     let (n, m) = (400, 37);

@@ -19,6 +19,7 @@ use crate::kernel::KernelFeatures;
 use crate::model::span::{Sampler, Span};
 use crate::model::Family;
 use crate::settings::{Invalid, Range};
+use kit::budget::SeriesBudget;
 
 pub use kit::ProcessesConfig;
 pub use util::{MapFill, ProbeError};
@@ -87,6 +88,8 @@ pub struct LoadContext<'a> {
     /// Attach the programs once loaded; off, only the kernel's verdict is wanted.
     pub attach: bool,
     pub workloads: &'a Workloads,
+    /// The agent-wide series budget every probe's owners are admitted under.
+    pub budget: &'a SeriesBudget,
 }
 
 /// A built-in probe, before it is loaded: the entry point of its folder.

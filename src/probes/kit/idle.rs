@@ -15,6 +15,12 @@ pub trait Accumulate: Clone + Default + PartialEq {
     fn merge(&mut self, other: &Self);
 }
 
+impl Accumulate for u64 {
+    fn merge(&mut self, other: &Self) {
+        *self = self.wrapping_add(*other);
+    }
+}
+
 impl Accumulate for LogLinearHistogram {
     fn merge(&mut self, other: &Self) {
         LogLinearHistogram::merge(self, other);

@@ -1,6 +1,8 @@
 //! What every probe shares.
 
+pub mod budget;
 pub mod idle;
+pub mod lifecycle;
 pub mod programs;
 
 use std::num::NonZeroU32;
@@ -22,6 +24,9 @@ pub struct ProcessesConfig {
     /// Cap on executables with an aggregate of exited processes; beyond it, exited
     /// processes fold into the overflow series.
     pub max_exited_executables: NonZeroU32,
+    /// Samples a scrape holds of per-process and per-executable series, over every
+    /// probe; beyond, new owners' series fold into the overflow series.
+    pub series_budget: NonZeroU32,
 }
 
 impl Default for ProcessesConfig {
@@ -30,6 +35,7 @@ impl Default for ProcessesConfig {
             pid_label: true,
             exited_ttl_secs: 300,
             max_exited_executables: nonzero(1024),
+            series_budget: nonzero(10_000),
         }
     }
 }
@@ -39,6 +45,12 @@ impl ProcessesConfig {
         vec![
             Range::new("exited_ttl_secs", self.exited_ttl_secs, 0, 7 * DAY),
             Range::entries("max_exited_executables", self.max_exited_executables),
+            Range::new(
+                "series_budget",
+                self.series_budget.get().into(),
+                1,
+                10_000_000,
+            ),
         ]
     }
 }

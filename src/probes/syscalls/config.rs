@@ -39,6 +39,8 @@ pub struct SyscallsConfig {
     pub max_latency_series: NonZeroU32,
     /// `le` bounds of `syscall_duration_seconds`.
     pub duration_buckets_seconds: Buckets,
+    /// Latency histograms per process (with `process_pid`) rather than per executable.
+    pub latency_per_process: bool,
 }
 
 /// Syscalls timed by default: those where an application waits on I/O. Other syscalls
@@ -80,6 +82,7 @@ impl Default for SyscallsConfig {
             max_error_series: nonzero(4096),
             max_latency_series: nonzero(4096),
             duration_buckets_seconds: Buckets::default_durations(),
+            latency_per_process: false,
         }
     }
 }

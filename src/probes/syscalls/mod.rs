@@ -4,12 +4,13 @@
 pub mod config;
 pub mod errno;
 mod fast;
+mod policy;
 pub mod table;
 
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::time::{Duration, Instant, SystemTime};
@@ -23,12 +24,16 @@ use super::util::{self, decode, plain_bytes, MapFill, ProbeError};
 use super::{BuiltIn, LoadContext, Probe};
 use crate::settings::SamplingMode;
 use crate::enrich::workload::RecordedCgroup;
+use crate::enrich::process::UNKNOWN_NAME;
 use crate::enrich::{ProcessTable, Workload};
 use crate::kernel::duty::DutyCycle;
 use crate::model::histogram::{DurationBounds, LogLinearHistogram, BUCKETS};
 use crate::model::{Family, MetricKind, Value};
 use config::SyscallsConfig;
 use fast::FastTable;
+use policy::{Policy, Rows, SyscallSeries};
+use super::kit::idle::Accumulate;
+use super::kit::lifecycle::Owner;
 
 mod skel {
     include!(concat!(env!("OUT_DIR"), "/syscalls.skel.rs"));
@@ -114,13 +119,6 @@ enum EnterHook {
     BtfSysEnter,
 }
 
-/// Who a series belongs to: a live process (pid set), or an aggregate (exited processes
-/// of one executable, or the overflow series) with no pid.
-type Owner = (Option<u32>, String, Workload);
-
-/// What exited processes fold into: an executable, within its container or service.
-type Executable = (String, Workload);
-
 /// A process as the kernel side keys it: tgid and generation (syscalls.h).
 type Proc = (u32, u16);
 
@@ -141,17 +139,8 @@ pub struct SyscallsProbe {
     pid_label: bool,
     exited_ttl: Duration,
     processes: ProcessTable<Proc>,
-    exited_counts: BTreeMap<(Executable, u32), u64>,
-    exited_errors: BTreeMap<(Executable, u32, u32), u64>,
-    exited_latency: BTreeMap<(Executable, u32), LogLinearHistogram>,
-    /// Executables with aggregates of exited processes, capped: beyond the cap, exited
-    /// processes fold into the overflow series.
-    exited_names: BTreeSet<Executable>,
-    max_exited_names: usize,
-    exited_names_folded: u64,
-    expired_series: u64,
-    /// Creation time of each exported series' owner, kept while it is exported.
-    series_created: HashMap<Owner, SystemTime>,
+    /// Where rows of exited processes fold, what the budget admits, `_created`.
+    policy: Policy,
     fill: Vec<MapFill>,
     cgroups: util::CgroupTenants,
     shares: util::TenantShares,
@@ -321,14 +310,13 @@ impl SyscallsProbe {
             processes: ProcessTable::new()
                 .keep_first_name(!processes.pid_label)
                 .with_workloads(workloads),
-            exited_counts: BTreeMap::new(),
-            exited_errors: BTreeMap::new(),
-            exited_latency: BTreeMap::new(),
-            exited_names: BTreeSet::new(),
-            max_exited_names: processes.max_exited_executables.get() as usize,
-            exited_names_folded: 0,
-            expired_series: 0,
-            series_created: HashMap::new(),
+            policy: Policy::new(
+                settings.latency_per_process,
+                settings.duration_buckets_seconds.0.len(),
+                workloads.clone(),
+                processes.max_exited_executables.get() as usize,
+                context.budget.for_probe("syscalls"),
+            ),
             fill: Vec::new(),
             cgroups: util::CgroupTenants::default(),
             shares: util::TenantShares::new(slots),
@@ -419,109 +407,78 @@ impl SyscallsProbe {
     }
 
     fn owner(&self, process: Proc) -> Owner {
-        let (name, workload) = self
-            .processes
-            .get(process)
-            .map(|info| (info.name.clone(), info.workload.clone()))
-            .unwrap_or_else(|| {
-                (
-                    crate::enrich::process::UNKNOWN_NAME.to_string(),
-                    Workload::default(),
-                )
-            });
-        (self.pid_label.then_some(process.0), name, workload)
+        let pid = self.pid_label.then_some(process.0);
+        match self.processes.get(process) {
+            Some(info) => Owner::new(pid, info.name.clone(), info.workload.clone()),
+            None => Owner::new(pid, UNKNOWN_NAME, Workload::default()),
+        }
     }
 
-    /// Moves the series of processes gone for the TTL into the per-executable aggregate
-    /// and frees their kernel map entries. One pass over the reading and the per-CPU
-    /// tables, however many processes expire.
+    /// Hands the rows of processes gone for the TTL to the policy, which folds them into
+    /// the aggregates, and frees their kernel map entries. One pass over the reading and
+    /// the per-CPU tables, however many processes expire.
     fn expire(&mut self, now: Instant, reading: &mut Reading) {
         let expired = self.processes.expired(now, self.exited_ttl);
         if expired.is_empty() {
             return;
         }
-        let mut names: HashMap<Proc, Executable> = HashMap::with_capacity(expired.len());
+        let mut gone: HashMap<Proc, (Owner, BTreeMap<u32, SyscallSeries>)> =
+            HashMap::with_capacity(expired.len());
         for process in expired {
-            if let Some(info) = self.processes.remove(process) {
-                let name = self.exited_name((info.name, info.workload));
-                names.insert(process, name);
+            let owner = self.owner(process);
+            if self.processes.remove(process).is_some() {
+                gone.insert(process, (owner, BTreeMap::new()));
             }
         }
         reading
             .keys
-            .retain(|process, _| !names.contains_key(process));
-        let name_of = |process: Proc| names.get(&process).cloned().unwrap_or_default();
+            .retain(|process, _| !gone.contains_key(process));
+        let maps = &self.skel.maps;
         let series_key = |(tgid, gen): Proc, nr: u32| types::psc_syscall_key {
             tgid,
             nr: nr as u16,
             gen,
         };
-        let mut series = 0u64;
-        for ((process, nr), count) in reading.counts.extract_pids(&names) {
-            *self
-                .exited_counts
-                .entry((name_of(process), nr))
-                .or_default() += count;
-            let _ = self
-                .skel
-                .maps
-                .counts
-                .delete(plain_bytes(&series_key(process, nr)));
-            series += 1;
+        for ((process, nr), count) in reading.counts.extract_pids(&gone) {
+            if let Some((_, rows)) = gone.get_mut(&process) {
+                rows.entry(nr)
+                    .or_default()
+                    .merge(&SyscallSeries::calls(count));
+            }
+            let _ = maps.counts.delete(plain_bytes(&series_key(process, nr)));
         }
-        for ((process, nr, err), count) in reading.errors.extract_pids(&names) {
-            *self
-                .exited_errors
-                .entry((name_of(process), nr, err))
-                .or_default() += count;
+        for ((process, nr, err), count) in reading.errors.extract_pids(&gone) {
+            if let Some((_, rows)) = gone.get_mut(&process) {
+                *rows.entry(nr).or_default().errors.entry(err).or_default() += count;
+            }
             let key = types::psc_syscall_error_key {
                 tgid: process.0,
                 nr: nr as u16,
                 gen: process.1,
                 err,
             };
-            let _ = self.skel.maps.errors.delete(plain_bytes(&key));
-            series += 1;
+            let _ = maps.errors.delete(plain_bytes(&key));
         }
-        for ((process, nr), hist) in reading.latency.extract_pids(&names) {
-            self.exited_latency
-                .entry((name_of(process), nr))
-                .or_default()
-                .merge(&hist);
-            let _ = self
-                .skel
-                .maps
-                .latency
-                .delete(plain_bytes(&series_key(process, nr)));
-            series += 1;
+        for ((process, nr), hist) in reading.latency.extract_pids(&gone) {
+            if let Some((_, rows)) = gone.get_mut(&process) {
+                rows.entry(nr).or_default().latency = Some(hist);
+            }
+            let _ = maps.latency.delete(plain_bytes(&series_key(process, nr)));
         }
-        self.fast.release(|process| names.contains_key(&process));
-        for (tgid, gen) in names.keys() {
+        self.fast.release(|process| gone.contains_key(&process));
+        for (tgid, gen) in gone.keys() {
             let key = types::psc_process_key {
                 tgid: *tgid,
                 gen: *gen,
                 ..Default::default()
             };
-            let _ = self.skel.maps.comms.delete(plain_bytes(&key));
+            let _ = maps.comms.delete(plain_bytes(&key));
         }
-        self.expired_series += series;
-        debug!(
-            processes = names.len(),
-            series, "folded exited processes' series"
-        );
-    }
-
-    /// The aggregate an exited process of executable `name` folds into.
-    fn exited_name(&mut self, name: Executable) -> Executable {
-        if self.exited_names.contains(&name) {
-            return name;
+        let processes = gone.len();
+        for (owner, rows) in gone.into_values() {
+            self.policy.fold_exited(&owner, rows);
         }
-        if self.exited_names.len() >= self.max_exited_names {
-            self.exited_names_folded += 1;
-            return (OVERFLOW_NAME.to_string(), Workload::default());
-        }
-        self.exited_names.insert(name.clone());
-        name
+        debug!(processes, "folded exited processes' series");
     }
 
     fn read(&mut self) -> Reading {
@@ -619,14 +576,7 @@ impl SyscallsProbe {
 
     /// The owner of a tenant slot's overflow series.
     fn overflow_owner(&self, slot: u32) -> Owner {
-        let workload = self
-            .processes
-            .workloads()
-            .tenant_slots()
-            .name_of(slot)
-            .map(Workload::of_tenant)
-            .unwrap_or_default();
-        (None, OVERFLOW_NAME.to_string(), workload)
+        Owner::overflow(self.processes.workloads().tenant_slots().name_of(slot))
     }
 
     fn folded_count(&self, slot: u32) -> u64 {
@@ -635,17 +585,25 @@ impl SyscallsProbe {
 
     /// The overflow series, one set per tenant slot: only read when something folded,
     /// as they are 512 lookups per slot and map.
-    fn read_overflow(&self, acc: &mut Accumulated) {
+    fn read_overflow(&self) -> Rows {
         let maps = &self.skel.maps;
+        let mut rows = Rows::new();
+        let mut add = |owner: &Owner, nr: u32, series: SyscallSeries| {
+            rows.entry((owner.clone(), nr)).or_default().merge(&series);
+        };
         for slot in self.overflowed(Folded::PSC_FOLDED_COUNTS.0, Share::PSC_SHARE_COUNTS) {
             let owner = self.overflow_owner(slot);
             for nr in 0..MAX_SYSCALLS {
                 let count = util::percpu_array_u64(&maps.overflow_counts, slot * MAX_SYSCALLS + nr);
                 if count > 0 {
-                    *acc.counts.entry((owner.clone(), nr)).or_default() += count;
+                    add(&owner, nr, SyscallSeries::calls(count));
                 }
             }
         }
+        let errors = |err: u32, count: u64| SyscallSeries {
+            errors: BTreeMap::from([(err, count)]),
+            ..Default::default()
+        };
         if !self
             .overflowed(Folded::PSC_FOLDED_ERRORS.0, Share::PSC_SHARE_ERRORS)
             .is_empty()
@@ -653,9 +611,8 @@ impl SyscallsProbe {
             for (key, values) in util::read_percpu(&maps.overflow_errors) {
                 if let Some(k) = decode::<types::psc_syscall_nr_err>(&key) {
                     let owner = self.overflow_owner(u32::from(k.tenant));
-                    *acc.errors
-                        .entry((owner, u32::from(k.nr), k.err))
-                        .or_default() += util::sum_percpu_u64(&values);
+                    let nr = u32::from(k.nr);
+                    add(&owner, nr, errors(k.err, util::sum_percpu_u64(&values)));
                 }
             }
             if self.folded_count(Folded::PSC_FOLDED_OVERFLOW_ERRORS.0) > 0 {
@@ -665,7 +622,7 @@ impl SyscallsProbe {
                         let idx = slot * MAX_SYSCALLS + nr;
                         let count = util::percpu_array_u64(&maps.overflow_errors_any, idx);
                         if count > 0 {
-                            *acc.errors.entry((owner.clone(), nr, 0)).or_default() += count;
+                            add(&owner, nr, errors(0, count));
                         }
                     }
                 }
@@ -683,13 +640,116 @@ impl SyscallsProbe {
                     .flatten()
                     .and_then(|bytes| decode_hist(&bytes));
                 if let Some(hist) = hist.filter(|h| !h.is_empty()) {
-                    acc.latency
-                        .entry((owner.clone(), *nr))
-                        .or_default()
-                        .merge(&hist);
+                    let series = SyscallSeries {
+                        latency: Some(hist),
+                        ..Default::default()
+                    };
+                    add(&owner, *nr, series);
                 }
             }
         }
+        rows
+    }
+
+    /// The live processes' rows by owner, and when each owner was first seen.
+    fn live_rows(&self, reading: Reading) -> (Rows, HashMap<Owner, SystemTime>) {
+        let mut per_process: BTreeMap<(Proc, u32), SyscallSeries> = BTreeMap::new();
+        for ((pid, nr), count) in reading.counts.0 {
+            per_process
+                .entry((pid, nr))
+                .or_default()
+                .merge(&SyscallSeries::calls(count));
+        }
+        for ((pid, nr, err), count) in reading.errors.0 {
+            *per_process
+                .entry((pid, nr))
+                .or_default()
+                .errors
+                .entry(err)
+                .or_default() += count;
+        }
+        for ((pid, nr), hist) in reading.latency.0 {
+            per_process.entry((pid, nr)).or_default().latency = Some(hist);
+        }
+        let mut rows = Rows::new();
+        let mut first_seen: HashMap<Owner, SystemTime> = HashMap::new();
+        for ((pid, nr), series) in per_process {
+            let owner = self.owner(pid);
+            if let Some(info) = self.processes.get(pid) {
+                for owner in [owner.clone(), owner.executable()] {
+                    first_seen
+                        .entry(owner)
+                        .and_modify(|t| *t = (*t).min(info.first_seen))
+                        .or_insert(info.first_seen);
+                }
+            }
+            self.policy.add_process(&mut rows, &owner, nr, series);
+        }
+        (rows, first_seen)
+    }
+
+    /// The families of the rows the policy exports.
+    fn families(&self, rows: &Rows, now: SystemTime) -> [Family; 3] {
+        let mut calls = Family::new(
+            "syscalls",
+            "Syscalls completed, per process and syscall.",
+            MetricKind::Counter,
+        );
+        let mut errors = Family::new(
+            "syscall_errors",
+            "Syscalls that returned an error, per process, syscall and errno.",
+            MetricKind::Counter,
+        );
+        let mut durations = Family::new(
+            "syscall_duration_seconds",
+            "Time from syscall entry to exit, for the syscalls configured for latency (per executable unless latency_per_process).",
+            MetricKind::Histogram,
+        )
+        .with_unit("seconds");
+        let workloads = self.processes.workloads();
+        for ((owner, nr), series) in rows {
+            let created = self.policy.created(owner, now);
+            let mut labels = owner.labels(workloads);
+            labels.push(("syscall", syscall_name(*nr)));
+            if let Some(count) = series.calls {
+                calls.push_created(labels.clone(), Value::Counter(count as f64), created);
+            }
+            for (err, count) in &series.errors {
+                let mut labels = labels.clone();
+                labels.push(("errno", errno_name(*err)));
+                errors.push_created(labels, Value::Counter(*count as f64), created);
+            }
+            if let Some(hist) = &series.latency {
+                let value = Value::Histogram(self.bounds.classic(hist));
+                durations.push_created(labels, value, created);
+            }
+        }
+        [calls, errors, durations]
+    }
+
+    /// The fill of every capped map, from entry counts the read already took.
+    fn record_fill(&mut self, entries: [u64; 4]) {
+        let maps = &self.skel.maps;
+        let read_fill = |map: &'static str, entries: u64, capacity: u32| MapFill {
+            map,
+            entries,
+            capacity: u64::from(capacity),
+        };
+        self.fill = vec![
+            MapFill {
+                map: "fast_counts",
+                entries: entries[0],
+                capacity: self.fast.capacity() as u64,
+            },
+            read_fill("counts", entries[1], maps.counts.max_entries()),
+            read_fill("errors", entries[2], maps.errors.max_entries()),
+            read_fill("latency", entries[3], maps.latency.max_entries()),
+            fill("overflow_errors", &maps.overflow_errors),
+            fill("comms", &maps.comms),
+            self.cgroups.fill(&maps.cgroup_tenants),
+            self.policy.exited().fill(),
+            self.policy.budget().fill(),
+        ];
     }
 }
 
@@ -753,14 +813,6 @@ impl<K: HasPid + Copy + std::hash::Hash + Eq, V> PidKeyed<K, V> {
     }
 }
 
-/// Series per owner, after pids are resolved to names.
-#[derive(Default)]
-struct Accumulated {
-    counts: BTreeMap<(Owner, u32), u64>,
-    errors: BTreeMap<(Owner, u32, u32), u64>,
-    latency: BTreeMap<(Owner, u32), LogLinearHistogram>,
-}
-
 impl Probe for SyscallsProbe {
     fn name(&self) -> &'static str {
         "syscalls"
@@ -812,130 +864,24 @@ impl Probe for SyscallsProbe {
             .collect();
         pids.sort_unstable();
         pids.dedup();
-        for pid in &pids {
+        for pid in pids {
             // The kernel's record only matters the first time a process is seen.
-            let (name, cgroup) = match self.processes.get(*pid) {
+            let (name, cgroup) = match self.processes.get(pid) {
                 Some(_) => (None, None),
-                None => self.recorded(*pid).unzip(),
+                None => self.recorded(pid).unzip(),
             };
             self.processes
-                .observe_recorded(*pid, now, name.as_deref(), cgroup.as_ref());
+                .observe_recorded(pid, now, name.as_deref(), cgroup.as_ref());
         }
         self.expire(now, &mut reading);
         self.count_shares(&reading);
         self.shares.read_folded(&self.skel.maps.tenant_folded);
 
-        let mut acc = Accumulated::default();
-        let mut first_seen: HashMap<Owner, SystemTime> = HashMap::new();
-        for pid in pids {
-            if let Some(info) = self.processes.get(pid) {
-                let seen = info.first_seen;
-                first_seen
-                    .entry(self.owner(pid))
-                    .and_modify(|t| *t = (*t).min(seen))
-                    .or_insert(seen);
-            }
-        }
-        for ((pid, nr), count) in reading.counts.0 {
-            *acc.counts.entry((self.owner(pid), nr)).or_default() += count;
-        }
-        for ((pid, nr, err), count) in reading.errors.0 {
-            *acc.errors.entry((self.owner(pid), nr, err)).or_default() += count;
-        }
-        for ((pid, nr), hist) in reading.latency.0 {
-            acc.latency
-                .entry((self.owner(pid), nr))
-                .or_default()
-                .merge(&hist);
-        }
-        let aggregate = |(name, workload): &Executable| (None, name.clone(), workload.clone());
-        for ((executable, nr), count) in &self.exited_counts {
-            *acc.counts.entry((aggregate(executable), *nr)).or_default() += count;
-        }
-        for ((executable, nr, err), count) in &self.exited_errors {
-            *acc.errors
-                .entry((aggregate(executable), *nr, *err))
-                .or_default() += count;
-        }
-        for ((executable, nr), hist) in &self.exited_latency {
-            acc.latency
-                .entry((aggregate(executable), *nr))
-                .or_default()
-                .merge(hist);
-        }
-        self.read_overflow(&mut acc);
-
-        // A series keeps its creation time for as long as it is exported, so that
-        // `_created` never moves while the series exists.
+        let (live, first_seen) = self.live_rows(reading);
+        let overflow = self.read_overflow();
         let wall_now = SystemTime::now();
-        let owners: BTreeSet<&Owner> = acc
-            .counts
-            .keys()
-            .map(|(o, _)| o)
-            .chain(acc.errors.keys().map(|(o, _, _)| o))
-            .chain(acc.latency.keys().map(|(o, _)| o))
-            .collect();
-        for owner in &owners {
-            let candidate = first_seen.get(*owner).copied().unwrap_or(wall_now);
-            self.series_created
-                .entry((*owner).clone())
-                .or_insert(candidate);
-        }
-        self.series_created
-            .retain(|owner, _| owners.contains(owner));
-        let created = &self.series_created;
-        let created_of = |owner: &Owner| created.get(owner).copied().unwrap_or(wall_now);
-        let mut calls = Family::new(
-            "syscalls",
-            "Syscalls completed, per process and syscall.",
-            MetricKind::Counter,
-        );
-        for ((owner, nr), count) in &acc.counts {
-            let (pid, name, workload) = owner;
-            let mut labels = self
-                .processes
-                .workloads()
-                .process_labels(*pid, name, workload);
-            labels.push(("syscall", syscall_name(*nr)));
-            calls.push_created(labels, Value::Counter(*count as f64), created_of(owner));
-        }
-        let mut errors = Family::new(
-            "syscall_errors",
-            "Syscalls that returned an error, per process, syscall and errno.",
-            MetricKind::Counter,
-        );
-        for ((owner, nr, err), count) in &acc.errors {
-            let (pid, name, workload) = owner;
-            let mut labels = self
-                .processes
-                .workloads()
-                .process_labels(*pid, name, workload);
-            labels.push(("syscall", syscall_name(*nr)));
-            labels.push(("errno", errno_name(*err)));
-            errors.push_created(labels, Value::Counter(*count as f64), created_of(owner));
-        }
-        let mut durations = Family::new(
-            "syscall_duration_seconds",
-            "Time from syscall entry to exit, for the syscalls configured for latency.",
-            MetricKind::Histogram,
-        )
-        .with_unit("seconds");
-        for ((owner, nr), hist) in &acc.latency {
-            let (pid, name, workload) = owner;
-            let mut labels = self
-                .processes
-                .workloads()
-                .process_labels(*pid, name, workload);
-            labels.push(("syscall", syscall_name(*nr)));
-            durations.push_created(
-                labels,
-                Value::Histogram(self.bounds.classic(hist)),
-                created_of(owner),
-            );
-        }
-        out.push(calls);
-        out.push(errors);
-        out.push(durations);
+        let rows = self.policy.export(live, overflow, &first_seen, wall_now);
+        out.extend(self.families(&rows, wall_now));
         let mut timing = Family::new(
             "periscope_syscall_timing_enabled_seconds",
             "Time syscalls were timed (latency_sampling): syscall_duration_seconds holds the calls made then.",
@@ -947,32 +893,7 @@ impl Probe for SyscallsProbe {
             Value::Counter(self.timing_enabled_for(now).as_secs_f64()),
         );
         out.push(timing);
-
-        let maps = &self.skel.maps;
-        let read_fill = |map: &'static str, entries: u64, capacity: u32| MapFill {
-            map,
-            entries,
-            capacity: u64::from(capacity),
-        };
-        self.fill = vec![
-            MapFill {
-                map: "fast_counts",
-                entries: entries[0],
-                capacity: self.fast.capacity() as u64,
-            },
-            read_fill("counts", entries[1], maps.counts.max_entries()),
-            read_fill("errors", entries[2], maps.errors.max_entries()),
-            read_fill("latency", entries[3], maps.latency.max_entries()),
-            fill("overflow_errors", &maps.overflow_errors),
-            fill("comms", &maps.comms),
-        ];
-        self.fill
-            .push(self.cgroups.fill(&self.skel.maps.cgroup_tenants));
-        self.fill.push(MapFill {
-            map: "exited_executables",
-            entries: self.exited_names.len() as u64,
-            capacity: self.max_exited_names as u64,
-        });
+        self.record_fill(entries);
     }
 
     fn programs(&self) -> Vec<(String, BorrowedFd<'_>)> {
@@ -1001,7 +922,8 @@ impl Probe for SyscallsProbe {
             .iter()
             .map(|(map, slot)| (*map, self.folded_count(slot.0)))
             .collect();
-        folded.push(("exited_executables", self.exited_names_folded));
+        folded.push(("exited_executables", self.policy.exited().refused()));
+        folded.push(("series_budget", self.policy.budget().refused()));
         folded.push(("cgroup_tenants", self.cgroups.refused));
         folded
     }
@@ -1032,7 +954,7 @@ impl Probe for SyscallsProbe {
     }
 
     fn expired_series(&self) -> u64 {
-        self.expired_series
+        self.policy.expired_series()
     }
 }
 

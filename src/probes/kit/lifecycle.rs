@@ -1,0 +1,232 @@
+//! The life of the series a process owns, one rule for every probe: a live process
+//! owns its series (by pid, when pid labels are on); once it has been gone for the TTL,
+//! its series fold into the aggregate of its executable, at most
+//! `max_exited_executables` of them, beyond which they fold into the overflow series.
+//! Totals never drop, and a series' `_created` never moves while it is exported.
+//!
+//! Everything here is pure: a probe reads its kernel maps, then hands the rows to these
+//! steps, which its unit tests drive without a kernel.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::SystemTime;
+
+use super::idle::Accumulate;
+use crate::enrich::{Workload, Workloads};
+use crate::model::{Labels, OVERFLOW};
+use crate::probes::util::MapFill;
+
+/// Who a series belongs to: a live process (`pid` set when pid labels are on), the
+/// aggregate of an executable's processes (no pid), or the overflow series.
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Owner {
+    pub pid: Option<u32>,
+    pub name: String,
+    pub workload: Workload,
+}
+
+impl Owner {
+    pub fn new(pid: Option<u32>, name: impl Into<String>, workload: Workload) -> Owner {
+        Owner {
+            pid,
+            name: name.into(),
+            workload,
+        }
+    }
+
+    /// The overflow series of a tenant (`None`: of no tenant).
+    pub fn overflow(tenant: Option<&str>) -> Owner {
+        Owner {
+            pid: None,
+            name: OVERFLOW.to_string(),
+            workload: tenant.map(Workload::of_tenant).unwrap_or_default(),
+        }
+    }
+
+    /// The overflow series of the tenant this owner belongs to.
+    pub fn overflow_of(&self, workloads: &Workloads) -> Owner {
+        let slot = workloads.tenant_slot(&self.workload);
+        Owner::overflow(workloads.tenant_slots().name_of(slot))
+    }
+
+    pub fn is_overflow(&self) -> bool {
+        self.pid.is_none() && self.name == OVERFLOW
+    }
+
+    /// The aggregate of this owner's executable.
+    pub fn executable(&self) -> Owner {
+        Owner {
+            pid: None,
+            ..self.clone()
+        }
+    }
+
+    pub fn labels(&self, workloads: &Workloads) -> Labels {
+        workloads.process_labels(self.pid, &self.name, &self.workload)
+    }
+}
+
+/// Adds `value` to the row `(owner, detail)` of `rows`.
+pub fn add_row<D: Ord, V: Accumulate>(
+    rows: &mut BTreeMap<(Owner, D), V>,
+    owner: Owner,
+    detail: D,
+    value: &V,
+) {
+    rows.entry((owner, detail)).or_default().merge(value);
+}
+
+/// The executables that have an aggregate of exited processes, under the one cap.
+#[derive(Debug)]
+pub struct ExitedExecutables {
+    kept: BTreeSet<Owner>,
+    max: usize,
+    /// Exited processes folded into the overflow series because the cap was reached.
+    refused: u64,
+}
+
+impl ExitedExecutables {
+    pub fn new(max: usize) -> Self {
+        ExitedExecutables {
+            kept: BTreeSet::new(),
+            max,
+            refused: 0,
+        }
+    }
+
+    /// Where the series of an exited process fold: its executable's aggregate, or the
+    /// overflow series once the cap is reached. `overflowed`: its series were already
+    /// exported in the overflow series (the series budget sent them there), where they
+    /// stay, so that no counter of the overflow series goes back.
+    pub fn destination(&mut self, process: &Owner, overflowed: bool, overflow: Owner) -> Owner {
+        if overflowed || process.is_overflow() {
+            return overflow;
+        }
+        let executable = process.executable();
+        if self.kept.contains(&executable) {
+            return executable;
+        }
+        if self.kept.len() >= self.max {
+            self.refused += 1;
+            return overflow;
+        }
+        self.kept.insert(executable.clone());
+        executable
+    }
+
+    pub fn refused(&self) -> u64 {
+        self.refused
+    }
+
+    pub fn fill(&self) -> MapFill {
+        MapFill {
+            map: "exited_executables",
+            entries: self.kept.len() as u64,
+            capacity: self.max as u64,
+        }
+    }
+}
+
+/// When each exported owner's series started counting, for `_created` and OTLP start
+/// times: a process's when it was first seen, any other owner's when it was first
+/// exported. Kept while the owner is exported, so it never moves under a series.
+#[derive(Debug, Default)]
+pub struct SeriesCreated {
+    created: HashMap<Owner, SystemTime>,
+}
+
+impl SeriesCreated {
+    /// Stamps the owners exported now, with the time each was first seen where known,
+    /// and forgets those no longer exported.
+    pub fn refresh<'a>(
+        &mut self,
+        owners: impl IntoIterator<Item = (&'a Owner, Option<SystemTime>)>,
+        now: SystemTime,
+    ) {
+        let mut kept = HashMap::with_capacity(self.created.len());
+        for (owner, first_seen) in owners {
+            let created = self
+                .created
+                .get(owner)
+                .copied()
+                .unwrap_or_else(|| first_seen.unwrap_or(now));
+            let slot = kept.entry(owner.clone()).or_insert(created);
+            *slot = (*slot).min(created);
+        }
+        self.created = kept;
+    }
+
+    /// The creation time of an owner's series; `now` for one not stamped.
+    pub fn of(&self, owner: &Owner) -> Option<SystemTime> {
+        self.created.get(owner).copied()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn process(pid: u32, name: &str) -> Owner {
+        Owner::new(Some(pid), name, Workload::default())
+    }
+
+    #[test]
+    fn exited_processes_fold_into_their_executable_within_the_cap() {
+        let mut exited = ExitedExecutables::new(1);
+        let over = Owner::overflow(None);
+        let a = exited.destination(&process(1, "a"), false, over.clone());
+        assert_eq!(a, Owner::new(None, "a", Workload::default()));
+        // Another process of a known executable still has its place.
+        assert_eq!(exited.destination(&process(2, "a"), false, over.clone()), a);
+        // A new executable beyond the cap folds into overflow.
+        assert_eq!(
+            exited.destination(&process(3, "b"), false, over.clone()),
+            over
+        );
+        assert_eq!(exited.refused(), 1);
+        assert_eq!(exited.fill().entries, 1);
+    }
+
+    #[test]
+    fn series_already_in_overflow_stay_there() {
+        let mut exited = ExitedExecutables::new(8);
+        let over = Owner::overflow(None);
+        assert_eq!(
+            exited.destination(&process(1, "a"), true, over.clone()),
+            over
+        );
+        assert_eq!(exited.fill().entries, 0, "no place taken for it");
+        assert_eq!(exited.refused(), 0, "not the cap's doing");
+    }
+
+    #[test]
+    fn created_never_moves_while_exported_and_resets_after() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1000);
+        let later = t0 + Duration::from_secs(60);
+        let a = process(1, "a");
+        let agg = a.executable();
+        let mut created = SeriesCreated::default();
+        created.refresh([(&a, Some(t0)), (&agg, None)], later);
+        assert_eq!(created.of(&a), Some(t0));
+        assert_eq!(created.of(&agg), Some(later));
+        // Seen again later with another first-seen time: the first stamp stays.
+        created.refresh([(&a, Some(later)), (&agg, Some(t0))], later);
+        assert_eq!(created.of(&a), Some(t0));
+        assert_eq!(created.of(&agg), Some(later));
+        // Gone, then back: a new series, a new stamp.
+        created.refresh([(&agg, None)], later);
+        assert_eq!(created.of(&a), None);
+        created.refresh([(&a, Some(later))], later);
+        assert_eq!(created.of(&a), Some(later));
+    }
+
+    #[test]
+    fn owners_merged_from_several_processes_take_the_earliest() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(10);
+        let t1 = t0 + Duration::from_secs(5);
+        let agg = Owner::new(None, "a", Workload::default());
+        let mut created = SeriesCreated::default();
+        created.refresh([(&agg, Some(t1)), (&agg, Some(t0))], t1);
+        assert_eq!(created.of(&agg), Some(t0));
+    }
+}

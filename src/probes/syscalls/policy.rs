@@ -1,0 +1,322 @@
+//! What the syscalls probe exports, decided without the kernel: which owner each row of
+//! the maps belongs to, where the rows of exited processes fold, and what the series
+//! budget admits. `mod.rs` reads the kernel and hands the rows over.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::SystemTime;
+
+use crate::enrich::Workloads;
+use crate::model::LogLinearHistogram;
+use crate::probes::kit::budget::{histogram_samples, ProbeBudget, COUNTER_SAMPLES};
+use crate::probes::kit::idle::Accumulate;
+use crate::probes::kit::lifecycle::{ExitedExecutables, Owner, SeriesCreated};
+
+/// One owner's series of one syscall. A call, its error and its latency sample travel
+/// together: rows merge whole, so that in every series errors never outnumber calls.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SyscallSeries {
+    /// Calls; None for a row that only holds latency (kept per executable).
+    pub calls: Option<u64>,
+    /// Errors by errno (0: errno unknown).
+    pub errors: BTreeMap<u32, u64>,
+    pub latency: Option<LogLinearHistogram>,
+}
+
+impl Accumulate for SyscallSeries {
+    fn merge(&mut self, other: &Self) {
+        if let Some(calls) = other.calls {
+            *self.calls.get_or_insert(0) += calls;
+        }
+        for (err, count) in &other.errors {
+            *self.errors.entry(*err).or_default() += count;
+        }
+        if let Some(hist) = &other.latency {
+            self.latency.get_or_insert_with(Default::default).merge(hist);
+        }
+    }
+}
+
+impl SyscallSeries {
+    pub fn calls(calls: u64) -> Self {
+        SyscallSeries {
+            calls: Some(calls),
+            ..Default::default()
+        }
+    }
+
+    /// Splits off the latency, which may belong to another owner.
+    fn take_latency(&mut self) -> Option<SyscallSeries> {
+        let latency = self.latency.take()?;
+        Some(SyscallSeries {
+            latency: Some(latency),
+            ..Default::default()
+        })
+    }
+
+    fn is_empty(&self) -> bool {
+        self.calls.is_none() && self.errors.is_empty() && self.latency.is_none()
+    }
+}
+
+/// Rows by owner and syscall number.
+pub type Rows = BTreeMap<(Owner, u32), SyscallSeries>;
+
+pub struct Policy {
+    latency_per_process: bool,
+    /// Finite buckets of the latency histograms, for their cost in samples.
+    latency_bounds: usize,
+    workloads: Workloads,
+    exited: ExitedExecutables,
+    /// The aggregates of exited processes, per executable (or overflow).
+    aggregates: Rows,
+    created: SeriesCreated,
+    budget: ProbeBudget,
+    /// Rows of exited processes folded so far.
+    expired_series: u64,
+}
+
+impl Policy {
+    pub fn new(
+        latency_per_process: bool,
+        latency_bounds: usize,
+        workloads: Workloads,
+        max_exited_executables: usize,
+        budget: ProbeBudget,
+    ) -> Self {
+        Policy {
+            latency_per_process,
+            latency_bounds,
+            workloads,
+            exited: ExitedExecutables::new(max_exited_executables),
+            aggregates: Rows::new(),
+            created: SeriesCreated::default(),
+            budget,
+            expired_series: 0,
+        }
+    }
+
+    /// Adds a process's rows to `rows`, its latency under the owner latency is kept by.
+    pub fn add_process(&self, rows: &mut Rows, owner: &Owner, nr: u32, mut series: SyscallSeries) {
+        if !self.latency_per_process {
+            if let Some(latency) = series.take_latency() {
+                rows.entry((owner.executable(), nr))
+                    .or_default()
+                    .merge(&latency);
+            }
+        }
+        if !series.is_empty() {
+            rows.entry((owner.clone(), nr)).or_default().merge(&series);
+        }
+    }
+
+    /// Folds the rows of a process gone for the TTL into the aggregate of its
+    /// executable, where its totals stay.
+    pub fn fold_exited(&mut self, owner: &Owner, rows: BTreeMap<u32, SyscallSeries>) {
+        let mut process_rows = Rows::new();
+        for (nr, series) in rows {
+            self.add_process(&mut process_rows, owner, nr, series);
+        }
+        // One destination per owner the rows were exported under (the process, and its
+        // executable for latency).
+        let mut destinations: HashMap<Owner, Owner> = HashMap::new();
+        for ((exported_as, nr), series) in process_rows {
+            let into = match destinations.get(&exported_as) {
+                Some(into) => into.clone(),
+                None => {
+                    let overflow = exported_as.overflow_of(&self.workloads);
+                    let overflowed = self.budget.overflowed(&exported_as);
+                    let into = self.exited.destination(&exported_as, overflowed, overflow);
+                    destinations.insert(exported_as, into.clone());
+                    into
+                }
+            };
+            self.aggregates.entry((into, nr)).or_default().merge(&series);
+            self.expired_series += 1;
+        }
+    }
+
+    /// The series to export: the live processes' rows, the aggregates and the kernel's
+    /// overflow rows, merged by owner under the series budget. `first_seen` stamps the
+    /// processes' owners for `_created`.
+    pub fn export(
+        &mut self,
+        live: Rows,
+        overflow: Rows,
+        first_seen: &HashMap<Owner, SystemTime>,
+        now: SystemTime,
+    ) -> Rows {
+        let mut rows = live;
+        for source in [&self.aggregates, &overflow] {
+            for (key, series) in source {
+                rows.entry(key.clone()).or_default().merge(series);
+            }
+        }
+        let latency_samples = histogram_samples(self.latency_bounds);
+        let cost = |series: &SyscallSeries| {
+            series.calls.map_or(0, |_| COUNTER_SAMPLES)
+                + series.errors.len() * COUNTER_SAMPLES
+                + series.latency.as_ref().map_or(0, |_| latency_samples)
+        };
+        let workloads = &self.workloads;
+        self.budget.begin();
+        let rows = self
+            .budget
+            .admit(rows, |owner| owner.overflow_of(workloads), cost);
+        self.budget.finish();
+        self.created.refresh(
+            rows.keys()
+                .map(|(owner, _)| (owner, first_seen.get(owner).copied())),
+            now,
+        );
+        rows
+    }
+
+    /// When an exported owner's series started counting.
+    pub fn created(&self, owner: &Owner, now: SystemTime) -> SystemTime {
+        self.created.of(owner).unwrap_or(now)
+    }
+
+    pub fn exited(&self) -> &ExitedExecutables {
+        &self.exited
+    }
+
+    pub fn budget(&self) -> &ProbeBudget {
+        &self.budget
+    }
+
+    pub fn expired_series(&self) -> u64 {
+        self.expired_series
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::enrich::Workload;
+    use crate::probes::kit::budget::SeriesBudget;
+    use std::time::Duration;
+
+    const READ: u32 = 0;
+
+    fn policy(per_process: bool, max_exited: usize, budget: usize) -> Policy {
+        Policy::new(
+            per_process,
+            22,
+            Workloads::default(),
+            max_exited,
+            SeriesBudget::new(budget).for_probe("syscalls"),
+        )
+    }
+
+    fn process(pid: u32, name: &str) -> Owner {
+        Owner::new(Some(pid), name, Workload::default())
+    }
+
+    fn series(calls: u64, errors: u64, latency: u64) -> SyscallSeries {
+        let mut hist = LogLinearHistogram::default();
+        for _ in 0..latency {
+            hist.record(1000);
+        }
+        SyscallSeries {
+            calls: Some(calls),
+            errors: if errors > 0 {
+                BTreeMap::from([(11, errors)])
+            } else {
+                BTreeMap::new()
+            },
+            latency: (latency > 0).then_some(hist),
+        }
+    }
+
+    fn now() -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000)
+    }
+
+    fn errors_never_outnumber_calls(rows: &Rows) {
+        for ((owner, nr), series) in rows {
+            let errors: u64 = series.errors.values().sum();
+            assert!(
+                errors <= series.calls.unwrap_or(0),
+                "{owner:?} {nr}: {series:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn latency_is_kept_per_executable_by_default() {
+        let policy = policy(false, 8, usize::MAX);
+        let mut rows = Rows::new();
+        policy.add_process(&mut rows, &process(1, "a"), READ, series(3, 1, 3));
+        policy.add_process(&mut rows, &process(2, "a"), READ, series(2, 0, 2));
+        let executable = (process(1, "a").executable(), READ);
+        assert_eq!(rows[&executable].latency.as_ref().map(|h| h.count()), Some(5));
+        assert_eq!(rows[&executable].calls, None, "calls stay per process");
+        assert_eq!(rows[&(process(1, "a"), READ)].calls, Some(3));
+        assert!(rows[&(process(1, "a"), READ)].latency.is_none());
+    }
+
+    #[test]
+    fn exited_processes_fold_whole_into_their_executable() {
+        let mut policy = policy(true, 8, usize::MAX);
+        policy.fold_exited(&process(1, "a"), BTreeMap::from([(READ, series(5, 2, 5))]));
+        policy.fold_exited(&process(2, "a"), BTreeMap::from([(READ, series(1, 0, 1))]));
+        let rows = policy.export(Rows::new(), Rows::new(), &HashMap::new(), now());
+        let aggregate = &rows[&(process(1, "a").executable(), READ)];
+        assert_eq!(aggregate.calls, Some(6));
+        assert_eq!(aggregate.errors[&11], 2);
+        assert_eq!(aggregate.latency.as_ref().map(|h| h.count()), Some(6));
+        assert_eq!(policy.expired_series(), 2);
+    }
+
+    #[test]
+    fn beyond_the_exited_cap_processes_fold_into_overflow_with_their_errors() {
+        let mut policy = policy(false, 1, usize::MAX);
+        policy.fold_exited(&process(1, "a"), BTreeMap::from([(READ, series(5, 0, 0))]));
+        policy.fold_exited(
+            &process(2, "b"),
+            BTreeMap::from([(READ, series(1, 1, 0)), (READ + 1, series(1, 0, 0))]),
+        );
+        let rows = policy.export(Rows::new(), Rows::new(), &HashMap::new(), now());
+        let overflow = &rows[&(Owner::overflow(None), READ)];
+        assert_eq!(overflow.calls, Some(1));
+        assert_eq!(overflow.errors[&11], 1);
+        // One process refused, however many of its series.
+        assert_eq!(policy.exited().refused(), 1);
+        errors_never_outnumber_calls(&rows);
+    }
+
+    #[test]
+    fn the_budget_sends_whole_processes_to_overflow_and_they_stay_there() {
+        // Room for one process's calls and errors (4 samples), not two.
+        let mut policy = policy(true, 8, 4);
+        let mut live = Rows::new();
+        live.insert((process(1, "a"), READ), series(10, 1, 0));
+        live.insert((process(2, "b"), READ), series(7, 3, 0));
+        let rows = policy.export(live, Rows::new(), &HashMap::new(), now());
+        assert_eq!(rows[&(process(1, "a"), READ)].calls, Some(10));
+        let overflow = &rows[&(Owner::overflow(None), READ)];
+        assert_eq!((overflow.calls, overflow.errors[&11]), (Some(7), 3));
+        errors_never_outnumber_calls(&rows);
+        // Process 2 exits: its totals stay in overflow, not in a new aggregate.
+        policy.fold_exited(&process(2, "b"), BTreeMap::from([(READ, series(8, 3, 0))]));
+        let mut live = Rows::new();
+        live.insert((process(1, "a"), READ), series(11, 1, 0));
+        let rows = policy.export(live, Rows::new(), &HashMap::new(), now());
+        assert_eq!(rows[&(Owner::overflow(None), READ)].calls, Some(8));
+        assert!(!rows.contains_key(&(process(2, "b").executable(), READ)));
+    }
+
+    #[test]
+    fn created_is_the_first_sighting_of_the_process_and_stays() {
+        let mut policy = policy(true, 8, usize::MAX);
+        let seen = now() - Duration::from_secs(30);
+        let owner = process(1, "a");
+        let first_seen = HashMap::from([(owner.clone(), seen)]);
+        let mut live = Rows::new();
+        live.insert((owner.clone(), READ), series(1, 0, 0));
+        policy.export(live.clone(), Rows::new(), &first_seen, now());
+        assert_eq!(policy.created(&owner, now()), seen);
+        policy.export(live, Rows::new(), &HashMap::new(), now() + Duration::from_secs(5));
+        assert_eq!(policy.created(&owner, now()), seen);
+    }
+}
