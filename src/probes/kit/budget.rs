@@ -106,12 +106,12 @@ impl ProbeBudget {
         &mut self,
         rows: BTreeMap<(Owner, D), V>,
         overflow_of: impl Fn(&Owner) -> Owner,
-        cost: impl Fn(&V) -> usize,
+        cost: impl Fn(&D, &V) -> usize,
     ) -> BTreeMap<(Owner, D), V> {
         let limit = self.shared.borrow().limit;
         let mut owner_cost: BTreeMap<&Owner, usize> = BTreeMap::new();
-        for ((owner, _), value) in &rows {
-            *owner_cost.entry(owner).or_default() += cost(value);
+        for ((owner, detail), value) in &rows {
+            *owner_cost.entry(owner).or_default() += cost(detail, value);
         }
         // Owners already admitted, and overflow series, come first: they stay.
         for (owner, samples) in &owner_cost {
@@ -153,7 +153,7 @@ impl ProbeBudget {
             let key = (overflow_of(&owner), detail);
             if !out.contains_key(&key) {
                 // A series the overflow owner did not have yet.
-                self.used = self.used.saturating_add(cost(&value));
+                self.used = self.used.saturating_add(cost(&key.1, &value));
             }
             out.entry(key).or_default().merge(&value);
         }
@@ -221,7 +221,7 @@ mod tests {
         let budget = SeriesBudget::new(4);
         let mut probe = budget.for_probe("p");
         probe.begin();
-        let out = probe.admit(rows(&[(1, 10), (2, 20), (3, 30)]), over, |_| 1);
+        let out = probe.admit(rows(&[(1, 10), (2, 20), (3, 30)]), over, |_, _| 1);
         probe.finish();
         assert_eq!(out[&(owner(1), 1)], 10);
         assert_eq!(out[&(owner(2), 2)], 20);
@@ -238,18 +238,18 @@ mod tests {
         let budget = SeriesBudget::new(4);
         let mut probe = budget.for_probe("p");
         probe.begin();
-        probe.admit(rows(&[(1, 1), (2, 1), (3, 1)]), over, |_| 1);
+        probe.admit(rows(&[(1, 1), (2, 1), (3, 1)]), over, |_, _| 1);
         probe.finish();
         // Owner 1 is gone, yet owner 3 stays in overflow while it is exported.
         probe.begin();
-        let out = probe.admit(rows(&[(2, 2), (3, 2)]), over, |_| 1);
+        let out = probe.admit(rows(&[(2, 2), (3, 2)]), over, |_, _| 1);
         probe.finish();
         assert!(out.contains_key(&(owner(2), 1)));
         assert!(out.contains_key(&(Owner::overflow(None), 1)));
         assert!(!out.contains_key(&(owner(3), 1)));
         // A newcomer takes the room owner 1 left.
         probe.begin();
-        let out = probe.admit(rows(&[(2, 3), (3, 3), (4, 1)]), over, |_| 1);
+        let out = probe.admit(rows(&[(2, 3), (3, 3), (4, 1)]), over, |_, _| 1);
         probe.finish();
         assert!(out.contains_key(&(owner(4), 1)));
         assert!(!out.contains_key(&(owner(3), 1)));
@@ -260,12 +260,12 @@ mod tests {
         let budget = SeriesBudget::new(2);
         let mut probe = budget.for_probe("p");
         probe.begin();
-        probe.admit(rows(&[(1, 1)]), over, |_| 1);
+        probe.admit(rows(&[(1, 1)]), over, |_, _| 1);
         probe.finish();
         probe.begin();
         let mut grown = rows(&[(1, 2)]);
         grown.insert((owner(1), 3), 1);
-        let out = probe.admit(grown, over, |_| 1);
+        let out = probe.admit(grown, over, |_, _| 1);
         probe.finish();
         assert_eq!(out.len(), 3, "no series of owner 1 moves");
         assert_eq!(probe.fill().entries, 3);
@@ -277,10 +277,10 @@ mod tests {
         let mut first = budget.for_probe("first");
         let mut second = budget.for_probe("second");
         first.begin();
-        first.admit(rows(&[(1, 1)]), over, |_| 1);
+        first.admit(rows(&[(1, 1)]), over, |_, _| 1);
         first.finish();
         second.begin();
-        let out = second.admit(rows(&[(2, 1), (3, 1)]), over, |_| 1);
+        let out = second.admit(rows(&[(2, 1), (3, 1)]), over, |_, _| 1);
         second.finish();
         assert!(out.contains_key(&(owner(2), 1)));
         assert!(second.overflowed(&owner(3)));
@@ -293,7 +293,7 @@ mod tests {
         probe.begin();
         let mut input = BTreeMap::new();
         input.insert((Owner::overflow(None), 1u32), 5u64);
-        let out = probe.admit(input, over, |_| 1);
+        let out = probe.admit(input, over, |_, _| 1);
         probe.finish();
         assert_eq!(out[&(Owner::overflow(None), 1)], 5);
         assert_eq!(probe.refused(), 0);

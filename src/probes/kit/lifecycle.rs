@@ -65,6 +65,9 @@ impl Owner {
     }
 }
 
+/// When each owner's processes were first seen, for `SeriesCreated`.
+pub type FirstSeen = HashMap<Owner, SystemTime>;
+
 /// Adds `value` to the row `(owner, detail)` of `rows`.
 pub fn add_row<D: Ord, V: Accumulate>(
     rows: &mut BTreeMap<(Owner, D), V>,

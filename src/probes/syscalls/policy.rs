@@ -9,7 +9,7 @@ use crate::enrich::Workloads;
 use crate::model::LogLinearHistogram;
 use crate::probes::kit::budget::{histogram_samples, ProbeBudget, COUNTER_SAMPLES};
 use crate::probes::kit::idle::Accumulate;
-use crate::probes::kit::lifecycle::{ExitedExecutables, Owner, SeriesCreated};
+use crate::probes::kit::lifecycle::{ExitedExecutables, FirstSeen, Owner, SeriesCreated};
 
 /// One owner's series of one syscall. A call, its error and its latency sample travel
 /// together: rows merge whole, so that in every series errors never outnumber calls.
@@ -142,7 +142,7 @@ impl Policy {
         &mut self,
         live: Rows,
         overflow: Rows,
-        first_seen: &HashMap<Owner, SystemTime>,
+        first_seen: &FirstSeen,
         now: SystemTime,
     ) -> Rows {
         let mut rows = live;
@@ -152,7 +152,7 @@ impl Policy {
             }
         }
         let latency_samples = histogram_samples(self.latency_bounds);
-        let cost = |series: &SyscallSeries| {
+        let cost = |_: &u32, series: &SyscallSeries| {
             series.calls.map_or(0, |_| COUNTER_SAMPLES)
                 + series.errors.len() * COUNTER_SAMPLES
                 + series.latency.as_ref().map_or(0, |_| latency_samples)

@@ -13,13 +13,20 @@ use libbpf_rs::{Link, MapCore, MapFlags};
 use super::kit::programs::{load_degrading, AttemptError, Degraded, ProgramSpec};
 use super::util::{self, MapFill, ProbeError};
 use super::{BuiltIn, LoadContext, Probe};
+use super::kit::lifecycle::{FirstSeen, Owner};
+use crate::enrich::process::UNKNOWN_NAME;
 use crate::enrich::{ProcessTable, Workload};
 use crate::kernel::caps::{self, Need};
 use crate::model::{ClassicHistogram, Family, Labels, MetricKind, Value, OVERFLOW};
 
 pub mod config;
+mod policy;
 
 use config::TcpConfig;
+use policy::{LiveRow, Peer, Policy, Rows};
+
+/// An exited process's owner and series, to fold.
+type ExitedProcess = (Owner, Vec<(Peer, Stats)>);
 
 mod skel {
     include!(concat!(env!("OUT_DIR"), "/tcp.skel.rs"));
@@ -118,23 +125,7 @@ fn run_walk(skel: &TcpSkel<'_>) -> Result<(), libbpf_rs::Error> {
         .map(|_| ())
 }
 
-/// A series as exported: process, direction and peer.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-struct SeriesKey {
-    pid: Option<u32>,
-    name: String,
-    workload: Workload,
-    inbound: bool,
-    peer: String,
-    port: u16,
-}
-
-/// A process as its series name it: pid (when labelled) and executable.
-type ProcessGroup = (Option<u32>, String, Workload);
-/// A peer as its series name it: inbound, address, port.
-type Peer = (bool, String, u16);
-
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 struct Stats {
     opened: u64,
     active: i64,
@@ -231,14 +222,10 @@ pub struct TcpProbe {
     processes: ProcessTable<(u32, u16)>,
     pid_label: bool,
     exited_ttl: Duration,
-    max_peers: usize,
     duration_bounds: Vec<f64>,
     rtt_bounds: Vec<f64>,
-    /// Series of exited processes, folded per executable: counters never go back.
-    exited: BTreeMap<SeriesKey, Stats>,
-    expired_series: u64,
-    peers_folded: u64,
-    started: SystemTime,
+    /// Peer caps, where exited processes fold, what the budget admits, `_created`.
+    policy: Policy,
     fill: Vec<MapFill>,
     /// The sampler of open connections the kernel runs, and when it runs next.
     sampler: Option<Sampler>,
@@ -248,13 +235,6 @@ pub struct TcpProbe {
     next_sample: Instant,
     /// Listeners found in /proc at start, for the fill of `listeners`.
     seeded_listeners: u64,
-    /// The peers each process reports under their own labels: once kept, a peer stays
-    /// kept while the process lives, so a new peer never pushes an old one into the
-    /// overflow peer (its counters would jump from one series to the other).
-    kept_peers: HashMap<ProcessGroup, HashSet<Peer>>,
-    /// Executables with an aggregate of exited processes, at most
-    /// (processes.max_exited_executables); beyond, the overflow executable.
-    max_exited: usize,
     cgroups: util::CgroupTenants,
     shares: util::TenantShares,
 }
@@ -345,13 +325,15 @@ impl TcpProbe {
             processes: ProcessTable::new().with_workloads(workloads),
             pid_label: processes.pid_label,
             exited_ttl: Duration::from_secs(processes.exited_ttl_secs),
-            max_peers: settings.max_peers_per_process.get() as usize,
+            policy: Policy::new(
+                settings.max_peers_per_process.get() as usize,
+                (duration_bounds.len(), rtt_bounds.len()),
+                workloads.clone(),
+                processes.max_exited_executables.get() as usize,
+                context.budget.for_probe("tcp"),
+            ),
             duration_bounds,
             rtt_bounds,
-            exited: BTreeMap::new(),
-            expired_series: 0,
-            peers_folded: 0,
-            started: SystemTime::now(),
             fill: Vec::new(),
             cgroups: util::CgroupTenants::default(),
             shares: util::TenantShares::new(slots),
@@ -360,8 +342,6 @@ impl TcpProbe {
             sample_interval: sampling.then(|| Duration::from_secs(settings.sample_interval_secs)),
             next_sample: Instant::now(),
             seeded_listeners: 0,
-            kept_peers: HashMap::new(),
-            max_exited: processes.max_exited_executables.get() as usize,
         };
         if attach {
             if let (Some(interval), Some(_)) = (probe.sample_interval, &probe.sampler) {
@@ -483,42 +463,6 @@ impl TcpProbe {
         seeded
     }
 
-    /// Adds an expired process's series to the aggregate of its executable, within the
-    /// cap of executables (beyond, the overflow executable) and the peer cap (beyond,
-    /// the executable's overflow peer).
-    fn fold_exited(&mut self, series: SeriesKey, stats: &Stats) {
-        let mut key = SeriesKey {
-            pid: None,
-            ..series
-        };
-        if !self.exited.contains_key(&key) {
-            let same_executable =
-                |k: &SeriesKey, key: &SeriesKey| k.name == key.name && k.workload == key.workload;
-            let known = self.exited.keys().any(|k| same_executable(k, &key));
-            if !known {
-                let executables: HashSet<(&str, &Workload)> = self
-                    .exited
-                    .keys()
-                    .map(|k| (k.name.as_str(), &k.workload))
-                    .collect();
-                if executables.len() >= self.max_exited {
-                    key.name = OVERFLOW.into();
-                    key.workload = Workload::default();
-                }
-            }
-            let peers = self
-                .exited
-                .keys()
-                .filter(|k| same_executable(k, &key) && k.peer != OVERFLOW)
-                .count();
-            if key.peer != OVERFLOW && peers >= self.max_peers {
-                key.peer = OVERFLOW.into();
-                key.port = 0;
-            }
-        }
-        self.exited.entry(key).or_default().merge(stats);
-    }
-
     /// Runs the sampler over every open connection (it writes nothing to read).
     fn sample_open_connections(&self) {
         let outcome = match &self.sampler {
@@ -543,62 +487,69 @@ impl TcpProbe {
         util::percpu_array_u64(&self.skel.maps.counters, slot.0)
     }
 
+    /// The owner of a kernel series, and when its process was first seen.
+    fn owner(&mut self, key: &types::psc_tcp_key, now: Instant) -> (Owner, Option<SystemTime>) {
+        if key.tgid == 0 {
+            return (Owner::new(None, UNKNOWN_NAME, Workload::default()), None);
+        }
+        let process = (key.tgid, key.gen);
+        // The kernel's record only matters the first time a pid is seen.
+        let recorded = match self.processes.get(process) {
+            Some(_) => None,
+            None => {
+                let record_key = types::psc_process_key {
+                    tgid: key.tgid,
+                    gen: key.gen,
+                    ..Default::default()
+                };
+                util::recorded_process!(
+                    types,
+                    self.skel.maps.processes,
+                    util::plain_bytes(&record_key)
+                )
+            }
+        };
+        let (recorded_name, recorded_cgroup) = recorded.unzip();
+        let info = self.processes.observe_recorded(
+            process,
+            now,
+            recorded_name.as_deref(),
+            recorded_cgroup.as_ref(),
+        );
+        let pid = self.pid_label.then_some(key.tgid);
+        let owner = Owner::new(pid, info.name.clone(), info.workload.clone());
+        (owner, Some(info.first_seen))
+    }
+
     /// Reads the kernel's series; those of processes exited for the TTL (with no
-    /// connection left open) are folded into `exited` and deleted from the kernel.
-    fn read(&mut self, now: Instant) -> Vec<(SeriesKey, Stats)> {
+    /// connection left open) are taken from the kernel and folded by the policy.
+    fn read(&mut self, now: Instant) -> (Vec<LiveRow>, FirstSeen) {
         let mut rows = Vec::new();
+        let mut first_seen = HashMap::new();
         let mut entries = 0u64;
         self.shares.before_read(&self.skel.maps.tenant_added);
         let mut share_entries = self.shares.entries();
         for pid in self.processes.pids() {
             self.processes.observe(pid, now, None);
         }
-        let expired: std::collections::HashSet<(u32, u16)> = self
+        let expired: HashSet<(u32, u16)> = self
             .processes
             .expired(now, self.exited_ttl)
             .into_iter()
             .collect();
-        let mut still_open = std::collections::HashSet::new();
+        let mut still_open = HashSet::new();
+        let mut folding: HashMap<(u32, u16), ExitedProcess> = HashMap::new();
         for (key_bytes, values) in util::read_percpu(&self.skel.maps.series) {
             entries += 1;
-            let mut key = types::psc_tcp_key::default();
-            if plain::copy_from_bytes(&mut key, &key_bytes).is_err() {
+            let Some(key) = util::decode::<types::psc_tcp_key>(&key_bytes) else {
                 continue;
-            }
+            };
             let stats = Stats::from_percpu(&values);
             let process = (key.tgid, key.gen);
-            let record_key = types::psc_process_key {
-                tgid: key.tgid,
-                gen: key.gen,
-                ..Default::default()
-            };
-            let (name, workload) = if key.tgid == 0 {
-                ("unknown".to_string(), Workload::default())
-            } else {
-                // The kernel's record only matters the first time a pid is seen.
-                let recorded = match self.processes.get(process) {
-                    Some(_) => None,
-                    None => util::recorded_process!(
-                        types,
-                        self.skel.maps.processes,
-                        util::plain_bytes(&record_key)
-                    ),
-                };
-                let (recorded_name, recorded_cgroup) = recorded.unzip();
-                let info = self.processes.observe_recorded(
-                    process,
-                    now,
-                    recorded_name.as_deref(),
-                    recorded_cgroup.as_ref(),
-                );
-                (info.name.clone(), info.workload.clone())
-            };
-            let series = SeriesKey {
-                pid: (self.pid_label && key.tgid != 0).then_some(key.tgid),
-                name,
-                workload,
+            let (owner, seen) = self.owner(&key, now);
+            let peer = Peer {
                 inbound: key.direction == INBOUND,
-                peer: util::socket_address(key.family, &key.addr),
+                address: util::socket_address(key.family, &key.addr),
                 port: key.port,
             };
             if expired.contains(&process) && stats.active <= 0 {
@@ -613,53 +564,76 @@ impl TcpProbe {
                     // A connection was accepted for it between the read and the take.
                     still_open.insert(process);
                 }
-                self.fold_exited(series, &last);
-                self.expired_series += 1;
-            } else {
-                if self.shares.enabled() {
-                    // A dropped tenant's series (made before the kernel knew its
-                    // cgroup) took a place among those of no tenant.
-                    let slot = self.processes.workloads().tenant_slot(&series.workload) as usize;
-                    let slot = if slot < share_entries.len() { slot } else { 0 };
-                    share_entries[slot][0] += 1;
-                }
-                if expired.contains(&process) {
-                    // Exited, but a connection it opened is still open (a child has it,
-                    // or it is closing): its labels must not change under it.
-                    still_open.insert(process);
-                }
-                rows.push((series, stats));
+                let (_, series) = folding
+                    .entry(process)
+                    .or_insert_with(|| (owner, Vec::new()));
+                series.push((peer, last));
+                continue;
             }
+            if self.shares.enabled() {
+                // A dropped tenant's series (made before the kernel knew its cgroup)
+                // took a place among those of no tenant.
+                let slot = self.processes.workloads().tenant_slot(&owner.workload) as usize;
+                let slot = if slot < share_entries.len() { slot } else { 0 };
+                share_entries[slot][0] += 1;
+            }
+            if expired.contains(&process) {
+                // Exited, but a connection it opened is still open (a child has it, or
+                // it is closing): its labels must not change under it.
+                still_open.insert(process);
+            }
+            if let Some(seen) = seen {
+                first_seen.entry(owner.clone()).or_insert(seen);
+            }
+            rows.push((owner, peer, stats));
+        }
+        for (owner, series) in folding.into_values() {
+            self.policy.fold_exited(&owner, series);
         }
         for process in expired {
             if !still_open.contains(&process) {
-                self.processes.remove(process);
-                let record_key = types::psc_process_key {
-                    tgid: process.0,
-                    gen: process.1,
-                    ..Default::default()
-                };
-                let _ = self
-                    .skel
-                    .maps
-                    .processes
-                    .delete(util::plain_bytes(&record_key));
-                // A live process that took the pid over keeps its own.
-                if self
-                    .processes
-                    .pids()
-                    .iter()
-                    .all(|(pid, _)| *pid != process.0)
-                {
-                    self.kept_peers
-                        .retain(|(kept_pid, _, _), _| *kept_pid != Some(process.0));
-                }
+                self.forget(process);
             }
         }
         self.shares
             .after_read(&self.skel.maps.tenant_base, &share_entries);
-        // The overflow series, per tenant slot (0: no tenant) and direction.
         self.shares.read_folded(&self.skel.maps.tenant_folded);
+        rows.extend(self.read_overflow());
+        self.record_fill(entries);
+        (rows, first_seen)
+    }
+
+    /// Forgets an exited process: its kernel record, and the peers it kept unless a live
+    /// process took its pid over.
+    fn forget(&mut self, process: (u32, u16)) {
+        let Some(info) = self.processes.remove(process) else {
+            return;
+        };
+        let record_key = types::psc_process_key {
+            tgid: process.0,
+            gen: process.1,
+            ..Default::default()
+        };
+        let _ = self
+            .skel
+            .maps
+            .processes
+            .delete(util::plain_bytes(&record_key));
+        if self
+            .processes
+            .pids()
+            .iter()
+            .all(|(pid, _)| *pid != process.0)
+        {
+            let pid = self.pid_label.then_some(process.0);
+            self.policy
+                .forget(&Owner::new(pid, info.name, info.workload));
+        }
+    }
+
+    /// The overflow series, per tenant slot (0: no tenant) and direction.
+    fn read_overflow(&self) -> Vec<LiveRow> {
+        let mut rows = Vec::new();
         let tenant_slots = self.processes.workloads().tenant_slots();
         for tenant_slot in 0..tenant_slots.count() {
             for (direction, inbound) in [(0u32, false), (1u32, true)] {
@@ -674,24 +648,20 @@ impl TcpProbe {
                 };
                 let stats = Stats::from_percpu(&values);
                 if stats.opened > 0 || stats.failures.iter().any(|f| *f > 0) || stats.active != 0 {
-                    let workload = tenant_slots
-                        .name_of(tenant_slot)
-                        .map(Workload::of_tenant)
-                        .unwrap_or_default();
-                    rows.push((
-                        SeriesKey {
-                            pid: None,
-                            name: OVERFLOW.into(),
-                            workload,
-                            inbound,
-                            peer: OVERFLOW.into(),
-                            port: 0,
-                        },
-                        stats,
-                    ));
+                    let owner = Owner::overflow(tenant_slots.name_of(tenant_slot));
+                    let peer = Peer {
+                        inbound,
+                        address: OVERFLOW.into(),
+                        port: 0,
+                    };
+                    rows.push((owner, peer, stats));
                 }
             }
         }
+        rows
+    }
+
+    fn record_fill(&mut self, entries: u64) {
         self.fill = vec![
             MapFill {
                 map: "series",
@@ -712,72 +682,13 @@ impl TcpProbe {
                 capacity: u64::from(self.skel.maps.listeners.max_entries()),
             },
             self.cgroups.fill(&self.skel.maps.cgroup_tenants),
+            self.policy.exited().fill(),
+            self.policy.budget().fill(),
         ];
-        rows
-    }
-}
-
-impl Probe for TcpProbe {
-    fn name(&self) -> &'static str {
-        "tcp"
     }
 
-    fn attach_method(&self) -> String {
-        match &self.sampler {
-            Some(Sampler::Iterator(_)) => {
-                "tp_btf/inet_sock_set_state; open connections sampled by iter/bpf_map_elem".into()
-            }
-            Some(Sampler::Walk) => {
-                "tp_btf/inet_sock_set_state; open connections sampled by a syscall program's walk"
-                    .into()
-            }
-            None => "tp_btf/inet_sock_set_state".into(),
-        }
-    }
-
-    fn degraded(&self) -> &[Degraded] {
-        &self.degraded
-    }
-
-    fn tick(&mut self, now: Instant) -> Option<Instant> {
-        let interval = self.sample_interval?;
-        if now >= self.next_sample {
-            self.sample_open_connections();
-            self.next_sample = now + interval;
-        }
-        Some(self.next_sample)
-    }
-
-    fn collect(&mut self, now: Instant, out: &mut Vec<Family>) {
-        let rows = self.read(now);
-        // Peers per process within the cap; the rest fold into the process's overflow
-        // peer, so its totals stay exact.
-        let mut merged: BTreeMap<SeriesKey, Stats> = self.exited.clone();
-        let mut folded_now = 0;
-        let mut sorted = rows;
-        sorted.sort_by(|a, b| a.0.cmp(&b.0));
-        for (mut key, stats) in sorted {
-            if key.peer != OVERFLOW && key.name != OVERFLOW {
-                let kept = self
-                    .kept_peers
-                    .entry((key.pid, key.name.clone(), key.workload.clone()))
-                    .or_default();
-                let peer = (key.inbound, key.peer.clone(), key.port);
-                if !kept.contains(&peer) {
-                    if kept.len() < self.max_peers {
-                        kept.insert(peer);
-                    } else {
-                        key.peer = OVERFLOW.into();
-                        key.port = 0;
-                        folded_now += 1;
-                    }
-                }
-            }
-            merged.entry(key).or_default().merge(&stats);
-        }
-        // Peers over the cap at this collection; kept monotonic, as counters are.
-        self.peers_folded = self.peers_folded.max(folded_now);
-
+    /// The families of the series the policy exports.
+    fn families(&self, rows: &Rows, now: SystemTime) -> [Family; 8] {
         let mut opened = Family::new(
             "tcp_connections_opened",
             "TCP connections established, by direction: outbound (connected by the process) or inbound (accepted on its listening port).",
@@ -841,27 +752,24 @@ impl Probe for TcpProbe {
             MetricKind::Histogram,
         )
         .with_unit("seconds");
-        let created = self.started;
-        for (key, stats) in &merged {
-            let mut labels: Labels =
-                self.processes
-                    .workloads()
-                    .process_labels(key.pid, &key.name, &key.workload);
+        for ((owner, peer), stats) in rows {
+            let created = self.policy.created(owner, now);
+            let mut labels: Labels = owner.labels(self.processes.workloads());
             labels.push((
                 "direction",
-                if key.inbound { "inbound" } else { "outbound" }.to_string(),
+                if peer.inbound { "inbound" } else { "outbound" }.to_string(),
             ));
-            labels.push(("peer_address", key.peer.clone()));
+            labels.push(("peer_address", peer.address.clone()));
             // Outbound: the peer's port; inbound: the local listening port. Never the
             // ephemeral side.
-            if key.port != 0 {
+            if peer.port != 0 {
                 labels.push((
-                    if key.inbound {
+                    if peer.inbound {
                         "server_port"
                     } else {
                         "peer_port"
                     },
-                    key.port.to_string(),
+                    peer.port.to_string(),
                 ));
             }
             opened.push_created(labels.clone(), Value::Counter(stats.opened as f64), created);
@@ -886,7 +794,7 @@ impl Probe for TcpProbe {
                 )),
                 created,
             );
-            if !key.inbound {
+            if !peer.inbound {
                 for (reason, count) in FAILURE_REASONS.iter().zip(stats.failures) {
                     let mut labels = labels.clone();
                     labels.push(("reason", reason.to_string()));
@@ -903,7 +811,7 @@ impl Probe for TcpProbe {
                 );
             }
         }
-        out.extend([
+        [
             opened,
             failures,
             duration,
@@ -912,7 +820,46 @@ impl Probe for TcpProbe {
             received,
             retransmits,
             rtt,
-        ]);
+        ]
+    }
+}
+
+impl Probe for TcpProbe {
+    fn name(&self) -> &'static str {
+        "tcp"
+    }
+
+    fn attach_method(&self) -> String {
+        match &self.sampler {
+            Some(Sampler::Iterator(_)) => {
+                "tp_btf/inet_sock_set_state; open connections sampled by iter/bpf_map_elem".into()
+            }
+            Some(Sampler::Walk) => {
+                "tp_btf/inet_sock_set_state; open connections sampled by a syscall program's walk"
+                    .into()
+            }
+            None => "tp_btf/inet_sock_set_state".into(),
+        }
+    }
+
+    fn degraded(&self) -> &[Degraded] {
+        &self.degraded
+    }
+
+    fn tick(&mut self, now: Instant) -> Option<Instant> {
+        let interval = self.sample_interval?;
+        if now >= self.next_sample {
+            self.sample_open_connections();
+            self.next_sample = now + interval;
+        }
+        Some(self.next_sample)
+    }
+
+    fn collect(&mut self, now: Instant, out: &mut Vec<Family>) {
+        let (live, first_seen) = self.read(now);
+        let wall_now = SystemTime::now();
+        let rows = self.policy.export(live, &first_seen, wall_now);
+        out.extend(self.families(&rows, wall_now));
     }
 
     fn programs(&self) -> Vec<(String, BorrowedFd<'_>)> {
@@ -940,7 +887,9 @@ impl Probe for TcpProbe {
                 "listeners",
                 self.counter(Counter::PSC_TCP_LISTENERS_REFUSED),
             ),
-            ("peers", self.peers_folded),
+            ("peers", self.policy.peers_folded()),
+            ("exited_executables", self.policy.exited().refused()),
+            ("series_budget", self.policy.budget().refused()),
             ("cgroup_tenants", self.cgroups.refused),
         ]
     }
@@ -967,6 +916,6 @@ impl Probe for TcpProbe {
     }
 
     fn expired_series(&self) -> u64 {
-        self.expired_series
+        self.policy.expired_series()
     }
 }
