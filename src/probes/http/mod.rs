@@ -28,7 +28,10 @@ use tracing::{debug, info, warn};
 use super::kit::programs::{load_degrading, AttemptError, Degraded, Plan, ProgramSpec};
 use super::util::{self, MapFill, ProbeError};
 use super::{BuiltIn, LoadContext, Probe};
-use crate::enrich::{ProcessTable, Workload, Workloads};
+use super::kit::budget::histogram_samples;
+use super::kit::idle::Accumulate;
+use super::kit::lifecycle::{FirstSeen, Owner, ProcessSeries};
+use crate::enrich::{ProcessTable, Workloads};
 use crate::kernel::caps::{self, Need};
 use crate::model::histogram::{DurationBounds, LogLinearHistogram};
 use crate::model::span::{Span, SpanResource};
@@ -96,13 +99,14 @@ impl BuiltIn for Http {
     }
 }
 
-/// One series of exchanges.
+/// One series of exchanges: its owner (a process, an executable's exited processes,
+/// or overflow) and what it counts.
+type SeriesKey = (Owner, Exchanges);
+
+/// What a series counts: one kind of exchange.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-struct SeriesKey {
+struct Exchanges {
     role: Role,
-    pid: Option<u32>,
-    name: String,
-    workload: Workload,
     method: String,
     status: u16,
     route: String,
@@ -113,12 +117,25 @@ struct SeriesKey {
     tls: bool,
 }
 
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, PartialEq)]
 struct SeriesStats {
     duration_ns: LogLinearHistogram,
     request_bytes: LogLinearHistogram,
     response_bytes: LogLinearHistogram,
-    created: Option<SystemTime>,
+    /// When the series' process was first seen.
+    first_seen: Option<SystemTime>,
+}
+
+impl Accumulate for SeriesStats {
+    fn merge(&mut self, other: &Self) {
+        self.duration_ns.merge(&other.duration_ns);
+        self.request_bytes.merge(&other.request_bytes);
+        self.response_bytes.merge(&other.response_bytes);
+        self.first_seen = match (self.first_seen, other.first_seen) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+    }
 }
 
 impl SeriesStats {
@@ -178,9 +195,12 @@ pub struct HttpProbe {
     max_head_bytes: usize,
     /// Partial heads given up because the cap was reached.
     heads_abandoned: u64,
+    /// Series of live processes; those of exited processes are in `lifecycle`.
     series: BTreeMap<SeriesKey, SeriesStats>,
     max_series: usize,
     series_folded: u64,
+    /// Where exited processes' series fold, what the budget admits, `_created`.
+    lifecycle: ProcessSeries<Exchanges, SeriesStats>,
     routes: RouteTable,
     addresses: routes::PerServiceCap,
     /// Processes by tgid and generation (bpf/process.h).
@@ -196,7 +216,6 @@ pub struct HttpProbe {
     pending_execs: std::collections::BinaryHeap<std::cmp::Reverse<(Instant, u32)>>,
     execs_refused: u64,
     exited_ttl: Duration,
-    expired_series: u64,
     next_sweep: Instant,
     fill: Vec<MapFill>,
     /// Spans of exchanges, when traces are on.
@@ -327,6 +346,11 @@ impl HttpProbe {
             series: BTreeMap::new(),
             max_series: settings.max_series.get() as usize,
             series_folded: 0,
+            lifecycle: ProcessSeries::new(
+                workloads.clone(),
+                processes.max_exited_executables.get() as usize,
+                context.budget.for_probe("http"),
+            ),
             routes: RouteTable::new(patterns, settings.max_routes_per_service.get() as usize),
             addresses: routes::PerServiceCap::new(
                 settings.max_server_addresses_per_service.get() as usize
@@ -341,7 +365,6 @@ impl HttpProbe {
             pending_execs: std::collections::BinaryHeap::new(),
             execs_refused: 0,
             exited_ttl: Duration::from_secs(processes.exited_ttl_secs),
-            expired_series: 0,
             next_sweep: Instant::now(),
             fill: Vec::new(),
             spans: context.spans.map(spans::SpanMaker::new),
@@ -647,13 +670,13 @@ impl HttpProbe {
             if last.status == exchange.status
                 && last.method == exchange.method
                 && last.path == exchange.path
-                && last.key.tls == (event.tls != 0)
-                && last.key.role == role
+                && last.key.1.tls == (event.tls != 0)
+                && last.key.1.role == role
             {
                 if let Some(stats) = self.series.get_mut(&last.key) {
                     stats.record(&exchange);
                     if self.spans.is_some() {
-                        let route = last.key.route.clone();
+                        let route = last.key.1.route.clone();
                         self.finish_span(event, role, exchange, &route);
                     }
                     return;
@@ -662,7 +685,7 @@ impl HttpProbe {
         }
         let key = self.series_key(event, role, &exchange);
         // Folding into an overflow series is counted per exchange: never remembered.
-        let folded = [&key.name, &key.route, &key.server_address]
+        let folded = [&key.0.name, &key.1.route, &key.1.server_address]
             .iter()
             .any(|label| label.as_str() == OVERFLOW_NAME);
         if let (false, Some(tracked)) = (folded, self.connections.get_mut(&conn_key)) {
@@ -677,13 +700,11 @@ impl HttpProbe {
             .processes
             .get((event.tgid, event.gen))
             .map(|info| info.first_seen);
-        let route = self.spans.is_some().then(|| key.route.clone());
+        let route = self.spans.is_some().then(|| key.1.route.clone());
         let stats = self.series.entry(key).or_default();
-        // A series is created when its process was first seen, or, for a process gone
-        // before the agent could look, now: never at the epoch.
-        stats
-            .created
-            .get_or_insert_with(|| created.unwrap_or_else(SystemTime::now));
+        if stats.first_seen.is_none() {
+            stats.first_seen = created;
+        }
         stats.record(&exchange);
         if let Some(route) = route {
             self.finish_span(event, role, exchange, &route);
@@ -783,11 +804,9 @@ impl HttpProbe {
             }
             Role::Server => String::new(),
         };
-        let mut key = SeriesKey {
+        let owner = Owner::new(self.pid_label.then_some(tgid), name, workload);
+        let exchanges = Exchanges {
             role,
-            pid: self.pid_label.then_some(tgid),
-            name,
-            workload,
             method: normalize_method(&exchange.method),
             status: exchange.status,
             route,
@@ -795,22 +814,22 @@ impl HttpProbe {
             server_port,
             tls: event.tls != 0,
         };
-        if !self.series.contains_key(&key) && self.series.len() >= self.max_series {
-            self.series_folded += 1;
-            key = SeriesKey {
-                role,
-                pid: None,
-                name: OVERFLOW_NAME.into(),
-                workload: Workload::default(),
-                method: "_OTHER".into(),
-                status: exchange.status,
-                route: routes::OVERFLOW_ROUTE.into(),
-                server_address: String::new(),
-                server_port: 0,
-                tls: false,
-            };
+        let key = (owner, exchanges);
+        let held = self.series.len() + self.lifecycle.aggregates();
+        if self.series.contains_key(&key) || held < self.max_series {
+            return key;
         }
-        key
+        self.series_folded += 1;
+        let exchanges = Exchanges {
+            role,
+            method: "_OTHER".into(),
+            status: exchange.status,
+            route: routes::OVERFLOW_ROUTE.into(),
+            server_address: String::new(),
+            server_port: 0,
+            tls: false,
+        };
+        (Owner::overflow(None), exchanges)
     }
 
     /// Forgets connections of processes that exited (their fds closed without close(2)).
@@ -842,21 +861,23 @@ impl HttpProbe {
         }
     }
 
-    /// Series of processes gone for the TTL fold into per-executable series without a
-    /// pid (the rule the syscalls probe follows), and the processes are forgotten.
+    /// Series of processes gone for the TTL fold into the aggregate of their
+    /// executable (the rule every probe follows), and the processes are forgotten.
     fn expire(&mut self, now: Instant) {
         for pid in self.processes.pids() {
             self.processes.observe(pid, now, None);
         }
         // An expired process's series are those of its pid with its name and workload (a
-        // new process under a reused pid labels its own).
-        let expired: std::collections::HashSet<(u32, String, Workload)> = self
+        // new process under a reused pid labels its own). Without pid labels, series are
+        // per executable already.
+        let pid_label = self.pid_label;
+        let expired: std::collections::HashSet<Owner> = self
             .processes
             .expired(now, self.exited_ttl)
             .into_iter()
             .filter_map(|process| {
                 let info = self.processes.remove(process)?;
-                Some((process.0, info.name, info.workload))
+                pid_label.then(|| Owner::new(Some(process.0), info.name, info.workload))
             })
             .collect();
         if expired.is_empty() {
@@ -865,25 +886,35 @@ impl HttpProbe {
         let keys: Vec<SeriesKey> = self
             .series
             .keys()
-            .filter(|k| {
-                k.pid
-                    .is_some_and(|pid| expired.contains(&(pid, k.name.clone(), k.workload.clone())))
-            })
+            .filter(|(owner, _)| expired.contains(owner))
             .cloned()
             .collect();
+        let mut folding: BTreeMap<Owner, Vec<(Exchanges, SeriesStats)>> = BTreeMap::new();
         for key in keys {
             if let Some(stats) = self.series.remove(&key) {
-                let folded = self
-                    .series
-                    .entry(SeriesKey { pid: None, ..key })
-                    .or_default();
-                folded.duration_ns.merge(&stats.duration_ns);
-                folded.request_bytes.merge(&stats.request_bytes);
-                folded.response_bytes.merge(&stats.response_bytes);
-                folded.created = folded.created.or(stats.created);
-                self.expired_series += 1;
+                folding.entry(key.0).or_default().push((key.1, stats));
             }
         }
+        for (owner, rows) in folding {
+            self.lifecycle
+                .fold_exited(&owner, rows, |_, exchanges, _| exchanges);
+        }
+    }
+
+    /// The series to export, live and exited, under the series budget.
+    fn export(&mut self, now: SystemTime) -> BTreeMap<SeriesKey, SeriesStats> {
+        let mut first_seen = FirstSeen::new();
+        for ((owner, _), stats) in &self.series {
+            if let Some(seen) = stats.first_seen {
+                let earliest = first_seen.entry(owner.clone()).or_insert(seen);
+                *earliest = (*earliest).min(seen);
+            }
+        }
+        let duration = histogram_samples(self.durations.seconds.len());
+        let body = histogram_samples(self.body_bounds.len());
+        let cost = |_: &Exchanges, _: &SeriesStats| duration + 2 * body;
+        self.lifecycle
+            .export(self.series.clone(), &first_seen, now, cost)
     }
 
     fn counter(&self, slot: u32) -> u64 {
@@ -928,6 +959,8 @@ impl Probe for HttpProbe {
     fn collect(&mut self, now: Instant, out: &mut Vec<Family>) {
         self.drain();
         self.expire(now);
+        let wall_now = SystemTime::now();
+        let rows = self.export(wall_now);
         let mut families = [
             (Role::Server, "http_server_request_duration_seconds", "Duration of HTTP server requests, from the first byte read to the last byte of the response written."),
             (Role::Client, "http_client_request_duration_seconds", "Duration of HTTP client requests, from the request written to the last byte of the response read."),
@@ -966,11 +999,11 @@ impl Probe for HttpProbe {
                 Family::new(name, help, MetricKind::Histogram).with_unit("bytes"),
             )
         });
-        for (key, stats) in &self.series {
-            let labels = series_labels(self.processes.workloads(), key);
-            let created = stats.created.unwrap_or(SystemTime::UNIX_EPOCH);
+        for ((owner, exchanges), stats) in &rows {
+            let labels = series_labels(self.processes.workloads(), owner, exchanges);
+            let created = self.lifecycle.created(owner, wall_now);
             for (role, family) in families.iter_mut() {
-                if *role == key.role {
+                if *role == exchanges.role {
                     family.push_created(
                         labels.clone(),
                         Value::Histogram(self.durations.classic(&stats.duration_ns)),
@@ -979,7 +1012,7 @@ impl Probe for HttpProbe {
                 }
             }
             for (role, request, family) in bodies.iter_mut() {
-                if *role == key.role {
+                if *role == exchanges.role {
                     let hist = if *request {
                         &stats.request_bytes
                     } else {
@@ -1019,10 +1052,11 @@ impl Probe for HttpProbe {
             },
             MapFill {
                 map: "series",
-                entries: self.series.len() as u64,
+                entries: (self.series.len() + self.lifecycle.aggregates()) as u64,
                 capacity: self.max_series as u64,
             },
         ];
+        self.fill.extend(self.lifecycle.fill());
     }
 
     fn programs(&self) -> Vec<(String, BorrowedFd<'_>)> {
@@ -1060,6 +1094,8 @@ impl Probe for HttpProbe {
             ("connections", self.connections_refused),
             ("head_buffers", self.heads_abandoned),
             ("series", self.series_folded),
+            ("exited_executables", self.lifecycle.exited_refused()),
+            ("series_budget", self.lifecycle.budget_refused()),
             ("routes", self.routes.folded()),
             ("server_addresses", self.addresses.folded()),
             ("tls_unknown_socket", self.counter(2)),
@@ -1086,7 +1122,7 @@ impl Probe for HttpProbe {
     }
 
     fn expired_series(&self) -> u64 {
-        self.expired_series
+        self.lifecycle.expired_series()
     }
 }
 
@@ -1095,8 +1131,8 @@ fn peer_address(peer: &types::psc_peer) -> String {
     util::socket_address(peer.family, &peer.addr)
 }
 
-fn series_labels(workloads: &Workloads, key: &SeriesKey) -> Labels {
-    let mut labels = workloads.process_labels(key.pid, &key.name, &key.workload);
+fn series_labels(workloads: &Workloads, owner: &Owner, key: &Exchanges) -> Labels {
+    let mut labels = owner.labels(workloads);
     labels.push(("http_request_method", key.method.clone()));
     labels.push(("http_response_status_code", key.status.to_string()));
     labels.push(("http_route", key.route.clone()));

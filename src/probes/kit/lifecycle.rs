@@ -10,6 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::SystemTime;
 
+use super::budget::ProbeBudget;
 use super::idle::Accumulate;
 use crate::enrich::{Workload, Workloads};
 use crate::model::{Labels, OVERFLOW};
@@ -161,6 +162,113 @@ impl SeriesCreated {
     /// The creation time of an owner's series; `now` for one not stamped.
     pub fn of(&self, owner: &Owner) -> Option<SystemTime> {
         self.created.get(owner).copied()
+    }
+}
+
+/// A probe's series through their life: the aggregates exited processes fold into,
+/// the budget live series are admitted under, and their `_created`. Rows are keyed by
+/// owner and a probe's own detail `D` (syscall, peer, route...).
+pub struct ProcessSeries<D, V> {
+    workloads: Workloads,
+    exited: ExitedExecutables,
+    aggregates: BTreeMap<(Owner, D), V>,
+    created: SeriesCreated,
+    budget: ProbeBudget,
+    expired_series: u64,
+}
+
+impl<D: Ord + Clone, V: Accumulate> ProcessSeries<D, V> {
+    pub fn new(workloads: Workloads, max_exited_executables: usize, budget: ProbeBudget) -> Self {
+        ProcessSeries {
+            workloads,
+            exited: ExitedExecutables::new(max_exited_executables),
+            aggregates: BTreeMap::new(),
+            created: SeriesCreated::default(),
+            budget,
+            expired_series: 0,
+        }
+    }
+
+    /// Folds the rows a process gone for the TTL exported under `owner` into their
+    /// aggregate; `place` may move a row's detail within it (a probe's own caps). The
+    /// owner they went to.
+    pub fn fold_exited(
+        &mut self,
+        owner: &Owner,
+        rows: impl IntoIterator<Item = (D, V)>,
+        mut place: impl FnMut(&Owner, D, &BTreeMap<(Owner, D), V>) -> D,
+    ) -> Owner {
+        let overflow = owner.overflow_of(&self.workloads);
+        let into = self
+            .exited
+            .destination(owner, self.budget.overflowed(owner), overflow);
+        for (detail, value) in rows {
+            let detail = place(&into, detail, &self.aggregates);
+            add_row(&mut self.aggregates, into.clone(), detail, &value);
+            self.expired_series += 1;
+        }
+        into
+    }
+
+    /// The series to export: `live` (the live processes' rows and the kernel's
+    /// overflow rows) and the aggregates, merged by owner under the series budget;
+    /// `cost` is a row's samples. `first_seen` stamps owners for `_created`.
+    pub fn export(
+        &mut self,
+        mut live: BTreeMap<(Owner, D), V>,
+        first_seen: &FirstSeen,
+        now: SystemTime,
+        cost: impl Fn(&D, &V) -> usize,
+    ) -> BTreeMap<(Owner, D), V> {
+        for ((owner, detail), value) in &self.aggregates {
+            add_row(&mut live, owner.clone(), detail.clone(), value);
+        }
+        let workloads = &self.workloads;
+        self.budget.begin();
+        let rows = self
+            .budget
+            .admit(live, |owner| owner.overflow_of(workloads), cost);
+        self.budget.finish();
+        self.created.refresh(
+            rows.keys()
+                .map(|(owner, _)| (owner, first_seen.get(owner).copied())),
+            now,
+        );
+        rows
+    }
+
+    /// When an exported owner's series started counting.
+    pub fn created(&self, owner: &Owner, now: SystemTime) -> SystemTime {
+        self.created.of(owner).unwrap_or(now)
+    }
+
+    /// Aggregate rows held.
+    pub fn aggregates(&self) -> usize {
+        self.aggregates.len()
+    }
+
+    pub fn workloads(&self) -> &Workloads {
+        &self.workloads
+    }
+
+    /// Exited processes folded into overflow by the cap of executables.
+    pub fn exited_refused(&self) -> u64 {
+        self.exited.refused()
+    }
+
+    /// Owners the budget sent to overflow.
+    pub fn budget_refused(&self) -> u64 {
+        self.budget.refused()
+    }
+
+    /// The fill of the exited executables and of the budget.
+    pub fn fill(&self) -> [MapFill; 2] {
+        [self.exited.fill(), self.budget.fill()]
+    }
+
+    /// Rows of exited processes folded so far.
+    pub fn expired_series(&self) -> u64 {
+        self.expired_series
     }
 }
 

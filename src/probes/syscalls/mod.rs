@@ -33,7 +33,7 @@ use config::SyscallsConfig;
 use fast::FastTable;
 use policy::{Policy, Rows, SyscallSeries};
 use super::kit::idle::Accumulate;
-use super::kit::lifecycle::Owner;
+use super::kit::lifecycle::{Owner, ProcessSeries};
 
 mod skel {
     include!(concat!(env!("OUT_DIR"), "/syscalls.skel.rs"));
@@ -313,9 +313,11 @@ impl SyscallsProbe {
             policy: Policy::new(
                 settings.latency_per_process,
                 settings.duration_buckets_seconds.0.len(),
-                workloads.clone(),
-                processes.max_exited_executables.get() as usize,
-                context.budget.for_probe("syscalls"),
+                ProcessSeries::new(
+                    workloads.clone(),
+                    processes.max_exited_executables.get() as usize,
+                    context.budget.for_probe("syscalls"),
+                ),
             ),
             fill: Vec::new(),
             cgroups: util::CgroupTenants::default(),
@@ -708,7 +710,7 @@ impl SyscallsProbe {
         .with_unit("seconds");
         let workloads = self.processes.workloads();
         for ((owner, nr), series) in rows {
-            let created = self.policy.created(owner, now);
+            let created = self.policy.series().created(owner, now);
             let mut labels = owner.labels(workloads);
             labels.push(("syscall", syscall_name(*nr)));
             if let Some(count) = series.calls {
@@ -747,9 +749,8 @@ impl SyscallsProbe {
             fill("overflow_errors", &maps.overflow_errors),
             fill("comms", &maps.comms),
             self.cgroups.fill(&maps.cgroup_tenants),
-            self.policy.exited().fill(),
-            self.policy.budget().fill(),
         ];
+        self.fill.extend(self.policy.series().fill());
     }
 }
 
@@ -922,8 +923,9 @@ impl Probe for SyscallsProbe {
             .iter()
             .map(|(map, slot)| (*map, self.folded_count(slot.0)))
             .collect();
-        folded.push(("exited_executables", self.policy.exited().refused()));
-        folded.push(("series_budget", self.policy.budget().refused()));
+        let series = self.policy.series();
+        folded.push(("exited_executables", series.exited_refused()));
+        folded.push(("series_budget", series.budget_refused()));
         folded.push(("cgroup_tenants", self.cgroups.refused));
         folded
     }
@@ -954,7 +956,7 @@ impl Probe for SyscallsProbe {
     }
 
     fn expired_series(&self) -> u64 {
-        self.policy.expired_series()
+        self.policy.series().expired_series()
     }
 }
 

@@ -2,14 +2,13 @@
 //! the maps belongs to, where the rows of exited processes fold, and what the series
 //! budget admits. `mod.rs` reads the kernel and hands the rows over.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::time::SystemTime;
 
-use crate::enrich::Workloads;
 use crate::model::LogLinearHistogram;
-use crate::probes::kit::budget::{histogram_samples, ProbeBudget, COUNTER_SAMPLES};
+use crate::probes::kit::budget::{histogram_samples, COUNTER_SAMPLES};
 use crate::probes::kit::idle::Accumulate;
-use crate::probes::kit::lifecycle::{ExitedExecutables, FirstSeen, Owner, SeriesCreated};
+use crate::probes::kit::lifecycle::{add_row, FirstSeen, Owner, ProcessSeries};
 
 /// One owner's series of one syscall. A call, its error and its latency sample travel
 /// together: rows merge whole, so that in every series errors never outnumber calls.
@@ -65,33 +64,15 @@ pub struct Policy {
     latency_per_process: bool,
     /// Finite buckets of the latency histograms, for their cost in samples.
     latency_bounds: usize,
-    workloads: Workloads,
-    exited: ExitedExecutables,
-    /// The aggregates of exited processes, per executable (or overflow).
-    aggregates: Rows,
-    created: SeriesCreated,
-    budget: ProbeBudget,
-    /// Rows of exited processes folded so far.
-    expired_series: u64,
+    series: ProcessSeries<u32, SyscallSeries>,
 }
 
 impl Policy {
-    pub fn new(
-        latency_per_process: bool,
-        latency_bounds: usize,
-        workloads: Workloads,
-        max_exited_executables: usize,
-        budget: ProbeBudget,
-    ) -> Self {
+    pub fn new(latency_per_process: bool, latency_bounds: usize, series: ProcessSeries<u32, SyscallSeries>) -> Self {
         Policy {
             latency_per_process,
             latency_bounds,
-            workloads,
-            exited: ExitedExecutables::new(max_exited_executables),
-            aggregates: Rows::new(),
-            created: SeriesCreated::default(),
-            budget,
-            expired_series: 0,
+            series,
         }
     }
 
@@ -99,57 +80,36 @@ impl Policy {
     pub fn add_process(&self, rows: &mut Rows, owner: &Owner, nr: u32, mut series: SyscallSeries) {
         if !self.latency_per_process {
             if let Some(latency) = series.take_latency() {
-                rows.entry((owner.executable(), nr))
-                    .or_default()
-                    .merge(&latency);
+                add_row(rows, owner.executable(), nr, &latency);
             }
         }
         if !series.is_empty() {
-            rows.entry((owner.clone(), nr)).or_default().merge(&series);
+            add_row(rows, owner.clone(), nr, &series);
         }
     }
 
     /// Folds the rows of a process gone for the TTL into the aggregate of its
-    /// executable, where its totals stay.
+    /// executable, where its totals stay: each under the owner it was exported by (the
+    /// process, and its executable for latency).
     pub fn fold_exited(&mut self, owner: &Owner, rows: BTreeMap<u32, SyscallSeries>) {
         let mut process_rows = Rows::new();
         for (nr, series) in rows {
             self.add_process(&mut process_rows, owner, nr, series);
         }
-        // One destination per owner the rows were exported under (the process, and its
-        // executable for latency).
-        let mut destinations: HashMap<Owner, Owner> = HashMap::new();
+        let mut by_owner: BTreeMap<Owner, Vec<(u32, SyscallSeries)>> = BTreeMap::new();
         for ((exported_as, nr), series) in process_rows {
-            let into = match destinations.get(&exported_as) {
-                Some(into) => into.clone(),
-                None => {
-                    let overflow = exported_as.overflow_of(&self.workloads);
-                    let overflowed = self.budget.overflowed(&exported_as);
-                    let into = self.exited.destination(&exported_as, overflowed, overflow);
-                    destinations.insert(exported_as, into.clone());
-                    into
-                }
-            };
-            self.aggregates.entry((into, nr)).or_default().merge(&series);
-            self.expired_series += 1;
+            by_owner.entry(exported_as).or_default().push((nr, series));
+        }
+        for (exported_as, rows) in by_owner {
+            self.series.fold_exited(&exported_as, rows, |_, nr, _| nr);
         }
     }
 
     /// The series to export: the live processes' rows, the aggregates and the kernel's
-    /// overflow rows, merged by owner under the series budget. `first_seen` stamps the
-    /// processes' owners for `_created`.
-    pub fn export(
-        &mut self,
-        live: Rows,
-        overflow: Rows,
-        first_seen: &FirstSeen,
-        now: SystemTime,
-    ) -> Rows {
-        let mut rows = live;
-        for source in [&self.aggregates, &overflow] {
-            for (key, series) in source {
-                rows.entry(key.clone()).or_default().merge(series);
-            }
+    /// overflow rows, merged by owner under the series budget.
+    pub fn export(&mut self, mut live: Rows, overflow: Rows, first_seen: &FirstSeen, now: SystemTime) -> Rows {
+        for ((owner, nr), series) in overflow {
+            add_row(&mut live, owner, nr, &series);
         }
         let latency_samples = histogram_samples(self.latency_bounds);
         let cost = |_: &u32, series: &SyscallSeries| {
@@ -157,55 +117,28 @@ impl Policy {
                 + series.errors.len() * COUNTER_SAMPLES
                 + series.latency.as_ref().map_or(0, |_| latency_samples)
         };
-        let workloads = &self.workloads;
-        self.budget.begin();
-        let rows = self
-            .budget
-            .admit(rows, |owner| owner.overflow_of(workloads), cost);
-        self.budget.finish();
-        self.created.refresh(
-            rows.keys()
-                .map(|(owner, _)| (owner, first_seen.get(owner).copied())),
-            now,
-        );
-        rows
+        self.series.export(live, first_seen, now, cost)
     }
 
-    /// When an exported owner's series started counting.
-    pub fn created(&self, owner: &Owner, now: SystemTime) -> SystemTime {
-        self.created.of(owner).unwrap_or(now)
-    }
-
-    pub fn exited(&self) -> &ExitedExecutables {
-        &self.exited
-    }
-
-    pub fn budget(&self) -> &ProbeBudget {
-        &self.budget
-    }
-
-    pub fn expired_series(&self) -> u64 {
-        self.expired_series
+    pub fn series(&self) -> &ProcessSeries<u32, SyscallSeries> {
+        &self.series
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::enrich::Workload;
+    use crate::enrich::{Workload, Workloads};
     use crate::probes::kit::budget::SeriesBudget;
+    use std::collections::HashMap;
     use std::time::Duration;
 
     const READ: u32 = 0;
 
     fn policy(per_process: bool, max_exited: usize, budget: usize) -> Policy {
-        Policy::new(
-            per_process,
-            22,
-            Workloads::default(),
-            max_exited,
-            SeriesBudget::new(budget).for_probe("syscalls"),
-        )
+        let budget = SeriesBudget::new(budget).for_probe("syscalls");
+        let series = ProcessSeries::new(Workloads::default(), max_exited, budget);
+        Policy::new(per_process, 22, series)
     }
 
     fn process(pid: u32, name: &str) -> Owner {
@@ -265,7 +198,7 @@ mod tests {
         assert_eq!(aggregate.calls, Some(6));
         assert_eq!(aggregate.errors[&11], 2);
         assert_eq!(aggregate.latency.as_ref().map(|h| h.count()), Some(6));
-        assert_eq!(policy.expired_series(), 2);
+        assert_eq!(policy.series().expired_series(), 2);
     }
 
     #[test]
@@ -281,7 +214,7 @@ mod tests {
         assert_eq!(overflow.calls, Some(1));
         assert_eq!(overflow.errors[&11], 1);
         // One process refused, however many of its series.
-        assert_eq!(policy.exited().refused(), 1);
+        assert_eq!(policy.series().exited_refused(), 1);
         errors_never_outnumber_calls(&rows);
     }
 
@@ -315,8 +248,8 @@ mod tests {
         let mut live = Rows::new();
         live.insert((owner.clone(), READ), series(1, 0, 0));
         policy.export(live.clone(), Rows::new(), &first_seen, now());
-        assert_eq!(policy.created(&owner, now()), seen);
+        assert_eq!(policy.series().created(&owner, now()), seen);
         policy.export(live, Rows::new(), &HashMap::new(), now() + Duration::from_secs(5));
-        assert_eq!(policy.created(&owner, now()), seen);
+        assert_eq!(policy.series().created(&owner, now()), seen);
     }
 }

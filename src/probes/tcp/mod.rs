@@ -13,7 +13,7 @@ use libbpf_rs::{Link, MapCore, MapFlags};
 use super::kit::programs::{load_degrading, AttemptError, Degraded, ProgramSpec};
 use super::util::{self, MapFill, ProbeError};
 use super::{BuiltIn, LoadContext, Probe};
-use super::kit::lifecycle::{FirstSeen, Owner};
+use super::kit::lifecycle::{FirstSeen, Owner, ProcessSeries};
 use crate::enrich::process::UNKNOWN_NAME;
 use crate::enrich::{ProcessTable, Workload};
 use crate::kernel::caps::{self, Need};
@@ -328,9 +328,11 @@ impl TcpProbe {
             policy: Policy::new(
                 settings.max_peers_per_process.get() as usize,
                 (duration_bounds.len(), rtt_bounds.len()),
-                workloads.clone(),
-                processes.max_exited_executables.get() as usize,
-                context.budget.for_probe("tcp"),
+                ProcessSeries::new(
+                    workloads.clone(),
+                    processes.max_exited_executables.get() as usize,
+                    context.budget.for_probe("tcp"),
+                ),
             ),
             duration_bounds,
             rtt_bounds,
@@ -682,9 +684,8 @@ impl TcpProbe {
                 capacity: u64::from(self.skel.maps.listeners.max_entries()),
             },
             self.cgroups.fill(&self.skel.maps.cgroup_tenants),
-            self.policy.exited().fill(),
-            self.policy.budget().fill(),
         ];
+        self.fill.extend(self.policy.series().fill());
     }
 
     /// The families of the series the policy exports.
@@ -753,7 +754,7 @@ impl TcpProbe {
         )
         .with_unit("seconds");
         for ((owner, peer), stats) in rows {
-            let created = self.policy.created(owner, now);
+            let created = self.policy.series().created(owner, now);
             let mut labels: Labels = owner.labels(self.processes.workloads());
             labels.push((
                 "direction",
@@ -888,8 +889,8 @@ impl Probe for TcpProbe {
                 self.counter(Counter::PSC_TCP_LISTENERS_REFUSED),
             ),
             ("peers", self.policy.peers_folded()),
-            ("exited_executables", self.policy.exited().refused()),
-            ("series_budget", self.policy.budget().refused()),
+            ("exited_executables", self.policy.series().exited_refused()),
+            ("series_budget", self.policy.series().budget_refused()),
             ("cgroup_tenants", self.cgroups.refused),
         ]
     }
@@ -916,6 +917,6 @@ impl Probe for TcpProbe {
     }
 
     fn expired_series(&self) -> u64 {
-        self.policy.expired_series()
+        self.policy.series().expired_series()
     }
 }

@@ -6,11 +6,10 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::SystemTime;
 
 use super::Stats;
-use crate::enrich::Workloads;
 use crate::model::OVERFLOW;
-use crate::probes::kit::budget::{histogram_samples, ProbeBudget, COUNTER_SAMPLES};
+use crate::probes::kit::budget::{histogram_samples, COUNTER_SAMPLES};
 use crate::probes::kit::idle::Accumulate;
-use crate::probes::kit::lifecycle::{ExitedExecutables, FirstSeen, Owner, SeriesCreated};
+use crate::probes::kit::lifecycle::{add_row, FirstSeen, Owner, ProcessSeries};
 
 /// The other end of a process's series: direction, address, and port (outbound: the
 /// peer's; inbound: the local listening port).
@@ -53,22 +52,14 @@ pub struct Policy {
     peers_folded: u64,
     duration_bounds: usize,
     rtt_bounds: usize,
-    workloads: Workloads,
-    exited: ExitedExecutables,
-    /// Series of exited processes, folded per executable: counters never go back.
-    aggregates: Rows,
-    created: SeriesCreated,
-    budget: ProbeBudget,
-    expired_series: u64,
+    series: ProcessSeries<Peer, Stats>,
 }
 
 impl Policy {
     pub fn new(
         max_peers: usize,
         (duration_bounds, rtt_bounds): (usize, usize),
-        workloads: Workloads,
-        max_exited_executables: usize,
-        budget: ProbeBudget,
+        series: ProcessSeries<Peer, Stats>,
     ) -> Self {
         Policy {
             max_peers,
@@ -76,12 +67,7 @@ impl Policy {
             peers_folded: 0,
             duration_bounds,
             rtt_bounds,
-            workloads,
-            exited: ExitedExecutables::new(max_exited_executables),
-            aggregates: Rows::new(),
-            created: SeriesCreated::default(),
-            budget,
-            expired_series: 0,
+            series,
         }
     }
 
@@ -89,25 +75,21 @@ impl Policy {
     /// into the aggregate of its executable, within the cap of executables (beyond,
     /// the overflow series) and the peer cap (beyond, the executable's overflow peer).
     pub fn fold_exited(&mut self, owner: &Owner, rows: Vec<(Peer, Stats)>) {
-        let overflow = owner.overflow_of(&self.workloads);
-        let into = self
-            .exited
-            .destination(owner, self.budget.overflowed(owner), overflow);
-        for (peer, stats) in rows {
-            let mut key = (into.clone(), peer);
-            if !self.aggregates.contains_key(&key) && !key.1.is_overflow() {
-                let peers = self
-                    .aggregates
-                    .keys()
-                    .filter(|(owner, peer)| *owner == into && !peer.is_overflow())
-                    .count();
-                if peers >= self.max_peers {
-                    key.1 = Peer::overflow(key.1.inbound);
-                }
+        let max_peers = self.max_peers;
+        self.series.fold_exited(owner, rows, |into, peer, aggregates| {
+            if peer.is_overflow() || aggregates.contains_key(&(into.clone(), peer.clone())) {
+                return peer;
             }
-            self.aggregates.entry(key).or_default().merge(&stats);
-            self.expired_series += 1;
-        }
+            let peers = aggregates
+                .keys()
+                .filter(|(owner, peer)| owner == into && !peer.is_overflow())
+                .count();
+            if peers >= max_peers {
+                Peer::overflow(peer.inbound)
+            } else {
+                peer
+            }
+        });
     }
 
     /// Forgets the peers a process kept, once it is gone and no live process took its
@@ -118,13 +100,8 @@ impl Policy {
 
     /// The series to export: the live rows with peers within each process's cap, the
     /// aggregates and the kernel's overflow rows, under the series budget.
-    pub fn export(
-        &mut self,
-        mut live: Vec<LiveRow>,
-        first_seen: &FirstSeen,
-        now: SystemTime,
-    ) -> Rows {
-        let mut rows = self.aggregates.clone();
+    pub fn export(&mut self, mut live: Vec<LiveRow>, first_seen: &FirstSeen, now: SystemTime) -> Rows {
+        let mut rows = Rows::new();
         let mut folded_now = 0;
         live.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
         for (owner, mut peer, stats) in live {
@@ -139,7 +116,7 @@ impl Policy {
                     }
                 }
             }
-            rows.entry((owner, peer)).or_default().merge(&stats);
+            add_row(&mut rows, owner, peer, &stats);
         }
         // Peers over the cap at this collection; kept monotonic, as counters are.
         self.peers_folded = self.peers_folded.max(folded_now);
@@ -147,46 +124,22 @@ impl Policy {
             histogram_samples(self.duration_bounds),
             histogram_samples(self.rtt_bounds),
         );
-        let workloads = &self.workloads;
-        self.budget.begin();
-        let rows = self.budget.admit(
-            rows,
-            |owner| owner.overflow_of(workloads),
-            |peer, _| {
-                if peer.inbound {
-                    inbound_samples(rtt)
-                } else {
-                    outbound_samples(duration, rtt)
-                }
-            },
-        );
-        self.budget.finish();
-        self.created.refresh(
-            rows.keys()
-                .map(|(owner, _)| (owner, first_seen.get(owner).copied())),
-            now,
-        );
-        rows
-    }
-
-    pub fn created(&self, owner: &Owner, now: SystemTime) -> SystemTime {
-        self.created.of(owner).unwrap_or(now)
+        let cost = |peer: &Peer, _: &Stats| {
+            if peer.inbound {
+                inbound_samples(rtt)
+            } else {
+                outbound_samples(duration, rtt)
+            }
+        };
+        self.series.export(rows, first_seen, now, cost)
     }
 
     pub fn peers_folded(&self) -> u64 {
         self.peers_folded
     }
 
-    pub fn exited(&self) -> &ExitedExecutables {
-        &self.exited
-    }
-
-    pub fn budget(&self) -> &ProbeBudget {
-        &self.budget
-    }
-
-    pub fn expired_series(&self) -> u64 {
-        self.expired_series
+    pub fn series(&self) -> &ProcessSeries<Peer, Stats> {
+        &self.series
     }
 }
 
@@ -210,18 +163,14 @@ impl Accumulate for Stats {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::enrich::Workload;
+    use crate::enrich::{Workload, Workloads};
     use crate::probes::kit::budget::SeriesBudget;
     use std::time::Duration;
 
     fn policy(max_peers: usize, max_exited: usize, budget: usize) -> Policy {
-        Policy::new(
-            max_peers,
-            (10, 10),
-            Workloads::default(),
-            max_exited,
-            SeriesBudget::new(budget).for_probe("tcp"),
-        )
+        let budget = SeriesBudget::new(budget).for_probe("tcp");
+        let series = ProcessSeries::new(Workloads::default(), max_exited, budget);
+        Policy::new(max_peers, (10, 10), series)
     }
 
     fn process(pid: u32, name: &str) -> Owner {
@@ -282,8 +231,8 @@ mod tests {
         assert_eq!(rows[&(a.clone(), peer("10.0.0.1"))].opened, 1);
         assert_eq!(rows[&(a, Peer::overflow(false))].opened, 2);
         assert_eq!(rows[&(Owner::overflow(None), peer("10.0.0.1"))].opened, 4);
-        assert_eq!(policy.exited().refused(), 1);
-        assert_eq!(policy.expired_series(), 3);
+        assert_eq!(policy.series().exited_refused(), 1);
+        assert_eq!(policy.series().expired_series(), 3);
         assert_eq!(total(&rows), 7);
     }
 
