@@ -20,31 +20,13 @@ struct psc_feature_lock {
 	__u64 value;
 };
 
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 4);
-	__type(key, __u32);
-	__type(value, struct psc_feature_lock);
-} locked SEC(".maps");
+PSC_HASH(locked, __u32, struct psc_feature_lock, 4);
 
-struct {
-	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, 4096);
-} ring SEC(".maps");
+PSC_RINGBUF(ring, 4096);
 
-struct {
-	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, int);
-	__type(value, __u64);
-} task_store SEC(".maps");
+PSC_TASK_STORAGE(task_store, __u64);
 
-struct {
-	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, int);
-	__type(value, __u64);
-} sock_store SEC(".maps");
+PSC_SK_STORAGE(sock_store, __u64);
 
 SEC("tp_btf/sched_switch")
 int BPF_PROG(psc_feat_tp_btf)

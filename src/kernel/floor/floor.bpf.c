@@ -58,12 +58,7 @@ int BPF_PROG(psc_floor_state)
 #define FLOOR_NR_SENDTO 44
 #define FLOOR_NR_RECVFROM 45
 
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, char[FLOOR_COPY]);
-} floor_bytes SEC(".maps");
+PSC_PERCPU_ARRAY(floor_bytes, char[FLOOR_COPY], 1);
 
 static __always_inline int floor_copy(struct sock *sk, int ret)
 {
