@@ -14,26 +14,17 @@ pub struct Capability {
     pub name: &'static str,
 }
 
-pub const DAC_READ_SEARCH: Capability = Capability {
-    number: 2,
-    name: "CAP_DAC_READ_SEARCH",
-};
-pub const SYS_PTRACE: Capability = Capability {
-    number: 19,
-    name: "CAP_SYS_PTRACE",
-};
-pub const SYS_ADMIN: Capability = Capability {
-    number: 21,
-    name: "CAP_SYS_ADMIN",
-};
-pub const PERFMON: Capability = Capability {
-    number: 38,
-    name: "CAP_PERFMON",
-};
-pub const BPF: Capability = Capability {
-    number: 39,
-    name: "CAP_BPF",
-};
+impl Capability {
+    const fn new(number: u32, name: &'static str) -> Capability {
+        Capability { number, name }
+    }
+}
+
+pub const DAC_READ_SEARCH: Capability = Capability::new(2, "CAP_DAC_READ_SEARCH");
+pub const SYS_PTRACE: Capability = Capability::new(19, "CAP_SYS_PTRACE");
+pub const SYS_ADMIN: Capability = Capability::new(21, "CAP_SYS_ADMIN");
+pub const PERFMON: Capability = Capability::new(38, "CAP_PERFMON");
+pub const BPF: Capability = Capability::new(39, "CAP_BPF");
 
 /// A capability the configuration needs, and what for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
