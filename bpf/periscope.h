@@ -1,6 +1,8 @@
 /* Definitions shared by every Periscope BPF program. */
 #pragma once
 
+#include "maps.h"
+
 /* Licence of the BPF objects: helpers such as bpf_probe_read_kernel need a GPL-compatible one. */
 #define PSC_LICENSE "Dual BSD/GPL"
 

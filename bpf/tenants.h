@@ -34,13 +34,7 @@ const volatile __u32 tenant_share[PSC_TENANT_MAPS] = {};
 __u32 cgroup_tenants_version = 0;
 
 /* Written by user space only, so allocated as it fills rather than up front. */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__uint(max_entries, 65536);
-	__type(key, __u64);
-	__type(value, __u32);
-} cgroup_tenants SEC(".maps");
+PSC_HASH_NO_PREALLOC(cgroup_tenants, __u64, __u32, 65536);
 
 /* The last cgroup each CPU saw, and its tenant: consecutive events mostly come from the
  * same cgroup, and an array lookup is inlined where a hash lookup costs a call. */
@@ -50,12 +44,7 @@ struct psc_cgroup_verdict {
 	__u32 tenant;
 };
 
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct psc_cgroup_verdict);
-} cgroup_verdicts SEC(".maps");
+PSC_PERCPU_ARRAY(cgroup_verdicts, struct psc_cgroup_verdict, 1);
 
 /*
  * Entries of each keyed map per slot, at index slot * PSC_TENANT_MAPS + map: those the
@@ -64,27 +53,12 @@ struct {
  * written by user space only). Their sum is the slot's entries now; entries user space
  * deletes are gone from its next count, so no count is ever shared by two writers.
  */
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, PSC_MAX_TENANT_SLOTS * PSC_TENANT_MAPS);
-	__type(key, __u32);
-	__type(value, __s64);
-} tenant_added SEC(".maps");
+PSC_ARRAY(tenant_added, __s64, PSC_MAX_TENANT_SLOTS * PSC_TENANT_MAPS);
 
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, PSC_MAX_TENANT_SLOTS * PSC_TENANT_MAPS);
-	__type(key, __u32);
-	__type(value, __s64);
-} tenant_base SEC(".maps");
+PSC_ARRAY(tenant_base, __s64, PSC_MAX_TENANT_SLOTS * PSC_TENANT_MAPS);
 
 /* New keys a slot's full share refused, by slot and map. */
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, PSC_MAX_TENANT_SLOTS * PSC_TENANT_MAPS);
-	__type(key, __u32);
-	__type(value, __u64);
-} tenant_folded SEC(".maps");
+PSC_PERCPU_ARRAY(tenant_folded, __u64, PSC_MAX_TENANT_SLOTS * PSC_TENANT_MAPS);
 
 /* The task's cgroup v2 id, read through its pointers rather than a helper call. */
 static __always_inline __u64 psc_task_cgroup_id(struct task_struct *task)

@@ -14,26 +14,17 @@ pub struct Capability {
     pub name: &'static str,
 }
 
-pub const DAC_READ_SEARCH: Capability = Capability {
-    number: 2,
-    name: "CAP_DAC_READ_SEARCH",
-};
-pub const SYS_PTRACE: Capability = Capability {
-    number: 19,
-    name: "CAP_SYS_PTRACE",
-};
-pub const SYS_ADMIN: Capability = Capability {
-    number: 21,
-    name: "CAP_SYS_ADMIN",
-};
-pub const PERFMON: Capability = Capability {
-    number: 38,
-    name: "CAP_PERFMON",
-};
-pub const BPF: Capability = Capability {
-    number: 39,
-    name: "CAP_BPF",
-};
+impl Capability {
+    const fn new(number: u32, name: &'static str) -> Capability {
+        Capability { number, name }
+    }
+}
+
+pub const DAC_READ_SEARCH: Capability = Capability::new(2, "CAP_DAC_READ_SEARCH");
+pub const SYS_PTRACE: Capability = Capability::new(19, "CAP_SYS_PTRACE");
+pub const SYS_ADMIN: Capability = Capability::new(21, "CAP_SYS_ADMIN");
+pub const PERFMON: Capability = Capability::new(38, "CAP_PERFMON");
+pub const BPF: Capability = Capability::new(39, "CAP_BPF");
 
 /// A capability the configuration needs, and what for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,11 +104,13 @@ pub fn needed(any_probe: bool, bpf_stats: StatsMode, probe_needs: Vec<Need>) -> 
     }
     needs.extend(probe_needs);
     // Before Linux 5.8 (no CAP_BPF or CAP_PERFMON), CAP_SYS_ADMIN covers both.
-    let last = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
-        .ok()
-        .and_then(|text| text.trim().parse::<u32>().ok())
-        .unwrap_or(BPF.number);
-    merge(needs, last)
+    merge(needs, last_cap().unwrap_or(BPF.number))
+}
+
+/// The highest capability number this kernel knows.
+fn last_cap() -> Option<u32> {
+    let text = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap").ok()?;
+    text.trim().parse().ok()
 }
 
 /// One need per capability, in first-need order: capabilities beyond `last_cap` become
@@ -195,11 +188,7 @@ pub fn keep_only(keep: &[Capability]) -> Result<(), CapsError> {
     // Nor can any capability not kept come back: it leaves the bounding set. That needs
     // CAP_SETPCAP, still held here; where it is not (a unit that withheld it), the
     // bounding set is what the unit left.
-    let last = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
-        .ok()
-        .and_then(|text| text.trim().parse::<u32>().ok())
-        .unwrap_or(40)
-        .min(63);
+    let last = last_cap().unwrap_or(40).min(63);
     for number in (0..=last).filter(|n| wanted & (1 << n) == 0) {
         // SAFETY: a plain prctl with integer arguments.
         unsafe {

@@ -31,20 +31,17 @@ pub struct KeyValue {
 
 impl KeyValue {
     pub fn string(key: &str, value: impl Into<String>) -> KeyValue {
-        KeyValue {
-            key: key.to_string(),
-            value: Some(AnyValue {
-                value: Some(any_value::Value::StringValue(value.into())),
-            }),
-        }
+        KeyValue::new(key, any_value::Value::StringValue(value.into()))
     }
 
     pub fn int(key: &str, value: i64) -> KeyValue {
+        KeyValue::new(key, any_value::Value::IntValue(value))
+    }
+
+    fn new(key: &str, value: any_value::Value) -> KeyValue {
         KeyValue {
             key: key.to_string(),
-            value: Some(AnyValue {
-                value: Some(any_value::Value::IntValue(value)),
-            }),
+            value: Some(AnyValue { value: Some(value) }),
         }
     }
 }
@@ -63,6 +60,23 @@ pub struct Resource {
     pub attributes: Vec<KeyValue>,
 }
 
+/// Declares a message of the layout that `ResourceSpans`, `ScopeSpans`,
+/// `ResourceMetrics` and `ScopeMetrics` share: what its items belong to (field 1, a
+/// resource or an instrumentation scope), the items (2) and a schema URL (3).
+macro_rules! grouped {
+    ($name:ident { $owner:ident: $owner_type:ty, $items:ident: $item:ty }) => {
+        #[derive(Clone, PartialEq, prost::Message)]
+        pub struct $name {
+            #[prost(message, optional, tag = "1")]
+            pub $owner: Option<$owner_type>,
+            #[prost(message, repeated, tag = "2")]
+            pub $items: Vec<$item>,
+            #[prost(string, tag = "3")]
+            pub schema_url: String,
+        }
+    };
+}
+
 // Traces (opentelemetry/proto/trace/v1, collector/trace/v1).
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -71,25 +85,14 @@ pub struct ExportTraceServiceRequest {
     pub resource_spans: Vec<ResourceSpans>,
 }
 
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct ResourceSpans {
-    #[prost(message, optional, tag = "1")]
-    pub resource: Option<Resource>,
-    #[prost(message, repeated, tag = "2")]
-    pub scope_spans: Vec<ScopeSpans>,
-    #[prost(string, tag = "3")]
-    pub schema_url: String,
-}
-
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct ScopeSpans {
-    #[prost(message, optional, tag = "1")]
-    pub scope: Option<InstrumentationScope>,
-    #[prost(message, repeated, tag = "2")]
-    pub spans: Vec<Span>,
-    #[prost(string, tag = "3")]
-    pub schema_url: String,
-}
+grouped!(ResourceSpans {
+    resource: Resource,
+    scope_spans: ScopeSpans
+});
+grouped!(ScopeSpans {
+    scope: InstrumentationScope,
+    spans: Span
+});
 
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Span {
@@ -133,11 +136,15 @@ pub struct Status {
     pub code: i32,
 }
 
+/// `ExportTraceServiceResponse` and `ExportMetricsServiceResponse` share their layout.
 #[derive(Clone, PartialEq, prost::Message)]
-pub struct ExportTraceServiceResponse {
+pub struct ExportServiceResponse {
     #[prost(message, optional, tag = "1")]
     pub partial_success: Option<ExportPartialSuccess>,
 }
+
+pub type ExportTraceServiceResponse = ExportServiceResponse;
+pub type ExportMetricsServiceResponse = ExportServiceResponse;
 
 /// `ExportTracePartialSuccess` and `ExportMetricsPartialSuccess` share their layout:
 /// the count of rejected items (spans or data points) and a message.
@@ -157,31 +164,14 @@ pub struct ExportMetricsServiceRequest {
     pub resource_metrics: Vec<ResourceMetrics>,
 }
 
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct ExportMetricsServiceResponse {
-    #[prost(message, optional, tag = "1")]
-    pub partial_success: Option<ExportPartialSuccess>,
-}
-
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct ResourceMetrics {
-    #[prost(message, optional, tag = "1")]
-    pub resource: Option<Resource>,
-    #[prost(message, repeated, tag = "2")]
-    pub scope_metrics: Vec<ScopeMetrics>,
-    #[prost(string, tag = "3")]
-    pub schema_url: String,
-}
-
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct ScopeMetrics {
-    #[prost(message, optional, tag = "1")]
-    pub scope: Option<InstrumentationScope>,
-    #[prost(message, repeated, tag = "2")]
-    pub metrics: Vec<Metric>,
-    #[prost(string, tag = "3")]
-    pub schema_url: String,
-}
+grouped!(ResourceMetrics {
+    resource: Resource,
+    scope_metrics: ScopeMetrics
+});
+grouped!(ScopeMetrics {
+    scope: InstrumentationScope,
+    metrics: Metric
+});
 
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Metric {

@@ -8,6 +8,7 @@
 #include <bpf/bpf_tracing.h>
 #include <bpf/bpf_core_read.h>
 #include "periscope.h"
+#include "noop.h"
 
 char LICENSE[] SEC("license") = PSC_LICENSE;
 
@@ -20,67 +21,20 @@ struct psc_feature_lock {
 	__u64 value;
 };
 
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 4);
-	__type(key, __u32);
-	__type(value, struct psc_feature_lock);
-} locked SEC(".maps");
+PSC_HASH(locked, __u32, struct psc_feature_lock, 4);
 
-struct {
-	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, 4096);
-} ring SEC(".maps");
+PSC_RINGBUF(ring, 4096);
 
-struct {
-	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, int);
-	__type(value, __u64);
-} task_store SEC(".maps");
+PSC_TASK_STORAGE(task_store, __u64);
 
-struct {
-	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, int);
-	__type(value, __u64);
-} sock_store SEC(".maps");
+PSC_SK_STORAGE(sock_store, __u64);
 
-SEC("tp_btf/sched_switch")
-int BPF_PROG(psc_feat_tp_btf)
-{
-	return 0;
-}
-
-SEC("raw_tp/sched_switch")
-int psc_feat_raw_tp(void *ctx)
-{
-	return 0;
-}
-
-SEC("tracepoint/sched/sched_switch")
-int psc_feat_tracepoint(void *ctx)
-{
-	return 0;
-}
-
-SEC("uprobe")
-int BPF_UPROBE(psc_feat_uprobe)
-{
-	return 0;
-}
-
-SEC("kprobe/do_nanosleep")
-int BPF_KPROBE(psc_feat_kprobe)
-{
-	return 0;
-}
-
-SEC("fentry/do_nanosleep")
-int BPF_PROG(psc_feat_fentry)
-{
-	return 0;
-}
+PSC_NOOP(BPF_PROG, psc_feat_tp_btf, "tp_btf/sched_switch")
+PSC_NOOP_CTX(psc_feat_raw_tp, "raw_tp/sched_switch")
+PSC_NOOP_CTX(psc_feat_tracepoint, "tracepoint/sched/sched_switch")
+PSC_NOOP(BPF_UPROBE, psc_feat_uprobe, "uprobe")
+PSC_NOOP(BPF_KPROBE, psc_feat_kprobe, "kprobe/do_nanosleep")
+PSC_NOOP(BPF_PROG, psc_feat_fentry, "fentry/do_nanosleep")
 
 SEC("lsm/file_open")
 int BPF_PROG(psc_feat_lsm, struct file *file)
@@ -88,11 +42,7 @@ int BPF_PROG(psc_feat_lsm, struct file *file)
 	return 0;
 }
 
-SEC("perf_event")
-int psc_feat_perf(void *ctx)
-{
-	return 0;
-}
+PSC_NOOP_CTX(psc_feat_perf, "perf_event")
 
 SEC("cgroup_skb/ingress")
 int psc_feat_cgroup_skb(struct __sk_buff *skb)
@@ -189,44 +139,10 @@ int BPF_PROG(psc_feat_loop)
 	return 0;
 }
 
-SEC("iter/task")
-int psc_feat_it_task(struct bpf_iter__task *ctx)
-{
-	return 0;
-}
-
-SEC("iter/task_file")
-int psc_feat_it_file(struct bpf_iter__task_file *ctx)
-{
-	return 0;
-}
-
-SEC("iter/tcp")
-int psc_feat_it_tcp(struct bpf_iter__tcp *ctx)
-{
-	return 0;
-}
-
-SEC("iter/udp")
-int psc_feat_it_udp(struct bpf_iter__udp *ctx)
-{
-	return 0;
-}
-
-SEC("iter/unix")
-int psc_feat_it_unix(struct bpf_iter__unix *ctx)
-{
-	return 0;
-}
-
-SEC("iter/bpf_map")
-int psc_feat_it_map(struct bpf_iter__bpf_map *ctx)
-{
-	return 0;
-}
-
-SEC("iter/bpf_map_elem")
-int psc_feat_it_elem(struct bpf_iter__bpf_map_elem *ctx)
-{
-	return 0;
-}
+PSC_NOOP_ITER(psc_feat_it_task, task)
+PSC_NOOP_ITER(psc_feat_it_file, task_file)
+PSC_NOOP_ITER(psc_feat_it_tcp, tcp)
+PSC_NOOP_ITER(psc_feat_it_udp, udp)
+PSC_NOOP_ITER(psc_feat_it_unix, unix)
+PSC_NOOP_ITER(psc_feat_it_map, bpf_map)
+PSC_NOOP_ITER(psc_feat_it_elem, bpf_map_elem)

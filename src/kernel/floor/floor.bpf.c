@@ -10,39 +10,17 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_tracing.h>
 #include "periscope.h"
+#include "noop.h"
 
 char LICENSE[] SEC("license") = PSC_LICENSE;
 
-SEC("tp_btf/sys_enter")
-int BPF_PROG(psc_floor_enter)
-{
-	return 0;
-}
-
-SEC("tp_btf/sys_exit")
-int BPF_PROG(psc_floor_exit)
-{
-	return 0;
-}
+PSC_NOOP(BPF_PROG, psc_floor_enter, "tp_btf/sys_enter")
+PSC_NOOP(BPF_PROG, psc_floor_exit, "tp_btf/sys_exit")
 
 /* The socket hooks of the http probe: the floor any tracer that sees socket bytes pays. */
-SEC("tp_btf/sock_recv_length")
-int BPF_PROG(psc_floor_recv)
-{
-	return 0;
-}
-
-SEC("tp_btf/sock_send_length")
-int BPF_PROG(psc_floor_send)
-{
-	return 0;
-}
-
-SEC("tp_btf/inet_sock_set_state")
-int BPF_PROG(psc_floor_state)
-{
-	return 0;
-}
+PSC_NOOP(BPF_PROG, psc_floor_recv, "tp_btf/sock_recv_length")
+PSC_NOOP(BPF_PROG, psc_floor_send, "tp_btf/sock_send_length")
+PSC_NOOP(BPF_PROG, psc_floor_state, "tp_btf/inet_sock_set_state")
 
 /*
  * The least any tracer of plaintext HTTP pays on these hooks without kprobes: find the
@@ -58,12 +36,7 @@ int BPF_PROG(psc_floor_state)
 #define FLOOR_NR_SENDTO 44
 #define FLOOR_NR_RECVFROM 45
 
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, char[FLOOR_COPY]);
-} floor_bytes SEC(".maps");
+PSC_PERCPU_ARRAY(floor_bytes, char[FLOOR_COPY], 1);
 
 static __always_inline int floor_copy(struct sock *sk, int ret)
 {
@@ -118,20 +91,6 @@ int BPF_PROG(psc_floor_send_copy, struct sock *sk, int ret, int flags)
 }
 
 /* The sched probe's hooks: the floor any run-queue latency tracer pays. */
-SEC("tp_btf/sched_wakeup")
-int BPF_PROG(psc_floor_wakeup)
-{
-	return 0;
-}
-
-SEC("tp_btf/sched_wakeup_new")
-int BPF_PROG(psc_floor_wakeup_new)
-{
-	return 0;
-}
-
-SEC("tp_btf/sched_switch")
-int BPF_PROG(psc_floor_switch)
-{
-	return 0;
-}
+PSC_NOOP(BPF_PROG, psc_floor_wakeup, "tp_btf/sched_wakeup")
+PSC_NOOP(BPF_PROG, psc_floor_wakeup_new, "tp_btf/sched_wakeup_new")
+PSC_NOOP(BPF_PROG, psc_floor_switch, "tp_btf/sched_switch")

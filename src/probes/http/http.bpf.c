@@ -76,42 +76,19 @@ struct psc_sock {
 	__u16 pad2;
 };
 
-struct {
-	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, int);
-	__type(value, struct psc_sock);
-} socks SEC(".maps");
+PSC_SK_STORAGE(socks, struct psc_sock);
 
 /* TLS connections by (process, fd): the uprobes know the fd, not the socket. */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 65536);
-	__type(key, struct psc_conn_key);
-	__type(value, struct psc_conn);
-} tls_conns SEC(".maps");
+PSC_HASH(tls_conns, struct psc_conn_key, struct psc_conn, 65536);
 
 /* The OpenSSL call in flight on each thread. */
-struct {
-	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, int);
-	__type(value, struct psc_ssl_call);
-} ssl_calls SEC(".maps");
+PSC_TASK_STORAGE(ssl_calls, struct psc_ssl_call);
 
 /* The socket of each SSL object, from SSL_set_fd or a syscall made inside a call.
  * LRU: SSL objects are freed without notice; an evicted one is learned again. */
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 65536);
-	__type(key, struct psc_ssl_key);
-	__type(value, __u32);
-} ssl_fds SEC(".maps");
+PSC_LRU_HASH(ssl_fds, struct psc_ssl_key, __u32, 65536);
 
-struct {
-	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, 8 * 1024 * 1024);
-} events SEC(".maps");
+PSC_RINGBUF(events, 8 * 1024 * 1024);
 
 /* An event and its bytes, assembled here because it is too large for the stack. Twice
  * the capture size, so that the verifier can bound writes at any offset below it. */
@@ -120,19 +97,9 @@ struct scratch {
 	char data[2 * PSC_HTTP_CAPTURE];
 };
 
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct scratch);
-} scratch SEC(".maps");
+PSC_PERCPU_ARRAY(scratch, struct scratch, 1);
 
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, PSC_HTTP_COUNTERS);
-	__type(key, __u32);
-	__type(value, __u64);
-} counters SEC(".maps");
+PSC_PERCPU_ARRAY(counters, __u64, PSC_HTTP_COUNTERS);
 
 static __always_inline void fill_event(struct scratch *s, __u32 tgid, __u16 gen, __u32 fd,
 				       __u64 len, __u8 kind, struct psc_conn *conn, __u8 tls)

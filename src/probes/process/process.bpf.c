@@ -16,26 +16,11 @@ char LICENSE[] SEC("license") = PSC_LICENSE;
 struct psc_exe_key psc_exe_key_type = {};
 struct psc_process_stats psc_process_stats_type = {};
 
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
-	__uint(max_entries, 4096);
-	__type(key, struct psc_exe_key);
-	__type(value, struct psc_process_stats);
-} executables SEC(".maps");
+PSC_PERCPU_HASH(executables, struct psc_exe_key, struct psc_process_stats, 4096);
 
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct psc_process_stats);
-} overflow SEC(".maps");
+PSC_PERCPU_ARRAY(overflow, struct psc_process_stats, 1);
 
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, __u64);
-} folded SEC(".maps");
+PSC_PERCPU_ARRAY(folded, __u64, 1);
 
 static __always_inline struct psc_process_stats *stats_for(struct psc_exe_key *key)
 {

@@ -31,35 +31,15 @@ enum psc_sched_counter psc_sched_counter_type = PSC_SCHED_FOLDED;
 #define PF_KTHREAD 0x00200000
 #define TASK_RUNNING 0
 
-struct {
-	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, int);
-	__type(value, __u64);
-} queued_at SEC(".maps");
+PSC_TASK_STORAGE(queued_at, __u64);
 
 /* Shared, not per-CPU: a histogram is 1.2 KB, and per-CPU copies of every series would
  * cost that times the CPU count. Updates are atomic. */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 1024);
-	__type(key, struct psc_sched_key);
-	__type(value, struct psc_hist);
-} latency SEC(".maps");
+PSC_HASH(latency, struct psc_sched_key, struct psc_hist, 1024);
 
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct psc_hist);
-} overflow SEC(".maps");
+PSC_ARRAY(overflow, struct psc_hist, 1);
 
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, PSC_SCHED_COUNTERS);
-	__type(key, __u32);
-	__type(value, __u64);
-} counters SEC(".maps");
+PSC_PERCPU_ARRAY(counters, __u64, PSC_SCHED_COUNTERS);
 
 static __always_inline void stamp(struct task_struct *task, __u64 now)
 {

@@ -60,36 +60,15 @@ enum psc_syscall_folded_slot psc_syscall_folded_slot_type = PSC_FOLDED_COUNTS;
  * user space reads them all through a shared mapping, without a syscall. Sized by user
  * space: possible CPUs x slots per CPU.
  */
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(map_flags, BPF_F_MMAPABLE);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct psc_fast_slot);
-} fast_counts SEC(".maps");
+PSC_MAP_FLAGS(BPF_MAP_TYPE_ARRAY, BPF_F_MMAPABLE, fast_counts, __u32, struct psc_fast_slot, 1);
 
 /* max_entries of the keyed maps are the configured caps, set by user space. */
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
-	__uint(max_entries, 16384);
-	__type(key, struct psc_syscall_key);
-	__type(value, __u64);
-} counts SEC(".maps");
+PSC_PERCPU_HASH(counts, struct psc_syscall_key, __u64, 16384);
 
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
-	__uint(max_entries, 4096);
-	__type(key, struct psc_syscall_error_key);
-	__type(value, __u64);
-} errors SEC(".maps");
+PSC_PERCPU_HASH(errors, struct psc_syscall_error_key, __u64, 4096);
 
 /* Shared, not per-CPU: a histogram per CPU would cost 1.2 KiB times the CPU count per series. */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 4096);
-	__type(key, struct psc_syscall_key);
-	__type(value, struct psc_hist);
-} latency SEC(".maps");
+PSC_HASH(latency, struct psc_syscall_key, struct psc_hist, 4096);
 
 /*
  * Overflow series: where data goes when its process finds a map, or its tenant's share
@@ -97,58 +76,23 @@ struct {
  * hold tenant_slots x PSC_MAX_SYSCALLS entries (set by user space), at
  * slot * PSC_MAX_SYSCALLS + nr.
  */
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, PSC_MAX_SYSCALLS);
-	__type(key, __u32);
-	__type(value, __u64);
-} overflow_counts SEC(".maps");
+PSC_PERCPU_ARRAY(overflow_counts, __u64, PSC_MAX_SYSCALLS);
 
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
-	__uint(max_entries, 4096);
-	__type(key, struct psc_syscall_nr_err);
-	__type(value, __u64);
-} overflow_errors SEC(".maps");
+PSC_PERCPU_HASH(overflow_errors, struct psc_syscall_nr_err, __u64, 4096);
 
 /* Last resort when even overflow_errors is full: errors by syscall, errno unknown. */
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, PSC_MAX_SYSCALLS);
-	__type(key, __u32);
-	__type(value, __u64);
-} overflow_errors_any SEC(".maps");
+PSC_PERCPU_ARRAY(overflow_errors_any, __u64, PSC_MAX_SYSCALLS);
 
 /* tenant_slots x timed_count histograms (set by user space), at
  * slot * timed_count + latency_index[nr] - 1. */
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct psc_hist);
-} overflow_latency SEC(".maps");
+PSC_ARRAY(overflow_latency, struct psc_hist, 1);
 
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, PSC_FOLDED_SLOTS);
-	__type(key, __u32);
-	__type(value, __u64);
-} folded SEC(".maps");
+PSC_PERCPU_ARRAY(folded, __u64, PSC_FOLDED_SLOTS);
 
 /* Always zero: the source of new histogram entries, too large for the BPF stack. */
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct psc_hist);
-} zero_hist SEC(".maps");
+PSC_PERCPU_ARRAY(zero_hist, struct psc_hist, 1);
 
-struct {
-	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, int);
-	__type(value, struct psc_syscall_start);
-} start SEC(".maps");
+PSC_TASK_STORAGE(start, struct psc_syscall_start);
 
 /*
  * Names and cgroups of the processes counted, recorded when a process gets its first
@@ -157,27 +101,12 @@ struct {
  * their name and container. LRU: the oldest go first; user space falls back to
  * "unknown" and no container.
  */
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 16384);
-	__type(key, struct psc_process_key);
-	__type(value, struct psc_process);
-} comms SEC(".maps");
+PSC_LRU_HASH(comms, struct psc_process_key, struct psc_process, 16384);
 
 /* Process selection, consulted only when the matching filter_by_* flag is set. */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 1024);
-	__type(key, __u32);
-	__type(value, __u8);
-} selected_tgids SEC(".maps");
+PSC_HASH(selected_tgids, __u32, __u8, 1024);
 
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 1024);
-	__type(key, char[PSC_COMM_LEN]);
-	__type(value, __u8);
-} selected_comms SEC(".maps");
+PSC_HASH(selected_comms, char[PSC_COMM_LEN], __u8, 1024);
 
 static __always_inline int is_selected(__u32 tgid)
 {

@@ -68,12 +68,7 @@ struct psc_tcp_sock {
 	__u8 pad[4];
 };
 
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, PSC_TCP_COUNTERS);
-	__type(key, __u32);
-	__type(value, __u64);
-} counters SEC(".maps");
+PSC_PERCPU_ARRAY(counters, __u64, PSC_TCP_COUNTERS);
 
 /* Per socket, keyed by its address, from its connect or accept to its final CLOSE (every
  * TCP socket passes CLOSE before it is freed; a close the program missed, as when the
@@ -82,12 +77,7 @@ struct {
  * (probes.tcp.max_connections): measured on the connection loop, socket storage and
  * hashes that allocate per entry cost about 4 us more per connection, in allocations and
  * RCU frees, than taking a free preallocated entry. */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 65536);
-	__type(key, __u64);
-	__type(value, struct psc_tcp_sock);
-} tcp_socks SEC(".maps");
+PSC_HASH(tcp_socks, __u64, struct psc_tcp_sock, 65536);
 
 static __always_inline struct psc_tcp_sock *sock_of(const struct sock *sk)
 {
@@ -99,43 +89,21 @@ static __always_inline struct psc_tcp_sock *sock_of(const struct sock *sk)
 
 /* The process listening on each port, learned at listen() and forgotten when its last
  * listening socket closes. */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__uint(max_entries, 16384);
-	__type(key, struct psc_tcp_listener_key);
-	__type(value, struct psc_tcp_listener);
-} listeners SEC(".maps");
+PSC_HASH_NO_PREALLOC(listeners, struct psc_tcp_listener_key, struct psc_tcp_listener, 16384);
 
 /* The port each listening socket took, by the socket's address: at its close the kernel
  * has already released an automatically chosen port, so the socket no longer says. */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__uint(max_entries, 16384);
-	__type(key, __u64);
-	__type(value, struct psc_tcp_listening);
-} listening SEC(".maps");
+PSC_HASH_NO_PREALLOC(listening, __u64, struct psc_tcp_listening, 16384);
 
 /* Series; capped by user space (probes.tcp.max_series). Per CPU: a connection's
  * changes run on whichever CPU handles its packets, and plain adds to a CPU's own copy
  * cost less than atomic adds to a shared one. */
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
-	__uint(max_entries, 16384);
-	__type(key, struct psc_tcp_key);
-	__type(value, struct psc_tcp_stats);
-} series SEC(".maps");
+PSC_PERCPU_HASH(series, struct psc_tcp_key, struct psc_tcp_stats, 16384);
 
 /* What found `series`, or its tenant's share of it (bpf/tenants.h), full: per tenant
  * slot and direction, at slot * 2 + (0: outbound, 1: inbound); tenant_slots x 2 entries,
  * set by user space. */
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 2);
-	__type(key, __u32);
-	__type(value, struct psc_tcp_stats);
-} overflow SEC(".maps");
+PSC_PERCPU_ARRAY(overflow, struct psc_tcp_stats, 2);
 
 /* The series of `key`, created if new; the overflow series of its direction when the
  * map is full or `sock->folded` says its open went there. */
@@ -144,20 +112,10 @@ struct {
  * connect or listen, for those gone before user space reads /proc (it deletes a
  * process's record when it folds its series). LRU: the oldest go first.
  */
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 16384);
-	__type(key, struct psc_process_key);
-	__type(value, struct psc_process);
-} processes SEC(".maps");
+PSC_LRU_HASH(processes, struct psc_process_key, struct psc_process, 16384);
 
 /* Scratch for a record: too large for the stack beside the rest. */
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct psc_process);
-} process_scratch SEC(".maps");
+PSC_PERCPU_ARRAY(process_scratch, struct psc_process, 1);
 
 static __always_inline void record_process(__u32 tgid, __u16 gen)
 {
