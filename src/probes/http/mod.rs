@@ -902,7 +902,7 @@ impl HttpProbe {
     }
 
     /// The series to export, live and exited, under the series budget.
-    fn export(&mut self, now: SystemTime) -> BTreeMap<SeriesKey, SeriesStats> {
+    fn export(&mut self) -> BTreeMap<SeriesKey, SeriesStats> {
         let mut first_seen = FirstSeen::new();
         for ((owner, _), stats) in &self.series {
             if let Some(seen) = stats.first_seen {
@@ -914,7 +914,7 @@ impl HttpProbe {
         let body = histogram_samples(self.body_bounds.len());
         let cost = |_: &Exchanges, _: &SeriesStats| duration + 2 * body;
         self.lifecycle
-            .export(self.series.clone(), &first_seen, now, cost)
+            .export(self.series.clone(), &first_seen, cost)
     }
 
     fn counter(&self, slot: u32) -> u64 {
@@ -959,8 +959,7 @@ impl Probe for HttpProbe {
     fn collect(&mut self, now: Instant, out: &mut Vec<Family>) {
         self.drain();
         self.expire(now);
-        let wall_now = SystemTime::now();
-        let rows = self.export(wall_now);
+        let rows = self.export();
         let mut families = [
             (Role::Server, "http_server_request_duration_seconds", "Duration of HTTP server requests, from the first byte read to the last byte of the response written."),
             (Role::Client, "http_client_request_duration_seconds", "Duration of HTTP client requests, from the request written to the last byte of the response read."),
@@ -1001,7 +1000,7 @@ impl Probe for HttpProbe {
         });
         for ((owner, exchanges), stats) in &rows {
             let labels = series_labels(self.processes.workloads(), owner, exchanges);
-            let created = self.lifecycle.created(owner, wall_now);
+            let created = self.lifecycle.created(owner);
             for (role, family) in families.iter_mut() {
                 if *role == exchanges.role {
                     family.push_created(

@@ -160,6 +160,27 @@ impl ProbeBudget {
         out
     }
 
+    /// One collection of rows keyed by owner alone (a probe whose series are per
+    /// executable): `admit` between `begin` and `finish`.
+    pub fn admit_owners<V: Accumulate>(
+        &mut self,
+        rows: impl IntoIterator<Item = (Owner, V)>,
+        overflow_of: impl Fn(&Owner) -> Owner,
+        cost: impl Fn(&V) -> usize,
+    ) -> BTreeMap<Owner, V> {
+        let mut keyed: BTreeMap<(Owner, ()), V> = BTreeMap::new();
+        for (owner, value) in rows {
+            keyed.entry((owner, ())).or_default().merge(&value);
+        }
+        self.begin();
+        let admitted = self.admit(keyed, overflow_of, |_, value| cost(value));
+        self.finish();
+        admitted
+            .into_iter()
+            .map(|((owner, ()), value)| (owner, value))
+            .collect()
+    }
+
     /// Ends a collection: what it exported counts against the budget, and the
     /// decisions about owners no longer exported are forgotten.
     pub fn finish(&mut self) {

@@ -131,8 +131,10 @@ impl ExitedExecutables {
 }
 
 /// When each exported owner's series started counting, for `_created` and OTLP start
-/// times: a process's when it was first seen, any other owner's when it was first
-/// exported. Kept while the owner is exported, so it never moves under a series.
+/// times: a process's when it was first seen; any other owner's (an aggregate, the
+/// overflow series), which holds counts from before it was first exported, when the
+/// probe started counting. Kept while the owner is exported, so it never moves under
+/// a series.
 #[derive(Debug, Default)]
 pub struct SeriesCreated {
     created: HashMap<Owner, SystemTime>,
@@ -140,11 +142,11 @@ pub struct SeriesCreated {
 
 impl SeriesCreated {
     /// Stamps the owners exported now, with the time each was first seen where known,
-    /// and forgets those no longer exported.
+    /// else `otherwise`, and forgets those no longer exported.
     pub fn refresh<'a>(
         &mut self,
         owners: impl IntoIterator<Item = (&'a Owner, Option<SystemTime>)>,
-        now: SystemTime,
+        otherwise: SystemTime,
     ) {
         let mut kept = HashMap::with_capacity(self.created.len());
         for (owner, first_seen) in owners {
@@ -152,14 +154,14 @@ impl SeriesCreated {
                 .created
                 .get(owner)
                 .copied()
-                .unwrap_or_else(|| first_seen.unwrap_or(now));
+                .unwrap_or_else(|| first_seen.unwrap_or(otherwise));
             let slot = kept.entry(owner.clone()).or_insert(created);
             *slot = (*slot).min(created);
         }
         self.created = kept;
     }
 
-    /// The creation time of an owner's series; `now` for one not stamped.
+    /// The creation time of an owner's series, once stamped.
     pub fn of(&self, owner: &Owner) -> Option<SystemTime> {
         self.created.get(owner).copied()
     }
@@ -173,6 +175,8 @@ pub struct ProcessSeries<D, V> {
     exited: ExitedExecutables,
     aggregates: BTreeMap<(Owner, D), V>,
     created: SeriesCreated,
+    /// When the probe started counting.
+    started: SystemTime,
     budget: ProbeBudget,
     expired_series: u64,
 }
@@ -184,6 +188,7 @@ impl<D: Ord + Clone, V: Accumulate> ProcessSeries<D, V> {
             exited: ExitedExecutables::new(max_exited_executables),
             aggregates: BTreeMap::new(),
             created: SeriesCreated::default(),
+            started: SystemTime::now(),
             budget,
             expired_series: 0,
         }
@@ -217,7 +222,6 @@ impl<D: Ord + Clone, V: Accumulate> ProcessSeries<D, V> {
         &mut self,
         mut live: BTreeMap<(Owner, D), V>,
         first_seen: &FirstSeen,
-        now: SystemTime,
         cost: impl Fn(&D, &V) -> usize,
     ) -> BTreeMap<(Owner, D), V> {
         for ((owner, detail), value) in &self.aggregates {
@@ -232,14 +236,14 @@ impl<D: Ord + Clone, V: Accumulate> ProcessSeries<D, V> {
         self.created.refresh(
             rows.keys()
                 .map(|(owner, _)| (owner, first_seen.get(owner).copied())),
-            now,
+            self.started,
         );
         rows
     }
 
     /// When an exported owner's series started counting.
-    pub fn created(&self, owner: &Owner, now: SystemTime) -> SystemTime {
-        self.created.of(owner).unwrap_or(now)
+    pub fn created(&self, owner: &Owner) -> SystemTime {
+        self.created.of(owner).unwrap_or(self.started)
     }
 
     /// Aggregate rows held.
@@ -339,5 +343,24 @@ mod tests {
         let mut created = SeriesCreated::default();
         created.refresh([(&agg, Some(t1)), (&agg, Some(t0))], t1);
         assert_eq!(created.of(&agg), Some(t0));
+    }
+
+    #[test]
+    fn aggregates_and_overflow_count_from_the_probe_start() {
+        use crate::probes::kit::budget::SeriesBudget;
+        let budget = SeriesBudget::unlimited().for_probe("p");
+        let mut series: ProcessSeries<u32, u64> =
+            ProcessSeries::new(Workloads::default(), 8, budget);
+        let seen = SystemTime::now() + Duration::from_secs(60);
+        let live = BTreeMap::from([((process(1, "a"), 7), 3u64)]);
+        let first_seen = FirstSeen::from([(process(1, "a"), seen)]);
+        series.export(live, &first_seen, |_, _| 1);
+        assert_eq!(series.created(&process(1, "a")), seen);
+        let into = series.fold_exited(&process(1, "a"), [(7, 3u64)], |_, d, _| d);
+        assert_eq!(into, process(1, "a").executable());
+        let rows = series.export(BTreeMap::new(), &FirstSeen::new(), |_, _| 1);
+        assert_eq!(rows[&(into.clone(), 7)], 3);
+        assert!(series.created(&into) < seen, "the probe's start, not now");
+        assert_eq!(series.expired_series(), 1);
     }
 }

@@ -8,10 +8,13 @@ use std::time::{Duration, Instant, SystemTime};
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{Link, MapCore};
 
+use super::kit::budget::{ProbeBudget, COUNTER_SAMPLES};
 use super::kit::idle::{Accumulate, IdleKeys, Row};
+use super::kit::lifecycle::Owner;
 use super::kit::programs::{load_degrading, AttemptError, Degraded, ProgramSpec};
 use super::util::{self, c_string, MapFill, ProbeError};
 use super::{BuiltIn, LoadContext, Probe};
+use crate::enrich::Workload;
 use crate::model::{Family, MetricKind, Value};
 
 pub mod config;
@@ -67,6 +70,7 @@ impl BuiltIn for Process {
                     Duration::from_secs(processes.exited_ttl_secs),
                     processes.max_exited_executables.get() as usize,
                 ),
+                budget: context.budget.for_probe("process"),
             };
             if context.attach {
                 let progs = &probe.skel.progs;
@@ -119,6 +123,7 @@ pub struct ProcessProbe {
     /// Executables idle for `processes.exited_ttl_secs` leave the kernel's map, so
     /// that its slots serve new names; their counts stay.
     idle: IdleKeys<String, Stats>,
+    budget: ProbeBudget,
 }
 
 #[derive(Default, Clone, Copy, PartialEq, Eq)]
@@ -227,8 +232,17 @@ impl Probe for ProcessProbe {
             "Processes chosen as OOM-killer victims, per executable name.",
             MetricKind::Counter,
         );
-        for (name, stats) in rows {
-            let labels = vec![("process_executable_name", name)];
+        // Counters per executable: execs, each exit class, OOM kills.
+        let samples = COUNTER_SAMPLES
+            * (1 + if self.exits { 3 } else { 0 } + usize::from(self.oom_kills));
+        let owners = rows
+            .into_iter()
+            .map(|(name, stats)| (Owner::new(None, name, Workload::default()), stats));
+        let rows = self
+            .budget
+            .admit_owners(owners, |_| Owner::overflow(None), |_| samples);
+        for (owner, stats) in rows {
+            let labels = vec![("process_executable_name", owner.name)];
             execs.push_created(
                 labels.clone(),
                 Value::Counter(stats.execs as f64),
@@ -252,11 +266,14 @@ impl Probe for ProcessProbe {
         if self.oom_kills {
             out.push(ooms);
         }
-        self.fill = vec![MapFill {
-            map: "executables",
-            entries,
-            capacity: u64::from(maps.executables.max_entries()),
-        }];
+        self.fill = vec![
+            MapFill {
+                map: "executables",
+                entries,
+                capacity: u64::from(maps.executables.max_entries()),
+            },
+            self.budget.fill(),
+        ];
     }
 
     fn programs(&self) -> Vec<(String, BorrowedFd<'_>)> {
@@ -276,10 +293,13 @@ impl Probe for ProcessProbe {
     }
 
     fn folded(&self) -> Vec<(&'static str, u64)> {
-        vec![(
-            "executables",
-            util::percpu_array_u64(&self.skel.maps.folded, 0),
-        )]
+        vec![
+            (
+                "executables",
+                util::percpu_array_u64(&self.skel.maps.folded, 0),
+            ),
+            ("series_budget", self.budget.refused()),
+        ]
     }
 
     fn expired_series(&self) -> u64 {

@@ -13,7 +13,9 @@ use std::time::{Duration, Instant, SystemTime};
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{Link, MapCore, MapFlags};
 
+use super::kit::budget::{histogram_samples, ProbeBudget};
 use super::kit::idle::{IdleKeys, Row};
+use super::kit::lifecycle::Owner;
 use super::kit::programs::{load_degrading, AttemptError, ProgramSpec};
 use super::util::{self, c_string, decode, MapFill, ProbeError};
 use super::{BuiltIn, LoadContext, Probe};
@@ -68,6 +70,7 @@ pub struct SchedProbe {
     workloads: Workloads,
     bounds: DurationBounds,
     started: SystemTime,
+    budget: ProbeBudget,
     idle: IdleKeys<SeriesKey, LogLinearHistogram>,
     fill: Vec<MapFill>,
 }
@@ -109,6 +112,7 @@ impl SchedProbe {
             workloads: context.workloads.clone(),
             bounds: DurationBounds::new(&settings.duration_buckets_seconds.0),
             started: SystemTime::now(),
+            budget: context.budget.for_probe("sched"),
             idle: IdleKeys::new(
                 Duration::from_secs(processes.exited_ttl_secs),
                 processes.max_exited_executables.get() as usize,
@@ -185,27 +189,44 @@ impl Probe for SchedProbe {
                 .or_default()
                 .merge(&overflow);
         }
+        let owners: Vec<(Owner, LogLinearHistogram)> = series
+            .into_iter()
+            .map(|((name, cgroup), hist)| {
+                let owner = if name == OVERFLOW && cgroup == 0 {
+                    Owner::overflow(None)
+                } else {
+                    Owner::new(None, name, self.workload_of(cgroup))
+                };
+                (owner, hist)
+            })
+            .collect();
+        let workloads = &self.workloads;
+        let samples = histogram_samples(self.bounds.seconds.len());
+        let series =
+            self.budget
+                .admit_owners(owners, |owner| owner.overflow_of(workloads), |_| samples);
         let mut family = Family::new(
             "sched_runqueue_latency_seconds",
             "Time runnable tasks waited on a run queue before a CPU ran them, per executable.",
             MetricKind::Histogram,
         )
         .with_unit("seconds");
-        for ((name, cgroup), hist) in &series {
-            let workload = self.workload_of(*cgroup);
-            let labels = self.workloads.process_labels(None, name, &workload);
+        for (owner, hist) in &series {
             family.push_created(
-                labels,
+                owner.labels(workloads),
                 Value::Histogram(self.bounds.classic(hist)),
                 self.started,
             );
         }
         out.push(family);
-        self.fill = vec![MapFill {
-            map: "sched_latency",
-            entries,
-            capacity: u64::from(latency.max_entries()),
-        }];
+        self.fill = vec![
+            MapFill {
+                map: "sched_latency",
+                entries,
+                capacity: u64::from(latency.max_entries()),
+            },
+            self.budget.fill(),
+        ];
     }
 
     fn programs(&self) -> Vec<(String, BorrowedFd<'_>)> {
@@ -228,6 +249,7 @@ impl Probe for SchedProbe {
         vec![
             ("sched_latency", self.counter(Counter::PSC_SCHED_FOLDED)),
             ("sched_queued_at", self.counter(Counter::PSC_SCHED_UNSTAMPED)),
+            ("series_budget", self.budget.refused()),
         ]
     }
 

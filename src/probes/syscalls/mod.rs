@@ -691,7 +691,7 @@ impl SyscallsProbe {
     }
 
     /// The families of the rows the policy exports.
-    fn families(&self, rows: &Rows, now: SystemTime) -> [Family; 3] {
+    fn families(&self, rows: &Rows) -> [Family; 3] {
         let mut calls = Family::new(
             "syscalls",
             "Syscalls completed, per process and syscall.",
@@ -710,7 +710,7 @@ impl SyscallsProbe {
         .with_unit("seconds");
         let workloads = self.processes.workloads();
         for ((owner, nr), series) in rows {
-            let created = self.policy.series().created(owner, now);
+            let created = self.policy.series().created(owner);
             let mut labels = owner.labels(workloads);
             labels.push(("syscall", syscall_name(*nr)));
             if let Some(count) = series.calls {
@@ -880,9 +880,8 @@ impl Probe for SyscallsProbe {
 
         let (live, first_seen) = self.live_rows(reading);
         let overflow = self.read_overflow();
-        let wall_now = SystemTime::now();
-        let rows = self.policy.export(live, overflow, &first_seen, wall_now);
-        out.extend(self.families(&rows, wall_now));
+        let rows = self.policy.export(live, overflow, &first_seen);
+        out.extend(self.families(&rows));
         let mut timing = Family::new(
             "periscope_syscall_timing_enabled_seconds",
             "Time syscalls were timed (latency_sampling): syscall_duration_seconds holds the calls made then.",

@@ -3,7 +3,6 @@
 //! budget admits. `mod.rs` reads the kernel and hands the rows over.
 
 use std::collections::BTreeMap;
-use std::time::SystemTime;
 
 use crate::model::LogLinearHistogram;
 use crate::probes::kit::budget::{histogram_samples, COUNTER_SAMPLES};
@@ -107,7 +106,7 @@ impl Policy {
 
     /// The series to export: the live processes' rows, the aggregates and the kernel's
     /// overflow rows, merged by owner under the series budget.
-    pub fn export(&mut self, mut live: Rows, overflow: Rows, first_seen: &FirstSeen, now: SystemTime) -> Rows {
+    pub fn export(&mut self, mut live: Rows, overflow: Rows, first_seen: &FirstSeen) -> Rows {
         for ((owner, nr), series) in overflow {
             add_row(&mut live, owner, nr, &series);
         }
@@ -117,7 +116,7 @@ impl Policy {
                 + series.errors.len() * COUNTER_SAMPLES
                 + series.latency.as_ref().map_or(0, |_| latency_samples)
         };
-        self.series.export(live, first_seen, now, cost)
+        self.series.export(live, first_seen, cost)
     }
 
     pub fn series(&self) -> &ProcessSeries<u32, SyscallSeries> {
@@ -131,7 +130,7 @@ mod tests {
     use crate::enrich::{Workload, Workloads};
     use crate::probes::kit::budget::SeriesBudget;
     use std::collections::HashMap;
-    use std::time::Duration;
+    use std::time::{Duration, SystemTime};
 
     const READ: u32 = 0;
 
@@ -193,7 +192,7 @@ mod tests {
         let mut policy = policy(true, 8, usize::MAX);
         policy.fold_exited(&process(1, "a"), BTreeMap::from([(READ, series(5, 2, 5))]));
         policy.fold_exited(&process(2, "a"), BTreeMap::from([(READ, series(1, 0, 1))]));
-        let rows = policy.export(Rows::new(), Rows::new(), &HashMap::new(), now());
+        let rows = policy.export(Rows::new(), Rows::new(), &HashMap::new());
         let aggregate = &rows[&(process(1, "a").executable(), READ)];
         assert_eq!(aggregate.calls, Some(6));
         assert_eq!(aggregate.errors[&11], 2);
@@ -209,7 +208,7 @@ mod tests {
             &process(2, "b"),
             BTreeMap::from([(READ, series(1, 1, 0)), (READ + 1, series(1, 0, 0))]),
         );
-        let rows = policy.export(Rows::new(), Rows::new(), &HashMap::new(), now());
+        let rows = policy.export(Rows::new(), Rows::new(), &HashMap::new());
         let overflow = &rows[&(Owner::overflow(None), READ)];
         assert_eq!(overflow.calls, Some(1));
         assert_eq!(overflow.errors[&11], 1);
@@ -225,7 +224,7 @@ mod tests {
         let mut live = Rows::new();
         live.insert((process(1, "a"), READ), series(10, 1, 0));
         live.insert((process(2, "b"), READ), series(7, 3, 0));
-        let rows = policy.export(live, Rows::new(), &HashMap::new(), now());
+        let rows = policy.export(live, Rows::new(), &HashMap::new());
         assert_eq!(rows[&(process(1, "a"), READ)].calls, Some(10));
         let overflow = &rows[&(Owner::overflow(None), READ)];
         assert_eq!((overflow.calls, overflow.errors[&11]), (Some(7), 3));
@@ -234,7 +233,7 @@ mod tests {
         policy.fold_exited(&process(2, "b"), BTreeMap::from([(READ, series(8, 3, 0))]));
         let mut live = Rows::new();
         live.insert((process(1, "a"), READ), series(11, 1, 0));
-        let rows = policy.export(live, Rows::new(), &HashMap::new(), now());
+        let rows = policy.export(live, Rows::new(), &HashMap::new());
         assert_eq!(rows[&(Owner::overflow(None), READ)].calls, Some(8));
         assert!(!rows.contains_key(&(process(2, "b").executable(), READ)));
     }
@@ -247,9 +246,9 @@ mod tests {
         let first_seen = HashMap::from([(owner.clone(), seen)]);
         let mut live = Rows::new();
         live.insert((owner.clone(), READ), series(1, 0, 0));
-        policy.export(live.clone(), Rows::new(), &first_seen, now());
-        assert_eq!(policy.series().created(&owner, now()), seen);
-        policy.export(live, Rows::new(), &HashMap::new(), now() + Duration::from_secs(5));
-        assert_eq!(policy.series().created(&owner, now()), seen);
+        policy.export(live.clone(), Rows::new(), &first_seen);
+        assert_eq!(policy.series().created(&owner), seen);
+        policy.export(live, Rows::new(), &HashMap::new());
+        assert_eq!(policy.series().created(&owner), seen);
     }
 }

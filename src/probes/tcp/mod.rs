@@ -689,7 +689,7 @@ impl TcpProbe {
     }
 
     /// The families of the series the policy exports.
-    fn families(&self, rows: &Rows, now: SystemTime) -> [Family; 8] {
+    fn families(&self, rows: &Rows) -> [Family; 8] {
         let mut opened = Family::new(
             "tcp_connections_opened",
             "TCP connections established, by direction: outbound (connected by the process) or inbound (accepted on its listening port).",
@@ -754,7 +754,7 @@ impl TcpProbe {
         )
         .with_unit("seconds");
         for ((owner, peer), stats) in rows {
-            let created = self.policy.series().created(owner, now);
+            let created = self.policy.series().created(owner);
             let mut labels: Labels = owner.labels(self.processes.workloads());
             labels.push((
                 "direction",
@@ -858,9 +858,8 @@ impl Probe for TcpProbe {
 
     fn collect(&mut self, now: Instant, out: &mut Vec<Family>) {
         let (live, first_seen) = self.read(now);
-        let wall_now = SystemTime::now();
-        let rows = self.policy.export(live, &first_seen, wall_now);
-        out.extend(self.families(&rows, wall_now));
+        let rows = self.policy.export(live, &first_seen);
+        out.extend(self.families(&rows));
     }
 
     fn programs(&self) -> Vec<(String, BorrowedFd<'_>)> {

@@ -3,7 +3,6 @@
 //! `mod.rs` reads the kernel and hands the rows over.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::time::SystemTime;
 
 use super::Stats;
 use crate::model::OVERFLOW;
@@ -100,7 +99,7 @@ impl Policy {
 
     /// The series to export: the live rows with peers within each process's cap, the
     /// aggregates and the kernel's overflow rows, under the series budget.
-    pub fn export(&mut self, mut live: Vec<LiveRow>, first_seen: &FirstSeen, now: SystemTime) -> Rows {
+    pub fn export(&mut self, mut live: Vec<LiveRow>, first_seen: &FirstSeen) -> Rows {
         let mut rows = Rows::new();
         let mut folded_now = 0;
         live.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
@@ -131,7 +130,7 @@ impl Policy {
                 outbound_samples(duration, rtt)
             }
         };
-        self.series.export(rows, first_seen, now, cost)
+        self.series.export(rows, first_seen, cost)
     }
 
     pub fn peers_folded(&self) -> u64 {
@@ -165,7 +164,6 @@ mod tests {
     use super::*;
     use crate::enrich::{Workload, Workloads};
     use crate::probes::kit::budget::SeriesBudget;
-    use std::time::Duration;
 
     fn policy(max_peers: usize, max_exited: usize, budget: usize) -> Policy {
         let budget = SeriesBudget::new(budget).for_probe("tcp");
@@ -192,10 +190,6 @@ mod tests {
         }
     }
 
-    fn now() -> SystemTime {
-        SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000)
-    }
-
     fn total(rows: &Rows) -> u64 {
         rows.values().map(|s| s.opened).sum()
     }
@@ -205,13 +199,13 @@ mod tests {
         let mut policy = policy(1, 8, usize::MAX);
         let a = process(1, "a");
         let live = vec![(a.clone(), peer("10.0.0.1"), opened(1))];
-        policy.export(live, &HashMap::new(), now());
+        policy.export(live, &HashMap::new());
         // A new peer sorts first, yet the kept one stays under its own labels.
         let live = vec![
             (a.clone(), peer("10.0.0.1"), opened(2)),
             (a.clone(), peer("10.0.0.0"), opened(5)),
         ];
-        let rows = policy.export(live, &HashMap::new(), now());
+        let rows = policy.export(live, &HashMap::new());
         assert_eq!(rows[&(a.clone(), peer("10.0.0.1"))].opened, 2);
         assert_eq!(rows[&(a.clone(), Peer::overflow(false))].opened, 5);
         assert_eq!(policy.peers_folded(), 1);
@@ -226,7 +220,7 @@ mod tests {
             vec![(peer("10.0.0.1"), opened(1)), (peer("10.0.0.2"), opened(2))],
         );
         policy.fold_exited(&process(2, "b"), vec![(peer("10.0.0.1"), opened(4))]);
-        let rows = policy.export(Vec::new(), &HashMap::new(), now());
+        let rows = policy.export(Vec::new(), &HashMap::new());
         let a = process(1, "a").executable();
         assert_eq!(rows[&(a.clone(), peer("10.0.0.1"))].opened, 1);
         assert_eq!(rows[&(a, Peer::overflow(false))].opened, 2);
@@ -244,11 +238,11 @@ mod tests {
             (process(1, "a"), peer("10.0.0.1"), opened(1)),
             (process(2, "b"), peer("10.0.0.1"), opened(3)),
         ];
-        let rows = policy.export(live, &HashMap::new(), now());
+        let rows = policy.export(live, &HashMap::new());
         assert_eq!(rows[&(Owner::overflow(None), peer("10.0.0.1"))].opened, 3);
         policy.fold_exited(&process(2, "b"), vec![(peer("10.0.0.1"), opened(3))]);
         let live = vec![(process(1, "a"), peer("10.0.0.1"), opened(1))];
-        let rows = policy.export(live, &HashMap::new(), now());
+        let rows = policy.export(live, &HashMap::new());
         assert_eq!(rows[&(Owner::overflow(None), peer("10.0.0.1"))].opened, 3);
         assert_eq!(total(&rows), 4);
     }
