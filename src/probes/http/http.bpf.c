@@ -36,6 +36,7 @@ struct psc_http_event psc_http_event_type = {};
 /* Named here so that the skeleton gives user space the event kinds and roles. */
 enum psc_http_event_kind psc_http_event_kind_type = PSC_HTTP_READ;
 enum psc_http_role psc_http_role_type = PSC_ROLE_SERVER;
+enum psc_http_counter psc_http_counter_type = PSC_HTTP_LOST_EVENTS;
 
 /* x86_64 syscall numbers. */
 #define NR_READ 0

@@ -47,6 +47,7 @@ mod skel {
     include!(concat!(env!("OUT_DIR"), "/http.skel.rs"));
 }
 use skel::{types, HttpSkel, HttpSkelBuilder};
+use types::psc_http_counter as Counter;
 
 // SAFETY: plain C structs of integers, generated from the program's BTF.
 unsafe impl plain::Plain for types::psc_http_event {}
@@ -917,8 +918,8 @@ impl HttpProbe {
             .export(self.series.clone(), &first_seen, cost)
     }
 
-    fn counter(&self, slot: u32) -> u64 {
-        util::percpu_array_u64(&self.skel.maps.counters, slot)
+    fn counter(&self, slot: Counter) -> u64 {
+        util::percpu_array_u64(&self.skel.maps.counters, slot.0)
     }
 }
 
@@ -1089,7 +1090,7 @@ impl Probe for HttpProbe {
 
     fn folded(&self) -> Vec<(&'static str, u64)> {
         vec![
-            ("conns", self.counter(1)),
+            ("conns", self.counter(Counter::PSC_HTTP_CONNS_REFUSED)),
             ("connections", self.connections_refused),
             ("head_buffers", self.heads_abandoned),
             ("series", self.series_folded),
@@ -1097,7 +1098,7 @@ impl Probe for HttpProbe {
             ("series_budget", self.lifecycle.budget_refused()),
             ("routes", self.routes.folded()),
             ("server_addresses", self.addresses.folded()),
-            ("tls_unknown_socket", self.counter(2)),
+            ("tls_unknown_socket", self.counter(Counter::PSC_HTTP_TLS_NO_FD)),
             ("pending_execs", self.execs_refused),
             (
                 "span_threads",
@@ -1107,7 +1108,7 @@ impl Probe for HttpProbe {
     }
 
     fn events_lost(&self) -> u64 {
-        self.counter(0)
+        self.counter(Counter::PSC_HTTP_LOST_EVENTS)
     }
 
     fn take_spans(&mut self, out: &mut Vec<Span>) {

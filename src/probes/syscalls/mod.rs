@@ -208,6 +208,70 @@ impl SyscallsProbe {
             .open(storage)
             .map_err(ProbeError::bpf("opening the syscalls BPF object"))?;
 
+        let fast_slots = Self::configure(&mut open, settings, context, timed)?;
+        plan.apply(open.open_object_mut());
+        open.progs
+            .psc_sys_enter_tp
+            .set_autoload(enter_hook == EnterHook::PerSyscallTracepoints);
+        open.progs
+            .psc_sys_enter_btf
+            .set_autoload(enter_hook == EnterHook::BtfSysEnter);
+
+        let skel = open
+            .load()
+            .map_err(AttemptError::load("loading the syscalls BPF programs"))?;
+
+        Self::select(&skel, settings)?;
+
+        let fast =
+            FastTable::map(skel.maps.fast_counts.as_fd(), fast_slots as usize).map_err(|err| {
+                ProbeError::Unsupported(format!("mapping the per-CPU count table: {err}"))
+            })?;
+        let mut probe = SyscallsProbe {
+            skel,
+            fast,
+            exit_link: None,
+            enter_links: Vec::new(),
+            timing_duty: None,
+            timing_always_since: None,
+            enter_hook,
+            timed: timed.to_vec(),
+            degraded: Vec::new(),
+            bounds: DurationBounds::new(&settings.duration_buckets_seconds.0),
+            pid_label: processes.pid_label,
+            exited_ttl: Duration::from_secs(processes.exited_ttl_secs),
+            // Without pids, a series is a name: a process keeps its first name, so that
+            // renaming or exec never moves counts between series.
+            processes: ProcessTable::new()
+                .keep_first_name(!processes.pid_label)
+                .with_workloads(workloads),
+            policy: Policy::new(
+                settings.latency_per_process,
+                settings.duration_buckets_seconds.0.len(),
+                ProcessSeries::new(
+                    workloads.clone(),
+                    processes.max_exited_executables.get() as usize,
+                    context.budget.for_probe("syscalls"),
+                ),
+            ),
+            fill: Vec::new(),
+            cgroups: util::CgroupTenants::default(),
+            shares: util::TenantShares::new(workloads.tenant_slots().count()),
+        };
+        if context.attach {
+            probe.attach(settings, enter_hook)?;
+        }
+        Ok(probe)
+    }
+
+    /// Sets the object's constants and map caps before load; the fast table's slots.
+    fn configure(
+        open: &mut skel::OpenSyscallsSkel<'_>,
+        settings: &SyscallsConfig,
+        context: &LoadContext<'_>,
+        timed: &[u32],
+    ) -> Result<u32, ProbeError> {
+        let workloads = context.workloads;
         let rodata =
             open.maps.rodata_data.as_deref_mut().ok_or_else(|| {
                 ProbeError::Unsupported("the syscalls object has no rodata".into())
@@ -261,18 +325,11 @@ impl SyscallsProbe {
             map.set_max_entries(cap)
                 .map_err(ProbeError::bpf("setting a syscalls map cap"))?;
         }
-        plan.apply(open.open_object_mut());
-        open.progs
-            .psc_sys_enter_tp
-            .set_autoload(enter_hook == EnterHook::PerSyscallTracepoints);
-        open.progs
-            .psc_sys_enter_btf
-            .set_autoload(enter_hook == EnterHook::BtfSysEnter);
+        Ok(fast_slots)
+    }
 
-        let skel = open
-            .load()
-            .map_err(AttemptError::load("loading the syscalls BPF programs"))?;
-
+    /// Fills the selection maps the programs consult when `include_*` is set.
+    fn select(skel: &SyscallsSkel<'_>, settings: &SyscallsConfig) -> Result<(), ProbeError> {
         for pid in &settings.include_pids {
             skel.maps
                 .selected_tgids
@@ -288,78 +345,46 @@ impl SyscallsProbe {
                 .map_err(ProbeError::bpf("selecting an executable"))?;
         }
 
-        let fast =
-            FastTable::map(skel.maps.fast_counts.as_fd(), fast_slots as usize).map_err(|err| {
-                ProbeError::Unsupported(format!("mapping the per-CPU count table: {err}"))
-            })?;
-        let mut probe = SyscallsProbe {
-            skel,
-            fast,
-            exit_link: None,
-            enter_links: Vec::new(),
-            timing_duty: None,
-            timing_always_since: None,
-            enter_hook,
-            timed: timed.to_vec(),
-            degraded: Vec::new(),
-            bounds: DurationBounds::new(&settings.duration_buckets_seconds.0),
-            pid_label: processes.pid_label,
-            exited_ttl: Duration::from_secs(processes.exited_ttl_secs),
-            // Without pids, a series is a name: a process keeps its first name, so that
-            // renaming or exec never moves counts between series.
-            processes: ProcessTable::new()
-                .keep_first_name(!processes.pid_label)
-                .with_workloads(workloads),
-            policy: Policy::new(
-                settings.latency_per_process,
-                settings.duration_buckets_seconds.0.len(),
-                ProcessSeries::new(
-                    workloads.clone(),
-                    processes.max_exited_executables.get() as usize,
-                    context.budget.for_probe("syscalls"),
-                ),
-            ),
-            fill: Vec::new(),
-            cgroups: util::CgroupTenants::default(),
-            shares: util::TenantShares::new(slots),
-        };
-        if context.attach {
-            probe.exit_link = Some(
-                probe
-                    .skel
-                    .progs
-                    .psc_sys_exit
-                    .attach()
-                    .map_err(AttemptError::attach("psc_sys_exit"))?,
-            );
-            if enter_hook != EnterHook::None {
-                let now = Instant::now();
-                // Attached once here even when sampled: a kernel that refuses the hook
-                // says so at start, and the other hook is tried.
-                let program = match enter_hook {
-                    EnterHook::BtfSysEnter => "psc_sys_enter_btf",
-                    _ => "psc_sys_enter_tp",
-                };
-                let links = probe
-                    .attach_enter()
-                    .map_err(AttemptError::attach(program))?;
-                match settings.latency_sampling {
-                    SamplingMode::Always => {
-                        probe.enter_links = links;
-                        probe.timing_always_since = Some(now);
-                    }
-                    SamplingMode::Sampled => {
-                        drop(links);
-                        probe.timing_duty = Some(DutyCycle::new(
-                            Duration::from_secs(settings.latency_sample_secs),
-                            Duration::from_secs(settings.latency_period_secs),
-                            now,
-                        ))
-                    }
+        Ok(())
+    }
+
+    /// Attaches the exit hook and, when syscalls are timed, the enter hook (kept
+    /// attached when timing always, else opened by the duty cycle).
+    fn attach(&mut self, settings: &SyscallsConfig, enter_hook: EnterHook) -> Result<(), AttemptError> {
+        self.exit_link = Some(
+            self.skel
+                .progs
+                .psc_sys_exit
+                .attach()
+                .map_err(AttemptError::attach("psc_sys_exit"))?,
+        );
+        if enter_hook != EnterHook::None {
+            let now = Instant::now();
+            // Attached once here even when sampled: a kernel that refuses the hook
+            // says so at start, and the other hook is tried.
+            let program = match enter_hook {
+                EnterHook::BtfSysEnter => "psc_sys_enter_btf",
+                _ => "psc_sys_enter_tp",
+            };
+            let links = self
+                .attach_enter()
+                .map_err(AttemptError::attach(program))?;
+            match settings.latency_sampling {
+                SamplingMode::Always => {
+                    self.enter_links = links;
+                    self.timing_always_since = Some(now);
+                }
+                SamplingMode::Sampled => {
+                    drop(links);
+                    self.timing_duty = Some(DutyCycle::new(
+                        Duration::from_secs(settings.latency_sample_secs),
+                        Duration::from_secs(settings.latency_period_secs),
+                        now,
+                    ))
                 }
             }
         }
-        Ok(probe)
+        Ok(())
     }
 
     /// Attaches the timing hook: the start stamps of the timed syscalls.

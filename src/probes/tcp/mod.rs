@@ -17,12 +17,14 @@ use super::kit::lifecycle::{FirstSeen, Owner, ProcessSeries};
 use crate::enrich::process::UNKNOWN_NAME;
 use crate::enrich::{ProcessTable, Workload};
 use crate::kernel::caps::{self, Need};
-use crate::model::{ClassicHistogram, Family, Labels, MetricKind, Value, OVERFLOW};
+use crate::model::{ClassicHistogram, Family, Labels, OVERFLOW};
 
 pub mod config;
+mod families;
 mod policy;
 
 use config::TcpConfig;
+use families::TcpFamilies;
 use policy::{LiveRow, Peer, Policy, Rows};
 
 /// An exited process's owner and series, to fold.
@@ -115,6 +117,43 @@ enum Sampler {
     Iterator(Option<Link>),
     /// The syscall program that walks the table, run on demand.
     Walk,
+}
+
+/// Sets the object's caps and constants before load.
+fn configure(
+    open: &mut skel::OpenTcpSkel<'_>,
+    settings: &TcpConfig,
+    drops_tenants: bool,
+    slots: u32,
+) -> Result<(), ProbeError> {
+    let duration_bounds = &settings.connect_duration_buckets_seconds.0;
+    let rtt_bounds = &settings.rtt_buckets_seconds.0;
+    open.maps
+        .series
+        .set_max_entries(settings.max_series.get())
+        .map_err(ProbeError::bpf("setting the series cap"))?;
+    open.maps
+        .tcp_socks
+        .set_max_entries(settings.max_connections.get())
+        .map_err(ProbeError::bpf("setting the connection cap"))?;
+    open.maps
+        .overflow
+        .set_max_entries(slots * 2)
+        .map_err(ProbeError::bpf("sizing the overflow series"))?;
+    if let Some(rodata) = open.maps.rodata_data.as_deref_mut() {
+        for (slot, bound) in rodata.duration_bounds_ns.iter_mut().zip(duration_bounds) {
+            *slot = (bound * 1e9).round() as u64;
+        }
+        rodata.duration_bounds_len = duration_bounds.len() as u32;
+        for (slot, bound) in rodata.rtt_bounds_us.iter_mut().zip(rtt_bounds) {
+            *slot = (bound * 1e6).round() as u64;
+        }
+        rodata.rtt_bounds_len = rtt_bounds.len() as u32;
+        rodata.filter_cgroups = u8::from(drops_tenants);
+        rodata.tenant_slots = slots;
+        rodata.tenant_share[0] = (settings.max_series.get() / slots).max(1);
+    }
+    Ok(())
 }
 
 /// Runs the walking sampler once.
@@ -252,31 +291,7 @@ impl TcpProbe {
             let mut open = TcpSkelBuilder::default()
                 .open(storage)
                 .map_err(ProbeError::bpf("opening the tcp BPF object"))?;
-            open.maps
-                .series
-                .set_max_entries(settings.max_series.get())
-                .map_err(ProbeError::bpf("setting the series cap"))?;
-            open.maps
-                .tcp_socks
-                .set_max_entries(settings.max_connections.get())
-                .map_err(ProbeError::bpf("setting the connection cap"))?;
-            open.maps
-                .overflow
-                .set_max_entries(slots * 2)
-                .map_err(ProbeError::bpf("sizing the overflow series"))?;
-            if let Some(rodata) = open.maps.rodata_data.as_deref_mut() {
-                for (slot, bound) in rodata.duration_bounds_ns.iter_mut().zip(&duration_bounds) {
-                    *slot = (bound * 1e9).round() as u64;
-                }
-                rodata.duration_bounds_len = duration_bounds.len() as u32;
-                for (slot, bound) in rodata.rtt_bounds_us.iter_mut().zip(&rtt_bounds) {
-                    *slot = (bound * 1e6).round() as u64;
-                }
-                rodata.rtt_bounds_len = rtt_bounds.len() as u32;
-                rodata.filter_cgroups = u8::from(context.drops_tenants);
-                rodata.tenant_slots = slots;
-                rodata.tenant_share[0] = (settings.max_series.get() / slots).max(1);
-            }
+            configure(&mut open, settings, context.drops_tenants, slots)?;
             plan.apply(open.open_object_mut());
             if !sampling {
                 open.progs.psc_tcp_iter.set_autoload(false);
@@ -690,138 +705,22 @@ impl TcpProbe {
 
     /// The families of the series the policy exports.
     fn families(&self, rows: &Rows) -> [Family; 8] {
-        let mut opened = Family::new(
-            "tcp_connections_opened",
-            "TCP connections established, by direction: outbound (connected by the process) or inbound (accepted on its listening port).",
-            MetricKind::Counter,
-        );
-        let mut failures = Family::new(
-            "tcp_connect_failures",
-            "Outbound TCP connects that failed, by reason: refused, timeout, unreachable, aborted (closed by the process before an answer), other.",
-            MetricKind::Counter,
-        );
-        let mut duration = Family::new(
-            "tcp_connect_duration_seconds",
-            "Time from SYN sent to connection established, outbound connections.",
-            MetricKind::Histogram,
-        )
-        .with_unit("seconds");
-        let mut active = Family::new(
-            "tcp_active_connections",
-            "TCP connections established since the agent started and not yet closed.",
-            MetricKind::Gauge,
-        );
-        // Without a sampler (switched off, or refused by this kernel) the help says that
-        // open connections count only when they close.
-        let help = |sampled: &'static str, at_close: &'static str| {
-            if self.sampler.is_some() {
-                sampled
-            } else {
-                at_close
-            }
-        };
-        let mut sent = Family::new(
-            "tcp_sent_bytes",
-            help(
-                "Data bytes sent on TCP connections (retransmitted data once), added while they are open (every sample interval) and at their close.",
-                "Data bytes sent on TCP connections (retransmitted data once), added when they close: open connections are not sampled here.",
-            ),
-            MetricKind::Counter,
-        );
-        let mut received = Family::new(
-            "tcp_received_bytes",
-            help(
-                "Data bytes received on TCP connections, added while they are open (every sample interval) and at their close.",
-                "Data bytes received on TCP connections, added when they close: open connections are not sampled here.",
-            ),
-            MetricKind::Counter,
-        );
-        let mut retransmits = Family::new(
-            "tcp_retransmits",
-            help(
-                "Segments retransmitted on TCP connections, added while they are open (every sample interval) and at their close.",
-                "Segments retransmitted on TCP connections, added when they close: open connections are not sampled here.",
-            ),
-            MetricKind::Counter,
-        );
-        let mut rtt = Family::new(
-            "tcp_rtt_seconds",
-            help(
-                "Smoothed round-trip time of TCP connections: one sample per open connection and sample interval, and one at its close.",
-                "Smoothed round-trip time of TCP connections: one sample at each close; open connections are not sampled here.",
-            ),
-            MetricKind::Histogram,
-        )
-        .with_unit("seconds");
+        let mut families = TcpFamilies::new(self.sampler.is_some());
         for ((owner, peer), stats) in rows {
             let created = self.policy.series().created(owner);
             let mut labels: Labels = owner.labels(self.processes.workloads());
-            labels.push((
-                "direction",
-                if peer.inbound { "inbound" } else { "outbound" }.to_string(),
-            ));
-            labels.push(("peer_address", peer.address.clone()));
-            // Outbound: the peer's port; inbound: the local listening port. Never the
-            // ephemeral side.
-            if peer.port != 0 {
-                labels.push((
-                    if peer.inbound {
-                        "server_port"
-                    } else {
-                        "peer_port"
-                    },
-                    peer.port.to_string(),
-                ));
-            }
-            opened.push_created(labels.clone(), Value::Counter(stats.opened as f64), created);
-            active.push(labels.clone(), Value::Gauge(stats.active.max(0) as f64));
-            sent.push_created(labels.clone(), Value::Counter(stats.sent as f64), created);
-            received.push_created(
-                labels.clone(),
-                Value::Counter(stats.received as f64),
-                created,
-            );
-            retransmits.push_created(
-                labels.clone(),
-                Value::Counter(stats.retransmits as f64),
-                created,
-            );
-            rtt.push_created(
-                labels.clone(),
-                Value::Histogram(classic(
-                    &stats.rtt,
-                    &self.rtt_bounds,
-                    stats.rtt_sum_us as f64 / 1e6,
-                )),
-                created,
-            );
-            if !peer.inbound {
-                for (reason, count) in FAILURE_REASONS.iter().zip(stats.failures) {
-                    let mut labels = labels.clone();
-                    labels.push(("reason", reason.to_string()));
-                    failures.push_created(labels, Value::Counter(count as f64), created);
-                }
-                duration.push_created(
-                    labels,
-                    Value::Histogram(classic(
-                        &stats.duration,
-                        &self.duration_bounds,
-                        stats.duration_sum_ns as f64 / 1e9,
-                    )),
-                    created,
-                );
-            }
+            families::push_peer_labels(&mut labels, peer);
+            let rtt = classic(&stats.rtt, &self.rtt_bounds, stats.rtt_sum_us as f64 / 1e6);
+            let duration = (!peer.inbound).then(|| {
+                classic(
+                    &stats.duration,
+                    &self.duration_bounds,
+                    stats.duration_sum_ns as f64 / 1e9,
+                )
+            });
+            families.push(labels, stats, rtt, duration, created);
         }
-        [
-            opened,
-            failures,
-            duration,
-            active,
-            sent,
-            received,
-            retransmits,
-            rtt,
-        ]
+        families.into_array()
     }
 }
 
