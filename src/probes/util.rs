@@ -1,6 +1,9 @@
 //! Helpers every probe's loader uses to read its maps.
 
-use libbpf_rs::{MapCore, MapFlags};
+use std::mem::MaybeUninit;
+
+use libbpf_rs::skel::SkelBuilder;
+use libbpf_rs::{MapCore, MapFlags, OpenMapMut};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
@@ -39,6 +42,38 @@ impl ProbeError {
         move |source| ProbeError::Bpf { what, source }
     }
 }
+
+/// Opens a probe's BPF object. A skeleton borrows its object's storage for its whole
+/// life, which is the probe's: the storage is leaked, once per load.
+pub fn open_object<B: SkelBuilder<'static>>(
+    builder: B,
+    probe: &str,
+) -> Result<B::Output, ProbeError> {
+    let storage = Box::leak(Box::new(MaybeUninit::uninit()));
+    builder
+        .open(storage)
+        .map_err(ProbeError::bpf(format!("opening the {probe} BPF object")))
+}
+
+/// Sizes a map before load: `what` names it in the error.
+pub fn set_entries(map: &mut OpenMapMut<'_>, entries: u32, what: &str) -> Result<(), ProbeError> {
+    map.set_max_entries(entries)
+        .map_err(ProbeError::bpf(format!(
+            "sizing {what} ({entries} entries)"
+        )))
+}
+
+/// Marks types the skeleton generated from the BPF object as plain bytes, so that map
+/// keys and values decode into them.
+macro_rules! plain_types {
+    ($($ty:ty),* $(,)?) => {
+        $(
+            // SAFETY: plain C structs of integers, generated from the BPF object's BTF.
+            unsafe impl plain::Plain for $ty {}
+        )*
+    };
+}
+pub(crate) use plain_types;
 
 /// Entries of a keyed map against its cap.
 #[derive(Debug, Clone)]

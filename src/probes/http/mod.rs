@@ -16,12 +16,11 @@ pub mod tls;
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
-use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::rc::Rc;
 use std::time::{Duration, Instant, SystemTime};
 
-use libbpf_rs::skel::{OpenSkel, SkelBuilder};
+use libbpf_rs::skel::OpenSkel;
 use libbpf_rs::{Link, MapCore, RingBuffer, RingBufferBuilder, UprobeOpts};
 use tracing::{debug, info, warn};
 
@@ -49,9 +48,10 @@ mod skel {
 use skel::{types, HttpSkel, HttpSkelBuilder};
 use types::psc_http_counter as Counter;
 
-// SAFETY: plain C structs of integers, generated from the program's BTF.
-unsafe impl plain::Plain for types::psc_http_event {}
-unsafe impl plain::Plain for types::psc_conn_key {}
+util::plain_types!(
+    types::psc_http_event,
+    types::psc_conn_key,
+);
 
 /// What the ring buffer callback returns to stop a drain whose inbox is full.
 const INBOX_FULL: i32 = -1;
@@ -306,18 +306,9 @@ impl HttpProbe {
         plan: &Plan,
     ) -> Result<Self, AttemptError> {
         let (workloads, processes) = (context.workloads, context.processes);
-        let storage = Box::leak(Box::new(MaybeUninit::uninit()));
-        let mut open = HttpSkelBuilder::default()
-            .open(storage)
-            .map_err(ProbeError::bpf("opening the http BPF object"))?;
-        open.maps
-            .tls_conns
-            .set_max_entries(settings.max_connections.get())
-            .map_err(ProbeError::bpf("setting the connection cap"))?;
-        open.maps
-            .events
-            .set_max_entries(settings.ring_buffer_bytes)
-            .map_err(ProbeError::bpf("sizing the ring buffer"))?;
+        let mut open = util::open_object(HttpSkelBuilder::default(), "http")?;
+        util::set_entries(&mut open.maps.tls_conns, settings.max_connections.get(), "tls_conns")?;
+        util::set_entries(&mut open.maps.events, settings.ring_buffer_bytes, "events")?;
         if let Some(rodata) = open.maps.rodata_data.as_deref_mut() {
             rodata.trace_clients = u8::from(settings.clients);
             rodata.agent_tgid = std::process::id();

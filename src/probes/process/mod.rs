@@ -1,11 +1,10 @@
 //! The `process` probe: execs, exits by exit code class and OOM kills, per executable,
 //! counted in the kernel (see `process.bpf.c`).
 
-use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::time::{Duration, Instant, SystemTime};
 
-use libbpf_rs::skel::{OpenSkel, SkelBuilder};
+use libbpf_rs::skel::OpenSkel;
 use libbpf_rs::{Link, MapCore};
 
 use super::kit::budget::{ProbeBudget, COUNTER_SAMPLES};
@@ -26,9 +25,10 @@ mod skel {
 }
 use skel::{types, ProcessSkel, ProcessSkelBuilder};
 
-// SAFETY: plain C structs of integers and bytes, generated from the program's BTF.
-unsafe impl plain::Plain for types::psc_exe_key {}
-unsafe impl plain::Plain for types::psc_process_stats {}
+util::plain_types!(
+    types::psc_exe_key,
+    types::psc_process_stats,
+);
 
 pub use crate::model::OVERFLOW as OVERFLOW_NAME;
 
@@ -46,14 +46,8 @@ impl BuiltIn for Process {
         let processes = context.processes;
         util::check_btf()?;
         let (mut probe, degraded) = load_degrading("process", PROGRAMS, |plan| {
-            let storage = Box::leak(Box::new(MaybeUninit::uninit()));
-            let mut open = ProcessSkelBuilder::default()
-                .open(storage)
-                .map_err(ProbeError::bpf("opening the process BPF object"))?;
-            open.maps
-                .executables
-                .set_max_entries(settings.max_executables.get())
-                .map_err(ProbeError::bpf("setting the executables cap"))?;
+            let mut open = util::open_object(ProcessSkelBuilder::default(), "process")?;
+            util::set_entries(&mut open.maps.executables, settings.max_executables.get(), "executables")?;
             plan.apply(open.open_object_mut());
             let skel = open
                 .load()

@@ -6,11 +6,10 @@ pub mod config;
 #[cfg(test)]
 mod tests;
 
-use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::time::{Duration, Instant, SystemTime};
 
-use libbpf_rs::skel::{OpenSkel, SkelBuilder};
+use libbpf_rs::skel::OpenSkel;
 use libbpf_rs::{Link, MapCore, MapFlags};
 
 use super::kit::budget::{histogram_samples, ProbeBudget};
@@ -31,9 +30,10 @@ mod skel {
 use skel::{types, SchedSkel, SchedSkelBuilder};
 use types::psc_sched_counter as Counter;
 
-// SAFETY: plain C structs of integers and bytes, generated from the program's BTF.
-unsafe impl plain::Plain for types::psc_sched_key {}
-unsafe impl plain::Plain for types::psc_hist {}
+util::plain_types!(
+    types::psc_sched_key,
+    types::psc_hist,
+);
 
 pub struct Sched;
 
@@ -79,14 +79,8 @@ impl SchedProbe {
     fn load(settings: &SchedConfig, context: &LoadContext<'_>) -> Result<Self, ProbeError> {
         util::check_btf()?;
         let ((skel, links), _) = load_degrading("sched", PROGRAMS, |plan| {
-            let storage = Box::leak(Box::new(MaybeUninit::uninit()));
-            let mut open = SchedSkelBuilder::default()
-                .open(storage)
-                .map_err(ProbeError::bpf("opening the sched BPF object"))?;
-            open.maps
-                .latency
-                .set_max_entries(settings.max_series.get())
-                .map_err(ProbeError::bpf("setting the series cap"))?;
+            let mut open = util::open_object(SchedSkelBuilder::default(), "sched")?;
+            util::set_entries(&mut open.maps.latency, settings.max_series.get(), "latency")?;
             plan.apply(open.open_object_mut());
             let skel = open
                 .load()

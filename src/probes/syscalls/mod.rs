@@ -11,11 +11,10 @@ pub mod table;
 mod tests;
 
 use std::collections::{BTreeMap, HashMap};
-use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::time::{Duration, Instant, SystemTime};
 
-use libbpf_rs::skel::{OpenSkel, SkelBuilder};
+use libbpf_rs::skel::OpenSkel;
 use libbpf_rs::{Link, MapCore, MapFlags, TracepointCategory};
 use tracing::{debug, info, warn};
 
@@ -42,14 +41,15 @@ use skel::{types, SyscallsSkel, SyscallsSkelBuilder};
 use types::psc_syscall_folded_slot as Folded;
 use types::psc_syscall_share as Share;
 
-// SAFETY: plain C structs of integers, generated from the BPF program's BTF.
-unsafe impl plain::Plain for types::psc_syscall_key {}
-unsafe impl plain::Plain for types::psc_syscall_error_key {}
-unsafe impl plain::Plain for types::psc_process_key {}
-unsafe impl plain::Plain for types::psc_syscall_nr_err {}
-unsafe impl plain::Plain for types::psc_hist {}
-unsafe impl plain::Plain for types::psc_process {}
-unsafe impl plain::Plain for types::psc_fast_slot {}
+util::plain_types!(
+    types::psc_syscall_key,
+    types::psc_syscall_error_key,
+    types::psc_process_key,
+    types::psc_syscall_nr_err,
+    types::psc_hist,
+    types::psc_process,
+    types::psc_fast_slot,
+);
 
 /// Must equal PSC_MAX_SYSCALLS in bpf/periscope.h.
 const MAX_SYSCALLS: u32 = 512;
@@ -203,10 +203,7 @@ impl SyscallsProbe {
     ) -> Result<Self, AttemptError> {
         let (workloads, processes) = (context.workloads, context.processes);
         // The skeleton borrows its object storage for its whole life, which is the probe's.
-        let storage = Box::leak(Box::new(MaybeUninit::uninit()));
-        let mut open = SyscallsSkelBuilder::default()
-            .open(storage)
-            .map_err(ProbeError::bpf("opening the syscalls BPF object"))?;
+        let mut open = util::open_object(SyscallsSkelBuilder::default(), "syscalls")?;
 
         let fast_slots = Self::configure(&mut open, settings, context, timed)?;
         plan.apply(open.open_object_mut());
@@ -322,8 +319,8 @@ impl SyscallsProbe {
             ),
         ];
         for (map, cap) in caps {
-            map.set_max_entries(cap)
-                .map_err(ProbeError::bpf("setting a syscalls map cap"))?;
+            let name = map.name().to_string_lossy().into_owned();
+            util::set_entries(map, cap, &name)?;
         }
         Ok(fast_slots)
     }

@@ -3,11 +3,10 @@
 //! changes (see `tcp.bpf.c`); nothing runs per packet.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::time::{Duration, Instant, SystemTime};
 
-use libbpf_rs::skel::{OpenSkel, SkelBuilder};
+use libbpf_rs::skel::OpenSkel;
 use libbpf_rs::{Link, MapCore, MapFlags};
 
 use super::kit::programs::{load_degrading, AttemptError, Degraded, ProgramSpec};
@@ -36,13 +35,14 @@ mod skel {
 use skel::{types, TcpSkel, TcpSkelBuilder};
 use types::psc_tcp_counter as Counter;
 
-// SAFETY: plain C structs of integers, generated from the program's BTF.
-unsafe impl plain::Plain for types::psc_tcp_key {}
-unsafe impl plain::Plain for types::psc_process {}
-unsafe impl plain::Plain for types::psc_process_key {}
-unsafe impl plain::Plain for types::psc_tcp_stats {}
-unsafe impl plain::Plain for types::psc_tcp_listener_key {}
-unsafe impl plain::Plain for types::psc_tcp_listener {}
+util::plain_types!(
+    types::psc_tcp_key,
+    types::psc_process,
+    types::psc_process_key,
+    types::psc_tcp_stats,
+    types::psc_tcp_listener_key,
+    types::psc_tcp_listener,
+);
 
 /// The number in a link target such as `socket:[123]` or `net:[4026531840]`.
 fn bracketed_number(target: &str, prefix: &str) -> Option<u64> {
@@ -128,18 +128,9 @@ fn configure(
 ) -> Result<(), ProbeError> {
     let duration_bounds = &settings.connect_duration_buckets_seconds.0;
     let rtt_bounds = &settings.rtt_buckets_seconds.0;
-    open.maps
-        .series
-        .set_max_entries(settings.max_series.get())
-        .map_err(ProbeError::bpf("setting the series cap"))?;
-    open.maps
-        .tcp_socks
-        .set_max_entries(settings.max_connections.get())
-        .map_err(ProbeError::bpf("setting the connection cap"))?;
-    open.maps
-        .overflow
-        .set_max_entries(slots * 2)
-        .map_err(ProbeError::bpf("sizing the overflow series"))?;
+    util::set_entries(&mut open.maps.series, settings.max_series.get(), "series")?;
+    util::set_entries(&mut open.maps.tcp_socks, settings.max_connections.get(), "tcp_socks")?;
+    util::set_entries(&mut open.maps.overflow, slots * 2, "overflow")?;
     if let Some(rodata) = open.maps.rodata_data.as_deref_mut() {
         for (slot, bound) in rodata.duration_bounds_ns.iter_mut().zip(duration_bounds) {
             *slot = (bound * 1e9).round() as u64;
@@ -287,10 +278,7 @@ impl TcpProbe {
         let rtt_bounds = settings.rtt_buckets_seconds.0.clone();
         let sampling = settings.sample_interval_secs > 0;
         let ((skel, sampler, links), degraded) = load_degrading("tcp", PROGRAMS, |plan| {
-            let storage = Box::leak(Box::new(MaybeUninit::uninit()));
-            let mut open = TcpSkelBuilder::default()
-                .open(storage)
-                .map_err(ProbeError::bpf("opening the tcp BPF object"))?;
+            let mut open = util::open_object(TcpSkelBuilder::default(), "tcp")?;
             configure(&mut open, settings, context.drops_tenants, slots)?;
             plan.apply(open.open_object_mut());
             if !sampling {
