@@ -56,11 +56,11 @@ macro_rules! built_in_probes {
 // The built-in probes, one line each: `probes.<name>` in the configuration is the
 // folder's settings type, and the folder's `config.yaml` its documented defaults.
 built_in_probes! {
-    syscalls => syscalls::Syscalls,
-    process => process::Process,
-    http => http::Http,
-    tcp => tcp::Tcp,
-    sched => sched::Sched,
+    syscalls => syscalls::SyscallsProbe,
+    process => process::ProcessProbe,
+    http => http::HttpProbe,
+    tcp => tcp::TcpProbe,
+    sched => sched::SchedProbe,
 }
 
 /// A probe's own settings, under `probes.<name>`.
@@ -92,8 +92,8 @@ pub struct LoadContext<'a> {
     pub budget: &'a SeriesBudget,
 }
 
-/// A built-in probe, before it is loaded: the entry point of its folder.
-pub trait BuiltIn: Sync + 'static {
+/// A built-in probe: the entry point of its folder, implemented by the probe itself.
+pub trait BuiltIn: Probe + Sized + 'static {
     type Settings: ProbeSettings;
     const DESCRIPTION: &'static str;
     /// Its settings' documented defaults, as YAML below `probes.<name>`.
@@ -104,10 +104,7 @@ pub trait BuiltIn: Sync + 'static {
     }
     /// Loads the BPF programs (the kernel's verifier is the real capability check) and,
     /// when the context says so, attaches them.
-    fn load(
-        settings: &Self::Settings,
-        context: &mut LoadContext<'_>,
-    ) -> Result<Box<dyn Probe>, ProbeError>;
+    fn load(settings: &Self::Settings, context: &mut LoadContext<'_>) -> Result<Self, ProbeError>;
 }
 
 /// A registered built-in probe, whatever its settings type.
@@ -158,7 +155,7 @@ impl<P: BuiltIn> ProbeSpec for Registered<P> {
         probes: &ProbesConfig,
         context: &mut LoadContext<'_>,
     ) -> Result<Box<dyn Probe>, ProbeError> {
-        P::load((self.settings)(probes), context)
+        Ok(Box::new(P::load((self.settings)(probes), context)?))
     }
 }
 

@@ -75,9 +75,7 @@ const EXEC_LOOKS: [Duration; 2] = [Duration::from_millis(200), Duration::from_se
 
 pub use crate::model::OVERFLOW as OVERFLOW_NAME;
 
-pub struct Http;
-
-impl BuiltIn for Http {
+impl BuiltIn for HttpProbe {
     type Settings = HttpConfig;
     const DESCRIPTION: &'static str =
         "HTTP/1.x requests per process: rate, status, latency, body sizes";
@@ -92,11 +90,23 @@ impl BuiltIn for Http {
         )
     }
 
-    fn load(
-        settings: &HttpConfig,
-        context: &mut LoadContext<'_>,
-    ) -> Result<Box<dyn Probe>, ProbeError> {
-        Ok(Box::new(HttpProbe::load(settings, context)?))
+    fn load(settings: &Self::Settings, context: &mut LoadContext<'_>) -> Result<Self, ProbeError> {
+        util::check_btf()?;
+        let patterns = settings
+            .routes
+            .iter()
+            .map(|r| RoutePattern::parse(r))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(ProbeError::Unsupported)?;
+        let (mut probe, degraded) = load_degrading("http", PROGRAMS, |plan| {
+            let mut probe = Self::load_with(settings, context, patterns.clone(), plan)?;
+            if context.attach {
+                probe.attach()?;
+            }
+            Ok(probe)
+        })?;
+        probe.degraded = degraded;
+        Ok(probe)
     }
 }
 
@@ -279,24 +289,6 @@ static PROGRAMS: &[ProgramSpec] = &[
 ];
 
 impl HttpProbe {
-    fn load(settings: &HttpConfig, context: &LoadContext<'_>) -> Result<Self, ProbeError> {
-        util::check_btf()?;
-        let patterns = settings
-            .routes
-            .iter()
-            .map(|r| RoutePattern::parse(r))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(ProbeError::Unsupported)?;
-        let (mut probe, degraded) = load_degrading("http", PROGRAMS, |plan| {
-            let mut probe = Self::load_with(settings, context, patterns.clone(), plan)?;
-            if context.attach {
-                probe.attach()?;
-            }
-            Ok(probe)
-        })?;
-        probe.degraded = degraded;
-        Ok(probe)
-    }
 
     /// One load attempt, with the programs `plan` leaves.
     fn load_with(

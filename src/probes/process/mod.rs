@@ -32,17 +32,12 @@ util::plain_types!(
 
 pub use crate::model::OVERFLOW as OVERFLOW_NAME;
 
-pub struct Process;
-
-impl BuiltIn for Process {
+impl BuiltIn for ProcessProbe {
     type Settings = ProcessConfig;
     const DESCRIPTION: &'static str = "per executable: execs, exits by exit code class, OOM kills";
     const DEFAULT_YAML: &'static str = include_str!("config.yaml");
 
-    fn load(
-        settings: &ProcessConfig,
-        context: &mut LoadContext<'_>,
-    ) -> Result<Box<dyn Probe>, ProbeError> {
+    fn load(settings: &Self::Settings, context: &mut LoadContext<'_>) -> Result<Self, ProbeError> {
         let processes = context.processes;
         util::check_btf()?;
         let (mut probe, degraded) = load_degrading("process", PROGRAMS, |plan| {
@@ -83,7 +78,7 @@ impl BuiltIn for Process {
             Ok(probe)
         })?;
         probe.degraded = degraded;
-        Ok(Box::new(probe))
+        Ok(probe)
     }
 }
 

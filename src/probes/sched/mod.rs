@@ -35,48 +35,13 @@ util::plain_types!(
     types::psc_hist,
 );
 
-pub struct Sched;
-
-impl BuiltIn for Sched {
+impl BuiltIn for SchedProbe {
     type Settings = SchedConfig;
     const DESCRIPTION: &'static str =
         "per executable: run-queue latency, the wait of runnable tasks for a CPU";
     const DEFAULT_YAML: &'static str = include_str!("config.yaml");
 
-    fn load(
-        settings: &SchedConfig,
-        context: &mut LoadContext<'_>,
-    ) -> Result<Box<dyn Probe>, ProbeError> {
-        Ok(Box::new(SchedProbe::load(settings, context)?))
-    }
-}
-
-/// A wait is measured from a wakeup, or from a switch that leaves the task runnable.
-static PROGRAMS: &[ProgramSpec] = &[
-    ProgramSpec::required("psc_sched_wakeup", "tp_btf/sched_wakeup with task storage"),
-    ProgramSpec::required(
-        "psc_sched_wakeup_new",
-        "tp_btf/sched_wakeup_new with task storage",
-    ),
-    ProgramSpec::required("psc_sched_switch", "tp_btf/sched_switch with task storage"),
-];
-
-/// A series: an executable within a cgroup v2 (its container or service).
-type SeriesKey = (String, u64);
-
-pub struct SchedProbe {
-    skel: SchedSkel<'static>,
-    _links: Vec<Link>,
-    workloads: Workloads,
-    bounds: DurationBounds,
-    started: SystemTime,
-    budget: ProbeBudget,
-    idle: IdleKeys<SeriesKey, LogLinearHistogram>,
-    fill: Vec<MapFill>,
-}
-
-impl SchedProbe {
-    fn load(settings: &SchedConfig, context: &LoadContext<'_>) -> Result<Self, ProbeError> {
+    fn load(settings: &Self::Settings, context: &mut LoadContext<'_>) -> Result<Self, ProbeError> {
         util::check_btf()?;
         let ((skel, links), _) = load_degrading("sched", PROGRAMS, |plan| {
             let mut open = util::open_object(SchedSkelBuilder::default(), "sched")?;
@@ -114,6 +79,33 @@ impl SchedProbe {
             fill: Vec::new(),
         })
     }
+}
+
+/// A wait is measured from a wakeup, or from a switch that leaves the task runnable.
+static PROGRAMS: &[ProgramSpec] = &[
+    ProgramSpec::required("psc_sched_wakeup", "tp_btf/sched_wakeup with task storage"),
+    ProgramSpec::required(
+        "psc_sched_wakeup_new",
+        "tp_btf/sched_wakeup_new with task storage",
+    ),
+    ProgramSpec::required("psc_sched_switch", "tp_btf/sched_switch with task storage"),
+];
+
+/// A series: an executable within a cgroup v2 (its container or service).
+type SeriesKey = (String, u64);
+
+pub struct SchedProbe {
+    skel: SchedSkel<'static>,
+    _links: Vec<Link>,
+    workloads: Workloads,
+    bounds: DurationBounds,
+    started: SystemTime,
+    budget: ProbeBudget,
+    idle: IdleKeys<SeriesKey, LogLinearHistogram>,
+    fill: Vec<MapFill>,
+}
+
+impl SchedProbe {
 
     /// The kernel's series, as (raw key, series key, histogram).
     fn read(&self) -> Vec<Row<SeriesKey, LogLinearHistogram>> {

@@ -72,19 +72,56 @@ const FOLDED_SLOTS: [(&str, Folded); 5] = [
     ("start", Folded::PSC_FOLDED_START),
 ];
 
-pub struct Syscalls;
-
-impl BuiltIn for Syscalls {
+impl BuiltIn for SyscallsProbe {
     type Settings = SyscallsConfig;
     const DESCRIPTION: &'static str =
         "per process and syscall: count, errors by errno, latency histogram";
     const DEFAULT_YAML: &'static str = include_str!("config.yaml");
 
-    fn load(
-        settings: &SyscallsConfig,
-        context: &mut LoadContext<'_>,
-    ) -> Result<Box<dyn Probe>, ProbeError> {
-        Ok(Box::new(SyscallsProbe::load(settings, context)?))
+    fn load(settings: &Self::Settings, context: &mut LoadContext<'_>) -> Result<Self, ProbeError> {
+        util::check_btf()?;
+        let mut timed: Vec<u32> = settings.latency_syscalls.iter().map(|s| s.0).collect();
+        timed.sort_unstable();
+        timed.dedup();
+
+        // Classic tracepoints need tracefs: mounted here when absent (only checking,
+        // nothing is mounted, and what would be used is said).
+        let tracefs = if timed.is_empty() {
+            false
+        } else if !context.attach {
+            context.kernel.tracefs.is_some()
+        } else {
+            match context.kernel.ensure_tracefs() {
+                Ok(_) => true,
+                Err(reason) => {
+                    warn!(%reason, "timing syscalls through tp_btf/sys_enter instead of per-syscall tracepoints (costs more per syscall)");
+                    false
+                }
+            }
+        };
+        let (mut probe, degraded) = load_degrading("syscalls", PROGRAMS, |plan| {
+            let enter_hook = if timed.is_empty() {
+                EnterHook::None
+            } else if plan.loads("psc_sys_enter_tp") {
+                if !tracefs {
+                    return Err(AttemptError::Attach {
+                        program: "psc_sys_enter_tp",
+                        source: libbpf_rs::Error::from(std::io::Error::new(
+                            std::io::ErrorKind::NotFound,
+                            "tracefs is not mounted",
+                        )),
+                    });
+                }
+                EnterHook::PerSyscallTracepoints
+            } else if plan.loads("psc_sys_enter_btf") {
+                EnterHook::BtfSysEnter
+            } else {
+                EnterHook::None
+            };
+            Self::load_with(settings, context, &timed, enter_hook, plan)
+        })?;
+        probe.degraded = degraded;
+        Ok(probe)
     }
 }
 
@@ -147,51 +184,6 @@ pub struct SyscallsProbe {
 }
 
 impl SyscallsProbe {
-    fn load(settings: &SyscallsConfig, context: &mut LoadContext<'_>) -> Result<Self, ProbeError> {
-        util::check_btf()?;
-        let mut timed: Vec<u32> = settings.latency_syscalls.iter().map(|s| s.0).collect();
-        timed.sort_unstable();
-        timed.dedup();
-
-        // Classic tracepoints need tracefs: mounted here when absent (only checking,
-        // nothing is mounted, and what would be used is said).
-        let tracefs = if timed.is_empty() {
-            false
-        } else if !context.attach {
-            context.kernel.tracefs.is_some()
-        } else {
-            match context.kernel.ensure_tracefs() {
-                Ok(_) => true,
-                Err(reason) => {
-                    warn!(%reason, "timing syscalls through tp_btf/sys_enter instead of per-syscall tracepoints (costs more per syscall)");
-                    false
-                }
-            }
-        };
-        let (mut probe, degraded) = load_degrading("syscalls", PROGRAMS, |plan| {
-            let enter_hook = if timed.is_empty() {
-                EnterHook::None
-            } else if plan.loads("psc_sys_enter_tp") {
-                if !tracefs {
-                    return Err(AttemptError::Attach {
-                        program: "psc_sys_enter_tp",
-                        source: libbpf_rs::Error::from(std::io::Error::new(
-                            std::io::ErrorKind::NotFound,
-                            "tracefs is not mounted",
-                        )),
-                    });
-                }
-                EnterHook::PerSyscallTracepoints
-            } else if plan.loads("psc_sys_enter_btf") {
-                EnterHook::BtfSysEnter
-            } else {
-                EnterHook::None
-            };
-            Self::load_with(settings, context, &timed, enter_hook, plan)
-        })?;
-        probe.degraded = degraded;
-        Ok(probe)
-    }
 
     /// One load attempt, with the enter hook `plan` leaves.
     fn load_with(

@@ -69,9 +69,7 @@ fn listening_sockets(table: &str) -> Vec<(u64, u16)> {
 const INBOUND: u8 = 2;
 const FAILURE_REASONS: [&str; 5] = ["refused", "timeout", "unreachable", "aborted", "other"];
 
-pub struct Tcp;
-
-impl BuiltIn for Tcp {
+impl BuiltIn for TcpProbe {
     type Settings = TcpConfig;
     const DESCRIPTION: &'static str = "TCP connections per process and peer: opened, failed, active, connect time, bytes, retransmits, RTT";
     const DEFAULT_YAML: &'static str = include_str!("config.yaml");
@@ -82,11 +80,97 @@ impl BuiltIn for Tcp {
         caps::reading_other_processes("find the listening sockets of processes started before the agent (probes.tcp)", false)
     }
 
-    fn load(
-        settings: &TcpConfig,
-        context: &mut LoadContext<'_>,
-    ) -> Result<Box<dyn Probe>, ProbeError> {
-        Ok(Box::new(TcpProbe::load(settings, context)?))
+    fn load(settings: &Self::Settings, context: &mut LoadContext<'_>) -> Result<Self, ProbeError> {
+        util::check_btf()?;
+        let (workloads, processes, attach) = (context.workloads, context.processes, context.attach);
+        let slots = workloads.tenant_slots().count();
+        let duration_bounds = settings.connect_duration_buckets_seconds.0.clone();
+        let rtt_bounds = settings.rtt_buckets_seconds.0.clone();
+        let sampling = settings.sample_interval_secs > 0;
+        let ((skel, sampler, links), degraded) = load_degrading("tcp", PROGRAMS, |plan| {
+            let mut open = util::open_object(TcpSkelBuilder::default(), "tcp")?;
+            configure(&mut open, settings, context.drops_tenants, slots)?;
+            plan.apply(open.open_object_mut());
+            if !sampling {
+                open.progs.psc_tcp_iter.set_autoload(false);
+                open.progs.psc_tcp_walk.set_autoload(false);
+            }
+            let skel = open
+                .load()
+                .map_err(AttemptError::load("loading the tcp BPF program"))?;
+            let mut links = Vec::new();
+            if attach {
+                let link = skel
+                    .progs
+                    .psc_tcp_state
+                    .attach()
+                    .map_err(AttemptError::attach("psc_tcp_state"))?;
+                links.push(link);
+            }
+            let sampler = if !sampling {
+                None
+            } else if plan.loads("psc_tcp_iter") {
+                let link = if attach {
+                    let link = skel
+                        .progs
+                        .psc_tcp_iter
+                        .attach_iter(skel.maps.tcp_socks.as_fd())
+                        .map_err(AttemptError::attach("psc_tcp_iter"))?;
+                    Some(link)
+                } else {
+                    None
+                };
+                Some(Sampler::Iterator(link))
+            } else if plan.loads("psc_tcp_walk") {
+                if attach {
+                    // Its first run is its attach: a kernel that cannot run it says so now.
+                    run_walk(&skel).map_err(AttemptError::attach("psc_tcp_walk"))?;
+                }
+                Some(Sampler::Walk)
+            } else {
+                None
+            };
+            Ok((skel, sampler, links))
+        })?;
+        let mut probe = TcpProbe {
+            skel,
+            _links: links,
+            processes: ProcessTable::new().with_workloads(workloads),
+            pid_label: processes.pid_label,
+            exited_ttl: Duration::from_secs(processes.exited_ttl_secs),
+            policy: Policy::new(
+                settings.max_peers_per_process.get() as usize,
+                (duration_bounds.len(), rtt_bounds.len()),
+                ProcessSeries::new(
+                    workloads.clone(),
+                    processes.max_exited_executables.get() as usize,
+                    context.budget.for_probe("tcp"),
+                ),
+            ),
+            duration_bounds,
+            rtt_bounds,
+            fill: Vec::new(),
+            cgroups: util::CgroupTenants::default(),
+            shares: util::TenantShares::new(slots),
+            sampler,
+            degraded,
+            sample_interval: sampling.then(|| Duration::from_secs(settings.sample_interval_secs)),
+            next_sample: Instant::now(),
+            seeded_listeners: 0,
+        };
+        if attach {
+            if let (Some(interval), Some(_)) = (probe.sample_interval, &probe.sampler) {
+                probe.next_sample = Instant::now() + interval;
+            }
+            // Attached first: a listen() from now on is seen by the program, and those
+            // made before are found here.
+            probe.seeded_listeners = probe.seed_listeners();
+            tracing::debug!(
+                listeners = probe.seeded_listeners,
+                "listening ports of running processes"
+            );
+        }
+        Ok(probe)
     }
 }
 
@@ -270,98 +354,6 @@ pub struct TcpProbe {
 }
 
 impl TcpProbe {
-    fn load(settings: &TcpConfig, context: &LoadContext<'_>) -> Result<TcpProbe, ProbeError> {
-        util::check_btf()?;
-        let (workloads, processes, attach) = (context.workloads, context.processes, context.attach);
-        let slots = workloads.tenant_slots().count();
-        let duration_bounds = settings.connect_duration_buckets_seconds.0.clone();
-        let rtt_bounds = settings.rtt_buckets_seconds.0.clone();
-        let sampling = settings.sample_interval_secs > 0;
-        let ((skel, sampler, links), degraded) = load_degrading("tcp", PROGRAMS, |plan| {
-            let mut open = util::open_object(TcpSkelBuilder::default(), "tcp")?;
-            configure(&mut open, settings, context.drops_tenants, slots)?;
-            plan.apply(open.open_object_mut());
-            if !sampling {
-                open.progs.psc_tcp_iter.set_autoload(false);
-                open.progs.psc_tcp_walk.set_autoload(false);
-            }
-            let skel = open
-                .load()
-                .map_err(AttemptError::load("loading the tcp BPF program"))?;
-            let mut links = Vec::new();
-            if attach {
-                let link = skel
-                    .progs
-                    .psc_tcp_state
-                    .attach()
-                    .map_err(AttemptError::attach("psc_tcp_state"))?;
-                links.push(link);
-            }
-            let sampler = if !sampling {
-                None
-            } else if plan.loads("psc_tcp_iter") {
-                let link = if attach {
-                    let link = skel
-                        .progs
-                        .psc_tcp_iter
-                        .attach_iter(skel.maps.tcp_socks.as_fd())
-                        .map_err(AttemptError::attach("psc_tcp_iter"))?;
-                    Some(link)
-                } else {
-                    None
-                };
-                Some(Sampler::Iterator(link))
-            } else if plan.loads("psc_tcp_walk") {
-                if attach {
-                    // Its first run is its attach: a kernel that cannot run it says so now.
-                    run_walk(&skel).map_err(AttemptError::attach("psc_tcp_walk"))?;
-                }
-                Some(Sampler::Walk)
-            } else {
-                None
-            };
-            Ok((skel, sampler, links))
-        })?;
-        let mut probe = TcpProbe {
-            skel,
-            _links: links,
-            processes: ProcessTable::new().with_workloads(workloads),
-            pid_label: processes.pid_label,
-            exited_ttl: Duration::from_secs(processes.exited_ttl_secs),
-            policy: Policy::new(
-                settings.max_peers_per_process.get() as usize,
-                (duration_bounds.len(), rtt_bounds.len()),
-                ProcessSeries::new(
-                    workloads.clone(),
-                    processes.max_exited_executables.get() as usize,
-                    context.budget.for_probe("tcp"),
-                ),
-            ),
-            duration_bounds,
-            rtt_bounds,
-            fill: Vec::new(),
-            cgroups: util::CgroupTenants::default(),
-            shares: util::TenantShares::new(slots),
-            sampler,
-            degraded,
-            sample_interval: sampling.then(|| Duration::from_secs(settings.sample_interval_secs)),
-            next_sample: Instant::now(),
-            seeded_listeners: 0,
-        };
-        if attach {
-            if let (Some(interval), Some(_)) = (probe.sample_interval, &probe.sampler) {
-                probe.next_sample = Instant::now() + interval;
-            }
-            // Attached first: a listen() from now on is seen by the program, and those
-            // made before are found here.
-            probe.seeded_listeners = probe.seed_listeners();
-            tracing::debug!(
-                listeners = probe.seeded_listeners,
-                "listening ports of running processes"
-            );
-        }
-        Ok(probe)
-    }
 
     /// Tells the kernel which process owns each port that was already listening when
     /// the probe attached, in every network namespace: the processes' socket fds, and
