@@ -48,7 +48,11 @@ macro_rules! built_in_probes {
 
         /// Every built-in probe, in the order they load and are listed.
         pub static BUILT_IN: &[&dyn ProbeSpec] = &[
-            $(&Registered::<$probe> { name: stringify!($name), settings: settings_of::$name },)*
+            $(&Registered::<$probe> {
+                name: stringify!($name),
+                settings: settings_of::$name,
+                default_yaml: include_str!(concat!(stringify!($name), "/config.yaml")),
+            },)*
         ];
     };
 }
@@ -96,8 +100,6 @@ pub struct LoadContext<'a> {
 pub trait BuiltIn: Probe + Sized + 'static {
     type Settings: ProbeSettings;
     const DESCRIPTION: &'static str;
-    /// Its settings' documented defaults, as YAML below `probes.<name>`.
-    const DEFAULT_YAML: &'static str;
     /// Capabilities it needs besides those of loading and attaching BPF programs.
     fn capabilities(_settings: &Self::Settings) -> Vec<Need> {
         Vec::new()
@@ -126,6 +128,8 @@ pub trait ProbeSpec: Sync {
 struct Registered<P: BuiltIn> {
     name: &'static str,
     settings: fn(&ProbesConfig) -> &P::Settings,
+    /// The folder's `config.yaml`: its settings' documented defaults.
+    default_yaml: &'static str,
 }
 
 impl<P: BuiltIn> ProbeSpec for Registered<P> {
@@ -136,7 +140,7 @@ impl<P: BuiltIn> ProbeSpec for Registered<P> {
         P::DESCRIPTION
     }
     fn default_yaml(&self) -> &'static str {
-        P::DEFAULT_YAML
+        self.default_yaml
     }
     fn enabled(&self, probes: &ProbesConfig) -> bool {
         (self.settings)(probes).enabled()

@@ -63,6 +63,34 @@ pub fn set_entries(map: &mut OpenMapMut<'_>, entries: u32, what: &str) -> Result
         )))
 }
 
+/// Hands a probe's programs the tenant of each cgroup: its `cgroup_tenants` map, and
+/// the version in its bss that tells the programs to look again (bpf/tenants.h).
+macro_rules! replace_cgroup_tenants {
+    ($tenants:expr, $maps:expr, $cgroups:expr) => {{
+        let maps = &mut $maps;
+        let version = maps
+            .bss_data
+            .as_deref_mut()
+            .map(|bss| &mut bss.cgroup_tenants_version);
+        $tenants.replace(&maps.cgroup_tenants, version, $cgroups)
+    }};
+}
+pub(crate) use replace_cgroup_tenants;
+
+/// The sum of a per-CPU value's copies, each decoded into the generated type `T`.
+pub fn sum_percpu<T: plain::Plain + Default, S: Default>(
+    values: &[Vec<u8>],
+    add: impl Fn(&mut S, &T),
+) -> S {
+    let mut total = S::default();
+    for bytes in values {
+        if let Some(value) = decode::<T>(bytes) {
+            add(&mut total, &value);
+        }
+    }
+    total
+}
+
 /// Marks types the skeleton generated from the BPF object as plain bytes, so that map
 /// keys and values decode into them.
 macro_rules! plain_types {

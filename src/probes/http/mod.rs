@@ -20,11 +20,10 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::rc::Rc;
 use std::time::{Duration, Instant, SystemTime};
 
-use libbpf_rs::skel::OpenSkel;
 use libbpf_rs::{Link, MapCore, RingBuffer, RingBufferBuilder, UprobeOpts};
 use tracing::{debug, info, warn};
 
-use super::kit::programs::{load_degrading, AttemptError, Degraded, Plan, ProgramSpec};
+use super::kit::programs::{load_degrading, load_object, AttemptError, Degraded, Plan, ProgramSpec};
 use super::util::{self, MapFill, ProbeError};
 use super::{BuiltIn, LoadContext, Probe};
 use super::kit::budget::histogram_samples;
@@ -79,7 +78,6 @@ impl BuiltIn for HttpProbe {
     type Settings = HttpConfig;
     const DESCRIPTION: &'static str =
         "HTTP/1.x requests per process: rate, status, latency, body sizes";
-    const DEFAULT_YAML: &'static str = include_str!("config.yaml");
 
     /// Every new process's libssl is found through its `/proc/PID/root` and maps, for
     /// as long as the agent runs.
@@ -305,10 +303,7 @@ impl HttpProbe {
             rodata.trace_clients = u8::from(settings.clients);
             rodata.agent_tgid = std::process::id();
         }
-        plan.apply(open.open_object_mut());
-        let skel = open
-            .load()
-            .map_err(AttemptError::load("loading the http BPF programs"))?;
+        let skel = load_object(open, plan, "http")?;
         let loaded: Vec<&'static str> = PROGRAMS
             .iter()
             .map(|p| p.name)
@@ -572,17 +567,9 @@ impl HttpProbe {
         } else {
             Role::Client
         };
-        if event.kind == KIND_OPEN {
-            // Whatever was known of this fd belonged to an earlier connection.
-            if let Some(mut tracked) = self.connections.remove(&key) {
-                self.head_bytes = self.head_bytes.saturating_sub(tracked.conn.buffered());
-                for exchange in tracked.conn.close(event.ts) {
-                    self.record(event, role, exchange);
-                }
-            }
-            return;
-        }
-        if event.kind == KIND_CLOSE {
+        // A close ends the fd's connection; an open means whatever was known of this fd
+        // belonged to an earlier one.
+        if event.kind == KIND_OPEN || event.kind == KIND_CLOSE {
             if let Some(mut tracked) = self.connections.remove(&key) {
                 self.head_bytes = self.head_bytes.saturating_sub(tracked.conn.buffered());
                 for exchange in tracked.conn.close(event.ts) {

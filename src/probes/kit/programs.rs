@@ -253,6 +253,20 @@ impl AttemptError {
     }
 }
 
+/// Loads an opened object with the programs `plan` leaves: what every probe does
+/// between setting its object up and attaching it.
+pub fn load_object<O: libbpf_rs::skel::OpenSkel<'static>>(
+    mut open: O,
+    plan: &Plan,
+    probe: &str,
+) -> Result<O::Output, AttemptError> {
+    plan.apply(open.open_object_mut());
+    open.load().map_err(|source| AttemptError::Load {
+        what: format!("loading the {probe} BPF programs"),
+        source,
+    })
+}
+
 impl From<ProbeError> for AttemptError {
     fn from(err: ProbeError) -> AttemptError {
         AttemptError::Other(err)

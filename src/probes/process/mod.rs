@@ -4,13 +4,12 @@
 use std::os::fd::{AsFd, BorrowedFd};
 use std::time::{Duration, Instant, SystemTime};
 
-use libbpf_rs::skel::OpenSkel;
 use libbpf_rs::{Link, MapCore};
 
 use super::kit::budget::{ProbeBudget, COUNTER_SAMPLES};
 use super::kit::idle::{Accumulate, IdleKeys, Row};
 use super::kit::lifecycle::Owner;
-use super::kit::programs::{load_degrading, AttemptError, Degraded, ProgramSpec};
+use super::kit::programs::{load_degrading, load_object, AttemptError, Degraded, ProgramSpec};
 use super::util::{self, c_string, MapFill, ProbeError};
 use super::{BuiltIn, LoadContext, Probe};
 use crate::enrich::Workload;
@@ -35,7 +34,6 @@ pub use crate::model::OVERFLOW as OVERFLOW_NAME;
 impl BuiltIn for ProcessProbe {
     type Settings = ProcessConfig;
     const DESCRIPTION: &'static str = "per executable: execs, exits by exit code class, OOM kills";
-    const DEFAULT_YAML: &'static str = include_str!("config.yaml");
 
     fn load(settings: &Self::Settings, context: &mut LoadContext<'_>) -> Result<Self, ProbeError> {
         let processes = context.processes;
@@ -43,10 +41,7 @@ impl BuiltIn for ProcessProbe {
         let (mut probe, degraded) = load_degrading("process", PROGRAMS, |plan| {
             let mut open = util::open_object(ProcessSkelBuilder::default(), "process")?;
             util::set_entries(&mut open.maps.executables, settings.max_executables.get(), "executables")?;
-            plan.apply(open.open_object_mut());
-            let skel = open
-                .load()
-                .map_err(AttemptError::load("loading the process BPF programs"))?;
+            let skel = load_object(open, plan, "process")?;
             let mut probe = ProcessProbe {
                 skel,
                 links: Vec::new(),
@@ -144,14 +139,7 @@ impl Stats {
     }
 
     fn from_percpu(values: &[Vec<u8>]) -> Stats {
-        let mut total = Stats::default();
-        for bytes in values {
-            let mut s = types::psc_process_stats::default();
-            if plain::copy_from_bytes(&mut s, bytes).is_ok() {
-                total.add(&s);
-            }
-        }
-        total
+        util::sum_percpu(values, Stats::add)
     }
 }
 

@@ -9,13 +9,12 @@ mod tests;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::time::{Duration, Instant, SystemTime};
 
-use libbpf_rs::skel::OpenSkel;
 use libbpf_rs::{Link, MapCore, MapFlags};
 
 use super::kit::budget::{histogram_samples, ProbeBudget};
 use super::kit::idle::{IdleKeys, Row};
 use super::kit::lifecycle::Owner;
-use super::kit::programs::{load_degrading, AttemptError, ProgramSpec};
+use super::kit::programs::{load_degrading, load_object, AttemptError, ProgramSpec};
 use super::util::{self, c_string, decode, MapFill, ProbeError};
 use super::{BuiltIn, LoadContext, Probe};
 use crate::enrich::workload::RecordedCgroup;
@@ -39,17 +38,13 @@ impl BuiltIn for SchedProbe {
     type Settings = SchedConfig;
     const DESCRIPTION: &'static str =
         "per executable: run-queue latency, the wait of runnable tasks for a CPU";
-    const DEFAULT_YAML: &'static str = include_str!("config.yaml");
 
     fn load(settings: &Self::Settings, context: &mut LoadContext<'_>) -> Result<Self, ProbeError> {
         util::check_btf()?;
         let ((skel, links), _) = load_degrading("sched", PROGRAMS, |plan| {
             let mut open = util::open_object(SchedSkelBuilder::default(), "sched")?;
             util::set_entries(&mut open.maps.latency, settings.max_series.get(), "latency")?;
-            plan.apply(open.open_object_mut());
-            let skel = open
-                .load()
-                .map_err(AttemptError::load("loading the sched BPF programs"))?;
+            let skel = load_object(open, plan, "sched")?;
             let mut links = Vec::new();
             if context.attach {
                 let progs = &skel.progs;
@@ -227,16 +222,16 @@ impl Probe for SchedProbe {
         ]
     }
 
-    fn map_fill(&self) -> Vec<MapFill> {
-        self.fill.clone()
-    }
-
     fn folded(&self) -> Vec<(&'static str, u64)> {
         vec![
             ("sched_latency", self.counter(Counter::PSC_SCHED_FOLDED)),
             ("sched_queued_at", self.counter(Counter::PSC_SCHED_UNSTAMPED)),
             ("series_budget", self.budget.refused()),
         ]
+    }
+
+    fn map_fill(&self) -> Vec<MapFill> {
+        self.fill.clone()
     }
 
     fn expired_series(&self) -> u64 {

@@ -76,7 +76,6 @@ impl BuiltIn for SyscallsProbe {
     type Settings = SyscallsConfig;
     const DESCRIPTION: &'static str =
         "per process and syscall: count, errors by errno, latency histogram";
-    const DEFAULT_YAML: &'static str = include_str!("config.yaml");
 
     fn load(settings: &Self::Settings, context: &mut LoadContext<'_>) -> Result<Self, ProbeError> {
         util::check_btf()?;
@@ -960,12 +959,7 @@ impl Probe for SyscallsProbe {
     }
 
     fn set_cgroup_tenants(&mut self, cgroups: &[(u64, u32)]) {
-        let maps = &mut self.skel.maps;
-        let version = maps
-            .bss_data
-            .as_deref_mut()
-            .map(|bss| &mut bss.cgroup_tenants_version);
-        self.cgroups.replace(&maps.cgroup_tenants, version, cgroups);
+        util::replace_cgroup_tenants!(self.cgroups, self.skel.maps, cgroups);
     }
 
     fn expired_series(&self) -> u64 {

@@ -72,7 +72,6 @@ const FAILURE_REASONS: [&str; 5] = ["refused", "timeout", "unreachable", "aborte
 impl BuiltIn for TcpProbe {
     type Settings = TcpConfig;
     const DESCRIPTION: &'static str = "TCP connections per process and peer: opened, failed, active, connect time, bytes, retransmits, RTT";
-    const DEFAULT_YAML: &'static str = include_str!("config.yaml");
 
     /// Listeners open before the agent started are found in other processes'
     /// `/proc/PID/fd`, once.
@@ -272,14 +271,7 @@ impl Stats {
     /// The sum of a series' per-CPU copies: a CPU's `active` may be negative (a
     /// connection opened on one CPU and closed on another), their sum is not.
     fn from_percpu(values: &[Vec<u8>]) -> Stats {
-        let mut total = Stats::default();
-        for bytes in values {
-            let mut raw = types::psc_tcp_stats::default();
-            if plain::copy_from_bytes(&mut raw, bytes).is_ok() {
-                total.add(&raw);
-            }
-        }
-        total
+        util::sum_percpu(values, Stats::add)
     }
 
     /// Adds another's counts; kernel values are trusted to be counts, not to be small.
@@ -774,12 +766,7 @@ impl Probe for TcpProbe {
     }
 
     fn set_cgroup_tenants(&mut self, cgroups: &[(u64, u32)]) {
-        let maps = &mut self.skel.maps;
-        let version = maps
-            .bss_data
-            .as_deref_mut()
-            .map(|bss| &mut bss.cgroup_tenants_version);
-        self.cgroups.replace(&maps.cgroup_tenants, version, cgroups);
+        util::replace_cgroup_tenants!(self.cgroups, self.skel.maps, cgroups);
     }
 
     fn tenant_folded(&self) -> Vec<(&'static str, Option<String>, u64)> {
