@@ -103,6 +103,13 @@ macro_rules! plain_types {
 }
 pub(crate) use plain_types;
 
+/// The length of an array field of a generated type, known at compile time: how the
+/// Rust side learns a BPF object's limits (`PSC_MAX_SYSCALLS` sizes `latency_index`)
+/// without copying them.
+pub const fn field_len<S, T, const N: usize>(_field: fn(&S) -> &[T; N]) -> usize {
+    N
+}
+
 /// Entries of a keyed map against its cap.
 #[derive(Debug, Clone)]
 pub struct MapFill {
@@ -306,7 +313,8 @@ impl CgroupTenants {
     }
 }
 
-/// Must equal PSC_TENANT_MAPS in bpf/tenants.h.
+/// PSC_TENANT_MAPS of bpf/tenants.h: each probe that shares maps among tenants checks
+/// it against its object's `tenant_share` at compile time (`field_len`).
 pub const TENANT_MAPS: u32 = 4;
 
 /// The user-space side of the tenants' shares of a program's keyed maps
