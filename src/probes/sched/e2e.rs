@@ -9,9 +9,13 @@
 //! arrivals ends one wait on a run queue.
 //!
 //! Measured here, the probe's samples fall short of the kernel's arrivals by about one
-//! in a thousand (6 of 6,250): the wakeup and switch programs both miss the same
-//! arrivals, with no recursion miss reported. Until that is understood, the tests
-//! allow a shortfall of 1% and never an excess.
+//! in a thousand (6 of 6,250), and by one in two hundred with two CPU-bound tasks
+//! competing (16 of 3,000). Counting in the programs themselves shows the
+//! `sched_switch` tracepoint firing fewer times for the sleeper than the kernel counts
+//! arrivals, with as many wakeups as switch-ins and no recursion miss: the shortfall is
+//! between the two kernel counts, not in the probe's maps. Until that is understood,
+//! the tests allow a shortfall of 1% and never an excess, over enough sleeps that
+//! 1% is more than a handful.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -93,12 +97,16 @@ fn sleep_times(path: &Path, times: u32) -> (f64, Duration) {
     (arrivals, started.elapsed())
 }
 
+/// The shortfall allowed against the kernel's arrivals: 1%, or one.
+fn allowed(arrivals: f64) -> f64 {
+    (arrivals / 100.0).floor().max(1.0)
+}
+
 /// The probe's samples against the kernel's arrivals: never more, and at most 1% (or
 /// one) fewer (see the top of this file).
 fn assert_samples(samples: f64, arrivals: f64, what: &str) {
-    let allowed = (arrivals / 100.0).floor().max(1.0);
     assert!(
-        samples <= arrivals && samples >= arrivals - allowed,
+        samples <= arrivals && samples >= arrivals - allowed(arrivals),
         "{what}: {samples} samples for {arrivals} arrivals"
     );
 }
@@ -118,10 +126,10 @@ fn a_process_that_wakes_n_times_has_n_samples() {
     let (name, path) = named_sleeper(dir.path(), &sleeper, "sl");
     let agent = Agent::start(&config(""));
 
-    let (first, first_wall) = sleep_times(&path, 200);
-    let (second, second_wall) = sleep_times(&path, 50);
+    let (first, first_wall) = sleep_times(&path, 1500);
+    let (second, second_wall) = sleep_times(&path, 300);
     let (expected, wall) = (first + second, first_wall + second_wall);
-    let metrics = eventually(&agent, |m| samples(m, &name) >= expected);
+    let metrics = eventually(&agent, |m| samples(m, &name) >= expected - allowed(expected));
     let labels = [("process_executable_name", name.as_str())];
     let count = metrics.one(COUNT, &labels);
     assert_samples(count, expected, &name);
@@ -171,7 +179,7 @@ fn an_executable_idle_past_the_ttl_keeps_its_samples() {
     assert_eq!(samples(&metrics, &name), first);
     // Back again: it adds to what it counted.
     let (second, _) = sleep_times(&path, 20);
-    let metrics = eventually(&agent, |m| samples(m, &name) >= first + second);
+    let metrics = eventually(&agent, |m| samples(m, &name) >= first + second - allowed(second));
     assert_samples(samples(&metrics, &name) - first, second, &name);
 }
 
