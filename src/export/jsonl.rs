@@ -276,7 +276,7 @@ pub fn span_json(span: &Span, host_name: &str) -> Json {
     );
     for (label, value) in &span.resource.workload {
         resource.insert(
-            crate::export::otlp::encode::attribute_name(label),
+            crate::model::agent_labels::resource_attribute(label).to_string(),
             Json::from(value.as_str()),
         );
     }

@@ -59,6 +59,9 @@ fn listening_sockets(table: &str) -> Vec<(u64, u16)> {
 
 const INBOUND: u8 = 2;
 const FAILURE_REASONS: [&str; 5] = ["refused", "timeout", "unreachable", "aborted", "other"];
+/// The OpenTelemetry names of the probe's labels that have a semantic convention; the
+/// others (`direction`, `peer_address`, `peer_port`, `reason`) keep their own.
+const OTEL_ATTRIBUTES: &[(&str, &str)] = &[("server_port", "server.port")];
 
 pub struct Tcp;
 
@@ -782,23 +785,27 @@ impl Probe for TcpProbe {
             "tcp_connections_opened",
             "TCP connections established, by direction: outbound (connected by the process) or inbound (accepted on its listening port).",
             MetricKind::Counter,
-        );
+        )
+        .with_attributes(OTEL_ATTRIBUTES);
         let mut failures = Family::new(
             "tcp_connect_failures",
             "Outbound TCP connects that failed, by reason: refused, timeout, unreachable, aborted (closed by the process before an answer), other.",
             MetricKind::Counter,
-        );
+        )
+        .with_attributes(OTEL_ATTRIBUTES);
         let mut duration = Family::new(
             "tcp_connect_duration_seconds",
             "Time from SYN sent to connection established, outbound connections.",
             MetricKind::Histogram,
         )
-        .with_unit("seconds");
+        .with_unit("seconds")
+        .with_attributes(OTEL_ATTRIBUTES);
         let mut active = Family::new(
             "tcp_active_connections",
             "TCP connections established since the agent started and not yet closed.",
             MetricKind::Gauge,
-        );
+        )
+        .with_attributes(OTEL_ATTRIBUTES);
         // Without a sampler (switched off, or refused by this kernel) the help says that
         // open connections count only when they close.
         let help = |sampled: &'static str, at_close: &'static str| {
@@ -815,7 +822,8 @@ impl Probe for TcpProbe {
                 "Data bytes sent on TCP connections (retransmitted data once), added when they close: open connections are not sampled here.",
             ),
             MetricKind::Counter,
-        );
+        )
+        .with_attributes(OTEL_ATTRIBUTES);
         let mut received = Family::new(
             "tcp_received_bytes",
             help(
@@ -823,7 +831,8 @@ impl Probe for TcpProbe {
                 "Data bytes received on TCP connections, added when they close: open connections are not sampled here.",
             ),
             MetricKind::Counter,
-        );
+        )
+        .with_attributes(OTEL_ATTRIBUTES);
         let mut retransmits = Family::new(
             "tcp_retransmits",
             help(
@@ -831,7 +840,8 @@ impl Probe for TcpProbe {
                 "Segments retransmitted on TCP connections, added when they close: open connections are not sampled here.",
             ),
             MetricKind::Counter,
-        );
+        )
+        .with_attributes(OTEL_ATTRIBUTES);
         let mut rtt = Family::new(
             "tcp_rtt_seconds",
             help(
@@ -840,7 +850,8 @@ impl Probe for TcpProbe {
             ),
             MetricKind::Histogram,
         )
-        .with_unit("seconds");
+        .with_unit("seconds")
+        .with_attributes(OTEL_ATTRIBUTES);
         let created = self.started;
         for (key, stats) in &merged {
             let mut labels: Labels =
