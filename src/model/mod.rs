@@ -1,8 +1,10 @@
 //! What probes produce and exporters read: metric families, series, histograms and
-//! spans.
+//! spans; and the one thing exporters write for probes to read, the agent's own
+//! connections.
 //! Neither probes nor exporters are imported here.
 
 pub mod agent_labels;
+pub mod connections;
 pub mod histogram;
 pub mod span;
 

@@ -2,7 +2,7 @@
 //! carry, the sampler that decides which are kept, and the bounded queue between the
 //! probes and the exporters.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::Duration;
@@ -325,42 +325,6 @@ impl Default for IdGenerator {
     fn default() -> Self {
         IdGenerator::new()
     }
-}
-
-/// The connections the agent's own exporters open, as (local port, receiver's port), each
-/// remembered for a while after its request. A server on this host that answers one of
-/// them (a node-local collector) makes no span: exporting it would make the next one,
-/// without end. Both ports must match: the kernel reuses ephemeral port numbers for
-/// other destinations, and a port alone would hide other clients' requests.
-static AGENT_CONNECTIONS: Mutex<Option<HashMap<(u16, u16), std::time::Instant>>> = Mutex::new(None);
-
-/// How long a connection stays known after its request: well beyond the probes' drain
-/// interval.
-const AGENT_CONNECTION_MEMORY: Duration = Duration::from_secs(5);
-
-/// Records (or refreshes) one of the agent's connections.
-pub fn register_agent_connection(local_port: u16, remote_port: u16) {
-    let now = std::time::Instant::now();
-    let mut known = AGENT_CONNECTIONS.lock().unwrap_or_else(|e| e.into_inner());
-    let known = known.get_or_insert_with(HashMap::new);
-    if known.len() >= 1024 {
-        known.retain(|_, at| now.duration_since(*at) < AGENT_CONNECTION_MEMORY);
-    }
-    known.insert((local_port, remote_port), now);
-}
-
-/// Whether a server exchange on `server_port` came from one of the agent's connections.
-pub fn is_agent_connection(client_port: u16, server_port: u16) -> bool {
-    let now = std::time::Instant::now();
-    AGENT_CONNECTIONS
-        .lock()
-        .map(|known| {
-            known
-                .as_ref()
-                .and_then(|k| k.get(&(client_port, server_port)))
-                .is_some_and(|at| now.duration_since(*at) < AGENT_CONNECTION_MEMORY)
-        })
-        .unwrap_or(false)
 }
 
 /// Spans on their way from the probes to the exporters. Bounded: when it is full the

@@ -16,6 +16,7 @@ use serde::de::DeserializeOwned;
 use crate::enrich::Workloads;
 use crate::kernel::caps::Need;
 use crate::kernel::KernelFeatures;
+use crate::model::connections::AgentConnections;
 use crate::model::span::{Sampler, Span};
 use crate::model::Family;
 use crate::settings::{Invalid, Range};
@@ -87,6 +88,8 @@ pub struct LoadContext<'a> {
     /// Attach the programs once loaded; off, only the kernel's verdict is wanted.
     pub attach: bool,
     pub workloads: &'a Workloads,
+    /// The connections the agent's own exporters open: probes make no spans of them.
+    pub agent_connections: &'a AgentConnections,
 }
 
 /// A built-in probe, before it is loaded: the entry point of its folder.

@@ -344,7 +344,9 @@ impl HttpProbe {
             expired_series: 0,
             next_sweep: Instant::now(),
             fill: Vec::new(),
-            spans: context.spans.map(spans::SpanMaker::new),
+            spans: context
+                .spans
+                .map(|sampler| spans::SpanMaker::new(sampler, context.agent_connections.clone())),
             loaded,
             degraded: Vec::new(),
         };
