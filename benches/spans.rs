@@ -11,9 +11,10 @@ use std::time::Instant;
 use periscope::export::otlp::encode::traces_request;
 use periscope::export::otlp::proto::KeyValue;
 use periscope::model::connections::AgentConnections;
-use periscope::model::span::{Sampler, Span, SpanResource};
+use periscope::model::span::{Span, SpanResource};
 use periscope::probes::http::conn::{Connection, Direction, Role};
 use periscope::probes::http::spans::{Finished, SpanMaker};
+use periscope::probes::kit::spans::Sampler;
 use prost::Message;
 
 /// Without a traceparent: every span gets random trace and span ids, as roots do, so

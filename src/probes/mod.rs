@@ -17,8 +17,9 @@ use crate::enrich::Workloads;
 use crate::kernel::caps::Need;
 use crate::kernel::KernelFeatures;
 use crate::model::connections::AgentConnections;
-use crate::model::span::{Sampler, Span};
+use crate::model::span::Span;
 use crate::model::Family;
+use crate::probes::kit::spans::Sampler;
 use crate::settings::{Invalid, Range};
 
 pub use kit::ProcessesConfig;

@@ -5,9 +5,8 @@ use std::collections::HashMap;
 
 use super::conn::{NewRequest, Role};
 use crate::model::connections::AgentConnections;
-use crate::model::span::{
-    AttributeValue, IdGenerator, Sampler, Span, SpanContext, SpanKind, SpanResource,
-};
+use crate::model::span::{AttributeValue, IdGenerator, Span, SpanContext, SpanKind, SpanResource};
+use crate::probes::kit::spans::Sampler;
 
 /// Threads remembered as serving a request, at most; beyond, a new thread's client
 /// calls start their own traces, and `threads_refused` counts it.

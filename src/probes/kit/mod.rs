@@ -2,6 +2,7 @@
 
 pub mod idle;
 pub mod programs;
+pub mod spans;
 
 use std::num::NonZeroU32;
 
