@@ -12,8 +12,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde_json::{json, Map, Value as Json};
 use tracing::warn;
 
+use super::queue::SpanQueue;
 use super::{ExportStats, Shutdown};
-use crate::model::span::{hex, AttributeValue, Span, SpanKind, SpanQueue};
+use crate::model::span::{hex, AttributeValue, Span, SpanKind};
 use crate::model::{Family, MetricKind, Value};
 
 /// The `schema` field of every line.

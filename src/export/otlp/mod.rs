@@ -20,9 +20,10 @@ use http_body_util::{BodyExt, Full, Limited};
 use prost::Message;
 use tracing::{debug, warn};
 
+use super::queue::SpanQueue;
 use super::{ExportStats, Shutdown};
 use crate::model::connections::AgentConnections;
-use crate::model::span::{IdGenerator, SpanQueue};
+use crate::model::span::IdGenerator;
 use crate::model::Family;
 use proto::KeyValue;
 
