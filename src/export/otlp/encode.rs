@@ -35,15 +35,20 @@ pub fn traces_request(spans: &[Span], extra: &[KeyValue]) -> proto::ExportTraceS
     let resource_spans = by_process
         .into_iter()
         .map(|((pid, service, executable, workload), spans)| {
+            let name = agent_labels::resource_attribute;
             let mut attributes = vec![
-                KeyValue::string("service.name", service),
-                KeyValue::int("process.pid", i64::from(pid)),
-                KeyValue::string("process.executable.name", executable),
+                KeyValue::string(name(agent_labels::SERVICE_NAME), service),
+                KeyValue::int(name(agent_labels::PROCESS_PID), i64::from(pid)),
+                KeyValue::string(name(agent_labels::PROCESS_EXECUTABLE_NAME), executable),
             ];
-            attributes.extend(workload.iter().map(|(label, value)| {
-                KeyValue::string(agent_labels::resource_attribute(label), value)
-            }));
-            attributes.extend(extra.iter().filter(|kv| kv.key != "service.name").cloned());
+            attributes.extend(
+                workload
+                    .iter()
+                    .map(|(label, value)| KeyValue::string(name(label), value)),
+            );
+            // The process's service name, not the agent's.
+            let service_name = name(agent_labels::SERVICE_NAME);
+            attributes.extend(extra.iter().filter(|kv| kv.key != service_name).cloned());
             proto::ResourceSpans {
                 resource: Some(proto::Resource { attributes }),
                 scope_spans: vec![proto::ScopeSpans {
