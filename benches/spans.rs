@@ -10,9 +10,11 @@ use std::time::Instant;
 
 use periscope::export::otlp::encode::traces_request;
 use periscope::export::otlp::proto::KeyValue;
-use periscope::model::span::{Sampler, Span, SpanResource};
+use periscope::model::connections::AgentConnections;
+use periscope::model::span::{Span, SpanResource};
 use periscope::probes::http::conn::{Connection, Direction, Role};
 use periscope::probes::http::spans::{Finished, SpanMaker};
+use periscope::probes::kit::spans::Sampler;
 use prost::Message;
 
 /// Without a traceparent: every span gets random trace and span ids, as roots do, so
@@ -56,7 +58,7 @@ fn main() {
     let resource = [KeyValue::string("host.name", "bench")];
     for gzip in [false, true] {
         let mut conn = Connection::new(Role::Server);
-        let mut maker = SpanMaker::new(Sampler::AlwaysOn);
+        let mut maker = SpanMaker::new(Sampler::AlwaysOn, AgentConnections::default());
         let mut spans: Vec<Span> = Vec::with_capacity(BATCH);
         let mut bytes = 0usize;
         let name = if gzip {

@@ -17,11 +17,13 @@ use crate::config::Config;
 use crate::enrich::tenant::TenantLimits;
 use crate::enrich::Workloads;
 use crate::export::otlp::{self, Endpoint};
+use crate::export::queue::SpanQueue;
 use crate::export::{jsonl, prometheus, ExportStats};
 use crate::kernel::caps;
 use crate::kernel::stats::{self, StatsSampler};
 use crate::kernel::KernelFeatures;
-use crate::model::span::{Span, SpanQueue};
+use crate::model::connections::AgentConnections;
+use crate::model::span::Span;
 use crate::model::Family;
 use crate::probes::kit::budget::SeriesBudget;
 use crate::probes::{LoadContext, Probe, BUILT_IN};
@@ -123,10 +125,11 @@ struct EndpointCounters {
 }
 
 /// What the collector hands the push exporters: spans, and at its end the last
-/// families it collected.
+/// families it collected; and what they hand its probes: their connections.
 struct CollectorExports {
     exporters: Vec<PushExporter>,
     last_families: Arc<Mutex<Option<Vec<Family>>>>,
+    agent_connections: AgentConnections,
 }
 
 /// One push exporter as the collector sees it: its counters and, when traces are on,
@@ -213,6 +216,9 @@ pub async fn run(mut config: Config) -> Result<()> {
     };
     let (report_tx, report_rx) = oneshot::channel();
     let collector_exporters = exporters.clone();
+    // One table of the exporters' connections, so that the probes do not trace them.
+    let agent_connections = AgentConnections::default();
+    let collector_connections = agent_connections.clone();
     let last_families: Arc<Mutex<Option<Vec<Family>>>> = Arc::new(Mutex::new(None));
     let collector_last = last_families.clone();
     let collector = thread::Builder::new()
@@ -231,6 +237,7 @@ pub async fn run(mut config: Config) -> Result<()> {
                 CollectorExports {
                     exporters: collector_exporters,
                     last_families: collector_last,
+                    agent_connections: collector_connections,
                 },
             )
         })
@@ -342,9 +349,10 @@ pub async fn run(mut config: Config) -> Result<()> {
             snapshot_source(commands.clone(), last_families.clone()),
         );
         let (stats, stop) = (exporter.stats.clone(), exporters_stop.clone());
+        let connections = agent_connections.clone();
         let thread = thread::Builder::new()
             .name("otlp".into())
-            .spawn(move || otlp::run(settings, queue, snapshot, stats, stop))
+            .spawn(move || otlp::run(settings, queue, snapshot, stats, stop, connections))
             .context("starting the OTLP exporter")?;
         say(format!(
             "periscope: pushing OTLP to {}",
@@ -493,9 +501,10 @@ fn collector_main(
     let CollectorExports {
         exporters,
         last_families,
+        agent_connections,
     } = exports;
     let workloads = Workloads::start(&config.workloads, &config.tenants);
-    let (probes, reports) = load_probes(&config, &mut kernel, true, &workloads);
+    let (probes, reports) = load_probes(&config, &mut kernel, true, &workloads, &agent_connections);
     let kept_caps = caps::kept_after_start(&capability_needs(&config));
     if let Err(err) = caps::keep_only(&kept_caps) {
         warn!(error = %err, "the collector thread keeps its capabilities");
@@ -592,11 +601,13 @@ pub fn capability_needs(config: &Config) -> Vec<caps::Need> {
 }
 
 /// Loads every enabled built-in probe; one the kernel cannot run is reported, not fatal.
+/// `agent_connections`: the exporters' connections, which the probes do not trace.
 pub fn load_probes(
     config: &Config,
     kernel: &mut KernelFeatures,
     attach: bool,
     workloads: &Workloads,
+    agent_connections: &AgentConnections,
 ) -> (Vec<Box<dyn Probe>>, Vec<AttachReport>) {
     let mut probes = Vec::new();
     let mut reports = Vec::new();
@@ -623,6 +634,7 @@ pub fn load_probes(
             attach,
             workloads,
             budget: &budget,
+            agent_connections,
         };
         match spec.load(&config.probes, &mut context) {
             Ok(loaded) => {

@@ -162,6 +162,7 @@ fn list_probes(config: &Config, features: bool) -> Result<()> {
         &mut kernel,
         false,
         &periscope::enrich::Workloads::default(),
+        &periscope::model::connections::AgentConnections::default(),
     );
     println!("PROBE      SUPPORTED  ATTACH METHOD / REASON");
     for report in reports {

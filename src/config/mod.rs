@@ -151,8 +151,8 @@ impl Default for TracesConfig {
 }
 
 impl TracesConfig {
-    pub fn sampler(&self) -> crate::model::span::Sampler {
-        use crate::model::span::{RootSampler, Sampler};
+    pub fn sampler(&self) -> crate::probes::kit::spans::Sampler {
+        use crate::probes::kit::spans::{RootSampler, Sampler};
         let ratio = self.sampler_arg.clamp(0.0, 1.0);
         match self.sampler {
             SamplerName::AlwaysOn => Sampler::AlwaysOn,

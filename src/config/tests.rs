@@ -201,9 +201,9 @@ fn otel_environment_variables_override_the_file() {
     assert_eq!((otlp.timeout_secs, otlp.metrics_interval_secs), (3, 15));
     assert_eq!(
         config.traces.sampler(),
-        crate::model::span::Sampler::ParentBased(crate::model::span::RootSampler::TraceIdRatio(
-            0.25
-        ))
+        crate::probes::kit::spans::Sampler::ParentBased(
+            crate::probes::kit::spans::RootSampler::TraceIdRatio(0.25)
+        )
     );
     let bad = |name: &'static str, value: &'static str| {
         move |n: &str| (n == name).then(|| value.to_string())

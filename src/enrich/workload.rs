@@ -21,7 +21,7 @@ use super::cgroup::{container_of, unified_mount, CgroupPaths};
 use super::kubelet_tls::{self, Trust};
 use super::tenant::{TenantSlots, DROPPED_SLOT};
 use crate::config::{TenantRule, TenantsConfig, WorkloadsConfig};
-use crate::model::{Family, Labels, MetricKind, Value};
+use crate::model::{agent_labels, Family, Labels, MetricKind, Value};
 
 /// What a series is attributed to beyond its process. Cheap to clone and to compare:
 /// probes key their series by it. The cgroup path rides along for tenant rules; it is
@@ -448,15 +448,16 @@ impl Workloads {
 
     /// The labels of a process's series: `process_pid` (when given),
     /// `process_executable_name`, `service_name` (its systemd service outside containers,
-    /// else its executable), then its container's and pod's.
+    /// else its executable), then its container's and pod's. `model::agent_labels` names
+    /// them for OpenTelemetry.
     pub fn process_labels(&self, pid: Option<u32>, name: &str, workload: &Workload) -> Labels {
         let mut labels = Labels::with_capacity(9);
         if let Some(pid) = pid {
-            labels.push(("process_pid", pid.to_string()));
+            labels.push((agent_labels::PROCESS_PID, pid.to_string()));
         }
-        labels.push(("process_executable_name", name.to_string()));
+        labels.push((agent_labels::PROCESS_EXECUTABLE_NAME, name.to_string()));
         labels.push((
-            "service_name",
+            agent_labels::SERVICE_NAME,
             workload.service().unwrap_or(name).to_string(),
         ));
         labels.extend(self.workload_labels(workload));
@@ -599,18 +600,18 @@ impl Workloads {
         let pod_container = pod
             .as_ref()
             .and_then(|pod| pod.containers.get(container_id).cloned());
-        labels.push(("container_id", container_id.clone()));
+        labels.push((agent_labels::CONTAINER_ID, container_id.clone()));
         if let Some(name) = runtime_name.or_else(|| pod_container.clone()) {
-            labels.push(("container_name", name));
+            labels.push((agent_labels::CONTAINER_NAME, name));
         }
         if let Some(uid) = pod_uid {
             if let Some(pod) = &pod {
-                labels.push(("k8s_namespace_name", pod.namespace.clone()));
-                labels.push(("k8s_pod_name", pod.name.clone()));
+                labels.push((agent_labels::K8S_NAMESPACE_NAME, pod.namespace.clone()));
+                labels.push((agent_labels::K8S_POD_NAME, pod.name.clone()));
             }
-            labels.push(("k8s_pod_uid", uid.clone()));
+            labels.push((agent_labels::K8S_POD_UID, uid.clone()));
             if let Some(name) = pod_container {
-                labels.push(("k8s_container_name", name));
+                labels.push((agent_labels::K8S_CONTAINER_NAME, name));
             }
         }
     }

@@ -12,9 +12,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde_json::{json, Map, Value as Json};
 use tracing::warn;
 
+use super::queue::SpanQueue;
 use super::{ExportStats, Shutdown};
-use crate::model::span::{hex, AttributeValue, Span, SpanKind, SpanQueue};
-use crate::model::{Family, MetricKind, Value};
+use crate::model::span::{hex, AttributeValue, Span, SpanKind};
+use crate::model::{agent_labels, Family, MetricKind, Value};
 
 /// The `schema` field of every line.
 pub const SCHEMA: &str = "periscope.jsonl/v1";
@@ -264,21 +265,22 @@ pub fn span_json(span: &Span, host_name: &str) -> Json {
         };
         attributes.insert((*key).to_string(), value);
     }
+    let name = |label| agent_labels::resource_attribute(label).to_string();
     let mut resource = Map::new();
     resource.insert(
-        "service.name".into(),
+        name(agent_labels::SERVICE_NAME),
         Json::from(span.resource.service_name.as_str()),
     );
-    resource.insert("process.pid".into(), Json::from(span.resource.pid));
     resource.insert(
-        "process.executable.name".into(),
+        name(agent_labels::PROCESS_PID),
+        Json::from(span.resource.pid),
+    );
+    resource.insert(
+        name(agent_labels::PROCESS_EXECUTABLE_NAME),
         Json::from(span.resource.executable_name.as_str()),
     );
     for (label, value) in &span.resource.workload {
-        resource.insert(
-            crate::export::otlp::encode::attribute_name(label),
-            Json::from(value.as_str()),
-        );
+        resource.insert(name(label), Json::from(value.as_str()));
     }
     resource.insert("host.name".into(), Json::from(host_name));
     json!({
@@ -386,6 +388,44 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("dir");
         dir
+    }
+
+    #[test]
+    fn a_spans_resource_names_the_agents_labels_as_the_conventions_do() {
+        let span = Span {
+            trace_id: [1; 16],
+            span_id: [2; 8],
+            parent_span_id: None,
+            trace_state: String::new(),
+            kind: SpanKind::Client,
+            name: "GET".into(),
+            start_unix_ns: 1,
+            end_unix_ns: 2,
+            error: false,
+            attributes: Vec::new(),
+            resource: crate::model::span::SpanResource {
+                pid: 7,
+                executable_name: "curl".into(),
+                service_name: "web".into(),
+                workload: vec![("k8s_pod_uid", "u".into()), ("tenant", "t".into())],
+            },
+        };
+        let json = span_json(&span, "h");
+        let resource = json["resource"].as_object().expect("an object");
+        let mut keys: Vec<&str> = resource.keys().map(String::as_str).collect();
+        keys.sort_unstable();
+        assert_eq!(
+            keys,
+            [
+                "host.name",
+                "k8s.pod.uid",
+                "process.executable.name",
+                "process.pid",
+                "service.name",
+                "tenant"
+            ]
+        );
+        assert_eq!(resource["process.pid"], 7);
     }
 
     #[test]

@@ -3,6 +3,7 @@
 pub mod jsonl;
 pub mod otlp;
 pub mod prometheus;
+pub mod queue;
 
 use std::sync::atomic::AtomicU64;
 use std::time::Instant;

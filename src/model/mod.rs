@@ -1,7 +1,10 @@
 //! What probes produce and exporters read: metric families, series, histograms and
-//! spans.
+//! spans; and the one thing exporters write for probes to read, the agent's own
+//! connections.
 //! Neither probes nor exporters are imported here.
 
+pub mod agent_labels;
+pub mod connections;
 pub mod histogram;
 pub mod span;
 
@@ -39,6 +42,13 @@ pub struct Family {
     pub kind: MetricKind,
     /// Unit as OpenMetrics spells it (`seconds`, `bytes`); the name ends with it.
     pub unit: Option<&'static str>,
+    /// The OpenTelemetry name, where a semantic convention gives one
+    /// (`http.server.request.duration`); `name` otherwise.
+    pub otel_name: Option<&'static str>,
+    /// The OpenTelemetry attribute names of the family's own labels, as (label,
+    /// attribute); the agent's labels are named in `agent_labels`, and any other label
+    /// keeps its own name.
+    pub otel_attributes: &'static [(&'static str, &'static str)],
     pub series: Vec<Series>,
 }
 
@@ -49,6 +59,8 @@ impl Family {
             help,
             kind,
             unit: None,
+            otel_name: None,
+            otel_attributes: &[],
             series: Vec::new(),
         }
     }
@@ -56,6 +68,33 @@ impl Family {
     pub fn with_unit(mut self, unit: &'static str) -> Self {
         self.unit = Some(unit);
         self
+    }
+
+    pub fn with_otel_name(mut self, name: &'static str) -> Self {
+        self.otel_name = Some(name);
+        self
+    }
+
+    /// Names the family's own labels as OpenTelemetry attributes: (label, attribute).
+    pub fn with_attributes(mut self, attributes: &'static [(&'static str, &'static str)]) -> Self {
+        self.otel_attributes = attributes;
+        self
+    }
+
+    /// The name OpenTelemetry exporters give the family.
+    pub fn otel_metric_name(&self) -> &'static str {
+        self.otel_name.unwrap_or(self.name)
+    }
+
+    /// The OpenTelemetry attribute name of a label of the family's series: the
+    /// family's own name for it, else the agent's, else the label itself.
+    pub fn otel_attribute(&self, label: &'static str) -> &'static str {
+        self.otel_attributes
+            .iter()
+            .find(|(name, _)| *name == label)
+            .map(|(_, attribute)| *attribute)
+            .or_else(|| agent_labels::otel_attribute(label))
+            .unwrap_or(label)
     }
 
     pub fn push(&mut self, labels: Labels, value: Value) {
@@ -104,5 +143,21 @@ mod tests {
         assert_eq!(unreserved("__overflow__~"), "__overflow__~~");
         assert_eq!(unreserved("__overflow__x"), "__overflow__x");
         assert_eq!(unreserved("nginx"), "nginx");
+    }
+
+    #[test]
+    fn a_family_names_its_own_labels_and_the_agent_names_its_own() {
+        let family = Family::new("d_seconds", "D.", MetricKind::Histogram)
+            .with_otel_name("d.duration")
+            .with_attributes(&[("route", "http.route"), ("process_pid", "own.pid")]);
+        assert_eq!(family.otel_metric_name(), "d.duration");
+        assert_eq!(family.otel_attribute("route"), "http.route");
+        // The family's own name wins, even for a label the agent names too.
+        assert_eq!(family.otel_attribute("process_pid"), "own.pid");
+        assert_eq!(family.otel_attribute("container_id"), "container.id");
+        assert_eq!(family.otel_attribute("reason"), "reason");
+        let plain = Family::new("syscalls", "S.", MetricKind::Counter);
+        assert_eq!(plain.otel_metric_name(), "syscalls");
+        assert_eq!(plain.otel_attribute("process_pid"), "process.pid");
     }
 }

@@ -16,8 +16,10 @@ use serde::de::DeserializeOwned;
 use crate::enrich::Workloads;
 use crate::kernel::caps::Need;
 use crate::kernel::KernelFeatures;
-use crate::model::span::{Sampler, Span};
+use crate::model::connections::AgentConnections;
+use crate::model::span::Span;
 use crate::model::Family;
+use crate::probes::kit::spans::Sampler;
 use crate::settings::{Invalid, Range};
 use kit::budget::SeriesBudget;
 
@@ -94,6 +96,8 @@ pub struct LoadContext<'a> {
     pub workloads: &'a Workloads,
     /// The agent-wide series budget every probe's owners are admitted under.
     pub budget: &'a SeriesBudget,
+    /// The connections the agent's own exporters open: probes make no spans of them.
+    pub agent_connections: &'a AgentConnections,
 }
 
 /// A built-in probe: the entry point of its folder, implemented by the probe itself.

@@ -6,7 +6,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::proto::{self, KeyValue};
 use crate::model::span::{AttributeValue, Span, SpanKind};
-use crate::model::{Family, MetricKind, Value};
+use crate::model::{agent_labels, Family, MetricKind, Value};
 
 pub fn scope() -> proto::InstrumentationScope {
     proto::InstrumentationScope {
@@ -35,17 +35,20 @@ pub fn traces_request(spans: &[Span], extra: &[KeyValue]) -> proto::ExportTraceS
     let resource_spans = by_process
         .into_iter()
         .map(|((pid, service, executable, workload), spans)| {
+            let name = agent_labels::resource_attribute;
             let mut attributes = vec![
-                KeyValue::string("service.name", service),
-                KeyValue::int("process.pid", i64::from(pid)),
-                KeyValue::string("process.executable.name", executable),
+                KeyValue::string(name(agent_labels::SERVICE_NAME), service),
+                KeyValue::int(name(agent_labels::PROCESS_PID), i64::from(pid)),
+                KeyValue::string(name(agent_labels::PROCESS_EXECUTABLE_NAME), executable),
             ];
             attributes.extend(
                 workload
                     .iter()
-                    .map(|(label, value)| KeyValue::string(&attribute_name(label), value)),
+                    .map(|(label, value)| KeyValue::string(name(label), value)),
             );
-            attributes.extend(extra.iter().filter(|kv| kv.key != "service.name").cloned());
+            // The process's service name, not the agent's.
+            let service_name = name(agent_labels::SERVICE_NAME);
+            attributes.extend(extra.iter().filter(|kv| kv.key != service_name).cloned());
             proto::ResourceSpans {
                 resource: Some(proto::Resource { attributes }),
                 scope_spans: vec![proto::ScopeSpans {
@@ -94,50 +97,17 @@ fn span_message(span: &Span) -> proto::Span {
     }
 }
 
-/// The OpenTelemetry name and unit of a family: the semantic-convention name where one
-/// exists, the Prometheus base name otherwise; units in UCUM (`s`, `By`).
+/// The OpenTelemetry name and unit of a family: the name its family gives (a
+/// semantic convention's where one exists, the Prometheus base name otherwise); units
+/// in UCUM (`s`, `By`).
 pub fn metric_name(family: &Family) -> (String, String) {
-    let semconv = match family.name {
-        "http_server_request_duration_seconds" => Some("http.server.request.duration"),
-        "http_client_request_duration_seconds" => Some("http.client.request.duration"),
-        "http_server_request_body_size_bytes" => Some("http.server.request.body.size"),
-        "http_server_response_body_size_bytes" => Some("http.server.response.body.size"),
-        "http_client_request_body_size_bytes" => Some("http.client.request.body.size"),
-        "http_client_response_body_size_bytes" => Some("http.client.response.body.size"),
-        _ => None,
-    };
     let unit = match family.unit {
         Some("seconds") => "s",
         Some("bytes") => "By",
         Some(other) => other,
         None => "",
     };
-    (
-        semconv.map_or_else(|| family.name.to_string(), str::to_string),
-        unit.to_string(),
-    )
-}
-
-/// The OpenTelemetry attribute name of a Prometheus label.
-pub fn attribute_name(label: &str) -> String {
-    match label {
-        "http_request_method" => "http.request.method".into(),
-        "http_response_status_code" => "http.response.status_code".into(),
-        "http_route" => "http.route".into(),
-        "server_address" => "server.address".into(),
-        "server_port" => "server.port".into(),
-        "url_scheme" => "url.scheme".into(),
-        "process_pid" => "process.pid".into(),
-        "process_executable_name" => "process.executable.name".into(),
-        "service_name" => "service.name".into(),
-        "container_id" => "container.id".into(),
-        "container_name" => "container.name".into(),
-        "k8s_namespace_name" => "k8s.namespace.name".into(),
-        "k8s_pod_name" => "k8s.pod.name".into(),
-        "k8s_pod_uid" => "k8s.pod.uid".into(),
-        "k8s_container_name" => "k8s.container.name".into(),
-        other => other.to_string(),
-    }
+    (family.otel_metric_name().to_string(), unit.to_string())
 }
 
 fn unix_nanos(at: SystemTime) -> u64 {
@@ -165,7 +135,7 @@ pub fn metrics_request(
                 let attributes: Vec<KeyValue> = series
                     .labels
                     .iter()
-                    .map(|(k, v)| KeyValue::string(&attribute_name(k), v.as_str()))
+                    .map(|(k, v)| KeyValue::string(family.otel_attribute(k), v.as_str()))
                     .collect();
                 let start = series.created.map_or(default_start, unix_nanos);
                 (attributes, start, &series.value)
@@ -245,5 +215,107 @@ pub fn metrics_request(
             }],
             schema_url: String::new(),
         }],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::span::SpanResource;
+    use crate::model::ClassicHistogram;
+
+    fn keys(attributes: &[KeyValue]) -> Vec<&str> {
+        attributes.iter().map(|kv| kv.key.as_str()).collect()
+    }
+
+    #[test]
+    fn metrics_take_the_names_their_families_give() {
+        let mut family = Family::new("x_request_duration_seconds", "X.", MetricKind::Histogram)
+            .with_unit("seconds")
+            .with_otel_name("x.request.duration")
+            .with_attributes(&[("x_route", "x.route")]);
+        family.push(
+            vec![
+                ("process_pid", "7".into()),
+                ("k8s_pod_uid", "u".into()),
+                ("x_route", "/a".into()),
+                ("reason", "r".into()),
+            ],
+            Value::Histogram(ClassicHistogram {
+                bounds: vec![1.0],
+                cumulative: vec![1],
+                count: 2,
+                sum: 3.0,
+            }),
+        );
+        let mut plain = Family::new("x_bytes", "Y.", MetricKind::Counter).with_unit("bytes");
+        plain.push(vec![("x_route", "/b".into())], Value::Counter(1.0));
+        let request = metrics_request(
+            &[family, plain],
+            SystemTime::now(),
+            SystemTime::UNIX_EPOCH,
+            &[],
+        );
+        let metrics = &request.resource_metrics[0].scope_metrics[0].metrics;
+        assert_eq!(metrics[0].name, "x.request.duration");
+        assert_eq!(metrics[0].unit, "s");
+        let Some(proto::metric::Data::Histogram(histogram)) = &metrics[0].data else {
+            panic!("a histogram: {:?}", metrics[0].data);
+        };
+        assert_eq!(
+            keys(&histogram.data_points[0].attributes),
+            ["process.pid", "k8s.pod.uid", "x.route", "reason"]
+        );
+        assert_eq!(histogram.data_points[0].bucket_counts, [1, 1]);
+        // Without names of its own, a family keeps its Prometheus names.
+        assert_eq!(metrics[1].name, "x_bytes");
+        assert_eq!(metrics[1].unit, "By");
+        let Some(proto::metric::Data::Sum(sum)) = &metrics[1].data else {
+            panic!("a sum: {:?}", metrics[1].data);
+        };
+        assert_eq!(keys(&sum.data_points[0].attributes), ["x_route"]);
+    }
+
+    #[test]
+    fn span_resources_name_the_workload_as_the_resource_conventions_do() {
+        let span = Span {
+            trace_id: [1; 16],
+            span_id: [2; 8],
+            parent_span_id: None,
+            trace_state: String::new(),
+            kind: SpanKind::Server,
+            name: "GET".into(),
+            start_unix_ns: 1,
+            end_unix_ns: 2,
+            error: false,
+            attributes: Vec::new(),
+            resource: SpanResource {
+                pid: 7,
+                executable_name: "nginx".into(),
+                service_name: "web".into(),
+                workload: vec![
+                    ("container_id", "c".into()),
+                    ("k8s_namespace_name", "shop".into()),
+                    ("tenant", "t".into()),
+                ],
+            },
+        };
+        let request = traces_request(&[span], &[KeyValue::string("host.name", "h")]);
+        let resource = request.resource_spans[0]
+            .resource
+            .as_ref()
+            .expect("a resource");
+        assert_eq!(
+            keys(&resource.attributes),
+            [
+                "service.name",
+                "process.pid",
+                "process.executable.name",
+                "container.id",
+                "k8s.namespace.name",
+                "tenant",
+                "host.name"
+            ]
+        );
     }
 }

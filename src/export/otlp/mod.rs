@@ -20,8 +20,10 @@ use http_body_util::{BodyExt, Full, Limited};
 use prost::Message;
 use tracing::{debug, warn};
 
+use super::queue::SpanQueue;
 use super::{ExportStats, Shutdown};
-use crate::model::span::{IdGenerator, SpanQueue};
+use crate::model::connections::AgentConnections;
+use crate::model::span::IdGenerator;
 use crate::model::Family;
 use proto::KeyValue;
 
@@ -137,6 +139,9 @@ struct Sender {
     settings: OtlpSettings,
     stats: Arc<ExportStats>,
     jitter: IdGenerator,
+    /// Where each connection is recorded, so that the agent's probes make no span of
+    /// a receiver on this host answering it.
+    connections: AgentConnections,
 }
 
 /// Of the time the agent gives the exporter to stop, what is kept for the last metrics
@@ -144,13 +149,15 @@ struct Sender {
 const LAST_METRICS_SHARE: Duration = Duration::from_millis(1500);
 
 /// Runs the exporter until a stop is requested, then drains its queue and sends one
-/// last metrics export, all before the stop's deadline.
+/// last metrics export, all before the stop's deadline. Every connection it opens is
+/// recorded in `connections`.
 pub fn run(
     settings: OtlpSettings,
     spans: Arc<SpanQueue>,
     snapshot: impl Fn() -> Option<Vec<Family>>,
     stats: Arc<ExportStats>,
     stop: Arc<Shutdown>,
+    connections: AgentConnections,
 ) -> std::io::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -160,6 +167,7 @@ pub fn run(
         settings,
         stats,
         jitter: IdGenerator::new(),
+        connections,
     };
     loop {
         // Spans drain until the last metrics' share of the stop's time is left.
@@ -368,12 +376,12 @@ impl Sender {
         let stream =
             tokio::net::TcpStream::connect((endpoint.host.as_str(), endpoint.port)).await?;
         let _ = stream.set_nodelay(true);
-        // The receiver's span of this request is not made (see is_agent_connection);
+        // The receiver's span of this request is not made (see AgentConnections);
         // registered again once answered, so that it is remembered from then on.
         let ports = (stream.local_addr()?.port(), endpoint.port);
-        crate::model::span::register_agent_connection(ports.0, ports.1);
+        self.connections.register(ports.0, ports.1);
         let result = self.request(endpoint, body, stream).await;
-        crate::model::span::register_agent_connection(ports.0, ports.1);
+        self.connections.register(ports.0, ports.1);
         result
     }
 

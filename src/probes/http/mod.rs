@@ -346,7 +346,9 @@ impl HttpProbe {
             exited_ttl: Duration::from_secs(processes.exited_ttl_secs),
             next_sweep: Instant::now(),
             fill: Vec::new(),
-            spans: context.spans.map(spans::SpanMaker::new),
+            spans: context
+                .spans
+                .map(|sampler| spans::SpanMaker::new(sampler, context.agent_connections.clone())),
             loaded,
             degraded: Vec::new(),
         };
@@ -932,41 +934,48 @@ impl Probe for HttpProbe {
         self.expire(now);
         let rows = self.export();
         let mut families = [
-            (Role::Server, "http_server_request_duration_seconds", "Duration of HTTP server requests, from the first byte read to the last byte of the response written."),
-            (Role::Client, "http_client_request_duration_seconds", "Duration of HTTP client requests, from the request written to the last byte of the response read."),
+            (Role::Server, "http_server_request_duration_seconds", "http.server.request.duration", "Duration of HTTP server requests, from the first byte read to the last byte of the response written."),
+            (Role::Client, "http_client_request_duration_seconds", "http.client.request.duration", "Duration of HTTP client requests, from the request written to the last byte of the response read."),
         ]
-        .map(|(role, name, help)| (role, Family::new(name, help, MetricKind::Histogram).with_unit("seconds")));
+        .map(|(role, name, otel_name, help)| (role, Family::new(name, help, MetricKind::Histogram).with_unit("seconds").with_otel_name(otel_name).with_attributes(OTEL_ATTRIBUTES)));
         let mut bodies = [
             (
                 Role::Server,
                 true,
                 "http_server_request_body_size_bytes",
+                "http.server.request.body.size",
                 "Body sizes of HTTP server requests.",
             ),
             (
                 Role::Server,
                 false,
                 "http_server_response_body_size_bytes",
+                "http.server.response.body.size",
                 "Body sizes of HTTP server responses.",
             ),
             (
                 Role::Client,
                 true,
                 "http_client_request_body_size_bytes",
+                "http.client.request.body.size",
                 "Body sizes of HTTP client requests.",
             ),
             (
                 Role::Client,
                 false,
                 "http_client_response_body_size_bytes",
+                "http.client.response.body.size",
                 "Body sizes of HTTP client responses.",
             ),
         ]
-        .map(|(role, request, name, help)| {
+        .map(|(role, request, name, otel_name, help)| {
             (
                 role,
                 request,
-                Family::new(name, help, MetricKind::Histogram).with_unit("bytes"),
+                Family::new(name, help, MetricKind::Histogram)
+                    .with_unit("bytes")
+                    .with_otel_name(otel_name)
+                    .with_attributes(OTEL_ATTRIBUTES),
             )
         });
         for ((owner, exchanges), stats) in &rows {
@@ -1100,6 +1109,17 @@ impl Probe for HttpProbe {
 fn peer_address(peer: &types::psc_peer) -> String {
     util::socket_address(peer.family, &peer.addr)
 }
+
+/// The HTTP semantic conventions' names of the labels `series_labels` adds, for the
+/// OpenTelemetry exporters.
+const OTEL_ATTRIBUTES: &[(&str, &str)] = &[
+    ("http_request_method", "http.request.method"),
+    ("http_response_status_code", "http.response.status_code"),
+    ("http_route", "http.route"),
+    ("server_address", "server.address"),
+    ("server_port", "server.port"),
+    ("url_scheme", "url.scheme"),
+];
 
 fn series_labels(workloads: &Workloads, owner: &Owner, key: &Exchanges) -> Labels {
     let mut labels = owner.labels(workloads);

@@ -8,7 +8,7 @@
 //! out of sync until a later read or write starts with a new message, and nothing is
 //! counted as a request that was not parsed as one.
 
-use crate::model::span::{parse_tracestate, TraceParent};
+use crate::probes::kit::spans::{parse_tracestate, TraceParent};
 use std::collections::VecDeque;
 
 /// Longest request or response head accepted (request line plus headers).

@@ -4,9 +4,9 @@
 use std::collections::HashMap;
 
 use super::conn::{NewRequest, Role};
-use crate::model::span::{
-    AttributeValue, IdGenerator, Sampler, Span, SpanContext, SpanKind, SpanResource,
-};
+use crate::model::connections::AgentConnections;
+use crate::model::span::{AttributeValue, IdGenerator, Span, SpanContext, SpanKind, SpanResource};
+use crate::probes::kit::spans::Sampler;
 
 /// Threads remembered as serving a request, at most; beyond, a new thread's client
 /// calls start their own traces, and `threads_refused` counts it.
@@ -23,6 +23,8 @@ const MAX_HELD_SPANS: usize = 65536;
 pub struct SpanMaker {
     sampler: Sampler,
     ids: IdGenerator,
+    /// The agent's own exporters' connections: a server's answer to one makes no span.
+    agent_connections: AgentConnections,
     /// The request each thread is serving, and when it started (kernel ns): client
     /// requests the thread makes are its children.
     serving: HashMap<u32, (SpanContext, u64)>,
@@ -55,10 +57,11 @@ pub struct Finished<'a> {
 }
 
 impl SpanMaker {
-    pub fn new(sampler: Sampler) -> SpanMaker {
+    pub fn new(sampler: Sampler, agent_connections: AgentConnections) -> SpanMaker {
         let mut maker = SpanMaker {
             sampler,
             ids: IdGenerator::new(),
+            agent_connections,
             serving: HashMap::new(),
             threads_refused: 0,
             finished: Vec::new(),
@@ -189,7 +192,9 @@ impl SpanMaker {
             return;
         }
         if done.role == Role::Server
-            && crate::model::span::is_agent_connection(done.client_port, done.server_port)
+            && self
+                .agent_connections
+                .contains(done.client_port, done.server_port)
         {
             return; // the agent's own export, answered by a server on this host
         }
@@ -275,5 +280,58 @@ impl SpanMaker {
     pub fn expire_serving(&mut self, now_ns: u64) {
         self.serving
             .retain(|_, (_, at)| now_ns.saturating_sub(*at) < MAX_SERVING_NS);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server_exchange(context: SpanContext, client_port: u16) -> Finished<'static> {
+        Finished {
+            role: Role::Server,
+            tid: 1,
+            context,
+            method: "POST",
+            route: "/v1/traces",
+            path: "/v1/traces",
+            status: 200,
+            tls: false,
+            start_ns: 1,
+            end_ns: 2,
+            server_address: String::new(),
+            server_port: 4318,
+            client_address: "127.0.0.1".into(),
+            client_port,
+            resource: SpanResource {
+                pid: 1,
+                executable_name: "collector".into(),
+                service_name: "collector".into(),
+                workload: Vec::new(),
+            },
+        }
+    }
+
+    #[test]
+    fn a_server_answering_the_agents_own_connection_makes_no_span() {
+        let connections = AgentConnections::default();
+        let mut maker = SpanMaker::new(Sampler::AlwaysOn, connections.clone());
+        // The exporter's handle is the probe's: what it registers, the probe sees.
+        connections.register(40000, 4318);
+        let context = maker.root();
+        maker.finish(server_exchange(context.clone(), 40000));
+        let mut spans = Vec::new();
+        maker.take(&mut spans);
+        assert!(spans.is_empty(), "{spans:?}");
+        // Another client of the same server is traced.
+        maker.finish(server_exchange(context, 40001));
+        maker.take(&mut spans);
+        assert_eq!(spans.len(), 1);
+        // A maker with a table of its own knows nothing of this agent's connections.
+        let mut other = SpanMaker::new(Sampler::AlwaysOn, AgentConnections::default());
+        let context = other.root();
+        other.finish(server_exchange(context, 40000));
+        other.take(&mut spans);
+        assert_eq!(spans.len(), 2);
     }
 }

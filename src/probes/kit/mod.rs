@@ -4,6 +4,7 @@ pub mod budget;
 pub mod idle;
 pub mod lifecycle;
 pub mod programs;
+pub mod spans;
 
 use std::num::NonZeroU32;
 

@@ -6,6 +6,10 @@ use super::policy::Peer;
 use super::{Stats, FAILURE_REASONS};
 use crate::model::{ClassicHistogram, Family, Labels, MetricKind, Value};
 
+/// The OpenTelemetry names of the probe's labels that have a semantic convention; the
+/// others (`direction`, `peer_address`, `peer_port`, `reason`) keep their own.
+const OTEL_ATTRIBUTES: &[(&str, &str)] = &[("server_port", "server.port")];
+
 pub struct TcpFamilies {
     opened: Family,
     failures: Family,
@@ -33,23 +37,27 @@ impl TcpFamilies {
                 "tcp_connections_opened",
                 "TCP connections established, by direction: outbound (connected by the process) or inbound (accepted on its listening port).",
                 MetricKind::Counter,
-            ),
+            )
+            .with_attributes(OTEL_ATTRIBUTES),
             failures: Family::new(
                 "tcp_connect_failures",
                 "Outbound TCP connects that failed, by reason: refused, timeout, unreachable, aborted (closed by the process before an answer), other.",
                 MetricKind::Counter,
-            ),
+            )
+            .with_attributes(OTEL_ATTRIBUTES),
             duration: Family::new(
                 "tcp_connect_duration_seconds",
                 "Time from SYN sent to connection established, outbound connections.",
                 MetricKind::Histogram,
             )
+            .with_attributes(OTEL_ATTRIBUTES)
             .with_unit("seconds"),
             active: Family::new(
                 "tcp_active_connections",
                 "TCP connections established since the agent started and not yet closed.",
                 MetricKind::Gauge,
-            ),
+            )
+            .with_attributes(OTEL_ATTRIBUTES),
             sent: Family::new(
                 "tcp_sent_bytes",
                 help(
@@ -57,7 +65,8 @@ impl TcpFamilies {
                     "Data bytes sent on TCP connections (retransmitted data once), added when they close: open connections are not sampled here.",
                 ),
                 MetricKind::Counter,
-            ),
+            )
+            .with_attributes(OTEL_ATTRIBUTES),
             received: Family::new(
                 "tcp_received_bytes",
                 help(
@@ -65,7 +74,8 @@ impl TcpFamilies {
                     "Data bytes received on TCP connections, added when they close: open connections are not sampled here.",
                 ),
                 MetricKind::Counter,
-            ),
+            )
+            .with_attributes(OTEL_ATTRIBUTES),
             retransmits: Family::new(
                 "tcp_retransmits",
                 help(
@@ -73,7 +83,8 @@ impl TcpFamilies {
                     "Segments retransmitted on TCP connections, added when they close: open connections are not sampled here.",
                 ),
                 MetricKind::Counter,
-            ),
+            )
+            .with_attributes(OTEL_ATTRIBUTES),
             rtt: Family::new(
                 "tcp_rtt_seconds",
                 help(
@@ -82,6 +93,7 @@ impl TcpFamilies {
                 ),
                 MetricKind::Histogram,
             )
+            .with_attributes(OTEL_ATTRIBUTES)
             .with_unit("seconds"),
         }
     }
