@@ -10,7 +10,7 @@ pub mod table;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -505,23 +505,8 @@ impl SyscallsProbe {
         let maps = &self.skel.maps;
         let shares = self.shares.enabled();
         let mut reading = Reading::default();
-        for (process, nr, count) in self.fast.taken() {
-            *reading.counts.0.entry((process, nr)).or_default() += count;
-            reading.entries[0] += 1;
-        }
-        for (key, values) in util::read_percpu(&maps.counts) {
-            reading.entries[1] += 1;
-            if let Some(k) = decode::<types::psc_syscall_key>(&key) {
-                *reading
-                    .counts
-                    .0
-                    .entry(((k.tgid, k.gen), u32::from(k.nr)))
-                    .or_default() += util::sum_percpu_u64(&values);
-                if shares {
-                    reading.tally((k.tgid, k.gen), Share::PSC_SHARE_COUNTS);
-                }
-            }
-        }
+        // Counts last: the kernel adds a call before its error and latency, so no reading
+        // holds an error whose call it missed.
         for (key, values) in util::read_percpu(&maps.errors) {
             reading.entries[2] += 1;
             if let Some(k) = decode::<types::psc_syscall_error_key>(&key) {
@@ -545,6 +530,23 @@ impl SyscallsProbe {
                     .insert(((k.tgid, k.gen), u32::from(k.nr)), hist);
                 if shares {
                     reading.tally((k.tgid, k.gen), Share::PSC_SHARE_LATENCY);
+                }
+            }
+        }
+        for (process, nr, count) in self.fast.taken() {
+            *reading.counts.0.entry((process, nr)).or_default() += count;
+            reading.entries[0] += 1;
+        }
+        for (key, values) in util::read_percpu(&maps.counts) {
+            reading.entries[1] += 1;
+            if let Some(k) = decode::<types::psc_syscall_key>(&key) {
+                *reading
+                    .counts
+                    .0
+                    .entry(((k.tgid, k.gen), u32::from(k.nr)))
+                    .or_default() += util::sum_percpu_u64(&values);
+                if shares {
+                    reading.tally((k.tgid, k.gen), Share::PSC_SHARE_COUNTS);
                 }
             }
         }
@@ -574,18 +576,26 @@ impl SyscallsProbe {
             .after_read(&self.skel.maps.tenant_base, &entries);
     }
 
-    /// The tenant slots whose overflow series of `map` (FOLDED_SLOTS index
-    /// `folded_slot`) may hold something: every slot once the map itself was full,
-    /// else those whose share was. Reading a slot's costs a lookup per syscall.
-    fn overflowed(&self, folded_slot: u32, share: Share) -> Vec<u32> {
-        if self.folded_count(folded_slot) > 0 {
+    /// The tenant slots whose overflow series may hold something: every slot once a
+    /// keyed map itself was full, else those whose share of one was. A call goes to the
+    /// overflow with its error and latency when any of its maps refuses it, so each
+    /// overflow map is read after a refusal by any. Reading a slot's costs a lookup per
+    /// syscall.
+    fn overflowed(&self) -> Vec<u32> {
+        let maps = [
+            Folded::PSC_FOLDED_COUNTS,
+            Folded::PSC_FOLDED_ERRORS,
+            Folded::PSC_FOLDED_LATENCY,
+        ];
+        if maps.iter().any(|map| self.folded_count(map.0) > 0) {
             return (0..self.slot_count()).collect();
         }
-        self.shares
-            .folded(share.0)
-            .into_iter()
+        let slots: BTreeSet<u32> = SHARED_MAPS
+            .iter()
+            .flat_map(|(_, share)| self.shares.folded(share.0))
             .map(|(slot, _)| slot)
-            .collect()
+            .collect();
+        slots.into_iter().collect()
     }
 
     /// Tenant slots, slot 0 (no tenant) included.
@@ -603,52 +613,44 @@ impl SyscallsProbe {
     }
 
     /// The overflow series, one set per tenant slot: only read when something folded,
-    /// as they are 512 lookups per slot and map.
+    /// as they are 512 lookups per slot and map. Counts are read last: the kernel adds a
+    /// call before its error and latency, so no reading holds an error whose call it
+    /// missed.
     fn read_overflow(&self) -> Rows {
         let maps = &self.skel.maps;
         let mut rows = Rows::new();
+        let slots = self.overflowed();
+        if slots.is_empty() {
+            return rows;
+        }
         let mut add = |owner: &Owner, nr: u32, series: SyscallSeries| {
             rows.entry((owner.clone(), nr)).or_default().merge(&series);
         };
-        for slot in self.overflowed(Folded::PSC_FOLDED_COUNTS.0, Share::PSC_SHARE_COUNTS) {
-            let owner = self.overflow_owner(slot);
-            for nr in 0..MAX_SYSCALLS {
-                let count = util::percpu_array_u64(&maps.overflow_counts, slot * MAX_SYSCALLS + nr);
-                if count > 0 {
-                    add(&owner, nr, SyscallSeries::calls(count));
-                }
-            }
-        }
         let errors = |err: u32, count: u64| SyscallSeries {
             errors: BTreeMap::from([(err, count)]),
             ..Default::default()
         };
-        if !self
-            .overflowed(Folded::PSC_FOLDED_ERRORS.0, Share::PSC_SHARE_ERRORS)
-            .is_empty()
-        {
-            for (key, values) in util::read_percpu(&maps.overflow_errors) {
-                if let Some(k) = decode::<types::psc_syscall_nr_err>(&key) {
-                    let owner = self.overflow_owner(u32::from(k.tenant));
-                    let nr = u32::from(k.nr);
-                    add(&owner, nr, errors(k.err, util::sum_percpu_u64(&values)));
-                }
+        for (key, values) in util::read_percpu(&maps.overflow_errors) {
+            if let Some(k) = decode::<types::psc_syscall_nr_err>(&key) {
+                let owner = self.overflow_owner(u32::from(k.tenant));
+                let nr = u32::from(k.nr);
+                add(&owner, nr, errors(k.err, util::sum_percpu_u64(&values)));
             }
-            if self.folded_count(Folded::PSC_FOLDED_OVERFLOW_ERRORS.0) > 0 {
-                for slot in 0..self.slot_count() {
-                    let owner = self.overflow_owner(slot);
-                    for nr in 0..MAX_SYSCALLS {
-                        let idx = slot * MAX_SYSCALLS + nr;
-                        let count = util::percpu_array_u64(&maps.overflow_errors_any, idx);
-                        if count > 0 {
-                            add(&owner, nr, errors(0, count));
-                        }
+        }
+        if self.folded_count(Folded::PSC_FOLDED_OVERFLOW_ERRORS.0) > 0 {
+            for slot in 0..self.slot_count() {
+                let owner = self.overflow_owner(slot);
+                for nr in 0..MAX_SYSCALLS {
+                    let idx = slot * MAX_SYSCALLS + nr;
+                    let count = util::percpu_array_u64(&maps.overflow_errors_any, idx);
+                    if count > 0 {
+                        add(&owner, nr, errors(0, count));
                     }
                 }
             }
         }
         let timed = self.timed.len() as u32;
-        for slot in self.overflowed(Folded::PSC_FOLDED_LATENCY.0, Share::PSC_SHARE_LATENCY) {
+        for &slot in &slots {
             let owner = self.overflow_owner(slot);
             for (index, nr) in self.timed.iter().enumerate() {
                 let idx = slot * timed + index as u32;
@@ -664,6 +666,15 @@ impl SyscallsProbe {
                         ..Default::default()
                     };
                     add(&owner, *nr, series);
+                }
+            }
+        }
+        for slot in slots {
+            let owner = self.overflow_owner(slot);
+            for nr in 0..MAX_SYSCALLS {
+                let count = util::percpu_array_u64(&maps.overflow_counts, slot * MAX_SYSCALLS + nr);
+                if count > 0 {
+                    add(&owner, nr, SyscallSeries::calls(count));
                 }
             }
         }

@@ -9,6 +9,11 @@
  * when tracefs cannot be mounted, a tp_btf program on sys_enter with an early
  * return takes its place. The stamp lives in task storage, much cheaper than a
  * hash keyed by thread id.
+ *
+ * The series agree with each other: a call, its error and its latency go together to
+ * the process's series, or together to its tenant's overflow series when one of them
+ * finds no place there (count_slow). So no series has more errors than calls, and a
+ * histogram counts as many calls as its counter wherever every call was timed.
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -71,8 +76,8 @@ PSC_PERCPU_HASH(errors, struct psc_syscall_error_key, __u64, 4096);
 PSC_HASH(latency, struct psc_syscall_key, struct psc_hist, 4096);
 
 /*
- * Overflow series: where data goes when its process finds a map, or its tenant's share
- * of it, full, so totals stay exact. One per tenant slot (bpf/tenants.h): the arrays
+ * Overflow series: where a call goes, with its error and latency, when its process finds
+ * one of the maps it needs, or its tenant's share of it, full, so totals stay exact. One per tenant slot (bpf/tenants.h): the arrays
  * hold tenant_slots x PSC_MAX_SYSCALLS entries (set by user space), at
  * slot * PSC_MAX_SYSCALLS + nr.
  */
@@ -127,49 +132,6 @@ static __always_inline int is_selected(__u32 tgid)
 	return 0;
 }
 
-/* Adds one to `key` in `map`; to `on_full` when the map is full. 1 when it created the key. */
-static __always_inline int add_percpu(void *map, const void *key, __u64 *on_full, __u32 folded_slot)
-{
-	__u64 one = 1, *value;
-	long err;
-
-	value = bpf_map_lookup_elem(map, key);
-	if (value) {
-		*value += 1;
-		return 0;
-	}
-	err = bpf_map_update_elem(map, key, &one, BPF_NOEXIST);
-	if (err == 0)
-		return 1;
-	if (err == -PSC_EEXIST) {
-		/* Another CPU inserted the key first: our slot of it is still ours alone. */
-		value = bpf_map_lookup_elem(map, key);
-		if (value)
-			*value += 1;
-		return 0;
-	}
-	if (on_full)
-		*on_full += 1;
-	PSC_COUNT_IN(folded, folded_slot);
-	return 0;
-}
-
-/* The count of `key`, which is not in `counts` yet: a new key if the tenant's share
- * allows, else the tenant's overflow series. */
-static __always_inline void count_new(const struct psc_syscall_key *key, __u32 tenant)
-{
-	__u32 overflow_slot = tenant * PSC_MAX_SYSCALLS + key->nr;
-	__u64 *overflow = bpf_map_lookup_elem(&overflow_counts, &overflow_slot);
-
-	if (!psc_tenant_reserve(tenant, PSC_SHARE_COUNTS)) {
-		if (overflow)
-			*overflow += 1;
-		return;
-	}
-	if (!add_percpu(&counts, key, overflow, PSC_FOLDED_COUNTS))
-		psc_tenant_release(tenant, PSC_SHARE_COUNTS);
-}
-
 static __always_inline void record_comm(__u32 tgid, __u16 gen)
 {
 	struct psc_process_key key = { .tgid = tgid, .gen = gen };
@@ -179,8 +141,12 @@ static __always_inline void record_comm(__u32 tgid, __u16 gen)
 	bpf_map_update_elem(&comms, &key, &process, BPF_ANY);
 }
 
-/* Counts in this CPU's table; 0 when the pair's probe sequence is full. */
-static __always_inline int count_fast(__u32 tgid, __u16 gen, __u32 nr)
+/*
+ * The count of the pair in this CPU's table; NULL when its probe sequence is full. A
+ * free slot is claimed with a count of 0: the caller adds the call only once it knows
+ * the call's error and latency have a place beside it.
+ */
+static __always_inline __u64 *count_fast(__u32 tgid, __u16 gen, __u32 nr)
 {
 	__u32 base = bpf_get_smp_processor_id() * (fast_slots_mask + 1);
 	__u32 hash = (tgid * 2654435761u) ^ (nr * 2246822519u);
@@ -191,11 +157,9 @@ static __always_inline int count_fast(__u32 tgid, __u16 gen, __u32 nr)
 		idx = base + ((hash + probe) & fast_slots_mask);
 		slot = bpf_map_lookup_elem(&fast_counts, &idx);
 		if (!slot)
-			return 0;
-		if (slot->nr_plus_one == nr + 1 && slot->tgid == tgid && slot->gen == gen) {
-			slot->count += 1;
-			return 1;
-		}
+			return NULL;
+		if (slot->nr_plus_one == nr + 1 && slot->tgid == tgid && slot->gen == gen)
+			return &slot->count;
 		if (slot->nr_plus_one == 0) {
 			/*
 			 * Claim: user space reads a slot as taken once nr_plus_one is set, so it
@@ -203,88 +167,143 @@ static __always_inline int count_fast(__u32 tgid, __u16 gen, __u32 nr)
 			 */
 			slot->tgid = tgid;
 			slot->gen = gen;
-			slot->count = 1;
+			slot->count = 0;
 			asm volatile("" ::: "memory");
 			slot->nr_plus_one = nr + 1;
 			record_comm(tgid, gen);
-			return 1;
+			return &slot->count;
 		}
 	}
-	return 0;
+	return NULL;
 }
 
-static __always_inline void count_error(struct task_struct *task, __u32 tgid, __u16 gen,
-					__u32 nr, __u32 err)
+/*
+ * A new entry of `key` in `map`, holding `initial`, within the tenant's share of the
+ * map; NULL when the share or the map is full (counted in tenant_folded or in
+ * folded[folded_slot]). Another CPU may create the key first: its entry is returned.
+ */
+static __always_inline void *new_entry(void *map, const void *key, const void *initial,
+				       __u32 tenant, __u32 share, __u32 folded_slot)
 {
-	struct psc_syscall_error_key key = { .tgid = tgid, .nr = nr, .gen = gen, .err = err };
-	struct psc_syscall_nr_err overflow_key = { .nr = nr, .err = err };
-	__u64 one = 1, *value;
-	__u32 tenant, any_slot;
-	long ret;
+	void *value;
 
-	value = bpf_map_lookup_elem(&errors, &key);
-	if (value) {
-		*value += 1;
-		return;
-	}
-	tenant = psc_tenant_slot(task);
-	if (psc_tenant_reserve(tenant, PSC_SHARE_ERRORS)) {
-		ret = bpf_map_update_elem(&errors, &key, &one, BPF_NOEXIST);
-		if (ret == 0)
-			return;
-		psc_tenant_release(tenant, PSC_SHARE_ERRORS);
-		if (ret == -PSC_EEXIST) {
-			value = bpf_map_lookup_elem(&errors, &key);
-			if (value)
-				*value += 1;
-			return;
-		}
-		PSC_COUNT_IN(folded, PSC_FOLDED_ERRORS);
-	}
-	overflow_key.tenant = tenant;
-	any_slot = tenant * PSC_MAX_SYSCALLS + nr;
-	add_percpu(&overflow_errors, &overflow_key,
-		   bpf_map_lookup_elem(&overflow_errors_any, &any_slot), PSC_FOLDED_OVERFLOW_ERRORS);
+	if (!psc_tenant_reserve(tenant, share))
+		return NULL;
+	if (bpf_map_update_elem(map, key, initial, BPF_NOEXIST))
+		psc_tenant_release(tenant, share);
+	value = bpf_map_lookup_elem(map, key);
+	if (!value)
+		PSC_COUNT_IN(folded, folded_slot);
+	return value;
 }
 
-static __always_inline void record_latency(struct task_struct *task, __u32 tgid, __u16 gen,
-					   __u32 nr, __u32 timed)
+/* The syscall's latency, when it was stamped at entry: the stamp is used up. */
+static __always_inline int take_latency(struct task_struct *task, __u32 nr, __u64 *delta)
+{
+	struct psc_syscall_start *st = bpf_task_storage_get(&start, task, 0, 0);
+
+	if (!st || !st->ts || st->nr != nr)
+		return 0;
+	*delta = bpf_ktime_get_ns() - st->ts;
+	st->ts = 0;
+	return 1;
+}
+
+/*
+ * A call, its error (err != 0) and its latency (timed != 0) when the process's series
+ * have no place for one of them: all of it goes to the tenant's overflow series, so
+ * that there too no series has more errors than calls, nor a histogram another count.
+ */
+static __always_inline void count_overflow(__u32 tenant, __u32 nr, __u32 err, __u32 timed,
+					   __u64 delta)
+{
+	struct psc_syscall_nr_err error_key = { .nr = nr, .tenant = tenant, .err = err };
+	__u32 slot = tenant * PSC_MAX_SYSCALLS + nr;
+	struct psc_hist *hist;
+	__u64 zero = 0, *value;
+
+	value = bpf_map_lookup_elem(&overflow_counts, &slot);
+	if (value)
+		*value += 1;
+	if (err) {
+		value = psc_lookup_or_insert(&overflow_errors, &error_key, &zero);
+		if (!value) {
+			/* Even this map is full: the error stays, its errno is lost. */
+			PSC_COUNT_IN(folded, PSC_FOLDED_OVERFLOW_ERRORS);
+			value = bpf_map_lookup_elem(&overflow_errors_any, &slot);
+		}
+		if (value)
+			*value += 1;
+	}
+	if (timed) {
+		slot = tenant * timed_count + timed - 1;
+		hist = bpf_map_lookup_elem(&overflow_latency, &slot);
+		if (hist)
+			psc_hist_record_atomic(hist, delta);
+	}
+}
+
+/*
+ * Everything of a call but the common case (a success, not timed, counted in this CPU's
+ * table): `count` is its place in that table, if it found one. The call, its error and
+ * its latency go together to the process's series when each has a place there, existing
+ * or new; else together to the overflow series. Places taken for a call that then goes
+ * to the overflow stay, empty, for the process's next calls.
+ */
+static __always_inline void count_slow(struct task_struct *task, __u32 tgid, __u16 gen,
+				       __u32 nr, __u64 *count, __u32 err, __u32 timed)
 {
 	struct psc_syscall_key key = { .tgid = tgid, .nr = nr, .gen = gen };
-	struct psc_syscall_start *st;
-	struct psc_hist *hist;
-	__u32 zero = 0, tenant, overflow_slot;
-	__u64 delta;
+	struct psc_syscall_error_key error_key = {
+		.tgid = tgid, .nr = nr, .gen = gen, .err = err
+	};
+	struct psc_hist *hist = NULL, *zeroes;
+	__u64 zero = 0, delta = 0, *error = NULL;
+	__u32 zero_idx = 0;
 
-	st = bpf_task_storage_get(&start, task, 0, 0);
-	if (!st || !st->ts || st->nr != nr)
-		return;
-	delta = bpf_ktime_get_ns() - st->ts;
-	st->ts = 0;
-
-	hist = bpf_map_lookup_elem(&latency, &key);
-	if (!hist) {
-		struct psc_hist *zeroes = bpf_map_lookup_elem(&zero_hist, &zero);
-
-		if (!zeroes)
-			return;
-		tenant = psc_tenant_slot(task);
-		if (psc_tenant_reserve(tenant, PSC_SHARE_LATENCY)) {
-			/* Failure is fine here: either another CPU inserted it, or the map is full. */
-			if (bpf_map_update_elem(&latency, &key, zeroes, BPF_NOEXIST))
-				psc_tenant_release(tenant, PSC_SHARE_LATENCY);
-			hist = bpf_map_lookup_elem(&latency, &key);
-			if (!hist)
-				PSC_COUNT_IN(folded, PSC_FOLDED_LATENCY);
-		}
-		if (!hist) {
-			overflow_slot = tenant * timed_count + timed - 1;
-			hist = bpf_map_lookup_elem(&overflow_latency, &overflow_slot);
-			if (!hist)
-				return;
+	if (timed && !take_latency(task, nr, &delta))
+		timed = 0;
+	if (!count) {
+		count = bpf_map_lookup_elem(&counts, &key);
+		if (!count) {
+			count = new_entry(&counts, &key, &zero, psc_tenant_slot(task),
+					  PSC_SHARE_COUNTS, PSC_FOLDED_COUNTS);
+			if (!count)
+				goto overflow;
+			record_comm(tgid, gen);
 		}
 	}
-	psc_hist_record_atomic(hist, delta);
+	if (err) {
+		error = bpf_map_lookup_elem(&errors, &error_key);
+		if (!error) {
+			error = new_entry(&errors, &error_key, &zero, psc_tenant_slot(task),
+					  PSC_SHARE_ERRORS, PSC_FOLDED_ERRORS);
+			if (!error)
+				goto overflow;
+		}
+	}
+	if (timed) {
+		hist = bpf_map_lookup_elem(&latency, &key);
+		if (!hist) {
+			zeroes = bpf_map_lookup_elem(&zero_hist, &zero_idx);
+			if (zeroes)
+				hist = new_entry(&latency, &key, zeroes, psc_tenant_slot(task),
+						 PSC_SHARE_LATENCY, PSC_FOLDED_LATENCY);
+			if (!hist)
+				goto overflow;
+		}
+	}
+	/* The call first (user space reads errors and latency before counts), and the
+	 * compiler keeps it first. */
+	*count += 1;
+	asm volatile("" ::: "memory");
+	if (error)
+		*error += 1;
+	if (hist)
+		psc_hist_record_atomic(hist, delta);
+	return;
+overflow:
+	count_overflow(psc_tenant_slot(task), nr, err, timed, delta);
 }
 
 static __always_inline void stamp_start(__u32 nr)
@@ -307,10 +326,9 @@ int BPF_PROG(psc_sys_exit, struct pt_regs *regs, long ret)
 	/* One helper call gives both the tgid and the generation. */
 	struct task_struct *task = bpf_get_current_task_btf();
 	__u32 tgid = task->tgid;
-	struct psc_syscall_key key = {};
 	long nr = regs->orig_ax;
+	__u32 timed, err;
 	__u64 *count;
-	__u32 timed;
 	__u16 gen;
 
 	if (filter_cgroups && psc_cgroup_skipped(task))
@@ -330,25 +348,15 @@ int BPF_PROG(psc_sys_exit, struct pt_regs *regs, long ret)
 		return 0;
 
 	gen = psc_generation(task);
-	key.tgid = tgid;
-	key.nr = nr;
-	key.gen = gen;
-	if (!count_fast(tgid, gen, nr)) {
-		count = bpf_map_lookup_elem(&counts, &key);
-		if (count) {
-			*count += 1;
-		} else {
-			record_comm(tgid, gen);
-			count_new(&key, psc_tenant_slot(task));
-		}
-	}
+	err = ret < 0 && ret >= -PSC_MAX_ERRNO ? -ret : 0;
+	timed = latency_index[nr];
+	count = count_fast(tgid, gen, nr);
+	if (count && !err && !timed)
+		*count += 1;
+	else
+		count_slow(task, tgid, gen, nr, count, err, timed);
 	if ((nr == PSC_NR_EXECVE || nr == PSC_NR_EXECVEAT) && ret == 0)
 		record_comm(tgid, gen);
-	if (ret < 0 && ret >= -PSC_MAX_ERRNO)
-		count_error(task, tgid, gen, nr, -ret);
-	timed = latency_index[nr];
-	if (timed)
-		record_latency(task, tgid, gen, nr, timed);
 	return 0;
 }
 

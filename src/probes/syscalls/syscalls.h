@@ -53,7 +53,8 @@ struct psc_syscall_start {
 	__u32 pad;
 };
 
-/* Slots of the `folded` array: new keys a full map refused, so their data went to an overflow series. */
+/* Slots of the `folded` array: new keys a full map refused, by map. Each refusal sent a
+ * call, with its error and latency, to an overflow series. */
 enum psc_syscall_folded_slot {
 	PSC_FOLDED_COUNTS = 0,
 	PSC_FOLDED_ERRORS = 1,
