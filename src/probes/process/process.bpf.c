@@ -13,8 +13,7 @@
 
 char LICENSE[] SEC("license") = PSC_LICENSE;
 
-struct psc_exe_key psc_exe_key_type = {};
-struct psc_process_stats psc_process_stats_type = {};
+PSC_EXPORT_TYPES(struct psc_exe_key, struct psc_process_stats);
 
 PSC_PERCPU_HASH(executables, struct psc_exe_key, struct psc_process_stats, 4096);
 
