@@ -6,6 +6,28 @@
 /* Licence of the BPF objects: helpers such as bpf_probe_read_kernel need a GPL-compatible one. */
 #define PSC_LICENSE "Dual BSD/GPL"
 
+/*
+ * Makes the skeleton generate Rust definitions of the types a program shares with user
+ * space. It generates the types of the object's BTF, where clang puts only those that a
+ * global, a map or a function names: each type listed (`struct x` or `enum x`, at most
+ * 12) gets a zeroed global of its own in .bss, which no program reads.
+ */
+#define PSC_EXPORT_TYPES(...) \
+	___bpf_apply(__PSC_EXPORT_, ___bpf_narg(__VA_ARGS__))(__VA_ARGS__)
+#define __PSC_EXPORT(type) type ___bpf_apply(psc_exported_, __COUNTER__) = {}
+#define __PSC_EXPORT_1(t) __PSC_EXPORT(t)
+#define __PSC_EXPORT_2(t, ...) __PSC_EXPORT(t); __PSC_EXPORT_1(__VA_ARGS__)
+#define __PSC_EXPORT_3(t, ...) __PSC_EXPORT(t); __PSC_EXPORT_2(__VA_ARGS__)
+#define __PSC_EXPORT_4(t, ...) __PSC_EXPORT(t); __PSC_EXPORT_3(__VA_ARGS__)
+#define __PSC_EXPORT_5(t, ...) __PSC_EXPORT(t); __PSC_EXPORT_4(__VA_ARGS__)
+#define __PSC_EXPORT_6(t, ...) __PSC_EXPORT(t); __PSC_EXPORT_5(__VA_ARGS__)
+#define __PSC_EXPORT_7(t, ...) __PSC_EXPORT(t); __PSC_EXPORT_6(__VA_ARGS__)
+#define __PSC_EXPORT_8(t, ...) __PSC_EXPORT(t); __PSC_EXPORT_7(__VA_ARGS__)
+#define __PSC_EXPORT_9(t, ...) __PSC_EXPORT(t); __PSC_EXPORT_8(__VA_ARGS__)
+#define __PSC_EXPORT_10(t, ...) __PSC_EXPORT(t); __PSC_EXPORT_9(__VA_ARGS__)
+#define __PSC_EXPORT_11(t, ...) __PSC_EXPORT(t); __PSC_EXPORT_10(__VA_ARGS__)
+#define __PSC_EXPORT_12(t, ...) __PSC_EXPORT(t); __PSC_EXPORT_11(__VA_ARGS__)
+
 #define PSC_COMM_LEN 16
 
 /* Syscall numbers at or above this are ignored (x86_64 has fewer than 470). */

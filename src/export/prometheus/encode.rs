@@ -281,13 +281,17 @@ mod tests {
 
     #[test]
     fn canonical_floats_match_openmetrics_parsers() {
-        assert_eq!(canonical_float(1.0), "1.0");
-        assert_eq!(canonical_float(0.0001), "0.0001");
-        assert_eq!(canonical_float(0.00005), "5e-05");
-        assert_eq!(canonical_float(0.0000025), "2.5e-06");
-        assert_eq!(canonical_float(2.5), "2.5");
-        assert_eq!(canonical_float(10.0), "10.0");
-        assert_eq!(canonical_float(1e16), "1e+16");
+        for (value, text) in [
+            (1.0, "1.0"),
+            (0.0001, "0.0001"),
+            (0.00005, "5e-05"),
+            (0.0000025, "2.5e-06"),
+            (2.5, "2.5"),
+            (10.0, "10.0"),
+            (1e16, "1e+16"),
+        ] {
+            assert_eq!(canonical_float(value), text, "{value:e}");
+        }
     }
 
     #[test]

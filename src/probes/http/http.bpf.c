@@ -30,13 +30,10 @@ const volatile __u8 trace_clients = 1;
  * would make another. */
 const volatile __u32 agent_tgid = 0;
 
-struct psc_conn_key psc_conn_key_type = {};
-struct psc_conn psc_conn_type = {};
-struct psc_http_event psc_http_event_type = {};
-/* Named here so that the skeleton gives user space the event kinds and roles. */
-enum psc_http_event_kind psc_http_event_kind_type = PSC_HTTP_READ;
-enum psc_http_role psc_http_role_type = PSC_ROLE_SERVER;
-enum psc_http_counter psc_http_counter_type = PSC_HTTP_LOST_EVENTS;
+/* Named here so that the skeleton gives user space these types, event kinds, roles
+ * and counter slots. */
+PSC_EXPORT_TYPES(struct psc_conn_key, struct psc_conn, struct psc_http_event,
+		 enum psc_http_event_kind, enum psc_http_role, enum psc_http_counter);
 
 /* x86_64 syscall numbers. */
 #define NR_READ 0

@@ -387,44 +387,39 @@ impl Framer {
 
     /// A whole head was read: `started` is when its first byte was, `at` when its last.
     fn complete_head(&mut self, head: &[u8], started: u64, at: u64, frames: &mut Vec<Frame>) {
-        match self.kind {
-            Kind::Request => match parse_request_head(head) {
-                Some(req) => {
-                    let body = req.body;
-                    frames.push(Frame::RequestHead {
-                        head: req,
-                        at: started,
-                    });
-                    self.begin_body(body, at, frames);
-                }
-                None => self.state = State::OutOfSync,
-            },
-            Kind::Response => match parse_response_head(head) {
-                Some(mut resp) => {
-                    let interim = (100..200).contains(&resp.status) && resp.status != 101;
-                    if !interim {
-                        let expect = self.head_requests.pop_front().unwrap_or(Expect::Body);
-                        let tunnel = expect == Expect::Tunnel && (200..300).contains(&resp.status);
-                        // 101 switches protocols and a CONNECT 2xx opens a tunnel: the
-                        // exchange ends with the head, and what follows is not HTTP.
-                        if expect == Expect::NoBody
-                            || tunnel
-                            || matches!(resp.status, 101 | 204 | 304)
-                        {
-                            resp.body = BodyLength::None;
-                        }
-                    } else {
-                        resp.body = BodyLength::None;
-                    }
-                    let body = resp.body;
-                    frames.push(Frame::ResponseHead {
-                        head: resp,
-                        at: started,
-                    });
-                    self.begin_body(body, at, frames);
-                }
-                None => self.state = State::OutOfSync,
-            },
+        let parsed = match self.kind {
+            Kind::Request => parse_request_head(head)
+                .map(|req| (req.body, Frame::RequestHead { head: req, at: started })),
+            Kind::Response => parse_response_head(head).map(|mut resp| {
+                resp.body = self.response_body(&resp);
+                (resp.body, Frame::ResponseHead { head: resp, at: started })
+            }),
+        };
+        match parsed {
+            Some((body, frame)) => {
+                frames.push(frame);
+                self.begin_body(body, at, frames);
+            }
+            None => self.state = State::OutOfSync,
+        }
+    }
+
+    /// The body that follows a response head: none for an interim response, the answer
+    /// to a HEAD, a switch of protocols or a tunnel, or a 204 or 304; else what its
+    /// headers say. A final response answers the oldest request still waiting.
+    fn response_body(&mut self, resp: &ResponseHead) -> BodyLength {
+        let interim = (100..200).contains(&resp.status) && resp.status != 101;
+        if interim {
+            return BodyLength::None;
+        }
+        let expect = self.head_requests.pop_front().unwrap_or(Expect::Body);
+        let tunnel = expect == Expect::Tunnel && (200..300).contains(&resp.status);
+        // 101 switches protocols and a CONNECT 2xx opens a tunnel: the exchange ends
+        // with the head, and what follows is not HTTP.
+        if expect == Expect::NoBody || tunnel || matches!(resp.status, 101 | 204 | 304) {
+            BodyLength::None
+        } else {
+            resp.body
         }
     }
 

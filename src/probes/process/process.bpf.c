@@ -13,8 +13,7 @@
 
 char LICENSE[] SEC("license") = PSC_LICENSE;
 
-struct psc_exe_key psc_exe_key_type = {};
-struct psc_process_stats psc_process_stats_type = {};
+PSC_EXPORT_TYPES(struct psc_exe_key, struct psc_process_stats);
 
 PSC_PERCPU_HASH(executables, struct psc_exe_key, struct psc_process_stats, 4096);
 
@@ -34,10 +33,14 @@ static __always_inline struct psc_process_stats *stats_for(struct psc_exe_key *k
 	return bpf_map_lookup_elem(&overflow, &slot);
 }
 
-static __always_inline void leader_comm(struct task_struct *task, struct psc_exe_key *key)
+/* The stats of the process `task` belongs to. */
+static __always_inline struct psc_process_stats *leader_stats(struct task_struct *task)
 {
+	struct psc_exe_key key = {};
+
 	/* A thread may rename itself; the process is known by its group leader's name. */
-	bpf_probe_read_kernel_str(key->comm, sizeof(key->comm), task->group_leader->comm);
+	bpf_probe_read_kernel_str(key.comm, sizeof(key.comm), task->group_leader->comm);
+	return stats_for(&key);
 }
 
 SEC("tp_btf/sched_process_exec")
@@ -57,14 +60,12 @@ int BPF_PROG(psc_process_exec, struct task_struct *task, pid_t old_pid, struct l
 SEC("tp_btf/sched_process_exit")
 int BPF_PROG(psc_process_exit, struct task_struct *task, bool group_dead)
 {
-	struct psc_exe_key key = {};
 	struct psc_process_stats *stats;
 	int code;
 
 	if (!group_dead)
 		return 0;
-	leader_comm(task, &key);
-	stats = stats_for(&key);
+	stats = leader_stats(task);
 	if (!stats)
 		return 0;
 	code = task->exit_code;
@@ -80,11 +81,8 @@ int BPF_PROG(psc_process_exit, struct task_struct *task, bool group_dead)
 SEC("tp_btf/mark_victim")
 int BPF_PROG(psc_oom_victim, struct task_struct *task, uid_t uid)
 {
-	struct psc_exe_key key = {};
-	struct psc_process_stats *stats;
+	struct psc_process_stats *stats = leader_stats(task);
 
-	leader_comm(task, &key);
-	stats = stats_for(&key);
 	if (stats)
 		stats->oom_kills += 1;
 	return 0;

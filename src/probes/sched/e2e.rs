@@ -19,6 +19,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::MutexGuard;
 use std::time::{Duration, Instant};
 
 use crate::common::{eventually, have_root, kernel_lock, Agent, Metrics, TempDir};
@@ -65,13 +66,36 @@ fn build_sleeper(dir: &Path) -> PathBuf {
     binary
 }
 
-/// The sleeper under its own executable name, unique to this test run.
-fn named_sleeper(dir: &Path, sleeper: &Path, tag: &str) -> (String, PathBuf) {
-    let name = format!("psc{tag}{}", std::process::id() % 100_000);
-    assert!(name.len() <= 15, "{name} is longer than a comm");
-    let path = dir.join(&name);
-    std::fs::copy(sleeper, &path).expect("copy the sleeper");
-    (name, path)
+/// What every test starts from: the kernel to itself, and the sleeper built in a folder
+/// of the test's own.
+struct Bench {
+    dir: TempDir,
+    sleeper: PathBuf,
+    _kernel: MutexGuard<'static, ()>,
+}
+
+impl Bench {
+    /// The bench, and then the agent, started with `config`.
+    fn start(tag: &str, config: &str) -> (Bench, Agent) {
+        let kernel = kernel_lock();
+        let dir = TempDir::new(tag);
+        let sleeper = build_sleeper(dir.path());
+        let bench = Bench {
+            dir,
+            sleeper,
+            _kernel: kernel,
+        };
+        (bench, Agent::start(config))
+    }
+
+    /// The sleeper under its own executable name, unique to this test run.
+    fn named_sleeper(&self, tag: &str) -> (String, PathBuf) {
+        let name = format!("psc{tag}{}", std::process::id() % 100_000);
+        assert!(name.len() <= 15, "{name} is longer than a comm");
+        let path = self.dir.path().join(&name);
+        std::fs::copy(&self.sleeper, &path).expect("copy the sleeper");
+        (name, path)
+    }
 }
 
 /// Runs the sleeper under SCHED_FIFO, sleeping `times` times; returns how many times a
@@ -120,11 +144,8 @@ fn a_process_that_wakes_n_times_has_n_samples() {
     if !have_root("a_process_that_wakes_n_times_has_n_samples") {
         return;
     }
-    let _kernel = kernel_lock();
-    let dir = TempDir::new("sched-exact");
-    let sleeper = build_sleeper(dir.path());
-    let (name, path) = named_sleeper(dir.path(), &sleeper, "sl");
-    let agent = Agent::start(&config(""));
+    let (bench, agent) = Bench::start("sched-exact", &config(""));
+    let (name, path) = bench.named_sleeper("sl");
 
     let (first, first_wall) = sleep_times(&path, 1500);
     let (second, second_wall) = sleep_times(&path, 300);
@@ -156,14 +177,11 @@ fn an_executable_idle_past_the_ttl_keeps_its_samples() {
     if !have_root("an_executable_idle_past_the_ttl_keeps_its_samples") {
         return;
     }
-    let _kernel = kernel_lock();
-    let dir = TempDir::new("sched-idle");
-    let sleeper = build_sleeper(dir.path());
-    let (name, path) = named_sleeper(dir.path(), &sleeper, "id");
-    let agent = Agent::start(&format!(
-        "processes:\n  exited_ttl_secs: 1\n{}",
-        config("")
-    ));
+    let (bench, agent) = Bench::start(
+        "sched-idle",
+        &format!("processes:\n  exited_ttl_secs: 1\n{}", config("")),
+    );
+    let (name, path) = bench.named_sleeper("id");
     let expired = |m: &Metrics| m.sum("periscope_series_expired_total", &[("probe", "sched")]);
 
     sleep_times(&path, 30);
@@ -188,12 +206,9 @@ fn executables_beyond_the_cap_fold_into_the_overflow_series() {
     if !have_root("executables_beyond_the_cap_fold_into_the_overflow_series") {
         return;
     }
-    let _kernel = kernel_lock();
-    let dir = TempDir::new("sched-cap");
-    let sleeper = build_sleeper(dir.path());
-    let agent = Agent::start(&config("    max_series: 8\n"));
+    let (bench, agent) = Bench::start("sched-cap", &config("    max_series: 8\n"));
     let names: Vec<(String, PathBuf)> = (0..20)
-        .map(|i| named_sleeper(dir.path(), &sleeper, &format!("c{i}")))
+        .map(|i| bench.named_sleeper(&format!("c{i}")))
         .collect();
     let arrivals: Vec<f64> = names
         .iter()

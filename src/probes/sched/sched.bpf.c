@@ -24,9 +24,7 @@
 
 char LICENSE[] SEC("license") = PSC_LICENSE;
 
-/* Make the shared types visible to the skeleton. */
-struct psc_sched_key psc_sched_key_type = {};
-enum psc_sched_counter psc_sched_counter_type = PSC_SCHED_FOLDED;
+PSC_EXPORT_TYPES(struct psc_sched_key, enum psc_sched_counter);
 
 #define PF_KTHREAD 0x00200000
 #define TASK_RUNNING 0

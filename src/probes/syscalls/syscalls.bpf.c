@@ -33,16 +33,10 @@ const volatile __u32 fast_slots_mask = 0;
 const volatile __u8 filter_by_tgid = 0;
 const volatile __u8 filter_by_comm = 0;
 
-/* Instances that make the skeleton generate Rust definitions of the shared types. */
-struct psc_syscall_key psc_syscall_key_type = {};
-struct psc_syscall_error_key psc_syscall_error_key_type = {};
-struct psc_syscall_nr_err psc_syscall_nr_err_type = {};
-struct psc_hist psc_hist_type = {};
-struct psc_process psc_process_type = {};
-struct psc_process_key psc_process_key_type = {};
-struct psc_fast_slot psc_fast_slot_type = {};
-enum psc_syscall_share psc_syscall_share_type = PSC_SHARE_COUNTS;
-enum psc_syscall_folded_slot psc_syscall_folded_slot_type = PSC_FOLDED_COUNTS;
+PSC_EXPORT_TYPES(struct psc_syscall_key, struct psc_syscall_error_key,
+		 struct psc_syscall_nr_err, struct psc_hist, struct psc_process,
+		 struct psc_process_key, struct psc_fast_slot, enum psc_syscall_share,
+		 enum psc_syscall_folded_slot);
 
 /* Slots a pair may take in its CPU's table; beyond, it is counted in `counts`. */
 #define PSC_FAST_PROBES 4

@@ -37,13 +37,8 @@ const volatile __u32 duration_bounds_len = 0;
 const volatile __u64 rtt_bounds_us[PSC_TCP_MAX_BOUNDS] = {};
 const volatile __u32 rtt_bounds_len = 0;
 
-struct psc_tcp_key psc_tcp_key_type = {};
-struct psc_tcp_stats psc_tcp_stats_type = {};
-struct psc_tcp_listener_key psc_tcp_listener_key_type = {};
-struct psc_tcp_listener psc_tcp_listener_type = {};
-struct psc_tcp_listening psc_tcp_listening_type = {};
-/* Named here so that the skeleton gives user space the counters' slots. */
-enum psc_tcp_counter psc_tcp_counter_type = PSC_TCP_FOLDED;
+PSC_EXPORT_TYPES(struct psc_tcp_key, struct psc_tcp_stats, struct psc_tcp_listener_key,
+		 struct psc_tcp_listener, struct psc_tcp_listening, enum psc_tcp_counter);
 
 /* Per socket, from its connect or accept. */
 struct psc_tcp_sock {

@@ -14,6 +14,25 @@ fn write(c: &mut Connection, data: &[u8], at: u64) -> Vec<Exchange> {
     c.feed(Direction::Egress, data, data.len() as u64, at)
 }
 
+/// A new server connection that reads `requests` at 1 and writes `responses` at 2; with
+/// the exchanges the responses complete.
+fn serve(requests: &[u8], responses: &[u8]) -> (Connection, Vec<Exchange>) {
+    let mut c = server();
+    read(&mut c, requests, 1);
+    let done = write(&mut c, responses, 2);
+    (c, done)
+}
+
+/// Each exchange as "method path status request-body-bytes/response-body-bytes".
+fn summary(done: &[Exchange]) -> Vec<String> {
+    done.iter()
+        .map(|e| {
+            let (request, response) = (e.request_body_bytes, e.response_body_bytes);
+            format!("{} {} {} {request}/{response}", e.method, e.path, e.status)
+        })
+        .collect()
+}
+
 #[test]
 fn keep_alive_requests_pair_with_their_responses() {
     let mut c = server();
@@ -47,39 +66,26 @@ fn keep_alive_requests_pair_with_their_responses() {
     assert_eq!(done[0].path, "/b");
 }
 
+/// Requests pipelined in one read and their responses in one write: the exchanges pair
+/// in order, and a response to a HEAD, or a 204 or 304, has no body whatever its
+/// Content-Length says.
 #[test]
-fn pipelined_requests_in_one_read_get_responses_in_order() {
-    let mut c = server();
-    read(
-        &mut c,
-        b"GET /1 HTTP/1.1\r\n\r\nPOST /2 HTTP/1.1\r\nContent-Length: 3\r\n\r\nabcHEAD /3 HTTP/1.1\r\n\r\n",
-        5,
-    );
-    let done = write(
-        &mut c,
-        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n",
-        9,
-    );
-    let summary: Vec<_> = done
-        .iter()
-        .map(|e| {
-            (
-                e.method.as_str(),
-                e.path.as_str(),
-                e.status,
-                e.request_body_bytes,
-                e.response_body_bytes,
-            )
-        })
-        .collect();
-    assert_eq!(
-        summary,
-        vec![
-            ("GET", "/1", 200, 0, 2),
-            ("POST", "/2", 201, 3, 0),
-            ("HEAD", "/3", 200, 0, 0)
-        ]
-    );
+fn pipelined_requests_get_responses_in_order_with_the_bodies_they_may_have() {
+    let cases: [(&[u8], &[u8], [&str; 3]); 2] = [
+        (
+            b"GET /1 HTTP/1.1\r\n\r\nPOST /2 HTTP/1.1\r\nContent-Length: 3\r\n\r\nabcHEAD /3 HTTP/1.1\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n",
+            ["GET /1 200 0/2", "POST /2 201 3/0", "HEAD /3 200 0/0"],
+        ),
+        (
+            b"HEAD /h HTTP/1.1\r\n\r\nGET /n HTTP/1.1\r\n\r\nGET /m HTTP/1.1\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 1234\r\n\r\nHTTP/1.1 204 No Content\r\n\r\nHTTP/1.1 304 Not Modified\r\nContent-Length: 99\r\n\r\n",
+            ["HEAD /h 200 0/0", "GET /n 204 0/0", "GET /m 304 0/0"],
+        ),
+    ];
+    for (requests, responses, want) in cases {
+        assert_eq!(summary(&serve(requests, responses).1), want);
+    }
 }
 
 #[test]
@@ -134,34 +140,11 @@ fn chunked_bodies_are_measured_without_framing() {
 
 #[test]
 fn chunked_request_body() {
-    let mut c = server();
-    read(
-        &mut c,
+    let (_, done) = serve(
         b"POST /c HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
-        1,
+        b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
     );
-    let done = write(&mut c, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", 2);
     assert_eq!(done[0].request_body_bytes, 3);
-}
-
-#[test]
-fn head_204_and_304_have_no_body_despite_content_length() {
-    let mut c = server();
-    read(
-        &mut c,
-        b"HEAD /h HTTP/1.1\r\n\r\nGET /n HTTP/1.1\r\n\r\nGET /m HTTP/1.1\r\n\r\n",
-        1,
-    );
-    let done = write(
-        &mut c,
-        b"HTTP/1.1 200 OK\r\nContent-Length: 1234\r\n\r\nHTTP/1.1 204 No Content\r\n\r\nHTTP/1.1 304 Not Modified\r\nContent-Length: 99\r\n\r\n",
-        2,
-    );
-    let statuses: Vec<_> = done
-        .iter()
-        .map(|e| (e.status, e.response_body_bytes))
-        .collect();
-    assert_eq!(statuses, vec![(200, 0), (204, 0), (304, 0)]);
 }
 
 #[test]
@@ -194,14 +177,11 @@ fn garbage_and_half_http_make_no_exchange() {
         3
     )
     .is_empty());
-    let mut c = server();
-    read(&mut c, b"BREW /pot HTCPCP/1.0\r\n\r\n", 1);
-    assert!(write(
-        &mut c,
+    let (_, done) = serve(
+        b"BREW /pot HTCPCP/1.0\r\n\r\n",
         b"HTTP/1.1 418 I'm a teapot\r\nContent-Length: 0\r\n\r\n",
-        2
-    )
-    .is_empty());
+    );
+    assert!(done.is_empty());
 }
 
 #[test]
@@ -359,16 +339,9 @@ fn chunk_data_beyond_the_capture_is_counted_by_length() {
 
 #[test]
 fn upgrade_and_tunnels_end_with_their_head() {
-    let mut c = server();
-    read(
-        &mut c,
+    let (mut c, done) = serve(
         b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
-        1,
-    );
-    let done = write(
-        &mut c,
         b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n",
-        2,
     );
     assert_eq!(done.len(), 1);
     assert_eq!((done[0].status, done[0].end_ns), (101, 2));
@@ -376,9 +349,10 @@ fn upgrade_and_tunnels_end_with_their_head() {
     assert!(write(&mut c, b"\x81\x05hello", 3).is_empty());
     assert!(read(&mut c, b"\x81\x85abcd12345", 4).is_empty());
 
-    let mut c = server();
-    read(&mut c, b"CONNECT example.test:443 HTTP/1.1\r\n\r\n", 1);
-    let done = write(&mut c, b"HTTP/1.1 200 Connection Established\r\n\r\n", 2);
+    let (_, done) = serve(
+        b"CONNECT example.test:443 HTTP/1.1\r\n\r\n",
+        b"HTTP/1.1 200 Connection Established\r\n\r\n",
+    );
     assert_eq!(done.len(), 1);
     assert_eq!(done[0].method, "CONNECT");
 }
