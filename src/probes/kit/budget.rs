@@ -10,6 +10,10 @@
 //! owner is exported, either way: an admitted owner keeps its series (they may grow),
 //! and an owner in overflow stays there, so that no counter moves from one series to
 //! another and back.
+//!
+//! Half the budget is held in equal shares for the probes, so that one probe seeing
+//! every process (syscalls) cannot leave another (http) without room: a probe may
+//! always fill its own share, and the rest of the budget is first come, first served.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -37,8 +41,16 @@ pub struct SeriesBudget {
 #[derive(Debug)]
 struct Shared {
     limit: usize,
-    /// Samples each probe exported at its last collection.
+    /// Samples each probe exported at its last collection, for every probe under the
+    /// budget.
     used: BTreeMap<&'static str, usize>,
+}
+
+impl Shared {
+    /// What each probe may always fill.
+    fn share(&self) -> usize {
+        self.limit / (2 * self.used.len().max(1))
+    }
 }
 
 impl SeriesBudget {
@@ -57,12 +69,14 @@ impl SeriesBudget {
     }
 
     pub fn for_probe(&self, probe: &'static str) -> ProbeBudget {
+        self.shared.borrow_mut().used.entry(probe).or_insert(0);
         ProbeBudget {
             shared: self.shared.clone(),
             probe,
             decisions: HashMap::new(),
             seen: HashSet::new(),
             others: 0,
+            share: 0,
             used: 0,
             refused: 0,
         }
@@ -78,8 +92,11 @@ pub struct ProbeBudget {
     decisions: HashMap<Owner, bool>,
     /// Owners exported in the collection under way.
     seen: HashSet<Owner>,
-    /// Samples the other probes exported at their last collection.
+    /// Samples the other probes exported at their last collection, each counted as at
+    /// least its share, which stays theirs.
     others: usize,
+    /// What this probe may fill whatever the others hold.
+    share: usize,
     /// Samples this probe exports in the collection under way.
     used: usize,
     /// Owners sent to overflow because the budget was full.
@@ -90,11 +107,12 @@ impl ProbeBudget {
     /// Starts a collection: every `admit` until `finish` belongs to it.
     pub fn begin(&mut self) {
         let shared = self.shared.borrow();
+        self.share = shared.share();
         self.others = shared
             .used
             .iter()
             .filter(|(probe, _)| **probe != self.probe)
-            .map(|(_, used)| *used)
+            .map(|(_, used)| (*used).max(self.share))
             .fold(0, usize::saturating_add);
         self.used = 0;
         self.seen.clear();
@@ -126,11 +144,8 @@ impl ProbeBudget {
             } else if let Some(decision) = self.decisions.get(owner) {
                 *decision
             } else {
-                let room = self
-                    .others
-                    .saturating_add(self.used)
-                    .saturating_add(samples)
-                    <= limit;
+                let wanted = self.used.saturating_add(samples);
+                let room = wanted <= self.share || self.others.saturating_add(wanted) <= limit;
                 if room {
                     self.used = self.used.saturating_add(samples);
                 } else {
@@ -318,5 +333,24 @@ mod tests {
         probe.finish();
         assert_eq!(out[&(Owner::overflow(None), 1)], 5);
         assert_eq!(probe.refused(), 0);
+    }
+
+    #[test]
+    fn a_probe_keeps_its_share_when_another_filled_the_rest() {
+        let budget = SeriesBudget::new(8);
+        let mut busy = budget.for_probe("busy");
+        let mut quiet = budget.for_probe("quiet");
+        // Two probes: each may always fill 2; the busy one takes what the quiet one's
+        // share leaves, 6.
+        busy.begin();
+        let out = busy.admit(rows(&[(1, 1), (2, 1), (3, 1), (4, 1)]), over, |_, _| 1);
+        busy.finish();
+        assert!(busy.overflowed(&owner(4)));
+        assert_eq!(out.len(), 8, "6 admitted and 2 overflow series");
+        quiet.begin();
+        let out = quiet.admit(rows(&[(5, 1), (6, 1)]), over, |_, _| 1);
+        quiet.finish();
+        assert!(out.contains_key(&(owner(5), 1)), "its share is its own");
+        assert!(quiet.overflowed(&owner(6)));
     }
 }
