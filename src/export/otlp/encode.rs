@@ -97,9 +97,8 @@ fn span_message(span: &Span) -> proto::Span {
     }
 }
 
-/// The OpenTelemetry name and unit of a family: the name its family gives (a
-/// semantic convention's where one exists, the Prometheus base name otherwise); units
-/// in UCUM (`s`, `By`).
+/// The OpenTelemetry name and unit of a family: the name the family declares (a
+/// semantic convention's), else its Prometheus base name; units in UCUM (`s`, `By`).
 pub fn metric_name(family: &Family) -> (String, String) {
     let unit = match family.unit {
         Some("seconds") => "s",
