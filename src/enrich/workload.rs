@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 use tracing::{debug, info, warn};
 
-use super::cgroup::{container_of, unified_mount, CgroupPaths};
+use super::cgroup::{cgroup_path_of_proc, container_of, unified_mount, CgroupPaths};
 use super::kubelet_tls::{self, Trust};
 use super::tenant::{TenantSlots, DROPPED_SLOT};
 use crate::config::{TenantRule, TenantsConfig, WorkloadsConfig};
@@ -118,18 +118,6 @@ fn service_of(path: &str) -> Option<String> {
     let name = unit.strip_suffix(".service")?;
     // Instances of templates (`getty@tty1`) and the per-user managers are services too.
     (!name.is_empty()).then(|| name.to_string())
-}
-
-/// The cgroup v2 path in a `/proc/<pid>/cgroup` text: the `0::` line. Inside a cgroup
-/// namespace, paths outside it start with `/..` components, which are dropped: the
-/// layouts are recognised from the components that follow.
-pub fn cgroup_path_of_proc(text: &str) -> Option<String> {
-    let path = text.lines().find_map(|line| line.strip_prefix("0::"))?;
-    let mut rest = path;
-    while let Some(stripped) = rest.strip_prefix("/..") {
-        rest = stripped;
-    }
-    Some(if rest.is_empty() { "/" } else { rest }.to_string())
 }
 
 /// `${NAME}` replaced by the environment variable NAME (empty when unset).
@@ -1224,18 +1212,6 @@ mod tests {
         let outside = |path: &str| workloads.classified(Workload::of_cgroup_path(path));
         assert_ne!(outside("/kubepods-x/a"), outside("/user.slice/b"));
         assert_eq!(outside("/user.slice/b"), outside("/user.slice/c"));
-    }
-
-    #[test]
-    fn proc_cgroup_lines() {
-        let hybrid = format!("1:cpu:/docker/{ID}\n0::/docker/{ID}\n");
-        assert_eq!(cgroup_path_of_proc(&hybrid), Some(format!("/docker/{ID}")));
-        assert_eq!(
-            cgroup_path_of_proc(&format!("0::/../../kubepods/pod{UID}/{ID}\n")),
-            Some(format!("/kubepods/pod{UID}/{ID}"))
-        );
-        assert_eq!(cgroup_path_of_proc("0::/\n"), Some("/".into()));
-        assert_eq!(cgroup_path_of_proc("1:cpu:/x\n"), None);
     }
 
     #[test]
