@@ -2,11 +2,10 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::http::http_get;
+use super::http::{Client, Get, HttpError, Target};
 
 #[derive(Debug, thiserror::Error)]
 pub(super) enum LookupError {
@@ -38,24 +37,24 @@ pub(super) struct DockerAnswer {
 }
 
 pub(super) fn docker_container(
+    client: &Client,
     socket: &Path,
     id: &str,
-    timeout: Duration,
 ) -> Result<DockerAnswer, LookupError> {
-    let mut stream = std::os::unix::net::UnixStream::connect(socket)
-        .map_err(|e| LookupError::Unavailable(e.to_string()))?;
-    let _ = stream.set_read_timeout(Some(timeout));
-    let _ = stream.set_write_timeout(Some(timeout));
-    let (status, body) = http_get(
-        &mut stream,
-        "docker",
-        &format!("/containers/{id}/json"),
-        None,
-    )
-    .map_err(LookupError::Failed)?;
-    match status {
+    let get = Get {
+        authority: "docker",
+        path: &format!("/containers/{id}/json"),
+        token: None,
+    };
+    let response = client
+        .get(Target::Unix(socket), &get)
+        .map_err(|err| match err {
+            HttpError::Connect(err) => LookupError::Unavailable(err.to_string()),
+            err => LookupError::Failed(err.to_string()),
+        })?;
+    match response.status {
         200 => {
-            let container: DockerContainer = serde_json::from_slice(&body)
+            let container: DockerContainer = serde_json::from_slice(&response.body)
                 .map_err(|e| LookupError::Failed(format!("bad container JSON: {e}")))?;
             let name = container.name.trim_start_matches('/').to_string();
             Ok(DockerAnswer {

@@ -1,11 +1,10 @@
 //! Pod names, namespaces and labels from this node's kubelet (`/pods`).
 
 use std::collections::{BTreeMap, HashMap};
-use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::http::http_get;
+use super::http::{Client, Get, Target};
 use crate::enrich::kubelet_tls::{self, Trust};
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -89,10 +88,10 @@ pub(super) fn parse_pods(body: &[u8]) -> Result<HashMap<String, PodInfo>, String
 }
 
 pub(super) fn fetch_pods(
+    client: &Client,
     url: &str,
     token: Option<&str>,
     trust: Option<&Trust>,
-    timeout: Duration,
 ) -> Result<HashMap<String, PodInfo>, String> {
     let (tls, rest) = match (url.strip_prefix("https://"), url.strip_prefix("http://")) {
         (Some(rest), _) => (true, rest),
@@ -107,25 +106,31 @@ pub(super) fn fetch_pods(
         .map_err(|e| format!("{authority}: {e}"))?
         .next()
         .ok_or_else(|| format!("{authority}: no address"))?;
-    let mut stream = std::net::TcpStream::connect_timeout(&address, timeout)
-        .map_err(|e| format!("{authority}: {e}"))?;
-    let _ = stream.set_read_timeout(Some(timeout));
-    let _ = stream.set_write_timeout(Some(timeout));
-    let path = format!("{base}/pods");
-    let (status, body) = if tls {
+    let target = if tls {
         let trust = trust.ok_or_else(|| format!("{url}: no kubelet_ca_file"))?;
         let host = authority
             .rsplit_once(':')
             .map_or(authority, |(host, _)| host)
             .trim_start_matches('[')
             .trim_end_matches(']');
-        let mut tls = kubelet_tls::connect(kubelet_tls::client_config(trust)?, host, stream)?;
-        http_get(&mut tls, authority, &path, token)?
+        Target::Tls {
+            address,
+            host,
+            config: kubelet_tls::client_config(trust)?,
+        }
     } else {
-        http_get(&mut stream, authority, &path, token)?
+        Target::Tcp(address)
     };
-    if status != 200 {
-        return Err(format!("HTTP status {status}"));
+    let get = Get {
+        authority,
+        path: &format!("{base}/pods"),
+        token,
+    };
+    let response = client
+        .get(target, &get)
+        .map_err(|e| format!("{authority}: {e}"))?;
+    if response.status != 200 {
+        return Err(format!("HTTP status {}", response.status));
     }
-    parse_pods(&body)
+    parse_pods(&response.body)
 }

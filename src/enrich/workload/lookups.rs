@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 
 use super::docker::{docker_container, LookupError};
+use super::http::Client;
 use super::kubelet::fetch_pods;
 use super::{lock, Shared};
 
@@ -52,6 +53,16 @@ pub(super) fn lookup_loop(weak: Weak<Shared>) {
     if let Err(err) = crate::kernel::caps::keep_only(&[]) {
         warn!(error = %err, "the name lookup thread keeps its capabilities");
     }
+    let Some(timeout) = weak.upgrade().map(|shared| shared.settings.timeout) else {
+        return;
+    };
+    let client = match Client::new(timeout) {
+        Ok(client) => client,
+        Err(err) => {
+            warn!(error = %err, "could not start the name lookups; series carry ids only");
+            return;
+        }
+    };
     let mut announced = (false, false);
     loop {
         let Some(shared) = weak.upgrade() else {
@@ -60,10 +71,10 @@ pub(super) fn lookup_loop(weak: Weak<Shared>) {
         let settings = shared.settings.clone();
         let now = Instant::now();
         if let Some(socket) = &settings.docker_socket {
-            lookup_docker(&shared, socket, now, &mut announced.0);
+            lookup_docker(&shared, &client, socket, now, &mut announced.0);
         }
         if let Some(url) = &settings.kubelet_url {
-            lookup_kubelet(&shared, url, now, &mut announced.1);
+            lookup_kubelet(&shared, &client, url, now, &mut announced.1);
         }
         let names = lock(&shared.names);
         let _ = shared
@@ -73,7 +84,13 @@ pub(super) fn lookup_loop(weak: Weak<Shared>) {
     }
 }
 
-fn lookup_docker(shared: &Shared, socket: &Path, now: Instant, announced: &mut bool) {
+fn lookup_docker(
+    shared: &Shared,
+    client: &Client,
+    socket: &Path,
+    now: Instant,
+    announced: &mut bool,
+) {
     loop {
         let id = {
             let mut names = lock(&shared.names);
@@ -85,7 +102,7 @@ fn lookup_docker(shared: &Shared, socket: &Path, now: Instant, announced: &mut b
                 None => return,
             }
         };
-        let outcome = docker_container(socket, &id, shared.settings.timeout);
+        let outcome = docker_container(client, socket, &id);
         let mut names = lock(&shared.names);
         match outcome {
             Ok(answer) => {
@@ -123,7 +140,7 @@ fn lookup_docker(shared: &Shared, socket: &Path, now: Instant, announced: &mut b
     }
 }
 
-fn lookup_kubelet(shared: &Shared, url: &str, now: Instant, announced: &mut bool) {
+fn lookup_kubelet(shared: &Shared, client: &Client, url: &str, now: Instant, announced: &mut bool) {
     {
         let names = lock(&shared.names);
         // A pod not in the last list makes a new fetch, at most every few seconds.
@@ -143,10 +160,10 @@ fn lookup_kubelet(shared: &Shared, url: &str, now: Instant, announced: &mut bool
         .and_then(|file| std::fs::read_to_string(file).ok())
         .map(|t| t.trim().to_string());
     let outcome = fetch_pods(
+        client,
         url,
         token.as_deref(),
         shared.settings.kubelet_trust.as_ref(),
-        shared.settings.timeout,
     );
     let mut names = lock(&shared.names);
     match outcome {
