@@ -15,8 +15,10 @@ pub use crate::kernel::stats::StatsMode;
 pub use crate::probes::{ProbesConfig, ProcessesConfig};
 pub use error::ConfigError;
 
+use crate::enrich::tenant::TenantsConfig;
+use crate::enrich::workload::WorkloadsConfig;
 use crate::probes::BUILT_IN;
-use crate::settings::{check_window, nonzero, Range, DAY, MAX_MAP_ENTRIES};
+use crate::settings::{check_window, nonzero, Invalid, Range, DAY};
 
 /// The settings outside the probes; each probe's own come from its folder.
 const BASE_DEFAULT_YAML: &str = include_str!("default.yaml");
@@ -45,83 +47,6 @@ pub struct Config {
     pub workloads: WorkloadsConfig,
     /// Tenants: who a workload belongs to, each with its own series cap.
     pub tenants: TenantsConfig,
-}
-
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct TenantsConfig {
-    /// Tried in order; the first rule that matches names a process's tenant.
-    pub rules: Vec<TenantRule>,
-    /// Series per metric family and tenant, at most; beyond, a tenant's new series
-    /// fold into its own overflow series.
-    pub max_series_per_tenant: NonZeroU32,
-}
-
-impl Default for TenantsConfig {
-    fn default() -> Self {
-        TenantsConfig {
-            rules: Vec::new(),
-            max_series_per_tenant: nonzero(2000),
-        }
-    }
-}
-
-/// A rule matches when every matcher it gives matches (at least one must be given).
-#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
-#[serde(deny_unknown_fields, default)]
-pub struct TenantRule {
-    /// The `tenant` label of what matches.
-    pub tenant: String,
-    /// A glob (`*`, `?`) over the cgroup v2 path, as in /proc/PID/cgroup.
-    pub cgroup_path: Option<String>,
-    /// A glob over the Kubernetes namespace.
-    pub k8s_namespace: Option<String>,
-    /// Labels the pod must carry (from the kubelet).
-    pub pod_labels: std::collections::BTreeMap<String, String>,
-    /// Labels the container must carry (from the Docker Engine API).
-    pub container_labels: std::collections::BTreeMap<String, String>,
-    /// Drop the tenant: no series, and the BPF programs skip its processes.
-    pub drop: bool,
-}
-
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct WorkloadsConfig {
-    /// Label per-process series with their container, pod and systemd service.
-    pub enabled: bool,
-    /// The Docker Engine API socket, for container names; empty: none asked.
-    pub docker_socket: String,
-    /// The node's kubelet (`https://${NODE_IP}:10250`), for pod names; empty: none
-    /// asked. `${NAME}` is taken from the environment.
-    pub kubelet_url: String,
-    /// A bearer token sent to the kubelet (a service account token).
-    pub kubelet_token_file: String,
-    /// CA certificates (PEM) that signed the kubelet's serving certificate.
-    pub kubelet_ca_file: String,
-    /// Accept any kubelet certificate (kubelets often serve a self-signed one).
-    pub kubelet_insecure_skip_verify: bool,
-    /// How often the kubelet's pod list is fetched again.
-    pub refresh_secs: u64,
-    /// Containers whose names are kept, at most; beyond, the least recently used goes.
-    pub max_containers: NonZeroU32,
-    /// How long one lookup may take.
-    pub timeout_ms: u64,
-}
-
-impl Default for WorkloadsConfig {
-    fn default() -> Self {
-        WorkloadsConfig {
-            enabled: true,
-            docker_socket: "/var/run/docker.sock".into(),
-            kubelet_url: String::new(),
-            kubelet_token_file: String::new(),
-            kubelet_ca_file: String::new(),
-            kubelet_insecure_skip_verify: false,
-            refresh_secs: 30,
-            max_containers: nonzero(4096),
-            timeout_ms: 2000,
-        }
-    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -546,111 +471,98 @@ impl Config {
         Ok(config)
     }
 
-    /// Checks that span several keys; returns the key to blame and why.
-    /// Every number with the range it must fall in: beyond these, durations overflow
-    /// the clock, maps exceed what the kernel allocates, and files or buffers what a
-    /// node can hold.
-    fn ranges(&self) -> Vec<(&'static str, u64, u64, u64)> {
-        const MAP: u64 = MAX_MAP_ENTRIES;
+    /// Every number of every section with the range it must fall in, keyed by its full
+    /// path: beyond these, durations overflow the clock, maps exceed what the kernel
+    /// allocates, and files or buffers what a node can hold.
+    fn ranges(&self) -> Vec<(String, Range)> {
         let exporters = &self.exporters;
-        let n = |v: NonZeroU32| u64::from(v.get());
-        vec![
+        let sections = [
             (
-                "prometheus.max_connections",
-                n(self.prometheus.max_connections),
-                1,
-                65_536,
+                "prometheus",
+                vec![
+                    Range::new(
+                        "max_connections",
+                        u64::from(self.prometheus.max_connections.get()),
+                        1,
+                        65_536,
+                    ),
+                    Range::new(
+                        "header_read_timeout_secs",
+                        self.prometheus.header_read_timeout_secs,
+                        1,
+                        3600,
+                    ),
+                ],
+            ),
+            ("tenants", self.tenants.ranges()),
+            ("workloads", self.workloads.ranges()),
+            (
+                "traces",
+                vec![Range::entries("queue_spans", self.traces.queue_spans)],
             ),
             (
-                "prometheus.header_read_timeout_secs",
-                self.prometheus.header_read_timeout_secs,
-                1,
-                3600,
+                "exporters.otlp",
+                vec![
+                    Range::new("timeout_secs", exporters.otlp.timeout_secs, 1, 300),
+                    Range::new(
+                        "metrics_interval_secs",
+                        exporters.otlp.metrics_interval_secs,
+                        0,
+                        DAY,
+                    ),
+                    Range::new(
+                        "batch_spans",
+                        u64::from(exporters.otlp.batch_spans.get()),
+                        1,
+                        65_536,
+                    ),
+                    Range::new("max_retry_secs", exporters.otlp.max_retry_secs, 0, DAY),
+                ],
             ),
             (
-                "tenants.max_series_per_tenant",
-                n(self.tenants.max_series_per_tenant),
-                1,
-                MAP,
+                "exporters.jsonl",
+                vec![
+                    Range::new(
+                        "max_file_bytes",
+                        u64::from(exporters.jsonl.max_file_bytes.get()),
+                        4096,
+                        u64::from(u32::MAX),
+                    ),
+                    Range::new("max_files", u64::from(exporters.jsonl.max_files), 0, 1000),
+                    Range::new(
+                        "metrics_interval_secs",
+                        exporters.jsonl.metrics_interval_secs,
+                        0,
+                        DAY,
+                    ),
+                ],
             ),
             (
-                "workloads.refresh_secs",
-                self.workloads.refresh_secs,
-                1,
-                DAY,
+                "self_metrics",
+                vec![
+                    Range::new(
+                        "bpf_stats_sample_secs",
+                        self.self_metrics.bpf_stats_sample_secs,
+                        0,
+                        DAY,
+                    ),
+                    Range::new(
+                        "bpf_stats_period_secs",
+                        self.self_metrics.bpf_stats_period_secs,
+                        1,
+                        7 * DAY,
+                    ),
+                ],
             ),
-            (
-                "workloads.max_containers",
-                n(self.workloads.max_containers),
-                1,
-                MAP,
-            ),
-            ("workloads.timeout_ms", self.workloads.timeout_ms, 1, 60_000),
-            ("traces.queue_spans", n(self.traces.queue_spans), 1, MAP),
-            (
-                "exporters.otlp.timeout_secs",
-                exporters.otlp.timeout_secs,
-                1,
-                300,
-            ),
-            (
-                "exporters.otlp.metrics_interval_secs",
-                exporters.otlp.metrics_interval_secs,
-                0,
-                DAY,
-            ),
-            (
-                "exporters.otlp.batch_spans",
-                n(exporters.otlp.batch_spans),
-                1,
-                65_536,
-            ),
-            (
-                "exporters.otlp.max_retry_secs",
-                exporters.otlp.max_retry_secs,
-                0,
-                DAY,
-            ),
-            (
-                "exporters.jsonl.max_file_bytes",
-                n(exporters.jsonl.max_file_bytes),
-                4096,
-                u64::from(u32::MAX),
-            ),
-            (
-                "exporters.jsonl.max_files",
-                u64::from(exporters.jsonl.max_files),
-                0,
-                1000,
-            ),
-            (
-                "exporters.jsonl.metrics_interval_secs",
-                exporters.jsonl.metrics_interval_secs,
-                0,
-                DAY,
-            ),
-            (
-                "self_metrics.bpf_stats_sample_secs",
-                self.self_metrics.bpf_stats_sample_secs,
-                0,
-                DAY,
-            ),
-            (
-                "self_metrics.bpf_stats_period_secs",
-                self.self_metrics.bpf_stats_period_secs,
-                1,
-                7 * DAY,
-            ),
-        ]
-    }
-
-    /// The numbers of the sections modules own, keyed by their full path.
-    fn module_ranges(&self) -> Vec<(String, Range)> {
-        let mut ranges: Vec<(String, Range)> = self
-            .processes
-            .ranges()
+            ("processes", self.processes.ranges()),
+        ];
+        let mut ranges: Vec<(String, Range)> = sections
             .into_iter()
-            .map(|range| (format!("processes.{}", range.key), range))
+            .flat_map(|(section, ranges)| {
+                ranges
+                    .into_iter()
+                    .map(move |range| (format!("{section}.{}", range.key), range))
+            })
             .collect();
         for spec in BUILT_IN {
             ranges.extend(
@@ -664,126 +576,50 @@ impl Config {
 
     /// Checks that span several keys; returns the key to blame and why.
     fn validate(&self) -> Result<(), (String, String)> {
-        for (key, value, min, max) in self.ranges() {
-            Range::new(key, value, min, max)
-                .check()
-                .map_err(|message| (key.to_string(), message))?;
-        }
-        for (key, range) in self.module_ranges() {
+        for (key, range) in self.ranges() {
             range.check().map_err(|message| (key, message))?;
         }
         for spec in BUILT_IN {
             spec.check(&self.probes)
                 .map_err(|(key, message)| (format!("probes.{}.{key}", spec.name()), message))?;
         }
-        self.validate_sections()
-            .map_err(|(key, message)| (key.to_string(), message))
+        self.check_sections()
     }
 
-    fn validate_sections(&self) -> Result<(), (&'static str, String)> {
+    /// Each section's own checks, in the order of the file; a section's keys are
+    /// blamed by their full path.
+    fn check_sections(&self) -> Result<(), (String, String)> {
+        let within = |section: &str, checked: Result<(), Invalid>| {
+            checked.map_err(|(key, message)| (format!("{section}.{key}"), message))
+        };
         if self.exporters.jsonl.mode().is_none() {
             return Err((
-                "exporters.jsonl.file_mode",
+                "exporters.jsonl.file_mode".into(),
                 format!(
                     "`{}`: must be octal permissions such as \"0640\", not writable by others",
                     self.exporters.jsonl.file_mode
                 ),
             ));
         }
-        self.exporters.otlp.check()?;
-        for (index, rule) in self.tenants.rules.iter().enumerate() {
-            let position = index + 1;
-            if rule.tenant.is_empty() {
-                return Err((
-                    "tenants.rules",
-                    format!("rule {position} has no `tenant` name"),
-                ));
-            }
-            if rule.cgroup_path.is_none()
-                && rule.k8s_namespace.is_none()
-                && rule.pod_labels.is_empty()
-                && rule.container_labels.is_empty()
-            {
-                return Err((
-                    "tenants.rules",
-                    format!(
-                        "rule {position} (tenant `{}`) matches nothing: give cgroup_path, k8s_namespace, pod_labels or container_labels",
-                        rule.tenant
-                    ),
-                ));
-            }
-        }
-        if !self.tenants.rules.is_empty() && !self.workloads.enabled {
-            return Err((
-                "tenants.rules",
-                "tenants need workloads.enabled: true (a tenant is found from a process's cgroup)"
-                    .into(),
-            ));
-        }
-        for (index, rule) in self.tenants.rules.iter().enumerate() {
-            if let Some(other) = self.tenants.rules[..index]
-                .iter()
-                .find(|other| other.tenant == rule.tenant && other.drop != rule.drop)
-            {
-                return Err((
-                    "tenants.rules",
-                    format!(
-                        "tenant `{}` is dropped by one rule and kept by another: give every rule of a tenant the same `drop`",
-                        other.tenant
-                    ),
-                ));
-            }
-        }
-        let kept = crate::enrich::tenant::TenantSlots::new(&self.tenants).kept();
-        let most = crate::enrich::tenant::MAX_TENANT_SLOTS as usize - 1;
-        if kept > most {
-            return Err((
-                "tenants.rules",
-                format!("{kept} tenants are kept; at most {most} can be (the BPF programs give each its own share of their maps)"),
-            ));
-        }
-        let workloads = &self.workloads;
-        if workloads.kubelet_insecure_skip_verify && !workloads.kubelet_ca_file.is_empty() {
-            return Err((
-                "workloads.kubelet_insecure_skip_verify",
-                "set either kubelet_ca_file (check the kubelet's certificate) or kubelet_insecure_skip_verify, not both".into(),
-            ));
-        }
-        let kubelet = &workloads.kubelet_url;
-        if !kubelet.is_empty()
-            && !kubelet.starts_with("http://")
-            && !kubelet.starts_with("https://")
-        {
-            return Err((
-                "workloads.kubelet_url",
-                format!("`{kubelet}`: must start with https:// or http://"),
-            ));
-        }
-        if kubelet.starts_with("https://")
-            && workloads.kubelet_ca_file.is_empty()
-            && !workloads.kubelet_insecure_skip_verify
-        {
-            return Err((
-                "workloads.kubelet_url",
-                format!("`{kubelet}`: https needs kubelet_ca_file, or kubelet_insecure_skip_verify: true for a self-signed kubelet certificate"),
-            ));
-        }
+        self.exporters
+            .otlp
+            .check()
+            .map_err(|(key, message)| (key.to_string(), message))?;
+        within("tenants", self.tenants.check(self.workloads.enabled))?;
+        within("workloads", self.workloads.check())?;
         if !(0.0..=1.0).contains(&self.traces.sampler_arg) {
             return Err((
-                "traces.sampler_arg",
+                "traces.sampler_arg".into(),
                 format!("{} is outside [0, 1]", self.traces.sampler_arg),
             ));
         }
         let stats = &self.self_metrics;
         if stats.bpf_stats == StatsMode::Sampled {
-            check_window(
-                (
-                    "self_metrics.bpf_stats_sample_secs",
-                    stats.bpf_stats_sample_secs,
-                ),
-                (
-                    "self_metrics.bpf_stats_period_secs",
-                    stats.bpf_stats_period_secs,
+            within(
+                "self_metrics",
+                check_window(
+                    ("bpf_stats_sample_secs", stats.bpf_stats_sample_secs),
+                    ("bpf_stats_period_secs", stats.bpf_stats_period_secs),
                 ),
             )?;
         }

@@ -12,6 +12,7 @@
 //! background thread that learns it from `docker` and `kubelet` over `http`, and
 //! `tenancy` applies the tenant rules.
 
+mod config;
 mod docker;
 mod http;
 mod identity;
@@ -32,13 +33,14 @@ use tracing::warn;
 
 use super::cgroup::CgroupPaths;
 use super::kubelet_tls::Trust;
-use super::tenant::TenantSlots;
-use crate::config::{TenantRule, TenantsConfig, WorkloadsConfig};
+use super::tenant::{TenantRule, TenantSlots, TenantsConfig};
 use crate::model::Labels;
 
+pub use config::WorkloadsConfig;
 pub use identity::{RecordedCgroup, Workload};
 pub use tenancy::{glob_matches, Tenant};
 
+use config::expand_env;
 use docker::DockerAnswer;
 use kubelet::PodInfo;
 use lookups::Backoff;
@@ -228,28 +230,6 @@ impl Workloads {
         }
         labels
     }
-}
-
-/// `${NAME}` replaced by the environment variable NAME (empty when unset).
-fn expand_env(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(start) = rest.find("${") {
-        out.push_str(&rest[..start]);
-        match rest[start + 2..].find('}') {
-            Some(end) => {
-                let name = &rest[start + 2..start + 2 + end];
-                out.push_str(&std::env::var(name).unwrap_or_default());
-                rest = &rest[start + 3 + end..];
-            }
-            None => {
-                out.push_str(&rest[start..]);
-                rest = "";
-            }
-        }
-    }
-    out.push_str(rest);
-    out
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {

@@ -1,8 +1,10 @@
+use std::sync::atomic::Ordering;
+
 use super::kubelet::{parse_pods, PodInfo};
 use super::tenancy::glob_matches;
 use super::*;
-use crate::config::{TenantsConfig, WorkloadsConfig};
-use std::sync::atomic::Ordering;
+use crate::enrich::tenant::{TenantLimits, TenantsConfig};
+use crate::model::{Family, MetricKind, Series, Value, OVERFLOW};
 
 const ID: &str = "4f1b2c3d4e5f60718293a4b5c6d7e8f90123456789abcdef0123456789abcdef";
 const UID: &str = "0f3e6a1c-6f4b-4b1e-9a1e-2f8c9d7b6a51";
@@ -18,7 +20,7 @@ fn enabled(max_containers: u32) -> Workloads {
     config.docker_socket.clear();
     config.kubelet_url.clear();
     config.max_containers = std::num::NonZeroU32::new(max_containers).expect("non-zero");
-    Workloads::start(&config, &crate::config::TenantsConfig::default())
+    Workloads::start(&config, &TenantsConfig::default())
 }
 
 #[test]
@@ -54,17 +56,6 @@ fn services_and_containers_from_paths() {
         docker,
         Workload::of_cgroup_path(&format!("/docker/{ID}/init.scope"))
     );
-}
-
-#[test]
-fn environment_in_urls() {
-    std::env::set_var("PERISCOPE_TEST_NODE", "10.0.0.7");
-    assert_eq!(
-        expand_env("https://${PERISCOPE_TEST_NODE}:10250"),
-        "https://10.0.0.7:10250"
-    );
-    assert_eq!(expand_env("http://a/${"), "http://a/${");
-    assert_eq!(expand_env("${PERISCOPE_TEST_UNSET_VAR}x"), "x");
 }
 
 #[test]
@@ -170,4 +161,63 @@ fn the_names_table_is_bounded() {
     }
     assert_eq!(lock(&workloads.shared.names).containers.len(), 2);
     assert_eq!(workloads.shared.counters.evicted.load(Ordering::Relaxed), 3);
+}
+
+#[test]
+fn what_the_kernel_folded_joins_the_tenants_overflow_series() {
+    let tenants: TenantsConfig = serde_yaml::from_str(
+        "rules:\n  - tenant: a\n    cgroup_path: \"/a*\"\n  - tenant: gone\n    cgroup_path: \"/g*\"\n    drop: true\nmax_series_per_tenant: 1\n",
+    )
+    .expect("config");
+    let series = |pid: u32, value: f64| Series {
+        labels: vec![
+            ("process_pid", pid.to_string()),
+            ("process_executable_name", "loop".into()),
+            ("service_name", "loop".into()),
+            ("container_id", format!("c{pid}")),
+            ("tenant", "a".into()),
+            ("syscall", "getppid".into()),
+        ],
+        value: Value::Counter(value),
+        created: None,
+    };
+    let mut limits = TenantLimits::new(&tenants).expect("rules");
+    let mut family = Family::new("syscalls", "", MetricKind::Counter);
+    family.series.push(series(1, 1.0));
+    family.series.push(series(2, 2.0));
+    // As a probe labels it: process labels of the tenant's overflow owner, then its own.
+    let workloads = Workloads::start(
+        &serde_yaml::from_str("enabled: true\ndocker_socket: \"\"\nkubelet_url: \"\"\n")
+            .expect("workloads"),
+        &tenants,
+    );
+    let mut kernel_overflow = workloads.process_labels(None, OVERFLOW, &Workload::of_tenant("a"));
+    kernel_overflow.push(("syscall", "getppid".to_string()));
+    family.series.push(Series {
+        labels: kernel_overflow.clone(),
+        value: Value::Counter(40.0),
+        created: None,
+    });
+    let mut families = vec![family];
+    limits.apply(&mut families);
+    let out = &families[0].series;
+    assert_eq!(out.len(), 2, "one kept series and one overflow: {out:?}");
+    let overflow = out
+        .iter()
+        .find(|s| s.labels == kernel_overflow)
+        .expect("one overflow series");
+    assert!(matches!(overflow.value, Value::Counter(v) if v == 42.0));
+    let folded: Vec<(Labels, f64)> = limits.families()[0]
+        .series
+        .iter()
+        .map(|s| match s.value {
+            Value::Gauge(v) => (s.labels.clone(), v),
+            _ => (s.labels.clone(), f64::NAN),
+        })
+        .collect();
+    assert_eq!(
+        folded,
+        [(vec![("tenant", "a".to_string())], 1.0)],
+        "the kernel's part is not a series the cap folded"
+    );
 }
