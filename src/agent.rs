@@ -793,7 +793,7 @@ impl Collector {
 /// The OTLP exporter's settings from its configuration and the OpenTelemetry resource
 /// variables.
 fn otlp_settings(
-    config: &crate::config::OtlpConfig,
+    config: &otlp::OtlpConfig,
     traces: bool,
     started: std::time::SystemTime,
 ) -> Result<otlp::OtlpSettings> {

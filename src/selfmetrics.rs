@@ -4,9 +4,60 @@
 
 use std::time::Duration;
 
-use crate::kernel::stats::ProgramStats;
+use serde::Deserialize;
+
+use crate::kernel::stats::{ProgramStats, StatsMode};
 use crate::model::{Family, MetricKind, Value};
 use crate::probes::MapFill;
+use crate::settings::{check_window, Invalid, Range, DAY};
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SelfMetricsConfig {
+    /// Kernel run-time statistics of our BPF programs: `always`, `sampled` or `off`.
+    /// They cost about as much as the syscalls probe itself, hence sampled by default.
+    pub bpf_stats: StatsMode,
+    /// In `sampled` mode, statistics are on for this long...
+    pub bpf_stats_sample_secs: u64,
+    /// ...once in each period of this length.
+    pub bpf_stats_period_secs: u64,
+}
+
+impl Default for SelfMetricsConfig {
+    fn default() -> Self {
+        SelfMetricsConfig {
+            bpf_stats: StatsMode::Sampled,
+            bpf_stats_sample_secs: 5,
+            bpf_stats_period_secs: 60,
+        }
+    }
+}
+
+impl SelfMetricsConfig {
+    /// Every number with the range it must fall in, keyed below `self_metrics`.
+    pub fn ranges(&self) -> Vec<Range> {
+        vec![
+            Range::new("bpf_stats_sample_secs", self.bpf_stats_sample_secs, 0, DAY),
+            Range::new(
+                "bpf_stats_period_secs",
+                self.bpf_stats_period_secs,
+                1,
+                7 * DAY,
+            ),
+        ]
+    }
+
+    /// In sampled mode, the window must fit its period.
+    pub fn check(&self) -> Result<(), Invalid> {
+        if self.bpf_stats == StatsMode::Sampled {
+            check_window(
+                ("bpf_stats_sample_secs", self.bpf_stats_sample_secs),
+                ("bpf_stats_period_secs", self.bpf_stats_period_secs),
+            )?;
+        }
+        Ok(())
+    }
+}
 
 /// What one probe reports about itself at a collection.
 pub struct ProbeHealth {

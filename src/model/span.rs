@@ -2,6 +2,9 @@
 //! carry, the sampler that decides which are kept, and the bounded queue between the
 //! probes and the exporters.
 
+mod config;
+pub use config::{SamplerName, TracesConfig};
+
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex};
