@@ -150,8 +150,7 @@ where
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(HttpError::Send)?;
-    // The connection does the reading and writing while the request waits on it; it
-    // is dropped, and the socket closed, once the body is read.
+    // The connection does the reading and writing while the request waits on it.
     let connection = tokio::spawn(connection);
     let mut request = Request::get(get.path)
         .header(HOST, get.authority)
@@ -169,7 +168,9 @@ where
         Ok(Response { status, body })
     }
     .await;
+    // Waited for, so that the socket is closed now rather than at the next request.
     connection.abort();
+    let _ = connection.await;
     outcome
 }
 
@@ -460,12 +461,16 @@ mod tests {
             stream
                 .write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
                 .expect("answer");
-            String::from_utf8_lossy(&head).into_owned()
+            // The client hangs up once answered.
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+            let closed = stream.read(&mut byte).is_ok_and(|n| n == 0);
+            (String::from_utf8_lossy(&head).into_owned(), closed)
         });
         let response = client.get(Target::Unix(&path), &get).expect("answered");
         let _ = std::fs::remove_file(&path);
         assert_eq!((response.status, response.body.len()), (404, 0));
-        let head = server.join().expect("server");
+        let (head, closed) = server.join().expect("server");
+        assert!(closed, "the connection stays open");
         assert!(
             head.starts_with("GET /containers/x/json HTTP/1.1\r\n"),
             "{head}"
