@@ -8,7 +8,8 @@
 use std::hint::black_box;
 use std::time::Instant;
 
-use periscope::config::{TenantsConfig, WorkloadsConfig};
+use periscope::enrich::tenant::TenantsConfig;
+use periscope::enrich::workload::WorkloadsConfig;
 use periscope::enrich::{Workload, Workloads};
 use periscope::export::prometheus::encode::{encode, Format};
 use periscope::model::{Family, MetricKind, Value};

@@ -3,11 +3,13 @@
 //! Probes live on one collector thread, which owns every libbpf object: scrapes ask it
 //! for a snapshot over a channel, so nothing of libbpf is shared between threads.
 
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context, Result};
 use tokio::sync::oneshot;
@@ -16,9 +18,11 @@ use tracing::{info, warn};
 use crate::config::Config;
 use crate::enrich::tenant::TenantLimits;
 use crate::enrich::Workloads;
-use crate::export::otlp::{self, Endpoint};
+use crate::export::jsonl::{self, JsonLinesConfig};
+use crate::export::otlp::{self, Endpoint, OtlpConfig};
+use crate::export::prometheus::{self, PrometheusConfig};
 use crate::export::queue::SpanQueue;
-use crate::export::{jsonl, prometheus, ExportStats};
+use crate::export::ExportStats;
 use crate::kernel::caps;
 use crate::kernel::stats::{self, StatsSampler};
 use crate::kernel::KernelFeatures;
@@ -119,6 +123,7 @@ pub fn check_kernel() -> Result<KernelFeatures> {
 }
 
 /// What the metrics endpoint counts, for the agent's own metrics.
+#[derive(Clone, Default)]
 struct EndpointCounters {
     scrapes_refused: Arc<AtomicU64>,
     server: Arc<prometheus::ServerStats>,
@@ -140,9 +145,11 @@ struct PushExporter {
     spans: Option<Arc<SpanQueue>>,
 }
 
+/// Runs the agent until SIGTERM or SIGINT: checks, the collector thread and its
+/// probes, the exporters and the metrics endpoint, then their shutdown in order.
 pub async fn run(mut config: Config) -> Result<()> {
     let started = Instant::now();
-    let wall_start = std::time::SystemTime::now();
+    let wall_start = SystemTime::now();
     let env = |name: &str| std::env::var(name).ok();
     config.traces.apply_env(env).map_err(anyhow::Error::msg)?;
     config
@@ -159,89 +166,32 @@ pub async fn run(mut config: Config) -> Result<()> {
     let kernel = check_kernel()?;
     info!(kernel = %kernel.release, "kernel has BTF; loading probes");
 
-    let web = Arc::new(
-        prometheus::web::WebConfig::start(
-            (!config.prometheus.web_config_file.is_empty())
-                .then(|| std::path::PathBuf::from(&config.prometheus.web_config_file)),
-        )
-        .context("loading the web configuration (prometheus.web_config_file)")?,
-    );
-    let scheme = if web.current().tls.is_some() {
-        "https"
-    } else {
-        "http"
-    };
-    let address = config.prometheus.listen_address;
-    let listener = prometheus::bind(address)
-        .await
-        .with_context(|| format!("cannot listen on {address} (prometheus.listen_address)"))?;
-
-    let jsonl_config = config.exporters.jsonl.clone();
-    // With JSON lines on standard output, the CLI's own lines go to standard error, so
-    // that every line of standard output parses.
-    let json_on_stdout = jsonl_config.enabled && jsonl_config.path == "-";
-    let say = |line: String| {
-        if json_on_stdout {
-            eprintln!("{line}");
-        } else {
-            println!("{line}");
-        }
-    };
-    let otlp_config = config.exporters.otlp.clone();
-    let traces = config.traces.enabled;
-    let queue_spans = config.traces.queue_spans.get() as usize;
-    let push_exporter = |name| PushExporter {
-        stats: Arc::new(ExportStats::new(name)),
-        spans: traces.then(|| Arc::new(SpanQueue::new(queue_spans))),
-    };
-    let jsonl_exporter = jsonl_config.enabled.then(|| push_exporter("jsonl"));
-    let otlp_exporter = otlp_config.enabled.then(|| push_exporter("otlp"));
-    let exporters: Vec<PushExporter> = jsonl_exporter
-        .iter()
-        .chain(otlp_exporter.iter())
-        .cloned()
-        .collect();
-    if traces && exporters.is_empty() {
-        warn!("traces.enabled is set but no exporter is: spans are not made");
-    }
+    let endpoint = MetricsEndpoint::open(&config.prometheus).await?;
+    let say = Say::new(&config.exporters.jsonl);
+    let push = PushExporters::new(&config);
+    let exporter_configs = ExporterConfigs::new(&config, wall_start);
 
     let (commands, inbox) = mpsc::sync_channel(SCRAPE_QUEUE);
-    let scrapes_refused = Arc::new(AtomicU64::new(0));
-    let refused_count = scrapes_refused.clone();
-    let server_stats = Arc::new(prometheus::ServerStats::default());
-    let collector_server_stats = server_stats.clone();
-    let limits = prometheus::Limits {
-        max_connections: config.prometheus.max_connections.get() as usize,
-        header_read_timeout: Duration::from_secs(config.prometheus.header_read_timeout_secs),
+    let counters = EndpointCounters::default();
+    let snapshots = Snapshots {
+        commands: commands.clone(),
+        last: Arc::new(Mutex::new(None)),
     };
     let (report_tx, report_rx) = oneshot::channel();
-    let collector_exporters = exporters.clone();
-    // One table of the exporters' connections, so that the probes do not trace them.
-    let agent_connections = AgentConnections::default();
-    let collector_connections = agent_connections.clone();
-    let last_families: Arc<Mutex<Option<Vec<Family>>>> = Arc::new(Mutex::new(None));
-    let collector_last = last_families.clone();
-    let collector = thread::Builder::new()
-        .name("collector".into())
-        .spawn(move || {
-            collector_main(
-                config,
-                kernel,
-                inbox,
-                report_tx,
-                started,
-                EndpointCounters {
-                    scrapes_refused: refused_count,
-                    server: collector_server_stats,
-                },
-                CollectorExports {
-                    exporters: collector_exporters,
-                    last_families: collector_last,
-                    agent_connections: collector_connections,
-                },
-            )
-        })
-        .context("starting the collector thread")?;
+    let collector = {
+        let counters = counters.clone();
+        let exports = CollectorExports {
+            exporters: push.all(),
+            last_families: snapshots.last.clone(),
+            agent_connections: push.connections.clone(),
+        };
+        thread::Builder::new()
+            .name("collector".into())
+            .spawn(move || {
+                collector_main(config, kernel, inbox, report_tx, started, counters, exports)
+            })
+            .context("starting the collector thread")?
+    };
     let reports = tokio::select! {
         reports = report_rx => reports.context("the collector thread stopped during start-up")?,
         signal = signals.recv() => {
@@ -251,52 +201,228 @@ pub async fn run(mut config: Config) -> Result<()> {
             return Ok(());
         }
     };
-
-    // Only the collector, which owns the BPF objects, needs capabilities from here on
-    // (it kept its own). This thread serves HTTP and starts the exporters' threads,
-    // which inherit its set: none.
-    caps::keep_only(&[]).context("dropping the capabilities start-up needed")?;
-    // This thread serves HTTP and starts the exporters: from here on it, and they, may
-    // make only the system calls they use.
-    match crate::kernel::seccomp::confine_network_thread() {
-        Ok(()) => info!("the HTTP server and the exporters run under a seccomp filter"),
-        Err(err) => {
-            warn!(error = %err, "could not install the seccomp filter of the network threads")
-        }
-    }
-    info!(
-        collector = %caps::describe(&kept_caps),
-        "dropped every capability but those the collector still needs"
-    );
-
-    let attached: Vec<_> = reports.iter().filter(|r| r.outcome.is_ok()).collect();
-    for report in &reports {
-        match &report.outcome {
-            Ok(method) => {
-                say(format!("periscope: attached {} ({method})", report.probe));
-                for degraded in &report.degraded {
-                    say(format!(
-                        "periscope:   degraded {}: {degraded}",
-                        report.probe
-                    ));
-                }
-            }
-            Err(reason) => say(format!("periscope: not running {}: {reason}", report.probe)),
-        }
-    }
-    if attached.is_empty() {
-        warn!("no probe is running; /metrics serves only the agent's own metrics");
-    }
-    say(format!(
-        "periscope: serving metrics at {scheme}://{address}/metrics (started in {:.2}s)",
-        started.elapsed().as_secs_f64()
-    ));
+    confine_network_side(&kept_caps)?;
+    announce(&reports, say, &endpoint, started);
 
     let exporters_stop = Arc::new(crate::export::Shutdown::default());
-    let mut exporter_threads = Vec::new();
-    // Once the collector has stopped, exporters get the families it collected last.
-    let snapshot_source = |commands: mpsc::SyncSender<Command>,
-                           last: Arc<Mutex<Option<Vec<Family>>>>| {
+    let exporter_threads =
+        start_exporters(&push, &exporter_configs, &snapshots, &exporters_stop, say)?;
+    let ready = Arc::new(AtomicBool::new(true));
+    let source = CollectorHandle {
+        commands: commands.clone(),
+        refused: counters.scrapes_refused,
+    };
+    let (stop_server, server_stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn(prometheus::serve(
+        endpoint.listener,
+        source,
+        ready.clone(),
+        endpoint.limits,
+        counters.server,
+        endpoint.web,
+        async {
+            let _ = server_stopped.await;
+        },
+    ));
+
+    let running = Running {
+        ready,
+        commands,
+        exporters_stop,
+        exporter_threads,
+        stop_server,
+        server,
+    };
+    let mut collector_done = tokio::task::spawn_blocking(move || collector.join());
+    tokio::select! {
+        signal = signals.recv() => {
+            info!(signal, "stopping: detaching probes");
+            running.stop(Some(collector_done)).await
+        }
+        _ = &mut collector_done => running.stop(None).await,
+    }
+}
+
+/// What runs once the agent has started, stopped in order.
+struct Running {
+    ready: Arc<AtomicBool>,
+    commands: mpsc::SyncSender<Command>,
+    exporters_stop: Arc<crate::export::Shutdown>,
+    exporter_threads: Vec<ExporterThread>,
+    stop_server: oneshot::Sender<()>,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Running {
+    /// Stops everything within SHUTDOWN_BUDGET. `collector`: the collector, still
+    /// running; None when it stopped by itself, which is an error.
+    async fn stop(
+        self,
+        collector: Option<tokio::task::JoinHandle<thread::Result<()>>>,
+    ) -> Result<()> {
+        let deadline = Instant::now() + SHUTDOWN_BUDGET;
+        self.ready.store(false, Ordering::Release);
+        let collector_failed = collector.is_none();
+        if let Some(collector) = collector {
+            // Detach first: the kernel stops running our programs before anything else
+            // winds down.
+            let _ = self.commands.send(Command::Shutdown);
+            let _ = collector.await;
+        }
+        // The collector handed its last spans over when it stopped: the exporters write
+        // them, then stop.
+        self.exporters_stop.request(deadline);
+        join_exporters(self.exporter_threads, deadline).await;
+        let _ = self.stop_server.send(());
+        match tokio::time::timeout(Duration::from_secs(1), self.server).await {
+            Ok(Ok(Err(err))) => warn!(error = %err, "the metrics server stopped with an error"),
+            Err(_) => warn!("open scrapes did not finish within a second; closing them"),
+            _ => {}
+        }
+        if collector_failed {
+            bail!("the collector thread stopped unexpectedly; its probes are detached");
+        }
+        info!("stopped");
+        Ok(())
+    }
+}
+
+/// The metrics endpoint, ready to serve once the probes are loaded: its web
+/// configuration, its socket and its limits.
+struct MetricsEndpoint {
+    web: Arc<prometheus::web::WebConfig>,
+    scheme: &'static str,
+    address: SocketAddr,
+    listener: tokio::net::TcpListener,
+    limits: prometheus::Limits,
+}
+
+impl MetricsEndpoint {
+    async fn open(config: &PrometheusConfig) -> Result<MetricsEndpoint> {
+        let web = Arc::new(
+            prometheus::web::WebConfig::start(
+                (!config.web_config_file.is_empty())
+                    .then(|| PathBuf::from(&config.web_config_file)),
+            )
+            .context("loading the web configuration (prometheus.web_config_file)")?,
+        );
+        let scheme = if web.current().tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let address = config.listen_address;
+        let listener = prometheus::bind(address)
+            .await
+            .with_context(|| format!("cannot listen on {address} (prometheus.listen_address)"))?;
+        let limits = prometheus::Limits {
+            max_connections: config.max_connections.get() as usize,
+            header_read_timeout: Duration::from_secs(config.header_read_timeout_secs),
+        };
+        Ok(MetricsEndpoint {
+            web,
+            scheme,
+            address,
+            listener,
+            limits,
+        })
+    }
+}
+
+/// Where the CLI's own lines go: to standard error when JSON lines take standard
+/// output, so that every line of standard output parses.
+#[derive(Clone, Copy)]
+struct Say {
+    to_stderr: bool,
+}
+
+impl Say {
+    fn new(jsonl: &JsonLinesConfig) -> Say {
+        Say {
+            to_stderr: jsonl.enabled && jsonl.path == "-",
+        }
+    }
+
+    fn line(self, line: String) {
+        if self.to_stderr {
+            eprintln!("{line}");
+        } else {
+            println!("{line}");
+        }
+    }
+}
+
+/// The push exporters the configuration turns on, before their threads start.
+struct PushExporters {
+    jsonl: Option<PushExporter>,
+    otlp: Option<PushExporter>,
+    /// One table of the exporters' connections, so that the probes do not trace them.
+    connections: AgentConnections,
+}
+
+impl PushExporters {
+    fn new(config: &Config) -> PushExporters {
+        let traces = config.traces.enabled;
+        let queue_spans = config.traces.queue_spans.get() as usize;
+        let exporter = |name| PushExporter {
+            stats: Arc::new(ExportStats::new(name)),
+            spans: traces.then(|| Arc::new(SpanQueue::new(queue_spans))),
+        };
+        let push = PushExporters {
+            jsonl: config.exporters.jsonl.enabled.then(|| exporter("jsonl")),
+            otlp: config.exporters.otlp.enabled.then(|| exporter("otlp")),
+            connections: AgentConnections::default(),
+        };
+        if traces && push.all().is_empty() {
+            warn!("traces.enabled is set but no exporter is: spans are not made");
+        }
+        push
+    }
+
+    fn all(&self) -> Vec<PushExporter> {
+        self.jsonl.iter().chain(self.otlp.iter()).cloned().collect()
+    }
+}
+
+impl PushExporter {
+    /// The queue the exporter takes spans from. Without traces it is an empty one: the
+    /// exporter sends metrics only.
+    fn queue(&self) -> Arc<SpanQueue> {
+        self.spans
+            .clone()
+            .unwrap_or_else(|| Arc::new(SpanQueue::new(1)))
+    }
+}
+
+/// The push exporters' settings, kept before the collector takes the configuration.
+struct ExporterConfigs {
+    jsonl: JsonLinesConfig,
+    otlp: OtlpConfig,
+    traces: bool,
+    wall_start: SystemTime,
+}
+
+impl ExporterConfigs {
+    fn new(config: &Config, wall_start: SystemTime) -> ExporterConfigs {
+        ExporterConfigs {
+            jsonl: config.exporters.jsonl.clone(),
+            otlp: config.exporters.otlp.clone(),
+            traces: config.traces.enabled,
+            wall_start,
+        }
+    }
+}
+
+/// Where exporters get metric snapshots: from the collector while it runs, then the
+/// families it collected last.
+struct Snapshots {
+    commands: mpsc::SyncSender<Command>,
+    last: Arc<Mutex<Option<Vec<Family>>>>,
+}
+
+impl Snapshots {
+    fn source(&self) -> impl Fn() -> Option<Vec<Family>> + Send + 'static {
+        let (commands, last) = (self.commands.clone(), self.last.clone());
         move || {
             let (reply, answer) = oneshot::channel();
             let live = commands
@@ -305,100 +431,115 @@ pub async fn run(mut config: Config) -> Result<()> {
                 .and_then(|()| answer.blocking_recv().ok());
             live.or_else(|| last.lock().ok().and_then(|l| l.clone()))
         }
-    };
-    // Without traces an exporter's queue is an empty one: it sends metrics only.
-    let queue_of = |exporter: &PushExporter| {
-        exporter
-            .spans
-            .clone()
-            .unwrap_or_else(|| Arc::new(SpanQueue::new(1)))
-    };
-    if let Some(exporter) = &jsonl_exporter {
-        let path = (jsonl_config.path != "-").then(|| std::path::PathBuf::from(&jsonl_config.path));
+    }
+}
+
+/// Only the collector, which owns the BPF objects, needs capabilities from here on (it
+/// kept its own). This thread serves HTTP and starts the exporters' threads, which
+/// inherit its set, none, and its seccomp filter: from here on it, and they, may make
+/// only the system calls they use.
+fn confine_network_side(kept_caps: &[caps::Capability]) -> Result<()> {
+    caps::keep_only(&[]).context("dropping the capabilities start-up needed")?;
+    match crate::kernel::seccomp::confine_network_thread() {
+        Ok(()) => info!("the HTTP server and the exporters run under a seccomp filter"),
+        Err(err) => {
+            warn!(error = %err, "could not install the seccomp filter of the network threads")
+        }
+    }
+    info!(
+        collector = %caps::describe(kept_caps),
+        "dropped every capability but those the collector still needs"
+    );
+    Ok(())
+}
+
+/// Tells the user what became of each probe, and where metrics are served.
+fn announce(reports: &[AttachReport], say: Say, endpoint: &MetricsEndpoint, started: Instant) {
+    for report in reports {
+        match &report.outcome {
+            Ok(method) => {
+                say.line(format!("periscope: attached {} ({method})", report.probe));
+                for degraded in &report.degraded {
+                    say.line(format!(
+                        "periscope:   degraded {}: {degraded}",
+                        report.probe
+                    ));
+                }
+            }
+            Err(reason) => say.line(format!("periscope: not running {}: {reason}", report.probe)),
+        }
+    }
+    if !reports.iter().any(|r| r.outcome.is_ok()) {
+        warn!("no probe is running; /metrics serves only the agent's own metrics");
+    }
+    say.line(format!(
+        "periscope: serving metrics at {}://{}/metrics (started in {:.2}s)",
+        endpoint.scheme,
+        endpoint.address,
+        started.elapsed().as_secs_f64()
+    ));
+}
+
+type ExporterThread = (&'static str, thread::JoinHandle<std::io::Result<()>>);
+
+/// Starts the threads of the push exporters that are on.
+fn start_exporters(
+    push: &PushExporters,
+    configs: &ExporterConfigs,
+    snapshots: &Snapshots,
+    stop: &Arc<crate::export::Shutdown>,
+    say: Say,
+) -> Result<Vec<ExporterThread>> {
+    let mut threads = Vec::new();
+    if let Some(exporter) = &push.jsonl {
+        let config = &configs.jsonl;
+        let path = (config.path != "-").then(|| PathBuf::from(&config.path));
         let settings = jsonl::JsonLinesSettings {
             path: path.clone(),
-            max_file_bytes: u64::from(jsonl_config.max_file_bytes.get()),
-            max_files: jsonl_config.max_files,
-            metrics_interval: (jsonl_config.metrics_interval_secs > 0)
-                .then(|| Duration::from_secs(jsonl_config.metrics_interval_secs)),
+            max_file_bytes: u64::from(config.max_file_bytes.get()),
+            max_files: config.max_files,
+            metrics_interval: (config.metrics_interval_secs > 0)
+                .then(|| Duration::from_secs(config.metrics_interval_secs)),
             host_name: crate::export::host_name(),
-            file_mode: jsonl_config.mode().unwrap_or(0o640),
+            file_mode: config.mode().unwrap_or(0o640),
         };
-        let (queue, snapshot) = (
-            queue_of(exporter),
-            snapshot_source(commands.clone(), last_families.clone()),
-        );
-        let (stats, stop) = (exporter.stats.clone(), exporters_stop.clone());
+        let (queue, snapshot) = (exporter.queue(), snapshots.source());
+        let (stats, stop) = (exporter.stats.clone(), stop.clone());
         let thread = thread::Builder::new()
             .name("jsonl".into())
             .spawn(move || jsonl::run(settings, queue, snapshot, stats, stop))
             .context("starting the JSON lines exporter")?;
         let target = path.map_or("standard output".to_string(), |p| p.display().to_string());
-        say(format!("periscope: writing JSON lines to {target}"));
-        exporter_threads.push(("jsonl", thread));
+        say.line(format!("periscope: writing JSON lines to {target}"));
+        threads.push(("jsonl", thread));
     }
-    if let Some(exporter) = &otlp_exporter {
-        let settings = otlp_settings(&otlp_config, traces, wall_start)?;
+    if let Some(exporter) = &push.otlp {
+        let settings = otlp_settings(&configs.otlp, configs.traces, configs.wall_start)?;
         let targets: Vec<String> = [&settings.traces, &settings.metrics]
             .into_iter()
             .flatten()
             .map(|e| format!("http://{}:{}{}", e.host, e.port, e.path))
             .collect();
-        let (queue, snapshot) = (
-            queue_of(exporter),
-            snapshot_source(commands.clone(), last_families.clone()),
-        );
-        let (stats, stop) = (exporter.stats.clone(), exporters_stop.clone());
-        let connections = agent_connections.clone();
+        let (queue, snapshot) = (exporter.queue(), snapshots.source());
+        let (stats, stop) = (exporter.stats.clone(), stop.clone());
+        let connections = push.connections.clone();
         let thread = thread::Builder::new()
             .name("otlp".into())
             .spawn(move || otlp::run(settings, queue, snapshot, stats, stop, connections))
             .context("starting the OTLP exporter")?;
-        say(format!(
+        say.line(format!(
             "periscope: pushing OTLP to {}",
             targets.join(" and ")
         ));
-        exporter_threads.push(("otlp", thread));
+        threads.push(("otlp", thread));
     }
+    Ok(threads)
+}
 
-    let ready = Arc::new(AtomicBool::new(true));
-    let source = CollectorHandle {
-        commands: commands.clone(),
-        refused: scrapes_refused,
-    };
-    let (stop_server, server_stopped) = oneshot::channel::<()>();
-    let server = tokio::spawn(prometheus::serve(
-        listener,
-        source,
-        ready.clone(),
-        limits,
-        server_stats,
-        web,
-        async {
-            let _ = server_stopped.await;
-        },
-    ));
-
-    let mut collector_done = tokio::task::spawn_blocking(move || collector.join());
-    let collector_failed = tokio::select! {
-        signal = signals.recv() => {
-            info!(signal, "stopping: detaching probes");
-            false
-        }
-        _ = &mut collector_done => true,
-    };
-    let deadline = Instant::now() + SHUTDOWN_BUDGET;
-    ready.store(false, Ordering::Release);
-    if !collector_failed {
-        // Detach first: the kernel stops running our programs before anything else
-        // winds down.
-        let _ = commands.send(Command::Shutdown);
-        let _ = collector_done.await;
-    }
-    // The collector handed its last spans over when it stopped: the exporters write
-    // them, then stop.
-    exporters_stop.request(deadline);
-    for (exporter, thread) in exporter_threads {
+/// Waits for each exporter to stop; one still running past the deadline and its
+/// grace is left behind.
+async fn join_exporters(threads: Vec<ExporterThread>, deadline: Instant) {
+    for (exporter, thread) in threads {
         let join = tokio::task::spawn_blocking(move || thread.join());
         match tokio::time::timeout_at((deadline + EXPORTER_GRACE).into(), join).await {
             Err(_) => warn!(exporter, "the exporter did not stop in time; leaving it"),
@@ -409,17 +550,6 @@ pub async fn run(mut config: Config) -> Result<()> {
             _ => {}
         }
     }
-    let _ = stop_server.send(());
-    match tokio::time::timeout(Duration::from_secs(1), server).await {
-        Ok(Ok(Err(err))) => warn!(error = %err, "the metrics server stopped with an error"),
-        Err(_) => warn!("open scrapes did not finish within a second; closing them"),
-        _ => {}
-    }
-    if collector_failed {
-        bail!("the collector thread stopped unexpectedly; its probes are detached");
-    }
-    info!("stopped");
-    Ok(())
 }
 
 /// SIGTERM and SIGINT, caught from the moment they are installed.
@@ -808,9 +938,9 @@ impl Collector {
 /// The OTLP exporter's settings from its configuration and the OpenTelemetry resource
 /// variables.
 fn otlp_settings(
-    config: &crate::config::OtlpConfig,
+    config: &OtlpConfig,
     traces: bool,
-    started: std::time::SystemTime,
+    started: SystemTime,
 ) -> Result<otlp::OtlpSettings> {
     let endpoint = |url: &str, key: &str| {
         Endpoint::parse(url).map_err(|e| anyhow::anyhow!("exporters.otlp.{key}: {e}"))

@@ -4,9 +4,60 @@
 
 use std::time::Duration;
 
-use crate::kernel::stats::ProgramStats;
+use serde::Deserialize;
+
+use crate::kernel::stats::{ProgramStats, StatsMode};
 use crate::model::{Family, MetricKind, Value};
 use crate::probes::MapFill;
+use crate::settings::{check_window, Invalid, Range, DAY};
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SelfMetricsConfig {
+    /// Kernel run-time statistics of our BPF programs: `always`, `sampled` or `off`.
+    /// They cost about as much as the syscalls probe itself, hence sampled by default.
+    pub bpf_stats: StatsMode,
+    /// In `sampled` mode, statistics are on for this long...
+    pub bpf_stats_sample_secs: u64,
+    /// ...once in each period of this length.
+    pub bpf_stats_period_secs: u64,
+}
+
+impl Default for SelfMetricsConfig {
+    fn default() -> Self {
+        SelfMetricsConfig {
+            bpf_stats: StatsMode::Sampled,
+            bpf_stats_sample_secs: 5,
+            bpf_stats_period_secs: 60,
+        }
+    }
+}
+
+impl SelfMetricsConfig {
+    /// Every number with the range it must fall in, keyed below `self_metrics`.
+    pub fn ranges(&self) -> Vec<Range> {
+        vec![
+            Range::new("bpf_stats_sample_secs", self.bpf_stats_sample_secs, 0, DAY),
+            Range::new(
+                "bpf_stats_period_secs",
+                self.bpf_stats_period_secs,
+                1,
+                7 * DAY,
+            ),
+        ]
+    }
+
+    /// In sampled mode, the window must fit its period.
+    pub fn check(&self) -> Result<(), Invalid> {
+        if self.bpf_stats == StatsMode::Sampled {
+            check_window(
+                ("bpf_stats_sample_secs", self.bpf_stats_sample_secs),
+                ("bpf_stats_period_secs", self.bpf_stats_period_secs),
+            )?;
+        }
+        Ok(())
+    }
+}
 
 /// What one probe reports about itself at a collection.
 pub struct ProbeHealth {
@@ -71,6 +122,33 @@ pub struct ExporterHealth {
 }
 
 pub fn families(health: &[ProbeHealth], agent: &AgentHealth) -> Vec<Family> {
+    let mut probes = ProbeFamilies::new();
+    for probe in health {
+        probes.add(probe);
+    }
+    let mut families = vec![
+        build_info(),
+        probes.up,
+        probes.degraded,
+        probes.runs,
+        probes.run_time,
+        probes.missed,
+        stats_enabled(agent),
+        probes.entries,
+        probes.capacity,
+        probes.folded,
+        probes.share_folded,
+        probes.expired,
+        probes.lost,
+    ];
+    families.extend(agent_families(agent));
+    if agent.spans.is_some() || !agent.exporters.is_empty() {
+        families.extend(span_families(agent.spans.as_ref(), &agent.exporters));
+    }
+    families
+}
+
+fn build_info() -> Family {
     let mut build = Family::new(
         "periscope_build_info",
         "Periscope's version; always 1.",
@@ -80,97 +158,125 @@ pub fn families(health: &[ProbeHealth], agent: &AgentHealth) -> Vec<Family> {
         vec![("version", env!("CARGO_PKG_VERSION").to_string())],
         Value::Gauge(1.0),
     );
+    build
+}
 
-    let mut up = Family::new(
-        "periscope_probe_up",
-        "1 when the probe is loaded and attached, 0 when disabled or unsupported.",
-        MetricKind::Gauge,
-    );
-    let mut degraded = Family::new(
-        "periscope_probe_degraded",
-        "1 for each feature a running probe does without, because this kernel refused the BPF programs that give it (the agent's log names them and what is lost).",
-        MetricKind::Gauge,
-    );
-    let mut runs = Family::new(
-        "periscope_bpf_program_runs",
-        "Times each BPF program ran while kernel statistics were on (BPF_ENABLE_STATS; see periscope_bpf_stats_enabled_seconds_total).",
-        MetricKind::Counter,
-    );
-    let mut run_time = Family::new(
-        "periscope_bpf_program_run_seconds",
-        "CPU time spent in each BPF program while kernel statistics were on (BPF_ENABLE_STATS).",
-        MetricKind::Counter,
-    )
-    .with_unit("seconds");
-    let mut missed = Family::new(
-        "periscope_bpf_program_recursion_misses",
-        "Runs the kernel skipped because the program was already running on that CPU: events it did not see.",
-        MetricKind::Counter,
-    );
-    let mut entries = Family::new(
-        "periscope_bpf_map_entries",
-        "Entries in each keyed BPF map.",
-        MetricKind::Gauge,
-    );
-    let mut capacity = Family::new(
-        "periscope_bpf_map_capacity",
-        "Configured cap of each keyed BPF map.",
-        MetricKind::Gauge,
-    );
-    let mut folded = Family::new(
-        "periscope_series_folded",
-        "Updates that found their map full and went to the overflow series instead.",
-        MetricKind::Counter,
-    );
-    let mut share_folded = Family::new(
-        "periscope_tenant_share_folded",
-        "Updates whose new key was refused because their tenant held its share of the kernel map (each map is divided equally between the tenants and the processes of none); their data went to the tenant's overflow series instead.",
-        MetricKind::Counter,
-    );
-    let mut expired = Family::new(
-        "periscope_series_expired",
-        "Series of exited processes folded into per-executable aggregates after the TTL.",
-        MetricKind::Counter,
-    );
-    let mut lost = Family::new(
-        "periscope_events_lost",
-        "Events the kernel could not hand to the agent (full ring buffer).",
-        MetricKind::Counter,
-    );
-    for probe in health {
+/// The families each probe has its series in.
+struct ProbeFamilies {
+    up: Family,
+    degraded: Family,
+    runs: Family,
+    run_time: Family,
+    missed: Family,
+    entries: Family,
+    capacity: Family,
+    folded: Family,
+    share_folded: Family,
+    expired: Family,
+    lost: Family,
+}
+
+impl ProbeFamilies {
+    fn new() -> ProbeFamilies {
+        ProbeFamilies {
+            up: Family::new(
+                "periscope_probe_up",
+                "1 when the probe is loaded and attached, 0 when disabled or unsupported.",
+                MetricKind::Gauge,
+            ),
+            degraded: Family::new(
+                "periscope_probe_degraded",
+                "1 for each feature a running probe does without, because this kernel refused the BPF programs that give it (the agent's log names them and what is lost).",
+                MetricKind::Gauge,
+            ),
+            runs: Family::new(
+                "periscope_bpf_program_runs",
+                "Times each BPF program ran while kernel statistics were on (BPF_ENABLE_STATS; see periscope_bpf_stats_enabled_seconds_total).",
+                MetricKind::Counter,
+            ),
+            run_time: Family::new(
+                "periscope_bpf_program_run_seconds",
+                "CPU time spent in each BPF program while kernel statistics were on (BPF_ENABLE_STATS).",
+                MetricKind::Counter,
+            )
+            .with_unit("seconds"),
+            missed: Family::new(
+                "periscope_bpf_program_recursion_misses",
+                "Runs the kernel skipped because the program was already running on that CPU: events it did not see.",
+                MetricKind::Counter,
+            ),
+            entries: Family::new(
+                "periscope_bpf_map_entries",
+                "Entries in each keyed BPF map.",
+                MetricKind::Gauge,
+            ),
+            capacity: Family::new(
+                "periscope_bpf_map_capacity",
+                "Configured cap of each keyed BPF map.",
+                MetricKind::Gauge,
+            ),
+            folded: Family::new(
+                "periscope_series_folded",
+                "Updates that found their map full and went to the overflow series instead.",
+                MetricKind::Counter,
+            ),
+            share_folded: Family::new(
+                "periscope_tenant_share_folded",
+                "Updates whose new key was refused because their tenant held its share of the kernel map (each map is divided equally between the tenants and the processes of none); their data went to the tenant's overflow series instead.",
+                MetricKind::Counter,
+            ),
+            expired: Family::new(
+                "periscope_series_expired",
+                "Series of exited processes folded into per-executable aggregates after the TTL.",
+                MetricKind::Counter,
+            ),
+            lost: Family::new(
+                "periscope_events_lost",
+                "Events the kernel could not hand to the agent (full ring buffer).",
+                MetricKind::Counter,
+            ),
+        }
+    }
+
+    /// A probe's series: whether it is up, and what a running one reports.
+    fn add(&mut self, probe: &ProbeHealth) {
         let probe_label = || vec![("probe", probe.probe.to_string())];
-        up.push(
+        self.up.push(
             probe_label(),
             Value::Gauge(if probe.up { 1.0 } else { 0.0 }),
         );
         if !probe.up {
-            continue;
+            return;
         }
         for feature in &probe.degraded {
             let mut labels = probe_label();
             labels.push(("feature", feature.to_string()));
-            degraded.push(labels, Value::Gauge(1.0));
+            self.degraded.push(labels, Value::Gauge(1.0));
         }
         for (program, stats) in &probe.programs {
             let mut labels = probe_label();
             labels.push(("program", program.clone()));
-            runs.push(labels.clone(), Value::Counter(stats.run_count as f64));
-            missed.push(
+            self.runs
+                .push(labels.clone(), Value::Counter(stats.run_count as f64));
+            self.missed.push(
                 labels.clone(),
                 Value::Counter(stats.recursion_misses as f64),
             );
-            run_time.push(labels, Value::Counter(stats.run_time_ns as f64 / 1e9));
+            self.run_time
+                .push(labels, Value::Counter(stats.run_time_ns as f64 / 1e9));
         }
         for fill in &probe.maps {
             let mut labels = probe_label();
             labels.push(("map", fill.map.to_string()));
-            entries.push(labels.clone(), Value::Gauge(fill.entries as f64));
-            capacity.push(labels, Value::Gauge(fill.capacity as f64));
+            self.entries
+                .push(labels.clone(), Value::Gauge(fill.entries as f64));
+            self.capacity
+                .push(labels, Value::Gauge(fill.capacity as f64));
         }
         for (map, count) in &probe.folded {
             let mut labels = probe_label();
             labels.push(("map", map.to_string()));
-            folded.push(labels, Value::Counter(*count as f64));
+            self.folded.push(labels, Value::Counter(*count as f64));
         }
         for (map, tenant, count) in &probe.tenant_folded {
             let mut labels = probe_label();
@@ -178,12 +284,30 @@ pub fn families(health: &[ProbeHealth], agent: &AgentHealth) -> Vec<Family> {
             if let Some(tenant) = tenant {
                 labels.push(("tenant", tenant.clone()));
             }
-            share_folded.push(labels, Value::Counter(*count as f64));
+            self.share_folded
+                .push(labels, Value::Counter(*count as f64));
         }
-        expired.push(probe_label(), Value::Counter(probe.expired_series as f64));
-        lost.push(probe_label(), Value::Counter(probe.events_lost as f64));
+        self.expired
+            .push(probe_label(), Value::Counter(probe.expired_series as f64));
+        self.lost
+            .push(probe_label(), Value::Counter(probe.events_lost as f64));
     }
+}
 
+/// How long kernel run-time statistics have been on.
+fn stats_enabled(agent: &AgentHealth) -> Family {
+    let mut stats = Family::new(
+        "periscope_bpf_stats_enabled_seconds",
+        "Time kernel run-time statistics were on: divide program runs and run time by it for rates.",
+        MetricKind::Counter,
+    )
+    .with_unit("seconds");
+    stats.push(vec![], Value::Counter(agent.stats_enabled.as_secs_f64()));
+    stats
+}
+
+/// The collector's and the metrics endpoint's own families.
+fn agent_families(agent: &AgentHealth) -> Vec<Family> {
     let mut scrape = Family::new(
         "periscope_scrape_duration_seconds",
         "Time this scrape spent reading the kernel's maps.",
@@ -225,39 +349,7 @@ pub fn families(health: &[ProbeHealth], agent: &AgentHealth) -> Vec<Family> {
     )
     .with_unit("seconds");
     start.push(vec![], Value::Gauge(agent.start_time.as_secs_f64()));
-
-    let mut stats = Family::new(
-        "periscope_bpf_stats_enabled_seconds",
-        "Time kernel run-time statistics were on: divide program runs and run time by it for rates.",
-        MetricKind::Counter,
-    )
-    .with_unit("seconds");
-    stats.push(vec![], Value::Counter(agent.stats_enabled.as_secs_f64()));
-
-    let mut families = vec![
-        build,
-        up,
-        degraded,
-        runs,
-        run_time,
-        missed,
-        stats,
-        entries,
-        capacity,
-        folded,
-        share_folded,
-        expired,
-        lost,
-        scrape,
-        refused,
-        endpoint_open,
-        endpoint_closed,
-        start,
-    ];
-    if agent.spans.is_some() || !agent.exporters.is_empty() {
-        families.extend(span_families(agent.spans.as_ref(), &agent.exporters));
-    }
-    families
+    vec![scrape, refused, endpoint_open, endpoint_closed, start]
 }
 
 fn span_families(spans: Option<&SpanHealth>, exporters: &[ExporterHealth]) -> Vec<Family> {

@@ -1,22 +1,29 @@
 //! Periscope's YAML configuration. Every field has a default, so no file is needed;
 //! unknown keys are errors, and every error names the file, line and key.
+//!
+//! Each section's type belongs to the module it configures, with the ranges of its
+//! numbers and its own checks, keyed below the section. This module assembles the
+//! sections, checks what spans them, and locates errors in the file.
 
 mod error;
 
-use std::net::SocketAddr;
-use std::num::NonZeroU32;
 use std::path::Path;
-
 use std::sync::LazyLock;
 
 use serde::Deserialize;
 
-pub use crate::kernel::stats::StatsMode;
 pub use crate::probes::{ProbesConfig, ProcessesConfig};
 pub use error::ConfigError;
 
+use crate::enrich::tenant::TenantsConfig;
+use crate::enrich::workload::WorkloadsConfig;
+use crate::export::jsonl::JsonLinesConfig;
+use crate::export::otlp::OtlpConfig;
+use crate::export::prometheus::PrometheusConfig;
+use crate::probes::kit::spans::TracesConfig;
 use crate::probes::BUILT_IN;
-use crate::settings::{check_window, nonzero, Range, DAY, MAX_MAP_ENTRIES};
+use crate::selfmetrics::SelfMetricsConfig;
+use crate::settings::{Invalid, Range};
 
 /// The settings outside the probes; each probe's own come from its folder.
 const BASE_DEFAULT_YAML: &str = include_str!("default.yaml");
@@ -47,394 +54,12 @@ pub struct Config {
     pub tenants: TenantsConfig,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct TenantsConfig {
-    /// Tried in order; the first rule that matches names a process's tenant.
-    pub rules: Vec<TenantRule>,
-    /// Series per metric family and tenant, at most; beyond, a tenant's new series
-    /// fold into its own overflow series.
-    pub max_series_per_tenant: NonZeroU32,
-}
-
-impl Default for TenantsConfig {
-    fn default() -> Self {
-        TenantsConfig {
-            rules: Vec::new(),
-            max_series_per_tenant: nonzero(2000),
-        }
-    }
-}
-
-/// A rule matches when every matcher it gives matches (at least one must be given).
-#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
-#[serde(deny_unknown_fields, default)]
-pub struct TenantRule {
-    /// The `tenant` label of what matches.
-    pub tenant: String,
-    /// A glob (`*`, `?`) over the cgroup v2 path, as in /proc/PID/cgroup.
-    pub cgroup_path: Option<String>,
-    /// A glob over the Kubernetes namespace.
-    pub k8s_namespace: Option<String>,
-    /// Labels the pod must carry (from the kubelet).
-    pub pod_labels: std::collections::BTreeMap<String, String>,
-    /// Labels the container must carry (from the Docker Engine API).
-    pub container_labels: std::collections::BTreeMap<String, String>,
-    /// Drop the tenant: no series, and the BPF programs skip its processes.
-    pub drop: bool,
-}
-
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct WorkloadsConfig {
-    /// Label per-process series with their container, pod and systemd service.
-    pub enabled: bool,
-    /// The Docker Engine API socket, for container names; empty: none asked.
-    pub docker_socket: String,
-    /// The node's kubelet (`https://${NODE_IP}:10250`), for pod names; empty: none
-    /// asked. `${NAME}` is taken from the environment.
-    pub kubelet_url: String,
-    /// A bearer token sent to the kubelet (a service account token).
-    pub kubelet_token_file: String,
-    /// CA certificates (PEM) that signed the kubelet's serving certificate.
-    pub kubelet_ca_file: String,
-    /// Accept any kubelet certificate (kubelets often serve a self-signed one).
-    pub kubelet_insecure_skip_verify: bool,
-    /// How often the kubelet's pod list is fetched again.
-    pub refresh_secs: u64,
-    /// Containers whose names are kept, at most; beyond, the least recently used goes.
-    pub max_containers: NonZeroU32,
-    /// How long one lookup may take.
-    pub timeout_ms: u64,
-}
-
-impl Default for WorkloadsConfig {
-    fn default() -> Self {
-        WorkloadsConfig {
-            enabled: true,
-            docker_socket: "/var/run/docker.sock".into(),
-            kubelet_url: String::new(),
-            kubelet_token_file: String::new(),
-            kubelet_ca_file: String::new(),
-            kubelet_insecure_skip_verify: false,
-            refresh_secs: 30,
-            max_containers: nonzero(4096),
-            timeout_ms: 2000,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct TracesConfig {
-    /// Make a span of every HTTP request the http probe sees.
-    pub enabled: bool,
-    /// Which spans are kept (the OpenTelemetry SDK samplers; `OTEL_TRACES_SAMPLER`
-    /// overrides it).
-    pub sampler: SamplerName,
-    /// The ratio of the ratio samplers (`OTEL_TRACES_SAMPLER_ARG` overrides it).
-    pub sampler_arg: f64,
-    /// Spans waiting for the exporters, at most; beyond, the oldest are dropped and
-    /// counted in `periscope_spans_dropped_total`.
-    pub queue_spans: NonZeroU32,
-}
-
-impl Default for TracesConfig {
-    fn default() -> Self {
-        TracesConfig {
-            enabled: false,
-            sampler: SamplerName::ParentbasedAlwaysOn,
-            sampler_arg: 1.0,
-            queue_spans: nonzero(65536),
-        }
-    }
-}
-
-impl TracesConfig {
-    pub fn sampler(&self) -> crate::probes::kit::spans::Sampler {
-        use crate::probes::kit::spans::{RootSampler, Sampler};
-        let ratio = self.sampler_arg.clamp(0.0, 1.0);
-        match self.sampler {
-            SamplerName::AlwaysOn => Sampler::AlwaysOn,
-            SamplerName::AlwaysOff => Sampler::AlwaysOff,
-            SamplerName::Traceidratio => Sampler::TraceIdRatio(ratio),
-            SamplerName::ParentbasedAlwaysOn => Sampler::ParentBased(RootSampler::AlwaysOn),
-            SamplerName::ParentbasedAlwaysOff => Sampler::ParentBased(RootSampler::AlwaysOff),
-            SamplerName::ParentbasedTraceidratio => {
-                Sampler::ParentBased(RootSampler::TraceIdRatio(ratio))
-            }
-        }
-    }
-
-    /// Applies `OTEL_TRACES_SAMPLER` and `OTEL_TRACES_SAMPLER_ARG` from `env`.
-    pub fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) -> Result<(), String> {
-        if let Some(name) = env("OTEL_TRACES_SAMPLER") {
-            self.sampler = SamplerName::deserialize(serde::de::value::StrDeserializer::<
-                serde::de::value::Error,
-            >::new(name.trim()))
-            .map_err(|_| {
-                format!("OTEL_TRACES_SAMPLER: unknown sampler {name:?} (always_on, always_off, traceidratio, parentbased_always_on, parentbased_always_off, parentbased_traceidratio)")
-            })?;
-        }
-        if let Some(arg) = env("OTEL_TRACES_SAMPLER_ARG") {
-            let ratio: f64 = arg
-                .trim()
-                .parse()
-                .map_err(|_| format!("OTEL_TRACES_SAMPLER_ARG: {arg:?} is not a number"))?;
-            if !(0.0..=1.0).contains(&ratio) {
-                return Err(format!(
-                    "OTEL_TRACES_SAMPLER_ARG: {ratio} is outside [0, 1]"
-                ));
-            }
-            self.sampler_arg = ratio;
-        }
-        Ok(())
-    }
-}
-
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum SamplerName {
-    AlwaysOn,
-    AlwaysOff,
-    Traceidratio,
-    ParentbasedAlwaysOn,
-    ParentbasedAlwaysOff,
-    ParentbasedTraceidratio,
-}
-
+/// The push exporters, each section its exporter's settings.
 #[derive(Debug, Clone, Deserialize, PartialEq, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct ExportersConfig {
     pub jsonl: JsonLinesConfig,
     pub otlp: OtlpConfig,
-}
-
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct OtlpConfig {
-    /// Push spans and metrics over OTLP. Setting `OTEL_EXPORTER_OTLP_ENDPOINT` (or the
-    /// per-signal variables) turns it on.
-    pub enabled: bool,
-    /// Base URL: `/v1/traces` and `/v1/metrics` are appended (http/protobuf); the
-    /// receiver's address (grpc). Empty: `http://127.0.0.1:4318` for http/protobuf,
-    /// `http://127.0.0.1:4317` for grpc.
-    pub endpoint: String,
-    /// Full URLs per signal, used as given (empty: from `endpoint`).
-    pub traces_endpoint: String,
-    pub metrics_endpoint: String,
-    /// `http/protobuf` or `grpc`.
-    pub protocol: String,
-    /// Extra request headers (authentication).
-    pub headers: std::collections::BTreeMap<String, String>,
-    /// `gzip` or `none`.
-    pub compression: String,
-    pub timeout_secs: u64,
-    /// A metrics export this often; 0: no metrics.
-    pub metrics_interval_secs: u64,
-    /// Spans per request, at most.
-    pub batch_spans: NonZeroU32,
-    /// A failing export is retried for this long, then its data is dropped and counted.
-    pub max_retry_secs: u64,
-}
-
-impl Default for OtlpConfig {
-    fn default() -> Self {
-        OtlpConfig {
-            enabled: false,
-            endpoint: String::new(),
-            traces_endpoint: String::new(),
-            metrics_endpoint: String::new(),
-            protocol: "http/protobuf".into(),
-            headers: Default::default(),
-            compression: "gzip".into(),
-            timeout_secs: 10,
-            metrics_interval_secs: 60,
-            batch_spans: nonzero(512),
-            max_retry_secs: 60,
-        }
-    }
-}
-
-impl OtlpConfig {
-    /// The base endpoint, defaulted by protocol.
-    pub fn base_endpoint(&self) -> &str {
-        match (self.endpoint.as_str(), self.protocol.as_str()) {
-            ("", "grpc") => "http://127.0.0.1:4317",
-            ("", _) => "http://127.0.0.1:4318",
-            (endpoint, _) => endpoint,
-        }
-    }
-
-    /// Applies the standard `OTEL_EXPORTER_OTLP_*` and `OTEL_METRIC_EXPORT_INTERVAL`
-    /// variables from `env`.
-    pub fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) -> Result<(), String> {
-        let set = |name: &str| env(name).filter(|v| !v.trim().is_empty());
-        if let Some(endpoint) = set("OTEL_EXPORTER_OTLP_ENDPOINT") {
-            self.endpoint = endpoint.trim().to_string();
-            self.enabled = true;
-        }
-        if let Some(endpoint) = set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") {
-            self.traces_endpoint = endpoint.trim().to_string();
-            self.enabled = true;
-        }
-        if let Some(endpoint) = set("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT") {
-            self.metrics_endpoint = endpoint.trim().to_string();
-            self.enabled = true;
-        }
-        if let Some(protocol) = set("OTEL_EXPORTER_OTLP_PROTOCOL") {
-            self.protocol = protocol.trim().to_string();
-        }
-        if let Some(headers) = set("OTEL_EXPORTER_OTLP_HEADERS") {
-            self.headers
-                .extend(crate::export::otlp::parse_headers(&headers));
-        }
-        if let Some(compression) = set("OTEL_EXPORTER_OTLP_COMPRESSION") {
-            self.compression = compression.trim().to_string();
-        }
-        let millis = |name: &str| -> Result<Option<u64>, String> {
-            set(name)
-                .map(|v| {
-                    v.trim()
-                        .parse::<u64>()
-                        .map_err(|_| format!("{name}: {v:?} is not a number of milliseconds"))
-                })
-                .transpose()
-        };
-        if let Some(ms) = millis("OTEL_EXPORTER_OTLP_TIMEOUT")? {
-            self.timeout_secs = ms.div_ceil(1000).max(1);
-        }
-        if let Some(ms) = millis("OTEL_METRIC_EXPORT_INTERVAL")? {
-            self.metrics_interval_secs = ms.div_ceil(1000);
-        }
-        self.check()
-            .map_err(|(key, message)| format!("{key} (from the environment): {message}"))
-    }
-
-    /// What serde cannot check: the protocol, the compression, and the URLs; returns
-    /// the key to blame and why.
-    pub fn check(&self) -> Result<(), (&'static str, String)> {
-        if self.protocol != "http/protobuf" && self.protocol != "grpc" {
-            return Err((
-                "exporters.otlp.protocol",
-                format!("{:?}: use \"http/protobuf\" or \"grpc\"", self.protocol),
-            ));
-        }
-        if self.compression != "gzip" && self.compression != "none" {
-            return Err((
-                "exporters.otlp.compression",
-                format!("{:?}: use \"gzip\" or \"none\"", self.compression),
-            ));
-        }
-        for (name, value) in &self.headers {
-            if hyper::header::HeaderName::try_from(name.as_str()).is_err()
-                || hyper::header::HeaderValue::try_from(value.as_str()).is_err()
-            {
-                return Err((
-                    "exporters.otlp.headers",
-                    format!("{name:?} is not a valid HTTP header name and value"),
-                ));
-            }
-        }
-        for (key, url) in [
-            ("exporters.otlp.endpoint", &self.endpoint),
-            ("exporters.otlp.traces_endpoint", &self.traces_endpoint),
-            ("exporters.otlp.metrics_endpoint", &self.metrics_endpoint),
-        ] {
-            if !url.is_empty() {
-                crate::export::otlp::Endpoint::parse(url).map_err(|e| (key, e))?;
-            }
-        }
-        Ok(())
-    }
-}
-
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct JsonLinesConfig {
-    /// Write spans and metric snapshots as JSON lines (docs/jsonl-schema.md).
-    pub enabled: bool,
-    /// A file, or `-` for standard output.
-    pub path: String,
-    /// A file is rotated when it reaches this size: `path` becomes `path.1`, and so on.
-    pub max_file_bytes: NonZeroU32,
-    /// Rotated files kept, at most.
-    pub max_files: u32,
-    /// A snapshot of every metric this often; 0: spans only.
-    pub metrics_interval_secs: u64,
-    /// Permissions of the files, in octal; never world-writable.
-    pub file_mode: String,
-}
-
-impl JsonLinesConfig {
-    /// `file_mode` as permission bits; None when it is not octal or allows others to
-    /// write.
-    pub fn mode(&self) -> Option<u32> {
-        u32::from_str_radix(self.file_mode.trim_start_matches("0o"), 8)
-            .ok()
-            .filter(|mode| *mode <= 0o777 && mode & 0o002 == 0)
-    }
-}
-
-impl Default for JsonLinesConfig {
-    fn default() -> Self {
-        JsonLinesConfig {
-            enabled: false,
-            path: "-".into(),
-            max_file_bytes: nonzero(100 << 20),
-            max_files: 5,
-            metrics_interval_secs: 60,
-            file_mode: "0640".into(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct SelfMetricsConfig {
-    /// Kernel run-time statistics of our BPF programs: `always`, `sampled` or `off`.
-    /// They cost about as much as the syscalls probe itself, hence sampled by default.
-    pub bpf_stats: StatsMode,
-    /// In `sampled` mode, statistics are on for this long...
-    pub bpf_stats_sample_secs: u64,
-    /// ...once in each period of this length.
-    pub bpf_stats_period_secs: u64,
-}
-
-impl Default for SelfMetricsConfig {
-    fn default() -> Self {
-        SelfMetricsConfig {
-            bpf_stats: StatsMode::Sampled,
-            bpf_stats_sample_secs: 5,
-            bpf_stats_period_secs: 60,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct PrometheusConfig {
-    /// Address and port `/metrics`, `/healthz` and `/readyz` are served on.
-    pub listen_address: SocketAddr,
-    /// Open connections at most; when a new one comes, the one idle longest is closed.
-    pub max_connections: NonZeroU32,
-    /// Time a client has to send a request head, counted from the connection's start or
-    /// its last response: keep-alive connections idle longer are closed.
-    pub header_read_timeout_secs: u64,
-    /// The Prometheus exporter-toolkit web configuration (TLS, basic auth); empty:
-    /// plain HTTP without authentication. `--web.config.file` overrides it.
-    pub web_config_file: String,
-}
-
-impl Default for PrometheusConfig {
-    fn default() -> Self {
-        PrometheusConfig {
-            listen_address: SocketAddr::from(([0, 0, 0, 0], 9101)),
-            max_connections: NonZeroU32::new(256).expect("256 is not zero"),
-            header_read_timeout_secs: 10,
-            web_config_file: String::new(),
-        }
-    }
 }
 
 /// A configuration file is a few kilobytes; anything near this is not one.
@@ -546,111 +171,27 @@ impl Config {
         Ok(config)
     }
 
-    /// Checks that span several keys; returns the key to blame and why.
-    /// Every number with the range it must fall in: beyond these, durations overflow
-    /// the clock, maps exceed what the kernel allocates, and files or buffers what a
-    /// node can hold.
-    fn ranges(&self) -> Vec<(&'static str, u64, u64, u64)> {
-        const MAP: u64 = MAX_MAP_ENTRIES;
-        let exporters = &self.exporters;
-        let n = |v: NonZeroU32| u64::from(v.get());
-        vec![
-            (
-                "prometheus.max_connections",
-                n(self.prometheus.max_connections),
-                1,
-                65_536,
-            ),
-            (
-                "prometheus.header_read_timeout_secs",
-                self.prometheus.header_read_timeout_secs,
-                1,
-                3600,
-            ),
-            (
-                "tenants.max_series_per_tenant",
-                n(self.tenants.max_series_per_tenant),
-                1,
-                MAP,
-            ),
-            (
-                "workloads.refresh_secs",
-                self.workloads.refresh_secs,
-                1,
-                DAY,
-            ),
-            (
-                "workloads.max_containers",
-                n(self.workloads.max_containers),
-                1,
-                MAP,
-            ),
-            ("workloads.timeout_ms", self.workloads.timeout_ms, 1, 60_000),
-            ("traces.queue_spans", n(self.traces.queue_spans), 1, MAP),
-            (
-                "exporters.otlp.timeout_secs",
-                exporters.otlp.timeout_secs,
-                1,
-                300,
-            ),
-            (
-                "exporters.otlp.metrics_interval_secs",
-                exporters.otlp.metrics_interval_secs,
-                0,
-                DAY,
-            ),
-            (
-                "exporters.otlp.batch_spans",
-                n(exporters.otlp.batch_spans),
-                1,
-                65_536,
-            ),
-            (
-                "exporters.otlp.max_retry_secs",
-                exporters.otlp.max_retry_secs,
-                0,
-                DAY,
-            ),
-            (
-                "exporters.jsonl.max_file_bytes",
-                n(exporters.jsonl.max_file_bytes),
-                4096,
-                u64::from(u32::MAX),
-            ),
-            (
-                "exporters.jsonl.max_files",
-                u64::from(exporters.jsonl.max_files),
-                0,
-                1000,
-            ),
-            (
-                "exporters.jsonl.metrics_interval_secs",
-                exporters.jsonl.metrics_interval_secs,
-                0,
-                DAY,
-            ),
-            (
-                "self_metrics.bpf_stats_sample_secs",
-                self.self_metrics.bpf_stats_sample_secs,
-                0,
-                DAY,
-            ),
-            (
-                "self_metrics.bpf_stats_period_secs",
-                self.self_metrics.bpf_stats_period_secs,
-                1,
-                7 * DAY,
-            ),
-        ]
-    }
-
-    /// The numbers of the sections modules own, keyed by their full path.
-    fn module_ranges(&self) -> Vec<(String, Range)> {
-        let mut ranges: Vec<(String, Range)> = self
-            .processes
-            .ranges()
+    /// Every number of every section with the range it must fall in, keyed by its full
+    /// path: beyond these, durations overflow the clock, maps exceed what the kernel
+    /// allocates, and files or buffers what a node can hold.
+    fn ranges(&self) -> Vec<(String, Range)> {
+        let sections = [
+            ("prometheus", self.prometheus.ranges()),
+            ("tenants", self.tenants.ranges()),
+            ("workloads", self.workloads.ranges()),
+            ("traces", self.traces.ranges()),
+            ("exporters.otlp", self.exporters.otlp.ranges()),
+            ("exporters.jsonl", self.exporters.jsonl.ranges()),
+            ("self_metrics", self.self_metrics.ranges()),
+            ("processes", self.processes.ranges()),
+        ];
+        let mut ranges: Vec<(String, Range)> = sections
             .into_iter()
-            .map(|range| (format!("processes.{}", range.key), range))
+            .flat_map(|(section, ranges)| {
+                ranges
+                    .into_iter()
+                    .map(move |range| (format!("{section}.{}", range.key), range))
+            })
             .collect();
         for spec in BUILT_IN {
             ranges.extend(
@@ -662,132 +203,30 @@ impl Config {
         ranges
     }
 
-    /// Checks that span several keys; returns the key to blame and why.
     fn validate(&self) -> Result<(), (String, String)> {
-        for (key, value, min, max) in self.ranges() {
-            Range::new(key, value, min, max)
-                .check()
-                .map_err(|message| (key.to_string(), message))?;
-        }
-        for (key, range) in self.module_ranges() {
+        for (key, range) in self.ranges() {
             range.check().map_err(|message| (key, message))?;
         }
         for spec in BUILT_IN {
             spec.check(&self.probes)
                 .map_err(|(key, message)| (format!("probes.{}.{key}", spec.name()), message))?;
         }
-        self.validate_sections()
-            .map_err(|(key, message)| (key.to_string(), message))
+        self.check_sections()
     }
 
-    fn validate_sections(&self) -> Result<(), (&'static str, String)> {
-        if self.exporters.jsonl.mode().is_none() {
-            return Err((
-                "exporters.jsonl.file_mode",
-                format!(
-                    "`{}`: must be octal permissions such as \"0640\", not writable by others",
-                    self.exporters.jsonl.file_mode
-                ),
-            ));
-        }
-        self.exporters.otlp.check()?;
-        for (index, rule) in self.tenants.rules.iter().enumerate() {
-            let position = index + 1;
-            if rule.tenant.is_empty() {
-                return Err((
-                    "tenants.rules",
-                    format!("rule {position} has no `tenant` name"),
-                ));
-            }
-            if rule.cgroup_path.is_none()
-                && rule.k8s_namespace.is_none()
-                && rule.pod_labels.is_empty()
-                && rule.container_labels.is_empty()
-            {
-                return Err((
-                    "tenants.rules",
-                    format!(
-                        "rule {position} (tenant `{}`) matches nothing: give cgroup_path, k8s_namespace, pod_labels or container_labels",
-                        rule.tenant
-                    ),
-                ));
-            }
-        }
-        if !self.tenants.rules.is_empty() && !self.workloads.enabled {
-            return Err((
-                "tenants.rules",
-                "tenants need workloads.enabled: true (a tenant is found from a process's cgroup)"
-                    .into(),
-            ));
-        }
-        for (index, rule) in self.tenants.rules.iter().enumerate() {
-            if let Some(other) = self.tenants.rules[..index]
-                .iter()
-                .find(|other| other.tenant == rule.tenant && other.drop != rule.drop)
-            {
-                return Err((
-                    "tenants.rules",
-                    format!(
-                        "tenant `{}` is dropped by one rule and kept by another: give every rule of a tenant the same `drop`",
-                        other.tenant
-                    ),
-                ));
-            }
-        }
-        let kept = crate::enrich::tenant::TenantSlots::new(&self.tenants).kept();
-        let most = crate::enrich::tenant::MAX_TENANT_SLOTS as usize - 1;
-        if kept > most {
-            return Err((
-                "tenants.rules",
-                format!("{kept} tenants are kept; at most {most} can be (the BPF programs give each its own share of their maps)"),
-            ));
-        }
-        let workloads = &self.workloads;
-        if workloads.kubelet_insecure_skip_verify && !workloads.kubelet_ca_file.is_empty() {
-            return Err((
-                "workloads.kubelet_insecure_skip_verify",
-                "set either kubelet_ca_file (check the kubelet's certificate) or kubelet_insecure_skip_verify, not both".into(),
-            ));
-        }
-        let kubelet = &workloads.kubelet_url;
-        if !kubelet.is_empty()
-            && !kubelet.starts_with("http://")
-            && !kubelet.starts_with("https://")
-        {
-            return Err((
-                "workloads.kubelet_url",
-                format!("`{kubelet}`: must start with https:// or http://"),
-            ));
-        }
-        if kubelet.starts_with("https://")
-            && workloads.kubelet_ca_file.is_empty()
-            && !workloads.kubelet_insecure_skip_verify
-        {
-            return Err((
-                "workloads.kubelet_url",
-                format!("`{kubelet}`: https needs kubelet_ca_file, or kubelet_insecure_skip_verify: true for a self-signed kubelet certificate"),
-            ));
-        }
-        if !(0.0..=1.0).contains(&self.traces.sampler_arg) {
-            return Err((
-                "traces.sampler_arg",
-                format!("{} is outside [0, 1]", self.traces.sampler_arg),
-            ));
-        }
-        let stats = &self.self_metrics;
-        if stats.bpf_stats == StatsMode::Sampled {
-            check_window(
-                (
-                    "self_metrics.bpf_stats_sample_secs",
-                    stats.bpf_stats_sample_secs,
-                ),
-                (
-                    "self_metrics.bpf_stats_period_secs",
-                    stats.bpf_stats_period_secs,
-                ),
-            )?;
-        }
-        Ok(())
+    /// Each section's own checks, in the order of the file; a section's keys are
+    /// blamed by their full path. Tenants are found from cgroups, so their rules need
+    /// the workloads' attribution on.
+    fn check_sections(&self) -> Result<(), (String, String)> {
+        let within = |section: &str, checked: Result<(), Invalid>| {
+            checked.map_err(|(key, message)| (format!("{section}.{key}"), message))
+        };
+        within("exporters.jsonl", self.exporters.jsonl.check())?;
+        within("exporters.otlp", self.exporters.otlp.check())?;
+        within("tenants", self.tenants.check(self.workloads.enabled))?;
+        within("workloads", self.workloads.check())?;
+        within("traces", self.traces.check())?;
+        within("self_metrics", self.self_metrics.check())
     }
 
     pub fn load(path: &Path) -> Result<Config, ConfigError> {

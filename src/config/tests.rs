@@ -372,11 +372,14 @@ mod properties {
     }
 
     /// The numeric keys, as (section path, key).
-    fn numeric_keys() -> Vec<(&'static str, &'static str)> {
+    fn numeric_keys() -> Vec<(String, String)> {
         Config::default()
             .ranges()
             .into_iter()
-            .map(|(key, ..)| key.rsplit_once('.').unwrap_or(("", key)))
+            .map(|(key, _)| {
+                let (section, key) = key.rsplit_once('.').unwrap_or(("", &key));
+                (section.to_string(), key.to_string())
+            })
             .collect()
     }
 
@@ -385,8 +388,8 @@ mod properties {
         let keys = numeric_keys();
         let mut tree: std::collections::BTreeMap<String, Vec<String>> = Default::default();
         for (index, value) in picks {
-            let (section, key) = keys[index % keys.len()];
-            tree.entry(section.to_string())
+            let (section, key) = &keys[index % keys.len()];
+            tree.entry(section.clone())
                 .or_default()
                 .push(format!("{key}: {value}"));
         }
@@ -428,8 +431,12 @@ mod properties {
             let yaml = document(&picks);
             match Config::from_yaml("p.yaml", &yaml) {
                 Ok(config) => {
-                    for (key, value, min, max) in config.ranges() {
-                        prop_assert!((min..=max).contains(&value), "{key} = {value} accepted");
+                    for (key, range) in config.ranges() {
+                        prop_assert!(
+                            (range.min..=range.max).contains(&range.value),
+                            "{key} = {} accepted",
+                            range.value
+                        );
                     }
                 }
                 Err(err) => {

@@ -244,12 +244,24 @@ impl CgroupPaths {
     }
 }
 
+/// The cgroup v2 path in a `/proc/<pid>/cgroup` text: the `0::` line. Inside a cgroup
+/// namespace, paths outside it start with `/..` components, which are dropped: the
+/// layouts are recognised from the components that follow.
+pub fn cgroup_path_of_proc(text: &str) -> Option<String> {
+    let path = text.lines().find_map(|line| line.strip_prefix("0::"))?;
+    let mut rest = path;
+    while let Some(stripped) = rest.strip_prefix("/..") {
+        rest = stripped;
+    }
+    Some(if rest.is_empty() { "/" } else { rest }.to_string())
+}
+
 /// The cgroup v2 id of a live process: the inode of its cgroup's directory under
 /// `root`, the v2 mount. None when it cannot be read, or from inside a cgroup namespace
 /// that hides the process's cgroup.
 pub fn cgroup_id_of_pid(root: &Path, pid: u32) -> Option<u64> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
-    let path = super::workload::cgroup_path_of_proc(&text)?;
+    let path = cgroup_path_of_proc(&text)?;
     let dir = root.join(path.trim_start_matches('/'));
     std::fs::metadata(dir).ok().map(|meta| meta.ino())
 }
@@ -298,6 +310,18 @@ mod tests {
 
     const ID: &str = "4f1b2c3d4e5f60718293a4b5c6d7e8f90123456789abcdef0123456789abcdef";
     const UID: &str = "0f3e6a1c-6f4b-4b1e-9a1e-2f8c9d7b6a51";
+
+    #[test]
+    fn proc_cgroup_lines() {
+        let hybrid = format!("1:cpu:/docker/{ID}\n0::/docker/{ID}\n");
+        assert_eq!(cgroup_path_of_proc(&hybrid), Some(format!("/docker/{ID}")));
+        assert_eq!(
+            cgroup_path_of_proc(&format!("0::/../../kubepods/pod{UID}/{ID}\n")),
+            Some(format!("/kubepods/pod{UID}/{ID}"))
+        );
+        assert_eq!(cgroup_path_of_proc("0::/\n"), Some("/".into()));
+        assert_eq!(cgroup_path_of_proc("1:cpu:/x\n"), None);
+    }
 
     fn container(runtime: Runtime, pod: bool) -> Option<ContainerRef> {
         Some(ContainerRef {

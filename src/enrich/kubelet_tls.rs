@@ -4,16 +4,12 @@
 //! `workloads.kubelet_insecure_skip_verify` accepts (the channel is still encrypted, and
 //! the agent sends its token only to the address it was configured with).
 
-use std::net::TcpStream;
 use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{
-    ClientConfig, ClientConnection, DigitallySignedStruct, RootCertStore, SignatureScheme,
-    StreamOwned,
-};
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 
 /// How the kubelet's certificate is checked.
 #[derive(Debug, Clone)]
@@ -52,17 +48,6 @@ pub fn client_config(trust: &Trust) -> Result<Arc<ClientConfig>, String> {
             .with_no_client_auth(),
     };
     Ok(Arc::new(config))
-}
-
-/// A TLS stream to `host` over `tcp`; the handshake happens on first use.
-pub fn connect(
-    config: Arc<ClientConfig>,
-    host: &str,
-    tcp: TcpStream,
-) -> Result<StreamOwned<ClientConnection, TcpStream>, String> {
-    let name = ServerName::try_from(host.to_string()).map_err(|e| format!("{host}: {e}"))?;
-    let connection = ClientConnection::new(config, name).map_err(|e| format!("TLS: {e}"))?;
-    Ok(StreamOwned::new(connection, tcp))
 }
 
 /// Accepts any certificate, but still checks that the handshake is signed by it.

@@ -2,6 +2,9 @@
 //! or to a size-rotated file, for backends that are neither Prometheus nor OpenTelemetry.
 //! The schema is versioned and documented in `docs/jsonl-schema.md`.
 
+mod config;
+pub use config::JsonLinesConfig;
+
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Write};
 use std::path::PathBuf;

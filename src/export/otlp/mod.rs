@@ -8,8 +8,11 @@
 //! `max_retry`; meanwhile the queue keeps taking spans and drops its oldest when full,
 //! so a dead backend costs bounded memory and every lost span is counted.
 
+mod config;
 pub mod encode;
 pub mod proto;
+
+pub use config::OtlpConfig;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;

@@ -1,6 +1,7 @@
 //! The Prometheus pull endpoint: `/metrics` (text 0.0.4 or OpenMetrics by content
 //! negotiation), `/healthz` and `/readyz`.
 
+mod config;
 pub mod encode;
 mod rounds;
 mod server;
@@ -18,6 +19,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 
+pub use config::PrometheusConfig;
 pub use encode::Format;
 pub use server::{Limits, ServerStats};
 

@@ -297,6 +297,27 @@ fn server_config(
     }
     let key = PrivateKeyDer::from_pem_file(resolve(&tls.key_file))
         .map_err(|err| key_error("tls_server_config.key_file", err.to_string()))?;
+    let versions = protocol_versions(tls, key_error)?;
+    let provider = crypto_provider(tls, key_error)?;
+    let builder = rustls::ServerConfig::builder_with_provider(Arc::new(provider))
+        .with_protocol_versions(&versions)
+        .map_err(|err| key_error("tls_server_config", err.to_string()))?;
+    let builder = match client_verifier(tls, resolve, key_error)? {
+        None => builder.with_no_client_auth(),
+        Some(verifier) => builder.with_client_cert_verifier(verifier),
+    };
+    let mut config = builder
+        .with_single_cert(certs, key)
+        .map_err(|err| key_error("tls_server_config.key_file", err.to_string()))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// The TLS versions offered, from `min_version` and `max_version`: 1.2 and 1.3 only.
+fn protocol_versions(
+    tls: &TlsServerConfig,
+    key_error: &dyn Fn(&str, String) -> WebConfigError,
+) -> Result<Vec<&'static rustls::SupportedProtocolVersion>, WebConfigError> {
     let min = tls.min_version.unwrap_or(TlsVersion::TLS12);
     let max = tls.max_version.unwrap_or(TlsVersion::TLS13);
     if min > max {
@@ -318,6 +339,14 @@ fn server_config(
             "TLS 1.0 and 1.1 are not offered: use TLS12 or TLS13".into(),
         ));
     }
+    Ok(versions)
+}
+
+/// The ring provider, with the TLS 1.2 cipher suites `cipher_suites` names, if any.
+fn crypto_provider(
+    tls: &TlsServerConfig,
+    key_error: &dyn Fn(&str, String) -> WebConfigError,
+) -> Result<rustls::crypto::CryptoProvider, WebConfigError> {
     let mut provider = rustls::crypto::ring::default_provider();
     if !tls.cipher_suites.is_empty() {
         let mut chosen = Vec::new();
@@ -342,47 +371,46 @@ fn server_config(
         );
         provider.cipher_suites = chosen;
     }
-    let builder = rustls::ServerConfig::builder_with_provider(Arc::new(provider))
-        .with_protocol_versions(&versions)
-        .map_err(|err| key_error("tls_server_config", err.to_string()))?;
-    let builder = match tls.client_auth_type {
-        ClientAuth::NoClientCert | ClientAuth::RequestClientCert => builder.with_no_client_auth(),
-        kind => {
-            if tls.client_ca_file.is_empty() {
-                return Err(key_error(
-                    "tls_server_config.client_ca_file",
-                    format!("{kind:?} needs client_ca_file"),
-                ));
-            }
-            let mut roots = rustls::RootCertStore::empty();
-            let cas = CertificateDer::pem_file_iter(resolve(&tls.client_ca_file))
-                .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
-                .map_err(|err| key_error("tls_server_config.client_ca_file", err.to_string()))?;
-            for ca in cas {
-                roots.add(ca).map_err(|err| {
-                    key_error("tls_server_config.client_ca_file", err.to_string())
-                })?;
-            }
-            let verifier = rustls::server::WebPkiClientVerifier::builder(Arc::new(roots));
-            let verifier = if kind == ClientAuth::RequireAndVerifyClientCert
-                || kind == ClientAuth::RequireAnyClientCert
-            {
-                verifier
-            } else {
-                verifier.allow_unauthenticated()
-            };
-            builder.with_client_cert_verifier(
-                verifier.build().map_err(|err| {
-                    key_error("tls_server_config.client_ca_file", err.to_string())
-                })?,
-            )
-        }
+    Ok(provider)
+}
+
+/// How client certificates are checked, from `client_auth_type`; None: not asked for.
+fn client_verifier(
+    tls: &TlsServerConfig,
+    resolve: &dyn Fn(&str) -> PathBuf,
+    key_error: &dyn Fn(&str, String) -> WebConfigError,
+) -> Result<Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>, WebConfigError> {
+    let kind = match tls.client_auth_type {
+        ClientAuth::NoClientCert | ClientAuth::RequestClientCert => return Ok(None),
+        kind => kind,
     };
-    let mut config = builder
-        .with_single_cert(certs, key)
-        .map_err(|err| key_error("tls_server_config.key_file", err.to_string()))?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(config)
+    if tls.client_ca_file.is_empty() {
+        return Err(key_error(
+            "tls_server_config.client_ca_file",
+            format!("{kind:?} needs client_ca_file"),
+        ));
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    let cas = CertificateDer::pem_file_iter(resolve(&tls.client_ca_file))
+        .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
+        .map_err(|err| key_error("tls_server_config.client_ca_file", err.to_string()))?;
+    for ca in cas {
+        roots
+            .add(ca)
+            .map_err(|err| key_error("tls_server_config.client_ca_file", err.to_string()))?;
+    }
+    let verifier = rustls::server::WebPkiClientVerifier::builder(Arc::new(roots));
+    let verifier = if kind == ClientAuth::RequireAndVerifyClientCert
+        || kind == ClientAuth::RequireAnyClientCert
+    {
+        verifier
+    } else {
+        verifier.allow_unauthenticated()
+    };
+    verifier
+        .build()
+        .map(Some)
+        .map_err(|err| key_error("tls_server_config.client_ca_file", err.to_string()))
 }
 
 /// The web configuration in force, re-read when its file changes.

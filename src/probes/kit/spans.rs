@@ -2,6 +2,9 @@
 //! (`traceparent`, `tracestate`), read from its headers and never trusted unchecked, and
 //! the sampler that decides which spans are kept.
 
+mod config;
+pub use config::{SamplerName, TracesConfig};
+
 use crate::model::span::{SpanId, TraceId};
 
 /// A W3C `traceparent` header: the caller's trace, span and sampled flag.

@@ -5,9 +5,12 @@
 //! and each tenant's share of their maps, bpf/tenants.h) is the probes' part; the slots
 //! that tell tenants apart there are defined here.
 
+mod config;
+
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use crate::config::TenantsConfig;
+pub use config::{TenantRule, TenantsConfig};
+
 use crate::model::{Family, Labels, MetricKind, Series, Value, OVERFLOW};
 
 /// Labels that tell one process or workload from another: an overflow series has none
@@ -353,41 +356,5 @@ mod tests {
         assert_eq!(slots.name_of(2), Some("web"));
         assert_eq!(slots.name_of(3), None);
         assert_eq!(TenantSlots::default().count(), 1);
-    }
-
-    #[test]
-    fn what_the_kernel_folded_joins_the_tenants_overflow_series() {
-        let mut limits = TenantLimits::new(&config(1)).expect("rules");
-        let mut family = Family::new("syscalls", "", MetricKind::Counter);
-        family.series.push(series(1, "a", 1.0));
-        family.series.push(series(2, "a", 2.0));
-        // As a probe labels it: process labels of the tenant's overflow owner, then its own.
-        let workloads = crate::enrich::Workloads::start(
-            &serde_yaml::from_str("enabled: true\ndocker_socket: \"\"\nkubelet_url: \"\"\n")
-                .expect("workloads"),
-            &config(1),
-        );
-        let mut kernel_overflow =
-            workloads.process_labels(None, OVERFLOW, &crate::enrich::Workload::of_tenant("a"));
-        kernel_overflow.push(("syscall", "getppid".to_string()));
-        family.series.push(Series {
-            labels: kernel_overflow.clone(),
-            value: Value::Counter(40.0),
-            created: None,
-        });
-        let mut families = vec![family];
-        limits.apply(&mut families);
-        let out = &families[0].series;
-        assert_eq!(out.len(), 2, "one kept series and one overflow: {out:?}");
-        let overflow = out
-            .iter()
-            .find(|s| s.labels == kernel_overflow)
-            .expect("one overflow series");
-        assert!(matches!(overflow.value, Value::Counter(v) if v == 42.0));
-        assert_eq!(
-            limits.folded.get("a"),
-            Some(&1),
-            "the kernel's part is not a series the cap folded"
-        );
     }
 }
