@@ -29,15 +29,17 @@ use super::{BuiltIn, LoadContext, Probe};
 use super::kit::budget::histogram_samples;
 use super::kit::idle::Accumulate;
 use super::kit::lifecycle::{FirstSeen, Owner, ProcessSeries};
-use crate::enrich::{ProcessTable, Workloads};
+use crate::enrich::ProcessTable;
 use crate::kernel::caps::{self, Need};
 use crate::model::histogram::{DurationBounds, LogLinearHistogram};
 use crate::model::span::{Span, SpanResource};
-use crate::model::{Family, Labels, MetricKind, Value};
+use crate::model::{Family, MetricKind, Value};
 use conn::{Connection, Direction, Exchange, Role};
+use families::{series_labels, ExchangeValues, HttpFamilies};
 use routes::{RoutePattern, RouteTable};
 
 pub mod config;
+mod families;
 
 use config::HttpConfig;
 
@@ -933,91 +935,26 @@ impl Probe for HttpProbe {
         self.drain();
         self.expire(now);
         let rows = self.export();
-        let mut families = [
-            (Role::Server, "http_server_request_duration_seconds", "http.server.request.duration", "Duration of HTTP server requests, from the first byte read to the last byte of the response written."),
-            (Role::Client, "http_client_request_duration_seconds", "http.client.request.duration", "Duration of HTTP client requests, from the request written to the last byte of the response read."),
-        ]
-        .map(|(role, name, otel_name, help)| (role, Family::new(name, help, MetricKind::Histogram).with_unit("seconds").with_otel_name(otel_name).with_attributes(OTEL_ATTRIBUTES)));
-        let mut bodies = [
-            (
-                Role::Server,
-                true,
-                "http_server_request_body_size_bytes",
-                "http.server.request.body.size",
-                "Body sizes of HTTP server requests.",
-            ),
-            (
-                Role::Server,
-                false,
-                "http_server_response_body_size_bytes",
-                "http.server.response.body.size",
-                "Body sizes of HTTP server responses.",
-            ),
-            (
-                Role::Client,
-                true,
-                "http_client_request_body_size_bytes",
-                "http.client.request.body.size",
-                "Body sizes of HTTP client requests.",
-            ),
-            (
-                Role::Client,
-                false,
-                "http_client_response_body_size_bytes",
-                "http.client.response.body.size",
-                "Body sizes of HTTP client responses.",
-            ),
-        ]
-        .map(|(role, request, name, otel_name, help)| {
-            (
-                role,
-                request,
-                Family::new(name, help, MetricKind::Histogram)
-                    .with_unit("bytes")
-                    .with_otel_name(otel_name)
-                    .with_attributes(OTEL_ATTRIBUTES),
-            )
-        });
+        let mut families = HttpFamilies::new();
         for ((owner, exchanges), stats) in &rows {
             let labels = series_labels(self.processes.workloads(), owner, exchanges);
-            let created = self.lifecycle.created(owner);
-            for (role, family) in families.iter_mut() {
-                if *role == exchanges.role {
-                    family.push_created(
-                        labels.clone(),
-                        Value::Histogram(self.durations.classic(&stats.duration_ns)),
-                        created,
-                    );
-                }
-            }
-            for (role, request, family) in bodies.iter_mut() {
-                if *role == exchanges.role {
-                    let hist = if *request {
-                        &stats.request_bytes
-                    } else {
-                        &stats.response_bytes
-                    };
-                    family.push_created(
-                        labels.clone(),
-                        Value::Histogram(hist.to_classic(
-                            &self.body_bounds,
-                            &self.body_bounds_exported,
-                            1.0,
-                        )),
-                        created,
-                    );
-                }
-            }
+            let body = |hist: &LogLinearHistogram| {
+                hist.to_classic(&self.body_bounds, &self.body_bounds_exported, 1.0)
+            };
+            let values = ExchangeValues {
+                duration: self.durations.classic(&stats.duration_ns),
+                request_body: body(&stats.request_bytes),
+                response_body: body(&stats.response_bytes),
+            };
+            families.push(exchanges.role, &labels, values, self.lifecycle.created(owner));
         }
-        out.extend(families.into_iter().map(|(_, f)| f));
         let mut libraries = Family::new(
             "periscope_tls_libraries",
             "OpenSSL libraries whose SSL_read/SSL_write are traced.",
             MetricKind::Gauge,
         );
         libraries.push(Vec::new(), Value::Gauge(self.tls_libraries as f64));
-        out.push(libraries);
-        out.extend(bodies.into_iter().map(|(_, _, f)| f));
+        out.extend(families.into_families(libraries));
         self.fill = vec![
             MapFill {
                 map: "tls_conns",
@@ -1110,30 +1047,3 @@ fn peer_address(peer: &types::psc_peer) -> String {
     util::socket_address(peer.family, &peer.addr)
 }
 
-/// The HTTP semantic conventions' names of the labels `series_labels` adds, for the
-/// OpenTelemetry exporters.
-const OTEL_ATTRIBUTES: &[(&str, &str)] = &[
-    ("http_request_method", "http.request.method"),
-    ("http_response_status_code", "http.response.status_code"),
-    ("http_route", "http.route"),
-    ("server_address", "server.address"),
-    ("server_port", "server.port"),
-    ("url_scheme", "url.scheme"),
-];
-
-fn series_labels(workloads: &Workloads, owner: &Owner, key: &Exchanges) -> Labels {
-    let mut labels = owner.labels(workloads);
-    labels.push(("http_request_method", key.method.clone()));
-    labels.push(("http_response_status_code", key.status.to_string()));
-    labels.push(("http_route", key.route.clone()));
-    if key.role == Role::Client {
-        labels.push(("server_address", key.server_address.clone()));
-    }
-    labels.push(("server_port", key.server_port.to_string()));
-    // The semantic conventions' url.scheme: TLS traffic keeps the same metric names.
-    labels.push((
-        "url_scheme",
-        if key.tls { "https" } else { "http" }.to_string(),
-    ));
-    labels
-}

@@ -1,0 +1,132 @@
+//! The http probe's metric families: names, OpenTelemetry names, units and labels.
+
+use std::time::SystemTime;
+
+use super::conn::Role;
+use super::Exchanges;
+use crate::enrich::Workloads;
+use crate::model::{ClassicHistogram, Family, Labels, MetricKind, Value};
+use crate::probes::kit::lifecycle::Owner;
+
+/// The HTTP semantic conventions' names of the labels `series_labels` adds, for the
+/// OpenTelemetry exporters.
+const OTEL_ATTRIBUTES: &[(&str, &str)] = &[
+    ("http_request_method", "http.request.method"),
+    ("http_response_status_code", "http.response.status_code"),
+    ("http_route", "http.route"),
+    ("server_address", "server.address"),
+    ("server_port", "server.port"),
+    ("url_scheme", "url.scheme"),
+];
+
+pub fn series_labels(workloads: &Workloads, owner: &Owner, key: &Exchanges) -> Labels {
+    let mut labels = owner.labels(workloads);
+    labels.push(("http_request_method", key.method.clone()));
+    labels.push(("http_response_status_code", key.status.to_string()));
+    labels.push(("http_route", key.route.clone()));
+    if key.role == Role::Client {
+        labels.push(("server_address", key.server_address.clone()));
+    }
+    labels.push(("server_port", key.server_port.to_string()));
+    // The semantic conventions' url.scheme: TLS traffic keeps the same metric names.
+    labels.push((
+        "url_scheme",
+        if key.tls { "https" } else { "http" }.to_string(),
+    ));
+    labels
+}
+
+/// One series' histograms.
+pub struct ExchangeValues {
+    pub duration: ClassicHistogram,
+    pub request_body: ClassicHistogram,
+    pub response_body: ClassicHistogram,
+}
+
+/// The duration and body-size families of servers and clients.
+pub struct HttpFamilies {
+    durations: [(Role, Family); 2],
+    /// Role, request (else response) body, family.
+    bodies: [(Role, bool, Family); 4],
+}
+
+impl HttpFamilies {
+    pub fn new() -> Self {
+        let histogram = |name, otel_name, help, unit| {
+            Family::new(name, help, MetricKind::Histogram)
+                .with_unit(unit)
+                .with_otel_name(otel_name)
+                .with_attributes(OTEL_ATTRIBUTES)
+        };
+        HttpFamilies {
+            durations: [
+                (Role::Server, histogram(
+                    "http_server_request_duration_seconds",
+                    "http.server.request.duration",
+                    "Duration of HTTP server requests, from the first byte read to the last byte of the response written.",
+                    "seconds",
+                )),
+                (Role::Client, histogram(
+                    "http_client_request_duration_seconds",
+                    "http.client.request.duration",
+                    "Duration of HTTP client requests, from the request written to the last byte of the response read.",
+                    "seconds",
+                )),
+            ],
+            bodies: [
+                (Role::Server, true, histogram(
+                    "http_server_request_body_size_bytes",
+                    "http.server.request.body.size",
+                    "Body sizes of HTTP server requests.",
+                    "bytes",
+                )),
+                (Role::Server, false, histogram(
+                    "http_server_response_body_size_bytes",
+                    "http.server.response.body.size",
+                    "Body sizes of HTTP server responses.",
+                    "bytes",
+                )),
+                (Role::Client, true, histogram(
+                    "http_client_request_body_size_bytes",
+                    "http.client.request.body.size",
+                    "Body sizes of HTTP client requests.",
+                    "bytes",
+                )),
+                (Role::Client, false, histogram(
+                    "http_client_response_body_size_bytes",
+                    "http.client.response.body.size",
+                    "Body sizes of HTTP client responses.",
+                    "bytes",
+                )),
+            ],
+        }
+    }
+
+    /// One series of `role`'s families.
+    pub fn push(&mut self, role: Role, labels: &Labels, values: ExchangeValues, created: SystemTime) {
+        let ExchangeValues {
+            duration,
+            request_body,
+            response_body,
+        } = values;
+        for (of, family) in &mut self.durations {
+            if *of == role {
+                family.push_created(labels.clone(), Value::Histogram(duration.clone()), created);
+            }
+        }
+        for (of, request, family) in &mut self.bodies {
+            if *of == role {
+                let hist = if *request { &request_body } else { &response_body };
+                family.push_created(labels.clone(), Value::Histogram(hist.clone()), created);
+            }
+        }
+    }
+
+    /// The families in their exposition order, `between` after the durations.
+    pub fn into_families(self, between: Family) -> Vec<Family> {
+        let mut families: Vec<Family> = self.durations.into_iter().map(|(_, f)| f).collect();
+        families.push(between);
+        families.extend(self.bodies.into_iter().map(|(_, _, f)| f));
+        families
+    }
+}
