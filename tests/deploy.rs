@@ -396,14 +396,19 @@ fn prometheus_finds_the_agents_through_the_headless_service() {
     assert_eq!(spec["ports"][0]["port"].as_i64(), Some(9101));
     let monitor = yaml_documents("deploy/kubernetes/servicemonitor.yaml");
     let monitor = kind_named(&monitor, "ServiceMonitor");
-    assert_eq!(
-        monitor["spec"]["selector"]["matchLabels"],
-        kind_named(&service, "Service")["metadata"]["labels"]
+    let selector = &monitor["spec"]["selector"]["matchLabels"];
+    assert!(
+        selector
+            .as_mapping()
+            .is_some_and(|labels| !labels.is_empty()),
+        "the monitor selects by labels: {selector:?}"
     );
     assert_eq!(
-        monitor["spec"]["endpoints"][0]["port"].as_str(),
-        spec["ports"][0]["name"].as_str()
+        selector,
+        &kind_named(&service, "Service")["metadata"]["labels"]
     );
+    let port = spec["ports"][0]["name"].as_str().expect("a named port");
+    assert_eq!(monitor["spec"]["endpoints"][0]["port"].as_str(), Some(port));
 }
 
 #[test]

@@ -515,6 +515,11 @@ fn a_dead_backend_costs_bounded_memory_counted_drops_and_delivery_resumes() {
         m.one("periscope_spans_queued_total", &otlp) == DOWN as f64 && accounted(m) == DOWN as f64
     });
     assert_eq!(
+        metrics.one("periscope_spans_queued_total", &otlp),
+        DOWN as f64
+    );
+    assert_eq!(accounted(&metrics), DOWN as f64, "every span accounted for");
+    assert_eq!(
         metrics.one("periscope_exporter_spans_sent_total", &otlp),
         0.0
     );
@@ -529,6 +534,11 @@ fn a_dead_backend_costs_bounded_memory_counted_drops_and_delivery_resumes() {
         server_spans(&receiver.received, pid).len() as u64 >= UP
     });
     let metrics = common::eventually(&agent, |m| accounted(m) == (DOWN + UP) as f64);
+    assert_eq!(
+        accounted(&metrics),
+        (DOWN + UP) as f64,
+        "every span accounted for"
+    );
     let spans = server_spans(&receiver.received, pid);
     assert_eq!(
         spans.len() as u64,

@@ -700,6 +700,10 @@ fn a_full_connection_table_refuses_new_connections_and_counts_them() {
             && m.one("periscope_bpf_map_entries", &table) < capacity as f64
     });
     assert_eq!(value(&m, "tcp_active_connections", &outbound), 0.0);
+    assert!(
+        m.one("periscope_bpf_map_entries", &table) < capacity as f64,
+        "closed connections gave their entries back"
+    );
 }
 
 #[test]

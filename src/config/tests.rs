@@ -66,9 +66,13 @@ fn zero_cap_is_refused() {
 
 #[test]
 fn bad_yaml_names_the_line() {
+    // A key indented out of its mapping: the parser stops where it stands.
+    let text = error_text("probes:\n  syscalls:\n    enabled: true\n   max_series: 3\n");
+    assert!(text.starts_with("periscope.yaml:4:4:"), "{text}");
+    assert!(text.contains("did not find expected key"), "{text}");
+    // An unclosed list read as the section it replaces: the list's line and column.
     let text = error_text("probes:\n  syscalls: [\n    enabled: true\n");
-    assert!(text.starts_with("periscope.yaml:"), "{text}");
-    assert!(text.contains(':'), "{text}");
+    assert!(text.starts_with("periscope.yaml:2:13:"), "{text}");
 }
 
 #[test]

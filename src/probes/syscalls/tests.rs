@@ -21,6 +21,7 @@ fn overflow_and_exited_series_have_no_pid_label() {
     let workloads = Workloads::default();
     let none = Workload::default();
     let labels = workloads.process_labels(None, OVERFLOW_NAME, &none);
+    assert!(labels.contains(&("process_executable_name", OVERFLOW_NAME.to_string())));
     assert!(labels.iter().all(|(name, _)| *name != "process_pid"));
     let labels = workloads.process_labels(Some(7), "nginx", &none);
     assert_eq!(labels[0], ("process_pid", "7".to_string()));
