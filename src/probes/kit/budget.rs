@@ -20,7 +20,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::rc::Rc;
 
 use super::idle::Accumulate;
-use super::lifecycle::Owner;
+use super::owner::Owner;
 use crate::probes::util::MapFill;
 
 /// Samples a counter series costs: its value and its `_created`.

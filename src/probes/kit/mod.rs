@@ -3,6 +3,7 @@
 pub mod budget;
 pub mod idle;
 pub mod lifecycle;
+pub mod owner;
 pub mod programs;
 pub mod spans;
 
