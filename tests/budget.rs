@@ -9,7 +9,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-use common::{have_root, kernel_lock, Agent, TempDir};
+use common::{compile_static_c, have_root, kernel_lock, Agent, TempDir};
 
 /// Makes syscalls that depend on its index, calls personality(query) `index % 5 + 1`
 /// times (a syscall nothing else on the machine makes), then stays asleep if asked.
@@ -66,17 +66,7 @@ fn personality_calls(index: usize) -> usize {
 }
 
 fn compile(dir: &Path) -> PathBuf {
-    let source = dir.join("load.c");
-    std::fs::write(&source, LOAD_PROGRAM).expect("write the load program");
-    let binary = dir.join("load");
-    let status = Command::new("clang-19")
-        .args(["-O2", "-static", "-o"])
-        .arg(&binary)
-        .arg(&source)
-        .status()
-        .expect("run clang-19 (scripts/setup.sh installs it)");
-    assert!(status.success(), "compiling the load program failed");
-    binary
+    compile_static_c(dir, "load", LOAD_PROGRAM)
 }
 
 /// The program under another executable name (a hard link: the kernel names a

@@ -21,6 +21,22 @@ pub fn kernel_lock() -> MutexGuard<'static, ()> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// Compiles a static C program `source` into `dir/name` with clang-19 (which
+/// scripts/setup.sh installs), for workloads whose syscalls and sleeps a test counts.
+pub fn compile_static_c(dir: &Path, name: &str, source: &str) -> PathBuf {
+    let source_path = dir.join(format!("{name}.c"));
+    std::fs::write(&source_path, source).expect("write the C source");
+    let binary = dir.join(name);
+    let status = Command::new("clang-19")
+        .args(["-O2", "-static", "-o"])
+        .arg(&binary)
+        .arg(&source_path)
+        .status()
+        .expect("run clang-19 (scripts/setup.sh installs it)");
+    assert!(status.success(), "compiling {name} failed");
+    binary
+}
+
 /// True when the test can load BPF programs. Under CI=true a missing privilege fails the
 /// test; elsewhere the test is skipped with a loud message.
 pub fn have_root(test: &str) -> bool {

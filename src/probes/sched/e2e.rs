@@ -22,7 +22,7 @@ use std::process::Command;
 use std::sync::MutexGuard;
 use std::time::{Duration, Instant};
 
-use crate::common::{eventually, have_root, kernel_lock, Agent, Metrics, TempDir};
+use crate::common::{compile_static_c, eventually, have_root, kernel_lock, Agent, Metrics, TempDir};
 
 const COUNT: &str = "sched_runqueue_latency_seconds_count";
 const SUM: &str = "sched_runqueue_latency_seconds_sum";
@@ -37,9 +37,9 @@ fn config(extra: &str) -> String {
 /// A static C program that sleeps a millisecond as many times as its argument says and
 /// prints how many times a CPU took it up meanwhile.
 fn build_sleeper(dir: &Path) -> PathBuf {
-    let source = dir.join("sleeper.c");
-    std::fs::write(
-        &source,
+    compile_static_c(
+        dir,
+        "sleeper",
         "#include <stdio.h>\n#include <stdlib.h>\n#include <time.h>\n\
          static unsigned long long arrivals(void) {\n\
            unsigned long long run, wait, count = 0;\n\
@@ -54,16 +54,6 @@ fn build_sleeper(dir: &Path) -> PathBuf {
            printf(\"%llu\\n\", arrivals() - before);\n\
            return 0;\n}\n",
     )
-    .expect("write the sleeper's source");
-    let binary = dir.join("sleeper");
-    let status = Command::new("clang-19")
-        .args(["-O2", "-static", "-o"])
-        .arg(&binary)
-        .arg(&source)
-        .status()
-        .expect("run clang-19 (scripts/setup.sh installs it)");
-    assert!(status.success(), "compiling the sleeper failed");
-    binary
 }
 
 /// What every test starts from: the kernel to itself, and the sleeper built in a folder
