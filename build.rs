@@ -1,5 +1,6 @@
 //! Compiles every `src/probes/<name>/<name>.bpf.c` (and the benchmark floor in
-//! `src/kernel/floor/`, the feature checks in `src/kernel/features/`) into a libbpf
+//! `src/kernel/floor/`, the feature checks in `src/kernel/features/`, the shared headers'
+//! constants in `src/model/layout/`) into a libbpf
 //! skeleton in `OUT_DIR`, and lists every probe's end-to-end tests
 //! (`src/probes/<name>/e2e.rs`) for `tests/probes.rs`, so that a probe's tests live in
 //! its folder.
@@ -32,6 +33,7 @@ fn main() {
     write_e2e_list(&program_dirs, &out_dir.join("probe_e2e.rs"));
     program_dirs.push(PathBuf::from("src/kernel/floor"));
     program_dirs.push(PathBuf::from("src/kernel/features"));
+    program_dirs.push(PathBuf::from("src/model/layout"));
     for probe_dir in program_dirs {
         let name = probe_dir
             .file_name()

@@ -7,12 +7,15 @@
  *   [(4 + s) << (e - 2), ((5 + s) << (e - 2)) - 1]   with e = i / 4 + 1, s = i % 4
  * and is at most a quarter as wide as its lower bound. The last bucket also
  * takes every larger value. User space (src/model/histogram.rs) holds the
- * inverse of this function; the two must change together.
+ * inverse of this function, with the constants below from the skeleton.
  */
 #pragma once
 
-#define PSC_HIST_SUB_BITS 2
-#define PSC_HIST_BUCKETS 148 /* e up to 37: 2^37 ns is about 137 s */
+/* An enum, not macros: user space takes the values from the skeleton (src/model/layout). */
+enum psc_hist_layout {
+	PSC_HIST_SUB_BITS = 2,
+	PSC_HIST_BUCKETS = 148, /* e up to 37: 2^37 ns is about 137 s */
+};
 
 struct psc_hist {
 	__u64 sum;

@@ -76,7 +76,9 @@ static __always_inline void psc_current_process(struct psc_process *out)
  * old process's. A shift, not a division by the 10 ms clock tick: user space matches it
  * against the start tick in /proc/PID/stat.
  */
-#define PSC_GENERATION_SHIFT 24
+enum psc_process_layout {
+	PSC_GENERATION_SHIFT = 24,
+};
 
 struct psc_process_key {
 	__u32 tgid;

@@ -18,11 +18,14 @@
 #include <bpf/bpf_helpers.h>
 #include "periscope.h"
 
-#define PSC_TENANT_DROPPED 0xffffffffu
-/* Tenant slots at most: 63 tenants and slot 0, the processes of none. */
-#define PSC_MAX_TENANT_SLOTS 64
-/* Keyed maps a program shares between tenants, at most. */
-#define PSC_TENANT_MAPS 4
+enum psc_tenant_layout {
+	/* The slot of a dropped tenant's cgroups. */
+	PSC_TENANT_DROPPED = 0xffffffffu,
+	/* Tenant slots at most: 63 tenants and slot 0, the processes of none. */
+	PSC_MAX_TENANT_SLOTS = 64,
+	/* Keyed maps a program shares between tenants, at most. */
+	PSC_TENANT_MAPS = 4,
+};
 
 /* Set by user space before load. */
 const volatile __u8 filter_cgroups = 0;

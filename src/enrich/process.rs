@@ -74,7 +74,7 @@ pub fn generation_of_pid(pid: u32) -> Option<u16> {
 }
 
 /// PSC_GENERATION_SHIFT (bpf/process.h).
-pub const GENERATION_SHIFT: u32 = 24;
+pub const GENERATION_SHIFT: u32 = crate::model::layout::GENERATION_SHIFT;
 
 /// Processes keyed by pid (tgid), or by pid and generation. Entries leave when their
 /// probe expires them.

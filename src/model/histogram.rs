@@ -8,10 +8,10 @@
 //! reported one boundary too high only when it lies within a quarter (the widest relative
 //! width of a kernel bucket) below a boundary. `_count` and `_sum` are always exact.
 
-/// Must equal `PSC_HIST_SUB_BITS` in `bpf/histogram.h`.
-pub const SUB_BITS: u32 = 2;
-/// Must equal `PSC_HIST_BUCKETS` in `bpf/histogram.h`.
-pub const BUCKETS: usize = 148;
+/// `PSC_HIST_SUB_BITS` of `bpf/histogram.h`.
+pub const SUB_BITS: u32 = super::layout::HIST_SUB_BITS;
+/// `PSC_HIST_BUCKETS` of `bpf/histogram.h`.
+pub const BUCKETS: usize = super::layout::HIST_BUCKETS;
 
 const SUB: u64 = 1 << SUB_BITS;
 

@@ -6,6 +6,7 @@
 pub mod agent_labels;
 pub mod connections;
 pub mod histogram;
+pub mod layout;
 pub mod span;
 
 use std::time::SystemTime;

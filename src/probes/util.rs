@@ -313,9 +313,8 @@ impl CgroupTenants {
     }
 }
 
-/// PSC_TENANT_MAPS of bpf/tenants.h: each probe that shares maps among tenants checks
-/// it against its object's `tenant_share` at compile time (`field_len`).
-pub const TENANT_MAPS: u32 = 4;
+/// PSC_TENANT_MAPS of bpf/tenants.h.
+pub use crate::model::layout::TENANT_MAPS;
 
 /// The user-space side of the tenants' shares of a program's keyed maps
 /// (`tenant_added`, `tenant_base` in bpf/tenants.h): before each read of the maps it

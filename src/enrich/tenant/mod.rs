@@ -25,11 +25,11 @@ const PROCESS_LABELS: &[&str] = &[
     "k8s_container_name",
 ];
 
-/// Tenants the BPF programs tell apart (bpf/tenants.h), at most, with slot 0 for the
-/// processes of no tenant: must equal PSC_MAX_TENANT_SLOTS.
-pub const MAX_TENANT_SLOTS: u32 = 64;
+/// Tenants the BPF programs tell apart (PSC_MAX_TENANT_SLOTS of bpf/tenants.h), at
+/// most, with slot 0 for the processes of no tenant.
+pub use crate::model::layout::MAX_TENANT_SLOTS;
 /// What a cgroup's entry in a program's `cgroup_tenants` says of a dropped tenant.
-pub const DROPPED_SLOT: u32 = u32::MAX;
+pub const DROPPED_SLOT: u32 = crate::model::layout::TENANT_DROPPED;
 
 /// The slot of each kept tenant in the BPF programs' per-tenant shares and overflow
 /// series: 1 and up, by name; slot 0 is the processes of no tenant.

@@ -53,10 +53,6 @@ util::plain_types!(
 
 /// PSC_MAX_SYSCALLS of bpf/periscope.h, which sizes the object's `latency_index`.
 const MAX_SYSCALLS: u32 = util::field_len(|r: &types::rodata| &r.latency_index) as u32;
-const _: () = assert!(
-    util::TENANT_MAPS as usize == util::field_len(|r: &types::rodata| &r.tenant_share),
-    "bpf/tenants.h and util::TENANT_MAPS disagree"
-);
 /// Label value of the series data folds into when a map is full.
 pub use crate::model::OVERFLOW as OVERFLOW_NAME;
 

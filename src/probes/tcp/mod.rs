@@ -26,11 +26,6 @@ use config::TcpConfig;
 use families::TcpFamilies;
 use policy::{LiveRow, Peer, Policy, Rows};
 
-const _: () = assert!(
-    util::TENANT_MAPS as usize == util::field_len(|r: &types::rodata| &r.tenant_share),
-    "bpf/tenants.h and util::TENANT_MAPS disagree"
-);
-
 /// An exited process's owner and series, to fold.
 type ExitedProcess = (Owner, Vec<(Peer, Stats)>);
 
