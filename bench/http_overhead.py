@@ -23,7 +23,8 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PERISCOPE = os.path.join(ROOT, "target", "release", "periscope")
+# PERISCOPE_BENCH_BINARY runs another build of the agent, say an earlier commit's, against this one.
+PERISCOPE = os.environ.get("PERISCOPE_BENCH_BINARY") or os.path.join(ROOT, "target", "release", "periscope")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
