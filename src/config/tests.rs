@@ -34,127 +34,94 @@ fn partial_file_keeps_other_defaults() {
     assert_eq!(config.prometheus, PrometheusConfig::default());
 }
 
+/// Each refused setting: its YAML, where the error must say it stands, and what else the
+/// message must hold (the key, the rule or the valid values).
 #[test]
-fn unknown_key_names_file_line_key_and_valid_keys() {
-    let text = error_text("probes:\n  syscalls:\n    enabled: true\n    max_seriess: 8\n");
-    assert!(text.starts_with("periscope.yaml:4:"), "{text}");
-    assert!(text.contains("key `probes.syscalls.max_seriess`"), "{text}");
-    assert!(text.contains("expected one of"), "{text}");
-    assert!(text.contains("`max_series`"), "{text}");
-}
-
-#[test]
-fn wrong_type_names_line_and_key() {
-    let text = error_text(
-        "prometheus:\n  listen_address: \"0.0.0.0:9101\"\nprocesses:\n  pid_label: maybe\n",
-    );
-    assert!(text.starts_with("periscope.yaml:4:"), "{text}");
-    assert!(text.contains("key `processes.pid_label`"), "{text}");
-    assert!(text.contains("expected a boolean"), "{text}");
-}
-
-#[test]
-fn zero_cap_is_refused() {
-    let text = error_text("probes:\n  process:\n    max_executables: 0\n");
-    assert!(text.contains("periscope.yaml:3:"), "{text}");
-    assert!(
-        text.contains("key `probes.process.max_executables`"),
-        "{text}"
-    );
-    assert!(text.contains("nonzero"), "{text}");
-}
-
-#[test]
-fn bad_yaml_names_the_line() {
-    // A key indented out of its mapping: the parser stops where it stands.
-    let text = error_text("probes:\n  syscalls:\n    enabled: true\n   max_series: 3\n");
-    assert!(text.starts_with("periscope.yaml:4:4:"), "{text}");
-    assert!(text.contains("did not find expected key"), "{text}");
-    // An unclosed list read as the section it replaces: the list's line and column.
-    let text = error_text("probes:\n  syscalls: [\n    enabled: true\n");
-    assert!(text.starts_with("periscope.yaml:2:13:"), "{text}");
-}
-
-#[test]
-fn unknown_syscall_is_refused_with_a_hint() {
-    let text = error_text("probes:\n  syscalls:\n    latency_syscalls: [read, reed]\n");
-    assert!(text.contains("periscope.yaml:3:"), "{text}");
-    assert!(text.contains("probes.syscalls.latency_syscalls"), "{text}");
-    assert!(text.contains("unknown syscall `reed`"), "{text}");
-}
-
-#[test]
-fn buckets_must_increase() {
-    let text = error_text(
-        "probes:\n  syscalls:\n    enabled: true\n    duration_buckets_seconds: [0.1, 0.05]\n",
-    );
-    assert!(text.starts_with("periscope.yaml:4"), "{text}");
-    assert!(text.contains("must increase strictly"), "{text}");
-    assert!(text.contains("duration_buckets_seconds"), "{text}");
-}
-
-#[test]
-fn long_executable_name_is_refused() {
-    let text =
-        error_text("probes:\n  syscalls:\n    include_executables: [averyveryverylongname]\n");
-    assert!(text.contains("1 to 15 bytes"), "{text}");
-}
-
-#[test]
-fn bad_listen_address_is_refused() {
-    let text = error_text("prometheus:\n  listen_address: \"nowhere\"\n");
-    assert!(text.contains("prometheus.listen_address"), "{text}");
-}
-
-#[test]
-fn stats_period_must_exceed_sample() {
-    let text = error_text("self_metrics:\n  bpf_stats: sampled\n  bpf_stats_sample_secs: 10\n  bpf_stats_period_secs: 10\n");
-    assert!(text.starts_with("periscope.yaml:4"), "{text}");
-    assert!(
-        text.contains("key `self_metrics.bpf_stats_period_secs`"),
-        "{text}"
-    );
-}
-
-#[test]
-fn stats_mode_names_its_valid_values() {
-    let text = error_text("self_metrics:\n  bpf_stats: sometimes\n");
-    assert!(text.starts_with("periscope.yaml:2:"), "{text}");
-    assert!(text.contains("`always`, `sampled`"), "{text}");
-}
-
-#[test]
-fn too_many_selected_pids_are_refused() {
-    let pids: Vec<String> = (1..=1025).map(|p| p.to_string()).collect();
-    let text = error_text(&format!(
+fn refused_settings_name_their_line_key_and_rule() {
+    let too_many_pids: Vec<String> = (1..=1025).map(|p| p.to_string()).collect();
+    let too_many_pids = format!(
         "probes:\n  syscalls:\n    include_pids: [{}]\n",
-        pids.join(", ")
-    ));
-    assert!(text.starts_with("periscope.yaml:3"), "{text}");
-    assert!(text.contains("at most 1024"), "{text}");
-}
-
-#[test]
-fn latency_window_must_fit_its_period() {
-    let text = error_text("probes:\n  syscalls:\n    latency_sample_secs: 0\n");
-    assert!(text.starts_with("periscope.yaml:3"), "{text}");
-    assert!(
-        text.contains("key `probes.syscalls.latency_sample_secs`"),
-        "{text}"
+        too_many_pids.join(", ")
     );
-    // Always-on timing ignores the window.
+    let cases: &[(&str, &str, &[&str])] = &[
+        (
+            "probes:\n  syscalls:\n    enabled: true\n    max_seriess: 8\n",
+            "periscope.yaml:4:",
+            &["key `probes.syscalls.max_seriess`", "expected one of", "`max_series`"],
+        ),
+        (
+            "prometheus:\n  listen_address: \"0.0.0.0:9101\"\nprocesses:\n  pid_label: maybe\n",
+            "periscope.yaml:4:",
+            &["key `processes.pid_label`", "expected a boolean"],
+        ),
+        (
+            "probes:\n  process:\n    max_executables: 0\n",
+            "periscope.yaml:3:",
+            &["key `probes.process.max_executables`", "nonzero"],
+        ),
+        // A key indented out of its mapping: the parser stops where it stands.
+        (
+            "probes:\n  syscalls:\n    enabled: true\n   max_series: 3\n",
+            "periscope.yaml:4:4:",
+            &["did not find expected key"],
+        ),
+        // An unclosed list read as the section it replaces: the list's line and column.
+        ("probes:\n  syscalls: [\n    enabled: true\n", "periscope.yaml:2:13:", &[]),
+        (
+            "probes:\n  syscalls:\n    latency_syscalls: [read, reed]\n",
+            "periscope.yaml:3:",
+            &["probes.syscalls.latency_syscalls", "unknown syscall `reed`"],
+        ),
+        (
+            "probes:\n  syscalls:\n    enabled: true\n    duration_buckets_seconds: [0.1, 0.05]\n",
+            "periscope.yaml:4",
+            &["must increase strictly", "duration_buckets_seconds"],
+        ),
+        (
+            "probes:\n  syscalls:\n    include_executables: [averyveryverylongname]\n",
+            "periscope.yaml:3",
+            &["1 to 15 bytes"],
+        ),
+        (
+            "prometheus:\n  listen_address: \"nowhere\"\n",
+            "periscope.yaml:2",
+            &["prometheus.listen_address"],
+        ),
+        (
+            "self_metrics:\n  bpf_stats: sampled\n  bpf_stats_sample_secs: 10\n  bpf_stats_period_secs: 10\n",
+            "periscope.yaml:4",
+            &["key `self_metrics.bpf_stats_period_secs`"],
+        ),
+        (
+            "self_metrics:\n  bpf_stats: sometimes\n",
+            "periscope.yaml:2:",
+            &["`always`, `sampled`"],
+        ),
+        (&too_many_pids, "periscope.yaml:3", &["at most 1024"]),
+        (
+            "probes:\n  syscalls:\n    latency_sample_secs: 0\n",
+            "periscope.yaml:3",
+            &["key `probes.syscalls.latency_sample_secs`"],
+        ),
+        (
+            "probes:\n  syscalls:\n    per_cpu_slots: 1000\n",
+            "periscope.yaml:3",
+            &["power of two"],
+        ),
+    ];
+    for (yaml, at, says) in cases {
+        let text = error_text(yaml);
+        assert!(text.starts_with(at), "{yaml:.60}: {text}");
+        for fragment in *says {
+            assert!(text.contains(fragment), "{yaml:.60}: {text}");
+        }
+    }
+    // Always-on timing ignores the latency window.
     Config::from_yaml(
         "x",
         "probes:\n  syscalls:\n    latency_sampling: always\n    latency_sample_secs: 0\n",
     )
     .expect("valid");
-}
-
-#[test]
-fn per_cpu_slots_must_be_a_power_of_two() {
-    let text = error_text("probes:\n  syscalls:\n    per_cpu_slots: 1000\n");
-    assert!(text.starts_with("periscope.yaml:3"), "{text}");
-    assert!(text.contains("power of two"), "{text}");
 }
 
 #[test]

@@ -331,82 +331,53 @@ mod tests {
         })
     }
 
-    #[test]
-    fn docker_layouts() {
-        assert_eq!(
-            container_of(&format!("/docker/{ID}")),
-            container(Runtime::Docker, false)
-        );
-        assert_eq!(
-            container_of(&format!("/system.slice/docker-{ID}.scope")),
-            container(Runtime::Docker, false)
-        );
+    /// Each runtime's cgroup layouts, as (path with `{uid}` and `{id}` to fill, runtime, whether
+    /// the path names a pod).
+    const LAYOUTS: &[(&str, Runtime, bool)] = &[
+        ("/docker/{id}", Runtime::Docker, false),
+        ("/system.slice/docker-{id}.scope", Runtime::Docker, false),
         // systemd inside the container makes cgroups of its own below.
-        assert_eq!(
-            container_of(&format!("/system.slice/docker-{ID}.scope/init.scope")),
-            container(Runtime::Docker, false)
-        );
-    }
-
-    #[test]
-    fn kubernetes_cgroupfs_layouts() {
-        assert_eq!(
-            container_of(&format!("/kubepods/burstable/pod{UID}/{ID}")),
-            container(Runtime::Kubernetes, true)
-        );
+        ("/system.slice/docker-{id}.scope/init.scope", Runtime::Docker, false),
+        ("/kubepods/burstable/pod{uid}/{id}", Runtime::Kubernetes, true),
         // Guaranteed pods have no QoS level.
-        assert_eq!(
-            container_of(&format!("/kubepods/pod{UID}/{ID}")),
-            container(Runtime::Kubernetes, true)
-        );
-    }
+        ("/kubepods/pod{uid}/{id}", Runtime::Kubernetes, true),
+        // The systemd driver writes the pod's uid with underscores.
+        (
+            "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{uid_}.slice/cri-containerd-{id}.scope",
+            Runtime::Containerd,
+            true,
+        ),
+        ("/kubepods.slice/kubepods-pod{uid_}.slice/crio-{id}.scope", Runtime::CriO, true),
+        (
+            "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{uid_}.slice/docker-{id}.scope",
+            Runtime::Docker,
+            true,
+        ),
+        ("/machine.slice/crio-{id}.scope", Runtime::CriO, false),
+        (
+            "/user.slice/user-1000.slice/user@1000.service/user.slice/libpod-{id}.scope/container",
+            Runtime::Podman,
+            false,
+        ),
+        ("/libpod_parent/libpod-{id}", Runtime::Podman, false),
+    ];
 
     #[test]
-    fn kubernetes_systemd_layouts() {
-        let uid = UID.replace('-', "_");
-        assert_eq!(
-            container_of(&format!(
-                "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{uid}.slice/cri-containerd-{ID}.scope"
-            )),
-            container(Runtime::Containerd, true)
-        );
-        assert_eq!(
-            container_of(&format!(
-                "/kubepods.slice/kubepods-pod{uid}.slice/crio-{ID}.scope"
-            )),
-            container(Runtime::CriO, true)
-        );
-        assert_eq!(
-            container_of(&format!(
-                "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{uid}.slice/docker-{ID}.scope"
-            )),
-            container(Runtime::Docker, true)
-        );
-    }
-
-    #[test]
-    fn crio_and_podman_layouts() {
-        assert_eq!(
-            container_of(&format!("/machine.slice/crio-{ID}.scope")),
-            container(Runtime::CriO, false)
-        );
-        assert_eq!(
-            container_of(&format!("/user.slice/user-1000.slice/user@1000.service/user.slice/libpod-{ID}.scope/container")),
-            container(Runtime::Podman, false)
-        );
-        assert_eq!(
-            container_of(&format!("/libpod_parent/libpod-{ID}")),
-            container(Runtime::Podman, false)
-        );
+    fn every_runtime_layout_names_its_container() {
+        for (layout, runtime, pod) in LAYOUTS {
+            let path = layout
+                .replace("{uid_}", &UID.replace('-', "_"))
+                .replace("{uid}", UID)
+                .replace("{id}", ID);
+            assert_eq!(container_of(&path), container(*runtime, *pod), "{path}");
+        }
         // The runtimes' monitors are not the container.
-        assert_eq!(
-            container_of(&format!("/machine.slice/libpod-conmon-{ID}.scope")),
-            None
-        );
-        assert_eq!(
-            container_of(&format!("/machine.slice/crio-conmon-{ID}.scope")),
-            None
-        );
+        for monitor in ["libpod-conmon", "crio-conmon"] {
+            assert_eq!(
+                container_of(&format!("/machine.slice/{monitor}-{ID}.scope")),
+                None
+            );
+        }
     }
 
     #[test]

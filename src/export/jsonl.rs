@@ -395,24 +395,11 @@ mod tests {
 
     #[test]
     fn a_spans_resource_names_the_agents_labels_as_the_conventions_do() {
-        let span = Span {
-            trace_id: [1; 16],
-            span_id: [2; 8],
-            parent_span_id: None,
-            trace_state: String::new(),
-            kind: SpanKind::Client,
-            name: "GET".into(),
-            start_unix_ns: 1,
-            end_unix_ns: 2,
-            error: false,
-            attributes: Vec::new(),
-            resource: crate::model::span::SpanResource {
-                pid: 7,
-                executable_name: "curl".into(),
-                service_name: "web".into(),
-                workload: vec![("k8s_pod_uid", "u".into()), ("tenant", "t".into())],
-            },
-        };
+        let span = Span::example(
+            SpanKind::Client,
+            "curl",
+            vec![("k8s_pod_uid", "u".into()), ("tenant", "t".into())],
+        );
         let json = span_json(&span, "h");
         let resource = json["resource"].as_object().expect("an object");
         let mut keys: Vec<&str> = resource.keys().map(String::as_str).collect();

@@ -45,6 +45,32 @@ pub struct Span {
     pub resource: SpanResource,
 }
 
+#[cfg(test)]
+impl Span {
+    /// A one-nanosecond `GET` span of a process with pid 7 named `executable`, in
+    /// service `web`, with the given workload labels: what exporters' tests encode.
+    pub fn example(kind: SpanKind, executable: &str, workload: crate::model::Labels) -> Span {
+        Span {
+            trace_id: [1; 16],
+            span_id: [2; 8],
+            parent_span_id: None,
+            trace_state: String::new(),
+            kind,
+            name: "GET".into(),
+            start_unix_ns: 1,
+            end_unix_ns: 2,
+            error: false,
+            attributes: Vec::new(),
+            resource: SpanResource {
+                pid: 7,
+                executable_name: executable.into(),
+                service_name: "web".into(),
+                workload,
+            },
+        }
+    }
+}
+
 /// A span's place in its trace.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SpanContext {

@@ -220,7 +220,6 @@ pub fn metrics_request(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::span::SpanResource;
     use crate::model::ClassicHistogram;
 
     fn keys(attributes: &[KeyValue]) -> Vec<&str> {
@@ -277,28 +276,15 @@ mod tests {
 
     #[test]
     fn span_resources_name_the_workload_as_the_resource_conventions_do() {
-        let span = Span {
-            trace_id: [1; 16],
-            span_id: [2; 8],
-            parent_span_id: None,
-            trace_state: String::new(),
-            kind: SpanKind::Server,
-            name: "GET".into(),
-            start_unix_ns: 1,
-            end_unix_ns: 2,
-            error: false,
-            attributes: Vec::new(),
-            resource: SpanResource {
-                pid: 7,
-                executable_name: "nginx".into(),
-                service_name: "web".into(),
-                workload: vec![
-                    ("container_id", "c".into()),
-                    ("k8s_namespace_name", "shop".into()),
-                    ("tenant", "t".into()),
-                ],
-            },
-        };
+        let span = Span::example(
+            SpanKind::Server,
+            "nginx",
+            vec![
+                ("container_id", "c".into()),
+                ("k8s_namespace_name", "shop".into()),
+                ("tenant", "t".into()),
+            ],
+        );
         let request = traces_request(&[span], &[KeyValue::string("host.name", "h")]);
         let resource = request.resource_spans[0]
             .resource

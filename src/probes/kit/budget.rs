@@ -248,6 +248,18 @@ mod tests {
         Owner::overflow(None)
     }
 
+    /// One collection of `probe`: the series it exports of `input`, each owner's series
+    /// costing one sample.
+    fn collect(
+        probe: &mut ProbeBudget,
+        input: BTreeMap<(Owner, u32), u64>,
+    ) -> BTreeMap<(Owner, u32), u64> {
+        probe.begin();
+        let out = probe.admit(input, over, |_, _| 1);
+        probe.finish();
+        out
+    }
+
     fn total(rows: &BTreeMap<(Owner, u32), u64>) -> u64 {
         rows.values().sum()
     }
@@ -256,9 +268,7 @@ mod tests {
     fn owners_beyond_the_budget_fold_into_overflow_with_exact_totals() {
         let budget = SeriesBudget::new(4);
         let mut probe = budget.for_probe("p");
-        probe.begin();
-        let out = probe.admit(rows(&[(1, 10), (2, 20), (3, 30)]), over, |_, _| 1);
-        probe.finish();
+        let out = collect(&mut probe, rows(&[(1, 10), (2, 20), (3, 30)]));
         assert_eq!(out[&(owner(1), 1)], 10);
         assert_eq!(out[&(owner(2), 2)], 20);
         assert_eq!(out[&(Owner::overflow(None), 1)], 30);
@@ -273,20 +283,14 @@ mod tests {
     fn decisions_hold_while_the_owner_is_exported() {
         let budget = SeriesBudget::new(4);
         let mut probe = budget.for_probe("p");
-        probe.begin();
-        probe.admit(rows(&[(1, 1), (2, 1), (3, 1)]), over, |_, _| 1);
-        probe.finish();
+        collect(&mut probe, rows(&[(1, 1), (2, 1), (3, 1)]));
         // Owner 1 is gone, yet owner 3 stays in overflow while it is exported.
-        probe.begin();
-        let out = probe.admit(rows(&[(2, 2), (3, 2)]), over, |_, _| 1);
-        probe.finish();
+        let out = collect(&mut probe, rows(&[(2, 2), (3, 2)]));
         assert!(out.contains_key(&(owner(2), 1)));
         assert!(out.contains_key(&(Owner::overflow(None), 1)));
         assert!(!out.contains_key(&(owner(3), 1)));
         // A newcomer takes the room owner 1 left.
-        probe.begin();
-        let out = probe.admit(rows(&[(2, 3), (3, 3), (4, 1)]), over, |_, _| 1);
-        probe.finish();
+        let out = collect(&mut probe, rows(&[(2, 3), (3, 3), (4, 1)]));
         assert!(out.contains_key(&(owner(4), 1)));
         assert!(!out.contains_key(&(owner(3), 1)));
     }
@@ -295,14 +299,10 @@ mod tests {
     fn an_admitted_owner_keeps_its_series_as_they_grow() {
         let budget = SeriesBudget::new(2);
         let mut probe = budget.for_probe("p");
-        probe.begin();
-        probe.admit(rows(&[(1, 1)]), over, |_, _| 1);
-        probe.finish();
-        probe.begin();
+        collect(&mut probe, rows(&[(1, 1)]));
         let mut grown = rows(&[(1, 2)]);
         grown.insert((owner(1), 3), 1);
-        let out = probe.admit(grown, over, |_, _| 1);
-        probe.finish();
+        let out = collect(&mut probe, grown);
         assert_eq!(out.len(), 3, "no series of owner 1 moves");
         assert_eq!(probe.fill().entries, 3);
     }
@@ -312,12 +312,8 @@ mod tests {
         let budget = SeriesBudget::new(4);
         let mut first = budget.for_probe("first");
         let mut second = budget.for_probe("second");
-        first.begin();
-        first.admit(rows(&[(1, 1)]), over, |_, _| 1);
-        first.finish();
-        second.begin();
-        let out = second.admit(rows(&[(2, 1), (3, 1)]), over, |_, _| 1);
-        second.finish();
+        collect(&mut first, rows(&[(1, 1)]));
+        let out = collect(&mut second, rows(&[(2, 1), (3, 1)]));
         assert!(out.contains_key(&(owner(2), 1)));
         assert!(second.overflowed(&owner(3)));
     }
@@ -326,11 +322,9 @@ mod tests {
     fn overflow_series_are_always_exported() {
         let budget = SeriesBudget::new(0);
         let mut probe = budget.for_probe("p");
-        probe.begin();
         let mut input = BTreeMap::new();
         input.insert((Owner::overflow(None), 1u32), 5u64);
-        let out = probe.admit(input, over, |_, _| 1);
-        probe.finish();
+        let out = collect(&mut probe, input);
         assert_eq!(out[&(Owner::overflow(None), 1)], 5);
         assert_eq!(probe.refused(), 0);
     }
@@ -342,14 +336,10 @@ mod tests {
         let mut quiet = budget.for_probe("quiet");
         // Two probes: each may always fill 2; the busy one takes what the quiet one's
         // share leaves, 6.
-        busy.begin();
-        let out = busy.admit(rows(&[(1, 1), (2, 1), (3, 1), (4, 1)]), over, |_, _| 1);
-        busy.finish();
+        let out = collect(&mut busy, rows(&[(1, 1), (2, 1), (3, 1), (4, 1)]));
         assert!(busy.overflowed(&owner(4)));
         assert_eq!(out.len(), 8, "6 admitted and 2 overflow series");
-        quiet.begin();
-        let out = quiet.admit(rows(&[(5, 1), (6, 1)]), over, |_, _| 1);
-        quiet.finish();
+        let out = collect(&mut quiet, rows(&[(5, 1), (6, 1)]));
         assert!(out.contains_key(&(owner(5), 1)), "its share is its own");
         assert!(quiet.overflowed(&owner(6)));
     }

@@ -364,14 +364,9 @@ struct psc_sys_enter_record {
 	int nr;
 };
 
-/* Attached by user space to syscalls/sys_enter_<name> for each syscall chosen for latency. */
-SEC("tracepoint")
-int psc_sys_enter_tp(struct psc_sys_enter_record *ctx)
+/* Stamps the start of syscall `nr` (in range) when its process and cgroup are traced. */
+static __always_inline int stamp_if_traced(long nr)
 {
-	long nr = ctx->nr;
-
-	if (nr < 0 || nr >= PSC_MAX_SYSCALLS)
-		return 0;
 	if (filter_cgroups && psc_cgroup_skipped(bpf_get_current_task_btf()))
 		return 0;
 	if (!is_selected(bpf_get_current_pid_tgid() >> 32))
@@ -380,16 +375,22 @@ int psc_sys_enter_tp(struct psc_sys_enter_record *ctx)
 	return 0;
 }
 
+/* Attached by user space to syscalls/sys_enter_<name> for each syscall chosen for latency. */
+SEC("tracepoint")
+int psc_sys_enter_tp(struct psc_sys_enter_record *ctx)
+{
+	long nr = ctx->nr;
+
+	if (nr < 0 || nr >= PSC_MAX_SYSCALLS)
+		return 0;
+	return stamp_if_traced(nr);
+}
+
 /* Fallback when tracefs is unavailable: runs on every syscall, returns early for most. */
 SEC("tp_btf/sys_enter")
 int BPF_PROG(psc_sys_enter_btf, struct pt_regs *regs, long id)
 {
 	if (id < 0 || id >= PSC_MAX_SYSCALLS || !latency_index[id])
 		return 0;
-	if (filter_cgroups && psc_cgroup_skipped(bpf_get_current_task_btf()))
-		return 0;
-	if (!is_selected(bpf_get_current_pid_tgid() >> 32))
-		return 0;
-	stamp_start(id);
-	return 0;
+	return stamp_if_traced(id);
 }
