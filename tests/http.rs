@@ -339,7 +339,8 @@ fn garbage_and_oversized_input_count_nothing_and_keep_the_agent_healthy() {
     };
     send_raw(&(0..=255u8).cycle().take(64 * 1024).collect::<Vec<_>>());
     send_raw(b"GET /half HTTP/1.1\r\nHost: t\r\n");
-    send_raw(b"NOTAMETHOD / HTTP/1.1\r\n\r\n");
+    // Not a token (RFC 9110): no method at all. (`NOTAMETHOD` is one, counted as _OTHER.)
+    send_raw(b"BAD(METHOD) / HTTP/1.1\r\n\r\n");
     let mut long_line = b"GET /".to_vec();
     long_line.extend(std::iter::repeat_n(b'a', 64 * 1024));
     long_line.extend_from_slice(b" HTTP/1.1\r\nHost: t\r\n\r\n");
@@ -1297,4 +1298,51 @@ fn secret_like_path_segments_never_reach_the_exposition() {
         .collect();
     assert!(!created.is_empty());
     assert!(created.iter().all(|t| *t > 1.6e9), "{created:?}");
+}
+
+/// Methods outside the standard set, in any case, are counted as `_OTHER`; a client that
+/// writes its requests a byte at a time is counted too. Both once went uncounted.
+#[test]
+fn other_methods_and_requests_written_a_byte_at_a_time_are_counted() {
+    if !have_root("other_methods_and_requests_written_a_byte_at_a_time_are_counted") {
+        return;
+    }
+    let _kernel = kernel_lock();
+    let agent = Agent::start(HTTP_CONFIG);
+    let server = Server::python();
+    // The Python server answers methods it has no handler for with 501.
+    for method in ["PURGE", "PROPFIND", "get", "NOTAMETHOD"] {
+        for _ in 0..50 {
+            let stream = connect(server.port);
+            (&stream)
+                .write_all(format!("{method} /other HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
+                .expect("send");
+            assert_eq!(read_response(&mut BufReader::new(&stream)), 501);
+        }
+    }
+    let stream = connect(server.port);
+    let mut reader = BufReader::new(&stream);
+    for _ in 0..20 {
+        for byte in b"GET /status/200 HTTP/1.1\r\nHost: t\r\n\r\n" {
+            (&stream).write_all(&[*byte]).expect("send a byte");
+        }
+        assert_eq!(read_response(&mut reader), 200);
+    }
+    let pid = server.pid();
+    let m = common::eventually(&agent, |m| {
+        m.sum(
+            "http_server_request_duration_seconds_count",
+            &[("process_pid", pid.as_str())],
+        ) >= 220.0
+    });
+    assert_eq!(server_count(&m, &pid, "_OTHER", "501", "/other"), 200.0);
+    assert_eq!(server_count(&m, &pid, "GET", "200", "/status/*"), 20.0);
+    assert_eq!(
+        m.sum(
+            "http_server_request_duration_seconds_count",
+            &[("process_pid", pid.as_str())],
+        ),
+        220.0,
+        "nothing else"
+    );
 }

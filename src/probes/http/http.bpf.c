@@ -69,7 +69,7 @@ struct psc_sock {
 	__u8 announced;
 	__u8 closed;
 	__u8 verdict;
-	__u8 pad;
+	__u8 method_seen; /* bytes of the first method so far, while the verdict waits */
 	__u16 gen; /* the process's generation, with tgid */
 	__u16 pad2;
 };
@@ -198,21 +198,44 @@ static __always_inline __u32 capture_iov(struct scratch *s, const struct iovec *
 	return off;
 }
 
-/* Whether bytes that open a request stream start like a request line: a method token
- * of capitals, then a space. */
-static __always_inline __u8 request_verdict(const char *data, __u32 captured)
+/* Longest method token a request may start with (user space: MAX_METHOD_BYTES). */
+#define PSC_HTTP_MAX_METHOD 16
+
+/* A character of an RFC 9110 token, which is what a method is: `get`, `PURGE` and
+ * `M-SEARCH` are methods too, reported as _OTHER by user space. */
+static __always_inline int is_tchar(char c)
 {
-	if (captured >= 2 && data[0] == 0x16 && data[1] == 0x03)
+	if ((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9'))
+		return 1;
+	switch (c) {
+	case '!': case '#': case '$': case '%': case '&': case '\'': case '*': case '+':
+	case '-': case '.': case '^': case '_': case '`': case '|': case '~':
+		return 1;
+	}
+	return 0;
+}
+
+/*
+ * Whether bytes that open a request stream start like a request line: a method token,
+ * then a space. A client may write its method in pieces, down to a byte per write:
+ * `seen` carries the method bytes earlier reads showed, and a short read leaves the
+ * verdict to the next one.
+ */
+static __always_inline __u8 request_verdict(const char *data, __u32 captured, __u8 *seen)
+{
+	if (!*seen && captured >= 2 && data[0] == 0x16 && data[1] == 0x03)
 		return PSC_VERDICT_TLS;
-	for (int i = 0; i < 16; i++) {
+	for (int i = 0; i <= PSC_HTTP_MAX_METHOD; i++) {
 		char c;
 
-		if (i >= captured)
-			return PSC_VERDICT_UNKNOWN; /* a short read: the next one decides */
+		if (i >= captured) {
+			*seen += i;
+			return PSC_VERDICT_UNKNOWN;
+		}
 		c = data[i];
 		if (c == ' ')
-			return i > 0 ? PSC_VERDICT_HTTP : PSC_VERDICT_OTHER;
-		if (c < 'A' || c > 'Z')
+			return *seen + i > 0 ? PSC_VERDICT_HTTP : PSC_VERDICT_OTHER;
+		if (!is_tchar(c) || *seen + i >= PSC_HTTP_MAX_METHOD)
 			return PSC_VERDICT_OTHER;
 	}
 	return PSC_VERDICT_OTHER;
@@ -420,12 +443,13 @@ static __always_inline int socket_io(struct sock *sk, int ret, int flags, int in
 		if (!sock->conn.role) {
 			/* Adopted: a request read makes it a server's, one written a client's. */
 			__u8 role = ingress ? PSC_ROLE_SERVER : PSC_ROLE_CLIENT;
+			__u8 seen = 0;
 
-			if (request_verdict(s->data, captured) == PSC_VERDICT_HTTP &&
+			if (request_verdict(s->data, captured, &seen) == PSC_VERDICT_HTTP &&
 			    (ingress || trace_clients) && set_role(&sock->conn, sk, role))
 				verdict = PSC_VERDICT_HTTP;
 		} else if (ingress == (sock->conn.role == PSC_ROLE_SERVER)) {
-			verdict = request_verdict(s->data, captured);
+			verdict = request_verdict(s->data, captured, &sock->method_seen);
 		}
 		sock->verdict = verdict;
 		if (verdict == PSC_VERDICT_OTHER || verdict == PSC_VERDICT_TLS)

@@ -13,19 +13,25 @@ use std::collections::VecDeque;
 
 /// Longest request or response head accepted (request line plus headers).
 pub const MAX_HEAD_BYTES: usize = 16 * 1024;
-/// Longest method, and longest path kept (longer paths are cut, never exported whole).
+/// Longest method (PSC_HTTP_MAX_METHOD in http.bpf.c), and longest path kept (longer
+/// paths are cut, never exported whole).
 const MAX_METHOD_BYTES: usize = 16;
 pub const MAX_PATH_BYTES: usize = 512;
 
-const METHODS: &[&str] = &[
-    "GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "CONNECT", "TRACE",
-];
+/// A character of an RFC 9110 token, which is what a method is: `PURGE`, `get` and
+/// `M-SEARCH` start requests too (reported as `_OTHER`).
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
 
-/// Whether bytes start like a request line: a known method and a space.
+fn is_method(bytes: &[u8]) -> bool {
+    (1..=MAX_METHOD_BYTES).contains(&bytes.len()) && bytes.iter().all(|b| is_tchar(*b))
+}
+
+/// Whether bytes start like a request line: a method and a space.
 pub fn looks_like_request(data: &[u8]) -> bool {
-    METHODS
-        .iter()
-        .any(|m| data.len() > m.len() && data.starts_with(m.as_bytes()) && data[m.len()] == b' ')
+    let window = &data[..data.len().min(MAX_METHOD_BYTES + 1)];
+    memchr::memchr(b' ', window).is_some_and(|space| is_method(&data[..space]))
 }
 
 /// Whether bytes start like a status line.
@@ -445,23 +451,11 @@ impl Framer {
 
 /// A prefix too short to tell whether a message starts (e.g. "GE" of a split "GET").
 fn could_start(kind: Kind, data: &[u8]) -> bool {
-    let candidates: &[&[u8]] = match kind {
-        Kind::Request => &[
-            b"GET ",
-            b"POST ",
-            b"PUT ",
-            b"DELETE ",
-            b"HEAD ",
-            b"OPTIONS ",
-            b"PATCH ",
-            b"CONNECT ",
-            b"TRACE ",
-        ],
-        Kind::Response => &[b"HTTP/1."],
-    };
-    candidates
-        .iter()
-        .any(|c| data.len() < c.len() && c.starts_with(data))
+    match kind {
+        // A method cut short, even to its first byte.
+        Kind::Request => is_method(data),
+        Kind::Response => data.len() < 7 && b"HTTP/1.".starts_with(data),
+    }
 }
 
 /// The end of a head (just past its blank line), searching from `from`.
@@ -578,10 +572,7 @@ pub fn parse_request_head(head: &[u8]) -> Option<RequestHead> {
     let method = parts.next()?;
     let target = parts.next()?;
     let version = parts.next()?;
-    if parts.next().is_some() || method.is_empty() || method.len() > MAX_METHOD_BYTES {
-        return None;
-    }
-    if !method.iter().all(|b| b.is_ascii_uppercase()) {
+    if parts.next().is_some() || !is_method(method) {
         return None;
     }
     if version != b"HTTP/1.1" && version != b"HTTP/1.0" {

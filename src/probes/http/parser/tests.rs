@@ -100,6 +100,26 @@ fn requests_split_over_reads_even_inside_the_method() {
     assert_eq!(done[0].start_ns, 1, "latency starts at the first byte read");
 }
 
+/// Any RFC 9110 token is a method, and a client may write it a byte at a time.
+#[test]
+fn methods_outside_the_standard_set_or_in_lower_case_written_a_byte_at_a_time() {
+    for method in ["PURGE", "PROPFIND", "get", "M-SEARCH", "GET"] {
+        let mut c = server();
+        let request = format!("{method} /m HTTP/1.1\r\nHost: h\r\n\r\n");
+        for (at, byte) in request.bytes().enumerate() {
+            assert!(read(&mut c, &[byte], at as u64 + 1).is_empty());
+        }
+        let done = write(&mut c, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", 100);
+        assert_eq!(summary(&done), [format!("{method} /m 200 0/0")]);
+        assert_eq!(done[0].start_ns, 1, "latency starts at the first byte read");
+    }
+    // Longer than any method, or not a token: not a request.
+    for request in [&b"ABCDEFGHIJKLMNOPQ /x HTTP/1.1\r\n\r\n"[..], b"GE(T /x HTTP/1.1\r\n\r\n"] {
+        let (_, done) = serve(request, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+        assert!(done.is_empty(), "{}", String::from_utf8_lossy(request));
+    }
+}
+
 #[test]
 fn uncaptured_body_bytes_are_counted_by_length() {
     let mut c = server();
