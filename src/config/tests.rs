@@ -183,6 +183,31 @@ fn otel_environment_variables_override_the_file() {
         .traces
         .apply_env(bad("OTEL_TRACES_SAMPLER_ARG", "lots"))
         .is_err());
+    // An endpoint asks for traces unless OTEL_TRACES_EXPORTER says none; the file's
+    // setting stands without one.
+    assert!(config.traces.enabled);
+    let mut traces = Config::default().traces;
+    traces
+        .apply_env(bad(
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            "http://c:4318/v1/traces",
+        ))
+        .expect("valid");
+    assert!(traces.enabled);
+    let none = |n: &str| match n {
+        "OTEL_TRACES_EXPORTER" => Some("none".to_string()),
+        "OTEL_EXPORTER_OTLP_ENDPOINT" => Some("http://collector:4318".to_string()),
+        _ => None,
+    };
+    traces.apply_env(none).expect("valid");
+    assert!(!traces.enabled);
+    let mut traces = Config::default().traces;
+    traces.apply_env(|_: &str| None).expect("valid");
+    assert!(!traces.enabled);
+    let err = traces
+        .apply_env(bad("OTEL_TRACES_EXPORTER", "zipkin"))
+        .expect_err("unsupported");
+    assert!(err.contains("OTEL_TRACES_EXPORTER"), "{err}");
     let err = Config::default()
         .exporters
         .otlp

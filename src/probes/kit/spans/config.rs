@@ -67,6 +67,26 @@ impl TracesConfig {
 
     /// Applies `OTEL_TRACES_SAMPLER` and `OTEL_TRACES_SAMPLER_ARG` from `env`.
     pub fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) -> Result<(), String> {
+        let set = |name: &str| env(name).filter(|v| !v.trim().is_empty());
+        // As an OpenTelemetry SDK does: OTEL_TRACES_EXPORTER defaults to otlp, so an OTLP
+        // endpoint in the environment is a request for traces; `none` turns them off.
+        match set("OTEL_TRACES_EXPORTER").as_deref().map(str::trim) {
+            None | Some("otlp") => {
+                let endpoint = [
+                    "OTEL_EXPORTER_OTLP_ENDPOINT",
+                    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                ];
+                if endpoint.into_iter().any(|name| set(name).is_some()) {
+                    self.enabled = true;
+                }
+            }
+            Some("none") => self.enabled = false,
+            Some(other) => {
+                return Err(format!(
+                    "OTEL_TRACES_EXPORTER: {other:?} is not supported (otlp or none)"
+                ))
+            }
+        }
         if let Some(name) = env("OTEL_TRACES_SAMPLER") {
             self.sampler = SamplerName::deserialize(serde::de::value::StrDeserializer::<
                 serde::de::value::Error,
