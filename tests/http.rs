@@ -12,7 +12,8 @@ use common::{free_port, have_root, kernel_lock, Agent, Metrics};
 const HTTP_CONFIG: &str = "probes:\n  http:\n    enabled: true\n";
 
 /// A Python HTTP/1.1 server: `/status/<code>` answers that status with a 5-byte body,
-/// `/chunked` answers 11 bytes in two chunks, `/sleep/<ms>` answers after that long.
+/// `/chunked` answers 11 bytes in two chunks, `/sleep/<ms>` answers after that long,
+/// `/bigchunks/<count>/<size>` answers `count` chunks of `size` bytes in one write.
 const PY_SERVER: &str = r#"
 import sys, time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -30,6 +31,14 @@ class H(BaseHTTPRequestHandler):
             self.send_header("Transfer-Encoding", "chunked")
             self.end_headers()
             self.wfile.write(b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n")
+            return
+        if parts[1] == "bigchunks":
+            count, size = int(parts[2]), int(parts[3])
+            self.send_response(200)
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            chunk = b"%x\r\n" % size + b"c" * size + b"\r\n"
+            self.wfile.write(chunk * count + b"0\r\n\r\n")
             return
         if parts[1] == "sleep":
             time.sleep(int(parts[2]) / 1000)
@@ -1345,4 +1354,45 @@ fn other_methods_and_requests_written_a_byte_at_a_time_are_counted() {
         220.0,
         "nothing else"
     );
+}
+
+/// Chunked responses larger than what the kernel copies of one write (4 KiB) are counted
+/// on both ends, each ending where the next request begins or at close. They once went
+/// uncounted (0/200).
+#[test]
+fn chunked_responses_beyond_one_writes_capture_are_counted() {
+    if !have_root("chunked_responses_beyond_one_writes_capture_are_counted") {
+        return;
+    }
+    let _kernel = kernel_lock();
+    let agent = Agent::start(HTTP_CONFIG);
+    let server = Server::python();
+    for path in ["/bigchunks/100/100", "/bigchunks/3/5000"] {
+        let stream = connect(server.port);
+        let mut reader = BufReader::new(&stream);
+        for _ in 0..100 {
+            (&stream)
+                .write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
+                .expect("send");
+            assert_eq!(read_response(&mut reader), 200);
+        }
+    }
+    let (pid, me) = (server.pid(), std::process::id().to_string());
+    let client = |m: &Metrics| {
+        m.sum(
+            "http_client_request_duration_seconds_count",
+            &[
+                ("process_pid", me.as_str()),
+                ("http_route", "/bigchunks/*/*"),
+            ],
+        )
+    };
+    let m = common::eventually(&agent, |m| {
+        server_count(m, &pid, "GET", "200", "/bigchunks/*/*") >= 200.0 && client(m) >= 200.0
+    });
+    assert_eq!(
+        server_count(&m, &pid, "GET", "200", "/bigchunks/*/*"),
+        200.0
+    );
+    assert_eq!(client(&m), 200.0);
 }

@@ -141,10 +141,12 @@ impl Connection {
             (Role::Server, Direction::Ingress) | (Role::Client, Direction::Egress)
         );
         if carries_requests {
+            let ended = self.responses.end_turn();
+            let exchange = ended.and_then(|frame| self.on_response_frame(frame));
             for frame in self.requests.feed(data, len, at) {
                 self.on_request_frame(frame);
             }
-            Vec::new()
+            exchange.into_iter().collect()
         } else {
             let frames = self.responses.feed(data, len, at);
             frames

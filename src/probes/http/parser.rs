@@ -134,6 +134,13 @@ enum State {
     UntilClose {
         seen: u64,
     },
+    /// A response whose framing went by uncaptured (chunks beyond what the probe copies
+    /// of one write): counted by length, it ends where the next request begins, or at
+    /// close, with its last byte at `last`.
+    UntilTurn {
+        seen: u64,
+        last: u64,
+    },
     /// Lost: wait for a read/write that starts a new message.
     OutOfSync,
 }
@@ -220,10 +227,27 @@ impl Framer {
                 body_bytes: seen,
                 at,
             }),
+            State::UntilTurn { seen, last } => Some(Frame::End {
+                body_bytes: seen,
+                at: last,
+            }),
             _ => None,
         };
         self.state = State::Idle;
         frame
+    }
+
+    /// The other direction began its turn (a request after this response): a response
+    /// counted by length ends here, at its last byte.
+    pub fn end_turn(&mut self) -> Option<Frame> {
+        let State::UntilTurn { seen, last } = self.state else {
+            return None;
+        };
+        self.state = State::Idle;
+        Some(Frame::End {
+            body_bytes: seen,
+            at: last,
+        })
     }
 
     /// Bytes moved that were not captured: they can only be counted as body bytes.
@@ -260,6 +284,16 @@ impl Framer {
                         *chunk = ChunkState::DataEnd(2);
                     }
                 }
+            }
+            // Chunk framing went unseen: the exchange is still counted, by turns, and
+            // the rest of its body by length, chunk framing included.
+            State::Chunked { seen, .. } if self.kind == Kind::Response => {
+                let seen = *seen + n;
+                self.state = State::UntilTurn { seen, last: at };
+            }
+            State::UntilTurn { seen, last } => {
+                *seen += n;
+                *last = at;
             }
             State::OutOfSync => {}
             // A head, chunk framing or an idle stream went unseen: framing is lost.
@@ -327,6 +361,11 @@ impl Framer {
             }
             State::UntilClose { seen } => {
                 *seen += data.len() as u64;
+                data.len()
+            }
+            State::UntilTurn { seen, last } => {
+                *seen += data.len() as u64;
+                *last = at;
                 data.len()
             }
             State::Chunked { chunk, seen, line } => match *chunk {

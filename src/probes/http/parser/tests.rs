@@ -158,6 +158,35 @@ fn chunked_bodies_are_measured_without_framing() {
     );
 }
 
+/// Chunks beyond what the kernel copies of one write cannot be framed; the exchange
+/// still counts, ending where the next request begins (or at close).
+#[test]
+fn chunked_responses_beyond_the_capture_end_at_the_next_turn() {
+    let mut c = server();
+    read(&mut c, b"GET /big HTTP/1.1\r\n\r\n", 1);
+    let head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n";
+    let mut captured = head.to_vec();
+    captured.extend_from_slice(b"1388\r\n");
+    captured.extend_from_slice(&[b'x'; 147]);
+    // 3 chunks of 5,000 bytes and the last chunk in one write, 200 bytes of it copied.
+    let written = head.len() as u64 + 3 * (6 + 5000 + 2) + 5;
+    let captured = &captured[..200];
+    assert!(c.feed(Direction::Egress, captured, written, 2).is_empty());
+    let done = read(&mut c, b"GET /next HTTP/1.1\r\n\r\n", 4);
+    // The body: the first chunk's 147 bytes framed, then every byte by length.
+    assert_eq!(summary(&done), ["GET /big 200 0/15023"]);
+    assert_eq!((done[0].start_ns, done[0].end_ns), (1, 2));
+    // The next exchange frames as usual.
+    let done = write(&mut c, b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nx", 5);
+    assert_eq!(summary(&done), ["GET /next 200 0/1"]);
+    // At close, a response counted by length ends at its last byte.
+    read(&mut c, b"GET /last HTTP/1.1\r\n\r\n", 6);
+    c.feed(Direction::Egress, captured, written, 7);
+    let done = c.close(9);
+    assert_eq!(summary(&done), ["GET /last 200 0/15023"]);
+    assert_eq!(done[0].end_ns, 7);
+}
+
 #[test]
 fn chunked_request_body() {
     let (_, done) = serve(
@@ -317,11 +346,15 @@ fn random_bytes_never_panic() {
     ];
     let mut exchanges = 0;
     for _ in 0..2_000 {
-        let mut c = Connection::new(if next() % 2 == 0 {
+        let role = if next() % 2 == 0 {
             Role::Server
         } else {
             Role::Client
-        });
+        };
+        let mut c = Connection::new(role);
+        // A response counted by length ends at its last byte, when the next request
+        // (or the close) shows it ended: the time of a response-direction feed.
+        let mut response_feeds = Vec::new();
         for step in 0..20 {
             let mut data = Vec::new();
             for _ in 0..(next() % 4) {
@@ -333,16 +366,22 @@ fn random_bytes_never_panic() {
             } else {
                 Direction::Egress
             };
+            if (role == Role::Server) == (dir == Direction::Egress) {
+                response_feeds.push(step);
+            }
             for e in c.feed(dir, &data, data.len() as u64 + extra, step) {
                 assert!((100..600).contains(&e.status));
-                // Made of what was fed so far, and ended by this very feed.
-                assert!(e.start_ns <= e.end_ns && e.end_ns == step, "{e:?} at {step}");
+                // Made of what was fed so far, and ended by this very feed or by an
+                // earlier response-direction one.
+                let ended = e.end_ns == step || response_feeds.contains(&e.end_ns);
+                assert!(e.start_ns <= e.end_ns && ended, "{e:?} at {step}");
                 exchanges += 1;
             }
         }
         for e in c.close(99) {
             assert!((100..600).contains(&e.status));
-            assert!(e.start_ns < 20 && e.end_ns == 99, "{e:?} at close");
+            let ended = e.end_ns == 99 || response_feeds.contains(&e.end_ns);
+            assert!(e.start_ns < 20 && ended, "{e:?} at close");
             exchanges += 1;
         }
     }
