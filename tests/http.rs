@@ -329,8 +329,8 @@ fn exact_counts_for_keep_alive_fresh_pipelined_and_chunked_requests() {
 }
 
 #[test]
-fn garbage_and_oversized_input_count_nothing_and_keep_the_agent_healthy() {
-    if !have_root("garbage_and_oversized_input_count_nothing_and_keep_the_agent_healthy") {
+fn garbage_counts_nothing_oversized_heads_count_once_and_the_agent_stays_healthy() {
+    if !have_root("garbage_counts_nothing_oversized_heads_count_once_and_the_agent_stays_healthy") {
         return;
     }
     let _kernel = kernel_lock();
@@ -367,17 +367,26 @@ fn garbage_and_oversized_input_count_nothing_and_keep_the_agent_healthy() {
         .expect("send");
     assert_eq!(read_response(&mut reader), 200);
     let pid = server.pid();
-    let m = common::eventually(&agent, |m| {
+    let count = |m: &Metrics, status: &str| {
         m.sum(
             "http_server_request_duration_seconds_count",
-            &[("process_pid", pid.as_str())],
-        ) >= 1.0
-    });
+            &[
+                ("process_pid", pid.as_str()),
+                ("http_response_status_code", status),
+            ],
+        )
+    };
+    let m = common::eventually(&agent, |m| count(m, "200") >= 1.0);
+    // The oversized heads are requests too, which the server refused (Python allows
+    // 64 KiB per line): counted from their request lines. Nothing else is a request.
+    assert_eq!(count(&m, "200"), 1.0, "the well-formed request, once");
+    assert_eq!(count(&m, "414"), 1.0, "the 64 KiB request line");
+    assert_eq!(count(&m, "431"), 1.0, "the 1 MiB header");
     let counted = m.sum(
         "http_server_request_duration_seconds_count",
         &[("process_pid", pid.as_str())],
     );
-    assert_eq!(counted, 1.0, "only the well-formed request");
+    assert_eq!(counted, 3.0);
     assert_eq!(
         common::http_get(agent.port, "/healthz", None).map(|r| r.0),
         Some(200)
@@ -1395,4 +1404,51 @@ fn chunked_responses_beyond_one_writes_capture_are_counted() {
         200.0
     );
     assert_eq!(client(&m), 200.0);
+}
+
+/// Request heads longer than the kernel copies of one read (4 KiB) or than the framer
+/// holds (16 KiB), and request lines of 64 KiB, are counted from their request lines
+/// on both ends. They once went uncounted (0/50 and 0/100).
+#[test]
+fn heads_over_the_capture_and_the_head_limit_are_counted() {
+    if !have_root("heads_over_the_capture_and_the_head_limit_are_counted") {
+        return;
+    }
+    let _kernel = kernel_lock();
+    let agent = Agent::start(HTTP_CONFIG);
+    let server = Server::python();
+    // Ten 2 KiB headers: a 20 KiB head, under Python's 64 KiB per line.
+    let mut big_head = String::from("GET /status/200 HTTP/1.1\r\nHost: t\r\n");
+    for i in 0..10 {
+        big_head.push_str(&format!("X-Big-{i}: {}\r\n", "b".repeat(2048)));
+    }
+    big_head.push_str("\r\n");
+    let long_line = format!(
+        "GET /status/201?q={} HTTP/1.1\r\nHost: t\r\n\r\n",
+        "a".repeat(65_000)
+    );
+    let stream = connect(server.port);
+    let mut reader = BufReader::new(&stream);
+    for (request, times, status) in [(&big_head, 50, 200), (&long_line, 100, 201)] {
+        for _ in 0..times {
+            (&stream).write_all(request.as_bytes()).expect("send");
+            assert_eq!(read_response(&mut reader), status);
+        }
+    }
+    let (pid, me) = (server.pid(), std::process::id().to_string());
+    let client = |m: &Metrics, status: &str| {
+        m.sum(
+            "http_client_request_duration_seconds_count",
+            &[
+                ("process_pid", me.as_str()),
+                ("http_response_status_code", status),
+            ],
+        )
+    };
+    let m = common::eventually(&agent, |m| {
+        server_count(m, &pid, "GET", "201", "/status/*") >= 100.0 && client(m, "201") >= 100.0
+    });
+    assert_eq!(server_count(&m, &pid, "GET", "200", "/status/*"), 50.0);
+    assert_eq!(server_count(&m, &pid, "GET", "201", "/status/*"), 100.0);
+    assert_eq!((client(&m, "200"), client(&m, "201")), (50.0, 100.0));
 }

@@ -148,6 +148,9 @@ impl Connection {
             }
             exchange.into_iter().collect()
         } else {
+            if let Some(frame) = self.requests.end_turn() {
+                self.on_request_frame(frame);
+            }
             let frames = self.responses.feed(data, len, at);
             frames
                 .into_iter()

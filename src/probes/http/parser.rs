@@ -134,12 +134,15 @@ enum State {
     UntilClose {
         seen: u64,
     },
-    /// A response whose framing went by uncaptured (chunks beyond what the probe copies
-    /// of one write): counted by length, it ends where the next request begins, or at
-    /// close, with its last byte at `last`.
+    /// A message whose framing went by uncaptured (chunks beyond what the probe copies
+    /// of one write, a head longer than it or than MAX_HEAD_BYTES): it ends where the
+    /// other direction's turn begins, or at close, with its last byte at `last`. Its
+    /// body is counted by length from there when `counts_body`; a cut head's body
+    /// cannot be told from the head's rest, and counts 0.
     UntilTurn {
         seen: u64,
         last: u64,
+        counts_body: bool,
     },
     /// Lost: wait for a read/write that starts a new message.
     OutOfSync,
@@ -227,27 +230,45 @@ impl Framer {
                 body_bytes: seen,
                 at,
             }),
-            State::UntilTurn { seen, last } => Some(Frame::End {
-                body_bytes: seen,
-                at: last,
-            }),
+            State::UntilTurn { .. } => self.end_turn(),
             _ => None,
         };
         self.state = State::Idle;
         frame
     }
 
-    /// The other direction began its turn (a request after this response): a response
-    /// counted by length ends here, at its last byte.
+    /// The other direction began its turn (a response after this request, a request
+    /// after this response): a message framed by turns ends here, at its last byte.
     pub fn end_turn(&mut self) -> Option<Frame> {
-        let State::UntilTurn { seen, last } = self.state else {
+        let State::UntilTurn {
+            seen,
+            last,
+            counts_body,
+        } = self.state
+        else {
             return None;
         };
         self.state = State::Idle;
         Some(Frame::End {
-            body_bytes: seen,
+            body_bytes: if counts_body { seen } else { 0 },
             at: last,
         })
+    }
+
+    /// A request head too long to frame (cut by the capture, or over MAX_HEAD_BYTES):
+    /// counted from its request line, it runs until the response begins.
+    fn cut_head(&mut self, head: &[u8], started: u64, at: u64, frames: &mut Vec<Frame>) {
+        self.state = match parse_cut_request_head(head).filter(|_| self.kind == Kind::Request) {
+            Some(head) => {
+                frames.push(Frame::RequestHead { head, at: started });
+                State::UntilTurn {
+                    seen: 0,
+                    last: at,
+                    counts_body: false,
+                }
+            }
+            None => State::OutOfSync,
+        };
     }
 
     /// Bytes moved that were not captured: they can only be counted as body bytes.
@@ -289,9 +310,17 @@ impl Framer {
             // the rest of its body by length, chunk framing included.
             State::Chunked { seen, .. } if self.kind == Kind::Response => {
                 let seen = *seen + n;
-                self.state = State::UntilTurn { seen, last: at };
+                self.state = State::UntilTurn {
+                    seen,
+                    last: at,
+                    counts_body: true,
+                };
             }
-            State::UntilTurn { seen, last } => {
+            State::Head(buf, started) if self.kind == Kind::Request => {
+                let (head, started) = (std::mem::take(buf), *started);
+                self.cut_head(&head, started, at, frames);
+            }
+            State::UntilTurn { seen, last, .. } => {
                 *seen += n;
                 *last = at;
             }
@@ -324,7 +353,7 @@ impl Framer {
                     return end;
                 }
                 if data.len() > MAX_HEAD_BYTES {
-                    self.state = State::OutOfSync;
+                    self.cut_head(data, at, at, frames);
                 } else {
                     self.state = State::Head(data.to_vec(), at);
                 }
@@ -337,7 +366,8 @@ impl Framer {
                 // Only the new bytes (and the three before them) can complete the head.
                 let Some(end) = find_head_end(buf, before.saturating_sub(3)) else {
                     if buf.len() > MAX_HEAD_BYTES {
-                        self.state = State::OutOfSync;
+                        let head = std::mem::take(buf);
+                        self.cut_head(&head, started, at, frames);
                     }
                     return data.len();
                 };
@@ -363,7 +393,7 @@ impl Framer {
                 *seen += data.len() as u64;
                 data.len()
             }
-            State::UntilTurn { seen, last } => {
+            State::UntilTurn { seen, last, .. } => {
                 *seen += data.len() as u64;
                 *last = at;
                 data.len()
@@ -634,6 +664,37 @@ pub fn parse_request_head(head: &[u8]) -> Option<RequestHead> {
 
 /// The path of a request target: origin-form as is, absolute-form reduced to its path,
 /// query and fragment dropped, bounded in length.
+/// The method and path of a request head known only by its first bytes: the request
+/// line may be cut anywhere after the method's space, even inside its version.
+fn parse_cut_request_head(head: &[u8]) -> Option<RequestHead> {
+    let line_end = memchr::memchr(b'\n', head);
+    let line = &head[..line_end.unwrap_or(head.len())];
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let mut parts = line.splitn(3, |b| *b == b' ');
+    let (method, target) = (parts.next()?, parts.next()?);
+    let version_fits = |version: &[u8]| match line_end {
+        Some(_) => version == b"HTTP/1.1" || version == b"HTTP/1.0",
+        None => b"HTTP/1.1".starts_with(version) || b"HTTP/1.0".starts_with(version),
+    };
+    if !is_method(method) || !parts.next().map_or(line_end.is_none(), version_fits) {
+        return None;
+    }
+    // Only targets with a path, or a tunnel's authority: any text with a space in it
+    // would pass for a request otherwise.
+    let absolute = |scheme: &[u8]| target.starts_with(scheme) || scheme.starts_with(target);
+    if !(target.starts_with(b"/") || absolute(b"http://") || absolute(b"https://"))
+        && method != b"CONNECT"
+    {
+        return None;
+    }
+    Some(RequestHead {
+        method: String::from_utf8_lossy(method).into_owned(),
+        path: request_path(target)?,
+        body: BodyLength::None,
+        trace: None,
+    })
+}
+
 fn request_path(target: &[u8]) -> Option<String> {
     if target.is_empty() {
         return None;

@@ -187,6 +187,45 @@ fn chunked_responses_beyond_the_capture_end_at_the_next_turn() {
     assert_eq!(done[0].end_ns, 7);
 }
 
+/// A request head longer than the capture of a read, or than MAX_HEAD_BYTES, is
+/// counted from its request line; its exchange ends with the response as usual.
+#[test]
+fn heads_too_long_to_frame_are_counted_from_their_request_line() {
+    let mut big = b"GET /users/7?q=1 HTTP/1.1\r\nHost: h\r\nX-Big: ".to_vec();
+    big.extend_from_slice(&[b'b'; 20_000]);
+    big.extend_from_slice(b"\r\n\r\n");
+    let mut long_line = b"GET /long?q=".to_vec();
+    long_line.extend_from_slice(&[b'a'; 65_000]);
+    long_line.extend_from_slice(b" HTTP/1.1\r\nHost: h\r\n\r\n");
+    let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+    for (request, path) in [(&big, "/users/7"), (&long_line, "/long")] {
+        // Cut by the capture (4 KiB of one read), or read whole but over the limit.
+        for captured in [4096, request.len()] {
+            let mut c = server();
+            assert!(c
+                .feed(Direction::Ingress, &request[..captured], request.len() as u64, 1)
+                .is_empty());
+            let done = write(&mut c, ok, 2);
+            assert_eq!(summary(&done), [format!("GET {path} 200 0/2")]);
+            // The next request frames as usual.
+            read(&mut c, b"POST /next HTTP/1.1\r\nContent-Length: 1\r\n\r\nx", 3);
+            assert_eq!(summary(&write(&mut c, ok, 4)), ["POST /next 200 1/2"]);
+        }
+    }
+    // Cut inside the version, or before the target: the line still says enough.
+    for cut in [&b"GET /x HTTP/1."[..], b"GET /x", b"CONNECT db:5432"] {
+        let mut c = server();
+        c.feed(Direction::Ingress, cut, 100_000, 1);
+        assert_eq!(write(&mut c, ok, 2).len(), 1, "{}", String::from_utf8_lossy(cut));
+    }
+    // Text that is no request line is no request, however long.
+    for junk in [&b"GET"[..], b"hello world", b"GET /x HTTP/2", b"GET /x SPDY"] {
+        let mut c = server();
+        c.feed(Direction::Ingress, junk, 100_000, 1);
+        assert!(write(&mut c, ok, 2).is_empty(), "{}", String::from_utf8_lossy(junk));
+    }
+}
+
 #[test]
 fn chunked_request_body() {
     let (_, done) = serve(
@@ -243,21 +282,21 @@ fn resynchronises_on_the_next_request_after_garbage() {
     assert_eq!(done[0].path, "/after");
 }
 
+/// A head of 1 MiB holds at most MAX_HEAD_BYTES while it arrives; then it is counted
+/// from its request line and nothing more is held.
 #[test]
-fn huge_head_is_dropped_without_growing() {
+fn huge_head_is_counted_without_growing() {
     let mut c = server();
     read(&mut c, b"GET /x HTTP/1.1\r\nX-Big: ", 1);
     let chunk = vec![b'a'; 64 * 1024];
     for i in 0..16 {
         read(&mut c, &chunk, 2 + i); // 1 MiB of one header
+        assert_eq!(c.buffered(), 0, "the head was given up at the first read over the limit");
     }
     read(&mut c, b"\r\n\r\n", 100);
-    assert!(write(
-        &mut c,
-        b"HTTP/1.1 431 Too Large\r\nContent-Length: 0\r\n\r\n",
-        101
-    )
-    .is_empty());
+    let done = write(&mut c, b"HTTP/1.1 431 Too Large\r\nContent-Length: 0\r\n\r\n", 101);
+    assert_eq!(summary(&done), ["GET /x 431 0/0"]);
+    assert_eq!((done[0].start_ns, done[0].end_ns), (1, 101));
 }
 
 #[test]
