@@ -159,17 +159,35 @@ fn server_count(m: &Metrics, pid: &str, method: &str, status: &str, route: &str)
     )
 }
 
-#[test]
-fn exact_counts_for_keep_alive_fresh_pipelined_and_chunked_requests() {
-    if !have_root("exact_counts_for_keep_alive_fresh_pipelined_and_chunked_requests") {
-        return;
+/// Reads the answer to a HEAD request: status line and headers, and no body whatever
+/// its Content-Length says.
+fn read_head_response(reader: &mut BufReader<&TcpStream>) {
+    let mut line = String::new();
+    loop {
+        line.clear();
+        reader.read_line(&mut line).expect("head response");
+        if line.trim_end().is_empty() {
+            break;
+        }
     }
-    let _kernel = kernel_lock();
-    let agent = Agent::start(HTTP_CONFIG);
-    let server = Server::python();
-    let port = server.port;
+}
 
-    // Keep-alive: 5 x 200, 3 x 404, 2 POSTs with bodies answered 201, 2 HEADs.
+/// One GET by curl, which must succeed: a client in a process of its own, with its own
+/// HTTP and TLS code. `flags` holds curl's short options ("-s", or "-sk" for a server
+/// with a self-signed certificate).
+fn curl(flags: &str, url: &str) {
+    let status = Command::new("curl")
+        .args([flags, "-o", "/dev/null", url])
+        .status()
+        .expect("curl runs");
+    assert!(status.success());
+}
+
+/// On one keep-alive connection: 5 x 200, 3 x 404 (with a query string that must not be
+/// exported), 2 POSTs with 7-byte bodies answered 201, 2 HEADs, one chunked response,
+/// then three 503s pipelined in one write, so that each framing is counted on a
+/// connection that carries the others.
+fn keep_alive_workload(port: u16) {
     let stream = connect(port);
     let mut reader = BufReader::new(&stream);
     let send = |request: &str, reader: &mut BufReader<&TcpStream>| {
@@ -204,32 +222,23 @@ fn exact_counts_for_keep_alive_fresh_pipelined_and_chunked_requests() {
         (&stream)
             .write_all(b"HEAD /status/200 HTTP/1.1\r\nHost: t\r\n\r\n")
             .expect("send");
-        let mut status = String::new();
-        reader.read_line(&mut status).expect("status");
-        loop {
-            let mut line = String::new();
-            reader.read_line(&mut line).expect("header");
-            if line.trim_end().is_empty() {
-                break;
-            }
-        }
+        read_head_response(&mut reader);
     }
-    // Chunked response on the same connection.
     assert_eq!(
         send("GET /chunked HTTP/1.1\r\nHost: t\r\n\r\n", &mut reader),
         200
     );
-    // Pipelined: three requests in one write.
     (&stream)
         .write_all(b"GET /status/503 HTTP/1.1\r\nHost: t\r\n\r\nGET /status/503 HTTP/1.1\r\nHost: t\r\n\r\nGET /status/503 HTTP/1.1\r\nHost: t\r\n\r\n")
         .expect("send");
     for _ in 0..3 {
         assert_eq!(read_response(&mut reader), 503);
     }
-    drop(reader);
-    drop(stream);
+}
 
-    // Fresh connections, one request each.
+/// Four fresh connections of one request each (answered 500), so that requests on
+/// connections the probe sees open and close are counted too.
+fn fresh_connections_workload(port: u16) {
     for _ in 0..4 {
         let stream = connect(port);
         let mut reader = BufReader::new(&stream);
@@ -238,61 +247,85 @@ fn exact_counts_for_keep_alive_fresh_pipelined_and_chunked_requests() {
             .expect("send");
         assert_eq!(read_response(&mut reader), 500);
     }
+}
 
-    // curl as a client, three times.
+/// The server's series after both workloads and curl's three 202s: each kind of request
+/// counted exactly once, with the request and response body sizes they carried.
+fn check_server_series(m: &Metrics, pid: &str) {
+    assert_eq!(server_count(m, pid, "GET", "200", "/status/*"), 5.0);
+    assert_eq!(server_count(m, pid, "GET", "404", "/status/*"), 3.0);
+    assert_eq!(server_count(m, pid, "POST", "201", "/status/*"), 2.0);
+    assert_eq!(server_count(m, pid, "HEAD", "200", "/status/*"), 2.0);
+    assert_eq!(server_count(m, pid, "GET", "200", "/chunked"), 1.0);
+    assert_eq!(server_count(m, pid, "GET", "503", "/status/*"), 3.0);
+    assert_eq!(server_count(m, pid, "GET", "500", "/status/*"), 4.0);
+    assert_eq!(server_count(m, pid, "GET", "202", "/status/*"), 3.0);
+    let all: f64 = m.sum(
+        "http_server_request_duration_seconds_count",
+        &[("process_pid", pid)],
+    );
+    assert_eq!(all, 23.0, "no request counted twice or invented");
+
+    // Body sizes: POST bodies of 7 bytes, chunked body of 11, HEAD and 5-byte bodies.
+    let post = [("process_pid", pid), ("http_request_method", "POST")];
+    assert_eq!(
+        m.sum("http_server_request_body_size_bytes_sum", &post),
+        14.0
+    );
+    let chunked = [("process_pid", pid), ("http_route", "/chunked")];
+    assert_eq!(
+        m.sum("http_server_response_body_size_bytes_sum", &chunked),
+        11.0
+    );
+    let head = [("process_pid", pid), ("http_request_method", "HEAD")];
+    assert_eq!(
+        m.sum("http_server_response_body_size_bytes_sum", &head),
+        0.0
+    );
+}
+
+/// The client side of the same requests: this test process's own 20 to the server's
+/// port, and curl's three.
+fn check_client_series(m: &Metrics, port_label: &str) {
+    let me = std::process::id().to_string();
+    // (Its readiness polls of the agent may count too, depending on whether the last
+    // one connected before the probe attached: only the server's port is exact.)
+    let mine = m.sum(
+        "http_client_request_duration_seconds_count",
+        &[("process_pid", me.as_str()), ("server_port", port_label)],
+    );
+    assert_eq!(mine, 20.0, "this test's own requests, as a client");
+    let curl = m.sum(
+        "http_client_request_duration_seconds_count",
+        &[
+            ("process_executable_name", "curl"),
+            ("http_response_status_code", "202"),
+            ("server_address", "127.0.0.1"),
+        ],
+    );
+    assert_eq!(curl, 3.0);
+}
+
+#[test]
+fn exact_counts_for_keep_alive_fresh_pipelined_and_chunked_requests() {
+    if !have_root("exact_counts_for_keep_alive_fresh_pipelined_and_chunked_requests") {
+        return;
+    }
+    let _kernel = kernel_lock();
+    let agent = Agent::start(HTTP_CONFIG);
+    let server = Server::python();
+    let port = server.port;
+    keep_alive_workload(port);
+    fresh_connections_workload(port);
     for _ in 0..3 {
-        let status = Command::new("curl")
-            .args([
-                "-s",
-                "-o",
-                "/dev/null",
-                &format!("http://127.0.0.1:{port}/status/202"),
-            ])
-            .status()
-            .expect("curl runs");
-        assert!(status.success());
+        curl("-s", &format!("http://127.0.0.1:{port}/status/202"));
     }
 
     let pid = server.pid();
     let m = common::eventually(&agent, |m| {
         server_count(m, &pid, "GET", "202", "/status/*") == 3.0
     });
-    assert_eq!(server_count(&m, &pid, "GET", "200", "/status/*"), 5.0);
-    assert_eq!(server_count(&m, &pid, "GET", "404", "/status/*"), 3.0);
-    assert_eq!(server_count(&m, &pid, "POST", "201", "/status/*"), 2.0);
-    assert_eq!(server_count(&m, &pid, "HEAD", "200", "/status/*"), 2.0);
-    assert_eq!(server_count(&m, &pid, "GET", "200", "/chunked"), 1.0);
-    assert_eq!(server_count(&m, &pid, "GET", "503", "/status/*"), 3.0);
-    assert_eq!(server_count(&m, &pid, "GET", "500", "/status/*"), 4.0);
-    assert_eq!(server_count(&m, &pid, "GET", "202", "/status/*"), 3.0);
-    let all: f64 = m.sum(
-        "http_server_request_duration_seconds_count",
-        &[("process_pid", pid.as_str())],
-    );
-    assert_eq!(all, 23.0, "no request counted twice or invented");
-
-    // Body sizes: POST bodies of 7 bytes, chunked body of 11, HEAD and 5-byte bodies.
-    let post = [
-        ("process_pid", pid.as_str()),
-        ("http_request_method", "POST"),
-    ];
-    assert_eq!(
-        m.sum("http_server_request_body_size_bytes_sum", &post),
-        14.0
-    );
-    let chunked = [("process_pid", pid.as_str()), ("http_route", "/chunked")];
-    assert_eq!(
-        m.sum("http_server_response_body_size_bytes_sum", &chunked),
-        11.0
-    );
-    let head = [
-        ("process_pid", pid.as_str()),
-        ("http_request_method", "HEAD"),
-    ];
-    assert_eq!(
-        m.sum("http_server_response_body_size_bytes_sum", &head),
-        0.0
-    );
+    check_server_series(&m, &pid);
 
     // The query string is never exported; the server port is.
     let text = agent.scrape();
@@ -305,27 +338,7 @@ fn exact_counts_for_keep_alive_fresh_pipelined_and_chunked_requests() {
         )
         .all(|(_, labels, _)| labels.get("server_port") == Some(&port_label)));
 
-    // Clients: this test process and curl.
-    let me = std::process::id().to_string();
-    // (Its readiness polls of the agent may count too, depending on whether the last
-    // one connected before the probe attached: only the server's port is exact.)
-    let mine = m.sum(
-        "http_client_request_duration_seconds_count",
-        &[
-            ("process_pid", me.as_str()),
-            ("server_port", port_label.as_str()),
-        ],
-    );
-    assert_eq!(mine, 20.0, "this test's own requests, as a client");
-    let curl = m.sum(
-        "http_client_request_duration_seconds_count",
-        &[
-            ("process_executable_name", "curl"),
-            ("http_response_status_code", "202"),
-            ("server_address", "127.0.0.1"),
-        ],
-    );
-    assert_eq!(curl, 3.0);
+    check_client_series(&m, &port_label);
 }
 
 #[test]
@@ -575,14 +588,7 @@ fn nginx_static_files_are_counted_exactly() {
         (&stream)
             .write_all(b"HEAD /index.html HTTP/1.1\r\nHost: t\r\n\r\n")
             .expect("send");
-        let mut line = String::new();
-        loop {
-            line.clear();
-            reader.read_line(&mut line).expect("head response");
-            if line.trim_end().is_empty() {
-                break;
-            }
-        }
+        read_head_response(&mut reader);
     }
     let m = common::eventually(&agent, |m| {
         nginx_count(m, nginx.port, "404", "/missing") == 4.0
@@ -619,16 +625,7 @@ fn https_through_nginx_and_curl_is_measured_like_plain_http() {
         "index.html",
         "gone",
     ] {
-        let status = Command::new("curl")
-            .args([
-                "-sk",
-                "-o",
-                "/dev/null",
-                &format!("https://127.0.0.1:{tls_port}/{path}"),
-            ])
-            .status()
-            .expect("curl runs");
-        assert!(status.success());
+        curl("-sk", &format!("https://127.0.0.1:{tls_port}/{path}"));
     }
     let m = common::eventually(&agent, |m| nginx_count(m, tls_port, "404", "/gone") == 1.0);
     assert_eq!(nginx_count(&m, tls_port, "200", "/index.html"), 4.0);
@@ -947,16 +944,10 @@ fn clients_can_be_left_untraced() {
     let agent = Agent::start("probes:\n  http:\n    enabled: true\n    clients: false\n");
     let server = Server::python();
     for _ in 0..3 {
-        let status = Command::new("curl")
-            .args([
-                "-s",
-                "-o",
-                "/dev/null",
-                &format!("http://127.0.0.1:{}/status/200", server.port),
-            ])
-            .status()
-            .expect("curl runs");
-        assert!(status.success());
+        curl(
+            "-s",
+            &format!("http://127.0.0.1:{}/status/200", server.port),
+        );
     }
     let pid = server.pid();
     let m = common::eventually(&agent, |m| {
@@ -996,12 +987,7 @@ fn tls_workload_with_refused(programs: &[&str]) -> (TlsCounts, Vec<String>) {
     }
     drop(conn);
     for _ in 0..4 {
-        let status = Command::new("curl")
-            .args(["-sk", "-o", "/dev/null"])
-            .arg(format!("https://127.0.0.1:{tls_port}/index.html"))
-            .status()
-            .expect("curl runs");
-        assert!(status.success());
+        curl("-sk", &format!("https://127.0.0.1:{tls_port}/index.html"));
     }
     let script = format!(
         "import http.client, ssl\n\

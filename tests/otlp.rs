@@ -11,13 +11,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::apps::{connect, get, hex_id, App};
-use common::{free_port, have_root, kernel_lock, Agent};
+use common::{free_port, have_root, kernel_lock, Agent, Metrics};
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
 use opentelemetry_proto::tonic::common::v1::{any_value, KeyValue};
-use opentelemetry_proto::tonic::metrics::v1::metric;
+use opentelemetry_proto::tonic::metrics::v1::{metric, ScopeMetrics};
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use prost::Message;
 
@@ -371,6 +371,78 @@ fn a_throttling_receiver_is_retried_after_its_delay_and_loses_nothing() {
     );
 }
 
+/// The agent's resource on an export: OTEL_SERVICE_NAME wins over the service.name of
+/// OTEL_RESOURCE_ATTRIBUTES, whose other attributes are kept, percent-decoded.
+fn check_agent_resource(request: &ExportMetricsServiceRequest) {
+    let resource = &request.resource_metrics[0]
+        .resource
+        .as_ref()
+        .expect("resource")
+        .attributes;
+    assert_eq!(string_attr(resource, "service.name"), Some("node-agent"));
+    assert_eq!(
+        string_attr(resource, "deployment.environment"),
+        Some("test lab")
+    );
+    assert!(string_attr(resource, "host.name").is_some());
+}
+
+/// The exported request-duration histogram of process `pid` says what the Prometheus
+/// scrape says, point by point and bucket by bucket: both are views of one state.
+fn check_duration_points_match_scrape(scope: &ScopeMetrics, pid: &str, scraped: &Metrics) {
+    let duration = scope
+        .metrics
+        .iter()
+        .find(|m| m.name == "http.server.request.duration")
+        .expect("the semantic-convention name");
+    assert_eq!(duration.unit, "s");
+    let Some(metric::Data::Histogram(histogram)) = &duration.data else {
+        panic!("a histogram");
+    };
+    assert_eq!(histogram.aggregation_temporality, 2, "cumulative");
+    let mut compared = 0;
+    for point in &histogram.data_points {
+        if string_attr(&point.attributes, "process.pid") != Some(pid) {
+            continue;
+        }
+        let status = string_attr(&point.attributes, "http.response.status_code").expect("status");
+        let route = string_attr(&point.attributes, "http.route").expect("route");
+        let want = [
+            ("process_pid", pid),
+            ("http_response_status_code", status),
+            ("http_route", route),
+        ];
+        assert_eq!(
+            point.count as f64,
+            scraped.one("http_server_request_duration_seconds_count", &want)
+        );
+        assert_eq!(
+            point.count,
+            if status == "503" { 10 } else { 20 },
+            "{status} {route}"
+        );
+        // Same buckets as Prometheus: OTLP counts per bucket, Prometheus cumulatively.
+        let mut cumulative = 0;
+        for (bound, count) in point.explicit_bounds.iter().zip(&point.bucket_counts) {
+            cumulative += count;
+            // Prometheus writes bounds canonically: 1 as "1.0".
+            let le = format!("{bound:?}");
+            let mut labels = want.to_vec();
+            labels.push(("le", le.as_str()));
+            assert_eq!(
+                cumulative as f64,
+                scraped.one("http_server_request_duration_seconds_bucket", &labels),
+                "bucket le={le}"
+            );
+        }
+        assert!(
+            point.start_time_unix_nano > 0 && point.start_time_unix_nano <= point.time_unix_nano
+        );
+        compared += 1;
+    }
+    assert_eq!(compared, 2, "one point per status");
+}
+
 #[test]
 fn otlp_metrics_equal_the_prometheus_scrape() {
     if !have_root("otlp_metrics_equal_the_prometheus_scrape") {
@@ -414,70 +486,9 @@ fn otlp_metrics_equal_the_prometheus_scrape() {
     });
     let got = receiver.received.lock().expect("lock");
     let (_, request) = got.metrics.last().expect("an export");
-    // The agent's resource: OTEL_SERVICE_NAME wins over OTEL_RESOURCE_ATTRIBUTES.
-    let resource = &request.resource_metrics[0]
-        .resource
-        .as_ref()
-        .expect("resource")
-        .attributes;
-    assert_eq!(string_attr(resource, "service.name"), Some("node-agent"));
-    assert_eq!(
-        string_attr(resource, "deployment.environment"),
-        Some("test lab")
-    );
-    assert!(string_attr(resource, "host.name").is_some());
+    check_agent_resource(request);
     let scope = &request.resource_metrics[0].scope_metrics[0];
-    let duration = scope
-        .metrics
-        .iter()
-        .find(|m| m.name == "http.server.request.duration")
-        .expect("the semantic-convention name");
-    assert_eq!(duration.unit, "s");
-    let Some(metric::Data::Histogram(histogram)) = &duration.data else {
-        panic!("a histogram");
-    };
-    assert_eq!(histogram.aggregation_temporality, 2, "cumulative");
-    let mut compared = 0;
-    for point in &histogram.data_points {
-        if string_attr(&point.attributes, "process.pid") != Some(pid.as_str()) {
-            continue;
-        }
-        let status = string_attr(&point.attributes, "http.response.status_code").expect("status");
-        let route = string_attr(&point.attributes, "http.route").expect("route");
-        let want = [
-            ("process_pid", pid.as_str()),
-            ("http_response_status_code", status),
-            ("http_route", route),
-        ];
-        assert_eq!(
-            point.count as f64,
-            scraped.one("http_server_request_duration_seconds_count", &want)
-        );
-        assert_eq!(
-            point.count,
-            if status == "503" { 10 } else { 20 },
-            "{status} {route}"
-        );
-        // Same buckets as Prometheus: OTLP counts per bucket, Prometheus cumulatively.
-        let mut cumulative = 0;
-        for (bound, count) in point.explicit_bounds.iter().zip(&point.bucket_counts) {
-            cumulative += count;
-            // Prometheus writes bounds canonically: 1 as "1.0".
-            let le = format!("{bound:?}");
-            let mut labels = want.to_vec();
-            labels.push(("le", le.as_str()));
-            assert_eq!(
-                cumulative as f64,
-                scraped.one("http_server_request_duration_seconds_bucket", &labels),
-                "bucket le={le}"
-            );
-        }
-        assert!(
-            point.start_time_unix_nano > 0 && point.start_time_unix_nano <= point.time_unix_nano
-        );
-        compared += 1;
-    }
-    assert_eq!(compared, 2, "one point per status");
+    check_duration_points_match_scrape(scope, &pid, &scraped);
     // Counters are cumulative, monotonic sums.
     let runs = scope
         .metrics
@@ -649,6 +660,80 @@ fn grpc_payload(body: &[u8]) -> Vec<u8> {
     }
 }
 
+/// The grpc-status-details-bin trailer of a throttled call: a google.rpc.Status whose
+/// RetryInfo asks for a delay of `secs`, base64 without padding as gRPC sends binary
+/// metadata.
+fn retry_info_trailer(secs: i64) -> hyper::header::HeaderValue {
+    let info = RetryInfo {
+        retry_delay: Some(RpcDuration {
+            seconds: secs,
+            nanos: 0,
+        }),
+    };
+    let status = RpcStatus {
+        code: 8,
+        message: "slow down".into(),
+        details: vec![RpcAny {
+            type_url: "type.googleapis.com/google.rpc.RetryInfo".into(),
+            value: info.encode_to_vec(),
+        }],
+    };
+    base64(&status.encode_to_vec())
+        .trim_end_matches('=')
+        .parse()
+        .expect("header")
+}
+
+/// Records one Export call to `path` as the HTTP receiver does, and answers it: the
+/// first `throttles` traces calls UNAVAILABLE with a RetryInfo of `throttle_secs`
+/// (counted as 429 among the attempts), then an empty Export...ServiceResponse.
+fn grpc_answer(
+    path: &str,
+    message: &[u8],
+    received: &Mutex<Received>,
+    throttles: &Mutex<usize>,
+    throttle_secs: i64,
+) -> hyper::Response<GrpcBody> {
+    let now = Instant::now();
+    let mut trailers = hyper::HeaderMap::new();
+    let mut code = 0;
+    {
+        let mut got = received.lock().expect("lock");
+        if path.ends_with("TraceService/Export") {
+            let mut left = throttles.lock().expect("lock");
+            if *left > 0 {
+                *left -= 1;
+                code = 14; // UNAVAILABLE
+                trailers.insert("grpc-status-details-bin", retry_info_trailer(throttle_secs));
+            } else {
+                got.traces.push((
+                    now,
+                    ExportTraceServiceRequest::decode(message).expect("traces"),
+                ));
+            }
+            got.trace_attempts
+                .push((now, if code == 0 { 200 } else { 429 }));
+        } else if path.ends_with("MetricsService/Export") {
+            got.metrics.push((
+                now,
+                ExportMetricsServiceRequest::decode(message).expect("metrics"),
+            ));
+        } else {
+            code = 12; // UNIMPLEMENTED
+        }
+    }
+    trailers.insert("grpc-status", code.to_string().parse().expect("header"));
+    // An empty Export...ServiceResponse in one uncompressed frame.
+    let data = (code == 0).then(|| bytes::Bytes::from_static(&[0, 0, 0, 0, 0]));
+    hyper::Response::builder()
+        .header("content-type", "application/grpc")
+        .body(GrpcBody {
+            data,
+            trailers: Some(trailers),
+        })
+        .expect("response")
+}
+
 impl GrpcReceiver {
     fn start(throttles: usize, throttle_secs: i64) -> GrpcReceiver {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -682,74 +767,13 @@ impl GrpcReceiver {
                                     .expect("body")
                                     .to_bytes();
                                 let message = grpc_payload(&body);
-                                let now = Instant::now();
-                                let mut trailers = hyper::HeaderMap::new();
-                                let mut code = 0;
-                                {
-                                    let mut got = received.lock().expect("lock");
-                                    if path.ends_with("TraceService/Export") {
-                                        let mut left = throttles.lock().expect("lock");
-                                        if *left > 0 {
-                                            *left -= 1;
-                                            code = 14; // UNAVAILABLE
-                                            let info = RetryInfo {
-                                                retry_delay: Some(RpcDuration {
-                                                    seconds: throttle_secs,
-                                                    nanos: 0,
-                                                }),
-                                            };
-                                            let status = RpcStatus {
-                                                code: 8,
-                                                message: "slow down".into(),
-                                                details: vec![RpcAny {
-                                                    type_url:
-                                                        "type.googleapis.com/google.rpc.RetryInfo"
-                                                            .into(),
-                                                    value: info.encode_to_vec(),
-                                                }],
-                                            };
-                                            let details = base64(&status.encode_to_vec());
-                                            trailers.insert(
-                                                "grpc-status-details-bin",
-                                                details
-                                                    .trim_end_matches('=')
-                                                    .parse()
-                                                    .expect("header"),
-                                            );
-                                        } else {
-                                            got.traces.push((
-                                                now,
-                                                ExportTraceServiceRequest::decode(&message[..])
-                                                    .expect("traces"),
-                                            ));
-                                        }
-                                        got.trace_attempts
-                                            .push((now, if code == 0 { 200 } else { 429 }));
-                                    } else if path.ends_with("MetricsService/Export") {
-                                        got.metrics.push((
-                                            now,
-                                            ExportMetricsServiceRequest::decode(&message[..])
-                                                .expect("metrics"),
-                                        ));
-                                    } else {
-                                        code = 12; // UNIMPLEMENTED
-                                    }
-                                }
-                                trailers.insert(
-                                    "grpc-status",
-                                    code.to_string().parse().expect("header"),
-                                );
-                                // An empty Export...ServiceResponse in one uncompressed frame.
-                                let data = (code == 0)
-                                    .then(|| bytes::Bytes::from_static(&[0, 0, 0, 0, 0]));
-                                let response = hyper::Response::builder()
-                                    .header("content-type", "application/grpc")
-                                    .body(GrpcBody {
-                                        data,
-                                        trailers: Some(trailers),
-                                    })
-                                    .expect("response");
-                                Ok::<_, std::convert::Infallible>(response)
+                                Ok::<_, std::convert::Infallible>(grpc_answer(
+                                    &path,
+                                    &message,
+                                    &received,
+                                    &throttles,
+                                    throttle_secs,
+                                ))
                             }
                         },
                     );

@@ -100,18 +100,10 @@ fn selection_by_executable_traces_only_that_process() {
     helper.finish();
 }
 
-/// Many processes against tiny caps: totals across series, overflow included, stay exact.
-#[test]
-fn full_maps_fold_into_overflow_and_totals_stay_exact() {
-    if !have_root("full_maps_fold_into_overflow_and_totals_stay_exact") {
-        return;
-    }
-    let _kernel = kernel_lock();
-    let agent = Agent::start(
-        "probes:\n  syscalls:\n    include_executables: [psccap]\n    latency_syscalls: [kill]\n    per_cpu_slots: 1\n    latency_sampling: always\n    max_series: 4\n    max_error_series: 2\n    max_latency_series: 2\n",
-    );
-    // 12 children, child i issues 10 + i kills, i of them failing.
-    let script = r#"
+/// Python that forks 12 children named psccap; child i issues 10 + i kill(2) calls, i of
+/// them failing with ESRCH. More processes than the test's tiny caps have room for, each
+/// with a different count, so that a lost or doubled series shows in the totals.
+const CAPPED_CHILDREN_HELPER: &str = r#"
 import ctypes, os, sys
 libc = ctypes.CDLL(None)
 print("ready", flush=True)
@@ -136,7 +128,51 @@ for pid in children:
 print("done", flush=True)
 sys.stdin.readline()
 "#;
-    let mut helper = Helper::spawn(script, &[]);
+
+/// The kernel maps hold no more than their caps (max_series 4, per_cpu_slots 1): what
+/// keeps the totals exact must be the overflow, not a map that grew.
+fn check_maps_within_caps(metrics: &common::Metrics) {
+    assert_eq!(
+        metrics.one(
+            "periscope_bpf_map_entries",
+            &[("probe", "syscalls"), ("map", "counts")]
+        ),
+        4.0
+    );
+    let slots = metrics.one(
+        "periscope_bpf_map_capacity",
+        &[("probe", "syscalls"), ("map", "fast_counts")],
+    );
+    let taken = metrics.one(
+        "periscope_bpf_map_entries",
+        &[("probe", "syscalls"), ("map", "fast_counts")],
+    );
+    assert!(
+        taken >= 1.0 && taken <= slots,
+        "{taken} of one slot per CPU taken"
+    );
+    // Series with a pid, beyond the overflow: at most the caps (map, plus a slot per CPU).
+    let with_pid = metrics
+        .find("syscalls_total", &[])
+        .filter(|(_, labels, _)| labels.contains_key("process_pid"))
+        .count();
+    assert!(
+        with_pid as f64 <= 4.0 + slots,
+        "{with_pid} series with a pid under a cap of 4 + {slots}"
+    );
+}
+
+/// Many processes against tiny caps: totals across series, overflow included, stay exact.
+#[test]
+fn full_maps_fold_into_overflow_and_totals_stay_exact() {
+    if !have_root("full_maps_fold_into_overflow_and_totals_stay_exact") {
+        return;
+    }
+    let _kernel = kernel_lock();
+    let agent = Agent::start(
+        "probes:\n  syscalls:\n    include_executables: [psccap]\n    latency_syscalls: [kill]\n    per_cpu_slots: 1\n    latency_sampling: always\n    max_series: 4\n    max_error_series: 2\n    max_latency_series: 2\n",
+    );
+    let mut helper = Helper::spawn(CAPPED_CHILDREN_HELPER, &[]);
     helper.run();
     let total_kills: u64 = (0..12).map(|i| 10 + i).sum();
     let failed_kills: u64 = (0..12).sum();
@@ -175,34 +211,7 @@ sys.stdin.readline()
         metrics.sum("syscall_duration_seconds_count", &overflow),
         metrics.sum("syscalls_total", &overflow)
     );
-    assert_eq!(
-        metrics.one(
-            "periscope_bpf_map_entries",
-            &[("probe", "syscalls"), ("map", "counts")]
-        ),
-        4.0
-    );
-    let slots = metrics.one(
-        "periscope_bpf_map_capacity",
-        &[("probe", "syscalls"), ("map", "fast_counts")],
-    );
-    let taken = metrics.one(
-        "periscope_bpf_map_entries",
-        &[("probe", "syscalls"), ("map", "fast_counts")],
-    );
-    assert!(
-        taken >= 1.0 && taken <= slots,
-        "{taken} of one slot per CPU taken"
-    );
-    // Series with a pid, beyond the overflow: at most the caps (map, plus a slot per CPU).
-    let with_pid = metrics
-        .find("syscalls_total", &[])
-        .filter(|(_, labels, _)| labels.contains_key("process_pid"))
-        .count();
-    assert!(
-        with_pid as f64 <= 4.0 + slots,
-        "{with_pid} series with a pid under a cap of 4 + {slots}"
-    );
+    check_maps_within_caps(&metrics);
     helper.finish();
 }
 

@@ -5,6 +5,7 @@
 mod common;
 
 use std::collections::{HashMap, HashSet};
+use std::net::TcpStream;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -76,26 +77,33 @@ fn validate_against_schema(path: &Path) {
     );
 }
 
-#[test]
-fn server_spans_join_the_callers_trace_and_honour_its_sampled_flag() {
-    if !have_root("server_spans_join_the_callers_trace_and_honour_its_sampled_flag") {
-        return;
-    }
-    let _lock = kernel_lock();
-    let dir = TempDir::new("traces");
-    let jsonl = dir.path().join("spans.jsonl");
-    let agent = Agent::start(&traces_config(&jsonl));
-    let app = App::start();
+/// How many requests `traced_workload` sends with a sampled traceparent (every fifth
+/// answered 503), with none, and with sampled=0; the checks count spans against them.
+const TRACED: u64 = 25;
+const PLAIN: u64 = 15;
+const UNSAMPLED: u64 = 10;
 
-    const TRACED: u64 = 25;
-    const PLAIN: u64 = 15;
-    const UNSAMPLED: u64 = 10;
+/// What `traced_workload` sent.
+struct TracedWorkload {
+    /// Trace id -> the caller's span id, for requests whose span must join the trace.
+    expected: HashMap<String, String>,
+    /// Trace ids of sampled=0 requests, which must make no span.
+    unsampled: HashSet<String>,
+    /// The client's last connection, left open until the test ends: the spans are
+    /// checked while the client is still connected.
+    _conn: TcpStream,
+}
+
+/// Sends the mixed workload of the trace-context test to `port`: TRACED requests with
+/// a sampled traceparent (two of them with a tracestate, one invalid), PLAIN without
+/// one, UNSAMPLED with sampled=0, and 3 with malformed headers.
+fn traced_workload(port: u16) -> TracedWorkload {
     let mut expected = HashMap::new();
-    let mut conn = connect(app.port);
+    let mut conn = connect(port);
     for i in 0..TRACED {
         // A fresh connection every fifth request, keep-alive otherwise.
         if i % 5 == 0 {
-            conn = connect(app.port);
+            conn = connect(port);
         }
         let trace = format!("{}{}", hex_id(0xabc, 16), hex_id(i + 1, 16));
         let parent = hex_id(0x1000 + i, 16);
@@ -131,20 +139,25 @@ fn server_spans_join_the_callers_trace_and_honour_its_sampled_flag() {
     ] {
         get(&mut conn, "/hello", bad);
     }
-    let want = TRACED + PLAIN + 3;
-    let lines = wait_for(&jsonl, |lines| {
-        spans_of(lines, app.pid(), "server").len() as u64 >= want
-    });
-    let server = spans_of(&lines, app.pid(), "server");
-    assert_eq!(
-        server.len() as u64,
-        want,
-        "exactly one span per sampled request"
-    );
+    TracedWorkload {
+        expected,
+        unsampled,
+        _conn: conn,
+    }
+}
 
+/// Each server span of `traced_workload` either joins its caller's trace under the
+/// caller's span (with the status, name and tracestate of its request) or, without
+/// valid context, is the root of a trace of its own; none comes from a sampled=0 request.
+fn check_server_spans(
+    server: &[&Value],
+    expected: &HashMap<String, String>,
+    unsampled: &HashSet<String>,
+    port: u16,
+) {
     let mut joined = 0;
     let mut roots = HashSet::new();
-    for span in &server {
+    for span in server {
         let trace = span["trace_id"].as_str().expect("trace id");
         let span_id = span["span_id"].as_str().expect("span id");
         assert!(
@@ -176,7 +189,7 @@ fn server_spans_join_the_callers_trace_and_honour_its_sampled_flag() {
             assert_eq!(span["parent_span_id"], Value::Null);
             assert!(roots.insert(trace.to_string()), "root trace ids are unique");
         }
-        assert_eq!(span["attributes"]["server.port"], u64::from(app.port));
+        assert_eq!(span["attributes"]["server.port"], u64::from(port));
         assert_eq!(span["attributes"]["client.address"], "127.0.0.1");
         assert_eq!(span["attributes"]["http.request.method"], "GET");
         let start = span["start_time_unix_nano"].as_u64().expect("start");
@@ -190,6 +203,36 @@ fn server_spans_join_the_callers_trace_and_honour_its_sampled_flag() {
     }
     assert_eq!(joined, TRACED);
     assert_eq!(roots.len() as u64, PLAIN + 3);
+}
+
+#[test]
+fn server_spans_join_the_callers_trace_and_honour_its_sampled_flag() {
+    if !have_root("server_spans_join_the_callers_trace_and_honour_its_sampled_flag") {
+        return;
+    }
+    let _lock = kernel_lock();
+    let dir = TempDir::new("traces");
+    let jsonl = dir.path().join("spans.jsonl");
+    let agent = Agent::start(&traces_config(&jsonl));
+    let app = App::start();
+    let TracedWorkload {
+        expected,
+        unsampled,
+        _conn,
+    } = traced_workload(app.port);
+
+    let want = TRACED + PLAIN + 3;
+    let lines = wait_for(&jsonl, |lines| {
+        spans_of(lines, app.pid(), "server").len() as u64 >= want
+    });
+    let server = spans_of(&lines, app.pid(), "server");
+    assert_eq!(
+        server.len() as u64,
+        want,
+        "exactly one span per sampled request"
+    );
+    check_server_spans(&server, &expected, &unsampled, app.port);
+
     // Metric snapshots share the file: the server's request count is among them.
     let pid_text = app.pid().to_string();
     let lines = wait_for(&jsonl, |lines| {
