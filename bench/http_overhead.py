@@ -142,6 +142,16 @@ def bpf_program_stats():
             for p in json.loads(out) if p.get("name", "").startswith("psc_")}
 
 
+def add_bpf_time(prog_time, before):
+    """Adds each program's run time and runs since `before` (bpf_program_stats) to
+    prog_time: name -> [run time ns, runs]."""
+    for prog_id, (name, run_ns, runs) in bpf_program_stats().items():
+        _, run_ns_before, runs_before = before.get(prog_id, (name, 0, 0))
+        acc = prog_time.setdefault(name, [0, 0])
+        acc[0] += run_ns - run_ns_before
+        acc[1] += runs - runs_before
+
+
 def run_wrk(port, duration, connections):
     out = subprocess.run(["wrk", "-t2", f"-c{connections}", f"-d{duration}s", "--latency",
                           f"http://127.0.0.1:{port}/index.html"], check=True, capture_output=True, text=True).stdout
@@ -201,11 +211,7 @@ def main():
                 if agent and args.bpf_stats:
                     busy_on += busy_cpu_seconds() - busy_before
                     requests_on += total
-                    for prog_id, (name, run_ns, runs) in bpf_program_stats().items():
-                        _, run_ns_before, runs_before = progs_before.get(prog_id, (name, 0, 0))
-                        acc = prog_time.setdefault(name, [0, 0])
-                        acc[0] += run_ns - run_ns_before
-                        acc[1] += runs - runs_before
+                    add_bpf_time(prog_time, progs_before)
                     subprocess.run(["sysctl", "-q", "kernel.bpf_stats_enabled=0"], check=True)
                 if agent and args.traces:
                     time.sleep(2)  # the last spans reach the sink

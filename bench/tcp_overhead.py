@@ -28,7 +28,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from http_overhead import ROOT, bpf_program_stats, cpu_seconds, free_port, start_agent, wait_port  # noqa: E402
+from http_overhead import ROOT, add_bpf_time, bpf_program_stats, cpu_seconds, free_port, start_agent, wait_port  # noqa: E402
 
 LOOP = os.path.join(ROOT, "target", "release", "examples", "tcp_connect_loop")
 # The kernel's run-time statistics are off: by default they are on for 5 s in every 60,
@@ -98,11 +98,7 @@ def main():
                     agent_us_per_connection.append(
                         (cpu_seconds(agent.pid) - agent_cpu_before) * 1e6 / (loop * args.duration))
                 if agent and args.bpf_stats:
-                    for prog_id, (name, run_ns, runs) in bpf_program_stats().items():
-                        _, run_ns_before, runs_before = progs_before.get(prog_id, (name, 0, 0))
-                        acc = prog_time.setdefault(name, [0, 0])
-                        acc[0] += run_ns - run_ns_before
-                        acc[1] += runs - runs_before
+                    add_bpf_time(prog_time, progs_before)
                     subprocess.run(["sysctl", "-q", "kernel.bpf_stats_enabled=0"], check=True)
                     connections_on += loop * args.duration
                 time.sleep(1)

@@ -147,6 +147,14 @@ fn connect(port: u16) -> TcpStream {
     stream
 }
 
+/// Every server exchange of process `pid`, whatever its labels.
+fn server_total(m: &Metrics, pid: &str) -> f64 {
+    m.sum(
+        "http_server_request_duration_seconds_count",
+        &[("process_pid", pid)],
+    )
+}
+
 fn server_count(m: &Metrics, pid: &str, method: &str, status: &str, route: &str) -> f64 {
     m.sum(
         "http_server_request_duration_seconds_count",
@@ -395,10 +403,7 @@ fn garbage_counts_nothing_oversized_heads_count_once_and_the_agent_stays_healthy
     assert_eq!(count(&m, "200"), 1.0, "the well-formed request, once");
     assert_eq!(count(&m, "414"), 1.0, "the 64 KiB request line");
     assert_eq!(count(&m, "431"), 1.0, "the 1 MiB header");
-    let counted = m.sum(
-        "http_server_request_duration_seconds_count",
-        &[("process_pid", pid.as_str())],
-    );
+    let counted = server_total(&m, &pid);
     assert_eq!(counted, 3.0);
     assert_eq!(
         common::http_get(agent.port, "/healthz", None).map(|r| r.0),
@@ -426,12 +431,7 @@ fn latency_lands_in_the_bucket_of_the_client_measured_time() {
         measured.push(began.elapsed().as_secs_f64());
     }
     let pid = server.pid();
-    let m = common::eventually(&agent, |m| {
-        m.sum(
-            "http_server_request_duration_seconds_count",
-            &[("process_pid", pid.as_str())],
-        ) == 5.0
-    });
+    let m = common::eventually(&agent, |m| server_total(m, &pid) == 5.0);
     let this = [("process_pid", pid.as_str()), ("http_route", "/sleep/*")];
     // Every client-measured time lies in (0.25, 0.5]: all five requests must be counted
     // under le=0.5 and none under le=0.25. The server's own view is shorter than the
@@ -473,12 +473,7 @@ fn ten_thousand_ids_make_one_route_series() {
         let _ = read_response(&mut reader);
     }
     let pid = server.pid();
-    let m = common::eventually(&agent, |m| {
-        m.sum(
-            "http_server_request_duration_seconds_count",
-            &[("process_pid", pid.as_str())],
-        ) == 10_000.0
-    });
+    let m = common::eventually(&agent, |m| server_total(m, &pid) == 10_000.0);
     let routes: std::collections::BTreeSet<_> = m
         .find(
             "http_server_request_duration_seconds_count",
@@ -490,13 +485,7 @@ fn ten_thousand_ids_make_one_route_series() {
         routes.into_iter().collect::<Vec<_>>(),
         vec!["/users/*".to_string()]
     );
-    assert_eq!(
-        m.sum(
-            "http_server_request_duration_seconds_count",
-            &[("process_pid", pid.as_str())]
-        ),
-        10_000.0
-    );
+    assert_eq!(server_total(&m, &pid), 10_000.0);
 }
 
 /// nginx (Debian) serving a static file: headers by writev, bodies by sendfile.
@@ -680,12 +669,7 @@ fn http_caps_fold_into_overflow_and_lost_events_are_counted() {
         std::thread::sleep(Duration::from_millis(30));
     }
     let pid = server.pid();
-    let m = common::eventually(&agent, |m| {
-        m.sum(
-            "http_server_request_duration_seconds_count",
-            &[("process_pid", pid.as_str())],
-        ) == 5.0
-    });
+    let m = common::eventually(&agent, |m| server_total(m, &pid) == 5.0);
     let route = |r: &str| {
         m.sum(
             "http_server_request_duration_seconds_count",
@@ -766,12 +750,7 @@ fn partial_heads_beyond_the_budget_are_given_up_and_counted() {
     assert_eq!(read_response(&mut reader), 200);
 
     let pid = server.pid();
-    let m = common::eventually(&agent, |m| {
-        m.sum(
-            "http_server_request_duration_seconds_count",
-            &[("process_pid", pid.as_str())],
-        ) == 1.0
-    });
+    let m = common::eventually(&agent, |m| server_total(m, &pid) == 1.0);
     assert_eq!(
         m.sum(
             "http_server_request_duration_seconds_count",
@@ -813,10 +792,7 @@ fn connections_older_than_the_agent_are_adopted() {
     let port = server.port.to_string();
     let counts = |m: &Metrics| {
         (
-            m.sum(
-                "http_server_request_duration_seconds_count",
-                &[("process_pid", pid.as_str())],
-            ),
+            server_total(m, &pid),
             m.sum(
                 "http_client_request_duration_seconds_count",
                 &[("process_pid", me.as_str()), ("server_port", port.as_str())],
@@ -1333,22 +1309,10 @@ fn other_methods_and_requests_written_a_byte_at_a_time_are_counted() {
         assert_eq!(read_response(&mut reader), 200);
     }
     let pid = server.pid();
-    let m = common::eventually(&agent, |m| {
-        m.sum(
-            "http_server_request_duration_seconds_count",
-            &[("process_pid", pid.as_str())],
-        ) >= 220.0
-    });
+    let m = common::eventually(&agent, |m| server_total(m, &pid) >= 220.0);
     assert_eq!(server_count(&m, &pid, "_OTHER", "501", "/other"), 200.0);
     assert_eq!(server_count(&m, &pid, "GET", "200", "/status/*"), 20.0);
-    assert_eq!(
-        m.sum(
-            "http_server_request_duration_seconds_count",
-            &[("process_pid", pid.as_str())],
-        ),
-        220.0,
-        "nothing else"
-    );
+    assert_eq!(server_total(&m, &pid), 220.0, "nothing else");
 }
 
 /// Chunked responses larger than what the kernel copies of one write (4 KiB) are counted
