@@ -1402,3 +1402,106 @@ fn heads_over_the_capture_and_the_head_limit_are_counted() {
     assert_eq!(server_count(&m, &pid, "GET", "201", "/status/*"), 100.0);
     assert_eq!((client(&m, "200"), client(&m, "201")), (50.0, 100.0));
 }
+
+/// The kernel framer's share of a Python server's exchanges, as the agent reports it.
+fn kernel_framer(m: &Metrics, outcome: &str) -> f64 {
+    m.sum(
+        "periscope_http_kernel_framer_exchanges_total",
+        &[("outcome", outcome)],
+    )
+}
+
+/// Plain keep-alive exchanges with Content-Length bodies, HEADs and POSTs are framed and
+/// counted in the kernel: none is handed to user space, and the counts and body sizes
+/// are exact. A chunked response on another connection hands that connection over with
+/// its request, and it is counted exactly too, as is what follows on it.
+#[test]
+fn plain_exchanges_are_framed_in_the_kernel_and_the_rest_handed_over_exactly() {
+    if !have_root("plain_exchanges_are_framed_in_the_kernel_and_the_rest_handed_over_exactly") {
+        return;
+    }
+    let _kernel = kernel_lock();
+    // Clients untraced: the agent's counters then see the server's exchanges alone.
+    let agent = Agent::start("probes:\n  http:\n    enabled: true\n    clients: false\n");
+    let server = Server::python();
+    let stream = connect(server.port);
+    let mut reader = BufReader::new(&stream);
+    let mut exchange = |request: &[u8], head_only: bool| {
+        (&stream).write_all(request).expect("send");
+        if head_only {
+            read_head_response(&mut reader);
+        } else {
+            assert!(read_response(&mut reader) < 300);
+        }
+    };
+    for _ in 0..300 {
+        exchange(b"GET /status/200 HTTP/1.1\r\nHost: t\r\n\r\n", false);
+    }
+    for _ in 0..50 {
+        exchange(
+            b"POST /status/201 HTTP/1.1\r\nHost: t\r\nContent-Length: 7\r\n\r\npayload",
+            false,
+        );
+    }
+    for _ in 0..20 {
+        exchange(b"HEAD /status/204 HTTP/1.1\r\nHost: t\r\n\r\n", true);
+    }
+    let other = connect(server.port);
+    let mut other_reader = BufReader::new(&other);
+    for path in ["/chunked", "/status/202"] {
+        (&other)
+            .write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
+            .expect("send");
+        assert_eq!(
+            read_response(&mut other_reader),
+            200 + u16::from(path != "/chunked") * 2
+        );
+    }
+    let pid = server.pid();
+    let m = common::eventually(&agent, |m| server_total(m, &pid) >= 372.0);
+    assert_eq!(server_count(&m, &pid, "GET", "200", "/status/*"), 300.0);
+    assert_eq!(server_count(&m, &pid, "POST", "201", "/status/*"), 50.0);
+    assert_eq!(server_count(&m, &pid, "HEAD", "204", "/status/*"), 20.0);
+    assert_eq!(server_count(&m, &pid, "GET", "200", "/chunked"), 1.0);
+    assert_eq!(server_count(&m, &pid, "GET", "202", "/status/*"), 1.0);
+    assert_eq!(server_total(&m, &pid), 372.0, "nothing else");
+    let post = [
+        ("process_pid", pid.as_str()),
+        ("http_request_method", "POST"),
+    ];
+    assert_eq!(
+        m.sum("http_server_request_body_size_bytes_sum", &post),
+        350.0
+    );
+    let get = [
+        ("process_pid", pid.as_str()),
+        ("http_route", "/status/*"),
+        ("http_request_method", "GET"),
+    ];
+    assert_eq!(
+        m.sum("http_server_response_body_size_bytes_sum", &get),
+        1505.0
+    );
+    let head = [
+        ("process_pid", pid.as_str()),
+        ("http_request_method", "HEAD"),
+    ];
+    assert_eq!(
+        m.sum("http_server_response_body_size_bytes_sum", &head),
+        0.0
+    );
+    let chunked = [("process_pid", pid.as_str()), ("http_route", "/chunked")];
+    assert_eq!(
+        m.sum("http_server_response_body_size_bytes_sum", &chunked),
+        11.0
+    );
+
+    // The 370 plain exchanges and the chunked one's request went through the kernel
+    // framer; only the chunked response's connection was handed over.
+    let framed = kernel_framer(&m, "counted") + kernel_framer(&m, "recorded");
+    assert_eq!(framed, 370.0, "every plain exchange framed in the kernel");
+    assert_eq!(kernel_framer(&m, "handed_off"), 1.0);
+    assert_eq!(kernel_framer(&m, "abandoned"), 0.0);
+    // Once its slot is installed, a series' exchanges no longer reach user space.
+    assert!(kernel_framer(&m, "counted") > 0.0, "slots count");
+}

@@ -35,7 +35,18 @@ pub struct HttpConfig {
     pub duration_buckets_seconds: Buckets,
     /// `le` bounds of the body size histograms.
     pub body_size_buckets_bytes: Buckets,
+    /// Frame plain HTTP in the kernel and count it there, in series slots; connections
+    /// the kernel cannot frame exactly go to user space. Off while traces are on.
+    pub kernel_framing: bool,
+    /// Series the kernel counts in slots of its own, at most; the exchanges of further
+    /// series reach user space one by one, still counted exactly. Each slot takes
+    /// about 800 bytes per CPU.
+    pub kernel_series: NonZeroU32,
 }
+
+/// Bounds a histogram may have when the kernel counts it: its classes, less +Inf
+/// (`PSC_HTTP_CLASSES` in http.h).
+pub const MAX_KERNEL_BOUNDS: usize = super::slots::CLASSES - 1;
 
 impl Default for HttpConfig {
     fn default() -> Self {
@@ -57,6 +68,8 @@ impl Default for HttpConfig {
                 64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0,
                 16777216.0,
             ]),
+            kernel_framing: true,
+            kernel_series: nonzero(1024),
         }
     }
 }
@@ -82,6 +95,7 @@ impl ProbeSettings for HttpConfig {
                 256 << 20,
             ),
             Range::entries("max_series", self.max_series),
+            Range::new("kernel_series", u64::from(self.kernel_series.get()), 1, 65536),
             Range::entries("max_routes_per_service", self.max_routes_per_service),
             Range::entries(
                 "max_server_addresses_per_service",
@@ -99,6 +113,20 @@ impl ProbeSettings for HttpConfig {
                     self.ring_buffer_bytes
                 ),
             ));
+        }
+        for (key, bounds) in [
+            ("duration_buckets_seconds", &self.duration_buckets_seconds),
+            ("body_size_buckets_bytes", &self.body_size_buckets_bytes),
+        ] {
+            if self.kernel_framing && bounds.0.len() > MAX_KERNEL_BOUNDS {
+                return Err((
+                    key,
+                    format!(
+                        "has {} bounds: the kernel framer counts at most {MAX_KERNEL_BOUNDS} (or set kernel_framing: false)",
+                        bounds.0.len()
+                    ),
+                ));
+            }
         }
         if let Some(bad) = self.routes.iter().find(|r| !r.starts_with('/')) {
             return Err(("routes", format!("route `{bad}` must start with /")));

@@ -121,6 +121,22 @@ impl Connection {
         self.responses.abandon_partial();
     }
 
+    /// Takes over from the kernel framer: `method` `path`, started at `start` by thread
+    /// `tid`, was framed whole with a body of `request_body` bytes and awaits its response.
+    pub fn resume(&mut self, method: String, path: String, start: u64, request_body: u64, tid: u32) {
+        self.responses.head_requests.push_back(Expect::of(&method));
+        self.pending.push_back(Pending {
+            method,
+            path,
+            start,
+            request_body: Some(request_body),
+            tid,
+            trace: None,
+            context: None,
+            decided: false,
+        });
+    }
+
     /// Feeds one read or write; returns the exchanges it completed.
     pub fn feed(&mut self, direction: Direction, data: &[u8], len: u64, at: u64) -> Vec<Exchange> {
         self.feed_by(direction, data, len, at, 0)

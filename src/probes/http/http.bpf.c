@@ -20,12 +20,22 @@
 #include <bpf/bpf_core_read.h>
 #include <bpf/bpf_endian.h>
 #include "periscope.h"
+#include "histogram.h"
 #include "http.h"
 
 char LICENSE[] SEC("license") = PSC_LICENSE;
 
 /* Set by user space before load: trace connections this host's processes make. */
 const volatile __u8 trace_clients = 1;
+/* Set by user space before load: frame plain HTTP in the kernel and count it in series
+ * slots, handing to user space only what the kernel cannot frame exactly. Off while
+ * spans are made, which need every exchange in user space. */
+const volatile __u8 kernel_framing = 0;
+/* The histogram class of each log-linear bucket (histogram.h) of a duration in ns and of
+ * a body size in bytes: the first configured bound the whole bucket lies under, or the
+ * count of bounds (+Inf). */
+const volatile __u8 duration_class[PSC_HIST_BUCKETS] = {};
+const volatile __u8 body_class[PSC_HIST_BUCKETS] = {};
 /* The agent's own process: its scrapes and exports are not traced, or exporting a span
  * would make another. */
 const volatile __u32 agent_tgid = 0;
@@ -33,7 +43,8 @@ const volatile __u32 agent_tgid = 0;
 /* Named here so that the skeleton gives user space these types, event kinds, roles
  * and counter slots. */
 PSC_EXPORT_TYPES(struct psc_conn_key, struct psc_conn, struct psc_http_event,
-		 enum psc_http_event_kind, enum psc_http_role, enum psc_http_counter);
+		 enum psc_http_event_kind, enum psc_http_role, enum psc_http_counter,
+		 struct psc_http_exchange, struct psc_http_stats, enum psc_http_method);
 
 /* x86_64 syscall numbers. */
 #define NR_READ 0
@@ -61,6 +72,42 @@ enum psc_http_verdict {
 	PSC_VERDICT_TLS = 3,   /* a TLS handshake: the uprobes may report the plaintext */
 };
 
+/* Where a connection's exchanges are framed. */
+enum psc_http_framing {
+	PSC_FRAMED_IN_KERNEL = 0,
+	PSC_FRAMED_IN_USER = 1, /* events per read and write, for ever after */
+};
+
+/* Which way the bytes of a kernel-framed connection flow now. */
+enum psc_http_phase {
+	PSC_PHASE_IDLE = 0,     /* between exchanges */
+	PSC_PHASE_REQUEST = 1,  /* a request is being read or written */
+	PSC_PHASE_RESPONSE = 2, /* its response is */
+};
+
+/* The exchange a kernel-framed connection is in. Lengths are of whole messages, head
+ * included: a message ends when its bytes reach the length its head announced. */
+struct psc_turn {
+	struct psc_http_series_key key; /* status filled by the response */
+	struct psc_http_series_key cached_key; /* the key `slot` was looked up for */
+	__u64 start_ns;
+	__u64 request_bytes;
+	__u64 request_length;
+	__u64 response_bytes;
+	__u64 response_length;
+	__u32 request_head;
+	__u32 response_head;
+	__u32 tid;
+	__u32 slot;
+	__u8 slot_ok;
+	__u8 phase;
+	__u8 framing;
+	__u8 pad;
+	__u16 line_len;
+	__u16 pad2;
+	char line[PSC_HTTP_LINE];
+};
+
 /* Per TCP socket, from its establishment. */
 struct psc_sock {
 	struct psc_conn conn;
@@ -72,9 +119,15 @@ struct psc_sock {
 	__u8 method_seen; /* bytes of the first method so far, while the verdict waits */
 	__u16 gen; /* the process's generation, with tgid */
 	__u16 pad2;
+	struct psc_turn turn;
 };
 
 PSC_SK_STORAGE(socks, struct psc_sock);
+
+/* Series slots of kernel-framed exchanges, installed by user space from the first
+ * exchange of each key, and what each slot counted per CPU. Sizes set by user space. */
+PSC_HASH(slots, struct psc_http_series_key, __u32, 4096);
+PSC_PERCPU_ARRAY(slot_stats, struct psc_http_stats, 1024);
 
 /* TLS connections by (process, fd): the uprobes know the fd, not the socket. */
 PSC_HASH(tls_conns, struct psc_conn_key, struct psc_conn, 65536);
@@ -168,8 +221,10 @@ static __always_inline void announce(struct psc_sock *sock, __u32 tgid, __u16 ge
 	sock->conn.named = 0;
 }
 
-/* Copies up to PSC_HTTP_CAPTURE bytes of the first `len` bytes of an iovec array. */
-static __always_inline __u32 capture_iov(struct scratch *s, const struct iovec *iov, __u64 iovcnt, __u64 len)
+/* Copies up to `limit` bytes (a power of two, at most PSC_HTTP_CAPTURE) of the first
+ * `len` bytes of an iovec array. */
+static __always_inline __u32 capture_iov(struct scratch *s, const struct iovec *iov, __u64 iovcnt,
+					 __u64 len, __u32 limit)
 {
 	__u64 off = 0;
 
@@ -177,16 +232,16 @@ static __always_inline __u32 capture_iov(struct scratch *s, const struct iovec *
 		struct iovec seg = {};
 		__u64 want;
 
-		if (i >= iovcnt || off >= PSC_HTTP_CAPTURE - 1 || off >= len)
+		if (i >= iovcnt || off >= limit - 1 || off >= len)
 			break;
 		if (bpf_probe_read_user(&seg, sizeof(seg), &iov[i]))
 			break;
 		want = seg.iov_len;
 		if (want > len - off)
 			want = len - off;
-		/* One byte short of the capture size, so that the masks below never cut. */
-		if (want > PSC_HTTP_CAPTURE - 1 - off)
-			want = PSC_HTTP_CAPTURE - 1 - off;
+		/* One byte short of the limit, so that the masks below never cut. */
+		if (want > limit - 1 - off)
+			want = limit - 1 - off;
 		/* Bounds the verifier can see, whatever the compiler reorders: both below the
 		 * capture size, so the copy stays inside the doubled buffer. */
 		asm volatile("%0 &= 0xfff" : "+r"(off));
@@ -196,6 +251,34 @@ static __always_inline __u32 capture_iov(struct scratch *s, const struct iovec *
 		off += want;
 	}
 	return off;
+}
+
+/* Copies up to `limit` bytes of what the syscall `nr` moved (`ret` bytes) into the
+ * scratch: `arg` and `count` are its second and third arguments. Returns the count. */
+static __always_inline __u32 capture(struct scratch *s, int nr, __u64 arg, __u64 count, int ret,
+				     __u32 limit)
+{
+	switch (nr) {
+	case NR_READ: case NR_WRITE: case NR_RECVFROM: case NR_SENDTO: {
+		__u32 want = ret > limit ? limit : ret;
+
+		if (want > PSC_HTTP_CAPTURE)
+			want = PSC_HTTP_CAPTURE;
+		if (!bpf_probe_read_user(s->data, want, (void *)arg))
+			return want;
+		return 0;
+	}
+	case NR_READV: case NR_WRITEV:
+		return capture_iov(s, (const struct iovec *)arg, count, ret, limit);
+	case NR_RECVMSG: case NR_SENDMSG: {
+		struct user_msghdr msg = {};
+
+		if (!bpf_probe_read_user(&msg, sizeof(msg), (void *)arg))
+			return capture_iov(s, msg.msg_iov, msg.msg_iovlen, ret, limit);
+		return 0;
+	}
+	}
+	return 0; /* sendfile, splice: file bytes, counted by length */
 }
 
 /* Longest method token a request may start with (user space: MAX_METHOD_BYTES). */
@@ -270,13 +353,570 @@ static __always_inline int set_role(struct psc_conn *conn, const struct sock *sk
 	return 1;
 }
 
+/*
+ * The kernel framer. HTTP/1.x alternates: request bytes, then response bytes, then the
+ * next request. Only the first read or write of each turn is looked at, up to
+ * PSC_HTTP_SCAN bytes: the request line and the headers that say how long the message
+ * is. Later bytes of the turn are only counted, and the exchange is finished, timed and
+ * counted in its series slot when the response's bytes reach the length its head
+ * announced. Anything else (pipelining, chunked or close-delimited bodies, 1xx, Expect,
+ * Upgrade, CONNECT, heads longer than the scan or split over reads, a method split over
+ * writes) hands the connection to user space, with the exchange in flight, where every
+ * read and write goes as an event to the framer that handles them all.
+ */
+
+/* Bytes of a turn's first read or write the kernel frames from: a head must end within. */
+#define PSC_HTTP_SCAN 1024
+#define PSC_SCAN_MASK (PSC_HTTP_SCAN - 1)
+
+/* Longest Content-Length value taken, in digits: 10^15 bytes is past any real body. */
+#define PSC_MAX_LENGTH_DIGITS 15
+
+/* A little-endian 8-byte load from the scratch at any offset below the scan size. */
+static __always_inline __u64 load64(const struct scratch *s, __u32 off)
+{
+	__u64 w;
+
+	off &= PSC_SCAN_MASK;
+	__builtin_memcpy(&w, &s->data[off], sizeof(w));
+	return w;
+}
+
+/* Whether the `mask`ed bytes at `off`, with ASCII letters at `fold` lowered, are `want`. */
+static __always_inline int bytes_are(const struct scratch *s, __u32 off, __u64 want, __u64 mask,
+				     __u64 fold)
+{
+	return ((load64(s, off) | fold) & mask) == want;
+}
+
+/* What the headers of a message said. */
+struct head_scan {
+	__u32 n;          /* bytes captured */
+	__u32 end;        /* bytes of the head, its empty line included; 0: not within n */
+	__u64 length;     /* Content-Length */
+	__u8 has_length;
+	/* Transfer-Encoding, Expect, Upgrade, a second Content-Length, a bare LF: framed
+	 * by user space. */
+	__u8 unusual;
+};
+
+/* Reads a Content-Length value at `off`; marks the scan unusual when it is not digits
+ * followed by CR. */
+static __always_inline void content_length(const struct scratch *s, __u32 off, struct head_scan *h)
+{
+	__u64 value = 0;
+	int digits = 0;
+
+	if (h->has_length) {
+		h->unusual = 1;
+		return;
+	}
+	for (int i = 0; i < 4; i++) {
+		char c = s->data[off & PSC_SCAN_MASK];
+
+		if (c != ' ' && c != '\t')
+			break;
+		off++;
+	}
+	for (int i = 0; i <= PSC_MAX_LENGTH_DIGITS; i++) {
+		char c;
+
+		if (off >= h->n)
+			break;
+		c = s->data[off & PSC_SCAN_MASK];
+		if (c < '0' || c > '9') {
+			if (c != '\r' || !digits)
+				break;
+			h->length = value;
+			h->has_length = 1;
+			return;
+		}
+		value = value * 10 + (c - '0');
+		digits++;
+		off++;
+	}
+	h->unusual = 1;
+}
+
+/* The line after the LF at `p`: the empty line that ends the head, or a header the
+ * framing depends on. Returns 1 when the scan is over. */
+static __always_inline int line_after(const struct scratch *s, __u32 p, struct head_scan *h)
+{
+	__u32 q = p + 1;
+	char c;
+
+	if (q + 2 > h->n)
+		return 1; /* the head goes on past the bytes captured */
+	c = s->data[q & PSC_SCAN_MASK];
+	if (c == '\r') {
+		if (s->data[(q + 1) & PSC_SCAN_MASK] != '\n')
+			h->unusual = 1;
+		h->end = q + 2;
+		return 1;
+	}
+	if (c == '\n') {
+		h->unusual = 1;
+		return 1;
+	}
+	if (q + 16 > h->n)
+		return 0; /* too short to be a header that matters, and followed by more */
+	switch (c | 0x20) {
+	case 'c': /* content-length: */
+		if (bytes_are(s, q, 0x2d746e65746e6f63ULL, ~0ULL, 0x20202020202020ULL) &&
+		    bytes_are(s, q + 8, 0x3a6874676e656cULL, 0xffffffffffffffULL, 0x202020202020ULL))
+			content_length(s, q + 15, h);
+		break;
+	case 't': /* transfer-encoding: */
+		if (bytes_are(s, q, 0x726566736e617274ULL, ~0ULL, 0x2020202020202020ULL) &&
+		    bytes_are(s, q + 8, 0x6e69646f636e652dULL, ~0ULL, 0x2020202020202000ULL))
+			h->unusual = 1;
+		break;
+	case 'e': /* expect: */
+		if (bytes_are(s, q, 0x3a746365707865ULL, 0xffffffffffffffULL, 0x202020202020ULL))
+			h->unusual = 1;
+		break;
+	case 'u': /* upgrade: */
+		if (bytes_are(s, q, 0x3a65646172677075ULL, ~0ULL, 0x20202020202020ULL))
+			h->unusual = 1;
+		break;
+	}
+	return 0;
+}
+
+/* One 8-byte word of the scan: the lines after each LF in it. */
+static long scan_word(__u64 i, struct head_scan *h)
+{
+	__u32 zero = 0, off = i * 8;
+	struct scratch *s;
+	__u64 x, lf;
+
+	s = bpf_map_lookup_elem(&scratch, &zero);
+	if (!s || off >= h->n)
+		return 1;
+	/* A byte of 0x80 where the word has a LF (bytes past n are checked below). */
+	x = load64(s, off) ^ 0x0a0a0a0a0a0a0a0aULL;
+	lf = ~(((x & 0x7f7f7f7f7f7f7f7fULL) + 0x7f7f7f7f7f7f7f7fULL) | x | 0x7f7f7f7f7f7f7f7fULL);
+	if (!lf)
+		return 0;
+	for (int j = 0; j < 8; j++) {
+		if (!(lf & (0x80ULL << (j * 8))))
+			continue;
+		if (off + j >= h->n || line_after(s, off + j, h))
+			return 1;
+	}
+	return 0;
+}
+
+/* Scans the `n` captured bytes of a message's start for the end of its head and the
+ * headers its framing depends on. */
+static __always_inline void scan_head(struct head_scan *h, __u32 n)
+{
+	h->n = n > PSC_HTTP_SCAN - 16 ? PSC_HTTP_SCAN - 16 : n;
+	h->end = 0;
+	h->length = 0;
+	h->has_length = 0;
+	h->unusual = 0;
+	bpf_loop(PSC_HTTP_SCAN / 8, scan_word, h, 0);
+}
+
+/* The method of a request line whose token is `len` bytes long. */
+static __always_inline __u8 method_id(const struct scratch *s, __u32 len)
+{
+	__u64 w = load64(s, 0);
+
+	switch (len) {
+	case 3:
+		if ((w & 0xffffffff) == 0x20544547)
+			return PSC_METHOD_GET;
+		if ((w & 0xffffffff) == 0x20545550)
+			return PSC_METHOD_PUT;
+		break;
+	case 4:
+		if ((w & 0xffffffff) == 0x44414548)
+			return PSC_METHOD_HEAD;
+		if ((w & 0xffffffff) == 0x54534f50)
+			return PSC_METHOD_POST;
+		break;
+	case 5:
+		if ((w & 0xffffffffff) == 0x4543415254)
+			return PSC_METHOD_TRACE;
+		if ((w & 0xffffffffff) == 0x4843544150)
+			return PSC_METHOD_PATCH;
+		break;
+	case 6:
+		if ((w & 0xffffffffffff) == 0x4554454c4544)
+			return PSC_METHOD_DELETE;
+		break;
+	case 7:
+		if ((w & 0xffffffffffffff) == 0x5443454e4e4f43)
+			return PSC_METHOD_CONNECT;
+		if ((w & 0xffffffffffffff) == 0x534e4f4954504f)
+			return PSC_METHOD_OPTIONS;
+		break;
+	}
+	return PSC_METHOD_OTHER;
+}
+
+/* A request target being read: where it ends, and the hash of its path. */
+struct target_scan {
+	__u32 from;
+	__u32 n;
+	__u32 end;  /* the space after it; 0 while not found */
+	__u8 query; /* past '?': the rest is not hashed */
+	__u8 bad;   /* CR or LF inside the request line */
+	__u16 pad;
+	__u64 hash;
+};
+
+static long target_byte(__u64 i, struct target_scan *t)
+{
+	__u32 zero = 0, at = t->from + i;
+	struct scratch *s;
+	char c;
+
+	s = bpf_map_lookup_elem(&scratch, &zero);
+	if (!s || at >= t->n)
+		return 1;
+	c = s->data[at & PSC_SCAN_MASK];
+	if (c == ' ') {
+		t->end = at;
+		return 1;
+	}
+	if (c == '\r' || c == '\n') {
+		t->bad = 1; /* HTTP/0.9, or a line user space will refuse */
+		return 1;
+	}
+	if (c == '?')
+		t->query = 1;
+	if (!t->query)
+		t->hash = (t->hash ^ (__u8)c) * 1099511628211ULL; /* FNV-1a */
+	return 0;
+}
+
+/* Parses the request line at the start of the scratch into the turn: method, target
+ * (kept, and hashed up to '?'), version. Returns 0 when user space must frame it. */
+static __always_inline int request_line(const struct scratch *s, __u32 n, struct psc_turn *t)
+{
+	struct target_scan target = { .n = n, .hash = 14695981039346656037ULL };
+	__u32 method_len = 0, end;
+
+	for (int i = 0; i <= PSC_HTTP_MAX_METHOD; i++) {
+		char c;
+
+		if (i >= n)
+			return 0;
+		c = s->data[i];
+		if (c == ' ') {
+			method_len = i;
+			break;
+		}
+		if (!is_tchar(c))
+			return 0;
+	}
+	if (!method_len)
+		return 0;
+	target.from = method_len + 1;
+	bpf_loop(PSC_HTTP_LINE, target_byte, &target, 0);
+	end = target.end;
+	/* The line is kept whole: method, space, target. */
+	if (target.bad || end <= target.from || end >= PSC_HTTP_LINE || end + 10 >= n)
+		return 0;
+	/* "HTTP/1.0" or "HTTP/1.1", then CR: what user space takes. */
+	if (!bytes_are(s, end + 1, 0x2e312f50545448ULL, 0xffffffffffffffULL, 0) ||
+	    (s->data[(end + 8) & PSC_SCAN_MASK] != '0' && s->data[(end + 8) & PSC_SCAN_MASK] != '1') ||
+	    s->data[(end + 9) & PSC_SCAN_MASK] != '\r')
+		return 0;
+	t->key.method = method_id(s, method_len);
+	t->key.path_hash = target.hash;
+	t->line_len = end;
+	__builtin_memcpy(t->line, s->data, PSC_HTTP_LINE);
+	return t->key.method != PSC_METHOD_CONNECT;
+}
+
+/* The status of a status line at the start of the scratch, or 0. */
+static __always_inline __u16 status_line(const struct scratch *s, __u32 n)
+{
+	char a = s->data[9], b = s->data[10], c = s->data[11];
+
+	if (n < 13 || !bytes_are(s, 0, 0x2e312f50545448ULL, 0xffffffffffffffULL, 0) ||
+	    s->data[8] != ' ' || (s->data[12] != ' ' && s->data[12] != '\r'))
+		return 0;
+	if (a < '1' || a > '5' || b < '0' || b > '9' || c < '0' || c > '9')
+		return 0;
+	return (a - '0') * 100 + (b - '0') * 10 + (c - '0');
+}
+
+static __always_inline int same_key(const struct psc_http_series_key *a,
+				    const struct psc_http_series_key *b)
+{
+	const __u64 *x = (const __u64 *)a, *y = (const __u64 *)b;
+
+	for (int i = 0; i < sizeof(*a) / 8; i++)
+		if (x[i] != y[i])
+			return 0;
+	return 1;
+}
+
+static __always_inline void record_class(struct psc_http_hist *h, const volatile __u8 *classes,
+					 __u64 v)
+{
+	__u32 bucket = psc_hist_bucket(v), class;
+
+	if (bucket >= PSC_HIST_BUCKETS)
+		return;
+	class = classes[bucket];
+	if (class >= PSC_HTTP_CLASSES)
+		return;
+	h->counts[class]++;
+	h->sum += v;
+}
+
+/* The read or write in hand: who made it, on which fd. */
+struct io {
+	__u32 tgid;
+	__u32 fd;
+	__u16 gen;
+};
+
+/* Fills the scratch's event and exchange record for the connection's exchange in flight;
+ * the event names the connection as the read or write in hand does. */
+static __always_inline void exchange_record(struct scratch *s, struct psc_sock *sock,
+					    const struct io *io, __u8 kind, __u64 end_ns)
+{
+	struct psc_http_exchange *x = (struct psc_http_exchange *)s->data;
+	struct psc_turn *t = &sock->turn;
+
+	fill_event(s, io->tgid, io->gen, io->fd, 0, kind, &sock->conn, 0);
+	x->key = t->key;
+	x->start_ns = t->start_ns;
+	x->end_ns = end_ns;
+	x->request_body = t->request_length - t->request_head;
+	x->response_body = t->response_length - t->response_head;
+	x->tid = t->tid;
+	x->skip = 0;
+	x->line_len = t->line_len;
+	__builtin_memcpy(x->line, t->line, PSC_HTTP_LINE);
+}
+
+/* The response reached its length: the exchange is counted in its slot, or sent to user
+ * space when its series has none yet. */
+static __always_inline void finish(struct scratch *s, struct psc_sock *sock, const struct io *io)
+{
+	struct psc_turn *t = &sock->turn;
+	__u64 now = bpf_ktime_get_ns();
+	struct psc_http_stats *stats;
+
+	t->phase = PSC_PHASE_IDLE;
+	if (!t->slot_ok || !same_key(&t->cached_key, &t->key)) {
+		__u32 *slot = bpf_map_lookup_elem(&slots, &t->key);
+
+		t->slot_ok = 0;
+		if (slot) {
+			t->cached_key = t->key;
+			t->slot = *slot;
+			t->slot_ok = 1;
+		}
+	}
+	stats = t->slot_ok ? bpf_map_lookup_elem(&slot_stats, &t->slot) : 0;
+	if (stats) {
+		record_class(&stats->duration, duration_class, now - t->start_ns);
+		record_class(&stats->request_body, body_class, t->request_length - t->request_head);
+		record_class(&stats->response_body, body_class,
+			     t->response_length - t->response_head);
+		PSC_COUNT_IN(counters, PSC_HTTP_KERNEL_FRAMED);
+		return;
+	}
+	exchange_record(s, sock, io, PSC_HTTP_EXCHANGE, now);
+	emit_for(s, sizeof(struct psc_http_exchange), &sock->conn);
+	sock->conn.named = 1;
+}
+
+/* What the framer tells socket_io to do with the read or write. */
+enum psc_frame_outcome {
+	PSC_FRAME_KEPT = 0,   /* counted in the kernel: nothing to send */
+	PSC_FRAME_HANDOFF = 1, /* hand the connection over, with this read or write */
+};
+
+/* Hands the connection to user space. The request framed so far, if any, goes first, and
+ * `skip` bytes of the read or write in hand belong to it. */
+static __always_inline void hand_off(struct scratch *s, struct psc_sock *sock,
+				     const struct io *io, int pending, __u32 skip)
+{
+	struct psc_http_exchange *x = (struct psc_http_exchange *)s->data;
+
+	sock->turn.framing = PSC_FRAMED_IN_USER;
+	PSC_COUNT_IN(counters, PSC_HTTP_HANDOFFS);
+	exchange_record(s, sock, io, PSC_HTTP_HANDOFF, 0);
+	x->skip = skip;
+	if (!pending)
+		x->line_len = 0;
+	emit_for(s, sizeof(struct psc_http_exchange), &sock->conn);
+	sock->conn.named = 1;
+}
+
+/* The first bytes of a request: `n` of them captured. */
+static __always_inline int request_starts(struct scratch *s, struct psc_sock *sock, __u32 n,
+					  __u64 len, const struct io *io)
+{
+	struct psc_turn *t = &sock->turn;
+	struct head_scan h;
+
+	if (t->phase == PSC_PHASE_RESPONSE)
+		PSC_COUNT_IN(counters, PSC_HTTP_ABANDONED); /* its length never came */
+	t->phase = PSC_PHASE_IDLE;
+	if (!request_line(s, n, t))
+		return PSC_FRAME_HANDOFF;
+	scan_head(&h, n);
+	if (!h.end || h.unusual || h.end + h.length < len)
+		return PSC_FRAME_HANDOFF; /* split, unusual, or more than one request */
+	t->key.tgid = io->tgid;
+	t->key.gen = io->gen;
+	t->key.role = sock->conn.role;
+	t->key.status = 0;
+	t->key.port = sock->conn.server.port;
+	if (sock->conn.role == PSC_ROLE_CLIENT) {
+		t->key.family = sock->conn.server.family;
+		__builtin_memcpy(t->key.addr, sock->conn.server.addr, sizeof(t->key.addr));
+	}
+	t->tid = (__u32)bpf_get_current_pid_tgid();
+	t->start_ns = bpf_ktime_get_ns();
+	t->request_head = h.end;
+	t->request_length = h.end + h.length;
+	t->request_bytes = len;
+	t->phase = PSC_PHASE_REQUEST;
+	return PSC_FRAME_KEPT;
+}
+
+/* The first bytes of the response: `n` of them captured. */
+static __always_inline int response_starts(struct scratch *s, struct psc_sock *sock, __u32 n)
+{
+	struct psc_turn *t = &sock->turn;
+	__u16 status = status_line(s, n);
+	struct head_scan h;
+
+	if (!status || status < 200 || t->request_bytes != t->request_length)
+		return PSC_FRAME_HANDOFF; /* 1xx, an early answer, or not a status line */
+	scan_head(&h, n);
+	if (!h.end || h.unusual)
+		return PSC_FRAME_HANDOFF;
+	t->key.status = status;
+	t->response_head = h.end;
+	t->response_length = h.end;
+	/* A response to HEAD, a 204 and a 304 have no body, whatever their headers say. */
+	if (t->key.method != PSC_METHOD_HEAD && status != 204 && status != 304) {
+		if (!h.has_length)
+			return PSC_FRAME_HANDOFF; /* its body runs until close */
+		t->response_length += h.length;
+	}
+	t->response_bytes = 0;
+	t->phase = PSC_PHASE_RESPONSE;
+	return PSC_FRAME_KEPT;
+}
+
+/* Whether this read or write opens a turn, whose first bytes the framer must see. */
+static __always_inline int opens_turn(const struct psc_turn *t, int request)
+{
+	return request ? t->phase != PSC_PHASE_REQUEST : t->phase == PSC_PHASE_REQUEST;
+}
+
+/* Bytes of a turn after its first read or write: counted, and the response finished
+ * when they reach its length. Returns PSC_FRAME_HANDOFF with `skip` set when they run
+ * past what the request announced: a request pipelined behind it. */
+static __always_inline int turn_goes_on(struct scratch *s, struct psc_sock *sock,
+					const struct io *io, __u64 len, int request, __u32 *skip)
+{
+	struct psc_turn *t = &sock->turn;
+
+	if (request) {
+		__u64 before = t->request_bytes;
+
+		t->request_bytes += len;
+		if (t->request_bytes <= t->request_length)
+			return PSC_FRAME_KEPT;
+		*skip = t->request_length - before;
+		t->request_bytes = t->request_length;
+		return PSC_FRAME_HANDOFF;
+	}
+	if (t->phase != PSC_PHASE_RESPONSE)
+		return PSC_FRAME_KEPT; /* an answer to no request framed here */
+	t->response_bytes += len;
+	if (t->response_bytes < t->response_length)
+		return PSC_FRAME_KEPT;
+	finish(s, sock, io);
+	/* Bytes past the announced length answer nothing: user space frames from here. */
+	if (t->response_bytes > t->response_length)
+		t->framing = PSC_FRAMED_IN_USER;
+	return PSC_FRAME_KEPT;
+}
+
+
+/*
+ * The framer's entry points, as global functions: the verifier checks each once, on its
+ * own, instead of along every path through socket_io, which would exceed its budget.
+ * `who` is the tgid in the upper half and the fd in the lower one (five arguments at
+ * most). PSC_FRAME_HANDOFF when the connection must go to user space.
+ */
+__noinline int psc_frame_request(struct psc_sock *sock, __u32 n, __u64 len, __u64 who, __u32 gen)
+{
+	struct io io = { .tgid = who >> 32, .fd = (__u32)who, .gen = gen };
+	struct scratch *s;
+	__u32 zero = 0;
+
+	s = bpf_map_lookup_elem(&scratch, &zero);
+	if (!sock || !s)
+		return PSC_FRAME_HANDOFF;
+	return request_starts(s, sock, n, len, &io);
+}
+
+__noinline int psc_frame_response(struct psc_sock *sock, __u32 n, __u64 len, __u64 who, __u32 gen)
+{
+	struct io io = { .tgid = who >> 32, .fd = (__u32)who, .gen = gen };
+	struct scratch *s;
+	__u32 zero = 0, skip = 0;
+
+	s = bpf_map_lookup_elem(&scratch, &zero);
+	if (!sock || !s || response_starts(s, sock, n) != PSC_FRAME_KEPT)
+		return PSC_FRAME_HANDOFF;
+	return turn_goes_on(s, sock, &io, len, 0, &skip);
+}
+
+/* Bytes within a turn. Returns -1 when they were counted, or how many of them belong to
+ * the request in flight when the connection must go to user space. */
+__noinline int psc_frame_more(struct psc_sock *sock, __u64 len, int request, __u64 who, __u32 gen)
+{
+	struct io io = { .tgid = who >> 32, .fd = (__u32)who, .gen = gen };
+	struct scratch *s;
+	__u32 zero = 0, skip = 0;
+
+	s = bpf_map_lookup_elem(&scratch, &zero);
+	if (!sock || !s)
+		return -1;
+	if (turn_goes_on(s, sock, &io, len, request, &skip) == PSC_FRAME_KEPT)
+		return -1;
+	return skip & 0x7fffffff;
+}
+
+__noinline int psc_frame_hand_off(struct psc_sock *sock, int pending, __u32 skip, __u64 who,
+				  __u32 gen)
+{
+	struct io io = { .tgid = who >> 32, .fd = (__u32)who, .gen = gen };
+	struct scratch *s;
+	__u32 zero = 0;
+
+	s = bpf_map_lookup_elem(&scratch, &zero);
+	if (!sock || !s)
+		return 0;
+	hand_off(s, sock, &io, pending, skip);
+	return 0;
+}
+
 SEC("tp_btf/inet_sock_set_state")
 int BPF_PROG(psc_http_state, const struct sock *sk, int oldstate, int newstate)
 {
 	struct psc_sock *sock;
 
 	if (newstate == TCP_ESTABLISHED) {
-		struct psc_sock fresh = {};
+		struct psc_conn fresh = {};
 		__u8 role;
 
 		if (oldstate == TCP_SYN_RECV)
@@ -285,11 +925,14 @@ int BPF_PROG(psc_http_state, const struct sock *sk, int oldstate, int newstate)
 			role = PSC_ROLE_CLIENT;
 		else
 			return 0;
-		if (!set_role(&fresh.conn, sk, role))
+		if (!set_role(&fresh, sk, role))
 			return 0;
-		sock = bpf_sk_storage_get(&socks, (void *)sk, &fresh, BPF_SK_STORAGE_GET_F_CREATE);
+		/* Created zeroed (the whole state is too large for the stack), then filled. */
+		sock = bpf_sk_storage_get(&socks, (void *)sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
 		if (!sock)
 			PSC_COUNT_IN(counters, PSC_HTTP_CONNS_REFUSED);
+		else
+			sock->conn = fresh;
 		return 0;
 	}
 	/* The local side closed (FIN_WAIT1, LAST_ACK) or the connection died (CLOSE): no
@@ -298,6 +941,13 @@ int BPF_PROG(psc_http_state, const struct sock *sk, int oldstate, int newstate)
 	if (newstate != TCP_FIN_WAIT1 && newstate != TCP_LAST_ACK && newstate != TCP_CLOSE)
 		return 0;
 	sock = bpf_sk_storage_get(&socks, (void *)sk, 0, 0);
+	if (sock && sock->turn.phase == PSC_PHASE_RESPONSE &&
+	    sock->turn.framing == PSC_FRAMED_IN_KERNEL) {
+		/* Closed before the response reached its length: a framer in user space
+		 * would not count it either. */
+		sock->turn.phase = PSC_PHASE_IDLE;
+		PSC_COUNT_IN(counters, PSC_HTTP_ABANDONED);
+	}
 	if (!sock || !sock->announced || sock->closed)
 		return 0;
 	sock->closed = 1;
@@ -327,10 +977,10 @@ static __always_inline int socket_io(struct sock *sk, int ret, int flags, int in
 	struct psc_sock *sock;
 	struct pt_regs *regs;
 	struct scratch *s;
-	__u32 tgid, fd, zero = 0, captured = 0;
+	__u32 tgid, fd, zero = 0, captured = 0, skip = 0;
+	int nr, in_kernel, request, pending = 0;
+	__u64 arg, count, who;
 	__u16 gen;
-	__u64 arg, count;
-	int nr;
 
 	if (ret <= 0)
 		return 0;
@@ -338,13 +988,12 @@ static __always_inline int socket_io(struct sock *sk, int ret, int flags, int in
 	if (!sock) {
 		/* Established before the probe attached (or a client's, with clients off):
 		 * adopted here, its role told by its first bytes. */
-		struct psc_sock fresh = {};
 		__u16 family = sk->__sk_common.skc_family;
 
 		if (sk->sk_protocol != IPPROTO_TCP || (family != AF_INET && family != AF_INET6) ||
 		    sk->__sk_common.skc_state != TCP_ESTABLISHED)
 			return 0;
-		sock = bpf_sk_storage_get(&socks, sk, &fresh, BPF_SK_STORAGE_GET_F_CREATE);
+		sock = bpf_sk_storage_get(&socks, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
 		if (!sock)
 			return 0;
 	}
@@ -415,27 +1064,22 @@ static __always_inline int socket_io(struct sock *sk, int ret, int flags, int in
 	s = bpf_map_lookup_elem(&scratch, &zero);
 	if (!s)
 		return 0;
-	switch (nr) {
-	case NR_READ: case NR_WRITE: case NR_RECVFROM: case NR_SENDTO: {
-		__u32 want = ret > PSC_HTTP_CAPTURE ? PSC_HTTP_CAPTURE : ret;
+	who = (__u64)tgid << 32 | fd;
+	in_kernel = kernel_framing && sock->turn.framing == PSC_FRAMED_IN_KERNEL;
+	if (in_kernel && sock->verdict == PSC_VERDICT_HTTP) {
+		request = ingress == (sock->conn.role == PSC_ROLE_SERVER);
+		/* The hot path: bytes within a turn are only counted. */
+		if (!opens_turn(&sock->turn, request)) {
+			int more = psc_frame_more(sock, ret, request, who, gen);
 
-		if (!bpf_probe_read_user(s->data, want, (void *)arg))
-			captured = want;
-		break;
+			if (more < 0)
+				return 0;
+			skip = more;
+			pending = 1;
+			goto hand_over;
+		}
 	}
-	case NR_READV: case NR_WRITEV:
-		captured = capture_iov(s, (const struct iovec *)arg, count, ret);
-		break;
-	case NR_RECVMSG: case NR_SENDMSG: {
-		struct user_msghdr msg = {};
-
-		if (!bpf_probe_read_user(&msg, sizeof(msg), (void *)arg))
-			captured = capture_iov(s, msg.msg_iov, msg.msg_iovlen, ret);
-		break;
-	}
-	default: /* sendfile, splice: file bytes, counted by length */
-		break;
-	}
+	captured = capture(s, nr, arg, count, ret, in_kernel ? PSC_HTTP_SCAN : PSC_HTTP_CAPTURE);
 	if (sock->verdict == PSC_VERDICT_UNKNOWN) {
 		/* Requests flow in on a server's connections and out on a client's. */
 		__u8 verdict = PSC_VERDICT_OTHER;
@@ -454,6 +1098,27 @@ static __always_inline int socket_io(struct sock *sk, int ret, int flags, int in
 		sock->verdict = verdict;
 		if (verdict == PSC_VERDICT_OTHER || verdict == PSC_VERDICT_TLS)
 			return 0;
+	}
+	if (in_kernel) {
+		int outcome = PSC_FRAME_HANDOFF;
+
+		request = ingress == (sock->conn.role == PSC_ROLE_SERVER);
+		if (sock->verdict != PSC_VERDICT_HTTP) {
+			/* A method split over reads: user space puts it together. */
+		} else if (request) {
+			outcome = psc_frame_request(sock, captured, ret, who, gen);
+		} else {
+			pending = 1;
+			outcome = psc_frame_response(sock, captured, ret, who, gen);
+		}
+		if (outcome == PSC_FRAME_KEPT)
+			return 0;
+hand_over:
+		if (!sock->announced || sock->tgid != tgid || sock->gen != gen || sock->fd != fd)
+			announce(sock, tgid, gen, fd);
+		psc_frame_hand_off(sock, pending, skip, who, gen);
+		/* The record took the scratch: the bytes are captured again, all of them. */
+		captured = capture(s, nr, arg, count, ret, PSC_HTTP_CAPTURE);
 	}
 	if (!sock->announced || sock->tgid != tgid || sock->gen != gen || sock->fd != fd)
 		announce(sock, tgid, gen, fd);

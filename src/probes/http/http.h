@@ -43,6 +43,74 @@ enum psc_http_event_kind {
 	PSC_HTTP_CLOSE = 3,
 	PSC_HTTP_EXEC = 4, /* a process started: user space looks for a libssl of its own */
 	PSC_HTTP_OPEN = 5, /* this fd of this process now names a tracked connection */
+	/* An exchange the kernel framed whose series has no slot yet: a psc_http_exchange. */
+	PSC_HTTP_EXCHANGE = 6,
+	/* The kernel hands the connection to user space: a psc_http_exchange holding the
+	 * request already framed and awaiting its response (line_len 0: none), and how many
+	 * bytes of the next event of the connection belong to that request (skip). */
+	PSC_HTTP_HANDOFF = 7,
+};
+
+/* Bytes of a kernel-framed request's line kept per connection: method, space, target. A
+ * longer target is framed by user space. */
+#define PSC_HTTP_LINE 128
+
+/* The standard methods, which the kernel tells apart; any other token is 0. */
+enum psc_http_method {
+	PSC_METHOD_OTHER = 0,
+	PSC_METHOD_GET = 1,
+	PSC_METHOD_HEAD = 2,
+	PSC_METHOD_POST = 3,
+	PSC_METHOD_PUT = 4,
+	PSC_METHOD_DELETE = 5,
+	PSC_METHOD_CONNECT = 6,
+	PSC_METHOD_OPTIONS = 7,
+	PSC_METHOD_TRACE = 8,
+	PSC_METHOD_PATCH = 9,
+};
+
+/* What makes an exchange's series, as the kernel sees it: user space maps the path hash
+ * to a route once, from the line of the first exchange that has no slot yet. */
+struct psc_http_series_key {
+	__u32 tgid;
+	__u16 gen;
+	__u8 role;
+	__u8 method; /* enum psc_http_method */
+	__u16 status;
+	__u16 port; /* the server's */
+	__u64 path_hash; /* of the target up to '?' */
+	__u8 family; /* the server's address, on client connections only */
+	__u8 pad[7];
+	__u8 addr[16];
+};
+
+/* An exchange framed in the kernel, for a series without a slot, or handed over. */
+struct psc_http_exchange {
+	struct psc_http_series_key key;
+	__u64 start_ns;
+	__u64 end_ns;
+	__u64 request_body;
+	__u64 response_body;
+	__u32 tid; /* the thread that read (server) or wrote (client) the request */
+	__u32 skip;
+	__u16 line_len;
+	__u16 pad[3];
+	char line[PSC_HTTP_LINE];
+};
+
+/* Histogram classes per series slot: the configured bounds and +Inf, at most. */
+#define PSC_HTTP_CLASSES 32
+
+struct psc_http_hist {
+	__u64 sum;
+	__u64 counts[PSC_HTTP_CLASSES];
+};
+
+/* What one series slot has counted on one CPU. */
+struct psc_http_stats {
+	struct psc_http_hist duration;
+	struct psc_http_hist request_body;
+	struct psc_http_hist response_body;
 };
 
 /* A read, write or close on a tracked connection, followed by `captured` bytes. */
@@ -89,5 +157,9 @@ enum psc_http_counter {
 	PSC_HTTP_LOST_EVENTS = 0,  /* ring buffer full */
 	PSC_HTTP_CONNS_REFUSED = 1, /* socket storage or TLS connection map refused: not traced */
 	PSC_HTTP_TLS_NO_FD = 2,     /* TLS plaintext whose socket was never learned */
-	PSC_HTTP_COUNTERS = 3,
+	/* Kernel-framed exchanges given up: a response cut short by a new request or close. */
+	PSC_HTTP_ABANDONED = 3,
+	PSC_HTTP_KERNEL_FRAMED = 4, /* exchanges counted in a series slot */
+	PSC_HTTP_HANDOFFS = 5,      /* connections handed to user space */
+	PSC_HTTP_COUNTERS = 6,
 };

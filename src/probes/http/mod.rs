@@ -11,6 +11,7 @@
 pub mod conn;
 pub mod parser;
 pub mod routes;
+pub mod slots;
 pub mod spans;
 pub mod tls;
 
@@ -20,7 +21,7 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::rc::Rc;
 use std::time::{Duration, Instant, SystemTime};
 
-use libbpf_rs::{Link, MapCore, RingBuffer, RingBufferBuilder, UprobeOpts};
+use libbpf_rs::{Link, MapCore, MapFlags, RingBuffer, RingBufferBuilder, UprobeOpts};
 use tracing::{debug, info, warn};
 
 use super::kit::programs::{load_degrading, load_object, AttemptError, Degraded, Plan, ProgramSpec};
@@ -50,8 +51,11 @@ use skel::{types, HttpSkel, HttpSkelBuilder};
 use types::psc_http_counter as Counter;
 
 util::plain_types!(
+    types::psc_http_series_key,
     types::psc_http_event,
     types::psc_conn_key,
+    types::psc_http_exchange,
+    types::psc_http_stats,
 );
 
 /// What the ring buffer callback returns to stop a drain whose inbox is full.
@@ -66,7 +70,12 @@ const KIND_WRITE: u8 = types::psc_http_event_kind::PSC_HTTP_WRITE.0 as u8;
 const KIND_CLOSE: u8 = types::psc_http_event_kind::PSC_HTTP_CLOSE.0 as u8;
 const KIND_EXEC: u8 = types::psc_http_event_kind::PSC_HTTP_EXEC.0 as u8;
 const KIND_OPEN: u8 = types::psc_http_event_kind::PSC_HTTP_OPEN.0 as u8;
+const KIND_EXCHANGE: u8 = types::psc_http_event_kind::PSC_HTTP_EXCHANGE.0 as u8;
+const KIND_HANDOFF: u8 = types::psc_http_event_kind::PSC_HTTP_HANDOFF.0 as u8;
 const ROLE_SERVER: u8 = types::psc_http_role::PSC_ROLE_SERVER.0 as u8;
+
+/// Kernel keys (paths of a route, mostly) per series slot, at most, on average.
+const KEYS_PER_SLOT: u32 = 4;
 
 /// New processes whose libssl is checked, at most, waiting their turn; beyond, counted.
 const MAX_PENDING_EXECS: usize = 4096;
@@ -165,6 +174,8 @@ struct Tracked {
     tls: bool,
     /// The series of its last exchange, and what it was keyed from.
     last: Option<LastSeries>,
+    /// Bytes at the start of its next event that the kernel framed already.
+    skip: u64,
 }
 
 struct LastSeries {
@@ -231,6 +242,11 @@ pub struct HttpProbe {
     fill: Vec<MapFill>,
     /// Spans of exchanges, when traces are on.
     spans: Option<spans::SpanMaker>,
+    /// Series the kernel framer counts in slots (when it frames).
+    slots: slots::SlotTable<SeriesKey>,
+    kernel_framing: bool,
+    /// Exchanges the kernel framed and sent one by one, their series having no slot.
+    kernel_records: u64,
     /// The programs the kernel took.
     loaded: Vec<&'static str>,
     /// Features the kernel refused.
@@ -301,9 +317,23 @@ impl HttpProbe {
         let mut open = util::open_object(HttpSkelBuilder::default(), "http")?;
         util::set_entries(&mut open.maps.tls_conns, settings.max_connections.get(), "tls_conns")?;
         util::set_entries(&mut open.maps.events, settings.ring_buffer_bytes, "events")?;
+        let slot_count = settings.kernel_series.get();
+        let key_count = slot_count.saturating_mul(KEYS_PER_SLOT);
+        util::set_entries(&mut open.maps.slot_stats, slot_count, "slot_stats")?;
+        util::set_entries(&mut open.maps.slots, key_count, "slots")?;
+        // Spans need every exchange in user space.
+        let kernel_framing = settings.kernel_framing && context.spans.is_none();
+        let durations = DurationBounds::new(&settings.duration_buckets_seconds.0);
+        let body = &settings.body_size_buckets_bytes.0;
+        let body_bounds: Vec<u64> = body.iter().map(|b| *b as u64).collect();
+        let duration_classes = slots::classes(&durations.nanos);
+        let body_classes = slots::classes(&body_bounds);
         if let Some(rodata) = open.maps.rodata_data.as_deref_mut() {
             rodata.trace_clients = u8::from(settings.clients);
             rodata.agent_tgid = std::process::id();
+            rodata.kernel_framing = u8::from(kernel_framing);
+            rodata.duration_class = duration_classes;
+            rodata.body_class = body_classes;
         }
         let skel = load_object(open, plan, "http")?;
         let loaded: Vec<&'static str> = PROGRAMS
@@ -312,7 +342,6 @@ impl HttpProbe {
             .filter(|name| plan.loads(name))
             .collect();
 
-        let body = &settings.body_size_buckets_bytes.0;
         let probe = HttpProbe {
             skel,
             links: Vec::new(),
@@ -338,8 +367,8 @@ impl HttpProbe {
             ),
             processes: ProcessTable::new().with_workloads(workloads),
             pid_label: processes.pid_label,
-            durations: DurationBounds::new(&settings.duration_buckets_seconds.0),
-            body_bounds: body.iter().map(|b| *b as u64).collect(),
+            durations,
+            body_bounds,
             body_bounds_exported: body.clone(),
             tls_libraries: 0,
             tls_files: std::collections::HashSet::new(),
@@ -351,6 +380,9 @@ impl HttpProbe {
             spans: context
                 .spans
                 .map(|sampler| spans::SpanMaker::new(sampler, context.agent_connections.clone())),
+            slots: slots::SlotTable::new(slot_count, key_count, &duration_classes, &body_classes),
+            kernel_framing,
+            kernel_records: 0,
             loaded,
             degraded: Vec::new(),
         };
@@ -571,6 +603,14 @@ impl HttpProbe {
         } else {
             Role::Client
         };
+        if event.kind == KIND_EXCHANGE {
+            self.kernel_exchange(event, role, data);
+            return;
+        }
+        if event.kind == KIND_HANDOFF {
+            self.take_over(event, role, data);
+            return;
+        }
         // A close ends the fd's connection; an open means whatever was known of this fd
         // belonged to an earlier one.
         if event.kind == KIND_OPEN || event.kind == KIND_CLOSE {
@@ -598,11 +638,20 @@ impl HttpProbe {
                     conn: Connection::new(role),
                     tls: false,
                     last: None,
+                    skip: 0,
                 },
             );
         }
-        let Some(Tracked { conn, tls, .. }) = self.connections.get_mut(&key) else {
+        let Some(Tracked { conn, tls, skip, .. }) = self.connections.get_mut(&key) else {
             return;
+        };
+        // The part of a read or write that belongs to the request the kernel framed.
+        let (data, len) = if *skip > 0 {
+            let framed = std::mem::take(skip).min(event.len);
+            let from = (framed as usize).min(data.len());
+            (&data[from..], event.len - framed)
+        } else {
+            (data, event.len)
         };
         // A reused fd with another role is a new connection; so is the switch to TLS
         // plaintext (what came before was the handshake). After lost events, the
@@ -614,7 +663,7 @@ impl HttpProbe {
             *conn = Connection::new(role);
             *tls = event_tls;
         }
-        let exchanges = conn.feed_by(direction, data, event.len, event.ts, event.tid);
+        let exchanges = conn.feed_by(direction, data, len, event.ts, event.tid);
         if let Some(spans) = &mut self.spans {
             for request in conn.new_requests() {
                 spans.decide(role, request);
@@ -683,6 +732,134 @@ impl HttpProbe {
         stats.record(&exchange);
         if let Some(route) = route {
             self.finish_span(event, role, exchange, &route);
+        }
+    }
+
+    /// An exchange the kernel framed whose series has no slot yet: counted here, and its
+    /// key installed, so that the kernel counts the next ones itself.
+    fn kernel_exchange(&mut self, event: &types::psc_http_event, role: Role, data: &[u8]) {
+        let Some(record) = util::decode::<types::psc_http_exchange>(data) else {
+            return;
+        };
+        self.kernel_records += 1;
+        // A line user space would not take for a request is no exchange here either.
+        let Some((method, path)) = parser::parse_framed_line(framed_line(&record)) else {
+            return;
+        };
+        let exchange = Exchange {
+            method,
+            path,
+            status: record.key.status,
+            request_body_bytes: record.request_body,
+            response_body_bytes: record.response_body,
+            start_ns: record.start_ns,
+            end_ns: record.end_ns,
+            context: None,
+            tid: record.tid,
+        };
+        // The series is the process that read (server) or wrote (client) the request.
+        let mut owner = *event;
+        owner.tgid = record.key.tgid;
+        owner.gen = record.key.gen;
+        let key = self.series_key(&owner, role, &exchange);
+        let created = self
+            .processes
+            .get((owner.tgid, owner.gen))
+            .map(|info| info.first_seen);
+        let stats = self.series.entry(key.clone()).or_default();
+        if stats.first_seen.is_none() {
+            stats.first_seen = created;
+        }
+        stats.record(&exchange);
+        let kernel_key = util::plain_bytes(&record.key);
+        if let Err(refused) = self.slots.install(&self.skel.maps.slots, kernel_key, &key) {
+            debug!(?refused, "series left to user space");
+        }
+    }
+
+    /// The kernel hands a connection over: it is framed here from now on, starting from
+    /// the request the kernel framed, if any, and past the bytes of the next event that
+    /// belong to it.
+    fn take_over(&mut self, event: &types::psc_http_event, role: Role, data: &[u8]) {
+        let Some(record) = util::decode::<types::psc_http_exchange>(data) else {
+            return;
+        };
+        let key = (event.tgid, event.fd);
+        if let Some(old) = self.connections.remove(&key) {
+            self.head_bytes = self.head_bytes.saturating_sub(old.conn.buffered());
+        }
+        if self.connections.len() >= self.max_connections {
+            self.connections_refused += 1;
+            return;
+        }
+        let mut conn = Connection::new(role);
+        if record.line_len > 0 {
+            if let Some((method, path)) = parser::parse_framed_line(framed_line(&record)) {
+                conn.resume(method, path, record.start_ns, record.request_body, record.tid);
+            }
+        }
+        self.connections.insert(
+            key,
+            Tracked {
+                conn,
+                tls: false,
+                last: None,
+                skip: u64::from(record.skip),
+            },
+        );
+    }
+
+    /// Adds what the kernel counted in its series slots since the last look.
+    fn fold_slots(&mut self) {
+        if !self.kernel_framing {
+            return;
+        }
+        let map = &self.skel.maps.slot_stats;
+        let deltas = self.slots.deltas(|slot| {
+            let values = map
+                .lookup_percpu(&slot.to_ne_bytes(), MapFlags::ANY)
+                .ok()
+                .flatten()?;
+            let cpus: Vec<slots::SlotCounts> = values
+                .iter()
+                .filter_map(|bytes| util::decode::<types::psc_http_stats>(bytes))
+                .map(|stats| slot_counts(&stats))
+                .collect();
+            Some(slots::SlotTable::<SeriesKey>::sum_cpus(&cpus))
+        });
+        for (key, delta) in deltas {
+            let stats = self.series.entry(key).or_default();
+            stats.duration_ns.merge(&delta.duration);
+            stats.request_bytes.merge(&delta.request_body);
+            stats.response_bytes.merge(&delta.response_body);
+        }
+    }
+
+    /// Frees the slots of series that left `series`, zeroing their counts for reuse.
+    fn release_slots(&mut self) {
+        if !self.kernel_framing {
+            return;
+        }
+        let live = &self.series;
+        let freed = self
+            .slots
+            .release(&self.skel.maps.slots, |key| !live.contains_key(key));
+        if freed.is_empty() {
+            return;
+        }
+        let Ok(cpus) = libbpf_rs::num_possible_cpus() else {
+            return;
+        };
+        let zeroes = vec![vec![0u8; std::mem::size_of::<types::psc_http_stats>()]; cpus];
+        for slot in freed {
+            if let Err(err) =
+                self.skel
+                    .maps
+                    .slot_stats
+                    .update_percpu(&slot.to_ne_bytes(), &zeroes, MapFlags::ANY)
+            {
+                warn!(slot, error = %err, "clearing a series slot failed");
+            }
         }
     }
 
@@ -892,6 +1069,27 @@ impl HttpProbe {
             .export(self.series.clone(), &first_seen, cost)
     }
 
+    /// What the kernel framer did with the exchanges it saw.
+    fn kernel_framer_family(&self) -> Family {
+        let mut family = Family::new(
+            "periscope_http_kernel_framer_exchanges",
+            "What the kernel framer did: exchanges it counted in series slots (counted) or sent one by one to user space, their series having no slot yet (recorded); connections it handed to user space to frame (handed_off); responses cut short by a new request or close, which no framer counts (abandoned).",
+            MetricKind::Counter,
+        );
+        for (outcome, count) in [
+            ("counted", self.counter(Counter::PSC_HTTP_KERNEL_FRAMED)),
+            ("recorded", self.kernel_records),
+            ("handed_off", self.counter(Counter::PSC_HTTP_HANDOFFS)),
+            ("abandoned", self.counter(Counter::PSC_HTTP_ABANDONED)),
+        ] {
+            family.push(
+                vec![("outcome", outcome.to_string())],
+                Value::Counter(count as f64),
+            );
+        }
+        family
+    }
+
     fn counter(&self, slot: Counter) -> u64 {
         util::percpu_array_u64(&self.skel.maps.counters, slot.0)
     }
@@ -933,7 +1131,9 @@ impl Probe for HttpProbe {
 
     fn collect(&mut self, now: Instant, out: &mut Vec<Family>) {
         self.drain();
+        self.fold_slots();
         self.expire(now);
+        self.release_slots();
         let rows = self.export();
         let mut families = HttpFamilies::new();
         for ((owner, exchanges), stats) in &rows {
@@ -955,6 +1155,7 @@ impl Probe for HttpProbe {
         );
         libraries.push(Vec::new(), Value::Gauge(self.tls_libraries as f64));
         out.extend(families.into_families(libraries));
+        out.push(self.kernel_framer_family());
         self.fill = vec![
             MapFill {
                 map: "tls_conns",
@@ -965,6 +1166,11 @@ impl Probe for HttpProbe {
                 map: "connections",
                 entries: self.connections.len() as u64,
                 capacity: self.max_connections as u64,
+            },
+            MapFill {
+                map: "kernel_series_keys",
+                entries: self.slots.keys() as u64,
+                capacity: u64::from(self.skel.maps.slots.max_entries()),
             },
             MapFill {
                 map: "series",
@@ -1010,6 +1216,7 @@ impl Probe for HttpProbe {
             ("connections", self.connections_refused),
             ("head_buffers", self.heads_abandoned),
             ("series", self.series_folded),
+            ("kernel_series", self.slots.refused),
             ("exited_executables", self.lifecycle.exited_refused()),
             ("series_budget", self.lifecycle.budget_refused()),
             ("routes", self.routes.folded()),
@@ -1039,6 +1246,26 @@ impl Probe for HttpProbe {
 
     fn expired_series(&self) -> u64 {
         self.lifecycle.expired_series()
+    }
+}
+
+/// The request line bytes the kernel kept: method, space, target.
+fn framed_line(record: &types::psc_http_exchange) -> &[u8] {
+    let len = usize::from(record.line_len).min(record.line.len());
+    // SAFETY: i8 and u8 have the same size and alignment.
+    unsafe { std::slice::from_raw_parts(record.line.as_ptr().cast::<u8>(), len) }
+}
+
+/// One CPU's counts of a slot, as the kernel keeps them.
+fn slot_counts(stats: &types::psc_http_stats) -> slots::SlotCounts {
+    let class = |hist: &types::psc_http_hist| slots::ClassCounts {
+        sum: hist.sum,
+        counts: hist.counts,
+    };
+    slots::SlotCounts {
+        duration: class(&stats.duration),
+        request_body: class(&stats.request_body),
+        response_body: class(&stats.response_body),
     }
 }
 

@@ -662,8 +662,19 @@ pub fn parse_request_head(head: &[u8]) -> Option<RequestHead> {
     })
 }
 
-/// The path of a request target: origin-form as is, absolute-form reduced to its path,
-/// query and fragment dropped, bounded in length.
+/// The method and path of a request line the kernel framed: method, space, target.
+pub fn parse_framed_line(line: &[u8]) -> Option<(String, String)> {
+    let space = memchr::memchr(b' ', line)?;
+    let (method, target) = (&line[..space], &line[space + 1..]);
+    if !is_method(method) || target.contains(&b' ') {
+        return None;
+    }
+    Some((
+        String::from_utf8_lossy(method).into_owned(),
+        request_path(target)?,
+    ))
+}
+
 /// The method and path of a request head known only by its first bytes: the request
 /// line may be cut anywhere after the method's space, even inside its version.
 fn parse_cut_request_head(head: &[u8]) -> Option<RequestHead> {
@@ -695,6 +706,8 @@ fn parse_cut_request_head(head: &[u8]) -> Option<RequestHead> {
     })
 }
 
+/// The path of a request target: origin-form as is, absolute-form reduced to its path,
+/// query and fragment dropped, bounded in length.
 fn request_path(target: &[u8]) -> Option<String> {
     if target.is_empty() {
         return None;

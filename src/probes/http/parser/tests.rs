@@ -478,3 +478,44 @@ fn trace_context_headers_are_read_with_the_framing_headers() {
     let none = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n";
     assert_eq!(parse_request_head(none).expect("valid head").trace, None);
 }
+
+#[test]
+fn request_lines_the_kernel_framed_parse_as_user_space_frames_them() {
+    assert_eq!(
+        parse_framed_line(b"GET /a/b?secret=1"),
+        Some(("GET".into(), "/a/b".into()))
+    );
+    assert_eq!(
+        parse_framed_line(b"PURGE http://h/x"),
+        Some(("PURGE".into(), "/x".into()))
+    );
+    assert_eq!(parse_framed_line(b"GET"), None, "no target");
+    assert_eq!(parse_framed_line(b"G\x01T /"), None, "not a token");
+    assert_eq!(parse_framed_line(b"GET /a\x07b"), None, "control byte");
+    assert_eq!(parse_framed_line(b"GET /a b"), None, "two targets");
+}
+
+/// A connection the kernel hands over after framing a request, whose response (chunked,
+/// here) the kernel does not frame: the response pairs with the request, and bytes of
+/// the next request follow as usual.
+#[test]
+fn a_request_framed_in_the_kernel_pairs_with_the_response_user_space_frames() {
+    let mut c = server();
+    c.resume("POST".into(), "/upload".into(), 10, 7, 3);
+    let done = write(
+        &mut c,
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+        20,
+    );
+    assert_eq!(summary(&done), vec!["POST /upload 200 7/3"]);
+    assert_eq!((done[0].start_ns, done[0].end_ns, done[0].tid), (10, 20, 3));
+    read(&mut c, b"HEAD /h HTTP/1.1\r\n\r\n", 30);
+    let done = write(&mut c, b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n", 31);
+    assert_eq!(summary(&done), vec!["HEAD /h 200 0/0"]);
+
+    // A HEAD framed in the kernel: its response has no body, whatever it announces.
+    let mut c = server();
+    c.resume("HEAD".into(), "/h".into(), 1, 0, 0);
+    let done = write(&mut c, b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n", 2);
+    assert_eq!(summary(&done), vec!["HEAD /h 200 0/0"]);
+}
