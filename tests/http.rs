@@ -319,8 +319,33 @@ fn exact_counts_for_keep_alive_fresh_pipelined_and_chunked_requests() {
     if !have_root("exact_counts_for_keep_alive_fresh_pipelined_and_chunked_requests") {
         return;
     }
+    let m = exact_counts_with(HTTP_CONFIG);
+    // The kernel framed what it could and handed over the connection that carries
+    // chunked and pipelined exchanges, at the client's end and the server's (and this
+    // test's own scrapes of the agent, whose answers are not all of a known length).
+    assert!(kernel_framer(&m, "handed_off") >= 2.0);
+    assert!(kernel_framer(&m, "counted") + kernel_framer(&m, "recorded") > 0.0);
+}
+
+/// The same byte streams framed by user space alone give the same exact counts.
+#[test]
+fn the_user_space_framer_alone_counts_the_same_streams_alike() {
+    if !have_root("the_user_space_framer_alone_counts_the_same_streams_alike") {
+        return;
+    }
+    let m = exact_counts_with("probes:\n  http:\n    enabled: true\n    kernel_framing: false\n");
+    let framed = ["counted", "recorded", "handed_off", "abandoned"]
+        .iter()
+        .map(|outcome| kernel_framer(&m, outcome))
+        .sum::<f64>();
+    assert_eq!(framed, 0.0, "the kernel framed nothing");
+}
+
+/// The keep-alive, fresh-connection and curl workloads under `config`, checked exactly on
+/// both ends; returns the final scrape.
+fn exact_counts_with(config: &str) -> Metrics {
     let _kernel = kernel_lock();
-    let agent = Agent::start(HTTP_CONFIG);
+    let agent = Agent::start(config);
     let server = Server::python();
     let port = server.port;
     keep_alive_workload(port);
@@ -347,6 +372,7 @@ fn exact_counts_for_keep_alive_fresh_pipelined_and_chunked_requests() {
         .all(|(_, labels, _)| labels.get("server_port") == Some(&port_label)));
 
     check_client_series(&m, &port_label);
+    m
 }
 
 #[test]
@@ -1504,4 +1530,40 @@ fn plain_exchanges_are_framed_in_the_kernel_and_the_rest_handed_over_exactly() {
     assert_eq!(kernel_framer(&m, "abandoned"), 0.0);
     // Once its slot is installed, a series' exchanges no longer reach user space.
     assert!(kernel_framer(&m, "counted") > 0.0, "slots count");
+}
+
+/// With room in the kernel for two series, the other three are counted exactly all the
+/// same, each exchange sent on its own, and every refused slot is counted.
+#[test]
+fn series_beyond_the_kernel_slots_are_counted_exactly_in_user_space() {
+    if !have_root("series_beyond_the_kernel_slots_are_counted_exactly_in_user_space") {
+        return;
+    }
+    let _kernel = kernel_lock();
+    let agent = Agent::start(
+        "probes:\n  http:\n    enabled: true\n    clients: false\n    kernel_series: 2\n",
+    );
+    let server = Server::python();
+    let stream = connect(server.port);
+    let mut reader = BufReader::new(&stream);
+    for route in ["a", "b", "c", "d", "e"] {
+        for _ in 0..20 {
+            (&stream)
+                .write_all(format!("GET /{route} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
+                .expect("send");
+            assert_eq!(read_response(&mut reader), 200);
+        }
+    }
+    let pid = server.pid();
+    let m = common::eventually(&agent, |m| server_total(m, &pid) >= 100.0);
+    for route in ["/a", "/b", "/c", "/d", "/e"] {
+        assert_eq!(server_count(&m, &pid, "GET", "200", route), 20.0, "{route}");
+    }
+    assert_eq!(server_total(&m, &pid), 100.0);
+    // Two series took the slots; each exchange of the other three asked for one.
+    assert_eq!(
+        m.sum("periscope_series_folded_total", &[("map", "kernel_series")]),
+        60.0
+    );
+    assert_eq!(kernel_framer(&m, "handed_off"), 0.0);
 }

@@ -907,3 +907,33 @@ fn shutdown_keeps_its_deadline_with_a_hanging_or_dripping_receiver() {
         );
     }
 }
+
+/// As with an OpenTelemetry SDK, setting `OTEL_EXPORTER_OTLP_ENDPOINT` alone turns the
+/// OTLP exporter and traces on: a configuration that names neither sends every span of
+/// a traced request there, exactly once.
+#[test]
+fn the_otlp_endpoint_variable_alone_turns_traces_on() {
+    if !have_root("the_otlp_endpoint_variable_alone_turns_traces_on") {
+        return;
+    }
+    let _lock = kernel_lock();
+    let receiver = Receiver::start(Vec::new());
+    let agent = Agent::start_with_env(
+        "probes:\n  syscalls:\n    enabled: false\n  http:\n    enabled: true\n",
+        &[("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint().as_str())],
+    );
+    let app = App::start();
+    const N: u64 = 10;
+    let expected = traced_requests(&app, N, 0x0e17);
+    let pid = app.child.id();
+    wait_until("the spans", || {
+        server_spans(&receiver.received, pid).len() as u64 >= N
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let spans = server_spans(&receiver.received, pid);
+    assert_eq!(spans.len() as u64, N, "exactly one span per request");
+    for (trace, parent, _) in &spans {
+        assert_eq!(expected.get(trace), Some(parent), "trace {trace}");
+    }
+    drop(agent);
+}

@@ -134,3 +134,23 @@ impl ProbeSettings for HttpConfig {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_kernel_framer_takes_at_most_its_classes_of_bounds() {
+        let mut config = HttpConfig {
+            duration_buckets_seconds: Buckets((1..=31).map(f64::from).collect()),
+            ..HttpConfig::default()
+        };
+        assert_eq!(config.check(), Ok(()));
+        config.duration_buckets_seconds = Buckets((1..=32).map(f64::from).collect());
+        let (key, why) = config.check().expect_err("32 bounds");
+        assert_eq!(key, "duration_buckets_seconds");
+        assert!(why.contains("kernel_framing: false"), "{why}");
+        config.kernel_framing = false;
+        assert_eq!(config.check(), Ok(()));
+    }
+}

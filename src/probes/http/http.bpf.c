@@ -440,7 +440,7 @@ static __always_inline void content_length(const struct scratch *s, __u32 off, s
 
 /* The line after the LF at `p`: the empty line that ends the head, or a header the
  * framing depends on. Returns 1 when the scan is over. */
-static __always_inline int line_after(const struct scratch *s, __u32 p, struct head_scan *h)
+static __noinline int line_after(const struct scratch *s, __u32 p, struct head_scan *h)
 {
 	__u32 q = p + 1;
 	char c;
@@ -483,26 +483,48 @@ static __always_inline int line_after(const struct scratch *s, __u32 p, struct h
 	return 0;
 }
 
-/* One 8-byte word of the scan: the lines after each LF in it. */
-static long scan_word(__u64 i, struct head_scan *h)
+/* 0x80 in each byte of `w` that is `b` (repeated in every byte of `bytes`), 0 elsewhere. */
+static __always_inline __u64 bytes_equal(__u64 w, __u64 bytes)
 {
-	__u32 zero = 0, off = i * 8;
+	__u64 x = w ^ bytes;
+
+	return ~(((x & 0x7f7f7f7f7f7f7f7fULL) + 0x7f7f7f7f7f7f7f7fULL) | x | 0x7f7f7f7f7f7f7f7fULL);
+}
+
+/* The index (0 to 7) of the lowest byte flagged in `flags`, which is not 0. */
+static __always_inline __u32 first_flagged(__u64 flags)
+{
+	__u64 lowest = flags & -flags;
+
+	return ((lowest >> 7) * 0x0001020304050607ULL) >> 56;
+}
+
+/* Words of the scan handled per loop step. */
+#define PSC_SCAN_WORDS 4
+
+/* PSC_SCAN_WORDS 8-byte words of the scan: the lines after each LF in them. */
+static long scan_words(__u64 i, struct head_scan *h)
+{
+	__u32 zero = 0;
 	struct scratch *s;
-	__u64 x, lf;
 
 	s = bpf_map_lookup_elem(&scratch, &zero);
-	if (!s || off >= h->n)
+	if (!s)
 		return 1;
-	/* A byte of 0x80 where the word has a LF (bytes past n are checked below). */
-	x = load64(s, off) ^ 0x0a0a0a0a0a0a0a0aULL;
-	lf = ~(((x & 0x7f7f7f7f7f7f7f7fULL) + 0x7f7f7f7f7f7f7f7fULL) | x | 0x7f7f7f7f7f7f7f7fULL);
-	if (!lf)
-		return 0;
-	for (int j = 0; j < 8; j++) {
-		if (!(lf & (0x80ULL << (j * 8))))
-			continue;
-		if (off + j >= h->n || line_after(s, off + j, h))
+	for (int k = 0; k < PSC_SCAN_WORDS; k++) {
+		__u32 off = (i * PSC_SCAN_WORDS + k) * 8;
+		__u64 lf;
+
+		if (off >= h->n)
 			return 1;
+		lf = bytes_equal(load64(s, off), 0x0a0a0a0a0a0a0a0aULL);
+		for (int j = 0; j < 8 && lf; j++) {
+			__u32 p = off + first_flagged(lf);
+
+			lf &= lf - 1;
+			if (p >= h->n || line_after(s, p, h))
+				return 1;
+		}
 	}
 	return 0;
 }
@@ -516,7 +538,7 @@ static __always_inline void scan_head(struct head_scan *h, __u32 n)
 	h->length = 0;
 	h->has_length = 0;
 	h->unusual = 0;
-	bpf_loop(PSC_HTTP_SCAN / 8, scan_word, h, 0);
+	bpf_loop(PSC_HTTP_SCAN / 8 / PSC_SCAN_WORDS, scan_words, h, 0);
 }
 
 /* The method of a request line whose token is `len` bytes long. */
@@ -562,34 +584,39 @@ struct target_scan {
 	__u32 from;
 	__u32 n;
 	__u32 end;  /* the space after it; 0 while not found */
-	__u8 query; /* past '?': the rest is not hashed */
-	__u8 bad;   /* CR or LF inside the request line */
-	__u16 pad;
+	__u32 query; /* past '?': the rest is not hashed */
 	__u64 hash;
 };
 
-static long target_byte(__u64 i, struct target_scan *t)
+#define PSC_FNV_PRIME 1099511628211ULL
+
+/* Eight bytes of a target, hashed a word at a time up to its '?' (the hash is the
+ * kernel's own: user space never computes it). Bytes past `n` are never hashed into a
+ * target that is taken, which must end before `n`. */
+static long target_word(__u64 i, struct target_scan *t)
 {
-	__u32 zero = 0, at = t->from + i;
+	__u32 zero = 0, off = t->from + i * 8, k;
+	__u64 w, spaces, stops;
 	struct scratch *s;
-	char c;
 
 	s = bpf_map_lookup_elem(&scratch, &zero);
-	if (!s || at >= t->n)
+	if (!s || off >= t->n)
 		return 1;
-	c = s->data[at & PSC_SCAN_MASK];
-	if (c == ' ') {
-		t->end = at;
+	w = load64(s, off);
+	spaces = bytes_equal(w, 0x2020202020202020ULL);
+	stops = spaces | (t->query ? 0 : bytes_equal(w, 0x3f3f3f3f3f3f3f3fULL));
+	if (!stops) {
+		t->hash = (t->hash ^ w) * PSC_FNV_PRIME;
+		return 0;
+	}
+	k = first_flagged(stops);
+	if (!t->query && k)
+		t->hash = (t->hash ^ (w & ((1ULL << (k * 8)) - 1))) * PSC_FNV_PRIME;
+	t->query = 1;
+	if (spaces) {
+		t->end = off + first_flagged(spaces);
 		return 1;
 	}
-	if (c == '\r' || c == '\n') {
-		t->bad = 1; /* HTTP/0.9, or a line user space will refuse */
-		return 1;
-	}
-	if (c == '?')
-		t->query = 1;
-	if (!t->query)
-		t->hash = (t->hash ^ (__u8)c) * 1099511628211ULL; /* FNV-1a */
 	return 0;
 }
 
@@ -616,10 +643,10 @@ static __always_inline int request_line(const struct scratch *s, __u32 n, struct
 	if (!method_len)
 		return 0;
 	target.from = method_len + 1;
-	bpf_loop(PSC_HTTP_LINE, target_byte, &target, 0);
+	bpf_loop(PSC_HTTP_LINE / 8, target_word, &target, 0);
 	end = target.end;
 	/* The line is kept whole: method, space, target. */
-	if (target.bad || end <= target.from || end >= PSC_HTTP_LINE || end + 10 >= n)
+	if (end <= target.from || end >= PSC_HTTP_LINE || end + 10 >= n)
 		return 0;
 	/* "HTTP/1.0" or "HTTP/1.1", then CR: what user space takes. */
 	if (!bytes_are(s, end + 1, 0x2e312f50545448ULL, 0xffffffffffffffULL, 0) ||

@@ -103,8 +103,6 @@ impl Delta {
 
 struct Slot<S> {
     series: S,
-    /// The kernel keys that map to it, for their removal with it.
-    keys: Vec<Vec<u8>>,
     seen: SlotCounts,
 }
 
@@ -124,7 +122,8 @@ pub struct SlotTable<S> {
     by_series: HashMap<S, u32>,
     free: Vec<u32>,
     max_keys: usize,
-    keys: usize,
+    /// The kernel keys installed, with their slots.
+    keys: HashMap<Vec<u8>, u32>,
     duration_representatives: [usize; CLASSES],
     body_representatives: [usize; CLASSES],
     /// Keys not installed, by cause.
@@ -139,7 +138,7 @@ impl<S: Clone + Eq + Hash> SlotTable<S> {
             by_series: HashMap::new(),
             free: (0..slots).rev().collect(),
             max_keys: max_keys as usize,
-            keys: 0,
+            keys: HashMap::new(),
             duration_representatives: representatives(duration),
             body_representatives: representatives(body),
             refused: 0,
@@ -148,12 +147,16 @@ impl<S: Clone + Eq + Hash> SlotTable<S> {
 
     /// Kernel keys installed.
     pub fn keys(&self) -> usize {
-        self.keys
+        self.keys.len()
     }
 
     /// Maps kernel key `key` to the slot of `series`, taking a free slot for a new series.
     pub fn install<M: MapCore>(&mut self, keys_map: &M, key: &[u8], series: &S) -> Result<(), Refused> {
-        if self.keys >= self.max_keys {
+        // Exchanges of a key sent before its slot was installed find it installed.
+        if self.keys.contains_key(key) {
+            return Ok(());
+        }
+        if self.keys.len() >= self.max_keys {
             self.refused += 1;
             return Err(Refused::KeysFull);
         }
@@ -167,7 +170,6 @@ impl<S: Clone + Eq + Hash> SlotTable<S> {
                 self.by_series.insert(series.clone(), slot);
                 self.slots[slot as usize] = Some(Slot {
                     series: series.clone(),
-                    keys: Vec::new(),
                     seen: SlotCounts::default(),
                 });
                 slot
@@ -180,10 +182,7 @@ impl<S: Clone + Eq + Hash> SlotTable<S> {
             self.refused += 1;
             return Err(Refused::KeysFull);
         }
-        if let Some(entry) = self.slots[slot as usize].as_mut() {
-            entry.keys.push(key.to_vec());
-            self.keys += 1;
-        }
+        self.keys.insert(key.to_vec(), slot);
         Ok(())
     }
 
@@ -227,13 +226,18 @@ impl<S: Clone + Eq + Hash> SlotTable<S> {
             if !gone(&slot.series) {
                 continue;
             }
-            for key in &slot.keys {
-                let _ = keys_map.delete(key);
-            }
-            self.keys = self.keys.saturating_sub(slot.keys.len());
             self.by_series.remove(&slot.series);
             *entry = None;
             freed.push(idx as u32);
+        }
+        if !freed.is_empty() {
+            self.keys.retain(|key, slot| {
+                let keep = !freed.contains(slot);
+                if !keep {
+                    let _ = keys_map.delete(key);
+                }
+                keep
+            });
         }
         self.free.extend(freed.iter().copied());
         freed
@@ -282,7 +286,6 @@ mod tests {
         let mut slots: SlotTable<&str> = SlotTable::new(2, 4, &table, &table);
         slots.slots[0] = Some(Slot {
             series: "a",
-            keys: Vec::new(),
             seen: SlotCounts::default(),
         });
         let mut counts = SlotCounts::default();
