@@ -523,9 +523,17 @@ static long scan_words(__u64 i, struct head_scan *h)
 		lf = bytes_equal(load64(s, off), 0x0a0a0a0a0a0a0a0aULL);
 		for (int j = 0; j < 8 && lf; j++) {
 			__u32 p = off + first_flagged(lf);
+			char c;
 
 			lf &= lf - 1;
-			if (p >= h->n || line_after(s, p, h))
+			if (p >= h->n)
+				return 1;
+			/* Only the empty line and lines of c, t, e or u can matter: CR and LF
+			 * lowered are '-' and '*'. The call is spared for the other lines. */
+			c = s->data[(p + 1) & PSC_SCAN_MASK] | 0x20;
+			if (c != '-' && c != '*' && c != 'c' && c != 't' && c != 'e' && c != 'u')
+				continue;
+			if (line_after(s, p, h))
 				return 1;
 		}
 	}
