@@ -1382,6 +1382,56 @@ fn chunked_responses_beyond_one_writes_capture_are_counted() {
     assert_eq!(client(&m), 200.0);
 }
 
+/// 100 and then 1,000 requests pipelined in one write each, answered in order, are
+/// counted exactly on both ends, and no framing is reported lost. They once went
+/// undercounted (640/1,000 and 128/1,000) with no loss counter moving.
+#[test]
+fn requests_pipelined_a_thousand_to_a_write_are_counted_exactly() {
+    if !have_root("requests_pipelined_a_thousand_to_a_write_are_counted_exactly") {
+        return;
+    }
+    let _kernel = kernel_lock();
+    let agent = Agent::start(HTTP_CONFIG);
+    let server = Server::python();
+    let stream = connect(server.port);
+    let mut reader = BufReader::new(&stream);
+    for (times, status) in [(100, 200), (1000, 201)] {
+        let burst = format!("GET /status/{status} HTTP/1.1\r\nHost: t\r\n\r\n").repeat(times);
+        (&stream).write_all(burst.as_bytes()).expect("send");
+        for _ in 0..times {
+            assert_eq!(read_response(&mut reader), status);
+        }
+    }
+    let (pid, me) = (server.pid(), std::process::id().to_string());
+    let client = |m: &Metrics, status: &str| {
+        m.sum(
+            "http_client_request_duration_seconds_count",
+            &[
+                ("process_pid", me.as_str()),
+                ("http_response_status_code", status),
+            ],
+        )
+    };
+    let m = common::eventually(&agent, |m| {
+        server_count(m, &pid, "GET", "201", "/status/*") >= 1000.0 && client(m, "201") >= 1000.0
+    });
+    assert_eq!(server_count(&m, &pid, "GET", "200", "/status/*"), 100.0);
+    assert_eq!(server_count(&m, &pid, "GET", "201", "/status/*"), 1000.0);
+    assert_eq!((client(&m, "200"), client(&m, "201")), (100.0, 1000.0));
+    assert_eq!(
+        m.sum("periscope_http_framing_lost_total", &[]),
+        0.0,
+        "no framing lost"
+    );
+    assert_eq!(
+        m.one(
+            "periscope_series_folded_total",
+            &[("probe", "http"), ("map", "pending_requests")]
+        ),
+        0.0
+    );
+}
+
 /// Request heads longer than the kernel copies of one read (4 KiB) or than the framer
 /// holds (16 KiB), and request lines of 64 KiB, are counted from their request lines
 /// on both ends. They once went uncounted (0/50 and 0/100).

@@ -75,10 +75,13 @@ pub struct Connection {
     interim: bool,
     /// The thread of the read or write being fed.
     tid: u32,
+    /// Requests dropped unanswered past MAX_PENDING, since last taken.
+    pending_dropped: u64,
 }
 
-/// Requests waiting for a response on one connection, at most; older ones are dropped.
-const MAX_PENDING: usize = 64;
+/// Requests waiting for a response on one connection, at most; older ones are dropped
+/// and counted. A client may pipeline a thousand requests in one write.
+const MAX_PENDING: usize = 2048;
 
 impl Connection {
     pub fn new(role: Role) -> Connection {
@@ -90,6 +93,7 @@ impl Connection {
             answering: None,
             interim: false,
             tid: 0,
+            pending_dropped: 0,
         }
     }
 
@@ -104,6 +108,14 @@ impl Connection {
                 context: &mut p.context,
             }
         })
+    }
+
+    /// Requests lost since the last call: dropped unanswered past the pending limit, or
+    /// in bytes the probe did not capture (then counted once per loss, not per request).
+    pub fn take_losses(&mut self) -> (u64, u64) {
+        let uncaptured =
+            self.requests.take_uncaptured_losses() + self.responses.take_uncaptured_losses();
+        (std::mem::take(&mut self.pending_dropped), uncaptured)
     }
 
     pub fn role(&self) -> Role {
@@ -189,6 +201,7 @@ impl Connection {
                 if self.pending.len() >= MAX_PENDING {
                     self.pending.pop_front();
                     self.responses.head_requests.pop_front();
+                    self.pending_dropped += 1;
                 }
                 self.responses
                     .head_requests

@@ -198,6 +198,70 @@ static __always_inline void emit_for(struct scratch *s, __u32 captured, struct p
 	conn->lost = emit(s, captured, conn->named) ? 1 : 0;
 }
 
+/* Bytes of one read or write of pipelined messages that user space frames, captured
+ * at most: a client's burst of a thousand pipelined requests fits. */
+#define PSC_HTTP_BURST (16 * PSC_HTTP_CAPTURE)
+
+/* A read or write of `ret` bytes from the user buffer `buf` being emitted in parts. */
+struct burst {
+	__u64 buf;
+	__u32 ret;
+	__u32 end;
+	__u32 off;
+	int named;
+	int lost;
+};
+
+/* One part of a burst: the next PSC_HTTP_CAPTURE bytes at most. The last part carries
+ * whatever goes uncaptured in its length. */
+static long burst_part(__u64 i, struct burst *b)
+{
+	__u32 zero = 0, n = b->end - b->off;
+	struct scratch *s;
+	int last = 0;
+
+	s = bpf_map_lookup_elem(&scratch, &zero);
+	if (!s)
+		return 1;
+	if (n <= PSC_HTTP_CAPTURE)
+		last = 1;
+	else
+		n = PSC_HTTP_CAPTURE;
+	asm volatile("%0 &= 0x1fff" : "+r"(n));
+	if (n > PSC_HTTP_CAPTURE)
+		n = PSC_HTTP_CAPTURE;
+	/* The first part is in the scratch already. */
+	if (i > 0 && bpf_probe_read_user(s->data, n, (void *)(b->buf + b->off))) {
+		n = 0;
+		last = 1;
+	}
+	s->event.len = last ? b->ret - b->off : n;
+	if (emit(s, n, b->named)) {
+		b->lost = 1;
+		return 1;
+	}
+	b->named = 1;
+	b->off += n;
+	return last;
+}
+
+/* Emits a read or write of `ret` bytes from the user buffer `buf`, whose first
+ * PSC_HTTP_CAPTURE bytes are in the scratch, as consecutive events of at most
+ * PSC_HTTP_CAPTURE bytes each, up to PSC_HTTP_BURST. To user space they are one stream
+ * of bytes in one direction, as the single read or write was. */
+static __always_inline void emit_burst(struct psc_conn *conn, __u64 buf, __u32 ret)
+{
+	struct burst b = {
+		.buf = buf,
+		.ret = ret,
+		.end = ret > PSC_HTTP_BURST ? PSC_HTTP_BURST : ret,
+		.named = conn->named,
+	};
+
+	bpf_loop(PSC_HTTP_BURST / PSC_HTTP_CAPTURE, burst_part, &b, 0);
+	conn->lost = b.lost;
+}
+
 /* Tells user space that this socket is now the connection on (tgid, fd), whatever it
  * knew of that fd before (a close it never saw: dup2, close_range, a lost event). */
 static __always_inline void announce(struct psc_sock *sock, __u32 tgid, __u16 gen, __u32 fd)
@@ -538,6 +602,85 @@ static long scan_words(__u64 i, struct head_scan *h)
 		}
 	}
 	return 0;
+}
+
+/* A search of a read's or write's first capture for a message that starts after its
+ * first byte: requests or responses pipelined. */
+struct next_head_scan {
+	__u32 n;
+	__u32 request;
+	__u32 found;
+};
+
+/* A method token of capitals and then a space at `p`: how a pipelined request starts. */
+static __always_inline int method_at(const struct scratch *s, __u32 p)
+{
+	for (int k = 0; k < 8; k++) {
+		char c = s->data[(p + k) & (PSC_HTTP_CAPTURE - 1)];
+
+		if (c == ' ')
+			return k >= 3;
+		if (c < 'A' || c > 'Z')
+			return 0;
+	}
+	return 0;
+}
+
+/* "HTTP/1." at `p` of the capture, how a response starts. */
+static __always_inline int status_line_at(const struct scratch *s, __u32 p)
+{
+	const __u64 *words = (const __u64 *)s->data;
+	__u32 at = (p & (PSC_HTTP_CAPTURE - 1)) >> 3, shift = (p & 7) * 8;
+	__u64 w = words[at];
+
+	if (shift)
+		w = (w >> shift) | (words[at + 1] << (64 - shift));
+	return (w & 0xffffffffffffffULL) == 0x2e312f50545448ULL;
+}
+
+/* PSC_SCAN_WORDS words of the capture: a request line after a CRLF CRLF, or a status
+ * line anywhere past the first byte. */
+static long next_head_words(__u64 i, struct next_head_scan *h)
+{
+	__u32 zero = 0;
+	struct scratch *s;
+
+	s = bpf_map_lookup_elem(&scratch, &zero);
+	if (!s)
+		return 1;
+	for (int k = 0; k < PSC_SCAN_WORDS; k++) {
+		const __u64 *words = (const __u64 *)s->data;
+		__u32 word = (i * PSC_SCAN_WORDS + k) & (PSC_HTTP_CAPTURE / 8 - 1);
+		__u64 hits;
+
+		if (word * 8 + 16 > h->n)
+			return 1;
+		hits = bytes_equal(words[word], h->request ? 0x0a0a0a0a0a0a0a0aULL
+							   : 0x4848484848484848ULL);
+		for (int j = 0; j < 8 && hits; j++) {
+			__u32 p = word * 8 + first_flagged(hits);
+
+			hits &= hits - 1;
+			if (h->request ? p >= 3 && s->data[(p - 1) & (PSC_HTTP_CAPTURE - 1)] == '\r' &&
+					       s->data[(p - 2) & (PSC_HTTP_CAPTURE - 1)] == '\n' &&
+					       method_at(s, p + 1)
+				       : p > 0 && status_line_at(s, p)) {
+				h->found = 1;
+				return 1;
+			}
+		}
+	}
+	return 0;
+}
+
+/* Whether the `n` bytes captured of a read or write hold a request (or a response) that
+ * follows another: pipelined messages, which may go on past the capture. */
+static __always_inline int holds_pipelined(__u32 n, int request)
+{
+	struct next_head_scan h = { .n = n, .request = request, .found = 0 };
+
+	bpf_loop(PSC_HTTP_CAPTURE / 8 / PSC_SCAN_WORDS, next_head_words, &h, 0);
+	return h.found;
 }
 
 /* Scans the `n` captured bytes of a message's start for the end of its head and the
@@ -1161,6 +1304,17 @@ hand_over:
 	if (!sock->announced || sock->tgid != tgid || sock->gen != gen || sock->fd != fd)
 		announce(sock, tgid, gen, fd);
 	fill_event(s, tgid, gen, fd, ret, ingress ? PSC_HTTP_READ : PSC_HTTP_WRITE, &sock->conn, 0);
+	request = ingress == (sock->conn.role == PSC_ROLE_SERVER);
+	/* Messages pipelined past the first capture would go unseen: a burst of them in
+	 * one buffer is captured whole, up to PSC_HTTP_BURST. The scan for a second head
+	 * spares the copy to reads and writes of bodies. */
+	if (captured == PSC_HTTP_CAPTURE && ret > PSC_HTTP_CAPTURE &&
+	    (nr == NR_READ || nr == NR_WRITE || nr == NR_RECVFROM || nr == NR_SENDTO) &&
+	    holds_pipelined(captured, request)) {
+		emit_burst(&sock->conn, arg, ret);
+		sock->conn.named = 1;
+		return 0;
+	}
 	emit_for(s, captured, &sock->conn);
 	sock->conn.named = 1;
 	return 0;

@@ -217,6 +217,12 @@ pub struct HttpProbe {
     max_head_bytes: usize,
     /// Partial heads given up because the cap was reached.
     heads_abandoned: u64,
+    /// Requests dropped unanswered past a connection's pending limit.
+    pending_dropped: u64,
+    /// Times a connection's framing was lost to bytes the probe did not capture.
+    uncaptured_losses: u64,
+    /// Times a connection's framing restarted after ring buffer events were lost.
+    gap_resets: u64,
     /// Series of live processes; those of exited processes are in `lifecycle`.
     series: BTreeMap<SeriesKey, SeriesStats>,
     max_series: usize,
@@ -353,6 +359,9 @@ impl HttpProbe {
             head_bytes: 0,
             max_head_bytes: settings.max_buffered_head_bytes.get() as usize,
             heads_abandoned: 0,
+            pending_dropped: 0,
+            uncaptured_losses: 0,
+            gap_resets: 0,
             series: BTreeMap::new(),
             max_series: settings.max_series.get() as usize,
             series_folded: 0,
@@ -646,8 +655,13 @@ impl HttpProbe {
             return;
         };
         // The part of a read or write that belongs to the request the kernel framed.
+        if event.gap != 0 {
+            *skip = 0; // what it was for may be among the events lost
+        }
         let (data, len) = if *skip > 0 {
-            let framed = std::mem::take(skip).min(event.len);
+            // A burst arrives as several events: the framed part may span more than one.
+            let framed = (*skip).min(event.len);
+            *skip -= framed;
             let from = (framed as usize).min(data.len());
             (&data[from..], event.len - framed)
         } else {
@@ -660,10 +674,16 @@ impl HttpProbe {
         let event_tls = event.tls != 0;
         let before = conn.buffered();
         if conn.role() != role || *tls != event_tls || event.gap != 0 {
+            if event.gap != 0 {
+                self.gap_resets += 1;
+            }
             *conn = Connection::new(role);
             *tls = event_tls;
         }
         let exchanges = conn.feed_by(direction, data, len, event.ts, event.tid);
+        let (pending_dropped, uncaptured_losses) = conn.take_losses();
+        self.pending_dropped += pending_dropped;
+        self.uncaptured_losses += uncaptured_losses;
         if let Some(spans) = &mut self.spans {
             for request in conn.new_requests() {
                 spans.decide(role, request);
@@ -1090,6 +1110,25 @@ impl HttpProbe {
         family
     }
 
+    /// Where user-space framing lost its place, so that requests may have gone uncounted.
+    fn framing_lost_family(&self) -> Family {
+        let mut family = Family::new(
+            "periscope_http_framing_lost",
+            "Times the user-space framer lost its place in a connection, so that the requests until its next message went uncounted: bytes of a read or write the probe did not capture (uncaptured), or ring buffer events lost (events_lost).",
+            MetricKind::Counter,
+        );
+        for (cause, count) in [
+            ("uncaptured", self.uncaptured_losses),
+            ("events_lost", self.gap_resets),
+        ] {
+            family.push(
+                vec![("cause", cause.to_string())],
+                Value::Counter(count as f64),
+            );
+        }
+        family
+    }
+
     fn counter(&self, slot: Counter) -> u64 {
         util::percpu_array_u64(&self.skel.maps.counters, slot.0)
     }
@@ -1156,6 +1195,7 @@ impl Probe for HttpProbe {
         libraries.push(Vec::new(), Value::Gauge(self.tls_libraries as f64));
         out.extend(families.into_families(libraries));
         out.push(self.kernel_framer_family());
+        out.push(self.framing_lost_family());
         self.fill = vec![
             MapFill {
                 map: "tls_conns",
@@ -1215,6 +1255,7 @@ impl Probe for HttpProbe {
             ("conns", self.counter(Counter::PSC_HTTP_CONNS_REFUSED)),
             ("connections", self.connections_refused),
             ("head_buffers", self.heads_abandoned),
+            ("pending_requests", self.pending_dropped),
             ("series", self.series_folded),
             ("kernel_series", self.slots.refused),
             ("exited_executables", self.lifecycle.exited_refused()),

@@ -167,6 +167,8 @@ pub struct Framer {
     state: State,
     /// For responses: what the requests still awaiting a response expect, oldest first.
     pub head_requests: VecDeque<Expect>,
+    /// Times framing was lost to bytes the probe did not capture, since last taken.
+    uncaptured_losses: u64,
 }
 
 impl Framer {
@@ -175,7 +177,14 @@ impl Framer {
             kind,
             state: State::Idle,
             head_requests: VecDeque::new(),
+            uncaptured_losses: 0,
         }
+    }
+
+    /// How often framing was lost since the last call because bytes went uncaptured:
+    /// messages among them went uncounted.
+    pub fn take_uncaptured_losses(&mut self) -> u64 {
+        std::mem::take(&mut self.uncaptured_losses)
     }
 
     /// Bytes held for a head or chunk-size line not yet complete.
@@ -289,6 +298,7 @@ impl Framer {
                 if n > 0 {
                     // A pipelined message we could not see.
                     self.state = State::OutOfSync;
+                    self.uncaptured_losses += 1;
                 }
             }
             State::UntilClose { seen } => *seen += n,
@@ -326,7 +336,10 @@ impl Framer {
             }
             State::OutOfSync => {}
             // A head, chunk framing or an idle stream went unseen: framing is lost.
-            _ => self.state = State::OutOfSync,
+            _ => {
+                self.state = State::OutOfSync;
+                self.uncaptured_losses += 1;
+            }
         }
     }
 
