@@ -53,6 +53,7 @@ class H(BaseHTTPRequestHandler):
     def do_GET(self): self.answer()
     def do_POST(self): self.answer()
     def do_HEAD(self): self.answer(body=False)
+ThreadingHTTPServer.request_queue_size = 4096
 server = ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H)
 print("ready", flush=True)
 server.serve_forever()
@@ -791,6 +792,92 @@ fn partial_heads_beyond_the_budget_are_given_up_and_counted() {
         ),
         1.0
     );
+}
+
+/// 2,200 hostile connections each holding an 8 KB partial head open overfill the
+/// default 16 MiB head budget, and 1,000 more take what is left with a request line
+/// each; the heads held longest are given up first, so 100
+/// requests whose heads arrive split over two reads, on other connections meanwhile, are
+/// all counted. Once the hostile heads took the whole budget and all 100 went uncounted.
+#[test]
+fn heads_held_open_by_many_connections_cannot_take_the_share_of_quick_ones() {
+    if !have_root("heads_held_open_by_many_connections_cannot_take_the_share_of_quick_ones") {
+        return;
+    }
+    let _kernel = kernel_lock();
+    raise_open_files_limit(10_000);
+    let agent = Agent::start(HTTP_CONFIG);
+    let server = Server::python();
+    let filler = "f".repeat(3_980);
+    let mut hostile = Vec::new();
+    for _ in 0..2_200 {
+        let stream = connect(server.port);
+        (&stream)
+            .write_all(format!("GET /held HTTP/1.1\r\nX-Fill: {filler}").as_bytes())
+            .expect("send a partial head");
+        hostile.push(stream);
+    }
+    for stream in &hostile {
+        (&*stream)
+            .write_all(filler.as_bytes())
+            .expect("send more of it");
+    }
+    // What the budget has left is taken in small pieces: a request line each.
+    for _ in 0..1_000 {
+        let stream = connect(server.port);
+        (&stream)
+            .write_all(b"GET /held HTTP/1.1\r\n")
+            .expect("send a request line");
+        hostile.push(stream);
+    }
+    let pid = server.pid();
+    // Every hostile head is held, or was given up, before the quick requests start.
+    common::eventually(&agent, |m| {
+        m.one(
+            "periscope_series_folded_total",
+            &[("probe", "http"), ("map", "head_buffers")],
+        ) > 0.0
+    });
+    for _ in 0..100 {
+        let stream = connect(server.port);
+        let mut reader = BufReader::new(&stream);
+        (&stream)
+            .write_all(b"GET /status/200 HTTP/1.1\r\n")
+            .expect("send the request line");
+        std::thread::sleep(Duration::from_millis(10));
+        (&stream)
+            .write_all(b"Host: t\r\n\r\n")
+            .expect("send the rest");
+        assert_eq!(read_response(&mut reader), 200);
+    }
+    let m = common::eventually(&agent, |m| server_total(m, &pid) >= 100.0);
+    assert_eq!(server_count(&m, &pid, "GET", "200", "/status/*"), 100.0);
+    assert_eq!(server_total(&m, &pid), 100.0, "the held heads made nothing");
+    assert!(
+        m.one(
+            "periscope_series_folded_total",
+            &[("probe", "http"), ("map", "head_buffers")],
+        ) > 0.0,
+        "the budget was spent"
+    );
+    drop(hostile);
+}
+
+/// Raises this process's soft limit of open files to `want` (its children inherit it),
+/// within the hard limit.
+fn raise_open_files_limit(want: u64) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
+        if limit.rlim_cur < want {
+            limit.rlim_cur = want.min(limit.rlim_max);
+            assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0);
+        }
+    }
 }
 
 /// A keep-alive connection opened before the agent started is adopted on its first

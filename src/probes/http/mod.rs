@@ -16,7 +16,7 @@ pub mod spans;
 pub mod tls;
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::rc::Rc;
 use std::time::{Duration, Instant, SystemTime};
@@ -176,6 +176,8 @@ struct Tracked {
     last: Option<LastSeries>,
     /// Bytes at the start of its next event that the kernel framed already.
     skip: u64,
+    /// When it began holding the partial head (or chunk line) it holds, if any.
+    holding_since: Option<u64>,
 }
 
 struct LastSeries {
@@ -215,6 +217,10 @@ pub struct HttpProbe {
     /// Bytes of partial heads and lines held by all connections, and the cap.
     head_bytes: usize,
     max_head_bytes: usize,
+    /// The connections holding partial heads, by when they began: when the budget is
+    /// spent the longest-held go first, so that slow or hostile clients holding heads
+    /// open cannot take the share of the quick ones that complete.
+    head_holders: BTreeSet<(u64, (u32, u32))>,
     /// Partial heads given up because the cap was reached.
     heads_abandoned: u64,
     /// Requests dropped unanswered past a connection's pending limit.
@@ -357,6 +363,7 @@ impl HttpProbe {
             max_connections: settings.max_connections.get() as usize,
             connections_refused: 0,
             head_bytes: 0,
+            head_holders: BTreeSet::new(),
             max_head_bytes: settings.max_buffered_head_bytes.get() as usize,
             heads_abandoned: 0,
             pending_dropped: 0,
@@ -625,6 +632,9 @@ impl HttpProbe {
         if event.kind == KIND_OPEN || event.kind == KIND_CLOSE {
             if let Some(mut tracked) = self.connections.remove(&key) {
                 self.head_bytes = self.head_bytes.saturating_sub(tracked.conn.buffered());
+                if let Some(since) = tracked.holding_since {
+                    self.head_holders.remove(&(since, key));
+                }
                 for exchange in tracked.conn.close(event.ts) {
                     self.record(event, role, exchange);
                 }
@@ -648,10 +658,18 @@ impl HttpProbe {
                     tls: false,
                     last: None,
                     skip: 0,
+                    holding_since: None,
                 },
             );
         }
-        let Some(Tracked { conn, tls, skip, .. }) = self.connections.get_mut(&key) else {
+        let Some(Tracked {
+            conn,
+            tls,
+            skip,
+            holding_since,
+            ..
+        }) = self.connections.get_mut(&key)
+        else {
             return;
         };
         // The part of a read or write that belongs to the request the kernel framed.
@@ -691,14 +709,44 @@ impl HttpProbe {
         }
         // Partial heads are held across reads; all connections together hold at most
         // `max_buffered_head_bytes` (slow or hostile clients cannot grow the agent).
+        let holding = conn.buffered() > 0;
+        match (holding, *holding_since) {
+            (true, None) => {
+                *holding_since = Some(event.ts);
+                self.head_holders.insert((event.ts, key));
+            }
+            (false, Some(since)) => {
+                self.head_holders.remove(&(since, key));
+                *holding_since = None;
+            }
+            _ => {}
+        }
         self.head_bytes = self.head_bytes.saturating_sub(before) + conn.buffered();
         if self.head_bytes > self.max_head_bytes {
-            self.head_bytes = self.head_bytes.saturating_sub(conn.buffered());
-            conn.abandon_partial();
-            self.heads_abandoned += 1;
+            self.abandon_oldest_heads();
         }
         for exchange in exchanges {
             self.record(event, role, exchange);
+        }
+    }
+
+    /// Gives up the partial heads held longest until what is held fits the budget; each
+    /// connection resumes framing at its next message.
+    fn abandon_oldest_heads(&mut self) {
+        while self.head_bytes > self.max_head_bytes {
+            let Some((since, key)) = self.head_holders.pop_first() else {
+                break;
+            };
+            let Some(tracked) = self.connections.get_mut(&key) else {
+                continue;
+            };
+            if tracked.holding_since != Some(since) {
+                continue;
+            }
+            self.head_bytes = self.head_bytes.saturating_sub(tracked.conn.buffered());
+            tracked.conn.abandon_partial();
+            tracked.holding_since = None;
+            self.heads_abandoned += 1;
         }
     }
 
@@ -807,6 +855,9 @@ impl HttpProbe {
         let key = (event.tgid, event.fd);
         if let Some(old) = self.connections.remove(&key) {
             self.head_bytes = self.head_bytes.saturating_sub(old.conn.buffered());
+            if let Some(since) = old.holding_since {
+                self.head_holders.remove(&(since, key));
+            }
         }
         if self.connections.len() >= self.max_connections {
             self.connections_refused += 1;
@@ -825,6 +876,7 @@ impl HttpProbe {
                 tls: false,
                 last: None,
                 skip: u64::from(record.skip),
+                holding_since: None,
             },
         );
     }
@@ -1021,6 +1073,11 @@ impl HttpProbe {
         self.connections
             .retain(|(tgid, _), _| std::path::Path::new(&format!("/proc/{tgid}")).exists());
         self.head_bytes = self.connections.values().map(|t| t.conn.buffered()).sum();
+        self.head_holders = self
+            .connections
+            .iter()
+            .filter_map(|(key, t)| t.holding_since.map(|since| (since, *key)))
+            .collect();
         if let Some(spans) = &mut self.spans {
             let now = spans.kernel_now_ns();
             spans.expire_serving(now);
