@@ -342,11 +342,36 @@ fn the_user_space_framer_alone_counts_the_same_streams_alike() {
     assert_eq!(framed, 0.0, "the kernel framed nothing");
 }
 
+/// Where the kernel refuses to read received bytes from the skb, they are copied from
+/// the reader's buffer after each read: the same streams give the same exact counts.
+#[test]
+fn received_bytes_copied_from_the_readers_buffer_count_alike() {
+    if !have_root("received_bytes_copied_from_the_readers_buffer_count_alike") {
+        return;
+    }
+    let m = exact_counts_refusing(HTTP_CONFIG, &["psc_http_copy"]);
+    assert_eq!(
+        m.one(
+            "periscope_probe_degraded",
+            &[
+                ("probe", "http"),
+                ("feature", "received bytes read from the skb")
+            ]
+        ),
+        1.0
+    );
+}
+
 /// The keep-alive, fresh-connection and curl workloads under `config`, checked exactly on
 /// both ends; returns the final scrape.
 fn exact_counts_with(config: &str) -> Metrics {
+    exact_counts_refusing(config, &[])
+}
+
+/// `exact_counts_with`, the kernel made to refuse `programs`.
+fn exact_counts_refusing(config: &str, programs: &[&str]) -> Metrics {
     let _kernel = kernel_lock();
-    let agent = Agent::start(config);
+    let agent = Agent::start_refusing(config, programs);
     let server = Server::python();
     let port = server.port;
     keep_alive_workload(port);
@@ -877,6 +902,89 @@ fn raise_open_files_limit(want: u64) {
             limit.rlim_cur = want.min(limit.rlim_max);
             assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0);
         }
+    }
+}
+
+/// Receives from `stream` through io_uring (IORING_OP_RECV) until `buf` holds a whole
+/// response of the Python server: a head and its 5-byte body. No read syscall is made.
+fn recv_response_by_io_uring(ring: &mut io_uring::IoUring, stream: &TcpStream) -> u16 {
+    use std::os::fd::AsRawFd;
+    let mut response = Vec::new();
+    loop {
+        if let Some(end) = response.windows(4).position(|w| w == b"\r\n\r\n") {
+            if response.len() >= end + 4 + 5 {
+                break;
+            }
+        }
+        let mut buf = vec![0u8; 4096];
+        let recv = io_uring::opcode::Recv::new(
+            io_uring::types::Fd(stream.as_raw_fd()),
+            buf.as_mut_ptr(),
+            buf.len() as u32,
+        )
+        .build();
+        // SAFETY: `buf` outlives the operation, which completes before the wait returns.
+        unsafe { ring.submission().push(&recv).expect("queue a recv") };
+        ring.submit_and_wait(1).expect("io_uring_enter");
+        let done = ring.completion().next().expect("a completion");
+        let n = usize::try_from(done.result()).expect("recv succeeds");
+        assert!(n > 0, "the server closed");
+        response.extend_from_slice(&buf[..n]);
+    }
+    let status = String::from_utf8_lossy(&response[9..12]).to_string();
+    status.parse().expect("status code")
+}
+
+/// A client that reads its responses through io_uring, which makes no read syscall, is
+/// counted exactly where the kernel lets the probe read received bytes from the skb;
+/// where it does not, the probe says so and counts none of them.
+#[test]
+fn io_uring_reads_are_counted_exactly() {
+    if !have_root("io_uring_reads_are_counted_exactly") {
+        return;
+    }
+    let _kernel = kernel_lock();
+    let agent = Agent::start(HTTP_CONFIG);
+    let server = Server::python();
+    let mut ring = match io_uring::IoUring::new(8) {
+        Ok(ring) => ring,
+        Err(error) => {
+            eprintln!("skipping io_uring_reads_are_counted_exactly: no io_uring here ({error})");
+            return;
+        }
+    };
+    let stream = connect(server.port);
+    for i in 0..60 {
+        let status = if i < 40 { 200 } else { 404 };
+        (&stream)
+            .write_all(format!("GET /status/{status} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
+            .expect("send");
+        assert_eq!(recv_response_by_io_uring(&mut ring, &stream), status);
+    }
+    let (pid, me) = (server.pid(), std::process::id().to_string());
+    let client = |m: &Metrics, status: &str| {
+        m.sum(
+            "http_client_request_duration_seconds_count",
+            &[
+                ("process_pid", me.as_str()),
+                ("http_response_status_code", status),
+            ],
+        )
+    };
+    let m = common::eventually(&agent, |m| {
+        server_total(m, &pid) >= 60.0 && client(m, "404") >= 20.0
+    });
+    assert_eq!(server_count(&m, &pid, "GET", "200", "/status/*"), 40.0);
+    assert_eq!(server_count(&m, &pid, "GET", "404", "/status/*"), 20.0);
+    let from_skb = m
+        .find("periscope_probe_degraded", &[("probe", "http")])
+        .all(|(_, labels, _)| {
+            labels.get("feature").map(String::as_str) != Some("received bytes read from the skb")
+        });
+    if from_skb {
+        assert_eq!((client(&m, "200"), client(&m, "404")), (40.0, 20.0));
+    } else {
+        assert_eq!((client(&m, "200"), client(&m, "404")), (0.0, 0.0));
     }
 }
 

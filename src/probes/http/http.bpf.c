@@ -64,6 +64,15 @@ PSC_EXPORT_TYPES(struct psc_conn_key, struct psc_conn, struct psc_http_event,
 #define PF_KTHREAD 0x00200000
 #define PF_IO_WORKER 0x00000010
 
+/* Received bytes are read from the skb being copied to the reader (Linux 6.13 on):
+ * no copy out of the process, and io_uring reads are seen too. */
+extern int bpf_dynptr_from_skb(struct __sk_buff *skb, __u64 flags,
+			       struct bpf_dynptr *ptr__uninit) __ksym __weak;
+
+/* The high bit of an fd user space knows a connection by when the reads that showed it
+ * had no fd to give (io_uring): the rest is drawn at random. */
+#define PSC_FD_UNKNOWN 0x40000000
+
 /* What a connection's first bytes said. */
 enum psc_http_verdict {
 	PSC_VERDICT_UNKNOWN = 0,
@@ -119,6 +128,10 @@ struct psc_sock {
 	__u8 method_seen; /* bytes of the first method so far, while the verdict waits */
 	__u16 gen; /* the process's generation, with tgid */
 	__u16 pad2;
+	/* Received bytes from the skb: the sequence number after the last bytes seen,
+	 * so that bytes a MSG_PEEK showed are not seen again when read. */
+	__u32 rcv_next;
+	__u32 rcv_seen;
 	struct psc_turn turn;
 };
 
@@ -202,9 +215,12 @@ static __always_inline void emit_for(struct scratch *s, __u32 captured, struct p
  * at most: a client's burst of a thousand pipelined requests fits. */
 #define PSC_HTTP_BURST (16 * PSC_HTTP_CAPTURE)
 
-/* A read or write of `ret` bytes from the user buffer `buf` being emitted in parts. */
+/* A read or write of `ret` bytes being emitted in parts: from the user buffer `buf`,
+ * or, for bytes received, from the skb behind `dp`, `skb_off` bytes in. */
 struct burst {
+	struct bpf_dynptr dp;
 	__u64 buf;
+	__u32 skb_off;
 	__u32 ret;
 	__u32 end;
 	__u32 off;
@@ -212,29 +228,28 @@ struct burst {
 	int lost;
 };
 
-/* One part of a burst: the next PSC_HTTP_CAPTURE bytes at most. The last part carries
- * whatever goes uncaptured in its length. */
-static long burst_part(__u64 i, struct burst *b)
+/* The size of the next part of a burst; `last` says whether it ends the burst. */
+static __always_inline __u32 burst_size(const struct burst *b, int *last)
 {
-	__u32 zero = 0, n = b->end - b->off;
-	struct scratch *s;
-	int last = 0;
+	__u32 n = b->end - b->off;
 
-	s = bpf_map_lookup_elem(&scratch, &zero);
-	if (!s)
-		return 1;
+	*last = 0;
 	if (n <= PSC_HTTP_CAPTURE)
-		last = 1;
+		*last = 1;
 	else
 		n = PSC_HTTP_CAPTURE;
 	asm volatile("%0 &= 0x1fff" : "+r"(n));
 	if (n > PSC_HTTP_CAPTURE)
 		n = PSC_HTTP_CAPTURE;
-	/* The first part is in the scratch already. */
-	if (i > 0 && bpf_probe_read_user(s->data, n, (void *)(b->buf + b->off))) {
-		n = 0;
+	return n;
+}
+
+/* Emits the part of `n` bytes now in the scratch (`n` is 0 when they could not be read,
+ * which ends the burst). The last part carries whatever goes uncaptured in its length. */
+static __always_inline long burst_emit(struct scratch *s, struct burst *b, __u32 n, int last)
+{
+	if (!n)
 		last = 1;
-	}
 	s->event.len = last ? b->ret - b->off : n;
 	if (emit(s, n, b->named)) {
 		b->lost = 1;
@@ -245,21 +260,79 @@ static long burst_part(__u64 i, struct burst *b)
 	return last;
 }
 
-/* Emits a read or write of `ret` bytes from the user buffer `buf`, whose first
- * PSC_HTTP_CAPTURE bytes are in the scratch, as consecutive events of at most
- * PSC_HTTP_CAPTURE bytes each, up to PSC_HTTP_BURST. To user space they are one stream
- * of bytes in one direction, as the single read or write was. */
-static __always_inline void emit_burst(struct psc_conn *conn, __u64 buf, __u32 ret)
+/* One part of a burst from user memory. The first part is in the scratch already. */
+static long burst_part_user(__u64 i, struct burst *b)
+{
+	__u32 zero = 0, n;
+	struct scratch *s;
+	int last;
+
+	s = bpf_map_lookup_elem(&scratch, &zero);
+	if (!s)
+		return 1;
+	n = burst_size(b, &last);
+	if (i > 0 && bpf_probe_read_user(s->data, n, (void *)(b->buf + b->off)))
+		n = 0;
+	return burst_emit(s, b, n, last);
+}
+
+/* One part of a burst from the skb. The first part is in the scratch already. */
+static long burst_part_skb(__u64 i, struct burst *b)
+{
+	__u32 zero = 0, n;
+	struct scratch *s;
+	int last;
+
+	s = bpf_map_lookup_elem(&scratch, &zero);
+	if (!s)
+		return 1;
+	n = burst_size(b, &last);
+	if (i > 0 && bpf_dynptr_read(s->data, n, &b->dp, b->skb_off + b->off, 0))
+		n = 0;
+	return burst_emit(s, b, n, last);
+}
+
+/* Emits a read or write of `ret` bytes, whose first PSC_HTTP_CAPTURE bytes are in the
+ * scratch, as consecutive events of at most PSC_HTTP_CAPTURE bytes each, up to
+ * PSC_HTTP_BURST: from the user buffer `buf`, or from `skb` at `skb_off` when it is
+ * given. To user space they are one stream of bytes in one direction, as the single
+ * read or write was. */
+static __always_inline int emit_burst(struct psc_conn *conn, __u64 buf,
+				      const struct sk_buff *skb, __u32 skb_off, __u32 ret)
 {
 	struct burst b = {
 		.buf = buf,
+		.skb_off = skb_off,
 		.ret = ret,
 		.end = ret > PSC_HTTP_BURST ? PSC_HTTP_BURST : ret,
 		.named = conn->named,
 	};
 
-	bpf_loop(PSC_HTTP_BURST / PSC_HTTP_CAPTURE, burst_part, &b, 0);
+	if (!skb) {
+		bpf_loop(PSC_HTTP_BURST / PSC_HTTP_CAPTURE, burst_part_user, &b, 0);
+	} else {
+		if (bpf_dynptr_from_skb((struct __sk_buff *)skb, 0, &b.dp))
+			return -1;
+		bpf_loop(PSC_HTTP_BURST / PSC_HTTP_CAPTURE, burst_part_skb, &b, 0);
+	}
 	conn->lost = b.lost;
+	return 0;
+}
+
+/* Copies up to `limit` bytes (at most PSC_HTTP_CAPTURE) of `len` bytes received, `off`
+ * bytes into `skb`. Returns the count. */
+static __always_inline __u32 capture_skb(struct scratch *s, const struct sk_buff *skb, __u32 off,
+					 __u32 len, __u32 limit)
+{
+	struct bpf_dynptr dp;
+	__u32 want = len > limit ? limit : len;
+
+	if (want > PSC_HTTP_CAPTURE)
+		want = PSC_HTTP_CAPTURE;
+	if (bpf_dynptr_from_skb((struct __sk_buff *)skb, 0, &dp) ||
+	    bpf_dynptr_read(s->data, want, &dp, off, 0))
+		return 0;
+	return want;
 }
 
 /* Tells user space that this socket is now the connection on (tgid, fd), whatever it
@@ -1151,7 +1224,11 @@ int BPF_PROG(psc_http_state, const struct sock *sk, int oldstate, int newstate)
 }
 
 /* A read (ingress) or write (egress) of `ret` bytes on a socket, from inside its syscall. */
-static __always_inline int socket_io(struct sock *sk, int ret, int flags, int ingress)
+/* A read or write of `ret` bytes on `sk`. Bytes received come either from
+ * sock_recv_length, after the read, with the reader's buffer in its registers, or from
+ * skb_copy_datagram_iovec, as `ret` bytes of `skb` are copied to the reader. */
+static __always_inline int socket_io(struct sock *sk, const struct sk_buff *skb, int ret,
+				     int flags, int ingress)
 {
 	struct task_struct *task;
 	struct psc_ssl_call *call;
@@ -1160,7 +1237,8 @@ static __always_inline int socket_io(struct sock *sk, int ret, int flags, int in
 	struct scratch *s;
 	__u32 tgid, fd, zero = 0, captured = 0, skip = 0;
 	int nr, in_kernel, request, pending = 0;
-	__u64 arg, count, who;
+	__u64 arg = 0, count = 0, who;
+	__u32 skb_off = 0;
 	__u16 gen;
 
 	if (ret <= 0)
@@ -1184,15 +1262,48 @@ static __always_inline int socket_io(struct sock *sk, int ret, int flags, int in
 	if (ingress && (flags & MSG_PEEK))
 		return 0;
 	task = bpf_get_current_task_btf();
-	if (task->flags & (PF_KTHREAD | PF_IO_WORKER))
-		return 0; /* in-kernel users and io_uring workers: no syscall to read */
+	if (task->flags & PF_KTHREAD)
+		return 0; /* in-kernel users of sockets */
 	regs = (struct pt_regs *)bpf_task_pt_regs(task);
 	if (!regs)
 		return 0;
 	nr = regs->orig_ax;
 	fd = regs->di;
-	arg = regs->si;
-	count = regs->dx;
+	if (skb) {
+		struct tcp_sock *tp = bpf_core_cast(sk, struct tcp_sock);
+		struct tcp_skb_cb *cb = bpf_core_cast((void *)skb->cb, struct tcp_skb_cb);
+		__u32 seq = tp->copied_seq;
+
+		/* A peek is read again for real: the syscall's flags tell it. */
+		if ((nr == NR_RECVFROM && (regs->r10 & MSG_PEEK)) ||
+		    (nr == NR_RECVMSG && (regs->dx & MSG_PEEK)))
+			return 0;
+		/* An io_uring peek does not tell: it copies without moving copied_seq, so what
+		 * it showed is not seen again when read, and its later chunks (at offsets this
+		 * cannot tell) not at all until read. */
+		if (sock->rcv_seen && (__s32)(seq - sock->rcv_next) < 0)
+			return 0;
+		sock->rcv_next = seq + ret;
+		sock->rcv_seen = 1;
+		skb_off = seq - cb->seq;
+		tgid = task->tgid;
+		/* The fd a read-family syscall names; io_uring reads name none, and a
+		 * socket's task work may run on the way out of any syscall: then the fd the
+		 * socket was announced with, or one made from the socket. */
+		if ((task->flags & PF_IO_WORKER) ||
+		    (nr != NR_READ && nr != NR_READV && nr != NR_RECVFROM && nr != NR_RECVMSG)) {
+			if (sock->announced && sock->tgid == tgid)
+				fd = sock->fd;
+			else
+				fd = PSC_FD_UNKNOWN | (bpf_get_prandom_u32() & (PSC_FD_UNKNOWN - 1));
+		}
+		nr = NR_READ;
+	} else {
+		if (task->flags & PF_IO_WORKER)
+			return 0; /* io_uring workers: no syscall to read */
+		arg = regs->si;
+		count = regs->dx;
+	}
 	switch (nr) {
 	case NR_READ: case NR_READV: case NR_RECVFROM: case NR_RECVMSG:
 		if (!ingress)
@@ -1245,6 +1356,9 @@ static __always_inline int socket_io(struct sock *sk, int ret, int flags, int in
 	s = bpf_map_lookup_elem(&scratch, &zero);
 	if (!s)
 		return 0;
+	/* A connection first seen through io_uring keeps the fd it was announced with. */
+	if ((sock->fd & PSC_FD_UNKNOWN) && sock->announced && sock->tgid == tgid)
+		fd = sock->fd;
 	who = (__u64)tgid << 32 | fd;
 	in_kernel = kernel_framing && sock->turn.framing == PSC_FRAMED_IN_KERNEL;
 	if (in_kernel && sock->verdict == PSC_VERDICT_HTTP) {
@@ -1260,7 +1374,8 @@ static __always_inline int socket_io(struct sock *sk, int ret, int flags, int in
 			goto hand_over;
 		}
 	}
-	captured = capture(s, nr, arg, count, ret, in_kernel ? PSC_HTTP_SCAN : PSC_HTTP_CAPTURE);
+	captured = skb ? capture_skb(s, skb, skb_off, ret, in_kernel ? PSC_HTTP_SCAN : PSC_HTTP_CAPTURE)
+		       : capture(s, nr, arg, count, ret, in_kernel ? PSC_HTTP_SCAN : PSC_HTTP_CAPTURE);
 	if (sock->verdict == PSC_VERDICT_UNKNOWN) {
 		/* Requests flow in on a server's connections and out on a client's. */
 		__u8 verdict = PSC_VERDICT_OTHER;
@@ -1299,7 +1414,8 @@ hand_over:
 			announce(sock, tgid, gen, fd);
 		psc_frame_hand_off(sock, pending, skip, who, gen);
 		/* The record took the scratch: the bytes are captured again, all of them. */
-		captured = capture(s, nr, arg, count, ret, PSC_HTTP_CAPTURE);
+		captured = skb ? capture_skb(s, skb, skb_off, ret, PSC_HTTP_CAPTURE)
+			       : capture(s, nr, arg, count, ret, PSC_HTTP_CAPTURE);
 	}
 	if (!sock->announced || sock->tgid != tgid || sock->gen != gen || sock->fd != fd)
 		announce(sock, tgid, gen, fd);
@@ -1309,9 +1425,8 @@ hand_over:
 	 * one buffer is captured whole, up to PSC_HTTP_BURST. The scan for a second head
 	 * spares the copy to reads and writes of bodies. */
 	if (captured == PSC_HTTP_CAPTURE && ret > PSC_HTTP_CAPTURE &&
-	    (nr == NR_READ || nr == NR_WRITE || nr == NR_RECVFROM || nr == NR_SENDTO) &&
-	    holds_pipelined(captured, request)) {
-		emit_burst(&sock->conn, arg, ret);
+	    (skb || nr == NR_READ || nr == NR_WRITE || nr == NR_RECVFROM || nr == NR_SENDTO) &&
+	    holds_pipelined(captured, request) && !emit_burst(&sock->conn, arg, skb, skb_off, ret)) {
 		sock->conn.named = 1;
 		return 0;
 	}
@@ -1323,13 +1438,25 @@ hand_over:
 SEC("tp_btf/sock_recv_length")
 int BPF_PROG(psc_http_recv, struct sock *sk, int ret, int flags)
 {
-	return socket_io(sk, ret, flags, 1);
+	return socket_io(sk, 0, ret, flags, 1);
 }
 
 SEC("tp_btf/sock_send_length")
 int BPF_PROG(psc_http_send, struct sock *sk, int ret, int flags)
 {
-	return socket_io(sk, ret, flags, 0);
+	return socket_io(sk, 0, ret, flags, 0);
+}
+
+/* Received bytes as they are copied to the reader, from the skb: attached instead of
+ * psc_http_recv where the kernel takes it. */
+SEC("tp_btf/skb_copy_datagram_iovec")
+int BPF_PROG(psc_http_copy, const struct sk_buff *skb, int len)
+{
+	struct sock *sk = skb->sk;
+
+	if (!sk)
+		return 0;
+	return socket_io(sk, skb, len, 0, 1);
 }
 
 /* OpenSSL: SSL_read/SSL_write(_ex) give the plaintext of TLS connections. */

@@ -259,6 +259,8 @@ pub struct HttpProbe {
     kernel_framing: bool,
     /// Exchanges the kernel framed and sent one by one, their series having no slot.
     kernel_records: u64,
+    /// The hook received bytes are read at.
+    ingress: &'static str,
     /// The programs the kernel took.
     loaded: Vec<&'static str>,
     /// Features the kernel refused.
@@ -272,6 +274,12 @@ static PROGRAMS: &[ProgramSpec] = &[
     ProgramSpec::required("psc_http_state", "tp_btf/inet_sock_set_state"),
     ProgramSpec::required("psc_http_recv", "tp_btf/sock_recv_length with socket storage and ring buffer"),
     ProgramSpec::required("psc_http_send", "tp_btf/sock_send_length with socket storage and ring buffer"),
+    ProgramSpec::optional(
+        "psc_http_copy",
+        "tp_btf/skb_copy_datagram_iovec with bpf_dynptr_from_skb",
+        "received bytes read from the skb",
+        "io_uring reads; received bytes are copied out of the reader's buffer instead, at more cost",
+    ),
     ProgramSpec::optional(
         "psc_ssl_ret",
         "uretprobe with task storage and ring buffer",
@@ -399,6 +407,7 @@ impl HttpProbe {
             slots: slots::SlotTable::new(slot_count, key_count, &duration_classes, &body_classes),
             kernel_framing,
             kernel_records: 0,
+            ingress: "sock_recv_length",
             loaded,
             degraded: Vec::new(),
         };
@@ -410,11 +419,36 @@ impl HttpProbe {
         let progs = &self.skel.progs;
         for (prog, program) in [
             (&progs.psc_http_state, "psc_http_state"),
-            (&progs.psc_http_recv, "psc_http_recv"),
             (&progs.psc_http_send, "psc_http_send"),
         ] {
             let link = prog.attach().map_err(AttemptError::attach(program))?;
             self.links.push(link);
+        }
+        // Received bytes from the skb where the kernel allows it: no copy out of the
+        // reader, and io_uring reads too. Otherwise from the reader's buffer.
+        let from_skb = if self.loads("psc_http_copy") {
+            match progs.psc_http_copy.attach() {
+                Ok(link) => Some(link),
+                Err(error) => {
+                    warn!(%error, "reading received bytes from their buffers instead of the skb");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        match from_skb {
+            Some(link) => {
+                self.links.push(link);
+                self.ingress = "skb_copy_datagram_iovec";
+            }
+            None => {
+                let link = progs
+                    .psc_http_recv
+                    .attach()
+                    .map_err(AttemptError::attach("psc_http_recv"))?;
+                self.links.push(link);
+            }
         }
         self.attach_tls();
         if self.loads("psc_http_exec") {
@@ -1209,8 +1243,8 @@ impl Probe for HttpProbe {
 
     fn attach_method(&self) -> String {
         format!(
-            "tp_btf inet_sock_set_state, sock_recv_length and sock_send_length, uprobes on {} libssl, ring buffer",
-            self.tls_libraries
+            "tp_btf inet_sock_set_state, {} and sock_send_length, uprobes on {} libssl, ring buffer",
+            self.ingress, self.tls_libraries
         )
     }
 
@@ -1283,6 +1317,7 @@ impl Probe for HttpProbe {
         [
             ("psc_http_state", &progs.psc_http_state),
             ("psc_http_recv", &progs.psc_http_recv),
+            ("psc_http_copy", &progs.psc_http_copy),
             ("psc_http_send", &progs.psc_http_send),
             ("psc_http_exec", &progs.psc_http_exec),
             ("psc_ssl_read", &progs.psc_ssl_read),
