@@ -342,21 +342,18 @@ fn the_user_space_framer_alone_counts_the_same_streams_alike() {
     assert_eq!(framed, 0.0, "the kernel framed nothing");
 }
 
-/// Where the kernel refuses to read received bytes from the skb, they are copied from
-/// the reader's buffer after each read: the same streams give the same exact counts.
+/// Where the kernel refuses the program that sees io_uring reads, the same streams,
+/// read by syscalls, give the same exact counts, and the probe says what it lacks.
 #[test]
-fn received_bytes_copied_from_the_readers_buffer_count_alike() {
-    if !have_root("received_bytes_copied_from_the_readers_buffer_count_alike") {
+fn without_the_io_uring_program_syscall_reads_count_alike() {
+    if !have_root("without_the_io_uring_program_syscall_reads_count_alike") {
         return;
     }
     let m = exact_counts_refusing(HTTP_CONFIG, &["psc_http_copy"]);
     assert_eq!(
         m.one(
             "periscope_probe_degraded",
-            &[
-                ("probe", "http"),
-                ("feature", "received bytes read from the skb")
-            ]
+            &[("probe", "http"), ("feature", "io_uring reads")]
         ),
         1.0
     );
@@ -457,6 +454,71 @@ fn garbage_counts_nothing_oversized_heads_count_once_and_the_agent_stays_healthy
     assert_eq!(count(&m, "431"), 1.0, "the 1 MiB header");
     let counted = server_total(&m, &pid);
     assert_eq!(counted, 3.0);
+    assert_eq!(
+        common::http_get(agent.port, "/healthz", None).map(|r| r.0),
+        Some(200)
+    );
+}
+
+/// 200 connections at once, each sending 64 KiB of binary junk laced with the bytes
+/// that start and end HTTP messages, neither stall nor crash the agent and make no
+/// series; a well-formed request after them is counted exactly once.
+#[test]
+fn a_flood_of_binary_junk_makes_no_series_and_leaves_the_agent_serving() {
+    if !have_root("a_flood_of_binary_junk_makes_no_series_and_leaves_the_agent_serving") {
+        return;
+    }
+    let _kernel = kernel_lock();
+    let agent = Agent::start(HTTP_CONFIG);
+    let server = Server::python();
+    let port = server.port;
+    let senders: Vec<_> = (0..200u32)
+        .map(|n| {
+            std::thread::spawn(move || {
+                // A small linear congruential generator: junk that differs per connection.
+                let mut state = n.wrapping_mul(2_654_435_761).wrapping_add(1);
+                // It starts with a byte no method starts with: binary, not a request.
+                let mut junk = vec![0u8];
+                while junk.len() < 64 * 1024 {
+                    state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                    match state >> 28 {
+                        0 => junk.extend_from_slice(b"\r\n\r\n"),
+                        1 => junk.extend_from_slice(b" HTTP/1.1 200 "),
+                        2 => junk.extend_from_slice(b"\x00\xff\x16\x03\x01"),
+                        _ => junk.push((state >> 20) as u8),
+                    }
+                }
+                if let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) {
+                    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+                    let _ = stream.write_all(&junk);
+                    let _ = stream.shutdown(std::net::Shutdown::Write);
+                    let mut sink = Vec::new();
+                    let _ = stream.read_to_end(&mut sink);
+                }
+            })
+        })
+        .collect();
+    for sender in senders {
+        sender.join().expect("a sender thread");
+    }
+    let stream = connect(port);
+    let mut reader = BufReader::new(&stream);
+    (&stream)
+        .write_all(b"GET /status/200 HTTP/1.1\r\nHost: t\r\n\r\n")
+        .expect("send");
+    assert_eq!(read_response(&mut reader), 200);
+    let pid = server.pid();
+    let m = common::eventually(&agent, |m| server_total(m, &pid) >= 1.0);
+    assert_eq!(server_total(&m, &pid), 1.0, "the junk made no exchange");
+    assert_eq!(
+        m.find(
+            "http_server_request_duration_seconds_count",
+            &[("process_pid", pid.as_str())]
+        )
+        .count(),
+        1,
+        "and no series"
+    );
     assert_eq!(
         common::http_get(agent.port, "/healthz", None).map(|r| r.0),
         Some(200)
@@ -936,8 +998,8 @@ fn recv_response_by_io_uring(ring: &mut io_uring::IoUring, stream: &TcpStream) -
 }
 
 /// A client that reads its responses through io_uring, which makes no read syscall, is
-/// counted exactly where the kernel lets the probe read received bytes from the skb;
-/// where it does not, the probe says so and counts none of them.
+/// counted exactly where the kernel lets the probe read those bytes from the skb; where
+/// it does not, the probe says so and counts none of them.
 #[test]
 fn io_uring_reads_are_counted_exactly() {
     if !have_root("io_uring_reads_are_counted_exactly") {
@@ -978,9 +1040,7 @@ fn io_uring_reads_are_counted_exactly() {
     assert_eq!(server_count(&m, &pid, "GET", "404", "/status/*"), 20.0);
     let from_skb = m
         .find("periscope_probe_degraded", &[("probe", "http")])
-        .all(|(_, labels, _)| {
-            labels.get("feature").map(String::as_str) != Some("received bytes read from the skb")
-        });
+        .all(|(_, labels, _)| labels.get("feature").map(String::as_str) != Some("io_uring reads"));
     if from_skb {
         assert_eq!((client(&m, "200"), client(&m, "404")), (40.0, 20.0));
     } else {

@@ -277,8 +277,8 @@ static PROGRAMS: &[ProgramSpec] = &[
     ProgramSpec::optional(
         "psc_http_copy",
         "tp_btf/skb_copy_datagram_iovec with bpf_dynptr_from_skb",
-        "received bytes read from the skb",
-        "io_uring reads; received bytes are copied out of the reader's buffer instead, at more cost",
+        "io_uring reads",
+        "HTTP that processes read through io_uring",
     ),
     ProgramSpec::optional(
         "psc_ssl_ret",
@@ -419,35 +419,20 @@ impl HttpProbe {
         let progs = &self.skel.progs;
         for (prog, program) in [
             (&progs.psc_http_state, "psc_http_state"),
+            (&progs.psc_http_recv, "psc_http_recv"),
             (&progs.psc_http_send, "psc_http_send"),
         ] {
             let link = prog.attach().map_err(AttemptError::attach(program))?;
             self.links.push(link);
         }
-        // Received bytes from the skb where the kernel allows it: no copy out of the
-        // reader, and io_uring reads too. Otherwise from the reader's buffer.
-        let from_skb = if self.loads("psc_http_copy") {
+        // io_uring reads, from the skb, where the kernel allows it.
+        if self.loads("psc_http_copy") {
             match progs.psc_http_copy.attach() {
-                Ok(link) => Some(link),
-                Err(error) => {
-                    warn!(%error, "reading received bytes from their buffers instead of the skb");
-                    None
+                Ok(link) => {
+                    self.links.push(link);
+                    self.ingress = "sock_recv_length, skb_copy_datagram_iovec (io_uring)";
                 }
-            }
-        } else {
-            None
-        };
-        match from_skb {
-            Some(link) => {
-                self.links.push(link);
-                self.ingress = "skb_copy_datagram_iovec";
-            }
-            None => {
-                let link = progs
-                    .psc_http_recv
-                    .attach()
-                    .map_err(AttemptError::attach("psc_http_recv"))?;
-                self.links.push(link);
+                Err(error) => warn!(%error, "io_uring reads will not be seen"),
             }
         }
         self.attach_tls();
