@@ -1742,6 +1742,91 @@ fn kernel_framer(m: &Metrics, outcome: &str) -> f64 {
     )
 }
 
+/// Each shape the kernel framer does not frame itself hands its connection to user
+/// space, once, and is counted exactly there, as is a plain exchange after it on the
+/// same connection: two requests pipelined in one write, a method split over writes,
+/// a head split after its request line, and a POST that waits for 100 Continue.
+#[test]
+fn each_shape_the_kernel_does_not_frame_is_handed_over_and_counted_exactly() {
+    if !have_root("each_shape_the_kernel_does_not_frame_is_handed_over_and_counted_exactly") {
+        return;
+    }
+    let _kernel = kernel_lock();
+    let agent = Agent::start("probes:\n  http:\n    enabled: true\n    clients: false\n");
+    let server = Server::python();
+    let pause = || std::thread::sleep(Duration::from_millis(50));
+    let shapes: [(&str, &dyn Fn(&TcpStream, &mut BufReader<&TcpStream>)); 4] = [
+        ("pipelined", &|stream, reader| {
+            (&*stream)
+                .write_all(b"GET /status/201 HTTP/1.1\r\nHost: t\r\n\r\nGET /status/201 HTTP/1.1\r\nHost: t\r\n\r\n")
+                .expect("send");
+            assert_eq!(read_response(reader), 201);
+            assert_eq!(read_response(reader), 201);
+        }),
+        ("method split", &|stream, reader| {
+            (&*stream).write_all(b"GE").expect("send");
+            pause();
+            (&*stream)
+                .write_all(b"T /status/202 HTTP/1.1\r\nHost: t\r\n\r\n")
+                .expect("send");
+            assert_eq!(read_response(reader), 202);
+        }),
+        ("head split", &|stream, reader| {
+            (&*stream)
+                .write_all(b"GET /status/203 HTTP/1.1\r\n")
+                .expect("send");
+            pause();
+            (&*stream).write_all(b"Host: t\r\n\r\n").expect("send");
+            assert_eq!(read_response(reader), 203);
+        }),
+        ("100-continue", &|stream, reader| {
+            (&*stream)
+                .write_all(b"POST /status/205 HTTP/1.1\r\nHost: t\r\nContent-Length: 7\r\nExpect: 100-continue\r\n\r\n")
+                .expect("send");
+            let mut interim = String::new();
+            reader.read_line(&mut interim).expect("interim status");
+            assert!(interim.starts_with("HTTP/1.1 100"), "{interim}");
+            let mut blank = String::new();
+            reader
+                .read_line(&mut blank)
+                .expect("end of the interim head");
+            (&*stream).write_all(b"payload").expect("send the body");
+            assert_eq!(read_response(reader), 205);
+        }),
+    ];
+    for (_, shape) in &shapes {
+        let stream = connect(server.port);
+        let mut reader = BufReader::new(&stream);
+        shape(&stream, &mut reader);
+        (&stream)
+            .write_all(b"GET /status/200 HTTP/1.1\r\nHost: t\r\n\r\n")
+            .expect("send");
+        assert_eq!(read_response(&mut reader), 200);
+    }
+    let pid = server.pid();
+    let m = common::eventually(&agent, |m| server_total(m, &pid) >= 9.0);
+    for (status, want, shape) in [
+        ("201", 2.0, "pipelined"),
+        ("202", 1.0, "method split"),
+        ("203", 1.0, "head split"),
+        ("205", 1.0, "100-continue"),
+        ("200", 4.0, "the plain exchanges after them"),
+    ] {
+        let method = if status == "205" { "POST" } else { "GET" };
+        assert_eq!(
+            server_count(&m, &pid, method, status, "/status/*"),
+            want,
+            "{shape}"
+        );
+    }
+    assert_eq!(server_total(&m, &pid), 9.0, "nothing else");
+    assert_eq!(
+        kernel_framer(&m, "handed_off"),
+        4.0,
+        "one handoff per shape"
+    );
+}
+
 /// Plain keep-alive exchanges with Content-Length bodies, HEADs and POSTs are framed and
 /// counted in the kernel: none is handed to user space, and the counts and body sizes
 /// are exact. A chunked response on another connection hands that connection over with
