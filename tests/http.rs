@@ -1742,6 +1742,9 @@ fn kernel_framer(m: &Metrics, outcome: &str) -> f64 {
     )
 }
 
+/// Requests written and their responses read on one connection, as a test shapes them.
+type Exchanges<'a> = &'a dyn Fn(&TcpStream, &mut BufReader<&TcpStream>);
+
 /// Each shape the kernel framer does not frame itself hands its connection to user
 /// space, once, and is counted exactly there, as is a plain exchange after it on the
 /// same connection: two requests pipelined in one write, a method split over writes,
@@ -1755,7 +1758,7 @@ fn each_shape_the_kernel_does_not_frame_is_handed_over_and_counted_exactly() {
     let agent = Agent::start("probes:\n  http:\n    enabled: true\n    clients: false\n");
     let server = Server::python();
     let pause = || std::thread::sleep(Duration::from_millis(50));
-    let shapes: [(&str, &dyn Fn(&TcpStream, &mut BufReader<&TcpStream>)); 4] = [
+    let shapes: [(&str, Exchanges); 4] = [
         ("pipelined", &|stream, reader| {
             (&*stream)
                 .write_all(b"GET /status/201 HTTP/1.1\r\nHost: t\r\n\r\nGET /status/201 HTTP/1.1\r\nHost: t\r\n\r\n")
