@@ -69,8 +69,8 @@ PSC_EXPORT_TYPES(struct psc_conn_key, struct psc_conn, struct psc_http_event,
 extern int bpf_dynptr_from_skb(struct __sk_buff *skb, __u64 flags,
 			       struct bpf_dynptr *ptr__uninit) __ksym __weak;
 
-/* The high bit of an fd user space knows a connection by when the reads that showed it
- * had no fd to give (io_uring): the rest is drawn at random. */
+/* Bit 30, set in the fd user space knows a connection by when the reads that showed it
+ * had no fd to give (io_uring), far above any real fd: the rest is drawn at random. */
 #define PSC_FD_UNKNOWN 0x40000000
 
 /* What a connection's first bytes said. */
@@ -128,8 +128,8 @@ struct psc_sock {
 	__u8 method_seen; /* bytes of the first method so far, while the verdict waits */
 	__u16 gen; /* the process's generation, with tgid */
 	__u16 pad2;
-	/* Received bytes from the skb: the sequence number after the last bytes seen,
-	 * so that bytes a MSG_PEEK showed are not seen again when read. */
+	/* io_uring reads, from the skb: the sequence number after the last bytes seen,
+	 * so that bytes a peek showed are not seen again when read. */
 	__u32 rcv_next;
 	__u32 rcv_seen;
 	struct psc_turn turn;
