@@ -327,21 +327,16 @@ fn agent_families(agent: &AgentHealth) -> Vec<Family> {
         MetricKind::Gauge,
     );
     endpoint_open.push(vec![], Value::Gauge(agent.endpoint_connections as f64));
-    let mut endpoint_closed = Family::new(
+    let endpoint_closed = Family::counters_by(
         "periscope_endpoint_connections_closed",
         "Connections to the metrics endpoint it closed: `evicted`, the one idle longest, to make room for a new one at the cap; `refused`, a new one at the cap because every open one was busy; `tls_failed`, a TLS handshake that failed or did not finish in time.",
-        MetricKind::Counter,
+        "reason",
+        &[
+            ("evicted", agent.endpoint_evicted),
+            ("refused", agent.endpoint_refused),
+            ("tls_failed", agent.endpoint_tls_failed),
+        ],
     );
-    for (reason, count) in [
-        ("evicted", agent.endpoint_evicted),
-        ("refused", agent.endpoint_refused),
-        ("tls_failed", agent.endpoint_tls_failed),
-    ] {
-        endpoint_closed.push(
-            vec![("reason", reason.to_string())],
-            Value::Counter(count as f64),
-        );
-    }
     let mut start = Family::new(
         "periscope_start_duration_seconds",
         "Time from agent start until every probe was loaded and attached.",

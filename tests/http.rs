@@ -156,6 +156,18 @@ fn server_total(m: &Metrics, pid: &str) -> f64 {
     )
 }
 
+/// This test process's own client exchanges answered with `status`.
+fn my_client_count(m: &Metrics, status: &str) -> f64 {
+    let me = std::process::id().to_string();
+    m.sum(
+        "http_client_request_duration_seconds_count",
+        &[
+            ("process_pid", me.as_str()),
+            ("http_response_status_code", status),
+        ],
+    )
+}
+
 fn server_count(m: &Metrics, pid: &str, method: &str, status: &str, route: &str) -> f64 {
     m.sum(
         "http_server_request_duration_seconds_count",
@@ -1023,18 +1035,9 @@ fn io_uring_reads_are_counted_exactly() {
             .expect("send");
         assert_eq!(recv_response_by_io_uring(&mut ring, &stream), status);
     }
-    let (pid, me) = (server.pid(), std::process::id().to_string());
-    let client = |m: &Metrics, status: &str| {
-        m.sum(
-            "http_client_request_duration_seconds_count",
-            &[
-                ("process_pid", me.as_str()),
-                ("http_response_status_code", status),
-            ],
-        )
-    };
+    let pid = server.pid();
     let m = common::eventually(&agent, |m| {
-        server_total(m, &pid) >= 60.0 && client(m, "404") >= 20.0
+        server_total(m, &pid) >= 60.0 && my_client_count(m, "404") >= 20.0
     });
     assert_eq!(server_count(&m, &pid, "GET", "200", "/status/*"), 40.0);
     assert_eq!(server_count(&m, &pid, "GET", "404", "/status/*"), 20.0);
@@ -1042,9 +1045,15 @@ fn io_uring_reads_are_counted_exactly() {
         .find("periscope_probe_degraded", &[("probe", "http")])
         .all(|(_, labels, _)| labels.get("feature").map(String::as_str) != Some("io_uring reads"));
     if from_skb {
-        assert_eq!((client(&m, "200"), client(&m, "404")), (40.0, 20.0));
+        assert_eq!(
+            (my_client_count(&m, "200"), my_client_count(&m, "404")),
+            (40.0, 20.0)
+        );
     } else {
-        assert_eq!((client(&m, "200"), client(&m, "404")), (0.0, 0.0));
+        assert_eq!(
+            (my_client_count(&m, "200"), my_client_count(&m, "404")),
+            (0.0, 0.0)
+        );
     }
 }
 
@@ -1657,22 +1666,17 @@ fn requests_pipelined_a_thousand_to_a_write_are_counted_exactly() {
             assert_eq!(read_response(&mut reader), status);
         }
     }
-    let (pid, me) = (server.pid(), std::process::id().to_string());
-    let client = |m: &Metrics, status: &str| {
-        m.sum(
-            "http_client_request_duration_seconds_count",
-            &[
-                ("process_pid", me.as_str()),
-                ("http_response_status_code", status),
-            ],
-        )
-    };
+    let pid = server.pid();
     let m = common::eventually(&agent, |m| {
-        server_count(m, &pid, "GET", "201", "/status/*") >= 1000.0 && client(m, "201") >= 1000.0
+        server_count(m, &pid, "GET", "201", "/status/*") >= 1000.0
+            && my_client_count(m, "201") >= 1000.0
     });
     assert_eq!(server_count(&m, &pid, "GET", "200", "/status/*"), 100.0);
     assert_eq!(server_count(&m, &pid, "GET", "201", "/status/*"), 1000.0);
-    assert_eq!((client(&m, "200"), client(&m, "201")), (100.0, 1000.0));
+    assert_eq!(
+        (my_client_count(&m, "200"), my_client_count(&m, "201")),
+        (100.0, 1000.0)
+    );
     assert_eq!(
         m.sum("periscope_http_framing_lost_total", &[]),
         0.0,
@@ -1716,22 +1720,17 @@ fn heads_over_the_capture_and_the_head_limit_are_counted() {
             assert_eq!(read_response(&mut reader), status);
         }
     }
-    let (pid, me) = (server.pid(), std::process::id().to_string());
-    let client = |m: &Metrics, status: &str| {
-        m.sum(
-            "http_client_request_duration_seconds_count",
-            &[
-                ("process_pid", me.as_str()),
-                ("http_response_status_code", status),
-            ],
-        )
-    };
+    let pid = server.pid();
     let m = common::eventually(&agent, |m| {
-        server_count(m, &pid, "GET", "201", "/status/*") >= 100.0 && client(m, "201") >= 100.0
+        server_count(m, &pid, "GET", "201", "/status/*") >= 100.0
+            && my_client_count(m, "201") >= 100.0
     });
     assert_eq!(server_count(&m, &pid, "GET", "200", "/status/*"), 50.0);
     assert_eq!(server_count(&m, &pid, "GET", "201", "/status/*"), 100.0);
-    assert_eq!((client(&m, "200"), client(&m, "201")), (50.0, 100.0));
+    assert_eq!(
+        (my_client_count(&m, "200"), my_client_count(&m, "201")),
+        (50.0, 100.0)
+    );
 }
 
 /// The kernel framer's share of a Python server's exchanges, as the agent reports it.

@@ -66,6 +66,23 @@ impl Family {
         }
     }
 
+    /// A counter family of one series per value of its one label: (value, count).
+    pub fn counters_by(
+        name: &'static str,
+        help: &'static str,
+        label: &'static str,
+        counts: &[(&str, u64)],
+    ) -> Self {
+        let mut family = Family::new(name, help, MetricKind::Counter);
+        for (value, count) in counts {
+            family.push(
+                vec![(label, value.to_string())],
+                Value::Counter(*count as f64),
+            );
+        }
+        family
+    }
+
     pub fn with_unit(mut self, unit: &'static str) -> Self {
         self.unit = Some(unit);
         self

@@ -1269,6 +1269,7 @@ static __always_inline int socket_io(struct sock *sk, const struct sk_buff *skb,
 		return 0;
 	nr = regs->orig_ax;
 	fd = regs->di;
+	tgid = task->tgid;
 	if (skb) {
 		struct tcp_sock *tp = bpf_core_cast(sk, struct tcp_sock);
 		struct tcp_skb_cb *cb = bpf_core_cast((void *)skb->cb, struct tcp_skb_cb);
@@ -1282,7 +1283,6 @@ static __always_inline int socket_io(struct sock *sk, const struct sk_buff *skb,
 		sock->rcv_next = seq + ret;
 		sock->rcv_seen = 1;
 		skb_off = seq - cb->seq;
-		tgid = task->tgid;
 		/* io_uring reads name no fd: the one the socket was announced with, or one
 		 * drawn for it. */
 		if (sock->announced && sock->tgid == tgid)
@@ -1313,7 +1313,6 @@ static __always_inline int socket_io(struct sock *sk, const struct sk_buff *skb,
 	default:
 		return 0; /* recvmmsg, sendmmsg, compat calls: not traced */
 	}
-	tgid = task->tgid;
 	if (tgid == agent_tgid)
 		return 0;
 	gen = psc_generation(task);

@@ -1167,42 +1167,30 @@ impl HttpProbe {
 
     /// What the kernel framer did with the exchanges it saw.
     fn kernel_framer_family(&self) -> Family {
-        let mut family = Family::new(
+        Family::counters_by(
             "periscope_http_kernel_framer_exchanges",
             "What the kernel framer did: exchanges it counted in series slots (counted) or sent one by one to user space, their series having no slot yet (recorded); connections it handed to user space to frame (handed_off); responses cut short by a new request or close, which no framer counts (abandoned).",
-            MetricKind::Counter,
-        );
-        for (outcome, count) in [
-            ("counted", self.counter(Counter::PSC_HTTP_KERNEL_FRAMED)),
-            ("recorded", self.kernel_records),
-            ("handed_off", self.counter(Counter::PSC_HTTP_HANDOFFS)),
-            ("abandoned", self.counter(Counter::PSC_HTTP_ABANDONED)),
-        ] {
-            family.push(
-                vec![("outcome", outcome.to_string())],
-                Value::Counter(count as f64),
-            );
-        }
-        family
+            "outcome",
+            &[
+                ("counted", self.counter(Counter::PSC_HTTP_KERNEL_FRAMED)),
+                ("recorded", self.kernel_records),
+                ("handed_off", self.counter(Counter::PSC_HTTP_HANDOFFS)),
+                ("abandoned", self.counter(Counter::PSC_HTTP_ABANDONED)),
+            ],
+        )
     }
 
     /// Where user-space framing lost its place, so that requests may have gone uncounted.
     fn framing_lost_family(&self) -> Family {
-        let mut family = Family::new(
+        Family::counters_by(
             "periscope_http_framing_lost",
             "Times the user-space framer lost its place in a connection, so that the requests until its next message went uncounted: bytes of a read or write the probe did not capture (uncaptured), or ring buffer events lost (events_lost).",
-            MetricKind::Counter,
-        );
-        for (cause, count) in [
-            ("uncaptured", self.uncaptured_losses),
-            ("events_lost", self.gap_resets),
-        ] {
-            family.push(
-                vec![("cause", cause.to_string())],
-                Value::Counter(count as f64),
-            );
-        }
-        family
+            "cause",
+            &[
+                ("uncaptured", self.uncaptured_losses),
+                ("events_lost", self.gap_resets),
+            ],
+        )
     }
 
     fn counter(&self, slot: Counter) -> u64 {
