@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::apps::{connect, get, hex_id, App};
-use common::{have_root, kernel_lock, Agent, TempDir};
+use common::{have_root, kernel_lock, Agent, Metrics, TempDir};
 use serde_json::Value;
 
 fn traces_config(jsonl: &Path) -> String {
@@ -466,4 +466,109 @@ fn a_reused_pids_requests_keep_their_own_labels() {
         .sum();
     assert_eq!((in_container, on_host), (3.0, 2.0));
     drop(new);
+}
+
+/// With a ratio sampler the kernel framer decides which requests make spans: every one
+/// with a sampled traceparent, none with an unsampled one, and of the rest those its
+/// random draw keeps. Only those reach user space; every request is still counted.
+#[test]
+fn the_kernel_samples_spans_and_unsampled_requests_make_no_record() {
+    if !have_root("the_kernel_samples_spans_and_unsampled_requests_make_no_record") {
+        return;
+    }
+    let _lock = kernel_lock();
+    let dir = TempDir::new("traces");
+    let jsonl = dir.path().join("spans.jsonl");
+    // Clients off: the test's own requests would be client spans of their own.
+    let config = traces_config(&jsonl)
+        .replace(
+            "    enabled: true\ntraces:",
+            "    enabled: true\n    clients: false\ntraces:",
+        )
+        .replace(
+            "traces:\n  enabled: true\n",
+            "traces:\n  enabled: true\n  sampler: parentbased_traceidratio\n  sampler_arg: 0.25\n",
+        );
+    assert!(config.contains("clients: false") && config.contains("sampler_arg"));
+    let agent = Agent::start(&config);
+    let app = App::start();
+    const PARENTED: u64 = 40;
+    const ROOTS: u64 = 400;
+    let mut conn = connect(app.port);
+    let mut sampled_traces = HashSet::new();
+    let mut unsampled_traces = HashSet::new();
+    for i in 0..PARENTED {
+        for (flag, traces) in [("01", &mut sampled_traces), ("00", &mut unsampled_traces)] {
+            let trace = format!("{}{}{}", hex_id(0x5a, 8), flag, hex_id(i + 1, 22));
+            let header = format!("traceparent: 00-{trace}-{}-{flag}\r\n", hex_id(0x77, 16));
+            assert_eq!(get(&mut conn, "/hello", &header).0, 200);
+            traces.insert(trace);
+        }
+    }
+    for _ in 0..ROOTS {
+        assert_eq!(get(&mut conn, "/hello", "").0, 200);
+    }
+    let total = 2 * PARENTED + ROOTS;
+
+    // Every request is counted, each decided once in the kernel.
+    let decisions = |metrics: &Metrics, decision: &str| {
+        metrics.one(
+            "periscope_http_kernel_span_decisions_total",
+            &[("decision", decision)],
+        )
+    };
+    let pid = app.pid().to_string();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let metrics = loop {
+        let metrics = agent.metrics();
+        let counted = metrics.sum(
+            "http_server_request_duration_seconds_count",
+            &[("process_pid", pid.as_str())],
+        );
+        if counted == total as f64 {
+            break metrics;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{counted} of {total} requests counted"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let sampled = decisions(&metrics, "sampled") as u64;
+    assert_eq!(sampled + decisions(&metrics, "unsampled") as u64, total);
+    // 400 draws at 1 in 4: 100 expected, 8.7 the standard deviation.
+    let roots = sampled - PARENTED;
+    assert!((50..=150).contains(&roots), "{roots} of {ROOTS} roots kept");
+
+    let lines = wait_for(&jsonl, |lines| {
+        spans_of(lines, app.pid(), "server").len() as u64 >= sampled
+    });
+    let server = spans_of(&lines, app.pid(), "server");
+    assert_eq!(
+        server.len() as u64,
+        sampled,
+        "one span per request the kernel kept"
+    );
+    let mut joined = 0;
+    for span in &server {
+        let trace = span["trace_id"].as_str().expect("trace id");
+        assert!(
+            !unsampled_traces.contains(trace),
+            "a sampled=0 request made a span"
+        );
+        if sampled_traces.contains(trace) {
+            joined += 1;
+            assert_eq!(span["parent_span_id"], hex_id(0x77, 16).as_str());
+        } else {
+            assert_eq!(span["parent_span_id"], Value::Null);
+        }
+    }
+    assert_eq!(joined, PARENTED);
+    assert_eq!(
+        agent.metrics().one(
+            "periscope_spans_dropped_total",
+            &[("reason", "probe_buffer")]
+        ),
+        0.0
+    );
 }

@@ -81,9 +81,11 @@ impl Drop for App {
     }
 }
 
-/// One keep-alive GET with extra header lines; returns (status, body).
+/// One keep-alive GET with extra header lines, written whole as real clients do (a
+/// `write!` to the stream would write each piece on its own); returns (status, body).
 pub fn get(stream: &mut TcpStream, path: &str, headers: &str) -> (u16, String) {
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: test\r\n{headers}\r\n").expect("send");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\n{headers}\r\n");
+    stream.write_all(request.as_bytes()).expect("send");
     let mut reader = BufReader::new(&*stream);
     let mut status_line = String::new();
     reader.read_line(&mut status_line).expect("status line");

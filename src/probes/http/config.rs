@@ -36,7 +36,8 @@ pub struct HttpConfig {
     /// `le` bounds of the body size histograms.
     pub body_size_buckets_bytes: Buckets,
     /// Frame plain HTTP in the kernel and count it there, in series slots; connections
-    /// the kernel cannot frame exactly go to user space. Off while traces are on.
+    /// the kernel cannot frame exactly go to user space. With traces on, the kernel
+    /// also decides which of its requests make spans.
     pub kernel_framing: bool,
     /// Series the kernel counts in slots of its own, at most; the exchanges of further
     /// series reach user space one by one, still counted exactly. Each slot takes

@@ -135,7 +135,16 @@ impl Connection {
 
     /// Takes over from the kernel framer: `method` `path`, started at `start` by thread
     /// `tid`, was framed whole with a body of `request_body` bytes and awaits its response.
-    pub fn resume(&mut self, method: String, path: String, start: u64, request_body: u64, tid: u32) {
+    /// The kernel decided its span: `context` when sampled.
+    pub fn resume(
+        &mut self,
+        method: String,
+        path: String,
+        start: u64,
+        request_body: u64,
+        tid: u32,
+        context: Option<SpanContext>,
+    ) {
         self.responses.head_requests.push_back(Expect::of(&method));
         self.pending.push_back(Pending {
             method,
@@ -144,8 +153,8 @@ impl Connection {
             request_body: Some(request_body),
             tid,
             trace: None,
-            context: None,
-            decided: false,
+            context,
+            decided: true,
         });
     }
 

@@ -28,9 +28,17 @@ char LICENSE[] SEC("license") = PSC_LICENSE;
 /* Set by user space before load: trace connections this host's processes make. */
 const volatile __u8 trace_clients = 1;
 /* Set by user space before load: frame plain HTTP in the kernel and count it in series
- * slots, handing to user space only what the kernel cannot frame exactly. Off while
- * spans are made, which need every exchange in user space. */
+ * slots, handing to user space only what the kernel cannot frame exactly. */
 const volatile __u8 kernel_framing = 0;
+/* Set by user space before load when spans are made: which requests the kernel framer
+ * sends to user space for a span. A request without a traceparent and not made while
+ * serving one is a root, kept when a random draw is under span_root_threshold (of
+ * 2^32), or always; one with a traceparent is kept as span_parent says. The rest cost
+ * nothing beyond their count. */
+const volatile __u8 span_sampling = 0;
+const volatile __u8 span_root_always = 0;
+const volatile __u32 span_root_threshold = 0;
+const volatile __u8 span_parent = 0;
 /* The histogram class of each log-linear bucket (histogram.h) of a duration in ns and of
  * a body size in bytes: the first configured bound the whole bucket lies under, or the
  * count of bounds (+Inf). */
@@ -44,7 +52,8 @@ const volatile __u32 agent_tgid = 0;
  * and counter slots. */
 PSC_EXPORT_TYPES(struct psc_conn_key, struct psc_conn, struct psc_http_event,
 		 enum psc_http_event_kind, enum psc_http_role, enum psc_http_counter,
-		 struct psc_http_exchange, struct psc_http_stats, enum psc_http_method);
+		 struct psc_http_exchange, struct psc_http_stats, enum psc_http_method,
+		 enum psc_span_parent);
 
 /* x86_64 syscall numbers. */
 #define NR_READ 0
@@ -88,6 +97,17 @@ enum psc_http_framing {
 };
 
 /* Which way the bytes of a kernel-framed connection flow now. */
+/* The request a thread serves, as far as spans go: the client calls it makes meanwhile
+ * are its children, kept when it is. Given up after PSC_SERVING_NS, as user space does. */
+struct psc_serving {
+	__u64 since_ns;
+	__u8 active;
+	__u8 sampled;
+	__u8 pad[6];
+};
+
+#define PSC_SERVING_NS 60000000000ULL
+
 enum psc_http_phase {
 	PSC_PHASE_IDLE = 0,     /* between exchanges */
 	PSC_PHASE_REQUEST = 1,  /* a request is being read or written */
@@ -111,7 +131,7 @@ struct psc_turn {
 	__u8 slot_ok;
 	__u8 phase;
 	__u8 framing;
-	__u8 pad;
+	__u8 sampled; /* a span of this exchange is made: user space has its start */
 	__u16 line_len;
 	__u16 pad2;
 	char line[PSC_HTTP_LINE];
@@ -142,6 +162,8 @@ PSC_SK_STORAGE(socks, struct psc_sock);
 PSC_HASH(slots, struct psc_http_series_key, __u32, 4096);
 PSC_PERCPU_ARRAY(slot_stats, struct psc_http_stats, 1024);
 
+PSC_TASK_STORAGE(serving, struct psc_serving);
+
 /* TLS connections by (process, fd): the uprobes know the fd, not the socket. */
 PSC_HASH(tls_conns, struct psc_conn_key, struct psc_conn, 65536);
 
@@ -159,6 +181,10 @@ PSC_RINGBUF(events, 8 * 1024 * 1024);
 struct scratch {
 	struct psc_http_event event;
 	char data[2 * PSC_HTTP_CAPTURE] __attribute__((aligned(8)));
+	/* What a request head's traceparent said: 0 none, 1 its flag is not sampled, 2
+	 * sampled. Here, not in the scan's state on the stack: the verifier tracks values
+	 * on the stack, and a value more per header scanned is more states than it takes. */
+	__u8 traceparent;
 };
 
 PSC_PERCPU_ARRAY(scratch, struct scratch, 1);
@@ -578,9 +604,33 @@ static __always_inline void content_length(const struct scratch *s, __u32 off, s
 	h->unusual = 1;
 }
 
+/* The sampled flag of a traceparent value at `off` (W3C: version-traceid-parentid-flags,
+ * "00-" then 32, 16 and 2 hex digits): its last digit's low bit. User space checks the
+ * whole value; here a value of the wrong shape counts as none. */
+static __always_inline void traceparent_flag(struct scratch *s, __u32 off,
+					     const struct head_scan *h)
+{
+	char c;
+
+	for (int i = 0; i < 4; i++) {
+		c = s->data[off & PSC_SCAN_MASK];
+		if (c != ' ' && c != '\t')
+			break;
+		off++;
+	}
+	if (off + 55 > h->n || s->data[(off + 2) & PSC_SCAN_MASK] != '-' ||
+	    s->data[(off + 35) & PSC_SCAN_MASK] != '-' || s->data[(off + 52) & PSC_SCAN_MASK] != '-')
+		return;
+	c = s->data[(off + 54) & PSC_SCAN_MASK];
+	if (c >= '0' && c <= '9')
+		s->traceparent = (c - '0') & 1 ? 2 : 1;
+	else if (c >= 'a' && c <= 'f')
+		s->traceparent = (c - 'a' + 10) & 1 ? 2 : 1;
+}
+
 /* The line after the LF at `p`: the empty line that ends the head, or a header the
  * framing depends on. Returns 1 when the scan is over. */
-static __noinline int line_after(const struct scratch *s, __u32 p, struct head_scan *h)
+static __noinline int line_after(struct scratch *s, __u32 p, struct head_scan *h)
 {
 	__u32 q = p + 1;
 	char c;
@@ -606,10 +656,13 @@ static __noinline int line_after(const struct scratch *s, __u32 p, struct head_s
 		    bytes_are(s, q + 8, 0x3a6874676e656cULL, 0xffffffffffffffULL, 0x202020202020ULL))
 			content_length(s, q + 15, h);
 		break;
-	case 't': /* transfer-encoding: */
+	case 't': /* transfer-encoding:, traceparent: */
 		if (bytes_are(s, q, 0x726566736e617274ULL, ~0ULL, 0x2020202020202020ULL) &&
 		    bytes_are(s, q + 8, 0x6e69646f636e652dULL, ~0ULL, 0x2020202020202000ULL))
 			h->unusual = 1;
+		else if (bytes_are(s, q, 0x7261706563617274ULL, ~0ULL, 0x2020202020202020ULL) &&
+			 bytes_are(s, q + 8, 0x3a746e65ULL, 0xffffffffULL, 0x202020ULL))
+			traceparent_flag(s, q + 12, h);
 		break;
 	case 'e': /* expect: */
 		if (bytes_are(s, q, 0x3a746365707865ULL, 0xffffffffffffffULL, 0x202020202020ULL))
@@ -948,12 +1001,52 @@ static __always_inline void exchange_record(struct scratch *s, struct psc_sock *
 	x->response_body = t->response_length - t->response_head;
 	x->tid = t->tid;
 	x->skip = 0;
+	x->sampled = t->sampled;
 	x->line_len = t->line_len;
 	__builtin_memcpy(x->line, t->line, PSC_HTTP_LINE);
 }
 
+/* Whether the request starting now (`now`) makes a span; a server's request becomes what
+ * its thread serves. The same choices as user space's sampler (spans.rs), made where
+ * they save the most: an unsampled request is never sent. */
+static __always_inline __u8 span_sampled(__u8 role, __u8 traceparent, __u64 now)
+{
+	struct task_struct *task = bpf_get_current_task_btf();
+	struct psc_serving *mark = 0;
+	__u8 sampled;
+
+	if (role == PSC_ROLE_CLIENT && !traceparent)
+		mark = bpf_task_storage_get(&serving, task, 0, 0);
+	if (traceparent)
+		sampled = span_parent == PSC_PARENT_ASK ||
+			  (span_parent == PSC_PARENT_FLAG && traceparent == 2);
+	else if (mark && mark->active && now - mark->since_ns < PSC_SERVING_NS)
+		sampled = mark->sampled; /* a call made while serving: its parent decides */
+	else
+		sampled = span_root_always || bpf_get_prandom_u32() < span_root_threshold;
+	if (role == PSC_ROLE_SERVER) {
+		mark = bpf_task_storage_get(&serving, task, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+		if (mark) {
+			mark->since_ns = now;
+			mark->active = 1;
+			mark->sampled = sampled;
+		}
+	}
+	return sampled;
+}
+
+/* A server's exchange that started at `since` is over: its thread serves it no more. */
+static __always_inline void end_serving(__u64 since)
+{
+	struct psc_serving *mark;
+
+	mark = bpf_task_storage_get(&serving, bpf_get_current_task_btf(), 0, 0);
+	if (mark && mark->since_ns == since)
+		mark->active = 0;
+}
+
 /* The response reached its length: the exchange is counted in its slot, or sent to user
- * space when its series has none yet. */
+ * space when its series has none yet. A sampled one goes to user space either way. */
 static __always_inline void finish(struct scratch *s, struct psc_sock *sock, const struct io *io)
 {
 	struct psc_turn *t = &sock->turn;
@@ -961,6 +1054,8 @@ static __always_inline void finish(struct scratch *s, struct psc_sock *sock, con
 	struct psc_http_stats *stats;
 
 	t->phase = PSC_PHASE_IDLE;
+	if (span_sampling && sock->conn.role == PSC_ROLE_SERVER)
+		end_serving(t->start_ns);
 	if (!t->slot_ok || !same_key(&t->cached_key, &t->key)) {
 		__u32 *slot = bpf_map_lookup_elem(&slots, &t->key);
 
@@ -978,6 +1073,11 @@ static __always_inline void finish(struct scratch *s, struct psc_sock *sock, con
 		record_class(&stats->response_body, body_class,
 			     t->response_length - t->response_head);
 		PSC_COUNT_IN(counters, PSC_HTTP_KERNEL_FRAMED);
+		if (!t->sampled)
+			return;
+		exchange_record(s, sock, io, PSC_HTTP_SPAN_END, now);
+		emit_for(s, sizeof(struct psc_http_exchange), &sock->conn);
+		sock->conn.named = 1;
 		return;
 	}
 	exchange_record(s, sock, io, PSC_HTTP_EXCHANGE, now);
@@ -1018,8 +1118,10 @@ static __always_inline int request_starts(struct scratch *s, struct psc_sock *so
 	if (t->phase == PSC_PHASE_RESPONSE)
 		PSC_COUNT_IN(counters, PSC_HTTP_ABANDONED); /* its length never came */
 	t->phase = PSC_PHASE_IDLE;
+	t->sampled = 0;
 	if (!request_line(s, n, t))
 		return PSC_FRAME_HANDOFF;
+	s->traceparent = 0;
 	scan_head(&h, n);
 	if (!h.end || h.unusual || h.end + h.length < len)
 		return PSC_FRAME_HANDOFF; /* split, unusual, or more than one request */
@@ -1038,6 +1140,17 @@ static __always_inline int request_starts(struct scratch *s, struct psc_sock *so
 	t->request_length = h.end + h.length;
 	t->request_bytes = len;
 	t->phase = PSC_PHASE_REQUEST;
+	if (span_sampling && !span_sampled(sock->conn.role, s->traceparent, t->start_ns)) {
+		PSC_COUNT_IN(counters, PSC_HTTP_SPANS_UNSAMPLED);
+	} else if (span_sampling) {
+		/* The head, for the trace context user space reads from it. */
+		PSC_COUNT_IN(counters, PSC_HTTP_SPANS_SAMPLED);
+		t->sampled = 1;
+		fill_event(s, io->tgid, io->gen, io->fd, len, PSC_HTTP_SPAN_START, &sock->conn, 0);
+		s->event.ts = t->start_ns;
+		emit_for(s, h.end, &sock->conn);
+		sock->conn.named = 1;
+	}
 	return PSC_FRAME_KEPT;
 }
 

@@ -49,6 +49,13 @@ enum psc_http_event_kind {
 	 * request already framed and awaiting its response (line_len 0: none), and how many
 	 * bytes of the next event of the connection belong to that request (skip). */
 	PSC_HTTP_HANDOFF = 7,
+	/* A request the kernel framed was sampled for a span: its head follows, and the
+	 * event's ts is the request's start. Sent at once, so that the calls its thread
+	 * makes while serving it find their parent. */
+	PSC_HTTP_SPAN_START = 8,
+	/* A sampled exchange the kernel counted in its slot: a psc_http_exchange, for the
+	 * span alone. */
+	PSC_HTTP_SPAN_END = 9,
 };
 
 /* Bytes of a kernel-framed request's line kept per connection: method, space, target. A
@@ -94,8 +101,16 @@ struct psc_http_exchange {
 	__u32 tid; /* the thread that read (server) or wrote (client) the request */
 	__u32 skip;
 	__u16 line_len;
-	__u16 pad[3];
+	__u8 sampled; /* a PSC_HTTP_SPAN_START went ahead of it */
+	__u8 pad[5];
 	char line[PSC_HTTP_LINE];
+};
+
+/* What a traceparent does to the kernel's choice (the span_parent setting of http.bpf.c). */
+enum psc_span_parent {
+	PSC_PARENT_FLAG = 0,  /* its sampled flag decides (the parent-based samplers) */
+	PSC_PARENT_ASK = 1,   /* kept, for user space's sampler to decide on its trace id */
+	PSC_PARENT_NEVER = 2, /* dropped (always_off) */
 };
 
 /* Histogram classes per series slot: the configured bounds and +Inf, at most. */
@@ -161,5 +176,8 @@ enum psc_http_counter {
 	PSC_HTTP_ABANDONED = 3,
 	PSC_HTTP_KERNEL_FRAMED = 4, /* exchanges counted in a series slot */
 	PSC_HTTP_HANDOFFS = 5,      /* connections handed to user space */
-	PSC_HTTP_COUNTERS = 6,
+	/* Requests the kernel framer decided a span for, while spans are made. */
+	PSC_HTTP_SPANS_SAMPLED = 6,
+	PSC_HTTP_SPANS_UNSAMPLED = 7,
+	PSC_HTTP_COUNTERS = 8,
 };

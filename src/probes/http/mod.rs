@@ -72,6 +72,8 @@ const KIND_EXEC: u8 = types::psc_http_event_kind::PSC_HTTP_EXEC.0 as u8;
 const KIND_OPEN: u8 = types::psc_http_event_kind::PSC_HTTP_OPEN.0 as u8;
 const KIND_EXCHANGE: u8 = types::psc_http_event_kind::PSC_HTTP_EXCHANGE.0 as u8;
 const KIND_HANDOFF: u8 = types::psc_http_event_kind::PSC_HTTP_HANDOFF.0 as u8;
+const KIND_SPAN_START: u8 = types::psc_http_event_kind::PSC_HTTP_SPAN_START.0 as u8;
+const KIND_SPAN_END: u8 = types::psc_http_event_kind::PSC_HTTP_SPAN_END.0 as u8;
 const ROLE_SERVER: u8 = types::psc_http_role::PSC_ROLE_SERVER.0 as u8;
 
 /// Kernel keys (paths of a route, mostly) per series slot, at most, on average.
@@ -341,8 +343,7 @@ impl HttpProbe {
         let key_count = slot_count.saturating_mul(KEYS_PER_SLOT);
         util::set_entries(&mut open.maps.slot_stats, slot_count, "slot_stats")?;
         util::set_entries(&mut open.maps.slots, key_count, "slots")?;
-        // Spans need every exchange in user space.
-        let kernel_framing = settings.kernel_framing && context.spans.is_none();
+        let kernel_framing = settings.kernel_framing;
         let durations = DurationBounds::new(&settings.duration_buckets_seconds.0);
         let body = &settings.body_size_buckets_bytes.0;
         let body_bounds: Vec<u64> = body.iter().map(|b| *b as u64).collect();
@@ -354,6 +355,18 @@ impl HttpProbe {
             rodata.kernel_framing = u8::from(kernel_framing);
             rodata.duration_class = duration_classes;
             rodata.body_class = body_classes;
+            if let Some(sampler) = context.spans {
+                let sampling = spans::KernelSampling::of(sampler);
+                rodata.span_sampling = 1;
+                rodata.span_root_always = u8::from(sampling.root_always);
+                rodata.span_root_threshold = sampling.root_threshold;
+                rodata.span_parent = match sampling.parent {
+                    spans::ParentRule::Flag => types::psc_span_parent::PSC_PARENT_FLAG,
+                    spans::ParentRule::Ask => types::psc_span_parent::PSC_PARENT_ASK,
+                    spans::ParentRule::Never => types::psc_span_parent::PSC_PARENT_NEVER,
+                }
+                .0 as u8;
+            }
         }
         let skel = load_object(open, plan, "http")?;
         let loaded: Vec<&'static str> = PROGRAMS
@@ -646,6 +659,17 @@ impl HttpProbe {
             self.take_over(event, role, data);
             return;
         }
+        if event.kind == KIND_SPAN_START {
+            if let Some(spans) = &mut self.spans {
+                let trace = parser::parse_request_head(data).and_then(|head| head.trace);
+                spans.start_sampled(role, event.tgid, event.tid, event.ts, trace.as_ref());
+            }
+            return;
+        }
+        if event.kind == KIND_SPAN_END {
+            self.kernel_span_end(event, role, data);
+            return;
+        }
         // A close ends the fd's connection; an open means whatever was known of this fd
         // belonged to an earlier one.
         if event.kind == KIND_OPEN || event.kind == KIND_CLOSE {
@@ -862,6 +886,57 @@ impl HttpProbe {
         if let Err(refused) = self.slots.install(&self.skel.maps.slots, kernel_key, &key) {
             debug!(?refused, "series left to user space");
         }
+        if record.sampled != 0 {
+            let route = key.1.route.clone();
+            self.kernel_span(&owner, role, &record, exchange, &route);
+        }
+    }
+
+    /// A sampled exchange the kernel counted in its slot: its span alone.
+    fn kernel_span_end(&mut self, event: &types::psc_http_event, role: Role, data: &[u8]) {
+        let Some(record) = util::decode::<types::psc_http_exchange>(data) else {
+            return;
+        };
+        let Some((method, path)) = parser::parse_framed_line(framed_line(&record)) else {
+            return;
+        };
+        let mut owner = *event;
+        owner.tgid = record.key.tgid;
+        owner.gen = record.key.gen;
+        let name = self
+            .processes
+            .get((owner.tgid, owner.gen))
+            .map(|info| info.name.clone())
+            .unwrap_or_default();
+        let route = self.routes.route(&name, &path);
+        let exchange = Exchange {
+            method,
+            path,
+            status: record.key.status,
+            request_body_bytes: record.request_body,
+            response_body_bytes: record.response_body,
+            start_ns: record.start_ns,
+            end_ns: record.end_ns,
+            context: None,
+            tid: record.tid,
+        };
+        self.kernel_span(&owner, role, &record, exchange, &route);
+    }
+
+    /// Makes the span of a kernel-framed exchange from the context its start decided.
+    fn kernel_span(
+        &mut self,
+        owner: &types::psc_http_event,
+        role: Role,
+        record: &types::psc_http_exchange,
+        mut exchange: Exchange,
+        route: &str,
+    ) {
+        let Some(spans) = &mut self.spans else {
+            return;
+        };
+        exchange.context = spans.take_started((record.key.tgid, record.tid, record.start_ns));
+        self.finish_span(owner, role, exchange, route);
     }
 
     /// The kernel hands a connection over: it is framed here from now on, starting from
@@ -885,7 +960,21 @@ impl HttpProbe {
         let mut conn = Connection::new(role);
         if record.line_len > 0 {
             if let Some((method, path)) = parser::parse_framed_line(framed_line(&record)) {
-                conn.resume(method, path, record.start_ns, record.request_body, record.tid);
+                // The kernel decided its span: the context it started, or none.
+                let context = match &mut self.spans {
+                    Some(spans) if record.sampled != 0 => {
+                        spans.take_started((record.key.tgid, record.tid, record.start_ns))
+                    }
+                    _ => None,
+                };
+                conn.resume(
+                    method,
+                    path,
+                    record.start_ns,
+                    record.request_body,
+                    record.tid,
+                    context,
+                );
             }
         }
         self.connections.insert(
@@ -1181,6 +1270,18 @@ impl HttpProbe {
     }
 
     /// Where user-space framing lost its place, so that requests may have gone uncounted.
+    fn span_decisions_family(&self) -> Family {
+        Family::counters_by(
+            "periscope_http_kernel_span_decisions",
+            "Requests the kernel framer decided a span for while traces are on: sampled ones went to user space for their span, unsampled ones cost no record.",
+            "decision",
+            &[
+                ("sampled", self.counter(Counter::PSC_HTTP_SPANS_SAMPLED)),
+                ("unsampled", self.counter(Counter::PSC_HTTP_SPANS_UNSAMPLED)),
+            ],
+        )
+    }
+
     fn framing_lost_family(&self) -> Family {
         Family::counters_by(
             "periscope_http_framing_lost",
@@ -1260,6 +1361,9 @@ impl Probe for HttpProbe {
         out.extend(families.into_families(libraries));
         out.push(self.kernel_framer_family());
         out.push(self.framing_lost_family());
+        if self.spans.is_some() {
+            out.push(self.span_decisions_family());
+        }
         self.fill = vec![
             MapFill {
                 map: "tls_conns",

@@ -4,9 +4,10 @@
 use std::collections::HashMap;
 
 use super::conn::{NewRequest, Role};
+use super::parser::TraceHeaders;
 use crate::model::connections::AgentConnections;
 use crate::model::span::{AttributeValue, IdGenerator, Span, SpanContext, SpanKind, SpanResource};
-use crate::probes::kit::spans::Sampler;
+use crate::probes::kit::spans::{RootSampler, Sampler};
 
 /// Threads remembered as serving a request, at most; beyond, a new thread's client
 /// calls start their own traces, and `threads_refused` counts it.
@@ -20,6 +21,66 @@ const MAX_SERVING_NS: u64 = 60_000_000_000;
 /// Finished spans held between two hand-overs to the exporters' queue, at most.
 const MAX_HELD_SPANS: usize = 65536;
 
+/// Sampled requests the kernel framer announced and whose exchanges have not ended, at
+/// most; past it, a new one's span is dropped and counted with the others.
+const MAX_STARTED: usize = 65536;
+
+/// A started request older than this is forgotten: its end was lost (a connection closed
+/// before the response, lost events). Long enough for long polls.
+const MAX_STARTED_NS: u64 = 3_600_000_000_000;
+
+/// A request the kernel framer sampled: its process, thread and start (kernel ns).
+pub type StartedKey = (u32, u32, u64);
+
+/// What the kernel framer decides alone, from the sampler (http.bpf.c, `span_sampled`):
+/// roots kept at random under a threshold of 2^32 (or always), and what a traceparent
+/// does. User space then decides as its sampler does, with the roots the kernel drew kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KernelSampling {
+    pub root_always: bool,
+    pub root_threshold: u32,
+    pub parent: ParentRule,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParentRule {
+    /// The traceparent's sampled flag decides.
+    Flag,
+    /// Sent to user space, whose sampler decides on the trace id.
+    Ask,
+    /// Never sampled.
+    Never,
+}
+
+impl KernelSampling {
+    pub fn of(sampler: Sampler) -> KernelSampling {
+        let root = |ratio: f64| KernelSampling {
+            root_always: ratio >= 1.0,
+            // A draw of 32 random bits is under this for `ratio` of requests.
+            root_threshold: (ratio.clamp(0.0, 1.0) * 4_294_967_296.0).min(f64::from(u32::MAX))
+                as u32,
+            parent: ParentRule::Flag,
+        };
+        match sampler {
+            Sampler::AlwaysOn => KernelSampling {
+                parent: ParentRule::Ask,
+                ..root(1.0)
+            },
+            Sampler::AlwaysOff => KernelSampling {
+                parent: ParentRule::Never,
+                ..root(0.0)
+            },
+            Sampler::TraceIdRatio(ratio) => KernelSampling {
+                parent: ParentRule::Ask,
+                ..root(ratio)
+            },
+            Sampler::ParentBased(RootSampler::AlwaysOn) => root(1.0),
+            Sampler::ParentBased(RootSampler::AlwaysOff) => root(0.0),
+            Sampler::ParentBased(RootSampler::TraceIdRatio(ratio)) => root(ratio),
+        }
+    }
+}
+
 pub struct SpanMaker {
     sampler: Sampler,
     ids: IdGenerator,
@@ -29,6 +90,9 @@ pub struct SpanMaker {
     /// requests the thread makes are its children.
     serving: HashMap<u32, (SpanContext, u64)>,
     pub threads_refused: u64,
+    /// Contexts of requests the kernel framer sampled, until their exchanges end.
+    started: HashMap<StartedKey, SpanContext>,
+    max_started: usize,
     finished: Vec<Span>,
     /// Spans dropped because the exporters did not take them in time.
     pub dropped: u64,
@@ -64,6 +128,8 @@ impl SpanMaker {
             agent_connections,
             serving: HashMap::new(),
             threads_refused: 0,
+            started: HashMap::new(),
+            max_started: MAX_STARTED,
             finished: Vec::new(),
             dropped: 0,
             clock_offset_ns: 0,
@@ -103,19 +169,58 @@ impl SpanMaker {
         (i128::from(kernel_ns) + self.clock_offset_ns).clamp(0, i128::from(u64::MAX)) as u64
     }
 
-    fn root(&mut self) -> SpanContext {
+    /// A new trace; `kept` when the kernel already drew it for sampling.
+    fn root(&mut self, kept: bool) -> SpanContext {
         let trace_id = self.ids.trace_id();
         SpanContext {
             trace_id,
             span_id: self.ids.span_id(),
             parent_span_id: None,
-            sampled: self.sampler.sample(&trace_id, None),
+            sampled: kept || self.sampler.sample(&trace_id, None),
             trace_state: String::new(),
         }
     }
 
     /// Decides the context of a request just framed.
     pub fn decide(&mut self, role: Role, request: NewRequest<'_>) {
+        self.decide_with(role, request, false);
+    }
+
+    /// Decides the context of a request the kernel framer sampled (`trace` from its head),
+    /// and holds it until `take_started` with the same process, thread and start.
+    pub fn start_sampled(
+        &mut self,
+        role: Role,
+        tgid: u32,
+        tid: u32,
+        at: u64,
+        trace: Option<&TraceHeaders>,
+    ) {
+        let mut context = None;
+        let request = NewRequest {
+            tid,
+            at,
+            trace,
+            context: &mut context,
+        };
+        self.decide_with(role, request, true);
+        let Some(context) = context else {
+            return;
+        };
+        let key = (tgid, tid, at);
+        if self.started.len() >= self.max_started && !self.started.contains_key(&key) {
+            self.dropped += 1;
+            return;
+        }
+        self.started.insert(key, context);
+    }
+
+    /// The context of a request the kernel framer sampled, once its exchange ended.
+    pub fn take_started(&mut self, key: StartedKey) -> Option<SpanContext> {
+        self.started.remove(&key)
+    }
+
+    fn decide_with(&mut self, role: Role, request: NewRequest<'_>, kernel_drawn: bool) {
         let context = match role {
             Role::Server => {
                 let context = match request.trace {
@@ -128,7 +233,7 @@ impl SpanMaker {
                             .sample(&trace.parent.trace_id, Some(trace.parent.sampled)),
                         trace_state: trace.state.clone(),
                     },
-                    None => self.root(),
+                    None => self.root(kernel_drawn),
                 };
                 if self.serving.len() < MAX_SERVING_THREADS
                     || self.serving.contains_key(&request.tid)
@@ -169,7 +274,7 @@ impl SpanMaker {
                             sampled: parent.sampled,
                             trace_state: parent.trace_state.clone(),
                         },
-                        None => self.root(),
+                        None => self.root(kernel_drawn),
                     },
                 }
             }
@@ -280,6 +385,8 @@ impl SpanMaker {
     pub fn expire_serving(&mut self, now_ns: u64) {
         self.serving
             .retain(|_, (_, at)| now_ns.saturating_sub(*at) < MAX_SERVING_NS);
+        self.started
+            .retain(|(_, _, at), _| now_ns.saturating_sub(*at) < MAX_STARTED_NS);
     }
 }
 
@@ -313,12 +420,51 @@ mod tests {
     }
 
     #[test]
+    fn sampled_starts_past_the_limit_are_dropped_and_counted() {
+        let mut maker = SpanMaker::new(
+            Sampler::ParentBased(RootSampler::AlwaysOff),
+            AgentConnections::default(),
+        );
+        maker.max_started = 3;
+        for tid in 0..5 {
+            maker.start_sampled(Role::Server, 7, tid, 100, None);
+        }
+        assert_eq!(maker.started.len(), 3);
+        assert_eq!(maker.dropped, 2);
+        // The kernel drew these roots: kept whatever the sampler says of new roots.
+        let context = maker.take_started((7, 0, 100)).expect("held");
+        assert!(context.sampled);
+        assert!(maker.take_started((7, 0, 100)).is_none());
+        // A freed place takes the next one; the ends of lost requests expire.
+        maker.start_sampled(Role::Server, 7, 9, 200, None);
+        assert_eq!(maker.started.len(), 3);
+        maker.expire_serving(199 + MAX_STARTED_NS);
+        assert_eq!(maker.started.len(), 1);
+    }
+
+    #[test]
+    fn the_kernel_draws_roots_at_the_samplers_ratio_and_follows_its_parent_rule() {
+        let of = KernelSampling::of;
+        let half = of(Sampler::ParentBased(RootSampler::TraceIdRatio(0.5)));
+        assert_eq!((half.root_always, half.root_threshold, half.parent), (false, 1 << 31, ParentRule::Flag));
+        let all = of(Sampler::AlwaysOn);
+        assert!(all.root_always);
+        assert_eq!(all.parent, ParentRule::Ask);
+        let none = of(Sampler::AlwaysOff);
+        assert_eq!((none.root_always, none.root_threshold, none.parent), (false, 0, ParentRule::Never));
+        // A ratio rounding up to 2^32 stays under it: only 1.0 is "always".
+        let nearly = of(Sampler::TraceIdRatio(0.999_999_999_99));
+        assert_eq!((nearly.root_always, nearly.root_threshold), (false, u32::MAX));
+        assert_eq!(of(Sampler::TraceIdRatio(0.1)).parent, ParentRule::Ask);
+    }
+
+    #[test]
     fn a_server_answering_the_agents_own_connection_makes_no_span() {
         let connections = AgentConnections::default();
         let mut maker = SpanMaker::new(Sampler::AlwaysOn, connections.clone());
         // The exporter's handle is the probe's: what it registers, the probe sees.
         connections.register(40000, 4318);
-        let context = maker.root();
+        let context = maker.root(false);
         maker.finish(server_exchange(context.clone(), 40000));
         let mut spans = Vec::new();
         maker.take(&mut spans);
@@ -329,7 +475,7 @@ mod tests {
         assert_eq!(spans.len(), 1);
         // A maker with a table of its own knows nothing of this agent's connections.
         let mut other = SpanMaker::new(Sampler::AlwaysOn, AgentConnections::default());
-        let context = other.root();
+        let context = other.root(false);
         other.finish(server_exchange(context, 40000));
         other.take(&mut spans);
         assert_eq!(spans.len(), 2);

@@ -501,7 +501,7 @@ fn request_lines_the_kernel_framed_parse_as_user_space_frames_them() {
 #[test]
 fn a_request_framed_in_the_kernel_pairs_with_the_response_user_space_frames() {
     let mut c = server();
-    c.resume("POST".into(), "/upload".into(), 10, 7, 3);
+    c.resume("POST".into(), "/upload".into(), 10, 7, 3, None);
     let done = write(
         &mut c,
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
@@ -515,7 +515,7 @@ fn a_request_framed_in_the_kernel_pairs_with_the_response_user_space_frames() {
 
     // A HEAD framed in the kernel: its response has no body, whatever it announces.
     let mut c = server();
-    c.resume("HEAD".into(), "/h".into(), 1, 0, 0);
+    c.resume("HEAD".into(), "/h".into(), 1, 0, 0, None);
     let done = write(&mut c, b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n", 2);
     assert_eq!(summary(&done), vec!["HEAD /h 200 0/0"]);
 }
