@@ -629,12 +629,15 @@ static __always_inline void traceparent_flag(struct scratch *s, __u32 off,
 }
 
 /* The line after the LF at `p`: the empty line that ends the head, or a header the
- * framing depends on. Returns 1 when the scan is over. */
-static __noinline int line_after(struct scratch *s, __u32 p, struct head_scan *h)
+ * framing depends on. Returns 1 when the scan is over. Global, so that the verifier
+ * checks it once rather than at each of the scan's unrolled call sites. */
+__noinline int line_after(struct scratch *s, __u32 p, struct head_scan *h)
 {
 	__u32 q = p + 1;
 	char c;
 
+	if (!s || !h)
+		return 1;
 	if (q + 2 > h->n)
 		return 1; /* the head goes on past the bytes captured */
 	c = s->data[q & PSC_SCAN_MASK];
@@ -693,7 +696,7 @@ static __always_inline __u32 first_flagged(__u64 flags)
 }
 
 /* Words of the scan handled per loop step. */
-#define PSC_SCAN_WORDS 4
+#define PSC_SCAN_WORDS 8
 
 /* PSC_SCAN_WORDS 8-byte words of the scan: the lines after each LF in them. */
 static long scan_words(__u64 i, struct head_scan *h)
