@@ -7,7 +7,10 @@ reports medians: requests per second, P99 latency, and the agent's own CPU time 
 1,000 requests (user + system time of the agent process, from /proc).
 
 Usage (as root, after `cargo build --release`):
-    python3 bench/http_overhead.py [--rounds 5] [--duration 10] [--connections 32] [--floor [socket|socket-copy]] [--bpf-stats] [--traces]
+    python3 bench/http_overhead.py [--rounds 5] [--duration 10] [--connections 32] [--floor [socket|socket-copy]] [--bpf-stats] [--traces] [--baseline BINARY]
+
+With --baseline, another build of the agent (say an earlier commit's) runs in the same
+rounds, between "off" and "on": the comparison the machine's changing load cannot skew.
 """
 import argparse
 import json
@@ -64,7 +67,8 @@ http {{ access_log off; sendfile on; keepalive_requests 1000000;
     return proc
 
 
-def start_agent(workdir, metrics_port, extra=os.environ.get("PERISCOPE_BENCH_CONFIG", ""), otlp_port=None):
+def start_agent(workdir, metrics_port, extra=os.environ.get("PERISCOPE_BENCH_CONFIG", ""), otlp_port=None,
+                binary=PERISCOPE):
     conf = os.path.join(workdir, "periscope.yaml")
     with open(conf, "w") as f:
         f.write(f'prometheus:\n  listen_address: "127.0.0.1:{metrics_port}"\n')
@@ -72,7 +76,7 @@ def start_agent(workdir, metrics_port, extra=os.environ.get("PERISCOPE_BENCH_CON
         if otlp_port:
             f.write("traces:\n  enabled: true\nexporters:\n  otlp:\n    enabled: true\n"
                     f'    endpoint: "http://127.0.0.1:{otlp_port}"\n    metrics_interval_secs: 0\n')
-    return start_periscope(["run", "--config", conf], "serving metrics")
+    return start_periscope(["run", "--config", conf], "serving metrics", binary)
 
 
 OTLP_SINK = """
@@ -110,9 +114,9 @@ def start_floor(hooks):
     return start_periscope(["floor", "--hooks", hooks], "floor programs attached")
 
 
-def start_periscope(args, ready_line):
+def start_periscope(args, ready_line, binary=PERISCOPE):
     """Starts `periscope ARGS` and returns once it prints a line containing ready_line."""
-    proc = subprocess.Popen([PERISCOPE, *args], stdout=subprocess.PIPE,
+    proc = subprocess.Popen([binary, *args], stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, text=True)
     while True:
         line = proc.stdout.readline()
@@ -167,13 +171,18 @@ def main():
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--connections", type=int, default=32)
-    parser.add_argument("--floor", nargs="?", const="socket", choices=["socket", "socket-copy"],
+    parser.add_argument("--floor", nargs="?", const="socket", choices=["socket", "socket-copy", "default-http"],
                         help="'on' runs floor programs instead of the agent: empty ones on the http "
                              "probe's socket hooks (socket), or ones that only copy the first bytes "
                              "of every TCP read and write (socket-copy)")
     parser.add_argument("--traces", action="store_true",
                         help="'on' also makes a span of every request and pushes them over OTLP to a "
                              "local sink; reports ring-buffer and span drops")
+    parser.add_argument("--with-floor", metavar="HOOKS", choices=["socket", "socket-copy", "default-http"],
+                        help="also run `periscope floor --hooks HOOKS` in every round, between off and on: "
+                             "default-http is what the default probes with http on hook")
+    parser.add_argument("--baseline", metavar="BINARY",
+                        help="also run this build of the agent in every round, between off and on")
     parser.add_argument("--bpf-stats", action="store_true",
                         help="enable kernel.bpf_stats_enabled during 'on' rounds and report the time "
                              "spent in each program per request, against all busy CPU time")
@@ -192,15 +201,21 @@ def main():
         sink = subprocess.Popen([sys.executable, "-c", OTLP_SINK, str(otlp_port)])
         wait_port(otlp_port)
     trace_totals = {"requests": 0, "lost": 0.0, "queued": 0.0, "sent": 0.0, "dropped": 0.0, "exchanges": 0.0}
-    results = {"off": [], "on": []}
-    agent_cpu_per_1000 = []
-    prog_time = {}  # name -> [run time ns, runs]
-    busy_on, requests_on = 0.0, 0
+    kinds = ("off",) + (("floor",) if args.with_floor else ()) + (("baseline",) if args.baseline else ()) + ("on",)
+    results = {kind: [] for kind in kinds}
+    agent_cpu_per_1000 = {kind: [] for kind in kinds}
+    prog_time = {kind: {} for kind in kinds}  # kind -> name -> [run time ns, runs]
+    busy_on = {kind: 0.0 for kind in kinds}
+    requests_on = {kind: 0 for kind in kinds}
     try:
         run_wrk(port, 2, args.connections)  # warm up
         for round_no in range(args.rounds):
-            for kind in ("off", "on"):
+            for kind in kinds:
                 agent = None
+                if kind == "floor":
+                    agent = start_floor(args.with_floor)
+                if kind == "baseline":
+                    agent = start_agent(workdir, metrics_port, otlp_port=otlp_port, binary=args.baseline)
                 if kind == "on":
                     agent = start_floor(args.floor) if args.floor else start_agent(workdir, metrics_port, otlp_port=otlp_port)
                 before = cpu_seconds(agent.pid) if agent else 0
@@ -209,11 +224,11 @@ def main():
                     progs_before, busy_before = bpf_program_stats(), busy_cpu_seconds()
                 rps, p99, total = run_wrk(port, args.duration, args.connections)
                 if agent and args.bpf_stats:
-                    busy_on += busy_cpu_seconds() - busy_before
-                    requests_on += total
-                    add_bpf_time(prog_time, progs_before)
+                    busy_on[kind] += busy_cpu_seconds() - busy_before
+                    requests_on[kind] += total
+                    add_bpf_time(prog_time[kind], progs_before)
                     subprocess.run(["sysctl", "-q", "kernel.bpf_stats_enabled=0"], check=True)
-                if agent and args.traces:
+                if kind == "on" and args.traces:
                     time.sleep(2)  # the last spans reach the sink
                     m = scrape(metrics_port)
                     trace_totals["requests"] += total
@@ -227,7 +242,8 @@ def main():
                                          "http_client_request_duration_seconds_count"))
                         and re.search(r'process_executable_name="(nginx|wrk)"', k))
                 if agent:
-                    agent_cpu_per_1000.append((cpu_seconds(agent.pid) - before) / total * 1000)
+                    if kind != "floor":
+                        agent_cpu_per_1000[kind].append((cpu_seconds(agent.pid) - before) / total * 1000)
                     agent.send_signal(signal.SIGINT)
                     agent.wait(timeout=30)
                 results[kind].append((rps, p99))
@@ -245,32 +261,39 @@ def main():
           f"medians of {args.rounds} interleaved rounds\n")
     print("| agent | requests/s | P99 latency |")
     print("| --- | --- | --- |")
-    for kind in ("off", "on"):
+    for kind in kinds:
         label = kind
         if kind == "on" and args.floor:
             label = {"socket": "floor (empty programs on the socket hooks)",
-                     "socket-copy": "floor (copying the first 256 bytes of every TCP read and write)"}[args.floor]
+                     "socket-copy": "floor (copying the first 256 bytes of every TCP read and write)",
+                     "default-http": "floor (empty programs on the default probes' hooks with http)"}[args.floor]
         print(f"| {label} | {med[kind][0]:.0f} | {med[kind][1] * 1e3:.2f} ms |")
     print()
-    print(f"Requests/s with the agent on: {med['on'][0] / med['off'][0] * 100:.1f}% of off (target: >= 97%)")
-    print(f"Added P99 latency: {(med['on'][1] - med['off'][1]) * 1e3:+.2f} ms")
-    print(f"Agent CPU time per 1,000 requests: {statistics.median(agent_cpu_per_1000) * 1e3:.2f} ms")
+    for kind in kinds[1:]:
+        name = {"on": "the agent on", "floor": f"the floor ({args.with_floor})",
+                "baseline": f"the baseline ({args.baseline})"}[kind]
+        print(f"Requests/s with {name}: {med[kind][0] / med['off'][0] * 100:.1f}% of off (target: >= 95%)")
+        print(f"Added P99 latency: {(med[kind][1] - med['off'][1]) * 1e3:+.2f} ms")
+        if agent_cpu_per_1000[kind]:
+            print(f"Agent CPU time per 1,000 requests: {statistics.median(agent_cpu_per_1000[kind]) * 1e3:.2f} ms")
     if args.traces and trace_totals["requests"]:
         t = trace_totals
         print(f"\nSpans with the agent on, all rounds: {t['requests']} wrk requests, "
               f"ring-buffer events lost {t['lost']:.0f} ({t['lost'] / t['requests'] * 100:.3f}% of requests), "
               f"nginx and wrk exchanges counted in the metrics {t['exchanges']:.0f}, spans queued {t['queued']:.0f}, "
               f"sent over OTLP {t['sent']:.0f}, dropped from the queue {t['dropped']:.0f}")
-    if args.bpf_stats and requests_on:
-        per_request = busy_on / requests_on * 1e6
-        print(f"\nAll busy CPU time with the agent on: {per_request:.2f} us per request "
+    for kind in kinds[1:]:
+        if not (args.bpf_stats and requests_on[kind]):
+            continue
+        per_request = busy_on[kind] / requests_on[kind] * 1e6
+        print(f"\nAll busy CPU time with {kind}: {per_request:.2f} us per request "
               f"(kernel.bpf_stats_enabled adds two clock reads to every program run)")
         print("| program | runs per request | ns per run | us per request | share of busy CPU |")
         print("| --- | --- | --- | --- | --- |")
-        for name, (run_ns, runs) in sorted(prog_time.items()):
+        for name, (run_ns, runs) in sorted(prog_time[kind].items()):
             if runs:
-                print(f"| {name} | {runs / requests_on:.2f} | {run_ns / runs:.0f} | "
-                      f"{run_ns / requests_on / 1e3:.2f} | {run_ns / 1e9 / busy_on * 100:.2f} % |")
+                print(f"| {name} | {runs / requests_on[kind]:.2f} | {run_ns / runs:.0f} | "
+                      f"{run_ns / requests_on[kind] / 1e3:.2f} | {run_ns / 1e9 / busy_on[kind] * 100:.2f} % |")
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ PSC_NOOP(BPF_PROG, psc_floor_exit, "tp_btf/sys_exit")
 PSC_NOOP(BPF_PROG, psc_floor_recv, "tp_btf/sock_recv_length")
 PSC_NOOP(BPF_PROG, psc_floor_send, "tp_btf/sock_send_length")
 PSC_NOOP(BPF_PROG, psc_floor_state, "tp_btf/inet_sock_set_state")
+PSC_NOOP(BPF_PROG, psc_floor_skb_copy, "tp_btf/skb_copy_datagram_iovec")
 
 /*
  * The least any tracer of plaintext HTTP pays on these hooks without kprobes: find the

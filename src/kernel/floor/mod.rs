@@ -25,6 +25,9 @@ pub enum FloorHooks {
     SocketCopy,
     /// tp_btf/sched_wakeup, sched_wakeup_new and sched_switch: the sched probe's hooks.
     Sched,
+    /// What the default probes with http on hook between timing windows: tp_btf/sys_exit
+    /// (syscalls), and the http probe's socket hooks with skb_copy_datagram_iovec.
+    DefaultHttp,
 }
 
 impl FloorHooks {
@@ -39,6 +42,9 @@ impl FloorHooks {
             }
             FloorHooks::Sched => {
                 "tp_btf/sched_wakeup, tp_btf/sched_wakeup_new and tp_btf/sched_switch"
+            }
+            FloorHooks::DefaultHttp => {
+                "tp_btf/sys_exit, tp_btf/sock_recv_length, tp_btf/sock_send_length, tp_btf/inet_sock_set_state and tp_btf/skb_copy_datagram_iovec"
             }
         }
     }
@@ -71,6 +77,13 @@ impl Floor {
                 &progs.psc_floor_wakeup,
                 &progs.psc_floor_wakeup_new,
                 &progs.psc_floor_switch,
+            ],
+            FloorHooks::DefaultHttp => vec![
+                &progs.psc_floor_exit,
+                &progs.psc_floor_recv,
+                &progs.psc_floor_send,
+                &progs.psc_floor_state,
+                &progs.psc_floor_skb_copy,
             ],
         };
         let links = chosen
