@@ -439,6 +439,18 @@ fn a_reused_pids_requests_keep_their_own_labels() {
             assert_eq!(get(&mut conn, "/hello", "").0, 200);
         }
     }
+    // Seen while it lives: the agent reads a process's container from /proc, and the
+    // kernel framer's records may reach it only after the process is gone.
+    let pid_text = pid.to_string();
+    common::eventually(&agent, |m| {
+        m.sum(
+            "http_server_request_duration_seconds_count",
+            &[
+                ("process_pid", pid_text.as_str()),
+                ("container_id", id.as_str()),
+            ],
+        ) == 3.0
+    });
     drop(old);
     std::thread::sleep(Duration::from_millis(50));
     // A new server on the host under the same pid answers two.
@@ -449,7 +461,6 @@ fn a_reused_pids_requests_keep_their_own_labels() {
             assert_eq!(get(&mut conn, "/hello", "").0, 200);
         }
     }
-    let pid_text = pid.to_string();
     let ours = [("process_pid", pid_text.as_str())];
     let count = "http_server_request_duration_seconds_count";
     // Once the new process is seen, the old one's series fold into its executable's

@@ -1027,7 +1027,8 @@ static __always_inline __u8 span_sampled(__u8 role, __u8 traceparent, __u64 now)
 		sampled = mark->sampled; /* a call made while serving: its parent decides */
 	else
 		sampled = span_root_always || bpf_get_prandom_u32() < span_root_threshold;
-	if (role == PSC_ROLE_SERVER) {
+	/* Only client calls read what a thread serves: untraced, no mark is kept. */
+	if (role == PSC_ROLE_SERVER && trace_clients) {
 		mark = bpf_task_storage_get(&serving, task, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
 		if (mark) {
 			mark->since_ns = now;
@@ -1057,7 +1058,7 @@ static __always_inline void finish(struct scratch *s, struct psc_sock *sock, con
 	struct psc_http_stats *stats;
 
 	t->phase = PSC_PHASE_IDLE;
-	if (span_sampling && sock->conn.role == PSC_ROLE_SERVER)
+	if (span_sampling && trace_clients && sock->conn.role == PSC_ROLE_SERVER)
 		end_serving(t->start_ns);
 	if (!t->slot_ok || !same_key(&t->cached_key, &t->key)) {
 		__u32 *slot = bpf_map_lookup_elem(&slots, &t->key);
