@@ -96,7 +96,6 @@ enum psc_http_framing {
 	PSC_FRAMED_IN_USER = 1, /* events per read and write, for ever after */
 };
 
-/* Which way the bytes of a kernel-framed connection flow now. */
 /* The request a thread serves, as far as spans go: the client calls it makes meanwhile
  * are its children, kept when it is. Given up after PSC_SERVING_NS, as user space does. */
 struct psc_serving {
@@ -108,6 +107,7 @@ struct psc_serving {
 
 #define PSC_SERVING_NS 60000000000ULL
 
+/* Which way the bytes of a kernel-framed connection flow now. */
 enum psc_http_phase {
 	PSC_PHASE_IDLE = 0,     /* between exchanges */
 	PSC_PHASE_REQUEST = 1,  /* a request is being read or written */

@@ -1269,7 +1269,7 @@ impl HttpProbe {
         )
     }
 
-    /// Where user-space framing lost its place, so that requests may have gone uncounted.
+    /// The kernel framer's span decisions, while traces are on.
     fn span_decisions_family(&self) -> Family {
         Family::counters_by(
             "periscope_http_kernel_span_decisions",
@@ -1282,6 +1282,7 @@ impl HttpProbe {
         )
     }
 
+    /// Where user-space framing lost its place, so that requests may have gone uncounted.
     fn framing_lost_family(&self) -> Family {
         Family::counters_by(
             "periscope_http_framing_lost",
