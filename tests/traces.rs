@@ -583,3 +583,80 @@ fn the_kernel_samples_spans_and_unsampled_requests_make_no_record() {
         0.0
     );
 }
+
+/// A traceparent the kernel takes for one (its dashes in place, its flag sampled) but
+/// user space finds invalid makes no span where the sampler keeps no new roots: the
+/// kernel's pick is not a root's random draw, so user space's sampler decides.
+#[test]
+fn malformed_traceparents_the_kernel_passes_on_make_no_spans_under_always_off_roots() {
+    if !have_root(
+        "malformed_traceparents_the_kernel_passes_on_make_no_spans_under_always_off_roots",
+    ) {
+        return;
+    }
+    let _lock = kernel_lock();
+    let dir = TempDir::new("traces");
+    let jsonl = dir.path().join("spans.jsonl");
+    let config = traces_config(&jsonl)
+        .replace(
+            "    enabled: true\ntraces:",
+            "    enabled: true\n    clients: false\ntraces:",
+        )
+        .replace(
+            "traces:\n  enabled: true\n",
+            "traces:\n  enabled: true\n  sampler: parentbased_always_off\n",
+        );
+    assert!(config.contains("clients: false") && config.contains("always_off"));
+    let agent = Agent::start(&config);
+    let app = App::start();
+    const EACH: u64 = 20;
+    let mut conn = connect(app.port);
+    let mut valid = HashSet::new();
+    for i in 0..EACH {
+        let trace = format!("{}{}", hex_id(0xa1, 16), hex_id(i + 1, 16));
+        let header = format!("traceparent: 00-{trace}-{}-01\r\n", hex_id(0x55, 16));
+        assert_eq!(get(&mut conn, "/hello", &header).0, 200);
+        valid.insert(trace.clone());
+        // Upper-case hex, which W3C forbids; then the same twice.
+        let upper = format!(
+            "traceparent: 00-{}-{}-01\r\n",
+            trace.to_uppercase(),
+            hex_id(0x55, 16)
+        );
+        let twice = format!("traceparent: 00-{trace}-{}-01\r\n", hex_id(0x56, 16)).repeat(2);
+        for bad in [upper, twice] {
+            assert_eq!(get(&mut conn, "/hello", &bad).0, 200);
+        }
+        assert_eq!(get(&mut conn, "/hello", "").0, 200);
+    }
+    let pid = app.pid().to_string();
+    let metrics = common::eventually(&agent, |m| {
+        m.sum(
+            "http_server_request_duration_seconds_count",
+            &[("process_pid", pid.as_str())],
+        ) == (4 * EACH) as f64
+    });
+    let decisions = |decision: &str| {
+        metrics.one(
+            "periscope_http_kernel_span_decisions_total",
+            &[("decision", decision)],
+        )
+    };
+    // The kernel passes on every sampled-looking traceparent, and draws no roots.
+    assert_eq!(
+        (decisions("sampled"), decisions("unsampled")),
+        ((3 * EACH) as f64, EACH as f64)
+    );
+    let lines = wait_for(&jsonl, |lines| {
+        spans_of(lines, app.pid(), "server").len() as u64 >= EACH
+    });
+    let server = spans_of(&lines, app.pid(), "server");
+    assert_eq!(
+        server.len() as u64,
+        EACH,
+        "only the valid parents make spans"
+    );
+    for span in server {
+        assert!(valid.contains(span["trace_id"].as_str().expect("trace id")));
+    }
+}

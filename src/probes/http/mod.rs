@@ -661,8 +661,19 @@ impl HttpProbe {
         }
         if event.kind == KIND_SPAN_START {
             if let Some(spans) = &mut self.spans {
-                let trace = parser::parse_request_head(data).and_then(|head| head.trace);
-                spans.start_sampled(role, event.tgid, event.tid, event.ts, trace.as_ref());
+                let head = parser::parse_request_head(data);
+                // Without a traceparent, the kernel's draw made it a root that is kept;
+                // with one user space finds invalid, the sampler decides its root.
+                let drawn = !head.as_ref().is_some_and(|h| h.carries_traceparent);
+                let trace = head.and_then(|head| head.trace);
+                let start = spans::Start {
+                    role,
+                    tgid: event.tgid,
+                    tid: event.tid,
+                    at: event.ts,
+                    drawn,
+                };
+                spans.start_sampled(start, trace.as_ref());
             }
             return;
         }

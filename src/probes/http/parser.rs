@@ -48,6 +48,8 @@ pub struct RequestHead {
     pub body: BodyLength,
     /// The caller's W3C trace context, when it sent a valid one.
     pub trace: Option<TraceHeaders>,
+    /// A `traceparent` header came, valid or not.
+    pub carries_traceparent: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -672,6 +674,7 @@ pub fn parse_request_head(head: &[u8]) -> Option<RequestHead> {
         } else {
             trace.parse()
         },
+        carries_traceparent: trace.parents > 0,
     })
 }
 
@@ -716,6 +719,7 @@ fn parse_cut_request_head(head: &[u8]) -> Option<RequestHead> {
         path: request_path(target)?,
         body: BodyLength::None,
         trace: None,
+        carries_traceparent: false,
     })
 }
 

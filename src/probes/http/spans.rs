@@ -32,6 +32,18 @@ const MAX_STARTED_NS: u64 = 3_600_000_000_000;
 /// A request the kernel framer sampled: its process, thread and start (kernel ns).
 pub type StartedKey = (u32, u32, u64);
 
+/// A request the kernel framer sampled, as its start record tells it.
+#[derive(Debug, Clone, Copy)]
+pub struct Start {
+    pub role: Role,
+    pub tgid: u32,
+    pub tid: u32,
+    pub at: u64,
+    /// Kept by the kernel's random draw for roots (no traceparent came): a root made
+    /// of it is kept whatever the sampler would say of a new trace id.
+    pub drawn: bool,
+}
+
 /// What the kernel framer decides alone, from the sampler (http.bpf.c, `span_sampled`):
 /// roots kept at random under a threshold of 2^32 (or always), and what a traceparent
 /// does. User space then decides as its sampler does, with the roots the kernel drew kept.
@@ -187,27 +199,21 @@ impl SpanMaker {
     }
 
     /// Decides the context of a request the kernel framer sampled (`trace` from its head),
-    /// and holds it until `take_started` with the same process, thread and start.
-    pub fn start_sampled(
-        &mut self,
-        role: Role,
-        tgid: u32,
-        tid: u32,
-        at: u64,
-        trace: Option<&TraceHeaders>,
-    ) {
+    /// and holds it until `take_started` with the same process, thread and start. Only
+    /// a sampled context is held.
+    pub fn start_sampled(&mut self, start: Start, trace: Option<&TraceHeaders>) {
         let mut context = None;
         let request = NewRequest {
-            tid,
-            at,
+            tid: start.tid,
+            at: start.at,
             trace,
             context: &mut context,
         };
-        self.decide_with(role, request, true);
-        let Some(context) = context else {
+        self.decide_with(start.role, request, start.drawn);
+        let Some(context) = context.filter(|c| c.sampled) else {
             return;
         };
-        let key = (tgid, tid, at);
+        let key = (start.tgid, start.tid, start.at);
         if self.started.len() >= self.max_started && !self.started.contains_key(&key) {
             self.dropped += 1;
             return;
@@ -426,8 +432,15 @@ mod tests {
             AgentConnections::default(),
         );
         maker.max_started = 3;
+        let start = |tid, at| Start {
+            role: Role::Server,
+            tgid: 7,
+            tid,
+            at,
+            drawn: true,
+        };
         for tid in 0..5 {
-            maker.start_sampled(Role::Server, 7, tid, 100, None);
+            maker.start_sampled(start(tid, 100), None);
         }
         assert_eq!(maker.started.len(), 3);
         assert_eq!(maker.dropped, 2);
@@ -436,7 +449,16 @@ mod tests {
         assert!(context.sampled);
         assert!(maker.take_started((7, 0, 100)).is_none());
         // A freed place takes the next one; the ends of lost requests expire.
-        maker.start_sampled(Role::Server, 7, 9, 200, None);
+        maker.start_sampled(start(9, 200), None);
+        // A traceparent the kernel took but user space finds invalid: the sampler
+        // decides the root, which always_off drops.
+        maker.start_sampled(
+            Start {
+                drawn: false,
+                ..start(10, 200)
+            },
+            None,
+        );
         assert_eq!(maker.started.len(), 3);
         maker.expire_serving(199 + MAX_STARTED_NS);
         assert_eq!(maker.started.len(), 1);
