@@ -564,6 +564,7 @@ struct head_scan {
 	/* Transfer-Encoding, Expect, Upgrade, a second Content-Length, a bare LF: framed
 	 * by user space. */
 	__u8 unusual;
+	__u8 request; /* a request's head: Expect and Upgrade matter */
 };
 
 /* Reads a Content-Length value at `off`; marks the scan unusual when it is not digits
@@ -695,6 +696,29 @@ static __always_inline __u32 first_flagged(__u64 flags)
 	return ((lowest >> 7) * 0x0001020304050607ULL) >> 56;
 }
 
+/* Whether the line after the LF at `p` may be one line_after acts on: the empty line,
+ * Content-Length, Transfer-Encoding, traceparent, and in requests Expect and Upgrade.
+ * Its first word, every byte lowered (CR and LF become '-' and '*'), tells most lines
+ * apart without the call; line_after then checks exactly. */
+static __always_inline int line_may_matter(const struct scratch *s, __u32 p, __u8 request)
+{
+	__u64 w = load64(s, p + 1) | 0x2020202020202020ULL;
+
+	switch (w & 0xff) {
+	case '-': case '*':
+		return 1;
+	case 'c': /* "content-" and then 'l' */
+		return w == 0x2d746e65746e6f63ULL && (s->data[(p + 9) & PSC_SCAN_MASK] | 0x20) == 'l';
+	case 't': /* "transfer", "tracepar" */
+		return w == 0x726566736e617274ULL || w == 0x7261706563617274ULL;
+	case 'e': /* "expect:" */
+		return request && (w & 0xffffffffffffffULL) == 0x3a746365707865ULL;
+	case 'u': /* "upgrade:" */
+		return request && w == 0x3a65646172677075ULL;
+	}
+	return 0;
+}
+
 /* Words of the scan handled per loop step. */
 #define PSC_SCAN_WORDS 8
 
@@ -716,15 +740,11 @@ static long scan_words(__u64 i, struct head_scan *h)
 		lf = bytes_equal(load64(s, off), 0x0a0a0a0a0a0a0a0aULL);
 		for (int j = 0; j < 8 && lf; j++) {
 			__u32 p = off + first_flagged(lf);
-			char c;
 
 			lf &= lf - 1;
 			if (p >= h->n)
 				return 1;
-			/* Only the empty line and lines of c, t, e or u can matter: CR and LF
-			 * lowered are '-' and '*'. The call is spared for the other lines. */
-			c = s->data[(p + 1) & PSC_SCAN_MASK] | 0x20;
-			if (c != '-' && c != '*' && c != 'c' && c != 't' && c != 'e' && c != 'u')
+			if (!line_may_matter(s, p, h->request))
 				continue;
 			if (line_after(s, p, h))
 				return 1;
@@ -814,8 +834,9 @@ static __always_inline int holds_pipelined(__u32 n, int request)
 
 /* Scans the `n` captured bytes of a message's start for the end of its head and the
  * headers its framing depends on. */
-static __always_inline void scan_head(struct head_scan *h, __u32 n)
+static __always_inline void scan_head(struct head_scan *h, __u32 n, __u8 request)
 {
+	h->request = request;
 	h->n = n > PSC_HTTP_SCAN - 16 ? PSC_HTTP_SCAN - 16 : n;
 	h->end = 0;
 	h->length = 0;
@@ -1126,7 +1147,7 @@ static __always_inline int request_starts(struct scratch *s, struct psc_sock *so
 	if (!request_line(s, n, t))
 		return PSC_FRAME_HANDOFF;
 	s->traceparent = 0;
-	scan_head(&h, n);
+	scan_head(&h, n, 1);
 	if (!h.end || h.unusual || h.end + h.length < len)
 		return PSC_FRAME_HANDOFF; /* split, unusual, or more than one request */
 	t->key.tgid = io->tgid;
@@ -1167,7 +1188,7 @@ static __always_inline int response_starts(struct scratch *s, struct psc_sock *s
 
 	if (!status || status < 200 || t->request_bytes != t->request_length)
 		return PSC_FRAME_HANDOFF; /* 1xx, an early answer, or not a status line */
-	scan_head(&h, n);
+	scan_head(&h, n, 0);
 	if (!h.end || h.unusual)
 		return PSC_FRAME_HANDOFF;
 	t->key.status = status;
