@@ -7,10 +7,11 @@ reports medians: requests per second, P99 latency, and the agent's own CPU time 
 1,000 requests (user + system time of the agent process, from /proc).
 
 Usage (as root, after `cargo build --release`):
-    python3 bench/http_overhead.py [--rounds 5] [--duration 10] [--connections 32] [--floor [socket|socket-copy]] [--bpf-stats] [--traces] [--baseline BINARY]
+    python3 bench/http_overhead.py [--rounds 5] [--duration 10] [--connections 32] [--floor [socket|socket-copy|default-http]] [--bpf-stats] [--traces] [--baseline BINARY] [--with-floor HOOKS]
 
 With --baseline, another build of the agent (say an earlier commit's) runs in the same
 rounds, between "off" and "on": the comparison the machine's changing load cannot skew.
+With --with-floor, `periscope floor --hooks HOOKS` does the same.
 """
 import argparse
 import json
