@@ -864,25 +864,9 @@ impl HttpProbe {
             return;
         };
         self.kernel_records += 1;
-        // A line user space would not take for a request is no exchange here either.
-        let Some((method, path)) = parser::parse_framed_line(framed_line(&record)) else {
+        let Some((owner, exchange)) = framed_exchange(event, &record) else {
             return;
         };
-        let exchange = Exchange {
-            method,
-            path,
-            status: record.key.status,
-            request_body_bytes: record.request_body,
-            response_body_bytes: record.response_body,
-            start_ns: record.start_ns,
-            end_ns: record.end_ns,
-            context: None,
-            tid: record.tid,
-        };
-        // The series is the process that read (server) or wrote (client) the request.
-        let mut owner = *event;
-        owner.tgid = record.key.tgid;
-        owner.gen = record.key.gen;
         let key = self.series_key(&owner, role, &exchange);
         let created = self
             .processes
@@ -908,29 +892,15 @@ impl HttpProbe {
         let Some(record) = util::decode::<types::psc_http_exchange>(data) else {
             return;
         };
-        let Some((method, path)) = parser::parse_framed_line(framed_line(&record)) else {
+        let Some((owner, exchange)) = framed_exchange(event, &record) else {
             return;
         };
-        let mut owner = *event;
-        owner.tgid = record.key.tgid;
-        owner.gen = record.key.gen;
         let name = self
             .processes
             .get((owner.tgid, owner.gen))
             .map(|info| info.name.clone())
             .unwrap_or_default();
-        let route = self.routes.route(&name, &path);
-        let exchange = Exchange {
-            method,
-            path,
-            status: record.key.status,
-            request_body_bytes: record.request_body,
-            response_body_bytes: record.response_body,
-            start_ns: record.start_ns,
-            end_ns: record.end_ns,
-            context: None,
-            tid: record.tid,
-        };
+        let route = self.routes.route(&name, &exchange.path);
         self.kernel_span(&owner, role, &record, exchange, &route);
     }
 
@@ -946,7 +916,7 @@ impl HttpProbe {
         let Some(spans) = &mut self.spans else {
             return;
         };
-        exchange.context = spans.take_started((record.key.tgid, record.tid, record.start_ns));
+        exchange.context = spans.take_started(started_key(record));
         self.finish_span(owner, role, exchange, route);
     }
 
@@ -973,9 +943,7 @@ impl HttpProbe {
             if let Some((method, path)) = parser::parse_framed_line(framed_line(&record)) {
                 // The kernel decided its span: the context it started, or none.
                 let context = match &mut self.spans {
-                    Some(spans) if record.sampled != 0 => {
-                        spans.take_started((record.key.tgid, record.tid, record.start_ns))
-                    }
+                    Some(spans) if record.sampled != 0 => spans.take_started(started_key(&record)),
                     _ => None,
                 };
                 conn.resume(
@@ -1472,6 +1440,36 @@ impl Probe for HttpProbe {
 }
 
 /// The request line bytes the kernel kept: method, space, target.
+/// The exchange a kernel record holds, and the event naming its series' process: the one
+/// that read (server) or wrote (client) the request. None for a line user space would
+/// not take for a request.
+fn framed_exchange(
+    event: &types::psc_http_event,
+    record: &types::psc_http_exchange,
+) -> Option<(types::psc_http_event, Exchange)> {
+    let (method, path) = parser::parse_framed_line(framed_line(record))?;
+    let mut owner = *event;
+    owner.tgid = record.key.tgid;
+    owner.gen = record.key.gen;
+    let exchange = Exchange {
+        method,
+        path,
+        status: record.key.status,
+        request_body_bytes: record.request_body,
+        response_body_bytes: record.response_body,
+        start_ns: record.start_ns,
+        end_ns: record.end_ns,
+        context: None,
+        tid: record.tid,
+    };
+    Some((owner, exchange))
+}
+
+/// What the span maker holds a kernel-sampled request's context under.
+fn started_key(record: &types::psc_http_exchange) -> spans::StartedKey {
+    (record.key.tgid, record.tid, record.start_ns)
+}
+
 fn framed_line(record: &types::psc_http_exchange) -> &[u8] {
     let len = usize::from(record.line_len).min(record.line.len());
     // SAFETY: i8 and u8 have the same size and alignment.
