@@ -11,14 +11,54 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::apps::{connect, get, hex_id, App};
-use common::{have_root, kernel_lock, Agent, Metrics, TempDir};
+use common::{have_root, kernel_lock, Agent, TempDir};
 use serde_json::Value;
 
 fn traces_config(jsonl: &Path) -> String {
+    traces_config_with(jsonl, "", "")
+}
+
+/// `traces_config` with more keys for the http probe and for traces, each a YAML line
+/// indented as its section's keys.
+fn traces_config_with(jsonl: &Path, http: &str, traces: &str) -> String {
     format!(
-        "probes:\n  syscalls:\n    enabled: false\n  http:\n    enabled: true\ntraces:\n  enabled: true\nexporters:\n  jsonl:\n    enabled: true\n    path: \"{}\"\n    metrics_interval_secs: 1\n",
+        "probes:\n  syscalls:\n    enabled: false\n  http:\n    enabled: true\n{http}traces:\n  enabled: true\n{traces}exporters:\n  jsonl:\n    enabled: true\n    path: \"{}\"\n    metrics_interval_secs: 1\n",
         jsonl.display()
     )
+}
+
+/// Servers only (the tests' own requests would be client spans of their own), under
+/// `sampler`, a YAML line or two of the traces section.
+fn server_traces_config(jsonl: &Path, sampler: &str) -> String {
+    traces_config_with(jsonl, "    clients: false\n", sampler)
+}
+
+/// Waits until the agent counted `total` requests of the server `pid`, then reads the
+/// kernel's span decisions: (sampled, unsampled).
+fn span_decisions_once_counted(agent: &Agent, pid: u64, total: u64) -> (u64, u64) {
+    let pid = pid.to_string();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let metrics = agent.metrics();
+        let counted = metrics.sum(
+            "http_server_request_duration_seconds_count",
+            &[("process_pid", pid.as_str())],
+        );
+        if counted == total as f64 {
+            let decisions = |decision: &str| {
+                metrics.one(
+                    "periscope_http_kernel_span_decisions_total",
+                    &[("decision", decision)],
+                ) as u64
+            };
+            return (decisions("sampled"), decisions("unsampled"));
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{counted} of {total} requests counted"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 fn read_lines(path: &Path) -> Vec<Value> {
@@ -490,18 +530,10 @@ fn the_kernel_samples_spans_and_unsampled_requests_make_no_record() {
     let _lock = kernel_lock();
     let dir = TempDir::new("traces");
     let jsonl = dir.path().join("spans.jsonl");
-    // Clients off: the test's own requests would be client spans of their own.
-    let config = traces_config(&jsonl)
-        .replace(
-            "    enabled: true\ntraces:",
-            "    enabled: true\n    clients: false\ntraces:",
-        )
-        .replace(
-            "traces:\n  enabled: true\n",
-            "traces:\n  enabled: true\n  sampler: parentbased_traceidratio\n  sampler_arg: 0.25\n",
-        );
-    assert!(config.contains("clients: false") && config.contains("sampler_arg"));
-    let agent = Agent::start(&config);
+    let agent = Agent::start(&server_traces_config(
+        &jsonl,
+        "  sampler: parentbased_traceidratio\n  sampler_arg: 0.25\n",
+    ));
     let app = App::start();
     const PARENTED: u64 = 40;
     const ROOTS: u64 = 400;
@@ -522,31 +554,8 @@ fn the_kernel_samples_spans_and_unsampled_requests_make_no_record() {
     let total = 2 * PARENTED + ROOTS;
 
     // Every request is counted, each decided once in the kernel.
-    let decisions = |metrics: &Metrics, decision: &str| {
-        metrics.one(
-            "periscope_http_kernel_span_decisions_total",
-            &[("decision", decision)],
-        )
-    };
-    let pid = app.pid().to_string();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let metrics = loop {
-        let metrics = agent.metrics();
-        let counted = metrics.sum(
-            "http_server_request_duration_seconds_count",
-            &[("process_pid", pid.as_str())],
-        );
-        if counted == total as f64 {
-            break metrics;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{counted} of {total} requests counted"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    let sampled = decisions(&metrics, "sampled") as u64;
-    assert_eq!(sampled + decisions(&metrics, "unsampled") as u64, total);
+    let (sampled, unsampled) = span_decisions_once_counted(&agent, app.pid(), total);
+    assert_eq!(sampled + unsampled, total);
     // 400 draws at 1 in 4: 100 expected, 8.7 the standard deviation.
     let roots = sampled - PARENTED;
     assert!((50..=150).contains(&roots), "{roots} of {ROOTS} roots kept");
@@ -597,17 +606,10 @@ fn malformed_traceparents_the_kernel_passes_on_make_no_spans_under_always_off_ro
     let _lock = kernel_lock();
     let dir = TempDir::new("traces");
     let jsonl = dir.path().join("spans.jsonl");
-    let config = traces_config(&jsonl)
-        .replace(
-            "    enabled: true\ntraces:",
-            "    enabled: true\n    clients: false\ntraces:",
-        )
-        .replace(
-            "traces:\n  enabled: true\n",
-            "traces:\n  enabled: true\n  sampler: parentbased_always_off\n",
-        );
-    assert!(config.contains("clients: false") && config.contains("always_off"));
-    let agent = Agent::start(&config);
+    let agent = Agent::start(&server_traces_config(
+        &jsonl,
+        "  sampler: parentbased_always_off\n",
+    ));
     let app = App::start();
     const EACH: u64 = 20;
     let mut conn = connect(app.port);
@@ -629,23 +631,10 @@ fn malformed_traceparents_the_kernel_passes_on_make_no_spans_under_always_off_ro
         }
         assert_eq!(get(&mut conn, "/hello", "").0, 200);
     }
-    let pid = app.pid().to_string();
-    let metrics = common::eventually(&agent, |m| {
-        m.sum(
-            "http_server_request_duration_seconds_count",
-            &[("process_pid", pid.as_str())],
-        ) == (4 * EACH) as f64
-    });
-    let decisions = |decision: &str| {
-        metrics.one(
-            "periscope_http_kernel_span_decisions_total",
-            &[("decision", decision)],
-        )
-    };
     // The kernel passes on every sampled-looking traceparent, and draws no roots.
     assert_eq!(
-        (decisions("sampled"), decisions("unsampled")),
-        ((3 * EACH) as f64, EACH as f64)
+        span_decisions_once_counted(&agent, app.pid(), 4 * EACH),
+        (3 * EACH, EACH)
     );
     let lines = wait_for(&jsonl, |lines| {
         spans_of(lines, app.pid(), "server").len() as u64 >= EACH
