@@ -56,6 +56,25 @@ enum Command {
         #[arg(long, value_enum, default_value = "syscalls")]
         hooks: periscope::kernel::floor::FloorHooks,
     },
+    /// Sample the CPU stacks of every process (or one) for a while and write the profile.
+    Profile {
+        /// How long to sample.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Only this process.
+        #[arg(long)]
+        pid: Option<u32>,
+        /// Samples per second on each CPU.
+        #[arg(long, default_value_t = 99, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+        frequency: u64,
+        /// folded: one line per stack, for flame-graph tools; pprof: gzip-compressed
+        /// profile.proto, for `go tool pprof`, Pyroscope and Grafana.
+        #[arg(long, value_enum, default_value = "folded")]
+        format: ProfileFormat,
+        /// Where to write it.
+        #[arg(long, short)]
+        output: PathBuf,
+    },
     /// Print the embedded default configuration, every key documented.
     DefaultConfig,
     /// Validate a configuration file and exit non-zero on the first error.
@@ -63,6 +82,12 @@ enum Command {
         /// The YAML file to check.
         file: PathBuf,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ProfileFormat {
+    Folded,
+    Pprof,
 }
 
 fn main() -> ExitCode {
@@ -130,6 +155,13 @@ fn dispatch(command: Command) -> Result<()> {
                 Ok(())
             })
         }
+        Command::Profile {
+            seconds,
+            pid,
+            frequency,
+            format,
+            output,
+        } => profile(seconds, pid, frequency, format, &output),
         Command::DefaultConfig => {
             print!("{}", *periscope::config::DEFAULT_CONFIG_YAML);
             Ok(())
@@ -140,6 +172,63 @@ fn dispatch(command: Command) -> Result<()> {
             Ok(())
         }
     }
+}
+
+fn profile(
+    seconds: u64,
+    pid: Option<u32>,
+    frequency_hz: u64,
+    format: ProfileFormat,
+    output: &std::path::Path,
+) -> Result<()> {
+    use periscope::probes::profile::{one_shot, pprof, sampler::SamplerOptions};
+
+    agent::check_kernel()?;
+    if let Some(pid) = pid {
+        anyhow::ensure!(
+            std::path::Path::new(&format!("/proc/{pid}")).exists(),
+            "no process {pid}"
+        );
+    }
+    let options = SamplerOptions {
+        frequency_hz,
+        pid,
+        max_stacks: 16_384,
+        max_counts: 16_384,
+    };
+    println!(
+        "periscope: sampling {} at {frequency_hz} Hz for {seconds} s",
+        pid.map_or("every process".to_string(), |p| format!("process {p}"))
+    );
+    let (profile, cpus) = one_shot(&options, std::time::Duration::from_secs(seconds))
+        .context("sampling CPU stacks")?;
+    let bytes = match format {
+        ProfileFormat::Folded => profile.folded().into_bytes(),
+        ProfileFormat::Pprof => pprof::encode(&profile).context("compressing the profile")?,
+    };
+    std::fs::write(output, bytes).with_context(|| format!("writing {}", output.display()))?;
+    let processes: std::collections::HashSet<u32> = profile.stacks.iter().map(|s| s.pid).collect();
+    println!(
+        "periscope: {} samples of {} processes on {cpus} CPUs, {} distinct stacks; wrote {}",
+        profile.samples(),
+        processes.len(),
+        profile.stacks.len(),
+        output.display()
+    );
+    let counters = profile.counters;
+    if profile.truncated > 0 {
+        println!(
+            "periscope: {} samples have user stacks cut short (code built without frame pointers)",
+            profile.truncated
+        );
+    }
+    if profile.lost_stacks + counters.folded > 0 {
+        println!(
+            "periscope: {} samples lost a stack to a full stack map, {} were not counted (count map full)",
+            profile.lost_stacks, counters.folded
+        );
+    }
+    Ok(())
 }
 
 fn list_probes(config: &Config, features: bool) -> Result<()> {

@@ -5,6 +5,7 @@
 //! exporters.
 
 pub mod kit;
+pub mod profile;
 mod util;
 
 use std::fmt::Debug;

@@ -24,11 +24,17 @@ pub fn kernel_lock() -> MutexGuard<'static, ()> {
 /// Compiles a static C program `source` into `dir/name` with clang-19 (which
 /// scripts/setup.sh installs), for workloads whose syscalls and sleeps a test counts.
 pub fn compile_static_c(dir: &Path, name: &str, source: &str) -> PathBuf {
+    compile_c(dir, name, source, &["-O2", "-static"])
+}
+
+/// Compiles the C program `source` into `dir/name` with clang-19 and `flags`.
+pub fn compile_c(dir: &Path, name: &str, source: &str, flags: &[&str]) -> PathBuf {
     let source_path = dir.join(format!("{name}.c"));
     std::fs::write(&source_path, source).expect("write the C source");
     let binary = dir.join(name);
     let status = Command::new("clang-19")
-        .args(["-O2", "-static", "-o"])
+        .args(flags)
+        .arg("-o")
         .arg(&binary)
         .arg(&source_path)
         .status()

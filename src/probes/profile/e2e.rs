@@ -1,0 +1,325 @@
+//! End-to-end: `periscope profile` on real processes. A program that spends 70% of its
+//! CPU in one function and 30% in another is profiled in those shares with whole stacks;
+//! a syscall loop shows its kernel frames under the syscall entry; a process that exits
+//! mid-profile, a stripped binary and a 10,000-frame recursion each come out bounded and
+//! counted.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output};
+use std::sync::MutexGuard;
+use std::time::Duration;
+
+use crate::common::{compile_c, have_root, kernel_lock, periscope_bin, TempDir};
+
+/// Frame pointers kept, and every call a call: a tail call would leave no frame of its
+/// caller for the unwinder to find.
+const FRAME_POINTERS: &[&str] = &[
+    "-O1",
+    "-fno-omit-frame-pointer",
+    "-fno-inline",
+    "-fno-optimize-sibling-calls",
+];
+
+/// Spins on the clock: burn_a 7 ms, burn_b 3 ms, for as many seconds as its argument.
+const BURNER: &str = r#"
+#include <stdlib.h>
+#include <time.h>
+static double now(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return t.tv_sec + t.tv_nsec / 1e9;
+}
+volatile unsigned long sink;
+__attribute__((noinline)) void spin(double seconds) {
+  double end = now() + seconds;
+  while (now() < end)
+    for (int i = 0; i < 1000; i++) sink += i;
+}
+__attribute__((noinline)) void burn_a(void) { spin(0.007); }
+__attribute__((noinline)) void burn_b(void) { spin(0.003); }
+int main(int argc, char **argv) {
+  double end = now() + atof(argv[1]);
+  while (now() < end) {
+    burn_a();
+    burn_b();
+  }
+  return 0;
+}
+"#;
+
+/// A folded profile: each stack (outermost first) and its samples.
+struct Folded(Vec<(Vec<String>, u64)>);
+
+impl Folded {
+    fn read(path: &Path) -> Folded {
+        let text = std::fs::read_to_string(path).expect("the profile was written");
+        Folded(
+            text.lines()
+                .map(|line| {
+                    let (stack, count) = line.rsplit_once(' ').expect("`stack count` lines");
+                    let frames = stack.split(';').map(str::to_string).collect();
+                    (frames, count.parse().expect("a sample count"))
+                })
+                .collect(),
+        )
+    }
+
+    fn total(&self) -> u64 {
+        self.0.iter().map(|(_, n)| n).sum()
+    }
+
+    /// Samples whose stack holds `function`.
+    fn through(&self, function: &str) -> u64 {
+        self.0
+            .iter()
+            .filter(|(frames, _)| frames.iter().any(|f| f == function))
+            .map(|(_, n)| n)
+            .sum()
+    }
+}
+
+struct Bench {
+    dir: TempDir,
+    _kernel: MutexGuard<'static, ()>,
+}
+
+impl Bench {
+    fn new(tag: &str) -> Bench {
+        Bench {
+            _kernel: kernel_lock(),
+            dir: TempDir::new(tag),
+        }
+    }
+
+    fn compile(&self, name: &str, source: &str, flags: &[&str]) -> PathBuf {
+        compile_c(self.dir.path(), name, source, flags)
+    }
+
+    /// `periscope profile` of `pid` for `seconds` at 99 Hz, folded: the profile and what
+    /// the command printed.
+    fn profile(&self, pid: u32, seconds: u64) -> (Folded, String) {
+        let out = self.dir.path().join(format!("{pid}.folded"));
+        let output = profile_command(&[
+            "--pid",
+            &pid.to_string(),
+            "--seconds",
+            &seconds.to_string(),
+            "--frequency",
+            "99",
+            "-o",
+            out.to_str().expect("a UTF-8 temp path"),
+        ]);
+        let printed = String::from_utf8_lossy(&output.stdout).into_owned();
+        assert!(
+            output.status.success(),
+            "periscope profile failed: {printed}{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        (Folded::read(&out), printed)
+    }
+}
+
+fn profile_command(args: &[&str]) -> Output {
+    Command::new(periscope_bin())
+        .arg("profile")
+        .args(args)
+        .output()
+        .expect("run periscope profile")
+}
+
+fn spawn(program: &Path, args: &[&str]) -> Child {
+    let child = Command::new(program)
+        .args(args)
+        .spawn()
+        .expect("start the workload");
+    // Past its loader, into its loop.
+    std::thread::sleep(Duration::from_millis(300));
+    child
+}
+
+/// What `periscope profile` printed about stacks cut short, or 0.
+fn truncated(printed: &str) -> u64 {
+    printed
+        .lines()
+        .find_map(|line| line.strip_suffix(" samples have user stacks cut short (code built without frame pointers)"))
+        .and_then(|line| line.strip_prefix("periscope: "))
+        .map_or(0, |n| n.parse().expect("a count"))
+}
+
+#[test]
+fn a_process_is_profiled_in_the_shares_of_its_functions_with_whole_stacks() {
+    if !have_root("a_process_is_profiled_in_the_shares_of_its_functions_with_whole_stacks") {
+        return;
+    }
+    let bench = Bench::new("profile-shares");
+    let burner = bench.compile("burner", BURNER, FRAME_POINTERS);
+    let mut child = spawn(&burner, &["8"]);
+    let (folded, printed) = bench.profile(child.id(), 5);
+    child.kill().ok();
+    child.wait().ok();
+
+    let total = folded.total();
+    // 5 s at 99 Hz of a process that is always running: about 495 samples.
+    assert!(total >= 300, "{total} samples: {printed}");
+    let share = |f| folded.through(f) as f64 / total as f64;
+    assert!(
+        (share("burn_a") - 0.7).abs() <= 0.10,
+        "burn_a {:.2}",
+        share("burn_a")
+    );
+    assert!(
+        (share("burn_b") - 0.3).abs() <= 0.10,
+        "burn_b {:.2}",
+        share("burn_b")
+    );
+    for (frames, count) in &folded.0 {
+        assert_eq!(frames[0], "burner", "the process is the root");
+        if let Some(at) = frames.iter().position(|f| f == "burn_a" || f == "burn_b") {
+            assert_eq!(frames[at - 1], "main", "{frames:?} x {count}");
+        }
+    }
+    assert_eq!(truncated(&printed), 0, "{printed}");
+}
+
+#[test]
+fn a_syscall_loop_shows_kernel_frames_under_the_syscall_entry() {
+    if !have_root("a_syscall_loop_shows_kernel_frames_under_the_syscall_entry") {
+        return;
+    }
+    let bench = Bench::new("profile-kernel");
+    let looper = bench.compile(
+        "getppid_loop",
+        "#include <stdlib.h>\n#include <time.h>\n#include <unistd.h>\n#include <sys/syscall.h>\n\
+         int main(int argc, char **argv) {\n\
+           time_t end = time(0) + atoi(argv[1]);\n\
+           while (time(0) < end)\n\
+             for (int i = 0; i < 10000; i++) syscall(SYS_getppid);\n\
+           return 0;\n}\n",
+        FRAME_POINTERS,
+    );
+    let mut child = spawn(&looper, &["6"]);
+    let (folded, printed) = bench.profile(child.id(), 3);
+    child.kill().ok();
+    child.wait().ok();
+
+    let total = folded.total();
+    assert!(total >= 150, "{total} samples: {printed}");
+    // Kernel frames sit above the user frames that entered the kernel: most samples
+    // are in the kernel, and some in getppid itself.
+    let under_entry = |function: &str| -> u64 {
+        folded
+            .0
+            .iter()
+            .filter(|(frames, _)| {
+                let entry = frames.iter().position(|f| f.starts_with("entry_SYSCALL_64"));
+                let below = frames.iter().rposition(|f| f.ends_with(function));
+                matches!((entry, below), (Some(e), Some(b)) if e < b)
+            })
+            .map(|(_, n)| n)
+            .sum()
+    };
+    assert!(
+        under_entry("do_syscall_64") * 2 >= total,
+        "{} of {total} samples in the kernel: {:?}",
+        under_entry("do_syscall_64"),
+        folded.0
+    );
+    assert!(under_entry("sys_getppid") > 0, "{:?}", folded.0);
+}
+
+#[test]
+fn exited_stripped_and_endlessly_deep_processes_are_bounded_and_counted() {
+    if !have_root("exited_stripped_and_endlessly_deep_processes_are_bounded_and_counted") {
+        return;
+    }
+    let bench = Bench::new("profile-odd");
+    // Stripped: no symbol names its functions, so each is its module and offset.
+    let stripped = bench.compile("stripped", BURNER, &["-O1", "-fno-omit-frame-pointer", "-s"]);
+    let mut child = spawn(&stripped, &["6"]);
+    let (folded, _) = bench.profile(child.id(), 2);
+    child.kill().ok();
+    child.wait().ok();
+    assert!(folded.total() >= 100);
+    assert!(
+        folded
+            .0
+            .iter()
+            .flat_map(|(frames, _)| frames)
+            .any(|f| f.starts_with("stripped+0x")),
+        "{:?}",
+        folded.0
+    );
+    assert!(folded.0.iter().all(|(frames, _)| frames.iter().all(|f| !f.is_empty())));
+
+    // 10,000 frames deep: the kernel keeps 127, and the stack counts as cut short.
+    let deep = bench.compile(
+        "deep",
+        "#include <stdlib.h>\n#include <time.h>\n\
+         volatile unsigned long sink;\n\
+         __attribute__((noinline)) void down(int n, time_t end) {\n\
+           if (n > 0) { down(n - 1, end); sink++; return; }\n\
+           while (time(0) < end) sink++;\n}\n\
+         int main(int argc, char **argv) { down(10000, time(0) + atoi(argv[1])); return 0; }\n",
+        FRAME_POINTERS,
+    );
+    let mut child = spawn(&deep, &["5"]);
+    let (folded, printed) = bench.profile(child.id(), 2);
+    child.kill().ok();
+    child.wait().ok();
+    let total = folded.total();
+    assert!(total >= 100, "{total} samples");
+    let deepest = folded.0.iter().map(|(frames, _)| frames.len()).max().unwrap_or(0);
+    assert!(deepest <= 1 + 127 + 127, "{deepest} frames");
+    assert!(
+        folded.0.iter().any(|(frames, _)| frames.iter().filter(|f| *f == "down").count() >= 100),
+        "the recursion's frames are kept up to the kernel's limit"
+    );
+    assert!(truncated(&printed) * 10 >= total * 9, "{printed}");
+
+    // Exits a second into a two-second profile: its samples are kept, their frames named
+    // by what could still be read, never empty.
+    let mut child = spawn(&stripped, &["1"]);
+    let pid = child.id();
+    let (folded, printed) = bench.profile(pid, 2);
+    child.wait().ok();
+    assert!(folded.total() >= 30, "{printed}");
+    assert!(folded.0.iter().all(|(frames, _)| frames[0] == "stripped" && frames.iter().all(|f| !f.is_empty())));
+}
+
+#[test]
+fn a_missing_process_is_a_clear_error() {
+    let output = profile_command(&["--pid", "4000000", "--seconds", "1", "-o", "/dev/null"]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("no process 4000000"), "{stderr}");
+}
+
+#[test]
+fn folded_profiles_of_every_process_sum_to_their_sample_count() {
+    if !have_root("folded_profiles_of_every_process_sum_to_their_sample_count") {
+        return;
+    }
+    let bench = Bench::new("profile-all");
+    let burner = bench.compile("burner", BURNER, FRAME_POINTERS);
+    let mut child = spawn(&burner, &["4"]);
+    let out = bench.dir.path().join("all.folded");
+    let output = profile_command(&["--seconds", "2", "-o", out.to_str().expect("UTF-8")]);
+    child.kill().ok();
+    child.wait().ok();
+    assert!(output.status.success());
+    let printed = String::from_utf8_lossy(&output.stdout);
+    let folded = Folded::read(&out);
+    let said: u64 = printed
+        .lines()
+        .find_map(|l| l.strip_prefix("periscope: ")?.split_once(" samples of "))
+        .map(|(n, _)| n.parse().expect("a count"))
+        .expect("the sample count is printed");
+    assert_eq!(folded.total(), said);
+    let per_process: HashMap<&str, u64> =
+        folded.0.iter().fold(HashMap::new(), |mut m, (frames, n)| {
+            *m.entry(frames[0].as_str()).or_default() += n;
+            m
+        });
+    assert!(per_process.get("burner").copied().unwrap_or(0) >= 100, "{per_process:?}");
+}
