@@ -68,7 +68,7 @@ enum Command {
         #[arg(long, default_value_t = 99, value_parser = clap::value_parser!(u64).range(1..=10_000))]
         frequency: u64,
         /// folded: one line per stack, for flame-graph tools; pprof: gzip-compressed
-        /// profile.proto, for `go tool pprof`, Pyroscope and Grafana.
+        /// profile.proto, for `go tool pprof`, Pyroscope and Grafana; svg: a flame graph.
         #[arg(long, value_enum, default_value = "folded")]
         format: ProfileFormat,
         /// Where to write it.
@@ -88,6 +88,7 @@ enum Command {
 enum ProfileFormat {
     Folded,
     Pprof,
+    Svg,
 }
 
 fn main() -> ExitCode {
@@ -181,7 +182,7 @@ fn profile(
     format: ProfileFormat,
     output: &std::path::Path,
 ) -> Result<()> {
-    use periscope::probes::profile::{one_shot, pprof, sampler::SamplerOptions};
+    use periscope::probes::profile::{flamegraph, one_shot, pprof, sampler::SamplerOptions};
 
     agent::check_kernel()?;
     if let Some(pid) = pid {
@@ -205,6 +206,7 @@ fn profile(
     let bytes = match format {
         ProfileFormat::Folded => profile.folded().into_bytes(),
         ProfileFormat::Pprof => pprof::encode(&profile).context("compressing the profile")?,
+        ProfileFormat::Svg => flamegraph::svg(&profile).into_bytes(),
     };
     std::fs::write(output, bytes).with_context(|| format!("writing {}", output.display()))?;
     let processes: std::collections::HashSet<u32> = profile.stacks.iter().map(|s| s.pid).collect();

@@ -287,6 +287,126 @@ fn exited_stripped_and_endlessly_deep_processes_are_bounded_and_counted() {
     assert!(folded.0.iter().all(|(frames, _)| frames[0] == "stripped" && frames.iter().all(|f| !f.is_empty())));
 }
 
+/// Where Debian's golang-github-google-pprof-dev puts pprof's own `profile.proto`.
+const PPROF_PROTO_DIR: &str = "/usr/share/gocode/src/github.com/google/pprof/proto";
+
+#[test]
+fn pprof_output_decodes_with_pprofs_own_profile_proto() {
+    if !have_root("pprof_output_decodes_with_pprofs_own_profile_proto") {
+        return;
+    }
+    let bench = Bench::new("profile-pprof");
+    let burner = bench.compile("burner", BURNER, FRAME_POINTERS);
+    let mut child = spawn(&burner, &["5"]);
+    let out = bench.dir.path().join("burner.pb.gz");
+    let output = profile_command(&[
+        "--pid",
+        &child.id().to_string(),
+        "--seconds",
+        "2",
+        "--format",
+        "pprof",
+        "-o",
+        out.to_str().expect("UTF-8"),
+    ]);
+    child.kill().ok();
+    child.wait().ok();
+    assert!(output.status.success());
+    let printed = String::from_utf8_lossy(&output.stdout);
+    let said: u64 = printed
+        .lines()
+        .find_map(|l| l.strip_prefix("periscope: ")?.split_once(" samples of "))
+        .map(|(n, _)| n.parse().expect("a count"))
+        .expect("the sample count is printed");
+
+    let mut raw = Vec::new();
+    let gz = std::fs::read(&out).expect("the profile was written");
+    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&gz[..]), &mut raw)
+        .expect("gzip");
+    let mut protoc = Command::new("protoc")
+        .args(["--decode=perftools.profiles.Profile", "-I", PPROF_PROTO_DIR, "profile.proto"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("run protoc (scripts/setup.sh installs it)");
+    std::io::Write::write_all(&mut protoc.stdin.take().expect("stdin"), &raw).expect("feed protoc");
+    let decoded = protoc.wait_with_output().expect("protoc");
+    assert!(decoded.status.success(), "protoc could not decode it");
+    let text = String::from_utf8_lossy(&decoded.stdout);
+    // Every field is one profile.proto names: protoc prints unknown ones by number.
+    assert!(
+        !text.lines().any(|l| l.trim_start().starts_with(|c: char| c.is_ascii_digit())),
+        "{text}"
+    );
+    let field = |name: &str| -> Vec<String> {
+        text.lines()
+            .filter_map(|l| l.trim_start().strip_prefix(name))
+            .map(|v| v.trim().to_string())
+            .collect()
+    };
+    let strings = field("string_table: ");
+    assert_eq!(strings[0], "\"\"");
+    for name in ["burn_a", "burn_b", "main", "samples", "cpu", "nanoseconds"] {
+        assert!(strings.contains(&format!("\"{name}\"")), "{name} in {strings:?}");
+    }
+    let period: i64 = field("period: ")[0].parse().expect("a period");
+    assert_eq!(period, 1_000_000_000 / 99);
+    let values: Vec<i64> = field("value: ").iter().map(|v| v.parse().expect("a value")).collect();
+    let counts: i64 = values.chunks(2).map(|pair| pair[0]).sum();
+    assert_eq!(counts as u64, said);
+    assert!(values.chunks(2).all(|pair| pair[1] == pair[0] * period));
+}
+
+#[test]
+fn a_hostile_process_name_keeps_the_svg_well_formed_and_the_folded_lines_whole() {
+    if !have_root("a_hostile_process_name_keeps_the_svg_well_formed_and_the_folded_lines_whole") {
+        return;
+    }
+    let bench = Bench::new("profile-svg");
+    let burner = bench.compile("burner", BURNER, FRAME_POINTERS);
+    // The kernel names a process after its file: markup, quotes and the folded format's
+    // separator, 15 bytes as the kernel keeps them.
+    let hostile = bench.dir.path().join("x<&\"'>;y z");
+    std::fs::copy(&burner, &hostile).expect("copy the burner");
+    let mut child = spawn(&hostile, &["5"]);
+    let pid = child.id().to_string();
+    let svg = bench.dir.path().join("flame.svg");
+    let output = profile_command(&[
+        "--pid",
+        &pid,
+        "--seconds",
+        "2",
+        "--format",
+        "svg",
+        "-o",
+        svg.to_str().expect("UTF-8"),
+    ]);
+    assert!(output.status.success());
+    let (folded, _) = bench.profile(child.id(), 1);
+    child.kill().ok();
+    child.wait().ok();
+
+    let parsed = Command::new("python3")
+        .args([
+            "-c",
+            "import sys, xml.etree.ElementTree as E\n\
+             root = E.parse(sys.argv[1]).getroot()\n\
+             ns = '{http://www.w3.org/2000/svg}'\n\
+             print('\\n'.join(t.text for t in root.iter(ns + 'title')))",
+        ])
+        .arg(&svg)
+        .output()
+        .expect("run python3");
+    let titles = String::from_utf8_lossy(&parsed.stdout);
+    assert!(parsed.status.success(), "not well-formed XML: {}", String::from_utf8_lossy(&parsed.stderr));
+    assert!(titles.lines().any(|t| t.starts_with("x<&\"'>;y z (")), "{titles}");
+    assert!(titles.lines().any(|t| t.starts_with("burn_a (")), "{titles}");
+    assert!(titles.lines().any(|t| t.starts_with("main (")), "{titles}");
+
+    assert!(folded.total() >= 50);
+    assert!(folded.0.iter().all(|(frames, _)| frames[0] == "x<&\"'>:y z"), "{:?}", folded.0);
+}
+
 #[test]
 fn a_missing_process_is_a_clear_error() {
     let output = profile_command(&["--pid", "4000000", "--seconds", "1", "-o", "/dev/null"]);

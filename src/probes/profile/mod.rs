@@ -2,6 +2,7 @@
 //! counted in the kernel (see `profile.bpf.c`), symbolized in user space, written as
 //! folded stacks or pprof.
 
+pub mod flamegraph;
 pub mod pprof;
 pub mod sampler;
 pub mod symbols;

@@ -102,10 +102,17 @@ impl Symbols {
             .iter()
             .zip(names)
             .map(|(&address, named)| {
-                let frame = named.unwrap_or_else(|| {
-                    self.unsymbolized += 1;
-                    unsymbolized_user(&mappings, address)
-                });
+                let frame = match named {
+                    Some(frame) if frame.module.is_empty() => Frame {
+                        module: unsymbolized_user(&mappings, address).module,
+                        ..frame
+                    },
+                    Some(frame) => frame,
+                    None => {
+                        self.unsymbolized += 1;
+                        unsymbolized_user(&mappings, address)
+                    }
+                };
                 (address, frame)
             })
             .collect()
@@ -121,7 +128,11 @@ impl Symbols {
             .iter()
             .zip(names)
             .map(|(&address, named)| {
-                let frame = named.unwrap_or_else(|| {
+                let frame = named.map(|frame| Frame {
+                    module: "[kernel]".into(),
+                    ..frame
+                });
+                let frame = frame.unwrap_or_else(|| {
                     self.unsymbolized += 1;
                     Frame {
                         function: format!("[kernel]+{address:#x}"),

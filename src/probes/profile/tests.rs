@@ -73,3 +73,17 @@ fn pprof_decodes_to_the_same_samples_and_cpu_time() {
     assert_eq!(decoded.sample[1].value, [3, 30_000_000]);
     assert_eq!(s(decoded.sample[0].label[1].str), "burn;er\nx");
 }
+
+#[test]
+fn the_flame_graph_escapes_names_and_sizes_boxes_by_samples() {
+    let mut profile = two_stacks();
+    profile.stacks[0].frames[0].function = "a<b>&\"c'\u{1}".into();
+    let svg = flamegraph::svg(&profile);
+    assert!(
+        svg.contains("a&lt;b&gt;&amp;&quot;c&apos;  (7 samples, 70.00%)"),
+        "{svg}"
+    );
+    assert!(!svg.contains('\u{1}'));
+    assert!(svg.contains("<title>main (10 samples, 100.00%)</title>"));
+    assert!(svg.contains("10 samples at 100 Hz over 5.0 s"));
+}
