@@ -182,7 +182,9 @@ fn profile(
     format: ProfileFormat,
     output: &std::path::Path,
 ) -> Result<()> {
-    use periscope::probes::profile::{flamegraph, one_shot, pprof, sampler::SamplerOptions};
+    use periscope::export::profile::{flamegraph, pprof};
+    use periscope::probes::profile::finish;
+    use periscope::probes::profile::sampler::{Sampler, SamplerOptions};
 
     agent::check_kernel()?;
     if let Some(pid) = pid {
@@ -197,37 +199,47 @@ fn profile(
         max_stacks: 16_384,
         max_counts: 16_384,
     };
+    let start = std::time::SystemTime::now();
+    let sampler = Sampler::start(&options).context("starting the CPU sampler")?;
     println!(
-        "periscope: sampling {} at {frequency_hz} Hz for {seconds} s",
-        pid.map_or("every process".to_string(), |p| format!("process {p}"))
+        "periscope: sampling {} at {frequency_hz} Hz on {} CPUs for {seconds} s",
+        pid.map_or("every process".to_string(), |p| format!("process {p}")),
+        sampler.cpus()
     );
-    let (profile, cpus) = one_shot(&options, std::time::Duration::from_secs(seconds))
-        .context("sampling CPU stacks")?;
+    std::thread::sleep(std::time::Duration::from_secs(seconds));
+    let sampled = std::time::Instant::now();
+    let profile = finish(sampler, start, frequency_hz);
+    let processes: std::collections::HashSet<u32> = profile.stacks.iter().map(|s| s.pid).collect();
+    println!(
+        "periscope: symbolized the stacks of {} processes in {} ms ({} addresses without a symbol)",
+        processes.len(),
+        sampled.elapsed().as_millis(),
+        profile.losses.unsymbolized
+    );
     let bytes = match format {
         ProfileFormat::Folded => profile.folded().into_bytes(),
         ProfileFormat::Pprof => pprof::encode(&profile).context("compressing the profile")?,
         ProfileFormat::Svg => flamegraph::svg(&profile).into_bytes(),
     };
     std::fs::write(output, bytes).with_context(|| format!("writing {}", output.display()))?;
-    let processes: std::collections::HashSet<u32> = profile.stacks.iter().map(|s| s.pid).collect();
     println!(
-        "periscope: {} samples of {} processes on {cpus} CPUs, {} distinct stacks; wrote {}",
+        "periscope: {} samples of {} processes, {} distinct stacks; wrote {}",
         profile.samples(),
         processes.len(),
         profile.stacks.len(),
         output.display()
     );
-    let counters = profile.counters;
-    if profile.truncated > 0 {
+    let losses = profile.losses;
+    if losses.truncated > 0 {
         println!(
             "periscope: {} samples have user stacks cut short (code built without frame pointers)",
-            profile.truncated
+            losses.truncated
         );
     }
-    if profile.lost_stacks + counters.folded > 0 {
+    if losses.lost_stacks + losses.uncounted > 0 {
         println!(
-            "periscope: {} samples lost a stack to a full stack map, {} were not counted (count map full)",
-            profile.lost_stacks, counters.folded
+            "periscope: {} samples lost a stack to a collision in the stack map, {} were not counted (count map full)",
+            losses.lost_stacks, losses.uncounted
         );
     }
     Ok(())

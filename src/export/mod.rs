@@ -2,6 +2,7 @@
 
 pub mod jsonl;
 pub mod otlp;
+pub mod profile;
 pub mod prometheus;
 pub mod queue;
 

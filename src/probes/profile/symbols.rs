@@ -10,16 +10,7 @@ use blazesym::symbolize::source::{Kernel, Process, Source};
 use blazesym::symbolize::{Input, Symbolized, Symbolizer};
 use blazesym::{MaybeDefault, Pid};
 
-/// A named frame.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Frame {
-    /// The function, or `module+0xoffset` when no symbol covers the address.
-    pub function: String,
-    /// The file it was found in, or `[kernel]`.
-    pub module: String,
-    /// Whether a symbol named it.
-    pub symbolized: bool,
-}
+use crate::model::profile::Frame;
 
 /// A mapping of a process's address space: where a file's bytes sit.
 #[derive(Debug, Clone)]

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use super::Profile;
+use crate::model::profile::Profile;
 
 const WIDTH: f64 = 1200.0;
 const FRAME_HEIGHT: f64 = 16.0;

@@ -2,8 +2,8 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use prost::Message;
 
-use super::symbols::Frame;
-use super::*;
+use super::{flamegraph, pprof};
+use crate::model::profile::{Frame, Profile, StackSamples};
 
 fn frame(name: &str, module: &str) -> Frame {
     Frame {
@@ -22,6 +22,7 @@ fn two_stacks() -> Profile {
             StackSamples {
                 pid: 42,
                 process: "burn;er\nx".into(),
+                labels: Vec::new(),
                 frames: vec![frame("burn_a", "burn"), frame("main", "burn")],
                 count: 7,
                 truncated: false,
@@ -29,6 +30,7 @@ fn two_stacks() -> Profile {
             StackSamples {
                 pid: 42,
                 process: "burn;er\nx".into(),
+                labels: Vec::new(),
                 frames: vec![frame("burn_b", "burn"), frame("main", "burn")],
                 count: 3,
                 truncated: false,

@@ -9,7 +9,7 @@ use flate2::write::GzEncoder;
 use flate2::Compression;
 use prost::Message;
 
-use super::Profile;
+use crate::model::profile::Profile;
 
 #[derive(Clone, PartialEq, Message)]
 pub struct PprofProfile {
