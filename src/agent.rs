@@ -20,6 +20,10 @@ use crate::enrich::tenant::TenantLimits;
 use crate::enrich::Workloads;
 use crate::export::jsonl::{self, JsonLinesConfig};
 use crate::export::otlp::{self, Endpoint, OtlpConfig};
+use crate::export::profile::config::ProfilesConfig;
+use crate::export::profile::pyroscope::{
+    self, ProfileQueue, PyroscopeSettings, PyroscopeStats, Target,
+};
 use crate::export::prometheus::{self, PrometheusConfig};
 use crate::export::queue::SpanQueue;
 use crate::export::ExportStats;
@@ -28,7 +32,7 @@ use crate::kernel::stats::{self, StatsSampler};
 use crate::kernel::KernelFeatures;
 use crate::model::connections::AgentConnections;
 use crate::model::span::Span;
-use crate::model::Family;
+use crate::model::{Family, MetricKind, Value};
 use crate::probes::kit::budget::SeriesBudget;
 use crate::probes::{LoadContext, Probe, BUILT_IN};
 use crate::selfmetrics::{self, AgentHealth, ExporterHealth, ProbeHealth, SpanHealth};
@@ -133,6 +137,7 @@ struct EndpointCounters {
 /// families it collected; and what they hand its probes: their connections.
 struct CollectorExports {
     exporters: Vec<PushExporter>,
+    profiles: Option<ProfileExporter>,
     last_families: Arc<Mutex<Option<Vec<Family>>>>,
     agent_connections: AgentConnections,
 }
@@ -182,6 +187,7 @@ pub async fn run(mut config: Config) -> Result<()> {
         let counters = counters.clone();
         let exports = CollectorExports {
             exporters: push.all(),
+            profiles: push.pyroscope.clone(),
             last_families: snapshots.last.clone(),
             agent_connections: push.connections.clone(),
         };
@@ -356,8 +362,17 @@ impl Say {
 struct PushExporters {
     jsonl: Option<PushExporter>,
     otlp: Option<PushExporter>,
+    /// The profile exporter: its queue and counters.
+    pyroscope: Option<ProfileExporter>,
     /// One table of the exporters' connections, so that the probes do not trace them.
     connections: AgentConnections,
+}
+
+/// The profile exporter as the collector sees it.
+#[derive(Clone)]
+struct ProfileExporter {
+    queue: Arc<ProfileQueue>,
+    stats: Arc<PyroscopeStats>,
 }
 
 impl PushExporters {
@@ -371,8 +386,22 @@ impl PushExporters {
         let push = PushExporters {
             jsonl: config.exporters.jsonl.enabled.then(|| exporter("jsonl")),
             otlp: config.exporters.otlp.enabled.then(|| exporter("otlp")),
+            pyroscope: config
+                .exporters
+                .profiles
+                .pyroscope
+                .enabled
+                .then(|| ProfileExporter {
+                    queue: Arc::new(ProfileQueue::new(
+                        config.exporters.profiles.queue_profiles.get() as usize,
+                    )),
+                    stats: Arc::new(PyroscopeStats::default()),
+                }),
             connections: AgentConnections::default(),
         };
+        if config.probes.profile.enabled && push.pyroscope.is_none() {
+            warn!("probes.profile is on but no profile exporter is: profiles are only counted");
+        }
         if traces && push.all().is_empty() {
             warn!("traces.enabled is set but no exporter is: spans are not made");
         }
@@ -398,6 +427,7 @@ impl PushExporter {
 struct ExporterConfigs {
     jsonl: JsonLinesConfig,
     otlp: OtlpConfig,
+    profiles: ProfilesConfig,
     traces: bool,
     wall_start: SystemTime,
 }
@@ -407,6 +437,7 @@ impl ExporterConfigs {
         ExporterConfigs {
             jsonl: config.exporters.jsonl.clone(),
             otlp: config.exporters.otlp.clone(),
+            profiles: config.exporters.profiles.clone(),
             traces: config.traces.enabled,
             wall_start,
         }
@@ -533,7 +564,67 @@ fn start_exporters(
         ));
         threads.push(("otlp", thread));
     }
+    if let Some(exporter) = &push.pyroscope {
+        let config = &configs.profiles.pyroscope;
+        let settings = PyroscopeSettings {
+            target: Target::parse(&config.endpoint).map_err(anyhow::Error::msg)?,
+            timeout: Duration::from_secs(config.timeout_secs),
+            max_retry: Duration::from_secs(config.max_retry_secs),
+        };
+        let (queue, stats, stop) = (exporter.queue.clone(), exporter.stats.clone(), stop.clone());
+        let endpoint = config.endpoint.clone();
+        let thread = thread::Builder::new()
+            .name("pyroscope".into())
+            .spawn(move || pyroscope::run(settings, queue, stats, stop))
+            .context("starting the Pyroscope exporter")?;
+        say.line(format!("periscope: pushing profiles to {endpoint}/ingest"));
+        threads.push(("pyroscope", thread));
+    }
     Ok(threads)
+}
+
+/// The profile exporter's own metrics.
+fn profile_exporter_families(exporter: &ProfileExporter) -> Vec<Family> {
+    let load = |c: &AtomicU64| c.load(Ordering::Relaxed) as f64;
+    let exporter_label = || vec![("exporter", "pyroscope".to_string())];
+    let mut pushes = Family::new(
+        "periscope_profile_pushes",
+        "Profile pushes, one per service and interval: delivered, or given up after retries (failed).",
+        MetricKind::Counter,
+    );
+    for (outcome, counter) in [
+        ("sent", &exporter.stats.pushes_sent),
+        ("failed", &exporter.stats.pushes_failed),
+    ] {
+        let mut labels = exporter_label();
+        labels.push(("outcome", outcome.to_string()));
+        pushes.push(labels, Value::Counter(load(counter)));
+    }
+    let mut retries = Family::new(
+        "periscope_profile_push_retries",
+        "Profile pushes tried again after 429, a 5xx or no answer.",
+        MetricKind::Counter,
+    );
+    retries.push(
+        exporter_label(),
+        Value::Counter(load(&exporter.stats.retries)),
+    );
+    let mut dropped = Family::new(
+        "periscope_profile_queue_dropped",
+        "Interval profiles dropped unsent because the exporter's queue was full.",
+        MetricKind::Counter,
+    );
+    dropped.push(
+        exporter_label(),
+        Value::Counter(load(&exporter.queue.dropped)),
+    );
+    let mut queued = Family::new(
+        "periscope_profile_queue_length",
+        "Interval profiles waiting to be pushed.",
+        MetricKind::Gauge,
+    );
+    queued.push(exporter_label(), Value::Gauge(exporter.queue.len() as f64));
+    vec![pushes, retries, dropped, queued]
 }
 
 /// Waits for each exporter to stop; one still running past the deadline and its
@@ -608,6 +699,7 @@ struct Collector {
     server_stats: Arc<prometheus::ServerStats>,
     exporters: Vec<PushExporter>,
     span_buffer: Vec<Span>,
+    profiles: Option<ProfileExporter>,
     workloads: Workloads,
     tenants: Option<TenantLimits>,
     /// The cgroups of tenants the probes know, and when they were last found.
@@ -630,6 +722,7 @@ fn collector_main(
     } = endpoint;
     let CollectorExports {
         exporters,
+        profiles,
         last_families,
         agent_connections,
     } = exports;
@@ -658,6 +751,7 @@ fn collector_main(
         server_stats,
         exporters,
         span_buffer: Vec::new(),
+        profiles,
         workloads,
         tenants: TenantLimits::new(&config.tenants),
         cgroup_tenants: Vec::new(),
@@ -691,6 +785,7 @@ fn collector_main(
         collector.stats.tick(now);
         probe_deadlines = collector.tick_probes(now);
         collector.forward_spans();
+        collector.forward_profiles();
         if now >= next_upkeep {
             collector.collect();
             next_upkeep = now + UPKEEP_INTERVAL;
@@ -704,6 +799,7 @@ fn collector_main(
     }
     collector.probes = probes;
     collector.forward_spans();
+    collector.forward_profiles();
     // What the exporters send last, now that no snapshot can be asked for.
     if let Ok(mut last) = last_families.lock() {
         *last = Some(collector.collect());
@@ -765,6 +861,7 @@ pub fn load_probes(
             workloads,
             budget: &budget,
             agent_connections,
+            profile_interval: Duration::from_secs(config.exporters.profiles.interval_secs),
         };
         match spec.load(&config.probes, &mut context) {
             Ok(loaded) => {
@@ -818,6 +915,19 @@ impl Collector {
             last.push(&mut self.span_buffer);
         }
         self.span_buffer.clear();
+    }
+
+    /// Moves the probes' profiles to the profile exporter's queue; with none, they go.
+    fn forward_profiles(&mut self) {
+        let mut profiles = Vec::new();
+        for probe in &mut self.probes {
+            probe.take_profiles(&mut profiles);
+        }
+        if let Some(exporter) = &self.profiles {
+            for profile in profiles {
+                exporter.queue.push(profile);
+            }
+        }
     }
 
     /// Tells the probes which cgroups belong to which tenant, found again at most every
@@ -887,6 +997,9 @@ impl Collector {
             families.extend(tenants.families());
         }
         families.extend(self.workloads.families());
+        if let Some(exporter) = &self.profiles {
+            families.extend(profile_exporter_families(exporter));
+        }
         families.extend(selfmetrics::families(
             &health,
             &AgentHealth {

@@ -60,6 +60,7 @@ pub struct Config {
 pub struct ExportersConfig {
     pub jsonl: JsonLinesConfig,
     pub otlp: OtlpConfig,
+    pub profiles: crate::export::profile::config::ProfilesConfig,
 }
 
 /// A configuration file is a few kilobytes; anything near this is not one.
@@ -182,6 +183,7 @@ impl Config {
             ("traces", self.traces.ranges()),
             ("exporters.otlp", self.exporters.otlp.ranges()),
             ("exporters.jsonl", self.exporters.jsonl.ranges()),
+            ("exporters.profiles", self.exporters.profiles.ranges()),
             ("self_metrics", self.self_metrics.ranges()),
             ("processes", self.processes.ranges()),
         ];
@@ -223,6 +225,7 @@ impl Config {
         };
         within("exporters.jsonl", self.exporters.jsonl.check())?;
         within("exporters.otlp", self.exporters.otlp.check())?;
+        within("exporters.profiles", self.exporters.profiles.check())?;
         within("tenants", self.tenants.check(self.workloads.enabled))?;
         within("workloads", self.workloads.check())?;
         within("traces", self.traces.check())?;

@@ -36,7 +36,7 @@ pub struct ProfileLosses {
 pub struct StackSamples {
     pub pid: u32,
     pub process: String,
-    /// The process's labels besides its pid and name: service, container, pod.
+    /// The process's labels as on its metrics: pid, executable, service, container, pod.
     pub labels: Labels,
     pub frames: Vec<Frame>,
     pub count: u64,

@@ -5,7 +5,6 @@
 //! exporters.
 
 pub mod kit;
-pub mod profile;
 mod util;
 
 use std::fmt::Debug;
@@ -68,6 +67,7 @@ built_in_probes! {
     http => http::HttpProbe,
     tcp => tcp::TcpProbe,
     sched => sched::SchedProbe,
+    profile => profile::ProfileProbe,
 }
 
 /// A probe's own settings, under `probes.<name>`.
@@ -99,6 +99,8 @@ pub struct LoadContext<'a> {
     pub budget: &'a SeriesBudget,
     /// The connections the agent's own exporters open: probes make no spans of them.
     pub agent_connections: &'a AgentConnections,
+    /// How often a probe that makes profiles hands one over.
+    pub profile_interval: std::time::Duration,
 }
 
 /// A built-in probe: the entry point of its folder, implemented by the probe itself.
@@ -231,4 +233,6 @@ pub trait Probe {
     fn spans_dropped(&self) -> u64 {
         0
     }
+    /// Moves the profiles made since the last call into `out`.
+    fn take_profiles(&mut self, _out: &mut Vec<crate::model::profile::Profile>) {}
 }

@@ -10,7 +10,9 @@ use std::process::{Child, Command, Output};
 use std::sync::MutexGuard;
 use std::time::Duration;
 
-use crate::common::{compile_c, have_root, kernel_lock, periscope_bin, TempDir};
+use crate::common::{
+    compile_c, eventually, free_port, have_root, kernel_lock, periscope_bin, Agent, TempDir,
+};
 
 /// Frame pointers kept, and every call a call: a tail call would leave no frame of its
 /// caller for the unwinder to find.
@@ -442,4 +444,154 @@ fn folded_profiles_of_every_process_sum_to_their_sample_count() {
             m
         });
     assert!(per_process.get("burner").copied().unwrap_or(0) >= 100, "{per_process:?}");
+}
+
+/// A Pyroscope stand-in: stores each `/ingest` push as `<n>.query` and `<n>.body` in
+/// the folder it is given, answering 200.
+const INGEST_SINK: &str = r#"
+import os, sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+folder, port = sys.argv[1], int(sys.argv[2])
+count = [0]
+class H(BaseHTTPRequestHandler):
+    def log_message(self, *a): pass
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        path, _, query = self.path.partition("?")
+        if path != "/ingest":
+            self.send_response(404); self.end_headers(); return
+        count[0] += 1
+        n = count[0]
+        with open(os.path.join(folder, f"{n}.body"), "wb") as f: f.write(body)
+        with open(os.path.join(folder, f"{n}.query"), "w") as f: f.write(query)
+        self.send_response(200); self.send_header("Content-Length", "0"); self.end_headers()
+ThreadingHTTPServer(("127.0.0.1", port), H).serve_forever()
+"#;
+
+/// The profile probe alone, pushing every 2 s to `endpoint`.
+fn continuous_config(endpoint: &str) -> String {
+    format!(
+        "probes:\n  syscalls: {{enabled: false}}\n  process: {{enabled: false}}\n  tcp: {{enabled: false}}\n  profile:\n    enabled: true\n    frequency_hz: 99\nexporters:\n  profiles:\n    interval_secs: 2\n    pyroscope:\n      enabled: true\n      endpoint: \"{endpoint}\"\n      timeout_secs: 2\n      max_retry_secs: 2\n"
+    )
+}
+
+/// A pushed pprof body, decoded by protoc with pprof's own profile.proto.
+fn decode_pprof(gz: &[u8]) -> String {
+    let mut raw = Vec::new();
+    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(gz), &mut raw).expect("gzip");
+    let mut protoc = Command::new("protoc")
+        .args(["--decode=perftools.profiles.Profile", "-I", PPROF_PROTO_DIR, "profile.proto"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("run protoc (scripts/setup.sh installs it)");
+    std::io::Write::write_all(&mut protoc.stdin.take().expect("stdin"), &raw).expect("feed protoc");
+    let decoded = protoc.wait_with_output().expect("protoc");
+    assert!(decoded.status.success(), "protoc could not decode a push");
+    String::from_utf8_lossy(&decoded.stdout).into_owned()
+}
+
+#[test]
+fn the_agent_pushes_a_profile_of_every_process_to_pyroscope_every_interval() {
+    if !have_root("the_agent_pushes_a_profile_of_every_process_to_pyroscope_every_interval") {
+        return;
+    }
+    let bench = Bench::new("profile-push");
+    let burner = bench.compile("burner", BURNER, FRAME_POINTERS);
+    let pushed = bench.dir.path().join("pushed");
+    std::fs::create_dir(&pushed).expect("a folder for the pushes");
+    let port = free_port();
+    let _sink = Killed(
+        Command::new("python3")
+            .args(["-c", INGEST_SINK])
+            .arg(&pushed)
+            .arg(port.to_string())
+            .spawn()
+            .expect("start the ingest sink"),
+    );
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let agent = Agent::start(&continuous_config(&format!("http://127.0.0.1:{port}")));
+    let mut child = spawn(&burner, &["8"]);
+
+    // Some push names the burner's samples, burn_a and burn_b among its functions.
+    let mut found = None;
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..300 {
+        let mut bodies: Vec<_> = std::fs::read_dir(&pushed)
+            .expect("the sink's folder")
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "body") && !seen.contains(p))
+            .collect();
+        bodies.sort();
+        seen.extend(bodies.iter().cloned());
+        found = bodies.into_iter().find_map(|body| {
+            let text = decode_pprof(&std::fs::read(&body).ok()?);
+            let ours = ["\"burner\"", "\"burn_a\"", "\"burn_b\""];
+            ours.iter().all(|s| text.contains(s)).then_some((body, text))
+        });
+        if found.is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    child.kill().ok();
+    child.wait().ok();
+    let (body, text) = found.unwrap_or_else(|| {
+        let queries: Vec<String> = std::fs::read_dir(&pushed)
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .filter(|e| e.path().extension().is_some_and(|x| x == "query"))
+                    .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        panic!("no push with the burner's profile among {queries:?}")
+    });
+    assert!(text.contains("string_table: \"process_pid\"") || text.contains("string_table: \"pid\""));
+    let query = std::fs::read_to_string(body.with_extension("query")).expect("its query");
+    let params: HashMap<&str, &str> = query
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .collect();
+    assert_eq!(params.get("format"), Some(&"pprof"), "{query}");
+    assert_eq!(params.get("sampleRate"), Some(&"99"), "{query}");
+    assert!(params.get("name").is_some_and(|n| n.contains(".cpu%7B")), "{query}");
+    let from: u64 = params["from"].parse().expect("from");
+    let until: u64 = params["until"].parse().expect("until");
+    assert!(until > from && until - from <= 4, "{query}");
+
+    let metrics = eventually(&agent, |m| m.sum("periscope_profile_pushes_total", &[("outcome", "sent")]) >= 1.0);
+    assert!(metrics.sum("periscope_profile_samples_total", &[]) >= 100.0);
+    assert_eq!(metrics.sum("periscope_profile_pushes_total", &[("outcome", "failed")]), 0.0);
+}
+
+/// A child process killed when the test ends, passed or not.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        self.0.kill().ok();
+        self.0.wait().ok();
+    }
+}
+
+#[test]
+fn a_dead_profile_backend_is_counted_and_costs_the_agent_nothing_else() {
+    if !have_root("a_dead_profile_backend_is_counted_and_costs_the_agent_nothing_else") {
+        return;
+    }
+    let _kernel = kernel_lock();
+    // Nothing listens there.
+    let agent = Agent::start(&continuous_config(&format!("http://127.0.0.1:{}", free_port())));
+    let metrics = eventually(&agent, |m| {
+        m.sum("periscope_profile_pushes_total", &[("outcome", "failed")]) >= 2.0
+    });
+    assert_eq!(metrics.sum("periscope_profile_pushes_total", &[("outcome", "sent")]), 0.0);
+    assert!(metrics.sum("periscope_profile_push_retries_total", &[]) >= 1.0);
+    assert_eq!(metrics.one("periscope_probe_up", &[("probe", "profile")]), 1.0);
 }

@@ -2,15 +2,25 @@
 //! counted in the kernel (see `profile.bpf.c`), symbolized in user space into the
 //! model's profiles.
 
+pub mod config;
 pub mod sampler;
 pub mod symbols;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::time::{Duration, SystemTime};
+#[cfg(test)]
+mod tests;
 
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::os::fd::BorrowedFd;
+use std::time::{Duration, Instant, SystemTime};
+
+use super::util::{MapFill, ProbeError};
+use super::{BuiltIn, LoadContext, Probe};
+use crate::enrich::Workloads;
+use crate::kernel::caps::{self, Need};
 use crate::model::profile::{Frame, Profile, ProfileLosses, StackSamples};
-use crate::model::Labels;
-use sampler::{RawProfile, StackRef};
+use crate::model::{Family, Labels, MetricKind, Value};
+use config::ProfileConfig;
+use sampler::{RawProfile, Sampler, SamplerError, SamplerOptions, StackRef};
 use symbols::Symbols;
 
 mod skel {
@@ -146,4 +156,208 @@ pub fn finish(sampler: sampler::Sampler, start: SystemTime, frequency_hz: u64) -
         elapsed,
         frequency_hz,
     )
+}
+
+/// Profiles made and not yet taken, at most: the exporters take them every collector
+/// round, so more wait only while the collector is busy.
+const MAX_PENDING: usize = 4;
+
+/// The symbolizer's caches (the binaries it read) are dropped after naming the frames of
+/// this many processes: a node that runs through many binaries keeps a bounded cache.
+const SYMBOLIZER_PROCESSES: usize = 4096;
+
+impl BuiltIn for ProfileProbe {
+    type Settings = ProfileConfig;
+    const DESCRIPTION: &'static str =
+        "CPU profiles: every process's kernel and user stacks, sampled on every CPU";
+
+    /// Naming frames reads every process's binaries through /proc/PID/map_files, which
+    /// the kernel opens only to CAP_SYS_ADMIN, and its maps, which need ptrace access.
+    fn capabilities(_settings: &ProfileConfig) -> Vec<Need> {
+        let mut needs = caps::reading_other_processes(
+            "read every process's memory map to name its frames (probes.profile)",
+            true,
+        );
+        needs.push(Need {
+            capability: caps::SYS_ADMIN,
+            why: "open the binaries of every process, in containers too, through /proc/PID/map_files (probes.profile)",
+            after_start: true,
+        });
+        needs
+    }
+
+    fn load(settings: &Self::Settings, context: &mut LoadContext<'_>) -> Result<Self, ProbeError> {
+        let options = SamplerOptions {
+            frequency_hz: settings.frequency_hz,
+            pid: None,
+            max_stacks: settings.max_stacks.get(),
+            max_counts: settings.max_counts.get(),
+        };
+        let sampler = Sampler::start(&options).map_err(|err| match err {
+            SamplerError::Probe(err) => err,
+            other => ProbeError::Unsupported(other.to_string()),
+        })?;
+        Ok(ProfileProbe {
+            sampler,
+            symbols: Symbols::new(),
+            symbolized_processes: 0,
+            workloads: context.workloads.clone(),
+            interval: context.profile_interval,
+            frequency_hz: settings.frequency_hz,
+            next: Instant::now() + context.profile_interval,
+            window_start: SystemTime::now(),
+            pending: VecDeque::new(),
+            dropped: 0,
+            losses: ProfileLosses::default(),
+            fill: Vec::new(),
+        })
+    }
+}
+
+/// The loaded probe: a profile of every interval waits in `pending` for the exporters.
+pub struct ProfileProbe {
+    sampler: Sampler,
+    symbols: Symbols,
+    symbolized_processes: usize,
+    workloads: Workloads,
+    interval: Duration,
+    frequency_hz: u64,
+    next: Instant,
+    window_start: SystemTime,
+    pending: VecDeque<Profile>,
+    /// Profiles given up because nobody took them.
+    dropped: u64,
+    /// What was lost over every profile so far.
+    losses: ProfileLosses,
+    fill: Vec<MapFill>,
+}
+
+impl ProfileProbe {
+    /// The interval's profile: what the kernel counted since the last one.
+    fn take_interval(&mut self) {
+        let raw = self.sampler.take();
+        let start = std::mem::replace(&mut self.window_start, SystemTime::now());
+        let duration = self.window_start.duration_since(start).unwrap_or_default();
+        if self.symbolized_processes > SYMBOLIZER_PROCESSES {
+            self.symbols = Symbols::new();
+            self.symbolized_processes = 0;
+        }
+        let workloads = &self.workloads;
+        let mut processes = 0;
+        let names: HashMap<u32, String> = raw
+            .samples
+            .iter()
+            .map(|s| (s.pid, crate::model::unreserved(&s.process).into_owned()))
+            .collect();
+        let profile = build(
+            &raw,
+            &mut self.symbols,
+            &mut |pid| {
+                processes += 1;
+                let name = names.get(&pid).map_or("", String::as_str);
+                workloads.process_labels(Some(pid), name, &workloads.of_pid("/proc", pid))
+            },
+            start,
+            duration,
+            self.frequency_hz,
+        );
+        self.symbolized_processes += processes;
+        let losses = &mut self.losses;
+        losses.truncated += profile.losses.truncated;
+        losses.lost_stacks += profile.losses.lost_stacks;
+        losses.unsymbolized += profile.losses.unsymbolized;
+        if self.pending.len() >= MAX_PENDING {
+            self.pending.pop_front();
+            self.dropped += 1;
+        }
+        self.pending.push_back(profile);
+    }
+
+    fn counter(name: &'static str, help: &'static str, value: u64) -> Family {
+        let mut family = Family::new(name, help, MetricKind::Counter);
+        family.push(Vec::new(), Value::Counter(value as f64));
+        family
+    }
+}
+
+impl Probe for ProfileProbe {
+    fn name(&self) -> &'static str {
+        "profile"
+    }
+
+    fn attach_method(&self) -> String {
+        format!(
+            "perf_event CPU clock at {} Hz on {} CPUs, stack maps",
+            self.frequency_hz,
+            self.sampler.cpus()
+        )
+    }
+
+    fn tick(&mut self, now: Instant) -> Option<Instant> {
+        if now >= self.next {
+            self.take_interval();
+            self.next = now + self.interval;
+        }
+        Some(self.next)
+    }
+
+    fn take_profiles(&mut self, out: &mut Vec<Profile>) {
+        out.extend(self.pending.drain(..));
+    }
+
+    fn collect(&mut self, _now: Instant, out: &mut Vec<Family>) {
+        let counters = self.sampler.counters();
+        out.push(Self::counter(
+            "periscope_profile_samples",
+            "CPU samples of processes taken by the profile probe, recorded or not.",
+            counters.samples,
+        ));
+        let mut lost = Family::new(
+            "periscope_profile_stacks_lost",
+            "Stacks or samples the kernel could not keep: a stack whose slot in the stack map held another (collision), a sample the count map had no room for (count_map_full).",
+            MetricKind::Counter,
+        );
+        lost.push(
+            vec![("reason", "collision".into())],
+            Value::Counter(counters.collisions as f64),
+        );
+        lost.push(
+            vec![("reason", "count_map_full".into())],
+            Value::Counter(counters.folded as f64),
+        );
+        out.push(lost);
+        out.push(Self::counter(
+            "periscope_profile_truncated_stacks",
+            "Samples whose user stack stopped short of where its thread started: code without frame pointers, or deeper than 127 frames.",
+            self.losses.truncated,
+        ));
+        out.push(Self::counter(
+            "periscope_profile_symbolization_failures",
+            "Frame addresses no symbol covered, named by their module and offset instead.",
+            self.losses.unsymbolized,
+        ));
+        out.push(Self::counter(
+            "periscope_profiles_dropped",
+            "Interval profiles given up because no exporter took them in time.",
+            self.dropped,
+        ));
+        let (entries, capacity) = self.sampler.fill();
+        self.fill = vec![MapFill {
+            map: "profile_counts",
+            entries,
+            capacity,
+        }];
+    }
+
+    fn programs(&self) -> Vec<(String, BorrowedFd<'_>)> {
+        vec![("psc_profile_sample".into(), self.sampler.program())]
+    }
+
+    fn map_fill(&self) -> Vec<MapFill> {
+        self.fill.clone()
+    }
+
+    fn folded(&self) -> Vec<(&'static str, u64)> {
+        vec![("profile_counts", self.sampler.counters().folded)]
+    }
 }

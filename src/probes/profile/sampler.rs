@@ -120,7 +120,13 @@ pub enum SamplerError {
 pub struct Sampler {
     skel: ProfileSkel<'static>,
     links: Vec<Link>,
+    /// The pair of maps the program writes to.
+    buffer: u32,
 }
+
+/// How long a sample that began before a flip may still be writing to the old maps: a
+/// program run takes microseconds.
+const FLIP_SETTLE: std::time::Duration = std::time::Duration::from_millis(5);
 
 const ONLINE_CPUS: &str = "/sys/devices/system/cpu/online";
 
@@ -129,8 +135,10 @@ impl Sampler {
         util::check_btf()?;
         let (skel, _) = load_degrading("profile", PROGRAMS, |plan| {
             let mut open = util::open_object(ProfileSkelBuilder::default(), "profile")?;
-            util::set_entries(&mut open.maps.stacks, options.max_stacks, "stacks")?;
-            util::set_entries(&mut open.maps.counts, options.max_counts, "counts")?;
+            util::set_entries(&mut open.maps.stacks_0, options.max_stacks, "stacks")?;
+            util::set_entries(&mut open.maps.stacks_1, options.max_stacks, "stacks")?;
+            util::set_entries(&mut open.maps.counts_0, options.max_counts, "counts")?;
+            util::set_entries(&mut open.maps.counts_1, options.max_counts, "counts")?;
             if let Some(rodata) = open.maps.rodata_data.as_deref_mut() {
                 rodata.target_tgid = options.pid.unwrap_or(0);
             }
@@ -159,7 +167,11 @@ impl Sampler {
                 }
             }
         }
-        Ok(Sampler { skel, links })
+        Ok(Sampler {
+            skel,
+            links,
+            buffer: 0,
+        })
     }
 
     /// CPUs sampled.
@@ -180,13 +192,47 @@ impl Sampler {
         }
     }
 
-    /// Everything counted so far, with the stacks the counts name.
+    /// Everything counted so far, with the stacks the counts name; the maps keep it.
     pub fn read(&self) -> RawProfile {
+        self.read_pair(self.buffer)
+    }
+
+    /// Everything counted since the last call: samples go to the other pair of maps
+    /// from now on, and the pair read is emptied for its next turn.
+    pub fn take(&mut self) -> RawProfile {
+        let old = self.buffer;
+        self.buffer ^= 1;
+        if let Some(bss) = self.skel.maps.bss_data.as_deref_mut() {
+            bss.buffer = self.buffer;
+        }
+        std::thread::sleep(FLIP_SETTLE);
+        let profile = self.read_pair(old);
+        let (counts, stacks) = self.pair(old);
+        for key in counts.keys().collect::<Vec<_>>() {
+            let _ = counts.delete(&key);
+        }
+        for key in stacks.keys().collect::<Vec<_>>() {
+            let _ = stacks.delete(&key);
+        }
+        profile
+    }
+
+    fn pair(&self, buffer: u32) -> (&libbpf_rs::Map<'static>, &libbpf_rs::Map<'static>) {
+        let maps = &self.skel.maps;
+        if buffer & 1 == 1 {
+            (&maps.counts_1, &maps.stacks_1)
+        } else {
+            (&maps.counts_0, &maps.stacks_0)
+        }
+    }
+
+    fn read_pair(&self, buffer: u32) -> RawProfile {
+        let (counts, stacks) = self.pair(buffer);
         let mut profile = RawProfile {
             counters: self.counters(),
             ..RawProfile::default()
         };
-        for (raw, values) in util::read_percpu(&self.skel.maps.counts) {
+        for (raw, values) in util::read_percpu(counts) {
             let Some(key) = decode::<types::psc_profile_key>(&raw) else {
                 continue;
             };
@@ -215,12 +261,7 @@ impl Sampler {
             if profile.stacks.contains_key(&id) {
                 continue;
             }
-            let Ok(Some(bytes)) = self
-                .skel
-                .maps
-                .stacks
-                .lookup(&id.to_ne_bytes(), MapFlags::ANY)
-            else {
+            let Ok(Some(bytes)) = stacks.lookup(&id.to_ne_bytes(), MapFlags::ANY) else {
                 continue;
             };
             let frames = bytes
@@ -231,6 +272,18 @@ impl Sampler {
             profile.stacks.insert(id, frames);
         }
         profile
+    }
+
+    /// Entries of the count map in use, and its capacity.
+    pub fn fill(&self) -> (u64, u64) {
+        let (counts, _) = self.pair(self.buffer);
+        (counts.keys().count() as u64, u64::from(counts.max_entries()))
+    }
+
+    /// The loaded program, for the kernel's run-time statistics.
+    pub fn program(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        self.skel.progs.psc_profile_sample.as_fd()
     }
 }
 

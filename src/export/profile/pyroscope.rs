@@ -1,0 +1,360 @@
+//! Pushes profiles as pprof to a Pyroscope-compatible `/ingest` endpoint: one push per
+//! service and interval, named `<service>.cpu{container=...,pod=...}` as Pyroscope
+//! names series, with the process's pid and name on every sample. Plain HTTP/1.1 over a
+//! fresh connection per push; a push that fails with 429, a 5xx or no answer is retried
+//! with backoff, then dropped and counted.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::io::{self, Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant, UNIX_EPOCH};
+
+use super::pprof;
+use crate::export::Shutdown;
+use crate::model::agent_labels;
+use crate::model::profile::Profile;
+
+/// Where pushes go: `http://host:port` and a path prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub host: String,
+    pub port: u16,
+    pub path: String,
+}
+
+impl Target {
+    pub fn parse(url: &str) -> Result<Target, String> {
+        let rest = url
+            .strip_prefix("http://")
+            .ok_or_else(|| format!("{url:?}: use http://host:port (https is not supported yet)"))?;
+        let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+        let (host, port) = match authority.rsplit_once(':') {
+            Some((host, port)) if !host.ends_with(']') || host.starts_with('[') => {
+                let port = port
+                    .parse()
+                    .map_err(|_| format!("{url:?}: {port:?} is not a port"))?;
+                (host, port)
+            }
+            _ => (authority, 80),
+        };
+        if host.is_empty() || host.chars().any(|c| c.is_whitespace() || c == '@') {
+            return Err(format!("{url:?}: no host"));
+        }
+        Ok(Target {
+            host: host.trim_start_matches('[').trim_end_matches(']').into(),
+            port,
+            path: path.trim_end_matches('/').into(),
+        })
+    }
+}
+
+/// Profiles waiting to be pushed, bounded: the oldest gives way and is counted.
+pub struct ProfileQueue {
+    profiles: Mutex<VecDeque<Profile>>,
+    ready: Condvar,
+    capacity: usize,
+    pub dropped: AtomicU64,
+}
+
+impl ProfileQueue {
+    pub fn new(capacity: usize) -> ProfileQueue {
+        ProfileQueue {
+            profiles: Mutex::new(VecDeque::new()),
+            ready: Condvar::new(),
+            capacity: capacity.max(1),
+            dropped: AtomicU64::new(0),
+        }
+    }
+
+    pub fn push(&self, profile: Profile) {
+        let mut profiles = self.profiles.lock().unwrap_or_else(|p| p.into_inner());
+        if profiles.len() >= self.capacity {
+            profiles.pop_front();
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+        profiles.push_back(profile);
+        self.ready.notify_one();
+    }
+
+    fn pop(&self, wait: Duration) -> Option<Profile> {
+        let profiles = self.profiles.lock().unwrap_or_else(|p| p.into_inner());
+        let (mut profiles, _) = self
+            .ready
+            .wait_timeout_while(profiles, wait, |p| p.is_empty())
+            .unwrap_or_else(|p| p.into_inner());
+        profiles.pop_front()
+    }
+
+    pub fn len(&self) -> usize {
+        self.profiles.lock().map_or(0, |p| p.len())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// What the exporter did, for the agent's own metrics.
+#[derive(Debug, Default)]
+pub struct PyroscopeStats {
+    pub pushes_sent: AtomicU64,
+    pub pushes_failed: AtomicU64,
+    pub retries: AtomicU64,
+}
+
+pub struct PyroscopeSettings {
+    pub target: Target,
+    pub timeout: Duration,
+    pub max_retry: Duration,
+}
+
+/// The exporter's thread: pushes every profile queued until shutdown, then what is
+/// still queued until the shutdown deadline.
+pub fn run(
+    settings: PyroscopeSettings,
+    queue: Arc<ProfileQueue>,
+    stats: Arc<PyroscopeStats>,
+    stop: Arc<Shutdown>,
+) -> io::Result<()> {
+    loop {
+        let Some(profile) = queue.pop(Duration::from_millis(200)) else {
+            if stop.requested() {
+                return Ok(());
+            }
+            continue;
+        };
+        for push in pushes(&profile) {
+            let delivered = push_retrying(&settings, &push, &stats, &stop);
+            let counter = if delivered {
+                &stats.pushes_sent
+            } else {
+                &stats.pushes_failed
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// One push: a series name and its pprof.
+struct Push {
+    query: String,
+    body: Vec<u8>,
+}
+
+/// The labels that name a service's series: every process label but the pid and the
+/// executable, which go on each sample.
+fn series_labels(labels: &[(&'static str, String)]) -> Vec<(&'static str, String)> {
+    labels
+        .iter()
+        .filter(|(key, _)| {
+            *key != agent_labels::PROCESS_PID && *key != agent_labels::PROCESS_EXECUTABLE_NAME
+        })
+        .cloned()
+        .collect()
+}
+
+/// A label value as Pyroscope's series names take it: `{`, `}`, `,`, `=` and the like
+/// would end it early, so everything but letters, digits and `_.:/-` becomes `_`.
+fn name_part(text: &str) -> String {
+    let cleaned: String = text
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "_.:/-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if cleaned.is_empty() {
+        "_".into()
+    } else {
+        cleaned
+    }
+}
+
+fn pushes(profile: &Profile) -> Vec<Push> {
+    let mut by_series: BTreeMap<Vec<(&'static str, String)>, Profile> = BTreeMap::new();
+    for stack in &profile.stacks {
+        let part = by_series
+            .entry(series_labels(&stack.labels))
+            .or_insert_with(|| Profile {
+                start: profile.start,
+                duration: profile.duration,
+                frequency_hz: profile.frequency_hz,
+                ..Profile::default()
+            });
+        part.stacks.push(stack.clone());
+    }
+    let from = profile
+        .start
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .unwrap_or_default();
+    let until = from + profile.duration;
+    by_series
+        .into_iter()
+        .filter_map(|(labels, part)| {
+            let service = labels
+                .iter()
+                .find(|(key, _)| *key == agent_labels::SERVICE_NAME)
+                .map_or("unknown", |(_, v)| v.as_str());
+            let tags: Vec<String> = labels
+                .iter()
+                .filter(|(key, _)| *key != agent_labels::SERVICE_NAME)
+                .map(|(key, value)| format!("{key}={}", name_part(value)))
+                .collect();
+            let name = format!("{}.cpu{{{}}}", name_part(service), tags.join(","));
+            let body = pprof::encode(&part).ok()?;
+            Some(Push {
+                query: format!(
+                    "name={}&from={}&until={}&format=pprof&sampleRate={}&spyName=periscope",
+                    percent_encode(&name),
+                    from.as_secs(),
+                    until.as_secs().max(from.as_secs() + 1),
+                    profile.frequency_hz
+                ),
+                body,
+            })
+        })
+        .collect()
+}
+
+fn percent_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// What a push came to.
+enum Outcome {
+    Delivered,
+    /// Worth another try: 429, a 5xx, no answer.
+    Retry,
+    /// Refused for good: another 4xx.
+    Refused,
+}
+
+fn push_retrying(
+    settings: &PyroscopeSettings,
+    push: &Push,
+    stats: &PyroscopeStats,
+    stop: &Shutdown,
+) -> bool {
+    let started = Instant::now();
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        match push_once(settings, push) {
+            Outcome::Delivered => return true,
+            Outcome::Refused => return false,
+            Outcome::Retry => {}
+        }
+        let next = Instant::now() + backoff;
+        let past_retries = next.duration_since(started) > settings.max_retry;
+        let past_deadline = stop.deadline().is_some_and(|deadline| next > deadline);
+        if past_retries || past_deadline {
+            return false;
+        }
+        stats.retries.fetch_add(1, Ordering::Relaxed);
+        std::thread::sleep(backoff);
+        backoff = (backoff * 2).min(Duration::from_secs(30));
+    }
+}
+
+fn push_once(settings: &PyroscopeSettings, push: &Push) -> Outcome {
+    let target = &settings.target;
+    let request = || -> io::Result<u16> {
+        let address = (target.host.as_str(), target.port)
+            .to_socket_addrs()?
+            .next()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no address"))?;
+        let mut stream = TcpStream::connect_timeout(&address, settings.timeout)?;
+        stream.set_read_timeout(Some(settings.timeout))?;
+        stream.set_write_timeout(Some(settings.timeout))?;
+        let head = format!(
+            "POST {}/ingest?{} HTTP/1.1\r\nHost: {}:{}\r\nContent-Type: binary/octet-stream\r\nContent-Length: {}\r\nConnection: close\r\nUser-Agent: periscope/{}\r\n\r\n",
+            target.path,
+            push.query,
+            target.host,
+            target.port,
+            push.body.len(),
+            env!("CARGO_PKG_VERSION")
+        );
+        stream.write_all(head.as_bytes())?;
+        stream.write_all(&push.body)?;
+        let mut status = [0u8; 12];
+        stream.read_exact(&mut status)?;
+        let code = std::str::from_utf8(&status[9..12])
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no HTTP status"))?;
+        Ok(code)
+    };
+    match request() {
+        Ok(code) if (200..300).contains(&code) => Outcome::Delivered,
+        Ok(429) => Outcome::Retry,
+        Ok(code) if code >= 500 => Outcome::Retry,
+        Ok(code) => {
+            tracing::warn!(code, "Pyroscope refused a profile");
+            Outcome::Refused
+        }
+        Err(err) => {
+            tracing::debug!(error = %err, "Pyroscope push failed");
+            Outcome::Retry
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_parse_as_http_host_and_port() {
+        let t = Target::parse("http://pyro:4040").expect("valid");
+        assert_eq!(
+            (t.host.as_str(), t.port, t.path.as_str()),
+            ("pyro", 4040, "")
+        );
+        let t = Target::parse("http://[::1]:4040/base/").expect("valid");
+        assert_eq!(
+            (t.host.as_str(), t.port, t.path.as_str()),
+            ("::1", 4040, "/base")
+        );
+        assert_eq!(Target::parse("http://pyro").expect("valid").port, 80);
+        assert!(Target::parse("https://pyro:4040").is_err());
+        assert!(Target::parse("http://:4040").is_err());
+        assert!(Target::parse("http://pyro:x").is_err());
+    }
+
+    #[test]
+    fn series_names_cannot_be_broken_by_label_values() {
+        assert_eq!(name_part("web,evil}{x=1"), "web_evil__x_1");
+        assert_eq!(name_part(""), "_");
+        assert_eq!(percent_encode("a.cpu{b=c}"), "a.cpu%7Bb%3Dc%7D");
+    }
+
+    #[test]
+    fn a_full_queue_gives_up_its_oldest_profile_and_counts_it() {
+        let queue = ProfileQueue::new(2);
+        for seconds in 1..=3 {
+            queue.push(Profile {
+                duration: Duration::from_secs(seconds),
+                ..Profile::default()
+            });
+        }
+        assert_eq!(queue.dropped.load(Ordering::Relaxed), 1);
+        assert_eq!(
+            queue.pop(Duration::ZERO).map(|p| p.duration.as_secs()),
+            Some(2)
+        );
+        assert_eq!(queue.len(), 1);
+    }
+}

@@ -1,0 +1,10 @@
+use super::config::ProfileConfig;
+use crate::probes::ProbeSettings;
+
+#[test]
+fn the_defaults_sample_at_19_hz_and_stay_off() {
+    let config = ProfileConfig::default();
+    assert!(!config.enabled());
+    assert_eq!(config.frequency_hz, 19);
+    assert!(config.ranges().iter().all(|r| r.check().is_ok()));
+}
