@@ -20,10 +20,8 @@ use crate::enrich::tenant::TenantLimits;
 use crate::enrich::Workloads;
 use crate::export::jsonl::{self, JsonLinesConfig};
 use crate::export::otlp::{self, Endpoint, OtlpConfig};
-use crate::export::profile::config::ProfilesConfig;
-use crate::export::profile::pyroscope::{
-    self, ProfileQueue, PyroscopeSettings, PyroscopeStats, Target,
-};
+use crate::export::profile::config::{ProfilesConfig, OTLP_ENDPOINT, PYROSCOPE_ENDPOINT};
+use crate::export::profile::push::{self, Format, ProfileQueue, PushStats, Receiver, Target};
 use crate::export::prometheus::{self, PrometheusConfig};
 use crate::export::queue::SpanQueue;
 use crate::export::ExportStats;
@@ -187,7 +185,7 @@ pub async fn run(mut config: Config) -> Result<()> {
         let counters = counters.clone();
         let exports = CollectorExports {
             exporters: push.all(),
-            profiles: push.pyroscope.clone(),
+            profiles: push.profiles.clone(),
             last_families: snapshots.last.clone(),
             agent_connections: push.connections.clone(),
         };
@@ -362,8 +360,8 @@ impl Say {
 struct PushExporters {
     jsonl: Option<PushExporter>,
     otlp: Option<PushExporter>,
-    /// The profile exporter: its queue and counters.
-    pyroscope: Option<ProfileExporter>,
+    /// The profile exporter: its queue and its receivers' counters.
+    profiles: Option<ProfileExporter>,
     /// One table of the exporters' connections, so that the probes do not trace them.
     connections: AgentConnections,
 }
@@ -372,7 +370,7 @@ struct PushExporters {
 #[derive(Clone)]
 struct ProfileExporter {
     queue: Arc<ProfileQueue>,
-    stats: Arc<PyroscopeStats>,
+    receivers: Vec<(Format, Arc<PushStats>)>,
 }
 
 impl PushExporters {
@@ -386,20 +384,23 @@ impl PushExporters {
         let push = PushExporters {
             jsonl: config.exporters.jsonl.enabled.then(|| exporter("jsonl")),
             otlp: config.exporters.otlp.enabled.then(|| exporter("otlp")),
-            pyroscope: config
-                .exporters
-                .profiles
-                .pyroscope
-                .enabled
-                .then(|| ProfileExporter {
-                    queue: Arc::new(ProfileQueue::new(
-                        config.exporters.profiles.queue_profiles.get() as usize,
-                    )),
-                    stats: Arc::new(PyroscopeStats::default()),
-                }),
+            profiles: config.exporters.profiles.any().then(|| {
+                let profiles = &config.exporters.profiles;
+                ProfileExporter {
+                    queue: Arc::new(ProfileQueue::new(profiles.queue_profiles.get() as usize)),
+                    receivers: [
+                        (Format::Pyroscope, profiles.pyroscope.enabled),
+                        (Format::Otlp, profiles.otlp.enabled),
+                    ]
+                    .into_iter()
+                    .filter(|(_, on)| *on)
+                    .map(|(format, _)| (format, Arc::new(PushStats::default())))
+                    .collect(),
+                }
+            }),
             connections: AgentConnections::default(),
         };
-        if config.probes.profile.enabled && push.pyroscope.is_none() {
+        if config.probes.profile.enabled && push.profiles.is_none() {
             warn!("probes.profile is on but no profile exporter is: profiles are only counted");
         }
         if traces && push.all().is_empty() {
@@ -564,66 +565,76 @@ fn start_exporters(
         ));
         threads.push(("otlp", thread));
     }
-    if let Some(exporter) = &push.pyroscope {
-        let config = &configs.profiles.pyroscope;
-        let settings = PyroscopeSettings {
-            target: Target::parse(&config.endpoint).map_err(anyhow::Error::msg)?,
-            timeout: Duration::from_secs(config.timeout_secs),
-            max_retry: Duration::from_secs(config.max_retry_secs),
-        };
-        let (queue, stats, stop) = (exporter.queue.clone(), exporter.stats.clone(), stop.clone());
-        let endpoint = config.endpoint.clone();
+    if let Some(exporter) = &push.profiles {
+        let config = &configs.profiles;
+        let mut receivers = Vec::new();
+        let mut targets = Vec::new();
+        for (format, stats) in &exporter.receivers {
+            let (receiver, default, path) = match format {
+                Format::Pyroscope => (&config.pyroscope, PYROSCOPE_ENDPOINT, "/ingest"),
+                Format::Otlp => (&config.otlp, OTLP_ENDPOINT, "/v1development/profiles"),
+            };
+            let endpoint = receiver.endpoint_or(default);
+            receivers.push(Receiver {
+                format: *format,
+                target: Target::parse(endpoint).map_err(anyhow::Error::msg)?,
+                timeout: Duration::from_secs(receiver.timeout_secs),
+                max_retry: Duration::from_secs(receiver.max_retry_secs),
+                stats: stats.clone(),
+            });
+            targets.push(format!("{}{path}", endpoint.trim_end_matches('/')));
+        }
+        let (queue, stop) = (exporter.queue.clone(), stop.clone());
         let thread = thread::Builder::new()
-            .name("pyroscope".into())
-            .spawn(move || pyroscope::run(settings, queue, stats, stop))
-            .context("starting the Pyroscope exporter")?;
-        say.line(format!("periscope: pushing profiles to {endpoint}/ingest"));
-        threads.push(("pyroscope", thread));
+            .name("profiles".into())
+            .spawn(move || push::run(receivers, queue, stop))
+            .context("starting the profile exporter")?;
+        say.line(format!(
+            "periscope: pushing profiles to {}",
+            targets.join(" and ")
+        ));
+        threads.push(("profiles", thread));
     }
     Ok(threads)
 }
 
-/// The profile exporter's own metrics.
+/// The profile exporter's own metrics, per receiver.
 fn profile_exporter_families(exporter: &ProfileExporter) -> Vec<Family> {
     let load = |c: &AtomicU64| c.load(Ordering::Relaxed) as f64;
-    let exporter_label = || vec![("exporter", "pyroscope".to_string())];
     let mut pushes = Family::new(
         "periscope_profile_pushes",
-        "Profile pushes, one per service and interval: delivered, or given up after retries (failed).",
+        "Profile pushes (Pyroscope: one per service and interval; OTLP: one per interval): delivered, or given up after retries (failed).",
         MetricKind::Counter,
     );
-    for (outcome, counter) in [
-        ("sent", &exporter.stats.pushes_sent),
-        ("failed", &exporter.stats.pushes_failed),
-    ] {
-        let mut labels = exporter_label();
-        labels.push(("outcome", outcome.to_string()));
-        pushes.push(labels, Value::Counter(load(counter)));
-    }
     let mut retries = Family::new(
         "periscope_profile_push_retries",
         "Profile pushes tried again after 429, a 5xx or no answer.",
         MetricKind::Counter,
     );
-    retries.push(
-        exporter_label(),
-        Value::Counter(load(&exporter.stats.retries)),
-    );
+    for (format, stats) in &exporter.receivers {
+        let receiver = || vec![("exporter", format.name().to_string())];
+        for (outcome, counter) in [
+            ("sent", &stats.pushes_sent),
+            ("failed", &stats.pushes_failed),
+        ] {
+            let mut labels = receiver();
+            labels.push(("outcome", outcome.to_string()));
+            pushes.push(labels, Value::Counter(load(counter)));
+        }
+        retries.push(receiver(), Value::Counter(load(&stats.retries)));
+    }
     let mut dropped = Family::new(
         "periscope_profile_queue_dropped",
         "Interval profiles dropped unsent because the exporter's queue was full.",
         MetricKind::Counter,
     );
-    dropped.push(
-        exporter_label(),
-        Value::Counter(load(&exporter.queue.dropped)),
-    );
+    dropped.push(Vec::new(), Value::Counter(load(&exporter.queue.dropped)));
     let mut queued = Family::new(
         "periscope_profile_queue_length",
         "Interval profiles waiting to be pushed.",
         MetricKind::Gauge,
     );
-    queued.push(exporter_label(), Value::Gauge(exporter.queue.len() as f64));
+    queued.push(Vec::new(), Value::Gauge(exporter.queue.len() as f64));
     vec![pushes, retries, dropped, queued]
 }
 

@@ -14,15 +14,19 @@ pub struct ProfilesConfig {
     pub interval_secs: u64,
     /// Profiles waiting to be pushed, at most; beyond, the oldest is dropped and counted.
     pub queue_profiles: NonZeroU32,
-    pub pyroscope: PyroscopeConfig,
+    pub pyroscope: ReceiverConfig,
+    /// OTLP profiles (experimental: the signal is still in development).
+    pub otlp: ReceiverConfig,
 }
 
-/// pprof pushed to a Pyroscope-compatible `/ingest` endpoint.
+/// A receiver of profiles.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
-pub struct PyroscopeConfig {
+pub struct ReceiverConfig {
     pub enabled: bool,
-    /// Base URL, `http://host:port` (no TLS yet); `/ingest` is appended.
+    /// Base URL, `http://host:port` (no TLS yet); `/ingest` (Pyroscope) or
+    /// `/v1development/profiles` (OTLP) is appended. Empty: the receiver's usual
+    /// address on this host.
     pub endpoint: String,
     pub timeout_secs: u64,
     /// A failing push is retried with backoff for this long, then dropped and counted.
@@ -34,18 +38,34 @@ impl Default for ProfilesConfig {
         ProfilesConfig {
             interval_secs: 60,
             queue_profiles: nonzero(8),
-            pyroscope: PyroscopeConfig::default(),
+            pyroscope: ReceiverConfig::default(),
+            otlp: ReceiverConfig::default(),
         }
     }
 }
 
-impl Default for PyroscopeConfig {
+impl Default for ReceiverConfig {
     fn default() -> Self {
-        PyroscopeConfig {
+        ReceiverConfig {
             enabled: false,
-            endpoint: "http://127.0.0.1:4040".into(),
+            endpoint: String::new(),
             timeout_secs: 10,
             max_retry_secs: 60,
+        }
+    }
+}
+
+/// Where Pyroscope and an OpenTelemetry Collector listen by default.
+pub const PYROSCOPE_ENDPOINT: &str = "http://127.0.0.1:4040";
+pub const OTLP_ENDPOINT: &str = "http://127.0.0.1:4318";
+
+impl ReceiverConfig {
+    /// The endpoint, or `default` when none is set.
+    pub fn endpoint_or<'a>(&'a self, default: &'a str) -> &'a str {
+        if self.endpoint.is_empty() {
+            default
+        } else {
+            &self.endpoint
         }
     }
 }
@@ -68,14 +88,26 @@ impl ProfilesConfig {
                 0,
                 DAY,
             ),
+            Range::new("otlp.timeout_secs", self.otlp.timeout_secs, 1, 3600),
+            Range::new("otlp.max_retry_secs", self.otlp.max_retry_secs, 0, DAY),
         ]
     }
 
     pub fn check(&self) -> Result<(), Invalid> {
-        if self.pyroscope.enabled {
-            crate::export::profile::pyroscope::Target::parse(&self.pyroscope.endpoint)
-                .map_err(|message| ("pyroscope.endpoint", message))?;
+        for (key, receiver, default) in [
+            ("pyroscope.endpoint", &self.pyroscope, PYROSCOPE_ENDPOINT),
+            ("otlp.endpoint", &self.otlp, OTLP_ENDPOINT),
+        ] {
+            if receiver.enabled {
+                crate::export::profile::push::Target::parse(receiver.endpoint_or(default))
+                    .map_err(|message| (key, message))?;
+            }
         }
         Ok(())
+    }
+
+    /// Whether any receiver is on.
+    pub fn any(&self) -> bool {
+        self.pyroscope.enabled || self.otlp.enabled
     }
 }

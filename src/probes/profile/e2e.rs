@@ -2,7 +2,9 @@
 //! CPU in one function and 30% in another is profiled in those shares with whole stacks;
 //! a syscall loop shows its kernel frames under the syscall entry; a process that exits
 //! mid-profile, a stripped binary and a 10,000-frame recursion each come out bounded and
-//! counted.
+//! counted. And `periscope run` with the probe on pushes the same profiles to Pyroscope
+//! and OTLP receivers, decoded with pprof's and OpenTelemetry's own definitions; a dead
+//! receiver is counted.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -446,8 +448,8 @@ fn folded_profiles_of_every_process_sum_to_their_sample_count() {
     assert!(per_process.get("burner").copied().unwrap_or(0) >= 100, "{per_process:?}");
 }
 
-/// A Pyroscope stand-in: stores each `/ingest` push as `<n>.query` and `<n>.body` in
-/// the folder it is given, answering 200.
+/// A Pyroscope and OTLP receiver stand-in: stores each push as `<n>.query` (its path
+/// and query) and `<n>.body` in the folder it is given, answering 200.
 const INGEST_SINK: &str = r#"
 import os, sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -457,22 +459,45 @@ class H(BaseHTTPRequestHandler):
     def log_message(self, *a): pass
     def do_POST(self):
         body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        path, _, query = self.path.partition("?")
-        if path != "/ingest":
-            self.send_response(404); self.end_headers(); return
         count[0] += 1
         n = count[0]
         with open(os.path.join(folder, f"{n}.body"), "wb") as f: f.write(body)
-        with open(os.path.join(folder, f"{n}.query"), "w") as f: f.write(query)
+        with open(os.path.join(folder, f"{n}.query"), "w") as f: f.write(self.path)
         self.send_response(200); self.send_header("Content-Length", "0"); self.end_headers()
 ThreadingHTTPServer(("127.0.0.1", port), H).serve_forever()
 "#;
 
-/// The profile probe alone, pushing every 2 s to `endpoint`.
+/// The profile probe alone, pushing every 2 s to `endpoint`, as pprof to Pyroscope and
+/// as OTLP.
 fn continuous_config(endpoint: &str) -> String {
     format!(
-        "probes:\n  syscalls: {{enabled: false}}\n  process: {{enabled: false}}\n  tcp: {{enabled: false}}\n  profile:\n    enabled: true\n    frequency_hz: 99\nexporters:\n  profiles:\n    interval_secs: 2\n    pyroscope:\n      enabled: true\n      endpoint: \"{endpoint}\"\n      timeout_secs: 2\n      max_retry_secs: 2\n"
+        "probes:\n  syscalls: {{enabled: false}}\n  process: {{enabled: false}}\n  tcp: {{enabled: false}}\n  profile:\n    enabled: true\n    frequency_hz: 99\nexporters:\n  profiles:\n    interval_secs: 2\n    pyroscope:\n      enabled: true\n      endpoint: \"{endpoint}\"\n      timeout_secs: 2\n      max_retry_secs: 2\n    otlp:\n      enabled: true\n      endpoint: \"{endpoint}\"\n      timeout_secs: 2\n      max_retry_secs: 2\n"
     )
+}
+
+/// The pushes in `folder` not yet in `seen`, oldest first, as (body, path and query).
+fn new_pushes(
+    folder: &Path,
+    seen: &mut std::collections::HashSet<PathBuf>,
+) -> Vec<(PathBuf, String)> {
+    let mut bodies: Vec<_> = std::fs::read_dir(folder)
+        .expect("the sink's folder")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "body") && !seen.contains(p))
+        .collect();
+    bodies.sort_by_key(|p| {
+        p.file_stem()
+            .and_then(|s| s.to_str())
+            .and_then(|s| s.parse::<u64>().ok())
+    });
+    bodies
+        .into_iter()
+        .filter_map(|body| {
+            let query = std::fs::read_to_string(body.with_extension("query")).ok()?;
+            seen.insert(body.clone());
+            Some((body, query))
+        })
+        .collect()
 }
 
 /// A pushed pprof body, decoded by protoc with pprof's own profile.proto.
@@ -491,9 +516,45 @@ fn decode_pprof(gz: &[u8]) -> String {
     String::from_utf8_lossy(&decoded.stdout).into_owned()
 }
 
+/// The burner's samples and the functions of its stacks in an OTLP profiles request,
+/// decoded with OpenTelemetry's own definitions; None when it holds no burner.
+fn burner_in_otlp(bytes: &[u8]) -> Option<(i64, Vec<String>)> {
+    use opentelemetry_proto::tonic::collector::profiles::v1development::ExportProfilesServiceRequest;
+    use opentelemetry_proto::tonic::common::v1::any_value::Value;
+    use prost::Message;
+
+    let request = ExportProfilesServiceRequest::decode(bytes).expect("an OTLP profiles request");
+    let dictionary = request.dictionary.as_ref().expect("a dictionary");
+    // Each table starts with its zero value.
+    assert_eq!(dictionary.string_table[0], "");
+    assert_eq!(dictionary.stack_table[0].location_indices.len(), 0);
+    assert_eq!(dictionary.function_table[0].name_strindex, 0);
+    let burner = request.resource_profiles.iter().find(|r| {
+        r.resource.as_ref().is_some_and(|resource| {
+            resource.attributes.iter().any(|a| {
+                a.key == "process.executable.name"
+                    && matches!(a.value.as_ref().and_then(|v| v.value.as_ref()), Some(Value::StringValue(s)) if s == "burner")
+            })
+        })
+    })?;
+    let profile = &burner.scope_profiles[0].profiles[0];
+    let samples = profile.samples.iter().map(|s| s.values[0]).sum();
+    let functions = profile
+        .samples
+        .iter()
+        .flat_map(|s| &dictionary.stack_table[s.stack_index as usize].location_indices)
+        .flat_map(|&l| &dictionary.location_table[l as usize].lines)
+        .map(|line| {
+            let function = &dictionary.function_table[line.function_index as usize];
+            dictionary.string_table[function.name_strindex as usize].clone()
+        })
+        .collect();
+    Some((samples, functions))
+}
+
 #[test]
-fn the_agent_pushes_a_profile_of_every_process_to_pyroscope_every_interval() {
-    if !have_root("the_agent_pushes_a_profile_of_every_process_to_pyroscope_every_interval") {
+fn the_agent_pushes_a_profile_of_every_process_to_pyroscope_and_otlp_every_interval() {
+    if !have_root("the_agent_pushes_a_profile_of_every_process_to_pyroscope_and_otlp_every_interval") {
         return;
     }
     let bench = Bench::new("profile-push");
@@ -518,23 +579,30 @@ fn the_agent_pushes_a_profile_of_every_process_to_pyroscope_every_interval() {
     let agent = Agent::start(&continuous_config(&format!("http://127.0.0.1:{port}")));
     let mut child = spawn(&burner, &["8"]);
 
-    // Some push names the burner's samples, burn_a and burn_b among its functions.
+    // Some push names the burner's samples, burn_a and burn_b among its functions; so
+    // does some OTLP request.
     let mut found = None;
+    let mut otlp = None;
     let mut seen = std::collections::HashSet::new();
     for _ in 0..300 {
-        let mut bodies: Vec<_> = std::fs::read_dir(&pushed)
-            .expect("the sink's folder")
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == "body") && !seen.contains(p))
-            .collect();
-        bodies.sort();
-        seen.extend(bodies.iter().cloned());
-        found = bodies.into_iter().find_map(|body| {
-            let text = decode_pprof(&std::fs::read(&body).ok()?);
+        for (body, path) in new_pushes(&pushed, &mut seen) {
+            let Ok(bytes) = std::fs::read(&body) else {
+                continue;
+            };
+            if path.starts_with("/v1development/profiles") {
+                if otlp.is_none() {
+                    otlp = burner_in_otlp(&bytes);
+                }
+                continue;
+            }
+            assert!(path.starts_with("/ingest?"), "{path}");
+            let text = decode_pprof(&bytes);
             let ours = ["\"burner\"", "\"burn_a\"", "\"burn_b\""];
-            ours.iter().all(|s| text.contains(s)).then_some((body, text))
-        });
-        if found.is_some() {
+            if found.is_none() && ours.iter().all(|s| text.contains(s)) {
+                found = Some((body, text));
+            }
+        }
+        if found.is_some() && otlp.is_some() {
             break;
         }
         std::thread::sleep(Duration::from_millis(100));
@@ -554,6 +622,7 @@ fn the_agent_pushes_a_profile_of_every_process_to_pyroscope_every_interval() {
     });
     assert!(text.contains("string_table: \"process_pid\"") || text.contains("string_table: \"pid\""));
     let query = std::fs::read_to_string(body.with_extension("query")).expect("its query");
+    let (_, query) = query.split_once('?').expect("a query");
     let params: HashMap<&str, &str> = query
         .split('&')
         .filter_map(|kv| kv.split_once('='))
@@ -565,7 +634,22 @@ fn the_agent_pushes_a_profile_of_every_process_to_pyroscope_every_interval() {
     let until: u64 = params["until"].parse().expect("until");
     assert!(until > from && until - from <= 4, "{query}");
 
-    let metrics = eventually(&agent, |m| m.sum("periscope_profile_pushes_total", &[("outcome", "sent")]) >= 1.0);
+    let (samples, functions) = otlp.expect("an OTLP request with the burner's profile");
+    assert!(samples >= 10, "{samples} samples");
+    for name in ["burn_a", "burn_b", "main"] {
+        assert!(functions.iter().any(|f| f == name), "{name} in {functions:?}");
+    }
+
+    let metrics = eventually(&agent, |m| {
+        m.sum(
+            "periscope_profile_pushes_total",
+            &[("exporter", "pyroscope"), ("outcome", "sent")],
+        ) >= 1.0
+            && m.sum(
+                "periscope_profile_pushes_total",
+                &[("exporter", "otlp"), ("outcome", "sent")],
+            ) >= 1.0
+    });
     assert!(metrics.sum("periscope_profile_samples_total", &[]) >= 100.0);
     assert_eq!(metrics.sum("periscope_profile_pushes_total", &[("outcome", "failed")]), 0.0);
 }

@@ -1,8 +1,9 @@
-//! Pushes profiles as pprof to a Pyroscope-compatible `/ingest` endpoint: one push per
-//! service and interval, named `<service>.cpu{container=...,pod=...}` as Pyroscope
-//! names series, with the process's pid and name on every sample. Plain HTTP/1.1 over a
-//! fresh connection per push; a push that fails with 429, a 5xx or no answer is retried
-//! with backoff, then dropped and counted.
+//! Pushes profiles to their receivers: as pprof to a Pyroscope-compatible `/ingest`
+//! endpoint, one push per service and interval, named `<service>.cpu{container=...,
+//! pod=...}` as Pyroscope names series, with the process's pid and name on every
+//! sample; and as an OTLP profiles request to `/v1development/profiles`. Plain HTTP/1.1
+//! over a fresh connection per push; a push that fails with 429, a 5xx or no answer is
+//! retried with backoff, then dropped and counted.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io::{self, Read, Write};
@@ -11,10 +12,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
-use super::pprof;
+use super::{otlp, pprof};
 use crate::export::Shutdown;
 use crate::model::agent_labels;
 use crate::model::profile::Profile;
+use prost::Message;
 
 /// Where pushes go: `http://host:port` and a path prefix.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,26 +98,46 @@ impl ProfileQueue {
     }
 }
 
-/// What the exporter did, for the agent's own metrics.
+/// What a receiver's pushes came to, for the agent's own metrics.
 #[derive(Debug, Default)]
-pub struct PyroscopeStats {
+pub struct PushStats {
     pub pushes_sent: AtomicU64,
     pub pushes_failed: AtomicU64,
     pub retries: AtomicU64,
 }
 
-pub struct PyroscopeSettings {
+/// The formats profiles are pushed in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// pprof to Pyroscope's `/ingest`, one push per service.
+    Pyroscope,
+    /// One OTLP profiles request to `/v1development/profiles`.
+    Otlp,
+}
+
+impl Format {
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Pyroscope => "pyroscope",
+            Format::Otlp => "otlp",
+        }
+    }
+}
+
+/// A receiver: where, in which format, and its counters.
+pub struct Receiver {
+    pub format: Format,
     pub target: Target,
     pub timeout: Duration,
     pub max_retry: Duration,
+    pub stats: Arc<PushStats>,
 }
 
-/// The exporter's thread: pushes every profile queued until shutdown, then what is
-/// still queued until the shutdown deadline.
+/// The exporter's thread: pushes every profile queued to every receiver until
+/// shutdown, then what is still queued until the shutdown deadline.
 pub fn run(
-    settings: PyroscopeSettings,
+    receivers: Vec<Receiver>,
     queue: Arc<ProfileQueue>,
-    stats: Arc<PyroscopeStats>,
     stop: Arc<Shutdown>,
 ) -> io::Result<()> {
     loop {
@@ -125,22 +147,37 @@ pub fn run(
             }
             continue;
         };
-        for push in pushes(&profile) {
-            let delivered = push_retrying(&settings, &push, &stats, &stop);
-            let counter = if delivered {
-                &stats.pushes_sent
-            } else {
-                &stats.pushes_failed
+        for receiver in &receivers {
+            let pushes = match receiver.format {
+                Format::Pyroscope => pyroscope_pushes(&profile),
+                Format::Otlp => vec![otlp_push(&profile)],
             };
-            counter.fetch_add(1, Ordering::Relaxed);
+            for push in pushes {
+                let delivered = push_retrying(receiver, &push, &stop);
+                let counter = if delivered {
+                    &receiver.stats.pushes_sent
+                } else {
+                    &receiver.stats.pushes_failed
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
         }
     }
 }
 
-/// One push: a series name and its pprof.
+/// One push: its path below the receiver's, with its query, and its body.
 struct Push {
-    query: String,
+    path: String,
+    content_type: &'static str,
     body: Vec<u8>,
+}
+
+fn otlp_push(profile: &Profile) -> Push {
+    Push {
+        path: "/v1development/profiles".into(),
+        content_type: "application/x-protobuf",
+        body: otlp::request(profile).encode_to_vec(),
+    }
 }
 
 /// The labels that name a service's series: every process label but the pid and the
@@ -175,7 +212,7 @@ fn name_part(text: &str) -> String {
     }
 }
 
-fn pushes(profile: &Profile) -> Vec<Push> {
+fn pyroscope_pushes(profile: &Profile) -> Vec<Push> {
     let mut by_series: BTreeMap<Vec<(&'static str, String)>, Profile> = BTreeMap::new();
     for stack in &profile.stacks {
         let part = by_series
@@ -208,8 +245,9 @@ fn pushes(profile: &Profile) -> Vec<Push> {
             let name = format!("{}.cpu{{{}}}", name_part(service), tags.join(","));
             let body = pprof::encode(&part).ok()?;
             Some(Push {
-                query: format!(
-                    "name={}&from={}&until={}&format=pprof&sampleRate={}&spyName=periscope",
+                content_type: "binary/octet-stream",
+                path: format!(
+                    "/ingest?name={}&from={}&until={}&format=pprof&sampleRate={}&spyName=periscope",
                     percent_encode(&name),
                     from.as_secs(),
                     until.as_secs().max(from.as_secs() + 1),
@@ -242,48 +280,44 @@ enum Outcome {
     Refused,
 }
 
-fn push_retrying(
-    settings: &PyroscopeSettings,
-    push: &Push,
-    stats: &PyroscopeStats,
-    stop: &Shutdown,
-) -> bool {
+fn push_retrying(receiver: &Receiver, push: &Push, stop: &Shutdown) -> bool {
     let started = Instant::now();
     let mut backoff = Duration::from_secs(1);
     loop {
-        match push_once(settings, push) {
+        match push_once(receiver, push) {
             Outcome::Delivered => return true,
             Outcome::Refused => return false,
             Outcome::Retry => {}
         }
         let next = Instant::now() + backoff;
-        let past_retries = next.duration_since(started) > settings.max_retry;
+        let past_retries = next.duration_since(started) > receiver.max_retry;
         let past_deadline = stop.deadline().is_some_and(|deadline| next > deadline);
         if past_retries || past_deadline {
             return false;
         }
-        stats.retries.fetch_add(1, Ordering::Relaxed);
+        receiver.stats.retries.fetch_add(1, Ordering::Relaxed);
         std::thread::sleep(backoff);
         backoff = (backoff * 2).min(Duration::from_secs(30));
     }
 }
 
-fn push_once(settings: &PyroscopeSettings, push: &Push) -> Outcome {
-    let target = &settings.target;
+fn push_once(receiver: &Receiver, push: &Push) -> Outcome {
+    let (target, timeout) = (&receiver.target, receiver.timeout);
     let request = || -> io::Result<u16> {
         let address = (target.host.as_str(), target.port)
             .to_socket_addrs()?
             .next()
             .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no address"))?;
-        let mut stream = TcpStream::connect_timeout(&address, settings.timeout)?;
-        stream.set_read_timeout(Some(settings.timeout))?;
-        stream.set_write_timeout(Some(settings.timeout))?;
+        let mut stream = TcpStream::connect_timeout(&address, timeout)?;
+        stream.set_read_timeout(Some(timeout))?;
+        stream.set_write_timeout(Some(timeout))?;
         let head = format!(
-            "POST {}/ingest?{} HTTP/1.1\r\nHost: {}:{}\r\nContent-Type: binary/octet-stream\r\nContent-Length: {}\r\nConnection: close\r\nUser-Agent: periscope/{}\r\n\r\n",
+            "POST {}{} HTTP/1.1\r\nHost: {}:{}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\nUser-Agent: periscope/{}\r\n\r\n",
             target.path,
-            push.query,
+            push.path,
             target.host,
             target.port,
+            push.content_type,
             push.body.len(),
             env!("CARGO_PKG_VERSION")
         );
@@ -302,11 +336,15 @@ fn push_once(settings: &PyroscopeSettings, push: &Push) -> Outcome {
         Ok(429) => Outcome::Retry,
         Ok(code) if code >= 500 => Outcome::Retry,
         Ok(code) => {
-            tracing::warn!(code, "Pyroscope refused a profile");
+            tracing::warn!(
+                code,
+                receiver = receiver.format.name(),
+                "a profile receiver refused a push"
+            );
             Outcome::Refused
         }
         Err(err) => {
-            tracing::debug!(error = %err, "Pyroscope push failed");
+            tracing::debug!(error = %err, receiver = receiver.format.name(), "a profile push failed");
             Outcome::Retry
         }
     }
