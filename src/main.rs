@@ -62,8 +62,11 @@ enum Command {
         #[arg(long, default_value_t = 10)]
         seconds: u64,
         /// Only this process.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "container")]
         pid: Option<u32>,
+        /// Only the processes of this container (its id, or the start of it).
+        #[arg(long)]
+        container: Option<String>,
         /// Samples per second on each CPU.
         #[arg(long, default_value_t = 99, value_parser = clap::value_parser!(u64).range(1..=10_000))]
         frequency: u64,
@@ -159,10 +162,17 @@ fn dispatch(command: Command) -> Result<()> {
         Command::Profile {
             seconds,
             pid,
+            container,
             frequency,
             format,
             output,
-        } => profile(seconds, pid, frequency, format, &output),
+        } => profile(
+            seconds,
+            Target { pid, container },
+            frequency,
+            format,
+            &output,
+        ),
         Command::DefaultConfig => {
             print!("{}", *periscope::config::DEFAULT_CONFIG_YAML);
             Ok(())
@@ -175,9 +185,15 @@ fn dispatch(command: Command) -> Result<()> {
     }
 }
 
+/// What `periscope profile` samples: one process, one container's, or every one.
+struct Target {
+    pid: Option<u32>,
+    container: Option<String>,
+}
+
 fn profile(
     seconds: u64,
-    pid: Option<u32>,
+    target: Target,
     frequency_hz: u64,
     format: ProfileFormat,
     output: &std::path::Path,
@@ -187,15 +203,22 @@ fn profile(
     use periscope::probes::profile::sampler::{Sampler, SamplerOptions};
 
     agent::check_kernel()?;
+    let Target { pid, container } = target;
     if let Some(pid) = pid {
         anyhow::ensure!(
             std::path::Path::new(&format!("/proc/{pid}")).exists(),
             "no process {pid}"
         );
     }
+    let cgroup = container
+        .as_deref()
+        .map(periscope::probes::profile::container_cgroup)
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
     let options = SamplerOptions {
         frequency_hz,
         pid,
+        cgroup,
         max_stacks: 16_384,
         max_counts: 16_384,
     };
@@ -203,7 +226,11 @@ fn profile(
     let sampler = Sampler::start(&options).context("starting the CPU sampler")?;
     println!(
         "periscope: sampling {} at {frequency_hz} Hz on {} CPUs for {seconds} s",
-        pid.map_or("every process".to_string(), |p| format!("process {p}")),
+        match (pid, &container) {
+            (Some(p), _) => format!("process {p}"),
+            (None, Some(id)) => format!("the processes of container {id}"),
+            (None, None) => "every process".to_string(),
+        },
         sampler.cpus()
     );
     std::thread::sleep(std::time::Duration::from_secs(seconds));

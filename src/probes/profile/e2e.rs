@@ -13,7 +13,8 @@ use std::sync::MutexGuard;
 use std::time::Duration;
 
 use crate::common::{
-    compile_c, eventually, free_port, have_root, kernel_lock, periscope_bin, Agent, TempDir,
+    compile_c, docker_ready, eventually, free_port, have_root, kernel_lock, periscope_bin, Agent,
+    TempDir,
 };
 
 /// Frame pointers kept, and every call a call: a tail call would leave no frame of its
@@ -519,6 +520,11 @@ fn decode_pprof(gz: &[u8]) -> String {
 /// The burner's samples and the functions of its stacks in an OTLP profiles request,
 /// decoded with OpenTelemetry's own definitions; None when it holds no burner.
 fn burner_in_otlp(bytes: &[u8]) -> Option<(i64, Vec<String>)> {
+    process_in_otlp(bytes, &[("process.executable.name", "burner")])
+}
+
+/// The samples and stack functions of the resource whose attributes include `want`.
+fn process_in_otlp(bytes: &[u8], want: &[(&str, &str)]) -> Option<(i64, Vec<String>)> {
     use opentelemetry_proto::tonic::collector::profiles::v1development::ExportProfilesServiceRequest;
     use opentelemetry_proto::tonic::common::v1::any_value::Value;
     use prost::Message;
@@ -531,9 +537,11 @@ fn burner_in_otlp(bytes: &[u8]) -> Option<(i64, Vec<String>)> {
     assert_eq!(dictionary.function_table[0].name_strindex, 0);
     let burner = request.resource_profiles.iter().find(|r| {
         r.resource.as_ref().is_some_and(|resource| {
-            resource.attributes.iter().any(|a| {
-                a.key == "process.executable.name"
-                    && matches!(a.value.as_ref().and_then(|v| v.value.as_ref()), Some(Value::StringValue(s)) if s == "burner")
+            want.iter().all(|(key, value)| {
+                resource.attributes.iter().any(|a| {
+                    a.key == *key
+                        && matches!(a.value.as_ref().and_then(|v| v.value.as_ref()), Some(Value::StringValue(s)) if s == value)
+                })
             })
         })
     })?;
@@ -678,4 +686,113 @@ fn a_dead_profile_backend_is_counted_and_costs_the_agent_nothing_else() {
     assert_eq!(metrics.sum("periscope_profile_pushes_total", &[("outcome", "sent")]), 0.0);
     assert!(metrics.sum("periscope_profile_push_retries_total", &[]) >= 1.0);
     assert_eq!(metrics.one("periscope_probe_up", &[("probe", "profile")]), 1.0);
+}
+
+/// Runs a command that must succeed; its standard output, trimmed.
+fn run(command: &mut Command) -> String {
+    let out = command.output().expect("spawn");
+    assert!(
+        out.status.success(),
+        "{command:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[test]
+fn a_containers_process_is_symbolized_from_its_own_files_and_labelled_with_its_container() {
+    let test = "a_containers_process_is_symbolized_from_its_own_files_and_labelled_with_its_container";
+    if !have_root(test) || !docker_ready(test) {
+        return;
+    }
+    let bench = Bench::new("profile-container");
+    // An image holding only a static burner: its binary exists nowhere on the host, so
+    // only the process's own view of its files can name its frames.
+    let rootfs = bench.dir.path().join("rootfs");
+    std::fs::create_dir_all(rootfs.join("bin")).expect("rootfs");
+    let mut flags = FRAME_POINTERS.to_vec();
+    flags.push("-static");
+    let built = bench.compile("burner", BURNER, &flags);
+    std::fs::rename(&built, rootfs.join("bin/burner")).expect("into the rootfs");
+    let tag = format!("periscope-test-profile:{}", std::process::id());
+    let tar = bench.dir.path().join("rootfs.tar");
+    run(Command::new("tar").arg("-C").arg(&rootfs).arg("-cf").arg(&tar).arg("."));
+    run(Command::new("docker")
+        .args(["import", "--change", "LABEL periscope.test=1"])
+        .arg(&tar)
+        .arg(&tag));
+    struct Container(String, String);
+    impl Drop for Container {
+        fn drop(&mut self) {
+            let _ = Command::new("docker").args(["rm", "-f", &self.0]).output();
+            let _ = Command::new("docker").args(["rmi", "-f", &self.1]).output();
+        }
+    }
+    let container = Container(
+        run(Command::new("docker").args(["run", "-d", "--network", "none", &tag, "/bin/burner", "30"])),
+        tag.clone(),
+    );
+
+    let pushed = bench.dir.path().join("pushed");
+    std::fs::create_dir(&pushed).expect("a folder for the pushes");
+    let port = free_port();
+    let _sink = Killed(
+        Command::new("python3")
+            .args(["-c", INGEST_SINK])
+            .arg(&pushed)
+            .arg(port.to_string())
+            .spawn()
+            .expect("start the ingest sink"),
+    );
+    let _agent = Agent::start(&continuous_config(&format!("http://127.0.0.1:{port}")));
+    let want = [("container.id", container.0.as_str()), ("process.executable.name", "burner")];
+    let mut found = None;
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..300 {
+        for (body, path) in new_pushes(&pushed, &mut seen) {
+            if !path.starts_with("/v1development/profiles") {
+                continue;
+            }
+            let Ok(bytes) = std::fs::read(&body) else {
+                continue;
+            };
+            if let Some((samples, functions)) = process_in_otlp(&bytes, &want) {
+                if functions.iter().any(|f| f == "burn_a") {
+                    found = Some((samples, functions));
+                }
+            }
+        }
+        if found.is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (samples, functions) = found.expect("a profile of the container's burner with its functions named");
+    assert!(samples >= 10, "{samples}");
+    for name in ["burn_a", "burn_b", "main"] {
+        assert!(functions.iter().any(|f| f == name), "{name} in {functions:?}");
+    }
+
+    // The command line profiles that container alone, by the start of its id.
+    let out = bench.dir.path().join("container.folded");
+    let output = profile_command(&[
+        "--container",
+        &container.0[..12],
+        "--seconds",
+        "2",
+        "-o",
+        out.to_str().expect("UTF-8"),
+    ]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let folded = Folded::read(&out);
+    assert!(folded.total() >= 50, "{}", folded.total());
+    assert!(folded.0.iter().all(|(frames, _)| frames[0] == "burner"), "{:?}", folded.0);
+    assert!(folded.through("burn_a") > 0);
+    let output = profile_command(&["--container", "0123456789ab", "--seconds", "1", "-o", "/dev/null"]);
+    assert!(!output.status.success());
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("no running process in a container 0123456789ab"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }

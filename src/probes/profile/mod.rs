@@ -190,6 +190,7 @@ impl BuiltIn for ProfileProbe {
         let options = SamplerOptions {
             frequency_hz: settings.frequency_hz,
             pid: None,
+            cgroup: None,
             max_stacks: settings.max_stacks.get(),
             max_counts: settings.max_counts.get(),
         };
@@ -360,4 +361,32 @@ impl Probe for ProfileProbe {
     fn folded(&self) -> Vec<(&'static str, u64)> {
         vec![("profile_counts", self.sampler.counters().folded)]
     }
+}
+
+/// The cgroup v2 id of the running container whose id starts with `id` (at least 4
+/// characters), found from the processes' `/proc/PID/cgroup`.
+pub fn container_cgroup(id: &str) -> Result<u64, String> {
+    use crate::enrich::cgroup::{cgroup_id_of_pid, cgroup_path_of_proc, container_of, unified_mount};
+
+    if id.len() < 4 || !id.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(format!("{id:?} is not a container id (at least 4 hex digits)"));
+    }
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
+        .map_err(|e| format!("reading /proc/self/mountinfo: {e}"))?;
+    let root = unified_mount(&mountinfo).ok_or("no cgroup v2 hierarchy is mounted")?;
+    let entries = std::fs::read_dir("/proc").map_err(|e| format!("reading /proc: {e}"))?;
+    for pid in entries.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok()) {
+        let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/cgroup")) else {
+            continue;
+        };
+        let ours = cgroup_path_of_proc(&text)
+            .and_then(|path| container_of(&path))
+            .is_some_and(|c| c.container_id.starts_with(id));
+        if ours {
+            if let Some(cgroup) = cgroup_id_of_pid(&root, pid) {
+                return Ok(cgroup);
+            }
+        }
+    }
+    Err(format!("no running process in a container {id}"))
 }

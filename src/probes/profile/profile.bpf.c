@@ -25,6 +25,9 @@ PSC_EXPORT_TYPES(struct psc_profile_key, enum psc_profile_counter);
 /* Only this process when set (the command line's --pid), else every one. */
 const volatile __u32 target_tgid = 0;
 
+/* Only processes of this cgroup v2 when set (the command line's --container). */
+const volatile __u64 target_cgroup = 0;
+
 /* Which pair of maps samples go to: user space flips it, then reads and empties the
  * other pair, so that what it reads is no longer written and no stack id it reads is
  * ever reused under it. */
@@ -88,6 +91,8 @@ int psc_profile_sample(struct bpf_perf_event_data *ctx)
 		return 0;
 	}
 	if (target_tgid && tgid != target_tgid)
+		return 0;
+	if (target_cgroup && bpf_get_current_cgroup_id() != target_cgroup)
 		return 0;
 	PSC_COUNT_IN(counters, PSC_PROFILE_SAMPLES);
 	if (buffer & 1)

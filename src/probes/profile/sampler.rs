@@ -30,6 +30,8 @@ pub struct SamplerOptions {
     pub frequency_hz: u64,
     /// Only this process; None: every process.
     pub pid: Option<u32>,
+    /// Only processes of this cgroup v2 (by id); None: every cgroup.
+    pub cgroup: Option<u64>,
     /// Distinct stacks the kernel keeps (user and kernel ones together).
     pub max_stacks: u32,
     /// Distinct (process, user stack, kernel stack) the kernel counts.
@@ -141,6 +143,7 @@ impl Sampler {
             util::set_entries(&mut open.maps.counts_1, options.max_counts, "counts")?;
             if let Some(rodata) = open.maps.rodata_data.as_deref_mut() {
                 rodata.target_tgid = options.pid.unwrap_or(0);
+                rodata.target_cgroup = options.cgroup.unwrap_or(0);
             }
             load_object(open, plan, "profile")
         })?;
