@@ -6,21 +6,29 @@ pinned to one CPU) with nothing attached and with `periscope profile` sampling e
 process at 19 Hz and at 99 Hz, interleaved round by round, and reports medians and each
 rate's throughput as a share of off.
 
-Then profiles 200 running processes for --seconds at 19 Hz and reports the profiler's
-CPU time (user + system), its peak RSS, and how long naming their frames took.
+Then, with 200 running processes of 200 distinct binaries (copies of the loop under
+other names, so that each is a binary the symbolizer has not read):
+- `periscope profile` for --seconds at 19 Hz: the profiler's CPU time (user + system),
+  its peak RSS, and how long naming the frames took, per binary;
+- `periscope run` with the profile probe on at 19 Hz, pushing OTLP profiles every 10 s
+  to a local sink for --agent-seconds: the agent's CPU time and its RSS at the end.
 
 Usage (as root, after `cargo build --release`):
-    python3 bench/profile_overhead.py [--rounds 7] [--iterations 2000000000] [--seconds 10]
+    python3 bench/profile_overhead.py [--rounds 7] [--iterations 2000000000] [--seconds 10] [--agent-seconds 60]
 """
 import argparse
 import os
 import re
 import resource
+import shutil
 import signal
+import socket
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
+import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PERISCOPE = os.path.join(ROOT, "target", "release", "periscope")
@@ -59,6 +67,7 @@ def main():
     parser.add_argument("--iterations", type=int, default=2_000_000_000)
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--processes", type=int, default=200)
+    parser.add_argument("--agent-seconds", type=int, default=60)
     args = parser.parse_args()
     workdir = tempfile.mkdtemp(prefix="periscope-profile-bench-")
     loop = build(workdir, "spin_loop")
@@ -86,8 +95,13 @@ def main():
         t = statistics.median(times[kind])
         print(f"| {kind} | {t:.4f} s | {100 * off / t:.2f} % |")
 
-    # The profiler's own cost, with many processes to name frames for.
-    spinners = [subprocess.Popen([loop, str(10 ** 12), "sleepy"]) for _ in range(args.processes)]
+    # The profiler's own cost, with many processes of as many binaries to name frames for.
+    copies = []
+    for i in range(args.processes):
+        copy = os.path.join(workdir, f"spin_{i:03}")
+        shutil.copy(loop, copy)
+        copies.append(copy)
+    spinners = [subprocess.Popen([copy, str(10 ** 12), "sleepy"]) for copy in copies]
     time.sleep(1)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.time()
@@ -95,18 +109,70 @@ def main():
                              "--seconds", str(args.seconds), "-o", out], capture_output=True, text=True, check=True)
     wall = time.time() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    for s in spinners:
-        s.kill()
-        s.wait()
     cpu_s = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     # The largest child waited for so far: the profilers (the spinners take about 1 MiB).
     rss = after.ru_maxrss
     named = re.search(r"symbolized the stacks of (\d+) processes in (\d+) ms", result.stdout)
     samples = re.search(r"(\d+) samples of (\d+) processes", result.stdout)
-    print(f"\nProfiling {args.processes} processes at 19 Hz for {args.seconds} s ({wall:.1f} s in all):")
+    processes, ms = int(named.group(1)), int(named.group(2))
+    print(f"\n`periscope profile` of {args.processes} processes of as many binaries at 19 Hz for "
+          f"{args.seconds} s ({wall:.1f} s in all):")
     print(f"- samples: {samples.group(1)} of {samples.group(2)} processes")
     print(f"- profiler CPU time: {cpu_s * 1000:.0f} ms; peak RSS: {int(rss) / 1024:.1f} MiB")
-    print(f"- naming the frames of {named.group(1)} processes: {named.group(2)} ms")
+    print(f"- naming the frames of {processes} processes: {ms} ms, "
+          f"{ms / max(processes, 1):.1f} ms per binary")
+
+    # Continuous profiling in the agent, pushing to a sink that only counts.
+    sink_port, metrics_port = free_port(), free_port()
+    sink = subprocess.Popen([sys.executable, "-c", SINK, str(sink_port)])
+    config = os.path.join(workdir, "agent.yaml")
+    with open(config, "w") as f:
+        f.write(f'prometheus:\n  listen_address: "127.0.0.1:{metrics_port}"\n'
+                "probes:\n  profile:\n    enabled: true\n"
+                "exporters:\n  profiles:\n    interval_secs: 10\n    otlp:\n      enabled: true\n"
+                f'      endpoint: "http://127.0.0.1:{sink_port}"\n')
+    agent = subprocess.Popen([PERISCOPE, "run", "--config", config], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    time.sleep(3)
+    cpu_before = cpu_seconds(agent.pid)
+    time.sleep(args.agent_seconds)
+    cpu = cpu_seconds(agent.pid) - cpu_before
+    rss_kib = int(re.search(r"VmRSS:\s+(\d+)", open(f"/proc/{agent.pid}/status").read()).group(1))
+    metrics = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics").read().decode()
+    agent.send_signal(signal.SIGTERM)
+    agent.wait()
+    sink.kill()
+    for s_ in spinners:
+        s_.kill()
+        s_.wait()
+    sent = sum(float(v) for v in re.findall(r'periscope_profile_pushes_total\{exporter="otlp",outcome="sent"\} (\S+)', metrics))
+    print(f"\n`periscope run` with the profile probe at 19 Hz, {args.processes} processes, "
+          f"OTLP pushes every 10 s, over {args.agent_seconds} s:")
+    print(f"- agent CPU: {cpu * 1000:.0f} ms ({100 * cpu / args.agent_seconds:.2f} % of one CPU); "
+          f"RSS at the end: {rss_kib / 1024:.1f} MiB; pushes sent: {sent:.0f}")
+
+
+SINK = """
+import sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+class H(BaseHTTPRequestHandler):
+    def log_message(self, *a): pass
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self.send_response(200); self.send_header("Content-Length", "0"); self.end_headers()
+ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+"""
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cpu_seconds(pid):
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 if __name__ == "__main__":
