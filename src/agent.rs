@@ -807,6 +807,7 @@ fn collector_main(
     let mut probes = std::mem::take(&mut collector.probes);
     for probe in &mut probes {
         probe.tick(Instant::now());
+        probe.flush();
     }
     collector.probes = probes;
     collector.forward_spans();
@@ -928,16 +929,18 @@ impl Collector {
         self.span_buffer.clear();
     }
 
-    /// Moves the probes' profiles to the profile exporter's queue; with none, they go.
+    /// Moves the probes' profiles to the profile exporter's queue. With no exporter they
+    /// stay with the probes, which give them up and count them.
     fn forward_profiles(&mut self) {
+        let Some(exporter) = &self.profiles else {
+            return;
+        };
         let mut profiles = Vec::new();
         for probe in &mut self.probes {
             probe.take_profiles(&mut profiles);
         }
-        if let Some(exporter) = &self.profiles {
-            for profile in profiles {
-                exporter.queue.push(profile);
-            }
+        for profile in profiles {
+            exporter.queue.push(profile);
         }
     }
 

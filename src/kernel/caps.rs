@@ -23,6 +23,7 @@ impl Capability {
 pub const DAC_READ_SEARCH: Capability = Capability::new(2, "CAP_DAC_READ_SEARCH");
 pub const SYS_PTRACE: Capability = Capability::new(19, "CAP_SYS_PTRACE");
 pub const SYS_ADMIN: Capability = Capability::new(21, "CAP_SYS_ADMIN");
+pub const SYSLOG: Capability = Capability::new(34, "CAP_SYSLOG");
 pub const PERFMON: Capability = Capability::new(38, "CAP_PERFMON");
 pub const BPF: Capability = Capability::new(39, "CAP_BPF");
 

@@ -235,4 +235,7 @@ pub trait Probe {
     }
     /// Moves the profiles made since the last call into `out`.
     fn take_profiles(&mut self, _out: &mut Vec<crate::model::profile::Profile>) {}
+    /// Makes what the probe holds for its next hand-over ready now: the agent is
+    /// stopping.
+    fn flush(&mut self) {}
 }

@@ -84,7 +84,8 @@ fn draw(
         return;
     }
     let y = height - PAD - (level + 1) as f64 * FRAME_HEIGHT;
-    let name = escape(name);
+    let raw = name;
+    let name = escape(raw);
     let share = 100.0 * node.samples as f64 / total as f64;
     let _ = write!(
         out,
@@ -95,10 +96,11 @@ fn draw(
     );
     let fits = ((width - 6.0) / CHAR_WIDTH) as usize;
     if fits >= 3 {
-        let label: String = if name.chars().count() <= fits {
+        // Cut before escaping: a cut inside `&lt;` would leave a broken entity.
+        let label = if raw.chars().count() <= fits {
             name.clone()
         } else {
-            name.chars().take(fits - 2).collect::<String>() + ".."
+            escape(&raw.chars().take(fits - 2).collect::<String>()) + ".."
         };
         let _ = write!(
             out,

@@ -206,6 +206,9 @@ impl Tables {
 
     fn stack(&mut self, stack: &StackSamples) -> i32 {
         let locations: Vec<i32> = stack.frames.iter().map(|f| self.location(f)).collect();
+        if locations.is_empty() {
+            return 0; // the zero stack
+        }
         if let Some(&i) = self.stacks.get(&locations) {
             return i;
         }

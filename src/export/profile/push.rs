@@ -32,8 +32,9 @@ impl Target {
             .strip_prefix("http://")
             .ok_or_else(|| format!("{url:?}: use http://host:port (https is not supported yet)"))?;
         let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+        let bracketed_without_port = authority.starts_with('[') && authority.ends_with(']');
         let (host, port) = match authority.rsplit_once(':') {
-            Some((host, port)) if !host.ends_with(']') || host.starts_with('[') => {
+            Some((host, port)) if !bracketed_without_port => {
                 let port = port
                     .parse()
                     .map_err(|_| format!("{url:?}: {port:?} is not a port"))?;
@@ -134,7 +135,8 @@ pub struct Receiver {
 }
 
 /// The exporter's thread: pushes every profile queued to every receiver until
-/// shutdown, then what is still queued until the shutdown deadline.
+/// shutdown, then what is still queued until the shutdown deadline; what is left then
+/// is counted as failed.
 pub fn run(
     receivers: Vec<Receiver>,
     queue: Arc<ProfileQueue>,
@@ -152,12 +154,16 @@ pub fn run(
                 Format::Pyroscope => pyroscope_pushes(&profile),
                 Format::Otlp => vec![otlp_push(&profile)],
             };
+            // A receiver that gave up on one push this round gets no more of them: the
+            // others would wait out the same retries, and hold the other receivers.
+            let mut given_up = false;
             for push in pushes {
-                let delivered = push_retrying(receiver, &push, &stop);
-                let counter = if delivered {
-                    &receiver.stats.pushes_sent
-                } else {
+                let past_deadline = stop.deadline().is_some_and(|d| Instant::now() >= d);
+                given_up = given_up || past_deadline || !push_retrying(receiver, &push, &stop);
+                let counter = if given_up {
                     &receiver.stats.pushes_failed
+                } else {
+                    &receiver.stats.pushes_sent
                 };
                 counter.fetch_add(1, Ordering::Relaxed);
             }
@@ -284,7 +290,7 @@ fn push_retrying(receiver: &Receiver, push: &Push, stop: &Shutdown) -> bool {
     let started = Instant::now();
     let mut backoff = Duration::from_secs(1);
     loop {
-        match push_once(receiver, push) {
+        match push_once(receiver, push, stop) {
             Outcome::Delivered => return true,
             Outcome::Refused => return false,
             Outcome::Retry => {}
@@ -301,35 +307,56 @@ fn push_retrying(receiver: &Receiver, push: &Push, stop: &Shutdown) -> bool {
     }
 }
 
-fn push_once(receiver: &Receiver, push: &Push) -> Outcome {
-    let (target, timeout) = (&receiver.target, receiver.timeout);
+fn push_once(receiver: &Receiver, push: &Push, stop: &Shutdown) -> Outcome {
+    let target = &receiver.target;
+    // No push outlives the shutdown deadline.
+    let timeout = match stop.deadline() {
+        Some(deadline) => receiver
+            .timeout
+            .min(deadline.saturating_duration_since(Instant::now()))
+            .max(Duration::from_millis(1)),
+        None => receiver.timeout,
+    };
     let request = || -> io::Result<u16> {
-        let address = (target.host.as_str(), target.port)
-            .to_socket_addrs()?
-            .next()
-            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no address"))?;
-        let mut stream = TcpStream::connect_timeout(&address, timeout)?;
+        let mut last = io::Error::new(io::ErrorKind::NotFound, "no address");
+        let mut connected = None;
+        for address in (target.host.as_str(), target.port).to_socket_addrs()? {
+            match TcpStream::connect_timeout(&address, timeout) {
+                Ok(stream) => {
+                    connected = Some(stream);
+                    break;
+                }
+                Err(err) => last = err,
+            }
+        }
+        let mut stream = connected.ok_or(last)?;
         stream.set_read_timeout(Some(timeout))?;
         stream.set_write_timeout(Some(timeout))?;
+        let host = if target.host.contains(':') {
+            format!("[{}]", target.host)
+        } else {
+            target.host.clone()
+        };
         let head = format!(
-            "POST {}{} HTTP/1.1\r\nHost: {}:{}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\nUser-Agent: periscope/{}\r\n\r\n",
+            "POST {}{} HTTP/1.1\r\nHost: {host}:{}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\nUser-Agent: periscope/{}\r\n\r\n",
             target.path,
             push.path,
-            target.host,
             target.port,
             push.content_type,
             push.body.len(),
             env!("CARGO_PKG_VERSION")
         );
-        stream.write_all(head.as_bytes())?;
-        stream.write_all(&push.body)?;
+        // A receiver may answer (413, 401) and close before the body is written: its
+        // answer is what counts.
+        let written = stream
+            .write_all(head.as_bytes())
+            .and_then(|()| stream.write_all(&push.body));
         let mut status = [0u8; 12];
-        stream.read_exact(&mut status)?;
-        let code = std::str::from_utf8(&status[9..12])
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no HTTP status"))?;
-        Ok(code)
+        if let Err(err) = stream.read_exact(&mut status) {
+            return Err(written.err().unwrap_or(err));
+        }
+        status_code(&status)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no HTTP status line"))
     };
     match request() {
         Ok(code) if (200..300).contains(&code) => Outcome::Delivered,
@@ -350,9 +377,27 @@ fn push_once(receiver: &Receiver, push: &Push) -> Outcome {
     }
 }
 
+/// The status of an HTTP/1.x status line's first 12 bytes: `HTTP/1.1 200`.
+fn status_code(line: &[u8; 12]) -> Option<u16> {
+    if !line.starts_with(b"HTTP/1.") || line[8] != b' ' {
+        return None;
+    }
+    let code: u16 = std::str::from_utf8(&line[9..12]).ok()?.parse().ok()?;
+    (100..600).contains(&code).then_some(code)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_status_line_gives_a_status() {
+        assert_eq!(status_code(b"HTTP/1.1 204"), Some(204));
+        assert_eq!(status_code(b"HTTP/1.0 503"), Some(503));
+        assert_eq!(status_code(b"SSH-2.0-Open"), None);
+        assert_eq!(status_code(b"HTTP/1.1 2x4"), None);
+        assert_eq!(status_code(b"HTTP/1.1 999"), None);
+    }
 
     #[test]
     fn endpoints_parse_as_http_host_and_port() {
@@ -367,6 +412,8 @@ mod tests {
             ("::1", 4040, "/base")
         );
         assert_eq!(Target::parse("http://pyro").expect("valid").port, 80);
+        let t = Target::parse("http://[::1]").expect("valid");
+        assert_eq!((t.host.as_str(), t.port), ("::1", 80));
         assert!(Target::parse("https://pyro:4040").is_err());
         assert!(Target::parse("http://:4040").is_err());
         assert!(Target::parse("http://pyro:x").is_err());

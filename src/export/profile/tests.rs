@@ -89,3 +89,24 @@ fn the_flame_graph_escapes_names_and_sizes_boxes_by_samples() {
     assert!(svg.contains("<title>main (10 samples, 100.00%)</title>"));
     assert!(svg.contains("10 samples at 100 Hz over 5.0 s"));
 }
+
+#[test]
+fn names_cut_to_fit_a_narrow_box_keep_their_entities_whole() {
+    let mut profile = two_stacks();
+    // A wide stack and a narrow one whose name is all markup: its label is cut.
+    profile.stacks[0].count = 2_000;
+    profile.stacks[1].frames[0].function = "<&<&<&<&<&<&<&<&<&<&<&<&".into();
+    profile.stacks[1].count = 40;
+    let svg = flamegraph::svg(&profile);
+    for (at, _) in svg.match_indices('&') {
+        let rest = &svg[at..];
+        assert!(
+            ["&lt;", "&gt;", "&amp;", "&quot;", "&apos;"]
+                .iter()
+                .any(|entity| rest.starts_with(entity)),
+            "a broken entity at {}",
+            &rest[..rest.len().min(12)]
+        );
+    }
+    assert!(svg.contains("&lt;&amp;"), "{svg}");
+}

@@ -53,6 +53,16 @@ int main(int argc, char **argv) {
 }
 "#;
 
+/// Calls getppid(2) in a loop for as many seconds as its argument: its CPU goes to the
+/// kernel.
+const GETPPID_LOOP: &str = "#include <stdlib.h>\n#include <time.h>\n#include <unistd.h>\n\
+    #include <sys/syscall.h>\n\
+    int main(int argc, char **argv) {\n\
+      time_t end = time(0) + atoi(argv[1]);\n\
+      while (time(0) < end)\n\
+        for (int i = 0; i < 10000; i++) syscall(SYS_getppid);\n\
+      return 0;\n}\n";
+
 /// A folded profile: each stack (outermost first) and its samples.
 struct Folded(Vec<(Vec<String>, u64)>);
 
@@ -193,16 +203,7 @@ fn a_syscall_loop_shows_kernel_frames_under_the_syscall_entry() {
         return;
     }
     let bench = Bench::new("profile-kernel");
-    let looper = bench.compile(
-        "getppid_loop",
-        "#include <stdlib.h>\n#include <time.h>\n#include <unistd.h>\n#include <sys/syscall.h>\n\
-         int main(int argc, char **argv) {\n\
-           time_t end = time(0) + atoi(argv[1]);\n\
-           while (time(0) < end)\n\
-             for (int i = 0; i < 10000; i++) syscall(SYS_getppid);\n\
-           return 0;\n}\n",
-        FRAME_POINTERS,
-    );
+    let looper = bench.compile("getppid_loop", GETPPID_LOOP, FRAME_POINTERS);
     let mut child = spawn(&looper, &["6"]);
     let (folded, printed) = bench.profile(child.id(), 3);
     child.kill().ok();
@@ -584,13 +585,16 @@ fn the_agent_pushes_a_profile_of_every_process_to_pyroscope_and_otlp_every_inter
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+    let looper = bench.compile("getppid_loop", GETPPID_LOOP, FRAME_POINTERS);
     let agent = Agent::start(&continuous_config(&format!("http://127.0.0.1:{port}")));
     let mut child = spawn(&burner, &["8"]);
+    let _looper = Killed(spawn(&looper, &["8"]));
 
     // Some push names the burner's samples, burn_a and burn_b among its functions; so
     // does some OTLP request.
     let mut found = None;
     let mut otlp = None;
+    let mut kernel_named = false;
     let mut seen = std::collections::HashSet::new();
     for _ in 0..300 {
         for (body, path) in new_pushes(&pushed, &mut seen) {
@@ -601,6 +605,11 @@ fn the_agent_pushes_a_profile_of_every_process_to_pyroscope_and_otlp_every_inter
                 if otlp.is_none() {
                     otlp = burner_in_otlp(&bytes);
                 }
+                // The agent, past start-up, still names kernel frames.
+                let looper = process_in_otlp(&bytes, &[("process.executable.name", "getppid_loop")]);
+                kernel_named |= looper.is_some_and(|(_, functions)| {
+                    functions.iter().any(|f| f == "do_syscall_64")
+                });
                 continue;
             }
             assert!(path.starts_with("/ingest?"), "{path}");
@@ -610,7 +619,7 @@ fn the_agent_pushes_a_profile_of_every_process_to_pyroscope_and_otlp_every_inter
                 found = Some((body, text));
             }
         }
-        if found.is_some() && otlp.is_some() {
+        if found.is_some() && otlp.is_some() && kernel_named {
             break;
         }
         std::thread::sleep(Duration::from_millis(100));
@@ -642,6 +651,7 @@ fn the_agent_pushes_a_profile_of_every_process_to_pyroscope_and_otlp_every_inter
     let until: u64 = params["until"].parse().expect("until");
     assert!(until > from && until - from <= 4, "{query}");
 
+    assert!(kernel_named, "no OTLP profile of the getppid loop names do_syscall_64");
     let (samples, functions) = otlp.expect("an OTLP request with the burner's profile");
     assert!(samples >= 10, "{samples} samples");
     for name in ["burn_a", "burn_b", "main"] {

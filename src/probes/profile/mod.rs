@@ -30,6 +30,8 @@ mod skel {
 /// Functions a complete user stack ends in: where a process or thread starts. A stack
 /// that ends elsewhere was cut short, by a frame without a frame pointer.
 const STACK_ROOTS: &[&str] = &[
+    "runtime.goexit",
+    "runtime.mstart",
     "_start",
     "__libc_start_main",
     "__libc_start_call_main",
@@ -90,7 +92,7 @@ pub fn build(
         duration,
         frequency_hz,
         losses: ProfileLosses {
-            uncounted: raw.counters.folded,
+            uncounted: raw.uncounted,
             ..ProfileLosses::default()
         },
         ..Profile::default()
@@ -144,7 +146,7 @@ pub fn build(
 
 /// What the sampler counted since `start`, symbolized: the sampler stops first, so the
 /// profile's end is where sampling ended.
-pub fn finish(sampler: sampler::Sampler, start: SystemTime, frequency_hz: u64) -> Profile {
+pub fn finish(mut sampler: sampler::Sampler, start: SystemTime, frequency_hz: u64) -> Profile {
     let raw = sampler.read();
     let elapsed = start.elapsed().unwrap_or_default();
     drop(sampler);
@@ -181,6 +183,13 @@ impl BuiltIn for ProfileProbe {
         needs.push(Need {
             capability: caps::SYS_ADMIN,
             why: "open the binaries of every process, in containers too, through /proc/PID/map_files (probes.profile)",
+            after_start: true,
+        });
+        // /proc/kallsyms shows its addresses only to CAP_SYSLOG where
+        // perf_event_paranoid is above 1, as distributions set it.
+        needs.push(Need {
+            capability: caps::SYSLOG,
+            why: "read the kernel's symbol addresses in /proc/kallsyms to name kernel frames (probes.profile)",
             after_start: true,
         });
         needs
@@ -304,6 +313,10 @@ impl Probe for ProfileProbe {
 
     fn take_profiles(&mut self, out: &mut Vec<Profile>) {
         out.extend(self.pending.drain(..));
+    }
+
+    fn flush(&mut self) {
+        self.take_interval();
     }
 
     fn collect(&mut self, _now: Instant, out: &mut Vec<Family>) {

@@ -91,6 +91,8 @@ pub struct RawProfile {
     /// Each kept stack's return addresses, innermost first.
     pub stacks: HashMap<u32, Vec<u64>>,
     pub counters: SamplerCounters,
+    /// Samples not counted because the count map was full, since the previous read.
+    pub uncounted: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -124,6 +126,8 @@ pub struct Sampler {
     links: Vec<Link>,
     /// The pair of maps the program writes to.
     buffer: u32,
+    /// The kernel's count of uncounted samples at the previous read.
+    uncounted_before: u64,
 }
 
 /// How long a sample that began before a flip may still be writing to the old maps: a
@@ -170,10 +174,16 @@ impl Sampler {
                 }
             }
         }
+        if skel.maps.bss_data.is_none() {
+            return Err(SamplerError::Probe(ProbeError::Unsupported(
+                "the profile program's switch between its two map pairs is not mapped".into(),
+            )));
+        }
         Ok(Sampler {
             skel,
             links,
             buffer: 0,
+            uncounted_before: 0,
         })
     }
 
@@ -196,8 +206,8 @@ impl Sampler {
     }
 
     /// Everything counted so far, with the stacks the counts name; the maps keep it.
-    pub fn read(&self) -> RawProfile {
-        self.read_pair(self.buffer)
+    pub fn read(&mut self) -> RawProfile {
+        self.read_pair(self.buffer, false)
     }
 
     /// Everything counted since the last call: samples go to the other pair of maps
@@ -209,11 +219,10 @@ impl Sampler {
             bss.buffer = self.buffer;
         }
         std::thread::sleep(FLIP_SETTLE);
-        let profile = self.read_pair(old);
-        let (counts, stacks) = self.pair(old);
-        for key in counts.keys().collect::<Vec<_>>() {
-            let _ = counts.delete(&key);
-        }
+        // Counts are read and deleted in one step each, so that a sample still landing
+        // in the old pair after the settle time is kept for its next turn, not lost.
+        let profile = self.read_pair(old, true);
+        let (_, stacks) = self.pair(old);
         for key in stacks.keys().collect::<Vec<_>>() {
             let _ = stacks.delete(&key);
         }
@@ -229,13 +238,30 @@ impl Sampler {
         }
     }
 
-    fn read_pair(&self, buffer: u32) -> RawProfile {
+    fn read_pair(&mut self, buffer: u32, delete: bool) -> RawProfile {
+        let counters = self.counters();
+        let uncounted = counters.folded.saturating_sub(self.uncounted_before);
+        self.uncounted_before = counters.folded;
         let (counts, stacks) = self.pair(buffer);
         let mut profile = RawProfile {
-            counters: self.counters(),
+            counters,
+            uncounted,
             ..RawProfile::default()
         };
-        for (raw, values) in util::read_percpu(counts) {
+        let entries: Vec<(Vec<u8>, Vec<Vec<u8>>)> = if delete {
+            counts
+                .keys()
+                .collect::<Vec<_>>()
+                .into_iter()
+                .filter_map(|key| {
+                    let values = util::take_percpu(counts, &key)?;
+                    Some((key, values))
+                })
+                .collect()
+        } else {
+            util::read_percpu(counts)
+        };
+        for (raw, values) in entries {
             let Some(key) = decode::<types::psc_profile_key>(&raw) else {
                 continue;
             };
