@@ -14,7 +14,8 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use common::{
-    docker_ready, eventually, free_port, have_root, kernel_lock, Agent, HandMadeCgroup, Metrics,
+    docker_ready, eventually, free_port, have_root, kernel_lock, run_ok as run, Agent,
+    HandMadeCgroup, Metrics,
 };
 
 const CONFIG: &str = "probes:\n  process:\n    enabled: false\n  tcp:\n    enabled: true\n    sample_interval_secs: 0\n";
@@ -71,17 +72,6 @@ fn image() -> &'static str {
         ]));
         tag
     })
-}
-
-/// Runs a command that must succeed; its standard output, trimmed.
-fn run(command: &mut Command) -> String {
-    let out = command.output().expect("spawn");
-    assert!(
-        out.status.success(),
-        "{command:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 /// A Docker container, removed when dropped.

@@ -43,6 +43,17 @@ pub fn compile_c(dir: &Path, name: &str, source: &str, flags: &[&str]) -> PathBu
     binary
 }
 
+/// Runs a command that must succeed; its standard output, trimmed.
+pub fn run_ok(command: &mut Command) -> String {
+    let out = command.output().expect("spawn");
+    assert!(
+        out.status.success(),
+        "{command:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
 /// True when the test can load BPF programs. Under CI=true a missing privilege fails the
 /// test; elsewhere the test is skipped with a loud message.
 pub fn have_root(test: &str) -> bool {

@@ -13,8 +13,8 @@ use std::sync::MutexGuard;
 use std::time::Duration;
 
 use crate::common::{
-    compile_c, docker_ready, eventually, free_port, have_root, kernel_lock, periscope_bin, Agent,
-    TempDir,
+    compile_c, docker_ready, eventually, free_port, have_root, kernel_lock, periscope_bin,
+    run_ok as run, Agent, TempDir,
 };
 
 /// Frame pointers kept, and every call a call: a tail call would leave no frame of its
@@ -143,14 +143,15 @@ fn profile_command(args: &[&str]) -> Output {
         .expect("run periscope profile")
 }
 
-fn spawn(program: &Path, args: &[&str]) -> Child {
+/// Starts a workload, killed when the returned guard drops.
+fn spawn(program: &Path, args: &[&str]) -> Killed {
     let child = Command::new(program)
         .args(args)
         .spawn()
         .expect("start the workload");
     // Past its loader, into its loop.
     std::thread::sleep(Duration::from_millis(300));
-    child
+    Killed(child)
 }
 
 /// What `periscope profile` printed about stacks cut short, or 0.
@@ -169,10 +170,9 @@ fn a_process_is_profiled_in_the_shares_of_its_functions_with_whole_stacks() {
     }
     let bench = Bench::new("profile-shares");
     let burner = bench.compile("burner", BURNER, FRAME_POINTERS);
-    let mut child = spawn(&burner, &["8"]);
-    let (folded, printed) = bench.profile(child.id(), 5);
-    child.kill().ok();
-    child.wait().ok();
+    let child = spawn(&burner, &["8"]);
+    let (folded, printed) = bench.profile(child.0.id(), 5);
+    drop(child);
 
     let total = folded.total();
     // 5 s at 99 Hz of a process that is always running: about 495 samples.
@@ -204,10 +204,9 @@ fn a_syscall_loop_shows_kernel_frames_under_the_syscall_entry() {
     }
     let bench = Bench::new("profile-kernel");
     let looper = bench.compile("getppid_loop", GETPPID_LOOP, FRAME_POINTERS);
-    let mut child = spawn(&looper, &["6"]);
-    let (folded, printed) = bench.profile(child.id(), 3);
-    child.kill().ok();
-    child.wait().ok();
+    let child = spawn(&looper, &["6"]);
+    let (folded, printed) = bench.profile(child.0.id(), 3);
+    drop(child);
 
     let total = folded.total();
     assert!(total >= 150, "{total} samples: {printed}");
@@ -242,10 +241,9 @@ fn exited_stripped_and_endlessly_deep_processes_are_bounded_and_counted() {
     let bench = Bench::new("profile-odd");
     // Stripped: no symbol names its functions, so each is its module and offset.
     let stripped = bench.compile("stripped", BURNER, &["-O1", "-fno-omit-frame-pointer", "-s"]);
-    let mut child = spawn(&stripped, &["6"]);
-    let (folded, _) = bench.profile(child.id(), 2);
-    child.kill().ok();
-    child.wait().ok();
+    let child = spawn(&stripped, &["6"]);
+    let (folded, _) = bench.profile(child.0.id(), 2);
+    drop(child);
     assert!(folded.total() >= 100);
     assert!(
         folded
@@ -269,10 +267,9 @@ fn exited_stripped_and_endlessly_deep_processes_are_bounded_and_counted() {
          int main(int argc, char **argv) { down(10000, time(0) + atoi(argv[1])); return 0; }\n",
         FRAME_POINTERS,
     );
-    let mut child = spawn(&deep, &["5"]);
-    let (folded, printed) = bench.profile(child.id(), 2);
-    child.kill().ok();
-    child.wait().ok();
+    let child = spawn(&deep, &["5"]);
+    let (folded, printed) = bench.profile(child.0.id(), 2);
+    drop(child);
     let total = folded.total();
     assert!(total >= 100, "{total} samples");
     let deepest = folded.0.iter().map(|(frames, _)| frames.len()).max().unwrap_or(0);
@@ -286,9 +283,9 @@ fn exited_stripped_and_endlessly_deep_processes_are_bounded_and_counted() {
     // Exits a second into a two-second profile: its samples are kept, their frames named
     // by what could still be read, never empty.
     let mut child = spawn(&stripped, &["1"]);
-    let pid = child.id();
+    let pid = child.0.id();
     let (folded, printed) = bench.profile(pid, 2);
-    child.wait().ok();
+    child.0.wait().ok();
     assert!(folded.total() >= 30, "{printed}");
     assert!(folded.0.iter().all(|(frames, _)| frames[0] == "stripped" && frames.iter().all(|f| !f.is_empty())));
 }
@@ -303,11 +300,11 @@ fn pprof_output_decodes_with_pprofs_own_profile_proto() {
     }
     let bench = Bench::new("profile-pprof");
     let burner = bench.compile("burner", BURNER, FRAME_POINTERS);
-    let mut child = spawn(&burner, &["5"]);
+    let child = spawn(&burner, &["5"]);
     let out = bench.dir.path().join("burner.pb.gz");
     let output = profile_command(&[
         "--pid",
-        &child.id().to_string(),
+        &child.0.id().to_string(),
         "--seconds",
         "2",
         "--format",
@@ -315,8 +312,7 @@ fn pprof_output_decodes_with_pprofs_own_profile_proto() {
         "-o",
         out.to_str().expect("UTF-8"),
     ]);
-    child.kill().ok();
-    child.wait().ok();
+    drop(child);
     assert!(output.status.success());
     let printed = String::from_utf8_lossy(&output.stdout);
     let said: u64 = printed
@@ -325,20 +321,7 @@ fn pprof_output_decodes_with_pprofs_own_profile_proto() {
         .map(|(n, _)| n.parse().expect("a count"))
         .expect("the sample count is printed");
 
-    let mut raw = Vec::new();
-    let gz = std::fs::read(&out).expect("the profile was written");
-    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&gz[..]), &mut raw)
-        .expect("gzip");
-    let mut protoc = Command::new("protoc")
-        .args(["--decode=perftools.profiles.Profile", "-I", PPROF_PROTO_DIR, "profile.proto"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("run protoc (scripts/setup.sh installs it)");
-    std::io::Write::write_all(&mut protoc.stdin.take().expect("stdin"), &raw).expect("feed protoc");
-    let decoded = protoc.wait_with_output().expect("protoc");
-    assert!(decoded.status.success(), "protoc could not decode it");
-    let text = String::from_utf8_lossy(&decoded.stdout);
+    let text = decode_pprof(&std::fs::read(&out).expect("the profile was written"));
     // Every field is one profile.proto names: protoc prints unknown ones by number.
     assert!(
         !text.lines().any(|l| l.trim_start().starts_with(|c: char| c.is_ascii_digit())),
@@ -374,8 +357,8 @@ fn a_hostile_process_name_keeps_the_svg_well_formed_and_the_folded_lines_whole()
     // separator, 15 bytes as the kernel keeps them.
     let hostile = bench.dir.path().join("x<&\"'>;y z");
     std::fs::copy(&burner, &hostile).expect("copy the burner");
-    let mut child = spawn(&hostile, &["5"]);
-    let pid = child.id().to_string();
+    let child = spawn(&hostile, &["5"]);
+    let pid = child.0.id().to_string();
     let svg = bench.dir.path().join("flame.svg");
     let output = profile_command(&[
         "--pid",
@@ -388,9 +371,8 @@ fn a_hostile_process_name_keeps_the_svg_well_formed_and_the_folded_lines_whole()
         svg.to_str().expect("UTF-8"),
     ]);
     assert!(output.status.success());
-    let (folded, _) = bench.profile(child.id(), 1);
-    child.kill().ok();
-    child.wait().ok();
+    let (folded, _) = bench.profile(child.0.id(), 1);
+    drop(child);
 
     let parsed = Command::new("python3")
         .args([
@@ -428,11 +410,10 @@ fn folded_profiles_of_every_process_sum_to_their_sample_count() {
     }
     let bench = Bench::new("profile-all");
     let burner = bench.compile("burner", BURNER, FRAME_POINTERS);
-    let mut child = spawn(&burner, &["4"]);
+    let child = spawn(&burner, &["4"]);
     let out = bench.dir.path().join("all.folded");
     let output = profile_command(&["--seconds", "2", "-o", out.to_str().expect("UTF-8")]);
-    child.kill().ok();
-    child.wait().ok();
+    drop(child);
     assert!(output.status.success());
     let printed = String::from_utf8_lossy(&output.stdout);
     let folded = Folded::read(&out);
@@ -468,6 +449,26 @@ class H(BaseHTTPRequestHandler):
         self.send_response(200); self.send_header("Content-Length", "0"); self.end_headers()
 ThreadingHTTPServer(("127.0.0.1", port), H).serve_forever()
 "#;
+
+/// The ingest sink, storing pushes in `folder`, and its port once it listens.
+fn start_sink(folder: &Path) -> (Killed, u16) {
+    let port = free_port();
+    let sink = Killed(
+        Command::new("python3")
+            .args(["-c", INGEST_SINK])
+            .arg(folder)
+            .arg(port.to_string())
+            .spawn()
+            .expect("start the ingest sink"),
+    );
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (sink, port)
+}
 
 /// The profile probe alone, pushing every 2 s to `endpoint`, as pprof to Pyroscope and
 /// as OTLP.
@@ -570,25 +571,11 @@ fn the_agent_pushes_a_profile_of_every_process_to_pyroscope_and_otlp_every_inter
     let burner = bench.compile("burner", BURNER, FRAME_POINTERS);
     let pushed = bench.dir.path().join("pushed");
     std::fs::create_dir(&pushed).expect("a folder for the pushes");
-    let port = free_port();
-    let _sink = Killed(
-        Command::new("python3")
-            .args(["-c", INGEST_SINK])
-            .arg(&pushed)
-            .arg(port.to_string())
-            .spawn()
-            .expect("start the ingest sink"),
-    );
-    for _ in 0..100 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let (_sink, port) = start_sink(&pushed);
     let looper = bench.compile("getppid_loop", GETPPID_LOOP, FRAME_POINTERS);
     let agent = Agent::start(&continuous_config(&format!("http://127.0.0.1:{port}")));
-    let mut child = spawn(&burner, &["8"]);
-    let _looper = Killed(spawn(&looper, &["8"]));
+    let child = spawn(&burner, &["8"]);
+    let _looper = spawn(&looper, &["8"]);
 
     // Some push names the burner's samples, burn_a and burn_b among its functions; so
     // does some OTLP request.
@@ -624,8 +611,7 @@ fn the_agent_pushes_a_profile_of_every_process_to_pyroscope_and_otlp_every_inter
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    child.kill().ok();
-    child.wait().ok();
+    drop(child);
     let (body, text) = found.unwrap_or_else(|| {
         let queries: Vec<String> = std::fs::read_dir(&pushed)
             .map(|d| {
@@ -698,17 +684,6 @@ fn a_dead_profile_backend_is_counted_and_costs_the_agent_nothing_else() {
     assert_eq!(metrics.one("periscope_probe_up", &[("probe", "profile")]), 1.0);
 }
 
-/// Runs a command that must succeed; its standard output, trimmed.
-fn run(command: &mut Command) -> String {
-    let out = command.output().expect("spawn");
-    assert!(
-        out.status.success(),
-        "{command:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
 #[test]
 fn a_containers_process_is_symbolized_from_its_own_files_and_labelled_with_its_container() {
     let test = "a_containers_process_is_symbolized_from_its_own_files_and_labelled_with_its_container";
@@ -745,15 +720,7 @@ fn a_containers_process_is_symbolized_from_its_own_files_and_labelled_with_its_c
 
     let pushed = bench.dir.path().join("pushed");
     std::fs::create_dir(&pushed).expect("a folder for the pushes");
-    let port = free_port();
-    let _sink = Killed(
-        Command::new("python3")
-            .args(["-c", INGEST_SINK])
-            .arg(&pushed)
-            .arg(port.to_string())
-            .spawn()
-            .expect("start the ingest sink"),
-    );
+    let (_sink, port) = start_sink(&pushed);
     let _agent = Agent::start(&continuous_config(&format!("http://127.0.0.1:{port}")));
     let want = [("container.id", container.0.as_str()), ("process.executable.name", "burner")];
     let mut found = None;
