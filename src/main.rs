@@ -221,6 +221,7 @@ fn profile(
         cgroup,
         max_stacks: 16_384,
         max_counts: 16_384,
+        attach: true,
     };
     let start = std::time::SystemTime::now();
     let sampler = Sampler::start(&options).context("starting the CPU sampler")?;

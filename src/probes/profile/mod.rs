@@ -202,6 +202,7 @@ impl BuiltIn for ProfileProbe {
             cgroup: None,
             max_stacks: settings.max_stacks.get(),
             max_counts: settings.max_counts.get(),
+            attach: context.attach,
         };
         let sampler = Sampler::start(&options).map_err(|err| match err {
             SamplerError::Probe(err) => err,
@@ -296,10 +297,13 @@ impl Probe for ProfileProbe {
     }
 
     fn attach_method(&self) -> String {
+        let cpus = match self.sampler.cpus() {
+            0 => "every online CPU".to_string(),
+            n => format!("{n} CPUs"),
+        };
         format!(
-            "perf_event CPU clock at {} Hz on {} CPUs, stack maps",
-            self.frequency_hz,
-            self.sampler.cpus()
+            "perf_event CPU clock at {} Hz on {cpus}, stack maps",
+            self.frequency_hz
         )
     }
 

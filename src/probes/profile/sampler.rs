@@ -36,6 +36,9 @@ pub struct SamplerOptions {
     pub max_stacks: u32,
     /// Distinct (process, user stack, kernel stack) the kernel counts.
     pub max_counts: u32,
+    /// Open the perf events and run the program on them; off, the program is only
+    /// loaded (the kernel's verdict on it is all that is wanted).
+    pub attach: bool,
 }
 
 /// A stack id of the kernel's: a stack kept in the stack map, none, or one lost.
@@ -160,7 +163,7 @@ impl Sampler {
             source: io::Error::new(io::ErrorKind::InvalidData, format!("{text:?}")),
         })?;
         let mut links = Vec::with_capacity(cpus.len());
-        for cpu in cpus {
+        for cpu in cpus.into_iter().filter(|_| options.attach) {
             let event = open_cpu_clock(cpu, options.frequency_hz)
                 .map_err(|source| SamplerError::PerfEvent { cpu, source })?;
             let raw = event.into_raw_fd();
