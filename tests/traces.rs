@@ -77,6 +77,17 @@ fn spans_of<'a>(lines: &'a [Value], pid: u64, kind: &str) -> Vec<&'a Value> {
         .collect()
 }
 
+/// The server spans of `pid`, once at least `at_least` of them reached the file.
+fn server_spans(path: &Path, pid: u64, at_least: usize) -> Vec<Value> {
+    let lines = wait_for(path, |lines| {
+        spans_of(lines, pid, "server").len() >= at_least
+    });
+    spans_of(&lines, pid, "server")
+        .into_iter()
+        .cloned()
+        .collect()
+}
+
 /// Waits until `want` holds for the file's lines (spans reach it within a drain and a
 /// write), then a little longer so that nothing extra slips in unseen.
 fn wait_for(path: &Path, want: impl Fn(&[Value]) -> bool) -> Vec<Value> {
@@ -411,10 +422,7 @@ fn a_containers_server_spans_and_series_carry_its_container() {
         let header = format!("traceparent: 00-{trace}-{}-01\r\n", hex_id(9, 16));
         assert_eq!(get(&mut conn, "/hello", &header).0, 200);
     }
-    let lines = wait_for(&jsonl, |lines| {
-        spans_of(lines, app.pid(), "server").len() >= 6
-    });
-    let spans = spans_of(&lines, app.pid(), "server");
+    let spans = server_spans(&jsonl, app.pid(), 6);
     assert_eq!(spans.len(), 6);
     for span in &spans {
         assert_eq!(span["resource"]["container.id"], id.as_str(), "{span}");
@@ -560,10 +568,7 @@ fn the_kernel_samples_spans_and_unsampled_requests_make_no_record() {
     let roots = sampled - PARENTED;
     assert!((50..=150).contains(&roots), "{roots} of {ROOTS} roots kept");
 
-    let lines = wait_for(&jsonl, |lines| {
-        spans_of(lines, app.pid(), "server").len() as u64 >= sampled
-    });
-    let server = spans_of(&lines, app.pid(), "server");
+    let server = server_spans(&jsonl, app.pid(), sampled as usize);
     assert_eq!(
         server.len() as u64,
         sampled,
@@ -636,10 +641,7 @@ fn malformed_traceparents_the_kernel_passes_on_make_no_spans_under_always_off_ro
         span_decisions_once_counted(&agent, app.pid(), 4 * EACH),
         (3 * EACH, EACH)
     );
-    let lines = wait_for(&jsonl, |lines| {
-        spans_of(lines, app.pid(), "server").len() as u64 >= EACH
-    });
-    let server = spans_of(&lines, app.pid(), "server");
+    let server = server_spans(&jsonl, app.pid(), EACH as usize);
     assert_eq!(
         server.len() as u64,
         EACH,
