@@ -40,8 +40,6 @@ pub struct StackSamples {
     pub labels: Labels,
     pub frames: Vec<Frame>,
     pub count: u64,
-    /// Whether its user stack stopped short of where its thread started.
-    pub truncated: bool,
 }
 
 /// A symbolized profile.
@@ -55,6 +53,18 @@ pub struct Profile {
 }
 
 impl Profile {
+    /// The CPU time one sample stands for.
+    pub fn period_ns(&self) -> i64 {
+        1_000_000_000 / self.frequency_hz.max(1) as i64
+    }
+
+    /// When sampling began, since the Unix epoch (0 when unknown).
+    pub fn since_epoch(&self) -> Duration {
+        self.start
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .unwrap_or_default()
+    }
+
     /// Samples recorded in the profile.
     pub fn samples(&self) -> u64 {
         self.stacks.iter().map(|s| s.count).sum()

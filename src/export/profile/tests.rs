@@ -25,7 +25,6 @@ fn two_stacks() -> Profile {
                 labels: Vec::new(),
                 frames: vec![frame("burn_a", "burn"), frame("main", "burn")],
                 count: 7,
-                truncated: false,
             },
             StackSamples {
                 pid: 42,
@@ -33,7 +32,6 @@ fn two_stacks() -> Profile {
                 labels: Vec::new(),
                 frames: vec![frame("burn_b", "burn"), frame("main", "burn")],
                 count: 3,
-                truncated: false,
             },
         ],
         ..Profile::default()

@@ -44,37 +44,41 @@ const STACK_ROOTS: &[&str] = &[
 ];
 
 /// Symbolizes what the kernel counted, each process labelled by `labels_of` (called
-/// once per process). Stacks are merged by their frames' names.
+/// once per process, with its pid and name). Stacks are merged by their frames' names.
 pub fn build(
     raw: &RawProfile,
     symbols: &mut Symbols,
-    labels_of: &mut dyn FnMut(u32) -> Labels,
+    labels_of: &mut dyn FnMut(u32, &str) -> Labels,
     start: SystemTime,
     duration: Duration,
     frequency_hz: u64,
 ) -> Profile {
     let before = symbols.unsymbolized;
-    let no_frames = Vec::new();
-    let frames_of = |stack: StackRef| match stack {
-        StackRef::Kept(id) => raw.stacks.get(&id).unwrap_or(&no_frames),
-        _ => &no_frames,
-    };
     // Every address a stack returns to is named by the call before it: address - 1.
-    let lookups = |frames: &[u64]| -> Vec<u64> {
-        frames
-            .iter()
-            .enumerate()
-            .map(|(i, &a)| if i == 0 { a } else { a.saturating_sub(1) })
-            .collect()
+    let stacks: HashMap<u32, Vec<u64>> = raw
+        .stacks
+        .iter()
+        .map(|(&id, frames)| {
+            let lookups = frames
+                .iter()
+                .enumerate()
+                .map(|(i, &a)| if i == 0 { a } else { a.saturating_sub(1) })
+                .collect();
+            (id, lookups)
+        })
+        .collect();
+    let frames_of = |stack: StackRef| match stack {
+        StackRef::Kept(id) => stacks.get(&id).map_or(&[][..], Vec::as_slice),
+        _ => &[],
     };
     let mut kernel_addresses = HashSet::new();
     let mut user_addresses: HashMap<u32, HashSet<u64>> = HashMap::new();
     for sample in &raw.samples {
-        kernel_addresses.extend(lookups(frames_of(sample.kernel)));
+        kernel_addresses.extend(frames_of(sample.kernel));
         user_addresses
             .entry(sample.pid)
             .or_default()
-            .extend(lookups(frames_of(sample.user)));
+            .extend(frames_of(sample.user));
     }
     let kernel_addresses: Vec<u64> = kernel_addresses.into_iter().collect();
     let kernel_names = symbols.kernel(&kernel_addresses);
@@ -86,7 +90,7 @@ pub fn build(
         })
         .collect();
 
-    let mut merged: BTreeMap<(u32, String, Vec<Frame>), (u64, bool)> = BTreeMap::new();
+    let mut merged: BTreeMap<(u32, String, Vec<Frame>), u64> = BTreeMap::new();
     let mut profile = Profile {
         start: Some(start),
         duration,
@@ -99,14 +103,14 @@ pub fn build(
     };
     for sample in &raw.samples {
         let mut frames = Vec::new();
-        for address in lookups(frames_of(sample.kernel)) {
-            if let Some(frame) = kernel_names.get(&address) {
+        for address in frames_of(sample.kernel) {
+            if let Some(frame) = kernel_names.get(address) {
                 frames.push(frame.clone());
             }
         }
-        let user = lookups(frames_of(sample.user));
+        let user = frames_of(sample.user);
         let names = user_names.get(&sample.pid);
-        for address in &user {
+        for address in user {
             if let Some(frame) = names.and_then(|n| n.get(address)) {
                 frames.push(frame.clone());
             }
@@ -121,24 +125,23 @@ pub fn build(
         if sample.user == StackRef::Lost || sample.kernel == StackRef::Lost {
             profile.losses.lost_stacks += sample.count;
         }
-        let entry = merged
+        *merged
             .entry((sample.pid, sample.process.clone(), frames))
-            .or_insert((0, truncated));
-        entry.0 += sample.count;
+            .or_default() += sample.count;
     }
     let mut labels: HashMap<u32, Labels> = HashMap::new();
     profile.stacks = merged
         .into_iter()
-        .map(
-            |((pid, process, frames), (count, truncated))| StackSamples {
-                pid,
-                process,
-                labels: labels.entry(pid).or_insert_with(|| labels_of(pid)).clone(),
-                frames,
-                count,
-                truncated,
-            },
-        )
+        .map(|((pid, process, frames), count)| StackSamples {
+            labels: labels
+                .entry(pid)
+                .or_insert_with(|| labels_of(pid, &process))
+                .clone(),
+            pid,
+            process,
+            frames,
+            count,
+        })
         .collect();
     profile.losses.unsymbolized = symbols.unsymbolized - before;
     profile
@@ -153,7 +156,7 @@ pub fn finish(mut sampler: sampler::Sampler, start: SystemTime, frequency_hz: u6
     build(
         &raw,
         &mut Symbols::new(),
-        &mut |_| Labels::new(),
+        &mut |_, _| Labels::new(),
         start,
         elapsed,
         frequency_hz,
@@ -255,18 +258,13 @@ impl ProfileProbe {
         }
         let workloads = &self.workloads;
         let mut processes = 0;
-        let names: HashMap<u32, String> = raw
-            .samples
-            .iter()
-            .map(|s| (s.pid, crate::model::unreserved(&s.process).into_owned()))
-            .collect();
         let profile = build(
             &raw,
             &mut self.symbols,
-            &mut |pid| {
+            &mut |pid, name| {
                 processes += 1;
-                let name = names.get(&pid).map_or("", String::as_str);
-                workloads.process_labels(Some(pid), name, &workloads.of_pid("/proc", pid))
+                let name = crate::model::unreserved(name);
+                workloads.process_labels(Some(pid), &name, &workloads.of_pid("/proc", pid))
             },
             start,
             duration,
