@@ -5,11 +5,11 @@
 //! its labels as resource attributes.
 
 use std::collections::{BTreeMap, HashMap};
-use std::time::UNIX_EPOCH;
 
+use super::Interned;
 use crate::export::otlp::proto::{InstrumentationScope, KeyValue, Resource};
 use crate::model::agent_labels;
-use crate::model::profile::{Frame, Profile, StackSamples};
+use crate::model::profile::{Profile, StackSamples};
 
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct ExportProfilesServiceRequest {
@@ -129,115 +129,79 @@ pub struct Link {}
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct KeyValueAndUnit {}
 
-/// The dictionary being built: each table with its zero value first.
-struct Tables {
-    dictionary: ProfilesDictionary,
-    strings: HashMap<String, i32>,
-    mappings: HashMap<String, i32>,
-    functions: HashMap<(String, String), i32>,
-    stacks: HashMap<Vec<i32>, i32>,
+/// Each distinct stack's index in the stack table; the empty stack is the zero one.
+#[derive(Default)]
+struct Stacks {
+    table: Vec<Stack>,
+    index: HashMap<Vec<i32>, i32>,
 }
 
-impl Tables {
-    fn new() -> Tables {
-        let mut tables = Tables {
-            dictionary: ProfilesDictionary {
-                mapping_table: vec![Mapping::default()],
-                location_table: vec![Location::default()],
-                function_table: vec![Function::default()],
-                link_table: vec![Link::default()],
-                string_table: Vec::new(),
-                attribute_table: vec![KeyValueAndUnit::default()],
-                stack_table: vec![Stack::default()],
-            },
-            strings: HashMap::new(),
-            mappings: HashMap::new(),
-            functions: HashMap::new(),
-            stacks: HashMap::new(),
-        };
-        tables.string("");
-        tables
-    }
-
-    fn string(&mut self, text: &str) -> i32 {
-        if let Some(&i) = self.strings.get(text) {
-            return i;
-        }
-        let i = self.dictionary.string_table.len() as i32;
-        self.dictionary.string_table.push(text.to_string());
-        self.strings.insert(text.to_string(), i);
-        i
-    }
-
-    /// The location of a frame: one per function, as frames are merged by name.
-    fn location(&mut self, frame: &Frame) -> i32 {
-        let key = (frame.module.clone(), frame.function.clone());
-        if let Some(&i) = self.functions.get(&key) {
-            return i;
-        }
-        let module = self.string(&frame.module);
-        let mapping_index = match self.mappings.get(&frame.module) {
-            Some(&i) => i,
-            None => {
-                let i = self.dictionary.mapping_table.len() as i32;
-                self.dictionary.mapping_table.push(Mapping {
-                    filename_strindex: module,
-                });
-                self.mappings.insert(frame.module.clone(), i);
-                i
-            }
-        };
-        let name = self.string(&frame.function);
-        let function_index = self.dictionary.function_table.len() as i32;
-        self.dictionary.function_table.push(Function {
-            name_strindex: name,
-            system_name_strindex: name,
-            filename_strindex: module,
-        });
-        let i = self.dictionary.location_table.len() as i32;
-        debug_assert_eq!(i, function_index);
-        self.dictionary.location_table.push(Location {
-            mapping_index,
-            lines: vec![Line { function_index }],
-        });
-        self.functions.insert(key, i);
-        i
-    }
-
-    fn stack(&mut self, stack: &StackSamples) -> i32 {
-        let locations: Vec<i32> = stack.frames.iter().map(|f| self.location(f)).collect();
+impl Stacks {
+    fn index(&mut self, locations: Vec<i32>) -> i32 {
         if locations.is_empty() {
-            return 0; // the zero stack
+            return 0;
         }
-        if let Some(&i) = self.stacks.get(&locations) {
+        if let Some(&i) = self.index.get(&locations) {
             return i;
         }
-        let i = self.dictionary.stack_table.len() as i32;
-        self.dictionary.stack_table.push(Stack {
+        let i = self.table.len() as i32 + 1;
+        self.table.push(Stack {
             location_indices: locations.clone(),
         });
-        self.stacks.insert(locations, i);
+        self.index.insert(locations, i);
         i
     }
+}
+
+/// The dictionary of what was interned: every table with its zero value first, then
+/// module n as mapping n, function n as function n and location n.
+fn dictionary(interned: Interned, stacks: Stacks) -> ProfilesDictionary {
+    let mut dictionary = ProfilesDictionary {
+        mapping_table: vec![Mapping::default()],
+        location_table: vec![Location::default()],
+        function_table: vec![Function::default()],
+        link_table: vec![Link::default()],
+        string_table: Vec::new(),
+        attribute_table: vec![KeyValueAndUnit::default()],
+        stack_table: vec![Stack::default()],
+    };
+    dictionary
+        .mapping_table
+        .extend(interned.modules.iter().map(|&name| Mapping {
+            filename_strindex: name as i32,
+        }));
+    for (n, &(name, module)) in (1..).zip(&interned.functions) {
+        dictionary.function_table.push(Function {
+            name_strindex: name as i32,
+            system_name_strindex: name as i32,
+            filename_strindex: interned.modules[module - 1] as i32,
+        });
+        dictionary.location_table.push(Location {
+            mapping_index: module as i32,
+            lines: vec![Line { function_index: n }],
+        });
+    }
+    dictionary.stack_table.extend(stacks.table);
+    dictionary.string_table = interned.strings;
+    dictionary
 }
 
 /// The request for `profile`: a resource per process (its labels as resource
 /// attributes), each with one profile of CPU samples.
 pub fn request(profile: &Profile) -> ExportProfilesServiceRequest {
-    let mut tables = Tables::new();
+    let mut interned = Interned::new();
+    let mut stacks_table = Stacks::default();
+    let mut string = |text: &str| interned.string(text) as i32;
     let sample_type = ValueType {
-        type_strindex: tables.string("samples"),
-        unit_strindex: tables.string("count"),
+        type_strindex: string("samples"),
+        unit_strindex: string("count"),
     };
     let period_type = ValueType {
-        type_strindex: tables.string("cpu"),
-        unit_strindex: tables.string("nanoseconds"),
+        type_strindex: string("cpu"),
+        unit_strindex: string("nanoseconds"),
     };
-    let period = 1_000_000_000 / profile.frequency_hz.max(1) as i64;
-    let start = profile
-        .start
-        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map_or(0, |d| d.as_nanos() as u64);
+    let period = profile.period_ns();
+    let start = profile.since_epoch().as_nanos() as u64;
     let mut by_process: BTreeMap<u32, Vec<&StackSamples>> = BTreeMap::new();
     for stack in &profile.stacks {
         by_process.entry(stack.pid).or_default().push(stack);
@@ -263,9 +227,16 @@ pub fn request(profile: &Profile) -> ExportProfilesServiceRequest {
         }
         let samples = stacks
             .iter()
-            .map(|stack| Sample {
-                stack_index: tables.stack(stack),
-                values: vec![stack.count as i64],
+            .map(|stack| {
+                let locations = stack
+                    .frames
+                    .iter()
+                    .map(|frame| interned.frame(frame) as i32)
+                    .collect();
+                Sample {
+                    stack_index: stacks_table.index(locations),
+                    values: vec![stack.count as i64],
+                }
             })
             .collect();
         let mut profile_id = [0u8; 16];
@@ -292,6 +263,6 @@ pub fn request(profile: &Profile) -> ExportProfilesServiceRequest {
     }
     ExportProfilesServiceRequest {
         resource_profiles,
-        dictionary: Some(tables.dictionary),
+        dictionary: Some(dictionary(interned, stacks_table)),
     }
 }

@@ -2,13 +2,13 @@
 //! `profile.proto`, gzip-compressed, as `go tool pprof` and Pyroscope read it. The
 //! messages are declared here with that file's field numbers.
 
-use std::collections::HashMap;
 use std::io::Write;
 
 use flate2::write::GzEncoder;
 use flate2::Compression;
 use prost::Message;
 
+use super::Interned;
 use crate::model::profile::Profile;
 
 #[derive(Clone, PartialEq, Message)]
@@ -101,94 +101,36 @@ pub struct Function {
     pub filename: i64,
 }
 
-/// The string table: index 0 is the empty string, as the format requires.
-#[derive(Default)]
-struct Strings {
-    table: Vec<String>,
-    index: HashMap<String, i64>,
-}
-
-impl Strings {
-    fn new() -> Strings {
-        let mut strings = Strings::default();
-        strings.of("");
-        strings
-    }
-
-    fn of(&mut self, text: &str) -> i64 {
-        if let Some(&i) = self.index.get(text) {
-            return i;
-        }
-        let i = self.table.len() as i64;
-        self.table.push(text.to_string());
-        self.index.insert(text.to_string(), i);
-        i
-    }
-}
-
 /// The profile as a pprof message. Two values per sample: the sample count and the CPU
 /// time it stands for (count x period). Each frame is one location of one function,
 /// within a mapping per module; samples carry `pid` and `process` labels.
 pub fn message(profile: &Profile) -> PprofProfile {
-    let mut strings = Strings::new();
-    let period_ns = 1_000_000_000 / profile.frequency_hz.max(1) as i64;
+    let mut interned = Interned::new();
+    let mut string = |text: &str| interned.string(text) as i64;
+    let period_ns = profile.period_ns();
     let samples_type = ValueType {
-        r#type: strings.of("samples"),
-        unit: strings.of("count"),
+        r#type: string("samples"),
+        unit: string("count"),
     };
     let cpu_type = ValueType {
-        r#type: strings.of("cpu"),
-        unit: strings.of("nanoseconds"),
+        r#type: string("cpu"),
+        unit: string("nanoseconds"),
     };
-    let (pid_key, process_key) = (strings.of("pid"), strings.of("process"));
-    let mut mappings: HashMap<String, u64> = HashMap::new();
-    let mut functions: HashMap<(String, String), u64> = HashMap::new();
+    let (pid_key, process_key) = (string("pid"), string("process"));
     let mut out = PprofProfile {
         sample_type: vec![samples_type, cpu_type.clone()],
-        time_nanos: profile
-            .start
-            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .map_or(0, |d| d.as_nanos() as i64),
+        time_nanos: profile.since_epoch().as_nanos() as i64,
         duration_nanos: profile.duration.as_nanos() as i64,
         period_type: Some(cpu_type),
         period: period_ns,
         ..PprofProfile::default()
     };
     for stack in &profile.stacks {
-        let mut location_id = Vec::with_capacity(stack.frames.len());
-        for frame in &stack.frames {
-            let next_mapping = mappings.len() as u64 + 1;
-            let mapping_id = *mappings.entry(frame.module.clone()).or_insert_with(|| {
-                out.mapping.push(Mapping {
-                    id: next_mapping,
-                    filename: strings.of(&frame.module),
-                    has_functions: true,
-                });
-                next_mapping
-            });
-            let next_function = functions.len() as u64 + 1;
-            let function_id = *functions
-                .entry((frame.module.clone(), frame.function.clone()))
-                .or_insert_with(|| {
-                    let name = strings.of(&frame.function);
-                    out.function.push(Function {
-                        id: next_function,
-                        name,
-                        system_name: name,
-                        filename: strings.of(&frame.module),
-                    });
-                    // One location per function: frames are merged by name.
-                    out.location.push(Location {
-                        id: next_function,
-                        mapping_id,
-                        line: vec![Line {
-                            function_id: next_function,
-                        }],
-                    });
-                    next_function
-                });
-            location_id.push(function_id);
-        }
+        let location_id = stack
+            .frames
+            .iter()
+            .map(|frame| interned.frame(frame) as u64)
+            .collect();
         let count = stack.count as i64;
         out.sample.push(Sample {
             location_id,
@@ -201,13 +143,34 @@ pub fn message(profile: &Profile) -> PprofProfile {
                 },
                 Label {
                     key: process_key,
-                    str: strings.of(&stack.process),
+                    str: interned.string(&stack.process) as i64,
                     ..Label::default()
                 },
             ],
         });
     }
-    out.string_table = strings.table;
+    out.mapping = (1..)
+        .zip(&interned.modules)
+        .map(|(id, &name)| Mapping {
+            id,
+            filename: name as i64,
+            has_functions: true,
+        })
+        .collect();
+    for (id, &(name, module)) in (1..).zip(&interned.functions) {
+        out.function.push(Function {
+            id,
+            name: name as i64,
+            system_name: name as i64,
+            filename: interned.modules[module - 1] as i64,
+        });
+        out.location.push(Location {
+            id,
+            mapping_id: module as u64,
+            line: vec![Line { function_id: id }],
+        });
+    }
+    out.string_table = interned.strings;
     out
 }
 

@@ -10,7 +10,7 @@ use std::io::{self, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::{Duration, Instant, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use super::{otlp, pprof};
 use crate::export::Shutdown;
@@ -231,10 +231,7 @@ fn pyroscope_pushes(profile: &Profile) -> Vec<Push> {
             });
         part.stacks.push(stack.clone());
     }
-    let from = profile
-        .start
-        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .unwrap_or_default();
+    let from = profile.since_epoch();
     let until = from + profile.duration;
     by_series
         .into_iter()
