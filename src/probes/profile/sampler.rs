@@ -93,7 +93,6 @@ pub struct RawProfile {
     pub samples: Vec<RawSample>,
     /// Each kept stack's return addresses, innermost first.
     pub stacks: HashMap<u32, Vec<u64>>,
-    pub counters: SamplerCounters,
     /// Samples not counted because the count map was full, since the previous read.
     pub uncounted: u64,
 }
@@ -242,12 +241,11 @@ impl Sampler {
     }
 
     fn read_pair(&mut self, buffer: u32, delete: bool) -> RawProfile {
-        let counters = self.counters();
-        let uncounted = counters.folded.saturating_sub(self.uncounted_before);
-        self.uncounted_before = counters.folded;
+        let folded = self.counter(Counter::PSC_PROFILE_FOLDED);
+        let uncounted = folded.saturating_sub(self.uncounted_before);
+        self.uncounted_before = folded;
         let (counts, stacks) = self.pair(buffer);
         let mut profile = RawProfile {
-            counters,
             uncounted,
             ..RawProfile::default()
         };
