@@ -20,7 +20,6 @@ import argparse
 import os
 import re
 import resource
-import shutil
 import signal
 import socket
 import statistics
@@ -34,9 +33,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PERISCOPE = os.path.join(ROOT, "target", "release", "periscope")
 
 
-def build(workdir, name):
-    binary = os.path.join(workdir, name)
-    subprocess.run(["gcc", "-O2", "-fno-omit-frame-pointer", "-o", binary,
+def build(workdir, name, output=None, build_id=None):
+    binary = os.path.join(workdir, output or name)
+    link = [f"-Wl,--build-id=0x{build_id:040x}"] if build_id is not None else []
+    subprocess.run(["gcc", "-O2", "-fno-omit-frame-pointer", *link, "-o", binary,
                     os.path.join(ROOT, "bench", f"{name}.c")], check=True)
     return binary
 
@@ -96,11 +96,8 @@ def main():
         print(f"| {kind} | {t:.4f} s | {100 * off / t:.2f} % |")
 
     # The profiler's own cost, with many processes of as many binaries to name frames for.
-    copies = []
-    for i in range(args.processes):
-        copy = os.path.join(workdir, f"spin_{i:03}")
-        shutil.copy(loop, copy)
-        copies.append(copy)
+    # Each its own build: the agent names frames by build id, so copies would be one.
+    copies = [build(workdir, "spin_loop", f"spin_{i:03}", i + 1) for i in range(args.processes)]
     spinners = [subprocess.Popen([copy, str(10 ** 12), "sleepy"]) for copy in copies]
     time.sleep(1)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -122,25 +119,12 @@ def main():
     print(f"- naming the frames of {processes} processes: {ms} ms, "
           f"{ms / max(processes, 1):.1f} ms per binary")
 
-    # Continuous profiling in the agent, pushing to a sink that only counts.
-    sink_port, metrics_port = free_port(), free_port()
+    # Continuous profiling in the agent, pushing to a sink that only counts; the same
+    # agent without the probe first, as the baseline of its memory.
+    sink_port = free_port()
     sink = subprocess.Popen([sys.executable, "-c", SINK, str(sink_port)])
-    config = os.path.join(workdir, "agent.yaml")
-    with open(config, "w") as f:
-        f.write(f'prometheus:\n  listen_address: "127.0.0.1:{metrics_port}"\n'
-                "probes:\n  profile:\n    enabled: true\n"
-                "exporters:\n  profiles:\n    interval_secs: 10\n    otlp:\n      enabled: true\n"
-                f'      endpoint: "http://127.0.0.1:{sink_port}"\n')
-    agent = subprocess.Popen([PERISCOPE, "run", "--config", config], stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)
-    time.sleep(3)
-    cpu_before = cpu_seconds(agent.pid)
-    time.sleep(args.agent_seconds)
-    cpu = cpu_seconds(agent.pid) - cpu_before
-    rss_kib = int(re.search(r"VmRSS:\s+(\d+)", open(f"/proc/{agent.pid}/status").read()).group(1))
-    metrics = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics").read().decode()
-    agent.send_signal(signal.SIGTERM)
-    agent.wait()
+    without = run_agent(workdir, sink_port, False, args.agent_seconds)
+    cpu, rss_kib, metrics = run_agent(workdir, sink_port, True, args.agent_seconds)
     sink.kill()
     for s_ in spinners:
         s_.kill()
@@ -150,6 +134,30 @@ def main():
           f"OTLP pushes every 10 s, over {args.agent_seconds} s:")
     print(f"- agent CPU: {cpu * 1000:.0f} ms ({100 * cpu / args.agent_seconds:.2f} % of one CPU); "
           f"RSS at the end: {rss_kib / 1024:.1f} MiB; pushes sent: {sent:.0f}")
+    print(f"- the same agent without the probe: CPU {without[0] * 1000:.0f} ms, "
+          f"RSS at the end: {without[1] / 1024:.1f} MiB")
+
+
+def run_agent(workdir, sink_port, profile, seconds):
+    """The agent's CPU seconds over `seconds`, its RSS (KiB) at the end, its metrics."""
+    metrics_port = free_port()
+    config = os.path.join(workdir, "agent.yaml")
+    with open(config, "w") as f:
+        f.write(f'prometheus:\n  listen_address: "127.0.0.1:{metrics_port}"\n'
+                f"probes:\n  profile:\n    enabled: {'true' if profile else 'false'}\n"
+                "exporters:\n  profiles:\n    interval_secs: 10\n    otlp:\n      enabled: true\n"
+                f'      endpoint: "http://127.0.0.1:{sink_port}"\n')
+    agent = subprocess.Popen([PERISCOPE, "run", "--config", config], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    time.sleep(3)
+    cpu_before = cpu_seconds(agent.pid)
+    time.sleep(seconds)
+    cpu = cpu_seconds(agent.pid) - cpu_before
+    rss_kib = int(re.search(r"VmRSS:\s+(\d+)", open(f"/proc/{agent.pid}/status").read()).group(1))
+    metrics = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics").read().decode()
+    agent.send_signal(signal.SIGTERM)
+    agent.wait()
+    return cpu, rss_kib, metrics
 
 
 SINK = """

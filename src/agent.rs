@@ -400,7 +400,9 @@ impl PushExporters {
             }),
             connections: AgentConnections::default(),
         };
-        if config.probes.profile.enabled && push.profiles.is_none() {
+        if config.probes.profile.enabled == crate::probes::profile::config::Switch::On
+            && push.profiles.is_none()
+        {
             warn!("probes.profile is on but no profile exporter is: profiles are only counted");
         }
         if traces && push.all().is_empty() {

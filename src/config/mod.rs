@@ -164,8 +164,10 @@ impl Config {
             return Ok(Config::default());
         }
         let deserializer = serde_yaml::Deserializer::from_str(text);
-        let config: Config = serde_path_to_error::deserialize(deserializer)
+        let mut config: Config = serde_path_to_error::deserialize(deserializer)
             .map_err(|err| ConfigError::from_serde(origin, text, err))?;
+        // The profile probe's `auto` follows whether its profiles have somewhere to go.
+        config.probes.profile.receivers = config.exporters.profiles.any();
         config
             .validate()
             .map_err(|(key, message)| ConfigError::invalid(origin, text, &key, message))?;

@@ -471,10 +471,10 @@ fn start_sink(folder: &Path) -> (Killed, u16) {
 }
 
 /// The profile probe alone, pushing every 2 s to `endpoint`, as pprof to Pyroscope and
-/// as OTLP.
+/// as OTLP. The probe is left at its default, `auto`: the receivers turn it on.
 fn continuous_config(endpoint: &str) -> String {
     format!(
-        "probes:\n  syscalls: {{enabled: false}}\n  process: {{enabled: false}}\n  tcp: {{enabled: false}}\n  profile:\n    enabled: true\n    frequency_hz: 99\nexporters:\n  profiles:\n    interval_secs: 2\n    pyroscope:\n      enabled: true\n      endpoint: \"{endpoint}\"\n      timeout_secs: 2\n      max_retry_secs: 2\n    otlp:\n      enabled: true\n      endpoint: \"{endpoint}\"\n      timeout_secs: 2\n      max_retry_secs: 2\n"
+        "probes:\n  syscalls: {{enabled: false}}\n  process: {{enabled: false}}\n  tcp: {{enabled: false}}\n  profile:\n    frequency_hz: 99\nexporters:\n  profiles:\n    interval_secs: 2\n    pyroscope:\n      enabled: true\n      endpoint: \"{endpoint}\"\n      timeout_secs: 2\n      max_retry_secs: 2\n    otlp:\n      enabled: true\n      endpoint: \"{endpoint}\"\n      timeout_secs: 2\n      max_retry_secs: 2\n"
     )
 }
 
@@ -674,11 +674,14 @@ fn a_dead_profile_backend_is_counted_and_costs_the_agent_nothing_else() {
         return;
     }
     let _kernel = kernel_lock();
-    // Nothing listens there.
-    let agent = Agent::start(&continuous_config(&format!("http://127.0.0.1:{}", free_port())));
+    // Nothing listens there. And a name cache of one: every second name empties it.
+    let config = continuous_config(&format!("http://127.0.0.1:{}", free_port()))
+        .replace("frequency_hz: 99\n", "frequency_hz: 99\n    max_cached_names: 1\n");
+    let agent = Agent::start(&config);
     let metrics = eventually(&agent, |m| {
         m.sum("periscope_profile_pushes_total", &[("outcome", "failed")]) >= 2.0
     });
+    assert!(metrics.sum("periscope_profile_symbol_cache_evictions_total", &[]) >= 1.0);
     assert_eq!(metrics.sum("periscope_profile_pushes_total", &[("outcome", "sent")]), 0.0);
     assert!(metrics.sum("periscope_profile_push_retries_total", &[]) >= 1.0);
     assert_eq!(metrics.one("periscope_probe_up", &[("probe", "profile")]), 1.0);

@@ -3,6 +3,7 @@
 //! model's profiles.
 
 pub mod config;
+mod kallsyms;
 pub mod sampler;
 pub mod symbols;
 
@@ -155,7 +156,7 @@ pub fn finish(mut sampler: sampler::Sampler, start: SystemTime, frequency_hz: u6
     drop(sampler);
     build(
         &raw,
-        &mut Symbols::new(),
+        &mut Symbols::default(),
         &mut |_, _| Labels::new(),
         start,
         elapsed,
@@ -166,10 +167,6 @@ pub fn finish(mut sampler: sampler::Sampler, start: SystemTime, frequency_hz: u6
 /// Profiles made and not yet taken, at most: the exporters take them every collector
 /// round, so more wait only while the collector is busy.
 const MAX_PENDING: usize = 4;
-
-/// The symbolizer's caches (the binaries it read) are dropped after naming the frames of
-/// this many processes: a node that runs through many binaries keeps a bounded cache.
-const SYMBOLIZER_PROCESSES: usize = 4096;
 
 impl BuiltIn for ProfileProbe {
     type Settings = ProfileConfig;
@@ -213,8 +210,7 @@ impl BuiltIn for ProfileProbe {
         })?;
         Ok(ProfileProbe {
             sampler,
-            symbols: Symbols::new(),
-            symbolized_processes: 0,
+            symbols: Symbols::new(settings.max_cached_names.get() as usize),
             workloads: context.workloads.clone(),
             interval: context.profile_interval,
             frequency_hz: settings.frequency_hz,
@@ -232,7 +228,6 @@ impl BuiltIn for ProfileProbe {
 pub struct ProfileProbe {
     sampler: Sampler,
     symbols: Symbols,
-    symbolized_processes: usize,
     workloads: Workloads,
     interval: Duration,
     frequency_hz: u64,
@@ -252,17 +247,11 @@ impl ProfileProbe {
         let raw = self.sampler.take();
         let start = std::mem::replace(&mut self.window_start, SystemTime::now());
         let duration = self.window_start.duration_since(start).unwrap_or_default();
-        if self.symbolized_processes > SYMBOLIZER_PROCESSES {
-            self.symbols = Symbols::new();
-            self.symbolized_processes = 0;
-        }
         let workloads = &self.workloads;
-        let mut processes = 0;
         let profile = build(
             &raw,
             &mut self.symbols,
             &mut |pid, name| {
-                processes += 1;
                 let name = crate::model::unreserved(name);
                 workloads.process_labels(Some(pid), &name, &workloads.of_pid("/proc", pid))
             },
@@ -270,7 +259,8 @@ impl ProfileProbe {
             duration,
             self.frequency_hz,
         );
-        self.symbolized_processes += processes;
+        // The binaries parsed this round are not kept: their names are, in the cache.
+        self.symbols.release();
         let losses = &mut self.losses;
         losses.truncated += profile.losses.truncated;
         losses.lost_stacks += profile.losses.lost_stacks;
@@ -351,6 +341,11 @@ impl Probe for ProfileProbe {
             "periscope_profile_symbolization_failures",
             "Frame addresses no symbol covered, named by their module and offset instead.",
             self.losses.unsymbolized,
+        ));
+        out.push(Self::counter(
+            "periscope_profile_symbol_cache_evictions",
+            "Frame names dropped from the profile probe's full name cache (probes.profile.max_cached_names); they are looked up again when seen.",
+            self.symbols.evicted(),
         ));
         out.push(Self::counter(
             "periscope_profiles_dropped",
