@@ -21,9 +21,10 @@ use crate::enrich::Workloads;
 use crate::export::jsonl::{self, JsonLinesConfig};
 use crate::export::otlp::{self, Endpoint, OtlpConfig};
 use crate::export::profile::config::{ProfilesConfig, OTLP_ENDPOINT, PYROSCOPE_ENDPOINT};
-use crate::export::profile::push::{self, Format, ProfileQueue, PushStats, Receiver, Target};
+use crate::export::profile::push::{self, Format, ProfileQueue, PushStats, Receiver};
 use crate::export::prometheus::{self, PrometheusConfig};
 use crate::export::queue::SpanQueue;
+use crate::export::tls::TlsConfig;
 use crate::export::ExportStats;
 use crate::kernel::caps;
 use crate::kernel::stats::{self, StatsSampler};
@@ -552,7 +553,7 @@ fn start_exporters(
         let targets: Vec<String> = [&settings.traces, &settings.metrics]
             .into_iter()
             .flatten()
-            .map(|e| format!("http://{}:{}{}", e.host, e.port, e.path))
+            .map(|destination| destination.endpoint.url())
             .collect();
         let (queue, snapshot) = (exporter.queue(), snapshots.source());
         let (stats, stop) = (exporter.stats.clone(), stop.clone());
@@ -577,9 +578,22 @@ fn start_exporters(
                 Format::Otlp => (&config.otlp, OTLP_ENDPOINT, "/v1development/profiles"),
             };
             let endpoint = receiver.endpoint_or(default);
+            let target = Endpoint::parse(endpoint).map_err(anyhow::Error::msg)?;
+            let tls = if target.tls {
+                let key = format!("exporters.profiles.{}.tls", format.name());
+                Some(
+                    receiver
+                        .tls
+                        .client_config(b"http/1.1")
+                        .map_err(|e| anyhow::anyhow!("{key}: {e}"))?,
+                )
+            } else {
+                None
+            };
             receivers.push(Receiver {
                 format: *format,
-                target: Target::parse(endpoint).map_err(anyhow::Error::msg)?,
+                target,
+                tls,
                 timeout: Duration::from_secs(receiver.timeout_secs),
                 max_retry: Duration::from_secs(receiver.max_retry_secs),
                 stats: stats.clone(),
@@ -1080,13 +1094,17 @@ fn otlp_settings(
     } else {
         otlp::Protocol::HttpProtobuf
     };
-    let signal = |url: &str, key: &str, path: &str, grpc_path: &str| -> Result<Endpoint> {
+    let alpn: &[u8] = match protocol {
+        otlp::Protocol::Grpc => b"h2",
+        otlp::Protocol::HttpProtobuf => b"http/1.1",
+    };
+    let signal = |url: &str, key: &str, path: &str, grpc_path: &str, tls: (&str, &TlsConfig)| {
         let given = if url.is_empty() {
             None
         } else {
             Some(endpoint(url, key)?)
         };
-        Ok(match (protocol, given) {
+        let endpoint = match (protocol, given) {
             // gRPC names the method, whatever path the URL has.
             (otlp::Protocol::Grpc, given) => Endpoint {
                 path: grpc_path.to_string(),
@@ -1094,7 +1112,18 @@ fn otlp_settings(
             },
             (otlp::Protocol::HttpProtobuf, Some(given)) => given,
             (otlp::Protocol::HttpProtobuf, None) => base.join(path),
-        })
+        };
+        let (tls_key, tls) = tls;
+        let tls = if endpoint.tls {
+            Some(
+                tls.or(&config.tls)
+                    .client_config(alpn)
+                    .map_err(|e| anyhow::anyhow!("exporters.otlp.{tls_key}: {e}"))?,
+            )
+        } else {
+            None
+        };
+        anyhow::Ok(otlp::Destination { endpoint, tls })
     };
     let mut resource = vec![otlp::proto::KeyValue::string(
         "host.name",
@@ -1121,6 +1150,7 @@ fn otlp_settings(
                 "traces_endpoint",
                 "v1/traces",
                 otlp::GRPC_TRACES_PATH,
+                ("traces_tls", &config.traces_tls),
             )?)
         } else {
             None
@@ -1131,6 +1161,7 @@ fn otlp_settings(
                 "metrics_endpoint",
                 "v1/metrics",
                 otlp::GRPC_METRICS_PATH,
+                ("metrics_tls", &config.metrics_tls),
             )?)
         } else {
             None

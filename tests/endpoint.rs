@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{have_root, kernel_lock, Agent};
+use common::{have_root, kernel_lock, make_certificates, Agent};
 
 /// Lets this process hold the attack's connections (its soft limit may be 1024).
 fn raise_own_fd_limit() {
@@ -142,85 +142,6 @@ fn a_scraper_is_served_through_idle_trickling_and_storming_clients() {
         during < 64 * 1024,
         "the agent's memory stays bounded under attack: {during} KiB"
     );
-}
-
-/// Runs openssl with `args` in `dir`.
-fn openssl(dir: &std::path::Path, args: &[&str]) {
-    let status = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .expect("openssl runs (scripts/setup.sh --test installs it)");
-    assert!(status.success(), "openssl {args:?}");
-}
-
-/// A CA, a server certificate for 127.0.0.1 and a client certificate, both signed by it.
-fn make_certificates(dir: &std::path::Path) {
-    openssl(
-        dir,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=test-ca",
-            "-keyout",
-            "ca-key.pem",
-            "-out",
-            "ca.pem",
-        ],
-    );
-    // Version 3 certificates with their extensions, as WebPKI verification requires.
-    for (name, ext) in [
-        ("server", "subjectAltName=IP:127.0.0.1,DNS:localhost\n"),
-        ("client", "extendedKeyUsage=clientAuth\n"),
-    ] {
-        std::fs::write(dir.join(format!("{name}.ext")), ext).expect("ext");
-        openssl(
-            dir,
-            &[
-                "req",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-subj",
-                &format!("/CN={name}"),
-                "-keyout",
-                &format!("{name}-key.pem"),
-                "-out",
-                &format!("{name}.csr"),
-            ],
-        );
-        let (csr, out, ext) = (
-            format!("{name}.csr"),
-            format!("{name}.pem"),
-            format!("{name}.ext"),
-        );
-        let args = [
-            "x509",
-            "-req",
-            "-in",
-            &csr,
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca-key.pem",
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-out",
-            &out,
-            "-extfile",
-            &ext,
-        ];
-        openssl(dir, &args);
-    }
 }
 
 /// curl's HTTP status for /metrics with `args` (000: no HTTP answer at all).

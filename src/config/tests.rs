@@ -131,9 +131,14 @@ fn otlp_settings_are_checked_with_their_line() {
         text.contains("periscope.yaml:4") && text.contains("exporters.otlp.protocol"),
         "{text}"
     );
-    let text = error_text("exporters:\n  otlp:\n    endpoint: \"https://collector:4318\"\n");
+    let text = error_text("exporters:\n  otlp:\n    endpoint: \"ftp://collector:4318\"\n");
     assert!(
-        text.contains("exporters.otlp.endpoint") && text.contains("TLS"),
+        text.contains("exporters.otlp.endpoint") && text.contains("https://"),
+        "{text}"
+    );
+    let text = error_text("exporters:\n  otlp:\n    traces_tls:\n      key_file: client.key\n");
+    assert!(
+        text.contains("periscope.yaml:4") && text.contains("exporters.otlp.traces_tls.key_file"),
         "{text}"
     );
     let text = error_text("traces:\n  sampler: sometimes\n");

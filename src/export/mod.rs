@@ -1,10 +1,12 @@
 //! Exporters: each reads the model only.
 
+pub mod endpoint;
 pub mod jsonl;
 pub mod otlp;
 pub mod profile;
 pub mod prometheus;
 pub mod queue;
+pub mod tls;
 
 use std::sync::atomic::AtomicU64;
 use std::time::Instant;

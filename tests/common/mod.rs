@@ -113,6 +113,8 @@ pub fn periscope_bin() -> &'static str {
 pub struct Agent {
     pub child: Child,
     pub port: u16,
+    /// Where its standard error goes, when the test reads its log.
+    log: Option<PathBuf>,
     _dir: TempDir,
 }
 
@@ -143,8 +145,27 @@ impl Agent {
         agent
     }
 
+    /// `start_with_env`, its log (standard error) kept for `log`.
+    pub fn start_logged(config: &str, env: &[(&str, &str)]) -> Agent {
+        let mut agent = Agent::spawn_to(config, env, &[], true);
+        agent.wait_ready();
+        agent
+    }
+
+    /// What the agent has logged so far, when started by `start_logged`.
+    pub fn log(&self) -> String {
+        self.log
+            .as_ref()
+            .and_then(|path| std::fs::read_to_string(path).ok())
+            .unwrap_or_default()
+    }
+
     /// Starts the agent without waiting for it: the caller waits with `wait_ready_by`.
     pub fn spawn(config: &str, env: &[(&str, &str)], wrapper: &[&str]) -> Agent {
+        Agent::spawn_to(config, env, wrapper, false)
+    }
+
+    fn spawn_to(config: &str, env: &[(&str, &str)], wrapper: &[&str], keep_log: bool) -> Agent {
         let port = free_port();
         let dir = TempDir::new("agent");
         let (extra_prometheus, config) = match config.strip_prefix("prometheus:\n") {
@@ -170,18 +191,24 @@ impl Agent {
             }
             None => Command::new(periscope_bin()),
         };
+        let log = keep_log.then(|| dir.path().join("agent.log"));
+        let stderr = match &log {
+            Some(log) => Stdio::from(std::fs::File::create(log).expect("log file")),
+            None => Stdio::inherit(),
+        };
         let child = command
             .args(["run", "--config"])
             .arg(&path)
             .env("RUST_LOG", "warn")
             .envs(env.iter().copied())
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("start periscope");
         Agent {
             child,
             port,
+            log,
             _dir: dir,
         }
     }
@@ -695,4 +722,82 @@ pub fn docker_ready(test: &str) -> bool {
         eprintln!("SKIPPING {test}: Docker is not running (scripts/containers.sh)");
     }
     up
+}
+
+/// Runs openssl with `args` in `dir`.
+pub fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let status = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("openssl runs (scripts/setup.sh --test installs it)");
+    assert!(status.success(), "openssl {args:?}");
+}
+
+/// A self-signed certificate authority: `{name}.pem` and `{name}-key.pem` in `dir`.
+pub fn make_ca(dir: &std::path::Path, name: &str) {
+    let (cert, key, subject) = (
+        format!("{name}.pem"),
+        format!("{name}-key.pem"),
+        format!("/CN={name}"),
+    );
+    openssl(
+        dir,
+        &[
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", &subject,
+            "-keyout", &key, "-out", &cert,
+        ],
+    );
+}
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate, both signed by it.
+pub fn make_certificates(dir: &std::path::Path) {
+    make_ca(dir, "ca");
+    // Version 3 certificates with their extensions, as WebPKI verification requires.
+    for (name, ext) in [
+        ("server", "subjectAltName=IP:127.0.0.1,DNS:localhost\n"),
+        ("client", "extendedKeyUsage=clientAuth\n"),
+    ] {
+        std::fs::write(dir.join(format!("{name}.ext")), ext).expect("ext");
+        openssl(
+            dir,
+            &[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-subj",
+                &format!("/CN={name}"),
+                "-keyout",
+                &format!("{name}-key.pem"),
+                "-out",
+                &format!("{name}.csr"),
+            ],
+        );
+        let (csr, out, ext) = (
+            format!("{name}.csr"),
+            format!("{name}.pem"),
+            format!("{name}.ext"),
+        );
+        let args = [
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca-key.pem",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-out",
+            &out,
+            "-extfile",
+            &ext,
+        ];
+        openssl(dir, &args);
+    }
 }

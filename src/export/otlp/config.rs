@@ -6,6 +6,7 @@ use std::num::NonZeroU32;
 
 use serde::Deserialize;
 
+use crate::export::tls::TlsConfig;
 use crate::settings::{nonzero, Invalid, Range, DAY};
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -34,6 +35,11 @@ pub struct OtlpConfig {
     pub batch_spans: NonZeroU32,
     /// A failing export is retried for this long, then its data is dropped and counted.
     pub max_retry_secs: u64,
+    /// For `https://` endpoints: the CA file, client certificate and key.
+    pub tls: TlsConfig,
+    /// Per signal; each field left empty is taken from `tls`.
+    pub traces_tls: TlsConfig,
+    pub metrics_tls: TlsConfig,
 }
 
 impl Default for OtlpConfig {
@@ -50,8 +56,26 @@ impl Default for OtlpConfig {
             metrics_interval_secs: 60,
             batch_spans: nonzero(512),
             max_retry_secs: 60,
+            tls: TlsConfig::default(),
+            traces_tls: TlsConfig::default(),
+            metrics_tls: TlsConfig::default(),
         }
     }
+}
+
+/// The full key of a TLS setting below `exporters.otlp`, for errors.
+fn tls_key(section: &str, key: &str) -> &'static str {
+    const KEYS: [&str; 6] = [
+        "tls.cert_file",
+        "tls.key_file",
+        "traces_tls.cert_file",
+        "traces_tls.key_file",
+        "metrics_tls.cert_file",
+        "metrics_tls.key_file",
+    ];
+    KEYS.into_iter()
+        .find(|full| full.split_once('.') == Some((section, key)))
+        .unwrap_or("tls")
 }
 
 impl OtlpConfig {
@@ -108,6 +132,11 @@ impl OtlpConfig {
                 })
                 .transpose()
         };
+        self.tls.apply_env("OTEL_EXPORTER_OTLP_", &env);
+        self.traces_tls
+            .apply_env("OTEL_EXPORTER_OTLP_TRACES_", &env);
+        self.metrics_tls
+            .apply_env("OTEL_EXPORTER_OTLP_METRICS_", &env);
         if let Some(ms) = millis("OTEL_EXPORTER_OTLP_TIMEOUT")? {
             self.timeout_secs = ms.div_ceil(1000).max(1);
         }
@@ -143,6 +172,14 @@ impl OtlpConfig {
                     format!("{name:?} is not a valid HTTP header name and value"),
                 ));
             }
+        }
+        for (section, tls) in [
+            ("tls", &self.tls),
+            ("traces_tls", &self.traces_tls.or(&self.tls)),
+            ("metrics_tls", &self.metrics_tls.or(&self.tls)),
+        ] {
+            tls.check()
+                .map_err(|(key, why)| (tls_key(section, key), why))?;
         }
         for (key, url) in [
             ("endpoint", &self.endpoint),

@@ -33,69 +33,14 @@ use proto::KeyValue;
 /// Answers larger than this are not read: an OTLP response is a few bytes.
 const MAX_RESPONSE_BYTES: usize = 1 << 20;
 
-/// An `http://host:port/path` endpoint.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Endpoint {
-    pub host: String,
-    pub port: u16,
-    pub path: String,
-}
+pub use super::endpoint::Endpoint;
 
-impl Endpoint {
-    /// Parses an http URL; https is refused with the reason.
-    pub fn parse(url: &str) -> Result<Endpoint, String> {
-        let url = url.trim();
-        if url.starts_with("https://") {
-            return Err(format!(
-                "{url}: TLS to the OTLP endpoint is not supported; send to a collector over http (a node-local one, or a sidecar)"
-            ));
-        }
-        let rest = url
-            .strip_prefix("http://")
-            .ok_or_else(|| format!("{url}: not an http:// URL"))?;
-        let (authority, path) = match rest.find('/') {
-            Some(slash) => (&rest[..slash], &rest[slash..]),
-            None => (rest, "/"),
-        };
-        let (host, port) = match authority.rsplit_once(':') {
-            Some((host, port)) if !host.ends_with(']') || authority.starts_with('[') => {
-                let port = port
-                    .parse()
-                    .map_err(|_| format!("{url}: bad port {port:?}"))?;
-                (host, port)
-            }
-            _ => (authority, 80),
-        };
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        if host.is_empty() {
-            return Err(format!("{url}: no host"));
-        }
-        Ok(Endpoint {
-            host: host.to_string(),
-            port,
-            path: path.to_string(),
-        })
-    }
-
-    /// The base endpoint plus a signal path (`v1/traces`), as `OTEL_EXPORTER_OTLP_ENDPOINT`
-    /// is combined.
-    pub fn join(&self, signal: &str) -> Endpoint {
-        let mut path = self.path.trim_end_matches('/').to_string();
-        path.push('/');
-        path.push_str(signal);
-        Endpoint {
-            path,
-            ..self.clone()
-        }
-    }
-
-    fn authority(&self) -> String {
-        if self.host.contains(':') {
-            format!("[{}]:{}", self.host, self.port)
-        } else {
-            format!("{}:{}", self.host, self.port)
-        }
-    }
+/// Where one signal goes, and for an `https://` endpoint how the receiver's certificate
+/// is checked and which client certificate is shown.
+#[derive(Clone)]
+pub struct Destination {
+    pub endpoint: Endpoint,
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 /// How OTLP is carried.
@@ -103,7 +48,7 @@ impl Endpoint {
 pub enum Protocol {
     /// POST of a protobuf body to `/v1/traces`, `/v1/metrics` (port 4318).
     HttpProtobuf,
-    /// The gRPC `Export` methods over HTTP/2 without TLS (port 4317).
+    /// The gRPC `Export` methods over HTTP/2 (port 4317), TLS for `https://`.
     Grpc,
 }
 
@@ -113,8 +58,8 @@ pub const GRPC_METRICS_PATH: &str =
 
 pub struct OtlpSettings {
     pub protocol: Protocol,
-    pub traces: Option<Endpoint>,
-    pub metrics: Option<Endpoint>,
+    pub traces: Option<Destination>,
+    pub metrics: Option<Destination>,
     pub headers: Vec<(String, String)>,
     pub gzip: bool,
     pub timeout: Duration,
@@ -193,10 +138,10 @@ pub fn run(
         } else {
             std::thread::sleep(Duration::from_millis(200));
         }
-        if let (Some(endpoint), Some(due)) = (sender.settings.metrics.clone(), next_metrics) {
+        if let (Some(destination), Some(due)) = (sender.settings.metrics.clone(), next_metrics) {
             if deadline.is_none() && Instant::now() >= due {
                 if let Some(families) = snapshot() {
-                    sender.send_metrics(&runtime, &endpoint, &families, &stop);
+                    sender.send_metrics(&runtime, &destination, &families, &stop);
                 }
                 next_metrics = sender.settings.metrics_interval.map(|i| Instant::now() + i);
             }
@@ -205,9 +150,9 @@ pub fn run(
             break;
         }
     }
-    if let Some(endpoint) = sender.settings.metrics.clone() {
+    if let Some(destination) = sender.settings.metrics.clone() {
         if let Some(families) = snapshot() {
-            sender.send_metrics(&runtime, &endpoint, &families, &stop);
+            sender.send_metrics(&runtime, &destination, &families, &stop);
         }
     }
     Ok(())
@@ -229,13 +174,13 @@ impl Sender {
     fn send_spans(
         &mut self,
         runtime: &tokio::runtime::Runtime,
-        endpoint: &Endpoint,
+        destination: &Destination,
         batch: &[crate::model::span::Span],
         stop: &Shutdown,
     ) {
         let request = encode::traces_request(batch, &self.settings.resource);
         let count = batch.len() as u64;
-        match runtime.block_on(self.export(endpoint, request.encode_to_vec(), stop)) {
+        match runtime.block_on(self.export(destination, request.encode_to_vec(), stop)) {
             Outcome::Delivered { rejected } => {
                 self.stats.spans_sent.fetch_add(count, Ordering::Relaxed);
                 self.stats
@@ -251,7 +196,7 @@ impl Sender {
     fn send_metrics(
         &mut self,
         runtime: &tokio::runtime::Runtime,
-        endpoint: &Endpoint,
+        destination: &Destination,
         families: &[Family],
         stop: &Shutdown,
     ) {
@@ -263,7 +208,7 @@ impl Sender {
         );
         let points: u64 = families.iter().map(|f| f.series.len() as u64).sum();
         if let Outcome::Delivered { rejected } =
-            runtime.block_on(self.export(endpoint, request.encode_to_vec(), stop))
+            runtime.block_on(self.export(destination, request.encode_to_vec(), stop))
         {
             self.stats
                 .metric_points_sent
@@ -277,11 +222,16 @@ impl Sender {
     /// Sends one request message, retrying what the specification says to retry.
     /// Exports `message`, retrying as the specification says; abandoned when the
     /// agent's stop deadline passes.
-    async fn export(&mut self, endpoint: &Endpoint, message: Vec<u8>, stop: &Shutdown) -> Outcome {
+    async fn export(
+        &mut self,
+        destination: &Destination,
+        message: Vec<u8>,
+        stop: &Shutdown,
+    ) -> Outcome {
         tokio::select! {
-            outcome = self.export_retrying(endpoint, message, stop) => outcome,
+            outcome = self.export_retrying(destination, message, stop) => outcome,
             _ = stop.passed() => {
-                warn!(path = %endpoint.path, "OTLP export abandoned at the stop deadline");
+                warn!(path = %destination.endpoint.path, "OTLP export abandoned at the stop deadline");
                 Outcome::Failed
             }
         }
@@ -289,10 +239,11 @@ impl Sender {
 
     async fn export_retrying(
         &mut self,
-        endpoint: &Endpoint,
+        destination: &Destination,
         message: Vec<u8>,
         stop: &Shutdown,
     ) -> Outcome {
+        let endpoint = &destination.endpoint;
         let body = match self.settings.protocol {
             Protocol::HttpProtobuf => {
                 if self.settings.gzip {
@@ -306,17 +257,18 @@ impl Sender {
         let body = Bytes::from(body);
         let began = Instant::now();
         let mut backoff = Duration::from_millis(500);
+        let mut last_why;
         loop {
             let attempt = match tokio::time::timeout(
                 self.settings.timeout,
-                self.attempt(endpoint, body.clone()),
+                self.attempt(destination, body.clone()),
             )
             .await
             {
                 Ok(Ok(attempt)) => attempt,
                 Ok(Err(err)) => Attempt::Retry {
                     hint: None,
-                    why: err.to_string(),
+                    why: super::tls::explain(&*err),
                 },
                 Err(_) => Attempt::Retry {
                     hint: None,
@@ -338,7 +290,13 @@ impl Sender {
                     };
                 }
                 Attempt::Retry { hint, why } => {
-                    debug!(?hint, %why, "OTLP export will be retried");
+                    // A certificate refused is a setting to fix, not a passing fault.
+                    if destination.tls.is_some() && why.contains("certificate") {
+                        warn!(path = %endpoint.path, %why, "OTLP export: TLS with the receiver failed; will retry");
+                    } else {
+                        debug!(?hint, %why, "OTLP export will be retried");
+                    }
+                    last_why = why;
                     hint.map_or(Wait::Backoff(backoff), Wait::Throttled)
                 }
                 Attempt::Refused(why) => {
@@ -359,7 +317,7 @@ impl Sender {
                 Wait::Throttled(d) => (d.min(cap).mul_f64(1.0 + random / 2.0), true),
             };
             if began.elapsed() + delay > cap || stop.requested() {
-                warn!(path = %endpoint.path, "OTLP export given up after retries");
+                warn!(path = %endpoint.path, last_error = %last_why, "OTLP export given up after retries");
                 return Outcome::Failed;
             }
             self.stats.retries.fetch_add(1, Ordering::Relaxed);
@@ -375,7 +333,8 @@ impl Sender {
         }
     }
 
-    async fn attempt(&self, endpoint: &Endpoint, body: Bytes) -> Result<Attempt, BoxError> {
+    async fn attempt(&self, destination: &Destination, body: Bytes) -> Result<Attempt, BoxError> {
+        let endpoint = &destination.endpoint;
         let stream =
             tokio::net::TcpStream::connect((endpoint.host.as_str(), endpoint.port)).await?;
         let _ = stream.set_nodelay(true);
@@ -383,17 +342,36 @@ impl Sender {
         // registered again once answered, so that it is remembered from then on.
         let ports = (stream.local_addr()?.port(), endpoint.port);
         self.connections.register(ports.0, ports.1);
-        let result = self.request(endpoint, body, stream).await;
+        let result = match &destination.tls {
+            None => self.request(endpoint, body, stream).await,
+            Some(config) => {
+                let name = super::tls::server_name(&endpoint.host)?;
+                let stream = tokio_rustls::TlsConnector::from(config.clone())
+                    .connect(name, stream)
+                    .await
+                    .map_err(|err| {
+                        format!(
+                            "TLS handshake with {}: {}",
+                            endpoint.authority(),
+                            super::tls::chain(&err)
+                        )
+                    })?;
+                self.request(endpoint, body, stream).await
+            }
+        };
         self.connections.register(ports.0, ports.1);
         result
     }
 
-    async fn request(
+    async fn request<S>(
         &self,
         endpoint: &Endpoint,
         body: Bytes,
-        stream: tokio::net::TcpStream,
-    ) -> Result<Attempt, BoxError> {
+        stream: S,
+    ) -> Result<Attempt, BoxError>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
         let io = hyper_util::rt::TokioIo::new(stream);
         let mut request = hyper::Request::post(endpoint.path.as_str()).header(
             hyper::header::USER_AGENT,
@@ -435,7 +413,12 @@ impl Sender {
                     hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
                         .await?;
                 tokio::spawn(connection);
-                let uri = format!("http://{}{}", endpoint.authority(), endpoint.path);
+                let uri = format!(
+                    "{}://{}{}",
+                    endpoint.scheme(),
+                    endpoint.authority(),
+                    endpoint.path
+                );
                 request = request
                     .uri(uri)
                     .header(hyper::header::CONTENT_TYPE, "application/grpc")
@@ -626,26 +609,6 @@ fn percent_decode(text: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn endpoints_parse_and_join_like_the_sdks() {
-        let base = Endpoint::parse("http://collector:4318").expect("valid");
-        assert_eq!(
-            base.join("v1/traces"),
-            Endpoint {
-                host: "collector".into(),
-                port: 4318,
-                path: "/v1/traces".into()
-            }
-        );
-        let prefixed = Endpoint::parse("http://[::1]:4318/otlp/").expect("valid");
-        assert_eq!(prefixed.host, "::1");
-        assert_eq!(prefixed.join("v1/metrics").path, "/otlp/v1/metrics");
-        assert_eq!(prefixed.authority(), "[::1]:4318");
-        assert!(Endpoint::parse("https://collector:4318").is_err());
-        assert!(Endpoint::parse("collector:4318").is_err());
-        assert!(Endpoint::parse("http://collector:port").is_err());
-    }
 
     #[test]
     fn grpc_retry_info_is_read_from_the_status_details() {

@@ -5,6 +5,7 @@ use std::num::NonZeroU32;
 
 use serde::Deserialize;
 
+use crate::export::tls::TlsConfig;
 use crate::settings::{nonzero, Invalid, Range, DAY};
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -24,13 +25,15 @@ pub struct ProfilesConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct ReceiverConfig {
     pub enabled: bool,
-    /// Base URL, `http://host:port` (no TLS yet); `/ingest` (Pyroscope) or
+    /// Base URL, `http://host:port` or `https://host:port`; `/ingest` (Pyroscope) or
     /// `/v1development/profiles` (OTLP) is appended. Empty: the receiver's usual
     /// address on this host.
     pub endpoint: String,
     pub timeout_secs: u64,
     /// A failing push is retried with backoff for this long, then dropped and counted.
     pub max_retry_secs: u64,
+    /// For an `https://` endpoint: the CA file, client certificate and key.
+    pub tls: TlsConfig,
 }
 
 impl Default for ProfilesConfig {
@@ -51,6 +54,7 @@ impl Default for ReceiverConfig {
             endpoint: String::new(),
             timeout_secs: 10,
             max_retry_secs: 60,
+            tls: TlsConfig::default(),
         }
     }
 }
@@ -94,14 +98,29 @@ impl ProfilesConfig {
     }
 
     pub fn check(&self) -> Result<(), Invalid> {
-        for (key, receiver, default) in [
-            ("pyroscope.endpoint", &self.pyroscope, PYROSCOPE_ENDPOINT),
-            ("otlp.endpoint", &self.otlp, OTLP_ENDPOINT),
+        for (keys, receiver, default) in [
+            (
+                [
+                    "pyroscope.endpoint",
+                    "pyroscope.tls.cert_file",
+                    "pyroscope.tls.key_file",
+                ],
+                &self.pyroscope,
+                PYROSCOPE_ENDPOINT,
+            ),
+            (
+                ["otlp.endpoint", "otlp.tls.cert_file", "otlp.tls.key_file"],
+                &self.otlp,
+                OTLP_ENDPOINT,
+            ),
         ] {
             if receiver.enabled {
-                crate::export::profile::push::Target::parse(receiver.endpoint_or(default))
-                    .map_err(|message| (key, message))?;
+                crate::export::endpoint::Endpoint::parse(receiver.endpoint_or(default))
+                    .map_err(|message| (keys[0], message))?;
             }
+            receiver.tls.check().map_err(|(key, message)| {
+                (if key == "cert_file" { keys[1] } else { keys[2] }, message)
+            })?;
         }
         Ok(())
     }

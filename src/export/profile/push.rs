@@ -13,45 +13,11 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use super::{otlp, pprof};
+use crate::export::endpoint::Endpoint;
 use crate::export::Shutdown;
 use crate::model::agent_labels;
 use crate::model::profile::Profile;
 use prost::Message;
-
-/// Where pushes go: `http://host:port` and a path prefix.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Target {
-    pub host: String,
-    pub port: u16,
-    pub path: String,
-}
-
-impl Target {
-    pub fn parse(url: &str) -> Result<Target, String> {
-        let rest = url
-            .strip_prefix("http://")
-            .ok_or_else(|| format!("{url:?}: use http://host:port (https is not supported yet)"))?;
-        let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-        let bracketed_without_port = authority.starts_with('[') && authority.ends_with(']');
-        let (host, port) = match authority.rsplit_once(':') {
-            Some((host, port)) if !bracketed_without_port => {
-                let port = port
-                    .parse()
-                    .map_err(|_| format!("{url:?}: {port:?} is not a port"))?;
-                (host, port)
-            }
-            _ => (authority, 80),
-        };
-        if host.is_empty() || host.chars().any(|c| c.is_whitespace() || c == '@') {
-            return Err(format!("{url:?}: no host"));
-        }
-        Ok(Target {
-            host: host.trim_start_matches('[').trim_end_matches(']').into(),
-            port,
-            path: path.trim_end_matches('/').into(),
-        })
-    }
-}
 
 /// Profiles waiting to be pushed, bounded: the oldest gives way and is counted.
 pub struct ProfileQueue {
@@ -128,7 +94,9 @@ impl Format {
 /// A receiver: where, in which format, and its counters.
 pub struct Receiver {
     pub format: Format,
-    pub target: Target,
+    pub target: Endpoint,
+    /// For an `https://` target.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
     pub timeout: Duration,
     pub max_retry: Duration,
     pub stats: Arc<PushStats>,
@@ -326,34 +294,31 @@ fn push_once(receiver: &Receiver, push: &Push, stop: &Shutdown) -> Outcome {
                 Err(err) => last = err,
             }
         }
-        let mut stream = connected.ok_or(last)?;
+        let stream = connected.ok_or(last)?;
         stream.set_read_timeout(Some(timeout))?;
         stream.set_write_timeout(Some(timeout))?;
-        let host = if target.host.contains(':') {
-            format!("[{}]", target.host)
-        } else {
-            target.host.clone()
-        };
         let head = format!(
-            "POST {}{} HTTP/1.1\r\nHost: {host}:{}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\nUser-Agent: periscope/{}\r\n\r\n",
-            target.path,
-            push.path,
-            target.port,
+            "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\nUser-Agent: periscope/{}\r\n\r\n",
+            target.join(&push.path).path,
+            target.authority(),
             push.content_type,
             push.body.len(),
             env!("CARGO_PKG_VERSION")
         );
-        // A receiver may answer (413, 401) and close before the body is written: its
-        // answer is what counts.
-        let written = stream
-            .write_all(head.as_bytes())
-            .and_then(|()| stream.write_all(&push.body));
-        let mut status = [0u8; 12];
-        if let Err(err) = stream.read_exact(&mut status) {
-            return Err(written.err().unwrap_or(err));
+        match &receiver.tls {
+            None => exchange(stream, head.as_bytes(), &push.body),
+            Some(config) => {
+                let name = crate::export::tls::server_name(&target.host)
+                    .map_err(|err| io::Error::new(io::ErrorKind::InvalidInput, err))?;
+                let connection = rustls::ClientConnection::new(config.clone(), name)
+                    .map_err(io::Error::other)?;
+                exchange(
+                    rustls::StreamOwned::new(connection, stream),
+                    head.as_bytes(),
+                    &push.body,
+                )
+            }
         }
-        status_code(&status)
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no HTTP status line"))
     };
     match request() {
         Ok(code) if (200..300).contains(&code) => Outcome::Delivered,
@@ -368,10 +333,31 @@ fn push_once(receiver: &Receiver, push: &Push, stop: &Shutdown) -> Outcome {
             Outcome::Refused
         }
         Err(err) => {
-            tracing::debug!(error = %err, receiver = receiver.format.name(), "a profile push failed");
+            let why = crate::export::tls::explain(&err);
+            // A certificate refused is a setting to fix, not a passing fault.
+            if receiver.tls.is_some() && why.contains("certificate") {
+                tracing::warn!(error = %why, receiver = receiver.format.name(), "TLS with a profile receiver failed; will retry");
+            } else {
+                tracing::debug!(error = %why, receiver = receiver.format.name(), "a profile push failed");
+            }
             Outcome::Retry
         }
     }
+}
+
+/// Writes one request and reads its status. A receiver may answer (413, 401) and close
+/// before the body is written: its answer is what counts.
+fn exchange(mut stream: impl Read + Write, head: &[u8], body: &[u8]) -> io::Result<u16> {
+    let written = stream
+        .write_all(head)
+        .and_then(|()| stream.write_all(body))
+        .and_then(|()| stream.flush());
+    let mut status = [0u8; 12];
+    if let Err(err) = stream.read_exact(&mut status) {
+        return Err(written.err().unwrap_or(err));
+    }
+    status_code(&status)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no HTTP status line"))
 }
 
 /// The status of an HTTP/1.x status line's first 12 bytes: `HTTP/1.1 200`.
@@ -394,26 +380,6 @@ mod tests {
         assert_eq!(status_code(b"SSH-2.0-Open"), None);
         assert_eq!(status_code(b"HTTP/1.1 2x4"), None);
         assert_eq!(status_code(b"HTTP/1.1 999"), None);
-    }
-
-    #[test]
-    fn endpoints_parse_as_http_host_and_port() {
-        let t = Target::parse("http://pyro:4040").expect("valid");
-        assert_eq!(
-            (t.host.as_str(), t.port, t.path.as_str()),
-            ("pyro", 4040, "")
-        );
-        let t = Target::parse("http://[::1]:4040/base/").expect("valid");
-        assert_eq!(
-            (t.host.as_str(), t.port, t.path.as_str()),
-            ("::1", 4040, "/base")
-        );
-        assert_eq!(Target::parse("http://pyro").expect("valid").port, 80);
-        let t = Target::parse("http://[::1]").expect("valid");
-        assert_eq!((t.host.as_str(), t.port), ("::1", 80));
-        assert!(Target::parse("https://pyro:4040").is_err());
-        assert!(Target::parse("http://:4040").is_err());
-        assert!(Target::parse("http://pyro:x").is_err());
     }
 
     #[test]
