@@ -1041,6 +1041,8 @@ impl Collector {
                 endpoint_evicted: self.server_stats.evicted.load(Ordering::Relaxed),
                 endpoint_refused: self.server_stats.refused.load(Ordering::Relaxed),
                 endpoint_tls_failed: self.server_stats.tls_failed.load(Ordering::Relaxed),
+                scrapes: [0, 1, 2]
+                    .map(|format| self.server_stats.scrapes[format].load(Ordering::Relaxed)),
                 spans: self
                     .exporters
                     .iter()

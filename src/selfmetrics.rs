@@ -91,6 +91,8 @@ pub struct AgentHealth {
     pub endpoint_refused: u64,
     /// TLS handshakes that failed or did not finish within the head deadline.
     pub endpoint_tls_failed: u64,
+    /// Scrapes answered in the text 0.0.4, OpenMetrics and protobuf formats.
+    pub scrapes: [u64; 3],
     /// The span pipeline, when traces are on.
     pub spans: Option<SpanHealth>,
     /// What each push exporter delivered and lost.
@@ -337,6 +339,16 @@ fn agent_families(agent: &AgentHealth) -> Vec<Family> {
             ("tls_failed", agent.endpoint_tls_failed),
         ],
     );
+    let scrapes = Family::counters_by(
+        "periscope_scrapes",
+        "Scrapes of /metrics answered, by the format the scraper asked for: `text` (0.0.4), `openmetrics`, or `protobuf` (as Prometheus asks with native histograms on).",
+        "format",
+        &[
+            ("text", agent.scrapes[0]),
+            ("openmetrics", agent.scrapes[1]),
+            ("protobuf", agent.scrapes[2]),
+        ],
+    );
     let mut start = Family::new(
         "periscope_start_duration_seconds",
         "Time from agent start until every probe was loaded and attached.",
@@ -344,7 +356,14 @@ fn agent_families(agent: &AgentHealth) -> Vec<Family> {
     )
     .with_unit("seconds");
     start.push(vec![], Value::Gauge(agent.start_time.as_secs_f64()));
-    vec![scrape, refused, endpoint_open, endpoint_closed, start]
+    vec![
+        scrape,
+        refused,
+        scrapes,
+        endpoint_open,
+        endpoint_closed,
+        start,
+    ]
 }
 
 fn span_families(spans: Option<&SpanHealth>, exporters: &[ExporterHealth]) -> Vec<Family> {

@@ -103,7 +103,85 @@ fn hostile_process_name_keeps_the_exposition_intact() {
     let om = python_parse(&openmetrics, true);
     assert_eq!(om.lines().count(), 1, "{om}");
     assert_eq!(om, python_repr, "both formats carry the same sample");
+
+    // The protobuf exposition, decoded by protoc with client_model's own metrics.proto.
+    let protobuf = protobuf_families(&agent);
+    let kills: Vec<&String> = protobuf
+        .iter()
+        .filter(|f| f.starts_with("name: \"syscalls_total\""))
+        .collect();
+    assert_eq!(kills.len(), 1, "one syscalls_total family");
+    assert!(
+        kills[0].contains(r#"value: "a\"b\\c{d}\ne""#),
+        "the name round-trips: {}",
+        kills[0]
+    );
+    assert!(kills[0].contains(&format!("value: \"{pid}\"")));
+    assert!(kills[0].contains("value: 42\n"), "{}", kills[0]);
     helper.finish();
+}
+
+/// Where Debian's golang-github-prometheus-client-model-dev puts the format's definition.
+const CLIENT_MODEL: &str = "/usr/share/gocode/src/github.com/prometheus/client_model";
+
+/// The agent's protobuf exposition, each family as `protoc --decode` prints it.
+fn protobuf_families(agent: &Agent) -> Vec<String> {
+    let accept = "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited";
+    let (status, body) =
+        common::http_get_bytes(agent.port, "/metrics", Some(accept)).expect("scrape");
+    assert_eq!(status, 200);
+    // metrics.proto imports the Timestamp well-known type, which Debian ships apart
+    // (libprotobuf-dev); its two fields are all the decoder needs.
+    let includes = common::TempDir::new("protoc");
+    includes.write(
+        "google/protobuf/timestamp.proto",
+        "syntax = \"proto3\";\npackage google.protobuf;\nmessage Timestamp { int64 seconds = 1; int32 nanos = 2; }\n",
+    );
+    let mut families = Vec::new();
+    let mut rest = &body[..];
+    while !rest.is_empty() {
+        // Each message after its length, a base-128 varint.
+        let (mut length, mut shift, mut used) = (0usize, 0, 0);
+        loop {
+            let byte = rest[used];
+            length |= usize::from(byte & 0x7f) << shift;
+            used += 1;
+            shift += 7;
+            if byte & 0x80 == 0 {
+                break;
+            }
+        }
+        let (message, after) = rest[used..].split_at(length);
+        rest = after;
+        let mut protoc = Command::new("protoc")
+            .args([
+                "--decode=io.prometheus.client.MetricFamily",
+                "-I",
+                CLIENT_MODEL,
+                "-I",
+            ])
+            .arg(includes.path())
+            .arg("io/prometheus/client/metrics.proto")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("protoc runs (scripts/setup.sh --test installs it)");
+        protoc
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(message)
+            .expect("write");
+        let out = protoc.wait_with_output().expect("protoc");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        families.push(String::from_utf8_lossy(&out.stdout).into_owned());
+    }
+    families
 }
 
 #[test]
@@ -152,6 +230,30 @@ fn default_scrape_passes_promtool_and_both_formats_parse() {
     assert!(om.contains("syscalls_created{"));
     python_parse(&om, true);
     python_parse(&text, false);
+    // The same families in protobuf, histograms with their classic buckets.
+    let protobuf = protobuf_families(&agent);
+    let names: Vec<&str> = protobuf
+        .iter()
+        .filter_map(|f| {
+            f.lines()
+                .next()?
+                .strip_prefix("name: \"")?
+                .strip_suffix('"')
+        })
+        .collect();
+    for family in [
+        "syscalls_total",
+        "syscall_duration_seconds",
+        "periscope_build_info",
+    ] {
+        assert!(names.contains(&family), "{family} in {names:?}");
+    }
+    let durations = protobuf
+        .iter()
+        .find(|f| f.starts_with("name: \"syscall_duration_seconds\""))
+        .expect("the histogram");
+    assert!(durations.contains("type: HISTOGRAM"));
+    assert!(durations.contains("cumulative_count:") && durations.contains("upper_bound:"));
 }
 
 /// Sampled statistics: off at start, then on for a window each period.

@@ -10,10 +10,24 @@ fn prometheus_scrapes_exact_counts() {
     if !have_root("prometheus_scrapes_exact_counts") {
         return;
     }
+    exact_counts_through(&[], "text");
+}
+
+/// With native histograms on, Prometheus asks for the protobuf format first: the same
+/// exact numbers arrive through it.
+#[test]
+fn prometheus_scrapes_exact_counts_over_protobuf() {
+    if !have_root("prometheus_scrapes_exact_counts_over_protobuf") {
+        return;
+    }
+    exact_counts_through(&["--enable-feature=native-histograms"], "protobuf");
+}
+
+fn exact_counts_through(flags: &[&str], format: &str) {
     let _kernel = kernel_lock();
     let agent =
         Agent::start("probes:\n  syscalls:\n    latency_syscalls: [kill, read, write, openat]\n    latency_sampling: always\n    latency_per_process: true\n");
-    let prometheus = Prometheus::start(agent.port, None);
+    let prometheus = Prometheus::start_flagged(agent.port, None, "", flags);
     let mut helper = Helper::spawn(KILL_HELPER, &["300".into(), "30".into()]);
     let pid = helper.pid();
     helper.run();
@@ -38,5 +52,13 @@ fn prometheus_scrapes_exact_counts() {
     let quantile = prometheus.values(&p99);
     assert_eq!(quantile.len(), 1, "{quantile:?}");
     assert!(quantile[0] > 0.0 && quantile[0] < 1.0, "{quantile:?}");
+    // Every scrape Prometheus made was in the format it prefers.
+    let scrapes = prometheus.values("sum(periscope_scrapes_total)");
+    let ours = prometheus.values(&format!("periscope_scrapes_total{{format=\"{format}\"}}"));
+    assert!(
+        ours.first().is_some_and(|n| *n >= 1.0),
+        "{format}: {ours:?}"
+    );
+    assert_eq!(ours, scrapes, "{format}");
     helper.finish();
 }

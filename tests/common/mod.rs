@@ -94,6 +94,9 @@ impl TempDir {
 
     pub fn write(&self, name: &str, contents: &str) -> PathBuf {
         let path = self.0.join(name);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).expect("temp subdirectory");
+        }
         std::fs::write(&path, contents).expect("write temp file");
         path
     }
@@ -272,6 +275,12 @@ impl Drop for Agent {
 
 /// A plain HTTP/1.0 GET on loopback: (status, body).
 pub fn http_get(port: u16, path: &str, accept: Option<&str>) -> Option<(u16, String)> {
+    http_get_bytes(port, path, accept)
+        .map(|(status, body)| (status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// `http_get`, the body as it came (a protobuf exposition is binary).
+pub fn http_get_bytes(port: u16, path: &str, accept: Option<&str>) -> Option<(u16, Vec<u8>)> {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
     stream
         .set_read_timeout(Some(Duration::from_secs(30)))
@@ -286,10 +295,10 @@ pub fn http_get(port: u16, path: &str, accept: Option<&str>) -> Option<(u16, Str
     .ok()?;
     let mut response = Vec::new();
     stream.read_to_end(&mut response).ok()?;
-    let response = String::from_utf8_lossy(&response).into_owned();
-    let (head, body) = response.split_once("\r\n\r\n")?;
+    let split = response.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = String::from_utf8_lossy(&response[..split]);
     let status = head.split_whitespace().nth(1)?.parse().ok()?;
-    Some((status, body.to_string()))
+    Some((status, response[split + 4..].to_vec()))
 }
 
 /// Samples of a text-format scrape: name -> list of (labels, value).
@@ -541,6 +550,16 @@ impl Prometheus {
 
     /// `start`, with more keys for the scrape job (each line indented by four spaces).
     pub fn start_with(target_port: u16, rules: Option<&Path>, job: &str) -> Prometheus {
+        Prometheus::start_flagged(target_port, rules, job, &[])
+    }
+
+    /// `start_with`, with more command-line flags (`--enable-feature=...`).
+    pub fn start_flagged(
+        target_port: u16,
+        rules: Option<&Path>,
+        job: &str,
+        flags: &[&str],
+    ) -> Prometheus {
         let dir = TempDir::new("prometheus");
         let port = free_port();
         let rule_files = match rules {
@@ -563,6 +582,7 @@ impl Prometheus {
                 dir.path().join("data").display()
             ))
             .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .args(flags)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

@@ -1,47 +1,81 @@
-//! The Prometheus text format 0.0.4 and OpenMetrics 1.0 text format.
+//! The Prometheus text format 0.0.4 and OpenMetrics 1.0 text format, and the choice
+//! between them and the protobuf format by the scraper's Accept header.
 
 use std::fmt::Write;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::model::{ClassicHistogram, Family, MetricKind, Series, Value};
 
+/// The formats `/metrics` serves; the values index per-format counters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
-    Text004,
-    OpenMetrics,
+    Text004 = 0,
+    OpenMetrics = 1,
+    /// Length-delimited `io.prometheus.client.MetricFamily` messages (`protobuf.rs`).
+    Protobuf = 2,
 }
 
 impl Format {
-    /// Picks OpenMetrics when the client asks for it (as Prometheus does by default),
-    /// the 0.0.4 text format otherwise.
+    /// The format the client prefers of those it accepts, by `q` and then by order (as
+    /// Prometheus lists them, most wanted first); the 0.0.4 text format when it names
+    /// none of ours.
     pub fn negotiate(accept: Option<&str>) -> Format {
         let Some(accept) = accept else {
             return Format::Text004;
         };
-        let wants_openmetrics = accept.split(',').any(|part| {
+        let mut best: Option<(f32, Format)> = None;
+        for part in accept.split(',') {
             let mut params = part.split(';').map(str::trim);
             let media = params.next().unwrap_or("");
-            let q = params
-                .find_map(|p| p.strip_prefix("q="))
+            let params: Vec<&str> = params.collect();
+            let param = |name: &str| {
+                params.iter().find_map(|p| {
+                    let (key, value) = p.split_once('=')?;
+                    key.trim()
+                        .eq_ignore_ascii_case(name)
+                        .then(|| value.trim().trim_matches('"'))
+                })
+            };
+            let q = param("q")
                 .and_then(|q| q.parse::<f32>().ok())
                 .unwrap_or(1.0);
-            media.eq_ignore_ascii_case("application/openmetrics-text") && q > 0.0
-        });
-        if wants_openmetrics {
-            Format::OpenMetrics
-        } else {
-            Format::Text004
+            let format = if media.eq_ignore_ascii_case("application/openmetrics-text") {
+                Format::OpenMetrics
+            } else if media.eq_ignore_ascii_case("application/vnd.google.protobuf")
+                && param("proto") == Some("io.prometheus.client.MetricFamily")
+                && param("encoding") == Some("delimited")
+            {
+                Format::Protobuf
+            } else if media.eq_ignore_ascii_case("text/plain") {
+                Format::Text004
+            } else {
+                continue;
+            };
+            if q > 0.0 && best.is_none_or(|(best_q, _)| q > best_q) {
+                best = Some((q, format));
+            }
         }
+        best.map_or(Format::Text004, |(_, format)| format)
     }
 
     pub fn content_type(self) -> &'static str {
         match self {
             Format::Text004 => "text/plain; version=0.0.4; charset=utf-8",
             Format::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            Format::Protobuf => super::protobuf::CONTENT_TYPE,
         }
     }
 }
 
+/// The exposition of `families` in `format`.
+pub fn encode_bytes(families: &[Family], format: Format) -> Vec<u8> {
+    match format {
+        Format::Protobuf => super::protobuf::encode(families),
+        text => encode(families, text).into_bytes(),
+    }
+}
+
+/// A text exposition (the protobuf one is `encode_bytes`'s).
 pub fn encode(families: &[Family], format: Format) -> String {
     let mut out = String::with_capacity(64 * 1024);
     for family in families {
@@ -304,6 +338,16 @@ mod tests {
             Format::negotiate(Some("application/openmetrics-text;q=0")),
             Format::Text004
         );
+        // Prometheus with native histograms on asks for protobuf first.
+        let native = "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited,application/openmetrics-text;version=1.0.0;q=0.8,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+        assert_eq!(Format::negotiate(Some(native)), Format::Protobuf);
+        // By q, not by order; and only the delimited MetricFamily stream is protobuf here.
+        let text_first = "text/plain;q=0.9,application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited;q=0.95";
+        assert_eq!(Format::negotiate(Some(text_first)), Format::Protobuf);
+        let other =
+            "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=text";
+        assert_eq!(Format::negotiate(Some(other)), Format::Text004);
+        assert_eq!(Format::negotiate(Some(";;,,=;q=x")), Format::Text004);
     }
 
     #[test]

@@ -1,8 +1,9 @@
-//! The Prometheus pull endpoint: `/metrics` (text 0.0.4 or OpenMetrics by content
-//! negotiation), `/healthz` and `/readyz`.
+//! The Prometheus pull endpoint: `/metrics` (text 0.0.4, OpenMetrics or protobuf by
+//! content negotiation), `/healthz` and `/readyz`.
 
 mod config;
 pub mod encode;
+pub mod protobuf;
 mod rounds;
 mod server;
 pub mod web;
@@ -37,6 +38,7 @@ pub trait Source: Send + Sync + 'static {
 struct Shared {
     rounds: Arc<rounds::Rounds>,
     ready: Arc<AtomicBool>,
+    stats: Arc<ServerStats>,
 }
 
 pub async fn serve<S: Source>(
@@ -51,6 +53,7 @@ pub async fn serve<S: Source>(
     let shared = Arc::new(Shared {
         rounds: rounds::Rounds::start(source, MIN_ROUND_INTERVAL),
         ready,
+        stats: stats.clone(),
     });
     let app = Router::new()
         .route("/metrics", get(metrics))
@@ -70,11 +73,14 @@ async fn metrics(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Respo
         .and_then(|value| value.to_str().ok());
     let format = Format::negotiate(accept);
     match shared.rounds.next().await {
-        Some(round) => (
-            [(header::CONTENT_TYPE, format.content_type())],
-            round.encoded(format),
-        )
-            .into_response(),
+        Some(round) => {
+            shared.stats.scrapes[format as usize].fetch_add(1, Ordering::Relaxed);
+            (
+                [(header::CONTENT_TYPE, format.content_type())],
+                round.encoded(format),
+            )
+                .into_response()
+        }
         None => (
             StatusCode::SERVICE_UNAVAILABLE,
             "the agent is shutting down\n",

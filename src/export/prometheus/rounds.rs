@@ -17,7 +17,7 @@ use crate::model::Family;
 /// One collection and its encodings.
 pub struct Round {
     pub families: Vec<Family>,
-    encoded: [OnceLock<Bytes>; 2],
+    encoded: [OnceLock<Bytes>; 3],
 }
 
 impl Round {
@@ -26,8 +26,9 @@ impl Round {
         let slot = match format {
             Format::Text004 => &self.encoded[0],
             Format::OpenMetrics => &self.encoded[1],
+            Format::Protobuf => &self.encoded[2],
         };
-        slot.get_or_init(|| Bytes::from(encode::encode(&self.families, format)))
+        slot.get_or_init(|| Bytes::from(encode::encode_bytes(&self.families, format)))
             .clone()
     }
 }

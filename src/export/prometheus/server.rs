@@ -39,6 +39,8 @@ pub struct ServerStats {
     pub refused: AtomicU64,
     /// TLS handshakes that failed or did not finish in time.
     pub tls_failed: AtomicU64,
+    /// Scrapes answered, by format: text 0.0.4, OpenMetrics, protobuf.
+    pub scrapes: [AtomicU64; 3],
 }
 
 struct Tracked {
