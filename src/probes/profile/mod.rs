@@ -344,7 +344,7 @@ impl Probe for ProfileProbe {
         ));
         out.push(Self::counter(
             "periscope_profile_symbol_cache_evictions",
-            "Frame names dropped from the profile probe's full name cache (probes.profile.max_cached_names); they are looked up again when seen.",
+            "Frame names, and binaries' build ids, dropped from the profile probe's full caches (probes.profile.max_cached_names each); they are looked up again when seen.",
             self.symbols.evicted(),
         ));
         out.push(Self::counter(

@@ -120,6 +120,7 @@ impl NameCache {
         let file = (mapping.device, mapping.inode);
         if !self.binaries.contains_key(&file) {
             if self.binaries.len() >= self.capacity {
+                self.evicted += self.binaries.len() as u64;
                 self.binaries.clear();
             }
             let path = format!("/proc/{pid}/map_files/{:x}-{:x}", mapping.start, mapping.end);
@@ -174,7 +175,7 @@ impl Symbols {
         }
     }
 
-    /// Names dropped from the full cache so far.
+    /// Names, and build ids of binaries, dropped from the full caches so far.
     pub fn evicted(&self) -> u64 {
         self.cache.evicted
     }
