@@ -7,6 +7,7 @@ pub mod agent_labels;
 pub mod connections;
 pub mod histogram;
 pub mod layout;
+pub mod native;
 pub mod profile;
 pub mod span;
 
