@@ -400,3 +400,67 @@ fn profiles_are_pushed_to_pyroscope_over_tls() {
         ) >= 1.0
     );
 }
+
+/// A receiver that takes connections and then stalls the handshake (`junk: false`), or
+/// answers it with bytes that are not TLS (`junk: true`).
+fn hostile_receiver(junk: bool) -> (u16, Arc<AtomicU64>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let accepted = Arc::new(AtomicU64::new(0));
+    let counted = accepted.clone();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for mut stream in listener.incoming().flatten() {
+            counted.fetch_add(1, Ordering::Relaxed);
+            if junk {
+                use std::io::Write;
+                let _ = stream.write_all(b"HTTP/1.1 200 OK\r\n\r\n\x16\x03\x01\xff\xff junk");
+            }
+            held.push(stream);
+        }
+    });
+    (port, accepted)
+}
+
+#[test]
+fn a_stalled_or_junk_handshake_is_bounded_counted_and_never_holds_the_agents_stop() {
+    if !have_root("a_stalled_or_junk_handshake_is_bounded_counted") {
+        return;
+    }
+    let _kernel = kernel_lock();
+    let dir = common::TempDir::new("tls-hostile");
+    make_certificates(dir.path());
+    let tls = format!(
+        "    tls:\n      ca_file: \"{}\"\n",
+        path(dir.path(), "ca.pem")
+    );
+    for junk in [false, true] {
+        let (port, accepted) = hostile_receiver(junk);
+        let config = otlp_config(&format!("https://127.0.0.1:{port}"), "http/protobuf", &tls)
+            .replace(
+                "max_retry_secs: 1\n",
+                "max_retry_secs: 1\n    timeout_secs: 1\n",
+            );
+        let mut agent = Agent::start(&config);
+        wait_until("failed exports", || {
+            agent
+                .metrics()
+                .sum("periscope_exporter_failures_total", &[("exporter", "otlp")])
+                >= 2.0
+        });
+        assert!(accepted.load(Ordering::Relaxed) >= 1, "junk: {junk}");
+        agent.signal(libc::SIGTERM);
+        let asked = Instant::now();
+        let status = loop {
+            if let Some(status) = agent.child.try_wait().expect("wait") {
+                break status;
+            }
+            assert!(
+                asked.elapsed() < Duration::from_secs(10),
+                "the agent stops by its deadline (junk: {junk})"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert!(status.success(), "junk: {junk}: {status}");
+    }
+}

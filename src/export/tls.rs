@@ -125,6 +125,7 @@ impl TlsConfig {
                 return Err(TlsError::HalfClientCert("cert_file"));
             }
             let certs = read_certificates("cert_file", Path::new(&self.cert_file))?;
+            check_file("key_file", Path::new(&self.key_file))?;
             let key = PrivateKeyDer::from_pem_file(&self.key_file)
                 .map_err(|err| file_error("key_file", Path::new(&self.key_file), err))?;
             builder
@@ -144,10 +145,33 @@ fn file_error(key: &'static str, path: &Path, why: impl ToString) -> TlsError {
     }
 }
 
+/// A bundle of every public authority is about 200 KiB; a file far larger, or one that
+/// is not a file (a FIFO, `/dev/zero`), is not a certificate file and is not read.
+const MAX_PEM_BYTES: u64 = 16 << 20;
+
+fn check_file(key: &'static str, path: &Path) -> Result<(), TlsError> {
+    let meta = std::fs::metadata(path).map_err(|err| file_error(key, path, err))?;
+    if !meta.is_file() {
+        return Err(file_error(key, path, "is not a regular file"));
+    }
+    if meta.len() > MAX_PEM_BYTES {
+        return Err(file_error(
+            key,
+            path,
+            format!(
+                "is {} bytes; a PEM file here holds at most {MAX_PEM_BYTES}",
+                meta.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 fn read_certificates(
     key: &'static str,
     path: &Path,
 ) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    check_file(key, path)?;
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
         .and_then(|iter| iter.collect::<Result<_, _>>())
         .map_err(|err| file_error(key, path, err))?;
@@ -264,5 +288,14 @@ mod tests {
         .expect_err("no such file")
         .to_string();
         assert!(err.starts_with("ca_file: /nonexistent/ca.pem:"), "{err}");
+        // Not a file: never read, however much it would give.
+        let err = TlsConfig {
+            ca_file: "/dev/zero".into(),
+            ..TlsConfig::default()
+        }
+        .client_config(b"http/1.1")
+        .expect_err("a device")
+        .to_string();
+        assert!(err.contains("is not a regular file"), "{err}");
     }
 }
