@@ -190,6 +190,13 @@ pub fn bucket(nanos: u64, schema: u8) -> Option<i32> {
     Some(((octave as i32) << schema) + above as i32 - OFFSETS[usize::from(schema)])
 }
 
+/// The native bucket of a kernel bucket index (`bpf/native.h`, at the same schema);
+/// None for the zero bucket.
+pub fn from_kernel(index: u32, schema: u8) -> Option<i32> {
+    let below_one = OFFSETS[usize::from(schema.min(MAX_SCHEMA))];
+    index.checked_sub(1).map(|i| i as i32 - below_one)
+}
+
 /// The bucket at `schema - by` that holds bucket `index` of `schema`: buckets merge in
 /// runs of 2^by, each run ending at a boundary of the coarser schema.
 pub fn downscale(index: i32, by: u8) -> i32 {

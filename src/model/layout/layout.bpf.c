@@ -1,14 +1,41 @@
 /*
- * Never loaded: compiled so that its skeleton carries the constants of the shared BPF
- * headers to user space (src/model/layout), instead of Rust copies kept equal by hand.
+ * Compiled so that its skeleton carries the constants of the shared BPF headers to user
+ * space (src/model/layout), instead of Rust copies kept equal by hand. The agent never
+ * loads it; tests load it to run the headers' functions in the kernel and compare them
+ * with their user-space halves.
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include "periscope.h"
 #include "histogram.h"
+#include "native.h"
 #include "process.h"
 #include "tenants.h"
 
-PSC_EXPORT_TYPES(enum psc_hist_layout, enum psc_process_layout, enum psc_tenant_layout);
+PSC_EXPORT_TYPES(enum psc_hist_layout, enum psc_native_layout, enum psc_process_layout,
+		 enum psc_tenant_layout);
+
+/* Values to bucket and their buckets, for the self-test below. */
+#define PSC_SELFTEST_VALUES 64
+const volatile __u64 native_thresholds[PSC_NATIVE_THRESHOLDS] = {};
+const volatile __u32 native_schema = 0;
+__u64 native_values[PSC_SELFTEST_VALUES] = {};
+__u32 native_buckets[PSC_SELFTEST_VALUES] = {};
+
+/* One value per call: bpf_loop has the verifier check the body once, not per value. */
+static long bucket_one(__u32 i, void *ctx)
+{
+	if (i >= PSC_SELFTEST_VALUES)
+		return 1;
+	native_buckets[i] = psc_native_bucket(native_values[i], native_thresholds, native_schema);
+	return 0;
+}
+
+SEC("syscall")
+int psc_native_selftest(void *ctx)
+{
+	bpf_loop(PSC_SELFTEST_VALUES, bucket_one, NULL, 0);
+	return 0;
+}
 
 char LICENSE[] SEC("license") = PSC_LICENSE;
