@@ -141,17 +141,8 @@ fn protobuf_families(agent: &Agent) -> Vec<String> {
     let mut rest = &body[..];
     while !rest.is_empty() {
         // Each message after its length, a base-128 varint.
-        let (mut length, mut shift, mut used) = (0usize, 0, 0);
-        loop {
-            let byte = rest[used];
-            length |= usize::from(byte & 0x7f) << shift;
-            used += 1;
-            shift += 7;
-            if byte & 0x80 == 0 {
-                break;
-            }
-        }
-        let (message, after) = rest[used..].split_at(length);
+        let length = prost::decode_length_delimiter(&mut rest).expect("a length");
+        let (message, after) = rest.split_at(length);
         rest = after;
         let mut protoc = Command::new("protoc")
             .args([

@@ -742,56 +742,40 @@ fn grpc_answer(
 
 impl GrpcReceiver {
     fn start(throttles: usize, throttle_secs: i64) -> GrpcReceiver {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let port = listener.local_addr().expect("addr").port();
-        listener.set_nonblocking(true).expect("nonblocking");
         let received = Arc::new(Mutex::new(Received::default()));
         let shared = received.clone();
         let throttles = Arc::new(Mutex::new(throttles));
-        std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            runtime.block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
-                loop {
-                    let Ok((stream, _)) = listener.accept().await else {
-                        continue;
-                    };
-                    let (received, throttles) = (shared.clone(), throttles.clone());
-                    let service = hyper::service::service_fn(
-                        move |request: hyper::Request<hyper::body::Incoming>| {
-                            let (received, throttles) = (received.clone(), throttles.clone());
-                            async move {
-                                use http_body_util::BodyExt;
-                                let path = request.uri().path().to_string();
-                                let body = request
-                                    .into_body()
-                                    .collect()
-                                    .await
-                                    .expect("body")
-                                    .to_bytes();
-                                let message = grpc_payload(&body);
-                                Ok::<_, std::convert::Infallible>(grpc_answer(
-                                    &path,
-                                    &message,
-                                    &received,
-                                    &throttles,
-                                    throttle_secs,
-                                ))
-                            }
-                        },
-                    );
-                    tokio::spawn(async move {
-                        let _ = hyper::server::conn::http2::Builder::new(
-                            hyper_util::rt::TokioExecutor::new(),
-                        )
+        let port = common::spawn_tokio_server(move |stream| {
+            let (received, throttles) = (shared.clone(), throttles.clone());
+            let service = hyper::service::service_fn(
+                move |request: hyper::Request<hyper::body::Incoming>| {
+                    let (received, throttles) = (received.clone(), throttles.clone());
+                    async move {
+                        use http_body_util::BodyExt;
+                        let path = request.uri().path().to_string();
+                        let body = request
+                            .into_body()
+                            .collect()
+                            .await
+                            .expect("body")
+                            .to_bytes();
+                        let message = grpc_payload(&body);
+                        Ok::<_, std::convert::Infallible>(grpc_answer(
+                            &path,
+                            &message,
+                            &received,
+                            &throttles,
+                            throttle_secs,
+                        ))
+                    }
+                },
+            );
+            async move {
+                let _ =
+                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
                         .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
                         .await;
-                    });
-                }
-            });
+            }
         });
         GrpcReceiver { port, received }
     }

@@ -69,40 +69,24 @@ impl TlsReceiver {
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
 
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let port = listener.local_addr().expect("addr").port();
-        listener.set_nonblocking(true).expect("nonblocking");
         let taken = Arc::new(Mutex::new(Vec::new()));
         let refused = Arc::new(AtomicU64::new(0));
         let (shared, failed) = (taken.clone(), refused.clone());
-        std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            runtime.block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
-                loop {
-                    let Ok((stream, _)) = listener.accept().await else {
-                        continue;
-                    };
-                    let (acceptor, taken, failed) =
-                        (acceptor.clone(), shared.clone(), failed.clone());
-                    tokio::spawn(async move {
-                        let Ok(stream) = acceptor.accept(stream).await else {
-                            failed.fetch_add(1, Ordering::Relaxed);
-                            return;
-                        };
-                        let alpn = stream
-                            .get_ref()
-                            .1
-                            .alpn_protocol()
-                            .map(|p| String::from_utf8_lossy(p).into_owned())
-                            .unwrap_or_default();
-                        serve(stream, alpn, taken).await;
-                    });
-                }
-            });
+        let port = common::spawn_tokio_server(move |stream| {
+            let (acceptor, taken, failed) = (acceptor.clone(), shared.clone(), failed.clone());
+            async move {
+                let Ok(stream) = acceptor.accept(stream).await else {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                    return;
+                };
+                let alpn = stream
+                    .get_ref()
+                    .1
+                    .alpn_protocol()
+                    .map(|p| String::from_utf8_lossy(p).into_owned())
+                    .unwrap_or_default();
+                serve(stream, alpn, taken).await;
+            }
         });
         TlsReceiver {
             port,

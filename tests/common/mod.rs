@@ -821,3 +821,30 @@ pub fn make_certificates(dir: &std::path::Path) {
         openssl(dir, &args);
     }
 }
+
+/// A server on a loopback port, in a thread of its own with a tokio runtime: `serve`
+/// gets each accepted connection, in a task of its own. Returns the port.
+pub fn spawn_tokio_server<F, Fut>(serve: F) -> u16
+where
+    F: Fn(tokio::net::TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    listener.set_nonblocking(true).expect("nonblocking");
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+            loop {
+                if let Ok((stream, _)) = listener.accept().await {
+                    tokio::spawn(serve(stream));
+                }
+            }
+        });
+    });
+    port
+}
