@@ -85,15 +85,20 @@ impl TlsConfig {
         }
     }
 
+    /// The key set without its other half: a client certificate and its key go together.
+    fn half_client_cert(&self) -> Option<&'static str> {
+        match (self.cert_file.is_empty(), self.key_file.is_empty()) {
+            (false, true) => Some("cert_file"),
+            (true, false) => Some("key_file"),
+            _ => None,
+        }
+    }
+
     /// What can be known without reading the files; returns the key to blame.
     pub fn check(&self) -> Result<(), (&'static str, String)> {
-        match (self.cert_file.is_empty(), self.key_file.is_empty()) {
-            (false, true) => Err((
-                "cert_file",
-                TlsError::HalfClientCert("cert_file").to_string(),
-            )),
-            (true, false) => Err(("key_file", TlsError::HalfClientCert("key_file").to_string())),
-            _ => Ok(()),
+        match self.half_client_cert() {
+            Some(key) => Err((key, TlsError::HalfClientCert(key).to_string())),
+            None => Ok(()),
         }
     }
 
@@ -115,15 +120,12 @@ impl TlsConfig {
             .with_safe_default_protocol_versions()
             .map_err(|err| TlsError::Rustls(err.to_string()))?
             .with_root_certificates(roots);
+        if let Some(key) = self.half_client_cert() {
+            return Err(TlsError::HalfClientCert(key));
+        }
         let mut config = if self.cert_file.is_empty() {
-            if !self.key_file.is_empty() {
-                return Err(TlsError::HalfClientCert("key_file"));
-            }
             builder.with_no_client_auth()
         } else {
-            if self.key_file.is_empty() {
-                return Err(TlsError::HalfClientCert("cert_file"));
-            }
             let certs = read_certificates("cert_file", Path::new(&self.cert_file))?;
             check_file("key_file", Path::new(&self.key_file))?;
             let key = PrivateKeyDer::from_pem_file(&self.key_file)
@@ -210,6 +212,12 @@ pub fn chain(err: &(dyn std::error::Error + 'static)) -> String {
         source = inner.source();
     }
     text
+}
+
+/// Whether a failure (as `explain` words it) is a certificate refused, by either side: a
+/// setting to fix rather than a passing fault, so it is worth a warning.
+pub fn refused_certificate(why: &str) -> bool {
+    why.contains("certificate")
 }
 
 /// `chain`, with what a failed TLS handshake means for the user where rustls's words

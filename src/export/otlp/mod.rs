@@ -290,8 +290,7 @@ impl Sender {
                     };
                 }
                 Attempt::Retry { hint, why } => {
-                    // A certificate refused is a setting to fix, not a passing fault.
-                    if destination.tls.is_some() && why.contains("certificate") {
+                    if destination.tls.is_some() && super::tls::refused_certificate(&why) {
                         warn!(path = %endpoint.path, %why, "OTLP export: TLS with the receiver failed; will retry");
                     } else {
                         debug!(?hint, %why, "OTLP export will be retried");

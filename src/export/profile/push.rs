@@ -334,8 +334,7 @@ fn push_once(receiver: &Receiver, push: &Push, stop: &Shutdown) -> Outcome {
         }
         Err(err) => {
             let why = crate::export::tls::explain(&err);
-            // A certificate refused is a setting to fix, not a passing fault.
-            if receiver.tls.is_some() && why.contains("certificate") {
+            if receiver.tls.is_some() && crate::export::tls::refused_certificate(&why) {
                 tracing::warn!(error = %why, receiver = receiver.format.name(), "TLS with a profile receiver failed; will retry");
             } else {
                 tracing::debug!(error = %why, receiver = receiver.format.name(), "a profile push failed");
