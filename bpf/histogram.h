@@ -1,20 +1,22 @@
 /*
- * Log-linear histogram buckets, computed in the kernel.
+ * The duration histograms probes keep in the kernel: one counter per native
+ * (exponential) bucket at the finest schema the kernel buckets at (bpf/native.h), and
+ * the exact sum. User space merges them into any coarser schema for Prometheus native
+ * histograms and OTLP exponential ones, and counts them into configured classic
+ * buckets (src/model/native.rs).
  *
- * Values 0..3 get a bucket each. A value v >= 4 whose highest set bit is e
- * lands in bucket (e - 1) * 4 + s, where s is the two bits below the highest
- * one: four sub-buckets per power of two. Bucket i >= 4 therefore covers
- *   [(4 + s) << (e - 2), ((5 + s) << (e - 2)) - 1]   with e = i / 4 + 1, s = i % 4
- * and is at most a quarter as wide as its lower bound. The last bucket also
- * takes every larger value. User space (src/model/histogram.rs) holds the
- * inverse of this function, with the constants below from the skeleton.
+ * Slot 0 is the zero bucket; slot i > 0 is kernel bucket i of bpf/native.h. Durations
+ * up to 2^48 ns (about 78 hours) get their own bucket; longer ones are counted in the
+ * top one (their sum stays exact).
  */
 #pragma once
 
+#include "native.h"
+
 /* An enum, not macros: user space takes the values from the skeleton (src/model/layout). */
 enum psc_hist_layout {
-	PSC_HIST_SUB_BITS = 2,
-	PSC_HIST_BUCKETS = 148, /* e up to 37: 2^37 ns is about 137 s */
+	PSC_HIST_TOP_OCTAVE = 47,
+	PSC_HIST_BUCKETS = 2 + (PSC_HIST_TOP_OCTAVE + 1) * PSC_NATIVE_THRESHOLDS,
 };
 
 struct psc_hist {
@@ -22,31 +24,14 @@ struct psc_hist {
 	__u64 buckets[PSC_HIST_BUCKETS];
 };
 
-static __always_inline __u32 psc_log2_u64(__u64 v)
-{
-	__u32 r = 0;
-
-	if (v >> 32) { v >>= 32; r += 32; }
-	if (v >> 16) { v >>= 16; r += 16; }
-	if (v >> 8) { v >>= 8; r += 8; }
-	if (v >> 4) { v >>= 4; r += 4; }
-	if (v >> 2) { v >>= 2; r += 2; }
-	if (v >> 1) { r += 1; }
-	return r;
-}
+/* The thresholds of PSC_NATIVE_MAX_SCHEMA, set by user space before load. */
+const volatile __u64 psc_native_thresholds[PSC_NATIVE_THRESHOLDS] = {};
 
 static __always_inline __u32 psc_hist_bucket(__u64 v)
 {
-	__u32 e, sub, idx;
+	__u32 idx = psc_native_bucket(v, psc_native_thresholds, PSC_NATIVE_MAX_SCHEMA);
 
-	if (v < (1 << PSC_HIST_SUB_BITS))
-		return v;
-	e = psc_log2_u64(v);
-	sub = (v >> (e - PSC_HIST_SUB_BITS)) & ((1 << PSC_HIST_SUB_BITS) - 1);
-	idx = ((e - 1) << PSC_HIST_SUB_BITS) + sub;
-	if (idx >= PSC_HIST_BUCKETS)
-		idx = PSC_HIST_BUCKETS - 1;
-	return idx;
+	return idx < PSC_HIST_BUCKETS ? idx : PSC_HIST_BUCKETS - 1;
 }
 
 /* For histograms in shared (not per-CPU) maps: atomic, so CPUs never lose an update. */

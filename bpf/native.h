@@ -10,7 +10,7 @@
  */
 #pragma once
 
-#include "histogram.h"
+#include "periscope.h"
 
 /* An enum, not macros: user space takes the values from the skeleton (src/model/layout). */
 enum psc_native_layout {

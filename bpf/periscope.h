@@ -62,3 +62,17 @@ static __always_inline void *psc_lookup_or_insert(void *map, const void *key, co
 	bpf_map_update_elem(map, key, initial, BPF_NOEXIST);
 	return bpf_map_lookup_elem(map, key);
 }
+
+/* The index of the highest set bit of v (0 for 0 and 1). */
+static __always_inline __u32 psc_log2_u64(__u64 v)
+{
+	__u32 r = 0;
+
+	if (v >> 32) { v >>= 32; r += 32; }
+	if (v >> 16) { v >>= 16; r += 16; }
+	if (v >> 8) { v >>= 8; r += 8; }
+	if (v >> 4) { v >>= 4; r += 4; }
+	if (v >> 2) { v >>= 2; r += 2; }
+	if (v >> 1) { r += 1; }
+	return r;
+}

@@ -222,9 +222,12 @@ pub async fn run(mut config: Config) -> Result<()> {
         endpoint.listener,
         source,
         ready.clone(),
-        endpoint.limits,
+        prometheus::Serving {
+            limits: endpoint.limits,
+            web: endpoint.web,
+            native_schema: endpoint.native_schema,
+        },
         counters.server,
-        endpoint.web,
         async {
             let _ = server_stopped.await;
         },
@@ -300,6 +303,7 @@ struct MetricsEndpoint {
     address: SocketAddr,
     listener: tokio::net::TcpListener,
     limits: prometheus::Limits,
+    native_schema: i8,
 }
 
 impl MetricsEndpoint {
@@ -330,6 +334,7 @@ impl MetricsEndpoint {
             address,
             listener,
             limits,
+            native_schema: config.native_histogram_schema,
         })
     }
 }
@@ -1175,6 +1180,8 @@ fn otlp_settings(
             .collect(),
         gzip: config.compression == "gzip",
         timeout: Duration::from_secs(config.timeout_secs.max(1)),
+        exponential_scale: (config.histograms == otlp::HistogramKind::Exponential)
+            .then_some(config.exponential_scale),
         metrics_interval: (config.metrics_interval_secs > 0)
             .then(|| Duration::from_secs(config.metrics_interval_secs)),
         batch_spans: config.batch_spans.get() as usize,

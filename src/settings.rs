@@ -54,6 +54,26 @@ impl Range {
 /// (below the module's section) and why.
 pub type Invalid = (&'static str, String);
 
+/// The coarsest native-histogram schema Prometheus takes.
+pub const MIN_NATIVE_SCHEMA: i8 = -4;
+
+/// A native-histogram schema (or OTLP exponential scale) exporters can serve: from the
+/// coarsest Prometheus takes to the finest the kernel counts at.
+pub fn check_native_schema(key: &'static str, schema: i8) -> Result<(), Invalid> {
+    let finest = crate::model::native::KERNEL_SCHEMA as i8;
+    if (MIN_NATIVE_SCHEMA..=finest).contains(&schema) {
+        Ok(())
+    } else {
+        Err((
+            key,
+            format!(
+                "must be from {MIN_NATIVE_SCHEMA} to {finest} (the kernel counts {} buckets per power of two), not {schema}",
+                1 << finest
+            ),
+        ))
+    }
+}
+
 pub fn nonzero(n: u32) -> NonZeroU32 {
     NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN)
 }

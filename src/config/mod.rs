@@ -225,6 +225,7 @@ impl Config {
         let within = |section: &str, checked: Result<(), Invalid>| {
             checked.map_err(|(key, message)| (format!("{section}.{key}"), message))
         };
+        within("prometheus", self.prometheus.check())?;
         within("exporters.jsonl", self.exporters.jsonl.check())?;
         within("exporters.otlp", self.exporters.otlp.check())?;
         within("exporters.profiles", self.exporters.profiles.check())?;

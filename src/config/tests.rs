@@ -141,6 +141,33 @@ fn otlp_settings_are_checked_with_their_line() {
         text.contains("periscope.yaml:4") && text.contains("exporters.otlp.traces_tls.key_file"),
         "{text}"
     );
+    let text = error_text("exporters:\n  otlp:\n    histograms: native\n");
+    assert!(
+        text.contains("periscope.yaml:3") && text.contains("exporters.otlp.histograms"),
+        "{text}"
+    );
+    let text = error_text("exporters:\n  otlp:\n    exponential_scale: 4\n");
+    assert!(
+        text.contains("periscope.yaml:3")
+            && text.contains("exporters.otlp.exponential_scale")
+            && text.contains("from -4 to 3"),
+        "{text}"
+    );
+    for bad in ["8", "-5", "300", "2.5"] {
+        let text = error_text(&format!("prometheus:\n  native_histogram_schema: {bad}\n"));
+        assert!(
+            text.contains("periscope.yaml:2")
+                && text.contains("prometheus.native_histogram_schema"),
+            "{text}"
+        );
+    }
+    let config = Config::from_yaml(
+        "periscope.yaml",
+        "prometheus:\n  native_histogram_schema: -4\nexporters:\n  otlp:\n    histograms: exponential\n    exponential_scale: 0\n",
+    )
+    .expect("valid");
+    assert_eq!(config.prometheus.native_histogram_schema, -4);
+    assert_eq!(config.exporters.otlp.exponential_scale, 0);
     let text = error_text("traces:\n  sampler: sometimes\n");
     assert!(text.contains("traces.sampler"), "{text}");
     let text = error_text("traces:\n  sampler_arg: 2\n");

@@ -1,4 +1,4 @@
-//! The user-space half of the kernel's log-linear histograms (`bpf/histogram.h`) and their
+//! The user-space half of the kernel's log-linear buckets (`bpf/loglinear.h`) and their
 //! conversion into classic Prometheus histograms with configured `le` boundaries.
 //!
 //! Kernel bucket `i` covers the integer range `[lower(i), upper(i)]`. A value `v` is counted
@@ -8,10 +8,12 @@
 //! reported one boundary too high only when it lies within a quarter (the widest relative
 //! width of a kernel bucket) below a boundary. `_count` and `_sum` are always exact.
 
-/// `PSC_HIST_SUB_BITS` of `bpf/histogram.h`.
-pub const SUB_BITS: u32 = super::layout::HIST_SUB_BITS;
-/// `PSC_HIST_BUCKETS` of `bpf/histogram.h`.
-pub const BUCKETS: usize = super::layout::HIST_BUCKETS;
+use super::native::{DurationHistogram, NativeBuckets};
+
+/// `PSC_LOGLIN_SUB_BITS` of `bpf/loglinear.h`.
+pub const SUB_BITS: u32 = super::layout::LOGLIN_SUB_BITS;
+/// `PSC_LOGLIN_BUCKETS` of `bpf/loglinear.h`.
+pub const BUCKETS: usize = super::layout::LOGLIN_BUCKETS;
 
 const SUB: u64 = 1 << SUB_BITS;
 
@@ -113,18 +115,21 @@ impl LogLinearHistogram {
             cumulative,
             count: self.count(),
             sum: self.sum as f64 * scale,
+            native: None,
         }
     }
 }
 
 /// A Prometheus classic histogram: cumulative counts per `le` bound, without `+Inf`
-/// (whose count is `count`).
+/// (whose count is `count`); and, where the kernel counted by native buckets, those
+/// too, for the exporters that serve native or exponential histograms.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ClassicHistogram {
     pub bounds: Vec<f64>,
     pub cumulative: Vec<u64>,
     pub count: u64,
     pub sum: f64,
+    pub native: Option<NativeBuckets>,
 }
 
 /// Bucket bounds in seconds, as configured, with their nanosecond equivalents.
@@ -144,6 +149,11 @@ impl DurationBounds {
 
     pub fn classic(&self, hist: &LogLinearHistogram) -> ClassicHistogram {
         hist.to_classic(&self.nanos, &self.seconds, 1e-9)
+    }
+
+    /// The classic histogram of a kernel duration histogram, with its native buckets.
+    pub fn classic_and_native(&self, hist: &DurationHistogram) -> ClassicHistogram {
+        hist.to_classic(&self.nanos, &self.seconds)
     }
 }
 

@@ -9,6 +9,10 @@
 //! fixed thresholds its mantissa (the value shifted to bit 63) exceeds. That is the
 //! per-octave table of a few compares the kernel can run too.
 
+use std::borrow::Cow;
+
+use super::ClassicHistogram;
+
 /// The finest schema: 256 buckets per power of two.
 pub const MAX_SCHEMA: u8 = 8;
 
@@ -208,6 +212,171 @@ pub fn upper_bound(index: i32, schema: u8) -> f64 {
     (f64::from(index) / f64::from(1u32 << schema.min(MAX_SCHEMA))).exp2()
 }
 
+/// The schema the kernel buckets durations at (`bpf/native.h`).
+pub const KERNEL_SCHEMA: u8 = super::layout::NATIVE_MAX_SCHEMA;
+/// Slots of a kernel duration histogram (`bpf/histogram.h`): the zero bucket, then one
+/// per native bucket at `KERNEL_SCHEMA` from the one that holds 1 ns up.
+pub const KERNEL_SLOTS: usize = super::layout::HIST_BUCKETS;
+
+/// The zero bucket's threshold as exported: the zero bucket holds exactly the 0 ns
+/// durations, and any threshold below 1 ns says so. Prometheus reads a histogram with a
+/// positive one as native even before its first observation.
+pub const ZERO_THRESHOLD: f64 = 2.938_735_877_055_719e-39; // 2^-128
+
+/// The kernel's slot of a duration (`psc_hist_bucket` of `bpf/histogram.h`).
+pub fn kernel_slot(nanos: u64) -> usize {
+    match bucket(nanos, KERNEL_SCHEMA) {
+        None => 0,
+        Some(index) => {
+            let slot = index + OFFSETS[usize::from(KERNEL_SCHEMA)] + 1;
+            usize::try_from(slot).map_or(0, |slot| slot.min(KERNEL_SLOTS - 1))
+        }
+    }
+}
+
+/// A duration histogram as the kernel keeps it (`struct psc_hist`): counts per slot
+/// and the exact sum of nanoseconds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DurationHistogram {
+    pub slots: Vec<u64>,
+    pub sum: u64,
+}
+
+impl Default for DurationHistogram {
+    fn default() -> Self {
+        DurationHistogram {
+            slots: vec![0; KERNEL_SLOTS],
+            sum: 0,
+        }
+    }
+}
+
+impl DurationHistogram {
+    pub fn from_parts(slots: &[u64], sum: u64) -> Self {
+        let mut hist = DurationHistogram::default();
+        for (mine, count) in hist.slots.iter_mut().zip(slots) {
+            *mine = *count;
+        }
+        hist.sum = sum;
+        hist
+    }
+
+    pub fn record(&mut self, nanos: u64) {
+        self.slots[kernel_slot(nanos)] += 1;
+        self.sum = self.sum.wrapping_add(nanos);
+    }
+
+    pub fn merge(&mut self, other: &DurationHistogram) {
+        for (mine, theirs) in self.slots.iter_mut().zip(&other.slots) {
+            *mine += theirs;
+        }
+        self.sum = self.sum.wrapping_add(other.sum);
+    }
+
+    pub fn count(&self) -> u64 {
+        self.slots.iter().sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.slots.iter().all(|c| *c == 0)
+    }
+
+    /// The native buckets at `KERNEL_SCHEMA`, the schema exporters merge from.
+    pub fn native(&self) -> NativeBuckets {
+        let below_one = OFFSETS[usize::from(KERNEL_SCHEMA)];
+        NativeBuckets {
+            schema: KERNEL_SCHEMA as i8,
+            zero_count: self.slots[0],
+            buckets: self
+                .slots
+                .iter()
+                .enumerate()
+                .skip(1)
+                .filter(|(_, count)| **count > 0)
+                .map(|(slot, count)| (slot as i32 - 1 - below_one, *count))
+                .collect(),
+        }
+    }
+
+    /// The classic histogram of `bounds` (ascending nanoseconds, exported as
+    /// `exported_bounds` seconds), carrying the native buckets too. A slot is counted
+    /// under a bound when every duration it holds is at most the bound; a slot the bound
+    /// falls inside is counted at the next bound up, so a duration is never reported
+    /// below its bucket, and one above only within a slot's width (under 9.1 %) of it.
+    pub fn to_classic(&self, bounds: &[u64], exported_bounds: &[f64]) -> ClassicHistogram {
+        let cumulative = bounds
+            .iter()
+            .map(|&bound| {
+                let inside = kernel_slot(bound);
+                let whole = if kernel_slot(bound.saturating_add(1)) != inside {
+                    inside + 1
+                } else {
+                    inside
+                };
+                self.slots[..whole].iter().sum()
+            })
+            .collect();
+        ClassicHistogram {
+            bounds: exported_bounds.to_vec(),
+            cumulative,
+            count: self.count(),
+            sum: self.sum as f64 * 1e-9,
+            native: Some(self.native()),
+        }
+    }
+}
+
+/// A native (exponential) histogram's buckets: Prometheus native histograms and OTLP
+/// exponential histograms are both made from these.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NativeBuckets {
+    pub schema: i8,
+    pub zero_count: u64,
+    /// (index, count) of the non-empty buckets, by ascending index.
+    pub buckets: Vec<(i32, u64)>,
+}
+
+impl NativeBuckets {
+    /// The same observations at `schema`, when it is coarser; unchanged otherwise, as
+    /// nothing finer than what was counted can be told.
+    pub fn at_schema(&self, schema: i8) -> Cow<'_, NativeBuckets> {
+        if schema >= self.schema {
+            return Cow::Borrowed(self);
+        }
+        let by = (self.schema - schema) as u8;
+        let mut buckets: Vec<(i32, u64)> = Vec::with_capacity(self.buckets.len());
+        for &(index, count) in &self.buckets {
+            let coarse = downscale(index, by);
+            match buckets.last_mut() {
+                Some((last, total)) if *last == coarse => *total += count,
+                _ => buckets.push((coarse, count)),
+            }
+        }
+        Cow::Owned(NativeBuckets {
+            schema,
+            zero_count: self.zero_count,
+            buckets,
+        })
+    }
+
+    /// The runs of consecutive buckets, with empty ones between runs no more than
+    /// `max_gap` long filled in: (index of the run's first bucket, counts).
+    pub fn runs(&self, max_gap: i32) -> Vec<(i32, Vec<u64>)> {
+        let mut runs: Vec<(i32, Vec<u64>)> = Vec::new();
+        for &(index, count) in &self.buckets {
+            match runs.last_mut() {
+                Some((start, counts)) if index - (*start + counts.len() as i32) <= max_gap => {
+                    let gap = index - (*start + counts.len() as i32);
+                    counts.extend(std::iter::repeat_n(0, gap as usize));
+                    counts.push(count);
+                }
+                _ => runs.push((index, vec![count])),
+            }
+        }
+        runs
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -335,5 +504,125 @@ mod tests {
         assert_eq!(upper_bound(0, 3), 1.0);
         assert_eq!(upper_bound(8, 3), 2.0);
         assert!((upper_bound(1, 3) - 2f64.powf(0.125)).abs() < 1e-15);
+    }
+
+    #[test]
+    fn kernel_slots_are_native_buckets_from_one_nanosecond_up() {
+        assert_eq!(kernel_slot(0), 0);
+        assert_eq!(kernel_slot(1), 1);
+        let one_second = kernel_slot(1_000_000_000);
+        assert_eq!(
+            DurationHistogram::from_parts(&slot_with(one_second), 0)
+                .native()
+                .buckets,
+            vec![(0, 1)]
+        );
+        assert_eq!(kernel_slot(1_000_000_001), one_second + 1);
+        // Beyond 2^48 ns, everything shares the top slot.
+        assert_eq!(kernel_slot(1 << 48), KERNEL_SLOTS - 1);
+        assert_eq!(kernel_slot(u64::MAX), KERNEL_SLOTS - 1);
+        assert_eq!(kernel_slot((1 << 48) - 1), KERNEL_SLOTS - 1);
+    }
+
+    fn slot_with(slot: usize) -> Vec<u64> {
+        let mut slots = vec![0; KERNEL_SLOTS];
+        slots[slot] = 1;
+        slots
+    }
+
+    #[test]
+    fn classic_counts_agree_with_native_buckets_on_their_shared_bounds() {
+        // 1 ms, 2 ms and 1 s are native boundaries at schema 0 (powers of two of a
+        // second are: 2^-10 s is not 1 ms, so 1 ms straddles a bucket).
+        let mut hist = DurationHistogram::default();
+        for nanos in [
+            0,
+            1,
+            1_000_000_000,
+            1_000_000_001,
+            500_000_000,
+            2_000_000_000,
+        ] {
+            hist.record(nanos);
+        }
+        let bounds = [0, 500_000_000, 1_000_000_000, 2_000_000_000];
+        let classic = hist.to_classic(&bounds, &[0.0, 0.5, 1.0, 2.0]);
+        assert_eq!(classic.cumulative, vec![1, 3, 4, 6]);
+        assert_eq!(classic.count, 6);
+        assert!((classic.sum - 4.500_000_002).abs() < 1e-9);
+        let native = classic.native.expect("native buckets");
+        assert_eq!(native.zero_count, 1);
+        assert_eq!(native.schema, KERNEL_SCHEMA as i8);
+        let total: u64 = native.buckets.iter().map(|(_, c)| c).sum();
+        assert_eq!(total + native.zero_count, 6);
+        // At schema 0 the buckets are (2^(i-1), 2^i] seconds.
+        let coarse = native.at_schema(0);
+        assert_eq!(
+            coarse.buckets,
+            vec![(bucket(1, 0).expect("1 ns"), 1), (-1, 1), (0, 1), (1, 2)]
+        );
+    }
+
+    #[test]
+    fn a_bound_inside_a_slot_counts_the_slot_at_the_next_bound() {
+        let mut hist = DurationHistogram::default();
+        // 1 ms is not a boundary at schema 3; 999_000 ns shares its slot.
+        hist.record(999_000);
+        let classic = hist.to_classic(&[999_000, 1_000_000, 2_000_000], &[0.0, 0.0, 0.0]);
+        assert_eq!(classic.cumulative, vec![0, 0, 1]);
+        // The top slot is never counted under a finite bound.
+        let mut top = DurationHistogram::default();
+        top.record(u64::MAX);
+        assert_eq!(top.to_classic(&[u64::MAX], &[0.0]).cumulative, vec![0]);
+    }
+
+    #[test]
+    fn merging_to_a_coarser_schema_keeps_every_count() {
+        let mut hist = DurationHistogram::default();
+        let mut nanos = 1u64;
+        let mut values = Vec::new();
+        while nanos < 1 << 47 {
+            hist.record(nanos);
+            values.push(nanos);
+            nanos = nanos * 5 / 3 + 7;
+        }
+        let native = hist.native();
+        for schema in -4..=KERNEL_SCHEMA as i8 {
+            let coarse = native.at_schema(schema);
+            assert_eq!(coarse.schema, schema);
+            let total: u64 = coarse.buckets.iter().map(|(_, c)| c).sum();
+            assert_eq!(total, values.len() as u64);
+            assert!(coarse.buckets.windows(2).all(|w| w[0].0 < w[1].0));
+            if schema >= 0 {
+                let mut expected: Vec<(i32, u64)> = Vec::new();
+                for &v in &values {
+                    let index = bucket(v, schema as u8).expect("not zero");
+                    match expected.last_mut() {
+                        Some((last, count)) if *last == index => *count += 1,
+                        _ => expected.push((index, 1)),
+                    }
+                }
+                assert_eq!(coarse.buckets, expected, "schema {schema}");
+            }
+        }
+        // A finer schema than was counted is the counted one.
+        assert_eq!(*native.at_schema(8), native);
+    }
+
+    #[test]
+    fn runs_fill_short_gaps_and_split_at_long_ones() {
+        let native = NativeBuckets {
+            schema: 3,
+            zero_count: 0,
+            buckets: vec![(-3, 1), (-1, 2), (0, 3), (10, 4)],
+        };
+        assert_eq!(native.runs(2), vec![(-3, vec![1, 0, 2, 3]), (10, vec![4])]);
+        assert_eq!(native.runs(0).len(), 3);
+        assert!(NativeBuckets {
+            buckets: vec![],
+            ..native
+        }
+        .runs(2)
+        .is_empty());
     }
 }

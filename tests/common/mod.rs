@@ -459,6 +459,12 @@ impl Helper {
         assert_eq!(line.trim_end(), want, "helper said {line:?}");
     }
 
+    pub fn read_line(&mut self) -> String {
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).expect("helper output");
+        line.trim_end().to_string()
+    }
+
     pub fn go(&mut self) {
         writeln!(self.stdin).expect("helper stdin");
         self.stdin.flush().expect("flush");
@@ -475,6 +481,32 @@ impl Helper {
         let _ = self.child.wait();
     }
 }
+
+/// Python that sleeps with clock_nanosleep(2) in two steps, each after a go: once for
+/// `first_ns`, then `n` times for `ns`, timing each sleep itself; it then prints the
+/// 95th percentile of its own timings in nanoseconds, and "done" after each step.
+/// argv: first_ns n ns
+pub const SLEEP_HELPER: &str = r#"
+import ctypes, sys, time
+first, n, ns = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+libc = ctypes.CDLL(None)
+class Timespec(ctypes.Structure):
+    _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+def sleep(ns):
+    ts = Timespec(ns // 1_000_000_000, ns % 1_000_000_000)
+    start = time.monotonic_ns()
+    libc.clock_nanosleep(1, 0, ctypes.byref(ts), None)
+    return time.monotonic_ns() - start
+print("ready", flush=True)
+sys.stdin.readline()
+sleep(first)
+print("done", flush=True)
+sys.stdin.readline()
+took = sorted(sleep(ns) for _ in range(n))
+print(took[(95 * n + 99) // 100 - 1], flush=True)
+print("done", flush=True)
+sys.stdin.readline()
+"#;
 
 /// Python that issues `n` kill(2) calls, the last `m` of them failing with ESRCH (pid
 /// above pid_max). Python issues no kill(2) of its own, so the counts are exact.

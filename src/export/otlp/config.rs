@@ -7,7 +7,7 @@ use std::num::NonZeroU32;
 use serde::Deserialize;
 
 use crate::export::tls::TlsConfig;
-use crate::settings::{nonzero, Invalid, Range, DAY};
+use crate::settings::{check_native_schema, nonzero, Invalid, Range, DAY};
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -35,6 +35,10 @@ pub struct OtlpConfig {
     pub batch_spans: NonZeroU32,
     /// A failing export is retried for this long, then its data is dropped and counted.
     pub max_retry_secs: u64,
+    /// How histograms with native buckets are sent.
+    pub histograms: HistogramKind,
+    /// The scale of exponential histograms (as a Prometheus schema).
+    pub exponential_scale: i8,
     /// For `https://` endpoints: the CA file, client certificate and key.
     pub tls: TlsConfig,
     /// Per signal; each field left empty is taken from `tls`.
@@ -56,11 +60,21 @@ impl Default for OtlpConfig {
             metrics_interval_secs: 60,
             batch_spans: nonzero(512),
             max_retry_secs: 60,
+            histograms: HistogramKind::Explicit,
+            exponential_scale: 3,
             tls: TlsConfig::default(),
             traces_tls: TlsConfig::default(),
             metrics_tls: TlsConfig::default(),
         }
     }
+}
+
+/// OTLP's two histogram kinds: explicit bucket bounds, or exponential buckets.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum HistogramKind {
+    Explicit,
+    Exponential,
 }
 
 /// The full key of a TLS setting below `exporters.otlp`, for errors.
@@ -163,6 +177,7 @@ impl OtlpConfig {
                 format!("{:?}: use \"gzip\" or \"none\"", self.compression),
             ));
         }
+        check_native_schema("exponential_scale", self.exponential_scale)?;
         for (name, value) in &self.headers {
             if hyper::header::HeaderName::try_from(name.as_str()).is_err()
                 || hyper::header::HeaderValue::try_from(value.as_str()).is_err()

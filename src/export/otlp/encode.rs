@@ -5,8 +5,9 @@ use std::collections::BTreeMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::proto::{self, KeyValue};
+use crate::model::native::NativeBuckets;
 use crate::model::span::{AttributeValue, Span, SpanKind};
-use crate::model::{agent_labels, Family, MetricKind, Value};
+use crate::model::{agent_labels, ClassicHistogram, Family, MetricKind, Value};
 
 pub fn scope() -> proto::InstrumentationScope {
     proto::InstrumentationScope {
@@ -116,12 +117,14 @@ fn unix_nanos(at: SystemTime) -> u64 {
 
 /// Every family as OTLP metrics, all cumulative: a series' start time is when it
 /// started counting, or else `default_start` (the agent's start), so it stays the same
-/// from one export to the next.
+/// from one export to the next. With an `exponential_scale`, a histogram family whose
+/// every series has native buckets is an exponential histogram at that scale.
 pub fn metrics_request(
     families: &[Family],
     now: SystemTime,
     default_start: SystemTime,
     resource: &[KeyValue],
+    exponential_scale: Option<i8>,
 ) -> proto::ExportMetricsServiceRequest {
     let time = unix_nanos(now);
     let default_start = unix_nanos(default_start);
@@ -166,6 +169,28 @@ pub fn metrics_request(
                         })
                         .collect(),
                 }),
+                MetricKind::Histogram if exponential_scale.is_some() && all_native(family) => {
+                    let scale = exponential_scale.unwrap_or_default();
+                    proto::metric::Data::ExponentialHistogram(proto::ExponentialHistogram {
+                        data_points: points
+                            .filter_map(|(attributes, start, value)| match value {
+                                Value::Histogram(ClassicHistogram {
+                                    count,
+                                    sum,
+                                    native: Some(native),
+                                    ..
+                                }) => Some(exponential_point(
+                                    attributes,
+                                    (start, time),
+                                    (*count, *sum),
+                                    &native.at_schema(scale),
+                                )),
+                                _ => None,
+                            })
+                            .collect(),
+                        aggregation_temporality: proto::TEMPORALITY_CUMULATIVE,
+                    })
+                }
                 MetricKind::Histogram => proto::metric::Data::Histogram(proto::Histogram {
                     data_points: points
                         .filter_map(|(attributes, start, value)| match value {
@@ -217,6 +242,44 @@ pub fn metrics_request(
     }
 }
 
+fn all_native(family: &Family) -> bool {
+    family
+        .series
+        .iter()
+        .all(|s| matches!(&s.value, Value::Histogram(h) if h.native.is_some()))
+}
+
+/// A point of native buckets: OTLP has no spans, so its buckets are one dense run from
+/// the first non-empty bucket to the last.
+fn exponential_point(
+    attributes: Vec<KeyValue>,
+    (start, time): (u64, u64),
+    (count, sum): (u64, f64),
+    native: &NativeBuckets,
+) -> proto::ExponentialHistogramDataPoint {
+    let positive = native
+        .runs(i32::MAX)
+        .into_iter()
+        .next()
+        .map(|(first, counts)| {
+            proto::ExponentialBuckets {
+                // OTLP's bucket i is (base^i, base^(i+1)]; Prometheus's is one up.
+                offset: first - 1,
+                bucket_counts: counts,
+            }
+        });
+    proto::ExponentialHistogramDataPoint {
+        attributes,
+        start_time_unix_nano: start,
+        time_unix_nano: time,
+        count,
+        sum: Some(sum),
+        scale: i32::from(native.schema),
+        zero_count: native.zero_count,
+        positive,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -244,6 +307,7 @@ mod tests {
                 cumulative: vec![1],
                 count: 2,
                 sum: 3.0,
+                native: None,
             }),
         );
         let mut plain = Family::new("x_bytes", "Y.", MetricKind::Counter).with_unit("bytes");
@@ -253,6 +317,7 @@ mod tests {
             SystemTime::now(),
             SystemTime::UNIX_EPOCH,
             &[],
+            None,
         );
         let metrics = &request.resource_metrics[0].scope_metrics[0].metrics;
         assert_eq!(metrics[0].name, "x.request.duration");
@@ -302,5 +367,52 @@ mod tests {
                 "host.name"
             ]
         );
+    }
+
+    #[test]
+    fn native_buckets_become_exponential_histograms_one_index_down() {
+        let mut hist = crate::model::native::DurationHistogram::default();
+        for nanos in [0, 1_000_000_000, 1_000_000_001, 3_000_000_000] {
+            hist.record(nanos);
+        }
+        let mut family = Family::new("d_seconds", "D.", MetricKind::Histogram).with_unit("seconds");
+        family.push(
+            vec![("x_route", "/a".into())],
+            Value::Histogram(hist.to_classic(&[1_000_000_000], &[1.0])),
+        );
+        let mut classic_only = Family::new("c_seconds", "C.", MetricKind::Histogram);
+        classic_only.push(
+            Vec::new(),
+            Value::Histogram(ClassicHistogram {
+                bounds: vec![1.0],
+                cumulative: vec![1],
+                count: 1,
+                sum: 0.5,
+                native: None,
+            }),
+        );
+        let request = metrics_request(
+            &[family, classic_only],
+            SystemTime::now(),
+            SystemTime::UNIX_EPOCH,
+            &[],
+            Some(0),
+        );
+        let metrics = &request.resource_metrics[0].scope_metrics[0].metrics;
+        let Some(proto::metric::Data::ExponentialHistogram(exponential)) = &metrics[0].data else {
+            panic!("an exponential histogram: {:?}", metrics[0].data);
+        };
+        let point = &exponential.data_points[0];
+        assert_eq!((point.count, point.scale, point.zero_count), (4, 0, 1));
+        assert_eq!(point.sum, Some(5.000000001));
+        // Prometheus buckets 0 (1 s), 1 (1 s + 1 ns) and 2 (3 s) at schema 0 are OTLP's
+        // (base^i, base^(i+1)] buckets -1, 0 and 1.
+        let positive = point.positive.as_ref().expect("positive buckets");
+        assert_eq!(positive.offset, -1);
+        assert_eq!(positive.bucket_counts, vec![1, 1, 1]);
+        assert!(matches!(
+            metrics[1].data,
+            Some(proto::metric::Data::Histogram(_))
+        ));
     }
 }

@@ -12,7 +12,7 @@ mod config;
 pub mod encode;
 pub mod proto;
 
-pub use config::OtlpConfig;
+pub use config::{HistogramKind, OtlpConfig};
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -66,6 +66,9 @@ pub struct OtlpSettings {
     pub metrics_interval: Option<Duration>,
     pub batch_spans: usize,
     pub max_retry: Duration,
+    /// The scale histograms with native buckets are sent at, as exponential
+    /// histograms; None: every histogram with explicit bounds.
+    pub exponential_scale: Option<i8>,
     /// The agent's own resource: metrics carry it, and spans carry it besides their
     /// process's attributes.
     pub resource: Vec<KeyValue>,
@@ -205,6 +208,7 @@ impl Sender {
             SystemTime::now(),
             self.settings.started,
             &self.settings.resource,
+            self.settings.exponential_scale,
         );
         let points: u64 = families.iter().map(|f| f.series.len() as u64).sum();
         if let Outcome::Delivered { rejected } =

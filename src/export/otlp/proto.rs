@@ -181,7 +181,7 @@ pub struct Metric {
     pub description: String,
     #[prost(string, tag = "3")]
     pub unit: String,
-    #[prost(oneof = "metric::Data", tags = "5, 7, 9")]
+    #[prost(oneof = "metric::Data", tags = "5, 7, 9, 10")]
     pub data: Option<metric::Data>,
 }
 
@@ -194,6 +194,8 @@ pub mod metric {
         Sum(super::Sum),
         #[prost(message, tag = "9")]
         Histogram(super::Histogram),
+        #[prost(message, tag = "10")]
+        ExponentialHistogram(super::ExponentialHistogram),
     }
 }
 
@@ -260,6 +262,43 @@ pub struct HistogramDataPoint {
     pub bucket_counts: Vec<u64>,
     #[prost(double, repeated, tag = "7")]
     pub explicit_bounds: Vec<f64>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ExponentialHistogram {
+    #[prost(message, repeated, tag = "1")]
+    pub data_points: Vec<ExponentialHistogramDataPoint>,
+    #[prost(int32, tag = "2")]
+    pub aggregation_temporality: i32,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ExponentialHistogramDataPoint {
+    #[prost(message, repeated, tag = "1")]
+    pub attributes: Vec<KeyValue>,
+    #[prost(fixed64, tag = "2")]
+    pub start_time_unix_nano: u64,
+    #[prost(fixed64, tag = "3")]
+    pub time_unix_nano: u64,
+    #[prost(fixed64, tag = "4")]
+    pub count: u64,
+    #[prost(double, optional, tag = "5")]
+    pub sum: Option<f64>,
+    #[prost(sint32, tag = "6")]
+    pub scale: i32,
+    #[prost(fixed64, tag = "7")]
+    pub zero_count: u64,
+    #[prost(message, optional, tag = "8")]
+    pub positive: Option<ExponentialBuckets>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ExponentialBuckets {
+    /// The index of the first bucket of `bucket_counts`.
+    #[prost(sint32, tag = "1")]
+    pub offset: i32,
+    #[prost(uint64, repeated, tag = "2")]
+    pub bucket_counts: Vec<u64>,
 }
 
 // gRPC error details (google/rpc/status.proto, google/rpc/error_details.proto,

@@ -6,7 +6,7 @@ use std::num::NonZeroU32;
 
 use serde::Deserialize;
 
-use crate::settings::{nonzero, Range};
+use crate::settings::{check_native_schema, nonzero, Invalid, Range};
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -21,6 +21,9 @@ pub struct PrometheusConfig {
     /// The Prometheus exporter-toolkit web configuration (TLS, basic auth); empty:
     /// plain HTTP without authentication. `--web.config.file` overrides it.
     pub web_config_file: String,
+    /// The schema of native histograms in the protobuf exposition: 2^schema buckets per
+    /// power of two, from -4 to 3 (the kernel's own resolution).
+    pub native_histogram_schema: i8,
 }
 
 impl Default for PrometheusConfig {
@@ -30,11 +33,16 @@ impl Default for PrometheusConfig {
             max_connections: nonzero(256),
             header_read_timeout_secs: 10,
             web_config_file: String::new(),
+            native_histogram_schema: 3,
         }
     }
 }
 
 impl PrometheusConfig {
+    pub fn check(&self) -> Result<(), Invalid> {
+        check_native_schema("native_histogram_schema", self.native_histogram_schema)
+    }
+
     /// Every number with the range it must fall in, keyed below `prometheus`.
     pub fn ranges(&self) -> Vec<Range> {
         vec![

@@ -67,10 +67,11 @@ impl Format {
     }
 }
 
-/// The exposition of `families` in `format`.
-pub fn encode_bytes(families: &[Family], format: Format) -> Vec<u8> {
+/// The exposition of `families` in `format`; in protobuf, histograms with native buckets
+/// are native histograms at `native_schema` too, unless it is None.
+pub fn encode_bytes(families: &[Family], format: Format, native_schema: Option<i8>) -> Vec<u8> {
     match format {
-        Format::Protobuf => super::protobuf::encode(families),
+        Format::Protobuf => super::protobuf::encode(families, native_schema),
         text => encode(families, text).into_bytes(),
     }
 }
@@ -302,6 +303,7 @@ mod tests {
                 cumulative: vec![1, 2],
                 count: 3,
                 sum: 2.5,
+                native: None,
             }),
         );
         let text = encode(&[family], Format::OpenMetrics);

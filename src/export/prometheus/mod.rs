@@ -35,6 +35,14 @@ pub trait Source: Send + Sync + 'static {
     fn snapshot(&self) -> impl Future<Output = Option<Vec<Family>>> + Send;
 }
 
+/// How the endpoint is served: its limits, its web configuration, and the schema of the
+/// native histograms in the protobuf exposition.
+pub struct Serving {
+    pub limits: Limits,
+    pub web: Arc<web::WebConfig>,
+    pub native_schema: i8,
+}
+
 struct Shared {
     rounds: Arc<rounds::Rounds>,
     ready: Arc<AtomicBool>,
@@ -45,13 +53,12 @@ pub async fn serve<S: Source>(
     listener: tokio::net::TcpListener,
     source: S,
     ready: Arc<AtomicBool>,
-    limits: Limits,
+    serving: Serving,
     stats: Arc<ServerStats>,
-    web: Arc<web::WebConfig>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let shared = Arc::new(Shared {
-        rounds: rounds::Rounds::start(source, MIN_ROUND_INTERVAL),
+        rounds: rounds::Rounds::start(source, MIN_ROUND_INTERVAL, serving.native_schema),
         ready,
         stats: stats.clone(),
     });
@@ -60,7 +67,7 @@ pub async fn serve<S: Source>(
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .with_state(shared);
-    server::serve(listener, app, limits, stats, web, shutdown).await
+    server::serve(listener, app, serving.limits, stats, serving.web, shutdown).await
 }
 
 pub async fn bind(address: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {

@@ -4,6 +4,7 @@
 
 use prost::Message;
 
+use crate::model::native::{self, NativeBuckets};
 use crate::model::{ClassicHistogram, Family, MetricKind, Series, Value};
 
 pub const CONTENT_TYPE: &str =
@@ -103,17 +104,18 @@ pub struct MetricFamily {
     pub metric: Vec<Metric>,
 }
 
-/// Every family, each a length-delimited message.
-pub fn encode(families: &[Family]) -> Vec<u8> {
+/// Every family, each a length-delimited message; histograms with native buckets are
+/// native histograms at `native_schema` too (None: classic only).
+pub fn encode(families: &[Family], native_schema: Option<i8>) -> Vec<u8> {
     let mut out = Vec::with_capacity(64 * 1024);
     for family in families {
         // Writing into a Vec cannot run out of room.
-        let _ = message(family).encode_length_delimited(&mut out);
+        let _ = message(family, native_schema).encode_length_delimited(&mut out);
     }
     out
 }
 
-fn message(family: &Family) -> MetricFamily {
+fn message(family: &Family, native_schema: Option<i8>) -> MetricFamily {
     let (kind, name) = match family.kind {
         // Named as its samples are in the text format: the scraper adds nothing.
         MetricKind::Counter => (MetricType::Counter, format!("{}_total", family.name)),
@@ -124,11 +126,15 @@ fn message(family: &Family) -> MetricFamily {
         name: Some(name),
         help: Some(family.help.to_string()),
         r#type: Some(kind as i32),
-        metric: family.series.iter().map(metric).collect(),
+        metric: family
+            .series
+            .iter()
+            .map(|series| metric(series, native_schema))
+            .collect(),
     }
 }
 
-fn metric(series: &Series) -> Metric {
+fn metric(series: &Series, native_schema: Option<i8>) -> Metric {
     let mut metric = Metric {
         label: series
             .labels
@@ -143,13 +149,17 @@ fn metric(series: &Series) -> Metric {
     match &series.value {
         Value::Counter(v) => metric.counter = Some(Counter { value: Some(*v) }),
         Value::Gauge(v) => metric.gauge = Some(Gauge { value: Some(*v) }),
-        Value::Histogram(h) => metric.histogram = Some(histogram(h)),
+        Value::Histogram(h) => metric.histogram = Some(histogram(h, native_schema)),
     }
     metric
 }
 
-fn histogram(h: &ClassicHistogram) -> Histogram {
-    Histogram {
+/// Empty buckets between non-empty ones are sent as zero deltas up to this many in a
+/// row, which costs less than starting a new span.
+const MAX_FILLED_GAP: i32 = 2;
+
+fn histogram(h: &ClassicHistogram, native_schema: Option<i8>) -> Histogram {
+    let mut histogram = Histogram {
         sample_count: Some(h.count),
         sample_sum: Some(h.sum),
         bucket: h
@@ -162,6 +172,46 @@ fn histogram(h: &ClassicHistogram) -> Histogram {
             })
             .collect(),
         ..Histogram::default()
+    };
+    if let (Some(schema), Some(native)) = (native_schema, &h.native) {
+        add_native(&mut histogram, &native.at_schema(schema));
+    }
+    histogram
+}
+
+fn add_native(histogram: &mut Histogram, native: &NativeBuckets) {
+    histogram.schema = Some(i32::from(native.schema));
+    histogram.zero_threshold = Some(native::ZERO_THRESHOLD);
+    histogram.zero_count = Some(native.zero_count);
+    histogram.positive_delta.reserve(native.buckets.len());
+    // Where the last span ends (one past its last bucket), and its last count.
+    let mut end: Option<i32> = None;
+    let mut previous = 0i64;
+    for &(index, count) in &native.buckets {
+        match (end, histogram.positive_span.last_mut()) {
+            (Some(at), Some(span)) if index - at <= MAX_FILLED_GAP => {
+                for _ in at..index {
+                    histogram.positive_delta.push(-previous);
+                    previous = 0;
+                }
+                span.length = Some(span.length.unwrap_or(0) + (index - at) as u32 + 1);
+            }
+            _ => histogram.positive_span.push(BucketSpan {
+                offset: Some(index - end.unwrap_or(0)),
+                length: Some(1),
+            }),
+        }
+        let count = count as i64;
+        histogram.positive_delta.push(count - previous);
+        previous = count;
+        end = Some(index + 1);
+    }
+    if histogram.positive_span.is_empty() {
+        // No observation above zero yet: an empty span still marks the histogram native.
+        histogram.positive_span.push(BucketSpan {
+            offset: Some(0),
+            length: Some(0),
+        });
     }
 }
 
@@ -195,9 +245,10 @@ mod tests {
                 cumulative: vec![2, 5],
                 count: 7,
                 sum: 0.5,
+                native: None,
             }),
         );
-        let decoded = decode(&encode(&[counter, histogram])).expect("decodes");
+        let decoded = decode(&encode(&[counter, histogram], Some(3))).expect("decodes");
         assert_eq!(decoded.len(), 2);
         assert_eq!(decoded[0].name.as_deref(), Some("periscope_things_total"));
         assert_eq!(decoded[0].r#type, Some(MetricType::Counter as i32));
@@ -215,5 +266,91 @@ mod tests {
         assert_eq!(h.bucket.len(), 2, "+Inf is left out");
         assert_eq!(h.bucket[1].cumulative_count, Some(5));
         assert_eq!(h.bucket[1].upper_bound, Some(0.01));
+    }
+
+    /// The (index, count) pairs a scraper reads back from spans and deltas.
+    fn native_buckets_of(h: &Histogram) -> Vec<(i32, u64)> {
+        let mut out = Vec::new();
+        let mut deltas = h.positive_delta.iter();
+        let (mut index, mut count) = (0i32, 0i64);
+        for span in &h.positive_span {
+            index += span.offset.unwrap_or(0);
+            for _ in 0..span.length.unwrap_or(0) {
+                count += deltas.next().expect("a delta per bucket");
+                if count > 0 {
+                    out.push((index, count as u64));
+                }
+                index += 1;
+            }
+        }
+        assert!(deltas.next().is_none(), "no delta beyond the spans");
+        out
+    }
+
+    fn duration_family(hist: &crate::model::native::DurationHistogram) -> Family {
+        let mut family = Family::new("d_seconds", "D.", MetricKind::Histogram);
+        family.push(
+            Vec::new(),
+            Value::Histogram(hist.to_classic(&[1_000_000, 1_000_000_000], &[0.001, 1.0])),
+        );
+        family
+    }
+
+    #[test]
+    fn native_buckets_round_trip_through_spans_and_deltas_at_every_schema() {
+        let mut hist = crate::model::native::DurationHistogram::default();
+        hist.record(0);
+        // Far apart and side by side: gaps filled with zeros and gaps that start spans.
+        for nanos in [
+            1,
+            2,
+            3,
+            1_000,
+            1_001,
+            1_100,
+            999_999,
+            1_000_000_000,
+            5 << 40,
+        ] {
+            hist.record(nanos);
+        }
+        for _ in 0..1_000 {
+            hist.record(1_234_567);
+        }
+        let family = duration_family(&hist);
+        for schema in -4..=3i8 {
+            let decoded =
+                decode(&encode(std::slice::from_ref(&family), Some(schema))).expect("decodes");
+            let h = decoded[0].metric[0]
+                .histogram
+                .as_ref()
+                .expect("a histogram");
+            let expected = hist.native().at_schema(schema).into_owned();
+            assert_eq!(h.schema, Some(i32::from(schema)));
+            assert_eq!(h.zero_count, Some(1));
+            assert_eq!(native_buckets_of(h), expected.buckets, "schema {schema}");
+            assert_eq!(h.sample_count, Some(1_010));
+            assert_eq!(h.bucket.len(), 2, "classic buckets stay beside native ones");
+            assert_eq!(h.bucket[0].cumulative_count, Some(7));
+        }
+        let classic_only = decode(&encode(&[family], None)).expect("decodes");
+        let h = classic_only[0].metric[0]
+            .histogram
+            .as_ref()
+            .expect("a histogram");
+        assert!(h.schema.is_none() && h.positive_span.is_empty());
+    }
+
+    #[test]
+    fn an_empty_native_histogram_is_still_native() {
+        let family = duration_family(&crate::model::native::DurationHistogram::default());
+        let decoded = decode(&encode(&[family], Some(3))).expect("decodes");
+        let h = decoded[0].metric[0]
+            .histogram
+            .as_ref()
+            .expect("a histogram");
+        assert!(h.zero_threshold.is_some_and(|t| t > 0.0 && t < 1e-9));
+        assert_eq!(h.positive_span.len(), 1);
+        assert!(h.positive_delta.is_empty());
     }
 }

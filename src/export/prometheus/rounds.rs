@@ -17,6 +17,7 @@ use crate::model::Family;
 /// One collection and its encodings.
 pub struct Round {
     pub families: Vec<Family>,
+    native_schema: i8,
     encoded: [OnceLock<Bytes>; 3],
 }
 
@@ -28,8 +29,14 @@ impl Round {
             Format::OpenMetrics => &self.encoded[1],
             Format::Protobuf => &self.encoded[2],
         };
-        slot.get_or_init(|| Bytes::from(encode::encode_bytes(&self.families, format)))
-            .clone()
+        slot.get_or_init(|| {
+            Bytes::from(encode::encode_bytes(
+                &self.families,
+                format,
+                Some(self.native_schema),
+            ))
+        })
+        .clone()
     }
 }
 
@@ -53,7 +60,7 @@ pub struct Rounds {
 
 impl Rounds {
     /// Starts the task that runs collections from `source` on demand.
-    pub fn start<S: Source>(source: S, min_interval: Duration) -> Arc<Rounds> {
+    pub fn start<S: Source>(source: S, min_interval: Duration, native_schema: i8) -> Arc<Rounds> {
         let (published, _) = watch::channel((0, None));
         let rounds = Arc::new(Rounds {
             state: Mutex::new(State::default()),
@@ -77,6 +84,7 @@ impl Rounds {
                 let round = source.snapshot().await.map(|families| {
                     Arc::new(Round {
                         families,
+                        native_schema,
                         encoded: Default::default(),
                     })
                 });

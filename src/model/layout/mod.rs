@@ -13,11 +13,16 @@ mod skel {
     include!(concat!(env!("OUT_DIR"), "/layout.skel.rs"));
 }
 
-use skel::types::{psc_hist_layout, psc_native_layout, psc_process_layout, psc_tenant_layout};
+use skel::types::{
+    psc_hist_layout, psc_loglin_layout, psc_native_layout, psc_process_layout, psc_tenant_layout,
+};
 
-/// Sub-buckets per power of two of the kernel's log-linear histograms, as bits.
-pub const HIST_SUB_BITS: u32 = psc_hist_layout::PSC_HIST_SUB_BITS.0;
-/// Buckets of the kernel's log-linear histograms.
+/// Sub-buckets per power of two of the kernel's log-linear buckets, as bits.
+pub const LOGLIN_SUB_BITS: u32 = psc_loglin_layout::PSC_LOGLIN_SUB_BITS.0;
+/// Log-linear buckets the kernel tells apart.
+pub const LOGLIN_BUCKETS: usize = psc_loglin_layout::PSC_LOGLIN_BUCKETS.0 as usize;
+/// Slots of the kernel's duration histograms (`bpf/histogram.h`): the zero bucket and
+/// one per native bucket at `NATIVE_MAX_SCHEMA`.
 pub const HIST_BUCKETS: usize = psc_hist_layout::PSC_HIST_BUCKETS.0 as usize;
 /// The finest native-histogram schema the kernel buckets at (`bpf/native.h`).
 pub const NATIVE_MAX_SCHEMA: u8 = psc_native_layout::PSC_NATIVE_MAX_SCHEMA.0 as u8;

@@ -20,7 +20,7 @@
 #include <bpf/bpf_core_read.h>
 #include <bpf/bpf_endian.h>
 #include "periscope.h"
-#include "histogram.h"
+#include "loglinear.h"
 #include "http.h"
 
 char LICENSE[] SEC("license") = PSC_LICENSE;
@@ -39,11 +39,11 @@ const volatile __u8 span_sampling = 0;
 const volatile __u8 span_root_always = 0;
 const volatile __u32 span_root_threshold = 0;
 const volatile __u8 span_parent = 0;
-/* The histogram class of each log-linear bucket (histogram.h) of a duration in ns and of
+/* The histogram class of each log-linear bucket (loglinear.h) of a duration in ns and of
  * a body size in bytes: the first configured bound the whole bucket lies under, or the
  * count of bounds (+Inf). */
-const volatile __u8 duration_class[PSC_HIST_BUCKETS] = {};
-const volatile __u8 body_class[PSC_HIST_BUCKETS] = {};
+const volatile __u8 duration_class[PSC_LOGLIN_BUCKETS] = {};
+const volatile __u8 body_class[PSC_LOGLIN_BUCKETS] = {};
 /* The agent's own process: its scrapes and exports are not traced, or exporting a span
  * would make another. */
 const volatile __u32 agent_tgid = 0;
@@ -991,9 +991,9 @@ static __always_inline int same_key(const struct psc_http_series_key *a,
 static __always_inline void record_class(struct psc_http_hist *h, const volatile __u8 *classes,
 					 __u64 v)
 {
-	__u32 bucket = psc_hist_bucket(v), class;
+	__u32 bucket = psc_loglin_bucket(v), class;
 
-	if (bucket >= PSC_HIST_BUCKETS)
+	if (bucket >= PSC_LOGLIN_BUCKETS)
 		return;
 	class = classes[bucket];
 	if (class >= PSC_HTTP_CLASSES)

@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
-use crate::model::LogLinearHistogram;
+use crate::model::native::DurationHistogram;
 
 /// What a kernel entry counts: values that add up.
 pub trait Accumulate: Clone + Default + PartialEq {
@@ -21,9 +21,9 @@ impl Accumulate for u64 {
     }
 }
 
-impl Accumulate for LogLinearHistogram {
+impl Accumulate for DurationHistogram {
     fn merge(&mut self, other: &Self) {
-        LogLinearHistogram::merge(self, other);
+        DurationHistogram::merge(self, other);
     }
 }
 

@@ -19,7 +19,8 @@ use super::util::{self, c_string, decode, MapFill, ProbeError};
 use super::{BuiltIn, LoadContext, Probe};
 use crate::enrich::workload::RecordedCgroup;
 use crate::enrich::{Workload, Workloads};
-use crate::model::histogram::{DurationBounds, LogLinearHistogram};
+use crate::model::histogram::DurationBounds;
+use crate::model::native::{self, DurationHistogram};
 use crate::model::{Family, MetricKind, Value, OVERFLOW};
 use config::SchedConfig;
 
@@ -44,6 +45,12 @@ impl BuiltIn for SchedProbe {
         let ((skel, links), _) = load_degrading("sched", PROGRAMS, |plan| {
             let mut open = util::open_object(SchedSkelBuilder::default(), "sched")?;
             util::set_entries(&mut open.maps.latency, settings.max_series.get(), "latency")?;
+            let rodata = open.maps.rodata_data.as_deref_mut().ok_or_else(|| {
+                ProbeError::Unsupported("the sched object has no rodata".into())
+            })?;
+            rodata
+                .psc_native_thresholds
+                .copy_from_slice(native::thresholds(native::KERNEL_SCHEMA));
             let skel = load_object(open, plan, "sched")?;
             let mut links = Vec::new();
             if context.attach {
@@ -96,14 +103,14 @@ pub struct SchedProbe {
     bounds: DurationBounds,
     started: SystemTime,
     budget: ProbeBudget,
-    idle: IdleKeys<SeriesKey, LogLinearHistogram>,
+    idle: IdleKeys<SeriesKey, DurationHistogram>,
     fill: Vec<MapFill>,
 }
 
 impl SchedProbe {
 
     /// The kernel's series, as (raw key, series key, histogram).
-    fn read(&self) -> Vec<Row<SeriesKey, LogLinearHistogram>> {
+    fn read(&self) -> Vec<Row<SeriesKey, DurationHistogram>> {
         util::read_shared(&self.skel.maps.latency)
             .into_iter()
             .filter_map(|(raw, value)| {
@@ -170,7 +177,7 @@ impl Probe for SchedProbe {
                 .or_default()
                 .merge(&overflow);
         }
-        let owners: Vec<(Owner, LogLinearHistogram)> = series
+        let owners: Vec<(Owner, DurationHistogram)> = series
             .into_iter()
             .map(|((name, cgroup), hist)| {
                 let owner = if name == OVERFLOW && cgroup == 0 {
@@ -195,7 +202,7 @@ impl Probe for SchedProbe {
         for (owner, hist) in &series {
             family.push_created(
                 owner.labels(workloads),
-                Value::Histogram(self.bounds.classic(hist)),
+                Value::Histogram(self.bounds.classic_and_native(hist)),
                 self.started,
             );
         }
@@ -239,7 +246,7 @@ impl Probe for SchedProbe {
     }
 }
 
-fn decode_hist(bytes: &[u8]) -> Option<LogLinearHistogram> {
+fn decode_hist(bytes: &[u8]) -> Option<DurationHistogram> {
     let hist: types::psc_hist = decode(bytes)?;
-    Some(LogLinearHistogram::from_parts(&hist.buckets, hist.sum))
+    Some(DurationHistogram::from_parts(&hist.buckets, hist.sum))
 }

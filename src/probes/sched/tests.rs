@@ -1,5 +1,5 @@
 use super::*;
-use crate::model::histogram::BUCKETS;
+use crate::model::native::KERNEL_SLOTS;
 
 #[test]
 fn the_kernels_histogram_decodes_with_its_sum() {
@@ -8,12 +8,12 @@ fn the_kernels_histogram_decodes_with_its_sum() {
         ..Default::default()
     };
     hist.buckets[3] = 2;
-    hist.buckets[BUCKETS - 1] = 1;
+    hist.buckets[KERNEL_SLOTS - 1] = 1;
     let bytes = util::plain_bytes(&hist).to_vec();
     let decoded = decode_hist(&bytes).expect("a whole histogram decodes");
     assert_eq!(decoded.count(), 3);
     assert_eq!(decoded.sum, 7_000);
-    assert_eq!(decoded.buckets.len(), BUCKETS);
+    assert_eq!(decoded.slots.len(), KERNEL_SLOTS);
     assert!(decode_hist(&bytes[..bytes.len() - 1]).is_none());
 }
 

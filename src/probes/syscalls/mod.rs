@@ -26,7 +26,8 @@ use crate::enrich::workload::RecordedCgroup;
 use crate::enrich::process::UNKNOWN_NAME;
 use crate::enrich::{ProcessTable, Workload};
 use crate::kernel::duty::DutyCycle;
-use crate::model::histogram::{DurationBounds, LogLinearHistogram, BUCKETS};
+use crate::model::histogram::DurationBounds;
+use crate::model::native::{self, DurationHistogram};
 use crate::model::{Family, MetricKind, Value};
 use config::SyscallsConfig;
 use fast::FastTable;
@@ -270,6 +271,9 @@ impl SyscallsProbe {
             }
         }
         rodata.timed_count = timed.len() as u32;
+        rodata
+            .psc_native_thresholds
+            .copy_from_slice(native::thresholds(native::KERNEL_SCHEMA));
         rodata.filter_by_tgid = u8::from(!settings.include_pids.is_empty());
         rodata.filter_by_comm = u8::from(!settings.include_executables.is_empty());
         rodata.filter_cgroups = u8::from(context.drops_tenants);
@@ -746,7 +750,7 @@ impl SyscallsProbe {
                 errors.push_created(labels, Value::Counter(*count as f64), created);
             }
             if let Some(hist) = &series.latency {
-                let value = Value::Histogram(self.bounds.classic(hist));
+                let value = Value::Histogram(self.bounds.classic_and_native(hist));
                 durations.push_created(labels, value, created);
             }
         }
@@ -783,7 +787,7 @@ impl SyscallsProbe {
 struct Reading {
     counts: PidKeyed<(Proc, u32), u64>,
     errors: PidKeyed<(Proc, u32, u32), u64>,
-    latency: PidKeyed<(Proc, u32), LogLinearHistogram>,
+    latency: PidKeyed<(Proc, u32), DurationHistogram>,
     /// Keys of each process in the keyed maps tenants share, when they do.
     keys: HashMap<Proc, [i64; util::TENANT_MAPS as usize]>,
     /// Entries read from the per-CPU table and the counts, errors and latency maps, for
@@ -1015,8 +1019,7 @@ pub fn errno_name(err: u32) -> String {
     }
 }
 
-fn decode_hist(bytes: &[u8]) -> Option<LogLinearHistogram> {
+fn decode_hist(bytes: &[u8]) -> Option<DurationHistogram> {
     let hist: types::psc_hist = decode(bytes)?;
-    debug_assert_eq!(hist.buckets.len(), BUCKETS);
-    Some(LogLinearHistogram::from_parts(&hist.buckets, hist.sum))
+    Some(DurationHistogram::from_parts(&hist.buckets, hist.sum))
 }

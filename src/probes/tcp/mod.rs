@@ -316,6 +316,7 @@ fn classic(buckets: &[u64], bounds: &[f64], sum: f64) -> ClassicHistogram {
         bounds: bounds.to_vec(),
         cumulative,
         count,
+        native: None,
         sum,
     }
 }
