@@ -11,6 +11,10 @@ medians. Also reports the agent's start-to-attached time and its RSS after a whi
 
 Usage (as root, after `cargo build --release`):
     python3 bench/syscall_overhead.py [--rounds 7] [--calls 5000000] [--rss-after 60]
+
+With --timed, getppid is a timed syscall (in latency_syscalls, timing always on) for
+Periscope and the baseline, and only those two run beside off and the floor: what
+timing one syscall, and bucketing its latency in the kernel, costs.
 """
 import argparse
 import os
@@ -50,11 +54,11 @@ def wait_for_line(proc, pattern, timeout=60):
     raise RuntimeError(f"timed out waiting for {pattern!r}")
 
 
-def start_tool(kind, port, baseline=None):
+def start_tool(kind, port, baseline=None, timed=False):
     if kind.startswith("periscope"):
-        return start_periscope(port, kind)
+        return start_periscope(port, kind, timed=timed)
     if kind == "baseline":
-        return start_periscope(port, "periscope", binary=baseline)
+        return start_periscope(port, "periscope", binary=baseline, timed=timed)
     if kind == "floor":
         proc = subprocess.Popen([PERISCOPE, "floor"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         wait_for_line(proc, "floor programs attached")
@@ -68,15 +72,18 @@ def start_tool(kind, port, baseline=None):
     return proc
 
 
-def start_periscope(port, kind, binary=PERISCOPE):
+def start_periscope(port, kind, binary=PERISCOPE, timed=False):
     """The default configuration (sampled windows closed, as between windows), or with
-    syscall timing or kernel run-time statistics always on (as inside their windows)."""
+    syscall timing or kernel run-time statistics always on (as inside their windows);
+    `timed`: getppid timed all the time."""
     config = tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False)
     config.write(f'prometheus:\n  listen_address: "127.0.0.1:{port}"\n')
     if kind == "periscope-stats-always":
         config.write("self_metrics:\n  bpf_stats: always\n")
     if kind == "periscope-timing-always":
         config.write("probes:\n  syscalls:\n    latency_sampling: always\n")
+    if timed:
+        config.write("probes:\n  syscalls:\n    latency_sampling: always\n    latency_syscalls: [getppid]\n")
     config.close()
     proc = subprocess.Popen([binary, "run", "--config", config.name], stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, text=True)
@@ -124,6 +131,8 @@ def main():
     parser.add_argument("--rss-after", type=int, default=60, help="seconds before reading RSS (0 skips)")
     parser.add_argument("--baseline", help="another periscope binary (an older build, say) run with the "
                         "default configuration in each round, for an A/B comparison in the same run")
+    parser.add_argument("--timed", action="store_true", help="time getppid in Periscope and the baseline, "
+                        "and run only those beside off and the floor")
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("run as root: the benchmark loads BPF programs")
@@ -131,6 +140,8 @@ def main():
         sys.exit("build first: cargo build --release")
 
     kinds = ["off", "floor", "periscope", "periscope-timing-always", "periscope-stats-always", "bpftrace"]
+    if args.timed:
+        kinds = ["off", "floor", "periscope"]
     if args.baseline:
         kinds.insert(3, "baseline")
     samples = {kind: [] for kind in kinds}
@@ -139,7 +150,7 @@ def main():
         run_loop(loop, args.calls // 10, args.cpu)  # warm up
         for round_no in range(args.rounds):
             for kind in kinds:
-                proc = start_tool(kind, args.port, args.baseline)
+                proc = start_tool(kind, args.port, args.baseline, args.timed)
                 try:
                     samples[kind].append(run_loop(loop, args.calls, args.cpu))
                 finally:
@@ -155,6 +166,13 @@ def main():
         ratio = "" if kind == "off" else f"{added[kind] / added['floor']:.2f}"
         print(f"| {kind} | {median[kind]:.1f} | {added[kind]:+.1f} | {ratio} |")
     print()
+    if args.timed:
+        if args.baseline:
+            paired = statistics.median(p - b for p, b in zip(samples["periscope"], samples["baseline"]))
+            print(f"Periscope - baseline ({args.baseline}), getppid timed: "
+                  f"{added['periscope'] - added['baseline']:+.1f} ns per syscall between medians, "
+                  f"{paired:+.1f} ns as the median of the rounds' differences")
+        return
     # The default configuration times syscalls 10 s in every 60 s and turns kernel
     # statistics on 5 s in every 60 s: its long-run cost is the closed-window cost plus
     # each window's extra cost weighted by its share of time.

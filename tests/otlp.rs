@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::apps::{connect, get, hex_id, App};
-use common::{free_port, have_root, kernel_lock, Agent, Metrics};
+use common::{free_port, have_root, kernel_lock, Agent, Helper, Metrics, Prometheus, KILL_HELPER};
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
@@ -926,4 +926,102 @@ fn the_otlp_endpoint_variable_alone_turns_traces_on() {
         assert_eq!(expected.get(trace), Some(parent), "trace {trace}");
     }
     drop(agent);
+}
+
+/// With `histograms: exponential`, the syscall latency arrives as an OTLP exponential
+/// histogram that says what Prometheus's native histogram of the same series says,
+/// bucket by bucket: both come from the kernel's one set of native buckets.
+#[test]
+fn exponential_histograms_agree_with_prometheus_native_buckets() {
+    if !have_root("exponential_histograms_agree_with_prometheus_native_buckets") {
+        return;
+    }
+    let _lock = kernel_lock();
+    let receiver = Receiver::start(Vec::new());
+    let agent = Agent::start(&format!(
+        "probes:\n  syscalls:\n    latency_syscalls: [kill]\n    latency_sampling: always\n    latency_per_process: true\nexporters:\n  otlp:\n    enabled: true\n    endpoint: \"{}\"\n    metrics_interval_secs: 1\n    histograms: exponential\n    exponential_scale: 3\n",
+        receiver.endpoint()
+    ));
+    let prometheus = Prometheus::start_flagged(
+        agent.port,
+        None,
+        "",
+        &["--enable-feature=native-histograms"],
+    );
+    let mut helper = Helper::spawn(KILL_HELPER, &["300".into(), "0".into()]);
+    let pid = helper.pid().to_string();
+    helper.run();
+    let this = format!("syscall_duration_seconds{{process_pid=\"{pid}\",syscall=\"kill\"}}");
+    assert_eq!(
+        prometheus.wait_for(&format!("histogram_count({this})"), &[300.0]),
+        vec![300.0]
+    );
+    let scraped_at = Instant::now();
+    let native = prometheus.query(&this);
+    assert_eq!(native.len(), 1, "{native:?}");
+    let histogram = &native[0]["histogram"][1];
+    let number = |v: &serde_json::Value| v.as_str().and_then(|s| s.parse::<f64>().ok());
+    // (upper bound, count) of every bucket Prometheus holds.
+    let prometheus_buckets: Vec<(f64, u64)> = histogram["buckets"]
+        .as_array()
+        .expect("native buckets")
+        .iter()
+        .map(|b| {
+            (
+                number(&b[2]).expect("an upper bound"),
+                number(&b[3]).expect("a count") as u64,
+            )
+        })
+        .collect();
+    assert!(prometheus_buckets.len() > 1, "{histogram}");
+
+    wait_until("a metrics export after the scrape", || {
+        let got = receiver.received.lock().expect("lock");
+        got.metrics.iter().any(|(at, _)| *at > scraped_at)
+    });
+    let got = receiver.received.lock().expect("lock");
+    let (_, request) = got.metrics.last().expect("an export");
+    let metric = request.resource_metrics[0].scope_metrics[0]
+        .metrics
+        .iter()
+        .find(|m| m.name == "syscall_duration_seconds")
+        .expect("the syscall latency");
+    let Some(metric::Data::ExponentialHistogram(exponential)) = &metric.data else {
+        panic!("an exponential histogram: {:?}", metric.data);
+    };
+    assert_eq!(exponential.aggregation_temporality, 2, "cumulative");
+    let point = exponential
+        .data_points
+        .iter()
+        .find(|p| {
+            string_attr(&p.attributes, "process.pid") == Some(pid.as_str())
+                && string_attr(&p.attributes, "syscall") == Some("kill")
+        })
+        .expect("the helper's point");
+    assert_eq!((point.count, point.scale, point.zero_count), (300, 3, 0));
+    assert_eq!(point.sum, number(&histogram["sum"]));
+    let positive = point.positive.as_ref().expect("positive buckets");
+    // OTLP bucket i holds (2^(i/8), 2^((i+1)/8)]; empty ones are not Prometheus's.
+    let otlp_buckets: Vec<(f64, u64)> = positive
+        .bucket_counts
+        .iter()
+        .enumerate()
+        .filter(|(_, count)| **count > 0)
+        .map(|(k, count)| {
+            let index = positive.offset + k as i32;
+            ((f64::from(index + 1) / 8.0).exp2(), *count)
+        })
+        .collect();
+    assert_eq!(otlp_buckets.len(), prometheus_buckets.len());
+    for ((otlp_upper, otlp_count), (prom_upper, prom_count)) in
+        otlp_buckets.iter().zip(&prometheus_buckets)
+    {
+        assert!(
+            ((otlp_upper - prom_upper) / prom_upper).abs() < 1e-12,
+            "{otlp_upper} against {prom_upper}"
+        );
+        assert_eq!(otlp_count, prom_count, "bucket up to {prom_upper} s");
+    }
+    drop(got);
+    helper.finish();
 }
