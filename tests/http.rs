@@ -7,7 +7,7 @@ use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{free_port, have_root, kernel_lock, Agent, Metrics};
+use common::{free_port, have_root, kernel_lock, Agent, Metrics, Prometheus};
 
 const HTTP_CONFIG: &str = "probes:\n  http:\n    enabled: true\n";
 
@@ -578,6 +578,84 @@ fn latency_lands_in_the_bucket_of_the_client_measured_time() {
     // Tolerance: 10 ms per request for the loopback round trip and scheduling.
     assert!(
         sum <= client_sum && sum > client_sum - 0.05,
+        "server {sum} vs client {client_sum}"
+    );
+}
+
+/// Prometheus with native histograms on gets request durations as a native histogram:
+/// the first request of the series counted in user space, the others by the kernel
+/// framer, every one in a bucket next to the time the client measured.
+#[test]
+fn native_histograms_hold_request_durations_next_to_the_client_measured_times() {
+    if !have_root("native_histograms_hold_request_durations_next_to_the_client_measured_times") {
+        return;
+    }
+    let _kernel = kernel_lock();
+    let agent = Agent::start(HTTP_CONFIG);
+    let prometheus = Prometheus::start_flagged(
+        agent.port,
+        None,
+        "",
+        &["--enable-feature=native-histograms"],
+    );
+    let server = Server::python();
+    let stream = connect(server.port);
+    let mut reader = BufReader::new(&stream);
+    let mut measured = Vec::new();
+    for i in 0..20 {
+        let ms = if i % 2 == 0 { 20 } else { 80 };
+        let began = std::time::Instant::now();
+        (&stream)
+            .write_all(format!("GET /sleep/{ms} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
+            .expect("send");
+        assert_eq!(read_response(&mut reader), 200);
+        measured.push(began.elapsed().as_secs_f64());
+    }
+    let pid = server.pid();
+    let this = format!(
+        "http_server_request_duration_seconds{{process_pid=\"{pid}\",http_route=\"/sleep/*\"}}"
+    );
+    assert_eq!(
+        prometheus.wait_for(&format!("histogram_count({this})"), &[20.0]),
+        vec![20.0]
+    );
+    let native = prometheus.query(&this);
+    assert_eq!(native.len(), 1, "{native:?}");
+    let number = |v: &serde_json::Value| v.as_str().and_then(|s| s.parse::<f64>().ok());
+    // Each (lower, upper, count) bucket must hold as many requests as the client timed
+    // within it, give or take the loopback round trip the server does not see: a
+    // request is matched to the bucket of its client time or the one below.
+    let buckets: Vec<(f64, f64, u64)> = native[0]["histogram"][1]["buckets"]
+        .as_array()
+        .expect("native buckets")
+        .iter()
+        .map(|b| {
+            (
+                number(&b[1]).expect("lower"),
+                number(&b[2]).expect("upper"),
+                number(&b[3]).expect("count") as u64,
+            )
+        })
+        .collect();
+    let counted: u64 = buckets.iter().map(|b| b.2).sum();
+    assert_eq!(counted, 20, "{buckets:?}");
+    for (lower, upper, count) in &buckets {
+        let near = measured
+            .iter()
+            .filter(|t| **t > *lower && **t <= upper * 2f64.powf(0.125))
+            .count() as u64;
+        assert!(
+            *count <= near,
+            "{count} in ({lower}, {upper}] but the client timed {measured:?}"
+        );
+    }
+    // The halves at 20 ms and 80 ms stay apart.
+    let below_40ms: u64 = buckets.iter().filter(|b| b.1 < 0.04).map(|b| b.2).sum();
+    assert_eq!(below_40ms, 10, "{buckets:?}");
+    let sum = number(&native[0]["histogram"][1]["sum"]).expect("a sum");
+    let client_sum: f64 = measured.iter().sum();
+    assert!(
+        sum <= client_sum && sum > client_sum - 0.2,
         "server {sum} vs client {client_sum}"
     );
 }

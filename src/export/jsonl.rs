@@ -361,6 +361,16 @@ pub fn family_json(family: &Family, now_unix_nano: u64) -> Vec<Json> {
                             Json::from(h.bounds.iter().map(|b| finite(*b)).collect::<Vec<_>>()),
                         );
                         fields.insert("cumulative_counts".into(), Json::from(h.cumulative.clone()));
+                        if let Some(native) = &h.native {
+                            fields.insert(
+                                "native".into(),
+                                json!({
+                                    "schema": native.schema,
+                                    "zero_count": native.zero_count,
+                                    "buckets": native.buckets,
+                                }),
+                            );
+                        }
                     }
                 }
             }
@@ -391,6 +401,42 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("dir");
         dir
+    }
+
+    #[test]
+    fn native_buckets_are_written_beside_the_classic_ones_as_the_schema_says() {
+        let mut hist = crate::model::native::DurationHistogram::default();
+        for nanos in [0, 1_000_000_000, 1_000_000_001] {
+            hist.record(nanos);
+        }
+        let mut family = Family::new("d_seconds", "D.", MetricKind::Histogram);
+        family.push(
+            vec![("syscall", "read".into())],
+            Value::Histogram(hist.to_classic(&[1_000_000_000], &[1.0])),
+        );
+        let lines = family_json(&family, 1);
+        assert_eq!(lines[0]["native"]["schema"], 3);
+        assert_eq!(lines[0]["native"]["zero_count"], 1);
+        assert_eq!(lines[0]["native"]["buckets"], json!([[0, 1], [1, 1]]));
+        assert_eq!(lines[0]["cumulative_counts"], json!([2]));
+        // The published schema takes the line (python3-jsonschema, from setup.sh --test).
+        let dir = scratch_dir("jsonl-native");
+        let path = dir.join("lines.jsonl");
+        std::fs::write(&path, format!("{}\n", lines[0])).expect("write");
+        let schema = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/jsonl-schema.json");
+        let script = "import json, sys, jsonschema\n\
+            v = jsonschema.Draft202012Validator(json.load(open(sys.argv[1])))\n\
+            [v.validate(json.loads(l)) for l in open(sys.argv[2])]\n";
+        let out = std::process::Command::new("python3")
+            .args(["-c", script, schema])
+            .arg(&path)
+            .output()
+            .expect("python3");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     #[test]

@@ -39,10 +39,9 @@ const volatile __u8 span_sampling = 0;
 const volatile __u8 span_root_always = 0;
 const volatile __u32 span_root_threshold = 0;
 const volatile __u8 span_parent = 0;
-/* The histogram class of each log-linear bucket (loglinear.h) of a duration in ns and of
- * a body size in bytes: the first configured bound the whole bucket lies under, or the
- * count of bounds (+Inf). */
-const volatile __u8 duration_class[PSC_LOGLIN_BUCKETS] = {};
+/* The histogram class of each log-linear bucket (loglinear.h) of a body size in bytes:
+ * the first configured bound the whole bucket lies under, or the count of bounds (+Inf).
+ * Durations are counted by native bucket (histogram.h). */
 const volatile __u8 body_class[PSC_LOGLIN_BUCKETS] = {};
 /* The agent's own process: its scrapes and exports are not traced, or exporting a span
  * would make another. */
@@ -52,8 +51,8 @@ const volatile __u32 agent_tgid = 0;
  * and counter slots. */
 PSC_EXPORT_TYPES(struct psc_conn_key, struct psc_conn, struct psc_http_event,
 		 enum psc_http_event_kind, enum psc_http_role, enum psc_http_counter,
-		 struct psc_http_exchange, struct psc_http_stats, enum psc_http_method,
-		 enum psc_span_parent);
+		 struct psc_http_exchange, struct psc_http_stats, struct psc_http_durations,
+		 enum psc_http_method, enum psc_span_parent);
 
 /* x86_64 syscall numbers. */
 #define NR_READ 0
@@ -161,6 +160,7 @@ PSC_SK_STORAGE(socks, struct psc_sock);
  * exchange of each key, and what each slot counted per CPU. Sizes set by user space. */
 PSC_HASH(slots, struct psc_http_series_key, __u32, 4096);
 PSC_PERCPU_ARRAY(slot_stats, struct psc_http_stats, 1024);
+PSC_ARRAY(slot_durations, struct psc_http_durations, 1024);
 
 PSC_TASK_STORAGE(serving, struct psc_serving);
 
@@ -1077,6 +1077,7 @@ static __always_inline void finish(struct scratch *s, struct psc_sock *sock, con
 	struct psc_turn *t = &sock->turn;
 	__u64 now = bpf_ktime_get_ns();
 	struct psc_http_stats *stats;
+	struct psc_http_durations *durations;
 
 	t->phase = PSC_PHASE_IDLE;
 	if (span_sampling && trace_clients && sock->conn.role == PSC_ROLE_SERVER)
@@ -1092,8 +1093,13 @@ static __always_inline void finish(struct scratch *s, struct psc_sock *sock, con
 		}
 	}
 	stats = t->slot_ok ? bpf_map_lookup_elem(&slot_stats, &t->slot) : 0;
-	if (stats) {
-		record_class(&stats->duration, duration_class, now - t->start_ns);
+	durations = t->slot_ok ? bpf_map_lookup_elem(&slot_durations, &t->slot) : 0;
+	if (stats && durations) {
+		__u32 bucket = psc_hist_bucket(now - t->start_ns);
+
+		if (bucket < PSC_HIST_BUCKETS)
+			__sync_fetch_and_add(&durations->buckets[bucket], 1);
+		stats->duration_sum += now - t->start_ns;
 		record_class(&stats->request_body, body_class, t->request_length - t->request_head);
 		record_class(&stats->response_body, body_class,
 			     t->response_length - t->response_head);

@@ -2,6 +2,7 @@
 #pragma once
 
 #include "periscope.h"
+#include "histogram.h"
 #include "process.h"
 
 /* Bytes of each read or write copied to user space: enough for request and response
@@ -121,11 +122,18 @@ struct psc_http_hist {
 	__u64 counts[PSC_HTTP_CLASSES];
 };
 
-/* What one series slot has counted on one CPU. */
+/* What one series slot has counted on one CPU: body sizes in classes, and the sum of
+ * the durations whose buckets are in psc_http_durations. */
 struct psc_http_stats {
-	struct psc_http_hist duration;
+	__u64 duration_sum;
 	struct psc_http_hist request_body;
 	struct psc_http_hist response_body;
+};
+
+/* A series slot's exchange durations by native bucket (histogram.h), one counter per
+ * bucket shared by every CPU: a slot holds fewer buckets than a per-CPU copy would. */
+struct psc_http_durations {
+	__u64 buckets[PSC_HIST_BUCKETS];
 };
 
 /* A read, write or close on a tracked connection, followed by `captured` bytes. */

@@ -33,6 +33,7 @@ use super::kit::lifecycle::{FirstSeen, Owner, ProcessSeries};
 use crate::enrich::ProcessTable;
 use crate::kernel::caps::{self, Need};
 use crate::model::histogram::{DurationBounds, LogLinearHistogram};
+use crate::model::native::{self, DurationHistogram};
 use crate::model::span::{Span, SpanResource};
 use crate::model::{Family, MetricKind, Value};
 use conn::{Connection, Direction, Exchange, Role};
@@ -56,6 +57,7 @@ util::plain_types!(
     types::psc_conn_key,
     types::psc_http_exchange,
     types::psc_http_stats,
+    types::psc_http_durations,
 );
 
 /// What the ring buffer callback returns to stop a drain whose inbox is full.
@@ -141,7 +143,7 @@ struct Exchanges {
 
 #[derive(Debug, Default, Clone, PartialEq)]
 struct SeriesStats {
-    duration_ns: LogLinearHistogram,
+    duration_ns: DurationHistogram,
     request_bytes: LogLinearHistogram,
     response_bytes: LogLinearHistogram,
     /// When the series' process was first seen.
@@ -342,19 +344,21 @@ impl HttpProbe {
         let slot_count = settings.kernel_series.get();
         let key_count = slot_count.saturating_mul(KEYS_PER_SLOT);
         util::set_entries(&mut open.maps.slot_stats, slot_count, "slot_stats")?;
+        util::set_entries(&mut open.maps.slot_durations, slot_count, "slot_durations")?;
         util::set_entries(&mut open.maps.slots, key_count, "slots")?;
         let kernel_framing = settings.kernel_framing;
         let durations = DurationBounds::new(&settings.duration_buckets_seconds.0);
         let body = &settings.body_size_buckets_bytes.0;
         let body_bounds: Vec<u64> = body.iter().map(|b| *b as u64).collect();
-        let duration_classes = slots::classes(&durations.nanos);
         let body_classes = slots::classes(&body_bounds);
         if let Some(rodata) = open.maps.rodata_data.as_deref_mut() {
             rodata.trace_clients = u8::from(settings.clients);
             rodata.agent_tgid = std::process::id();
             rodata.kernel_framing = u8::from(kernel_framing);
-            rodata.duration_class = duration_classes;
             rodata.body_class = body_classes;
+            rodata
+                .psc_native_thresholds
+                .copy_from_slice(native::thresholds(native::KERNEL_SCHEMA));
             if let Some(sampler) = context.spans {
                 let sampling = spans::KernelSampling::of(sampler);
                 rodata.span_sampling = 1;
@@ -417,7 +421,7 @@ impl HttpProbe {
             spans: context
                 .spans
                 .map(|sampler| spans::SpanMaker::new(sampler, context.agent_connections.clone())),
-            slots: slots::SlotTable::new(slot_count, key_count, &duration_classes, &body_classes),
+            slots: slots::SlotTable::new(slot_count, key_count, &body_classes),
             kernel_framing,
             kernel_records: 0,
             ingress: "sock_recv_length",
@@ -973,18 +977,20 @@ impl HttpProbe {
         if !self.kernel_framing {
             return;
         }
-        let map = &self.skel.maps.slot_stats;
+        let (stats_map, durations_map) = (&self.skel.maps.slot_stats, &self.skel.maps.slot_durations);
         let deltas = self.slots.deltas(|slot| {
-            let values = map
-                .lookup_percpu(&slot.to_ne_bytes(), MapFlags::ANY)
-                .ok()
-                .flatten()?;
-            let cpus: Vec<slots::SlotCounts> = values
+            let key = slot.to_ne_bytes();
+            // The count is the buckets' total, whatever the timing; a duration counted
+            // between the two reads may show its sum now and its bucket next time.
+            let durations = durations_map.lookup(&key, MapFlags::ANY).ok().flatten()?;
+            let durations = util::decode::<types::psc_http_durations>(&durations)?;
+            let values = stats_map.lookup_percpu(&key, MapFlags::ANY).ok().flatten()?;
+            let cpus: Vec<slots::CpuCounts> = values
                 .iter()
                 .filter_map(|bytes| util::decode::<types::psc_http_stats>(bytes))
-                .map(|stats| slot_counts(&stats))
+                .map(|stats| cpu_counts(&stats))
                 .collect();
-            Some(slots::SlotTable::<SeriesKey>::sum_cpus(&cpus))
+            Some(slots::SlotCounts::of(&cpus, &durations.buckets))
         });
         for (key, delta) in deltas {
             let stats = self.series.entry(key).or_default();
@@ -1010,13 +1016,15 @@ impl HttpProbe {
             return;
         };
         let zeroes = vec![vec![0u8; std::mem::size_of::<types::psc_http_stats>()]; cpus];
+        let no_durations = vec![0u8; std::mem::size_of::<types::psc_http_durations>()];
+        let maps = &self.skel.maps;
         for slot in freed {
-            if let Err(err) =
-                self.skel
-                    .maps
-                    .slot_stats
-                    .update_percpu(&slot.to_ne_bytes(), &zeroes, MapFlags::ANY)
-            {
+            let key = slot.to_ne_bytes();
+            let cleared = maps
+                .slot_stats
+                .update_percpu(&key, &zeroes, MapFlags::ANY)
+                .and_then(|()| maps.slot_durations.update(&key, &no_durations, MapFlags::ANY));
+            if let Err(err) = cleared {
                 warn!(slot, error = %err, "clearing a series slot failed");
             }
         }
@@ -1326,7 +1334,7 @@ impl Probe for HttpProbe {
                 hist.to_classic(&self.body_bounds, &self.body_bounds_exported, 1.0)
             };
             let values = ExchangeValues {
-                duration: self.durations.classic(&stats.duration_ns),
+                duration: self.durations.classic_and_native(&stats.duration_ns),
                 request_body: body(&stats.request_bytes),
                 response_body: body(&stats.response_bytes),
             };
@@ -1477,13 +1485,13 @@ fn framed_line(record: &types::psc_http_exchange) -> &[u8] {
 }
 
 /// One CPU's counts of a slot, as the kernel keeps them.
-fn slot_counts(stats: &types::psc_http_stats) -> slots::SlotCounts {
+fn cpu_counts(stats: &types::psc_http_stats) -> slots::CpuCounts {
     let class = |hist: &types::psc_http_hist| slots::ClassCounts {
         sum: hist.sum,
         counts: hist.counts,
     };
-    slots::SlotCounts {
-        duration: class(&stats.duration),
+    slots::CpuCounts {
+        duration_sum: stats.duration_sum,
         request_body: class(&stats.request_body),
         response_body: class(&stats.response_body),
     }

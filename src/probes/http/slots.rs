@@ -2,7 +2,8 @@
 //! kernel counted in it since it was last read.
 //!
 //! The kernel counts a framed exchange in the slot its series key (process, method,
-//! status, path hash, server) maps to, in classes of the configured histogram bounds.
+//! status, path hash, server) maps to: its duration by native bucket, its body sizes in
+//! classes of the configured bounds.
 //! A key with no slot yet sends its exchange to user space instead, which frames the
 //! route from the request line, counts the exchange, and installs the key here: from
 //! then on, the kernel counts that key alone. Several keys (paths of one route) may share
@@ -14,6 +15,7 @@ use std::hash::Hash;
 use libbpf_rs::{MapCore, MapFlags};
 
 use crate::model::histogram::{bucket_upper, LogLinearHistogram, BUCKETS};
+use crate::model::native::DurationHistogram;
 
 /// Histogram classes per slot (`PSC_HTTP_CLASSES`).
 pub const CLASSES: usize = 32;
@@ -79,18 +81,44 @@ impl ClassCounts {
     }
 }
 
-/// A slot's three histograms, summed over CPUs.
+/// What one CPU counted in a slot (`psc_http_stats`): the durations' sum, and the body
+/// sizes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct SlotCounts {
-    pub duration: ClassCounts,
+pub struct CpuCounts {
+    pub duration_sum: u64,
     pub request_body: ClassCounts,
     pub response_body: ClassCounts,
+}
+
+/// A slot's three histograms: the durations from the slot's shared native buckets and
+/// the CPUs' sums, the body sizes summed over CPUs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SlotCounts {
+    pub duration: DurationHistogram,
+    pub request_body: ClassCounts,
+    pub response_body: ClassCounts,
+}
+
+impl SlotCounts {
+    /// A slot's counts from its CPUs' values and its native duration buckets.
+    pub fn of(cpus: &[CpuCounts], duration_buckets: &[u64]) -> SlotCounts {
+        let mut total = SlotCounts {
+            duration: DurationHistogram::from_parts(duration_buckets, 0),
+            ..SlotCounts::default()
+        };
+        for cpu in cpus {
+            total.duration.sum = total.duration.sum.wrapping_add(cpu.duration_sum);
+            total.request_body.add(cpu.request_body.sum, &cpu.request_body.counts);
+            total.response_body.add(cpu.response_body.sum, &cpu.response_body.counts);
+        }
+        total
+    }
 }
 
 /// What a slot counted since it was last read: duration (ns), request and response
 /// body sizes (bytes).
 pub struct Delta {
-    pub duration: LogLinearHistogram,
+    pub duration: DurationHistogram,
     pub request_body: LogLinearHistogram,
     pub response_body: LogLinearHistogram,
 }
@@ -124,22 +152,21 @@ pub struct SlotTable<S> {
     max_keys: usize,
     /// The kernel keys installed, with their slots.
     keys: HashMap<Vec<u8>, u32>,
-    duration_representatives: [usize; CLASSES],
     body_representatives: [usize; CLASSES],
     /// Keys not installed, by cause.
     pub refused: u64,
 }
 
 impl<S: Clone + Eq + Hash> SlotTable<S> {
-    /// `slots` slots, `max_keys` kernel keys, with the class tables the kernel was given.
-    pub fn new(slots: u32, max_keys: u32, duration: &[u8; BUCKETS], body: &[u8; BUCKETS]) -> Self {
+    /// `slots` slots, `max_keys` kernel keys, with the body class table the kernel was
+    /// given.
+    pub fn new(slots: u32, max_keys: u32, body: &[u8; BUCKETS]) -> Self {
         SlotTable {
             slots: (0..slots).map(|_| None).collect(),
             by_series: HashMap::new(),
             free: (0..slots).rev().collect(),
             max_keys: max_keys as usize,
             keys: HashMap::new(),
-            duration_representatives: representatives(duration),
             body_representatives: representatives(body),
             refused: 0,
         }
@@ -198,7 +225,7 @@ impl<S: Clone + Eq + Hash> SlotTable<S> {
                 continue;
             };
             let delta = Delta {
-                duration: now.duration.since(&slot.seen.duration, &self.duration_representatives),
+                duration: since(&now.duration, &slot.seen.duration),
                 request_body: now
                     .request_body
                     .since(&slot.seen.request_body, &self.body_representatives),
@@ -243,16 +270,16 @@ impl<S: Clone + Eq + Hash> SlotTable<S> {
         freed
     }
 
-    /// Sums one slot's per-CPU values as the kernel stores them (`psc_http_stats`).
-    pub fn sum_cpus(values: &[SlotCounts]) -> SlotCounts {
-        let mut total = SlotCounts::default();
-        for v in values {
-            total.duration.add(v.duration.sum, &v.duration.counts);
-            total.request_body.add(v.request_body.sum, &v.request_body.counts);
-            total.response_body.add(v.response_body.sum, &v.response_body.counts);
-        }
-        total
+}
+
+/// The durations counted between `before` and `now`.
+fn since(now: &DurationHistogram, before: &DurationHistogram) -> DurationHistogram {
+    let mut delta = now.clone();
+    for (count, then) in delta.slots.iter_mut().zip(&before.slots) {
+        *count = count.wrapping_sub(*then);
     }
+    delta.sum = now.sum.wrapping_sub(before.sum);
+    delta
 }
 
 #[cfg(test)]
@@ -283,20 +310,37 @@ mod tests {
     #[test]
     fn deltas_count_what_was_added_since_the_last_read() {
         let table = classes(&[64, 1024]);
-        let mut slots: SlotTable<&str> = SlotTable::new(2, 4, &table, &table);
+        let mut slots: SlotTable<&str> = SlotTable::new(2, 4, &table);
         slots.slots[0] = Some(Slot {
             series: "a",
             seen: SlotCounts::default(),
         });
-        let mut counts = SlotCounts::default();
-        counts.duration.counts[1] = 3;
-        counts.duration.sum = 300;
-        let first = slots.deltas(|_| Some(counts));
+        let cpus = [
+            CpuCounts {
+                duration_sum: 100,
+                ..CpuCounts::default()
+            },
+            CpuCounts {
+                duration_sum: 200,
+                ..CpuCounts::default()
+            },
+        ];
+        let mut buckets = vec![0u64; crate::model::native::KERNEL_SLOTS];
+        buckets[7] = 3;
+        let first = slots.deltas(|_| Some(SlotCounts::of(&cpus, &buckets)));
         assert_eq!(first.len(), 1);
         assert_eq!(first[0].1.duration.count(), 3);
         assert_eq!(first[0].1.duration.sum, 300);
-        assert!(slots.deltas(|_| Some(counts)).is_empty(), "nothing new");
-        counts.duration.counts[1] = 5;
-        assert_eq!(slots.deltas(|_| Some(counts))[0].1.duration.count(), 2);
+        assert!(
+            slots
+                .deltas(|_| Some(SlotCounts::of(&cpus, &buckets)))
+                .is_empty(),
+            "nothing new"
+        );
+        buckets[7] = 5;
+        let next = slots.deltas(|_| Some(SlotCounts::of(&cpus, &buckets)));
+        assert_eq!(next[0].1.duration.count(), 2);
+        assert_eq!(next[0].1.duration.slots[7], 2);
+        assert_eq!(next[0].1.duration.sum, 0);
     }
 }
