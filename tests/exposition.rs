@@ -271,3 +271,66 @@ fn sampled_bpf_stats_open_a_window_each_period() {
     assert!(stats_on(&later) > 0.0);
     assert!(runs(&later) > 0.0);
 }
+
+/// An attack on the native histograms: a process records syscall latencies as fast as
+/// it can while a client scrapes the protobuf exposition back to back. Every native
+/// histogram of every scrape stays whole: its buckets and zero bucket add up to its
+/// count (Prometheus refuses a histogram whose do not), no bucket is negative, and its
+/// classic buckets climb to at most that count.
+#[test]
+fn native_histograms_stay_whole_while_scraped_during_a_flood_of_timed_syscalls() {
+    if !have_root("native_histograms_stay_whole_while_scraped_during_a_flood_of_timed_syscalls") {
+        return;
+    }
+    let _kernel = kernel_lock();
+    let agent = Agent::start(
+        "probes:\n  syscalls:\n    latency_syscalls: [kill, getppid]\n    latency_sampling: always\n    latency_per_process: true\n",
+    );
+    let mut flood = Command::new("python3")
+        .args([
+            "-c",
+            "import os\nfor _ in range(4_000_000):\n    os.kill(os.getpid(), 0)\n    os.getppid()\n",
+        ])
+        .spawn()
+        .expect("python3");
+    let accept = "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited";
+    let mut histograms_checked = 0;
+    for _ in 0..100 {
+        let (status, body) =
+            common::http_get_bytes(agent.port, "/metrics", Some(accept)).expect("scrape");
+        assert_eq!(status, 200);
+        let families = periscope::export::prometheus::protobuf::decode(&body).expect("decodes");
+        for metric in families.iter().flat_map(|f| &f.metric) {
+            let Some(h) = &metric.histogram else {
+                continue;
+            };
+            let count = h.sample_count.unwrap_or(0);
+            if let Some(last) = h.bucket.last() {
+                let cumulative: Vec<u64> =
+                    h.bucket.iter().filter_map(|b| b.cumulative_count).collect();
+                assert!(cumulative.windows(2).all(|w| w[0] <= w[1]), "{h:?}");
+                assert!(last.cumulative_count.unwrap_or(0) <= count, "{h:?}");
+            }
+            if h.schema.is_none() {
+                continue;
+            }
+            let mut running = 0i64;
+            let mut total = h.zero_count.unwrap_or(0);
+            for delta in &h.positive_delta {
+                running += delta;
+                assert!(running >= 0, "a negative bucket: {h:?}");
+                total += running as u64;
+            }
+            let spanned: u32 = h.positive_span.iter().filter_map(|s| s.length).sum();
+            assert_eq!(spanned as usize, h.positive_delta.len(), "{h:?}");
+            assert_eq!(total, count, "buckets and count disagree: {h:?}");
+            histograms_checked += 1;
+        }
+    }
+    let _ = flood.kill();
+    let _ = flood.wait();
+    assert!(
+        histograms_checked >= 100,
+        "{histograms_checked} native histograms"
+    );
+}

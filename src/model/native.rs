@@ -7,7 +7,9 @@
 //! point: within each power of two of nanoseconds the K boundaries fall at the same
 //! mantissas, so a value's bucket is its highest set bit times K, plus how many of K
 //! fixed thresholds its mantissa (the value shifted to bit 63) exceeds. That is the
-//! per-octave table of a few compares the kernel can run too.
+//! per-octave table of a few compares the kernel can run too. The kernel's duration
+//! histograms count by it (`DurationHistogram`), and exporters merge their buckets into
+//! any coarser schema (`NativeBuckets`).
 
 use std::borrow::Cow;
 
