@@ -11,7 +11,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use periscope::export::prometheus::encode::{encode_bytes, Format};
-use periscope::model::native::DurationHistogram;
+use periscope::model::native::KernelHistogram;
 use periscope::model::{Family, MetricKind, Value};
 
 const SERIES: u32 = 10_000;
@@ -49,7 +49,7 @@ fn families() -> Vec<Family> {
     );
     for n in 0..SERIES / 2 {
         counters.push(labels(n), Value::Counter(f64::from(n) * 7.0));
-        let mut hist = DurationHistogram::default();
+        let mut hist = KernelHistogram::default();
         for _ in 0..100 {
             hist.record((2_000.0 * (next() * 5.0).exp2()) as u64);
         }

@@ -149,7 +149,16 @@ fn every_dashboard_and_rule_expression_returns_data() {
         .read_line(&mut line)
         .expect("server starts");
 
-    let prometheus = Prometheus::start(agent.port, Some(Path::new("deploy/prometheus/rules.yml")));
+    // Every expression must work whether Prometheus stores the classic buckets or, with
+    // native histograms on, the native histograms.
+    let rules = Path::new("deploy/prometheus/rules.yml");
+    let classic = Prometheus::start(agent.port, Some(rules));
+    let native = Prometheus::start_flagged(
+        agent.port,
+        Some(rules),
+        "",
+        &["--enable-feature=native-histograms"],
+    );
 
     // Load for the whole test: pipelined bursts of fast requests and 5xx that overflow
     // the tiny ring buffer, with pauses so that the ring drains; and, on connections of
@@ -200,9 +209,19 @@ fn every_dashboard_and_rule_expression_returns_data() {
 
     let mut exprs = dashboard_expressions();
     exprs.extend(rule_expressions());
-    let mut missing = exprs.clone();
+    let mut missing: Vec<(&str, String)> = exprs
+        .iter()
+        .flat_map(|expr| [("classic", expr.clone()), ("native", expr.clone())])
+        .collect();
     for _ in 0..90 {
-        missing.retain(|expr| prometheus.query(expr).is_empty());
+        missing.retain(|(which, expr)| {
+            let prometheus = if *which == "native" {
+                &native
+            } else {
+                &classic
+            };
+            prometheus.query(expr).is_empty()
+        });
         if missing.is_empty() {
             break;
         }
@@ -213,7 +232,7 @@ fn every_dashboard_and_rule_expression_returns_data() {
     for thread in slow {
         let _ = thread.join();
     }
-    drop(prometheus);
+    drop((classic, native));
     let _ = server.kill();
     let _ = server.wait();
     assert!(Path::new("deploy/grafana/provisioning/dashboards/periscope.yaml").exists());

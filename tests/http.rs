@@ -582,12 +582,13 @@ fn latency_lands_in_the_bucket_of_the_client_measured_time() {
     );
 }
 
-/// Prometheus with native histograms on gets request durations as a native histogram:
-/// the first request of the series counted in user space, the others by the kernel
-/// framer, every one in a bucket next to the time the client measured.
+/// Prometheus with native histograms on gets request durations and body sizes as native
+/// histograms: the first request of the series counted in user space, the others by the
+/// kernel framer, every duration in a bucket next to the time the client measured and
+/// every size in the bucket that holds it.
 #[test]
-fn native_histograms_hold_request_durations_next_to_the_client_measured_times() {
-    if !have_root("native_histograms_hold_request_durations_next_to_the_client_measured_times") {
+fn native_histograms_hold_durations_by_the_client_measured_times_and_exact_sizes() {
+    if !have_root("native_histograms_hold_durations_by_the_client_measured_times_and_exact_sizes") {
         return;
     }
     let _kernel = kernel_lock();
@@ -658,6 +659,35 @@ fn native_histograms_hold_request_durations_next_to_the_client_measured_times() 
         sum <= client_sum && sum > client_sum - 0.2,
         "server {sum} vs client {client_sum}"
     );
+    // Body sizes are native too: every response has 5 bytes, in (2^(18/8), 2^(19/8)]
+    // (4.76, 5.19]; no request has a body, so all 20 are in the zero bucket.
+    let sizes = |name: &str| {
+        let found = prometheus.query(&format!(
+            "{name}{{process_pid=\"{pid}\",http_route=\"/sleep/*\"}}"
+        ));
+        assert_eq!(found.len(), 1, "{name}: {found:?}");
+        found[0]["histogram"][1]["buckets"]
+            .as_array()
+            .expect("native buckets")
+            .iter()
+            .map(|b| {
+                (
+                    number(&b[1]).expect("lower"),
+                    number(&b[2]).expect("upper"),
+                    number(&b[3]).expect("count") as u64,
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let response = sizes("http_server_response_body_size_bytes");
+    assert_eq!(response.len(), 1, "{response:?}");
+    let (lower, upper, count) = response[0];
+    assert!(lower < 5.0 && (5.0..5.2).contains(&upper), "{response:?}");
+    assert_eq!(count, 20);
+    let request = sizes("http_server_request_body_size_bytes");
+    assert_eq!(request.len(), 1, "the zero bucket alone: {request:?}");
+    assert_eq!(request[0].2, 20, "{request:?}");
+    assert!(request[0].0 <= 0.0 && request[0].1 >= 0.0, "{request:?}");
 }
 
 #[test]

@@ -405,7 +405,7 @@ mod tests {
 
     #[test]
     fn native_buckets_are_written_beside_the_classic_ones_as_the_schema_says() {
-        let mut hist = crate::model::native::DurationHistogram::default();
+        let mut hist = crate::model::native::KernelHistogram::default();
         for nanos in [0, 1_000_000_000, 1_000_000_001] {
             hist.record(nanos);
         }

@@ -13,7 +13,7 @@ pub mod span;
 
 use std::time::SystemTime;
 
-pub use histogram::{ClassicHistogram, LogLinearHistogram};
+pub use histogram::ClassicHistogram;
 
 /// The label value of the series that data folds into when a cap is reached.
 pub const OVERFLOW: &str = "__overflow__";

@@ -7,9 +7,9 @@
 //! point: within each power of two of nanoseconds the K boundaries fall at the same
 //! mantissas, so a value's bucket is its highest set bit times K, plus how many of K
 //! fixed thresholds its mantissa (the value shifted to bit 63) exceeds. That is the
-//! per-octave table of a few compares the kernel can run too. The kernel's duration
-//! histograms count by it (`DurationHistogram`), and exporters merge their buckets into
-//! any coarser schema (`NativeBuckets`).
+//! per-octave table of a few compares the kernel can run too. The kernel's histograms
+//! count by it (`KernelHistogram`), durations and sizes in bytes alike, and exporters
+//! merge their buckets into any coarser schema (`NativeBuckets`).
 
 use std::borrow::Cow;
 
@@ -225,37 +225,99 @@ pub const KERNEL_SLOTS: usize = super::layout::HIST_BUCKETS;
 /// positive one as native even before its first observation.
 pub const ZERO_THRESHOLD: f64 = 2.938_735_877_055_719e-39; // 2^-128
 
-/// The kernel's slot of a duration (`psc_hist_bucket` of `bpf/histogram.h`).
-pub fn kernel_slot(nanos: u64) -> usize {
-    match bucket(nanos, KERNEL_SCHEMA) {
-        None => 0,
-        Some(index) => {
-            let slot = index + OFFSETS[usize::from(KERNEL_SCHEMA)] + 1;
-            usize::try_from(slot).map_or(0, |slot| slot.min(KERNEL_SLOTS - 1))
+/// `floor(2^63 * 2^(k/8))` for k in 0..8: the mantissas at which the native boundaries
+/// `2^(i/8)` bytes fall within every power of two, at `KERNEL_SCHEMA`.
+static BYTES_THRESHOLDS: [u64; 8] = [
+    0x8000000000000000,
+    0x8b95c1e3ea8bd6e6,
+    0x9837f0518db8a96f,
+    0xa5fed6a9b15138ea,
+    0xb504f333f9de6484,
+    0xc5672a115506dadd,
+    0xd744fccad69d6af4,
+    0xeac0c6e7dd24392e,
+];
+
+/// What a kernel histogram counts: durations in nanoseconds, exported in seconds, or
+/// sizes in bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Unit {
+    #[default]
+    Nanoseconds,
+    Bytes,
+}
+
+impl Unit {
+    /// The thresholds the kernel is given to count this unit at `KERNEL_SCHEMA`.
+    pub fn kernel_thresholds(self) -> &'static [u64] {
+        match self {
+            Unit::Nanoseconds => thresholds(KERNEL_SCHEMA),
+            Unit::Bytes => &BYTES_THRESHOLDS,
+        }
+    }
+
+    /// Minus the native index of the bucket that holds 1 (ns or byte) at `KERNEL_SCHEMA`.
+    fn below_one(self) -> i32 {
+        match self {
+            Unit::Nanoseconds => OFFSETS[usize::from(KERNEL_SCHEMA)],
+            Unit::Bytes => 0,
+        }
+    }
+
+    /// What one unit is in the exported unit (seconds or bytes).
+    fn exported(self) -> f64 {
+        match self {
+            Unit::Nanoseconds => 1e-9,
+            Unit::Bytes => 1.0,
         }
     }
 }
 
-/// A duration histogram as the kernel keeps it (`struct psc_hist`): counts per slot
-/// and the exact sum of nanoseconds.
+/// The kernel's slot of a value (`psc_hist_bucket` of `bpf/histogram.h`, or the http
+/// probe's byte buckets): 0 for 0, else `1 + octave * K + thresholds below the
+/// mantissa`, the top slot taking everything beyond.
+pub fn kernel_slot(unit: Unit, value: u64) -> usize {
+    if value == 0 {
+        return 0;
+    }
+    let octave = 63 - value.leading_zeros();
+    let mantissa = value << (63 - octave);
+    let above = unit.kernel_thresholds().partition_point(|&t| t < mantissa);
+    let slot = 1 + ((octave as usize) << KERNEL_SCHEMA) + above;
+    slot.min(KERNEL_SLOTS - 1)
+}
+
+/// A histogram as the kernel keeps it (`struct psc_hist` and the http probe's slots):
+/// counts per slot and the exact sum.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DurationHistogram {
+pub struct KernelHistogram {
+    pub unit: Unit,
     pub slots: Vec<u64>,
     pub sum: u64,
 }
 
-impl Default for DurationHistogram {
+impl Default for KernelHistogram {
     fn default() -> Self {
-        DurationHistogram {
+        KernelHistogram::new(Unit::Nanoseconds)
+    }
+}
+
+impl KernelHistogram {
+    pub fn new(unit: Unit) -> Self {
+        KernelHistogram {
+            unit,
             slots: vec![0; KERNEL_SLOTS],
             sum: 0,
         }
     }
-}
 
-impl DurationHistogram {
+    /// A duration histogram from the kernel's slots and sum.
     pub fn from_parts(slots: &[u64], sum: u64) -> Self {
-        let mut hist = DurationHistogram::default();
+        KernelHistogram::from_parts_in(Unit::Nanoseconds, slots, sum)
+    }
+
+    pub fn from_parts_in(unit: Unit, slots: &[u64], sum: u64) -> Self {
+        let mut hist = KernelHistogram::new(unit);
         for (mine, count) in hist.slots.iter_mut().zip(slots) {
             *mine = *count;
         }
@@ -263,12 +325,12 @@ impl DurationHistogram {
         hist
     }
 
-    pub fn record(&mut self, nanos: u64) {
-        self.slots[kernel_slot(nanos)] += 1;
-        self.sum = self.sum.wrapping_add(nanos);
+    pub fn record(&mut self, value: u64) {
+        self.slots[kernel_slot(self.unit, value)] += 1;
+        self.sum = self.sum.wrapping_add(value);
     }
 
-    pub fn merge(&mut self, other: &DurationHistogram) {
+    pub fn merge(&mut self, other: &KernelHistogram) {
         for (mine, theirs) in self.slots.iter_mut().zip(&other.slots) {
             *mine += theirs;
         }
@@ -285,7 +347,7 @@ impl DurationHistogram {
 
     /// The native buckets at `KERNEL_SCHEMA`, the schema exporters merge from.
     pub fn native(&self) -> NativeBuckets {
-        let below_one = OFFSETS[usize::from(KERNEL_SCHEMA)];
+        let below_one = self.unit.below_one();
         NativeBuckets {
             schema: KERNEL_SCHEMA as i8,
             zero_count: self.slots[0],
@@ -300,8 +362,8 @@ impl DurationHistogram {
         }
     }
 
-    /// The classic histogram of `bounds` (ascending nanoseconds, exported as
-    /// `exported_bounds` seconds), carrying the native buckets too. A slot is counted
+    /// The classic histogram of `bounds` (ascending, in the histogram's unit; exported
+    /// as `exported_bounds`), carrying the native buckets too. A slot is counted
     /// under a bound when every duration it holds is at most the bound; a slot the bound
     /// falls inside is counted at the next bound up, so a duration is never reported
     /// below its bucket, and one above only within a slot's width (under 9.1 %) of it.
@@ -309,8 +371,8 @@ impl DurationHistogram {
         let cumulative = bounds
             .iter()
             .map(|&bound| {
-                let inside = kernel_slot(bound);
-                let whole = if kernel_slot(bound.saturating_add(1)) != inside {
+                let inside = kernel_slot(self.unit, bound);
+                let whole = if kernel_slot(self.unit, bound.saturating_add(1)) != inside {
                     inside + 1
                 } else {
                     inside
@@ -322,7 +384,7 @@ impl DurationHistogram {
             bounds: exported_bounds.to_vec(),
             cumulative,
             count: self.count(),
-            sum: self.sum as f64 * 1e-9,
+            sum: self.sum as f64 * self.unit.exported(),
             native: Some(self.native()),
         }
     }
@@ -510,20 +572,26 @@ mod tests {
 
     #[test]
     fn kernel_slots_are_native_buckets_from_one_nanosecond_up() {
-        assert_eq!(kernel_slot(0), 0);
-        assert_eq!(kernel_slot(1), 1);
-        let one_second = kernel_slot(1_000_000_000);
+        assert_eq!(kernel_slot(Unit::Nanoseconds, 0), 0);
+        assert_eq!(kernel_slot(Unit::Nanoseconds, 1), 1);
+        let one_second = kernel_slot(Unit::Nanoseconds, 1_000_000_000);
         assert_eq!(
-            DurationHistogram::from_parts(&slot_with(one_second), 0)
+            KernelHistogram::from_parts(&slot_with(one_second), 0)
                 .native()
                 .buckets,
             vec![(0, 1)]
         );
-        assert_eq!(kernel_slot(1_000_000_001), one_second + 1);
+        assert_eq!(
+            kernel_slot(Unit::Nanoseconds, 1_000_000_001),
+            one_second + 1
+        );
         // Beyond 2^48 ns, everything shares the top slot.
-        assert_eq!(kernel_slot(1 << 48), KERNEL_SLOTS - 1);
-        assert_eq!(kernel_slot(u64::MAX), KERNEL_SLOTS - 1);
-        assert_eq!(kernel_slot((1 << 48) - 1), KERNEL_SLOTS - 1);
+        assert_eq!(kernel_slot(Unit::Nanoseconds, 1 << 48), KERNEL_SLOTS - 1);
+        assert_eq!(kernel_slot(Unit::Nanoseconds, u64::MAX), KERNEL_SLOTS - 1);
+        assert_eq!(
+            kernel_slot(Unit::Nanoseconds, (1 << 48) - 1),
+            KERNEL_SLOTS - 1
+        );
     }
 
     fn slot_with(slot: usize) -> Vec<u64> {
@@ -536,7 +604,7 @@ mod tests {
     fn classic_counts_agree_with_native_buckets_on_their_shared_bounds() {
         // 1 ms, 2 ms and 1 s are native boundaries at schema 0 (powers of two of a
         // second are: 2^-10 s is not 1 ms, so 1 ms straddles a bucket).
-        let mut hist = DurationHistogram::default();
+        let mut hist = KernelHistogram::default();
         for nanos in [
             0,
             1,
@@ -567,20 +635,20 @@ mod tests {
 
     #[test]
     fn a_bound_inside_a_slot_counts_the_slot_at_the_next_bound() {
-        let mut hist = DurationHistogram::default();
+        let mut hist = KernelHistogram::default();
         // 1 ms is not a boundary at schema 3; 999_000 ns shares its slot.
         hist.record(999_000);
         let classic = hist.to_classic(&[999_000, 1_000_000, 2_000_000], &[0.0, 0.0, 0.0]);
         assert_eq!(classic.cumulative, vec![0, 0, 1]);
         // The top slot is never counted under a finite bound.
-        let mut top = DurationHistogram::default();
+        let mut top = KernelHistogram::default();
         top.record(u64::MAX);
         assert_eq!(top.to_classic(&[u64::MAX], &[0.0]).cumulative, vec![0]);
     }
 
     #[test]
     fn merging_to_a_coarser_schema_keeps_every_count() {
-        let mut hist = DurationHistogram::default();
+        let mut hist = KernelHistogram::default();
         let mut nanos = 1u64;
         let mut values = Vec::new();
         while nanos < 1 << 47 {
@@ -626,5 +694,63 @@ mod tests {
         }
         .runs(2)
         .is_empty());
+    }
+
+    #[test]
+    fn byte_thresholds_are_the_exact_integer_roots() {
+        for (k, &threshold) in BYTES_THRESHOLDS.iter().enumerate() {
+            let exact = (BigUint::from(1u32) << (63 * 8 + k)).nth_root(8);
+            assert_eq!(BigUint::from(threshold), exact, "threshold {k}");
+        }
+    }
+
+    #[test]
+    fn sizes_land_in_the_native_bucket_whose_bounds_hold_them() {
+        assert_eq!(kernel_slot(Unit::Bytes, 0), 0);
+        // Powers of two sit on boundaries and close their bucket: 2^e bytes is the top
+        // of bucket 8e, and from 16 bytes up (where buckets are over a byte wide) one
+        // byte more opens bucket 8e + 1.
+        for octave in 0..40u32 {
+            let hist = |bytes: u64| {
+                let mut h = KernelHistogram::new(Unit::Bytes);
+                h.record(bytes);
+                h.native().buckets
+            };
+            let k = 8 * octave as i32;
+            assert_eq!(hist(1 << octave), vec![(k, 1)], "2^{octave}");
+            if octave >= 4 {
+                assert_eq!(hist((1 << octave) + 1), vec![(k + 1, 1)], "2^{octave} + 1");
+            }
+        }
+        // Between boundaries, the bucket is the one (2^((i-1)/8), 2^(i/8)] holds; the
+        // boundaries are irrational there, so floating point tells them apart.
+        let mut bytes = 3u64;
+        while bytes < 1 << 40 {
+            let mut h = KernelHistogram::new(Unit::Bytes);
+            h.record(bytes);
+            let (index, _) = h.native().buckets[0];
+            let (lower, upper) = (
+                (f64::from(index - 1) / 8.0).exp2(),
+                (f64::from(index) / 8.0).exp2(),
+            );
+            assert!(
+                lower < bytes as f64 && bytes as f64 <= upper,
+                "{bytes} in {index}"
+            );
+            bytes = bytes * 7 / 5 + 1;
+        }
+    }
+
+    #[test]
+    fn byte_histograms_export_bytes_and_exact_classic_buckets_at_powers_of_two() {
+        let mut h = KernelHistogram::new(Unit::Bytes);
+        for bytes in [0, 5, 64, 65, 1024, 1025] {
+            h.record(bytes);
+        }
+        let classic = h.to_classic(&[64, 1024], &[64.0, 1024.0]);
+        assert_eq!(classic.cumulative, vec![3, 5]);
+        assert_eq!(classic.count, 6);
+        assert_eq!(classic.sum, 2183.0);
+        assert_eq!(classic.native.map(|n| n.zero_count), Some(1));
     }
 }

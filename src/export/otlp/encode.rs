@@ -371,7 +371,7 @@ mod tests {
 
     #[test]
     fn native_buckets_become_exponential_histograms_one_index_down() {
-        let mut hist = crate::model::native::DurationHistogram::default();
+        let mut hist = crate::model::native::KernelHistogram::default();
         for nanos in [0, 1_000_000_000, 1_000_000_001, 3_000_000_000] {
             hist.record(nanos);
         }

@@ -287,7 +287,7 @@ mod tests {
         out
     }
 
-    fn duration_family(hist: &crate::model::native::DurationHistogram) -> Family {
+    fn duration_family(hist: &crate::model::native::KernelHistogram) -> Family {
         let mut family = Family::new("d_seconds", "D.", MetricKind::Histogram);
         family.push(
             Vec::new(),
@@ -298,7 +298,7 @@ mod tests {
 
     #[test]
     fn native_buckets_round_trip_through_spans_and_deltas_at_every_schema() {
-        let mut hist = crate::model::native::DurationHistogram::default();
+        let mut hist = crate::model::native::KernelHistogram::default();
         hist.record(0);
         // Far apart and side by side: gaps filled with zeros and gaps that start spans.
         for nanos in [
@@ -343,7 +343,7 @@ mod tests {
 
     #[test]
     fn an_empty_native_histogram_is_still_native() {
-        let family = duration_family(&crate::model::native::DurationHistogram::default());
+        let family = duration_family(&crate::model::native::KernelHistogram::default());
         let decoded = decode(&encode(&[family], Some(3))).expect("decodes");
         let h = decoded[0].metric[0]
             .histogram

@@ -8,13 +8,12 @@
 #include <bpf/bpf_helpers.h>
 #include "periscope.h"
 #include "histogram.h"
-#include "loglinear.h"
 #include "native.h"
 #include "process.h"
 #include "tenants.h"
 
-PSC_EXPORT_TYPES(enum psc_hist_layout, enum psc_loglin_layout, enum psc_native_layout,
-		 enum psc_process_layout, enum psc_tenant_layout);
+PSC_EXPORT_TYPES(enum psc_hist_layout, enum psc_native_layout, enum psc_process_layout,
+		 enum psc_tenant_layout);
 
 /* Values to bucket and their buckets, for the self-test below. */
 #define PSC_SELFTEST_VALUES 64

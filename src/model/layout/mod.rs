@@ -13,14 +13,8 @@ mod skel {
     include!(concat!(env!("OUT_DIR"), "/layout.skel.rs"));
 }
 
-use skel::types::{
-    psc_hist_layout, psc_loglin_layout, psc_native_layout, psc_process_layout, psc_tenant_layout,
-};
+use skel::types::{psc_hist_layout, psc_native_layout, psc_process_layout, psc_tenant_layout};
 
-/// Sub-buckets per power of two of the kernel's log-linear buckets, as bits.
-pub const LOGLIN_SUB_BITS: u32 = psc_loglin_layout::PSC_LOGLIN_SUB_BITS.0;
-/// Log-linear buckets the kernel tells apart.
-pub const LOGLIN_BUCKETS: usize = psc_loglin_layout::PSC_LOGLIN_BUCKETS.0 as usize;
 /// Slots of the kernel's duration histograms (`bpf/histogram.h`): the zero bucket and
 /// one per native bucket at `NATIVE_MAX_SCHEMA`.
 pub const HIST_BUCKETS: usize = psc_hist_layout::PSC_HIST_BUCKETS.0 as usize;
@@ -46,7 +40,7 @@ mod tests {
     use crate::model::native;
 
     /// Values on and around every boundary of every power of two, and the extremes.
-    fn edge_values(schema: u8) -> Vec<u64> {
+    fn edge_values(thresholds: &[u64]) -> Vec<u64> {
         let mut values = vec![
             0,
             1,
@@ -60,7 +54,7 @@ mod tests {
         for octave in 0..64u32 {
             values.push(1 << octave);
             values.push((1u64 << octave).wrapping_sub(1));
-            for &threshold in native::thresholds(schema) {
+            for &threshold in thresholds {
                 let floor = threshold >> (63 - octave);
                 values.extend([floor, floor.saturating_add(1), floor.saturating_sub(1)]);
             }
@@ -68,48 +62,79 @@ mod tests {
         values
     }
 
+    /// Runs `bpf/native.h` in the kernel (a syscall program) with `thresholds` at
+    /// `schema` on every value, and returns the kernel bucket of each.
+    fn kernel_buckets(schema: u8, thresholds: &[u64], values: &[u64]) -> Vec<u32> {
+        let mut object = MaybeUninit::uninit();
+        let mut open = LayoutSkelBuilder::default()
+            .open(&mut object)
+            .expect("the layout object opens");
+        if let Some(rodata) = open.maps.rodata_data.as_deref_mut() {
+            rodata.native_schema = u32::from(schema);
+            for (slot, &threshold) in rodata.native_thresholds.iter_mut().zip(thresholds) {
+                *slot = threshold;
+            }
+        }
+        let mut skel = open.load().expect("the self-test loads");
+        let mut out = Vec::new();
+        for chunk in values.chunks(64) {
+            let bss = skel.maps.bss_data.as_deref_mut().expect("a mapped .bss");
+            bss.native_values = [0; 64];
+            bss.native_values[..chunk.len()].copy_from_slice(chunk);
+            skel.progs
+                .psc_native_selftest
+                .test_run(libbpf_rs::ProgramInput::default())
+                .expect("the self-test runs");
+            let bss = skel.maps.bss_data.as_deref().expect("a mapped .bss");
+            out.extend_from_slice(&bss.native_buckets[..chunk.len()]);
+        }
+        out
+    }
+
+    fn is_root() -> bool {
+        // SAFETY: geteuid only reads the process's credentials.
+        let root = unsafe { libc::geteuid() } == 0;
+        if !root {
+            eprintln!("skipped: loading a BPF program needs root");
+        }
+        root
+    }
+
+    /// The kernel's byte buckets (the http probe's body sizes) are user space's.
+    #[test]
+    fn the_kernel_buckets_sizes_in_bytes_as_user_space_does() {
+        if !is_root() {
+            return;
+        }
+        let thresholds = native::Unit::Bytes.kernel_thresholds();
+        let values = edge_values(thresholds);
+        let kernel = kernel_buckets(NATIVE_MAX_SCHEMA, thresholds, &values);
+        for (value, bucket) in values.iter().zip(kernel) {
+            assert_eq!(
+                (bucket as usize).min(native::KERNEL_SLOTS - 1),
+                native::kernel_slot(native::Unit::Bytes, *value),
+                "{value} bytes"
+            );
+        }
+    }
+
     /// The kernel's buckets (`bpf/native.h`, run in a syscall program) are the exact ones
     /// of user space at every schema the kernel takes.
     #[test]
     fn the_kernel_buckets_every_edge_value_as_user_space_does() {
-        // SAFETY: geteuid only reads the process's credentials.
-        if unsafe { libc::geteuid() } != 0 {
-            eprintln!("skipped: loading a BPF program needs root");
+        if !is_root() {
             return;
         }
         for schema in 0..=NATIVE_MAX_SCHEMA {
-            let mut object = MaybeUninit::uninit();
-            let mut open = LayoutSkelBuilder::default()
-                .open(&mut object)
-                .expect("the layout object opens");
-            if let Some(rodata) = open.maps.rodata_data.as_deref_mut() {
-                rodata.native_schema = u32::from(schema);
-                for (slot, &threshold) in rodata
-                    .native_thresholds
-                    .iter_mut()
-                    .zip(native::thresholds(schema))
-                {
-                    *slot = threshold;
-                }
-            }
-            let mut skel = open.load().expect("the self-test loads");
-            for chunk in edge_values(schema).chunks(64) {
-                let bss = skel.maps.bss_data.as_deref_mut().expect("a mapped .bss");
-                bss.native_values = [0; 64];
-                bss.native_values[..chunk.len()].copy_from_slice(chunk);
-                skel.progs
-                    .psc_native_selftest
-                    .test_run(libbpf_rs::ProgramInput::default())
-                    .expect("the self-test runs");
-                let bss = skel.maps.bss_data.as_deref().expect("a mapped .bss");
-                for (i, &value) in chunk.iter().enumerate() {
-                    let kernel = native::from_kernel(bss.native_buckets[i], schema);
-                    assert_eq!(
-                        kernel,
-                        native::bucket(value, schema),
-                        "{value} ns at schema {schema}"
-                    );
-                }
+            let thresholds = native::thresholds(schema);
+            let values = edge_values(thresholds);
+            let kernel = kernel_buckets(schema, thresholds, &values);
+            for (&value, bucket) in values.iter().zip(kernel) {
+                assert_eq!(
+                    native::from_kernel(bucket, schema),
+                    native::bucket(value, schema),
+                    "{value} ns at schema {schema}"
+                );
             }
         }
     }

@@ -41,13 +41,9 @@ pub struct HttpConfig {
     pub kernel_framing: bool,
     /// Series the kernel counts in slots of its own, at most; the exchanges of further
     /// series reach user space one by one, still counted exactly. Each slot takes
-    /// about 800 bytes per CPU.
+    /// 9 KiB shared by the CPUs and 24 bytes per CPU.
     pub kernel_series: NonZeroU32,
 }
-
-/// Bounds a histogram may have when the kernel counts it: its classes, less +Inf
-/// (`PSC_HTTP_CLASSES` in http.h).
-pub const MAX_KERNEL_BOUNDS: usize = super::slots::CLASSES - 1;
 
 impl Default for HttpConfig {
     fn default() -> Self {
@@ -115,20 +111,6 @@ impl ProbeSettings for HttpConfig {
                 ),
             ));
         }
-        for (key, bounds) in [
-            ("duration_buckets_seconds", &self.duration_buckets_seconds),
-            ("body_size_buckets_bytes", &self.body_size_buckets_bytes),
-        ] {
-            if self.kernel_framing && bounds.0.len() > MAX_KERNEL_BOUNDS {
-                return Err((
-                    key,
-                    format!(
-                        "has {} bounds: the kernel framer counts at most {MAX_KERNEL_BOUNDS} (or set kernel_framing: false)",
-                        bounds.0.len()
-                    ),
-                ));
-            }
-        }
         if let Some(bad) = self.routes.iter().find(|r| !r.starts_with('/')) {
             return Err(("routes", format!("route `{bad}` must start with /")));
         }
@@ -141,17 +123,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_kernel_framer_takes_at_most_its_classes_of_bounds() {
-        let mut config = HttpConfig {
-            duration_buckets_seconds: Buckets((1..=31).map(f64::from).collect()),
+    fn the_kernel_framer_takes_any_classic_bounds_as_it_counts_native_buckets() {
+        let config = HttpConfig {
+            duration_buckets_seconds: Buckets((1..=64).map(f64::from).collect()),
+            body_size_buckets_bytes: Buckets((1..=64).map(|b| f64::from(b * 100)).collect()),
             ..HttpConfig::default()
         };
-        assert_eq!(config.check(), Ok(()));
-        config.duration_buckets_seconds = Buckets((1..=32).map(f64::from).collect());
-        let (key, why) = config.check().expect_err("32 bounds");
-        assert_eq!(key, "duration_buckets_seconds");
-        assert!(why.contains("kernel_framing: false"), "{why}");
-        config.kernel_framing = false;
+        assert!(config.kernel_framing);
         assert_eq!(config.check(), Ok(()));
     }
 }

@@ -20,7 +20,6 @@
 #include <bpf/bpf_core_read.h>
 #include <bpf/bpf_endian.h>
 #include "periscope.h"
-#include "loglinear.h"
 #include "http.h"
 
 char LICENSE[] SEC("license") = PSC_LICENSE;
@@ -39,10 +38,9 @@ const volatile __u8 span_sampling = 0;
 const volatile __u8 span_root_always = 0;
 const volatile __u32 span_root_threshold = 0;
 const volatile __u8 span_parent = 0;
-/* The histogram class of each log-linear bucket (loglinear.h) of a body size in bytes:
- * the first configured bound the whole bucket lies under, or the count of bounds (+Inf).
- * Durations are counted by native bucket (histogram.h). */
-const volatile __u8 body_class[PSC_LOGLIN_BUCKETS] = {};
+/* The per-octave thresholds of native buckets of bytes (src/model/native.rs), as
+ * psc_native_thresholds are those of durations. */
+const volatile __u64 psc_bytes_thresholds[PSC_NATIVE_THRESHOLDS] = {};
 /* The agent's own process: its scrapes and exports are not traced, or exporting a span
  * would make another. */
 const volatile __u32 agent_tgid = 0;
@@ -51,7 +49,7 @@ const volatile __u32 agent_tgid = 0;
  * and counter slots. */
 PSC_EXPORT_TYPES(struct psc_conn_key, struct psc_conn, struct psc_http_event,
 		 enum psc_http_event_kind, enum psc_http_role, enum psc_http_counter,
-		 struct psc_http_exchange, struct psc_http_stats, struct psc_http_durations,
+		 struct psc_http_exchange, struct psc_http_stats, struct psc_http_native,
 		 enum psc_http_method, enum psc_span_parent);
 
 /* x86_64 syscall numbers. */
@@ -160,7 +158,7 @@ PSC_SK_STORAGE(socks, struct psc_sock);
  * exchange of each key, and what each slot counted per CPU. Sizes set by user space. */
 PSC_HASH(slots, struct psc_http_series_key, __u32, 4096);
 PSC_PERCPU_ARRAY(slot_stats, struct psc_http_stats, 1024);
-PSC_ARRAY(slot_durations, struct psc_http_durations, 1024);
+PSC_ARRAY(slot_native, struct psc_http_native, 1024);
 
 PSC_TASK_STORAGE(serving, struct psc_serving);
 
@@ -988,18 +986,15 @@ static __always_inline int same_key(const struct psc_http_series_key *a,
 	return 1;
 }
 
-static __always_inline void record_class(struct psc_http_hist *h, const volatile __u8 *classes,
-					 __u64 v)
+/* Counts v in its native bucket of `buckets`, by `thresholds` (of ns or of bytes). */
+static __always_inline void count_native(__u64 *buckets, __u64 v,
+					 const volatile __u64 *thresholds)
 {
-	__u32 bucket = psc_loglin_bucket(v), class;
+	__u32 bucket = psc_native_bucket(v, thresholds, PSC_NATIVE_MAX_SCHEMA);
 
-	if (bucket >= PSC_LOGLIN_BUCKETS)
-		return;
-	class = classes[bucket];
-	if (class >= PSC_HTTP_CLASSES)
-		return;
-	h->counts[class]++;
-	h->sum += v;
+	if (bucket >= PSC_HIST_BUCKETS)
+		bucket = PSC_HIST_BUCKETS - 1;
+	__sync_fetch_and_add(&buckets[bucket], 1);
 }
 
 /* The read or write in hand: who made it, on which fd. */
@@ -1077,7 +1072,8 @@ static __always_inline void finish(struct scratch *s, struct psc_sock *sock, con
 	struct psc_turn *t = &sock->turn;
 	__u64 now = bpf_ktime_get_ns();
 	struct psc_http_stats *stats;
-	struct psc_http_durations *durations;
+	struct psc_http_native *native;
+	__u64 took, request_body, response_body;
 
 	t->phase = PSC_PHASE_IDLE;
 	if (span_sampling && trace_clients && sock->conn.role == PSC_ROLE_SERVER)
@@ -1093,16 +1089,17 @@ static __always_inline void finish(struct scratch *s, struct psc_sock *sock, con
 		}
 	}
 	stats = t->slot_ok ? bpf_map_lookup_elem(&slot_stats, &t->slot) : 0;
-	durations = t->slot_ok ? bpf_map_lookup_elem(&slot_durations, &t->slot) : 0;
-	if (stats && durations) {
-		__u32 bucket = psc_hist_bucket(now - t->start_ns);
-
-		if (bucket < PSC_HIST_BUCKETS)
-			__sync_fetch_and_add(&durations->buckets[bucket], 1);
-		stats->duration_sum += now - t->start_ns;
-		record_class(&stats->request_body, body_class, t->request_length - t->request_head);
-		record_class(&stats->response_body, body_class,
-			     t->response_length - t->response_head);
+	native = t->slot_ok ? bpf_map_lookup_elem(&slot_native, &t->slot) : 0;
+	if (stats && native) {
+		took = now - t->start_ns;
+		request_body = t->request_length - t->request_head;
+		response_body = t->response_length - t->response_head;
+		count_native(native->duration, took, psc_native_thresholds);
+		count_native(native->request_body, request_body, psc_bytes_thresholds);
+		count_native(native->response_body, response_body, psc_bytes_thresholds);
+		stats->duration_sum += took;
+		stats->request_body_sum += request_body;
+		stats->response_body_sum += response_body;
 		PSC_COUNT_IN(counters, PSC_HTTP_KERNEL_FRAMED);
 		if (!t->sampled)
 			return;

@@ -114,26 +114,21 @@ enum psc_span_parent {
 	PSC_PARENT_NEVER = 2, /* dropped (always_off) */
 };
 
-/* Histogram classes per series slot: the configured bounds and +Inf, at most. */
-#define PSC_HTTP_CLASSES 32
-
-struct psc_http_hist {
-	__u64 sum;
-	__u64 counts[PSC_HTTP_CLASSES];
-};
-
-/* What one series slot has counted on one CPU: body sizes in classes, and the sum of
- * the durations whose buckets are in psc_http_durations. */
+/* What one series slot has counted on one CPU: the sums of the durations and body
+ * sizes whose buckets are in psc_http_native. */
 struct psc_http_stats {
 	__u64 duration_sum;
-	struct psc_http_hist request_body;
-	struct psc_http_hist response_body;
+	__u64 request_body_sum;
+	__u64 response_body_sum;
 };
 
-/* A series slot's exchange durations by native bucket (histogram.h), one counter per
- * bucket shared by every CPU: a slot holds fewer buckets than a per-CPU copy would. */
-struct psc_http_durations {
-	__u64 buckets[PSC_HIST_BUCKETS];
+/* A series slot's exchanges by native bucket (histogram.h): durations in ns and body
+ * sizes in bytes, one counter per bucket shared by every CPU, as a per-CPU copy would
+ * cost a slot 9 KiB on every CPU. */
+struct psc_http_native {
+	__u64 duration[PSC_HIST_BUCKETS];
+	__u64 request_body[PSC_HIST_BUCKETS];
+	__u64 response_body[PSC_HIST_BUCKETS];
 };
 
 /* A read, write or close on a tracked connection, followed by `captured` bytes. */

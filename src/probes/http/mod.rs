@@ -32,8 +32,8 @@ use super::kit::idle::Accumulate;
 use super::kit::lifecycle::{FirstSeen, Owner, ProcessSeries};
 use crate::enrich::ProcessTable;
 use crate::kernel::caps::{self, Need};
-use crate::model::histogram::{DurationBounds, LogLinearHistogram};
-use crate::model::native::{self, DurationHistogram};
+use crate::model::histogram::DurationBounds;
+use crate::model::native::{KernelHistogram, Unit};
 use crate::model::span::{Span, SpanResource};
 use crate::model::{Family, MetricKind, Value};
 use conn::{Connection, Direction, Exchange, Role};
@@ -57,7 +57,7 @@ util::plain_types!(
     types::psc_conn_key,
     types::psc_http_exchange,
     types::psc_http_stats,
-    types::psc_http_durations,
+    types::psc_http_native,
 );
 
 /// What the ring buffer callback returns to stop a drain whose inbox is full.
@@ -141,13 +141,24 @@ struct Exchanges {
     tls: bool,
 }
 
-#[derive(Debug, Default, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 struct SeriesStats {
-    duration_ns: DurationHistogram,
-    request_bytes: LogLinearHistogram,
-    response_bytes: LogLinearHistogram,
+    duration_ns: KernelHistogram,
+    request_bytes: KernelHistogram,
+    response_bytes: KernelHistogram,
     /// When the series' process was first seen.
     first_seen: Option<SystemTime>,
+}
+
+impl Default for SeriesStats {
+    fn default() -> Self {
+        SeriesStats {
+            duration_ns: KernelHistogram::new(Unit::Nanoseconds),
+            request_bytes: KernelHistogram::new(Unit::Bytes),
+            response_bytes: KernelHistogram::new(Unit::Bytes),
+            first_seen: None,
+        }
+    }
 }
 
 impl Accumulate for SeriesStats {
@@ -344,21 +355,22 @@ impl HttpProbe {
         let slot_count = settings.kernel_series.get();
         let key_count = slot_count.saturating_mul(KEYS_PER_SLOT);
         util::set_entries(&mut open.maps.slot_stats, slot_count, "slot_stats")?;
-        util::set_entries(&mut open.maps.slot_durations, slot_count, "slot_durations")?;
+        util::set_entries(&mut open.maps.slot_native, slot_count, "slot_native")?;
         util::set_entries(&mut open.maps.slots, key_count, "slots")?;
         let kernel_framing = settings.kernel_framing;
         let durations = DurationBounds::new(&settings.duration_buckets_seconds.0);
         let body = &settings.body_size_buckets_bytes.0;
         let body_bounds: Vec<u64> = body.iter().map(|b| *b as u64).collect();
-        let body_classes = slots::classes(&body_bounds);
         if let Some(rodata) = open.maps.rodata_data.as_deref_mut() {
             rodata.trace_clients = u8::from(settings.clients);
             rodata.agent_tgid = std::process::id();
             rodata.kernel_framing = u8::from(kernel_framing);
-            rodata.body_class = body_classes;
             rodata
                 .psc_native_thresholds
-                .copy_from_slice(native::thresholds(native::KERNEL_SCHEMA));
+                .copy_from_slice(Unit::Nanoseconds.kernel_thresholds());
+            rodata
+                .psc_bytes_thresholds
+                .copy_from_slice(Unit::Bytes.kernel_thresholds());
             if let Some(sampler) = context.spans {
                 let sampling = spans::KernelSampling::of(sampler);
                 rodata.span_sampling = 1;
@@ -421,7 +433,7 @@ impl HttpProbe {
             spans: context
                 .spans
                 .map(|sampler| spans::SpanMaker::new(sampler, context.agent_connections.clone())),
-            slots: slots::SlotTable::new(slot_count, key_count, &body_classes),
+            slots: slots::SlotTable::new(slot_count, key_count),
             kernel_framing,
             kernel_records: 0,
             ingress: "sock_recv_length",
@@ -977,20 +989,23 @@ impl HttpProbe {
         if !self.kernel_framing {
             return;
         }
-        let (stats_map, durations_map) = (&self.skel.maps.slot_stats, &self.skel.maps.slot_durations);
+        let (stats_map, native_map) = (&self.skel.maps.slot_stats, &self.skel.maps.slot_native);
         let deltas = self.slots.deltas(|slot| {
             let key = slot.to_ne_bytes();
             // The count is the buckets' total, whatever the timing; a duration counted
             // between the two reads may show its sum now and its bucket next time.
-            let durations = durations_map.lookup(&key, MapFlags::ANY).ok().flatten()?;
-            let durations = util::decode::<types::psc_http_durations>(&durations)?;
+            let native = native_map.lookup(&key, MapFlags::ANY).ok().flatten()?;
+            let native = util::decode::<types::psc_http_native>(&native)?;
             let values = stats_map.lookup_percpu(&key, MapFlags::ANY).ok().flatten()?;
             let cpus: Vec<slots::CpuCounts> = values
                 .iter()
                 .filter_map(|bytes| util::decode::<types::psc_http_stats>(bytes))
                 .map(|stats| cpu_counts(&stats))
                 .collect();
-            Some(slots::SlotCounts::of(&cpus, &durations.buckets))
+            Some(slots::SlotCounts::of(
+                &cpus,
+                [&native.duration, &native.request_body, &native.response_body],
+            ))
         });
         for (key, delta) in deltas {
             let stats = self.series.entry(key).or_default();
@@ -1016,14 +1031,14 @@ impl HttpProbe {
             return;
         };
         let zeroes = vec![vec![0u8; std::mem::size_of::<types::psc_http_stats>()]; cpus];
-        let no_durations = vec![0u8; std::mem::size_of::<types::psc_http_durations>()];
+        let no_buckets = vec![0u8; std::mem::size_of::<types::psc_http_native>()];
         let maps = &self.skel.maps;
         for slot in freed {
             let key = slot.to_ne_bytes();
             let cleared = maps
                 .slot_stats
                 .update_percpu(&key, &zeroes, MapFlags::ANY)
-                .and_then(|()| maps.slot_durations.update(&key, &no_durations, MapFlags::ANY));
+                .and_then(|()| maps.slot_native.update(&key, &no_buckets, MapFlags::ANY));
             if let Err(err) = cleared {
                 warn!(slot, error = %err, "clearing a series slot failed");
             }
@@ -1330,9 +1345,8 @@ impl Probe for HttpProbe {
         let mut families = HttpFamilies::new();
         for ((owner, exchanges), stats) in &rows {
             let labels = series_labels(self.processes.workloads(), owner, exchanges);
-            let body = |hist: &LogLinearHistogram| {
-                hist.to_classic(&self.body_bounds, &self.body_bounds_exported, 1.0)
-            };
+            let body =
+                |hist: &KernelHistogram| hist.to_classic(&self.body_bounds, &self.body_bounds_exported);
             let values = ExchangeValues {
                 duration: self.durations.classic_and_native(&stats.duration_ns),
                 request_body: body(&stats.request_bytes),
@@ -1486,14 +1500,10 @@ fn framed_line(record: &types::psc_http_exchange) -> &[u8] {
 
 /// One CPU's counts of a slot, as the kernel keeps them.
 fn cpu_counts(stats: &types::psc_http_stats) -> slots::CpuCounts {
-    let class = |hist: &types::psc_http_hist| slots::ClassCounts {
-        sum: hist.sum,
-        counts: hist.counts,
-    };
     slots::CpuCounts {
         duration_sum: stats.duration_sum,
-        request_body: class(&stats.request_body),
-        response_body: class(&stats.response_body),
+        request_body_sum: stats.request_body_sum,
+        response_body_sum: stats.response_body_sum,
     }
 }
 

@@ -2,8 +2,7 @@
 //! kernel counted in it since it was last read.
 //!
 //! The kernel counts a framed exchange in the slot its series key (process, method,
-//! status, path hash, server) maps to: its duration by native bucket, its body sizes in
-//! classes of the configured bounds.
+//! status, path hash, server) maps to: its duration and body sizes by native bucket.
 //! A key with no slot yet sends its exchange to user space instead, which frames the
 //! route from the request line, counts the exchange, and installs the key here: from
 //! then on, the kernel counts that key alone. Several keys (paths of one route) may share
@@ -14,113 +13,71 @@ use std::hash::Hash;
 
 use libbpf_rs::{MapCore, MapFlags};
 
-use crate::model::histogram::{bucket_upper, LogLinearHistogram, BUCKETS};
-use crate::model::native::DurationHistogram;
+use crate::model::native::{KernelHistogram, Unit};
 
-/// Histogram classes per slot (`PSC_HTTP_CLASSES`).
-pub const CLASSES: usize = 32;
-
-/// The class of each log-linear bucket for `bounds` (ascending): the first bound the
-/// whole bucket lies under, as `LogLinearHistogram::to_classic` counts it, or
-/// `bounds.len()` for +Inf.
-pub fn classes(bounds: &[u64]) -> [u8; BUCKETS] {
-    let mut out = [0u8; BUCKETS];
-    for (idx, class) in out.iter_mut().enumerate() {
-        let upper = bucket_upper(idx);
-        let first = bounds
-            .iter()
-            .position(|bound| upper <= *bound)
-            .unwrap_or(bounds.len());
-        *class = first.min(CLASSES - 1) as u8;
-    }
-    out
-}
-
-/// For each class, a log-linear bucket that `to_classic` counts in that class and no
-/// lower one: where user space puts the kernel's counts of the class.
-fn representatives(classes: &[u8; BUCKETS]) -> [usize; CLASSES] {
-    let mut out = [BUCKETS - 1; CLASSES];
-    for (idx, class) in classes.iter().enumerate() {
-        out[*class as usize] = idx;
-    }
-    out
-}
-
-/// One histogram of a slot, summed over CPUs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ClassCounts {
-    pub sum: u64,
-    pub counts: [u64; CLASSES],
-}
-
-impl Default for ClassCounts {
-    fn default() -> Self {
-        ClassCounts {
-            sum: 0,
-            counts: [0; CLASSES],
-        }
-    }
-}
-
-impl ClassCounts {
-    fn add(&mut self, sum: u64, counts: &[u64]) {
-        self.sum = self.sum.wrapping_add(sum);
-        for (mine, theirs) in self.counts.iter_mut().zip(counts) {
-            *mine = mine.wrapping_add(*theirs);
-        }
-    }
-
-    /// What was counted since `before`, placed on the representatives' buckets.
-    fn since(&self, before: &ClassCounts, representatives: &[usize; CLASSES]) -> LogLinearHistogram {
-        let mut hist = LogLinearHistogram::default();
-        for (class, (now, then)) in self.counts.iter().zip(&before.counts).enumerate() {
-            hist.buckets[representatives[class]] += now.wrapping_sub(*then);
-        }
-        hist.sum = self.sum.wrapping_sub(before.sum);
-        hist
-    }
-}
-
-/// What one CPU counted in a slot (`psc_http_stats`): the durations' sum, and the body
-/// sizes.
+/// What one CPU counted in a slot (`psc_http_stats`): the sums of the durations and
+/// body sizes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CpuCounts {
     pub duration_sum: u64,
-    pub request_body: ClassCounts,
-    pub response_body: ClassCounts,
+    pub request_body_sum: u64,
+    pub response_body_sum: u64,
 }
 
-/// A slot's three histograms: the durations from the slot's shared native buckets and
-/// the CPUs' sums, the body sizes summed over CPUs.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// A slot's three histograms: the buckets it shares across CPUs (`psc_http_native`)
+/// with the CPUs' sums.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SlotCounts {
-    pub duration: DurationHistogram,
-    pub request_body: ClassCounts,
-    pub response_body: ClassCounts,
+    pub duration: KernelHistogram,
+    pub request_body: KernelHistogram,
+    pub response_body: KernelHistogram,
+}
+
+impl Default for SlotCounts {
+    fn default() -> Self {
+        SlotCounts {
+            duration: KernelHistogram::new(Unit::Nanoseconds),
+            request_body: KernelHistogram::new(Unit::Bytes),
+            response_body: KernelHistogram::new(Unit::Bytes),
+        }
+    }
 }
 
 impl SlotCounts {
-    /// A slot's counts from its CPUs' values and its native duration buckets.
-    pub fn of(cpus: &[CpuCounts], duration_buckets: &[u64]) -> SlotCounts {
-        let mut total = SlotCounts {
-            duration: DurationHistogram::from_parts(duration_buckets, 0),
-            ..SlotCounts::default()
+    /// A slot's counts from its CPUs' sums and its buckets: durations, request bodies,
+    /// response bodies.
+    pub fn of(cpus: &[CpuCounts], buckets: [&[u64]; 3]) -> SlotCounts {
+        let sum = |part: fn(&CpuCounts) -> u64| {
+            cpus.iter()
+                .fold(0u64, |total, cpu| total.wrapping_add(part(cpu)))
         };
-        for cpu in cpus {
-            total.duration.sum = total.duration.sum.wrapping_add(cpu.duration_sum);
-            total.request_body.add(cpu.request_body.sum, &cpu.request_body.counts);
-            total.response_body.add(cpu.response_body.sum, &cpu.response_body.counts);
+        let [duration, request_body, response_body] = buckets;
+        SlotCounts {
+            duration: KernelHistogram::from_parts_in(
+                Unit::Nanoseconds,
+                duration,
+                sum(|c| c.duration_sum),
+            ),
+            request_body: KernelHistogram::from_parts_in(
+                Unit::Bytes,
+                request_body,
+                sum(|c| c.request_body_sum),
+            ),
+            response_body: KernelHistogram::from_parts_in(
+                Unit::Bytes,
+                response_body,
+                sum(|c| c.response_body_sum),
+            ),
         }
-        total
     }
 }
 
 /// What a slot counted since it was last read: duration (ns), request and response
 /// body sizes (bytes).
 pub struct Delta {
-    pub duration: DurationHistogram,
-    pub request_body: LogLinearHistogram,
-    pub response_body: LogLinearHistogram,
+    pub duration: KernelHistogram,
+    pub request_body: KernelHistogram,
+    pub response_body: KernelHistogram,
 }
 
 impl Delta {
@@ -152,22 +109,19 @@ pub struct SlotTable<S> {
     max_keys: usize,
     /// The kernel keys installed, with their slots.
     keys: HashMap<Vec<u8>, u32>,
-    body_representatives: [usize; CLASSES],
     /// Keys not installed, by cause.
     pub refused: u64,
 }
 
 impl<S: Clone + Eq + Hash> SlotTable<S> {
-    /// `slots` slots, `max_keys` kernel keys, with the body class table the kernel was
-    /// given.
-    pub fn new(slots: u32, max_keys: u32, body: &[u8; BUCKETS]) -> Self {
+    /// `slots` slots, `max_keys` kernel keys.
+    pub fn new(slots: u32, max_keys: u32) -> Self {
         SlotTable {
             slots: (0..slots).map(|_| None).collect(),
             by_series: HashMap::new(),
             free: (0..slots).rev().collect(),
             max_keys: max_keys as usize,
             keys: HashMap::new(),
-            body_representatives: representatives(body),
             refused: 0,
         }
     }
@@ -226,12 +180,8 @@ impl<S: Clone + Eq + Hash> SlotTable<S> {
             };
             let delta = Delta {
                 duration: since(&now.duration, &slot.seen.duration),
-                request_body: now
-                    .request_body
-                    .since(&slot.seen.request_body, &self.body_representatives),
-                response_body: now
-                    .response_body
-                    .since(&slot.seen.response_body, &self.body_representatives),
+                request_body: since(&now.request_body, &slot.seen.request_body),
+                response_body: since(&now.response_body, &slot.seen.response_body),
             };
             slot.seen = now;
             if delta.count() > 0 {
@@ -272,8 +222,8 @@ impl<S: Clone + Eq + Hash> SlotTable<S> {
 
 }
 
-/// The durations counted between `before` and `now`.
-fn since(now: &DurationHistogram, before: &DurationHistogram) -> DurationHistogram {
+/// What was counted between `before` and `now`.
+fn since(now: &KernelHistogram, before: &KernelHistogram) -> KernelHistogram {
     let mut delta = now.clone();
     for (count, then) in delta.slots.iter_mut().zip(&before.slots) {
         *count = count.wrapping_sub(*then);
@@ -285,32 +235,11 @@ fn since(now: &DurationHistogram, before: &DurationHistogram) -> DurationHistogr
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::histogram::bucket_index;
-
-    #[test]
-    fn every_value_lands_in_the_class_to_classic_counts_it_in() {
-        let bounds = [5_000_000u64, 10_000_000, 25_000_000, 1_000_000_000];
-        let table = classes(&bounds);
-        let reps = representatives(&table);
-        for v in [0u64, 1, 4_999_999, 5_000_000, 5_000_001, 9_000_000, 30_000_000, u64::MAX / 2] {
-            let class = table[bucket_index(v)] as usize;
-            let mut direct = LogLinearHistogram::default();
-            direct.record(v);
-            let mut placed = LogLinearHistogram::default();
-            placed.buckets[reps[class]] += 1;
-            let exported = [5e-3, 1e-2, 2.5e-2, 1.0];
-            assert_eq!(
-                direct.to_classic(&bounds, &exported, 1e-9).cumulative,
-                placed.to_classic(&bounds, &exported, 1e-9).cumulative,
-                "value {v}"
-            );
-        }
-    }
+    use crate::model::native::KERNEL_SLOTS;
 
     #[test]
     fn deltas_count_what_was_added_since_the_last_read() {
-        let table = classes(&[64, 1024]);
-        let mut slots: SlotTable<&str> = SlotTable::new(2, 4, &table);
+        let mut slots: SlotTable<&str> = SlotTable::new(2, 4);
         slots.slots[0] = Some(Slot {
             series: "a",
             seen: SlotCounts::default(),
@@ -318,29 +247,37 @@ mod tests {
         let cpus = [
             CpuCounts {
                 duration_sum: 100,
-                ..CpuCounts::default()
+                request_body_sum: 10,
+                response_body_sum: 0,
             },
             CpuCounts {
                 duration_sum: 200,
-                ..CpuCounts::default()
+                request_body_sum: 5,
+                response_body_sum: 7,
             },
         ];
-        let mut buckets = vec![0u64; crate::model::native::KERNEL_SLOTS];
-        buckets[7] = 3;
-        let first = slots.deltas(|_| Some(SlotCounts::of(&cpus, &buckets)));
+        let mut durations = vec![0u64; KERNEL_SLOTS];
+        let mut bodies = vec![0u64; KERNEL_SLOTS];
+        durations[7] = 3;
+        bodies[2] = 3;
+        let read = |d: &[u64], b: &[u64]| SlotCounts::of(&cpus, [d, b, b]);
+        let first = slots.deltas(|_| Some(read(&durations, &bodies)));
         assert_eq!(first.len(), 1);
         assert_eq!(first[0].1.duration.count(), 3);
         assert_eq!(first[0].1.duration.sum, 300);
+        assert_eq!(first[0].1.request_body.sum, 15);
+        assert_eq!(first[0].1.response_body.unit, Unit::Bytes);
+        assert_eq!(first[0].1.response_body.sum, 7);
         assert!(
-            slots
-                .deltas(|_| Some(SlotCounts::of(&cpus, &buckets)))
-                .is_empty(),
+            slots.deltas(|_| Some(read(&durations, &bodies))).is_empty(),
             "nothing new"
         );
-        buckets[7] = 5;
-        let next = slots.deltas(|_| Some(SlotCounts::of(&cpus, &buckets)));
+        durations[7] = 5;
+        bodies[2] = 5;
+        let next = slots.deltas(|_| Some(read(&durations, &bodies)));
         assert_eq!(next[0].1.duration.count(), 2);
         assert_eq!(next[0].1.duration.slots[7], 2);
+        assert_eq!(next[0].1.request_body.slots[2], 2);
         assert_eq!(next[0].1.duration.sum, 0);
     }
 }

@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
-use crate::model::native::DurationHistogram;
+use crate::model::native::KernelHistogram;
 
 /// What a kernel entry counts: values that add up.
 pub trait Accumulate: Clone + Default + PartialEq {
@@ -21,9 +21,9 @@ impl Accumulate for u64 {
     }
 }
 
-impl Accumulate for DurationHistogram {
+impl Accumulate for KernelHistogram {
     fn merge(&mut self, other: &Self) {
-        DurationHistogram::merge(self, other);
+        KernelHistogram::merge(self, other);
     }
 }
 

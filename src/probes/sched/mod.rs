@@ -20,7 +20,7 @@ use super::{BuiltIn, LoadContext, Probe};
 use crate::enrich::workload::RecordedCgroup;
 use crate::enrich::{Workload, Workloads};
 use crate::model::histogram::DurationBounds;
-use crate::model::native::{self, DurationHistogram};
+use crate::model::native::{self, KernelHistogram};
 use crate::model::{Family, MetricKind, Value, OVERFLOW};
 use config::SchedConfig;
 
@@ -103,14 +103,14 @@ pub struct SchedProbe {
     bounds: DurationBounds,
     started: SystemTime,
     budget: ProbeBudget,
-    idle: IdleKeys<SeriesKey, DurationHistogram>,
+    idle: IdleKeys<SeriesKey, KernelHistogram>,
     fill: Vec<MapFill>,
 }
 
 impl SchedProbe {
 
     /// The kernel's series, as (raw key, series key, histogram).
-    fn read(&self) -> Vec<Row<SeriesKey, DurationHistogram>> {
+    fn read(&self) -> Vec<Row<SeriesKey, KernelHistogram>> {
         util::read_shared(&self.skel.maps.latency)
             .into_iter()
             .filter_map(|(raw, value)| {
@@ -177,7 +177,7 @@ impl Probe for SchedProbe {
                 .or_default()
                 .merge(&overflow);
         }
-        let owners: Vec<(Owner, DurationHistogram)> = series
+        let owners: Vec<(Owner, KernelHistogram)> = series
             .into_iter()
             .map(|((name, cgroup), hist)| {
                 let owner = if name == OVERFLOW && cgroup == 0 {
@@ -246,7 +246,7 @@ impl Probe for SchedProbe {
     }
 }
 
-fn decode_hist(bytes: &[u8]) -> Option<DurationHistogram> {
+fn decode_hist(bytes: &[u8]) -> Option<KernelHistogram> {
     let hist: types::psc_hist = decode(bytes)?;
-    Some(DurationHistogram::from_parts(&hist.buckets, hist.sum))
+    Some(KernelHistogram::from_parts(&hist.buckets, hist.sum))
 }

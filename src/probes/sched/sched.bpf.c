@@ -1,6 +1,6 @@
 /*
  * sched: run-queue latency, the time a task waits runnable before a CPU runs it, per
- * executable and cgroup, in the kernel's log-linear histogram.
+ * executable and cgroup, in the kernel's histogram by native bucket.
  *
  * A task is stamped when it becomes runnable: woken (sched_wakeup, sched_wakeup_new) or
  * switched out while still runnable (preempted). When sched_switch runs it, the wait

@@ -27,7 +27,7 @@ use crate::enrich::process::UNKNOWN_NAME;
 use crate::enrich::{ProcessTable, Workload};
 use crate::kernel::duty::DutyCycle;
 use crate::model::histogram::DurationBounds;
-use crate::model::native::{self, DurationHistogram};
+use crate::model::native::{self, KernelHistogram};
 use crate::model::{Family, MetricKind, Value};
 use config::SyscallsConfig;
 use fast::FastTable;
@@ -787,7 +787,7 @@ impl SyscallsProbe {
 struct Reading {
     counts: PidKeyed<(Proc, u32), u64>,
     errors: PidKeyed<(Proc, u32, u32), u64>,
-    latency: PidKeyed<(Proc, u32), DurationHistogram>,
+    latency: PidKeyed<(Proc, u32), KernelHistogram>,
     /// Keys of each process in the keyed maps tenants share, when they do.
     keys: HashMap<Proc, [i64; util::TENANT_MAPS as usize]>,
     /// Entries read from the per-CPU table and the counts, errors and latency maps, for
@@ -1019,7 +1019,7 @@ pub fn errno_name(err: u32) -> String {
     }
 }
 
-fn decode_hist(bytes: &[u8]) -> Option<DurationHistogram> {
+fn decode_hist(bytes: &[u8]) -> Option<KernelHistogram> {
     let hist: types::psc_hist = decode(bytes)?;
-    Some(DurationHistogram::from_parts(&hist.buckets, hist.sum))
+    Some(KernelHistogram::from_parts(&hist.buckets, hist.sum))
 }

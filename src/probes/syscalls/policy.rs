@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::model::native::DurationHistogram;
+use crate::model::native::KernelHistogram;
 use crate::probes::kit::budget::{histogram_samples, COUNTER_SAMPLES};
 use crate::probes::kit::idle::Accumulate;
 use crate::probes::kit::lifecycle::{add_row, FirstSeen, Owner, ProcessSeries};
@@ -17,7 +17,7 @@ pub struct SyscallSeries {
     pub calls: Option<u64>,
     /// Errors by errno (0: errno unknown).
     pub errors: BTreeMap<u32, u64>,
-    pub latency: Option<DurationHistogram>,
+    pub latency: Option<KernelHistogram>,
 }
 
 impl Accumulate for SyscallSeries {
@@ -145,7 +145,7 @@ mod tests {
     }
 
     fn series(calls: u64, errors: u64, latency: u64) -> SyscallSeries {
-        let mut hist = DurationHistogram::default();
+        let mut hist = KernelHistogram::default();
         for _ in 0..latency {
             hist.record(1000);
         }

@@ -1,6 +1,6 @@
 /*
  * syscalls: per process and syscall, a count, errors by errno and, for the
- * syscalls chosen for latency, a log-linear latency histogram.
+ * syscalls chosen for latency, a latency histogram by native bucket.
  *
  * Costs decide the shape (see BENCHMARKS.md): every syscall is counted from one
  * hook on sys_exit, which sees the syscall number and the return value. Only
