@@ -288,26 +288,34 @@ pub fn kernel_slot(unit: Unit, value: u64) -> usize {
 }
 
 /// A histogram as the kernel keeps it (`struct psc_hist` and the http probe's slots):
-/// counts per slot and the exact sum.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// counts per slot and the exact sum. Only the run of slots from the first non-empty one
+/// to the last is held: a series' values span a few octaves of the 48 the kernel counts,
+/// so a histogram takes a few hundred bytes, not three kilobytes.
+#[derive(Debug, Clone, Default)]
 pub struct KernelHistogram {
     pub unit: Unit,
-    pub slots: Vec<u64>,
+    /// The slot `counts[0]` is; every slot outside `counts` is empty.
+    first: usize,
+    counts: Vec<u64>,
     pub sum: u64,
 }
 
-impl Default for KernelHistogram {
-    fn default() -> Self {
-        KernelHistogram::new(Unit::Nanoseconds)
+impl PartialEq for KernelHistogram {
+    fn eq(&self, other: &Self) -> bool {
+        let (from, to) = self.span_with(other);
+        self.unit == other.unit
+            && self.sum == other.sum
+            && (from..to).all(|slot| self.slot(slot) == other.slot(slot))
     }
 }
+
+impl Eq for KernelHistogram {}
 
 impl KernelHistogram {
     pub fn new(unit: Unit) -> Self {
         KernelHistogram {
             unit,
-            slots: vec![0; KERNEL_SLOTS],
-            sum: 0,
+            ..KernelHistogram::default()
         }
     }
 
@@ -317,32 +325,94 @@ impl KernelHistogram {
     }
 
     pub fn from_parts_in(unit: Unit, slots: &[u64], sum: u64) -> Self {
+        let slots = &slots[..slots.len().min(KERNEL_SLOTS)];
         let mut hist = KernelHistogram::new(unit);
-        for (mine, count) in hist.slots.iter_mut().zip(slots) {
-            *mine = *count;
+        if let (Some(first), Some(last)) = (
+            slots.iter().position(|c| *c != 0),
+            slots.iter().rposition(|c| *c != 0),
+        ) {
+            hist.first = first;
+            hist.counts = slots[first..=last].to_vec();
         }
         hist.sum = sum;
         hist
     }
 
+    /// The count in `slot`.
+    pub fn slot(&self, slot: usize) -> u64 {
+        slot.checked_sub(self.first)
+            .and_then(|at| self.counts.get(at))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// The slots from the first either histogram holds to one past the last.
+    fn span_with(&self, other: &KernelHistogram) -> (usize, usize) {
+        let end = |h: &KernelHistogram| h.first + h.counts.len();
+        let from = match (self.counts.is_empty(), other.counts.is_empty()) {
+            (true, true) => 0,
+            (true, false) => other.first,
+            (false, true) => self.first,
+            (false, false) => self.first.min(other.first),
+        };
+        (from, end(self).max(end(other)))
+    }
+
+    /// Adds `n` to `slot` (below `KERNEL_SLOTS`), widening the run held to reach it.
+    fn add(&mut self, slot: usize, n: u64) {
+        if self.counts.is_empty() {
+            self.first = slot;
+        } else if slot < self.first {
+            let mut widened = vec![0; self.first - slot];
+            widened.extend_from_slice(&self.counts);
+            self.counts = widened;
+            self.first = slot;
+        }
+        let at = slot - self.first;
+        if at >= self.counts.len() {
+            self.counts.resize(at + 1, 0);
+        }
+        self.counts[at] = self.counts[at].wrapping_add(n);
+    }
+
     pub fn record(&mut self, value: u64) {
-        self.slots[kernel_slot(self.unit, value)] += 1;
+        self.add(kernel_slot(self.unit, value), 1);
         self.sum = self.sum.wrapping_add(value);
     }
 
     pub fn merge(&mut self, other: &KernelHistogram) {
-        for (mine, theirs) in self.slots.iter_mut().zip(&other.slots) {
-            *mine += theirs;
+        for (at, count) in other.counts.iter().enumerate() {
+            if *count != 0 {
+                self.add(other.first + at, *count);
+            }
         }
         self.sum = self.sum.wrapping_add(other.sum);
     }
 
+    /// What was counted since `before`, an earlier read of the same kernel counters.
+    pub fn since(&self, before: &KernelHistogram) -> KernelHistogram {
+        let (from, to) = self.span_with(before);
+        let slots: Vec<u64> = (from..to)
+            .map(|slot| self.slot(slot).wrapping_sub(before.slot(slot)))
+            .collect();
+        let mut delta = KernelHistogram::new(self.unit);
+        for (at, count) in slots.iter().enumerate() {
+            if *count != 0 {
+                delta.add(from + at, *count);
+            }
+        }
+        delta.sum = self.sum.wrapping_sub(before.sum);
+        delta
+    }
+
     pub fn count(&self) -> u64 {
-        self.slots.iter().sum()
+        self.counts
+            .iter()
+            .fold(0u64, |total, c| total.wrapping_add(*c))
     }
 
     pub fn is_empty(&self) -> bool {
-        self.slots.iter().all(|c| *c == 0)
+        self.counts.iter().all(|c| *c == 0)
     }
 
     /// The native buckets at `KERNEL_SCHEMA`, the schema exporters merge from.
@@ -350,22 +420,22 @@ impl KernelHistogram {
         let below_one = self.unit.below_one();
         NativeBuckets {
             schema: KERNEL_SCHEMA as i8,
-            zero_count: self.slots[0],
+            zero_count: self.slot(0),
             buckets: self
-                .slots
+                .counts
                 .iter()
                 .enumerate()
-                .skip(1)
-                .filter(|(_, count)| **count > 0)
-                .map(|(slot, count)| (slot as i32 - 1 - below_one, *count))
+                .map(|(at, count)| (self.first + at, *count))
+                .filter(|(slot, count)| *slot > 0 && *count > 0)
+                .map(|(slot, count)| (slot as i32 - 1 - below_one, count))
                 .collect(),
         }
     }
 
     /// The classic histogram of `bounds` (ascending, in the histogram's unit; exported
     /// as `exported_bounds`), carrying the native buckets too. A slot is counted
-    /// under a bound when every duration it holds is at most the bound; a slot the bound
-    /// falls inside is counted at the next bound up, so a duration is never reported
+    /// under a bound when every value it holds is at most the bound; a slot the bound
+    /// falls inside is counted at the next bound up, so a value is never reported
     /// below its bucket, and one above only within a slot's width (under 9.1 %) of it.
     pub fn to_classic(&self, bounds: &[u64], exported_bounds: &[f64]) -> ClassicHistogram {
         let cumulative = bounds
@@ -377,7 +447,8 @@ impl KernelHistogram {
                 } else {
                     inside
                 };
-                self.slots[..whole].iter().sum()
+                let held = whole.saturating_sub(self.first).min(self.counts.len());
+                self.counts[..held].iter().sum()
             })
             .collect();
         ClassicHistogram {
@@ -752,5 +823,39 @@ mod tests {
         assert_eq!(classic.count, 6);
         assert_eq!(classic.sum, 2183.0);
         assert_eq!(classic.native.map(|n| n.zero_count), Some(1));
+    }
+
+    #[test]
+    fn a_histogram_holds_only_the_run_of_slots_its_values_reach() {
+        let mut hist = KernelHistogram::new(Unit::Nanoseconds);
+        hist.record(1_000_000);
+        hist.record(4_000_000);
+        // 1 ms to 4 ms is two octaves: 17 slots, not 386.
+        assert_eq!(hist.counts.len(), 17);
+        // Growing down and up keeps every count where it was.
+        let mut wide = hist.clone();
+        wide.record(10);
+        wide.record(1 << 40);
+        for slot in 0..KERNEL_SLOTS {
+            let extra = u64::from(slot == kernel_slot(Unit::Nanoseconds, 10))
+                + u64::from(slot == kernel_slot(Unit::Nanoseconds, 1 << 40));
+            assert_eq!(wide.slot(slot), hist.slot(slot) + extra, "slot {slot}");
+        }
+        // Equal counts are equal histograms, however they were built.
+        let mut dense = vec![0u64; KERNEL_SLOTS];
+        dense[kernel_slot(Unit::Nanoseconds, 1_000_000)] = 1;
+        dense[kernel_slot(Unit::Nanoseconds, 4_000_000)] = 1;
+        assert_eq!(KernelHistogram::from_parts(&dense, 5_000_000), hist);
+        // What was added since an earlier read, even where the earlier read held nothing.
+        let delta = wide.since(&hist);
+        assert_eq!(delta.count(), 2);
+        assert_eq!(delta.sum, 10 + (1 << 40));
+        assert_eq!(delta.slot(kernel_slot(Unit::Nanoseconds, 1_000_000)), 0);
+        let mut merged = hist.clone();
+        merged.merge(&delta);
+        assert_eq!(merged, wide);
+        assert!(KernelHistogram::default()
+            .since(&KernelHistogram::default())
+            .is_empty());
     }
 }

@@ -179,9 +179,9 @@ impl<S: Clone + Eq + Hash> SlotTable<S> {
                 continue;
             };
             let delta = Delta {
-                duration: since(&now.duration, &slot.seen.duration),
-                request_body: since(&now.request_body, &slot.seen.request_body),
-                response_body: since(&now.response_body, &slot.seen.response_body),
+                duration: now.duration.since(&slot.seen.duration),
+                request_body: now.request_body.since(&slot.seen.request_body),
+                response_body: now.response_body.since(&slot.seen.response_body),
             };
             slot.seen = now;
             if delta.count() > 0 {
@@ -219,17 +219,6 @@ impl<S: Clone + Eq + Hash> SlotTable<S> {
         self.free.extend(freed.iter().copied());
         freed
     }
-
-}
-
-/// What was counted between `before` and `now`.
-fn since(now: &KernelHistogram, before: &KernelHistogram) -> KernelHistogram {
-    let mut delta = now.clone();
-    for (count, then) in delta.slots.iter_mut().zip(&before.slots) {
-        *count = count.wrapping_sub(*then);
-    }
-    delta.sum = now.sum.wrapping_sub(before.sum);
-    delta
 }
 
 #[cfg(test)]
@@ -276,8 +265,8 @@ mod tests {
         bodies[2] = 5;
         let next = slots.deltas(|_| Some(read(&durations, &bodies)));
         assert_eq!(next[0].1.duration.count(), 2);
-        assert_eq!(next[0].1.duration.slots[7], 2);
-        assert_eq!(next[0].1.request_body.slots[2], 2);
+        assert_eq!(next[0].1.duration.slot(7), 2);
+        assert_eq!(next[0].1.request_body.slot(2), 2);
         assert_eq!(next[0].1.duration.sum, 0);
     }
 }
