@@ -1,13 +1,14 @@
 /*
- * The duration histograms probes keep in the kernel: one counter per native
- * (exponential) bucket at the finest schema the kernel buckets at (bpf/native.h), and
- * the exact sum. User space merges them into any coarser schema for Prometheus native
- * histograms and OTLP exponential ones, and counts them into configured classic
- * buckets (src/model/native.rs).
+ * The histograms probes keep in the kernel: one counter per native (exponential)
+ * bucket at the finest schema the kernel buckets at (bpf/native.h), and the exact sum.
+ * User space merges them into any coarser schema for Prometheus native histograms and
+ * OTLP exponential ones, and counts them into configured classic buckets
+ * (src/model/native.rs).
  *
- * Slot 0 is the zero bucket; slot i > 0 is kernel bucket i of bpf/native.h. Durations
- * up to 2^48 ns (about 78 hours) get their own bucket; longer ones are counted in the
- * top one (their sum stays exact).
+ * Slot 0 is the zero bucket; slot i > 0 is kernel bucket i of bpf/native.h. Values up
+ * to 2^(145/8) s of nanoseconds (about 79 hours), or 2^48 bytes, get their own bucket;
+ * larger ones are counted in the top one (their sum stays exact). The http probe keeps
+ * arrays of PSC_HIST_BUCKETS slots of its own, for durations and body sizes.
  */
 #pragma once
 

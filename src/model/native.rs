@@ -214,15 +214,16 @@ pub fn upper_bound(index: i32, schema: u8) -> f64 {
     (f64::from(index) / f64::from(1u32 << schema.min(MAX_SCHEMA))).exp2()
 }
 
-/// The schema the kernel buckets durations at (`bpf/native.h`).
+/// The schema the kernel buckets values at (`bpf/native.h`).
 pub const KERNEL_SCHEMA: u8 = super::layout::NATIVE_MAX_SCHEMA;
-/// Slots of a kernel duration histogram (`bpf/histogram.h`): the zero bucket, then one
-/// per native bucket at `KERNEL_SCHEMA` from the one that holds 1 ns up.
+/// Slots of a kernel histogram (`bpf/histogram.h`): the zero bucket, then one per
+/// native bucket at `KERNEL_SCHEMA` from the one that holds 1 (ns or byte) up.
 pub const KERNEL_SLOTS: usize = super::layout::HIST_BUCKETS;
 
-/// The zero bucket's threshold as exported: the zero bucket holds exactly the 0 ns
-/// durations, and any threshold below 1 ns says so. Prometheus reads a histogram with a
-/// positive one as native even before its first observation.
+/// The zero bucket's threshold as exported: the zero bucket holds exactly the zeros
+/// (0 ns, 0 bytes), and any threshold below the smallest other value (1 ns, 1 byte)
+/// says so. Prometheus reads a histogram with a positive one as native even before its
+/// first observation.
 pub const ZERO_THRESHOLD: f64 = 2.938_735_877_055_719e-39; // 2^-128
 
 /// `floor(2^63 * 2^(k/8))` for k in 0..8: the mantissas at which the native boundaries
