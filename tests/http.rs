@@ -620,24 +620,33 @@ fn native_histograms_hold_durations_by_the_client_measured_times_and_exact_sizes
         prometheus.wait_for(&format!("histogram_count({this})"), &[20.0]),
         vec![20.0]
     );
-    let native = prometheus.query(&this);
-    assert_eq!(native.len(), 1, "{native:?}");
     let number = |v: &serde_json::Value| v.as_str().and_then(|s| s.parse::<f64>().ok());
+    // A native histogram of the server's series as Prometheus holds it: its (lower,
+    // upper, count) buckets and its sum.
+    let native_of = |name: &str| {
+        let found = prometheus.query(&format!(
+            "{name}{{process_pid=\"{pid}\",http_route=\"/sleep/*\"}}"
+        ));
+        assert_eq!(found.len(), 1, "{name}: {found:?}");
+        let histogram = &found[0]["histogram"][1];
+        let buckets: Vec<(f64, f64, u64)> = histogram["buckets"]
+            .as_array()
+            .expect("native buckets")
+            .iter()
+            .map(|b| {
+                (
+                    number(&b[1]).expect("lower"),
+                    number(&b[2]).expect("upper"),
+                    number(&b[3]).expect("count") as u64,
+                )
+            })
+            .collect();
+        (buckets, number(&histogram["sum"]).expect("a sum"))
+    };
     // Each (lower, upper, count) bucket must hold as many requests as the client timed
     // within it, give or take the loopback round trip the server does not see: a
     // request is matched to the bucket of its client time or the one below.
-    let buckets: Vec<(f64, f64, u64)> = native[0]["histogram"][1]["buckets"]
-        .as_array()
-        .expect("native buckets")
-        .iter()
-        .map(|b| {
-            (
-                number(&b[1]).expect("lower"),
-                number(&b[2]).expect("upper"),
-                number(&b[3]).expect("count") as u64,
-            )
-        })
-        .collect();
+    let (buckets, sum) = native_of("http_server_request_duration_seconds");
     let counted: u64 = buckets.iter().map(|b| b.2).sum();
     assert_eq!(counted, 20, "{buckets:?}");
     for (lower, upper, count) in &buckets {
@@ -653,7 +662,6 @@ fn native_histograms_hold_durations_by_the_client_measured_times_and_exact_sizes
     // The halves at 20 ms and 80 ms stay apart.
     let below_40ms: u64 = buckets.iter().filter(|b| b.1 < 0.04).map(|b| b.2).sum();
     assert_eq!(below_40ms, 10, "{buckets:?}");
-    let sum = number(&native[0]["histogram"][1]["sum"]).expect("a sum");
     let client_sum: f64 = measured.iter().sum();
     assert!(
         sum <= client_sum && sum > client_sum - 0.2,
@@ -661,30 +669,13 @@ fn native_histograms_hold_durations_by_the_client_measured_times_and_exact_sizes
     );
     // Body sizes are native too: every response has 5 bytes, in (2^(18/8), 2^(19/8)]
     // (4.76, 5.19]; no request has a body, so all 20 are in the zero bucket.
-    let sizes = |name: &str| {
-        let found = prometheus.query(&format!(
-            "{name}{{process_pid=\"{pid}\",http_route=\"/sleep/*\"}}"
-        ));
-        assert_eq!(found.len(), 1, "{name}: {found:?}");
-        found[0]["histogram"][1]["buckets"]
-            .as_array()
-            .expect("native buckets")
-            .iter()
-            .map(|b| {
-                (
-                    number(&b[1]).expect("lower"),
-                    number(&b[2]).expect("upper"),
-                    number(&b[3]).expect("count") as u64,
-                )
-            })
-            .collect::<Vec<_>>()
-    };
-    let response = sizes("http_server_response_body_size_bytes");
+    let (response, response_sum) = native_of("http_server_response_body_size_bytes");
+    assert_eq!(response_sum, 100.0);
     assert_eq!(response.len(), 1, "{response:?}");
     let (lower, upper, count) = response[0];
     assert!(lower < 5.0 && (5.0..5.2).contains(&upper), "{response:?}");
     assert_eq!(count, 20);
-    let request = sizes("http_server_request_body_size_bytes");
+    let (request, _) = native_of("http_server_request_body_size_bytes");
     assert_eq!(request.len(), 1, "the zero bucket alone: {request:?}");
     assert_eq!(request[0].2, 20, "{request:?}");
     assert!(request[0].0 <= 0.0 && request[0].1 >= 0.0, "{request:?}");
