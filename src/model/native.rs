@@ -495,21 +495,16 @@ impl NativeBuckets {
         })
     }
 
-    /// The runs of consecutive buckets, with empty ones between runs no more than
-    /// `max_gap` long filled in: (index of the run's first bucket, counts).
-    pub fn runs(&self, max_gap: i32) -> Vec<(i32, Vec<u64>)> {
-        let mut runs: Vec<(i32, Vec<u64>)> = Vec::new();
+    /// Every bucket from the first non-empty one to the last, empty ones as zeros:
+    /// (index of the first, counts); None without a non-empty bucket.
+    pub fn dense(&self) -> Option<(i32, Vec<u64>)> {
+        let (first, _) = *self.buckets.first()?;
+        let (last, _) = *self.buckets.last()?;
+        let mut counts = vec![0; (last - first) as usize + 1];
         for &(index, count) in &self.buckets {
-            match runs.last_mut() {
-                Some((start, counts)) if index - (*start + counts.len() as i32) <= max_gap => {
-                    let gap = index - (*start + counts.len() as i32);
-                    counts.extend(std::iter::repeat_n(0, gap as usize));
-                    counts.push(count);
-                }
-                _ => runs.push((index, vec![count])),
-            }
+            counts[(index - first) as usize] = count;
         }
-        runs
+        Some((first, counts))
     }
 }
 
@@ -752,20 +747,24 @@ mod tests {
     }
 
     #[test]
-    fn runs_fill_short_gaps_and_split_at_long_ones() {
+    fn dense_buckets_fill_every_gap_with_zeros() {
         let native = NativeBuckets {
             schema: 3,
             zero_count: 0,
             buckets: vec![(-3, 1), (-1, 2), (0, 3), (10, 4)],
         };
-        assert_eq!(native.runs(2), vec![(-3, vec![1, 0, 2, 3]), (10, vec![4])]);
-        assert_eq!(native.runs(0).len(), 3);
-        assert!(NativeBuckets {
-            buckets: vec![],
-            ..native
-        }
-        .runs(2)
-        .is_empty());
+        assert_eq!(
+            native.dense(),
+            Some((-3, vec![1, 0, 2, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 4]))
+        );
+        assert_eq!(
+            NativeBuckets {
+                buckets: vec![],
+                ..native
+            }
+            .dense(),
+            None
+        );
     }
 
     #[test]

@@ -257,17 +257,13 @@ fn exponential_point(
     (count, sum): (u64, f64),
     native: &NativeBuckets,
 ) -> proto::ExponentialHistogramDataPoint {
-    let positive = native
-        .runs(i32::MAX)
-        .into_iter()
-        .next()
-        .map(|(first, counts)| {
-            proto::ExponentialBuckets {
-                // OTLP's bucket i is (base^i, base^(i+1)]; Prometheus's is one up.
-                offset: first - 1,
-                bucket_counts: counts,
-            }
-        });
+    let positive = native.dense().map(|(first, counts)| {
+        proto::ExponentialBuckets {
+            // OTLP's bucket i is (base^i, base^(i+1)]; Prometheus's is one up.
+            offset: first - 1,
+            bucket_counts: counts,
+        }
+    });
     proto::ExponentialHistogramDataPoint {
         attributes,
         start_time_unix_nano: start,

@@ -20,7 +20,7 @@ use super::{BuiltIn, LoadContext, Probe};
 use crate::enrich::workload::RecordedCgroup;
 use crate::enrich::{Workload, Workloads};
 use crate::model::histogram::DurationBounds;
-use crate::model::native::{self, KernelHistogram};
+use crate::model::native::{KernelHistogram, Unit};
 use crate::model::{Family, MetricKind, Value, OVERFLOW};
 use config::SchedConfig;
 
@@ -50,7 +50,7 @@ impl BuiltIn for SchedProbe {
             })?;
             rodata
                 .psc_native_thresholds
-                .copy_from_slice(native::thresholds(native::KERNEL_SCHEMA));
+                .copy_from_slice(Unit::Nanoseconds.kernel_thresholds());
             let skel = load_object(open, plan, "sched")?;
             let mut links = Vec::new();
             if context.attach {

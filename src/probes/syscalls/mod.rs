@@ -27,7 +27,7 @@ use crate::enrich::process::UNKNOWN_NAME;
 use crate::enrich::{ProcessTable, Workload};
 use crate::kernel::duty::DutyCycle;
 use crate::model::histogram::DurationBounds;
-use crate::model::native::{self, KernelHistogram};
+use crate::model::native::{KernelHistogram, Unit};
 use crate::model::{Family, MetricKind, Value};
 use config::SyscallsConfig;
 use fast::FastTable;
@@ -273,7 +273,7 @@ impl SyscallsProbe {
         rodata.timed_count = timed.len() as u32;
         rodata
             .psc_native_thresholds
-            .copy_from_slice(native::thresholds(native::KERNEL_SCHEMA));
+            .copy_from_slice(Unit::Nanoseconds.kernel_thresholds());
         rodata.filter_by_tgid = u8::from(!settings.include_pids.is_empty());
         rodata.filter_by_comm = u8::from(!settings.include_executables.is_empty());
         rodata.filter_cgroups = u8::from(context.drops_tenants);

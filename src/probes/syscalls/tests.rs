@@ -29,5 +29,5 @@ fn overflow_and_exited_series_have_no_pid_label() {
 
 #[test]
 fn histogram_layout_matches_the_kernel_header() {
-    assert_eq!(std::mem::size_of::<types::psc_hist>(), 8 * (native::KERNEL_SLOTS + 1));
+    assert_eq!(std::mem::size_of::<types::psc_hist>(), 8 * (crate::model::native::KERNEL_SLOTS + 1));
 }
