@@ -35,6 +35,20 @@ static __always_inline __u32 psc_hist_bucket(__u64 v)
 	return idx < PSC_HIST_BUCKETS ? idx : PSC_HIST_BUCKETS - 1;
 }
 
+/* The slot of `v` in a histogram that counts only the octaves of nanoseconds from
+ * `low_octave` up, in `slots` slots: 0 for 0, else 1 + its kernel bucket's place from
+ * the one that holds 2^low_octave; one below counts in slot 1, one above in the last. */
+static __always_inline __u32 psc_hist_window_slot(__u64 v, __u32 low_octave, __u32 slots)
+{
+	__u32 first = 1 + (low_octave << PSC_NATIVE_MAX_SCHEMA), idx;
+
+	if (v == 0)
+		return 0;
+	idx = psc_native_bucket(v, psc_native_thresholds, PSC_NATIVE_MAX_SCHEMA);
+	idx = idx > first ? idx - first + 1 : 1;
+	return idx < slots ? idx : slots - 1;
+}
+
 /* For histograms in shared (not per-CPU) maps: atomic, so CPUs never lose an update. */
 static __always_inline void psc_hist_record_atomic(struct psc_hist *h, __u64 v)
 {

@@ -620,28 +620,10 @@ fn native_histograms_hold_durations_by_the_client_measured_times_and_exact_sizes
         prometheus.wait_for(&format!("histogram_count({this})"), &[20.0]),
         vec![20.0]
     );
-    let number = |v: &serde_json::Value| v.as_str().and_then(|s| s.parse::<f64>().ok());
-    // A native histogram of the server's series as Prometheus holds it: its (lower,
-    // upper, count) buckets and its sum.
     let native_of = |name: &str| {
-        let found = prometheus.query(&format!(
+        prometheus.native_histogram(&format!(
             "{name}{{process_pid=\"{pid}\",http_route=\"/sleep/*\"}}"
-        ));
-        assert_eq!(found.len(), 1, "{name}: {found:?}");
-        let histogram = &found[0]["histogram"][1];
-        let buckets: Vec<(f64, f64, u64)> = histogram["buckets"]
-            .as_array()
-            .expect("native buckets")
-            .iter()
-            .map(|b| {
-                (
-                    number(&b[1]).expect("lower"),
-                    number(&b[2]).expect("upper"),
-                    number(&b[3]).expect("count") as u64,
-                )
-            })
-            .collect();
-        (buckets, number(&histogram["sum"]).expect("a sum"))
+        ))
     };
     // Each (lower, upper, count) bucket must hold as many requests as the client timed
     // within it, give or take the loopback round trip the server does not see: a

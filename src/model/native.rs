@@ -339,6 +339,28 @@ impl KernelHistogram {
         hist
     }
 
+    /// A histogram the kernel counts over a window of its slots, as the tcp probe does:
+    /// `zero` in slot 0 and `window[i]` in slot `first + i` (slots past `KERNEL_SLOTS`
+    /// are dropped: no kernel window reaches them).
+    pub fn from_window(unit: Unit, zero: u64, first: usize, window: &[u64], sum: u64) -> Self {
+        let mut hist = KernelHistogram::new(unit);
+        if zero != 0 {
+            hist.add(0, zero);
+        }
+        let reach = window.len().min(KERNEL_SLOTS.saturating_sub(first));
+        let window = &window[..reach];
+        if let (Some(from), Some(to)) = (
+            window.iter().position(|c| *c != 0),
+            window.iter().rposition(|c| *c != 0),
+        ) {
+            for (at, count) in window.iter().enumerate().take(to + 1).skip(from) {
+                hist.add(first + at, *count);
+            }
+        }
+        hist.sum = sum;
+        hist
+    }
+
     /// The count in `slot`.
     pub fn slot(&self, slot: usize) -> u64 {
         slot.checked_sub(self.first)
@@ -857,5 +879,19 @@ mod tests {
         assert!(KernelHistogram::default()
             .since(&KernelHistogram::default())
             .is_empty());
+    }
+
+    #[test]
+    fn a_window_of_slots_keeps_its_zeros_and_its_place() {
+        let hist = KernelHistogram::from_window(Unit::Nanoseconds, 2, 73, &[0, 5, 0, 1, 0], 9);
+        assert_eq!(hist.slot(0), 2);
+        assert_eq!(hist.slot(74), 5);
+        assert_eq!(hist.slot(76), 1);
+        assert_eq!(hist.count(), 8);
+        assert_eq!(hist.sum, 9);
+        // A window reaching past the kernel's slots keeps only what fits.
+        let past = KernelHistogram::from_window(Unit::Nanoseconds, 0, KERNEL_SLOTS - 1, &[1, 1], 0);
+        assert_eq!(past.count(), 1);
+        assert!(KernelHistogram::from_window(Unit::Nanoseconds, 0, 73, &[0, 0], 0).is_empty());
     }
 }

@@ -647,6 +647,28 @@ impl Prometheus {
             .collect()
     }
 
+    /// The one native histogram `selector` selects, as Prometheus holds it: its
+    /// (lower, upper, count) buckets and its sum.
+    pub fn native_histogram(&self, selector: &str) -> (Vec<(f64, f64, u64)>, f64) {
+        let number = |v: &serde_json::Value| v.as_str().and_then(|s| s.parse::<f64>().ok());
+        let found = self.query(selector);
+        assert_eq!(found.len(), 1, "{selector}: {found:?}");
+        let histogram = &found[0]["histogram"][1];
+        let buckets = histogram["buckets"]
+            .as_array()
+            .expect("native buckets")
+            .iter()
+            .map(|b| {
+                (
+                    number(&b[1]).expect("lower"),
+                    number(&b[2]).expect("upper"),
+                    number(&b[3]).expect("count") as u64,
+                )
+            })
+            .collect();
+        (buckets, number(&histogram["sum"]).expect("a sum"))
+    }
+
     /// Polls until the query returns `want` (scrapes happen every second).
     pub fn wait_for(&self, promql: &str, want: &[f64]) -> Vec<f64> {
         let mut got = Vec::new();

@@ -38,4 +38,26 @@ int psc_native_selftest(void *ctx)
 	return 0;
 }
 
+/* The slots of the same values in a window of `window_slot_count` slots from
+ * `window_low_octave` (bpf/histogram.h, with psc_native_thresholds). */
+const volatile __u32 window_low_octave = 0;
+const volatile __u32 window_slot_count = 2;
+__u32 window_slots[PSC_SELFTEST_VALUES] = {};
+
+static long window_one(__u32 i, void *ctx)
+{
+	if (i >= PSC_SELFTEST_VALUES)
+		return 1;
+	window_slots[i] = psc_hist_window_slot(native_values[i], window_low_octave,
+					       window_slot_count);
+	return 0;
+}
+
+SEC("syscall")
+int psc_window_selftest(void *ctx)
+{
+	bpf_loop(PSC_SELFTEST_VALUES, window_one, NULL, 0);
+	return 0;
+}
+
 char LICENSE[] SEC("license") = PSC_LICENSE;

@@ -91,6 +91,81 @@ mod tests {
         out
     }
 
+    /// Runs `psc_hist_window_slot` of `bpf/histogram.h` in the kernel on every value,
+    /// with the nanosecond thresholds, for a window of `slots` slots from `low_octave`.
+    fn kernel_window_slots(low_octave: u32, slots: u32, values: &[u64]) -> Vec<u32> {
+        let mut object = MaybeUninit::uninit();
+        let mut open = LayoutSkelBuilder::default()
+            .open(&mut object)
+            .expect("the layout object opens");
+        if let Some(rodata) = open.maps.rodata_data.as_deref_mut() {
+            rodata.window_low_octave = low_octave;
+            rodata.window_slot_count = slots;
+            rodata
+                .psc_native_thresholds
+                .copy_from_slice(native::Unit::Nanoseconds.kernel_thresholds());
+        }
+        let mut skel = open.load().expect("the self-test loads");
+        let mut out = Vec::new();
+        for chunk in values.chunks(64) {
+            let bss = skel.maps.bss_data.as_deref_mut().expect("a mapped .bss");
+            bss.native_values = [0; 64];
+            bss.native_values[..chunk.len()].copy_from_slice(chunk);
+            skel.progs
+                .psc_window_selftest
+                .test_run(libbpf_rs::ProgramInput::default())
+                .expect("the self-test runs");
+            let bss = skel.maps.bss_data.as_deref().expect("a mapped .bss");
+            out.extend_from_slice(&bss.window_slots[..chunk.len()]);
+        }
+        out
+    }
+
+    /// A window histogram (the tcp probe's) read back by user space puts every value in
+    /// its own native bucket when the window reaches it, and at the window's nearest end
+    /// when not.
+    #[test]
+    fn a_window_of_kernel_slots_reads_back_as_the_native_buckets_of_its_values() {
+        if !is_root() {
+            return;
+        }
+        let thresholds = native::Unit::Nanoseconds.kernel_thresholds();
+        let values = edge_values(thresholds);
+        for (low_octave, slots) in [(9u32, 242usize), (10, 250), (0, 10)] {
+            let kernel = kernel_window_slots(low_octave, slots as u32, &values);
+            let first = 1 + ((low_octave as usize) << native::KERNEL_SCHEMA);
+            let last = first + slots - 2;
+            for (&value, slot) in values.iter().zip(kernel) {
+                let slot = slot as usize;
+                assert!(slot < slots, "{value} ns: slot {slot} of {slots}");
+                let mut window = vec![0; slots - 1];
+                if slot > 0 {
+                    window[slot - 1] = 1;
+                }
+                let zero = u64::from(slot == 0);
+                let hist = native::KernelHistogram::from_window(
+                    native::Unit::Nanoseconds,
+                    zero,
+                    first,
+                    &window,
+                    value,
+                );
+                let want = native::kernel_slot(native::Unit::Nanoseconds, value);
+                let want = if want == 0 {
+                    0
+                } else {
+                    want.clamp(first, last)
+                };
+                assert_eq!(
+                    hist.slot(want),
+                    1,
+                    "{value} ns, window from octave {low_octave}"
+                );
+                assert_eq!(hist.count(), 1);
+            }
+        }
+    }
+
     fn is_root() -> bool {
         // SAFETY: geteuid only reads the process's credentials.
         let root = unsafe { libc::geteuid() } == 0;

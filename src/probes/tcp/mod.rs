@@ -16,7 +16,9 @@ use super::kit::lifecycle::{FirstSeen, Owner, ProcessSeries};
 use crate::enrich::process::UNKNOWN_NAME;
 use crate::enrich::{ProcessTable, Workload};
 use crate::kernel::caps::{self, Need};
-use crate::model::{ClassicHistogram, Family, Labels, OVERFLOW};
+use crate::model::native::{KernelHistogram, Unit, KERNEL_SCHEMA};
+use crate::model::histogram::DurationBounds;
+use crate::model::{Family, Labels, OVERFLOW};
 
 pub mod config;
 mod families;
@@ -34,12 +36,14 @@ mod skel {
 }
 use skel::{types, TcpSkel, TcpSkelBuilder};
 use types::psc_tcp_counter as Counter;
+use types::psc_tcp_hist_layout as HistLayout;
 
 util::plain_types!(
     types::psc_tcp_key,
     types::psc_process,
     types::psc_process_key,
     types::psc_tcp_stats,
+    types::psc_tcp_histograms,
     types::psc_tcp_listener_key,
     types::psc_tcp_listener,
 );
@@ -83,8 +87,8 @@ impl BuiltIn for TcpProbe {
         util::check_btf()?;
         let (workloads, processes, attach) = (context.workloads, context.processes, context.attach);
         let slots = workloads.tenant_slots().count();
-        let duration_bounds = settings.connect_duration_buckets_seconds.0.clone();
-        let rtt_bounds = settings.rtt_buckets_seconds.0.clone();
+        let duration_bounds = DurationBounds::new(&settings.connect_duration_buckets_seconds.0);
+        let rtt_bounds = DurationBounds::new(&settings.rtt_buckets_seconds.0);
         let sampling = settings.sample_interval_secs > 0;
         let ((skel, sampler, links), degraded) = load_degrading("tcp", PROGRAMS, |plan| {
             let mut open = util::open_object(TcpSkelBuilder::default(), "tcp")?;
@@ -139,7 +143,7 @@ impl BuiltIn for TcpProbe {
             exited_ttl: Duration::from_secs(processes.exited_ttl_secs),
             policy: Policy::new(
                 settings.max_peers_per_process.get() as usize,
-                (duration_bounds.len(), rtt_bounds.len()),
+                (duration_bounds.seconds.len(), rtt_bounds.seconds.len()),
                 ProcessSeries::new(
                     workloads.clone(),
                     processes.max_exited_executables.get() as usize,
@@ -209,20 +213,15 @@ fn configure(
     drops_tenants: bool,
     slots: u32,
 ) -> Result<(), ProbeError> {
-    let duration_bounds = &settings.connect_duration_buckets_seconds.0;
-    let rtt_bounds = &settings.rtt_buckets_seconds.0;
     util::set_entries(&mut open.maps.series, settings.max_series.get(), "series")?;
+    util::set_entries(&mut open.maps.histograms, settings.max_series.get(), "histograms")?;
     util::set_entries(&mut open.maps.tcp_socks, settings.max_connections.get(), "tcp_socks")?;
     util::set_entries(&mut open.maps.overflow, slots * 2, "overflow")?;
+    util::set_entries(&mut open.maps.overflow_histograms, slots * 2, "overflow_histograms")?;
     if let Some(rodata) = open.maps.rodata_data.as_deref_mut() {
-        for (slot, bound) in rodata.duration_bounds_ns.iter_mut().zip(duration_bounds) {
-            *slot = (bound * 1e9).round() as u64;
-        }
-        rodata.duration_bounds_len = duration_bounds.len() as u32;
-        for (slot, bound) in rodata.rtt_bounds_us.iter_mut().zip(rtt_bounds) {
-            *slot = (bound * 1e6).round() as u64;
-        }
-        rodata.rtt_bounds_len = rtt_bounds.len() as u32;
+        rodata
+            .psc_native_thresholds
+            .copy_from_slice(Unit::Nanoseconds.kernel_thresholds());
         rodata.filter_cgroups = u8::from(drops_tenants);
         rodata.tenant_slots = slots;
         rodata.tenant_share[0] = (settings.max_series.get() / slots).max(1);
@@ -246,10 +245,18 @@ struct Stats {
     sent: u64,
     received: u64,
     retransmits: u64,
-    duration_sum_ns: u64,
-    duration: Vec<u64>,
-    rtt_sum_us: u64,
-    rtt: Vec<u64>,
+    /// Connect durations (outbound series), in nanoseconds.
+    duration: KernelHistogram,
+    /// Smoothed RTT samples, whole microseconds counted in nanoseconds.
+    rtt: KernelHistogram,
+}
+
+/// A histogram of `struct psc_tcp_histograms`: its zero slot, then the window of kernel
+/// slots from the one that holds 2^low_octave ns.
+fn window_histogram(slots: &[u64], low_octave: u32, sum_ns: u64) -> KernelHistogram {
+    let (zero, window) = slots.split_first().unwrap_or((&0, &[]));
+    let first = 1 + ((low_octave as usize) << KERNEL_SCHEMA);
+    KernelHistogram::from_window(Unit::Nanoseconds, *zero, first, window, sum_ns)
 }
 
 impl Stats {
@@ -261,11 +268,25 @@ impl Stats {
             sent: s.sent_bytes,
             received: s.received_bytes,
             retransmits: s.retransmits,
-            duration_sum_ns: s.duration_sum_ns,
-            duration: s.duration.to_vec(),
-            rtt_sum_us: s.rtt_sum_us,
-            rtt: s.rtt.to_vec(),
+            ..Stats::default()
         });
+    }
+
+    /// Adds a series' histograms, from the bytes of its `histograms` entry.
+    fn add_histograms(&mut self, bytes: &[u8]) {
+        let Some(h) = util::decode::<types::psc_tcp_histograms>(bytes) else {
+            return;
+        };
+        self.duration.merge(&window_histogram(
+            &h.duration,
+            HistLayout::PSC_TCP_DURATION_LOW_OCTAVE.0,
+            h.duration_sum_ns,
+        ));
+        self.rtt.merge(&window_histogram(
+            &h.rtt,
+            HistLayout::PSC_TCP_RTT_LOW_OCTAVE.0,
+            h.rtt_sum_us.saturating_mul(1000),
+        ));
     }
 
     /// The sum of a series' per-CPU copies: a CPU's `active` may be negative (a
@@ -284,40 +305,17 @@ impl Stats {
         self.sent = self.sent.saturating_add(other.sent);
         self.received = self.received.saturating_add(other.received);
         self.retransmits = self.retransmits.saturating_add(other.retransmits);
-        self.duration_sum_ns = self.duration_sum_ns.saturating_add(other.duration_sum_ns);
-        self.rtt_sum_us = self.rtt_sum_us.saturating_add(other.rtt_sum_us);
-        add_buckets(&mut self.duration, &other.duration);
-        add_buckets(&mut self.rtt, &other.rtt);
+        self.duration.merge(&other.duration);
+        self.rtt.merge(&other.rtt);
     }
-}
 
-fn add_buckets(total: &mut Vec<u64>, more: &[u64]) {
-    if total.len() < more.len() {
-        total.resize(more.len(), 0);
-    }
-    for (t, n) in total.iter_mut().zip(more) {
-        *t = t.saturating_add(*n);
-    }
-}
-
-/// Kernel buckets (one per bound, then one above the last) as a classic histogram.
-fn classic(buckets: &[u64], bounds: &[f64], sum: f64) -> ClassicHistogram {
-    let mut cumulative = Vec::with_capacity(bounds.len());
-    let mut running = 0;
-    for i in 0..bounds.len() {
-        running += buckets.get(i).copied().unwrap_or(0);
-        cumulative.push(running);
-    }
-    let count = running
-        + buckets
-            .get(bounds.len()..)
-            .map_or(0, |rest| rest.iter().sum());
-    ClassicHistogram {
-        bounds: bounds.to_vec(),
-        cumulative,
-        count,
-        native: None,
-        sum,
+    /// Whether the series has anything to report.
+    fn is_empty(&self) -> bool {
+        self.opened == 0
+            && self.active == 0
+            && self.failures.iter().all(|f| *f == 0)
+            && self.duration.is_empty()
+            && self.rtt.is_empty()
     }
 }
 
@@ -329,8 +327,8 @@ pub struct TcpProbe {
     processes: ProcessTable<(u32, u16)>,
     pid_label: bool,
     exited_ttl: Duration,
-    duration_bounds: Vec<f64>,
-    rtt_bounds: Vec<f64>,
+    duration_bounds: DurationBounds,
+    rtt_bounds: DurationBounds,
     /// Peer caps, where exited processes fold, what the budget admits, `_created`.
     policy: Policy,
     fill: Vec<MapFill>,
@@ -512,7 +510,9 @@ impl TcpProbe {
     }
 
     /// Reads the kernel's series; those of processes exited for the TTL (with no
-    /// connection left open) are taken from the kernel and folded by the policy.
+    /// connection left open) are taken from the kernel and folded by the policy. A
+    /// series' histograms are in another map by the same key; one found there alone (its
+    /// series taken while a sample was on its way) is a series all the same.
     fn read(&mut self, now: Instant) -> (Vec<LiveRow>, FirstSeen) {
         let mut rows = Vec::new();
         let mut first_seen = HashMap::new();
@@ -529,12 +529,29 @@ impl TcpProbe {
             .collect();
         let mut still_open = HashSet::new();
         let mut folding: HashMap<(u32, u16), ExitedProcess> = HashMap::new();
-        for (key_bytes, values) in util::read_percpu(&self.skel.maps.series) {
-            entries += 1;
+        let mut histograms: HashMap<Vec<u8>, Vec<u8>> =
+            util::read_shared(&self.skel.maps.histograms).into_iter().collect();
+        let histogram_entries = histograms.len() as u64;
+        let mut series: Vec<(Vec<u8>, Stats, bool)> = util::read_percpu(&self.skel.maps.series)
+            .into_iter()
+            .map(|(key_bytes, values)| {
+                let mut stats = Stats::from_percpu(&values);
+                if let Some(hist) = histograms.remove(&key_bytes) {
+                    stats.add_histograms(&hist);
+                }
+                (key_bytes, stats, true)
+            })
+            .collect();
+        series.extend(histograms.into_iter().map(|(key_bytes, hist)| {
+            let mut stats = Stats::default();
+            stats.add_histograms(&hist);
+            (key_bytes, stats, false)
+        }));
+        for (key_bytes, stats, in_series) in series {
+            entries += u64::from(in_series);
             let Some(key) = util::decode::<types::psc_tcp_key>(&key_bytes) else {
                 continue;
             };
-            let stats = Stats::from_percpu(&values);
             let process = (key.tgid, key.gen);
             let (owner, seen) = self.owner(&key, now);
             let peer = Peer {
@@ -544,12 +561,7 @@ impl TcpProbe {
             };
             if expired.contains(&process) && stats.active <= 0 {
                 // Taken from the kernel in one step: what landed since the read counts.
-                let last = util::take_percpu(&self.skel.maps.series, &key_bytes)
-                    .map(|values| Stats::from_percpu(&values))
-                    .unwrap_or_else(|| {
-                        let _ = self.skel.maps.series.delete(&key_bytes);
-                        stats
-                    });
+                let last = self.take(&key_bytes).unwrap_or(stats);
                 if last.active > 0 {
                     // A connection was accepted for it between the read and the take.
                     still_open.insert(process);
@@ -560,7 +572,7 @@ impl TcpProbe {
                 series.push((peer, last));
                 continue;
             }
-            if self.shares.enabled() {
+            if self.shares.enabled() && in_series {
                 // A dropped tenant's series (made before the kernel knew its cgroup)
                 // took a place among those of no tenant.
                 let slot = self.processes.workloads().tenant_slot(&owner.workload) as usize;
@@ -589,8 +601,28 @@ impl TcpProbe {
             .after_read(&self.skel.maps.tenant_base, &share_entries);
         self.shares.read_folded(&self.skel.maps.tenant_folded);
         rows.extend(self.read_overflow());
-        self.record_fill(entries);
+        self.record_fill(entries, histogram_entries);
         (rows, first_seen)
+    }
+
+    /// Takes a series and its histograms from the kernel, each in one step; None when
+    /// neither is there any more or the kernel cannot take them (then they are deleted).
+    fn take(&self, key_bytes: &[u8]) -> Option<Stats> {
+        let maps = &self.skel.maps;
+        let counters = util::take_percpu(&maps.series, key_bytes);
+        let histograms = maps.histograms.lookup_and_delete(key_bytes).ok().flatten();
+        if counters.is_none() && histograms.is_none() {
+            let _ = maps.series.delete(key_bytes);
+            let _ = maps.histograms.delete(key_bytes);
+            return None;
+        }
+        let mut stats = counters
+            .map(|values| Stats::from_percpu(&values))
+            .unwrap_or_default();
+        if let Some(hist) = histograms {
+            stats.add_histograms(&hist);
+        }
+        Some(stats)
     }
 
     /// Forgets an exited process: its kernel record, and the peers it kept unless a live
@@ -636,8 +668,16 @@ impl TcpProbe {
                 else {
                     continue;
                 };
-                let stats = Stats::from_percpu(&values);
-                if stats.opened > 0 || stats.failures.iter().any(|f| *f > 0) || stats.active != 0 {
+                let mut stats = Stats::from_percpu(&values);
+                if let Ok(Some(hist)) = self
+                    .skel
+                    .maps
+                    .overflow_histograms
+                    .lookup(&idx.to_ne_bytes(), MapFlags::ANY)
+                {
+                    stats.add_histograms(&hist);
+                }
+                if !stats.is_empty() {
                     let owner = Owner::overflow(tenant_slots.name_of(tenant_slot));
                     let peer = Peer {
                         inbound,
@@ -651,12 +691,17 @@ impl TcpProbe {
         rows
     }
 
-    fn record_fill(&mut self, entries: u64) {
+    fn record_fill(&mut self, entries: u64, histogram_entries: u64) {
         self.fill = vec![
             MapFill {
                 map: "series",
                 entries,
                 capacity: u64::from(self.skel.maps.series.max_entries()),
+            },
+            MapFill {
+                map: "histograms",
+                entries: histogram_entries,
+                capacity: u64::from(self.skel.maps.histograms.max_entries()),
             },
             MapFill {
                 map: "tcp_socks",
@@ -683,14 +728,9 @@ impl TcpProbe {
             let created = self.policy.series().created(owner);
             let mut labels: Labels = owner.labels(self.processes.workloads());
             families::push_peer_labels(&mut labels, peer);
-            let rtt = classic(&stats.rtt, &self.rtt_bounds, stats.rtt_sum_us as f64 / 1e6);
-            let duration = (!peer.inbound).then(|| {
-                classic(
-                    &stats.duration,
-                    &self.duration_bounds,
-                    stats.duration_sum_ns as f64 / 1e9,
-                )
-            });
+            let rtt = self.rtt_bounds.classic_and_native(&stats.rtt);
+            let duration =
+                (!peer.inbound).then(|| self.duration_bounds.classic_and_native(&stats.duration));
             families.push(labels, stats, rtt, duration, created);
         }
         families.into_array()
@@ -754,6 +794,10 @@ impl Probe for TcpProbe {
     fn folded(&self) -> Vec<(&'static str, u64)> {
         vec![
             ("series", self.counter(Counter::PSC_TCP_FOLDED)),
+            (
+                "histograms",
+                self.counter(Counter::PSC_TCP_HISTOGRAMS_FOLDED),
+            ),
             ("tcp_socks", self.counter(Counter::PSC_TCP_UNTRACKED)),
             (
                 "listeners",

@@ -17,6 +17,7 @@
 #include <bpf/bpf_core_read.h>
 #include <bpf/bpf_endian.h>
 #include "periscope.h"
+#include "histogram.h"
 #include "tcp.h"
 #include "tenants.h"
 
@@ -30,15 +31,9 @@ char LICENSE[] SEC("license") = PSC_LICENSE;
 #define ENETUNREACH 101
 #define EEXIST 17
 
-/* Histogram bounds, set by user space before load: ns for connect durations, us for
- * RTTs; `*_bounds_len` of them are used. */
-const volatile __u64 duration_bounds_ns[PSC_TCP_MAX_BOUNDS] = {};
-const volatile __u32 duration_bounds_len = 0;
-const volatile __u64 rtt_bounds_us[PSC_TCP_MAX_BOUNDS] = {};
-const volatile __u32 rtt_bounds_len = 0;
-
-PSC_EXPORT_TYPES(struct psc_tcp_key, struct psc_tcp_stats, struct psc_tcp_listener_key,
-		 struct psc_tcp_listener, struct psc_tcp_listening, enum psc_tcp_counter);
+PSC_EXPORT_TYPES(struct psc_tcp_key, struct psc_tcp_stats, struct psc_tcp_histograms,
+		 struct psc_tcp_listener_key, struct psc_tcp_listener, struct psc_tcp_listening,
+		 enum psc_tcp_counter, enum psc_tcp_hist_layout);
 
 /* Per socket, from its connect or accept. */
 struct psc_tcp_sock {
@@ -100,6 +95,15 @@ PSC_PERCPU_HASH(series, struct psc_tcp_key, struct psc_tcp_stats, 16384);
  * set by user space. */
 PSC_PERCPU_ARRAY(overflow, struct psc_tcp_stats, 2);
 
+/* The histograms of each series in `series`, by the same key and cap. Allocated when a
+ * series takes its first sample, not preallocated: about 4 KiB each, and a node has far
+ * fewer series than the cap. Those of the overflow series are in overflow_histograms,
+ * by the same index as `overflow`. */
+PSC_HASH_NO_PREALLOC(histograms, struct psc_tcp_key, struct psc_tcp_histograms, 16384);
+PSC_ARRAY(overflow_histograms, struct psc_tcp_histograms, 2);
+/* Never written: what a new entry of `histograms` starts from (too large for the stack). */
+PSC_ARRAY(histograms_zero, struct psc_tcp_histograms, 1);
+
 /* The series of `key`, created if new; the overflow series of its direction when the
  * map is full or `sock->folded` says its open went there. */
 /*
@@ -158,6 +162,53 @@ static __always_inline struct psc_tcp_stats *stats_of(struct psc_tcp_sock *sock)
 	return series_of(&sock->key, &sock->folded, sock->tenant);
 }
 
+/* The histograms of the series of `key` (`folded`: of its overflow series); those of the
+ * overflow series when an entry cannot be made (counted). */
+static __always_inline struct psc_tcp_histograms *
+histograms_of(const struct psc_tcp_key *key, __u8 folded, __u32 tenant)
+{
+	struct psc_tcp_histograms *hist;
+	__u32 slot = tenant * 2 + (key->direction == PSC_TCP_INBOUND ? 1 : 0), zero = 0;
+	void *fresh;
+
+	if (!folded) {
+		hist = bpf_map_lookup_elem(&histograms, key);
+		if (hist)
+			return hist;
+		fresh = bpf_map_lookup_elem(&histograms_zero, &zero);
+		/* Another CPU may have just added it: then the lookup finds its entry. */
+		if (fresh)
+			bpf_map_update_elem(&histograms, key, fresh, BPF_NOEXIST);
+		hist = bpf_map_lookup_elem(&histograms, key);
+		if (hist)
+			return hist;
+		PSC_COUNT_IN(counters, PSC_TCP_HISTOGRAMS_FOLDED);
+	}
+	return bpf_map_lookup_elem(&overflow_histograms, &slot);
+}
+
+static __always_inline void record_rtt(struct psc_tcp_histograms *hist, __u32 srtt_us)
+{
+	__u32 idx = psc_hist_window_slot((__u64)srtt_us * 1000, PSC_TCP_RTT_LOW_OCTAVE,
+					 PSC_TCP_RTT_SLOTS);
+
+	if (idx >= PSC_TCP_RTT_SLOTS)
+		return;
+	__sync_fetch_and_add(&hist->rtt[idx], 1);
+	__sync_fetch_and_add(&hist->rtt_sum_us, srtt_us);
+}
+
+static __always_inline void record_duration(struct psc_tcp_histograms *hist, __u64 took_ns)
+{
+	__u32 idx = psc_hist_window_slot(took_ns, PSC_TCP_DURATION_LOW_OCTAVE,
+					 PSC_TCP_DURATION_SLOTS);
+
+	if (idx >= PSC_TCP_DURATION_SLOTS)
+		return;
+	__sync_fetch_and_add(&hist->duration[idx], 1);
+	__sync_fetch_and_add(&hist->duration_sum_ns, took_ns);
+}
+
 /* Starts following `sk` with `fresh`. An entry already there is one whose close went
  * unseen (the socket at this address now is another): its open connection is taken
  * back. NULL when the table is full: counted. */
@@ -195,17 +246,6 @@ static __always_inline void sock_forget(const struct sock *sk)
 
 	if (!bpf_map_delete_elem(&tcp_socks, &id))
 		PSC_COUNT_IN(counters, PSC_TCP_SOCKS_REMOVED);
-}
-
-static __always_inline __u32 bucket_of(__u64 v, const volatile __u64 *bounds, __u32 len)
-{
-	__u32 i;
-
-	for (i = 0; i < PSC_TCP_MAX_BOUNDS; i++) {
-		if (i >= len || v <= bounds[i])
-			return i;
-	}
-	return PSC_TCP_MAX_BOUNDS;
 }
 
 static __always_inline void set_peer(struct psc_tcp_key *key, const struct sock *sk)
@@ -348,14 +388,9 @@ static __always_inline void take_delta(struct psc_tcp_sock *sock, struct psc_tcp
 
 static __always_inline void add_totals(struct psc_tcp_stats *stats, const struct psc_tcp_totals *t)
 {
-	__u32 idx = bucket_of(t->srtt_us, rtt_bounds_us, rtt_bounds_len);
-
 	stats->sent_bytes += t->sent;
 	stats->received_bytes += t->received;
 	stats->retransmits += t->retransmits;
-	stats->rtt_sum_us += t->srtt_us;
-	if (idx < PSC_TCP_BUCKETS)
-		stats->rtt[idx] += 1;
 }
 
 /* The final CLOSE of a counted connection: what its totals add since the last sample
@@ -363,6 +398,7 @@ static __always_inline void add_totals(struct psc_tcp_stats *stats, const struct
 static __always_inline void close_established(const struct sock *sk, struct psc_tcp_sock *sock)
 {
 	struct tcp_sock *tp = bpf_skc_to_tcp_sock((void *)sk);
+	struct psc_tcp_histograms *hist;
 	struct psc_tcp_stats *stats;
 	struct psc_tcp_totals t;
 
@@ -386,6 +422,9 @@ static __always_inline void close_established(const struct sock *sk, struct psc_
 		return;
 	stats->active += -1;
 	add_totals(stats, &t);
+	hist = histograms_of(&sock->key, sock->folded, sock->tenant);
+	if (hist)
+		record_rtt(hist, t.srtt_us);
 }
 
 SEC("tp_btf/inet_sock_set_state")
@@ -478,8 +517,7 @@ int BPF_PROG(psc_tcp_state, const struct sock *sk, int oldstate, int newstate)
 	now = bpf_ktime_get_ns();
 
 	if (oldstate == TCP_SYN_SENT && newstate == TCP_ESTABLISHED) {
-		__u64 took = now - sock->started_ns;
-		__u32 idx = bucket_of(took, duration_bounds_ns, duration_bounds_len);
+		struct psc_tcp_histograms *hist;
 
 		sock->established = 1;
 		stats = stats_of(sock);
@@ -487,9 +525,9 @@ int BPF_PROG(psc_tcp_state, const struct sock *sk, int oldstate, int newstate)
 			return 0;
 		stats->opened += 1;
 		stats->active += 1;
-		stats->duration_sum_ns += took;
-		if (idx < PSC_TCP_BUCKETS)
-			stats->duration[idx] += 1;
+		hist = histograms_of(&sock->key, sock->folded, sock->tenant);
+		if (hist)
+			record_duration(hist, now - sock->started_ns);
 		return 0;
 	}
 
@@ -536,12 +574,12 @@ int BPF_PROG(psc_tcp_state, const struct sock *sk, int oldstate, int newstate)
  * every socket of one namespace). */
 static __always_inline void sample_sock(__u64 addr, struct psc_tcp_sock *sock)
 {
+	struct psc_tcp_histograms *hist;
 	struct psc_tcp_stats *stats;
 	struct psc_tcp_totals t = {};
 	struct psc_tcp_key key;
 	struct tcp_sock *tp;
 	__u8 folded, tenant, gone = 0, stale, established;
-	__u32 idx;
 
 	tp = bpf_core_cast((void *)addr, struct tcp_sock);
 	bpf_spin_lock(&sock->lock);
@@ -578,10 +616,9 @@ static __always_inline void sample_sock(__u64 addr, struct psc_tcp_sock *sock)
 		__sync_fetch_and_add(&stats->sent_bytes, t.sent);
 		__sync_fetch_and_add(&stats->received_bytes, t.received);
 		__sync_fetch_and_add(&stats->retransmits, t.retransmits);
-		__sync_fetch_and_add(&stats->rtt_sum_us, t.srtt_us);
-		idx = bucket_of(t.srtt_us, rtt_bounds_us, rtt_bounds_len);
-		if (idx < PSC_TCP_BUCKETS)
-			__sync_fetch_and_add(&stats->rtt[idx], 1);
+		hist = histograms_of(&key, folded, tenant);
+		if (hist)
+			record_rtt(hist, t.srtt_us);
 	}
 	if (gone) {
 		if (stats)

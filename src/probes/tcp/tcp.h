@@ -3,10 +3,30 @@
 
 #include "periscope.h"
 #include "process.h"
+#include "native.h"
 
-/* Configured histogram bounds, at most; one more bucket takes what is above the last. */
-#define PSC_TCP_MAX_BOUNDS 23
-#define PSC_TCP_BUCKETS (PSC_TCP_MAX_BOUNDS + 1)
+/*
+ * The connect-duration and RTT histograms count native buckets at the kernel's schema
+ * (bpf/native.h), over the octaves of nanoseconds their values reach, not all 48 of
+ * bpf/histogram.h: both fit one 4 KiB allocation per series. Slot 0 is the zero
+ * bucket; slot s > 0 is kernel bucket FIRST + s - 1, FIRST being the bucket that holds
+ * 2^LOW_OCTAVE ns.
+ * - RTTs are whole microseconds below 2^29 (the kernel's srtt_us is a u32 of eighths):
+ *   0, or 1,000 to 5.4e11 ns, octaves 9 to 38, every one in its own bucket.
+ * - Connects take from about 5 us on loopback to the SYN retries' minutes: octaves 10
+ *   (1.02 us) to 40 (37 minutes) get their own buckets; one shorter counts in the first,
+ *   one longer in the last (its sum stays exact).
+ */
+enum psc_tcp_hist_layout {
+	PSC_TCP_RTT_LOW_OCTAVE = 9,
+	PSC_TCP_RTT_HIGH_OCTAVE = 38,
+	PSC_TCP_RTT_SLOTS =
+		2 + (PSC_TCP_RTT_HIGH_OCTAVE - PSC_TCP_RTT_LOW_OCTAVE + 1) * PSC_NATIVE_THRESHOLDS,
+	PSC_TCP_DURATION_LOW_OCTAVE = 10,
+	PSC_TCP_DURATION_HIGH_OCTAVE = 40,
+	PSC_TCP_DURATION_SLOTS = 2 + (PSC_TCP_DURATION_HIGH_OCTAVE -
+				      PSC_TCP_DURATION_LOW_OCTAVE + 1) * PSC_NATIVE_THRESHOLDS,
+};
 
 enum psc_tcp_direction {
 	PSC_TCP_OUTBOUND = 1, /* connected by the process */
@@ -41,10 +61,15 @@ struct psc_tcp_stats {
 	__u64 sent_bytes;
 	__u64 received_bytes;
 	__u64 retransmits;
+};
+
+/* A series' histograms, shared by the CPUs (atomic adds: a few per connection), apart
+ * from its per-CPU counters, which would take them once per CPU. */
+struct psc_tcp_histograms {
 	__u64 duration_sum_ns;
-	__u64 duration[PSC_TCP_BUCKETS];
 	__u64 rtt_sum_us;
-	__u64 rtt[PSC_TCP_BUCKETS];
+	__u64 duration[PSC_TCP_DURATION_SLOTS];
+	__u64 rtt[PSC_TCP_RTT_SLOTS];
 };
 
 /* A listening port: the same port in two network namespaces is two listeners. */
@@ -88,5 +113,6 @@ enum psc_tcp_counter {
 	PSC_TCP_LISTENERS_REFUSED = 4, /* listeners full: its connections count as unknown */
 	PSC_TCP_LISTENERS_ADDED = 5,   /* with the next, the fill of listeners */
 	PSC_TCP_LISTENERS_REMOVED = 6,
-	PSC_TCP_COUNTERS = 7,
+	PSC_TCP_HISTOGRAMS_FOLDED = 7, /* no histograms for a series: its overflow's took them */
+	PSC_TCP_COUNTERS = 8,
 };
