@@ -616,6 +616,75 @@ fn rtt_samples_of_an_idle_connection_are_in_the_native_bucket_of_its_srtt() {
     let _ = pair.wait();
 }
 
+/// A flood of connections from every CPU at once into one series each way: the
+/// histograms are shared by the CPUs, and each connect and each close's RTT is counted
+/// once all the same, the buckets adding up to the counters.
+#[test]
+fn a_connection_flood_from_every_cpu_counts_each_connect_and_rtt_once() {
+    if !have_root("a_connection_flood_from_every_cpu_counts_each_connect_and_rtt_once") {
+        return;
+    }
+    let _lock = kernel_lock();
+    let agent = Agent::start(TCP_CONFIG);
+    let listener = TcpListener::bind("127.0.0.1:0").expect("listen");
+    let port = listener.local_addr().expect("addr").port();
+    const THREADS: usize = 4;
+    const EACH: usize = 500;
+    const TOTAL: usize = THREADS * EACH;
+    let server = std::thread::spawn(move || {
+        for _ in 0..TOTAL {
+            let (mut conn, _) = listener.accept().expect("accept");
+            let mut rest = Vec::new();
+            let _ = conn.read_to_end(&mut rest);
+        }
+    });
+    let clients: Vec<_> = (0..THREADS)
+        .map(|_| {
+            std::thread::spawn(move || {
+                for _ in 0..EACH {
+                    drop(TcpStream::connect(("127.0.0.1", port)).expect("connect"));
+                }
+            })
+        })
+        .collect();
+    for client in clients {
+        client.join().expect("client");
+    }
+    server.join().expect("server");
+    let (pid, port) = (std::process::id().to_string(), port.to_string());
+    let out = ours(&pid, "outbound", "peer_port", &port);
+    let inbound = ours(&pid, "inbound", "server_port", &port);
+    let total = TOTAL as f64;
+    let m = eventually(&agent, |m| {
+        value(m, "tcp_connect_duration_seconds_count", &out) == total
+            && value(m, "tcp_rtt_seconds_count", &out) == total
+            && value(m, "tcp_rtt_seconds_count", &inbound) == total
+    });
+    for (name, labels) in [
+        ("tcp_connections_opened_total", &out),
+        ("tcp_connections_opened_total", &inbound),
+        ("tcp_connect_duration_seconds_count", &out),
+        ("tcp_rtt_seconds_count", &out),
+        ("tcp_rtt_seconds_count", &inbound),
+    ] {
+        assert_eq!(value(&m, name, labels), total, "{name} {labels:?}");
+    }
+    // The classic buckets, derived from the native ones, end at the count.
+    let mut top = out.to_vec();
+    top.push(("le", "+Inf"));
+    assert_eq!(
+        value(&m, "tcp_connect_duration_seconds_bucket", &top),
+        total
+    );
+    assert_eq!(
+        m.one(
+            "periscope_series_folded_total",
+            &[("probe", "tcp"), ("map", "histograms")]
+        ),
+        0.0
+    );
+}
+
 /// Accepts and closes connections on the port it prints, until killed.
 const PY_LISTENER: &str = r#"
 import socket
