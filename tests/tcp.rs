@@ -447,7 +447,8 @@ fn retransmits_rise_under_loss_while_a_transfer_completes_exactly() {
 /// The kernel's time (SYN_SENT to ESTABLISHED) is at most what the client measured
 /// around its connect(), and at most a timer tick (10 ms at HZ=100) short of one second:
 /// the retransmission timer fires on a tick. So it is in (0.99 s, client], which the
-/// classic bounds here keep away from: no bound between 0.9 and 1.2 s.
+/// classic bounds here keep away from: none between 0.5 and 2 s, and both of those are
+/// native boundaries, where classic buckets are exact.
 #[test]
 fn connect_duration_lands_in_the_bucket_of_the_client_measured_time() {
     if !have_root("connect_duration_lands_in_the_bucket_of_the_client_measured_time") {
@@ -455,7 +456,7 @@ fn connect_duration_lands_in_the_bucket_of_the_client_measured_time() {
     }
     let _lock = kernel_lock();
     let agent = Agent::start(&format!(
-        "{TCP_CONFIG}    connect_duration_buckets_seconds: [0.25, 0.5, 0.9, 1.2, 2.5]\n"
+        "{TCP_CONFIG}    connect_duration_buckets_seconds: [0.25, 0.5, 2, 4]\n"
     ));
     let prometheus = common::Prometheus::start_flagged(
         agent.port,
@@ -480,7 +481,7 @@ fn connect_duration_lands_in_the_bucket_of_the_client_measured_time() {
         .and_then(|s| s.parse().ok())
         .expect("connect time");
     assert!(
-        measured > 0.99 && measured < 1.2,
+        measured > 0.99 && measured < 2.0,
         "the first SYN was not dropped, or the connect took long: {measured} s"
     );
     let pid = pid.to_string();
@@ -498,8 +499,8 @@ fn connect_duration_lands_in_the_bucket_of_the_client_measured_time() {
         labels.push(("le", le));
         value(&m, "tcp_connect_duration_seconds_bucket", &labels)
     };
-    assert_eq!(bucket("0.9"), 0.0, "client measured {measured} s");
-    assert_eq!(bucket("1.2"), 1.0, "client measured {measured} s");
+    assert_eq!(bucket("0.5"), 0.0, "client measured {measured} s");
+    assert_eq!(bucket("2.0"), 1.0, "client measured {measured} s");
     let sum = value(&m, "tcp_connect_duration_seconds_sum", &client);
     assert!(
         sum > 0.99 && sum <= measured,
@@ -554,8 +555,10 @@ sys.stdin.read()
 
 /// An idle connection's smoothed RTT stays as it is, so every sample the sampler takes
 /// of it is the kernel's srtt, which TCP_INFO also tells the process. With Prometheus's
-/// native histograms on, each side's samples are all in the one native bucket that holds
-/// its srtt, and their sum is their count times it.
+/// native histograms on, the samples of each side taken while it is idle (what its
+/// histogram grows by after a scrape that followed the script's print; samples taken
+/// during the exchanges hold other values) are all in the one native bucket that holds
+/// its srtt, and add their count times it to the sum.
 #[test]
 fn rtt_samples_of_an_idle_connection_are_in_the_native_bucket_of_its_srtt() {
     if !have_root("rtt_samples_of_an_idle_connection_are_in_the_native_bucket_of_its_srtt") {
@@ -573,6 +576,9 @@ fn rtt_samples_of_an_idle_connection_are_in_the_native_bucket_of_its_srtt() {
     let fields: Vec<&str> = line.split_whitespace().collect();
     assert_eq!(fields.len(), 4, "{line}");
     let (pid, port) = (fields[0], fields[1]);
+    // Samples taken before the print are in the kernel's maps by now: a scrape from here
+    // on holds them.
+    std::thread::sleep(Duration::from_millis(2500));
     for (side, srtt_us) in [
         (
             format!("direction=\"outbound\",peer_port=\"{port}\""),
@@ -586,30 +592,51 @@ fn rtt_samples_of_an_idle_connection_are_in_the_native_bucket_of_its_srtt() {
         let srtt = srtt_us.parse::<f64>().expect("an RTT in us") * 1e-6;
         assert!(srtt > 0.0, "no RTT measured: {line}");
         let selector = format!("tcp_rtt_seconds{{process_pid=\"{pid}\",{side}}}");
-        let mut samples = 0.0;
         for _ in 0..60 {
-            samples = prometheus
-                .values(&format!("histogram_count({selector})"))
-                .first()
-                .copied()
-                .unwrap_or(0.0);
-            if samples >= 3.0 {
+            if prometheus.query(&selector).len() == 1 {
                 break;
             }
             std::thread::sleep(Duration::from_millis(500));
         }
-        assert!(samples >= 3.0, "{selector}: {samples} samples");
-        let (buckets, sum) = prometheus.native_histogram(&selector);
-        assert_eq!(buckets.len(), 1, "{selector}: {buckets:?}, srtt {srtt} s");
-        let (lower, upper, count) = buckets[0];
+        let (before, sum_before) = prometheus.native_histogram(&selector);
+        let count_of = |buckets: &[(f64, f64, u64)]| buckets.iter().map(|b| b.2).sum::<u64>();
+        let mut after = (before.clone(), sum_before);
+        for _ in 0..60 {
+            if count_of(&after.0) >= count_of(&before) + 3 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+            after = prometheus.native_histogram(&selector);
+        }
+        let (after, sum_after) = after;
+        // What the idle samples added, bucket by bucket.
+        let grown: Vec<(f64, f64, u64)> = after
+            .iter()
+            .map(|&(lower, upper, count)| {
+                let had = before
+                    .iter()
+                    .find(|b| b.0 == lower && b.1 == upper)
+                    .map_or(0, |b| b.2);
+                (lower, upper, count - had)
+            })
+            .filter(|b| b.2 > 0)
+            .collect();
+        assert_eq!(
+            grown.len(),
+            1,
+            "{selector}: {before:?} -> {after:?}, srtt {srtt} s"
+        );
+        let (lower, upper, count) = grown[0];
+        assert!(count >= 3, "{selector}: {count} idle samples");
         assert!(
             lower < srtt && srtt <= upper,
             "{srtt} s outside ({lower}, {upper}]"
         );
         let expected = count as f64 * srtt;
+        let added = sum_after - sum_before;
         assert!(
-            (sum - expected).abs() <= expected * 1e-9,
-            "sum {sum} s of {count} samples of {srtt} s"
+            (added - expected).abs() <= expected * 1e-6,
+            "{added} s added by {count} samples of {srtt} s"
         );
     }
     drop(pair.stdin.take());
@@ -617,8 +644,12 @@ fn rtt_samples_of_an_idle_connection_are_in_the_native_bucket_of_its_srtt() {
 }
 
 /// A flood of connections from every CPU at once into one series each way: the
-/// histograms are shared by the CPUs, and each connect and each close's RTT is counted
-/// once all the same, the buckets adding up to the counters.
+/// histograms are shared by the CPUs, and each of their samples is counted once all the
+/// same. A connect's count and its duration are one event, recorded in one run of the
+/// program into two maps, and never apart; no close gives more than one RTT. (Under such
+/// a flood the kernel skips some runs of the program, counted in
+/// periscope_bpf_program_recursion_misses_total, and a skipped close loses its RTT: so
+/// the RTT counts are bounded, not equal, here.)
 #[test]
 fn a_connection_flood_from_every_cpu_counts_each_connect_and_rtt_once() {
     if !have_root("a_connection_flood_from_every_cpu_counts_each_connect_and_rtt_once") {
@@ -655,26 +686,31 @@ fn a_connection_flood_from_every_cpu_counts_each_connect_and_rtt_once() {
     let out = ours(&pid, "outbound", "peer_port", &port);
     let inbound = ours(&pid, "inbound", "server_port", &port);
     let total = TOTAL as f64;
+    let opened =
+        |m: &Metrics, labels: &[(&str, &str)]| value(m, "tcp_connections_opened_total", labels);
+    let rtts = |m: &Metrics, labels: &[(&str, &str)]| value(m, "tcp_rtt_seconds_count", labels);
     let m = eventually(&agent, |m| {
-        value(m, "tcp_connect_duration_seconds_count", &out) == total
-            && value(m, "tcp_rtt_seconds_count", &out) == total
-            && value(m, "tcp_rtt_seconds_count", &inbound) == total
+        opened(m, &out) == total && rtts(m, &out) > 0.0 && rtts(m, &inbound) > 0.0
     });
-    for (name, labels) in [
-        ("tcp_connections_opened_total", &out),
-        ("tcp_connections_opened_total", &inbound),
-        ("tcp_connect_duration_seconds_count", &out),
-        ("tcp_rtt_seconds_count", &out),
-        ("tcp_rtt_seconds_count", &inbound),
-    ] {
-        assert_eq!(value(&m, name, labels), total, "{name} {labels:?}");
+    assert!(opened(&m, &out) <= total);
+    assert_eq!(
+        value(&m, "tcp_connect_duration_seconds_count", &out),
+        opened(&m, &out)
+    );
+    for side in [&out, &inbound] {
+        assert!(
+            rtts(&m, side) <= opened(&m, side),
+            "{} RTTs for {} connections",
+            rtts(&m, side),
+            opened(&m, side)
+        );
     }
     // The classic buckets, derived from the native ones, end at the count.
     let mut top = out.to_vec();
     top.push(("le", "+Inf"));
     assert_eq!(
         value(&m, "tcp_connect_duration_seconds_bucket", &top),
-        total
+        value(&m, "tcp_connect_duration_seconds_count", &out)
     );
     assert_eq!(
         m.one(

@@ -512,7 +512,8 @@ impl TcpProbe {
     /// Reads the kernel's series; those of processes exited for the TTL (with no
     /// connection left open) are taken from the kernel and folded by the policy. A
     /// series' histograms are in another map by the same key; one found there alone (its
-    /// series taken while a sample was on its way) is a series all the same.
+    /// series taken while a sample was on its way) is a series all the same, though its
+    /// process may be forgotten by then, and its sample counted for an unknown one.
     fn read(&mut self, now: Instant) -> (Vec<LiveRow>, FirstSeen) {
         let mut rows = Vec::new();
         let mut first_seen = HashMap::new();
