@@ -35,7 +35,7 @@ mod tests {
 
     use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 
-    use super::skel::LayoutSkelBuilder;
+    use super::skel::{LayoutSkelBuilder, OpenLayoutSkel};
     use super::NATIVE_MAX_SCHEMA;
     use crate::model::native;
 
@@ -62,63 +62,77 @@ mod tests {
         values
     }
 
-    /// Runs `bpf/native.h` in the kernel (a syscall program) with `thresholds` at
-    /// `schema` on every value, and returns the kernel bucket of each.
-    fn kernel_buckets(schema: u8, thresholds: &[u64], values: &[u64]) -> Vec<u32> {
+    /// Which function of the shared headers a self-test program runs on each value.
+    #[derive(Clone, Copy)]
+    enum SelfTest {
+        /// `psc_native_bucket` of `bpf/native.h`: `psc_native_selftest`.
+        Bucket,
+        /// `psc_hist_window_slot` of `bpf/histogram.h`: `psc_window_selftest`.
+        WindowSlot,
+    }
+
+    /// Loads the layout object with the constants `configure` sets, runs `test` in the
+    /// kernel (a syscall program) on every value, 64 at a time, and returns its results.
+    fn run_selftest(
+        configure: impl FnOnce(&mut OpenLayoutSkel<'_>),
+        test: SelfTest,
+        values: &[u64],
+    ) -> Vec<u32> {
         let mut object = MaybeUninit::uninit();
         let mut open = LayoutSkelBuilder::default()
             .open(&mut object)
             .expect("the layout object opens");
-        if let Some(rodata) = open.maps.rodata_data.as_deref_mut() {
-            rodata.native_schema = u32::from(schema);
-            for (slot, &threshold) in rodata.native_thresholds.iter_mut().zip(thresholds) {
-                *slot = threshold;
-            }
-        }
+        configure(&mut open);
         let mut skel = open.load().expect("the self-test loads");
         let mut out = Vec::new();
         for chunk in values.chunks(64) {
             let bss = skel.maps.bss_data.as_deref_mut().expect("a mapped .bss");
             bss.native_values = [0; 64];
             bss.native_values[..chunk.len()].copy_from_slice(chunk);
-            skel.progs
-                .psc_native_selftest
+            let program = match test {
+                SelfTest::Bucket => &skel.progs.psc_native_selftest,
+                SelfTest::WindowSlot => &skel.progs.psc_window_selftest,
+            };
+            program
                 .test_run(libbpf_rs::ProgramInput::default())
                 .expect("the self-test runs");
             let bss = skel.maps.bss_data.as_deref().expect("a mapped .bss");
-            out.extend_from_slice(&bss.native_buckets[..chunk.len()]);
+            let results = match test {
+                SelfTest::Bucket => &bss.native_buckets,
+                SelfTest::WindowSlot => &bss.window_slots,
+            };
+            out.extend_from_slice(&results[..chunk.len()]);
         }
         out
+    }
+
+    /// Runs `bpf/native.h` in the kernel with `thresholds` at `schema` on every value,
+    /// and returns the kernel bucket of each.
+    fn kernel_buckets(schema: u8, thresholds: &[u64], values: &[u64]) -> Vec<u32> {
+        let configure = |open: &mut OpenLayoutSkel<'_>| {
+            if let Some(rodata) = open.maps.rodata_data.as_deref_mut() {
+                rodata.native_schema = u32::from(schema);
+                for (slot, &threshold) in rodata.native_thresholds.iter_mut().zip(thresholds) {
+                    *slot = threshold;
+                }
+            }
+        };
+        run_selftest(configure, SelfTest::Bucket, values)
     }
 
     /// Runs `psc_hist_window_slot` of `bpf/histogram.h` in the kernel on every value,
     /// with the nanosecond thresholds, for a window of `slots` slots from `low_octave`.
     fn kernel_window_slots(low_octave: u32, slots: u32, values: &[u64]) -> Vec<u32> {
-        let mut object = MaybeUninit::uninit();
-        let mut open = LayoutSkelBuilder::default()
-            .open(&mut object)
-            .expect("the layout object opens");
-        if let Some(rodata) = open.maps.rodata_data.as_deref_mut() {
-            rodata.window_low_octave = low_octave;
-            rodata.window_slot_count = slots;
-            rodata
-                .psc_native_thresholds
-                .copy_from_slice(native::Unit::Nanoseconds.kernel_thresholds());
-        }
-        let mut skel = open.load().expect("the self-test loads");
-        let mut out = Vec::new();
-        for chunk in values.chunks(64) {
-            let bss = skel.maps.bss_data.as_deref_mut().expect("a mapped .bss");
-            bss.native_values = [0; 64];
-            bss.native_values[..chunk.len()].copy_from_slice(chunk);
-            skel.progs
-                .psc_window_selftest
-                .test_run(libbpf_rs::ProgramInput::default())
-                .expect("the self-test runs");
-            let bss = skel.maps.bss_data.as_deref().expect("a mapped .bss");
-            out.extend_from_slice(&bss.window_slots[..chunk.len()]);
-        }
-        out
+        let configure = |open: &mut OpenLayoutSkel<'_>| {
+            if let Some(rodata) = open.maps.rodata_data.as_deref_mut() {
+                rodata.window_low_octave = low_octave;
+                rodata.window_slot_count = slots;
+                rodata
+                    .psc_native_thresholds
+                    .copy_from_slice(native::Unit::Nanoseconds.kernel_thresholds());
+            }
+        };
+        run_selftest(configure, SelfTest::WindowSlot, values)
     }
 
     /// A window histogram (the tcp probe's) read back by user space puts every value in
