@@ -593,12 +593,7 @@ fn native_histograms_hold_durations_by_the_client_measured_times_and_exact_sizes
     }
     let _kernel = kernel_lock();
     let agent = Agent::start(HTTP_CONFIG);
-    let prometheus = Prometheus::start_flagged(
-        agent.port,
-        None,
-        "",
-        &["--enable-feature=native-histograms"],
-    );
+    let prometheus = Prometheus::start_native(agent.port);
     let server = Server::python();
     let stream = connect(server.port);
     let mut reader = BufReader::new(&stream);

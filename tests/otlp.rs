@@ -942,12 +942,7 @@ fn exponential_histograms_agree_with_prometheus_native_buckets() {
         "probes:\n  syscalls:\n    latency_syscalls: [kill]\n    latency_sampling: always\n    latency_per_process: true\nexporters:\n  otlp:\n    enabled: true\n    endpoint: \"{}\"\n    metrics_interval_secs: 1\n    histograms: exponential\n    exponential_scale: 3\n",
         receiver.endpoint()
     ));
-    let prometheus = Prometheus::start_flagged(
-        agent.port,
-        None,
-        "",
-        &["--enable-feature=native-histograms"],
-    );
+    let prometheus = Prometheus::start_native(agent.port);
     let mut helper = Helper::spawn(KILL_HELPER, &["300".into(), "0".into()]);
     let pid = helper.pid().to_string();
     helper.run();

@@ -94,12 +94,7 @@ fn native_and_classic_quantiles_fall_in_the_same_bucket() {
     let agent = Agent::start(
         "probes:\n  syscalls:\n    latency_syscalls: [clock_nanosleep]\n    latency_sampling: always\n    latency_per_process: true\n",
     );
-    let native = Prometheus::start_flagged(
-        agent.port,
-        None,
-        "",
-        &["--enable-feature=native-histograms"],
-    );
+    let native = Prometheus::start_native(agent.port);
     let classic = Prometheus::start_flagged(agent.port, None, "", &[]);
     // One first sleep of 100 us makes the series; both servers scrape it before the
     // workload, so the rate over the window holds the workload alone.

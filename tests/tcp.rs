@@ -458,12 +458,7 @@ fn connect_duration_lands_in_the_bucket_of_the_client_measured_time() {
     let agent = Agent::start(&format!(
         "{TCP_CONFIG}    connect_duration_buckets_seconds: [0.25, 0.5, 2, 4]\n"
     ));
-    let prometheus = common::Prometheus::start_flagged(
-        agent.port,
-        None,
-        "",
-        &["--enable-feature=native-histograms"],
-    );
+    let prometheus = common::Prometheus::start_native(agent.port);
     const PORT: &str = "7002";
     // The client's first SYN is dropped on its way out: the connect across the veth
     // pair waits for the kernel's SYN retransmission (one second).
@@ -566,12 +561,7 @@ fn rtt_samples_of_an_idle_connection_are_in_the_native_bucket_of_its_srtt() {
     }
     let _lock = kernel_lock();
     let agent = Agent::start(&SAMPLED_CONFIG);
-    let prometheus = common::Prometheus::start_flagged(
-        agent.port,
-        None,
-        "",
-        &["--enable-feature=native-histograms"],
-    );
+    let prometheus = common::Prometheus::start_native(agent.port);
     let (mut pair, line) = spawn_python(None, PY_IDLE_PAIR, &[]);
     let fields: Vec<&str> = line.split_whitespace().collect();
     assert_eq!(fields.len(), 4, "{line}");

@@ -626,6 +626,17 @@ impl Prometheus {
         }
     }
 
+    /// `start`, with native histograms on (`--enable-feature=native-histograms`): it
+    /// scrapes the protobuf format and keeps histograms native.
+    pub fn start_native(target_port: u16) -> Prometheus {
+        Prometheus::start_flagged(
+            target_port,
+            None,
+            "",
+            &["--enable-feature=native-histograms"],
+        )
+    }
+
     /// Evaluates an instant query: the series of its vector result.
     pub fn query(&self, promql: &str) -> Vec<serde_json::Value> {
         let path = format!("/api/v1/query?query={}", url_encode(promql));
