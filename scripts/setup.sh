@@ -4,7 +4,7 @@
 set -euo pipefail
 
 BUILD_PACKAGES=(clang-19 llvm-19 libelf-dev zlib1g-dev pkg-config make gcc)
-TEST_PACKAGES=(prometheus bpftool bpftrace curl python3 python3-jsonschema hyperfine procps nginx openssl wrk nftables iproute2 iperf3 systemd docker.io busybox-static protobuf-compiler golang-github-google-pprof-dev golang-github-prometheus-client-model-dev)
+TEST_PACKAGES=(prometheus bpftool bpftrace curl python3 python3-jsonschema hyperfine procps nginx openssl wrk nftables iproute2 iperf3 systemd docker.io busybox-static protobuf-compiler golang-github-google-pprof-dev golang-github-prometheus-client-model-dev redis-server redis-tools)
 
 want=("${BUILD_PACKAGES[@]}")
 if [ "${1:-}" = "--test" ]; then
@@ -34,6 +34,12 @@ fi
 if [ "${1:-}" = "--test" ] && ! python3 -c "import prometheus_client" 2>/dev/null; then
   echo "setup: installing prometheus_client for python3"
   python3 -m pip install --quiet --disable-pip-version-check "prometheus_client==0.21.1"
+fi
+
+# redis-py, the Redis client the database tests drive alongside redis-cli.
+if [ "${1:-}" = "--test" ] && ! python3 -c "import redis" 2>/dev/null; then
+  echo "setup: installing redis-py for python3"
+  python3 -m pip install --quiet --disable-pip-version-check "redis==5.2.1"
 fi
 
 # The Kubernetes schemas (bundled, no cluster needed) that the deploy tests validate the

@@ -43,6 +43,39 @@ pub struct HttpConfig {
     /// series reach user space one by one, still counted exactly. Each slot takes
     /// 9 KiB shared by the CPUs and 24 bytes per CPU.
     pub kernel_series: NonZeroU32,
+    /// The protocols looked for in each connection's first bytes.
+    pub protocols: Protocols,
+    /// `le` bounds of the database operation duration histograms.
+    pub db_duration_buckets_seconds: Buckets,
+}
+
+/// Which protocols the probe looks for; a connection of none of them costs one storage
+/// lookup per read or write after its first bytes.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Protocols {
+    /// HTTP/1.x, plain and through OpenSSL.
+    pub http: bool,
+    /// Redis (RESP2 and RESP3).
+    pub redis: bool,
+}
+
+impl Default for Protocols {
+    fn default() -> Self {
+        Protocols {
+            http: true,
+            redis: true,
+        }
+    }
+}
+
+impl Protocols {
+    /// The `protocols` setting of http.bpf.c: a bit per protocol looked for.
+    pub fn kernel_bits(&self) -> u32 {
+        use super::skel::types::psc_l7_protocol as P;
+        let bit = |on: bool, protocol: P| u32::from(on) << protocol.0;
+        bit(self.http, P::PSC_PROTO_HTTP) | bit(self.redis, P::PSC_PROTO_REDIS)
+    }
 }
 
 impl Default for HttpConfig {
@@ -67,6 +100,11 @@ impl Default for HttpConfig {
             ]),
             kernel_framing: true,
             kernel_series: nonzero(1024),
+            protocols: Protocols::default(),
+            // The OpenTelemetry semantic conventions' advice for database durations.
+            db_duration_buckets_seconds: Buckets(vec![
+                0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0,
+            ]),
         }
     }
 }

@@ -3,6 +3,7 @@
 use std::collections::VecDeque;
 
 use super::parser::{Expect, Frame, Framer, Kind, TraceHeaders};
+use super::resp::RespConnection;
 use crate::model::span::SpanContext;
 
 /// Which side of the connection the traced process is.
@@ -22,12 +23,24 @@ pub enum Direction {
     Egress,
 }
 
+/// The protocol a connection speaks, as its first bytes showed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Protocol {
+    Http,
+    Redis,
+}
+
 /// One request and its response.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Exchange {
+    pub protocol: Protocol,
+    /// HTTP: the method. Redis: the command as sent, upper-cased.
     pub method: String,
     pub path: String,
+    /// HTTP: the status code. Redis: 1 when the reply was an error.
     pub status: u16,
+    /// Redis: an error reply's prefix (`ERR`, `WRONGTYPE`); empty otherwise.
+    pub error_type: String,
     pub request_body_bytes: u64,
     pub response_body_bytes: u64,
     /// Server: first byte of the request read; client: request written. Kernel ns.
@@ -257,9 +270,11 @@ impl Connection {
                 }
                 let (request, status) = self.answering.take()?;
                 Some(Exchange {
+                    protocol: Protocol::Http,
                     method: request.method,
                     path: request.path,
                     status,
+                    error_type: String::new(),
                     request_body_bytes: request.request_body.unwrap_or(0),
                     response_body_bytes: body_bytes,
                     start_ns: request.start,
@@ -269,6 +284,84 @@ impl Connection {
                 })
             }
             Frame::RequestHead { .. } => None,
+        }
+    }
+}
+
+/// A connection user space frames, by the protocol it speaks.
+#[derive(Debug, Clone)]
+pub enum Framing {
+    Http(Connection),
+    Redis(RespConnection),
+}
+
+impl Framing {
+    pub fn new(protocol: Protocol, role: Role) -> Framing {
+        match protocol {
+            Protocol::Http => Framing::Http(Connection::new(role)),
+            Protocol::Redis => Framing::Redis(RespConnection::new(role)),
+        }
+    }
+
+    pub fn protocol(&self) -> Protocol {
+        match self {
+            Framing::Http(_) => Protocol::Http,
+            Framing::Redis(_) => Protocol::Redis,
+        }
+    }
+
+    pub fn role(&self) -> Role {
+        match self {
+            Framing::Http(c) => c.role(),
+            Framing::Redis(c) => c.role(),
+        }
+    }
+
+    /// Bytes held of heads, lines and names not yet complete.
+    pub fn buffered(&self) -> usize {
+        match self {
+            Framing::Http(c) => c.buffered(),
+            Framing::Redis(c) => c.buffered(),
+        }
+    }
+
+    /// Drops what `buffered` counts; framing resumes at the next message.
+    pub fn abandon_partial(&mut self) {
+        match self {
+            Framing::Http(c) => c.abandon_partial(),
+            Framing::Redis(c) => c.abandon_partial(),
+        }
+    }
+
+    /// Requests dropped unanswered past the pending limit, and framing lost to bytes
+    /// not captured, since the last call.
+    pub fn take_losses(&mut self) -> (u64, u64) {
+        match self {
+            Framing::Http(c) => c.take_losses(),
+            Framing::Redis(c) => c.take_losses(),
+        }
+    }
+
+    /// Feeds one read or write of thread `tid`; returns the exchanges it completed.
+    pub fn feed_by(
+        &mut self,
+        direction: Direction,
+        data: &[u8],
+        len: u64,
+        at: u64,
+        tid: u32,
+    ) -> Vec<Exchange> {
+        match self {
+            Framing::Http(c) => c.feed_by(direction, data, len, at, tid),
+            Framing::Redis(c) => c.feed_by(direction, data, len, at, tid),
+        }
+    }
+
+    /// The connection closed: an HTTP response that ran until close completes here.
+    pub fn close(&mut self, at: u64) -> Vec<Exchange> {
+        match self {
+            Framing::Http(c) => c.close(at),
+            Framing::Redis(_) => Vec::new(),
         }
     }
 }

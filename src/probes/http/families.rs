@@ -36,6 +36,48 @@ pub fn series_labels(workloads: &Workloads, owner: &Owner, key: &Exchanges) -> L
     labels
 }
 
+/// The database semantic conventions' names of the labels `db_series_labels` adds.
+const DB_OTEL_ATTRIBUTES: &[(&str, &str)] = &[
+    ("db_system_name", "db.system.name"),
+    ("db_operation_name", "db.operation.name"),
+    ("server_address", "server.address"),
+    ("server_port", "server.port"),
+    ("error_type", "error.type"),
+];
+
+/// The labels of a database series: `role` tells the client's measure from the
+/// server's, and `error_type` is there on failures only.
+pub fn db_series_labels(workloads: &Workloads, owner: &Owner, key: &Exchanges) -> Labels {
+    let mut labels = owner.labels(workloads);
+    labels.push(("db_system_name", key.protocol_name().to_string()));
+    labels.push(("db_operation_name", key.method.clone()));
+    let role = match key.role {
+        Role::Client => "client",
+        Role::Server => "server",
+    };
+    labels.push(("role", role.to_string()));
+    if key.role == Role::Client {
+        labels.push(("server_address", key.server_address.clone()));
+    }
+    labels.push(("server_port", key.server_port.to_string()));
+    if !key.error_type.is_empty() {
+        labels.push(("error_type", key.error_type.clone()));
+    }
+    labels
+}
+
+/// The duration family of database operations, of clients and servers alike.
+pub fn db_duration_family() -> Family {
+    Family::new(
+        "db_client_operation_duration_seconds",
+        "Duration of database operations, from the command written (read, on the server's side) to the last byte of its reply read (written).",
+        MetricKind::Histogram,
+    )
+    .with_unit("seconds")
+    .with_otel_name("db.client.operation.duration")
+    .with_attributes(DB_OTEL_ATTRIBUTES)
+}
+
 /// One series' histograms.
 pub struct ExchangeValues {
     pub duration: ClassicHistogram,

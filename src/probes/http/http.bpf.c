@@ -26,6 +26,8 @@ char LICENSE[] SEC("license") = PSC_LICENSE;
 
 /* Set by user space before load: trace connections this host's processes make. */
 const volatile __u8 trace_clients = 1;
+/* Set by user space before load: the protocols looked for (PSC_PROTO_BIT of each). */
+const volatile __u32 protocols = PSC_PROTO_BIT(PSC_PROTO_HTTP);
 /* Set by user space before load: frame plain HTTP in the kernel and count it in series
  * slots, handing to user space only what the kernel cannot frame exactly. */
 const volatile __u8 kernel_framing = 0;
@@ -51,6 +53,7 @@ PSC_EXPORT_TYPES(struct psc_conn_key, struct psc_conn, struct psc_http_event,
 		 enum psc_http_event_kind, enum psc_http_role, enum psc_http_counter,
 		 struct psc_http_exchange, struct psc_http_stats, struct psc_http_native,
 		 enum psc_http_method, enum psc_span_parent);
+PSC_EXPORT_TYPES(enum psc_l7_protocol, enum psc_resp_line);
 
 /* x86_64 syscall numbers. */
 #define NR_READ 0
@@ -85,7 +88,14 @@ enum psc_http_verdict {
 	PSC_VERDICT_HTTP = 1,
 	PSC_VERDICT_OTHER = 2, /* not HTTP/1.x: never looked at again */
 	PSC_VERDICT_TLS = 3,   /* a TLS handshake: the uprobes may report the plaintext */
+	PSC_VERDICT_REDIS = 4, /* a RESP command */
 };
+
+/* Verdicts of plaintext the kernel frames. */
+static __always_inline int framed_verdict(__u8 verdict)
+{
+	return verdict == PSC_VERDICT_HTTP || verdict == PSC_VERDICT_REDIS;
+}
 
 /* Where a connection's exchanges are framed. */
 enum psc_http_framing {
@@ -200,6 +210,7 @@ static __always_inline void fill_event(struct scratch *s, __u32 tgid, __u16 gen,
 	s->event.len = len;
 	s->event.kind = kind;
 	s->event.role = conn->role;
+	s->event.protocol = conn->protocol;
 	s->event.tls = tls;
 	s->event.gap = conn->lost;
 	s->event.server = conn->server;
@@ -244,6 +255,7 @@ static __always_inline void emit_for(struct scratch *s, __u32 captured, struct p
 struct burst {
 	struct bpf_dynptr dp;
 	__u64 buf;
+	__u64 iovcnt; /* `buf` is an iovec array of this many (readv, writev); 0: a buffer */
 	__u32 skb_off;
 	__u32 ret;
 	__u32 end;
@@ -284,7 +296,49 @@ static __always_inline long burst_emit(struct scratch *s, struct burst *b, __u32
 	return last;
 }
 
-/* One part of a burst from user memory. The first part is in the scratch already. */
+/* Iovec segments a burst's part is looked for in, at most: a server's writev of
+ * replies holds a few blocks of 16 KiB each (Redis) or a head and a body. */
+#define PSC_BURST_SEGMENTS 16
+
+/* Copies `n` bytes (at most PSC_HTTP_CAPTURE), `from` bytes into the data of `iovcnt`
+ * iovecs at `iov`, to the scratch. Returns the count copied. Global, so that the
+ * verifier checks its loop once. */
+__noinline __u32 copy_iov_at(struct scratch *s, __u64 iov_addr, __u64 iovcnt, __u64 from, __u32 n)
+{
+	const struct iovec *iov = (const struct iovec *)iov_addr;
+	__u64 seg_start = 0;
+	__u32 got = 0;
+
+	if (!s)
+		return 0;
+	for (int i = 0; i < PSC_BURST_SEGMENTS; i++) {
+		struct iovec seg = {};
+		__u64 skip, want;
+
+		if (i >= iovcnt || got >= n)
+			break;
+		if (bpf_probe_read_user(&seg, sizeof(seg), &iov[i]))
+			break;
+		if (seg_start + seg.iov_len > from + got) {
+			skip = from + got - seg_start;
+			want = seg.iov_len - skip;
+			if (want > n - got)
+				want = n - got;
+			asm volatile("%0 &= 0xfff" : "+r"(got));
+			asm volatile("%0 &= 0x1fff" : "+r"(want));
+			if (want > PSC_HTTP_CAPTURE)
+				break;
+			if (bpf_probe_read_user(&s->data[got], want, seg.iov_base + skip))
+				break;
+			got += want;
+		}
+		seg_start += seg.iov_len;
+	}
+	return got;
+}
+
+/* One part of a burst from user memory. The first part of a buffer is in the scratch
+ * already. */
 static long burst_part_user(__u64 i, struct burst *b)
 {
 	__u32 zero = 0, n;
@@ -295,8 +349,14 @@ static long burst_part_user(__u64 i, struct burst *b)
 	if (!s)
 		return 1;
 	n = burst_size(b, &last);
-	if (i > 0 && bpf_probe_read_user(s->data, n, (void *)(b->buf + b->off)))
+	if (b->iovcnt) {
+		/* Every part, the first too: capture_iov stops a byte short of the capture.
+		 * Fewer bytes than the part's: the segments beyond were not looked at. */
+		if (copy_iov_at(s, b->buf, b->iovcnt, b->off, n) != n)
+			n = 0;
+	} else if (i > 0 && bpf_probe_read_user(s->data, n, (void *)(b->buf + b->off))) {
 		n = 0;
+	}
 	return burst_emit(s, b, n, last);
 }
 
@@ -321,11 +381,12 @@ static long burst_part_skb(__u64 i, struct burst *b)
  * PSC_HTTP_BURST: from the user buffer `buf`, or from `skb` at `skb_off` when it is
  * given. To user space they are one stream of bytes in one direction, as the single
  * read or write was. */
-static __always_inline int emit_burst(struct psc_conn *conn, __u64 buf,
+static __always_inline int emit_burst(struct psc_conn *conn, __u64 buf, __u64 iovcnt,
 				      const struct sk_buff *skb, __u32 skb_off, __u32 ret)
 {
 	struct burst b = {
 		.buf = buf,
+		.iovcnt = iovcnt,
 		.skb_off = skb_off,
 		.ret = ret,
 		.end = ret > PSC_HTTP_BURST ? PSC_HTTP_BURST : ret,
@@ -442,6 +503,27 @@ static __always_inline __u32 capture(struct scratch *s, int nr, __u64 arg, __u64
 	return 0; /* sendfile, splice: file bytes, counted by length */
 }
 
+/* Whether bytes that open a request stream start like a RESP command: `*`, a count of at
+ * most three digits, CRLF, and the first bulk string's `$`. */
+static __always_inline __u8 resp_verdict(const char *data, __u32 captured)
+{
+	if (!(protocols & PSC_PROTO_BIT(PSC_PROTO_REDIS)))
+		return PSC_VERDICT_OTHER;
+	for (int i = 1; i <= 4; i++) {
+		char c;
+
+		if (i + 2 >= captured)
+			return PSC_VERDICT_OTHER;
+		c = data[i];
+		if (c == '\r')
+			return i > 1 && data[i + 1] == '\n' && data[i + 2] == '$' ? PSC_VERDICT_REDIS
+									 : PSC_VERDICT_OTHER;
+		if (c < '0' || c > '9')
+			return PSC_VERDICT_OTHER;
+	}
+	return PSC_VERDICT_OTHER;
+}
+
 /* Longest method token a request may start with (user space: MAX_METHOD_BYTES). */
 #define PSC_HTTP_MAX_METHOD 16
 
@@ -468,7 +550,11 @@ static __always_inline int is_tchar(char c)
 static __always_inline __u8 request_verdict(const char *data, __u32 captured, __u8 *seen)
 {
 	if (!*seen && captured >= 2 && data[0] == 0x16 && data[1] == 0x03)
-		return PSC_VERDICT_TLS;
+		return protocols & PSC_PROTO_BIT(PSC_PROTO_HTTP) ? PSC_VERDICT_TLS : PSC_VERDICT_OTHER;
+	if (!*seen && data[0] == '*')
+		return resp_verdict(data, captured);
+	if (!(protocols & PSC_PROTO_BIT(PSC_PROTO_HTTP)))
+		return PSC_VERDICT_OTHER;
 	for (int i = 0; i <= PSC_HTTP_MAX_METHOD; i++) {
 		char c;
 
@@ -1245,6 +1331,8 @@ static __always_inline int turn_goes_on(struct scratch *s, struct psc_sock *sock
 }
 
 
+#include "resp.h"
+
 /*
  * The framer's entry points, as global functions: the verifier checks each once, on its
  * own, instead of along every path through socket_io, which would exceed its budget.
@@ -1260,6 +1348,8 @@ __noinline int psc_frame_request(struct psc_sock *sock, __u32 n, __u64 len, __u6
 	s = bpf_map_lookup_elem(&scratch, &zero);
 	if (!sock || !s)
 		return PSC_FRAME_HANDOFF;
+	if (sock->conn.protocol == PSC_PROTO_REDIS)
+		return resp_request_starts(s, sock, n, len, &io);
 	return request_starts(s, sock, n, len, &io);
 }
 
@@ -1270,8 +1360,14 @@ __noinline int psc_frame_response(struct psc_sock *sock, __u32 n, __u64 len, __u
 	__u32 zero = 0, skip = 0;
 
 	s = bpf_map_lookup_elem(&scratch, &zero);
-	if (!sock || !s || response_starts(s, sock, n) != PSC_FRAME_KEPT)
+	if (!sock || !s)
 		return PSC_FRAME_HANDOFF;
+	if (sock->conn.protocol == PSC_PROTO_REDIS) {
+		if (resp_response_starts(s, sock, n) != PSC_FRAME_KEPT)
+			return PSC_FRAME_HANDOFF;
+	} else if (response_starts(s, sock, n) != PSC_FRAME_KEPT) {
+		return PSC_FRAME_HANDOFF;
+	}
 	return turn_goes_on(s, sock, &io, len, 0, &skip);
 }
 
@@ -1461,7 +1557,7 @@ static __always_inline int socket_io(struct sock *sk, const struct sk_buff *skb,
 	/* Inside an OpenSSL call: this socket carries that SSL object's records. A socket
 	 * that opened with plaintext HTTP does not turn to TLS, so the lookup is spared
 	 * on the hot path. */
-	call = sock->verdict == PSC_VERDICT_HTTP || !sock->conn.role
+	call = framed_verdict(sock->verdict) || !sock->conn.role
 		       ? 0
 		       : bpf_task_storage_get(&ssl_calls, task, 0, 0);
 	if (call && call->active) {
@@ -1493,7 +1589,7 @@ static __always_inline int socket_io(struct sock *sk, const struct sk_buff *skb,
 		fd = sock->fd;
 	who = (__u64)tgid << 32 | fd;
 	in_kernel = kernel_framing && sock->turn.framing == PSC_FRAMED_IN_KERNEL;
-	if (in_kernel && sock->verdict == PSC_VERDICT_HTTP) {
+	if (in_kernel && framed_verdict(sock->verdict)) {
 		request = ingress == (sock->conn.role == PSC_ROLE_SERVER);
 		/* The hot path: bytes within a turn are only counted. */
 		if (!opens_turn(&sock->turn, request)) {
@@ -1515,15 +1611,17 @@ static __always_inline int socket_io(struct sock *sk, const struct sk_buff *skb,
 		if (!sock->conn.role) {
 			/* Adopted: a request read makes it a server's, one written a client's. */
 			__u8 role = ingress ? PSC_ROLE_SERVER : PSC_ROLE_CLIENT;
-			__u8 seen = 0;
+			__u8 seen = 0, said = request_verdict(s->data, captured, &seen);
 
-			if (request_verdict(s->data, captured, &seen) == PSC_VERDICT_HTTP &&
-			    (ingress || trace_clients) && set_role(&sock->conn, sk, role))
-				verdict = PSC_VERDICT_HTTP;
+			if (framed_verdict(said) && (ingress || trace_clients) &&
+			    set_role(&sock->conn, sk, role))
+				verdict = said;
 		} else if (ingress == (sock->conn.role == PSC_ROLE_SERVER)) {
 			verdict = request_verdict(s->data, captured, &sock->method_seen);
 		}
 		sock->verdict = verdict;
+		if (verdict == PSC_VERDICT_REDIS)
+			sock->conn.protocol = PSC_PROTO_REDIS;
 		if (verdict == PSC_VERDICT_OTHER || verdict == PSC_VERDICT_TLS)
 			return 0;
 	}
@@ -1531,7 +1629,7 @@ static __always_inline int socket_io(struct sock *sk, const struct sk_buff *skb,
 		int outcome = PSC_FRAME_HANDOFF;
 
 		request = ingress == (sock->conn.role == PSC_ROLE_SERVER);
-		if (sock->verdict != PSC_VERDICT_HTTP) {
+		if (!framed_verdict(sock->verdict)) {
 			/* A method split over reads: user space puts it together. */
 		} else if (request) {
 			outcome = psc_frame_request(sock, captured, ret, who, gen);
@@ -1554,11 +1652,15 @@ hand_over:
 	fill_event(s, tgid, gen, fd, ret, ingress ? PSC_HTTP_READ : PSC_HTTP_WRITE, &sock->conn, 0);
 	request = ingress == (sock->conn.role == PSC_ROLE_SERVER);
 	/* Messages pipelined past the first capture would go unseen: a burst of them in
-	 * one buffer is captured whole, up to PSC_HTTP_BURST. The scan for a second head
-	 * spares the copy to reads and writes of bodies. */
-	if (captured == PSC_HTTP_CAPTURE && ret > PSC_HTTP_CAPTURE &&
-	    (skb || nr == NR_READ || nr == NR_WRITE || nr == NR_RECVFROM || nr == NR_SENDTO) &&
-	    holds_pipelined(captured, request) && !emit_burst(&sock->conn, arg, skb, skb_off, ret)) {
+	 * one buffer or iovec array is captured whole, up to PSC_HTTP_BURST. The scan for
+	 * a second head spares the copy to reads and writes of bodies. An iovec array's
+	 * capture stops a byte short. */
+	if (captured >= PSC_HTTP_CAPTURE - 1 && ret > PSC_HTTP_CAPTURE &&
+	    (skb || nr == NR_READ || nr == NR_WRITE || nr == NR_RECVFROM || nr == NR_SENDTO ||
+	     nr == NR_READV || nr == NR_WRITEV) &&
+	    (sock->conn.protocol == PSC_PROTO_REDIS || holds_pipelined(captured, request)) &&
+	    !emit_burst(&sock->conn, arg, nr == NR_READV || nr == NR_WRITEV ? count : 0, skb,
+			skb_off, ret)) {
 		sock->conn.named = 1;
 		return 0;
 	}

@@ -14,6 +14,15 @@ struct psc_conn_key {
 	__u32 fd;
 };
 
+/* The protocol a connection's first bytes showed, which its framer speaks. */
+enum psc_l7_protocol {
+	PSC_PROTO_HTTP = 0,
+	PSC_PROTO_REDIS = 1, /* RESP */
+};
+
+/* Bits of the `protocols` setting of http.bpf.c: which protocols are looked for. */
+#define PSC_PROTO_BIT(p) (1u << (p))
+
 enum psc_http_role {
 	PSC_ROLE_SERVER = 1, /* accepted: reads requests, writes responses */
 	PSC_ROLE_CLIENT = 2, /* connected: writes requests, reads responses */
@@ -33,6 +42,8 @@ struct psc_conn {
 	__u8 tls; /* bytes on the socket are TLS records: the plaintext comes from uprobes */
 	__u8 named; /* an event has carried the process's name */
 	__u8 lost;  /* an event of this connection did not fit in the ring buffer */
+	__u8 protocol; /* enum psc_l7_protocol, once its first bytes told */
+	__u8 pad[3];
 	struct psc_peer server;
 	/* The client of an accepted connection (its remote side); zero for connected ones. */
 	struct psc_peer client;
@@ -60,8 +71,16 @@ enum psc_http_event_kind {
 };
 
 /* Bytes of a kernel-framed request's line kept per connection: method, space, target. A
- * longer target is framed by user space. */
+ * longer target is framed by user space. For Redis: the command, and the error's prefix
+ * at PSC_RESP_ERROR_AT when it failed. */
 #define PSC_HTTP_LINE 128
+
+/* Redis: the line of a kernel-framed command holds its name, and when it failed the
+ * error's prefix at PSC_RESP_ERROR_AT, at most PSC_RESP_NAME_BYTES each, NUL-padded. */
+enum psc_resp_line {
+	PSC_RESP_NAME_BYTES = 16,
+	PSC_RESP_ERROR_AT = 24,
+};
 
 /* The standard methods, which the kernel tells apart; any other token is 0. */
 enum psc_http_method {
@@ -86,9 +105,11 @@ struct psc_http_series_key {
 	__u8 method; /* enum psc_http_method */
 	__u16 status;
 	__u16 port; /* the server's */
-	__u64 path_hash; /* of the target up to '?' */
+	/* HTTP: of the target up to '?'. Redis: of the command and the error's prefix. */
+	__u64 path_hash;
 	__u8 family; /* the server's address, on client connections only */
-	__u8 pad[7];
+	__u8 protocol; /* enum psc_l7_protocol */
+	__u8 pad[6];
 	__u8 addr[16];
 };
 
@@ -138,7 +159,8 @@ struct psc_http_event {
 	__u32 fd;
 	__u32 tid; /* the thread that read or wrote: spans of a thread's requests nest */
 	__u16 gen; /* the process's generation (process.h): a reused pid is another process */
-	__u16 pad;
+	__u8 protocol; /* enum psc_l7_protocol */
+	__u8 pad;
 	__u64 len; /* bytes the syscall moved */
 	__u32 captured;
 	__u8 kind;

@@ -10,6 +10,8 @@
 
 pub mod conn;
 pub mod parser;
+pub mod redis;
+pub mod resp;
 pub mod routes;
 pub mod slots;
 pub mod spans;
@@ -36,8 +38,8 @@ use crate::model::histogram::DurationBounds;
 use crate::model::native::{KernelHistogram, Unit};
 use crate::model::span::{Span, SpanResource};
 use crate::model::{Family, MetricKind, Value};
-use conn::{Connection, Direction, Exchange, Role};
-use families::{series_labels, ExchangeValues, HttpFamilies};
+use conn::{Connection, Direction, Exchange, Framing, Protocol, Role};
+use families::{db_duration_family, db_series_labels, series_labels, ExchangeValues, HttpFamilies};
 use routes::{RoutePattern, RouteTable};
 
 pub mod config;
@@ -77,6 +79,18 @@ const KIND_HANDOFF: u8 = types::psc_http_event_kind::PSC_HTTP_HANDOFF.0 as u8;
 const KIND_SPAN_START: u8 = types::psc_http_event_kind::PSC_HTTP_SPAN_START.0 as u8;
 const KIND_SPAN_END: u8 = types::psc_http_event_kind::PSC_HTTP_SPAN_END.0 as u8;
 const ROLE_SERVER: u8 = types::psc_http_role::PSC_ROLE_SERVER.0 as u8;
+const PROTO_REDIS: u8 = types::psc_l7_protocol::PSC_PROTO_REDIS.0 as u8;
+const RESP_NAME_BYTES: usize = types::psc_resp_line::PSC_RESP_NAME_BYTES.0 as usize;
+const RESP_ERROR_AT: usize = types::psc_resp_line::PSC_RESP_ERROR_AT.0 as usize;
+
+/// The protocol of the connection an event is of.
+fn protocol_of(event: &types::psc_http_event) -> Protocol {
+    if event.protocol == PROTO_REDIS {
+        Protocol::Redis
+    } else {
+        Protocol::Http
+    }
+}
 
 /// Kernel keys (paths of a route, mostly) per series slot, at most, on average.
 const KEYS_PER_SLOT: u32 = 4;
@@ -130,7 +144,9 @@ type SeriesKey = (Owner, Exchanges);
 /// What a series counts: one kind of exchange.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 struct Exchanges {
+    protocol: Protocol,
     role: Role,
+    /// HTTP: the method. Redis: the command.
     method: String,
     status: u16,
     route: String,
@@ -139,6 +155,18 @@ struct Exchanges {
     server_port: u16,
     /// TLS plaintext (from the OpenSSL uprobes) or plain HTTP.
     tls: bool,
+    /// Databases: the error's type on failures, empty otherwise.
+    error_type: String,
+}
+
+impl Exchanges {
+    /// The semantic conventions' `db.system.name` of a database protocol.
+    fn protocol_name(&self) -> &'static str {
+        match self.protocol {
+            Protocol::Http => "http",
+            Protocol::Redis => "redis",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -184,7 +212,7 @@ impl SeriesStats {
 
 /// A connection user space frames, by (process, fd).
 struct Tracked {
-    conn: Connection,
+    conn: Framing,
     /// Its bytes are TLS plaintext from the OpenSSL uprobes.
     tls: bool,
     /// The series of its last exchange, and what it was keyed from.
@@ -199,6 +227,7 @@ struct LastSeries {
     method: String,
     path: String,
     status: u16,
+    error_type: String,
     key: SeriesKey,
 }
 
@@ -256,6 +285,8 @@ pub struct HttpProbe {
     processes: ProcessTable<(u32, u16)>,
     pid_label: bool,
     durations: DurationBounds,
+    /// Bounds of database operation durations.
+    db_durations: DurationBounds,
     body_bounds: Vec<u64>,
     body_bounds_exported: Vec<f64>,
     tls_libraries: usize,
@@ -365,6 +396,7 @@ impl HttpProbe {
             rodata.trace_clients = u8::from(settings.clients);
             rodata.agent_tgid = std::process::id();
             rodata.kernel_framing = u8::from(kernel_framing);
+            rodata.protocols = settings.protocols.kernel_bits();
             rodata
                 .psc_native_thresholds
                 .copy_from_slice(Unit::Nanoseconds.kernel_thresholds());
@@ -421,6 +453,7 @@ impl HttpProbe {
             processes: ProcessTable::new().with_workloads(workloads),
             pid_label: processes.pid_label,
             durations,
+            db_durations: DurationBounds::new(&settings.db_duration_buckets_seconds.0),
             body_bounds,
             body_bounds_exported: body.clone(),
             tls_libraries: 0,
@@ -724,7 +757,7 @@ impl HttpProbe {
             self.connections.insert(
                 key,
                 Tracked {
-                    conn: Connection::new(role),
+                    conn: Framing::new(protocol_of(event), role),
                     tls: false,
                     last: None,
                     skip: 0,
@@ -761,18 +794,20 @@ impl HttpProbe {
         // at the next message that starts in this event or later.
         let event_tls = event.tls != 0;
         let before = conn.buffered();
-        if conn.role() != role || *tls != event_tls || event.gap != 0 {
+        let protocol = protocol_of(event);
+        if conn.role() != role || conn.protocol() != protocol || *tls != event_tls || event.gap != 0
+        {
             if event.gap != 0 {
                 self.gap_resets += 1;
             }
-            *conn = Connection::new(role);
+            *conn = Framing::new(protocol, role);
             *tls = event_tls;
         }
         let exchanges = conn.feed_by(direction, data, len, event.ts, event.tid);
         let (pending_dropped, uncaptured_losses) = conn.take_losses();
         self.pending_dropped += pending_dropped;
         self.uncaptured_losses += uncaptured_losses;
-        if let Some(spans) = &mut self.spans {
+        if let (Some(spans), Framing::Http(conn)) = (&mut self.spans, &mut *conn) {
             for request in conn.new_requests() {
                 spans.decide(role, request);
             }
@@ -832,6 +867,8 @@ impl HttpProbe {
             if last.status == exchange.status
                 && last.method == exchange.method
                 && last.path == exchange.path
+                && last.error_type == exchange.error_type
+                && last.key.1.protocol == exchange.protocol
                 && last.key.1.tls == (event.tls != 0)
                 && last.key.1.role == role
             {
@@ -855,6 +892,7 @@ impl HttpProbe {
                 method: exchange.method.clone(),
                 path: exchange.path.clone(),
                 status: exchange.status,
+                error_type: exchange.error_type.clone(),
                 key: key.clone(),
             });
         }
@@ -955,6 +993,24 @@ impl HttpProbe {
             return;
         }
         let mut conn = Connection::new(role);
+        if record.key.protocol == PROTO_REDIS {
+            let mut resp = resp::RespConnection::new(role);
+            if record.line_len > 0 {
+                let (command, _) = redis_line(&record);
+                resp.resume(command, record.start_ns, record.tid);
+            }
+            self.connections.insert(
+                key,
+                Tracked {
+                    conn: Framing::Redis(resp),
+                    tls: false,
+                    last: None,
+                    skip: u64::from(record.skip),
+                    holding_since: None,
+                },
+            );
+            return;
+        }
         if record.line_len > 0 {
             if let Some((method, path)) = parser::parse_framed_line(framed_line(&record)) {
                 // The kernel decided its span: the context it started, or none.
@@ -975,7 +1031,7 @@ impl HttpProbe {
         self.connections.insert(
             key,
             Tracked {
-                conn,
+                conn: Framing::Http(conn),
                 tls: false,
                 last: None,
                 skip: u64::from(record.skip),
@@ -1120,7 +1176,10 @@ impl HttpProbe {
                 (info.name.clone(), info.workload.clone())
             }
         };
-        let route = self.routes.route(&name, &exchange.path);
+        let route = match exchange.protocol {
+            Protocol::Http => self.routes.route(&name, &exchange.path),
+            Protocol::Redis => String::new(),
+        };
         // Clients report whom they called, capped per service; servers are themselves.
         let mut server_port = server_port;
         let server_address = match role {
@@ -1139,14 +1198,28 @@ impl HttpProbe {
             Role::Server => String::new(),
         };
         let owner = Owner::new(self.pid_label.then_some(tgid), name, workload);
+        let (method, status, error_type) = match exchange.protocol {
+            Protocol::Http => (
+                normalize_method(&exchange.method),
+                exchange.status,
+                String::new(),
+            ),
+            Protocol::Redis => (
+                redis::command_name(&exchange.method).to_string(),
+                0,
+                redis::error_type(exchange.status != 0, &exchange.error_type).to_string(),
+            ),
+        };
         let exchanges = Exchanges {
+            protocol: exchange.protocol,
             role,
-            method: normalize_method(&exchange.method),
-            status: exchange.status,
+            method,
+            status,
             route,
             server_address,
             server_port,
             tls: event.tls != 0,
+            error_type,
         };
         let key = (owner, exchanges);
         let held = self.series.len() + self.lifecycle.aggregates();
@@ -1155,6 +1228,7 @@ impl HttpProbe {
         }
         self.series_folded += 1;
         let exchanges = Exchanges {
+            protocol: exchange.protocol,
             role,
             method: "_OTHER".into(),
             status: exchange.status,
@@ -1162,6 +1236,7 @@ impl HttpProbe {
             server_address: String::new(),
             server_port: 0,
             tls: false,
+            error_type: String::new(),
         };
         (Owner::overflow(None), exchanges)
     }
@@ -1250,8 +1325,12 @@ impl HttpProbe {
             }
         }
         let duration = histogram_samples(self.durations.seconds.len());
+        let db_duration = histogram_samples(self.db_durations.seconds.len());
         let body = histogram_samples(self.body_bounds.len());
-        let cost = |_: &Exchanges, _: &SeriesStats| duration + 2 * body;
+        let cost = |key: &Exchanges, _: &SeriesStats| match key.protocol {
+            Protocol::Http => duration + 2 * body,
+            Protocol::Redis => db_duration,
+        };
         self.lifecycle
             .export(self.series.clone(), &first_seen, cost)
     }
@@ -1343,7 +1422,18 @@ impl Probe for HttpProbe {
         self.release_slots();
         let rows = self.export();
         let mut families = HttpFamilies::new();
+        let mut db_durations = db_duration_family();
         for ((owner, exchanges), stats) in &rows {
+            if exchanges.protocol != Protocol::Http {
+                let labels = db_series_labels(self.processes.workloads(), owner, exchanges);
+                let duration = self.db_durations.classic_and_native(&stats.duration_ns);
+                db_durations.push_created(
+                    labels,
+                    Value::Histogram(duration),
+                    self.lifecycle.created(owner),
+                );
+                continue;
+            }
             let labels = series_labels(self.processes.workloads(), owner, exchanges);
             let body =
                 |hist: &KernelHistogram| hist.to_classic(&self.body_bounds, &self.body_bounds_exported);
@@ -1361,6 +1451,7 @@ impl Probe for HttpProbe {
         );
         libraries.push(Vec::new(), Value::Gauge(self.tls_libraries as f64));
         out.extend(families.into_families(libraries));
+        out.push(db_durations);
         out.push(self.kernel_framer_family());
         out.push(self.framing_lost_family());
         if self.spans.is_some() {
@@ -1469,14 +1560,22 @@ fn framed_exchange(
     event: &types::psc_http_event,
     record: &types::psc_http_exchange,
 ) -> Option<(types::psc_http_event, Exchange)> {
-    let (method, path) = parser::parse_framed_line(framed_line(record))?;
+    let (protocol, method, path, error_type) = if record.key.protocol == PROTO_REDIS {
+        let (command, error) = redis_line(record);
+        (Protocol::Redis, command, String::new(), error)
+    } else {
+        let (method, path) = parser::parse_framed_line(framed_line(record))?;
+        (Protocol::Http, method, path, String::new())
+    };
     let mut owner = *event;
     owner.tgid = record.key.tgid;
     owner.gen = record.key.gen;
     let exchange = Exchange {
+        protocol,
         method,
         path,
         status: record.key.status,
+        error_type,
         request_body_bytes: record.request_body,
         response_body_bytes: record.response_body,
         start_ns: record.start_ns,
@@ -1490,6 +1589,20 @@ fn framed_exchange(
 /// What the span maker holds a kernel-sampled request's context under.
 fn started_key(record: &types::psc_http_exchange) -> spans::StartedKey {
     (record.key.tgid, record.tid, record.start_ns)
+}
+
+/// The command and error prefix of a Redis exchange the kernel framed: the command in
+/// the line's first bytes, the prefix at PSC_RESP_ERROR_AT (each NUL-padded).
+fn redis_line(record: &types::psc_http_exchange) -> (String, String) {
+    // SAFETY: i8 and u8 have the same size and alignment.
+    let line =
+        unsafe { std::slice::from_raw_parts(record.line.as_ptr().cast::<u8>(), record.line.len()) };
+    let field = |from: usize| {
+        let bytes = line.get(from..from + RESP_NAME_BYTES).unwrap_or_default();
+        let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+        String::from_utf8_lossy(&bytes[..end]).into_owned()
+    };
+    (field(0), field(RESP_ERROR_AT))
 }
 
 fn framed_line(record: &types::psc_http_exchange) -> &[u8] {

@@ -1,4 +1,4 @@
-use super::super::conn::{Connection, Direction, Exchange, Role};
+use super::super::conn::{Connection, Direction, Exchange, Protocol, Role};
 use super::*;
 
 fn server() -> Connection {
@@ -45,9 +45,11 @@ fn keep_alive_requests_pair_with_their_responses() {
     assert_eq!(
         done,
         vec![Exchange {
+            protocol: Protocol::Http,
             method: "GET".into(),
             path: "/a".into(),
             status: 200,
+            error_type: String::new(),
             request_body_bytes: 0,
             response_body_bytes: 5,
             start_ns: 10,

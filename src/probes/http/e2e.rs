@@ -1,0 +1,307 @@
+//! End-to-end: Redis commands through the http probe's framer, against Debian's
+//! `redis-server`, with `redis-cli` and redis-py as clients. Every count is exact, for
+//! the client's process and for the server's, framed in the kernel and in user space.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::common::{eventually, free_port, have_root, kernel_lock, Agent, Helper, Metrics};
+
+const DURATION_COUNT: &str = "db_client_operation_duration_seconds_count";
+const DURATION_SUM: &str = "db_client_operation_duration_seconds_sum";
+
+/// Only the http probe, so that the other probes' work does not slow the tests.
+fn config(kernel_framing: bool) -> String {
+    format!(
+        "probes:\n  syscalls: {{enabled: false}}\n  process: {{enabled: false}}\n  tcp: {{enabled: false}}\n  http:\n    enabled: true\n    kernel_framing: {kernel_framing}\n"
+    )
+}
+
+/// A `redis-server` of its own on a loopback port, gone with the test.
+struct RedisServer {
+    child: Child,
+    port: u16,
+}
+
+impl RedisServer {
+    fn start() -> RedisServer {
+        let port = free_port();
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+            .args(["--appendonly", "no", "--protected-mode", "no"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server runs (scripts/setup.sh --test installs it)");
+        let server = RedisServer { child, port };
+        for _ in 0..100 {
+            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return server;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("redis-server did not listen on {port}");
+    }
+
+    fn pid(&self) -> String {
+        self.child.id().to_string()
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// redis-py on one connection, after a go: GETs, SETs, failing commands, a pipeline,
+/// and a BLPOP that times out, whose duration it measures itself.
+/// argv: port gets sets wrongtypes pipelined_gets pipelined_sets
+const REDIS_PY: &str = r#"
+import sys, time, redis
+port, gets, sets, wrong, pgets, psets = map(int, sys.argv[1:7])
+r = redis.Redis(host="127.0.0.1", port=port)
+r.ping()
+print("ready", flush=True)
+sys.stdin.readline()
+for i in range(sets):
+    r.set("k%d" % i, "v" * (i * 300))
+for i in range(gets):
+    r.get("k%d" % (i % max(sets, 1)))
+for _ in range(wrong):
+    try:
+        r.lpush("k0", "x")
+    except redis.ResponseError:
+        pass
+try:
+    r.execute_command("NO-SUCH-COMMAND", "x")
+except redis.ResponseError:
+    pass
+p = r.pipeline(transaction=False)
+for i in range(pgets):
+    p.get("k%d" % i)
+for i in range(psets):
+    p.set("p%d" % i, "v")
+p.execute()
+start = time.monotonic()
+r.blpop(["empty"], timeout=0.3)
+print(time.monotonic() - start, flush=True)
+print("done", flush=True)
+sys.stdin.readline()
+"#;
+
+fn redis_cli(port: u16, args: &[&str]) {
+    let out = Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(args)
+        .output()
+        .expect("redis-cli runs");
+    assert!(out.status.success(), "redis-cli {args:?}: {out:?}");
+}
+
+/// The operations counted for `who` (role and process labels), by name and error type.
+fn count(m: &Metrics, who: &[(&str, &str)], operation: &str, error: Option<&str>) -> f64 {
+    let mut want = who.to_vec();
+    want.push(("db_system_name", "redis"));
+    want.push(("db_operation_name", operation));
+    m.find(DURATION_COUNT, &want)
+        .filter(|(_, labels, _)| labels.get("error_type").map(String::as_str) == error)
+        .map(|(_, _, v)| v)
+        .sum()
+}
+
+fn redis_counts_exactly(kernel_framing: bool) {
+    let _kernel = kernel_lock();
+    if !have_root("redis_counts_exactly") {
+        return;
+    }
+    let server = RedisServer::start();
+    let port = server.port.to_string();
+    let agent = Agent::start(&config(kernel_framing));
+    let (gets, sets, wrong, pgets, psets) = (25, 15, 3, 20, 10);
+    let args: Vec<String> = [&port, "25", "15", "3", "20", "10"]
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+    // Connected before the go, so that its first commands are framed like the rest.
+    let mut py = Helper::spawn(REDIS_PY, &args);
+    py.go();
+    let client_took: f64 = py.read_line().parse().expect("BLPOP's duration");
+    py.expect_line("done");
+    for _ in 0..3 {
+        redis_cli(server.port, &["SET", "cli", "v"]);
+    }
+    for _ in 0..2 {
+        redis_cli(server.port, &["GET", "cli"]);
+    }
+
+    let py_pid = py.pid().to_string();
+    let client = [
+        ("role", "client"),
+        ("process_pid", py_pid.as_str()),
+        ("server_address", "127.0.0.1"),
+        ("server_port", port.as_str()),
+    ];
+    let server_pid = server.pid();
+    let served = [
+        ("role", "server"),
+        ("process_pid", server_pid.as_str()),
+        ("server_port", port.as_str()),
+    ];
+    let cli = [("role", "client"), ("process_executable_name", "redis-cli")];
+    let m = eventually(&agent, |m| {
+        count(m, &served, "BLPOP", None) == 1.0 && count(m, &cli, "GET", None) == 2.0
+    });
+    let expect = |who: &[(&str, &str)], extra_sets: f64, extra_gets: f64| {
+        assert_eq!(count(&m, who, "GET", None), (gets + pgets) as f64 + extra_gets, "{who:?}");
+        assert_eq!(count(&m, who, "SET", None), (sets + psets) as f64 + extra_sets, "{who:?}");
+        assert_eq!(count(&m, who, "LPUSH", Some("WRONGTYPE")), wrong as f64, "{who:?}");
+        assert_eq!(count(&m, who, "_OTHER", Some("ERR")), 1.0, "{who:?}");
+        assert_eq!(count(&m, who, "PING", None), 1.0, "{who:?}");
+        assert_eq!(count(&m, who, "BLPOP", None), 1.0, "{who:?}");
+        // Nothing else failed, and no command went unnamed.
+        let failed: f64 = m
+            .find(DURATION_COUNT, who)
+            .filter(|(_, labels, _)| labels.contains_key("error_type"))
+            .map(|(_, _, v)| v)
+            .sum();
+        let setinfo = count(&m, who, "CLIENT", Some("ERR")); // redis-py 5 on Redis 7.0
+        assert_eq!(failed, wrong as f64 + 1.0 + setinfo, "{who:?}");
+    };
+    expect(&client, 0.0, 0.0);
+    expect(&served, 3.0, 2.0);
+    assert_eq!(count(&m, &cli, "SET", None), 3.0);
+
+    // The BLPOP waited its 0.3 s timeout on the server, within what the client measured.
+    for who in [&client[..], &served[..]] {
+        let mut want = who.to_vec();
+        want.push(("db_operation_name", "BLPOP"));
+        let took = m.sum(DURATION_SUM, &want);
+        assert!(
+            (0.3..=client_took).contains(&took),
+            "{who:?}: BLPOP took {took} s, the client measured {client_took} s"
+        );
+    }
+    if kernel_framing {
+        let counted = m.sum(
+            "periscope_http_kernel_framer_exchanges_total",
+            &[("outcome", "counted")],
+        );
+        assert!(counted > 0.0, "the kernel framed none of it");
+    }
+    py.finish();
+}
+
+#[test]
+fn redis_commands_framed_in_the_kernel_count_exactly_for_client_and_server() {
+    redis_counts_exactly(true);
+}
+
+#[test]
+fn redis_commands_framed_in_user_space_count_exactly_for_client_and_server() {
+    redis_counts_exactly(false);
+}
+
+/// Sends `bytes` on a fresh connection to `port` and reads whatever comes back for a
+/// moment.
+fn send_raw(port: u16, bytes: &[u8]) {
+    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
+        return;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(100)));
+    let _ = stream.write_all(bytes);
+    let mut sink = [0u8; 4096];
+    let _ = stream.read(&mut sink);
+}
+
+/// A server that answers the first read of each connection with the next of its
+/// hostile replies. argv: port
+const HOSTILE_SERVER: &str = r#"
+import socket, sys
+replies = [
+    b"-\x1b[31mEVIL\"\n{x=\"1\"} 1\r\n",
+    b"-" + b"A" * 300 + b" long\r\n",
+    b"$-7\r\n",
+    b"*99999999999999999999999\r\n",
+    b"\x00\xff\xfe garbage\r\n",
+    b"+OK\r\n" * 50,
+    b"$5\r\nabc",
+]
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", int(sys.argv[1])))
+s.listen(16)
+print("ready", flush=True)
+for reply in replies:
+    c, _ = s.accept()
+    c.recv(65536)
+    c.sendall(reply)
+    c.close()
+sys.stdin.readline()
+"#;
+
+#[test]
+fn hostile_redis_bytes_never_crash_the_agent_or_name_a_series() {
+    let _kernel = kernel_lock();
+    if !have_root("hostile_redis_bytes") {
+        return;
+    }
+    let server = RedisServer::start();
+    let agent = Agent::start(&config(true));
+    let mut long_name = b"*1\r\n$255\r\n".to_vec();
+    long_name.extend((0..255u8).map(|b| b.wrapping_mul(7) | 0x80));
+    long_name.extend_from_slice(b"\r\n");
+    let mut deep = b"*1\r\n".repeat(100);
+    deep.extend_from_slice(b"$4\r\nPING\r\n");
+    let junk: Vec<Vec<u8>> = vec![
+        b"*1\r\n$5\r\nAB\x01CD\r\n".to_vec(),
+        b"*1\r\n$12\r\n\"} 1\nevil 2\r\n".to_vec(),
+        b"*99999999999\r\n$3\r\nGET\r\n".to_vec(),
+        b"*2\r\n$3\r\nGET\r\n$-5\r\n".to_vec(),
+        b"*1\r\n$3\r\nGE".to_vec(),
+        b"*0\r\n".to_vec(),
+        long_name,
+        deep,
+        vec![b'*'; 5000],
+        (0..=255u8).cycle().take(100_000).collect(),
+    ];
+    for bytes in &junk {
+        send_raw(server.port, bytes);
+    }
+    // A client whose server answers with hostile replies.
+    let hostile_port = free_port();
+    let hostile = Helper::spawn(HOSTILE_SERVER, &[hostile_port.to_string()]);
+    for _ in 0..7 {
+        send_raw(hostile_port, b"*1\r\n$4\r\nPING\r\n");
+    }
+    let m = eventually(&agent, |m| {
+        m.sum(DURATION_COUNT, &[("server_port", &hostile_port.to_string())]) >= 2.0
+    });
+    // Every series is named from the closed sets, whatever was sent.
+    for (_, labels, _) in m.find(DURATION_COUNT, &[]) {
+        let operation = &labels["db_operation_name"];
+        assert!(
+            operation.bytes().all(|b| b.is_ascii_uppercase() || b == b'_' || b == b'.'),
+            "{labels:?}"
+        );
+        if let Some(error) = labels.get("error_type") {
+            assert!(error.bytes().all(|b| b.is_ascii_uppercase() || b == b'_'), "{labels:?}");
+        }
+    }
+    // The junk errors were answered by the real server: counted, as _OTHER.
+    let port = server.port.to_string();
+    let served = [("role", "server"), ("server_port", port.as_str())];
+    assert!(count(&m, &served, "_OTHER", Some("ERR")) >= 1.0);
+    // The hostile server's error replies count as _OTHER errors of PING.
+    let hostile_port = hostile_port.to_string();
+    let called = [("role", "client"), ("server_port", hostile_port.as_str())];
+    assert_eq!(count(&m, &called, "PING", Some("_OTHER")), 2.0);
+    hostile.finish();
+    // The agent still serves, and a real client still counts exactly.
+    redis_cli(server.port, &["SET", "after", "v"]);
+    let cli = [("role", "client"), ("process_executable_name", "redis-cli")];
+    let m = eventually(&agent, |m| count(m, &cli, "SET", None) == 1.0);
+    assert_eq!(count(&m, &cli, "SET", None), 1.0);
+}
