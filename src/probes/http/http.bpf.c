@@ -1181,11 +1181,14 @@ static __always_inline void finish(struct scratch *s, struct psc_sock *sock, con
 		request_body = t->request_length - t->request_head;
 		response_body = t->response_length - t->response_head;
 		count_native(native->duration, took, psc_native_thresholds);
-		count_native(native->request_body, request_body, psc_bytes_thresholds);
-		count_native(native->response_body, response_body, psc_bytes_thresholds);
 		stats->duration_sum += took;
-		stats->request_body_sum += request_body;
-		stats->response_body_sum += response_body;
+		/* Database operations have no body histograms. */
+		if (t->key.protocol == PSC_PROTO_HTTP) {
+			count_native(native->request_body, request_body, psc_bytes_thresholds);
+			count_native(native->response_body, response_body, psc_bytes_thresholds);
+			stats->request_body_sum += request_body;
+			stats->response_body_sum += response_body;
+		}
 		PSC_COUNT_IN(counters, PSC_HTTP_KERNEL_FRAMED);
 		if (!t->sampled)
 			return;
