@@ -86,6 +86,7 @@ fn main() {
                     role: Role::Server,
                     tid: exchange.tid,
                     context,
+                    db: None,
                     method: &exchange.method,
                     route: "/users/*",
                     path: &exchange.path,

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::apps::{connect, get, hex_id, App};
+use common::apps::{connect, get, hex_id, App, RedisServer};
 use common::{have_root, kernel_lock, Agent, TempDir};
 use serde_json::Value;
 
@@ -398,6 +398,95 @@ fn a_call_made_while_serving_is_a_child_span_and_the_called_server_joins_the_tra
     assert_eq!(other["parent_span_id"], Value::Null);
     assert_ne!(other["trace_id"], serving["trace_id"]);
     validate_against_schema(&jsonl);
+}
+
+/// A server that on /redis/get and /redis/fail runs a Redis command (a GET, and an
+/// LPUSH on a string, which fails with WRONGTYPE) in the thread serving the request.
+/// argv: port redis_port
+const PY_REDIS_APP: &str = r#"
+import sys, redis
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+r = redis.Redis(host="127.0.0.1", port=int(sys.argv[2]))
+r.set("string", "v")
+class H(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
+    def log_message(self, *a): pass
+    def do_GET(self):
+        if self.path == "/redis/get":
+            r.get("string")
+        else:
+            try:
+                r.lpush("string", "x")
+            except redis.ResponseError:
+                pass
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+server = ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H)
+print("ready", flush=True)
+server.serve_forever()
+"#;
+
+#[test]
+fn a_redis_command_made_while_serving_is_a_database_child_span() {
+    if !have_root("a_redis_command_made_while_serving_is_a_database_child_span") {
+        return;
+    }
+    let _lock = kernel_lock();
+    let dir = TempDir::new("traces-redis");
+    let jsonl = dir.path().join("spans.jsonl");
+    let _agent = Agent::start(&traces_config(&jsonl));
+    let redis = RedisServer::start();
+    let port = common::free_port();
+    let mut app = common::Helper::spawn(PY_REDIS_APP, &[port.to_string(), redis.port.to_string()]);
+    let pid = u64::from(app.pid());
+    let mut conn = connect(port);
+    assert_eq!(get(&mut conn, "/redis/get", "").0, 200);
+    assert_eq!(get(&mut conn, "/redis/fail", "").0, 200);
+
+    let lines = wait_for(&jsonl, |lines| {
+        spans_of(lines, pid, "server").len() >= 2
+            && spans_of(lines, pid, "client")
+                .iter()
+                .filter(|s| s["parent_span_id"] != Value::Null)
+                .count()
+                >= 2
+    });
+    let served = spans_of(&lines, pid, "server");
+    assert_eq!(served.len(), 2);
+    // The calls made while serving, each under its own request's span; the app's
+    // commands at start-up are roots of their own.
+    let calls: Vec<&Value> = spans_of(&lines, pid, "client")
+        .into_iter()
+        .filter(|s| s["parent_span_id"] != Value::Null)
+        .collect();
+    assert_eq!(calls.len(), 2);
+    for (call, (operation, error)) in calls
+        .iter()
+        .zip([("GET", None), ("LPUSH", Some("WRONGTYPE"))])
+    {
+        let parent = served
+            .iter()
+            .find(|s| s["span_id"] == call["parent_span_id"])
+            .expect("the call's parent is a served request");
+        assert_eq!(call["trace_id"], parent["trace_id"]);
+        assert_eq!(call["name"], operation);
+        let attributes = &call["attributes"];
+        assert_eq!(attributes["db.system.name"], "redis");
+        assert_eq!(attributes["db.operation.name"], operation);
+        assert_eq!(attributes["db.query.summary"], operation);
+        assert_eq!(attributes["server.address"], "127.0.0.1");
+        assert_eq!(attributes["server.port"], u64::from(redis.port));
+        assert_eq!(attributes["error.type"].as_str(), error);
+        // Within the request that made it.
+        let time = |span: &Value, key: &str| span[key].as_u64().expect("a time in ns");
+        assert!(time(call, "start_time_unix_nano") >= time(parent, "start_time_unix_nano"));
+        assert!(time(call, "end_time_unix_nano") <= time(parent, "end_time_unix_nano"));
+    }
+    validate_against_schema(&jsonl);
+    app.child.kill().ok();
 }
 
 #[test]

@@ -357,6 +357,14 @@ impl Framing {
         }
     }
 
+    /// Lets `decide` choose the span context of each request framed since the last call.
+    pub fn decide_spans(&mut self, mut decide: impl FnMut(NewRequest<'_>)) {
+        match self {
+            Framing::Http(c) => c.new_requests().for_each(&mut decide),
+            Framing::Redis(c) => c.new_requests().for_each(&mut decide),
+        }
+    }
+
     /// The connection closed: an HTTP response that ran until close completes here.
     pub fn close(&mut self, at: u64) -> Vec<Exchange> {
         match self {

@@ -4,9 +4,10 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
+use crate::common::apps::RedisServer;
 use crate::common::{eventually, free_port, have_root, kernel_lock, Agent, Helper, Metrics};
 
 const DURATION_COUNT: &str = "db_client_operation_duration_seconds_count";
@@ -17,43 +18,6 @@ fn config(kernel_framing: bool) -> String {
     format!(
         "probes:\n  syscalls: {{enabled: false}}\n  process: {{enabled: false}}\n  tcp: {{enabled: false}}\n  http:\n    enabled: true\n    kernel_framing: {kernel_framing}\n"
     )
-}
-
-/// A `redis-server` of its own on a loopback port, gone with the test.
-struct RedisServer {
-    child: Child,
-    port: u16,
-}
-
-impl RedisServer {
-    fn start() -> RedisServer {
-        let port = free_port();
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
-            .args(["--appendonly", "no", "--protected-mode", "no"])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server runs (scripts/setup.sh --test installs it)");
-        let server = RedisServer { child, port };
-        for _ in 0..100 {
-            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return server;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("redis-server did not listen on {port}");
-    }
-
-    fn pid(&self) -> String {
-        self.child.id().to_string()
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// redis-py on one connection, after a go: GETs, SETs, failing commands, a pipeline,

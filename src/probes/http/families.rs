@@ -172,3 +172,23 @@ impl HttpFamilies {
         families
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_durations_take_their_semantic_convention_names_over_otlp() {
+        let family = db_duration_family();
+        assert_eq!(family.otel_metric_name(), "db.client.operation.duration");
+        for (label, attribute) in [
+            ("db_system_name", "db.system.name"),
+            ("db_operation_name", "db.operation.name"),
+            ("server_address", "server.address"),
+            ("server_port", "server.port"),
+            ("error_type", "error.type"),
+        ] {
+            assert_eq!(family.otel_attribute(label), attribute);
+        }
+    }
+}

@@ -710,7 +710,11 @@ impl HttpProbe {
         }
         if event.kind == KIND_SPAN_START {
             if let Some(spans) = &mut self.spans {
-                let head = parser::parse_request_head(data);
+                // A Redis command carries no trace context: no head follows.
+                let head = match protocol_of(event) {
+                    Protocol::Http => parser::parse_request_head(data),
+                    Protocol::Redis => None,
+                };
                 // Without a traceparent, the kernel's draw made it a root that is kept;
                 // with one user space finds invalid, the sampler decides its root.
                 let drawn = !head.as_ref().is_some_and(|h| h.carries_traceparent);
@@ -807,10 +811,8 @@ impl HttpProbe {
         let (pending_dropped, uncaptured_losses) = conn.take_losses();
         self.pending_dropped += pending_dropped;
         self.uncaptured_losses += uncaptured_losses;
-        if let (Some(spans), Framing::Http(conn)) = (&mut self.spans, &mut *conn) {
-            for request in conn.new_requests() {
-                spans.decide(role, request);
-            }
+        if let Some(spans) = &mut self.spans {
+            conn.decide_spans(|request| spans.decide(role, request));
         }
         // Partial heads are held across reads; all connections together hold at most
         // `max_buffered_head_bytes` (slow or hostile clients cannot grow the agent).
@@ -997,7 +999,11 @@ impl HttpProbe {
             let mut resp = resp::RespConnection::new(role);
             if record.line_len > 0 {
                 let (command, _) = redis_line(&record);
-                resp.resume(command, record.start_ns, record.tid);
+                let context = match &mut self.spans {
+                    Some(spans) if record.sampled != 0 => spans.take_started(started_key(&record)),
+                    _ => None,
+                };
+                resp.resume(command, record.start_ns, record.tid, context);
             }
             self.connections.insert(
                 key,
@@ -1133,10 +1139,19 @@ impl HttpProbe {
         let workloads = self.processes.workloads();
         let service_name = workload.service().unwrap_or(&name).to_string();
         let workload_labels = workloads.workload_labels(&workload);
+        let db = match exchange.protocol {
+            Protocol::Http => None,
+            Protocol::Redis => Some(spans::DbCall {
+                system: "redis",
+                operation: redis::command_name(&exchange.method),
+                error_type: redis::error_type(exchange.status != 0, &exchange.error_type),
+            }),
+        };
         spans.finish(spans::Finished {
             role,
             tid: exchange.tid,
             context,
+            db,
             method: &normalize_method(&exchange.method),
             route,
             path: &exchange.path,

@@ -220,6 +220,20 @@ static __always_inline int resp_request_starts(struct scratch *s, struct psc_soc
 	t->request_length = end;
 	t->request_bytes = len;
 	t->phase = PSC_PHASE_REQUEST;
+	/* A client's command may make a span, the child of what its thread serves. A
+	 * server's makes none: database spans are the client's. */
+	if (!span_sampling || sock->conn.role != PSC_ROLE_CLIENT)
+		return PSC_FRAME_KEPT;
+	if (!span_sampled(PSC_ROLE_CLIENT, 0, t->start_ns)) {
+		PSC_COUNT_IN(counters, PSC_HTTP_SPANS_UNSAMPLED);
+		return PSC_FRAME_KEPT;
+	}
+	PSC_COUNT_IN(counters, PSC_HTTP_SPANS_SAMPLED);
+	t->sampled = 1;
+	fill_event(s, io->tgid, io->gen, io->fd, len, PSC_HTTP_SPAN_START, &sock->conn, 0);
+	s->event.ts = t->start_ns;
+	emit_for(s, 0, &sock->conn);
+	sock->conn.named = 1;
 	return PSC_FRAME_KEPT;
 }
 

@@ -8,7 +8,8 @@
 
 use std::collections::VecDeque;
 
-use super::conn::{Direction, Exchange, Protocol, Role};
+use super::conn::{Direction, Exchange, NewRequest, Protocol, Role};
+use crate::model::span::SpanContext;
 
 /// Commands waiting for their replies on one connection, at most; older ones are
 /// dropped and counted. A client may pipeline thousands in one write.
@@ -297,6 +298,10 @@ struct Pending {
     name: String,
     start: u64,
     tid: u32,
+    /// Its span's context, when spans are made.
+    context: Option<SpanContext>,
+    /// `context` was decided (it may stay `None`: not traced).
+    decided: bool,
 }
 
 /// Pairs the commands and replies of one Redis connection into exchanges.
@@ -342,9 +347,33 @@ impl RespConnection {
     }
 
     /// Takes over from the kernel framer: `name` was written (or read) whole at `start`
-    /// by thread `tid` and awaits its reply.
-    pub fn resume(&mut self, name: String, start: u64, tid: u32) {
-        self.pending.push_back(Pending { name, start, tid });
+    /// by thread `tid` and awaits its reply. The kernel decided its span: `context`.
+    pub fn resume(&mut self, name: String, start: u64, tid: u32, context: Option<SpanContext>) {
+        self.pending.push_back(Pending {
+            name,
+            start,
+            tid,
+            context,
+            decided: true,
+        });
+    }
+
+    /// Commands framed since the last call, for their span contexts to be decided. A
+    /// client's only: database spans are the client's.
+    pub fn new_requests(&mut self) -> impl Iterator<Item = NewRequest<'_>> {
+        let client = self.role == Role::Client;
+        self.pending
+            .iter_mut()
+            .filter(move |p| client && !p.decided)
+            .map(|p| {
+                p.decided = true;
+                NewRequest {
+                    tid: p.tid,
+                    at: p.start,
+                    trace: None,
+                    context: &mut p.context,
+                }
+            })
     }
 
     /// Commands lost since the last call: dropped unanswered past the pending limit,
@@ -382,6 +411,8 @@ impl RespConnection {
                     name: String::from_utf8_lossy(&name).to_ascii_uppercase(),
                     start: value.start,
                     tid,
+                    context: None,
+                    decided: false,
                 });
             }
             return Vec::new();
@@ -409,7 +440,7 @@ impl RespConnection {
                     response_body_bytes: 0,
                     start_ns: command.start,
                     end_ns: value.end,
-                    context: None,
+                    context: command.context,
                     tid: command.tid,
                 })
             })

@@ -117,6 +117,8 @@ pub struct Finished<'a> {
     pub role: Role,
     pub tid: u32,
     pub context: SpanContext,
+    /// A database operation (a client's); HTTP's fields below are then unused.
+    pub db: Option<DbCall>,
     pub method: &'a str,
     pub route: &'a str,
     pub path: &'a str,
@@ -130,6 +132,16 @@ pub struct Finished<'a> {
     /// The client's port, for server exchanges.
     pub client_port: u16,
     pub resource: SpanResource,
+}
+
+/// What a database client span says of its operation.
+pub struct DbCall {
+    /// `db.system.name`: `redis`.
+    pub system: &'static str,
+    /// The operation, from the closed set of the system's names (`_OTHER` outside it).
+    pub operation: &'static str,
+    /// The error's type when it failed; empty otherwise.
+    pub error_type: &'static str,
 }
 
 impl SpanMaker {
@@ -313,6 +325,11 @@ impl SpanMaker {
             self.dropped += 1;
             return;
         }
+        if let Some(db) = &done.db {
+            let span = self.db_span(db, &done);
+            self.finished.push(span);
+            return;
+        }
         let scheme = if done.tls { "https" } else { "http" };
         let mut attributes = vec![
             (
@@ -383,6 +400,47 @@ impl SpanMaker {
         });
     }
 
+    /// The client span of a database operation: named by its query summary (for Redis,
+    /// the command), as the database semantic conventions say.
+    fn db_span(&self, db: &DbCall, done: &Finished<'_>) -> Span {
+        let summary = if db.operation == super::redis::OTHER {
+            db.system
+        } else {
+            db.operation
+        };
+        let mut attributes = vec![
+            ("db.system.name", AttributeValue::Str(db.system.into())),
+            ("db.operation.name", AttributeValue::Str(db.operation.into())),
+            ("db.query.summary", AttributeValue::Str(summary.into())),
+        ];
+        if !done.server_address.is_empty() {
+            attributes.push((
+                "server.address",
+                AttributeValue::Str(done.server_address.clone()),
+            ));
+        }
+        attributes.push((
+            "server.port",
+            AttributeValue::Int(i64::from(done.server_port)),
+        ));
+        if !db.error_type.is_empty() {
+            attributes.push(("error.type", AttributeValue::Str(db.error_type.into())));
+        }
+        Span {
+            trace_id: done.context.trace_id,
+            span_id: done.context.span_id,
+            parent_span_id: done.context.parent_span_id,
+            trace_state: done.context.trace_state.clone(),
+            kind: SpanKind::Client,
+            name: summary.to_string(),
+            start_unix_ns: self.wall_ns(done.start_ns),
+            end_unix_ns: self.wall_ns(done.end_ns),
+            error: !db.error_type.is_empty(),
+            attributes,
+            resource: done.resource.clone(),
+        }
+    }
+
     pub fn take(&mut self, out: &mut Vec<Span>) {
         out.append(&mut self.finished);
     }
@@ -405,6 +463,7 @@ mod tests {
             role: Role::Server,
             tid: 1,
             context,
+            db: None,
             method: "POST",
             route: "/v1/traces",
             path: "/v1/traces",
@@ -478,6 +537,48 @@ mod tests {
         let nearly = of(Sampler::TraceIdRatio(0.999_999_999_99));
         assert_eq!((nearly.root_always, nearly.root_threshold), (false, u32::MAX));
         assert_eq!(of(Sampler::TraceIdRatio(0.1)).parent, ParentRule::Ask);
+    }
+
+    #[test]
+    fn a_redis_call_made_while_serving_is_a_client_span_under_the_served_request() {
+        let mut maker = SpanMaker::new(Sampler::AlwaysOn, AgentConnections::default());
+        let served = Start {
+            role: Role::Server,
+            tgid: 7,
+            tid: 8,
+            at: 100,
+            drawn: true,
+        };
+        maker.start_sampled(served, None);
+        let parent = maker.started[&(7, 8, 100)].clone();
+        let call = Start {
+            role: Role::Client,
+            at: 150,
+            ..served
+        };
+        maker.start_sampled(call, None);
+        let context = maker.take_started((7, 8, 150)).expect("the call's context");
+        let mut done = server_exchange(context, 40000);
+        done.role = Role::Client;
+        done.server_address = "127.0.0.1".into();
+        done.server_port = 6379;
+        done.db = Some(DbCall {
+            system: "redis",
+            operation: "LPUSH",
+            error_type: "WRONGTYPE",
+        });
+        maker.finish(done);
+        let mut spans = Vec::new();
+        maker.take(&mut spans);
+        let span = &spans[0];
+        assert_eq!((span.trace_id, span.parent_span_id), (parent.trace_id, Some(parent.span_id)));
+        assert_eq!((span.kind, span.name.as_str(), span.error), (SpanKind::Client, "LPUSH", true));
+        let attribute = |key: &str| span.attributes.iter().find(|(k, _)| *k == key).map(|(_, v)| v.clone());
+        assert_eq!(attribute("db.system.name"), Some(AttributeValue::Str("redis".into())));
+        assert_eq!(attribute("db.query.summary"), Some(AttributeValue::Str("LPUSH".into())));
+        assert_eq!(attribute("error.type"), Some(AttributeValue::Str("WRONGTYPE".into())));
+        assert_eq!(attribute("server.port"), Some(AttributeValue::Int(6379)));
+        assert_eq!(attribute("http.request.method"), None);
     }
 
     #[test]
