@@ -4,7 +4,7 @@
 set -euo pipefail
 
 BUILD_PACKAGES=(clang-19 llvm-19 libelf-dev zlib1g-dev pkg-config make gcc)
-TEST_PACKAGES=(prometheus bpftool bpftrace curl python3 python3-jsonschema hyperfine procps nginx openssl wrk nftables iproute2 iperf3 systemd docker.io busybox-static protobuf-compiler golang-github-google-pprof-dev golang-github-prometheus-client-model-dev redis-server redis-tools)
+TEST_PACKAGES=(prometheus bpftool bpftrace curl python3 python3-jsonschema hyperfine procps nginx openssl wrk nftables iproute2 iperf3 systemd docker.io busybox-static protobuf-compiler golang-github-google-pprof-dev golang-github-prometheus-client-model-dev redis-server redis-tools postgresql postgresql-client)
 
 want=("${BUILD_PACKAGES[@]}")
 if [ "${1:-}" = "--test" ]; then
@@ -40,6 +40,12 @@ fi
 if [ "${1:-}" = "--test" ] && ! python3 -c "import redis" 2>/dev/null; then
   echo "setup: installing redis-py for python3"
   python3 -m pip install --quiet --disable-pip-version-check "redis==5.2.1"
+fi
+
+# psycopg 3, the PostgreSQL client the database tests drive alongside psql.
+if [ "${1:-}" = "--test" ] && ! python3 -c "import psycopg" 2>/dev/null; then
+  echo "setup: installing psycopg for python3"
+  python3 -m pip install --quiet --disable-pip-version-check "psycopg[binary]==3.2.3"
 fi
 
 # The Kubernetes schemas (bundled, no cluster needed) that the deploy tests validate the

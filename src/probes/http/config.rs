@@ -58,6 +58,8 @@ pub struct Protocols {
     pub http: bool,
     /// Redis (RESP2 and RESP3).
     pub redis: bool,
+    /// PostgreSQL (protocol 3.0: simple and extended queries).
+    pub postgresql: bool,
 }
 
 impl Default for Protocols {
@@ -65,6 +67,7 @@ impl Default for Protocols {
         Protocols {
             http: true,
             redis: true,
+            postgresql: true,
         }
     }
 }
@@ -74,7 +77,9 @@ impl Protocols {
     pub fn kernel_bits(&self) -> u32 {
         use super::skel::types::psc_l7_protocol as P;
         let bit = |on: bool, protocol: P| u32::from(on) << protocol.0;
-        bit(self.http, P::PSC_PROTO_HTTP) | bit(self.redis, P::PSC_PROTO_REDIS)
+        bit(self.http, P::PSC_PROTO_HTTP)
+            | bit(self.redis, P::PSC_PROTO_REDIS)
+            | bit(self.postgresql, P::PSC_PROTO_POSTGRES)
     }
 }
 

@@ -3,6 +3,7 @@
 use std::collections::VecDeque;
 
 use super::parser::{Expect, Frame, Framer, Kind, TraceHeaders};
+use super::pg::PgConnection;
 use super::resp::RespConnection;
 use crate::model::span::SpanContext;
 
@@ -28,6 +29,7 @@ pub enum Direction {
 pub enum Protocol {
     Http,
     Redis,
+    Postgres,
 }
 
 /// One request and its response.
@@ -293,6 +295,7 @@ impl Connection {
 pub enum Framing {
     Http(Connection),
     Redis(RespConnection),
+    Postgres(PgConnection),
 }
 
 impl Framing {
@@ -300,6 +303,7 @@ impl Framing {
         match protocol {
             Protocol::Http => Framing::Http(Connection::new(role)),
             Protocol::Redis => Framing::Redis(RespConnection::new(role)),
+            Protocol::Postgres => Framing::Postgres(PgConnection::new(role)),
         }
     }
 
@@ -307,6 +311,7 @@ impl Framing {
         match self {
             Framing::Http(_) => Protocol::Http,
             Framing::Redis(_) => Protocol::Redis,
+            Framing::Postgres(_) => Protocol::Postgres,
         }
     }
 
@@ -314,6 +319,7 @@ impl Framing {
         match self {
             Framing::Http(c) => c.role(),
             Framing::Redis(c) => c.role(),
+            Framing::Postgres(c) => c.role(),
         }
     }
 
@@ -322,6 +328,7 @@ impl Framing {
         match self {
             Framing::Http(c) => c.buffered(),
             Framing::Redis(c) => c.buffered(),
+            Framing::Postgres(c) => c.buffered(),
         }
     }
 
@@ -330,6 +337,7 @@ impl Framing {
         match self {
             Framing::Http(c) => c.abandon_partial(),
             Framing::Redis(c) => c.abandon_partial(),
+            Framing::Postgres(c) => c.abandon_partial(),
         }
     }
 
@@ -339,6 +347,7 @@ impl Framing {
         match self {
             Framing::Http(c) => c.take_losses(),
             Framing::Redis(c) => c.take_losses(),
+            Framing::Postgres(c) => c.take_losses(),
         }
     }
 
@@ -354,6 +363,7 @@ impl Framing {
         match self {
             Framing::Http(c) => c.feed_by(direction, data, len, at, tid),
             Framing::Redis(c) => c.feed_by(direction, data, len, at, tid),
+            Framing::Postgres(c) => c.feed_by(direction, data, len, at, tid),
         }
     }
 
@@ -362,6 +372,7 @@ impl Framing {
         match self {
             Framing::Http(c) => c.new_requests().for_each(&mut decide),
             Framing::Redis(c) => c.new_requests().for_each(&mut decide),
+            Framing::Postgres(c) => c.new_requests().for_each(&mut decide),
         }
     }
 
@@ -369,7 +380,7 @@ impl Framing {
     pub fn close(&mut self, at: u64) -> Vec<Exchange> {
         match self {
             Framing::Http(c) => c.close(at),
-            Framing::Redis(_) => Vec::new(),
+            Framing::Redis(_) | Framing::Postgres(_) => Vec::new(),
         }
     }
 }

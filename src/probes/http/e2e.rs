@@ -269,3 +269,193 @@ fn hostile_redis_bytes_never_crash_the_agent_or_name_a_series() {
     let m = eventually(&agent, |m| count(m, &cli, "SET", None) == 1.0);
     assert_eq!(count(&m, &cli, "SET", None), 1.0);
 }
+
+/// A PostgreSQL cluster of its own, made by `initdb` (trust authentication, as the
+/// `postgres` user, since the server refuses to run as root) on a loopback port.
+struct PgServer {
+    child: std::process::Child,
+    port: u16,
+    _dir: crate::common::TempDir,
+}
+
+impl PgServer {
+    fn start() -> PgServer {
+        let dir = crate::common::TempDir::new("postgres");
+        let bin = postgres_bin();
+        let data = dir.path().join("data");
+        let chown = Command::new("chown").arg("postgres").arg(dir.path()).status();
+        assert!(chown.is_ok_and(|s| s.success()), "chown to postgres");
+        let initdb = as_postgres(&bin.join("initdb"))
+            .args(["--auth=trust", "-U", "postgres", "-D"])
+            .arg(&data)
+            .output()
+            .expect("initdb runs (scripts/setup.sh --test installs postgresql)");
+        assert!(initdb.status.success(), "initdb: {initdb:?}");
+        let port = free_port();
+        let child = as_postgres(&bin.join("postgres"))
+            .arg("-D")
+            .arg(&data)
+            .args(["-p", &port.to_string(), "-c", "listen_addresses=127.0.0.1"])
+            .arg("-k")
+            .arg(dir.path())
+            .args(["-c", "fsync=off", "-c", "ssl=off"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("postgres runs");
+        let server = PgServer {
+            child,
+            port,
+            _dir: dir,
+        };
+        for _ in 0..200 {
+            let ready = Command::new(bin.join("pg_isready"))
+                .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+                .output()
+                .is_ok_and(|o| o.status.success());
+            if ready {
+                return server;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("postgres did not listen on {port}");
+    }
+
+    fn psql(&self, statements: &[&str]) {
+        let mut command = Command::new("psql");
+        command.args(["-X", "-q", "-h", "127.0.0.1", "-U", "postgres"]);
+        command.args(["-p", &self.port.to_string()]);
+        for statement in statements {
+            command.args(["-c", statement]);
+        }
+        // A failing statement makes psql exit 1; the test counts it.
+        command.output().expect("psql runs");
+    }
+}
+
+impl Drop for PgServer {
+    fn drop(&mut self) {
+        // A fast shutdown: the server stops its backends.
+        let _ = Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+/// `program` run as the `postgres` user, exec'd in place (setpriv does not fork), so
+/// that the child is the program itself.
+fn as_postgres(program: &std::path::Path) -> Command {
+    let mut command = Command::new("setpriv");
+    command.args(["--reuid=postgres", "--regid=postgres", "--init-groups", "--"]);
+    command.arg(program);
+    command
+}
+
+/// The newest PostgreSQL's programs (Debian keeps them out of PATH).
+fn postgres_bin() -> std::path::PathBuf {
+    let mut versions: Vec<_> = std::fs::read_dir("/usr/lib/postgresql")
+        .expect("postgresql is installed")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    versions.sort();
+    versions.pop().expect("a postgresql version").join("bin")
+}
+
+/// psycopg on one connection, after a go: prepared SELECTs (extended protocol, named
+/// statements after the first executions), inserts, and a unique violation.
+/// argv: port selects inserts
+const PSYCOPG: &str = r#"
+import sys, psycopg
+port, selects, inserts = map(int, sys.argv[1:4])
+c = psycopg.connect("host=127.0.0.1 user=postgres port=%d" % port, autocommit=True)
+print("ready", flush=True)
+sys.stdin.readline()
+for i in range(selects):
+    c.execute("SELECT a FROM t WHERE a = %s", (i,), prepare=True).fetchall()
+for i in range(inserts):
+    c.execute("INSERT INTO t VALUES (%s)", (1000 + i,))
+try:
+    c.execute("INSERT INTO t VALUES (%s)", (1000,))
+except psycopg.errors.UniqueViolation:
+    pass
+print("done", flush=True)
+sys.stdin.readline()
+"#;
+
+fn pg_count(m: &Metrics, who: &[(&str, &str)], operation: &str, error: Option<&str>) -> f64 {
+    let mut want = who.to_vec();
+    want.push(("db_system_name", "postgresql"));
+    want.push(("db_operation_name", operation));
+    m.find(DURATION_COUNT, &want)
+        .filter(|(_, labels, _)| labels.get("error_type").map(String::as_str) == error)
+        .map(|(_, _, v)| v)
+        .sum()
+}
+
+#[test]
+fn postgresql_statements_count_exactly_by_verb_and_sqlstate_class() {
+    let _kernel = kernel_lock();
+    if !have_root("postgresql_statements_count_exactly") {
+        return;
+    }
+    let server = PgServer::start();
+    let agent = Agent::start(&config(true));
+    // Simple queries: one statement per -c, and three in one query, counted one by one.
+    server.psql(&["CREATE TABLE t (a int PRIMARY KEY)"]);
+    server.psql(&[
+        "INSERT INTO t VALUES (1)",
+        "INSERT INTO t VALUES (2); INSERT INTO t VALUES (3); SELECT count(*) FROM t",
+    ]);
+    server.psql(&["SELECT * FROM missing"]);
+    server.psql(&["BEGIN; SELECT 1/0; SELECT 2; COMMIT"]);
+    let port = server.port.to_string();
+    let (selects, inserts) = (12, 5);
+    let mut py = Helper::spawn(PSYCOPG, &[port.clone(), "12".into(), "5".into()]);
+    py.run();
+
+    let py_pid = py.pid().to_string();
+    let client = [("role", "client"), ("process_pid", py_pid.as_str())];
+    let psql = [("role", "client"), ("process_executable_name", "psql")];
+    let served = [("role", "server"), ("server_port", port.as_str())];
+    let m = eventually(&agent, |m| {
+        pg_count(m, &served, "INSERT", Some("23")) == 1.0
+            && pg_count(m, &psql, "SELECT", Some("22")) == 1.0
+    });
+    // psql: CREATE, three INSERTs, a count, a missing table (42), and a transaction
+    // whose division by zero (22) aborts the rest of its query.
+    assert_eq!(pg_count(&m, &psql, "CREATE", None), 1.0);
+    assert_eq!(pg_count(&m, &psql, "INSERT", None), 3.0);
+    assert_eq!(pg_count(&m, &psql, "SELECT", None), 1.0);
+    assert_eq!(pg_count(&m, &psql, "SELECT", Some("42")), 1.0);
+    assert_eq!(pg_count(&m, &psql, "BEGIN", None), 1.0);
+    assert_eq!(pg_count(&m, &psql, "SELECT", Some("22")), 1.0);
+    assert_eq!(pg_count(&m, &psql, "COMMIT", None), 0.0);
+    // psycopg, through the extended protocol.
+    assert_eq!(pg_count(&m, &client, "SELECT", None), selects as f64);
+    assert_eq!(pg_count(&m, &client, "INSERT", None), inserts as f64);
+    assert_eq!(pg_count(&m, &client, "INSERT", Some("23")), 1.0);
+    let all_client: f64 = m
+        .find(DURATION_COUNT, &client)
+        .map(|(_, _, v)| v)
+        .sum();
+    assert_eq!(all_client, (selects + inserts + 1) as f64);
+    // The server's backends count the same, for every client together.
+    assert_eq!(pg_count(&m, &served, "SELECT", None), selects as f64 + 1.0);
+    assert_eq!(pg_count(&m, &served, "INSERT", None), inserts as f64 + 3.0);
+    assert_eq!(pg_count(&m, &served, "INSERT", Some("23")), 1.0);
+    assert_eq!(pg_count(&m, &served, "SELECT", Some("42")), 1.0);
+    assert_eq!(pg_count(&m, &served, "SELECT", Some("22")), 1.0);
+    py.finish();
+
+    // Junk after a startup message's shape, and a query of binary bytes: no names.
+    let mut junk = vec![0, 0, 0, 9, 0, 3, 0, 0, 0];
+    junk.extend_from_slice(b"Q\x00\x00\x00\x0a\x1b[31m\"\0");
+    junk.extend_from_slice(&[0xff; 64]);
+    send_raw(server.port, &junk);
+    let m = agent.metrics();
+    for (_, labels, _) in m.find(DURATION_COUNT, &[("db_system_name", "postgresql")]) {
+        let operation = &labels["db_operation_name"];
+        assert!(operation.bytes().all(|b| b.is_ascii_uppercase() || b == b'_'), "{labels:?}");
+    }
+}

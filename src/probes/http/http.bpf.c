@@ -89,6 +89,8 @@ enum psc_http_verdict {
 	PSC_VERDICT_OTHER = 2, /* not HTTP/1.x: never looked at again */
 	PSC_VERDICT_TLS = 3,   /* a TLS handshake: the uprobes may report the plaintext */
 	PSC_VERDICT_REDIS = 4, /* a RESP command */
+	/* A PostgreSQL startup message or SSL request: framed by user space. */
+	PSC_VERDICT_POSTGRES = 5,
 };
 
 /* Verdicts of plaintext the kernel frames. */
@@ -524,6 +526,20 @@ static __always_inline __u8 resp_verdict(const char *data, __u32 captured)
 	return PSC_VERDICT_OTHER;
 }
 
+/* Whether bytes that open a request stream are a PostgreSQL startup message (a length
+ * under 64 KiB, then protocol 3.0) or an SSL or GSS encryption request (length 8). */
+static __always_inline __u8 postgres_verdict(const char *data, __u32 captured)
+{
+	if (!(protocols & PSC_PROTO_BIT(PSC_PROTO_POSTGRES)) || captured < 8 || data[1] != 0)
+		return PSC_VERDICT_OTHER;
+	if (data[4] == 0 && data[5] == 3 && data[6] == 0 && data[7] == 0)
+		return PSC_VERDICT_POSTGRES;
+	if (data[2] == 0 && data[3] == 8 && data[4] == 0x04 && (__u8)data[5] == 0xd2 &&
+	    data[6] == 0x16 && (data[7] == 0x2f || data[7] == 0x30))
+		return PSC_VERDICT_POSTGRES;
+	return PSC_VERDICT_OTHER;
+}
+
 /* Longest method token a request may start with (user space: MAX_METHOD_BYTES). */
 #define PSC_HTTP_MAX_METHOD 16
 
@@ -553,6 +569,8 @@ static __always_inline __u8 request_verdict(const char *data, __u32 captured, __
 		return protocols & PSC_PROTO_BIT(PSC_PROTO_HTTP) ? PSC_VERDICT_TLS : PSC_VERDICT_OTHER;
 	if (!*seen && data[0] == '*')
 		return resp_verdict(data, captured);
+	if (!*seen && data[0] == 0)
+		return postgres_verdict(data, captured);
 	if (!(protocols & PSC_PROTO_BIT(PSC_PROTO_HTTP)))
 		return PSC_VERDICT_OTHER;
 	for (int i = 0; i <= PSC_HTTP_MAX_METHOD; i++) {
@@ -1625,6 +1643,8 @@ static __always_inline int socket_io(struct sock *sk, const struct sk_buff *skb,
 		sock->verdict = verdict;
 		if (verdict == PSC_VERDICT_REDIS)
 			sock->conn.protocol = PSC_PROTO_REDIS;
+		else if (verdict == PSC_VERDICT_POSTGRES)
+			sock->conn.protocol = PSC_PROTO_POSTGRES;
 		if (verdict == PSC_VERDICT_OTHER || verdict == PSC_VERDICT_TLS)
 			return 0;
 	}

@@ -18,6 +18,7 @@ struct psc_conn_key {
 enum psc_l7_protocol {
 	PSC_PROTO_HTTP = 0,
 	PSC_PROTO_REDIS = 1, /* RESP */
+	PSC_PROTO_POSTGRES = 2, /* framed in user space */
 };
 
 /* Bits of the `protocols` setting of http.bpf.c: which protocols are looked for. */

@@ -10,6 +10,7 @@
 
 pub mod conn;
 pub mod parser;
+pub mod pg;
 pub mod redis;
 pub mod resp;
 pub mod routes;
@@ -80,15 +81,16 @@ const KIND_SPAN_START: u8 = types::psc_http_event_kind::PSC_HTTP_SPAN_START.0 as
 const KIND_SPAN_END: u8 = types::psc_http_event_kind::PSC_HTTP_SPAN_END.0 as u8;
 const ROLE_SERVER: u8 = types::psc_http_role::PSC_ROLE_SERVER.0 as u8;
 const PROTO_REDIS: u8 = types::psc_l7_protocol::PSC_PROTO_REDIS.0 as u8;
+const PROTO_POSTGRES: u8 = types::psc_l7_protocol::PSC_PROTO_POSTGRES.0 as u8;
 const RESP_NAME_BYTES: usize = types::psc_resp_line::PSC_RESP_NAME_BYTES.0 as usize;
 const RESP_ERROR_AT: usize = types::psc_resp_line::PSC_RESP_ERROR_AT.0 as usize;
 
 /// The protocol of the connection an event is of.
 fn protocol_of(event: &types::psc_http_event) -> Protocol {
-    if event.protocol == PROTO_REDIS {
-        Protocol::Redis
-    } else {
-        Protocol::Http
+    match event.protocol {
+        PROTO_REDIS => Protocol::Redis,
+        PROTO_POSTGRES => Protocol::Postgres,
+        _ => Protocol::Http,
     }
 }
 
@@ -165,6 +167,7 @@ impl Exchanges {
         match self.protocol {
             Protocol::Http => "http",
             Protocol::Redis => "redis",
+            Protocol::Postgres => "postgresql",
         }
     }
 }
@@ -713,7 +716,7 @@ impl HttpProbe {
                 // A Redis command carries no trace context: no head follows.
                 let head = match protocol_of(event) {
                     Protocol::Http => parser::parse_request_head(data),
-                    Protocol::Redis => None,
+                    Protocol::Redis | Protocol::Postgres => None,
                 };
                 // Without a traceparent, the kernel's draw made it a root that is kept;
                 // with one user space finds invalid, the sampler decides its root.
@@ -994,50 +997,46 @@ impl HttpProbe {
             self.connections_refused += 1;
             return;
         }
-        let mut conn = Connection::new(role);
-        if record.key.protocol == PROTO_REDIS {
-            let mut resp = resp::RespConnection::new(role);
-            if record.line_len > 0 {
-                let (command, _) = redis_line(&record);
-                let context = match &mut self.spans {
-                    Some(spans) if record.sampled != 0 => spans.take_started(started_key(&record)),
-                    _ => None,
-                };
-                resp.resume(command, record.start_ns, record.tid, context);
+        // The request the kernel framed, awaiting its answer, if any: its span was
+        // decided in the kernel, the context it started or none.
+        let pending = record.line_len > 0;
+        let context = match &mut self.spans {
+            Some(spans) if pending && record.sampled != 0 => spans.take_started(started_key(&record)),
+            _ => None,
+        };
+        let conn = match protocol_of(event) {
+            Protocol::Http => {
+                let mut conn = Connection::new(role);
+                let framed = pending
+                    .then(|| parser::parse_framed_line(framed_line(&record)))
+                    .flatten();
+                if let Some((method, path)) = framed {
+                    conn.resume(
+                        method,
+                        path,
+                        record.start_ns,
+                        record.request_body,
+                        record.tid,
+                        context,
+                    );
+                }
+                Framing::Http(conn)
             }
-            self.connections.insert(
-                key,
-                Tracked {
-                    conn: Framing::Redis(resp),
-                    tls: false,
-                    last: None,
-                    skip: u64::from(record.skip),
-                    holding_since: None,
-                },
-            );
-            return;
-        }
-        if record.line_len > 0 {
-            if let Some((method, path)) = parser::parse_framed_line(framed_line(&record)) {
-                // The kernel decided its span: the context it started, or none.
-                let context = match &mut self.spans {
-                    Some(spans) if record.sampled != 0 => spans.take_started(started_key(&record)),
-                    _ => None,
-                };
-                conn.resume(
-                    method,
-                    path,
-                    record.start_ns,
-                    record.request_body,
-                    record.tid,
-                    context,
-                );
+            Protocol::Redis => {
+                let mut resp = resp::RespConnection::new(role);
+                if pending {
+                    let (command, _) = redis_line(&record);
+                    resp.resume(command, record.start_ns, record.tid, context);
+                }
+                Framing::Redis(resp)
             }
-        }
+            // Never framed in the kernel: handed over at its first bytes.
+            protocol @ Protocol::Postgres => Framing::new(protocol, role),
+        };
         self.connections.insert(
             key,
             Tracked {
-                conn: Framing::Http(conn),
+                conn,
                 tls: false,
                 last: None,
                 skip: u64::from(record.skip),
@@ -1144,7 +1143,13 @@ impl HttpProbe {
             Protocol::Redis => Some(spans::DbCall {
                 system: "redis",
                 operation: redis::command_name(&exchange.method),
-                error_type: redis::error_type(exchange.status != 0, &exchange.error_type),
+                error_type: redis::error_type(exchange.status != 0, &exchange.error_type)
+                    .to_string(),
+            }),
+            Protocol::Postgres => Some(spans::DbCall {
+                system: "postgresql",
+                operation: pg::verb(exchange.method.as_bytes()),
+                error_type: exchange.error_type.clone(),
             }),
         };
         spans.finish(spans::Finished {
@@ -1193,7 +1198,7 @@ impl HttpProbe {
         };
         let route = match exchange.protocol {
             Protocol::Http => self.routes.route(&name, &exchange.path),
-            Protocol::Redis => String::new(),
+            Protocol::Redis | Protocol::Postgres => String::new(),
         };
         // Clients report whom they called, capped per service; servers are themselves.
         let mut server_port = server_port;
@@ -1223,6 +1228,12 @@ impl HttpProbe {
                 redis::command_name(&exchange.method).to_string(),
                 0,
                 redis::error_type(exchange.status != 0, &exchange.error_type).to_string(),
+            ),
+            // The framer names statements and errors from closed sets already.
+            Protocol::Postgres => (
+                exchange.method.clone(),
+                0,
+                exchange.error_type.clone(),
             ),
         };
         let exchanges = Exchanges {
@@ -1344,7 +1355,7 @@ impl HttpProbe {
         let body = histogram_samples(self.body_bounds.len());
         let cost = |key: &Exchanges, _: &SeriesStats| match key.protocol {
             Protocol::Http => duration + 2 * body,
-            Protocol::Redis => db_duration,
+            Protocol::Redis | Protocol::Postgres => db_duration,
         };
         self.lifecycle
             .export(self.series.clone(), &first_seen, cost)

@@ -141,7 +141,7 @@ pub struct DbCall {
     /// The operation, from the closed set of the system's names (`_OTHER` outside it).
     pub operation: &'static str,
     /// The error's type when it failed; empty otherwise.
-    pub error_type: &'static str,
+    pub error_type: String,
 }
 
 impl SpanMaker {
@@ -424,7 +424,7 @@ impl SpanMaker {
             AttributeValue::Int(i64::from(done.server_port)),
         ));
         if !db.error_type.is_empty() {
-            attributes.push(("error.type", AttributeValue::Str(db.error_type.into())));
+            attributes.push(("error.type", AttributeValue::Str(db.error_type.clone())));
         }
         Span {
             trace_id: done.context.trace_id,
@@ -565,7 +565,7 @@ mod tests {
         done.db = Some(DbCall {
             system: "redis",
             operation: "LPUSH",
-            error_type: "WRONGTYPE",
+            error_type: "WRONGTYPE".into(),
         });
         maker.finish(done);
         let mut spans = Vec::new();

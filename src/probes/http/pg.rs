@@ -1,0 +1,696 @@
+//! PostgreSQL framing in user space (the frontend/backend protocol 3.0): every statement
+//! a client runs, through the simple query protocol (each statement of a multi-statement
+//! query counted) or the extended one (Parse, Bind, Execute, Sync; named prepared
+//! statements too), paired with its CommandComplete or ErrorResponse.
+//!
+//! Every message but the first of each side is a type byte and a length; only the first
+//! bytes of each are looked at, the rest skipped by length, so a large row or COPY costs
+//! nothing to frame and bytes past the capture are skipped unseen.
+
+use std::collections::{HashMap, VecDeque};
+
+use super::conn::{Direction, Exchange, NewRequest, Protocol, Role};
+use crate::model::span::SpanContext;
+
+/// Statements waiting for their completion on one connection, at most.
+const MAX_PENDING: usize = 4096;
+/// Prepared statements and portals remembered per connection, at most; beyond, the
+/// oldest unnamed ones are not kept and their executions are `_OTHER`.
+const MAX_PREPARED: usize = 256;
+/// Bytes of a message's payload looked at: a query's start, a tag, an error's fields.
+const MAX_KEPT: usize = 512;
+/// A message longer than this is not PostgreSQL (the server refuses 1 GiB and more).
+const MAX_MESSAGE: u32 = 1 << 30;
+
+/// SQL verbs a statement may be named by; others are `_OTHER`.
+const VERBS: &[&str] = &[
+    "SELECT", "INSERT", "UPDATE", "DELETE", "MERGE", "WITH", "VALUES", "TABLE", "COPY",
+    "BEGIN", "START", "COMMIT", "END", "ROLLBACK", "SAVEPOINT", "RELEASE", "PREPARE",
+    "EXECUTE", "DEALLOCATE", "CREATE", "ALTER", "DROP", "TRUNCATE", "GRANT", "REVOKE",
+    "COMMENT", "ANALYZE", "VACUUM", "EXPLAIN", "SET", "RESET", "SHOW", "DISCARD", "LOCK",
+    "LISTEN", "NOTIFY", "UNLISTEN", "DECLARE", "FETCH", "MOVE", "CLOSE", "CALL", "DO",
+    "REFRESH", "REINDEX", "CLUSTER", "CHECKPOINT", "LOAD", "IMPORT", "SECURITY", "REASSIGN",
+];
+
+/// What stands for a verb outside the known set.
+pub const OTHER: &str = "_OTHER";
+
+/// The `db_operation_name` of a statement's text or command tag: its first word,
+/// upper-cased, from the closed set.
+pub fn verb(text: &[u8]) -> &'static str {
+    let text = skip_comments(text);
+    let word: Vec<u8> = text
+        .iter()
+        .take_while(|b| b.is_ascii_alphabetic())
+        .take(16)
+        .map(u8::to_ascii_uppercase)
+        .collect();
+    VERBS
+        .iter()
+        .find(|v| v.as_bytes() == word.as_slice())
+        .copied()
+        .unwrap_or(OTHER)
+}
+
+/// Leading white space and SQL comments (`-- ...` lines, `/* ... */` blocks).
+fn skip_comments(mut text: &[u8]) -> &[u8] {
+    loop {
+        let trimmed = text.trim_ascii_start();
+        if let Some(rest) = trimmed.strip_prefix(b"--") {
+            let end = rest.iter().position(|&b| b == b'\n').map_or(rest.len(), |i| i + 1);
+            text = &rest[end..];
+        } else if let Some(rest) = trimmed.strip_prefix(b"/*") {
+            let end = rest.windows(2).position(|w| w == b"*/").map_or(rest.len(), |i| i + 2);
+            text = &rest[end..];
+        } else {
+            return trimmed;
+        }
+    }
+}
+
+/// The `error_type` of an ErrorResponse's SQLSTATE: its class, the first two of its
+/// five characters (`42` for a syntax error or undefined table, `23` for a constraint).
+pub fn error_class(sqlstate: &[u8]) -> String {
+    match sqlstate {
+        [a, b, ..] if a.is_ascii_alphanumeric() && b.is_ascii_alphanumeric() => {
+            String::from_utf8_lossy(&[a.to_ascii_uppercase(), b.to_ascii_uppercase()]).into_owned()
+        }
+        _ => OTHER.to_string(),
+    }
+}
+
+/// A message framed whole: its type (0 for an untyped startup-phase message) and the
+/// first bytes of its payload.
+struct Message {
+    kind: u8,
+    payload: Vec<u8>,
+}
+
+/// One direction's stream of messages.
+#[derive(Debug, Clone, Default)]
+struct Messages {
+    /// The next message has no type byte (a startup, SSL or cancel request).
+    untyped: bool,
+    /// Bytes of the header being read: a type byte (unless untyped) and a length.
+    header: Vec<u8>,
+    kind: u8,
+    /// Payload bytes still to come of the message being read, and its first ones.
+    left: u32,
+    kept: Vec<u8>,
+    in_message: bool,
+    /// Framing was lost for good: bytes past the capture outside a payload, a length no
+    /// message has, or TLS after an SSLRequest the server accepted.
+    lost: bool,
+    losses: u64,
+}
+
+impl Messages {
+    fn lose(&mut self) {
+        if !self.lost {
+            self.losses += 1;
+        }
+        self.lost = true;
+        self.header.clear();
+        self.kept.clear();
+        self.in_message = false;
+    }
+
+    /// Feeds `len` bytes, `data` of them captured; completed messages go to `out`.
+    fn feed(&mut self, data: &[u8], len: u64, out: &mut Vec<Message>) {
+        if self.lost {
+            return;
+        }
+        let mut i = 0;
+        while i < data.len() {
+            if !self.in_message {
+                let want = if self.untyped { 4 } else { 5 };
+                let take = (want - self.header.len()).min(data.len() - i);
+                self.header.extend_from_slice(&data[i..i + take]);
+                i += take;
+                if self.header.len() < want {
+                    break;
+                }
+                let (kind, length) = if self.untyped {
+                    (0, &self.header[..4])
+                } else {
+                    (self.header[0], &self.header[1..5])
+                };
+                let length = u32::from_be_bytes([length[0], length[1], length[2], length[3]]);
+                if !(4..MAX_MESSAGE).contains(&length) || (kind != 0 && !kind.is_ascii_graphic()) {
+                    self.lose();
+                    return;
+                }
+                self.kind = kind;
+                self.left = length - 4;
+                self.header.clear();
+                self.untyped = false;
+                self.in_message = true;
+            }
+            let take = (self.left as usize).min(data.len() - i);
+            let room = MAX_KEPT.saturating_sub(self.kept.len()).min(take);
+            self.kept.extend_from_slice(&data[i..i + room]);
+            self.left -= take as u32;
+            i += take;
+            if self.left == 0 {
+                self.in_message = false;
+                out.push(Message {
+                    kind: self.kind,
+                    payload: std::mem::take(&mut self.kept),
+                });
+            }
+        }
+        let uncaptured = len.saturating_sub(data.len() as u64);
+        if uncaptured == 0 {
+            return;
+        }
+        if self.in_message && u64::from(self.left) >= uncaptured {
+            self.left -= uncaptured as u32;
+            if self.left == 0 {
+                self.in_message = false;
+                out.push(Message {
+                    kind: self.kind,
+                    payload: std::mem::take(&mut self.kept),
+                });
+            }
+        } else {
+            self.lose();
+        }
+    }
+}
+
+/// What waits for the backend's answers, in the order sent.
+#[derive(Debug, Clone)]
+enum Waiting {
+    /// A statement: executed (extended protocol) or one of a simple query's. `chained`
+    /// ones start when the statement before them completes.
+    Statement {
+        verb: &'static str,
+        start: u64,
+        chained: bool,
+        tid: u32,
+        context: Option<SpanContext>,
+        decided: bool,
+    },
+    /// A Sync, or a simple query's end: ReadyForQuery answers it.
+    End,
+}
+
+/// Pairs the statements of one PostgreSQL connection with their completions.
+#[derive(Debug, Clone)]
+pub struct PgConnection {
+    role: Role,
+    frontend: Messages,
+    backend: Messages,
+    /// The backend answers an SSL or GSS request with one byte, no message.
+    awaiting_answer_byte: bool,
+    waiting: VecDeque<Waiting>,
+    /// Verbs of prepared statements and the statements of portals, by name.
+    statements: HashMap<Vec<u8>, &'static str>,
+    portals: HashMap<Vec<u8>, &'static str>,
+    pending_dropped: u64,
+}
+
+impl PgConnection {
+    pub fn new(role: Role) -> PgConnection {
+        PgConnection {
+            role,
+            frontend: Messages {
+                untyped: true,
+                ..Messages::default()
+            },
+            backend: Messages::default(),
+            awaiting_answer_byte: false,
+            waiting: VecDeque::new(),
+            statements: HashMap::new(),
+            portals: HashMap::new(),
+            pending_dropped: 0,
+        }
+    }
+
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// Bytes held of headers and payload starts not yet complete.
+    pub fn buffered(&self) -> usize {
+        self.frontend.header.len()
+            + self.frontend.kept.len()
+            + self.backend.header.len()
+            + self.backend.kept.len()
+    }
+
+    /// Drops what `buffered` counts, and with it the framing of this connection.
+    pub fn abandon_partial(&mut self) {
+        self.frontend.lose();
+        self.backend.lose();
+    }
+
+    /// Statements dropped unanswered past the pending limit, and times framing was lost.
+    pub fn take_losses(&mut self) -> (u64, u64) {
+        let lost =
+            std::mem::take(&mut self.frontend.losses) + std::mem::take(&mut self.backend.losses);
+        (std::mem::take(&mut self.pending_dropped), lost)
+    }
+
+    /// Statements sent since the last call, for their span contexts to be decided; a
+    /// client's only.
+    pub fn new_requests(&mut self) -> impl Iterator<Item = NewRequest<'_>> {
+        let client = self.role == Role::Client;
+        self.waiting.iter_mut().filter_map(move |w| match w {
+            Waiting::Statement {
+                start,
+                tid,
+                context,
+                decided,
+                ..
+            } if client && !*decided => {
+                *decided = true;
+                Some(NewRequest {
+                    tid: *tid,
+                    at: *start,
+                    trace: None,
+                    context,
+                })
+            }
+            _ => None,
+        })
+    }
+
+    /// Feeds one read or write of thread `tid`; returns the statements it completed.
+    pub fn feed_by(
+        &mut self,
+        direction: Direction,
+        data: &[u8],
+        len: u64,
+        at: u64,
+        tid: u32,
+    ) -> Vec<Exchange> {
+        let frontend = matches!(
+            (self.role, direction),
+            (Role::Server, Direction::Ingress) | (Role::Client, Direction::Egress)
+        );
+        let mut messages = Vec::new();
+        if frontend {
+            self.frontend.feed(data, len, &mut messages);
+            for message in messages {
+                self.on_frontend(message, at, tid);
+            }
+            return Vec::new();
+        }
+        let mut data = data;
+        let mut len = len;
+        if self.awaiting_answer_byte && !data.is_empty() {
+            self.awaiting_answer_byte = false;
+            if data[0] != b'N' {
+                // 'S' (or 'G'): TLS or GSS encryption follows; the plaintext, if any,
+                // comes through the OpenSSL uprobes as a connection of its own.
+                self.frontend.lost = true;
+                self.backend.lost = true;
+                return Vec::new();
+            }
+            data = &data[1..];
+            len -= 1;
+            self.frontend.untyped = true;
+        }
+        self.backend.feed(data, len, &mut messages);
+        let mut done = Vec::new();
+        for message in messages {
+            self.on_backend(message, at, &mut done);
+        }
+        done
+    }
+
+    fn push(&mut self, waiting: Waiting) {
+        if self.waiting.len() >= MAX_PENDING {
+            if let Some(Waiting::Statement { .. }) = self.waiting.pop_front() {
+                self.pending_dropped += 1;
+            }
+        }
+        self.waiting.push_back(waiting);
+    }
+
+    fn statement(verb: &'static str, start: u64, chained: bool, tid: u32) -> Waiting {
+        Waiting::Statement {
+            verb,
+            start,
+            chained,
+            tid,
+            context: None,
+            decided: false,
+        }
+    }
+
+    fn on_frontend(&mut self, message: Message, at: u64, tid: u32) {
+        let payload = &message.payload;
+        match message.kind {
+            0 => {
+                // SSLRequest and GSSENCRequest: the backend answers with one byte.
+                let code = payload.get(..4).map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]));
+                if matches!(code, Some(80877103 | 80877104)) {
+                    self.awaiting_answer_byte = true;
+                }
+            }
+            b'Q' => {
+                // Each statement of the query is counted; the pieces of its text give
+                // their verbs until the text kept runs out.
+                let text = payload.strip_suffix(&[0]).unwrap_or(payload);
+                let mut first = true;
+                for piece in split_statements(text) {
+                    self.push(Self::statement(verb(piece), at, !first, tid));
+                    first = false;
+                }
+                if first {
+                    self.push(Self::statement(OTHER, at, false, tid));
+                }
+                self.push(Waiting::End);
+            }
+            b'P' => {
+                let mut fields = payload.splitn(2, |&b| b == 0);
+                let name = fields.next().unwrap_or_default().to_vec();
+                let query = fields.next().unwrap_or_default();
+                remember(&mut self.statements, name, verb(query));
+            }
+            b'B' => {
+                let mut fields = payload.splitn(3, |&b| b == 0);
+                let portal = fields.next().unwrap_or_default().to_vec();
+                let statement = fields.next().unwrap_or_default();
+                let verb = self.statements.get(statement).copied().unwrap_or(OTHER);
+                remember(&mut self.portals, portal, verb);
+            }
+            b'E' => {
+                let portal = payload.split(|&b| b == 0).next().unwrap_or_default();
+                let verb = self.portals.get(portal).copied().unwrap_or(OTHER);
+                self.push(Self::statement(verb, at, false, tid));
+            }
+            b'S' => self.push(Waiting::End),
+            b'C' => {
+                // Close of a statement ('S') or portal ('P').
+                if let Some((&what, name)) = payload.split_first() {
+                    let name = name.strip_suffix(&[0]).unwrap_or(name);
+                    match what {
+                        b'S' => self.statements.remove(name),
+                        _ => self.portals.remove(name),
+                    };
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn on_backend(&mut self, message: Message, at: u64, done: &mut Vec<Exchange>) {
+        match message.kind {
+            b'C' => {
+                let tag = message.payload.strip_suffix(&[0]).unwrap_or(&message.payload);
+                self.complete(verb(tag), None, at, done);
+            }
+            b'I' => {
+                // An empty query: nothing ran.
+                if matches!(self.waiting.front(), Some(Waiting::Statement { .. })) {
+                    self.waiting.pop_front();
+                }
+            }
+            b'E' => {
+                let code = error_field(&message.payload, b'C');
+                self.complete(OTHER, Some(error_class(code)), at, done);
+                // The backend skips the rest of the query, or up to the next Sync.
+                while matches!(self.waiting.front(), Some(Waiting::Statement { .. })) {
+                    self.waiting.pop_front();
+                }
+            }
+            b'Z' => {
+                // Whatever was not answered before ReadyForQuery never will be.
+                while let Some(waiting) = self.waiting.pop_front() {
+                    if matches!(waiting, Waiting::End) {
+                        break;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The oldest statement waiting completed at `at`: with the tag's verb when it has
+    /// one of its own (a statement's text may have been past what was kept).
+    fn complete(
+        &mut self,
+        tag_verb: &'static str,
+        error: Option<String>,
+        at: u64,
+        done: &mut Vec<Exchange>,
+    ) {
+        let Some(Waiting::Statement {
+            verb,
+            start,
+            tid,
+            context,
+            ..
+        }) = self.waiting.front().cloned()
+        else {
+            return;
+        };
+        self.waiting.pop_front();
+        // The next statement of the same query starts now.
+        if let Some(Waiting::Statement {
+            start: next,
+            chained: true,
+            ..
+        }) = self.waiting.front_mut()
+        {
+            *next = (*next).max(at);
+        }
+        let operation = if tag_verb != OTHER { tag_verb } else { verb };
+        done.push(Exchange {
+            protocol: Protocol::Postgres,
+            method: operation.to_string(),
+            path: String::new(),
+            status: u16::from(error.is_some()),
+            error_type: error.unwrap_or_default(),
+            request_body_bytes: 0,
+            response_body_bytes: 0,
+            start_ns: start,
+            end_ns: at,
+            context,
+            tid,
+        });
+    }
+}
+
+/// Keeps `name` -> `verb`, within MAX_PREPARED names.
+fn remember(map: &mut HashMap<Vec<u8>, &'static str>, name: Vec<u8>, verb: &'static str) {
+    if map.len() >= MAX_PREPARED && !map.contains_key(&name) {
+        return;
+    }
+    map.insert(name, verb);
+}
+
+/// The statements of a simple query's text: split at semicolons outside quotes and
+/// comments, empty ones left out.
+fn split_statements(text: &[u8]) -> Vec<&[u8]> {
+    let mut pieces = Vec::new();
+    let (mut from, mut quote, mut i) = (0, None, 0);
+    while i < text.len() {
+        let b = text[i];
+        match quote {
+            Some(q) if b == q => quote = None,
+            Some(_) => {}
+            None if b == b'\'' || b == b'"' => quote = Some(b),
+            None if b == b';' => {
+                pieces.push(&text[from..i]);
+                from = i + 1;
+            }
+            None if text[i..].starts_with(b"--") => {
+                i += text[i..].iter().position(|&c| c == b'\n').unwrap_or(text.len() - i);
+                continue;
+            }
+            None => {}
+        }
+        i += 1;
+    }
+    pieces.push(&text[from..]);
+    pieces
+        .into_iter()
+        .filter(|p| !skip_comments(p).is_empty())
+        .collect()
+}
+
+/// The value of field `code` of an ErrorResponse (`C`: the SQLSTATE).
+fn error_field(payload: &[u8], code: u8) -> &[u8] {
+    payload
+        .split(|&b| b == 0)
+        .find(|field| field.first() == Some(&code))
+        .map_or(&[][..], |field| &field[1..])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(kind: u8, payload: &[u8]) -> Vec<u8> {
+        let mut m = vec![kind];
+        m.extend_from_slice(&(payload.len() as u32 + 4).to_be_bytes());
+        m.extend_from_slice(payload);
+        m
+    }
+
+    fn startup() -> Vec<u8> {
+        let payload = b"\x00\x03\x00\x00user\x00postgres\x00\x00";
+        let mut m = (payload.len() as u32 + 4).to_be_bytes().to_vec();
+        m.extend_from_slice(payload);
+        m
+    }
+
+    fn ready() -> Vec<u8> {
+        message(b'Z', b"I")
+    }
+
+    fn error(code: &str) -> Vec<u8> {
+        message(b'E', format!("SERROR\0C{code}\0Mno\0\0").as_bytes())
+    }
+
+    fn client() -> PgConnection {
+        let mut c = PgConnection::new(Role::Client);
+        c.feed_by(Direction::Egress, &startup(), startup().len() as u64, 1, 9);
+        let hello = [message(b'R', &[0, 0, 0, 0]), message(b'S', b"a\0b\0"), ready()].concat();
+        assert!(read(&mut c, &hello, 2).is_empty());
+        c
+    }
+
+    fn write(c: &mut PgConnection, data: &[u8], at: u64) {
+        c.feed_by(Direction::Egress, data, data.len() as u64, at, 9);
+    }
+
+    fn read(c: &mut PgConnection, data: &[u8], at: u64) -> Vec<Exchange> {
+        c.feed_by(Direction::Ingress, data, data.len() as u64, at, 9)
+    }
+
+    fn names(done: &[Exchange]) -> Vec<(&str, &str, u64, u64)> {
+        done.iter()
+            .map(|x| (x.method.as_str(), x.error_type.as_str(), x.start_ns, x.end_ns))
+            .collect()
+    }
+
+    #[test]
+    fn each_statement_of_a_simple_query_is_counted_with_its_own_time() {
+        let mut c = client();
+        write(&mut c, &message(b'Q', b"select 1; insert into t values (';'); -- x;\0"), 10);
+        let answer = [
+            message(b'T', b"..."),
+            message(b'D', b"..."),
+            message(b'C', b"SELECT 1\0"),
+        ]
+        .concat();
+        let first = read(&mut c, &answer, 20);
+        let rest = read(&mut c, &[message(b'C', b"INSERT 0 1\0"), ready()].concat(), 35);
+        assert_eq!(names(&first), [("SELECT", "", 10, 20)]);
+        assert_eq!(names(&rest), [("INSERT", "", 20, 35)]);
+    }
+
+    #[test]
+    fn an_error_ends_its_query_and_names_its_sqlstate_class() {
+        let mut c = client();
+        write(&mut c, &message(b'Q', b"SELECT * FROM missing; SELECT 2\0"), 10);
+        let done = read(&mut c, &[error("42P01"), ready()].concat(), 12);
+        assert_eq!(names(&done), [("SELECT", "42", 10, 12)]);
+        // The second statement never ran: nothing waits for it.
+        assert!(c.waiting.is_empty());
+    }
+
+    #[test]
+    fn prepared_statements_are_named_by_their_verb_at_each_execute() {
+        let mut c = client();
+        let prepare = [
+            message(b'P', b"s1\0UPDATE t SET a = $1\0\0\0"),
+            message(b'B', b"\0s1\0\0\0\0\0"),
+            message(b'E', b"\0\0\0\0\0"),
+            message(b'S', b""),
+        ]
+        .concat();
+        write(&mut c, &prepare, 10);
+        let answer = [
+            message(b'1', b""),
+            message(b'2', b""),
+            message(b'C', b"UPDATE 3\0"),
+            ready(),
+        ]
+        .concat();
+        assert_eq!(names(&read(&mut c, &answer, 11)), [("UPDATE", "", 10, 11)]);
+        // Executed again without a Parse; an error before Sync drops what follows.
+        let again = [
+            message(b'B', b"\0s1\0\0\0\0\0"),
+            message(b'E', b"\0\0\0\0\0"),
+            message(b'B', b"\0s1\0\0\0\0\0"),
+            message(b'E', b"\0\0\0\0\0"),
+            message(b'S', b""),
+        ]
+        .concat();
+        write(&mut c, &again, 20);
+        let answer = [message(b'2', b""), error("23505"), ready()].concat();
+        assert_eq!(names(&read(&mut c, &answer, 21)), [("UPDATE", "23", 20, 21)]);
+        assert!(c.waiting.is_empty());
+    }
+
+    #[test]
+    fn a_refused_ssl_request_goes_on_in_plaintext_and_an_accepted_one_stops_framing() {
+        let ssl = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
+        let mut c = PgConnection::new(Role::Client);
+        write(&mut c, &ssl, 1);
+        read(&mut c, b"N", 2);
+        write(&mut c, &startup(), 3);
+        read(&mut c, &ready(), 4);
+        write(&mut c, &message(b'Q', b"SELECT 1\0"), 5);
+        assert_eq!(names(&read(&mut c, &message(b'C', b"SELECT 1\0"), 6)), [("SELECT", "", 5, 6)]);
+        let mut c = PgConnection::new(Role::Client);
+        write(&mut c, &ssl, 1);
+        read(&mut c, b"S\x16\x03\x01junk", 2);
+        write(&mut c, b"\x16\x03\x01 more", 3);
+        assert!(read(&mut c, b"\x17\x03\x03 records", 4).is_empty());
+    }
+
+    #[test]
+    fn rows_past_the_capture_are_skipped_by_their_length() {
+        let mut c = client();
+        write(&mut c, &message(b'Q', b"SELECT big\0"), 1);
+        let mut answer = message(b'D', &vec![b'x'; 100_000]);
+        answer.extend(message(b'C', b"SELECT 1\0"));
+        answer.extend(ready());
+        let done = c.feed_by(Direction::Ingress, &answer[..4096], 100_005, 2, 9);
+        assert!(done.is_empty());
+        let tail = &answer[100_005..];
+        assert_eq!(names(&read(&mut c, tail, 3)), [("SELECT", "", 1, 3)]);
+        assert_eq!(c.take_losses(), (0, 0));
+    }
+
+    #[test]
+    fn a_server_reads_statements_and_writes_their_completions() {
+        let mut c = PgConnection::new(Role::Server);
+        c.feed_by(Direction::Ingress, &startup(), startup().len() as u64, 1, 3);
+        let query = message(b'Q', b"DELETE FROM t\0");
+        c.feed_by(Direction::Ingress, &query, query.len() as u64, 5, 3);
+        let answer = [message(b'C', b"DELETE 2\0"), ready()].concat();
+        let done = c.feed_by(Direction::Egress, &answer, answer.len() as u64, 9, 3);
+        assert_eq!(names(&done), [("DELETE", "", 5, 9)]);
+    }
+
+    #[test]
+    fn junk_loses_framing_and_names_stay_in_the_closed_sets() {
+        let mut c = client();
+        write(&mut c, b"\x01\xff\xff\xff\xff", 1);
+        assert_eq!(c.take_losses(), (0, 1));
+        assert_eq!(c.buffered(), 0);
+        assert_eq!(verb(b"  /* x */ -- y\n sElEcT 1"), "SELECT");
+        assert_eq!(verb(b"\x1b[31mDROP"), OTHER);
+        assert_eq!(verb(b""), OTHER);
+        assert_eq!(error_class(b"42P01"), "42");
+        assert_eq!(error_class(b"\n\""), OTHER);
+        assert_eq!(error_class(b""), OTHER);
+    }
+
+    #[test]
+    fn unanswered_statements_are_capped_and_counted() {
+        let mut c = client();
+        let burst = message(b'Q', b"SELECT 1\0").repeat(MAX_PENDING);
+        write(&mut c, &burst, 1);
+        // Each query waits as a statement and its end: half of them were dropped.
+        assert_eq!(c.take_losses().0, MAX_PENDING as u64 / 2);
+    }
+}
