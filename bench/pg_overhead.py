@@ -1,0 +1,104 @@
+#!/usr/bin/env python3
+"""PostgreSQL overhead: pgbench -S against a cluster of its own, Periscope off vs on.
+
+Makes a cluster with initdb (trust authentication, run as the `postgres` user),
+initialises a small pgbench database, and runs `pgbench -S` (select-only, simple
+protocol, loopback) with the agent off and on (the http probe alone by default, which
+frames PostgreSQL), interleaved round by round. Reports medians: transactions per
+second, their ratio to off, and the agent's own CPU time per 1,000 transactions.
+
+Usage (as root, after `cargo build --release`):
+    python3 bench/pg_overhead.py [--rounds 5] [--seconds 10] [--clients 8] [--scale 2]
+
+PERISCOPE_BENCH_CONFIG replaces the probes section of the agent's configuration.
+"""
+import argparse
+import glob
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from http_overhead import cpu_seconds, free_port, start_periscope  # noqa: E402
+from redis_overhead import HTTP_ALONE, PERISCOPE  # noqa: E402
+
+BIN = sorted(glob.glob("/usr/lib/postgresql/*/bin"))[-1]
+AS_POSTGRES = ["setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups", "--"]
+
+
+def start_cluster(workdir, port):
+    shutil.chown(workdir, "postgres")
+    data = os.path.join(workdir, "data")
+    subprocess.run([*AS_POSTGRES, f"{BIN}/initdb", "--auth=trust", "-U", "postgres", "-D", data],
+                   check=True, capture_output=True)
+    server = subprocess.Popen([*AS_POSTGRES, f"{BIN}/postgres", "-D", data, "-p", str(port),
+                               "-k", workdir, "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(200):
+        if subprocess.run([f"{BIN}/pg_isready", "-h", "127.0.0.1", "-p", str(port)],
+                          capture_output=True).returncode == 0:
+            return server
+        time.sleep(0.05)
+    raise RuntimeError("postgres did not start")
+
+
+def pgbench(port, *args):
+    return subprocess.run([f"{BIN}/pgbench", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres",
+                           *args, "postgres"], check=True, capture_output=True, text=True).stdout
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--scale", type=int, default=2)
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as workdir:
+        port = free_port()
+        server = start_cluster(workdir, port)
+        conf = os.path.join(workdir, "periscope.yaml")
+        with open(conf, "w") as f:
+            f.write(f'prometheus:\n  listen_address: "127.0.0.1:{free_port()}"\n')
+            f.write(os.environ.get("PERISCOPE_BENCH_CONFIG") or HTTP_ALONE)
+        results = {"off": [], "on": []}
+        agent_cpu = []
+        try:
+            pgbench(port, "-i", "-q", "-s", str(args.scale))
+            run = ["-S", "-n", "-c", str(args.clients), "-j", "2", "-T", str(args.seconds)]
+            pgbench(port, *run[:-1], "2")  # warm-up
+            for _ in range(args.rounds):
+                for mode in ("off", "on"):
+                    agent = None
+                    if mode == "on":
+                        agent = start_periscope(["run", "--config", conf], "serving metrics", PERISCOPE)
+                        time.sleep(1)
+                        cpu_before = cpu_seconds(agent.pid)
+                    out = pgbench(port, *run)
+                    tps = float(re.search(r"tps = ([\d.]+)", out).group(1))
+                    done = int(re.search(r"number of transactions actually processed: (\d+)", out).group(1))
+                    results[mode].append(tps)
+                    if agent:
+                        agent_cpu.append((cpu_seconds(agent.pid) - cpu_before) / done)
+                        agent.terminate()
+                        agent.wait()
+        finally:
+            subprocess.run(["kill", "-INT", str(server.pid)])
+            server.wait()
+
+    off, on = statistics.median(results["off"]), statistics.median(results["on"])
+    rounds = ", ".join(f"{100 * n / f:.0f}" for f, n in zip(results["off"], results["on"]))
+    print(f"pgbench -S -c {args.clients} -j 2 -T {args.seconds}, scale {args.scale}, "
+          f"medians of {args.rounds} interleaved rounds")
+    print(f"  {on:,.0f} tps on, {off:,.0f} off: {100 * on / off:.1f} % of off (rounds: {rounds} %)")
+    print(f"  agent CPU per 1,000 transactions: {1e6 * statistics.median(agent_cpu):.3f} ms")
+
+
+if __name__ == "__main__":
+    main()
