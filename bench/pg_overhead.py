@@ -24,8 +24,8 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from http_overhead import cpu_seconds, free_port, start_periscope  # noqa: E402
-from redis_overhead import HTTP_ALONE, PERISCOPE  # noqa: E402
+from http_overhead import free_port  # noqa: E402
+from redis_overhead import HTTP_ALONE, off_and_on  # noqa: E402
 
 BIN = sorted(glob.glob("/usr/lib/postgresql/*/bin"))[-1]
 AS_POSTGRES = ["setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups", "--"]
@@ -67,37 +67,30 @@ def main():
         with open(conf, "w") as f:
             f.write(f'prometheus:\n  listen_address: "127.0.0.1:{free_port()}"\n')
             f.write(os.environ.get("PERISCOPE_BENCH_CONFIG") or HTTP_ALONE)
-        results = {"off": [], "on": []}
-        agent_cpu = []
         try:
             pgbench(port, "-i", "-q", "-s", str(args.scale))
             run = ["-S", "-n", "-c", str(args.clients), "-j", "2", "-T", str(args.seconds)]
             pgbench(port, *run[:-1], "2")  # warm-up
-            for _ in range(args.rounds):
-                for mode in ("off", "on"):
-                    agent = None
-                    if mode == "on":
-                        agent = start_periscope(["run", "--config", conf], "serving metrics", PERISCOPE)
-                        time.sleep(1)
-                        cpu_before = cpu_seconds(agent.pid)
-                    out = pgbench(port, *run)
-                    tps = float(re.search(r"tps = ([\d.]+)", out).group(1))
-                    done = int(re.search(r"number of transactions actually processed: (\d+)", out).group(1))
-                    results[mode].append(tps)
-                    if agent:
-                        agent_cpu.append((cpu_seconds(agent.pid) - cpu_before) / done)
-                        agent.terminate()
-                        agent.wait()
+
+            def measure():
+                out = pgbench(port, *run)
+                tps = float(re.search(r"tps = ([\d.]+)", out).group(1))
+                done = int(re.search(r"number of transactions actually processed: (\d+)", out).group(1))
+                return tps, done
+
+            measures, agent_cpu, _ = off_and_on(args.rounds, conf, measure)
         finally:
             subprocess.run(["kill", "-INT", str(server.pid)])
             server.wait()
 
+    results = {mode: [tps for tps, _ in runs] for mode, runs in measures.items()}
+    per_transaction = [cpu / done for cpu, (_, done) in zip(agent_cpu, measures["on"])]
     off, on = statistics.median(results["off"]), statistics.median(results["on"])
     rounds = ", ".join(f"{100 * n / f:.0f}" for f, n in zip(results["off"], results["on"]))
     print(f"pgbench -S -c {args.clients} -j 2 -T {args.seconds}, scale {args.scale}, "
           f"medians of {args.rounds} interleaved rounds")
     print(f"  {on:,.0f} tps on, {off:,.0f} off: {100 * on / off:.1f} % of off (rounds: {rounds} %)")
-    print(f"  agent CPU per 1,000 transactions: {1e6 * statistics.median(agent_cpu):.3f} ms")
+    print(f"  agent CPU per 1,000 transactions: {1e6 * statistics.median(per_transaction):.3f} ms")
 
 
 if __name__ == "__main__":

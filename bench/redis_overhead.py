@@ -43,6 +43,33 @@ def run_benchmark(port, requests, clients):
     return rates
 
 
+def off_and_on(rounds, conf, measure, bpf_stats=False):
+    """Runs `measure()` with the agent off, then on (`periscope run --config conf`), for
+    `rounds` rounds. Returns each mode's measures, the agent's CPU seconds in each "on"
+    round and, with bpf_stats, the programs' run time and runs (add_bpf_time)."""
+    results = {"off": [], "on": []}
+    agent_cpu, prog_time = [], {}
+    for _ in range(rounds):
+        for mode in ("off", "on"):
+            agent = None
+            if mode == "on":
+                agent = start_periscope(["run", "--config", conf], "serving metrics", PERISCOPE)
+                time.sleep(1)
+                cpu_before = cpu_seconds(agent.pid)
+                if bpf_stats:
+                    subprocess.run(["sysctl", "-q", "kernel.bpf_stats_enabled=1"], check=True)
+                    stats_before = bpf_program_stats()
+            results[mode].append(measure())
+            if agent:
+                if bpf_stats:
+                    add_bpf_time(prog_time, stats_before)
+                    subprocess.run(["sysctl", "-q", "kernel.bpf_stats_enabled=0"], check=True)
+                agent_cpu.append(cpu_seconds(agent.pid) - cpu_before)
+                agent.terminate()
+                agent.wait()
+    return results, agent_cpu, prog_time
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=5)
@@ -61,29 +88,10 @@ def main():
         with open(conf, "w") as f:
             f.write(f'prometheus:\n  listen_address: "127.0.0.1:{free_port()}"\n')
             f.write(os.environ.get("PERISCOPE_BENCH_CONFIG") or HTTP_ALONE)
-        results = {"off": [], "on": []}
-        agent_cpu, prog_time = [], {}
         try:
             run_benchmark(port, args.requests // 4, args.clients)  # warm-up
-            for _ in range(args.rounds):
-                for mode in ("off", "on"):
-                    agent = None
-                    if mode == "on":
-                        agent = start_periscope(["run", "--config", conf], "serving metrics", PERISCOPE)
-                        time.sleep(1)
-                        cpu_before = cpu_seconds(agent.pid)
-                        if args.bpf_stats:
-                            subprocess.run(["sysctl", "-q", "kernel.bpf_stats_enabled=1"], check=True)
-                            stats_before = bpf_program_stats()
-                    rates = run_benchmark(port, args.requests, args.clients)
-                    results[mode].append(rates)
-                    if agent:
-                        if args.bpf_stats:
-                            add_bpf_time(prog_time, stats_before)
-                            subprocess.run(["sysctl", "-q", "kernel.bpf_stats_enabled=0"], check=True)
-                        agent_cpu.append(cpu_seconds(agent.pid) - cpu_before)
-                        agent.terminate()
-                        agent.wait()
+            results, agent_cpu, prog_time = off_and_on(
+                args.rounds, conf, lambda: run_benchmark(port, args.requests, args.clients), args.bpf_stats)
         finally:
             server.terminate()
             server.wait()

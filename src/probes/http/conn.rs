@@ -16,6 +16,17 @@ pub enum Role {
     Client,
 }
 
+impl Role {
+    /// Whether bytes moving in `direction` are requests (commands, statements) here:
+    /// read by a server, written by a client.
+    pub fn requests_flow(self, direction: Direction) -> bool {
+        matches!(
+            (self, direction),
+            (Role::Server, Direction::Ingress) | (Role::Client, Direction::Egress)
+        )
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Direction {
     /// Bytes the process read.
@@ -188,11 +199,7 @@ impl Connection {
         tid: u32,
     ) -> Vec<Exchange> {
         self.tid = tid;
-        let carries_requests = matches!(
-            (self.role, direction),
-            (Role::Server, Direction::Ingress) | (Role::Client, Direction::Egress)
-        );
-        if carries_requests {
+        if self.role.requests_flow(direction) {
             let ended = self.responses.end_turn();
             let exchange = ended.and_then(|frame| self.on_response_frame(frame));
             for frame in self.requests.feed(data, len, at) {

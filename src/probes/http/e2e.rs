@@ -65,15 +65,26 @@ fn redis_cli(port: u16, args: &[&str]) {
     assert!(out.status.success(), "redis-cli {args:?}: {out:?}");
 }
 
-/// The operations counted for `who` (role and process labels), by name and error type.
-fn count(m: &Metrics, who: &[(&str, &str)], operation: &str, error: Option<&str>) -> f64 {
+/// The operations of database `system` counted for `who` (role and process labels), by
+/// name and error type.
+fn db_count(
+    m: &Metrics,
+    system: &str,
+    who: &[(&str, &str)],
+    operation: &str,
+    error: Option<&str>,
+) -> f64 {
     let mut want = who.to_vec();
-    want.push(("db_system_name", "redis"));
+    want.push(("db_system_name", system));
     want.push(("db_operation_name", operation));
     m.find(DURATION_COUNT, &want)
         .filter(|(_, labels, _)| labels.get("error_type").map(String::as_str) == error)
         .map(|(_, _, v)| v)
         .sum()
+}
+
+fn count(m: &Metrics, who: &[(&str, &str)], operation: &str, error: Option<&str>) -> f64 {
+    db_count(m, "redis", who, operation, error)
 }
 
 fn redis_counts_exactly(kernel_framing: bool) {
@@ -271,15 +282,17 @@ fn hostile_redis_bytes_never_crash_the_agent_or_name_a_series() {
 }
 
 /// A PostgreSQL cluster of its own, made by `initdb` (trust authentication, as the
-/// `postgres` user, since the server refuses to run as root) on a loopback port.
+/// `postgres` user, since the server refuses to run as root) on a loopback port; with
+/// `tls`, a certificate of its own and SSL on.
 struct PgServer {
     child: std::process::Child,
     port: u16,
+    tls: bool,
     _dir: crate::common::TempDir,
 }
 
 impl PgServer {
-    fn start() -> PgServer {
+    fn start(tls: bool) -> PgServer {
         let dir = crate::common::TempDir::new("postgres");
         let bin = postgres_bin();
         let data = dir.path().join("data");
@@ -292,13 +305,33 @@ impl PgServer {
             .expect("initdb runs (scripts/setup.sh --test installs postgresql)");
         assert!(initdb.status.success(), "initdb: {initdb:?}");
         let port = free_port();
-        let child = as_postgres(&bin.join("postgres"))
+        let mut postgres = as_postgres(&bin.join("postgres"));
+        postgres
             .arg("-D")
             .arg(&data)
             .args(["-p", &port.to_string(), "-c", "listen_addresses=127.0.0.1"])
             .arg("-k")
             .arg(dir.path())
-            .args(["-c", "fsync=off", "-c", "ssl=off"])
+            .args(["-c", "fsync=off"]);
+        if tls {
+            let (cert, key) = (dir.path().join("server.crt"), dir.path().join("server.key"));
+            let made = as_postgres(std::path::Path::new("openssl"))
+                .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"])
+                .args(["-subj", "/CN=localhost", "-keyout"])
+                .arg(&key)
+                .arg("-out")
+                .arg(&cert)
+                .output()
+                .expect("openssl runs");
+            assert!(made.status.success(), "openssl: {made:?}");
+            // The server refuses a key others may read.
+            let private = Command::new("chmod").arg("600").arg(&key).status();
+            assert!(private.is_ok_and(|s| s.success()), "chmod the key");
+            postgres.args(["-c", "ssl=on"]);
+            postgres.arg("-c").arg(format!("ssl_cert_file={}", cert.display()));
+            postgres.arg("-c").arg(format!("ssl_key_file={}", key.display()));
+        }
+        let child = postgres
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
@@ -306,6 +339,7 @@ impl PgServer {
         let server = PgServer {
             child,
             port,
+            tls,
             _dir: dir,
         };
         for _ in 0..200 {
@@ -323,8 +357,12 @@ impl PgServer {
 
     fn psql(&self, statements: &[&str]) {
         let mut command = Command::new("psql");
-        command.args(["-X", "-q", "-h", "127.0.0.1", "-U", "postgres"]);
-        command.args(["-p", &self.port.to_string()]);
+        let ssl = if self.tls { "require" } else { "disable" };
+        command.args(["-X", "-q"]);
+        command.arg(format!(
+            "host=127.0.0.1 port={} user=postgres sslmode={ssl}",
+            self.port
+        ));
         for statement in statements {
             command.args(["-c", statement]);
         }
@@ -384,13 +422,7 @@ sys.stdin.readline()
 "#;
 
 fn pg_count(m: &Metrics, who: &[(&str, &str)], operation: &str, error: Option<&str>) -> f64 {
-    let mut want = who.to_vec();
-    want.push(("db_system_name", "postgresql"));
-    want.push(("db_operation_name", operation));
-    m.find(DURATION_COUNT, &want)
-        .filter(|(_, labels, _)| labels.get("error_type").map(String::as_str) == error)
-        .map(|(_, _, v)| v)
-        .sum()
+    db_count(m, "postgresql", who, operation, error)
 }
 
 #[test]
@@ -399,7 +431,7 @@ fn postgresql_statements_count_exactly_by_verb_and_sqlstate_class() {
     if !have_root("postgresql_statements_count_exactly") {
         return;
     }
-    let server = PgServer::start();
+    let server = PgServer::start(false);
     let agent = Agent::start(&config(true));
     // Simple queries: one statement per -c, and three in one query, counted one by one.
     server.psql(&["CREATE TABLE t (a int PRIMARY KEY)"]);
@@ -457,5 +489,31 @@ fn postgresql_statements_count_exactly_by_verb_and_sqlstate_class() {
     for (_, labels, _) in m.find(DURATION_COUNT, &[("db_system_name", "postgresql")]) {
         let operation = &labels["db_operation_name"];
         assert!(operation.bytes().all(|b| b.is_ascii_uppercase() || b == b'_'), "{labels:?}");
+    }
+}
+
+#[test]
+fn postgresql_statements_over_tls_count_exactly_through_the_openssl_uprobes() {
+    let _kernel = kernel_lock();
+    if !have_root("postgresql_statements_over_tls") {
+        return;
+    }
+    let server = PgServer::start(true);
+    let agent = Agent::start(&config(true));
+    server.psql(&["CREATE TABLE t (a int)"]);
+    server.psql(&["INSERT INTO t VALUES (1); INSERT INTO t VALUES (2)", "SELECT * FROM t"]);
+    server.psql(&["SELECT * FROM missing"]);
+    let port = server.port.to_string();
+    let psql = [("role", "client"), ("process_executable_name", "psql")];
+    let served = [("role", "server"), ("server_port", port.as_str())];
+    let m = eventually(&agent, |m| {
+        pg_count(m, &psql, "SELECT", Some("42")) == 1.0
+            && pg_count(m, &served, "SELECT", Some("42")) == 1.0
+    });
+    for who in [&psql[..], &served[..]] {
+        assert_eq!(pg_count(&m, who, "CREATE", None), 1.0, "{who:?}");
+        assert_eq!(pg_count(&m, who, "INSERT", None), 2.0, "{who:?}");
+        assert_eq!(pg_count(&m, who, "SELECT", None), 1.0, "{who:?}");
+        assert_eq!(pg_count(&m, who, "SELECT", Some("42")), 1.0, "{who:?}");
     }
 }

@@ -1,5 +1,7 @@
 /*
- * http: the bytes of HTTP/1.x connections, seen where sockets send and receive.
+ * http: the bytes of HTTP/1.x, Redis and PostgreSQL connections, seen where sockets send
+ * and receive. A connection's first request bytes tell its protocol (request_verdict);
+ * HTTP and Redis are framed here (resp.h for Redis), PostgreSQL in user space.
  *
  * TCP connections are tracked from the moment they are established: a passive open
  * (SYN_RECV -> ESTABLISHED) is a server's connection, an active one (SYN_SENT ->
@@ -12,7 +14,8 @@
  * No syscall tracepoint is used: any of those puts every syscall of every process on
  * the kernel's slow path (the guide's +39 ns on every other syscall, +204 ns on the
  * hooked ones). Socket tracepoints cost only socket I/O, and a connection whose first
- * bytes are not HTTP costs one storage lookup per read or write after that.
+ * bytes are of no protocol looked for costs one storage lookup per read or write after
+ * that.
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -1576,8 +1579,8 @@ static __always_inline int socket_io(struct sock *sk, const struct sk_buff *skb,
 	gen = psc_generation(task);
 
 	/* Inside an OpenSSL call: this socket carries that SSL object's records. A socket
-	 * that opened with plaintext HTTP does not turn to TLS, so the lookup is spared
-	 * on the hot path. */
+	 * that opened with plaintext HTTP or Redis does not turn to TLS, so the lookup is
+	 * spared on the hot path. */
 	call = framed_verdict(sock->verdict) || !sock->conn.role
 		       ? 0
 		       : bpf_task_storage_get(&ssl_calls, task, 0, 0);
@@ -1653,7 +1656,8 @@ static __always_inline int socket_io(struct sock *sk, const struct sk_buff *skb,
 
 		request = ingress == (sock->conn.role == PSC_ROLE_SERVER);
 		if (!framed_verdict(sock->verdict)) {
-			/* A method split over reads: user space puts it together. */
+			/* A method split over reads, which user space puts together, or
+			 * PostgreSQL, which it frames. */
 		} else if (request) {
 			outcome = psc_frame_request(sock, captured, ret, who, gen);
 		} else {
@@ -1776,6 +1780,7 @@ static __always_inline int emit_tls(struct psc_conn *conn, __u32 tgid, __u32 fd,
 	event.len = len;
 	event.kind = kind;
 	event.role = conn->role;
+	event.protocol = conn->protocol;
 	event.tls = 1;
 	event.gap = conn->lost;
 	event.server = conn->server;

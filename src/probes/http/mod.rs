@@ -148,7 +148,7 @@ type SeriesKey = (Owner, Exchanges);
 struct Exchanges {
     protocol: Protocol,
     role: Role,
-    /// HTTP: the method. Redis: the command.
+    /// HTTP: the method. Redis: the command. PostgreSQL: the statement's verb.
     method: String,
     status: u16,
     route: String,
@@ -713,7 +713,7 @@ impl HttpProbe {
         }
         if event.kind == KIND_SPAN_START {
             if let Some(spans) = &mut self.spans {
-                // A Redis command carries no trace context: no head follows.
+                // A database's statement carries no trace context: no head follows.
                 let head = match protocol_of(event) {
                     Protocol::Http => parser::parse_request_head(data),
                     Protocol::Redis | Protocol::Postgres => None,

@@ -285,12 +285,8 @@ impl PgConnection {
         at: u64,
         tid: u32,
     ) -> Vec<Exchange> {
-        let frontend = matches!(
-            (self.role, direction),
-            (Role::Server, Direction::Ingress) | (Role::Client, Direction::Egress)
-        );
         let mut messages = Vec::new();
-        if frontend {
+        if self.role.requests_flow(direction) {
             self.frontend.feed(data, len, &mut messages);
             for message in messages {
                 self.on_frontend(message, at, tid);

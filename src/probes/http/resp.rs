@@ -395,11 +395,7 @@ impl RespConnection {
     ) -> Vec<Exchange> {
         self.tid = tid;
         let mut values = Vec::new();
-        let carries_commands = matches!(
-            (self.role, direction),
-            (Role::Server, Direction::Ingress) | (Role::Client, Direction::Egress)
-        );
-        if carries_commands {
+        if self.role.requests_flow(direction) {
             self.commands.feed(data, len, at, &mut values);
             for value in values {
                 if self.pending.len() >= MAX_PENDING {
