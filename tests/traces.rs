@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::apps::{connect, get, hex_id, App, RedisServer};
+use common::apps::{connect, get, hex_id, App, PgServer, RedisServer};
 use common::{have_root, kernel_lock, Agent, TempDir};
 use serde_json::Value;
 
@@ -429,22 +429,33 @@ print("ready", flush=True)
 server.serve_forever()
 "#;
 
-#[test]
-fn a_redis_command_made_while_serving_is_a_database_child_span() {
-    if !have_root("a_redis_command_made_while_serving_is_a_database_child_span") {
-        return;
-    }
-    let _lock = kernel_lock();
-    let dir = TempDir::new("traces-redis");
+/// A call the app makes to a database while serving a request: its span's name,
+/// operation, summary and error type.
+struct DbCall {
+    name: &'static str,
+    operation: &'static str,
+    summary: &'static str,
+    error: Option<&'static str>,
+}
+
+/// Serves /<system>/get and /<system>/fail through `app` (argv: port db_port) and checks
+/// that each database call made while serving is a client span under its request's.
+fn database_calls_are_child_spans(
+    tag: &str,
+    app: &str,
+    system: &str,
+    db_port: u16,
+    calls: [DbCall; 2],
+) {
+    let dir = TempDir::new(tag);
     let jsonl = dir.path().join("spans.jsonl");
     let _agent = Agent::start(&traces_config(&jsonl));
-    let redis = RedisServer::start();
     let port = common::free_port();
-    let mut app = common::Helper::spawn(PY_REDIS_APP, &[port.to_string(), redis.port.to_string()]);
+    let mut app = common::Helper::spawn(app, &[port.to_string(), db_port.to_string()]);
     let pid = u64::from(app.pid());
     let mut conn = connect(port);
-    assert_eq!(get(&mut conn, "/redis/get", "").0, 200);
-    assert_eq!(get(&mut conn, "/redis/fail", "").0, 200);
+    assert_eq!(get(&mut conn, &format!("/{system}/get"), "").0, 200);
+    assert_eq!(get(&mut conn, &format!("/{system}/fail"), "").0, 200);
 
     let lines = wait_for(&jsonl, |lines| {
         spans_of(lines, pid, "server").len() >= 2
@@ -457,29 +468,26 @@ fn a_redis_command_made_while_serving_is_a_database_child_span() {
     let served = spans_of(&lines, pid, "server");
     assert_eq!(served.len(), 2);
     // The calls made while serving, each under its own request's span; the app's
-    // commands at start-up are roots of their own.
-    let calls: Vec<&Value> = spans_of(&lines, pid, "client")
+    // calls at start-up are roots of their own.
+    let made: Vec<&Value> = spans_of(&lines, pid, "client")
         .into_iter()
         .filter(|s| s["parent_span_id"] != Value::Null)
         .collect();
-    assert_eq!(calls.len(), 2);
-    for (call, (operation, error)) in calls
-        .iter()
-        .zip([("GET", None), ("LPUSH", Some("WRONGTYPE"))])
-    {
+    assert_eq!(made.len(), 2);
+    for (call, want) in made.iter().zip(calls) {
         let parent = served
             .iter()
             .find(|s| s["span_id"] == call["parent_span_id"])
             .expect("the call's parent is a served request");
         assert_eq!(call["trace_id"], parent["trace_id"]);
-        assert_eq!(call["name"], operation);
+        assert_eq!(call["name"], want.name);
         let attributes = &call["attributes"];
-        assert_eq!(attributes["db.system.name"], "redis");
-        assert_eq!(attributes["db.operation.name"], operation);
-        assert_eq!(attributes["db.query.summary"], operation);
+        assert_eq!(attributes["db.system.name"], system);
+        assert_eq!(attributes["db.operation.name"], want.operation);
+        assert_eq!(attributes["db.query.summary"], want.summary);
         assert_eq!(attributes["server.address"], "127.0.0.1");
-        assert_eq!(attributes["server.port"], u64::from(redis.port));
-        assert_eq!(attributes["error.type"].as_str(), error);
+        assert_eq!(attributes["server.port"], u64::from(db_port));
+        assert_eq!(attributes["error.type"].as_str(), want.error);
         // Within the request that made it.
         let time = |span: &Value, key: &str| span[key].as_u64().expect("a time in ns");
         assert!(time(call, "start_time_unix_nano") >= time(parent, "start_time_unix_nano"));
@@ -487,6 +495,84 @@ fn a_redis_command_made_while_serving_is_a_database_child_span() {
     }
     validate_against_schema(&jsonl);
     app.child.kill().ok();
+}
+
+#[test]
+fn a_redis_command_made_while_serving_is_a_database_child_span() {
+    if !have_root("a_redis_command_made_while_serving_is_a_database_child_span") {
+        return;
+    }
+    let _lock = kernel_lock();
+    let redis = RedisServer::start();
+    let calls = [
+        DbCall {
+            name: "GET",
+            operation: "GET",
+            summary: "GET",
+            error: None,
+        },
+        DbCall {
+            name: "LPUSH",
+            operation: "LPUSH",
+            summary: "LPUSH",
+            error: Some("WRONGTYPE"),
+        },
+    ];
+    database_calls_are_child_spans("traces-redis", PY_REDIS_APP, "redis", redis.port, calls);
+}
+
+/// A server that on /postgresql/get and /postgresql/fail runs a statement (a SELECT,
+/// and an INSERT that breaks a primary key) in the thread serving the request.
+/// argv: port postgres_port
+const PY_PG_APP: &str = r#"
+import sys, psycopg
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+c = psycopg.connect("host=127.0.0.1 user=postgres port=" + sys.argv[2], autocommit=True)
+c.execute("CREATE TABLE accounts (id int PRIMARY KEY)")
+c.execute("INSERT INTO accounts VALUES (1)")
+class H(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
+    def log_message(self, *a): pass
+    def do_GET(self):
+        if self.path == "/postgresql/get":
+            c.execute("SELECT id FROM accounts WHERE id = %s", (1,)).fetchall()
+        else:
+            try:
+                c.execute("INSERT INTO accounts VALUES (%s)", (1,))
+            except psycopg.errors.UniqueViolation:
+                pass
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+server = ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H)
+print("ready", flush=True)
+server.serve_forever()
+"#;
+
+#[test]
+fn a_postgresql_statement_made_while_serving_is_a_database_child_span() {
+    if !have_root("a_postgresql_statement_made_while_serving_is_a_database_child_span") {
+        return;
+    }
+    let _lock = kernel_lock();
+    let postgres = PgServer::start(false);
+    let calls = [
+        DbCall {
+            name: "SELECT accounts",
+            operation: "SELECT",
+            summary: "SELECT accounts",
+            error: None,
+        },
+        DbCall {
+            name: "INSERT accounts",
+            operation: "INSERT",
+            summary: "INSERT accounts",
+            error: Some("23"),
+        },
+    ];
+    database_calls_are_child_spans("traces-pg", PY_PG_APP, "postgresql", postgres.port, calls);
 }
 
 #[test]

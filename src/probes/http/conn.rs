@@ -47,8 +47,9 @@ pub enum Protocol {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Exchange {
     pub protocol: Protocol,
-    /// HTTP: the method. Redis: the command as sent, upper-cased.
+    /// HTTP: the method. Redis: the command as sent, upper-cased. PostgreSQL: the verb.
     pub method: String,
+    /// HTTP: the target's path. PostgreSQL: the query summary (verb and first table).
     pub path: String,
     /// HTTP: the status code. Redis: 1 when the reply was an error.
     pub status: u16,

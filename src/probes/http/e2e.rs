@@ -7,7 +7,7 @@ use std::net::TcpStream;
 use std::process::Command;
 use std::time::Duration;
 
-use crate::common::apps::RedisServer;
+use crate::common::apps::{PgServer, RedisServer};
 use crate::common::{eventually, free_port, have_root, kernel_lock, Agent, Helper, Metrics};
 
 const DURATION_COUNT: &str = "db_client_operation_duration_seconds_count";
@@ -279,125 +279,6 @@ fn hostile_redis_bytes_never_crash_the_agent_or_name_a_series() {
     let cli = [("role", "client"), ("process_executable_name", "redis-cli")];
     let m = eventually(&agent, |m| count(m, &cli, "SET", None) == 1.0);
     assert_eq!(count(&m, &cli, "SET", None), 1.0);
-}
-
-/// A PostgreSQL cluster of its own, made by `initdb` (trust authentication, as the
-/// `postgres` user, since the server refuses to run as root) on a loopback port; with
-/// `tls`, a certificate of its own and SSL on.
-struct PgServer {
-    child: std::process::Child,
-    port: u16,
-    tls: bool,
-    _dir: crate::common::TempDir,
-}
-
-impl PgServer {
-    fn start(tls: bool) -> PgServer {
-        let dir = crate::common::TempDir::new("postgres");
-        let bin = postgres_bin();
-        let data = dir.path().join("data");
-        let chown = Command::new("chown").arg("postgres").arg(dir.path()).status();
-        assert!(chown.is_ok_and(|s| s.success()), "chown to postgres");
-        let initdb = as_postgres(&bin.join("initdb"))
-            .args(["--auth=trust", "-U", "postgres", "-D"])
-            .arg(&data)
-            .output()
-            .expect("initdb runs (scripts/setup.sh --test installs postgresql)");
-        assert!(initdb.status.success(), "initdb: {initdb:?}");
-        let port = free_port();
-        let mut postgres = as_postgres(&bin.join("postgres"));
-        postgres
-            .arg("-D")
-            .arg(&data)
-            .args(["-p", &port.to_string(), "-c", "listen_addresses=127.0.0.1"])
-            .arg("-k")
-            .arg(dir.path())
-            .args(["-c", "fsync=off"]);
-        if tls {
-            let (cert, key) = (dir.path().join("server.crt"), dir.path().join("server.key"));
-            let made = as_postgres(std::path::Path::new("openssl"))
-                .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"])
-                .args(["-subj", "/CN=localhost", "-keyout"])
-                .arg(&key)
-                .arg("-out")
-                .arg(&cert)
-                .output()
-                .expect("openssl runs");
-            assert!(made.status.success(), "openssl: {made:?}");
-            // The server refuses a key others may read.
-            let private = Command::new("chmod").arg("600").arg(&key).status();
-            assert!(private.is_ok_and(|s| s.success()), "chmod the key");
-            postgres.args(["-c", "ssl=on"]);
-            postgres.arg("-c").arg(format!("ssl_cert_file={}", cert.display()));
-            postgres.arg("-c").arg(format!("ssl_key_file={}", key.display()));
-        }
-        let child = postgres
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("postgres runs");
-        let server = PgServer {
-            child,
-            port,
-            tls,
-            _dir: dir,
-        };
-        for _ in 0..200 {
-            let ready = Command::new(bin.join("pg_isready"))
-                .args(["-h", "127.0.0.1", "-p", &port.to_string()])
-                .output()
-                .is_ok_and(|o| o.status.success());
-            if ready {
-                return server;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("postgres did not listen on {port}");
-    }
-
-    fn psql(&self, statements: &[&str]) {
-        let mut command = Command::new("psql");
-        let ssl = if self.tls { "require" } else { "disable" };
-        command.args(["-X", "-q"]);
-        command.arg(format!(
-            "host=127.0.0.1 port={} user=postgres sslmode={ssl}",
-            self.port
-        ));
-        for statement in statements {
-            command.args(["-c", statement]);
-        }
-        // A failing statement makes psql exit 1; the test counts it.
-        command.output().expect("psql runs");
-    }
-}
-
-impl Drop for PgServer {
-    fn drop(&mut self) {
-        // A fast shutdown: the server stops its backends.
-        let _ = Command::new("kill")
-            .args(["-INT", &self.child.id().to_string()])
-            .status();
-        let _ = self.child.wait();
-    }
-}
-
-/// `program` run as the `postgres` user, exec'd in place (setpriv does not fork), so
-/// that the child is the program itself.
-fn as_postgres(program: &std::path::Path) -> Command {
-    let mut command = Command::new("setpriv");
-    command.args(["--reuid=postgres", "--regid=postgres", "--init-groups", "--"]);
-    command.arg(program);
-    command
-}
-
-/// The newest PostgreSQL's programs (Debian keeps them out of PATH).
-fn postgres_bin() -> std::path::PathBuf {
-    let mut versions: Vec<_> = std::fs::read_dir("/usr/lib/postgresql")
-        .expect("postgresql is installed")
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .collect();
-    versions.sort();
-    versions.pop().expect("a postgresql version").join("bin")
 }
 
 /// psycopg on one connection, after a go: prepared SELECTs (extended protocol, named

@@ -1143,12 +1143,14 @@ impl HttpProbe {
             Protocol::Redis => Some(spans::DbCall {
                 system: "redis",
                 operation: redis::command_name(&exchange.method),
+                summary: String::new(),
                 error_type: redis::error_type(exchange.status != 0, &exchange.error_type)
                     .to_string(),
             }),
             Protocol::Postgres => Some(spans::DbCall {
                 system: "postgresql",
                 operation: pg::verb(exchange.method.as_bytes()),
+                summary: exchange.path.clone(),
                 error_type: exchange.error_type.clone(),
             }),
         };

@@ -52,6 +52,76 @@ pub fn verb(text: &[u8]) -> &'static str {
         .unwrap_or(OTHER)
 }
 
+/// What a statement's text says of it: its verb and the first table it names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Described {
+    verb: &'static str,
+    /// Empty when the text kept names none.
+    table: String,
+}
+
+fn describe(text: &[u8]) -> Described {
+    Described {
+        verb: verb(text),
+        table: first_table(text),
+    }
+}
+
+/// Bytes of a table's name kept, at most (PostgreSQL's identifiers are 63).
+const MAX_TABLE: usize = 63;
+
+/// The first table a statement names: the identifier after its first FROM, INTO,
+/// UPDATE, TABLE or JOIN, outside string literals; unquoted names folded to lower case
+/// as PostgreSQL does. Never a literal or a parameter.
+fn first_table(text: &[u8]) -> String {
+    let text = skip_comments(text);
+    let mut after_keyword = false;
+    let mut i = 0;
+    while i < text.len() {
+        let b = text[i];
+        if b == b'\'' {
+            // A literal: skipped whole.
+            i += 1 + text[i + 1..].iter().position(|&c| c == b'\'').unwrap_or(text.len());
+            after_keyword = false;
+            continue;
+        }
+        let (token, quoted, next) = if b == b'"' {
+            let end = text[i + 1..].iter().position(|&c| c == b'"').map_or(text.len(), |e| i + 1 + e);
+            (&text[(i + 1).min(end)..end], true, end + 1)
+        } else if b.is_ascii_alphanumeric() || b == b'_' {
+            let len = text[i..]
+                .iter()
+                .position(|c| !(c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'$')))
+                .unwrap_or(text.len() - i);
+            (&text[i..i + len], false, i + len)
+        } else {
+            if !b.is_ascii_whitespace() {
+                after_keyword = false; // "FROM (SELECT ...)": no table here
+            }
+            i += 1;
+            continue;
+        };
+        i = next;
+        let upper = token.to_ascii_uppercase();
+        if !quoted && matches!(upper.as_slice(), b"IF" | b"NOT" | b"EXISTS" | b"ONLY") {
+            continue;
+        }
+        if after_keyword {
+            let name = if quoted { token.to_vec() } else { token.to_ascii_lowercase() };
+            let valid = name
+                .iter()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'$'));
+            if !valid || name.is_empty() || name.len() > MAX_TABLE {
+                return String::new();
+            }
+            return String::from_utf8_lossy(&name).into_owned();
+        }
+        after_keyword = !quoted
+            && matches!(upper.as_slice(), b"FROM" | b"INTO" | b"UPDATE" | b"TABLE" | b"JOIN");
+    }
+    String::new()
+}
+
 /// Leading white space and SQL comments (`-- ...` lines, `/* ... */` blocks).
 fn skip_comments(mut text: &[u8]) -> &[u8] {
     loop {
@@ -184,7 +254,7 @@ enum Waiting {
     /// A statement: executed (extended protocol) or one of a simple query's. `chained`
     /// ones start when the statement before them completes.
     Statement {
-        verb: &'static str,
+        what: Described,
         start: u64,
         chained: bool,
         tid: u32,
@@ -204,9 +274,9 @@ pub struct PgConnection {
     /// The backend answers an SSL or GSS request with one byte, no message.
     awaiting_answer_byte: bool,
     waiting: VecDeque<Waiting>,
-    /// Verbs of prepared statements and the statements of portals, by name.
-    statements: HashMap<Vec<u8>, &'static str>,
-    portals: HashMap<Vec<u8>, &'static str>,
+    /// What prepared statements and the statements of portals are, by name.
+    statements: HashMap<Vec<u8>, Described>,
+    portals: HashMap<Vec<u8>, Described>,
     pending_dropped: u64,
 }
 
@@ -325,9 +395,9 @@ impl PgConnection {
         self.waiting.push_back(waiting);
     }
 
-    fn statement(verb: &'static str, start: u64, chained: bool, tid: u32) -> Waiting {
+    fn statement(what: Described, start: u64, chained: bool, tid: u32) -> Waiting {
         Waiting::Statement {
-            verb,
+            what,
             start,
             chained,
             tid,
@@ -352,11 +422,11 @@ impl PgConnection {
                 let text = payload.strip_suffix(&[0]).unwrap_or(payload);
                 let mut first = true;
                 for piece in split_statements(text) {
-                    self.push(Self::statement(verb(piece), at, !first, tid));
+                    self.push(Self::statement(describe(piece), at, !first, tid));
                     first = false;
                 }
                 if first {
-                    self.push(Self::statement(OTHER, at, false, tid));
+                    self.push(Self::statement(describe(b""), at, false, tid));
                 }
                 self.push(Waiting::End);
             }
@@ -364,19 +434,19 @@ impl PgConnection {
                 let mut fields = payload.splitn(2, |&b| b == 0);
                 let name = fields.next().unwrap_or_default().to_vec();
                 let query = fields.next().unwrap_or_default();
-                remember(&mut self.statements, name, verb(query));
+                remember(&mut self.statements, name, describe(query));
             }
             b'B' => {
                 let mut fields = payload.splitn(3, |&b| b == 0);
                 let portal = fields.next().unwrap_or_default().to_vec();
                 let statement = fields.next().unwrap_or_default();
-                let verb = self.statements.get(statement).copied().unwrap_or(OTHER);
-                remember(&mut self.portals, portal, verb);
+                let what = self.statements.get(statement).cloned().unwrap_or(describe(b""));
+                remember(&mut self.portals, portal, what);
             }
             b'E' => {
                 let portal = payload.split(|&b| b == 0).next().unwrap_or_default();
-                let verb = self.portals.get(portal).copied().unwrap_or(OTHER);
-                self.push(Self::statement(verb, at, false, tid));
+                let what = self.portals.get(portal).cloned().unwrap_or(describe(b""));
+                self.push(Self::statement(what, at, false, tid));
             }
             b'S' => self.push(Waiting::End),
             b'C' => {
@@ -435,7 +505,7 @@ impl PgConnection {
         done: &mut Vec<Exchange>,
     ) {
         let Some(Waiting::Statement {
-            verb,
+            what,
             start,
             tid,
             context,
@@ -454,11 +524,17 @@ impl PgConnection {
         {
             *next = (*next).max(at);
         }
-        let operation = if tag_verb != OTHER { tag_verb } else { verb };
+        let operation = if tag_verb != OTHER { tag_verb } else { what.verb };
+        // The query summary: the verb, and the first table when the text named it.
+        let summary = if what.table.is_empty() || operation != what.verb {
+            operation.to_string()
+        } else {
+            format!("{operation} {}", what.table)
+        };
         done.push(Exchange {
             protocol: Protocol::Postgres,
             method: operation.to_string(),
-            path: String::new(),
+            path: summary,
             status: u16::from(error.is_some()),
             error_type: error.unwrap_or_default(),
             request_body_bytes: 0,
@@ -471,12 +547,12 @@ impl PgConnection {
     }
 }
 
-/// Keeps `name` -> `verb`, within MAX_PREPARED names.
-fn remember(map: &mut HashMap<Vec<u8>, &'static str>, name: Vec<u8>, verb: &'static str) {
+/// Keeps `name` -> `what`, within MAX_PREPARED names.
+fn remember(map: &mut HashMap<Vec<u8>, Described>, name: Vec<u8>, what: Described) {
     if map.len() >= MAX_PREPARED && !map.contains_key(&name) {
         return;
     }
-    map.insert(name, verb);
+    map.insert(name, what);
 }
 
 /// The statements of a simple query's text: split at semicolons outside quotes and
@@ -665,6 +741,24 @@ mod tests {
         let answer = [message(b'C', b"DELETE 2\0"), ready()].concat();
         let done = c.feed_by(Direction::Egress, &answer, answer.len() as u64, 9, 3);
         assert_eq!(names(&done), [("DELETE", "", 5, 9)]);
+    }
+
+    #[test]
+    fn a_summary_names_the_verb_and_the_first_table_never_a_literal() {
+        let table = |q: &str| first_table(q.as_bytes());
+        assert_eq!(table("SELECT a FROM Users u JOIN orders o ON true"), "users");
+        assert_eq!(table("insert into \"Mixed\" values ('from x')"), "Mixed");
+        assert_eq!(table("UPDATE public.t SET a = 'into y'"), "public.t");
+        assert_eq!(table("CREATE TABLE IF NOT EXISTS t2 (a int)"), "t2");
+        assert_eq!(table("SELECT 'FROM secret' AS x"), "");
+        assert_eq!(table("SELECT * FROM (SELECT 1) s"), "");
+        assert_eq!(table("SELECT 1"), "");
+        assert_eq!(table("DELETE FROM \"a\x1b[31m\""), "");
+        let mut c = client();
+        write(&mut c, &message(b'Q', b"SELECT a FROM t WHERE a = 'x'; BEGIN\0"), 1);
+        let done = read(&mut c, &[message(b'C', b"SELECT 1\0"), message(b'C', b"BEGIN\0")].concat(), 2);
+        let summaries: Vec<&str> = done.iter().map(|x| x.path.as_str()).collect();
+        assert_eq!(summaries, ["SELECT t", "BEGIN"]);
     }
 
     #[test]

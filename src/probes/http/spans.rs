@@ -140,6 +140,9 @@ pub struct DbCall {
     pub system: &'static str,
     /// The operation, from the closed set of the system's names (`_OTHER` outside it).
     pub operation: &'static str,
+    /// `db.query.summary`: the operation and the first table it names (`SELECT users`);
+    /// empty for the operation alone.
+    pub summary: String,
     /// The error's type when it failed; empty otherwise.
     pub error_type: String,
 }
@@ -403,7 +406,9 @@ impl SpanMaker {
     /// The client span of a database operation: named by its query summary (for Redis,
     /// the command), as the database semantic conventions say.
     fn db_span(&self, db: &DbCall, done: &Finished<'_>) -> Span {
-        let summary = if db.operation == super::redis::OTHER {
+        let summary = if !db.summary.is_empty() {
+            db.summary.as_str()
+        } else if db.operation == super::redis::OTHER {
             db.system
         } else {
             db.operation
@@ -565,6 +570,7 @@ mod tests {
         done.db = Some(DbCall {
             system: "redis",
             operation: "LPUSH",
+            summary: String::new(),
             error_type: "WRONGTYPE".into(),
         });
         maker.finish(done);
