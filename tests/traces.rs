@@ -400,26 +400,25 @@ fn a_call_made_while_serving_is_a_child_span_and_the_called_server_joins_the_tra
     validate_against_schema(&jsonl);
 }
 
-/// A server that on /redis/get and /redis/fail runs a Redis command (a GET, and an
-/// LPUSH on a string, which fails with WRONGTYPE) in the thread serving the request.
-/// argv: port redis_port
-const PY_REDIS_APP: &str = r#"
-import sys, redis
+/// A server that on /<system>/get and /<system>/fail runs `get` or `fail` (Python
+/// statements using what `setup` made) in the thread serving the request.
+/// argv: port db_port
+fn py_db_app(setup: &str, get: &str, fail: &str) -> String {
+    let indent = |code: &str| code.replace('\n', "\n            ");
+    format!(
+        r#"
+import sys
+{setup}
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-r = redis.Redis(host="127.0.0.1", port=int(sys.argv[2]))
-r.set("string", "v")
 class H(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True
     def log_message(self, *a): pass
     def do_GET(self):
-        if self.path == "/redis/get":
-            r.get("string")
+        if self.path.endswith("/get"):
+            {get}
         else:
-            try:
-                r.lpush("string", "x")
-            except redis.ResponseError:
-                pass
+            {fail}
         self.send_response(200)
         self.send_header("Content-Length", "2")
         self.end_headers()
@@ -427,7 +426,11 @@ class H(BaseHTTPRequestHandler):
 server = ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H)
 print("ready", flush=True)
 server.serve_forever()
-"#;
+"#,
+        get = indent(get),
+        fail = indent(fail),
+    )
+}
 
 /// A call the app makes to a database while serving a request: its span's name,
 /// operation, summary and error type.
@@ -518,38 +521,14 @@ fn a_redis_command_made_while_serving_is_a_database_child_span() {
             error: Some("WRONGTYPE"),
         },
     ];
-    database_calls_are_child_spans("traces-redis", PY_REDIS_APP, "redis", redis.port, calls);
+    // A GET, and an LPUSH on a string, which fails with WRONGTYPE.
+    let app = py_db_app(
+        "import redis\nr = redis.Redis(host=\"127.0.0.1\", port=int(sys.argv[2]))\nr.set(\"string\", \"v\")",
+        "r.get(\"string\")",
+        "try:\n    r.lpush(\"string\", \"x\")\nexcept redis.ResponseError:\n    pass",
+    );
+    database_calls_are_child_spans("traces-redis", &app, "redis", redis.port, calls);
 }
-
-/// A server that on /postgresql/get and /postgresql/fail runs a statement (a SELECT,
-/// and an INSERT that breaks a primary key) in the thread serving the request.
-/// argv: port postgres_port
-const PY_PG_APP: &str = r#"
-import sys, psycopg
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-c = psycopg.connect("host=127.0.0.1 user=postgres port=" + sys.argv[2], autocommit=True)
-c.execute("CREATE TABLE accounts (id int PRIMARY KEY)")
-c.execute("INSERT INTO accounts VALUES (1)")
-class H(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True
-    def log_message(self, *a): pass
-    def do_GET(self):
-        if self.path == "/postgresql/get":
-            c.execute("SELECT id FROM accounts WHERE id = %s", (1,)).fetchall()
-        else:
-            try:
-                c.execute("INSERT INTO accounts VALUES (%s)", (1,))
-            except psycopg.errors.UniqueViolation:
-                pass
-        self.send_response(200)
-        self.send_header("Content-Length", "2")
-        self.end_headers()
-        self.wfile.write(b"ok")
-server = ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H)
-print("ready", flush=True)
-server.serve_forever()
-"#;
 
 #[test]
 fn a_postgresql_statement_made_while_serving_is_a_database_child_span() {
@@ -572,7 +551,13 @@ fn a_postgresql_statement_made_while_serving_is_a_database_child_span() {
             error: Some("23"),
         },
     ];
-    database_calls_are_child_spans("traces-pg", PY_PG_APP, "postgresql", postgres.port, calls);
+    // A SELECT, and an INSERT that breaks the primary key.
+    let app = py_db_app(
+        "import psycopg\nc = psycopg.connect(\"host=127.0.0.1 user=postgres port=\" + sys.argv[2], autocommit=True)\nc.execute(\"CREATE TABLE accounts (id int PRIMARY KEY)\")\nc.execute(\"INSERT INTO accounts VALUES (1)\")",
+        "c.execute(\"SELECT id FROM accounts WHERE id = %s\", (1,)).fetchall()",
+        "try:\n    c.execute(\"INSERT INTO accounts VALUES (%s)\", (1,))\nexcept psycopg.errors.UniqueViolation:\n    pass",
+    );
+    database_calls_are_child_spans("traces-pg", &app, "postgresql", postgres.port, calls);
 }
 
 #[test]
