@@ -375,6 +375,15 @@ impl Framing {
         }
     }
 
+    /// Names a framer refused past its per-connection cap since the last call
+    /// (PostgreSQL's prepared statements and portals).
+    pub fn take_names_refused(&mut self) -> u64 {
+        match self {
+            Framing::Postgres(c) => c.take_names_refused(),
+            Framing::Http(_) | Framing::Redis(_) => 0,
+        }
+    }
+
     /// Lets `decide` choose the span context of each request framed since the last call.
     pub fn decide_spans(&mut self, mut decide: impl FnMut(NewRequest<'_>)) {
         match self {

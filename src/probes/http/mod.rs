@@ -272,6 +272,8 @@ pub struct HttpProbe {
     heads_abandoned: u64,
     /// Requests dropped unanswered past a connection's pending limit.
     pending_dropped: u64,
+    /// PostgreSQL statement and portal names refused past each connection's cap.
+    prepared_refused: u64,
     /// Times a connection's framing was lost to bytes the probe did not capture.
     uncaptured_losses: u64,
     /// Times a connection's framing restarted after ring buffer events were lost.
@@ -439,6 +441,7 @@ impl HttpProbe {
             max_head_bytes: settings.max_buffered_head_bytes.get() as usize,
             heads_abandoned: 0,
             pending_dropped: 0,
+            prepared_refused: 0,
             uncaptured_losses: 0,
             gap_resets: 0,
             series: BTreeMap::new(),
@@ -813,6 +816,7 @@ impl HttpProbe {
         let exchanges = conn.feed_by(direction, data, len, event.ts, event.tid);
         let (pending_dropped, uncaptured_losses) = conn.take_losses();
         self.pending_dropped += pending_dropped;
+        self.prepared_refused += conn.take_names_refused();
         self.uncaptured_losses += uncaptured_losses;
         if let Some(spans) = &mut self.spans {
             conn.decide_spans(|request| spans.decide(role, request));
@@ -1546,6 +1550,7 @@ impl Probe for HttpProbe {
             ("connections", self.connections_refused),
             ("head_buffers", self.heads_abandoned),
             ("pending_requests", self.pending_dropped),
+            ("prepared_statements", self.prepared_refused),
             ("series", self.series_folded),
             ("kernel_series", self.slots.refused),
             ("exited_executables", self.lifecycle.exited_refused()),

@@ -278,6 +278,8 @@ pub struct PgConnection {
     statements: HashMap<Vec<u8>, Described>,
     portals: HashMap<Vec<u8>, Described>,
     pending_dropped: u64,
+    /// Statement and portal names not kept past MAX_PREPARED, since last taken.
+    names_refused: u64,
 }
 
 impl PgConnection {
@@ -294,6 +296,7 @@ impl PgConnection {
             statements: HashMap::new(),
             portals: HashMap::new(),
             pending_dropped: 0,
+            names_refused: 0,
         }
     }
 
@@ -320,6 +323,12 @@ impl PgConnection {
         let lost =
             std::mem::take(&mut self.frontend.losses) + std::mem::take(&mut self.backend.losses);
         (std::mem::take(&mut self.pending_dropped), lost)
+    }
+
+    /// Prepared statement and portal names refused past the per-connection cap since the
+    /// last call: their executions are named `_OTHER`.
+    pub fn take_names_refused(&mut self) -> u64 {
+        std::mem::take(&mut self.names_refused)
     }
 
     /// Statements sent since the last call, for their span contexts to be decided; a
@@ -434,14 +443,18 @@ impl PgConnection {
                 let mut fields = payload.splitn(2, |&b| b == 0);
                 let name = fields.next().unwrap_or_default().to_vec();
                 let query = fields.next().unwrap_or_default();
-                remember(&mut self.statements, name, describe(query));
+                if !remember(&mut self.statements, name, describe(query)) {
+                    self.names_refused += 1;
+                }
             }
             b'B' => {
                 let mut fields = payload.splitn(3, |&b| b == 0);
                 let portal = fields.next().unwrap_or_default().to_vec();
                 let statement = fields.next().unwrap_or_default();
                 let what = self.statements.get(statement).cloned().unwrap_or(describe(b""));
-                remember(&mut self.portals, portal, what);
+                if !remember(&mut self.portals, portal, what) {
+                    self.names_refused += 1;
+                }
             }
             b'E' => {
                 let portal = payload.split(|&b| b == 0).next().unwrap_or_default();
@@ -547,12 +560,13 @@ impl PgConnection {
     }
 }
 
-/// Keeps `name` -> `what`, within MAX_PREPARED names.
-fn remember(map: &mut HashMap<Vec<u8>, Described>, name: Vec<u8>, what: Described) {
+/// Keeps `name` -> `what`, within MAX_PREPARED names. Returns false when it is refused.
+fn remember(map: &mut HashMap<Vec<u8>, Described>, name: Vec<u8>, what: Described) -> bool {
     if map.len() >= MAX_PREPARED && !map.contains_key(&name) {
-        return;
+        return false;
     }
     map.insert(name, what);
+    true
 }
 
 /// The statements of a simple query's text: split at semicolons outside quotes and
@@ -773,6 +787,24 @@ mod tests {
         assert_eq!(error_class(b"42P01"), "42");
         assert_eq!(error_class(b"\n\""), OTHER);
         assert_eq!(error_class(b""), OTHER);
+    }
+
+    #[test]
+    fn prepared_statements_past_the_cap_are_refused_counted_and_run_as_other() {
+        let mut c = client();
+        let mut burst = Vec::new();
+        for i in 0..MAX_PREPARED + 3 {
+            burst.extend(message(b'P', format!("s{i}\0DELETE FROM t\0\0\0").as_bytes()));
+        }
+        write(&mut c, &burst, 1);
+        assert_eq!(c.take_names_refused(), 3);
+        let last = format!("\0s{}\0\0\0\0\0", MAX_PREPARED + 2);
+        let run = [message(b'B', last.as_bytes()), message(b'E', b"\0\0\0\0\0"), message(b'S', b"")];
+        write(&mut c, &run.concat(), 2);
+        let done = read(&mut c, &[message(b'C', b"DELETE 1\0"), ready()].concat(), 3);
+        // The tag still names it; without a tag it would be _OTHER.
+        assert_eq!(names(&done), [("DELETE", "", 2, 3)]);
+        assert_eq!(c.take_names_refused(), 0);
     }
 
     #[test]
