@@ -51,9 +51,10 @@ pub struct Exchange {
     pub method: String,
     /// HTTP: the target's path. PostgreSQL: the query summary (verb and first table).
     pub path: String,
-    /// HTTP: the status code. Redis: 1 when the reply was an error.
+    /// HTTP: the status code. Databases: 1 when the operation failed.
     pub status: u16,
-    /// Redis: an error reply's prefix (`ERR`, `WRONGTYPE`); empty otherwise.
+    /// Redis: an error reply's prefix (`ERR`, `WRONGTYPE`). PostgreSQL: the SQLSTATE's
+    /// class (`42`). Empty otherwise.
     pub error_type: String,
     pub request_body_bytes: u64,
     pub response_body_bytes: u64,
