@@ -287,13 +287,11 @@ server.serve_forever()
         let child = command.spawn().expect("python3");
         // Dropped (and so killed) if it never listens.
         let kubelet = FakeKubelet { child, port };
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return kubelet;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("the fake kubelet did not start");
+        assert!(
+            common::listening_soon(port),
+            "the fake kubelet did not start"
+        );
+        kubelet
     }
 }
 

@@ -720,12 +720,7 @@ impl Nginx {
             .arg(dir.path().join("error.log"))
             .spawn()
             .expect("nginx runs (scripts/setup.sh --test installs it)");
-        for _ in 0..100 {
-            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        common::listening_soon(port);
         Nginx { child, port, dir }
     }
 }

@@ -104,13 +104,11 @@ impl RedisServer {
             .spawn()
             .expect("redis-server runs (scripts/setup.sh --test installs it)");
         let server = RedisServer { child, port };
-        for _ in 0..100 {
-            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return server;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("redis-server did not listen on {port}");
+        assert!(
+            super::listening_soon(port),
+            "redis-server did not listen on {port}"
+        );
+        server
     }
 
     pub fn pid(&self) -> String {

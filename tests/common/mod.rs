@@ -75,6 +75,17 @@ pub fn free_port() -> u16 {
         .expect("a free loopback port")
 }
 
+/// Whether something listens on loopback `port` within 5 s, as a server just started.
+pub fn listening_soon(port: u16) -> bool {
+    for _ in 0..100 {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
 pub struct TempDir(pub PathBuf);
 
 impl TempDir {

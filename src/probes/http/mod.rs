@@ -759,6 +759,7 @@ impl HttpProbe {
             KIND_WRITE => Direction::Egress,
             _ => return,
         };
+        let protocol = protocol_of(event);
         if !self.connections.contains_key(&key) {
             if self.connections.len() >= self.max_connections {
                 self.connections_refused += 1;
@@ -767,7 +768,7 @@ impl HttpProbe {
             self.connections.insert(
                 key,
                 Tracked {
-                    conn: Framing::new(protocol_of(event), role),
+                    conn: Framing::new(protocol, role),
                     tls: false,
                     last: None,
                     skip: 0,
@@ -804,7 +805,6 @@ impl HttpProbe {
         // at the next message that starts in this event or later.
         let event_tls = event.tls != 0;
         let before = conn.buffered();
-        let protocol = protocol_of(event);
         if conn.role() != role || conn.protocol() != protocol || *tls != event_tls || event.gap != 0
         {
             if event.gap != 0 {

@@ -517,17 +517,20 @@ impl PgConnection {
         at: u64,
         done: &mut Vec<Exchange>,
     ) {
+        // An End waits for ReadyForQuery: a completion never takes it.
+        if !matches!(self.waiting.front(), Some(Waiting::Statement { .. })) {
+            return;
+        }
         let Some(Waiting::Statement {
             what,
             start,
             tid,
             context,
             ..
-        }) = self.waiting.front().cloned()
+        }) = self.waiting.pop_front()
         else {
             return;
         };
-        self.waiting.pop_front();
         // The next statement of the same query starts now.
         if let Some(Waiting::Statement {
             start: next,
