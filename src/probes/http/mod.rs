@@ -11,6 +11,7 @@
 pub mod conn;
 pub mod parser;
 pub mod pg;
+pub mod sql;
 pub mod redis;
 pub mod resp;
 pub mod routes;
@@ -1153,7 +1154,7 @@ impl HttpProbe {
             }),
             Protocol::Postgres => Some(spans::DbCall {
                 system: "postgresql",
-                operation: pg::verb(exchange.method.as_bytes()),
+                operation: sql::verb(exchange.method.as_bytes()),
                 summary: exchange.path.clone(),
                 error_type: exchange.error_type.clone(),
             }),

@@ -10,6 +10,7 @@
 use std::collections::{HashMap, VecDeque};
 
 use super::conn::{Direction, Exchange, NewRequest, Protocol, Role};
+use super::sql::{split_statements, verb, Described, Dialect, OTHER};
 use crate::model::span::SpanContext;
 
 /// Statements waiting for their completion on one connection, at most.
@@ -21,122 +22,6 @@ const MAX_PREPARED: usize = 256;
 const MAX_KEPT: usize = 512;
 /// A message longer than this is not PostgreSQL (the server refuses 1 GiB and more).
 const MAX_MESSAGE: u32 = 1 << 30;
-
-/// SQL verbs a statement may be named by; others are `_OTHER`.
-const VERBS: &[&str] = &[
-    "SELECT", "INSERT", "UPDATE", "DELETE", "MERGE", "WITH", "VALUES", "TABLE", "COPY",
-    "BEGIN", "START", "COMMIT", "END", "ROLLBACK", "SAVEPOINT", "RELEASE", "PREPARE",
-    "EXECUTE", "DEALLOCATE", "CREATE", "ALTER", "DROP", "TRUNCATE", "GRANT", "REVOKE",
-    "COMMENT", "ANALYZE", "VACUUM", "EXPLAIN", "SET", "RESET", "SHOW", "DISCARD", "LOCK",
-    "LISTEN", "NOTIFY", "UNLISTEN", "DECLARE", "FETCH", "MOVE", "CLOSE", "CALL", "DO",
-    "REFRESH", "REINDEX", "CLUSTER", "CHECKPOINT", "LOAD", "IMPORT", "SECURITY", "REASSIGN",
-];
-
-/// What stands for a verb outside the known set.
-pub const OTHER: &str = "_OTHER";
-
-/// The `db_operation_name` of a statement's text or command tag: its first word,
-/// upper-cased, from the closed set.
-pub fn verb(text: &[u8]) -> &'static str {
-    let text = skip_comments(text);
-    let word: Vec<u8> = text
-        .iter()
-        .take_while(|b| b.is_ascii_alphabetic())
-        .take(16)
-        .map(u8::to_ascii_uppercase)
-        .collect();
-    VERBS
-        .iter()
-        .find(|v| v.as_bytes() == word.as_slice())
-        .copied()
-        .unwrap_or(OTHER)
-}
-
-/// What a statement's text says of it: its verb and the first table it names.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Described {
-    verb: &'static str,
-    /// Empty when the text kept names none.
-    table: String,
-}
-
-fn describe(text: &[u8]) -> Described {
-    Described {
-        verb: verb(text),
-        table: first_table(text),
-    }
-}
-
-/// Bytes of a table's name kept, at most (PostgreSQL's identifiers are 63).
-const MAX_TABLE: usize = 63;
-
-/// The first table a statement names: the identifier after its first FROM, INTO,
-/// UPDATE, TABLE or JOIN, outside string literals; unquoted names folded to lower case
-/// as PostgreSQL does. Never a literal or a parameter.
-fn first_table(text: &[u8]) -> String {
-    let text = skip_comments(text);
-    let mut after_keyword = false;
-    let mut i = 0;
-    while i < text.len() {
-        let b = text[i];
-        if b == b'\'' {
-            // A literal: skipped whole.
-            i += 1 + text[i + 1..].iter().position(|&c| c == b'\'').unwrap_or(text.len());
-            after_keyword = false;
-            continue;
-        }
-        let (token, quoted, next) = if b == b'"' {
-            let end = text[i + 1..].iter().position(|&c| c == b'"').map_or(text.len(), |e| i + 1 + e);
-            (&text[(i + 1).min(end)..end], true, end + 1)
-        } else if b.is_ascii_alphanumeric() || b == b'_' {
-            let len = text[i..]
-                .iter()
-                .position(|c| !(c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'$')))
-                .unwrap_or(text.len() - i);
-            (&text[i..i + len], false, i + len)
-        } else {
-            if !b.is_ascii_whitespace() {
-                after_keyword = false; // "FROM (SELECT ...)": no table here
-            }
-            i += 1;
-            continue;
-        };
-        i = next;
-        let upper = token.to_ascii_uppercase();
-        if !quoted && matches!(upper.as_slice(), b"IF" | b"NOT" | b"EXISTS" | b"ONLY") {
-            continue;
-        }
-        if after_keyword {
-            let name = if quoted { token.to_vec() } else { token.to_ascii_lowercase() };
-            let valid = name
-                .iter()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'$'));
-            if !valid || name.is_empty() || name.len() > MAX_TABLE {
-                return String::new();
-            }
-            return String::from_utf8_lossy(&name).into_owned();
-        }
-        after_keyword = !quoted
-            && matches!(upper.as_slice(), b"FROM" | b"INTO" | b"UPDATE" | b"TABLE" | b"JOIN");
-    }
-    String::new()
-}
-
-/// Leading white space and SQL comments (`-- ...` lines, `/* ... */` blocks).
-fn skip_comments(mut text: &[u8]) -> &[u8] {
-    loop {
-        let trimmed = text.trim_ascii_start();
-        if let Some(rest) = trimmed.strip_prefix(b"--") {
-            let end = rest.iter().position(|&b| b == b'\n').map_or(rest.len(), |i| i + 1);
-            text = &rest[end..];
-        } else if let Some(rest) = trimmed.strip_prefix(b"/*") {
-            let end = rest.windows(2).position(|w| w == b"*/").map_or(rest.len(), |i| i + 2);
-            text = &rest[end..];
-        } else {
-            return trimmed;
-        }
-    }
-}
 
 /// The `error_type` of an ErrorResponse's SQLSTATE: its class, the first two of its
 /// five characters (`42` for a syntax error or undefined table, `23` for a constraint).
@@ -430,12 +315,12 @@ impl PgConnection {
                 // their verbs until the text kept runs out.
                 let text = payload.strip_suffix(&[0]).unwrap_or(payload);
                 let mut first = true;
-                for piece in split_statements(text) {
-                    self.push(Self::statement(describe(piece), at, !first, tid));
+                for piece in split_statements(text, Dialect::Postgres) {
+                    self.push(Self::statement(Described::new(piece, Dialect::Postgres), at, !first, tid));
                     first = false;
                 }
                 if first {
-                    self.push(Self::statement(describe(b""), at, false, tid));
+                    self.push(Self::statement(Described::unknown(), at, false, tid));
                 }
                 self.push(Waiting::End);
             }
@@ -443,7 +328,7 @@ impl PgConnection {
                 let mut fields = payload.splitn(2, |&b| b == 0);
                 let name = fields.next().unwrap_or_default().to_vec();
                 let query = fields.next().unwrap_or_default();
-                if !remember(&mut self.statements, name, describe(query)) {
+                if !remember(&mut self.statements, name, Described::new(query, Dialect::Postgres)) {
                     self.names_refused += 1;
                 }
             }
@@ -451,14 +336,14 @@ impl PgConnection {
                 let mut fields = payload.splitn(3, |&b| b == 0);
                 let portal = fields.next().unwrap_or_default().to_vec();
                 let statement = fields.next().unwrap_or_default();
-                let what = self.statements.get(statement).cloned().unwrap_or(describe(b""));
+                let what = self.statements.get(statement).cloned().unwrap_or(Described::unknown());
                 if !remember(&mut self.portals, portal, what) {
                     self.names_refused += 1;
                 }
             }
             b'E' => {
                 let portal = payload.split(|&b| b == 0).next().unwrap_or_default();
-                let what = self.portals.get(portal).cloned().unwrap_or(describe(b""));
+                let what = self.portals.get(portal).cloned().unwrap_or(Described::unknown());
                 self.push(Self::statement(what, at, false, tid));
             }
             b'S' => self.push(Waiting::End),
@@ -541,12 +426,7 @@ impl PgConnection {
             *next = (*next).max(at);
         }
         let operation = if tag_verb != OTHER { tag_verb } else { what.verb };
-        // The query summary: the verb, and the first table when the text named it.
-        let summary = if what.table.is_empty() || operation != what.verb {
-            operation.to_string()
-        } else {
-            format!("{operation} {}", what.table)
-        };
+        let summary = what.summary(operation);
         done.push(Exchange {
             protocol: Protocol::Postgres,
             method: operation.to_string(),
@@ -570,36 +450,6 @@ fn remember(map: &mut HashMap<Vec<u8>, Described>, name: Vec<u8>, what: Describe
     }
     map.insert(name, what);
     true
-}
-
-/// The statements of a simple query's text: split at semicolons outside quotes and
-/// comments, empty ones left out.
-fn split_statements(text: &[u8]) -> Vec<&[u8]> {
-    let mut pieces = Vec::new();
-    let (mut from, mut quote, mut i) = (0, None, 0);
-    while i < text.len() {
-        let b = text[i];
-        match quote {
-            Some(q) if b == q => quote = None,
-            Some(_) => {}
-            None if b == b'\'' || b == b'"' => quote = Some(b),
-            None if b == b';' => {
-                pieces.push(&text[from..i]);
-                from = i + 1;
-            }
-            None if text[i..].starts_with(b"--") => {
-                i += text[i..].iter().position(|&c| c == b'\n').unwrap_or(text.len() - i);
-                continue;
-            }
-            None => {}
-        }
-        i += 1;
-    }
-    pieces.push(&text[from..]);
-    pieces
-        .into_iter()
-        .filter(|p| !skip_comments(p).is_empty())
-        .collect()
 }
 
 /// The value of field `code` of an ErrorResponse (`C`: the SQLSTATE).
@@ -762,15 +612,6 @@ mod tests {
 
     #[test]
     fn a_summary_names_the_verb_and_the_first_table_never_a_literal() {
-        let table = |q: &str| first_table(q.as_bytes());
-        assert_eq!(table("SELECT a FROM Users u JOIN orders o ON true"), "users");
-        assert_eq!(table("insert into \"Mixed\" values ('from x')"), "Mixed");
-        assert_eq!(table("UPDATE public.t SET a = 'into y'"), "public.t");
-        assert_eq!(table("CREATE TABLE IF NOT EXISTS t2 (a int)"), "t2");
-        assert_eq!(table("SELECT 'FROM secret' AS x"), "");
-        assert_eq!(table("SELECT * FROM (SELECT 1) s"), "");
-        assert_eq!(table("SELECT 1"), "");
-        assert_eq!(table("DELETE FROM \"a\x1b[31m\""), "");
         let mut c = client();
         write(&mut c, &message(b'Q', b"SELECT a FROM t WHERE a = 'x'; BEGIN\0"), 1);
         let done = read(&mut c, &[message(b'C', b"SELECT 1\0"), message(b'C', b"BEGIN\0")].concat(), 2);
@@ -784,9 +625,6 @@ mod tests {
         write(&mut c, b"\x01\xff\xff\xff\xff", 1);
         assert_eq!(c.take_losses(), (0, 1));
         assert_eq!(c.buffered(), 0);
-        assert_eq!(verb(b"  /* x */ -- y\n sElEcT 1"), "SELECT");
-        assert_eq!(verb(b"\x1b[31mDROP"), OTHER);
-        assert_eq!(verb(b""), OTHER);
         assert_eq!(error_class(b"42P01"), "42");
         assert_eq!(error_class(b"\n\""), OTHER);
         assert_eq!(error_class(b""), OTHER);
