@@ -4,7 +4,7 @@
 set -euo pipefail
 
 BUILD_PACKAGES=(clang-19 llvm-19 libelf-dev zlib1g-dev pkg-config make gcc)
-TEST_PACKAGES=(prometheus bpftool bpftrace curl python3 python3-jsonschema hyperfine procps nginx openssl wrk nftables iproute2 iperf3 systemd docker.io busybox-static protobuf-compiler golang-github-google-pprof-dev golang-github-prometheus-client-model-dev redis-server redis-tools postgresql postgresql-client)
+TEST_PACKAGES=(prometheus bpftool bpftrace curl python3 python3-jsonschema hyperfine procps nginx openssl wrk nftables iproute2 iperf3 systemd docker.io busybox-static protobuf-compiler golang-github-google-pprof-dev golang-github-prometheus-client-model-dev redis-server redis-tools postgresql postgresql-client mariadb-server mariadb-client)
 
 want=("${BUILD_PACKAGES[@]}")
 if [ "${1:-}" = "--test" ]; then
@@ -46,6 +46,13 @@ fi
 if [ "${1:-}" = "--test" ] && ! python3 -c "import psycopg" 2>/dev/null; then
   echo "setup: installing psycopg for python3"
   python3 -m pip install --quiet --disable-pip-version-check "psycopg[binary]==3.2.3"
+fi
+
+# PyMySQL (text protocol) and MySQL Connector/Python (prepared statements, the binary
+# protocol), the MySQL clients the database tests drive alongside the mariadb client.
+if [ "${1:-}" = "--test" ] && ! python3 -c "import pymysql, mysql.connector" 2>/dev/null; then
+  echo "setup: installing PyMySQL and mysql-connector-python for python3"
+  python3 -m pip install --quiet --disable-pip-version-check "PyMySQL==1.1.1" "mysql-connector-python==9.1.0"
 fi
 
 # The Kubernetes schemas (bundled, no cluster needed) that the deploy tests validate the

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::apps::{connect, get, hex_id, App, PgServer, RedisServer};
+use common::apps::{connect, get, hex_id, App, MysqlServer, PgServer, RedisServer};
 use common::{have_root, kernel_lock, Agent, TempDir};
 use serde_json::Value;
 
@@ -558,6 +558,36 @@ fn a_postgresql_statement_made_while_serving_is_a_database_child_span() {
         "try:\n    c.execute(\"INSERT INTO accounts VALUES (%s)\", (1,))\nexcept psycopg.errors.UniqueViolation:\n    pass",
     );
     database_calls_are_child_spans("traces-pg", &app, "postgresql", postgres.port, calls);
+}
+
+#[test]
+fn a_mysql_statement_made_while_serving_is_a_database_child_span() {
+    if !have_root("a_mysql_statement_made_while_serving_is_a_database_child_span") {
+        return;
+    }
+    let _lock = kernel_lock();
+    let mysql = MysqlServer::start();
+    let calls = [
+        DbCall {
+            name: "SELECT accounts",
+            operation: "SELECT",
+            summary: "SELECT accounts",
+            error: None,
+        },
+        DbCall {
+            name: "INSERT accounts",
+            operation: "INSERT",
+            summary: "INSERT accounts",
+            error: Some("1062"),
+        },
+    ];
+    // A SELECT, and an INSERT that breaks the primary key.
+    let app = py_db_app(
+        "import pymysql\nc = pymysql.connect(host=\"127.0.0.1\", port=int(sys.argv[2]), user=\"root\", autocommit=True).cursor()\nc.execute(\"CREATE DATABASE bank\")\nc.execute(\"USE bank\")\nc.execute(\"CREATE TABLE accounts (id int PRIMARY KEY)\")\nc.execute(\"INSERT INTO accounts VALUES (1)\")",
+        "c.execute(\"SELECT id FROM accounts WHERE id = %s\", (1,))",
+        "try:\n    c.execute(\"INSERT INTO accounts VALUES (%s)\", (1,))\nexcept pymysql.err.IntegrityError:\n    pass",
+    );
+    database_calls_are_child_spans("traces-mysql", &app, "mysql", mysql.port, calls);
 }
 
 #[test]

@@ -123,6 +123,73 @@ impl Drop for RedisServer {
     }
 }
 
+/// A MariaDB server of its own, its data directory made by `mariadb-install-db`, on a
+/// loopback port, without grant tables: any user connects without a password.
+pub struct MysqlServer {
+    pub child: Child,
+    pub port: u16,
+    _dir: super::TempDir,
+}
+
+impl MysqlServer {
+    pub fn start() -> MysqlServer {
+        let dir = super::TempDir::new("mariadb");
+        let data = dir.path().join("data");
+        let install = Command::new("mariadb-install-db")
+            .args(["--no-defaults", "--user=root", "--skip-test-db"])
+            .arg(format!("--datadir={}", data.display()))
+            .output()
+            .expect("mariadb-install-db runs (scripts/setup.sh --test installs mariadb-server)");
+        assert!(install.status.success(), "mariadb-install-db: {install:?}");
+        let port = free_port();
+        let child = Command::new("mariadbd")
+            .args([
+                "--no-defaults",
+                "--user=root",
+                "--skip-grant-tables",
+                "--skip-log-bin",
+            ])
+            .arg(format!("--datadir={}", data.display()))
+            .arg(format!("--socket={}", dir.path().join("socket").display()))
+            .arg(format!("--port={port}"))
+            .args(["--bind-address=127.0.0.1", "--innodb-buffer-pool-size=16M"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mariadbd runs");
+        let server = MysqlServer {
+            child,
+            port,
+            _dir: dir,
+        };
+        assert!(
+            super::listening_soon(port) || super::listening_soon(port),
+            "mariadbd did not listen on {port}"
+        );
+        server
+    }
+
+    /// Runs each of `statements` with the `mariadb` client, one invocation each: a
+    /// failing one makes it exit 1, which the test counts.
+    pub fn mariadb(&self, statements: &[&str]) {
+        for statement in statements {
+            Command::new("mariadb")
+                .args(["--no-defaults", "-h", "127.0.0.1", "-u", "root"])
+                .arg(format!("-P{}", self.port))
+                .args(["-e", statement])
+                .output()
+                .expect("mariadb runs");
+        }
+    }
+}
+
+impl Drop for MysqlServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// A PostgreSQL cluster of its own, made by `initdb` (trust authentication, as the
 /// `postgres` user, since the server refuses to run as root) on a loopback port; with
 /// `tls`, a certificate of its own and SSL on.

@@ -60,6 +60,8 @@ pub struct Protocols {
     pub redis: bool,
     /// PostgreSQL (protocol 3.0: simple and extended queries).
     pub postgresql: bool,
+    /// MySQL and MariaDB (text and prepared statements).
+    pub mysql: bool,
 }
 
 impl Default for Protocols {
@@ -68,6 +70,7 @@ impl Default for Protocols {
             http: true,
             redis: true,
             postgresql: true,
+            mysql: true,
         }
     }
 }
@@ -80,6 +83,7 @@ impl Protocols {
         bit(self.http, P::PSC_PROTO_HTTP)
             | bit(self.redis, P::PSC_PROTO_REDIS)
             | bit(self.postgresql, P::PSC_PROTO_POSTGRES)
+            | bit(self.mysql, P::PSC_PROTO_MYSQL)
     }
 }
 

@@ -3,6 +3,7 @@
 use std::collections::VecDeque;
 
 use super::parser::{Expect, Frame, Framer, Kind, TraceHeaders};
+use super::mysql::MysqlConnection;
 use super::pg::PgConnection;
 use super::resp::RespConnection;
 use crate::model::span::SpanContext;
@@ -41,6 +42,19 @@ pub enum Protocol {
     Http,
     Redis,
     Postgres,
+    Mysql,
+}
+
+impl Protocol {
+    /// The semantic conventions' name: `db.system.name` of a database protocol.
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Http => "http",
+            Protocol::Redis => "redis",
+            Protocol::Postgres => "postgresql",
+            Protocol::Mysql => "mysql",
+        }
+    }
 }
 
 /// One request and its response.
@@ -305,6 +319,7 @@ pub enum Framing {
     Http(Connection),
     Redis(RespConnection),
     Postgres(PgConnection),
+    Mysql(MysqlConnection),
 }
 
 impl Framing {
@@ -313,6 +328,7 @@ impl Framing {
             Protocol::Http => Framing::Http(Connection::new(role)),
             Protocol::Redis => Framing::Redis(RespConnection::new(role)),
             Protocol::Postgres => Framing::Postgres(PgConnection::new(role)),
+            Protocol::Mysql => Framing::Mysql(MysqlConnection::new(role)),
         }
     }
 
@@ -321,6 +337,7 @@ impl Framing {
             Framing::Http(_) => Protocol::Http,
             Framing::Redis(_) => Protocol::Redis,
             Framing::Postgres(_) => Protocol::Postgres,
+            Framing::Mysql(_) => Protocol::Mysql,
         }
     }
 
@@ -329,6 +346,7 @@ impl Framing {
             Framing::Http(c) => c.role(),
             Framing::Redis(c) => c.role(),
             Framing::Postgres(c) => c.role(),
+            Framing::Mysql(c) => c.role(),
         }
     }
 
@@ -338,6 +356,7 @@ impl Framing {
             Framing::Http(c) => c.buffered(),
             Framing::Redis(c) => c.buffered(),
             Framing::Postgres(c) => c.buffered(),
+            Framing::Mysql(c) => c.buffered(),
         }
     }
 
@@ -347,6 +366,7 @@ impl Framing {
             Framing::Http(c) => c.abandon_partial(),
             Framing::Redis(c) => c.abandon_partial(),
             Framing::Postgres(c) => c.abandon_partial(),
+            Framing::Mysql(c) => c.abandon_partial(),
         }
     }
 
@@ -357,6 +377,7 @@ impl Framing {
             Framing::Http(c) => c.take_losses(),
             Framing::Redis(c) => c.take_losses(),
             Framing::Postgres(c) => c.take_losses(),
+            Framing::Mysql(c) => c.take_losses(),
         }
     }
 
@@ -373,14 +394,16 @@ impl Framing {
             Framing::Http(c) => c.feed_by(direction, data, len, at, tid),
             Framing::Redis(c) => c.feed_by(direction, data, len, at, tid),
             Framing::Postgres(c) => c.feed_by(direction, data, len, at, tid),
+            Framing::Mysql(c) => c.feed_by(direction, data, len, at, tid),
         }
     }
 
     /// Names a framer refused past its per-connection cap since the last call
-    /// (PostgreSQL's prepared statements and portals).
+    /// (PostgreSQL's prepared statements and portals, MySQL's prepared statements).
     pub fn take_names_refused(&mut self) -> u64 {
         match self {
             Framing::Postgres(c) => c.take_names_refused(),
+            Framing::Mysql(c) => c.take_names_refused(),
             Framing::Http(_) | Framing::Redis(_) => 0,
         }
     }
@@ -391,6 +414,7 @@ impl Framing {
             Framing::Http(c) => c.new_requests().for_each(&mut decide),
             Framing::Redis(c) => c.new_requests().for_each(&mut decide),
             Framing::Postgres(c) => c.new_requests().for_each(&mut decide),
+            Framing::Mysql(c) => c.new_requests().for_each(&mut decide),
         }
     }
 
@@ -398,7 +422,7 @@ impl Framing {
     pub fn close(&mut self, at: u64) -> Vec<Exchange> {
         match self {
             Framing::Http(c) => c.close(at),
-            Framing::Redis(_) | Framing::Postgres(_) => Vec::new(),
+            Framing::Redis(_) | Framing::Postgres(_) | Framing::Mysql(_) => Vec::new(),
         }
     }
 }

@@ -1,13 +1,15 @@
-//! End-to-end: Redis commands through the http probe's framer, against Debian's
-//! `redis-server`, with `redis-cli` and redis-py as clients. Every count is exact, for
-//! the client's process and for the server's, framed in the kernel and in user space.
+//! End-to-end: database operations through the http probe's framers, against Debian's
+//! servers and with their own and PyPI's clients: Redis (`redis-server`, `redis-cli`,
+//! redis-py), PostgreSQL (`postgres`, psql, psycopg) and MySQL (MariaDB's `mariadbd` and
+//! `mariadb`, PyMySQL, MySQL Connector/Python). Every count is exact, for the client's
+//! process and for the server's.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::Command;
 use std::time::Duration;
 
-use crate::common::apps::{PgServer, RedisServer};
+use crate::common::apps::{MysqlServer, PgServer, RedisServer};
 use crate::common::{eventually, free_port, have_root, kernel_lock, Agent, Helper, Metrics};
 
 const DURATION_COUNT: &str = "db_client_operation_duration_seconds_count";
@@ -397,4 +399,186 @@ fn postgresql_statements_over_tls_count_exactly_through_the_openssl_uprobes() {
         assert_eq!(pg_count(&m, who, "SELECT", None), 1.0, "{who:?}");
         assert_eq!(pg_count(&m, who, "SELECT", Some("42")), 1.0, "{who:?}");
     }
+}
+
+/// PyMySQL (the text protocol) and MySQL Connector/Python (prepared statements, the
+/// binary protocol), each on one connection made before the go: selects, inserts, a
+/// duplicate key (1062), a multi-statement query counted one by one, and one that stops
+/// at its missing table (1146). argv: port selects inserts prepared
+const MYSQL_PY: &str = r#"
+import sys, pymysql, mysql.connector
+from pymysql.constants import CLIENT
+port, selects, inserts, prepared = map(int, sys.argv[1:5])
+text = pymysql.connect(host="127.0.0.1", port=port, user="root", database="shop",
+                       autocommit=True, client_flag=CLIENT.MULTI_STATEMENTS)
+binary = mysql.connector.connect(host="127.0.0.1", port=port, user="root", database="shop",
+                                 use_pure=True, autocommit=True)
+print("ready", flush=True)
+sys.stdin.readline()
+t = text.cursor()
+for i in range(selects):
+    t.execute("SELECT v FROM items WHERE id = %s", (i,))
+    t.fetchall()
+for i in range(inserts):
+    t.execute("INSERT INTO items VALUES (%s, 'x')", (100 + i,))
+try:
+    t.execute("INSERT INTO items VALUES (100, 'again')")
+except pymysql.err.IntegrityError:
+    pass
+t.execute("UPDATE items SET v = 'y;z' WHERE id = 100; SELECT v FROM items; DELETE FROM items WHERE id = 101")
+while t.nextset():
+    pass
+try:
+    t.execute("SELECT v FROM missing; DELETE FROM items")
+except pymysql.err.ProgrammingError:
+    pass
+b = binary.cursor(prepared=True)
+for i in range(prepared):
+    b.execute("SELECT v FROM items WHERE id = %s", (100 + i,))
+    b.fetchall()
+try:
+    b.execute("INSERT INTO items VALUES (%s, %s)", (100, "dup"))
+except mysql.connector.errors.IntegrityError:
+    pass
+print("done", flush=True)
+sys.stdin.readline()
+"#;
+
+fn mysql_count(m: &Metrics, who: &[(&str, &str)], operation: &str, error: Option<&str>) -> f64 {
+    db_count(m, "mysql", who, operation, error)
+}
+
+#[test]
+fn mysql_statements_count_exactly_in_text_and_binary_protocols() {
+    let _kernel = kernel_lock();
+    if !have_root("mysql_statements_count_exactly") {
+        return;
+    }
+    let server = MysqlServer::start();
+    let agent = Agent::start(&config(true));
+    server.mariadb(&[
+        "CREATE DATABASE shop",
+        "CREATE TABLE shop.items (id int PRIMARY KEY, v text)",
+        "INSERT INTO shop.items VALUES (1, 'a'), (2, 'b')",
+        "SELECT * FROM shop.missing",
+    ]);
+    let port = server.port.to_string();
+    let (selects, inserts, prepared) = (12, 5, 7);
+    let args = [port.clone(), "12".into(), "5".into(), "7".into()];
+    let mut py = Helper::spawn(MYSQL_PY, &args);
+    py.run();
+
+    let py_pid = py.pid().to_string();
+    let client = [("role", "client"), ("process_pid", py_pid.as_str())];
+    let cli = [("role", "client"), ("process_executable_name", "mariadb")];
+    let served = [("role", "server"), ("server_port", port.as_str())];
+    let m = eventually(&agent, |m| {
+        mysql_count(m, &client, "INSERT", Some("1062")) == 2.0
+            && mysql_count(m, &served, "INSERT", Some("1062")) == 2.0
+    });
+    // The mariadb client: one statement per invocation.
+    assert_eq!(mysql_count(&m, &cli, "CREATE", None), 2.0);
+    assert_eq!(mysql_count(&m, &cli, "INSERT", None), 1.0);
+    assert_eq!(mysql_count(&m, &cli, "SELECT", Some("1146")), 1.0);
+    // Text and binary protocols together, for the Python client's pid: the three
+    // statements of a multi-statement query counted one by one, and the one that
+    // failed ending its query.
+    assert_eq!(mysql_count(&m, &client, "SELECT", None), (selects + 1 + prepared) as f64);
+    assert_eq!(mysql_count(&m, &client, "INSERT", None), inserts as f64);
+    assert_eq!(mysql_count(&m, &client, "INSERT", Some("1062")), 2.0);
+    assert_eq!(mysql_count(&m, &client, "UPDATE", None), 1.0);
+    assert_eq!(mysql_count(&m, &client, "DELETE", None), 1.0);
+    assert_eq!(mysql_count(&m, &client, "SELECT", Some("1146")), 1.0);
+    // The server counts the same, for every client together.
+    assert_eq!(mysql_count(&m, &served, "SELECT", None), (selects + 1 + prepared) as f64);
+    assert_eq!(mysql_count(&m, &served, "INSERT", None), (inserts + 1) as f64);
+    assert_eq!(mysql_count(&m, &served, "INSERT", Some("1062")), 2.0);
+    assert_eq!(mysql_count(&m, &served, "SELECT", Some("1146")), 2.0);
+    assert_eq!(mysql_count(&m, &served, "CREATE", None), 2.0);
+    assert_eq!(mysql_count(&m, &served, "DELETE", None), 1.0);
+    py.finish();
+}
+
+/// A server that greets as MariaDB, accepts any login, and answers every command with
+/// junk: an ERR whose message has escapes and quotes, a negative-looking column count,
+/// an EOF-shaped packet, binary, and a packet cut off by the close.
+const HOSTILE_MYSQL: &str = r#"
+import socket, struct, sys
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", int(sys.argv[1]))); s.listen(8)
+print("ready", flush=True)
+def packet(seq, payload):
+    return struct.pack("<I", len(payload))[:3] + bytes([seq]) + payload
+greeting = (b"\x0a10.11.19-MariaDB\x00" + b"\x01\x00\x00\x00" + b"abcdefgh\x00" +
+            b"\xff\xf7\x08\x02\x00\xff\x81\x15" + b"\x00" * 10 + b"ijklmnopqrst\x00" +
+            b"mysql_native_password\x00")
+junk = [b"\xff\xff\xff#\x1b[31m\"\n{}", b"\xfb\xff\xff", b"\xfe", bytes(range(256)),
+        b"\xff\x01\x00"]
+sys.stdin.readline()
+for answer in junk:
+    c, _ = s.accept()
+    c.sendall(packet(0, greeting))
+    c.recv(65536)
+    c.sendall(packet(2, b"\x00\x00\x00\x02\x00\x00\x00"))
+    c.recv(65536)
+    c.sendall(packet(1, answer) + b"\x40\x00")
+    c.close()
+print("done", flush=True)
+sys.stdin.readline()
+"#;
+
+/// PyMySQL sends `SELECT 1` to the hostile server once per connection, whatever it hears.
+const MYSQL_VICTIM: &str = r#"
+import sys, pymysql
+for _ in range(5):
+    try:
+        c = pymysql.connect(host="127.0.0.1", port=int(sys.argv[1]), user="root", connect_timeout=5)
+        c.cursor().execute("SELECT 1")
+    except Exception:
+        pass
+"#;
+
+#[test]
+fn hostile_mysql_bytes_never_crash_the_agent_or_name_a_series() {
+    let _kernel = kernel_lock();
+    if !have_root("hostile_mysql_bytes") {
+        return;
+    }
+    let server = MysqlServer::start();
+    let agent = Agent::start(&config(true));
+    // Junk to the real server: a greeting's answer of binary, a command of escapes.
+    for junk in [
+        &[0xffu8; 300][..],
+        b"\x05\x00\x00\x01\x00\x00\x00\x00\x00\x0a\x00\x00\x00\x03\x1b[31m\"\n\x00",
+    ] {
+        send_raw(server.port, junk);
+    }
+    let hostile_port = free_port();
+    let mut hostile = Helper::spawn(HOSTILE_MYSQL, &[hostile_port.to_string()]);
+    hostile.go();
+    let mut victim = Command::new("python3");
+    victim.args(["-c", MYSQL_VICTIM, &hostile_port.to_string()]);
+    let out = victim.output().expect("python3 runs");
+    assert!(out.status.success(), "{out:?}");
+    hostile.expect_line("done");
+    let hostile_port = hostile_port.to_string();
+    let called = [("role", "client"), ("server_port", hostile_port.as_str())];
+    // The ERRs are failed SELECTs, named by their code; the rest answered nothing a
+    // series could be named by, or SELECTs that succeeded by their shape.
+    let m = eventually(&agent, |m| mysql_count(m, &called, "SELECT", Some("65535")) == 1.0);
+    for (_, labels, _) in m.find(DURATION_COUNT, &[("db_system_name", "mysql")]) {
+        assert!(
+            labels["db_operation_name"].bytes().all(|b| b.is_ascii_uppercase() || b == b'_'),
+            "{labels:?}"
+        );
+        if let Some(error) = labels.get("error_type") {
+            assert!(error.bytes().all(|b| b.is_ascii_digit()), "{labels:?}");
+        }
+    }
+    hostile.finish();
+    // The agent still serves, and a real client still counts exactly.
+    server.mariadb(&["SELECT 1", "SELECT 2"]);
+    let cli = [("role", "client"), ("process_executable_name", "mariadb")];
+    let m = eventually(&agent, |m| mysql_count(m, &cli, "SELECT", None) == 2.0);
+    assert_eq!(mysql_count(&m, &cli, "SELECT", None), 2.0);
 }

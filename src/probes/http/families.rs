@@ -49,7 +49,7 @@ const DB_OTEL_ATTRIBUTES: &[(&str, &str)] = &[
 /// server's, and `error_type` is there on failures only.
 pub fn db_series_labels(workloads: &Workloads, owner: &Owner, key: &Exchanges) -> Labels {
     let mut labels = owner.labels(workloads);
-    labels.push(("db_system_name", key.protocol_name().to_string()));
+    labels.push(("db_system_name", key.protocol.name().to_string()));
     labels.push(("db_operation_name", key.method.clone()));
     let role = match key.role {
         Role::Client => "client",

@@ -1,7 +1,8 @@
 /*
- * http: the bytes of HTTP/1.x, Redis and PostgreSQL connections, seen where sockets send
- * and receive. A connection's first request bytes tell its protocol (request_verdict);
- * HTTP and Redis are framed here (resp.h for Redis), PostgreSQL in user space.
+ * http: the bytes of HTTP/1.x, Redis, PostgreSQL and MySQL connections, seen where
+ * sockets send and receive. A connection's first request bytes tell its protocol
+ * (request_verdict), or a MySQL server's greeting does (mysql_verdict); HTTP and Redis
+ * are framed here (resp.h for Redis), PostgreSQL and MySQL in user space.
  *
  * TCP connections are tracked from the moment they are established: a passive open
  * (SYN_RECV -> ESTABLISHED) is a server's connection, an active one (SYN_SENT ->
@@ -94,6 +95,8 @@ enum psc_http_verdict {
 	PSC_VERDICT_REDIS = 4, /* a RESP command */
 	/* A PostgreSQL startup message or SSL request: framed by user space. */
 	PSC_VERDICT_POSTGRES = 5,
+	/* A MySQL server's greeting: framed by user space. */
+	PSC_VERDICT_MYSQL = 6,
 };
 
 /* Verdicts of plaintext the kernel frames. */
@@ -159,7 +162,9 @@ struct psc_sock {
 	__u8 verdict;
 	__u8 method_seen; /* bytes of the first method so far, while the verdict waits */
 	__u16 gen; /* the process's generation, with tgid */
-	__u16 pad2;
+	/* A MySQL greeting's header was read alone: its payload, read next, decides. */
+	__u8 greeting_split;
+	__u8 pad2;
 	/* io_uring reads, from the skb: the sequence number after the last bytes seen,
 	 * so that bytes a peek showed are not seen again when read. */
 	__u32 rcv_next;
@@ -541,6 +546,37 @@ static __always_inline __u8 postgres_verdict(const char *data, __u32 captured)
 	    data[6] == 0x16 && (data[7] == 0x2f || data[7] == 0x30))
 		return PSC_VERDICT_POSTGRES;
 	return PSC_VERDICT_OTHER;
+}
+
+/* Whether bytes that open a response stream are a MySQL or MariaDB server's greeting:
+ * one packet (a 3-byte length under 1 KiB, sequence number 0) of protocol 10, whose
+ * server version starts with a digit. The server speaks first, so these come before any
+ * request. Some clients read a packet's 4-byte header apart from its payload: `split`
+ * carries a header read alone to the next read, and the verdict waits for it. */
+static __always_inline __u8 mysql_verdict(const char *data, __u32 captured, __u8 *split)
+{
+	__u32 length;
+
+	if (!(protocols & PSC_PROTO_BIT(PSC_PROTO_MYSQL)))
+		return PSC_VERDICT_OTHER;
+	if (*split) {
+		*split = 0;
+		return captured >= 2 && data[0] == 10 && data[1] >= '0' && data[1] <= '9'
+			       ? PSC_VERDICT_MYSQL
+			       : PSC_VERDICT_OTHER;
+	}
+	if (captured < 4)
+		return PSC_VERDICT_OTHER;
+	length = (__u8)data[0] | (__u8)data[1] << 8 | (__u8)data[2] << 16;
+	if (length >= 1024 || length < 32 || data[3] != 0)
+		return PSC_VERDICT_OTHER;
+	if (captured == 4) {
+		*split = 1;
+		return PSC_VERDICT_UNKNOWN;
+	}
+	if (captured < 6 || data[4] != 10 || data[5] < '0' || data[5] > '9')
+		return PSC_VERDICT_OTHER;
+	return PSC_VERDICT_MYSQL;
 }
 
 /* Longest method token a request may start with (user space: MAX_METHOD_BYTES). */
@@ -1642,13 +1678,22 @@ static __always_inline int socket_io(struct sock *sk, const struct sk_buff *skb,
 				verdict = said;
 		} else if (ingress == (sock->conn.role == PSC_ROLE_SERVER)) {
 			verdict = request_verdict(s->data, captured, &sock->method_seen);
+		} else {
+			/* A server that speaks first: of no protocol looked for, unless it
+			 * greets as MySQL. */
+			verdict = mysql_verdict(s->data, captured, &sock->greeting_split);
 		}
 		sock->verdict = verdict;
 		if (verdict == PSC_VERDICT_REDIS)
 			sock->conn.protocol = PSC_PROTO_REDIS;
 		else if (verdict == PSC_VERDICT_POSTGRES)
 			sock->conn.protocol = PSC_PROTO_POSTGRES;
-		if (verdict == PSC_VERDICT_OTHER || verdict == PSC_VERDICT_TLS)
+		else if (verdict == PSC_VERDICT_MYSQL)
+			sock->conn.protocol = PSC_PROTO_MYSQL;
+		/* A greeting's header alone goes nowhere: user space frames from its
+		 * payload on. */
+		if (verdict == PSC_VERDICT_OTHER || verdict == PSC_VERDICT_TLS ||
+		    sock->greeting_split)
 			return 0;
 	}
 	if (in_kernel) {

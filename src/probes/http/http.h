@@ -19,6 +19,7 @@ enum psc_l7_protocol {
 	PSC_PROTO_HTTP = 0,
 	PSC_PROTO_REDIS = 1, /* RESP */
 	PSC_PROTO_POSTGRES = 2, /* framed in user space */
+	PSC_PROTO_MYSQL = 3, /* MySQL and MariaDB, framed in user space */
 };
 
 /* Bits of the `protocols` setting of http.bpf.c: which protocols are looked for. */

@@ -10,6 +10,7 @@
 
 pub mod conn;
 pub mod parser;
+pub mod mysql;
 pub mod pg;
 pub mod sql;
 pub mod redis;
@@ -83,6 +84,7 @@ const KIND_SPAN_END: u8 = types::psc_http_event_kind::PSC_HTTP_SPAN_END.0 as u8;
 const ROLE_SERVER: u8 = types::psc_http_role::PSC_ROLE_SERVER.0 as u8;
 const PROTO_REDIS: u8 = types::psc_l7_protocol::PSC_PROTO_REDIS.0 as u8;
 const PROTO_POSTGRES: u8 = types::psc_l7_protocol::PSC_PROTO_POSTGRES.0 as u8;
+const PROTO_MYSQL: u8 = types::psc_l7_protocol::PSC_PROTO_MYSQL.0 as u8;
 const RESP_NAME_BYTES: usize = types::psc_resp_line::PSC_RESP_NAME_BYTES.0 as usize;
 const RESP_ERROR_AT: usize = types::psc_resp_line::PSC_RESP_ERROR_AT.0 as usize;
 
@@ -91,6 +93,7 @@ fn protocol_of(event: &types::psc_http_event) -> Protocol {
     match event.protocol {
         PROTO_REDIS => Protocol::Redis,
         PROTO_POSTGRES => Protocol::Postgres,
+        PROTO_MYSQL => Protocol::Mysql,
         _ => Protocol::Http,
     }
 }
@@ -160,17 +163,6 @@ struct Exchanges {
     tls: bool,
     /// Databases: the error's type on failures, empty otherwise.
     error_type: String,
-}
-
-impl Exchanges {
-    /// The semantic conventions' `db.system.name` of a database protocol.
-    fn protocol_name(&self) -> &'static str {
-        match self.protocol {
-            Protocol::Http => "http",
-            Protocol::Redis => "redis",
-            Protocol::Postgres => "postgresql",
-        }
-    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -720,7 +712,7 @@ impl HttpProbe {
                 // A database's statement carries no trace context: no head follows.
                 let head = match protocol_of(event) {
                     Protocol::Http => parser::parse_request_head(data),
-                    Protocol::Redis | Protocol::Postgres => None,
+                    Protocol::Redis | Protocol::Postgres | Protocol::Mysql => None,
                 };
                 // Without a traceparent, the kernel's draw made it a root that is kept;
                 // with one user space finds invalid, the sampler decides its root.
@@ -1036,7 +1028,7 @@ impl HttpProbe {
                 Framing::Redis(resp)
             }
             // Never framed in the kernel: handed over at its first bytes.
-            protocol @ Protocol::Postgres => Framing::new(protocol, role),
+            protocol @ (Protocol::Postgres | Protocol::Mysql) => Framing::new(protocol, role),
         };
         self.connections.insert(
             key,
@@ -1146,14 +1138,14 @@ impl HttpProbe {
         let db = match exchange.protocol {
             Protocol::Http => None,
             Protocol::Redis => Some(spans::DbCall {
-                system: "redis",
+                system: exchange.protocol.name(),
                 operation: redis::command_name(&exchange.method),
                 summary: String::new(),
                 error_type: redis::error_type(exchange.status != 0, &exchange.error_type)
                     .to_string(),
             }),
-            Protocol::Postgres => Some(spans::DbCall {
-                system: "postgresql",
+            Protocol::Postgres | Protocol::Mysql => Some(spans::DbCall {
+                system: exchange.protocol.name(),
                 operation: sql::verb(exchange.method.as_bytes()),
                 summary: exchange.path.clone(),
                 error_type: exchange.error_type.clone(),
@@ -1205,7 +1197,7 @@ impl HttpProbe {
         };
         let route = match exchange.protocol {
             Protocol::Http => self.routes.route(&name, &exchange.path),
-            Protocol::Redis | Protocol::Postgres => String::new(),
+            Protocol::Redis | Protocol::Postgres | Protocol::Mysql => String::new(),
         };
         // Clients report whom they called, capped per service; servers are themselves.
         let mut server_port = server_port;
@@ -1237,7 +1229,7 @@ impl HttpProbe {
                 redis::error_type(exchange.status != 0, &exchange.error_type).to_string(),
             ),
             // The framer names statements and errors from closed sets already.
-            Protocol::Postgres => (
+            Protocol::Postgres | Protocol::Mysql => (
                 exchange.method.clone(),
                 0,
                 exchange.error_type.clone(),
@@ -1362,7 +1354,7 @@ impl HttpProbe {
         let body = histogram_samples(self.body_bounds.len());
         let cost = |key: &Exchanges, _: &SeriesStats| match key.protocol {
             Protocol::Http => duration + 2 * body,
-            Protocol::Redis | Protocol::Postgres => db_duration,
+            Protocol::Redis | Protocol::Postgres | Protocol::Mysql => db_duration,
         };
         self.lifecycle
             .export(self.series.clone(), &first_seen, cost)
