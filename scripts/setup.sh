@@ -4,7 +4,7 @@
 set -euo pipefail
 
 BUILD_PACKAGES=(clang-19 llvm-19 libelf-dev zlib1g-dev pkg-config make gcc)
-TEST_PACKAGES=(prometheus bpftool bpftrace curl python3 python3-jsonschema hyperfine procps nginx openssl wrk nftables iproute2 iperf3 systemd docker.io busybox-static protobuf-compiler golang-github-google-pprof-dev golang-github-prometheus-client-model-dev redis-server redis-tools postgresql postgresql-client mariadb-server mariadb-client)
+TEST_PACKAGES=(prometheus bpftool bpftrace curl python3 python3-jsonschema hyperfine procps nginx openssl wrk nftables iproute2 iperf3 systemd docker.io busybox-static protobuf-compiler golang-github-google-pprof-dev golang-github-prometheus-client-model-dev redis-server redis-tools postgresql postgresql-client mariadb-server mariadb-client dnsmasq dnsutils dnsperf)
 
 want=("${BUILD_PACKAGES[@]}")
 if [ "${1:-}" = "--test" ]; then

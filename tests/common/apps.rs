@@ -190,6 +190,70 @@ impl Drop for MysqlServer {
     }
 }
 
+/// dnsmasq on a loopback port, answering from its own configuration only: `known.test`
+/// and every name under `cap.test` are 127.0.0.7; every other name under `test` is
+/// NXDOMAIN.
+pub struct DnsServer {
+    pub child: Child,
+    pub port: u16,
+}
+
+impl DnsServer {
+    pub fn start() -> DnsServer {
+        let port = free_port();
+        let child = Command::new("dnsmasq")
+            .args([
+                "--keep-in-foreground",
+                "--no-resolv",
+                "--no-hosts",
+                "--user=root",
+            ])
+            .args([
+                "--listen-address=127.0.0.1",
+                "--bind-interfaces",
+                "--cache-size=0",
+            ])
+            .arg(format!("--port={port}"))
+            .args(["--local=/test/", "--address=/known.test/127.0.0.7"])
+            .args(["--address=/cap.test/127.0.0.7", "--conf-file=/dev/null"])
+            .arg("--pid-file=")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("dnsmasq runs (scripts/setup.sh --test installs it)");
+        let server = DnsServer { child, port };
+        // It listens on TCP as well as UDP.
+        assert!(
+            super::listening_soon(port),
+            "dnsmasq did not listen on {port}"
+        );
+        server
+    }
+
+    /// One `dig` lookup, no retries, over TCP with `tcp`; what it printed.
+    pub fn dig(port: u16, name: &str, qtype: &str, tcp: bool) -> String {
+        let mut command = Command::new("dig");
+        command
+            .arg("@127.0.0.1")
+            .args(["-p", &port.to_string(), name, qtype])
+            .args(["+tries=1", "+timeout=1", "+noall", "+comments"]);
+        if tcp {
+            command.arg("+tcp");
+        }
+        let out = command
+            .output()
+            .expect("dig runs (scripts/setup.sh --test installs dnsutils)");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for DnsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// A PostgreSQL cluster of its own, made by `initdb` (trust authentication, as the
 /// `postgres` user, since the server refuses to run as root) on a loopback port; with
 /// `tls`, a certificate of its own and SSL on.

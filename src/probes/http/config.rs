@@ -47,6 +47,33 @@ pub struct HttpConfig {
     pub protocols: Protocols,
     /// `le` bounds of the database operation duration histograms.
     pub db_duration_buckets_seconds: Buckets,
+    /// DNS lookups (with `protocols.dns`).
+    pub dns: DnsSettings,
+}
+
+/// How DNS lookups are measured.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DnsSettings {
+    /// A query unanswered this long is a lookup that failed with `error_type="timeout"`.
+    pub timeout_ms: NonZeroU32,
+    /// Question names each process reports, at most; beyond, `dns_question_name="__overflow__"`.
+    pub max_question_names_per_process: NonZeroU32,
+    /// `le` bounds of the lookup duration histograms.
+    pub duration_buckets_seconds: Buckets,
+}
+
+impl Default for DnsSettings {
+    fn default() -> Self {
+        DnsSettings {
+            // glibc's resolver gives a server 5 s before it tries again.
+            timeout_ms: nonzero(5000),
+            max_question_names_per_process: nonzero(100),
+            duration_buckets_seconds: Buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ]),
+        }
+    }
 }
 
 /// Which protocols the probe looks for; a connection of none of them costs one storage
@@ -62,6 +89,8 @@ pub struct Protocols {
     pub postgresql: bool,
     /// MySQL and MariaDB (text and prepared statements).
     pub mysql: bool,
+    /// DNS lookups over UDP and TCP.
+    pub dns: bool,
 }
 
 impl Default for Protocols {
@@ -71,6 +100,7 @@ impl Default for Protocols {
             redis: true,
             postgresql: true,
             mysql: true,
+            dns: true,
         }
     }
 }
@@ -84,6 +114,7 @@ impl Protocols {
             | bit(self.redis, P::PSC_PROTO_REDIS)
             | bit(self.postgresql, P::PSC_PROTO_POSTGRES)
             | bit(self.mysql, P::PSC_PROTO_MYSQL)
+            | bit(self.dns, P::PSC_PROTO_DNS)
     }
 }
 
@@ -114,6 +145,7 @@ impl Default for HttpConfig {
             db_duration_buckets_seconds: Buckets(vec![
                 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0,
             ]),
+            dns: DnsSettings::default(),
         }
     }
 }
@@ -144,6 +176,11 @@ impl ProbeSettings for HttpConfig {
             Range::entries(
                 "max_server_addresses_per_service",
                 self.max_server_addresses_per_service,
+            ),
+            Range::new("dns.timeout_ms", u64::from(self.dns.timeout_ms.get()), 10, 600_000),
+            Range::entries(
+                "dns.max_question_names_per_process",
+                self.dns.max_question_names_per_process,
             ),
         ]
     }

@@ -43,6 +43,8 @@ pub enum Protocol {
     Redis,
     Postgres,
     Mysql,
+    /// Lookups, paired by the DNS tracker rather than framed as a connection.
+    Dns,
 }
 
 impl Protocol {
@@ -53,6 +55,7 @@ impl Protocol {
             Protocol::Redis => "redis",
             Protocol::Postgres => "postgresql",
             Protocol::Mysql => "mysql",
+            Protocol::Dns => "dns",
         }
     }
 }
@@ -325,7 +328,8 @@ pub enum Framing {
 impl Framing {
     pub fn new(protocol: Protocol, role: Role) -> Framing {
         match protocol {
-            Protocol::Http => Framing::Http(Connection::new(role)),
+            // DNS never comes here (the probe's DNS tracker pairs it): HTTP stands in.
+            Protocol::Http | Protocol::Dns => Framing::Http(Connection::new(role)),
             Protocol::Redis => Framing::Redis(RespConnection::new(role)),
             Protocol::Postgres => Framing::Postgres(PgConnection::new(role)),
             Protocol::Mysql => Framing::Mysql(MysqlConnection::new(role)),

@@ -1,15 +1,15 @@
 //! End-to-end: database operations through the http probe's framers, against Debian's
 //! servers and with their own and PyPI's clients: Redis (`redis-server`, `redis-cli`,
 //! redis-py), PostgreSQL (`postgres`, psql, psycopg) and MySQL (MariaDB's `mariadbd` and
-//! `mariadb`, PyMySQL, MySQL Connector/Python). Every count is exact, for the client's
-//! process and for the server's.
+//! `mariadb`, PyMySQL, MySQL Connector/Python), and DNS lookups (dnsmasq, dig, Python).
+//! Every count is exact, for the client's process and for the server's.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::Command;
 use std::time::Duration;
 
-use crate::common::apps::{MysqlServer, PgServer, RedisServer};
+use crate::common::apps::{DnsServer, MysqlServer, PgServer, RedisServer};
 use crate::common::{eventually, free_port, have_root, kernel_lock, Agent, Helper, Metrics};
 
 const DURATION_COUNT: &str = "db_client_operation_duration_seconds_count";
@@ -581,4 +581,211 @@ fn hostile_mysql_bytes_never_crash_the_agent_or_name_a_series() {
     let cli = [("role", "client"), ("process_executable_name", "mariadb")];
     let m = eventually(&agent, |m| mysql_count(m, &cli, "SELECT", None) == 2.0);
     assert_eq!(mysql_count(&m, &cli, "SELECT", None), 2.0);
+}
+
+/// A DNS server that never answers, over UDP and TCP on one port.
+const SILENT_DNS: &str = r#"
+import socket, sys, threading
+port = int(sys.argv[1])
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(("127.0.0.1", port))
+t = socket.socket(); t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+t.bind(("127.0.0.1", port)); t.listen(8)
+held = []
+def accept():
+    while True:
+        held.append(t.accept()[0])
+threading.Thread(target=accept, daemon=True).start()
+print("ready", flush=True)
+while True:
+    u.recvfrom(4096)
+"#;
+
+/// Lookups from one Python process, after a go: over UDP by sendto, a 255-byte name of
+/// binary labels first (its presentation form printed for the test to compare), known
+/// and missing names, A and AAAA sent together by sendmmsg(2) as glibc's resolver does,
+/// eight names under cap.test, an answer to no query, and two lookups over TCP.
+/// argv: port
+const DNS_PY: &str = r#"
+import ctypes, socket, struct, sys
+port = int(sys.argv[1])
+server = ("127.0.0.1", port)
+def query(qid, labels, qtype=1, flags=0x0100):
+    m = struct.pack(">HHHHHH", qid, flags, 1, 0, 0, 0)
+    for label in labels:
+        m += bytes([len(label)]) + label
+    return m + b"\x00" + struct.pack(">HH", qtype, 1)
+def name(text):
+    return text.split(b".")
+binary = [bytes((i * 7 + j) % 256 for j in range(63)) for i in range(3)] + [b"\x00\"\n\\.{}=," + b"A" * 53]
+def presentation(labels):
+    out = []
+    for label in labels:
+        text = ""
+        for b in label.lower():
+            text += chr(b) if 0x21 <= b <= 0x7e and b not in (0x2e, 0x5c) else "\\%03d" % b
+        out.append(text)
+    return ".".join(out)
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(5)
+def ask(qid, labels, qtype=1):
+    s.sendto(query(qid, labels, qtype), server)
+    s.recvfrom(4096)
+print("ready", flush=True)
+print(presentation(binary), flush=True)
+sys.stdin.readline()
+ask(1, binary)
+for i in range(4):
+    ask(10 + i, name(b"known.test"))
+for i in range(2):
+    ask(20 + i, name(b"nope.test"))
+# sendmmsg: two messages from a zeroed array, as glibc sends A and AAAA.
+libc = ctypes.CDLL(None, use_errno=True)
+class iovec(ctypes.Structure):
+    _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
+class msghdr(ctypes.Structure):
+    _fields_ = [("name", ctypes.c_void_p), ("namelen", ctypes.c_uint32), ("iov", ctypes.POINTER(iovec)),
+                ("iovlen", ctypes.c_size_t), ("control", ctypes.c_void_p), ("controllen", ctypes.c_size_t),
+                ("flags", ctypes.c_int)]
+class mmsghdr(ctypes.Structure):
+    _fields_ = [("hdr", msghdr), ("len", ctypes.c_uint)]
+addr = struct.pack("<H", socket.AF_INET) + struct.pack(">H", port) + socket.inet_aton("127.0.0.1") + b"\0" * 8
+addr_buf = ctypes.create_string_buffer(addr, len(addr))
+bufs = [ctypes.create_string_buffer(query(30, name(b"known.test"), 1)), ctypes.create_string_buffer(query(31, name(b"known.test"), 28))]
+iovs = [iovec(ctypes.cast(b, ctypes.c_void_p), len(b.raw) - 1) for b in bufs]
+msgs = (mmsghdr * 2)()
+for i in range(2):
+    msgs[i].hdr.name = ctypes.cast(addr_buf, ctypes.c_void_p)
+    msgs[i].hdr.namelen = 16
+    msgs[i].hdr.iov = ctypes.pointer(iovs[i])
+    msgs[i].hdr.iovlen = 1
+assert libc.sendmmsg(s.fileno(), msgs, 2, 0) == 2, ctypes.get_errno()
+s.recvfrom(4096); s.recvfrom(4096)
+for i in range(8):
+    ask(40 + i, name(b"c%d.cap.test" % i))
+# An answer to a query never sent on this socket.
+fake = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+fake.sendto(query(999, name(b"known.test"), 1, 0x8180), s.getsockname())
+s.recvfrom(4096)
+t = socket.create_connection(server)
+framed = lambda m: struct.pack(">H", len(m)) + m
+t.sendall(framed(query(50, name(b"known.test"))) + framed(query(51, name(b"known.test"))))
+got = b""
+while got.count(b"known") < 2 or len(got) < 2:
+    chunk = t.recv(4096)
+    if not chunk:
+        break
+    got += chunk
+print("done", flush=True)
+sys.stdin.readline()
+"#;
+
+const DNS_COUNT: &str = "dns_lookup_duration_seconds_count";
+
+fn lookups(m: &Metrics, who: &[(&str, &str)], name: &str, qtype: &str, error: Option<&str>) -> f64 {
+    let mut want = who.to_vec();
+    want.push(("dns_question_name", name));
+    want.push(("dns_question_type", qtype));
+    m.find(DNS_COUNT, &want)
+        .filter(|(_, labels, _)| labels.get("error_type").map(String::as_str) == error)
+        .map(|(_, _, v)| v)
+        .sum()
+}
+
+#[test]
+fn dns_lookups_count_exactly_over_udp_and_tcp_with_timeouts_and_the_name_cap() {
+    let _kernel = kernel_lock();
+    if !have_root("dns_lookups_count_exactly") {
+        return;
+    }
+    let server = DnsServer::start();
+    let silent_port = free_port();
+    let mut silent = Helper::spawn(SILENT_DNS, &[silent_port.to_string()]);
+    let config = format!(
+        "{}    dns: {{timeout_ms: 300, max_question_names_per_process: 5}}\n",
+        config(true)
+    );
+    let agent = Agent::start(&config);
+    let mut py = Helper::spawn(DNS_PY, &[server.port.to_string()]);
+    let binary_name = py.read_line();
+    py.run();
+    for (name, tcp) in [
+        ("known.test", false),
+        ("known.test", false),
+        ("known.test", false),
+        ("nope.test", false),
+        ("nope.test", false),
+        ("known.test", true),
+        ("known.test", true),
+        ("nope.test", true),
+    ] {
+        let said = DnsServer::dig(server.port, name, "A", tcp);
+        let status = if name == "known.test" { "NOERROR" } else { "NXDOMAIN" };
+        assert!(said.contains(status), "dig {name}: {said}");
+    }
+    for tcp in [false, true] {
+        DnsServer::dig(silent_port, "slow.test", "A", tcp);
+    }
+    let _ = silent.child.kill();
+    let _ = silent.child.wait();
+
+    let py_pid = py.pid().to_string();
+    let python = [("process_pid", py_pid.as_str())];
+    let dig = [("process_executable_name", "dig")];
+    let m = eventually(&agent, |m| {
+        lookups(m, &dig, "slow.test", "A", Some("timeout")) == 2.0
+            && lookups(m, &python, "known.test", "A", None) == 7.0
+    });
+    // Python: by sendto, sendmmsg and TCP.
+    assert_eq!(lookups(&m, &python, "known.test", "A", None), 7.0);
+    // dnsmasq has no AAAA for the name: whatever it answers, one lookup.
+    let aaaa: f64 = m
+        .find(DNS_COUNT, &[("process_pid", py_pid.as_str()), ("dns_question_type", "AAAA")])
+        .map(|(_, _, v)| v)
+        .sum();
+    assert_eq!(aaaa, 1.0);
+    assert_eq!(lookups(&m, &python, "nope.test", "A", Some("NXDOMAIN")), 2.0);
+    // Five names per executable: the binary one, known, nope, then two under cap.test;
+    // the other six fold into __overflow__, their count kept.
+    assert_eq!(lookups(&m, &python, "c0.cap.test", "A", None), 1.0);
+    assert_eq!(lookups(&m, &python, "c1.cap.test", "A", None), 1.0);
+    assert_eq!(lookups(&m, &python, "__overflow__", "A", None), 6.0);
+    let folded = [("probe", "http"), ("map", "dns_question_names")];
+    assert_eq!(m.sum("periscope_series_folded_total", &folded), 6.0);
+    let binary: f64 = m
+        .find(DNS_COUNT, &[("process_pid", py_pid.as_str()), ("dns_question_name", &binary_name)])
+        .map(|(_, _, v)| v)
+        .sum();
+    assert_eq!(binary, 1.0, "the binary name as {binary_name}");
+    let all_python: f64 = m.find(DNS_COUNT, &python).map(|(_, _, v)| v).sum();
+    assert_eq!(all_python, 19.0, "the answer to no query made nothing");
+    // dig, over UDP and TCP, and its two queries nobody answered: each a timeout of
+    // exactly the configured 0.3 s.
+    assert_eq!(lookups(&m, &dig, "known.test", "A", None), 5.0);
+    assert_eq!(lookups(&m, &dig, "nope.test", "A", Some("NXDOMAIN")), 3.0);
+    let timed_out: f64 = m
+        .find("dns_lookup_duration_seconds_sum", &[("process_executable_name", "dig"), ("error_type", "timeout")])
+        .map(|(_, _, v)| v)
+        .sum();
+    assert!((timed_out - 0.6).abs() < 1e-6, "timeouts took {timed_out} s");
+    let served: f64 = m
+        .find(DNS_COUNT, &[("server_port", &server.port.to_string())])
+        .map(|(_, _, v)| v)
+        .sum();
+    assert_eq!(served, 19.0 + 8.0, "dnsmasq's own side is no lookup");
+    // The reference parser reads the binary name back as the agent wrote it.
+    let parsed = Command::new("python3")
+        .args([
+            "-c",
+            "import sys\nfrom prometheus_client.parser import text_string_to_metric_families as p\nfor f in p(sys.stdin.read()):\n    for s in f.samples:\n        if s.name == 'dns_lookup_duration_seconds_count' and '\\\\000' in s.labels.get('dns_question_name', ''):\n            print(s.labels['dns_question_name'])\n",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            child.stdin.take().expect("stdin").write_all(agent.scrape().as_bytes())?;
+            child.wait_with_output()
+        })
+        .expect("python3 runs");
+    assert_eq!(String::from_utf8_lossy(&parsed.stdout).trim(), binary_name);
+    py.finish();
 }

@@ -78,6 +78,40 @@ pub fn db_duration_family() -> Family {
     .with_attributes(DB_OTEL_ATTRIBUTES)
 }
 
+/// The semantic conventions' names of the labels `dns_series_labels` adds.
+const DNS_OTEL_ATTRIBUTES: &[(&str, &str)] = &[
+    ("dns_question_type", "dns.question.type"),
+    ("dns_question_name", "dns.question.name"),
+    ("server_address", "server.address"),
+    ("server_port", "server.port"),
+    ("error_type", "error.type"),
+];
+
+/// The labels of a DNS lookup series (a client's): `error_type` on failures only.
+pub fn dns_series_labels(workloads: &Workloads, owner: &Owner, key: &Exchanges) -> Labels {
+    let mut labels = owner.labels(workloads);
+    labels.push(("dns_question_type", key.method.clone()));
+    labels.push(("dns_question_name", key.route.clone()));
+    labels.push(("server_address", key.server_address.clone()));
+    labels.push(("server_port", key.server_port.to_string()));
+    if !key.error_type.is_empty() {
+        labels.push(("error_type", key.error_type.clone()));
+    }
+    labels
+}
+
+/// The duration family of DNS lookups.
+pub fn dns_duration_family() -> Family {
+    Family::new(
+        "dns_lookup_duration_seconds",
+        "Duration of DNS lookups, from the query sent to its answer read, or to the timeout.",
+        MetricKind::Histogram,
+    )
+    .with_unit("seconds")
+    .with_otel_name("dns.lookup.duration")
+    .with_attributes(DNS_OTEL_ATTRIBUTES)
+}
+
 /// One series' histograms.
 pub struct ExchangeValues {
     pub duration: ClassicHistogram,

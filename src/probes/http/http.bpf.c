@@ -70,6 +70,7 @@ PSC_EXPORT_TYPES(enum psc_l7_protocol, enum psc_resp_line);
 #define NR_SENDMSG 46
 #define NR_RECVMSG 47
 #define NR_SPLICE 275
+#define NR_SENDMMSG 307
 
 #define AF_INET 2
 #define AF_INET6 10
@@ -97,6 +98,8 @@ enum psc_http_verdict {
 	PSC_VERDICT_POSTGRES = 5,
 	/* A MySQL server's greeting: framed by user space. */
 	PSC_VERDICT_MYSQL = 6,
+	/* DNS queries, in datagrams or after 2-byte lengths: paired by user space. */
+	PSC_VERDICT_DNS = 7,
 };
 
 /* Verdicts of plaintext the kernel frames. */
@@ -221,6 +224,7 @@ static __always_inline void fill_event(struct scratch *s, __u32 tgid, __u16 gen,
 	s->event.kind = kind;
 	s->event.role = conn->role;
 	s->event.protocol = conn->protocol;
+	s->event.datagram = 0;
 	s->event.tls = tls;
 	s->event.gap = conn->lost;
 	s->event.server = conn->server;
@@ -548,6 +552,34 @@ static __always_inline __u8 postgres_verdict(const char *data, __u32 captured)
 	return PSC_VERDICT_OTHER;
 }
 
+/* Bytes of a DNS message looked at: its header and question (a name is 255 bytes at
+ * most). */
+#define PSC_DNS_CAPTURE 512
+
+/* Whether `data` is a DNS message of one question and opcode QUERY: a query (QR clear,
+ * no answer or authority records) or, with `answer`, a response. */
+static __always_inline int dns_shaped(const char *data, __u32 captured, int answer)
+{
+	if (captured < 17 || ((data[2] & 0x80) != 0) != answer || (data[2] & 0x78) ||
+	    data[4] != 0 || data[5] != 1)
+		return 0;
+	return answer || !(data[6] | data[7] | data[8] | data[9]);
+}
+
+/* Whether bytes that open a request stream are a DNS query over TCP: a 2-byte length,
+ * then the message. */
+static __always_inline __u8 dns_stream_verdict(const char *data, __u32 captured)
+{
+	__u32 length;
+
+	if (!(protocols & PSC_PROTO_BIT(PSC_PROTO_DNS)) || captured < 19)
+		return PSC_VERDICT_OTHER;
+	length = (__u8)data[0] << 8 | (__u8)data[1];
+	if (length < 17 || !dns_shaped(data + 2, captured - 2, 0))
+		return PSC_VERDICT_OTHER;
+	return PSC_VERDICT_DNS;
+}
+
 /* Whether bytes that open a response stream are a MySQL or MariaDB server's greeting:
  * one packet (a 3-byte length under 1 KiB, sequence number 0) of protocol 10, whose
  * server version starts with a digit. The server speaks first, so these come before any
@@ -608,8 +640,11 @@ static __always_inline __u8 request_verdict(const char *data, __u32 captured, __
 		return protocols & PSC_PROTO_BIT(PSC_PROTO_HTTP) ? PSC_VERDICT_TLS : PSC_VERDICT_OTHER;
 	if (!*seen && data[0] == '*')
 		return resp_verdict(data, captured);
-	if (!*seen && data[0] == 0)
+	if (!*seen && data[0] == 0 && captured >= 2 && data[1] == 0)
 		return postgres_verdict(data, captured);
+	/* No method, Redis command or TLS record starts with a byte this low. */
+	if (!*seen && (__u8)data[0] < 0x16)
+		return dns_stream_verdict(data, captured);
 	if (!(protocols & PSC_PROTO_BIT(PSC_PROTO_HTTP)))
 		return PSC_VERDICT_OTHER;
 	for (int i = 0; i <= PSC_HTTP_MAX_METHOD; i++) {
@@ -1683,6 +1718,9 @@ static __always_inline int socket_io(struct sock *sk, const struct sk_buff *skb,
 			 * greets as MySQL. */
 			verdict = mysql_verdict(s->data, captured, &sock->greeting_split);
 		}
+		/* Only lookups are measured: a DNS server's side is not. */
+		if (verdict == PSC_VERDICT_DNS && sock->conn.role != PSC_ROLE_CLIENT)
+			verdict = PSC_VERDICT_OTHER;
 		sock->verdict = verdict;
 		if (verdict == PSC_VERDICT_REDIS)
 			sock->conn.protocol = PSC_PROTO_REDIS;
@@ -1690,6 +1728,8 @@ static __always_inline int socket_io(struct sock *sk, const struct sk_buff *skb,
 			sock->conn.protocol = PSC_PROTO_POSTGRES;
 		else if (verdict == PSC_VERDICT_MYSQL)
 			sock->conn.protocol = PSC_PROTO_MYSQL;
+		else if (verdict == PSC_VERDICT_DNS)
+			sock->conn.protocol = PSC_PROTO_DNS;
 		/* A greeting's header alone goes nowhere: user space frames from its
 		 * payload on. */
 		if (verdict == PSC_VERDICT_OTHER || verdict == PSC_VERDICT_TLS ||
@@ -1741,15 +1781,156 @@ hand_over:
 	return 0;
 }
 
+/* The entry of sendmmsg(2)'s array being sent now: the first whose msg_len the kernel
+ * has not written yet (it writes each after sending it). Callers zero the array, as
+ * glibc's resolver does when it sends its A and AAAA queries together. */
+static __always_inline __u64 sendmmsg_entry(__u64 vec, __u64 vlen)
+{
+	for (int i = 0; i < 4; i++) {
+		__u64 entry = vec + i * sizeof(struct mmsghdr);
+		__u32 sent;
+
+		if (i >= vlen || bpf_probe_read_user(&sent, sizeof(sent),
+						     (void *)(entry + offsetof(struct mmsghdr, msg_len))))
+			return 0;
+		if (!sent)
+			return entry;
+	}
+	return 0;
+}
+
+/* The address a datagram is sent to, from sendto's or sendmsg's `name` argument. */
+static __always_inline void sent_to(struct psc_peer *peer, __u64 name)
+{
+	struct sockaddr_in6 sa = {};
+
+	if (!name || bpf_probe_read_user(&sa, sizeof(struct sockaddr_in), (void *)name))
+		return;
+	if (sa.sin6_family == AF_INET6 && bpf_probe_read_user(&sa, sizeof(sa), (void *)name))
+		return;
+	if (sa.sin6_family != AF_INET && sa.sin6_family != AF_INET6)
+		return;
+	__builtin_memset(peer, 0, sizeof(*peer));
+	peer->family = sa.sin6_family;
+	peer->port = bpf_ntohs(sa.sin6_port);
+	if (sa.sin6_family == AF_INET)
+		__builtin_memcpy(peer->addr, &((struct sockaddr_in *)&sa)->sin_addr, 4);
+	else
+		__builtin_memcpy(peer->addr, &sa.sin6_addr, 16);
+}
+
+/*
+ * A datagram sent or received on a UDP socket: DNS lookups. A socket's first datagram
+ * sent tells whether it is a DNS client's; any other costs one storage lookup per send
+ * or receive after that, and receives on a socket that never sent cost one lookup. Each
+ * query and answer goes to user space whole, which pairs them by id and question.
+ */
+static __always_inline int udp_io(struct sock *sk, int ret, int flags, int ingress)
+{
+	struct task_struct *task;
+	struct psc_sock *sock;
+	struct pt_regs *regs;
+	struct scratch *s;
+	__u32 tgid, fd, zero = 0, captured;
+	__u64 arg, count, name = 0;
+	int nr;
+
+	if (ret <= 0 || !(protocols & PSC_PROTO_BIT(PSC_PROTO_DNS)) || !trace_clients)
+		return 0;
+	sock = bpf_sk_storage_get(&socks, sk, 0, 0);
+	if (sock ? sock->verdict == PSC_VERDICT_OTHER : ingress)
+		return 0;
+	if (ingress && (flags & MSG_PEEK))
+		return 0;
+	task = bpf_get_current_task_btf();
+	if (task->flags & (PF_KTHREAD | PF_IO_WORKER))
+		return 0;
+	regs = (struct pt_regs *)bpf_task_pt_regs(task);
+	if (!regs)
+		return 0;
+	tgid = task->tgid;
+	if (tgid == agent_tgid)
+		return 0;
+	nr = regs->orig_ax;
+	fd = regs->di;
+	arg = regs->si;
+	count = regs->dx;
+	switch (nr) {
+	case NR_READ: case NR_RECVFROM: case NR_RECVMSG:
+		if (!ingress)
+			return 0;
+		break;
+	case NR_WRITE:
+		break;
+	case NR_SENDTO:
+		name = regs->r8;
+		break;
+	case NR_SENDMMSG:
+		arg = sendmmsg_entry(arg, count);
+		if (!arg)
+			return 0;
+		nr = NR_SENDMSG;
+		/* fall through */
+	case NR_SENDMSG: {
+		struct user_msghdr msg = {};
+
+		if (bpf_probe_read_user(&msg, sizeof(msg), (void *)arg))
+			return 0;
+		name = (__u64)msg.msg_name;
+		break;
+	}
+	default:
+		return 0;
+	}
+	if (ingress != (nr == NR_READ || nr == NR_RECVFROM || nr == NR_RECVMSG))
+		return 0;
+	s = bpf_map_lookup_elem(&scratch, &zero);
+	if (!s)
+		return 0;
+	captured = capture(s, nr, arg, count, ret, PSC_DNS_CAPTURE);
+	if (!dns_shaped(s->data, captured, ingress)) {
+		/* Not a query: a socket that never sent one is looked at no more. */
+		if (!sock && !ingress) {
+			sock = bpf_sk_storage_get(&socks, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+			if (sock)
+				sock->verdict = PSC_VERDICT_OTHER;
+		}
+		return 0;
+	}
+	if (!sock) {
+		sock = bpf_sk_storage_get(&socks, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+		if (!sock)
+			return 0;
+		sock->verdict = PSC_VERDICT_DNS;
+		sock->conn.protocol = PSC_PROTO_DNS;
+		sock->conn.role = PSC_ROLE_CLIENT;
+	}
+	/* Where a query goes: its connected peer, or the address it was sent to. */
+	if (!ingress && !set_role(&sock->conn, sk, PSC_ROLE_CLIENT))
+		return 0;
+	if (!ingress && !sk->__sk_common.skc_dport)
+		sent_to(&sock->conn.server, name);
+	fill_event(s, tgid, psc_generation(task), fd, ret, ingress ? PSC_HTTP_READ : PSC_HTTP_WRITE,
+		   &sock->conn, 0);
+	s->event.datagram = 1;
+	emit_for(s, captured, &sock->conn);
+	sock->conn.named = 1;
+	return 0;
+}
+
 SEC("tp_btf/sock_recv_length")
 int BPF_PROG(psc_http_recv, struct sock *sk, int ret, int flags)
 {
+	if (sk->sk_protocol == IPPROTO_UDP)
+		return udp_io(sk, ret, flags, 1);
 	return socket_io(sk, 0, ret, flags, 1);
 }
 
 SEC("tp_btf/sock_send_length")
 int BPF_PROG(psc_http_send, struct sock *sk, int ret, int flags)
 {
+	if (sk->sk_protocol == IPPROTO_UDP)
+		return udp_io(sk, ret, flags, 0);
 	return socket_io(sk, 0, ret, flags, 0);
 }
 

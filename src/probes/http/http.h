@@ -20,6 +20,7 @@ enum psc_l7_protocol {
 	PSC_PROTO_REDIS = 1, /* RESP */
 	PSC_PROTO_POSTGRES = 2, /* framed in user space */
 	PSC_PROTO_MYSQL = 3, /* MySQL and MariaDB, framed in user space */
+	PSC_PROTO_DNS = 4, /* lookups over UDP and TCP, paired in user space */
 };
 
 /* Bits of the `protocols` setting of http.bpf.c: which protocols are looked for. */
@@ -162,7 +163,7 @@ struct psc_http_event {
 	__u32 tid; /* the thread that read or wrote: spans of a thread's requests nest */
 	__u16 gen; /* the process's generation (process.h): a reused pid is another process */
 	__u8 protocol; /* enum psc_l7_protocol */
-	__u8 pad;
+	__u8 datagram; /* a UDP datagram: one whole message (DNS) */
 	__u64 len; /* bytes the syscall moved */
 	__u32 captured;
 	__u8 kind;

@@ -9,6 +9,7 @@
 //! span (`spans`).
 
 pub mod conn;
+pub mod dns;
 pub mod parser;
 pub mod mysql;
 pub mod pg;
@@ -42,7 +43,10 @@ use crate::model::native::{KernelHistogram, Unit};
 use crate::model::span::{Span, SpanResource};
 use crate::model::{Family, MetricKind, Value};
 use conn::{Connection, Direction, Exchange, Framing, Protocol, Role};
-use families::{db_duration_family, db_series_labels, series_labels, ExchangeValues, HttpFamilies};
+use families::{
+    db_duration_family, db_series_labels, dns_duration_family, dns_series_labels, series_labels,
+    ExchangeValues, HttpFamilies,
+};
 use routes::{RoutePattern, RouteTable};
 
 pub mod config;
@@ -85,6 +89,7 @@ const ROLE_SERVER: u8 = types::psc_http_role::PSC_ROLE_SERVER.0 as u8;
 const PROTO_REDIS: u8 = types::psc_l7_protocol::PSC_PROTO_REDIS.0 as u8;
 const PROTO_POSTGRES: u8 = types::psc_l7_protocol::PSC_PROTO_POSTGRES.0 as u8;
 const PROTO_MYSQL: u8 = types::psc_l7_protocol::PSC_PROTO_MYSQL.0 as u8;
+const PROTO_DNS: u8 = types::psc_l7_protocol::PSC_PROTO_DNS.0 as u8;
 const RESP_NAME_BYTES: usize = types::psc_resp_line::PSC_RESP_NAME_BYTES.0 as usize;
 const RESP_ERROR_AT: usize = types::psc_resp_line::PSC_RESP_ERROR_AT.0 as usize;
 
@@ -94,9 +99,13 @@ fn protocol_of(event: &types::psc_http_event) -> Protocol {
         PROTO_REDIS => Protocol::Redis,
         PROTO_POSTGRES => Protocol::Postgres,
         PROTO_MYSQL => Protocol::Mysql,
+        PROTO_DNS => Protocol::Dns,
         _ => Protocol::Http,
     }
 }
+
+/// How often lookups are checked for their timeout: a timeout is counted this late at most.
+const DNS_EXPIRY_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Kernel keys (paths of a route, mostly) per series slot, at most, on average.
 const KEYS_PER_SLOT: u32 = 4;
@@ -285,6 +294,13 @@ pub struct HttpProbe {
     durations: DurationBounds,
     /// Bounds of database operation durations.
     db_durations: DurationBounds,
+    /// DNS sockets with lookups in flight (UDP) or open (TCP), by (process, fd), with
+    /// the event of their last query: the process and server a timeout counts under.
+    dns_sockets: HashMap<(u32, u32), (dns::DnsSocket, types::psc_http_event)>,
+    dns_timeout_ns: u64,
+    question_names: routes::PerServiceCap,
+    dns_durations: DurationBounds,
+    next_dns_expiry: Instant,
     body_bounds: Vec<u64>,
     body_bounds_exported: Vec<f64>,
     tls_libraries: usize,
@@ -453,6 +469,13 @@ impl HttpProbe {
             pid_label: processes.pid_label,
             durations,
             db_durations: DurationBounds::new(&settings.db_duration_buckets_seconds.0),
+            dns_sockets: HashMap::new(),
+            dns_timeout_ns: u64::from(settings.dns.timeout_ms.get()) * 1_000_000,
+            question_names: routes::PerServiceCap::new(
+                settings.dns.max_question_names_per_process.get() as usize,
+            ),
+            dns_durations: DurationBounds::new(&settings.dns.duration_buckets_seconds.0),
+            next_dns_expiry: Instant::now(),
             body_bounds,
             body_bounds_exported: body.clone(),
             tls_libraries: 0,
@@ -712,7 +735,7 @@ impl HttpProbe {
                 // A database's statement carries no trace context: no head follows.
                 let head = match protocol_of(event) {
                     Protocol::Http => parser::parse_request_head(data),
-                    Protocol::Redis | Protocol::Postgres | Protocol::Mysql => None,
+                    Protocol::Redis | Protocol::Postgres | Protocol::Mysql | Protocol::Dns => None,
                 };
                 // Without a traceparent, the kernel's draw made it a root that is kept;
                 // with one user space finds invalid, the sampler decides its root.
@@ -736,6 +759,11 @@ impl HttpProbe {
         // A close ends the fd's connection; an open means whatever was known of this fd
         // belonged to an earlier one.
         if event.kind == KIND_OPEN || event.kind == KIND_CLOSE {
+            if let Some((mut socket, query)) = self.dns_sockets.remove(&key) {
+                for exchange in socket.close(event.ts) {
+                    self.record(&query, Role::Client, exchange);
+                }
+            }
             if let Some(mut tracked) = self.connections.remove(&key) {
                 self.head_bytes = self.head_bytes.saturating_sub(tracked.conn.buffered());
                 if let Some(since) = tracked.holding_since {
@@ -753,6 +781,10 @@ impl HttpProbe {
             _ => return,
         };
         let protocol = protocol_of(event);
+        if protocol == Protocol::Dns {
+            self.dns_io(event, direction, data);
+            return;
+        }
         if !self.connections.contains_key(&key) {
             if self.connections.len() >= self.max_connections {
                 self.connections_refused += 1;
@@ -834,6 +866,64 @@ impl HttpProbe {
         }
         for exchange in exchanges {
             self.record(event, role, exchange);
+        }
+    }
+
+    /// A DNS query or answer a client wrote or read: a datagram, or a piece of a TCP
+    /// stream. An answer on a socket no query was seen on makes nothing.
+    fn dns_io(&mut self, event: &types::psc_http_event, direction: Direction, data: &[u8]) {
+        let key = (event.tgid, event.fd);
+        let datagrams = event.datagram != 0;
+        let known = self
+            .dns_sockets
+            .get(&key)
+            .is_some_and(|(socket, _)| socket.is_datagrams() == datagrams);
+        if !known {
+            if datagrams && direction == Direction::Ingress {
+                return;
+            }
+            if !self.dns_sockets.contains_key(&key) && self.dns_sockets.len() >= self.max_connections
+            {
+                self.connections_refused += 1;
+                return;
+            }
+            self.dns_sockets
+                .insert(key, (dns::DnsSocket::new(datagrams), *event));
+        }
+        let Some((socket, last_query)) = self.dns_sockets.get_mut(&key) else {
+            return;
+        };
+        if direction == Direction::Egress {
+            *last_query = *event;
+        }
+        // What waited past the timeout failed before this answer came.
+        let mut done = socket.expire(event.ts, self.dns_timeout_ns);
+        done.extend(socket.feed(direction, data, event.len, event.ts, event.tid));
+        let (refused, lost) = socket.take_losses();
+        self.pending_dropped += refused;
+        self.uncaptured_losses += lost;
+        let query = *last_query;
+        if socket.is_datagrams() && socket.is_idle() {
+            self.dns_sockets.remove(&key);
+        }
+        for exchange in done {
+            self.record(&query, Role::Client, exchange);
+        }
+    }
+
+    /// Lookups unanswered past the timeout fail as `timeout`.
+    fn expire_lookups(&mut self) {
+        let now = dns::monotonic_ns();
+        let timeout = self.dns_timeout_ns;
+        let mut timed_out = Vec::new();
+        self.dns_sockets.retain(|_, (socket, query)| {
+            for exchange in socket.expire(now, timeout) {
+                timed_out.push((*query, exchange));
+            }
+            !(socket.is_datagrams() && socket.is_idle())
+        });
+        for (query, exchange) in timed_out {
+            self.record(&query, Role::Client, exchange);
         }
     }
 
@@ -983,6 +1073,10 @@ impl HttpProbe {
         let Some(record) = util::decode::<types::psc_http_exchange>(data) else {
             return;
         };
+        // DNS over TCP is never framed as a connection: dns_io pairs its messages.
+        if protocol_of(event) == Protocol::Dns {
+            return;
+        }
         let key = (event.tgid, event.fd);
         if let Some(old) = self.connections.remove(&key) {
             self.head_bytes = self.head_bytes.saturating_sub(old.conn.buffered());
@@ -1028,7 +1122,9 @@ impl HttpProbe {
                 Framing::Redis(resp)
             }
             // Never framed in the kernel: handed over at its first bytes.
-            protocol @ (Protocol::Postgres | Protocol::Mysql) => Framing::new(protocol, role),
+            protocol @ (Protocol::Postgres | Protocol::Mysql | Protocol::Dns) => {
+                Framing::new(protocol, role)
+            }
         };
         self.connections.insert(
             key,
@@ -1136,7 +1232,7 @@ impl HttpProbe {
         let service_name = workload.service().unwrap_or(&name).to_string();
         let workload_labels = workloads.workload_labels(&workload);
         let db = match exchange.protocol {
-            Protocol::Http => None,
+            Protocol::Http | Protocol::Dns => None,
             Protocol::Redis => Some(spans::DbCall {
                 system: exchange.protocol.name(),
                 operation: redis::command_name(&exchange.method),
@@ -1198,6 +1294,8 @@ impl HttpProbe {
         let route = match exchange.protocol {
             Protocol::Http => self.routes.route(&name, &exchange.path),
             Protocol::Redis | Protocol::Postgres | Protocol::Mysql => String::new(),
+            // The question's name, capped per executable.
+            Protocol::Dns => self.question_names.admit(&name, exchange.path.clone()),
         };
         // Clients report whom they called, capped per service; servers are themselves.
         let mut server_port = server_port;
@@ -1229,7 +1327,7 @@ impl HttpProbe {
                 redis::error_type(exchange.status != 0, &exchange.error_type).to_string(),
             ),
             // The framer names statements and errors from closed sets already.
-            Protocol::Postgres | Protocol::Mysql => (
+            Protocol::Postgres | Protocol::Mysql | Protocol::Dns => (
                 exchange.method.clone(),
                 0,
                 exchange.error_type.clone(),
@@ -1281,6 +1379,8 @@ impl HttpProbe {
             let _ = self.skel.maps.tls_conns.delete(key);
         }
         self.connections
+            .retain(|(tgid, _), _| std::path::Path::new(&format!("/proc/{tgid}")).exists());
+        self.dns_sockets
             .retain(|(tgid, _), _| std::path::Path::new(&format!("/proc/{tgid}")).exists());
         self.head_bytes = self.connections.values().map(|t| t.conn.buffered()).sum();
         self.head_holders = self
@@ -1351,10 +1451,12 @@ impl HttpProbe {
         }
         let duration = histogram_samples(self.durations.seconds.len());
         let db_duration = histogram_samples(self.db_durations.seconds.len());
+        let dns_duration = histogram_samples(self.dns_durations.seconds.len());
         let body = histogram_samples(self.body_bounds.len());
         let cost = |key: &Exchanges, _: &SeriesStats| match key.protocol {
             Protocol::Http => duration + 2 * body,
             Protocol::Redis | Protocol::Postgres | Protocol::Mysql => db_duration,
+            Protocol::Dns => dns_duration,
         };
         self.lifecycle
             .export(self.series.clone(), &first_seen, cost)
@@ -1433,6 +1535,10 @@ impl Probe for HttpProbe {
         self.ring.as_ref()?;
         self.drain();
         self.check_new_processes(now);
+        if now >= self.next_dns_expiry {
+            self.expire_lookups();
+            self.next_dns_expiry = now + DNS_EXPIRY_INTERVAL;
+        }
         if now >= self.next_sweep {
             self.sweep();
             self.next_sweep = now + Duration::from_secs(30);
@@ -1442,13 +1548,25 @@ impl Probe for HttpProbe {
 
     fn collect(&mut self, now: Instant, out: &mut Vec<Family>) {
         self.drain();
+        self.expire_lookups();
         self.fold_slots();
         self.expire(now);
         self.release_slots();
         let rows = self.export();
         let mut families = HttpFamilies::new();
         let mut db_durations = db_duration_family();
+        let mut dns_durations = dns_duration_family();
         for ((owner, exchanges), stats) in &rows {
+            if exchanges.protocol == Protocol::Dns {
+                let labels = dns_series_labels(self.processes.workloads(), owner, exchanges);
+                let duration = self.dns_durations.classic_and_native(&stats.duration_ns);
+                dns_durations.push_created(
+                    labels,
+                    Value::Histogram(duration),
+                    self.lifecycle.created(owner),
+                );
+                continue;
+            }
             if exchanges.protocol != Protocol::Http {
                 let labels = db_series_labels(self.processes.workloads(), owner, exchanges);
                 let duration = self.db_durations.classic_and_native(&stats.duration_ns);
@@ -1477,6 +1595,7 @@ impl Probe for HttpProbe {
         libraries.push(Vec::new(), Value::Gauge(self.tls_libraries as f64));
         out.extend(families.into_families(libraries));
         out.push(db_durations);
+        out.push(dns_durations);
         out.push(self.kernel_framer_family());
         out.push(self.framing_lost_family());
         if self.spans.is_some() {
@@ -1491,6 +1610,11 @@ impl Probe for HttpProbe {
             MapFill {
                 map: "connections",
                 entries: self.connections.len() as u64,
+                capacity: self.max_connections as u64,
+            },
+            MapFill {
+                map: "dns_sockets",
+                entries: self.dns_sockets.len() as u64,
                 capacity: self.max_connections as u64,
             },
             MapFill {
@@ -1550,6 +1674,7 @@ impl Probe for HttpProbe {
             ("series_budget", self.lifecycle.budget_refused()),
             ("routes", self.routes.folded()),
             ("server_addresses", self.addresses.folded()),
+            ("dns_question_names", self.question_names.folded()),
             ("tls_unknown_socket", self.counter(Counter::PSC_HTTP_TLS_NO_FD)),
             ("pending_execs", self.execs_refused),
             (
