@@ -52,8 +52,8 @@ fn dashboard_expressions() -> Vec<String> {
     dashboards.sort();
     assert_eq!(
         dashboards.len(),
-        2,
-        "the HTTP and TCP dashboards: {dashboards:?}"
+        3,
+        "the HTTP, service graph and TCP dashboards: {dashboards:?}"
     );
     for path in dashboards {
         let text = std::fs::read_to_string(&path).expect("a dashboard");

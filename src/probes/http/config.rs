@@ -29,6 +29,9 @@ pub struct HttpConfig {
     /// Server addresses a client service reports, at most; beyond,
     /// `server_address="__overflow__"`.
     pub max_server_addresses_per_service: NonZeroU32,
+    /// Client -> server edges of the service graph, at most; beyond, the
+    /// `__overflow__` edge.
+    pub max_service_graph_edges: NonZeroU32,
     /// Route patterns such as `/users/{id}`; other paths go through the id heuristic.
     pub routes: Vec<String>,
     /// `le` bounds of the request duration histograms.
@@ -129,6 +132,7 @@ impl Default for HttpConfig {
             max_series: nonzero(10000),
             max_routes_per_service: nonzero(200),
             max_server_addresses_per_service: nonzero(50),
+            max_service_graph_edges: nonzero(1000),
             routes: Vec::new(),
             // The OpenTelemetry semantic conventions' advice for HTTP durations.
             duration_buckets_seconds: Buckets(vec![
@@ -177,6 +181,7 @@ impl ProbeSettings for HttpConfig {
                 "max_server_addresses_per_service",
                 self.max_server_addresses_per_service,
             ),
+            Range::entries("max_service_graph_edges", self.max_service_graph_edges),
             Range::new("dns.timeout_ms", u64::from(self.dns.timeout_ms.get()), 10, 600_000),
             Range::entries(
                 "dns.max_question_names_per_process",

@@ -789,3 +789,120 @@ fn dns_lookups_count_exactly_over_udp_and_tcp_with_timeouts_and_the_name_cap() {
     assert_eq!(String::from_utf8_lossy(&parsed.stdout).trim(), binary_name);
     py.finish();
 }
+
+/// An HTTP service that, serving /work, GETs from Redis and SELECTs from PostgreSQL, and
+/// serving /fail, LPUSHes to a string (WRONGTYPE) and divides by zero (SQLSTATE 22),
+/// then answers 500. Its connections open at its first request.
+/// argv: port redis_port pg_port
+const GRAPH_APP: &str = r#"
+import sys, redis, psycopg
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+r = redis.Redis(host="127.0.0.1", port=int(sys.argv[2]), lib_name=None, lib_version=None)
+c = None
+class H(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def log_message(self, *a): pass
+    def do_GET(self):
+        global c
+        if c is None:
+            c = psycopg.connect("host=127.0.0.1 user=postgres port=" + sys.argv[3], autocommit=True)
+        code = 200
+        if self.path == "/work":
+            r.get("string")
+            c.execute("SELECT 1").fetchall()
+        else:
+            code = 500
+            try:
+                r.lpush("string", "x")
+            except redis.ResponseError:
+                pass
+            try:
+                c.execute("SELECT 1/0")
+            except psycopg.errors.DivisionByZero:
+                pass
+        self.send_response(code)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+server = ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H)
+print("ready", flush=True)
+server.serve_forever()
+"#;
+
+/// The `service_name` of the series of `family` matching `want`.
+fn service_of(m: &Metrics, family: &str, want: &[(&str, &str)]) -> String {
+    m.find(family, want)
+        .map(|(_, labels, _)| labels["service_name"].clone())
+        .next()
+        .unwrap_or_else(|| panic!("no {family} series {want:?}"))
+}
+
+#[test]
+fn the_service_graph_counts_each_edge_exactly() {
+    let _kernel = kernel_lock();
+    if !have_root("the_service_graph_counts_each_edge_exactly") {
+        return;
+    }
+    let redis = RedisServer::start();
+    redis_cli(redis.port, &["SET", "string", "v"]);
+    let pg = PgServer::start(false);
+    let agent = Agent::start(&config(true));
+    let port = free_port();
+    let args = [port.to_string(), redis.port.to_string(), pg.port.to_string()];
+    let app = Helper::spawn(GRAPH_APP, &args);
+    // Stopped however the test ends: it serves forever.
+    struct Stop(Helper);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            let _ = self.0.child.kill();
+            let _ = self.0.child.wait();
+        }
+    }
+    let app = Stop(app);
+    let (work, fail) = (6, 3);
+    for path in std::iter::repeat_n("/work", work).chain(std::iter::repeat_n("/fail", fail)) {
+        Command::new("curl")
+            .args(["-s", "-o", "/dev/null", &format!("http://127.0.0.1:{port}{path}")])
+            .status()
+            .expect("curl runs");
+    }
+    let total = (work + fail) as f64;
+    let app_pid = app.0.pid().to_string();
+    let (redis_port, pg_port) = (redis.port.to_string(), pg.port.to_string());
+    let redis_served = [("role", "server"), ("server_port", redis_port.as_str())];
+    let pg_served = [("role", "server"), ("server_port", pg_port.as_str())];
+    let m = eventually(&agent, |m| {
+        m.sum(DURATION_COUNT, &redis_served) == total && m.sum(DURATION_COUNT, &pg_served) == total
+    });
+    // The names each end has in its own series.
+    let app_name = service_of(&m, "http_server_request_duration_seconds_count", &[("process_pid", &app_pid)]);
+    let curl = [("process_executable_name", "curl")];
+    let curl_name = service_of(&m, "http_client_request_duration_seconds_count", &curl);
+    let redis_name = service_of(&m, DURATION_COUNT, &redis_served);
+    let pg_name = service_of(&m, DURATION_COUNT, &pg_served);
+    let edge = |name: &str, client: &str, server: &str| {
+        m.sum(name, &[("client", client), ("server", server)])
+    };
+    for (client, server) in [
+        (&curl_name, &app_name),
+        (&app_name, &redis_name),
+        (&app_name, &pg_name),
+    ] {
+        assert_eq!(edge("service_graph_requests_total", client, server), total, "{client} -> {server}");
+        assert_eq!(
+            edge("service_graph_request_failed_total", client, server),
+            fail as f64,
+            "{client} -> {server}"
+        );
+        assert_eq!(
+            edge("service_graph_request_duration_seconds_count", client, server),
+            total,
+            "{client} -> {server}"
+        );
+    }
+    // The service's database calls are made while it serves: each edge's time lies
+    // within the requests' time.
+    let seconds = |client: &str, server: &str| edge("service_graph_request_duration_seconds_sum", client, server);
+    assert!(seconds(&app_name, &redis_name) < seconds(&curl_name, &app_name));
+    assert!(seconds(&app_name, &pg_name) < seconds(&curl_name, &app_name));
+}

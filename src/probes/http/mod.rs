@@ -10,6 +10,7 @@
 
 pub mod conn;
 pub mod dns;
+mod graph;
 pub mod parser;
 pub mod mysql;
 pub mod pg;
@@ -301,6 +302,10 @@ pub struct HttpProbe {
     question_names: routes::PerServiceCap,
     dns_durations: DurationBounds,
     next_dns_expiry: Instant,
+    /// Service graph edges, at most, and the requests of those past it (folded into the
+    /// overflow edge) at the last collection.
+    max_edges: usize,
+    edges_folded: u64,
     body_bounds: Vec<u64>,
     body_bounds_exported: Vec<f64>,
     tls_libraries: usize,
@@ -476,6 +481,8 @@ impl HttpProbe {
             ),
             dns_durations: DurationBounds::new(&settings.dns.duration_buckets_seconds.0),
             next_dns_expiry: Instant::now(),
+            max_edges: settings.max_service_graph_edges.get() as usize,
+            edges_folded: 0,
             body_bounds,
             body_bounds_exported: body.clone(),
             tls_libraries: 0,
@@ -1596,6 +1603,11 @@ impl Probe for HttpProbe {
         out.extend(families.into_families(libraries));
         out.push(db_durations);
         out.push(dns_durations);
+        let series = rows.iter().map(|((owner, key), stats)| (owner, key, &stats.duration_ns));
+        let (graph, folded) =
+            graph::families(series, self.processes.workloads(), &self.durations, self.max_edges);
+        self.edges_folded = folded;
+        out.extend(graph);
         out.push(self.kernel_framer_family());
         out.push(self.framing_lost_family());
         if self.spans.is_some() {
@@ -1675,6 +1687,7 @@ impl Probe for HttpProbe {
             ("routes", self.routes.folded()),
             ("server_addresses", self.addresses.folded()),
             ("dns_question_names", self.question_names.folded()),
+            ("service_graph_edges", self.edges_folded),
             ("tls_unknown_socket", self.counter(Counter::PSC_HTTP_TLS_NO_FD)),
             ("pending_execs", self.execs_refused),
             (

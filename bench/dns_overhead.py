@@ -1,0 +1,90 @@
+#!/usr/bin/env python3
+"""DNS overhead: dnsperf against dnsmasq, Periscope off vs on.
+
+Runs `dnsperf` (UDP, loopback) against dnsmasq answering from its own configuration,
+with the agent off and on (the http probe alone by default, which pairs DNS lookups),
+interleaved round by round, and reports medians: queries per second, their ratio to
+off, the agent's own CPU time per 1,000 queries (from /proc) and, with --bpf-stats, the
+time the probe's programs ran per query.
+
+Usage (as root, after `cargo build --release`):
+    python3 bench/dns_overhead.py [--rounds 5] [--seconds 10] [--clients 4] [--bpf-stats]
+
+PERISCOPE_BENCH_CONFIG replaces the probes section of the agent's configuration.
+"""
+import argparse
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from http_overhead import free_port, wait_port  # noqa: E402
+from redis_overhead import HTTP_ALONE, off_and_on  # noqa: E402
+
+NAMES = 100
+
+
+def run_dnsperf(port, queries_file, seconds, clients):
+    """Queries per second dnsperf reports, and the queries it completed."""
+    out = subprocess.run(["dnsperf", "-s", "127.0.0.1", "-p", str(port), "-d", queries_file,
+                          "-l", str(seconds), "-c", str(clients), "-T", str(clients), "-q", "500"],
+                         check=True, capture_output=True, text=True).stdout
+    rate = float(re.search(r"Queries per second:\s+([\d.]+)", out).group(1))
+    completed = int(re.search(r"Queries completed:\s+(\d+)", out).group(1))
+    return rate, completed
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--bpf-stats", action="store_true")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as workdir:
+        port = free_port()
+        server = subprocess.Popen(["dnsmasq", "--keep-in-foreground", "--no-resolv", "--no-hosts",
+                                   "--user=root", "--listen-address=127.0.0.1", "--bind-interfaces",
+                                   f"--port={port}", "--local=/test/",
+                                   "--address=/bench.test/127.0.0.7", "--conf-file=/dev/null",
+                                   "--pid-file=", "--cache-size=0", "--dns-forward-max=10000"],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_port(port)
+        queries = os.path.join(workdir, "queries")
+        with open(queries, "w") as f:
+            for i in range(NAMES):
+                f.write(f"n{i}.bench.test A\n")
+        conf = os.path.join(workdir, "periscope.yaml")
+        with open(conf, "w") as f:
+            f.write(f'prometheus:\n  listen_address: "127.0.0.1:{free_port()}"\n')
+            f.write(os.environ.get("PERISCOPE_BENCH_CONFIG") or HTTP_ALONE)
+        try:
+            run_dnsperf(port, queries, 2, args.clients)  # warm-up
+            results, agent_cpu, prog_time = off_and_on(
+                args.rounds, conf, lambda: run_dnsperf(port, queries, args.seconds, args.clients),
+                args.bpf_stats)
+        finally:
+            server.terminate()
+            server.wait()
+
+    off = statistics.median(r for r, _ in results["off"])
+    on = statistics.median(r for r, _ in results["on"])
+    rounds = ", ".join(f"{100 * n / f:.0f}" for (f, _), (n, _) in zip(results["off"], results["on"]))
+    print(f"dnsperf -c {args.clients} -l {args.seconds} against dnsmasq, UDP, "
+          f"medians of {args.rounds} interleaved rounds")
+    print(f"  {on:,.0f} queries/s on, {off:,.0f} off: {100 * on / off:.1f} % of off (rounds: {rounds} %)")
+    completed = statistics.median(c for _, c in results["on"])
+    print(f"  agent CPU per 1,000 queries: {1000 * statistics.median(agent_cpu) / completed * 1000:.3f} ms")
+    if args.bpf_stats:
+        total = sum(c for _, c in results["on"])
+        for name, (run_ns, runs) in sorted(prog_time.items()):
+            if runs:
+                print(f"  {name}: {run_ns / total:.0f} ns per query ({runs / total:.2f} runs)")
+
+
+if __name__ == "__main__":
+    main()
