@@ -87,6 +87,7 @@ fn main() {
                     tid: exchange.tid,
                     context,
                     db: None,
+                    dns: None,
                     method: &exchange.method,
                     route: "/users/*",
                     path: &exchange.path,

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::apps::{connect, get, hex_id, App, MysqlServer, PgServer, RedisServer};
+use common::apps::{connect, get, hex_id, App, DnsServer, MysqlServer, PgServer, RedisServer};
 use common::{have_root, kernel_lock, Agent, TempDir};
 use serde_json::Value;
 
@@ -588,6 +588,56 @@ fn a_mysql_statement_made_while_serving_is_a_database_child_span() {
         "try:\n    c.execute(\"INSERT INTO accounts VALUES (%s)\", (1,))\nexcept pymysql.err.IntegrityError:\n    pass",
     );
     database_calls_are_child_spans("traces-mysql", &app, "mysql", mysql.port, calls);
+}
+
+#[test]
+fn a_dns_lookup_made_while_serving_is_a_child_span() {
+    if !have_root("a_dns_lookup_made_while_serving_is_a_child_span") {
+        return;
+    }
+    let _lock = kernel_lock();
+    let dns = DnsServer::start();
+    // A lookup of a known name, and one of a missing name (NXDOMAIN), over UDP.
+    let app = py_db_app(
+        "import socket, struct\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\ndef lookup(name):\n    q = struct.pack(\">HHHHHH\", 7, 0x0100, 1, 0, 0, 0) + b\"\".join(bytes([len(l)]) + l for l in name.split(b\".\")) + b\"\\0\\0\\1\\0\\1\"\n    s.sendto(q, (\"127.0.0.1\", int(sys.argv[2])))\n    s.recvfrom(4096)",
+        "lookup(b\"known.test\")",
+        "lookup(b\"nope.test\")",
+    );
+    let dir = TempDir::new("traces-dns");
+    let jsonl = dir.path().join("spans.jsonl");
+    let _agent = Agent::start(&traces_config(&jsonl));
+    let port = common::free_port();
+    let mut app = common::Helper::spawn(&app, &[port.to_string(), dns.port.to_string()]);
+    let pid = u64::from(app.pid());
+    let mut conn = connect(port);
+    assert_eq!(get(&mut conn, "/dns/get", "").0, 200);
+    assert_eq!(get(&mut conn, "/dns/fail", "").0, 200);
+    let lines = wait_for(&jsonl, |lines| {
+        spans_of(lines, pid, "server").len() >= 2 && spans_of(lines, pid, "client").len() >= 2
+    });
+    let served = spans_of(&lines, pid, "server");
+    let lookups = spans_of(&lines, pid, "client");
+    assert_eq!(lookups.len(), 2);
+    for (lookup, (name, error)) in lookups
+        .iter()
+        .zip([("known.test", None), ("nope.test", Some("NXDOMAIN"))])
+    {
+        let parent = served
+            .iter()
+            .find(|s| s["span_id"] == lookup["parent_span_id"])
+            .expect("the lookup's parent is a served request");
+        assert_eq!(lookup["trace_id"], parent["trace_id"]);
+        assert_eq!(lookup["name"], "DNS A");
+        let attributes = &lookup["attributes"];
+        assert_eq!(attributes["dns.question.name"], name);
+        assert_eq!(attributes["server.port"], u64::from(dns.port));
+        assert_eq!(attributes["error.type"].as_str(), error);
+        let time = |span: &Value, key: &str| span[key].as_u64().expect("a time in ns");
+        assert!(time(lookup, "start_time_unix_nano") >= time(parent, "start_time_unix_nano"));
+        assert!(time(lookup, "end_time_unix_nano") <= time(parent, "end_time_unix_nano"));
+    }
+    validate_against_schema(&jsonl);
+    app.child.kill().ok();
 }
 
 #[test]

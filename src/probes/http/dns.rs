@@ -8,7 +8,8 @@
 
 use std::collections::HashMap;
 
-use super::conn::{Direction, Exchange, Protocol};
+use super::conn::{Direction, Exchange, NewRequest, Protocol};
+use crate::model::span::SpanContext;
 
 /// Queries awaiting their answer on one socket, at most; more are refused and counted.
 const MAX_PENDING: usize = 1024;
@@ -57,6 +58,14 @@ pub fn monotonic_ns() -> u64 {
         return 0;
     }
     (now.tv_sec as u64) * 1_000_000_000 + now.tv_nsec as u64
+}
+
+/// The closed-set name of a type name an exchange carries (which came from `type_name`).
+pub fn type_name_of(name: &str) -> &'static str {
+    TYPES
+        .iter()
+        .find(|(_, known)| *known == name)
+        .map_or(OTHER, |(_, known)| known)
 }
 
 fn type_name(qtype: u16) -> &'static str {
@@ -148,6 +157,9 @@ struct Query {
     name: String,
     start: u64,
     tid: u32,
+    /// Its span's context, once decided (it may stay None: not traced).
+    context: Option<SpanContext>,
+    decided: bool,
 }
 
 /// The lookups one socket has in flight, by id.
@@ -187,6 +199,8 @@ impl Lookups {
             name: message.name,
             start: at,
             tid,
+            context: None,
+            decided: false,
         };
         self.pending.insert(message.id, query);
     }
@@ -234,7 +248,7 @@ fn lookup(query: Query, end: u64, error: Option<&str>) -> Exchange {
         response_body_bytes: 0,
         start_ns: query.start,
         end_ns: end,
-        context: None,
+        context: query.context,
         tid: query.tid,
     }
 }
@@ -369,6 +383,19 @@ impl DnsSocket {
         parsed
             .filter_map(|message| self.lookups.received(message, at))
             .collect()
+    }
+
+    /// Lets `decide` choose the span context of each query sent since the last call.
+    pub fn decide_spans(&mut self, mut decide: impl FnMut(NewRequest<'_>)) {
+        for query in self.lookups.pending.values_mut().filter(|q| !q.decided) {
+            query.decided = true;
+            decide(NewRequest {
+                tid: query.tid,
+                at: query.start,
+                trace: None,
+                context: &mut query.context,
+            });
+        }
     }
 
     /// Lookups unanswered for `timeout_ns` by `now`: timeouts.

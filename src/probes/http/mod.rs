@@ -906,6 +906,9 @@ impl HttpProbe {
         // What waited past the timeout failed before this answer came.
         let mut done = socket.expire(event.ts, self.dns_timeout_ns);
         done.extend(socket.feed(direction, data, event.len, event.ts, event.tid));
+        if let Some(spans) = &mut self.spans {
+            socket.decide_spans(|request| spans.decide(Role::Client, request));
+        }
         let (refused, lost) = socket.take_losses();
         self.pending_dropped += refused;
         self.uncaptured_losses += lost;
@@ -1259,6 +1262,11 @@ impl HttpProbe {
             tid: exchange.tid,
             context,
             db,
+            dns: (exchange.protocol == Protocol::Dns).then(|| spans::DnsCall {
+                question_type: dns::type_name_of(&exchange.method),
+                question_name: exchange.path.clone(),
+                error_type: exchange.error_type.clone(),
+            }),
             method: &normalize_method(&exchange.method),
             route,
             path: &exchange.path,

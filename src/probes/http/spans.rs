@@ -119,6 +119,8 @@ pub struct Finished<'a> {
     pub context: SpanContext,
     /// A database operation (a client's); HTTP's fields below are then unused.
     pub db: Option<DbCall>,
+    /// A DNS lookup; HTTP's fields below are then unused.
+    pub dns: Option<DnsCall>,
     pub method: &'a str,
     pub route: &'a str,
     pub path: &'a str,
@@ -144,6 +146,15 @@ pub struct DbCall {
     /// empty for the operation alone.
     pub summary: String,
     /// The error's type when it failed; empty otherwise.
+    pub error_type: String,
+}
+
+/// What a DNS lookup's span says of it.
+pub struct DnsCall {
+    /// The question's type (`A`, `AAAA`) and name.
+    pub question_type: &'static str,
+    pub question_name: String,
+    /// The response code or `timeout` when it failed; empty otherwise.
     pub error_type: String,
 }
 
@@ -333,6 +344,11 @@ impl SpanMaker {
             self.finished.push(span);
             return;
         }
+        if let Some(dns) = &done.dns {
+            let span = self.dns_span(dns, &done);
+            self.finished.push(span);
+            return;
+        }
         let scheme = if done.tls { "https" } else { "http" };
         let mut attributes = vec![
             (
@@ -446,6 +462,32 @@ impl SpanMaker {
         }
     }
 
+    /// A client span named `DNS <type>`, with the question and the server asked.
+    fn dns_span(&self, dns: &DnsCall, done: &Finished<'_>) -> Span {
+        let mut attributes = vec![
+            ("dns.question.name", AttributeValue::Str(dns.question_name.clone())),
+            ("dns.question.type", AttributeValue::Str(dns.question_type.into())),
+            ("server.address", AttributeValue::Str(done.server_address.clone())),
+            ("server.port", AttributeValue::Int(i64::from(done.server_port))),
+        ];
+        if !dns.error_type.is_empty() {
+            attributes.push(("error.type", AttributeValue::Str(dns.error_type.clone())));
+        }
+        Span {
+            trace_id: done.context.trace_id,
+            span_id: done.context.span_id,
+            parent_span_id: done.context.parent_span_id,
+            trace_state: done.context.trace_state.clone(),
+            kind: SpanKind::Client,
+            name: format!("DNS {}", dns.question_type),
+            start_unix_ns: self.wall_ns(done.start_ns),
+            end_unix_ns: self.wall_ns(done.end_ns),
+            error: !dns.error_type.is_empty(),
+            attributes,
+            resource: done.resource.clone(),
+        }
+    }
+
     pub fn take(&mut self, out: &mut Vec<Span>) {
         out.append(&mut self.finished);
     }
@@ -469,6 +511,7 @@ mod tests {
             tid: 1,
             context,
             db: None,
+            dns: None,
             method: "POST",
             route: "/v1/traces",
             path: "/v1/traces",
