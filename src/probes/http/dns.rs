@@ -9,13 +9,11 @@
 use std::collections::HashMap;
 
 use super::conn::{Direction, Exchange, NewRequest, Protocol};
+use super::stream::{Header, Messages};
 use crate::model::span::SpanContext;
 
 /// Queries awaiting their answer on one socket, at most; more are refused and counted.
 const MAX_PENDING: usize = 1024;
-/// Bytes of a message looked at: its header and question, whose name is 255 bytes at
-/// most on the wire.
-pub const MAX_KEPT: usize = 512;
 /// Bytes of the header: no message is shorter.
 const HEADER: usize = 12;
 
@@ -253,72 +251,22 @@ fn lookup(query: Query, end: u64, error: Option<&str>) -> Exchange {
     }
 }
 
-/// One direction of DNS over TCP: messages after their 2-byte lengths.
+/// DNS over TCP: each message after its 2-byte length.
 #[derive(Debug, Clone, Default)]
-struct Stream {
-    /// The length's bytes, while incomplete.
-    length: Vec<u8>,
-    /// Bytes of the message being read still to come, and its first ones.
-    left: usize,
-    kept: Vec<u8>,
-    lost: bool,
-    losses: u64,
-}
+struct LengthHeader;
 
-impl Stream {
-    fn lose(&mut self) {
-        if !self.lost {
-            self.losses += 1;
-        }
-        self.lost = true;
-        self.length.clear();
-        self.kept.clear();
-        self.left = 0;
+impl Header for LengthHeader {
+    fn size(&self) -> usize {
+        2
     }
 
-    fn feed(&mut self, data: &[u8], len: u64, out: &mut Vec<Vec<u8>>) {
-        if self.lost {
-            return;
-        }
-        let mut i = 0;
-        while i < data.len() {
-            if self.left == 0 {
-                let take = (2 - self.length.len()).min(data.len() - i);
-                self.length.extend_from_slice(&data[i..i + take]);
-                i += take;
-                if self.length.len() < 2 {
-                    break;
-                }
-                self.left = usize::from(u16::from_be_bytes([self.length[0], self.length[1]]));
-                self.length.clear();
-                if self.left < HEADER {
-                    self.lose();
-                    return;
-                }
-            }
-            let take = self.left.min(data.len() - i);
-            let room = MAX_KEPT.saturating_sub(self.kept.len()).min(take);
-            self.kept.extend_from_slice(&data[i..i + room]);
-            self.left -= take;
-            i += take;
-            if self.left == 0 {
-                out.push(std::mem::take(&mut self.kept));
-            }
-        }
-        let uncaptured = len.saturating_sub(data.len() as u64);
-        if uncaptured == 0 {
-            return;
-        }
-        if self.left as u64 >= uncaptured {
-            self.left -= uncaptured as usize;
-            if self.left == 0 {
-                out.push(std::mem::take(&mut self.kept));
-            }
-        } else {
-            self.lose();
-        }
+    fn payload_length(&mut self, header: &[u8]) -> Option<u64> {
+        let length = usize::from(u16::from_be_bytes([header[0], header[1]]));
+        (length >= HEADER).then_some(length as u64)
     }
 }
+
+type Stream = Messages<LengthHeader>;
 
 /// The DNS a client socket carries: datagrams (UDP) or a stream (TCP), and the lookups
 /// in flight on it.
@@ -332,7 +280,8 @@ pub struct DnsSocket {
 impl DnsSocket {
     pub fn new(datagrams: bool) -> DnsSocket {
         DnsSocket {
-            streams: (!datagrams).then(Box::default),
+            streams: (!datagrams)
+                .then(|| Box::new((Stream::new(LengthHeader), Stream::new(LengthHeader)))),
             lookups: Lookups::default(),
         }
     }
@@ -344,9 +293,10 @@ impl DnsSocket {
     /// Nothing in flight and no message half read: nothing worth keeping.
     pub fn is_idle(&self) -> bool {
         self.lookups.is_empty()
-            && self.streams.as_ref().is_none_or(|s| {
-                s.0.length.is_empty() && s.0.left == 0 && s.1.length.is_empty() && s.1.left == 0
-            })
+            && self
+                .streams
+                .as_ref()
+                .is_none_or(|s| s.0.is_idle() && s.1.is_idle())
     }
 
     /// Queries refused past the per-socket limit, and times TCP framing was lost.
@@ -368,10 +318,11 @@ impl DnsSocket {
         tid: u32,
     ) -> Vec<Exchange> {
         let mut messages = Vec::new();
+        let mut done = |_: &mut LengthHeader, kept: &mut Vec<u8>| messages.push(std::mem::take(kept));
         match (&mut self.streams, direction) {
             (None, _) => messages.push(data.to_vec()),
-            (Some(streams), Direction::Egress) => streams.0.feed(data, len, &mut messages),
-            (Some(streams), Direction::Ingress) => streams.1.feed(data, len, &mut messages),
+            (Some(streams), Direction::Egress) => streams.0.feed(data, len, &mut done),
+            (Some(streams), Direction::Ingress) => streams.1.feed(data, len, &mut done),
         }
         let parsed = messages.iter().filter_map(|m| parse(m));
         if direction == Direction::Egress {

@@ -15,6 +15,7 @@ pub mod parser;
 pub mod mysql;
 pub mod pg;
 pub mod sql;
+mod stream;
 pub mod redis;
 pub mod resp;
 pub mod routes;

@@ -11,6 +11,7 @@ use std::collections::{HashMap, VecDeque};
 
 use super::conn::{Direction, Exchange, NewRequest, Protocol, Role};
 use super::sql::{split_statements, Described, Dialect};
+use super::stream::{Header, Messages};
 use crate::model::span::SpanContext;
 
 /// Commands waiting for their answer on one connection, at most.
@@ -18,8 +19,6 @@ const MAX_PENDING: usize = 4096;
 /// Prepared statements remembered per connection, at most; executions of those past it
 /// are `_OTHER`.
 const MAX_PREPARED: usize = 256;
-/// Bytes of a packet's payload looked at: a query's start, an error's code, a status.
-const MAX_KEPT: usize = 512;
 /// A packet of this length continues in the next one (a payload of 16 MiB or more).
 const CONTINUED: u32 = 0xff_ffff;
 
@@ -72,101 +71,49 @@ impl Packet {
     }
 }
 
-/// One direction's stream of packets.
+/// How a MySQL packet starts: a 3-byte length and a sequence number. A packet of
+/// CONTINUED bytes goes on in the next: the two are one logical packet.
 #[derive(Debug, Clone, Default)]
-struct Packets {
-    header: Vec<u8>,
-    /// Payload bytes still to come of the packet being read.
-    left: u32,
-    in_packet: bool,
-    /// The packet being read continues in the next: its payload is one with it.
-    continues: bool,
-    /// Of the logical packet being read: its first sequence number, length so far,
-    /// whether it spans packets, and its first payload bytes.
+struct PacketHeader {
+    /// Of the logical packet being read: its first sequence number, its length so far,
+    /// and whether it spans packets.
     seq: u8,
     length: u64,
     spanned: bool,
-    kept: Vec<u8>,
-    /// Framing was lost for good: bytes past the capture outside a payload, or TLS.
-    lost: bool,
-    losses: u64,
+    /// The packet being read continues in the next.
+    continues: bool,
 }
 
-impl Packets {
-    fn lose(&mut self) {
-        if !self.lost {
-            self.losses += 1;
-        }
-        self.lost = true;
-        self.header.clear();
-        self.kept.clear();
-        self.in_packet = false;
+impl Header for PacketHeader {
+    fn size(&self) -> usize {
+        4
     }
 
-    fn finish(&mut self, out: &mut Vec<Packet>) {
-        self.in_packet = false;
-        if self.continues {
-            self.spanned = true;
+    fn payload_length(&mut self, header: &[u8]) -> Option<u64> {
+        let length = u32::from_le_bytes([header[0], header[1], header[2], 0]);
+        if !self.spanned {
+            self.seq = header[3];
+        }
+        self.length += u64::from(length);
+        self.continues = length == CONTINUED;
+        Some(u64::from(length))
+    }
+}
+
+/// Feeds one direction's bytes; the logical packets they complete go to `out`.
+fn feed(stream: &mut Messages<PacketHeader>, data: &[u8], len: u64, out: &mut Vec<Packet>) {
+    stream.feed(data, len, |head, kept| {
+        if head.continues {
+            head.spanned = true;
             return;
         }
         out.push(Packet {
-            seq: self.seq,
-            payload: std::mem::take(&mut self.kept),
-            length: std::mem::take(&mut self.length),
-            continued: std::mem::take(&mut self.spanned),
+            seq: head.seq,
+            payload: std::mem::take(kept),
+            length: std::mem::take(&mut head.length),
+            continued: std::mem::take(&mut head.spanned),
         });
-    }
-
-    /// Feeds `len` bytes, `data` of them captured; completed packets go to `out`.
-    fn feed(&mut self, data: &[u8], len: u64, out: &mut Vec<Packet>) {
-        if self.lost {
-            return;
-        }
-        let mut i = 0;
-        while i < data.len() {
-            if !self.in_packet {
-                let take = (4 - self.header.len()).min(data.len() - i);
-                self.header.extend_from_slice(&data[i..i + take]);
-                i += take;
-                if self.header.len() < 4 {
-                    break;
-                }
-                let length = u32::from_le_bytes([self.header[0], self.header[1], self.header[2], 0]);
-                if !self.spanned {
-                    self.seq = self.header[3];
-                }
-                self.header.clear();
-                self.left = length;
-                self.length += u64::from(length);
-                self.continues = length == CONTINUED;
-                self.in_packet = true;
-                if length == 0 {
-                    self.finish(out);
-                    continue;
-                }
-            }
-            let take = (self.left as usize).min(data.len() - i);
-            let room = MAX_KEPT.saturating_sub(self.kept.len()).min(take);
-            self.kept.extend_from_slice(&data[i..i + room]);
-            self.left -= take as u32;
-            i += take;
-            if self.left == 0 {
-                self.finish(out);
-            }
-        }
-        let uncaptured = len.saturating_sub(data.len() as u64);
-        if uncaptured == 0 {
-            return;
-        }
-        if self.in_packet && u64::from(self.left) >= uncaptured {
-            self.left -= uncaptured as u32;
-            if self.left == 0 {
-                self.finish(out);
-            }
-        } else {
-            self.lose();
-        }
-    }
+    });
 }
 
 /// A statement waiting for its result.
@@ -212,8 +159,8 @@ enum Reading {
 #[derive(Debug, Clone)]
 pub struct MysqlConnection {
     role: Role,
-    client: Packets,
-    server: Packets,
+    client: Messages<PacketHeader>,
+    server: Messages<PacketHeader>,
     /// The handshake is over: packets are commands and their answers.
     commands: bool,
     server_capabilities: Option<u32>,
@@ -232,8 +179,8 @@ impl MysqlConnection {
     pub fn new(role: Role) -> MysqlConnection {
         MysqlConnection {
             role,
-            client: Packets::default(),
-            server: Packets::default(),
+            client: Messages::new(PacketHeader::default()),
+            server: Messages::new(PacketHeader::default()),
             commands: false,
             server_capabilities: None,
             client_capabilities: None,
@@ -252,10 +199,7 @@ impl MysqlConnection {
 
     /// Bytes held of headers and payload starts not yet complete.
     pub fn buffered(&self) -> usize {
-        self.client.header.len()
-            + self.client.kept.len()
-            + self.server.header.len()
-            + self.server.kept.len()
+        self.client.buffered() + self.server.buffered()
     }
 
     /// Drops what `buffered` counts, and with it the framing of this connection.
@@ -311,14 +255,14 @@ impl MysqlConnection {
         let mut packets = Vec::new();
         let mut done = Vec::new();
         if self.role.requests_flow(direction) {
-            self.client.feed(data, len, &mut packets);
+            feed(&mut self.client, data, len, &mut packets);
             for packet in packets {
                 self.on_client(packet, at, tid);
             }
         } else if self.greeting_without_header(data) {
             self.server_capabilities = greeting_capabilities(data);
         } else {
-            self.server.feed(data, len, &mut packets);
+            feed(&mut self.server, data, len, &mut packets);
             for packet in packets {
                 self.on_server(packet, at, &mut done);
             }
@@ -332,8 +276,7 @@ impl MysqlConnection {
     fn greeting_without_header(&self, data: &[u8]) -> bool {
         !self.commands
             && self.server_capabilities.is_none()
-            && self.server.header.is_empty()
-            && !self.server.in_packet
+            && self.server.is_idle()
             && !self.server.lost
             && matches!(data, [10, b'0'..=b'9', ..])
     }

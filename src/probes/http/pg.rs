@@ -11,6 +11,7 @@ use std::collections::{HashMap, VecDeque};
 
 use super::conn::{Direction, Exchange, NewRequest, Protocol, Role};
 use super::sql::{split_statements, verb, Described, Dialect, OTHER};
+use super::stream::{Header, Messages};
 use crate::model::span::SpanContext;
 
 /// Statements waiting for their completion on one connection, at most.
@@ -18,8 +19,6 @@ const MAX_PENDING: usize = 4096;
 /// Prepared statements and portals remembered per connection, at most; beyond, the
 /// oldest unnamed ones are not kept and their executions are `_OTHER`.
 const MAX_PREPARED: usize = 256;
-/// Bytes of a message's payload looked at: a query's start, a tag, an error's fields.
-const MAX_KEPT: usize = 512;
 /// A message longer than this is not PostgreSQL (the server refuses 1 GiB and more).
 const MAX_MESSAGE: u32 = 1 << 30;
 
@@ -41,96 +40,49 @@ struct Message {
     payload: Vec<u8>,
 }
 
-/// One direction's stream of messages.
+/// How a PostgreSQL message starts: a type byte (none for the startup phase's first
+/// message) and a length that counts itself.
 #[derive(Debug, Clone, Default)]
-struct Messages {
+struct PgHeader {
     /// The next message has no type byte (a startup, SSL or cancel request).
     untyped: bool,
-    /// Bytes of the header being read: a type byte (unless untyped) and a length.
-    header: Vec<u8>,
+    /// The type of the message being read.
     kind: u8,
-    /// Payload bytes still to come of the message being read, and its first ones.
-    left: u32,
-    kept: Vec<u8>,
-    in_message: bool,
-    /// Framing was lost for good: bytes past the capture outside a payload, a length no
-    /// message has, or TLS after an SSLRequest the server accepted.
-    lost: bool,
-    losses: u64,
 }
 
-impl Messages {
-    fn lose(&mut self) {
-        if !self.lost {
-            self.losses += 1;
+impl Header for PgHeader {
+    fn size(&self) -> usize {
+        if self.untyped {
+            4
+        } else {
+            5
         }
-        self.lost = true;
-        self.header.clear();
-        self.kept.clear();
-        self.in_message = false;
     }
 
-    /// Feeds `len` bytes, `data` of them captured; completed messages go to `out`.
-    fn feed(&mut self, data: &[u8], len: u64, out: &mut Vec<Message>) {
-        if self.lost {
-            return;
-        }
-        let mut i = 0;
-        while i < data.len() {
-            if !self.in_message {
-                let want = if self.untyped { 4 } else { 5 };
-                let take = (want - self.header.len()).min(data.len() - i);
-                self.header.extend_from_slice(&data[i..i + take]);
-                i += take;
-                if self.header.len() < want {
-                    break;
-                }
-                let (kind, length) = if self.untyped {
-                    (0, &self.header[..4])
-                } else {
-                    (self.header[0], &self.header[1..5])
-                };
-                let length = u32::from_be_bytes([length[0], length[1], length[2], length[3]]);
-                if !(4..MAX_MESSAGE).contains(&length) || (kind != 0 && !kind.is_ascii_graphic()) {
-                    self.lose();
-                    return;
-                }
-                self.kind = kind;
-                self.left = length - 4;
-                self.header.clear();
-                self.untyped = false;
-                self.in_message = true;
-            }
-            let take = (self.left as usize).min(data.len() - i);
-            let room = MAX_KEPT.saturating_sub(self.kept.len()).min(take);
-            self.kept.extend_from_slice(&data[i..i + room]);
-            self.left -= take as u32;
-            i += take;
-            if self.left == 0 {
-                self.in_message = false;
-                out.push(Message {
-                    kind: self.kind,
-                    payload: std::mem::take(&mut self.kept),
-                });
-            }
-        }
-        let uncaptured = len.saturating_sub(data.len() as u64);
-        if uncaptured == 0 {
-            return;
-        }
-        if self.in_message && u64::from(self.left) >= uncaptured {
-            self.left -= uncaptured as u32;
-            if self.left == 0 {
-                self.in_message = false;
-                out.push(Message {
-                    kind: self.kind,
-                    payload: std::mem::take(&mut self.kept),
-                });
-            }
+    fn payload_length(&mut self, header: &[u8]) -> Option<u64> {
+        let (kind, length) = if self.untyped {
+            (0, &header[..4])
         } else {
-            self.lose();
+            (header[0], &header[1..5])
+        };
+        let length = u32::from_be_bytes([length[0], length[1], length[2], length[3]]);
+        if !(4..MAX_MESSAGE).contains(&length) || (kind != 0 && !kind.is_ascii_graphic()) {
+            return None;
         }
+        self.kind = kind;
+        self.untyped = false;
+        Some(u64::from(length - 4))
     }
+}
+
+/// Feeds one direction's bytes; the messages they complete go to `out`.
+fn feed(stream: &mut Messages<PgHeader>, data: &[u8], len: u64, out: &mut Vec<Message>) {
+    stream.feed(data, len, |head, kept| {
+        out.push(Message {
+            kind: head.kind,
+            payload: std::mem::take(kept),
+        })
+    });
 }
 
 /// What waits for the backend's answers, in the order sent.
@@ -154,8 +106,8 @@ enum Waiting {
 #[derive(Debug, Clone)]
 pub struct PgConnection {
     role: Role,
-    frontend: Messages,
-    backend: Messages,
+    frontend: Messages<PgHeader>,
+    backend: Messages<PgHeader>,
     /// The backend answers an SSL or GSS request with one byte, no message.
     awaiting_answer_byte: bool,
     waiting: VecDeque<Waiting>,
@@ -171,11 +123,11 @@ impl PgConnection {
     pub fn new(role: Role) -> PgConnection {
         PgConnection {
             role,
-            frontend: Messages {
+            frontend: Messages::new(PgHeader {
                 untyped: true,
-                ..Messages::default()
-            },
-            backend: Messages::default(),
+                kind: 0,
+            }),
+            backend: Messages::new(PgHeader::default()),
             awaiting_answer_byte: false,
             waiting: VecDeque::new(),
             statements: HashMap::new(),
@@ -191,10 +143,7 @@ impl PgConnection {
 
     /// Bytes held of headers and payload starts not yet complete.
     pub fn buffered(&self) -> usize {
-        self.frontend.header.len()
-            + self.frontend.kept.len()
-            + self.backend.header.len()
-            + self.backend.kept.len()
+        self.frontend.buffered() + self.backend.buffered()
     }
 
     /// Drops what `buffered` counts, and with it the framing of this connection.
@@ -251,7 +200,7 @@ impl PgConnection {
     ) -> Vec<Exchange> {
         let mut messages = Vec::new();
         if self.role.requests_flow(direction) {
-            self.frontend.feed(data, len, &mut messages);
+            feed(&mut self.frontend, data, len, &mut messages);
             for message in messages {
                 self.on_frontend(message, at, tid);
             }
@@ -270,9 +219,9 @@ impl PgConnection {
             }
             data = &data[1..];
             len -= 1;
-            self.frontend.untyped = true;
+            self.frontend.head.untyped = true;
         }
-        self.backend.feed(data, len, &mut messages);
+        feed(&mut self.backend, data, len, &mut messages);
         let mut done = Vec::new();
         for message in messages {
             self.on_backend(message, at, &mut done);
