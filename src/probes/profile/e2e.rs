@@ -684,9 +684,27 @@ fn a_dead_profile_backend_is_counted_and_costs_the_agent_nothing_else() {
     let config = continuous_config(&format!("http://127.0.0.1:{}", free_port()))
         .replace("frequency_hz: 99\n", "frequency_hz: 99\n    max_cached_names: 1\n");
     let agent = Agent::start(&config);
+    // Two busy programs of their own, so that samples name more than one function
+    // however idle the machine is.
+    let busy: Vec<Killed> = [
+        ("sh", "while :; do :; done"),
+        ("python3", "while True: pass"),
+    ]
+    .iter()
+    .map(|(program, code)| {
+        Killed(
+            Command::new(program)
+                .args(["-c", code])
+                .spawn()
+                .expect("a busy loop"),
+        )
+    })
+    .collect();
     let metrics = eventually(&agent, |m| {
         m.sum("periscope_profile_pushes_total", &[("outcome", "failed")]) >= 2.0
+            && m.sum("periscope_profile_symbol_cache_evictions_total", &[]) >= 1.0
     });
+    drop(busy);
     assert!(metrics.sum("periscope_profile_symbol_cache_evictions_total", &[]) >= 1.0);
     assert_eq!(metrics.sum("periscope_profile_pushes_total", &[("outcome", "sent")]), 0.0);
     assert!(metrics.sum("periscope_profile_push_retries_total", &[]) >= 1.0);
