@@ -444,8 +444,20 @@ impl SpanMaker {
             "server.port",
             AttributeValue::Int(i64::from(done.server_port)),
         ));
-        if !db.error_type.is_empty() {
-            attributes.push(("error.type", AttributeValue::Str(db.error_type.clone())));
+        self.call_span(done, summary.to_string(), &db.error_type, attributes)
+    }
+
+    /// A client span of a call `done` made, failed when `error_type` is set, which it
+    /// then carries as `error.type`.
+    fn call_span(
+        &self,
+        done: &Finished<'_>,
+        name: String,
+        error_type: &str,
+        mut attributes: Vec<(&'static str, AttributeValue)>,
+    ) -> Span {
+        if !error_type.is_empty() {
+            attributes.push(("error.type", AttributeValue::Str(error_type.to_string())));
         }
         Span {
             trace_id: done.context.trace_id,
@@ -453,10 +465,10 @@ impl SpanMaker {
             parent_span_id: done.context.parent_span_id,
             trace_state: done.context.trace_state.clone(),
             kind: SpanKind::Client,
-            name: summary.to_string(),
+            name,
             start_unix_ns: self.wall_ns(done.start_ns),
             end_unix_ns: self.wall_ns(done.end_ns),
-            error: !db.error_type.is_empty(),
+            error: !error_type.is_empty(),
             attributes,
             resource: done.resource.clone(),
         }
@@ -464,28 +476,14 @@ impl SpanMaker {
 
     /// A client span named `DNS <type>`, with the question and the server asked.
     fn dns_span(&self, dns: &DnsCall, done: &Finished<'_>) -> Span {
-        let mut attributes = vec![
+        let attributes = vec![
             ("dns.question.name", AttributeValue::Str(dns.question_name.clone())),
             ("dns.question.type", AttributeValue::Str(dns.question_type.into())),
             ("server.address", AttributeValue::Str(done.server_address.clone())),
             ("server.port", AttributeValue::Int(i64::from(done.server_port))),
         ];
-        if !dns.error_type.is_empty() {
-            attributes.push(("error.type", AttributeValue::Str(dns.error_type.clone())));
-        }
-        Span {
-            trace_id: done.context.trace_id,
-            span_id: done.context.span_id,
-            parent_span_id: done.context.parent_span_id,
-            trace_state: done.context.trace_state.clone(),
-            kind: SpanKind::Client,
-            name: format!("DNS {}", dns.question_type),
-            start_unix_ns: self.wall_ns(done.start_ns),
-            end_unix_ns: self.wall_ns(done.end_ns),
-            error: !dns.error_type.is_empty(),
-            attributes,
-            resource: done.resource.clone(),
-        }
+        let name = format!("DNS {}", dns.question_type);
+        self.call_span(done, name, &dns.error_type, attributes)
     }
 
     pub fn take(&mut self, out: &mut Vec<Span>) {
