@@ -5,10 +5,11 @@ Makes a cluster with initdb (trust authentication, run as the `postgres` user),
 initialises a small pgbench database, and runs `pgbench -S` (select-only, simple
 protocol, loopback) with the agent off and on (the http probe alone by default, which
 frames PostgreSQL), interleaved round by round. Reports medians: transactions per
-second, their ratio to off, and the agent's own CPU time per 1,000 transactions.
+second, their ratio to off, and the agent's own CPU time per 1,000 transactions; with
+--bpf-stats, the time the probe's programs ran per transaction.
 
 Usage (as root, after `cargo build --release`):
-    python3 bench/pg_overhead.py [--rounds 5] [--seconds 10] [--clients 8] [--scale 2]
+    python3 bench/pg_overhead.py [--rounds 5] [--seconds 10] [--clients 8] [--scale 2] [--bpf-stats]
 
 PERISCOPE_BENCH_CONFIG replaces the probes section of the agent's configuration.
 """
@@ -58,6 +59,7 @@ def main():
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--scale", type=int, default=2)
+    parser.add_argument("--bpf-stats", action="store_true")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as workdir:
@@ -78,7 +80,7 @@ def main():
                 done = int(re.search(r"number of transactions actually processed: (\d+)", out).group(1))
                 return tps, done
 
-            measures, agent_cpu, _ = off_and_on(args.rounds, conf, measure)
+            measures, agent_cpu, prog_time = off_and_on(args.rounds, conf, measure, args.bpf_stats)
         finally:
             subprocess.run(["kill", "-INT", str(server.pid)])
             server.wait()
@@ -91,6 +93,11 @@ def main():
           f"medians of {args.rounds} interleaved rounds")
     print(f"  {on:,.0f} tps on, {off:,.0f} off: {100 * on / off:.1f} % of off (rounds: {rounds} %)")
     print(f"  agent CPU per 1,000 transactions: {1e6 * statistics.median(per_transaction):.3f} ms")
+    if args.bpf_stats:
+        total = sum(done for _, done in measures["on"])
+        for name, (run_ns, runs) in sorted(prog_time.items()):
+            if runs:
+                print(f"  {name}: {run_ns / total:.0f} ns per transaction ({runs / total:.2f} runs)")
 
 
 if __name__ == "__main__":

@@ -375,6 +375,184 @@ fn postgresql_statements_count_exactly_by_verb_and_sqlstate_class() {
     }
 }
 
+/// psycopg's client-side cursor on one connection, after a go: simple queries of one
+/// statement each (framed in the kernel), failures of two SQLSTATE classes, a result of
+/// 20,000 rows (walked across reads), a COPY (whose answer the kernel does not frame: the
+/// connection goes to user space mid-answer), and the same SELECTs again. Prints the
+/// total time of the SELECTs that succeed, as it measured them. argv: port selects inserts
+const PSYCOPG_SIMPLE: &str = r#"
+import sys, time, psycopg
+port, selects, inserts = map(int, sys.argv[1:4])
+c = psycopg.connect("host=127.0.0.1 user=postgres port=%d" % port, autocommit=True,
+                    cursor_factory=psycopg.ClientCursor)
+print("ready", flush=True)
+sys.stdin.readline()
+took = 0.0
+def select(query, *args):
+    global took
+    start = time.monotonic()
+    c.execute(query, args).fetchall()
+    took += time.monotonic() - start
+for i in range(selects):
+    select("SELECT a FROM t WHERE a = %s", i)
+for i in range(inserts):
+    c.execute("INSERT INTO t VALUES (%s);", (2000 + i,))
+try:
+    c.execute("INSERT INTO t VALUES (2000)")
+except psycopg.errors.UniqueViolation:
+    pass
+try:
+    c.execute("  select * from missing")
+except psycopg.errors.UndefinedTable:
+    pass
+select("SELECT generate_series(1, 20000)")
+with c.cursor().copy("COPY (SELECT generate_series(1, 5)) TO STDOUT") as copy:
+    list(copy)
+for i in range(selects):
+    select("SELECT a FROM t WHERE a = %s", i)
+print(took, flush=True)
+print("done", flush=True)
+sys.stdin.readline()
+"#;
+
+#[test]
+fn postgresql_simple_queries_framed_in_the_kernel_count_exactly_and_hand_over_mid_answer() {
+    let _kernel = kernel_lock();
+    if !have_root("postgresql_simple_queries_framed_in_the_kernel") {
+        return;
+    }
+    let server = PgServer::start(false);
+    server.psql(&["CREATE TABLE t (a int PRIMARY KEY)"]);
+    let agent = Agent::start(&config(true));
+    let port = server.port.to_string();
+    let (selects, inserts) = (30, 7);
+    let mut py = Helper::spawn(PSYCOPG_SIMPLE, &[port.clone(), selects.to_string(), inserts.to_string()]);
+    py.go();
+    let client_took: f64 = py.read_line().parse().expect("the SELECTs' time");
+    py.expect_line("done");
+
+    let py_pid = py.pid().to_string();
+    let client = [("role", "client"), ("process_pid", py_pid.as_str())];
+    let served = [("role", "server"), ("server_port", port.as_str())];
+    let m = eventually(&agent, |m| {
+        pg_count(m, &client, "SELECT", None) == (2 * selects + 1) as f64
+            && pg_count(m, &served, "SELECT", None) == (2 * selects + 1) as f64
+    });
+    for who in [&client[..], &served[..]] {
+        assert_eq!(pg_count(&m, who, "SELECT", None), (2 * selects + 1) as f64, "{who:?}");
+        assert_eq!(pg_count(&m, who, "INSERT", None), inserts as f64, "{who:?}");
+        assert_eq!(pg_count(&m, who, "INSERT", Some("23")), 1.0, "{who:?}");
+        assert_eq!(pg_count(&m, who, "SELECT", Some("42")), 1.0, "{who:?}");
+        assert_eq!(pg_count(&m, who, "COPY", None), 1.0, "{who:?}");
+        let all: f64 = m.find(DURATION_COUNT, who).map(|(_, _, v)| v).sum();
+        assert_eq!(all, (2 * selects + inserts + 4) as f64, "{who:?}");
+    }
+    // The SELECTs' time lies within what the client measured around each.
+    let mut selected = client.to_vec();
+    selected.push(("db_operation_name", "SELECT"));
+    let kernel_took: f64 = m
+        .find(DURATION_SUM, &selected)
+        .filter(|(_, labels, _)| !labels.contains_key("error_type"))
+        .map(|(_, _, v)| v)
+        .sum();
+    assert!(kernel_took > 0.0 && kernel_took <= client_took, "{kernel_took} s vs {client_took} s");
+    let framer = |outcome: &str| {
+        m.sum("periscope_http_kernel_framer_exchanges_total", &[("outcome", outcome)])
+    };
+    // Every statement before the COPY was framed in the kernel, on both ends: counted in
+    // its slot or, before the slot was installed, recorded one by one. Both ends went to
+    // user space at the COPY. (The framer's counters count the test's scrapes too.)
+    let framed = framer("counted") + framer("recorded");
+    assert!(framed >= (2 * (selects + inserts + 3)) as f64, "{framed}");
+    assert!(framer("handed_off") >= 2.0);
+    py.finish();
+}
+
+/// A PostgreSQL server that answers each connection's startup, then its one query with
+/// the next of its hostile answers; and a client that sends `SELECT 1` on a connection
+/// per answer. argv: none
+const HOSTILE_PG: &str = r#"
+import socket, struct, threading
+def msg(kind, payload):
+    return kind + struct.pack("!I", len(payload) + 4) + payload
+ready = msg(b"Z", b"I")
+answers = [
+    msg(b"C", b"\x1b[31mSELECT 1\0") + ready,
+    msg(b"C", b"ABCDEFGHIJKLMNOPQRSTUVWXYZ 1\0") + ready,
+    msg(b"E", b"SERROR\0C\xff\xfe\0Mx\0\0") + ready,
+    msg(b"E", b"C\0") + ready,
+    msg(b"C", b"SELECT 1\0") + ready + b"trailing junk",
+    b"C\xff\xff\xff\xff" + b"x" * 64,
+    msg(b"Z", b"II"),
+]
+listener = socket.socket()
+listener.bind(("127.0.0.1", 0))
+listener.listen(16)
+port = listener.getsockname()[1]
+def serve():
+    for answer in answers:
+        conn, _ = listener.accept()
+        conn.recv(4096)
+        conn.sendall(msg(b"R", b"\0\0\0\0") + ready)
+        conn.recv(4096)
+        conn.sendall(answer)
+        conn.recv(4096)
+        conn.close()
+threading.Thread(target=serve, daemon=True).start()
+print("ready", flush=True)
+input()
+startup = b"\0\3\0\0user\0x\0\0"
+for _ in answers:
+    s = socket.create_connection(("127.0.0.1", port))
+    s.sendall(struct.pack("!I", len(startup) + 4) + startup)
+    s.recv(4096)
+    s.sendall(msg(b"Q", b"SELECT 1\0"))
+    s.settimeout(0.5)
+    try:
+        s.recv(4096)
+    except OSError:
+        pass
+    s.close()
+print(port, flush=True)
+print("done", flush=True)
+input()
+"#;
+
+#[test]
+fn hostile_postgresql_answers_framed_in_the_kernel_make_no_names_and_break_nothing() {
+    let _kernel = kernel_lock();
+    if !have_root("hostile_postgresql_answers_framed_in_the_kernel") {
+        return;
+    }
+    let agent = Agent::start(&config(true));
+    let mut hostile = Helper::spawn(HOSTILE_PG, &[]);
+    hostile.go();
+    let port = hostile.read_line();
+    hostile.expect_line("done");
+    let client = [("role", "client"), ("server_port", port.as_str())];
+    let served = [("role", "server"), ("server_port", port.as_str())];
+    let m = eventually(&agent, |m| {
+        pg_count(m, &client, "SELECT", Some("_OTHER")) == 2.0
+            && pg_count(m, &served, "SELECT", Some("_OTHER")) == 2.0
+    });
+    for who in [&client[..], &served[..]] {
+        // Tags of escapes or of no verb leave the query's; errors of no class are _OTHER;
+        // trailing junk follows a counted answer; a huge length and a bad ReadyForQuery
+        // count nothing.
+        assert_eq!(pg_count(&m, who, "SELECT", None), 3.0, "{who:?}");
+        assert_eq!(pg_count(&m, who, "SELECT", Some("_OTHER")), 2.0, "{who:?}");
+        let all: f64 = m.find(DURATION_COUNT, who).map(|(_, _, v)| v).sum();
+        assert_eq!(all, 5.0, "{who:?}");
+    }
+    hostile.finish();
+    // The agent still counts a real client exactly.
+    let server = PgServer::start(false);
+    server.psql(&["SELECT 1"]);
+    let psql = [("role", "client"), ("process_executable_name", "psql")];
+    let m = eventually(&agent, |m| pg_count(m, &psql, "SELECT", None) == 1.0);
+    assert_eq!(pg_count(&m, &psql, "SELECT", None), 1.0);
+}
+
 #[test]
 fn postgresql_statements_over_tls_count_exactly_through_the_openssl_uprobes() {
     let _kernel = kernel_lock();

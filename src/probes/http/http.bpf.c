@@ -1,9 +1,9 @@
 /*
  * http: the bytes of HTTP/1.x, Redis, PostgreSQL, MySQL and DNS connections, seen where
  * sockets send and receive. A connection's first request bytes tell its protocol
- * (request_verdict), or a MySQL server's greeting does (mysql_verdict); HTTP and Redis
- * are framed here (resp.h for Redis), PostgreSQL, MySQL and DNS in user space. DNS over
- * UDP takes a path of its own (udp_io).
+ * (request_verdict), or a MySQL server's greeting does (mysql_verdict); HTTP, Redis and
+ * PostgreSQL's simple queries are framed here (resp.h, pg.h), MySQL and DNS in user
+ * space. DNS over UDP takes a path of its own (udp_io).
  *
  * TCP connections are tracked from the moment they are established: a passive open
  * (SYN_RECV -> ESTABLISHED) is a server's connection, an active one (SYN_SENT ->
@@ -58,7 +58,7 @@ PSC_EXPORT_TYPES(struct psc_conn_key, struct psc_conn, struct psc_http_event,
 		 enum psc_http_event_kind, enum psc_http_role, enum psc_http_counter,
 		 struct psc_http_exchange, struct psc_http_stats, struct psc_http_native,
 		 enum psc_http_method, enum psc_span_parent);
-PSC_EXPORT_TYPES(enum psc_l7_protocol, enum psc_resp_line);
+PSC_EXPORT_TYPES(enum psc_l7_protocol, enum psc_resp_line, enum psc_pg_line);
 
 /* x86_64 syscall numbers. */
 #define NR_READ 0
@@ -95,18 +95,22 @@ enum psc_http_verdict {
 	PSC_VERDICT_OTHER = 2, /* not HTTP/1.x: never looked at again */
 	PSC_VERDICT_TLS = 3,   /* a TLS handshake: the uprobes may report the plaintext */
 	PSC_VERDICT_REDIS = 4, /* a RESP command */
-	/* A PostgreSQL startup message or SSL request: framed by user space. */
+	/* A PostgreSQL startup message in plaintext: framed here (pg.h). */
 	PSC_VERDICT_POSTGRES = 5,
 	/* A MySQL server's greeting: framed by user space. */
 	PSC_VERDICT_MYSQL = 6,
 	/* DNS queries, in datagrams or after 2-byte lengths: paired by user space. */
 	PSC_VERDICT_DNS = 7,
+	/* A PostgreSQL SSL or GSS encryption request: the server's answer tells whether
+	 * PostgreSQL or TLS follows. */
+	PSC_VERDICT_POSTGRES_ENCRYPTED = 8,
 };
 
 /* Verdicts of plaintext the kernel frames. */
 static __always_inline int framed_verdict(__u8 verdict)
 {
-	return verdict == PSC_VERDICT_HTTP || verdict == PSC_VERDICT_REDIS;
+	return verdict == PSC_VERDICT_HTTP || verdict == PSC_VERDICT_REDIS ||
+	       verdict == PSC_VERDICT_POSTGRES;
 }
 
 /* Where a connection's exchanges are framed. */
@@ -152,7 +156,11 @@ struct psc_turn {
 	__u8 framing;
 	__u8 sampled; /* a span of this exchange is made: user space has its start */
 	__u16 line_len;
-	__u16 pad2;
+	/* PostgreSQL: the first bytes of a message header that the last read cut. */
+	__u8 header_len;
+	__u8 pad2;
+	__u8 header[4];
+	__u8 pad3[4];
 	char line[PSC_HTTP_LINE];
 };
 
@@ -207,6 +215,9 @@ struct scratch {
 	 * sampled. Here, not in the scan's state on the stack: the verifier tracks values
 	 * on the stack, and a value more per header scanned is more states than it takes. */
 	__u8 traceparent;
+	/* The user buffer of the read or write in hand when it is one (read, write, recvfrom,
+	 * sendto), else 0: where the PostgreSQL walk copies bytes past the first capture. */
+	__u64 src;
 };
 
 PSC_PERCPU_ARRAY(scratch, struct scratch, 1);
@@ -549,7 +560,7 @@ static __always_inline __u8 postgres_verdict(const char *data, __u32 captured)
 		return PSC_VERDICT_POSTGRES;
 	if (data[2] == 0 && data[3] == 8 && data[4] == 0x04 && (__u8)data[5] == 0xd2 &&
 	    data[6] == 0x16 && (data[7] == 0x2f || data[7] == 0x30))
-		return PSC_VERDICT_POSTGRES;
+		return PSC_VERDICT_POSTGRES_ENCRYPTED;
 	return PSC_VERDICT_OTHER;
 }
 
@@ -1199,6 +1210,7 @@ static __always_inline void exchange_record(struct scratch *s, struct psc_sock *
 	x->response_body = t->response_length - t->response_head;
 	x->tid = t->tid;
 	x->skip = 0;
+	x->mid_stream = 0;
 	x->sampled = t->sampled;
 	x->line_len = t->line_len;
 	__builtin_memcpy(x->line, t->line, PSC_HTTP_LINE);
@@ -1312,7 +1324,9 @@ static __always_inline void hand_off(struct scratch *s, struct psc_sock *sock,
 	PSC_COUNT_IN(counters, PSC_HTTP_HANDOFFS);
 	exchange_record(s, sock, io, PSC_HTTP_HANDOFF, 0);
 	x->skip = skip;
-	if (!pending)
+	x->mid_stream = framed_verdict(sock->verdict);
+	/* A turn just finished (the bytes after a PostgreSQL ReadyForQuery) awaits nothing. */
+	if (!pending || sock->turn.phase == PSC_PHASE_IDLE)
 		x->line_len = 0;
 	emit_for(s, sizeof(struct psc_http_exchange), &sock->conn);
 	sock->conn.named = 1;
@@ -1390,10 +1404,16 @@ static __always_inline int response_starts(struct scratch *s, struct psc_sock *s
 	return PSC_FRAME_KEPT;
 }
 
-/* Whether this read or write opens a turn, whose first bytes the framer must see. */
-static __always_inline int opens_turn(const struct psc_turn *t, int request)
+/* Whether the framer must see the bytes of this read or write of `len`: it opens a turn,
+ * or, in a PostgreSQL response, holds the header of the next message. */
+static __always_inline int opens_turn(const struct psc_turn *t, int request, __u64 len)
 {
-	return request ? t->phase != PSC_PHASE_REQUEST : t->phase == PSC_PHASE_REQUEST;
+	if (request)
+		return t->phase != PSC_PHASE_REQUEST;
+	if (t->phase == PSC_PHASE_REQUEST)
+		return 1;
+	return t->phase == PSC_PHASE_RESPONSE && t->key.protocol == PSC_PROTO_POSTGRES &&
+	       t->response_length < t->response_bytes + len;
 }
 
 /* Bytes of a turn after its first read or write: counted, and the response finished
@@ -1417,7 +1437,8 @@ static __always_inline int turn_goes_on(struct scratch *s, struct psc_sock *sock
 	if (t->phase != PSC_PHASE_RESPONSE)
 		return PSC_FRAME_KEPT; /* an answer to no request framed here */
 	t->response_bytes += len;
-	if (t->response_bytes < t->response_length)
+	/* PostgreSQL's length is where its next message starts, walked in pg.h. */
+	if (t->key.protocol == PSC_PROTO_POSTGRES || t->response_bytes < t->response_length)
 		return PSC_FRAME_KEPT;
 	finish(s, sock, io);
 	/* Bytes past the announced length answer nothing: user space frames from here. */
@@ -1427,7 +1448,88 @@ static __always_inline int turn_goes_on(struct scratch *s, struct psc_sock *sock
 }
 
 
+/* The key of a database operation starting now, named by `hash`, and its start. */
+static __always_inline void database_call_key(struct psc_sock *sock, const struct io *io,
+					      __u8 protocol, __u64 hash)
+{
+	struct psc_turn *t = &sock->turn;
+
+	t->key.tgid = io->tgid;
+	t->key.gen = io->gen;
+	t->key.role = sock->conn.role;
+	t->key.method = 0;
+	t->key.status = 0;
+	t->key.protocol = protocol;
+	t->key.port = sock->conn.server.port;
+	t->key.path_hash = hash;
+	if (sock->conn.role == PSC_ROLE_CLIENT) {
+		t->key.family = sock->conn.server.family;
+		__builtin_memcpy(t->key.addr, sock->conn.server.addr, sizeof(t->key.addr));
+	}
+	t->tid = (__u32)bpf_get_current_pid_tgid();
+	t->start_ns = bpf_ktime_get_ns();
+}
+
+/* A byte being looked for in the scratch, eight bytes at a time. */
+struct byte_find {
+	__u64 bytes; /* the byte, in each of the eight */
+	__u32 from;
+	__u32 end;
+	__u32 at; /* where it was found; 0 while not */
+};
+
+static long find_byte_word(__u64 i, struct byte_find *f)
+{
+	__u32 zero = 0, off = f->from + i * 8;
+	struct scratch *s;
+	__u64 flags;
+
+	s = bpf_map_lookup_elem(&scratch, &zero);
+	if (!s || off >= f->end)
+		return 1;
+	flags = bytes_equal(load64(s, off), f->bytes);
+	if (f->end - off < 8)
+		flags &= (1ULL << ((f->end - off) * 8)) - 1;
+	if (!flags)
+		return 0;
+	f->at = off + first_flagged(flags);
+	return 1;
+}
+
+/* The first of the byte repeated in `bytes` in the scratch from `from` to `end` (within
+ * the scan), or 0. */
+static __always_inline __u32 find_byte(__u32 from, __u32 end, __u64 bytes)
+{
+	struct byte_find f = { .bytes = bytes, .from = from, .end = end };
+
+	bpf_loop(PSC_HTTP_SCAN / 8, find_byte_word, &f, 0);
+	return f.at;
+}
+
+/* A database operation started now, `len` bytes written: a client's may make a span,
+ * the child of what its thread serves. A server's makes none: database spans are the
+ * client's. */
+static __always_inline void database_call_starts(struct scratch *s, struct psc_sock *sock,
+						 __u64 len, const struct io *io)
+{
+	struct psc_turn *t = &sock->turn;
+
+	if (!span_sampling || sock->conn.role != PSC_ROLE_CLIENT)
+		return;
+	if (!span_sampled(PSC_ROLE_CLIENT, 0, t->start_ns)) {
+		PSC_COUNT_IN(counters, PSC_HTTP_SPANS_UNSAMPLED);
+		return;
+	}
+	PSC_COUNT_IN(counters, PSC_HTTP_SPANS_SAMPLED);
+	t->sampled = 1;
+	fill_event(s, io->tgid, io->gen, io->fd, len, PSC_HTTP_SPAN_START, &sock->conn, 0);
+	s->event.ts = t->start_ns;
+	emit_for(s, 0, &sock->conn);
+	sock->conn.named = 1;
+}
+
 #include "resp.h"
+#include "pg.h"
 
 /*
  * The framer's entry points, as global functions: the verifier checks each once, on its
@@ -1446,9 +1548,14 @@ __noinline int psc_frame_request(struct psc_sock *sock, __u32 n, __u64 len, __u6
 		return PSC_FRAME_HANDOFF;
 	if (sock->conn.protocol == PSC_PROTO_REDIS)
 		return resp_request_starts(s, sock, n, len, &io);
+	if (sock->conn.protocol == PSC_PROTO_POSTGRES)
+		return psc_frame_pg_request(sock, n, len, who, gen);
 	return request_starts(s, sock, n, len, &io);
 }
 
+/* The first bytes of an HTTP or Redis response (PostgreSQL's are pg.h's). Returns -1 when
+ * they were counted, or how many of them the kernel framed when the connection must go
+ * to user space. */
 __noinline int psc_frame_response(struct psc_sock *sock, __u32 n, __u64 len, __u64 who, __u32 gen)
 {
 	struct io io = { .tgid = who >> 32, .fd = (__u32)who, .gen = gen };
@@ -1457,14 +1564,15 @@ __noinline int psc_frame_response(struct psc_sock *sock, __u32 n, __u64 len, __u
 
 	s = bpf_map_lookup_elem(&scratch, &zero);
 	if (!sock || !s)
-		return PSC_FRAME_HANDOFF;
+		return 0;
 	if (sock->conn.protocol == PSC_PROTO_REDIS) {
 		if (resp_response_starts(s, sock, n) != PSC_FRAME_KEPT)
-			return PSC_FRAME_HANDOFF;
+			return 0;
 	} else if (response_starts(s, sock, n) != PSC_FRAME_KEPT) {
-		return PSC_FRAME_HANDOFF;
+		return 0;
 	}
-	return turn_goes_on(s, sock, &io, len, 0, &skip);
+	turn_goes_on(s, sock, &io, len, 0, &skip);
+	return -1;
 }
 
 /* Bytes within a turn. Returns -1 when they were counted, or how many of them belong to
@@ -1688,7 +1796,7 @@ static __always_inline int socket_io(struct sock *sk, const struct sk_buff *skb,
 	if (in_kernel && framed_verdict(sock->verdict)) {
 		request = ingress == (sock->conn.role == PSC_ROLE_SERVER);
 		/* The hot path: bytes within a turn are only counted. */
-		if (!opens_turn(&sock->turn, request)) {
+		if (!opens_turn(&sock->turn, request, ret)) {
 			int more = psc_frame_more(sock, ret, request, who, gen);
 
 			if (more < 0)
@@ -1700,6 +1808,15 @@ static __always_inline int socket_io(struct sock *sk, const struct sk_buff *skb,
 	}
 	captured = skb ? capture_skb(s, skb, skb_off, ret, in_kernel ? PSC_HTTP_SCAN : PSC_HTTP_CAPTURE)
 		       : capture(s, nr, arg, count, ret, in_kernel ? PSC_HTTP_SCAN : PSC_HTTP_CAPTURE);
+	if (sock->verdict == PSC_VERDICT_POSTGRES_ENCRYPTED) {
+		/* The server's one-byte answer to an SSL or GSS request: 'N' goes on in
+		 * plaintext, framed here; 'S' is TLS, whose plaintext the uprobes report. */
+		if (ingress != (sock->conn.role == PSC_ROLE_SERVER))
+			sock->verdict = ret == 1 && captured == 1 && s->data[0] == 'N'
+					? PSC_VERDICT_POSTGRES
+					: PSC_VERDICT_TLS;
+		return 0;
+	}
 	if (sock->verdict == PSC_VERDICT_UNKNOWN) {
 		/* Requests flow in on a server's connections and out on a client's. */
 		__u8 verdict = PSC_VERDICT_OTHER;
@@ -1725,7 +1842,7 @@ static __always_inline int socket_io(struct sock *sk, const struct sk_buff *skb,
 		sock->verdict = verdict;
 		if (verdict == PSC_VERDICT_REDIS)
 			sock->conn.protocol = PSC_PROTO_REDIS;
-		else if (verdict == PSC_VERDICT_POSTGRES)
+		else if (verdict == PSC_VERDICT_POSTGRES || verdict == PSC_VERDICT_POSTGRES_ENCRYPTED)
 			sock->conn.protocol = PSC_PROTO_POSTGRES;
 		else if (verdict == PSC_VERDICT_MYSQL)
 			sock->conn.protocol = PSC_PROTO_MYSQL;
@@ -1734,7 +1851,7 @@ static __always_inline int socket_io(struct sock *sk, const struct sk_buff *skb,
 		/* A greeting's header alone goes nowhere: user space frames from its
 		 * payload on. */
 		if (verdict == PSC_VERDICT_OTHER || verdict == PSC_VERDICT_TLS ||
-		    sock->greeting_split)
+		    verdict == PSC_VERDICT_POSTGRES_ENCRYPTED || sock->greeting_split)
 			return 0;
 	}
 	if (in_kernel) {
@@ -1747,8 +1864,18 @@ static __always_inline int socket_io(struct sock *sk, const struct sk_buff *skb,
 		} else if (request) {
 			outcome = psc_frame_request(sock, captured, ret, who, gen);
 		} else {
+			int more;
+
+			s->src = !skb && (nr == NR_READ || nr == NR_WRITE || nr == NR_RECVFROM ||
+					  nr == NR_SENDTO) ? arg : 0;
+			/* PostgreSQL's walk is called from here: through psc_frame_response, the
+			 * three frames' stacks would pass the verifier's 512 bytes. */
+			more = sock->conn.protocol == PSC_PROTO_POSTGRES
+				       ? psc_frame_pg_response(sock, captured, ret, who, gen)
+				       : psc_frame_response(sock, captured, ret, who, gen);
+			outcome = more < 0 ? PSC_FRAME_KEPT : PSC_FRAME_HANDOFF;
+			skip = more < 0 ? 0 : more;
 			pending = 1;
-			outcome = psc_frame_response(sock, captured, ret, who, gen);
 		}
 		if (outcome == PSC_FRAME_KEPT)
 			return 0;
@@ -1765,13 +1892,14 @@ hand_over:
 	fill_event(s, tgid, gen, fd, ret, ingress ? PSC_HTTP_READ : PSC_HTTP_WRITE, &sock->conn, 0);
 	request = ingress == (sock->conn.role == PSC_ROLE_SERVER);
 	/* Messages pipelined past the first capture would go unseen: a burst of them in
-	 * one buffer or iovec array is captured whole, up to PSC_HTTP_BURST. The scan for
-	 * a second head spares the copy to reads and writes of bodies. An iovec array's
+	 * one buffer or iovec array is captured whole, up to PSC_HTTP_BURST. For HTTP, the
+	 * scan for a second head spares the copy to reads and writes of bodies; the other
+	 * protocols' reads hold many small messages (rows, replies). An iovec array's
 	 * capture stops a byte short. */
 	if (captured >= PSC_HTTP_CAPTURE - 1 && ret > PSC_HTTP_CAPTURE &&
 	    (skb || nr == NR_READ || nr == NR_WRITE || nr == NR_RECVFROM || nr == NR_SENDTO ||
 	     nr == NR_READV || nr == NR_WRITEV) &&
-	    (sock->conn.protocol == PSC_PROTO_REDIS || holds_pipelined(captured, request)) &&
+	    (sock->conn.protocol != PSC_PROTO_HTTP || holds_pipelined(captured, request)) &&
 	    !emit_burst(&sock->conn, arg, nr == NR_READV || nr == NR_WRITEV ? count : 0, skb,
 			skb_off, ret)) {
 		sock->conn.named = 1;

@@ -85,6 +85,19 @@ enum psc_resp_line {
 	PSC_RESP_ERROR_AT = 24,
 };
 
+/* PostgreSQL: the line of a kernel-framed statement holds the query's first word, the
+ * CommandComplete tag's first word, the SQLSTATE's class (two characters) and, when the
+ * query was empty, 1 at PSC_PG_EMPTY_AT; each word at most PSC_RESP_NAME_BYTES,
+ * upper-cased and NUL-padded. The query's first bytes follow from PSC_PG_TEXT_AT, for its
+ * summary; line_len ends them. */
+enum psc_pg_line {
+	PSC_PG_VERB_AT = 0,
+	PSC_PG_TAG_AT = 16,
+	PSC_PG_CLASS_AT = 32,
+	PSC_PG_EMPTY_AT = 34,
+	PSC_PG_TEXT_AT = 48,
+};
+
 /* The standard methods, which the kernel tells apart; any other token is 0. */
 enum psc_http_method {
 	PSC_METHOD_OTHER = 0,
@@ -127,7 +140,10 @@ struct psc_http_exchange {
 	__u32 skip;
 	__u16 line_len;
 	__u8 sampled; /* a PSC_HTTP_SPAN_START went ahead of it */
-	__u8 pad[5];
+	/* A hand-off of a connection the kernel framed until now, rather than at its first
+	 * bytes: PostgreSQL's startup is over. */
+	__u8 mid_stream;
+	__u8 pad[4];
 	char line[PSC_HTTP_LINE];
 };
 

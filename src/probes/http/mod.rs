@@ -94,6 +94,11 @@ const PROTO_MYSQL: u8 = types::psc_l7_protocol::PSC_PROTO_MYSQL.0 as u8;
 const PROTO_DNS: u8 = types::psc_l7_protocol::PSC_PROTO_DNS.0 as u8;
 const RESP_NAME_BYTES: usize = types::psc_resp_line::PSC_RESP_NAME_BYTES.0 as usize;
 const RESP_ERROR_AT: usize = types::psc_resp_line::PSC_RESP_ERROR_AT.0 as usize;
+const PG_VERB_AT: usize = types::psc_pg_line::PSC_PG_VERB_AT.0 as usize;
+const PG_TAG_AT: usize = types::psc_pg_line::PSC_PG_TAG_AT.0 as usize;
+const PG_CLASS_AT: usize = types::psc_pg_line::PSC_PG_CLASS_AT.0 as usize;
+const PG_EMPTY_AT: usize = types::psc_pg_line::PSC_PG_EMPTY_AT.0 as usize;
+const PG_TEXT_AT: usize = types::psc_pg_line::PSC_PG_TEXT_AT.0 as usize;
 
 /// The protocol of the connection an event is of.
 fn protocol_of(event: &types::psc_http_event) -> Protocol {
@@ -1132,10 +1137,23 @@ impl HttpProbe {
                 }
                 Framing::Redis(resp)
             }
-            // Never framed in the kernel: handed over at its first bytes.
-            protocol @ (Protocol::Postgres | Protocol::Mysql | Protocol::Dns) => {
-                Framing::new(protocol, role)
+            // Handed over at its first bytes (an SSL request): framed from its startup.
+            Protocol::Postgres if record.mid_stream == 0 => Framing::new(Protocol::Postgres, role),
+            Protocol::Postgres => {
+                let resumed = pending.then(|| pg::Resumed {
+                    statement: pg_statement(&record),
+                    start: record.start_ns,
+                    tid: record.tid,
+                    context,
+                });
+                let (conn, done) = pg::PgConnection::resume(role, resumed, event.ts);
+                if let Some(exchange) = done {
+                    self.record(event, role, exchange);
+                }
+                Framing::Postgres(conn)
             }
+            // Never framed in the kernel: handed over at its first bytes.
+            protocol @ (Protocol::Mysql | Protocol::Dns) => Framing::new(protocol, role),
         };
         self.connections.insert(
             key,
@@ -1733,6 +1751,13 @@ fn framed_exchange(
     event: &types::psc_http_event,
     record: &types::psc_http_exchange,
 ) -> Option<(types::psc_http_event, Exchange)> {
+    let mut owner = *event;
+    owner.tgid = record.key.tgid;
+    owner.gen = record.key.gen;
+    if record.key.protocol == PROTO_POSTGRES {
+        let statement = pg_statement(record);
+        return Some((owner, statement.exchange(record.start_ns, record.end_ns, record.tid, None)));
+    }
     let (protocol, method, path, error_type) = if record.key.protocol == PROTO_REDIS {
         let (command, error) = redis_line(record);
         (Protocol::Redis, command, String::new(), error)
@@ -1740,9 +1765,6 @@ fn framed_exchange(
         let (method, path) = parser::parse_framed_line(framed_line(record))?;
         (Protocol::Http, method, path, String::new())
     };
-    let mut owner = *event;
-    owner.tgid = record.key.tgid;
-    owner.gen = record.key.gen;
     let exchange = Exchange {
         protocol,
         method,
@@ -1776,6 +1798,22 @@ fn redis_line(record: &types::psc_http_exchange) -> (String, String) {
         String::from_utf8_lossy(&bytes[..end]).into_owned()
     };
     (field(0), field(RESP_ERROR_AT))
+}
+
+/// The statement of a PostgreSQL exchange the kernel framed, from its line (pg.h).
+fn pg_statement(record: &types::psc_http_exchange) -> pg::KernelStatement<'_> {
+    // SAFETY: i8 and u8 have the same size and alignment.
+    let line =
+        unsafe { std::slice::from_raw_parts(record.line.as_ptr().cast::<u8>(), record.line.len()) };
+    let end = usize::from(record.line_len).clamp(PG_TEXT_AT, line.len());
+    pg::KernelStatement {
+        verb_word: &line[PG_VERB_AT..PG_TAG_AT],
+        tag_word: &line[PG_TAG_AT..PG_CLASS_AT],
+        class: &line[PG_CLASS_AT..PG_CLASS_AT + 2],
+        empty: line[PG_EMPTY_AT] != 0,
+        text: &line[PG_TEXT_AT..end],
+        failed: record.key.status != 0,
+    }
 }
 
 fn framed_line(record: &types::psc_http_exchange) -> &[u8] {

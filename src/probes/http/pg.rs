@@ -33,6 +33,78 @@ pub fn error_class(sqlstate: &[u8]) -> String {
     }
 }
 
+/// A statement the kernel framed (pg.h), as the line of its record holds it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct KernelStatement<'a> {
+    /// The query's first word, upper-cased, NUL-padded.
+    pub verb_word: &'a [u8],
+    /// CommandComplete's first word; empty while the statement has not completed.
+    pub tag_word: &'a [u8],
+    /// The SQLSTATE's first two characters, when an ErrorResponse named them.
+    pub class: &'a [u8],
+    /// The backend answered EmptyQueryResponse: nothing ran.
+    pub empty: bool,
+    /// The query text's first bytes.
+    pub text: &'a [u8],
+    /// An ErrorResponse came.
+    pub failed: bool,
+}
+
+/// Bytes up to the first NUL.
+fn until_nul(bytes: &[u8]) -> &[u8] {
+    bytes.split(|&b| b == 0).next().unwrap_or_default()
+}
+
+impl KernelStatement<'_> {
+    /// Its `db_operation_name`, as `complete` names a statement: the tag's verb, else
+    /// the query's.
+    pub fn operation(&self) -> &'static str {
+        let tag = verb(until_nul(self.tag_word));
+        if tag != OTHER {
+            tag
+        } else {
+            verb(until_nul(self.verb_word))
+        }
+    }
+
+    /// Whether the backend has answered it, short of its ReadyForQuery.
+    pub fn completed(&self) -> bool {
+        self.failed || self.empty || !until_nul(self.tag_word).is_empty()
+    }
+
+    /// The exchange it makes, ended at `end`.
+    pub fn exchange(&self, start: u64, end: u64, tid: u32, context: Option<SpanContext>) -> Exchange {
+        let operation = self.operation();
+        let error_type = if self.failed {
+            error_class(self.class)
+        } else {
+            String::new()
+        };
+        Exchange {
+            protocol: Protocol::Postgres,
+            method: operation.to_string(),
+            path: Described::new(self.text, Dialect::Postgres).summary(operation),
+            status: u16::from(self.failed),
+            error_type,
+            request_body_bytes: 0,
+            response_body_bytes: 0,
+            start_ns: start,
+            end_ns: end,
+            context,
+            tid,
+        }
+    }
+}
+
+/// What the kernel framed when it handed a connection over: a statement sent and the
+/// start of its answer, with when and by whom it was sent.
+pub struct Resumed<'a> {
+    pub statement: KernelStatement<'a>,
+    pub start: u64,
+    pub tid: u32,
+    pub context: Option<SpanContext>,
+}
+
 /// A message framed whole: its type (0 for an untyped startup-phase message) and the
 /// first bytes of its payload.
 struct Message {
@@ -135,6 +207,41 @@ impl PgConnection {
             pending_dropped: 0,
             names_refused: 0,
         }
+    }
+
+    /// A connection the kernel framed until now, past its startup: every message has
+    /// its type. A statement the kernel framed waits for the rest of its answer, or, when
+    /// that came already, is returned done at `at`, and only its ReadyForQuery is awaited.
+    pub fn resume(role: Role, resumed: Option<Resumed<'_>>, at: u64) -> (PgConnection, Option<Exchange>) {
+        let mut conn = PgConnection::new(role);
+        conn.frontend.head.untyped = false;
+        let Some(Resumed {
+            statement,
+            start,
+            tid,
+            context,
+        }) = resumed
+        else {
+            return (conn, None);
+        };
+        let mut done = None;
+        if statement.completed() {
+            if !statement.empty {
+                done = Some(statement.exchange(start, at, tid, context));
+            }
+        } else {
+            conn.waiting.push_back(Waiting::Statement {
+                what: Described::new(statement.text, Dialect::Postgres),
+                start,
+                chained: false,
+                tid,
+                context,
+                // The kernel decided its span.
+                decided: true,
+            });
+        }
+        conn.waiting.push_back(Waiting::End);
+        (conn, done)
     }
 
     pub fn role(&self) -> Role {
@@ -595,6 +702,83 @@ mod tests {
         // The tag still names it; without a tag it would be _OTHER.
         assert_eq!(names(&done), [("DELETE", "", 2, 3)]);
         assert_eq!(c.take_names_refused(), 0);
+    }
+
+    /// A statement as the kernel's line holds it: NUL-padded words.
+    fn framed<'a>(verb: &'a [u8; 16], tag: &'a [u8; 16], class: &'a [u8], text: &'a [u8]) -> KernelStatement<'a> {
+        KernelStatement {
+            verb_word: verb,
+            tag_word: tag,
+            class,
+            empty: false,
+            text,
+            failed: !class.is_empty(),
+        }
+    }
+
+    fn word(w: &str) -> [u8; 16] {
+        let mut out = [0; 16];
+        out[..w.len()].copy_from_slice(w.as_bytes());
+        out
+    }
+
+    #[test]
+    fn a_statement_the_kernel_framed_is_named_by_its_tag_then_by_its_query() {
+        let (with, select, none) = (word("WITH"), word("SELECT"), word(""));
+        let text = b"WITH x AS (SELECT 1) SELECT * FROM x";
+        assert_eq!(framed(&with, &select, b"", text).operation(), "SELECT");
+        assert_eq!(framed(&with, &none, b"", text).operation(), "WITH");
+        let query = b"  select a from Accounts where a = 'x'";
+        let done = framed(&select, &select, b"", query).exchange(3, 9, 7, None);
+        assert_eq!((done.method.as_str(), done.path.as_str(), done.status), ("SELECT", "SELECT accounts", 0));
+        assert_eq!((done.start_ns, done.end_ns, done.tid), (3, 9, 7));
+        let failed = framed(&select, &none, b"42", query).exchange(3, 9, 7, None);
+        assert_eq!((failed.error_type.as_str(), failed.status), ("42", 1));
+        // No class the kernel could read (a cut header, binary bytes): _OTHER.
+        assert_eq!(framed(&select, &none, &[0, 0], query).exchange(3, 9, 7, None).error_type, OTHER);
+        // Junk words name nothing.
+        let (long, escape) = (word("ABCDEFGHIJKLMNOP"), word("\x1b"));
+        let junk = framed(&long, &escape, b"", b"\x1b[31m");
+        assert_eq!(junk.operation(), OTHER);
+    }
+
+    #[test]
+    fn a_connection_handed_over_mid_answer_completes_its_statement_and_goes_on() {
+        let select = word("SELECT");
+        let none = word("");
+        let waiting = Resumed {
+            statement: framed(&select, &none, b"", b"SELECT 1"),
+            start: 10,
+            tid: 9,
+            context: None,
+        };
+        let (mut c, done) = PgConnection::resume(Role::Client, Some(waiting), 15);
+        assert!(done.is_none());
+        let rest = [message(b'H', b"\0\0\0"), message(b'C', b"COPY 1\0"), ready()].concat();
+        assert_eq!(names(&read(&mut c, &rest, 20)), [("COPY", "", 10, 20)]);
+        // Typed from here: the next query is not taken for a startup message.
+        write(&mut c, &message(b'Q', b"DELETE FROM t\0"), 30);
+        let answer = [message(b'C', b"DELETE 0\0"), ready()].concat();
+        assert_eq!(names(&read(&mut c, &answer, 31)), [("DELETE", "", 30, 31)]);
+
+        // Its answer came already, short of ReadyForQuery: done at the hand-over.
+        let completed = Resumed {
+            statement: framed(&select, &select, b"", b"SELECT 1"),
+            start: 10,
+            tid: 9,
+            context: None,
+        };
+        let (mut c, done) = PgConnection::resume(Role::Client, Some(completed), 15);
+        assert_eq!(names(&done.into_iter().collect::<Vec<_>>()), [("SELECT", "", 10, 15)]);
+        assert!(read(&mut c, &ready(), 16).is_empty());
+        assert!(c.waiting.is_empty());
+        // Nothing pending: the bytes after a ReadyForQuery.
+        let (mut c, done) = PgConnection::resume(Role::Server, None, 15);
+        assert!(done.is_none());
+        c.feed_by(Direction::Ingress, &message(b'Q', b"BEGIN\0"), 10, 20, 3);
+        let answer = [message(b'C', b"BEGIN\0"), ready()].concat();
+        let done = c.feed_by(Direction::Egress, &answer, answer.len() as u64, 21, 3);
+        assert_eq!(names(&done), [("BEGIN", "", 20, 21)]);
     }
 
     #[test]

@@ -105,38 +105,15 @@ static __always_inline __u32 resp_walk_array(__u32 n, __u32 at, __s64 count, __u
 	return w.bad || w.left ? 0 : w.at;
 }
 
-/* A line's end being looked for, eight bytes at a time. */
-struct resp_line {
-	__u32 n;
-	__u32 cr; /* the CR that ends it; 0 while not found */
-};
-
-static long resp_line_word(__u64 i, struct resp_line *l)
-{
-	__u32 zero = 0, off = 1 + i * 8;
-	struct scratch *s;
-	__u64 crs;
-
-	s = bpf_map_lookup_elem(&scratch, &zero);
-	if (!s || off >= l->n)
-		return 1;
-	crs = bytes_equal(load64(s, off), 0x0d0d0d0d0d0d0d0dULL);
-	if (!crs)
-		return 0;
-	l->cr = off + first_flagged(crs);
-	return 1;
-}
-
 /* The end of the line that starts the scratch (a simple string, error or RESP3 scalar):
  * the offset past its CRLF, or 0 when it is not within `n`. */
 static __always_inline __u32 resp_line_end(const struct scratch *s, __u32 n)
 {
-	struct resp_line l = { .n = n };
+	__u32 cr = find_byte(1, n, 0x0d0d0d0d0d0d0d0dULL);
 
-	bpf_loop(PSC_HTTP_SCAN / 8, resp_line_word, &l, 0);
-	if (!l.cr || l.cr + 1 >= n || s->data[(l.cr + 1) & PSC_SCAN_MASK] != '\n')
+	if (!cr || cr + 1 >= n || s->data[(cr + 1) & PSC_SCAN_MASK] != '\n')
 		return 0;
-	return l.cr + 2;
+	return cr + 2;
 }
 
 /* Mixes a name's two words into a hash, as target_word does a target's. */
@@ -202,38 +179,12 @@ static __always_inline int resp_request_starts(struct scratch *s, struct psc_soc
 	if (!end || end < len)
 		return PSC_FRAME_HANDOFF;
 	t->line_len = name_len;
-	t->key.tgid = io->tgid;
-	t->key.gen = io->gen;
-	t->key.role = sock->conn.role;
-	t->key.method = 0;
-	t->key.status = 0;
-	t->key.protocol = PSC_PROTO_REDIS;
-	t->key.port = sock->conn.server.port;
-	t->key.path_hash = resp_hash(14695981039346656037ULL, t->line);
-	if (sock->conn.role == PSC_ROLE_CLIENT) {
-		t->key.family = sock->conn.server.family;
-		__builtin_memcpy(t->key.addr, sock->conn.server.addr, sizeof(t->key.addr));
-	}
-	t->tid = (__u32)bpf_get_current_pid_tgid();
-	t->start_ns = bpf_ktime_get_ns();
+	database_call_key(sock, io, PSC_PROTO_REDIS, resp_hash(14695981039346656037ULL, t->line));
 	t->request_head = end;
 	t->request_length = end;
 	t->request_bytes = len;
 	t->phase = PSC_PHASE_REQUEST;
-	/* A client's command may make a span, the child of what its thread serves. A
-	 * server's makes none: database spans are the client's. */
-	if (!span_sampling || sock->conn.role != PSC_ROLE_CLIENT)
-		return PSC_FRAME_KEPT;
-	if (!span_sampled(PSC_ROLE_CLIENT, 0, t->start_ns)) {
-		PSC_COUNT_IN(counters, PSC_HTTP_SPANS_UNSAMPLED);
-		return PSC_FRAME_KEPT;
-	}
-	PSC_COUNT_IN(counters, PSC_HTTP_SPANS_SAMPLED);
-	t->sampled = 1;
-	fill_event(s, io->tgid, io->gen, io->fd, len, PSC_HTTP_SPAN_START, &sock->conn, 0);
-	s->event.ts = t->start_ns;
-	emit_for(s, 0, &sock->conn);
-	sock->conn.named = 1;
+	database_call_starts(s, sock, len, io);
 	return PSC_FRAME_KEPT;
 }
 
