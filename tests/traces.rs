@@ -551,10 +551,10 @@ fn a_postgresql_statement_made_while_serving_is_a_database_child_span() {
             error: Some("23"),
         },
     ];
-    // A SELECT, and an INSERT that breaks the primary key, as simple queries: framed in
-    // the kernel, whose span decisions they follow.
+    // A SELECT, and an INSERT that breaks the primary key, through the extended
+    // protocol: framed in the kernel, whose span decisions they follow.
     let app = py_db_app(
-        "import psycopg\nc = psycopg.connect(\"host=127.0.0.1 user=postgres port=\" + sys.argv[2], autocommit=True, cursor_factory=psycopg.ClientCursor)\nc.execute(\"CREATE TABLE accounts (id int PRIMARY KEY)\")\nc.execute(\"INSERT INTO accounts VALUES (1)\")",
+        "import psycopg\nc = psycopg.connect(\"host=127.0.0.1 user=postgres port=\" + sys.argv[2], autocommit=True)\nc.execute(\"CREATE TABLE accounts (id int PRIMARY KEY)\")\nc.execute(\"INSERT INTO accounts VALUES (1)\")",
         "c.execute(\"SELECT id FROM accounts WHERE id = %s\", (1,)).fetchall()",
         "try:\n    c.execute(\"INSERT INTO accounts VALUES (%s)\", (1,))\nexcept psycopg.errors.UniqueViolation:\n    pass",
     );

@@ -351,6 +351,26 @@ impl PgServer {
         // A failing statement makes psql exit 1; the test counts it.
         command.output().expect("psql runs");
     }
+
+    /// Runs pgbench against the cluster's `postgres` database with libpq's default
+    /// `sslmode` (an SSL request the server refuses, then plaintext).
+    pub fn pgbench(&self, args: &[&str]) -> String {
+        let out = Command::new(postgres_bin().join("pgbench"))
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+            ])
+            .args(args)
+            .arg("postgres")
+            .output()
+            .expect("pgbench runs");
+        assert!(out.status.success(), "pgbench {args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
 }
 
 impl Drop for PgServer {

@@ -468,6 +468,44 @@ fn postgresql_simple_queries_framed_in_the_kernel_count_exactly_and_hand_over_mi
     py.finish();
 }
 
+#[test]
+fn pgbench_prepared_and_extended_queries_are_framed_in_the_kernel_and_count_exactly() {
+    let _kernel = kernel_lock();
+    if !have_root("pgbench_prepared_and_extended_queries_are_framed_in_the_kernel") {
+        return;
+    }
+    let server = PgServer::start(false);
+    server.pgbench(&["-i", "-q", "-s", "1"]);
+    let agent = Agent::start(&config(true));
+    let port = server.port.to_string();
+    let (prepared, extended) = (300, 200);
+    // Named prepared statements (Parse once, then Bind, Execute, Sync), and unnamed ones
+    // (Parse, Bind, Describe, Execute, Sync each time). Each run also makes a simple
+    // `select count(*)` on a connection of its own, and pgbench's own look at the
+    // tables' partitions.
+    server.pgbench(&["-S", "-n", "-c", "1", "-M", "prepared", "-t", &prepared.to_string()]);
+    server.pgbench(&["-S", "-n", "-c", "1", "-M", "extended", "-t", &extended.to_string()]);
+    let client = [("role", "client"), ("process_executable_name", "pgbench")];
+    let served = [("role", "server"), ("server_port", port.as_str())];
+    let want = (prepared + extended + 2 * 2) as f64;
+    let m = eventually(&agent, |m| {
+        pg_count(m, &client, "SELECT", None) == want && pg_count(m, &served, "SELECT", None) == want
+    });
+    for who in [&client[..], &served[..]] {
+        assert_eq!(pg_count(&m, who, "SELECT", None), want, "{who:?}");
+        let all: f64 = m.find(DURATION_COUNT, who).map(|(_, _, v)| v).sum();
+        assert_eq!(all, want, "{who:?}");
+    }
+    // Counted in the kernel, on both ends: in slots, or one by one before their slots
+    // were installed. (The framer's counters count the test's scrapes too.)
+    let framer = |outcome: &str| {
+        m.sum("periscope_http_kernel_framer_exchanges_total", &[("outcome", outcome)])
+    };
+    let framed = framer("counted") + framer("recorded");
+    assert!(framed >= 2.0 * want, "{framed}");
+    assert!(framer("counted") > 0.0);
+}
+
 /// A PostgreSQL server that answers each connection's startup, then its one query with
 /// the next of its hostile answers; and a client that sends `SELECT 1` on a connection
 /// per answer. argv: none

@@ -2,12 +2,15 @@
  * The kernel framer's PostgreSQL turns (the frontend/backend protocol 3.0), included by
  * http.bpf.c after the RESP ones, whose scratch, turn and counters they share.
  *
- * A turn is a simple query ('Q') of one statement, written whole in one write within the
- * scan, and the backend's messages up to its ReadyForQuery. Those are walked header by
+ * A turn is a query of one statement written whole in one write within the scan: a
+ * simple query ('Q'), or an extended one (Parse, Bind, Describe, Execute, Sync; the
+ * statement named by its Parse, in this write or an earlier one, kept in
+ * pg_statements); and the backend's messages up to its ReadyForQuery. Those are walked header by
  * header across reads: the turn keeps where the next header starts (response_length),
  * so a read that holds none, the middle of a large row, costs a comparison. The startup,
- * authentication and Terminate messages make no turn. The extended protocol,
- * multi-statement queries, queries that open with a comment, COPY, and reads of more
+ * authentication and Terminate messages make no turn. Pipelined or row-limited
+ * executes, named portals, multi-statement queries, queries that open with a comment,
+ * a statement parsed before the probe attached, COPY, and reads of more
  * messages than one walk takes hand the connection to user space (pg.rs), which counts
  * each statement. A tag or an error's fields cut by the end of a read are read as far as
  * they go; a header cut so is put together from the next read, and its message, if a
@@ -61,12 +64,204 @@ static __always_inline void pg_word(const struct scratch *s, char *word, __u32 a
 	}
 }
 
+/* Prepared statements by connection (process and fd) and name: the verb and text of each,
+ * as a turn's line holds them, from its Parse, for the Binds that run it. LRU: a
+ * statement evicted, or parsed before the probe attached, hands its connection to user
+ * space when it is bound. */
+struct pg_statement_key {
+	__u32 tgid;
+	__u32 fd;
+	__u64 name_hash;
+};
+
+struct pg_statement {
+	char line[PSC_HTTP_LINE];
+};
+
+PSC_LRU_HASH(pg_statements, struct pg_statement_key, struct pg_statement, 16384);
+
+/* Messages of an extended query walked, at most: Parse, Bind, Describe, Execute, Sync. */
+#define PSC_PG_REQUEST_MESSAGES 8
+
+/* Hashes the NUL-ended name at `p` (before `end`, at most 64 bytes, as NAMEDATALEN
+ * allows) into `hash`. Returns the offset past its NUL, or 0. */
+__noinline __u32 pg_name(const struct scratch *s, __u32 p, __u32 end, __u64 *hash)
+{
+	__u64 h = 14695981039346656037ULL;
+
+	if (!s || !hash)
+		return 0;
+	for (int i = 0; i < 64; i++) {
+		char c;
+
+		if (p + i >= end)
+			return 0;
+		c = s->data[(p + i) & PSC_SCAN_MASK];
+		if (!c) {
+			*hash = h;
+			return p + i + 1;
+		}
+		h = (h ^ (__u8)c) * PSC_FNV_PRIME;
+	}
+	return 0;
+}
+
+/* The first word of a query's text at `at` (before `end`), past white space: where it
+ * starts, or 0 when a comment or nothing comes first (user space's to skip). */
+static __always_inline __u32 pg_first_word(const struct scratch *s, __u32 at, __u32 end)
+{
+	for (int i = 0; i < PSC_PG_MAX_SPACE; i++) {
+		if (at >= end || !pg_space(s->data[at & PSC_SCAN_MASK]))
+			break;
+		at++;
+	}
+	return at < end && pg_letter(s->data[at & PSC_SCAN_MASK]) ? at : 0;
+}
+
+/* A simple query ('Q'), `len` bytes captured whole: one statement, whose verb and text
+ * go to the turn's line. Returns 0 when user space must frame it. */
+static __always_inline int pg_simple_query(const struct scratch *s, struct psc_turn *t, __u32 n,
+					   __u64 len)
+{
+	__u32 length = pg_be32(s, 1), at, semicolon;
+
+	/* One message, whole within the scan, its text ending with a NUL. */
+	if (n < 6 || length < 5 || length + 1 != len || len > n ||
+	    s->data[length & PSC_SCAN_MASK] != 0)
+		return 0;
+	at = pg_first_word(s, 5, length);
+	if (!at)
+		return 0;
+	/* One statement: a ';' ends its text or is not there. */
+	semicolon = find_byte(5, length, 0x3b3b3b3b3b3b3b3bULL);
+	if (semicolon && semicolon + 1 != length)
+		return 0;
+	pg_word(s, t->line + PSC_PG_VERB_AT, at, length);
+	__builtin_memcpy(t->line + PSC_PG_TEXT_AT, s->data + 5, PSC_HTTP_LINE - PSC_PG_TEXT_AT);
+	return 1;
+}
+
+/* An extended query's messages in one write, walked. */
+struct pg_request_walk {
+	__u64 parsed_hash; /* the name of the statement a Parse prepares */
+	__u64 bound_hash;  /* the name of the statement a Bind runs */
+	__u32 n;
+	__u32 off;
+	__u32 parsed_text; /* where the Parse's query text starts */
+	__u32 parsed_word; /* and its first word */
+	__u8 parsed;
+	__u8 bound;
+	__u8 executes;
+	__u8 synced;
+	__u8 bad;
+};
+
+static long pg_request_message(__u64 i, struct pg_request_walk *w)
+{
+	__u32 zero = 0, p, end, length, at;
+	struct scratch *s;
+	char kind;
+
+	s = bpf_map_lookup_elem(&scratch, &zero);
+	if (!s || w->off + 5 > w->n)
+		goto bad;
+	kind = s->data[w->off & PSC_SCAN_MASK];
+	length = pg_be32(s, w->off + 1);
+	if (length < 4 || length > w->n || w->off + 1 + length > w->n)
+		goto bad;
+	p = w->off + 5;
+	end = w->off + 1 + length;
+	switch (kind) {
+	case 'P':
+		if (w->parsed)
+			goto bad;
+		at = pg_name(s, p, end, &w->parsed_hash);
+		if (!at)
+			goto bad;
+		w->parsed_text = at;
+		w->parsed_word = pg_first_word(s, at, end);
+		if (!w->parsed_word)
+			goto bad;
+		w->parsed = 1;
+		break;
+	case 'B':
+		/* The unnamed portal only: a named one may be run by a later write. */
+		if (w->bound || p >= end || s->data[p & PSC_SCAN_MASK])
+			goto bad;
+		if (!pg_name(s, p + 1, end, &w->bound_hash))
+			goto bad;
+		w->bound = 1;
+		break;
+	case 'E':
+		/* Run to its end: a row limit would suspend it for later writes. */
+		if (w->executes || p + 5 > end || s->data[p & PSC_SCAN_MASK] || pg_be32(s, p + 1))
+			goto bad;
+		w->executes = 1;
+		break;
+	case 'D': case 'C': /* Describe, Close */
+		break;
+	case 'S':
+		if (end != w->n)
+			goto bad; /* Sync ends the write, or more follows */
+		w->synced = 1;
+		return 1;
+	default:
+		goto bad;
+	}
+	w->off = end;
+	return 0;
+bad:
+	w->bad = 1;
+	return 1;
+}
+
+/* An extended query (Parse, Bind, Describe, Execute, Sync), `len` bytes captured whole,
+ * running at most one statement: its verb and text, from its Parse in this write or an
+ * earlier one, go to the turn's line. A turn that runs none (a Parse alone) is walked
+ * and not counted. Returns 0 when user space must frame it. */
+static __always_inline int pg_extended_query(struct scratch *s, struct psc_turn *t, __u32 n,
+					     __u64 len, const struct io *io)
+{
+	struct pg_request_walk w = { .n = n };
+	struct pg_statement_key key = { .tgid = io->tgid, .fd = io->fd };
+	struct pg_statement *known;
+
+	if (len > n)
+		return 0;
+	bpf_loop(PSC_PG_REQUEST_MESSAGES, pg_request_message, &w, 0);
+	if (w.bad || !w.synced)
+		return 0;
+	if (w.parsed) {
+		pg_word(s, t->line + PSC_PG_VERB_AT, w.parsed_word, n);
+		__builtin_memcpy(t->line + PSC_PG_TEXT_AT, s->data + (w.parsed_text & PSC_SCAN_MASK),
+				 PSC_HTTP_LINE - PSC_PG_TEXT_AT);
+		key.name_hash = w.parsed_hash;
+		bpf_map_update_elem(&pg_statements, &key, t->line, BPF_ANY);
+	}
+	if (!w.executes) {
+		t->line[PSC_PG_EMPTY_AT] = 1;
+		return 1;
+	}
+	if (!w.bound)
+		return 0;
+	if (!w.parsed || w.bound_hash != w.parsed_hash) {
+		key.name_hash = w.bound_hash;
+		known = bpf_map_lookup_elem(&pg_statements, &key);
+		if (!known)
+			return 0;
+		__builtin_memcpy(t->line + PSC_PG_VERB_AT, known->line + PSC_PG_VERB_AT,
+				 PSC_RESP_NAME_BYTES);
+		__builtin_memcpy(t->line + PSC_PG_TEXT_AT, known->line + PSC_PG_TEXT_AT,
+				 PSC_HTTP_LINE - PSC_PG_TEXT_AT);
+	}
+	return 1;
+}
+
 /* The first bytes a client writes, or a server reads: `n` of them captured, of `len`. */
 static __always_inline int pg_request_starts(struct scratch *s, struct psc_sock *sock, __u32 n,
 					     __u64 len, const struct io *io)
 {
 	struct psc_turn *t = &sock->turn;
-	__u32 length, at = 5, text, semicolon;
 	char kind;
 
 	if (t->phase == PSC_PHASE_RESPONSE)
@@ -80,39 +275,20 @@ static __always_inline int pg_request_starts(struct scratch *s, struct psc_sock 
 	 * authentication ('p') and Terminate ('X') run no statement. */
 	if (kind == 0 || kind == 'p' || kind == 'X')
 		return PSC_FRAME_KEPT;
-	if (kind != 'Q' || n < 6)
-		return PSC_FRAME_HANDOFF;
-	/* One message, whole within the scan, its text ending with a NUL. */
-	length = pg_be32(s, 1);
-	if (length < 5 || length + 1 != len || len > n || s->data[length & PSC_SCAN_MASK] != 0)
-		return PSC_FRAME_HANDOFF;
-	for (int i = 0; i < PSC_PG_MAX_SPACE; i++) {
-		if (at >= length || !pg_space(s->data[at & PSC_SCAN_MASK]))
-			break;
-		at++;
-	}
-	/* A comment before the verb is user space's to skip. */
-	if (at >= length || !pg_letter(s->data[at & PSC_SCAN_MASK]))
-		return PSC_FRAME_HANDOFF;
-	/* One statement: a ';' ends its text or is not there. */
-	semicolon = find_byte(5, length, 0x3b3b3b3b3b3b3b3bULL);
-	if (semicolon && semicolon + 1 != length)
-		return PSC_FRAME_HANDOFF;
-	pg_word(s, t->line + PSC_PG_VERB_AT, at, length);
 	__builtin_memset(t->line + PSC_PG_TAG_AT, 0, PSC_PG_TEXT_AT - PSC_PG_TAG_AT);
-	/* The text's start, for the summary of a span or of a series' first statement. */
-	__builtin_memcpy(t->line + PSC_PG_TEXT_AT, s->data + 5, PSC_HTTP_LINE - PSC_PG_TEXT_AT);
-	text = length - 5;
-	if (text > PSC_HTTP_LINE - PSC_PG_TEXT_AT)
-		text = PSC_HTTP_LINE - PSC_PG_TEXT_AT;
-	t->line_len = PSC_PG_TEXT_AT + text;
+	if (kind == 'Q' ? !pg_simple_query(s, t, n, len) : !pg_extended_query(s, t, n, len, io))
+		return PSC_FRAME_HANDOFF;
+	/* The text runs to its NUL, which user space looks for. */
+	t->line_len = PSC_HTTP_LINE;
 	database_call_key(sock, io, PSC_PROTO_POSTGRES,
 			  resp_hash(14695981039346656037ULL, t->line + PSC_PG_VERB_AT));
 	t->request_head = len;
 	t->request_length = len;
 	t->request_bytes = len;
 	t->phase = PSC_PHASE_REQUEST;
-	database_call_starts(s, sock, len, io);
+	/* A turn that runs no statement makes no span. */
+	if (!t->line[PSC_PG_EMPTY_AT])
+		database_call_starts(s, sock, len, io);
 	return PSC_FRAME_KEPT;
 }
 
@@ -257,8 +433,11 @@ static long pg_message(__u64 i, struct pg_walk *w)
 	case 'I':
 		w->empty = 1;
 		break;
-	/* Rows, their description, notices, parameter changes, notifications. */
+	/* Rows, their description, notices, parameter changes, notifications; the
+	 * extended protocol's Parse, Bind and Close completions, parameter descriptions
+	 * and NoData. */
 	case 'T': case 'D': case 'N': case 'S': case 'A':
+	case '1': case '2': case '3': case 't': case 'n':
 		break;
 	default:
 		goto bad; /* COPY, or not a simple query's answer */
@@ -318,6 +497,7 @@ static __always_inline void pg_cut_header(const struct scratch *s, const struct 
 		w->empty = 1;
 		break;
 	case 'C': case 'T': case 'D': case 'N': case 'S': case 'A':
+	case '1': case '2': case '3': case 't': case 'n':
 		break;
 	default:
 		w->bad = 1;
