@@ -10,6 +10,7 @@ second, their ratio to off, and the agent's own CPU time per 1,000 transactions;
 
 Usage (as root, after `cargo build --release`):
     python3 bench/pg_overhead.py [--rounds 5] [--seconds 10] [--clients 8] [--scale 2] [--bpf-stats]
+        [--protocol simple|extended|prepared]
 
 PERISCOPE_BENCH_CONFIG replaces the probes section of the agent's configuration.
 """
@@ -60,6 +61,7 @@ def main():
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--scale", type=int, default=2)
     parser.add_argument("--bpf-stats", action="store_true")
+    parser.add_argument("--protocol", choices=["simple", "extended", "prepared"], default="simple")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as workdir:
@@ -71,7 +73,8 @@ def main():
             f.write(os.environ.get("PERISCOPE_BENCH_CONFIG") or HTTP_ALONE)
         try:
             pgbench(port, "-i", "-q", "-s", str(args.scale))
-            run = ["-S", "-n", "-c", str(args.clients), "-j", "2", "-T", str(args.seconds)]
+            run = ["-S", "-n", "-M", args.protocol, "-c", str(args.clients), "-j", "2",
+                   "-T", str(args.seconds)]
             pgbench(port, *run[:-1], "2")  # warm-up
 
             def measure():
@@ -89,7 +92,7 @@ def main():
     per_transaction = [cpu / done for cpu, (_, done) in zip(agent_cpu, measures["on"])]
     off, on = statistics.median(results["off"]), statistics.median(results["on"])
     rounds = ", ".join(f"{100 * n / f:.0f}" for f, n in zip(results["off"], results["on"]))
-    print(f"pgbench -S -c {args.clients} -j 2 -T {args.seconds}, scale {args.scale}, "
+    print(f"pgbench -S -M {args.protocol} -c {args.clients} -j 2 -T {args.seconds}, scale {args.scale}, "
           f"medians of {args.rounds} interleaved rounds")
     print(f"  {on:,.0f} tps on, {off:,.0f} off: {100 * on / off:.1f} % of off (rounds: {rounds} %)")
     print(f"  agent CPU per 1,000 transactions: {1e6 * statistics.median(per_transaction):.3f} ms")
