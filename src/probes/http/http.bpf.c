@@ -2,8 +2,8 @@
  * http: the bytes of HTTP/1.x, Redis, PostgreSQL, MySQL and DNS connections, seen where
  * sockets send and receive. A connection's first request bytes tell its protocol
  * (request_verdict), or a MySQL server's greeting does (mysql_verdict); HTTP, Redis and
- * PostgreSQL's simple queries are framed here (resp.h, pg.h), MySQL and DNS in user
- * space. DNS over UDP takes a path of its own (udp_io).
+ * PostgreSQL's queries of one statement are framed here (resp.h, pg.h), MySQL and DNS
+ * in user space. DNS over UDP takes a path of its own (udp_io).
  *
  * TCP connections are tracked from the moment they are established: a passive open
  * (SYN_RECV -> ESTABLISHED) is a server's connection, an active one (SYN_SENT ->

@@ -1807,10 +1807,7 @@ fn pg_statement(record: &types::psc_http_exchange) -> pg::KernelStatement<'_> {
         unsafe { std::slice::from_raw_parts(record.line.as_ptr().cast::<u8>(), record.line.len()) };
     let end = usize::from(record.line_len).clamp(PG_TEXT_AT, line.len());
     // The text runs to its NUL; what follows it in the line is not the query's.
-    let text = line[PG_TEXT_AT..end]
-        .split(|&b| b == 0)
-        .next()
-        .unwrap_or_default();
+    let text = pg::until_nul(&line[PG_TEXT_AT..end]);
     pg::KernelStatement {
         verb_word: &line[PG_VERB_AT..PG_TAG_AT],
         tag_word: &line[PG_TAG_AT..PG_CLASS_AT],

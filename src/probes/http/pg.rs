@@ -42,7 +42,8 @@ pub struct KernelStatement<'a> {
     pub tag_word: &'a [u8],
     /// The SQLSTATE's first two characters, when an ErrorResponse named them.
     pub class: &'a [u8],
-    /// The backend answered EmptyQueryResponse: nothing ran.
+    /// Nothing ran: the backend answered EmptyQueryResponse, or the turn executed no
+    /// statement (a Parse alone).
     pub empty: bool,
     /// The query text's first bytes.
     pub text: &'a [u8],
@@ -51,7 +52,7 @@ pub struct KernelStatement<'a> {
 }
 
 /// Bytes up to the first NUL.
-fn until_nul(bytes: &[u8]) -> &[u8] {
+pub fn until_nul(bytes: &[u8]) -> &[u8] {
     bytes.split(|&b| b == 0).next().unwrap_or_default()
 }
 
