@@ -336,6 +336,18 @@ impl Framing {
         }
     }
 
+    /// The framer of this connection after events of it were lost: PostgreSQL past its
+    /// startup stays typed, to go on at the next message that starts an event, rather than
+    /// wait for a startup message that never comes again. Others start afresh.
+    pub fn after_gap(&self, role: Role) -> Framing {
+        match self {
+            Framing::Postgres(c) if c.role() == role && c.past_startup() => {
+                Framing::Postgres(PgConnection::resume(role, None, 0).0)
+            }
+            _ => Framing::new(self.protocol(), role),
+        }
+    }
+
     pub fn protocol(&self) -> Protocol {
         match self {
             Framing::Http(_) => Protocol::Http,

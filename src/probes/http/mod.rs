@@ -848,7 +848,11 @@ impl HttpProbe {
             if event.gap != 0 {
                 self.gap_resets += 1;
             }
-            *conn = Framing::new(protocol, role);
+            *conn = if event.gap != 0 && conn.protocol() == protocol && *tls == event_tls {
+                conn.after_gap(role)
+            } else {
+                Framing::new(protocol, role)
+            };
             *tls = event_tls;
         }
         let exchanges = conn.feed_by(direction, data, len, event.ts, event.tid);

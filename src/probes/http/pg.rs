@@ -249,6 +249,11 @@ impl PgConnection {
         self.role
     }
 
+    /// Whether the startup is over: every message from here on has its type.
+    pub fn past_startup(&self) -> bool {
+        !self.frontend.head.untyped && !self.awaiting_answer_byte
+    }
+
     /// Bytes held of headers and payload starts not yet complete.
     pub fn buffered(&self) -> usize {
         self.frontend.buffered() + self.backend.buffered()
@@ -780,6 +785,21 @@ mod tests {
         let answer = [message(b'C', b"BEGIN\0"), ready()].concat();
         let done = c.feed_by(Direction::Egress, &answer, answer.len() as u64, 21, 3);
         assert_eq!(names(&done), [("BEGIN", "", 20, 21)]);
+    }
+
+    #[test]
+    fn after_lost_events_a_started_connection_resumes_at_the_next_typed_message() {
+        let mut c = client();
+        assert!(c.past_startup());
+        assert!(!PgConnection::new(Role::Client).past_startup());
+        // Lost events dropped a query's answer; the framer that takes over is typed.
+        write(&mut c, &message(b'Q', b"SELECT 1\0"), 1);
+        let mut after = super::super::conn::Framing::Postgres(c).after_gap(Role::Client);
+        let query = message(b'Q', b"DELETE FROM t\0");
+        after.feed_by(Direction::Egress, &query, query.len() as u64, 5, 9);
+        let answer = [message(b'C', b"DELETE 1\0"), ready()].concat();
+        let done = after.feed_by(Direction::Ingress, &answer, answer.len() as u64, 6, 9);
+        assert_eq!(names(&done), [("DELETE", "", 5, 6)]);
     }
 
     #[test]
