@@ -2,15 +2,16 @@
  * The kernel framer's PostgreSQL turns (the frontend/backend protocol 3.0), included by
  * http.bpf.c after the RESP ones, whose scratch, turn and counters they share.
  *
- * A turn is a query of one statement written whole in one write within the scan: a
- * simple query ('Q'), or an extended one (Parse, Bind, Describe, Execute, Sync; the
- * statement named by its Parse, in this write or an earlier one, kept in
- * pg_statements); and the backend's messages up to its ReadyForQuery. Those are walked header by
+ * A turn is a query of one statement, written whole in one write within the scan, and
+ * the backend's messages up to its ReadyForQuery. The query is a simple one ('Q'), or an
+ * extended one (Parse, Bind, Describe, Execute, Sync), its statement named by a Parse in
+ * this write or an earlier one (kept in pg_statements). The answer is walked header by
  * header across reads: the turn keeps where the next header starts (response_length),
- * so a read that holds none, the middle of a large row, costs a comparison. The startup,
- * authentication and Terminate messages make no turn. Pipelined or row-limited
- * executes, named portals, multi-statement queries, queries that open with a comment,
- * a statement parsed before the probe attached, COPY, and reads of more
+ * so a read that holds none, the middle of a large row, costs a comparison.
+ *
+ * The startup, authentication and Terminate messages make no turn. Pipelined or
+ * row-limited executes, named portals, multi-statement queries, queries that open with a
+ * comment, a statement parsed before the probe attached, COPY, and reads of more
  * messages than one walk takes hand the connection to user space (pg.rs), which counts
  * each statement. A tag or an error's fields cut by the end of a read are read as far as
  * they go; a header cut so is put together from the next read, and its message, if a
