@@ -1793,9 +1793,7 @@ fn started_key(record: &types::psc_http_exchange) -> spans::StartedKey {
 /// The command and error prefix of a Redis exchange the kernel framed: the command in
 /// the line's first bytes, the prefix at PSC_RESP_ERROR_AT (each NUL-padded).
 fn redis_line(record: &types::psc_http_exchange) -> (String, String) {
-    // SAFETY: i8 and u8 have the same size and alignment.
-    let line =
-        unsafe { std::slice::from_raw_parts(record.line.as_ptr().cast::<u8>(), record.line.len()) };
+    let line = whole_line(record);
     let field = |from: usize| {
         let bytes = line.get(from..from + RESP_NAME_BYTES).unwrap_or_default();
         let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
@@ -1806,9 +1804,7 @@ fn redis_line(record: &types::psc_http_exchange) -> (String, String) {
 
 /// The statement of a PostgreSQL exchange the kernel framed, from its line (pg.h).
 fn pg_statement(record: &types::psc_http_exchange) -> pg::KernelStatement<'_> {
-    // SAFETY: i8 and u8 have the same size and alignment.
-    let line =
-        unsafe { std::slice::from_raw_parts(record.line.as_ptr().cast::<u8>(), record.line.len()) };
+    let line = whole_line(record);
     let end = usize::from(record.line_len).clamp(PG_TEXT_AT, line.len());
     // The text runs to its NUL; what follows it in the line is not the query's.
     let text = pg::until_nul(&line[PG_TEXT_AT..end]);
@@ -1823,9 +1819,14 @@ fn pg_statement(record: &types::psc_http_exchange) -> pg::KernelStatement<'_> {
 }
 
 fn framed_line(record: &types::psc_http_exchange) -> &[u8] {
-    let len = usize::from(record.line_len).min(record.line.len());
+    let line = whole_line(record);
+    &line[..usize::from(record.line_len).min(line.len())]
+}
+
+/// The record's line as bytes, all PSC_HTTP_LINE of them, whatever its length says.
+fn whole_line(record: &types::psc_http_exchange) -> &[u8] {
     // SAFETY: i8 and u8 have the same size and alignment.
-    unsafe { std::slice::from_raw_parts(record.line.as_ptr().cast::<u8>(), len) }
+    unsafe { std::slice::from_raw_parts(record.line.as_ptr().cast::<u8>(), record.line.len()) }
 }
 
 /// One CPU's counts of a slot, as the kernel keeps them.
