@@ -110,9 +110,13 @@ fn connections_refusals_and_bytes_are_counted_exactly() {
     let closed = closed_port.to_string();
     let out = ours(&pid, "outbound", "peer_port", &port);
     let inb = ours(&pid, "inbound", "server_port", &port);
+    // A client socket reaches CLOSE only when the server's FIN has been processed,
+    // which a busy machine may defer to ksoftirqd after the server thread has ended.
     let m = eventually(&agent, |m| {
         value(m, "tcp_connections_opened_total", &out) == N as f64
             && value(m, "tcp_received_bytes_total", &inb) == SENT as f64
+            && value(m, "tcp_rtt_seconds_count", &out) == N as f64
+            && value(m, "tcp_rtt_seconds_count", &inb) == N as f64
             && value(
                 m,
                 "tcp_connect_failures_total",
