@@ -183,6 +183,27 @@ impl MysqlServer {
     }
 }
 
+impl MysqlServer {
+    /// Runs one statement whose body holds `;` (a procedure's), with `//` as the
+    /// client's delimiter.
+    pub fn mariadb_delimited(&self, statement: &str) {
+        let out = Command::new("mariadb")
+            .args([
+                "--no-defaults",
+                "-h",
+                "127.0.0.1",
+                "-u",
+                "root",
+                "--delimiter=//",
+            ])
+            .arg(format!("-P{}", self.port))
+            .args(["-e", statement])
+            .output()
+            .expect("mariadb runs");
+        assert!(out.status.success(), "{statement}: {out:?}");
+    }
+}
+
 impl Drop for MysqlServer {
     fn drop(&mut self) {
         let _ = self.child.kill();

@@ -337,13 +337,18 @@ impl Framing {
     }
 
     /// The framer of this connection after events of it were lost: PostgreSQL past its
-    /// startup stays typed, to go on at the next message that starts an event, rather than
-    /// wait for a startup message that never comes again. Others start afresh.
+    /// startup and MySQL past its handshake go on at the next message that starts an
+    /// event, rather than wait for a startup or greeting that never comes again. Others
+    /// start afresh.
     pub fn after_gap(&self, role: Role) -> Framing {
         match self {
             Framing::Postgres(c) if c.role() == role && c.past_startup() => {
                 Framing::Postgres(PgConnection::resume(role, None, 0).0)
             }
+            Framing::Mysql(c) if c.role() == role => match c.after_gap() {
+                Some(conn) => Framing::Mysql(conn),
+                None => Framing::new(Protocol::Mysql, role),
+            },
             _ => Framing::new(self.protocol(), role),
         }
     }

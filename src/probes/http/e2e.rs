@@ -715,9 +715,142 @@ fn mysql_statements_count_exactly_in_text_and_binary_protocols() {
     py.finish();
 }
 
+/// Statements framed in the kernel, from one Python process after a go: PyMySQL's text
+/// protocol (SELECTs, each timed, their time printed at the end; a ping; a result of 20,000 rows read
+/// across many reads; a CALL of two results; inserts and errors), MySQL Connector/Python's
+/// prepared statements (the binary protocol, each packet's header read apart from its
+/// payload; one result of 3,000 rows), then what the kernel hands over: a multi-statement
+/// query on a connection of its own, and LOAD DATA LOCAL, whose answer asks for a file.
+/// argv: port selects prepared
+const MYSQL_KERNEL_PY: &str = r#"
+import os, sys, tempfile, time, pymysql, mysql.connector
+from pymysql.constants import CLIENT
+port, selects, prepared = map(int, sys.argv[1:4])
+def text_connection(flags=0):
+    return pymysql.connect(host="127.0.0.1", port=port, user="root", database="shop",
+                           autocommit=True, local_infile=True, client_flag=flags)
+text = text_connection()
+multi = text_connection(CLIENT.MULTI_STATEMENTS)
+binary = mysql.connector.connect(host="127.0.0.1", port=port, user="root", database="shop",
+                                 use_pure=True, autocommit=True)
+data = tempfile.NamedTemporaryFile("w", suffix=".tsv", delete=False)
+data.write("".join("%d\tloaded\n" % (500 + i) for i in range(50)))
+data.close()
+took = 0.0
+def select(cursor, query, args=None, rows=None):
+    # Every SELECT's time, from its write to its last row read.
+    global took
+    start = time.perf_counter()
+    cursor.execute(query, args)
+    got = cursor.fetchall()
+    while cursor.nextset():
+        pass
+    took += time.perf_counter() - start
+    assert rows is None or len(got) == rows
+print("ready", flush=True)
+sys.stdin.readline()
+t = text.cursor()
+for i in range(selects):
+    select(t, "SELECT v FROM items WHERE id = %s", (i,))
+text.ping(reconnect=False)
+select(t, "SELECT seq, REPEAT('x', 40) FROM seq_1_to_20000", rows=20000)
+t.execute("CALL two_results()")
+while t.nextset():
+    pass
+for i in range(3):
+    t.execute("INSERT INTO items VALUES (%s, 'k')", (200 + i,))
+try:
+    t.execute("INSERT INTO items VALUES (200, 'dup')")
+except pymysql.err.IntegrityError:
+    pass
+try:
+    t.execute("SELECT v FROM missing")
+except pymysql.err.ProgrammingError:
+    pass
+b = binary.cursor(prepared=True)
+for i in range(prepared):
+    select(b, "SELECT v FROM items WHERE id = %s", (200 + i % 3,))
+select(b, "SELECT seq FROM seq_1_to_3000 WHERE seq > %s", (0,), rows=3000)
+select(multi.cursor(), "SELECT 1; SELECT 2")
+select(multi.cursor(), "SELECT 3")
+t.execute("LOAD DATA LOCAL INFILE '%s' INTO TABLE items" % data.name)
+select(t, "SELECT 4")
+os.unlink(data.name)
+print(took, flush=True)
+print("done", flush=True)
+sys.stdin.readline()
+"#;
+
+#[test]
+fn mysql_statements_framed_in_the_kernel_count_exactly_and_hand_over_mid_answer() {
+    let _kernel = kernel_lock();
+    if !have_root("mysql_statements_framed_in_the_kernel") {
+        return;
+    }
+    let server = MysqlServer::start();
+    server.mariadb(&[
+        "CREATE DATABASE shop",
+        "CREATE TABLE shop.items (id int PRIMARY KEY, v text)",
+        "INSERT INTO shop.items SELECT seq, 'v' FROM shop.seq_0_to_99",
+    ]);
+    server.mariadb_delimited("CREATE PROCEDURE shop.two_results() BEGIN SELECT 1; SELECT 2; END");
+    let agent = Agent::start(&config(true));
+    let port = server.port.to_string();
+    let (selects, prepared) = (40, 25);
+    let args = [port.clone(), selects.to_string(), prepared.to_string()];
+    let mut py = Helper::spawn(MYSQL_KERNEL_PY, &args);
+    py.go();
+    let client_took: f64 = py.read_line().parse().expect("the SELECTs' time");
+    py.expect_line("done");
+
+    let py_pid = py.pid().to_string();
+    let client = [("role", "client"), ("process_pid", py_pid.as_str())];
+    let served = [("role", "server"), ("server_port", port.as_str())];
+    // SELECTs: the timed ones, 20,000 rows, the prepared ones, 3,000 rows, and four
+    // counted in user space (two of a multi-statement query, one after it, one after
+    // LOAD DATA).
+    let all_selects = (selects + 1 + prepared + 1 + 4) as f64;
+    let m = eventually(&agent, |m| {
+        mysql_count(m, &client, "SELECT", None) == all_selects
+            && mysql_count(m, &served, "SELECT", None) == all_selects
+            && mysql_count(m, &client, "LOAD", None) == 1.0
+            && mysql_count(m, &served, "LOAD", None) == 1.0
+    });
+    for who in [&client[..], &served[..]] {
+        assert_eq!(mysql_count(&m, who, "SELECT", None), all_selects, "{who:?}");
+        assert_eq!(mysql_count(&m, who, "CALL", None), 1.0, "{who:?}");
+        assert_eq!(mysql_count(&m, who, "INSERT", None), 3.0, "{who:?}");
+        assert_eq!(mysql_count(&m, who, "INSERT", Some("1062")), 1.0, "{who:?}");
+        assert_eq!(mysql_count(&m, who, "SELECT", Some("1146")), 1.0, "{who:?}");
+        assert_eq!(mysql_count(&m, who, "LOAD", None), 1.0, "{who:?}");
+    }
+    // The SELECTs' time lies within what the client measured around each.
+    let mut selected = client.to_vec();
+    selected.push(("db_operation_name", "SELECT"));
+    let kernel_took: f64 = m
+        .find(DURATION_SUM, &selected)
+        .filter(|(_, labels, _)| !labels.contains_key("error_type"))
+        .map(|(_, _, v)| v)
+        .sum();
+    assert!(kernel_took > 0.0 && kernel_took <= client_took, "{kernel_took} s vs {client_took} s");
+    let framer = |outcome: &str| {
+        m.sum("periscope_http_kernel_framer_exchanges_total", &[("outcome", outcome)])
+    };
+    // Every statement but the multi-statement query's and those after LOAD DATA was
+    // framed in the kernel, on both ends: counted in its slot or, before the slot was
+    // installed, recorded one by one. (The framer's counters count the test's scrapes
+    // too.) Both connections went to user space on both ends.
+    let framed = framer("counted") + framer("recorded");
+    let in_kernel = selects + 1 + 1 + 3 + 1 + 1 + prepared + 1;
+    assert!(framed >= (2 * in_kernel) as f64, "{framed}");
+    assert!(framer("handed_off") >= 4.0, "{}", framer("handed_off"));
+    py.finish();
+}
+
 /// A server that greets as MariaDB, accepts any login, and answers every command with
 /// junk: an ERR whose message has escapes and quotes, a negative-looking column count,
-/// an EOF-shaped packet, binary, and a packet cut off by the close.
+/// an EOF-shaped packet, binary, a packet cut off by the close, a packet of 16 MiB
+/// announced, 2^64 - 1 columns, and results that say more follow for ever.
 const HOSTILE_MYSQL: &str = r#"
 import socket, struct, sys
 s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -730,14 +863,21 @@ greeting = (b"\x0a10.11.19-MariaDB\x00" + b"\x01\x00\x00\x00" + b"abcdefgh\x00" 
             b"mysql_native_password\x00")
 junk = [b"\xff\xff\xff#\x1b[31m\"\n{}", b"\xfb\xff\xff", b"\xfe", bytes(range(256)),
         b"\xff\x01\x00"]
+answers = [packet(1, j) + b"\x40\x00" for j in junk] + [
+    # Two columns, then a packet of 16 MiB announced; 2^64 - 1 columns; OKs saying that
+    # more results follow, for ever.
+    packet(1, b"\x02") + b"\xff\xff\xff\x02\x03",
+    packet(1, b"\xfe" + b"\xff" * 8),
+    packet(1, b"\x00\x00\x00\x08\x00\x00\x00") * 3,
+]
 sys.stdin.readline()
-for answer in junk:
+for answer in answers:
     c, _ = s.accept()
     c.sendall(packet(0, greeting))
     c.recv(65536)
     c.sendall(packet(2, b"\x00\x00\x00\x02\x00\x00\x00"))
     c.recv(65536)
-    c.sendall(packet(1, answer) + b"\x40\x00")
+    c.sendall(answer)
     c.close()
 print("done", flush=True)
 sys.stdin.readline()
@@ -746,7 +886,7 @@ sys.stdin.readline()
 /// PyMySQL sends `SELECT 1` to the hostile server once per connection, whatever it hears.
 const MYSQL_VICTIM: &str = r#"
 import sys, pymysql
-for _ in range(5):
+for _ in range(8):
     try:
         c = pymysql.connect(host="127.0.0.1", port=int(sys.argv[1]), user="root", connect_timeout=5)
         c.cursor().execute("SELECT 1")

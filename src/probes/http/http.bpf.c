@@ -1,9 +1,9 @@
 /*
  * http: the bytes of HTTP/1.x, Redis, PostgreSQL, MySQL and DNS connections, seen where
  * sockets send and receive. A connection's first request bytes tell its protocol
- * (request_verdict), or a MySQL server's greeting does (mysql_verdict); HTTP, Redis and
- * PostgreSQL's queries of one statement are framed here (resp.h, pg.h), MySQL and DNS
- * in user space. DNS over UDP takes a path of its own (udp_io).
+ * (request_verdict), or a MySQL server's greeting does (mysql_verdict); HTTP, Redis, and
+ * PostgreSQL's and MySQL's statements are framed here (resp.h, pg.h, mysql.h), DNS in
+ * user space. DNS over UDP takes a path of its own (udp_io).
  *
  * TCP connections are tracked from the moment they are established: a passive open
  * (SYN_RECV -> ESTABLISHED) is a server's connection, an active one (SYN_SENT ->
@@ -58,7 +58,8 @@ PSC_EXPORT_TYPES(struct psc_conn_key, struct psc_conn, struct psc_http_event,
 		 enum psc_http_event_kind, enum psc_http_role, enum psc_http_counter,
 		 struct psc_http_exchange, struct psc_http_stats, struct psc_http_native,
 		 enum psc_http_method, enum psc_span_parent);
-PSC_EXPORT_TYPES(enum psc_l7_protocol, enum psc_resp_line, enum psc_pg_line);
+PSC_EXPORT_TYPES(enum psc_l7_protocol, enum psc_resp_line, enum psc_sql_line,
+		 enum psc_mysql_command, enum psc_mysql_reading, enum psc_mysql_caps);
 
 /* x86_64 syscall numbers. */
 #define NR_READ 0
@@ -97,7 +98,7 @@ enum psc_http_verdict {
 	PSC_VERDICT_REDIS = 4, /* a RESP command */
 	/* A PostgreSQL startup message in plaintext: framed here (pg.h). */
 	PSC_VERDICT_POSTGRES = 5,
-	/* A MySQL server's greeting: framed by user space. */
+	/* A MySQL server's greeting: framed here (mysql.h). */
 	PSC_VERDICT_MYSQL = 6,
 	/* DNS queries, in datagrams or after 2-byte lengths: paired by user space. */
 	PSC_VERDICT_DNS = 7,
@@ -110,7 +111,7 @@ enum psc_http_verdict {
 static __always_inline int framed_verdict(__u8 verdict)
 {
 	return verdict == PSC_VERDICT_HTTP || verdict == PSC_VERDICT_REDIS ||
-	       verdict == PSC_VERDICT_POSTGRES;
+	       verdict == PSC_VERDICT_POSTGRES || verdict == PSC_VERDICT_MYSQL;
 }
 
 /* Where a connection's exchanges are framed. */
@@ -137,6 +138,9 @@ enum psc_http_phase {
 	PSC_PHASE_RESPONSE = 2, /* its response is */
 };
 
+/* Bytes of a message cut by a read's end that a turn keeps for the next read. */
+#define PSC_TURN_CARRY 32
+
 /* The exchange a kernel-framed connection is in. Lengths are of whole messages, head
  * included: a message ends when its bytes reach the length its head announced. */
 struct psc_turn {
@@ -156,11 +160,12 @@ struct psc_turn {
 	__u8 framing;
 	__u8 sampled; /* a span of this exchange is made: user space has its start */
 	__u16 line_len;
-	/* PostgreSQL: the first bytes of a message header that the last read cut. */
+	/* PostgreSQL and MySQL: the first bytes of a message that the end of the last read
+	 * cut, as far as the walk reads them (PostgreSQL's header, MySQL's header and the
+	 * start of its payload). */
 	__u8 header_len;
 	__u8 pad2;
-	__u8 header[4];
-	__u8 pad3[4];
+	__u8 header[PSC_TURN_CARRY];
 	char line[PSC_HTTP_LINE];
 };
 
@@ -176,7 +181,8 @@ struct psc_sock {
 	__u16 gen; /* the process's generation, with tgid */
 	/* A MySQL greeting's header was read alone: its payload, read next, decides. */
 	__u8 greeting_split;
-	__u8 pad2;
+	/* MySQL: what its handshake told (mysql.h's PSC_MYSQL_ bits). */
+	__u8 mysql;
 	/* io_uring reads, from the skb: the sequence number after the last bytes seen,
 	 * so that bytes a peek showed are not seen again when read. */
 	__u32 rcv_next;
@@ -1404,15 +1410,21 @@ static __always_inline int response_starts(struct scratch *s, struct psc_sock *s
 	return PSC_FRAME_KEPT;
 }
 
+/* The protocols whose answers the framer walks message by message. */
+static __always_inline int walked(__u8 protocol)
+{
+	return protocol == PSC_PROTO_POSTGRES || protocol == PSC_PROTO_MYSQL;
+}
+
 /* Whether the framer must see the bytes of this read or write of `len`: it opens a turn,
- * or, in a PostgreSQL response, holds the header of the next message. */
+ * or, in a PostgreSQL or MySQL answer, holds the start of the next message. */
 static __always_inline int opens_turn(const struct psc_turn *t, int request, __u64 len)
 {
 	if (request)
 		return t->phase != PSC_PHASE_REQUEST;
 	if (t->phase == PSC_PHASE_REQUEST)
 		return 1;
-	return t->phase == PSC_PHASE_RESPONSE && t->key.protocol == PSC_PROTO_POSTGRES &&
+	return t->phase == PSC_PHASE_RESPONSE && walked(t->key.protocol) &&
 	       t->response_length < t->response_bytes + len;
 }
 
@@ -1437,8 +1449,8 @@ static __always_inline int turn_goes_on(struct scratch *s, struct psc_sock *sock
 	if (t->phase != PSC_PHASE_RESPONSE)
 		return PSC_FRAME_KEPT; /* an answer to no request framed here */
 	t->response_bytes += len;
-	/* PostgreSQL's length is where its next message starts, walked in pg.h. */
-	if (t->key.protocol == PSC_PROTO_POSTGRES || t->response_bytes < t->response_length)
+	/* A walked answer's length is where its next message starts (pg.h, mysql.h). */
+	if (walked(t->key.protocol) || t->response_bytes < t->response_length)
 		return PSC_FRAME_KEPT;
 	finish(s, sock, io);
 	/* Bytes past the announced length answer nothing: user space frames from here. */
@@ -1528,8 +1540,42 @@ static __always_inline void database_call_starts(struct scratch *s, struct psc_s
 	sock->conn.named = 1;
 }
 
+/* The bytes of a read or write being walked message by message: the first `n` of them
+ * from offset `base` are in the scratch, all `len` in its user buffer `src` (0 when it
+ * is not one: an iovec array or an skb). */
+struct read_window {
+	__u64 src;
+	__u32 len;
+	__u32 base;
+	__u32 n;
+	__u32 pad;
+};
+
+/* Makes bytes [from, from + want) of the read visible in the scratch, copying them from
+ * its buffer when they are past what the scratch holds. */
+static __always_inline int window_holds(struct scratch *s, struct read_window *r, __u32 from,
+					__u32 want)
+{
+	__u32 got;
+
+	if (from >= r->base && from + want <= r->base + r->n)
+		return 1;
+	if (!r->src || from + want > r->len)
+		return 0;
+	got = r->len - from;
+	if (got > PSC_HTTP_SCAN)
+		got = PSC_HTTP_SCAN;
+	asm volatile("%0 &= 0x7ff" : "+r"(got));
+	if (!got || bpf_probe_read_user(s->data, got, (void *)(r->src + from)))
+		return 0;
+	r->base = from;
+	r->n = got;
+	return want <= got;
+}
+
 #include "resp.h"
 #include "pg.h"
+#include "mysql.h"
 
 /*
  * The framer's entry points, as global functions: the verifier checks each once, on its
@@ -1550,10 +1596,12 @@ __noinline int psc_frame_request(struct psc_sock *sock, __u32 n, __u64 len, __u6
 		return resp_request_starts(s, sock, n, len, &io);
 	if (sock->conn.protocol == PSC_PROTO_POSTGRES)
 		return psc_frame_pg_request(sock, n, len, who, gen);
+	if (sock->conn.protocol == PSC_PROTO_MYSQL)
+		return psc_frame_mysql_request(sock, n, len, who, gen);
 	return request_starts(s, sock, n, len, &io);
 }
 
-/* The first bytes of an HTTP or Redis response (PostgreSQL's are pg.h's). Returns -1 when
+/* The first bytes of an HTTP or Redis response (PostgreSQL's and MySQL's are walked). Returns -1 when
  * they were counted, or how many of them the kernel framed when the connection must go
  * to user space. */
 __noinline int psc_frame_response(struct psc_sock *sock, __u32 n, __u64 len, __u64 who, __u32 gen)
@@ -1834,7 +1882,16 @@ static __always_inline int socket_io(struct sock *sk, const struct sk_buff *skb,
 		} else {
 			/* A server that speaks first: of no protocol looked for, unless it
 			 * greets as MySQL. */
+			__u8 split = sock->greeting_split;
+
 			verdict = mysql_verdict(s->data, captured, &sock->greeting_split);
+			/* The greeting offers capabilities its answers are read by. */
+			if (verdict == PSC_VERDICT_MYSQL && in_kernel) {
+				sock->verdict = verdict;
+				sock->conn.protocol = PSC_PROTO_MYSQL;
+				psc_mysql_greeting(sock, split ? 0 : 4, captured);
+				return 0;
+			}
 		}
 		/* Only lookups are measured: a DNS server's side is not. */
 		if (verdict == PSC_VERDICT_DNS && sock->conn.role != PSC_ROLE_CLIENT)
@@ -1848,8 +1905,8 @@ static __always_inline int socket_io(struct sock *sk, const struct sk_buff *skb,
 			sock->conn.protocol = PSC_PROTO_MYSQL;
 		else if (verdict == PSC_VERDICT_DNS)
 			sock->conn.protocol = PSC_PROTO_DNS;
-		/* A greeting's header alone goes nowhere: user space frames from its
-		 * payload on. */
+		/* A greeting's header alone goes nowhere: the greeting is read from its
+		 * payload. */
 		if (verdict == PSC_VERDICT_OTHER || verdict == PSC_VERDICT_TLS ||
 		    verdict == PSC_VERDICT_POSTGRES_ENCRYPTED || sock->greeting_split)
 			return 0;
@@ -1859,8 +1916,8 @@ static __always_inline int socket_io(struct sock *sk, const struct sk_buff *skb,
 
 		request = ingress == (sock->conn.role == PSC_ROLE_SERVER);
 		if (!framed_verdict(sock->verdict)) {
-			/* A method split over reads, which user space puts together, or
-			 * PostgreSQL, which it frames. */
+			/* A method split over reads, which user space puts together, or DNS
+			 * over TCP, which it pairs. */
 		} else if (request) {
 			outcome = psc_frame_request(sock, captured, ret, who, gen);
 		} else {
@@ -1868,11 +1925,14 @@ static __always_inline int socket_io(struct sock *sk, const struct sk_buff *skb,
 
 			s->src = !skb && (nr == NR_READ || nr == NR_WRITE || nr == NR_RECVFROM ||
 					  nr == NR_SENDTO) ? arg : 0;
-			/* PostgreSQL's walk is called from here: through psc_frame_response, the
-			 * three frames' stacks would pass the verifier's 512 bytes. */
-			more = sock->conn.protocol == PSC_PROTO_POSTGRES
-				       ? psc_frame_pg_response(sock, captured, ret, who, gen)
-				       : psc_frame_response(sock, captured, ret, who, gen);
+			/* The walks are called from here: through psc_frame_response, the three
+			 * frames' stacks would pass the verifier's 512 bytes. */
+			if (sock->conn.protocol == PSC_PROTO_POSTGRES)
+				more = psc_frame_pg_response(sock, captured, ret, who, gen);
+			else if (sock->conn.protocol == PSC_PROTO_MYSQL)
+				more = psc_frame_mysql_response(sock, captured, ret, who, gen);
+			else
+				more = psc_frame_response(sock, captured, ret, who, gen);
 			outcome = more < 0 ? PSC_FRAME_KEPT : PSC_FRAME_HANDOFF;
 			skip = more < 0 ? 0 : more;
 			pending = 1;

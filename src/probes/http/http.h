@@ -18,8 +18,8 @@ struct psc_conn_key {
 enum psc_l7_protocol {
 	PSC_PROTO_HTTP = 0,
 	PSC_PROTO_REDIS = 1, /* RESP */
-	PSC_PROTO_POSTGRES = 2, /* framed in user space */
-	PSC_PROTO_MYSQL = 3, /* MySQL and MariaDB, framed in user space */
+	PSC_PROTO_POSTGRES = 2,
+	PSC_PROTO_MYSQL = 3, /* MySQL and MariaDB */
 	PSC_PROTO_DNS = 4, /* lookups over UDP and TCP, paired in user space */
 };
 
@@ -85,17 +85,49 @@ enum psc_resp_line {
 	PSC_RESP_ERROR_AT = 24,
 };
 
-/* PostgreSQL: the line of a kernel-framed statement holds the query's first word, the
- * CommandComplete tag's first word, the SQLSTATE's class (two characters) and, when the
- * query was empty, 1 at PSC_PG_EMPTY_AT; each word at most PSC_RESP_NAME_BYTES,
- * upper-cased and NUL-padded. The query's first bytes follow from PSC_PG_TEXT_AT, for its
- * summary; line_len ends them. */
-enum psc_pg_line {
-	PSC_PG_VERB_AT = 0,
-	PSC_PG_TAG_AT = 16,
-	PSC_PG_CLASS_AT = 32,
-	PSC_PG_EMPTY_AT = 34,
-	PSC_PG_TEXT_AT = 48,
+/* PostgreSQL and MySQL: the line of a kernel-framed statement holds the query's first
+ * word, upper-cased and NUL-padded (at most PSC_RESP_NAME_BYTES), 1 at PSC_SQL_EMPTY_AT
+ * when it runs no statement, and the query's first bytes from PSC_SQL_TEXT_AT, for its
+ * summary (PostgreSQL's up to its NUL within line_len; MySQL's NUL-padded).
+ * - PostgreSQL: the CommandComplete tag's first word, as the verb is kept, and the
+ *   SQLSTATE's class (two characters) at PSC_SQL_CLASS_AT.
+ * - MySQL: the error code, little-endian, at PSC_SQL_CLASS_AT; the command's kind, where
+ *   the walk of its answer stands, the capabilities it reads by, and the command's header
+ *   when it was read apart from its payload, for user space to go on from a hand-off. */
+enum psc_sql_line {
+	PSC_SQL_VERB_AT = 0,
+	PSC_SQL_TAG_AT = 16,
+	PSC_SQL_CLASS_AT = 32,
+	PSC_SQL_EMPTY_AT = 34,
+	PSC_MYSQL_COMMAND_AT = 35, /* enum psc_mysql_command */
+	PSC_MYSQL_READING_AT = 36, /* enum psc_mysql_reading */
+	PSC_MYSQL_CAPS_AT = 37,    /* PSC_MYSQL_CAP_ bits */
+	PSC_MYSQL_HELD_AT = 38,    /* 4 when the command's header was read apart, at HEADER_AT */
+	PSC_MYSQL_LEFT_AT = 40,    /* packets left of what is being read, little-endian u32 */
+	PSC_MYSQL_HEADER_AT = 44,
+	PSC_SQL_TEXT_AT = 48,
+};
+
+/* What answers a MySQL command framed in the kernel. */
+enum psc_mysql_command {
+	PSC_MYSQL_RESULTS = 1, /* a query or execute: results, counted */
+	PSC_MYSQL_PREPARE = 2, /* a statement's id and definitions: not counted */
+	PSC_MYSQL_ONE = 3,     /* one packet (a ping's OK): not counted */
+};
+
+/* Where the answer to a MySQL command stands (mysql.rs's Reading). */
+enum psc_mysql_reading {
+	PSC_MYSQL_START = 0,       /* its first packet, or the next result's, is next */
+	PSC_MYSQL_COLUMNS = 1,     /* column definitions, `left` of them */
+	PSC_MYSQL_COLUMNS_EOF = 2, /* the EOF after them */
+	PSC_MYSQL_ROWS = 3,        /* rows, up to an EOF, an OK starting 0xfe or an ERR */
+	PSC_MYSQL_DEFINITIONS = 4, /* a prepared statement's definitions, `left` of them */
+};
+
+/* Capabilities both ends of a MySQL connection have. */
+enum psc_mysql_caps {
+	PSC_MYSQL_CAP_DEPRECATE_EOF = 1,
+	PSC_MYSQL_CAP_QUERY_ATTRIBUTES = 2,
 };
 
 /* The standard methods, which the kernel tells apart; any other token is 0. */

@@ -94,11 +94,17 @@ const PROTO_MYSQL: u8 = types::psc_l7_protocol::PSC_PROTO_MYSQL.0 as u8;
 const PROTO_DNS: u8 = types::psc_l7_protocol::PSC_PROTO_DNS.0 as u8;
 const RESP_NAME_BYTES: usize = types::psc_resp_line::PSC_RESP_NAME_BYTES.0 as usize;
 const RESP_ERROR_AT: usize = types::psc_resp_line::PSC_RESP_ERROR_AT.0 as usize;
-const PG_VERB_AT: usize = types::psc_pg_line::PSC_PG_VERB_AT.0 as usize;
-const PG_TAG_AT: usize = types::psc_pg_line::PSC_PG_TAG_AT.0 as usize;
-const PG_CLASS_AT: usize = types::psc_pg_line::PSC_PG_CLASS_AT.0 as usize;
-const PG_EMPTY_AT: usize = types::psc_pg_line::PSC_PG_EMPTY_AT.0 as usize;
-const PG_TEXT_AT: usize = types::psc_pg_line::PSC_PG_TEXT_AT.0 as usize;
+const SQL_VERB_AT: usize = types::psc_sql_line::PSC_SQL_VERB_AT.0 as usize;
+const SQL_TAG_AT: usize = types::psc_sql_line::PSC_SQL_TAG_AT.0 as usize;
+const SQL_CLASS_AT: usize = types::psc_sql_line::PSC_SQL_CLASS_AT.0 as usize;
+const SQL_EMPTY_AT: usize = types::psc_sql_line::PSC_SQL_EMPTY_AT.0 as usize;
+const SQL_TEXT_AT: usize = types::psc_sql_line::PSC_SQL_TEXT_AT.0 as usize;
+const MYSQL_COMMAND_AT: usize = types::psc_sql_line::PSC_MYSQL_COMMAND_AT.0 as usize;
+const MYSQL_READING_AT: usize = types::psc_sql_line::PSC_MYSQL_READING_AT.0 as usize;
+const MYSQL_CAPS_AT: usize = types::psc_sql_line::PSC_MYSQL_CAPS_AT.0 as usize;
+const MYSQL_LEFT_AT: usize = types::psc_sql_line::PSC_MYSQL_LEFT_AT.0 as usize;
+const MYSQL_HELD_AT: usize = types::psc_sql_line::PSC_MYSQL_HELD_AT.0 as usize;
+const MYSQL_HEADER_AT: usize = types::psc_sql_line::PSC_MYSQL_HEADER_AT.0 as usize;
 
 /// The protocol of the connection an event is of.
 fn protocol_of(event: &types::psc_http_event) -> Protocol {
@@ -1156,8 +1162,20 @@ impl HttpProbe {
                 }
                 Framing::Postgres(conn)
             }
+            // Handed over at its greeting (kernel framing off): framed from its handshake.
+            Protocol::Mysql if record.mid_stream == 0 => Framing::new(Protocol::Mysql, role),
+            Protocol::Mysql => {
+                let resumed = pending.then(|| mysql::Resumed {
+                    command: mysql_command(&record),
+                    reading: mysql_reading(&record),
+                    start: record.start_ns,
+                    tid: record.tid,
+                    context,
+                });
+                Framing::Mysql(mysql::MysqlConnection::resume(role, &mysql_connection(&record), resumed))
+            }
             // Never framed in the kernel: handed over at its first bytes.
-            protocol @ (Protocol::Mysql | Protocol::Dns) => Framing::new(protocol, role),
+            Protocol::Dns => Framing::new(Protocol::Dns, role),
         };
         self.connections.insert(
             key,
@@ -1762,6 +1780,10 @@ fn framed_exchange(
         let statement = pg_statement(record);
         return Some((owner, statement.exchange(record.start_ns, record.end_ns, record.tid, None)));
     }
+    if record.key.protocol == PROTO_MYSQL {
+        let command = mysql_command(record);
+        return Some((owner, command.exchange(record.start_ns, record.end_ns, record.tid, None)));
+    }
     let (protocol, method, path, error_type) = if record.key.protocol == PROTO_REDIS {
         let (command, error) = redis_line(record);
         (Protocol::Redis, command, String::new(), error)
@@ -1805,16 +1827,65 @@ fn redis_line(record: &types::psc_http_exchange) -> (String, String) {
 /// The statement of a PostgreSQL exchange the kernel framed, from its line (pg.h).
 fn pg_statement(record: &types::psc_http_exchange) -> pg::KernelStatement<'_> {
     let line = whole_line(record);
-    let end = usize::from(record.line_len).clamp(PG_TEXT_AT, line.len());
+    let end = usize::from(record.line_len).clamp(SQL_TEXT_AT, line.len());
     // The text runs to its NUL; what follows it in the line is not the query's.
-    let text = pg::until_nul(&line[PG_TEXT_AT..end]);
+    let text = pg::until_nul(&line[SQL_TEXT_AT..end]);
     pg::KernelStatement {
-        verb_word: &line[PG_VERB_AT..PG_TAG_AT],
-        tag_word: &line[PG_TAG_AT..PG_CLASS_AT],
-        class: &line[PG_CLASS_AT..PG_CLASS_AT + 2],
-        empty: line[PG_EMPTY_AT] != 0,
+        verb_word: &line[SQL_VERB_AT..SQL_TAG_AT],
+        tag_word: &line[SQL_TAG_AT..SQL_CLASS_AT],
+        class: &line[SQL_CLASS_AT..SQL_CLASS_AT + 2],
+        empty: line[SQL_EMPTY_AT] != 0,
         text,
         failed: record.key.status != 0,
+    }
+}
+
+/// The command of a MySQL exchange the kernel framed, from its line (mysql.h).
+fn mysql_command(record: &types::psc_http_exchange) -> mysql::KernelCommand<'_> {
+    let line = whole_line(record);
+    let answer = match u32::from(line[MYSQL_COMMAND_AT]) {
+        c if c == types::psc_mysql_command::PSC_MYSQL_PREPARE.0 => mysql::KernelAnswer::Prepared,
+        c if c == types::psc_mysql_command::PSC_MYSQL_ONE.0 => mysql::KernelAnswer::One,
+        _ => mysql::KernelAnswer::Results,
+    };
+    mysql::KernelCommand {
+        text: pg::until_nul(&line[SQL_TEXT_AT..]),
+        answer,
+        error: (record.key.status != 0)
+            .then(|| u16::from_le_bytes([line[SQL_CLASS_AT], line[SQL_CLASS_AT + 1]])),
+    }
+}
+
+/// Where the kernel's walk of a MySQL answer stood when it handed the connection over.
+fn mysql_reading(record: &types::psc_http_exchange) -> mysql::Reading {
+    use types::psc_mysql_reading as kernel;
+    let line = whole_line(record);
+    let left = u64::from(u32::from_le_bytes([
+        line[MYSQL_LEFT_AT],
+        line[MYSQL_LEFT_AT + 1],
+        line[MYSQL_LEFT_AT + 2],
+        line[MYSQL_LEFT_AT + 3],
+    ]));
+    match u32::from(line[MYSQL_READING_AT]) {
+        r if r == kernel::PSC_MYSQL_COLUMNS.0 => mysql::Reading::Columns(left),
+        r if r == kernel::PSC_MYSQL_COLUMNS_EOF.0 => mysql::Reading::ColumnsEof,
+        r if r == kernel::PSC_MYSQL_ROWS.0 => mysql::Reading::Rows,
+        r if r == kernel::PSC_MYSQL_DEFINITIONS.0 => mysql::Reading::Definitions(left),
+        _ => mysql::Reading::Start,
+    }
+}
+
+/// What the kernel knew of a MySQL connection it handed over: the capabilities both ends
+/// have, from its handshake, and a command's header read apart from its payload.
+fn mysql_connection(record: &types::psc_http_exchange) -> mysql::KernelConnection {
+    use types::psc_mysql_caps as caps;
+    let line = whole_line(record);
+    let bits = u32::from(line[MYSQL_CAPS_AT]);
+    let held = &line[MYSQL_HEADER_AT..MYSQL_HEADER_AT + 4];
+    mysql::KernelConnection {
+        deprecate_eof: bits & caps::PSC_MYSQL_CAP_DEPRECATE_EOF.0 != 0,
+        query_attributes: bits & caps::PSC_MYSQL_CAP_QUERY_ATTRIBUTES.0 != 0,
+        held_header: (line[MYSQL_HELD_AT] == 4).then(|| [held[0], held[1], held[2], held[3]]),
     }
 }
 

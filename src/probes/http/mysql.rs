@@ -144,7 +144,7 @@ enum Answer {
 
 /// Where the server's answer to the oldest command stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Reading {
+pub enum Reading {
     /// Its first packet is next.
     Start,
     /// Column definitions still to come; then (without DEPRECATE_EOF) their EOF.
@@ -153,6 +153,71 @@ enum Reading {
     Rows,
     /// Packets of a prepared statement's definitions still to come.
     Definitions(u64),
+}
+
+/// What answers a command the kernel framed (mysql.h).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KernelAnswer {
+    /// A statement's results: counted.
+    Results,
+    /// A prepared statement's id and definitions.
+    Prepared,
+    /// One packet (a ping's OK).
+    One,
+}
+
+/// A command the kernel framed, as the line of its record holds it.
+#[derive(Debug, Clone, Copy)]
+pub struct KernelCommand<'a> {
+    /// The statement's first bytes: a query's, or the prepare's of what it executes.
+    pub text: &'a [u8],
+    pub answer: KernelAnswer,
+    /// The code of the ERR that answered it, if one did.
+    pub error: Option<u16>,
+}
+
+impl KernelCommand<'_> {
+    fn described(&self) -> Described {
+        Described::new(self.text, Dialect::Mysql)
+    }
+
+    /// The exchange a statement's results make, ended at `end`.
+    pub fn exchange(&self, start: u64, end: u64, tid: u32, context: Option<SpanContext>) -> Exchange {
+        let what = self.described();
+        let operation = what.verb;
+        Exchange {
+            protocol: Protocol::Mysql,
+            method: operation.to_string(),
+            path: what.summary(operation),
+            status: u16::from(self.error.is_some()),
+            error_type: self.error.map(|code| code.to_string()).unwrap_or_default(),
+            request_body_bytes: 0,
+            response_body_bytes: 0,
+            start_ns: start,
+            end_ns: end,
+            context,
+            tid,
+        }
+    }
+}
+
+/// What the kernel knew of a connection it handed over: the capabilities both ends have,
+/// and the header of a command whose payload had not come yet.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct KernelConnection {
+    pub deprecate_eof: bool,
+    pub query_attributes: bool,
+    pub held_header: Option<[u8; 4]>,
+}
+
+/// What the kernel framed when it handed a connection over mid-answer: the command sent,
+/// where its answer stood, and when and by whom it was sent.
+pub struct Resumed<'a> {
+    pub command: KernelCommand<'a>,
+    pub reading: Reading,
+    pub start: u64,
+    pub tid: u32,
+    pub context: Option<SpanContext>,
 }
 
 /// Pairs the statements of one MySQL connection with their results.
@@ -191,6 +256,59 @@ impl MysqlConnection {
             pending_dropped: 0,
             names_refused: 0,
         }
+    }
+
+    /// A connection the kernel framed until now, in its command phase, with the
+    /// capabilities both ends have. A command it framed waits for the rest of its answer,
+    /// read on from where the kernel stood.
+    /// A command's header the kernel held, read apart from its payload, is framed first.
+    pub fn resume(role: Role, kernel: &KernelConnection, resumed: Option<Resumed<'_>>) -> MysqlConnection {
+        let mut conn = MysqlConnection::new(role);
+        conn.commands = true;
+        let capabilities = if kernel.deprecate_eof { CLIENT_DEPRECATE_EOF } else { 0 }
+            | if kernel.query_attributes { CLIENT_QUERY_ATTRIBUTES } else { 0 };
+        conn.client_capabilities = Some(capabilities);
+        conn.server_capabilities = Some(capabilities);
+        if let Some(header) = kernel.held_header {
+            let mut none = Vec::new();
+            feed(&mut conn.client, &header, header.len() as u64, &mut none);
+        }
+        let Some(resumed) = resumed else {
+            return conn;
+        };
+        let what = resumed.command.described();
+        let answer = match resumed.command.answer {
+            KernelAnswer::Results => Answer::Results {
+                statements: VecDeque::from([Statement {
+                    what,
+                    start: resumed.start,
+                    tid: resumed.tid,
+                    context: resumed.context,
+                    // The kernel decided its span.
+                    decided: true,
+                }]),
+            },
+            KernelAnswer::Prepared => Answer::Prepared { what },
+            KernelAnswer::One => Answer::One,
+        };
+        conn.waiting.push_back(answer);
+        conn.reading = resumed.reading;
+        conn
+    }
+
+    /// The framer of this connection after events of it were lost: past the handshake,
+    /// it goes on with its capabilities and prepared statements, at the next command.
+    pub fn after_gap(&self) -> Option<MysqlConnection> {
+        if !self.commands {
+            return None;
+        }
+        let mut conn = MysqlConnection::new(self.role);
+        conn.commands = true;
+        conn.client_capabilities = self.client_capabilities;
+        conn.server_capabilities = self.server_capabilities;
+        conn.prepared = self.prepared.clone();
+        conn.last_prepared = self.last_prepared.clone();
+        Some(conn)
     }
 
     pub fn role(&self) -> Role {
@@ -596,6 +714,7 @@ fn error_code(payload: &[u8]) -> u16 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::probes::http::conn::Framing;
 
     fn packet(seq: u8, payload: &[u8]) -> Vec<u8> {
         let mut p = (payload.len() as u32).to_le_bytes()[..3].to_vec();
@@ -825,5 +944,81 @@ mod tests {
             read(&mut c, &packet(1, &ok), 2);
         }
         assert_eq!(c.take_names_refused(), 2);
+    }
+
+    fn kernel(deprecate_eof: bool, held_header: Option<[u8; 4]>) -> KernelConnection {
+        KernelConnection {
+            deprecate_eof,
+            query_attributes: false,
+            held_header,
+        }
+    }
+
+    #[test]
+    fn a_connection_the_kernel_hands_over_mid_answer_goes_on_from_where_its_walk_stood() {
+        // Handed over among the rows of a SELECT the kernel framed: the rows left, then
+        // the EOF, end it; the next query is framed as any other.
+        let resumed = Resumed {
+            command: KernelCommand {
+                text: b"SELECT a FROM t WHERE id = 1",
+                answer: KernelAnswer::Results,
+                error: None,
+            },
+            reading: Reading::Rows,
+            start: 5,
+            tid: 9,
+            context: None,
+        };
+        let mut c = MysqlConnection::resume(Role::Client, &kernel(false, None), Some(resumed));
+        let rows = [packet(5, b"\x011"), packet(6, b"\x012"), packet(7, &[0xfe, 0, 0, 2, 0])].concat();
+        let done = read(&mut c, &rows, 20);
+        assert_eq!(names(&done), [("SELECT", "SELECT t", "", 5, 20)]);
+        assert_eq!(done[0].tid, 9);
+        write(&mut c, &query("DELETE FROM t"), 30);
+        assert_eq!(names(&read(&mut c, &packet(1, OK), 40)), [("DELETE", "DELETE t", "", 30, 40)]);
+        // Among the column definitions of a query answered with DEPRECATE_EOF: no EOF
+        // follows them.
+        let resumed = Resumed {
+            command: KernelCommand {
+                text: b"SELECT 1",
+                answer: KernelAnswer::Results,
+                error: None,
+            },
+            reading: Reading::Columns(1),
+            start: 5,
+            tid: 9,
+            context: None,
+        };
+        let mut c = MysqlConnection::resume(Role::Client, &kernel(true, None), Some(resumed));
+        let rest = [packet(2, b"\x03def"), packet(3, b"\x011"), packet(4, &[0xfe, 0, 0, 2, 0, 0, 0])].concat();
+        assert_eq!(names(&read(&mut c, &rest, 20)), [("SELECT", "SELECT", "", 5, 20)]);
+    }
+
+    #[test]
+    fn a_command_whose_header_the_kernel_held_is_framed_from_its_payload() {
+        // A server read the header of a multi-statement query apart from its payload,
+        // then handed the connection over at the payload.
+        let text = b"SELECT 1; SELECT 2";
+        let whole = packet(0, &[&[COM_QUERY][..], text].concat());
+        let header = [whole[0], whole[1], whole[2], whole[3]];
+        let mut c = MysqlConnection::resume(Role::Server, &kernel(false, Some(header)), None);
+        c.feed_by(Direction::Ingress, &whole[4..], (whole.len() - 4) as u64, 10, 3);
+        let answers = [result_set(1, false, SERVER_MORE_RESULTS_EXISTS), result_set(1, false, 2)].concat();
+        let done = c.feed_by(Direction::Egress, &answers, answers.len() as u64, 20, 3);
+        assert_eq!(done.iter().map(|x| x.method.as_str()).collect::<Vec<_>>(), ["SELECT", "SELECT"]);
+    }
+
+    #[test]
+    fn after_lost_events_a_connection_past_its_handshake_frames_the_next_command() {
+        let mut c = client(CLIENT_DEPRECATE_EOF);
+        let mut after = Framing::Mysql(c.clone()).after_gap(Role::Client);
+        let Framing::Mysql(fresh) = &mut after else {
+            panic!("still MySQL");
+        };
+        write(fresh, &query("UPDATE t SET a = 1"), 10);
+        assert_eq!(names(&read(fresh, &packet(1, OK), 20)), [("UPDATE", "UPDATE t", "", 10, 20)]);
+        // Still in its handshake: it starts afresh, waiting for the greeting.
+        c = MysqlConnection::new(Role::Client);
+        assert!(c.after_gap().is_none());
     }
 }

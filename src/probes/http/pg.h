@@ -137,8 +137,8 @@ static __always_inline int pg_simple_query(const struct scratch *s, struct psc_t
 	semicolon = find_byte(5, length, 0x3b3b3b3b3b3b3b3bULL);
 	if (semicolon && semicolon + 1 != length)
 		return 0;
-	pg_word(s, t->line + PSC_PG_VERB_AT, at, length);
-	__builtin_memcpy(t->line + PSC_PG_TEXT_AT, s->data + 5, PSC_HTTP_LINE - PSC_PG_TEXT_AT);
+	pg_word(s, t->line + PSC_SQL_VERB_AT, at, length);
+	__builtin_memcpy(t->line + PSC_SQL_TEXT_AT, s->data + 5, PSC_HTTP_LINE - PSC_SQL_TEXT_AT);
 	return 1;
 }
 
@@ -233,14 +233,14 @@ static __always_inline int pg_extended_query(struct scratch *s, struct psc_turn 
 	if (w.bad || !w.synced)
 		return 0;
 	if (w.parsed) {
-		pg_word(s, t->line + PSC_PG_VERB_AT, w.parsed_word, n);
-		__builtin_memcpy(t->line + PSC_PG_TEXT_AT, s->data + (w.parsed_text & PSC_SCAN_MASK),
-				 PSC_HTTP_LINE - PSC_PG_TEXT_AT);
+		pg_word(s, t->line + PSC_SQL_VERB_AT, w.parsed_word, n);
+		__builtin_memcpy(t->line + PSC_SQL_TEXT_AT, s->data + (w.parsed_text & PSC_SCAN_MASK),
+				 PSC_HTTP_LINE - PSC_SQL_TEXT_AT);
 		key.name_hash = w.parsed_hash;
 		bpf_map_update_elem(&pg_statements, &key, t->line, BPF_ANY);
 	}
 	if (!w.executes) {
-		t->line[PSC_PG_EMPTY_AT] = 1;
+		t->line[PSC_SQL_EMPTY_AT] = 1;
 		return 1;
 	}
 	if (!w.bound)
@@ -250,10 +250,10 @@ static __always_inline int pg_extended_query(struct scratch *s, struct psc_turn 
 		known = bpf_map_lookup_elem(&pg_statements, &key);
 		if (!known)
 			return 0;
-		__builtin_memcpy(t->line + PSC_PG_VERB_AT, known->line + PSC_PG_VERB_AT,
+		__builtin_memcpy(t->line + PSC_SQL_VERB_AT, known->line + PSC_SQL_VERB_AT,
 				 PSC_RESP_NAME_BYTES);
-		__builtin_memcpy(t->line + PSC_PG_TEXT_AT, known->line + PSC_PG_TEXT_AT,
-				 PSC_HTTP_LINE - PSC_PG_TEXT_AT);
+		__builtin_memcpy(t->line + PSC_SQL_TEXT_AT, known->line + PSC_SQL_TEXT_AT,
+				 PSC_HTTP_LINE - PSC_SQL_TEXT_AT);
 	}
 	return 1;
 }
@@ -276,30 +276,27 @@ static __always_inline int pg_request_starts(struct scratch *s, struct psc_sock 
 	 * authentication ('p') and Terminate ('X') run no statement. */
 	if (kind == 0 || kind == 'p' || kind == 'X')
 		return PSC_FRAME_KEPT;
-	__builtin_memset(t->line + PSC_PG_TAG_AT, 0, PSC_PG_TEXT_AT - PSC_PG_TAG_AT);
+	__builtin_memset(t->line + PSC_SQL_TAG_AT, 0, PSC_SQL_TEXT_AT - PSC_SQL_TAG_AT);
 	if (kind == 'Q' ? !pg_simple_query(s, t, n, len) : !pg_extended_query(s, t, n, len, io))
 		return PSC_FRAME_HANDOFF;
 	/* The text runs to its NUL, which user space looks for. */
 	t->line_len = PSC_HTTP_LINE;
 	database_call_key(sock, io, PSC_PROTO_POSTGRES,
-			  resp_hash(14695981039346656037ULL, t->line + PSC_PG_VERB_AT));
+			  resp_hash(14695981039346656037ULL, t->line + PSC_SQL_VERB_AT));
 	t->request_head = len;
 	t->request_length = len;
 	t->request_bytes = len;
 	t->phase = PSC_PHASE_REQUEST;
 	/* A turn that runs no statement makes no span. */
-	if (!t->line[PSC_PG_EMPTY_AT])
+	if (!t->line[PSC_SQL_EMPTY_AT])
 		database_call_starts(s, sock, len, io);
 	return PSC_FRAME_KEPT;
 }
 
 /* The backend's messages of one read being walked. */
 struct pg_walk {
-	__u64 src;  /* the read's user buffer, 0 when it is not one */
-	__u32 len;  /* bytes of the read */
+	struct read_window r;
 	__u32 off;  /* the next header, in the read */
-	__u32 base; /* where the scratch's bytes are from, in the read */
-	__u32 n;    /* bytes in the scratch */
 	__u8 done;  /* ReadyForQuery walked */
 	__u8 bad;   /* a message the kernel does not frame, or bytes it could not see */
 	__u8 failed; /* an ErrorResponse */
@@ -309,27 +306,6 @@ struct pg_walk {
 	char tag[PSC_RESP_NAME_BYTES]; /* CommandComplete's first word */
 	char class[2]; /* the SQLSTATE's first two characters */
 };
-
-/* Makes bytes [off, off + want) of the read visible in the scratch, copying them from
- * its buffer when they are past what it holds. */
-static __always_inline int pg_window(struct scratch *s, struct pg_walk *w, __u32 want)
-{
-	__u32 got;
-
-	if (w->off >= w->base && w->off + want <= w->base + w->n)
-		return 1;
-	if (!w->src || w->off + want > w->len)
-		return 0;
-	got = w->len - w->off;
-	if (got > PSC_HTTP_SCAN)
-		got = PSC_HTTP_SCAN;
-	asm volatile("%0 &= 0x7ff" : "+r"(got));
-	if (!got || bpf_probe_read_user(s->data, got, (void *)(w->src + w->off)))
-		return 0;
-	w->base = w->off;
-	w->n = got;
-	return want <= got;
-}
 
 /* A CommandComplete's tag, from `from` to `end`: its first word is kept. Global, as
  * the loops below are, so that the verifier checks it once. */
@@ -387,22 +363,22 @@ static long pg_message(__u64 i, struct pg_walk *w)
 	char kind;
 
 	s = bpf_map_lookup_elem(&scratch, &zero);
-	if (!s || w->off >= w->len)
+	if (!s || w->off >= w->r.len)
 		return 1;
-	if (w->off + 5 > w->len) {
+	if (w->off + 5 > w->r.len) {
 		/* A header the read's end cuts: its bytes wait for the next read. */
-		if (!pg_window(s, w, w->len - w->off))
+		if (!window_holds(s, &w->r, w->off, w->r.len - w->off))
 			goto bad;
-		p = w->off - w->base;
-		w->cut = w->len - w->off;
+		p = w->off - w->r.base;
+		w->cut = w->r.len - w->off;
 		for (int j = 0; j < 4; j++)
 			if (j < w->cut)
 				w->header[j] = s->data[(p + j) & PSC_SCAN_MASK];
 		return 1;
 	}
-	if (!pg_window(s, w, 5))
+	if (!window_holds(s, &w->r, w->off, 5))
 		goto bad;
-	p = w->off - w->base;
+	p = w->off - w->r.base;
 	kind = s->data[p & PSC_SCAN_MASK];
 	length = pg_be32(s, p + 1);
 	if (length < 4 || length >= PSC_PG_MAX_MESSAGE)
@@ -419,11 +395,11 @@ static long pg_message(__u64 i, struct pg_walk *w)
 		want = kind == 'C' ? 5 + PSC_RESP_NAME_BYTES + 1 : 5 + PSC_PG_ERROR_SCAN;
 		if (want > length + 1)
 			want = length + 1;
-		if (want > w->len - w->off)
-			want = w->len - w->off;
-		if (!pg_window(s, w, want))
+		if (want > w->r.len - w->off)
+			want = w->r.len - w->off;
+		if (!window_holds(s, &w->r, w->off, want))
 			goto bad;
-		p = w->off - w->base;
+		p = w->off - w->r.base;
 		if (kind == 'C') {
 			pg_tag(s, w, p + 5, p + want);
 		} else {
@@ -456,14 +432,14 @@ static __always_inline void pg_turn_ends(struct scratch *s, struct psc_sock *soc
 {
 	struct psc_turn *t = &sock->turn;
 
-	if (t->line[PSC_PG_EMPTY_AT]) {
+	if (t->line[PSC_SQL_EMPTY_AT]) {
 		t->phase = PSC_PHASE_IDLE;
 		if (span_sampling && trace_clients && sock->conn.role == PSC_ROLE_SERVER)
 			end_serving(t->start_ns);
 		return;
 	}
-	t->key.path_hash = resp_hash(resp_hash(t->key.path_hash, t->line + PSC_PG_TAG_AT),
-				     t->line + PSC_PG_CLASS_AT);
+	t->key.path_hash = resp_hash(resp_hash(t->key.path_hash, t->line + PSC_SQL_TAG_AT),
+				     t->line + PSC_SQL_CLASS_AT);
 	finish(s, sock, io);
 }
 
@@ -513,7 +489,7 @@ static __always_inline int pg_response(struct scratch *s, struct psc_sock *sock,
 				       const struct io *io, __u32 n, __u64 len)
 {
 	struct psc_turn *t = &sock->turn;
-	struct pg_walk w = { .src = s->src, .len = len, .n = n };
+	struct pg_walk w = { .r = { .src = s->src, .len = len, .n = n } };
 	__u64 before;
 
 	if (t->phase == PSC_PHASE_REQUEST) {
@@ -542,21 +518,21 @@ static __always_inline int pg_response(struct scratch *s, struct psc_sock *sock,
 	if (!w.done && w.off < len)
 		bpf_loop(PSC_PG_WALK, pg_message, &w, 0);
 	if (w.tag[0])
-		__builtin_memcpy(t->line + PSC_PG_TAG_AT, w.tag, PSC_RESP_NAME_BYTES);
+		__builtin_memcpy(t->line + PSC_SQL_TAG_AT, w.tag, PSC_RESP_NAME_BYTES);
 	if (w.failed) {
 		t->key.status = 1;
-		t->line[PSC_PG_CLASS_AT] = w.class[0];
-		t->line[PSC_PG_CLASS_AT + 1] = w.class[1];
+		t->line[PSC_SQL_CLASS_AT] = w.class[0];
+		t->line[PSC_SQL_CLASS_AT + 1] = w.class[1];
 	}
 	if (w.empty)
-		t->line[PSC_PG_EMPTY_AT] = 1;
+		t->line[PSC_SQL_EMPTY_AT] = 1;
 	if (w.done) {
 		pg_turn_ends(s, sock, io);
 		/* Bytes after ReadyForQuery answer nothing: user space frames from them. */
 		return w.off < len ? (int)w.off : -1;
 	}
 	if (w.cut) {
-		__builtin_memcpy(t->header, w.header, sizeof(t->header));
+		__builtin_memcpy(t->header, w.header, sizeof(w.header));
 		t->header_len = w.cut;
 		t->response_length = before + w.off;
 		return -1;
