@@ -112,8 +112,44 @@ pub fn parse(bytes: &[u8]) -> Option<Message> {
     if opcode != 0 || questions != 1 {
         return None;
     }
+    let (name, at) = question_name(bytes, HEADER)?;
+    let qtype = bytes.get(at..at + 2)?;
+    Some(Message {
+        id: u16::from_be_bytes([header[0], header[1]]),
+        response: flags & 0x8000 != 0,
+        rcode: (flags & 0xf) as u8,
+        qtype: u16::from_be_bytes([qtype[0], qtype[1]]),
+        name,
+    })
+}
+
+/// The lookup the kernel paired (http.bpf.c), from the line of its record: the question's
+/// type (big-endian) and name as sent. Its error is its response code's name, or `error`.
+pub fn kernel_lookup(
+    line: &[u8],
+    rcode: u8,
+    error: Option<&str>,
+    start: u64,
+    end: u64,
+    tid: u32,
+) -> Option<Exchange> {
+    let qtype = u16::from_be_bytes([*line.first()?, *line.get(1)?]);
+    let (name, _) = question_name(line, 2)?;
+    let query = Query {
+        qtype,
+        name,
+        start,
+        tid,
+        context: None,
+        decided: true,
+    };
+    Some(lookup(query, end, error.or(rcode_name(rcode))))
+}
+
+/// The name of a question at `at` of `bytes`, in presentation format, lower-cased, and
+/// where it ends.
+fn question_name(bytes: &[u8], mut at: usize) -> Option<(String, usize)> {
     let mut name = String::new();
-    let mut at = HEADER;
     loop {
         let length = usize::from(*bytes.get(at)?);
         at += 1;
@@ -139,14 +175,7 @@ pub fn parse(bytes: &[u8]) -> Option<Message> {
     } else {
         name.pop();
     }
-    let qtype = bytes.get(at..at + 2)?;
-    Some(Message {
-        id: u16::from_be_bytes([header[0], header[1]]),
-        response: flags & 0x8000 != 0,
-        rcode: (flags & 0xf) as u8,
-        qtype: u16::from_be_bytes([qtype[0], qtype[1]]),
-        name,
-    })
+    Some((name, at))
 }
 
 #[derive(Debug, Clone)]
@@ -403,6 +432,23 @@ mod tests {
         assert_eq!((done.method.as_str(), done.error_type.as_str()), ("A", "NXDOMAIN"));
         assert_eq!((done.start_ns, done.end_ns, done.path.as_str()), (10, 30, "www.example.test"));
         assert!(l.is_empty());
+    }
+
+    #[test]
+    fn a_lookup_the_kernel_paired_is_read_from_its_line() {
+        // The question's type, then its name as sent, NUL-padded as the kernel keeps it.
+        let mut line = vec![0, 28, 3, b'W', b'w', b'w', 4, b't', b'.', b's', b't', 0];
+        line.resize(128, 0);
+        let done = kernel_lookup(&line, 3, None, 10, 30, 4).unwrap();
+        assert_eq!((done.method.as_str(), done.path.as_str()), ("AAAA", "www.t\\046st"));
+        assert_eq!((done.error_type.as_str(), done.status), ("NXDOMAIN", 1));
+        assert_eq!((done.start_ns, done.end_ns, done.tid), (10, 30, 4));
+        let ok = kernel_lookup(&line, 0, None, 10, 30, 4).unwrap();
+        assert_eq!((ok.error_type.as_str(), ok.status), ("", 0));
+        let late = kernel_lookup(&line, 0, Some(TIMEOUT), 10, 40, 4).unwrap();
+        assert_eq!(late.error_type, "timeout");
+        // A label running past the line is no lookup.
+        assert!(kernel_lookup(&[0, 1, 60, b'a'], 0, None, 0, 0, 0).is_none());
     }
 
     #[test]

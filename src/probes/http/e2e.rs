@@ -1146,6 +1146,54 @@ fn dns_lookups_count_exactly_over_udp_and_tcp_with_timeouts_and_the_name_cap() {
     py.finish();
 }
 
+/// Queries no one answers, from one UDP socket, each with an id and name of its own, more
+/// than the kernel's map of lookups in flight holds. argv: port count
+const DNS_FLOOD_PY: &str = r#"
+import socket, struct, sys
+port, count = int(sys.argv[1]), int(sys.argv[2])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+print("ready", flush=True)
+sys.stdin.readline()
+for i in range(count):
+    labels = [b"q%d" % i, b"slow", b"test"]
+    m = struct.pack(">HHHHHH", i, 0x0100, 1, 0, 0, 0)
+    m += b"".join(bytes([len(l)]) + l for l in labels) + b"\x00" + struct.pack(">HH", 1, 1)
+    s.sendto(m, ("127.0.0.1", port))
+print("done", flush=True)
+sys.stdin.readline()
+"#;
+
+#[test]
+fn a_full_map_of_lookups_in_flight_leaves_queries_to_user_space_and_loses_none() {
+    let _kernel = kernel_lock();
+    if !have_root("a_full_map_of_lookups_in_flight") {
+        return;
+    }
+    let silent_port = free_port();
+    let mut silent = Helper::spawn(SILENT_DNS, &[silent_port.to_string()]);
+    let config = format!("{}    dns: {{timeout_ms: 300}}\n", config(true));
+    let agent = Agent::start(&config);
+    // The kernel holds 4,096 lookups in flight; user space 1,024 per socket.
+    let count = 4096 + 900;
+    let mut py = Helper::spawn(DNS_FLOOD_PY, &[silent_port.to_string(), count.to_string()]);
+    py.run();
+    let py_pid = py.pid().to_string();
+    let timeouts = [("process_pid", py_pid.as_str()), ("error_type", "timeout")];
+    let m = eventually(&agent, |m| m.sum(DNS_COUNT, &timeouts) == count as f64);
+    // Every query timed out exactly once, after exactly the timeout, wherever it waited.
+    assert_eq!(m.sum(DNS_COUNT, &timeouts), count as f64);
+    let took = m.sum("dns_lookup_duration_seconds_sum", &timeouts);
+    assert!((took - 0.3 * count as f64).abs() < 1e-3, "{took} s");
+    let to_user_space = m.sum(
+        "periscope_http_kernel_framer_exchanges_total",
+        &[("outcome", "dns_to_user_space")],
+    );
+    assert!(to_user_space >= 900.0, "{to_user_space}");
+    py.finish();
+    let _ = silent.child.kill();
+    let _ = silent.child.wait();
+}
+
 /// An HTTP service that, serving /work, GETs from Redis and SELECTs from PostgreSQL, and
 /// serving /fail, LPUSHes to a string (WRONGTYPE) and divides by zero (SQLSTATE 22),
 /// then answers 500. Its connections open at its first request.

@@ -59,7 +59,8 @@ PSC_EXPORT_TYPES(struct psc_conn_key, struct psc_conn, struct psc_http_event,
 		 struct psc_http_exchange, struct psc_http_stats, struct psc_http_native,
 		 enum psc_http_method, enum psc_span_parent);
 PSC_EXPORT_TYPES(enum psc_l7_protocol, enum psc_resp_line, enum psc_sql_line,
-		 enum psc_mysql_command, enum psc_mysql_reading, enum psc_mysql_caps);
+		 enum psc_mysql_command, enum psc_mysql_reading, enum psc_mysql_caps,
+		 struct psc_dns_pending_key, struct psc_dns_pending, enum psc_dns_line);
 
 /* x86_64 syscall numbers. */
 #define NR_READ 0
@@ -224,6 +225,8 @@ struct scratch {
 	/* The user buffer of the read or write in hand when it is one (read, write, recvfrom,
 	 * sendto), else 0: where the PostgreSQL walk copies bytes past the first capture. */
 	__u64 src;
+	/* The DNS lookup a query starts, built here: too big for the stack under its calls. */
+	struct psc_dns_pending lookup;
 };
 
 PSC_PERCPU_ARRAY(scratch, struct scratch, 1);
@@ -1264,7 +1267,8 @@ static __always_inline void end_serving(__u64 since)
 
 /* The response reached its length: the exchange is counted in its slot, or sent to user
  * space when its series has none yet. A sampled one goes to user space either way. */
-static __always_inline void finish(struct scratch *s, struct psc_sock *sock, const struct io *io)
+static __always_inline void finish_turn(struct scratch *s, struct psc_sock *sock,
+					const struct io *io)
 {
 	struct psc_turn *t = &sock->turn;
 	__u64 now = bpf_ktime_get_ns();
@@ -1311,6 +1315,26 @@ static __always_inline void finish(struct scratch *s, struct psc_sock *sock, con
 	exchange_record(s, sock, io, PSC_HTTP_EXCHANGE, now);
 	emit_for(s, sizeof(struct psc_http_exchange), &sock->conn);
 	sock->conn.named = 1;
+}
+
+/* finish_turn, global: the verifier checks it once, not at each protocol's end of turn. */
+__noinline int psc_finish(struct psc_sock *sock, __u64 who, __u32 gen)
+{
+	struct io io = { .tgid = who >> 32, .fd = (__u32)who, .gen = gen };
+	struct scratch *s;
+	__u32 zero = 0;
+
+	s = bpf_map_lookup_elem(&scratch, &zero);
+	if (!sock || !s)
+		return 0;
+	finish_turn(s, sock, &io);
+	return 0;
+}
+
+/* Ends the turn through psc_finish; `s` is the same per-CPU scratch it fills. */
+static __always_inline void finish(struct scratch *s, struct psc_sock *sock, const struct io *io)
+{
+	psc_finish(sock, (__u64)io->tgid << 32 | io->fd, io->gen);
 }
 
 /* What the framer tells socket_io to do with the read or write. */
@@ -2014,6 +2038,156 @@ static __always_inline void sent_to(struct psc_peer *peer, __u64 name)
  * or receive after that, and receives on a socket that never sent cost one lookup. Each
  * query and answer goes to user space whole, which pairs them by id and question.
  */
+/* DNS lookups over UDP in flight, by socket and id: the kernel pairs each answer with
+ * its query and counts the lookup in its series slot, as it counts framed exchanges.
+ * User space sweeps out those unanswered past the timeout. Full, a query goes to user
+ * space, which pairs it as it pairs those over TCP. */
+PSC_HASH(dns_pending, struct psc_dns_pending_key, struct psc_dns_pending, 4096);
+
+struct dns_name_walk {
+	const struct scratch *s;
+	__u32 at; /* the next label's length byte */
+	__u32 ended; /* 1 at the name's final 0, 2 on a malformed or too long name */
+};
+
+static long dns_name_label(__u64 i, void *ctx)
+{
+	struct dns_name_walk *w = ctx;
+	__u8 label = w->s->data[w->at & PSC_SCAN_MASK];
+
+	if (!label) {
+		w->ended = 1;
+		return 1;
+	}
+	w->at += 1 + label;
+	if (label > 63 || w->at - 12 >= PSC_HTTP_LINE - PSC_DNS_NAME_AT) {
+		w->ended = 2;
+		return 1;
+	}
+	return 0;
+}
+
+/* The question of the DNS message in the scratch (`captured` bytes): its type and name
+ * go to `line`. Returns the line's length, or 0 when the name is malformed or does not
+ * fit the line. The walk is a loop the verifier checks once, not once per label. */
+static __always_inline __u32 dns_question(const struct scratch *s, __u32 captured, char *line)
+{
+	struct dns_name_walk w = { .s = s, .at = 12 };
+	__u32 at, name_len;
+
+	bpf_loop(64, dns_name_label, &w, 0);
+	at = w.at;
+	if (w.ended != 1 || at + 3 > captured || at + 1 - 12 > PSC_HTTP_LINE - PSC_DNS_NAME_AT)
+		return 0;
+	/* The verifier learns nothing from the loop: bound what it walked to, in a way the
+	 * compiler, which knows the check above, cannot drop. */
+	barrier_var(at);
+	at &= 0xff;
+	name_len = (at + 1 - 12) & (PSC_HTTP_LINE - 1);
+	__builtin_memset(line, 0, PSC_HTTP_LINE);
+	line[0] = s->data[at + 1];
+	line[1] = s->data[at + 2];
+	if (!name_len || name_len > PSC_HTTP_LINE - PSC_DNS_NAME_AT)
+		return 0;
+	bpf_probe_read_kernel(line + PSC_DNS_NAME_AT, name_len, s->data + 12);
+	return PSC_DNS_NAME_AT + name_len;
+}
+
+static __always_inline int same_line(const char *a, const char *b)
+{
+	const __u64 *x = (const __u64 *)a, *y = (const __u64 *)b;
+
+	for (int i = 0; i < PSC_HTTP_LINE / 8; i++)
+		if (x[i] != y[i])
+			return 0;
+	return 1;
+}
+
+/* Pairs a DNS message over UDP in the kernel: a query sent starts a lookup, the answer
+ * received to it ends and counts it. Returns 1 when it did, 0 when the message goes to
+ * user space (a question too long for a line, a full map, a lookup sampled for a span,
+ * an answer to no lookup paired here). `who` is the tgid and fd, `how` the process's
+ * generation and, in bit 16, whether the message was received. Global, so that the
+ * verifier checks it once. */
+__noinline int psc_dns_pair(struct psc_sock *sock, __u32 captured, __u64 who, __u32 how)
+{
+	struct psc_dns_pending_key key = { .tgid = who >> 32, .fd = (__u32)who, .gen = (__u16)how };
+	struct psc_dns_pending *lookup, *pending;
+	struct io io = { .tgid = who >> 32, .fd = (__u32)who, .gen = (__u16)how };
+	struct psc_turn *t;
+	struct scratch *s;
+	__u32 zero = 0, line_len;
+	__u64 now, *sent;
+
+	s = bpf_map_lookup_elem(&scratch, &zero);
+	if (!s || !sock || captured < 12)
+		return 0;
+	lookup = &s->lookup;
+	key.id = (__u8)s->data[0] << 8 | (__u8)s->data[1];
+	line_len = dns_question(s, captured, lookup->line);
+	if (!(how >> 16)) {
+		now = bpf_ktime_get_ns();
+		/* A lookup a span is made of goes to user space, which makes it. */
+		if (span_sampling && span_sampled(PSC_ROLE_CLIENT, 0, now))
+			return 0;
+		if (!line_len) {
+			PSC_COUNT_IN(counters, PSC_HTTP_DNS_UNPAIRED);
+			return 0;
+		}
+		lookup->start_ns = now;
+		lookup->tgid = io.tgid;
+		lookup->fd = io.fd;
+		lookup->tid = (__u32)bpf_get_current_pid_tgid();
+		lookup->gen = io.gen;
+		lookup->line_len = line_len;
+		lookup->server = sock->conn.server;
+		/* A retry of the same question keeps the lookup's first start. */
+		pending = bpf_map_lookup_elem(&dns_pending, &key);
+		if (pending && pending->line_len == line_len && same_line(pending->line, lookup->line))
+			return 1;
+		if (bpf_map_update_elem(&dns_pending, &key, lookup, BPF_ANY)) {
+			PSC_COUNT_IN(counters, PSC_HTTP_DNS_UNPAIRED);
+			return 0;
+		}
+		return 1;
+	}
+	pending = bpf_map_lookup_elem(&dns_pending, &key);
+	if (!pending)
+		return 0;
+	/* An answer to another question answers nothing. */
+	if (!line_len || pending->line_len != line_len || !same_line(pending->line, lookup->line))
+		return 1;
+	sent = (__u64 *)pending->line;
+	t = &sock->turn;
+	t->key.tgid = pending->tgid;
+	t->key.gen = pending->gen;
+	t->key.role = PSC_ROLE_CLIENT;
+	t->key.method = 0;
+	t->key.status = s->data[3] & 0xf; /* the response code */
+	t->key.protocol = PSC_PROTO_DNS;
+	t->key.port = pending->server.port;
+	t->key.family = pending->server.family;
+	__builtin_memcpy(t->key.addr, pending->server.addr, sizeof(t->key.addr));
+	t->key.path_hash = 14695981039346656037ULL;
+	for (int i = 0; i < PSC_HTTP_LINE / 8; i++)
+		t->key.path_hash = (t->key.path_hash ^ sent[i]) * PSC_FNV_PRIME;
+	t->start_ns = pending->start_ns;
+	t->tid = pending->tid;
+	t->sampled = 0;
+	t->request_head = t->request_length = 0;
+	t->response_head = t->response_length = 0;
+	t->line_len = line_len;
+	__builtin_memcpy(t->line, pending->line, PSC_HTTP_LINE);
+	sock->conn.server = pending->server;
+	io.tgid = pending->tgid;
+	io.fd = pending->fd;
+	io.gen = pending->gen;
+	if (bpf_map_delete_elem(&dns_pending, &key))
+		return 1; /* user space took it as a timeout meanwhile */
+	finish(s, sock, &io);
+	return 1;
+}
+
 static __always_inline int udp_io(struct sock *sk, int ret, int flags, int ingress)
 {
 	struct task_struct *task;
@@ -2099,6 +2273,10 @@ static __always_inline int udp_io(struct sock *sk, int ret, int flags, int ingre
 		return 0;
 	if (!ingress && !sk->__sk_common.skc_dport)
 		sent_to(&sock->conn.server, name);
+	if (kernel_framing &&
+	    psc_dns_pair(sock, captured, (__u64)tgid << 32 | fd,
+			 psc_generation(task) | (__u32)ingress << 16))
+		return 0;
 	fill_event(s, tgid, psc_generation(task), fd, ret, ingress ? PSC_HTTP_READ : PSC_HTTP_WRITE,
 		   &sock->conn, 0);
 	s->event.datagram = 1;

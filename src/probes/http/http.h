@@ -255,5 +255,35 @@ enum psc_http_counter {
 	/* Requests the kernel framer decided a span for, while spans are made. */
 	PSC_HTTP_SPANS_SAMPLED = 6,
 	PSC_HTTP_SPANS_UNSAMPLED = 7,
-	PSC_HTTP_COUNTERS = 8,
+	/* DNS queries over UDP the kernel left to user space to pair: its map of lookups in
+	 * flight was full, or the question did not fit its record. */
+	PSC_HTTP_DNS_UNPAIRED = 8,
+	PSC_HTTP_COUNTERS = 9,
+};
+
+/* A DNS lookup over UDP in flight, which the kernel pairs with its answer: by the
+ * process, its socket's fd and the message id. */
+struct psc_dns_pending_key {
+	__u32 tgid;
+	__u32 fd;
+	__u16 gen;
+	__u16 id;
+	__u32 pad;
+};
+
+/* The line of a DNS lookup the kernel pairs: the question's type (big-endian) at 0, then
+ * its name as sent (length-prefixed labels and the final 0). */
+enum psc_dns_line {
+	PSC_DNS_NAME_AT = 2,
+};
+
+struct psc_dns_pending {
+	__u64 start_ns;
+	char line[PSC_HTTP_LINE]; /* 8-aligned: compared a word at a time */
+	__u32 tgid;
+	__u32 fd;
+	__u32 tid;
+	__u16 gen;
+	__u16 line_len;
+	struct psc_peer server; /* where the query went */
 };

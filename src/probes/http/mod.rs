@@ -69,6 +69,7 @@ util::plain_types!(
     types::psc_http_exchange,
     types::psc_http_stats,
     types::psc_http_native,
+    types::psc_dns_pending,
 );
 
 /// What the ring buffer callback returns to stop a drain whose inbox is full.
@@ -88,6 +89,7 @@ const KIND_HANDOFF: u8 = types::psc_http_event_kind::PSC_HTTP_HANDOFF.0 as u8;
 const KIND_SPAN_START: u8 = types::psc_http_event_kind::PSC_HTTP_SPAN_START.0 as u8;
 const KIND_SPAN_END: u8 = types::psc_http_event_kind::PSC_HTTP_SPAN_END.0 as u8;
 const ROLE_SERVER: u8 = types::psc_http_role::PSC_ROLE_SERVER.0 as u8;
+const ROLE_CLIENT: u8 = types::psc_http_role::PSC_ROLE_CLIENT.0 as u8;
 const PROTO_REDIS: u8 = types::psc_l7_protocol::PSC_PROTO_REDIS.0 as u8;
 const PROTO_POSTGRES: u8 = types::psc_l7_protocol::PSC_PROTO_POSTGRES.0 as u8;
 const PROTO_MYSQL: u8 = types::psc_l7_protocol::PSC_PROTO_MYSQL.0 as u8;
@@ -311,6 +313,8 @@ pub struct HttpProbe {
     /// the event of their last query: the process and server a timeout counts under.
     dns_sockets: HashMap<(u32, u32), (dns::DnsSocket, types::psc_http_event)>,
     dns_timeout_ns: u64,
+    /// Lookups the kernel held in flight at the last sweep.
+    dns_kernel_pending: u64,
     question_names: routes::PerServiceCap,
     dns_durations: DurationBounds,
     next_dns_expiry: Instant,
@@ -488,6 +492,7 @@ impl HttpProbe {
             db_durations: DurationBounds::new(&settings.db_duration_buckets_seconds.0),
             dns_sockets: HashMap::new(),
             dns_timeout_ns: u64::from(settings.dns.timeout_ms.get()) * 1_000_000,
+            dns_kernel_pending: 0,
             question_names: routes::PerServiceCap::new(
                 settings.dns.max_question_names_per_process.get() as usize,
             ),
@@ -937,9 +942,60 @@ impl HttpProbe {
         }
     }
 
+    /// Lookups the kernel holds unanswered past the timeout fail as `timeout`: each is
+    /// taken out of its map first, so that an answer the kernel pairs meanwhile is not
+    /// counted twice.
+    fn expire_kernel_lookups(&mut self, now: u64) {
+        let map = &self.skel.maps.dns_pending;
+        let mut held = 0u64;
+        let mut timed_out = Vec::new();
+        for key in map.keys() {
+            let Some(pending) = map
+                .lookup(&key, MapFlags::ANY)
+                .ok()
+                .flatten()
+                .and_then(|bytes| util::decode::<types::psc_dns_pending>(&bytes))
+            else {
+                continue;
+            };
+            held += 1;
+            if now.saturating_sub(pending.start_ns) < self.dns_timeout_ns || map.delete(&key).is_err() {
+                continue;
+            }
+            held -= 1;
+            timed_out.push(pending);
+        }
+        self.dns_kernel_pending = held;
+        for pending in timed_out {
+            let line = whole_line_of(&pending.line);
+            let end = pending.start_ns + self.dns_timeout_ns;
+            let len = usize::from(pending.line_len).min(line.len());
+            let Some(lookup) =
+                dns::kernel_lookup(&line[..len], 0, Some(dns::TIMEOUT), pending.start_ns, end, pending.tid)
+            else {
+                continue;
+            };
+            let mut owner = types::psc_http_event {
+                tgid: pending.tgid,
+                fd: pending.fd,
+                gen: pending.gen,
+                tid: pending.tid,
+                protocol: PROTO_DNS,
+                datagram: 1,
+                server: pending.server,
+                ..Default::default()
+            };
+            owner.role = ROLE_CLIENT;
+            self.record(&owner, Role::Client, lookup);
+        }
+    }
+
     /// Lookups unanswered past the timeout fail as `timeout`.
     fn expire_lookups(&mut self) {
         let now = dns::monotonic_ns();
+        if self.kernel_framing {
+            self.expire_kernel_lookups(now);
+        }
         let timeout = self.dns_timeout_ns;
         let mut timed_out = Vec::new();
         self.dns_sockets.retain(|_, (socket, query)| {
@@ -1522,13 +1578,14 @@ impl HttpProbe {
     fn kernel_framer_family(&self) -> Family {
         Family::counters_by(
             "periscope_http_kernel_framer_exchanges",
-            "What the kernel framer did: exchanges it counted in series slots (counted) or sent one by one to user space, their series having no slot yet (recorded); connections it handed to user space to frame (handed_off); responses cut short by a new request or close, which no framer counts (abandoned).",
+            "What the kernel framer did: exchanges it counted in series slots (counted) or sent one by one to user space, their series having no slot yet (recorded); connections it handed to user space to frame (handed_off); responses cut short by a new request or close, which no framer counts (abandoned); DNS queries over UDP it left to user space to pair, its map of lookups in flight full or the question too long for it (dns_to_user_space).",
             "outcome",
             &[
                 ("counted", self.counter(Counter::PSC_HTTP_KERNEL_FRAMED)),
                 ("recorded", self.kernel_records),
                 ("handed_off", self.counter(Counter::PSC_HTTP_HANDOFFS)),
                 ("abandoned", self.counter(Counter::PSC_HTTP_ABANDONED)),
+                ("dns_to_user_space", self.counter(Counter::PSC_HTTP_DNS_UNPAIRED)),
             ],
         )
     }
@@ -1679,6 +1736,11 @@ impl Probe for HttpProbe {
                 capacity: self.max_connections as u64,
             },
             MapFill {
+                map: "dns_pending",
+                entries: self.dns_kernel_pending,
+                capacity: u64::from(self.skel.maps.dns_pending.max_entries()),
+            },
+            MapFill {
                 map: "kernel_series_keys",
                 entries: self.slots.keys() as u64,
                 capacity: u64::from(self.skel.maps.slots.max_entries()),
@@ -1783,6 +1845,13 @@ fn framed_exchange(
     if record.key.protocol == PROTO_MYSQL {
         let command = mysql_command(record);
         return Some((owner, command.exchange(record.start_ns, record.end_ns, record.tid, None)));
+    }
+    if record.key.protocol == PROTO_DNS {
+        let line = framed_line(record);
+        // The status of a DNS lookup's key is its response code.
+        let rcode = u8::try_from(record.key.status).unwrap_or(u8::MAX);
+        let lookup = dns::kernel_lookup(line, rcode, None, record.start_ns, record.end_ns, record.tid)?;
+        return Some((owner, lookup));
     }
     let (protocol, method, path, error_type) = if record.key.protocol == PROTO_REDIS {
         let (command, error) = redis_line(record);
@@ -1896,8 +1965,12 @@ fn framed_line(record: &types::psc_http_exchange) -> &[u8] {
 
 /// The record's line as bytes, all PSC_HTTP_LINE of them, whatever its length says.
 fn whole_line(record: &types::psc_http_exchange) -> &[u8] {
-    // SAFETY: i8 and u8 have the same size and alignment.
-    unsafe { std::slice::from_raw_parts(record.line.as_ptr().cast::<u8>(), record.line.len()) }
+    whole_line_of(&record.line)
+}
+
+fn whole_line_of(line: &[std::ffi::c_char]) -> &[u8] {
+    // SAFETY: c_char and u8 have the same size and alignment.
+    unsafe { std::slice::from_raw_parts(line.as_ptr().cast::<u8>(), line.len()) }
 }
 
 /// One CPU's counts of a slot, as the kernel keeps them.
