@@ -122,6 +122,9 @@ fn protocol_of(event: &types::psc_http_event) -> Protocol {
 /// How often lookups are checked for their timeout: a timeout is counted this late at most.
 const DNS_EXPIRY_INTERVAL: Duration = Duration::from_millis(100);
 
+/// Lookups in flight read from the kernel per call when they are swept.
+const DNS_SWEEP_BATCH: u32 = 512;
+
 /// Kernel keys (paths of a route, mostly) per series slot, at most, on average.
 const KEYS_PER_SLOT: u32 = 4;
 
@@ -949,13 +952,24 @@ impl HttpProbe {
         let map = &self.skel.maps.dns_pending;
         let mut held = 0u64;
         let mut timed_out = Vec::new();
-        for key in map.keys() {
-            let Some(pending) = map
-                .lookup(&key, MapFlags::ANY)
-                .ok()
-                .flatten()
-                .and_then(|bytes| util::decode::<types::psc_dns_pending>(&bytes))
-            else {
+        // A batch reads the map in a few calls, not two per lookup in flight. A kernel
+        // that refuses batches reads as empty: the map is then read key by key, which
+        // costs one call when it is empty indeed.
+        let mut entries: Vec<(Vec<u8>, Vec<u8>)> = map
+            .lookup_batch(DNS_SWEEP_BATCH, MapFlags::ANY, MapFlags::ANY)
+            .map(Iterator::collect)
+            .unwrap_or_default();
+        if entries.is_empty() {
+            entries = map
+                .keys()
+                .filter_map(|key| {
+                    let value = map.lookup(&key, MapFlags::ANY).ok().flatten()?;
+                    Some((key, value))
+                })
+                .collect();
+        }
+        for (key, value) in entries {
+            let Some(pending) = util::decode::<types::psc_dns_pending>(&value) else {
                 continue;
             };
             held += 1;
