@@ -2035,13 +2035,14 @@ static __always_inline void sent_to(struct psc_peer *peer, __u64 name)
 /*
  * A datagram sent or received on a UDP socket: DNS lookups. A socket's first datagram
  * sent tells whether it is a DNS client's; any other costs one storage lookup per send
- * or receive after that, and receives on a socket that never sent cost one lookup. Each
- * query and answer goes to user space whole, which pairs them by id and question.
+ * or receive after that, and receives on a socket that never sent cost one lookup. The
+ * kernel pairs a query with its answer (psc_dns_pair); what it cannot pair goes to user
+ * space whole, which pairs it by id and question.
  */
-/* DNS lookups over UDP in flight, by socket and id: the kernel pairs each answer with
- * its query and counts the lookup in its series slot, as it counts framed exchanges.
- * User space sweeps out those unanswered past the timeout. Full, a query goes to user
- * space, which pairs it as it pairs those over TCP. */
+/* DNS lookups over UDP in flight, by process, fd and id: the kernel pairs each answer
+ * with its query and counts the lookup in its series slot, as it counts framed
+ * exchanges. User space sweeps out those unanswered past the timeout. Full, a query
+ * goes to user space, which pairs it as it pairs those over TCP. */
 PSC_HASH(dns_pending, struct psc_dns_pending_key, struct psc_dns_pending, 4096);
 
 struct dns_name_walk {
