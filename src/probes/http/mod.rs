@@ -950,7 +950,6 @@ impl HttpProbe {
     /// counted twice.
     fn expire_kernel_lookups(&mut self, now: u64) {
         let map = &self.skel.maps.dns_pending;
-        let mut held = 0u64;
         let mut timed_out = Vec::new();
         // A batch reads the map in a few calls, not two per lookup in flight. A kernel
         // that refuses batches reads as empty: the map is then read key by key, which
@@ -968,18 +967,16 @@ impl HttpProbe {
                 })
                 .collect();
         }
+        let read = entries.len();
         for (key, value) in entries {
             let Some(pending) = util::decode::<types::psc_dns_pending>(&value) else {
                 continue;
             };
-            held += 1;
-            if now.saturating_sub(pending.start_ns) < self.dns_timeout_ns || map.delete(&key).is_err() {
-                continue;
+            if now.saturating_sub(pending.start_ns) >= self.dns_timeout_ns && map.delete(&key).is_ok() {
+                timed_out.push(pending);
             }
-            held -= 1;
-            timed_out.push(pending);
         }
-        self.dns_kernel_pending = held;
+        self.dns_kernel_pending = (read - timed_out.len()) as u64;
         for pending in timed_out {
             let line = whole_line_of(&pending.line);
             let end = pending.start_ns + self.dns_timeout_ns;
@@ -989,17 +986,17 @@ impl HttpProbe {
             else {
                 continue;
             };
-            let mut owner = types::psc_http_event {
+            let owner = types::psc_http_event {
                 tgid: pending.tgid,
                 fd: pending.fd,
                 gen: pending.gen,
                 tid: pending.tid,
                 protocol: PROTO_DNS,
+                role: ROLE_CLIENT,
                 datagram: 1,
                 server: pending.server,
                 ..Default::default()
             };
-            owner.role = ROLE_CLIENT;
             self.record(&owner, Role::Client, lookup);
         }
     }
