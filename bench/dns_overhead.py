@@ -8,7 +8,7 @@ off, the agent's own CPU time per 1,000 queries (from /proc) and, with --bpf-sta
 time the probe's programs ran per query.
 
 Usage (as root, after `cargo build --release`):
-    python3 bench/dns_overhead.py [--rounds 5] [--seconds 10] [--clients 4] [--bpf-stats]
+    python3 bench/dns_overhead.py [--rounds 5] [--seconds 10] [--clients 4] [--bpf-stats] [--baseline BINARY]
 
 PERISCOPE_BENCH_CONFIG replaces the probes section of the agent's configuration.
 """
@@ -22,7 +22,7 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from http_overhead import free_port, wait_port  # noqa: E402
-from redis_overhead import HTTP_ALONE, off_and_on  # noqa: E402
+from redis_overhead import HTTP_ALONE, agent_modes, off_and_on, ratio_line  # noqa: E402
 
 NAMES = 100
 
@@ -43,6 +43,8 @@ def main():
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--bpf-stats", action="store_true")
+    parser.add_argument("--baseline", metavar="BINARY",
+                        help="another build of the agent (say an earlier commit's), run in the same rounds")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as workdir:
@@ -66,24 +68,23 @@ def main():
             run_dnsperf(port, queries, 2, args.clients)  # warm-up
             results, agent_cpu, prog_time = off_and_on(
                 args.rounds, conf, lambda: run_dnsperf(port, queries, args.seconds, args.clients),
-                args.bpf_stats)
+                args.bpf_stats, args.baseline)
         finally:
             server.terminate()
             server.wait()
 
-    off = statistics.median(r for r, _ in results["off"])
-    on = statistics.median(r for r, _ in results["on"])
-    rounds = ", ".join(f"{100 * n / f:.0f}" for (f, _), (n, _) in zip(results["off"], results["on"]))
     print(f"dnsperf -c {args.clients} -l {args.seconds} against dnsmasq, UDP, "
-          f"medians of {args.rounds} interleaved rounds")
-    print(f"  {on:,.0f} queries/s on, {off:,.0f} off: {100 * on / off:.1f} % of off (rounds: {rounds} %)")
-    completed = statistics.median(c for _, c in results["on"])
-    print(f"  agent CPU per 1,000 queries: {1000 * statistics.median(agent_cpu) / completed * 1000:.3f} ms")
-    if args.bpf_stats:
-        total = sum(c for _, c in results["on"])
-        for name, (run_ns, runs) in sorted(prog_time.items()):
-            if runs:
-                print(f"  {name}: {run_ns / total:.0f} ns per query ({runs / total:.2f} runs)")
+          f"{args.rounds} interleaved rounds")
+    for mode, name in agent_modes(args.baseline):
+        print(f" {name}: {ratio_line('queries/s', [r for r, _ in results['off']], [r for r, _ in results[mode]])}")
+        completed = statistics.median(c for _, c in results[mode])
+        print(f"  agent CPU per 1,000 queries: "
+              f"{1000 * statistics.median(agent_cpu[mode]) / completed * 1000:.3f} ms")
+        if args.bpf_stats:
+            total = sum(c for _, c in results[mode])
+            for prog, (run_ns, runs) in sorted(prog_time[mode].items()):
+                if runs:
+                    print(f"  {prog}: {run_ns / total:.0f} ns per query ({runs / total:.2f} runs)")
 
 
 if __name__ == "__main__":

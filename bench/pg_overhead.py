@@ -10,7 +10,7 @@ second, their ratio to off, and the agent's own CPU time per 1,000 transactions;
 
 Usage (as root, after `cargo build --release`):
     python3 bench/pg_overhead.py [--rounds 5] [--seconds 10] [--clients 8] [--scale 2] [--bpf-stats]
-        [--protocol simple|extended|prepared]
+        [--protocol simple|extended|prepared] [--baseline BINARY]
 
 PERISCOPE_BENCH_CONFIG replaces the probes section of the agent's configuration.
 """
@@ -27,7 +27,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from http_overhead import free_port  # noqa: E402
-from redis_overhead import HTTP_ALONE, off_and_on  # noqa: E402
+from redis_overhead import HTTP_ALONE, agent_modes, off_and_on, ratio_line  # noqa: E402
 
 BIN = sorted(glob.glob("/usr/lib/postgresql/*/bin"))[-1]
 AS_POSTGRES = ["setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups", "--"]
@@ -62,6 +62,8 @@ def main():
     parser.add_argument("--scale", type=int, default=2)
     parser.add_argument("--bpf-stats", action="store_true")
     parser.add_argument("--protocol", choices=["simple", "extended", "prepared"], default="simple")
+    parser.add_argument("--baseline", metavar="BINARY",
+                        help="another build of the agent (say an earlier commit's), run in the same rounds")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as workdir:
@@ -83,24 +85,24 @@ def main():
                 done = int(re.search(r"number of transactions actually processed: (\d+)", out).group(1))
                 return tps, done
 
-            measures, agent_cpu, prog_time = off_and_on(args.rounds, conf, measure, args.bpf_stats)
+            measures, agent_cpu, prog_time = off_and_on(args.rounds, conf, measure, args.bpf_stats,
+                                                        args.baseline)
         finally:
             subprocess.run(["kill", "-INT", str(server.pid)])
             server.wait()
 
     results = {mode: [tps for tps, _ in runs] for mode, runs in measures.items()}
-    per_transaction = [cpu / done for cpu, (_, done) in zip(agent_cpu, measures["on"])]
-    off, on = statistics.median(results["off"]), statistics.median(results["on"])
-    rounds = ", ".join(f"{100 * n / f:.0f}" for f, n in zip(results["off"], results["on"]))
     print(f"pgbench -S -M {args.protocol} -c {args.clients} -j 2 -T {args.seconds}, scale {args.scale}, "
-          f"medians of {args.rounds} interleaved rounds")
-    print(f"  {on:,.0f} tps on, {off:,.0f} off: {100 * on / off:.1f} % of off (rounds: {rounds} %)")
-    print(f"  agent CPU per 1,000 transactions: {1e6 * statistics.median(per_transaction):.3f} ms")
-    if args.bpf_stats:
-        total = sum(done for _, done in measures["on"])
-        for name, (run_ns, runs) in sorted(prog_time.items()):
-            if runs:
-                print(f"  {name}: {run_ns / total:.0f} ns per transaction ({runs / total:.2f} runs)")
+          f"{args.rounds} interleaved rounds")
+    for mode, name in agent_modes(args.baseline):
+        per_transaction = [cpu / done for cpu, (_, done) in zip(agent_cpu[mode], measures[mode])]
+        print(f" {name}: {ratio_line('tps', results['off'], results[mode])}")
+        print(f"  agent CPU per 1,000 transactions: {1e6 * statistics.median(per_transaction):.3f} ms")
+        if args.bpf_stats:
+            total = sum(done for _, done in measures[mode])
+            for prog, (run_ns, runs) in sorted(prog_time[mode].items()):
+                if runs:
+                    print(f"  {prog}: {run_ns / total:.0f} ns per transaction ({runs / total:.2f} runs)")
 
 
 if __name__ == "__main__":

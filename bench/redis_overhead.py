@@ -9,6 +9,7 @@ with --bpf-stats, the time the probe's programs ran per operation.
 
 Usage (as root, after `cargo build --release`):
     python3 bench/redis_overhead.py [--rounds 5] [--requests 200000] [--clients 50] [--bpf-stats]
+        [--baseline BINARY]
 
 PERISCOPE_BENCH_CONFIG replaces the probes section of the agent's configuration.
 """
@@ -43,17 +44,21 @@ def run_benchmark(port, requests, clients):
     return rates
 
 
-def off_and_on(rounds, conf, measure, bpf_stats=False):
-    """Runs `measure()` with the agent off, then on (`periscope run --config conf`), for
-    `rounds` rounds. Returns each mode's measures, the agent's CPU seconds in each "on"
-    round and, with bpf_stats, the programs' run time and runs (add_bpf_time)."""
-    results = {"off": [], "on": []}
-    agent_cpu, prog_time = [], {}
+def off_and_on(rounds, conf, measure, bpf_stats=False, baseline=None):
+    """Runs `measure()` with the agent off, then (with `baseline`, another build of the
+    agent) the baseline, then on (`periscope run --config conf`), round after round.
+    Returns each mode's measures, and for each agent mode its CPU seconds per round and,
+    with bpf_stats, its programs' run time and runs (add_bpf_time)."""
+    modes = ("off",) + (("baseline",) if baseline else ()) + ("on",)
+    results = {mode: [] for mode in modes}
+    agent_cpu = {mode: [] for mode in modes if mode != "off"}
+    prog_time = {mode: {} for mode in modes if mode != "off"}
     for _ in range(rounds):
-        for mode in ("off", "on"):
+        for mode in modes:
             agent = None
-            if mode == "on":
-                agent = start_periscope(["run", "--config", conf], "serving metrics", PERISCOPE)
+            if mode != "off":
+                binary = baseline if mode == "baseline" else PERISCOPE
+                agent = start_periscope(["run", "--config", conf], "serving metrics", binary)
                 time.sleep(1)
                 cpu_before = cpu_seconds(agent.pid)
                 if bpf_stats:
@@ -62,12 +67,29 @@ def off_and_on(rounds, conf, measure, bpf_stats=False):
             results[mode].append(measure())
             if agent:
                 if bpf_stats:
-                    add_bpf_time(prog_time, stats_before)
+                    add_bpf_time(prog_time[mode], stats_before)
                     subprocess.run(["sysctl", "-q", "kernel.bpf_stats_enabled=0"], check=True)
-                agent_cpu.append(cpu_seconds(agent.pid) - cpu_before)
+                agent_cpu[mode].append(cpu_seconds(agent.pid) - cpu_before)
                 agent.terminate()
                 agent.wait()
     return results, agent_cpu, prog_time
+
+
+def ratio_line(unit, off, on):
+    """One line comparing a mode's rates (`on`) with "off", round by round: the ratio of
+    the medians, the median of the rounds' own ratios (each round's off and on run
+    minutes apart at most, so a slow spell of the machine weighs on both) and the
+    rounds' ratios."""
+    ratios = [n / f for f, n in zip(off, on)]
+    return (f"{statistics.median(on):,.0f} {unit} on, {statistics.median(off):,.0f} off: "
+            f"{100 * statistics.median(on) / statistics.median(off):.1f} % of off; median of the rounds' "
+            f"ratios {100 * statistics.median(ratios):.1f} % (rounds: "
+            + ", ".join(f"{100 * r:.0f}" for r in ratios) + " %)")
+
+
+def agent_modes(baseline):
+    """The agent modes a run measures, with their names in the report."""
+    return [("on", "on")] if not baseline else [("baseline", f"baseline ({baseline})"), ("on", "this build")]
 
 
 def main():
@@ -76,6 +98,8 @@ def main():
     parser.add_argument("--requests", type=int, default=200000)
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--bpf-stats", action="store_true")
+    parser.add_argument("--baseline", metavar="BINARY",
+                        help="another build of the agent (say an earlier commit's), run in the same rounds")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as workdir:
@@ -91,26 +115,28 @@ def main():
         try:
             run_benchmark(port, args.requests // 4, args.clients)  # warm-up
             results, agent_cpu, prog_time = off_and_on(
-                args.rounds, conf, lambda: run_benchmark(port, args.requests, args.clients), args.bpf_stats)
+                args.rounds, conf, lambda: run_benchmark(port, args.requests, args.clients),
+                args.bpf_stats, args.baseline)
         finally:
             server.terminate()
             server.wait()
 
     print(f"redis-benchmark -P 1 -c {args.clients} -n {args.requests} -t get,set, "
-          f"medians of {args.rounds} interleaved rounds")
-    for op in ("GET", "SET"):
-        off = statistics.median(r[op] for r in results["off"])
-        on = statistics.median(r[op] for r in results["on"])
-        rounds = ", ".join(f"{100 * n[op] / f[op]:.0f}" for f, n in zip(results["off"], results["on"]))
-        print(f"  {op}: {on:,.0f} ops/s on, {off:,.0f} off: {100 * on / off:.1f} % of off "
-              f"(rounds: {rounds} %)")
+          f"{args.rounds} interleaved rounds")
     operations = 2 * args.requests
-    print(f"  agent CPU per 1,000 operations: {1000 * statistics.median(agent_cpu) / operations * 1000:.3f} ms")
-    if args.bpf_stats:
-        total_ops = operations * args.rounds
-        for name, (run_ns, runs) in sorted(prog_time.items()):
-            if runs:
-                print(f"  {name}: {run_ns / total_ops:.0f} ns per operation ({runs / total_ops:.2f} runs)")
+    for mode, name in agent_modes(args.baseline):
+        print(f" {name}:")
+        for op in ("GET", "SET"):
+            off = [r[op] for r in results["off"]]
+            on = [r[op] for r in results[mode]]
+            print(f"  {op}: {ratio_line('ops/s', off, on)}")
+        print(f"  agent CPU per 1,000 operations: "
+              f"{1000 * statistics.median(agent_cpu[mode]) / operations * 1000:.3f} ms")
+        if args.bpf_stats:
+            total_ops = operations * args.rounds
+            for prog, (run_ns, runs) in sorted(prog_time[mode].items()):
+                if runs:
+                    print(f"  {prog}: {run_ns / total_ops:.0f} ns per operation ({runs / total_ops:.2f} runs)")
 
 
 if __name__ == "__main__":
