@@ -1506,30 +1506,40 @@ static __always_inline void database_call_key(struct psc_sock *sock, const struc
 	t->start_ns = bpf_ktime_get_ns();
 }
 
-/* A byte being looked for in the scratch, eight bytes at a time. */
+/* A byte being looked for in the scratch, a few words at a time. */
 struct byte_find {
 	__u64 bytes; /* the byte, in each of the eight */
 	__u32 from;
 	__u32 end;
 	__u32 at; /* where it was found; 0 while not */
+	__u32 zero; /* the scratch's key, here rather than on the callback's own stack */
 };
 
-static long find_byte_word(__u64 i, struct byte_find *f)
+/* Words looked at per call of the loop's callback: a call costs more than a word's test,
+ * and most texts searched (a query, a status line) are a few words long. */
+#define PSC_FIND_WORDS 4
+
+static long find_byte_words(__u64 i, struct byte_find *f)
 {
-	__u32 zero = 0, off = f->from + i * 8;
+	__u32 off = f->from + i * 8 * PSC_FIND_WORDS;
 	struct scratch *s;
 	__u64 flags;
 
-	s = bpf_map_lookup_elem(&scratch, &zero);
-	if (!s || off >= f->end)
+	s = bpf_map_lookup_elem(&scratch, &f->zero);
+	if (!s)
 		return 1;
-	flags = bytes_equal(load64(s, off), f->bytes);
-	if (f->end - off < 8)
-		flags &= (1ULL << ((f->end - off) * 8)) - 1;
-	if (!flags)
-		return 0;
-	f->at = off + first_flagged(flags);
-	return 1;
+	for (int w = 0; w < PSC_FIND_WORDS; w++, off += 8) {
+		if (off >= f->end)
+			return 1;
+		flags = bytes_equal(load64(s, off), f->bytes);
+		if (f->end - off < 8)
+			flags &= (1ULL << ((f->end - off) * 8)) - 1;
+		if (flags) {
+			f->at = off + first_flagged(flags);
+			return 1;
+		}
+	}
+	return 0;
 }
 
 /* The first of the byte repeated in `bytes` in the scratch from `from` to `end` (within
@@ -1538,7 +1548,7 @@ static __always_inline __u32 find_byte(__u32 from, __u32 end, __u64 bytes)
 {
 	struct byte_find f = { .bytes = bytes, .from = from, .end = end };
 
-	bpf_loop(PSC_HTTP_SCAN / 8, find_byte_word, &f, 0);
+	bpf_loop(PSC_HTTP_SCAN / 8 / PSC_FIND_WORDS, find_byte_words, &f, 0);
 	return f.at;
 }
 
