@@ -1203,6 +1203,23 @@ struct io {
 	__u16 gen;
 };
 
+/* The read or write in hand, from a global function's arguments: five at most, so the
+ * process and its fd travel as one `who`, the tgid in the upper half. */
+static __always_inline struct io io_of(__u64 who, __u32 gen)
+{
+	struct io io = { .tgid = who >> 32, .fd = (__u32)who, .gen = gen };
+
+	return io;
+}
+
+/* This CPU's scratch. */
+static __always_inline struct scratch *this_scratch(void)
+{
+	__u32 zero = 0;
+
+	return bpf_map_lookup_elem(&scratch, &zero);
+}
+
 /* Fills the scratch's event and exchange record for the connection's exchange in flight;
  * the event names the connection as the read or write in hand does. */
 static __always_inline void exchange_record(struct scratch *s, struct psc_sock *sock,
@@ -1320,11 +1337,9 @@ static __always_inline void finish_turn(struct scratch *s, struct psc_sock *sock
 /* finish_turn, global: the verifier checks it once, not at each protocol's end of turn. */
 __noinline int psc_finish(struct psc_sock *sock, __u64 who, __u32 gen)
 {
-	struct io io = { .tgid = who >> 32, .fd = (__u32)who, .gen = gen };
-	struct scratch *s;
-	__u32 zero = 0;
+	struct io io = io_of(who, gen);
+	struct scratch *s = this_scratch();
 
-	s = bpf_map_lookup_elem(&scratch, &zero);
 	if (!sock || !s)
 		return 0;
 	finish_turn(s, sock, &io);
@@ -1619,11 +1634,9 @@ static __always_inline int window_holds(struct scratch *s, struct read_window *r
  */
 __noinline int psc_frame_request(struct psc_sock *sock, __u32 n, __u64 len, __u64 who, __u32 gen)
 {
-	struct io io = { .tgid = who >> 32, .fd = (__u32)who, .gen = gen };
-	struct scratch *s;
-	__u32 zero = 0;
+	struct io io = io_of(who, gen);
+	struct scratch *s = this_scratch();
 
-	s = bpf_map_lookup_elem(&scratch, &zero);
 	if (!sock || !s)
 		return PSC_FRAME_HANDOFF;
 	if (sock->conn.protocol == PSC_PROTO_REDIS)
@@ -1640,11 +1653,10 @@ __noinline int psc_frame_request(struct psc_sock *sock, __u32 n, __u64 len, __u6
  * to user space. */
 __noinline int psc_frame_response(struct psc_sock *sock, __u32 n, __u64 len, __u64 who, __u32 gen)
 {
-	struct io io = { .tgid = who >> 32, .fd = (__u32)who, .gen = gen };
-	struct scratch *s;
-	__u32 zero = 0, skip = 0;
+	struct io io = io_of(who, gen);
+	struct scratch *s = this_scratch();
+	__u32 skip = 0;
 
-	s = bpf_map_lookup_elem(&scratch, &zero);
 	if (!sock || !s)
 		return 0;
 	if (sock->conn.protocol == PSC_PROTO_REDIS) {
@@ -1661,11 +1673,10 @@ __noinline int psc_frame_response(struct psc_sock *sock, __u32 n, __u64 len, __u
  * the request in flight when the connection must go to user space. */
 __noinline int psc_frame_more(struct psc_sock *sock, __u64 len, int request, __u64 who, __u32 gen)
 {
-	struct io io = { .tgid = who >> 32, .fd = (__u32)who, .gen = gen };
-	struct scratch *s;
-	__u32 zero = 0, skip = 0;
+	struct io io = io_of(who, gen);
+	struct scratch *s = this_scratch();
+	__u32 skip = 0;
 
-	s = bpf_map_lookup_elem(&scratch, &zero);
 	if (!sock || !s)
 		return -1;
 	if (turn_goes_on(s, sock, &io, len, request, &skip) == PSC_FRAME_KEPT)
@@ -1676,11 +1687,9 @@ __noinline int psc_frame_more(struct psc_sock *sock, __u64 len, int request, __u
 __noinline int psc_frame_hand_off(struct psc_sock *sock, int pending, __u32 skip, __u64 who,
 				  __u32 gen)
 {
-	struct io io = { .tgid = who >> 32, .fd = (__u32)who, .gen = gen };
-	struct scratch *s;
-	__u32 zero = 0;
+	struct io io = io_of(who, gen);
+	struct scratch *s = this_scratch();
 
-	s = bpf_map_lookup_elem(&scratch, &zero);
 	if (!sock || !s)
 		return 0;
 	hand_off(s, sock, &io, pending, skip);
@@ -2124,13 +2133,12 @@ __noinline int psc_dns_pair(struct psc_sock *sock, __u32 captured, __u64 who, __
 {
 	struct psc_dns_pending_key key = { .tgid = who >> 32, .fd = (__u32)who, .gen = (__u16)how };
 	struct psc_dns_pending *lookup, *pending;
-	struct io io = { .tgid = who >> 32, .fd = (__u32)who, .gen = (__u16)how };
+	struct io io = io_of(who, (__u16)how);
+	struct scratch *s = this_scratch();
 	struct psc_turn *t;
-	struct scratch *s;
-	__u32 zero = 0, line_len;
+	__u32 line_len;
 	__u64 now, *sent;
 
-	s = bpf_map_lookup_elem(&scratch, &zero);
 	if (!s || !sock || captured < 12)
 		return 0;
 	lookup = &s->lookup;

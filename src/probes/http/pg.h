@@ -548,11 +548,9 @@ static __always_inline int pg_response(struct scratch *s, struct psc_sock *sock,
 __noinline int psc_frame_pg_request(struct psc_sock *sock, __u32 n, __u64 len, __u64 who,
 				    __u32 gen)
 {
-	struct io io = { .tgid = who >> 32, .fd = (__u32)who, .gen = gen };
-	struct scratch *s;
-	__u32 zero = 0;
+	struct io io = io_of(who, gen);
+	struct scratch *s = this_scratch();
 
-	s = bpf_map_lookup_elem(&scratch, &zero);
 	if (!sock || !s)
 		return PSC_FRAME_HANDOFF;
 	return pg_request_starts(s, sock, n, len, &io);
@@ -561,11 +559,9 @@ __noinline int psc_frame_pg_request(struct psc_sock *sock, __u32 n, __u64 len, _
 __noinline int psc_frame_pg_response(struct psc_sock *sock, __u32 n, __u64 len, __u64 who,
 				     __u32 gen)
 {
-	struct io io = { .tgid = who >> 32, .fd = (__u32)who, .gen = gen };
-	struct scratch *s;
-	__u32 zero = 0;
+	struct io io = io_of(who, gen);
+	struct scratch *s = this_scratch();
 
-	s = bpf_map_lookup_elem(&scratch, &zero);
 	if (!sock || !s)
 		return 0;
 	return pg_response(s, sock, &io, n, len);
