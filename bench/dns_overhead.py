@@ -22,7 +22,7 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from http_overhead import free_port, wait_port  # noqa: E402
-from redis_overhead import HTTP_ALONE, agent_modes, off_and_on, ratio_line  # noqa: E402
+from redis_overhead import HTTP_ALONE, agent_modes, off_and_on, program_lines, ratio_line  # noqa: E402
 
 NAMES = 100
 
@@ -82,9 +82,8 @@ def main():
               f"{1000 * statistics.median(agent_cpu[mode]) / completed * 1000:.3f} ms")
         if args.bpf_stats:
             total = sum(c for _, c in results[mode])
-            for prog, (run_ns, runs) in sorted(prog_time[mode].items()):
-                if runs:
-                    print(f"  {prog}: {run_ns / total:.0f} ns per query ({runs / total:.2f} runs)")
+            for line in program_lines(prog_time[mode], total, "query"):
+                print(line)
 
 
 if __name__ == "__main__":

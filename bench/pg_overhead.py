@@ -27,7 +27,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from http_overhead import free_port  # noqa: E402
-from redis_overhead import HTTP_ALONE, agent_modes, off_and_on, ratio_line  # noqa: E402
+from redis_overhead import HTTP_ALONE, agent_modes, off_and_on, program_lines, ratio_line  # noqa: E402
 
 BIN = sorted(glob.glob("/usr/lib/postgresql/*/bin"))[-1]
 AS_POSTGRES = ["setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups", "--"]
@@ -100,9 +100,8 @@ def main():
         print(f"  agent CPU per 1,000 transactions: {1e6 * statistics.median(per_transaction):.3f} ms")
         if args.bpf_stats:
             total = sum(done for _, done in measures[mode])
-            for prog, (run_ns, runs) in sorted(prog_time[mode].items()):
-                if runs:
-                    print(f"  {prog}: {run_ns / total:.0f} ns per transaction ({runs / total:.2f} runs)")
+            for line in program_lines(prog_time[mode], total, "transaction"):
+                print(line)
 
 
 if __name__ == "__main__":

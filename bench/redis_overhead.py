@@ -87,6 +87,12 @@ def ratio_line(unit, off, on):
             + ", ".join(f"{100 * r:.0f}" for r in ratios) + " %)")
 
 
+def program_lines(prog_time, operations, unit):
+    """Each program's run time and runs (add_bpf_time) per one of `operations`."""
+    return [f"  {prog}: {run_ns / operations:.0f} ns per {unit} ({runs / operations:.2f} runs)"
+            for prog, (run_ns, runs) in sorted(prog_time.items()) if runs]
+
+
 def agent_modes(baseline):
     """The agent modes a run measures, with their names in the report."""
     return [("on", "on")] if not baseline else [("baseline", f"baseline ({baseline})"), ("on", "this build")]
@@ -133,10 +139,8 @@ def main():
         print(f"  agent CPU per 1,000 operations: "
               f"{1000 * statistics.median(agent_cpu[mode]) / operations * 1000:.3f} ms")
         if args.bpf_stats:
-            total_ops = operations * args.rounds
-            for prog, (run_ns, runs) in sorted(prog_time[mode].items()):
-                if runs:
-                    print(f"  {prog}: {run_ns / total_ops:.0f} ns per operation ({runs / total_ops:.2f} runs)")
+            for line in program_lines(prog_time[mode], operations * args.rounds, "operation"):
+                print(line)
 
 
 if __name__ == "__main__":
