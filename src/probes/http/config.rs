@@ -32,6 +32,11 @@ pub struct HttpConfig {
     /// Client -> server edges of the service graph, at most; beyond, the
     /// `__overflow__` edge.
     pub max_service_graph_edges: NonZeroU32,
+    /// Addresses of callers from elsewhere the service graph names, at most; beyond,
+    /// their calls count under the `__overflow__` client.
+    pub max_remote_callers: NonZeroU32,
+    /// Addresses this node's traced clients call non-loopback servers from, at most.
+    pub max_local_client_addresses: NonZeroU32,
     /// Route patterns such as `/users/{id}`; other paths go through the id heuristic.
     pub routes: Vec<String>,
     /// `le` bounds of the request duration histograms.
@@ -133,6 +138,8 @@ impl Default for HttpConfig {
             max_routes_per_service: nonzero(200),
             max_server_addresses_per_service: nonzero(50),
             max_service_graph_edges: nonzero(1000),
+            max_remote_callers: nonzero(1024),
+            max_local_client_addresses: nonzero(4096),
             routes: Vec::new(),
             // The OpenTelemetry semantic conventions' advice for HTTP durations.
             duration_buckets_seconds: Buckets(vec![
@@ -182,6 +189,8 @@ impl ProbeSettings for HttpConfig {
                 self.max_server_addresses_per_service,
             ),
             Range::entries("max_service_graph_edges", self.max_service_graph_edges),
+            Range::entries("max_remote_callers", self.max_remote_callers),
+            Range::entries("max_local_client_addresses", self.max_local_client_addresses),
             Range::new("dns.timeout_ms", u64::from(self.dns.timeout_ms.get()), 10, 600_000),
             Range::entries(
                 "dns.max_question_names_per_process",

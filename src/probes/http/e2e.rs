@@ -1310,3 +1310,166 @@ fn the_service_graph_counts_each_edge_exactly() {
     assert!(seconds(&app_name, &redis_name) < seconds(&curl_name, &app_name));
     assert!(seconds(&app_name, &pg_name) < seconds(&curl_name, &app_name));
 }
+
+/// Two network namespaces of the test's own joined by a veth pair, standing for two
+/// nodes: a server's at `SERVER_NODE`, and a caller's with three addresses. Removed on
+/// drop.
+struct TwoNodes {
+    server: String,
+    caller: String,
+}
+
+const SERVER_NODE: &str = "10.251.0.1";
+const CALLER_ADDRESSES: [&str; 3] = ["10.251.0.2", "10.251.0.3", "10.251.0.4"];
+
+impl TwoNodes {
+    fn new() -> TwoNodes {
+        let tag = std::process::id();
+        let nodes = TwoNodes {
+            server: format!("psc-gs-{tag}"),
+            caller: format!("psc-gc-{tag}"),
+        };
+        let run = |args: &[&str]| {
+            let status = Command::new(args[0]).args(&args[1..]).status().expect("ip runs");
+            assert!(status.success(), "{args:?}");
+        };
+        for ns in [&nodes.server, &nodes.caller] {
+            run(&["ip", "netns", "add", ns]);
+            run(&["ip", "-n", ns, "link", "set", "lo", "up"]);
+        }
+        let (server, caller) = (nodes.server.as_str(), nodes.caller.as_str());
+        run(&[
+            "ip", "link", "add", "psc-gc", "netns", caller, "type", "veth", "peer", "name",
+            "psc-gs", "netns", server,
+        ]);
+        run(&["ip", "-n", server, "addr", "add", &format!("{SERVER_NODE}/24"), "dev", "psc-gs"]);
+        for address in CALLER_ADDRESSES {
+            run(&["ip", "-n", caller, "addr", "add", &format!("{address}/24"), "dev", "psc-gc"]);
+        }
+        run(&["ip", "-n", server, "link", "set", "psc-gs", "up"]);
+        run(&["ip", "-n", caller, "link", "set", "psc-gc", "up"]);
+        nodes
+    }
+
+    /// One request with curl, on a connection of its own, from address `from` of the
+    /// caller's node.
+    fn curl(&self, from: &str, path: &str) {
+        let url = format!("http://{SERVER_NODE}:8080{path}");
+        let status = Command::new("ip")
+            .args(["netns", "exec", &self.caller, "curl", "-s", "-o", "/dev/null"])
+            .args(["--interface", from, &url])
+            .status()
+            .expect("curl runs");
+        assert!(status.success(), "curl {url} from {from}");
+    }
+}
+
+impl Drop for TwoNodes {
+    fn drop(&mut self) {
+        for ns in [&self.server, &self.caller] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+/// An HTTP server on port 8080 of network namespace argv[1]: 500 for /fail, else 200.
+const SERVE_IN_NETNS: &str = r#"
+import ctypes, os, sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+libc = ctypes.CDLL(None, use_errno=True)
+if libc.setns(os.open("/run/netns/" + sys.argv[1], os.O_RDONLY), 0x40000000) != 0:
+    raise OSError(ctypes.get_errno(), "setns")
+class H(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def log_message(self, *a): pass
+    def do_GET(self):
+        self.send_response(500 if self.path == "/fail" else 200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+server = ThreadingHTTPServer(("0.0.0.0", 8080), H)
+print("ready", flush=True)
+server.serve_forever()
+"#;
+
+#[test]
+fn callers_from_elsewhere_are_graph_clients_by_address() {
+    let _kernel = kernel_lock();
+    if !have_root("callers_from_elsewhere_are_graph_clients_by_address") {
+        return;
+    }
+    let nodes = TwoNodes::new();
+    struct Stop(Helper);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            let _ = self.0.child.kill();
+            let _ = self.0.child.wait();
+        }
+    }
+    let server = Stop(Helper::spawn(SERVE_IN_NETNS, std::slice::from_ref(&nodes.server)));
+    let pid = server.0.pid().to_string();
+    let served = [("process_pid", pid.as_str())];
+    const SERVED: &str = "http_server_request_duration_seconds_count";
+    let [first, second, third] = CALLER_ADDRESSES;
+
+    // Clients untraced: whoever calls over the veth is a caller from elsewhere. Two
+    // addresses fit; the third is past the cap.
+    let untraced = format!("{}    clients: false\n    max_remote_callers: 2\n", config(true));
+    let agent = Agent::start(&untraced);
+    let calls = [(first, "/ok", 3), (first, "/fail", 2), (second, "/ok", 4), (third, "/ok", 2)];
+    for (from, path, times) in calls {
+        for _ in 0..times {
+            nodes.curl(from, path);
+        }
+    }
+    let m = eventually(&agent, |m| m.sum(SERVED, &served) == 11.0);
+    let name = service_of(&m, SERVED, &served);
+    let edge = |m: &Metrics, family: &str, client: &str| {
+        m.sum(family, &[("client", client), ("server", name.as_str())])
+    };
+    assert_eq!(edge(&m, "service_graph_requests_total", first), 5.0);
+    assert_eq!(edge(&m, "service_graph_request_failed_total", first), 2.0);
+    assert_eq!(edge(&m, "service_graph_request_duration_seconds_count", first), 5.0);
+    assert_eq!(edge(&m, "service_graph_requests_total", second), 4.0);
+    assert_eq!(edge(&m, "service_graph_request_failed_total", second), 0.0);
+    assert_eq!(edge(&m, "service_graph_requests_total", third), 0.0);
+    assert_eq!(edge(&m, "service_graph_requests_total", "__overflow__"), 2.0);
+    // One refusal per connection of the third address.
+    let refused = [("probe", "http"), ("map", "remote_callers")];
+    assert_eq!(m.sum("periscope_series_folded_total", &refused), 2.0);
+    drop(agent);
+
+    // The same with every exchange framed in user space.
+    let agent = Agent::start(&format!("{}    clients: false\n", config(false)));
+    for _ in 0..2 {
+        nodes.curl(second, "/fail");
+    }
+    let m = eventually(&agent, |m| m.sum(SERVED, &served) == 2.0);
+    assert_eq!(edge(&m, "service_graph_requests_total", second), 2.0);
+    assert_eq!(edge(&m, "service_graph_request_failed_total", second), 2.0);
+    drop(agent);
+
+    // Clients traced: a caller this node traces is the edge of its own client series,
+    // never the server's as well; while the kernel has room for its address (two here).
+    let agent = Agent::start(&format!("{}    max_local_client_addresses: 2\n", config(true)));
+    for (from, times) in [(first, 3), (second, 1), (third, 2)] {
+        for _ in 0..times {
+            nodes.curl(from, "/ok");
+        }
+    }
+    let curl = [("process_executable_name", "curl")];
+    const CALLED: &str = "http_client_request_duration_seconds_count";
+    let m = eventually(&agent, |m| m.sum(SERVED, &served) == 6.0 && m.sum(CALLED, &curl) == 6.0);
+    let curl_name = service_of(&m, CALLED, &curl);
+    let server_address = format!("{SERVER_NODE}:8080");
+    let called = [("client", curl_name.as_str()), ("server", server_address.as_str())];
+    assert_eq!(m.sum("service_graph_requests_total", &called), 6.0);
+    // The third address found no room: its calls count twice, and its refusals once per
+    // connection.
+    assert_eq!(m.sum("service_graph_requests_total", &[("server", name.as_str())]), 2.0);
+    assert_eq!(edge(&m, "service_graph_requests_total", third), 2.0);
+    let refused = [("probe", "http"), ("map", "local_clients")];
+    assert_eq!(m.sum("periscope_series_folded_total", &refused), 2.0);
+    let kept = [("probe", "http"), ("map", "local_clients")];
+    assert_eq!(m.sum("periscope_bpf_map_entries", &kept), 2.0);
+}

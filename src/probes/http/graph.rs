@@ -6,6 +6,10 @@
 //! its `service_name` (its systemd service, else its executable). The server is the `service_name` of the process
 //! on this node that serves the port called, when the address is a loopback one; else
 //! the address and port called.
+//!
+//! A caller from elsewhere (neither loopback nor a client this node traces) has no client
+//! series here: the kernel marks its connections, and the server's exchanges count
+//! under the caller's address ([`RemoteCallers`]).
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -19,16 +23,89 @@ use crate::model::{Family, Labels, MetricKind, Value, OVERFLOW};
 use crate::probes::kit::lifecycle::Owner;
 
 /// One edge's requests, failures and durations.
-struct Edge {
+#[derive(Debug, Clone, PartialEq)]
+pub struct Edge {
     requests: u64,
     failed: u64,
     duration: KernelHistogram,
+}
+
+impl Edge {
+    fn new() -> Edge {
+        Edge {
+            requests: 0,
+            failed: 0,
+            duration: KernelHistogram::new(Unit::Nanoseconds),
+        }
+    }
+
+    fn add(&mut self, key: &Exchanges, duration: &KernelHistogram) {
+        let count = duration.count();
+        self.requests += count;
+        if failed(key) {
+            self.failed += count;
+        }
+        self.duration.merge(duration);
+    }
+
+    fn merge(&mut self, other: &Edge) {
+        self.requests += other.requests;
+        self.failed += other.failed;
+        self.duration.merge(&other.duration);
+    }
+}
+
+/// What servers on this node were asked by callers from elsewhere: per serving process
+/// (without its pid, so that nothing is lost when it exits) and caller address, at most
+/// `max` pairs; further pairs count under the overflow process and caller.
+pub struct RemoteCallers {
+    edges: BTreeMap<(Owner, String), Edge>,
+    max: usize,
+    folded: u64,
+}
+
+impl RemoteCallers {
+    pub fn new(max: usize) -> Self {
+        RemoteCallers {
+            edges: BTreeMap::new(),
+            max,
+            folded: 0,
+        }
+    }
+
+    /// Counts `duration`'s exchanges of server series `key` of `owner` from `caller`.
+    pub fn count(&mut self, owner: &Owner, key: &Exchanges, caller: &str, duration: &KernelHistogram) {
+        let server = Owner::new(None, owner.name.clone(), owner.workload.clone());
+        let mut pair = (server, caller.to_string());
+        if !self.edges.contains_key(&pair) && self.edges.len() >= self.max {
+            self.folded += duration.count();
+            pair = (Owner::overflow(None), OVERFLOW.to_string());
+        }
+        self.edges.entry(pair).or_insert_with(Edge::new).add(key, duration);
+    }
+
+    /// Counts one exchange of `took` ns.
+    pub fn count_one(&mut self, owner: &Owner, key: &Exchanges, caller: &str, took: u64) {
+        let mut duration = KernelHistogram::new(Unit::Nanoseconds);
+        duration.record(took);
+        self.count(owner, key, caller, &duration);
+    }
+
+    /// Exchanges counted under the overflow pair because the table was full.
+    pub fn folded(&self) -> u64 {
+        self.folded
+    }
+
+    pub fn len(&self) -> usize {
+        self.edges.len()
+    }
 }
 
 /// The edges of `rows` (series and their duration histograms), at most `max_edges`; the
 /// rest count under the `__overflow__` edge. Returns the families and the edges folded.
 pub fn families<'a>(
     rows: impl Iterator<Item = (&'a Owner, &'a Exchanges, &'a KernelHistogram)> + Clone,
+    callers: &RemoteCallers,
     workloads: &Workloads,
     bounds: &DurationBounds,
     max_edges: usize,
@@ -57,22 +134,17 @@ pub fn families<'a>(
             _ if key.server_address == OVERFLOW => OVERFLOW.to_string(),
             _ => format!("{}:{}", key.server_address, key.server_port),
         };
-        let mut edge_key = (client, server);
-        if !edges.contains_key(&edge_key) && edges.len() >= max_edges {
-            folded += duration.count();
-            edge_key = (OVERFLOW.to_string(), OVERFLOW.to_string());
-        }
-        let edge = edges.entry(edge_key).or_insert_with(|| Edge {
-            requests: 0,
-            failed: 0,
-            duration: KernelHistogram::new(Unit::Nanoseconds),
-        });
-        let count = duration.count();
-        edge.requests += count;
-        if failed(key) {
-            edge.failed += count;
-        }
-        edge.duration.merge(duration);
+        edge_at(&mut edges, (client, server), max_edges, &mut folded, duration.count())
+            .add(key, duration);
+    }
+    for ((owner, caller), calls) in &callers.edges {
+        let server = if owner.is_overflow() {
+            OVERFLOW.to_string()
+        } else {
+            service(owner)
+        };
+        edge_at(&mut edges, (caller.clone(), server), max_edges, &mut folded, calls.requests)
+            .merge(calls);
     }
     let mut requests = Family::new(
         "service_graph_requests",
@@ -86,7 +158,7 @@ pub fn families<'a>(
     );
     let mut durations = Family::new(
         "service_graph_request_duration_seconds",
-        "Duration of requests from a client service to a server, as the client measured them.",
+        "Duration of requests from a client service to a server, as the client measured them (the server, for callers from elsewhere).",
         MetricKind::Histogram,
     )
     .with_unit("seconds");
@@ -97,6 +169,23 @@ pub fn families<'a>(
         durations.push(labels, Value::Histogram(bounds.classic_and_native(&edge.duration)));
     }
     (vec![requests, failures, durations], folded)
+}
+
+/// The edge `key` in `edges`, or the overflow edge once `max_edges` are taken, its
+/// `requests` then counted in `folded`.
+fn edge_at<'e>(
+    edges: &'e mut BTreeMap<(String, String), Edge>,
+    key: (String, String),
+    max_edges: usize,
+    folded: &mut u64,
+    requests: u64,
+) -> &'e mut Edge {
+    let mut key = key;
+    if !edges.contains_key(&key) && edges.len() >= max_edges {
+        *folded += requests;
+        key = (OVERFLOW.to_string(), OVERFLOW.to_string());
+    }
+    edges.entry(key).or_insert_with(Edge::new)
 }
 
 /// What the graph calls a process: its pod's container (`namespace/container`), else
@@ -186,7 +275,8 @@ mod tests {
         ];
         let bounds = DurationBounds::new(&[0.001, 1.0]);
         let rows_iter = rows.iter().map(|((o, k), h)| (o, k, h));
-        let (graph, folded) = families(rows_iter.clone(), &Workloads::default(), &bounds, 10);
+        let none = RemoteCallers::new(10);
+        let (graph, folded) = families(rows_iter.clone(), &none, &Workloads::default(), &bounds, 10);
         assert_eq!(folded, 0);
         // Counter families are named without `_total`, which the exposition adds.
         let requests = "service_graph_requests";
@@ -194,7 +284,7 @@ mod tests {
         assert_eq!(value(&graph, "service_graph_request_failed", "curl", "api"), 3.0);
         assert_eq!(value(&graph, requests, "api", "10.1.2.3:5432"), 4.0);
         // Two edges at most: the third (in key order) folds, its requests kept.
-        let (graph, folded) = families(rows_iter, &Workloads::default(), &bounds, 2);
+        let (graph, folded) = families(rows_iter, &none, &Workloads::default(), &bounds, 2);
         assert_eq!(folded, 5);
         assert_eq!(value(&graph, requests, OVERFLOW, OVERFLOW), 5.0);
         let total: f64 = graph
@@ -207,5 +297,34 @@ mod tests {
             })
             .sum();
         assert_eq!(total, 18.0);
+    }
+
+    #[test]
+    fn callers_from_elsewhere_are_clients_by_address_within_their_cap() {
+        let (api, ok) = series(Role::Server, "api", "", 8080, 200);
+        let (_, failing) = series(Role::Server, "api", "", 8080, 503);
+        let mut callers = RemoteCallers::new(2);
+        // Pids differ, the server's edge is one: callers outlive the processes served.
+        let other_pid = Owner::new(Some(2), "api", Workload::default());
+        callers.count(&api, &ok, "10.0.0.7", &histogram(4));
+        callers.count(&other_pid, &failing, "10.0.0.7", &histogram(1));
+        callers.count(&api, &ok, "10.0.0.8", &histogram(2));
+        // A third pair: folded into the overflow pair, its requests kept.
+        callers.count_one(&api, &ok, "10.0.0.9", 5_000);
+        assert_eq!((callers.len(), callers.folded()), (3, 1));
+        let bounds = DurationBounds::new(&[0.001, 1.0]);
+        let rows: [((Owner, Exchanges), KernelHistogram); 0] = [];
+        let (graph, folded) = families(
+            rows.iter().map(|((o, k), h)| (o, k, h)),
+            &callers,
+            &Workloads::default(),
+            &bounds,
+            10,
+        );
+        assert_eq!(folded, 0);
+        assert_eq!(value(&graph, "service_graph_requests", "10.0.0.7", "api"), 5.0);
+        assert_eq!(value(&graph, "service_graph_request_failed", "10.0.0.7", "api"), 1.0);
+        assert_eq!(value(&graph, "service_graph_requests", "10.0.0.8", "api"), 2.0);
+        assert_eq!(value(&graph, "service_graph_requests", OVERFLOW, OVERFLOW), 1.0);
     }
 }

@@ -58,6 +58,7 @@ PSC_EXPORT_TYPES(struct psc_conn_key, struct psc_conn, struct psc_http_event,
 		 enum psc_http_event_kind, enum psc_http_role, enum psc_http_counter,
 		 struct psc_http_exchange, struct psc_http_stats, struct psc_http_native,
 		 enum psc_http_method, enum psc_span_parent);
+PSC_EXPORT_TYPES(enum psc_caller, enum psc_caller_family, struct psc_host);
 PSC_EXPORT_TYPES(enum psc_l7_protocol, enum psc_resp_line, enum psc_sql_line,
 		 enum psc_mysql_command, enum psc_mysql_reading, enum psc_mysql_caps,
 		 struct psc_dns_pending_key, struct psc_dns_pending, enum psc_dns_line);
@@ -1696,11 +1697,105 @@ __noinline int psc_frame_hand_off(struct psc_sock *sock, int pending, __u32 skip
 	return 0;
 }
 
+/* The addresses this node's traced clients connect from to non-loopback servers: a
+ * server here called from one of them leaves the call to the client's series. Few (one
+ * per address of the node and its containers), so never pruned; refusals are counted.
+ * Sized by user space. */
+PSC_HASH(local_clients, struct psc_host, __u8, 4096);
+/* The addresses of callers from elsewhere that have series of their own; the rest share
+ * one overflow address. Sized by user space. */
+PSC_HASH(remote_callers, struct psc_host, __u8, 1024);
+
+/* The local (`local`) or remote address of `sk`, IPv4-mapped IPv6 as IPv4. Returns 0
+ * for loopback addresses, which are of this node whoever holds them. */
+static __always_inline int host_of(const struct sock *sk, int local, struct psc_host *h)
+{
+	__u16 family = sk->__sk_common.skc_family;
+	__u32 v4;
+
+	if (family == AF_INET) {
+		v4 = local ? sk->__sk_common.skc_rcv_saddr : sk->__sk_common.skc_daddr;
+	} else if (family == AF_INET6) {
+		__u32 w[4];
+
+		if (local)
+			BPF_CORE_READ_INTO(&w, sk, __sk_common.skc_v6_rcv_saddr.in6_u.u6_addr32);
+		else
+			BPF_CORE_READ_INTO(&w, sk, __sk_common.skc_v6_daddr.in6_u.u6_addr32);
+		if (w[0] || w[1] || w[2] != bpf_htonl(0xffff)) {
+			if (!w[0] && !w[1] && !w[2] && w[3] == bpf_htonl(1))
+				return 0;
+			h->family = AF_INET6;
+			__builtin_memcpy(h->addr, w, sizeof(w));
+			return 1;
+		}
+		v4 = w[3];
+	} else {
+		return 0;
+	}
+	if ((bpf_ntohl(v4) >> 24) == 127)
+		return 0;
+	h->family = AF_INET;
+	__builtin_memcpy(h->addr, &v4, sizeof(v4));
+	return 1;
+}
+
+/* A traced client connecting to a non-loopback server: its address is noted before its
+ * SYN leaves, so the server, on this node or not, is established only after. */
+static __always_inline void note_local_client(const struct sock *sk)
+{
+	struct psc_host server = {}, client = {};
+	__u8 one = 1;
+
+	if (!host_of(sk, 0, &server) || !host_of(sk, 1, &client))
+		return;
+	if (bpf_map_lookup_elem(&local_clients, &client))
+		return;
+	if (bpf_map_update_elem(&local_clients, &client, &one, BPF_NOEXIST) &&
+	    !bpf_map_lookup_elem(&local_clients, &client))
+		PSC_COUNT_IN(counters, PSC_HTTP_LOCAL_CLIENTS_REFUSED);
+}
+
+/* Who called an accepted connection (enum psc_caller). */
+static __always_inline __u8 caller_of(const struct sock *sk)
+{
+	struct psc_host caller = {};
+	__u8 one = 1;
+
+	if (!host_of(sk, 0, &caller) || bpf_map_lookup_elem(&local_clients, &caller))
+		return PSC_CALLER_LOCAL;
+	if (bpf_map_lookup_elem(&remote_callers, &caller))
+		return PSC_CALLER_REMOTE;
+	if (!bpf_map_update_elem(&remote_callers, &caller, &one, BPF_NOEXIST) ||
+	    bpf_map_lookup_elem(&remote_callers, &caller))
+		return PSC_CALLER_REMOTE;
+	PSC_COUNT_IN(counters, PSC_HTTP_CALLERS_REFUSED);
+	return PSC_CALLER_OVERFLOW;
+}
+
+/* A server's series key names its caller from elsewhere: by address, or the overflow. */
+static __always_inline void key_caller(struct psc_http_series_key *key, const struct psc_conn *conn)
+{
+	key->family = 0;
+	__builtin_memset(key->addr, 0, sizeof(key->addr));
+	if (conn->client.caller == PSC_CALLER_REMOTE) {
+		key->family = conn->client.family;
+		__builtin_memcpy(key->addr, conn->client.addr, sizeof(key->addr));
+	} else if (conn->client.caller == PSC_CALLER_OVERFLOW) {
+		key->family = PSC_FAMILY_OVERFLOW;
+	}
+}
+
 SEC("tp_btf/inet_sock_set_state")
 int BPF_PROG(psc_http_state, const struct sock *sk, int oldstate, int newstate)
 {
 	struct psc_sock *sock;
 
+	if (newstate == TCP_SYN_SENT) {
+		if (trace_clients)
+			note_local_client(sk);
+		return 0;
+	}
 	if (newstate == TCP_ESTABLISHED) {
 		struct psc_conn fresh = {};
 		__u8 role;
@@ -1713,12 +1808,18 @@ int BPF_PROG(psc_http_state, const struct sock *sk, int oldstate, int newstate)
 			return 0;
 		if (!set_role(&fresh, sk, role))
 			return 0;
+		if (role == PSC_ROLE_SERVER)
+			fresh.client.caller = caller_of(sk);
 		/* Created zeroed (the whole state is too large for the stack), then filled. */
 		sock = bpf_sk_storage_get(&socks, (void *)sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
-		if (!sock)
+		if (!sock) {
 			PSC_COUNT_IN(counters, PSC_HTTP_CONNS_REFUSED);
-		else
-			sock->conn = fresh;
+			return 0;
+		}
+		sock->conn = fresh;
+		/* A server's turns keep it: they set only the rest of their keys. */
+		if (role == PSC_ROLE_SERVER)
+			key_caller(&sock->turn.key, &sock->conn);
 		return 0;
 	}
 	/* The local side closed (FIN_WAIT1, LAST_ACK) or the connection died (CLOSE): no

@@ -36,8 +36,31 @@ enum psc_http_role {
 struct psc_peer {
 	__u16 port;
 	__u8 family; /* AF_INET or AF_INET6; 0 when the address is unknown */
-	__u8 pad;
+	__u8 caller; /* the client of an accepted connection: enum psc_caller */
 	__u8 addr[16]; /* IPv4 in the first 4 bytes */
+};
+
+/* Who called a server, as the service graph tells it. A caller on this node is an edge
+ * of its own client series; one from elsewhere has none, so the server's series keep
+ * its address (in the series key's family and addr). */
+enum psc_caller {
+	/* Loopback, a client this node traces, or a connection older than the agent. */
+	PSC_CALLER_LOCAL = 0,
+	PSC_CALLER_REMOTE = 1,
+	/* From elsewhere, past the cap of remote callers: one address for them all. */
+	PSC_CALLER_OVERFLOW = 2,
+};
+
+/* The series key family of callers past the cap. */
+enum psc_caller_family {
+	PSC_FAMILY_OVERFLOW = 0xff,
+};
+
+/* An address of a host, IPv4-mapped IPv6 ones as IPv4: local clients' and remote
+ * callers'. */
+struct psc_host {
+	__u32 family;
+	__u8 addr[16];
 };
 
 struct psc_conn {
@@ -155,7 +178,9 @@ struct psc_http_series_key {
 	__u16 port; /* the server's */
 	/* HTTP: of the target up to '?'. Redis: of the command and the error's prefix. */
 	__u64 path_hash;
-	__u8 family; /* the server's address, on client connections only */
+	/* The server's address on client connections; on a server's, its caller's when
+	 * remote (PSC_FAMILY_OVERFLOW past the cap), else zero. */
+	__u8 family;
 	__u8 protocol; /* enum psc_l7_protocol */
 	__u8 pad[6];
 	__u8 addr[16];
@@ -258,7 +283,12 @@ enum psc_http_counter {
 	/* DNS queries over UDP the kernel left to user space to pair: its map of lookups in
 	 * flight was full, or the question did not fit its record. */
 	PSC_HTTP_DNS_UNPAIRED = 8,
-	PSC_HTTP_COUNTERS = 9,
+	/* Callers from elsewhere past the remote_callers map's cap: one overflow address. */
+	PSC_HTTP_CALLERS_REFUSED = 9,
+	/* Addresses of local clients the local_clients map had no room for: servers here
+	 * take their calls for remote ones. */
+	PSC_HTTP_LOCAL_CLIENTS_REFUSED = 10,
+	PSC_HTTP_COUNTERS = 11,
 };
 
 /* A DNS lookup over UDP in flight, which the kernel pairs with its answer: by the

@@ -174,6 +174,10 @@ impl BuiltIn for HttpProbe {
 /// or overflow) and what it counts.
 type SeriesKey = (Owner, Exchanges);
 
+/// What a kernel series slot counts: a series, and for a server's, the caller from
+/// elsewhere its exchanges came from (graph::RemoteCallers).
+type SlotSeries = (SeriesKey, Option<String>);
+
 /// What a series counts: one kind of exchange.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 struct Exchanges {
@@ -339,7 +343,9 @@ pub struct HttpProbe {
     /// Spans of exchanges, when traces are on.
     spans: Option<spans::SpanMaker>,
     /// Series the kernel framer counts in slots (when it frames).
-    slots: slots::SlotTable<SeriesKey>,
+    slots: slots::SlotTable<SlotSeries>,
+    /// Server exchanges of callers from elsewhere, for the service graph.
+    callers: graph::RemoteCallers,
     kernel_framing: bool,
     /// Exchanges the kernel framed and sent one by one, their series having no slot.
     kernel_records: u64,
@@ -426,6 +432,10 @@ impl HttpProbe {
         util::set_entries(&mut open.maps.slot_stats, slot_count, "slot_stats")?;
         util::set_entries(&mut open.maps.slot_native, slot_count, "slot_native")?;
         util::set_entries(&mut open.maps.slots, key_count, "slots")?;
+        let callers = settings.max_remote_callers.get();
+        util::set_entries(&mut open.maps.remote_callers, callers, "remote_callers")?;
+        let local = settings.max_local_client_addresses.get();
+        util::set_entries(&mut open.maps.local_clients, local, "local_clients")?;
         let kernel_framing = settings.kernel_framing;
         let durations = DurationBounds::new(&settings.duration_buckets_seconds.0);
         let body = &settings.body_size_buckets_bytes.0;
@@ -516,6 +526,7 @@ impl HttpProbe {
                 .spans
                 .map(|sampler| spans::SpanMaker::new(sampler, context.agent_connections.clone())),
             slots: slots::SlotTable::new(slot_count, key_count),
+            callers: graph::RemoteCallers::new(settings.max_service_graph_edges.get() as usize),
             kernel_framing,
             kernel_records: 0,
             ingress: "sock_recv_length",
@@ -1059,6 +1070,10 @@ impl HttpProbe {
             {
                 if let Some(stats) = self.series.get_mut(&last.key) {
                     stats.record(&exchange);
+                    if let Some(caller) = event_caller(event, role) {
+                        let took = exchange.end_ns.saturating_sub(exchange.start_ns);
+                        self.callers.count_one(&last.key.0, &last.key.1, &caller, took);
+                    }
                     if self.spans.is_some() {
                         let route = last.key.1.route.clone();
                         self.finish_span(event, role, exchange, &route);
@@ -1086,6 +1101,10 @@ impl HttpProbe {
             .get((event.tgid, event.gen))
             .map(|info| info.first_seen);
         let route = self.spans.is_some().then(|| key.1.route.clone());
+        if let Some(caller) = event_caller(event, role) {
+            let took = exchange.end_ns.saturating_sub(exchange.start_ns);
+            self.callers.count_one(&key.0, &key.1, &caller, took);
+        }
         let stats = self.series.entry(key).or_default();
         if stats.first_seen.is_none() {
             stats.first_seen = created;
@@ -1116,8 +1135,14 @@ impl HttpProbe {
             stats.first_seen = created;
         }
         stats.record(&exchange);
+        let caller = key_caller(role, &record.key);
+        if let Some(caller) = &caller {
+            let took = exchange.end_ns.saturating_sub(exchange.start_ns);
+            self.callers.count_one(&key.0, &key.1, caller, took);
+        }
         let kernel_key = util::plain_bytes(&record.key);
-        if let Err(refused) = self.slots.install(&self.skel.maps.slots, kernel_key, &key) {
+        let counted = (key.clone(), caller);
+        if let Err(refused) = self.slots.install(&self.skel.maps.slots, kernel_key, &counted) {
             debug!(?refused, "series left to user space");
         }
         if record.sampled != 0 {
@@ -1279,7 +1304,10 @@ impl HttpProbe {
                 [&native.duration, &native.request_body, &native.response_body],
             ))
         });
-        for (key, delta) in deltas {
+        for ((key, caller), delta) in deltas {
+            if let Some(caller) = caller {
+                self.callers.count(&key.0, &key.1, &caller, &delta.duration);
+            }
             let stats = self.series.entry(key).or_default();
             stats.duration_ns.merge(&delta.duration);
             stats.request_bytes.merge(&delta.request_body);
@@ -1295,7 +1323,7 @@ impl HttpProbe {
         let live = &self.series;
         let freed = self
             .slots
-            .release(&self.skel.maps.slots, |key| !live.contains_key(key));
+            .release(&self.skel.maps.slots, |(key, _)| !live.contains_key(key));
         if freed.is_empty() {
             return;
         }
@@ -1722,7 +1750,7 @@ impl Probe for HttpProbe {
         out.push(dns_durations);
         let series = rows.iter().map(|((owner, key), stats)| (owner, key, &stats.duration_ns));
         let (graph, folded) =
-            graph::families(series, self.processes.workloads(), &self.durations, self.max_edges);
+            graph::families(series, &self.callers, self.processes.workloads(), &self.durations, self.max_edges);
         self.edges_folded = folded;
         out.extend(graph);
         out.push(self.kernel_framer_family());
@@ -1750,6 +1778,21 @@ impl Probe for HttpProbe {
                 map: "dns_pending",
                 entries: self.dns_kernel_pending,
                 capacity: u64::from(self.skel.maps.dns_pending.max_entries()),
+            },
+            MapFill {
+                map: "remote_callers",
+                entries: self.skel.maps.remote_callers.keys().count() as u64,
+                capacity: u64::from(self.skel.maps.remote_callers.max_entries()),
+            },
+            MapFill {
+                map: "local_clients",
+                entries: self.skel.maps.local_clients.keys().count() as u64,
+                capacity: u64::from(self.skel.maps.local_clients.max_entries()),
+            },
+            MapFill {
+                map: "remote_caller_pairs",
+                entries: self.callers.len() as u64,
+                capacity: self.max_edges as u64,
             },
             MapFill {
                 map: "kernel_series_keys",
@@ -1810,6 +1853,9 @@ impl Probe for HttpProbe {
             ("server_addresses", self.addresses.folded()),
             ("dns_question_names", self.question_names.folded()),
             ("service_graph_edges", self.edges_folded),
+            ("remote_callers", self.counter(Counter::PSC_HTTP_CALLERS_REFUSED)),
+            ("local_clients", self.counter(Counter::PSC_HTTP_LOCAL_CLIENTS_REFUSED)),
+            ("remote_caller_pairs", self.callers.folded()),
             ("tls_unknown_socket", self.counter(Counter::PSC_HTTP_TLS_NO_FD)),
             ("pending_execs", self.execs_refused),
             (
@@ -1994,7 +2040,68 @@ fn cpu_counts(stats: &types::psc_http_stats) -> slots::CpuCounts {
 }
 
 /// The text form of a server address the kernel recorded ("" when unknown).
+/// The caller from elsewhere of a server's exchange, by its series key: its address,
+/// or `__overflow__` past the cap of callers; none for the others.
+fn key_caller(role: Role, key: &types::psc_http_series_key) -> Option<String> {
+    if role != Role::Server || key.family == 0 {
+        return None;
+    }
+    if key.family == types::psc_caller_family::PSC_FAMILY_OVERFLOW.0 as u8 {
+        return Some(OVERFLOW_NAME.to_string());
+    }
+    caller_address(key.family, &key.addr)
+}
+
+/// A caller's address as the graph names it: an IPv4-mapped one (a dual-stack server's
+/// caller over IPv4) as IPv4, as the kernel told it apart.
+fn caller_address(family: u8, addr: &[u8; 16]) -> Option<String> {
+    let address = util::socket_address(family, addr);
+    match address.parse::<std::net::Ipv6Addr>() {
+        Ok(v6) => Some(v6.to_ipv4_mapped().map_or(address, |v4| v4.to_string())),
+        Err(_) => Some(address).filter(|address| !address.is_empty()),
+    }
+}
+
+/// The caller from elsewhere of a server's exchange, by its connection's event.
+fn event_caller(event: &types::psc_http_event, role: Role) -> Option<String> {
+    let caller = u32::from(event.client.caller);
+    if role != Role::Server || caller == types::psc_caller::PSC_CALLER_LOCAL.0 {
+        return None;
+    }
+    if caller == types::psc_caller::PSC_CALLER_REMOTE.0 {
+        return caller_address(event.client.family, &event.client.addr);
+    }
+    Some(OVERFLOW_NAME.to_string())
+}
+
 fn peer_address(peer: &types::psc_peer) -> String {
     util::socket_address(peer.family, &peer.addr)
 }
 
+
+#[cfg(test)]
+mod caller_tests {
+    use super::*;
+
+    #[test]
+    fn callers_are_named_by_address_ipv4_mapped_ones_as_ipv4() {
+        let mut mapped = [0u8; 16];
+        mapped[10..12].copy_from_slice(&[0xff, 0xff]);
+        mapped[12..].copy_from_slice(&[10, 0, 0, 7]);
+        assert_eq!(caller_address(10, &mapped).as_deref(), Some("10.0.0.7"));
+        let mut v6 = [0u8; 16];
+        v6[..2].copy_from_slice(&[0xfd, 0x00]);
+        v6[15] = 9;
+        assert_eq!(caller_address(10, &v6).as_deref(), Some("fd00::9"));
+        assert_eq!(caller_address(2, &mapped).as_deref(), Some("0.0.0.0"));
+        assert_eq!(caller_address(0, &v6), None);
+        let mut key = types::psc_http_series_key {
+            family: types::psc_caller_family::PSC_FAMILY_OVERFLOW.0 as u8,
+            ..Default::default()
+        };
+        assert_eq!(key_caller(Role::Server, &key).as_deref(), Some(OVERFLOW_NAME));
+        assert_eq!(key_caller(Role::Client, &key), None);
+        key.family = 0;
+        assert_eq!(key_caller(Role::Server, &key), None);
+    }
+}
