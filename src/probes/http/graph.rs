@@ -3,9 +3,10 @@
 //! it, so it costs nothing on the hot path.
 //!
 //! The client is the calling process's workload: its pod's container, its container, or
-//! its `service_name` (its systemd service, else its executable). The server is the `service_name` of the process
-//! on this node that serves the port called, when the address is a loopback one; else
-//! the address and port called.
+//! its `service_name` (its systemd service, else its executable). The server is named
+//! the same way when it is on this node: called at a loopback address, the process that
+//! serves the port; called at another, the process that serves the port in the network
+//! namespace holding the address (endpoints.rs). Else it is the address and port called.
 //!
 //! A caller from elsewhere (neither loopback nor a client this node traces) has no client
 //! series here: the kernel marks its connections, and the server's exchanges count
@@ -101,15 +102,34 @@ impl RemoteCallers {
     }
 }
 
-/// The edges of `rows` (series and their duration histograms), at most `max_edges`; the
-/// rest count under the `__overflow__` edge. Returns the families and the edges folded.
-pub fn families<'a>(
+/// What the graph is drawn from besides the series.
+pub struct Graph<'a> {
+    pub callers: &'a RemoteCallers,
+    /// The servers of this node by the non-loopback (address, port) they are called at.
+    pub local: &'a HashMap<(String, u16), Owner>,
+    pub workloads: &'a Workloads,
+    pub bounds: &'a DurationBounds,
+    /// Edges at most; the rest count under the `__overflow__` edge.
+    pub max_edges: usize,
+}
+
+impl Graph<'_> {
+    /// The edges of `rows` (series and their duration histograms) and of the callers
+    /// from elsewhere. Returns the families and the requests of the edges folded.
+    pub fn families<'r>(
+        &self,
+        rows: impl Iterator<Item = (&'r Owner, &'r Exchanges, &'r KernelHistogram)> + Clone,
+    ) -> (Vec<Family>, u64) {
+        families(rows, self)
+    }
+}
+
+fn families<'a>(
     rows: impl Iterator<Item = (&'a Owner, &'a Exchanges, &'a KernelHistogram)> + Clone,
-    callers: &RemoteCallers,
-    workloads: &Workloads,
-    bounds: &DurationBounds,
-    max_edges: usize,
+    graph: &Graph<'_>,
 ) -> (Vec<Family>, u64) {
+    let (callers, workloads, bounds, max_edges) =
+        (graph.callers, graph.workloads, graph.bounds, graph.max_edges);
     let service = |owner: &Owner| workload_name(&workloads.process_labels(None, &owner.name, &owner.workload), &owner.name);
     // Who serves each port on this node, as its server series say.
     let mut local: HashMap<u16, String> = HashMap::new();
@@ -129,8 +149,10 @@ pub fn families<'a>(
         } else {
             service(owner)
         };
-        let server = match local.get(&key.server_port) {
-            Some(name) if is_loopback(&key.server_address) => name.clone(),
+        let called = (key.server_address.clone(), key.server_port);
+        let server = match (graph.local.get(&called), local.get(&key.server_port)) {
+            (Some(owner), _) => service(owner),
+            (None, Some(name)) if is_loopback(&key.server_address) => name.clone(),
             _ if key.server_address == OVERFLOW => OVERFLOW.to_string(),
             _ => format!("{}:{}", key.server_address, key.server_port),
         };
@@ -264,6 +286,23 @@ mod tests {
             .sum()
     }
 
+    /// The graph of `rows`, `callers` and the `local` servers, at most `max_edges` edges.
+    fn draw(
+        rows: &[((Owner, Exchanges), KernelHistogram)],
+        callers: &RemoteCallers,
+        local: &HashMap<(String, u16), Owner>,
+        max_edges: usize,
+    ) -> (Vec<Family>, u64) {
+        let graph = Graph {
+            callers,
+            local,
+            workloads: &Workloads::default(),
+            bounds: &DurationBounds::new(&[0.001, 1.0]),
+            max_edges,
+        };
+        graph.families(rows.iter().map(|((o, k), h)| (o, k, h)))
+    }
+
     #[test]
     fn edges_name_local_servers_and_fold_past_the_cap_with_totals_kept() {
         let rows = [
@@ -273,10 +312,8 @@ mod tests {
             (series(Role::Client, "api", "10.1.2.3", 5432, 200), histogram(4)),
             (series(Role::Client, "api", "10.1.2.4", 6379, 200), histogram(5)),
         ];
-        let bounds = DurationBounds::new(&[0.001, 1.0]);
-        let rows_iter = rows.iter().map(|((o, k), h)| (o, k, h));
         let none = RemoteCallers::new(10);
-        let (graph, folded) = families(rows_iter.clone(), &none, &Workloads::default(), &bounds, 10);
+        let (graph, folded) = draw(&rows, &none, &HashMap::new(), 10);
         assert_eq!(folded, 0);
         // Counter families are named without `_total`, which the exposition adds.
         let requests = "service_graph_requests";
@@ -284,7 +321,7 @@ mod tests {
         assert_eq!(value(&graph, "service_graph_request_failed", "curl", "api"), 3.0);
         assert_eq!(value(&graph, requests, "api", "10.1.2.3:5432"), 4.0);
         // Two edges at most: the third (in key order) folds, its requests kept.
-        let (graph, folded) = families(rows_iter, &none, &Workloads::default(), &bounds, 2);
+        let (graph, folded) = draw(&rows, &none, &HashMap::new(), 2);
         assert_eq!(folded, 5);
         assert_eq!(value(&graph, requests, OVERFLOW, OVERFLOW), 5.0);
         let total: f64 = graph
@@ -312,19 +349,25 @@ mod tests {
         // A third pair: folded into the overflow pair, its requests kept.
         callers.count_one(&api, &ok, "10.0.0.9", 5_000);
         assert_eq!((callers.len(), callers.folded()), (3, 1));
-        let bounds = DurationBounds::new(&[0.001, 1.0]);
-        let rows: [((Owner, Exchanges), KernelHistogram); 0] = [];
-        let (graph, folded) = families(
-            rows.iter().map(|((o, k), h)| (o, k, h)),
-            &callers,
-            &Workloads::default(),
-            &bounds,
-            10,
-        );
+        let (graph, folded) = draw(&[], &callers, &HashMap::new(), 10);
         assert_eq!(folded, 0);
         assert_eq!(value(&graph, "service_graph_requests", "10.0.0.7", "api"), 5.0);
         assert_eq!(value(&graph, "service_graph_request_failed", "10.0.0.7", "api"), 1.0);
         assert_eq!(value(&graph, "service_graph_requests", "10.0.0.8", "api"), 2.0);
         assert_eq!(value(&graph, "service_graph_requests", OVERFLOW, OVERFLOW), 1.0);
+    }
+
+    #[test]
+    fn a_server_of_this_node_called_at_its_namespace_address_is_named() {
+        let rows = [
+            (series(Role::Client, "curl", "10.251.0.1", 8080, 200), histogram(3)),
+            (series(Role::Client, "curl", "10.251.0.1", 9090, 200), histogram(2)),
+        ];
+        let web = Owner::new(None, "web", Workload::default());
+        let local = HashMap::from([(("10.251.0.1".to_string(), 8080), web)]);
+        let (graph, _) = draw(&rows, &RemoteCallers::new(1), &local, 10);
+        assert_eq!(value(&graph, "service_graph_requests", "curl", "web"), 3.0);
+        // Nobody here serves the other port at that address: the address it stays.
+        assert_eq!(value(&graph, "service_graph_requests", "curl", "10.251.0.1:9090"), 2.0);
     }
 }

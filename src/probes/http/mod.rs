@@ -10,6 +10,7 @@
 
 pub mod conn;
 pub mod dns;
+mod endpoints;
 mod graph;
 pub mod parser;
 pub mod mysql;
@@ -77,6 +78,9 @@ const INBOX_FULL: i32 = -1;
 
 /// The ring buffer is drained this often.
 const DRAIN_INTERVAL: Duration = Duration::from_millis(10);
+
+/// Network namespaces whose addresses the service graph keeps, at most.
+const MAX_NAMESPACES: usize = 1024;
 
 // The event kinds and the server role, as the BPF object defines them (http.h).
 const KIND_READ: u8 = types::psc_http_event_kind::PSC_HTTP_READ.0 as u8;
@@ -346,6 +350,12 @@ pub struct HttpProbe {
     slots: slots::SlotTable<SlotSeries>,
     /// Server exchanges of callers from elsewhere, for the service graph.
     callers: graph::RemoteCallers,
+    /// The processes serving each port (port, tgid, generation), at most `max_series`,
+    /// and the addresses of their network namespaces: where the graph finds the local
+    /// server a client called at a non-loopback address.
+    serving: BTreeSet<(u16, u32, u16)>,
+    serving_refused: u64,
+    namespaces: endpoints::NamespaceAddresses,
     kernel_framing: bool,
     /// Exchanges the kernel framed and sent one by one, their series having no slot.
     kernel_records: u64,
@@ -527,6 +537,9 @@ impl HttpProbe {
                 .map(|sampler| spans::SpanMaker::new(sampler, context.agent_connections.clone())),
             slots: slots::SlotTable::new(slot_count, key_count),
             callers: graph::RemoteCallers::new(settings.max_service_graph_edges.get() as usize),
+            serving: BTreeSet::new(),
+            serving_refused: 0,
+            namespaces: endpoints::NamespaceAddresses::new(MAX_NAMESPACES),
             kernel_framing,
             kernel_records: 0,
             ingress: "sock_recv_length",
@@ -1498,6 +1511,14 @@ impl HttpProbe {
         let key = (owner, exchanges);
         let held = self.series.len() + self.lifecycle.aggregates();
         if self.series.contains_key(&key) || held < self.max_series {
+            let serving = (server_port, tgid, event.gen);
+            if role == Role::Server && !self.serving.contains(&serving) {
+                if self.serving.len() < self.max_series {
+                    self.serving.insert(serving);
+                } else {
+                    self.serving_refused += 1;
+                }
+            }
             return key;
         }
         self.series_folded += 1;
@@ -1570,6 +1591,10 @@ impl HttpProbe {
                 pid_label.then(|| Owner::new(Some(process.0), info.name, info.workload))
             })
             .collect();
+        // Servers are known while their processes are.
+        let processes = &self.processes;
+        self.serving
+            .retain(|(_, tgid, gen)| processes.get((*tgid, *gen)).is_some());
         if expired.is_empty() {
             return;
         }
@@ -1749,8 +1774,19 @@ impl Probe for HttpProbe {
         out.push(db_durations);
         out.push(dns_durations);
         let series = rows.iter().map(|((owner, key), stats)| (owner, key, &stats.duration_ns));
-        let (graph, folded) =
-            graph::families(series, &self.callers, self.processes.workloads(), &self.durations, self.max_edges);
+        let servers = self.serving.iter().filter_map(|&(port, tgid, gen)| {
+            let info = self.processes.get((tgid, gen))?;
+            Some((tgid, port, Owner::new(None, info.name.clone(), info.workload.clone())))
+        });
+        let local = endpoints::endpoints(servers, &mut self.namespaces, Instant::now());
+        let graph = graph::Graph {
+            callers: &self.callers,
+            local: &local,
+            workloads: self.processes.workloads(),
+            bounds: &self.durations,
+            max_edges: self.max_edges,
+        };
+        let (graph, folded) = graph.families(series);
         self.edges_folded = folded;
         out.extend(graph);
         out.push(self.kernel_framer_family());
@@ -1788,6 +1824,11 @@ impl Probe for HttpProbe {
                 map: "local_clients",
                 entries: self.skel.maps.local_clients.keys().count() as u64,
                 capacity: u64::from(self.skel.maps.local_clients.max_entries()),
+            },
+            MapFill {
+                map: "local_servers",
+                entries: self.serving.len() as u64,
+                capacity: self.max_series as u64,
             },
             MapFill {
                 map: "remote_caller_pairs",
@@ -1856,6 +1897,7 @@ impl Probe for HttpProbe {
             ("remote_callers", self.counter(Counter::PSC_HTTP_CALLERS_REFUSED)),
             ("local_clients", self.counter(Counter::PSC_HTTP_LOCAL_CLIENTS_REFUSED)),
             ("remote_caller_pairs", self.callers.folded()),
+            ("local_servers", self.serving_refused),
             ("tls_unknown_socket", self.counter(Counter::PSC_HTTP_TLS_NO_FD)),
             ("pending_execs", self.execs_refused),
             (
