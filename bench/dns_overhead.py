@@ -22,7 +22,8 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from http_overhead import free_port, wait_port  # noqa: E402
-from redis_overhead import HTTP_ALONE, agent_modes, off_and_on, program_lines, ratio_line  # noqa: E402
+from redis_overhead import (HTTP_ALONE, agent_modes, busy_line, off_and_on, program_lines,  # noqa: E402
+                            ratio_line)
 
 NAMES = 100
 
@@ -66,7 +67,7 @@ def main():
             f.write(os.environ.get("PERISCOPE_BENCH_CONFIG") or HTTP_ALONE)
         try:
             run_dnsperf(port, queries, 2, args.clients)  # warm-up
-            results, agent_cpu, prog_time = off_and_on(
+            results, busy, agent_cpu, prog_time = off_and_on(
                 args.rounds, conf, lambda: run_dnsperf(port, queries, args.seconds, args.clients),
                 args.bpf_stats, args.baseline)
         finally:
@@ -77,6 +78,8 @@ def main():
           f"{args.rounds} interleaved rounds")
     for mode, name in agent_modes(args.baseline):
         print(f" {name}: {ratio_line('queries/s', [r for r, _ in results['off']], [r for r, _ in results[mode]])}")
+        done = {m: [c for _, c in results[m]] for m in ("off", mode)}
+        print(f"  {busy_line('query', busy['off'], busy[mode], done['off'], done[mode])}")
         completed = statistics.median(c for _, c in results[mode])
         print(f"  agent CPU per 1,000 queries: "
               f"{1000 * statistics.median(agent_cpu[mode]) / completed * 1000:.3f} ms")

@@ -134,10 +134,11 @@ def cpu_seconds(pid):
 
 
 def busy_cpu_seconds():
-    """CPU time spent on all CPUs outside idle and iowait, from /proc/stat."""
+    """CPU time spent on all CPUs outside idle, iowait and steal (time the hypervisor
+    gave to others, which is not ours), from /proc/stat."""
     with open("/proc/stat") as f:
         ticks = [int(v) for v in f.readline().split()[1:9]]
-    return (sum(ticks) - ticks[3] - ticks[4]) / CLK_TCK
+    return (sum(ticks) - ticks[3] - ticks[4] - ticks[7]) / CLK_TCK
 
 
 def bpf_program_stats():

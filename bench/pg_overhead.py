@@ -27,7 +27,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from http_overhead import free_port  # noqa: E402
-from redis_overhead import HTTP_ALONE, agent_modes, off_and_on, program_lines, ratio_line  # noqa: E402
+from redis_overhead import (HTTP_ALONE, agent_modes, busy_line, off_and_on, program_lines,  # noqa: E402
+                            ratio_line)
 
 BIN = sorted(glob.glob("/usr/lib/postgresql/*/bin"))[-1]
 AS_POSTGRES = ["setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups", "--"]
@@ -85,8 +86,8 @@ def main():
                 done = int(re.search(r"number of transactions actually processed: (\d+)", out).group(1))
                 return tps, done
 
-            measures, agent_cpu, prog_time = off_and_on(args.rounds, conf, measure, args.bpf_stats,
-                                                        args.baseline)
+            measures, busy, agent_cpu, prog_time = off_and_on(args.rounds, conf, measure, args.bpf_stats,
+                                                              args.baseline)
         finally:
             subprocess.run(["kill", "-INT", str(server.pid)])
             server.wait()
@@ -97,6 +98,8 @@ def main():
     for mode, name in agent_modes(args.baseline):
         per_transaction = [cpu / done for cpu, (_, done) in zip(agent_cpu[mode], measures[mode])]
         print(f" {name}: {ratio_line('tps', results['off'], results[mode])}")
+        done = {m: [d for _, d in measures[m]] for m in ("off", mode)}
+        print(f"  {busy_line('transaction', busy['off'], busy[mode], done['off'], done[mode])}")
         print(f"  agent CPU per 1,000 transactions: {1e6 * statistics.median(per_transaction):.3f} ms")
         if args.bpf_stats:
             total = sum(done for _, done in measures[mode])

@@ -4,8 +4,9 @@
 Runs `redis-benchmark -q -P 1` (no pipelining, loopback) against Debian's redis-server
 with the agent off and on (the http probe alone by default, which frames Redis),
 interleaved round by round, and reports medians: operations per second for GET and SET,
-their ratio to off, the agent's own CPU time per 1,000 operations (from /proc) and,
-with --bpf-stats, the time the probe's programs ran per operation.
+their ratio to off, the machine's busy CPU time per operation (and the rate it implies:
+the benchmark keeps every CPU busy), the agent's own CPU time per 1,000 operations
+(from /proc) and, with --bpf-stats, the time the probe's programs ran per operation.
 
 Usage (as root, after `cargo build --release`):
     python3 bench/redis_overhead.py [--rounds 5] [--requests 200000] [--clients 50] [--bpf-stats]
@@ -22,8 +23,8 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from http_overhead import (add_bpf_time, bpf_program_stats, cpu_seconds, free_port,  # noqa: E402
-                           start_periscope, wait_port)
+from http_overhead import (add_bpf_time, bpf_program_stats, busy_cpu_seconds, cpu_seconds,  # noqa: E402
+                           free_port, start_periscope, wait_port)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PERISCOPE = os.environ.get("PERISCOPE_BENCH_BINARY") or os.path.join(ROOT, "target", "release", "periscope")
@@ -47,10 +48,12 @@ def run_benchmark(port, requests, clients):
 def off_and_on(rounds, conf, measure, bpf_stats=False, baseline=None):
     """Runs `measure()` with the agent off, then (with `baseline`, another build of the
     agent) the baseline, then on (`periscope run --config conf`), round after round.
-    Returns each mode's measures, and for each agent mode its CPU seconds per round and,
-    with bpf_stats, its programs' run time and runs (add_bpf_time)."""
+    Returns each mode's measures, each mode's busy CPU seconds per round (all CPUs), and
+    for each agent mode its CPU seconds per round and, with bpf_stats, its programs' run
+    time and runs (add_bpf_time)."""
     modes = ("off",) + (("baseline",) if baseline else ()) + ("on",)
     results = {mode: [] for mode in modes}
+    busy = {mode: [] for mode in modes}
     agent_cpu = {mode: [] for mode in modes if mode != "off"}
     prog_time = {mode: {} for mode in modes if mode != "off"}
     for _ in range(rounds):
@@ -64,7 +67,9 @@ def off_and_on(rounds, conf, measure, bpf_stats=False, baseline=None):
                 if bpf_stats:
                     subprocess.run(["sysctl", "-q", "kernel.bpf_stats_enabled=1"], check=True)
                     stats_before = bpf_program_stats()
+            busy_before = busy_cpu_seconds()
             results[mode].append(measure())
+            busy[mode].append(busy_cpu_seconds() - busy_before)
             if agent:
                 if bpf_stats:
                     add_bpf_time(prog_time[mode], stats_before)
@@ -72,7 +77,7 @@ def off_and_on(rounds, conf, measure, bpf_stats=False, baseline=None):
                 agent_cpu[mode].append(cpu_seconds(agent.pid) - cpu_before)
                 agent.terminate()
                 agent.wait()
-    return results, agent_cpu, prog_time
+    return results, busy, agent_cpu, prog_time
 
 
 def ratio_line(unit, off, on):
@@ -84,6 +89,22 @@ def ratio_line(unit, off, on):
     return (f"{statistics.median(on):,.0f} {unit} on, {statistics.median(off):,.0f} off: "
             f"{100 * statistics.median(on) / statistics.median(off):.1f} % of off; median of the rounds' "
             f"ratios {100 * statistics.median(ratios):.1f} % (rounds: "
+            + ", ".join(f"{100 * r:.0f}" for r in ratios) + " %)")
+
+
+def busy_line(unit, busy_off, busy_on, done_off, done_on):
+    """One line comparing the machine's busy CPU time per operation on and off, round by
+    round (`done_*`: operations per round). The benchmark keeps every CPU busy, so off's
+    time over on's is the rate on would reach as a share of off's if the machine's speed
+    held still: a steadier estimate than the rates, which move with what else the host
+    runs (steal time is left out)."""
+    per_off = [b / n for b, n in zip(busy_off, done_off)]
+    per_on = [b / n for b, n in zip(busy_on, done_on)]
+    ratios = [f / n for f, n in zip(per_off, per_on)]
+    return (f"busy CPU per {unit}: {1e6 * statistics.median(per_on):.2f} us on, "
+            f"{1e6 * statistics.median(per_off):.2f} off: rate implied "
+            f"{100 * statistics.median(per_off) / statistics.median(per_on):.1f} % of off; median of the "
+            f"rounds' {100 * statistics.median(ratios):.1f} % (rounds: "
             + ", ".join(f"{100 * r:.0f}" for r in ratios) + " %)")
 
 
@@ -120,7 +141,7 @@ def main():
             f.write(os.environ.get("PERISCOPE_BENCH_CONFIG") or HTTP_ALONE)
         try:
             run_benchmark(port, args.requests // 4, args.clients)  # warm-up
-            results, agent_cpu, prog_time = off_and_on(
+            results, busy, agent_cpu, prog_time = off_and_on(
                 args.rounds, conf, lambda: run_benchmark(port, args.requests, args.clients),
                 args.bpf_stats, args.baseline)
         finally:
@@ -136,6 +157,8 @@ def main():
             off = [r[op] for r in results["off"]]
             on = [r[op] for r in results[mode]]
             print(f"  {op}: {ratio_line('ops/s', off, on)}")
+        rounds = [operations] * args.rounds
+        print(f"  {busy_line('operation', busy['off'], busy[mode], rounds, rounds)}")
         print(f"  agent CPU per 1,000 operations: "
               f"{1000 * statistics.median(agent_cpu[mode]) / operations * 1000:.3f} ms")
         if args.bpf_stats:
