@@ -1312,8 +1312,8 @@ fn the_service_graph_counts_each_edge_exactly() {
 }
 
 /// Two network namespaces of the test's own joined by a veth pair, standing for two
-/// nodes: a server's at `SERVER_NODE`, and a caller's with three addresses. Removed on
-/// drop.
+/// nodes: a server's at `SERVER_NODE` (and `SERVER_NODE_V6`), and a caller's with three
+/// IPv4 addresses and `CALLER_V6`. Removed on drop.
 struct TwoNodes {
     server: String,
     caller: String,
@@ -1321,6 +1321,8 @@ struct TwoNodes {
 
 const SERVER_NODE: &str = "10.251.0.1";
 const CALLER_ADDRESSES: [&str; 3] = ["10.251.0.2", "10.251.0.3", "10.251.0.4"];
+const SERVER_NODE_V6: &str = "fd00:251::1";
+const CALLER_V6: &str = "fd00:251::2";
 
 impl TwoNodes {
     fn new() -> TwoNodes {
@@ -1346,15 +1348,22 @@ impl TwoNodes {
         for address in CALLER_ADDRESSES {
             run(&["ip", "-n", caller, "addr", "add", &format!("{address}/24"), "dev", "psc-gc"]);
         }
+        // No duplicate address detection: the addresses serve at once.
+        for (ns, dev, address) in [(server, "psc-gs", SERVER_NODE_V6), (caller, "psc-gc", CALLER_V6)] {
+            run(&["ip", "-n", ns, "addr", "add", &format!("{address}/64"), "dev", dev, "nodad"]);
+        }
         run(&["ip", "-n", server, "link", "set", "psc-gs", "up"]);
         run(&["ip", "-n", caller, "link", "set", "psc-gc", "up"]);
         nodes
     }
 
     /// One request with curl, on a connection of its own, from address `from` of the
-    /// caller's node.
+    /// caller's node (to the server's address of the same family).
     fn curl(&self, from: &str, path: &str) {
-        let url = format!("http://{SERVER_NODE}:8080{path}");
+        let url = match from.contains(':') {
+            true => format!("http://[{SERVER_NODE_V6}]:8080{path}"),
+            false => format!("http://{SERVER_NODE}:8080{path}"),
+        };
         let status = Command::new("ip")
             .args(["netns", "exec", &self.caller, "curl", "-s", "-o", "/dev/null"])
             .args(["--interface", from, &url])
@@ -1372,9 +1381,10 @@ impl Drop for TwoNodes {
     }
 }
 
-/// An HTTP server on port 8080 of network namespace argv[1]: 500 for /fail, else 200.
+/// An HTTP server on port 8080 of network namespace argv[1], over IPv6 and IPv4 (as
+/// IPv4-mapped addresses): 500 for /fail, else 200.
 const SERVE_IN_NETNS: &str = r#"
-import ctypes, os, sys
+import ctypes, os, socket, sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 libc = ctypes.CDLL(None, use_errno=True)
 if libc.setns(os.open("/run/netns/" + sys.argv[1], os.O_RDONLY), 0x40000000) != 0:
@@ -1387,7 +1397,9 @@ class H(BaseHTTPRequestHandler):
         self.send_header("Content-Length", "2")
         self.end_headers()
         self.wfile.write(b"ok")
-server = ThreadingHTTPServer(("0.0.0.0", 8080), H)
+class DualStack(ThreadingHTTPServer):
+    address_family = socket.AF_INET6
+server = DualStack(("::", 8080), H)
 print("ready", flush=True)
 server.serve_forever()
 "#;
@@ -1412,17 +1424,24 @@ fn callers_from_elsewhere_are_graph_clients_by_address() {
     const SERVED: &str = "http_server_request_duration_seconds_count";
     let [first, second, third] = CALLER_ADDRESSES;
 
-    // Clients untraced: whoever calls over the veth is a caller from elsewhere. Two
-    // addresses fit; the third is past the cap.
-    let untraced = format!("{}    clients: false\n    max_remote_callers: 2\n", config(true));
+    // Clients untraced: whoever calls over the veth is a caller from elsewhere. Three
+    // addresses fit; the fourth is past the cap. The server's socket is IPv6: IPv4
+    // callers come as IPv4-mapped addresses, and are named as IPv4 ones.
+    let untraced = format!("{}    clients: false\n    max_remote_callers: 3\n", config(true));
     let agent = Agent::start(&untraced);
-    let calls = [(first, "/ok", 3), (first, "/fail", 2), (second, "/ok", 4), (third, "/ok", 2)];
+    let calls = [
+        (first, "/ok", 3),
+        (first, "/fail", 2),
+        (second, "/ok", 4),
+        (CALLER_V6, "/ok", 1),
+        (third, "/ok", 2),
+    ];
     for (from, path, times) in calls {
         for _ in 0..times {
             nodes.curl(from, path);
         }
     }
-    let m = eventually(&agent, |m| m.sum(SERVED, &served) == 11.0);
+    let m = eventually(&agent, |m| m.sum(SERVED, &served) == 12.0);
     let name = service_of(&m, SERVED, &served);
     let edge = |m: &Metrics, family: &str, client: &str| {
         m.sum(family, &[("client", client), ("server", name.as_str())])
@@ -1432,6 +1451,7 @@ fn callers_from_elsewhere_are_graph_clients_by_address() {
     assert_eq!(edge(&m, "service_graph_request_duration_seconds_count", first), 5.0);
     assert_eq!(edge(&m, "service_graph_requests_total", second), 4.0);
     assert_eq!(edge(&m, "service_graph_request_failed_total", second), 0.0);
+    assert_eq!(edge(&m, "service_graph_requests_total", CALLER_V6), 1.0);
     assert_eq!(edge(&m, "service_graph_requests_total", third), 0.0);
     assert_eq!(edge(&m, "service_graph_requests_total", "__overflow__"), 2.0);
     // One refusal per connection of the third address.
