@@ -1404,6 +1404,33 @@ print("ready", flush=True)
 server.serve_forever()
 "#;
 
+/// An HTTP client in network namespace argv[1] that keeps one connection to argv[2]:8080
+/// from address argv[3]: one request before it is ready, then argv[4] after a go.
+const CALL_IN_NETNS: &str = r#"
+import ctypes, http.client, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+if libc.setns(os.open("/run/netns/" + sys.argv[1], os.O_RDONLY), 0x40000000) != 0:
+    raise OSError(ctypes.get_errno(), "setns")
+c = http.client.HTTPConnection(sys.argv[2], 8080, source_address=(sys.argv[3], 0))
+def get():
+    c.request("GET", "/ok")
+    c.getresponse().read()
+get()
+print("ready", flush=True)
+sys.stdin.readline()
+for _ in range(int(sys.argv[4])):
+    get()
+print("done", flush=True)
+sys.stdin.readline()
+"#;
+
+/// A client of the caller's node on a connection opened before the agent starts, from
+/// address `from`; it makes `requests` more when `run`.
+fn connected_before(nodes: &TwoNodes, from: &str, requests: u32) -> Helper {
+    let args = [nodes.caller.clone(), SERVER_NODE.to_string(), from.to_string(), requests.to_string()];
+    Helper::spawn(CALL_IN_NETNS, &args)
+}
+
 #[test]
 fn callers_from_elsewhere_are_graph_clients_by_address() {
     let _kernel = kernel_lock();
@@ -1493,4 +1520,28 @@ fn callers_from_elsewhere_are_graph_clients_by_address() {
     assert_eq!(m.sum("periscope_series_folded_total", &refused), 2.0);
     let kept = [("probe", "http"), ("map", "local_clients")];
     assert_eq!(m.sum("periscope_bpf_map_entries", &kept), 2.0);
+    drop(agent);
+
+    // Connections older than the agent: the server adopts them at their first request
+    // after it started. A client of this node connected then was noted as the agent
+    // started, and stays its own series' edge.
+    let mut client = connected_before(&nodes, second, 4);
+    let agent = Agent::start(&config(true));
+    client.run();
+    let client_pid = client.pid().to_string();
+    let calling = [("process_pid", client_pid.as_str())];
+    let m = eventually(&agent, |m| m.sum(SERVED, &served) == 4.0 && m.sum(CALLED, &calling) == 4.0);
+    let client_name = service_of(&m, CALLED, &calling);
+    assert_eq!(edge(&m, "service_graph_requests_total", &client_name), 4.0);
+    assert_eq!(m.sum("service_graph_requests_total", &[("server", name.as_str())]), 4.0);
+    client.finish();
+    drop(agent);
+
+    // With clients untraced, such a connection's caller is one from elsewhere.
+    let mut client = connected_before(&nodes, first, 3);
+    let agent = Agent::start(&format!("{}    clients: false\n", config(true)));
+    client.run();
+    let m = eventually(&agent, |m| m.sum(SERVED, &served) == 3.0);
+    assert_eq!(edge(&m, "service_graph_requests_total", first), 3.0);
+    client.finish();
 }

@@ -99,6 +99,90 @@ fn local_ipv6(if_inet6: &str) -> Vec<Ipv6Addr> {
         .collect()
 }
 
+/// The local addresses of this node's connected TCP clients, in every network namespace
+/// (one process's `/proc/<pid>/net/tcp` and `tcp6` per namespace): the established
+/// connections whose local port nobody listens on and whose peer is not loopback. The
+/// kernel notes clients as they connect; these connected before it was watching.
+/// IPv4-mapped addresses come as IPv4.
+pub fn connected_clients() -> BTreeSet<IpAddr> {
+    let mut seen = BTreeSet::new();
+    let mut clients = BTreeSet::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return clients;
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        match namespace_of(pid) {
+            Some(namespace) if seen.insert(namespace) => {}
+            _ => continue,
+        }
+        let tables: Vec<String> = ["tcp", "tcp6"]
+            .iter()
+            .filter_map(|name| std::fs::read_to_string(format!("/proc/{pid}/net/{name}")).ok())
+            .collect();
+        clients.extend(clients_of(&tables));
+    }
+    clients
+}
+
+/// TCP states of /proc/net/tcp.
+const ESTABLISHED: &str = "01";
+const LISTEN: &str = "0A";
+
+/// The clients of a namespace's TCP tables (connected_clients).
+fn clients_of(tables: &[String]) -> Vec<IpAddr> {
+    let rows: Vec<(IpAddr, u16, IpAddr, &str)> = tables
+        .iter()
+        .flat_map(|table| table.lines().skip(1))
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (local, local_port) = socket_of(fields.get(1)?)?;
+            let (remote, _) = socket_of(fields.get(2)?)?;
+            Some((local, local_port, remote, *fields.get(3)?))
+        })
+        .collect();
+    let listening: BTreeSet<u16> = rows
+        .iter()
+        .filter(|row| row.3 == LISTEN)
+        .map(|row| row.1)
+        .collect();
+    rows.iter()
+        .filter(|(local, port, remote, state)| {
+            *state == ESTABLISHED
+                && !listening.contains(port)
+                && !local.is_loopback()
+                && !remote.is_loopback()
+        })
+        .map(|row| row.0)
+        .collect()
+}
+
+/// An `ADDRESS:PORT` of /proc/net/tcp{,6}: the address as hex words in host order, the
+/// port in hex. IPv4-mapped IPv6 addresses come as IPv4.
+fn socket_of(field: &str) -> Option<(IpAddr, u16)> {
+    let (hex, port) = field.split_once(':')?;
+    let port = u16::from_str_radix(port, 16).ok()?;
+    let word = |i: usize| {
+        let digits = hex.get(8 * i..8 * i + 8)?;
+        u32::from_str_radix(digits, 16).ok().map(u32::to_ne_bytes)
+    };
+    let address = match hex.len() {
+        8 => IpAddr::V4(Ipv4Addr::from(word(0)?)),
+        32 => {
+            let mut bytes = [0u8; 16];
+            for i in 0..4 {
+                bytes[4 * i..4 * i + 4].copy_from_slice(&word(i)?);
+            }
+            let v6 = Ipv6Addr::from(bytes);
+            v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4)
+        }
+        _ => return None,
+    };
+    Some((address, port))
+}
+
 /// The local servers by (address, port): for each server (its port and any identity
 /// `S`) the addresses of its namespace.
 pub fn endpoints<S: Clone>(
@@ -153,6 +237,32 @@ fd000000000000000000000000000002 04 40 00 82     eth0
 junk
 ";
         assert_eq!(local_ipv6(if_inet6), vec!["fd00::2".parse::<Ipv6Addr>().unwrap()]);
+    }
+
+    #[test]
+    fn connected_clients_are_established_sockets_on_ports_nobody_listens_on() {
+        // As a little-endian host prints them.
+        let tcp = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 00000000:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1
+   1: 0100FB0A:1F90 0200FB0A:A000 01 00000000:00000000 00:00000000 00000000     0        0 2 1
+   2: 0200FB0A:A001 0100FB0A:1F90 01 00000000:00000000 00:00000000 00000000     0        0 3 1
+   3: 0100007F:A002 0100007F:1F90 01 00000000:00000000 00:00000000 00000000     0        0 4 1
+   4: 0300FB0A:A003 0100007F:1F90 01 00000000:00000000 00:00000000 00000000     0        0 5 1
+   5: junk
+"
+        .to_string();
+        let tcp6 = "  sl  local_address rem_address st
+   0: 0000000000000000FFFF00000400FB0A:A004 0000000000000000FFFF00000100FB0A:0050 01 x
+   1: 000000FD000000000000000002000000:A005 000000FD000000000000000001000000:0050 01 x
+"
+        .to_string();
+        let want: Vec<IpAddr> = ["10.251.0.2", "10.251.0.4", "fd00::2"]
+            .iter()
+            .map(|a| a.parse().unwrap())
+            .collect();
+        let mut got = clients_of(&[tcp, tcp6]);
+        got.sort();
+        assert_eq!(got, want);
     }
 
     #[test]

@@ -1706,31 +1706,22 @@ PSC_HASH(local_clients, struct psc_host, __u8, 4096);
  * one overflow address. Sized by user space. */
 PSC_HASH(remote_callers, struct psc_host, __u8, 1024);
 
-/* The local (`local`) or remote address of `sk`, IPv4-mapped IPv6 as IPv4. Returns 0
- * for loopback addresses, which are of this node whoever holds them. */
-static __always_inline int host_of(const struct sock *sk, int local, struct psc_host *h)
+/* Host `h` of an address of `family` (IPv4 in its first 4 bytes), IPv4-mapped IPv6 as
+ * IPv4. Returns 0 for loopback addresses, which are of this node whoever holds them. */
+static __always_inline int host_of_addr(__u16 family, const __u32 w[4], struct psc_host *h)
 {
-	__u16 family = sk->__sk_common.skc_family;
-	__u32 v4;
+	__u32 v4 = w[0];
 
-	if (family == AF_INET) {
-		v4 = local ? sk->__sk_common.skc_rcv_saddr : sk->__sk_common.skc_daddr;
-	} else if (family == AF_INET6) {
-		__u32 w[4];
-
-		if (local)
-			BPF_CORE_READ_INTO(&w, sk, __sk_common.skc_v6_rcv_saddr.in6_u.u6_addr32);
-		else
-			BPF_CORE_READ_INTO(&w, sk, __sk_common.skc_v6_daddr.in6_u.u6_addr32);
+	if (family == AF_INET6) {
 		if (w[0] || w[1] || w[2] != bpf_htonl(0xffff)) {
 			if (!w[0] && !w[1] && !w[2] && w[3] == bpf_htonl(1))
 				return 0;
 			h->family = AF_INET6;
-			__builtin_memcpy(h->addr, w, sizeof(w));
+			__builtin_memcpy(h->addr, w, 16);
 			return 1;
 		}
 		v4 = w[3];
-	} else {
+	} else if (family != AF_INET) {
 		return 0;
 	}
 	if ((bpf_ntohl(v4) >> 24) == 127)
@@ -1738,6 +1729,26 @@ static __always_inline int host_of(const struct sock *sk, int local, struct psc_
 	h->family = AF_INET;
 	__builtin_memcpy(h->addr, &v4, sizeof(v4));
 	return 1;
+}
+
+/* The local (`local`) or remote address of `sk` (host_of_addr). */
+static __always_inline int host_of(const struct sock *sk, int local, struct psc_host *h)
+{
+	__u16 family = sk->__sk_common.skc_family;
+	__u32 w[4] = {};
+
+	/* Read by helper, as the IPv6 words are: a direct load here would be merged with
+	 * host_of_addr's load of w[3], one instruction for two kinds of pointer, which the
+	 * verifier refuses. */
+	if (family == AF_INET && local)
+		BPF_CORE_READ_INTO(&w[0], sk, __sk_common.skc_rcv_saddr);
+	else if (family == AF_INET)
+		BPF_CORE_READ_INTO(&w[0], sk, __sk_common.skc_daddr);
+	else if (local)
+		BPF_CORE_READ_INTO(&w, sk, __sk_common.skc_v6_rcv_saddr.in6_u.u6_addr32);
+	else
+		BPF_CORE_READ_INTO(&w, sk, __sk_common.skc_v6_daddr.in6_u.u6_addr32);
+	return host_of_addr(family, w, h);
 }
 
 /* A traced client connecting to a non-loopback server: its address is noted before its
@@ -1756,13 +1767,16 @@ static __always_inline void note_local_client(const struct sock *sk)
 		PSC_COUNT_IN(counters, PSC_HTTP_LOCAL_CLIENTS_REFUSED);
 }
 
-/* Who called an accepted connection (enum psc_caller). */
-static __always_inline __u8 caller_of(const struct sock *sk)
+/* Who called an accepted connection, from its client's address (enum psc_caller). */
+static __always_inline __u8 caller_of(const struct psc_peer *client)
 {
 	struct psc_host caller = {};
+	__u32 w[4];
 	__u8 one = 1;
 
-	if (!host_of(sk, 0, &caller) || bpf_map_lookup_elem(&local_clients, &caller))
+	__builtin_memcpy(w, client->addr, sizeof(w));
+	if (!host_of_addr(client->family, w, &caller) ||
+	    bpf_map_lookup_elem(&local_clients, &caller))
 		return PSC_CALLER_LOCAL;
 	if (bpf_map_lookup_elem(&remote_callers, &caller))
 		return PSC_CALLER_REMOTE;
@@ -1773,7 +1787,8 @@ static __always_inline __u8 caller_of(const struct sock *sk)
 	return PSC_CALLER_OVERFLOW;
 }
 
-/* A server's series key names its caller from elsewhere: by address, or the overflow. */
+/* A server's series key names its caller from elsewhere: by address, or the overflow.
+ * A server's turns keep it: they set only the rest of their keys. */
 static __always_inline void key_caller(struct psc_http_series_key *key, const struct psc_conn *conn)
 {
 	key->family = 0;
@@ -1784,6 +1799,19 @@ static __always_inline void key_caller(struct psc_http_series_key *key, const st
 	} else if (conn->client.caller == PSC_CALLER_OVERFLOW) {
 		key->family = PSC_FAMILY_OVERFLOW;
 	}
+}
+
+/* A server's connection accepted before the agent started, adopted at its first request,
+ * learns who called it: user space noted the clients of this node that were connected
+ * then, before the programs were attached. Global: the verifier checks it once, off the
+ * framer's deepest call chains. */
+__noinline int psc_adopt_caller(struct psc_sock *sock)
+{
+	if (!sock)
+		return 0;
+	sock->conn.client.caller = caller_of(&sock->conn.client);
+	key_caller(&sock->turn.key, &sock->conn);
+	return 0;
 }
 
 SEC("tp_btf/inet_sock_set_state")
@@ -1809,7 +1837,7 @@ int BPF_PROG(psc_http_state, const struct sock *sk, int oldstate, int newstate)
 		if (!set_role(&fresh, sk, role))
 			return 0;
 		if (role == PSC_ROLE_SERVER)
-			fresh.client.caller = caller_of(sk);
+			fresh.client.caller = caller_of(&fresh.client);
 		/* Created zeroed (the whole state is too large for the stack), then filled. */
 		sock = bpf_sk_storage_get(&socks, (void *)sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
 		if (!sock) {
@@ -1817,7 +1845,6 @@ int BPF_PROG(psc_http_state, const struct sock *sk, int oldstate, int newstate)
 			return 0;
 		}
 		sock->conn = fresh;
-		/* A server's turns keep it: they set only the rest of their keys. */
 		if (role == PSC_ROLE_SERVER)
 			key_caller(&sock->turn.key, &sock->conn);
 		return 0;
@@ -2019,8 +2046,11 @@ static __always_inline int socket_io(struct sock *sk, const struct sk_buff *skb,
 			__u8 seen = 0, said = request_verdict(s->data, captured, &seen);
 
 			if (framed_verdict(said) && (ingress || trace_clients) &&
-			    set_role(&sock->conn, sk, role))
+			    set_role(&sock->conn, sk, role)) {
 				verdict = said;
+				if (role == PSC_ROLE_SERVER)
+					psc_adopt_caller(sock);
+			}
 		} else if (ingress == (sock->conn.role == PSC_ROLE_SERVER)) {
 			verdict = request_verdict(s->data, captured, &sock->method_seen);
 		} else {

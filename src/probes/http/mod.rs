@@ -71,6 +71,7 @@ util::plain_types!(
     types::psc_http_stats,
     types::psc_http_native,
     types::psc_dns_pending,
+    types::psc_host,
 );
 
 /// What the ring buffer callback returns to stop a drain whose inbox is full.
@@ -355,6 +356,12 @@ pub struct HttpProbe {
     /// server a client called at a non-loopback address.
     serving: BTreeSet<(u16, u32, u16)>,
     serving_refused: u64,
+    /// Clients are traced: the kernel notes their addresses, and so does `attach` for
+    /// those connected before it.
+    trace_clients: bool,
+    /// Addresses of clients connected before the programs were attached that the
+    /// kernel's map had no room for.
+    local_clients_refused: u64,
     namespaces: endpoints::NamespaceAddresses,
     kernel_framing: bool,
     /// Exchanges the kernel framed and sent one by one, their series having no slot.
@@ -539,6 +546,8 @@ impl HttpProbe {
             callers: graph::RemoteCallers::new(settings.max_service_graph_edges.get() as usize),
             serving: BTreeSet::new(),
             serving_refused: 0,
+            trace_clients: settings.clients,
+            local_clients_refused: 0,
             namespaces: endpoints::NamespaceAddresses::new(MAX_NAMESPACES),
             kernel_framing,
             kernel_records: 0,
@@ -550,6 +559,9 @@ impl HttpProbe {
     }
 
     fn attach(&mut self) -> Result<(), AttemptError> {
+        if self.trace_clients {
+            self.note_connected_clients();
+        }
         // Establishment first, so that no connection's first bytes pass untracked.
         let progs = &self.skel.progs;
         for (prog, program) in [
@@ -1125,6 +1137,32 @@ impl HttpProbe {
         stats.record(&exchange);
         if let Some(route) = route {
             self.finish_span(event, role, exchange, &route);
+        }
+    }
+
+    /// Notes in the kernel the addresses of this node's clients connected before the
+    /// programs are attached, so that servers here adopting their connections know them
+    /// as local (the kernel notes later clients as they connect).
+    fn note_connected_clients(&mut self) {
+        let map = &self.skel.maps.local_clients;
+        for address in endpoints::connected_clients() {
+            let mut host = types::psc_host::default();
+            match address {
+                std::net::IpAddr::V4(v4) => {
+                    host.family = libc::AF_INET as u32;
+                    host.addr[..4].copy_from_slice(&v4.octets());
+                }
+                std::net::IpAddr::V6(v6) => {
+                    host.family = libc::AF_INET6 as u32;
+                    host.addr = v6.octets();
+                }
+            }
+            let key = util::plain_bytes(&host);
+            if map.update(key, &[1], MapFlags::NO_EXIST).is_err()
+                && !matches!(map.lookup(key, MapFlags::ANY), Ok(Some(_)))
+            {
+                self.local_clients_refused += 1;
+            }
         }
     }
 
@@ -1895,7 +1933,10 @@ impl Probe for HttpProbe {
             ("dns_question_names", self.question_names.folded()),
             ("service_graph_edges", self.edges_folded),
             ("remote_callers", self.counter(Counter::PSC_HTTP_CALLERS_REFUSED)),
-            ("local_clients", self.counter(Counter::PSC_HTTP_LOCAL_CLIENTS_REFUSED)),
+            (
+                "local_clients",
+                self.counter(Counter::PSC_HTTP_LOCAL_CLIENTS_REFUSED) + self.local_clients_refused,
+            ),
             ("remote_caller_pairs", self.callers.folded()),
             ("local_servers", self.serving_refused),
             ("tls_unknown_socket", self.counter(Counter::PSC_HTTP_TLS_NO_FD)),
