@@ -118,6 +118,17 @@ pub struct MapFill {
     pub capacity: u64,
 }
 
+impl MapFill {
+    /// The fill of a BPF map, counted key by key.
+    pub fn of<M: MapCore>(name: &'static str, map: &M) -> MapFill {
+        MapFill {
+            map: name,
+            entries: map.keys().count() as u64,
+            capacity: u64::from(map.max_entries()),
+        }
+    }
+}
+
 /// Sums a per-CPU u64 value.
 pub fn sum_percpu_u64(values: &[Vec<u8>]) -> u64 {
     values

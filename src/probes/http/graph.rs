@@ -24,8 +24,7 @@ use crate::model::{Family, Labels, MetricKind, Value, OVERFLOW};
 use crate::probes::kit::lifecycle::Owner;
 
 /// One edge's requests, failures and durations.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Edge {
+struct Edge {
     requests: u64,
     failed: u64,
     duration: KernelHistogram,
@@ -120,77 +119,73 @@ impl Graph<'_> {
         &self,
         rows: impl Iterator<Item = (&'r Owner, &'r Exchanges, &'r KernelHistogram)> + Clone,
     ) -> (Vec<Family>, u64) {
-        families(rows, self)
-    }
-}
-
-fn families<'a>(
-    rows: impl Iterator<Item = (&'a Owner, &'a Exchanges, &'a KernelHistogram)> + Clone,
-    graph: &Graph<'_>,
-) -> (Vec<Family>, u64) {
-    let (callers, workloads, bounds, max_edges) =
-        (graph.callers, graph.workloads, graph.bounds, graph.max_edges);
-    let service = |owner: &Owner| workload_name(&workloads.process_labels(None, &owner.name, &owner.workload), &owner.name);
-    // Who serves each port on this node, as its server series say.
-    let mut local: HashMap<u16, String> = HashMap::new();
-    for (owner, key, _) in rows.clone() {
-        if key.role == Role::Server && !owner.is_overflow() {
-            local.entry(key.server_port).or_insert_with(|| service(owner));
+        let (callers, workloads, bounds, max_edges) =
+            (self.callers, self.workloads, self.bounds, self.max_edges);
+        let service = |owner: &Owner| {
+            let labels = workloads.process_labels(None, &owner.name, &owner.workload);
+            workload_name(&labels, &owner.name)
+        };
+        // Who serves each port on this node, as its server series say.
+        let mut local: HashMap<u16, String> = HashMap::new();
+        for (owner, key, _) in rows.clone() {
+            if key.role == Role::Server && !owner.is_overflow() {
+                local.entry(key.server_port).or_insert_with(|| service(owner));
+            }
         }
-    }
-    let mut edges: BTreeMap<(String, String), Edge> = BTreeMap::new();
-    let mut folded = 0;
-    for (owner, key, duration) in rows {
-        if key.role != Role::Client {
-            continue;
+        let mut edges: BTreeMap<(String, String), Edge> = BTreeMap::new();
+        let mut folded = 0;
+        for (owner, key, duration) in rows {
+            if key.role != Role::Client {
+                continue;
+            }
+            let client = if owner.is_overflow() {
+                OVERFLOW.to_string()
+            } else {
+                service(owner)
+            };
+            let called = (key.server_address.clone(), key.server_port);
+            let server = match (self.local.get(&called), local.get(&key.server_port)) {
+                (Some(owner), _) => service(owner),
+                (None, Some(name)) if is_loopback(&key.server_address) => name.clone(),
+                _ if key.server_address == OVERFLOW => OVERFLOW.to_string(),
+                _ => format!("{}:{}", key.server_address, key.server_port),
+            };
+            edge_at(&mut edges, (client, server), max_edges, &mut folded, duration.count())
+                .add(key, duration);
         }
-        let client = if owner.is_overflow() {
-            OVERFLOW.to_string()
-        } else {
-            service(owner)
-        };
-        let called = (key.server_address.clone(), key.server_port);
-        let server = match (graph.local.get(&called), local.get(&key.server_port)) {
-            (Some(owner), _) => service(owner),
-            (None, Some(name)) if is_loopback(&key.server_address) => name.clone(),
-            _ if key.server_address == OVERFLOW => OVERFLOW.to_string(),
-            _ => format!("{}:{}", key.server_address, key.server_port),
-        };
-        edge_at(&mut edges, (client, server), max_edges, &mut folded, duration.count())
-            .add(key, duration);
+        for ((owner, caller), calls) in &callers.edges {
+            let server = if owner.is_overflow() {
+                OVERFLOW.to_string()
+            } else {
+                service(owner)
+            };
+            edge_at(&mut edges, (caller.clone(), server), max_edges, &mut folded, calls.requests)
+                .merge(calls);
+        }
+        let mut requests = Family::new(
+            "service_graph_requests",
+            "Requests from a client service to a server, of HTTP, the databases and DNS.",
+            MetricKind::Counter,
+        );
+        let mut failures = Family::new(
+            "service_graph_request_failed",
+            "Requests from a client service to a server that failed: an HTTP 5xx or no response, a database error, a DNS error or timeout.",
+            MetricKind::Counter,
+        );
+        let mut durations = Family::new(
+            "service_graph_request_duration_seconds",
+            "Duration of requests from a client service to a server, as the client measured them (the server, for callers from elsewhere).",
+            MetricKind::Histogram,
+        )
+        .with_unit("seconds");
+        for ((client, server), edge) in edges {
+            let labels = vec![("client", client), ("server", server)];
+            requests.push(labels.clone(), Value::Counter(edge.requests as f64));
+            failures.push(labels.clone(), Value::Counter(edge.failed as f64));
+            durations.push(labels, Value::Histogram(bounds.classic_and_native(&edge.duration)));
+        }
+        (vec![requests, failures, durations], folded)
     }
-    for ((owner, caller), calls) in &callers.edges {
-        let server = if owner.is_overflow() {
-            OVERFLOW.to_string()
-        } else {
-            service(owner)
-        };
-        edge_at(&mut edges, (caller.clone(), server), max_edges, &mut folded, calls.requests)
-            .merge(calls);
-    }
-    let mut requests = Family::new(
-        "service_graph_requests",
-        "Requests from a client service to a server, of HTTP, the databases and DNS.",
-        MetricKind::Counter,
-    );
-    let mut failures = Family::new(
-        "service_graph_request_failed",
-        "Requests from a client service to a server that failed: an HTTP 5xx or no response, a database error, a DNS error or timeout.",
-        MetricKind::Counter,
-    );
-    let mut durations = Family::new(
-        "service_graph_request_duration_seconds",
-        "Duration of requests from a client service to a server, as the client measured them (the server, for callers from elsewhere).",
-        MetricKind::Histogram,
-    )
-    .with_unit("seconds");
-    for ((client, server), edge) in edges {
-        let labels = vec![("client", client), ("server", server)];
-        requests.push(labels.clone(), Value::Counter(edge.requests as f64));
-        failures.push(labels.clone(), Value::Counter(edge.failed as f64));
-        durations.push(labels, Value::Histogram(bounds.classic_and_native(&edge.duration)));
-    }
-    (vec![requests, failures, durations], folded)
 }
 
 /// The edge `key` in `edges`, or the overflow edge once `max_edges` are taken, its

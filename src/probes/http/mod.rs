@@ -1833,11 +1833,7 @@ impl Probe for HttpProbe {
             out.push(self.span_decisions_family());
         }
         self.fill = vec![
-            MapFill {
-                map: "tls_conns",
-                entries: self.skel.maps.tls_conns.keys().count() as u64,
-                capacity: u64::from(self.skel.maps.tls_conns.max_entries()),
-            },
+            MapFill::of("tls_conns", &self.skel.maps.tls_conns),
             MapFill {
                 map: "connections",
                 entries: self.connections.len() as u64,
@@ -1853,16 +1849,8 @@ impl Probe for HttpProbe {
                 entries: self.dns_kernel_pending,
                 capacity: u64::from(self.skel.maps.dns_pending.max_entries()),
             },
-            MapFill {
-                map: "remote_callers",
-                entries: self.skel.maps.remote_callers.keys().count() as u64,
-                capacity: u64::from(self.skel.maps.remote_callers.max_entries()),
-            },
-            MapFill {
-                map: "local_clients",
-                entries: self.skel.maps.local_clients.keys().count() as u64,
-                capacity: u64::from(self.skel.maps.local_clients.max_entries()),
-            },
+            MapFill::of("remote_callers", &self.skel.maps.remote_callers),
+            MapFill::of("local_clients", &self.skel.maps.local_clients),
             MapFill {
                 map: "local_servers",
                 entries: self.serving.len() as u64,
@@ -2122,7 +2110,6 @@ fn cpu_counts(stats: &types::psc_http_stats) -> slots::CpuCounts {
     }
 }
 
-/// The text form of a server address the kernel recorded ("" when unknown).
 /// The caller from elsewhere of a server's exchange, by its series key: its address,
 /// or `__overflow__` past the cap of callers; none for the others.
 fn key_caller(role: Role, key: &types::psc_http_series_key) -> Option<String> {
@@ -2157,10 +2144,10 @@ fn event_caller(event: &types::psc_http_event, role: Role) -> Option<String> {
     Some(OVERFLOW_NAME.to_string())
 }
 
+/// The text form of a server address the kernel recorded ("" when unknown).
 fn peer_address(peer: &types::psc_peer) -> String {
     util::socket_address(peer.family, &peer.addr)
 }
-
 
 #[cfg(test)]
 mod caller_tests {

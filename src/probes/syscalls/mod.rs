@@ -774,8 +774,8 @@ impl SyscallsProbe {
             read_fill("counts", entries[1], maps.counts.max_entries()),
             read_fill("errors", entries[2], maps.errors.max_entries()),
             read_fill("latency", entries[3], maps.latency.max_entries()),
-            fill("overflow_errors", &maps.overflow_errors),
-            fill("comms", &maps.comms),
+            MapFill::of("overflow_errors", &maps.overflow_errors),
+            MapFill::of("comms", &maps.comms),
             self.cgroups.fill(&maps.cgroup_tenants),
         ];
         self.fill.extend(self.policy.series().fill());
@@ -990,14 +990,6 @@ impl Drop for SyscallsProbe {
                 "detaching the syscalls probe"
             );
         }
-    }
-}
-
-fn fill<M: MapCore>(name: &'static str, map: &M) -> MapFill {
-    MapFill {
-        map: name,
-        entries: map.keys().count() as u64,
-        capacity: u64::from(map.max_entries()),
     }
 }
 
