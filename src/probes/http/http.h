@@ -44,7 +44,7 @@ struct psc_peer {
  * of its own client series; one from elsewhere has none, so the server's series keep
  * its address (in the series key's family and addr). */
 enum psc_caller {
-	/* Loopback, a client this node traces, or a connection older than the agent. */
+	/* Loopback, or a client this node traces. */
 	PSC_CALLER_LOCAL = 0,
 	PSC_CALLER_REMOTE = 1,
 	/* From elsewhere, past the cap of remote callers: one address for them all. */
