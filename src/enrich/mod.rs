@@ -2,6 +2,7 @@
 
 pub mod cgroup;
 mod kubelet_tls;
+pub mod netns;
 pub mod process;
 pub mod tenant;
 pub mod workload;

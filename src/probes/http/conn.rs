@@ -85,6 +85,13 @@ pub struct Exchange {
     pub tid: u32,
 }
 
+impl Exchange {
+    /// How long it took, ns.
+    pub fn duration_ns(&self) -> u64 {
+        self.end_ns.saturating_sub(self.start_ns)
+    }
+}
+
 /// A request framed but not yet answered, as the span maker sees it.
 pub struct NewRequest<'a> {
     /// The thread that read (server) or wrote (client) its first bytes.

@@ -10,6 +10,8 @@ use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::{Duration, Instant};
 
+use crate::enrich::netns::{namespace_of, tcp_sockets, TcpSocket, TCP_ESTABLISHED, TCP_LISTEN};
+
 /// How long a namespace's addresses are trusted before they are read again.
 const REFRESH: Duration = Duration::from_secs(10);
 
@@ -61,13 +63,6 @@ impl NamespaceAddresses {
             .get(&namespace)
             .map_or(&[], |(_, addresses)| addresses.as_slice())
     }
-}
-
-/// The inode of the network namespace of process `pid`.
-fn namespace_of(pid: u32) -> Option<u64> {
-    let link = std::fs::read_link(format!("/proc/{pid}/ns/net")).ok()?;
-    let link = link.to_str()?;
-    link.strip_prefix("net:[")?.strip_suffix(']')?.parse().ok()
 }
 
 /// The host addresses (`/32 host LOCAL`) of a `fib_trie`, loopback ones left out.
@@ -127,60 +122,24 @@ pub fn connected_clients() -> BTreeSet<IpAddr> {
     clients
 }
 
-/// TCP states of /proc/net/tcp.
-const ESTABLISHED: &str = "01";
-const LISTEN: &str = "0A";
-
 /// The clients of a namespace's TCP tables (connected_clients).
 fn clients_of(tables: &[String]) -> Vec<IpAddr> {
-    let rows: Vec<(IpAddr, u16, IpAddr, &str)> = tables
+    let sockets: Vec<TcpSocket> = tables.iter().flat_map(|table| tcp_sockets(table)).collect();
+    let listening: BTreeSet<u16> = sockets
         .iter()
-        .flat_map(|table| table.lines().skip(1))
-        .filter_map(|line| {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            let (local, local_port) = socket_of(fields.get(1)?)?;
-            let (remote, _) = socket_of(fields.get(2)?)?;
-            Some((local, local_port, remote, *fields.get(3)?))
-        })
+        .filter(|socket| socket.state == TCP_LISTEN)
+        .map(|socket| socket.local_port)
         .collect();
-    let listening: BTreeSet<u16> = rows
+    sockets
         .iter()
-        .filter(|row| row.3 == LISTEN)
-        .map(|row| row.1)
-        .collect();
-    rows.iter()
-        .filter(|(local, port, remote, state)| {
-            *state == ESTABLISHED
-                && !listening.contains(port)
-                && !local.is_loopback()
-                && !remote.is_loopback()
+        .filter(|socket| {
+            socket.state == TCP_ESTABLISHED
+                && !listening.contains(&socket.local_port)
+                && !socket.local.is_loopback()
+                && !socket.remote.is_loopback()
         })
-        .map(|row| row.0)
+        .map(|socket| socket.local)
         .collect()
-}
-
-/// An `ADDRESS:PORT` of /proc/net/tcp{,6}: the address as hex words in host order, the
-/// port in hex. IPv4-mapped IPv6 addresses come as IPv4.
-fn socket_of(field: &str) -> Option<(IpAddr, u16)> {
-    let (hex, port) = field.split_once(':')?;
-    let port = u16::from_str_radix(port, 16).ok()?;
-    let word = |i: usize| {
-        let digits = hex.get(8 * i..8 * i + 8)?;
-        u32::from_str_radix(digits, 16).ok().map(u32::to_ne_bytes)
-    };
-    let address = match hex.len() {
-        8 => IpAddr::V4(Ipv4Addr::from(word(0)?)),
-        32 => {
-            let mut bytes = [0u8; 16];
-            for i in 0..4 {
-                bytes[4 * i..4 * i + 4].copy_from_slice(&word(i)?);
-            }
-            let v6 = Ipv6Addr::from(bytes);
-            v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4)
-        }
-        _ => return None,
-    };
-    Some((address, port))
 }
 
 /// The local servers by (address, port): for each server (its port and any identity
@@ -251,9 +210,9 @@ junk
    5: junk
 "
         .to_string();
-        let tcp6 = "  sl  local_address rem_address st
-   0: 0000000000000000FFFF00000400FB0A:A004 0000000000000000FFFF00000100FB0A:0050 01 x
-   1: 000000FD000000000000000002000000:A005 000000FD000000000000000001000000:0050 01 x
+        let tcp6 = "  sl  local_address rem_address st tx_queue rx_queue tr tm->when retrnsmt uid timeout inode
+   0: 0000000000000000FFFF00000400FB0A:A004 0000000000000000FFFF00000100FB0A:0050 01 0:0 0:0 0 0 0 6 1
+   1: 000000FD000000000000000002000000:A005 000000FD000000000000000001000000:0050 01 0:0 0:0 0 0 0 7 1
 "
         .to_string();
         let want: Vec<IpAddr> = ["10.251.0.2", "10.251.0.4", "fd00::2"]

@@ -1801,11 +1801,11 @@ static __always_inline void key_caller(struct psc_http_series_key *key, const st
 	}
 }
 
-/* A server's connection accepted before the agent started, adopted at its first request,
- * learns who called it: user space noted the clients of this node that were connected
- * then, before the programs were attached. Global: the verifier checks it once, off the
- * framer's deepest call chains. */
-__noinline int psc_adopt_caller(struct psc_sock *sock)
+/* A server's connection learns who called it: as it is established, or when adopted at
+ * its first request if it was accepted before the agent started (user space noted the
+ * clients of this node connected then, before the programs were attached). Global: the
+ * verifier checks it once, off the framer's deepest call chains. */
+__noinline int psc_learn_caller(struct psc_sock *sock)
 {
 	if (!sock)
 		return 0;
@@ -1836,8 +1836,6 @@ int BPF_PROG(psc_http_state, const struct sock *sk, int oldstate, int newstate)
 			return 0;
 		if (!set_role(&fresh, sk, role))
 			return 0;
-		if (role == PSC_ROLE_SERVER)
-			fresh.client.caller = caller_of(&fresh.client);
 		/* Created zeroed (the whole state is too large for the stack), then filled. */
 		sock = bpf_sk_storage_get(&socks, (void *)sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
 		if (!sock) {
@@ -1846,7 +1844,7 @@ int BPF_PROG(psc_http_state, const struct sock *sk, int oldstate, int newstate)
 		}
 		sock->conn = fresh;
 		if (role == PSC_ROLE_SERVER)
-			key_caller(&sock->turn.key, &sock->conn);
+			psc_learn_caller(sock);
 		return 0;
 	}
 	/* The local side closed (FIN_WAIT1, LAST_ACK) or the connection died (CLOSE): no
@@ -2049,7 +2047,7 @@ static __always_inline int socket_io(struct sock *sk, const struct sk_buff *skb,
 			    set_role(&sock->conn, sk, role)) {
 				verdict = said;
 				if (role == PSC_ROLE_SERVER)
-					psc_adopt_caller(sock);
+					psc_learn_caller(sock);
 			}
 		} else if (ingress == (sock->conn.role == PSC_ROLE_SERVER)) {
 			verdict = request_verdict(s->data, captured, &sock->method_seen);

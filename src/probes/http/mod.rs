@@ -236,7 +236,7 @@ impl Accumulate for SeriesStats {
 impl SeriesStats {
     fn record(&mut self, exchange: &Exchange) {
         self.duration_ns
-            .record(exchange.end_ns.saturating_sub(exchange.start_ns));
+            .record(exchange.duration_ns());
         self.request_bytes.record(exchange.request_body_bytes);
         self.response_bytes.record(exchange.response_body_bytes);
     }
@@ -1096,7 +1096,7 @@ impl HttpProbe {
                 if let Some(stats) = self.series.get_mut(&last.key) {
                     stats.record(&exchange);
                     if let Some(caller) = event_caller(event, role) {
-                        let took = exchange.end_ns.saturating_sub(exchange.start_ns);
+                        let took = exchange.duration_ns();
                         self.callers.count_one(&last.key.0, &last.key.1, &caller, took);
                     }
                     if self.spans.is_some() {
@@ -1127,8 +1127,8 @@ impl HttpProbe {
             .map(|info| info.first_seen);
         let route = self.spans.is_some().then(|| key.1.route.clone());
         if let Some(caller) = event_caller(event, role) {
-            let took = exchange.end_ns.saturating_sub(exchange.start_ns);
-            self.callers.count_one(&key.0, &key.1, &caller, took);
+            self.callers
+                .count_one(&key.0, &key.1, &caller, exchange.duration_ns());
         }
         let stats = self.series.entry(key).or_default();
         if stats.first_seen.is_none() {
@@ -1188,8 +1188,8 @@ impl HttpProbe {
         stats.record(&exchange);
         let caller = key_caller(role, &record.key);
         if let Some(caller) = &caller {
-            let took = exchange.end_ns.saturating_sub(exchange.start_ns);
-            self.callers.count_one(&key.0, &key.1, caller, took);
+            self.callers
+                .count_one(&key.0, &key.1, caller, exchange.duration_ns());
         }
         let kernel_key = util::plain_bytes(&record.key);
         let counted = (key.clone(), caller);

@@ -13,6 +13,7 @@ use super::kit::programs::{load_degrading, AttemptError, Degraded, ProgramSpec};
 use super::util::{self, MapFill, ProbeError};
 use super::{BuiltIn, LoadContext, Probe};
 use super::kit::lifecycle::{FirstSeen, Owner, ProcessSeries};
+use crate::enrich::netns;
 use crate::enrich::process::UNKNOWN_NAME;
 use crate::enrich::{ProcessTable, Workload};
 use crate::kernel::caps::{self, Need};
@@ -48,25 +49,12 @@ util::plain_types!(
     types::psc_tcp_listener,
 );
 
-/// The number in a link target such as `socket:[123]` or `net:[4026531840]`.
-fn bracketed_number(target: &str, prefix: &str) -> Option<u64> {
-    target.strip_prefix(prefix)?.strip_suffix(']')?.parse().ok()
-}
-
 /// (inode, local port) of each listening socket in a /proc/net/tcp{,6} table.
 fn listening_sockets(table: &str) -> Vec<(u64, u16)> {
-    table
-        .lines()
-        .skip(1)
-        .filter_map(|line| {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            // st 0A is LISTEN; local_address is ADDR:PORT in hex.
-            if fields.len() <= 9 || fields[3] != "0A" {
-                return None;
-            }
-            let port = u16::from_str_radix(fields[1].rsplit(':').next()?, 16).ok()?;
-            Some((fields[9].parse().ok()?, port))
-        })
+    netns::tcp_sockets(table)
+        .into_iter()
+        .filter(|socket| socket.state == netns::TCP_LISTEN)
+        .map(|socket| (socket.inode, socket.local_port))
         .collect()
 }
 
@@ -366,10 +354,8 @@ impl TcpProbe {
             else {
                 continue;
             };
-            let Some(netns) = std::fs::read_link(entry.path().join("ns/net"))
-                .ok()
-                .and_then(|t| bracketed_number(t.to_str()?, "net:["))
-                .and_then(|n| u32::try_from(n).ok())
+            let Some(netns) =
+                netns::namespace_of(pid).and_then(|n| u32::try_from(n).ok())
             else {
                 continue;
             };
@@ -379,7 +365,7 @@ impl TcpProbe {
             let inodes: Vec<u64> = fds
                 .flatten()
                 .filter_map(|fd| std::fs::read_link(fd.path()).ok())
-                .filter_map(|t| bracketed_number(t.to_str()?, "socket:["))
+                .filter_map(|t| netns::bracketed_number(t.to_str()?, "socket:["))
                 .collect();
             if !inodes.is_empty() {
                 netns_pid.entry(netns).or_insert(pid);
