@@ -33,13 +33,16 @@ def main():
                             check=True, capture_output=True, text=True).stdout
     # The sampling frequency, to turn samples into CPU seconds.
     freq = re.search(r"sample_freq \} = (\d+)", header)
-    total, in_programs, leaves = 0, 0, collections.Counter()
+    total, idle, in_programs, leaves = 0, 0, 0, collections.Counter()
     for block in script.split("\n\n"):
         if not block.strip():
             continue
-        lines = [line.split(None, 1) for line in block.strip().splitlines()[1:]]
+        header, *rest = block.strip().splitlines()
+        lines = [line.split(None, 1) for line in rest]
         frames = [parts[1] if len(parts) > 1 else "?" for parts in lines]
         total += 1
+        if header.split(None, 1)[0] == "swapper":
+            idle += 1
         if not any(PROGRAM.search(frame) for frame in frames):
             continue
         in_programs += 1
@@ -48,6 +51,12 @@ def main():
         raise SystemExit("no samples")
     seconds = total / int(freq.group(1)) if freq else None
     print(f"{total} samples, {in_programs} in Periscope's programs ({100 * in_programs / total:.2f} %)")
+    if total > idle:
+        # Work per operation grows by the programs' time: where the workload keeps every
+        # CPU busy, its rate can be at most this share of what it is without them.
+        share = in_programs / (total - idle)
+        print(f"{idle} idle samples left out: {100 * share:.2f} % of busy samples, "
+              f"a rate of at most {100 * (1 - share):.1f} % of off where the workload keeps every CPU busy")
     for leaf, samples in leaves.most_common(args.top):
         line = f"{100 * samples / total:7.3f} %  {leaf}"
         if args.operations and seconds:

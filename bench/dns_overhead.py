@@ -8,7 +8,7 @@ off, the agent's own CPU time per 1,000 queries (from /proc) and, with --bpf-sta
 time the probe's programs ran per query.
 
 Usage (as root, after `cargo build --release`):
-    python3 bench/dns_overhead.py [--rounds 5] [--seconds 10] [--clients 4] [--bpf-stats] [--baseline BINARY]
+    python3 bench/dns_overhead.py [--rounds 5] [--seconds 10] [--clients 4] [--bpf-stats] [--baseline BINARY] [--with-floor HOOKS] [--profile PERF_DATA]
 
 PERISCOPE_BENCH_CONFIG replaces the probes section of the agent's configuration.
 """
@@ -22,7 +22,7 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from http_overhead import free_port, wait_port  # noqa: E402
-from redis_overhead import (HTTP_ALONE, agent_modes, busy_line, off_and_on, program_lines,  # noqa: E402
+from redis_overhead import (HTTP_ALONE, add_mode_arguments, agent_modes, busy_line, off_and_on, program_lines,  # noqa: E402
                             ratio_line)
 
 NAMES = 100
@@ -44,8 +44,7 @@ def main():
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--bpf-stats", action="store_true")
-    parser.add_argument("--baseline", metavar="BINARY",
-                        help="another build of the agent (say an earlier commit's), run in the same rounds")
+    add_mode_arguments(parser)
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as workdir:
@@ -69,14 +68,14 @@ def main():
             run_dnsperf(port, queries, 2, args.clients)  # warm-up
             results, busy, agent_cpu, prog_time = off_and_on(
                 args.rounds, conf, lambda: run_dnsperf(port, queries, args.seconds, args.clients),
-                args.bpf_stats, args.baseline)
+                args.bpf_stats, args.baseline, args.with_floor, args.profile)
         finally:
             server.terminate()
             server.wait()
 
     print(f"dnsperf -c {args.clients} -l {args.seconds} against dnsmasq, UDP, "
           f"{args.rounds} interleaved rounds")
-    for mode, name in agent_modes(args.baseline):
+    for mode, name in agent_modes(args.baseline, args.with_floor):
         print(f" {name}: {ratio_line('queries/s', [r for r, _ in results['off']], [r for r, _ in results[mode]])}")
         done = {m: [c for _, c in results[m]] for m in ("off", mode)}
         print(f"  {busy_line('query', busy['off'], busy[mode], done['off'], done[mode])}")
@@ -87,6 +86,9 @@ def main():
             total = sum(c for _, c in results[mode])
             for line in program_lines(prog_time[mode], total, "query"):
                 print(line)
+    if args.profile:
+        print(f"profile of one more run on: python3 bench/bpf_profile.py {args.profile} "
+              f"--operations {results['profiled'][0][1]}")
 
 
 if __name__ == "__main__":

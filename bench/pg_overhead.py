@@ -10,7 +10,7 @@ second, their ratio to off, and the agent's own CPU time per 1,000 transactions;
 
 Usage (as root, after `cargo build --release`):
     python3 bench/pg_overhead.py [--rounds 5] [--seconds 10] [--clients 8] [--scale 2] [--bpf-stats]
-        [--protocol simple|extended|prepared] [--baseline BINARY]
+        [--protocol simple|extended|prepared] [--baseline BINARY] [--with-floor HOOKS] [--profile PERF_DATA]
 
 PERISCOPE_BENCH_CONFIG replaces the probes section of the agent's configuration.
 """
@@ -27,7 +27,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from http_overhead import free_port  # noqa: E402
-from redis_overhead import (HTTP_ALONE, agent_modes, busy_line, off_and_on, program_lines,  # noqa: E402
+from redis_overhead import (HTTP_ALONE, add_mode_arguments, agent_modes, busy_line, off_and_on, program_lines,  # noqa: E402
                             ratio_line)
 
 BIN = sorted(glob.glob("/usr/lib/postgresql/*/bin"))[-1]
@@ -63,8 +63,7 @@ def main():
     parser.add_argument("--scale", type=int, default=2)
     parser.add_argument("--bpf-stats", action="store_true")
     parser.add_argument("--protocol", choices=["simple", "extended", "prepared"], default="simple")
-    parser.add_argument("--baseline", metavar="BINARY",
-                        help="another build of the agent (say an earlier commit's), run in the same rounds")
+    add_mode_arguments(parser)
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as workdir:
@@ -87,7 +86,7 @@ def main():
                 return tps, done
 
             measures, busy, agent_cpu, prog_time = off_and_on(args.rounds, conf, measure, args.bpf_stats,
-                                                              args.baseline)
+                                                              args.baseline, args.with_floor, args.profile)
         finally:
             subprocess.run(["kill", "-INT", str(server.pid)])
             server.wait()
@@ -95,7 +94,7 @@ def main():
     results = {mode: [tps for tps, _ in runs] for mode, runs in measures.items()}
     print(f"pgbench -S -M {args.protocol} -c {args.clients} -j 2 -T {args.seconds}, scale {args.scale}, "
           f"{args.rounds} interleaved rounds")
-    for mode, name in agent_modes(args.baseline):
+    for mode, name in agent_modes(args.baseline, args.with_floor):
         per_transaction = [cpu / done for cpu, (_, done) in zip(agent_cpu[mode], measures[mode])]
         print(f" {name}: {ratio_line('tps', results['off'], results[mode])}")
         done = {m: [d for _, d in measures[m]] for m in ("off", mode)}
@@ -105,6 +104,9 @@ def main():
             total = sum(done for _, done in measures[mode])
             for line in program_lines(prog_time[mode], total, "transaction"):
                 print(line)
+    if args.profile:
+        print(f"profile of one more run on: python3 bench/bpf_profile.py {args.profile} "
+              f"--operations {measures['profiled'][0][1]}")
 
 
 if __name__ == "__main__":

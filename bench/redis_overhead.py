@@ -10,12 +10,13 @@ the benchmark keeps every CPU busy), the agent's own CPU time per 1,000 operatio
 
 Usage (as root, after `cargo build --release`):
     python3 bench/redis_overhead.py [--rounds 5] [--requests 200000] [--clients 50] [--bpf-stats]
-        [--baseline BINARY]
+        [--baseline BINARY] [--with-floor HOOKS] [--profile PERF_DATA]
 
 PERISCOPE_BENCH_CONFIG replaces the probes section of the agent's configuration.
 """
 import argparse
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -45,13 +46,15 @@ def run_benchmark(port, requests, clients):
     return rates
 
 
-def off_and_on(rounds, conf, measure, bpf_stats=False, baseline=None):
-    """Runs `measure()` with the agent off, then (with `baseline`, another build of the
-    agent) the baseline, then on (`periscope run --config conf`), round after round.
-    Returns each mode's measures, each mode's busy CPU seconds per round (all CPUs), and
-    for each agent mode its CPU seconds per round and, with bpf_stats, its programs' run
-    time and runs (add_bpf_time)."""
-    modes = ("off",) + (("baseline",) if baseline else ()) + ("on",)
+def off_and_on(rounds, conf, measure, bpf_stats=False, baseline=None, floor=None, profile=None):
+    """Runs `measure()` with the agent off, then (with `floor`) `periscope floor --hooks
+    FLOOR`, then (with `baseline`, another build of the agent) the baseline, then on
+    (`periscope run --config conf`), round after round. Returns each mode's measures,
+    each mode's busy CPU seconds per round (all CPUs), and for each mode but off its CPU
+    seconds per round and, with bpf_stats, its programs' run time and runs
+    (add_bpf_time). With `profile`, one more run with the agent on is recorded there
+    (profiled), its measure under results["profiled"]."""
+    modes = ("off",) + (("floor",) if floor else ()) + (("baseline",) if baseline else ()) + ("on",)
     results = {mode: [] for mode in modes}
     busy = {mode: [] for mode in modes}
     agent_cpu = {mode: [] for mode in modes if mode != "off"}
@@ -60,8 +63,11 @@ def off_and_on(rounds, conf, measure, bpf_stats=False, baseline=None):
         for mode in modes:
             agent = None
             if mode != "off":
-                binary = baseline if mode == "baseline" else PERISCOPE
-                agent = start_periscope(["run", "--config", conf], "serving metrics", binary)
+                if mode == "floor":
+                    agent = start_periscope(["floor", "--hooks", floor], "floor programs attached", PERISCOPE)
+                else:
+                    binary = baseline if mode == "baseline" else PERISCOPE
+                    agent = start_periscope(["run", "--config", conf], "serving metrics", binary)
                 time.sleep(1)
                 cpu_before = cpu_seconds(agent.pid)
                 if bpf_stats:
@@ -77,7 +83,28 @@ def off_and_on(rounds, conf, measure, bpf_stats=False, baseline=None):
                 agent_cpu[mode].append(cpu_seconds(agent.pid) - cpu_before)
                 agent.terminate()
                 agent.wait()
+    if profile:
+        results["profiled"] = [profiled(conf, measure, profile)]
     return results, busy, agent_cpu, prog_time
+
+
+def profiled(conf, measure, perf_data):
+    """One more run of `measure()` with the agent on, recorded system-wide (perf record
+    -a -g) into perf_data, outside the rounds (the recording slows what it records)."""
+    agent = start_periscope(["run", "--config", conf], "serving metrics", PERISCOPE)
+    try:
+        time.sleep(1)
+        recorder = subprocess.Popen(["perf", "record", "-a", "-g", "-q", "-o", perf_data],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(1)
+        try:
+            return measure()
+        finally:
+            recorder.send_signal(signal.SIGINT)
+            recorder.wait()
+    finally:
+        agent.terminate()
+        agent.wait()
 
 
 def ratio_line(unit, off, on):
@@ -114,9 +141,25 @@ def program_lines(prog_time, operations, unit):
             for prog, (run_ns, runs) in sorted(prog_time.items()) if runs]
 
 
-def agent_modes(baseline):
-    """The agent modes a run measures, with their names in the report."""
-    return [("on", "on")] if not baseline else [("baseline", f"baseline ({baseline})"), ("on", "this build")]
+def agent_modes(baseline, floor=None):
+    """The modes a run measures besides off, with their names in the report."""
+    modes = [("floor", f"floor ({floor})")] if floor else []
+    if baseline:
+        return modes + [("baseline", f"baseline ({baseline})"), ("on", "this build")]
+    return modes + [("on", "on")]
+
+
+def add_mode_arguments(parser):
+    """The options that add modes to off and on: --baseline and --with-floor."""
+    parser.add_argument("--baseline", metavar="BINARY",
+                        help="another build of the agent (say an earlier commit's), run in the same rounds")
+    parser.add_argument("--with-floor", metavar="HOOKS", choices=["socket", "socket-copy", "default-http"],
+                        help="also run `periscope floor --hooks HOOKS` in every round, between off and on: "
+                             "what the hooks alone (socket), or copying every read's and write's first bytes "
+                             "(socket-copy), cost in the same rounds")
+    parser.add_argument("--profile", metavar="PERF_DATA",
+                        help="after the rounds, record one more run with the agent on system-wide "
+                             "(perf record -a -g) into PERF_DATA, for bench/bpf_profile.py")
 
 
 def main():
@@ -125,8 +168,7 @@ def main():
     parser.add_argument("--requests", type=int, default=200000)
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--bpf-stats", action="store_true")
-    parser.add_argument("--baseline", metavar="BINARY",
-                        help="another build of the agent (say an earlier commit's), run in the same rounds")
+    add_mode_arguments(parser)
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as workdir:
@@ -143,7 +185,7 @@ def main():
             run_benchmark(port, args.requests // 4, args.clients)  # warm-up
             results, busy, agent_cpu, prog_time = off_and_on(
                 args.rounds, conf, lambda: run_benchmark(port, args.requests, args.clients),
-                args.bpf_stats, args.baseline)
+                args.bpf_stats, args.baseline, args.with_floor, args.profile)
         finally:
             server.terminate()
             server.wait()
@@ -151,7 +193,7 @@ def main():
     print(f"redis-benchmark -P 1 -c {args.clients} -n {args.requests} -t get,set, "
           f"{args.rounds} interleaved rounds")
     operations = 2 * args.requests
-    for mode, name in agent_modes(args.baseline):
+    for mode, name in agent_modes(args.baseline, args.with_floor):
         print(f" {name}:")
         for op in ("GET", "SET"):
             off = [r[op] for r in results["off"]]
@@ -164,6 +206,8 @@ def main():
         if args.bpf_stats:
             for line in program_lines(prog_time[mode], operations * args.rounds, "operation"):
                 print(line)
+    if args.profile:
+        print(f"profile of one more run on: python3 bench/bpf_profile.py {args.profile} --operations {operations}")
 
 
 if __name__ == "__main__":
