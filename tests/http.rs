@@ -13,7 +13,8 @@ const HTTP_CONFIG: &str = "probes:\n  http:\n    enabled: true\n";
 
 /// A Python HTTP/1.1 server: `/status/<code>` answers that status with a 5-byte body,
 /// `/chunked` answers 11 bytes in two chunks, `/sleep/<ms>` answers after that long,
-/// `/bigchunks/<count>/<size>` answers `count` chunks of `size` bytes in one write.
+/// `/bigchunks/<count>/<size>` answers `count` chunks of `size` bytes in one write,
+/// `/bighead/<size>` answers with a header of `size` bytes more in its head.
 const PY_SERVER: &str = r#"
 import sys, time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -39,6 +40,13 @@ class H(BaseHTTPRequestHandler):
             self.end_headers()
             chunk = b"%x\r\n" % size + b"c" * size + b"\r\n"
             self.wfile.write(chunk * count + b"0\r\n\r\n")
+            return
+        if parts[1] == "bighead":
+            self.send_response(200)
+            self.send_header("X-Pad", "p" * int(parts[2]))
+            self.send_header("Content-Length", "5")
+            self.end_headers()
+            self.wfile.write(b"hello")
             return
         if parts[1] == "sleep":
             time.sleep(int(parts[2]) / 1000)
@@ -1998,6 +2006,67 @@ fn plain_exchanges_are_framed_in_the_kernel_and_the_rest_handed_over_exactly() {
     assert_eq!(kernel_framer(&m, "abandoned"), 0.0);
     // Once its slot is installed, a series' exchanges no longer reach user space.
     assert!(kernel_framer(&m, "counted") > 0.0, "slots count");
+}
+
+/// A head that runs past the first kilobyte the kernel copies (a large token or cookie)
+/// is copied again and framed in the kernel, up to 4 KiB, requests and responses alike.
+/// A longer one hands its connection over, and every exchange is counted exactly.
+#[test]
+fn heads_up_to_4_kib_are_framed_in_the_kernel() {
+    if !have_root("heads_up_to_4_kib_are_framed_in_the_kernel") {
+        return;
+    }
+    let _kernel = kernel_lock();
+    let agent = Agent::start("probes:\n  http:\n    enabled: true\n    clients: false\n");
+    let server = Server::python();
+    let stream = connect(server.port);
+    let mut reader = BufReader::new(&stream);
+    let request = |path: &str, token_bytes: usize| {
+        format!(
+            "GET {path} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {}\r\n\r\n",
+            "t".repeat(token_bytes)
+        )
+    };
+    for _ in 0..40 {
+        (&stream)
+            .write_all(request("/status/200", 3000).as_bytes())
+            .expect("send");
+        assert_eq!(read_response(&mut reader), 200);
+    }
+    for _ in 0..10 {
+        (&stream)
+            .write_all(request("/bighead/2500", 0).as_bytes())
+            .expect("send");
+        assert_eq!(read_response(&mut reader), 200);
+    }
+    // Past 4 KiB: this connection goes to user space, with the exchange in flight.
+    let other = connect(server.port);
+    let mut other_reader = BufReader::new(&other);
+    (&other)
+        .write_all(request("/status/202", 5000).as_bytes())
+        .expect("send");
+    assert_eq!(read_response(&mut other_reader), 202);
+    (&other)
+        .write_all(request("/status/203", 0).as_bytes())
+        .expect("send");
+    assert_eq!(read_response(&mut other_reader), 203);
+
+    let pid = server.pid();
+    let m = common::eventually(&agent, |m| server_total(m, &pid) >= 52.0);
+    assert_eq!(server_count(&m, &pid, "GET", "200", "/status/*"), 40.0);
+    assert_eq!(server_count(&m, &pid, "GET", "200", "/bighead/*"), 10.0);
+    assert_eq!(server_count(&m, &pid, "GET", "202", "/status/*"), 1.0);
+    assert_eq!(server_count(&m, &pid, "GET", "203", "/status/*"), 1.0);
+    assert_eq!(server_total(&m, &pid), 52.0, "nothing else");
+    let bodies = [("process_pid", pid.as_str())];
+    assert_eq!(
+        m.sum("http_server_response_body_size_bytes_sum", &bodies),
+        52.0 * 5.0
+    );
+    let framed = kernel_framer(&m, "counted") + kernel_framer(&m, "recorded");
+    assert_eq!(framed, 50.0, "the long heads framed in the kernel");
+    assert_eq!(kernel_framer(&m, "handed_off"), 1.0, "the head past 4 KiB");
+    assert_eq!(kernel_framer(&m, "abandoned"), 0.0);
 }
 
 /// With room in the kernel for two series, the other three are counted exactly all the

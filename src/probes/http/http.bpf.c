@@ -224,7 +224,8 @@ struct scratch {
 	 * on the stack, and a value more per header scanned is more states than it takes. */
 	__u8 traceparent;
 	/* The user buffer of the read or write in hand when it is one (read, write, recvfrom,
-	 * sendto), else 0: where the PostgreSQL walk copies bytes past the first capture. */
+	 * sendto), else 0: where the answers' walks and a long HTTP head copy bytes past the
+	 * first capture. */
 	__u64 src;
 	/* The DNS lookup a query starts, built here: too big for the stack under its calls. */
 	struct psc_dns_pending lookup;
@@ -717,18 +718,23 @@ static __always_inline int set_role(struct psc_conn *conn, const struct sock *sk
 /*
  * The kernel framer. HTTP/1.x alternates: request bytes, then response bytes, then the
  * next request. Only the first read or write of each turn is looked at, up to
- * PSC_HTTP_SCAN bytes: the request line and the headers that say how long the message
- * is. Later bytes of the turn are only counted, and the exchange is finished, timed and
+ * PSC_HTTP_SCAN bytes (PSC_HTTP_HEAD_MAX for a head that runs on): the request line and
+ * the headers that say how long the message is. Later bytes of the turn are only counted, and the exchange is finished, timed and
  * counted in its series slot when the response's bytes reach the length its head
  * announced. Anything else (pipelining, chunked or close-delimited bodies, 1xx, Expect,
- * Upgrade, CONNECT, heads longer than the scan or split over reads, a method split over
- * writes) hands the connection to user space, with the exchange in flight, where every
- * read and write goes as an event to the framer that handles them all.
+ * Upgrade, CONNECT, heads longer than PSC_HTTP_HEAD_MAX or split over reads, a method
+ * split over writes) hands the connection to user space, with the exchange in flight,
+ * where every read and write goes as an event to the framer that handles them all.
  */
 
-/* Bytes of a turn's first read or write the kernel frames from: a head must end within. */
+/* Bytes of a turn's first read or write the kernel copies and frames from. */
 #define PSC_HTTP_SCAN 1024
-#define PSC_SCAN_MASK (PSC_HTTP_SCAN - 1)
+/* A head that runs past them (a large cookie or token) is copied again, up to this many
+ * bytes, and must end within. */
+#define PSC_HTTP_HEAD_MAX 4096
+/* Offsets into the scratch's data (twice PSC_HTTP_CAPTURE, so a word loaded at the last
+ * offset stays within it). */
+#define PSC_SCAN_MASK (PSC_HTTP_HEAD_MAX - 1)
 
 /* Longest Content-Length value taken, in digits: 10^15 bytes is past any real body. */
 #define PSC_MAX_LENGTH_DIGITS 15
@@ -1035,12 +1041,43 @@ static __always_inline int holds_pipelined(__u32 n, int request)
 static __always_inline void scan_head(struct head_scan *h, __u32 n, __u8 request)
 {
 	h->request = request;
-	h->n = n > PSC_HTTP_SCAN - 16 ? PSC_HTTP_SCAN - 16 : n;
+	h->n = n > PSC_HTTP_HEAD_MAX - 16 ? PSC_HTTP_HEAD_MAX - 16 : n;
 	h->end = 0;
 	h->length = 0;
 	h->has_length = 0;
 	h->unusual = 0;
-	bpf_loop(PSC_HTTP_SCAN / 8 / PSC_SCAN_WORDS, scan_words, h, 0);
+	bpf_loop(PSC_HTTP_HEAD_MAX / 8 / PSC_SCAN_WORDS, scan_words, h, 0);
+}
+
+/* A head that runs past the first capture (`n` bytes of `len`), copied again from the
+ * buffer of the read or write in hand, up to PSC_HTTP_HEAD_MAX bytes, and scanned whole
+ * into `out`. Global: the verifier checks this second scan once, apart from its callers. */
+__noinline int psc_scan_head_again(struct head_scan *out, __u32 n, __u64 len, __u8 request)
+{
+	__u32 want = len > PSC_HTTP_HEAD_MAX ? PSC_HTTP_HEAD_MAX : len, zero = 0;
+	struct scratch *s = bpf_map_lookup_elem(&scratch, &zero);
+	struct head_scan h;
+
+	if (!s || !out || n < PSC_HTTP_SCAN || len <= n || !s->src)
+		return 0;
+	asm volatile("%0 &= 0x1fff" : "+r"(want));
+	if (!want || bpf_probe_read_user(s->data, want, (void *)s->src))
+		return 0;
+	if (request)
+		s->traceparent = 0;
+	scan_head(&h, want, request);
+	*out = h;
+	return 0;
+}
+
+/* Scans the head of a message whose first `n` bytes of `len` are captured; one that runs
+ * past them is scanned again whole, and only such heads pay for the second copy. */
+static __always_inline void scan_long_head(struct head_scan *h, __u32 n, __u64 len,
+					   __u8 request)
+{
+	scan_head(h, n, request);
+	if (!h->end && !h->unusual)
+		psc_scan_head_again(h, n, len, request);
 }
 
 /* The method of a request line whose token is `len` bytes long. */
@@ -1392,7 +1429,7 @@ static __always_inline int request_starts(struct scratch *s, struct psc_sock *so
 	if (!request_line(s, n, t))
 		return PSC_FRAME_HANDOFF;
 	s->traceparent = 0;
-	scan_head(&h, n, 1);
+	scan_long_head(&h, n, len, 1);
 	if (!h.end || h.unusual || h.end + h.length < len)
 		return PSC_FRAME_HANDOFF; /* split, unusual, or more than one request */
 	t->key.tgid = io->tgid;
@@ -1424,8 +1461,9 @@ static __always_inline int request_starts(struct scratch *s, struct psc_sock *so
 	return PSC_FRAME_KEPT;
 }
 
-/* The first bytes of the response: `n` of them captured. */
-static __always_inline int response_starts(struct scratch *s, struct psc_sock *sock, __u32 n)
+/* The first bytes of the response: `n` of them captured, of `len`. */
+static __always_inline int response_starts(struct scratch *s, struct psc_sock *sock, __u32 n,
+					   __u64 len)
 {
 	struct psc_turn *t = &sock->turn;
 	__u16 status = status_line(s, n);
@@ -1433,7 +1471,7 @@ static __always_inline int response_starts(struct scratch *s, struct psc_sock *s
 
 	if (!status || status < 200 || t->request_bytes != t->request_length)
 		return PSC_FRAME_HANDOFF; /* 1xx, an early answer, or not a status line */
-	scan_head(&h, n, 0);
+	scan_long_head(&h, n, len, 0);
 	if (!h.end || h.unusual)
 		return PSC_FRAME_HANDOFF;
 	t->key.status = status;
@@ -1663,7 +1701,7 @@ __noinline int psc_frame_response(struct psc_sock *sock, __u32 n, __u64 len, __u
 	if (sock->conn.protocol == PSC_PROTO_REDIS) {
 		if (resp_response_starts(s, sock, n) != PSC_FRAME_KEPT)
 			return 0;
-	} else if (response_starts(s, sock, n) != PSC_FRAME_KEPT) {
+	} else if (response_starts(s, sock, n, len) != PSC_FRAME_KEPT) {
 		return 0;
 	}
 	turn_goes_on(s, sock, &io, len, 0, &skip);
@@ -2087,6 +2125,8 @@ static __always_inline int socket_io(struct sock *sk, const struct sk_buff *skb,
 		int outcome = PSC_FRAME_HANDOFF;
 
 		request = ingress == (sock->conn.role == PSC_ROLE_SERVER);
+		s->src = !skb && (nr == NR_READ || nr == NR_WRITE || nr == NR_RECVFROM ||
+				  nr == NR_SENDTO) ? arg : 0;
 		if (!framed_verdict(sock->verdict)) {
 			/* A method split over reads, which user space puts together, or DNS
 			 * over TCP, which it pairs. */
@@ -2095,8 +2135,6 @@ static __always_inline int socket_io(struct sock *sk, const struct sk_buff *skb,
 		} else {
 			int more;
 
-			s->src = !skb && (nr == NR_READ || nr == NR_WRITE || nr == NR_RECVFROM ||
-					  nr == NR_SENDTO) ? arg : 0;
 			/* The walks are called from here: through psc_frame_response, the three
 			 * frames' stacks would pass the verifier's 512 bytes. */
 			if (sock->conn.protocol == PSC_PROTO_POSTGRES)
