@@ -7,7 +7,7 @@ reports medians: requests per second, P99 latency, and the agent's own CPU time 
 1,000 requests (user + system time of the agent process, from /proc).
 
 Usage (as root, after `cargo build --release`):
-    python3 bench/http_overhead.py [--rounds 5] [--duration 10] [--connections 32] [--floor [socket|socket-copy|default-http]] [--bpf-stats] [--traces] [--baseline BINARY] [--with-floor HOOKS]
+    python3 bench/http_overhead.py [--rounds 5] [--duration 10] [--connections 32] [--floor [socket|socket-copy|default-http]] [--bpf-stats] [--traces] [--baseline BINARY] [--with-floor HOOKS] [--token-bytes N]
 
 With --baseline, another build of the agent (say an earlier commit's) runs in the same
 rounds, between "off" and "on": the comparison the machine's changing load cannot skew.
@@ -158,8 +158,11 @@ def add_bpf_time(prog_time, before):
         acc[1] += runs - runs_before
 
 
-def run_wrk(port, duration, connections):
-    out = subprocess.run(["wrk", "-t2", f"-c{connections}", f"-d{duration}s", "--latency",
+def run_wrk(port, duration, connections, token_bytes=0):
+    # A bearer token of `token_bytes` makes the request head that much longer, as large
+    # tokens and cookies do.
+    header = ["-H", "Authorization: Bearer " + "t" * token_bytes] if token_bytes else []
+    out = subprocess.run(["wrk", "-t2", f"-c{connections}", f"-d{duration}s", "--latency", *header,
                           f"http://127.0.0.1:{port}/index.html"], check=True, capture_output=True, text=True).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     total = int(re.search(r"(\d+) requests in", out).group(1))
@@ -185,6 +188,8 @@ def main():
                              "default-http is what the default probes with http on hook")
     parser.add_argument("--baseline", metavar="BINARY",
                         help="also run this build of the agent in every round, between off and on")
+    parser.add_argument("--token-bytes", type=int, default=0,
+                        help="send each request with a bearer token of this many bytes in its head")
     parser.add_argument("--bpf-stats", action="store_true",
                         help="enable kernel.bpf_stats_enabled during 'on' rounds and report the time "
                              "spent in each program per request, against all busy CPU time")
@@ -210,7 +215,7 @@ def main():
     busy_on = {kind: 0.0 for kind in kinds}
     requests_on = {kind: 0 for kind in kinds}
     try:
-        run_wrk(port, 2, args.connections)  # warm up
+        run_wrk(port, 2, args.connections, args.token_bytes)  # warm up
         for round_no in range(args.rounds):
             for kind in kinds:
                 agent = None
@@ -224,7 +229,7 @@ def main():
                 if agent and args.bpf_stats:
                     subprocess.run(["sysctl", "-q", "kernel.bpf_stats_enabled=1"], check=True)
                     progs_before, busy_before = bpf_program_stats(), busy_cpu_seconds()
-                rps, p99, total = run_wrk(port, args.duration, args.connections)
+                rps, p99, total = run_wrk(port, args.duration, args.connections, args.token_bytes)
                 if agent and args.bpf_stats:
                     busy_on[kind] += busy_cpu_seconds() - busy_before
                     requests_on[kind] += total
