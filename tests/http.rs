@@ -2069,6 +2069,68 @@ fn heads_up_to_4_kib_are_framed_in_the_kernel() {
     assert_eq!(kernel_framer(&m, "abandoned"), 0.0);
 }
 
+/// Heads of every length across the first capture's end (1 KiB) and across the most the
+/// kernel copies again (4 KiB), each with a body after it in the same write, each on a
+/// connection of its own: every exchange and body byte is counted exactly, the first
+/// sweep without a hand-over, the second handing over exactly the heads that run past
+/// what the kernel scans.
+#[test]
+fn heads_across_both_capture_limits_are_counted_exactly() {
+    if !have_root("heads_across_both_capture_limits_are_counted_exactly") {
+        return;
+    }
+    let _kernel = kernel_lock();
+    let agent = Agent::start("probes:\n  http:\n    enabled: true\n    clients: false\n");
+    let server = Server::python();
+    let pid = server.pid();
+    // A POST whose head is exactly `head_bytes` long, then a 7-byte body.
+    let post = |head_bytes: usize| {
+        let open = "POST /status/201 HTTP/1.1\r\nHost: t\r\nContent-Length: 7\r\nX-Pad: ";
+        let pad = head_bytes - open.len() - 4;
+        let request = format!("{open}{}\r\n\r\npayload", "p".repeat(pad));
+        assert_eq!(request.len(), head_bytes + 7);
+        let stream = connect(server.port);
+        let mut reader = BufReader::new(&stream);
+        (&stream).write_all(request.as_bytes()).expect("send");
+        assert_eq!(read_response(&mut reader), 201);
+    };
+    let first_sweep = 1000..1050;
+    for head_bytes in first_sweep.clone() {
+        post(head_bytes);
+    }
+    let sent = first_sweep.len() as f64;
+    let m = common::eventually(&agent, |m| server_total(m, &pid) >= sent);
+    assert_eq!(server_count(&m, &pid, "POST", "201", "/status/*"), sent);
+    assert_eq!(kernel_framer(&m, "handed_off"), 0.0, "all within 4 KiB");
+
+    let second_sweep = 4060..4110;
+    for head_bytes in second_sweep.clone() {
+        post(head_bytes);
+    }
+    let sent = sent + second_sweep.len() as f64;
+    let m = common::eventually(&agent, |m| server_total(m, &pid) >= sent);
+    assert_eq!(server_count(&m, &pid, "POST", "201", "/status/*"), sent);
+    assert_eq!(server_total(&m, &pid), sent, "nothing else");
+    // A head cut by the 4 KiB that one read's event carries hides where its body starts:
+    // user space counts such a request with no body (parser.rs), and every other one
+    // with its 7 bytes.
+    let past_capture = second_sweep.clone().filter(|&bytes| bytes > 4096).count() as f64;
+    let bodies = [("process_pid", pid.as_str())];
+    assert_eq!(
+        m.sum("http_server_request_body_size_bytes_sum", &bodies),
+        7.0 * (sent - past_capture)
+    );
+    assert_eq!(
+        m.sum("http_server_response_body_size_bytes_sum", &bodies),
+        5.0 * sent
+    );
+    // The kernel scans a head to 16 bytes short of the 4 KiB it copies: longer ones go
+    // to user space, each with its connection.
+    let past_scan = second_sweep.filter(|&bytes| bytes > 4080).count() as f64;
+    assert_eq!(kernel_framer(&m, "handed_off"), past_scan);
+    assert_eq!(kernel_framer(&m, "abandoned"), 0.0);
+}
+
 /// With room in the kernel for two series, the other three are counted exactly all the
 /// same, each exchange sent on its own, and every refused slot is counted.
 #[test]

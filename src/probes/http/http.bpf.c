@@ -730,7 +730,7 @@ static __always_inline int set_role(struct psc_conn *conn, const struct sock *sk
 /* Bytes of a turn's first read or write the kernel copies and frames from. */
 #define PSC_HTTP_SCAN 1024
 /* A head that runs past them (a large cookie or token) is copied again, up to this many
- * bytes, and must end within. */
+ * bytes, and must end within them, 16 short of their end (scan_head). */
 #define PSC_HTTP_HEAD_MAX 4096
 /* Offsets into the scratch's data (twice PSC_HTTP_CAPTURE, so a word loaded at the last
  * offset stays within it). */
