@@ -719,12 +719,13 @@ static __always_inline int set_role(struct psc_conn *conn, const struct sock *sk
  * The kernel framer. HTTP/1.x alternates: request bytes, then response bytes, then the
  * next request. Only the first read or write of each turn is looked at, up to
  * PSC_HTTP_SCAN bytes (PSC_HTTP_HEAD_MAX for a head that runs on): the request line and
- * the headers that say how long the message is. Later bytes of the turn are only counted, and the exchange is finished, timed and
- * counted in its series slot when the response's bytes reach the length its head
- * announced. Anything else (pipelining, chunked or close-delimited bodies, 1xx, Expect,
- * Upgrade, CONNECT, heads longer than PSC_HTTP_HEAD_MAX or split over reads, a method
- * split over writes) hands the connection to user space, with the exchange in flight,
- * where every read and write goes as an event to the framer that handles them all.
+ * the headers that say how long the message is. Later bytes of the turn are only
+ * counted, and the exchange is finished, timed and counted in its series slot when the
+ * response's bytes reach the length its head announced. Anything else (pipelining,
+ * chunked or close-delimited bodies, 1xx, Expect, Upgrade, CONNECT, heads longer than
+ * PSC_HTTP_HEAD_MAX or split over reads, a method split over writes) hands the
+ * connection to user space, with the exchange in flight, where every read and write
+ * goes as an event to the framer that handles them all.
  */
 
 /* Bytes of a turn's first read or write the kernel copies and frames from. */
