@@ -2071,9 +2071,10 @@ fn heads_up_to_4_kib_are_framed_in_the_kernel() {
 
 /// Heads of every length across the first capture's end (1 KiB) and across the most the
 /// kernel copies again (4 KiB), each with a body after it in the same write, each on a
-/// connection of its own: every exchange and body byte is counted exactly, the first
-/// sweep without a hand-over, the second handing over exactly the heads that run past
-/// what the kernel scans.
+/// connection of its own: every exchange is counted exactly, and every body byte but
+/// those behind a head longer than one event carries; the first sweep without a
+/// hand-over, the second handing over exactly the heads that run past what the kernel
+/// scans.
 #[test]
 fn heads_across_both_capture_limits_are_counted_exactly() {
     if !have_root("heads_across_both_capture_limits_are_counted_exactly") {
